@@ -1,0 +1,248 @@
+//! Assembly: builds every component from the configuration, binds the listeners, spawns and
+//! tracks the tasks, and runs the drain on shutdown. The only module that knows everyone.
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    cluster::{Bus, LocalBus},
+    config::Config,
+    control::{self, ApiKeys, ControlContext},
+    hub::{Hub, HubHandle, HubSettings},
+    protocol::CloseCode,
+    session::{self, SessionContext, SessionSettings},
+    shutdown::{Latch, Readiness, Shutdown},
+    telemetry,
+};
+
+/// How often expired history and idle channels are swept.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// How often the Prometheus recorder folds histogram samples.
+const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A started server. Drop it only after [`Running::drain`]: dropping it leaves tasks running.
+#[derive(Debug)]
+pub struct Running {
+    ws_addr: SocketAddr,
+    control_addr: SocketAddr,
+    hub: HubHandle,
+    readiness: Readiness,
+    grace: Duration,
+    /// Cancelled to stop accepting WebSocket connections.
+    accept_stop: CancellationToken,
+    /// Cancelled to stop the control API and the periodic tasks, after the sessions are gone.
+    background_stop: CancellationToken,
+    /// Accept loop and sessions (readers and writers).
+    sessions: Shutdown,
+    /// Control API and periodic tasks.
+    background: Shutdown,
+}
+
+/// Builds the node from `config`, binds both listeners and starts serving.
+///
+/// # Errors
+/// When a listener cannot be bound.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let metrics_handle = telemetry::install_recorder();
+    let readiness = Readiness::new();
+    let starting = readiness.hold("starting");
+    let node_id: Arc<str> = Arc::from(config.server.node_id.as_str());
+
+    let hub = Hub::new(HubSettings {
+        shards: config.server.shards,
+        max_connections: config.limits.max_connections,
+        max_subscriptions_per_connection: config.limits.max_subscriptions_per_connection,
+        queue_messages: config.limits.outbound_queue_messages,
+        queue_bytes: config.limits.outbound_queue_bytes,
+        history_size: config.history.size,
+        history_ttl: config.history.ttl,
+        history_max_bytes: config.history.max_memory_bytes,
+    });
+    let bus: Arc<dyn Bus> = Arc::new(LocalBus::new(Arc::clone(&hub)));
+
+    let ws_listener = TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("binding the WebSocket listener on {}", config.server.listen))?;
+    let control_listener = TcpListener::bind(config.control.listen)
+        .await
+        .with_context(|| format!("binding the control listener on {}", config.control.listen))?;
+    let ws_addr = ws_listener.local_addr()?;
+    let control_addr = control_listener.local_addr()?;
+
+    let sessions = Shutdown::new();
+    let background = Shutdown::new();
+    let accept_stop = CancellationToken::new();
+    let background_stop = CancellationToken::new();
+
+    let session_ctx = Arc::new(SessionContext {
+        hub: Arc::clone(&hub),
+        bus: Arc::clone(&bus),
+        node_id: Arc::clone(&node_id),
+        settings: SessionSettings {
+            ws_path: config.server.ws_path.clone(),
+            heartbeat: config.session.heartbeat,
+            idle_timeout: config.session.idle_timeout,
+            handshake_timeout: config.session.handshake_timeout,
+            client_publish: config.session.client_publish,
+            max_channel_name_bytes: config.limits.max_channel_name_bytes,
+            max_publish_payload_bytes: config.limits.max_publish_payload_bytes,
+            max_subscriptions: config.limits.max_subscriptions_per_connection,
+            max_inbound_message_bytes: config.limits.max_inbound_message_bytes,
+            read_buffer_bytes: config.session.read_buffer_bytes,
+        },
+        shutdown: sessions.clone(),
+    });
+    let control_ctx = Arc::new(ControlContext {
+        hub: Arc::clone(&hub),
+        bus,
+        readiness: readiness.clone(),
+        node_id: Arc::clone(&node_id),
+        api_keys: ApiKeys::new(&config.control.api_keys),
+        metrics: metrics_handle.clone(),
+        max_body_bytes: config.control.max_body_bytes,
+        max_channel_name_bytes: config.limits.max_channel_name_bytes,
+        max_publish_payload_bytes: config.limits.max_publish_payload_bytes,
+    });
+
+    sessions.spawn(accept_loop(
+        ws_listener,
+        session_ctx,
+        accept_stop.clone(),
+        sessions.clone(),
+    ));
+    background.spawn(control::serve(
+        control_listener,
+        control_ctx,
+        background_stop.clone(),
+        background.clone(),
+    ));
+    background.spawn(every(SWEEP_INTERVAL, background_stop.clone(), {
+        let hub = Arc::clone(&hub);
+        move || {
+            hub.sweep();
+        }
+    }));
+    background.spawn(every(
+        METRICS_UPKEEP_INTERVAL,
+        background_stop.clone(),
+        move || {
+            metrics_handle.run_upkeep();
+        },
+    ));
+
+    tracing::info!(
+        %ws_addr,
+        ws_path = %config.server.ws_path,
+        %control_addr,
+        node = %node_id,
+        shards = config.server.shards,
+        "Switchboard listening"
+    );
+    drop::<Latch>(starting);
+    Ok(Running {
+        ws_addr,
+        control_addr,
+        hub,
+        readiness,
+        grace: config.shutdown.grace,
+        accept_stop,
+        background_stop,
+        sessions,
+        background,
+    })
+}
+
+/// Runs the node until `signal` resolves, then drains it.
+///
+/// # Errors
+/// When the node cannot start.
+pub async fn run(config: Config, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let running = start(config).await?;
+    signal.await;
+    running.drain().await;
+    Ok(())
+}
+
+impl Running {
+    #[must_use]
+    pub fn ws_addr(&self) -> SocketAddr {
+        self.ws_addr
+    }
+
+    #[must_use]
+    pub fn control_addr(&self) -> SocketAddr {
+        self.control_addr
+    }
+
+    #[must_use]
+    pub fn hub(&self) -> &HubHandle {
+        &self.hub
+    }
+
+    /// Shuts the node down: unready, stop accepting, close every session with 1001, wait for
+    /// them up to the grace period, then stop the control API.
+    ///
+    /// This is the one shutdown path (signals and tests use it); a paced drain that spreads
+    /// the closes over time plugs in at the `disconnect_all` step.
+    pub async fn drain(self) {
+        let _draining = self.readiness.hold("draining");
+        self.accept_stop.cancel();
+        let n_sessions = self.hub.disconnect_all(CloseCode::GoingAway);
+        tracing::info!(n_sessions, "Draining: closing sessions with 1001");
+        if tokio::time::timeout(self.grace, self.sessions.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                remaining = self.hub.connections(),
+                grace = ?self.grace,
+                "Grace period over, dropping the remaining sessions"
+            );
+        }
+        self.background_stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.background.wait()).await;
+        tracing::info!("Switchboard stopped");
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    ctx: Arc<session::SessionContext>,
+    stop: CancellationToken,
+    sessions: Shutdown,
+) {
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            // The accept loop only spawns: the upgrade and all per-connection work (including
+            // cleanup after a disconnect) happen in the session's own task.
+            Ok((stream, _peer)) => {
+                sessions.spawn(session::serve_tcp(stream, Arc::clone(&ctx)));
+            }
+            Err(err) => {
+                // EMFILE and friends: back off so the loop does not spin while full.
+                tracing::warn!(error = %err, "WebSocket accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Calls `tick` every `period` until `stop` is cancelled.
+async fn every(period: Duration, stop: CancellationToken, mut tick: impl FnMut() + Send) {
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            _ = interval.tick() => tick(),
+        }
+    }
+}

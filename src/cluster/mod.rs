@@ -1,0 +1,82 @@
+//! The message bus: where a publish goes before it reaches subscribers.
+//!
+//! [`Bus`] is the one seam between the publishing side (sessions, control API) and whatever
+//! orders messages. [`LocalBus`], the embedded default, orders them in this process by handing
+//! them straight to the hub, which assigns offsets and keeps history. A clustered bus (Redis
+//! Streams) implements the same trait: it acknowledges a publish once Redis accepted the entry
+//! and feeds entries read back from Redis to the hub. Sessions and the control API hold an
+//! `Arc<dyn Bus>` and never know which one runs. Depends on `hub` only through its handle.
+
+use std::{future::Future, pin::Pin};
+
+use crate::{
+    hub::HubHandle,
+    protocol::{ChannelName, Offset},
+};
+
+/// A boxed future, as returned by [`Bus`] methods.
+pub type BusFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why a publish was not accepted.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BusError {
+    /// The bus cannot accept messages now (e.g. its backend is unreachable). Nothing was
+    /// published: retry later, or answer `unavailable` / HTTP 503.
+    #[error("message bus unavailable: {0}")]
+    Unavailable(&'static str),
+}
+
+/// Orders and distributes published messages.
+pub trait Bus: Send + Sync + std::fmt::Debug + 'static {
+    /// Publishes `data` (valid JSON) to `channel` and resolves to its offset once the message
+    /// is durable in the bus's sense (for the local bus: enqueued to every local subscriber).
+    ///
+    /// # Errors
+    /// [`BusError::Unavailable`] when nothing was published.
+    ///
+    /// # Cancel safety
+    /// Dropping the future may or may not have published the message.
+    fn publish<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        data: &'a str,
+    ) -> BusFuture<'a, Result<Offset, BusError>>;
+
+    /// Reasons the bus is unfit to serve, for `/readyz`; empty when healthy.
+    fn unready_reasons(&self) -> Vec<String>;
+
+    /// A short name for logs and `/v1/stats`: `local` or `redis`.
+    fn kind(&self) -> &'static str;
+}
+
+/// The in-process bus: a single node, offsets and history kept by the hub.
+#[derive(Debug, Clone)]
+pub struct LocalBus {
+    hub: HubHandle,
+}
+
+impl LocalBus {
+    #[must_use]
+    pub fn new(hub: HubHandle) -> Self {
+        Self { hub }
+    }
+}
+
+impl Bus for LocalBus {
+    fn publish<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        data: &'a str,
+    ) -> BusFuture<'a, Result<Offset, BusError>> {
+        let offset = self.hub.publish(channel, data);
+        Box::pin(std::future::ready(Ok(offset)))
+    }
+
+    fn unready_reasons(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    fn kind(&self) -> &'static str {
+        "local"
+    }
+}

@@ -1,0 +1,467 @@
+//! Configuration: the TOML schema, its defaults, the environment overlay and validation.
+//!
+//! Precedence, lowest first: built-in defaults, the TOML file, `SWITCHBOARD_*` environment
+//! variables, command-line flags (applied by `main`). Every struct denies unknown keys and
+//! every value is validated, so a typo refuses to start with an error naming the key instead
+//! of falling back to a default. Parsing is pure ([`Config::from_toml_str`]); file IO lives in
+//! [`Config::load`]. This module depends on nothing else in the crate.
+
+use std::{net::SocketAddr, path::Path, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+/// Prefix of the environment variables that override file settings.
+pub const ENV_PREFIX: &str = "SWITCHBOARD_";
+
+/// Why a configuration was refused. Each message names the offending key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read: fix the path or its permissions.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    /// The TOML is not well formed, or a key is unknown or has the wrong type: fix that key.
+    #[error("{0}")]
+    Parse(String),
+    /// A `SWITCHBOARD_*` variable could not be applied: fix or unset it.
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    /// A value is well formed but out of range: fix that key.
+    #[error("{key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+/// The whole configuration. See `config/switchboard.toml` for every key documented.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub control: ControlConfig,
+    pub log: LogConfig,
+    pub limits: LimitsConfig,
+    pub session: SessionConfig,
+    pub history: HistoryConfig,
+    pub shutdown: ShutdownConfig,
+}
+
+/// The public WebSocket listener and the hub layout.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address of the public WebSocket listener. Default `0.0.0.0:8080`.
+    pub listen: SocketAddr,
+    /// HTTP path that upgrades to WebSocket. Default `/ws`.
+    pub ws_path: String,
+    /// Name of this node, sent in `welcome`. Default: empty, meaning generated at start.
+    pub node_id: String,
+    /// Number of hub shards, a power of two. Default 0: the smallest power of two >= 4 x cores.
+    pub shards: usize,
+}
+
+/// The control (HTTP API) listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlConfig {
+    /// Address of the control listener. Default `0.0.0.0:9090`.
+    pub listen: SocketAddr,
+    /// Accepted API keys for `/v1/*`. Default empty: only loopback clients may call `/v1/*`.
+    pub api_keys: Vec<String>,
+    /// Largest request body accepted, in bytes. Default 1 MiB.
+    pub max_body_bytes: usize,
+}
+
+/// Log output.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A `tracing` filter: `error`, `warn`, `info`, `debug`, `trace` or directives such as
+    /// `switchboard=debug,info`. Default `info`.
+    pub level: String,
+    /// `text` (human readable) or `json`. Default `text`.
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Per-node and per-connection limits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Connections this node accepts; further upgrades get HTTP 503. Default 1,000,000.
+    pub max_connections: usize,
+    /// Channels one connection may be subscribed to at once. Default 256.
+    pub max_subscriptions_per_connection: usize,
+    /// Longest channel name, in bytes. Default 128.
+    pub max_channel_name_bytes: usize,
+    /// Largest inbound WebSocket message, in bytes; larger ones close with 1009. Default 64 KiB.
+    pub max_inbound_message_bytes: usize,
+    /// Largest `data` of one publish, in bytes of JSON. Default 32 KiB.
+    pub max_publish_payload_bytes: usize,
+    /// Outbound queue capacity per connection, in messages. Default 1024.
+    pub outbound_queue_messages: usize,
+    /// Outbound queue capacity per connection, in bytes. Default 1 MiB.
+    pub outbound_queue_bytes: usize,
+}
+
+/// Per-connection behaviour.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    /// Interval between server WebSocket pings. Default 25s.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+    /// A connection that sends nothing (not even a pong) for this long is closed. Default 60s.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Time allowed for the WebSocket handshake after TCP accept. Default 10s.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Whether clients may publish over the WebSocket. Default true.
+    pub client_publish: bool,
+    /// Initial read buffer of a connection, in bytes; it grows only for large frames.
+    /// Default 4096.
+    pub read_buffer_bytes: usize,
+}
+
+/// In-process message history, used for `since` resume and the history API.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    /// Messages kept per channel. 0 turns history off. Default 100.
+    pub size: usize,
+    /// How long a message stays in history. Default 5m.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// Bytes of history kept by the whole node; past it, publishes trim their channel's oldest
+    /// entries first. Default 256 MiB.
+    pub max_memory_bytes: usize,
+}
+
+/// Process shutdown.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// How long SIGTERM/SIGINT waits for sessions to close before forcing them. Default 5s.
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            ws_path: "/ws".to_owned(),
+            node_id: String::new(),
+            shards: 0,
+        }
+    }
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
+            api_keys: Vec::new(),
+            max_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".to_owned(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 1_000_000,
+            max_subscriptions_per_connection: 256,
+            max_channel_name_bytes: 128,
+            max_inbound_message_bytes: 64 * 1024,
+            max_publish_payload_bytes: 32 * 1024,
+            outbound_queue_messages: 1024,
+            outbound_queue_bytes: 1024 * 1024,
+        }
+    }
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_secs(25),
+            idle_timeout: Duration::from_secs(60),
+            handshake_timeout: Duration::from_secs(10),
+            client_publish: true,
+            read_buffer_bytes: 4096,
+        }
+    }
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        Self {
+            size: 100,
+            ttl: Duration::from_secs(300),
+            max_memory_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            grace: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Config {
+    /// Parses a TOML document, applies no overlay, and validates it.
+    ///
+    /// # Errors
+    /// [`ConfigError::Parse`] naming the key for unknown keys and wrong types,
+    /// [`ConfigError::Invalid`] for values out of range.
+    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
+        let table: toml::Table = text
+            .parse()
+            .map_err(|err: toml::de::Error| ConfigError::Parse(err.to_string()))?;
+        Self::from_table(table)?.validate()
+    }
+
+    /// Reads `path` (when given), overlays `SWITCHBOARD_*` variables from `env`, and validates.
+    ///
+    /// # Errors
+    /// Any [`ConfigError`]; each names the file, variable or key at fault.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut table = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                text.parse::<toml::Table>()
+                    .map_err(|err| ConfigError::Parse(format!("{}: {err}", path.display())))?
+            }
+            None => toml::Table::new(),
+        };
+        apply_env(&mut table, env)?;
+        Self::from_table(table)?.validate()
+    }
+
+    fn from_table(table: toml::Table) -> Result<Self, ConfigError> {
+        // serde_path_to_error gives the full dotted key (`limits.max_connections`) for every
+        // error, including errors in values that came from the environment and so have no span
+        // in any file.
+        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|err| {
+            let path = err.path().to_string();
+            let inner = err.into_inner().message().to_owned();
+            if path == "." {
+                ConfigError::Parse(inner)
+            } else {
+                ConfigError::Parse(format!("{path}: {inner}"))
+            }
+        })
+    }
+
+    /// Checks ranges and relations between values, and fills derived defaults.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the first key found at fault.
+    pub fn validate(mut self) -> Result<Self, ConfigError> {
+        fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+            ConfigError::Invalid {
+                key,
+                message: message.into(),
+            }
+        }
+        if !self.server.ws_path.starts_with('/') {
+            return Err(invalid("server.ws_path", "must start with '/'"));
+        }
+        if self.server.shards == 0 {
+            self.server.shards = default_shards();
+        } else if !self.server.shards.is_power_of_two() || self.server.shards > 65_536 {
+            return Err(invalid(
+                "server.shards",
+                "must be 0 (auto) or a power of two up to 65536",
+            ));
+        }
+        if self.server.node_id.is_empty() {
+            self.server.node_id = format!("node-{:08x}", rand::random::<u32>());
+        } else if self.server.node_id.len() > 64
+            || !self
+                .server
+                .node_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(invalid(
+                "server.node_id",
+                "must be 1-64 characters of A-Z a-z 0-9 - _ .",
+            ));
+        }
+        if self.control.api_keys.iter().any(|key| key.len() < 16) {
+            return Err(invalid(
+                "control.api_keys",
+                "every key must be at least 16 characters",
+            ));
+        }
+        if self.control.max_body_bytes < 1024 {
+            return Err(invalid("control.max_body_bytes", "must be at least 1024"));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err(invalid(
+                "log.level",
+                format!("'{}' is not a valid level or filter", self.log.level),
+            ));
+        }
+        let limits = &self.limits;
+        if limits.max_connections == 0 {
+            return Err(invalid("limits.max_connections", "must be at least 1"));
+        }
+        if limits.max_subscriptions_per_connection == 0 {
+            return Err(invalid(
+                "limits.max_subscriptions_per_connection",
+                "must be at least 1",
+            ));
+        }
+        if !(1..=1024).contains(&limits.max_channel_name_bytes) {
+            return Err(invalid(
+                "limits.max_channel_name_bytes",
+                "must be between 1 and 1024",
+            ));
+        }
+        if limits.max_inbound_message_bytes < 256 {
+            return Err(invalid(
+                "limits.max_inbound_message_bytes",
+                "must be at least 256",
+            ));
+        }
+        if limits.max_publish_payload_bytes == 0
+            || limits.max_publish_payload_bytes > limits.outbound_queue_bytes
+        {
+            return Err(invalid(
+                "limits.max_publish_payload_bytes",
+                "must be at least 1 and at most limits.outbound_queue_bytes",
+            ));
+        }
+        if limits.outbound_queue_messages < 16 {
+            return Err(invalid(
+                "limits.outbound_queue_messages",
+                "must be at least 16",
+            ));
+        }
+        if self.history.size >= limits.outbound_queue_messages {
+            // A `since` replay enqueues up to history.size messages at once; a queue that
+            // cannot hold them would close every resuming client as a slow consumer.
+            return Err(invalid(
+                "history.size",
+                "must be smaller than limits.outbound_queue_messages",
+            ));
+        }
+        if self.session.heartbeat.is_zero() {
+            return Err(invalid("session.heartbeat", "must be greater than 0"));
+        }
+        if self.session.idle_timeout <= self.session.heartbeat {
+            return Err(invalid(
+                "session.idle_timeout",
+                "must be longer than session.heartbeat",
+            ));
+        }
+        if self.session.handshake_timeout.is_zero() {
+            return Err(invalid(
+                "session.handshake_timeout",
+                "must be greater than 0",
+            ));
+        }
+        if !(256..=1024 * 1024).contains(&self.session.read_buffer_bytes) {
+            return Err(invalid(
+                "session.read_buffer_bytes",
+                "must be between 256 and 1048576",
+            ));
+        }
+        if self.history.size > 0 && self.history.ttl.is_zero() {
+            return Err(invalid("history.ttl", "must be greater than 0"));
+        }
+        if self.shutdown.grace.is_zero() {
+            return Err(invalid("shutdown.grace", "must be greater than 0"));
+        }
+        Ok(self)
+    }
+
+    /// The effective configuration as TOML, as `check-config` prints it.
+    #[must_use]
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|err| format!("# cannot render: {err}\n"))
+    }
+}
+
+/// The smallest power of two at least four times the number of cores.
+fn default_shards() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    (cores * 4).next_power_of_two()
+}
+
+/// Overlays `SWITCHBOARD_SECTION__KEY=value` variables onto `table`.
+///
+/// The part after the prefix is lowercased and split on `__` into a key path, so
+/// `SWITCHBOARD_LIMITS__MAX_CONNECTIONS=5000` sets `limits.max_connections`. The value is read as
+/// a TOML value when it parses as one (numbers, booleans, arrays) and as a string otherwise.
+/// Unknown keys are refused later by `deny_unknown_fields`, naming the key.
+fn apply_env(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    for (var, raw) in env {
+        let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+        if path.len() != 2 || path.iter().any(String::is_empty) {
+            return Err(ConfigError::Env {
+                var,
+                message: "expected SWITCHBOARD_<SECTION>__<KEY>, e.g. SWITCHBOARD_SERVER__LISTEN"
+                    .to_owned(),
+            });
+        }
+        let value = parse_env_value(&raw);
+        let section = table
+            .entry(path[0].clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let Some(section) = section.as_table_mut() else {
+            return Err(ConfigError::Env {
+                var,
+                message: format!("`{}` is not a section", path[0]),
+            });
+        };
+        section.insert(path[1].clone(), value);
+    }
+    Ok(())
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    let document = format!("v = {raw}");
+    match document.parse::<toml::Table>() {
+        Ok(mut parsed) => parsed
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.to_owned())),
+        Err(_) => toml::Value::String(raw.to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,117 @@
+//! The control listener: health, readiness, metrics and the `/v1` HTTP API.
+//!
+//! A small hyper service with hand-written routing; every answer is JSON (metrics aside), every
+//! error is `{"error":{"code":..,"message":..}}` with a fitting status. `/v1/*` requires an API
+//! key when keys are configured, and answers loopback clients only when none are.
+//! `docs/http-api.md` documents each route; keep the two in step. Must not depend on `session`.
+
+mod auth;
+mod routes;
+
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, body::Incoming, server::conn::http1, service::service_fn};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use self::auth::ApiKeys;
+use crate::{cluster::Bus, hub::HubHandle, shutdown::Readiness};
+
+/// How long a client may take to send request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the control API needs.
+#[derive(Debug)]
+pub struct ControlContext {
+    pub hub: HubHandle,
+    pub bus: Arc<dyn Bus>,
+    pub readiness: Readiness,
+    pub node_id: Arc<str>,
+    pub api_keys: ApiKeys,
+    pub metrics: PrometheusHandle,
+    pub max_body_bytes: usize,
+    pub max_channel_name_bytes: usize,
+    pub max_publish_payload_bytes: usize,
+}
+
+pub(crate) type Body = Full<Bytes>;
+
+/// Serves the control API on `listener` until `stop` is cancelled.
+///
+/// # Cancel safety
+/// Meant to run as its own task; in-flight requests finish gracefully after `stop`.
+pub async fn serve(
+    listener: TcpListener,
+    ctx: Arc<ControlContext>,
+    stop: CancellationToken,
+    spawn: crate::shutdown::Shutdown,
+) {
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %err, "Control accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let ctx = Arc::clone(&ctx);
+        let stop = stop.clone();
+        spawn.spawn(async move {
+            let service = service_fn(move |request: Request<Incoming>| {
+                let ctx = Arc::clone(&ctx);
+                async move { Ok::<_, Infallible>(routes::handle(request, peer, &ctx).await) }
+            });
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(err) = result {
+                        tracing::debug!(%peer, error = %err, "Control connection failed");
+                    }
+                }
+                () = stop.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
+    }
+}
+
+/// Whether `/v1/*` may answer a caller at `peer` without a key.
+fn is_loopback(peer: SocketAddr) -> bool {
+    match peer.ip() {
+        std::net::IpAddr::V4(ip) => ip.is_loopback(),
+        std::net::IpAddr::V6(ip) => {
+            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
+}
+
+pub(crate) fn response(
+    status: u16,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Body> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() =
+        hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    response
+}

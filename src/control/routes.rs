@@ -1,0 +1,482 @@
+//! Routing and the handlers of the control API.
+
+use std::{collections::BTreeMap, fmt::Write as _, net::SocketAddr};
+
+use http_body_util::{BodyExt as _, Limited};
+use hyper::{Method, Request, Response, body::Incoming, header};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::{Body, ControlContext, is_loopback, response};
+use crate::{
+    cluster::BusError,
+    protocol::{ChannelName, CloseCode, ErrorCode, Offset},
+    telemetry,
+};
+
+const JSON: &str = "application/json";
+/// Channels one broadcast may name.
+const MAX_BROADCAST_CHANNELS: usize = 1000;
+/// Messages one history read may return.
+const MAX_HISTORY_LIMIT: usize = 1000;
+
+/// An HTTP error: status, code and message, rendered as `{"error":{..}}`.
+#[derive(Debug)]
+struct ApiError {
+    status: u16,
+    code: ErrorCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: u16, code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn into_response(self) -> Response<Body> {
+        let body = serde_json::json!({
+            "error": { "code": self.code.as_str(), "message": self.message }
+        });
+        let mut response = response(self.status, JSON, body.to_string());
+        if self.status == 401 {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
+    }
+}
+
+impl From<BusError> for ApiError {
+    fn from(err: BusError) -> Self {
+        match err {
+            BusError::Unavailable(_) => ApiError::new(503, ErrorCode::Unavailable, err.to_string()),
+        }
+    }
+}
+
+type Handled = Result<Response<Body>, ApiError>;
+
+/// Routes one request. Never fails: every error becomes a JSON error response.
+pub(super) async fn handle(
+    request: Request<Incoming>,
+    peer: SocketAddr,
+    ctx: &ControlContext,
+) -> Response<Body> {
+    let path = request.uri().path().to_owned();
+    let (route, result) = route(request, &path, peer, ctx).await;
+    let response = result.unwrap_or_else(ApiError::into_response);
+    telemetry::http_request(route, response.status().as_u16());
+    response
+}
+
+async fn route(
+    request: Request<Incoming>,
+    path: &str,
+    peer: SocketAddr,
+    ctx: &ControlContext,
+) -> (&'static str, Handled) {
+    let method = request.method().clone();
+    match path {
+        "/healthz" if method == Method::GET => ("healthz", Ok(healthz())),
+        "/readyz" if method == Method::GET => ("readyz", Ok(readyz(ctx))),
+        "/metrics" if method == Method::GET => ("metrics", Ok(metrics(ctx))),
+        "/healthz" => ("healthz", method_not_allowed("GET")),
+        "/readyz" => ("readyz", method_not_allowed("GET")),
+        "/metrics" => ("metrics", method_not_allowed("GET")),
+        _ if path.starts_with("/v1/") => {
+            if let Err(err) = authorize(&request, peer, ctx) {
+                return ("v1", Err(err));
+            }
+            route_v1(request, path, &method, ctx).await
+        }
+        _ => (
+            "unknown",
+            Err(ApiError::new(404, ErrorCode::NotFound, "no such route")),
+        ),
+    }
+}
+
+async fn route_v1(
+    request: Request<Incoming>,
+    path: &str,
+    method: &Method,
+    ctx: &ControlContext,
+) -> (&'static str, Handled) {
+    match path {
+        "/v1/publish" if method == Method::POST => ("publish", publish(request, ctx).await),
+        "/v1/broadcast" if method == Method::POST => ("broadcast", broadcast(request, ctx).await),
+        "/v1/disconnect" if method == Method::POST => {
+            ("disconnect", disconnect(request, ctx).await)
+        }
+        "/v1/stats" if method == Method::GET => ("stats", Ok(stats(ctx))),
+        "/v1/publish" => ("publish", method_not_allowed("POST")),
+        "/v1/broadcast" => ("broadcast", method_not_allowed("POST")),
+        "/v1/disconnect" => ("disconnect", method_not_allowed("POST")),
+        "/v1/stats" => ("stats", method_not_allowed("GET")),
+        _ => match history_channel(path) {
+            Some(raw) if method == Method::GET => {
+                let query = request.uri().query().unwrap_or("").to_owned();
+                ("history", history(&raw, &query, ctx))
+            }
+            Some(_) => ("history", method_not_allowed("GET")),
+            None => (
+                "unknown",
+                Err(ApiError::new(404, ErrorCode::NotFound, "no such route")),
+            ),
+        },
+    }
+}
+
+/// 405 with the `Allow` header naming the method the route takes.
+fn method_not_allowed(allowed: &'static str) -> Handled {
+    let mut response = ApiError::new(
+        405,
+        ErrorCode::BadRequest,
+        format!("method not allowed; use {allowed}"),
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::ALLOW, header::HeaderValue::from_static(allowed));
+    Ok(response)
+}
+
+fn authorize(
+    request: &Request<Incoming>,
+    peer: SocketAddr,
+    ctx: &ControlContext,
+) -> Result<(), ApiError> {
+    if ctx.api_keys.is_empty() {
+        if is_loopback(peer) {
+            return Ok(());
+        }
+        return Err(ApiError::new(
+            403,
+            ErrorCode::Forbidden,
+            "no API key is configured, so /v1 answers loopback clients only",
+        ));
+    }
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    match presented {
+        Some(key) if ctx.api_keys.accepts(key.trim().as_bytes()) => Ok(()),
+        Some(_) => Err(ApiError::new(
+            401,
+            ErrorCode::Unauthorized,
+            "invalid API key",
+        )),
+        None => Err(ApiError::new(
+            401,
+            ErrorCode::Unauthorized,
+            "missing `Authorization: Bearer <key>` header",
+        )),
+    }
+}
+
+fn healthz() -> Response<Body> {
+    response(200, JSON, r#"{"status":"ok"}"#)
+}
+
+fn readyz(ctx: &ControlContext) -> Response<Body> {
+    let mut reasons: Vec<String> = ctx
+        .readiness
+        .reasons()
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    reasons.extend(ctx.bus.unready_reasons());
+    if reasons.is_empty() {
+        response(200, JSON, r#"{"ready":true}"#)
+    } else {
+        let body = serde_json::json!({ "ready": false, "reasons": reasons });
+        response(503, JSON, body.to_string())
+    }
+}
+
+fn metrics(ctx: &ControlContext) -> Response<Body> {
+    telemetry::record_snapshot(&ctx.hub.snapshot());
+    response(200, "text/plain; version=0.0.4", ctx.metrics.render())
+}
+
+fn stats(ctx: &ControlContext) -> Response<Body> {
+    let shards = ctx.hub.shard_stats();
+    let snapshot = ctx.hub.snapshot();
+    let body = serde_json::json!({
+        "node": &*ctx.node_id,
+        "bus": ctx.bus.kind(),
+        "uptime_seconds": ctx.hub.uptime().as_secs(),
+        "connections": snapshot.connections,
+        "subscriptions": snapshot.subscriptions,
+        "channels": snapshot.channels,
+        "history": { "messages": snapshot.history_messages, "bytes": snapshot.history_bytes },
+        "shards": shards,
+    });
+    response(200, JSON, body.to_string())
+}
+
+/// Reads a JSON body: checks the content type and the size limit, then parses it.
+async fn json_body<T: for<'de> Deserialize<'de>>(
+    request: Request<Incoming>,
+    ctx: &ControlContext,
+) -> Result<T, ApiError> {
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("");
+    let media_type = content_type.split(';').next().unwrap_or("").trim();
+    if !media_type.eq_ignore_ascii_case(JSON) {
+        return Err(ApiError::new(
+            415,
+            ErrorCode::BadRequest,
+            "Content-Type must be application/json",
+        ));
+    }
+    let too_large = || {
+        ApiError::new(
+            413,
+            ErrorCode::LimitExceeded,
+            format!("request body is larger than {} bytes", ctx.max_body_bytes),
+        )
+    };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > ctx.max_body_bytes) {
+        return Err(too_large());
+    }
+    let body = Limited::new(request.into_body(), ctx.max_body_bytes)
+        .collect()
+        .await
+        .map_err(|err| {
+            if err.is::<http_body_util::LengthLimitError>() {
+                too_large()
+            } else {
+                ApiError::new(
+                    400,
+                    ErrorCode::BadRequest,
+                    "could not read the request body",
+                )
+            }
+        })?
+        .to_bytes();
+    serde_json::from_slice(&body).map_err(|err| {
+        if err.is_data() {
+            ApiError::new(422, ErrorCode::BadRequest, err.to_string())
+        } else {
+            ApiError::new(
+                400,
+                ErrorCode::BadRequest,
+                format!("body is not valid JSON: {err}"),
+            )
+        }
+    })
+}
+
+fn channel_name(name: &str, ctx: &ControlContext) -> Result<ChannelName, ApiError> {
+    ChannelName::parse(name, ctx.max_channel_name_bytes).map_err(|err| {
+        ApiError::new(
+            422,
+            ErrorCode::BadRequest,
+            format!("channel `{name}`: {err}"),
+        )
+    })
+}
+
+fn check_payload(data: &RawValue, ctx: &ControlContext) -> Result<(), ApiError> {
+    if data.get().len() > ctx.max_publish_payload_bytes {
+        return Err(ApiError::new(
+            413,
+            ErrorCode::LimitExceeded,
+            format!(
+                "`data` is larger than {} bytes",
+                ctx.max_publish_payload_bytes
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishRequest {
+    channel: String,
+    data: Box<RawValue>,
+}
+
+async fn publish(request: Request<Incoming>, ctx: &ControlContext) -> Handled {
+    let body: PublishRequest = json_body(request, ctx).await?;
+    let channel = channel_name(&body.channel, ctx)?;
+    check_payload(&body.data, ctx)?;
+    let offset = ctx.bus.publish(&channel, body.data.get()).await?;
+    Ok(response(200, JSON, format!(r#"{{"offset":"{offset}"}}"#)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BroadcastRequest {
+    channels: Vec<String>,
+    data: Box<RawValue>,
+}
+
+async fn broadcast(request: Request<Incoming>, ctx: &ControlContext) -> Handled {
+    let body: BroadcastRequest = json_body(request, ctx).await?;
+    if body.channels.is_empty() || body.channels.len() > MAX_BROADCAST_CHANNELS {
+        return Err(ApiError::new(
+            422,
+            ErrorCode::BadRequest,
+            format!("`channels` must list 1 to {MAX_BROADCAST_CHANNELS} channels"),
+        ));
+    }
+    let channels = body
+        .channels
+        .iter()
+        .map(|name| channel_name(name, ctx))
+        .collect::<Result<Vec<_>, _>>()?;
+    check_payload(&body.data, ctx)?;
+    let mut offsets = BTreeMap::new();
+    for channel in &channels {
+        if offsets.contains_key(channel.as_str()) {
+            continue;
+        }
+        match ctx.bus.publish(channel, body.data.get()).await {
+            Ok(offset) => {
+                offsets.insert(channel.as_str().to_owned(), offset.to_string());
+            }
+            Err(err) => {
+                // Say which channels did get the message, so the caller can retry the rest.
+                let body = serde_json::json!({
+                    "error": { "code": ErrorCode::Unavailable.as_str(), "message": err.to_string() },
+                    "offsets": offsets,
+                });
+                return Ok(response(503, JSON, body.to_string()));
+            }
+        }
+    }
+    Ok(response(
+        200,
+        JSON,
+        serde_json::json!({ "offsets": offsets }).to_string(),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DisconnectRequest {
+    conn_id: u64,
+}
+
+async fn disconnect(request: Request<Incoming>, ctx: &ControlContext) -> Handled {
+    let body: DisconnectRequest = json_body(request, ctx).await?;
+    if ctx.hub.disconnect(body.conn_id, CloseCode::Disconnected) {
+        Ok(response(200, JSON, r#"{"disconnected":true}"#))
+    } else {
+        Err(ApiError::new(
+            404,
+            ErrorCode::NotFound,
+            format!("no connection {} on this node", body.conn_id),
+        ))
+    }
+}
+
+/// The percent-decoded `{channel}` of `/v1/channels/{channel}/history`.
+fn history_channel(path: &str) -> Option<String> {
+    let raw = path
+        .strip_prefix("/v1/channels/")?
+        .strip_suffix("/history")?;
+    percent_decode(raw)
+}
+
+fn history(raw_channel: &str, query: &str, ctx: &ControlContext) -> Handled {
+    let channel = channel_name(raw_channel, ctx)?;
+    let mut since = None;
+    let mut limit = 100;
+    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let value = percent_decode(value)
+            .ok_or_else(|| ApiError::new(400, ErrorCode::BadRequest, "bad percent-encoding"))?;
+        match key {
+            "since" if !value.is_empty() => {
+                since = Some(value.parse::<Offset>().map_err(|err| {
+                    ApiError::new(400, ErrorCode::BadRequest, format!("`since`: {err}"))
+                })?);
+            }
+            "since" => {}
+            "limit" => {
+                limit = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|limit| (1..=MAX_HISTORY_LIMIT).contains(limit))
+                    .ok_or_else(|| {
+                        ApiError::new(
+                            400,
+                            ErrorCode::BadRequest,
+                            format!("`limit` must be an integer from 1 to {MAX_HISTORY_LIMIT}"),
+                        )
+                    })?;
+            }
+            _ => {
+                return Err(ApiError::new(
+                    400,
+                    ErrorCode::BadRequest,
+                    format!("unknown query parameter `{key}`"),
+                ));
+            }
+        }
+    }
+    let history = ctx.hub.history(&channel, since, limit);
+    let mut body = String::with_capacity(128 + history.messages.len() * 64);
+    let _ = write!(
+        body,
+        r#"{{"channel":"{channel}","offset":"{}""#,
+        history.offset
+    );
+    if let Some(recovered) = history.recovered {
+        let _ = write!(body, r#","recovered":{recovered}"#);
+    }
+    body.push_str(r#","messages":["#);
+    for (index, (offset, data)) in history.messages.iter().enumerate() {
+        if index > 0 {
+            body.push(',');
+        }
+        let _ = write!(body, r#"{{"offset":"{offset}","data":{}}}"#, data.as_str());
+    }
+    body.push_str("]}");
+    Ok(response(200, JSON, body))
+}
+
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        match bytes[index] {
+            b'%' => {
+                let hex = bytes.get(index + 1..index + 3)?;
+                let hex = std::str::from_utf8(hex).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                index += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                index += 1;
+            }
+            byte => {
+                out.push(byte);
+                index += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}

@@ -1,0 +1,171 @@
+//! One channel: its position, its history ring and its subscribers.
+//!
+//! All of it sits behind one mutex so that assigning an offset, appending to history and
+//! enqueueing to every subscriber happen as one step. That step is what makes per-channel order
+//! hold under concurrent publishers, and what lets a `since` subscribe replay history and join
+//! the live stream with no gap and no duplicate.
+
+use std::{
+    collections::VecDeque,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use indexmap::IndexMap;
+use tokio::time::Instant;
+
+use super::{ConnId, Frame, Outbound};
+use crate::protocol::Offset;
+
+/// Bookkeeping bytes counted per history entry on top of its frame.
+const ENTRY_OVERHEAD: usize = std::mem::size_of::<Entry>() + 16;
+
+/// A published message kept for resume.
+#[derive(Debug, Clone)]
+pub(super) struct Entry {
+    pub(super) seq: u64,
+    pub(super) published_at: Instant,
+    /// The whole `message` frame, shared with the subscribers' queues.
+    pub(super) frame: Frame,
+    /// Where `data` starts inside `frame` (it runs to the frame's closing brace).
+    pub(super) data_start: u32,
+}
+
+impl Entry {
+    fn cost(&self) -> usize {
+        self.frame.len() + ENTRY_OVERHEAD
+    }
+}
+
+/// History settings and the node-wide byte budget they share.
+#[derive(Debug)]
+pub(super) struct HistoryPolicy {
+    pub(super) size: usize,
+    pub(super) ttl: Duration,
+    pub(super) max_bytes: usize,
+    pub(super) used_bytes: AtomicUsize,
+    pub(super) used_messages: AtomicUsize,
+}
+
+#[derive(Debug)]
+pub(super) struct Channel {
+    pub(super) epoch: u64,
+    /// Sequence number of the last message published; 0 before the first.
+    pub(super) seq: u64,
+    pub(super) history: VecDeque<Entry>,
+    pub(super) subscribers: IndexMap<ConnId, Arc<Outbound>>,
+    /// Set when the channel was dropped from its shard; holders of a stale `Arc` must look it
+    /// up again.
+    pub(super) removed: bool,
+}
+
+impl Channel {
+    pub(super) fn new() -> Self {
+        Self {
+            // A fresh random epoch per channel instance: offsets from an instance whose history
+            // was lost can never be mistaken for offsets of this one.
+            epoch: rand::random(),
+            seq: 0,
+            history: VecDeque::new(),
+            subscribers: IndexMap::new(),
+            removed: false,
+        }
+    }
+
+    pub(super) fn offset(&self) -> Offset {
+        Offset {
+            epoch: self.epoch,
+            seq: self.seq,
+        }
+    }
+
+    pub(super) fn next_offset(&mut self) -> Offset {
+        self.seq += 1;
+        self.offset()
+    }
+
+    /// Enqueues `frame` to every subscriber; drops the ones that overflowed or are closing.
+    /// Returns how many took it.
+    pub(super) fn fan_out(&mut self, frame: &Frame) -> usize {
+        let mut delivered = 0;
+        self.subscribers.retain(|_, outbound| {
+            let ok = outbound.try_enqueue(frame).is_ok();
+            delivered += usize::from(ok);
+            ok
+        });
+        delivered
+    }
+
+    /// Appends to history and trims it by count, age and the node-wide byte budget.
+    pub(super) fn remember(&mut self, entry: Entry, policy: &HistoryPolicy, now: Instant) {
+        if policy.size == 0 {
+            return;
+        }
+        policy.used_bytes.fetch_add(entry.cost(), Ordering::Relaxed);
+        policy.used_messages.fetch_add(1, Ordering::Relaxed);
+        self.history.push_back(entry);
+        while self.history.len() > policy.size {
+            self.forget_oldest(policy);
+        }
+        self.expire(policy, now);
+        // Over the node-wide budget, the publishing channel gives up its oldest entries. Older
+        // channels' entries go by age, so no channel starves for longer than one `ttl`.
+        while policy.used_bytes.load(Ordering::Relaxed) > policy.max_bytes
+            && !self.history.is_empty()
+        {
+            self.forget_oldest(policy);
+        }
+    }
+
+    /// Drops entries older than the ttl.
+    pub(super) fn expire(&mut self, policy: &HistoryPolicy, now: Instant) {
+        while self
+            .history
+            .front()
+            .is_some_and(|entry| now.duration_since(entry.published_at) >= policy.ttl)
+        {
+            self.forget_oldest(policy);
+        }
+    }
+
+    fn forget_oldest(&mut self, policy: &HistoryPolicy) {
+        if let Some(entry) = self.history.pop_front() {
+            policy.used_bytes.fetch_sub(entry.cost(), Ordering::Relaxed);
+            policy.used_messages.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Gives back the budget of the whole history when the channel is dropped.
+    pub(super) fn forget_all(&mut self, policy: &HistoryPolicy) {
+        while !self.history.is_empty() {
+            self.forget_oldest(policy);
+        }
+    }
+
+    /// The entries after `since`, if history still holds every one of them.
+    ///
+    /// `None` means the gap cannot be filled: another epoch, an offset ahead of the channel, or
+    /// entries already trimmed.
+    pub(super) fn entries_after(
+        &self,
+        since: Offset,
+    ) -> Option<std::collections::vec_deque::Iter<'_, Entry>> {
+        if since.epoch != self.epoch || since.seq > self.seq {
+            return None;
+        }
+        // Entries hold consecutive seqs ending at self.seq.
+        let first_kept = self.history.front().map_or(self.seq + 1, |entry| entry.seq);
+        if since.seq + 1 < first_kept {
+            return None;
+        }
+        let skip = usize::try_from(since.seq + 1 - first_kept).ok()?;
+        Some(self.history.range(skip..))
+    }
+
+    pub(super) fn is_idle(&self) -> bool {
+        self.subscribers.is_empty() && self.history.is_empty()
+    }
+}

@@ -1,0 +1,521 @@
+//! The sharded hub: which connections exist, which channels they follow, and fan-out.
+//!
+//! Channels are spread over a power-of-two number of [`Shard`]s by a hash of their name; each
+//! shard maps names to channels under a `RwLock` held only to look a channel up, add or drop
+//! it. A channel's own state (offset, history, subscribers) sits behind its own mutex, so
+//! publishers to different channels never contend, and no lock is global. Connections live
+//! in a `DashMap` (itself sharded) keyed by [`ConnId`].
+//!
+//! Invariants:
+//! - The hub never awaits and never touches a socket: it enqueues into bounded queues with
+//!   `try_send`, and a full queue closes that one connection as a slow consumer.
+//! - A message is encoded once per publish; every subscriber's queue gets the same `Bytes`.
+//! - Lock order is shard lock, then channel mutex; nothing takes a shard lock while holding
+//!   a channel mutex.
+//! - No lock is held across an `.await` (there are none here).
+
+mod channel;
+mod outbound;
+
+use std::{
+    collections::hash_map::{DefaultHasher, HashMap},
+    hash::{Hash, Hasher},
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError, RwLock,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use dashmap::DashMap;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use self::channel::{Channel, Entry, HistoryPolicy};
+pub use self::outbound::{ConnId, EnqueueError, Outbound};
+use crate::{
+    protocol::{self, ChannelName, Offset},
+    telemetry,
+};
+
+/// An encoded text frame: `Bytes` known to be UTF-8, shared by every queue it is put in.
+pub type Frame = Utf8Bytes;
+
+/// Settings the hub needs, taken from the configuration.
+#[derive(Debug, Clone)]
+pub struct HubSettings {
+    pub shards: usize,
+    pub max_connections: usize,
+    pub max_subscriptions_per_connection: usize,
+    pub queue_messages: usize,
+    pub queue_bytes: usize,
+    pub history_size: usize,
+    pub history_ttl: Duration,
+    pub history_max_bytes: usize,
+}
+
+/// A cheap, clonable handle on the hub.
+pub type HubHandle = Arc<Hub>;
+
+#[derive(Debug)]
+pub struct Hub {
+    shards: Box<[Shard]>,
+    conns: DashMap<ConnId, Arc<Outbound>>,
+    next_conn_id: AtomicU64,
+    /// Connections admitted, counted before the upgrade so the limit holds under a burst.
+    admitted: AtomicUsize,
+    settings: HubSettings,
+    history: HistoryPolicy,
+    started: Instant,
+}
+
+/// One slice of the channel space.
+#[derive(Debug, Default)]
+pub struct Shard {
+    // Held only for a map lookup, insert or remove; never while fanning out.
+    channels: RwLock<HashMap<ChannelName, Arc<Mutex<Channel>>>>,
+    subscriptions: AtomicUsize,
+}
+
+/// Per-shard figures for `/v1/stats`.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct ShardStats {
+    pub channels: usize,
+    pub subscriptions: usize,
+}
+
+/// What a subscribe did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subscribed {
+    /// The channel's position when the subscription took effect.
+    pub offset: Offset,
+    /// With `since`: whether every message after it was replayed.
+    pub recovered: Option<bool>,
+    /// Messages replayed from history.
+    pub replayed: usize,
+}
+
+/// A history read.
+#[derive(Debug, Clone)]
+pub struct History {
+    /// The channel's current position.
+    pub offset: Offset,
+    /// With `since`: whether the messages returned start right after it.
+    pub recovered: Option<bool>,
+    /// `(offset, data)` pairs, oldest first.
+    pub messages: Vec<(Offset, HistoryData)>,
+}
+
+/// A message's `data` as stored in history: a slice of the shared frame, no copy.
+#[derive(Debug, Clone)]
+pub struct HistoryData {
+    frame: Frame,
+    data_start: u32,
+}
+
+impl HistoryData {
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        let frame: &str = &self.frame;
+        &frame[self.data_start as usize..frame.len() - 1]
+    }
+}
+
+/// Why a subscribe failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SubscribeError {
+    /// The connection's queue overflowed during the replay; it is closing as a slow consumer.
+    #[error("outbound queue overflowed")]
+    SlowConsumer,
+    /// The connection is closing.
+    #[error("connection is closing")]
+    Closing,
+}
+
+impl From<EnqueueError> for SubscribeError {
+    fn from(err: EnqueueError) -> Self {
+        match err {
+            EnqueueError::SlowConsumer => SubscribeError::SlowConsumer,
+            EnqueueError::Closing => SubscribeError::Closing,
+        }
+    }
+}
+
+impl Hub {
+    #[must_use]
+    pub fn new(settings: HubSettings) -> HubHandle {
+        assert!(
+            settings.shards.is_power_of_two(),
+            "config validation makes shards a power of two"
+        );
+        let shards = (0..settings.shards).map(|_| Shard::default()).collect();
+        Arc::new(Self {
+            shards,
+            conns: DashMap::with_shard_amount(settings.shards.max(2)),
+            next_conn_id: AtomicU64::new(1),
+            admitted: AtomicUsize::new(0),
+            history: HistoryPolicy {
+                size: settings.history_size,
+                ttl: settings.history_ttl,
+                max_bytes: settings.history_max_bytes,
+                used_bytes: AtomicUsize::new(0),
+                used_messages: AtomicUsize::new(0),
+            },
+            settings,
+            started: Instant::now(),
+        })
+    }
+
+    #[must_use]
+    pub fn settings(&self) -> &HubSettings {
+        &self.settings
+    }
+
+    /// Reserves room for one more connection; `false` when the node is full.
+    /// Pair every `true` with [`Hub::release_admission`].
+    pub fn try_admit(&self) -> bool {
+        self.admitted
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.settings.max_connections).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    pub fn release_admission(&self) {
+        self.admitted.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Registers a connection and returns its outbound handle and the queue's receiving end.
+    pub fn register(&self) -> (Arc<Outbound>, flume::Receiver<Frame>) {
+        let conn_id = self.next_conn_id.fetch_add(1, Ordering::Relaxed);
+        let (outbound, rx) = Outbound::new(
+            conn_id,
+            self.settings.queue_messages,
+            self.settings.queue_bytes,
+        );
+        self.conns.insert(conn_id, Arc::clone(&outbound));
+        (outbound, rx)
+    }
+
+    /// Removes a connection and its subscriptions. O(number of its subscriptions).
+    pub fn deregister<'a>(
+        &self,
+        conn_id: ConnId,
+        channels: impl IntoIterator<Item = &'a ChannelName>,
+    ) {
+        for channel in channels {
+            self.unsubscribe(conn_id, channel);
+        }
+        self.conns.remove(&conn_id);
+    }
+
+    /// Asks one connection to close. Returns `false` when no such connection exists.
+    pub fn disconnect(&self, conn_id: ConnId, code: protocol::CloseCode) -> bool {
+        match self.conns.get(&conn_id) {
+            Some(outbound) => {
+                outbound.close(code);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Asks every connection to close with `code` (shutdown).
+    pub fn disconnect_all(&self, code: protocol::CloseCode) -> usize {
+        let mut n = 0;
+        for entry in &self.conns {
+            entry.value().close(code);
+            n += 1;
+        }
+        n
+    }
+
+    fn shard(&self, channel: &ChannelName) -> &Shard {
+        let mut hasher = DefaultHasher::new();
+        channel.hash(&mut hasher);
+        // Truncating the hash is fine: only its low bits pick the shard.
+        #[allow(
+            clippy::cast_possible_truncation,
+            reason = "only the low bits are used"
+        )]
+        let index = (hasher.finish() as usize) & (self.shards.len() - 1);
+        &self.shards[index]
+    }
+
+    /// Runs `f` on the channel, creating it when absent.
+    fn with_channel<R>(&self, name: &ChannelName, f: impl FnOnce(&mut Channel) -> R) -> R {
+        let shard = self.shard(name);
+        let mut f = Some(f);
+        loop {
+            let existing = read(&shard.channels).get(name).cloned();
+            let slot = match existing {
+                Some(slot) => slot,
+                None => Arc::clone(
+                    write(&shard.channels)
+                        .entry(name.clone())
+                        .or_insert_with(|| Arc::new(Mutex::new(Channel::new()))),
+                ),
+            };
+            let mut channel = lock(&slot);
+            if channel.removed {
+                // The sweeper dropped it between our lookup and our lock: look again.
+                continue;
+            }
+            let f = f.take().expect("the loop returns right after the one call");
+            return f(&mut channel);
+        }
+    }
+
+    /// Runs `f` on the channel if it exists.
+    fn with_existing_channel<R>(
+        &self,
+        name: &ChannelName,
+        f: impl FnOnce(&mut Channel) -> R,
+    ) -> Option<R> {
+        let slot = read(&self.shard(name).channels).get(name).cloned()?;
+        let mut channel = lock(&slot);
+        if channel.removed {
+            return None;
+        }
+        Some(f(&mut channel))
+    }
+
+    /// Publishes `data` (valid JSON) to `channel`: assigns the next offset, remembers it in
+    /// history and enqueues one shared frame to every subscriber. Never waits on a subscriber.
+    pub fn publish(&self, channel: &ChannelName, data: &str) -> Offset {
+        let started = std::time::Instant::now();
+        let metrics = telemetry::metrics();
+        let (offset, delivered) = self.with_channel(channel, |state| {
+            let offset = state.next_offset();
+            let text = protocol::encode_message(channel, offset, data);
+            let data_start = u32::try_from(text.len() - data.len() - 1)
+                .expect("payload size is bounded by config far below 4 GiB");
+            let frame = Frame::from(text);
+            let delivered = state.fan_out(&frame);
+            let now = Instant::now();
+            state.remember(
+                Entry {
+                    seq: offset.seq,
+                    published_at: now,
+                    frame,
+                    data_start,
+                },
+                &self.history,
+                now,
+            );
+            (offset, delivered)
+        });
+        metrics.messages_published.increment(1);
+        metrics.messages_delivered.increment(delivered as u64);
+        metrics
+            .publish_to_enqueue
+            .record(started.elapsed().as_secs_f64());
+        offset
+    }
+
+    /// Subscribes a connection. The `subscribed` reply (built by `reply` from the outcome),
+    /// any replayed history and then live messages reach the queue in that order, with no gap
+    /// and no duplicate, however many publishers are busy.
+    ///
+    /// # Errors
+    /// [`SubscribeError`] when the connection could not take the reply or the replay.
+    pub fn subscribe(
+        &self,
+        outbound: &Arc<Outbound>,
+        channel: &ChannelName,
+        since: Option<Offset>,
+        reply: impl FnOnce(&Subscribed) -> Frame,
+    ) -> Result<Subscribed, SubscribeError> {
+        let shard = self.shard(channel);
+        let outcome = self.with_channel(channel, |state| {
+            state.expire(&self.history, Instant::now());
+            let replay = since.map(|since| state.entries_after(since));
+            let mut outcome = Subscribed {
+                offset: state.offset(),
+                recovered: replay.as_ref().map(Option::is_some),
+                replayed: 0,
+            };
+            if let Some(Some(entries)) = replay {
+                outcome.replayed = entries.len();
+                outbound.try_enqueue(&reply(&outcome))?;
+                for entry in entries {
+                    outbound.try_enqueue(&entry.frame)?;
+                }
+            } else {
+                outbound.try_enqueue(&reply(&outcome))?;
+            }
+            if state
+                .subscribers
+                .insert(outbound.conn_id(), Arc::clone(outbound))
+                .is_none()
+            {
+                shard.subscriptions.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok::<_, SubscribeError>(outcome)
+        })?;
+        let metrics = telemetry::metrics();
+        match outcome.recovered {
+            Some(true) => metrics.resumes_recovered.increment(1),
+            Some(false) => metrics.resumes_not_recovered.increment(1),
+            None => {}
+        }
+        Ok(outcome)
+    }
+
+    /// Removes one subscription; `false` when it did not exist.
+    pub fn unsubscribe(&self, conn_id: ConnId, channel: &ChannelName) -> bool {
+        let shard = self.shard(channel);
+        let removed = self
+            .with_existing_channel(channel, |state| {
+                state.subscribers.swap_remove(&conn_id).is_some()
+            })
+            .unwrap_or(false);
+        if removed {
+            shard.subscriptions.fetch_sub(1, Ordering::Relaxed);
+        }
+        removed
+    }
+
+    /// Reads history after `since` (or the newest messages), at most `limit`, oldest first.
+    #[must_use]
+    pub fn history(&self, channel: &ChannelName, since: Option<Offset>, limit: usize) -> History {
+        let read_history = |state: &mut Channel| {
+            state.expire(&self.history, Instant::now());
+            let to_pair = |entry: &Entry| {
+                (
+                    Offset {
+                        epoch: state.epoch,
+                        seq: entry.seq,
+                    },
+                    HistoryData {
+                        frame: entry.frame.clone(),
+                        data_start: entry.data_start,
+                    },
+                )
+            };
+            match since {
+                Some(since) => match state.entries_after(since) {
+                    Some(entries) => History {
+                        offset: state.offset(),
+                        recovered: Some(true),
+                        messages: entries.take(limit).map(to_pair).collect(),
+                    },
+                    None => History {
+                        offset: state.offset(),
+                        recovered: Some(false),
+                        messages: Vec::new(),
+                    },
+                },
+                None => {
+                    let skip = state.history.len().saturating_sub(limit);
+                    History {
+                        offset: state.offset(),
+                        recovered: None,
+                        messages: state.history.range(skip..).map(to_pair).collect(),
+                    }
+                }
+            }
+        };
+        // Reading history of an unknown channel creates it, so the reply carries the epoch a
+        // later publish will use and clients can start from it.
+        self.with_channel(channel, read_history)
+    }
+
+    /// Drops expired history and channels with neither subscribers nor history.
+    /// Returns how many channels were dropped. Runs from a periodic task.
+    pub fn sweep(&self) -> usize {
+        let now = Instant::now();
+        let mut dropped = 0;
+        for shard in &self.shards {
+            let slots: Vec<_> = read(&shard.channels).values().cloned().collect();
+            let mut idle = Vec::new();
+            for slot in slots {
+                let mut channel = lock(&slot);
+                channel.expire(&self.history, now);
+                if channel.is_idle() {
+                    idle.push(Arc::clone(&slot));
+                }
+            }
+            if idle.is_empty() {
+                continue;
+            }
+            let mut channels = write(&shard.channels);
+            channels.retain(|_, slot| {
+                if !idle.iter().any(|candidate| Arc::ptr_eq(candidate, slot)) {
+                    return true;
+                }
+                let mut channel = lock(slot);
+                if channel.is_idle() {
+                    channel.forget_all(&self.history);
+                    channel.removed = true;
+                    dropped += 1;
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        dropped
+    }
+
+    /// Per-shard channel and subscription counts.
+    #[must_use]
+    pub fn shard_stats(&self) -> Vec<ShardStats> {
+        self.shards
+            .iter()
+            .map(|shard| ShardStats {
+                channels: read(&shard.channels).len(),
+                subscriptions: shard.subscriptions.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+
+    /// Gauges for `/metrics`: walks the connections, so it runs at scrape time only.
+    #[must_use]
+    pub fn snapshot(&self) -> telemetry::Snapshot {
+        let mut snapshot = telemetry::Snapshot {
+            connections: self.conns.len(),
+            history_bytes: self.history.used_bytes.load(Ordering::Relaxed),
+            history_messages: self.history.used_messages.load(Ordering::Relaxed),
+            ..telemetry::Snapshot::default()
+        };
+        for stats in self.shard_stats() {
+            snapshot.channels += stats.channels;
+            snapshot.subscriptions += stats.subscriptions;
+        }
+        for entry in &self.conns {
+            let queued = entry.value().queued_messages();
+            snapshot.queue_messages += queued;
+            snapshot.queue_max_messages = snapshot.queue_max_messages.max(queued);
+            snapshot.queue_bytes += entry.value().queued_bytes();
+        }
+        snapshot
+    }
+
+    #[must_use]
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    #[must_use]
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
+// The hub's locks guard plain data whose invariants hold between statements, so a panic in
+// another holder leaves nothing half-done that matters more than staying up.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,14 @@
+//! Switchboard: a WebSocket edge and fan-out server.
+//!
+//! See `ARCHITECTURE.md` for the bird's eye view. The binary (`src/main.rs`) only parses the
+//! command line, loads the configuration, starts telemetry and calls [`app::run`].
+
+pub mod app;
+pub mod cluster;
+pub mod config;
+pub mod control;
+pub mod hub;
+pub mod protocol;
+pub mod session;
+pub mod shutdown;
+pub mod telemetry;

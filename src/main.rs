@@ -1,0 +1,147 @@
+//! The `switchboard` binary: command line, configuration, telemetry, then `app::run`.
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use switchboard::{app, config::Config, telemetry};
+
+/// Exit status for a configuration that does not validate (EX_CONFIG-like, as linkerd uses).
+const EXIT_BAD_CONFIG: u8 = 64;
+/// The configuration file used when `--config` is not given and it exists.
+const DEFAULT_CONFIG: &str = "config/switchboard.toml";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "switchboard",
+    version,
+    about = "WebSocket edge and fan-out server"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server (the default when no subcommand is given).
+    Serve(ServeArgs),
+    /// Validate a configuration file (with environment overrides) and print the effective
+    /// configuration.
+    CheckConfig {
+        /// The TOML file to check.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Default, clap::Args)]
+struct ServeArgs {
+    /// TOML configuration file [default: config/switchboard.toml when it exists].
+    #[arg(long, short = 'c', global = true)]
+    config: Option<PathBuf>,
+    /// Public WebSocket listener address (overrides server.listen).
+    #[arg(long, global = true)]
+    listen: Option<SocketAddr>,
+    /// Control API listener address (overrides control.listen).
+    #[arg(long, global = true)]
+    control: Option<SocketAddr>,
+    /// Log level or filter, e.g. `debug` (overrides log.level).
+    #[arg(long, global = true)]
+    log_level: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::CheckConfig { file }) => check_config(&file),
+        Some(Command::Serve(args)) => serve(&args),
+        None => serve(&cli.serve),
+    }
+}
+
+fn load(args: &ServeArgs) -> Result<Config, String> {
+    let default = PathBuf::from(DEFAULT_CONFIG);
+    let path = args
+        .config
+        .clone()
+        .or_else(|| default.exists().then_some(default));
+    let mut config =
+        Config::load(path.as_deref(), std::env::vars()).map_err(|err| err.to_string())?;
+    if let Some(listen) = args.listen {
+        config.server.listen = listen;
+    }
+    if let Some(control) = args.control {
+        config.control.listen = control;
+    }
+    if let Some(level) = &args.log_level {
+        config.log.level.clone_from(level);
+    }
+    config.validate().map_err(|err| err.to_string())
+}
+
+fn check_config(file: &std::path::Path) -> ExitCode {
+    match Config::load(Some(file), std::env::vars()) {
+        Ok(config) => {
+            println!("# {}: valid; effective configuration:", file.display());
+            print!("{}", config.to_toml());
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("switchboard: invalid configuration: {err}");
+            ExitCode::from(EXIT_BAD_CONFIG)
+        }
+    }
+}
+
+fn serve(args: &ServeArgs) -> ExitCode {
+    let config = match load(args) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("switchboard: invalid configuration: {err}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    if let Err(err) = telemetry::init_tracing(&config.log) {
+        eprintln!("switchboard: {err:#}");
+        return ExitCode::FAILURE;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("switchboard: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(app::run(config, shutdown_signal()));
+    // Tasks left after the grace period are dropped here, not awaited.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!(error = format!("{err:#}"), "Switchboard failed");
+            eprintln!("switchboard: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = match signal(SignalKind::terminate()) {
+        Ok(stream) => stream,
+        Err(err) => {
+            tracing::error!(error = %err, "Cannot listen for SIGTERM; only SIGINT will stop");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        _ = terminate.recv() => tracing::info!("SIGTERM received"),
+    }
+}

@@ -1,0 +1,103 @@
+//! WebSocket close codes the server sends, each with a short reason.
+
+/// Why the server closed a connection. `docs/protocol.md` lists the same table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CloseCode {
+    /// 1000: the client closed, or `POST /v1/disconnect` was called without a reason.
+    Normal,
+    /// 1001: the server is shutting down or draining; reconnect (to another node).
+    GoingAway,
+    /// 1002: the peer broke the WebSocket protocol (bad framing, unmasked frames).
+    ProtocolError,
+    /// 1003: a binary frame arrived; protocol v1 is JSON text only.
+    UnsupportedData,
+    /// 1007: a text frame was not valid UTF-8.
+    InvalidPayload,
+    /// 1009: an inbound message exceeded `limits.max_inbound_message_bytes`.
+    MessageTooBig,
+    /// 1011: an internal error ended the session.
+    InternalError,
+    /// 4000: the connection was closed through the control API (`POST /v1/disconnect`).
+    Disconnected,
+    /// 4001: the outbound queue overflowed (count or bytes): the client reads too slowly.
+    SlowConsumer,
+    /// 4002: nothing, not even a pong, arrived within `session.idle_timeout`.
+    IdleTimeout,
+}
+
+impl CloseCode {
+    /// The numeric code sent in the close frame.
+    #[must_use]
+    pub const fn code(self) -> u16 {
+        match self {
+            CloseCode::Normal => 1000,
+            CloseCode::GoingAway => 1001,
+            CloseCode::ProtocolError => 1002,
+            CloseCode::UnsupportedData => 1003,
+            CloseCode::InvalidPayload => 1007,
+            CloseCode::MessageTooBig => 1009,
+            CloseCode::InternalError => 1011,
+            CloseCode::Disconnected => 4000,
+            CloseCode::SlowConsumer => 4001,
+            CloseCode::IdleTimeout => 4002,
+        }
+    }
+
+    /// The reason text sent in the close frame (at most 123 bytes by RFC 6455).
+    #[must_use]
+    pub const fn reason(self) -> &'static str {
+        match self {
+            CloseCode::Normal => "normal closure",
+            CloseCode::GoingAway => "server going away",
+            CloseCode::ProtocolError => "websocket protocol error",
+            CloseCode::UnsupportedData => "binary frames are not supported",
+            CloseCode::InvalidPayload => "invalid utf-8",
+            CloseCode::MessageTooBig => "message too big",
+            CloseCode::InternalError => "internal error",
+            CloseCode::Disconnected => "disconnected by server",
+            CloseCode::SlowConsumer => "slow consumer",
+            CloseCode::IdleTimeout => "idle timeout",
+        }
+    }
+
+    /// A bounded label for metrics.
+    #[must_use]
+    pub const fn label(self) -> &'static str {
+        match self {
+            CloseCode::Normal => "normal",
+            CloseCode::GoingAway => "going_away",
+            CloseCode::ProtocolError => "protocol_error",
+            CloseCode::UnsupportedData => "unsupported_data",
+            CloseCode::InvalidPayload => "invalid_payload",
+            CloseCode::MessageTooBig => "message_too_big",
+            CloseCode::InternalError => "internal_error",
+            CloseCode::Disconnected => "disconnected",
+            CloseCode::SlowConsumer => "slow_consumer",
+            CloseCode::IdleTimeout => "idle_timeout",
+        }
+    }
+
+    /// Stable small integer for storing in an atomic; inverse of [`CloseCode::from_index`].
+    #[must_use]
+    pub const fn index(self) -> u8 {
+        self as u8
+    }
+
+    /// Inverse of [`CloseCode::index`].
+    #[must_use]
+    pub const fn from_index(index: u8) -> Option<Self> {
+        Some(match index {
+            0 => CloseCode::Normal,
+            1 => CloseCode::GoingAway,
+            2 => CloseCode::ProtocolError,
+            3 => CloseCode::UnsupportedData,
+            4 => CloseCode::InvalidPayload,
+            5 => CloseCode::MessageTooBig,
+            6 => CloseCode::InternalError,
+            7 => CloseCode::Disconnected,
+            8 => CloseCode::SlowConsumer,
+            9 => CloseCode::IdleTimeout,
+            _ => return None,
+        })
+    }
+}

@@ -1,0 +1,130 @@
+//! Decoding client frames.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// A decoded client frame. Strings borrow from the input unless they held JSON escapes.
+#[derive(Debug)]
+pub enum ClientFrame<'a> {
+    /// `{"type":"subscribe","id":1,"channel":"news","since":"<offset>"}`; `since` optional.
+    Subscribe {
+        id: Option<u64>,
+        channel: Cow<'a, str>,
+        since: Option<Cow<'a, str>>,
+    },
+    /// `{"type":"unsubscribe","id":2,"channel":"news"}`
+    Unsubscribe {
+        id: Option<u64>,
+        channel: Cow<'a, str>,
+    },
+    /// `{"type":"publish","id":3,"channel":"chat","data":<any JSON>}`
+    Publish {
+        id: Option<u64>,
+        channel: Cow<'a, str>,
+        data: &'a RawValue,
+    },
+    /// `{"type":"ping","id":4}`
+    Ping { id: Option<u64> },
+}
+
+/// A frame that could not be understood. Recoverable: reply with an `error` frame, keep the
+/// connection. `id` is the request id when it could be read, so the reply can carry it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct DecodeError {
+    pub id: Option<u64>,
+    pub message: &'static str,
+}
+
+/// Every field any frame type may carry, kept raw so that each can be checked on its own and
+/// the `id` survives errors in the other fields. Unknown fields are ignored for forward
+/// compatibility.
+#[derive(Deserialize)]
+struct RawFrame<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    channel: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    since: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+}
+
+/// Decodes one text frame.
+///
+/// # Errors
+/// [`DecodeError`] with a fixed message for malformed JSON, non-object frames, unknown types,
+/// missing or mistyped fields.
+pub fn decode_client_frame(text: &str) -> Result<ClientFrame<'_>, DecodeError> {
+    let trimmed = text.trim_start();
+    if !trimmed.starts_with('{') {
+        let message = if serde_json::from_str::<&RawValue>(text).is_ok() {
+            "frame must be a JSON object"
+        } else {
+            "frame is not valid JSON"
+        };
+        return Err(DecodeError { id: None, message });
+    }
+    let raw: RawFrame<'_> = serde_json::from_str(text).map_err(|err| DecodeError {
+        id: None,
+        message: if err.is_data() {
+            "frame has a duplicate field"
+        } else {
+            "frame is not valid JSON"
+        },
+    })?;
+    let id = match raw.id {
+        None => None,
+        Some(value) if value.get() == "null" => None,
+        Some(value) => Some(value.get().parse::<u64>().map_err(|_| DecodeError {
+            id: None,
+            message: "`id` must be an integer from 0 to 2^64-1",
+        })?),
+    };
+    let fail = |message| DecodeError { id, message };
+    let kind = raw.kind.ok_or(fail("missing field `type`"))?;
+    let kind = string(kind).ok_or(fail("`type` must be a string"))?;
+    let channel = || -> Result<Cow<'_, str>, DecodeError> {
+        let value = raw.channel.ok_or(fail("missing field `channel`"))?;
+        string(value).ok_or(fail("`channel` must be a string"))
+    };
+    match &*kind {
+        "subscribe" => {
+            let since = match raw.since {
+                None => None,
+                Some(value) if value.get() == "null" => None,
+                Some(value) => Some(string(value).ok_or(fail("`since` must be a string"))?),
+            };
+            Ok(ClientFrame::Subscribe {
+                id,
+                channel: channel()?,
+                since,
+            })
+        }
+        "unsubscribe" => Ok(ClientFrame::Unsubscribe {
+            id,
+            channel: channel()?,
+        }),
+        "publish" => Ok(ClientFrame::Publish {
+            id,
+            channel: channel()?,
+            data: raw.data.ok_or(fail("missing field `data`"))?,
+        }),
+        "ping" => Ok(ClientFrame::Ping { id }),
+        _ => Err(fail("unknown frame type")),
+    }
+}
+
+/// Reads a JSON string, borrowing when it holds no escapes.
+fn string(value: &RawValue) -> Option<Cow<'_, str>> {
+    let text = value.get();
+    if let Ok(borrowed) = serde_json::from_str::<&str>(text) {
+        return Some(Cow::Borrowed(borrowed));
+    }
+    serde_json::from_str::<String>(text).ok().map(Cow::Owned)
+}

@@ -1,0 +1,113 @@
+//! Encoding server frames straight into a `String`.
+//!
+//! Channel names and offsets need no JSON escaping by their grammar; free text (error messages,
+//! node ids) goes through `serde_json` escaping. `data` is the publisher's JSON, already
+//! validated, copied verbatim.
+
+use std::fmt::Write as _;
+
+use super::{ChannelName, ErrorCode, Offset, PROTOCOL_VERSION};
+
+fn push_json_string(out: &mut String, text: &str) {
+    // Writing a &str into a String cannot fail.
+    let escaped = serde_json::to_string(text).unwrap_or_else(|_| "\"\"".to_owned());
+    out.push_str(&escaped);
+}
+
+fn push_id(out: &mut String, id: Option<u64>) {
+    if let Some(id) = id {
+        let _ = write!(out, ",\"id\":{id}");
+    }
+}
+
+/// `{"type":"welcome","conn_id":..,"node":..,"heartbeat_ms":..,"protocol":1}`
+#[must_use]
+pub fn encode_welcome(conn_id: u64, node: &str, heartbeat_ms: u64) -> String {
+    let mut out = String::with_capacity(96);
+    let _ = write!(
+        out,
+        "{{\"type\":\"welcome\",\"conn_id\":{conn_id},\"node\":"
+    );
+    push_json_string(&mut out, node);
+    let _ = write!(
+        out,
+        ",\"heartbeat_ms\":{heartbeat_ms},\"protocol\":{PROTOCOL_VERSION}}}"
+    );
+    out
+}
+
+/// `{"type":"subscribed","id":1,"channel":"news","offset":"..","recovered":true}`;
+/// `recovered` only when the subscribe asked for `since`.
+#[must_use]
+pub fn encode_subscribed(
+    id: Option<u64>,
+    channel: &ChannelName,
+    offset: Offset,
+    recovered: Option<bool>,
+) -> String {
+    let mut out = String::with_capacity(96 + channel.as_str().len());
+    out.push_str("{\"type\":\"subscribed\"");
+    push_id(&mut out, id);
+    let _ = write!(out, ",\"channel\":\"{channel}\",\"offset\":\"{offset}\"");
+    if let Some(recovered) = recovered {
+        let _ = write!(out, ",\"recovered\":{recovered}");
+    }
+    out.push('}');
+    out
+}
+
+/// `{"type":"unsubscribed","id":2,"channel":"news"}`
+#[must_use]
+pub fn encode_unsubscribed(id: Option<u64>, channel: &ChannelName) -> String {
+    let mut out = String::with_capacity(64 + channel.as_str().len());
+    out.push_str("{\"type\":\"unsubscribed\"");
+    push_id(&mut out, id);
+    let _ = write!(out, ",\"channel\":\"{channel}\"}}");
+    out
+}
+
+/// `{"type":"published","id":3,"channel":"chat","offset":".."}`
+#[must_use]
+pub fn encode_published(id: Option<u64>, channel: &ChannelName, offset: Offset) -> String {
+    let mut out = String::with_capacity(96 + channel.as_str().len());
+    out.push_str("{\"type\":\"published\"");
+    push_id(&mut out, id);
+    let _ = write!(out, ",\"channel\":\"{channel}\",\"offset\":\"{offset}\"}}");
+    out
+}
+
+/// `{"type":"pong","id":4}`
+#[must_use]
+pub fn encode_pong(id: Option<u64>) -> String {
+    let mut out = String::with_capacity(32);
+    out.push_str("{\"type\":\"pong\"");
+    push_id(&mut out, id);
+    out.push('}');
+    out
+}
+
+/// `{"type":"error","id":5,"code":"bad_request","message":".."}`
+#[must_use]
+pub fn encode_error(id: Option<u64>, code: ErrorCode, message: &str) -> String {
+    let mut out = String::with_capacity(64 + message.len());
+    out.push_str("{\"type\":\"error\"");
+    push_id(&mut out, id);
+    let _ = write!(out, ",\"code\":\"{}\",\"message\":", code.as_str());
+    push_json_string(&mut out, message);
+    out.push('}');
+    out
+}
+
+/// `{"type":"message","channel":"news","offset":"..","data":<JSON>}`: built once per published
+/// message and shared by every subscriber.
+#[must_use]
+pub fn encode_message(channel: &ChannelName, offset: Offset, data: &str) -> String {
+    let mut out = String::with_capacity(72 + channel.as_str().len() + data.len());
+    let _ = write!(
+        out,
+        "{{\"type\":\"message\",\"channel\":\"{channel}\",\"offset\":\"{offset}\",\"data\":"
+    );
+    out.push_str(data);
+    out.push('}');
+    out
+}

@@ -1,0 +1,83 @@
+//! Wire protocol v1: client and server frames, channel names, offsets, error and close codes.
+//!
+//! Frames are JSON text. Decoding borrows from the input and never panics on client input;
+//! a frame that cannot be understood yields a [`DecodeError`] that still carries the request
+//! `id` when one could be read, so the error reply can name it. Encoding writes straight into a
+//! `String` without building intermediate values; `data` payloads stay the client's raw JSON.
+//! No tokio, no IO: this module depends on nothing else in the crate.
+//! `docs/protocol.md` is the normative description; keep the two in step.
+
+mod close;
+mod decode;
+mod encode;
+mod names;
+
+pub use close::CloseCode;
+pub use decode::{ClientFrame, DecodeError, decode_client_frame};
+pub use encode::{
+    encode_error, encode_message, encode_pong, encode_published, encode_subscribed,
+    encode_unsubscribed, encode_welcome,
+};
+pub use names::{ChannelName, ChannelNameError, Offset, OffsetParseError};
+
+/// Protocol version announced in `welcome`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The `code` of an `error` frame (and of HTTP API errors).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// The frame is malformed, of an unknown type, or misses a field.
+    BadRequest,
+    /// Authentication is missing or wrong.
+    Unauthorized,
+    /// Authenticated, but the action is not allowed (e.g. client publishing switched off).
+    Forbidden,
+    /// The target does not exist (e.g. unsubscribe from a channel not subscribed).
+    NotFound,
+    /// A rate limit refused the request; retry later.
+    RateLimited,
+    /// A configured limit refused the request (subscriptions, payload size).
+    LimitExceeded,
+    /// The broker cannot take the request now; retry later.
+    Unavailable,
+    /// A bug or an unexpected failure on the server.
+    Internal,
+}
+
+impl ErrorCode {
+    /// Every code, in the order used for metric labels.
+    pub const ALL: [ErrorCode; 8] = [
+        ErrorCode::BadRequest,
+        ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
+        ErrorCode::NotFound,
+        ErrorCode::RateLimited,
+        ErrorCode::LimitExceeded,
+        ErrorCode::Unavailable,
+        ErrorCode::Internal,
+    ];
+
+    /// The code as it appears on the wire.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::LimitExceeded => "limit_exceeded",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
+    /// Position in [`ErrorCode::ALL`].
+    #[must_use]
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,272 @@
+//! One client connection: upgrade, read loop, write loop, heartbeat, close.
+//!
+//! Each session has a reader (this task) and a writer task. They share the connection's
+//! [`Outbound`]: the reader and the hub enqueue frames, the writer drains them to the socket,
+//! and either side (or the hub, or shutdown) asks for a close through it. The writer is the only
+//! code that writes to the socket, so it also sends the close frame. Every way a session can end
+//! is an [`End`], mapped to its close code in one exhaustive `match`.
+//!
+//! Must not depend on `control` or `app`.
+
+mod reader;
+mod writer;
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpStream,
+};
+use tokio_tungstenite::{
+    WebSocketStream,
+    tungstenite::{
+        self,
+        handshake::server::{ErrorResponse, Request, Response},
+        http::StatusCode,
+        protocol::WebSocketConfig,
+    },
+};
+
+use crate::{
+    cluster::Bus,
+    hub::{Frame, HubHandle},
+    protocol::{self, CloseCode},
+    shutdown::Shutdown,
+    telemetry,
+};
+
+/// How long a close handshake may take before the socket is dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Settings of every session, taken from the configuration.
+#[derive(Debug, Clone)]
+pub struct SessionSettings {
+    pub ws_path: String,
+    pub heartbeat: Duration,
+    pub idle_timeout: Duration,
+    pub handshake_timeout: Duration,
+    pub client_publish: bool,
+    pub max_channel_name_bytes: usize,
+    pub max_publish_payload_bytes: usize,
+    pub max_subscriptions: usize,
+    pub max_inbound_message_bytes: usize,
+    pub read_buffer_bytes: usize,
+}
+
+impl SessionSettings {
+    fn websocket_config(&self) -> WebSocketConfig {
+        WebSocketConfig::default()
+            .read_buffer_size(self.read_buffer_bytes)
+            // Frames are gathered up to this size before a write; a batch of small messages
+            // becomes one syscall. Kept small because the buffer is kept per connection.
+            .write_buffer_size(8 * 1024)
+            .max_message_size(Some(self.max_inbound_message_bytes))
+            .max_frame_size(Some(self.max_inbound_message_bytes))
+    }
+}
+
+/// What every session shares.
+#[derive(Debug)]
+pub struct SessionContext {
+    pub hub: HubHandle,
+    pub bus: Arc<dyn Bus>,
+    pub node_id: Arc<str>,
+    pub settings: SessionSettings,
+    pub shutdown: Shutdown,
+}
+
+/// Every way a session ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The client sent a close frame.
+    ClientClosed,
+    /// The hub, the control API or shutdown asked for a close with this code.
+    Requested(CloseCode),
+    /// Nothing arrived within the idle timeout.
+    IdleTimeout,
+    /// A binary frame arrived.
+    BinaryFrame,
+    /// An inbound message was larger than allowed.
+    TooBig,
+    /// A text frame was not UTF-8.
+    BadUtf8,
+    /// The client broke RFC 6455.
+    ProtocolViolation,
+    /// The TCP connection failed or closed without a close frame.
+    TransportLost,
+}
+
+impl End {
+    /// The close code to send; `None` when the transport is gone and nothing can be sent.
+    const fn close_code(self) -> Option<CloseCode> {
+        match self {
+            End::ClientClosed => Some(CloseCode::Normal),
+            End::Requested(code) => Some(code),
+            End::IdleTimeout => Some(CloseCode::IdleTimeout),
+            End::BinaryFrame => Some(CloseCode::UnsupportedData),
+            End::TooBig => Some(CloseCode::MessageTooBig),
+            End::BadUtf8 => Some(CloseCode::InvalidPayload),
+            End::ProtocolViolation => Some(CloseCode::ProtocolError),
+            End::TransportLost => None,
+        }
+    }
+
+    /// A bounded label for metrics and logs.
+    const fn label(self) -> &'static str {
+        match self.close_code() {
+            Some(code) => code.label(),
+            None => "transport_lost",
+        }
+    }
+}
+
+/// Releases the admission slot when the session ends, however it ends.
+struct Admission(HubHandle);
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.0.release_admission();
+    }
+}
+
+/// Serves one accepted TCP connection: the upgrade, then the session.
+pub async fn serve_tcp(stream: TcpStream, ctx: Arc<SessionContext>) {
+    // Small frames should leave at once; batching happens in the writer.
+    let _ = stream.set_nodelay(true);
+    serve(stream, ctx).await;
+}
+
+/// Serves one connection over any byte stream (TCP, TLS, or a test pipe).
+pub async fn serve<S>(stream: S, ctx: Arc<SessionContext>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let admitted = ctx.hub.try_admit();
+    let _admission = admitted.then(|| Admission(Arc::clone(&ctx.hub)));
+    let ws_path = ctx.settings.ws_path.as_str();
+    let callback = |request: &Request, response: Response| {
+        if request.uri().path() != ws_path {
+            return Err(reject(StatusCode::NOT_FOUND, "not found"));
+        }
+        if !admitted {
+            return Err(reject(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "connection limit reached",
+            ));
+        }
+        Ok(response)
+    };
+    let handshake = tokio_tungstenite::accept_hdr_async_with_config(
+        stream,
+        callback,
+        Some(ctx.settings.websocket_config()),
+    );
+    let ws = match tokio::time::timeout(ctx.settings.handshake_timeout, handshake).await {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(err)) => {
+            let reason = if admitted {
+                "handshake"
+            } else {
+                "max_connections"
+            };
+            telemetry::connection_rejected(reason);
+            tracing::debug!(error = %err, reason, "WebSocket handshake failed");
+            return;
+        }
+        Err(_) => {
+            telemetry::connection_rejected("handshake_timeout");
+            return;
+        }
+    };
+    run(ws, ctx).await;
+}
+
+fn reject(status: StatusCode, message: &'static str) -> ErrorResponse {
+    let mut response = ErrorResponse::new(Some(message.to_owned()));
+    *response.status_mut() = status;
+    response
+}
+
+/// Runs an upgraded connection until it ends.
+async fn run<S>(ws: WebSocketStream<S>, ctx: Arc<SessionContext>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    use futures_util::StreamExt as _;
+
+    let (outbound, queue_rx) = ctx.hub.register();
+    let conn_id = outbound.conn_id();
+    telemetry::metrics().connections_accepted.increment(1);
+    let heartbeat_ms = u64::try_from(ctx.settings.heartbeat.as_millis()).unwrap_or(u64::MAX);
+    let welcome = protocol::encode_welcome(conn_id, &ctx.node_id, heartbeat_ms);
+    // A fresh queue always has room for the welcome.
+    let _ = outbound.try_enqueue(&Frame::from(welcome));
+
+    let (sink, stream) = ws.split();
+    let writer = ctx.shutdown.spawn(writer::write_loop(
+        sink,
+        queue_rx,
+        Arc::clone(&outbound),
+        ctx.settings.heartbeat,
+    ));
+    let mut stream = stream;
+    let mut reader = reader::Reader::new(Arc::clone(&ctx), Arc::clone(&outbound));
+    let end = reader.run(&mut stream).await;
+    match end.close_code() {
+        Some(code) => {
+            outbound.close(code);
+        }
+        None => outbound.abort(),
+    }
+    // The writer sends the close frame; the reader waits (bounded) for the client's reply so
+    // the close handshake completes before the socket is dropped.
+    let _ = writer.await;
+    if !matches!(end, End::ClientClosed | End::TransportLost) {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, reader::await_close_reply(&mut stream)).await;
+    }
+    let final_end = match outbound.close_code() {
+        Some(code) if end != End::ClientClosed => End::Requested(code),
+        _ => end,
+    };
+    ctx.hub.deregister(conn_id, reader.subscriptions());
+    telemetry::connection_closed(final_end.label());
+    tracing::debug!(conn_id, end = final_end.label(), "Session ended");
+}
+
+/// Maps a read error to how the session ends.
+fn end_for_error(err: &tungstenite::Error) -> End {
+    use tungstenite::{Error, error::CapacityError};
+    match err {
+        Error::Capacity(CapacityError::MessageTooLong { .. } | CapacityError::TooManyHeaders) => {
+            End::TooBig
+        }
+        Error::Utf8(_) => End::BadUtf8,
+        Error::Protocol(_) => End::ProtocolViolation,
+        Error::ConnectionClosed
+        | Error::AlreadyClosed
+        | Error::Io(_)
+        | Error::Tls(_)
+        | Error::WriteBufferFull(_)
+        | Error::Url(_)
+        | Error::Http(_)
+        | Error::HttpFormat(_)
+        | Error::AttackAttempt => End::TransportLost,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_end_but_transport_loss_sends_a_close_code() {
+        assert_eq!(End::TransportLost.close_code(), None);
+        assert_eq!(End::IdleTimeout.close_code(), Some(CloseCode::IdleTimeout));
+        assert_eq!(End::ClientClosed.close_code(), Some(CloseCode::Normal));
+        assert_eq!(End::TooBig.close_code().map(CloseCode::code), Some(1009));
+        assert_eq!(
+            End::BinaryFrame.close_code().map(CloseCode::code),
+            Some(1003)
+        );
+    }
+}

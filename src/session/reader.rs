@@ -1,0 +1,194 @@
+//! The read half of a session: decodes client frames and acts on them.
+
+use std::sync::Arc;
+
+use futures_util::{Stream, StreamExt as _};
+use tokio_tungstenite::tungstenite::{self, Message};
+
+use super::{End, SessionContext, end_for_error};
+use crate::{
+    hub::{Frame, Outbound, SubscribeError},
+    protocol::{self, ChannelName, ClientFrame, ErrorCode, Offset},
+    telemetry,
+};
+
+pub(super) struct Reader {
+    ctx: Arc<SessionContext>,
+    outbound: Arc<Outbound>,
+    /// Channels this connection follows. A `Vec`: it is short, and it costs no allocation
+    /// until the first subscribe.
+    subscriptions: Vec<ChannelName>,
+}
+
+impl Reader {
+    pub(super) fn new(ctx: Arc<SessionContext>, outbound: Arc<Outbound>) -> Self {
+        Self {
+            ctx,
+            outbound,
+            subscriptions: Vec::new(),
+        }
+    }
+
+    pub(super) fn subscriptions(&self) -> &[ChannelName] {
+        &self.subscriptions
+    }
+
+    /// Reads until the session must end, and says why.
+    pub(super) async fn run<S>(&mut self, stream: &mut S) -> End
+    where
+        S: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
+    {
+        let closed = self.outbound.closed().clone();
+        // Created once: re-creating it each turn would re-register a waiter every message.
+        let closed = closed.cancelled();
+        tokio::pin!(closed);
+        let idle_timeout = self.ctx.settings.idle_timeout;
+        loop {
+            let next = tokio::select! {
+                biased;
+                () = &mut closed => {
+                    return match self.outbound.close_code() {
+                        Some(code) => End::Requested(code),
+                        None => End::TransportLost,
+                    };
+                }
+                // Cancel safe: tungstenite keeps a partly read frame in its buffer.
+                next = tokio::time::timeout(idle_timeout, stream.next()) => next,
+            };
+            let message = match next {
+                Err(_elapsed) => return End::IdleTimeout,
+                Ok(None) => return End::TransportLost,
+                Ok(Some(Err(err))) => return end_for_error(&err),
+                Ok(Some(Ok(message))) => message,
+            };
+            match message {
+                Message::Text(text) => self.handle_text(&text).await,
+                Message::Binary(_) => return End::BinaryFrame,
+                Message::Close(_) => return End::ClientClosed,
+                // Any frame counts as activity; tungstenite answers pings itself.
+                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+            }
+        }
+    }
+
+    async fn handle_text(&mut self, text: &str) {
+        match protocol::decode_client_frame(text) {
+            Err(err) => self.error(err.id, ErrorCode::BadRequest, err.message),
+            Ok(ClientFrame::Ping { id }) => self.send(protocol::encode_pong(id)),
+            Ok(ClientFrame::Subscribe { id, channel, since }) => {
+                self.subscribe(id, &channel, since.as_deref());
+            }
+            Ok(ClientFrame::Unsubscribe { id, channel }) => self.unsubscribe(id, &channel),
+            Ok(ClientFrame::Publish { id, channel, data }) => {
+                self.publish(id, &channel, data.get()).await;
+            }
+        }
+    }
+
+    fn channel(&self, id: Option<u64>, name: &str) -> Option<ChannelName> {
+        match ChannelName::parse(name, self.ctx.settings.max_channel_name_bytes) {
+            Ok(channel) => Some(channel),
+            Err(err) => {
+                self.error(id, ErrorCode::BadRequest, &err.to_string());
+                None
+            }
+        }
+    }
+
+    fn subscribe(&mut self, id: Option<u64>, name: &str, since: Option<&str>) {
+        let Some(channel) = self.channel(id, name) else {
+            return;
+        };
+        let since = match since.map(str::parse::<Offset>).transpose() {
+            Ok(since) => since,
+            Err(err) => return self.error(id, ErrorCode::BadRequest, &err.to_string()),
+        };
+        if self.subscriptions.contains(&channel) {
+            return self.error(
+                id,
+                ErrorCode::BadRequest,
+                "already subscribed to this channel",
+            );
+        }
+        if self.subscriptions.len() >= self.ctx.settings.max_subscriptions {
+            return self.error(
+                id,
+                ErrorCode::LimitExceeded,
+                "too many subscriptions on this connection",
+            );
+        }
+        let result = self
+            .ctx
+            .hub
+            .subscribe(&self.outbound, &channel, since, |outcome| {
+                Frame::from(protocol::encode_subscribed(
+                    id,
+                    &channel,
+                    outcome.offset,
+                    outcome.recovered,
+                ))
+            });
+        match result {
+            // Recorded even on failure: the hub may hold the subscription, and the session's
+            // cleanup must find it.
+            Ok(_) | Err(SubscribeError::SlowConsumer | SubscribeError::Closing) => {
+                self.subscriptions.push(channel);
+            }
+        }
+    }
+
+    fn unsubscribe(&mut self, id: Option<u64>, name: &str) {
+        let Some(channel) = self.channel(id, name) else {
+            return;
+        };
+        let Some(position) = self.subscriptions.iter().position(|c| *c == channel) else {
+            return self.error(id, ErrorCode::NotFound, "not subscribed to this channel");
+        };
+        self.subscriptions.swap_remove(position);
+        self.ctx.hub.unsubscribe(self.outbound.conn_id(), &channel);
+        self.send(protocol::encode_unsubscribed(id, &channel));
+    }
+
+    async fn publish(&mut self, id: Option<u64>, name: &str, data: &str) {
+        if !self.ctx.settings.client_publish {
+            return self.error(
+                id,
+                ErrorCode::Forbidden,
+                "publishing from clients is disabled on this server",
+            );
+        }
+        let Some(channel) = self.channel(id, name) else {
+            return;
+        };
+        if data.len() > self.ctx.settings.max_publish_payload_bytes {
+            return self.error(id, ErrorCode::LimitExceeded, "`data` is too large");
+        }
+        match self.ctx.bus.publish(&channel, data).await {
+            Ok(offset) => self.send(protocol::encode_published(id, &channel, offset)),
+            Err(err) => self.error(id, ErrorCode::Unavailable, &err.to_string()),
+        }
+    }
+
+    fn error(&self, id: Option<u64>, code: ErrorCode, message: &str) {
+        telemetry::metrics().protocol_error(code);
+        self.send(protocol::encode_error(id, code, message));
+    }
+
+    fn send(&self, text: String) {
+        // A full queue closes the connection as a slow consumer; nothing else to do here.
+        let _ = self.outbound.try_enqueue(&Frame::from(text));
+    }
+}
+
+/// After the server sent a close frame: reads until the client's close reply (or the end of
+/// the stream), discarding anything else.
+pub(super) async fn await_close_reply<S>(stream: &mut S)
+where
+    S: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
+{
+    while let Some(Ok(message)) = stream.next().await {
+        if matches!(message, Message::Close(_)) {
+            break;
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! Metrics and logs: every metric name, the Prometheus recorder, tracing setup.
+//!
+//! Metric names are declared here once. Hot paths use pre-registered handles from
+//! [`metrics()`] so that counting costs an atomic add, not a registry lookup. Gauges that are
+//! sums over connections (queue depths) are computed when `/metrics` is scraped, so the fan-out
+//! path pays nothing for them. Depends on nothing else in the crate but `protocol`'s codes.
+
+use std::sync::OnceLock;
+
+use metrics::{
+    Counter, Gauge, Histogram, Unit, describe_counter, describe_gauge, describe_histogram,
+};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::{
+    config::{LogConfig, LogFormat},
+    protocol::ErrorCode,
+};
+
+pub const CONNECTIONS: &str = "ws_connections";
+pub const CONNECTIONS_ACCEPTED: &str = "ws_connections_accepted_total";
+pub const CONNECTIONS_REJECTED: &str = "ws_connections_rejected_total";
+pub const CONNECTIONS_CLOSED: &str = "ws_connections_closed_total";
+pub const SUBSCRIPTIONS: &str = "ws_subscriptions";
+pub const CHANNELS: &str = "ws_channels";
+pub const MESSAGES_PUBLISHED: &str = "ws_messages_published_total";
+pub const MESSAGES_DELIVERED: &str = "ws_messages_delivered_total";
+pub const BYTES_SENT: &str = "ws_bytes_sent_total";
+pub const SLOW_CONSUMER_CLOSES: &str = "ws_slow_consumer_closes_total";
+pub const PROTOCOL_ERRORS: &str = "ws_protocol_errors_total";
+pub const QUEUE_MESSAGES: &str = "ws_outbound_queue_messages";
+pub const QUEUE_MAX_MESSAGES: &str = "ws_outbound_queue_max_messages";
+pub const QUEUE_BYTES: &str = "ws_outbound_queue_bytes";
+pub const PUBLISH_TO_ENQUEUE: &str = "ws_publish_to_enqueue_seconds";
+pub const HISTORY_BYTES: &str = "ws_history_bytes";
+pub const HISTORY_MESSAGES: &str = "ws_history_messages";
+pub const RESUMES: &str = "ws_resumes_total";
+pub const HTTP_REQUESTS: &str = "ws_http_requests_total";
+
+/// Upper bounds of the publish-to-enqueue histogram, in seconds (1 µs to 1 s).
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_001, 0.000_005, 0.000_01, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005,
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
+
+/// Pre-registered handles for the metrics touched on hot paths.
+#[derive(Debug)]
+pub struct Metrics {
+    pub connections_accepted: Counter,
+    pub messages_published: Counter,
+    pub messages_delivered: Counter,
+    pub bytes_sent: Counter,
+    pub slow_consumer_closes: Counter,
+    pub publish_to_enqueue: Histogram,
+    pub resumes_recovered: Counter,
+    pub resumes_not_recovered: Counter,
+    protocol_errors: [Counter; ErrorCode::ALL.len()],
+}
+
+impl Metrics {
+    fn register() -> Self {
+        Self {
+            connections_accepted: metrics::counter!(CONNECTIONS_ACCEPTED),
+            messages_published: metrics::counter!(MESSAGES_PUBLISHED),
+            messages_delivered: metrics::counter!(MESSAGES_DELIVERED),
+            bytes_sent: metrics::counter!(BYTES_SENT),
+            slow_consumer_closes: metrics::counter!(SLOW_CONSUMER_CLOSES),
+            publish_to_enqueue: metrics::histogram!(PUBLISH_TO_ENQUEUE),
+            resumes_recovered: metrics::counter!(RESUMES, "recovered" => "true"),
+            resumes_not_recovered: metrics::counter!(RESUMES, "recovered" => "false"),
+            protocol_errors: ErrorCode::ALL
+                .map(|code| metrics::counter!(PROTOCOL_ERRORS, "code" => code.as_str())),
+        }
+    }
+
+    /// Counts an `error` frame sent to a client.
+    pub fn protocol_error(&self, code: ErrorCode) {
+        self.protocol_errors[code.index()].increment(1);
+    }
+}
+
+static RECORDER: OnceLock<PrometheusHandle> = OnceLock::new();
+static METRICS: OnceLock<Metrics> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder (once) and returns its handle.
+///
+/// Later calls return the same handle, so several servers in one test process share it.
+pub fn install_recorder() -> PrometheusHandle {
+    RECORDER
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets(LATENCY_BUCKETS)
+                .expect("LATENCY_BUCKETS is a non-empty constant");
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may exist only if an embedding program installed its own; our
+            // handle then renders nothing, which is the embedder's choice.
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            handle
+        })
+        .clone()
+}
+
+/// The hot-path handles; installs the recorder first if nobody has.
+pub fn metrics() -> &'static Metrics {
+    METRICS.get_or_init(|| {
+        install_recorder();
+        Metrics::register()
+    })
+}
+
+/// Counts a closed session by how it ended (a close-code label or `transport_lost`).
+pub fn connection_closed(end: &'static str) {
+    metrics::counter!(CONNECTIONS_CLOSED, "end" => end).increment(1);
+}
+
+/// Counts a refused upgrade by reason.
+pub fn connection_rejected(reason: &'static str) {
+    metrics::counter!(CONNECTIONS_REJECTED, "reason" => reason).increment(1);
+}
+
+/// Counts a control API request by route and status class.
+pub fn http_request(route: &'static str, status: u16) {
+    metrics::counter!(HTTP_REQUESTS, "route" => route, "status" => status.to_string()).increment(1);
+}
+
+/// Gauges computed from hub state when `/metrics` is scraped.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Snapshot {
+    pub connections: usize,
+    pub subscriptions: usize,
+    pub channels: usize,
+    pub queue_messages: usize,
+    pub queue_max_messages: usize,
+    pub queue_bytes: usize,
+    pub history_bytes: usize,
+    pub history_messages: usize,
+}
+
+/// Sets the scrape-time gauges.
+#[allow(
+    clippy::cast_precision_loss,
+    reason = "gauges are f64; counts stay far below 2^52"
+)]
+pub fn record_snapshot(snapshot: &Snapshot) {
+    let set = |name: &'static str, value: usize| {
+        let gauge: Gauge = metrics::gauge!(name);
+        gauge.set(value as f64);
+    };
+    set(CONNECTIONS, snapshot.connections);
+    set(SUBSCRIPTIONS, snapshot.subscriptions);
+    set(CHANNELS, snapshot.channels);
+    set(QUEUE_MESSAGES, snapshot.queue_messages);
+    set(QUEUE_MAX_MESSAGES, snapshot.queue_max_messages);
+    set(QUEUE_BYTES, snapshot.queue_bytes);
+    set(HISTORY_BYTES, snapshot.history_bytes);
+    set(HISTORY_MESSAGES, snapshot.history_messages);
+}
+
+fn describe() {
+    describe_gauge!(CONNECTIONS, "Open WebSocket connections");
+    describe_counter!(CONNECTIONS_ACCEPTED, "WebSocket upgrades completed");
+    describe_counter!(
+        CONNECTIONS_REJECTED,
+        "Connections refused before or during the upgrade, by reason"
+    );
+    describe_counter!(CONNECTIONS_CLOSED, "Sessions ended, by close code");
+    describe_gauge!(SUBSCRIPTIONS, "Channel subscriptions held by connections");
+    describe_gauge!(CHANNELS, "Channels with subscribers or history");
+    describe_counter!(MESSAGES_PUBLISHED, "Messages published through this node");
+    describe_counter!(
+        MESSAGES_DELIVERED,
+        "Messages enqueued to subscribers (one per subscriber)"
+    );
+    describe_counter!(
+        BYTES_SENT,
+        Unit::Bytes,
+        "WebSocket payload bytes written to clients"
+    );
+    describe_counter!(
+        SLOW_CONSUMER_CLOSES,
+        "Connections closed because their outbound queue was full"
+    );
+    describe_counter!(PROTOCOL_ERRORS, "Error frames sent to clients, by code");
+    describe_gauge!(QUEUE_MESSAGES, "Messages waiting in all outbound queues");
+    describe_gauge!(
+        QUEUE_MAX_MESSAGES,
+        "Messages waiting in the fullest outbound queue"
+    );
+    describe_gauge!(
+        QUEUE_BYTES,
+        Unit::Bytes,
+        "Bytes waiting in all outbound queues"
+    );
+    describe_histogram!(
+        PUBLISH_TO_ENQUEUE,
+        Unit::Seconds,
+        "Time from accepting a publish to the last subscriber enqueue"
+    );
+    describe_gauge!(HISTORY_BYTES, Unit::Bytes, "Bytes held in channel history");
+    describe_gauge!(HISTORY_MESSAGES, "Messages held in channel history");
+    describe_counter!(
+        RESUMES,
+        "Subscribes with `since`, by whether history covered the gap"
+    );
+    describe_counter!(HTTP_REQUESTS, "Control API requests, by route and status");
+}
+
+/// Starts the global tracing subscriber. Call once, from `main`.
+///
+/// # Errors
+/// When `config.level` is not a valid filter, or a subscriber is already set.
+pub fn init_tracing(config: &LogConfig) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.level)?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
+    let result = match config.format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    result.map_err(|err| anyhow::anyhow!("installing tracing subscriber: {err}"))
+}
