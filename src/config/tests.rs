@@ -1,1 +1,101 @@
+use std::time::Duration;
 
+use super::*;
+
+#[test]
+fn shipped_default_file_parses_and_matches_the_built_in_defaults() {
+    let text = include_str!("../../config/switchboard.toml");
+    let from_file = Config::from_toml_str(text).expect("config/switchboard.toml is valid");
+    let built_in = Config::default().validate().expect("defaults are valid");
+    // node_id is generated per start when empty; compare everything else.
+    let strip = |mut config: Config| {
+        config.server.node_id.clear();
+        config.to_toml()
+    };
+    assert_eq!(strip(from_file), strip(built_in));
+}
+
+#[test]
+fn unknown_keys_are_refused_with_their_path() {
+    let err = Config::from_toml_str("[limits]\nmax_conections = 5\n").unwrap_err();
+    let message = err.to_string();
+    assert!(message.contains("limits.max_conections"), "{message}");
+    assert!(message.contains("unknown field"), "{message}");
+}
+
+#[test]
+fn wrong_types_name_the_key() {
+    let err = Config::from_toml_str("[session]\nheartbeat = 5\n").unwrap_err();
+    assert!(err.to_string().contains("session.heartbeat"), "{err}");
+}
+
+#[test]
+fn out_of_range_values_name_the_key() {
+    for (text, key) in [
+        ("[server]\nshards = 3\n", "server.shards"),
+        ("[server]\nws_path = \"ws\"\n", "server.ws_path"),
+        (
+            "[session]\nheartbeat = \"30s\"\nidle_timeout = \"10s\"\n",
+            "session.idle_timeout",
+        ),
+        ("[history]\nsize = 5000\n", "history.size"),
+        ("[control]\napi_keys = [\"short\"]\n", "control.api_keys"),
+        ("[log]\nlevel = \"loud[\"\n", "log.level"),
+        ("[limits]\nmax_connections = 0\n", "limits.max_connections"),
+    ] {
+        let err = Config::from_toml_str(text).unwrap_err();
+        assert!(err.to_string().starts_with(key), "{text}: {err}");
+    }
+}
+
+#[test]
+fn environment_overrides_the_file() {
+    let dir = std::env::temp_dir().join(format!("sb-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("c.toml");
+    std::fs::write(
+        &path,
+        "[limits]\nmax_connections = 10\n[session]\nheartbeat = \"5s\"\n",
+    )
+    .unwrap();
+    let env = [
+        (
+            "SWITCHBOARD_LIMITS__MAX_CONNECTIONS".to_owned(),
+            "42".to_owned(),
+        ),
+        (
+            "SWITCHBOARD_SERVER__LISTEN".to_owned(),
+            "127.0.0.1:1234".to_owned(),
+        ),
+        (
+            "SWITCHBOARD_SESSION__CLIENT_PUBLISH".to_owned(),
+            "false".to_owned(),
+        ),
+        ("UNRELATED".to_owned(), "x".to_owned()),
+    ];
+    let config = Config::load(Some(&path), env).unwrap();
+    assert_eq!(config.limits.max_connections, 42);
+    assert_eq!(config.server.listen.to_string(), "127.0.0.1:1234");
+    assert!(!config.session.client_publish);
+    assert_eq!(config.session.heartbeat, Duration::from_secs(5));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn unknown_environment_keys_are_refused() {
+    let env = [("SWITCHBOARD_LIMITS__NOPE".to_owned(), "1".to_owned())];
+    let err = Config::load(None, env).unwrap_err();
+    assert!(err.to_string().contains("limits.nope"), "{err}");
+    let env = [("SWITCHBOARD_LISTEN".to_owned(), "x".to_owned())];
+    let err = Config::load(None, env).unwrap_err();
+    assert!(err.to_string().contains("SWITCHBOARD_LISTEN"), "{err}");
+}
+
+#[test]
+fn auto_shards_are_a_power_of_two_of_at_least_four_per_core() {
+    let config = Config::default().validate().unwrap();
+    let cores = std::thread::available_parallelism().unwrap().get();
+    assert!(config.server.shards.is_power_of_two());
+    assert!(config.server.shards >= 4 * cores);
+    assert!(config.server.node_id.starts_with("node-"));
+}

@@ -87,16 +87,14 @@ impl Channel {
         self.offset()
     }
 
-    /// Enqueues `frame` to every subscriber; drops the ones that overflowed or are closing.
-    /// Returns how many took it.
-    pub(super) fn fan_out(&mut self, frame: &Frame) -> usize {
-        let mut delivered = 0;
-        self.subscribers.retain(|_, outbound| {
-            let ok = outbound.try_enqueue(frame).is_ok();
-            delivered += usize::from(ok);
-            ok
-        });
-        delivered
+    /// Enqueues `frame` to every subscriber; drops the ones that overflowed or are closing,
+    /// so later publishes skip them. Returns how many took it and how many were dropped.
+    pub(super) fn fan_out(&mut self, frame: &Frame) -> (usize, usize) {
+        let before = self.subscribers.len();
+        self.subscribers
+            .retain(|_, outbound| outbound.try_enqueue(frame).is_ok());
+        let delivered = self.subscribers.len();
+        (delivered, before - delivered)
     }
 
     /// Appends to history and trims it by count, age and the node-wide byte budget.

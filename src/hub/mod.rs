@@ -285,13 +285,17 @@ impl Hub {
     pub fn publish(&self, channel: &ChannelName, data: &str) -> Offset {
         let started = std::time::Instant::now();
         let metrics = telemetry::metrics();
+        let shard = self.shard(channel);
         let (offset, delivered) = self.with_channel(channel, |state| {
             let offset = state.next_offset();
             let text = protocol::encode_message(channel, offset, data);
             let data_start = u32::try_from(text.len() - data.len() - 1)
                 .expect("payload size is bounded by config far below 4 GiB");
             let frame = Frame::from(text);
-            let delivered = state.fan_out(&frame);
+            let (delivered, dropped) = state.fan_out(&frame);
+            if dropped > 0 {
+                shard.subscriptions.fetch_sub(dropped, Ordering::Relaxed);
+            }
             let now = Instant::now();
             state.remember(
                 Entry {

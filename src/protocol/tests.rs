@@ -1,1 +1,155 @@
+use proptest::prelude::*;
 
+use super::*;
+
+fn decode_err(text: &str) -> DecodeError {
+    decode_client_frame(text).expect_err(text)
+}
+
+#[test]
+fn decodes_every_frame_type() {
+    match decode_client_frame(
+        r#"{"type":"subscribe","id":1,"channel":"news","since":"00000000000000ff-3"}"#,
+    ) {
+        Ok(ClientFrame::Subscribe {
+            id: Some(1),
+            channel,
+            since: Some(since),
+        }) => {
+            assert_eq!(channel, "news");
+            assert_eq!(
+                since.parse::<Offset>().unwrap(),
+                Offset { epoch: 255, seq: 3 }
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        decode_client_frame(r#"{"type":"unsubscribe","id":2,"channel":"news"}"#),
+        Ok(ClientFrame::Unsubscribe { id: Some(2), .. })
+    ));
+    match decode_client_frame(r#"{"type":"publish","id":3,"channel":"chat","data":{"a":[1,2]}}"#) {
+        Ok(ClientFrame::Publish { data, .. }) => assert_eq!(data.get(), r#"{"a":[1,2]}"#),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        decode_client_frame(r#"{"type":"ping"}"#),
+        Ok(ClientFrame::Ping { id: None })
+    ));
+}
+
+#[test]
+fn bad_frames_get_precise_errors_and_keep_the_id() {
+    assert_eq!(decode_err("nope").message, "frame is not valid JSON");
+    assert_eq!(decode_err("[1,2]").message, "frame must be a JSON object");
+    assert_eq!(
+        decode_err(r#"{"type":"subscribe""#).message,
+        "frame is not valid JSON"
+    );
+    let err = decode_err(r#"{"id":7}"#);
+    assert_eq!((err.id, err.message), (Some(7), "missing field `type`"));
+    let err = decode_err(r#"{"type":"shout","id":8}"#);
+    assert_eq!((err.id, err.message), (Some(8), "unknown frame type"));
+    let err = decode_err(r#"{"type":"subscribe","id":9}"#);
+    assert_eq!((err.id, err.message), (Some(9), "missing field `channel`"));
+    let err = decode_err(r#"{"type":"publish","id":10,"channel":"a"}"#);
+    assert_eq!((err.id, err.message), (Some(10), "missing field `data`"));
+    let err = decode_err(r#"{"type":"subscribe","id":11,"channel":5}"#);
+    assert_eq!(
+        (err.id, err.message),
+        (Some(11), "`channel` must be a string")
+    );
+    assert_eq!(decode_err(r#"{"type":"ping","id":-1}"#).id, None);
+    assert_eq!(decode_err(r#"{"type":"ping","id":"x"}"#).id, None);
+    assert_eq!(
+        decode_err(r#"{"type":"ping","type":"ping"}"#).message,
+        "frame has a duplicate field"
+    );
+}
+
+#[test]
+fn channel_names_follow_the_grammar() {
+    assert!(ChannelName::parse("chat:room-1/user@x.y=z_2", 128).is_ok());
+    assert_eq!(ChannelName::parse("", 128), Err(ChannelNameError::Empty));
+    assert_eq!(
+        ChannelName::parse("a b", 128),
+        Err(ChannelNameError::BadCharacter)
+    );
+    assert_eq!(
+        ChannelName::parse("\"x", 128),
+        Err(ChannelNameError::BadCharacter)
+    );
+    assert_eq!(
+        ChannelName::parse("abcd", 3),
+        Err(ChannelNameError::TooLong(3))
+    );
+}
+
+#[test]
+fn encoded_frames_are_valid_json() {
+    let channel = ChannelName::parse("news", 16).unwrap();
+    let offset = Offset { epoch: 1, seq: 2 };
+    for text in [
+        encode_welcome(1, "node \"a\"", 25_000),
+        encode_subscribed(Some(1), &channel, offset, Some(true)),
+        encode_subscribed(None, &channel, offset, None),
+        encode_unsubscribed(Some(2), &channel),
+        encode_published(Some(3), &channel, offset),
+        encode_pong(None),
+        encode_error(Some(5), ErrorCode::BadRequest, "quote \" and \n newline"),
+        encode_message(&channel, offset, r#"{"k":[1,"two"]}"#),
+    ] {
+        let value: serde_json::Value = serde_json::from_str(&text).expect(&text);
+        assert!(value["type"].is_string(), "{text}");
+    }
+    let message: serde_json::Value =
+        serde_json::from_str(&encode_message(&channel, offset, "[1]")).unwrap();
+    assert_eq!(message["offset"], "0000000000000001-2");
+    assert_eq!(message["data"], serde_json::json!([1]));
+}
+
+#[test]
+fn close_code_indexes_round_trip() {
+    for index in 0..=9 {
+        let code = CloseCode::from_index(index).unwrap();
+        assert_eq!(code.index(), index);
+        assert!(code.reason().len() <= 123);
+    }
+    assert_eq!(CloseCode::from_index(10), None);
+}
+
+#[test]
+fn malformed_offsets_are_refused() {
+    for text in [
+        "",
+        "1-2",
+        "000000000000000g-1",
+        "0000000000000001-",
+        "0000000000000001-x",
+        "0000000000000001:1",
+    ] {
+        assert!(text.parse::<Offset>().is_err(), "{text}");
+    }
+}
+
+proptest! {
+    #[test]
+    fn offsets_round_trip(epoch: u64, seq: u64) {
+        let offset = Offset { epoch, seq };
+        prop_assert_eq!(offset.to_string().parse::<Offset>(), Ok(offset));
+    }
+
+    #[test]
+    fn decoding_arbitrary_text_never_panics(text in ".{0,200}") {
+        let _ = decode_client_frame(&text);
+    }
+
+    #[test]
+    fn published_data_round_trips_through_the_message_frame(data in prop::collection::vec(any::<i64>(), 0..20)) {
+        let channel = ChannelName::parse("c", 8).unwrap();
+        let json = serde_json::to_string(&data).unwrap();
+        let frame = encode_message(&channel, Offset { epoch: 3, seq: 4 }, &json);
+        let value: serde_json::Value = serde_json::from_str(&frame).unwrap();
+        prop_assert_eq!(value["data"].clone(), serde_json::to_value(&data).unwrap());
+    }
+}
