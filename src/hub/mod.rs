@@ -283,7 +283,7 @@ impl Hub {
     /// Publishes `data` (valid JSON) to `channel`: assigns the next offset, remembers it in
     /// history and enqueues one shared frame to every subscriber. Never waits on a subscriber.
     pub fn publish(&self, channel: &ChannelName, data: &str) -> Offset {
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let metrics = telemetry::metrics();
         let shard = self.shard(channel);
         let (offset, delivered) = self.with_channel(channel, |state| {

@@ -144,6 +144,10 @@ where
     let admitted = ctx.hub.try_admit();
     let _admission = admitted.then(|| Admission(Arc::clone(&ctx.hub)));
     let ws_path = ctx.settings.ws_path.as_str();
+    #[allow(
+        clippy::result_large_err,
+        reason = "the handshake callback's signature is fixed by tungstenite"
+    )]
     let callback = |request: &Request, response: Response| {
         if request.uri().path() != ws_path {
             return Err(reject(StatusCode::NOT_FOUND, "not found"));

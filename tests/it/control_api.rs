@@ -1,0 +1,210 @@
+use serde_json::json;
+
+use crate::harness::TestServer;
+
+#[tokio::test]
+async fn health_readiness_and_metrics() {
+    let server = TestServer::start().await;
+    let (status, body) = server.get_json("/healthz").await;
+    assert_eq!((status, body), (200, json!({"status":"ok"})));
+    let (status, body) = server.get_json("/readyz").await;
+    assert_eq!((status, body), (200, json!({"ready":true})));
+    let mut client = server.client().await;
+    client.subscribe("m").await;
+    server.publish("m", json!(1)).await;
+    client.recv().await;
+    let (status, text) = server.get("/metrics").await;
+    assert_eq!(status, 200);
+    for name in [
+        "ws_connections ",
+        "ws_subscriptions ",
+        "ws_channels ",
+        "ws_messages_published_total",
+        "ws_messages_delivered_total",
+        "ws_bytes_sent_total",
+        "ws_slow_consumer_closes_total",
+        "ws_protocol_errors_total{code=\"bad_request\"}",
+        "ws_outbound_queue_messages",
+        "ws_publish_to_enqueue_seconds_bucket",
+    ] {
+        assert!(text.contains(name), "/metrics lacks {name}:\n{text}");
+    }
+    server.drain().await;
+}
+
+#[tokio::test]
+async fn stats_count_connections_subscriptions_and_shards() {
+    let server = TestServer::builder().shards(8).start().await;
+    let mut a = server.client().await;
+    let mut b = server.client().await;
+    a.subscribe("s1").await;
+    a.subscribe("s2").await;
+    b.subscribe("s1").await;
+    let (status, body) = server.get_json("/v1/stats").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["connections"], 2);
+    assert_eq!(body["subscriptions"], 3);
+    assert_eq!(body["channels"], 2);
+    assert_eq!(body["bus"], "local");
+    let shards = body["shards"].as_array().unwrap();
+    assert_eq!(shards.len(), 8);
+    let summed: u64 = shards
+        .iter()
+        .map(|s| s["subscriptions"].as_u64().unwrap())
+        .sum();
+    assert_eq!(summed, 3);
+    server.drain().await;
+}
+
+#[tokio::test]
+async fn disconnect_closes_the_named_connection_with_4000() {
+    let server = TestServer::start().await;
+    let mut victim = server.client().await;
+    let mut bystander = server.client().await;
+    let (status, body) = server
+        .post("/v1/disconnect", json!({"conn_id": victim.conn_id()}))
+        .await;
+    assert_eq!((status, body), (200, json!({"disconnected":true})));
+    assert_eq!(victim.close_code().await, 4000);
+    bystander.send(json!({"type":"ping"})).await;
+    assert_eq!(bystander.recv().await["type"], "pong");
+    let (status, body) = server
+        .post("/v1/disconnect", json!({"conn_id": 999_999}))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
+    server.drain().await;
+}
+
+#[tokio::test]
+async fn bad_requests_get_the_right_status() {
+    let server = TestServer::start().await;
+    let url = server.control_url("/v1/publish");
+    let send = |body: &'static str, content_type: &'static str| {
+        server
+            .http
+            .post(&url)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+    let status = |response: reqwest::Response| response.status().as_u16();
+    assert_eq!(status(send("{", "application/json").await.unwrap()), 400);
+    assert_eq!(
+        status(
+            send(r#"{"channel":"a"}"#, "application/json")
+                .await
+                .unwrap()
+        ),
+        422
+    );
+    assert_eq!(
+        status(
+            send(r#"{"channel":"a b","data":1}"#, "application/json")
+                .await
+                .unwrap()
+        ),
+        422
+    );
+    assert_eq!(
+        status(
+            send(r#"{"channel":"a","data":1,"x":2}"#, "application/json")
+                .await
+                .unwrap()
+        ),
+        422
+    );
+    assert_eq!(
+        status(
+            send(r#"{"channel":"a","data":1}"#, "text/plain")
+                .await
+                .unwrap()
+        ),
+        415
+    );
+    assert_eq!(
+        status(
+            send(
+                r#"{"channel":"a","data":1}"#,
+                "application/json; charset=utf-8"
+            )
+            .await
+            .unwrap()
+        ),
+        200
+    );
+    let huge = format!(
+        r#"{{"channel":"a","data":"{}"}}"#,
+        "x".repeat(2 * 1024 * 1024)
+    );
+    let response = server
+        .http
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status(response), 413);
+    let response = server.http.get(&url).send().await.unwrap();
+    assert_eq!(response.headers()["allow"], "POST");
+    assert_eq!(status(response), 405);
+    let (code, body) = server.get_json("/v1/nothing").await;
+    assert_eq!(
+        (code, body["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
+    let (code, body) = server
+        .post("/v1/broadcast", json!({"channels":[],"data":1}))
+        .await;
+    assert_eq!(
+        (code, body["error"]["code"].as_str()),
+        (422, Some("bad_request"))
+    );
+    server.drain().await;
+}
+
+#[tokio::test]
+async fn api_keys_are_required_when_configured() {
+    let key = "test-key-0123456789abcdef";
+    let server = TestServer::builder()
+        .configure(|c| c.control.api_keys = vec![key.to_owned()])
+        .start()
+        .await;
+    let url = server.control_url("/v1/stats");
+    let response = server.http.get(&url).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+    assert_eq!(response.headers()["www-authenticate"], "Bearer");
+    let response = server
+        .http
+        .get(&url)
+        .bearer_auth("wrong-key-0123456789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+    let response = server.http.get(&url).bearer_auth(key).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    // Health endpoints stay open for load balancers.
+    assert_eq!(server.get("/healthz").await.0, 200);
+    server.drain().await;
+}
+
+#[tokio::test]
+async fn readiness_turns_false_while_draining() {
+    let server = TestServer::start().await;
+    let control = server.control_url("/readyz");
+    let http = server.http.clone();
+    let mut client = server.client().await;
+    let drain = tokio::spawn(server.drain());
+    // The client is told to go away; readiness fails from the start of the drain.
+    assert_eq!(client.close_code().await, 1001);
+    if let Ok(response) = http.get(&control).send().await {
+        assert_eq!(response.status().as_u16(), 503);
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["reasons"], json!(["draining"]));
+    }
+    drain.await.unwrap();
+}

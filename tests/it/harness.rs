@@ -1,0 +1,289 @@
+//! Test harness: an in-process server on free loopback ports, a thin WebSocket client, an HTTP
+//! helper for the control API, and `assert_eventually!`.
+
+use std::{net::SocketAddr, time::Duration};
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use serde_json::{Value, json};
+use switchboard::{app, config::Config};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::{
+    MaybeTlsStream, WebSocketStream,
+    tungstenite::{Message, protocol::CloseFrame},
+};
+
+/// How long a test waits for one expected frame before failing.
+pub const RECV_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Polls a condition until it holds or 10 s pass.
+#[macro_export]
+macro_rules! assert_eventually {
+    ($cond:expr, $($msg:tt)+) => {{
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            if $cond {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!($($msg)+);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }};
+}
+
+pub struct TestServerBuilder {
+    config: Config,
+}
+
+impl TestServerBuilder {
+    pub fn shards(mut self, shards: usize) -> Self {
+        self.config.server.shards = shards;
+        self
+    }
+
+    pub fn configure(mut self, change: impl FnOnce(&mut Config)) -> Self {
+        change(&mut self.config);
+        self
+    }
+
+    pub async fn start(self) -> TestServer {
+        let config = self.config.validate().expect("test config is valid");
+        let running = app::start(config).await.expect("server starts");
+        TestServer {
+            ws_addr: running.ws_addr(),
+            control_addr: running.control_addr(),
+            running: Some(running),
+            http: reqwest::Client::new(),
+        }
+    }
+}
+
+/// A server running in this process on `127.0.0.1:0` ports.
+pub struct TestServer {
+    pub ws_addr: SocketAddr,
+    pub control_addr: SocketAddr,
+    running: Option<app::Running>,
+    pub http: reqwest::Client,
+}
+
+impl TestServer {
+    pub fn builder() -> TestServerBuilder {
+        let mut config = Config::default();
+        config.server.listen = "127.0.0.1:0".parse().unwrap();
+        config.control.listen = "127.0.0.1:0".parse().unwrap();
+        config.server.shards = 4;
+        config.shutdown.grace = Duration::from_secs(2);
+        TestServerBuilder { config }
+    }
+
+    pub async fn start() -> TestServer {
+        Self::builder().start().await
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.ws_addr)
+    }
+
+    pub fn control_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.control_addr)
+    }
+
+    pub fn hub(&self) -> &switchboard::hub::HubHandle {
+        self.running.as_ref().expect("server is running").hub()
+    }
+
+    pub async fn client(&self) -> TestClient {
+        TestClient::connect(&self.ws_url()).await
+    }
+
+    /// POST JSON to the control API; returns status and JSON body.
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let response = self
+            .http
+            .post(self.control_url(path))
+            .json(&body)
+            .send()
+            .await
+            .expect("control API answers");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let response = self
+            .http
+            .get(self.control_url(path))
+            .send()
+            .await
+            .expect("control API answers");
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap_or_default())
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let (status, text) = self.get(path).await;
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// Publishes through the control API and returns the offset.
+    pub async fn publish(&self, channel: &str, data: Value) -> String {
+        let (status, body) = self
+            .post("/v1/publish", json!({"channel": channel, "data": data}))
+            .await;
+        assert_eq!(status, 200, "publish failed: {body}");
+        body["offset"].as_str().expect("offset").to_owned()
+    }
+
+    /// The value of one Prometheus sample line (`name{labels}`), or 0 when absent.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let (_, text) = self.get("/metrics").await;
+        text.lines()
+            .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Shuts the server down the way SIGTERM does.
+    pub async fn drain(mut self) {
+        if let Some(running) = self.running.take() {
+            running.drain().await;
+        }
+    }
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A WebSocket client that speaks protocol v1 as JSON values.
+pub struct TestClient {
+    pub ws: Ws,
+    pub welcome: Value,
+}
+
+/// What ended a connection, as the client saw it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Closed {
+    Code(u16, String),
+    /// The stream ended without a close frame.
+    NoCloseFrame,
+}
+
+impl TestClient {
+    pub async fn connect(url: &str) -> TestClient {
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("connects");
+        Self::after_handshake(ws).await
+    }
+
+    /// Connects with a tiny kernel receive buffer, for slow-consumer tests.
+    pub async fn connect_with_small_buffer(addr: SocketAddr, path: &str) -> TestClient {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let stream = socket.connect(addr).await.unwrap();
+        let (ws, _) = tokio_tungstenite::client_async(
+            format!("ws://{addr}{path}"),
+            MaybeTlsStream::Plain(stream),
+        )
+        .await
+        .expect("connects");
+        Self::after_handshake(ws).await
+    }
+
+    async fn after_handshake(ws: Ws) -> TestClient {
+        let mut client = TestClient {
+            ws,
+            welcome: Value::Null,
+        };
+        client.welcome = client.recv().await;
+        assert_eq!(client.welcome["type"], "welcome", "{}", client.welcome);
+        client
+    }
+
+    pub fn conn_id(&self) -> u64 {
+        self.welcome["conn_id"].as_u64().unwrap()
+    }
+
+    pub async fn send(&mut self, frame: Value) {
+        self.send_text(&frame.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws
+            .send(Message::Text(text.into()))
+            .await
+            .expect("sends");
+    }
+
+    /// The next text frame as JSON; panics on timeout, close or anything else.
+    pub async fn recv(&mut self) -> Value {
+        loop {
+            let next = tokio::time::timeout(RECV_TIMEOUT, self.ws.next())
+                .await
+                .expect("a frame arrives in time");
+            match next {
+                Some(Ok(Message::Text(text))) => {
+                    return serde_json::from_str(&text).expect("server frames are JSON");
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// Receives until a frame of `kind` arrives; returns it.
+    pub async fn recv_type(&mut self, kind: &str) -> Value {
+        loop {
+            let frame = self.recv().await;
+            if frame["type"] == kind {
+                return frame;
+            }
+        }
+    }
+
+    pub async fn subscribe(&mut self, channel: &str) -> Value {
+        self.send(json!({"type": "subscribe", "id": 1, "channel": channel}))
+            .await;
+        let reply = self.recv().await;
+        assert_eq!(reply["type"], "subscribed", "{reply}");
+        reply
+    }
+
+    pub async fn subscribe_since(&mut self, channel: &str, since: &str) -> Value {
+        self.send(json!({"type": "subscribe", "id": 1, "channel": channel, "since": since}))
+            .await;
+        let reply = self.recv().await;
+        assert_eq!(reply["type"], "subscribed", "{reply}");
+        reply
+    }
+
+    /// Reads until the connection ends; returns the close code seen.
+    pub async fn closed(&mut self) -> Closed {
+        loop {
+            let next = tokio::time::timeout(RECV_TIMEOUT, self.ws.next())
+                .await
+                .expect("the connection ends in time");
+            match next {
+                Some(Ok(Message::Close(Some(CloseFrame { code, reason })))) => {
+                    return Closed::Code(code.into(), reason.to_string());
+                }
+                Some(Ok(Message::Close(None))) | None | Some(Err(_)) => {
+                    return Closed::NoCloseFrame;
+                }
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
+    pub async fn close_code(&mut self) -> u16 {
+        match self.closed().await {
+            Closed::Code(code, _) => code,
+            Closed::NoCloseFrame => panic!("the server closed without a close frame"),
+        }
+    }
+}
+
+/// The `seq` part of an offset string.
+pub fn seq(offset: &Value) -> u64 {
+    let text = offset.as_str().expect("offset is a string");
+    text.rsplit_once('-').unwrap().1.parse().unwrap()
+}

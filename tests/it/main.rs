@@ -1,0 +1,16 @@
+//! Integration tests: real servers on loopback sockets, real WebSocket and HTTP clients.
+
+#![allow(
+    clippy::unwrap_used,
+    reason = "a panic is how a test or its harness reports failure"
+)]
+
+mod bad_input;
+mod control_api;
+mod harness;
+mod limits;
+mod mass_disconnect;
+mod process;
+mod pubsub;
+mod resume;
+mod slow_consumer;

@@ -1,0 +1,139 @@
+use serde_json::json;
+
+use crate::harness::{TestServer, seq};
+
+#[tokio::test]
+async fn welcome_announces_connection_node_and_protocol() {
+    let server = TestServer::start().await;
+    let client = server.client().await;
+    assert_eq!(client.welcome["protocol"], 1);
+    assert!(client.welcome["conn_id"].as_u64().is_some());
+    assert!(
+        client.welcome["node"]
+            .as_str()
+            .unwrap()
+            .starts_with("node-")
+    );
+    assert_eq!(client.welcome["heartbeat_ms"], 25_000);
+    server.drain().await;
+}
+
+#[tokio::test]
+async fn subscribe_publish_unsubscribe() {
+    let server = TestServer::start().await;
+    let mut alice = server.client().await;
+    let mut bob = server.client().await;
+    let reply = alice.subscribe("news").await;
+    assert_eq!(reply["channel"], "news");
+    assert_eq!(seq(&reply["offset"]), 0);
+    assert!(reply.get("recovered").is_none());
+
+    // Client publish: the publisher gets `published`, the subscriber the message.
+    bob.send(json!({"type":"publish","id":3,"channel":"news","data":{"text":"hi"}}))
+        .await;
+    let published = bob.recv().await;
+    assert_eq!(published["type"], "published");
+    assert_eq!(published["id"], 3);
+    let message = alice.recv().await;
+    assert_eq!(message["type"], "message");
+    assert_eq!(message["channel"], "news");
+    assert_eq!(message["data"], json!({"text":"hi"}));
+    assert_eq!(message["offset"], published["offset"]);
+
+    // HTTP publish reaches the same subscriber, next in order.
+    let offset = server.publish("news", json!([1, 2, 3])).await;
+    let message = alice.recv().await;
+    assert_eq!(message["offset"], offset.as_str());
+    assert_eq!(seq(&message["offset"]), 2);
+
+    alice
+        .send(json!({"type":"unsubscribe","id":2,"channel":"news"}))
+        .await;
+    let reply = alice.recv().await;
+    assert_eq!(
+        reply,
+        json!({"type":"unsubscribed","id":2,"channel":"news"})
+    );
+    server.publish("news", json!("after")).await;
+    alice.send(json!({"type":"ping","id":4})).await;
+    assert_eq!(
+        alice.recv().await,
+        json!({"type":"pong","id":4}),
+        "no message after unsubscribe"
+    );
+    server.drain().await;
+}
+
+#[tokio::test]
+async fn broadcast_reaches_every_named_channel() {
+    let server = TestServer::start().await;
+    let mut a = server.client().await;
+    let mut b = server.client().await;
+    a.subscribe("alpha").await;
+    b.subscribe("beta").await;
+    let (status, body) = server
+        .post(
+            "/v1/broadcast",
+            json!({"channels":["alpha","beta"],"data":{"x":1}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let got_a = a.recv().await;
+    let got_b = b.recv().await;
+    assert_eq!(got_a["offset"], body["offsets"]["alpha"]);
+    assert_eq!(got_b["offset"], body["offsets"]["beta"]);
+    assert_eq!(got_b["data"], json!({"x":1}));
+    server.drain().await;
+}
+
+#[tokio::test]
+async fn per_channel_order_holds_under_concurrent_publishers() {
+    const PUBLISHERS: u64 = 4;
+    const PER_PUBLISHER: u64 = 150;
+    let server = TestServer::builder().shards(2).start().await;
+    let mut subscribers = Vec::new();
+    for _ in 0..3 {
+        let mut client = server.client().await;
+        client.subscribe("orders").await;
+        subscribers.push(client);
+    }
+    let mut publishers = Vec::new();
+    for publisher in 0..PUBLISHERS {
+        let mut client = server.client().await;
+        publishers.push(tokio::spawn(async move {
+            for n in 0..PER_PUBLISHER {
+                client
+                    .send(json!({"type":"publish","id":n,"channel":"orders","data":[publisher, n]}))
+                    .await;
+            }
+            for _ in 0..PER_PUBLISHER {
+                client.recv_type("published").await;
+            }
+        }));
+    }
+    // An HTTP publisher joins in too.
+    for n in 0..50 {
+        server.publish("orders", json!([99, n])).await;
+    }
+    for publisher in publishers {
+        publisher.await.unwrap();
+    }
+    let total = PUBLISHERS * PER_PUBLISHER + 50;
+    for subscriber in &mut subscribers {
+        let mut last_by_publisher = std::collections::HashMap::new();
+        for expected in 1..=total {
+            let message = subscriber.recv().await;
+            assert_eq!(
+                seq(&message["offset"]),
+                expected,
+                "gap or reorder at {expected}"
+            );
+            let publisher = message["data"][0].as_u64().unwrap();
+            let n = message["data"][1].as_u64().unwrap();
+            if let Some(previous) = last_by_publisher.insert(publisher, n) {
+                assert!(n > previous, "publisher {publisher} reordered");
+            }
+        }
+    }
+    server.drain().await;
+}
