@@ -58,12 +58,14 @@ fn hub_fanout(c: &mut Criterion) {
                     Frame::from("{}")
                 })
                 .unwrap();
-                rx
+                (outbound, rx)
             })
             .collect();
+        // What a session's writer does with each frame it takes.
         let drain = || {
-            for rx in &receivers {
+            for (outbound, rx) in &receivers {
                 while let Ok(frame) = rx.try_recv() {
+                    outbound.dequeued(frame.len());
                     black_box(frame);
                 }
             }
@@ -81,6 +83,10 @@ fn hub_fanout(c: &mut Criterion) {
                 total
             });
         });
+        assert!(
+            receivers.iter().all(|(outbound, _)| !outbound.is_closing()),
+            "every subscriber stayed subscribed, so every publish reached all {n}"
+        );
 
         let naive = NaiveHub::default();
         let naive_receivers: Vec<_> = (0..n).map(|_| naive.subscribe("bench")).collect();

@@ -160,11 +160,13 @@ where
         }
         Ok(response)
     };
-    let handshake = tokio_tungstenite::accept_hdr_async_with_config(
+    // Boxed so that its (large) state is freed once the upgrade is done instead of sizing
+    // the session task for its whole life.
+    let handshake = Box::pin(tokio_tungstenite::accept_hdr_async_with_config(
         stream,
         callback,
         Some(ctx.settings.websocket_config()),
-    );
+    ));
     let ws = match tokio::time::timeout(ctx.settings.handshake_timeout, handshake).await {
         Ok(Ok(ws)) => ws,
         Ok(Err(err)) => {
@@ -182,7 +184,8 @@ where
             return;
         }
     };
-    run(ws, ctx).await;
+    // Boxed for the same reason: the task keeps only the state of the phase it is in.
+    Box::pin(run(ws, ctx)).await;
 }
 
 fn reject(status: StatusCode, message: &'static str) -> ErrorResponse {

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Runs every test of Switchboard: unit, integration (real sockets, the real binary), doc
+# tests, and the benches once in test mode. Installs what the tests need when it is missing.
+#
+#   tests/run.sh            # everything
+#   tests/run.sh resume     # only tests whose name contains "resume" (passed to cargo test)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# What the tests need beyond Rust, as "command:debian-package". Tests fail (never skip) when
+# one is missing, so install it here first.
+NEEDS=(curl:curl)
+
+missing=()
+for need in "${NEEDS[@]}"; do
+  command -v "${need%%:*}" >/dev/null 2>&1 || missing+=("${need#*:}")
+done
+if ((${#missing[@]})); then
+  echo "tests/run.sh: installing ${missing[*]}" >&2
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
+fi
+
+# A shared target directory outside the checkout keeps rebuilds cheap across clones.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/switchboard-target}"
+# The mass-disconnect test holds a few thousand sockets in one process.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+cargo test --all-targets -- "$@"
+cargo test --doc -- "$@"
