@@ -1,10 +1,10 @@
 //! One client connection: upgrade, read loop, write loop, heartbeat, close.
 //!
 //! Each session has a reader (this task) and a writer task. They share the connection's
-//! [`Outbound`]: the reader and the hub enqueue frames, the writer drains them to the socket,
+//! [`Outbound`](crate::hub::Outbound): the reader and the hub enqueue frames, the writer drains them to the socket,
 //! and either side (or the hub, or shutdown) asks for a close through it. The writer is the only
 //! code that writes to the socket, so it also sends the close frame. Every way a session can end
-//! is an [`End`], mapped to its close code in one exhaustive `match`.
+//! is an `End`, mapped to its close code in one exhaustive `match`.
 //!
 //! Must not depend on `control` or `app`.
 
