@@ -28,5 +28,5 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/switchboard-target}"
 # The mass-disconnect test holds a few thousand sockets in one process.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-cargo test --all-targets -- "$@"
 cargo test --doc -- "$@"
+cargo test --all-targets -- "$@"

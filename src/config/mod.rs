@@ -230,6 +230,15 @@ impl Default for ShutdownConfig {
 impl Config {
     /// Parses a TOML document, applies no overlay, and validates it.
     ///
+    /// ```
+    /// use switchboard::config::Config;
+    ///
+    /// let config = Config::from_toml_str("[limits]\nmax_connections = 5000\n").unwrap();
+    /// assert_eq!(config.limits.max_connections, 5000);
+    /// let err = Config::from_toml_str("[limits]\nmax_conections = 5000\n").unwrap_err();
+    /// assert!(err.to_string().starts_with("limits.max_conections: unknown field"));
+    /// ```
+    ///
     /// # Errors
     /// [`ConfigError::Parse`] naming the key for unknown keys and wrong types,
     /// [`ConfigError::Invalid`] for values out of range.

@@ -115,3 +115,28 @@ pub(crate) fn response(
     );
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_peers_count_as_local() {
+        for peer in [
+            "127.0.0.1:1",
+            "127.9.9.9:1",
+            "[::1]:1",
+            "[::ffff:127.0.0.1]:1",
+        ] {
+            assert!(is_loopback(peer.parse().unwrap()), "{peer}");
+        }
+        for peer in [
+            "10.0.0.1:1",
+            "192.168.1.1:1",
+            "[2001:db8::1]:1",
+            "[::ffff:10.0.0.1]:1",
+        ] {
+            assert!(!is_loopback(peer.parse().unwrap()), "{peer}");
+        }
+    }
+}

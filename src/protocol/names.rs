@@ -6,6 +6,14 @@ use std::{fmt, str::FromStr, sync::Arc};
 ///
 /// The grammar needs no JSON escaping, is safe in URL paths (percent-decoding aside) and leaves
 /// room for namespaces such as `chat:room-1` or `user/42`. Cloning is a reference-count bump.
+///
+/// ```
+/// use switchboard::protocol::{ChannelName, ChannelNameError};
+///
+/// assert_eq!(ChannelName::parse("chat:room-1", 128).unwrap().as_str(), "chat:room-1");
+/// assert_eq!(ChannelName::parse("no spaces", 128), Err(ChannelNameError::BadCharacter));
+/// assert_eq!(ChannelName::parse("toolong", 3), Err(ChannelNameError::TooLong(3)));
+/// ```
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ChannelName(Arc<str>);
 
@@ -65,7 +73,17 @@ impl fmt::Debug for ChannelName {
 
 /// A position in a channel: the epoch of the channel's history and a sequence number.
 ///
-/// On the wire it is the opaque string `"<epoch as 16 hex digits>-<seq>"`. Sequence numbers
+/// On the wire it is the opaque string `"<epoch as 16 hex digits>-<seq>"`:
+///
+/// ```
+/// use switchboard::protocol::Offset;
+///
+/// let offset: Offset = "00000000deadbeef-42".parse().unwrap();
+/// assert_eq!(offset, Offset { epoch: 0xdead_beef, seq: 42 });
+/// assert_eq!(offset.to_string(), "00000000deadbeef-42");
+/// assert!("42".parse::<Offset>().is_err());
+/// ```
+/// Sequence numbers
 /// start at 1 for the first message of an epoch; `seq` 0 is the position before any message.
 /// A channel's epoch changes whenever its history is lost (node restart, channel state
 /// dropped after its history expired), so an offset from another epoch is known to be stale.

@@ -197,14 +197,23 @@ async fn readiness_turns_false_while_draining() {
     let server = TestServer::start().await;
     let control = server.control_url("/readyz");
     let http = server.http.clone();
+    // This client does not read during the drain, so its session lingers (bounded by the
+    // grace period) and the control API stays up long enough to be asked.
     let mut client = server.client().await;
     let drain = tokio::spawn(server.drain());
-    // The client is told to go away; readiness fails from the start of the drain.
+    crate::assert_eventually!(
+        http.get(&control).send().await.unwrap().status().as_u16() == 503,
+        "readiness fails once the drain starts"
+    );
+    let body: serde_json::Value = http
+        .get(&control)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body, json!({"ready": false, "reasons": ["draining"]}));
     assert_eq!(client.close_code().await, 1001);
-    if let Ok(response) = http.get(&control).send().await {
-        assert_eq!(response.status().as_u16(), 503);
-        let body: serde_json::Value = response.json().await.unwrap();
-        assert_eq!(body["reasons"], json!(["draining"]));
-    }
     drain.await.unwrap();
 }
