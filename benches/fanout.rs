@@ -49,12 +49,13 @@ fn hub_fanout(c: &mut Criterion) {
             history_size: 0,
             history_ttl: Duration::from_secs(60),
             history_max_bytes: 0,
+            remote: false,
         });
         let channel = ChannelName::parse("bench", 64).unwrap();
         let receivers: Vec<_> = (0..n)
             .map(|_| {
                 let (outbound, rx) = hub.register();
-                hub.subscribe(&outbound, &channel, None, |_: &Subscribed| {
+                hub.subscribe(&outbound, &channel, None, None, |_: &Subscribed| {
                     Frame::from("{}")
                 })
                 .unwrap();

@@ -60,6 +60,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         history_size: config.history.size,
         history_ttl: config.history.ttl,
         history_max_bytes: config.history.max_memory_bytes,
+        remote: config.cluster.redis.is_set(),
     });
     let bus: Arc<dyn Bus> = Arc::new(LocalBus::new(Arc::clone(&hub)));
 
@@ -92,6 +93,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             max_subscriptions: config.limits.max_subscriptions_per_connection,
             max_inbound_message_bytes: config.limits.max_inbound_message_bytes,
             read_buffer_bytes: config.session.read_buffer_bytes,
+            history_size: config.history.size,
         },
         shutdown: sessions.clone(),
     });

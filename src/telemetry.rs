@@ -36,6 +36,7 @@ pub const HISTORY_BYTES: &str = "ws_history_bytes";
 pub const HISTORY_MESSAGES: &str = "ws_history_messages";
 pub const RESUMES: &str = "ws_resumes_total";
 pub const HTTP_REQUESTS: &str = "ws_http_requests_total";
+pub const BUS_GAPS: &str = "ws_bus_gaps_total";
 
 /// Upper bounds of the publish-to-enqueue histogram, in seconds (1 µs to 1 s).
 const LATENCY_BUCKETS: &[f64] = &[
@@ -54,6 +55,7 @@ pub struct Metrics {
     pub publish_to_enqueue: Histogram,
     pub resumes_recovered: Counter,
     pub resumes_not_recovered: Counter,
+    pub bus_gaps: Counter,
     protocol_errors: [Counter; ErrorCode::ALL.len()],
 }
 
@@ -68,6 +70,7 @@ impl Metrics {
             publish_to_enqueue: metrics::histogram!(PUBLISH_TO_ENQUEUE),
             resumes_recovered: metrics::counter!(RESUMES, "recovered" => "true"),
             resumes_not_recovered: metrics::counter!(RESUMES, "recovered" => "false"),
+            bus_gaps: metrics::counter!(BUS_GAPS),
             protocol_errors: ErrorCode::ALL
                 .map(|code| metrics::counter!(PROTOCOL_ERRORS, "code" => code.as_str())),
         }
@@ -205,6 +208,10 @@ fn describe() {
         "Subscribes with `since`, by whether history covered the gap"
     );
     describe_counter!(HTTP_REQUESTS, "Control API requests, by route and status");
+    describe_counter!(
+        BUS_GAPS,
+        "Bus deliveries that skipped sequence numbers (messages lost on the bus)"
+    );
 }
 
 /// Starts the global tracing subscriber. Call once, from `main`.

@@ -10,7 +10,7 @@
 use std::{future::Future, pin::Pin};
 
 use crate::{
-    hub::HubHandle,
+    hub::{History, HubHandle, RemoteView},
     protocol::{ChannelName, Offset},
 };
 
@@ -42,6 +42,29 @@ pub trait Bus: Send + Sync + std::fmt::Debug + 'static {
         data: &'a str,
     ) -> BusFuture<'a, Result<Offset, BusError>>;
 
+    /// Reads a channel's position and the messages after `since` (at most `limit`) from the
+    /// bus, for a subscribe the hub cannot answer alone.
+    ///
+    /// # Errors
+    /// [`BusError::Unavailable`] when the bus cannot be read.
+    fn read_channel<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        since: Option<Offset>,
+        limit: usize,
+    ) -> BusFuture<'a, Result<RemoteView, BusError>>;
+
+    /// The history API: the newest `limit` messages, or those after `since`.
+    ///
+    /// # Errors
+    /// [`BusError::Unavailable`] when the bus cannot be read.
+    fn history<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        since: Option<Offset>,
+        limit: usize,
+    ) -> BusFuture<'a, Result<History, BusError>>;
+
     /// Reasons the bus is unfit to serve, for `/readyz`; empty when healthy.
     fn unready_reasons(&self) -> Vec<String>;
 
@@ -70,6 +93,29 @@ impl Bus for LocalBus {
     ) -> BusFuture<'a, Result<Offset, BusError>> {
         let offset = self.hub.publish(channel, data);
         Box::pin(std::future::ready(Ok(offset)))
+    }
+
+    fn read_channel<'a>(
+        &'a self,
+        _channel: &'a ChannelName,
+        _since: Option<Offset>,
+        _limit: usize,
+    ) -> BusFuture<'a, Result<RemoteView, BusError>> {
+        // The hub orders local messages itself and never asks for a remote view.
+        Box::pin(std::future::ready(Err(BusError::Unavailable(
+            "the local bus has no remote view",
+        ))))
+    }
+
+    fn history<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        since: Option<Offset>,
+        limit: usize,
+    ) -> BusFuture<'a, Result<History, BusError>> {
+        Box::pin(std::future::ready(Ok(self
+            .hub
+            .history(channel, since, limit))))
     }
 
     fn unready_reasons(&self) -> Vec<String> {

@@ -44,6 +44,7 @@ pub struct Config {
     pub session: SessionConfig,
     pub history: HistoryConfig,
     pub shutdown: ShutdownConfig,
+    pub cluster: ClusterConfig,
 }
 
 /// The public WebSocket listener and the hub layout.
@@ -142,6 +143,73 @@ pub struct HistoryConfig {
     /// Bytes of history kept by the whole node; past it, publishes trim their channel's oldest
     /// entries first. Default 256 MiB.
     pub max_memory_bytes: usize,
+}
+
+/// Clustering over Redis Streams. Off unless `redis` is set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Redis to cluster through: one `redis://` / `rediss://` URL, or a list of Redis Cluster
+    /// seed URLs. Empty (the default): single node on the in-process broker.
+    #[serde(skip_serializing_if = "RedisTarget::is_unset")]
+    pub redis: RedisTarget,
+    /// Bus partitions (Redis streams every node reads). Default 16. All nodes of a cluster
+    /// must agree on it.
+    pub partitions: u32,
+    /// Longest a publish waits for Redis before answering `unavailable`. Default 2s.
+    #[serde(with = "humantime_serde")]
+    pub publish_timeout: std::time::Duration,
+    /// Entries kept per bus partition stream (approximate trimming). Default 100000.
+    pub bus_maxlen: u64,
+    /// How long a channel's epoch and sequence live in Redis after its last publish.
+    /// Default 24h.
+    #[serde(with = "humantime_serde")]
+    pub channel_state_ttl: std::time::Duration,
+    /// Whether an outage of Redis itself (shared by every node) fails `/readyz`. Default
+    /// false, so a shared outage does not empty the whole pool; it is reported either way.
+    pub outage_fails_readiness: bool,
+}
+
+/// Where Redis is: nothing, one server, or Redis Cluster seeds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RedisTarget {
+    #[default]
+    #[serde(skip)]
+    None,
+    Url(String),
+    ClusterSeeds(Vec<String>),
+}
+
+impl RedisTarget {
+    /// Whether clustering is off.
+    #[must_use]
+    pub fn is_unset(&self) -> bool {
+        !self.is_set()
+    }
+
+    /// Whether clustering is on.
+    #[must_use]
+    pub fn is_set(&self) -> bool {
+        match self {
+            RedisTarget::None => false,
+            RedisTarget::Url(url) => !url.is_empty(),
+            RedisTarget::ClusterSeeds(seeds) => !seeds.is_empty(),
+        }
+    }
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            redis: RedisTarget::None,
+            partitions: 16,
+            publish_timeout: Duration::from_secs(2),
+            bus_maxlen: 100_000,
+            channel_state_ttl: Duration::from_secs(24 * 3600),
+            outage_fails_readiness: false,
+        }
+    }
 }
 
 /// Process shutdown.
@@ -405,6 +473,39 @@ impl Config {
         }
         if self.history.size > 0 && self.history.ttl.is_zero() {
             return Err(invalid("history.ttl", "must be greater than 0"));
+        }
+        if !self.cluster.redis.is_set() {
+            // `redis = ""` and `redis = []` mean off, like leaving the key out.
+            self.cluster.redis = RedisTarget::None;
+        }
+        let urls: &[String] = match &self.cluster.redis {
+            RedisTarget::None => &[],
+            RedisTarget::Url(url) => std::slice::from_ref(url),
+            RedisTarget::ClusterSeeds(seeds) => seeds,
+        };
+        if urls
+            .iter()
+            .any(|url| !(url.starts_with("redis://") || url.starts_with("rediss://")))
+        {
+            return Err(invalid(
+                "cluster.redis",
+                "must be a redis:// or rediss:// URL, or a list of them",
+            ));
+        }
+        if !(1..=1024).contains(&self.cluster.partitions) {
+            return Err(invalid("cluster.partitions", "must be between 1 and 1024"));
+        }
+        if self.cluster.publish_timeout.is_zero() {
+            return Err(invalid("cluster.publish_timeout", "must be greater than 0"));
+        }
+        if self.cluster.bus_maxlen < 1000 {
+            return Err(invalid("cluster.bus_maxlen", "must be at least 1000"));
+        }
+        if self.cluster.channel_state_ttl < self.history.ttl {
+            return Err(invalid(
+                "cluster.channel_state_ttl",
+                "must be at least history.ttl",
+            ));
         }
         if self.shutdown.grace.is_zero() {
             return Err(invalid("shutdown.grace", "must be greater than 0"));

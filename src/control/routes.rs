@@ -122,7 +122,7 @@ async fn route_v1(
         _ => match history_channel(path) {
             Some(raw) if method == Method::GET => {
                 let query = request.uri().query().unwrap_or("").to_owned();
-                ("history", history(&raw, &query, ctx))
+                ("history", history(&raw, &query, ctx).await)
             }
             Some(_) => ("history", method_not_allowed("GET")),
             None => (
@@ -398,7 +398,7 @@ fn history_channel(path: &str) -> Option<String> {
     percent_decode(raw)
 }
 
-fn history(raw_channel: &str, query: &str, ctx: &ControlContext) -> Handled {
+async fn history(raw_channel: &str, query: &str, ctx: &ControlContext) -> Handled {
     let channel = channel_name(raw_channel, ctx)?;
     let mut since = None;
     let mut limit = 100;
@@ -435,7 +435,7 @@ fn history(raw_channel: &str, query: &str, ctx: &ControlContext) -> Handled {
             }
         }
     }
-    let history = ctx.hub.history(&channel, since, limit);
+    let history = ctx.bus.history(&channel, since, limit).await?;
     let mut body = String::with_capacity(128 + history.messages.len() * 64);
     let _ = write!(
         body,

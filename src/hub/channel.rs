@@ -50,20 +50,41 @@ pub(super) struct HistoryPolicy {
     pub(super) used_messages: AtomicUsize,
 }
 
+/// One subscriber of a channel.
+#[derive(Debug)]
+pub(super) struct Subscriber {
+    pub(super) outbound: Arc<Outbound>,
+    /// Messages up to this sequence number already reached this subscriber through a replay
+    /// read from the bus, ahead of this node's own delivery; fan-out skips them. 0 for most.
+    pub(super) skip_until: u64,
+}
+
+/// Deliveries kept while a subscribe waits for a read from the bus, at most.
+pub(super) const MAX_PENDING: usize = 4096;
+
 #[derive(Debug)]
 pub(super) struct Channel {
     pub(super) epoch: u64,
-    /// Sequence number of the last message published; 0 before the first.
+    /// Sequence number of the last message delivered here; 0 before the first.
     pub(super) seq: u64,
     pub(super) history: VecDeque<Entry>,
-    pub(super) subscribers: IndexMap<ConnId, Arc<Outbound>>,
+    pub(super) subscribers: IndexMap<ConnId, Subscriber>,
     /// Set when the channel was dropped from its shard; holders of a stale `Arc` must look it
     /// up again.
     pub(super) removed: bool,
+    /// Whether `epoch` and `seq` are known. Always true when this node orders messages
+    /// itself; with a remote bus, true once a delivery or a bus read set them.
+    pub(super) synced: bool,
+    /// Subscribes that are reading from the bus and will merge `pending` when they return.
+    pub(super) pins: usize,
+    /// Deliveries since the first pin, for pinned subscribes to merge with what they read.
+    pub(super) pending: Vec<Entry>,
+    /// `pending` overflowed `MAX_PENDING`: pinned subscribes cannot prove continuity.
+    pub(super) pending_lost: bool,
 }
 
 impl Channel {
-    pub(super) fn new() -> Self {
+    pub(super) fn new(synced: bool) -> Self {
         Self {
             // A fresh random epoch per channel instance: offsets from an instance whose history
             // was lost can never be mistaken for offsets of this one.
@@ -72,6 +93,10 @@ impl Channel {
             history: VecDeque::new(),
             subscribers: IndexMap::new(),
             removed: false,
+            synced,
+            pins: 0,
+            pending: Vec::new(),
+            pending_lost: false,
         }
     }
 
@@ -87,14 +112,43 @@ impl Channel {
         self.offset()
     }
 
-    /// Enqueues `frame` to every subscriber; drops the ones that overflowed or are closing,
-    /// so later publishes skip them. Returns how many took it and how many were dropped.
-    pub(super) fn fan_out(&mut self, frame: &Frame) -> (usize, usize) {
+    /// Enqueues message `seq`'s `frame` to every subscriber; drops the ones that overflowed
+    /// or are closing, so later messages skip them. Returns how many took it and how many
+    /// were dropped.
+    pub(super) fn fan_out(&mut self, frame: &Frame, seq: u64) -> (usize, usize) {
         let before = self.subscribers.len();
-        self.subscribers
-            .retain(|_, outbound| outbound.try_enqueue(frame).is_ok());
-        let delivered = self.subscribers.len();
-        (delivered, before - delivered)
+        let mut skipped = 0;
+        self.subscribers.retain(|_, subscriber| {
+            if subscriber.skip_until >= seq {
+                skipped += 1;
+                return true;
+            }
+            subscriber.outbound.try_enqueue(frame).is_ok()
+        });
+        let kept = self.subscribers.len();
+        (kept - skipped, before - kept)
+    }
+
+    /// Keeps a delivery for pinned subscribes.
+    pub(super) fn remember_pending(&mut self, entry: &Entry) {
+        if self.pins == 0 {
+            return;
+        }
+        if self.pending.len() >= MAX_PENDING {
+            self.pending.clear();
+            self.pending_lost = true;
+        } else {
+            self.pending.push(entry.clone());
+        }
+    }
+
+    /// A pinned subscribe is done with `pending`.
+    pub(super) fn unpin(&mut self) {
+        self.pins = self.pins.saturating_sub(1);
+        if self.pins == 0 {
+            self.pending = Vec::new();
+            self.pending_lost = false;
+        }
     }
 
     /// Appends to history and trims it by count, age and the node-wide byte budget.
@@ -164,6 +218,6 @@ impl Channel {
     }
 
     pub(super) fn is_idle(&self) -> bool {
-        self.subscribers.is_empty() && self.history.is_empty()
+        self.subscribers.is_empty() && self.history.is_empty() && self.pins == 0
     }
 }

@@ -31,7 +31,7 @@ use dashmap::DashMap;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use self::channel::{Channel, Entry, HistoryPolicy};
+use self::channel::{Channel, Entry, HistoryPolicy, Subscriber};
 pub use self::outbound::{ConnId, EnqueueError, Outbound};
 use crate::{
     protocol::{self, ChannelName, Offset},
@@ -52,6 +52,9 @@ pub struct HubSettings {
     pub history_size: usize,
     pub history_ttl: Duration,
     pub history_max_bytes: usize,
+    /// Messages are ordered by a remote bus (Redis) and arrive through [`Hub::deliver`];
+    /// false when the hub orders them itself ([`Hub::publish`]).
+    pub remote: bool,
 }
 
 /// A cheap, clonable handle on the hub.
@@ -110,15 +113,50 @@ pub struct History {
 #[derive(Debug, Clone)]
 pub struct HistoryData {
     frame: Frame,
-    data_start: u32,
+    start: u32,
+    end: u32,
 }
 
 impl HistoryData {
+    /// Wraps `data` read from elsewhere (e.g. Redis).
+    #[must_use]
+    pub fn from_data(data: String) -> Self {
+        let end = u32::try_from(data.len()).unwrap_or(u32::MAX);
+        Self {
+            frame: Frame::from(data),
+            start: 0,
+            end,
+        }
+    }
+
+    fn from_entry(entry: &Entry) -> Self {
+        let end = u32::try_from(entry.frame.len() - 1).unwrap_or(u32::MAX);
+        Self {
+            frame: entry.frame.clone(),
+            start: entry.data_start,
+            end,
+        }
+    }
+
     #[must_use]
     pub fn as_str(&self) -> &str {
         let frame: &str = &self.frame;
-        &frame[self.data_start as usize..frame.len() - 1]
+        &frame[self.start as usize..self.end as usize]
     }
+}
+
+/// A channel's position and recent messages as read from a remote bus, for a subscribe to
+/// merge with what this node delivered meanwhile.
+#[derive(Debug, Clone)]
+pub struct RemoteView {
+    pub epoch: u64,
+    /// The last sequence number the bus had assigned when read.
+    pub seq: u64,
+    /// `(seq, data)` after the subscribe's `since`, oldest first.
+    pub entries: Vec<(u64, String)>,
+    /// Whether `entries` hold every message after `since` up to `seq` (none trimmed,
+    /// expired or from another epoch).
+    pub complete: bool,
 }
 
 /// Why a subscribe failed.
@@ -130,6 +168,11 @@ pub enum SubscribeError {
     /// The connection is closing.
     #[error("connection is closing")]
     Closing,
+    /// The hub cannot answer alone: read the channel from the bus ([`RemoteView`]) and call
+    /// `subscribe` again with it. The channel is pinned until then; call
+    /// [`Hub::unpin`] if the read fails.
+    #[error("the channel must be read from the bus first")]
+    NeedRemote,
 }
 
 impl From<EnqueueError> for SubscribeError {
@@ -248,14 +291,13 @@ impl Hub {
         let mut f = Some(f);
         loop {
             let existing = read(&shard.channels).get(name).cloned();
-            let slot = match existing {
-                Some(slot) => slot,
-                None => Arc::clone(
-                    write(&shard.channels)
-                        .entry(name.clone())
-                        .or_insert_with(|| Arc::new(Mutex::new(Channel::new()))),
-                ),
-            };
+            let slot =
+                match existing {
+                    Some(slot) => slot,
+                    None => Arc::clone(write(&shard.channels).entry(name.clone()).or_insert_with(
+                        || Arc::new(Mutex::new(Channel::new(!self.settings.remote))),
+                    )),
+                };
             let mut channel = lock(&slot);
             if channel.removed {
                 // The sweeper dropped it between our lookup and our lock: look again.
@@ -292,7 +334,7 @@ impl Hub {
             let data_start = u32::try_from(text.len() - data.len() - 1)
                 .expect("payload size is bounded by config far below 4 GiB");
             let frame = Frame::from(text);
-            let (delivered, dropped) = state.fan_out(&frame);
+            let (delivered, dropped) = state.fan_out(&frame, offset.seq);
             if dropped > 0 {
                 shard.subscriptions.fetch_sub(dropped, Ordering::Relaxed);
             }
@@ -321,36 +363,49 @@ impl Hub {
     /// any replayed history and then live messages reach the queue in that order, with no gap
     /// and no duplicate, however many publishers are busy.
     ///
+    /// With a remote bus the hub may not know the channel's position, or may not hold the
+    /// messages after `since`: it then answers [`SubscribeError::NeedRemote`], and the caller
+    /// reads a [`RemoteView`] from the bus and calls again with it. Deliveries that arrive
+    /// meanwhile are kept (the channel is pinned) and merged, so the seam has no gap either.
+    ///
     /// # Errors
-    /// [`SubscribeError`] when the connection could not take the reply or the replay.
+    /// [`SubscribeError`] when the connection could not take the reply or the replay, or the
+    /// bus must be read first.
     pub fn subscribe(
         &self,
         outbound: &Arc<Outbound>,
         channel: &ChannelName,
         since: Option<Offset>,
-        reply: impl FnOnce(&Subscribed) -> Frame,
+        view: Option<&RemoteView>,
+        reply: impl Fn(&Subscribed) -> Frame,
     ) -> Result<Subscribed, SubscribeError> {
         let shard = self.shard(channel);
         let outcome = self.with_channel(channel, |state| {
             state.expire(&self.history, Instant::now());
-            let replay = since.map(|since| state.entries_after(since));
-            let mut outcome = Subscribed {
-                offset: state.offset(),
-                recovered: replay.as_ref().map(Option::is_some),
-                replayed: 0,
-            };
-            if let Some(Some(entries)) = replay {
-                outcome.replayed = entries.len();
-                outbound.try_enqueue(&reply(&outcome))?;
-                for entry in entries {
-                    outbound.try_enqueue(&entry.frame)?;
+            let (outcome, skip_until) = match view {
+                None => {
+                    let local = since.map(|since| state.entries_after(since).is_some());
+                    if self.settings.remote && (!state.synced || local == Some(false)) {
+                        state.pins += 1;
+                        return Err(SubscribeError::NeedRemote);
+                    }
+                    (self.replay_local(outbound, state, since, &reply)?, 0)
                 }
-            } else {
-                outbound.try_enqueue(&reply(&outcome))?;
-            }
+                Some(view) => {
+                    let merged = self.replay_merged(outbound, channel, state, since, view, &reply);
+                    state.unpin();
+                    merged?
+                }
+            };
             if state
                 .subscribers
-                .insert(outbound.conn_id(), Arc::clone(outbound))
+                .insert(
+                    outbound.conn_id(),
+                    Subscriber {
+                        outbound: Arc::clone(outbound),
+                        skip_until,
+                    },
+                )
                 .is_none()
             {
                 shard.subscriptions.fetch_add(1, Ordering::Relaxed);
@@ -364,6 +419,169 @@ impl Hub {
             None => {}
         }
         Ok(outcome)
+    }
+
+    /// Enqueues the reply and the replay from this node's own history.
+    fn replay_local(
+        &self,
+        outbound: &Outbound,
+        state: &Channel,
+        since: Option<Offset>,
+        reply: &impl Fn(&Subscribed) -> Frame,
+    ) -> Result<Subscribed, SubscribeError> {
+        let replay = since.map(|since| state.entries_after(since));
+        let mut outcome = Subscribed {
+            offset: state.offset(),
+            recovered: replay.as_ref().map(Option::is_some),
+            replayed: 0,
+        };
+        if let Some(Some(entries)) = replay {
+            outcome.replayed = entries.len();
+            outbound.try_enqueue(&reply(&outcome))?;
+            for entry in entries {
+                outbound.try_enqueue(&entry.frame)?;
+            }
+        } else {
+            outbound.try_enqueue(&reply(&outcome))?;
+        }
+        Ok(outcome)
+    }
+
+    /// Enqueues the reply and the replay from a bus read plus the deliveries that arrived
+    /// while it was read. Returns the outcome and the subscriber's `skip_until`.
+    fn replay_merged(
+        &self,
+        outbound: &Outbound,
+        channel: &ChannelName,
+        state: &mut Channel,
+        since: Option<Offset>,
+        view: &RemoteView,
+        reply: &impl Fn(&Subscribed) -> Frame,
+    ) -> Result<(Subscribed, u64), SubscribeError> {
+        let mut consistent = !state.pending_lost;
+        if !state.synced {
+            // Nothing delivered here yet: start from the bus's position.
+            state.epoch = view.epoch;
+            state.seq = view.seq;
+            state.synced = true;
+        } else if state.epoch != view.epoch {
+            if state.pending.is_empty() {
+                // The bus lost the channel's state (Redis restarted empty): follow the new
+                // epoch from its start for the subscribers already here.
+                self.forget_epoch(state, view.epoch);
+            } else {
+                // The epoch changed between the read and now: nothing can be proven.
+                consistent = false;
+            }
+        }
+        let same_epoch = consistent && state.epoch == view.epoch;
+        let position = if same_epoch {
+            state.seq.max(view.seq)
+        } else {
+            state.seq
+        };
+        let recovered = since.map(|since| same_epoch && view.complete && since.epoch == view.epoch);
+        let mut outcome = Subscribed {
+            offset: Offset {
+                epoch: state.epoch,
+                seq: position,
+            },
+            recovered,
+            replayed: 0,
+        };
+        if recovered != Some(true) {
+            outbound.try_enqueue(&reply(&outcome))?;
+            // Live messages only; those the bus had already assigned are skipped.
+            let skip_until = if same_epoch { view.seq } else { 0 };
+            return Ok((outcome, skip_until));
+        }
+        let since_seq = since.map_or(0, |since| since.seq);
+        let from_bus: Vec<Frame> = view
+            .entries
+            .iter()
+            .filter(|(seq, _)| *seq > since_seq && *seq <= view.seq)
+            .map(|(seq, data)| {
+                let offset = Offset {
+                    epoch: view.epoch,
+                    seq: *seq,
+                };
+                Frame::from(protocol::encode_message(channel, offset, data))
+            })
+            .collect();
+        let from_pending: Vec<Frame> = state
+            .pending
+            .iter()
+            .filter(|entry| entry.seq > view.seq)
+            .map(|entry| entry.frame.clone())
+            .collect();
+        outcome.replayed = from_bus.len() + from_pending.len();
+        outbound.try_enqueue(&reply(&outcome))?;
+        for frame in from_bus.iter().chain(&from_pending) {
+            outbound.try_enqueue(frame)?;
+        }
+        Ok((outcome, view.seq))
+    }
+
+    /// Switches a channel to a new epoch: its history and skip marks belong to the old one.
+    fn forget_epoch(&self, state: &mut Channel, epoch: u64) {
+        state.forget_all(&self.history);
+        state.epoch = epoch;
+        state.seq = 0;
+        for subscriber in state.subscribers.values_mut() {
+            subscriber.skip_until = 0;
+        }
+    }
+
+    /// Gives up a pin taken by a subscribe that answered [`SubscribeError::NeedRemote`] and
+    /// could not read the bus.
+    pub fn unpin(&self, channel: &ChannelName) {
+        self.with_existing_channel(channel, Channel::unpin);
+    }
+
+    /// Delivers a message ordered by a remote bus: fans it out to local subscribers in offset
+    /// order, once. Channels without local interest are skipped (each node follows every
+    /// partition and filters here). Duplicates (re-reads after a reconnect) are dropped.
+    /// Returns how many subscribers it reached.
+    pub fn deliver(&self, channel: &ChannelName, offset: Offset, data: &str) -> usize {
+        let shard = self.shard(channel);
+        let delivered = self.with_existing_channel(channel, |state| {
+            if !state.synced {
+                state.epoch = offset.epoch;
+                state.synced = true;
+            } else if state.epoch != offset.epoch {
+                tracing::warn!(%channel, "Channel epoch changed on the bus; history restarts");
+                self.forget_epoch(state, offset.epoch);
+            } else if offset.seq <= state.seq {
+                return 0;
+            } else if offset.seq > state.seq + 1 && state.seq > 0 {
+                telemetry::metrics().bus_gaps.increment(1);
+                tracing::warn!(%channel, from = state.seq, to = offset.seq, "Gap in the bus");
+            }
+            state.seq = offset.seq;
+            let text = protocol::encode_message(channel, offset, data);
+            let data_start = u32::try_from(text.len() - data.len() - 1)
+                .expect("payload size is bounded far below 4 GiB");
+            let frame = Frame::from(text);
+            let (delivered, dropped) = state.fan_out(&frame, offset.seq);
+            if dropped > 0 {
+                shard.subscriptions.fetch_sub(dropped, Ordering::Relaxed);
+            }
+            let now = Instant::now();
+            let entry = Entry {
+                seq: offset.seq,
+                published_at: now,
+                frame,
+                data_start,
+            };
+            state.remember_pending(&entry);
+            state.remember(entry, &self.history, now);
+            delivered
+        });
+        let delivered = delivered.unwrap_or(0);
+        telemetry::metrics()
+            .messages_delivered
+            .increment(delivered as u64);
+        delivered
     }
 
     /// Removes one subscription; `false` when it did not exist.
@@ -391,10 +609,7 @@ impl Hub {
                         epoch: state.epoch,
                         seq: entry.seq,
                     },
-                    HistoryData {
-                        frame: entry.frame.clone(),
-                        data_start: entry.data_start,
-                    },
+                    HistoryData::from_entry(entry),
                 )
             };
             match since {

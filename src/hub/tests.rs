@@ -12,6 +12,7 @@ fn hub_with(history_size: usize, queue_messages: usize) -> HubHandle {
         history_size,
         history_ttl: Duration::from_secs(60),
         history_max_bytes: 1 << 20,
+        remote: false,
     })
 }
 
@@ -51,8 +52,8 @@ fn publish_reaches_every_subscriber_with_one_shared_frame() {
     let news = name("news");
     let (a, a_rx) = hub.register();
     let (b, b_rx) = hub.register();
-    hub.subscribe(&a, &news, None, reply).unwrap();
-    hub.subscribe(&b, &news, None, reply).unwrap();
+    hub.subscribe(&a, &news, None, None, reply).unwrap();
+    hub.subscribe(&b, &news, None, None, reply).unwrap();
     drain(&a_rx);
     drain(&b_rx);
     let offset = hub.publish(&news, r#"{"n":1}"#);
@@ -72,7 +73,9 @@ fn since_replays_exactly_the_missed_messages_then_goes_live() {
     hub.publish(&news, "2");
     hub.publish(&news, "3");
     let (conn, rx) = hub.register();
-    let outcome = hub.subscribe(&conn, &news, Some(first), reply).unwrap();
+    let outcome = hub
+        .subscribe(&conn, &news, Some(first), None, reply)
+        .unwrap();
     assert_eq!(outcome.recovered, Some(true));
     assert_eq!(outcome.replayed, 2);
     hub.publish(&news, "4");
@@ -87,7 +90,9 @@ fn since_at_the_current_offset_is_recovered_with_nothing_to_replay() {
     let news = name("news");
     let last = hub.publish(&news, "1");
     let (conn, _rx) = hub.register();
-    let outcome = hub.subscribe(&conn, &news, Some(last), reply).unwrap();
+    let outcome = hub
+        .subscribe(&conn, &news, Some(last), None, reply)
+        .unwrap();
     assert_eq!((outcome.recovered, outcome.replayed), (Some(true), 0));
 }
 
@@ -100,7 +105,9 @@ fn trimmed_foreign_or_future_offsets_are_not_recovered() {
         hub.publish(&news, &n.to_string());
     }
     let (conn, rx) = hub.register();
-    let trimmed = hub.subscribe(&conn, &news, Some(first), reply).unwrap();
+    let trimmed = hub
+        .subscribe(&conn, &news, Some(first), None, reply)
+        .unwrap();
     assert_eq!((trimmed.recovered, trimmed.replayed), (Some(false), 0));
     assert_eq!(drain(&rx).len(), 1, "only the reply, no partial replay");
     hub.unsubscribe(conn.conn_id(), &news);
@@ -109,7 +116,9 @@ fn trimmed_foreign_or_future_offsets_are_not_recovered() {
         epoch: first.epoch ^ 1,
         seq: 1,
     };
-    let outcome = hub.subscribe(&conn, &news, Some(foreign), reply).unwrap();
+    let outcome = hub
+        .subscribe(&conn, &news, Some(foreign), None, reply)
+        .unwrap();
     assert_eq!(outcome.recovered, Some(false));
     hub.unsubscribe(conn.conn_id(), &news);
 
@@ -117,7 +126,9 @@ fn trimmed_foreign_or_future_offsets_are_not_recovered() {
         epoch: first.epoch,
         seq: 99,
     };
-    let outcome = hub.subscribe(&conn, &news, Some(future), reply).unwrap();
+    let outcome = hub
+        .subscribe(&conn, &news, Some(future), None, reply)
+        .unwrap();
     assert_eq!(outcome.recovered, Some(false));
 }
 
@@ -127,8 +138,8 @@ fn a_full_queue_closes_only_that_subscriber() {
     let news = name("news");
     let (slow, _slow_rx) = hub.register();
     let (fast, fast_rx) = hub.register();
-    hub.subscribe(&slow, &news, None, reply).unwrap();
-    hub.subscribe(&fast, &news, None, reply).unwrap();
+    hub.subscribe(&slow, &news, None, None, reply).unwrap();
+    hub.subscribe(&fast, &news, None, None, reply).unwrap();
     for n in 0..40 {
         hub.publish(&news, &n.to_string());
         drain(&fast_rx);
@@ -156,7 +167,7 @@ fn the_byte_limit_also_closes_a_slow_consumer() {
     });
     let news = name("news");
     let (conn, _rx) = hub.register();
-    hub.subscribe(&conn, &news, None, reply).unwrap();
+    hub.subscribe(&conn, &news, None, None, reply).unwrap();
     let payload = format!("\"{}\"", "x".repeat(300));
     for _ in 0..4 {
         hub.publish(&news, &payload);
@@ -180,7 +191,7 @@ fn sweep_keeps_channels_with_subscribers() {
     let hub = hub_with(0, 64);
     let news = name("news");
     let (conn, _rx) = hub.register();
-    hub.subscribe(&conn, &news, None, reply).unwrap();
+    hub.subscribe(&conn, &news, None, None, reply).unwrap();
     assert_eq!(hub.sweep(), 0);
     hub.deregister(conn.conn_id(), [&news]);
     assert_eq!(hub.sweep(), 1);
@@ -244,7 +255,7 @@ fn concurrent_publishers_keep_per_channel_order_for_every_subscriber() {
     let hub = hub_with(0, 1024);
     let news = name("news");
     let (conn, rx) = hub.register();
-    hub.subscribe(&conn, &news, None, reply).unwrap();
+    hub.subscribe(&conn, &news, None, None, reply).unwrap();
     drain(&rx);
     std::thread::scope(|scope| {
         for publisher in 0..4 {
@@ -268,4 +279,191 @@ fn concurrent_publishers_keep_per_channel_order_for_every_subscriber() {
         assert!(n > last[publisher]);
         last[publisher] = n;
     }
+}
+
+fn remote_hub() -> HubHandle {
+    Hub::new(HubSettings {
+        remote: true,
+        ..hub_with(10, 64).settings().clone()
+    })
+}
+
+const EPOCH: u64 = 0xabc;
+
+fn at(seq: u64) -> Offset {
+    Offset { epoch: EPOCH, seq }
+}
+
+#[test]
+fn deliveries_skip_channels_without_local_interest_and_duplicates() {
+    let hub = remote_hub();
+    let news = name("news");
+    assert_eq!(
+        hub.deliver(&news, at(1), "1"),
+        0,
+        "no local channel: filtered"
+    );
+    let (conn, rx) = hub.register();
+    assert_eq!(
+        hub.subscribe(&conn, &news, None, None, reply),
+        Err(SubscribeError::NeedRemote)
+    );
+    let view = RemoteView {
+        epoch: EPOCH,
+        seq: 1,
+        entries: Vec::new(),
+        complete: true,
+    };
+    hub.subscribe(&conn, &news, None, Some(&view), reply)
+        .unwrap();
+    assert_eq!(
+        hub.deliver(&news, at(1), "1"),
+        0,
+        "already assigned before the subscribe"
+    );
+    assert_eq!(hub.deliver(&news, at(2), "2"), 1);
+    assert_eq!(
+        hub.deliver(&news, at(2), "2"),
+        0,
+        "a re-read after reconnect"
+    );
+    assert_eq!(seqs(&drain(&rx)), vec![2]);
+}
+
+#[test]
+fn remote_resume_merges_the_bus_read_with_deliveries_made_meanwhile() {
+    let hub = remote_hub();
+    let news = name("news");
+    let (watcher, watcher_rx) = hub.register();
+    let view = RemoteView {
+        epoch: EPOCH,
+        seq: 7,
+        entries: Vec::new(),
+        complete: true,
+    };
+    assert!(hub.subscribe(&watcher, &news, None, None, reply).is_err());
+    hub.subscribe(&watcher, &news, None, Some(&view), reply)
+        .unwrap();
+    hub.deliver(&news, at(8), "8");
+
+    let (conn, rx) = hub.register();
+    // Resuming from 5 is beyond local history (which starts at 8): read the bus.
+    assert_eq!(
+        hub.subscribe(&conn, &news, Some(at(5)), None, reply),
+        Err(SubscribeError::NeedRemote)
+    );
+    // Meanwhile message 9 arrives; the bus read saw up to 8 only.
+    hub.deliver(&news, at(9), "9");
+    let view = RemoteView {
+        epoch: EPOCH,
+        seq: 8,
+        entries: vec![(6, "6".into()), (7, "7".into()), (8, "8".into())],
+        complete: true,
+    };
+    let outcome = hub
+        .subscribe(&conn, &news, Some(at(5)), Some(&view), reply)
+        .unwrap();
+    assert_eq!(outcome.recovered, Some(true));
+    assert_eq!(outcome.offset, at(9));
+    hub.deliver(&news, at(10), "10");
+    assert_eq!(seqs(&drain(&rx)), vec![6, 7, 8, 9, 10]);
+    assert_eq!(seqs(&drain(&watcher_rx)), vec![8, 9, 10]);
+}
+
+#[test]
+fn a_bus_read_ahead_of_local_delivery_is_not_delivered_twice() {
+    let hub = remote_hub();
+    let news = name("news");
+    let (watcher, _watcher_rx) = hub.register();
+    let view = RemoteView {
+        epoch: EPOCH,
+        seq: 3,
+        entries: Vec::new(),
+        complete: true,
+    };
+    assert!(hub.subscribe(&watcher, &news, None, None, reply).is_err());
+    hub.subscribe(&watcher, &news, None, Some(&view), reply)
+        .unwrap();
+
+    let (conn, rx) = hub.register();
+    assert!(
+        hub.subscribe(&conn, &news, Some(at(1)), None, reply)
+            .is_err()
+    );
+    // Redis already holds 4 and 5, this node has not read them yet.
+    let view = RemoteView {
+        epoch: EPOCH,
+        seq: 5,
+        entries: vec![
+            (2, "2".into()),
+            (3, "3".into()),
+            (4, "4".into()),
+            (5, "5".into()),
+        ],
+        complete: true,
+    };
+    hub.subscribe(&conn, &news, Some(at(1)), Some(&view), reply)
+        .unwrap();
+    for seq in 4..=6 {
+        hub.deliver(&news, at(seq), &seq.to_string());
+    }
+    assert_eq!(seqs(&drain(&rx)), vec![2, 3, 4, 5, 6]);
+}
+
+#[test]
+fn an_incomplete_bus_read_is_not_recovered() {
+    let hub = remote_hub();
+    let news = name("news");
+    let (conn, rx) = hub.register();
+    assert!(
+        hub.subscribe(&conn, &news, Some(at(1)), None, reply)
+            .is_err()
+    );
+    let view = RemoteView {
+        epoch: EPOCH,
+        seq: 50,
+        entries: Vec::new(),
+        complete: false,
+    };
+    let outcome = hub
+        .subscribe(&conn, &news, Some(at(1)), Some(&view), reply)
+        .unwrap();
+    assert_eq!(outcome.recovered, Some(false));
+    assert_eq!(drain(&rx).len(), 1, "only the reply");
+}
+
+#[test]
+fn a_new_epoch_on_the_bus_restarts_the_channel() {
+    let hub = remote_hub();
+    let news = name("news");
+    let (conn, rx) = hub.register();
+    let view = RemoteView {
+        epoch: EPOCH,
+        seq: 40,
+        entries: Vec::new(),
+        complete: true,
+    };
+    assert!(hub.subscribe(&conn, &news, None, None, reply).is_err());
+    hub.subscribe(&conn, &news, None, Some(&view), reply)
+        .unwrap();
+    drain(&rx);
+    let fresh = Offset {
+        epoch: EPOCH + 1,
+        seq: 1,
+    };
+    assert_eq!(hub.deliver(&news, fresh, "1"), 1);
+    let history = hub.history(&news, None, 10);
+    assert_eq!(history.offset, fresh);
+    assert_eq!(history.messages.len(), 1);
+}
+
+#[test]
+fn a_failed_bus_read_unpins_the_channel() {
+    let hub = remote_hub();
+    let news = name("news");
+    let (conn, _rx) = hub.register();
+    assert!(hub.subscribe(&conn, &news, None, None, reply).is_err());
+    assert_eq!(hub.sweep(), 0, "pinned channels stay");
+    hub.unpin(&news);
+    assert_eq!(hub.sweep(), 1);
 }

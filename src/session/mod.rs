@@ -51,6 +51,8 @@ pub struct SessionSettings {
     pub max_subscriptions: usize,
     pub max_inbound_message_bytes: usize,
     pub read_buffer_bytes: usize,
+    /// Messages a `since` subscribe may replay (`history.size`).
+    pub history_size: usize,
 }
 
 impl SessionSettings {

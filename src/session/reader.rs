@@ -7,7 +7,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 
 use super::{End, SessionContext, end_for_error};
 use crate::{
-    hub::{Frame, Outbound, SubscribeError},
+    hub::{Frame, Outbound, SubscribeError, Subscribed},
     protocol::{self, ChannelName, ClientFrame, ErrorCode, Offset},
     telemetry,
 };
@@ -76,7 +76,7 @@ impl Reader {
             Err(err) => self.error(err.id, ErrorCode::BadRequest, err.message),
             Ok(ClientFrame::Ping { id }) => self.send(protocol::encode_pong(id)),
             Ok(ClientFrame::Subscribe { id, channel, since }) => {
-                self.subscribe(id, &channel, since.as_deref());
+                self.subscribe(id, &channel, since.as_deref()).await;
             }
             Ok(ClientFrame::Unsubscribe { id, channel }) => self.unsubscribe(id, &channel),
             Ok(ClientFrame::Publish { id, channel, data }) => {
@@ -95,7 +95,7 @@ impl Reader {
         }
     }
 
-    fn subscribe(&mut self, id: Option<u64>, name: &str, since: Option<&str>) {
+    async fn subscribe(&mut self, id: Option<u64>, name: &str, since: Option<&str>) {
         let Some(channel) = self.channel(id, name) else {
             return;
         };
@@ -117,22 +117,37 @@ impl Reader {
                 "too many subscriptions on this connection",
             );
         }
-        let result = self
-            .ctx
-            .hub
-            .subscribe(&self.outbound, &channel, since, |outcome| {
-                Frame::from(protocol::encode_subscribed(
-                    id,
-                    &channel,
-                    outcome.offset,
-                    outcome.recovered,
-                ))
-            });
+        let reply = |outcome: &Subscribed| {
+            Frame::from(protocol::encode_subscribed(
+                id,
+                &channel,
+                outcome.offset,
+                outcome.recovered,
+            ))
+        };
+        let hub = &self.ctx.hub;
+        let mut result = hub.subscribe(&self.outbound, &channel, since, None, reply);
+        if result == Err(SubscribeError::NeedRemote) {
+            let limit = self.ctx.settings.history_size;
+            match self.ctx.bus.read_channel(&channel, since, limit).await {
+                Ok(view) => {
+                    result = hub.subscribe(&self.outbound, &channel, since, Some(&view), reply);
+                }
+                Err(err) => {
+                    hub.unpin(&channel);
+                    return self.error(id, ErrorCode::Unavailable, &err.to_string());
+                }
+            }
+        }
         match result {
             // Recorded even on failure: the hub may hold the subscription, and the session's
             // cleanup must find it.
             Ok(_) | Err(SubscribeError::SlowConsumer | SubscribeError::Closing) => {
                 self.subscriptions.push(channel);
+            }
+            Err(SubscribeError::NeedRemote) => {
+                // A subscribe given a remote view never asks for another.
+                self.error(id, ErrorCode::Internal, "subscribe could not be merged");
             }
         }
     }
