@@ -8,7 +8,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    cluster::{Bus, LocalBus},
+    cluster::{Bus, LocalBus, NodeInfo, RedisBus, RedisSettings},
     config::Config,
     control::{self, ApiKeys, ControlContext},
     hub::{Hub, HubHandle, HubSettings},
@@ -62,8 +62,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         history_max_bytes: config.history.max_memory_bytes,
         remote: config.cluster.redis.is_set(),
     });
-    let bus: Arc<dyn Bus> = Arc::new(LocalBus::new(Arc::clone(&hub)));
-
     let ws_listener = TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("binding the WebSocket listener on {}", config.server.listen))?;
@@ -77,6 +75,30 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let background = Shutdown::new();
     let accept_stop = CancellationToken::new();
     let background_stop = CancellationToken::new();
+
+    let bus: Arc<dyn Bus> = if config.cluster.redis.is_set() {
+        let settings = RedisSettings {
+            target: config.cluster.redis.clone(),
+            partitions: config.cluster.partitions,
+            publish_timeout: config.cluster.publish_timeout,
+            bus_maxlen: config.cluster.bus_maxlen,
+            channel_state_ttl: config.cluster.channel_state_ttl,
+            history_size: config.history.size,
+            history_ttl: config.history.ttl,
+            outage_fails_readiness: config.cluster.outage_fails_readiness,
+            node_id: Arc::clone(&node_id),
+        };
+        let node = NodeInfo {
+            ws_addr,
+            control_addr,
+        };
+        Arc::new(
+            RedisBus::start(settings, Arc::clone(&hub), node, &background, &background_stop)
+                .context("starting the Redis bus")?,
+        )
+    } else {
+        Arc::new(LocalBus::new(Arc::clone(&hub)))
+    };
 
     let session_ctx = Arc::new(SessionContext {
         hub: Arc::clone(&hub),
@@ -99,7 +121,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     });
     let control_ctx = Arc::new(ControlContext {
         hub: Arc::clone(&hub),
-        bus,
+        bus: Arc::clone(&bus),
         readiness: readiness.clone(),
         node_id: Arc::clone(&node_id),
         api_keys: ApiKeys::new(&config.control.api_keys),
@@ -109,6 +131,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         max_publish_payload_bytes: config.limits.max_publish_payload_bytes,
     });
 
+    let bus_kind = bus.kind();
     sessions.spawn(accept_loop(
         ws_listener,
         session_ctx,
@@ -141,6 +164,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         %control_addr,
         node = %node_id,
         shards = config.server.shards,
+        bus = bus_kind,
         "Switchboard listening"
     );
     drop::<Latch>(starting);

@@ -49,6 +49,12 @@ struct ServeArgs {
     /// Log level or filter, e.g. `debug` (overrides log.level).
     #[arg(long, global = true)]
     log_level: Option<String>,
+    /// Redis URL that turns clustering on (overrides cluster.redis).
+    #[arg(long, global = true)]
+    redis: Option<String>,
+    /// This node's id (overrides server.node_id; generated when absent).
+    #[arg(long, global = true)]
+    node_id: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -76,6 +82,12 @@ fn load(args: &ServeArgs) -> Result<Config, String> {
     }
     if let Some(level) = &args.log_level {
         config.log.level.clone_from(level);
+    }
+    if let Some(redis) = &args.redis {
+        config.cluster.redis = switchboard::config::RedisTarget::Url(redis.clone());
+    }
+    if let Some(node_id) = &args.node_id {
+        config.server.node_id.clone_from(node_id);
     }
     config.validate().map_err(|err| err.to_string())
 }

@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use metrics::{
     Counter, Gauge, Histogram, Unit, describe_counter, describe_gauge, describe_histogram,
 };
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::{
     config::{LogConfig, LogFormat},
@@ -37,12 +37,22 @@ pub const HISTORY_MESSAGES: &str = "ws_history_messages";
 pub const RESUMES: &str = "ws_resumes_total";
 pub const HTTP_REQUESTS: &str = "ws_http_requests_total";
 pub const BUS_GAPS: &str = "ws_bus_gaps_total";
+pub const BUS_LAG: &str = "ws_bus_lag_seconds";
+pub const BUS_READ_BATCH: &str = "ws_bus_read_batch_entries";
+pub const BUS_PARTITION_AGE: &str = "ws_bus_partition_lag_seconds";
+pub const BUS_READER_RESTARTS: &str = "ws_bus_reader_restarts_total";
+pub const REDIS_ERRORS: &str = "ws_redis_errors_total";
+pub const REDIS_RECONNECTS: &str = "ws_redis_connects_total";
+pub const REDIS_PIPELINE_DEPTH: &str = "ws_redis_pipeline_depth";
 
 /// Upper bounds of the publish-to-enqueue histogram, in seconds (1 µs to 1 s).
 const LATENCY_BUCKETS: &[f64] = &[
     0.000_001, 0.000_005, 0.000_01, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005,
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 ];
+
+/// Upper bounds of histograms of counts (pipeline depth, read batch sizes).
+const COUNT_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
 
 /// Pre-registered handles for the metrics touched on hot paths.
 #[derive(Debug)]
@@ -91,9 +101,14 @@ static METRICS: OnceLock<Metrics> = OnceLock::new();
 pub fn install_recorder() -> PrometheusHandle {
     RECORDER
         .get_or_init(|| {
-            let builder = PrometheusBuilder::new()
+            let mut builder = PrometheusBuilder::new()
                 .set_buckets(LATENCY_BUCKETS)
                 .expect("LATENCY_BUCKETS is a non-empty constant");
+            for name in [REDIS_PIPELINE_DEPTH, BUS_READ_BATCH] {
+                builder = builder
+                    .set_buckets_for_metric(Matcher::Full(name.to_owned()), COUNT_BUCKETS)
+                    .expect("COUNT_BUCKETS is a non-empty constant");
+            }
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
             // Another recorder may exist only if an embedding program installed its own; our
@@ -208,6 +223,13 @@ fn describe() {
         "Subscribes with `since`, by whether history covered the gap"
     );
     describe_counter!(HTTP_REQUESTS, "Control API requests, by route and status");
+    describe_histogram!(BUS_LAG, Unit::Seconds, "Time from the Redis append of a message to its local delivery");
+    describe_histogram!(BUS_READ_BATCH, "Entries returned by one XREAD of a bus partition");
+    describe_gauge!(BUS_PARTITION_AGE, Unit::Seconds, "How far each partition reader is behind the newest entry it has seen, by entry time");
+    describe_counter!(BUS_READER_RESTARTS, "Partition readers restarted because they stalled while Redis answered");
+    describe_counter!(REDIS_ERRORS, "Failed Redis commands, by operation");
+    describe_counter!(REDIS_RECONNECTS, "Connections to Redis (re)established by the command link");
+    describe_histogram!(REDIS_PIPELINE_DEPTH, "Publishes in flight on the shared Redis connection when one is sent (pipelining depth)");
     describe_counter!(
         BUS_GAPS,
         "Bus deliveries that skipped sequence numbers (messages lost on the bus)"

@@ -7,6 +7,10 @@
 //! and feeds entries read back from Redis to the hub. Sessions and the control API hold an
 //! `Arc<dyn Bus>` and never know which one runs. Depends on `hub` only through its handle.
 
+mod redis;
+
+pub use self::redis::{NodeInfo, RedisBus, RedisSettings};
+
 use std::{future::Future, pin::Pin};
 
 use crate::{
@@ -67,6 +71,17 @@ pub trait Bus: Send + Sync + std::fmt::Debug + 'static {
 
     /// Reasons the bus is unfit to serve, for `/readyz`; empty when healthy.
     fn unready_reasons(&self) -> Vec<String>;
+
+    /// Conditions worth reporting in `/readyz` that do not fail readiness (e.g. an outage of
+    /// Redis itself, shared by every node).
+    fn details(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// The Redis bus, for cluster-wide queries (`/v1/nodes`).
+    fn as_redis(&self) -> Option<&RedisBus> {
+        None
+    }
 
     /// A short name for logs and `/v1/stats`: `local` or `redis`.
     fn kind(&self) -> &'static str;

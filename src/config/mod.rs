@@ -174,6 +174,7 @@ pub struct ClusterConfig {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum RedisTarget {
+    /// No Redis: the in-process broker.
     #[default]
     #[serde(skip)]
     None,

@@ -114,7 +114,12 @@ async fn route_v1(
         "/v1/disconnect" if method == Method::POST => {
             ("disconnect", disconnect(request, ctx).await)
         }
-        "/v1/stats" if method == Method::GET => ("stats", Ok(stats(ctx))),
+        "/v1/stats" if method == Method::GET => {
+            let query = request.uri().query().unwrap_or("").to_owned();
+            ("stats", stats(&query, ctx).await)
+        }
+        "/v1/nodes" if method == Method::GET => ("nodes", nodes(ctx).await),
+        "/v1/nodes" => ("nodes", method_not_allowed("GET")),
         "/v1/publish" => ("publish", method_not_allowed("POST")),
         "/v1/broadcast" => ("broadcast", method_not_allowed("POST")),
         "/v1/disconnect" => ("disconnect", method_not_allowed("POST")),
@@ -194,12 +199,36 @@ fn readyz(ctx: &ControlContext) -> Response<Body> {
         .map(str::to_owned)
         .collect();
     reasons.extend(ctx.bus.unready_reasons());
-    if reasons.is_empty() {
-        response(200, JSON, r#"{"ready":true}"#)
-    } else {
-        let body = serde_json::json!({ "ready": false, "reasons": reasons });
-        response(503, JSON, body.to_string())
+    let details = ctx.bus.details();
+    let mut body = serde_json::json!({ "ready": reasons.is_empty() });
+    if !reasons.is_empty() {
+        body["reasons"] = serde_json::json!(reasons);
     }
+    if !details.is_empty() {
+        body["details"] = serde_json::json!(details);
+    }
+    let status = if reasons.is_empty() { 200 } else { 503 };
+    response(status, JSON, body.to_string())
+}
+
+/// This node as `/v1/nodes` lists it when there is no cluster registry.
+fn this_node(ctx: &ControlContext) -> serde_json::Value {
+    serde_json::json!({
+        "node": &*ctx.node_id,
+        "connections": ctx.hub.connections(),
+    })
+}
+
+async fn nodes(ctx: &ControlContext) -> Handled {
+    let nodes = match ctx.bus.as_redis() {
+        Some(redis) => redis.nodes().await?,
+        None => vec![this_node(ctx)],
+    };
+    Ok(response(
+        200,
+        JSON,
+        serde_json::json!({ "nodes": nodes }).to_string(),
+    ))
 }
 
 fn metrics(ctx: &ControlContext) -> Response<Body> {
@@ -207,7 +236,35 @@ fn metrics(ctx: &ControlContext) -> Response<Body> {
     response(200, "text/plain; version=0.0.4", ctx.metrics.render())
 }
 
-fn stats(ctx: &ControlContext) -> Response<Body> {
+async fn stats(query: &str, ctx: &ControlContext) -> Handled {
+    match query {
+        "" | "scope=node" => Ok(node_stats(ctx)),
+        "scope=cluster" => {
+            let nodes = match ctx.bus.as_redis() {
+                Some(redis) => redis.nodes().await?,
+                None => vec![this_node(ctx)],
+            };
+            let connections: u64 = nodes
+                .iter()
+                .filter_map(|node| node["connections"].as_u64())
+                .sum();
+            let body = serde_json::json!({
+                "scope": "cluster",
+                "nodes": nodes.len(),
+                "connections": connections,
+                "per_node": nodes,
+            });
+            Ok(response(200, JSON, body.to_string()))
+        }
+        _ => Err(ApiError::new(
+            400,
+            ErrorCode::BadRequest,
+            "`scope` must be node or cluster",
+        )),
+    }
+}
+
+fn node_stats(ctx: &ControlContext) -> Response<Body> {
     let shards = ctx.hub.shard_stats();
     let snapshot = ctx.hub.snapshot();
     let body = serde_json::json!({

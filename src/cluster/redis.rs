@@ -1,0 +1,982 @@
+//! The clustered bus: Redis Streams as both the cross-node bus and the resume log.
+//!
+//! Keys (`P` is a channel's partition, `hash(channel) % partitions`; the `{sb:P}` hash tag puts
+//! every key of a partition in one Redis Cluster slot):
+//! - `sb:{sb:P}:bus`: the partition stream every node reads. Entry fields: `c` channel,
+//!   `e` epoch, `s` seq, `d` data, `t` Redis time in ms.
+//! - `sb:{sb:P}:meta:<channel>`: hash with the channel's epoch `e` and last seq `s`.
+//! - `sb:{sb:P}:hist:<channel>`: the channel's history stream, entry id `<seq>-0`, fields `d`
+//!   and `t`, capped at `history.size`.
+//!
+//! One Lua script per publish bumps the seq, appends to history and to the bus: the live bus
+//! and the resume log cannot disagree. A channel whose meta hash is gone (Redis restarted
+//! empty, or the state expired) gets a new random epoch, so stale offsets are recognised.
+//!
+//! Every node follows every partition with blocking `XREAD`s from the last entry id it saw
+//! (never `$` after a reconnect) and hands entries to [`Hub::deliver`], which keeps those with
+//! local interest and drops duplicates.
+
+use std::{
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use arc_swap::ArcSwapOption;
+use redis::{
+    AsyncConnectionConfig, Cmd, Pipeline, RedisFuture, RedisResult, Script, Value,
+    aio::{ConnectionLike, MultiplexedConnection},
+    cluster::ClusterClient,
+    cluster_async::ClusterConnection,
+};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{Bus, BusError, BusFuture};
+use crate::{
+    config::RedisTarget,
+    hub::{History, HistoryData, HubHandle, RemoteView},
+    protocol::{ChannelName, Offset},
+    shutdown::Shutdown,
+    telemetry,
+};
+
+/// How long one `XREAD` blocks before returning empty.
+const BLOCK: Duration = Duration::from_millis(1000);
+/// Entries one `XREAD` returns at most.
+const READ_COUNT: usize = 512;
+/// A reader whose last completed read is older than this, while Redis answers, is stuck.
+const READER_STALL: Duration = Duration::from_secs(5);
+/// Registry heartbeat period and entry lifetime.
+const NODE_HEARTBEAT: Duration = Duration::from_secs(2);
+const NODE_TTL: Duration = Duration::from_secs(10);
+const REGISTRY_SET: &str = "sb:{sb:nodes}:live";
+const REGISTRY_PREFIX: &str = "sb:{sb:nodes}:node:";
+
+const PUBLISH_LUA: &str = r"
+local e = redis.call('HGET', KEYS[1], 'e')
+if not e then
+  e = ARGV[2]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', e, 's', 0)
+end
+local s = redis.call('HINCRBY', KEYS[1], 's', 1)
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if tonumber(ARGV[3]) > 0 then
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], string.format('%d-0', s), 'd', ARGV[1], 't', now)
+  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'c', ARGV[6], 'e', e, 's', s, 'd', ARGV[1], 't', now)
+return {e, s}
+";
+
+const READ_LUA: &str = r"
+local e = redis.call('HGET', KEYS[1], 'e')
+if not e then
+  e = ARGV[1]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', e, 's', 0)
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+end
+local s = redis.call('HGET', KEYS[1], 's')
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local entries
+if ARGV[2] == '' then
+  entries = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[3])
+else
+  entries = redis.call('XRANGE', KEYS[2], ARGV[2], '+', 'COUNT', ARGV[3])
+end
+return {e, s, now, entries}
+";
+
+/// Settings of the Redis bus.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    pub target: RedisTarget,
+    pub partitions: u32,
+    pub publish_timeout: Duration,
+    pub bus_maxlen: u64,
+    pub channel_state_ttl: Duration,
+    pub history_size: usize,
+    pub history_ttl: Duration,
+    pub outage_fails_readiness: bool,
+    pub node_id: Arc<str>,
+}
+
+/// A connection to one Redis or to a Redis Cluster.
+#[derive(Clone)]
+enum RedisConn {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            RedisConn::Single(conn) => conn.req_packed_command(cmd),
+            RedisConn::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            RedisConn::Single(conn) => conn.req_packed_commands(cmd, offset, count),
+            RedisConn::Cluster(conn) => conn.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RedisConn::Single(conn) => conn.get_db(),
+            RedisConn::Cluster(conn) => conn.get_db(),
+        }
+    }
+}
+
+/// How to open connections.
+enum Connector {
+    Single(redis::Client),
+    Cluster(ClusterClient),
+}
+
+impl Connector {
+    fn new(target: &RedisTarget, response_timeout: Duration) -> Result<Self, redis::RedisError> {
+        match target {
+            RedisTarget::Url(url) => Ok(Connector::Single(redis::Client::open(url.as_str())?)),
+            RedisTarget::ClusterSeeds(seeds) => Ok(Connector::Cluster(
+                ClusterClient::builder(seeds.clone())
+                    .connection_timeout(Duration::from_secs(1))
+                    .response_timeout(response_timeout)
+                    .retries(1)
+                    .build()?,
+            )),
+            RedisTarget::None => Err(redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "no Redis configured",
+            ))),
+        }
+    }
+
+    async fn connect(&self, response_timeout: Duration) -> RedisResult<RedisConn> {
+        match self {
+            Connector::Single(client) => {
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(Duration::from_secs(1)))
+                    .set_response_timeout(Some(response_timeout));
+                Ok(RedisConn::Single(
+                    client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await?,
+                ))
+            }
+            Connector::Cluster(client) => Ok(RedisConn::Cluster(client.get_async_connection().await?)),
+        }
+    }
+}
+
+/// Health of the link to Redis and of each partition reader, for readiness and metrics.
+#[derive(Debug, Default)]
+struct Health {
+    redis_up: AtomicBool,
+    last_error: Mutex<String>,
+    /// Milliseconds since `started` of each reader's last completed read.
+    reader_ok_ms: Vec<AtomicU64>,
+    /// Entry id (ms part) each reader has reached, for the lag gauge.
+    reader_position_ms: Vec<AtomicU64>,
+}
+
+impl Health {
+    fn error(&self, op: &'static str, err: &dyn std::fmt::Display) {
+        metrics::counter!(telemetry::REDIS_ERRORS, "op" => op).increment(1);
+        *self.last_error.lock().unwrap_or_else(PoisonError::into_inner) = format!("{op}: {err}");
+    }
+}
+
+struct Inner {
+    settings: RedisSettings,
+    hub: HubHandle,
+    connector: Connector,
+    /// The shared command connection; `None` while Redis is unreachable.
+    conn: ArcSwapOption<RedisConn>,
+    reconnect: tokio::sync::Notify,
+    publish_script: Script,
+    read_script: Script,
+    health: Health,
+    started: Instant,
+    in_flight: AtomicUsize,
+}
+
+/// The Redis Streams bus. Cheap to clone.
+#[derive(Clone)]
+pub struct RedisBus {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RedisBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBus")
+            .field("partitions", &self.inner.settings.partitions)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the node registry needs to say about this node.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    pub ws_addr: std::net::SocketAddr,
+    pub control_addr: std::net::SocketAddr,
+}
+
+impl RedisBus {
+    /// Builds the bus and starts its tasks: the connection keeper, one reader per partition,
+    /// the watchdog and the node registry heartbeat. Does not wait for Redis: a node starts
+    /// while Redis is down and reports it.
+    ///
+    /// # Errors
+    /// When the Redis URL is malformed.
+    pub fn start(
+        settings: RedisSettings,
+        hub: HubHandle,
+        node: NodeInfo,
+        tasks: &Shutdown,
+        stop: &CancellationToken,
+    ) -> Result<Self, redis::RedisError> {
+        let connector = Connector::new(&settings.target, settings.publish_timeout)?;
+        let partitions = settings.partitions as usize;
+        let inner = Arc::new(Inner {
+            connector,
+            conn: ArcSwapOption::empty(),
+            reconnect: tokio::sync::Notify::new(),
+            publish_script: Script::new(PUBLISH_LUA),
+            read_script: Script::new(READ_LUA),
+            health: Health {
+                reader_ok_ms: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
+                reader_position_ms: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
+                ..Health::default()
+            },
+            started: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            settings,
+            hub,
+        });
+        tasks.spawn(keep_connected(Arc::clone(&inner), stop.clone()));
+        tasks.spawn(watch_readers(Arc::clone(&inner), tasks.clone(), stop.clone()));
+        tasks.spawn(heartbeat(Arc::clone(&inner), node, stop.clone()));
+        Ok(Self { inner })
+    }
+
+    /// Live nodes from the registry, as JSON objects.
+    ///
+    /// # Errors
+    /// When Redis cannot be read.
+    pub async fn nodes(&self) -> Result<Vec<serde_json::Value>, BusError> {
+        let mut conn = self.inner.conn()?;
+        let now = unix_ms();
+        let ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(REGISTRY_SET)
+            .arg(now)
+            .arg("+inf")
+            .query_async(&mut conn)
+            .await
+            .map_err(|err| self.inner.failed("nodes", &err))?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(|id| format!("{REGISTRY_PREFIX}{id}")).collect();
+        let values: Vec<Option<String>> = redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut conn)
+            .await
+            .map_err(|err| self.inner.failed("nodes", &err))?;
+        Ok(values
+            .into_iter()
+            .flatten()
+            .filter_map(|text| serde_json::from_str(&text).ok())
+            .collect())
+    }
+}
+
+impl Inner {
+    fn conn(&self) -> Result<RedisConn, BusError> {
+        match self.conn.load_full() {
+            Some(conn) => Ok((*conn).clone()),
+            None => Err(BusError::Unavailable("redis is unreachable")),
+        }
+    }
+
+    /// Records a failed command; connection-level failures drop the connection so the keeper
+    /// opens a new one.
+    fn failed(&self, op: &'static str, err: &redis::RedisError) -> BusError {
+        self.health.error(op, err);
+        if err.is_io_error() || err.is_connection_dropped() || err.is_timeout() || err.is_unrecoverable_error() {
+            if self.conn.swap(None).is_some() {
+                self.health.redis_up.store(false, Ordering::Release);
+                self.reconnect.notify_one();
+            }
+        }
+        if err.is_timeout() {
+            BusError::Unavailable("redis timed out")
+        } else {
+            BusError::Unavailable("redis failed")
+        }
+    }
+
+    fn partition(&self, channel: &ChannelName) -> u32 {
+        // FNV-1a: stable across nodes and releases, unlike std's hasher.
+        let mut hash: u32 = 0x811c_9dc5;
+        for byte in channel.as_str().bytes() {
+            hash ^= u32::from(byte);
+            hash = hash.wrapping_mul(0x0100_0193);
+        }
+        hash % self.settings.partitions
+    }
+
+    fn channel_keys(&self, channel: &ChannelName) -> (String, String, String) {
+        let partition = self.partition(channel);
+        (
+            format!("sb:{{sb:{partition}}}:meta:{channel}"),
+            format!("sb:{{sb:{partition}}}:hist:{channel}"),
+            bus_key(partition),
+        )
+    }
+
+    fn state_ttl_ms(&self) -> u64 {
+        u64::try_from(self.settings.channel_state_ttl.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    async fn publish(&self, channel: &ChannelName, data: &str) -> Result<Offset, BusError> {
+        let mut conn = self.conn()?;
+        let (meta, hist, bus) = self.channel_keys(channel);
+        let depth = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        #[allow(clippy::cast_precision_loss, reason = "a histogram of small counts")]
+        metrics::histogram!(telemetry::REDIS_PIPELINE_DEPTH).record(depth as f64);
+        let mut invocation = self.publish_script.key(&meta);
+        invocation
+            .key(&hist)
+            .key(&bus)
+            .arg(data)
+            .arg(format!("{:016x}", rand::random::<u64>()))
+            .arg(self.settings.history_size)
+            .arg(self.state_ttl_ms())
+            .arg(self.settings.bus_maxlen)
+            .arg(channel.as_str());
+        let result = tokio::time::timeout(
+            self.settings.publish_timeout,
+            invocation.invoke_async::<(String, u64)>(&mut conn),
+        )
+        .await;
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        match result {
+            Ok(Ok((epoch, seq))) => Ok(Offset {
+                epoch: parse_epoch(&epoch).ok_or(BusError::Unavailable("redis returned a bad epoch"))?,
+                seq,
+            }),
+            Ok(Err(err)) => Err(self.failed("publish", &err)),
+            Err(_elapsed) => {
+                let err = redis::RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "publish timed out",
+                ));
+                Err(self.failed("publish", &err))
+            }
+        }
+    }
+
+    /// Runs the read script: the channel's epoch and seq, Redis time, and history entries
+    /// after `since` (or the newest `limit`).
+    async fn read(
+        &self,
+        channel: &ChannelName,
+        since: Option<Offset>,
+        limit: usize,
+    ) -> Result<ChannelRead, BusError> {
+        let mut conn = self.conn()?;
+        let (meta, hist, _) = self.channel_keys(channel);
+        let start = since.map_or(String::new(), |since| format!("{}-0", since.seq + 1));
+        let mut invocation = self.read_script.key(&meta);
+        invocation
+            .key(&hist)
+            .arg(format!("{:016x}", rand::random::<u64>()))
+            .arg(start)
+            .arg(limit.max(1))
+            .arg(self.state_ttl_ms());
+        let value = tokio::time::timeout(
+            self.settings.publish_timeout,
+            invocation.invoke_async::<Value>(&mut conn),
+        )
+        .await
+        .map_err(|_| BusError::Unavailable("redis timed out"))?
+        .map_err(|err| self.failed("read", &err))?;
+        let mut read = ChannelRead::parse(value).ok_or(BusError::Unavailable("redis returned a bad reply"))?;
+        let ttl_ms = u64::try_from(self.settings.history_ttl.as_millis()).unwrap_or(u64::MAX);
+        let oldest_ms = read.now_ms.saturating_sub(ttl_ms);
+        read.expired = read.entries.iter().any(|entry| entry.time_ms < oldest_ms);
+        read.entries.retain(|entry| entry.time_ms >= oldest_ms);
+        if since.is_none() {
+            read.entries.reverse();
+        }
+        Ok(read)
+    }
+}
+
+/// One channel read from Redis.
+#[derive(Debug)]
+struct ChannelRead {
+    epoch: u64,
+    seq: u64,
+    now_ms: u64,
+    entries: Vec<ReadEntry>,
+    expired: bool,
+}
+
+#[derive(Debug)]
+struct ReadEntry {
+    seq: u64,
+    time_ms: u64,
+    data: String,
+}
+
+impl ChannelRead {
+    fn parse(value: Value) -> Option<Self> {
+        let Value::Array(mut parts) = value else { return None };
+        if parts.len() != 4 {
+            return None;
+        }
+        let entries = parts.pop()?;
+        let now_ms = as_u64(&parts.pop()?)?;
+        let seq = as_u64(&parts.pop()?)?;
+        let epoch = parse_epoch(&as_string(&parts.pop()?)?)?;
+        let Value::Array(entries) = entries else { return None };
+        let entries = entries
+            .into_iter()
+            .map(|entry| {
+                let Value::Array(mut pair) = entry else { return None };
+                let fields = pair.pop()?;
+                let id = as_string(&pair.pop()?)?;
+                let seq = id.split_once('-')?.0.parse().ok()?;
+                let mut data = None;
+                let mut time_ms = 0;
+                if let Value::Array(fields) = fields {
+                    for pair in fields.chunks(2) {
+                        match (as_string(&pair[0]).as_deref(), pair.get(1)) {
+                            (Some("d"), Some(value)) => data = as_string(value),
+                            (Some("t"), Some(value)) => time_ms = as_u64(value).unwrap_or(0),
+                            _ => {}
+                        }
+                    }
+                }
+                Some(ReadEntry { seq, time_ms, data: data? })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Self { epoch, seq, now_ms, entries, expired: false })
+    }
+
+    /// Whether the entries hold every message after `since` up to `self.seq`.
+    fn covers(&self, since: Offset) -> bool {
+        if since.epoch != self.epoch || since.seq > self.seq {
+            return false;
+        }
+        let needed = self.seq - since.seq;
+        let contiguous = self
+            .entries
+            .iter()
+            .zip(since.seq + 1..)
+            .all(|(entry, expected)| entry.seq == expected);
+        contiguous && self.entries.len() as u64 == needed
+    }
+}
+
+impl Bus for RedisBus {
+    fn publish<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        data: &'a str,
+    ) -> BusFuture<'a, Result<Offset, BusError>> {
+        Box::pin(async move {
+            let offset = self.inner.publish(channel, data).await?;
+            telemetry::metrics().messages_published.increment(1);
+            Ok(offset)
+        })
+    }
+
+    fn read_channel<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        since: Option<Offset>,
+        limit: usize,
+    ) -> BusFuture<'a, Result<RemoteView, BusError>> {
+        Box::pin(async move {
+            let read = self.inner.read(channel, since, limit).await?;
+            let complete = since.is_some_and(|since| read.covers(since));
+            Ok(RemoteView {
+                epoch: read.epoch,
+                seq: read.seq,
+                complete,
+                entries: read.entries.into_iter().map(|entry| (entry.seq, entry.data)).collect(),
+            })
+        })
+    }
+
+    fn history<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        since: Option<Offset>,
+        limit: usize,
+    ) -> BusFuture<'a, Result<History, BusError>> {
+        Box::pin(async move {
+            let read = self.inner.read(channel, since, limit).await?;
+            let offset = Offset { epoch: read.epoch, seq: read.seq };
+            let recovered = since.map(|since| {
+                since.seq == read.seq && since.epoch == read.epoch
+                    || read.entries.first().is_some_and(|first| first.seq == since.seq + 1)
+                        && since.epoch == read.epoch
+            });
+            let messages = if recovered == Some(false) {
+                Vec::new()
+            } else {
+                read.entries
+                    .into_iter()
+                    .map(|entry| {
+                        (Offset { epoch: read.epoch, seq: entry.seq }, HistoryData::from_data(entry.data))
+                    })
+                    .collect()
+            };
+            Ok(History { offset, recovered, messages })
+        })
+    }
+
+    fn unready_reasons(&self) -> Vec<String> {
+        let health = &self.inner.health;
+        let mut reasons = Vec::new();
+        let redis_up = health.redis_up.load(Ordering::Acquire);
+        if !redis_up && self.inner.settings.outage_fails_readiness {
+            reasons.push("redis unreachable".to_owned());
+        }
+        if redis_up {
+            for partition in stalled_readers(&self.inner) {
+                reasons.push(format!("bus reader for partition {partition} is stalled"));
+            }
+        }
+        reasons
+    }
+
+    fn details(&self) -> Vec<String> {
+        let health = &self.inner.health;
+        if health.redis_up.load(Ordering::Acquire) {
+            return Vec::new();
+        }
+        let last = health.last_error.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        vec![format!("redis unreachable ({last})")]
+    }
+
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    fn as_redis(&self) -> Option<&RedisBus> {
+        Some(self)
+    }
+}
+
+fn bus_key(partition: u32) -> String {
+    format!("sb:{{sb:{partition}}}:bus")
+}
+
+fn parse_epoch(text: &str) -> Option<u64> {
+    u64::from_str_radix(text, 16).ok()
+}
+
+fn as_string(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
+        Value::SimpleString(text) => Some(text.clone()),
+        Value::Int(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn as_u64(value: &Value) -> Option<u64> {
+    match value {
+        Value::Int(n) => u64::try_from(*n).ok(),
+        other => as_string(other)?.parse().ok(),
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn since_start_ms(inner: &Inner) -> u64 {
+    u64::try_from(inner.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+fn stalled_readers(inner: &Inner) -> Vec<usize> {
+    let now = since_start_ms(inner);
+    let stall = u64::try_from(READER_STALL.as_millis()).unwrap_or(u64::MAX);
+    inner
+        .health
+        .reader_ok_ms
+        .iter()
+        .enumerate()
+        .filter(|(_, ok)| now.saturating_sub(ok.load(Ordering::Relaxed)) > stall)
+        .map(|(partition, _)| partition)
+        .collect()
+}
+
+/// Keeps the shared command connection open: reconnects with backoff whenever it is lost.
+async fn keep_connected(inner: Arc<Inner>, stop: CancellationToken) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        if inner.conn.load().is_none() {
+            let connected = tokio::select! {
+                () = stop.cancelled() => return,
+                connected = inner.connector.connect(inner.settings.publish_timeout) => connected,
+            };
+            match connected {
+                Ok(mut conn) => match redis::cmd("PING").query_async::<String>(&mut conn).await {
+                    Ok(_) => {
+                        inner.conn.store(Some(Arc::new(conn)));
+                        inner.health.redis_up.store(true, Ordering::Release);
+                        metrics::counter!(telemetry::REDIS_RECONNECTS).increment(1);
+                        tracing::info!("Connected to Redis");
+                        backoff = Duration::from_millis(50);
+                        continue;
+                    }
+                    Err(err) => inner.health.error("connect", &err),
+                },
+                Err(err) => inner.health.error("connect", &err),
+            }
+            inner.health.redis_up.store(false, Ordering::Release);
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+            continue;
+        }
+        // Connected: wait until someone reports the connection lost, or check it now and then.
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = inner.reconnect.notified() => {}
+            () = tokio::time::sleep(Duration::from_secs(1)) => {
+                if let Ok(mut conn) = inner.conn() {
+                    let ping = tokio::time::timeout(
+                        inner.settings.publish_timeout,
+                        redis::cmd("PING").query_async::<String>(&mut conn),
+                    )
+                    .await;
+                    match ping {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(err)) => { inner.failed("ping", &err); }
+                        Err(_) => {
+                            let err = redis::RedisError::from(std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                "ping timed out",
+                            ));
+                            inner.failed("ping", &err);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Starts one reader per partition and restarts any that is stuck while Redis answers.
+async fn watch_readers(inner: Arc<Inner>, tasks: Shutdown, stop: CancellationToken) {
+    let partitions = inner.settings.partitions;
+    let mut readers: Vec<_> = (0..partitions)
+        .map(|partition| tasks.spawn(read_partition(Arc::clone(&inner), partition, stop.clone())))
+        .collect();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if !inner.health.redis_up.load(Ordering::Acquire) {
+            continue;
+        }
+        for partition in stalled_readers(&inner) {
+            tracing::warn!(partition, "Bus reader stalled while Redis answers; restarting it");
+            metrics::counter!(telemetry::BUS_READER_RESTARTS).increment(1);
+            readers[partition].abort();
+            // Give the new reader a fresh grace period.
+            inner.health.reader_ok_ms[partition].store(since_start_ms(&inner), Ordering::Relaxed);
+            let partition_u32 = u32::try_from(partition).expect("partitions fit in u32");
+            readers[partition] =
+                tasks.spawn(read_partition(Arc::clone(&inner), partition_u32, stop.clone()));
+        }
+        record_partition_lag(&inner).await;
+    }
+}
+
+/// Sets each partition's lag gauge: how far (by entry time, which Redis assigns, so no clock
+/// skew enters) the entry this node has read trails the newest entry of the stream.
+async fn record_partition_lag(inner: &Inner) {
+    let Ok(mut conn) = inner.conn() else { return };
+    for (partition, position) in inner.health.reader_position_ms.iter().enumerate() {
+        let key = bus_key(u32::try_from(partition).unwrap_or(u32::MAX));
+        let newest = tokio::time::timeout(
+            inner.settings.publish_timeout,
+            redis::cmd("XREVRANGE")
+                .arg(&key)
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1)
+                .query_async::<Value>(&mut conn),
+        )
+        .await;
+        let Ok(Ok(Value::Array(entries))) = newest else { return };
+        let newest_ms = entries
+            .first()
+            .and_then(|entry| match entry {
+                Value::Array(pair) => pair.first().and_then(as_string),
+                _ => None,
+            })
+            .and_then(|id| id.split_once('-').and_then(|(ms, _)| ms.parse::<u64>().ok()))
+            .unwrap_or(0);
+        let position = position.load(Ordering::Relaxed);
+        #[allow(clippy::cast_precision_loss, reason = "a lag in ms, far below 2^52")]
+        let lag = newest_ms.saturating_sub(position) as f64 / 1000.0;
+        metrics::gauge!(telemetry::BUS_PARTITION_AGE, "partition" => partition.to_string())
+            .set(lag);
+    }
+}
+
+/// Follows one partition stream from the last entry seen, across reconnects.
+async fn read_partition(inner: Arc<Inner>, partition: u32, stop: CancellationToken) {
+    let key = bus_key(partition);
+    let index = partition as usize;
+    let mut last_id: Option<String> = None;
+    let mut backoff = Duration::from_millis(50);
+    let read_timeout = BLOCK + inner.settings.publish_timeout + Duration::from_secs(1);
+    loop {
+        if stop.is_cancelled() {
+            return;
+        }
+        // A dedicated connection: a blocking XREAD would stall a shared one.
+        let connected = tokio::select! {
+            () = stop.cancelled() => return,
+            connected = inner.connector.connect(read_timeout) => connected,
+        };
+        let mut conn = match connected {
+            Ok(conn) => conn,
+            Err(err) => {
+                inner.health.error("read_connect", &err);
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        if last_id.is_none() {
+            // First start: begin after the newest entry. Later reconnects go on from the last
+            // entry seen, so nothing published during an outage is skipped.
+            let newest: RedisResult<Value> = redis::cmd("XREVRANGE")
+                .arg(&key)
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1)
+                .query_async(&mut conn)
+                .await;
+            match newest {
+                Ok(Value::Array(entries)) => {
+                    last_id = Some(
+                        entries
+                            .first()
+                            .and_then(|entry| match entry {
+                                Value::Array(pair) => pair.first().and_then(as_string),
+                                _ => None,
+                            })
+                            .unwrap_or_else(|| "0-0".to_owned()),
+                    );
+                }
+                Ok(_) => last_id = Some("0-0".to_owned()),
+                Err(err) => {
+                    inner.health.error("read", &err);
+                    continue;
+                }
+            }
+        }
+        backoff = Duration::from_millis(50);
+        inner.health.reader_ok_ms[index].store(since_start_ms(&inner), Ordering::Relaxed);
+        if let Some(ms) = last_id
+            .as_deref()
+            .and_then(|id| id.split_once('-'))
+            .and_then(|(ms, _)| ms.parse().ok())
+        {
+            inner.health.reader_position_ms[index].fetch_max(ms, Ordering::Relaxed);
+        }
+        loop {
+            let cursor = last_id.clone().unwrap_or_else(|| "0-0".to_owned());
+            let mut xread = redis::cmd("XREAD");
+            xread
+                .arg("COUNT")
+                .arg(READ_COUNT)
+                .arg("BLOCK")
+                .arg(u64::try_from(BLOCK.as_millis()).unwrap_or(1000))
+                .arg("STREAMS")
+                .arg(&key)
+                .arg(&cursor);
+            let read = tokio::select! {
+                () = stop.cancelled() => return,
+                read = tokio::time::timeout(read_timeout, xread.query_async::<Value>(&mut conn)) => read,
+            };
+            let value = match read {
+                Ok(Ok(value)) => value,
+                Ok(Err(err)) => {
+                    inner.health.error("read", &err);
+                    break;
+                }
+                Err(_) => {
+                    inner.health.error("read", &"XREAD timed out");
+                    break;
+                }
+            };
+            inner.health.reader_ok_ms[index].store(since_start_ms(&inner), Ordering::Relaxed);
+            if let Some(new_last) = deliver_batch(&inner, value) {
+                if let Some(ms) = new_last.split_once('-').and_then(|(ms, _)| ms.parse().ok()) {
+                    inner.health.reader_position_ms[index].store(ms, Ordering::Relaxed);
+                }
+                last_id = Some(new_last);
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Hands one `XREAD` reply to the hub. Returns the last entry id, if any.
+fn deliver_batch(inner: &Inner, value: Value) -> Option<String> {
+    // Reply shape: [[key, [[id, [field, value, ...]], ...]]], or nil on timeout.
+    let Value::Array(streams) = value else { return None };
+    let mut last_id = None;
+    let now_ms = unix_ms();
+    let mut n_entries = 0_u32;
+    for stream in streams {
+        let Value::Array(mut key_and_entries) = stream else { continue };
+        let Some(Value::Array(entries)) = key_and_entries.pop() else { continue };
+        for entry in entries {
+            let Value::Array(mut pair) = entry else { continue };
+            let Some(fields) = pair.pop() else { continue };
+            let Some(id) = pair.pop().as_ref().and_then(as_string) else { continue };
+            n_entries += 1;
+            if let Some(message) = BusEntry::parse(&fields) {
+                match ChannelName::parse(&message.channel, usize::MAX) {
+                    Ok(channel) => {
+                        let offset = Offset { epoch: message.epoch, seq: message.seq };
+                        if inner.hub.deliver(&channel, offset, &message.data) > 0 {
+                            #[allow(clippy::cast_precision_loss, reason = "a lag in ms")]
+                            let lag = now_ms.saturating_sub(message.time_ms) as f64 / 1000.0;
+                            metrics::histogram!(telemetry::BUS_LAG).record(lag);
+                        }
+                    }
+                    Err(err) => tracing::warn!(%id, error = %err, "Bad channel on the bus"),
+                }
+            } else {
+                tracing::warn!(%id, "Malformed bus entry skipped");
+            }
+            last_id = Some(id);
+        }
+    }
+    metrics::histogram!(telemetry::BUS_READ_BATCH).record(f64::from(n_entries));
+    last_id
+}
+
+struct BusEntry {
+    channel: String,
+    epoch: u64,
+    seq: u64,
+    data: String,
+    time_ms: u64,
+}
+
+impl BusEntry {
+    fn parse(fields: &Value) -> Option<Self> {
+        let Value::Array(fields) = fields else { return None };
+        let (mut channel, mut epoch, mut seq, mut data, mut time_ms) = (None, None, None, None, 0);
+        for pair in fields.chunks(2) {
+            let value = pair.get(1)?;
+            match as_string(&pair[0])?.as_str() {
+                "c" => channel = as_string(value),
+                "e" => epoch = as_string(value).as_deref().and_then(parse_epoch),
+                "s" => seq = as_u64(value),
+                "d" => data = as_string(value),
+                "t" => time_ms = as_u64(value).unwrap_or(0),
+                _ => {}
+            }
+        }
+        Some(Self { channel: channel?, epoch: epoch?, seq: seq?, data: data?, time_ms })
+    }
+}
+
+/// Registers this node in Redis every `NODE_HEARTBEAT`, with a TTL.
+async fn heartbeat(inner: Arc<Inner>, node: NodeInfo, stop: CancellationToken) {
+    let started_unix_ms = unix_ms();
+    let mut tick = tokio::time::interval(NODE_HEARTBEAT);
+    let ttl_ms = u64::try_from(NODE_TTL.as_millis()).unwrap_or(10_000);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let Ok(mut conn) = inner.conn() else { continue };
+        let id = &*inner.settings.node_id;
+        let info = serde_json::json!({
+            "node": id,
+            "ws_addr": node.ws_addr.to_string(),
+            "control_addr": node.control_addr.to_string(),
+            "connections": inner.hub.connections(),
+            "started_unix_ms": started_unix_ms,
+        });
+        let now = unix_ms();
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(format!("{REGISTRY_PREFIX}{id}"))
+            .arg(info.to_string())
+            .arg("PX")
+            .arg(ttl_ms)
+            .ignore()
+            .cmd("ZADD")
+            .arg(REGISTRY_SET)
+            .arg(now + ttl_ms)
+            .arg(id)
+            .ignore()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(REGISTRY_SET)
+            .arg("-inf")
+            .arg(now)
+            .ignore();
+        if let Err(err) = pipe.query_async::<()>(&mut conn).await {
+            inner.failed("heartbeat", &err);
+        }
+    }
+    // Leave the registry at once on shutdown rather than after the TTL.
+    if let Ok(mut conn) = inner.conn() {
+        let id = &*inner.settings.node_id;
+        let mut pipe = redis::pipe();
+        pipe.cmd("DEL").arg(format!("{REGISTRY_PREFIX}{id}")).ignore();
+        pipe.cmd("ZREM").arg(REGISTRY_SET).arg(id).ignore();
+        let _ = tokio::time::timeout(Duration::from_secs(1), pipe.query_async::<()>(&mut conn)).await;
+    }
+}
