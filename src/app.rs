@@ -93,8 +93,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             control_addr,
         };
         Arc::new(
-            RedisBus::start(settings, Arc::clone(&hub), node, &background, &background_stop)
-                .context("starting the Redis bus")?,
+            RedisBus::start(
+                settings,
+                Arc::clone(&hub),
+                node,
+                &background,
+                &background_stop,
+            )
+            .context("starting the Redis bus")?,
         )
     } else {
         Arc::new(LocalBus::new(Arc::clone(&hub)))

@@ -52,7 +52,9 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 
 /// Upper bounds of histograms of counts (pipeline depth, read batch sizes).
-const COUNT_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+const COUNT_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
 
 /// Pre-registered handles for the metrics touched on hot paths.
 #[derive(Debug)]
@@ -223,13 +225,33 @@ fn describe() {
         "Subscribes with `since`, by whether history covered the gap"
     );
     describe_counter!(HTTP_REQUESTS, "Control API requests, by route and status");
-    describe_histogram!(BUS_LAG, Unit::Seconds, "Time from the Redis append of a message to its local delivery");
-    describe_histogram!(BUS_READ_BATCH, "Entries returned by one XREAD of a bus partition");
-    describe_gauge!(BUS_PARTITION_AGE, Unit::Seconds, "How far each partition reader is behind the newest entry it has seen, by entry time");
-    describe_counter!(BUS_READER_RESTARTS, "Partition readers restarted because they stalled while Redis answered");
+    describe_histogram!(
+        BUS_LAG,
+        Unit::Seconds,
+        "Time from the Redis append of a message to its local delivery"
+    );
+    describe_histogram!(
+        BUS_READ_BATCH,
+        "Entries returned by one XREAD of a bus partition"
+    );
+    describe_gauge!(
+        BUS_PARTITION_AGE,
+        Unit::Seconds,
+        "How far each partition reader is behind the newest entry it has seen, by entry time"
+    );
+    describe_counter!(
+        BUS_READER_RESTARTS,
+        "Partition readers restarted because they stalled while Redis answered"
+    );
     describe_counter!(REDIS_ERRORS, "Failed Redis commands, by operation");
-    describe_counter!(REDIS_RECONNECTS, "Connections to Redis (re)established by the command link");
-    describe_histogram!(REDIS_PIPELINE_DEPTH, "Publishes in flight on the shared Redis connection when one is sent (pipelining depth)");
+    describe_counter!(
+        REDIS_RECONNECTS,
+        "Connections to Redis (re)established by the command link"
+    );
+    describe_histogram!(
+        REDIS_PIPELINE_DEPTH,
+        "Publishes in flight on the shared Redis connection when one is sent (pipelining depth)"
+    );
     describe_counter!(
         BUS_GAPS,
         "Bus deliveries that skipped sequence numbers (messages lost on the bus)"

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 # What the tests need beyond Rust, as "command:debian-package". Tests fail (never skip) when
 # one is missing, so install it here first.
-NEEDS=(curl:curl)
+NEEDS=(curl:curl redis-server:redis-server redis-cli:redis-tools)
 
 missing=()
 for need in "${NEEDS[@]}"; do

@@ -179,7 +179,9 @@ impl Connector {
                         .await?,
                 ))
             }
-            Connector::Cluster(client) => Ok(RedisConn::Cluster(client.get_async_connection().await?)),
+            Connector::Cluster(client) => {
+                Ok(RedisConn::Cluster(client.get_async_connection().await?))
+            }
         }
     }
 }
@@ -193,12 +195,17 @@ struct Health {
     reader_ok_ms: Vec<AtomicU64>,
     /// Entry id (ms part) each reader has reached, for the lag gauge.
     reader_position_ms: Vec<AtomicU64>,
+    /// Whether each reader has found its starting point; the node is not ready before.
+    reader_started: Vec<AtomicBool>,
 }
 
 impl Health {
     fn error(&self, op: &'static str, err: &dyn std::fmt::Display) {
         metrics::counter!(telemetry::REDIS_ERRORS, "op" => op).increment(1);
-        *self.last_error.lock().unwrap_or_else(PoisonError::into_inner) = format!("{op}: {err}");
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = format!("{op}: {err}");
     }
 }
 
@@ -262,6 +269,7 @@ impl RedisBus {
             health: Health {
                 reader_ok_ms: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
                 reader_position_ms: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
+                reader_started: (0..partitions).map(|_| AtomicBool::new(false)).collect(),
                 ..Health::default()
             },
             started: Instant::now(),
@@ -270,7 +278,11 @@ impl RedisBus {
             hub,
         });
         tasks.spawn(keep_connected(Arc::clone(&inner), stop.clone()));
-        tasks.spawn(watch_readers(Arc::clone(&inner), tasks.clone(), stop.clone()));
+        tasks.spawn(watch_readers(
+            Arc::clone(&inner),
+            tasks.clone(),
+            stop.clone(),
+        ));
         tasks.spawn(heartbeat(Arc::clone(&inner), node, stop.clone()));
         Ok(Self { inner })
     }
@@ -292,7 +304,10 @@ impl RedisBus {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<String> = ids.iter().map(|id| format!("{REGISTRY_PREFIX}{id}")).collect();
+        let keys: Vec<String> = ids
+            .iter()
+            .map(|id| format!("{REGISTRY_PREFIX}{id}"))
+            .collect();
         let values: Vec<Option<String>> = redis::cmd("MGET")
             .arg(&keys)
             .query_async(&mut conn)
@@ -318,11 +333,13 @@ impl Inner {
     /// opens a new one.
     fn failed(&self, op: &'static str, err: &redis::RedisError) -> BusError {
         self.health.error(op, err);
-        if err.is_io_error() || err.is_connection_dropped() || err.is_timeout() || err.is_unrecoverable_error() {
-            if self.conn.swap(None).is_some() {
-                self.health.redis_up.store(false, Ordering::Release);
-                self.reconnect.notify_one();
-            }
+        let broken = err.is_io_error()
+            || err.is_connection_dropped()
+            || err.is_timeout()
+            || err.is_unrecoverable_error();
+        if broken && self.conn.swap(None).is_some() {
+            self.health.redis_up.store(false, Ordering::Release);
+            self.reconnect.notify_one();
         }
         if err.is_timeout() {
             BusError::Unavailable("redis timed out")
@@ -378,7 +395,8 @@ impl Inner {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
         match result {
             Ok(Ok((epoch, seq))) => Ok(Offset {
-                epoch: parse_epoch(&epoch).ok_or(BusError::Unavailable("redis returned a bad epoch"))?,
+                epoch: parse_epoch(&epoch)
+                    .ok_or(BusError::Unavailable("redis returned a bad epoch"))?,
                 seq,
             }),
             Ok(Err(err)) => Err(self.failed("publish", &err)),
@@ -393,8 +411,27 @@ impl Inner {
     }
 
     /// Runs the read script: the channel's epoch and seq, Redis time, and history entries
-    /// after `since` (or the newest `limit`).
+    /// after `since` (or the newest `limit`). A read is safe to repeat, so one that finds
+    /// the connection broken waits briefly for the keeper's new one and tries once more.
     async fn read(
+        &self,
+        channel: &ChannelName,
+        since: Option<Offset>,
+        limit: usize,
+    ) -> Result<ChannelRead, BusError> {
+        match self.read_once(channel, since, limit).await {
+            Err(BusError::Unavailable("redis failed")) => {
+                let deadline = Instant::now() + self.settings.publish_timeout;
+                while self.conn.load().is_none() && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                self.read_once(channel, since, limit).await
+            }
+            other => other,
+        }
+    }
+
+    async fn read_once(
         &self,
         channel: &ChannelName,
         since: Option<Offset>,
@@ -417,7 +454,8 @@ impl Inner {
         .await
         .map_err(|_| BusError::Unavailable("redis timed out"))?
         .map_err(|err| self.failed("read", &err))?;
-        let mut read = ChannelRead::parse(value).ok_or(BusError::Unavailable("redis returned a bad reply"))?;
+        let mut read =
+            ChannelRead::parse(value).ok_or(BusError::Unavailable("redis returned a bad reply"))?;
         let ttl_ms = u64::try_from(self.settings.history_ttl.as_millis()).unwrap_or(u64::MAX);
         let oldest_ms = read.now_ms.saturating_sub(ttl_ms);
         read.expired = read.entries.iter().any(|entry| entry.time_ms < oldest_ms);
@@ -448,7 +486,9 @@ struct ReadEntry {
 
 impl ChannelRead {
     fn parse(value: Value) -> Option<Self> {
-        let Value::Array(mut parts) = value else { return None };
+        let Value::Array(mut parts) = value else {
+            return None;
+        };
         if parts.len() != 4 {
             return None;
         }
@@ -456,11 +496,15 @@ impl ChannelRead {
         let now_ms = as_u64(&parts.pop()?)?;
         let seq = as_u64(&parts.pop()?)?;
         let epoch = parse_epoch(&as_string(&parts.pop()?)?)?;
-        let Value::Array(entries) = entries else { return None };
+        let Value::Array(entries) = entries else {
+            return None;
+        };
         let entries = entries
             .into_iter()
             .map(|entry| {
-                let Value::Array(mut pair) = entry else { return None };
+                let Value::Array(mut pair) = entry else {
+                    return None;
+                };
                 let fields = pair.pop()?;
                 let id = as_string(&pair.pop()?)?;
                 let seq = id.split_once('-')?.0.parse().ok()?;
@@ -475,10 +519,20 @@ impl ChannelRead {
                         }
                     }
                 }
-                Some(ReadEntry { seq, time_ms, data: data? })
+                Some(ReadEntry {
+                    seq,
+                    time_ms,
+                    data: data?,
+                })
             })
             .collect::<Option<Vec<_>>>()?;
-        Some(Self { epoch, seq, now_ms, entries, expired: false })
+        Some(Self {
+            epoch,
+            seq,
+            now_ms,
+            entries,
+            expired: false,
+        })
     }
 
     /// Whether the entries hold every message after `since` up to `self.seq`.
@@ -522,7 +576,11 @@ impl Bus for RedisBus {
                 epoch: read.epoch,
                 seq: read.seq,
                 complete,
-                entries: read.entries.into_iter().map(|entry| (entry.seq, entry.data)).collect(),
+                entries: read
+                    .entries
+                    .into_iter()
+                    .map(|entry| (entry.seq, entry.data))
+                    .collect(),
             })
         })
     }
@@ -535,11 +593,18 @@ impl Bus for RedisBus {
     ) -> BusFuture<'a, Result<History, BusError>> {
         Box::pin(async move {
             let read = self.inner.read(channel, since, limit).await?;
-            let offset = Offset { epoch: read.epoch, seq: read.seq };
+            let offset = Offset {
+                epoch: read.epoch,
+                seq: read.seq,
+            };
+            // Like a resume: the messages returned must start right after `since`.
             let recovered = since.map(|since| {
-                since.seq == read.seq && since.epoch == read.epoch
-                    || read.entries.first().is_some_and(|first| first.seq == since.seq + 1)
-                        && since.epoch == read.epoch
+                since.epoch == read.epoch
+                    && (since.seq == read.seq
+                        || read
+                            .entries
+                            .first()
+                            .is_some_and(|first| first.seq == since.seq + 1))
             });
             let messages = if recovered == Some(false) {
                 Vec::new()
@@ -547,11 +612,21 @@ impl Bus for RedisBus {
                 read.entries
                     .into_iter()
                     .map(|entry| {
-                        (Offset { epoch: read.epoch, seq: entry.seq }, HistoryData::from_data(entry.data))
+                        (
+                            Offset {
+                                epoch: read.epoch,
+                                seq: entry.seq,
+                            },
+                            HistoryData::from_data(entry.data),
+                        )
                     })
                     .collect()
             };
-            Ok(History { offset, recovered, messages })
+            Ok(History {
+                offset,
+                recovered,
+                messages,
+            })
         })
     }
 
@@ -563,6 +638,14 @@ impl Bus for RedisBus {
             reasons.push("redis unreachable".to_owned());
         }
         if redis_up {
+            let starting = health
+                .reader_started
+                .iter()
+                .filter(|started| !started.load(Ordering::Acquire))
+                .count();
+            if starting > 0 {
+                reasons.push(format!("{starting} bus partition readers starting"));
+            }
             for partition in stalled_readers(&self.inner) {
                 reasons.push(format!("bus reader for partition {partition} is stalled"));
             }
@@ -575,7 +658,11 @@ impl Bus for RedisBus {
         if health.redis_up.load(Ordering::Acquire) {
             return Vec::new();
         }
-        let last = health.last_error.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let last = health
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         vec![format!("redis unreachable ({last})")]
     }
 
@@ -615,7 +702,9 @@ fn as_u64(value: &Value) -> Option<u64> {
 fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+        .map_or(0, |elapsed| {
+            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+        })
 }
 
 fn since_start_ms(inner: &Inner) -> u64 {
@@ -710,14 +799,20 @@ async fn watch_readers(inner: Arc<Inner>, tasks: Shutdown, stop: CancellationTok
             continue;
         }
         for partition in stalled_readers(&inner) {
-            tracing::warn!(partition, "Bus reader stalled while Redis answers; restarting it");
+            tracing::warn!(
+                partition,
+                "Bus reader stalled while Redis answers; restarting it"
+            );
             metrics::counter!(telemetry::BUS_READER_RESTARTS).increment(1);
             readers[partition].abort();
             // Give the new reader a fresh grace period.
             inner.health.reader_ok_ms[partition].store(since_start_ms(&inner), Ordering::Relaxed);
             let partition_u32 = u32::try_from(partition).expect("partitions fit in u32");
-            readers[partition] =
-                tasks.spawn(read_partition(Arc::clone(&inner), partition_u32, stop.clone()));
+            readers[partition] = tasks.spawn(read_partition(
+                Arc::clone(&inner),
+                partition_u32,
+                stop.clone(),
+            ));
         }
         record_partition_lag(&inner).await;
     }
@@ -740,14 +835,19 @@ async fn record_partition_lag(inner: &Inner) {
                 .query_async::<Value>(&mut conn),
         )
         .await;
-        let Ok(Ok(Value::Array(entries))) = newest else { return };
+        let Ok(Ok(Value::Array(entries))) = newest else {
+            return;
+        };
         let newest_ms = entries
             .first()
             .and_then(|entry| match entry {
                 Value::Array(pair) => pair.first().and_then(as_string),
                 _ => None,
             })
-            .and_then(|id| id.split_once('-').and_then(|(ms, _)| ms.parse::<u64>().ok()))
+            .and_then(|id| {
+                id.split_once('-')
+                    .and_then(|(ms, _)| ms.parse::<u64>().ok())
+            })
             .unwrap_or(0);
         let position = position.load(Ordering::Relaxed);
         #[allow(clippy::cast_precision_loss, reason = "a lag in ms, far below 2^52")]
@@ -816,6 +916,7 @@ async fn read_partition(inner: Arc<Inner>, partition: u32, stop: CancellationTok
             }
         }
         backoff = Duration::from_millis(50);
+        inner.health.reader_started[index].store(true, Ordering::Release);
         inner.health.reader_ok_ms[index].store(since_start_ms(&inner), Ordering::Relaxed);
         if let Some(ms) = last_id
             .as_deref()
@@ -869,22 +970,35 @@ async fn read_partition(inner: Arc<Inner>, partition: u32, stop: CancellationTok
 /// Hands one `XREAD` reply to the hub. Returns the last entry id, if any.
 fn deliver_batch(inner: &Inner, value: Value) -> Option<String> {
     // Reply shape: [[key, [[id, [field, value, ...]], ...]]], or nil on timeout.
-    let Value::Array(streams) = value else { return None };
+    let Value::Array(streams) = value else {
+        return None;
+    };
     let mut last_id = None;
     let now_ms = unix_ms();
     let mut n_entries = 0_u32;
     for stream in streams {
-        let Value::Array(mut key_and_entries) = stream else { continue };
-        let Some(Value::Array(entries)) = key_and_entries.pop() else { continue };
+        let Value::Array(mut key_and_entries) = stream else {
+            continue;
+        };
+        let Some(Value::Array(entries)) = key_and_entries.pop() else {
+            continue;
+        };
         for entry in entries {
-            let Value::Array(mut pair) = entry else { continue };
+            let Value::Array(mut pair) = entry else {
+                continue;
+            };
             let Some(fields) = pair.pop() else { continue };
-            let Some(id) = pair.pop().as_ref().and_then(as_string) else { continue };
+            let Some(id) = pair.pop().as_ref().and_then(as_string) else {
+                continue;
+            };
             n_entries += 1;
             if let Some(message) = BusEntry::parse(&fields) {
                 match ChannelName::parse(&message.channel, usize::MAX) {
                     Ok(channel) => {
-                        let offset = Offset { epoch: message.epoch, seq: message.seq };
+                        let offset = Offset {
+                            epoch: message.epoch,
+                            seq: message.seq,
+                        };
                         if inner.hub.deliver(&channel, offset, &message.data) > 0 {
                             #[allow(clippy::cast_precision_loss, reason = "a lag in ms")]
                             let lag = now_ms.saturating_sub(message.time_ms) as f64 / 1000.0;
@@ -913,7 +1027,9 @@ struct BusEntry {
 
 impl BusEntry {
     fn parse(fields: &Value) -> Option<Self> {
-        let Value::Array(fields) = fields else { return None };
+        let Value::Array(fields) = fields else {
+            return None;
+        };
         let (mut channel, mut epoch, mut seq, mut data, mut time_ms) = (None, None, None, None, 0);
         for pair in fields.chunks(2) {
             let value = pair.get(1)?;
@@ -926,19 +1042,32 @@ impl BusEntry {
                 _ => {}
             }
         }
-        Some(Self { channel: channel?, epoch: epoch?, seq: seq?, data: data?, time_ms })
+        Some(Self {
+            channel: channel?,
+            epoch: epoch?,
+            seq: seq?,
+            data: data?,
+            time_ms,
+        })
     }
 }
 
 /// Registers this node in Redis every `NODE_HEARTBEAT`, with a TTL.
 async fn heartbeat(inner: Arc<Inner>, node: NodeInfo, stop: CancellationToken) {
     let started_unix_ms = unix_ms();
-    let mut tick = tokio::time::interval(NODE_HEARTBEAT);
     let ttl_ms = u64::try_from(NODE_TTL.as_millis()).unwrap_or(10_000);
+    let mut registered = false;
     loop {
+        // Until the first registration succeeds, retry soon: a new node should be listed as
+        // soon as Redis can be reached.
+        let pause = if registered {
+            NODE_HEARTBEAT
+        } else {
+            Duration::from_millis(100)
+        };
         tokio::select! {
             () = stop.cancelled() => break,
-            _ = tick.tick() => {}
+            () = tokio::time::sleep(pause) => {}
         }
         let Ok(mut conn) = inner.conn() else { continue };
         let id = &*inner.settings.node_id;
@@ -967,16 +1096,22 @@ async fn heartbeat(inner: Arc<Inner>, node: NodeInfo, stop: CancellationToken) {
             .arg("-inf")
             .arg(now)
             .ignore();
-        if let Err(err) = pipe.query_async::<()>(&mut conn).await {
-            inner.failed("heartbeat", &err);
+        match pipe.query_async::<()>(&mut conn).await {
+            Ok(()) => registered = true,
+            Err(err) => {
+                inner.failed("heartbeat", &err);
+            }
         }
     }
     // Leave the registry at once on shutdown rather than after the TTL.
     if let Ok(mut conn) = inner.conn() {
         let id = &*inner.settings.node_id;
         let mut pipe = redis::pipe();
-        pipe.cmd("DEL").arg(format!("{REGISTRY_PREFIX}{id}")).ignore();
+        pipe.cmd("DEL")
+            .arg(format!("{REGISTRY_PREFIX}{id}"))
+            .ignore();
         pipe.cmd("ZREM").arg(REGISTRY_SET).arg(id).ignore();
-        let _ = tokio::time::timeout(Duration::from_secs(1), pipe.query_async::<()>(&mut conn)).await;
+        let _ =
+            tokio::time::timeout(Duration::from_secs(1), pipe.query_async::<()>(&mut conn)).await;
     }
 }

@@ -42,6 +42,14 @@ impl TestServerBuilder {
         self
     }
 
+    /// Clusters the server through this Redis, with few partitions to keep tests light.
+    pub fn redis(mut self, url: &str) -> Self {
+        self.config.cluster.redis = switchboard::config::RedisTarget::Url(url.to_owned());
+        self.config.cluster.partitions = 4;
+        self.config.cluster.publish_timeout = Duration::from_secs(1);
+        self
+    }
+
     pub fn configure(mut self, change: impl FnOnce(&mut Config)) -> Self {
         change(&mut self.config);
         self
@@ -50,12 +58,15 @@ impl TestServerBuilder {
     pub async fn start(self) -> TestServer {
         let config = self.config.validate().expect("test config is valid");
         let running = app::start(config).await.expect("server starts");
-        TestServer {
+        let server = TestServer {
             ws_addr: running.ws_addr(),
             control_addr: running.control_addr(),
             running: Some(running),
             http: reqwest::Client::new(),
-        }
+        };
+        // Ready means listening and, when clustered, following every bus partition.
+        crate::assert_eventually!(server.get("/readyz").await.0 == 200, "server becomes ready");
+        server
     }
 }
 

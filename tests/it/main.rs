@@ -6,11 +6,13 @@
 )]
 
 mod bad_input;
+mod cluster;
 mod control_api;
 mod harness;
 mod limits;
 mod mass_disconnect;
 mod process;
 mod pubsub;
+mod redis_server;
 mod resume;
 mod slow_consumer;

@@ -1,0 +1,414 @@
+//! Several nodes clustered through a real `redis-server`.
+
+use std::{
+    collections::BTreeSet,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use serde_json::{Value, json};
+
+use crate::{
+    harness::{TestClient, TestServer, seq},
+    redis_server::RedisServer,
+};
+
+async fn nodes(redis: &RedisServer, n: usize) -> Vec<TestServer> {
+    let mut nodes = Vec::new();
+    for _ in 0..n {
+        nodes.push(TestServer::builder().redis(&redis.url()).start().await);
+    }
+    nodes
+}
+
+async fn drain_all(nodes: Vec<TestServer>) {
+    for node in nodes {
+        node.drain().await;
+    }
+}
+
+/// Reads `count` messages and checks offsets run on from `first` without gap or duplicate.
+async fn expect_contiguous(client: &mut TestClient, first: u64, count: u64) -> Vec<Value> {
+    let mut messages = Vec::new();
+    for expected in first..first + count {
+        let message = client.recv_type("message").await;
+        assert_eq!(
+            seq(&message["offset"]),
+            expected,
+            "gap, duplicate or reorder"
+        );
+        messages.push(message);
+    }
+    messages
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_deliver_every_message_once_in_order() {
+    const PER_NODE: u64 = 60;
+    let redis = RedisServer::start(false);
+    let nodes = Arc::new(nodes(&redis, 3).await);
+    let mut subscribers = Vec::new();
+    for node in nodes.iter() {
+        for _ in 0..2 {
+            let mut client = node.client().await;
+            let reply = client.subscribe("orders").await;
+            assert_eq!(seq(&reply["offset"]), 0);
+            subscribers.push(client);
+        }
+    }
+    // Every node publishes concurrently, over HTTP and over WebSockets.
+    let mut publishers = Vec::new();
+    for index in 0..3 {
+        let shared = Arc::clone(&nodes);
+        publishers.push(tokio::spawn(async move {
+            for n in 0..PER_NODE / 2 {
+                shared[index].publish("orders", json!([index, n])).await;
+            }
+        }));
+        let mut client = nodes[index].client().await;
+        publishers.push(tokio::spawn(async move {
+            for n in PER_NODE / 2..PER_NODE {
+                client
+                    .send(json!({"type":"publish","channel":"orders","data":[index, n]}))
+                    .await;
+                assert_eq!(client.recv_type("published").await["type"], "published");
+            }
+        }));
+    }
+    for publisher in publishers {
+        publisher.await.unwrap();
+    }
+    let total = 3 * PER_NODE;
+    let mut orders = Vec::new();
+    for subscriber in &mut subscribers {
+        let messages = expect_contiguous(subscriber, 1, total).await;
+        orders.push(
+            messages
+                .iter()
+                .map(|m| m["data"].clone())
+                .collect::<Vec<_>>(),
+        );
+    }
+    // One order for everyone, wherever they are connected.
+    assert!(orders.windows(2).all(|pair| pair[0] == pair[1]));
+    crate::assert_eventually!(
+        nodes[0].get_json("/v1/stats?scope=cluster").await.1["nodes"] == 3,
+        "every node is in the registry"
+    );
+    drain_all(Arc::try_unwrap(nodes).ok().unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_resumes_on_another_node_without_gap() {
+    let redis = RedisServer::start(false);
+    let nodes = nodes(&redis, 3).await;
+    let mut client = nodes[0].client().await;
+    client.subscribe("feed").await;
+    for n in 0..5 {
+        nodes[1].publish("feed", json!(n)).await;
+    }
+    let seen = expect_contiguous(&mut client, 1, 5).await;
+    let last = seen[4]["offset"].as_str().unwrap().to_owned();
+    drop(client);
+    // Published while the client is away, on yet another node.
+    for n in 5..12 {
+        nodes[2].publish("feed", json!(n)).await;
+    }
+    let mut client = nodes[1].client().await;
+    let reply = client.subscribe_since("feed", &last).await;
+    assert_eq!(reply["recovered"], true, "{reply}");
+    assert_eq!(seq(&reply["offset"]), 12);
+    let missed = expect_contiguous(&mut client, 6, 7).await;
+    assert_eq!(missed[0]["data"], json!(5));
+    // And it continues live.
+    nodes[0].publish("feed", json!("live")).await;
+    assert_eq!(
+        expect_contiguous(&mut client, 13, 1).await[0]["data"],
+        "live"
+    );
+
+    // The history API reads the same log from any node.
+    let (status, body) = nodes[2]
+        .get_json(&format!("/v1/channels/feed/history?since={last}&limit=3"))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["recovered"], true);
+    assert_eq!(body["messages"][0]["data"], json!(5));
+    drain_all(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_past_trimmed_history_is_not_recovered() {
+    let redis = RedisServer::start(false);
+    let a = TestServer::builder()
+        .redis(&redis.url())
+        .configure(|c| c.history.size = 5)
+        .start()
+        .await;
+    let b = TestServer::builder()
+        .redis(&redis.url())
+        .configure(|c| c.history.size = 5)
+        .start()
+        .await;
+    let first = a.publish("short", json!(0)).await;
+    for n in 1..10 {
+        a.publish("short", json!(n)).await;
+    }
+    let mut client = b.client().await;
+    let reply = client.subscribe_since("short", &first).await;
+    assert_eq!(reply["recovered"], false, "{reply}");
+    assert_eq!(seq(&reply["offset"]), 10);
+    let live = a.publish("short", json!("live")).await;
+    assert_eq!(client.recv_type("message").await["offset"], live.as_str());
+    a.drain().await;
+    b.drain().await;
+}
+
+/// Publishes steadily on one node for the length of a fault and records what was
+/// acknowledged and how long each answer took.
+struct SteadyPublisher {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<(Vec<String>, usize, Duration)>,
+}
+
+impl SteadyPublisher {
+    fn start(node: &TestServer, channel: &'static str) -> SteadyPublisher {
+        let url = node.control_url("/v1/publish");
+        let http = node.http.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let task = tokio::spawn(async move {
+            let (mut acked, mut refused, mut slowest) = (Vec::new(), 0, Duration::ZERO);
+            let mut n = 0;
+            while !flag.load(Ordering::Relaxed) && n < 2_000 {
+                let started = tokio::time::Instant::now();
+                let response = http
+                    .post(&url)
+                    .json(&json!({"channel": channel, "data": n}))
+                    .send()
+                    .await
+                    .unwrap();
+                slowest = slowest.max(started.elapsed());
+                match response.status().as_u16() {
+                    200 => {
+                        let body: Value = response.json().await.unwrap();
+                        acked.push(body["offset"].as_str().unwrap().to_owned());
+                    }
+                    503 => refused += 1,
+                    other => panic!("unexpected status {other}"),
+                }
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (acked, refused, slowest)
+        });
+        SteadyPublisher { stop, task }
+    }
+
+    async fn finish(self) -> (Vec<String>, usize, Duration) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap()
+    }
+}
+
+/// Receives until every acknowledged offset has arrived; checks order and uniqueness.
+async fn expect_all_acknowledged(client: &mut TestClient, acked: &[String]) {
+    let wanted: BTreeSet<&str> = acked.iter().map(String::as_str).collect();
+    let mut seen = BTreeSet::new();
+    let mut last_seq = 0;
+    let mut last_epoch = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !wanted.iter().all(|offset| seen.contains(*offset)) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "acknowledged messages missing"
+        );
+        let message = client.recv_type("message").await;
+        let offset = message["offset"].as_str().unwrap().to_owned();
+        let (epoch, _) = offset.split_once('-').unwrap();
+        if epoch == last_epoch {
+            assert_eq!(
+                seq(&message["offset"]),
+                last_seq + 1,
+                "gap or duplicate at {offset}"
+            );
+        }
+        last_epoch = epoch.to_owned();
+        last_seq = seq(&message["offset"]);
+        assert!(seen.insert(offset), "duplicate delivery");
+    }
+}
+
+async fn outage_case(fault: impl AsyncFnOnce(&mut RedisServer)) {
+    let mut redis = RedisServer::start(true);
+    let a = TestServer::builder().redis(&redis.url()).start().await;
+    let b = TestServer::builder().redis(&redis.url()).start().await;
+    let mut on_a = a.client().await;
+    let mut on_b = b.client().await;
+    on_a.subscribe("steady").await;
+    on_b.subscribe("steady").await;
+    let publisher = SteadyPublisher::start(&a, "steady");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    fault(&mut redis).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (acked, refused, slowest) = publisher.finish().await;
+    assert!(
+        acked.len() > 20,
+        "publishing went on around the outage ({})",
+        acked.len()
+    );
+    assert!(
+        slowest < Duration::from_secs(3),
+        "every publish answered within the deadline (slowest {slowest:?})"
+    );
+    expect_all_acknowledged(&mut on_a, &acked).await;
+    expect_all_acknowledged(&mut on_b, &acked).await;
+    eprintln!(
+        "acked {} refused {refused} slowest {slowest:?}",
+        acked.len()
+    );
+    a.drain().await;
+    b.drain().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_paused_for_five_seconds_loses_no_acknowledged_message() {
+    outage_case(async |redis: &mut RedisServer| {
+        redis.pause();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        redis.resume();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_from_its_aof_loses_no_acknowledged_message() {
+    outage_case(async |redis: &mut RedisServer| {
+        redis.stop();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        redis.start_again(true);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_redis_connections_are_reopened_without_loss() {
+    outage_case(async |redis: &mut RedisServer| {
+        assert!(redis.kill_clients() > 0);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(redis.kill_clients() > 0);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_during_an_outage_get_503_and_readiness_reports_it() {
+    let redis = RedisServer::start(false);
+    let node = TestServer::builder().redis(&redis.url()).start().await;
+    redis.pause();
+    let started = tokio::time::Instant::now();
+    let (status, body) = node
+        .post("/v1/publish", json!({"channel":"x","data":1}))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("unavailable"))
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let mut client = node.client().await;
+    client
+        .send(json!({"type":"publish","id":9,"channel":"x","data":1}))
+        .await;
+    let reply = client.recv().await;
+    assert_eq!(
+        (reply["code"].as_str(), reply["id"].as_u64()),
+        (Some("unavailable"), Some(9))
+    );
+    // A shared outage is reported, but by default does not empty the pool.
+    crate::assert_eventually!(
+        node.get_json("/readyz").await.1["details"].is_array(),
+        "readiness details mention the outage"
+    );
+    let (status, body) = node.get_json("/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    redis.resume();
+    crate::assert_eventually!(
+        node.post("/v1/publish", json!({"channel":"x","data":2}))
+            .await
+            .0
+            == 200,
+        "publishing recovers"
+    );
+    assert!(node.metric("ws_redis_errors_total{op=\"publish\"}").await >= 1.0);
+    node.drain().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_empty_never_replays_wrong_data() {
+    let mut redis = RedisServer::start(false);
+    let a = TestServer::builder().redis(&redis.url()).start().await;
+    let b = TestServer::builder().redis(&redis.url()).start().await;
+    let mut watcher = b.client().await;
+    watcher.subscribe("amnesia").await;
+    let mut last = String::new();
+    for n in 0..5 {
+        last = a.publish("amnesia", json!(n)).await;
+    }
+    expect_contiguous(&mut watcher, 1, 5).await;
+    redis.stop();
+    redis.start_again(false);
+    crate::assert_eventually!(
+        a.post("/v1/publish", json!({"channel":"other","data":0}))
+            .await
+            .0
+            == 200,
+        "Redis is back"
+    );
+    let after = a.publish("amnesia", json!("new epoch")).await;
+    assert_ne!(
+        after.split_once('-').unwrap().0,
+        last.split_once('-').unwrap().0
+    );
+    // The live subscriber follows the new epoch.
+    let message = watcher.recv_type("message").await;
+    assert_eq!(message["offset"], after.as_str());
+    // A client resuming from before the restart is told to reload, on either node.
+    for node in [&a, &b] {
+        let mut client = node.client().await;
+        let reply = client.subscribe_since("amnesia", &last).await;
+        assert_eq!(reply["recovered"], false, "{reply}");
+    }
+    a.drain().await;
+    b.drain().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_register_and_leave_the_registry() {
+    let redis = RedisServer::start(false);
+    let a = TestServer::builder().redis(&redis.url()).start().await;
+    let b = TestServer::builder().redis(&redis.url()).start().await;
+    let _client = b.client().await;
+    crate::assert_eventually!(
+        a.get_json("/v1/nodes").await.1["nodes"]
+            .as_array()
+            .map(Vec::len)
+            == Some(2),
+        "both nodes listed"
+    );
+    crate::assert_eventually!(
+        a.get_json("/v1/stats?scope=cluster").await.1["connections"] == 1,
+        "cluster stats count b's connection"
+    );
+    b.drain().await;
+    crate::assert_eventually!(
+        a.get_json("/v1/nodes").await.1["nodes"]
+            .as_array()
+            .map(Vec::len)
+            == Some(1),
+        "a drained node leaves the registry"
+    );
+    a.drain().await;
+}
