@@ -146,20 +146,20 @@ impl ConnectionLike for RedisConn {
 /// How to open connections.
 enum Connector {
     Single(redis::Client),
-    Cluster(ClusterClient),
+    /// Seed URLs; a client is built per connection so each can have its own response
+    /// timeout (blocking reads need a longer one).
+    Cluster(Vec<String>),
 }
 
 impl Connector {
-    fn new(target: &RedisTarget, response_timeout: Duration) -> Result<Self, redis::RedisError> {
+    fn new(target: &RedisTarget) -> Result<Self, redis::RedisError> {
         match target {
             RedisTarget::Url(url) => Ok(Connector::Single(redis::Client::open(url.as_str())?)),
-            RedisTarget::ClusterSeeds(seeds) => Ok(Connector::Cluster(
-                ClusterClient::builder(seeds.clone())
-                    .connection_timeout(Duration::from_secs(1))
-                    .response_timeout(response_timeout)
-                    .retries(1)
-                    .build()?,
-            )),
+            RedisTarget::ClusterSeeds(seeds) => {
+                // Validate the seeds now, so a bad URL refuses to start.
+                ClusterClient::new(seeds.clone())?;
+                Ok(Connector::Cluster(seeds.clone()))
+            }
             RedisTarget::None => Err(redis::RedisError::from((
                 redis::ErrorKind::InvalidClientConfig,
                 "no Redis configured",
@@ -179,7 +179,12 @@ impl Connector {
                         .await?,
                 ))
             }
-            Connector::Cluster(client) => {
+            Connector::Cluster(seeds) => {
+                let client = ClusterClient::builder(seeds.clone())
+                    .connection_timeout(Duration::from_secs(1))
+                    .response_timeout(response_timeout)
+                    .retries(2)
+                    .build()?;
                 Ok(RedisConn::Cluster(client.get_async_connection().await?))
             }
         }
@@ -190,6 +195,8 @@ impl Connector {
 #[derive(Debug, Default)]
 struct Health {
     redis_up: AtomicBool,
+    /// Whether the command link ever connected; the node is not ready before.
+    ever_connected: AtomicBool,
     last_error: Mutex<String>,
     /// Milliseconds since `started` of each reader's last completed read.
     reader_ok_ms: Vec<AtomicU64>,
@@ -258,7 +265,7 @@ impl RedisBus {
         tasks: &Shutdown,
         stop: &CancellationToken,
     ) -> Result<Self, redis::RedisError> {
-        let connector = Connector::new(&settings.target, settings.publish_timeout)?;
+        let connector = Connector::new(&settings.target)?;
         let partitions = settings.partitions as usize;
         let inner = Arc::new(Inner {
             connector,
@@ -633,19 +640,24 @@ impl Bus for RedisBus {
     fn unready_reasons(&self) -> Vec<String> {
         let health = &self.inner.health;
         let mut reasons = Vec::new();
+        // A node that has not yet found its place in every partition cannot deliver what is
+        // published elsewhere: never ready before that, outage or not.
+        let starting = health
+            .reader_started
+            .iter()
+            .filter(|started| !started.load(Ordering::Acquire))
+            .count();
+        if starting > 0 {
+            reasons.push(format!("{starting} bus partition readers starting"));
+        }
+        if !health.ever_connected.load(Ordering::Acquire) {
+            reasons.push("connecting to redis".to_owned());
+        }
         let redis_up = health.redis_up.load(Ordering::Acquire);
         if !redis_up && self.inner.settings.outage_fails_readiness {
             reasons.push("redis unreachable".to_owned());
         }
         if redis_up {
-            let starting = health
-                .reader_started
-                .iter()
-                .filter(|started| !started.load(Ordering::Acquire))
-                .count();
-            if starting > 0 {
-                reasons.push(format!("{starting} bus partition readers starting"));
-            }
             for partition in stalled_readers(&self.inner) {
                 reasons.push(format!("bus reader for partition {partition} is stalled"));
             }
@@ -738,6 +750,7 @@ async fn keep_connected(inner: Arc<Inner>, stop: CancellationToken) {
                     Ok(_) => {
                         inner.conn.store(Some(Arc::new(conn)));
                         inner.health.redis_up.store(true, Ordering::Release);
+                        inner.health.ever_connected.store(true, Ordering::Release);
                         metrics::counter!(telemetry::REDIS_RECONNECTS).increment(1);
                         tracing::info!("Connected to Redis");
                         backoff = Duration::from_millis(50);

@@ -13,6 +13,7 @@ mod limits;
 mod mass_disconnect;
 mod process;
 mod pubsub;
+mod redis_cluster;
 mod redis_server;
 mod resume;
 mod slow_consumer;

@@ -106,3 +106,107 @@ async fn sigterm_closes_clients_with_1001_and_exits_zero() {
     // And it no longer accepts.
     assert!(tokio_tungstenite::connect_async(&url).await.is_err());
 }
+
+/// A node process of a cluster, killed on drop.
+struct NodeProcess {
+    child: tokio::process::Child,
+    ws_url: String,
+    control: String,
+}
+
+impl NodeProcess {
+    async fn start(redis_url: &str, node_id: &str) -> NodeProcess {
+        let ws_port = free_port();
+        let control_port = free_port();
+        let child = tokio::process::Command::new(BIN)
+            .args(["--listen", &format!("127.0.0.1:{ws_port}")])
+            .args(["--control", &format!("127.0.0.1:{control_port}")])
+            .args([
+                "--redis",
+                redis_url,
+                "--node-id",
+                node_id,
+                "--log-level",
+                "warn",
+            ])
+            .env("SWITCHBOARD_CLUSTER__PARTITIONS", "4")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let node = NodeProcess {
+            child,
+            ws_url: format!("ws://127.0.0.1:{ws_port}/ws"),
+            control: format!("http://127.0.0.1:{control_port}"),
+        };
+        let http = reqwest::Client::new();
+        crate::assert_eventually!(
+            http.get(format!("{}/readyz", node.control))
+                .send()
+                .await
+                .is_ok_and(|response| response.status() == 200),
+            "node {node_id} becomes ready"
+        );
+        node
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_of_a_killed_node_resume_on_another_without_loss() {
+    let redis = crate::redis_server::RedisServer::start(false);
+    let mut doomed = NodeProcess::start(&redis.url(), "doomed").await;
+    let survivor = NodeProcess::start(&redis.url(), "survivor").await;
+    let mut client = TestClient::connect(&doomed.ws_url).await;
+    client.subscribe("ticker").await;
+
+    // A steady publisher on the surviving node for the whole test.
+    let publish_url = format!("{}/v1/publish", survivor.control);
+    let publisher = tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        let mut acked = Vec::new();
+        for n in 0..150 {
+            let response = http
+                .post(&publish_url)
+                .json(&serde_json::json!({"channel": "ticker", "data": n}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            let body: serde_json::Value = response.json().await.unwrap();
+            acked.push(body["offset"].as_str().unwrap().to_owned());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        acked
+    });
+
+    let mut seen = Vec::new();
+    for _ in 0..30 {
+        seen.push(
+            client.recv_type("message").await["offset"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    doomed.child.start_kill().unwrap();
+    doomed.child.wait().await.unwrap();
+    assert_eq!(client.closed().await, crate::harness::Closed::NoCloseFrame);
+
+    let mut client = TestClient::connect(&survivor.ws_url).await;
+    let reply = client.subscribe_since("ticker", seen.last().unwrap()).await;
+    assert_eq!(reply["recovered"], true, "{reply}");
+    let acked = publisher.await.unwrap();
+    while seen.len() < acked.len() {
+        seen.push(
+            client.recv_type("message").await["offset"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    assert_eq!(
+        seen, acked,
+        "every acknowledged message once, in order, across the move"
+    );
+}

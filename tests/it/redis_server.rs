@@ -12,6 +12,7 @@ pub struct RedisServer {
     pub port: u16,
     dir: PathBuf,
     appendonly: bool,
+    extra_args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -48,6 +49,7 @@ impl RedisServer {
             port,
             dir,
             appendonly,
+            extra_args: Vec::new(),
             child: None,
         };
         server.spawn();
@@ -75,6 +77,7 @@ impl RedisServer {
             .args(["--appendonly", if self.appendonly { "yes" } else { "no" }])
             .args(["--appendfsync", "always", "--dir"])
             .arg(&self.dir)
+            .args(&self.extra_args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -155,5 +158,75 @@ impl Drop for RedisServer {
         }
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A three-master Redis Cluster on free loopback ports, created with
+/// `redis-cli --cluster create`.
+pub struct RedisCluster {
+    pub masters: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let masters: Vec<RedisServer> = (0..3).map(|_| RedisServer::start_clustered()).collect();
+        let addresses: Vec<String> = masters
+            .iter()
+            .map(|master| format!("127.0.0.1:{}", master.port))
+            .collect();
+        let output = Command::new(binary("redis-cli"))
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli runs");
+        assert!(output.status.success(), "cluster create failed: {output:?}");
+        let cluster = RedisCluster { masters };
+        cluster.wait_until_ok();
+        cluster
+    }
+
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "a short bounded wait for the cluster to converge"
+    )]
+    fn wait_until_ok(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for master in &self.masters {
+            while !master
+                .cli(&["CLUSTER", "INFO"])
+                .is_some_and(|info| info.contains("cluster_state:ok"))
+            {
+                assert!(Instant::now() < deadline, "the cluster did not converge");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    pub fn seeds(&self) -> Vec<String> {
+        self.masters.iter().map(RedisServer::url).collect()
+    }
+}
+
+impl RedisServer {
+    fn start_clustered() -> RedisServer {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("sb-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut server = RedisServer {
+            port,
+            dir,
+            appendonly: false,
+            extra_args: Vec::new(),
+            child: None,
+        };
+        server.extra_args = vec![
+            "--cluster-enabled".into(),
+            "yes".into(),
+            "--cluster-config-file".into(),
+            "nodes.conf".into(),
+        ];
+        server.spawn();
+        server
     }
 }
