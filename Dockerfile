@@ -5,6 +5,7 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY benches ./benches
+COPY loadtest ./loadtest
 RUN cargo build --release --locked --bin switchboard
 
 FROM debian:bookworm-slim

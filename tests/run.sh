@@ -29,4 +29,4 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/switchboard-target}"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 cargo test --doc -- "$@"
-cargo test --all-targets -- "$@"
+cargo test --workspace --all-targets -- "$@"

@@ -1,0 +1,211 @@
+//! `switchboard-loadtest`: drives Switchboard nodes over real WebSockets and reports
+//! delivery, loss and end-to-end latency (from a timestamp in each payload).
+//!
+//! Scenario `cluster`: publishers on some nodes, subscribers on others, one channel.
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use futures_util::{SinkExt as _, StreamExt as _};
+use hdrhistogram::Histogram;
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(Debug, Parser)]
+#[command(name = "switchboard-loadtest", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// Publish on some nodes, receive on others: cross-node delivery and latency.
+    Cluster(ClusterArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct ClusterArgs {
+    /// WebSocket URLs publishers connect to (comma separated).
+    #[arg(long, value_delimiter = ',')]
+    publish_on: Vec<String>,
+    /// WebSocket URLs subscribers connect to, round robin (comma separated).
+    #[arg(long, value_delimiter = ',')]
+    subscribe_on: Vec<String>,
+    /// Subscriber connections.
+    #[arg(long, default_value_t = 100)]
+    subscribers: usize,
+    /// Publisher connections.
+    #[arg(long, default_value_t = 4)]
+    publishers: usize,
+    /// Messages per second, all publishers together.
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    /// How long to publish, in seconds.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Payload size in bytes (at least 40).
+    #[arg(long, default_value_t = 256)]
+    payload: usize,
+    /// Channel to use.
+    #[arg(long, default_value = "loadtest")]
+    channel: String,
+    /// Write the results as JSON here too.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX)
+        })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().scenario {
+        Scenario::Cluster(args) => cluster(args).await,
+    }
+}
+
+async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
+    if args.publish_on.is_empty() || args.subscribe_on.is_empty() {
+        bail!("--publish-on and --subscribe-on each need at least one URL");
+    }
+    let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
+        1, 60_000_000, 3,
+    )?));
+    let received = Arc::new(AtomicU64::new(0));
+    let acked = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+
+    // Subscribers first; each counts and times what it receives until told to stop.
+    let mut subscribers = Vec::new();
+    for index in 0..args.subscribers {
+        let url = &args.subscribe_on[index % args.subscribe_on.len()];
+        let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .with_context(|| format!("connecting to {url}"))?;
+        ws.next().await; // welcome
+        let subscribe = serde_json::json!({"type":"subscribe","id":1,"channel":args.channel});
+        ws.send(Message::Text(subscribe.to_string().into())).await?;
+        ws.next().await; // subscribed
+        let histogram = Arc::clone(&histogram);
+        let received = Arc::clone(&received);
+        subscribers.push(tokio::spawn(async move {
+            let mut local =
+                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds are valid");
+            let idle = Duration::from_secs(5);
+            while let Ok(Some(Ok(Message::Text(text)))) =
+                tokio::time::timeout(idle, ws.next()).await
+            {
+                let Ok(frame) = serde_json::from_str::<serde_json::Value>(&text) else {
+                    continue;
+                };
+                if frame["type"] != "message" {
+                    continue;
+                }
+                if let Some(sent) = frame["data"]["ts"].as_u64() {
+                    let micros = now_ns().saturating_sub(sent) / 1000;
+                    let _ = local.record(micros.max(1));
+                }
+                received.fetch_add(1, Ordering::Relaxed);
+            }
+            histogram
+                .lock()
+                .expect("no panics while held")
+                .add(&local)
+                .ok();
+        }));
+    }
+
+    let per_publisher = (args.rate / args.publishers as u64).max(1);
+    let interval = Duration::from_nanos(1_000_000_000 / per_publisher);
+    let pad = "x".repeat(args.payload.saturating_sub(40));
+    let started = tokio::time::Instant::now();
+    let mut publishers = Vec::new();
+    for index in 0..args.publishers {
+        let url = args.publish_on[index % args.publish_on.len()].clone();
+        let (ws, _) = tokio_tungstenite::connect_async(url.as_str()).await?;
+        let (mut sink, mut stream) = ws.split();
+        let acked = Arc::clone(&acked);
+        let refused = Arc::clone(&refused);
+        let channel = args.channel.clone();
+        let pad = pad.clone();
+        let duration = Duration::from_secs(args.duration);
+        let reader = tokio::spawn(async move {
+            while let Ok(Some(Ok(Message::Text(text)))) =
+                tokio::time::timeout(Duration::from_secs(5), stream.next()).await
+            {
+                if text.contains("\"published\"") {
+                    acked.fetch_add(1, Ordering::Relaxed);
+                } else if text.contains("\"error\"") {
+                    refused.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        publishers.push(tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut n = 0_u64;
+            while started.elapsed() < duration {
+                ticker.tick().await;
+                let frame = format!(
+                    r#"{{"type":"publish","id":{n},"channel":"{channel}","data":{{"ts":{},"pad":"{pad}"}}}}"#,
+                    now_ns()
+                );
+                if sink.send(Message::Text(frame.into())).await.is_err() {
+                    break;
+                }
+                n += 1;
+            }
+            drop(reader);
+            n
+        }));
+    }
+    let mut sent = 0;
+    for publisher in publishers {
+        sent += publisher.await?;
+    }
+    let publish_secs = started.elapsed().as_secs_f64();
+    for subscriber in subscribers {
+        subscriber.await?;
+    }
+    let histogram = histogram.lock().expect("no panics while held");
+    let acked = acked.load(Ordering::Relaxed);
+    let received = received.load(Ordering::Relaxed);
+    let expected = acked * args.subscribers as u64;
+    let results = serde_json::json!({
+        "scenario": "cluster",
+        "publishers": args.publishers,
+        "subscribers": args.subscribers,
+        "target_rate": args.rate,
+        "sent": sent,
+        "acknowledged": acked,
+        "refused": refused.load(Ordering::Relaxed),
+        "publish_rate": (acked as f64 / publish_secs).round(),
+        "expected_deliveries": expected,
+        "delivered": received,
+        "delivered_ratio": if expected == 0 { 0.0 } else { received as f64 / expected as f64 },
+        "latency_us": {
+            "p50": histogram.value_at_quantile(0.50),
+            "p95": histogram.value_at_quantile(0.95),
+            "p99": histogram.value_at_quantile(0.99),
+            "p999": histogram.value_at_quantile(0.999),
+            "max": histogram.max(),
+        },
+    });
+    println!("{}", serde_json::to_string_pretty(&results)?);
+    if let Some(path) = args.json {
+        std::fs::write(path, results.to_string())?;
+    }
+    Ok(())
+}
