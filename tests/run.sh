@@ -28,5 +28,10 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/switchboard-target}"
 # The mass-disconnect test holds a few thousand sockets in one process.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-cargo test --doc -- "$@"
-cargo test --workspace --all-targets -- "$@"
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+cargo test --doc -- "$@" 2>&1 | tee -a "$log"
+cargo test --workspace --all-targets -- "$@" 2>&1 | tee -a "$log"
+
+# One closing line for the whole run, summed over every test binary.
+awk '/^test result:/ { passed += $4; failed += $6 } END { printf "summary: %d passed, %d failed\n", passed, failed }' "$log"
