@@ -204,6 +204,9 @@ struct Health {
     reader_position_ms: Vec<AtomicU64>,
     /// Whether each reader has found its starting point; the node is not ready before.
     reader_started: Vec<AtomicBool>,
+    /// The last entry id each partition's reader processed. Kept outside the reader task so
+    /// that a reader restarted by the watchdog goes on from there instead of skipping ahead.
+    reader_cursor: Vec<Mutex<Option<String>>>,
 }
 
 impl Health {
@@ -277,6 +280,7 @@ impl RedisBus {
                 reader_ok_ms: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
                 reader_position_ms: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
                 reader_started: (0..partitions).map(|_| AtomicBool::new(false)).collect(),
+                reader_cursor: (0..partitions).map(|_| Mutex::new(None)).collect(),
                 ..Health::default()
             },
             started: Instant::now(),
@@ -874,7 +878,11 @@ async fn record_partition_lag(inner: &Inner) {
 async fn read_partition(inner: Arc<Inner>, partition: u32, stop: CancellationToken) {
     let key = bus_key(partition);
     let index = partition as usize;
-    let mut last_id: Option<String> = None;
+    let saved_cursor = &inner.health.reader_cursor[index];
+    let mut last_id: Option<String> = saved_cursor
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
     let mut backoff = Duration::from_millis(50);
     let read_timeout = BLOCK + inner.settings.publish_timeout + Duration::from_secs(1);
     loop {
@@ -929,8 +937,11 @@ async fn read_partition(inner: Arc<Inner>, partition: u32, stop: CancellationTok
             }
         }
         backoff = Duration::from_millis(50);
+        saved_cursor
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone_from(&last_id);
         inner.health.reader_started[index].store(true, Ordering::Release);
-        inner.health.reader_ok_ms[index].store(since_start_ms(&inner), Ordering::Relaxed);
         if let Some(ms) = last_id
             .as_deref()
             .and_then(|id| id.split_once('-'))
@@ -969,6 +980,9 @@ async fn read_partition(inner: Arc<Inner>, partition: u32, stop: CancellationTok
                 if let Some(ms) = new_last.split_once('-').and_then(|(ms, _)| ms.parse().ok()) {
                     inner.health.reader_position_ms[index].store(ms, Ordering::Relaxed);
                 }
+                // A short critical section, never across an await.
+                *saved_cursor.lock().unwrap_or_else(PoisonError::into_inner) =
+                    Some(new_last.clone());
                 last_id = Some(new_last);
             }
         }

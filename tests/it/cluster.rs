@@ -169,13 +169,13 @@ async fn resume_past_trimmed_history_is_not_recovered() {
 
 /// Publishes steadily on one node for the length of a fault and records what was
 /// acknowledged and how long each answer took.
-struct SteadyPublisher {
+pub(crate) struct SteadyPublisher {
     stop: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<(Vec<String>, usize, Duration)>,
 }
 
 impl SteadyPublisher {
-    fn start(node: &TestServer, channel: &'static str) -> SteadyPublisher {
+    pub(crate) fn start(node: &TestServer, channel: &'static str) -> SteadyPublisher {
         let url = node.control_url("/v1/publish");
         let http = node.http.clone();
         let stop = Arc::new(AtomicBool::new(false));
@@ -208,14 +208,14 @@ impl SteadyPublisher {
         SteadyPublisher { stop, task }
     }
 
-    async fn finish(self) -> (Vec<String>, usize, Duration) {
+    pub(crate) async fn finish(self) -> (Vec<String>, usize, Duration) {
         self.stop.store(true, Ordering::Relaxed);
         self.task.await.unwrap()
     }
 }
 
 /// Receives until every acknowledged offset has arrived; checks order and uniqueness.
-async fn expect_all_acknowledged(client: &mut TestClient, acked: &[String]) {
+pub(crate) async fn expect_all_acknowledged(client: &mut TestClient, acked: &[String]) {
     let wanted: BTreeSet<&str> = acked.iter().map(String::as_str).collect();
     let mut seen = BTreeSet::new();
     let mut last_seq = 0;
@@ -411,4 +411,40 @@ async fn nodes_register_and_leave_the_registry() {
         "a drained node leaves the registry"
     );
     a.drain().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wedged_bus_reader_fails_readiness_then_heals_without_loss() {
+    let redis = RedisServer::start(false);
+    let proxy = crate::fault_proxy::FaultProxy::start(redis.port).await;
+    let publisher_node = TestServer::builder().redis(&redis.url()).start().await;
+    let wedged_node = TestServer::builder().redis(&proxy.url()).start().await;
+    let mut client = wedged_node.client().await;
+    client.subscribe("steady").await;
+    let publisher = SteadyPublisher::start(&publisher_node, "steady");
+
+    // Redis keeps answering this node's commands; only its readers get nothing.
+    proxy.wedge_readers(true);
+    crate::assert_eventually!(
+        wedged_node.get_json("/readyz").await.1["reasons"]
+            .as_array()
+            .is_some_and(|reasons| reasons
+                .iter()
+                .any(|r| r.as_str().unwrap().contains("stalled"))),
+        "a stalled reader fails readiness"
+    );
+    assert_eq!(
+        publisher_node.get("/readyz").await.0,
+        200,
+        "the healthy node stays ready"
+    );
+    proxy.wedge_readers(false);
+    crate::assert_eventually!(
+        wedged_node.get("/readyz").await.0 == 200,
+        "the node heals and is ready again"
+    );
+    let (acked, _, _) = publisher.finish().await;
+    expect_all_acknowledged(&mut client, &acked).await;
+    publisher_node.drain().await;
+    wedged_node.drain().await;
 }

@@ -8,6 +8,7 @@
 mod bad_input;
 mod cluster;
 mod control_api;
+mod fault_proxy;
 mod harness;
 mod limits;
 mod mass_disconnect;
