@@ -267,6 +267,78 @@ fn end_for_error(err: &tungstenite::Error) -> End {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn session_task_states_stay_small() {
+        use crate::{
+            cluster::LocalBus,
+            hub::{Hub, HubSettings},
+        };
+        let hub = Hub::new(HubSettings {
+            shards: 2,
+            max_connections: 10,
+            max_subscriptions_per_connection: 10,
+            queue_messages: 64,
+            queue_bytes: 1 << 20,
+            history_size: 10,
+            history_ttl: Duration::from_secs(60),
+            history_max_bytes: 1 << 20,
+            remote: false,
+        });
+        let ctx = Arc::new(SessionContext {
+            bus: Arc::new(LocalBus::new(Arc::clone(&hub))),
+            hub: Arc::clone(&hub),
+            node_id: Arc::from("n"),
+            settings: SessionSettings {
+                ws_path: "/ws".into(),
+                heartbeat: Duration::from_secs(1),
+                idle_timeout: Duration::from_secs(2),
+                handshake_timeout: Duration::from_secs(1),
+                client_publish: true,
+                max_channel_name_bytes: 64,
+                max_publish_payload_bytes: 1024,
+                max_subscriptions: 8,
+                max_inbound_message_bytes: 4096,
+                read_buffer_bytes: 1024,
+                history_size: 10,
+            },
+            shutdown: Shutdown::new(),
+        });
+        let (stream, _other) = tokio::io::duplex(64);
+        let serve = serve(stream, Arc::clone(&ctx));
+        let (stream, _other) = tokio::io::duplex(64);
+        let ws =
+            WebSocketStream::from_raw_socket(stream, tungstenite::protocol::Role::Server, None)
+                .await;
+        let (outbound, rx) = hub.register();
+        let (sink, mut split_stream) = futures_util::StreamExt::split(ws);
+        let writer = writer::write_loop(sink, rx, Arc::clone(&outbound), Duration::from_secs(1));
+        let mut reader = reader::Reader::new(Arc::clone(&ctx), outbound);
+        let read = reader.run(&mut split_stream);
+        // Each connection holds these task states for its whole life; a regression here
+        // multiplies by a million sockets. Bounds leave about 25% headroom.
+        let run_size = std::mem::size_of_val(&run(
+            WebSocketStream::from_raw_socket(
+                tokio::io::duplex(64).0,
+                tungstenite::protocol::Role::Server,
+                None,
+            )
+            .await,
+            Arc::clone(&ctx),
+        ));
+        let sizes = [
+            ("serve", std::mem::size_of_val(&serve), 256),
+            ("run", run_size, 1280),
+            ("writer", std::mem::size_of_val(&writer), 720),
+            ("reader", std::mem::size_of_val(&read), 800),
+        ];
+        for (name, size, bound) in sizes {
+            assert!(
+                size <= bound,
+                "the {name} future grew to {size} bytes (bound {bound})"
+            );
+        }
+    }
+
     #[test]
     fn every_end_but_transport_loss_sends_a_close_code() {
         assert_eq!(End::TransportLost.close_code(), None);
