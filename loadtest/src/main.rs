@@ -1,7 +1,13 @@
 //! `switchboard-loadtest`: drives Switchboard nodes over real WebSockets and reports
 //! delivery, loss and end-to-end latency (from a timestamp in each payload).
 //!
-//! Scenario `cluster`: publishers on some nodes, subscribers on others, one channel.
+//! Scenarios: `cluster` (publishers on some nodes, subscribers on others), `fanout` (N
+//! subscribers of one channel, R publishes a second, against Switchboard or the baseline),
+//! and `baseline`, the minimal broadcaster that is the ceiling for fan-out figures.
+
+mod baseline;
+mod fanout;
+mod proc_stat;
 
 use std::{
     sync::{
@@ -28,6 +34,10 @@ struct Cli {
 enum Scenario {
     /// Publish on some nodes, receive on others: cross-node delivery and latency.
     Cluster(ClusterArgs),
+    /// N subscribers on one channel, R publishes a second: deliveries/s, latency, CPU.
+    Fanout(fanout::FanoutArgs),
+    /// Run the baseline broadcaster (a server, not a load).
+    Baseline(baseline::BaselineArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -61,7 +71,7 @@ struct ClusterArgs {
     json: Option<std::path::PathBuf>,
 }
 
-fn now_ns() -> u64 {
+pub(crate) fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |elapsed| {
@@ -73,6 +83,8 @@ fn now_ns() -> u64 {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().scenario {
         Scenario::Cluster(args) => cluster(args).await,
+        Scenario::Fanout(args) => fanout::run(args).await,
+        Scenario::Baseline(args) => baseline::run(args).await,
     }
 }
 

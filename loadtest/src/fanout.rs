@@ -1,0 +1,223 @@
+//! Scenario `fanout`: N subscribers of one channel, R publishes a second through one
+//! publisher connection. Reports deliveries per second, loss, end-to-end latency from the
+//! timestamp in each payload, and (with `--server-pid`) the server's CPU time per delivery
+//! and RSS. Runs against Switchboard or, with `--baseline`, the baseline broadcaster.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use hdrhistogram::Histogram;
+use tokio::net::TcpSocket;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite::Message};
+
+use crate::{now_ns, proc_stat};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct FanoutArgs {
+    /// Server address (host:port); the WebSocket path is /ws.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    server: SocketAddr,
+    /// Subscriber connections.
+    #[arg(long, default_value_t = 1000)]
+    subscribers: usize,
+    /// Publishes per second.
+    #[arg(long, default_value_t = 100)]
+    rate: u64,
+    /// Seconds of publishing.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Payload bytes.
+    #[arg(long, default_value_t = 256)]
+    payload: usize,
+    /// Channel name.
+    #[arg(long, default_value = "fanout")]
+    channel: String,
+    /// Spread subscribers over source addresses 127.0.0.1 .. 127.0.0.N (ephemeral ports
+    /// run out near 28,000 connections per source address).
+    #[arg(long, default_value_t = 1)]
+    source_addrs: u8,
+    /// The target is the baseline broadcaster: send no subscribe, wait for no replies.
+    #[arg(long)]
+    baseline: bool,
+    /// PID of the server, for CPU time and RSS from /proc.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(args: &FanoutArgs, index: usize) -> anyhow::Result<Ws> {
+    let source = Ipv4Addr::new(
+        127,
+        0,
+        0,
+        1 + (index % usize::from(args.source_addrs.max(1))) as u8,
+    );
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(IpAddr::V4(source), 0))?;
+    let stream = socket.connect(args.server).await?;
+    stream.set_nodelay(true)?;
+    let url = format!("ws://{}/ws", args.server);
+    let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream)).await?;
+    Ok(ws)
+}
+
+/// The send timestamp in a frame's payload, found without parsing the JSON.
+fn timestamp(text: &str) -> Option<u64> {
+    let start = text.find("\"ts\":")? + 5;
+    let digits: &str = &text[start..];
+    let end = digits
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(digits.len());
+    digits[..end].parse().ok()
+}
+
+pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
+    let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
+        1, 60_000_000, 3,
+    )?));
+    let delivered = Arc::new(AtomicU64::new(0));
+    // Subscribers wait as long as publishing lasts, then stop 3 s after their last frame.
+    let (done_tx, done_rx) = tokio::sync::watch::channel(false);
+    let connect_started = tokio::time::Instant::now();
+    let mut subscribers = Vec::with_capacity(args.subscribers);
+    for index in 0..args.subscribers {
+        let mut ws = connect(&args, index).await?;
+        if !args.baseline {
+            ws.next().await; // welcome
+            let subscribe = format!(
+                r#"{{"type":"subscribe","id":1,"channel":"{}"}}"#,
+                args.channel
+            );
+            ws.send(Message::Text(subscribe.into())).await?;
+            ws.next().await; // subscribed
+        }
+        let histogram = Arc::clone(&histogram);
+        let delivered = Arc::clone(&delivered);
+        let mut done_rx = done_rx.clone();
+        subscribers.push(tokio::spawn(async move {
+            let mut local =
+                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+            let mut count = 0_u64;
+            loop {
+                let next = if *done_rx.borrow() {
+                    match tokio::time::timeout(Duration::from_secs(3), ws.next()).await {
+                        Ok(next) => next,
+                        Err(_) => break,
+                    }
+                } else {
+                    tokio::select! {
+                        next = ws.next() => next,
+                        _ = done_rx.changed() => continue,
+                    }
+                };
+                let Some(Ok(message)) = next else { break };
+                if let Message::Text(text) = message {
+                    if let Some(sent) = timestamp(&text) {
+                        let _ = local.record((now_ns().saturating_sub(sent) / 1000).max(1));
+                        count += 1;
+                    }
+                }
+            }
+            delivered.fetch_add(count, Ordering::Relaxed);
+            histogram
+                .lock()
+                .expect("no panics while held")
+                .add(&local)
+                .ok();
+        }));
+        if index % 1000 == 999 {
+            eprintln!("connected {}", index + 1);
+        }
+    }
+    let connect_secs = connect_started.elapsed().as_secs_f64();
+    let rss_after_connect = args.server_pid.and_then(proc_stat::rss_kib);
+
+    let (mut sink, mut stream) = connect(&args, 0).await?.split();
+    // Drain whatever the server sends the publisher (acks, or the broadcast itself).
+    let drain = tokio::spawn(async move {
+        while let Ok(Some(Ok(_))) =
+            tokio::time::timeout(Duration::from_secs(3), stream.next()).await
+        {}
+    });
+    let pad = "x".repeat(args.payload.saturating_sub(40));
+    let interval = Duration::from_nanos(1_000_000_000 / args.rate.max(1));
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let cpu_before = args.server_pid.and_then(proc_stat::cpu_seconds);
+    let started = tokio::time::Instant::now();
+    let mut published = 0_u64;
+    let mut last_progress = started;
+    while started.elapsed() < Duration::from_secs(args.duration) {
+        ticker.tick().await;
+        let frame = format!(
+            r#"{{"type":"publish","id":{published},"channel":"{}","data":{{"ts":{},"pad":"{pad}"}}}}"#,
+            args.channel,
+            now_ns()
+        );
+        sink.send(Message::Text(frame.into())).await?;
+        published += 1;
+        if last_progress.elapsed() >= Duration::from_secs(1) {
+            last_progress = tokio::time::Instant::now();
+            eprintln!(
+                "t={:>3.0}s published={published} delivered={}",
+                started.elapsed().as_secs_f64(),
+                delivered.load(Ordering::Relaxed)
+            );
+        }
+    }
+    let publish_secs = started.elapsed().as_secs_f64();
+    done_tx.send_replace(true);
+    for subscriber in subscribers {
+        subscriber.await?;
+    }
+    drain.abort();
+    // Subscribers stop 3 s after the last frame; that idle tail is not server work.
+    let cpu_after = args.server_pid.and_then(proc_stat::cpu_seconds);
+    let histogram = histogram.lock().expect("no panics while held");
+    let delivered = delivered.load(Ordering::Relaxed);
+    let expected = published * args.subscribers as u64;
+    let cpu_us_per_delivery = match (cpu_before, cpu_after) {
+        (Some(before), Some(after)) if delivered > 0 => {
+            Some((after - before) * 1e6 / delivered as f64)
+        }
+        _ => None,
+    };
+    let results = serde_json::json!({
+        "scenario": "fanout",
+        "target": if args.baseline { "baseline" } else { "switchboard" },
+        "subscribers": args.subscribers,
+        "rate": args.rate,
+        "payload": args.payload,
+        "published": published,
+        "expected": expected,
+        "delivered": delivered,
+        "loss": expected.saturating_sub(delivered),
+        "deliveries_per_second": (delivered as f64 / publish_secs).round(),
+        "connect_per_second": (args.subscribers as f64 / connect_secs).round(),
+        "server_cpu_us_per_delivery": cpu_us_per_delivery,
+        "server_rss_kib_after_connect": rss_after_connect,
+        "latency_us": {
+            "p50": histogram.value_at_quantile(0.50),
+            "p95": histogram.value_at_quantile(0.95),
+            "p99": histogram.value_at_quantile(0.99),
+            "p999": histogram.value_at_quantile(0.999),
+            "max": histogram.max(),
+        },
+    });
+    println!("{}", serde_json::to_string_pretty(&results)?);
+    if let Some(path) = &args.json {
+        std::fs::write(path, results.to_string())?;
+    }
+    Ok(())
+}
