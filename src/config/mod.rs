@@ -127,7 +127,7 @@ pub struct SessionConfig {
     /// Whether clients may publish over the WebSocket. Default true.
     pub client_publish: bool,
     /// Initial read buffer of a connection, in bytes; it grows only for large frames.
-    /// Default 1024.
+    /// Default 512.
     pub read_buffer_bytes: usize,
 }
 
@@ -273,7 +273,7 @@ impl Default for SessionConfig {
             idle_timeout: Duration::from_secs(60),
             handshake_timeout: Duration::from_secs(10),
             client_publish: true,
-            read_buffer_bytes: 1024,
+            read_buffer_bytes: 512,
         }
     }
 }

@@ -327,9 +327,9 @@ mod tests {
         ));
         let sizes = [
             ("serve", std::mem::size_of_val(&serve), 256),
-            ("run", run_size, 1280),
+            ("run", run_size, 930),
             ("writer", std::mem::size_of_val(&writer), 720),
-            ("reader", std::mem::size_of_val(&read), 800),
+            ("reader", std::mem::size_of_val(&read), 440),
         ];
         for (name, size, bound) in sizes {
             assert!(

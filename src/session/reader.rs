@@ -38,9 +38,9 @@ impl Reader {
     where
         S: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
     {
-        let closed = self.outbound.closed().clone();
+        let outbound = Arc::clone(&self.outbound);
         // Created once: re-creating it each turn would re-register a waiter every message.
-        let closed = closed.cancelled();
+        let closed = outbound.closed();
         tokio::pin!(closed);
         let idle_timeout = self.ctx.settings.idle_timeout;
         loop {
@@ -62,7 +62,9 @@ impl Reader {
                 Ok(Some(Ok(message))) => message,
             };
             match message {
-                Message::Text(text) => self.handle_text(&text).await,
+                // Boxed: the request handlers' state (a bus round trip in flight) is only
+                // needed while one runs, not kept in every idle connection's task.
+                Message::Text(text) => Box::pin(self.handle_text(&text)).await,
                 Message::Binary(_) => return End::BinaryFrame,
                 Message::Close(_) => return End::ClientClosed,
                 // Any frame counts as activity; tungstenite answers pings itself.

@@ -34,9 +34,9 @@ pub(super) async fn write_loop<S>(
 ) where
     S: Sink<Message, Error = tungstenite::Error> + Unpin,
 {
-    let closed = outbound.closed().clone();
+    let watched = Arc::clone(&outbound);
     // Created once, so the loop does not re-register a waiter on every frame.
-    let closed = closed.cancelled();
+    let closed = watched.closed();
     tokio::pin!(closed);
     let mut ticker = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
