@@ -122,6 +122,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             max_inbound_message_bytes: config.limits.max_inbound_message_bytes,
             read_buffer_bytes: config.session.read_buffer_bytes,
             history_size: config.history.size,
+            echo_path: config.session.echo_path.clone(),
         },
         shutdown: sessions.clone(),
     });

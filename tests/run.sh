@@ -7,20 +7,31 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# What the tests need beyond Rust, as "command:debian-package". Tests fail (never skip) when
-# one is missing, so install it here first.
-NEEDS=(curl:curl redis-server:redis-server redis-cli:redis-tools)
+# What the tests need beyond Rust, as "command:debian-package" and "command:pypi-package".
+# Tests fail (never skip) when one is missing, so install it here first.
+APT_NEEDS=(curl:curl redis-server:redis-server redis-cli:redis-tools python3:python3 pip3:python3-pip)
+PIP_NEEDS=(kosoku:kosoku)
 
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
 missing=()
-for need in "${NEEDS[@]}"; do
+for need in "${APT_NEEDS[@]}"; do
   command -v "${need%%:*}" >/dev/null 2>&1 || missing+=("${need#*:}")
 done
 if ((${#missing[@]})); then
-  echo "tests/run.sh: installing ${missing[*]}" >&2
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "tests/run.sh: installing ${missing[*]} with apt-get" >&2
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"
+fi
+missing=()
+for need in "${PIP_NEEDS[@]}"; do
+  command -v "${need%%:*}" >/dev/null 2>&1 || missing+=("${need#*:}")
+done
+if ((${#missing[@]})); then
+  echo "tests/run.sh: installing ${missing[*]} with pip" >&2
+  # Debian's own python3 refuses system-wide pip installs unless told otherwise.
+  python3 -m pip install --quiet "${missing[@]}" 2>/dev/null ||
+    python3 -m pip install --quiet --break-system-packages "${missing[@]}"
 fi
 
 # A shared target directory outside the checkout keeps rebuilds cheap across clones.

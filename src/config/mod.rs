@@ -126,6 +126,11 @@ pub struct SessionConfig {
     pub handshake_timeout: Duration,
     /// Whether clients may publish over the WebSocket. Default true.
     pub client_publish: bool,
+    /// Path of an echo endpoint for WebSocket conformance testing (Autobahn), served by the
+    /// same upgrade and transport as real sessions. Default empty: off. While on, inbound
+    /// messages up to 32 MiB are read (real sessions still close larger than
+    /// `limits.max_inbound_message_bytes` with 1009), so never enable it in production.
+    pub echo_path: String,
     /// Initial read buffer of a connection, in bytes; it grows only for large frames.
     /// Default 512.
     pub read_buffer_bytes: usize,
@@ -273,6 +278,7 @@ impl Default for SessionConfig {
             idle_timeout: Duration::from_secs(60),
             handshake_timeout: Duration::from_secs(10),
             client_publish: true,
+            echo_path: String::new(),
             read_buffer_bytes: 512,
         }
     }
@@ -369,6 +375,15 @@ impl Config {
         }
         if !self.server.ws_path.starts_with('/') {
             return Err(invalid("server.ws_path", "must start with '/'"));
+        }
+        if !self.session.echo_path.is_empty()
+            && (!self.session.echo_path.starts_with('/')
+                || self.session.echo_path == self.server.ws_path)
+        {
+            return Err(invalid(
+                "session.echo_path",
+                "must be empty, or start with '/' and differ from server.ws_path",
+            ));
         }
         if self.server.shards == 0 {
             self.server.shards = default_shards();

@@ -8,6 +8,7 @@
 //!
 //! Must not depend on `control` or `app`.
 
+mod echo;
 mod reader;
 mod writer;
 
@@ -53,17 +54,26 @@ pub struct SessionSettings {
     pub read_buffer_bytes: usize,
     /// Messages a `since` subscribe may replay (`history.size`).
     pub history_size: usize,
+    /// Path of the conformance echo endpoint; empty when off.
+    pub echo_path: String,
 }
 
 impl SessionSettings {
     fn websocket_config(&self) -> WebSocketConfig {
+        // With the echo endpoint on, the transport reads messages up to the conformance
+        // suite's largest; real sessions then apply their own limit after the read.
+        let max_message = if self.echo_path.is_empty() {
+            self.max_inbound_message_bytes
+        } else {
+            self.max_inbound_message_bytes.max(echo::MAX_MESSAGE_BYTES)
+        };
         WebSocketConfig::default()
             .read_buffer_size(self.read_buffer_bytes)
             // Frames are gathered up to this size before a write; a batch of small messages
             // becomes one syscall. Kept small because the buffer is kept per connection.
             .write_buffer_size(8 * 1024)
-            .max_message_size(Some(self.max_inbound_message_bytes))
-            .max_frame_size(Some(self.max_inbound_message_bytes))
+            .max_message_size(Some(max_message))
+            .max_frame_size(Some(max_message))
     }
 }
 
@@ -146,12 +156,16 @@ where
     let admitted = ctx.hub.try_admit();
     let _admission = admitted.then(|| Admission(Arc::clone(&ctx.hub)));
     let ws_path = ctx.settings.ws_path.as_str();
+    let echo_path = ctx.settings.echo_path.as_str();
+    let mut is_echo = false;
     #[allow(
         clippy::result_large_err,
         reason = "the handshake callback's signature is fixed by tungstenite"
     )]
     let callback = |request: &Request, response: Response| {
-        if request.uri().path() != ws_path {
+        let path = request.uri().path();
+        is_echo = !echo_path.is_empty() && path == echo_path;
+        if path != ws_path && !is_echo {
             return Err(reject(StatusCode::NOT_FOUND, "not found"));
         }
         if !admitted {
@@ -186,6 +200,9 @@ where
             return;
         }
     };
+    if is_echo {
+        return echo::run(ws, ctx.settings.idle_timeout).await;
+    }
     // Boxed for the same reason: the task keeps only the state of the phase it is in.
     Box::pin(run(ws, ctx)).await;
 }
@@ -300,6 +317,7 @@ mod tests {
                 max_inbound_message_bytes: 4096,
                 read_buffer_bytes: 1024,
                 history_size: 10,
+                echo_path: String::new(),
             },
             shutdown: Shutdown::new(),
         });

@@ -95,7 +95,10 @@ pub(super) async fn write_loop<S>(
         };
         // Bounded: a client that reads nothing would otherwise hold the task forever.
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-            sink.send(Message::Close(Some(frame))).await?;
+            // When the client closed first, tungstenite refuses a second close frame and has
+            // already queued its reply (echoing the client's code); closing the sink flushes
+            // that reply either way.
+            let _ = sink.send(Message::Close(Some(frame))).await;
             sink.close().await
         })
         .await;

@@ -7,6 +7,7 @@
 
 mod bad_input;
 mod cluster;
+mod conformance;
 mod control_api;
 mod fault_proxy;
 mod harness;

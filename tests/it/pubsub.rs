@@ -137,3 +137,26 @@ async fn per_channel_order_holds_under_concurrent_publishers() {
     }
     server.drain().await;
 }
+
+#[tokio::test]
+async fn a_client_close_is_answered_with_a_close_frame() {
+    use tokio_tungstenite::tungstenite::protocol::{CloseFrame, frame::coding::CloseCode};
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    client.subscribe("news").await;
+    let frame = CloseFrame {
+        code: CloseCode::Normal,
+        reason: "bye".into(),
+    };
+    client.ws.close(Some(frame)).await.unwrap();
+    // The server completes the closing handshake, echoing the code (RFC 6455 5.5.1).
+    assert_eq!(client.close_code().await, 1000);
+    crate::assert_eventually!(server.hub().connections() == 0, "session cleaned up");
+    assert!(
+        server
+            .metric("ws_connections_closed_total{end=\"normal\"}")
+            .await
+            >= 1.0
+    );
+    server.drain().await;
+}
