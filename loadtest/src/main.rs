@@ -3,9 +3,11 @@
 //!
 //! Scenarios: `cluster` (publishers on some nodes, subscribers on others), `fanout` (N
 //! subscribers of one channel, R publishes a second, against Switchboard or the baseline),
-//! and `baseline`, the minimal broadcaster that is the ceiling for fan-out figures.
+//! `connect` (connection rate, memory per connection, mass disconnect), and `baseline`, the
+//! minimal broadcaster that is the ceiling for fan-out figures.
 
 mod baseline;
+mod connect;
 mod fanout;
 mod proc_stat;
 
@@ -36,6 +38,8 @@ enum Scenario {
     Cluster(ClusterArgs),
     /// N subscribers on one channel, R publishes a second: deliveries/s, latency, CPU.
     Fanout(fanout::FanoutArgs),
+    /// Open N connections at a target rate; optionally drop them all and time the next.
+    Connect(connect::ConnectArgs),
     /// Run the baseline broadcaster (a server, not a load).
     Baseline(baseline::BaselineArgs),
 }
@@ -84,6 +88,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().scenario {
         Scenario::Cluster(args) => cluster(args).await,
         Scenario::Fanout(args) => fanout::run(args).await,
+        Scenario::Connect(args) => connect::run(args).await,
         Scenario::Baseline(args) => baseline::run(args).await,
     }
 }

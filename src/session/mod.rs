@@ -201,7 +201,7 @@ where
         }
     };
     if is_echo {
-        return echo::run(ws, ctx.settings.idle_timeout).await;
+        return Box::pin(echo::run(ws, ctx.settings.idle_timeout)).await;
     }
     // Boxed for the same reason: the task keeps only the state of the phase it is in.
     Box::pin(run(ws, ctx)).await;
