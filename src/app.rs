@@ -62,8 +62,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         history_max_bytes: config.history.max_memory_bytes,
         remote: config.cluster.redis.is_set(),
     });
-    let ws_listener = TcpListener::bind(config.server.listen)
-        .await
+    let ws_listener = bind_listener(config.server.listen)
         .with_context(|| format!("binding the WebSocket listener on {}", config.server.listen))?;
     let control_listener = TcpListener::bind(config.control.listen)
         .await
@@ -266,6 +265,23 @@ async fn accept_loop(
             }
         }
     }
+}
+
+/// Pending connections the kernel queues for the WebSocket listener (capped by
+/// `net.core.somaxconn`). tokio's default of 1024 overflows under connect bursts, and an
+/// overflow costs the client a 1 s SYN retransmit.
+const WS_BACKLOG: u32 = 8192;
+
+fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // Restarting a node must not wait for the old sockets' TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(WS_BACKLOG)
 }
 
 /// Calls `tick` every `period` until `stop` is cancelled.
