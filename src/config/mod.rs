@@ -132,7 +132,7 @@ pub struct SessionConfig {
     /// `limits.max_inbound_message_bytes` with 1009), so never enable it in production.
     pub echo_path: String,
     /// Initial read buffer of a connection, in bytes; it grows only for large frames.
-    /// Default 512.
+    /// Default 256.
     pub read_buffer_bytes: usize,
 }
 
@@ -279,7 +279,7 @@ impl Default for SessionConfig {
             handshake_timeout: Duration::from_secs(10),
             client_publish: true,
             echo_path: String::new(),
-            read_buffer_bytes: 512,
+            read_buffer_bytes: 256,
         }
     }
 }

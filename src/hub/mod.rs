@@ -584,6 +584,15 @@ impl Hub {
         delivered
     }
 
+    /// The hub's own copy of a channel name when the channel exists: holding it instead of
+    /// a freshly parsed name shares one allocation among every subscriber.
+    #[must_use]
+    pub fn intern(&self, channel: &ChannelName) -> ChannelName {
+        read(&self.shard(channel).channels)
+            .get_key_value(channel)
+            .map_or_else(|| channel.clone(), |(name, _)| name.clone())
+    }
+
     /// Removes one subscription; `false` when it did not exist.
     pub fn unsubscribe(&self, conn_id: ConnId, channel: &ChannelName) -> bool {
         let shard = self.shard(channel);

@@ -150,7 +150,7 @@ impl Reader {
             // Recorded even on failure: the hub may hold the subscription, and the session's
             // cleanup must find it.
             Ok(_) | Err(SubscribeError::SlowConsumer | SubscribeError::Closing) => {
-                self.subscriptions.push(channel);
+                self.subscriptions.push(hub.intern(&channel));
             }
             Err(SubscribeError::NeedRemote) => {
                 // A subscribe given a remote view never asks for another.
