@@ -72,9 +72,9 @@ async fn connect(args: &FanoutArgs, index: usize) -> anyhow::Result<Ws> {
     Ok(ws)
 }
 
-/// The send timestamp in a frame's payload, found without parsing the JSON.
-fn timestamp(text: &str) -> Option<u64> {
-    let start = text.find("\"ts\":")? + 5;
+/// A number field of a frame's payload (`"ts":` or `"n":`), found without parsing the JSON.
+fn number(text: &str, field: &str) -> Option<u64> {
+    let start = text.find(field)? + field.len();
     let digits: &str = &text[start..];
     let end = digits
         .find(|c: char| !c.is_ascii_digit())
@@ -87,6 +87,11 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         1, 60_000_000, 3,
     )?));
     let delivered = Arc::new(AtomicU64::new(0));
+    // Per published message: the latest delivery's latency, i.e. when its broadcast
+    // completed. Indexed by the message number carried in the payload.
+    let capacity = usize::try_from(args.rate * args.duration * 2 + 16).unwrap_or(usize::MAX);
+    let completion: Arc<Vec<AtomicU64>> =
+        Arc::new((0..capacity).map(|_| AtomicU64::new(0)).collect());
     // Subscribers wait as long as publishing lasts, then stop 3 s after their last frame.
     let (done_tx, done_rx) = tokio::sync::watch::channel(false);
     let connect_started = tokio::time::Instant::now();
@@ -104,6 +109,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         }
         let histogram = Arc::clone(&histogram);
         let delivered = Arc::clone(&delivered);
+        let completion = Arc::clone(&completion);
         let mut done_rx = done_rx.clone();
         subscribers.push(tokio::spawn(async move {
             let mut local =
@@ -123,9 +129,16 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
                 };
                 let Some(Ok(message)) = next else { break };
                 if let Message::Text(text) = message {
-                    if let Some(sent) = timestamp(&text) {
-                        let _ = local.record((now_ns().saturating_sub(sent) / 1000).max(1));
+                    if let Some(sent) = number(&text, "\"ts\":") {
+                        let micros = (now_ns().saturating_sub(sent) / 1000).max(1);
+                        let _ = local.record(micros);
                         count += 1;
+                        let slot = number(&text, "\"n\":")
+                            .and_then(|n| usize::try_from(n).ok())
+                            .and_then(|n| completion.get(n));
+                        if let Some(slot) = slot {
+                            slot.fetch_max(micros, Ordering::Relaxed);
+                        }
                     }
                 }
             }
@@ -161,7 +174,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     while started.elapsed() < Duration::from_secs(args.duration) {
         ticker.tick().await;
         let frame = format!(
-            r#"{{"type":"publish","id":{published},"channel":"{}","data":{{"ts":{},"pad":"{pad}"}}}}"#,
+            r#"{{"type":"publish","id":{published},"channel":"{}","data":{{"ts":{},"n":{published},"pad":"{pad}"}}}}"#,
             args.channel,
             now_ns()
         );
@@ -193,6 +206,16 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         }
         _ => None,
     };
+    let mut completed = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for slot in completion
+        .iter()
+        .take(usize::try_from(published).unwrap_or(0))
+    {
+        let micros = slot.load(Ordering::Relaxed);
+        if micros > 0 {
+            let _ = completed.record(micros);
+        }
+    }
     let results = serde_json::json!({
         "scenario": "fanout",
         "target": if args.baseline { "baseline" } else { "switchboard" },
@@ -207,6 +230,11 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         "connect_per_second": (args.subscribers as f64 / connect_secs).round(),
         "server_cpu_us_per_delivery": cpu_us_per_delivery,
         "server_rss_kib_after_connect": rss_after_connect,
+        "broadcast_completion_us": {
+            "p50": completed.value_at_quantile(0.50),
+            "p99": completed.value_at_quantile(0.99),
+            "max": completed.max(),
+        },
         "latency_us": {
             "p50": histogram.value_at_quantile(0.50),
             "p95": histogram.value_at_quantile(0.95),
