@@ -27,9 +27,13 @@ pub struct FanoutArgs {
     /// Subscriber connections.
     #[arg(long, default_value_t = 1000)]
     subscribers: usize,
-    /// Publishes per second.
+    /// Publishes per second; 0 runs subscribers only (for multi-process runs where another
+    /// process publishes), holding them for `--duration`.
     #[arg(long, default_value_t = 100)]
     rate: u64,
+    /// Publish through this server instead of `--server` (e.g. another cluster node).
+    #[arg(long)]
+    publish_on: Option<SocketAddr>,
     /// Seconds of publishing.
     #[arg(long, default_value_t = 10)]
     duration: u64,
@@ -43,6 +47,10 @@ pub struct FanoutArgs {
     /// run out near 28,000 connections per source address).
     #[arg(long, default_value_t = 1)]
     source_addrs: u8,
+    /// First source address: 127.0.0.K (give each load-generator process its own, since
+    /// explicitly bound sockets cannot share ephemeral ports across processes).
+    #[arg(long, default_value_t = 1)]
+    source_first: u8,
     /// The target is the baseline broadcaster: send no subscribe, wait for no replies.
     #[arg(long)]
     baseline: bool,
@@ -54,20 +62,23 @@ pub struct FanoutArgs {
     json: Option<std::path::PathBuf>,
 }
 
+/// Shared latency histograms, picked by subscriber index.
+const HISTOGRAM_SHARDS: usize = 16;
+
 type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn connect(args: &FanoutArgs, index: usize) -> anyhow::Result<Ws> {
+async fn connect(args: &FanoutArgs, server: SocketAddr, index: usize) -> anyhow::Result<Ws> {
     let source = Ipv4Addr::new(
         127,
         0,
         0,
-        1 + (index % usize::from(args.source_addrs.max(1))) as u8,
+        args.source_first + (index % usize::from(args.source_addrs.max(1))) as u8,
     );
     let socket = TcpSocket::new_v4()?;
     socket.bind(SocketAddr::new(IpAddr::V4(source), 0))?;
-    let stream = socket.connect(args.server).await?;
+    let stream = socket.connect(server).await?;
     stream.set_nodelay(true)?;
-    let url = format!("ws://{}/ws", args.server);
+    let url = format!("ws://{server}/ws");
     let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream)).await?;
     Ok(ws)
 }
@@ -83,13 +94,17 @@ fn number(text: &str, field: &str) -> Option<u64> {
 }
 
 pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
-    let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
-        1, 60_000_000, 3,
-    )?));
+    // A few shared histograms rather than one per subscriber: each is about 240 KB, which
+    // times 19,000 subscribers would not fit next to the server.
+    let histograms: Arc<Vec<Mutex<Histogram<u64>>>> = Arc::new(
+        (0..HISTOGRAM_SHARDS)
+            .map(|_| Histogram::new_with_bounds(1, 60_000_000, 3).map(Mutex::new))
+            .collect::<Result<_, _>>()?,
+    );
     let delivered = Arc::new(AtomicU64::new(0));
     // Per published message: the latest delivery's latency, i.e. when its broadcast
     // completed. Indexed by the message number carried in the payload.
-    let capacity = usize::try_from(args.rate * args.duration * 2 + 16).unwrap_or(usize::MAX);
+    let capacity = usize::try_from((args.rate * args.duration * 2).max(4096)).unwrap_or(usize::MAX);
     let completion: Arc<Vec<AtomicU64>> =
         Arc::new((0..capacity).map(|_| AtomicU64::new(0)).collect());
     // Subscribers wait as long as publishing lasts, then stop 3 s after their last frame.
@@ -97,7 +112,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     let connect_started = tokio::time::Instant::now();
     let mut subscribers = Vec::with_capacity(args.subscribers);
     for index in 0..args.subscribers {
-        let mut ws = connect(&args, index).await?;
+        let mut ws = connect(&args, args.server, index).await?;
         if !args.baseline {
             ws.next().await; // welcome
             let subscribe = format!(
@@ -107,13 +122,12 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
             ws.send(Message::Text(subscribe.into())).await?;
             ws.next().await; // subscribed
         }
-        let histogram = Arc::clone(&histogram);
+        let histograms = Arc::clone(&histograms);
         let delivered = Arc::clone(&delivered);
         let completion = Arc::clone(&completion);
         let mut done_rx = done_rx.clone();
         subscribers.push(tokio::spawn(async move {
-            let mut local =
-                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+            let histogram = &histograms[index % HISTOGRAM_SHARDS];
             let mut count = 0_u64;
             loop {
                 let next = if *done_rx.borrow() {
@@ -131,7 +145,10 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
                 if let Message::Text(text) = message {
                     if let Some(sent) = number(&text, "\"ts\":") {
                         let micros = (now_ns().saturating_sub(sent) / 1000).max(1);
-                        let _ = local.record(micros);
+                        let _ = histogram
+                            .lock()
+                            .expect("no panics while held")
+                            .record(micros);
                         count += 1;
                         let slot = number(&text, "\"n\":")
                             .and_then(|n| usize::try_from(n).ok())
@@ -143,11 +160,6 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
                 }
             }
             delivered.fetch_add(count, Ordering::Relaxed);
-            histogram
-                .lock()
-                .expect("no panics while held")
-                .add(&local)
-                .ok();
         }));
         if index % 1000 == 999 {
             eprintln!("connected {}", index + 1);
@@ -156,7 +168,12 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     let connect_secs = connect_started.elapsed().as_secs_f64();
     let rss_after_connect = args.server_pid.and_then(proc_stat::rss_kib);
 
-    let (mut sink, mut stream) = connect(&args, 0).await?.split();
+    if args.rate == 0 {
+        // Subscribers only: hold them while another process publishes.
+        tokio::time::sleep(Duration::from_secs(args.duration)).await;
+    }
+    let publish_on = args.publish_on.unwrap_or(args.server);
+    let (mut sink, mut stream) = connect(&args, publish_on, 0).await?.split();
     // Drain whatever the server sends the publisher (acks, or the broadcast itself).
     let drain = tokio::spawn(async move {
         while let Ok(Some(Ok(_))) =
@@ -171,7 +188,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     let started = tokio::time::Instant::now();
     let mut published = 0_u64;
     let mut last_progress = started;
-    while started.elapsed() < Duration::from_secs(args.duration) {
+    while args.rate > 0 && started.elapsed() < Duration::from_secs(args.duration) {
         ticker.tick().await;
         let frame = format!(
             r#"{{"type":"publish","id":{published},"channel":"{}","data":{{"ts":{},"n":{published},"pad":"{pad}"}}}}"#,
@@ -197,7 +214,10 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     drain.abort();
     // Subscribers stop 3 s after the last frame; that idle tail is not server work.
     let cpu_after = args.server_pid.and_then(proc_stat::cpu_seconds);
-    let histogram = histogram.lock().expect("no panics while held");
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for shard in histograms.iter() {
+        histogram.add(&*shard.lock().expect("no panics while held"))?;
+    }
     let delivered = delivered.load(Ordering::Relaxed);
     let expected = published * args.subscribers as u64;
     let cpu_us_per_delivery = match (cpu_before, cpu_after) {
@@ -209,7 +229,12 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     let mut completed = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     for slot in completion
         .iter()
-        .take(usize::try_from(published).unwrap_or(0))
+        // A subscribers-only process does not know how many were published: all slots.
+        .take(if published > 0 {
+            usize::try_from(published).unwrap_or(usize::MAX)
+        } else {
+            usize::MAX
+        })
     {
         let micros = slot.load(Ordering::Relaxed);
         if micros > 0 {
