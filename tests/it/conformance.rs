@@ -5,13 +5,7 @@ use std::process::{Command, Stdio};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::harness::free_port;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn autobahn_cases_1_to_7_and_9_pass_against_the_echo_endpoint() {

@@ -293,6 +293,15 @@ impl TestClient {
     }
 }
 
+/// A loopback port that was free a moment ago, for processes the tests start.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// The `seq` part of an offset string.
 pub fn seq(offset: &Value) -> u64 {
     let text = offset.as_str().expect("offset is a string");

@@ -1,22 +1,13 @@
 //! Tests of the real binary: CLI, configuration errors, signals.
 
 use std::{
-    net::TcpListener,
     process::{Command, Stdio},
     time::Duration,
 };
 
-use crate::harness::TestClient;
+use crate::harness::{TestClient, free_port};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 #[test]
 fn version_and_check_config() {

@@ -1,11 +1,12 @@
 //! A real `redis-server` on a free loopback port, started and killed by the test.
 
 use std::{
-    net::TcpListener,
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
+
+use crate::harness::free_port;
 
 /// A `redis-server` process owned by one test; killed (and its files removed) on drop.
 pub struct RedisServer {
@@ -14,14 +15,6 @@ pub struct RedisServer {
     appendonly: bool,
     extra_args: Vec<String>,
     child: Option<Child>,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn binary(name: &str) -> &str {
@@ -42,6 +35,10 @@ impl RedisServer {
     /// Starts an empty Redis; with `appendonly`, every write is fsynced to an AOF so a restart
     /// keeps acknowledged data.
     pub fn start(appendonly: bool) -> RedisServer {
+        Self::start_with(appendonly, Vec::new())
+    }
+
+    fn start_with(appendonly: bool, extra_args: Vec<String>) -> RedisServer {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("sb-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -49,7 +46,7 @@ impl RedisServer {
             port,
             dir,
             appendonly,
-            extra_args: Vec::new(),
+            extra_args,
             child: None,
         };
         server.spawn();
@@ -210,23 +207,12 @@ impl RedisCluster {
 
 impl RedisServer {
     fn start_clustered() -> RedisServer {
-        let port = free_port();
-        let dir = std::env::temp_dir().join(format!("sb-redis-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut server = RedisServer {
-            port,
-            dir,
-            appendonly: false,
-            extra_args: Vec::new(),
-            child: None,
-        };
-        server.extra_args = vec![
-            "--cluster-enabled".into(),
-            "yes".into(),
-            "--cluster-config-file".into(),
-            "nodes.conf".into(),
+        let args = [
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
         ];
-        server.spawn();
-        server
+        Self::start_with(false, args.map(str::to_owned).to_vec())
     }
 }
