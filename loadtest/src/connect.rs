@@ -154,9 +154,5 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<()> {
         "server_rss_kib_per_connection": per_connection_kib,
         "new_connection_after_mass_disconnect_ms": after_disconnect,
     });
-    println!("{}", serde_json::to_string_pretty(&results)?);
-    if let Some(path) = &args.json {
-        std::fs::write(path, results.to_string())?;
-    }
-    Ok(())
+    crate::report(&results, args.json.as_deref())
 }

@@ -260,17 +260,8 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
             "p99": completed.value_at_quantile(0.99),
             "max": completed.max(),
         },
-        "latency_us": {
-            "p50": histogram.value_at_quantile(0.50),
-            "p95": histogram.value_at_quantile(0.95),
-            "p99": histogram.value_at_quantile(0.99),
-            "p999": histogram.value_at_quantile(0.999),
-            "max": histogram.max(),
-        },
+        "latency_us": crate::latency_json(&histogram),
     });
-    println!("{}", serde_json::to_string_pretty(&results)?);
-    if let Some(path) = &args.json {
-        std::fs::write(path, results.to_string())?;
-    }
+    crate::report(&results, args.json.as_deref())?;
     Ok(())
 }

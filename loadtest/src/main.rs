@@ -75,6 +75,29 @@ struct ClusterArgs {
     json: Option<std::path::PathBuf>,
 }
 
+/// Percentiles of a latency histogram, in microseconds, as every scenario reports them.
+pub(crate) fn latency_json(histogram: &Histogram<u64>) -> serde_json::Value {
+    serde_json::json!({
+        "p50": histogram.value_at_quantile(0.50),
+        "p95": histogram.value_at_quantile(0.95),
+        "p99": histogram.value_at_quantile(0.99),
+        "p999": histogram.value_at_quantile(0.999),
+        "max": histogram.max(),
+    })
+}
+
+/// Prints the results and, when asked, writes them to a file.
+pub(crate) fn report(
+    results: &serde_json::Value,
+    json: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(results)?);
+    if let Some(path) = json {
+        std::fs::write(path, results.to_string())?;
+    }
+    Ok(())
+}
+
 pub(crate) fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -212,17 +235,8 @@ async fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
         "expected_deliveries": expected,
         "delivered": received,
         "delivered_ratio": if expected == 0 { 0.0 } else { received as f64 / expected as f64 },
-        "latency_us": {
-            "p50": histogram.value_at_quantile(0.50),
-            "p95": histogram.value_at_quantile(0.95),
-            "p99": histogram.value_at_quantile(0.99),
-            "p999": histogram.value_at_quantile(0.999),
-            "max": histogram.max(),
-        },
+        "latency_us": latency_json(&histogram),
     });
-    println!("{}", serde_json::to_string_pretty(&results)?);
-    if let Some(path) = args.json {
-        std::fs::write(path, results.to_string())?;
-    }
+    report(&results, args.json.as_deref())?;
     Ok(())
 }

@@ -290,6 +290,29 @@ fn remote_hub() -> HubHandle {
 
 const EPOCH: u64 = 0xabc;
 
+/// Registers a connection that subscribed without `since` through a bus read at `seq`.
+fn joined_at(
+    hub: &Hub,
+    channel: &ChannelName,
+    seq: u64,
+) -> (Arc<Outbound>, flume::Receiver<Frame>) {
+    let (conn, rx) = hub.register();
+    let view = RemoteView {
+        epoch: EPOCH,
+        seq,
+        entries: Vec::new(),
+        complete: true,
+    };
+    assert_eq!(
+        hub.subscribe(&conn, channel, None, None, reply),
+        Err(SubscribeError::NeedRemote)
+    );
+    hub.subscribe(&conn, channel, None, Some(&view), reply)
+        .unwrap();
+    drain(&rx);
+    (conn, rx)
+}
+
 fn at(seq: u64) -> Offset {
     Offset { epoch: EPOCH, seq }
 }
@@ -334,16 +357,7 @@ fn deliveries_skip_channels_without_local_interest_and_duplicates() {
 fn remote_resume_merges_the_bus_read_with_deliveries_made_meanwhile() {
     let hub = remote_hub();
     let news = name("news");
-    let (watcher, watcher_rx) = hub.register();
-    let view = RemoteView {
-        epoch: EPOCH,
-        seq: 7,
-        entries: Vec::new(),
-        complete: true,
-    };
-    assert!(hub.subscribe(&watcher, &news, None, None, reply).is_err());
-    hub.subscribe(&watcher, &news, None, Some(&view), reply)
-        .unwrap();
+    let (_watcher, watcher_rx) = joined_at(&hub, &news, 7);
     hub.deliver(&news, at(8), "8");
 
     let (conn, rx) = hub.register();
@@ -374,16 +388,7 @@ fn remote_resume_merges_the_bus_read_with_deliveries_made_meanwhile() {
 fn a_bus_read_ahead_of_local_delivery_is_not_delivered_twice() {
     let hub = remote_hub();
     let news = name("news");
-    let (watcher, _watcher_rx) = hub.register();
-    let view = RemoteView {
-        epoch: EPOCH,
-        seq: 3,
-        entries: Vec::new(),
-        complete: true,
-    };
-    assert!(hub.subscribe(&watcher, &news, None, None, reply).is_err());
-    hub.subscribe(&watcher, &news, None, Some(&view), reply)
-        .unwrap();
+    let (_watcher, _watcher_rx) = joined_at(&hub, &news, 3);
 
     let (conn, rx) = hub.register();
     assert!(
@@ -436,17 +441,7 @@ fn an_incomplete_bus_read_is_not_recovered() {
 fn a_new_epoch_on_the_bus_restarts_the_channel() {
     let hub = remote_hub();
     let news = name("news");
-    let (conn, rx) = hub.register();
-    let view = RemoteView {
-        epoch: EPOCH,
-        seq: 40,
-        entries: Vec::new(),
-        complete: true,
-    };
-    assert!(hub.subscribe(&conn, &news, None, None, reply).is_err());
-    hub.subscribe(&conn, &news, None, Some(&view), reply)
-        .unwrap();
-    drain(&rx);
+    let (_conn, _rx) = joined_at(&hub, &news, 40);
     let fresh = Offset {
         epoch: EPOCH + 1,
         seq: 1,
