@@ -204,6 +204,8 @@ struct Health {
     reader_position_ms: Vec<AtomicU64>,
     /// Whether each reader has found its starting point; the node is not ready before.
     reader_started: Vec<AtomicBool>,
+    /// Milliseconds since `started` of the watchdog's last restart of each reader.
+    reader_restarted_ms: Vec<AtomicU64>,
     /// The last entry id each partition's reader processed. Kept outside the reader task so
     /// that a reader restarted by the watchdog goes on from there instead of skipping ahead.
     reader_cursor: Vec<Mutex<Option<String>>>,
@@ -280,6 +282,7 @@ impl RedisBus {
                 reader_ok_ms: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
                 reader_position_ms: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
                 reader_started: (0..partitions).map(|_| AtomicBool::new(false)).collect(),
+                reader_restarted_ms: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
                 reader_cursor: (0..partitions).map(|_| Mutex::new(None)).collect(),
                 ..Health::default()
             },
@@ -815,15 +818,23 @@ async fn watch_readers(inner: Arc<Inner>, tasks: Shutdown, stop: CancellationTok
         if !inner.health.redis_up.load(Ordering::Acquire) {
             continue;
         }
+        let now = since_start_ms(&inner);
+        let grace = u64::try_from(READER_STALL.as_millis()).unwrap_or(u64::MAX);
         for partition in stalled_readers(&inner) {
+            // Readiness stays failed until the reader completes a read again; restarts are
+            // spaced by the stall period so a reader that cannot get through is not
+            // restarted every second.
+            let restarted = &inner.health.reader_restarted_ms[partition];
+            if now.saturating_sub(restarted.load(Ordering::Relaxed)) < grace {
+                continue;
+            }
+            restarted.store(now, Ordering::Relaxed);
             tracing::warn!(
                 partition,
                 "Bus reader stalled while Redis answers; restarting it"
             );
             metrics::counter!(telemetry::BUS_READER_RESTARTS).increment(1);
             readers[partition].abort();
-            // Give the new reader a fresh grace period.
-            inner.health.reader_ok_ms[partition].store(since_start_ms(&inner), Ordering::Relaxed);
             let partition_u32 = u32::try_from(partition).expect("partitions fit in u32");
             readers[partition] = tasks.spawn(read_partition(
                 Arc::clone(&inner),
