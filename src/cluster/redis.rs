@@ -1031,19 +1031,14 @@ fn deliver_batch(inner: &Inner, value: Value) -> Option<String> {
             };
             n_entries += 1;
             if let Some(message) = BusEntry::parse(&fields) {
-                match ChannelName::parse(&message.channel, usize::MAX) {
-                    Ok(channel) => {
-                        let offset = Offset {
-                            epoch: message.epoch,
-                            seq: message.seq,
-                        };
-                        if inner.hub.deliver(&channel, offset, &message.data) > 0 {
-                            #[allow(clippy::cast_precision_loss, reason = "a lag in ms")]
-                            let lag = now_ms.saturating_sub(message.time_ms) as f64 / 1000.0;
-                            metrics::histogram!(telemetry::BUS_LAG).record(lag);
-                        }
-                    }
-                    Err(err) => tracing::warn!(%id, error = %err, "Bad channel on the bus"),
+                let offset = Offset {
+                    epoch: message.epoch,
+                    seq: message.seq,
+                };
+                if inner.hub.deliver(&message.channel, offset, &message.data) > 0 {
+                    #[allow(clippy::cast_precision_loss, reason = "a lag in ms")]
+                    let lag = now_ms.saturating_sub(message.time_ms) as f64 / 1000.0;
+                    metrics::histogram!(telemetry::BUS_LAG).record(lag);
                 }
             } else {
                 tracing::warn!(%id, "Malformed bus entry skipped");

@@ -273,9 +273,10 @@ impl Hub {
         n
     }
 
-    fn shard(&self, channel: &ChannelName) -> &Shard {
+    /// The shard of a channel; `name` is a `ChannelName` or its text (both hash alike).
+    fn shard<Q: Hash + ?Sized>(&self, name: &Q) -> &Shard {
         let mut hasher = DefaultHasher::new();
-        channel.hash(&mut hasher);
+        name.hash(&mut hasher);
         // Truncating the hash is fine: only its low bits pick the shard.
         #[allow(
             clippy::cast_possible_truncation,
@@ -542,45 +543,67 @@ impl Hub {
     /// order, once. Channels without local interest are skipped (each node follows every
     /// partition and filters here). Duplicates (re-reads after a reconnect) are dropped.
     /// Returns how many subscribers it reached.
-    pub fn deliver(&self, channel: &ChannelName, offset: Offset, data: &str) -> usize {
+    ///
+    /// `channel` is the name as read from the bus: looked up without allocating, since most
+    /// entries a node reads are for channels it has no subscribers for.
+    pub fn deliver(&self, channel: &str, offset: Offset, data: &str) -> usize {
         let shard = self.shard(channel);
-        let delivered = self.with_existing_channel(channel, |state| {
-            if !state.synced {
-                state.epoch = offset.epoch;
-                state.synced = true;
-            } else if state.epoch != offset.epoch {
-                tracing::warn!(%channel, "Channel epoch changed on the bus; history restarts");
-                self.forget_epoch(state, offset.epoch);
-            } else if offset.seq <= state.seq {
-                return 0;
-            } else if offset.seq > state.seq + 1 && state.seq > 0 {
-                telemetry::metrics().bus_gaps.increment(1);
-                tracing::warn!(%channel, from = state.seq, to = offset.seq, "Gap in the bus");
-            }
-            state.seq = offset.seq;
-            let text = protocol::encode_message(channel, offset, data);
-            let data_start = u32::try_from(text.len() - data.len() - 1)
-                .expect("payload size is bounded far below 4 GiB");
-            let frame = Frame::from(text);
-            let (delivered, dropped) = state.fan_out(&frame, offset.seq);
-            if dropped > 0 {
-                shard.subscriptions.fetch_sub(dropped, Ordering::Relaxed);
-            }
-            let now = Instant::now();
-            let entry = Entry {
-                seq: offset.seq,
-                published_at: now,
-                frame,
-                data_start,
-            };
-            state.remember_pending(&entry);
-            state.remember(entry, &self.history, now);
-            delivered
-        });
+        let Some((channel, slot)) = read(&shard.channels)
+            .get_key_value(channel)
+            .map(|(name, slot)| (name.clone(), Arc::clone(slot)))
+        else {
+            return 0;
+        };
+        let channel = &channel;
+        let delivered = {
+            let mut state = lock(&slot);
+            (!state.removed).then(|| self.deliver_locked(&mut state, shard, channel, offset, data))
+        };
         let delivered = delivered.unwrap_or(0);
         telemetry::metrics()
             .messages_delivered
             .increment(delivered as u64);
+        delivered
+    }
+
+    fn deliver_locked(
+        &self,
+        state: &mut Channel,
+        shard: &Shard,
+        channel: &ChannelName,
+        offset: Offset,
+        data: &str,
+    ) -> usize {
+        if !state.synced {
+            state.epoch = offset.epoch;
+            state.synced = true;
+        } else if state.epoch != offset.epoch {
+            tracing::warn!(%channel, "Channel epoch changed on the bus; history restarts");
+            self.forget_epoch(state, offset.epoch);
+        } else if offset.seq <= state.seq {
+            return 0;
+        } else if offset.seq > state.seq + 1 && state.seq > 0 {
+            telemetry::metrics().bus_gaps.increment(1);
+            tracing::warn!(%channel, from = state.seq, to = offset.seq, "Gap in the bus");
+        }
+        state.seq = offset.seq;
+        let text = protocol::encode_message(channel, offset, data);
+        let data_start = u32::try_from(text.len() - data.len() - 1)
+            .expect("payload size is bounded far below 4 GiB");
+        let frame = Frame::from(text);
+        let (delivered, dropped) = state.fan_out(&frame, offset.seq);
+        if dropped > 0 {
+            shard.subscriptions.fetch_sub(dropped, Ordering::Relaxed);
+        }
+        let now = Instant::now();
+        let entry = Entry {
+            seq: offset.seq,
+            published_at: now,
+            frame,
+            data_start,
+        };
+        state.remember_pending(&entry);
+        state.remember(entry, &self.history, now);
         delivered
     }
 

@@ -322,7 +322,7 @@ fn deliveries_skip_channels_without_local_interest_and_duplicates() {
     let hub = remote_hub();
     let news = name("news");
     assert_eq!(
-        hub.deliver(&news, at(1), "1"),
+        hub.deliver(news.as_str(), at(1), "1"),
         0,
         "no local channel: filtered"
     );
@@ -340,13 +340,13 @@ fn deliveries_skip_channels_without_local_interest_and_duplicates() {
     hub.subscribe(&conn, &news, None, Some(&view), reply)
         .unwrap();
     assert_eq!(
-        hub.deliver(&news, at(1), "1"),
+        hub.deliver(news.as_str(), at(1), "1"),
         0,
         "already assigned before the subscribe"
     );
-    assert_eq!(hub.deliver(&news, at(2), "2"), 1);
+    assert_eq!(hub.deliver(news.as_str(), at(2), "2"), 1);
     assert_eq!(
-        hub.deliver(&news, at(2), "2"),
+        hub.deliver(news.as_str(), at(2), "2"),
         0,
         "a re-read after reconnect"
     );
@@ -358,7 +358,7 @@ fn remote_resume_merges_the_bus_read_with_deliveries_made_meanwhile() {
     let hub = remote_hub();
     let news = name("news");
     let (_watcher, watcher_rx) = joined_at(&hub, &news, 7);
-    hub.deliver(&news, at(8), "8");
+    hub.deliver(news.as_str(), at(8), "8");
 
     let (conn, rx) = hub.register();
     // Resuming from 5 is beyond local history (which starts at 8): read the bus.
@@ -367,7 +367,7 @@ fn remote_resume_merges_the_bus_read_with_deliveries_made_meanwhile() {
         Err(SubscribeError::NeedRemote)
     );
     // Meanwhile message 9 arrives; the bus read saw up to 8 only.
-    hub.deliver(&news, at(9), "9");
+    hub.deliver(news.as_str(), at(9), "9");
     let view = RemoteView {
         epoch: EPOCH,
         seq: 8,
@@ -379,7 +379,7 @@ fn remote_resume_merges_the_bus_read_with_deliveries_made_meanwhile() {
         .unwrap();
     assert_eq!(outcome.recovered, Some(true));
     assert_eq!(outcome.offset, at(9));
-    hub.deliver(&news, at(10), "10");
+    hub.deliver(news.as_str(), at(10), "10");
     assert_eq!(seqs(&drain(&rx)), vec![6, 7, 8, 9, 10]);
     assert_eq!(seqs(&drain(&watcher_rx)), vec![8, 9, 10]);
 }
@@ -410,7 +410,7 @@ fn a_bus_read_ahead_of_local_delivery_is_not_delivered_twice() {
     hub.subscribe(&conn, &news, Some(at(1)), Some(&view), reply)
         .unwrap();
     for seq in 4..=6 {
-        hub.deliver(&news, at(seq), &seq.to_string());
+        hub.deliver(news.as_str(), at(seq), &seq.to_string());
     }
     assert_eq!(seqs(&drain(&rx)), vec![2, 3, 4, 5, 6]);
 }
@@ -446,7 +446,7 @@ fn a_new_epoch_on_the_bus_restarts_the_channel() {
         epoch: EPOCH + 1,
         seq: 1,
     };
-    assert_eq!(hub.deliver(&news, fresh, "1"), 1);
+    assert_eq!(hub.deliver(news.as_str(), fresh, "1"), 1);
     let history = hub.history(&news, None, 10);
     assert_eq!(history.offset, fresh);
     assert_eq!(history.messages.len(), 1);

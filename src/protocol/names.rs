@@ -59,6 +59,14 @@ const fn is_channel_byte(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'-' | b'.' | b':' | b'@' | b'/' | b'=')
 }
 
+/// Lets maps keyed by `ChannelName` be searched with a `&str` (the hash and equality of a
+/// `ChannelName` are those of its text), so a lookup needs no allocation.
+impl std::borrow::Borrow<str> for ChannelName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for ChannelName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
