@@ -261,12 +261,18 @@ where
 
 /// Maps a read error to how the session ends.
 fn end_for_error(err: &tungstenite::Error) -> End {
-    use tungstenite::{Error, error::CapacityError};
+    use tungstenite::{
+        Error,
+        error::{CapacityError, ProtocolError},
+    };
     match err {
         Error::Capacity(CapacityError::MessageTooLong { .. } | CapacityError::TooManyHeaders) => {
             End::TooBig
         }
         Error::Utf8(_) => End::BadUtf8,
+        // The peer's TCP connection ended without a close frame: it vanished, it did not
+        // break the protocol, and there is nobody left to send a close frame to.
+        Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => End::TransportLost,
         Error::Protocol(_) => End::ProtocolViolation,
         Error::ConnectionClosed
         | Error::AlreadyClosed

@@ -144,11 +144,15 @@ async fn a_dropped_connection_is_cleaned_up_and_harms_nobody() {
     bystander.subscribe("bystander").await;
     let mut dropped = server.client().await;
     dropped.subscribe("bystander").await;
+    let lost = "ws_connections_closed_total{end=\"transport_lost\"}";
+    let lost_before = server.metric(lost).await;
     drop(dropped);
     crate::assert_eventually!(
         server.hub().connections() == 1,
         "the dropped connection is gone"
     );
+    // Counted as a lost transport, not as a protocol error.
+    assert!(server.metric(lost).await > lost_before);
     bystander_still_served(&server, &mut bystander).await;
     server.drain().await;
 }
