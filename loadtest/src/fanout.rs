@@ -43,6 +43,11 @@ pub struct FanoutArgs {
     /// Channel name.
     #[arg(long, default_value = "fanout")]
     channel: String,
+    /// Spread subscribers over this many channels (`<channel>-0` .. `<channel>-K-1`,
+    /// subscriber i on channel i mod K); publishes go round robin over them. With K > 1,
+    /// use K times the rate for the same deliveries per second as one channel.
+    #[arg(long, default_value_t = 1)]
+    channels: usize,
     /// Spread subscribers over source addresses 127.0.0.1 .. 127.0.0.N (ephemeral ports
     /// run out near 28,000 connections per source address).
     #[arg(long, default_value_t = 1)]
@@ -60,6 +65,15 @@ pub struct FanoutArgs {
     /// Also write the results as JSON here.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+}
+
+/// The channel of subscriber (or message) `index`.
+fn channel_name(args: &FanoutArgs, index: usize) -> String {
+    if args.channels <= 1 {
+        args.channel.clone()
+    } else {
+        format!("{}-{}", args.channel, index % args.channels)
+    }
 }
 
 /// Shared latency histograms, picked by subscriber index.
@@ -117,7 +131,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
             ws.next().await; // welcome
             let subscribe = format!(
                 r#"{{"type":"subscribe","id":1,"channel":"{}"}}"#,
-                args.channel
+                channel_name(&args, index)
             );
             ws.send(Message::Text(subscribe.into())).await?;
             ws.next().await; // subscribed
@@ -192,7 +206,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         ticker.tick().await;
         let frame = format!(
             r#"{{"type":"publish","id":{published},"channel":"{}","data":{{"ts":{},"n":{published},"pad":"{pad}"}}}}"#,
-            args.channel,
+            channel_name(&args, usize::try_from(published).unwrap_or(0)),
             now_ns()
         );
         sink.send(Message::Text(frame.into())).await?;
@@ -219,7 +233,16 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         histogram.add(&*shard.lock().expect("no panics while held"))?;
     }
     let delivered = delivered.load(Ordering::Relaxed);
-    let expected = published * args.subscribers as u64;
+    // Subscribers per channel times messages per channel, summed over the channels.
+    let channels = args.channels.max(1) as u64;
+    let expected = (0..channels)
+        .map(|k| {
+            let messages = published / channels + u64::from(k < published % channels);
+            let subscribers = args.subscribers as u64 / channels
+                + u64::from(k < args.subscribers as u64 % channels);
+            messages * subscribers
+        })
+        .sum::<u64>();
     let cpu_us_per_delivery = match (cpu_before, cpu_after) {
         (Some(before), Some(after)) if delivered > 0 => {
             Some((after - before) * 1e6 / delivered as f64)
@@ -245,6 +268,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         "scenario": "fanout",
         "target": if args.baseline { "baseline" } else { "switchboard" },
         "subscribers": args.subscribers,
+        "channels": args.channels,
         "rate": args.rate,
         "payload": args.payload,
         "published": published,
