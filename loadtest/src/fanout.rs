@@ -59,6 +59,10 @@ pub struct FanoutArgs {
     /// The target is the baseline broadcaster: send no subscribe, wait for no replies.
     #[arg(long)]
     baseline: bool,
+    /// Every S seconds, record an interval sample (deliveries, p99 latency of the interval,
+    /// server RSS): for soak runs, to see drift over time. 0: off.
+    #[arg(long, default_value_t = 0)]
+    report_every: u64,
     /// PID of the server, for CPU time and RSS from /proc.
     #[arg(long)]
     server_pid: Option<u32>,
@@ -115,6 +119,12 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
             .map(|_| Histogram::new_with_bounds(1, 60_000_000, 3).map(Mutex::new))
             .collect::<Result<_, _>>()?,
     );
+    // The same, emptied at every interval sample.
+    let interval_histograms: Arc<Vec<Mutex<Histogram<u64>>>> = Arc::new(
+        (0..HISTOGRAM_SHARDS)
+            .map(|_| Histogram::new_with_bounds(1, 60_000_000, 3).map(Mutex::new))
+            .collect::<Result<_, _>>()?,
+    );
     let delivered = Arc::new(AtomicU64::new(0));
     // Per published message: the latest delivery's latency, i.e. when its broadcast
     // completed. Indexed by the message number carried in the payload.
@@ -137,12 +147,13 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
             ws.next().await; // subscribed
         }
         let histograms = Arc::clone(&histograms);
+        let interval_histograms = Arc::clone(&interval_histograms);
         let delivered = Arc::clone(&delivered);
         let completion = Arc::clone(&completion);
         let mut done_rx = done_rx.clone();
         subscribers.push(tokio::spawn(async move {
             let histogram = &histograms[index % HISTOGRAM_SHARDS];
-            let mut count = 0_u64;
+            let interval_histogram = &interval_histograms[index % HISTOGRAM_SHARDS];
             loop {
                 let next = if *done_rx.borrow() {
                     match tokio::time::timeout(Duration::from_secs(3), ws.next()).await {
@@ -163,7 +174,11 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
                             .lock()
                             .expect("no panics while held")
                             .record(micros);
-                        count += 1;
+                        let _ = interval_histogram
+                            .lock()
+                            .expect("no panics while held")
+                            .record(micros);
+                        delivered.fetch_add(1, Ordering::Relaxed);
                         let slot = number(&text, "\"n\":")
                             .and_then(|n| usize::try_from(n).ok())
                             .and_then(|n| completion.get(n));
@@ -173,7 +188,6 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
                     }
                 }
             }
-            delivered.fetch_add(count, Ordering::Relaxed);
         }));
         if index % 1000 == 999 {
             eprintln!("connected {}", index + 1);
@@ -202,6 +216,8 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     let started = tokio::time::Instant::now();
     let mut published = 0_u64;
     let mut last_progress = started;
+    let mut last_sample = started;
+    let mut intervals = Vec::new();
     while args.rate > 0 && started.elapsed() < Duration::from_secs(args.duration) {
         ticker.tick().await;
         let frame = format!(
@@ -211,6 +227,25 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         );
         sink.send(Message::Text(frame.into())).await?;
         published += 1;
+        if args.report_every > 0 && last_sample.elapsed() >= Duration::from_secs(args.report_every)
+        {
+            last_sample = tokio::time::Instant::now();
+            let mut window = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+            for shard in interval_histograms.iter() {
+                let mut shard = shard.lock().expect("no panics while held");
+                window.add(&*shard)?;
+                shard.reset();
+            }
+            let sample = serde_json::json!({
+                "t": started.elapsed().as_secs(),
+                "published": published,
+                "delivered": delivered.load(Ordering::Relaxed),
+                "p99_us": window.value_at_quantile(0.99),
+                "server_rss_kib": args.server_pid.and_then(proc_stat::rss_kib),
+            });
+            eprintln!("interval {sample}");
+            intervals.push(sample);
+        }
         if last_progress.elapsed() >= Duration::from_secs(1) {
             last_progress = tokio::time::Instant::now();
             eprintln!(
@@ -285,6 +320,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
             "max": completed.max(),
         },
         "latency_us": crate::latency_json(&histogram),
+        "intervals": intervals,
     });
     crate::report(&results, args.json.as_deref())?;
     Ok(())
