@@ -1,6 +1,7 @@
-//! Process lifetime: the root cancellation token, the task tracker and the readiness latch.
+//! Process lifetime: task trackers and the readiness latch.
 //!
-//! Every task is spawned through [`Shutdown::spawn`] so that shutdown can wait for all of them.
+//! Every task is spawned through a [`Shutdown`] so that shutdown can wait for all of them;
+//! what tells a group of tasks to stop is a cancellation token that `app` owns per group.
 //! Readiness is a set of reasons to be unready, each held by a [`Latch`]; dropping the latch
 //! removes its reason, so a reason cannot outlive the code that holds it. Depends on nothing
 //! else in the crate.
@@ -12,12 +13,11 @@ use std::{
 };
 
 use tokio::task::JoinHandle;
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::task::TaskTracker;
 
-/// The root token and tracker. Cheap to clone.
+/// Tracks a group of tasks so that shutdown can wait for them. Cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub struct Shutdown {
-    token: CancellationToken,
     tracker: TaskTracker,
 }
 
@@ -27,12 +27,6 @@ impl Shutdown {
         Self::default()
     }
 
-    /// Cancelled when the process begins shutting down.
-    #[must_use]
-    pub fn token(&self) -> &CancellationToken {
-        &self.token
-    }
-
     /// Spawns a tracked task.
     pub fn spawn<F>(&self, task: F) -> JoinHandle<F::Output>
     where
@@ -40,11 +34,6 @@ impl Shutdown {
         F::Output: Send + 'static,
     {
         self.tracker.spawn(task)
-    }
-
-    /// Starts shutdown: every task watching the token begins to wind down.
-    pub fn trigger(&self) {
-        self.token.cancel();
     }
 
     /// Waits until every tracked task has finished.
@@ -99,11 +88,6 @@ impl Readiness {
         reasons
     }
 
-    #[must_use]
-    pub fn is_ready(&self) -> bool {
-        self.lock().is_empty()
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, &'static str>> {
         // The map stays consistent even if a holder panicked mid-insert.
         self.reasons.lock().unwrap_or_else(PoisonError::into_inner)
@@ -126,13 +110,13 @@ mod tests {
     #[test]
     fn readiness_follows_latches() {
         let readiness = Readiness::new();
-        assert!(readiness.is_ready());
+        assert!(readiness.reasons().is_empty());
         let starting = readiness.hold("starting");
         let draining = readiness.hold("draining");
         assert_eq!(readiness.reasons(), vec!["starting", "draining"]);
         drop(starting);
         assert_eq!(readiness.reasons(), vec!["draining"]);
         drop(draining);
-        assert!(readiness.is_ready());
+        assert!(readiness.reasons().is_empty());
     }
 }

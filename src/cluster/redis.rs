@@ -472,7 +472,6 @@ impl Inner {
             ChannelRead::parse(value).ok_or(BusError::Unavailable("redis returned a bad reply"))?;
         let ttl_ms = u64::try_from(self.settings.history_ttl.as_millis()).unwrap_or(u64::MAX);
         let oldest_ms = read.now_ms.saturating_sub(ttl_ms);
-        read.expired = read.entries.iter().any(|entry| entry.time_ms < oldest_ms);
         read.entries.retain(|entry| entry.time_ms >= oldest_ms);
         if since.is_none() {
             read.entries.reverse();
@@ -488,7 +487,6 @@ struct ChannelRead {
     seq: u64,
     now_ms: u64,
     entries: Vec<ReadEntry>,
-    expired: bool,
 }
 
 #[derive(Debug)]
@@ -545,7 +543,6 @@ impl ChannelRead {
             seq,
             now_ms,
             entries,
-            expired: false,
         })
     }
 
