@@ -22,7 +22,7 @@ use std::{
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use switchboard::{
-    hub::{Frame, Hub, HubSettings, Subscribed},
+    hub::{Frame, Hub, HubSettings, Outgoing, Subscribed},
     protocol::ChannelName,
 };
 
@@ -65,9 +65,11 @@ fn hub_fanout(c: &mut Criterion) {
         // What a session's writer does with each frame it takes.
         let drain = || {
             for (outbound, rx) in &receivers {
-                while let Ok(frame) = rx.try_recv() {
-                    outbound.dequeued(frame.len());
-                    black_box(frame);
+                while let Ok(item) = rx.try_recv() {
+                    if let Outgoing::Text(frame) = item {
+                        outbound.dequeued(frame.len());
+                        black_box(frame);
+                    }
                 }
             }
         };

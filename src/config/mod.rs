@@ -115,7 +115,8 @@ pub struct LimitsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SessionConfig {
-    /// Interval between server WebSocket pings. Default 25s.
+    /// A client quiet for this long gets a WebSocket ping, and another every heartbeat while
+    /// it stays quiet. Default 25s.
     #[serde(with = "humantime_serde")]
     pub heartbeat: Duration,
     /// A connection that sends nothing (not even a pong) for this long is closed. Default 60s.

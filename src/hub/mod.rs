@@ -32,7 +32,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use self::channel::{Channel, Entry, HistoryPolicy, Subscriber};
-pub use self::outbound::{ConnId, EnqueueError, Outbound};
+pub use self::outbound::{ConnId, EnqueueError, Keepalive, Outbound, Outgoing};
 use crate::{
     protocol::{self, ChannelName, Offset},
     telemetry,
@@ -78,6 +78,13 @@ pub struct Shard {
     // Held only for a map lookup, insert or remove; never while fanning out.
     channels: RwLock<HashMap<ChannelName, Arc<Mutex<Channel>>>>,
     subscriptions: AtomicUsize,
+}
+
+/// What one [`Hub::keepalive`] pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeepaliveSweep {
+    pub pinged: usize,
+    pub idle_closed: usize,
 }
 
 /// Per-shard figures for `/v1/stats`.
@@ -229,12 +236,13 @@ impl Hub {
     }
 
     /// Registers a connection and returns its outbound handle and the queue's receiving end.
-    pub fn register(&self) -> (Arc<Outbound>, flume::Receiver<Frame>) {
+    pub fn register(&self) -> (Arc<Outbound>, flume::Receiver<Outgoing>) {
         let conn_id = self.next_conn_id.fetch_add(1, Ordering::Relaxed);
         let (outbound, rx) = Outbound::new(
             conn_id,
             self.settings.queue_messages,
             self.settings.queue_bytes,
+            self.clock_ms(),
         );
         self.conns.insert(conn_id, Arc::clone(&outbound));
         (outbound, rx)
@@ -261,6 +269,31 @@ impl Hub {
             }
             None => false,
         }
+    }
+
+    /// Milliseconds since the hub started: the clock of [`Outbound::seen`] and
+    /// [`Hub::keepalive`]. Follows `tokio::time`, so tests can pause it.
+    #[must_use]
+    pub fn clock_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// One keepalive pass over every connection (see [`Outbound::keepalive`]). One periodic
+    /// task does this for the whole node instead of two timers in every connection: a timer
+    /// costs each connection memory and each inbound frame a reset.
+    pub fn keepalive(&self, heartbeat: Duration, idle_timeout: Duration) -> KeepaliveSweep {
+        let now_ms = self.clock_ms();
+        let heartbeat_ms = u64::try_from(heartbeat.as_millis()).unwrap_or(u64::MAX);
+        let idle_ms = u64::try_from(idle_timeout.as_millis()).unwrap_or(u64::MAX);
+        let mut sweep = KeepaliveSweep::default();
+        for entry in &self.conns {
+            match entry.value().keepalive(now_ms, heartbeat_ms, idle_ms) {
+                Keepalive::Alive => {}
+                Keepalive::Pinged => sweep.pinged += 1,
+                Keepalive::IdleClosed => sweep.idle_closed += 1,
+            }
+        }
+        sweep
     }
 
     /// Asks every connection to close with `code` (shutdown).

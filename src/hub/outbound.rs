@@ -2,7 +2,7 @@
 
 use std::sync::{
     Arc,
-    atomic::{AtomicU8, AtomicUsize, Ordering},
+    atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering},
 };
 
 use tokio::sync::Notify;
@@ -18,13 +18,33 @@ const ABORTED: u8 = u8::MAX - 1;
 /// Identifies a connection on this node; never reused within a process.
 pub type ConnId = u64;
 
+/// What a session's writer takes off its queue.
+#[derive(Debug, Clone)]
+pub enum Outgoing {
+    /// A text frame, shared by every subscriber it goes to.
+    Text(Frame),
+    /// A WebSocket ping from the keepalive sweep.
+    Ping,
+}
+
+/// What [`Outbound::keepalive`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keepalive {
+    /// The client was heard from recently enough.
+    Alive,
+    /// The client was quiet for a heartbeat; a ping was enqueued.
+    Pinged,
+    /// The client was silent for the idle timeout; the connection is closing with 4002.
+    IdleClosed,
+}
+
 /// The hub's handle on one connection: where to enqueue frames, and how to ask it to close.
 ///
 /// Shared (`Arc`) between the hub's subscriber lists, the connection registry and the session.
 #[derive(Debug)]
 pub struct Outbound {
     conn_id: ConnId,
-    tx: flume::Sender<Frame>,
+    tx: flume::Sender<Outgoing>,
     /// Bytes enqueued and not yet taken by the writer.
     queued_bytes: AtomicUsize,
     max_bytes: usize,
@@ -33,6 +53,10 @@ pub struct Outbound {
     /// Wakes the session's reader and writer when a close is requested. Inline rather than
     /// a cancellation token: one allocation less per connection.
     close_notify: Notify,
+    /// When the client was last heard from, in hub clock milliseconds.
+    last_seen_ms: AtomicU64,
+    /// When the keepalive sweep last enqueued a ping, in hub clock milliseconds.
+    last_ping_ms: AtomicU64,
 }
 
 /// Why a frame was not enqueued.
@@ -49,7 +73,8 @@ impl Outbound {
         conn_id: ConnId,
         max_messages: usize,
         max_bytes: usize,
-    ) -> (Arc<Self>, flume::Receiver<Frame>) {
+        now_ms: u64,
+    ) -> (Arc<Self>, flume::Receiver<Outgoing>) {
         let (tx, rx) = flume::bounded(max_messages);
         let outbound = Arc::new(Self {
             conn_id,
@@ -58,6 +83,8 @@ impl Outbound {
             max_bytes,
             close_code: AtomicU8::new(OPEN),
             close_notify: Notify::new(),
+            last_seen_ms: AtomicU64::new(now_ms),
+            last_ping_ms: AtomicU64::new(now_ms),
         });
         (outbound, rx)
     }
@@ -83,7 +110,7 @@ impl Outbound {
             self.close_slow_consumer();
             return Err(EnqueueError::SlowConsumer);
         }
-        match self.tx.try_send(frame.clone()) {
+        match self.tx.try_send(Outgoing::Text(frame.clone())) {
             Ok(()) => Ok(()),
             Err(flume::TrySendError::Full(_)) => {
                 self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
@@ -95,6 +122,34 @@ impl Outbound {
                 Err(EnqueueError::Closing)
             }
         }
+    }
+
+    /// The client was heard from (any frame, a pong included) at `now_ms` on the hub clock.
+    pub fn seen(&self, now_ms: u64) {
+        self.last_seen_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// One keepalive check at `now_ms`: closes a connection silent for `idle_ms` with 4002,
+    /// and pings one that was quiet for `heartbeat_ms` since it was last heard from or pinged.
+    /// A client that keeps talking is never pinged; its frames already prove it alive.
+    pub fn keepalive(&self, now_ms: u64, heartbeat_ms: u64, idle_ms: u64) -> Keepalive {
+        if self.is_closing() {
+            return Keepalive::Alive;
+        }
+        let last_seen = self.last_seen_ms.load(Ordering::Relaxed);
+        if now_ms.saturating_sub(last_seen) >= idle_ms {
+            self.close(CloseCode::IdleTimeout);
+            return Keepalive::IdleClosed;
+        }
+        let last_ping = self.last_ping_ms.load(Ordering::Relaxed);
+        if now_ms.saturating_sub(last_seen.max(last_ping)) < heartbeat_ms {
+            return Keepalive::Alive;
+        }
+        self.last_ping_ms.store(now_ms, Ordering::Relaxed);
+        // A full queue means a slow consumer, which the data path already closes; a ping
+        // that does not fit is simply skipped.
+        let _ = self.tx.try_send(Outgoing::Ping);
+        Keepalive::Pinged
     }
 
     fn close_slow_consumer(&self) {

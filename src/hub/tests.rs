@@ -27,8 +27,15 @@ fn reply(outcome: &Subscribed) -> Frame {
     ))
 }
 
-fn drain(rx: &flume::Receiver<Frame>) -> Vec<String> {
-    rx.try_iter().map(|frame| frame.to_string()).collect()
+fn drain(rx: &flume::Receiver<Outgoing>) -> Vec<String> {
+    rx.try_iter().map(|item| text(item).to_string()).collect()
+}
+
+fn text(item: Outgoing) -> Frame {
+    match item {
+        Outgoing::Text(frame) => frame,
+        Outgoing::Ping => panic!("expected a text frame, got a ping"),
+    }
 }
 
 fn seqs(frames: &[String]) -> Vec<u64> {
@@ -58,8 +65,8 @@ fn publish_reaches_every_subscriber_with_one_shared_frame() {
     drain(&b_rx);
     let offset = hub.publish(&news, r#"{"n":1}"#);
     assert_eq!(offset.seq, 1);
-    let frame_a = a_rx.try_recv().unwrap();
-    let frame_b = b_rx.try_recv().unwrap();
+    let frame_a = text(a_rx.try_recv().unwrap());
+    let frame_b = text(b_rx.try_recv().unwrap());
     // The same allocation, not a copy per subscriber.
     assert_eq!(frame_a.as_ptr(), frame_b.as_ptr());
     assert!(frame_a.contains(r#""data":{"n":1}"#));
@@ -295,7 +302,7 @@ fn joined_at(
     hub: &Hub,
     channel: &ChannelName,
     seq: u64,
-) -> (Arc<Outbound>, flume::Receiver<Frame>) {
+) -> (Arc<Outbound>, flume::Receiver<Outgoing>) {
     let (conn, rx) = hub.register();
     let view = RemoteView {
         epoch: EPOCH,
@@ -461,4 +468,41 @@ fn a_failed_bus_read_unpins_the_channel() {
     assert_eq!(hub.sweep(), 0, "pinned channels stay");
     hub.unpin(&news);
     assert_eq!(hub.sweep(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn keepalive_pings_quiet_connections_and_closes_silent_ones() {
+    let hub = hub_with(10, 64);
+    let heartbeat = Duration::from_secs(25);
+    let idle = Duration::from_secs(60);
+    let (quiet, quiet_rx) = hub.register();
+    let (chatty, chatty_rx) = hub.register();
+    let pings = |rx: &flume::Receiver<Outgoing>| {
+        rx.try_iter()
+            .filter(|item| matches!(item, Outgoing::Ping))
+            .count()
+    };
+
+    tokio::time::advance(Duration::from_secs(24)).await;
+    assert_eq!(hub.keepalive(heartbeat, idle), KeepaliveSweep::default());
+    chatty.seen(hub.clock_ms());
+
+    tokio::time::advance(Duration::from_secs(2)).await;
+    let sweep = hub.keepalive(heartbeat, idle);
+    assert_eq!((sweep.pinged, sweep.idle_closed), (1, 0));
+    assert_eq!(pings(&quiet_rx), 1);
+    assert_eq!(pings(&chatty_rx), 0, "a client heard from needs no ping");
+    // One ping per heartbeat of silence, not one per pass.
+    assert_eq!(hub.keepalive(heartbeat, idle).pinged, 0);
+
+    tokio::time::advance(Duration::from_secs(25)).await;
+    assert_eq!(hub.keepalive(heartbeat, idle).pinged, 2);
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let sweep = hub.keepalive(heartbeat, idle);
+    assert_eq!(sweep.idle_closed, 1, "61 s without a frame");
+    assert_eq!(
+        quiet.close_code(),
+        Some(crate::protocol::CloseCode::IdleTimeout)
+    );
+    assert!(!chatty.is_closing(), "heard from 37 s ago");
 }

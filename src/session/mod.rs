@@ -94,8 +94,6 @@ enum End {
     ClientClosed,
     /// The hub, the control API or shutdown asked for a close with this code.
     Requested(CloseCode),
-    /// Nothing arrived within the idle timeout.
-    IdleTimeout,
     /// A binary frame arrived.
     BinaryFrame,
     /// An inbound message was larger than allowed.
@@ -114,7 +112,6 @@ impl End {
         match self {
             End::ClientClosed => Some(CloseCode::Normal),
             End::Requested(code) => Some(code),
-            End::IdleTimeout => Some(CloseCode::IdleTimeout),
             End::BinaryFrame => Some(CloseCode::UnsupportedData),
             End::TooBig => Some(CloseCode::MessageTooBig),
             End::BadUtf8 => Some(CloseCode::InvalidPayload),
@@ -176,14 +173,17 @@ where
         }
         Ok(response)
     };
-    // Boxed so that its (large) state is freed once the upgrade is done instead of sizing
-    // the session task for its whole life.
-    let handshake = Box::pin(tokio_tungstenite::accept_hdr_async_with_config(
-        stream,
-        callback,
-        Some(ctx.settings.websocket_config()),
+    // Boxed, with its timer, so that this state is freed once the upgrade is done instead of
+    // sizing the session task for its whole life.
+    let handshake = Box::pin(tokio::time::timeout(
+        ctx.settings.handshake_timeout,
+        tokio_tungstenite::accept_hdr_async_with_config(
+            stream,
+            callback,
+            Some(ctx.settings.websocket_config()),
+        ),
     ));
-    let ws = match tokio::time::timeout(ctx.settings.handshake_timeout, handshake).await {
+    let ws = match handshake.await {
         Ok(Ok(ws)) => ws,
         Ok(Err(err)) => {
             let reason = if admitted {
@@ -229,12 +229,9 @@ where
     let _ = outbound.try_enqueue(&Frame::from(welcome));
 
     let (sink, stream) = ws.split();
-    let writer = ctx.shutdown.spawn(writer::write_loop(
-        sink,
-        queue_rx,
-        Arc::clone(&outbound),
-        ctx.settings.heartbeat,
-    ));
+    let writer = ctx
+        .shutdown
+        .spawn(writer::write_loop(sink, queue_rx, Arc::clone(&outbound)));
     let mut stream = stream;
     let mut reader = reader::Reader::new(Arc::clone(&ctx), Arc::clone(&outbound));
     let end = reader.run(&mut stream).await;
@@ -248,7 +245,12 @@ where
     // the close handshake completes before the socket is dropped.
     let _ = writer.await;
     if !matches!(end, End::ClientClosed | End::TransportLost) {
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, reader::await_close_reply(&mut stream)).await;
+        // Boxed: needed once, so its timer does not size the task for the connection's life.
+        let _ = Box::pin(tokio::time::timeout(
+            CLOSE_TIMEOUT,
+            reader::await_close_reply(&mut stream),
+        ))
+        .await;
     }
     let final_end = match outbound.close_code() {
         Some(code) if end != End::ClientClosed => End::Requested(code),
@@ -335,7 +337,7 @@ mod tests {
                 .await;
         let (outbound, rx) = hub.register();
         let (sink, mut split_stream) = futures_util::StreamExt::split(ws);
-        let writer = writer::write_loop(sink, rx, Arc::clone(&outbound), Duration::from_secs(1));
+        let writer = writer::write_loop(sink, rx, Arc::clone(&outbound));
         let mut reader = reader::Reader::new(Arc::clone(&ctx), outbound);
         let read = reader.run(&mut split_stream);
         // Each connection holds these task states for its whole life; a regression here
@@ -350,10 +352,10 @@ mod tests {
             Arc::clone(&ctx),
         ));
         let sizes = [
-            ("serve", std::mem::size_of_val(&serve), 256),
-            ("run", run_size, 930),
-            ("writer", std::mem::size_of_val(&writer), 720),
-            ("reader", std::mem::size_of_val(&read), 440),
+            ("serve", std::mem::size_of_val(&serve), 110),
+            ("run", run_size, 870),
+            ("writer", std::mem::size_of_val(&writer), 550),
+            ("reader", std::mem::size_of_val(&read), 380),
         ];
         for (name, size, bound) in sizes {
             assert!(
@@ -366,7 +368,10 @@ mod tests {
     #[test]
     fn every_end_but_transport_loss_sends_a_close_code() {
         assert_eq!(End::TransportLost.close_code(), None);
-        assert_eq!(End::IdleTimeout.close_code(), Some(CloseCode::IdleTimeout));
+        assert_eq!(
+            End::Requested(CloseCode::IdleTimeout).close_code(),
+            Some(CloseCode::IdleTimeout)
+        );
         assert_eq!(End::ClientClosed.close_code(), Some(CloseCode::Normal));
         assert_eq!(End::TooBig.close_code().map(CloseCode::code), Some(1009));
         assert_eq!(

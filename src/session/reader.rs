@@ -42,7 +42,8 @@ impl Reader {
         // Created once: re-creating it each turn would re-register a waiter every message.
         let closed = outbound.closed();
         tokio::pin!(closed);
-        let idle_timeout = self.ctx.settings.idle_timeout;
+        // No timer here: the hub's keepalive sweep pings quiet clients and closes silent ones
+        // (4002) from the last time `seen` recorded.
         loop {
             let next = tokio::select! {
                 biased;
@@ -53,14 +54,14 @@ impl Reader {
                     };
                 }
                 // Cancel safe: tungstenite keeps a partly read frame in its buffer.
-                next = tokio::time::timeout(idle_timeout, stream.next()) => next,
+                next = stream.next() => next,
             };
             let message = match next {
-                Err(_elapsed) => return End::IdleTimeout,
-                Ok(None) => return End::TransportLost,
-                Ok(Some(Err(err))) => return end_for_error(&err),
-                Ok(Some(Ok(message))) => message,
+                None => return End::TransportLost,
+                Some(Err(err)) => return end_for_error(&err),
+                Some(Ok(message)) => message,
             };
+            self.outbound.seen(self.ctx.hub.clock_ms());
             match message {
                 // Boxed: the request handlers' state (a bus round trip in flight) is only
                 // needed while one runs, not kept in every idle connection's task.

@@ -183,6 +183,42 @@ async fn a_silent_client_is_closed_with_4002() {
 }
 
 #[tokio::test]
+async fn a_quiet_client_is_pinged_and_its_pongs_keep_it_open() {
+    use futures_util::StreamExt as _;
+
+    let server = TestServer::builder()
+        .configure(|c| {
+            c.session.heartbeat = std::time::Duration::from_millis(200);
+            c.session.idle_timeout = std::time::Duration::from_millis(600);
+        })
+        .start()
+        .await;
+    let mut client = server.client().await;
+    let started = tokio::time::Instant::now();
+    let mut pings = 0;
+    // The client only reads; tungstenite answers each ping with a pong while it does.
+    while pings < 5 {
+        let message = tokio::time::timeout(std::time::Duration::from_secs(2), client.ws.next())
+            .await
+            .expect("a ping within the idle timeout")
+            .expect("the connection stays open")
+            .expect("a frame");
+        if matches!(message, Message::Ping(_)) {
+            pings += 1;
+        }
+    }
+    // Five heartbeats outlast the 600 ms idle timeout: the pongs counted as activity.
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= std::time::Duration::from_millis(900),
+        "five pings came faster than five heartbeats: {elapsed:?}"
+    );
+    client.send(json!({"type":"ping"})).await;
+    assert_eq!(client.recv().await["type"], "pong");
+    server.drain().await;
+}
+
+#[tokio::test]
 async fn wrong_path_and_plain_http_are_refused() {
     let server = TestServer::start().await;
     let err = tokio_tungstenite::connect_async(format!("ws://{}/nope", server.ws_addr))
