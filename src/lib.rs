@@ -12,3 +12,4 @@ pub mod protocol;
 pub mod session;
 pub mod shutdown;
 pub mod telemetry;
+pub mod throttle;
