@@ -12,7 +12,6 @@
 use std::{
     collections::HashMap,
     hint::black_box,
-    num::NonZeroU32,
     sync::{Arc, Mutex},
     thread,
 };
@@ -24,10 +23,7 @@ const KEYS: u64 = 10_000;
 
 fn quota() -> Quota {
     // Generous, so the benches measure granted checks, the common case.
-    Quota {
-        per_second: NonZeroU32::new(1_000_000_000).unwrap(),
-        burst: NonZeroU32::new(1_000_000).unwrap(),
-    }
+    Quota::new(1_000_000_000, 1_000_000).unwrap()
 }
 
 /// Tokens as a float refilled on access; all keys behind one lock.
@@ -40,8 +36,8 @@ struct NaiveLimiter {
 impl NaiveLimiter {
     fn new(quota: Quota) -> Self {
         Self {
-            per_ns: f64::from(quota.per_second.get()) / 1e9,
-            burst: f64::from(quota.burst.get()),
+            per_ns: f64::from(quota.per_second()) / 1e9,
+            burst: f64::from(quota.burst()),
             buckets: Mutex::new(HashMap::new()),
         }
     }
@@ -64,12 +60,13 @@ impl NaiveLimiter {
 
 fn single_key(c: &mut Criterion) {
     let mut group = c.benchmark_group("throttle_one_key");
-    let bucket = TokenBucket::new(quota());
+    let limit = quota();
+    let bucket = TokenBucket::new();
     let mut now: Nanos = 1;
     group.bench_function("gcra_bucket", |b| {
         b.iter(|| {
             now += 10;
-            black_box(bucket.try_acquire(now, 1).is_ok())
+            black_box(bucket.try_acquire(&limit, now, 1).is_ok())
         });
     });
     let naive = NaiveLimiter::new(quota());
@@ -111,7 +108,12 @@ fn contended(c: &mut Criterion) {
     let mut group = c.benchmark_group("throttle_2_threads_20k_checks");
     let keyed = Arc::new(KeyedLimiter::new(quota()));
     group.bench_function("keyed_limiter", |b| {
-        b.iter(|| run_threads(|key, now| keyed.try_acquire(&key, now, 1).is_ok(), PER_THREAD));
+        b.iter(|| {
+            run_threads(
+                |key, now| keyed.try_acquire(&key, now, 1).is_ok(),
+                PER_THREAD,
+            )
+        });
     });
     let naive = Arc::new(NaiveLimiter::new(quota()));
     group.bench_function("naive_mutex_hashmap", |b| {

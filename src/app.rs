@@ -16,6 +16,7 @@ use crate::{
     session::{self, SessionContext, SessionSettings},
     shutdown::{Latch, Readiness, Shutdown},
     telemetry,
+    throttle::{KeyedLimiter, Quota},
 };
 
 /// How often expired history and idle channels are swept.
@@ -122,8 +123,17 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             read_buffer_bytes: config.session.read_buffer_bytes,
             history_size: config.history.size,
             echo_path: config.session.echo_path.clone(),
+            client_quota: Quota::new(
+                config.limits.client_messages_per_second,
+                config.limits.client_message_burst,
+            ),
         },
         shutdown: sessions.clone(),
+        connect_limiter: Quota::new(
+            config.limits.connects_per_ip_per_second,
+            config.limits.connect_burst_per_ip,
+        )
+        .map(KeyedLimiter::new),
     });
     let control_ctx = Arc::new(ControlContext {
         hub: Arc::clone(&hub),
@@ -135,9 +145,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         max_body_bytes: config.control.max_body_bytes,
         max_channel_name_bytes: config.limits.max_channel_name_bytes,
         max_publish_payload_bytes: config.limits.max_publish_payload_bytes,
+        key_limiter: Quota::new(
+            config.control.requests_per_second_per_key,
+            config.control.request_burst_per_key,
+        )
+        .map(KeyedLimiter::new),
     });
 
     let bus_kind = bus.kind();
+    let (limited_sessions, limited_control) = (Arc::clone(&session_ctx), Arc::clone(&control_ctx));
     sessions.spawn(accept_loop(
         ws_listener,
         session_ctx,
@@ -161,6 +177,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         let hub = Arc::clone(&hub);
         move || {
             hub.sweep();
+            // Full buckets behave like absent ones; forgetting them bounds the maps by the
+            // keys active within the last burst's refill time.
+            let now = hub.clock_ns();
+            if let Some(limiter) = &limited_sessions.connect_limiter {
+                limiter.forget_full(now);
+            }
+            if let Some(limiter) = &limited_control.key_limiter {
+                limiter.forget_full(now);
+            }
         }
     }));
     background.spawn(every(

@@ -28,6 +28,7 @@ pub const MESSAGES_DELIVERED: &str = "ws_messages_delivered_total";
 pub const BYTES_SENT: &str = "ws_bytes_sent_total";
 pub const SLOW_CONSUMER_CLOSES: &str = "ws_slow_consumer_closes_total";
 pub const PROTOCOL_ERRORS: &str = "ws_protocol_errors_total";
+pub const RATE_LIMITED: &str = "ws_rate_limited_total";
 pub const QUEUE_MESSAGES: &str = "ws_outbound_queue_messages";
 pub const QUEUE_MAX_MESSAGES: &str = "ws_outbound_queue_max_messages";
 pub const QUEUE_BYTES: &str = "ws_outbound_queue_bytes";
@@ -140,6 +141,27 @@ pub fn connection_rejected(reason: &'static str) {
     metrics::counter!(CONNECTIONS_REJECTED, "reason" => reason).increment(1);
 }
 
+/// Where a token bucket refused something.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateScope {
+    /// A client sent frames faster than `limits.client_messages_per_second`.
+    Client,
+    /// An address opened connections faster than `limits.connects_per_ip_per_second`.
+    Ip,
+    /// An API key called `/v1` faster than `control.requests_per_second_per_key`.
+    ApiKey,
+}
+
+/// Counts a request refused by a token bucket.
+pub fn rate_limited(scope: RateScope) {
+    let scope = match scope {
+        RateScope::Client => "client",
+        RateScope::Ip => "ip",
+        RateScope::ApiKey => "api_key",
+    };
+    metrics::counter!(RATE_LIMITED, "scope" => scope).increment(1);
+}
+
 /// Counts a control API request by route and status class.
 pub fn http_request(route: &'static str, status: u16) {
     metrics::counter!(HTTP_REQUESTS, "route" => route, "status" => status.to_string()).increment(1);
@@ -203,6 +225,10 @@ fn describe() {
         "Connections closed because their outbound queue was full"
     );
     describe_counter!(PROTOCOL_ERRORS, "Error frames sent to clients, by code");
+    describe_counter!(
+        RATE_LIMITED,
+        "Requests refused by a token bucket, by scope (client frames, connects per IP, API key)"
+    );
     describe_gauge!(QUEUE_MESSAGES, "Messages waiting in all outbound queues");
     describe_gauge!(
         QUEUE_MAX_MESSAGES,

@@ -71,6 +71,12 @@ pub struct ControlConfig {
     pub api_keys: Vec<String>,
     /// Largest request body accepted, in bytes. Default 1 MiB.
     pub max_body_bytes: usize,
+    /// `/v1/*` requests per second per API key (all loopback callers share one bucket when
+    /// no keys are configured); over it, HTTP 429 with `Retry-After`. Default 0: off. Set it
+    /// so that one runaway service cannot starve the others.
+    pub requests_per_second_per_key: u32,
+    /// Requests one key may make at once above that rate. Default 1000.
+    pub request_burst_per_key: u32,
 }
 
 /// Log output.
@@ -109,6 +115,19 @@ pub struct LimitsConfig {
     pub outbound_queue_messages: usize,
     /// Outbound queue capacity per connection, in bytes. Default 1 MiB.
     pub outbound_queue_bytes: usize,
+    /// Frames per second one client may send (any text frame: subscribe, publish, ping...).
+    /// Over it, the frame is refused with an `error` (`rate_limited`) and the server reads
+    /// nothing more from that client until a token is free. Default 200; 0: off. Raise it
+    /// for clients that publish fast (load generators).
+    pub client_messages_per_second: u32,
+    /// Frames a client may send at once above that rate. Default 400.
+    pub client_message_burst: u32,
+    /// New WebSocket connections per second from one IP address; over it, the upgrade is
+    /// refused with HTTP 429. Default 0: off, since behind a load balancer or NAT many
+    /// clients share one address.
+    pub connects_per_ip_per_second: u32,
+    /// Connections one address may open at once above that rate. Default 100.
+    pub connect_burst_per_ip: u32,
 }
 
 /// Per-connection behaviour.
@@ -245,6 +264,8 @@ impl Default for ControlConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
             api_keys: Vec::new(),
             max_body_bytes: 1024 * 1024,
+            requests_per_second_per_key: 0,
+            request_burst_per_key: 1000,
         }
     }
 }
@@ -268,6 +289,10 @@ impl Default for LimitsConfig {
             max_publish_payload_bytes: 32 * 1024,
             outbound_queue_messages: 1024,
             outbound_queue_bytes: 1024 * 1024,
+            client_messages_per_second: 200,
+            client_message_burst: 400,
+            connects_per_ip_per_second: 0,
+            connect_burst_per_ip: 100,
         }
     }
 }
@@ -426,6 +451,18 @@ impl Config {
         let limits = &self.limits;
         if limits.max_connections == 0 {
             return Err(invalid("limits.max_connections", "must be at least 1"));
+        }
+        for (key, burst) in [
+            ("limits.client_message_burst", limits.client_message_burst),
+            ("limits.connect_burst_per_ip", limits.connect_burst_per_ip),
+            (
+                "control.request_burst_per_key",
+                self.control.request_burst_per_key,
+            ),
+        ] {
+            if burst == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
         }
         if limits.max_subscriptions_per_connection == 0 {
             return Err(invalid(

@@ -1,7 +1,7 @@
 //! API key checks in constant time.
 
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
+use subtle::{ConditionallySelectable as _, ConstantTimeEq};
 
 /// The configured API keys, kept as SHA-256 digests so that comparing a presented key takes
 /// the same time whatever its length and whichever key (if any) it matches.
@@ -33,12 +33,22 @@ impl ApiKeys {
     /// Whether `presented` is one of the keys. Every key is compared, with no early exit.
     #[must_use]
     pub fn accepts(&self, presented: &[u8]) -> bool {
+        self.position(presented).is_some()
+    }
+
+    /// Which key `presented` is (its index in the configuration), if any. Every key is
+    /// compared, and the index chosen, without branching on the comparison.
+    #[must_use]
+    pub fn position(&self, presented: &[u8]) -> Option<usize> {
         let presented = digest(presented);
         let mut matched = subtle::Choice::from(0);
-        for key in &self.digests {
-            matched |= key.ct_eq(&presented);
+        let mut position = 0_u64;
+        for (index, key) in (0_u64..).zip(&self.digests) {
+            let equal = key.ct_eq(&presented);
+            position = u64::conditional_select(&position, &index, equal);
+            matched |= equal;
         }
-        matched.into()
+        bool::from(matched).then(|| usize::try_from(position).unwrap_or(usize::MAX))
     }
 }
 
@@ -60,6 +70,9 @@ mod tests {
         assert!(keys.accepts(b"second-key-0123456789"));
         assert!(!keys.accepts(b"first-key-012345678"));
         assert!(!keys.accepts(b""));
+        assert_eq!(keys.position(b"second-key-0123456789"), Some(1));
+        assert_eq!(keys.position(b"first-key-0123456789"), Some(0));
+        assert_eq!(keys.position(b"third-key-0123456789"), None);
         assert!(ApiKeys::new(&[]).is_empty());
     }
 }

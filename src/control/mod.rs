@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use self::auth::ApiKeys;
-use crate::{cluster::Bus, hub::HubHandle, shutdown::Readiness};
+use crate::{cluster::Bus, hub::HubHandle, shutdown::Readiness, throttle::KeyedLimiter};
 
 /// How long a client may take to send request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -36,6 +36,9 @@ pub struct ControlContext {
     pub max_body_bytes: usize,
     pub max_channel_name_bytes: usize,
     pub max_publish_payload_bytes: usize,
+    /// `/v1` requests per API key (`control.requests_per_second_per_key`), if limited. The
+    /// key is the index of the matched API key; loopback callers without keys share one.
+    pub key_limiter: Option<KeyedLimiter<usize>>,
 }
 
 pub(crate) type Body = Full<Bytes>;

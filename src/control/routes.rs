@@ -1,6 +1,6 @@
 //! Routing and the handlers of the control API.
 
-use std::{collections::BTreeMap, fmt::Write as _, net::SocketAddr};
+use std::{collections::BTreeMap, fmt::Write as _, net::SocketAddr, time::Duration};
 
 use http_body_util::{BodyExt as _, Limited};
 use hyper::{Method, Request, Response, body::Incoming, header};
@@ -11,7 +11,7 @@ use super::{Body, ControlContext, is_loopback, response};
 use crate::{
     cluster::BusError,
     protocol::{ChannelName, CloseCode, ErrorCode, Offset},
-    telemetry,
+    telemetry::{self, RateScope},
 };
 
 const JSON: &str = "application/json";
@@ -26,6 +26,8 @@ struct ApiError {
     status: u16,
     code: ErrorCode,
     message: String,
+    /// Seconds for a `Retry-After` header (429).
+    retry_after_secs: Option<u64>,
 }
 
 impl ApiError {
@@ -34,6 +36,21 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after_secs: None,
+        }
+    }
+
+    fn rate_limited(retry_after: Duration) -> Self {
+        let millis = retry_after.as_millis().max(1);
+        Self {
+            retry_after_secs: Some(
+                retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0),
+            ),
+            ..Self::new(
+                429,
+                ErrorCode::RateLimited,
+                format!("rate limit of this API key exceeded; retry after {millis} ms"),
+            )
         }
     }
 
@@ -47,6 +64,11 @@ impl ApiError {
                 header::WWW_AUTHENTICATE,
                 header::HeaderValue::from_static("Bearer"),
             );
+        }
+        if let Some(secs) = self.retry_after_secs {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
         }
         response
     }
@@ -90,8 +112,15 @@ async fn route(
         "/readyz" => ("readyz", method_not_allowed("GET")),
         "/metrics" => ("metrics", method_not_allowed("GET")),
         _ if path.starts_with("/v1/") => {
-            if let Err(err) = authorize(&request, peer, ctx) {
-                return ("v1", Err(err));
+            let caller = match authorize(&request, peer, ctx) {
+                Ok(caller) => caller,
+                Err(err) => return ("v1", Err(err)),
+            };
+            if let Some(limiter) = &ctx.key_limiter
+                && let Err(rejected) = limiter.try_acquire(&caller, ctx.hub.clock_ns(), 1)
+            {
+                telemetry::rate_limited(RateScope::ApiKey);
+                return ("v1", Err(ApiError::rate_limited(rejected.retry_after)));
             }
             route_v1(request, path, &method, ctx).await
         }
@@ -152,14 +181,19 @@ fn method_not_allowed(allowed: &'static str) -> Handled {
     Ok(response)
 }
 
+/// Who is calling, as far as rate limits go: the index of the API key presented, or
+/// `LOOPBACK_CALLER` when no keys are configured.
+type Caller = usize;
+const LOOPBACK_CALLER: Caller = usize::MAX;
+
 fn authorize(
     request: &Request<Incoming>,
     peer: SocketAddr,
     ctx: &ControlContext,
-) -> Result<(), ApiError> {
+) -> Result<Caller, ApiError> {
     if ctx.api_keys.is_empty() {
         if is_loopback(peer) {
-            return Ok(());
+            return Ok(LOOPBACK_CALLER);
         }
         return Err(ApiError::new(
             403,
@@ -172,9 +206,9 @@ fn authorize(
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "));
-    match presented {
-        Some(key) if ctx.api_keys.accepts(key.trim().as_bytes()) => Ok(()),
-        Some(_) => Err(ApiError::new(
+    match presented.map(|key| ctx.api_keys.position(key.trim().as_bytes())) {
+        Some(Some(caller)) => Ok(caller),
+        Some(None) => Err(ApiError::new(
             401,
             ErrorCode::Unauthorized,
             "invalid API key",

@@ -275,7 +275,13 @@ impl Hub {
     /// [`Hub::keepalive`]. Follows `tokio::time`, so tests can pause it.
     #[must_use]
     pub fn clock_ms(&self) -> u64 {
-        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+        self.clock_ns() / 1_000_000
+    }
+
+    /// Nanoseconds since the hub started: the clock the node's token buckets run on.
+    #[must_use]
+    pub fn clock_ns(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// One keepalive pass over every connection (see [`Outbound::keepalive`]). One periodic

@@ -29,6 +29,19 @@ pub enum ClientFrame<'a> {
     Ping { id: Option<u64> },
 }
 
+impl ClientFrame<'_> {
+    /// The request id, echoed in the reply.
+    #[must_use]
+    pub fn id(&self) -> Option<u64> {
+        match self {
+            ClientFrame::Subscribe { id, .. }
+            | ClientFrame::Unsubscribe { id, .. }
+            | ClientFrame::Publish { id, .. }
+            | ClientFrame::Ping { id } => *id,
+        }
+    }
+}
+
 /// A frame that could not be understood. Recoverable: reply with an `error` frame, keep the
 /// connection. `id` is the request id when it could be read, so the reply can carry it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -12,7 +12,7 @@ mod echo;
 mod reader;
 mod writer;
 
-use std::{sync::Arc, time::Duration};
+use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use tokio::{
     io::{AsyncRead, AsyncWrite},
@@ -33,7 +33,8 @@ use crate::{
     hub::{Frame, HubHandle},
     protocol::{self, CloseCode},
     shutdown::Shutdown,
-    telemetry,
+    telemetry::{self, RateScope},
+    throttle::{KeyedLimiter, Quota},
 };
 
 /// How long a close handshake may take before the socket is dropped.
@@ -56,6 +57,8 @@ pub struct SessionSettings {
     pub history_size: usize,
     /// Path of the conformance echo endpoint; empty when off.
     pub echo_path: String,
+    /// Frames per second and burst per client; `None` when unlimited.
+    pub client_quota: Option<Quota>,
 }
 
 impl SessionSettings {
@@ -85,6 +88,8 @@ pub struct SessionContext {
     pub node_id: Arc<str>,
     pub settings: SessionSettings,
     pub shutdown: Shutdown,
+    /// New connections per IP address (`limits.connects_per_ip_per_second`), if limited.
+    pub connect_limiter: Option<KeyedLimiter<IpAddr>>,
 }
 
 /// Every way a session ends.
@@ -139,18 +144,40 @@ impl Drop for Admission {
 }
 
 /// Serves one accepted TCP connection: the upgrade, then the session.
-pub async fn serve_tcp(stream: TcpStream, ctx: Arc<SessionContext>) {
+///
+/// A plain function returning the session's future rather than an `async fn` wrapping it:
+/// a wrapper would keep its own copy of the stream's slot in the task for the connection's
+/// whole life.
+pub fn serve_tcp(
+    stream: TcpStream,
+    ctx: Arc<SessionContext>,
+) -> impl Future<Output = ()> + Send + 'static {
     // Small frames should leave at once; batching happens in the writer.
     let _ = stream.set_nodelay(true);
-    serve(stream, ctx).await;
+    let throttled = match (&ctx.connect_limiter, stream.peer_addr()) {
+        (Some(limiter), Ok(peer)) => limiter
+            .try_acquire(&peer.ip(), ctx.hub.clock_ns(), 1)
+            .is_err(),
+        _ => false,
+    };
+    serve_upgrade(stream, ctx, throttled)
 }
 
 /// Serves one connection over any byte stream (TCP, TLS, or a test pipe).
-pub async fn serve<S>(stream: S, ctx: Arc<SessionContext>)
+pub fn serve<S>(stream: S, ctx: Arc<SessionContext>) -> impl Future<Output = ()> + Send + 'static
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let admitted = ctx.hub.try_admit();
+    serve_upgrade(stream, ctx, false)
+}
+
+/// The upgrade, refused with 429 when `throttled` (its address connects too fast), then the
+/// session.
+async fn serve_upgrade<S>(stream: S, ctx: Arc<SessionContext>, throttled: bool)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let admitted = !throttled && ctx.hub.try_admit();
     let _admission = admitted.then(|| Admission(Arc::clone(&ctx.hub)));
     let ws_path = ctx.settings.ws_path.as_str();
     let echo_path = ctx.settings.echo_path.as_str();
@@ -164,6 +191,12 @@ where
         is_echo = !echo_path.is_empty() && path == echo_path;
         if path != ws_path && !is_echo {
             return Err(reject(StatusCode::NOT_FOUND, "not found"));
+        }
+        if throttled {
+            return Err(reject(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many new connections from this address",
+            ));
         }
         if !admitted {
             return Err(reject(
@@ -186,7 +219,10 @@ where
     let ws = match handshake.await {
         Ok(Ok(ws)) => ws,
         Ok(Err(err)) => {
-            let reason = if admitted {
+            let reason = if throttled {
+                telemetry::rate_limited(RateScope::Ip);
+                "ip_rate_limited"
+            } else if admitted {
                 "handshake"
             } else {
                 "max_connections"
@@ -326,11 +362,18 @@ mod tests {
                 read_buffer_bytes: 1024,
                 history_size: 10,
                 echo_path: String::new(),
+                client_quota: Quota::new(100, 100),
             },
             shutdown: Shutdown::new(),
+            connect_limiter: None,
         });
-        let (stream, _other) = tokio::io::duplex(64);
-        let serve = serve(stream, Arc::clone(&ctx));
+        // The accept loop spawns `serve_tcp`: that future is the session task's state.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (tcp, _) = listener.accept().await.unwrap();
+        let serve = serve_tcp(tcp, Arc::clone(&ctx));
         let (stream, _other) = tokio::io::duplex(64);
         let ws =
             WebSocketStream::from_raw_socket(stream, tungstenite::protocol::Role::Server, None)
@@ -352,10 +395,10 @@ mod tests {
             Arc::clone(&ctx),
         ));
         let sizes = [
-            ("serve", std::mem::size_of_val(&serve), 110),
-            ("run", run_size, 870),
+            ("serve", std::mem::size_of_val(&serve), 140),
+            ("run", run_size, 840),
             ("writer", std::mem::size_of_val(&writer), 550),
-            ("reader", std::mem::size_of_val(&read), 380),
+            ("reader", std::mem::size_of_val(&read), 340),
         ];
         for (name, size, bound) in sizes {
             assert!(

@@ -1,6 +1,6 @@
 //! The read half of a session: decodes client frames and acts on them.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use futures_util::{Stream, StreamExt as _};
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -9,7 +9,8 @@ use super::{End, SessionContext, end_for_error};
 use crate::{
     hub::{Frame, Outbound, SubscribeError, Subscribed},
     protocol::{self, ChannelName, ClientFrame, ErrorCode, Offset},
-    telemetry,
+    telemetry::{self, RateScope},
+    throttle::TokenBucket,
 };
 
 pub(super) struct Reader {
@@ -18,6 +19,8 @@ pub(super) struct Reader {
     /// Channels this connection follows. A `Vec`: it is short, and it costs no allocation
     /// until the first subscribe.
     subscriptions: Vec<ChannelName>,
+    /// The client's frame budget under `settings.client_quota` (unused when that is `None`).
+    throttle: TokenBucket,
 }
 
 impl Reader {
@@ -26,6 +29,7 @@ impl Reader {
             ctx,
             outbound,
             subscriptions: Vec::new(),
+            throttle: TokenBucket::new(),
         }
     }
 
@@ -47,12 +51,7 @@ impl Reader {
         loop {
             let next = tokio::select! {
                 biased;
-                () = &mut closed => {
-                    return match self.outbound.close_code() {
-                        Some(code) => End::Requested(code),
-                        None => End::TransportLost,
-                    };
-                }
+                () = &mut closed => return self.closed_end(),
                 // Cancel safe: tungstenite keeps a partly read frame in its buffer.
                 next = stream.next() => next,
             };
@@ -63,20 +62,80 @@ impl Reader {
             };
             self.outbound.seen(self.ctx.hub.clock_ms());
             match message {
-                // Boxed: the request handlers' state (a bus round trip in flight) is only
-                // needed while one runs, not kept in every idle connection's task.
                 Message::Text(text) if text.len() > self.ctx.settings.max_inbound_message_bytes => {
                     // Only reachable with the echo endpoint on, which raises the transport's
                     // limit for the conformance suite.
                     return End::TooBig;
                 }
-                Message::Text(text) => Box::pin(self.handle_text(&text)).await,
+                Message::Text(text) => {
+                    // Boxed, and one await for every text frame: its state (a bus round trip
+                    // in flight, a throttle pause) is only needed while it runs, not kept in
+                    // every idle connection's task.
+                    if let Some(end) = Box::pin(self.on_text(text, closed.as_mut())).await {
+                        return end;
+                    }
+                }
                 Message::Binary(_) => return End::BinaryFrame,
                 Message::Close(_) => return End::ClientClosed,
                 // Any frame counts as activity; tungstenite answers pings itself.
                 Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
             }
         }
+    }
+
+    fn closed_end(&self) -> End {
+        match self.outbound.close_code() {
+            Some(code) => End::Requested(code),
+            None => End::TransportLost,
+        }
+    }
+
+    /// Handles one text frame, or refuses it and pauses reading when the client is over its
+    /// rate limit. `Some` when the session must end (a close was requested meanwhile).
+    async fn on_text(
+        &mut self,
+        text: tungstenite::Utf8Bytes,
+        closed: std::pin::Pin<&mut impl Future<Output = ()>>,
+    ) -> Option<End> {
+        if let Some(wait) = self.throttled() {
+            self.refuse(&text, wait);
+            drop(text);
+            // Reading nothing until a token is free bounds what a flood costs the node, and
+            // TCP pushes back on the client meanwhile.
+            return pause(wait, closed).await.then(|| self.closed_end());
+        }
+        self.handle_text(&text).await;
+        None
+    }
+
+    /// Takes a token for one frame; `Some(wait)` when none is left.
+    fn throttled(&self) -> Option<Duration> {
+        let quota = self.ctx.settings.client_quota.as_ref()?;
+        let rejected = self
+            .throttle
+            .try_acquire(quota, self.ctx.hub.clock_ns(), 1)
+            .err()?;
+        Some(rejected.retry_after)
+    }
+
+    /// Answers a frame over the rate limit with `rate_limited`, carrying its id if it has one.
+    #[cold]
+    fn refuse(&self, text: &str, retry_after: Duration) {
+        telemetry::rate_limited(RateScope::Client);
+        let id = match protocol::decode_client_frame(text) {
+            Ok(frame) => frame.id(),
+            Err(err) => err.id,
+        };
+        let per_second = self
+            .ctx
+            .settings
+            .client_quota
+            .map_or(0, |quota| quota.per_second());
+        let message = format!(
+            "rate limit of {per_second} frames/s exceeded; frame dropped, retry after {} ms",
+            retry_after.as_millis().max(1)
+        );
+        self.error(id, ErrorCode::RateLimited, &message);
     }
 
     async fn handle_text(&mut self, text: &str) {
@@ -200,6 +259,15 @@ impl Reader {
     fn send(&self, text: String) {
         // A full queue closes the connection as a slow consumer; nothing else to do here.
         let _ = self.outbound.try_enqueue(&Frame::from(text));
+    }
+}
+
+/// Waits `duration`; `true` when `closed` resolved first.
+async fn pause(duration: Duration, closed: std::pin::Pin<&mut impl Future<Output = ()>>) -> bool {
+    tokio::select! {
+        biased;
+        () = closed => true,
+        () = tokio::time::sleep(duration) => false,
     }
 }
 

@@ -26,19 +26,42 @@ use dashmap::DashMap;
 /// Nanoseconds since the caller's chosen origin.
 pub type Nanos = u64;
 
-/// A sustained rate with a burst allowance.
+/// A sustained rate with a burst allowance: how much one bucket grants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Quota {
-    /// Grants per second once the burst is used up.
-    pub per_second: NonZeroU32,
-    /// Grants available at once from a full bucket.
-    pub burst: NonZeroU32,
+    per_second: NonZeroU32,
+    burst: NonZeroU32,
+    /// Nanoseconds one grant costs. Rounded up, so rounding can only make the bucket stricter.
+    interval_ns: u64,
+    /// How far ahead of `now` a bucket's `full_at` may run: the burst's worth of grants.
+    capacity_ns: u64,
 }
 
 impl Quota {
-    /// Nanoseconds one grant costs. Rounded up, so rounding can only make the bucket stricter.
-    fn interval_ns(self) -> u64 {
-        1_000_000_000_u64.div_ceil(u64::from(self.per_second.get()))
+    /// The quota for a configured rate and burst; `None` (no limit) when either is 0.
+    #[must_use]
+    pub fn new(per_second: u32, burst: u32) -> Option<Self> {
+        let per_second = NonZeroU32::new(per_second)?;
+        let burst = NonZeroU32::new(burst)?;
+        let interval_ns = 1_000_000_000_u64.div_ceil(u64::from(per_second.get()));
+        Some(Self {
+            per_second,
+            burst,
+            interval_ns,
+            capacity_ns: interval_ns.saturating_mul(u64::from(burst.get())),
+        })
+    }
+
+    /// Grants per second once the burst is used up.
+    #[must_use]
+    pub fn per_second(&self) -> u32 {
+        self.per_second.get()
+    }
+
+    /// Grants available at once from a full bucket.
+    #[must_use]
+    pub fn burst(&self) -> u32 {
+        self.burst.get()
     }
 }
 
@@ -51,42 +74,39 @@ pub struct Rejected {
     pub retry_after: Duration,
 }
 
-/// One token bucket (GCRA), safe to share between threads.
-#[derive(Debug)]
+/// One token bucket's state (GCRA), safe to share between threads. Its [`Quota`] is kept by
+/// the owner and passed in, so a bucket is one word: a million connections' buckets cost
+/// 8 MB, not 24.
+#[derive(Debug, Default)]
 pub struct TokenBucket {
     /// The time at which the bucket would be full again; at or before `now` means full.
     full_at: AtomicU64,
-    interval_ns: u64,
-    /// How far ahead of `now` `full_at` may run: the burst's worth of grants.
-    capacity_ns: u64,
 }
 
 impl TokenBucket {
     /// A full bucket.
     #[must_use]
-    pub fn new(quota: Quota) -> Self {
-        let interval_ns = quota.interval_ns();
+    pub const fn new() -> Self {
         Self {
             full_at: AtomicU64::new(0),
-            interval_ns,
-            capacity_ns: interval_ns.saturating_mul(u64::from(quota.burst.get())),
         }
     }
 
-    /// Takes `n` tokens at `now`, or none.
+    /// Takes `n` tokens at `now` under `quota`, or none. Use the same quota for a bucket's
+    /// whole life.
     ///
     /// # Errors
     /// [`Rejected`] when fewer than `n` tokens are left; nothing is taken then. A request for
     /// more than the burst is always rejected.
-    pub fn try_acquire(&self, now: Nanos, n: u32) -> Result<(), Rejected> {
-        let cost = self.interval_ns.saturating_mul(u64::from(n));
+    pub fn try_acquire(&self, quota: &Quota, now: Nanos, n: u32) -> Result<(), Rejected> {
+        let cost = quota.interval_ns.saturating_mul(u64::from(n));
         let mut full_at = self.full_at.load(Ordering::Relaxed);
         loop {
             let next = full_at.max(now).saturating_add(cost);
             let ahead = next - now;
-            if ahead > self.capacity_ns {
+            if ahead > quota.capacity_ns {
                 return Err(Rejected {
-                    retry_after: Duration::from_nanos(ahead - self.capacity_ns),
+                    retry_after: Duration::from_nanos(ahead - quota.capacity_ns),
                 });
             }
             // Relaxed: the bucket's one word is its whole state; nothing else is published
@@ -126,6 +146,11 @@ impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
         }
     }
 
+    #[must_use]
+    pub fn quota(&self) -> &Quota {
+        &self.quota
+    }
+
     /// Takes `n` tokens from `key`'s bucket at `now`.
     ///
     /// # Errors
@@ -133,12 +158,12 @@ impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
     pub fn try_acquire(&self, key: &K, now: Nanos, n: u32) -> Result<(), Rejected> {
         // The read path first: a known key costs a shard read lock, not a write lock.
         if let Some(bucket) = self.buckets.get(key) {
-            return bucket.try_acquire(now, n);
+            return bucket.try_acquire(&self.quota, now, n);
         }
         self.buckets
             .entry(key.clone())
-            .or_insert_with(|| TokenBucket::new(self.quota))
-            .try_acquire(now, n)
+            .or_default()
+            .try_acquire(&self.quota, now, n)
     }
 
     /// Forgets every bucket that has refilled by `now` (a full bucket is the same as none).

@@ -1,4 +1,4 @@
-use std::{num::NonZeroU32, time::Duration};
+use std::time::Duration;
 
 use proptest::prelude::*;
 
@@ -7,35 +7,47 @@ use super::*;
 const SECOND: Nanos = 1_000_000_000;
 
 fn quota(per_second: u32, burst: u32) -> Quota {
-    Quota {
-        per_second: NonZeroU32::new(per_second).unwrap(),
-        burst: NonZeroU32::new(burst).unwrap(),
-    }
+    Quota::new(per_second, burst).unwrap()
 }
 
 #[test]
 fn a_full_bucket_grants_the_burst_then_the_rate() {
-    let bucket = TokenBucket::new(quota(10, 5));
+    let quota = quota(10, 5);
+    let bucket = TokenBucket::new();
     let start = 7 * SECOND;
     for _ in 0..5 {
-        bucket.try_acquire(start, 1).unwrap();
+        bucket.try_acquire(&quota, start, 1).unwrap();
     }
-    let rejected = bucket.try_acquire(start, 1).unwrap_err();
+    let rejected = bucket.try_acquire(&quota, start, 1).unwrap_err();
     assert_eq!(rejected.retry_after, Duration::from_millis(100));
     // One token every 100 ms.
-    assert!(bucket.try_acquire(start + SECOND / 10 - 1, 1).is_err());
-    bucket.try_acquire(start + SECOND / 10, 1).unwrap();
+    assert!(
+        bucket
+            .try_acquire(&quota, start + SECOND / 10 - 1, 1)
+            .is_err()
+    );
+    bucket.try_acquire(&quota, start + SECOND / 10, 1).unwrap();
     assert!(!bucket.is_full(start + SECOND / 10));
     assert!(bucket.is_full(start + SECOND / 10 + SECOND / 2));
 }
 
 #[test]
+fn zero_means_no_limit() {
+    assert_eq!(Quota::new(0, 5), None);
+    assert_eq!(Quota::new(5, 0), None);
+}
+
+#[test]
 fn a_rejected_request_takes_nothing() {
-    let bucket = TokenBucket::new(quota(1, 3));
-    bucket.try_acquire(SECOND, 2).unwrap();
-    assert!(bucket.try_acquire(SECOND, 2).is_err());
-    bucket.try_acquire(SECOND, 1).unwrap();
-    assert!(bucket.try_acquire(SECOND, 4).is_err(), "more than the burst");
+    let quota = quota(1, 3);
+    let bucket = TokenBucket::new();
+    bucket.try_acquire(&quota, SECOND, 2).unwrap();
+    assert!(bucket.try_acquire(&quota, SECOND, 2).is_err());
+    bucket.try_acquire(&quota, SECOND, 1).unwrap();
+    assert!(
+        bucket.try_acquire(&quota, SECOND, 4).is_err(),
+        "more than the burst"
+    );
 }
 
 #[test]
@@ -52,13 +64,14 @@ fn keys_have_their_own_buckets_and_full_ones_are_forgotten() {
 
 #[test]
 fn concurrent_takers_never_exceed_the_burst() {
-    let bucket = std::sync::Arc::new(TokenBucket::new(quota(1, 1_000)));
+    let quota = quota(1, 1_000);
+    let bucket = std::sync::Arc::new(TokenBucket::new());
     let threads: Vec<_> = (0..4)
         .map(|_| {
             let bucket = std::sync::Arc::clone(&bucket);
             std::thread::spawn(move || {
                 (0..1_000)
-                    .filter(|_| bucket.try_acquire(SECOND, 1).is_ok())
+                    .filter(|_| bucket.try_acquire(&quota, SECOND, 1).is_ok())
                     .count()
             })
         })
@@ -75,13 +88,14 @@ proptest! {
         burst in 1u32..100,
         steps in proptest::collection::vec((0u64..50_000_000, 1u32..4), 1..300),
     ) {
-        let bucket = TokenBucket::new(quota(per_second, burst));
+        let quota = quota(per_second, burst);
+    let bucket = TokenBucket::new();
         let start = 3 * SECOND;
         let mut now = start;
         let mut granted: u64 = 0;
         for (advance, n) in steps {
             now += advance;
-            if bucket.try_acquire(now, n).is_ok() {
+            if bucket.try_acquire(&quota, now, n).is_ok() {
                 granted += u64::from(n);
             }
             let elapsed = now - start;
@@ -93,13 +107,14 @@ proptest! {
     /// A client that waits as long as it is told always gets through.
     #[test]
     fn waiting_retry_after_is_enough(per_second in 1u32..1_000, burst in 1u32..20) {
-        let bucket = TokenBucket::new(quota(per_second, burst));
+        let quota = quota(per_second, burst);
+    let bucket = TokenBucket::new();
         let now = SECOND;
         for _ in 0..burst {
-            bucket.try_acquire(now, 1).unwrap();
+            bucket.try_acquire(&quota, now, 1).unwrap();
         }
-        let wait = bucket.try_acquire(now, 1).unwrap_err().retry_after;
+        let wait = bucket.try_acquire(&quota, now, 1).unwrap_err().retry_after;
         let wait_ns = u64::try_from(wait.as_nanos()).unwrap();
-        prop_assert!(bucket.try_acquire(now + wait_ns, 1).is_ok());
+        prop_assert!(bucket.try_acquire(&quota, now + wait_ns, 1).is_ok());
     }
 }

@@ -19,3 +19,4 @@ mod redis_cluster;
 mod redis_server;
 mod resume;
 mod slow_consumer;
+mod throttle;
