@@ -1,9 +1,12 @@
-//! Scenario `connect`: opens N WebSocket connections at a target rate (with a bounded number
-//! of handshakes in flight), holds them subscribed, and reports the connect rate and
-//! handshake latency. With `--then-disconnect` it then drops every connection at once and
-//! measures how soon a new connection gets its `welcome`.
+//! Connection scenarios. `connect`: opens N WebSocket connections at a target rate (with a
+//! bounded number of handshakes in flight), holds them subscribed, and reports the connect
+//! rate and handshake latency; with `--then-disconnect` it then drops every connection at
+//! once and measures how soon a new connection gets its `welcome`. `idle`: the same, then
+//! holds them and watches the server's memory. `spike`: repeated bursts of connects and
+//! mass disconnects.
 
 use std::{
+    collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::Arc,
     time::Duration,
@@ -30,9 +33,12 @@ pub struct ConnectArgs {
     /// Handshakes in flight at most.
     #[arg(long, default_value_t = 256)]
     concurrency: usize,
-    /// Spread connections over source addresses 127.0.0.1 .. 127.0.0.N.
+    /// Spread connections over source addresses 127.0.0.K .. 127.0.0.(K+N-1).
     #[arg(long, default_value_t = 1)]
     source_addrs: u8,
+    /// First source address K: 127.0.0.K. Give each load-generator process its own range.
+    #[arg(long, default_value_t = 1)]
+    source_first: u8,
     /// Afterwards drop every connection at once and time the next connection.
     #[arg(long)]
     then_disconnect: bool,
@@ -62,8 +68,16 @@ async fn open(server: SocketAddr, source: Ipv4Addr, channel: &str) -> anyhow::Re
     Ok(ws)
 }
 
-pub async fn run(args: ConnectArgs) -> anyhow::Result<()> {
-    let rss_before = args.server_pid.and_then(proc_stat::rss_kib);
+/// Connections opened by a ramp, and how the ramp went.
+struct Ramp {
+    held: Vec<Ws>,
+    latency: Histogram<u64>,
+    errors: BTreeMap<String, u64>,
+    secs: f64,
+}
+
+/// Opens `args.connections` at `args.rate` with at most `args.concurrency` in flight.
+async fn ramp(args: &ConnectArgs) -> anyhow::Result<Ramp> {
     let semaphore = Arc::new(Semaphore::new(args.concurrency));
     let interval = Duration::from_nanos(1_000_000_000 / args.rate.max(1));
     let mut ticker = tokio::time::interval(interval);
@@ -77,7 +91,7 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<()> {
             127,
             0,
             0,
-            1 + (index % usize::from(args.source_addrs.max(1))) as u8,
+            args.source_first + (index % usize::from(args.source_addrs.max(1))) as u8,
         );
         let server = args.server;
         attempts.push(tokio::spawn(async move {
@@ -86,10 +100,13 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<()> {
             drop(permit);
             result.map(|ws| (ws, begun.elapsed()))
         }));
+        if index % 5_000 == 4_999 {
+            eprintln!("connecting: {} attempted", index + 1);
+        }
     }
     let mut held = Vec::with_capacity(args.connections);
     let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let mut errors: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut errors = BTreeMap::new();
     for attempt in attempts {
         match attempt.await? {
             Ok((ws, elapsed)) => {
@@ -106,53 +123,196 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_after = args.server_pid.and_then(proc_stat::rss_kib);
-    let opened = held.len();
+    Ok(Ramp {
+        held,
+        latency,
+        errors,
+        secs: started.elapsed().as_secs_f64(),
+    })
+}
 
-    let mut after_disconnect = None;
-    if args.then_disconnect {
-        // Everyone drops at once: the sockets close without a close handshake.
-        drop(held);
-        let dropped = tokio::time::Instant::now();
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            match tokio::time::timeout(
-                Duration::from_secs(5),
-                open(args.server, Ipv4Addr::new(127, 0, 0, 1), "after"),
-            )
-            .await
-            {
-                Ok(Ok(_ws)) => break,
-                _ if tries < 100 => tokio::time::sleep(Duration::from_millis(10)).await,
-                _ => anyhow::bail!("no new connection after the mass disconnect"),
-            }
+/// Drops every connection at once (no close handshake) and returns how many milliseconds
+/// passed until a new connection got its `welcome`.
+async fn drop_all_and_reconnect(held: Vec<Ws>, server: SocketAddr) -> anyhow::Result<f64> {
+    drop(held);
+    let dropped = tokio::time::Instant::now();
+    for _ in 0..100 {
+        let attempt = tokio::time::timeout(
+            Duration::from_secs(5),
+            open(server, Ipv4Addr::new(127, 0, 0, 1), "after"),
+        );
+        if let Ok(Ok(_ws)) = attempt.await {
+            return Ok(dropped.elapsed().as_secs_f64() * 1000.0);
         }
-        after_disconnect = Some(dropped.elapsed().as_secs_f64() * 1000.0);
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    anyhow::bail!("no new connection within 100 tries after the mass disconnect")
+}
 
-    let per_connection_kib = match (rss_before, rss_after) {
+fn handshake_json(latency: &Histogram<u64>) -> serde_json::Value {
+    serde_json::json!({
+        "p50": latency.value_at_quantile(0.50),
+        "p99": latency.value_at_quantile(0.99),
+        "max": latency.max(),
+    })
+}
+
+fn per_connection_kib(before: Option<u64>, after: Option<u64>, opened: usize) -> Option<f64> {
+    match (before, after) {
         (Some(before), Some(after)) if opened > 0 => {
-            Some((after.saturating_sub(before)) as f64 / opened as f64)
+            Some(after.saturating_sub(before) as f64 / opened as f64)
         }
         _ => None,
+    }
+}
+
+pub async fn run(args: ConnectArgs) -> anyhow::Result<()> {
+    let rss_before = args.server_pid.and_then(proc_stat::rss_kib);
+    let ramp = ramp(&args).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_after = args.server_pid.and_then(proc_stat::rss_kib);
+    let opened = ramp.held.len();
+    let after_disconnect = if args.then_disconnect {
+        Some(drop_all_and_reconnect(ramp.held, args.server).await?)
+    } else {
+        None
     };
     let results = serde_json::json!({
         "scenario": "connect",
         "target_rate": args.rate,
         "connections": args.connections,
         "opened": opened,
-        "errors": errors,
-        "connects_per_second": (opened as f64 / elapsed).round(),
-        "handshake_latency_us": {
-            "p50": latency.value_at_quantile(0.50),
-            "p99": latency.value_at_quantile(0.99),
-            "max": latency.max(),
-        },
-        "server_rss_kib_per_connection": per_connection_kib,
+        "errors": ramp.errors,
+        "connects_per_second": (opened as f64 / ramp.secs).round(),
+        "handshake_latency_us": handshake_json(&ramp.latency),
+        "server_rss_kib_per_connection": per_connection_kib(rss_before, rss_after, opened),
         "new_connection_after_mass_disconnect_ms": after_disconnect,
     });
     crate::report(&results, args.json.as_deref())
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct IdleArgs {
+    #[command(flatten)]
+    connect: ConnectArgs,
+    /// Seconds to hold the connections once open (they answer the server's pings).
+    #[arg(long, default_value_t = 60)]
+    hold: u64,
+    /// Seconds between progress samples (connections still open, server RSS).
+    #[arg(long, default_value_t = 10)]
+    report_every: u64,
+}
+
+/// Scenario `idle`: opens N subscribed connections, holds them for `--hold` seconds while
+/// they only answer pings, and reports the server's RSS per connection at the start and the
+/// end of the hold (memory that grows while nothing happens is a leak).
+pub async fn idle(args: IdleArgs) -> anyhow::Result<()> {
+    let connect = &args.connect;
+    let rss_before = connect.server_pid.and_then(proc_stat::rss_kib);
+    let ramp = ramp(connect).await?;
+    let opened = ramp.held.len();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_start = connect.server_pid.and_then(proc_stat::rss_kib);
+    // Each connection reads (so tungstenite answers pings) until the hold ends.
+    let open_now = Arc::new(std::sync::atomic::AtomicUsize::new(opened));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let readers: Vec<_> = ramp
+        .held
+        .into_iter()
+        .map(|mut ws| {
+            let open_now = Arc::clone(&open_now);
+            let mut stop_rx = stop_rx.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stop_rx.changed() => return,
+                        next = ws.next() => if !matches!(next, Some(Ok(_))) {
+                            open_now.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                            return;
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let started = tokio::time::Instant::now();
+    let mut samples = Vec::new();
+    while started.elapsed() < Duration::from_secs(args.hold) {
+        let left = Duration::from_secs(args.hold).saturating_sub(started.elapsed());
+        tokio::time::sleep(left.min(Duration::from_secs(args.report_every.max(1)))).await;
+        let sample = serde_json::json!({
+            "t": started.elapsed().as_secs(),
+            "open": open_now.load(std::sync::atomic::Ordering::Relaxed),
+            "server_rss_kib": connect.server_pid.and_then(proc_stat::rss_kib),
+        });
+        eprintln!("idle {sample}");
+        samples.push(sample);
+    }
+    let rss_end = connect.server_pid.and_then(proc_stat::rss_kib);
+    let still_open = open_now.load(std::sync::atomic::Ordering::Relaxed);
+    stop_tx.send_replace(true);
+    for reader in readers {
+        let _ = reader.await;
+    }
+    let results = serde_json::json!({
+        "scenario": "idle",
+        "connections": connect.connections,
+        "opened": opened,
+        "errors": ramp.errors,
+        "connects_per_second": (opened as f64 / ramp.secs).round(),
+        "hold_seconds": args.hold,
+        "closed_during_hold": opened - still_open,
+        "server_rss_kib_per_connection_at_start": per_connection_kib(rss_before, rss_start, opened),
+        "server_rss_kib_per_connection_at_end": per_connection_kib(rss_before, rss_end, opened),
+        "intervals": samples,
+    });
+    crate::report(&results, connect.json.as_deref())
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct SpikeArgs {
+    #[command(flatten)]
+    connect: ConnectArgs,
+    /// Bursts to run: each opens `--connections` as fast as allowed, then drops them all.
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
+}
+
+/// Scenario `spike`: bursts of connects, each followed by every connection dropping at once;
+/// per round, the connect rate, handshake latency, errors and how soon the node accepted a
+/// new connection after the drop.
+pub async fn spike(args: SpikeArgs) -> anyhow::Result<()> {
+    let connect = &args.connect;
+    let rss_before = connect.server_pid.and_then(proc_stat::rss_kib);
+    let mut rounds = Vec::new();
+    for round in 1..=args.rounds {
+        let ramp = ramp(connect).await?;
+        let opened = ramp.held.len();
+        let reaccept_ms = drop_all_and_reconnect(ramp.held, connect.server).await?;
+        let summary = serde_json::json!({
+            "round": round,
+            "opened": opened,
+            "errors": ramp.errors,
+            "connects_per_second": (opened as f64 / ramp.secs).round(),
+            "handshake_latency_us": handshake_json(&ramp.latency),
+            "new_connection_after_drop_ms": reaccept_ms,
+        });
+        eprintln!("spike {summary}");
+        rounds.push(summary);
+        // Let the node finish cleaning up before the next burst.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let rss_after = connect.server_pid.and_then(proc_stat::rss_kib);
+    let results = serde_json::json!({
+        "scenario": "spike",
+        "connections": connect.connections,
+        "target_rate": connect.rate,
+        "rounds": rounds,
+        // What the bursts left behind once every connection was gone.
+        "server_rss_kib_growth": match (rss_before, rss_after) {
+            (Some(before), Some(after)) => Some(after as i64 - before as i64),
+            _ => None,
+        },
+    });
+    crate::report(&results, connect.json.as_deref())
 }

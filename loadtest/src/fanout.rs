@@ -59,6 +59,9 @@ pub struct FanoutArgs {
     /// The target is the baseline broadcaster: send no subscribe, wait for no replies.
     #[arg(long)]
     baseline: bool,
+    /// Publish each message to a random channel instead of round robin (with `--channels`).
+    #[arg(long)]
+    random: bool,
     /// Every S seconds, record an interval sample (deliveries, p99 latency of the interval,
     /// server RSS): for soak runs, to see drift over time. 0: off.
     #[arg(long, default_value_t = 0)]
@@ -111,7 +114,61 @@ fn number(text: &str, field: &str) -> Option<u64> {
     digits[..end].parse().ok()
 }
 
+#[derive(Debug, Clone, clap::Args)]
+pub struct ChannelsArgs {
+    #[command(flatten)]
+    fanout: FanoutArgs,
+}
+
+/// Scenario `channels`: the subscribers spread over many channels (`--channels`, 1,000 unless
+/// given), each publish to a random one.
+pub async fn channels(args: ChannelsArgs) -> anyhow::Result<()> {
+    let mut args = args.fanout;
+    if args.channels <= 1 {
+        args.channels = 1_000;
+    }
+    args.random = true;
+    run_scenario(args, "channels").await
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct SoakArgs {
+    #[command(flatten)]
+    fanout: FanoutArgs,
+    /// Minutes of steady load (replaces `--duration`).
+    #[arg(long, default_value_t = 10)]
+    minutes: u64,
+}
+
+/// Scenario `soak`: steady fan-out for `--minutes`, sampled every `--report-every` seconds (30
+/// unless given); the report adds the drift of RSS and p99 latency from the first sample to
+/// the last.
+pub async fn soak(args: SoakArgs) -> anyhow::Result<()> {
+    let mut fanout = args.fanout;
+    fanout.duration = args.minutes * 60;
+    if fanout.report_every == 0 {
+        fanout.report_every = 30;
+    }
+    run_scenario(fanout, "soak").await
+}
+
 pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
+    run_scenario(args, "fanout").await
+}
+
+/// A small xorshift generator: random channel picks without a dependency.
+struct XorShift(u64);
+
+impl XorShift {
+    fn below(&mut self, bound: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        usize::try_from(self.0 % bound.max(1) as u64).unwrap_or(0)
+    }
+}
+
+async fn run_scenario(args: FanoutArgs, scenario: &'static str) -> anyhow::Result<()> {
     // A few shared histograms rather than one per subscriber: each is about 240 KB, which
     // times 19,000 subscribers would not fit next to the server.
     let histograms: Arc<Vec<Mutex<Histogram<u64>>>> = Arc::new(
@@ -215,14 +272,22 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     let cpu_before = args.server_pid.and_then(proc_stat::cpu_seconds);
     let started = tokio::time::Instant::now();
     let mut published = 0_u64;
+    let mut published_per_channel = vec![0_u64; args.channels.max(1)];
+    let mut rng = XorShift(now_ns() | 1);
     let mut last_progress = started;
     let mut last_sample = started;
     let mut intervals = Vec::new();
     while args.rate > 0 && started.elapsed() < Duration::from_secs(args.duration) {
         ticker.tick().await;
+        let target = if args.random {
+            rng.below(args.channels)
+        } else {
+            usize::try_from(published).unwrap_or(0) % args.channels.max(1)
+        };
+        published_per_channel[target] += 1;
         let frame = format!(
             r#"{{"type":"publish","id":{published},"channel":"{}","data":{{"ts":{},"n":{published},"pad":"{pad}"}}}}"#,
-            channel_name(&args, usize::try_from(published).unwrap_or(0)),
+            channel_name(&args, target),
             now_ns()
         );
         sink.send(Message::Text(frame.into())).await?;
@@ -271,8 +336,8 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
     // Subscribers per channel times messages per channel, summed over the channels.
     let channels = args.channels.max(1) as u64;
     let expected = (0..channels)
-        .map(|k| {
-            let messages = published / channels + u64::from(k < published % channels);
+        .zip(&published_per_channel)
+        .map(|(k, messages)| {
             let subscribers = args.subscribers as u64 / channels
                 + u64::from(k < args.subscribers as u64 % channels);
             messages * subscribers
@@ -300,7 +365,7 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
         }
     }
     let results = serde_json::json!({
-        "scenario": "fanout",
+        "scenario": scenario,
         "target": if args.baseline { "baseline" } else { "switchboard" },
         "subscribers": args.subscribers,
         "channels": args.channels,
@@ -320,8 +385,20 @@ pub async fn run(args: FanoutArgs) -> anyhow::Result<()> {
             "max": completed.max(),
         },
         "latency_us": crate::latency_json(&histogram),
+        "drift": drift(&intervals),
         "intervals": intervals,
     });
     crate::report(&results, args.json.as_deref())?;
     Ok(())
+}
+
+/// How the interval samples moved from the first to the last: server RSS and p99 latency.
+fn drift(intervals: &[serde_json::Value]) -> serde_json::Value {
+    let (Some(first), Some(last)) = (intervals.first(), intervals.last()) else {
+        return serde_json::Value::Null;
+    };
+    serde_json::json!({
+        "server_rss_kib": [first["server_rss_kib"].clone(), last["server_rss_kib"].clone()],
+        "p99_us": [first["p99_us"].clone(), last["p99_us"].clone()],
+    })
 }

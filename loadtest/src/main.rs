@@ -3,8 +3,10 @@
 //!
 //! Scenarios: `cluster` (publishers on some nodes, subscribers on others), `fanout` (N
 //! subscribers of one channel, R publishes a second, against Switchboard or the baseline),
-//! `connect` (connection rate, memory per connection, mass disconnect), and `baseline`, the
-//! minimal broadcaster that is the ceiling for fan-out figures.
+//! `channels` (many channels, random publishes), `soak` (steady fan-out for minutes, drift),
+//! `connect` (connection rate, memory per connection, mass disconnect), `idle` (hold
+//! connections, watch memory), `spike` (bursts of connects and mass disconnects), and
+//! `baseline`, the minimal broadcaster that is the ceiling for fan-out figures.
 
 mod baseline;
 mod connect;
@@ -38,8 +40,16 @@ enum Scenario {
     Cluster(ClusterArgs),
     /// N subscribers on one channel, R publishes a second: deliveries/s, latency, CPU.
     Fanout(fanout::FanoutArgs),
+    /// Subscribers spread over many channels, publishes to random ones.
+    Channels(fanout::ChannelsArgs),
+    /// Steady fan-out for T minutes: memory and latency drift.
+    Soak(fanout::SoakArgs),
     /// Open N connections at a target rate; optionally drop them all and time the next.
     Connect(connect::ConnectArgs),
+    /// Hold N subscribed connections and watch the server's memory.
+    Idle(connect::IdleArgs),
+    /// Bursts of connects, each followed by a mass disconnect.
+    Spike(connect::SpikeArgs),
     /// Run the baseline broadcaster (a server, not a load).
     Baseline(baseline::BaselineArgs),
 }
@@ -86,16 +96,62 @@ pub(crate) fn latency_json(histogram: &Histogram<u64>) -> serde_json::Value {
     })
 }
 
-/// Prints the results and, when asked, writes them to a file.
+/// Prints the results as a table and writes them as JSON to `json` (to stdout after the
+/// table when no file is given).
 pub(crate) fn report(
     results: &serde_json::Value,
     json: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(results)?);
-    if let Some(path) = json {
-        std::fs::write(path, results.to_string())?;
+    let mut rows = Vec::new();
+    table_rows("", results, &mut rows);
+    let width = rows.iter().map(|(key, _)| key.len()).max().unwrap_or(0);
+    for (key, value) in &rows {
+        println!("{key:<width$}  {value}");
+    }
+    match json {
+        Some(path) => std::fs::write(path, results.to_string())
+            .with_context(|| format!("writing {}", path.display()))?,
+        None => println!("{}", serde_json::to_string_pretty(results)?),
     }
     Ok(())
+}
+
+/// One row per scalar, keyed by its dotted path; lists of samples are summarized by length
+/// (they are in the JSON).
+fn table_rows(prefix: &str, value: &serde_json::Value, rows: &mut Vec<(String, String)>) {
+    use serde_json::Value;
+    match value {
+        Value::Object(fields) => {
+            for (key, field) in fields {
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                table_rows(&path, field, rows);
+            }
+        }
+        Value::Array(items) if items.iter().any(Value::is_object) => {
+            rows.push((
+                prefix.to_owned(),
+                format!("{} samples (see JSON)", items.len()),
+            ));
+        }
+        Value::Number(number) => rows.push((
+            prefix.to_owned(),
+            number.as_f64().map_or_else(
+                || number.to_string(),
+                |float| {
+                    if float.fract() == 0.0 {
+                        number.to_string()
+                    } else {
+                        format!("{float:.3}")
+                    }
+                },
+            ),
+        )),
+        other => rows.push((prefix.to_owned(), other.to_string())),
+    }
 }
 
 pub(crate) fn now_ns() -> u64 {
@@ -111,7 +167,11 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().scenario {
         Scenario::Cluster(args) => cluster(args).await,
         Scenario::Fanout(args) => fanout::run(args).await,
+        Scenario::Channels(args) => fanout::channels(args).await,
+        Scenario::Soak(args) => fanout::soak(args).await,
         Scenario::Connect(args) => connect::run(args).await,
+        Scenario::Idle(args) => connect::idle(args).await,
+        Scenario::Spike(args) => connect::spike(args).await,
         Scenario::Baseline(args) => baseline::run(args).await,
     }
 }
