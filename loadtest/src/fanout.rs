@@ -17,7 +17,7 @@ use hdrhistogram::Histogram;
 use tokio::net::TcpSocket;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite::Message};
 
-use crate::{now_ns, proc_stat};
+use crate::{lean, now_ns, proc_stat};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct FanoutArgs {
@@ -105,13 +105,17 @@ async fn connect(args: &FanoutArgs, server: SocketAddr, index: usize) -> anyhow:
 }
 
 /// A number field of a frame's payload (`"ts":` or `"n":`), found without parsing the JSON.
-fn number(text: &str, field: &str) -> Option<u64> {
-    let start = text.find(field)? + field.len();
-    let digits: &str = &text[start..];
+fn number(payload: &[u8], field: &[u8]) -> Option<u64> {
+    let start = payload
+        .windows(field.len())
+        .position(|window| window == field)?
+        + field.len();
+    let digits = &payload[start..];
     let end = digits
-        .find(|c: char| !c.is_ascii_digit())
+        .iter()
+        .position(|byte| !byte.is_ascii_digit())
         .unwrap_or(digits.len());
-    digits[..end].parse().ok()
+    std::str::from_utf8(&digits[..end]).ok()?.parse().ok()
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -203,6 +207,10 @@ async fn run_scenario(args: FanoutArgs, scenario: &'static str) -> anyhow::Resul
             ws.send(Message::Text(subscribe.into())).await?;
             ws.next().await; // subscribed
         }
+        // From here on the subscriber reads raw frames: see `lean`.
+        let MaybeTlsStream::Plain(mut stream) = ws.into_inner() else {
+            anyhow::bail!("the load generator speaks plain TCP only");
+        };
         let histograms = Arc::clone(&histograms);
         let interval_histograms = Arc::clone(&interval_histograms);
         let delivered = Arc::clone(&delivered);
@@ -211,38 +219,47 @@ async fn run_scenario(args: FanoutArgs, scenario: &'static str) -> anyhow::Resul
         subscribers.push(tokio::spawn(async move {
             let histogram = &histograms[index % HISTOGRAM_SHARDS];
             let interval_histogram = &interval_histograms[index % HISTOGRAM_SHARDS];
+            let mut reader = lean::FrameReader::default();
+            let mut on_text = |payload: &[u8]| {
+                let Some(sent) = number(payload, b"\"ts\":") else {
+                    return;
+                };
+                let micros = (now_ns().saturating_sub(sent) / 1000).max(1);
+                let _ = histogram
+                    .lock()
+                    .expect("no panics while held")
+                    .record(micros);
+                let _ = interval_histogram
+                    .lock()
+                    .expect("no panics while held")
+                    .record(micros);
+                delivered.fetch_add(1, Ordering::Relaxed);
+                let slot = number(payload, b"\"n\":")
+                    .and_then(|n| usize::try_from(n).ok())
+                    .and_then(|n| completion.get(n));
+                if let Some(slot) = slot {
+                    slot.fetch_max(micros, Ordering::Relaxed);
+                }
+            };
             loop {
-                let next = if *done_rx.borrow() {
-                    match tokio::time::timeout(Duration::from_secs(3), ws.next()).await {
-                        Ok(next) => next,
+                let step = if *done_rx.borrow() {
+                    match tokio::time::timeout(
+                        Duration::from_secs(3),
+                        reader.read(&mut stream, &mut on_text),
+                    )
+                    .await
+                    {
+                        Ok(step) => step,
                         Err(_) => break,
                     }
                 } else {
                     tokio::select! {
-                        next = ws.next() => next,
+                        step = reader.read(&mut stream, &mut on_text) => step,
                         _ = done_rx.changed() => continue,
                     }
                 };
-                let Some(Ok(message)) = next else { break };
-                if let Message::Text(text) = message {
-                    if let Some(sent) = number(&text, "\"ts\":") {
-                        let micros = (now_ns().saturating_sub(sent) / 1000).max(1);
-                        let _ = histogram
-                            .lock()
-                            .expect("no panics while held")
-                            .record(micros);
-                        let _ = interval_histogram
-                            .lock()
-                            .expect("no panics while held")
-                            .record(micros);
-                        delivered.fetch_add(1, Ordering::Relaxed);
-                        let slot = number(&text, "\"n\":")
-                            .and_then(|n| usize::try_from(n).ok())
-                            .and_then(|n| completion.get(n));
-                        if let Some(slot) = slot {
-                            slot.fetch_max(micros, Ordering::Relaxed);
-                        }
-                    }
+                if !matches!(step, Ok(true)) {
+                    break;
                 }
             }
         }));

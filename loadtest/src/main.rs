@@ -11,6 +11,7 @@
 mod baseline;
 mod connect;
 mod fanout;
+mod lean;
 mod proc_stat;
 
 use std::{
