@@ -21,33 +21,43 @@ use crate::proc_stat;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConnectArgs {
-    /// Server address (host:port); the WebSocket path is /ws.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    server: SocketAddr,
+    /// Server addresses (host:port, comma separated; connection i goes to server i mod n);
+    /// the WebSocket path is /ws.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:8080")]
+    pub server: Vec<SocketAddr>,
     /// Connections to open.
     #[arg(long, default_value_t = 10_000)]
-    connections: usize,
+    pub connections: usize,
     /// Target connections per second.
     #[arg(long, default_value_t = 5_000)]
-    rate: u64,
+    pub rate: u64,
     /// Handshakes in flight at most.
     #[arg(long, default_value_t = 256)]
-    concurrency: usize,
+    pub concurrency: usize,
     /// Spread connections over source addresses 127.0.0.K .. 127.0.0.(K+N-1).
     #[arg(long, default_value_t = 1)]
-    source_addrs: u8,
+    pub source_addrs: u8,
     /// First source address K: 127.0.0.K. Give each load-generator process its own range.
     #[arg(long, default_value_t = 1)]
-    source_first: u8,
+    pub source_first: u8,
     /// Afterwards drop every connection at once and time the next connection.
     #[arg(long)]
-    then_disconnect: bool,
-    /// PID of the server, for RSS from /proc.
-    #[arg(long)]
-    server_pid: Option<u32>,
+    pub then_disconnect: bool,
+    /// PIDs of the servers (comma separated), for their summed RSS from /proc.
+    #[arg(long, value_delimiter = ',')]
+    pub server_pid: Vec<u32>,
+    /// Spread the connections over this many worker processes (each with its own share of
+    /// `--connections`, `--rate` and `--concurrency`, and its own source addresses from
+    /// `--source-first + i * --source-addrs`): one process may open only 20,000 files here.
+    /// `idle` only.
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// Run as one of the workers of a parent process (set by the parent).
+    #[arg(long, hide = true)]
+    pub worker: bool,
     /// Also write the results as JSON here.
     #[arg(long)]
-    json: Option<std::path::PathBuf>,
+    pub json: Option<std::path::PathBuf>,
 }
 
 type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
@@ -93,7 +103,7 @@ async fn ramp(args: &ConnectArgs) -> anyhow::Result<Ramp> {
             0,
             args.source_first + (index % usize::from(args.source_addrs.max(1))) as u8,
         );
-        let server = args.server;
+        let server = args.server[index % args.server.len()];
         attempts.push(tokio::spawn(async move {
             let begun = tokio::time::Instant::now();
             let result = open(server, source, &format!("room-{}", index % 100)).await;
@@ -167,13 +177,13 @@ fn per_connection_kib(before: Option<u64>, after: Option<u64>, opened: usize) ->
 }
 
 pub async fn run(args: ConnectArgs) -> anyhow::Result<()> {
-    let rss_before = args.server_pid.and_then(proc_stat::rss_kib);
+    let rss_before = proc_stat::total_rss_kib(&args.server_pid);
     let ramp = ramp(&args).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_after = args.server_pid.and_then(proc_stat::rss_kib);
+    let rss_after = proc_stat::total_rss_kib(&args.server_pid);
     let opened = ramp.held.len();
     let after_disconnect = if args.then_disconnect {
-        Some(drop_all_and_reconnect(ramp.held, args.server).await?)
+        Some(drop_all_and_reconnect(ramp.held, args.server[0]).await?)
     } else {
         None
     };
@@ -194,25 +204,32 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<()> {
 #[derive(Debug, Clone, clap::Args)]
 pub struct IdleArgs {
     #[command(flatten)]
-    connect: ConnectArgs,
+    pub connect: ConnectArgs,
     /// Seconds to hold the connections once open (they answer the server's pings).
     #[arg(long, default_value_t = 60)]
-    hold: u64,
+    pub hold: u64,
     /// Seconds between progress samples (connections still open, server RSS).
     #[arg(long, default_value_t = 10)]
-    report_every: u64,
+    pub report_every: u64,
 }
 
 /// Scenario `idle`: opens N subscribed connections, holds them for `--hold` seconds while
 /// they only answer pings, and reports the server's RSS per connection at the start and the
 /// end of the hold (memory that grows while nothing happens is a leak).
 pub async fn idle(args: IdleArgs) -> anyhow::Result<()> {
+    if args.connect.workers > 1 && !args.connect.worker {
+        return crate::workers::idle(&args).await;
+    }
     let connect = &args.connect;
-    let rss_before = connect.server_pid.and_then(proc_stat::rss_kib);
+    let rss_before = proc_stat::total_rss_kib(&connect.server_pid);
     let ramp = ramp(connect).await?;
     let opened = ramp.held.len();
+    if connect.worker {
+        // The parent measures once every worker is connected.
+        println!("ready {opened}");
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_start = connect.server_pid.and_then(proc_stat::rss_kib);
+    let rss_start = proc_stat::total_rss_kib(&connect.server_pid);
     // Each connection reads (so tungstenite answers pings) until the hold ends.
     let open_now = Arc::new(std::sync::atomic::AtomicUsize::new(opened));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -243,12 +260,12 @@ pub async fn idle(args: IdleArgs) -> anyhow::Result<()> {
         let sample = serde_json::json!({
             "t": started.elapsed().as_secs(),
             "open": open_now.load(std::sync::atomic::Ordering::Relaxed),
-            "server_rss_kib": connect.server_pid.and_then(proc_stat::rss_kib),
+            "server_rss_kib": proc_stat::total_rss_kib(&connect.server_pid),
         });
         eprintln!("idle {sample}");
         samples.push(sample);
     }
-    let rss_end = connect.server_pid.and_then(proc_stat::rss_kib);
+    let rss_end = proc_stat::total_rss_kib(&connect.server_pid);
     let still_open = open_now.load(std::sync::atomic::Ordering::Relaxed);
     stop_tx.send_replace(true);
     for reader in readers {
@@ -283,12 +300,12 @@ pub struct SpikeArgs {
 /// new connection after the drop.
 pub async fn spike(args: SpikeArgs) -> anyhow::Result<()> {
     let connect = &args.connect;
-    let rss_before = connect.server_pid.and_then(proc_stat::rss_kib);
+    let rss_before = proc_stat::total_rss_kib(&connect.server_pid);
     let mut rounds = Vec::new();
     for round in 1..=args.rounds {
         let ramp = ramp(connect).await?;
         let opened = ramp.held.len();
-        let reaccept_ms = drop_all_and_reconnect(ramp.held, connect.server).await?;
+        let reaccept_ms = drop_all_and_reconnect(ramp.held, connect.server[0]).await?;
         let summary = serde_json::json!({
             "round": round,
             "opened": opened,
@@ -302,7 +319,7 @@ pub async fn spike(args: SpikeArgs) -> anyhow::Result<()> {
         // Let the node finish cleaning up before the next burst.
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let rss_after = connect.server_pid.and_then(proc_stat::rss_kib);
+    let rss_after = proc_stat::total_rss_kib(&connect.server_pid);
     let results = serde_json::json!({
         "scenario": "spike",
         "connections": connect.connections,

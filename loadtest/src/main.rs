@@ -13,6 +13,7 @@ mod connect;
 mod fanout;
 mod lean;
 mod proc_stat;
+mod workers;
 
 use std::{
     sync::{

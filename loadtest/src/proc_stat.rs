@@ -22,6 +22,14 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
+/// The summed RSS of `pids`, in KiB; `None` when none are given or one cannot be read.
+pub fn total_rss_kib(pids: &[u32]) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&pid| rss_kib(pid)).sum()
+}
+
 fn clock_ticks() -> f64 {
     // USER_HZ is 100 on every Linux architecture this runs on.
     100.0
