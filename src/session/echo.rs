@@ -34,8 +34,13 @@ where
                 }
             }
             Some(Ok(Message::Close(_))) => {
-                // tungstenite has queued the close reply; the sink's close flushes it.
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, SinkExt::close(&mut ws)).await;
+                // tungstenite has queued the close reply; the sink's close writes it, and
+                // the stream's flush sends it (tungstenite does not flush after the reply).
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+                    let _ = SinkExt::close(&mut ws).await;
+                    tokio::io::AsyncWriteExt::flush(ws.get_mut()).await
+                })
+                .await;
                 return;
             }
             Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
@@ -47,7 +52,8 @@ where
                     };
                     let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
                         let _ = ws.send(Message::Close(Some(frame))).await;
-                        SinkExt::close(&mut ws).await
+                        let _ = SinkExt::close(&mut ws).await;
+                        tokio::io::AsyncWriteExt::flush(ws.get_mut()).await
                     })
                     .await;
                 }

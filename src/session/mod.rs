@@ -8,12 +8,14 @@
 //!
 //! Must not depend on `control` or `app`.
 
+mod coalesce;
 mod echo;
 mod reader;
 mod writer;
 
 use std::{net::IpAddr, sync::Arc, time::Duration};
 
+use futures_util::stream::{SplitSink, SplitStream};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::TcpStream,
@@ -72,9 +74,10 @@ impl SessionSettings {
         };
         WebSocketConfig::default()
             .read_buffer_size(self.read_buffer_bytes)
-            // Frames are gathered up to this size before a write; a batch of small messages
-            // becomes one syscall. Kept small because the buffer is kept per connection.
-            .write_buffer_size(8 * 1024)
+            // Every frame goes straight through to `Coalesce`, which gathers a batch into one
+            // syscall and frees its buffer once written; tungstenite's own buffer would keep
+            // its high-water capacity for the connection's life.
+            .write_buffer_size(0)
             .max_message_size(Some(max_message))
             .max_frame_size(Some(max_message))
     }
@@ -211,7 +214,7 @@ where
     let handshake = Box::pin(tokio::time::timeout(
         ctx.settings.handshake_timeout,
         tokio_tungstenite::accept_hdr_async_with_config(
-            stream,
+            coalesce::Coalesce::new(stream),
             callback,
             Some(ctx.settings.websocket_config()),
         ),
@@ -279,15 +282,9 @@ where
     }
     // The writer sends the close frame; the reader waits (bounded) for the client's reply so
     // the close handshake completes before the socket is dropped.
-    let _ = writer.await;
-    if !matches!(end, End::ClientClosed | End::TransportLost) {
-        // Boxed: needed once, so its timer does not size the task for the connection's life.
-        let _ = Box::pin(tokio::time::timeout(
-            CLOSE_TIMEOUT,
-            reader::await_close_reply(&mut stream),
-        ))
-        .await;
-    }
+    // Boxed: needed once, so its state (the whole reunited stream among it) does not size
+    // the task for the connection's life.
+    Box::pin(finish_close(writer, stream, end)).await;
     let final_end = match outbound.close_code() {
         Some(code) if end != End::ClientClosed => End::Requested(code),
         _ => end,
@@ -295,6 +292,33 @@ where
     ctx.hub.deregister(conn_id, reader.subscriptions());
     telemetry::connection_closed(final_end.label());
     tracing::debug!(conn_id, end = final_end.label(), "Session ended");
+}
+
+/// The end of the close handshake: waits for the writer to send (or queue) the close frame,
+/// then completes the handshake on the reunited stream.
+async fn finish_close<S>(
+    writer: tokio::task::JoinHandle<SplitSink<WebSocketStream<S>, tungstenite::Message>>,
+    stream: SplitStream<WebSocketStream<S>>,
+    end: End,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let Ok(sink) = writer.await else {
+        return;
+    };
+    let Ok(mut ws) = sink.reunite(stream) else {
+        return;
+    };
+    // When the client closed first, tungstenite queues its close reply and reports the
+    // connection closed without flushing the stream under it, so the reply would stay in
+    // `Coalesce`: flush it here.
+    let _ =
+        tokio::time::timeout(CLOSE_TIMEOUT, tokio::io::AsyncWriteExt::flush(ws.get_mut())).await;
+    // After a server-initiated close, wait (bounded) for the client's reply so the close
+    // handshake completes before the socket is dropped.
+    if !matches!(end, End::ClientClosed | End::TransportLost) {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, reader::await_close_reply(&mut ws)).await;
+    }
 }
 
 /// Maps a read error to how the session ends.

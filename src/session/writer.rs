@@ -24,11 +24,13 @@ use crate::{
 const MAX_BATCH: usize = 64;
 
 /// Runs until the connection closes, then sends the close frame when a code was requested.
+/// Returns the sink, so the session can flush what tungstenite wrote last (see `run`).
 pub(super) async fn write_loop<S>(
     mut sink: S,
     queue_rx: flume::Receiver<Outgoing>,
     outbound: Arc<Outbound>,
-) where
+) -> S
+where
     S: Sink<Message, Error = tungstenite::Error> + Unpin,
 {
     let watched = Arc::clone(&outbound);
@@ -52,11 +54,12 @@ pub(super) async fn write_loop<S>(
     if let Err(err) = result {
         tracing::debug!(conn_id = outbound.conn_id(), error = %err, "Write failed");
         outbound.abort();
-        return;
+        return sink;
     }
     // Boxed: the close handshake's state (a timer among it) is needed once, at the end, and
     // would otherwise size every idle connection's writer.
-    Box::pin(send_close(sink, &outbound)).await;
+    Box::pin(send_close(&mut sink, &outbound)).await;
+    sink
 }
 
 /// The write loop's progress between wake-ups.
@@ -128,7 +131,7 @@ impl Batch {
     }
 }
 
-async fn send_close<S>(mut sink: S, outbound: &Outbound)
+async fn send_close<S>(sink: &mut S, outbound: &Outbound)
 where
     S: Sink<Message, Error = tungstenite::Error> + Unpin,
 {
