@@ -258,10 +258,14 @@ async fn run_scenario(args: FanoutArgs, scenario: &'static str) -> anyhow::Resul
                         _ = done_rx.changed() => continue,
                     }
                 };
-                if !matches!(step, Ok(true)) {
-                    break;
+                match step {
+                    Ok(lean::Read::More) => {}
+                    Ok(lean::Read::Closed(code)) => return Some(format!("closed_{code}")),
+                    Ok(lean::Read::Eof) => return Some("eof_without_close".to_owned()),
+                    Err(err) => return Some(format!("io_{:?}", err.kind())),
                 }
             }
+            None
         }));
         if index % 1000 == 999 {
             eprintln!("connected {}", index + 1);
@@ -339,8 +343,12 @@ async fn run_scenario(args: FanoutArgs, scenario: &'static str) -> anyhow::Resul
     }
     let publish_secs = started.elapsed().as_secs_f64();
     done_tx.send_replace(true);
+    // How subscribers ended other than by going quiet once publishing stopped.
+    let mut errors: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
     for subscriber in subscribers {
-        subscriber.await?;
+        if let Some(kind) = subscriber.await? {
+            *errors.entry(kind).or_default() += 1;
+        }
     }
     drain.abort();
     // Subscribers stop 3 s after the last frame; that idle tail is not server work.
@@ -392,6 +400,7 @@ async fn run_scenario(args: FanoutArgs, scenario: &'static str) -> anyhow::Resul
         "expected": expected,
         "delivered": delivered,
         "loss": expected.saturating_sub(delivered),
+        "errors": errors,
         "deliveries_per_second": (delivered as f64 / publish_secs).round(),
         "connect_per_second": (args.subscribers as f64 / connect_secs).round(),
         "server_cpu_us_per_delivery": cpu_us_per_delivery,

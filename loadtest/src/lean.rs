@@ -17,6 +17,17 @@ const OP_TEXT: u8 = 0x1;
 const OP_CLOSE: u8 = 0x8;
 const OP_PING: u8 = 0x9;
 
+/// What one read found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Read {
+    /// Frames were handled (or a partial one buffered); read again.
+    More,
+    /// The server sent a close frame with this code (1005 when it carried none).
+    Closed(u16),
+    /// The connection ended without a close frame.
+    Eof,
+}
+
 /// Bytes read but not yet parsed, kept between reads.
 #[derive(Debug)]
 pub struct FrameReader {
@@ -58,7 +69,7 @@ fn parse(buf: &[u8]) -> Option<(u8, usize, usize)> {
 
 impl FrameReader {
     /// Reads once from `stream` and hands every complete text (or continuation) payload to
-    /// `on_text`. `Ok(false)` when the connection ended (EOF or a close frame).
+    /// `on_text`, and says whether the connection goes on.
     ///
     /// # Cancel safety
     /// Cancel safe while waiting for bytes (the common case); cancelled while answering a
@@ -67,10 +78,10 @@ impl FrameReader {
         &mut self,
         stream: &mut TcpStream,
         on_text: &mut impl FnMut(&[u8]),
-    ) -> std::io::Result<bool> {
+    ) -> std::io::Result<Read> {
         let n = stream.read(&mut self.buf[self.filled..]).await?;
         if n == 0 {
-            return Ok(false);
+            return Ok(Read::Eof);
         }
         self.filled += n;
         let mut start = 0;
@@ -91,14 +102,19 @@ impl FrameReader {
                     pong.extend_from_slice(payload);
                     stream.write_all(&pong).await?;
                 }
-                OP_CLOSE => return Ok(false),
+                OP_CLOSE => {
+                    let code = payload
+                        .get(..2)
+                        .map_or(1005, |code| u16::from_be_bytes([code[0], code[1]]));
+                    return Ok(Read::Closed(code));
+                }
                 _ => {}
             }
             start = end;
         }
         self.buf.copy_within(start..self.filled, 0);
         self.filled -= start;
-        Ok(true)
+        Ok(Read::More)
     }
 }
 
