@@ -12,6 +12,7 @@ use std::{
     time::Duration,
 };
 
+use anyhow::Context as _;
 use futures_util::{SinkExt as _, StreamExt as _};
 use hdrhistogram::Histogram;
 use tokio::net::TcpSocket;
@@ -21,44 +22,45 @@ use crate::{lean, now_ns, proc_stat};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct FanoutArgs {
-    /// Server address (host:port); the WebSocket path is /ws.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    server: SocketAddr,
+    /// Server addresses (host:port, comma separated; subscriber i connects to server i mod n,
+    /// publishes go to the first); the WebSocket path is /ws.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:8080")]
+    pub server: Vec<SocketAddr>,
     /// Subscriber connections.
     #[arg(long, default_value_t = 1000)]
-    subscribers: usize,
+    pub subscribers: usize,
     /// Publishes per second; 0 runs subscribers only (for multi-process runs where another
     /// process publishes), holding them for `--duration`.
     #[arg(long, default_value_t = 100)]
-    rate: u64,
+    pub rate: u64,
     /// Publish through this server instead of `--server` (e.g. another cluster node).
     #[arg(long)]
     publish_on: Option<SocketAddr>,
     /// Seconds of publishing.
     #[arg(long, default_value_t = 10)]
-    duration: u64,
+    pub duration: u64,
     /// Payload bytes.
     #[arg(long, default_value_t = 256)]
-    payload: usize,
+    pub payload: usize,
     /// Channel name.
     #[arg(long, default_value = "fanout")]
-    channel: String,
+    pub channel: String,
     /// Spread subscribers over this many channels (`<channel>-0` .. `<channel>-K-1`,
     /// subscriber i on channel i mod K); publishes go round robin over them. With K > 1,
     /// use K times the rate for the same deliveries per second as one channel.
     #[arg(long, default_value_t = 1)]
-    channels: usize,
+    pub channels: usize,
     /// Spread subscribers over source addresses 127.0.0.1 .. 127.0.0.N (ephemeral ports
     /// run out near 28,000 connections per source address).
     #[arg(long, default_value_t = 1)]
-    source_addrs: u8,
+    pub source_addrs: u8,
     /// First source address: 127.0.0.K (give each load-generator process its own, since
     /// explicitly bound sockets cannot share ephemeral ports across processes).
     #[arg(long, default_value_t = 1)]
-    source_first: u8,
+    pub source_first: u8,
     /// The target is the baseline broadcaster: send no subscribe, wait for no replies.
     #[arg(long)]
-    baseline: bool,
+    pub baseline: bool,
     /// Publish each message to a random channel instead of round robin (with `--channels`).
     #[arg(long)]
     random: bool,
@@ -71,7 +73,22 @@ pub struct FanoutArgs {
     server_pid: Option<u32>,
     /// Also write the results as JSON here.
     #[arg(long)]
-    json: Option<std::path::PathBuf>,
+    pub json: Option<std::path::PathBuf>,
+    /// Hold the subscribers in this many worker processes (copies of this binary, each with
+    /// its share and its own source addresses from `--source-first + i * --source-addrs`)
+    /// while this process publishes and merges their results: one process may open only
+    /// 20,000 files here.
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// Run as a worker of a parent process (set by the parent).
+    #[arg(long, hide = true)]
+    pub worker: bool,
+    /// Index of this process's first subscriber among all workers' (set by the parent).
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub subscriber_offset: usize,
+    /// Messages the parent may publish, to size the completion table (set by the parent).
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub completion_slots: usize,
 }
 
 /// The channel of subscriber (or message) `index`.
@@ -189,15 +206,30 @@ async fn run_scenario(args: FanoutArgs, scenario: &'static str) -> anyhow::Resul
     let delivered = Arc::new(AtomicU64::new(0));
     // Per published message: the latest delivery's latency, i.e. when its broadcast
     // completed. Indexed by the message number carried in the payload.
-    let capacity = usize::try_from((args.rate * args.duration * 2).max(4096)).unwrap_or(usize::MAX);
+    let capacity = usize::try_from((args.rate * args.duration * 2).max(4096))
+        .unwrap_or(usize::MAX)
+        .max(args.completion_slots);
     let completion: Arc<Vec<AtomicU64>> =
         Arc::new((0..capacity).map(|_| AtomicU64::new(0)).collect());
     // Subscribers wait as long as publishing lasts, then stop 3 s after their last frame.
     let (done_tx, done_rx) = tokio::sync::watch::channel(false);
     let connect_started = tokio::time::Instant::now();
-    let mut subscribers = Vec::with_capacity(args.subscribers);
-    for index in 0..args.subscribers {
-        let mut ws = connect(&args, args.server, index).await?;
+    // With workers, they hold the subscribers and this process only publishes.
+    let mut workers = if args.workers > 1 && !args.worker {
+        Some(crate::workers::start_fanout(&args).await?)
+    } else {
+        None
+    };
+    let local_subscribers = if workers.is_some() {
+        0
+    } else {
+        args.subscribers
+    };
+    let mut subscribers = Vec::with_capacity(local_subscribers);
+    for local in 0..local_subscribers {
+        let index = args.subscriber_offset + local;
+        let server = args.server[index % args.server.len()];
+        let mut ws = connect(&args, server, index).await?;
         if !args.baseline {
             ws.next().await; // welcome
             let subscribe = format!(
@@ -274,11 +306,15 @@ async fn run_scenario(args: FanoutArgs, scenario: &'static str) -> anyhow::Resul
     let connect_secs = connect_started.elapsed().as_secs_f64();
     let rss_after_connect = args.server_pid.and_then(proc_stat::rss_kib);
 
-    if args.rate == 0 {
+    if args.worker {
+        // Tell the parent, then hold until it closes our stdin (publishing is over).
+        println!("ready {local_subscribers}");
+        let _ = tokio::io::copy(&mut tokio::io::stdin(), &mut tokio::io::sink()).await;
+    } else if args.rate == 0 {
         // Subscribers only: hold them while another process publishes.
         tokio::time::sleep(Duration::from_secs(args.duration)).await;
     }
-    let publish_on = args.publish_on.unwrap_or(args.server);
+    let publish_on = args.publish_on.unwrap_or(args.server[0]);
     let (mut sink, mut stream) = connect(&args, publish_on, 0).await?.split();
     // Drain whatever the server sends the publisher (acks, or the broadcast itself).
     let drain = tokio::spawn(async move {
@@ -357,7 +393,18 @@ async fn run_scenario(args: FanoutArgs, scenario: &'static str) -> anyhow::Resul
     for shard in histograms.iter() {
         histogram.add(&*shard.lock().expect("no panics while held"))?;
     }
-    let delivered = delivered.load(Ordering::Relaxed);
+    let mut delivered = delivered.load(Ordering::Relaxed);
+    if let Some(workers) = workers.take() {
+        let merged = workers.finish().await?;
+        delivered += merged.delivered;
+        histogram.add(&merged.latency)?;
+        for (kind, count) in merged.errors {
+            *errors.entry(kind).or_default() += count;
+        }
+        for (slot, micros) in completion.iter().zip(merged.completion) {
+            slot.fetch_max(micros, Ordering::Relaxed);
+        }
+    }
     // Subscribers per channel times messages per channel, summed over the channels.
     let channels = args.channels.max(1) as u64;
     let expected = (0..channels)
@@ -413,7 +460,34 @@ async fn run_scenario(args: FanoutArgs, scenario: &'static str) -> anyhow::Resul
         "latency_us": crate::latency_json(&histogram),
         "drift": drift(&intervals),
         "intervals": intervals,
+        "workers": args.workers,
     });
+    if args.worker {
+        // What the parent merges: the latency histogram and each message's completion.
+        let mut serialized = Vec::new();
+        hdrhistogram::serialization::Serializer::serialize(
+            &mut hdrhistogram::serialization::V2Serializer::new(),
+            &histogram,
+            &mut serialized,
+        )
+        .map_err(|err| anyhow::anyhow!("serializing the latency histogram: {err:?}"))?;
+        let last = completion
+            .iter()
+            .rposition(|slot| slot.load(Ordering::Relaxed) > 0)
+            .map_or(0, |n| n + 1);
+        let merge = serde_json::json!({
+            "delivered": delivered,
+            "errors": errors,
+            "latency_v2": serialized,
+            "completion_us": completion[..last]
+                .iter()
+                .map(|slot| slot.load(Ordering::Relaxed))
+                .collect::<Vec<_>>(),
+        });
+        let path = args.json.as_deref().context("a worker needs --json")?;
+        std::fs::write(path, merge.to_string())?;
+        return Ok(());
+    }
     crate::report(&results, args.json.as_deref())?;
     Ok(())
 }

@@ -153,3 +153,144 @@ pub async fn idle(args: &IdleArgs) -> anyhow::Result<()> {
     });
     crate::report(&results, connect.json.as_deref())
 }
+
+/// Fan-out subscribers held by worker processes while the parent publishes.
+pub struct FanoutWorkers {
+    children: Vec<Worker>,
+    dir: std::path::PathBuf,
+}
+
+/// What the workers saw, merged.
+pub struct FanoutMerged {
+    pub delivered: u64,
+    pub errors: BTreeMap<String, u64>,
+    pub latency: hdrhistogram::Histogram<u64>,
+    /// Per message number, the latest delivery's latency over all workers.
+    pub completion: Vec<u64>,
+}
+
+/// Starts `args.workers` subscriber-only copies of this binary and waits until each has
+/// connected its share.
+pub async fn start_fanout(args: &crate::fanout::FanoutArgs) -> anyhow::Result<FanoutWorkers> {
+    let workers = args.workers;
+    let last_source =
+        usize::from(args.source_first) + workers * usize::from(args.source_addrs.max(1)) - 1;
+    if last_source > 254 {
+        bail!(
+            "{workers} workers x {} source addresses run past 127.0.0.254",
+            args.source_addrs
+        );
+    }
+    let exe = std::env::current_exe().context("finding this binary to start workers")?;
+    let dir = std::env::temp_dir().join(format!("switchboard-loadtest-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let servers = args
+        .server
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let slots = (args.rate * args.duration * 2).max(4096).to_string();
+    let mut children = Vec::with_capacity(workers);
+    let mut offset = 0;
+    for index in 0..workers {
+        let share = args.subscribers / workers + usize::from(index < args.subscribers % workers);
+        let source_first =
+            usize::from(args.source_first) + index * usize::from(args.source_addrs.max(1));
+        let json = dir.join(format!("worker-{index}.json"));
+        let mut command = Command::new(&exe);
+        command
+            .args(["fanout", "--worker", "--rate", "0", "--server", &servers])
+            .args(["--subscribers", &share.to_string()])
+            .args(["--subscriber-offset", &offset.to_string()])
+            .args(["--completion-slots", &slots])
+            .args([
+                "--channel",
+                &args.channel,
+                "--channels",
+                &args.channels.to_string(),
+            ])
+            .args(["--payload", &args.payload.to_string()])
+            .args(["--source-first", &source_first.to_string()])
+            .args(["--source-addrs", &args.source_addrs.to_string()])
+            .arg("--json")
+            .arg(&json);
+        if args.baseline {
+            command.arg("--baseline");
+        }
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting a worker")?;
+        let stdout = child.stdout.take().context("a worker's stdout")?;
+        children.push(Worker {
+            child,
+            lines: BufReader::new(stdout).lines(),
+            json,
+        });
+        offset += share;
+    }
+    for (index, worker) in children.iter_mut().enumerate() {
+        loop {
+            match worker.lines.next_line().await? {
+                Some(line) if line.starts_with("ready ") => {
+                    eprintln!("worker {index} connected ({})", &line[6..]);
+                    break;
+                }
+                Some(_) => {}
+                None => bail!("worker {index} exited before it connected"),
+            }
+        }
+    }
+    Ok(FanoutWorkers { children, dir })
+}
+
+impl FanoutWorkers {
+    /// Tells the workers publishing is over (closes their stdin), waits for them and merges
+    /// their results.
+    pub async fn finish(self) -> anyhow::Result<FanoutMerged> {
+        let mut merged = FanoutMerged {
+            delivered: 0,
+            errors: BTreeMap::new(),
+            latency: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3)?,
+            completion: Vec::new(),
+        };
+        let mut children = self.children;
+        for worker in &mut children {
+            drop(worker.child.stdin.take());
+        }
+        for (index, mut worker) in children.into_iter().enumerate() {
+            while worker.lines.next_line().await?.is_some() {}
+            let status = worker.child.wait().await?;
+            if !status.success() {
+                bail!("worker {index} failed: {status}");
+            }
+            let results: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&worker.json)?)?;
+            merged.delivered += results["delivered"].as_u64().unwrap_or(0);
+            if let Some(map) = results["errors"].as_object() {
+                for (kind, count) in map {
+                    *merged.errors.entry(kind.clone()).or_default() += count.as_u64().unwrap_or(0);
+                }
+            }
+            let bytes: Vec<u8> = serde_json::from_value(results["latency_v2"].clone())?;
+            let latency: hdrhistogram::Histogram<u64> =
+                hdrhistogram::serialization::Deserializer::new()
+                    .deserialize(&mut bytes.as_slice())
+                    .map_err(|err| anyhow::anyhow!("worker {index}'s histogram: {err:?}"))?;
+            merged.latency.add(&latency)?;
+            let completion: Vec<u64> = serde_json::from_value(results["completion_us"].clone())?;
+            if merged.completion.len() < completion.len() {
+                merged.completion.resize(completion.len(), 0);
+            }
+            for (slot, micros) in merged.completion.iter_mut().zip(completion) {
+                *slot = (*slot).max(micros);
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+        Ok(merged)
+    }
+}
