@@ -1,17 +1,32 @@
 //! The read half of a session: decodes client frames and acts on them.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    future::{Future as _, poll_fn},
+    sync::Arc,
+    task::Poll,
+    time::Duration,
+};
 
-use futures_util::{Stream, StreamExt as _};
+use futures_util::{Sink, Stream, StreamExt as _};
 use tokio_tungstenite::tungstenite::{self, Message};
 
-use super::{End, SessionContext, end_for_error};
+use super::{
+    End, SessionContext, end_for_error,
+    writer::{Batch, Queue},
+};
 use crate::{
     hub::{Frame, Outbound, SubscribeError, Subscribed},
     protocol::{self, ChannelName, ClientFrame, ErrorCode, Offset},
     telemetry::{self, RateScope},
     throttle::TokenBucket,
 };
+
+/// What a session's poll found.
+enum Event {
+    Closed,
+    WriteEnded(Result<(), tungstenite::Error>),
+    Inbound(Option<Result<Message, tungstenite::Error>>),
+}
 
 pub(super) struct Reader {
     ctx: Arc<SessionContext>,
@@ -37,28 +52,44 @@ impl Reader {
         &self.subscriptions
     }
 
-    /// Reads until the session must end, and says why.
-    pub(super) async fn run<S>(&mut self, stream: &mut S) -> End
+    /// Reads, and writes what the queue holds, until the session must end; says why.
+    ///
+    /// One task per connection: it waits on the close signal, the outbound queue (and the
+    /// socket's room for it) and the next inbound frame in one hand-written poll, so an idle
+    /// connection costs one task's state, not two.
+    pub(super) async fn run<S>(&mut self, ws: &mut S, queue: &mut Queue) -> End
     where
-        S: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
+        S: Stream<Item = Result<Message, tungstenite::Error>>
+            + Sink<Message, Error = tungstenite::Error>
+            + Unpin,
     {
         let outbound = Arc::clone(&self.outbound);
         // Created once: re-creating it each turn would re-register a waiter every message.
         let closed = outbound.closed();
         tokio::pin!(closed);
+        let mut batch = Batch::default();
         // No timer here: the hub's keepalive sweep pings quiet clients and closes silent ones
         // (4002) from the last time `seen` recorded.
         loop {
-            let next = tokio::select! {
-                biased;
-                () = &mut closed => return self.closed_end(),
-                // Cancel safe: tungstenite keeps a partly read frame in its buffer.
-                next = stream.next() => next,
-            };
-            let message = match next {
-                None => return End::TransportLost,
-                Some(Err(err)) => return end_for_error(&err),
-                Some(Ok(message)) => message,
+            // The close signal first: a write to a client that stopped reading can wait
+            // forever, and a close request must still get through. Nothing here is dropped
+            // half done: each part keeps its progress in `batch`, tungstenite or the queue.
+            let event = poll_fn(|cx| {
+                if closed.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Closed);
+                }
+                if let Poll::Ready(result) = batch.poll_write(cx, ws, queue, &outbound) {
+                    return Poll::Ready(Event::WriteEnded(result));
+                }
+                ws.poll_next_unpin(cx).map(Event::Inbound)
+            })
+            .await;
+            let message = match event {
+                Event::Closed => return self.closed_end(),
+                Event::WriteEnded(result) => return self.write_ended(result),
+                Event::Inbound(None) => return End::TransportLost,
+                Event::Inbound(Some(Err(err))) => return end_for_error(&err),
+                Event::Inbound(Some(Ok(message))) => message,
             };
             self.outbound.seen(self.ctx.hub.clock_ms());
             match message {
@@ -68,11 +99,25 @@ impl Reader {
                     return End::TooBig;
                 }
                 Message::Text(text) => {
-                    // Boxed, and one await for every text frame: its state (a bus round trip
-                    // in flight, a throttle pause) is only needed while it runs, not kept in
-                    // every idle connection's task.
-                    if let Some(end) = Box::pin(self.on_text(text, closed.as_mut())).await {
-                        return end;
+                    // Boxed: its state (a bus round trip in flight, a throttle pause) is only
+                    // needed while it runs, not kept in every idle connection's task. Writes
+                    // go on meanwhile: a publish may wait for Redis.
+                    let mut handling = Box::pin(self.on_text(text));
+                    let step = poll_fn(|cx| {
+                        if closed.as_mut().poll(cx).is_ready() {
+                            return Poll::Ready(Event::Closed);
+                        }
+                        if let Poll::Ready(result) = batch.poll_write(cx, ws, queue, &outbound) {
+                            return Poll::Ready(Event::WriteEnded(result));
+                        }
+                        handling.as_mut().poll(cx).map(|()| Event::Inbound(None))
+                    })
+                    .await;
+                    drop(handling);
+                    match step {
+                        Event::Closed => return self.closed_end(),
+                        Event::WriteEnded(result) => return self.write_ended(result),
+                        Event::Inbound(_) => {}
                     }
                 }
                 Message::Binary(_) => return End::BinaryFrame,
@@ -83,6 +128,15 @@ impl Reader {
         }
     }
 
+    /// The write side stopped: the socket failed (or, never in practice, the queue closed).
+    fn write_ended(&self, result: Result<(), tungstenite::Error>) -> End {
+        if let Err(err) = result {
+            tracing::debug!(conn_id = self.outbound.conn_id(), error = %err, "Write failed");
+        }
+        self.outbound.abort();
+        End::TransportLost
+    }
+
     fn closed_end(&self) -> End {
         match self.outbound.close_code() {
             Some(code) => End::Requested(code),
@@ -91,21 +145,17 @@ impl Reader {
     }
 
     /// Handles one text frame, or refuses it and pauses reading when the client is over its
-    /// rate limit. `Some` when the session must end (a close was requested meanwhile).
-    async fn on_text(
-        &mut self,
-        text: tungstenite::Utf8Bytes,
-        closed: std::pin::Pin<&mut impl Future<Output = ()>>,
-    ) -> Option<End> {
+    /// rate limit.
+    async fn on_text(&mut self, text: tungstenite::Utf8Bytes) {
         if let Some(wait) = self.throttled() {
             self.refuse(&text, wait);
             drop(text);
             // Reading nothing until a token is free bounds what a flood costs the node, and
             // TCP pushes back on the client meanwhile.
-            return pause(wait, closed).await.then(|| self.closed_end());
+            tokio::time::sleep(wait).await;
+            return;
         }
         self.handle_text(&text).await;
-        None
     }
 
     /// Takes a token for one frame; `Some(wait)` when none is left.
@@ -259,15 +309,6 @@ impl Reader {
     fn send(&self, text: String) {
         // A full queue closes the connection as a slow consumer; nothing else to do here.
         let _ = self.outbound.try_enqueue(&Frame::from(text));
-    }
-}
-
-/// Waits `duration`; `true` when `closed` resolved first.
-async fn pause(duration: Duration, closed: std::pin::Pin<&mut impl Future<Output = ()>>) -> bool {
-    tokio::select! {
-        biased;
-        () = closed => true,
-        () = tokio::time::sleep(duration) => false,
     }
 }
 

@@ -1,11 +1,8 @@
-//! The write half of a session: drains the outbound queue (frames and keepalive pings) to
-//! the socket in batches, and sends the close frame.
+//! The write side of a session: drains the outbound queue (frames and keepalive pings) to
+//! the socket in batches, and sends the close frame. The session's one task polls it beside
+//! the read side (see `reader`).
 
-use std::{
-    future::{Future as _, poll_fn},
-    sync::Arc,
-    task::{Context, Poll, ready},
-};
+use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use futures_util::{Sink, SinkExt as _, StreamExt as _};
@@ -23,48 +20,12 @@ use crate::{
 /// Frames written per flush at most, so one busy connection yields to the others.
 const MAX_BATCH: usize = 64;
 
-/// Runs until the connection closes, then sends the close frame when a code was requested.
-/// Returns the sink, so the session can flush what tungstenite wrote last (see `run`).
-pub(super) async fn write_loop<S>(
-    mut sink: S,
-    queue_rx: flume::Receiver<Outgoing>,
-    outbound: Arc<Outbound>,
-) -> S
-where
-    S: Sink<Message, Error = tungstenite::Error> + Unpin,
-{
-    let watched = Arc::clone(&outbound);
-    // Created once, so the loop does not re-register a waiter on every frame.
-    let closed = watched.closed();
-    tokio::pin!(closed);
-    let mut queue = queue_rx.into_stream();
-    let mut batch = Batch::default();
-    // One hand-written poll rather than `select!` over `feed`/`flush` futures: the writer's
-    // state lives as long as the connection, and this keeps it to the sink, the queue, the
-    // close signal and one frame in hand.
-    let result = poll_fn(|cx| {
-        // Checked first on every wake-up: a write to a client that stopped reading can wait
-        // forever, and a close request must still get through.
-        if closed.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Ok(()));
-        }
-        batch.poll_write(cx, &mut sink, &mut queue, &outbound)
-    })
-    .await;
-    if let Err(err) = result {
-        tracing::debug!(conn_id = outbound.conn_id(), error = %err, "Write failed");
-        outbound.abort();
-        return sink;
-    }
-    // Boxed: the close handshake's state (a timer among it) is needed once, at the end, and
-    // would otherwise size every idle connection's writer.
-    Box::pin(send_close(&mut sink, &outbound)).await;
-    sink
-}
+/// A connection's outbound queue, as the session polls it.
+pub(super) type Queue = flume::r#async::RecvStream<'static, Outgoing>;
 
-/// The write loop's progress between wake-ups.
+/// The write side's progress between wake-ups.
 #[derive(Default)]
-struct Batch {
+pub(super) struct Batch {
     /// Taken off the queue; waits for the sink to have room.
     in_hand: Option<Message>,
     /// Frames handed to the sink since its last flush.
@@ -76,11 +37,11 @@ struct Batch {
 impl Batch {
     /// Moves frames from the queue into the sink, flushing after at most `MAX_BATCH` of them
     /// and whenever the queue runs dry. `Ready(Ok)` only when the queue is closed.
-    fn poll_write<S>(
+    pub(super) fn poll_write<S>(
         &mut self,
         cx: &mut Context<'_>,
         sink: &mut S,
-        queue: &mut flume::r#async::RecvStream<'static, Outgoing>,
+        queue: &mut Queue,
         outbound: &Outbound,
     ) -> Poll<Result<(), tungstenite::Error>>
     where
@@ -131,7 +92,8 @@ impl Batch {
     }
 }
 
-async fn send_close<S>(sink: &mut S, outbound: &Outbound)
+/// Sends the close frame when a code was requested, bounded by `CLOSE_TIMEOUT`.
+pub(super) async fn send_close<S>(sink: &mut S, outbound: &Outbound)
 where
     S: Sink<Message, Error = tungstenite::Error> + Unpin,
 {
