@@ -1,7 +1,7 @@
 //! One client connection: upgrade, read side, write side, close.
 //!
 //! Each session is one task. It polls, in one hand-written poll, the close signal of its
-//! [`Outbound`](crate::hub::Outbound), the outbound queue (the hub and the read side enqueue
+//! [`Outbound`], the outbound queue (the hub and the read side enqueue
 //! frames; the write side drains them to the socket in batches) and the next inbound frame.
 //! A request being handled (a publish waiting for Redis) is polled beside the write side, so
 //! deliveries never wait for it. Anyone (the hub, the control API, shutdown) asks for a close
