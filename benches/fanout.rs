@@ -56,7 +56,7 @@ fn hub_fanout(c: &mut Criterion) {
             .map(|_| {
                 let (outbound, rx) = hub.register();
                 hub.subscribe(&outbound, &channel, None, None, |_: &Subscribed| {
-                    Frame::from("{}")
+                    Frame::text("{}")
                 })
                 .unwrap();
                 (outbound, rx)

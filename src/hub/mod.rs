@@ -15,6 +15,7 @@
 //! - No lock is held across an `.await` (there are none here).
 
 mod channel;
+mod frame;
 mod outbound;
 
 use std::{
@@ -29,17 +30,14 @@ use std::{
 
 use dashmap::DashMap;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use self::channel::{Channel, Entry, HistoryPolicy, Subscriber};
+pub use self::frame::Frame;
 pub use self::outbound::{ConnId, EnqueueError, Keepalive, Outbound, Outgoing};
 use crate::{
     protocol::{self, ChannelName, Offset},
     telemetry,
 };
-
-/// An encoded text frame: `Bytes` known to be UTF-8, shared by every queue it is put in.
-pub type Frame = Utf8Bytes;
 
 /// Settings the hub needs, taken from the configuration.
 #[derive(Debug, Clone)]
@@ -137,7 +135,7 @@ impl HistoryData {
     }
 
     fn from_entry(entry: &Entry) -> Self {
-        let end = u32::try_from(entry.frame.len() - 1).unwrap_or(u32::MAX);
+        let end = u32::try_from(entry.frame.json().len() - 1).unwrap_or(u32::MAX);
         Self {
             frame: entry.frame.clone(),
             start: entry.data_start,
@@ -147,8 +145,7 @@ impl HistoryData {
 
     #[must_use]
     pub fn as_str(&self) -> &str {
-        let frame: &str = &self.frame;
-        &frame[self.start as usize..self.end as usize]
+        &self.frame.json()[self.start as usize..self.end as usize]
     }
 }
 

@@ -28,7 +28,9 @@ fn reply(outcome: &Subscribed) -> Frame {
 }
 
 fn drain(rx: &flume::Receiver<Outgoing>) -> Vec<String> {
-    rx.try_iter().map(|item| text(item).to_string()).collect()
+    rx.try_iter()
+        .map(|item| text(item).json().to_owned())
+        .collect()
 }
 
 fn text(item: Outgoing) -> Frame {
@@ -68,8 +70,8 @@ fn publish_reaches_every_subscriber_with_one_shared_frame() {
     let frame_a = text(a_rx.try_recv().unwrap());
     let frame_b = text(b_rx.try_recv().unwrap());
     // The same allocation, not a copy per subscriber.
-    assert_eq!(frame_a.as_ptr(), frame_b.as_ptr());
-    assert!(frame_a.contains(r#""data":{"n":1}"#));
+    assert_eq!(frame_a.wire().as_ptr(), frame_b.wire().as_ptr());
+    assert!(frame_a.json().contains(r#""data":{"n":1}"#));
 }
 
 #[test]

@@ -1,55 +1,101 @@
-//! The byte stream under tungstenite: gathers what the writer hands over between two flushes
-//! into one buffer, writes it to the socket with as few syscalls as the kernel allows, and
-//! frees the buffer as soon as it is written.
+//! The byte stream under tungstenite, and the writer's way to the socket: whole buffers
+//! (`Bytes`) wait in a short queue and go out with one vectored write (`writev`) per batch.
+//! A message's frame is built once by the hub and the same allocation reaches every
+//! subscriber's socket: a delivery copies nothing in user space. What tungstenite writes
+//! itself (pings, pongs, close frames) is copied in as a buffer of its own.
 //!
-//! tungstenite keeps its own write buffer at its high-water capacity for the connection's
-//! life: after one burst of 64 frames, every connection that saw it held about 16 KiB more
-//! (a 300-message burst to 10,000 subscribers left the node 215 MB larger). With tungstenite
-//! told to write every frame through at once (`write_buffer_size` 0), batching happens here
-//! instead, and an idle connection holds no write buffer at all.
+//! Nothing is kept once written: the queue is freed when it empties. tungstenite's own write
+//! buffer kept its high-water capacity for the connection's life (a 300-message burst to
+//! 10,000 subscribers left the node 215 MB larger); tungstenite is now told to write every
+//! frame straight through (`write_buffer_size` 0) to here.
 
 use std::{
-    io,
+    collections::VecDeque,
+    io::{self, IoSlice},
     pin::Pin,
     task::{Context, Poll, ready},
 };
 
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Unwritten bytes gathered before a write is pushed to the socket without waiting for the
-/// flush: the buffer holds at most this plus one write, however large a batch is.
+/// Unwritten bytes past which nothing more is taken until the socket has taken some: the
+/// queue holds at most this plus one buffer.
 const HIGH_WATER: usize = 64 * 1024;
+/// Buffers handed to one `writev` at most (the kernel's limit is 1,024).
+const MAX_SLICES: usize = 64;
 
 #[derive(Debug)]
 pub(super) struct Coalesce<S> {
     inner: S,
-    buf: Vec<u8>,
-    /// How much of `buf` the socket has taken.
-    written: usize,
+    /// Buffers waiting for the socket, oldest first; the first may be partly written.
+    pending: VecDeque<Bytes>,
+    /// How much of the first buffer the socket has taken.
+    front_written: usize,
+    /// Bytes in `pending` not yet written.
+    unwritten: usize,
 }
 
 impl<S> Coalesce<S> {
     pub(super) fn new(inner: S) -> Self {
         Self {
             inner,
-            buf: Vec::new(),
-            written: 0,
+            pending: VecDeque::new(),
+            front_written: 0,
+            unwritten: 0,
+        }
+    }
+
+    /// Queues `bytes` (a shared frame) behind what is already queued. Call
+    /// [`Coalesce::poll_reserve`] first.
+    pub(super) fn push(&mut self, bytes: Bytes) {
+        self.unwritten += bytes.len();
+        self.pending.push_back(bytes);
+    }
+
+    fn advance(&mut self, mut written: usize) {
+        self.unwritten -= written;
+        while written > 0 {
+            let front = self.pending[0].len() - self.front_written;
+            if written < front {
+                self.front_written += written;
+                return;
+            }
+            written -= front;
+            self.pending.pop_front();
+            self.front_written = 0;
         }
     }
 }
 
 impl<S: AsyncWrite + Unpin> Coalesce<S> {
-    /// Writes the buffer out; frees it once all of it is written.
+    /// Ready when there is room under the high-water mark, writing out first if needed.
+    pub(super) fn poll_reserve(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.unwritten >= HIGH_WATER {
+            ready!(self.poll_write_out(cx))?;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Writes everything queued; frees the queue once all of it is written.
     fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.written < self.buf.len() {
-            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.buf[self.written..]))?;
-            if n == 0 {
+        while !self.pending.is_empty() {
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let mut count = 0;
+            for (slot, buffer) in slices.iter_mut().zip(&self.pending) {
+                let start = if count == 0 { self.front_written } else { 0 };
+                *slot = IoSlice::new(&buffer[start..]);
+                count += 1;
+            }
+            let written =
+                ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, &slices[..count]))?;
+            if written == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            self.written += n;
+            self.advance(written);
         }
-        self.buf = Vec::new();
-        self.written = 0;
+        // Nothing queued: let the queue's storage go too.
+        self.pending = VecDeque::new();
         Poll::Ready(Ok(()))
     }
 }
@@ -64,22 +110,16 @@ impl<S: AsyncRead + Unpin> AsyncRead for Coalesce<S> {
     }
 }
 
+/// What tungstenite writes: taken whole (or not at all, when over the high-water mark and
+/// the socket is full), so its frames are never split by the writer's.
 impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesce<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if self.buf.len() - self.written >= HIGH_WATER {
-            ready!(self.poll_write_out(cx))?;
-        }
-        if self.written > 0 {
-            // Part was written before the socket filled up: drop that part, so the buffer
-            // holds at most the high-water mark plus one write.
-            let written = std::mem::take(&mut self.written);
-            self.buf.drain(..written);
-        }
-        self.buf.extend_from_slice(data);
+        ready!(self.poll_reserve(cx))?;
+        self.push(Bytes::copy_from_slice(data));
         Poll::Ready(Ok(data.len()))
     }
 
@@ -96,17 +136,20 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesce<S> {
 
 #[cfg(test)]
 mod tests {
+    use futures_util::FutureExt as _;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     use super::*;
 
     #[tokio::test]
-    async fn writes_wait_for_the_flush_and_the_buffer_is_freed() {
+    async fn writes_wait_for_the_flush_in_order_and_nothing_is_kept() {
         let (near, mut far) = tokio::io::duplex(1 << 20);
         let mut stream = Coalesce::new(near);
         stream.write_all(b"one ").await.unwrap();
-        stream.write_all(b"two").await.unwrap();
-        let mut got = [0_u8; 7];
+        let shared = Bytes::from_static(b"two ");
+        stream.push(shared.clone());
+        stream.write_all(b"three").await.unwrap();
+        let mut got = [0_u8; 13];
         assert!(
             tokio::time::timeout(std::time::Duration::from_millis(50), far.read(&mut got))
                 .await
@@ -115,38 +158,39 @@ mod tests {
         );
         stream.flush().await.unwrap();
         far.read_exact(&mut got).await.unwrap();
-        assert_eq!(&got, b"one two");
+        assert_eq!(&got, b"one two three");
         assert_eq!(
-            stream.buf.capacity(),
+            stream.pending.capacity(),
             0,
-            "an idle connection keeps no buffer"
+            "an idle connection keeps no queue"
         );
+        assert_eq!(stream.unwritten, 0);
     }
 
     #[tokio::test]
     async fn a_full_socket_pushes_back_at_the_high_water_mark() {
-        use futures_util::FutureExt as _;
-
         let (near, mut far) = tokio::io::duplex(1024);
         let mut stream = Coalesce::new(near);
         let chunk = vec![7_u8; 16 * 1024];
-        // Four chunks fill the buffer to the mark; the fifth must wait for the socket.
+        // Four chunks fill the queue to the mark; the fifth must wait for the socket.
         for _ in 0..4 {
             stream.write_all(&chunk).now_or_never().unwrap().unwrap();
         }
         assert!(
             stream.write_all(&chunk).now_or_never().is_none(),
-            "the buffer grew past the mark"
+            "the queue grew past the mark"
         );
-        assert!(stream.buf.len() <= HIGH_WATER);
+        assert!(stream.unwritten <= HIGH_WATER);
         let reader = tokio::spawn(async move {
             let mut all = Vec::new();
             far.read_to_end(&mut all).await.unwrap();
-            all.len()
+            all
         });
         stream.write_all(&chunk).await.unwrap();
         stream.shutdown().await.unwrap();
         drop(stream);
-        assert_eq!(reader.await.unwrap(), 5 * 16 * 1024);
+        let all = reader.await.unwrap();
+        assert_eq!(all.len(), 5 * 16 * 1024);
+        assert!(all.iter().all(|&byte| byte == 7));
     }
 }

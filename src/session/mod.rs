@@ -15,6 +15,8 @@
 //! Must not depend on `control` or `app`.
 
 mod coalesce;
+
+use self::coalesce::Coalesce;
 mod echo;
 mod reader;
 mod writer;
@@ -219,7 +221,7 @@ where
     let handshake = Box::pin(tokio::time::timeout(
         ctx.settings.handshake_timeout,
         tokio_tungstenite::accept_hdr_async_with_config(
-            coalesce::Coalesce::new(stream),
+            Coalesce::new(stream),
             callback,
             Some(ctx.settings.websocket_config()),
         ),
@@ -258,7 +260,7 @@ fn reject(status: StatusCode, message: &'static str) -> ErrorResponse {
 }
 
 /// Runs an upgraded connection until it ends.
-async fn run<S>(mut ws: WebSocketStream<S>, ctx: Arc<SessionContext>)
+async fn run<S>(mut ws: WebSocketStream<Coalesce<S>>, ctx: Arc<SessionContext>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -387,9 +389,12 @@ mod tests {
         let (tcp, _) = listener.accept().await.unwrap();
         let serve = serve_tcp(tcp, Arc::clone(&ctx));
         let (stream, _other) = tokio::io::duplex(64);
-        let mut ws =
-            WebSocketStream::from_raw_socket(stream, tungstenite::protocol::Role::Server, None)
-                .await;
+        let mut ws = WebSocketStream::from_raw_socket(
+            Coalesce::new(stream),
+            tungstenite::protocol::Role::Server,
+            None,
+        )
+        .await;
         let (outbound, rx) = hub.register();
         let mut queue = rx.into_stream();
         let mut reader = reader::Reader::new(Arc::clone(&ctx), outbound);
@@ -398,7 +403,7 @@ mod tests {
         // multiplies by a million sockets. Bounds leave about 25% headroom.
         let run_size = std::mem::size_of_val(&run(
             WebSocketStream::from_raw_socket(
-                tokio::io::duplex(64).0,
+                Coalesce::new(tokio::io::duplex(64).0),
                 tungstenite::protocol::Role::Server,
                 None,
             )

@@ -7,11 +7,17 @@ use std::{
     time::Duration,
 };
 
-use futures_util::{Sink, Stream, StreamExt as _};
-use tokio_tungstenite::tungstenite::{self, Message};
+use futures_util::{Stream, StreamExt as _};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::{
+    WebSocketStream,
+    tungstenite::{self, Message},
+};
 
 use super::{
-    End, SessionContext, end_for_error,
+    End, SessionContext,
+    coalesce::Coalesce,
+    end_for_error,
     writer::{Batch, Queue},
 };
 use crate::{
@@ -57,11 +63,13 @@ impl Reader {
     /// One task per connection: it waits on the close signal, the outbound queue (and the
     /// socket's room for it) and the next inbound frame in one hand-written poll, so an idle
     /// connection costs one task's state, not two.
-    pub(super) async fn run<S>(&mut self, ws: &mut S, queue: &mut Queue) -> End
+    pub(super) async fn run<S>(
+        &mut self,
+        ws: &mut WebSocketStream<Coalesce<S>>,
+        queue: &mut Queue,
+    ) -> End
     where
-        S: Stream<Item = Result<Message, tungstenite::Error>>
-            + Sink<Message, Error = tungstenite::Error>
-            + Unpin,
+        S: AsyncRead + AsyncWrite + Unpin,
     {
         let outbound = Arc::clone(&self.outbound);
         // Created once: re-creating it each turn would re-register a waiter every message.

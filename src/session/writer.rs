@@ -11,7 +11,10 @@ use tokio_tungstenite::tungstenite::{
     protocol::{CloseFrame, frame::coding::CloseCode as WsCloseCode},
 };
 
-use super::CLOSE_TIMEOUT;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::WebSocketStream;
+
+use super::{CLOSE_TIMEOUT, coalesce::Coalesce};
 use crate::{
     hub::{Outbound, Outgoing},
     telemetry,
@@ -26,63 +29,77 @@ pub(super) type Queue = flume::r#async::RecvStream<'static, Outgoing>;
 /// The write side's progress between wake-ups.
 #[derive(Default)]
 pub(super) struct Batch {
-    /// Taken off the queue; waits for the sink to have room.
-    in_hand: Option<Message>,
-    /// Frames handed to the sink since its last flush.
+    /// Taken off the queue; waits for room in the socket's queue.
+    in_hand: Option<Outgoing>,
+    /// Frames handed over since the last flush.
     unflushed: usize,
-    /// Payload bytes handed to the sink since its last flush.
+    /// Bytes handed over since the last flush.
     unflushed_bytes: usize,
 }
 
 impl Batch {
-    /// Moves frames from the queue into the sink, flushing after at most `MAX_BATCH` of them
-    /// and whenever the queue runs dry. `Ready(Ok)` only when the queue is closed.
+    /// Moves frames from the queue to the socket, flushing after at most `MAX_BATCH` of them
+    /// and whenever the queue runs dry. Text frames go to `Coalesce` as the hub framed them
+    /// (no copy); pings go through tungstenite. `Ready(Ok)` only when the queue is closed.
     pub(super) fn poll_write<S>(
         &mut self,
         cx: &mut Context<'_>,
-        sink: &mut S,
+        ws: &mut WebSocketStream<Coalesce<S>>,
         queue: &mut Queue,
         outbound: &Outbound,
     ) -> Poll<Result<(), tungstenite::Error>>
     where
-        S: Sink<Message, Error = tungstenite::Error> + Unpin,
+        S: AsyncRead + AsyncWrite + Unpin,
     {
         loop {
             if self.in_hand.is_none() && self.unflushed < MAX_BATCH {
                 match queue.poll_next_unpin(cx) {
                     Poll::Ready(Some(item)) => {
-                        self.in_hand = Some(match item {
-                            Outgoing::Text(frame) => {
-                                outbound.dequeued(frame.len());
-                                self.unflushed_bytes += frame.len();
-                                Message::Text(frame)
-                            }
-                            Outgoing::Ping => Message::Ping(Bytes::new()),
-                        });
+                        if let Outgoing::Text(frame) = &item {
+                            outbound.dequeued(frame.len());
+                        }
+                        self.in_hand = Some(item);
                     }
                     Poll::Ready(None) => return Poll::Ready(Ok(())),
                     Poll::Pending => {}
                 }
             }
-            if let Some(message) = self.in_hand.take() {
-                match sink.poll_ready_unpin(cx) {
+            match self.in_hand.take() {
+                Some(Outgoing::Text(frame)) => {
+                    let socket = ws.get_mut();
+                    match socket.poll_reserve(cx) {
+                        Poll::Ready(Ok(())) => {
+                            self.unflushed_bytes += frame.len();
+                            socket.push(frame.wire().clone());
+                            self.unflushed += 1;
+                            continue;
+                        }
+                        Poll::Ready(Err(err)) => return Poll::Ready(Err(err.into())),
+                        Poll::Pending => {
+                            self.in_hand = Some(Outgoing::Text(frame));
+                            return Poll::Pending;
+                        }
+                    }
+                }
+                Some(Outgoing::Ping) => match ws.poll_ready_unpin(cx) {
                     Poll::Ready(Ok(())) => {
-                        sink.start_send_unpin(message)?;
+                        ws.start_send_unpin(Message::Ping(Bytes::new()))?;
                         self.unflushed += 1;
                         continue;
                     }
                     Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
                     Poll::Pending => {
-                        self.in_hand = Some(message);
+                        self.in_hand = Some(Outgoing::Ping);
                         return Poll::Pending;
                     }
-                }
+                },
+                None => {}
             }
             // The queue is dry or the batch is full: flush what was handed over.
             if self.unflushed == 0 {
                 return Poll::Pending;
             }
-            ready!(sink.poll_flush_unpin(cx))?;
+            ready!(ws.poll_flush_unpin(cx))?;
             telemetry::metrics()
                 .bytes_sent
                 .increment(self.unflushed_bytes as u64);
