@@ -160,3 +160,29 @@ async fn a_client_close_is_answered_with_a_close_frame() {
     );
     server.drain().await;
 }
+
+/// Every length form of the frame header (7-bit, 16-bit, 64-bit) reaches a real client
+/// intact, also when one vectored write does not take a whole batch.
+#[tokio::test]
+async fn messages_of_every_size_arrive_intact_and_in_order() {
+    let server = TestServer::builder()
+        .configure(|c| {
+            c.limits.max_publish_payload_bytes = 300_000;
+            c.limits.max_inbound_message_bytes = 400_000;
+        })
+        .start()
+        .await;
+    let mut client = server.client().await;
+    client.subscribe("sizes").await;
+    let sizes = [
+        1_usize, 100, 125, 126, 1_000, 65_535, 65_536, 70_000, 250_000,
+    ];
+    for size in sizes {
+        server.publish("sizes", json!("x".repeat(size))).await;
+    }
+    for size in sizes {
+        let message = client.recv().await;
+        assert_eq!(message["data"].as_str().map(str::len), Some(size));
+    }
+    server.drain().await;
+}
