@@ -213,6 +213,7 @@ async fn run_scenario(args: FanoutArgs, scenario: &'static str) -> anyhow::Resul
         Arc::new((0..capacity).map(|_| AtomicU64::new(0)).collect());
     // Subscribers wait as long as publishing lasts, then stop 3 s after their last frame.
     let (done_tx, done_rx) = tokio::sync::watch::channel(false);
+    let rss_before_connect = args.server_pid.and_then(proc_stat::rss_kib);
     let connect_started = tokio::time::Instant::now();
     // With workers, they hold the subscribers and this process only publishes.
     let mut workers = if args.workers > 1 && !args.worker {
@@ -452,6 +453,12 @@ async fn run_scenario(args: FanoutArgs, scenario: &'static str) -> anyhow::Resul
         "connect_per_second": (args.subscribers as f64 / connect_secs).round(),
         "server_cpu_us_per_delivery": cpu_us_per_delivery,
         "server_rss_kib_after_connect": rss_after_connect,
+        "server_rss_kib_per_connection": match (rss_before_connect, rss_after_connect) {
+            (Some(before), Some(after)) if args.subscribers > 0 => {
+                Some(after.saturating_sub(before) as f64 / args.subscribers as f64)
+            }
+            _ => None,
+        },
         "broadcast_completion_us": {
             "p50": completed.value_at_quantile(0.50),
             "p99": completed.value_at_quantile(0.99),
