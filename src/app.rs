@@ -128,7 +128,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 config.limits.client_message_burst,
             ),
         },
-        shutdown: sessions.clone(),
         connect_limiter: Quota::new(
             config.limits.connects_per_ip_per_second,
             config.limits.connect_burst_per_ip,

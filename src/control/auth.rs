@@ -30,12 +30,6 @@ impl ApiKeys {
         self.digests.is_empty()
     }
 
-    /// Whether `presented` is one of the keys. Every key is compared, with no early exit.
-    #[must_use]
-    pub fn accepts(&self, presented: &[u8]) -> bool {
-        self.position(presented).is_some()
-    }
-
     /// Which key `presented` is (its index in the configuration), if any. Every key is
     /// compared, and the index chosen, without branching on the comparison.
     #[must_use]
@@ -61,17 +55,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn accepts_only_configured_keys() {
+    fn finds_only_configured_keys() {
         let keys = ApiKeys::new(&[
             "first-key-0123456789".to_owned(),
             "second-key-0123456789".to_owned(),
         ]);
-        assert!(keys.accepts(b"first-key-0123456789"));
-        assert!(keys.accepts(b"second-key-0123456789"));
-        assert!(!keys.accepts(b"first-key-012345678"));
-        assert!(!keys.accepts(b""));
-        assert_eq!(keys.position(b"second-key-0123456789"), Some(1));
         assert_eq!(keys.position(b"first-key-0123456789"), Some(0));
+        assert_eq!(keys.position(b"second-key-0123456789"), Some(1));
+        assert_eq!(keys.position(b"first-key-012345678"), None);
+        assert_eq!(keys.position(b""), None);
         assert_eq!(keys.position(b"third-key-0123456789"), None);
         assert!(ApiKeys::new(&[]).is_empty());
     }

@@ -41,7 +41,6 @@ use crate::{
     cluster::Bus,
     hub::{Frame, HubHandle, Outbound},
     protocol::{self, CloseCode},
-    shutdown::Shutdown,
     telemetry::{self, RateScope},
     throttle::{KeyedLimiter, Quota},
 };
@@ -97,7 +96,6 @@ pub struct SessionContext {
     pub bus: Arc<dyn Bus>,
     pub node_id: Arc<str>,
     pub settings: SessionSettings,
-    pub shutdown: Shutdown,
     /// New connections per IP address (`limits.connects_per_ip_per_second`), if limited.
     pub connect_limiter: Option<KeyedLimiter<IpAddr>>,
 }
@@ -378,7 +376,6 @@ mod tests {
                 echo_path: String::new(),
                 client_quota: Quota::new(100, 100),
             },
-            shutdown: Shutdown::new(),
             connect_limiter: None,
         });
         // The accept loop spawns `serve_tcp`: that future is the session task's state.
