@@ -1,9 +1,10 @@
 //! The read half of a session: decodes client frames and acts on them.
 
 use std::{
-    future::{Future as _, poll_fn},
+    future::poll_fn,
+    pin::Pin,
     sync::Arc,
-    task::Poll,
+    task::{Context, Poll},
     time::Duration,
 };
 
@@ -28,10 +29,39 @@ use crate::{
 };
 
 /// What a session's poll found.
-enum Event {
+enum Event<T> {
+    /// A close was requested.
     Closed,
+    /// The write side stopped (the socket failed).
     WriteEnded(Result<(), tungstenite::Error>),
-    Inbound(Option<Result<Message, tungstenite::Error>>),
+    /// What the session was waiting for besides: the next inbound frame, or the end of a
+    /// request's handling.
+    Ready(T),
+}
+
+/// One turn of the session's poll: the close signal first (a write to a client that stopped
+/// reading can wait forever, and a close request must still get through), then the write
+/// side, then `then`. Nothing is dropped half done: each part keeps its progress in `batch`,
+/// tungstenite or the queue.
+fn poll_session<S, T>(
+    cx: &mut Context<'_>,
+    closed: Pin<&mut impl Future<Output = ()>>,
+    batch: &mut Batch,
+    ws: &mut WebSocketStream<Coalesce<S>>,
+    queue: &mut Queue,
+    outbound: &Outbound,
+    then: impl FnOnce(&mut Context<'_>, &mut WebSocketStream<Coalesce<S>>) -> Poll<T>,
+) -> Poll<Event<T>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if closed.poll(cx).is_ready() {
+        return Poll::Ready(Event::Closed);
+    }
+    if let Poll::Ready(result) = batch.poll_write(cx, ws, queue, outbound) {
+        return Poll::Ready(Event::WriteEnded(result));
+    }
+    then(cx, ws).map(Event::Ready)
 }
 
 pub(super) struct Reader {
@@ -79,25 +109,24 @@ impl Reader {
         // No timer here: the hub's keepalive sweep pings quiet clients and closes silent ones
         // (4002) from the last time `seen` recorded.
         loop {
-            // The close signal first: a write to a client that stopped reading can wait
-            // forever, and a close request must still get through. Nothing here is dropped
-            // half done: each part keeps its progress in `batch`, tungstenite or the queue.
             let event = poll_fn(|cx| {
-                if closed.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Event::Closed);
-                }
-                if let Poll::Ready(result) = batch.poll_write(cx, ws, queue, &outbound) {
-                    return Poll::Ready(Event::WriteEnded(result));
-                }
-                ws.poll_next_unpin(cx).map(Event::Inbound)
+                poll_session(
+                    cx,
+                    closed.as_mut(),
+                    &mut batch,
+                    ws,
+                    queue,
+                    &outbound,
+                    |cx, ws| ws.poll_next_unpin(cx),
+                )
             })
             .await;
             let message = match event {
                 Event::Closed => return self.closed_end(),
                 Event::WriteEnded(result) => return self.write_ended(result),
-                Event::Inbound(None) => return End::TransportLost,
-                Event::Inbound(Some(Err(err))) => return end_for_error(&err),
-                Event::Inbound(Some(Ok(message))) => message,
+                Event::Ready(None) => return End::TransportLost,
+                Event::Ready(Some(Err(err))) => return end_for_error(&err),
+                Event::Ready(Some(Ok(message))) => message,
             };
             self.outbound.seen(self.ctx.hub.clock_ms());
             match message {
@@ -112,20 +141,22 @@ impl Reader {
                     // go on meanwhile: a publish may wait for Redis.
                     let mut handling = Box::pin(self.on_text(text));
                     let step = poll_fn(|cx| {
-                        if closed.as_mut().poll(cx).is_ready() {
-                            return Poll::Ready(Event::Closed);
-                        }
-                        if let Poll::Ready(result) = batch.poll_write(cx, ws, queue, &outbound) {
-                            return Poll::Ready(Event::WriteEnded(result));
-                        }
-                        handling.as_mut().poll(cx).map(|()| Event::Inbound(None))
+                        poll_session(
+                            cx,
+                            closed.as_mut(),
+                            &mut batch,
+                            ws,
+                            queue,
+                            &outbound,
+                            |cx, _| handling.as_mut().poll(cx),
+                        )
                     })
                     .await;
                     drop(handling);
                     match step {
                         Event::Closed => return self.closed_end(),
                         Event::WriteEnded(result) => return self.write_ended(result),
-                        Event::Inbound(_) => {}
+                        Event::Ready(()) => {}
                     }
                 }
                 Message::Binary(_) => return End::BinaryFrame,
