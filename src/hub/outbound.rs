@@ -45,7 +45,7 @@ pub enum Keepalive {
 pub struct Outbound {
     conn_id: ConnId,
     tx: flume::Sender<Outgoing>,
-    /// Bytes enqueued and not yet taken by the writer.
+    /// Bytes enqueued and not yet taken by the session's write side.
     queued_bytes: AtomicUsize,
     max_bytes: usize,
     /// `CloseCode::index()` of the first close requested, or `OPEN`.
@@ -162,7 +162,7 @@ impl Outbound {
         }
     }
 
-    /// The writer took a frame of `len` bytes off the queue.
+    /// The session's write side took a frame of `len` bytes off the queue.
     pub fn dequeued(&self, len: usize) {
         self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
     }

@@ -160,7 +160,7 @@ pub fn serve_tcp(
     stream: TcpStream,
     ctx: Arc<SessionContext>,
 ) -> impl Future<Output = ()> + Send + 'static {
-    // Small frames should leave at once; batching happens in the writer.
+    // Small frames should leave at once; batching happens in the write side.
     let _ = stream.set_nodelay(true);
     let throttled = match (&ctx.connect_limiter, stream.peer_addr()) {
         (Some(limiter), Ok(peer)) => limiter
