@@ -19,74 +19,79 @@ struct Worker {
     json: std::path::PathBuf,
 }
 
-/// `idle` over `--workers` processes.
-pub async fn idle(args: &IdleArgs) -> anyhow::Result<()> {
-    let connect = &args.connect;
-    let workers = connect.workers;
-    let last_source =
-        usize::from(connect.source_first) + workers * usize::from(connect.source_addrs.max(1)) - 1;
-    if last_source > 254 {
-        bail!(
-            "{workers} workers x {} source addresses run past 127.0.0.254",
-            connect.source_addrs
-        );
+/// What every worker launch needs: this binary, a scratch directory for the workers' JSON,
+/// and the servers as one flag value.
+struct Launch {
+    exe: std::path::PathBuf,
+    dir: std::path::PathBuf,
+    servers: String,
+}
+
+impl Launch {
+    fn new(
+        workers: usize,
+        source_first: u8,
+        source_addrs: u8,
+        servers: &[std::net::SocketAddr],
+    ) -> anyhow::Result<Self> {
+        let last_source =
+            usize::from(source_first) + workers * usize::from(source_addrs.max(1)) - 1;
+        if last_source > 254 {
+            bail!("{workers} workers x {source_addrs} source addresses run past 127.0.0.254");
+        }
+        let exe = std::env::current_exe().context("finding this binary to start workers")?;
+        let dir = std::env::temp_dir().join(format!("switchboard-loadtest-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let servers = servers
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        Ok(Self { exe, dir, servers })
     }
-    let exe = std::env::current_exe().context("finding this binary to start workers")?;
-    let dir = std::env::temp_dir().join(format!("switchboard-loadtest-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let servers = connect
-        .server
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(",");
-    let rss_before = proc_stat::total_rss_kib(&connect.server_pid);
-    let started = tokio::time::Instant::now();
-    let mut children = Vec::with_capacity(workers);
-    for index in 0..workers {
-        let share =
-            connect.connections / workers + usize::from(index < connect.connections % workers);
-        let source_first =
-            usize::from(connect.source_first) + index * usize::from(connect.source_addrs.max(1));
-        let json = dir.join(format!("worker-{index}.json"));
-        // Workers hold a little longer than the parent's window, so every sample of the
-        // parent sees all of them connected.
-        let hold = (args.hold + 5).to_string();
-        let mut child = Command::new(&exe)
-            .args(["idle", "--worker", "--server", &servers])
-            .args(["--connections", &share.to_string()])
-            .args([
-                "--rate",
-                &(connect.rate / workers as u64).max(1).to_string(),
-            ])
-            .args([
-                "--concurrency",
-                &(connect.concurrency / workers).max(1).to_string(),
-            ])
-            .args(["--source-first", &source_first.to_string()])
-            .args(["--source-addrs", &connect.source_addrs.to_string()])
-            .args(["--hold", &hold, "--report-every", &hold])
+
+    /// Starts worker `index` with `args`, its `--json` file in the scratch directory, its
+    /// stdout read by the parent and, with `stdin`, a pipe the parent closes to end it.
+    fn spawn(&self, index: usize, args: &[String], stdin: bool) -> anyhow::Result<Worker> {
+        let json = self.dir.join(format!("worker-{index}.json"));
+        let mut child = Command::new(&self.exe)
+            .args(args)
             .arg("--json")
             .arg(&json)
+            .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
             .context("starting a worker")?;
         let stdout = child.stdout.take().context("a worker's stdout")?;
-        children.push(Worker {
+        Ok(Worker {
             child,
             lines: BufReader::new(stdout).lines(),
             json,
-        });
+        })
     }
-    let mut opened = 0_usize;
+}
+
+/// Worker `index`'s share of `total` over `workers`.
+fn share(total: usize, workers: usize, index: usize) -> usize {
+    total / workers + usize::from(index < total % workers)
+}
+
+/// Worker `index`'s first source address: each worker gets its own range.
+fn source_first(first: u8, addrs: u8, index: usize) -> String {
+    (usize::from(first) + index * usize::from(addrs.max(1))).to_string()
+}
+
+/// Waits until every worker printed `ready N`; returns the sum of the Ns.
+async fn wait_ready(children: &mut [Worker]) -> anyhow::Result<usize> {
+    let mut ready = 0;
     for (index, worker) in children.iter_mut().enumerate() {
         loop {
             match worker.lines.next_line().await? {
                 Some(line) => {
                     if let Some(count) = line.strip_prefix("ready ") {
-                        opened += count.trim().parse::<usize>().unwrap_or(0);
+                        ready += count.trim().parse::<usize>().unwrap_or(0);
                         eprintln!("worker {index} connected ({count})");
                         break;
                     }
@@ -95,6 +100,71 @@ pub async fn idle(args: &IdleArgs) -> anyhow::Result<()> {
             }
         }
     }
+    Ok(ready)
+}
+
+/// Waits for a worker to end (draining its table, so that it never blocks on a full pipe)
+/// and reads its JSON.
+async fn collect(index: usize, mut worker: Worker) -> anyhow::Result<serde_json::Value> {
+    while worker.lines.next_line().await?.is_some() {}
+    let status = worker.child.wait().await?;
+    if !status.success() {
+        bail!("worker {index} failed: {status}");
+    }
+    Ok(serde_json::from_str(&std::fs::read_to_string(
+        &worker.json,
+    )?)?)
+}
+
+fn merge_errors(into: &mut BTreeMap<String, u64>, results: &serde_json::Value) {
+    if let Some(map) = results["errors"].as_object() {
+        for (kind, count) in map {
+            *into.entry(kind.clone()).or_default() += count.as_u64().unwrap_or(0);
+        }
+    }
+}
+
+/// `idle` over `--workers` processes.
+pub async fn idle(args: &IdleArgs) -> anyhow::Result<()> {
+    let connect = &args.connect;
+    let workers = connect.workers;
+    let launch = Launch::new(
+        workers,
+        connect.source_first,
+        connect.source_addrs,
+        &connect.server,
+    )?;
+    let rss_before = proc_stat::total_rss_kib(&connect.server_pid);
+    let started = tokio::time::Instant::now();
+    let mut children = Vec::with_capacity(workers);
+    for index in 0..workers {
+        // Workers hold a little longer than the parent's window, so every sample of the
+        // parent sees all of them connected.
+        let hold = (args.hold + 5).to_string();
+        let worker_args = [
+            "idle",
+            "--worker",
+            "--server",
+            &launch.servers,
+            "--connections",
+            &share(connect.connections, workers, index).to_string(),
+            "--rate",
+            &(connect.rate / workers as u64).max(1).to_string(),
+            "--concurrency",
+            &(connect.concurrency / workers).max(1).to_string(),
+            "--source-first",
+            &source_first(connect.source_first, connect.source_addrs, index),
+            "--source-addrs",
+            &connect.source_addrs.to_string(),
+            "--hold",
+            &hold,
+            "--report-every",
+            &hold,
+        ]
+        .map(str::to_owned);
+        children.push(launch.spawn(index, &worker_args, false)?);
+    }
+    let opened = wait_ready(&mut children).await?;
     let connect_secs = started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_start = proc_stat::total_rss_kib(&connect.server_pid);
@@ -114,23 +184,12 @@ pub async fn idle(args: &IdleArgs) -> anyhow::Result<()> {
 
     let mut closed = 0_u64;
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
-    for (index, mut worker) in children.into_iter().enumerate() {
-        // Drain its table so that it never blocks on a full pipe, then collect its JSON.
-        while worker.lines.next_line().await?.is_some() {}
-        let status = worker.child.wait().await?;
-        if !status.success() {
-            bail!("worker {index} failed: {status}");
-        }
-        let results: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&worker.json)?)?;
+    for (index, worker) in children.into_iter().enumerate() {
+        let results = collect(index, worker).await?;
         closed += results["closed_during_hold"].as_u64().unwrap_or(0);
-        if let Some(map) = results["errors"].as_object() {
-            for (kind, count) in map {
-                *errors.entry(kind.clone()).or_default() += count.as_u64().unwrap_or(0);
-            }
-        }
+        merge_errors(&mut errors, &results);
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&launch.dir);
     let per_connection = |after: Option<u64>| match (rss_before, after) {
         (Some(before), Some(after)) if opened > 0 => {
             Some(after.saturating_sub(before) as f64 / opened as f64)
@@ -173,79 +232,49 @@ pub struct FanoutMerged {
 /// connected its share.
 pub async fn start_fanout(args: &crate::fanout::FanoutArgs) -> anyhow::Result<FanoutWorkers> {
     let workers = args.workers;
-    let last_source =
-        usize::from(args.source_first) + workers * usize::from(args.source_addrs.max(1)) - 1;
-    if last_source > 254 {
-        bail!(
-            "{workers} workers x {} source addresses run past 127.0.0.254",
-            args.source_addrs
-        );
-    }
-    let exe = std::env::current_exe().context("finding this binary to start workers")?;
-    let dir = std::env::temp_dir().join(format!("switchboard-loadtest-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let servers = args
-        .server
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(",");
+    let launch = Launch::new(workers, args.source_first, args.source_addrs, &args.server)?;
     let slots = (args.rate * args.duration * 2).max(4096).to_string();
     let mut children = Vec::with_capacity(workers);
     let mut offset = 0;
     for index in 0..workers {
-        let share = args.subscribers / workers + usize::from(index < args.subscribers % workers);
-        let source_first =
-            usize::from(args.source_first) + index * usize::from(args.source_addrs.max(1));
-        let json = dir.join(format!("worker-{index}.json"));
-        let mut command = Command::new(&exe);
-        command
-            .args(["fanout", "--worker", "--rate", "0", "--server", &servers])
-            .args(["--subscribers", &share.to_string()])
-            .args(["--subscriber-offset", &offset.to_string()])
-            .args(["--completion-slots", &slots])
-            .args([
-                "--channel",
-                &args.channel,
-                "--channels",
-                &args.channels.to_string(),
-            ])
-            .args(["--payload", &args.payload.to_string()])
-            .args(["--source-first", &source_first.to_string()])
-            .args(["--source-addrs", &args.source_addrs.to_string()])
-            .arg("--json")
-            .arg(&json);
+        let share = share(args.subscribers, workers, index);
+        let mut worker_args = [
+            "fanout",
+            "--worker",
+            "--rate",
+            "0",
+            "--server",
+            &launch.servers,
+            "--subscribers",
+            &share.to_string(),
+            "--subscriber-offset",
+            &offset.to_string(),
+            "--completion-slots",
+            &slots,
+            "--channel",
+            &args.channel,
+            "--channels",
+            &args.channels.to_string(),
+            "--payload",
+            &args.payload.to_string(),
+            "--source-first",
+            &source_first(args.source_first, args.source_addrs, index),
+            "--source-addrs",
+            &args.source_addrs.to_string(),
+        ]
+        .map(str::to_owned)
+        .to_vec();
         if args.baseline {
-            command.arg("--baseline");
+            worker_args.push("--baseline".to_owned());
         }
-        let mut child = command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting a worker")?;
-        let stdout = child.stdout.take().context("a worker's stdout")?;
-        children.push(Worker {
-            child,
-            lines: BufReader::new(stdout).lines(),
-            json,
-        });
+        children.push(launch.spawn(index, &worker_args, true)?);
         offset += share;
     }
-    for (index, worker) in children.iter_mut().enumerate() {
-        loop {
-            match worker.lines.next_line().await? {
-                Some(line) if line.starts_with("ready ") => {
-                    eprintln!("worker {index} connected ({})", &line[6..]);
-                    break;
-                }
-                Some(_) => {}
-                None => bail!("worker {index} exited before it connected"),
-            }
-        }
-    }
-    Ok(FanoutWorkers { children, dir })
+    wait_ready(&mut children).await?;
+    Ok(FanoutWorkers {
+        children,
+        dir: launch.dir,
+    })
 }
 
 impl FanoutWorkers {
@@ -262,20 +291,10 @@ impl FanoutWorkers {
         for worker in &mut children {
             drop(worker.child.stdin.take());
         }
-        for (index, mut worker) in children.into_iter().enumerate() {
-            while worker.lines.next_line().await?.is_some() {}
-            let status = worker.child.wait().await?;
-            if !status.success() {
-                bail!("worker {index} failed: {status}");
-            }
-            let results: serde_json::Value =
-                serde_json::from_str(&std::fs::read_to_string(&worker.json)?)?;
+        for (index, worker) in children.into_iter().enumerate() {
+            let results = collect(index, worker).await?;
             merged.delivered += results["delivered"].as_u64().unwrap_or(0);
-            if let Some(map) = results["errors"].as_object() {
-                for (kind, count) in map {
-                    *merged.errors.entry(kind.clone()).or_default() += count.as_u64().unwrap_or(0);
-                }
-            }
+            merge_errors(&mut merged.errors, &results);
             let bytes: Vec<u8> = serde_json::from_value(results["latency_v2"].clone())?;
             let latency: hdrhistogram::Histogram<u64> =
                 hdrhistogram::serialization::Deserializer::new()
