@@ -1,4 +1,5 @@
-//! The read half of a session: decodes client frames and acts on them.
+//! The session loop and its read side: waits on the close signal, the write side and the next
+//! inbound frame in one poll, decodes client frames and acts on them.
 
 use std::{
     future::poll_fn,
