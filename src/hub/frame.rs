@@ -61,6 +61,12 @@ impl Frame {
         self.wire.is_empty()
     }
 
+    /// The JSON text as shared bytes (no copy).
+    #[must_use]
+    pub fn json_bytes(&self) -> Bytes {
+        self.wire.slice(usize::from(self.header)..)
+    }
+
     /// The JSON text.
     #[must_use]
     pub fn json(&self) -> &str {

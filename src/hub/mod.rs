@@ -28,6 +28,7 @@ use std::{
     time::Duration,
 };
 
+use bytes::Bytes;
 use dashmap::DashMap;
 use tokio::time::Instant;
 
@@ -116,36 +117,24 @@ pub struct History {
 
 /// A message's `data` as stored in history: a slice of the shared frame, no copy.
 #[derive(Debug, Clone)]
-pub struct HistoryData {
-    frame: Frame,
-    start: u32,
-    end: u32,
-}
+pub struct HistoryData(Bytes);
 
 impl HistoryData {
     /// Wraps `data` read from elsewhere (e.g. Redis).
     #[must_use]
     pub fn from_data(data: String) -> Self {
-        let end = u32::try_from(data.len()).unwrap_or(u32::MAX);
-        Self {
-            frame: Frame::from(data),
-            start: 0,
-            end,
-        }
+        Self(Bytes::from(data))
     }
 
     fn from_entry(entry: &Entry) -> Self {
-        let end = u32::try_from(entry.frame.json().len() - 1).unwrap_or(u32::MAX);
-        Self {
-            frame: entry.frame.clone(),
-            start: entry.data_start,
-            end,
-        }
+        let json = entry.frame.json_bytes();
+        // `data` runs from `data_start` to the frame's closing brace.
+        Self(json.slice(entry.data_start as usize..json.len() - 1))
     }
 
     #[must_use]
     pub fn as_str(&self) -> &str {
-        &self.frame.json()[self.start as usize..self.end as usize]
+        std::str::from_utf8(&self.0).expect("cut at JSON token boundaries of a str")
     }
 }
 
