@@ -113,9 +113,15 @@ impl Channel {
     }
 
     /// Enqueues message `seq`'s `frame` to every subscriber; drops the ones that overflowed
-    /// or are closing, so later messages skip them. Returns how many took it and how many
-    /// were dropped.
-    pub(super) fn fan_out(&mut self, frame: &Frame, seq: u64) -> (usize, usize) {
+    /// or are closing, so later messages skip them. Adds to `to_flush` the connections whose
+    /// lane this claimed, for the caller to flush once it let go of the channel. Returns how
+    /// many took the frame and how many were dropped.
+    pub(super) fn fan_out(
+        &mut self,
+        frame: &Frame,
+        seq: u64,
+        to_flush: &mut Vec<Arc<Outbound>>,
+    ) -> (usize, usize) {
         let before = self.subscribers.len();
         let mut skipped = 0;
         self.subscribers.retain(|_, subscriber| {
@@ -123,7 +129,15 @@ impl Channel {
                 skipped += 1;
                 return true;
             }
-            subscriber.outbound.try_enqueue(frame).is_ok()
+            match subscriber.outbound.enqueue(frame) {
+                Ok(claimed) => {
+                    if claimed {
+                        to_flush.push(Arc::clone(&subscriber.outbound));
+                    }
+                    true
+                }
+                Err(_) => false,
+            }
         });
         let kept = self.subscribers.len();
         (kept - skipped, before - kept)

@@ -7,8 +7,9 @@
 //! in a `DashMap` (itself sharded) keyed by [`ConnId`].
 //!
 //! Invariants:
-//! - The hub never awaits and never touches a socket: it enqueues into bounded queues with
-//!   `try_send`, and a full queue closes that one connection as a slow consumer.
+//! - The hub never awaits: it enqueues into bounded queues with `try_send`, and a full queue
+//!   closes that one connection as a slow consumer. It writes to a socket only through a
+//!   connection's non-blocking [`Wire`], after letting go of every lock (see `outbound`).
 //! - A message is encoded once per publish; every subscriber's queue gets the same `Bytes`.
 //! - Lock order is shard lock, then channel mutex; nothing takes a shard lock while holding
 //!   a channel mutex.
@@ -34,7 +35,7 @@ use tokio::time::Instant;
 
 use self::channel::{Channel, Entry, HistoryPolicy, Subscriber};
 pub use self::frame::Frame;
-pub use self::outbound::{ConnId, EnqueueError, Keepalive, Outbound, Outgoing};
+pub use self::outbound::{ConnId, EnqueueError, Keepalive, Outbound, Outgoing, Wire};
 use crate::{
     protocol::{self, ChannelName, Offset},
     telemetry,
@@ -58,6 +59,36 @@ pub struct HubSettings {
 
 /// A cheap, clonable handle on the hub.
 pub type HubHandle = Arc<Hub>;
+
+/// Connections one flushing task writes to. Larger fan-outs are split into tasks of this
+/// many, which the runtime's workers share; smaller ones are written by the publisher's
+/// own thread.
+const FLUSH_CHUNK: usize = 256;
+
+/// Flushes connections whose lane a fan-out claimed: on this thread when they are few (or
+/// there is no runtime), otherwise in tasks of [`FLUSH_CHUNK`] connections, so that every
+/// core writes and the publisher is not held for the whole fan-out.
+fn flush_all(mut to_flush: Vec<Arc<Outbound>>) {
+    let runtime = match tokio::runtime::Handle::try_current() {
+        Ok(runtime) if to_flush.len() > FLUSH_CHUNK => runtime,
+        _ => {
+            for outbound in &to_flush {
+                outbound.flush();
+            }
+            return;
+        }
+    };
+    while !to_flush.is_empty() {
+        let chunk = to_flush.split_off(to_flush.len().saturating_sub(FLUSH_CHUNK));
+        // Not through the app's task tracker: these tasks never await, finish in one poll,
+        // and a shutdown loses nothing by dropping one (its connections are closing).
+        runtime.spawn(async move {
+            for outbound in &chunk {
+                outbound.flush();
+            }
+        });
+    }
+}
 
 #[derive(Debug)]
 pub struct Hub {
@@ -221,17 +252,20 @@ impl Hub {
         self.admitted.fetch_sub(1, Ordering::AcqRel);
     }
 
-    /// Registers a connection and returns its outbound handle and the queue's receiving end.
-    pub fn register(&self) -> (Arc<Outbound>, flume::Receiver<Outgoing>) {
+    /// Registers a connection and returns its outbound handle. With a `wire`, publishers
+    /// write to the socket themselves while it has room; without one, the session task
+    /// writes everything.
+    pub fn register(&self, wire: Option<Arc<dyn Wire>>) -> Arc<Outbound> {
         let conn_id = self.next_conn_id.fetch_add(1, Ordering::Relaxed);
-        let (outbound, rx) = Outbound::new(
+        let outbound = Outbound::new(
             conn_id,
+            wire,
             self.settings.queue_messages,
             self.settings.queue_bytes,
             self.clock_ms(),
         );
         self.conns.insert(conn_id, Arc::clone(&outbound));
-        (outbound, rx)
+        outbound
     }
 
     /// Removes a connection and its subscriptions. O(number of its subscriptions).
@@ -278,13 +312,20 @@ impl Hub {
         let heartbeat_ms = u64::try_from(heartbeat.as_millis()).unwrap_or(u64::MAX);
         let idle_ms = u64::try_from(idle_timeout.as_millis()).unwrap_or(u64::MAX);
         let mut sweep = KeepaliveSweep::default();
+        let mut to_flush = Vec::new();
         for entry in &self.conns {
             match entry.value().keepalive(now_ms, heartbeat_ms, idle_ms) {
                 Keepalive::Alive => {}
-                Keepalive::Pinged => sweep.pinged += 1,
+                Keepalive::Pinged { flush } => {
+                    sweep.pinged += 1;
+                    if flush {
+                        to_flush.push(Arc::clone(entry.value()));
+                    }
+                }
                 Keepalive::IdleClosed => sweep.idle_closed += 1,
             }
         }
+        flush_all(to_flush);
         sweep
     }
 
@@ -354,13 +395,14 @@ impl Hub {
         let started = Instant::now();
         let metrics = telemetry::metrics();
         let shard = self.shard(channel);
+        let mut to_flush = Vec::new();
         let (offset, delivered) = self.with_channel(channel, |state| {
             let offset = state.next_offset();
             let text = protocol::encode_message(channel, offset, data);
             let data_start = u32::try_from(text.len() - data.len() - 1)
                 .expect("payload size is bounded by config far below 4 GiB");
             let frame = Frame::from(text);
-            let (delivered, dropped) = state.fan_out(&frame, offset.seq);
+            let (delivered, dropped) = state.fan_out(&frame, offset.seq, &mut to_flush);
             if dropped > 0 {
                 shard.subscriptions.fetch_sub(dropped, Ordering::Relaxed);
             }
@@ -377,6 +419,7 @@ impl Hub {
             );
             (offset, delivered)
         });
+        flush_all(to_flush);
         metrics.messages_published.increment(1);
         metrics.messages_delivered.increment(delivered as u64);
         metrics
@@ -580,10 +623,14 @@ impl Hub {
             return 0;
         };
         let channel = &channel;
+        let mut to_flush = Vec::new();
         let delivered = {
             let mut state = lock(&slot);
-            (!state.removed).then(|| self.deliver_locked(&mut state, shard, channel, offset, data))
+            (!state.removed).then(|| {
+                self.deliver_locked(&mut state, shard, channel, offset, data, &mut to_flush)
+            })
         };
+        flush_all(to_flush);
         let delivered = delivered.unwrap_or(0);
         telemetry::metrics()
             .messages_delivered
@@ -598,6 +645,7 @@ impl Hub {
         channel: &ChannelName,
         offset: Offset,
         data: &str,
+        to_flush: &mut Vec<Arc<Outbound>>,
     ) -> usize {
         if !state.synced {
             state.epoch = offset.epoch;
@@ -616,7 +664,7 @@ impl Hub {
         let data_start = u32::try_from(text.len() - data.len() - 1)
             .expect("payload size is bounded far below 4 GiB");
         let frame = Frame::from(text);
-        let (delivered, dropped) = state.fan_out(&frame, offset.seq);
+        let (delivered, dropped) = state.fan_out(&frame, offset.seq, to_flush);
         if dropped > 0 {
             shard.subscriptions.fetch_sub(dropped, Ordering::Relaxed);
         }

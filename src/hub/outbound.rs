@@ -1,14 +1,66 @@
-//! One connection's outbound side as the hub sees it: a bounded queue plus a close signal.
+//! One connection's outbound side as the hub sees it: a bounded queue, who may write it to
+//! the socket (the lane), and a close signal.
+//!
+//! # The write lane
+//!
+//! Whoever enqueues into an idle connection writes the queue out itself, without waking the
+//! connection's task: a publisher (after releasing the channel lock) or the keepalive sweep
+//! calls [`Outbound::flush`], which hands everything queued to the socket in one non-blocking
+//! vectored write through the connection's [`Wire`]. Only when the socket is full (or the
+//! connection has no `Wire`, or is closing) is the session task woken to take over and wait
+//! for room. So a delivery to a reading client costs a queue push and a share of one
+//! `writev`, not a task wakeup and poll.
+//!
+//! `lane` says who may write, so that bytes never interleave and frames leave in queue order:
+//! - `IDLE`: nobody; the queue is empty or about to be flushed by whoever claims the lane.
+//! - `FLUSHING`: one flusher (any thread) is writing; later enqueuers leave it to it.
+//! - `SESSION`: the session task writes (socket full, its own frames, closing); it releases
+//!   the lane once everything is written. `WANT` on top of `FLUSHING` asks the flusher to
+//!   hand over when done, for the session's own frames (pongs, the close frame).
+//!
+//! Both releases re-check the queue after a `SeqCst` fence, and both claims come after a
+//! push, so an enqueue racing a release is always flushed by one side or the other.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering},
+use std::{
+    io::{self, IoSlice},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{self, AtomicU8, AtomicU64, AtomicUsize, Ordering},
+    },
+    task::{Context, Poll},
 };
 
-use tokio::sync::Notify;
+use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 
 use super::Frame;
 use crate::{protocol::CloseCode, telemetry};
+
+/// A connection's socket as a flusher writes it: non-blocking, from any thread, through a
+/// shared reference.
+pub trait Wire: Send + Sync + std::fmt::Debug {
+    /// Writes what the socket takes now; `WouldBlock` when it takes nothing.
+    ///
+    /// # Errors
+    /// `WouldBlock` when the socket is full; any other error means the connection is broken.
+    fn try_write_vectored(&self, buffers: &[IoSlice<'_>]) -> io::Result<usize>;
+}
+
+/// Lane states (see the module doc).
+const IDLE: u8 = 0;
+const FLUSHING: u8 = 1;
+const SESSION: u8 = 2;
+/// Set on `FLUSHING` by a session waiting to write its own frames.
+const WANT: u8 = 4;
+
+/// Buffers one flush hands to one `writev` at most.
+const MAX_SLICES: usize = 64;
+/// Writes one flush makes before leaving the rest to the session task, so a connection whose
+/// queue keeps refilling does not hold a publisher's thread.
+const MAX_FLUSH_WRITES: usize = 4;
+
+/// An unmasked WebSocket ping with no payload (RFC 6455 section 5.5.2).
+const PING_FRAME: &[u8] = &[0x89, 0x00];
 
 /// Marker stored in `close_code` while no close was requested.
 const OPEN: u8 = u8::MAX;
@@ -27,13 +79,25 @@ pub enum Outgoing {
     Ping,
 }
 
+impl Outgoing {
+    /// The bytes that go on the wire.
+    #[must_use]
+    pub fn wire(&self) -> Bytes {
+        match self {
+            Self::Text(frame) => frame.wire().clone(),
+            Self::Ping => Bytes::from_static(PING_FRAME),
+        }
+    }
+}
+
 /// What [`Outbound::keepalive`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Keepalive {
     /// The client was heard from recently enough.
     Alive,
-    /// The client was quiet for a heartbeat; a ping was enqueued.
-    Pinged,
+    /// The client was quiet for a heartbeat; a ping was enqueued. `flush`: the lane was
+    /// claimed, and the caller must call [`Outbound::flush`].
+    Pinged { flush: bool },
     /// The client was silent for the idle timeout; the connection is closing with 4002.
     IdleClosed,
 }
@@ -45,14 +109,23 @@ pub enum Keepalive {
 pub struct Outbound {
     conn_id: ConnId,
     tx: flume::Sender<Outgoing>,
+    rx: flume::Receiver<Outgoing>,
+    /// Who may write to the socket (see the module doc).
+    lane: AtomicU8,
+    /// The socket, for flushers; `None` leaves every write to the session task.
+    wire: Option<Arc<dyn Wire>>,
+    /// What a flusher took off the queue but the socket did not take (the first buffer may
+    /// be the unwritten end of a frame): the session writes it before anything else. Empty
+    /// (no allocation) unless a socket filled up mid-flush.
+    handoff: Mutex<Vec<Bytes>>,
     /// Bytes enqueued and not yet taken by the session's write side.
     queued_bytes: AtomicUsize,
     max_bytes: usize,
     /// `CloseCode::index()` of the first close requested, or `OPEN`.
     close_code: AtomicU8,
-    /// Wakes the session's reader and writer when a close is requested. Inline rather than
-    /// a cancellation token: one allocation less per connection.
-    close_notify: Notify,
+    /// The session task, woken when a close is requested or the lane is handed to it.
+    /// Inline rather than a cancellation token: one allocation less per connection.
+    session: AtomicWaker,
     /// When the client was last heard from, in hub clock milliseconds.
     last_seen_ms: AtomicU64,
     /// When the keepalive sweep last enqueued a ping, in hub clock milliseconds.
@@ -71,22 +144,26 @@ pub enum EnqueueError {
 impl Outbound {
     pub(super) fn new(
         conn_id: ConnId,
+        wire: Option<Arc<dyn Wire>>,
         max_messages: usize,
         max_bytes: usize,
         now_ms: u64,
-    ) -> (Arc<Self>, flume::Receiver<Outgoing>) {
+    ) -> Arc<Self> {
         let (tx, rx) = flume::bounded(max_messages);
-        let outbound = Arc::new(Self {
+        Arc::new(Self {
             conn_id,
             tx,
+            rx,
+            lane: AtomicU8::new(IDLE),
+            wire,
+            handoff: Mutex::new(Vec::new()),
             queued_bytes: AtomicUsize::new(0),
             max_bytes,
             close_code: AtomicU8::new(OPEN),
-            close_notify: Notify::new(),
+            session: AtomicWaker::new(),
             last_seen_ms: AtomicU64::new(now_ms),
             last_ping_ms: AtomicU64::new(now_ms),
-        });
-        (outbound, rx)
+        })
     }
 
     #[must_use]
@@ -94,12 +171,43 @@ impl Outbound {
         self.conn_id
     }
 
-    /// Enqueues a frame without waiting. A full queue closes the connection as a slow consumer:
-    /// the caller (a publisher) is never delayed by a slow reader.
+    /// Enqueues a frame from the session's own task (a reply, the welcome, a replay): the
+    /// session claims the lane if it is idle and writes the frame on its next turn. A full
+    /// queue closes the connection as a slow consumer.
     ///
     /// # Errors
     /// [`EnqueueError`] when the frame was not enqueued.
     pub fn try_enqueue(&self, frame: &Frame) -> Result<(), EnqueueError> {
+        self.push(frame)?;
+        self.claim(SESSION);
+        Ok(())
+    }
+
+    /// Enqueues a frame for someone other than the session (a publisher): never waits, and a
+    /// full queue closes the connection as a slow consumer. `Ok(true)` when this call claimed
+    /// the lane: the caller must then call [`Outbound::flush`] (at once or on another task,
+    /// but without holding a lock other enqueuers need).
+    ///
+    /// # Errors
+    /// [`EnqueueError`] when the frame was not enqueued.
+    #[must_use = "a claimed lane must be flushed"]
+    pub fn enqueue(&self, frame: &Frame) -> Result<bool, EnqueueError> {
+        self.push(frame)?;
+        Ok(self.claim(FLUSHING))
+    }
+
+    /// Moves the lane from `IDLE` to `to`; whether this call did. Called after a push: the
+    /// fence pairs with the one in the releases (see the module doc).
+    fn claim(&self, to: u8) -> bool {
+        atomic::fence(Ordering::SeqCst);
+        self.lane.load(Ordering::SeqCst) == IDLE
+            && self
+                .lane
+                .compare_exchange(IDLE, to, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+    }
+
+    fn push(&self, frame: &Frame) -> Result<(), EnqueueError> {
         if self.is_closing() {
             return Err(EnqueueError::Closing);
         }
@@ -148,8 +256,8 @@ impl Outbound {
         self.last_ping_ms.store(now_ms, Ordering::Relaxed);
         // A full queue means a slow consumer, which the data path already closes; a ping
         // that does not fit is simply skipped.
-        let _ = self.tx.try_send(Outgoing::Ping);
-        Keepalive::Pinged
+        let flush = self.tx.try_send(Outgoing::Ping).is_ok() && self.claim(FLUSHING);
+        Keepalive::Pinged { flush }
     }
 
     fn close_slow_consumer(&self) {
@@ -162,9 +270,179 @@ impl Outbound {
         }
     }
 
-    /// The session's write side took a frame of `len` bytes off the queue.
-    pub fn dequeued(&self, len: usize) {
-        self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+    /// Takes the next item off the queue, for whoever holds the lane (and tests).
+    pub fn take(&self) -> Option<Outgoing> {
+        let item = self.rx.try_recv().ok()?;
+        if let Outgoing::Text(frame) = &item {
+            self.queued_bytes.fetch_sub(frame.len(), Ordering::Relaxed);
+        }
+        Some(item)
+    }
+
+    /// Writes the queue to the socket; call it after [`Outbound::enqueue`] or
+    /// [`Keepalive::Pinged`] said so, and from no other place. Never waits: what the socket
+    /// does not take now, and everything once the connection is closing, is handed to the
+    /// session task, which waits for room.
+    pub fn flush(&self) {
+        debug_assert_eq!(self.lane.load(Ordering::Relaxed) & !WANT, FLUSHING);
+        let Some(wire) = &self.wire else {
+            return self.hand_over();
+        };
+        let mut writes = 0;
+        loop {
+            if self.is_closing() || writes == MAX_FLUSH_WRITES {
+                return self.hand_over();
+            }
+            let Some(first) = self.take() else {
+                if self.release_flusher() {
+                    return;
+                }
+                continue;
+            };
+            writes += 1;
+            // Usually the queue held one frame: write it without gathering.
+            let (complete, drained) = match self.take() {
+                None => (self.write(wire.as_ref(), &[first.wire()]), true),
+                Some(second) => {
+                    let mut buffers = Vec::with_capacity(MAX_SLICES);
+                    buffers.extend([first.wire(), second.wire()]);
+                    while buffers.len() < MAX_SLICES {
+                        let Some(item) = self.take() else { break };
+                        buffers.push(item.wire());
+                    }
+                    let drained = buffers.len() < MAX_SLICES;
+                    (self.write(wire.as_ref(), &buffers), drained)
+                }
+            };
+            if !complete {
+                return self.hand_over();
+            }
+            // The queue was empty a moment ago: give the lane up rather than look again.
+            if drained && self.release_flusher() {
+                return;
+            }
+        }
+    }
+
+    /// One non-blocking `writev` of `buffers`; whether the socket took all of them. What it
+    /// did not take is kept for the session.
+    fn write(&self, wire: &dyn Wire, buffers: &[Bytes]) -> bool {
+        let result = if let [only] = buffers {
+            wire.try_write_vectored(&[IoSlice::new(only)])
+        } else {
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            for (slice, buffer) in slices.iter_mut().zip(buffers) {
+                *slice = IoSlice::new(buffer);
+            }
+            wire.try_write_vectored(&slices[..buffers.len()])
+        };
+        let written = match result {
+            Ok(written) => written,
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(err) => {
+                tracing::debug!(conn_id = self.conn_id, error = %err, "Write failed");
+                self.abort();
+                return false;
+            }
+        };
+        telemetry::metrics().bytes_sent.increment(written as u64);
+        let total: usize = buffers.iter().map(Bytes::len).sum();
+        if written < total {
+            self.keep_unwritten(buffers, written);
+            return false;
+        }
+        true
+    }
+
+    /// A flusher found the queue empty: gives the lane up (or to a session that asked for
+    /// it). `false` when the queue filled meanwhile and the flusher must go on.
+    fn release_flusher(&self) -> bool {
+        if self
+            .lane
+            .compare_exchange(FLUSHING, IDLE, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            // The session asked for the lane.
+            self.hand_over();
+            return true;
+        }
+        atomic::fence(Ordering::SeqCst);
+        self.rx.is_empty() || !self.claim(FLUSHING)
+    }
+
+    /// Keeps what `written` bytes into `buffers` left unwritten, for the session.
+    fn keep_unwritten(&self, buffers: &[Bytes], mut written: usize) {
+        let mut handoff = self.handoff.lock().unwrap_or_else(PoisonError::into_inner);
+        for buffer in buffers {
+            if written >= buffer.len() {
+                written -= buffer.len();
+                continue;
+            }
+            handoff.push(buffer.slice(written..));
+            written = 0;
+        }
+    }
+
+    /// Gives the lane to the session task and wakes it.
+    fn hand_over(&self) {
+        self.lane.store(SESSION, Ordering::SeqCst);
+        self.session.wake();
+    }
+
+    /// For the session task: registers it to be woken by a close request or a hand-over.
+    /// Call it at the start of every poll, before looking at the state it reports.
+    pub fn register_session(&self, cx: &Context<'_>) {
+        self.session.register(cx.waker());
+    }
+
+    /// For the session task: whether it holds the lane and must write the queue.
+    #[must_use]
+    pub fn session_writes(&self) -> bool {
+        self.lane.load(Ordering::SeqCst) == SESSION
+    }
+
+    /// For the session task, before it writes frames of its own (pongs, the close frame):
+    /// ready once it holds the lane. Pending while a flusher writes; the flusher hands over
+    /// when done and wakes `cx`.
+    pub fn poll_claim_for_session(&self, cx: &Context<'_>) -> Poll<()> {
+        loop {
+            match self.lane.load(Ordering::SeqCst) {
+                SESSION => return Poll::Ready(()),
+                IDLE => {
+                    if self.claim(SESSION) {
+                        return Poll::Ready(());
+                    }
+                }
+                state => {
+                    self.session.register(cx.waker());
+                    if self
+                        .lane
+                        .compare_exchange(
+                            state,
+                            FLUSHING | WANT,
+                            Ordering::SeqCst,
+                            Ordering::SeqCst,
+                        )
+                        .is_ok()
+                    {
+                        return Poll::Pending;
+                    }
+                }
+            }
+        }
+    }
+
+    /// For the session task holding the lane: what a flusher left unwritten, to write first.
+    pub fn take_handoff(&self) -> Vec<Bytes> {
+        std::mem::take(&mut *self.handoff.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// For the session task holding the lane, once it wrote everything: gives the lane up.
+    /// `false` when the queue filled meanwhile and the session keeps the lane to write it.
+    pub fn release_session(&self) -> bool {
+        self.lane.store(IDLE, Ordering::SeqCst);
+        atomic::fence(Ordering::SeqCst);
+        self.rx.is_empty() || !self.claim(SESSION)
     }
 
     /// Asks the session to close with `code`. The first request wins; returns whether this one
@@ -174,7 +452,7 @@ impl Outbound {
             .close_code
             .compare_exchange(OPEN, code.index(), Ordering::AcqRel, Ordering::Acquire)
             .is_ok();
-        self.close_notify.notify_waiters();
+        self.session.wake();
         won
     }
 
@@ -183,7 +461,7 @@ impl Outbound {
         let _ =
             self.close_code
                 .compare_exchange(OPEN, ABORTED, Ordering::AcqRel, Ordering::Acquire);
-        self.close_notify.notify_waiters();
+        self.session.wake();
     }
 
     #[must_use]
@@ -197,20 +475,10 @@ impl Outbound {
         CloseCode::from_index(self.close_code.load(Ordering::Acquire))
     }
 
-    /// Resolves once a close was requested (at once if one already was).
-    ///
-    /// # Cancel safety
-    /// Cancel safe. Create it once and poll it repeatedly (pinned) rather than re-creating it
-    /// in a loop.
-    pub async fn closed(&self) {
-        let notified = self.close_notify.notified();
-        tokio::pin!(notified);
-        // Registered before the check, so a close between the two cannot be missed.
-        notified.as_mut().enable();
-        if self.is_closing() {
-            return;
-        }
-        notified.await;
+    /// The queue's receiving end, for tests that read it as the session would.
+    #[cfg(test)]
+    pub(super) fn receiver(&self) -> flume::Receiver<Outgoing> {
+        self.rx.clone()
     }
 
     /// Messages waiting in the queue.

@@ -16,6 +16,13 @@ fn hub_with(history_size: usize, queue_messages: usize) -> HubHandle {
     })
 }
 
+/// A connection without a socket, and its queue as a session would read it.
+fn registered(hub: &Hub) -> (Arc<Outbound>, flume::Receiver<Outgoing>) {
+    let outbound = hub.register(None);
+    let rx = outbound.receiver();
+    (outbound, rx)
+}
+
 fn name(text: &str) -> ChannelName {
     ChannelName::parse(text, 64).unwrap()
 }
@@ -59,8 +66,8 @@ fn seqs(frames: &[String]) -> Vec<u64> {
 fn publish_reaches_every_subscriber_with_one_shared_frame() {
     let hub = hub_with(10, 64);
     let news = name("news");
-    let (a, a_rx) = hub.register();
-    let (b, b_rx) = hub.register();
+    let (a, a_rx) = registered(&hub);
+    let (b, b_rx) = registered(&hub);
     hub.subscribe(&a, &news, None, None, reply).unwrap();
     hub.subscribe(&b, &news, None, None, reply).unwrap();
     drain(&a_rx);
@@ -81,7 +88,7 @@ fn since_replays_exactly_the_missed_messages_then_goes_live() {
     let first = hub.publish(&news, "1");
     hub.publish(&news, "2");
     hub.publish(&news, "3");
-    let (conn, rx) = hub.register();
+    let (conn, rx) = registered(&hub);
     let outcome = hub
         .subscribe(&conn, &news, Some(first), None, reply)
         .unwrap();
@@ -98,7 +105,7 @@ fn since_at_the_current_offset_is_recovered_with_nothing_to_replay() {
     let hub = hub_with(10, 64);
     let news = name("news");
     let last = hub.publish(&news, "1");
-    let (conn, _rx) = hub.register();
+    let (conn, _rx) = registered(&hub);
     let outcome = hub
         .subscribe(&conn, &news, Some(last), None, reply)
         .unwrap();
@@ -113,7 +120,7 @@ fn trimmed_foreign_or_future_offsets_are_not_recovered() {
     for n in 2..=5 {
         hub.publish(&news, &n.to_string());
     }
-    let (conn, rx) = hub.register();
+    let (conn, rx) = registered(&hub);
     let trimmed = hub
         .subscribe(&conn, &news, Some(first), None, reply)
         .unwrap();
@@ -145,8 +152,8 @@ fn trimmed_foreign_or_future_offsets_are_not_recovered() {
 fn a_full_queue_closes_only_that_subscriber() {
     let hub = hub_with(0, 16);
     let news = name("news");
-    let (slow, _slow_rx) = hub.register();
-    let (fast, fast_rx) = hub.register();
+    let (slow, _slow_rx) = registered(&hub);
+    let (fast, fast_rx) = registered(&hub);
     hub.subscribe(&slow, &news, None, None, reply).unwrap();
     hub.subscribe(&fast, &news, None, None, reply).unwrap();
     for n in 0..40 {
@@ -175,7 +182,7 @@ fn the_byte_limit_also_closes_a_slow_consumer() {
         ..hub_with(0, 1024).settings().clone()
     });
     let news = name("news");
-    let (conn, _rx) = hub.register();
+    let (conn, _rx) = registered(&hub);
     hub.subscribe(&conn, &news, None, None, reply).unwrap();
     let payload = format!("\"{}\"", "x".repeat(300));
     for _ in 0..4 {
@@ -199,7 +206,7 @@ fn sweep_drops_idle_channels_and_a_new_instance_gets_a_new_epoch() {
 fn sweep_keeps_channels_with_subscribers() {
     let hub = hub_with(0, 64);
     let news = name("news");
-    let (conn, _rx) = hub.register();
+    let (conn, _rx) = registered(&hub);
     hub.subscribe(&conn, &news, None, None, reply).unwrap();
     assert_eq!(hub.sweep(), 0);
     hub.deregister(conn.conn_id(), [&news]);
@@ -263,7 +270,7 @@ fn admission_stops_at_the_limit() {
 fn concurrent_publishers_keep_per_channel_order_for_every_subscriber() {
     let hub = hub_with(0, 1024);
     let news = name("news");
-    let (conn, rx) = hub.register();
+    let (conn, rx) = registered(&hub);
     hub.subscribe(&conn, &news, None, None, reply).unwrap();
     drain(&rx);
     std::thread::scope(|scope| {
@@ -305,7 +312,7 @@ fn joined_at(
     channel: &ChannelName,
     seq: u64,
 ) -> (Arc<Outbound>, flume::Receiver<Outgoing>) {
-    let (conn, rx) = hub.register();
+    let (conn, rx) = registered(hub);
     let view = RemoteView {
         epoch: EPOCH,
         seq,
@@ -335,7 +342,7 @@ fn deliveries_skip_channels_without_local_interest_and_duplicates() {
         0,
         "no local channel: filtered"
     );
-    let (conn, rx) = hub.register();
+    let (conn, rx) = registered(&hub);
     assert_eq!(
         hub.subscribe(&conn, &news, None, None, reply),
         Err(SubscribeError::NeedRemote)
@@ -369,7 +376,7 @@ fn remote_resume_merges_the_bus_read_with_deliveries_made_meanwhile() {
     let (_watcher, watcher_rx) = joined_at(&hub, &news, 7);
     hub.deliver(news.as_str(), at(8), "8");
 
-    let (conn, rx) = hub.register();
+    let (conn, rx) = registered(&hub);
     // Resuming from 5 is beyond local history (which starts at 8): read the bus.
     assert_eq!(
         hub.subscribe(&conn, &news, Some(at(5)), None, reply),
@@ -399,7 +406,7 @@ fn a_bus_read_ahead_of_local_delivery_is_not_delivered_twice() {
     let news = name("news");
     let (_watcher, _watcher_rx) = joined_at(&hub, &news, 3);
 
-    let (conn, rx) = hub.register();
+    let (conn, rx) = registered(&hub);
     assert!(
         hub.subscribe(&conn, &news, Some(at(1)), None, reply)
             .is_err()
@@ -428,7 +435,7 @@ fn a_bus_read_ahead_of_local_delivery_is_not_delivered_twice() {
 fn an_incomplete_bus_read_is_not_recovered() {
     let hub = remote_hub();
     let news = name("news");
-    let (conn, rx) = hub.register();
+    let (conn, rx) = registered(&hub);
     assert!(
         hub.subscribe(&conn, &news, Some(at(1)), None, reply)
             .is_err()
@@ -465,7 +472,7 @@ fn a_new_epoch_on_the_bus_restarts_the_channel() {
 fn a_failed_bus_read_unpins_the_channel() {
     let hub = remote_hub();
     let news = name("news");
-    let (conn, _rx) = hub.register();
+    let (conn, _rx) = registered(&hub);
     assert!(hub.subscribe(&conn, &news, None, None, reply).is_err());
     assert_eq!(hub.sweep(), 0, "pinned channels stay");
     hub.unpin(&news);
@@ -477,8 +484,8 @@ async fn keepalive_pings_quiet_connections_and_closes_silent_ones() {
     let hub = hub_with(10, 64);
     let heartbeat = Duration::from_secs(25);
     let idle = Duration::from_secs(60);
-    let (quiet, quiet_rx) = hub.register();
-    let (chatty, chatty_rx) = hub.register();
+    let (quiet, quiet_rx) = registered(&hub);
+    let (chatty, chatty_rx) = registered(&hub);
     let pings = |rx: &flume::Receiver<Outgoing>| {
         rx.try_iter()
             .filter(|item| matches!(item, Outgoing::Ping))
@@ -507,4 +514,324 @@ async fn keepalive_pings_quiet_connections_and_closes_silent_ones() {
         Some(crate::protocol::CloseCode::IdleTimeout)
     );
     assert!(!chatty.is_closing(), "heard from 37 s ago");
+}
+
+/// The write lane: publishers write to the socket themselves, the session takes over when
+/// the socket is full, and nothing is lost, repeated, reordered or interleaved.
+mod lane {
+    use std::{
+        io::{self, IoSlice},
+        sync::{
+            Mutex,
+            atomic::{AtomicBool, AtomicU64},
+        },
+        task::{Context, Waker},
+        thread,
+    };
+
+    use super::*;
+
+    /// A socket that takes all, part or none of each write, by a seeded generator, and fails
+    /// the test if two writers ever overlap.
+    #[derive(Debug)]
+    struct FlakySocket {
+        received: Mutex<Vec<u8>>,
+        writing: AtomicBool,
+        seed: AtomicU64,
+        /// Out of 8 writes, how many are taken whole (the rest: part, or nothing).
+        whole_in_8: u64,
+    }
+
+    impl FlakySocket {
+        fn new(whole_in_8: u64) -> Arc<Self> {
+            Arc::new(Self {
+                received: Mutex::new(Vec::new()),
+                writing: AtomicBool::new(false),
+                seed: AtomicU64::new(0x9e37_79b9_7f4a_7c15),
+                whole_in_8,
+            })
+        }
+
+        fn next(&self) -> u64 {
+            // xorshift: a reproducible mix of outcomes across threads.
+            let mut x = self.seed.load(Ordering::Relaxed);
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            self.seed.store(x, Ordering::Relaxed);
+            x
+        }
+
+        /// What a session writes once it holds the lane: blocking, so all of it.
+        fn write_all(&self, bytes: &[u8]) {
+            assert!(
+                !self.writing.swap(true, Ordering::SeqCst),
+                "two writers at once"
+            );
+            self.received.lock().unwrap().extend_from_slice(bytes);
+            self.writing.store(false, Ordering::SeqCst);
+        }
+
+        /// The text frames received, in order.
+        fn frames(&self) -> Vec<String> {
+            let received = self.received.lock().unwrap();
+            let mut frames = Vec::new();
+            let mut at = 0;
+            while at < received.len() {
+                assert_eq!(received[at], 0x81, "a text frame starts at byte {at}");
+                let len = usize::from(received[at + 1]);
+                frames.push(String::from_utf8(received[at + 2..at + 2 + len].to_vec()).unwrap());
+                at += 2 + len;
+            }
+            frames
+        }
+    }
+
+    impl Wire for FlakySocket {
+        fn try_write_vectored(&self, buffers: &[IoSlice<'_>]) -> io::Result<usize> {
+            assert!(
+                !self.writing.swap(true, Ordering::SeqCst),
+                "two writers at once"
+            );
+            let total: usize = buffers.iter().map(|buffer| buffer.len()).sum();
+            let roll = self.next();
+            let take = if roll % 8 < self.whole_in_8 {
+                total
+            } else {
+                usize::try_from(roll >> 8).unwrap() % total
+            };
+            let mut received = self.received.lock().unwrap();
+            let mut left = take;
+            for buffer in buffers {
+                let n = left.min(buffer.len());
+                received.extend_from_slice(&buffer[..n]);
+                left -= n;
+            }
+            drop(received);
+            self.writing.store(false, Ordering::SeqCst);
+            if take == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(take)
+        }
+    }
+
+    fn hub() -> HubHandle {
+        Hub::new(HubSettings {
+            shards: 4,
+            max_connections: 10,
+            max_subscriptions_per_connection: 8,
+            queue_messages: 1 << 16,
+            queue_bytes: 1 << 24,
+            history_size: 0,
+            history_ttl: Duration::from_secs(60),
+            history_max_bytes: 0,
+            remote: false,
+        })
+    }
+
+    /// The session's part, as `session::writer` plays it: while it holds the lane, write what
+    /// a flusher left, then the queue, then give the lane back.
+    fn play_session(outbound: &Outbound, socket: &FlakySocket) {
+        while outbound.session_writes() {
+            for rest in outbound.take_handoff() {
+                socket.write_all(&rest);
+            }
+            while let Some(item) = outbound.take() {
+                socket.write_all(&item.wire());
+            }
+            if outbound.release_session() {
+                break;
+            }
+        }
+    }
+
+    #[test]
+    fn a_publisher_writes_to_an_idle_connection_itself() {
+        let hub = hub();
+        let socket = FlakySocket::new(8);
+        let conn = hub.register(Some(Arc::clone(&socket) as Arc<dyn Wire>));
+        let news = name("news");
+        hub.subscribe(&conn, &news, None, None, reply).unwrap();
+        play_session(&conn, &socket);
+        for n in 0..3 {
+            hub.publish(&news, &format!("{n}"));
+        }
+        let frames = socket.frames();
+        assert_eq!(frames.len(), 4, "the reply and three messages: {frames:?}");
+        assert_eq!(seqs(&frames[1..]), [1, 2, 3]);
+        assert_eq!(conn.queued_messages(), 0);
+        assert!(!conn.session_writes(), "the session was not needed");
+    }
+
+    #[test]
+    fn a_full_socket_hands_the_rest_to_the_session_and_wakes_it() {
+        let hub = hub();
+        let socket = FlakySocket::new(0);
+        let conn = hub.register(Some(Arc::clone(&socket) as Arc<dyn Wire>));
+        let (waker, woken) = counting_waker();
+        conn.register_session(&Context::from_waker(&waker));
+        let news = name("news");
+        hub.subscribe(&conn, &news, None, None, reply).unwrap();
+        play_session(&conn, &socket);
+        hub.publish(&news, "1");
+        assert!(conn.session_writes(), "the socket took at most part of it");
+        assert_eq!(woken.load(Ordering::SeqCst), 1);
+        hub.publish(&news, "2");
+        assert_eq!(
+            woken.load(Ordering::SeqCst),
+            1,
+            "the session already has it"
+        );
+        play_session(&conn, &socket);
+        let frames = socket.frames();
+        assert_eq!(seqs(&frames[1..]), [1, 2]);
+    }
+
+    #[test]
+    fn the_session_waits_for_a_flusher_before_writing_its_own_frames() {
+        let hub = hub();
+        let socket = FlakySocket::new(8);
+        let conn = hub.register(Some(Arc::clone(&socket) as Arc<dyn Wire>));
+        let (waker, woken) = counting_waker();
+        let cx = Context::from_waker(&waker);
+        assert!(
+            conn.enqueue(&Frame::text("{}")).unwrap(),
+            "an idle lane is claimed"
+        );
+        assert!(conn.poll_claim_for_session(&cx).is_pending());
+        conn.flush();
+        assert_eq!(woken.load(Ordering::SeqCst), 1, "the flusher handed over");
+        assert!(conn.session_writes());
+        assert!(conn.poll_claim_for_session(&cx).is_ready());
+        assert!(conn.release_session());
+        assert_eq!(socket.frames(), ["{}"]);
+    }
+
+    /// A socket that takes everything; during its first write, another frame is enqueued
+    /// (as a publisher on another thread would, finding the lane taken).
+    #[derive(Debug, Default)]
+    struct RacingSocket {
+        conn: std::sync::OnceLock<std::sync::Weak<Outbound>>,
+        writes: AtomicUsize,
+        received: Mutex<Vec<u8>>,
+    }
+
+    impl Wire for RacingSocket {
+        fn try_write_vectored(&self, buffers: &[IoSlice<'_>]) -> io::Result<usize> {
+            if self.writes.fetch_add(1, Ordering::SeqCst) == 0 {
+                let conn = self.conn.get().unwrap().upgrade().unwrap();
+                assert!(
+                    !conn.enqueue(&Frame::text("late")).unwrap(),
+                    "the lane is taken"
+                );
+            }
+            let mut received = self.received.lock().unwrap();
+            for buffer in buffers {
+                received.extend_from_slice(buffer);
+            }
+            Ok(buffers.iter().map(|buffer| buffer.len()).sum())
+        }
+    }
+
+    #[test]
+    fn a_frame_enqueued_while_the_flusher_writes_is_flushed_too() {
+        let hub = hub();
+        let socket = Arc::new(RacingSocket::default());
+        let conn = hub.register(Some(Arc::clone(&socket) as Arc<dyn Wire>));
+        socket.conn.set(Arc::downgrade(&conn)).unwrap();
+        assert!(conn.enqueue(&Frame::text("first")).unwrap());
+        conn.flush();
+        assert_eq!(socket.writes.load(Ordering::SeqCst), 2);
+        assert_eq!(
+            conn.queued_messages(),
+            0,
+            "the late frame was left in the queue"
+        );
+        assert_eq!(
+            &socket.received.lock().unwrap()[..],
+            b"\x81\x05first\x81\x04late"
+        );
+    }
+
+    /// Publishers on several threads, a socket that often takes part or nothing, and a
+    /// session taking over: every frame arrives once, each publisher's in order, never
+    /// interleaved, and none is left in the queue when the publishers stop. Many short
+    /// rounds, because a frame is most easily stranded at the end of a burst.
+    #[test]
+    fn concurrent_publishers_and_a_flaky_socket_lose_and_reorder_nothing() {
+        const THREADS: usize = 3;
+        const ROUNDS: usize = 1_000;
+        const PER_ROUND: usize = 4;
+        let hub = hub();
+        let socket = FlakySocket::new(5);
+        let conn = hub.register(Some(Arc::clone(&socket) as Arc<dyn Wire>));
+        for round in 0..ROUNDS {
+            let barrier = std::sync::Barrier::new(THREADS);
+            let stop = AtomicBool::new(false);
+            thread::scope(|scope| {
+                let publishers: Vec<_> = (0..THREADS)
+                    .map(|thread| {
+                        let (conn, barrier) = (&conn, &barrier);
+                        scope.spawn(move || {
+                            barrier.wait();
+                            for n in 0..PER_ROUND {
+                                let n = round * PER_ROUND + n;
+                                if conn
+                                    .enqueue(&Frame::text(&format!("{thread}:{n}")))
+                                    .unwrap()
+                                {
+                                    conn.flush();
+                                }
+                            }
+                        })
+                    })
+                    .collect();
+                scope.spawn(|| {
+                    while !stop.load(Ordering::SeqCst) {
+                        play_session(&conn, &socket);
+                        thread::yield_now();
+                    }
+                });
+                let results: Vec<_> = publishers.into_iter().map(|p| p.join()).collect();
+                stop.store(true, Ordering::SeqCst);
+                for result in results {
+                    result.unwrap();
+                }
+            });
+            // Only a lane handed to the session may hold frames now; an idle lane with frames
+            // queued means nobody will ever write them.
+            play_session(&conn, &socket);
+            assert_eq!(
+                conn.queued_messages(),
+                0,
+                "a frame stranded in round {round}"
+            );
+            assert!(!conn.session_writes());
+        }
+        let frames = socket.frames();
+        assert_eq!(frames.len(), THREADS * ROUNDS * PER_ROUND);
+        let mut next = [0_usize; THREADS];
+        for frame in frames {
+            let (thread, n) = frame.split_once(':').unwrap();
+            let thread: usize = thread.parse().unwrap();
+            assert_eq!(
+                n.parse::<usize>().unwrap(),
+                next[thread],
+                "publisher {thread}"
+            );
+            next[thread] += 1;
+        }
+    }
+
+    fn counting_waker() -> (Waker, Arc<AtomicUsize>) {
+        struct Count(Arc<AtomicUsize>);
+        impl std::task::Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let count = Arc::new(AtomicUsize::new(0));
+        (Waker::from(Arc::new(Count(Arc::clone(&count)))), count)
+    }
 }

@@ -1,12 +1,14 @@
 //! One client connection: upgrade, read side, write side, close.
 //!
 //! Each session is one task. It polls, in one hand-written poll, the close signal of its
-//! [`Outbound`], the outbound queue (the hub and the read side enqueue
-//! frames; the write side drains them to the socket in batches) and the next inbound frame.
-//! A request being handled (a publish waiting for Redis) is polled beside the write side, so
-//! deliveries never wait for it. Anyone (the hub, the control API, shutdown) asks for a close
-//! through the `Outbound`. Every way a session can end is an `End`, mapped to its close code
-//! in one exhaustive `match`.
+//! [`Outbound`], the next inbound frame and, when the session holds the connection's write
+//! lane, the outbound queue. Deliveries to a client whose socket has room do not wake the
+//! task at all: the publisher writes them through the shared socket (see `hub::outbound`);
+//! the task writes only its own frames and what a full socket left over. A request being
+//! handled (a publish waiting for Redis) is polled beside the write side, so deliveries
+//! never wait for it. Anyone (the hub, the control API, shutdown) asks for a close through
+//! the `Outbound`. Every way a session can end is an `End`, mapped to its close code in one
+//! exhaustive `match`.
 //!
 //! One task rather than a reader and a writer task (the house style's default) because an
 //! idle connection then costs one task's state: about 0.6 KiB less per connection, the
@@ -15,11 +17,12 @@
 //! Must not depend on `control` or `app`.
 
 mod coalesce;
-
-use self::coalesce::Coalesce;
 mod echo;
 mod reader;
+mod shared_tcp;
 mod writer;
+
+use self::{coalesce::Coalesce, shared_tcp::SharedTcp};
 
 use std::{net::IpAddr, sync::Arc, time::Duration};
 
@@ -39,7 +42,7 @@ use tokio_tungstenite::{
 
 use crate::{
     cluster::Bus,
-    hub::{Frame, HubHandle, Outbound},
+    hub::{Frame, HubHandle, Outbound, Wire},
     protocol::{self, CloseCode},
     telemetry::{self, RateScope},
     throttle::{KeyedLimiter, Quota},
@@ -168,21 +171,28 @@ pub fn serve_tcp(
             .is_err(),
         _ => false,
     };
-    serve_upgrade(stream, ctx, throttled)
+    let stream = SharedTcp::new(stream);
+    let wire = stream.wire();
+    serve_upgrade(stream, ctx, throttled, Some(wire))
 }
 
-/// Serves one connection over any byte stream (TCP, TLS, or a test pipe).
+/// Serves one connection over any byte stream (TCP, TLS, or a test pipe). Publishers cannot
+/// write to such a stream themselves: the session task writes every frame.
 pub fn serve<S>(stream: S, ctx: Arc<SessionContext>) -> impl Future<Output = ()> + Send + 'static
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    serve_upgrade(stream, ctx, false)
+    serve_upgrade(stream, ctx, false, None)
 }
 
 /// The upgrade, refused with 429 when `throttled` (its address connects too fast), then the
-/// session.
-async fn serve_upgrade<S>(stream: S, ctx: Arc<SessionContext>, throttled: bool)
-where
+/// session; `wire` is how publishers write to `stream` themselves, when they can.
+async fn serve_upgrade<S>(
+    stream: S,
+    ctx: Arc<SessionContext>,
+    throttled: bool,
+    wire: Option<Arc<dyn Wire>>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let admitted = !throttled && ctx.hub.try_admit();
@@ -248,7 +258,7 @@ where
         return Box::pin(echo::run(ws, ctx.settings.idle_timeout)).await;
     }
     // Boxed for the same reason: the task keeps only the state of the phase it is in.
-    Box::pin(run(ws, ctx)).await;
+    Box::pin(run(ws, ctx, wire)).await;
 }
 
 fn reject(status: StatusCode, message: &'static str) -> ErrorResponse {
@@ -258,11 +268,15 @@ fn reject(status: StatusCode, message: &'static str) -> ErrorResponse {
 }
 
 /// Runs an upgraded connection until it ends.
-async fn run<S>(mut ws: WebSocketStream<Coalesce<S>>, ctx: Arc<SessionContext>)
-where
+async fn run<S>(
+    mut ws: WebSocketStream<Coalesce<S>>,
+    ctx: Arc<SessionContext>,
+    wire: Option<Arc<dyn Wire>>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (outbound, queue_rx) = ctx.hub.register();
+    let outbound = ctx.hub.register(wire);
+    ws.get_mut().share_with(Arc::clone(&outbound));
     let conn_id = outbound.conn_id();
     telemetry::metrics().connections_accepted.increment(1);
     let heartbeat_ms = u64::try_from(ctx.settings.heartbeat.as_millis()).unwrap_or(u64::MAX);
@@ -270,9 +284,8 @@ where
     // A fresh queue always has room for the welcome.
     let _ = outbound.try_enqueue(&Frame::from(welcome));
 
-    let mut queue = queue_rx.into_stream();
     let mut reader = reader::Reader::new(Arc::clone(&ctx), Arc::clone(&outbound));
-    let end = reader.run(&mut ws, &mut queue).await;
+    let end = reader.run(&mut ws).await;
     match end.close_code() {
         Some(code) => {
             outbound.close(code);
@@ -392,10 +405,9 @@ mod tests {
             None,
         )
         .await;
-        let (outbound, rx) = hub.register();
-        let mut queue = rx.into_stream();
+        let outbound = hub.register(None);
         let mut reader = reader::Reader::new(Arc::clone(&ctx), outbound);
-        let read = reader.run(&mut ws, &mut queue);
+        let read = reader.run(&mut ws);
         // Each connection holds these task states for its whole life; a regression here
         // multiplies by a million sockets. Bounds leave about 25% headroom.
         let run_size = std::mem::size_of_val(&run(
@@ -406,11 +418,12 @@ mod tests {
             )
             .await,
             Arc::clone(&ctx),
+            None,
         ));
         let sizes = [
-            ("serve", std::mem::size_of_val(&serve), 140),
-            ("run", run_size, 1390),
-            ("reader", std::mem::size_of_val(&read), 510),
+            ("serve", std::mem::size_of_val(&serve), 150),
+            ("run", run_size, 1250),
+            ("reader", std::mem::size_of_val(&read), 240),
         ];
         for (name, size, bound) in sizes {
             assert!(

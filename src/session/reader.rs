@@ -3,7 +3,6 @@
 
 use std::{
     future::poll_fn,
-    pin::Pin,
     sync::Arc,
     task::{Context, Poll},
     time::Duration,
@@ -16,12 +15,7 @@ use tokio_tungstenite::{
     tungstenite::{self, Message},
 };
 
-use super::{
-    End, SessionContext,
-    coalesce::Coalesce,
-    end_for_error,
-    writer::{Batch, Queue},
-};
+use super::{End, SessionContext, coalesce::Coalesce, end_for_error, writer};
 use crate::{
     hub::{Frame, Outbound, SubscribeError, Subscribed},
     protocol::{self, ChannelName, ClientFrame, ErrorCode, Offset},
@@ -33,37 +27,39 @@ use crate::{
 enum Event<T> {
     /// A close was requested.
     Closed,
-    /// The write side stopped (the socket failed).
-    WriteEnded(Result<(), tungstenite::Error>),
+    /// Writing to the socket failed.
+    WriteFailed(tungstenite::Error),
     /// What the session was waiting for besides: the next inbound frame, or the end of a
     /// request's handling.
     Ready(T),
 }
 
 /// One turn of the session's poll: the close signal first (a write to a client that stopped
-/// reading can wait forever, and a close request must still get through), then the write
-/// side, then `then`. Nothing is dropped half done: each part keeps its progress in `batch`,
-/// tungstenite or the queue. Called from two `poll_fn`s rather than wrapped in an async
-/// helper: the helper's own state made every connection's task 160 bytes larger.
+/// reading can wait forever, and a close request must still get through), then `then`,
+/// then the write side, last so that it writes (and gives the lane back after) whatever
+/// `then` enqueued or tungstenite queued. Nothing is dropped half done: each part keeps its
+/// progress in `Coalesce`, tungstenite or the queue. Called from two `poll_fn`s rather than
+/// wrapped in an async helper: the helper's own state made every connection's task 160 bytes
+/// larger.
 fn poll_session<S, T>(
     cx: &mut Context<'_>,
-    closed: Pin<&mut impl Future<Output = ()>>,
-    batch: &mut Batch,
     ws: &mut WebSocketStream<Coalesce<S>>,
-    queue: &mut Queue,
     outbound: &Outbound,
     then: impl FnOnce(&mut Context<'_>, &mut WebSocketStream<Coalesce<S>>) -> Poll<T>,
 ) -> Poll<Event<T>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    if closed.poll(cx).is_ready() {
+    // Registered before the checks, so a close or a hand-over between the two wakes us.
+    outbound.register_session(cx);
+    if outbound.is_closing() {
         return Poll::Ready(Event::Closed);
     }
-    if let Poll::Ready(result) = batch.poll_write(cx, ws, queue, outbound) {
-        return Poll::Ready(Event::WriteEnded(result));
+    let then = then(cx, ws);
+    if let Poll::Ready(err) = writer::poll_write(cx, ws, outbound) {
+        return Poll::Ready(Event::WriteFailed(err));
     }
-    then(cx, ws).map(Event::Ready)
+    then.map(Event::Ready)
 }
 
 pub(super) struct Reader {
@@ -92,40 +88,24 @@ impl Reader {
 
     /// Reads, and writes what the queue holds, until the session must end; says why.
     ///
-    /// One task per connection: it waits on the close signal, the outbound queue (and the
-    /// socket's room for it) and the next inbound frame in one hand-written poll, so an idle
-    /// connection costs one task's state, not two.
-    pub(super) async fn run<S>(
-        &mut self,
-        ws: &mut WebSocketStream<Coalesce<S>>,
-        queue: &mut Queue,
-    ) -> End
+    /// One task per connection: it waits on the close signal, the write side (when it holds
+    /// the lane) and the next inbound frame in one hand-written poll, so an idle connection
+    /// costs one task's state, not two. Deliveries to a reading client do not wake it at
+    /// all: publishers write them (see `hub::outbound`).
+    pub(super) async fn run<S>(&mut self, ws: &mut WebSocketStream<Coalesce<S>>) -> End
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let outbound = Arc::clone(&self.outbound);
-        // Created once: re-creating it each turn would re-register a waiter every message.
-        let closed = outbound.closed();
-        tokio::pin!(closed);
-        let mut batch = Batch::default();
         // No timer here: the hub's keepalive sweep pings quiet clients and closes silent ones
         // (4002) from the last time `seen` recorded.
         loop {
-            let event = poll_fn(|cx| {
-                poll_session(
-                    cx,
-                    closed.as_mut(),
-                    &mut batch,
-                    ws,
-                    queue,
-                    &outbound,
-                    |cx, ws| ws.poll_next_unpin(cx),
-                )
-            })
-            .await;
+            let event =
+                poll_fn(|cx| poll_session(cx, ws, &outbound, |cx, ws| ws.poll_next_unpin(cx)))
+                    .await;
             let message = match event {
                 Event::Closed => return self.closed_end(),
-                Event::WriteEnded(result) => return self.write_ended(result),
+                Event::WriteFailed(err) => return self.write_failed(&err),
                 Event::Ready(None) => return End::TransportLost,
                 Event::Ready(Some(Err(err))) => return end_for_error(&err),
                 Event::Ready(Some(Ok(message))) => message,
@@ -143,21 +123,13 @@ impl Reader {
                     // go on meanwhile: a publish may wait for Redis.
                     let mut handling = Box::pin(self.on_text(text));
                     let step = poll_fn(|cx| {
-                        poll_session(
-                            cx,
-                            closed.as_mut(),
-                            &mut batch,
-                            ws,
-                            queue,
-                            &outbound,
-                            |cx, _| handling.as_mut().poll(cx),
-                        )
+                        poll_session(cx, ws, &outbound, |cx, _| handling.as_mut().poll(cx))
                     })
                     .await;
                     drop(handling);
                     match step {
                         Event::Closed => return self.closed_end(),
-                        Event::WriteEnded(result) => return self.write_ended(result),
+                        Event::WriteFailed(err) => return self.write_failed(&err),
                         Event::Ready(()) => {}
                     }
                 }
@@ -169,11 +141,8 @@ impl Reader {
         }
     }
 
-    /// The write side stopped: the socket failed (or, never in practice, the queue closed).
-    fn write_ended(&self, result: Result<(), tungstenite::Error>) -> End {
-        if let Err(err) = result {
-            tracing::debug!(conn_id = self.outbound.conn_id(), error = %err, "Write failed");
-        }
+    fn write_failed(&self, err: &tungstenite::Error) -> End {
+        tracing::debug!(conn_id = self.outbound.conn_id(), error = %err, "Write failed");
         self.outbound.abort();
         End::TransportLost
     }

@@ -1,11 +1,10 @@
-//! The write side of a session: drains the outbound queue (frames and keepalive pings) to
-//! the socket in batches, and sends the close frame. The session's one task polls it beside
-//! the read side (see `reader`).
+//! The write side of a session: when the session holds its lane, drains the outbound queue
+//! (frames and keepalive pings) to the socket in batches; and sends the close frame. The
+//! session's one task polls it beside the read side (see `reader`).
 
 use std::task::{Context, Poll, ready};
 
-use bytes::Bytes;
-use futures_util::{Sink, SinkExt as _, StreamExt as _};
+use futures_util::{Sink, SinkExt as _};
 use tokio_tungstenite::tungstenite::{
     self, Message,
     protocol::{CloseFrame, frame::coding::CloseCode as WsCloseCode},
@@ -15,98 +14,38 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
 
 use super::{CLOSE_TIMEOUT, coalesce::Coalesce};
-use crate::{
-    hub::{Outbound, Outgoing},
-    telemetry,
-};
+use crate::hub::Outbound;
 
-/// Frames written per flush at most, so one busy connection yields to the others.
-const MAX_BATCH: usize = 64;
-
-/// A connection's outbound queue, as the session polls it.
-pub(super) type Queue = flume::r#async::RecvStream<'static, Outgoing>;
-
-/// The write side's progress between wake-ups.
-#[derive(Default)]
-pub(super) struct Batch {
-    /// Taken off the queue; waits for room in the socket's queue.
-    in_hand: Option<Outgoing>,
-    /// Frames handed over since the last flush.
-    unflushed: usize,
-    /// Bytes handed over since the last flush.
-    unflushed_bytes: usize,
-}
-
-impl Batch {
-    /// Moves frames from the queue to the socket, flushing after at most `MAX_BATCH` of them
-    /// and whenever the queue runs dry. Text frames go to `Coalesce` as the hub framed them
-    /// (no copy); pings go through tungstenite. `Ready(Ok)` only when the queue is closed.
-    pub(super) fn poll_write<S>(
-        &mut self,
-        cx: &mut Context<'_>,
-        ws: &mut WebSocketStream<Coalesce<S>>,
-        queue: &mut Queue,
-        outbound: &Outbound,
-    ) -> Poll<Result<(), tungstenite::Error>>
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
-        loop {
-            if self.in_hand.is_none() && self.unflushed < MAX_BATCH {
-                match queue.poll_next_unpin(cx) {
-                    Poll::Ready(Some(item)) => {
-                        if let Outgoing::Text(frame) = &item {
-                            outbound.dequeued(frame.len());
-                        }
-                        self.in_hand = Some(item);
-                    }
-                    Poll::Ready(None) => return Poll::Ready(Ok(())),
-                    Poll::Pending => {}
-                }
-            }
-            match self.in_hand.take() {
-                Some(Outgoing::Text(frame)) => {
-                    let socket = ws.get_mut();
-                    match socket.poll_reserve(cx) {
-                        Poll::Ready(Ok(())) => {
-                            self.unflushed_bytes += frame.len();
-                            socket.push(frame.wire().clone());
-                            self.unflushed += 1;
-                            continue;
-                        }
-                        Poll::Ready(Err(err)) => return Poll::Ready(Err(err.into())),
-                        Poll::Pending => {
-                            self.in_hand = Some(Outgoing::Text(frame));
-                            return Poll::Pending;
-                        }
-                    }
-                }
-                Some(Outgoing::Ping) => match ws.poll_ready_unpin(cx) {
-                    Poll::Ready(Ok(())) => {
-                        ws.start_send_unpin(Message::Ping(Bytes::new()))?;
-                        self.unflushed += 1;
-                        continue;
-                    }
-                    Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
-                    Poll::Pending => {
-                        self.in_hand = Some(Outgoing::Ping);
-                        return Poll::Pending;
-                    }
-                },
-                None => {}
-            }
-            // The queue is dry or the batch is full: flush what was handed over.
-            if self.unflushed == 0 {
-                return Poll::Pending;
-            }
-            ready!(ws.poll_flush_unpin(cx))?;
-            telemetry::metrics()
-                .bytes_sent
-                .increment(self.unflushed_bytes as u64);
-            self.unflushed = 0;
-            self.unflushed_bytes = 0;
+/// While the session holds the lane (the socket filled up under a flusher, the session
+/// enqueued frames of its own, or the connection has no `Wire`): writes what a flusher
+/// left unwritten, then the queue, through `Coalesce` in batches of one `writev`, and
+/// gives the lane up once everything is written. Pending otherwise, and while the socket
+/// is full (its readiness then wakes the task). `Ready` only when writing failed.
+pub(super) fn poll_write<S>(
+    cx: &mut Context<'_>,
+    ws: &mut WebSocketStream<Coalesce<S>>,
+    outbound: &Outbound,
+) -> Poll<tungstenite::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let socket = ws.get_mut();
+    while outbound.session_writes() {
+        for rest in outbound.take_handoff() {
+            socket.push(rest);
+        }
+        while socket.has_room() {
+            let Some(item) = outbound.take() else { break };
+            socket.push(item.wire());
+        }
+        if let Err(err) = ready!(socket.poll_write_out(cx)) {
+            return Poll::Ready(err.into());
+        }
+        if outbound.queued_messages() == 0 && outbound.release_session() {
+            break;
         }
     }
+    Poll::Pending
 }
 
 /// Sends the close frame when a code was requested, bounded by `CLOSE_TIMEOUT`.
