@@ -20,12 +20,15 @@ mod frame;
 mod outbound;
 
 use std::{
+    cell::RefCell,
     collections::hash_map::{DefaultHasher, HashMap},
     hash::{Hash, Hasher},
+    pin::Pin,
     sync::{
         Arc, Mutex, MutexGuard, PoisonError, RwLock,
         atomic::{AtomicU64, AtomicUsize, Ordering},
     },
+    task::{Context, Poll},
     time::Duration,
 };
 
@@ -60,23 +63,39 @@ pub struct HubSettings {
 /// A cheap, clonable handle on the hub.
 pub type HubHandle = Arc<Hub>;
 
-/// Connections one flushing task writes to. Larger fan-outs are split into tasks of this
-/// many, which the runtime's workers share; smaller ones are written by the publisher's
-/// own thread.
+/// Connections one flushing task writes to at most: a large fan-out is split into tasks of
+/// this many, which the runtime's workers share.
 const FLUSH_CHUNK: usize = 256;
 
-/// Flushes connections whose lane a fan-out claimed: on this thread when they are few (or
-/// there is no runtime), otherwise in tasks of [`FLUSH_CHUNK`] connections, so that every
-/// core writes and the publisher is not held for the whole fan-out.
+thread_local! {
+    /// Connections claimed by fan-outs inside a [`FlushAfterPoll`] poll on this thread.
+    static DEFERRED: RefCell<Option<Vec<Arc<Outbound>>>> = const { RefCell::new(None) };
+}
+
+/// Flushes connections whose lane a fan-out claimed, in tasks of at most [`FLUSH_CHUNK`]
+/// connections, so that every core writes and the publisher is held neither for the
+/// fan-out's syscalls nor behind them (a publisher publishing to many small channels would
+/// otherwise write every delivery from its one thread). Inside a [`FlushAfterPoll`], only
+/// collects them for the end of the poll. Inline only without a runtime.
 fn flush_all(mut to_flush: Vec<Arc<Outbound>>) {
-    let runtime = match tokio::runtime::Handle::try_current() {
-        Ok(runtime) if to_flush.len() > FLUSH_CHUNK => runtime,
-        _ => {
-            for outbound in &to_flush {
-                outbound.flush();
-            }
-            return;
+    if to_flush.is_empty() {
+        return;
+    }
+    let deferred = DEFERRED.with_borrow_mut(|deferred| match deferred {
+        Some(deferred) => {
+            deferred.append(&mut to_flush);
+            true
         }
+        None => false,
+    });
+    if deferred {
+        return;
+    }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        for outbound in &to_flush {
+            outbound.flush();
+        }
+        return;
     };
     while !to_flush.is_empty() {
         let chunk = to_flush.split_off(to_flush.len().saturating_sub(FLUSH_CHUNK));
@@ -87,6 +106,56 @@ fn flush_all(mut to_flush: Vec<Arc<Outbound>>) {
                 outbound.flush();
             }
         });
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Runs a future (a publishing client's session) so that the fan-outs of every message
+    /// it publishes within one poll are flushed together when the poll ends: a connection
+    /// that several of them reach gets one `writev` of all its frames instead of one each,
+    /// as the baseline broadcaster writes what one read of the publisher brought. The lane
+    /// already lists each connection once however many messages it was claimed for.
+    pub struct FlushAfterPoll<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F> FlushAfterPoll<F> {
+    pub fn new(inner: F) -> Self {
+        Self { inner }
+    }
+}
+
+impl<F: Future> Future for FlushAfterPoll<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let _scope = DeferScope::enter();
+        self.project().inner.poll(cx)
+    }
+}
+
+/// Collects fan-outs' claims on this thread until dropped, then flushes them; on drop, so a
+/// panicking poll cannot leave claimed connections unflushed.
+struct DeferScope {
+    /// The enclosing scope's list (nested scopes flush their own claims).
+    outer: Option<Vec<Arc<Outbound>>>,
+}
+
+impl DeferScope {
+    fn enter() -> Self {
+        Self {
+            outer: DEFERRED.with_borrow_mut(|deferred| deferred.replace(Vec::new())),
+        }
+    }
+}
+
+impl Drop for DeferScope {
+    fn drop(&mut self) {
+        let claimed =
+            DEFERRED.with_borrow_mut(|deferred| std::mem::replace(deferred, self.outer.take()));
+        flush_all(claimed.unwrap_or_default());
     }
 }
 

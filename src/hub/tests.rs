@@ -538,6 +538,8 @@ mod lane {
         received: Mutex<Vec<u8>>,
         writing: AtomicBool,
         seed: AtomicU64,
+        /// `try_write_vectored` calls.
+        writes: AtomicUsize,
         /// Out of 8 writes, how many are taken whole (the rest: part, or nothing).
         whole_in_8: u64,
     }
@@ -548,6 +550,7 @@ mod lane {
                 received: Mutex::new(Vec::new()),
                 writing: AtomicBool::new(false),
                 seed: AtomicU64::new(0x9e37_79b9_7f4a_7c15),
+                writes: AtomicUsize::new(0),
                 whole_in_8,
             })
         }
@@ -593,6 +596,7 @@ mod lane {
                 !self.writing.swap(true, Ordering::SeqCst),
                 "two writers at once"
             );
+            self.writes.fetch_add(1, Ordering::SeqCst);
             let total: usize = buffers.iter().map(|buffer| buffer.len()).sum();
             let roll = self.next();
             let take = if roll % 8 < self.whole_in_8 {
@@ -752,6 +756,34 @@ mod lane {
             &socket.received.lock().unwrap()[..],
             b"\x81\x05first\x81\x04late"
         );
+    }
+
+    #[test]
+    fn publishes_within_one_poll_reach_a_connection_in_one_write() {
+        let hub = hub();
+        let socket = FlakySocket::new(8);
+        let conn = hub.register(Some(Arc::clone(&socket) as Arc<dyn Wire>));
+        let news = name("news");
+        hub.subscribe(&conn, &news, None, None, reply).unwrap();
+        play_session(&conn, &socket);
+        let publisher = FlushAfterPoll::new(std::future::poll_fn(|_| {
+            hub.publish(&news, "1");
+            hub.publish(&news, "2");
+            assert_eq!(
+                conn.queued_messages(),
+                2,
+                "nothing is written during the poll"
+            );
+            Poll::Ready(())
+        }));
+        futures_util::FutureExt::now_or_never(publisher).unwrap();
+        assert_eq!(conn.queued_messages(), 0);
+        assert_eq!(
+            socket.writes.load(Ordering::SeqCst),
+            1,
+            "both frames in one writev"
+        );
+        assert_eq!(seqs(&socket.frames()[1..]), [1, 2]);
     }
 
     /// Publishers on several threads, a socket that often takes part or nothing, and a

@@ -42,7 +42,7 @@ use tokio_tungstenite::{
 
 use crate::{
     cluster::Bus,
-    hub::{Frame, HubHandle, Outbound, Wire},
+    hub::{FlushAfterPoll, Frame, HubHandle, Outbound, Wire},
     protocol::{self, CloseCode},
     telemetry::{self, RateScope},
     throttle::{KeyedLimiter, Quota},
@@ -173,7 +173,7 @@ pub fn serve_tcp(
     };
     let stream = SharedTcp::new(stream);
     let wire = stream.wire();
-    serve_upgrade(stream, ctx, throttled, Some(wire))
+    FlushAfterPoll::new(serve_upgrade(stream, ctx, throttled, Some(wire)))
 }
 
 /// Serves one connection over any byte stream (TCP, TLS, or a test pipe). Publishers cannot
@@ -182,7 +182,7 @@ pub fn serve<S>(stream: S, ctx: Arc<SessionContext>) -> impl Future<Output = ()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    serve_upgrade(stream, ctx, false, None)
+    FlushAfterPoll::new(serve_upgrade(stream, ctx, false, None))
 }
 
 /// The upgrade, refused with 429 when `throttled` (its address connects too fast), then the
