@@ -650,14 +650,21 @@ mod lane {
         }
     }
 
-    #[test]
-    fn a_publisher_writes_to_an_idle_connection_itself() {
+    /// A connection on `socket`, subscribed to "news", its `subscribed` reply written.
+    fn subscribed(
+        socket: Arc<FlakySocket>,
+    ) -> (HubHandle, Arc<FlakySocket>, Arc<Outbound>, ChannelName) {
         let hub = hub();
-        let socket = FlakySocket::new(8);
         let conn = hub.register(Some(Arc::clone(&socket) as Arc<dyn Wire>));
         let news = name("news");
         hub.subscribe(&conn, &news, None, None, reply).unwrap();
         play_session(&conn, &socket);
+        (hub, socket, conn, news)
+    }
+
+    #[test]
+    fn a_publisher_writes_to_an_idle_connection_itself() {
+        let (hub, socket, conn, news) = subscribed(FlakySocket::new(8));
         for n in 0..3 {
             hub.publish(&news, &format!("{n}"));
         }
@@ -670,14 +677,9 @@ mod lane {
 
     #[test]
     fn a_full_socket_hands_the_rest_to_the_session_and_wakes_it() {
-        let hub = hub();
-        let socket = FlakySocket::new(0);
-        let conn = hub.register(Some(Arc::clone(&socket) as Arc<dyn Wire>));
+        let (hub, socket, conn, news) = subscribed(FlakySocket::new(0));
         let (waker, woken) = counting_waker();
         conn.register_session(&Context::from_waker(&waker));
-        let news = name("news");
-        hub.subscribe(&conn, &news, None, None, reply).unwrap();
-        play_session(&conn, &socket);
         hub.publish(&news, "1");
         assert!(conn.session_writes(), "the socket took at most part of it");
         assert_eq!(woken.load(Ordering::SeqCst), 1);
@@ -760,12 +762,7 @@ mod lane {
 
     #[test]
     fn publishes_within_one_poll_reach_a_connection_in_one_write() {
-        let hub = hub();
-        let socket = FlakySocket::new(8);
-        let conn = hub.register(Some(Arc::clone(&socket) as Arc<dyn Wire>));
-        let news = name("news");
-        hub.subscribe(&conn, &news, None, None, reply).unwrap();
-        play_session(&conn, &socket);
+        let (hub, socket, conn, news) = subscribed(FlakySocket::new(8));
         let publisher = FlushAfterPoll::new(std::future::poll_fn(|_| {
             hub.publish(&news, "1");
             hub.publish(&news, "2");
@@ -774,7 +771,7 @@ mod lane {
                 2,
                 "nothing is written during the poll"
             );
-            Poll::Ready(())
+            std::task::Poll::Ready(())
         }));
         futures_util::FutureExt::now_or_never(publisher).unwrap();
         assert_eq!(conn.queued_messages(), 0);
