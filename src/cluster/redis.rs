@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Bus, BusError, BusFuture};
 use crate::{
     config::RedisTarget,
-    hub::{History, HistoryData, HubHandle, RemoteView},
+    hub::{FlushAfterPoll, History, HistoryData, HubHandle, RemoteView},
     protocol::{ChannelName, Offset},
     shutdown::Shutdown,
     telemetry,
@@ -800,11 +800,22 @@ async fn keep_connected(inner: Arc<Inner>, stop: CancellationToken) {
     }
 }
 
+/// A partition's reader task. Inside `FlushAfterPoll`: the deliveries of every entry one
+/// poll hands to the hub (a whole `XREAD` batch) are written together, one `writev` per
+/// connection however many of them it gets.
+fn reader(
+    inner: &Arc<Inner>,
+    partition: u32,
+    stop: &CancellationToken,
+) -> FlushAfterPoll<impl Future<Output = ()> + use<>> {
+    FlushAfterPoll::new(read_partition(Arc::clone(inner), partition, stop.clone()))
+}
+
 /// Starts one reader per partition and restarts any that is stuck while Redis answers.
 async fn watch_readers(inner: Arc<Inner>, tasks: Shutdown, stop: CancellationToken) {
     let partitions = inner.settings.partitions;
     let mut readers: Vec<_> = (0..partitions)
-        .map(|partition| tasks.spawn(read_partition(Arc::clone(&inner), partition, stop.clone())))
+        .map(|partition| tasks.spawn(reader(&inner, partition, &stop)))
         .collect();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -833,11 +844,7 @@ async fn watch_readers(inner: Arc<Inner>, tasks: Shutdown, stop: CancellationTok
             metrics::counter!(telemetry::BUS_READER_RESTARTS).increment(1);
             readers[partition].abort();
             let partition_u32 = u32::try_from(partition).expect("partitions fit in u32");
-            readers[partition] = tasks.spawn(read_partition(
-                Arc::clone(&inner),
-                partition_u32,
-                stop.clone(),
-            ));
+            readers[partition] = tasks.spawn(reader(&inner, partition_u32, &stop));
         }
         record_partition_lag(&inner).await;
     }
