@@ -69,7 +69,7 @@ fn hub_fanout(c: &mut Criterion) {
         let drain = || {
             for outbound in &receivers {
                 while let Some(item) = outbound.take() {
-                    black_box(item.wire());
+                    black_box(item.into_wire());
                 }
                 assert!(outbound.release_session());
             }

@@ -50,6 +50,12 @@ impl Frame {
         &self.wire
     }
 
+    /// The bytes to write, taking this handle's share of them.
+    #[must_use]
+    pub fn into_wire(self) -> Bytes {
+        self.wire
+    }
+
     /// Bytes on the wire; what outbound queues count.
     #[must_use]
     pub fn len(&self) -> usize {

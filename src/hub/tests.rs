@@ -642,7 +642,7 @@ mod lane {
                 socket.write_all(&rest);
             }
             while let Some(item) = outbound.take() {
-                socket.write_all(&item.wire());
+                socket.write_all(&item.into_wire());
             }
             if outbound.release_session() {
                 break;

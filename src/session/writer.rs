@@ -36,7 +36,7 @@ where
         }
         while socket.has_room() {
             let Some(item) = outbound.take() else { break };
-            socket.push(item.wire());
+            socket.push(item.into_wire());
         }
         if let Err(err) = ready!(socket.poll_write_out(cx)) {
             return Poll::Ready(err.into());
