@@ -24,6 +24,10 @@ pub struct BaselineArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8090")]
     listen: SocketAddr,
+    /// Print, for every broadcast, how long its write pass over all sockets took: with the
+    /// clients on other cores, the floor for one broadcast's completion on this machine.
+    #[arg(long)]
+    log_passes: bool,
 }
 
 type Sockets = Arc<Mutex<Vec<Arc<Socket>>>>;
@@ -42,13 +46,14 @@ pub async fn run(args: BaselineArgs) -> anyhow::Result<()> {
     loop {
         let (stream, _) = listener.accept().await?;
         let sockets = Arc::clone(&sockets);
+        let log_passes = args.log_passes;
         tokio::spawn(async move {
-            let _ = serve(stream, sockets).await;
+            let _ = serve(stream, sockets, log_passes).await;
         });
     }
 }
 
-async fn serve(mut stream: TcpStream, sockets: Sockets) -> anyhow::Result<()> {
+async fn serve(mut stream: TcpStream, sockets: Sockets, log_passes: bool) -> anyhow::Result<()> {
     stream.set_nodelay(true)?;
     // The upgrade: read the request head, answer 101 with the accept key.
     let mut head = Vec::with_capacity(1024);
@@ -109,7 +114,18 @@ async fn serve(mut stream: TcpStream, sockets: Sockets) -> anyhow::Result<()> {
             }
         }
         if !batch.is_empty() {
-            broadcast(&sockets, &batch);
+            let started = (tokio::time::Instant::now(), thread_cpu_ns());
+            let n_sockets = broadcast(&sockets, &batch);
+            if log_passes {
+                let wall_ms = started.0.elapsed().as_secs_f64() * 1e3;
+                let cpu_ms = thread_cpu_ns().saturating_sub(started.1) as f64 / 1e6;
+                eprintln!(
+                    "write pass: {n_sockets} sockets, {} bytes each, {wall_ms:.1} ms, \
+                     {cpu_ms:.1} ms on CPU ({:.2} us per socket)",
+                    batch.len(),
+                    cpu_ms * 1e3 / n_sockets.max(1) as f64,
+                );
+            }
             batch.clear();
         }
         if closed {
@@ -119,6 +135,15 @@ async fn serve(mut stream: TcpStream, sockets: Sockets) -> anyhow::Result<()> {
     let mut all = sockets.lock().expect("no panics while held");
     all.retain(|socket| !Arc::ptr_eq(socket, &write));
     Ok(())
+}
+
+/// CPU time this thread has used, in nanoseconds (the scheduler's own account, kernel time
+/// included); 0 where `/proc` does not say.
+fn thread_cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|stat| stat.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Appends `payload` as one unmasked text frame.
@@ -138,9 +163,10 @@ fn frame_into(frame: &mut Vec<u8>, payload: &[u8]) {
     frame.extend_from_slice(payload);
 }
 
-/// Writes the framed bytes to every socket.
-fn broadcast(sockets: &Sockets, frame: &[u8]) {
+/// Writes the framed bytes to every socket; how many sockets there were.
+fn broadcast(sockets: &Sockets, frame: &[u8]) -> usize {
     let targets = sockets.lock().expect("no panics while held").clone();
+    let n_sockets = targets.len();
     for socket in targets {
         let mut backlog = socket.backlog.lock().expect("no panics while held");
         if !backlog.is_empty() {
@@ -159,6 +185,7 @@ fn broadcast(sockets: &Sockets, frame: &[u8]) {
             tokio::spawn(async move { flush(&socket).await });
         }
     }
+    n_sockets
 }
 
 /// Writes a socket's backlog until it is empty.
