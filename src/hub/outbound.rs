@@ -6,10 +6,10 @@
 //! Whoever enqueues into an idle connection writes the queue out itself, without waking the
 //! connection's task: a publisher (after releasing the channel lock) or the keepalive sweep
 //! calls [`Outbound::flush`], which hands everything queued to the socket in one non-blocking
-//! vectored write through the connection's [`Wire`]. Only when the socket is full (or the
-//! connection has no `Wire`, or is closing) is the session task woken to take over and wait
-//! for room. So a delivery to a reading client costs a queue push and a share of one
-//! `writev`, not a task wakeup and poll.
+//! vectored write (one per 64 frames) through the connection's [`Wire`]. Only when the
+//! socket is full (or the connection has no `Wire`, or is closing) is the session task woken
+//! to take over and wait for room. So a delivery to a reading client costs a queue push and
+//! a share of one `writev`, not a task wakeup and poll.
 //!
 //! `lane` says who may write, so that bytes never interleave and frames leave in queue order:
 //! - `IDLE`: nobody; the queue is empty or about to be flushed by whoever claims the lane.
@@ -23,6 +23,7 @@
 
 use std::{
     io::{self, IoSlice},
+    iter,
     sync::{
         Arc, Mutex, PoisonError,
         atomic::{self, AtomicU8, AtomicU64, AtomicUsize, Ordering},
@@ -32,6 +33,7 @@ use std::{
 
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
+use smallvec::SmallVec;
 
 use super::Frame;
 use crate::{protocol::CloseCode, telemetry};
@@ -55,9 +57,9 @@ const WANT: u8 = 4;
 
 /// Buffers one flush hands to one `writev` at most.
 const MAX_SLICES: usize = 64;
-/// Writes one flush makes before leaving the rest to the session task, so a connection whose
-/// queue keeps refilling does not hold a publisher's thread.
-const MAX_FLUSH_WRITES: usize = 4;
+/// Times one flush takes the queue before leaving the rest to the session task, so a
+/// connection whose queue keeps refilling does not hold a publisher's thread.
+const MAX_FLUSH_ROUNDS: usize = 4;
 
 /// An unmasked WebSocket ping with no payload (RFC 6455 section 5.5.2).
 const PING_FRAME: &[u8] = &[0x89, 0x00];
@@ -289,45 +291,61 @@ impl Outbound {
         let Some(wire) = &self.wire else {
             return self.hand_over();
         };
-        let mut writes = 0;
-        loop {
-            if self.is_closing() || writes == MAX_FLUSH_WRITES {
-                return self.hand_over();
+        for _ in 0..MAX_FLUSH_ROUNDS {
+            if self.is_closing() {
+                break;
             }
-            let Some(first) = self.take() else {
-                if self.release_flusher() {
-                    return;
-                }
-                continue;
-            };
-            writes += 1;
-            // Usually the queue held one frame: write it without gathering.
-            let (complete, drained) = match self.take() {
-                None => (self.write(wire.as_ref(), &[first.into_wire()]), true),
-                Some(second) => {
-                    let mut buffers = Vec::with_capacity(MAX_SLICES);
-                    buffers.extend([first.into_wire(), second.into_wire()]);
-                    while buffers.len() < MAX_SLICES {
-                        let Some(item) = self.take() else { break };
-                        buffers.push(item.into_wire());
-                    }
-                    let drained = buffers.len() < MAX_SLICES;
-                    (self.write(wire.as_ref(), &buffers), drained)
+            let complete = match (self.rx.try_recv(), self.rx.try_recv()) {
+                (Err(_), _) => true,
+                (Ok(only), Err(_)) => self.write_all(wire.as_ref(), &mut iter::once(only)),
+                // More than one: one lock takes the rest, and with it the queue's buffer, so
+                // a queue that was deep keeps no capacity once it drains.
+                (Ok(first), Ok(second)) => {
+                    let mut queued = [first, second].into_iter().chain(self.rx.drain());
+                    self.write_all(wire.as_ref(), &mut queued)
                 }
             };
             if !complete {
                 return self.hand_over();
             }
-            // The queue was empty a moment ago: give the lane up rather than look again.
-            if drained && self.release_flusher() {
+            if self.release_flusher() {
                 return;
+            }
+        }
+        self.hand_over();
+    }
+
+    /// Writes `queued` (just taken off the queue) with one non-blocking `writev` per
+    /// [`MAX_SLICES`] frames; whether the socket took all of it. What it did not take is
+    /// kept for the session.
+    fn write_all(&self, wire: &dyn Wire, queued: &mut impl Iterator<Item = Outgoing>) -> bool {
+        loop {
+            // On the stack, and only as many as there are: most flushes write one frame.
+            let mut batch = SmallVec::<[Bytes; MAX_SLICES]>::new();
+            let mut text_bytes = 0;
+            for item in queued.by_ref().take(MAX_SLICES) {
+                if let Outgoing::Text(frame) = &item {
+                    text_bytes += frame.len();
+                }
+                batch.push(item.into_wire());
+            }
+            if batch.is_empty() {
+                return true;
+            }
+            self.queued_bytes.fetch_sub(text_bytes, Ordering::Relaxed);
+            let Some(written) = self.write(wire, &batch) else {
+                return false;
+            };
+            if written < batch.iter().map(Bytes::len).sum() {
+                self.keep_unwritten(&batch, written, queued);
+                return false;
             }
         }
     }
 
-    /// One non-blocking `writev` of `buffers`; whether the socket took all of them. What it
-    /// did not take is kept for the session.
-    fn write(&self, wire: &dyn Wire, buffers: &[Bytes]) -> bool {
+    /// One non-blocking `writev` of `buffers`: the bytes the socket took, or `None` when the
+    /// connection broke (it is then aborted).
+    fn write(&self, wire: &dyn Wire, buffers: &[Bytes]) -> Option<usize> {
         let result = if let [only] = buffers {
             wire.try_write_vectored(&[IoSlice::new(only)])
         } else {
@@ -337,22 +355,18 @@ impl Outbound {
             }
             wire.try_write_vectored(&slices[..buffers.len()])
         };
-        let written = match result {
-            Ok(written) => written,
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => 0,
+        match result {
+            Ok(written) => {
+                telemetry::metrics().bytes_sent.increment(written as u64);
+                Some(written)
+            }
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => Some(0),
             Err(err) => {
                 tracing::debug!(conn_id = self.conn_id, error = %err, "Write failed");
                 self.abort();
-                return false;
+                None
             }
-        };
-        telemetry::metrics().bytes_sent.increment(written as u64);
-        let total: usize = buffers.iter().map(Bytes::len).sum();
-        if written < total {
-            self.keep_unwritten(buffers, written);
-            return false;
         }
-        true
     }
 
     /// A flusher found the queue empty: gives the lane up (or to a session that asked for
@@ -371,8 +385,14 @@ impl Outbound {
         self.rx.is_empty() || !self.claim(FLUSHING)
     }
 
-    /// Keeps what `written` bytes into `buffers` left unwritten, for the session.
-    fn keep_unwritten(&self, buffers: &[Bytes], mut written: usize) {
+    /// Keeps what `written` bytes into `buffers` left unwritten, and the rest of what was
+    /// taken off the queue, for the session.
+    fn keep_unwritten(
+        &self,
+        buffers: &[Bytes],
+        mut written: usize,
+        rest: &mut impl Iterator<Item = Outgoing>,
+    ) {
         let mut handoff = self.handoff.lock().unwrap_or_else(PoisonError::into_inner);
         for buffer in buffers {
             if written >= buffer.len() {
@@ -381,6 +401,12 @@ impl Outbound {
             }
             handoff.push(buffer.slice(written..));
             written = 0;
+        }
+        for item in rest {
+            if let Outgoing::Text(frame) = &item {
+                self.queued_bytes.fetch_sub(frame.len(), Ordering::Relaxed);
+            }
+            handoff.push(item.into_wire());
         }
     }
 

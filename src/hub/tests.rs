@@ -783,6 +783,48 @@ mod lane {
         assert_eq!(seqs(&socket.frames()[1..]), [1, 2]);
     }
 
+    /// 150 frames queued behind a claimed lane, then flushed into `socket`.
+    fn deep_queue(socket: &Arc<FlakySocket>) -> Arc<Outbound> {
+        let conn = hub().register(Some(Arc::clone(socket) as Arc<dyn Wire>));
+        for n in 0..150 {
+            let claimed = conn.enqueue(&Frame::text(&n.to_string())).unwrap();
+            assert_eq!(claimed, n == 0, "only the first enqueue claims the lane");
+        }
+        conn.flush();
+        conn
+    }
+
+    #[test]
+    fn a_deep_queue_is_written_in_batches_and_leaves_nothing_counted() {
+        let socket = FlakySocket::new(8);
+        let conn = deep_queue(&socket);
+        assert_eq!(
+            socket.writes.load(Ordering::SeqCst),
+            3,
+            "64 + 64 + 22 frames"
+        );
+        let expected: Vec<String> = (0..150).map(|n| n.to_string()).collect();
+        assert_eq!(socket.frames(), expected);
+        assert_eq!((conn.queued_messages(), conn.queued_bytes()), (0, 0));
+        assert!(!conn.session_writes());
+    }
+
+    #[test]
+    fn a_deep_queue_on_a_full_socket_goes_to_the_session_whole_and_in_order() {
+        let socket = FlakySocket::new(0);
+        let conn = deep_queue(&socket);
+        assert_eq!(socket.writes.load(Ordering::SeqCst), 1);
+        assert!(conn.session_writes(), "the socket took at most part of it");
+        assert_eq!(
+            (conn.queued_messages(), conn.queued_bytes()),
+            (0, 0),
+            "what the flusher took is the session's hand-off, not queued"
+        );
+        play_session(&conn, &socket);
+        let expected: Vec<String> = (0..150).map(|n| n.to_string()).collect();
+        assert_eq!(socket.frames(), expected);
+    }
+
     /// Publishers on several threads, a socket that often takes part or nothing, and a
     /// session taking over: every frame arrives once, each publisher's in order, never
     /// interleaved, and none is left in the queue when the publishers stop. Many short
