@@ -32,9 +32,14 @@ impl SharedTcp {
     }
 }
 
+/// Flushers write straight to the socket, past tokio's readiness cache: tokio's
+/// `try_write_vectored` would first look at the socket's registration, a cache line the I/O
+/// driver and the session's task also write, for every delivery. A `WouldBlock` here leaves
+/// that cache saying "writable"; the session, which takes over on `WouldBlock`, then tries a
+/// write through tokio, gets `WouldBlock` too, and waits for the next writability event.
 impl Wire for TcpStream {
     fn try_write_vectored(&self, buffers: &[IoSlice<'_>]) -> io::Result<usize> {
-        Self::try_write_vectored(self, buffers)
+        socket2::SockRef::from(self).send_vectored(buffers)
     }
 }
 
