@@ -276,10 +276,39 @@ impl Outbound {
     /// Takes the next item off the queue, for whoever holds the lane (and tests).
     pub fn take(&self) -> Option<Outgoing> {
         let item = self.rx.try_recv().ok()?;
-        if let Outgoing::Text(frame) = &item {
+        self.taken(&item);
+        Some(item)
+    }
+
+    /// For the session holding the lane: moves queued frames to `push` until it returns
+    /// `false` (no more room) or the queue is empty. A queue found empty after more than one
+    /// frame gives its buffer up too (with whatever was enqueued meanwhile), so a backlog's
+    /// capacity is not kept for the connection's life; a queue that holds one frame at a
+    /// time keeps its small buffer.
+    pub fn take_while(&self, mut push: impl FnMut(Bytes) -> bool) {
+        let mut n_taken = 0;
+        loop {
+            let Some(item) = self.take() else {
+                if n_taken > 1 {
+                    for item in self.rx.drain() {
+                        self.taken(&item);
+                        push(item.into_wire());
+                    }
+                }
+                return;
+            };
+            n_taken += 1;
+            if !push(item.into_wire()) {
+                return;
+            }
+        }
+    }
+
+    /// Accounts for `item` leaving the queue.
+    fn taken(&self, item: &Outgoing) {
+        if let Outgoing::Text(frame) = item {
             self.queued_bytes.fetch_sub(frame.len(), Ordering::Relaxed);
         }
-        Some(item)
     }
 
     /// Writes the queue to the socket; call it after [`Outbound::enqueue`] or

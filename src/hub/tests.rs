@@ -641,9 +641,10 @@ mod lane {
             for rest in outbound.take_handoff() {
                 socket.write_all(&rest);
             }
-            while let Some(item) = outbound.take() {
-                socket.write_all(&item.into_wire());
-            }
+            outbound.take_while(|bytes| {
+                socket.write_all(&bytes);
+                true
+            });
             if outbound.release_session() {
                 break;
             }

@@ -34,9 +34,11 @@ where
         for rest in outbound.take_handoff() {
             socket.push(rest);
         }
-        while socket.has_room() {
-            let Some(item) = outbound.take() else { break };
-            socket.push(item.into_wire());
+        if socket.has_room() {
+            outbound.take_while(|bytes| {
+                socket.push(bytes);
+                socket.has_room()
+            });
         }
         if let Err(err) = ready!(socket.poll_write_out(cx)) {
             return Poll::Ready(err.into());
