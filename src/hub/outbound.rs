@@ -281,15 +281,16 @@ impl Outbound {
     }
 
     /// For the session holding the lane: moves queued frames to `push` until it returns
-    /// `false` (no more room) or the queue is empty. A queue found empty after more than one
-    /// frame gives its buffer up too (with whatever was enqueued meanwhile), so a backlog's
-    /// capacity is not kept for the connection's life; a queue that holds one frame at a
-    /// time keeps its small buffer.
+    /// `false` (no more room) or the queue is empty. A queue this call found empty after
+    /// taking frames gives its buffer up too (with whatever was enqueued meanwhile), so a
+    /// backlog's capacity is not kept for the connection's life. (A backlog is taken in
+    /// several calls, as room allows, and the last may take a single frame; the session's
+    /// own replies pay one small allocation each for that.)
     pub fn take_while(&self, mut push: impl FnMut(Bytes) -> bool) {
         let mut n_taken = 0;
         loop {
             let Some(item) = self.take() else {
-                if n_taken > 1 {
+                if n_taken > 0 {
                     for item in self.rx.drain() {
                         self.taken(&item);
                         push(item.into_wire());
