@@ -273,7 +273,7 @@ impl Outbound {
         }
     }
 
-    /// Takes the next item off the queue, for whoever holds the lane (and tests).
+    /// Takes the next item off the queue, for whoever holds the lane (and benches).
     pub fn take(&self) -> Option<Outgoing> {
         let item = self.rx.try_recv().ok()?;
         self.taken(&item);
@@ -433,9 +433,7 @@ impl Outbound {
             written = 0;
         }
         for item in rest {
-            if let Outgoing::Text(frame) = &item {
-                self.queued_bytes.fetch_sub(frame.len(), Ordering::Relaxed);
-            }
+            self.taken(&item);
             handoff.push(item.into_wire());
         }
     }
