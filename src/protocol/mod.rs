@@ -11,6 +11,7 @@ mod close;
 mod decode;
 mod encode;
 mod names;
+pub mod ws;
 
 pub use close::CloseCode;
 pub use decode::{ClientFrame, DecodeError, decode_client_frame};

@@ -1,0 +1,386 @@
+//! WebSocket framing (RFC 6455 section 5) of what clients send, decoded from a byte buffer
+//! without IO, and the few frames the server builds itself (pong, close, echo replies).
+//!
+//! The session reads the socket into a `BytesMut` and calls [`Decoder::decode`] until it
+//! says how many more bytes it needs. Every frame comes out as one [`Inbound`], control and
+//! continuation frames included, so that the session can charge each one to the client's
+//! budget: nothing the client sends is handled out of its sight. Limits are checked on the
+//! frame header, before the payload is buffered: a frame that would make a message larger
+//! than allowed is refused when its first bytes arrive. A message fragmented over several
+//! frames is assembled here, with its UTF-8 checked as each fragment arrives (fail fast), and
+//! the number of fragments bounded.
+//!
+//! Never panics on client input (fuzzed by `fuzz/fuzz_targets/ws_decoder.rs`).
+
+use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
+
+/// Longest frame header: 2 bytes, 8 of extended length, 4 of mask.
+pub const MAX_HEADER_BYTES: usize = 14;
+/// Largest payload of a control frame (section 5.5).
+pub const MAX_CONTROL_PAYLOAD: usize = 125;
+
+const OP_CONTINUATION: u8 = 0x0;
+const OP_TEXT: u8 = 0x1;
+const OP_BINARY: u8 = 0x2;
+const OP_CLOSE: u8 = 0x8;
+const OP_PING: u8 = 0x9;
+const OP_PONG: u8 = 0xA;
+
+/// What a decoder accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest message, in payload bytes summed over its fragments.
+    pub max_message_bytes: usize,
+    /// Most frames one message may be split into.
+    pub max_fragments: u32,
+}
+
+/// One frame from the client, as the session sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inbound {
+    /// The last frame of a text message: the whole message, valid UTF-8.
+    Text(Bytes),
+    /// The last frame of a binary message: the whole message.
+    Binary(Bytes),
+    /// A frame of a fragmented message that is not complete yet.
+    Fragment,
+    /// A ping, with its payload (at most 125 bytes) to echo in the pong.
+    Ping(Bytes),
+    /// A pong.
+    Pong,
+    /// A close frame: the code, when it carried one (checked against section 7.4).
+    Close(Option<u16>),
+}
+
+/// What [`Decoder::decode`] found at the front of the buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decoded {
+    /// One frame, taken off the buffer.
+    Frame(Inbound),
+    /// The next frame is not complete: at least this many more bytes are needed.
+    Incomplete(usize),
+}
+
+/// Why the client's bytes cannot be a valid WebSocket stream; each ends the connection with
+/// the close code its doc names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum WsError {
+    /// 1002: the framing breaks RFC 6455.
+    #[error("protocol error: {0}")]
+    Protocol(&'static str),
+    /// 1007: a text message or close reason is not UTF-8.
+    #[error("invalid UTF-8")]
+    BadUtf8,
+    /// 1009: the message is larger than `Limits::max_message_bytes`.
+    #[error("message too big")]
+    TooBig,
+    /// 1008: the message came in more than `Limits::max_fragments` frames.
+    #[error("too many fragments")]
+    TooManyFragments,
+}
+
+/// A message being assembled from fragments.
+#[derive(Debug)]
+struct Partial {
+    text: bool,
+    data: BytesMut,
+    fragments: u32,
+    /// Bytes of `data` already known to be valid UTF-8 (text only).
+    valid_utf8: usize,
+}
+
+/// The decoding state of one connection: only a message being assembled. 8 bytes while no
+/// message is fragmented.
+#[derive(Debug, Default)]
+pub struct Decoder {
+    partial: Option<Box<Partial>>,
+}
+
+/// A parsed frame header.
+struct Header {
+    fin: bool,
+    opcode: u8,
+    mask: [u8; 4],
+    header_len: usize,
+    payload_len: usize,
+}
+
+impl Decoder {
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether a fragmented message is being assembled.
+    #[must_use]
+    pub fn in_message(&self) -> bool {
+        self.partial.is_some()
+    }
+
+    /// Bytes held for a message being assembled.
+    #[must_use]
+    pub fn assembling_bytes(&self) -> usize {
+        self.partial
+            .as_ref()
+            .map_or(0, |partial| partial.data.capacity())
+    }
+
+    /// Takes the next frame off the front of `buf`.
+    ///
+    /// # Errors
+    /// [`WsError`] when the stream can no longer be valid; the connection must end.
+    pub fn decode(&mut self, buf: &mut BytesMut, limits: &Limits) -> Result<Decoded, WsError> {
+        let header = match parse_header(buf)? {
+            Ok(header) => header,
+            Err(needed) => return Ok(Decoded::Incomplete(needed)),
+        };
+        self.check(&header, limits)?;
+        let frame_len = header.header_len + header.payload_len;
+        if buf.len() < frame_len {
+            return Ok(Decoded::Incomplete(frame_len - buf.len()));
+        }
+        let mut payload = buf.split_to(frame_len);
+        payload.advance(header.header_len);
+        unmask(&mut payload, header.mask);
+        self.frame(&header, payload).map(Decoded::Frame)
+    }
+
+    /// Checks a header against the protocol, the decoder's state and the limits, before its
+    /// payload is read.
+    fn check(&self, header: &Header, limits: &Limits) -> Result<(), WsError> {
+        match header.opcode {
+            OP_CLOSE | OP_PING | OP_PONG => {
+                if !header.fin {
+                    return Err(WsError::Protocol("fragmented control frame"));
+                }
+                if header.payload_len > MAX_CONTROL_PAYLOAD {
+                    return Err(WsError::Protocol("control frame longer than 125 bytes"));
+                }
+            }
+            OP_TEXT | OP_BINARY => {
+                if self.partial.is_some() {
+                    return Err(WsError::Protocol("new message inside a fragmented one"));
+                }
+                if header.payload_len > limits.max_message_bytes {
+                    return Err(WsError::TooBig);
+                }
+            }
+            OP_CONTINUATION => {
+                let Some(partial) = &self.partial else {
+                    return Err(WsError::Protocol("continuation frame without a message"));
+                };
+                if partial.fragments >= limits.max_fragments {
+                    return Err(WsError::TooManyFragments);
+                }
+                if partial.data.len().saturating_add(header.payload_len) > limits.max_message_bytes
+                {
+                    return Err(WsError::TooBig);
+                }
+            }
+            _ => return Err(WsError::Protocol("reserved opcode")),
+        }
+        Ok(())
+    }
+
+    /// Acts on a whole frame whose header passed [`Decoder::check`].
+    fn frame(&mut self, header: &Header, payload: BytesMut) -> Result<Inbound, WsError> {
+        match header.opcode {
+            OP_PING => Ok(Inbound::Ping(payload.freeze())),
+            OP_PONG => Ok(Inbound::Pong),
+            OP_CLOSE => close_code(&payload).map(Inbound::Close),
+            OP_TEXT | OP_BINARY => {
+                let text = header.opcode == OP_TEXT;
+                if header.fin {
+                    return complete(text, payload);
+                }
+                let mut partial = Box::new(Partial {
+                    text,
+                    data: payload,
+                    fragments: 1,
+                    valid_utf8: 0,
+                });
+                partial.check_utf8(false)?;
+                self.partial = Some(partial);
+                Ok(Inbound::Fragment)
+            }
+            _ => {
+                let partial = self
+                    .partial
+                    .as_mut()
+                    .expect("check() refuses a continuation without a message");
+                partial.fragments += 1;
+                partial.data.extend_from_slice(&payload);
+                partial.check_utf8(header.fin)?;
+                if !header.fin {
+                    return Ok(Inbound::Fragment);
+                }
+                let partial = self.partial.take().expect("matched Some above");
+                let Partial { text, data, .. } = *partial;
+                Ok(if text {
+                    Inbound::Text(data.freeze())
+                } else {
+                    Inbound::Binary(data.freeze())
+                })
+            }
+        }
+    }
+}
+
+impl Partial {
+    /// Checks the UTF-8 of what arrived since the last check; a code point split over
+    /// fragments may stay incomplete until the last one.
+    fn check_utf8(&mut self, last: bool) -> Result<(), WsError> {
+        if !self.text {
+            return Ok(());
+        }
+        match std::str::from_utf8(&self.data[self.valid_utf8..]) {
+            Ok(_) => {
+                self.valid_utf8 = self.data.len();
+                Ok(())
+            }
+            Err(err) if err.error_len().is_none() && !last => {
+                self.valid_utf8 += err.valid_up_to();
+                Ok(())
+            }
+            Err(_) => Err(WsError::BadUtf8),
+        }
+    }
+}
+
+fn complete(text: bool, payload: BytesMut) -> Result<Inbound, WsError> {
+    if !text {
+        return Ok(Inbound::Binary(payload.freeze()));
+    }
+    if std::str::from_utf8(&payload).is_err() {
+        return Err(WsError::BadUtf8);
+    }
+    Ok(Inbound::Text(payload.freeze()))
+}
+
+/// The header at the front of `buf`: `Ok(Err(needed))` when it is not complete.
+fn parse_header(buf: &[u8]) -> Result<Result<Header, usize>, WsError> {
+    let [first, second, ..] = *buf else {
+        return Ok(Err(2 - buf.len()));
+    };
+    if first & 0x70 != 0 {
+        // No extension is negotiated, so every RSV bit must be 0.
+        return Err(WsError::Protocol("reserved bits set"));
+    }
+    if second & 0x80 == 0 {
+        return Err(WsError::Protocol("unmasked client frame"));
+    }
+    let (length_bytes, short_len) = match second & 0x7f {
+        126 => (2, None),
+        127 => (8, None),
+        len => (0, Some(usize::from(len))),
+    };
+    let header_len = 2 + length_bytes + 4;
+    if buf.len() < header_len {
+        return Ok(Err(header_len - buf.len()));
+    }
+    let payload_len = match short_len {
+        Some(len) => len,
+        None if length_bytes == 2 => usize::from(u16::from_be_bytes([buf[2], buf[3]])),
+        None => {
+            let mut bytes = [0_u8; 8];
+            bytes.copy_from_slice(&buf[2..10]);
+            let len = u64::from_be_bytes(bytes);
+            if len >> 63 != 0 {
+                return Err(WsError::Protocol("64-bit length with the top bit set"));
+            }
+            // Beyond usize on 32-bit targets: larger than any limit anyway.
+            usize::try_from(len).unwrap_or(usize::MAX)
+        }
+    };
+    let mut mask = [0_u8; 4];
+    mask.copy_from_slice(&buf[header_len - 4..header_len]);
+    Ok(Ok(Header {
+        fin: first & 0x80 != 0,
+        opcode: first & 0x0f,
+        mask,
+        header_len,
+        payload_len: payload_len.min(usize::MAX - header_len),
+    }))
+}
+
+/// XORs `payload` with the client's masking key (section 5.3), eight bytes at a time.
+fn unmask(payload: &mut [u8], mask: [u8; 4]) {
+    let wide = u64::from_ne_bytes([
+        mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3],
+    ]);
+    let mut chunks = payload.chunks_exact_mut(8);
+    for chunk in &mut chunks {
+        let word = u64::from_ne_bytes(chunk.try_into().expect("chunks of 8")) ^ wide;
+        chunk.copy_from_slice(&word.to_ne_bytes());
+    }
+    for (byte, key) in chunks.into_remainder().iter_mut().zip(mask) {
+        *byte ^= key;
+    }
+}
+
+/// The code of a close frame's payload, checked: empty, or a code a peer may send
+/// (section 7.4: 1000-1003, 1007-1014, 3000-4999) and a UTF-8 reason.
+fn close_code(payload: &[u8]) -> Result<Option<u16>, WsError> {
+    match payload {
+        [] => Ok(None),
+        [_] => Err(WsError::Protocol("close frame with a 1-byte payload")),
+        [high, low, reason @ ..] => {
+            let code = u16::from_be_bytes([*high, *low]);
+            if !matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999) {
+                return Err(WsError::Protocol("close code a peer may not send"));
+            }
+            if std::str::from_utf8(reason).is_err() {
+                return Err(WsError::BadUtf8);
+            }
+            Ok(Some(code))
+        }
+    }
+}
+
+/// An unmasked server frame: FIN, `opcode` and `payload`.
+#[must_use]
+pub fn server_frame(opcode: u8, payload: &[u8]) -> Bytes {
+    let mut wire = BytesMut::with_capacity(payload.len() + 10);
+    wire.put_u8(0x80 | opcode);
+    match payload.len() {
+        len @ 0..=125 => wire.put_u8(u8::try_from(len).expect("matched 0..=125")),
+        len @ 126..=0xffff => {
+            wire.put_u8(126);
+            wire.put_u16(u16::try_from(len).expect("matched up to 0xffff"));
+        }
+        len => {
+            wire.put_u8(127);
+            wire.put_u64(len as u64);
+        }
+    }
+    wire.put_slice(payload);
+    wire.freeze()
+}
+
+/// The pong answering a ping with `payload`.
+#[must_use]
+pub fn pong_frame(payload: &[u8]) -> Bytes {
+    server_frame(OP_PONG, payload)
+}
+
+/// A close frame with `code` and `reason` (cut to the 123 bytes a close frame allows).
+#[must_use]
+pub fn close_frame(code: u16, reason: &str) -> Bytes {
+    let mut end = reason.len().min(MAX_CONTROL_PAYLOAD - 2);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut payload = Vec::with_capacity(2 + end);
+    payload.extend_from_slice(&code.to_be_bytes());
+    payload.extend_from_slice(&reason.as_bytes()[..end]);
+    server_frame(OP_CLOSE, &payload)
+}
+
+/// A whole text or binary message, as the echo endpoint sends it back.
+#[must_use]
+pub fn message_frame(text: bool, payload: &[u8]) -> Bytes {
+    server_frame(if text { OP_TEXT } else { OP_BINARY }, payload)
+}
+
+#[cfg(test)]
+mod tests;
