@@ -120,6 +120,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             max_publish_payload_bytes: config.limits.max_publish_payload_bytes,
             max_subscriptions: config.limits.max_subscriptions_per_connection,
             max_inbound_message_bytes: config.limits.max_inbound_message_bytes,
+            max_fragments: config.limits.max_fragments_per_message,
+            fragment_timeout: config.limits.fragment_timeout,
+            max_upgrade_request_bytes: config.limits.max_upgrade_request_bytes,
             read_buffer_bytes: config.session.read_buffer_bytes,
             history_size: config.history.size,
             echo_path: config.session.echo_path.clone(),
@@ -127,7 +130,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 config.limits.client_messages_per_second,
                 config.limits.client_message_burst,
             ),
+            control_quota: Quota::new(
+                config.limits.client_control_frames_per_second,
+                config.limits.client_control_frame_burst,
+            ),
+            throttled_close_after: config.limits.throttled_close_after,
         },
+        pending: session::PendingUpgrades::new(
+            config.limits.max_pending_upgrades,
+            config.limits.max_pending_upgrades_per_ip,
+        ),
         connect_limiter: Quota::new(
             config.limits.connects_per_ip_per_second,
             config.limits.connect_burst_per_ip,

@@ -146,6 +146,8 @@ pub fn connection_rejected(reason: &'static str) {
 pub enum RateScope {
     /// A client sent frames faster than `limits.client_messages_per_second`.
     Client,
+    /// A client sent pings or pongs faster than `limits.client_control_frames_per_second`.
+    ClientControl,
     /// An address opened connections faster than `limits.connects_per_ip_per_second`.
     Ip,
     /// An API key called `/v1` faster than `control.requests_per_second_per_key`.
@@ -156,6 +158,7 @@ pub enum RateScope {
 pub fn rate_limited(scope: RateScope) {
     let scope = match scope {
         RateScope::Client => "client",
+        RateScope::ClientControl => "client_control",
         RateScope::Ip => "ip",
         RateScope::ApiKey => "api_key",
     };

@@ -128,6 +128,31 @@ pub struct LimitsConfig {
     pub connects_per_ip_per_second: u32,
     /// Connections one address may open at once above that rate. Default 100.
     pub connect_burst_per_ip: u32,
+    /// Pings and pongs per second one client may send, beside its frame budget. Over it, the
+    /// ping goes unanswered and reading pauses until a token is free. Default 10; 0: off.
+    /// Browsers send none; other clients ping every few seconds at most.
+    pub client_control_frames_per_second: u32,
+    /// Control frames a client may send at once above that rate. Default 20.
+    pub client_control_frame_burst: u32,
+    /// A client whose frames are still refused by one of its budgets this long after the
+    /// first refusal (refusals less than a second apart) is closed with 1008. Default 10s.
+    #[serde(with = "humantime_serde")]
+    pub throttled_close_after: Duration,
+    /// Frames one inbound message may be split into; more close with 1008. Default 64.
+    pub max_fragments_per_message: u32,
+    /// Time a fragmented message may take from its first frame to its last; longer closes
+    /// with 1008. Default 10s.
+    #[serde(with = "humantime_serde")]
+    pub fragment_timeout: Duration,
+    /// Connections accepted but not yet upgraded, on the whole node; more are answered 503 at
+    /// once. They do not count against `max_connections`. Default 10,000.
+    pub max_pending_upgrades: usize,
+    /// Connections not yet upgraded from one IP address; more are answered 503. Default 1,024
+    /// (a load balancer's address carries many clients' upgrades at once).
+    pub max_pending_upgrades_per_ip: usize,
+    /// Largest upgrade request head (request line and headers), in bytes; larger gets 431.
+    /// Default 16 KiB.
+    pub max_upgrade_request_bytes: usize,
 }
 
 /// Per-connection behaviour.
@@ -293,6 +318,14 @@ impl Default for LimitsConfig {
             client_message_burst: 400,
             connects_per_ip_per_second: 0,
             connect_burst_per_ip: 100,
+            client_control_frames_per_second: 10,
+            client_control_frame_burst: 20,
+            throttled_close_after: Duration::from_secs(10),
+            max_fragments_per_message: 64,
+            fragment_timeout: Duration::from_secs(10),
+            max_pending_upgrades: 10_000,
+            max_pending_upgrades_per_ip: 1024,
+            max_upgrade_request_bytes: 16 * 1024,
         }
     }
 }
@@ -456,6 +489,14 @@ impl Config {
             ("limits.client_message_burst", limits.client_message_burst),
             ("limits.connect_burst_per_ip", limits.connect_burst_per_ip),
             (
+                "limits.client_control_frame_burst",
+                limits.client_control_frame_burst,
+            ),
+            (
+                "limits.max_fragments_per_message",
+                limits.max_fragments_per_message,
+            ),
+            (
                 "control.request_burst_per_key",
                 self.control.request_burst_per_key,
             ),
@@ -463,6 +504,26 @@ impl Config {
             if burst == 0 {
                 return Err(invalid(key, "must be at least 1"));
             }
+        }
+        for (key, value) in [
+            ("limits.throttled_close_after", limits.throttled_close_after),
+            ("limits.fragment_timeout", limits.fragment_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        if limits.max_pending_upgrades == 0 || limits.max_pending_upgrades_per_ip == 0 {
+            return Err(invalid(
+                "limits.max_pending_upgrades",
+                "must be at least 1, as must limits.max_pending_upgrades_per_ip",
+            ));
+        }
+        if !(1024..=1024 * 1024).contains(&limits.max_upgrade_request_bytes) {
+            return Err(invalid(
+                "limits.max_upgrade_request_bytes",
+                "must be between 1024 and 1048576",
+            ));
         }
         if limits.max_subscriptions_per_connection == 0 {
             return Err(invalid(

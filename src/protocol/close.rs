@@ -23,6 +23,11 @@ pub enum CloseCode {
     SlowConsumer,
     /// 4002: nothing, not even a pong, arrived within `session.idle_timeout`.
     IdleTimeout,
+    /// 1008: the client broke a policy: a message in more than
+    /// `limits.max_fragments_per_message` frames or not completed within
+    /// `limits.fragment_timeout`, or frames over budget for `limits.throttled_close_after`.
+    /// (Last, so that `index` keeps its values.)
+    PolicyViolation,
 }
 
 impl CloseCode {
@@ -35,6 +40,7 @@ impl CloseCode {
             CloseCode::ProtocolError => 1002,
             CloseCode::UnsupportedData => 1003,
             CloseCode::InvalidPayload => 1007,
+            CloseCode::PolicyViolation => 1008,
             CloseCode::MessageTooBig => 1009,
             CloseCode::InternalError => 1011,
             CloseCode::Disconnected => 4000,
@@ -52,6 +58,7 @@ impl CloseCode {
             CloseCode::ProtocolError => "websocket protocol error",
             CloseCode::UnsupportedData => "binary frames are not supported",
             CloseCode::InvalidPayload => "invalid utf-8",
+            CloseCode::PolicyViolation => "policy violation",
             CloseCode::MessageTooBig => "message too big",
             CloseCode::InternalError => "internal error",
             CloseCode::Disconnected => "disconnected by server",
@@ -69,6 +76,7 @@ impl CloseCode {
             CloseCode::ProtocolError => "protocol_error",
             CloseCode::UnsupportedData => "unsupported_data",
             CloseCode::InvalidPayload => "invalid_payload",
+            CloseCode::PolicyViolation => "policy_violation",
             CloseCode::MessageTooBig => "message_too_big",
             CloseCode::InternalError => "internal_error",
             CloseCode::Disconnected => "disconnected",
@@ -97,6 +105,7 @@ impl CloseCode {
             7 => CloseCode::Disconnected,
             8 => CloseCode::SlowConsumer,
             9 => CloseCode::IdleTimeout,
+            10 => CloseCode::PolicyViolation,
             _ => return None,
         })
     }

@@ -110,12 +110,12 @@ fn encoded_frames_are_valid_json() {
 
 #[test]
 fn close_code_indexes_round_trip() {
-    for index in 0..=9 {
+    for index in 0..=10 {
         let code = CloseCode::from_index(index).unwrap();
         assert_eq!(code.index(), index);
         assert!(code.reason().len() <= 123);
     }
-    assert_eq!(CloseCode::from_index(10), None);
+    assert_eq!(CloseCode::from_index(11), None);
 }
 
 #[test]

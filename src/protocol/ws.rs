@@ -313,7 +313,7 @@ fn unmask(payload: &mut [u8], mask: [u8; 4]) {
         let word = u64::from_ne_bytes(chunk.try_into().expect("chunks of 8")) ^ wide;
         chunk.copy_from_slice(&word.to_ne_bytes());
     }
-    for (byte, key) in chunks.into_remainder().iter_mut().zip(mask) {
+    for (byte, key) in chunks.into_remainder().iter_mut().zip(mask.iter().cycle()) {
         *byte ^= key;
     }
 }

@@ -1,17 +1,17 @@
-//! The byte stream under tungstenite, and the writer's way to the socket: whole buffers
-//! (`Bytes`) wait in a short queue and go out with one vectored write (`writev`) per batch.
-//! A message's frame is built once by the hub and the same allocation reaches every
-//! subscriber's socket: a delivery copies nothing in user space. What tungstenite writes
-//! itself (pings, pongs, close frames) is copied in as a buffer of its own.
+//! The session's byte stream, and its way to the socket: whole buffers (`Bytes`) wait in a
+//! short queue and go out with one vectored write (`writev`) per batch. A message's frame is
+//! built once by the hub and the same allocation reaches every subscriber's socket: a
+//! delivery copies nothing in user space. The session's own frames (pongs, the close frame)
+//! are small buffers of their own.
 //!
-//! The session writes only while it holds its connection's lane (see `hub::outbound`):
-//! before writing anything of tungstenite's (a pong, the close frame) it waits for a
-//! flusher to finish.
+//! The session writes only while it holds its connection's lane (see `hub::outbound`), and
+//! takes from its queue only while the unwritten bytes here are under the high-water mark,
+//! so a client that does not read fills its outbound queue (and is closed as a slow
+//! consumer) instead of this buffer.
 //!
-//! Nothing is kept once written: the queue is freed when it empties. tungstenite's own write
-//! buffer kept its high-water capacity for the connection's life (a 300-message burst to
-//! 10,000 subscribers left the node 215 MB larger); tungstenite is now told to write every
-//! frame straight through (`write_buffer_size` 0) to here.
+//! Nothing is kept once written: the queue is freed when it empties (a 300-message burst to
+//! 10,000 subscribers left the node 215 MB larger when a write buffer kept its high-water
+//! capacity for the connection's life).
 
 use std::{
     collections::VecDeque,
@@ -67,8 +67,8 @@ impl<S> Coalesce<S> {
         self.unwritten < HIGH_WATER
     }
 
-    /// Queues `bytes` (a shared frame) behind what is already queued. Call
-    /// [`Coalesce::poll_reserve`] first.
+    /// Queues `bytes` (a shared frame) behind what is already queued; check
+    /// [`Coalesce::has_room`] first.
     pub(super) fn push(&mut self, bytes: Bytes) {
         self.unwritten += bytes.len();
         self.pending.push_back(bytes);
@@ -90,14 +90,6 @@ impl<S> Coalesce<S> {
 }
 
 impl<S: AsyncWrite + Unpin> Coalesce<S> {
-    /// Ready when there is room under the high-water mark, writing out first if needed.
-    pub(super) fn poll_reserve(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.unwritten >= HIGH_WATER {
-            ready!(self.poll_write_out(cx))?;
-        }
-        Poll::Ready(Ok(()))
-    }
-
     /// Writes everything queued; frees the queue once all of it is written.
     pub(super) fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if self.pending.is_empty() {
@@ -126,6 +118,11 @@ impl<S: AsyncWrite + Unpin> Coalesce<S> {
         self.pending = VecDeque::new();
         Poll::Ready(Ok(()))
     }
+
+    /// Sends FIN (after [`Coalesce::poll_write_out`]).
+    pub(super) fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Coalesce<S> {
@@ -138,53 +135,30 @@ impl<S: AsyncRead + Unpin> AsyncRead for Coalesce<S> {
     }
 }
 
-/// What tungstenite writes: taken whole (or not at all, when over the high-water mark and
-/// the socket is full), so its frames are never split by the writer's.
-impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesce<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        ready!(self.poll_reserve(cx))?;
-        self.push(Bytes::copy_from_slice(data));
-        Poll::Ready(Ok(data.len()))
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        ready!(self.poll_write_out(cx))?;
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        ready!(self.poll_write_out(cx))?;
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::future::poll_fn;
+
     use futures_util::FutureExt as _;
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::io::AsyncReadExt as _;
 
     use super::*;
 
     #[tokio::test]
-    async fn writes_wait_for_the_flush_in_order_and_nothing_is_kept() {
+    async fn pushes_wait_for_the_write_out_in_order_and_nothing_is_kept() {
         let (near, mut far) = tokio::io::duplex(1 << 20);
         let mut stream = Coalesce::new(near);
-        stream.write_all(b"one ").await.unwrap();
-        let shared = Bytes::from_static(b"two ");
-        stream.push(shared.clone());
-        stream.write_all(b"three").await.unwrap();
+        for part in ["one ", "two ", "three"] {
+            stream.push(Bytes::from_static(part.as_bytes()));
+        }
         let mut got = [0_u8; 13];
         assert!(
             tokio::time::timeout(std::time::Duration::from_millis(50), far.read(&mut got))
                 .await
                 .is_err(),
-            "nothing reaches the socket before the flush"
+            "nothing reaches the socket before the write-out"
         );
-        stream.flush().await.unwrap();
+        poll_fn(|cx| stream.poll_write_out(cx)).await.unwrap();
         far.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"one two three");
         assert_eq!(
@@ -196,29 +170,30 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_full_socket_pushes_back_at_the_high_water_mark() {
+    async fn a_full_socket_keeps_the_rest_until_it_takes_more() {
         let (near, mut far) = tokio::io::duplex(1024);
         let mut stream = Coalesce::new(near);
-        let chunk = vec![7_u8; 16 * 1024];
-        // Four chunks fill the queue to the mark; the fifth must wait for the socket.
-        for _ in 0..4 {
-            stream.write_all(&chunk).now_or_never().unwrap().unwrap();
+        let chunk = Bytes::from(vec![7_u8; 16 * 1024]);
+        while stream.has_room() {
+            stream.push(chunk.clone());
         }
+        assert_eq!(stream.unwritten, HIGH_WATER);
         assert!(
-            stream.write_all(&chunk).now_or_never().is_none(),
-            "the queue grew past the mark"
+            poll_fn(|cx| stream.poll_write_out(cx))
+                .now_or_never()
+                .is_none(),
+            "the socket took everything"
         );
-        assert!(stream.unwritten <= HIGH_WATER);
         let reader = tokio::spawn(async move {
             let mut all = Vec::new();
             far.read_to_end(&mut all).await.unwrap();
             all
         });
-        stream.write_all(&chunk).await.unwrap();
-        stream.shutdown().await.unwrap();
+        poll_fn(|cx| stream.poll_write_out(cx)).await.unwrap();
+        poll_fn(|cx| stream.poll_shutdown(cx)).await.unwrap();
         drop(stream);
         let all = reader.await.unwrap();
-        assert_eq!(all.len(), 5 * 16 * 1024);
+        assert_eq!(all.len(), HIGH_WATER);
         assert!(all.iter().all(|&byte| byte == 7));
     }
 }

@@ -1,65 +1,60 @@
 //! The conformance echo endpoint: every text and binary message comes back as it was, on
-//! the same upgrade, configuration and transport as real sessions. Off by default
-//! (`session.echo_path`); the Autobahn fuzzingclient cases run against it.
+//! the same upgrade, frame decoder and transport as real sessions. Off by default
+//! (`session.echo_path`); the Autobahn fuzzingclient cases run against it. It has no frame
+//! budgets (the suite sends floods on purpose), so never enable it in production.
 
-use std::time::Duration;
+use std::{future::poll_fn, time::Duration};
 
-use futures_util::{SinkExt, StreamExt as _};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_tungstenite::{
-    WebSocketStream,
-    tungstenite::{
-        Message,
-        protocol::{CloseFrame, frame::coding::CloseCode as WsCloseCode},
-    },
-};
 
-use super::{CLOSE_TIMEOUT, end_for_error};
+use super::{CLOSE_TIMEOUT, End, socket::Socket};
+use crate::protocol::ws::{self, Inbound, Limits};
 
 /// The largest message the conformance suite sends (its 9.x cases go to 16 MiB).
 pub(super) const MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
 
-pub(super) async fn run<S>(mut ws: WebSocketStream<S>, idle_timeout: Duration)
+const LIMITS: Limits = Limits {
+    max_message_bytes: MAX_MESSAGE_BYTES,
+    // Case 9.4.1 sends a 4 MiB message in 64-byte fragments.
+    max_fragments: u32::MAX,
+};
+
+pub(super) async fn run<S>(mut socket: Socket<S>, idle_timeout: Duration)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     loop {
-        let Ok(next) = tokio::time::timeout(idle_timeout, ws.next()).await else {
+        let next = poll_fn(|cx| socket.poll_frame(cx, &LIMITS));
+        let Ok(next) = tokio::time::timeout(idle_timeout, next).await else {
             return;
         };
-        match next {
-            Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
-                if ws.send(message).await.is_err() {
-                    return;
-                }
+        let reply = match next {
+            Ok(Inbound::Text(payload)) => ws::message_frame(true, &payload),
+            Ok(Inbound::Binary(payload)) => ws::message_frame(false, &payload),
+            Ok(Inbound::Ping(payload)) => ws::pong_frame(&payload),
+            Ok(Inbound::Pong | Inbound::Fragment) => continue,
+            Ok(Inbound::Close(code)) => {
+                return close(&mut socket, End::ClientClosed(code)).await;
             }
-            Some(Ok(Message::Close(_))) => {
-                // tungstenite has queued the close reply; the sink's close writes it, and
-                // the stream's flush sends it (tungstenite does not flush after the reply).
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-                    let _ = SinkExt::close(&mut ws).await;
-                    tokio::io::AsyncWriteExt::flush(ws.get_mut()).await
-                })
-                .await;
-                return;
-            }
-            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-            Some(Err(err)) => {
-                if let Some(code) = end_for_error(&err).close_code() {
-                    let frame = CloseFrame {
-                        code: WsCloseCode::from(code.code()),
-                        reason: code.reason().into(),
-                    };
-                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-                        let _ = ws.send(Message::Close(Some(frame))).await;
-                        let _ = SinkExt::close(&mut ws).await;
-                        tokio::io::AsyncWriteExt::flush(ws.get_mut()).await
-                    })
-                    .await;
-                }
-                return;
-            }
-            None => return,
+            Err(end) => return close(&mut socket, end).await,
+        };
+        socket.stream.push(reply);
+        if poll_fn(|cx| socket.stream.poll_write_out(cx))
+            .await
+            .is_err()
+        {
+            return;
         }
     }
+}
+
+async fn close<S>(socket: &mut Socket<S>, end: End)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let Some(frame) = end.close_frame() else {
+        return;
+    };
+    socket.stream.push(frame);
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.flush_and_shutdown()).await;
 }

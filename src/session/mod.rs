@@ -20,9 +20,12 @@ mod coalesce;
 mod echo;
 mod reader;
 mod shared_tcp;
+mod socket;
+mod upgrade;
 mod writer;
 
-use self::{coalesce::Coalesce, shared_tcp::SharedTcp};
+pub use self::upgrade::PendingUpgrades;
+use self::{coalesce::Coalesce, shared_tcp::SharedTcp, socket::Socket, upgrade::Refusal};
 
 use std::{net::IpAddr, sync::Arc, time::Duration};
 
@@ -30,20 +33,11 @@ use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::TcpStream,
 };
-use tokio_tungstenite::{
-    WebSocketStream,
-    tungstenite::{
-        self,
-        handshake::server::{ErrorResponse, Request, Response},
-        http::StatusCode,
-        protocol::WebSocketConfig,
-    },
-};
 
 use crate::{
     cluster::Bus,
     hub::{FlushAfterPoll, Frame, HubHandle, Outbound, Wire},
-    protocol::{self, CloseCode},
+    protocol::{self, CloseCode, ws},
     telemetry::{self, RateScope},
     throttle::{KeyedLimiter, Quota},
 };
@@ -63,32 +57,32 @@ pub struct SessionSettings {
     pub max_publish_payload_bytes: usize,
     pub max_subscriptions: usize,
     pub max_inbound_message_bytes: usize,
+    /// Frames one inbound message may be split into (`limits.max_fragments_per_message`).
+    pub max_fragments: u32,
+    /// Time a fragmented message may take from its first frame to its last.
+    pub fragment_timeout: Duration,
+    /// Largest upgrade request head, in bytes.
+    pub max_upgrade_request_bytes: usize,
     pub read_buffer_bytes: usize,
     /// Messages a `since` subscribe may replay (`history.size`).
     pub history_size: usize,
     /// Path of the conformance echo endpoint; empty when off.
     pub echo_path: String,
-    /// Frames per second and burst per client; `None` when unlimited.
+    /// Frames (messages and fragments) per second and burst per client; `None` when unlimited.
     pub client_quota: Option<Quota>,
+    /// Control frames (pings, pongs) per second and burst per client; `None` when unlimited.
+    pub control_quota: Option<Quota>,
+    /// How long a client may stay over its budget before it is closed with 1008.
+    pub throttled_close_after: Duration,
 }
 
 impl SessionSettings {
-    fn websocket_config(&self) -> WebSocketConfig {
-        // With the echo endpoint on, the transport reads messages up to the conformance
-        // suite's largest; real sessions then apply their own limit after the read.
-        let max_message = if self.echo_path.is_empty() {
-            self.max_inbound_message_bytes
-        } else {
-            self.max_inbound_message_bytes.max(echo::MAX_MESSAGE_BYTES)
-        };
-        WebSocketConfig::default()
-            .read_buffer_size(self.read_buffer_bytes)
-            // Every frame goes straight through to `Coalesce`, which gathers a batch into one
-            // syscall and frees its buffer once written; tungstenite's own buffer would keep
-            // its high-water capacity for the connection's life.
-            .write_buffer_size(0)
-            .max_message_size(Some(max_message))
-            .max_frame_size(Some(max_message))
+    /// What the frame decoder accepts on a session.
+    fn limits(&self) -> ws::Limits {
+        ws::Limits {
+            max_message_bytes: self.max_inbound_message_bytes,
+            max_fragments: self.max_fragments,
+        }
     }
 }
 
@@ -101,13 +95,15 @@ pub struct SessionContext {
     pub settings: SessionSettings,
     /// New connections per IP address (`limits.connects_per_ip_per_second`), if limited.
     pub connect_limiter: Option<KeyedLimiter<IpAddr>>,
+    /// Connections accepted and not yet upgraded.
+    pub pending: Arc<PendingUpgrades>,
 }
 
 /// Every way a session ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
-    /// The client sent a close frame.
-    ClientClosed,
+    /// The client sent a close frame, with this code if it had one.
+    ClientClosed(Option<u16>),
     /// The hub, the control API or shutdown asked for a close with this code.
     Requested(CloseCode),
     /// A binary frame arrived.
@@ -118,6 +114,12 @@ enum End {
     BadUtf8,
     /// The client broke RFC 6455.
     ProtocolViolation,
+    /// A message came in more than `limits.max_fragments_per_message` frames.
+    TooManyFragments,
+    /// A fragmented message did not complete within `limits.fragment_timeout`.
+    FragmentTimeout,
+    /// The client stayed over its frame budget for `limits.throttled_close_after`.
+    Flooding,
     /// The TCP connection failed or closed without a close frame.
     TransportLost,
 }
@@ -126,31 +128,47 @@ impl End {
     /// The close code to send; `None` when the transport is gone and nothing can be sent.
     const fn close_code(self) -> Option<CloseCode> {
         match self {
-            End::ClientClosed => Some(CloseCode::Normal),
+            End::ClientClosed(_) => Some(CloseCode::Normal),
             End::Requested(code) => Some(code),
             End::BinaryFrame => Some(CloseCode::UnsupportedData),
             End::TooBig => Some(CloseCode::MessageTooBig),
             End::BadUtf8 => Some(CloseCode::InvalidPayload),
             End::ProtocolViolation => Some(CloseCode::ProtocolError),
+            End::TooManyFragments | End::FragmentTimeout | End::Flooding => {
+                Some(CloseCode::PolicyViolation)
+            }
             End::TransportLost => None,
         }
     }
 
     /// A bounded label for metrics and logs.
     const fn label(self) -> &'static str {
-        match self.close_code() {
-            Some(code) => code.label(),
-            None => "transport_lost",
+        match self {
+            End::TooManyFragments => "too_many_fragments",
+            End::FragmentTimeout => "fragment_timeout",
+            End::Flooding => "frame_flood",
+            End::TransportLost => "transport_lost",
+            End::ClientClosed(_) => CloseCode::Normal.label(),
+            End::Requested(code) => code.label(),
+            End::BinaryFrame | End::TooBig | End::BadUtf8 | End::ProtocolViolation => {
+                match self.close_code() {
+                    Some(code) => code.label(),
+                    None => "transport_lost",
+                }
+            }
         }
     }
-}
 
-/// Releases the admission slot when the session ends, however it ends.
-struct Admission(HubHandle);
-
-impl Drop for Admission {
-    fn drop(&mut self) {
-        self.0.release_admission();
+    /// The close frame to send: a client's close is answered with its own code (or an empty
+    /// close frame when it sent none), RFC 6455 section 5.5.1.
+    fn close_frame(self) -> Option<bytes::Bytes> {
+        match self {
+            End::ClientClosed(None) => Some(ws::server_frame(0x8, &[])),
+            End::ClientClosed(Some(code)) => Some(ws::close_frame(code, "")),
+            _ => self
+                .close_code()
+                .map(|code| ws::close_frame(code.code(), code.reason())),
+        }
     }
 }
 
@@ -165,15 +183,14 @@ pub fn serve_tcp(
 ) -> impl Future<Output = ()> + Send + 'static {
     // Small frames should leave at once; batching happens in the write side.
     let _ = stream.set_nodelay(true);
-    let throttled = match (&ctx.connect_limiter, stream.peer_addr()) {
-        (Some(limiter), Ok(peer)) => limiter
-            .try_acquire(&peer.ip(), ctx.hub.clock_ns(), 1)
-            .is_err(),
+    let peer = stream.peer_addr().ok().map(|peer| peer.ip());
+    let throttled = match (&ctx.connect_limiter, peer) {
+        (Some(limiter), Some(ip)) => limiter.try_acquire(&ip, ctx.hub.clock_ns(), 1).is_err(),
         _ => false,
     };
     let stream = SharedTcp::new(stream);
     let wire = stream.wire();
-    FlushAfterPoll::new(serve_upgrade(stream, ctx, throttled, Some(wire)))
+    FlushAfterPoll::new(serve_upgrade(stream, ctx, peer, throttled, Some(wire)))
 }
 
 /// Serves one connection over any byte stream (TCP, TLS, or a test pipe). Publishers cannot
@@ -182,101 +199,140 @@ pub fn serve<S>(stream: S, ctx: Arc<SessionContext>) -> impl Future<Output = ()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    FlushAfterPoll::new(serve_upgrade(stream, ctx, false, None))
+    FlushAfterPoll::new(serve_upgrade(stream, ctx, None, false, None))
 }
 
-/// The upgrade, refused with 429 when `throttled` (its address connects too fast), then the
-/// session; `wire` is how publishers write to `stream` themselves, when they can.
+/// Releases the admission slot when the session ends, however it ends.
+struct Admission(HubHandle);
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.0.release_admission();
+    }
+}
+
+/// The upgrade (refused with 429 when `throttled`: its address connects too fast), then the
+/// session; `wire` is how publishers write to `stream` themselves, when they can. Until the
+/// upgrade is answered the connection holds a pending-upgrade slot, not an admission slot.
 async fn serve_upgrade<S>(
-    stream: S,
+    mut stream: S,
     ctx: Arc<SessionContext>,
+    peer: Option<IpAddr>,
     throttled: bool,
     wire: Option<Arc<dyn Wire>>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let admitted = !throttled && ctx.hub.try_admit();
-    let _admission = admitted.then(|| Admission(Arc::clone(&ctx.hub)));
-    let ws_path = ctx.settings.ws_path.as_str();
-    let echo_path = ctx.settings.echo_path.as_str();
-    let mut is_echo = false;
-    #[allow(
-        clippy::result_large_err,
-        reason = "the handshake callback's signature is fixed by tungstenite"
-    )]
-    let callback = |request: &Request, response: Response| {
-        let path = request.uri().path();
-        is_echo = !echo_path.is_empty() && path == echo_path;
-        if path != ws_path && !is_echo {
-            return Err(reject(StatusCode::NOT_FOUND, "not found"));
-        }
-        if throttled {
-            return Err(reject(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too many new connections from this address",
-            ));
-        }
-        if !admitted {
-            return Err(reject(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "connection limit reached",
-            ));
-        }
-        Ok(response)
+    // Boxed: needed once, so its state does not size the session task for its whole life.
+    let Some((admission, is_echo, leftover)) =
+        Box::pin(upgrade(&mut stream, &ctx, peer, throttled)).await
+    else {
+        return;
     };
-    // Boxed, with its timer, so that this state is freed once the upgrade is done instead of
-    // sizing the session task for its whole life.
-    let handshake = Box::pin(tokio::time::timeout(
-        ctx.settings.handshake_timeout,
-        tokio_tungstenite::accept_hdr_async_with_config(
-            Coalesce::new(stream),
-            callback,
-            Some(ctx.settings.websocket_config()),
-        ),
-    ));
-    let ws = match handshake.await {
-        Ok(Ok(ws)) => ws,
-        Ok(Err(err)) => {
-            let reason = if throttled {
-                telemetry::rate_limited(RateScope::Ip);
-                "ip_rate_limited"
-            } else if admitted {
-                "handshake"
-            } else {
-                "max_connections"
-            };
+    let socket = Socket::new(
+        Coalesce::new(stream),
+        leftover,
+        ctx.settings.read_buffer_bytes,
+    );
+    if is_echo {
+        return Box::pin(echo::run(socket, ctx.settings.idle_timeout)).await;
+    }
+    // Boxed for the same reason: the task keeps only the state of the phase it is in.
+    Box::pin(run(socket, ctx, wire, admission)).await;
+}
+
+/// Reads and answers the upgrade request. `None` when it was refused or failed; otherwise
+/// the admission slot (none on the echo endpoint), whether this is the echo endpoint, and
+/// the bytes that followed the request.
+async fn upgrade<S>(
+    stream: &mut S,
+    ctx: &SessionContext,
+    peer: Option<IpAddr>,
+    throttled: bool,
+) -> Option<(Option<Admission>, bool, bytes::BytesMut)>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let settings = &ctx.settings;
+    let _pending = match ctx.pending.try_acquire(peer) {
+        Ok(slot) => slot,
+        Err(reason) => {
             telemetry::connection_rejected(reason);
-            tracing::debug!(error = %err, reason, "WebSocket handshake failed");
-            return;
+            let refusal = Refusal::new(503, reason, "too many connections are upgrading");
+            upgrade::refuse(stream, refusal, Some(1)).await;
+            return None;
+        }
+    };
+    let paths = [settings.ws_path.as_str(), settings.echo_path.as_str()];
+    let paths = if settings.echo_path.is_empty() {
+        &paths[..1]
+    } else {
+        &paths[..]
+    };
+    let read = tokio::time::timeout(
+        settings.handshake_timeout,
+        upgrade::read_request(stream, settings.max_upgrade_request_bytes, paths),
+    );
+    let (request, leftover) = match read.await {
+        Ok(Ok(read)) => read,
+        Ok(Err(Some(refusal))) => {
+            telemetry::connection_rejected(refusal.reason);
+            upgrade::refuse(stream, refusal, None).await;
+            return None;
+        }
+        Ok(Err(None)) => {
+            telemetry::connection_rejected("handshake");
+            return None;
         }
         Err(_) => {
             telemetry::connection_rejected("handshake_timeout");
-            return;
+            return None;
         }
     };
-    if is_echo {
-        return Box::pin(echo::run(ws, ctx.settings.idle_timeout)).await;
+    let is_echo = request.path == settings.echo_path;
+    if throttled {
+        telemetry::rate_limited(RateScope::Ip);
+        telemetry::connection_rejected("ip_rate_limited");
+        let refusal = Refusal::new(
+            429,
+            "ip_rate_limited",
+            "too many new connections from this address",
+        );
+        upgrade::refuse(stream, refusal, Some(1)).await;
+        return None;
     }
-    // Boxed for the same reason: the task keeps only the state of the phase it is in.
-    Box::pin(run(ws, ctx, wire)).await;
-}
-
-fn reject(status: StatusCode, message: &'static str) -> ErrorResponse {
-    let mut response = ErrorResponse::new(Some(message.to_owned()));
-    *response.status_mut() = status;
-    response
+    let admission = if is_echo {
+        None
+    } else if ctx.hub.try_admit() {
+        Some(Admission(Arc::clone(&ctx.hub)))
+    } else {
+        telemetry::connection_rejected("max_connections");
+        let refusal = Refusal::new(503, "max_connections", "connection limit reached");
+        upgrade::refuse(stream, refusal, Some(5)).await;
+        return None;
+    };
+    let answered = tokio::time::timeout(
+        settings.handshake_timeout,
+        upgrade::accept(stream, &request),
+    );
+    if !matches!(answered.await, Ok(Ok(()))) {
+        telemetry::connection_rejected("handshake");
+        return None;
+    }
+    Some((admission, is_echo, leftover))
 }
 
 /// Runs an upgraded connection until it ends.
 async fn run<S>(
-    mut ws: WebSocketStream<Coalesce<S>>,
+    mut socket: Socket<S>,
     ctx: Arc<SessionContext>,
     wire: Option<Arc<dyn Wire>>,
+    _admission: Option<Admission>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let outbound = ctx.hub.register(wire);
-    ws.get_mut().share_with(Arc::clone(&outbound));
+    socket.stream.share_with(Arc::clone(&outbound));
     let conn_id = outbound.conn_id();
     telemetry::metrics().connections_accepted.increment(1);
     let heartbeat_ms = u64::try_from(ctx.settings.heartbeat.as_millis()).unwrap_or(u64::MAX);
@@ -285,68 +341,60 @@ async fn run<S>(
     let _ = outbound.try_enqueue(&Frame::from(welcome));
 
     let mut reader = reader::Reader::new(Arc::clone(&ctx), Arc::clone(&outbound));
-    let end = reader.run(&mut ws).await;
+    let end = reader.run(&mut socket).await;
     match end.close_code() {
         Some(code) => {
             outbound.close(code);
         }
         None => outbound.abort(),
     }
-    // Boxed: needed once, so its timers do not size the task for the connection's life.
-    Box::pin(finish_close(&mut ws, &outbound, end)).await;
+    // The first close requested wins: a slow-consumer close, say, before the session saw
+    // the client's frame that broke a limit.
     let final_end = match outbound.close_code() {
-        Some(code) if end != End::ClientClosed => End::Requested(code),
+        Some(code) if !matches!(end, End::ClientClosed(_)) && Some(code) != end.close_code() => {
+            End::Requested(code)
+        }
         _ => end,
     };
+    // Boxed: needed once, so its timers do not size the task for the connection's life.
+    Box::pin(finish_close(
+        &mut socket,
+        &outbound,
+        final_end,
+        &ctx.settings,
+    ))
+    .await;
     ctx.hub.deregister(conn_id, reader.subscriptions());
     telemetry::connection_closed(final_end.label());
     tracing::debug!(conn_id, end = final_end.label(), "Session ended");
 }
 
-/// The close handshake: the close frame when a code was requested, then (bounded) the
-/// client's reply.
-async fn finish_close<S>(ws: &mut WebSocketStream<S>, outbound: &Outbound, end: End)
-where
+/// The close handshake: what is queued for the client (unless it is a slow consumer), the
+/// close frame, then (bounded) the client's reply when the server closed first.
+async fn finish_close<S>(
+    socket: &mut Socket<S>,
+    outbound: &Outbound,
+    end: End,
+    settings: &SessionSettings,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    writer::send_close(ws, outbound).await;
-    // When the client closed first, tungstenite queues its close reply and reports the
-    // connection closed without flushing the stream under it, so the reply would stay in
-    // `Coalesce`: flush it here.
-    let _ =
-        tokio::time::timeout(CLOSE_TIMEOUT, tokio::io::AsyncWriteExt::flush(ws.get_mut())).await;
-    // After a server-initiated close, wait (bounded) for the client's reply so the close
-    // handshake completes before the socket is dropped.
-    if !matches!(end, End::ClientClosed | End::TransportLost) {
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, reader::await_close_reply(ws)).await;
-    }
-}
-
-/// Maps a read error to how the session ends.
-fn end_for_error(err: &tungstenite::Error) -> End {
-    use tungstenite::{
-        Error,
-        error::{CapacityError, ProtocolError},
+    let Some(close_frame) = end.close_frame() else {
+        return;
     };
-    match err {
-        Error::Capacity(CapacityError::MessageTooLong { .. } | CapacityError::TooManyHeaders) => {
-            End::TooBig
-        }
-        Error::Utf8(_) => End::BadUtf8,
-        // The peer's TCP connection ended without a close frame: it vanished, it did not
-        // break the protocol, and there is nobody left to send a close frame to.
-        Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => End::TransportLost,
-        Error::Protocol(_) => End::ProtocolViolation,
-        Error::ConnectionClosed
-        | Error::AlreadyClosed
-        | Error::Io(_)
-        | Error::Tls(_)
-        | Error::WriteBufferFull(_)
-        | Error::Url(_)
-        | Error::Http(_)
-        | Error::HttpFormat(_)
-        | Error::AttackAttempt => End::TransportLost,
+    let flush_queue = end != End::Requested(CloseCode::SlowConsumer);
+    let sent = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        writer::write_final(socket, outbound, flush_queue, close_frame).await
+    })
+    .await;
+    if !matches!(sent, Ok(Ok(()))) {
+        return;
     }
+    if !matches!(end, End::ClientClosed(_)) {
+        let _ =
+            tokio::time::timeout(CLOSE_TIMEOUT, socket.await_close_reply(&settings.limits())).await;
+    }
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.flush_and_shutdown()).await;
 }
 
 #[cfg(test)]
@@ -384,12 +432,18 @@ mod tests {
                 max_publish_payload_bytes: 1024,
                 max_subscriptions: 8,
                 max_inbound_message_bytes: 4096,
+                max_fragments: 8,
+                fragment_timeout: Duration::from_secs(1),
+                max_upgrade_request_bytes: 4096,
                 read_buffer_bytes: 1024,
                 history_size: 10,
                 echo_path: String::new(),
                 client_quota: Quota::new(100, 100),
+                control_quota: Quota::new(10, 10),
+                throttled_close_after: Duration::from_secs(1),
             },
             connect_limiter: None,
+            pending: PendingUpgrades::new(10, 10),
         });
         // The accept loop spawns `serve_tcp`: that future is the session task's state.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -398,34 +452,27 @@ mod tests {
             .unwrap();
         let (tcp, _) = listener.accept().await.unwrap();
         let serve = serve_tcp(tcp, Arc::clone(&ctx));
-        let (stream, _other) = tokio::io::duplex(64);
-        let mut ws = WebSocketStream::from_raw_socket(
-            Coalesce::new(stream),
-            tungstenite::protocol::Role::Server,
-            None,
-        )
-        .await;
+        let socket = || {
+            Socket::new(
+                Coalesce::new(tokio::io::duplex(64).0),
+                bytes::BytesMut::new(),
+                256,
+            )
+        };
+        let mut read_socket = socket();
         let outbound = hub.register(None);
         let mut reader = reader::Reader::new(Arc::clone(&ctx), outbound);
-        let read = reader.run(&mut ws);
+        let read = reader.run(&mut read_socket);
         // Each connection holds these task states for its whole life; a regression here
         // multiplies by a million sockets. Bounds leave about 25% headroom.
-        let run_size = std::mem::size_of_val(&run(
-            WebSocketStream::from_raw_socket(
-                Coalesce::new(tokio::io::duplex(64).0),
-                tungstenite::protocol::Role::Server,
-                None,
-            )
-            .await,
-            Arc::clone(&ctx),
-            None,
-        ));
+        let run_size = std::mem::size_of_val(&run(socket(), Arc::clone(&ctx), None, None));
         let sizes = [
             ("serve", std::mem::size_of_val(&serve), 150),
-            ("run", run_size, 1250),
-            ("reader", std::mem::size_of_val(&read), 240),
+            ("run", run_size, 900),
+            ("reader", std::mem::size_of_val(&read), 340),
         ];
         for (name, size, bound) in sizes {
+            println!("{name}: {size} bytes");
             assert!(
                 size <= bound,
                 "the {name} future grew to {size} bytes (bound {bound})"
@@ -440,11 +487,26 @@ mod tests {
             End::Requested(CloseCode::IdleTimeout).close_code(),
             Some(CloseCode::IdleTimeout)
         );
-        assert_eq!(End::ClientClosed.close_code(), Some(CloseCode::Normal));
+        assert_eq!(
+            End::ClientClosed(Some(4000)).close_code(),
+            Some(CloseCode::Normal)
+        );
         assert_eq!(End::TooBig.close_code().map(CloseCode::code), Some(1009));
         assert_eq!(
             End::BinaryFrame.close_code().map(CloseCode::code),
             Some(1003)
+        );
+        for end in [End::TooManyFragments, End::FragmentTimeout, End::Flooding] {
+            assert_eq!(end.close_code().map(CloseCode::code), Some(1008));
+        }
+        // A client's close is answered with its own code.
+        assert_eq!(
+            &End::ClientClosed(Some(4000)).close_frame().unwrap()[..],
+            &[0x88, 2, 0x0f, 0xa0]
+        );
+        assert_eq!(
+            &End::ClientClosed(None).close_frame().unwrap()[..],
+            &[0x88, 0]
         );
     }
 }

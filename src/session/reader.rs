@@ -1,34 +1,43 @@
 //! The session loop and its read side: waits on the close signal, the write side and the next
-//! inbound frame in one poll, decodes client frames and acts on them.
+//! inbound frame in one poll, charges every frame to the client's budget, decodes client
+//! frames and acts on them.
+//!
+//! Every frame counts: complete messages and fragments against the client's frame budget
+//! (`limits.client_messages_per_second`), pings and pongs against its control budget
+//! (`limits.client_control_frames_per_second`). Over either, the frame is refused (a message
+//! gets an `error` `rate_limited`, a ping goes unanswered), reading pauses until a token is
+//! free, and a client still over budget after `limits.throttled_close_after` is closed with
+//! 1008. Only a complete message or a pong is activity for the idle timeout: pings or an
+//! unfinished fragmented message do not keep a connection alive, and a fragmented message
+//! must complete within `limits.fragment_timeout`.
 
 use std::{
     future::poll_fn,
+    pin::Pin,
     sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
 
-use futures_util::{Stream, StreamExt as _};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_tungstenite::{
-    WebSocketStream,
-    tungstenite::{self, Message},
-};
 
-use super::{End, SessionContext, coalesce::Coalesce, end_for_error, writer};
+use super::{End, SessionContext, socket::Socket, writer};
 use crate::{
     hub::{Frame, Outbound, SubscribeError, Subscribed},
-    protocol::{self, ChannelName, ClientFrame, ErrorCode, Offset},
+    protocol::{self, ChannelName, ClientFrame, ErrorCode, Offset, ws::Inbound},
     telemetry::{self, RateScope},
-    throttle::TokenBucket,
+    throttle::{Quota, TokenBucket},
 };
+
+/// Refusals further apart than this end a client's stretch over budget.
+const THROTTLE_GAP_MS: u64 = 1000;
 
 /// What a session's poll found.
 enum Event<T> {
     /// A close was requested.
     Closed,
     /// Writing to the socket failed.
-    WriteFailed(tungstenite::Error),
+    WriteFailed(std::io::Error),
     /// What the session was waiting for besides: the next inbound frame, or the end of a
     /// request's handling.
     Ready(T),
@@ -37,15 +46,15 @@ enum Event<T> {
 /// One turn of the session's poll: the close signal first (a write to a client that stopped
 /// reading can wait forever, and a close request must still get through), then `then`,
 /// then the write side, last so that it writes (and gives the lane back after) whatever
-/// `then` enqueued or tungstenite queued. Nothing is dropped half done: each part keeps its
-/// progress in `Coalesce`, tungstenite or the queue. Called from two `poll_fn`s rather than
+/// `then` enqueued or owed. Nothing is dropped half done: each part keeps its progress in
+/// `Coalesce`, the socket's read buffer or the queue. Called from two `poll_fn`s rather than
 /// wrapped in an async helper: the helper's own state made every connection's task 160 bytes
 /// larger.
 fn poll_session<S, T>(
     cx: &mut Context<'_>,
-    ws: &mut WebSocketStream<Coalesce<S>>,
+    socket: &mut Socket<S>,
     outbound: &Outbound,
-    then: impl FnOnce(&mut Context<'_>, &mut WebSocketStream<Coalesce<S>>) -> Poll<T>,
+    then: impl FnOnce(&mut Context<'_>, &mut Socket<S>) -> Poll<T>,
 ) -> Poll<Event<T>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -55,11 +64,20 @@ where
     if outbound.is_closing() {
         return Poll::Ready(Event::Closed);
     }
-    let then = then(cx, ws);
-    if let Poll::Ready(err) = writer::poll_write(cx, ws, outbound) {
+    let then = then(cx, socket);
+    if let Poll::Ready(err) = writer::poll_write(cx, socket, outbound) {
         return Poll::Ready(Event::WriteFailed(err));
     }
     then.map(Event::Ready)
+}
+
+/// Which of a client's budgets a frame is charged to.
+#[derive(Debug, Clone, Copy)]
+enum Budget {
+    /// Messages and fragments.
+    Frames,
+    /// Pings and pongs.
+    Control,
 }
 
 pub(super) struct Reader {
@@ -70,6 +88,12 @@ pub(super) struct Reader {
     subscriptions: Vec<ChannelName>,
     /// The client's frame budget under `settings.client_quota` (unused when that is `None`).
     throttle: TokenBucket,
+    /// The client's control-frame budget under `settings.control_quota`.
+    control: TokenBucket,
+    /// When the client's current stretch over budget began (hub clock ms), 0 when it is
+    /// within budget; and when it was last refused.
+    throttled_since_ms: u64,
+    last_refused_ms: u64,
 }
 
 impl Reader {
@@ -79,6 +103,9 @@ impl Reader {
             outbound,
             subscriptions: Vec::new(),
             throttle: TokenBucket::new(),
+            control: TokenBucket::new(),
+            throttled_since_ms: 0,
+            last_refused_ms: 0,
         }
     }
 
@@ -92,56 +119,170 @@ impl Reader {
     /// the lane) and the next inbound frame in one hand-written poll, so an idle connection
     /// costs one task's state, not two. Deliveries to a reading client do not wake it at
     /// all: publishers write them (see `hub::outbound`).
-    pub(super) async fn run<S>(&mut self, ws: &mut WebSocketStream<Coalesce<S>>) -> End
+    pub(super) async fn run<S>(&mut self, socket: &mut Socket<S>) -> End
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let outbound = Arc::clone(&self.outbound);
-        // No timer here: the hub's keepalive sweep pings quiet clients and closes silent ones
-        // (4002) from the last time `seen` recorded.
+        let limits = self.ctx.settings.limits();
+        // Armed only while a fragmented message is being assembled.
+        let mut fragment_deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
+        // No idle timer here: the hub's keepalive sweep pings quiet clients and closes silent
+        // ones (4002) from the last time `seen` recorded.
         loop {
-            let event =
-                poll_fn(|cx| poll_session(cx, ws, &outbound, |cx, ws| ws.poll_next_unpin(cx)))
-                    .await;
-            let message = match event {
+            let event = poll_fn(|cx| {
+                poll_session(cx, socket, &outbound, |cx, socket| {
+                    if let Some(deadline) = fragment_deadline.as_mut()
+                        && deadline.as_mut().poll(cx).is_ready()
+                    {
+                        return Poll::Ready(Err(End::FragmentTimeout));
+                    }
+                    socket.poll_frame(cx, &limits)
+                })
+            })
+            .await;
+            let frame = match event {
                 Event::Closed => return self.closed_end(),
                 Event::WriteFailed(err) => return self.write_failed(&err),
-                Event::Ready(None) => return End::TransportLost,
-                Event::Ready(Some(Err(err))) => return end_for_error(&err),
-                Event::Ready(Some(Ok(message))) => message,
+                Event::Ready(Err(end)) => return end,
+                Event::Ready(Ok(frame)) => frame,
             };
-            self.outbound.seen(self.ctx.hub.clock_ms());
-            match message {
-                Message::Text(text) if text.len() > self.ctx.settings.max_inbound_message_bytes => {
-                    // Only reachable with the echo endpoint on, which raises the transport's
-                    // limit for the conformance suite.
-                    return End::TooBig;
-                }
-                Message::Text(text) => {
-                    // Boxed: its state (a bus round trip in flight, a throttle pause) is only
-                    // needed while it runs, not kept in every idle connection's task. Writes
-                    // go on meanwhile: a publish may wait for Redis.
-                    let mut handling = Box::pin(self.on_text(text));
-                    let step = poll_fn(|cx| {
-                        poll_session(cx, ws, &outbound, |cx, _| handling.as_mut().poll(cx))
-                    })
-                    .await;
-                    drop(handling);
-                    match step {
-                        Event::Closed => return self.closed_end(),
-                        Event::WriteFailed(err) => return self.write_failed(&err),
-                        Event::Ready(()) => {}
+            if !socket.in_message() {
+                fragment_deadline = None;
+            } else if fragment_deadline.is_none() {
+                fragment_deadline = Some(Box::pin(tokio::time::sleep(
+                    self.ctx.settings.fragment_timeout,
+                )));
+            }
+            let pause = match frame {
+                Inbound::Text(bytes) => {
+                    self.outbound.seen(self.ctx.hub.clock_ms());
+                    let Ok(text) = std::str::from_utf8(&bytes) else {
+                        return End::BadUtf8;
+                    };
+                    match self.charge(Budget::Frames) {
+                        Ok(None) => {
+                            if let Some(end) = self.handle_beside_writes(socket, text).await {
+                                return end;
+                            }
+                            None
+                        }
+                        Ok(Some(wait)) => {
+                            self.refuse(text, wait);
+                            Some(wait)
+                        }
+                        Err(end) => return end,
                     }
                 }
-                Message::Binary(_) => return End::BinaryFrame,
-                Message::Close(_) => return End::ClientClosed,
-                // Any frame counts as activity; tungstenite answers pings itself.
-                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+                Inbound::Binary(_) => return End::BinaryFrame,
+                Inbound::Close(code) => return End::ClientClosed(code),
+                Inbound::Fragment => match self.charge(Budget::Frames) {
+                    Ok(wait) => wait,
+                    Err(end) => return end,
+                },
+                Inbound::Ping(payload) => match self.charge(Budget::Control) {
+                    Ok(None) => {
+                        socket.owe_pong(&payload);
+                        None
+                    }
+                    // Unanswered: a pong is owed only for pings within budget.
+                    Ok(Some(wait)) => Some(wait),
+                    Err(end) => return end,
+                },
+                Inbound::Pong => {
+                    self.outbound.seen(self.ctx.hub.clock_ms());
+                    match self.charge(Budget::Control) {
+                        Ok(wait) => wait,
+                        Err(end) => return end,
+                    }
+                }
+            };
+            if let Some(wait) = pause {
+                // Reading nothing until a token is free bounds what a flood costs the node,
+                // and TCP pushes back on the client meanwhile. Writes go on.
+                let mut sleep = Box::pin(tokio::time::sleep(wait));
+                let step = poll_fn(|cx| {
+                    poll_session(cx, socket, &outbound, |cx, _| sleep.as_mut().poll(cx))
+                })
+                .await;
+                match step {
+                    Event::Closed => return self.closed_end(),
+                    Event::WriteFailed(err) => return self.write_failed(&err),
+                    Event::Ready(()) => {}
+                }
             }
         }
     }
 
-    fn write_failed(&self, err: &tungstenite::Error) -> End {
+    /// Handles one text frame while the write side goes on (a publish may wait for Redis);
+    /// `Some` when the session must end meanwhile.
+    async fn handle_beside_writes<S>(&mut self, socket: &mut Socket<S>, text: &str) -> Option<End>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let outbound = Arc::clone(&self.outbound);
+        // Boxed: its state (a bus round trip in flight) is only needed while it runs, not
+        // kept in every idle connection's task.
+        let mut handling = Box::pin(self.handle_text(text));
+        let step =
+            poll_fn(|cx| poll_session(cx, socket, &outbound, |cx, _| handling.as_mut().poll(cx)))
+                .await;
+        drop(handling);
+        match step {
+            Event::Closed => Some(self.closed_end()),
+            Event::WriteFailed(err) => Some(self.write_failed(&err)),
+            Event::Ready(()) => None,
+        }
+    }
+
+    /// Takes a token for one frame from `budget`: `Ok(None)` when there was one,
+    /// `Ok(Some(wait))` when the frame is refused and reading must pause, `Err` when the client
+    /// has been over budget for `throttled_close_after`.
+    fn charge(&mut self, budget: Budget) -> Result<Option<Duration>, End> {
+        let (bucket, quota, scope) = match budget {
+            Budget::Frames => (
+                &self.throttle,
+                self.ctx.settings.client_quota,
+                RateScope::Client,
+            ),
+            Budget::Control => (
+                &self.control,
+                self.ctx.settings.control_quota,
+                RateScope::ClientControl,
+            ),
+        };
+        let Some(quota) = quota else {
+            return Ok(None);
+        };
+        let Err(rejected) = bucket.try_acquire(&quota, self.ctx.hub.clock_ns(), 1) else {
+            return Ok(None);
+        };
+        telemetry::rate_limited(scope);
+        let now = self.ctx.hub.clock_ms().max(1);
+        if self.throttled_since_ms == 0 || now - self.last_refused_ms > THROTTLE_GAP_MS {
+            self.throttled_since_ms = now;
+            if !matches!(budget, Budget::Frames) {
+                self.refuse_control(&quota);
+            }
+        }
+        self.last_refused_ms = now;
+        let over_for = Duration::from_millis(now - self.throttled_since_ms);
+        if over_for >= self.ctx.settings.throttled_close_after {
+            return Err(End::Flooding);
+        }
+        Ok(Some(rejected.retry_after))
+    }
+
+    /// Tells the client once per stretch over budget that its control frames are refused.
+    #[cold]
+    fn refuse_control(&self, quota: &Quota) {
+        let message = format!(
+            "control frames (pings, pongs) over {}/s; dropped, and reading paused",
+            quota.per_second()
+        );
+        self.error(None, ErrorCode::RateLimited, &message);
+    }
+    fn write_failed(&self, err: &std::io::Error) -> End {
         tracing::debug!(conn_id = self.outbound.conn_id(), error = %err, "Write failed");
         self.outbound.abort();
         End::TransportLost
@@ -152,30 +293,6 @@ impl Reader {
             Some(code) => End::Requested(code),
             None => End::TransportLost,
         }
-    }
-
-    /// Handles one text frame, or refuses it and pauses reading when the client is over its
-    /// rate limit.
-    async fn on_text(&mut self, text: tungstenite::Utf8Bytes) {
-        if let Some(wait) = self.throttled() {
-            self.refuse(&text, wait);
-            drop(text);
-            // Reading nothing until a token is free bounds what a flood costs the node, and
-            // TCP pushes back on the client meanwhile.
-            tokio::time::sleep(wait).await;
-            return;
-        }
-        self.handle_text(&text).await;
-    }
-
-    /// Takes a token for one frame; `Some(wait)` when none is left.
-    fn throttled(&self) -> Option<Duration> {
-        let quota = self.ctx.settings.client_quota.as_ref()?;
-        let rejected = self
-            .throttle
-            .try_acquire(quota, self.ctx.hub.clock_ns(), 1)
-            .err()?;
-        Some(rejected.retry_after)
     }
 
     /// Answers a frame over the rate limit with `rate_limited`, carrying its id if it has one.
@@ -319,18 +436,5 @@ impl Reader {
     fn send(&self, text: String) {
         // A full queue closes the connection as a slow consumer; nothing else to do here.
         let _ = self.outbound.try_enqueue(&Frame::from(text));
-    }
-}
-
-/// After the server sent a close frame: reads until the client's close reply (or the end of
-/// the stream), discarding anything else.
-pub(super) async fn await_close_reply<S>(stream: &mut S)
-where
-    S: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
-{
-    while let Some(Ok(message)) = stream.next().await {
-        if matches!(message, Message::Close(_)) {
-            break;
-        }
     }
 }

@@ -248,3 +248,27 @@ proptest! {
         prop_assert_eq!(pieces, whole);
     }
 }
+
+/// Independent of this module's own masking: the RFC's example (section 5.7) and a frame
+/// Python's `websockets` sent.
+#[test]
+fn frames_masked_by_other_clients_decode() {
+    let hello = [
+        0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
+    ];
+    assert_eq!(
+        decode_all(&hello, &LIMITS).unwrap(),
+        [Inbound::Text(Bytes::from_static(b"Hello"))]
+    );
+    let hex = "8196e522e41f9e0090669547c625c7528d718200c83d8c46c625d45f";
+    let python: Vec<u8> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect();
+    assert_eq!(
+        decode_all(&python, &LIMITS).unwrap(),
+        [Inbound::Text(Bytes::from_static(
+            br#"{"type":"ping","id":1}"#
+        ))]
+    );
+}

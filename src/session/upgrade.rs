@@ -1,0 +1,381 @@
+//! The HTTP side of a connection before it is a WebSocket: reading the upgrade request with a
+//! size limit, checking it (RFC 6455 section 4.2.1), and answering 101, or a status saying
+//! what was wrong (400, 404, 405, 426 with `Sec-WebSocket-Version: 13`, 429, 431, 503), and
+//! the caps on connections that have not finished upgrading, in total and per address.
+//!
+//! Sockets that have not upgraded are charged here, not to `limits.max_connections`: silent
+//! TCP connections cannot make a node refuse real clients, and one address cannot hold more
+//! than `limits.max_pending_upgrades_per_ip` of them.
+
+use std::{
+    net::IpAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+};
+
+use bytes::BytesMut;
+use dashmap::DashMap;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+
+/// Headers an upgrade request may carry, at most.
+const MAX_HEADERS: usize = 64;
+
+/// Why an upgrade was refused: the status, the reason label for metrics, the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Refusal {
+    pub status: u16,
+    pub reason: &'static str,
+    pub message: &'static str,
+}
+
+impl Refusal {
+    pub(super) const fn new(status: u16, reason: &'static str, message: &'static str) -> Self {
+        Self {
+            status,
+            reason,
+            message,
+        }
+    }
+}
+
+/// An upgrade request that passed the checks.
+#[derive(Debug)]
+pub(super) struct Request {
+    /// The path, without the query.
+    pub path: String,
+    /// `Sec-WebSocket-Accept` for the answer.
+    pub accept: String,
+}
+
+/// Reads the request head (up to `max_bytes`) and checks it as an upgrade to `paths`.
+/// Returns the request and whatever bytes followed the head (pipelined frames).
+///
+/// # Errors
+/// The [`Refusal`] to answer with; `None` when the stream ended or failed first.
+pub(super) async fn read_request<S>(
+    stream: &mut S,
+    max_bytes: usize,
+    paths: &[&str],
+) -> Result<(Request, BytesMut), Option<Refusal>>
+where
+    S: AsyncRead + Unpin,
+{
+    let mut buf = BytesMut::with_capacity(1024.min(max_bytes));
+    loop {
+        if buf.len() >= max_bytes {
+            return Err(Some(Refusal::new(
+                431,
+                "request_too_large",
+                "request header fields too large",
+            )));
+        }
+        buf.reserve(1024.min(max_bytes - buf.len()));
+        let limit = max_bytes - buf.len();
+        match (&mut *stream).take(limit as u64).read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return Err(None),
+            Ok(_) => {}
+        }
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Request::new(&mut headers);
+        match parsed.parse(&buf) {
+            Ok(httparse::Status::Complete(head_len)) => {
+                let request = check(&parsed, paths)?;
+                let _ = buf.split_to(head_len);
+                return Ok((request, buf));
+            }
+            Ok(httparse::Status::Partial) => {}
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(Some(Refusal::new(
+                    431,
+                    "request_too_large",
+                    "too many header fields",
+                )));
+            }
+            Err(_) => {
+                return Err(Some(Refusal::new(
+                    400,
+                    "bad_request",
+                    "malformed HTTP request",
+                )));
+            }
+        }
+    }
+}
+
+/// Whether the comma-separated `header` values contain `token` (case-insensitive).
+fn has_token(request: &httparse::Request<'_, '_>, name: &str, token: &str) -> bool {
+    request
+        .headers
+        .iter()
+        .filter(|header| header.name.eq_ignore_ascii_case(name))
+        .flat_map(|header| header.value.split(|&byte| byte == b','))
+        .any(|value| value.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+fn header<'a>(request: &'a httparse::Request<'_, '_>, name: &str) -> Option<&'a [u8]> {
+    request
+        .headers
+        .iter()
+        .find(|header| header.name.eq_ignore_ascii_case(name))
+        .map(|header| header.value)
+}
+
+fn check(request: &httparse::Request<'_, '_>, paths: &[&str]) -> Result<Request, Refusal> {
+    let target = request.path.unwrap_or("/");
+    let path = target.split_once('?').map_or(target, |(path, _)| path);
+    if !paths.contains(&path) {
+        return Err(Refusal::new(404, "not_found", "not found"));
+    }
+    if request.method != Some("GET") {
+        return Err(Refusal::new(
+            405,
+            "method_not_allowed",
+            "a WebSocket upgrade is a GET request",
+        ));
+    }
+    if request.version != Some(1) {
+        return Err(Refusal::new(
+            400,
+            "bad_request",
+            "a WebSocket upgrade needs HTTP/1.1",
+        ));
+    }
+    if header(request, "host").is_none() {
+        return Err(Refusal::new(400, "bad_request", "missing Host header"));
+    }
+    if !has_token(request, "upgrade", "websocket") || !has_token(request, "connection", "upgrade") {
+        return Err(Refusal::new(
+            426,
+            "upgrade_required",
+            "this endpoint only speaks WebSocket: send Upgrade: websocket and Connection: Upgrade",
+        ));
+    }
+    if header(request, "sec-websocket-version").map(<[u8]>::trim_ascii) != Some(b"13") {
+        return Err(Refusal::new(
+            426,
+            "unsupported_version",
+            "only WebSocket version 13 is supported",
+        ));
+    }
+    let key = header(request, "sec-websocket-key")
+        .map(<[u8]>::trim_ascii)
+        .filter(|key| is_valid_key(key))
+        .ok_or(Refusal::new(
+            400,
+            "bad_request",
+            "missing or invalid Sec-WebSocket-Key",
+        ))?;
+    Ok(Request {
+        path: path.to_owned(),
+        accept: tokio_tungstenite::tungstenite::handshake::derive_accept_key(key),
+    })
+}
+
+/// A key is 16 bytes in base64: 22 characters of the alphabet and `==` (section 4.1).
+fn is_valid_key(key: &[u8]) -> bool {
+    key.len() == 24
+        && key.ends_with(b"==")
+        && key[..22]
+            .iter()
+            .all(|&byte| byte.is_ascii_alphanumeric() || byte == b'+' || byte == b'/')
+}
+
+/// Answers the upgrade with 101.
+pub(super) async fn accept<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    request: &Request,
+) -> std::io::Result<()> {
+    let response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {}\r\n\r\n",
+        request.accept
+    );
+    stream.write_all(response.as_bytes()).await
+}
+
+/// Answers with `refusal` and closes the connection. `retry_after`: seconds a client should
+/// wait (503, 429).
+pub(super) async fn refuse<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    refusal: Refusal,
+    retry_after: Option<u64>,
+) {
+    let status_text = match refusal.status {
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        426 => "Upgrade Required",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        _ => "Service Unavailable",
+    };
+    let mut extra = String::new();
+    match refusal.status {
+        405 => extra.push_str("Allow: GET\r\n"),
+        426 => extra.push_str("Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"),
+        _ => {}
+    }
+    if let Some(seconds) = retry_after {
+        extra.push_str(&format!("Retry-After: {seconds}\r\n"));
+    }
+    let response = format!(
+        "HTTP/1.1 {} {status_text}\r\nContent-Type: text/plain; charset=utf-8\r\n\
+         Content-Length: {}\r\nConnection: close\r\n{extra}\r\n{}\n",
+        refusal.status,
+        refusal.message.len() + 1,
+        refusal.message
+    );
+    let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.shutdown().await;
+}
+
+/// Connections accepted but not yet upgraded (or refused): a count for the node and one per
+/// address, each capped.
+#[derive(Debug)]
+pub struct PendingUpgrades {
+    total: AtomicUsize,
+    per_ip: DashMap<IpAddr, usize>,
+    max_total: usize,
+    max_per_ip: usize,
+}
+
+/// One pending upgrade; released when dropped.
+#[derive(Debug)]
+pub(super) struct PendingSlot {
+    pending: Arc<PendingUpgrades>,
+    ip: Option<IpAddr>,
+}
+
+impl PendingUpgrades {
+    #[must_use]
+    pub fn new(max_total: usize, max_per_ip: usize) -> Arc<Self> {
+        Arc::new(Self {
+            total: AtomicUsize::new(0),
+            per_ip: DashMap::new(),
+            max_total,
+            max_per_ip,
+        })
+    }
+
+    /// Upgrades in progress on this node.
+    #[must_use]
+    pub fn count(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// Takes a slot for a connection from `ip`; `Err` with the reason label when a cap is
+    /// reached.
+    pub(super) fn try_acquire(
+        self: &Arc<Self>,
+        ip: Option<IpAddr>,
+    ) -> Result<PendingSlot, &'static str> {
+        if self.total.fetch_add(1, Ordering::Relaxed) >= self.max_total {
+            self.total.fetch_sub(1, Ordering::Relaxed);
+            return Err("max_pending_upgrades");
+        }
+        if let Some(ip) = ip {
+            let mut count = self.per_ip.entry(ip).or_insert(0);
+            if *count >= self.max_per_ip {
+                drop(count);
+                self.total.fetch_sub(1, Ordering::Relaxed);
+                return Err("max_pending_upgrades_per_ip");
+            }
+            *count += 1;
+        }
+        Ok(PendingSlot {
+            pending: Arc::clone(self),
+            ip,
+        })
+    }
+}
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        self.pending.total.fetch_sub(1, Ordering::Relaxed);
+        if let Some(ip) = self.ip {
+            // The entry goes with its last slot, so the map holds only addresses upgrading now.
+            self.pending.per_ip.remove_if_mut(&ip, |_, count| {
+                *count -= 1;
+                *count == 0
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn parse(head: &str) -> Result<(Request, BytesMut), Option<Refusal>> {
+        read_request(&mut head.as_bytes(), 8192, &["/ws", "/echo"]).await
+    }
+
+    const GOOD: &str = "GET /ws?x=1 HTTP/1.1\r\nHost: a\r\nUpgrade: WebSocket\r\n\
+        Connection: keep-alive, Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+
+    #[tokio::test]
+    async fn a_valid_upgrade_is_accepted_with_the_rfc_accept_key() {
+        let (request, rest) = parse(&format!("{GOOD}\u{81}")).await.unwrap();
+        assert_eq!(request.path, "/ws");
+        // RFC 6455 section 1.3's example.
+        assert_eq!(request.accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(&rest[..], "\u{81}".as_bytes());
+    }
+
+    #[tokio::test]
+    async fn malformed_upgrades_get_the_status_that_says_why() {
+        let cases = [
+            (GOOD.replace("/ws?x=1", "/nope"), 404),
+            (GOOD.replace("GET", "POST"), 405),
+            (GOOD.replace("HTTP/1.1", "HTTP/1.0"), 400),
+            (GOOD.replace("Host: a\r\n", ""), 400),
+            (GOOD.replace("Upgrade: WebSocket\r\n", ""), 426),
+            (GOOD.replace("keep-alive, Upgrade", "keep-alive"), 426),
+            (GOOD.replace("Version: 13", "Version: 8"), 426),
+            (
+                GOOD.replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", ""),
+                400,
+            ),
+            (GOOD.replace("dGhlIHNhbXBsZSBub25jZQ==", "short"), 400),
+            ("GET /ws HTTP/1.1\r\nHost: a\r\n\r\n".to_owned(), 426),
+            ("\u{1}\u{2} garbage\r\n\r\n".to_owned(), 400),
+        ];
+        for (head, status) in cases {
+            let refusal = parse(&head).await.unwrap_err().unwrap();
+            assert_eq!(refusal.status, status, "{head}");
+        }
+        let huge = format!("GET /ws HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(9000));
+        assert_eq!(parse(&huge).await.unwrap_err().unwrap().status, 431);
+        let many = format!("GET /ws HTTP/1.1\r\n{}\r\n", "X: a\r\n".repeat(70));
+        assert_eq!(parse(&many).await.unwrap_err().unwrap().status, 431);
+        assert_eq!(parse("GET /ws HTTP/1.1\r\n").await.unwrap_err(), None);
+    }
+
+    #[test]
+    fn pending_upgrades_are_capped_in_total_and_per_address() {
+        let pending = PendingUpgrades::new(3, 2);
+        let a_ip = IpAddr::from([10, 0, 0, 1]);
+        let a = Some(a_ip);
+        let b = Some(IpAddr::from([10, 0, 0, 2]));
+        let first = pending.try_acquire(a).unwrap();
+        let _second = pending.try_acquire(a).unwrap();
+        assert_eq!(
+            pending.try_acquire(a).unwrap_err(),
+            "max_pending_upgrades_per_ip"
+        );
+        let _third = pending.try_acquire(b).unwrap();
+        assert_eq!(pending.try_acquire(b).unwrap_err(), "max_pending_upgrades");
+        drop(first);
+        assert_eq!(pending.count(), 2);
+        let again = pending.try_acquire(a).unwrap();
+        drop(again);
+        drop(_second);
+        assert!(
+            pending.per_ip.get(&a_ip).is_none(),
+            "an address's entry goes with its last slot"
+        );
+    }
+}
