@@ -23,6 +23,8 @@ fn lookup(c: &mut Criterion) {
         let hub = Hub::new(HubSettings {
             shards: 4,
             max_connections: 1,
+            max_pending_upgrades: 1024,
+            max_pending_upgrades_per_ip: 1024,
             max_subscriptions_per_connection: 1,
             queue_messages: size + 16,
             queue_bytes: 1 << 30,

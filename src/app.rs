@@ -55,6 +55,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let hub = Hub::new(HubSettings {
         shards: config.server.shards,
         max_connections: config.limits.max_connections,
+        max_pending_upgrades: config.limits.max_pending_upgrades,
+        max_pending_upgrades_per_ip: config.limits.max_pending_upgrades_per_ip,
         max_subscriptions_per_connection: config.limits.max_subscriptions_per_connection,
         queue_messages: config.limits.outbound_queue_messages,
         queue_bytes: config.limits.outbound_queue_bytes,
@@ -136,10 +138,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             ),
             throttled_close_after: config.limits.throttled_close_after,
         },
-        pending: session::PendingUpgrades::new(
-            config.limits.max_pending_upgrades,
-            config.limits.max_pending_upgrades_per_ip,
-        ),
         connect_limiter: Quota::new(
             config.limits.connects_per_ip_per_second,
             config.limits.connect_burst_per_ip,

@@ -18,6 +18,7 @@ use crate::{
 };
 
 pub const CONNECTIONS: &str = "ws_connections";
+pub const PENDING_UPGRADES: &str = "ws_pending_upgrades";
 pub const CONNECTIONS_ACCEPTED: &str = "ws_connections_accepted_total";
 pub const CONNECTIONS_REJECTED: &str = "ws_connections_rejected_total";
 pub const CONNECTIONS_CLOSED: &str = "ws_connections_closed_total";
@@ -174,6 +175,7 @@ pub fn http_request(route: &'static str, status: u16) {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Snapshot {
     pub connections: usize,
+    pub pending_upgrades: usize,
     pub subscriptions: usize,
     pub channels: usize,
     pub queue_messages: usize,
@@ -194,6 +196,7 @@ pub fn record_snapshot(snapshot: &Snapshot) {
         gauge.set(value as f64);
     };
     set(CONNECTIONS, snapshot.connections);
+    set(PENDING_UPGRADES, snapshot.pending_upgrades);
     set(SUBSCRIPTIONS, snapshot.subscriptions);
     set(CHANNELS, snapshot.channels);
     set(QUEUE_MESSAGES, snapshot.queue_messages);
@@ -205,6 +208,10 @@ pub fn record_snapshot(snapshot: &Snapshot) {
 
 fn describe() {
     describe_gauge!(CONNECTIONS, "Open WebSocket connections");
+    describe_gauge!(
+        PENDING_UPGRADES,
+        "Connections accepted and not yet upgraded (or refused)"
+    );
     describe_counter!(CONNECTIONS_ACCEPTED, "WebSocket upgrades completed");
     describe_counter!(
         CONNECTIONS_REJECTED,

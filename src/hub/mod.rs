@@ -15,6 +15,7 @@
 //!   a channel mutex.
 //! - No lock is held across an `.await` (there are none here).
 
+mod admission;
 mod channel;
 mod flush;
 mod frame;
@@ -34,6 +35,7 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use tokio::time::Instant;
 
+pub use self::admission::{PendingSlot, PendingUpgrades};
 use self::channel::{Channel, Entry, HistoryPolicy, Subscriber};
 use self::flush::flush_all;
 pub use self::outbound::{ConnId, EnqueueError, Keepalive, Outbound, Outgoing, Wire};
@@ -48,6 +50,9 @@ use crate::{
 pub struct HubSettings {
     pub shards: usize,
     pub max_connections: usize,
+    /// Connections not yet upgraded, on the node and per address.
+    pub max_pending_upgrades: usize,
+    pub max_pending_upgrades_per_ip: usize,
     pub max_subscriptions_per_connection: usize,
     pub queue_messages: usize,
     pub queue_bytes: usize,
@@ -67,8 +72,11 @@ pub struct Hub {
     shards: Box<[Shard]>,
     conns: DashMap<ConnId, Arc<Outbound>>,
     next_conn_id: AtomicU64,
-    /// Connections admitted, counted before the upgrade so the limit holds under a burst.
+    /// Connections admitted: counted when the upgrade is answered, before the session is
+    /// registered, so the limit holds under a burst.
     admitted: AtomicUsize,
+    /// Connections accepted and not yet upgraded.
+    pending: Arc<PendingUpgrades>,
     settings: HubSettings,
     history: HistoryPolicy,
     started: Instant,
@@ -193,6 +201,10 @@ impl Hub {
             conns: DashMap::with_shard_amount(settings.shards.max(2)),
             next_conn_id: AtomicU64::new(1),
             admitted: AtomicUsize::new(0),
+            pending: PendingUpgrades::new(
+                settings.max_pending_upgrades,
+                settings.max_pending_upgrades_per_ip,
+            ),
             history: HistoryPolicy {
                 size: settings.history_size,
                 ttl: settings.history_ttl,
@@ -222,6 +234,12 @@ impl Hub {
 
     pub fn release_admission(&self) {
         self.admitted.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Connections accepted and not yet upgraded.
+    #[must_use]
+    pub fn pending_upgrades(&self) -> &Arc<PendingUpgrades> {
+        &self.pending
     }
 
     /// Registers a connection and returns its outbound handle. With a `wire`, publishers
@@ -771,6 +789,7 @@ impl Hub {
     pub fn snapshot(&self) -> telemetry::Snapshot {
         let mut snapshot = telemetry::Snapshot {
             connections: self.conns.len(),
+            pending_upgrades: self.pending.count(),
             history_bytes: self.history.used_bytes.load(Ordering::Relaxed),
             history_messages: self.history.used_messages.load(Ordering::Relaxed),
             ..telemetry::Snapshot::default()

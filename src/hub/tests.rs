@@ -6,6 +6,8 @@ fn hub_with(history_size: usize, queue_messages: usize) -> HubHandle {
     Hub::new(HubSettings {
         shards: 4,
         max_connections: 10,
+        max_pending_upgrades: 1024,
+        max_pending_upgrades_per_ip: 1024,
         max_subscriptions_per_connection: 8,
         queue_messages,
         queue_bytes: 1 << 20,
@@ -624,6 +626,8 @@ mod lane {
         Hub::new(HubSettings {
             shards: 4,
             max_connections: 10,
+            max_pending_upgrades: 1024,
+            max_pending_upgrades_per_ip: 1024,
             max_subscriptions_per_connection: 8,
             queue_messages: 1 << 16,
             queue_bytes: 1 << 24,

@@ -24,7 +24,6 @@ mod socket;
 mod upgrade;
 mod writer;
 
-pub use self::upgrade::PendingUpgrades;
 use self::{coalesce::Coalesce, shared_tcp::SharedTcp, socket::Socket, upgrade::Refusal};
 
 use std::{net::IpAddr, sync::Arc, time::Duration};
@@ -95,8 +94,6 @@ pub struct SessionContext {
     pub settings: SessionSettings,
     /// New connections per IP address (`limits.connects_per_ip_per_second`), if limited.
     pub connect_limiter: Option<KeyedLimiter<IpAddr>>,
-    /// Connections accepted and not yet upgraded.
-    pub pending: Arc<PendingUpgrades>,
 }
 
 /// Every way a session ends.
@@ -254,7 +251,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let settings = &ctx.settings;
-    let _pending = match ctx.pending.try_acquire(peer) {
+    let _pending = match ctx.hub.pending_upgrades().try_acquire(peer) {
         Ok(slot) => slot,
         Err(reason) => {
             telemetry::connection_rejected(reason);
@@ -410,6 +407,8 @@ mod tests {
         let hub = Hub::new(HubSettings {
             shards: 2,
             max_connections: 10,
+            max_pending_upgrades: 1024,
+            max_pending_upgrades_per_ip: 1024,
             max_subscriptions_per_connection: 10,
             queue_messages: 64,
             queue_bytes: 1 << 20,
@@ -443,7 +442,6 @@ mod tests {
                 throttled_close_after: Duration::from_secs(1),
             },
             connect_limiter: None,
-            pending: PendingUpgrades::new(10, 10),
         });
         // The accept loop spawns `serve_tcp`: that future is the session task's state.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

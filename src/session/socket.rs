@@ -141,3 +141,71 @@ impl From<WsError> for End {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::future::poll_fn;
+
+    use tokio::io::AsyncWriteExt as _;
+
+    use super::*;
+
+    fn masked_text(payload: &[u8]) -> Vec<u8> {
+        let mut wire = vec![0x81, 0x80 | 127];
+        wire.extend_from_slice(&(payload.len() as u64).to_be_bytes());
+        wire.extend_from_slice(&[0; 4]);
+        wire.extend_from_slice(payload);
+        wire
+    }
+
+    /// Over a real TCP connection: a 60 KiB message needs a 60 KiB buffer while it is read,
+    /// and none is kept after it.
+    #[tokio::test]
+    async fn the_read_buffer_is_given_back_after_a_large_message() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let mut socket = Socket::new(Coalesce::new(server), BytesMut::new(), 256);
+        let limits = Limits {
+            max_message_bytes: 64 * 1024,
+            max_fragments: 4,
+        };
+        let large = vec![b'a'; 60 * 1024];
+        client.write_all(&masked_text(&large)).await.unwrap();
+        let frame = poll_fn(|cx| socket.poll_frame(cx, &limits)).await.unwrap();
+        assert_eq!(frame, Inbound::Text(Bytes::from(large)));
+        assert_eq!(socket.read_buf.capacity(), 0, "an empty buffer is freed");
+
+        // A large message with the start of the next frame behind it: the rest moves to a
+        // small buffer.
+        let mut two = masked_text(&[b'b'; 50 * 1024]);
+        two.extend_from_slice(&masked_text(b"next")[..5]);
+        client.write_all(&two).await.unwrap();
+        let frame = poll_fn(|cx| socket.poll_frame(cx, &limits)).await.unwrap();
+        assert!(matches!(frame, Inbound::Text(text) if text.len() == 50 * 1024));
+        assert!(
+            socket.read_buf.capacity() <= 4 * 256,
+            "kept {} bytes",
+            socket.read_buf.capacity()
+        );
+        client.write_all(&masked_text(b"next")[5..]).await.unwrap();
+        let frame = poll_fn(|cx| socket.poll_frame(cx, &limits)).await.unwrap();
+        assert_eq!(frame, Inbound::Text(Bytes::from_static(b"next")));
+    }
+
+    #[tokio::test]
+    async fn only_the_newest_ping_is_owed_a_pong() {
+        let (near, _far) = tokio::io::duplex(64);
+        let mut socket = Socket::new(Coalesce::new(near), BytesMut::new(), 256);
+        for n in 0..1000_u32 {
+            socket.owe_pong(&n.to_be_bytes());
+        }
+        assert_eq!(
+            &socket.take_pong().unwrap()[..],
+            &[0x8A, 4, 0, 0, 0x03, 0xe7]
+        );
+        assert!(!socket.owes_pong());
+    }
+}

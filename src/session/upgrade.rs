@@ -3,20 +3,11 @@
 //! what was wrong (400, 404, 405, 426 with `Sec-WebSocket-Version: 13`, 429, 431, 503), and
 //! the caps on connections that have not finished upgrading, in total and per address.
 //!
-//! Sockets that have not upgraded are charged here, not to `limits.max_connections`: silent
+//! Sockets that have not upgraded hold a `hub::PendingSlot`, not an admission slot: silent
 //! TCP connections cannot make a node refuse real clients, and one address cannot hold more
 //! than `limits.max_pending_upgrades_per_ip` of them.
 
-use std::{
-    net::IpAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
-};
-
 use bytes::BytesMut;
-use dashmap::DashMap;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
 /// Headers an upgrade request may carry, at most.
@@ -231,79 +222,6 @@ pub(super) async fn refuse<S: AsyncWrite + Unpin>(
     let _ = stream.shutdown().await;
 }
 
-/// Connections accepted but not yet upgraded (or refused): a count for the node and one per
-/// address, each capped.
-#[derive(Debug)]
-pub struct PendingUpgrades {
-    total: AtomicUsize,
-    per_ip: DashMap<IpAddr, usize>,
-    max_total: usize,
-    max_per_ip: usize,
-}
-
-/// One pending upgrade; released when dropped.
-#[derive(Debug)]
-pub(super) struct PendingSlot {
-    pending: Arc<PendingUpgrades>,
-    ip: Option<IpAddr>,
-}
-
-impl PendingUpgrades {
-    #[must_use]
-    pub fn new(max_total: usize, max_per_ip: usize) -> Arc<Self> {
-        Arc::new(Self {
-            total: AtomicUsize::new(0),
-            per_ip: DashMap::new(),
-            max_total,
-            max_per_ip,
-        })
-    }
-
-    /// Upgrades in progress on this node.
-    #[must_use]
-    pub fn count(&self) -> usize {
-        self.total.load(Ordering::Relaxed)
-    }
-
-    /// Takes a slot for a connection from `ip`; `Err` with the reason label when a cap is
-    /// reached.
-    pub(super) fn try_acquire(
-        self: &Arc<Self>,
-        ip: Option<IpAddr>,
-    ) -> Result<PendingSlot, &'static str> {
-        if self.total.fetch_add(1, Ordering::Relaxed) >= self.max_total {
-            self.total.fetch_sub(1, Ordering::Relaxed);
-            return Err("max_pending_upgrades");
-        }
-        if let Some(ip) = ip {
-            let mut count = self.per_ip.entry(ip).or_insert(0);
-            if *count >= self.max_per_ip {
-                drop(count);
-                self.total.fetch_sub(1, Ordering::Relaxed);
-                return Err("max_pending_upgrades_per_ip");
-            }
-            *count += 1;
-        }
-        Ok(PendingSlot {
-            pending: Arc::clone(self),
-            ip,
-        })
-    }
-}
-
-impl Drop for PendingSlot {
-    fn drop(&mut self) {
-        self.pending.total.fetch_sub(1, Ordering::Relaxed);
-        if let Some(ip) = self.ip {
-            // The entry goes with its last slot, so the map holds only addresses upgrading now.
-            self.pending.per_ip.remove_if_mut(&ip, |_, count| {
-                *count -= 1;
-                *count == 0
-            });
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -352,30 +270,5 @@ mod tests {
         let many = format!("GET /ws HTTP/1.1\r\n{}\r\n", "X: a\r\n".repeat(70));
         assert_eq!(parse(&many).await.unwrap_err().unwrap().status, 431);
         assert_eq!(parse("GET /ws HTTP/1.1\r\n").await.unwrap_err(), None);
-    }
-
-    #[test]
-    fn pending_upgrades_are_capped_in_total_and_per_address() {
-        let pending = PendingUpgrades::new(3, 2);
-        let a_ip = IpAddr::from([10, 0, 0, 1]);
-        let a = Some(a_ip);
-        let b = Some(IpAddr::from([10, 0, 0, 2]));
-        let first = pending.try_acquire(a).unwrap();
-        let _second = pending.try_acquire(a).unwrap();
-        assert_eq!(
-            pending.try_acquire(a).unwrap_err(),
-            "max_pending_upgrades_per_ip"
-        );
-        let _third = pending.try_acquire(b).unwrap();
-        assert_eq!(pending.try_acquire(b).unwrap_err(), "max_pending_upgrades");
-        drop(first);
-        assert_eq!(pending.count(), 2);
-        let again = pending.try_acquire(a).unwrap();
-        drop(again);
-        drop(_second);
-        assert!(
-            pending.per_ip.get(&a_ip).is_none(),
-            "an address's entry goes with its last slot"
-        );
     }
 }

@@ -11,6 +11,7 @@ mod conformance;
 mod control_api;
 mod fault_proxy;
 mod harness;
+mod hostile;
 mod limits;
 mod mass_disconnect;
 mod process;

@@ -1,0 +1,492 @@
+//! Hostile clients: each test is one way a peer could make a node hold memory or burn CPU,
+//! sent over a raw TCP socket (a WebSocket library would refuse to send most of it), with a
+//! bystander subscriber on another connection that must keep receiving every message in
+//! order at the publisher's full rate, and the metric that counts the case.
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use serde_json::json;
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpStream,
+};
+
+use crate::harness::{TestServer, free_port};
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
+
+/// Messages the bystander's publisher sends, one every `BYSTANDER_PERIOD`.
+const BYSTANDER_MESSAGES: u64 = 150;
+const BYSTANDER_PERIOD: Duration = Duration::from_millis(10);
+
+/// Runs `attack` while a publisher sends `BYSTANDER_MESSAGES` over HTTP to a subscriber on
+/// another connection, and checks the subscriber got every one, in order, no later than
+/// 500 ms after the last was published, and that the publisher kept its rate.
+async fn with_bystander<F: Future>(server: &TestServer, attack: F) -> F::Output {
+    let mut bystander = server.client().await;
+    bystander.subscribe("bystander").await;
+    let publish = async {
+        let started = Instant::now();
+        let mut interval = tokio::time::interval(BYSTANDER_PERIOD);
+        for n in 0..BYSTANDER_MESSAGES {
+            interval.tick().await;
+            server.publish("bystander", json!(n)).await;
+        }
+        (started.elapsed(), Instant::now())
+    };
+    let receive = async {
+        for n in 0..BYSTANDER_MESSAGES {
+            let message = bystander.recv_type("message").await;
+            assert_eq!(
+                message["data"], n,
+                "the bystander's messages arrive in order"
+            );
+        }
+        Instant::now()
+    };
+    let (output, (publishing, last_published), received) = tokio::join!(attack, publish, receive);
+    let expected = BYSTANDER_PERIOD * u32::try_from(BYSTANDER_MESSAGES).unwrap();
+    assert!(
+        publishing < expected + Duration::from_millis(750),
+        "the publisher was slowed: {publishing:?} for {expected:?} of messages"
+    );
+    assert!(
+        received.saturating_duration_since(last_published) < Duration::from_millis(500),
+        "the bystander fell behind by {:?}",
+        received.saturating_duration_since(last_published)
+    );
+    output
+}
+
+/// A client frame, masked.
+fn frame(first: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    let mut wire = vec![first];
+    match payload.len() {
+        len @ 0..=125 => wire.push(0x80 | u8::try_from(len).unwrap()),
+        len => {
+            wire.push(0x80 | 126);
+            wire.extend_from_slice(&u16::try_from(len).unwrap().to_be_bytes());
+        }
+    }
+    wire.extend_from_slice(&mask);
+    wire.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+    wire
+}
+
+const UPGRADE: &str = "GET /ws HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\n\
+    Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+    Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+
+/// Sends `request` and reads the response head: status and head text.
+async fn http(stream: &mut TcpStream, request: &str) -> (u16, String) {
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0_u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte))
+            .await
+            .expect("a response in time")
+            .unwrap();
+        if read == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|status| status.parse().ok())
+        .unwrap_or(0);
+    (status, head)
+}
+
+/// A raw client past the upgrade.
+async fn upgraded(addr: SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let (status, head) = http(&mut stream, UPGRADE).await;
+    assert_eq!(status, 101, "{head}");
+    stream
+}
+
+/// Reads server frames until a close frame; its code, or `None` when the stream ends first.
+async fn close_code(stream: &mut TcpStream) -> Option<u16> {
+    let mut buf = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        // Server frames are unmasked; parse as many as are buffered.
+        while buf.len() >= 2 {
+            let (header, len) = match buf[1] & 0x7f {
+                126 if buf.len() >= 4 => (4, usize::from(u16::from_be_bytes([buf[2], buf[3]]))),
+                127 if buf.len() >= 10 => (
+                    10,
+                    usize::try_from(u64::from_be_bytes(buf[2..10].try_into().unwrap())).unwrap(),
+                ),
+                126 | 127 => break,
+                len => (2, usize::from(len)),
+            };
+            if buf.len() < header + len {
+                break;
+            }
+            if buf[0] & 0x0f == 0x8 {
+                return (len >= 2).then(|| u16::from_be_bytes([buf[header], buf[header + 1]]));
+            }
+            buf.drain(..header + len);
+        }
+        let mut chunk = [0_u8; 4096];
+        let read = tokio::time::timeout_at(deadline, stream.read(&mut chunk))
+            .await
+            .expect("the server closes in time");
+        match read {
+            Ok(0) | Err(_) => return None,
+            Ok(read) => buf.extend_from_slice(&chunk[..read]),
+        }
+    }
+}
+
+/// Writes `frame` over and over for `duration` (or until the server stops reading for that
+/// long or closes); how many were written whole.
+async fn flood(stream: &mut TcpStream, frame: &[u8], duration: Duration) -> u64 {
+    let batch: Vec<u8> = frame.repeat(64);
+    let deadline = tokio::time::Instant::now() + duration;
+    let mut sent = 0;
+    while let Ok(Ok(())) = tokio::time::timeout_at(deadline, stream.write_all(&batch)).await {
+        sent += 64;
+    }
+    sent
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ping_flood_is_refused_then_closed_with_1008() {
+    let server = TestServer::builder()
+        .configure(|c| c.limits.throttled_close_after = Duration::from_secs(1))
+        .start()
+        .await;
+    let sent = with_bystander(&server, async {
+        let mut attacker = upgraded(server.ws_addr).await;
+        flood(
+            &mut attacker,
+            &frame(0x89, &[b'p'; 125]),
+            Duration::from_secs(2),
+        )
+        .await
+    })
+    .await;
+    // Reading paused at the control budget, so TCP pushed back on the flooder.
+    assert!(sent > 0);
+    assert!(
+        server
+            .metric("ws_rate_limited_total{scope=\"client_control\"}")
+            .await
+            >= 1.0
+    );
+    crate::assert_eventually!(
+        server
+            .metric("ws_connections_closed_total{end=\"frame_flood\"}")
+            .await
+            >= 1.0,
+        "the flooder is closed once over budget for throttled_close_after"
+    );
+    server.drain().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_continuation_frames_are_charged_and_a_flood_is_closed() {
+    let server = TestServer::builder()
+        .configure(|c| {
+            c.limits.max_fragments_per_message = 10_000_000;
+            c.limits.throttled_close_after = Duration::from_secs(1);
+        })
+        .start()
+        .await;
+    let code = with_bystander(&server, async {
+        let mut attacker = upgraded(server.ws_addr).await;
+        attacker.write_all(&frame(0x01, b"{")).await.unwrap();
+        flood(&mut attacker, &frame(0x00, b""), Duration::from_secs(2)).await;
+        close_code(&mut attacker).await
+    })
+    .await;
+    assert_eq!(code, Some(1008));
+    assert!(
+        server
+            .metric("ws_rate_limited_total{scope=\"client\"}")
+            .await
+            >= 1.0
+    );
+    assert!(
+        server
+            .metric("ws_connections_closed_total{end=\"frame_flood\"}")
+            .await
+            >= 1.0
+    );
+    server.drain().await;
+}
+
+#[tokio::test]
+async fn a_message_in_too_many_fragments_is_closed_with_1008() {
+    let server = TestServer::start().await;
+    let code = with_bystander(&server, async {
+        let mut attacker = upgraded(server.ws_addr).await;
+        let mut frames = frame(0x01, b"[");
+        for _ in 0..64 {
+            frames.extend(frame(0x00, b" "));
+        }
+        frames.extend(frame(0x80, b"]"));
+        attacker.write_all(&frames).await.unwrap();
+        close_code(&mut attacker).await
+    })
+    .await;
+    assert_eq!(code, Some(1008));
+    assert!(
+        server
+            .metric("ws_connections_closed_total{end=\"too_many_fragments\"}")
+            .await
+            >= 1.0
+    );
+    server.drain().await;
+}
+
+#[tokio::test]
+async fn an_unfinished_fragmented_message_times_out_though_pings_keep_coming() {
+    let server = TestServer::builder()
+        .configure(|c| c.limits.fragment_timeout = Duration::from_millis(500))
+        .start()
+        .await;
+    let (code, elapsed) = with_bystander(&server, async {
+        let mut attacker = upgraded(server.ws_addr).await;
+        let started = Instant::now();
+        attacker
+            .write_all(&frame(0x01, b"{\"type\""))
+            .await
+            .unwrap();
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            attacker.write_all(&frame(0x89, b"alive")).await.unwrap();
+        }
+        (close_code(&mut attacker).await, started.elapsed())
+    })
+    .await;
+    assert_eq!(code, Some(1008));
+    assert!(elapsed < Duration::from_secs(3), "closed after {elapsed:?}");
+    assert!(
+        server
+            .metric("ws_connections_closed_total{end=\"fragment_timeout\"}")
+            .await
+            >= 1.0
+    );
+    server.drain().await;
+}
+
+#[tokio::test]
+async fn pings_from_a_client_that_never_answers_do_not_keep_it_open() {
+    let server = TestServer::builder()
+        .configure(|c| {
+            c.session.heartbeat = Duration::from_millis(200);
+            c.session.idle_timeout = Duration::from_millis(600);
+        })
+        .start()
+        .await;
+    let code = with_bystander(&server, async {
+        let mut attacker = upgraded(server.ws_addr).await;
+        // Within the control budget (10/s), and never a pong back.
+        let pinger = async {
+            for _ in 0..30 {
+                if attacker.write_all(&frame(0x89, b"")).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(2), pinger)
+            .await
+            .ok();
+        close_code(&mut attacker).await
+    })
+    .await;
+    assert_eq!(code, Some(4002));
+    server.drain().await;
+}
+
+#[tokio::test]
+async fn silent_sockets_take_no_connection_slot_and_are_capped_per_address() {
+    let server = TestServer::builder()
+        .configure(|c| {
+            c.limits.max_connections = 3;
+            c.limits.max_pending_upgrades_per_ip = 20;
+        })
+        .start()
+        .await;
+    with_bystander(&server, async {
+        // 19 silent sockets, far more than max_connections: real clients still get in.
+        let mut silent = Vec::new();
+        for _ in 0..19 {
+            silent.push(TcpStream::connect(server.ws_addr).await.unwrap());
+        }
+        let _second = server.client().await;
+        let _third = server.client().await;
+        let mut fourth = TcpStream::connect(server.ws_addr).await.unwrap();
+        let (status, head) = http(&mut fourth, UPGRADE).await;
+        assert_eq!(status, 503, "upgraded connections reached max_connections");
+        assert!(head.contains("Retry-After"), "{head}");
+        // The 20th silent socket of this address is allowed, the 21st is refused at once.
+        silent.push(TcpStream::connect(server.ws_addr).await.unwrap());
+        crate::assert_eventually!(
+            server.metric("ws_pending_upgrades").await >= 20.0,
+            "the server counts 20 pending upgrades"
+        );
+        let mut one_more = TcpStream::connect(server.ws_addr).await.unwrap();
+        let (status, head) = http(&mut one_more, UPGRADE).await;
+        assert_eq!(status, 503, "{head}");
+        assert!(head.contains("Retry-After"), "{head}");
+    })
+    .await;
+    assert!(
+        server
+            .metric("ws_connections_rejected_total{reason=\"max_pending_upgrades_per_ip\"}")
+            .await
+            >= 1.0
+    );
+    crate::assert_eventually!(
+        server.hub().connections() == 0 && server.metric("ws_pending_upgrades").await == 0.0,
+        "every slot is released"
+    );
+    server.drain().await;
+}
+
+#[tokio::test]
+async fn malformed_upgrades_get_the_http_status_that_says_why() {
+    let server = TestServer::start().await;
+    let key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    let cases = [
+        (UPGRADE.replace(key, ""), 400, "Bad Request"),
+        (
+            UPGRADE.replace("Version: 13", "Version: 8"),
+            426,
+            "Sec-WebSocket-Version: 13",
+        ),
+        (
+            "GET /ws HTTP/1.1\r\nHost: test\r\n\r\n".to_owned(),
+            426,
+            "Upgrade: websocket",
+        ),
+        (UPGRADE.replace("GET", "POST"), 405, "Allow: GET"),
+        (UPGRADE.replace("/ws", "/nope"), 404, "Not Found"),
+        (
+            UPGRADE.replace("Host: test", &format!("Host: {}", "h".repeat(20_000))),
+            431,
+            "Too Large",
+        ),
+        (
+            "\u{16}\u{3}\u{1} not http\r\n\r\n".to_owned(),
+            400,
+            "Bad Request",
+        ),
+    ];
+    with_bystander(&server, async {
+        for (request, status, needle) in &cases {
+            let mut stream = TcpStream::connect(server.ws_addr).await.unwrap();
+            let (got, head) = http(&mut stream, request).await;
+            assert_eq!(got, *status, "{request:?}: {head}");
+            assert!(head.contains(needle), "{request:?}: {head}");
+        }
+    })
+    .await;
+    assert!(
+        server
+            .metric("ws_connections_rejected_total{reason=\"unsupported_version\"}")
+            .await
+            >= 1.0
+    );
+    server.drain().await;
+}
+
+#[tokio::test]
+async fn invalid_client_close_codes_are_protocol_errors() {
+    let server = TestServer::start().await;
+    with_bystander(&server, async {
+        for code in [999_u16, 1005, 1006, 2000] {
+            let mut attacker = upgraded(server.ws_addr).await;
+            attacker
+                .write_all(&frame(0x88, &code.to_be_bytes()))
+                .await
+                .unwrap();
+            assert_eq!(close_code(&mut attacker).await, Some(1002), "code {code}");
+        }
+        // A valid code is echoed.
+        let mut client = upgraded(server.ws_addr).await;
+        client
+            .write_all(&frame(0x88, &4321_u16.to_be_bytes()))
+            .await
+            .unwrap();
+        assert_eq!(close_code(&mut client).await, Some(4321));
+    })
+    .await;
+    assert!(
+        server
+            .metric("ws_connections_closed_total{end=\"protocol_error\"}")
+            .await
+            >= 4.0
+    );
+    server.drain().await;
+}
+
+/// The resident memory of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// The worst case for pongs: no control budget at all, and a client that pings as fast as it
+/// can and never reads. Pongs coalesce into one, so the node's memory stays flat (it grew by
+/// about 100 MiB/s when every pong was buffered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ping_flood_without_reading_leaves_the_node_rss_flat() {
+    let port = free_port();
+    let control_port = free_port();
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--control", &format!("127.0.0.1:{control_port}")])
+        .args(["--log-level", "error"])
+        .env("SWITCHBOARD_LIMITS__CLIENT_CONTROL_FRAMES_PER_SECOND", "0")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    crate::assert_eventually!(TcpStream::connect(addr).await.is_ok(), "the server listens");
+    let pid = child.id().unwrap();
+    let mut attacker = upgraded(addr).await;
+    // Warm up: the first pings allocate what any connection allocates.
+    flood(
+        &mut attacker,
+        &frame(0x89, &[0; 125]),
+        Duration::from_millis(300),
+    )
+    .await;
+    let before = rss_kib(pid);
+    let sent = flood(
+        &mut attacker,
+        &frame(0x89, &[0; 125]),
+        Duration::from_secs(3),
+    )
+    .await;
+    let after = rss_kib(pid);
+    assert!(sent > 10_000, "only {sent} pings were sent");
+    assert!(
+        after < before + 8 * 1024,
+        "RSS grew from {before} KiB to {after} KiB over {sent} pings"
+    );
+    // The node still serves.
+    let url = format!("ws://{addr}/ws");
+    crate::harness::TestClient::connect(&url).await;
+    child.start_kill().unwrap();
+}
