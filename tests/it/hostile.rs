@@ -3,16 +3,13 @@
 //! bystander subscriber on another connection that must keep receiving every message in
 //! order at the publisher's full rate, and the metric that counts the case.
 
-use std::{
-    future::Future,
-    net::SocketAddr,
-    time::{Duration, Instant},
-};
+use std::{future::Future, net::SocketAddr, time::Duration};
 
 use serde_json::json;
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpStream,
+    time::Instant,
 };
 
 use crate::harness::{TestServer, free_port};
