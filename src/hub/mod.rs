@@ -115,6 +115,30 @@ pub struct Subscribed {
     pub replayed: usize,
 }
 
+/// A channel pinned by a subscribe waiting for the bus; see [`Hub::adopt_pin`].
+#[derive(Debug)]
+#[must_use = "dropping the guard gives the pin back at once"]
+pub struct ChannelPin {
+    hub: HubHandle,
+    channel: ChannelName,
+    held: bool,
+}
+
+impl ChannelPin {
+    /// The subscribe given the bus's view gave the pin back itself (it always does).
+    pub fn consumed(mut self) {
+        self.held = false;
+    }
+}
+
+impl Drop for ChannelPin {
+    fn drop(&mut self) {
+        if self.held {
+            self.hub.unpin(&self.channel);
+        }
+    }
+}
+
 /// A history read.
 #[derive(Debug, Clone)]
 pub struct History {
@@ -173,8 +197,8 @@ pub enum SubscribeError {
     #[error("connection is closing")]
     Closing,
     /// The hub cannot answer alone: read the channel from the bus ([`RemoteView`]) and call
-    /// `subscribe` again with it. The channel is pinned until then; call
-    /// [`Hub::unpin`] if the read fails.
+    /// `subscribe` again with it. The channel is pinned until then: hold the pin with
+    /// [`Hub::adopt_pin`] meanwhile.
     #[error("the channel must be read from the bus first")]
     NeedRemote,
 }
@@ -592,9 +616,22 @@ impl Hub {
     }
 
     /// Gives up a pin taken by a subscribe that answered [`SubscribeError::NeedRemote`] and
-    /// could not read the bus.
+    /// could not read the bus. Prefer [`Hub::adopt_pin`], which cannot forget it.
     pub fn unpin(&self, channel: &ChannelName) {
         self.with_existing_channel(channel, Channel::unpin);
+    }
+
+    /// Takes ownership of the pin a subscribe took when it answered
+    /// [`SubscribeError::NeedRemote`]: the pin is given back when the guard is dropped,
+    /// however the caller's read of the bus ends (an error, or its future dropped mid-read
+    /// because the session closed), unless [`ChannelPin::consumed`] says the subscribe with
+    /// the bus's view gave it back.
+    pub fn adopt_pin(self: &Arc<Self>, channel: &ChannelName) -> ChannelPin {
+        ChannelPin {
+            hub: Arc::clone(self),
+            channel: channel.clone(),
+            held: true,
+        }
     }
 
     /// Delivers a message ordered by a remote bus: fans it out to local subscribers in offset

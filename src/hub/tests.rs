@@ -481,6 +481,34 @@ fn a_failed_bus_read_unpins_the_channel() {
     assert_eq!(hub.sweep(), 1);
 }
 
+#[tokio::test]
+async fn an_adopted_pin_is_given_back_when_the_read_is_cancelled() {
+    let hub = remote_hub();
+    let news = name("news");
+    let (conn, _rx) = registered(&hub);
+    let subscribing = async {
+        assert!(hub.subscribe(&conn, &news, None, None, reply).is_err());
+        let _pin = hub.adopt_pin(&news);
+        // A bus read that never answers (Redis paused), cancelled by the session's end.
+        std::future::pending::<()>().await;
+    };
+    assert!(
+        tokio::time::timeout(Duration::from_millis(10), subscribing)
+            .await
+            .is_err()
+    );
+    assert_eq!(hub.sweep(), 1, "the cancelled read left no pin behind");
+    // A consumed pin is not given back twice.
+    assert!(hub.subscribe(&conn, &news, None, None, reply).is_err());
+    let other = name("other");
+    assert!(hub.subscribe(&conn, &other, None, None, reply).is_err());
+    let pin = hub.adopt_pin(&other);
+    hub.unpin(&other);
+    pin.consumed();
+    drop(hub.adopt_pin(&news));
+    assert_eq!(hub.sweep(), 2);
+}
+
 #[tokio::test(start_paused = true)]
 async fn keepalive_pings_quiet_connections_and_closes_silent_ones() {
     let hub = hub_with(10, 64);

@@ -372,13 +372,18 @@ impl Reader {
         let hub = &self.ctx.hub;
         let mut result = hub.subscribe(&self.outbound, &channel, since, None, reply);
         if result == Err(SubscribeError::NeedRemote) {
+            // The guard gives the pin back on every path, also when the session ends during
+            // the read and this future is dropped; a leaked pin would keep the channel from
+            // being swept and fail later resumes with `recovered:false`.
+            let pin = hub.adopt_pin(&channel);
             let limit = self.ctx.settings.history_size;
             match self.ctx.bus.read_channel(&channel, since, limit).await {
                 Ok(view) => {
                     result = hub.subscribe(&self.outbound, &channel, since, Some(&view), reply);
+                    pin.consumed();
                 }
                 Err(err) => {
-                    hub.unpin(&channel);
+                    drop(pin);
                     return self.error(id, ErrorCode::Unavailable, &err.to_string());
                 }
             }

@@ -304,6 +304,50 @@ async fn killed_redis_connections_are_reopened_without_loss() {
     .await;
 }
 
+/// A resume that must read Redis pins the channel; a session closed while that read waits
+/// (Redis paused) must give the pin back, or the channel is never swept and every later
+/// resume of it on this node fails once its pending list overflows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_closed_during_a_resume_read_leaves_no_pin() {
+    let redis = RedisServer::start(false);
+    let node = TestServer::builder().redis(&redis.url()).start().await;
+    let first = node.publish("inbox", json!(1)).await;
+    node.publish("inbox", json!(2)).await;
+    let mut client = node.client().await;
+    redis.pause();
+    client
+        .send(json!({"type":"subscribe","id":1,"channel":"inbox","since":first}))
+        .await;
+    // The subscribe is waiting for Redis; close the session from the control API.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (status, _) = node
+        .post("/v1/disconnect", json!({"conn_id": client.conn_id()}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(client.close_code().await, 4000);
+    crate::assert_eventually!(node.hub().connections() == 0, "the session ended");
+    redis.resume();
+    assert_eq!(node.hub().sweep(), 1, "the channel was unpinned and swept");
+    // Resumes of that channel still recover (once the node has reconnected to Redis).
+    let mut again = node.client().await;
+    let mut reply;
+    let mut tries = 0;
+    loop {
+        again
+            .send(json!({"type":"subscribe","id":2,"channel":"inbox","since":first}))
+            .await;
+        reply = again.recv().await;
+        tries += 1;
+        if reply["type"] == "subscribed" || tries == 50 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(reply["recovered"], true, "{reply}");
+    assert_eq!(again.recv_type("message").await["data"], 2);
+    node.drain().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishes_during_an_outage_get_503_and_readiness_reports_it() {
     let redis = RedisServer::start(false);
