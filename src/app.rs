@@ -152,6 +152,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         api_keys: ApiKeys::new(&config.control.api_keys),
         metrics: metrics_handle.clone(),
         max_body_bytes: config.control.max_body_bytes,
+        body_timeout: config.control.body_timeout,
         max_channel_name_bytes: config.limits.max_channel_name_bytes,
         max_publish_payload_bytes: config.limits.max_publish_payload_bytes,
         key_limiter: Quota::new(

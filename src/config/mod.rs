@@ -71,6 +71,10 @@ pub struct ControlConfig {
     pub api_keys: Vec<String>,
     /// Largest request body accepted, in bytes. Default 1 MiB.
     pub max_body_bytes: usize,
+    /// Time a request body may take to arrive once the headers are in; a slower one gets 408
+    /// and the connection is closed. Default 10s. (Headers have their own 10 s.)
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
     /// `/v1/*` requests per second per API key (all loopback callers share one bucket when
     /// no keys are configured); over it, HTTP 429 with `Retry-After`. Default 0: off. Set it
     /// so that one runaway service cannot starve the others.
@@ -176,8 +180,9 @@ pub struct SessionConfig {
     /// messages up to 32 MiB are read (real sessions still close larger than
     /// `limits.max_inbound_message_bytes` with 1009), so never enable it in production.
     pub echo_path: String,
-    /// Initial read buffer of a connection, in bytes; it grows only for large frames.
-    /// Default 256.
+    /// Bytes read at once when the next frame's size is not known yet. The read buffer grows
+    /// to hold a larger frame, is freed whenever it is empty and shrinks back after a large
+    /// message. Default 256.
     pub read_buffer_bytes: usize,
 }
 
@@ -199,8 +204,8 @@ pub struct HistoryConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
-    /// Redis to cluster through: one `redis://` / `rediss://` URL, or a list of Redis Cluster
-    /// seed URLs. Empty (the default): single node on the in-process broker.
+    /// Redis to cluster through: one `redis://` URL, or a list of Redis Cluster seed URLs
+    /// (`rediss://`, TLS, is refused: this build has no TLS to Redis). Empty (the default): single node on the in-process broker.
     #[serde(skip_serializing_if = "RedisTarget::is_unset")]
     pub redis: RedisTarget,
     /// Bus partitions (Redis streams every node reads). Default 16. All nodes of a cluster
@@ -289,6 +294,7 @@ impl Default for ControlConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
             api_keys: Vec::new(),
             max_body_bytes: 1024 * 1024,
+            body_timeout: Duration::from_secs(10),
             requests_per_second_per_key: 0,
             request_burst_per_key: 1000,
         }
@@ -475,6 +481,9 @@ impl Config {
         if self.control.max_body_bytes < 1024 {
             return Err(invalid("control.max_body_bytes", "must be at least 1024"));
         }
+        if self.control.body_timeout.is_zero() {
+            return Err(invalid("control.body_timeout", "must be greater than 0"));
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(invalid(
                 "log.level",
@@ -598,13 +607,18 @@ impl Config {
             RedisTarget::Url(url) => std::slice::from_ref(url),
             RedisTarget::ClusterSeeds(seeds) => seeds,
         };
-        if urls
-            .iter()
-            .any(|url| !(url.starts_with("redis://") || url.starts_with("rediss://")))
-        {
+        if urls.iter().any(|url| url.starts_with("rediss://")) {
+            // The redis crate is built without TLS; refusing here beats failing at start.
             return Err(invalid(
                 "cluster.redis",
-                "must be a redis:// or rediss:// URL, or a list of them",
+                "rediss:// (TLS to Redis) is not supported by this build yet; use redis:// \
+                 over a private network or a TLS tunnel",
+            ));
+        }
+        if urls.iter().any(|url| !url.starts_with("redis://")) {
+            return Err(invalid(
+                "cluster.redis",
+                "must be a redis:// URL, or a list of them",
             ));
         }
         if !(1..=1024).contains(&self.cluster.partitions) {

@@ -42,6 +42,19 @@ fn out_of_range_values_name_the_key() {
         ("[control]\napi_keys = [\"short\"]\n", "control.api_keys"),
         ("[log]\nlevel = \"loud[\"\n", "log.level"),
         ("[limits]\nmax_connections = 0\n", "limits.max_connections"),
+        (
+            "[cluster]\nredis = \"rediss://redis:6380\"\n",
+            "cluster.redis",
+        ),
+        (
+            "[limits]\nfragment_timeout = \"0s\"\n",
+            "limits.fragment_timeout",
+        ),
+        (
+            "[limits]\nmax_upgrade_request_bytes = 10\n",
+            "limits.max_upgrade_request_bytes",
+        ),
+        ("[control]\nbody_timeout = \"0s\"\n", "control.body_timeout"),
     ] {
         let err = Config::from_toml_str(text).unwrap_err();
         assert!(err.to_string().starts_with(key), "{text}: {err}");

@@ -34,6 +34,8 @@ pub struct ControlContext {
     pub api_keys: ApiKeys,
     pub metrics: PrometheusHandle,
     pub max_body_bytes: usize,
+    /// Time a request body may take to arrive (`control.body_timeout`).
+    pub body_timeout: Duration,
     pub max_channel_name_bytes: usize,
     pub max_publish_payload_bytes: usize,
     /// `/v1` requests per API key (`control.requests_per_second_per_key`), if limited. The

@@ -28,6 +28,8 @@ struct ApiError {
     message: String,
     /// Seconds for a `Retry-After` header (429).
     retry_after_secs: Option<u64>,
+    /// Close the connection after answering (a body that stalled).
+    close: bool,
 }
 
 impl ApiError {
@@ -37,6 +39,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after_secs: None,
+            close: false,
         }
     }
 
@@ -50,6 +53,21 @@ impl ApiError {
                 429,
                 ErrorCode::RateLimited,
                 format!("rate limit of this API key exceeded; retry after {millis} ms"),
+            )
+        }
+    }
+
+    /// 408: the body did not arrive within `control.body_timeout`; the connection closes.
+    fn body_timeout(timeout: Duration) -> Self {
+        Self {
+            close: true,
+            ..Self::new(
+                408,
+                ErrorCode::BadRequest,
+                format!(
+                    "the request body did not arrive within {} ms",
+                    timeout.as_millis()
+                ),
             )
         }
     }
@@ -69,6 +87,12 @@ impl ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+        }
+        if self.close {
+            response.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
         }
         response
     }
@@ -103,7 +127,11 @@ async fn route(
     peer: SocketAddr,
     ctx: &ControlContext,
 ) -> (&'static str, Handled) {
-    let method = request.method().clone();
+    // HEAD is GET without the body (RFC 9110 9.3.2); hyper leaves the body out.
+    let method = match request.method() {
+        &Method::HEAD => Method::GET,
+        method => method.clone(),
+    };
     match path {
         "/healthz" if method == Method::GET => ("healthz", Ok(healthz())),
         "/readyz" if method == Method::GET => ("readyz", Ok(readyz(ctx))),
@@ -167,7 +195,7 @@ async fn route_v1(
     }
 }
 
-/// 405 with the `Allow` header naming the method the route takes.
+/// 405 with the `Allow` header naming the method the route takes (GET routes take HEAD too).
 fn method_not_allowed(allowed: &'static str) -> Handled {
     let mut response = ApiError::new(
         405,
@@ -175,9 +203,14 @@ fn method_not_allowed(allowed: &'static str) -> Handled {
         format!("method not allowed; use {allowed}"),
     )
     .into_response();
+    let allow = if allowed == "GET" {
+        "GET, HEAD"
+    } else {
+        allowed
+    };
     response
         .headers_mut()
-        .insert(header::ALLOW, header::HeaderValue::from_static(allowed));
+        .insert(header::ALLOW, header::HeaderValue::from_static(allow));
     Ok(response)
 }
 
@@ -205,7 +238,7 @@ fn authorize(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "));
+        .and_then(bearer_token);
     match presented.map(|key| ctx.api_keys.position(key.trim().as_bytes())) {
         Some(Some(caller)) => Ok(caller),
         Some(None) => Err(ApiError::new(
@@ -219,6 +252,13 @@ fn authorize(
             "missing `Authorization: Bearer <key>` header",
         )),
     }
+}
+
+/// The credentials of an `Authorization: Bearer <token>` header; the scheme is
+/// case-insensitive (RFC 9110 11.1).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token)
 }
 
 fn healthz() -> Response<Body> {
@@ -347,9 +387,11 @@ async fn json_body<T: for<'de> Deserialize<'de>>(
     if declared.is_some_and(|length| length > ctx.max_body_bytes) {
         return Err(too_large());
     }
-    let body = Limited::new(request.into_body(), ctx.max_body_bytes)
-        .collect()
-        .await
+    let read = Limited::new(request.into_body(), ctx.max_body_bytes).collect();
+    let Ok(body) = tokio::time::timeout(ctx.body_timeout, read).await else {
+        return Err(ApiError::body_timeout(ctx.body_timeout));
+    };
+    let body = body
         .map_err(|err| {
             if err.is::<http_body_util::LengthLimitError>() {
                 too_large()

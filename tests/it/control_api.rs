@@ -187,8 +187,62 @@ async fn api_keys_are_required_when_configured() {
     assert_eq!(response.status().as_u16(), 401);
     let response = server.http.get(&url).bearer_auth(key).send().await.unwrap();
     assert_eq!(response.status().as_u16(), 200);
+    // The scheme is case-insensitive (RFC 9110 11.1).
+    for scheme in ["bearer", "BEARER", "BeArEr"] {
+        let response = server
+            .http
+            .get(&url)
+            .header("authorization", format!("{scheme} {key}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200, "{scheme}");
+    }
+    let response = server
+        .http
+        .get(&url)
+        .header("authorization", format!("Basic {key}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 401);
     // Health endpoints stay open for load balancers.
     assert_eq!(server.get("/healthz").await.0, 200);
+    server.drain().await;
+}
+
+#[tokio::test]
+async fn head_is_get_without_a_body() {
+    let server = TestServer::start().await;
+    for path in ["/healthz", "/readyz", "/metrics", "/v1/stats", "/v1/nodes"] {
+        let get = server
+            .http
+            .get(server.control_url(path))
+            .send()
+            .await
+            .unwrap();
+        let head = server
+            .http
+            .head(server.control_url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(head.status(), get.status(), "{path}");
+        assert_eq!(
+            head.headers()["content-type"],
+            get.headers()["content-type"],
+            "{path}"
+        );
+        assert!(head.bytes().await.unwrap().is_empty(), "{path}");
+    }
+    let response = server
+        .http
+        .post(server.control_url("/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 405);
+    assert_eq!(response.headers()["allow"], "GET, HEAD");
     server.drain().await;
 }
 

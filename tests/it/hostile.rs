@@ -432,6 +432,71 @@ async fn invalid_client_close_codes_are_protocol_errors() {
     server.drain().await;
 }
 
+/// 300 control API requests whose bodies trickle in a byte at a time: each gets 408 at
+/// `control.body_timeout` and its connection is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickled_request_bodies_get_408_and_are_closed() {
+    let server = TestServer::builder()
+        .configure(|c| c.control.body_timeout = Duration::from_millis(500))
+        .start()
+        .await;
+    let started = Instant::now();
+    let statuses = with_bystander(&server, async {
+        let mut trickles = Vec::new();
+        for _ in 0..300 {
+            let addr = server.control_addr;
+            trickles.push(tokio::spawn(async move {
+                let stream = TcpStream::connect(addr).await.unwrap();
+                let (mut read_half, mut write_half) = stream.into_split();
+                let head = "POST /v1/publish HTTP/1.1\r\nHost: t\r\n\
+                    Content-Type: application/json\r\nContent-Length: 100\r\n\r\n";
+                write_half.write_all(head.as_bytes()).await.unwrap();
+                // One byte every 200 ms: each byte would reset a per-read timeout.
+                let trickle = tokio::spawn(async move {
+                    for _ in 0..100 {
+                        if write_half.write_all(b" ").await.is_err() {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                });
+                let mut response = Vec::new();
+                let reading = async {
+                    let mut chunk = [0_u8; 1024];
+                    loop {
+                        match read_half.read(&mut chunk).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(read) => response.extend_from_slice(&chunk[..read]),
+                        }
+                    }
+                };
+                tokio::time::timeout(Duration::from_secs(5), reading)
+                    .await
+                    .expect("the connection is closed, not held");
+                trickle.abort();
+                String::from_utf8_lossy(&response).into_owned()
+            }));
+        }
+        let mut statuses = Vec::new();
+        for trickle in trickles {
+            statuses.push(trickle.await.unwrap());
+        }
+        statuses
+    })
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(6));
+    for response in &statuses {
+        assert!(response.starts_with("HTTP/1.1 408"), "{response}");
+    }
+    assert!(
+        server
+            .metric("ws_http_requests_total{route=\"publish\",status=\"408\"}")
+            .await
+            >= 300.0
+    );
+    server.drain().await;
+}
+
 /// The resident memory of process `pid`, in KiB.
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
