@@ -385,6 +385,19 @@ impl Inner {
         u64::try_from(self.settings.channel_state_ttl.as_millis()).unwrap_or(u64::MAX)
     }
 
+    /// Lifetime of the state a read creates for a channel that never had a message: as long
+    /// as history would keep one (at least a minute, at most `channel_state_ttl`), so that
+    /// subscribes to names nobody publishes on leave nothing behind for a day. The first
+    /// publish extends it to `channel_state_ttl`.
+    fn fresh_state_ttl_ms(&self) -> u64 {
+        let ttl = self
+            .settings
+            .history_ttl
+            .max(Duration::from_secs(60))
+            .min(self.settings.channel_state_ttl);
+        u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)
+    }
+
     async fn publish(&self, channel: &ChannelName, data: &str) -> Result<Offset, BusError> {
         let mut conn = self.conn()?;
         let (meta, hist, bus) = self.channel_keys(channel);
@@ -460,7 +473,7 @@ impl Inner {
             .arg(format!("{:016x}", rand::random::<u64>()))
             .arg(start)
             .arg(limit.max(1))
-            .arg(self.state_ttl_ms());
+            .arg(self.fresh_state_ttl_ms());
         let value = tokio::time::timeout(
             self.settings.publish_timeout,
             invocation.invoke_async::<Value>(&mut conn),
