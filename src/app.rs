@@ -198,6 +198,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             }
         }
     }));
+    if let Some(threshold) = memory_threshold(config.limits.memory_pressure_bytes) {
+        tracing::info!(threshold_bytes = threshold, "Memory pressure admission on");
+        background.spawn(watch_memory(
+            Arc::clone(&hub),
+            readiness.clone(),
+            threshold,
+            background_stop.clone(),
+        ));
+    }
     background.spawn(every(
         METRICS_UPKEEP_INTERVAL,
         background_stop.clone(),
@@ -306,6 +315,72 @@ async fn accept_loop(
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+}
+
+/// How often the process's resident memory is read for memory-pressure admission.
+const MEMORY_WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The memory-pressure threshold: the configured one, or 90% of the cgroup's memory limit
+/// when configured 0; `None` when off.
+fn memory_threshold(configured: u64) -> Option<u64> {
+    if configured > 0 {
+        return Some(configured);
+    }
+    let limit = std::fs::read_to_string("/sys/fs/cgroup/memory.max").ok()?;
+    // "max" when the cgroup has no limit.
+    let limit: u64 = limit.trim().parse().ok()?;
+    Some(limit / 10 * 9)
+}
+
+/// The process's resident memory, from `/proc/self/statm` (Linux); `None` elsewhere.
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // 4 KiB pages: Linux on x86-64 and most arm64 kernels.
+    Some(pages * 4096)
+}
+
+/// Refuses new upgrades while resident memory is at or above `threshold`, and accepts again
+/// below 95% of it, so that the node does not flap at the edge. Holds a readiness latch and
+/// sets `ws_memory_pressure` meanwhile.
+async fn watch_memory(
+    hub: HubHandle,
+    readiness: Readiness,
+    threshold: u64,
+    stop: CancellationToken,
+) {
+    let mut latch: Option<Latch> = None;
+    let mut interval = tokio::time::interval(MEMORY_WATCH_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            _ = interval.tick() => {}
+        }
+        let Some(resident) = resident_bytes() else {
+            continue;
+        };
+        let pressure = if latch.is_some() {
+            resident >= threshold / 100 * 95
+        } else {
+            resident >= threshold
+        };
+        if pressure != latch.is_some() {
+            if pressure {
+                tracing::warn!(
+                    resident_bytes = resident,
+                    threshold_bytes = threshold,
+                    "Memory pressure: refusing new connections"
+                );
+                latch = Some(readiness.hold("memory_pressure"));
+            } else {
+                tracing::info!(resident_bytes = resident, "Memory pressure over");
+                latch = None;
+            }
+        }
+        hub.set_memory_pressure(pressure);
+        telemetry::memory_watched(resident, pressure);
     }
 }
 

@@ -19,6 +19,8 @@ use crate::{
 
 pub const CONNECTIONS: &str = "ws_connections";
 pub const PENDING_UPGRADES: &str = "ws_pending_upgrades";
+pub const MEMORY_PRESSURE: &str = "ws_memory_pressure";
+pub const RESIDENT_MEMORY: &str = "process_resident_memory_bytes";
 pub const CONNECTIONS_ACCEPTED: &str = "ws_connections_accepted_total";
 pub const CONNECTIONS_REJECTED: &str = "ws_connections_rejected_total";
 pub const CONNECTIONS_CLOSED: &str = "ws_connections_closed_total";
@@ -137,6 +139,16 @@ pub fn connection_closed(end: &'static str) {
     metrics::counter!(CONNECTIONS_CLOSED, "end" => end).increment(1);
 }
 
+/// Records the memory watch's reading: resident bytes, and whether upgrades are refused.
+#[allow(
+    clippy::cast_precision_loss,
+    reason = "gauges are f64; memory sizes stay far below 2^52"
+)]
+pub fn memory_watched(resident_bytes: u64, pressure: bool) {
+    metrics::gauge!(RESIDENT_MEMORY).set(resident_bytes as f64);
+    metrics::gauge!(MEMORY_PRESSURE).set(if pressure { 1.0 } else { 0.0 });
+}
+
 /// Counts a refused upgrade by reason.
 pub fn connection_rejected(reason: &'static str) {
     metrics::counter!(CONNECTIONS_REJECTED, "reason" => reason).increment(1);
@@ -208,6 +220,15 @@ pub fn record_snapshot(snapshot: &Snapshot) {
 
 fn describe() {
     describe_gauge!(CONNECTIONS, "Open WebSocket connections");
+    describe_gauge!(
+        MEMORY_PRESSURE,
+        "1 while resident memory is above limits.memory_pressure_bytes and new upgrades are refused"
+    );
+    describe_gauge!(
+        RESIDENT_MEMORY,
+        Unit::Bytes,
+        "Resident memory of the process, as the memory-pressure watch read it"
+    );
     describe_gauge!(
         PENDING_UPGRADES,
         "Connections accepted and not yet upgraded (or refused)"

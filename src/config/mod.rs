@@ -157,6 +157,11 @@ pub struct LimitsConfig {
     /// Largest upgrade request head (request line and headers), in bytes; larger gets 431.
     /// Default 16 KiB.
     pub max_upgrade_request_bytes: usize,
+    /// Resident memory of the process above which new upgrades get 503 (with `Retry-After`)
+    /// and `/readyz` reports `memory_pressure`, while existing connections go on; below 95%
+    /// of it the node accepts again. Default 0: 90% of the container's memory limit (cgroup
+    /// v2 `memory.max`) when there is one, else off.
+    pub memory_pressure_bytes: u64,
 }
 
 /// Per-connection behaviour.
@@ -332,6 +337,7 @@ impl Default for LimitsConfig {
             max_pending_upgrades: 10_000,
             max_pending_upgrades_per_ip: 1024,
             max_upgrade_request_bytes: 16 * 1024,
+            memory_pressure_bytes: 0,
         }
     }
 }

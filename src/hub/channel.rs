@@ -20,8 +20,26 @@ use tokio::time::Instant;
 use super::{ConnId, Frame, Outbound};
 use crate::protocol::Offset;
 
-/// Bookkeeping bytes counted per history entry on top of its frame.
-const ENTRY_OVERHEAD: usize = std::mem::size_of::<Entry>() + 16;
+/// What the allocator adds to each allocation (glibc: a 16-byte header and rounding).
+const MALLOC_OVERHEAD: usize = 16;
+
+/// Bytes counted per history entry on top of its frame: the frame's buffer has room for the
+/// longest header (10 bytes) and is an allocation of its own. The `Entry` itself lives in the
+/// channel's ring and is counted with it.
+const ENTRY_OVERHEAD: usize = 10 + MALLOC_OVERHEAD;
+
+/// What a channel that holds history costs beyond its entries and its ring, counted against
+/// `history.max_memory_bytes` with them (its name's length comes on top):
+/// the channel behind its `Arc<Mutex<_>>` (two counts), its name's `Arc<str>` (two counts),
+/// its slot in the shard's map (key, value and a control byte, at the map's 7/8 load), and
+/// the allocator's share of those two allocations. `docs/security.md` has the measured total.
+pub(super) const CHANNEL_OVERHEAD: usize = std::mem::size_of::<std::sync::Mutex<Channel>>()
+    + 16
+    + 16
+    + (std::mem::size_of::<(crate::protocol::ChannelName, Arc<std::sync::Mutex<Channel>>)>() + 1)
+        * 8
+        / 7
+    + 2 * MALLOC_OVERHEAD;
 
 /// A published message kept for resume.
 #[derive(Debug, Clone)]
@@ -81,10 +99,15 @@ pub(super) struct Channel {
     pub(super) pending: Vec<Entry>,
     /// `pending` overflowed `MAX_PENDING`: pinned subscribes cannot prove continuity.
     pub(super) pending_lost: bool,
+    /// Length of the channel's name, for what it costs.
+    name_len: u32,
+    /// Bytes this channel (not its entries) counts against the node's history budget now:
+    /// 0 while it holds no history.
+    charged: usize,
 }
 
 impl Channel {
-    pub(super) fn new(synced: bool) -> Self {
+    pub(super) fn new(synced: bool, name_len: usize) -> Self {
         Self {
             // A fresh random epoch per channel instance: offsets from an instance whose history
             // was lost can never be mistaken for offsets of this one.
@@ -97,7 +120,36 @@ impl Channel {
             pins: 0,
             pending: Vec::new(),
             pending_lost: false,
+            name_len: u32::try_from(name_len).unwrap_or(u32::MAX),
+            charged: 0,
         }
+    }
+
+    /// Brings the channel's own charge against the history budget in line with what it holds
+    /// now: nothing without history (the ring is then freed too), else the channel, its name
+    /// and its ring's capacity.
+    fn settle(&mut self, policy: &HistoryPolicy) {
+        let cost = if self.history.is_empty() {
+            if self.history.capacity() > 0 {
+                self.history = VecDeque::new();
+            }
+            0
+        } else {
+            CHANNEL_OVERHEAD
+                + self.name_len as usize
+                + self.history.capacity() * std::mem::size_of::<Entry>()
+                + MALLOC_OVERHEAD
+        };
+        if cost >= self.charged {
+            policy
+                .used_bytes
+                .fetch_add(cost - self.charged, Ordering::Relaxed);
+        } else {
+            policy
+                .used_bytes
+                .fetch_sub(self.charged - cost, Ordering::Relaxed);
+        }
+        self.charged = cost;
     }
 
     pub(super) fn offset(&self) -> Offset {
@@ -173,6 +225,7 @@ impl Channel {
         policy.used_bytes.fetch_add(entry.cost(), Ordering::Relaxed);
         policy.used_messages.fetch_add(1, Ordering::Relaxed);
         self.history.push_back(entry);
+        self.settle(policy);
         while self.history.len() > policy.size {
             self.forget_oldest(policy);
         }
@@ -201,6 +254,9 @@ impl Channel {
         if let Some(entry) = self.history.pop_front() {
             policy.used_bytes.fetch_sub(entry.cost(), Ordering::Relaxed);
             policy.used_messages.fetch_sub(1, Ordering::Relaxed);
+            if self.history.is_empty() {
+                self.settle(policy);
+            }
         }
     }
 

@@ -26,7 +26,7 @@ use std::{
     hash::{Hash, Hasher},
     sync::{
         Arc, Mutex, MutexGuard, PoisonError, RwLock,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -77,6 +77,8 @@ pub struct Hub {
     admitted: AtomicUsize,
     /// Connections accepted and not yet upgraded.
     pending: Arc<PendingUpgrades>,
+    /// The process is above `limits.memory_pressure_bytes`: new upgrades are refused.
+    memory_pressure: AtomicBool,
     settings: HubSettings,
     history: HistoryPolicy,
     started: Instant,
@@ -225,6 +227,7 @@ impl Hub {
             conns: DashMap::with_shard_amount(settings.shards.max(2)),
             next_conn_id: AtomicU64::new(1),
             admitted: AtomicUsize::new(0),
+            memory_pressure: AtomicBool::new(false),
             pending: PendingUpgrades::new(
                 settings.max_pending_upgrades,
                 settings.max_pending_upgrades_per_ip,
@@ -264,6 +267,18 @@ impl Hub {
     #[must_use]
     pub fn pending_upgrades(&self) -> &Arc<PendingUpgrades> {
         &self.pending
+    }
+
+    /// Whether the process is above its memory threshold, so that new upgrades are refused
+    /// (existing connections go on).
+    #[must_use]
+    pub fn under_memory_pressure(&self) -> bool {
+        self.memory_pressure.load(Ordering::Relaxed)
+    }
+
+    /// Set by the node's memory watch.
+    pub fn set_memory_pressure(&self, pressure: bool) {
+        self.memory_pressure.store(pressure, Ordering::Relaxed);
     }
 
     /// Registers a connection and returns its outbound handle. With a `wire`, publishers
@@ -372,13 +387,17 @@ impl Hub {
         let mut f = Some(f);
         loop {
             let existing = read(&shard.channels).get(name).cloned();
-            let slot =
-                match existing {
-                    Some(slot) => slot,
-                    None => Arc::clone(write(&shard.channels).entry(name.clone()).or_insert_with(
-                        || Arc::new(Mutex::new(Channel::new(!self.settings.remote))),
-                    )),
-                };
+            let slot = match existing {
+                Some(slot) => slot,
+                None => Arc::clone(write(&shard.channels).entry(name.clone()).or_insert_with(
+                    || {
+                        Arc::new(Mutex::new(Channel::new(
+                            !self.settings.remote,
+                            name.as_str().len(),
+                        )))
+                    },
+                )),
+            };
             let mut channel = lock(&slot);
             if channel.removed {
                 // The sweeper dropped it between our lookup and our lock: look again.
@@ -410,7 +429,7 @@ impl Hub {
         let metrics = telemetry::metrics();
         let shard = self.shard(channel);
         let mut to_flush = Vec::new();
-        let (offset, delivered) = self.with_channel(channel, |state| {
+        let (offset, delivered, idle) = self.with_channel(channel, |state| {
             let offset = state.next_offset();
             let text = protocol::encode_message(channel, offset, data);
             let data_start = u32::try_from(text.len() - data.len() - 1)
@@ -431,8 +450,12 @@ impl Hub {
                 &self.history,
                 now,
             );
-            (offset, delivered)
+            (offset, delivered, state.is_idle())
         });
+        if idle {
+            // Nobody listens and history is off: nothing to keep.
+            self.drop_if_idle(channel);
+        }
         flush_all(to_flush);
         metrics.messages_published.increment(1);
         metrics.messages_delivered.increment(delivered as u64);
@@ -618,7 +641,13 @@ impl Hub {
     /// Gives up a pin taken by a subscribe that answered [`SubscribeError::NeedRemote`] and
     /// could not read the bus. Prefer [`Hub::adopt_pin`], which cannot forget it.
     pub fn unpin(&self, channel: &ChannelName) {
-        self.with_existing_channel(channel, Channel::unpin);
+        let idle = self.with_existing_channel(channel, |state| {
+            state.unpin();
+            state.is_idle()
+        });
+        if idle == Some(true) {
+            self.drop_if_idle(channel);
+        }
     }
 
     /// Takes ownership of the pin a subscribe took when it answered
@@ -719,15 +748,40 @@ impl Hub {
     /// Removes one subscription; `false` when it did not exist.
     pub fn unsubscribe(&self, conn_id: ConnId, channel: &ChannelName) -> bool {
         let shard = self.shard(channel);
-        let removed = self
+        let (removed, idle) = self
             .with_existing_channel(channel, |state| {
-                state.subscribers.swap_remove(&conn_id).is_some()
+                (
+                    state.subscribers.swap_remove(&conn_id).is_some(),
+                    state.is_idle(),
+                )
             })
-            .unwrap_or(false);
+            .unwrap_or((false, false));
         if removed {
             shard.subscriptions.fetch_sub(1, Ordering::Relaxed);
         }
+        if idle {
+            self.drop_if_idle(channel);
+        }
         removed
+    }
+
+    /// Drops a channel that holds nothing (no subscribers, no history, no pins) at once
+    /// rather than at the next sweep: a client cycling through channel names leaves nothing.
+    /// Takes the shard lock, then the channel's (the lock order), and checks again under both.
+    fn drop_if_idle(&self, name: &ChannelName) {
+        let shard = self.shard(name);
+        let mut channels = write(&shard.channels);
+        let Some(slot) = channels.get(name) else {
+            return;
+        };
+        let mut channel = lock(slot);
+        if !channel.is_idle() {
+            return;
+        }
+        channel.forget_all(&self.history);
+        channel.removed = true;
+        drop(channel);
+        channels.remove(name);
     }
 
     /// Reads history after `since` (or the newest messages), at most `limit`, oldest first.

@@ -193,12 +193,15 @@ fn the_byte_limit_also_closes_a_slow_consumer() {
     assert_eq!(conn.close_code(), Some(protocol::CloseCode::SlowConsumer));
 }
 
-#[test]
-fn sweep_drops_idle_channels_and_a_new_instance_gets_a_new_epoch() {
-    let hub = hub_with(0, 64);
+#[tokio::test(start_paused = true)]
+async fn sweep_drops_idle_channels_and_a_new_instance_gets_a_new_epoch() {
+    let hub = hub_with(10, 64);
     let news = name("news");
     let old = hub.publish(&news, "1");
-    assert_eq!(hub.sweep(), 1);
+    assert_eq!(hub.sweep(), 0, "history keeps the channel");
+    tokio::time::advance(Duration::from_secs(3600)).await;
+    assert_eq!(hub.sweep(), 1, "expired history frees it");
+    assert_eq!(hub.snapshot().history_bytes, 0);
     let new = hub.publish(&news, "2");
     assert_ne!(old.epoch, new.epoch);
     assert_eq!(new.seq, 1);
@@ -212,8 +215,43 @@ fn sweep_keeps_channels_with_subscribers() {
     hub.subscribe(&conn, &news, None, None, reply).unwrap();
     assert_eq!(hub.sweep(), 0);
     hub.deregister(conn.conn_id(), [&news]);
-    assert_eq!(hub.sweep(), 1);
     assert_eq!(hub.connections(), 0);
+    assert_eq!(
+        hub.snapshot().channels,
+        0,
+        "a channel with no subscribers and no history goes at once"
+    );
+}
+
+#[test]
+fn channels_are_charged_what_they_hold_and_freed_when_empty() {
+    let hub = hub_with(10, 64);
+    let payload = "\"hello\"";
+    hub.publish(&name("a"), payload);
+    let one = hub.snapshot().history_bytes;
+    assert!(
+        one > channel::CHANNEL_OVERHEAD + 60,
+        "a channel with one message is charged {one} bytes"
+    );
+    // A second channel costs the same again; a second message in the first costs less.
+    hub.publish(&name("b"), payload);
+    assert_eq!(hub.snapshot().history_bytes, 2 * one);
+    hub.publish(&name("a"), payload);
+    let three = hub.snapshot().history_bytes;
+    assert!(three < 3 * one && three > 2 * one, "{three} vs {one}");
+    // History off: a publish to a channel nobody follows keeps nothing.
+    let no_history = hub_with(0, 64);
+    no_history.publish(&name("x"), payload);
+    assert_eq!(no_history.snapshot().channels, 0);
+    assert_eq!(no_history.snapshot().history_bytes, 0);
+    // Unsubscribing the last subscriber of a channel without history drops it at once.
+    let (conn, _rx) = registered(&no_history);
+    no_history
+        .subscribe(&conn, &name("y"), None, None, reply)
+        .unwrap();
+    assert_eq!(no_history.snapshot().channels, 1);
+    assert!(no_history.unsubscribe(conn.conn_id(), &name("y")));
+    assert_eq!(no_history.snapshot().channels, 0);
 }
 
 #[test]
@@ -478,7 +516,7 @@ fn a_failed_bus_read_unpins_the_channel() {
     assert!(hub.subscribe(&conn, &news, None, None, reply).is_err());
     assert_eq!(hub.sweep(), 0, "pinned channels stay");
     hub.unpin(&news);
-    assert_eq!(hub.sweep(), 1);
+    assert_eq!(hub.snapshot().channels, 0);
 }
 
 #[tokio::test]
@@ -497,7 +535,11 @@ async fn an_adopted_pin_is_given_back_when_the_read_is_cancelled() {
             .await
             .is_err()
     );
-    assert_eq!(hub.sweep(), 1, "the cancelled read left no pin behind");
+    assert_eq!(
+        hub.snapshot().channels,
+        0,
+        "the cancelled read left no pin behind"
+    );
     // A consumed pin is not given back twice.
     assert!(hub.subscribe(&conn, &news, None, None, reply).is_err());
     let other = name("other");
@@ -506,7 +548,11 @@ async fn an_adopted_pin_is_given_back_when_the_read_is_cancelled() {
     hub.unpin(&other);
     pin.consumed();
     drop(hub.adopt_pin(&news));
-    assert_eq!(hub.sweep(), 2);
+    assert_eq!(
+        hub.snapshot().channels,
+        0,
+        "unpinned idle channels go at once"
+    );
 }
 
 #[tokio::test(start_paused = true)]

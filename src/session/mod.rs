@@ -298,6 +298,16 @@ where
         upgrade::refuse(stream, refusal, Some(1)).await;
         return None;
     }
+    if ctx.hub.under_memory_pressure() && !is_echo {
+        telemetry::connection_rejected("memory_pressure");
+        let refusal = Refusal::new(
+            503,
+            "memory_pressure",
+            "the server is low on memory; try another node or later",
+        );
+        upgrade::refuse(stream, refusal, Some(10)).await;
+        return None;
+    }
     let admission = if is_echo {
         None
     } else if ctx.hub.try_admit() {

@@ -497,6 +497,58 @@ async fn trickled_request_bodies_get_408_and_are_closed() {
     server.drain().await;
 }
 
+/// Above `limits.memory_pressure_bytes` new upgrades get 503 with Retry-After and `/readyz`
+/// reports it, while an existing connection keeps its full rate; below, the node accepts again.
+/// The test process grows its own memory (the server runs in it) by touching 768 MiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_pressure_refuses_new_upgrades_and_keeps_existing_ones() {
+    let own_rss = rss_kib(std::process::id()) * 1024;
+    let server = TestServer::builder()
+        .configure(|c| c.limits.memory_pressure_bytes = own_rss + 384 * 1024 * 1024)
+        .start()
+        .await;
+    with_bystander(&server, async {
+        let ballast = vec![1_u8; 768 * 1024 * 1024];
+        crate::assert_eventually!(
+            server.metric("ws_memory_pressure").await == 1.0,
+            "the watch sees the pressure"
+        );
+        let (status, body) = server.get_json("/readyz").await;
+        assert_eq!(status, 503);
+        assert!(
+            body["reasons"].to_string().contains("memory_pressure"),
+            "{body}"
+        );
+        let mut refused = TcpStream::connect(server.ws_addr).await.unwrap();
+        let (status, head) = http(&mut refused, UPGRADE).await;
+        assert_eq!(status, 503, "{head}");
+        assert!(head.contains("Retry-After"), "{head}");
+        assert_eq!(
+            ballast
+                .iter()
+                .step_by(4096)
+                .map(|&b| usize::from(b))
+                .sum::<usize>(),
+            768 * 256
+        );
+        drop(ballast);
+        crate::assert_eventually!(
+            server.metric("ws_memory_pressure").await == 0.0,
+            "the pressure ends with the ballast"
+        );
+        upgraded(server.ws_addr).await;
+    })
+    .await;
+    assert!(
+        server
+            .metric("ws_connections_rejected_total{reason=\"memory_pressure\"}")
+            .await
+            >= 1.0
+    );
+    assert_eq!(server.get("/readyz").await.0, 200);
+    server.drain().await;
+}
+
 /// The resident memory of process `pid`, in KiB.
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
