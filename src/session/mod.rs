@@ -404,9 +404,84 @@ async fn finish_close<S>(
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.flush_and_shutdown()).await;
 }
 
+/// Feeds `input` to a session's read path as a client would send it: the upgrade request
+/// (read and checked as `serve_tcp` does), then WebSocket frames through the same socket
+/// reader and decoder a session uses, arriving `chunk` bytes per read. Returns the frames
+/// read. For the fuzzer (`fuzz/fuzz_targets/session_read.rs`); not part of the API.
+///
+/// # Panics
+/// Only on a bug: the read path must take any input.
+#[doc(hidden)]
+pub fn fuzz_read_path(input: &[u8], chunk: usize) -> usize {
+    /// An in-memory client that hands over at most `chunk` bytes per read.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        chunk: usize,
+    }
+    impl AsyncRead for Trickle<'_> {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let n = self.data.len().min(self.chunk.max(1)).min(buf.remaining());
+            let (now, rest) = self.data.split_at(n);
+            buf.put_slice(now);
+            self.data = rest;
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+    let limits = ws::Limits {
+        max_message_bytes: 4096,
+        max_fragments: 16,
+    };
+    let run = async {
+        let mut client = Trickle { data: input, chunk };
+        let Ok((_, leftover)) = upgrade::read_request(&mut client, 4096, &["/ws"]).await else {
+            return 0;
+        };
+        let mut socket = Socket::new(Coalesce::new(client), leftover, 256);
+        let mut frames = 0;
+        while let Ok(frame) = std::future::poll_fn(|cx| socket.poll_frame(cx, &limits)).await {
+            if let ws::Inbound::Text(text) = &frame {
+                assert!(std::str::from_utf8(text).is_ok(), "text frames are UTF-8");
+                let _ = protocol::decode_client_frame(std::str::from_utf8(text).unwrap_or(""));
+            }
+            frames += 1;
+        }
+        frames
+    };
+    // Nothing here waits: the client never returns `Pending`.
+    let mut run = std::pin::pin!(run);
+    match run
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+    {
+        std::task::Poll::Ready(frames) => frames,
+        std::task::Poll::Pending => unreachable!("an in-memory client never makes the reader wait"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fuzzed_read_path_reads_a_whole_session() {
+        let mut input = b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\
+            Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+            Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+            .to_vec();
+        // RFC 6455 5.7: "Hello", masked, then a ping.
+        input.extend_from_slice(&[
+            0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58, 0x89, 0x80, 0, 0, 0,
+            0,
+        ]);
+        for chunk in [1, 3, 7, 4096] {
+            assert_eq!(fuzz_read_path(&input, chunk), 2, "chunk {chunk}");
+        }
+        assert_eq!(fuzz_read_path(b"garbage", 1), 0);
+    }
 
     #[tokio::test]
     async fn session_task_states_stay_small() {
