@@ -35,6 +35,7 @@ pub const RATE_LIMITED: &str = "ws_rate_limited_total";
 pub const QUEUE_MESSAGES: &str = "ws_outbound_queue_messages";
 pub const QUEUE_MAX_MESSAGES: &str = "ws_outbound_queue_max_messages";
 pub const QUEUE_BYTES: &str = "ws_outbound_queue_bytes";
+pub const SESSION_BUFFER_BYTES: &str = "ws_session_buffer_bytes";
 pub const PUBLISH_TO_ENQUEUE: &str = "ws_publish_to_enqueue_seconds";
 pub const HISTORY_BYTES: &str = "ws_history_bytes";
 pub const HISTORY_MESSAGES: &str = "ws_history_messages";
@@ -193,6 +194,7 @@ pub struct Snapshot {
     pub queue_messages: usize,
     pub queue_max_messages: usize,
     pub queue_bytes: usize,
+    pub session_buffer_bytes: usize,
     pub history_bytes: usize,
     pub history_messages: usize,
 }
@@ -214,6 +216,7 @@ pub fn record_snapshot(snapshot: &Snapshot) {
     set(QUEUE_MESSAGES, snapshot.queue_messages);
     set(QUEUE_MAX_MESSAGES, snapshot.queue_max_messages);
     set(QUEUE_BYTES, snapshot.queue_bytes);
+    set(SESSION_BUFFER_BYTES, snapshot.session_buffer_bytes);
     set(HISTORY_BYTES, snapshot.history_bytes);
     set(HISTORY_MESSAGES, snapshot.history_messages);
 }
@@ -269,6 +272,12 @@ fn describe() {
         QUEUE_BYTES,
         Unit::Bytes,
         "Bytes waiting in all outbound queues"
+    );
+    describe_gauge!(
+        SESSION_BUFFER_BYTES,
+        Unit::Bytes,
+        "Bytes sessions hold outside their queues: read buffers, messages being assembled, \
+         bytes taken off a queue and not yet written"
     );
     describe_histogram!(
         PUBLISH_TO_ENQUEUE,

@@ -386,14 +386,14 @@ impl Inner {
     }
 
     /// Lifetime of the state a read creates for a channel that never had a message: as long
-    /// as history would keep one (at least a minute, at most `channel_state_ttl`), so that
+    /// as history would keep one (at least a second, at most `channel_state_ttl`), so that
     /// subscribes to names nobody publishes on leave nothing behind for a day. The first
     /// publish extends it to `channel_state_ttl`.
     fn fresh_state_ttl_ms(&self) -> u64 {
         let ttl = self
             .settings
             .history_ttl
-            .max(Duration::from_secs(60))
+            .max(Duration::from_secs(1))
             .min(self.settings.channel_state_ttl);
         u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)
     }

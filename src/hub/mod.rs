@@ -894,6 +894,7 @@ impl Hub {
             snapshot.queue_messages += queued;
             snapshot.queue_max_messages = snapshot.queue_max_messages.max(queued);
             snapshot.queue_bytes += entry.value().queued_bytes();
+            snapshot.session_buffer_bytes += entry.value().session_bytes();
         }
         snapshot
     }

@@ -123,6 +123,9 @@ pub struct Outbound {
     handoff: Mutex<Vec<Bytes>>,
     /// Bytes enqueued and not yet taken by the session's write side.
     queued_bytes: AtomicUsize,
+    /// Bytes the session holds for this connection outside the queue (read buffer, a message
+    /// being assembled, bytes taken off the queue and not yet written), as it last reported.
+    session_bytes: AtomicUsize,
     max_bytes: usize,
     /// `CloseCode::index()` of the first close requested, or `OPEN`.
     close_code: AtomicU8,
@@ -161,6 +164,7 @@ impl Outbound {
             wire,
             handoff: Mutex::new(Vec::new()),
             queued_bytes: AtomicUsize::new(0),
+            session_bytes: AtomicUsize::new(0),
             max_bytes,
             close_code: AtomicU8::new(OPEN),
             session: AtomicWaker::new(),
@@ -546,5 +550,16 @@ impl Outbound {
     #[must_use]
     pub fn queued_bytes(&self) -> usize {
         self.queued_bytes.load(Ordering::Relaxed)
+    }
+
+    /// For the session: how many bytes it holds for this connection outside the queue.
+    pub fn report_session_bytes(&self, bytes: usize) {
+        self.session_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    /// Bytes the session last reported holding outside the queue.
+    #[must_use]
+    pub fn session_bytes(&self) -> usize {
+        self.session_bytes.load(Ordering::Relaxed)
     }
 }

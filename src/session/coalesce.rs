@@ -62,6 +62,11 @@ impl<S> Coalesce<S> {
         self.lane = Some(outbound);
     }
 
+    /// Bytes queued and not yet written.
+    pub(super) fn unwritten(&self) -> usize {
+        self.unwritten
+    }
+
     /// Whether the queue is under the high-water mark.
     pub(super) fn has_room(&self) -> bool {
         self.unwritten < HIGH_WATER

@@ -65,7 +65,10 @@ where
         return Poll::Ready(Event::Closed);
     }
     let then = then(cx, socket);
-    if let Poll::Ready(err) = writer::poll_write(cx, socket, outbound) {
+    let wrote = writer::poll_write(cx, socket, outbound);
+    // A relaxed store per poll, so that `ws_session_buffer_bytes` counts what sessions hold.
+    outbound.report_session_bytes(socket.held_bytes());
+    if let Poll::Ready(err) = wrote {
         return Poll::Ready(Event::WriteFailed(err));
     }
     then.map(Event::Ready)

@@ -65,6 +65,12 @@ impl<S> Socket<S> {
         self.decoder.in_message()
     }
 
+    /// Bytes held for this connection: the read buffer, a message being assembled, and what
+    /// waits in `Coalesce` to be written.
+    pub(super) fn held_bytes(&self) -> usize {
+        self.read_buf.capacity() + self.decoder.assembling_bytes() + self.stream.unwritten()
+    }
+
     /// After a frame was taken: frees an empty buffer, and gives back the space a large
     /// frame needed once what is left fits a few chunks.
     fn tidy(&mut self) {
