@@ -254,9 +254,7 @@ where
     let _pending = match ctx.hub.pending_upgrades().try_acquire(peer) {
         Ok(slot) => slot,
         Err(reason) => {
-            telemetry::connection_rejected(reason);
-            let refusal = Refusal::new(503, reason, "too many connections are upgrading");
-            upgrade::refuse(stream, refusal, Some(1)).await;
+            upgrade::refuse(stream, Refusal::pending(reason)).await;
             return None;
         }
     };
@@ -273,8 +271,7 @@ where
     let (request, leftover) = match read.await {
         Ok(Ok(read)) => read,
         Ok(Err(Some(refusal))) => {
-            telemetry::connection_rejected(refusal.reason);
-            upgrade::refuse(stream, refusal, None).await;
+            upgrade::refuse(stream, refusal).await;
             return None;
         }
         Ok(Err(None)) => {
@@ -287,37 +284,24 @@ where
         }
     };
     let is_echo = request.path == settings.echo_path;
-    if throttled {
+    let refusal = if throttled {
         telemetry::rate_limited(RateScope::Ip);
-        telemetry::connection_rejected("ip_rate_limited");
-        let refusal = Refusal::new(
-            429,
-            "ip_rate_limited",
-            "too many new connections from this address",
-        );
-        upgrade::refuse(stream, refusal, Some(1)).await;
-        return None;
-    }
-    if ctx.hub.under_memory_pressure() && !is_echo {
-        telemetry::connection_rejected("memory_pressure");
-        let refusal = Refusal::new(
-            503,
-            "memory_pressure",
-            "the server is low on memory; try another node or later",
-        );
-        upgrade::refuse(stream, refusal, Some(10)).await;
-        return None;
-    }
-    let admission = if is_echo {
+        Some(upgrade::IP_RATE_LIMITED)
+    } else if is_echo {
         None
-    } else if ctx.hub.try_admit() {
-        Some(Admission(Arc::clone(&ctx.hub)))
+    } else if ctx.hub.under_memory_pressure() {
+        Some(upgrade::MEMORY_PRESSURE)
+    } else if !ctx.hub.try_admit() {
+        Some(upgrade::MAX_CONNECTIONS)
     } else {
-        telemetry::connection_rejected("max_connections");
-        let refusal = Refusal::new(503, "max_connections", "connection limit reached");
-        upgrade::refuse(stream, refusal, Some(5)).await;
-        return None;
+        None
     };
+    if let Some(refusal) = refusal {
+        upgrade::refuse(stream, refusal).await;
+        return None;
+    }
+    // Admitted above (`try_admit`), except on the echo endpoint.
+    let admission = (!is_echo).then(|| Admission(Arc::clone(&ctx.hub)));
     let answered = tokio::time::timeout(
         settings.handshake_timeout,
         upgrade::accept(stream, &request),

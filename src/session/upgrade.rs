@@ -13,12 +13,14 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 /// Headers an upgrade request may carry, at most.
 const MAX_HEADERS: usize = 64;
 
-/// Why an upgrade was refused: the status, the reason label for metrics, the body.
+/// Why an upgrade was refused: the status, the reason label for metrics, the body, and the
+/// seconds for `Retry-After` when trying again later can help.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Refusal {
     pub status: u16,
     pub reason: &'static str,
     pub message: &'static str,
+    pub retry_after: Option<u64>,
 }
 
 impl Refusal {
@@ -27,9 +29,35 @@ impl Refusal {
             status,
             reason,
             message,
+            retry_after: None,
         }
     }
+
+    const fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+
+    /// Too many connections are upgrading, on the node or from this address (`reason`).
+    pub(super) const fn pending(reason: &'static str) -> Self {
+        Self::new(503, reason, "too many connections are upgrading").retry_after(1)
+    }
 }
+
+pub(super) const IP_RATE_LIMITED: Refusal = Refusal::new(
+    429,
+    "ip_rate_limited",
+    "too many new connections from this address",
+)
+.retry_after(1);
+pub(super) const MEMORY_PRESSURE: Refusal = Refusal::new(
+    503,
+    "memory_pressure",
+    "the server is low on memory; try another node or later",
+)
+.retry_after(10);
+pub(super) const MAX_CONNECTIONS: Refusal =
+    Refusal::new(503, "max_connections", "connection limit reached").retry_after(5);
 
 /// An upgrade request that passed the checks.
 #[derive(Debug)]
@@ -186,13 +214,9 @@ pub(super) async fn accept<S: AsyncWrite + Unpin>(
     stream.write_all(response.as_bytes()).await
 }
 
-/// Answers with `refusal` and closes the connection. `retry_after`: seconds a client should
-/// wait (503, 429).
-pub(super) async fn refuse<S: AsyncWrite + Unpin>(
-    stream: &mut S,
-    refusal: Refusal,
-    retry_after: Option<u64>,
-) {
+/// Answers with `refusal`, counts it, and closes the connection.
+pub(super) async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, refusal: Refusal) {
+    crate::telemetry::connection_rejected(refusal.reason);
     let status_text = match refusal.status {
         400 => "Bad Request",
         404 => "Not Found",
@@ -208,7 +232,7 @@ pub(super) async fn refuse<S: AsyncWrite + Unpin>(
         426 => extra.push_str("Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"),
         _ => {}
     }
-    if let Some(seconds) = retry_after {
+    if let Some(seconds) = refusal.retry_after {
         extra.push_str(&format!("Retry-After: {seconds}\r\n"));
     }
     let response = format!(

@@ -3,9 +3,7 @@
 
 use std::process::{Command, Stdio};
 
-const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
-
-use crate::harness::free_port;
+use crate::harness::BinaryNode;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn autobahn_cases_1_to_7_and_9_pass_against_the_echo_endpoint() {
@@ -19,26 +17,10 @@ async fn autobahn_cases_1_to_7_and_9_pass_against_the_echo_endpoint() {
         kosoku_found,
         "`kosoku` is not installed: install it with `pip install kosoku` (tests/run.sh does)"
     );
-    let port = free_port();
-    let control_port = free_port();
-    let mut server = tokio::process::Command::new(BIN)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--control", &format!("127.0.0.1:{control_port}")])
-        .args(["--log-level", "error"])
-        .env("SWITCHBOARD_SESSION__ECHO_PATH", "/echo")
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    crate::assert_eventually!(
-        tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok(),
-        "the server listens"
-    );
+    let node = BinaryNode::start(&[], &[("SWITCHBOARD_SESSION__ECHO_PATH", "/echo")]).await;
     let reports = std::env::temp_dir().join(format!("sb-autobahn-{}", std::process::id()));
     let mut kosoku = tokio::process::Command::new("kosoku");
-    kosoku.arg(format!("ws://127.0.0.1:{port}/echo"));
+    kosoku.arg(format!("ws://{}/echo", node.ws_addr));
     for case in ["1.*", "2.*", "3.*", "4.*", "5.*", "6.*", "7.*", "9.*"] {
         kosoku.args(["-i", case]);
     }
@@ -49,7 +31,7 @@ async fn autobahn_cases_1_to_7_and_9_pass_against_the_echo_endpoint() {
         .await
         .unwrap();
     let _ = std::fs::remove_dir_all(&reports);
-    server.start_kill().unwrap();
+    drop(node);
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(

@@ -293,6 +293,57 @@ impl TestClient {
     }
 }
 
+/// The real binary serving on free loopback ports, from the repository root (so the shipped
+/// `config/switchboard.toml` applies), killed when dropped.
+pub struct BinaryNode {
+    pub child: tokio::process::Child,
+    pub ws_addr: SocketAddr,
+    pub control_addr: SocketAddr,
+}
+
+impl BinaryNode {
+    /// Starts `switchboard` with `args` after its listen flags and with `env`, at log level
+    /// warn, and waits until its control API answers `/readyz` with 200.
+    pub async fn start(args: &[&str], env: &[(&str, &str)]) -> BinaryNode {
+        let ws_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let control_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args(["--listen", &ws_addr.to_string()])
+            .args(["--control", &control_addr.to_string()])
+            .args(["--log-level", "warn"])
+            .args(args)
+            .envs(env.iter().copied())
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the binary starts");
+        let node = BinaryNode {
+            child,
+            ws_addr,
+            control_addr,
+        };
+        let http = reqwest::Client::new();
+        let readyz = format!("http://{control_addr}/readyz");
+        crate::assert_eventually!(
+            http.get(&readyz)
+                .send()
+                .await
+                .is_ok_and(|response| response.status() == 200),
+            "the node at {ws_addr} becomes ready"
+        );
+        node
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.ws_addr)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("the node is running")
+    }
+}
+
 /// A loopback port that was free a moment ago, for processes the tests start.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -12,9 +12,7 @@ use tokio::{
     time::Instant,
 };
 
-use crate::harness::{TestServer, free_port};
-
-const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
+use crate::harness::{BinaryNode, TestServer};
 
 /// Messages the bystander's publisher sends, one every `BYSTANDER_PERIOD`.
 const BYSTANDER_MESSAGES: u64 = 150;
@@ -626,20 +624,12 @@ fn rss_kib(pid: u32) -> u64 {
 /// about 100 MiB/s when every pong was buffered).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ping_flood_without_reading_leaves_the_node_rss_flat() {
-    let port = free_port();
-    let control_port = free_port();
-    let mut child = tokio::process::Command::new(BIN)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--control", &format!("127.0.0.1:{control_port}")])
-        .args(["--log-level", "error"])
-        .env("SWITCHBOARD_LIMITS__CLIENT_CONTROL_FRAMES_PER_SECOND", "0")
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    crate::assert_eventually!(TcpStream::connect(addr).await.is_ok(), "the server listens");
-    let pid = child.id().unwrap();
+    let node = BinaryNode::start(
+        &[],
+        &[("SWITCHBOARD_LIMITS__CLIENT_CONTROL_FRAMES_PER_SECOND", "0")],
+    )
+    .await;
+    let (addr, pid) = (node.ws_addr, node.pid());
     let mut attacker = upgraded(addr).await;
     // Warm up: the first pings allocate what any connection allocates.
     flood(
@@ -662,7 +652,5 @@ async fn a_ping_flood_without_reading_leaves_the_node_rss_flat() {
         "RSS grew from {before} KiB to {after} KiB over {sent} pings"
     );
     // The node still serves.
-    let url = format!("ws://{addr}/ws");
-    crate::harness::TestClient::connect(&url).await;
-    child.start_kill().unwrap();
+    crate::harness::TestClient::connect(&node.ws_url()).await;
 }

@@ -1,11 +1,8 @@
 //! Tests of the real binary: CLI, configuration errors, signals.
 
-use std::{
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{process::Command, time::Duration};
 
-use crate::harness::{TestClient, free_port};
+use crate::harness::{BinaryNode, TestClient};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
 
@@ -53,34 +50,15 @@ fn bad_config_refuses_to_start_naming_the_key() {
 
 #[tokio::test]
 async fn sigterm_closes_clients_with_1001_and_exits_zero() {
-    let ws_port = free_port();
-    let control_port = free_port();
-    let mut child = tokio::process::Command::new(BIN)
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{ws_port}"),
-            "--control",
-            &format!("127.0.0.1:{control_port}"),
-            "--log-level",
-            "warn",
-        ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let url = format!("ws://127.0.0.1:{ws_port}/ws");
-    crate::assert_eventually!(
-        tokio_tungstenite::connect_async(&url).await.is_ok(),
-        "the server starts listening"
-    );
+    let mut node = BinaryNode::start(&[], &[]).await;
+    let url = node.ws_url();
     let mut clients = Vec::new();
     for _ in 0..5 {
         let mut client = TestClient::connect(&url).await;
         client.subscribe("news").await;
         clients.push(client);
     }
-    let pid = child.id().expect("child is running");
+    let pid = node.pid();
     let status = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status()
@@ -89,7 +67,7 @@ async fn sigterm_closes_clients_with_1001_and_exits_zero() {
     for client in &mut clients {
         assert_eq!(client.close_code().await, 1001);
     }
-    let exit = tokio::time::timeout(Duration::from_secs(5), child.wait())
+    let exit = tokio::time::timeout(Duration::from_secs(5), node.child.wait())
         .await
         .expect("exits within 5 s")
         .unwrap();
@@ -100,46 +78,23 @@ async fn sigterm_closes_clients_with_1001_and_exits_zero() {
 
 /// A node process of a cluster, killed on drop.
 struct NodeProcess {
-    child: tokio::process::Child,
+    node: BinaryNode,
     ws_url: String,
     control: String,
 }
 
 impl NodeProcess {
     async fn start(redis_url: &str, node_id: &str) -> NodeProcess {
-        let ws_port = free_port();
-        let control_port = free_port();
-        let child = tokio::process::Command::new(BIN)
-            .args(["--listen", &format!("127.0.0.1:{ws_port}")])
-            .args(["--control", &format!("127.0.0.1:{control_port}")])
-            .args([
-                "--redis",
-                redis_url,
-                "--node-id",
-                node_id,
-                "--log-level",
-                "warn",
-            ])
-            .env("SWITCHBOARD_CLUSTER__PARTITIONS", "4")
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let node = NodeProcess {
-            child,
-            ws_url: format!("ws://127.0.0.1:{ws_port}/ws"),
-            control: format!("http://127.0.0.1:{control_port}"),
-        };
-        let http = reqwest::Client::new();
-        crate::assert_eventually!(
-            http.get(format!("{}/readyz", node.control))
-                .send()
-                .await
-                .is_ok_and(|response| response.status() == 200),
-            "node {node_id} becomes ready"
-        );
-        node
+        let node = BinaryNode::start(
+            &["--redis", redis_url, "--node-id", node_id],
+            &[("SWITCHBOARD_CLUSTER__PARTITIONS", "4")],
+        )
+        .await;
+        NodeProcess {
+            ws_url: node.ws_url(),
+            control: format!("http://{}", node.control_addr),
+            node,
+        }
     }
 }
 
@@ -180,8 +135,8 @@ async fn clients_of_a_killed_node_resume_on_another_without_loss() {
                 .to_owned(),
         );
     }
-    doomed.child.start_kill().unwrap();
-    doomed.child.wait().await.unwrap();
+    doomed.node.child.start_kill().unwrap();
+    doomed.node.child.wait().await.unwrap();
     assert_eq!(client.closed().await, crate::harness::Closed::NoCloseFrame);
 
     let mut client = TestClient::connect(&survivor.ws_url).await;
