@@ -20,7 +20,8 @@ const BYSTANDER_PERIOD: Duration = Duration::from_millis(10);
 
 /// Runs `attack` while a publisher sends `BYSTANDER_MESSAGES` over HTTP to a subscriber on
 /// another connection, and checks the subscriber got every one, in order, no later than
-/// 500 ms after the last was published, and that the publisher kept its rate.
+/// 1 s after the last was published, and that the publisher kept its rate (1.5 s of slack
+/// over 1.5 s of messages: the test binary runs many tests at once on two cores).
 async fn with_bystander<F: Future>(server: &TestServer, attack: F) -> F::Output {
     let mut bystander = server.client().await;
     bystander.subscribe("bystander").await;
@@ -46,11 +47,11 @@ async fn with_bystander<F: Future>(server: &TestServer, attack: F) -> F::Output 
     let (output, (publishing, last_published), received) = tokio::join!(attack, publish, receive);
     let expected = BYSTANDER_PERIOD * u32::try_from(BYSTANDER_MESSAGES).unwrap();
     assert!(
-        publishing < expected + Duration::from_millis(750),
+        publishing < expected + Duration::from_millis(1500),
         "the publisher was slowed: {publishing:?} for {expected:?} of messages"
     );
     assert!(
-        received.saturating_duration_since(last_published) < Duration::from_millis(500),
+        received.saturating_duration_since(last_published) < Duration::from_secs(1),
         "the bystander fell behind by {:?}",
         received.saturating_duration_since(last_published)
     );
