@@ -114,6 +114,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         node_id: Arc::clone(&node_id),
         settings: SessionSettings {
             ws_path: config.server.ws_path.clone(),
+            origins: session::Origins::new(&config.server.allowed_origins),
             heartbeat: config.session.heartbeat,
             idle_timeout: config.session.idle_timeout,
             handshake_timeout: config.session.handshake_timeout,
@@ -162,6 +163,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .map(KeyedLimiter::new),
     });
 
+    if session_ctx.settings.origins.allows_any() {
+        tracing::warn!(
+            "server.allowed_origins contains \"*\": any web page may open WebSockets here \
+             with its visitors' credentials"
+        );
+    }
     let bus_kind = bus.kind();
     let (limited_sessions, limited_control) = (Arc::clone(&session_ctx), Arc::clone(&control_ctx));
     sessions.spawn(accept_loop(

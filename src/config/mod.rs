@@ -59,6 +59,10 @@ pub struct ServerConfig {
     pub node_id: String,
     /// Number of hub shards, a power of two. Default 0: the smallest power of two >= 4 x cores.
     pub shards: usize,
+    /// Origins (`scheme://host[:port]`, `*.` for subdomains, or `*` for all) whose pages may
+    /// open a WebSocket; a browser upgrade from another origin gets HTTP 403. Default empty:
+    /// only upgrades without an `Origin` or whose `Origin` is the requested host.
+    pub allowed_origins: Vec<String>,
 }
 
 /// The control (HTTP API) listener.
@@ -289,6 +293,7 @@ impl Default for ServerConfig {
             ws_path: "/ws".to_owned(),
             node_id: String::new(),
             shards: 0,
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -454,6 +459,19 @@ impl Config {
             return Err(invalid(
                 "session.echo_path",
                 "must be empty, or start with '/' and differ from server.ws_path",
+            ));
+        }
+        if let Some(bad) = self
+            .server
+            .allowed_origins
+            .iter()
+            .find(|origin| !is_origin_pattern(origin))
+        {
+            return Err(invalid(
+                "server.allowed_origins",
+                format!(
+                    "'{bad}' is not an origin: use scheme://host[:port], scheme://*.domain or *"
+                ),
             ));
         }
         if self.server.shards == 0 {
@@ -653,6 +671,25 @@ impl Config {
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|err| format!("# cannot render: {err}\n"))
     }
+}
+
+/// `*`, or `scheme://host[:port]` with an optional `*.` before the host and no path.
+fn is_origin_pattern(pattern: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    let Some((scheme, host)) = pattern.trim_end_matches('/').split_once("://") else {
+        return false;
+    };
+    let host = host.strip_prefix("*.").unwrap_or(host);
+    !scheme.is_empty()
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+        && !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
 }
 
 /// The smallest power of two at least four times the number of cores.

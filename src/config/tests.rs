@@ -55,6 +55,14 @@ fn out_of_range_values_name_the_key() {
             "limits.max_upgrade_request_bytes",
         ),
         ("[control]\nbody_timeout = \"0s\"\n", "control.body_timeout"),
+        (
+            "[server]\nallowed_origins = [\"example.com\"]\n",
+            "server.allowed_origins",
+        ),
+        (
+            "[server]\nallowed_origins = [\"https://a.com/path\"]\n",
+            "server.allowed_origins",
+        ),
     ] {
         let err = Config::from_toml_str(text).unwrap_err();
         assert!(err.to_string().starts_with(key), "{text}: {err}");

@@ -18,12 +18,14 @@
 
 mod coalesce;
 mod echo;
+mod origin;
 mod reader;
 mod shared_tcp;
 mod socket;
 mod upgrade;
 mod writer;
 
+pub use self::origin::Origins;
 use self::{coalesce::Coalesce, shared_tcp::SharedTcp, socket::Socket, upgrade::Refusal};
 
 use std::{net::IpAddr, sync::Arc, time::Duration};
@@ -48,6 +50,8 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 #[derive(Debug, Clone)]
 pub struct SessionSettings {
     pub ws_path: String,
+    /// Origins whose pages may open a WebSocket (`server.allowed_origins`).
+    pub origins: Origins,
     pub heartbeat: Duration,
     pub idle_timeout: Duration,
     pub handshake_timeout: Duration,
@@ -284,7 +288,12 @@ where
         }
     };
     let is_echo = request.path == settings.echo_path;
-    let refusal = if throttled {
+    let refusal = if !settings
+        .origins
+        .allows(request.origin.as_deref(), &request.host)
+    {
+        Some(upgrade::ORIGIN_NOT_ALLOWED)
+    } else if throttled {
         telemetry::rate_limited(RateScope::Ip);
         Some(upgrade::IP_RATE_LIMITED)
     } else if is_echo {
@@ -492,6 +501,7 @@ mod tests {
             node_id: Arc::from("n"),
             settings: SessionSettings {
                 ws_path: "/ws".into(),
+                origins: Origins::default(),
                 heartbeat: Duration::from_secs(1),
                 idle_timeout: Duration::from_secs(2),
                 handshake_timeout: Duration::from_secs(1),

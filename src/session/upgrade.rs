@@ -56,6 +56,11 @@ pub(super) const MEMORY_PRESSURE: Refusal = Refusal::new(
     "the server is low on memory; try another node or later",
 )
 .retry_after(10);
+pub(super) const ORIGIN_NOT_ALLOWED: Refusal = Refusal::new(
+    403,
+    "origin_not_allowed",
+    "this page's origin may not open a WebSocket here (server.allowed_origins)",
+);
 pub(super) const MAX_CONNECTIONS: Refusal =
     Refusal::new(503, "max_connections", "connection limit reached").retry_after(5);
 
@@ -66,6 +71,10 @@ pub(super) struct Request {
     pub path: String,
     /// `Sec-WebSocket-Accept` for the answer.
     pub accept: String,
+    /// The `Origin` header, sent by browsers.
+    pub origin: Option<Vec<u8>>,
+    /// The `Host` header.
+    pub host: Vec<u8>,
 }
 
 /// Reads the request head (up to `max_bytes`) and checks it as an upgrade to `paths`.
@@ -161,9 +170,9 @@ fn check(request: &httparse::Request<'_, '_>, paths: &[&str]) -> Result<Request,
             "a WebSocket upgrade needs HTTP/1.1",
         ));
     }
-    if header(request, "host").is_none() {
+    let Some(host) = header(request, "host") else {
         return Err(Refusal::new(400, "bad_request", "missing Host header"));
-    }
+    };
     if !has_token(request, "upgrade", "websocket") || !has_token(request, "connection", "upgrade") {
         return Err(Refusal::new(
             426,
@@ -189,6 +198,8 @@ fn check(request: &httparse::Request<'_, '_>, paths: &[&str]) -> Result<Request,
     Ok(Request {
         path: path.to_owned(),
         accept: tokio_tungstenite::tungstenite::handshake::derive_accept_key(key),
+        origin: header(request, "origin").map(<[u8]>::to_vec),
+        host: host.trim_ascii().to_vec(),
     })
 }
 
@@ -219,6 +230,7 @@ pub(super) async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, refusal: Refus
     crate::telemetry::connection_rejected(refusal.reason);
     let status_text = match refusal.status {
         400 => "Bad Request",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         426 => "Upgrade Required",

@@ -401,6 +401,57 @@ async fn malformed_upgrades_get_the_http_status_that_says_why() {
     server.drain().await;
 }
 
+/// Cross-site WebSocket hijacking: a page from another site gets 403; pages from the host
+/// itself, clients without an `Origin` and listed origins get in.
+#[tokio::test]
+async fn upgrades_from_other_origins_are_refused() {
+    let with_origin = |origin: &str| {
+        UPGRADE.replace(
+            "Host: test\r\n",
+            &format!("Host: test\r\nOrigin: {origin}\r\n"),
+        )
+    };
+    let server = TestServer::start().await;
+    with_bystander(&server, async {
+        for (request, status) in [
+            (with_origin("https://evil.example"), 403),
+            (with_origin("null"), 403),
+            (with_origin("http://test"), 101),
+            (UPGRADE.to_owned(), 101),
+        ] {
+            let mut stream = TcpStream::connect(server.ws_addr).await.unwrap();
+            let (got, head) = http(&mut stream, &request).await;
+            assert_eq!(got, status, "{request}: {head}");
+        }
+    })
+    .await;
+    assert!(
+        server
+            .metric("ws_connections_rejected_total{reason=\"origin_not_allowed\"}")
+            .await
+            >= 2.0
+    );
+    server.drain().await;
+
+    let server = TestServer::builder()
+        .configure(|c| c.server.allowed_origins = vec!["https://*.example.com".to_owned()])
+        .start()
+        .await;
+    for (origin, status) in [
+        ("https://chat.example.com", 101),
+        ("https://example.com", 403),
+        ("http://test", 403),
+    ] {
+        let mut stream = TcpStream::connect(server.ws_addr).await.unwrap();
+        assert_eq!(
+            http(&mut stream, &with_origin(origin)).await.0,
+            status,
+            "{origin}"
+        );
+    }
+    server.drain().await;
+}
+
 #[tokio::test]
 async fn invalid_client_close_codes_are_protocol_errors() {
     let server = TestServer::start().await;
