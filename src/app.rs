@@ -138,7 +138,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 config.limits.client_control_frame_burst,
             ),
             throttled_close_after: config.limits.throttled_close_after,
+            auth_required: config.auth.required,
+            token_query: config.auth.token_query,
+            auth_timeout: config.auth.timeout,
         },
+        auth: crate::auth::Authenticator::from_config(&config.auth)
+            .context("loading the [auth] keys")?
+            .map(Arc::new),
         connect_limiter: Quota::new(
             config.limits.connects_per_ip_per_second,
             config.limits.connect_burst_per_ip,

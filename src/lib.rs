@@ -4,6 +4,7 @@
 //! command line, loads the configuration, starts telemetry and calls [`app::run`].
 
 pub mod app;
+pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod control;

@@ -32,6 +32,7 @@ pub const BYTES_SENT: &str = "ws_bytes_sent_total";
 pub const SLOW_CONSUMER_CLOSES: &str = "ws_slow_consumer_closes_total";
 pub const PROTOCOL_ERRORS: &str = "ws_protocol_errors_total";
 pub const RATE_LIMITED: &str = "ws_rate_limited_total";
+pub const AUTH: &str = "ws_auth_total";
 pub const QUEUE_MESSAGES: &str = "ws_outbound_queue_messages";
 pub const QUEUE_MAX_MESSAGES: &str = "ws_outbound_queue_max_messages";
 pub const QUEUE_BYTES: &str = "ws_outbound_queue_bytes";
@@ -150,6 +151,11 @@ pub fn memory_watched(resident_bytes: u64, pressure: bool) {
     metrics::gauge!(MEMORY_PRESSURE).set(if pressure { 1.0 } else { 0.0 });
 }
 
+/// Counts a token checked: `ok`, or why it was refused.
+pub fn auth(result: &'static str) {
+    metrics::counter!(AUTH, "result" => result).increment(1);
+}
+
 /// Counts a refused upgrade by reason.
 pub fn connection_rejected(reason: &'static str) {
     metrics::counter!(CONNECTIONS_REJECTED, "reason" => reason).increment(1);
@@ -242,6 +248,10 @@ fn describe() {
         "Connections refused before or during the upgrade, by reason"
     );
     describe_counter!(CONNECTIONS_CLOSED, "Sessions ended, by close code");
+    describe_counter!(
+        AUTH,
+        "Tokens checked (upgrade, auth and refresh frames), by result: ok or why refused"
+    );
     describe_gauge!(SUBSCRIPTIONS, "Channel subscriptions held by connections");
     describe_gauge!(CHANNELS, "Channels with subscribers or history");
     describe_counter!(MESSAGES_PUBLISHED, "Messages published through this node");

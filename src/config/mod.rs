@@ -45,7 +45,65 @@ pub struct Config {
     pub history: HistoryConfig,
     pub shutdown: ShutdownConfig,
     pub cluster: ClusterConfig,
+    pub auth: AuthConfig,
 }
+
+/// Client authentication with JSON Web Tokens. Off while `keys` is empty.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Refuse connections that do not authenticate: a token in the upgrade, or an `auth` frame
+    /// within `timeout`; others get `unauthorized` and close 4003. Default false.
+    pub required: bool,
+    /// Clock skew allowed on `exp` and `nbf`. Default 5s.
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+    /// Accept the token in the upgrade URL's `?token=` (browsers cannot set headers on a
+    /// WebSocket; URLs end up in access logs). Default true.
+    pub token_query: bool,
+    /// With `required`: time a connection without a token in its upgrade has to send `auth`.
+    /// Default 10s.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// The `iss` tokens must carry; empty: not checked.
+    pub issuer: String,
+    /// The `aud` tokens must carry; empty: not checked.
+    pub audience: String,
+    /// Verification keys; several at once for rotation, chosen by the token's `kid`.
+    pub keys: Vec<AuthKeyConfig>,
+}
+
+/// One verification key.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthKeyConfig {
+    /// The `kid` tokens signed with this key carry; empty: tokens without a `kid`.
+    pub kid: String,
+    /// HS256, HS384, HS512, RS256, RS384, RS512, PS256, ES256, ES384 or EdDSA.
+    pub algorithm: String,
+    /// The HMAC secret (HS*), at least 32 bytes.
+    pub secret: String,
+    /// A PEM public key file (RS*, PS256, ES*, EdDSA).
+    pub public_key_file: String,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            required: false,
+            leeway: Duration::from_secs(5),
+            token_query: true,
+            timeout: Duration::from_secs(10),
+            issuer: String::new(),
+            audience: String::new(),
+            keys: Vec::new(),
+        }
+    }
+}
+
+const AUTH_ALGORITHMS: [&str; 10] = [
+    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA",
+];
 
 /// The public WebSocket listener and the hub layout.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -663,13 +721,80 @@ impl Config {
         if self.shutdown.grace.is_zero() {
             return Err(invalid("shutdown.grace", "must be greater than 0"));
         }
+        self.auth.validate()?;
         Ok(self)
     }
 
-    /// The effective configuration as TOML, as `check-config` prints it.
+    /// The effective configuration as TOML, as `check-config` prints it, with API keys and
+    /// HMAC secrets replaced by `<redacted>`.
     #[must_use]
     pub fn to_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|err| format!("# cannot render: {err}\n"))
+        let mut shown = self.clone();
+        for key in &mut shown.control.api_keys {
+            *key = "<redacted>".to_owned();
+        }
+        for key in &mut shown.auth.keys {
+            if !key.secret.is_empty() {
+                key.secret = "<redacted>".to_owned();
+            }
+        }
+        toml::to_string_pretty(&shown).unwrap_or_else(|err| format!("# cannot render: {err}\n"))
+    }
+}
+
+impl AuthConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid { key, message };
+        if self.required && self.keys.is_empty() {
+            return Err(invalid(
+                "auth.required",
+                "needs at least one [[auth.keys]] entry".to_owned(),
+            ));
+        }
+        if self.timeout.is_zero() {
+            return Err(invalid("auth.timeout", "must be greater than 0".to_owned()));
+        }
+        for (index, key) in self.keys.iter().enumerate() {
+            if !AUTH_ALGORITHMS.contains(&key.algorithm.as_str()) {
+                return Err(invalid(
+                    "auth.keys",
+                    format!(
+                        "[{index}].algorithm '{}' is not one of {}",
+                        key.algorithm,
+                        AUTH_ALGORITHMS.join(", ")
+                    ),
+                ));
+            }
+            let hmac = key.algorithm.starts_with("HS");
+            if hmac && (key.secret.len() < 32 || !key.public_key_file.is_empty()) {
+                return Err(invalid(
+                    "auth.keys",
+                    format!(
+                        "[{index}]: {} takes a `secret` of at least 32 bytes and no public_key_file",
+                        key.algorithm
+                    ),
+                ));
+            }
+            if !hmac && (key.public_key_file.is_empty() || !key.secret.is_empty()) {
+                return Err(invalid(
+                    "auth.keys",
+                    format!(
+                        "[{index}]: {} takes a `public_key_file` (PEM) and no secret",
+                        key.algorithm
+                    ),
+                ));
+            }
+            if self.keys[..index]
+                .iter()
+                .any(|other| !key.kid.is_empty() && other.kid == key.kid)
+            {
+                return Err(invalid(
+                    "auth.keys",
+                    format!("[{index}]: kid '{}' is used twice", key.kid),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

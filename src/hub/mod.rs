@@ -97,6 +97,8 @@ pub struct Shard {
 pub struct KeepaliveSweep {
     pub pinged: usize,
     pub idle_closed: usize,
+    /// Closed at their deadline: token expired (4004), or no `auth` in time (4003).
+    pub deadline_closed: usize,
 }
 
 /// Per-shard figures for `/v1/stats`.
@@ -352,6 +354,7 @@ impl Hub {
                     }
                 }
                 Keepalive::IdleClosed => sweep.idle_closed += 1,
+                Keepalive::DeadlineClosed => sweep.deadline_closed += 1,
             }
         }
         flush_all(to_flush);

@@ -103,6 +103,9 @@ pub enum Keepalive {
     Pinged { flush: bool },
     /// The client was silent for the idle timeout; the connection is closing with 4002.
     IdleClosed,
+    /// The connection's deadline passed (see [`Outbound::set_deadline`]); it is closing with
+    /// the code set with it.
+    DeadlineClosed,
 }
 
 /// The hub's handle on one connection: where to enqueue frames, and how to ask it to close.
@@ -136,6 +139,11 @@ pub struct Outbound {
     last_seen_ms: AtomicU64,
     /// When the keepalive sweep last enqueued a ping, in hub clock milliseconds.
     last_ping_ms: AtomicU64,
+    /// When the connection must be closed unless the session moves it (token expiry, or the
+    /// time to authenticate), in hub clock milliseconds; 0: never.
+    deadline_ms: AtomicU64,
+    /// `CloseCode::index()` to close with at the deadline.
+    deadline_code: AtomicU8,
 }
 
 /// Why a frame was not enqueued.
@@ -170,6 +178,8 @@ impl Outbound {
             session: AtomicWaker::new(),
             last_seen_ms: AtomicU64::new(now_ms),
             last_ping_ms: AtomicU64::new(now_ms),
+            deadline_ms: AtomicU64::new(0),
+            deadline_code: AtomicU8::new(CloseCode::TokenExpired.index()),
         })
     }
 
@@ -250,6 +260,13 @@ impl Outbound {
     pub fn keepalive(&self, now_ms: u64, heartbeat_ms: u64, idle_ms: u64) -> Keepalive {
         if self.is_closing() {
             return Keepalive::Alive;
+        }
+        let deadline = self.deadline_ms.load(Ordering::Relaxed);
+        if deadline != 0 && now_ms >= deadline {
+            let code = CloseCode::from_index(self.deadline_code.load(Ordering::Relaxed))
+                .unwrap_or(CloseCode::TokenExpired);
+            self.close(code);
+            return Keepalive::DeadlineClosed;
         }
         let last_seen = self.last_seen_ms.load(Ordering::Relaxed);
         if now_ms.saturating_sub(last_seen) >= idle_ms {
@@ -550,6 +567,13 @@ impl Outbound {
     #[must_use]
     pub fn queued_bytes(&self) -> usize {
         self.queued_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Closes the connection with `code` at `at_ms` on the hub clock (checked by the keepalive
+    /// sweep, so up to one of its ticks late), unless set again; `at_ms` 0 clears it.
+    pub fn set_deadline(&self, at_ms: u64, code: CloseCode) {
+        self.deadline_code.store(code.index(), Ordering::Relaxed);
+        self.deadline_ms.store(at_ms, Ordering::Relaxed);
     }
 
     /// For the session: how many bytes it holds for this connection outside the queue.

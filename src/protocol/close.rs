@@ -28,6 +28,11 @@ pub enum CloseCode {
     /// `limits.fragment_timeout`, or frames over budget for `limits.throttled_close_after`.
     /// (Last, so that `index` keeps its values.)
     PolicyViolation,
+    /// 4003: the token was missing (with `auth.required`), invalid, or for another user on
+    /// refresh. Terminal: do not reconnect with the same token.
+    Unauthorized,
+    /// 4004: the token expired and no `refresh` came in time. Reconnect with a fresh token.
+    TokenExpired,
 }
 
 impl CloseCode {
@@ -41,6 +46,8 @@ impl CloseCode {
             CloseCode::UnsupportedData => 1003,
             CloseCode::InvalidPayload => 1007,
             CloseCode::PolicyViolation => 1008,
+            CloseCode::Unauthorized => 4003,
+            CloseCode::TokenExpired => 4004,
             CloseCode::MessageTooBig => 1009,
             CloseCode::InternalError => 1011,
             CloseCode::Disconnected => 4000,
@@ -59,6 +66,8 @@ impl CloseCode {
             CloseCode::UnsupportedData => "binary frames are not supported",
             CloseCode::InvalidPayload => "invalid utf-8",
             CloseCode::PolicyViolation => "policy violation",
+            CloseCode::Unauthorized => "unauthorized",
+            CloseCode::TokenExpired => "token expired",
             CloseCode::MessageTooBig => "message too big",
             CloseCode::InternalError => "internal error",
             CloseCode::Disconnected => "disconnected by server",
@@ -77,6 +86,8 @@ impl CloseCode {
             CloseCode::UnsupportedData => "unsupported_data",
             CloseCode::InvalidPayload => "invalid_payload",
             CloseCode::PolicyViolation => "policy_violation",
+            CloseCode::Unauthorized => "unauthorized",
+            CloseCode::TokenExpired => "token_expired",
             CloseCode::MessageTooBig => "message_too_big",
             CloseCode::InternalError => "internal_error",
             CloseCode::Disconnected => "disconnected",
@@ -106,6 +117,8 @@ impl CloseCode {
             8 => CloseCode::SlowConsumer,
             9 => CloseCode::IdleTimeout,
             10 => CloseCode::PolicyViolation,
+            11 => CloseCode::Unauthorized,
+            12 => CloseCode::TokenExpired,
             _ => return None,
         })
     }

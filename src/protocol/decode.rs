@@ -27,6 +27,18 @@ pub enum ClientFrame<'a> {
     },
     /// `{"type":"ping","id":4}`
     Ping { id: Option<u64> },
+    /// `{"type":"auth","id":5,"token":"<JWT>"}`: authenticates a connection that brought no
+    /// token in its upgrade.
+    Auth {
+        id: Option<u64>,
+        token: Cow<'a, str>,
+    },
+    /// `{"type":"refresh","id":6,"token":"<JWT>"}`: a fresh token for the same user, before the
+    /// current one expires.
+    Refresh {
+        id: Option<u64>,
+        token: Cow<'a, str>,
+    },
 }
 
 impl ClientFrame<'_> {
@@ -37,7 +49,9 @@ impl ClientFrame<'_> {
             ClientFrame::Subscribe { id, .. }
             | ClientFrame::Unsubscribe { id, .. }
             | ClientFrame::Publish { id, .. }
-            | ClientFrame::Ping { id } => *id,
+            | ClientFrame::Ping { id }
+            | ClientFrame::Auth { id, .. }
+            | ClientFrame::Refresh { id, .. } => *id,
         }
     }
 }
@@ -66,6 +80,8 @@ struct RawFrame<'a> {
     since: Option<&'a RawValue>,
     #[serde(borrow, default)]
     data: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    token: Option<&'a RawValue>,
 }
 
 /// Decodes one text frame.
@@ -129,6 +145,15 @@ pub fn decode_client_frame(text: &str) -> Result<ClientFrame<'_>, DecodeError> {
             data: raw.data.ok_or(fail("missing field `data`"))?,
         }),
         "ping" => Ok(ClientFrame::Ping { id }),
+        "auth" | "refresh" => {
+            let token = raw.token.ok_or(fail("missing field `token`"))?;
+            let token = string(token).ok_or(fail("`token` must be a string"))?;
+            Ok(if &*kind == "auth" {
+                ClientFrame::Auth { id, token }
+            } else {
+                ClientFrame::Refresh { id, token }
+            })
+        }
         _ => Err(fail("unknown frame type")),
     }
 }

@@ -22,7 +22,7 @@ fn push_id(out: &mut String, id: Option<u64>) {
 
 /// `{"type":"welcome","conn_id":..,"node":..,"heartbeat_ms":..,"protocol":1}`
 #[must_use]
-pub fn encode_welcome(conn_id: u64, node: &str, heartbeat_ms: u64) -> String {
+pub fn encode_welcome(conn_id: u64, node: &str, heartbeat_ms: u64, user: Option<&str>) -> String {
     let mut out = String::with_capacity(96);
     let _ = write!(
         out,
@@ -31,8 +31,28 @@ pub fn encode_welcome(conn_id: u64, node: &str, heartbeat_ms: u64) -> String {
     push_json_string(&mut out, node);
     let _ = write!(
         out,
-        ",\"heartbeat_ms\":{heartbeat_ms},\"protocol\":{PROTOCOL_VERSION}}}"
+        ",\"heartbeat_ms\":{heartbeat_ms},\"protocol\":{PROTOCOL_VERSION}"
     );
+    if let Some(user) = user {
+        out.push_str(",\"user\":");
+        push_json_string(&mut out, user);
+    }
+    out.push('}');
+    out
+}
+
+/// `{"type":"authenticated","id":5,"user":"42","exp":1767225600}` (after `auth`) or
+/// `{"type":"refreshed",...}` (after `refresh`): the token was accepted; `exp` is when it
+/// expires, in Unix seconds.
+#[must_use]
+pub fn encode_authenticated(kind: &str, id: Option<u64>, user: &str, exp: u64) -> String {
+    let mut out = String::with_capacity(80);
+    out.push_str("{\"type\":");
+    push_json_string(&mut out, kind);
+    push_id(&mut out, id);
+    out.push_str(",\"user\":");
+    push_json_string(&mut out, user);
+    let _ = write!(out, ",\"exp\":{exp}}}");
     out
 }
 

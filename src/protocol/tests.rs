@@ -90,7 +90,7 @@ fn encoded_frames_are_valid_json() {
     let channel = ChannelName::parse("news", 16).unwrap();
     let offset = Offset { epoch: 1, seq: 2 };
     for text in [
-        encode_welcome(1, "node \"a\"", 25_000),
+        encode_welcome(1, "node \"a\"", 25_000, None),
         encode_subscribed(Some(1), &channel, offset, Some(true)),
         encode_subscribed(None, &channel, offset, None),
         encode_unsubscribed(Some(2), &channel),
@@ -110,12 +110,12 @@ fn encoded_frames_are_valid_json() {
 
 #[test]
 fn close_code_indexes_round_trip() {
-    for index in 0..=10 {
+    for index in 0..=12 {
         let code = CloseCode::from_index(index).unwrap();
         assert_eq!(code.index(), index);
         assert!(code.reason().len() <= 123);
     }
-    assert_eq!(CloseCode::from_index(11), None);
+    assert_eq!(CloseCode::from_index(13), None);
 }
 
 #[test]

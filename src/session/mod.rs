@@ -36,6 +36,7 @@ use tokio::{
 };
 
 use crate::{
+    auth::Authenticator,
     cluster::Bus,
     hub::{FlushAfterPoll, Frame, HubHandle, Outbound, Wire},
     protocol::{self, CloseCode, ws},
@@ -77,6 +78,12 @@ pub struct SessionSettings {
     pub control_quota: Option<Quota>,
     /// How long a client may stay over its budget before it is closed with 1008.
     pub throttled_close_after: Duration,
+    /// Refuse connections that do not authenticate (`auth.required`).
+    pub auth_required: bool,
+    /// Accept `?token=` on the upgrade (`auth.token_query`).
+    pub token_query: bool,
+    /// Time to send `auth` when the upgrade brought no token (`auth.timeout`).
+    pub auth_timeout: Duration,
 }
 
 impl SessionSettings {
@@ -98,6 +105,8 @@ pub struct SessionContext {
     pub settings: SessionSettings,
     /// New connections per IP address (`limits.connects_per_ip_per_second`), if limited.
     pub connect_limiter: Option<KeyedLimiter<IpAddr>>,
+    /// Token verification; `None` when `[auth]` has no keys.
+    pub auth: Option<Arc<Authenticator>>,
 }
 
 /// Every way a session ends.
@@ -225,32 +234,24 @@ async fn serve_upgrade<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     // Boxed: needed once, so its state does not size the session task for its whole life.
-    let Some((admission, is_echo, leftover)) =
-        Box::pin(upgrade(&mut stream, &ctx, peer, throttled)).await
-    else {
+    let Some(upgraded) = Box::pin(upgrade(&mut stream, &ctx, peer, throttled)).await else {
         return;
     };
-    let socket = Socket::new(
-        Coalesce::new(stream),
-        leftover,
-        ctx.settings.read_buffer_bytes,
-    );
-    if is_echo {
-        return Box::pin(echo::run(socket, ctx.settings.idle_timeout)).await;
-    }
-    // Boxed for the same reason: the task keeps only the state of the phase it is in.
-    Box::pin(run(socket, ctx, wire, admission)).await;
+    // Built by a plain function, so that nothing of the upgrade's result stays in this
+    // task's state while the session runs.
+    let phase = session_phase(stream, ctx, wire, upgraded);
+    phase.await;
 }
 
 /// Reads and answers the upgrade request. `None` when it was refused or failed; otherwise
-/// the admission slot (none on the echo endpoint), whether this is the echo endpoint, and
-/// the bytes that followed the request.
+/// the admission slot (none on the echo endpoint), whether this is the echo endpoint, the
+/// bytes that followed the request, and the token it brought.
 async fn upgrade<S>(
     stream: &mut S,
     ctx: &SessionContext,
     peer: Option<IpAddr>,
     throttled: bool,
-) -> Option<(Option<Admission>, bool, bytes::BytesMut)>
+) -> Option<Upgraded>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -319,7 +320,52 @@ where
         telemetry::connection_rejected("handshake");
         return None;
     }
-    Some((admission, is_echo, leftover))
+    let token = request
+        .bearer_token
+        .or(request.query_token.filter(|_| settings.token_query));
+    Some(Upgraded {
+        admission,
+        is_echo,
+        leftover,
+        token,
+    })
+}
+
+/// The session after a successful upgrade (the echo endpoint's, or a real one), boxed: the
+/// task keeps only the state of the phase it is in.
+fn session_phase<S>(
+    stream: S,
+    ctx: Arc<SessionContext>,
+    wire: Option<Arc<dyn Wire>>,
+    upgraded: Upgraded,
+) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Upgraded {
+        admission,
+        is_echo,
+        leftover,
+        token,
+    } = upgraded;
+    let socket = Socket::new(
+        Coalesce::new(stream),
+        leftover,
+        ctx.settings.read_buffer_bytes,
+    );
+    if is_echo {
+        Box::pin(echo::run(socket, ctx.settings.idle_timeout))
+    } else {
+        Box::pin(run(socket, ctx, wire, admission, token))
+    }
+}
+
+/// What a successful upgrade hands to the session.
+struct Upgraded {
+    admission: Option<Admission>,
+    is_echo: bool,
+    leftover: bytes::BytesMut,
+    token: Option<String>,
 }
 
 /// Runs an upgraded connection until it ends.
@@ -328,6 +374,7 @@ async fn run<S>(
     ctx: Arc<SessionContext>,
     wire: Option<Arc<dyn Wire>>,
     _admission: Option<Admission>,
+    token: Option<String>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -335,12 +382,32 @@ async fn run<S>(
     socket.stream.share_with(Arc::clone(&outbound));
     let conn_id = outbound.conn_id();
     telemetry::metrics().connections_accepted.increment(1);
+    let mut reader = reader::Reader::new(Arc::clone(&ctx), Arc::clone(&outbound));
+    // A token in the upgrade is checked before the welcome, which then names the user.
+    let refused = match (token, &ctx.auth) {
+        (Some(token), Some(auth)) => match auth.verify(&token) {
+            Ok(identity) => {
+                reader.authenticated(identity);
+                None
+            }
+            Err(err) => Some(err),
+        },
+        // Without keys, tokens are not checked (and give nobody any right).
+        _ => None,
+    };
     let heartbeat_ms = u64::try_from(ctx.settings.heartbeat.as_millis()).unwrap_or(u64::MAX);
-    let welcome = protocol::encode_welcome(conn_id, &ctx.node_id, heartbeat_ms);
+    let welcome = protocol::encode_welcome(conn_id, &ctx.node_id, heartbeat_ms, reader.user());
     // A fresh queue always has room for the welcome.
     let _ = outbound.try_enqueue(&Frame::from(welcome));
+    if let Some(err) = refused {
+        reader.unauthorized(None, err);
+    } else if reader.user().is_none() && ctx.settings.auth_required {
+        outbound.set_deadline(
+            ctx.hub.clock_ms() + duration_ms(ctx.settings.auth_timeout),
+            CloseCode::Unauthorized,
+        );
+    }
 
-    let mut reader = reader::Reader::new(Arc::clone(&ctx), Arc::clone(&outbound));
     let end = reader.run(&mut socket).await;
     match end.close_code() {
         Some(code) => {
@@ -367,6 +434,10 @@ async fn run<S>(
     ctx.hub.deregister(conn_id, reader.subscriptions());
     telemetry::connection_closed(final_end.label());
     tracing::debug!(conn_id, end = final_end.label(), "Session ended");
+}
+
+fn duration_ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The close handshake: what is queued for the client (unless it is a slow consumer), the
@@ -519,8 +590,12 @@ mod tests {
                 client_quota: Quota::new(100, 100),
                 control_quota: Quota::new(10, 10),
                 throttled_close_after: Duration::from_secs(1),
+                auth_required: false,
+                token_query: true,
+                auth_timeout: Duration::from_secs(1),
             },
             connect_limiter: None,
+            auth: None,
         });
         // The accept loop spawns `serve_tcp`: that future is the session task's state.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -542,7 +617,7 @@ mod tests {
         let read = reader.run(&mut read_socket);
         // Each connection holds these task states for its whole life; a regression here
         // multiplies by a million sockets. Bounds leave about 25% headroom.
-        let run_size = std::mem::size_of_val(&run(socket(), Arc::clone(&ctx), None, None));
+        let run_size = std::mem::size_of_val(&run(socket(), Arc::clone(&ctx), None, None, None));
         let sizes = [
             ("serve", std::mem::size_of_val(&serve), 150),
             ("run", run_size, 900),

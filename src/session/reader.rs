@@ -23,8 +23,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{End, SessionContext, socket::Socket, writer};
 use crate::{
+    auth::{self, AuthError, Identity},
     hub::{Frame, Outbound, SubscribeError, Subscribed},
-    protocol::{self, ChannelName, ClientFrame, ErrorCode, Offset, ws::Inbound},
+    protocol::{self, ChannelName, ClientFrame, CloseCode, ErrorCode, Offset, ws::Inbound},
     telemetry::{self, RateScope},
     throttle::{Quota, TokenBucket},
 };
@@ -97,6 +98,9 @@ pub(super) struct Reader {
     /// within budget; and when it was last refused.
     throttled_since_ms: u64,
     last_refused_ms: u64,
+    /// Who the connection is, once a token was accepted. Boxed: most of it is needed only
+    /// for permission checks, and an anonymous connection pays 8 bytes.
+    identity: Option<Box<Identity>>,
 }
 
 impl Reader {
@@ -109,6 +113,100 @@ impl Reader {
             control: TokenBucket::new(),
             throttled_since_ms: 0,
             last_refused_ms: 0,
+            identity: None,
+        }
+    }
+
+    /// The authenticated user, if any.
+    pub(super) fn user(&self) -> Option<&str> {
+        self.identity.as_deref().map(|identity| &*identity.user)
+    }
+
+    /// Takes `identity` as the connection's, and closes it with 4004 when its token expires
+    /// (plus the leeway) unless a `refresh` comes first.
+    pub(super) fn authenticated(&mut self, identity: Identity) {
+        telemetry::auth("ok");
+        let leeway = self
+            .ctx
+            .auth
+            .as_ref()
+            .map_or(Duration::ZERO, |auth| auth.leeway());
+        let remaining = Duration::from_secs(auth::seconds_until(identity.exp)) + leeway;
+        let at_ms = self
+            .ctx
+            .hub
+            .clock_ms()
+            .saturating_add(u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX))
+            .max(1);
+        self.outbound.set_deadline(at_ms, CloseCode::TokenExpired);
+        self.identity = Some(Box::new(identity));
+    }
+
+    /// Refuses a token: `error` `unauthorized`, then close 4003 (after what is queued).
+    pub(super) fn unauthorized(&self, id: Option<u64>, err: AuthError) {
+        telemetry::auth(err.label());
+        self.error(id, ErrorCode::Unauthorized, &err.to_string());
+        self.outbound.close(CloseCode::Unauthorized);
+    }
+
+    /// `{"type":"auth"}`: authenticates a connection whose upgrade brought no token.
+    fn authenticate(&mut self, id: Option<u64>, token: &str) {
+        let Some(verifier) = self.ctx.auth.clone() else {
+            return self.error(
+                id,
+                ErrorCode::BadRequest,
+                "authentication is not configured on this server",
+            );
+        };
+        if self.identity.is_some() {
+            return self.error(
+                id,
+                ErrorCode::BadRequest,
+                "already authenticated; send `refresh` to replace the token",
+            );
+        }
+        match verifier.verify(token) {
+            Ok(identity) => {
+                let reply = protocol::encode_authenticated(
+                    "authenticated",
+                    id,
+                    &identity.user,
+                    identity.exp,
+                );
+                self.authenticated(identity);
+                self.send(reply);
+            }
+            Err(err) => self.unauthorized(id, err),
+        }
+    }
+
+    /// `{"type":"refresh"}`: a fresh token for the same user moves the expiry.
+    fn refresh(&mut self, id: Option<u64>, token: &str) {
+        let (Some(verifier), Some(current)) = (self.ctx.auth.clone(), self.user()) else {
+            return self.error(
+                id,
+                ErrorCode::BadRequest,
+                "not authenticated; send `auth` first",
+            );
+        };
+        let current: Arc<str> = Arc::from(current);
+        match verifier.verify(token) {
+            Ok(identity) if identity.user == current => {
+                let reply =
+                    protocol::encode_authenticated("refreshed", id, &identity.user, identity.exp);
+                self.authenticated(identity);
+                self.send(reply);
+            }
+            Ok(_) => {
+                telemetry::auth("other_user");
+                self.error(
+                    id,
+                    ErrorCode::Unauthorized,
+                    "a refresh token must be for the same user",
+                );
+                self.outbound.close(CloseCode::Unauthorized);
+            }
+            Err(err) => self.unauthorized(id, err),
         }
     }
 
@@ -319,7 +417,26 @@ impl Reader {
     }
 
     async fn handle_text(&mut self, text: &str) {
-        match protocol::decode_client_frame(text) {
+        let frame = protocol::decode_client_frame(text);
+        if self.ctx.settings.auth_required
+            && self.identity.is_none()
+            && !matches!(frame, Ok(ClientFrame::Auth { .. }))
+        {
+            // `auth.required`: nothing but `auth` before a token was accepted.
+            let id = match &frame {
+                Ok(frame) => frame.id(),
+                Err(err) => err.id,
+            };
+            telemetry::auth("missing");
+            self.error(
+                id,
+                ErrorCode::Unauthorized,
+                "authentication required: send {\"type\":\"auth\",\"token\":..} first",
+            );
+            self.outbound.close(CloseCode::Unauthorized);
+            return;
+        }
+        match frame {
             Err(err) => self.error(err.id, ErrorCode::BadRequest, err.message),
             Ok(ClientFrame::Ping { id }) => self.send(protocol::encode_pong(id)),
             Ok(ClientFrame::Subscribe { id, channel, since }) => {
@@ -329,6 +446,8 @@ impl Reader {
             Ok(ClientFrame::Publish { id, channel, data }) => {
                 self.publish(id, &channel, data.get()).await;
             }
+            Ok(ClientFrame::Auth { id, token }) => self.authenticate(id, &token),
+            Ok(ClientFrame::Refresh { id, token }) => self.refresh(id, &token),
         }
     }
 

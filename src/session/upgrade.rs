@@ -75,6 +75,10 @@ pub(super) struct Request {
     pub origin: Option<Vec<u8>>,
     /// The `Host` header.
     pub host: Vec<u8>,
+    /// A token from `Authorization: Bearer`.
+    pub bearer_token: Option<String>,
+    /// A token from the `token` query parameter.
+    pub query_token: Option<String>,
 }
 
 /// Reads the request head (up to `max_bytes`) and checks it as an upgrade to `paths`.
@@ -200,6 +204,23 @@ fn check(request: &httparse::Request<'_, '_>, paths: &[&str]) -> Result<Request,
         accept: tokio_tungstenite::tungstenite::handshake::derive_accept_key(key),
         origin: header(request, "origin").map(<[u8]>::to_vec),
         host: host.trim_ascii().to_vec(),
+        bearer_token: header(request, "authorization")
+            .and_then(|value| std::str::from_utf8(value).ok())
+            .and_then(|value| {
+                let (scheme, token) = value.trim().split_once(' ')?;
+                scheme
+                    .eq_ignore_ascii_case("bearer")
+                    .then(|| token.trim().to_owned())
+            }),
+        // A JWT is base64url and dots: nothing in it needs percent-decoding.
+        query_token: target
+            .split_once('?')
+            .and_then(|(_, query)| {
+                query
+                    .split('&')
+                    .find_map(|pair| pair.strip_prefix("token="))
+            })
+            .map(str::to_owned),
     })
 }
 

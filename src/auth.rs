@@ -1,0 +1,284 @@
+//! Who a connection is: JSON Web Tokens verified with the configured keys (`[auth]`).
+//!
+//! Verification uses `jsonwebtoken` (RustCrypto backend). Each key has one algorithm, and a
+//! token is checked only against a key of the algorithm its header names: an HMAC token
+//! "signed" with an RSA public key (algorithm confusion) finds no HMAC key and is refused,
+//! and `alg: none` is no algorithm at all. A token with a `kid` is checked against the key
+//! with that `kid` only (an unknown `kid` is refused); one without against each key of its
+//! algorithm, which is how keys are rotated when tokens carry no `kid`. `exp` and `sub` are
+//! required; `exp`, `nbf`, and `iss`/`aud` when configured, are checked with `auth.leeway`.
+//!
+//! Must not depend on anything internal but `config`.
+
+use std::{
+    fmt,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::config::AuthConfig;
+
+/// An authenticated connection's identity, from its token's claims.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// `sub`: the user.
+    pub user: Arc<str>,
+    /// `exp`: when the token expires, in Unix seconds.
+    pub exp: u64,
+    /// `channels`: patterns of channels the connection may subscribe to.
+    pub channels: Vec<String>,
+    /// `publish`: patterns of channels it may publish to.
+    pub publish: Vec<String>,
+    /// `info`: JSON about the user, for presence and the control API.
+    pub info: Option<Box<RawValue>>,
+}
+
+/// Why a token was refused. The connection gets `unauthorized` and close 4003.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// Not a JWT, or its header or claims could not be read: fix the token issuer.
+    #[error("the token is malformed")]
+    Malformed,
+    /// The header names a `kid` no configured key has: a key was retired, or the token is
+    /// forged.
+    #[error("no key has the token's kid")]
+    UnknownKey,
+    /// No key of the header's algorithm (or `alg: none`): forged, or a key is missing.
+    #[error("no key for the token's algorithm")]
+    WrongAlgorithm,
+    /// The signature does not verify with any candidate key.
+    #[error("the token's signature is invalid")]
+    BadSignature,
+    /// `exp` is past (beyond the leeway): get a fresh token.
+    #[error("the token has expired")]
+    Expired,
+    /// `nbf` is ahead (beyond the leeway).
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    /// `iss` or `aud` is not the configured one, or `sub`/`exp` is missing.
+    #[error("the token's claims are not accepted here")]
+    Claims,
+}
+
+impl AuthError {
+    /// A bounded label for metrics.
+    #[must_use]
+    pub const fn label(self) -> &'static str {
+        match self {
+            AuthError::Malformed => "malformed",
+            AuthError::UnknownKey => "unknown_kid",
+            AuthError::WrongAlgorithm => "wrong_algorithm",
+            AuthError::BadSignature => "bad_signature",
+            AuthError::Expired => "expired",
+            AuthError::NotYetValid => "not_yet_valid",
+            AuthError::Claims => "claims",
+        }
+    }
+}
+
+/// Why the `[auth]` configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("auth.keys[{index}]: {message}")]
+pub struct KeyError {
+    index: usize,
+    message: String,
+}
+
+struct Key {
+    kid: Option<String>,
+    algorithm: Algorithm,
+    decoding: DecodingKey,
+}
+
+/// Verifies tokens against the configured keys.
+pub struct Authenticator {
+    keys: Vec<Key>,
+    leeway: Duration,
+    issuer: Option<String>,
+    audience: Option<String>,
+}
+
+impl fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Authenticator({} keys)", self.keys.len())
+    }
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: String,
+    exp: u64,
+    #[serde(default)]
+    channels: Vec<String>,
+    #[serde(default)]
+    publish: Vec<String>,
+    #[serde(default)]
+    info: Option<Box<RawValue>>,
+}
+
+/// The algorithm named in configuration, as `jsonwebtoken` spells it.
+#[must_use]
+pub fn parse_algorithm(name: &str) -> Option<Algorithm> {
+    Some(match name {
+        "HS256" => Algorithm::HS256,
+        "HS384" => Algorithm::HS384,
+        "HS512" => Algorithm::HS512,
+        "RS256" => Algorithm::RS256,
+        "RS384" => Algorithm::RS384,
+        "RS512" => Algorithm::RS512,
+        "PS256" => Algorithm::PS256,
+        "ES256" => Algorithm::ES256,
+        "ES384" => Algorithm::ES384,
+        "EdDSA" => Algorithm::EdDSA,
+        _ => return None,
+    })
+}
+
+impl Authenticator {
+    /// Builds the verifier from `[auth]`, reading the public key files; `None` when no key is
+    /// configured.
+    ///
+    /// # Errors
+    /// [`KeyError`] naming the key that cannot be read or parsed.
+    pub fn from_config(config: &AuthConfig) -> Result<Option<Self>, KeyError> {
+        if config.keys.is_empty() {
+            return Ok(None);
+        }
+        let mut keys = Vec::with_capacity(config.keys.len());
+        for (index, key) in config.keys.iter().enumerate() {
+            let fail = |message: String| KeyError { index, message };
+            let algorithm = parse_algorithm(&key.algorithm)
+                .ok_or_else(|| fail(format!("unknown algorithm '{}'", key.algorithm)))?;
+            let decoding = match algorithm {
+                Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
+                    DecodingKey::from_secret(key.secret.as_bytes())
+                        .map_err(|err| fail(err.to_string()))?
+                }
+                _ => {
+                    let pem = std::fs::read(&key.public_key_file).map_err(|err| {
+                        fail(format!("cannot read {}: {err}", key.public_key_file))
+                    })?;
+                    let parsed = match algorithm {
+                        Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(&pem),
+                        Algorithm::EdDSA => DecodingKey::from_ed_pem(&pem),
+                        _ => DecodingKey::from_rsa_pem(&pem),
+                    };
+                    parsed.map_err(|err| {
+                        fail(format!(
+                            "{} is not a {} public key in PEM: {err}",
+                            key.public_key_file, key.algorithm
+                        ))
+                    })?
+                }
+            };
+            keys.push(Key {
+                kid: (!key.kid.is_empty()).then(|| key.kid.clone()),
+                algorithm,
+                decoding,
+            });
+        }
+        Ok(Some(Self {
+            keys,
+            leeway: config.leeway,
+            issuer: (!config.issuer.is_empty()).then(|| config.issuer.clone()),
+            audience: (!config.audience.is_empty()).then(|| config.audience.clone()),
+        }))
+    }
+
+    /// The leeway applied to `exp` and `nbf`.
+    #[must_use]
+    pub fn leeway(&self) -> Duration {
+        self.leeway
+    }
+
+    /// Verifies `token` and returns who it names.
+    ///
+    /// # Errors
+    /// [`AuthError`] saying why the token is refused.
+    pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
+        let candidates: Vec<&Key> = match &header.kid {
+            Some(kid) => {
+                let key = self
+                    .keys
+                    .iter()
+                    .find(|key| key.kid.as_deref() == Some(kid.as_str()))
+                    .ok_or(AuthError::UnknownKey)?;
+                vec![key]
+            }
+            None => self.keys.iter().collect(),
+        };
+        let mut candidates = candidates
+            .into_iter()
+            .filter(|key| key.algorithm == header.alg)
+            .peekable();
+        if candidates.peek().is_none() {
+            return Err(AuthError::WrongAlgorithm);
+        }
+        let mut error = AuthError::BadSignature;
+        for key in candidates {
+            match jsonwebtoken::decode::<Claims>(token, &key.decoding, &self.validation(key)) {
+                Ok(data) => {
+                    let claims = data.claims;
+                    return Ok(Identity {
+                        user: Arc::from(claims.sub),
+                        exp: claims.exp,
+                        channels: claims.channels,
+                        publish: claims.publish,
+                        info: claims.info,
+                    });
+                }
+                Err(err) => {
+                    error = match err.kind() {
+                        ErrorKind::InvalidSignature => AuthError::BadSignature,
+                        ErrorKind::ExpiredSignature => AuthError::Expired,
+                        ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+                        ErrorKind::InvalidIssuer
+                        | ErrorKind::InvalidAudience
+                        | ErrorKind::MissingRequiredClaim(_)
+                        | ErrorKind::InvalidSubject => AuthError::Claims,
+                        _ => AuthError::Malformed,
+                    };
+                    // A bad signature may verify with another key of the same algorithm;
+                    // anything else is the token's own fault.
+                    if error != AuthError::BadSignature {
+                        return Err(error);
+                    }
+                }
+            }
+        }
+        Err(error)
+    }
+
+    fn validation(&self, key: &Key) -> Validation {
+        let mut validation = Validation::new(key.algorithm);
+        validation.leeway = self.leeway.as_secs();
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        match &self.issuer {
+            Some(issuer) => validation.set_issuer(&[issuer]),
+            None => validation.iss = None,
+        }
+        match &self.audience {
+            Some(audience) => validation.set_audience(&[audience]),
+            None => validation.validate_aud = false,
+        }
+        validation
+    }
+}
+
+/// Seconds from now until `exp` (Unix seconds), 0 when past.
+#[must_use]
+pub fn seconds_until(exp: u64) -> u64 {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    exp.saturating_sub(now)
+}
+
+#[cfg(test)]
+mod tests;

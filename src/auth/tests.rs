@@ -1,0 +1,234 @@
+use jsonwebtoken::{EncodingKey, Header};
+use serde_json::json;
+
+use super::*;
+use crate::config::AuthKeyConfig;
+
+const SECRET: &str = "a-test-secret-of-at-least-32-bytes!!";
+const KEYS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys");
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn hmac_key(kid: &str, algorithm: &str, secret: &str) -> AuthKeyConfig {
+    AuthKeyConfig {
+        kid: kid.to_owned(),
+        algorithm: algorithm.to_owned(),
+        secret: secret.to_owned(),
+        public_key_file: String::new(),
+    }
+}
+
+fn pem_key(kid: &str, algorithm: &str, file: &str) -> AuthKeyConfig {
+    AuthKeyConfig {
+        kid: kid.to_owned(),
+        algorithm: algorithm.to_owned(),
+        secret: String::new(),
+        public_key_file: format!("{KEYS}/{file}"),
+    }
+}
+
+fn authenticator(keys: Vec<AuthKeyConfig>) -> Authenticator {
+    let config = AuthConfig {
+        keys,
+        ..AuthConfig::default()
+    };
+    Authenticator::from_config(&config).unwrap().unwrap()
+}
+
+fn sign(
+    algorithm: Algorithm,
+    kid: Option<&str>,
+    key: &EncodingKey,
+    claims: &serde_json::Value,
+) -> String {
+    let mut header = Header::new(algorithm);
+    header.kid = kid.map(str::to_owned);
+    jsonwebtoken::encode(&header, claims, key).unwrap()
+}
+
+fn claims(sub: &str, exp: u64) -> serde_json::Value {
+    json!({"sub": sub, "exp": exp, "channels": ["room:*"], "info": {"name": "Ada"}})
+}
+
+/// base64url without padding, for hand-made tokens.
+fn b64url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0_u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
+        }
+    }
+    out
+}
+
+#[test]
+fn every_algorithm_verifies_with_its_key() {
+    let pem = |file: &str| std::fs::read(format!("{KEYS}/{file}")).unwrap();
+    let hmac = || EncodingKey::from_secret(SECRET.as_bytes()).unwrap();
+    let rsa = || EncodingKey::from_rsa_pem(&pem("rsa.key")).unwrap();
+    let cases = [
+        (Algorithm::HS256, hmac(), hmac_key("", "HS256", SECRET)),
+        (Algorithm::HS384, hmac(), hmac_key("", "HS384", SECRET)),
+        (Algorithm::HS512, hmac(), hmac_key("", "HS512", SECRET)),
+        (Algorithm::RS256, rsa(), pem_key("", "RS256", "rsa.pub")),
+        (Algorithm::RS384, rsa(), pem_key("", "RS384", "rsa.pub")),
+        (Algorithm::RS512, rsa(), pem_key("", "RS512", "rsa.pub")),
+        (Algorithm::PS256, rsa(), pem_key("", "PS256", "rsa.pub")),
+        (
+            Algorithm::ES256,
+            EncodingKey::from_ec_pem(&pem("ec256.key")).unwrap(),
+            pem_key("", "ES256", "ec256.pub"),
+        ),
+        (
+            Algorithm::ES384,
+            EncodingKey::from_ec_pem(&pem("ec384.key")).unwrap(),
+            pem_key("", "ES384", "ec384.pub"),
+        ),
+        (
+            Algorithm::EdDSA,
+            EncodingKey::from_ed_pem(&pem("ed25519.key")).unwrap(),
+            pem_key("", "EdDSA", "ed25519.pub"),
+        ),
+    ];
+    for (algorithm, signing, key) in cases {
+        let auth = authenticator(vec![key]);
+        let token = sign(algorithm, None, &signing, &claims("42", now() + 60));
+        let identity = auth
+            .verify(&token)
+            .unwrap_or_else(|err| panic!("{algorithm:?}: {err}"));
+        assert_eq!(&*identity.user, "42", "{algorithm:?}");
+        assert_eq!(identity.channels, ["room:*"]);
+        assert_eq!(identity.info.unwrap().get(), r#"{"name":"Ada"}"#);
+        // A tampered payload does not verify.
+        let mut parts: Vec<&str> = token.split('.').collect();
+        let tampered_claims = b64url(claims("43", now() + 60).to_string().as_bytes());
+        parts[1] = &tampered_claims;
+        assert_eq!(
+            auth.verify(&parts.join(".")).unwrap_err(),
+            AuthError::BadSignature,
+            "{algorithm:?}"
+        );
+    }
+}
+
+#[test]
+fn rotation_picks_the_key_by_kid_and_refuses_unknown_kids() {
+    let old = "the-old-secret-of-at-least-32-bytes";
+    let auth = authenticator(vec![
+        hmac_key("old", "HS256", old),
+        hmac_key("new", "HS256", SECRET),
+    ]);
+    let with = |kid: Option<&str>, secret: &str| {
+        sign(
+            Algorithm::HS256,
+            kid,
+            &EncodingKey::from_secret(secret.as_bytes()).unwrap(),
+            &claims("7", now() + 60),
+        )
+    };
+    assert!(auth.verify(&with(Some("old"), old)).is_ok());
+    assert!(auth.verify(&with(Some("new"), SECRET)).is_ok());
+    assert_eq!(
+        auth.verify(&with(Some("new"), old)).unwrap_err(),
+        AuthError::BadSignature
+    );
+    assert_eq!(
+        auth.verify(&with(Some("gone"), SECRET)).unwrap_err(),
+        AuthError::UnknownKey
+    );
+    // Without a kid, every key of the algorithm is tried.
+    assert!(auth.verify(&with(None, old)).is_ok());
+}
+
+#[test]
+fn alg_none_and_algorithm_confusion_are_refused() {
+    let auth = authenticator(vec![pem_key("rsa", "RS256", "rsa.pub")]);
+    let none = format!(
+        "{}.{}.",
+        b64url(br#"{"alg":"none","typ":"JWT"}"#),
+        b64url(claims("1", now() + 60).to_string().as_bytes())
+    );
+    assert!(auth.verify(&none).is_err());
+    // HS256 "signed" with the RSA public key's PEM as the secret, naming the RSA key or not.
+    let public_pem = std::fs::read(format!("{KEYS}/rsa.pub")).unwrap();
+    for kid in [Some("rsa"), None] {
+        let confused = sign(
+            Algorithm::HS256,
+            kid,
+            &EncodingKey::from_secret(&public_pem).unwrap(),
+            &claims("1", now() + 60),
+        );
+        assert_eq!(
+            auth.verify(&confused).unwrap_err(),
+            AuthError::WrongAlgorithm
+        );
+    }
+    assert_eq!(
+        auth.verify("not a token").unwrap_err(),
+        AuthError::Malformed
+    );
+}
+
+#[test]
+fn time_claims_are_checked_with_the_leeway() {
+    let auth = authenticator(vec![hmac_key("", "HS256", SECRET)]);
+    let key = EncodingKey::from_secret(SECRET.as_bytes()).unwrap();
+    let token = |claims: serde_json::Value| sign(Algorithm::HS256, None, &key, &claims);
+    assert_eq!(
+        auth.verify(&token(claims("1", now() - 60))).unwrap_err(),
+        AuthError::Expired
+    );
+    // Within the 5 s leeway.
+    assert!(auth.verify(&token(claims("1", now() - 2))).is_ok());
+    let not_yet = json!({"sub": "1", "exp": now() + 600, "nbf": now() + 60});
+    assert_eq!(
+        auth.verify(&token(not_yet)).unwrap_err(),
+        AuthError::NotYetValid
+    );
+    assert!(auth.verify(&token(json!({"exp": now() + 60}))).is_err());
+    assert!(auth.verify(&token(json!({"sub": "1"}))).is_err());
+}
+
+#[test]
+fn issuer_and_audience_are_checked_when_configured() {
+    let config = AuthConfig {
+        keys: vec![hmac_key("", "HS256", SECRET)],
+        issuer: "https://id.example.com".to_owned(),
+        audience: "switchboard".to_owned(),
+        ..AuthConfig::default()
+    };
+    let auth = Authenticator::from_config(&config).unwrap().unwrap();
+    let key = EncodingKey::from_secret(SECRET.as_bytes()).unwrap();
+    let token = |iss: &str, aud: &str| {
+        sign(
+            Algorithm::HS256,
+            None,
+            &key,
+            &json!({"sub": "1", "exp": now() + 60, "iss": iss, "aud": aud}),
+        )
+    };
+    assert!(
+        auth.verify(&token("https://id.example.com", "switchboard"))
+            .is_ok()
+    );
+    assert_eq!(
+        auth.verify(&token("https://evil", "switchboard"))
+            .unwrap_err(),
+        AuthError::Claims
+    );
+    assert_eq!(
+        auth.verify(&token("https://id.example.com", "other"))
+            .unwrap_err(),
+        AuthError::Claims
+    );
+}

@@ -1,0 +1,231 @@
+//! JWT authentication over real sockets: tokens in the URL, the `Authorization` header and
+//! the `auth` frame; refusals (4003), expiry (4004) and refresh; `auth.required`.
+
+use std::time::{Duration, SystemTime};
+
+use futures_util::SinkExt as _;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use switchboard::config::{AuthKeyConfig, Config};
+use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest as _};
+
+use crate::harness::{TestClient, TestServer};
+
+const SECRET: &str = "an-integration-secret-of-32-bytes!!";
+const KEYS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys");
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn hs256(sub: &str, exp: u64) -> String {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &json!({"sub": sub, "exp": exp}),
+        &EncodingKey::from_secret(SECRET.as_bytes()).unwrap(),
+    )
+    .unwrap()
+}
+
+fn with_hmac(config: &mut Config) {
+    config.auth.keys = vec![AuthKeyConfig {
+        algorithm: "HS256".to_owned(),
+        secret: SECRET.to_owned(),
+        ..AuthKeyConfig::default()
+    }];
+}
+
+async fn server(change: impl FnOnce(&mut Config)) -> TestServer {
+    TestServer::builder()
+        .configure(|config| {
+            with_hmac(config);
+            change(config);
+        })
+        .start()
+        .await
+}
+
+#[tokio::test]
+async fn a_token_in_the_url_the_header_or_the_auth_frame_names_the_user() {
+    let server = server(|_| {}).await;
+    let token = hs256("alice", now() + 600);
+    let by_url = TestClient::connect(&format!("{}?token={token}", server.ws_url())).await;
+    assert_eq!(by_url.welcome["user"], "alice");
+
+    let mut request = server.ws_url().into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let (ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let mut by_header = TestClient {
+        ws,
+        welcome: Value::Null,
+    };
+    by_header.welcome = by_header.recv().await;
+    assert_eq!(by_header.welcome["user"], "alice");
+
+    let mut by_frame = server.client().await;
+    assert!(by_frame.welcome.get("user").is_none());
+    by_frame
+        .send(json!({"type": "auth", "id": 1, "token": token}))
+        .await;
+    let reply = by_frame.recv().await;
+    assert_eq!(
+        (
+            reply["type"].as_str(),
+            reply["id"].as_u64(),
+            reply["user"].as_str()
+        ),
+        (Some("authenticated"), Some(1), Some("alice"))
+    );
+    assert!(server.metric("ws_auth_total{result=\"ok\"}").await >= 3.0);
+    server.drain().await;
+}
+
+#[tokio::test]
+async fn an_invalid_token_gets_unauthorized_then_4003() {
+    let server = server(|_| {}).await;
+    let forged = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &json!({"sub": "mallory", "exp": now() + 600}),
+        &EncodingKey::from_secret(b"not-the-server-secret-but-32-bytes").unwrap(),
+    )
+    .unwrap();
+    let mut client = TestClient::connect(&format!("{}?token={forged}", server.ws_url())).await;
+    assert!(client.welcome.get("user").is_none());
+    let error = client.recv().await;
+    assert_eq!(error["code"], "unauthorized", "{error}");
+    assert_eq!(client.close_code().await, 4003);
+
+    let expired = hs256("bob", now() - 60);
+    let mut client = server.client().await;
+    client
+        .send(json!({"type": "auth", "id": 2, "token": expired}))
+        .await;
+    let error = client.recv().await;
+    assert_eq!(
+        (error["code"].as_str(), error["id"].as_u64()),
+        (Some("unauthorized"), Some(2))
+    );
+    assert_eq!(client.close_code().await, 4003);
+    assert!(
+        server
+            .metric("ws_auth_total{result=\"bad_signature\"}")
+            .await
+            >= 1.0
+    );
+    assert!(server.metric("ws_auth_total{result=\"expired\"}").await >= 1.0);
+    server.drain().await;
+}
+
+#[tokio::test]
+async fn required_auth_refuses_other_frames_and_silence() {
+    let server = server(|config| {
+        config.auth.required = true;
+        config.auth.timeout = Duration::from_millis(500);
+    })
+    .await;
+    let mut eager = server.client().await;
+    eager
+        .send(json!({"type": "subscribe", "id": 3, "channel": "news"}))
+        .await;
+    let error = eager.recv().await;
+    assert_eq!(
+        (error["code"].as_str(), error["id"].as_u64()),
+        (Some("unauthorized"), Some(3))
+    );
+    assert_eq!(eager.close_code().await, 4003);
+
+    let mut silent = server.client().await;
+    let started = tokio::time::Instant::now();
+    assert_eq!(silent.close_code().await, 4003);
+    assert!(started.elapsed() < Duration::from_secs(3));
+
+    let mut good = server.client().await;
+    good.send(json!({"type": "auth", "token": hs256("carol", now() + 600)}))
+        .await;
+    assert_eq!(good.recv().await["type"], "authenticated");
+    good.subscribe("news").await;
+    // Past the auth timeout, the authenticated connection stays.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    good.send(json!({"type": "ping", "id": 9})).await;
+    assert_eq!(good.recv_type("pong").await["id"], 9);
+    server.drain().await;
+}
+
+#[tokio::test]
+async fn an_expired_token_closes_with_4004_unless_refreshed() {
+    let server = server(|config| config.auth.leeway = Duration::ZERO).await;
+    let mut lapsing = TestClient::connect(&format!(
+        "{}?token={}",
+        server.ws_url(),
+        hs256("dave", now() + 2)
+    ))
+    .await;
+    let mut refreshed = TestClient::connect(&format!(
+        "{}?token={}",
+        server.ws_url(),
+        hs256("erin", now() + 2)
+    ))
+    .await;
+    refreshed
+        .send(json!({"type": "refresh", "id": 4, "token": hs256("erin", now() + 600)}))
+        .await;
+    let reply = refreshed.recv().await;
+    assert_eq!(
+        (reply["type"].as_str(), reply["id"].as_u64()),
+        (Some("refreshed"), Some(4))
+    );
+    assert_eq!(lapsing.close_code().await, 4004);
+    refreshed.send(json!({"type": "ping", "id": 5})).await;
+    assert_eq!(refreshed.recv_type("pong").await["id"], 5);
+    // A refresh for another user is refused.
+    refreshed
+        .send(json!({"type": "refresh", "id": 6, "token": hs256("mallory", now() + 600)}))
+        .await;
+    assert_eq!(refreshed.recv().await["code"], "unauthorized");
+    assert_eq!(refreshed.close_code().await, 4003);
+    server.drain().await;
+}
+
+#[tokio::test]
+async fn public_key_algorithms_and_the_url_switch() {
+    let server = TestServer::builder()
+        .configure(|config| {
+            config.auth.token_query = false;
+            config.auth.keys = vec![AuthKeyConfig {
+                kid: "ec-1".to_owned(),
+                algorithm: "ES256".to_owned(),
+                public_key_file: format!("{KEYS}/ec256.pub"),
+                ..AuthKeyConfig::default()
+            }];
+        })
+        .start()
+        .await;
+    let pem = std::fs::read(format!("{KEYS}/ec256.key")).unwrap();
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some("ec-1".to_owned());
+    let token = jsonwebtoken::encode(
+        &header,
+        &json!({"sub": "frank", "exp": now() + 600}),
+        &EncodingKey::from_ec_pem(&pem).unwrap(),
+    )
+    .unwrap();
+    // token_query = false: the URL's token is ignored, the frame's is taken.
+    let mut client = TestClient::connect(&format!("{}?token={token}", server.ws_url())).await;
+    assert!(client.welcome.get("user").is_none());
+    client
+        .ws
+        .send(Message::Text(
+            json!({"type": "auth", "id": 1, "token": token})
+                .to_string()
+                .into(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(client.recv().await["user"], "frank");
+    server.drain().await;
+}
