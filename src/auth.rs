@@ -271,13 +271,18 @@ impl Authenticator {
     }
 }
 
+/// Now, in Unix seconds: the clock `exp` and `nbf` are read against.
+#[must_use]
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
+}
+
 /// Seconds from now until `exp` (Unix seconds), 0 when past.
 #[must_use]
 pub fn seconds_until(exp: u64) -> u64 {
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs());
-    exp.saturating_sub(now)
+    exp.saturating_sub(unix_now())
 }
 
 #[cfg(test)]

@@ -1,18 +1,11 @@
 use jsonwebtoken::{EncodingKey, Header};
 use serde_json::json;
 
-use super::*;
+use super::{unix_now as now, *};
 use crate::config::AuthKeyConfig;
 
 const SECRET: &str = "a-test-secret-of-at-least-32-bytes!!";
 const KEYS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys");
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
 
 fn hmac_key(kid: &str, algorithm: &str, secret: &str) -> AuthKeyConfig {
     AuthKeyConfig {

@@ -1,25 +1,21 @@
 //! JWT authentication over real sockets: tokens in the URL, the `Authorization` header and
 //! the `auth` frame; refusals (4003), expiry (4004) and refresh; `auth.required`.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use futures_util::SinkExt as _;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
-use switchboard::config::{AuthKeyConfig, Config};
+use switchboard::{
+    auth::unix_now as now,
+    config::{AuthKeyConfig, Config},
+};
 use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest as _};
 
 use crate::harness::{TestClient, TestServer};
 
 const SECRET: &str = "an-integration-secret-of-32-bytes!!";
 const KEYS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys");
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
 
 fn hs256(sub: &str, exp: u64) -> String {
     jsonwebtoken::encode(
