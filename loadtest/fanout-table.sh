@@ -21,7 +21,7 @@ for pair in "${pairs[@]}"; do
   read -r subs rate <<<"$pair"
   "$BIN/switchboard-loadtest" baseline --listen 127.0.0.1:8090 >/dev/null 2>&1 &
   baseline=$!
-  SWITCHBOARD_LIMITS__CLIENT_MESSAGES_PER_SECOND=0 "$BIN/switchboard" --listen 127.0.0.1:18080 \
+  "$BIN/switchboard" --config "$(dirname "$0")/switchboard.toml" --listen 127.0.0.1:18080 \
     --control 127.0.0.1:19090 --log-level warn &
   node=$!
   pids=("$baseline" "$node")

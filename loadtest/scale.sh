@@ -24,7 +24,7 @@ redis-server --port $redis_port --bind 127.0.0.1 --save "" --appendonly no >"$ou
 pids+=($!)
 sleep 0.5
 for n in $(seq 1 "$NODES"); do
-  SWITCHBOARD_LIMITS__CLIENT_MESSAGES_PER_SECOND=0 "$BIN/switchboard" --listen "127.0.0.1:$((18100 + n))" --control "127.0.0.1:$((19100 + n))" \
+  "$BIN/switchboard" --config "$(dirname "$0")/switchboard.toml" --listen "127.0.0.1:$((18100 + n))" --control "127.0.0.1:$((19100 + n))" \
     --redis "redis://127.0.0.1:$redis_port" --node-id "node-$n" --log-level warn \
     >"$out/node-$n.log" 2>&1 &
   pids+=($!)

@@ -141,6 +141,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             auth_required: config.auth.required,
             token_query: config.auth.token_query,
             auth_timeout: config.auth.timeout,
+            namespaces: crate::auth::Namespaces::new(&config.namespaces),
         },
         auth: crate::auth::Authenticator::from_config(&config.auth)
             .context("loading the [auth] keys")?

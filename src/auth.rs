@@ -8,6 +8,8 @@
 //! algorithm, which is how keys are rotated when tokens carry no `kid`. `exp` and `sub` are
 //! required; `exp`, `nbf`, and `iss`/`aud` when configured, are checked with `auth.leeway`.
 //!
+//! Channel permissions (`namespaces`) use the identity a token gives.
+//!
 //! Must not depend on anything internal but `config`.
 
 use std::{
@@ -21,6 +23,9 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::config::AuthConfig;
+
+pub mod namespaces;
+pub use self::namespaces::{Action, Namespaces};
 
 /// An authenticated connection's identity, from its token's claims.
 #[derive(Debug, Clone)]

@@ -33,6 +33,7 @@ pub const SLOW_CONSUMER_CLOSES: &str = "ws_slow_consumer_closes_total";
 pub const PROTOCOL_ERRORS: &str = "ws_protocol_errors_total";
 pub const RATE_LIMITED: &str = "ws_rate_limited_total";
 pub const AUTH: &str = "ws_auth_total";
+pub const FORBIDDEN: &str = "ws_forbidden_total";
 pub const QUEUE_MESSAGES: &str = "ws_outbound_queue_messages";
 pub const QUEUE_MAX_MESSAGES: &str = "ws_outbound_queue_max_messages";
 pub const QUEUE_BYTES: &str = "ws_outbound_queue_bytes";
@@ -156,6 +157,11 @@ pub fn auth(result: &'static str) {
     metrics::counter!(AUTH, "result" => result).increment(1);
 }
 
+/// Counts a subscribe, history read or publish the namespaces refused.
+pub fn forbidden(action: &'static str) {
+    metrics::counter!(FORBIDDEN, "action" => action).increment(1);
+}
+
 /// Counts a refused upgrade by reason.
 pub fn connection_rejected(reason: &'static str) {
     metrics::counter!(CONNECTIONS_REJECTED, "reason" => reason).increment(1);
@@ -248,6 +254,10 @@ fn describe() {
         "Connections refused before or during the upgrade, by reason"
     );
     describe_counter!(CONNECTIONS_CLOSED, "Sessions ended, by close code");
+    describe_counter!(
+        FORBIDDEN,
+        "Client requests the namespaces refused, by action (subscribe, history, publish)"
+    );
     describe_counter!(
         AUTH,
         "Tokens checked (upgrade, auth and refresh frames), by result: ok or why refused"

@@ -34,7 +34,7 @@ pub enum ConfigError {
 }
 
 /// The whole configuration. See `config/switchboard.toml` for every key documented.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub server: ServerConfig,
@@ -46,6 +46,49 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     pub cluster: ClusterConfig,
     pub auth: AuthConfig,
+    /// Channel permissions; the first entry whose pattern matches a channel governs it, and a
+    /// channel no entry matches is refused. Default: one `*` entry letting anyone subscribe
+    /// and read history, and no client publish (backends publish through the control API).
+    #[serde(default = "default_namespaces")]
+    pub namespaces: Vec<NamespaceConfig>,
+}
+
+/// Who may do something with a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Rule {
+    /// Anyone, with or without a token.
+    Anonymous,
+    /// Any connection with a valid token.
+    Authenticated,
+    /// The connection whose token's `sub` is the `{sub}` part of the channel.
+    Owner,
+    /// A connection whose token's `channels` (`publish` for publishing) has a matching pattern.
+    Claim,
+    /// Nobody (backends still can, through the control API).
+    None,
+}
+
+/// One `[[namespaces]]` entry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamespaceConfig {
+    /// `*`, a prefix ending in `*` (`room:*`), an exact name, or a name with `{sub}` for the
+    /// token's user (`user:{sub}`, `user:{sub}:*`).
+    pub pattern: String,
+    pub subscribe: Rule,
+    pub publish: Rule,
+    /// Replaying history: a subscribe with `since`.
+    pub history: Rule,
+}
+
+fn default_namespaces() -> Vec<NamespaceConfig> {
+    vec![NamespaceConfig {
+        pattern: "*".to_owned(),
+        subscribe: Rule::Anonymous,
+        publish: Rule::None,
+        history: Rule::Anonymous,
+    }]
 }
 
 /// Client authentication with JSON Web Tokens. Off while `keys` is empty.
@@ -318,6 +361,23 @@ impl RedisTarget {
             RedisTarget::None => false,
             RedisTarget::Url(url) => !url.is_empty(),
             RedisTarget::ClusterSeeds(seeds) => !seeds.is_empty(),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig::default(),
+            control: ControlConfig::default(),
+            log: LogConfig::default(),
+            limits: LimitsConfig::default(),
+            session: SessionConfig::default(),
+            history: HistoryConfig::default(),
+            shutdown: ShutdownConfig::default(),
+            cluster: ClusterConfig::default(),
+            auth: AuthConfig::default(),
+            namespaces: default_namespaces(),
         }
     }
 }
@@ -722,6 +782,11 @@ impl Config {
             return Err(invalid("shutdown.grace", "must be greater than 0"));
         }
         self.auth.validate()?;
+        for (index, namespace) in self.namespaces.iter().enumerate() {
+            if let Err(message) = check_namespace(namespace) {
+                return Err(invalid("namespaces", format!("[{index}]: {message}")));
+            }
+        }
         Ok(self)
     }
 
@@ -796,6 +861,31 @@ impl AuthConfig {
         }
         Ok(())
     }
+}
+
+/// A namespace's pattern: `*`, or a name with at most one `{sub}` and a `*` only at the end;
+/// `owner` rules need `{sub}`.
+fn check_namespace(namespace: &NamespaceConfig) -> Result<(), String> {
+    let pattern = namespace.pattern.as_str();
+    if pattern.is_empty() {
+        return Err("pattern is empty".to_owned());
+    }
+    if pattern.matches("{sub}").count() > 1 {
+        return Err(format!("pattern '{pattern}' has more than one {{sub}}"));
+    }
+    if pattern.trim_end_matches('*').contains('*') {
+        return Err(format!(
+            "pattern '{pattern}': `*` may only end a pattern (or be all of it)"
+        ));
+    }
+    let owner_rule =
+        [namespace.subscribe, namespace.publish, namespace.history].contains(&Rule::Owner);
+    if owner_rule && !pattern.contains("{sub}") {
+        return Err(format!(
+            "pattern '{pattern}' has no {{sub}}, so `owner` can never match"
+        ));
+    }
+    Ok(())
 }
 
 /// `*`, or `scheme://host[:port]` with an optional `*.` before the host and no path.

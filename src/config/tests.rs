@@ -120,3 +120,28 @@ fn auto_shards_are_a_power_of_two_of_at_least_four_per_core() {
     assert!(config.server.shards >= 4 * cores);
     assert!(config.server.node_id.starts_with("node-"));
 }
+
+#[test]
+fn the_load_generator_config_parses_and_opens_client_publishing() {
+    let text = include_str!("../../loadtest/switchboard.toml");
+    let config = Config::from_toml_str(text).expect("loadtest/switchboard.toml is valid");
+    assert_eq!(config.limits.client_messages_per_second, 0);
+    assert_eq!(config.namespaces[0].publish, Rule::Anonymous);
+}
+
+#[test]
+fn namespaces_are_checked() {
+    for text in [
+        "[[namespaces]]\npattern = \"a*b\"\nsubscribe = \"anonymous\"\npublish = \"none\"\nhistory = \"none\"\n",
+        "[[namespaces]]\npattern = \"room:*\"\nsubscribe = \"owner\"\npublish = \"none\"\nhistory = \"none\"\n",
+        "[[namespaces]]\npattern = \"{sub}:{sub}\"\nsubscribe = \"owner\"\npublish = \"none\"\nhistory = \"none\"\n",
+    ] {
+        let err = Config::from_toml_str(text).unwrap_err();
+        assert!(err.to_string().starts_with("namespaces"), "{text}: {err}");
+    }
+    let err = Config::from_toml_str(
+        "[[namespaces]]\npattern = \"x\"\nsubscribe = \"everyone\"\npublish = \"none\"\nhistory = \"none\"\n",
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("namespaces"), "{err}");
+}

@@ -36,7 +36,7 @@ use tokio::{
 };
 
 use crate::{
-    auth::Authenticator,
+    auth::{Authenticator, Namespaces},
     cluster::Bus,
     hub::{FlushAfterPoll, Frame, HubHandle, Outbound, Wire},
     protocol::{self, CloseCode, ws},
@@ -84,6 +84,8 @@ pub struct SessionSettings {
     pub token_query: bool,
     /// Time to send `auth` when the upgrade brought no token (`auth.timeout`).
     pub auth_timeout: Duration,
+    /// Channel permissions (`[[namespaces]]`).
+    pub namespaces: Namespaces,
 }
 
 impl SessionSettings {
@@ -593,6 +595,7 @@ mod tests {
                 auth_required: false,
                 token_query: true,
                 auth_timeout: Duration::from_secs(1),
+                namespaces: Namespaces::default(),
             },
             connect_limiter: None,
             auth: None,

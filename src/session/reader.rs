@@ -23,7 +23,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{End, SessionContext, socket::Socket, writer};
 use crate::{
-    auth::{self, AuthError, Identity},
+    auth::{self, Action, AuthError, Identity},
     hub::{Frame, Outbound, SubscribeError, Subscribed},
     protocol::{self, ChannelName, ClientFrame, CloseCode, ErrorCode, Offset, ws::Inbound},
     telemetry::{self, RateScope},
@@ -147,6 +147,26 @@ impl Reader {
         telemetry::auth(err.label());
         self.error(id, ErrorCode::Unauthorized, &err.to_string());
         self.outbound.close(CloseCode::Unauthorized);
+    }
+
+    /// Whether the namespaces let this connection do `action` on `channel`; answers
+    /// `forbidden` when not.
+    fn permitted(&self, id: Option<u64>, channel: &ChannelName, action: Action) -> bool {
+        let allowed =
+            self.ctx
+                .settings
+                .namespaces
+                .allows(channel.as_str(), action, self.identity.as_deref());
+        if !allowed {
+            telemetry::forbidden(action.label());
+            let message = match action {
+                Action::Subscribe => "not allowed to subscribe to this channel",
+                Action::Publish => "not allowed to publish to this channel",
+                Action::History => "not allowed to read this channel's history (`since`)",
+            };
+            self.error(id, ErrorCode::Forbidden, message);
+        }
+        allowed
     }
 
     /// `{"type":"auth"}`: authenticates a connection whose upgrade brought no token.
@@ -469,6 +489,11 @@ impl Reader {
             Ok(since) => since,
             Err(err) => return self.error(id, ErrorCode::BadRequest, &err.to_string()),
         };
+        if !self.permitted(id, &channel, Action::Subscribe)
+            || (since.is_some() && !self.permitted(id, &channel, Action::History))
+        {
+            return;
+        }
         if self.subscriptions.contains(&channel) {
             return self.error(
                 id,
@@ -546,6 +571,9 @@ impl Reader {
         let Some(channel) = self.channel(id, name) else {
             return;
         };
+        if !self.permitted(id, &channel, Action::Publish) {
+            return;
+        }
         if data.len() > self.ctx.settings.max_publish_payload_bytes {
             return self.error(id, ErrorCode::LimitExceeded, "`data` is too large");
         }

@@ -8,7 +8,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use switchboard::{
     auth::unix_now as now,
-    config::{AuthKeyConfig, Config},
+    config::{AuthKeyConfig, Config, NamespaceConfig, Rule},
 };
 use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest as _};
 
@@ -223,5 +223,137 @@ async fn public_key_algorithms_and_the_url_switch() {
         .await
         .unwrap();
     assert_eq!(client.recv().await["user"], "frank");
+    server.drain().await;
+}
+
+fn token_with(sub: &str, channels: &[&str], publish: &[&str]) -> String {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &json!({"sub": sub, "exp": now() + 600, "channels": channels, "publish": publish}),
+        &EncodingKey::from_secret(SECRET.as_bytes()).unwrap(),
+    )
+    .unwrap()
+}
+
+fn namespace(pattern: &str, subscribe: Rule, publish: Rule, history: Rule) -> NamespaceConfig {
+    NamespaceConfig {
+        pattern: pattern.to_owned(),
+        subscribe,
+        publish,
+        history,
+    }
+}
+
+/// The answer to a request: its `type` (`subscribed`, `published`, ...) or error `code`.
+async fn outcome(client: &mut TestClient, request: Value) -> String {
+    let id = request["id"].as_u64();
+    client.send(request).await;
+    loop {
+        let reply = client.recv().await;
+        if reply["id"].as_u64() == id {
+            return match reply["type"].as_str() {
+                Some("error") => reply["code"].as_str().unwrap().to_owned(),
+                other => other.unwrap().to_owned(),
+            };
+        }
+    }
+}
+
+/// The chat of docs/security.md: public rooms, private rooms by claim, an inbox per user.
+#[tokio::test]
+async fn namespaces_decide_who_may_subscribe_publish_and_resume() {
+    let server = server(|config| {
+        config.namespaces = vec![
+            namespace(
+                "public:*",
+                Rule::Anonymous,
+                Rule::Authenticated,
+                Rule::Anonymous,
+            ),
+            namespace("room:*", Rule::Claim, Rule::Claim, Rule::Claim),
+            namespace("user:{sub}", Rule::Owner, Rule::None, Rule::Owner),
+            namespace("live:*", Rule::Anonymous, Rule::None, Rule::None),
+        ];
+    })
+    .await;
+    let connect = |token: Option<String>| {
+        let url = match token {
+            Some(token) => format!("{}?token={token}", server.ws_url()),
+            None => server.ws_url(),
+        };
+        async move { TestClient::connect(&url).await }
+    };
+    let mut anonymous = connect(None).await;
+    let mut alice = connect(Some(token_with("alice", &["room:7"], &["room:7"]))).await;
+    let mut bob = connect(Some(token_with("bob", &["room:8"], &[]))).await;
+    let sub = |id: u64, channel: &str| json!({"type": "subscribe", "id": id, "channel": channel});
+    let publish = |id: u64, channel: &str| json!({"type": "publish", "id": id, "channel": channel, "data": id});
+
+    assert_eq!(
+        outcome(&mut anonymous, sub(1, "public:lobby")).await,
+        "subscribed"
+    );
+    assert_eq!(
+        outcome(&mut anonymous, publish(2, "public:lobby")).await,
+        "forbidden"
+    );
+    assert_eq!(
+        outcome(&mut alice, publish(3, "public:lobby")).await,
+        "published"
+    );
+    assert_eq!(outcome(&mut alice, sub(4, "room:7")).await, "subscribed");
+    assert_eq!(outcome(&mut bob, sub(5, "room:7")).await, "forbidden");
+    assert_eq!(outcome(&mut bob, publish(6, "room:8")).await, "forbidden");
+    assert_eq!(outcome(&mut anonymous, sub(7, "room:7")).await, "forbidden");
+    assert_eq!(
+        outcome(&mut alice, sub(8, "user:alice")).await,
+        "subscribed"
+    );
+    assert_eq!(outcome(&mut bob, sub(9, "user:alice")).await, "forbidden");
+    assert_eq!(
+        outcome(&mut anonymous, sub(10, "user:alice")).await,
+        "forbidden"
+    );
+    assert_eq!(
+        outcome(&mut alice, publish(11, "user:alice")).await,
+        "forbidden"
+    );
+    assert_eq!(outcome(&mut alice, sub(12, "nowhere")).await, "forbidden");
+    // Resuming follows `history`: live:* may be followed, not replayed.
+    let offset = server.publish("live:score", json!(1)).await;
+    let resume = json!({"type": "subscribe", "id": 13, "channel": "live:score", "since": offset});
+    assert_eq!(outcome(&mut anonymous, resume).await, "forbidden");
+    assert_eq!(
+        outcome(&mut anonymous, sub(14, "live:score")).await,
+        "subscribed"
+    );
+    // Backends publish anywhere; the owner gets it.
+    server.publish("user:alice", json!("for alice")).await;
+    assert_eq!(alice.recv_type("message").await["data"], "for alice");
+    assert!(
+        server
+            .metric("ws_forbidden_total{action=\"subscribe\"}")
+            .await
+            >= 5.0
+    );
+    assert!(
+        server
+            .metric("ws_forbidden_total{action=\"history\"}")
+            .await
+            >= 1.0
+    );
+    server.drain().await;
+}
+
+#[tokio::test]
+async fn the_default_namespace_lets_anyone_follow_and_only_backends_publish() {
+    let server = server(|config| config.namespaces = Config::default().namespaces).await;
+    let mut client = server.client().await;
+    let sub = json!({"type": "subscribe", "id": 1, "channel": "news"});
+    assert_eq!(outcome(&mut client, sub).await, "subscribed");
+    let publish = json!({"type": "publish", "id": 2, "channel": "news", "data": 1});
+    assert_eq!(outcome(&mut client, publish).await, "forbidden");
+    server.publish("news", json!("from a backend")).await;
+    assert_eq!(client.recv_type("message").await["data"], "from a backend");
     server.drain().await;
 }

@@ -85,6 +85,13 @@ impl TestServer {
         config.control.listen = "127.0.0.1:0".parse().unwrap();
         config.server.shards = 4;
         config.shutdown.grace = Duration::from_secs(2);
+        // Most tests publish from clients; the namespaces' own tests set their own.
+        config.namespaces = vec![switchboard::config::NamespaceConfig {
+            pattern: "*".to_owned(),
+            subscribe: switchboard::config::Rule::Anonymous,
+            publish: switchboard::config::Rule::Anonymous,
+            history: switchboard::config::Rule::Anonymous,
+        }];
         TestServerBuilder { config }
     }
 
