@@ -38,6 +38,8 @@ pub struct Running {
     background_stop: CancellationToken,
     /// Accept loop and sessions (readers and writers).
     sessions: Shutdown,
+    /// The listener's TLS, when on (reloaded by [`Running::reload_tls`]).
+    tls: Option<Arc<crate::tls::Tls>>,
     /// Control API and periodic tasks.
     background: Shutdown,
 }
@@ -176,11 +178,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
              with its visitors' credentials"
         );
     }
+    let tls = crate::tls::Tls::from_config(&config.server.tls)
+        .context("loading server.tls (certificate and key)")?;
     let bus_kind = bus.kind();
     let (limited_sessions, limited_control) = (Arc::clone(&session_ctx), Arc::clone(&control_ctx));
     sessions.spawn(accept_loop(
         ws_listener,
         session_ctx,
+        tls.clone(),
         accept_stop.clone(),
         sessions.clone(),
     ));
@@ -236,6 +241,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         node = %node_id,
         shards = config.server.shards,
         bus = bus_kind,
+        tls = tls.is_some(),
         "Switchboard listening"
     );
     drop::<Latch>(starting);
@@ -249,6 +255,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         background_stop,
         sessions,
         background,
+        tls,
     })
 }
 
@@ -258,7 +265,18 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 /// When the node cannot start.
 pub async fn run(config: Config, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
     let running = start(config).await?;
-    signal.await;
+    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("listening for SIGHUP")?;
+    tokio::pin!(signal);
+    loop {
+        tokio::select! {
+            () = &mut signal => break,
+            _ = hangups.recv() => {
+                tracing::info!("SIGHUP received: reloading the TLS certificate");
+                running.reload_tls();
+            }
+        }
+    }
     running.drain().await;
     Ok(())
 }
@@ -277,6 +295,25 @@ impl Running {
     #[must_use]
     pub fn hub(&self) -> &HubHandle {
         &self.hub
+    }
+
+    /// Reads `server.tls`'s files again for new connections; on failure logs why and keeps
+    /// the old certificate. Returns whether a new certificate is served.
+    pub fn reload_tls(&self) -> bool {
+        let Some(tls) = &self.tls else {
+            tracing::info!("No TLS configured: nothing to reload");
+            return false;
+        };
+        match tls.reload() {
+            Ok(()) => {
+                tracing::info!("TLS certificate reloaded");
+                true
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "TLS reload failed; the old certificate stays");
+                false
+            }
+        }
     }
 
     /// Shuts the node down: unready, stop accepting, close every session with 1001, wait for
@@ -308,6 +345,7 @@ impl Running {
 async fn accept_loop(
     listener: TcpListener,
     ctx: Arc<session::SessionContext>,
+    tls: Option<Arc<crate::tls::Tls>>,
     stop: CancellationToken,
     sessions: Shutdown,
 ) {
@@ -320,9 +358,14 @@ async fn accept_loop(
         match accepted {
             // The accept loop only spawns: the upgrade and all per-connection work (including
             // cleanup after a disconnect) happen in the session's own task.
-            Ok((stream, _peer)) => {
-                sessions.spawn(session::serve_tcp(stream, Arc::clone(&ctx)));
-            }
+            Ok((stream, _peer)) => match &tls {
+                Some(tls) => {
+                    sessions.spawn(session::serve_tls(stream, tls.acceptor(), Arc::clone(&ctx)));
+                }
+                None => {
+                    sessions.spawn(session::serve_tcp(stream, Arc::clone(&ctx)));
+                }
+            },
             Err(err) => {
                 // EMFILE and friends: back off so the loop does not spin while full.
                 tracing::warn!(error = %err, "WebSocket accept failed");

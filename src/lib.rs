@@ -14,3 +14,4 @@ pub mod session;
 pub mod shutdown;
 pub mod telemetry;
 pub mod throttle;
+pub mod tls;

@@ -164,6 +164,26 @@ pub struct ServerConfig {
     /// open a WebSocket; a browser upgrade from another origin gets HTTP 403. Default empty:
     /// only upgrades without an `Origin` or whose `Origin` is the requested host.
     pub allowed_origins: Vec<String>,
+    /// TLS for the listener (`wss://`); off while both files are empty.
+    pub tls: TlsConfig,
+}
+
+/// A certificate chain and its key, PEM. Reloaded on SIGHUP.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// The certificate chain, leaf first. Empty: no TLS.
+    pub cert_file: String,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: String,
+}
+
+impl TlsConfig {
+    /// Whether TLS is configured.
+    #[must_use]
+    pub fn is_set(&self) -> bool {
+        !self.cert_file.is_empty() || !self.key_file.is_empty()
+    }
 }
 
 /// The control (HTTP API) listener.
@@ -412,6 +432,7 @@ impl Default for ServerConfig {
             node_id: String::new(),
             shards: 0,
             allowed_origins: Vec::new(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -590,6 +611,14 @@ impl Config {
                 format!(
                     "'{bad}' is not an origin: use scheme://host[:port], scheme://*.domain or *"
                 ),
+            ));
+        }
+        if self.server.tls.is_set()
+            && (self.server.tls.cert_file.is_empty() || self.server.tls.key_file.is_empty())
+        {
+            return Err(invalid(
+                "server.tls",
+                "needs both cert_file and key_file (or neither, for no TLS)",
             ));
         }
         if self.server.shards == 0 {

@@ -202,7 +202,61 @@ pub fn serve_tcp(
     };
     let stream = SharedTcp::new(stream);
     let wire = stream.wire();
-    FlushAfterPoll::new(serve_upgrade(stream, ctx, peer, throttled, Some(wire)))
+    FlushAfterPoll::new(serve_upgrade(
+        stream,
+        ctx,
+        peer,
+        throttled,
+        Some(wire),
+        None,
+    ))
+}
+
+/// Serves one accepted TCP connection over TLS: the TLS handshake (within
+/// `session.handshake_timeout`, holding a pending-upgrade slot like the upgrade itself),
+/// then the upgrade and the session. Publishers cannot write through TLS themselves: the
+/// session task writes every frame.
+pub fn serve_tls(
+    stream: TcpStream,
+    acceptor: Arc<tokio_rustls::TlsAcceptor>,
+    ctx: Arc<SessionContext>,
+) -> impl Future<Output = ()> + Send + 'static {
+    let _ = stream.set_nodelay(true);
+    let peer = stream.peer_addr().ok().map(|peer| peer.ip());
+    let throttled = match (&ctx.connect_limiter, peer) {
+        (Some(limiter), Some(ip)) => limiter.try_acquire(&ip, ctx.hub.clock_ns(), 1).is_err(),
+        _ => false,
+    };
+    FlushAfterPoll::new(async move {
+        // Before the TLS handshake nothing can be answered: over a cap, just close.
+        let Ok(slot) = ctx.hub.pending_upgrades().try_acquire(peer) else {
+            telemetry::connection_rejected("max_pending_upgrades");
+            return;
+        };
+        let accepted = tokio::time::timeout(ctx.settings.handshake_timeout, async move {
+            acceptor.accept(stream).await
+        });
+        let stream = match accepted.await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(_)) => {
+                telemetry::connection_rejected("tls_handshake");
+                return;
+            }
+            Err(_) => {
+                telemetry::connection_rejected("handshake_timeout");
+                return;
+            }
+        };
+        Box::pin(serve_upgrade(
+            stream,
+            ctx,
+            peer,
+            throttled,
+            None,
+            Some(slot),
+        ))
+        .await;
+    })
 }
 
 /// Serves one connection over any byte stream (TCP, TLS, or a test pipe). Publishers cannot
@@ -211,7 +265,7 @@ pub fn serve<S>(stream: S, ctx: Arc<SessionContext>) -> impl Future<Output = ()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    FlushAfterPoll::new(serve_upgrade(stream, ctx, None, false, None))
+    FlushAfterPoll::new(serve_upgrade(stream, ctx, None, false, None, None))
 }
 
 /// Releases the admission slot when the session ends, however it ends.
@@ -232,11 +286,13 @@ async fn serve_upgrade<S>(
     peer: Option<IpAddr>,
     throttled: bool,
     wire: Option<Arc<dyn Wire>>,
+    pending: Option<crate::hub::PendingSlot>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     // Boxed: needed once, so its state does not size the session task for its whole life.
-    let Some(upgraded) = Box::pin(upgrade(&mut stream, &ctx, peer, throttled)).await else {
+    let upgrading = upgrade(&mut stream, &ctx, peer, throttled, pending);
+    let Some(upgraded) = Box::pin(upgrading).await else {
         return;
     };
     // Built by a plain function, so that nothing of the upgrade's result stays in this
@@ -253,12 +309,14 @@ async fn upgrade<S>(
     ctx: &SessionContext,
     peer: Option<IpAddr>,
     throttled: bool,
+    pending: Option<crate::hub::PendingSlot>,
 ) -> Option<Upgraded>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let settings = &ctx.settings;
-    let _pending = match ctx.hub.pending_upgrades().try_acquire(peer) {
+    // Taken here unless the caller took it before a TLS handshake.
+    let _pending = match pending.map_or_else(|| ctx.hub.pending_upgrades().try_acquire(peer), Ok) {
         Ok(slot) => slot,
         Err(reason) => {
             upgrade::refuse(stream, Refusal::pending(reason)).await;

@@ -161,6 +161,14 @@ impl TestServer {
             .unwrap_or(0.0)
     }
 
+    /// Reloads the listener's TLS certificate, as SIGHUP does.
+    pub fn reload_tls(&self) -> bool {
+        self.running
+            .as_ref()
+            .expect("server is running")
+            .reload_tls()
+    }
+
     /// Shuts the server down the way SIGTERM does.
     pub async fn drain(mut self) {
         if let Some(running) = self.running.take() {

@@ -22,3 +22,4 @@ mod redis_server;
 mod resume;
 mod slow_consumer;
 mod throttle;
+mod tls;
