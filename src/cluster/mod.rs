@@ -69,6 +69,14 @@ pub trait Bus: Send + Sync + std::fmt::Debug + 'static {
         limit: usize,
     ) -> BusFuture<'a, Result<History, BusError>>;
 
+    /// Closes every connection of `user` with 4000 on every node: this node's at once (how
+    /// many is the answer), the others' as they read the request from the bus.
+    ///
+    /// # Errors
+    /// [`BusError::Unavailable`] when the other nodes cannot be told (this node's connections
+    /// are closed anyway).
+    fn disconnect_user<'a>(&'a self, user: &'a str) -> BusFuture<'a, Result<usize, BusError>>;
+
     /// Reasons the bus is unfit to serve, for `/readyz`; empty when healthy.
     fn unready_reasons(&self) -> Vec<String>;
 
@@ -131,6 +139,13 @@ impl Bus for LocalBus {
         Box::pin(std::future::ready(Ok(self
             .hub
             .history(channel, since, limit))))
+    }
+
+    fn disconnect_user<'a>(&'a self, user: &'a str) -> BusFuture<'a, Result<usize, BusError>> {
+        let closed = self
+            .hub
+            .disconnect_user(user, crate::protocol::CloseCode::Disconnected);
+        Box::pin(std::future::ready(Ok(closed)))
     }
 
     fn unready_reasons(&self) -> Vec<String> {

@@ -574,7 +574,45 @@ impl ChannelRead {
     }
 }
 
+impl RedisBus {
+    /// Closes `user`'s connections here, and appends a request to partition 0's bus stream,
+    /// which every node reads (entries with `k` = `disconnect` carry no message; this node
+    /// skips its own by `n`).
+    async fn disconnect_user_everywhere(&self, user: &str) -> Result<usize, BusError> {
+        let inner = &self.inner;
+        let closed = inner
+            .hub
+            .disconnect_user(user, crate::protocol::CloseCode::Disconnected);
+        let mut conn = inner.conn()?;
+        let mut command = redis::cmd("XADD");
+        command
+            .arg(bus_key(0))
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(inner.settings.bus_maxlen)
+            .arg("*")
+            .arg("k")
+            .arg("disconnect")
+            .arg("u")
+            .arg(user)
+            .arg("n")
+            .arg(&*inner.settings.node_id);
+        tokio::time::timeout(
+            inner.settings.publish_timeout,
+            command.query_async::<Value>(&mut conn),
+        )
+        .await
+        .map_err(|_| BusError::Unavailable("redis timed out"))?
+        .map_err(|err| inner.failed("disconnect", &err))?;
+        Ok(closed)
+    }
+}
+
 impl Bus for RedisBus {
+    fn disconnect_user<'a>(&'a self, user: &'a str) -> BusFuture<'a, Result<usize, BusError>> {
+        Box::pin(self.disconnect_user_everywhere(user))
+    }
+
     fn publish<'a>(
         &'a self,
         channel: &'a ChannelName,
@@ -1047,7 +1085,14 @@ fn deliver_batch(inner: &Inner, value: Value) -> Option<String> {
                 continue;
             };
             n_entries += 1;
-            if let Some(message) = BusEntry::parse(&fields) {
+            if let Some(request) = disconnect_request(&fields, &inner.settings.node_id) {
+                if let Some(user) = request {
+                    let closed = inner
+                        .hub
+                        .disconnect_user(&user, crate::protocol::CloseCode::Disconnected);
+                    tracing::info!(%user, closed, "Disconnect of a user requested through the bus");
+                }
+            } else if let Some(message) = BusEntry::parse(&fields) {
                 let offset = Offset {
                     epoch: message.epoch,
                     seq: message.seq,
@@ -1065,6 +1110,26 @@ fn deliver_batch(inner: &Inner, value: Value) -> Option<String> {
     }
     metrics::histogram!(telemetry::BUS_READ_BATCH).record(f64::from(n_entries));
     last_id
+}
+
+/// `Some` for a `disconnect` request entry: its user, or `None` when this node wrote it (and
+/// already acted on it).
+fn disconnect_request(fields: &Value, node_id: &str) -> Option<Option<String>> {
+    let Value::Array(fields) = fields else {
+        return None;
+    };
+    let (mut kind, mut user, mut node) = (None, None, None);
+    for pair in fields.chunks(2) {
+        let value = pair.get(1)?;
+        match as_string(&pair[0])?.as_str() {
+            "k" => kind = as_string(value),
+            "u" => user = as_string(value),
+            "n" => node = as_string(value),
+            _ => {}
+        }
+    }
+    (kind.as_deref() == Some("disconnect"))
+        .then(|| user.filter(|_| node.as_deref() != Some(node_id)))
 }
 
 struct BusEntry {

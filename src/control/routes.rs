@@ -507,18 +507,37 @@ async fn broadcast(request: Request<Incoming>, ctx: &ControlContext) -> Handled 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DisconnectRequest {
-    conn_id: u64,
+    #[serde(default)]
+    conn_id: Option<u64>,
+    /// Every connection of this user, on every node.
+    #[serde(default)]
+    user: Option<String>,
 }
 
 async fn disconnect(request: Request<Incoming>, ctx: &ControlContext) -> Handled {
     let body: DisconnectRequest = json_body(request, ctx).await?;
-    if ctx.hub.disconnect(body.conn_id, CloseCode::Disconnected) {
+    let conn_id = match (body.conn_id, body.user) {
+        (Some(conn_id), None) => conn_id,
+        (None, Some(user)) => {
+            let closed = ctx.bus.disconnect_user(&user).await?;
+            let body = serde_json::json!({ "user": user, "disconnected_here": closed });
+            return Ok(response(200, JSON, body.to_string()));
+        }
+        _ => {
+            return Err(ApiError::new(
+                422,
+                ErrorCode::BadRequest,
+                "give exactly one of `conn_id` and `user`",
+            ));
+        }
+    };
+    if ctx.hub.disconnect(conn_id, CloseCode::Disconnected) {
         Ok(response(200, JSON, r#"{"disconnected":true}"#))
     } else {
         Err(ApiError::new(
             404,
             ErrorCode::NotFound,
-            format!("no connection {} on this node", body.conn_id),
+            format!("no connection {conn_id} on this node"),
         ))
     }
 }

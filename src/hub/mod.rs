@@ -33,6 +33,7 @@ use std::{
 
 use bytes::Bytes;
 use dashmap::DashMap;
+use smallvec::SmallVec;
 use tokio::time::Instant;
 
 pub use self::admission::{PendingSlot, PendingUpgrades};
@@ -71,6 +72,8 @@ pub type HubHandle = Arc<Hub>;
 pub struct Hub {
     shards: Box<[Shard]>,
     conns: DashMap<ConnId, Arc<Outbound>>,
+    /// Authenticated connections by user, for disconnecting a user.
+    users: DashMap<Arc<str>, SmallVec<[ConnId; 2]>>,
     next_conn_id: AtomicU64,
     /// Connections admitted: counted when the upgrade is answered, before the session is
     /// registered, so the limit holds under a burst.
@@ -227,6 +230,7 @@ impl Hub {
         Arc::new(Self {
             shards,
             conns: DashMap::with_shard_amount(settings.shards.max(2)),
+            users: DashMap::with_shard_amount(settings.shards.max(2)),
             next_conn_id: AtomicU64::new(1),
             admitted: AtomicUsize::new(0),
             memory_pressure: AtomicBool::new(false),
@@ -309,6 +313,34 @@ impl Hub {
             self.unsubscribe(conn_id, channel);
         }
         self.conns.remove(&conn_id);
+    }
+
+    /// Records that connection `conn_id` is `user`'s (after its token was accepted).
+    pub fn add_user(&self, user: &Arc<str>, conn_id: ConnId) {
+        self.users
+            .entry(Arc::clone(user))
+            .or_default()
+            .push(conn_id);
+    }
+
+    /// Forgets `conn_id` as `user`'s (the session ended).
+    pub fn remove_user(&self, user: &str, conn_id: ConnId) {
+        self.users.remove_if_mut(user, |_, conns| {
+            conns.retain(|conn| *conn != conn_id);
+            conns.is_empty()
+        });
+    }
+
+    /// Asks every connection of `user` on this node to close with `code`; how many.
+    pub fn disconnect_user(&self, user: &str, code: protocol::CloseCode) -> usize {
+        let conns: SmallVec<[ConnId; 2]> = match self.users.get(user) {
+            Some(conns) => conns.clone(),
+            None => return 0,
+        };
+        conns
+            .into_iter()
+            .filter(|conn_id| self.disconnect(*conn_id, code))
+            .count()
     }
 
     /// Asks one connection to close. Returns `false` when no such connection exists.

@@ -492,6 +492,9 @@ async fn run<S>(
     ))
     .await;
     ctx.hub.deregister(conn_id, reader.subscriptions());
+    if let Some(user) = reader.user() {
+        ctx.hub.remove_user(user, conn_id);
+    }
     telemetry::connection_closed(final_end.label());
     tracing::debug!(conn_id, end = final_end.label(), "Session ended");
 }

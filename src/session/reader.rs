@@ -139,6 +139,11 @@ impl Reader {
             .saturating_add(u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX))
             .max(1);
         self.outbound.set_deadline(at_ms, CloseCode::TokenExpired);
+        if self.identity.is_none() {
+            self.ctx
+                .hub
+                .add_user(&identity.user, self.outbound.conn_id());
+        }
         self.identity = Some(Box::new(identity));
     }
 

@@ -357,3 +357,61 @@ async fn the_default_namespace_lets_anyone_follow_and_only_backends_publish() {
     assert_eq!(client.recv_type("message").await["data"], "from a backend");
     server.drain().await;
 }
+
+#[tokio::test]
+async fn disconnect_by_user_closes_every_connection_of_that_user() {
+    let server = server(|_| {}).await;
+    let url = |user: &str| format!("{}?token={}", server.ws_url(), hs256(user, now() + 600));
+    let mut first = TestClient::connect(&url("alice")).await;
+    let mut second = TestClient::connect(&url("alice")).await;
+    let mut other = TestClient::connect(&url("bob")).await;
+    let (status, body) = server
+        .post("/v1/disconnect", json!({"user": "alice"}))
+        .await;
+    assert_eq!(
+        (status, body["disconnected_here"].as_u64()),
+        (200, Some(2)),
+        "{body}"
+    );
+    assert_eq!(first.close_code().await, 4000);
+    assert_eq!(second.close_code().await, 4000);
+    other.send(json!({"type": "ping", "id": 1})).await;
+    assert_eq!(other.recv_type("pong").await["id"], 1);
+    let (status, _) = server
+        .post("/v1/disconnect", json!({"user": "alice", "conn_id": 1}))
+        .await;
+    assert_eq!(status, 422);
+    server.drain().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnect_by_user_reaches_every_node_of_a_cluster() {
+    let redis = crate::redis_server::RedisServer::start(false);
+    let node = || {
+        TestServer::builder()
+            .redis(&redis.url())
+            .configure(with_hmac)
+            .start()
+    };
+    let (a, b) = (node().await, node().await);
+    let token = hs256("carol", now() + 600);
+    let mut on_a = TestClient::connect(&format!("{}?token={token}", a.ws_url())).await;
+    let mut on_b = TestClient::connect(&format!("{}?token={token}", b.ws_url())).await;
+    let mut bystander = b.client().await;
+    let (status, body) = a.post("/v1/disconnect", json!({"user": "carol"})).await;
+    assert_eq!(
+        (status, body["disconnected_here"].as_u64()),
+        (200, Some(1)),
+        "{body}"
+    );
+    assert_eq!(on_a.close_code().await, 4000);
+    assert_eq!(
+        on_b.close_code().await,
+        4000,
+        "closed through the bus on the other node"
+    );
+    bystander.send(json!({"type": "ping", "id": 2})).await;
+    assert_eq!(bystander.recv_type("pong").await["id"], 2);
+    a.drain().await;
+    b.drain().await;
+}
