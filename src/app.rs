@@ -154,7 +154,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         )
         .map(KeyedLimiter::new),
     });
+    let tls = crate::tls::Tls::from_config(&config.server.tls)
+        .context("loading server.tls (certificate and key)")?;
     let control_ctx = Arc::new(ControlContext {
+        tls: tls.clone(),
         hub: Arc::clone(&hub),
         bus: Arc::clone(&bus),
         readiness: readiness.clone(),
@@ -178,8 +181,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
              with its visitors' credentials"
         );
     }
-    let tls = crate::tls::Tls::from_config(&config.server.tls)
-        .context("loading server.tls (certificate and key)")?;
     let bus_kind = bus.kind();
     let (limited_sessions, limited_control) = (Arc::clone(&session_ctx), Arc::clone(&control_ctx));
     sessions.spawn(accept_loop(

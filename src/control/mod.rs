@@ -27,6 +27,8 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// What the control API needs.
 #[derive(Debug)]
 pub struct ControlContext {
+    /// The WebSocket listener's TLS, for `POST /v1/reload-tls`.
+    pub tls: Option<Arc<crate::tls::Tls>>,
     pub hub: HubHandle,
     pub bus: Arc<dyn Bus>,
     pub readiness: Readiness,

@@ -176,6 +176,8 @@ async fn route_v1(
             ("stats", stats(&query, ctx).await)
         }
         "/v1/nodes" if method == Method::GET => ("nodes", nodes(ctx).await),
+        "/v1/reload-tls" if method == Method::POST => ("reload_tls", reload_tls(ctx)),
+        "/v1/reload-tls" => ("reload_tls", method_not_allowed("POST")),
         "/v1/nodes" => ("nodes", method_not_allowed("GET")),
         "/v1/publish" => ("publish", method_not_allowed("POST")),
         "/v1/broadcast" => ("broadcast", method_not_allowed("POST")),
@@ -539,6 +541,31 @@ async fn disconnect(request: Request<Incoming>, ctx: &ControlContext) -> Handled
             ErrorCode::NotFound,
             format!("no connection {conn_id} on this node"),
         ))
+    }
+}
+
+/// Reloads the WebSocket listener's certificate and key, as SIGHUP does.
+fn reload_tls(ctx: &ControlContext) -> Handled {
+    let Some(tls) = &ctx.tls else {
+        return Err(ApiError::new(
+            404,
+            ErrorCode::NotFound,
+            "server.tls is not configured",
+        ));
+    };
+    match tls.reload() {
+        Ok(()) => {
+            tracing::info!("TLS certificate reloaded through the control API");
+            Ok(response(200, JSON, r#"{"reloaded":true}"#))
+        }
+        Err(err) => {
+            tracing::error!(error = %err, "TLS reload failed; the old certificate stays");
+            Err(ApiError::new(
+                422,
+                ErrorCode::BadRequest,
+                format!("{err}; the old certificate stays"),
+            ))
+        }
     }
 }
 

@@ -113,13 +113,21 @@ async fn wss_serves_sessions_and_a_reload_changes_the_certificate_without_droppi
     server.publish("news", json!(1)).await;
     assert_eq!(before.recv_type("message").await["data"], 1);
 
-    // A bad new certificate is refused and the old one stays.
+    // A bad new certificate is refused and the old one stays, through SIGHUP's path and
+    // through the control API.
     std::fs::write(dir.join("cert.pem"), "not a certificate").unwrap();
     assert!(!server.reload_tls());
+    let (status, body) = server.post("/v1/reload-tls", json!({})).await;
+    assert_eq!(status, 422, "{body}");
     connect(server.ws_addr, &first).await.unwrap();
 
     let second = certificate(&dir);
-    assert!(server.reload_tls());
+    let (status, body) = server.post("/v1/reload-tls", json!({})).await;
+    assert_eq!(
+        (status, body["reloaded"].as_bool()),
+        (200, Some(true)),
+        "{body}"
+    );
     let err = connect(server.ws_addr, &first)
         .await
         .err()
