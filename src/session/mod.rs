@@ -193,13 +193,7 @@ pub fn serve_tcp(
     stream: TcpStream,
     ctx: Arc<SessionContext>,
 ) -> impl Future<Output = ()> + Send + 'static {
-    // Small frames should leave at once; batching happens in the write side.
-    let _ = stream.set_nodelay(true);
-    let peer = stream.peer_addr().ok().map(|peer| peer.ip());
-    let throttled = match (&ctx.connect_limiter, peer) {
-        (Some(limiter), Some(ip)) => limiter.try_acquire(&ip, ctx.hub.clock_ns(), 1).is_err(),
-        _ => false,
-    };
+    let (peer, throttled) = accepted(&stream, &ctx);
     let stream = SharedTcp::new(stream);
     let wire = stream.wire();
     FlushAfterPoll::new(serve_upgrade(
@@ -212,6 +206,19 @@ pub fn serve_tcp(
     ))
 }
 
+/// Prepares an accepted socket: small frames leave at once (batching happens in the write
+/// side); returns the peer's address and whether it connects faster than
+/// `limits.connects_per_ip_per_second` allows.
+fn accepted(stream: &TcpStream, ctx: &SessionContext) -> (Option<IpAddr>, bool) {
+    let _ = stream.set_nodelay(true);
+    let peer = stream.peer_addr().ok().map(|peer| peer.ip());
+    let throttled = match (&ctx.connect_limiter, peer) {
+        (Some(limiter), Some(ip)) => limiter.try_acquire(&ip, ctx.hub.clock_ns(), 1).is_err(),
+        _ => false,
+    };
+    (peer, throttled)
+}
+
 /// Serves one accepted TCP connection over TLS: the TLS handshake (within
 /// `session.handshake_timeout`, holding a pending-upgrade slot like the upgrade itself),
 /// then the upgrade and the session. Publishers cannot write through TLS themselves: the
@@ -221,12 +228,7 @@ pub fn serve_tls(
     acceptor: Arc<tokio_rustls::TlsAcceptor>,
     ctx: Arc<SessionContext>,
 ) -> impl Future<Output = ()> + Send + 'static {
-    let _ = stream.set_nodelay(true);
-    let peer = stream.peer_addr().ok().map(|peer| peer.ip());
-    let throttled = match (&ctx.connect_limiter, peer) {
-        (Some(limiter), Some(ip)) => limiter.try_acquire(&ip, ctx.hub.clock_ns(), 1).is_err(),
-        _ => false,
-    };
+    let (peer, throttled) = accepted(&stream, &ctx);
     FlushAfterPoll::new(async move {
         // Before the TLS handshake nothing can be answered: over a cap, just close.
         let Ok(slot) = ctx.hub.pending_upgrades().try_acquire(peer) else {
