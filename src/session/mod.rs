@@ -235,9 +235,12 @@ pub fn serve_tls(
             telemetry::connection_rejected("max_pending_upgrades");
             return;
         };
-        let accepted = tokio::time::timeout(ctx.settings.handshake_timeout, async move {
-            acceptor.accept(stream).await
-        });
+        // Boxed: the handshake's state (a whole rustls connection mid-handshake) would
+        // otherwise size this task for the connection's life.
+        let accepted = Box::pin(tokio::time::timeout(
+            ctx.settings.handshake_timeout,
+            acceptor.accept(stream),
+        ));
         let stream = match accepted.await {
             Ok(Ok(stream)) => stream,
             Ok(Err(_)) => {
