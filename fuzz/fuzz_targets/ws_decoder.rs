@@ -24,7 +24,7 @@ fuzz_target!(|input: &[u8]| {
         loop {
             match decoder.decode(&mut buf, &LIMITS) {
                 Ok(Decoded::Frame(Inbound::Text(text))) => {
-                    assert!(std::str::from_utf8(&text).is_ok());
+                    assert!(std::str::from_utf8(text.as_bytes()).is_ok());
                     assert!(text.len() <= LIMITS.max_message_bytes);
                 }
                 Ok(Decoded::Frame(Inbound::Binary(data))) => {

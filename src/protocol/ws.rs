@@ -13,6 +13,9 @@
 //! Never panics on client input (fuzzed by `fuzz/fuzz_targets/ws_decoder.rs`).
 
 use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
+/// Text known to be UTF-8, sharing the frame's buffer: checked once here, read as `&str`
+/// without checking again.
+pub use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// Longest frame header: 2 bytes, 8 of extended length, 4 of mask.
 pub const MAX_HEADER_BYTES: usize = 14;
@@ -39,7 +42,7 @@ pub struct Limits {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inbound {
     /// The last frame of a text message: the whole message, valid UTF-8.
-    Text(Bytes),
+    Text(Utf8Bytes),
     /// The last frame of a binary message: the whole message.
     Binary(Bytes),
     /// A frame of a fragmented message that is not complete yet.
@@ -216,11 +219,7 @@ impl Decoder {
                 }
                 let partial = self.partial.take().expect("matched Some above");
                 let Partial { text, data, .. } = *partial;
-                Ok(if text {
-                    Inbound::Text(data.freeze())
-                } else {
-                    Inbound::Binary(data.freeze())
-                })
+                complete(text, data)
             }
         }
     }
@@ -247,14 +246,15 @@ impl Partial {
     }
 }
 
+/// A whole message. Text is checked for UTF-8 here, once (a fragmented message was also
+/// checked fragment by fragment, to fail fast).
 fn complete(text: bool, payload: BytesMut) -> Result<Inbound, WsError> {
     if !text {
         return Ok(Inbound::Binary(payload.freeze()));
     }
-    if std::str::from_utf8(&payload).is_err() {
-        return Err(WsError::BadUtf8);
-    }
-    Ok(Inbound::Text(payload.freeze()))
+    Utf8Bytes::try_from(payload.freeze())
+        .map(Inbound::Text)
+        .map_err(|_| WsError::BadUtf8)
 }
 
 /// The header at the front of `buf`: `Ok(Err(needed))` when it is not complete.

@@ -11,7 +11,7 @@ use super::{CLOSE_TIMEOUT, End, socket::Socket};
 use crate::protocol::ws::{self, Inbound, Limits};
 
 /// The largest message the conformance suite sends (its 9.x cases go to 16 MiB).
-pub(super) const MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
+const MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
 
 const LIMITS: Limits = Limits {
     max_message_bytes: MAX_MESSAGE_BYTES,
@@ -29,7 +29,7 @@ where
             return;
         };
         let reply = match next {
-            Ok(Inbound::Text(payload)) => ws::message_frame(true, &payload),
+            Ok(Inbound::Text(payload)) => ws::message_frame(true, payload.as_bytes()),
             Ok(Inbound::Binary(payload)) => ws::message_frame(false, &payload),
             Ok(Inbound::Ping(payload)) => ws::pong_frame(&payload),
             Ok(Inbound::Pong | Inbound::Fragment) => continue,

@@ -207,16 +207,15 @@ impl Reader {
 
     /// `{"type":"refresh"}`: a fresh token for the same user moves the expiry.
     fn refresh(&mut self, id: Option<u64>, token: &str) {
-        let (Some(verifier), Some(current)) = (self.ctx.auth.clone(), self.user()) else {
+        let (Some(verifier), true) = (self.ctx.auth.clone(), self.identity.is_some()) else {
             return self.error(
                 id,
                 ErrorCode::BadRequest,
                 "not authenticated; send `auth` first",
             );
         };
-        let current: Arc<str> = Arc::from(current);
         match verifier.verify(token) {
-            Ok(identity) if identity.user == current => {
+            Ok(identity) if self.user() == Some(&*identity.user) => {
                 let reply =
                     protocol::encode_authenticated("refreshed", id, &identity.user, identity.exp);
                 self.authenticated(identity);
@@ -281,11 +280,9 @@ impl Reader {
                 )));
             }
             let pause = match frame {
-                Inbound::Text(bytes) => {
+                Inbound::Text(text) => {
                     self.outbound.seen(self.ctx.hub.clock_ms());
-                    let Ok(text) = std::str::from_utf8(&bytes) else {
-                        return End::BadUtf8;
-                    };
+                    let text = text.as_str();
                     match self.charge(Budget::Frames) {
                         Ok(None) => {
                             if let Some(end) = self.handle_beside_writes(socket, text).await {

@@ -54,7 +54,7 @@ fn text_frames_of_every_length_form_decode() {
             max_fragments: 4,
         };
         let frames = decode_all(&text(payload.as_bytes()), &limits).unwrap();
-        assert_eq!(frames, [Inbound::Text(Bytes::from(payload))]);
+        assert_eq!(frames, [Inbound::Text(Utf8Bytes::from(payload))]);
     }
     let big = "y".repeat(70_000);
     let limits = Limits {
@@ -63,7 +63,7 @@ fn text_frames_of_every_length_form_decode() {
     };
     assert_eq!(
         decode_all(&text(big.as_bytes()), &limits).unwrap(),
-        [Inbound::Text(Bytes::from(big))]
+        [Inbound::Text(Utf8Bytes::from(big))]
     );
 }
 
@@ -138,7 +138,7 @@ fn fragments_are_assembled_and_counted() {
             Inbound::Fragment,
             Inbound::Ping(Bytes::from_static(b"p")),
             Inbound::Fragment,
-            Inbound::Text(Bytes::from_static(b"abcd")),
+            Inbound::Text(Utf8Bytes::from_static("abcd")),
         ]
     );
     let mut too_many = client_frame(0x02, b"", [0; 4]);
@@ -168,7 +168,10 @@ fn utf8_is_checked_per_fragment_and_may_split_a_code_point() {
     split.extend(client_frame(0x80, &euro[1..], [2; 4]));
     assert_eq!(
         decode_all(&split, &LIMITS).unwrap(),
-        [Inbound::Fragment, Inbound::Text(Bytes::from("€"))]
+        [
+            Inbound::Fragment,
+            Inbound::Text(Utf8Bytes::from_static("€"))
+        ]
     );
     // Invalid in the first fragment: refused before the message completes.
     let mut decoder = Decoder::new();
@@ -258,7 +261,7 @@ fn frames_masked_by_other_clients_decode() {
     ];
     assert_eq!(
         decode_all(&hello, &LIMITS).unwrap(),
-        [Inbound::Text(Bytes::from_static(b"Hello"))]
+        [Inbound::Text(Utf8Bytes::from_static("Hello"))]
     );
     let hex = "8196e522e41f9e0090669547c625c7528d718200c83d8c46c625d45f";
     let python: Vec<u8> = (0..hex.len())
@@ -267,8 +270,8 @@ fn frames_masked_by_other_clients_decode() {
         .collect();
     assert_eq!(
         decode_all(&python, &LIMITS).unwrap(),
-        [Inbound::Text(Bytes::from_static(
-            br#"{"type":"ping","id":1}"#
+        [Inbound::Text(Utf8Bytes::from_static(
+            r#"{"type":"ping","id":1}"#
         ))]
     );
 }
