@@ -318,8 +318,11 @@ async fn a_session_closed_during_a_resume_read_leaves_no_pin() {
     client
         .send(json!({"type":"subscribe","id":1,"channel":"inbox","since":first}))
         .await;
-    // The subscribe is waiting for Redis; close the session from the control API.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The subscribe pinned the channel and waits for Redis; close the session meanwhile.
+    crate::assert_eventually!(
+        node.hub().snapshot().channels == 1,
+        "the subscribe pins its channel while it reads Redis"
+    );
     let (status, _) = node
         .post("/v1/disconnect", json!({"conn_id": client.conn_id()}))
         .await;
