@@ -90,23 +90,27 @@ async fn an_invalid_token_gets_unauthorized_then_4003() {
         &EncodingKey::from_secret(b"not-the-server-secret-but-32-bytes").unwrap(),
     )
     .unwrap();
-    let mut client = TestClient::connect(&format!("{}?token={forged}", server.ws_url())).await;
-    assert!(client.welcome.get("user").is_none());
-    let error = client.recv().await;
-    assert_eq!(error["code"], "unauthorized", "{error}");
-    assert_eq!(client.close_code().await, 4003);
+    // Bad tokens are client input: a subscriber on another connection keeps its full rate.
+    crate::hostile::with_bystander(&server, async {
+        let mut client = TestClient::connect(&format!("{}?token={forged}", server.ws_url())).await;
+        assert!(client.welcome.get("user").is_none());
+        let error = client.recv().await;
+        assert_eq!(error["code"], "unauthorized", "{error}");
+        assert_eq!(client.close_code().await, 4003);
 
-    let expired = hs256("bob", now() - 60);
-    let mut client = server.client().await;
-    client
-        .send(json!({"type": "auth", "id": 2, "token": expired}))
-        .await;
-    let error = client.recv().await;
-    assert_eq!(
-        (error["code"].as_str(), error["id"].as_u64()),
-        (Some("unauthorized"), Some(2))
-    );
-    assert_eq!(client.close_code().await, 4003);
+        let expired = hs256("bob", now() - 60);
+        let mut client = server.client().await;
+        client
+            .send(json!({"type": "auth", "id": 2, "token": expired}))
+            .await;
+        let error = client.recv().await;
+        assert_eq!(
+            (error["code"].as_str(), error["id"].as_u64()),
+            (Some("unauthorized"), Some(2))
+        );
+        assert_eq!(client.close_code().await, 4003);
+    })
+    .await;
     assert!(
         server
             .metric("ws_auth_total{result=\"bad_signature\"}")

@@ -22,7 +22,7 @@ const BYSTANDER_PERIOD: Duration = Duration::from_millis(10);
 /// another connection, and checks the subscriber got every one, in order, no later than
 /// 1 s after the last was published, and that the publisher kept its rate (1.5 s of slack
 /// over 1.5 s of messages: the test binary runs many tests at once on two cores).
-async fn with_bystander<F: Future>(server: &TestServer, attack: F) -> F::Output {
+pub(crate) async fn with_bystander<F: Future>(server: &TestServer, attack: F) -> F::Output {
     let mut bystander = server.client().await;
     bystander.subscribe("bystander").await;
     let publish = async {
