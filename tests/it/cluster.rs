@@ -439,13 +439,17 @@ async fn redis_restarted_empty_never_replays_wrong_data() {
     expect_contiguous(&mut watcher, 1, 5).await;
     redis.stop();
     redis.start_again(false);
-    crate::assert_eventually!(
-        a.post("/v1/publish", json!({"channel":"other","data":0}))
-            .await
-            .0
-            == 200,
-        "Redis is back"
-    );
+    // Each node finds out on its own that Redis came back (a node whose connection broke
+    // answers "unavailable" until it has reconnected): wait for both.
+    for node in [&a, &b] {
+        crate::assert_eventually!(
+            node.post("/v1/publish", json!({"channel":"other","data":0}))
+                .await
+                .0
+                == 200,
+            "Redis is back"
+        );
+    }
     let after = a.publish("amnesia", json!("new epoch")).await;
     assert_ne!(
         after.split_once('-').unwrap().0,
