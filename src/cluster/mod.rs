@@ -75,7 +75,11 @@ pub trait Bus: Send + Sync + std::fmt::Debug + 'static {
     /// # Errors
     /// [`BusError::Unavailable`] when the other nodes cannot be told (this node's connections
     /// are closed anyway).
-    fn disconnect_user<'a>(&'a self, user: &'a str) -> BusFuture<'a, Result<usize, BusError>>;
+    fn disconnect_user<'a>(
+        &'a self,
+        user: &'a str,
+        code: crate::protocol::CloseCode,
+    ) -> BusFuture<'a, Result<usize, BusError>>;
 
     /// Reasons the bus is unfit to serve, for `/readyz`; empty when healthy.
     fn unready_reasons(&self) -> Vec<String>;
@@ -141,10 +145,12 @@ impl Bus for LocalBus {
             .history(channel, since, limit))))
     }
 
-    fn disconnect_user<'a>(&'a self, user: &'a str) -> BusFuture<'a, Result<usize, BusError>> {
-        let closed = self
-            .hub
-            .disconnect_user(user, crate::protocol::CloseCode::Disconnected);
+    fn disconnect_user<'a>(
+        &'a self,
+        user: &'a str,
+        code: crate::protocol::CloseCode,
+    ) -> BusFuture<'a, Result<usize, BusError>> {
+        let closed = self.hub.disconnect_user(user, code);
         Box::pin(std::future::ready(Ok(closed)))
     }
 

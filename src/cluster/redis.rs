@@ -38,7 +38,7 @@ use super::{Bus, BusError, BusFuture};
 use crate::{
     config::RedisTarget,
     hub::{FlushAfterPoll, History, HistoryData, HubHandle, RemoteView},
-    protocol::{ChannelName, Offset},
+    protocol::{ChannelName, CloseCode, Offset},
     shutdown::Shutdown,
     telemetry,
 };
@@ -578,11 +578,13 @@ impl RedisBus {
     /// Closes `user`'s connections here, and appends a request to partition 0's bus stream,
     /// which every node reads (entries with `k` = `disconnect` carry no message; this node
     /// skips its own by `n`).
-    async fn disconnect_user_everywhere(&self, user: &str) -> Result<usize, BusError> {
+    async fn disconnect_user_everywhere(
+        &self,
+        user: &str,
+        code: CloseCode,
+    ) -> Result<usize, BusError> {
         let inner = &self.inner;
-        let closed = inner
-            .hub
-            .disconnect_user(user, crate::protocol::CloseCode::Disconnected);
+        let closed = inner.hub.disconnect_user(user, code);
         let mut conn = inner.conn()?;
         let mut command = redis::cmd("XADD");
         command
@@ -596,7 +598,9 @@ impl RedisBus {
             .arg("u")
             .arg(user)
             .arg("n")
-            .arg(&*inner.settings.node_id);
+            .arg(&*inner.settings.node_id)
+            .arg("x")
+            .arg(code.code());
         tokio::time::timeout(
             inner.settings.publish_timeout,
             command.query_async::<Value>(&mut conn),
@@ -609,8 +613,12 @@ impl RedisBus {
 }
 
 impl Bus for RedisBus {
-    fn disconnect_user<'a>(&'a self, user: &'a str) -> BusFuture<'a, Result<usize, BusError>> {
-        Box::pin(self.disconnect_user_everywhere(user))
+    fn disconnect_user<'a>(
+        &'a self,
+        user: &'a str,
+        code: CloseCode,
+    ) -> BusFuture<'a, Result<usize, BusError>> {
+        Box::pin(self.disconnect_user_everywhere(user, code))
     }
 
     fn publish<'a>(
@@ -1086,11 +1094,14 @@ fn deliver_batch(inner: &Inner, value: Value) -> Option<String> {
             };
             n_entries += 1;
             if let Some(request) = disconnect_request(&fields, &inner.settings.node_id) {
-                if let Some(user) = request {
-                    let closed = inner
-                        .hub
-                        .disconnect_user(&user, crate::protocol::CloseCode::Disconnected);
-                    tracing::info!(%user, closed, "Disconnect of a user requested through the bus");
+                if let Some((user, code)) = request {
+                    let closed = inner.hub.disconnect_user(&user, code);
+                    tracing::info!(
+                        %user,
+                        closed,
+                        code = code.code(),
+                        "Disconnect of a user requested through the bus"
+                    );
                 }
             } else if let Some(message) = BusEntry::parse(&fields) {
                 let offset = Offset {
@@ -1114,22 +1125,29 @@ fn deliver_batch(inner: &Inner, value: Value) -> Option<String> {
 
 /// `Some` for a `disconnect` request entry: its user, or `None` when this node wrote it (and
 /// already acted on it).
-fn disconnect_request(fields: &Value, node_id: &str) -> Option<Option<String>> {
+fn disconnect_request(fields: &Value, node_id: &str) -> Option<Option<(String, CloseCode)>> {
     let Value::Array(fields) = fields else {
         return None;
     };
-    let (mut kind, mut user, mut node) = (None, None, None);
+    let (mut kind, mut user, mut node, mut code) = (None, None, None, None);
     for pair in fields.chunks(2) {
         let value = pair.get(1)?;
         match as_string(&pair[0])?.as_str() {
             "k" => kind = as_string(value),
             "u" => user = as_string(value),
             "n" => node = as_string(value),
+            "x" => {
+                code = as_u64(value)
+                    .and_then(|code| u16::try_from(code).ok())
+                    .and_then(CloseCode::from_code);
+            }
             _ => {}
         }
     }
-    (kind.as_deref() == Some("disconnect"))
-        .then(|| user.filter(|_| node.as_deref() != Some(node_id)))
+    (kind.as_deref() == Some("disconnect")).then(|| {
+        user.filter(|_| node.as_deref() != Some(node_id))
+            .map(|user| (user, code.unwrap_or(CloseCode::Disconnected)))
+    })
 }
 
 struct BusEntry {

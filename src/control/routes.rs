@@ -514,14 +514,30 @@ struct DisconnectRequest {
     /// Every connection of this user, on every node.
     #[serde(default)]
     user: Option<String>,
+    /// The close code sent to the client: 1000, 1001 or 3000-4999; 4000 when absent.
+    #[serde(default)]
+    code: Option<u16>,
 }
 
 async fn disconnect(request: Request<Incoming>, ctx: &ControlContext) -> Handled {
     let body: DisconnectRequest = json_body(request, ctx).await?;
+    let code = match body.code {
+        None => CloseCode::Disconnected,
+        Some(code @ (1000 | 1001 | 3000..=4999)) => {
+            CloseCode::from_code(code).unwrap_or(CloseCode::Disconnected)
+        }
+        Some(code) => {
+            return Err(ApiError::new(
+                422,
+                ErrorCode::BadRequest,
+                format!("`code` {code} is not one a server may send: use 1000, 1001 or 3000-4999"),
+            ));
+        }
+    };
     let conn_id = match (body.conn_id, body.user) {
         (Some(conn_id), None) => conn_id,
         (None, Some(user)) => {
-            let closed = ctx.bus.disconnect_user(&user).await?;
+            let closed = ctx.bus.disconnect_user(&user, code).await?;
             let body = serde_json::json!({ "user": user, "disconnected_here": closed });
             return Ok(response(200, JSON, body.to_string()));
         }
@@ -533,7 +549,7 @@ async fn disconnect(request: Request<Incoming>, ctx: &ControlContext) -> Handled
             ));
         }
     };
-    if ctx.hub.disconnect(conn_id, CloseCode::Disconnected) {
+    if ctx.hub.disconnect(conn_id, code) {
         Ok(response(200, JSON, r#"{"disconnected":true}"#))
     } else {
         Err(ApiError::new(

@@ -26,7 +26,7 @@ use std::{
     iter,
     sync::{
         Arc, Mutex, PoisonError,
-        atomic::{self, AtomicU8, AtomicU64, AtomicUsize, Ordering},
+        atomic::{self, AtomicU8, AtomicU16, AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
 };
@@ -64,10 +64,10 @@ const MAX_FLUSH_ROUNDS: usize = 4;
 /// An unmasked WebSocket ping with no payload (RFC 6455 section 5.5.2).
 const PING_FRAME: &[u8] = &[0x89, 0x00];
 
-/// Marker stored in `close_code` while no close was requested.
-const OPEN: u8 = u8::MAX;
+/// Marker stored in `close_code` while no close was requested (no valid wire code is 0).
+const OPEN: u16 = 0;
 /// Marker stored in `close_code` when the transport failed and no close frame can be sent.
-const ABORTED: u8 = u8::MAX - 1;
+const ABORTED: u16 = 1;
 
 /// Identifies a connection on this node; never reused within a process.
 pub type ConnId = u64;
@@ -131,7 +131,7 @@ pub struct Outbound {
     session_bytes: AtomicUsize,
     max_bytes: usize,
     /// `CloseCode::index()` of the first close requested, or `OPEN`.
-    close_code: AtomicU8,
+    close_code: AtomicU16,
     /// The session task, woken when a close is requested or the lane is handed to it.
     /// Inline rather than a cancellation token: one allocation less per connection.
     session: AtomicWaker,
@@ -143,7 +143,7 @@ pub struct Outbound {
     /// time to authenticate), in hub clock milliseconds; 0: never.
     deadline_ms: AtomicU64,
     /// `CloseCode::index()` to close with at the deadline.
-    deadline_code: AtomicU8,
+    deadline_code: AtomicU16,
 }
 
 /// Why a frame was not enqueued.
@@ -174,12 +174,12 @@ impl Outbound {
             queued_bytes: AtomicUsize::new(0),
             session_bytes: AtomicUsize::new(0),
             max_bytes,
-            close_code: AtomicU8::new(OPEN),
+            close_code: AtomicU16::new(OPEN),
             session: AtomicWaker::new(),
             last_seen_ms: AtomicU64::new(now_ms),
             last_ping_ms: AtomicU64::new(now_ms),
             deadline_ms: AtomicU64::new(0),
-            deadline_code: AtomicU8::new(CloseCode::TokenExpired.index()),
+            deadline_code: AtomicU16::new(CloseCode::TokenExpired.code()),
         })
     }
 
@@ -263,7 +263,7 @@ impl Outbound {
         }
         let deadline = self.deadline_ms.load(Ordering::Relaxed);
         if deadline != 0 && now_ms >= deadline {
-            let code = CloseCode::from_index(self.deadline_code.load(Ordering::Relaxed))
+            let code = CloseCode::from_code(self.deadline_code.load(Ordering::Relaxed))
                 .unwrap_or(CloseCode::TokenExpired);
             self.close(code);
             return Keepalive::DeadlineClosed;
@@ -526,7 +526,7 @@ impl Outbound {
     pub fn close(&self, code: CloseCode) -> bool {
         let won = self
             .close_code
-            .compare_exchange(OPEN, code.index(), Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(OPEN, code.code(), Ordering::AcqRel, Ordering::Acquire)
             .is_ok();
         self.session.wake();
         won
@@ -548,7 +548,7 @@ impl Outbound {
     /// The close code requested first; `None` while open or when aborted.
     #[must_use]
     pub fn close_code(&self) -> Option<CloseCode> {
-        CloseCode::from_index(self.close_code.load(Ordering::Acquire))
+        CloseCode::from_code(self.close_code.load(Ordering::Acquire))
     }
 
     /// The queue's receiving end, for tests that read it as the session would.
@@ -572,7 +572,7 @@ impl Outbound {
     /// Closes the connection with `code` at `at_ms` on the hub clock (checked by the keepalive
     /// sweep, so up to one of its ticks late), unless set again; `at_ms` 0 clears it.
     pub fn set_deadline(&self, at_ms: u64, code: CloseCode) {
-        self.deadline_code.store(code.index(), Ordering::Relaxed);
+        self.deadline_code.store(code.code(), Ordering::Relaxed);
         self.deadline_ms.store(at_ms, Ordering::Relaxed);
     }
 

@@ -26,13 +26,15 @@ pub enum CloseCode {
     /// 1008: the client broke a policy: a message in more than
     /// `limits.max_fragments_per_message` frames or not completed within
     /// `limits.fragment_timeout`, or frames over budget for `limits.throttled_close_after`.
-    /// (Last, so that `index` keeps its values.)
     PolicyViolation,
     /// 4003: the token was missing (with `auth.required`), invalid, or for another user on
     /// refresh. Terminal: do not reconnect with the same token.
     Unauthorized,
     /// 4004: the token expired and no `refresh` came in time. Reconnect with a fresh token.
     TokenExpired,
+    /// A code an operator gave to `POST /v1/disconnect` (1000, 1001 or 3000-4999; see
+    /// [`CloseCode::from_code`]), for codes the server does not define itself.
+    Custom(u16),
 }
 
 impl CloseCode {
@@ -53,6 +55,7 @@ impl CloseCode {
             CloseCode::Disconnected => 4000,
             CloseCode::SlowConsumer => 4001,
             CloseCode::IdleTimeout => 4002,
+            CloseCode::Custom(code) => code,
         }
     }
 
@@ -73,6 +76,7 @@ impl CloseCode {
             CloseCode::Disconnected => "disconnected by server",
             CloseCode::SlowConsumer => "slow consumer",
             CloseCode::IdleTimeout => "idle timeout",
+            CloseCode::Custom(_) => "disconnected by server",
         }
     }
 
@@ -93,32 +97,30 @@ impl CloseCode {
             CloseCode::Disconnected => "disconnected",
             CloseCode::SlowConsumer => "slow_consumer",
             CloseCode::IdleTimeout => "idle_timeout",
+            CloseCode::Custom(_) => "custom",
         }
     }
 
-    /// Stable small integer for storing in an atomic; inverse of [`CloseCode::from_index`].
+    /// The close code for a wire code: the server's own codes by name, any other code an
+    /// application may send (1000, 1001, 3000-4999) as [`CloseCode::Custom`]; `None` for a
+    /// code no endpoint may send (RFC 6455 section 7.4).
     #[must_use]
-    pub const fn index(self) -> u8 {
-        self as u8
-    }
-
-    /// Inverse of [`CloseCode::index`].
-    #[must_use]
-    pub const fn from_index(index: u8) -> Option<Self> {
-        Some(match index {
-            0 => CloseCode::Normal,
-            1 => CloseCode::GoingAway,
-            2 => CloseCode::ProtocolError,
-            3 => CloseCode::UnsupportedData,
-            4 => CloseCode::InvalidPayload,
-            5 => CloseCode::MessageTooBig,
-            6 => CloseCode::InternalError,
-            7 => CloseCode::Disconnected,
-            8 => CloseCode::SlowConsumer,
-            9 => CloseCode::IdleTimeout,
-            10 => CloseCode::PolicyViolation,
-            11 => CloseCode::Unauthorized,
-            12 => CloseCode::TokenExpired,
+    pub const fn from_code(code: u16) -> Option<Self> {
+        Some(match code {
+            1000 => CloseCode::Normal,
+            1001 => CloseCode::GoingAway,
+            1002 => CloseCode::ProtocolError,
+            1003 => CloseCode::UnsupportedData,
+            1007 => CloseCode::InvalidPayload,
+            1008 => CloseCode::PolicyViolation,
+            1009 => CloseCode::MessageTooBig,
+            1011 => CloseCode::InternalError,
+            4000 => CloseCode::Disconnected,
+            4001 => CloseCode::SlowConsumer,
+            4002 => CloseCode::IdleTimeout,
+            4003 => CloseCode::Unauthorized,
+            4004 => CloseCode::TokenExpired,
+            3000..=4999 => CloseCode::Custom(code),
             _ => return None,
         })
     }

@@ -109,13 +109,16 @@ fn encoded_frames_are_valid_json() {
 }
 
 #[test]
-fn close_code_indexes_round_trip() {
-    for index in 0..=12 {
-        let code = CloseCode::from_index(index).unwrap();
-        assert_eq!(code.index(), index);
+fn close_codes_round_trip() {
+    for wire in [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1011, 3000, 4000, 4004, 4999] {
+        let code = CloseCode::from_code(wire).unwrap();
+        assert_eq!(code.code(), wire);
         assert!(code.reason().len() <= 123);
     }
-    assert_eq!(CloseCode::from_index(13), None);
+    assert_eq!(CloseCode::from_code(4321), Some(CloseCode::Custom(4321)));
+    for wire in [0, 1, 999, 1004, 1005, 1006, 1015, 2999, 5000, u16::MAX] {
+        assert_eq!(CloseCode::from_code(wire), None, "{wire}");
+    }
 }
 
 #[test]

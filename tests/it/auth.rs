@@ -385,6 +385,19 @@ async fn disconnect_by_user_closes_every_connection_of_that_user() {
         .post("/v1/disconnect", json!({"user": "alice", "conn_id": 1}))
         .await;
     assert_eq!(status, 422);
+    // The request may name the close code; reserved and out-of-range codes are refused.
+    let mut third = TestClient::connect(&url("alice")).await;
+    for code in [1005, 1006, 1015, 2999, 5000, 0] {
+        let (status, body) = server
+            .post("/v1/disconnect", json!({"user": "alice", "code": code}))
+            .await;
+        assert_eq!(status, 422, "{code}: {body}");
+    }
+    let (status, _) = server
+        .post("/v1/disconnect", json!({"user": "alice", "code": 4321}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(third.close_code().await, 4321);
     server.drain().await;
 }
 
@@ -402,17 +415,19 @@ async fn disconnect_by_user_reaches_every_node_of_a_cluster() {
     let mut on_a = TestClient::connect(&format!("{}?token={token}", a.ws_url())).await;
     let mut on_b = TestClient::connect(&format!("{}?token={token}", b.ws_url())).await;
     let mut bystander = b.client().await;
-    let (status, body) = a.post("/v1/disconnect", json!({"user": "carol"})).await;
+    let (status, body) = a
+        .post("/v1/disconnect", json!({"user": "carol", "code": 4003}))
+        .await;
     assert_eq!(
         (status, body["disconnected_here"].as_u64()),
         (200, Some(1)),
         "{body}"
     );
-    assert_eq!(on_a.close_code().await, 4000);
+    assert_eq!(on_a.close_code().await, 4003);
     assert_eq!(
         on_b.close_code().await,
-        4000,
-        "closed through the bus on the other node"
+        4003,
+        "closed through the bus on the other node, with the requested code"
     );
     bystander.send(json!({"type": "ping", "id": 2})).await;
     assert_eq!(bystander.recv_type("pong").await["id"], 2);
