@@ -38,8 +38,8 @@ pub struct Running {
     background_stop: CancellationToken,
     /// Accept loop and sessions (readers and writers).
     sessions: Shutdown,
-    /// The listener's TLS, when on (reloaded by [`Running::reload_tls`]).
-    tls: Option<Arc<crate::tls::Tls>>,
+    /// The listeners' TLS, when on (reloaded by [`Running::reload_tls`]).
+    certificates: crate::tls::Certificates,
     /// Control API and periodic tasks.
     background: Shutdown,
 }
@@ -154,10 +154,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         )
         .map(KeyedLimiter::new),
     });
-    let tls = crate::tls::Tls::from_config(&config.server.tls)
-        .context("loading server.tls (certificate and key)")?;
+    let certificates = crate::tls::Certificates {
+        server: crate::tls::Tls::from_config("server.tls", &config.server.tls)
+            .context("loading server.tls (certificate and key)")?,
+        control: crate::tls::Tls::from_config("control.tls", &config.control.tls)
+            .context("loading control.tls (certificate and key)")?,
+    };
     let control_ctx = Arc::new(ControlContext {
-        tls: tls.clone(),
+        certificates: certificates.clone(),
         hub: Arc::clone(&hub),
         bus: Arc::clone(&bus),
         readiness: readiness.clone(),
@@ -186,12 +190,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     sessions.spawn(accept_loop(
         ws_listener,
         session_ctx,
-        tls.clone(),
+        certificates.server.clone(),
         accept_stop.clone(),
         sessions.clone(),
     ));
     background.spawn(control::serve(
         control_listener,
+        certificates.control.clone(),
         control_ctx,
         background_stop.clone(),
         background.clone(),
@@ -242,7 +247,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         node = %node_id,
         shards = config.server.shards,
         bus = bus_kind,
-        tls = tls.is_some(),
+        tls = certificates.server.is_some(),
+        control_tls = certificates.control.is_some(),
         "Switchboard listening"
     );
     drop::<Latch>(starting);
@@ -256,7 +262,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         background_stop,
         sessions,
         background,
-        tls,
+        certificates,
     })
 }
 
@@ -273,7 +279,7 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> anyhow::Re
         tokio::select! {
             () = &mut signal => break,
             _ = hangups.recv() => {
-                tracing::info!("SIGHUP received: reloading the TLS certificate");
+                tracing::info!("SIGHUP received: reloading the TLS certificates");
                 running.reload_tls();
             }
         }
@@ -298,23 +304,15 @@ impl Running {
         &self.hub
     }
 
-    /// Reads `server.tls`'s files again for new connections; on failure logs why and keeps
-    /// the old certificate. Returns whether a new certificate is served.
+    /// Reads `server.tls`'s and `control.tls`'s files again for new connections; one that
+    /// fails is logged and keeps its old certificate. Returns whether every configured
+    /// certificate was reloaded (false with none configured).
     pub fn reload_tls(&self) -> bool {
-        let Some(tls) = &self.tls else {
+        if self.certificates.is_empty() {
             tracing::info!("No TLS configured: nothing to reload");
             return false;
-        };
-        match tls.reload() {
-            Ok(()) => {
-                tracing::info!("TLS certificate reloaded");
-                true
-            }
-            Err(err) => {
-                tracing::error!(error = %err, "TLS reload failed; the old certificate stays");
-                false
-            }
         }
+        self.certificates.reload().is_ok()
     }
 
     /// Shuts the node down: unready, stop accepting, close every session with 1001, wait for

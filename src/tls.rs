@@ -1,6 +1,7 @@
-//! TLS for the public listener (`wss://`): the certificate chain and key from PEM files,
-//! served through `tokio-rustls` (TLS 1.2 and 1.3, the `ring` provider), and reloaded
-//! without dropping a connection.
+//! TLS for the public listener (`wss://`, `server.tls`) and the control listener (HTTPS,
+//! `control.tls`): the certificate chain and key from PEM files, served through
+//! `tokio-rustls` (TLS 1.2 and 1.3, the `ring` provider), and reloaded without dropping a
+//! connection.
 //!
 //! The acceptor sits behind an `ArcSwap`: a reload builds a whole new configuration first
 //! and swaps it in only if that succeeded, so a bad new certificate leaves the old one
@@ -32,8 +33,10 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
 }
 
-/// The public listener's TLS, reloadable.
+/// One listener's TLS, reloadable.
 pub struct Tls {
+    /// The configuration section it comes from (`server.tls`), for logs and answers.
+    name: &'static str,
     cert_file: PathBuf,
     key_file: PathBuf,
     acceptor: ArcSwap<TlsAcceptor>,
@@ -41,16 +44,19 @@ pub struct Tls {
 
 impl std::fmt::Debug for Tls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Tls({})", self.cert_file.display())
+        write!(f, "Tls({}: {})", self.name, self.cert_file.display())
     }
 }
 
 impl Tls {
-    /// Loads `[server.tls]`; `None` when it is off.
+    /// Loads the section `name` (`server.tls`); `None` when it is off.
     ///
     /// # Errors
     /// [`TlsError`] naming the file that cannot be used.
-    pub fn from_config(config: &TlsConfig) -> Result<Option<Arc<Self>>, TlsError> {
+    pub fn from_config(
+        name: &'static str,
+        config: &TlsConfig,
+    ) -> Result<Option<Arc<Self>>, TlsError> {
         if !config.is_set() {
             return Ok(None);
         }
@@ -58,6 +64,7 @@ impl Tls {
         let key_file = PathBuf::from(&config.key_file);
         let acceptor = load(&cert_file, &key_file)?;
         Ok(Some(Arc::new(Self {
+            name,
             cert_file,
             key_file,
             acceptor: ArcSwap::from_pointee(acceptor),
@@ -78,6 +85,54 @@ impl Tls {
         let acceptor = load(&self.cert_file, &self.key_file)?;
         self.acceptor.store(Arc::new(acceptor));
         Ok(())
+    }
+}
+
+/// Every listener's TLS, reloaded together (SIGHUP, `POST /v1/reload-tls`).
+#[derive(Debug, Clone, Default)]
+pub struct Certificates {
+    /// `server.tls`: the WebSocket listener.
+    pub server: Option<Arc<Tls>>,
+    /// `control.tls`: the control listener.
+    pub control: Option<Arc<Tls>>,
+}
+
+impl Certificates {
+    /// Whether any listener serves TLS.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.server.is_none() && self.control.is_none()
+    }
+
+    /// Reloads each listener's certificate, each on its own: one that fails keeps its old
+    /// certificate and does not hold the other back. Logs each outcome; returns the names of
+    /// the sections reloaded, or the first failure.
+    ///
+    /// # Errors
+    /// The section and the reason of the first reload that failed.
+    pub fn reload(&self) -> Result<Vec<&'static str>, (&'static str, TlsError)> {
+        let mut reloaded = Vec::new();
+        let mut failed = None;
+        for tls in [&self.server, &self.control].into_iter().flatten() {
+            match tls.reload() {
+                Ok(()) => {
+                    tracing::info!(section = tls.name, "TLS certificate reloaded");
+                    reloaded.push(tls.name);
+                }
+                Err(err) => {
+                    tracing::error!(
+                        section = tls.name,
+                        error = %err,
+                        "TLS reload failed; the old certificate stays"
+                    );
+                    failed.get_or_insert((tls.name, err));
+                }
+            }
+        }
+        match failed {
+            Some(failure) => Err(failure),
+            None => Ok(reloaded),
+        }
     }
 }
 

@@ -206,6 +206,8 @@ pub struct ControlConfig {
     pub requests_per_second_per_key: u32,
     /// Requests one key may make at once above that rate. Default 1000.
     pub request_burst_per_key: u32,
+    /// HTTPS on the control listener; off when absent.
+    pub tls: TlsConfig,
 }
 
 /// Log output.
@@ -446,6 +448,7 @@ impl Default for ControlConfig {
             body_timeout: Duration::from_secs(10),
             requests_per_second_per_key: 0,
             request_burst_per_key: 1000,
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -613,13 +616,16 @@ impl Config {
                 ),
             ));
         }
-        if self.server.tls.is_set()
-            && (self.server.tls.cert_file.is_empty() || self.server.tls.key_file.is_empty())
-        {
-            return Err(invalid(
-                "server.tls",
-                "needs both cert_file and key_file (or neither, for no TLS)",
-            ));
+        for (name, tls) in [
+            ("server.tls", &self.server.tls),
+            ("control.tls", &self.control.tls),
+        ] {
+            if tls.is_set() && (tls.cert_file.is_empty() || tls.key_file.is_empty()) {
+                return Err(invalid(
+                    name,
+                    "needs both cert_file and key_file (or neither, for no TLS)",
+                ));
+            }
         }
         if self.server.shards == 0 {
             self.server.shards = default_shards();

@@ -27,8 +27,8 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// What the control API needs.
 #[derive(Debug)]
 pub struct ControlContext {
-    /// The WebSocket listener's TLS, for `POST /v1/reload-tls`.
-    pub tls: Option<Arc<crate::tls::Tls>>,
+    /// The listeners' TLS, for `POST /v1/reload-tls`.
+    pub certificates: crate::tls::Certificates,
     pub hub: HubHandle,
     pub bus: Arc<dyn Bus>,
     pub readiness: Readiness,
@@ -47,12 +47,14 @@ pub struct ControlContext {
 
 pub(crate) type Body = Full<Bytes>;
 
-/// Serves the control API on `listener` until `stop` is cancelled.
+/// Serves the control API on `listener` (HTTPS when `tls` is given) until `stop` is
+/// cancelled.
 ///
 /// # Cancel safety
 /// Meant to run as its own task; in-flight requests finish gracefully after `stop`.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<Arc<crate::tls::Tls>>,
     ctx: Arc<ControlContext>,
     stop: CancellationToken,
     spawn: crate::shutdown::Shutdown,
@@ -73,28 +75,54 @@ pub async fn serve(
         };
         let ctx = Arc::clone(&ctx);
         let stop = stop.clone();
+        let acceptor = tls.as_ref().map(|tls| tls.acceptor());
         spawn.spawn(async move {
-            let service = service_fn(move |request: Request<Incoming>| {
-                let ctx = Arc::clone(&ctx);
-                async move { Ok::<_, Infallible>(routes::handle(request, peer, &ctx).await) }
-            });
-            let connection = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(connection);
-            tokio::select! {
-                result = connection.as_mut() => {
-                    if let Err(err) = result {
-                        tracing::debug!(%peer, error = %err, "Control connection failed");
-                    }
-                }
-                () = stop.cancelled() => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
-                }
+            let Some(acceptor) = acceptor else {
+                return serve_connection(stream, peer, ctx, stop).await;
+            };
+            // The handshake shares the header timeout: a client that opens a connection and
+            // sends nothing holds it no longer than one that stalls its headers.
+            let handshake = tokio::select! {
+                () = stop.cancelled() => return,
+                handshake = tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)) => handshake,
+            };
+            match handshake {
+                Ok(Ok(stream)) => serve_connection(stream, peer, ctx, stop).await,
+                Ok(Err(err)) => tracing::debug!(%peer, error = %err, "Control TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "Control TLS handshake timed out"),
             }
         });
+    }
+}
+
+/// Serves HTTP/1.1 on one accepted (and, with TLS, handshaken) connection.
+async fn serve_connection<IO>(
+    io: IO,
+    peer: SocketAddr,
+    ctx: Arc<ControlContext>,
+    stop: CancellationToken,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request: Request<Incoming>| {
+        let ctx = Arc::clone(&ctx);
+        async move { Ok::<_, Infallible>(routes::handle(request, peer, &ctx).await) }
+    });
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(err) = result {
+                tracing::debug!(%peer, error = %err, "Control connection failed");
+            }
+        }
+        () = stop.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
     }
 }
 

@@ -560,28 +560,25 @@ async fn disconnect(request: Request<Incoming>, ctx: &ControlContext) -> Handled
     }
 }
 
-/// Reloads the WebSocket listener's certificate and key, as SIGHUP does.
+/// Reloads every listener's certificate and key, as SIGHUP does.
 fn reload_tls(ctx: &ControlContext) -> Handled {
-    let Some(tls) = &ctx.tls else {
+    if ctx.certificates.is_empty() {
         return Err(ApiError::new(
             404,
             ErrorCode::NotFound,
-            "server.tls is not configured",
+            "neither server.tls nor control.tls is configured",
         ));
-    };
-    match tls.reload() {
-        Ok(()) => {
-            tracing::info!("TLS certificate reloaded through the control API");
-            Ok(response(200, JSON, r#"{"reloaded":true}"#))
+    }
+    match ctx.certificates.reload() {
+        Ok(reloaded) => {
+            let body = serde_json::json!({ "reloaded": true, "sections": reloaded });
+            Ok(response(200, JSON, body.to_string()))
         }
-        Err(err) => {
-            tracing::error!(error = %err, "TLS reload failed; the old certificate stays");
-            Err(ApiError::new(
-                422,
-                ErrorCode::BadRequest,
-                format!("{err}; the old certificate stays"),
-            ))
-        }
+        Err((section, err)) => Err(ApiError::new(
+            422,
+            ErrorCode::BadRequest,
+            format!("{section}: {err}; the old certificate stays"),
+        )),
     }
 }
 

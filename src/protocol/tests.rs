@@ -110,7 +110,9 @@ fn encoded_frames_are_valid_json() {
 
 #[test]
 fn close_codes_round_trip() {
-    for wire in [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1011, 3000, 4000, 4004, 4999] {
+    for wire in [
+        1000, 1001, 1002, 1003, 1007, 1008, 1009, 1011, 3000, 4000, 4004, 4999,
+    ] {
         let code = CloseCode::from_code(wire).unwrap();
         assert_eq!(code.code(), wire);
         assert!(code.reason().len() <= 123);

@@ -34,6 +34,8 @@ macro_rules! assert_eventually {
 
 pub struct TestServerBuilder {
     config: Config,
+    /// The CA (PEM) the HTTP client trusts for `control.tls`.
+    control_ca: Option<String>,
 }
 
 impl TestServerBuilder {
@@ -55,14 +57,35 @@ impl TestServerBuilder {
         self
     }
 
+    /// Serves the control API over HTTPS with this certificate (PEM files), and has the
+    /// harness's HTTP client trust `ca` (PEM) for it.
+    pub fn control_tls(mut self, cert_file: &str, key_file: &str, ca: &str) -> Self {
+        self.config.control.tls.cert_file = cert_file.to_owned();
+        self.config.control.tls.key_file = key_file.to_owned();
+        self.control_ca = Some(ca.to_owned());
+        self
+    }
+
     pub async fn start(self) -> TestServer {
         let config = self.config.validate().expect("test config is valid");
         let running = app::start(config).await.expect("server starts");
+        let (http, control_scheme) = match &self.control_ca {
+            None => (reqwest::Client::new(), "http"),
+            Some(ca) => (
+                reqwest::Client::builder()
+                    .tls_built_in_root_certs(false)
+                    .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).unwrap())
+                    .build()
+                    .unwrap(),
+                "https",
+            ),
+        };
         let server = TestServer {
             ws_addr: running.ws_addr(),
             control_addr: running.control_addr(),
+            control_scheme,
             running: Some(running),
-            http: reqwest::Client::new(),
+            http,
         };
         // Ready means listening and, when clustered, following every bus partition.
         crate::assert_eventually!(server.get("/readyz").await.0 == 200, "server becomes ready");
@@ -74,6 +97,8 @@ impl TestServerBuilder {
 pub struct TestServer {
     pub ws_addr: SocketAddr,
     pub control_addr: SocketAddr,
+    /// `http`, or `https` with `control.tls`.
+    control_scheme: &'static str,
     running: Option<app::Running>,
     pub http: reqwest::Client,
 }
@@ -92,7 +117,10 @@ impl TestServer {
             publish: switchboard::config::Rule::Anonymous,
             history: switchboard::config::Rule::Anonymous,
         }];
-        TestServerBuilder { config }
+        TestServerBuilder {
+            config,
+            control_ca: None,
+        }
     }
 
     pub async fn start() -> TestServer {
@@ -104,7 +132,11 @@ impl TestServer {
     }
 
     pub fn control_url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.control_addr)
+        // With TLS, the name the test certificates are made for.
+        match self.control_scheme {
+            "https" => format!("https://localhost:{}{path}", self.control_addr.port()),
+            _ => format!("http://{}{path}", self.control_addr),
+        }
     }
 
     pub fn hub(&self) -> &switchboard::hub::HubHandle {

@@ -145,3 +145,75 @@ async fn wss_serves_sessions_and_a_reload_changes_the_certificate_without_droppi
     server.drain().await;
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// Runs `curl` against the control API with `ca` as its only trust anchor; returns its exit
+/// status and what it printed (the body, or the TLS error).
+fn curl(url: &str, ca: &Path) -> (bool, String) {
+    let output = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "5", "--cacert"])
+        .arg(ca)
+        .arg(url)
+        .output()
+        .expect("curl runs (tests/run.sh installs it: apt-get install curl)");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_api_serves_https_and_reloads_both_certificates() {
+    let dir = std::env::temp_dir().join(format!("sb-control-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let first = certificate(&dir);
+    let path = |name: &str| dir.join(name).display().to_string();
+    let server = TestServer::builder()
+        .configure(|config| {
+            config.server.tls.cert_file = path("cert.pem");
+            config.server.tls.key_file = path("key.pem");
+        })
+        .control_tls(&path("cert.pem"), &path("key.pem"), &first.cert.pem())
+        .start()
+        .await;
+    let mut subscriber = connect(server.ws_addr, &first).await.unwrap();
+    subscriber.subscribe("ops").await;
+    // The harness publishes over HTTPS; a real client (curl) reads readiness over HTTPS.
+    server.publish("ops", json!(1)).await;
+    assert_eq!(subscriber.recv_type("message").await["data"], 1);
+    std::fs::write(dir.join("first.pem"), first.cert.pem()).unwrap();
+    let readyz = format!("https://localhost:{}/readyz", server.control_addr.port());
+    let (ok, text) = curl(&readyz, &dir.join("first.pem"));
+    assert!(ok && text.contains("\"ready\":true"), "{text}");
+    // Plain HTTP to the HTTPS listener gets no answer.
+    let plain = format!("http://127.0.0.1:{}/readyz", server.control_addr.port());
+    assert!(server.http.get(&plain).send().await.is_err());
+
+    // One reload changes both listeners' certificates; the WebSocket stays up.
+    let second = certificate(&dir);
+    std::fs::write(dir.join("second.pem"), second.cert.pem()).unwrap();
+    assert!(server.reload_tls(), "SIGHUP's path reloads both");
+    let (ok, text) = curl(&readyz, &dir.join("first.pem"));
+    assert!(
+        !ok,
+        "curl trusting only the old certificate is refused: {text}"
+    );
+    let (ok, text) = curl(&readyz, &dir.join("second.pem"));
+    assert!(ok, "{text}");
+    connect(server.ws_addr, &second).await.unwrap();
+    assert!(connect(server.ws_addr, &first).await.is_err());
+    let publish = format!(
+        "https://localhost:{}/v1/publish",
+        server.control_addr.port()
+    );
+    let output = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "5", "--cacert"])
+        .arg(dir.join("second.pem"))
+        .args(["-H", "content-type: application/json", "-d"])
+        .arg(r#"{"channel":"ops","data":2}"#)
+        .arg(&publish)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(subscriber.recv_type("message").await["data"], 2);
+    server.drain().await;
+    std::fs::remove_dir_all(dir).unwrap();
+}
