@@ -80,9 +80,20 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let accept_stop = CancellationToken::new();
     let background_stop = CancellationToken::new();
 
+    // Every TLS client and server here (wss://, HTTPS, rediss://) uses ring; a crate that
+    // asks rustls for the process default must get the same. Fails only if already set.
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
     let bus: Arc<dyn Bus> = if config.cluster.redis.is_set() {
+        let ca_pem = match config.cluster.redis_ca_file.as_str() {
+            "" => None,
+            path => Some(
+                std::fs::read(path)
+                    .with_context(|| format!("reading cluster.redis_ca_file {path}"))?,
+            ),
+        };
         let settings = RedisSettings {
             target: config.cluster.redis.clone(),
+            ca_pem,
             partitions: config.cluster.partitions,
             publish_timeout: config.cluster.publish_timeout,
             bus_maxlen: config.cluster.bus_maxlen,

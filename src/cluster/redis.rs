@@ -98,6 +98,9 @@ return {e, s, now, entries}
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
     pub target: RedisTarget,
+    /// PEM of the CA that signed Redis's certificate (`cluster.redis_ca_file`), for
+    /// `rediss://`; `None` trusts the system's roots.
+    pub ca_pem: Option<Vec<u8>>,
     pub partitions: u32,
     pub publish_timeout: Duration,
     pub bus_maxlen: u64,
@@ -148,17 +151,36 @@ enum Connector {
     Single(redis::Client),
     /// Seed URLs; a client is built per connection so each can have its own response
     /// timeout (blocking reads need a longer one).
-    Cluster(Vec<String>),
+    Cluster {
+        seeds: Vec<String>,
+        /// The private CA for `rediss://` seeds.
+        ca_pem: Option<Vec<u8>>,
+    },
+}
+
+/// The trust anchors for `rediss://`: a private CA, or the system's roots when `None`.
+fn tls_certificates(ca_pem: Option<&Vec<u8>>) -> redis::TlsCertificates {
+    redis::TlsCertificates {
+        client_tls: None,
+        root_cert: ca_pem.cloned(),
+    }
 }
 
 impl Connector {
-    fn new(target: &RedisTarget) -> Result<Self, redis::RedisError> {
+    fn new(target: &RedisTarget, ca_pem: Option<&Vec<u8>>) -> Result<Self, redis::RedisError> {
         match target {
+            RedisTarget::Url(url) if ca_pem.is_some() => Ok(Connector::Single(
+                redis::Client::build_with_tls(url.as_str(), tls_certificates(ca_pem))?,
+            )),
             RedisTarget::Url(url) => Ok(Connector::Single(redis::Client::open(url.as_str())?)),
             RedisTarget::ClusterSeeds(seeds) => {
-                // Validate the seeds now, so a bad URL refuses to start.
-                ClusterClient::new(seeds.clone())?;
-                Ok(Connector::Cluster(seeds.clone()))
+                let connector = Connector::Cluster {
+                    seeds: seeds.clone(),
+                    ca_pem: ca_pem.cloned(),
+                };
+                // Validate the seeds (and the CA) now, so a bad one refuses to start.
+                connector.cluster_client(Duration::from_secs(1))?;
+                Ok(connector)
             }
             RedisTarget::None => Err(redis::RedisError::from((
                 redis::ErrorKind::InvalidClientConfig,
@@ -179,15 +201,26 @@ impl Connector {
                         .await?,
                 ))
             }
-            Connector::Cluster(seeds) => {
-                let client = ClusterClient::builder(seeds.clone())
-                    .connection_timeout(Duration::from_secs(1))
-                    .response_timeout(response_timeout)
-                    .retries(2)
-                    .build()?;
-                Ok(RedisConn::Cluster(client.get_async_connection().await?))
-            }
+            Connector::Cluster { .. } => Ok(RedisConn::Cluster(
+                self.cluster_client(response_timeout)?
+                    .get_async_connection()
+                    .await?,
+            )),
         }
+    }
+
+    fn cluster_client(&self, response_timeout: Duration) -> RedisResult<ClusterClient> {
+        let Connector::Cluster { seeds, ca_pem } = self else {
+            unreachable!("cluster_client is only called on Connector::Cluster");
+        };
+        let mut builder = ClusterClient::builder(seeds.clone())
+            .connection_timeout(Duration::from_secs(1))
+            .response_timeout(response_timeout)
+            .retries(2);
+        if ca_pem.is_some() {
+            builder = builder.certs(tls_certificates(ca_pem.as_ref()));
+        }
+        builder.build()
     }
 }
 
@@ -270,7 +303,7 @@ impl RedisBus {
         tasks: &Shutdown,
         stop: &CancellationToken,
     ) -> Result<Self, redis::RedisError> {
-        let connector = Connector::new(&settings.target)?;
+        let connector = Connector::new(&settings.target, settings.ca_pem.as_ref())?;
         let partitions = settings.partitions as usize;
         let inner = Arc::new(Inner {
             connector,

@@ -336,10 +336,13 @@ pub struct HistoryConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
-    /// Redis to cluster through: one `redis://` URL, or a list of Redis Cluster seed URLs
-    /// (`rediss://`, TLS, is refused: this build has no TLS to Redis). Empty (the default): single node on the in-process broker.
+    /// Redis to cluster through: one `redis://` (or `rediss://`, TLS) URL, or a list of
+    /// Redis Cluster seed URLs. Empty (the default): single node on the in-process broker.
     #[serde(skip_serializing_if = "RedisTarget::is_unset")]
     pub redis: RedisTarget,
+    /// PEM file of the CA that signed Redis's certificate, for `rediss://` with a private
+    /// CA. Empty (the default): the system's trusted roots.
+    pub redis_ca_file: String,
     /// Bus partitions (Redis streams every node reads). Default 16. All nodes of a cluster
     /// must agree on it.
     pub partitions: u32,
@@ -408,6 +411,7 @@ impl Default for ClusterConfig {
     fn default() -> Self {
         Self {
             redis: RedisTarget::None,
+            redis_ca_file: String::new(),
             partitions: 16,
             publish_timeout: Duration::from_secs(2),
             bus_maxlen: 100_000,
@@ -784,18 +788,29 @@ impl Config {
             RedisTarget::Url(url) => std::slice::from_ref(url),
             RedisTarget::ClusterSeeds(seeds) => seeds,
         };
-        if urls.iter().any(|url| url.starts_with("rediss://")) {
-            // The redis crate is built without TLS; refusing here beats failing at start.
+        if urls
+            .iter()
+            .any(|url| !url.starts_with("redis://") && !url.starts_with("rediss://"))
+        {
             return Err(invalid(
                 "cluster.redis",
-                "rediss:// (TLS to Redis) is not supported by this build yet; use redis:// \
-                 over a private network or a TLS tunnel",
+                "must be a redis:// or rediss:// URL, or a list of them",
             ));
         }
-        if urls.iter().any(|url| !url.starts_with("redis://")) {
+        let tls = urls
+            .iter()
+            .filter(|url| url.starts_with("rediss://"))
+            .count();
+        if tls != 0 && tls != urls.len() {
             return Err(invalid(
                 "cluster.redis",
-                "must be a redis:// URL, or a list of them",
+                "mixes redis:// and rediss:// seeds: use one scheme for all",
+            ));
+        }
+        if !self.cluster.redis_ca_file.is_empty() && tls == 0 {
+            return Err(invalid(
+                "cluster.redis_ca_file",
+                "is set but cluster.redis is not a rediss:// URL: TLS to Redis needs rediss://",
             ));
         }
         if !(1..=1024).contains(&self.cluster.partitions) {

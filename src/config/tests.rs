@@ -43,9 +43,14 @@ fn out_of_range_values_name_the_key() {
         ("[log]\nlevel = \"loud[\"\n", "log.level"),
         ("[limits]\nmax_connections = 0\n", "limits.max_connections"),
         (
-            "[cluster]\nredis = \"rediss://redis:6380\"\n",
+            "[cluster]\nredis = [\"rediss://a:6380\", \"redis://b:6379\"]\n",
             "cluster.redis",
         ),
+        (
+            "[cluster]\nredis = \"redis://a:6379\"\nredis_ca_file = \"/ca.pem\"\n",
+            "cluster.redis_ca_file",
+        ),
+        ("[cluster]\nredis = \"http://a:6379\"\n", "cluster.redis"),
         (
             "[limits]\nfragment_timeout = \"0s\"\n",
             "limits.fragment_timeout",

@@ -531,3 +531,51 @@ async fn a_wedged_bus_reader_fails_readiness_then_heals_without_loss() {
     publisher_node.drain().await;
     wedged_node.drain().await;
 }
+
+/// `rediss://` to a `redis-server` serving TLS with a private CA (`cluster.redis_ca_file`):
+/// two nodes cluster through it; a node that does not trust the CA never becomes ready and
+/// says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_cluster_over_rediss_with_a_private_ca() {
+    let (redis, ca_pem) = RedisServer::start_tls();
+    let ca_file = std::env::temp_dir().join(format!("sb-redis-ca-{}.pem", redis.port));
+    std::fs::write(&ca_file, &ca_pem).unwrap();
+    let node = || {
+        TestServer::builder()
+            .redis(&redis.tls_url())
+            .configure(|config| config.cluster.redis_ca_file = ca_file.display().to_string())
+    };
+    let (a, b) = (node().start().await, node().start().await);
+    let mut subscriber = b.client().await;
+    subscriber.subscribe("secure").await;
+    let first = a.publish("secure", json!(1)).await;
+    a.publish("secure", json!(2)).await;
+    expect_contiguous(&mut subscriber, 1, 2).await;
+    // History and resume read Redis over TLS too.
+    let mut resumed = a.client().await;
+    let reply = resumed.subscribe_since("secure", &first).await;
+    assert_eq!(reply["recovered"], true, "{reply}");
+    assert_eq!(resumed.recv_type("message").await["data"], 2);
+
+    // Without the CA, the system's roots do not trust Redis's certificate.
+    let untrusting = TestServer::builder()
+        .redis(&redis.tls_url())
+        .start_unready()
+        .await;
+    crate::assert_eventually!(
+        untrusting.get_json("/readyz").await.1["details"]
+            .to_string()
+            .contains("certificate"),
+        "readiness names the certificate problem"
+    );
+    let (status, body) = untrusting.get_json("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    let (status, _) = untrusting
+        .post("/v1/publish", json!({"channel": "secure", "data": 3}))
+        .await;
+    assert_eq!(status, 503);
+    untrusting.drain().await;
+    a.drain().await;
+    b.drain().await;
+    std::fs::remove_file(ca_file).unwrap();
+}

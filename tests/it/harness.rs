@@ -67,6 +67,15 @@ impl TestServerBuilder {
     }
 
     pub async fn start(self) -> TestServer {
+        let server = self.start_unready().await;
+        // Ready means listening and, when clustered, following every bus partition.
+        crate::assert_eventually!(server.get("/readyz").await.0 == 200, "server becomes ready");
+        server
+    }
+
+    /// Starts the server without waiting for it to become ready (for tests of a node that
+    /// cannot).
+    pub async fn start_unready(self) -> TestServer {
         let config = self.config.validate().expect("test config is valid");
         let running = app::start(config).await.expect("server starts");
         let (http, control_scheme) = match &self.control_ca {
@@ -80,16 +89,13 @@ impl TestServerBuilder {
                 "https",
             ),
         };
-        let server = TestServer {
+        TestServer {
             ws_addr: running.ws_addr(),
             control_addr: running.control_addr(),
             control_scheme,
             running: Some(running),
             http,
-        };
-        // Ready means listening and, when clustered, following every bus partition.
-        crate::assert_eventually!(server.get("/readyz").await.0 == 200, "server becomes ready");
-        server
+        }
     }
 }
 

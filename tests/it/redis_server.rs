@@ -11,6 +11,10 @@ use crate::harness::free_port;
 /// A `redis-server` process owned by one test; killed (and its files removed) on drop.
 pub struct RedisServer {
     pub port: u16,
+    /// The TLS port and the directory of its certificate, for servers started with
+    /// [`RedisServer::start_tls`].
+    pub tls_port: Option<u16>,
+    tls_dir: Option<PathBuf>,
     dir: PathBuf,
     appendonly: bool,
     extra_args: Vec<String>,
@@ -44,6 +48,8 @@ impl RedisServer {
         std::fs::create_dir_all(&dir).unwrap();
         let mut server = RedisServer {
             port,
+            tls_port: None,
+            tls_dir: None,
             dir,
             appendonly,
             extra_args,
@@ -55,6 +61,54 @@ impl RedisServer {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts a Redis that also serves TLS on a second port, with a certificate for
+    /// `localhost` signed by a CA made here; returns it and the CA's PEM. Clients need no
+    /// certificate of their own. The plain port stays for `redis-cli`.
+    pub fn start_tls() -> (RedisServer, String) {
+        let tls_port = free_port();
+        let dir =
+            std::env::temp_dir().join(format!("sb-redis-tls-{}-{tls_port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .signed_by(&leaf_key, &ca)
+            .unwrap();
+        let write = |name: &str, pem: String| {
+            let path = dir.join(name);
+            std::fs::write(&path, pem).unwrap();
+            path.display().to_string()
+        };
+        let args = vec![
+            "--tls-port".to_owned(),
+            tls_port.to_string(),
+            "--tls-cert-file".to_owned(),
+            write("redis.crt", leaf.pem()),
+            "--tls-key-file".to_owned(),
+            write("redis.key", leaf_key.serialize_pem()),
+            "--tls-ca-cert-file".to_owned(),
+            write("ca.crt", ca.pem()),
+            "--tls-auth-clients".to_owned(),
+            "no".to_owned(),
+        ];
+        let mut server = Self::start_with(false, args);
+        server.tls_port = Some(tls_port);
+        server.tls_dir = Some(dir);
+        (server, ca.pem())
+    }
+
+    /// `rediss://` to the TLS port, by the name its certificate is for.
+    pub fn tls_url(&self) -> String {
+        format!(
+            "rediss://localhost:{}",
+            self.tls_port.expect("started with TLS")
+        )
     }
 
     #[allow(
@@ -155,6 +209,9 @@ impl Drop for RedisServer {
         }
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some(dir) = &self.tls_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
