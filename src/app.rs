@@ -121,6 +121,23 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         Arc::new(LocalBus::new(Arc::clone(&hub)))
     };
 
+    let authenticator = crate::auth::Authenticator::from_config(&config.auth)
+        .context("loading the [auth] keys")?
+        .map(Arc::new);
+    if let Some(jwks) = authenticator.as_ref().and_then(|auth| auth.jwks()) {
+        background.spawn(keep_jwks(
+            Arc::clone(jwks),
+            config.auth.jwks_refresh,
+            config.auth.jwks_min_interval,
+            // With no key of its own, the node cannot verify any token before the first fetch.
+            config
+                .auth
+                .keys
+                .is_empty()
+                .then(|| readiness.hold("jwks not loaded")),
+            background_stop.clone(),
+        ));
+    }
     let session_ctx = Arc::new(SessionContext {
         hub: Arc::clone(&hub),
         bus: Arc::clone(&bus),
@@ -156,9 +173,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             auth_timeout: config.auth.timeout,
             namespaces: crate::auth::Namespaces::new(&config.namespaces),
         },
-        auth: crate::auth::Authenticator::from_config(&config.auth)
-            .context("loading the [auth] keys")?
-            .map(Arc::new),
+        auth: authenticator.clone(),
         connect_limiter: Quota::new(
             config.limits.connects_per_ip_per_second,
             config.limits.connect_burst_per_ip,
@@ -474,6 +489,36 @@ fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// (about 10 ms for a million).
 fn keepalive_tick(heartbeat: Duration) -> Duration {
     (heartbeat / 5).clamp(Duration::from_millis(10), Duration::from_secs(1))
+}
+
+/// Fetches the JWKS at start and every `refresh`; while no key is held, retries every
+/// `retry` (or `refresh`, if shorter) and holds `unloaded` (a readiness latch) if given.
+async fn keep_jwks(
+    jwks: Arc<crate::auth::Jwks>,
+    refresh: Duration,
+    retry: Duration,
+    mut unloaded: Option<Latch>,
+    stop: CancellationToken,
+) {
+    loop {
+        let held = tokio::select! {
+            () = stop.cancelled() => return,
+            held = jwks.refresh() => held,
+        };
+        if held > 0 {
+            // Loaded: ready as far as tokens go.
+            drop(unloaded.take());
+        }
+        let wait = if held > 0 {
+            refresh
+        } else {
+            retry.min(refresh)
+        };
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
 }
 
 async fn every(period: Duration, stop: CancellationToken, mut tick: impl FnMut() + Send) {

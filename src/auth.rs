@@ -8,6 +8,10 @@
 //! algorithm, which is how keys are rotated when tokens carry no `kid`. `exp` and `sub` are
 //! required; `exp`, `nbf`, and `iss`/`aud` when configured, are checked with `auth.leeway`.
 //!
+//! Keys come from `[[auth.keys]]` and from a JWKS endpoint (`auth.jwks_url`, see [`jwks`]);
+//! a token whose `kid` neither has makes the JWKS be fetched again (rate-limited) before it
+//! is refused.
+//!
 //! Channel permissions (`namespaces`) use the identity a token gives.
 //!
 //! Must not depend on anything internal but `config`.
@@ -24,8 +28,12 @@ use serde_json::value::RawValue;
 
 use crate::config::AuthConfig;
 
+pub mod jwks;
 pub mod namespaces;
-pub use self::namespaces::{Action, Namespaces};
+pub use self::{
+    jwks::Jwks,
+    namespaces::{Action, Namespaces},
+};
 
 /// An authenticated connection's identity, from its token's claims.
 #[derive(Debug, Clone)]
@@ -102,6 +110,8 @@ struct Key {
 /// Verifies tokens against the configured keys.
 pub struct Authenticator {
     keys: Vec<Key>,
+    /// Keys from `auth.jwks_url`, tried after `keys`.
+    jwks: Option<Arc<Jwks>>,
     leeway: Duration,
     issuer: Option<String>,
     audience: Option<String>,
@@ -109,7 +119,12 @@ pub struct Authenticator {
 
 impl fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Authenticator({} keys)", self.keys.len())
+        write!(
+            f,
+            "Authenticator({} keys, {:?})",
+            self.keys.len(),
+            self.jwks
+        )
     }
 }
 
@@ -145,14 +160,24 @@ pub fn parse_algorithm(name: &str) -> Option<Algorithm> {
 
 impl Authenticator {
     /// Builds the verifier from `[auth]`, reading the public key files; `None` when no key is
-    /// configured.
+    /// configured. The JWKS (when `auth.jwks_url` is set) starts empty: the caller fetches it
+    /// ([`Authenticator::jwks`]).
     ///
     /// # Errors
-    /// [`KeyError`] naming the key that cannot be read or parsed.
+    /// [`KeyError`] naming the key that cannot be read or parsed, or a bad `jwks_url`.
     pub fn from_config(config: &AuthConfig) -> Result<Option<Self>, KeyError> {
-        if config.keys.is_empty() {
+        if config.keys.is_empty() && config.jwks_url.is_empty() {
             return Ok(None);
         }
+        let jwks = match config.jwks_url.as_str() {
+            "" => None,
+            url => Some(Arc::new(Jwks::new(url, config.jwks_min_interval).map_err(
+                |err| KeyError {
+                    index: config.keys.len(),
+                    message: err.to_string(),
+                },
+            )?)),
+        };
         let mut keys = Vec::with_capacity(config.keys.len());
         for (index, key) in config.keys.iter().enumerate() {
             let fail = |message: String| KeyError { index, message };
@@ -188,6 +213,7 @@ impl Authenticator {
         }
         Ok(Some(Self {
             keys,
+            jwks,
             leeway: config.leeway,
             issuer: (!config.issuer.is_empty()).then(|| config.issuer.clone()),
             audience: (!config.audience.is_empty()).then(|| config.audience.clone()),
@@ -200,22 +226,51 @@ impl Authenticator {
         self.leeway
     }
 
-    /// Verifies `token` and returns who it names.
+    /// The JWKS endpoint's keys, when `auth.jwks_url` is set.
+    #[must_use]
+    pub fn jwks(&self) -> Option<&Arc<Jwks>> {
+        self.jwks.as_ref()
+    }
+
+    /// Verifies `token` as [`Authenticator::verify`] does, but a `kid` no key has first makes
+    /// the JWKS be fetched again (at most once per `auth.jwks_min_interval`), so that a key
+    /// the issuer just rotated in is accepted on its first token.
+    ///
+    /// # Errors
+    /// [`AuthError`] saying why the token is refused.
+    pub async fn authenticate(&self, token: &str) -> Result<Identity, AuthError> {
+        match (self.verify(token), &self.jwks) {
+            (Err(AuthError::UnknownKey), Some(jwks)) => {
+                if jwks.refresh_for_unknown_kid().await {
+                    self.verify(token)
+                } else {
+                    Err(AuthError::UnknownKey)
+                }
+            }
+            (verified, _) => verified,
+        }
+    }
+
+    /// Verifies `token` against the keys held now and returns who it names.
     ///
     /// # Errors
     /// [`AuthError`] saying why the token is refused.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
+        let fetched = self.jwks.as_ref().map(|jwks| jwks.keys());
+        let all = self
+            .keys
+            .iter()
+            .chain(fetched.iter().flat_map(|keys| keys.iter()));
         let candidates: Vec<&Key> = match &header.kid {
             Some(kid) => {
-                let key = self
-                    .keys
-                    .iter()
+                let key = all
+                    .clone()
                     .find(|key| key.kid.as_deref() == Some(kid.as_str()))
                     .ok_or(AuthError::UnknownKey)?;
                 vec![key]
             }
-            None => self.keys.iter().collect(),
+            None => all.collect(),
         };
         let mut candidates = candidates
             .into_iter()

@@ -33,6 +33,9 @@ pub const SLOW_CONSUMER_CLOSES: &str = "ws_slow_consumer_closes_total";
 pub const PROTOCOL_ERRORS: &str = "ws_protocol_errors_total";
 pub const RATE_LIMITED: &str = "ws_rate_limited_total";
 pub const AUTH: &str = "ws_auth_total";
+/// JWKS fetches by result: `ok`, `error` (the old keys stay), `rate_limited` (an unknown
+/// `kid` within `auth.jwks_min_interval` of the last fetch).
+pub const JWKS_REFRESHES: &str = "ws_jwks_refresh_total";
 pub const FORBIDDEN: &str = "ws_forbidden_total";
 pub const QUEUE_MESSAGES: &str = "ws_outbound_queue_messages";
 pub const QUEUE_MAX_MESSAGES: &str = "ws_outbound_queue_max_messages";
@@ -155,6 +158,11 @@ pub fn memory_watched(resident_bytes: u64, pressure: bool) {
 /// Counts a token checked: `ok`, or why it was refused.
 pub fn auth(result: &'static str) {
     metrics::counter!(AUTH, "result" => result).increment(1);
+}
+
+/// Counts a JWKS fetch (or one refused by the rate limit).
+pub fn jwks_refresh(result: &'static str) {
+    metrics::counter!(JWKS_REFRESHES, "result" => result).increment(1);
 }
 
 /// Counts a subscribe, history read or publish the namespaces refused.

@@ -225,3 +225,70 @@ fn issuer_and_audience_are_checked_when_configured() {
         AuthError::Claims
     );
 }
+
+/// The public JWK of a key in `tests/keys`, with `alg` as given (or left out).
+fn jwk(file: &str, algorithm: Algorithm, kid: &str, alg: Option<&str>) -> serde_json::Value {
+    let pem = std::fs::read(format!("{KEYS}/{file}")).unwrap();
+    let encoding = match algorithm {
+        Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(&pem),
+        Algorithm::EdDSA => EncodingKey::from_ed_pem(&pem),
+        _ => EncodingKey::from_rsa_pem(&pem),
+    }
+    .unwrap();
+    let mut value = serde_json::to_value(
+        jsonwebtoken::jwk::Jwk::from_encoding_key(&encoding, algorithm).unwrap(),
+    )
+    .unwrap();
+    value["kid"] = json!(kid);
+    match alg {
+        Some(alg) => value["alg"] = json!(alg),
+        None => {
+            value.as_object_mut().unwrap().remove("alg");
+        }
+    }
+    value
+}
+
+#[test]
+fn a_jwks_document_gives_its_signing_keys_with_fitting_algorithms() {
+    let mut encryption = jwk("rsa.key", Algorithm::RS256, "enc", None);
+    encryption["use"] = json!("enc");
+    let document = json!({"keys": [
+        jwk("rsa.key", Algorithm::RS256, "rsa-implied", None),
+        jwk("rsa.key", Algorithm::RS256, "rsa-pss", Some("PS256")),
+        jwk("ec256.key", Algorithm::ES256, "p256", None),
+        jwk("ec384.key", Algorithm::ES384, "p384", None),
+        jwk("ed25519.key", Algorithm::EdDSA, "ed", None),
+        // Skipped: symmetric, for encryption, an algorithm that does not fit the key, an
+        // unknown key type, not a JWK at all.
+        {"kty": "oct", "kid": "oct", "k": "c2VjcmV0"},
+        encryption,
+        jwk("rsa.key", Algorithm::RS256, "rsa-as-hmac", Some("HS256")),
+        jwk("ec256.key", Algorithm::ES256, "p256-as-384", Some("ES384")),
+        {"kty": "weird", "kid": "weird"},
+        "not an object",
+    ]});
+    let keys = jwks::parse_key_set(document.to_string().as_bytes()).unwrap();
+    let found: Vec<(Option<&str>, Algorithm)> = keys
+        .iter()
+        .map(|key| (key.kid.as_deref(), key.algorithm))
+        .collect();
+    assert_eq!(
+        found,
+        [
+            (Some("rsa-implied"), Algorithm::RS256),
+            (Some("rsa-pss"), Algorithm::PS256),
+            (Some("p256"), Algorithm::ES256),
+            (Some("p384"), Algorithm::ES384),
+            (Some("ed"), Algorithm::EdDSA),
+        ]
+    );
+    for bad in [
+        &b"{}"[..],
+        b"not json",
+        br#"{"keys": []}"#,
+        br#"{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}"#,
+    ] {
+        assert!(jwks::parse_key_set(bad).is_err());
+    }
+}

@@ -114,6 +114,16 @@ pub struct AuthConfig {
     pub audience: String,
     /// Verification keys; several at once for rotation, chosen by the token's `kid`.
     pub keys: Vec<AuthKeyConfig>,
+    /// A JWKS endpoint (`https://issuer/.well-known/jwks.json`) whose keys are used beside
+    /// `keys`. Empty: none.
+    pub jwks_url: String,
+    /// How often the JWKS is fetched again. Default 5m.
+    #[serde(with = "humantime_serde")]
+    pub jwks_refresh: Duration,
+    /// Shortest time between two fetches caused by a token with an unknown `kid`, so that
+    /// clients cannot make the node hammer the endpoint. Default 10s.
+    #[serde(with = "humantime_serde")]
+    pub jwks_min_interval: Duration,
 }
 
 /// One verification key.
@@ -140,6 +150,9 @@ impl Default for AuthConfig {
             issuer: String::new(),
             audience: String::new(),
             keys: Vec::new(),
+            jwks_url: String::new(),
+            jwks_refresh: Duration::from_secs(300),
+            jwks_min_interval: Duration::from_secs(10),
         }
     }
 }
@@ -840,11 +853,20 @@ impl Config {
         Ok(self)
     }
 
-    /// The effective configuration as TOML, as `check-config` prints it, with API keys and
-    /// HMAC secrets replaced by `<redacted>`.
+    /// The effective configuration as TOML, as `check-config` prints it, with API keys, HMAC
+    /// secrets and Redis passwords replaced by `<redacted>`.
     #[must_use]
     pub fn to_toml(&self) -> String {
         let mut shown = self.clone();
+        match &mut shown.cluster.redis {
+            RedisTarget::None => {}
+            RedisTarget::Url(url) => *url = redact_password(url),
+            RedisTarget::ClusterSeeds(seeds) => {
+                for seed in seeds {
+                    *seed = redact_password(seed);
+                }
+            }
+        }
         for key in &mut shown.control.api_keys {
             *key = "<redacted>".to_owned();
         }
@@ -857,13 +879,41 @@ impl Config {
     }
 }
 
+/// `scheme://user:password@host...` with the password replaced by `<redacted>`.
+fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    match rest[..at].split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:<redacted>{}", &rest[at..]),
+        None => url.to_owned(),
+    }
+}
+
 impl AuthConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key: &'static str, message: String| ConfigError::Invalid { key, message };
-        if self.required && self.keys.is_empty() {
+        if self.required && self.keys.is_empty() && self.jwks_url.is_empty() {
             return Err(invalid(
                 "auth.required",
-                "needs at least one [[auth.keys]] entry".to_owned(),
+                "needs at least one [[auth.keys]] entry or auth.jwks_url".to_owned(),
+            ));
+        }
+        let url = self.jwks_url.as_str();
+        if !(url.is_empty() || url.starts_with("https://") || url.starts_with("http://")) {
+            return Err(invalid(
+                "auth.jwks_url",
+                format!("'{}' is not an https:// (or http://) URL", self.jwks_url),
+            ));
+        }
+        if self.jwks_refresh < Duration::from_secs(1) || self.jwks_min_interval.is_zero() {
+            return Err(invalid(
+                "auth.jwks_refresh",
+                "jwks_refresh must be at least 1s and jwks_min_interval greater than 0".to_owned(),
             ));
         }
         if self.timeout.is_zero() {

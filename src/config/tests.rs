@@ -150,3 +150,33 @@ fn namespaces_are_checked() {
     .unwrap_err();
     assert!(err.to_string().contains("namespaces"), "{err}");
 }
+
+#[test]
+fn check_config_output_hides_secrets() {
+    let config = Config::from_toml_str(
+        r#"
+[control]
+api_keys = ["an-api-key-of-some-length"]
+[cluster]
+redis = "rediss://default:hunter2-redis@redis.internal:6380/0"
+[[auth.keys]]
+algorithm = "HS256"
+secret = "a-secret-of-at-least-thirty-two-bytes"
+"#,
+    )
+    .unwrap()
+    .validate()
+    .unwrap();
+    let shown = config.to_toml();
+    for secret in [
+        "an-api-key-of-some-length",
+        "hunter2-redis",
+        "a-secret-of-at-least-thirty-two-bytes",
+    ] {
+        assert!(!shown.contains(secret), "{secret} shown:\n{shown}");
+    }
+    assert!(
+        shown.contains("rediss://default:<redacted>@redis.internal:6380/0"),
+        "{shown}"
+    );
+}

@@ -450,7 +450,7 @@ async fn run<S>(
     let mut reader = reader::Reader::new(Arc::clone(&ctx), Arc::clone(&outbound));
     // A token in the upgrade is checked before the welcome, which then names the user.
     let refused = match (token, &ctx.auth) {
-        (Some(token), Some(auth)) => match auth.verify(&token) {
+        (Some(token), Some(auth)) => match auth.authenticate(&token).await {
             Ok(identity) => {
                 reader.authenticated(identity);
                 None

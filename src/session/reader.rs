@@ -175,7 +175,7 @@ impl Reader {
     }
 
     /// `{"type":"auth"}`: authenticates a connection whose upgrade brought no token.
-    fn authenticate(&mut self, id: Option<u64>, token: &str) {
+    async fn authenticate(&mut self, id: Option<u64>, token: &str) {
         let Some(verifier) = self.ctx.auth.clone() else {
             return self.error(
                 id,
@@ -190,7 +190,7 @@ impl Reader {
                 "already authenticated; send `refresh` to replace the token",
             );
         }
-        match verifier.verify(token) {
+        match verifier.authenticate(token).await {
             Ok(identity) => {
                 let reply = protocol::encode_authenticated(
                     "authenticated",
@@ -206,7 +206,7 @@ impl Reader {
     }
 
     /// `{"type":"refresh"}`: a fresh token for the same user moves the expiry.
-    fn refresh(&mut self, id: Option<u64>, token: &str) {
+    async fn refresh(&mut self, id: Option<u64>, token: &str) {
         let (Some(verifier), true) = (self.ctx.auth.clone(), self.identity.is_some()) else {
             return self.error(
                 id,
@@ -214,7 +214,7 @@ impl Reader {
                 "not authenticated; send `auth` first",
             );
         };
-        match verifier.verify(token) {
+        match verifier.authenticate(token).await {
             Ok(identity) if self.user() == Some(&*identity.user) => {
                 let reply =
                     protocol::encode_authenticated("refreshed", id, &identity.user, identity.exp);
@@ -468,8 +468,8 @@ impl Reader {
             Ok(ClientFrame::Publish { id, channel, data }) => {
                 self.publish(id, &channel, data.get()).await;
             }
-            Ok(ClientFrame::Auth { id, token }) => self.authenticate(id, &token),
-            Ok(ClientFrame::Refresh { id, token }) => self.refresh(id, &token),
+            Ok(ClientFrame::Auth { id, token }) => self.authenticate(id, &token).await,
+            Ok(ClientFrame::Refresh { id, token }) => self.refresh(id, &token).await,
         }
     }
 

@@ -13,6 +13,7 @@ mod control_api;
 mod fault_proxy;
 mod harness;
 mod hostile;
+mod jwks;
 mod limits;
 mod mass_disconnect;
 mod process;
