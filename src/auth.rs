@@ -241,7 +241,9 @@ impl Authenticator {
     pub async fn authenticate(&self, token: &str) -> Result<Identity, AuthError> {
         match (self.verify(token), &self.jwks) {
             (Err(AuthError::UnknownKey), Some(jwks)) => {
-                if jwks.refresh_for_unknown_kid().await {
+                // Boxed: the fetch's state is large and rare; every session's task would
+                // otherwise carry room for it.
+                if Box::pin(jwks.refresh_for_unknown_kid()).await {
                     self.verify(token)
                 } else {
                     Err(AuthError::UnknownKey)
