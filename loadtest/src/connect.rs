@@ -58,20 +58,75 @@ pub struct ConnectArgs {
     /// Also write the results as JSON here.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
+    /// Send a JWT in each upgrade's `?token=`, signed with this algorithm (HS256, RS256,
+    /// ES256, EdDSA, ...). 100 different tokens (users) are signed before the ramp, so the
+    /// client's signing is not timed; the server verifies each connection's anyway.
+    #[arg(long, requires = "token_key")]
+    pub token_alg: Option<String>,
+    /// The HMAC secret (HS*) or the PEM private key file (others) to sign with.
+    #[arg(long)]
+    pub token_key: Option<String>,
+    /// The `kid` to put in the tokens' header.
+    #[arg(long)]
+    pub token_kid: Option<String>,
+}
+
+/// Tokens for `--token-alg`: 100 users, valid for an hour; empty without the flag.
+fn tokens(args: &ConnectArgs) -> anyhow::Result<Vec<String>> {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    let (Some(alg), Some(key)) = (&args.token_alg, &args.token_key) else {
+        return Ok(Vec::new());
+    };
+    let algorithm: Algorithm = alg.parse()?;
+    let encoding = match algorithm {
+        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
+            EncodingKey::from_secret(key.as_bytes())?
+        }
+        _ => {
+            let pem = std::fs::read(key)?;
+            match algorithm {
+                Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(&pem)?,
+                Algorithm::EdDSA => EncodingKey::from_ed_pem(&pem)?,
+                _ => EncodingKey::from_rsa_pem(&pem)?,
+            }
+        }
+    };
+    let mut header = Header::new(algorithm);
+    header.kid.clone_from(&args.token_kid);
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        + 3600;
+    (0..100)
+        .map(|user| {
+            let claims = serde_json::json!({"sub": format!("user-{user}"), "exp": exp});
+            Ok(jsonwebtoken::encode(&header, &claims, &encoding)?)
+        })
+        .collect()
 }
 
 type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// Connects, upgrades, waits for `welcome` and subscribes; returns the open socket.
-async fn open(server: SocketAddr, source: Ipv4Addr, channel: &str) -> anyhow::Result<Ws> {
+/// Connects, upgrades (with `?token=` when given), waits for `welcome` (which must name a
+/// user when a token was sent) and subscribes; returns the open socket.
+async fn open(
+    server: SocketAddr,
+    source: Ipv4Addr,
+    channel: &str,
+    token: Option<&str>,
+) -> anyhow::Result<Ws> {
     let socket = TcpSocket::new_v4()?;
     socket.bind(SocketAddr::new(IpAddr::V4(source), 0))?;
     let stream = socket.connect(server).await?;
-    let url = format!("ws://{server}/ws");
+    let url = match token {
+        Some(token) => format!("ws://{server}/ws?token={token}"),
+        None => format!("ws://{server}/ws"),
+    };
     let (mut ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream)).await?;
     match ws.next().await {
-        Some(Ok(Message::Text(text))) if text.contains("\"welcome\"") => {}
-        other => anyhow::bail!("expected welcome, got {other:?}"),
+        Some(Ok(Message::Text(text)))
+            if text.contains("\"welcome\"") && (token.is_none() || text.contains("\"user\"")) => {}
+        other => anyhow::bail!("expected welcome (with a user if a token was sent), got {other:?}"),
     }
     let subscribe = format!(r#"{{"type":"subscribe","id":1,"channel":"{channel}"}}"#);
     ws.send(Message::Text(subscribe.into())).await?;
@@ -92,6 +147,7 @@ async fn ramp(args: &ConnectArgs) -> anyhow::Result<Ramp> {
     let interval = Duration::from_nanos(1_000_000_000 / args.rate.max(1));
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let tokens: Arc<[String]> = tokens(args)?.into();
     let started = tokio::time::Instant::now();
     let mut attempts = Vec::with_capacity(args.connections);
     for index in 0..args.connections {
@@ -104,9 +160,11 @@ async fn ramp(args: &ConnectArgs) -> anyhow::Result<Ramp> {
             args.source_first + (index % usize::from(args.source_addrs.max(1))) as u8,
         );
         let server = args.server[index % args.server.len()];
+        let tokens = Arc::clone(&tokens);
         attempts.push(tokio::spawn(async move {
             let begun = tokio::time::Instant::now();
-            let result = open(server, source, &format!("room-{}", index % 100)).await;
+            let token = (!tokens.is_empty()).then(|| tokens[index % tokens.len()].as_str());
+            let result = open(server, source, &format!("room-{}", index % 100), token).await;
             drop(permit);
             result.map(|ws| (ws, begun.elapsed()))
         }));
@@ -149,7 +207,7 @@ async fn drop_all_and_reconnect(held: Vec<Ws>, server: SocketAddr) -> anyhow::Re
     for _ in 0..100 {
         let attempt = tokio::time::timeout(
             Duration::from_secs(5),
-            open(server, Ipv4Addr::new(127, 0, 0, 1), "after"),
+            open(server, Ipv4Addr::new(127, 0, 0, 1), "after", None),
         );
         if let Ok(Ok(_ws)) = attempt.await {
             return Ok(dropped.elapsed().as_secs_f64() * 1000.0);
@@ -189,6 +247,7 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<()> {
     };
     let results = serde_json::json!({
         "scenario": "connect",
+        "token_alg": args.token_alg,
         "target_rate": args.rate,
         "connections": args.connections,
         "opened": opened,

@@ -141,7 +141,7 @@ pub async fn idle(args: &IdleArgs) -> anyhow::Result<()> {
         // Workers hold a little longer than the parent's window, so every sample of the
         // parent sees all of them connected.
         let hold = (args.hold + 5).to_string();
-        let worker_args = [
+        let mut worker_args = [
             "idle",
             "--worker",
             "--server",
@@ -161,7 +161,17 @@ pub async fn idle(args: &IdleArgs) -> anyhow::Result<()> {
             "--report-every",
             &hold,
         ]
-        .map(str::to_owned);
+        .map(str::to_owned)
+        .to_vec();
+        for (flag, value) in [
+            ("--token-alg", &connect.token_alg),
+            ("--token-key", &connect.token_key),
+            ("--token-kid", &connect.token_kid),
+        ] {
+            if let Some(value) = value {
+                worker_args.extend([flag.to_owned(), value.clone()]);
+            }
+        }
         children.push(launch.spawn(index, &worker_args, false)?);
     }
     let opened = wait_ready(&mut children).await?;
