@@ -69,6 +69,29 @@ pub struct ConnectArgs {
     /// The `kid` to put in the tokens' header.
     #[arg(long)]
     pub token_kid: Option<String>,
+    /// Connect with `wss://` (TLS 1.3, rustls with ring, server name `localhost`), trusting
+    /// this PEM certificate (the server's self-signed one, or its CA).
+    #[arg(long)]
+    pub tls_ca: Option<std::path::PathBuf>,
+}
+
+/// The TLS client for `--tls-ca`, or `None` for plain `ws://`.
+fn tls_connector(args: &ConnectArgs) -> anyhow::Result<Option<tokio_rustls::TlsConnector>> {
+    use tokio_rustls::rustls::{self, pki_types::pem::PemObject as _};
+    let Some(ca) = &args.tls_ca else {
+        return Ok(None);
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca)? {
+        roots.add(cert?)?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Some(tokio_rustls::TlsConnector::from(Arc::new(config))))
 }
 
 /// Tokens for `--token-alg`: 100 users, valid for an hour; empty without the flag.
@@ -114,15 +137,24 @@ async fn open(
     source: Ipv4Addr,
     channel: &str,
     token: Option<&str>,
+    tls: Option<&tokio_rustls::TlsConnector>,
 ) -> anyhow::Result<Ws> {
     let socket = TcpSocket::new_v4()?;
     socket.bind(SocketAddr::new(IpAddr::V4(source), 0))?;
     let stream = socket.connect(server).await?;
-    let url = match token {
-        Some(token) => format!("ws://{server}/ws?token={token}"),
-        None => format!("ws://{server}/ws"),
+    let (scheme, stream) = match tls {
+        Some(tls) => {
+            let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost")?;
+            let stream = tls.connect(name, stream).await?;
+            ("wss", MaybeTlsStream::Rustls(stream))
+        }
+        None => ("ws", MaybeTlsStream::Plain(stream)),
     };
-    let (mut ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream)).await?;
+    let url = match token {
+        Some(token) => format!("{scheme}://{server}/ws?token={token}"),
+        None => format!("{scheme}://{server}/ws"),
+    };
+    let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await?;
     match ws.next().await {
         Some(Ok(Message::Text(text)))
             if text.contains("\"welcome\"") && (token.is_none() || text.contains("\"user\"")) => {}
@@ -148,6 +180,7 @@ async fn ramp(args: &ConnectArgs) -> anyhow::Result<Ramp> {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let tokens: Arc<[String]> = tokens(args)?.into();
+    let tls = tls_connector(args)?;
     let started = tokio::time::Instant::now();
     let mut attempts = Vec::with_capacity(args.connections);
     for index in 0..args.connections {
@@ -161,10 +194,12 @@ async fn ramp(args: &ConnectArgs) -> anyhow::Result<Ramp> {
         );
         let server = args.server[index % args.server.len()];
         let tokens = Arc::clone(&tokens);
+        let tls = tls.clone();
         attempts.push(tokio::spawn(async move {
             let begun = tokio::time::Instant::now();
             let token = (!tokens.is_empty()).then(|| tokens[index % tokens.len()].as_str());
-            let result = open(server, source, &format!("room-{}", index % 100), token).await;
+            let channel = format!("room-{}", index % 100);
+            let result = open(server, source, &channel, token, tls.as_ref()).await;
             drop(permit);
             result.map(|ws| (ws, begun.elapsed()))
         }));
@@ -207,7 +242,7 @@ async fn drop_all_and_reconnect(held: Vec<Ws>, server: SocketAddr) -> anyhow::Re
     for _ in 0..100 {
         let attempt = tokio::time::timeout(
             Duration::from_secs(5),
-            open(server, Ipv4Addr::new(127, 0, 0, 1), "after", None),
+            open(server, Ipv4Addr::new(127, 0, 0, 1), "after", None, None),
         );
         if let Ok(Ok(_ws)) = attempt.await {
             return Ok(dropped.elapsed().as_secs_f64() * 1000.0);
@@ -248,6 +283,7 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<()> {
     let results = serde_json::json!({
         "scenario": "connect",
         "token_alg": args.token_alg,
+        "tls": args.tls_ca.is_some(),
         "target_rate": args.rate,
         "connections": args.connections,
         "opened": opened,

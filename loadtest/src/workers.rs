@@ -172,6 +172,9 @@ pub async fn idle(args: &IdleArgs) -> anyhow::Result<()> {
                 worker_args.extend([flag.to_owned(), value.clone()]);
             }
         }
+        if let Some(ca) = &connect.tls_ca {
+            worker_args.extend(["--tls-ca".to_owned(), ca.display().to_string()]);
+        }
         children.push(launch.spawn(index, &worker_args, false)?);
     }
     let opened = wait_ready(&mut children).await?;
