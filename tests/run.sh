@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 
 # What the tests need beyond Rust, as "command:debian-package" and "command:pypi-package".
 # Tests fail (never skip) when one is missing, so install it here first.
-APT_NEEDS=(curl:curl redis-server:redis-server redis-cli:redis-tools python3:python3 pip3:python3-pip)
+APT_NEEDS=(curl:curl redis-server:redis-server redis-cli:redis-tools python3:python3 pip3:python3-pip
+  chromium:chromium node:nodejs npm:npm)
 PIP_NEEDS=(kosoku:kosoku)
 
 sudo=""
@@ -32,6 +33,12 @@ if ((${#missing[@]})); then
   # Debian's own python3 refuses system-wide pip installs unless told otherwise.
   python3 -m pip install --quiet "${missing[@]}" 2>/dev/null ||
     python3 -m pip install --quiet --break-system-packages "${missing[@]}"
+fi
+
+# The browser tests drive Debian's Chromium with playwright-core (never a downloaded browser).
+if [ ! -d tests/browser/node_modules/playwright-core ]; then
+  echo "tests/run.sh: installing playwright-core with npm (tests/browser)" >&2
+  (cd tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --silent)
 fi
 
 # A shared target directory outside the checkout keeps rebuilds cheap across clones.

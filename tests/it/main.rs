@@ -7,6 +7,7 @@
 
 mod auth;
 mod bad_input;
+mod browser;
 mod cluster;
 mod conformance;
 mod control_api;

@@ -1,0 +1,65 @@
+//! Real headless Chromium (Debian's `chromium`, driven by `playwright-core` through
+//! `tests/browser/origin.mjs`) against the server: a page from an allowed origin gets its
+//! `welcome`; a page from any other origin is refused at the upgrade (HTTP 403, which a page
+//! sees as close 1006) and counted.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::harness::{TestServer, free_port};
+
+/// Runs `tests/browser/origin.mjs`: pages on each of `ports` open `ws_url`; returns what
+/// each origin saw.
+fn chromium_pages(ws_url: &str, ports: &[u16]) -> Value {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser");
+    assert!(
+        std::path::Path::new("/usr/bin/chromium").exists()
+            && std::path::Path::new(dir)
+                .join("node_modules/playwright-core")
+                .exists(),
+        "Chromium and playwright-core are needed: `apt-get install chromium nodejs npm` and \
+         `npm ci` in tests/browser (tests/run.sh does both when missing)"
+    );
+    let ports: Vec<String> = ports.iter().map(ToString::to_string).collect();
+    let output = Command::new("node")
+        .current_dir(dir)
+        .arg("origin.mjs")
+        .arg(ws_url)
+        .arg(ports.join(","))
+        .output()
+        .expect("node runs (apt-get install nodejs)");
+    assert!(
+        output.status.success(),
+        "origin.mjs failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("origin.mjs prints JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_pages_from_other_origins_cannot_open_a_websocket() {
+    let (allowed, other) = (free_port(), free_port());
+    let allowed_origin = format!("http://127.0.0.1:{allowed}");
+    let server = TestServer::builder()
+        .configure(|config| config.server.allowed_origins = vec![allowed_origin.clone()])
+        .start()
+        .await;
+    let rejected = "ws_connections_rejected_total{reason=\"origin_not_allowed\"}";
+    let rejected_before = server.metric(rejected).await;
+    let ws_url = server.ws_url();
+    let seen = tokio::task::spawn_blocking(move || chromium_pages(&ws_url, &[allowed, other]))
+        .await
+        .unwrap();
+    assert_eq!(seen[&allowed_origin]["outcome"], "message", "{seen}");
+    assert_eq!(seen[&allowed_origin]["data"]["type"], "welcome", "{seen}");
+    let refused = &seen[&format!("http://127.0.0.1:{other}")];
+    assert_eq!(
+        (refused["outcome"].as_str(), refused["code"].as_u64()),
+        (Some("closed"), Some(1006)),
+        "{seen}"
+    );
+    // The metrics recorder is the test process's: other tests may count refusals too.
+    assert!(server.metric(rejected).await >= rejected_before + 1.0);
+    server.drain().await;
+}
