@@ -385,7 +385,7 @@ async fn accept_loop(
             // cleanup after a disconnect) happen in the session's own task.
             Ok((stream, _peer)) => match &tls {
                 Some(tls) => {
-                    sessions.spawn(session::serve_tls(stream, tls.acceptor(), Arc::clone(&ctx)));
+                    sessions.spawn(session::serve_tls(stream, tls.config(), Arc::clone(&ctx)));
                 }
                 None => {
                     sessions.spawn(session::serve_tcp(stream, Arc::clone(&ctx)));

@@ -16,6 +16,9 @@ use tokio_rustls::{TlsAcceptor, rustls};
 
 use crate::config::TlsConfig;
 
+mod stream;
+pub use self::stream::ServerTls;
+
 /// Why a certificate or key could not be used. The caller logs it (a reload) or refuses to
 /// start; fix the file it names.
 #[derive(Debug, thiserror::Error)]
@@ -71,10 +74,17 @@ impl Tls {
         })))
     }
 
-    /// The acceptor for a new connection.
+    /// The acceptor for a new connection (`tokio-rustls`, for the control listener).
     #[must_use]
     pub fn acceptor(&self) -> Arc<TlsAcceptor> {
         self.acceptor.load_full()
+    }
+
+    /// The configuration a new connection is served with ([`ServerTls`], for the WebSocket
+    /// listener).
+    #[must_use]
+    pub fn config(&self) -> Arc<rustls::ServerConfig> {
+        Arc::clone(self.acceptor.load().config())
     }
 
     /// Reads the certificate and key files again and serves them to new connections.

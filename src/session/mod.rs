@@ -225,7 +225,7 @@ fn accepted(stream: &TcpStream, ctx: &SessionContext) -> (Option<IpAddr>, bool) 
 /// session task writes every frame.
 pub fn serve_tls(
     stream: TcpStream,
-    acceptor: Arc<tokio_rustls::TlsAcceptor>,
+    config: Arc<tokio_rustls::rustls::ServerConfig>,
     ctx: Arc<SessionContext>,
 ) -> impl Future<Output = ()> + Send + 'static {
     let (peer, throttled) = accepted(&stream, &ctx);
@@ -235,11 +235,11 @@ pub fn serve_tls(
             telemetry::connection_rejected("max_pending_upgrades");
             return;
         };
-        // Boxed: the handshake's state (a whole rustls connection mid-handshake) would
-        // otherwise size this task for the connection's life.
+        // Boxed: the handshake's state would otherwise size this task for the connection's
+        // life.
         let accepted = Box::pin(tokio::time::timeout(
             ctx.settings.handshake_timeout,
-            acceptor.accept(stream),
+            crate::tls::ServerTls::accept(stream, config),
         ));
         let stream = match accepted.await {
             Ok(Ok(stream)) => stream,
@@ -252,9 +252,9 @@ pub fn serve_tls(
                 return;
             }
         };
-        // The stream boxed on its own: a rustls connection is 1.2 KB, and every future that
-        // holds the stream (this one, the upgrade, the session) would otherwise keep a slot
-        // of that size for the connection's life.
+        // The stream boxed on its own: a rustls connection is about 1 KB, and every future
+        // that holds the stream (this one, the upgrade, the session) would otherwise keep a
+        // slot of that size for the connection's life.
         Box::pin(serve_upgrade(
             Box::new(stream),
             ctx,
@@ -699,7 +699,7 @@ mod tests {
         }
         // The TLS path boxes its stream (a rustls connection is 1.2 KB) so that each future
         // holding it keeps a pointer; inline, the upgrade's future alone was 2.5 KB.
-        type Tls = tokio_rustls::server::TlsStream<TcpStream>;
+        type Tls = crate::tls::ServerTls;
         let tls_upgrade = size_of_output(serve_upgrade::<Box<Tls>>);
         assert!(
             tls_upgrade <= 160,

@@ -69,12 +69,21 @@ async fn connect(
     addr: std::net::SocketAddr,
     trusted: &rcgen::CertifiedKey<rcgen::KeyPair>,
 ) -> Result<WssClient, String> {
+    connect_with(addr, trusted, rustls::DEFAULT_VERSIONS).await
+}
+
+/// A `wss://` client that trusts only `trusted` and speaks only `versions` of TLS.
+async fn connect_with(
+    addr: std::net::SocketAddr,
+    trusted: &rcgen::CertifiedKey<rcgen::KeyPair>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<WssClient, String> {
     let mut roots = RootCertStore::empty();
     roots.add(trusted.cert.der().clone()).unwrap();
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
-    .with_safe_default_protocol_versions()
+    .with_protocol_versions(versions)
     .unwrap()
     .with_root_certificates(roots)
     .with_no_client_auth();
@@ -214,6 +223,111 @@ async fn the_control_api_serves_https_and_reloads_both_certificates() {
         .unwrap();
     assert!(output.status.success(), "{output:?}");
     assert_eq!(subscriber.recv_type("message").await["data"], 2);
+    server.drain().await;
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// The TLS stream is the server's own (rustls's unbuffered API, see `src/tls/stream.rs`):
+/// large messages both ways span many records and reads, a burst keeps its order, TLS 1.2
+/// works, a key update from the client is followed, and garbage instead of a ClientHello is
+/// refused without disturbing a subscriber.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wss_carries_large_messages_bursts_tls12_and_key_updates() {
+    let dir = std::env::temp_dir().join(format!("sb-tls-stream-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cert = certificate(&dir);
+    let server = TestServer::builder()
+        .configure(|config| {
+            config.server.tls.cert_file = dir.join("cert.pem").display().to_string();
+            config.server.tls.key_file = dir.join("key.pem").display().to_string();
+            config.limits.max_publish_payload_bytes = 256 * 1024;
+            config.limits.max_inbound_message_bytes = 256 * 1024;
+            config.limits.client_messages_per_second = 0;
+        })
+        .start()
+        .await;
+    let mut tls13 = connect_with(server.ws_addr, &cert, &[&rustls::version::TLS13])
+        .await
+        .unwrap();
+    let mut tls12 = connect_with(server.ws_addr, &cert, &[&rustls::version::TLS12])
+        .await
+        .unwrap();
+    for client in [&mut tls13, &mut tls12] {
+        client.subscribe("big").await;
+    }
+    // 100 KB from a backend: seven records to each subscriber.
+    let large = "x".repeat(100_000);
+    server.publish("big", json!(large)).await;
+    for client in [&mut tls13, &mut tls12] {
+        let data = client.recv_type("message").await["data"].clone();
+        assert!(data == large.as_str(), "the 100 KB message arrived changed");
+    }
+    // 100 KB from a client: many records, read in pieces.
+    let frame = json!({"type": "publish", "id": 7, "channel": "big", "data": "y".repeat(100_000)});
+    tls12
+        .ws
+        .send(Message::Text(frame.to_string().into()))
+        .await
+        .unwrap();
+    for client in [&mut tls13, &mut tls12] {
+        let delivered = client.recv_type("message").await;
+        assert_eq!(delivered["data"].as_str().map(str::len), Some(100_000));
+    }
+    // A burst keeps its order.
+    for n in 0..500 {
+        server.publish("big", json!(n)).await;
+    }
+    for client in [&mut tls13, &mut tls12] {
+        for n in 0..500 {
+            assert_eq!(client.recv_type("message").await["data"], n);
+        }
+    }
+    // The client updates its keys (TLS 1.3 KeyUpdate); both directions go on.
+    tls13
+        .ws
+        .get_mut()
+        .get_mut()
+        .1
+        .refresh_traffic_keys()
+        .unwrap();
+    tls13
+        .ws
+        .send(Message::Text(
+            json!({"type": "ping", "id": 9}).to_string().into(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(tls13.recv_type("pong").await["id"], 9);
+    server.publish("big", json!("after the key update")).await;
+    for client in [&mut tls13, &mut tls12] {
+        assert_eq!(
+            client.recv_type("message").await["data"],
+            "after the key update"
+        );
+    }
+
+    // Garbage instead of a ClientHello: refused, counted, and the subscribers never notice.
+    let refused = "ws_connections_rejected_total{reason=\"tls_handshake\"}";
+    let before = server.metric(refused).await;
+    let mut garbage = TcpStream::connect(server.ws_addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut garbage, b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        RECV_TIMEOUT,
+        tokio::io::AsyncReadExt::read_to_end(&mut garbage, &mut answer),
+    )
+    .await
+    .expect("the server closes the connection");
+    crate::assert_eventually!(
+        server.metric(refused).await >= before + 1.0,
+        "the failed handshake is counted"
+    );
+    server.publish("big", json!("still here")).await;
+    for client in [&mut tls13, &mut tls12] {
+        assert_eq!(client.recv_type("message").await["data"], "still here");
+    }
     server.drain().await;
     std::fs::remove_dir_all(dir).unwrap();
 }
