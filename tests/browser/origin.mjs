@@ -1,4 +1,4 @@
-// Opens a WebSocket from pages of several origins in real headless Chromium and prints, as
+// Opens a WebSocket (ws:// or wss://) from pages of several origins in real headless Chromium and prints, as
 // one JSON line, what each page saw: the server's first frame (`welcome`), or that the
 // connection failed (a refused upgrade is an error plus close 1006 to a page).
 //
@@ -36,6 +36,8 @@ const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'sb-chromium-'));
 const browser = await chromium.launchPersistentContext(userDataDir, {
   executablePath: '/usr/bin/chromium',
   headless: true,
+  // wss:// tests use a certificate made by the test, which Chromium cannot know.
+  ignoreHTTPSErrors: true,
   args: [
     '--no-sandbox',
     '--disable-gpu',

@@ -1,7 +1,8 @@
 //! Real headless Chromium (Debian's `chromium`, driven by `playwright-core` through
 //! `tests/browser/origin.mjs`) against the server: a page from an allowed origin gets its
 //! `welcome`; a page from any other origin is refused at the upgrade (HTTP 403, which a page
-//! sees as close 1006) and counted.
+//! sees as close 1006) and counted. The same over `wss://`, through the server's own TLS
+//! stream.
 
 use std::process::Command;
 
@@ -62,4 +63,35 @@ async fn chromium_pages_from_other_origins_cannot_open_a_websocket() {
     // The metrics recorder is the test process's: other tests may count refusals too.
     assert!(server.metric(rejected).await >= rejected_before + 1.0);
     server.drain().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_speaks_wss_to_the_servers_own_tls_stream() {
+    let dir = std::env::temp_dir().join(format!("sb-browser-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    std::fs::write(dir.join("cert.pem"), certified.cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), certified.signing_key.serialize_pem()).unwrap();
+    let (allowed, other) = (free_port(), free_port());
+    let allowed_origin = format!("http://127.0.0.1:{allowed}");
+    let server = TestServer::builder()
+        .configure(|config| {
+            config.server.allowed_origins = vec![allowed_origin.clone()];
+            config.server.tls.cert_file = dir.join("cert.pem").display().to_string();
+            config.server.tls.key_file = dir.join("key.pem").display().to_string();
+        })
+        .start()
+        .await;
+    let ws_url = format!("wss://localhost:{}/ws", server.ws_addr.port());
+    let seen = tokio::task::spawn_blocking(move || chromium_pages(&ws_url, &[allowed, other]))
+        .await
+        .unwrap();
+    assert_eq!(seen[&allowed_origin]["data"]["type"], "welcome", "{seen}");
+    assert_eq!(
+        seen[&format!("http://127.0.0.1:{other}")]["code"],
+        1006,
+        "{seen}"
+    );
+    server.drain().await;
+    std::fs::remove_dir_all(dir).unwrap();
 }

@@ -331,3 +331,53 @@ async fn wss_carries_large_messages_bursts_tls12_and_key_updates() {
     server.drain().await;
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A `wss://` client that stops reading fills its socket, then the server's one write's
+/// worth of records, then its outbound queue, and is closed as a slow consumer; a `wss://`
+/// subscriber beside it gets every message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wss_client_that_stops_reading_is_a_slow_consumer_and_nobody_else_notices() {
+    const MESSAGES: u64 = 1_500;
+    let dir = std::env::temp_dir().join(format!("sb-tls-slow-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cert = certificate(&dir);
+    let server = TestServer::builder()
+        .configure(|config| {
+            config.server.tls.cert_file = dir.join("cert.pem").display().to_string();
+            config.server.tls.key_file = dir.join("key.pem").display().to_string();
+            config.limits.outbound_queue_messages = 256;
+        })
+        .start()
+        .await;
+    let mut stalled = connect(server.ws_addr, &cert).await.unwrap();
+    stalled.subscribe("firehose").await;
+    let mut reader = connect(server.ws_addr, &cert).await.unwrap();
+    reader.subscribe("firehose").await;
+    let reading = tokio::spawn(async move {
+        for n in 0..MESSAGES {
+            assert_eq!(reader.recv_type("message").await["data"]["n"], n);
+        }
+    });
+    let before = server.metric("ws_slow_consumer_closes_total").await;
+    let channel = switchboard::protocol::ChannelName::parse("firehose", 64).unwrap();
+    let pad = "x".repeat(4096);
+    for n in 0..MESSAGES {
+        server
+            .hub()
+            .publish(&channel, &json!({"n": n, "pad": pad}).to_string());
+        if n % 5 == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+    tokio::time::timeout(std::time::Duration::from_secs(20), reading)
+        .await
+        .expect("the reading subscriber gets every message promptly")
+        .unwrap();
+    crate::assert_eventually!(
+        server.metric("ws_slow_consumer_closes_total").await >= before + 1.0,
+        "the stalled wss client is closed as a slow consumer"
+    );
+    drop(stalled);
+    server.drain().await;
+    std::fs::remove_dir_all(dir).unwrap();
+}
