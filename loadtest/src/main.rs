@@ -11,6 +11,7 @@
 mod baseline;
 mod connect;
 mod fanout;
+mod http_publish;
 mod lean;
 mod proc_stat;
 mod workers;
@@ -52,6 +53,9 @@ enum Scenario {
     Idle(connect::IdleArgs),
     /// Bursts of connects, each followed by a mass disconnect.
     Spike(connect::SpikeArgs),
+    /// Backends publishing over the control API (`/v1/publish`, or `/v1/batch` with
+    /// `--batch`), each request after the previous answer.
+    HttpPublish(http_publish::HttpPublishArgs),
     /// Run the baseline broadcaster (a server, not a load).
     Baseline(baseline::BaselineArgs),
 }
@@ -172,6 +176,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Channels(args) => fanout::channels(args).await,
         Scenario::Soak(args) => fanout::soak(args).await,
         Scenario::Connect(args) => connect::run(args).await,
+        Scenario::HttpPublish(args) => http_publish::run(args).await,
         Scenario::Idle(args) => connect::idle(args).await,
         Scenario::Spike(args) => connect::spike(args).await,
         Scenario::Baseline(args) => baseline::run(args).await,

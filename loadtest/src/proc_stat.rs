@@ -34,3 +34,11 @@ fn clock_ticks() -> f64 {
     // USER_HZ is 100 on every Linux architecture this runs on.
     100.0
 }
+
+/// Summed CPU seconds of several processes; `None` when any cannot be read or none given.
+pub fn total_cpu_secs(pids: &[u32]) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&pid| cpu_seconds(pid)).sum()
+}

@@ -17,6 +17,8 @@ use crate::{
 const JSON: &str = "application/json";
 /// Channels one broadcast may name.
 const MAX_BROADCAST_CHANNELS: usize = 1000;
+/// Commands one `POST /v1/batch` may hold.
+const MAX_BATCH_COMMANDS: usize = 1000;
 /// Messages one history read may return.
 const MAX_HISTORY_LIMIT: usize = 1000;
 
@@ -150,7 +152,7 @@ async fn route(
                 telemetry::rate_limited(RateScope::ApiKey);
                 return ("v1", Err(ApiError::rate_limited(rejected.retry_after)));
             }
-            route_v1(request, path, &method, ctx).await
+            route_v1(request, path, &method, &caller, ctx).await
         }
         _ => (
             "unknown",
@@ -163,10 +165,13 @@ async fn route_v1(
     request: Request<Incoming>,
     path: &str,
     method: &Method,
+    caller: &Caller,
     ctx: &ControlContext,
 ) -> (&'static str, Handled) {
     match path {
         "/v1/publish" if method == Method::POST => ("publish", publish(request, ctx).await),
+        "/v1/batch" if method == Method::POST => ("batch", batch(request, caller, ctx).await),
+        "/v1/batch" => ("batch", method_not_allowed("POST")),
         "/v1/broadcast" if method == Method::POST => ("broadcast", broadcast(request, ctx).await),
         "/v1/disconnect" if method == Method::POST => {
             ("disconnect", disconnect(request, ctx).await)
@@ -452,10 +457,15 @@ struct PublishRequest {
 
 async fn publish(request: Request<Incoming>, ctx: &ControlContext) -> Handled {
     let body: PublishRequest = json_body(request, ctx).await?;
+    let offset = publish_one(&body, ctx).await?;
+    Ok(response(200, JSON, format!(r#"{{"offset":"{offset}"}}"#)))
+}
+
+/// Checks one publish and hands it to the bus: its offset.
+async fn publish_one(body: &PublishRequest, ctx: &ControlContext) -> Result<Offset, ApiError> {
     let channel = channel_name(&body.channel, ctx)?;
     check_payload(&body.data, ctx)?;
-    let offset = ctx.bus.publish(&channel, body.data.get()).await?;
-    Ok(response(200, JSON, format!(r#"{{"offset":"{offset}"}}"#)))
+    Ok(ctx.bus.publish(&channel, body.data.get()).await?)
 }
 
 #[derive(Deserialize)]
@@ -467,20 +477,48 @@ struct BroadcastRequest {
 
 async fn broadcast(request: Request<Incoming>, ctx: &ControlContext) -> Handled {
     let body: BroadcastRequest = json_body(request, ctx).await?;
+    match broadcast_one(&body, ctx).await {
+        Ok(offsets) => Ok(response(
+            200,
+            JSON,
+            serde_json::json!({ "offsets": offsets }).to_string(),
+        )),
+        // Say which channels did get the message, so the caller can retry the rest.
+        Err((err, offsets)) if err.status == 503 => {
+            let body = serde_json::json!({
+                "error": { "code": err.code.as_str(), "message": err.message },
+                "offsets": offsets,
+            });
+            Ok(response(503, JSON, body.to_string()))
+        }
+        Err((err, _)) => Err(err),
+    }
+}
+
+/// Offsets of one message, by channel.
+type Offsets = BTreeMap<String, String>;
+
+/// Checks one broadcast and hands it to the bus channel by channel: the offsets, or the error
+/// and the channels that got the message before it.
+async fn broadcast_one(
+    body: &BroadcastRequest,
+    ctx: &ControlContext,
+) -> Result<Offsets, (ApiError, Offsets)> {
     if body.channels.is_empty() || body.channels.len() > MAX_BROADCAST_CHANNELS {
-        return Err(ApiError::new(
-            422,
-            ErrorCode::BadRequest,
-            format!("`channels` must list 1 to {MAX_BROADCAST_CHANNELS} channels"),
+        let message = format!("`channels` must list 1 to {MAX_BROADCAST_CHANNELS} channels");
+        return Err((
+            ApiError::new(422, ErrorCode::BadRequest, message),
+            Offsets::new(),
         ));
     }
     let channels = body
         .channels
         .iter()
         .map(|name| channel_name(name, ctx))
-        .collect::<Result<Vec<_>, _>>()?;
-    check_payload(&body.data, ctx)?;
-    let mut offsets = BTreeMap::new();
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| (err, Offsets::new()))?;
+    check_payload(&body.data, ctx).map_err(|err| (err, Offsets::new()))?;
+    let mut offsets = Offsets::new();
     for channel in &channels {
         if offsets.contains_key(channel.as_str()) {
             continue;
@@ -489,20 +527,81 @@ async fn broadcast(request: Request<Incoming>, ctx: &ControlContext) -> Handled 
             Ok(offset) => {
                 offsets.insert(channel.as_str().to_owned(), offset.to_string());
             }
-            Err(err) => {
-                // Say which channels did get the message, so the caller can retry the rest.
-                let body = serde_json::json!({
-                    "error": { "code": ErrorCode::Unavailable.as_str(), "message": err.to_string() },
-                    "offsets": offsets,
-                });
-                return Ok(response(503, JSON, body.to_string()));
-            }
+            Err(err) => return Err((err.into(), offsets)),
         }
+    }
+    Ok(offsets)
+}
+
+/// One command of `POST /v1/batch`: `{"publish": {..}}` or `{"broadcast": {..}}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "lowercase")]
+enum BatchCommand {
+    Publish(PublishRequest),
+    Broadcast(BroadcastRequest),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchRequest {
+    commands: Vec<BatchCommand>,
+}
+
+/// `POST /v1/batch`: publishes and broadcasts in the order given, one reply each, in order.
+/// A command that fails gets an error reply and the others still run; the envelope itself
+/// must be well formed (else 400/422 and nothing runs).
+async fn batch(request: Request<Incoming>, caller: &Caller, ctx: &ControlContext) -> Handled {
+    let body: BatchRequest = json_body(request, ctx).await?;
+    let n = body.commands.len();
+    if n == 0 || n > MAX_BATCH_COMMANDS {
+        return Err(ApiError::new(
+            422,
+            ErrorCode::BadRequest,
+            format!("`commands` must list 1 to {MAX_BATCH_COMMANDS} commands"),
+        ));
+    }
+    // The request itself took one token of the key's rate; each further command takes one.
+    if let Some(limiter) = &ctx.key_limiter {
+        let extra = u32::try_from(n - 1).unwrap_or(u32::MAX);
+        if extra >= limiter.quota().burst() {
+            return Err(ApiError::new(
+                422,
+                ErrorCode::BadRequest,
+                format!(
+                    "a batch may hold at most control.request_burst_per_key ({}) commands",
+                    limiter.quota().burst()
+                ),
+            ));
+        }
+        if extra > 0
+            && let Err(rejected) = limiter.try_acquire(caller, ctx.hub.clock_ns(), extra)
+        {
+            telemetry::rate_limited(RateScope::ApiKey);
+            return Err(ApiError::rate_limited(rejected.retry_after));
+        }
+    }
+    let error = |err: ApiError| serde_json::json!({ "error": { "code": err.code.as_str(), "message": err.message } });
+    let mut replies = Vec::with_capacity(n);
+    for command in &body.commands {
+        replies.push(match command {
+            BatchCommand::Publish(publish) => match publish_one(publish, ctx).await {
+                Ok(offset) => serde_json::json!({ "offset": offset.to_string() }),
+                Err(err) => error(err),
+            },
+            BatchCommand::Broadcast(broadcast) => match broadcast_one(broadcast, ctx).await {
+                Ok(offsets) => serde_json::json!({ "offsets": offsets }),
+                Err((err, offsets)) => {
+                    let mut reply = error(err);
+                    reply["offsets"] = serde_json::json!(offsets);
+                    reply
+                }
+            },
+        });
     }
     Ok(response(
         200,
         JSON,
-        serde_json::json!({ "offsets": offsets }).to_string(),
+        serde_json::json!({ "replies": replies }).to_string(),
     ))
 }
 

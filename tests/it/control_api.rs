@@ -271,3 +271,105 @@ async fn readiness_turns_false_while_draining() {
     assert_eq!(client.close_code().await, 1001);
     drain.await.unwrap();
 }
+
+/// `POST /v1/batch`: commands run in order, one reply each; a failing command does not stop
+/// the others; the envelope is checked first; each command counts against the key's rate.
+#[tokio::test]
+async fn a_batch_runs_its_commands_in_order_with_a_reply_each() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    client.subscribe("orders").await;
+    client.subscribe("audit").await;
+    let (status, body) = server
+        .post(
+            "/v1/batch",
+            json!({"commands": [
+                {"publish": {"channel": "orders", "data": 1}},
+                {"publish": {"channel": "bad channel!", "data": 2}},
+                {"broadcast": {"channels": ["orders", "audit"], "data": 3}},
+                {"publish": {"channel": "orders", "data": "x".repeat(70_000)}},
+                {"publish": {"channel": "orders", "data": 4}},
+            ]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let replies = body["replies"].as_array().expect("replies");
+    assert_eq!(replies.len(), 5, "{body}");
+    assert!(replies[0]["offset"].is_string(), "{body}");
+    assert_eq!(replies[1]["error"]["code"], "bad_request", "{body}");
+    assert!(replies[2]["offsets"]["orders"].is_string(), "{body}");
+    assert!(replies[2]["offsets"]["audit"].is_string(), "{body}");
+    assert_eq!(replies[3]["error"]["code"], "limit_exceeded", "{body}");
+    assert!(replies[4]["offset"].is_string(), "{body}");
+    // The subscriber sees the three messages of `orders` in the batch's order.
+    let mut orders = Vec::new();
+    while orders.len() < 3 {
+        let message = client.recv_type("message").await;
+        if message["channel"] == "orders" {
+            orders.push((message["data"].clone(), message["offset"].clone()));
+        }
+    }
+    assert_eq!(
+        orders,
+        [
+            (json!(1), replies[0]["offset"].clone()),
+            (json!(3), replies[2]["offsets"]["orders"].clone()),
+            (json!(4), replies[4]["offset"].clone()),
+        ],
+        "deliveries in the batch's order, with the offsets the replies gave"
+    );
+
+    // The envelope: nothing runs when it is wrong.
+    for (bad, expected) in [
+        (json!({"commands": []}), 422),
+        (
+            json!({"commands": [{"subscribe": {"channel": "orders"}}]}),
+            422,
+        ),
+        (
+            json!({"commands": [{"publish": {"channel": "orders"}}]}),
+            422,
+        ),
+        (json!({"orders": []}), 422),
+        (
+            json!({"commands": vec![json!({"publish": {"channel": "orders", "data": 0}}); 1001]}),
+            422,
+        ),
+    ] {
+        let (status, body) = server.post("/v1/batch", bad).await;
+        assert_eq!(status, expected, "{body}");
+    }
+    let (status, _) = server.get("/v1/batch").await;
+    assert_eq!(status, 405);
+    server.drain().await;
+}
+
+#[tokio::test]
+async fn a_batch_counts_each_command_against_the_key_rate() {
+    let key = "batch-key-0123456789abcdef";
+    let server = TestServer::builder()
+        .configure(|c| {
+            c.control.api_keys = vec![key.to_owned()];
+            c.control.requests_per_second_per_key = 1;
+            c.control.request_burst_per_key = 5;
+        })
+        .start()
+        .await;
+    let batch = |n: usize| {
+        let commands = vec![json!({"publish": {"channel": "rated", "data": 0}}); n];
+        server
+            .http
+            .post(server.control_url("/v1/batch"))
+            .bearer_auth(key)
+            .json(&json!({ "commands": commands }))
+            .send()
+    };
+    // More commands than the burst can never pass: refused as such, not as "retry later".
+    assert_eq!(batch(6).await.unwrap().status(), 422);
+    // Four commands take four of the five tokens (the 422 above took one: the request).
+    assert_eq!(batch(3).await.unwrap().status(), 200);
+    let refused = batch(3).await.unwrap();
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().contains_key("retry-after"));
+    server.drain().await;
+}
