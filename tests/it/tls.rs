@@ -381,3 +381,120 @@ async fn a_wss_client_that_stops_reading_is_a_slow_consumer_and_nobody_else_noti
     server.drain().await;
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A client socket that sends at most `step` bytes per write (with Nagle off, mostly one
+/// TCP segment each): the server sees TLS records arrive in pieces.
+struct Trickle {
+    inner: TcpStream,
+    step: usize,
+}
+
+impl tokio::io::AsyncRead for Trickle {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Trickle {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let step = self.step.min(data.len());
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, &data[..step])
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The next text frame as JSON, skipping control frames.
+async fn next<S>(ws: &mut WebSocketStream<S>) -> Value
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        match tokio::time::timeout(RECV_TIMEOUT, ws.next())
+            .await
+            .expect("a frame in time")
+        {
+            Some(Ok(Message::Text(text))) => return serde_json::from_str(&text).unwrap(),
+            Some(Ok(_)) => {}
+            other => panic!("the connection ended: {other:?}"),
+        }
+    }
+}
+
+/// The handshake and records arriving a few bytes at a time are reassembled: the server's
+/// read buffer holds partial records across many reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_records_arriving_in_small_pieces_are_reassembled() {
+    let dir = std::env::temp_dir().join(format!("sb-tls-trickle-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cert = certificate(&dir);
+    let server = TestServer::builder()
+        .configure(|config| {
+            config.server.tls.cert_file = dir.join("cert.pem").display().to_string();
+            config.server.tls.key_file = dir.join("key.pem").display().to_string();
+        })
+        .start()
+        .await;
+    let mut roots = RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    for step in [1, 7, 1000] {
+        let tcp = TcpStream::connect(server.ws_addr).await.unwrap();
+        tcp.set_nodelay(true).unwrap();
+        let tls = TlsConnector::from(Arc::new(config.clone()))
+            .connect(
+                ServerName::try_from("localhost").unwrap(),
+                Trickle { inner: tcp, step },
+            )
+            .await
+            .unwrap();
+        let url = format!("wss://localhost:{}/ws", server.ws_addr.port());
+        let (mut ws, _) = tokio_tungstenite::client_async(url, tls).await.unwrap();
+        assert_eq!(next(&mut ws).await["type"], "welcome", "step {step}");
+        let data = "z".repeat(20_000);
+        let frame = json!({"type": "subscribe", "id": 1, "channel": "trickle"});
+        ws.send(Message::Text(frame.to_string().into()))
+            .await
+            .unwrap();
+        assert_eq!(next(&mut ws).await["type"], "subscribed", "step {step}");
+        let frame = json!({"type": "publish", "id": 2, "channel": "trickle", "data": data});
+        ws.send(Message::Text(frame.to_string().into()))
+            .await
+            .unwrap();
+        loop {
+            let reply = next(&mut ws).await;
+            if reply["type"] == "message" {
+                assert!(reply["data"] == data.as_str(), "step {step}");
+                break;
+            }
+        }
+    }
+    server.drain().await;
+    std::fs::remove_dir_all(dir).unwrap();
+}
