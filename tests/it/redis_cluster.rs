@@ -118,3 +118,48 @@ async fn a_paused_redis_cluster_master_loses_no_acknowledged_message() {
         "the channel's master was paused past the publish timeout"
     );
 }
+
+/// The same cluster over TLS (`rediss://` seeds, `tls-cluster yes`, a private CA through
+/// `cluster.redis_ca_file`): messages cross nodes through every master, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_over_tls_carries_messages_between_nodes() {
+    let cluster = RedisCluster::start_tls();
+    let tls = cluster.tls.as_ref().unwrap();
+    let ca_file =
+        std::env::temp_dir().join(format!("sb-cluster-ca-{}.pem", cluster.masters[0].port));
+    std::fs::write(&ca_file, &tls.ca_pem).unwrap();
+    let node = || {
+        TestServer::builder()
+            .configure(|c| {
+                c.cluster.redis =
+                    switchboard::config::RedisTarget::ClusterSeeds(cluster.tls_seeds());
+                c.cluster.redis_ca_file = ca_file.display().to_string();
+                c.cluster.partitions = 6;
+                c.cluster.publish_timeout = std::time::Duration::from_secs(1);
+            })
+            .start()
+    };
+    let (a, b) = (node().await, node().await);
+    let channels = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot"];
+    let mut subscriber = b.client().await;
+    for channel in channels {
+        subscriber.subscribe(channel).await;
+    }
+    for n in 0..3 {
+        for channel in channels {
+            a.publish(channel, json!(n)).await;
+        }
+    }
+    let mut next = std::collections::HashMap::new();
+    for _ in 0..3 * channels.len() {
+        let message = subscriber.recv_type("message").await;
+        let channel = message["channel"].as_str().unwrap().to_owned();
+        let expected = next.entry(channel).or_insert(1);
+        assert_eq!(seq(&message["offset"]), *expected, "per-channel order");
+        *expected += 1;
+    }
+    assert!(next.values().all(|n| *n == 4));
+    a.drain().await;
+    b.drain().await;
+    std::fs::remove_file(ca_file).unwrap();
+}

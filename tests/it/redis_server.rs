@@ -3,6 +3,7 @@
 use std::{
     path::PathBuf,
     process::{Child, Command, Stdio},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -11,10 +12,10 @@ use crate::harness::free_port;
 /// A `redis-server` process owned by one test; killed (and its files removed) on drop.
 pub struct RedisServer {
     pub port: u16,
-    /// The TLS port and the directory of its certificate, for servers started with
-    /// [`RedisServer::start_tls`].
+    /// The TLS port, for servers started with [`RedisServer::start_tls`].
     pub tls_port: Option<u16>,
-    tls_dir: Option<PathBuf>,
+    /// Its certificate files, kept while it may restart.
+    tls_files: Option<Arc<TlsFiles>>,
     dir: PathBuf,
     appendonly: bool,
     extra_args: Vec<String>,
@@ -49,7 +50,7 @@ impl RedisServer {
         let mut server = RedisServer {
             port,
             tls_port: None,
-            tls_dir: None,
+            tls_files: None,
             dir,
             appendonly,
             extra_args,
@@ -67,40 +68,19 @@ impl RedisServer {
     /// `localhost` signed by a CA made here; returns it and the CA's PEM. Clients need no
     /// certificate of their own. The plain port stays for `redis-cli`.
     pub fn start_tls() -> (RedisServer, String) {
+        let tls = Arc::new(TlsFiles::create());
+        let server = Self::start_with_tls(&tls, Vec::new());
+        (server, tls.ca_pem.clone())
+    }
+
+    fn start_with_tls(tls: &Arc<TlsFiles>, mut extra_args: Vec<String>) -> RedisServer {
         let tls_port = free_port();
-        let dir =
-            std::env::temp_dir().join(format!("sb-redis-tls-{}-{tls_port}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut ca_params = rcgen::CertificateParams::new(Vec::new()).unwrap();
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
-        let leaf_key = rcgen::KeyPair::generate().unwrap();
-        let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
-            .unwrap()
-            .signed_by(&leaf_key, &ca)
-            .unwrap();
-        let write = |name: &str, pem: String| {
-            let path = dir.join(name);
-            std::fs::write(&path, pem).unwrap();
-            path.display().to_string()
-        };
-        let args = vec![
-            "--tls-port".to_owned(),
-            tls_port.to_string(),
-            "--tls-cert-file".to_owned(),
-            write("redis.crt", leaf.pem()),
-            "--tls-key-file".to_owned(),
-            write("redis.key", leaf_key.serialize_pem()),
-            "--tls-ca-cert-file".to_owned(),
-            write("ca.crt", ca.pem()),
-            "--tls-auth-clients".to_owned(),
-            "no".to_owned(),
-        ];
-        let mut server = Self::start_with(false, args);
+        extra_args.extend(["--tls-port".to_owned(), tls_port.to_string()]);
+        extra_args.extend(tls.args.iter().cloned());
+        let mut server = Self::start_with(false, extra_args);
         server.tls_port = Some(tls_port);
-        server.tls_dir = Some(dir);
-        (server, ca.pem())
+        server.tls_files = Some(Arc::clone(tls));
+        server
     }
 
     /// `rediss://` to the TLS port, by the name its certificate is for.
@@ -209,9 +189,74 @@ impl Drop for RedisServer {
         }
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
-        if let Some(dir) = &self.tls_dir {
-            let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// A certificate for `localhost` and `127.0.0.1` signed by a CA made here, as files in a
+/// directory that lives as long as this value, and the `redis-server` arguments that serve
+/// TLS with them (no client certificates asked).
+pub struct TlsFiles {
+    dir: PathBuf,
+    args: Vec<String>,
+    pub ca_pem: String,
+}
+
+impl TlsFiles {
+    pub fn create() -> TlsFiles {
+        let dir = std::env::temp_dir().join(format!(
+            "sb-redis-tls-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        // Distinct names: OpenSSL (redis-cli) takes a leaf named like its issuer for a
+        // self-signed certificate and refuses it.
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "switchboard test CA");
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        // Cluster nodes are reached at the addresses Redis reports: 127.0.0.1.
+        let mut leaf_params =
+            rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .unwrap();
+        leaf_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "localhost");
+        let leaf = leaf_params.signed_by(&leaf_key, &ca).unwrap();
+        let write = |name: &str, pem: String| {
+            let path = dir.join(name);
+            std::fs::write(&path, pem).unwrap();
+            path.display().to_string()
+        };
+        let args = vec![
+            "--tls-cert-file".to_owned(),
+            write("redis.crt", leaf.pem()),
+            "--tls-key-file".to_owned(),
+            write("redis.key", leaf_key.serialize_pem()),
+            "--tls-ca-cert-file".to_owned(),
+            write("ca.crt", ca.pem()),
+            "--tls-auth-clients".to_owned(),
+            "no".to_owned(),
+        ];
+        TlsFiles {
+            dir,
+            args,
+            ca_pem: ca.pem(),
         }
+    }
+
+    fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+}
+
+impl Drop for TlsFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -219,6 +264,8 @@ impl Drop for RedisServer {
 /// `redis-cli --cluster create`.
 pub struct RedisCluster {
     pub masters: Vec<RedisServer>,
+    /// With TLS: the certificate files, kept while the cluster runs.
+    pub tls: Option<Arc<TlsFiles>>,
 }
 
 impl RedisCluster {
@@ -235,9 +282,55 @@ impl RedisCluster {
             .output()
             .expect("redis-cli runs");
         assert!(output.status.success(), "cluster create failed: {output:?}");
-        let cluster = RedisCluster { masters };
+        let cluster = RedisCluster { masters, tls: None };
         cluster.wait_until_ok();
         cluster
+    }
+
+    /// The same over TLS: clients and the cluster bus speak TLS (`tls-cluster yes`), each
+    /// node on its TLS port (and a plain one for `redis-cli` checks).
+    pub fn start_tls() -> RedisCluster {
+        let tls = Arc::new(TlsFiles::create());
+        let args = [
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--tls-cluster",
+            "yes",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        let masters: Vec<RedisServer> = (0..3)
+            .map(|_| RedisServer::start_with_tls(&tls, args.clone()))
+            .collect();
+        let addresses: Vec<String> = masters
+            .iter()
+            .map(|master| format!("127.0.0.1:{}", master.tls_port.unwrap()))
+            .collect();
+        let output = Command::new(binary("redis-cli"))
+            .args(["--tls", "--cacert"])
+            .arg(tls.ca_file())
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli runs");
+        assert!(output.status.success(), "cluster create failed: {output:?}");
+        let cluster = RedisCluster {
+            masters,
+            tls: Some(tls),
+        };
+        cluster.wait_until_ok();
+        cluster
+    }
+
+    /// `rediss://` seeds, for a cluster started with [`RedisCluster::start_tls`].
+    pub fn tls_seeds(&self) -> Vec<String> {
+        self.masters
+            .iter()
+            .map(|master| format!("rediss://127.0.0.1:{}", master.tls_port.unwrap()))
+            .collect()
     }
 
     #[allow(
