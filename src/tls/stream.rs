@@ -393,12 +393,13 @@ impl AsyncRead for ServerTls {
             if this.read_closed {
                 return Poll::Ready(Ok(()));
             }
-            let step = this.process()?;
-            // Tickets, key updates and alerts rustls produced go out; a full socket does not
-            // hold reading back (writes flush the rest first).
+            let step = this.process();
+            // Tickets, key updates and alerts (also the one saying why `step` failed) go out;
+            // a full socket does not hold reading back (writes flush the rest first).
             if let Poll::Ready(Err(err)) = this.poll_flush_outgoing(cx) {
                 return Poll::Ready(Err(err));
             }
+            let step = step?;
             if this.plain_read < this.plain.len() {
                 continue;
             }

@@ -498,3 +498,40 @@ async fn tls_records_arriving_in_small_pieces_are_reassembled() {
     server.drain().await;
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A forged record after the handshake is refused with a TLS alert that says why (not a
+/// bare close), and only that connection ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_record_gets_an_alert_and_only_its_connection_ends() {
+    let dir = std::env::temp_dir().join(format!("sb-tls-forged-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cert = certificate(&dir);
+    let server = TestServer::builder()
+        .configure(|config| {
+            config.server.tls.cert_file = dir.join("cert.pem").display().to_string();
+            config.server.tls.key_file = dir.join("key.pem").display().to_string();
+        })
+        .start()
+        .await;
+    let mut bystander = connect(server.ws_addr, &cert).await.unwrap();
+    bystander.subscribe("calm").await;
+    let mut forger = connect(server.ws_addr, &cert).await.unwrap();
+    // An application-data record whose contents no key made.
+    let mut record = vec![0x17, 0x03, 0x03, 0x00, 0x40];
+    record.extend_from_slice(&[0x5a; 0x40]);
+    tokio::io::AsyncWriteExt::write_all(forger.ws.get_mut().get_mut().0, &record)
+        .await
+        .unwrap();
+    let ended = tokio::time::timeout(RECV_TIMEOUT, forger.ws.next())
+        .await
+        .expect("the server answers the forged record");
+    let reason = format!("{ended:?}");
+    assert!(
+        reason.contains("BadRecordMac") || reason.contains("DecryptError"),
+        "the client is told why: {reason}"
+    );
+    server.publish("calm", json!("still here")).await;
+    assert_eq!(bystander.recv_type("message").await["data"], "still here");
+    server.drain().await;
+    std::fs::remove_dir_all(dir).unwrap();
+}
