@@ -69,6 +69,9 @@ pub struct ConnectArgs {
     /// The `kid` to put in the tokens' header.
     #[arg(long)]
     pub token_kid: Option<String>,
+    /// Channels the connections subscribe to, round robin: `room-0` .. `room-(N-1)`.
+    #[arg(long, default_value_t = 100)]
+    pub channels: usize,
     /// Connect with `wss://` (TLS 1.3, rustls with ring, server name `localhost`), trusting
     /// this PEM certificate (the server's self-signed one, or its CA).
     #[arg(long)]
@@ -195,10 +198,11 @@ async fn ramp(args: &ConnectArgs) -> anyhow::Result<Ramp> {
         let server = args.server[index % args.server.len()];
         let tokens = Arc::clone(&tokens);
         let tls = tls.clone();
+        let channels = args.channels.max(1);
         attempts.push(tokio::spawn(async move {
             let begun = tokio::time::Instant::now();
             let token = (!tokens.is_empty()).then(|| tokens[index % tokens.len()].as_str());
-            let channel = format!("room-{}", index % 100);
+            let channel = format!("room-{}", index % channels);
             let result = open(server, source, &channel, token, tls.as_ref()).await;
             drop(permit);
             result.map(|ws| (ws, begun.elapsed()))

@@ -29,9 +29,12 @@ pub struct HttpPublishArgs {
     /// Publishes per request: 1 sends `POST /v1/publish`, more send `POST /v1/batch`.
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
-    /// Channels published to, round robin (`bench-0` .. `bench-N-1`).
+    /// Channels published to, round robin (`PREFIX0` .. `PREFIX(N-1)`).
     #[arg(long, default_value_t = 1)]
     pub channels: usize,
+    /// The channels' common prefix (`room-` reaches what `connect`/`idle` subscribe to).
+    #[arg(long, default_value = "bench-")]
+    pub channel_prefix: String,
     /// Payload size in bytes.
     #[arg(long, default_value_t = 256)]
     pub payload: usize,
@@ -166,7 +169,8 @@ async fn publish_loop(
         let mut publish = || {
             let channel = next_channel % args.channels.max(1);
             next_channel += 1;
-            format!(r#"{{"channel":"bench-{channel}","data":{data}}}"#)
+            let prefix = &args.channel_prefix;
+            format!(r#"{{"channel":"{prefix}{channel}","data":{data}}}"#)
         };
         let body = if batch == 1 {
             publish()

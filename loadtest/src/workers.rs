@@ -172,6 +172,7 @@ pub async fn idle(args: &IdleArgs) -> anyhow::Result<()> {
                 worker_args.extend([flag.to_owned(), value.clone()]);
             }
         }
+        worker_args.extend(["--channels".to_owned(), connect.channels.to_string()]);
         if let Some(ca) = &connect.tls_ca {
             worker_args.extend(["--tls-ca".to_owned(), ca.display().to_string()]);
         }
