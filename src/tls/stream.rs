@@ -42,6 +42,15 @@ const MAX_HANDSHAKE: usize = 0xffff + 5;
 /// Application bytes encrypted per write at most, so `outgoing` stays bounded.
 const MAX_WRITE: usize = 64 * 1024;
 
+/// What [`ServerTls::drive`] sends once rustls allows application data.
+#[derive(Clone, Copy)]
+enum Outgoing<'a> {
+    /// Nothing: only process what came in.
+    Nothing,
+    Data(&'a [u8]),
+    CloseNotify,
+}
+
 /// What the record processing stopped on.
 enum Step {
     /// Nothing more can be done without more bytes from the socket.
@@ -128,6 +137,14 @@ impl ServerTls {
     /// Processes every complete record in `incoming`: application data goes to `plain`,
     /// records rustls wants sent go to `outgoing`. Stops when more bytes are needed.
     fn process(&mut self) -> io::Result<Step> {
+        self.drive(Outgoing::Nothing)
+    }
+
+    /// Runs rustls's state machine over `incoming` until it needs more bytes, having
+    /// encrypted `send` into `outgoing` once rustls allowed it. Application data that comes
+    /// in meanwhile waits in `plain`.
+    fn drive(&mut self, send: Outgoing<'_>) -> io::Result<Step> {
+        let sending = !matches!(send, Outgoing::Nothing);
         loop {
             let Self {
                 conn,
@@ -136,6 +153,7 @@ impl ServerTls {
                 plain,
                 outgoing,
                 established,
+                read_closed,
                 ..
             } = self;
             let UnbufferedStatus { discard, state } =
@@ -168,12 +186,32 @@ impl ServerTls {
                     transmit.done();
                     None
                 }
-                ConnectionState::WriteTraffic(_) => {
+                ConnectionState::WriteTraffic(mut traffic) => {
                     *established = true;
-                    Some(Step::NeedBytes)
+                    match send {
+                        Outgoing::Nothing => Some(Step::NeedBytes),
+                        Outgoing::Data(data) => {
+                            append_records(outgoing, |buf| Ok(traffic.encrypt(data, buf)?))?;
+                            Some(Step::NeedBytes)
+                        }
+                        Outgoing::CloseNotify => {
+                            append_records(outgoing, |buf| Ok(traffic.queue_close_notify(buf)?))?;
+                            Some(Step::NeedBytes)
+                        }
+                    }
                 }
-                ConnectionState::BlockedHandshake => Some(Step::NeedBytes),
-                ConnectionState::PeerClosed | ConnectionState::Closed => Some(Step::PeerClosed),
+                // Reported once; application data may still be sent after it.
+                ConnectionState::PeerClosed => {
+                    *read_closed = true;
+                    (!sending).then_some(Step::PeerClosed)
+                }
+                ConnectionState::BlockedHandshake if !sending => Some(Step::NeedBytes),
+                ConnectionState::Closed => match send {
+                    // Both sides closed already: nothing left to say.
+                    Outgoing::Nothing | Outgoing::CloseNotify => Some(Step::PeerClosed),
+                    Outgoing::Data(_) => return Err(io::ErrorKind::BrokenPipe.into()),
+                },
+                ConnectionState::BlockedHandshake => return Err(io::ErrorKind::BrokenPipe.into()),
                 _ => return Err(invalid("unexpected TLS state (early data is not enabled)")),
             };
             self.discard(discard);
@@ -248,73 +286,6 @@ impl ServerTls {
             self.outgoing_written = 0;
         }
         Poll::Ready(Ok(()))
-    }
-
-    /// Encrypts `data` into `outgoing` (the whole of it: the caller bounds its size).
-    fn encrypt(&mut self, data: &[u8]) -> io::Result<()> {
-        loop {
-            let Self {
-                conn,
-                incoming,
-                incoming_len,
-                plain,
-                outgoing,
-                read_closed,
-                ..
-            } = self;
-            let UnbufferedStatus { discard, state } =
-                conn.process_tls_records(&mut incoming[..*incoming_len]);
-            let done = match state.map_err(invalid)? {
-                ConnectionState::WriteTraffic(mut traffic) => {
-                    append_records(outgoing, |buf| Ok(traffic.encrypt(data, buf)?))?;
-                    true
-                }
-                // Reads never leave a whole record unprocessed, but should one be there, its
-                // data waits in `plain` for the next read.
-                ConnectionState::ReadTraffic(mut traffic) => {
-                    while let Some(record) = traffic.next_record() {
-                        plain.extend_from_slice(record.map_err(invalid)?.payload);
-                    }
-                    false
-                }
-                ConnectionState::EncodeTlsData(mut encode) => {
-                    append_records(outgoing, |buf| Ok(encode.encode(buf)?))?;
-                    false
-                }
-                ConnectionState::TransmitTlsData(transmit) => {
-                    transmit.done();
-                    false
-                }
-                // Seen once; application data may still be sent.
-                ConnectionState::PeerClosed => {
-                    *read_closed = true;
-                    false
-                }
-                _ => return Err(io::ErrorKind::BrokenPipe.into()),
-            };
-            self.discard(discard);
-            if done {
-                return Ok(());
-            }
-        }
-    }
-
-    /// Queues close_notify into `outgoing`.
-    fn close_notify(&mut self) -> io::Result<()> {
-        let Self {
-            conn,
-            incoming,
-            incoming_len,
-            outgoing,
-            ..
-        } = self;
-        let UnbufferedStatus { discard, state } =
-            conn.process_tls_records(&mut incoming[..*incoming_len]);
-        if let Ok(ConnectionState::WriteTraffic(mut traffic)) = state {
-            append_records(outgoing, |buf| Ok(traffic.queue_close_notify(buf)?))?;
-        }
-        self.discard(discard);
-        Ok(())
     }
 
     /// Copies unread plaintext into `buf`; frees `plain` once it is all read.
@@ -440,7 +411,7 @@ impl AsyncWrite for ServerTls {
             if part.is_empty() {
                 continue;
             }
-            this.encrypt(part)?;
+            this.drive(Outgoing::Data(part))?;
             taken += part.len();
             if taken == MAX_WRITE {
                 break;
@@ -467,7 +438,7 @@ impl AsyncWrite for ServerTls {
         let this = self.get_mut();
         if this.established && !this.close_sent {
             this.close_sent = true;
-            this.close_notify()?;
+            this.drive(Outgoing::CloseNotify)?;
         }
         ready!(this.poll_flush_outgoing(cx))?;
         Pin::new(&mut this.io).poll_shutdown(cx)
