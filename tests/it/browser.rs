@@ -67,18 +67,15 @@ async fn chromium_pages_from_other_origins_cannot_open_a_websocket() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_speaks_wss_to_the_servers_own_tls_stream() {
-    let dir = std::env::temp_dir().join(format!("sb-browser-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    std::fs::write(dir.join("cert.pem"), certified.cert.pem()).unwrap();
-    std::fs::write(dir.join("key.pem"), certified.signing_key.serialize_pem()).unwrap();
+    // Chromium is told to accept the test's own certificate (`ignoreHTTPSErrors`).
+    let dir = crate::tls::CertDir::new("sb-browser-tls");
+    dir.certificate();
     let (allowed, other) = (free_port(), free_port());
     let allowed_origin = format!("http://127.0.0.1:{allowed}");
     let server = TestServer::builder()
         .configure(|config| {
             config.server.allowed_origins = vec![allowed_origin.clone()];
-            config.server.tls.cert_file = dir.join("cert.pem").display().to_string();
-            config.server.tls.key_file = dir.join("key.pem").display().to_string();
+            dir.serve_wss(config);
         })
         .start()
         .await;
@@ -93,5 +90,4 @@ async fn chromium_speaks_wss_to_the_servers_own_tls_stream() {
         "{seen}"
     );
     server.drain().await;
-    std::fs::remove_dir_all(dir).unwrap();
 }

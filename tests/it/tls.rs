@@ -1,7 +1,7 @@
 //! `wss://` with a certificate made in the test (rcgen) and a real TLS client (rustls):
 //! sessions over TLS, and a reload that changes the certificate without dropping anyone.
 
-use std::{path::Path, sync::Arc};
+use std::{path::PathBuf, sync::Arc};
 
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
@@ -56,12 +56,41 @@ impl WssClient {
     }
 }
 
-/// A self-signed certificate for `localhost`, written as PEM files in `dir`.
-fn certificate(dir: &Path) -> rcgen::CertifiedKey<rcgen::KeyPair> {
-    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    std::fs::write(dir.join("cert.pem"), certified.cert.pem()).unwrap();
-    std::fs::write(dir.join("key.pem"), certified.signing_key.serialize_pem()).unwrap();
-    certified
+/// A test's own directory for certificate files (`cert.pem`, `key.pem`), removed when
+/// dropped, also when the test fails.
+pub(crate) struct CertDir(PathBuf);
+
+impl CertDir {
+    pub(crate) fn new(name: &str) -> CertDir {
+        let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        CertDir(dir)
+    }
+
+    /// A file in the directory, as a path string for configs and commands.
+    pub(crate) fn path(&self, file: &str) -> String {
+        self.0.join(file).display().to_string()
+    }
+
+    /// A new self-signed certificate for `localhost`, written over `cert.pem` and `key.pem`.
+    pub(crate) fn certificate(&self) -> rcgen::CertifiedKey<rcgen::KeyPair> {
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        std::fs::write(self.path("cert.pem"), certified.cert.pem()).unwrap();
+        std::fs::write(self.path("key.pem"), certified.signing_key.serialize_pem()).unwrap();
+        certified
+    }
+
+    /// Serves `wss://` with these files (`[server.tls]`).
+    pub(crate) fn serve_wss(&self, config: &mut switchboard::config::Config) {
+        config.server.tls.cert_file = self.path("cert.pem");
+        config.server.tls.key_file = self.path("key.pem");
+    }
+}
+
+impl Drop for CertDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// A `wss://` client that trusts only `trusted`.
@@ -106,13 +135,11 @@ async fn connect_with(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wss_serves_sessions_and_a_reload_changes_the_certificate_without_dropping_anyone() {
-    let dir = std::env::temp_dir().join(format!("sb-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let first = certificate(&dir);
+    let dir = CertDir::new("sb-tls");
+    let first = dir.certificate();
     let server = TestServer::builder()
         .configure(|config| {
-            config.server.tls.cert_file = dir.join("cert.pem").display().to_string();
-            config.server.tls.key_file = dir.join("key.pem").display().to_string();
+            dir.serve_wss(config);
         })
         .start()
         .await;
@@ -124,13 +151,13 @@ async fn wss_serves_sessions_and_a_reload_changes_the_certificate_without_droppi
 
     // A bad new certificate is refused and the old one stays, through SIGHUP's path and
     // through the control API.
-    std::fs::write(dir.join("cert.pem"), "not a certificate").unwrap();
+    std::fs::write(dir.path("cert.pem"), "not a certificate").unwrap();
     assert!(!server.reload_tls());
     let (status, body) = server.post("/v1/reload-tls", json!({})).await;
     assert_eq!(status, 422, "{body}");
     connect(server.ws_addr, &first).await.unwrap();
 
-    let second = certificate(&dir);
+    let second = dir.certificate();
     let (status, body) = server.post("/v1/reload-tls", json!({})).await;
     assert_eq!(
         (status, body["reloaded"].as_bool()),
@@ -152,12 +179,11 @@ async fn wss_serves_sessions_and_a_reload_changes_the_certificate_without_droppi
     assert_eq!(before.recv_type("message").await["data"], 2);
     assert_eq!(after.recv_type("message").await["data"], Value::from(2));
     server.drain().await;
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// Runs `curl` against the control API with `ca` as its only trust anchor; returns its exit
 /// status and what it printed (the body, or the TLS error).
-fn curl(url: &str, ca: &Path) -> (bool, String) {
+fn curl(url: &str, ca: &str) -> (bool, String) {
     let output = std::process::Command::new("curl")
         .args(["-sS", "--max-time", "5", "--cacert"])
         .arg(ca)
@@ -171,16 +197,15 @@ fn curl(url: &str, ca: &Path) -> (bool, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_control_api_serves_https_and_reloads_both_certificates() {
-    let dir = std::env::temp_dir().join(format!("sb-control-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let first = certificate(&dir);
-    let path = |name: &str| dir.join(name).display().to_string();
+    let dir = CertDir::new("sb-control-tls");
+    let first = dir.certificate();
     let server = TestServer::builder()
-        .configure(|config| {
-            config.server.tls.cert_file = path("cert.pem");
-            config.server.tls.key_file = path("key.pem");
-        })
-        .control_tls(&path("cert.pem"), &path("key.pem"), &first.cert.pem())
+        .configure(|config| dir.serve_wss(config))
+        .control_tls(
+            &dir.path("cert.pem"),
+            &dir.path("key.pem"),
+            &first.cert.pem(),
+        )
         .start()
         .await;
     let mut subscriber = connect(server.ws_addr, &first).await.unwrap();
@@ -188,24 +213,24 @@ async fn the_control_api_serves_https_and_reloads_both_certificates() {
     // The harness publishes over HTTPS; a real client (curl) reads readiness over HTTPS.
     server.publish("ops", json!(1)).await;
     assert_eq!(subscriber.recv_type("message").await["data"], 1);
-    std::fs::write(dir.join("first.pem"), first.cert.pem()).unwrap();
+    std::fs::write(dir.path("first.pem"), first.cert.pem()).unwrap();
     let readyz = format!("https://localhost:{}/readyz", server.control_addr.port());
-    let (ok, text) = curl(&readyz, &dir.join("first.pem"));
+    let (ok, text) = curl(&readyz, &dir.path("first.pem"));
     assert!(ok && text.contains("\"ready\":true"), "{text}");
     // Plain HTTP to the HTTPS listener gets no answer.
     let plain = format!("http://127.0.0.1:{}/readyz", server.control_addr.port());
     assert!(server.http.get(&plain).send().await.is_err());
 
     // One reload changes both listeners' certificates; the WebSocket stays up.
-    let second = certificate(&dir);
-    std::fs::write(dir.join("second.pem"), second.cert.pem()).unwrap();
+    let second = dir.certificate();
+    std::fs::write(dir.path("second.pem"), second.cert.pem()).unwrap();
     assert!(server.reload_tls(), "SIGHUP's path reloads both");
-    let (ok, text) = curl(&readyz, &dir.join("first.pem"));
+    let (ok, text) = curl(&readyz, &dir.path("first.pem"));
     assert!(
         !ok,
         "curl trusting only the old certificate is refused: {text}"
     );
-    let (ok, text) = curl(&readyz, &dir.join("second.pem"));
+    let (ok, text) = curl(&readyz, &dir.path("second.pem"));
     assert!(ok, "{text}");
     connect(server.ws_addr, &second).await.unwrap();
     assert!(connect(server.ws_addr, &first).await.is_err());
@@ -215,7 +240,7 @@ async fn the_control_api_serves_https_and_reloads_both_certificates() {
     );
     let output = std::process::Command::new("curl")
         .args(["-sS", "--max-time", "5", "--cacert"])
-        .arg(dir.join("second.pem"))
+        .arg(dir.path("second.pem"))
         .args(["-H", "content-type: application/json", "-d"])
         .arg(r#"{"channel":"ops","data":2}"#)
         .arg(&publish)
@@ -224,7 +249,6 @@ async fn the_control_api_serves_https_and_reloads_both_certificates() {
     assert!(output.status.success(), "{output:?}");
     assert_eq!(subscriber.recv_type("message").await["data"], 2);
     server.drain().await;
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// The TLS stream is the server's own (rustls's unbuffered API, see `src/tls/stream.rs`):
@@ -233,13 +257,11 @@ async fn the_control_api_serves_https_and_reloads_both_certificates() {
 /// refused without disturbing a subscriber.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wss_carries_large_messages_bursts_tls12_and_key_updates() {
-    let dir = std::env::temp_dir().join(format!("sb-tls-stream-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let cert = certificate(&dir);
+    let dir = CertDir::new("sb-tls-stream");
+    let cert = dir.certificate();
     let server = TestServer::builder()
         .configure(|config| {
-            config.server.tls.cert_file = dir.join("cert.pem").display().to_string();
-            config.server.tls.key_file = dir.join("key.pem").display().to_string();
+            dir.serve_wss(config);
             config.limits.max_publish_payload_bytes = 256 * 1024;
             config.limits.max_inbound_message_bytes = 256 * 1024;
             config.limits.client_messages_per_second = 0;
@@ -329,7 +351,6 @@ async fn wss_carries_large_messages_bursts_tls12_and_key_updates() {
         assert_eq!(client.recv_type("message").await["data"], "still here");
     }
     server.drain().await;
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// A `wss://` client that stops reading fills its socket, then the server's one write's
@@ -338,13 +359,11 @@ async fn wss_carries_large_messages_bursts_tls12_and_key_updates() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wss_client_that_stops_reading_is_a_slow_consumer_and_nobody_else_notices() {
     const MESSAGES: u64 = 1_500;
-    let dir = std::env::temp_dir().join(format!("sb-tls-slow-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let cert = certificate(&dir);
+    let dir = CertDir::new("sb-tls-slow");
+    let cert = dir.certificate();
     let server = TestServer::builder()
         .configure(|config| {
-            config.server.tls.cert_file = dir.join("cert.pem").display().to_string();
-            config.server.tls.key_file = dir.join("key.pem").display().to_string();
+            dir.serve_wss(config);
             config.limits.outbound_queue_messages = 256;
         })
         .start()
@@ -379,7 +398,6 @@ async fn a_wss_client_that_stops_reading_is_a_slow_consumer_and_nobody_else_noti
     );
     drop(stalled);
     server.drain().await;
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// A client socket that sends at most `step` bytes per write (with Nagle off, mostly one
@@ -445,13 +463,11 @@ where
 /// read buffer holds partial records across many reads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_records_arriving_in_small_pieces_are_reassembled() {
-    let dir = std::env::temp_dir().join(format!("sb-tls-trickle-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let cert = certificate(&dir);
+    let dir = CertDir::new("sb-tls-trickle");
+    let cert = dir.certificate();
     let server = TestServer::builder()
         .configure(|config| {
-            config.server.tls.cert_file = dir.join("cert.pem").display().to_string();
-            config.server.tls.key_file = dir.join("key.pem").display().to_string();
+            dir.serve_wss(config);
         })
         .start()
         .await;
@@ -496,20 +512,17 @@ async fn tls_records_arriving_in_small_pieces_are_reassembled() {
         }
     }
     server.drain().await;
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 /// A forged record after the handshake is refused with a TLS alert that says why (not a
 /// bare close), and only that connection ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_record_gets_an_alert_and_only_its_connection_ends() {
-    let dir = std::env::temp_dir().join(format!("sb-tls-forged-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let cert = certificate(&dir);
+    let dir = CertDir::new("sb-tls-forged");
+    let cert = dir.certificate();
     let server = TestServer::builder()
         .configure(|config| {
-            config.server.tls.cert_file = dir.join("cert.pem").display().to_string();
-            config.server.tls.key_file = dir.join("key.pem").display().to_string();
+            dir.serve_wss(config);
         })
         .start()
         .await;
@@ -533,5 +546,4 @@ async fn a_forged_record_gets_an_alert_and_only_its_connection_ends() {
     server.publish("calm", json!("still here")).await;
     assert_eq!(bystander.recv_type("message").await["data"], "still here");
     server.drain().await;
-    std::fs::remove_dir_all(dir).unwrap();
 }
