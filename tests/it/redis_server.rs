@@ -270,57 +270,48 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub fn start() -> RedisCluster {
-        let masters: Vec<RedisServer> = (0..3).map(|_| RedisServer::start_clustered()).collect();
-        let addresses: Vec<String> = masters
-            .iter()
-            .map(|master| format!("127.0.0.1:{}", master.port))
-            .collect();
-        let output = Command::new(binary("redis-cli"))
-            .args(["--cluster", "create"])
-            .args(&addresses)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .output()
-            .expect("redis-cli runs");
-        assert!(output.status.success(), "cluster create failed: {output:?}");
-        let cluster = RedisCluster { masters, tls: None };
-        cluster.wait_until_ok();
-        cluster
+        let masters = (0..3).map(|_| RedisServer::start_clustered()).collect();
+        Self::create(masters, None)
     }
 
     /// The same over TLS: clients and the cluster bus speak TLS (`tls-cluster yes`), each
     /// node on its TLS port (and a plain one for `redis-cli` checks).
     pub fn start_tls() -> RedisCluster {
         let tls = Arc::new(TlsFiles::create());
-        let args = [
-            "--cluster-enabled",
-            "yes",
-            "--cluster-config-file",
-            "nodes.conf",
-            "--tls-cluster",
-            "yes",
-        ]
-        .map(str::to_owned)
-        .to_vec();
-        let masters: Vec<RedisServer> = (0..3)
+        let mut args = RedisServer::CLUSTER_ARGS.map(str::to_owned).to_vec();
+        args.extend(["--tls-cluster".to_owned(), "yes".to_owned()]);
+        let masters = (0..3)
             .map(|_| RedisServer::start_with_tls(&tls, args.clone()))
             .collect();
+        Self::create(masters, Some(tls))
+    }
+
+    /// Joins `masters` into one cluster with `redis-cli --cluster create` (over TLS, at
+    /// their TLS ports, when `tls` is given) and waits until it is up.
+    fn create(masters: Vec<RedisServer>, tls: Option<Arc<TlsFiles>>) -> RedisCluster {
         let addresses: Vec<String> = masters
             .iter()
-            .map(|master| format!("127.0.0.1:{}", master.tls_port.unwrap()))
+            .map(|master| {
+                let port = if tls.is_some() {
+                    master.tls_port.unwrap()
+                } else {
+                    master.port
+                };
+                format!("127.0.0.1:{port}")
+            })
             .collect();
-        let output = Command::new(binary("redis-cli"))
-            .args(["--tls", "--cacert"])
-            .arg(tls.ca_file())
+        let mut command = Command::new(binary("redis-cli"));
+        if let Some(tls) = &tls {
+            command.args(["--tls", "--cacert"]).arg(tls.ca_file());
+        }
+        let output = command
             .args(["--cluster", "create"])
             .args(&addresses)
             .args(["--cluster-replicas", "0", "--cluster-yes"])
             .output()
             .expect("redis-cli runs");
         assert!(output.status.success(), "cluster create failed: {output:?}");
-        let cluster = RedisCluster {
-            masters,
-            tls: Some(tls),
-        };
+        let cluster = RedisCluster { masters, tls };
         cluster.wait_until_ok();
         cluster
     }
@@ -356,13 +347,14 @@ impl RedisCluster {
 }
 
 impl RedisServer {
+    const CLUSTER_ARGS: [&str; 4] = [
+        "--cluster-enabled",
+        "yes",
+        "--cluster-config-file",
+        "nodes.conf",
+    ];
+
     fn start_clustered() -> RedisServer {
-        let args = [
-            "--cluster-enabled",
-            "yes",
-            "--cluster-config-file",
-            "nodes.conf",
-        ];
-        Self::start_with(false, args.map(str::to_owned).to_vec())
+        Self::start_with(false, Self::CLUSTER_ARGS.map(str::to_owned).to_vec())
     }
 }
