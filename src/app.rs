@@ -220,13 +220,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         accept_stop.clone(),
         sessions.clone(),
     ));
-    background.spawn(control::serve(
+    let control_done = control::serve_on_own_thread(
         control_listener,
         certificates.control.clone(),
         control_ctx,
         background_stop.clone(),
-        background.clone(),
-    ));
+    )
+    .context("starting the control API's thread")?;
+    background.spawn(control_done);
     let (heartbeat, idle_timeout) = (config.session.heartbeat, config.session.idle_timeout);
     background.spawn(every(keepalive_tick(heartbeat), background_stop.clone(), {
         let hub = Arc::clone(&hub);

@@ -42,6 +42,7 @@ pub const QUEUE_MAX_MESSAGES: &str = "ws_outbound_queue_max_messages";
 pub const QUEUE_BYTES: &str = "ws_outbound_queue_bytes";
 pub const SESSION_BUFFER_BYTES: &str = "ws_session_buffer_bytes";
 pub const PUBLISH_TO_ENQUEUE: &str = "ws_publish_to_enqueue_seconds";
+pub const HTTP_PUBLISH_DURATION: &str = "ws_http_publish_duration_seconds";
 pub const HISTORY_BYTES: &str = "ws_history_bytes";
 pub const HISTORY_MESSAGES: &str = "ws_history_messages";
 pub const RESUMES: &str = "ws_resumes_total";
@@ -75,6 +76,8 @@ pub struct Metrics {
     pub bytes_sent: Counter,
     pub slow_consumer_closes: Counter,
     pub publish_to_enqueue: Histogram,
+    /// `POST /v1/publish`, from its head being read to its answer.
+    pub http_publish_duration: Histogram,
     pub resumes_recovered: Counter,
     pub resumes_not_recovered: Counter,
     pub bus_gaps: Counter,
@@ -90,6 +93,7 @@ impl Metrics {
             bytes_sent: metrics::counter!(BYTES_SENT),
             slow_consumer_closes: metrics::counter!(SLOW_CONSUMER_CLOSES),
             publish_to_enqueue: metrics::histogram!(PUBLISH_TO_ENQUEUE),
+            http_publish_duration: metrics::histogram!(HTTP_PUBLISH_DURATION),
             resumes_recovered: metrics::counter!(RESUMES, "recovered" => "true"),
             resumes_not_recovered: metrics::counter!(RESUMES, "recovered" => "false"),
             bus_gaps: metrics::counter!(BUS_GAPS),
@@ -310,7 +314,12 @@ fn describe() {
     describe_histogram!(
         PUBLISH_TO_ENQUEUE,
         Unit::Seconds,
-        "Time from accepting a publish to the last subscriber enqueue"
+        "Time from accepting a publish to the last subscriber enqueue (by a fan-out round)"
+    );
+    describe_histogram!(
+        HTTP_PUBLISH_DURATION,
+        Unit::Seconds,
+        "POST /v1/publish handling time: from its head being read to its answer"
     );
     describe_gauge!(HISTORY_BYTES, Unit::Bytes, "Bytes held in channel history");
     describe_gauge!(HISTORY_MESSAGES, "Messages held in channel history");

@@ -116,9 +116,15 @@ pub(super) async fn handle(
     peer: SocketAddr,
     ctx: &ControlContext,
 ) -> Response<Body> {
+    let started = tokio::time::Instant::now();
     let path = request.uri().path().to_owned();
     let (route, result) = route(request, &path, peer, ctx).await;
     let response = result.unwrap_or_else(ApiError::into_response);
+    if path == "/v1/publish" {
+        telemetry::metrics()
+            .http_publish_duration
+            .record(started.elapsed().as_secs_f64());
+    }
     telemetry::http_request(route, response.status().as_u16());
     response
 }

@@ -1,9 +1,11 @@
-//! One channel: its position, its history ring and its subscribers.
+//! One channel's ordered state: its position, its history ring and the outbox of messages
+//! not yet fanned out.
 //!
 //! All of it sits behind one mutex so that assigning an offset, appending to history and
-//! enqueueing to every subscriber happen as one step. That step is what makes per-channel order
-//! hold under concurrent publishers, and what lets a `since` subscribe replay history and join
-//! the live stream with no gap and no duplicate.
+//! to the outbox happen as one step. That step is what makes per-channel order hold under
+//! concurrent publishers; fan-out rounds (`fanout`) take the outbox in that order, and a
+//! `since` subscribe, holding this lock, replays history and joins the live stream at a
+//! position rounds respect, with no gap and no duplicate.
 
 use std::{
     collections::VecDeque,
@@ -14,10 +16,12 @@ use std::{
     time::Duration,
 };
 
-use indexmap::IndexMap;
 use tokio::time::Instant;
 
-use super::{ConnId, Frame, Outbound};
+use super::{
+    Frame,
+    fanout::{Queued, Slot},
+};
 use crate::protocol::Offset;
 
 /// What the allocator adds to each allocation (glibc: a 16-byte header and rounding).
@@ -30,15 +34,13 @@ const ENTRY_OVERHEAD: usize = 10 + MALLOC_OVERHEAD;
 
 /// What a channel that holds history costs beyond its entries and its ring, counted against
 /// `history.max_memory_bytes` with them (its name's length comes on top):
-/// the channel behind its `Arc<Mutex<_>>` (two counts), its name's `Arc<str>` (two counts),
+/// the channel's `Arc<Slot>` (two counts), its name's `Arc<str>` (two counts),
 /// its slot in the shard's map (key, value and a control byte, at the map's 7/8 load), and
 /// the allocator's share of those two allocations. `docs/security.md` has the measured total.
-pub(super) const CHANNEL_OVERHEAD: usize = std::mem::size_of::<std::sync::Mutex<Channel>>()
+pub(super) const CHANNEL_OVERHEAD: usize = std::mem::size_of::<Slot>()
     + 16
     + 16
-    + (std::mem::size_of::<(crate::protocol::ChannelName, Arc<std::sync::Mutex<Channel>>)>() + 1)
-        * 8
-        / 7
+    + (std::mem::size_of::<(crate::protocol::ChannelName, Arc<Slot>)>() + 1) * 8 / 7
     + 2 * MALLOC_OVERHEAD;
 
 /// A published message kept for resume.
@@ -68,15 +70,6 @@ pub(super) struct HistoryPolicy {
     pub(super) used_messages: AtomicUsize,
 }
 
-/// One subscriber of a channel.
-#[derive(Debug)]
-pub(super) struct Subscriber {
-    pub(super) outbound: Arc<Outbound>,
-    /// Messages up to this sequence number already reached this subscriber through a replay
-    /// read from the bus, ahead of this node's own delivery; fan-out skips them. 0 for most.
-    pub(super) skip_until: u64,
-}
-
 /// Deliveries kept while a subscribe waits for a read from the bus, at most.
 pub(super) const MAX_PENDING: usize = 4096;
 
@@ -86,7 +79,13 @@ pub(super) struct Channel {
     /// Sequence number of the last message delivered here; 0 before the first.
     pub(super) seq: u64,
     pub(super) history: VecDeque<Entry>,
-    pub(super) subscribers: IndexMap<ConnId, Subscriber>,
+    /// Subscribers (kept in the slot's own map, see `fanout`), counted here so that whether
+    /// the channel is idle is known under this lock.
+    pub(super) subscribed: usize,
+    /// Messages ordered here and not yet taken by a fan-out round (see `fanout`).
+    pub(super) outbox: Vec<Queued>,
+    /// A round is running or about to: a publish only adds to the outbox.
+    pub(super) round_scheduled: bool,
     /// Set when the channel was dropped from its shard; holders of a stale `Arc` must look it
     /// up again.
     pub(super) removed: bool,
@@ -114,7 +113,9 @@ impl Channel {
             epoch: rand::random(),
             seq: 0,
             history: VecDeque::new(),
-            subscribers: IndexMap::new(),
+            subscribed: 0,
+            outbox: Vec::new(),
+            round_scheduled: false,
             removed: false,
             synced,
             pins: 0,
@@ -162,37 +163,6 @@ impl Channel {
     pub(super) fn next_offset(&mut self) -> Offset {
         self.seq += 1;
         self.offset()
-    }
-
-    /// Enqueues message `seq`'s `frame` to every subscriber; drops the ones that overflowed
-    /// or are closing, so later messages skip them. Adds to `to_flush` the connections whose
-    /// lane this claimed, for the caller to flush once it let go of the channel. Returns how
-    /// many took the frame and how many were dropped.
-    pub(super) fn fan_out(
-        &mut self,
-        frame: &Frame,
-        seq: u64,
-        to_flush: &mut Vec<Arc<Outbound>>,
-    ) -> (usize, usize) {
-        let before = self.subscribers.len();
-        let mut skipped = 0;
-        self.subscribers.retain(|_, subscriber| {
-            if subscriber.skip_until >= seq {
-                skipped += 1;
-                return true;
-            }
-            match subscriber.outbound.enqueue(frame) {
-                Ok(claimed) => {
-                    if claimed {
-                        to_flush.push(Arc::clone(&subscriber.outbound));
-                    }
-                    true
-                }
-                Err(_) => false,
-            }
-        });
-        let kept = self.subscribers.len();
-        (kept - skipped, before - kept)
     }
 
     /// Keeps a delivery for pinned subscribes.
@@ -288,6 +258,6 @@ impl Channel {
     }
 
     pub(super) fn is_idle(&self) -> bool {
-        self.subscribers.is_empty() && self.history.is_empty() && self.pins == 0
+        self.subscribed == 0 && self.history.is_empty() && self.pins == 0
     }
 }

@@ -9,6 +9,8 @@ use std::{
     task::{Context, Poll},
 };
 
+use tokio::runtime::Handle;
+
 use super::Outbound;
 
 /// Connections one flushing task writes to at most: a large fan-out is split into tasks of
@@ -24,13 +26,15 @@ thread_local! {
 /// a task, and waking an idle worker to steal it, cost more than these writes would move.
 /// (Spawning every flush cut a 1,000-channel run, 20,000 publishes/s to 5 subscribers each,
 /// from 100,000 to 64,000-86,000 deliveries/s, with the workers ping-ponging on wakeups.)
-const FLUSH_INLINE: usize = 64;
+pub(super) const FLUSH_INLINE: usize = 64;
 
 /// Flushes connections whose lane a fan-out claimed: up to [`FLUSH_INLINE`] on this thread,
-/// more in tasks of at most [`FLUSH_CHUNK`] connections, so that every core writes and the
-/// publisher is held neither for a large fan-out's syscalls nor behind them. Inside a
-/// [`FlushAfterPoll`], only collects them for the end of the poll.
-pub(super) fn flush_all(mut to_flush: Vec<Arc<Outbound>>) {
+/// more in tasks of at most [`FLUSH_CHUNK`] connections on `workers` (the runtime the
+/// sessions run on), so that every core writes and the publisher is held neither for a large
+/// fan-out's syscalls nor behind them. Inside a [`FlushAfterPoll`], only collects them for
+/// the end of the poll. Without `workers` (a hub built outside a runtime), everything is
+/// written on this thread.
+pub(super) fn flush_all(mut to_flush: Vec<Arc<Outbound>>, workers: Option<&Handle>) {
     if to_flush.is_empty() {
         return;
     }
@@ -44,8 +48,8 @@ pub(super) fn flush_all(mut to_flush: Vec<Arc<Outbound>>) {
     if deferred {
         return;
     }
-    let runtime = match tokio::runtime::Handle::try_current() {
-        Ok(runtime) if to_flush.len() > FLUSH_INLINE => runtime,
+    let runtime = match workers {
+        Some(runtime) if to_flush.len() > FLUSH_INLINE => runtime,
         _ => {
             for outbound in &to_flush {
                 outbound.flush();
@@ -111,6 +115,10 @@ impl Drop for DeferScope {
     fn drop(&mut self) {
         let claimed =
             DEFERRED.with_borrow_mut(|deferred| std::mem::replace(deferred, self.outer.take()));
-        flush_all(claimed.unwrap_or_default());
+        // Scopes are entered by tasks on the sessions' runtime: its workers flush.
+        flush_all(
+            claimed.unwrap_or_default(),
+            Handle::try_current().ok().as_ref(),
+        );
     }
 }

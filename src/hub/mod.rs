@@ -2,21 +2,24 @@
 //!
 //! Channels are spread over a power-of-two number of [`Shard`]s by a hash of their name; each
 //! shard maps names to channels under a `RwLock` held only to look a channel up, add or drop
-//! it. A channel's own state (offset, history, subscribers) sits behind its own mutex, so
-//! publishers to different channels never contend, and no lock is global. Connections live
-//! in a `DashMap` (itself sharded) keyed by [`ConnId`].
+//! it. A channel's ordered state (offset, history, outbox) and its subscribers sit behind its
+//! own two mutexes, so publishers to different channels never contend, and no lock is
+//! global. Connections live in a `DashMap` (itself sharded) keyed by [`ConnId`].
 //!
 //! Invariants:
-//! - The hub never awaits: it enqueues into bounded queues with `try_send`, and a full queue
-//!   closes that one connection as a slow consumer. It writes to a socket only through a
-//!   connection's non-blocking [`Wire`], after letting go of every lock (see `outbound`).
+//! - Publishing orders a message into the channel's outbox; fan-out rounds (`fanout`)
+//!   deliver it. The hub never awaits: rounds enqueue into bounded queues with `try_send`,
+//!   and a full queue closes that one connection as a slow consumer. It writes to a socket
+//!   only through a connection's non-blocking [`Wire`], after letting go of every lock (see
+//!   `outbound`).
 //! - A message is encoded once per publish; every subscriber's queue gets the same `Bytes`.
-//! - Lock order is shard lock, then channel mutex; nothing takes a shard lock while holding
-//!   a channel mutex.
+//! - Lock order is shard lock, then a channel's subscriber mutex, then its state mutex;
+//!   nothing takes a shard lock while holding a channel mutex.
 //! - No lock is held across an `.await` (there are none here).
 
 mod admission;
 mod channel;
+mod fanout;
 mod flush;
 mod frame;
 mod outbound;
@@ -33,13 +36,17 @@ use std::{
 
 use bytes::Bytes;
 use dashmap::DashMap;
+use indexmap::IndexMap;
 use smallvec::SmallVec;
 use tokio::time::Instant;
 
 pub use self::admission::{PendingSlot, PendingUpgrades};
-use self::channel::{Channel, Entry, HistoryPolicy, Subscriber};
 use self::flush::flush_all;
 pub use self::outbound::{ConnId, EnqueueError, Keepalive, Outbound, Outgoing, Wire};
+use self::{
+    channel::{Channel, Entry, HistoryPolicy},
+    fanout::{Queued, Slot, Subscriber, start_round},
+};
 pub use self::{flush::FlushAfterPoll, frame::Frame};
 use crate::{
     protocol::{self, ChannelName, Offset},
@@ -85,14 +92,18 @@ pub struct Hub {
     settings: HubSettings,
     history: HistoryPolicy,
     started: Instant,
+    /// The runtime sessions run on, captured when the hub is built: large fan-outs are
+    /// written by its workers, whichever thread published (the control API has its own).
+    workers: Option<tokio::runtime::Handle>,
 }
 
 /// One slice of the channel space.
 #[derive(Debug, Default)]
 pub struct Shard {
     // Held only for a map lookup, insert or remove; never while fanning out.
-    channels: RwLock<HashMap<ChannelName, Arc<Mutex<Channel>>>>,
-    subscriptions: AtomicUsize,
+    channels: RwLock<HashMap<ChannelName, Arc<Slot>>>,
+    /// Shared with the shard's slots, whose fan-out rounds drop closed subscribers.
+    subscriptions: Arc<AtomicUsize>,
 }
 
 /// What one [`Hub::keepalive`] pass did.
@@ -247,6 +258,7 @@ impl Hub {
             },
             settings,
             started: Instant::now(),
+            workers: tokio::runtime::Handle::try_current().ok(),
         })
     }
 
@@ -389,7 +401,7 @@ impl Hub {
                 Keepalive::DeadlineClosed => sweep.deadline_closed += 1,
             }
         }
-        flush_all(to_flush);
+        flush_all(to_flush, self.workers.as_ref());
         sweep
     }
 
@@ -416,24 +428,30 @@ impl Hub {
         &self.shards[index]
     }
 
-    /// Runs `f` on the channel, creating it when absent.
-    fn with_channel<R>(&self, name: &ChannelName, f: impl FnOnce(&mut Channel) -> R) -> R {
+    /// The channel's slot, created when absent.
+    fn slot(&self, name: &ChannelName) -> Arc<Slot> {
         let shard = self.shard(name);
+        if let Some(slot) = read(&shard.channels).get(name) {
+            return Arc::clone(slot);
+        }
+        Arc::clone(
+            write(&shard.channels)
+                .entry(name.clone())
+                .or_insert_with(|| {
+                    Arc::new(Slot::new(
+                        Channel::new(!self.settings.remote, name.as_str().len()),
+                        Arc::clone(&shard.subscriptions),
+                    ))
+                }),
+        )
+    }
+
+    /// Runs `f` on the channel's state, creating the channel when absent.
+    fn with_channel<R>(&self, name: &ChannelName, f: impl FnOnce(&mut Channel) -> R) -> R {
         let mut f = Some(f);
         loop {
-            let existing = read(&shard.channels).get(name).cloned();
-            let slot = match existing {
-                Some(slot) => slot,
-                None => Arc::clone(write(&shard.channels).entry(name.clone()).or_insert_with(
-                    || {
-                        Arc::new(Mutex::new(Channel::new(
-                            !self.settings.remote,
-                            name.as_str().len(),
-                        )))
-                    },
-                )),
-            };
-            let mut channel = lock(&slot);
+            let slot = self.slot(name);
+            let mut channel = lock(&slot.state);
             if channel.removed {
                 // The sweeper dropped it between our lookup and our lock: look again.
                 continue;
@@ -443,14 +461,34 @@ impl Hub {
         }
     }
 
-    /// Runs `f` on the channel if it exists.
+    /// Runs `f` on the channel's subscribers and state (the lock order), creating the
+    /// channel when absent.
+    fn with_subscribers<R>(
+        &self,
+        name: &ChannelName,
+        f: impl FnOnce(&mut IndexMap<ConnId, Subscriber>, &mut Channel) -> R,
+    ) -> R {
+        let mut f = Some(f);
+        loop {
+            let slot = self.slot(name);
+            let mut subscribers = lock(&slot.subscribers);
+            let mut channel = lock(&slot.state);
+            if channel.removed {
+                continue;
+            }
+            let f = f.take().expect("the loop returns right after the one call");
+            return f(&mut subscribers, &mut channel);
+        }
+    }
+
+    /// Runs `f` on the channel's state if the channel exists.
     fn with_existing_channel<R>(
         &self,
         name: &ChannelName,
         f: impl FnOnce(&mut Channel) -> R,
     ) -> Option<R> {
         let slot = read(&self.shard(name).channels).get(name).cloned()?;
-        let mut channel = lock(&slot);
+        let mut channel = lock(&slot.state);
         if channel.removed {
             return None;
         }
@@ -458,23 +496,19 @@ impl Hub {
     }
 
     /// Publishes `data` (valid JSON) to `channel`: assigns the next offset, remembers it in
-    /// history and enqueues one shared frame to every subscriber. Never waits on a subscriber.
+    /// history and in the channel's outbox, and starts a fan-out round unless one is running
+    /// (see `fanout`). Returns once the message is ordered; never waits on a subscriber, and
+    /// for a large channel not on the fan-out either.
     pub fn publish(&self, channel: &ChannelName, data: &str) -> Offset {
-        let started = Instant::now();
-        let metrics = telemetry::metrics();
-        let shard = self.shard(channel);
-        let mut to_flush = Vec::new();
-        let (offset, delivered, idle) = self.with_channel(channel, |state| {
+        let mut round = None;
+        let (offset, idle) = self.with_channel(channel, |state| {
             let offset = state.next_offset();
             let text = protocol::encode_message(channel, offset, data);
             let data_start = u32::try_from(text.len() - data.len() - 1)
                 .expect("payload size is bounded by config far below 4 GiB");
             let frame = Frame::from(text);
-            let (delivered, dropped) = state.fan_out(&frame, offset.seq, &mut to_flush);
-            if dropped > 0 {
-                shard.subscriptions.fetch_sub(dropped, Ordering::Relaxed);
-            }
             let now = Instant::now();
+            round = self.enqueue_round(state, offset, &frame, now);
             state.remember(
                 Entry {
                     seq: offset.seq,
@@ -485,19 +519,50 @@ impl Hub {
                 &self.history,
                 now,
             );
-            (offset, delivered, state.is_idle())
+            (offset, state.is_idle())
         });
         if idle {
             // Nobody listens and history is off: nothing to keep.
             self.drop_if_idle(channel);
         }
-        flush_all(to_flush);
-        metrics.messages_published.increment(1);
-        metrics.messages_delivered.increment(delivered as u64);
-        metrics
-            .publish_to_enqueue
-            .record(started.elapsed().as_secs_f64());
+        if let Some(subscribers) = round {
+            self.start_round(channel, subscribers);
+        }
+        telemetry::metrics().messages_published.increment(1);
         offset
+    }
+
+    /// Puts a message ordered at `offset` in the channel's outbox. `Some(subscribers)` when
+    /// the caller must start a round (once it let go of the channel's lock).
+    fn enqueue_round(
+        &self,
+        state: &mut Channel,
+        offset: Offset,
+        frame: &Frame,
+        accepted: Instant,
+    ) -> Option<usize> {
+        if state.subscribed == 0 {
+            // A later subscriber skips everything up to its subscribe position anyway.
+            return None;
+        }
+        state.outbox.push(Queued {
+            offset,
+            frame: frame.clone(),
+            accepted,
+        });
+        if state.round_scheduled {
+            return None;
+        }
+        state.round_scheduled = true;
+        Some(state.subscribed)
+    }
+
+    /// Starts the round a publish or delivery scheduled on `channel`.
+    fn start_round(&self, channel: &ChannelName, subscribers: usize) {
+        let slot = read(&self.shard(channel).channels).get(channel).cloned();
+        if let Some(slot) = slot {
+            start_round(&slot, subscribers, self.workers.as_ref());
+        }
     }
 
     /// Subscribes a connection. The `subscribed` reply (built by `reply` from the outcome),
@@ -521,7 +586,7 @@ impl Hub {
         reply: impl Fn(&Subscribed) -> Frame,
     ) -> Result<Subscribed, SubscribeError> {
         let shard = self.shard(channel);
-        let outcome = self.with_channel(channel, |state| {
+        let outcome = self.with_subscribers(channel, |subscribers, state| {
             state.expire(&self.history, Instant::now());
             let (outcome, skip_until) = match view {
                 None => {
@@ -538,17 +603,18 @@ impl Hub {
                     merged?
                 }
             };
-            if state
-                .subscribers
-                .insert(
-                    outbound.conn_id(),
-                    Subscriber {
-                        outbound: Arc::clone(outbound),
-                        skip_until,
-                    },
-                )
-                .is_none()
-            {
+            // What the outbox holds up to the position the reply gave is covered by the reply
+            // and the replay; rounds skip it for this subscriber.
+            let skip = Offset {
+                epoch: state.epoch,
+                seq: skip_until.max(outcome.offset.seq),
+            };
+            let subscriber = Subscriber {
+                outbound: Arc::clone(outbound),
+                skip,
+            };
+            if subscribers.insert(outbound.conn_id(), subscriber).is_none() {
+                state.subscribed += 1;
                 shard.subscriptions.fetch_add(1, Ordering::Relaxed);
             }
             Ok::<_, SubscribeError>(outcome)
@@ -668,9 +734,7 @@ impl Hub {
         state.forget_all(&self.history);
         state.epoch = epoch;
         state.seq = 0;
-        for subscriber in state.subscribers.values_mut() {
-            subscriber.skip_until = 0;
-        }
+        // Subscribers' skips name the old epoch, so they no longer apply.
     }
 
     /// Gives up a pin taken by a subscribe that answered [`SubscribeError::NeedRemote`] and
@@ -701,7 +765,7 @@ impl Hub {
     /// Delivers a message ordered by a remote bus: fans it out to local subscribers in offset
     /// order, once. Channels without local interest are skipped (each node follows every
     /// partition and filters here). Duplicates (re-reads after a reconnect) are dropped.
-    /// Returns how many subscribers it reached.
+    /// Returns how many subscribers it goes to (a fan-out round delivers it; see `fanout`).
     ///
     /// `channel` is the name as read from the bus: looked up without allocating, since most
     /// entries a node reads are for channels it has no subscribers for.
@@ -713,31 +777,31 @@ impl Hub {
         else {
             return 0;
         };
-        let channel = &channel;
-        let mut to_flush = Vec::new();
-        let delivered = {
-            let mut state = lock(&slot);
-            (!state.removed).then(|| {
-                self.deliver_locked(&mut state, shard, channel, offset, data, &mut to_flush)
-            })
+        let (subscribers, round) = {
+            let mut state = lock(&slot.state);
+            if state.removed {
+                return 0;
+            }
+            let Some(round) = self.deliver_locked(&mut state, &channel, offset, data) else {
+                return 0;
+            };
+            (state.subscribed, round)
         };
-        flush_all(to_flush);
-        let delivered = delivered.unwrap_or(0);
-        telemetry::metrics()
-            .messages_delivered
-            .increment(delivered as u64);
-        delivered
+        if let Some(subscribers) = round {
+            start_round(&slot, subscribers, self.workers.as_ref());
+        }
+        subscribers
     }
 
+    /// Orders a delivery under the channel's lock: `None` for a duplicate, else whether the
+    /// caller must start a round (see [`Hub::enqueue_round`]).
     fn deliver_locked(
         &self,
         state: &mut Channel,
-        shard: &Shard,
         channel: &ChannelName,
         offset: Offset,
         data: &str,
-        to_flush: &mut Vec<Arc<Outbound>>,
-    ) -> usize {
+    ) -> Option<Option<usize>> {
         if !state.synced {
             state.epoch = offset.epoch;
             state.synced = true;
@@ -745,7 +809,7 @@ impl Hub {
             tracing::warn!(%channel, "Channel epoch changed on the bus; history restarts");
             self.forget_epoch(state, offset.epoch);
         } else if offset.seq <= state.seq {
-            return 0;
+            return None;
         } else if offset.seq > state.seq + 1 && state.seq > 0 {
             telemetry::metrics().bus_gaps.increment(1);
             tracing::warn!(%channel, from = state.seq, to = offset.seq, "Gap in the bus");
@@ -755,11 +819,8 @@ impl Hub {
         let data_start = u32::try_from(text.len() - data.len() - 1)
             .expect("payload size is bounded far below 4 GiB");
         let frame = Frame::from(text);
-        let (delivered, dropped) = state.fan_out(&frame, offset.seq, to_flush);
-        if dropped > 0 {
-            shard.subscriptions.fetch_sub(dropped, Ordering::Relaxed);
-        }
         let now = Instant::now();
+        let round = self.enqueue_round(state, offset, &frame, now);
         let entry = Entry {
             seq: offset.seq,
             published_at: now,
@@ -768,7 +829,7 @@ impl Hub {
         };
         state.remember_pending(&entry);
         state.remember(entry, &self.history, now);
-        delivered
+        Some(round)
     }
 
     /// The hub's own copy of a channel name when the channel exists: holding it instead of
@@ -783,14 +844,18 @@ impl Hub {
     /// Removes one subscription; `false` when it did not exist.
     pub fn unsubscribe(&self, conn_id: ConnId, channel: &ChannelName) -> bool {
         let shard = self.shard(channel);
-        let (removed, idle) = self
-            .with_existing_channel(channel, |state| {
-                (
-                    state.subscribers.swap_remove(&conn_id).is_some(),
-                    state.is_idle(),
-                )
-            })
-            .unwrap_or((false, false));
+        let Some(slot) = read(&shard.channels).get(channel).cloned() else {
+            return false;
+        };
+        let (removed, idle) = {
+            let mut subscribers = lock(&slot.subscribers);
+            let mut state = lock(&slot.state);
+            let removed = !state.removed && subscribers.swap_remove(&conn_id).is_some();
+            if removed {
+                state.subscribed -= 1;
+            }
+            (removed, state.is_idle())
+        };
         if removed {
             shard.subscriptions.fetch_sub(1, Ordering::Relaxed);
         }
@@ -809,7 +874,7 @@ impl Hub {
         let Some(slot) = channels.get(name) else {
             return;
         };
-        let mut channel = lock(slot);
+        let mut channel = lock(&slot.state);
         if !channel.is_idle() {
             return;
         }
@@ -870,7 +935,7 @@ impl Hub {
             let slots: Vec<_> = read(&shard.channels).values().cloned().collect();
             let mut idle = Vec::new();
             for slot in slots {
-                let mut channel = lock(&slot);
+                let mut channel = lock(&slot.state);
                 channel.expire(&self.history, now);
                 if channel.is_idle() {
                     idle.push(Arc::clone(&slot));
@@ -884,7 +949,7 @@ impl Hub {
                 if !idle.iter().any(|candidate| Arc::ptr_eq(candidate, slot)) {
                     return true;
                 }
-                let mut channel = lock(slot);
+                let mut channel = lock(&slot.state);
                 if channel.is_idle() {
                     channel.forget_all(&self.history);
                     channel.removed = true;

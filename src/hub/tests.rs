@@ -985,3 +985,142 @@ mod lane {
         (Waker::from(Arc::new(Count(Arc::clone(&count)))), count)
     }
 }
+
+/// Fan-out rounds (`fanout`): a large channel's deliveries run in tasks on the workers, after
+/// the publish returned.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "the test's own threads sleep, beside the runtime, never on its workers"
+)]
+mod rounds {
+    use super::*;
+
+    /// More subscribers than a round runs inline for, so rounds go to the workers.
+    const STABLE: usize = 100;
+    const MESSAGES: u64 = 3000;
+
+    /// Publishes on one thread while another keeps joining with `since` (reply, replay, live)
+    /// and leaving: every stable subscriber gets 1..=MESSAGES once, in order, and every
+    /// joiner a gapless run after its `since`, without duplicates, until it leaves.
+    #[test]
+    fn rounds_keep_order_and_joins_see_no_gap_or_duplicate() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        let hub = runtime.block_on(async { hub_with(MESSAGES as usize, 2 * MESSAGES as usize) });
+        assert!(hub.workers.is_some(), "the hub took the runtime's handle");
+        let news = name("news");
+        let stable: Vec<_> = (0..STABLE)
+            .map(|_| {
+                let (conn, rx) = registered(&hub);
+                hub.subscribe(&conn, &news, None, None, reply).unwrap();
+                rx.try_recv().unwrap();
+                (conn, rx)
+            })
+            .collect();
+        let publisher = std::thread::spawn({
+            let (hub, news) = (Arc::clone(&hub), news.clone());
+            move || {
+                for n in 1..=MESSAGES {
+                    assert_eq!(hub.publish(&news, &n.to_string()).seq, n);
+                    if n % 10 == 0 {
+                        // Let joins interleave with rounds in flight.
+                        std::thread::sleep(Duration::from_micros(100));
+                    }
+                }
+            }
+        });
+        let mut joins = 0;
+        while !publisher.is_finished() || joins == 0 {
+            let (conn, rx) = registered(&hub);
+            let position = hub.history(&news, None, 0).offset;
+            let since = Offset {
+                epoch: position.epoch,
+                seq: position.seq.saturating_sub(joins % 50),
+            };
+            hub.subscribe(&conn, &news, Some(since), None, reply)
+                .unwrap();
+            std::thread::sleep(Duration::from_micros(300));
+            hub.unsubscribe(conn.conn_id(), &news);
+            let frames = drain(&rx);
+            assert!(frames[0].starts_with("subscribed"), "{frames:?}");
+            let seen = seqs(&frames[1..]);
+            let expected: Vec<u64> = (since.seq + 1..since.seq + 1 + seen.len() as u64).collect();
+            assert_eq!(seen, expected, "joiner {joins} from {since}");
+            joins += 1;
+        }
+        publisher.join().unwrap();
+        for (conn, rx) in &stable {
+            let mut seen = Vec::new();
+            for _ in 0..500 {
+                seen.extend(seqs(&drain(rx)));
+                if seen.len() as u64 >= MESSAGES {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            assert_eq!(
+                seen,
+                (1..=MESSAGES).collect::<Vec<_>>(),
+                "conn {}",
+                conn.conn_id()
+            );
+        }
+        assert!(joins > 10, "joins raced the publisher ({joins})");
+    }
+
+    /// A subscriber that unsubscribed gets nothing published afterwards, and one whose queue
+    /// overflowed is dropped by the round, the others unaffected.
+    #[test]
+    fn a_round_drops_slow_consumers_and_nothing_follows_an_unsubscribe() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        let hub = runtime.block_on(async { hub_with(0, 8) });
+        let news = name("news");
+        let subscribers: Vec<_> = (0..STABLE)
+            .map(|_| {
+                let (conn, rx) = registered(&hub);
+                hub.subscribe(&conn, &news, None, None, reply).unwrap();
+                rx.try_recv().unwrap();
+                (conn, rx)
+            })
+            .collect();
+        let (leaver, leaver_rx) = &subscribers[0];
+        hub.unsubscribe(leaver.conn_id(), &news);
+        let (slow, _) = &subscribers[1];
+        for n in 1..=6 {
+            hub.publish(&news, &n.to_string());
+        }
+        // Readers keep up; the slow one never reads and its queue holds 8.
+        let mut got = vec![Vec::new(); STABLE];
+        for round in 0.. {
+            for (i, (_, rx)) in subscribers.iter().enumerate().skip(2) {
+                got[i].extend(seqs(&drain(rx)));
+            }
+            if got.iter().skip(2).all(|seen| seen.len() == 6) || round == 500 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for n in 7..=12 {
+            hub.publish(&news, &n.to_string());
+        }
+        for round in 0.. {
+            for (i, (_, rx)) in subscribers.iter().enumerate().skip(2) {
+                got[i].extend(seqs(&drain(rx)));
+            }
+            if got.iter().skip(2).all(|seen| seen.len() == 12) || round == 500 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for seen in got.iter().skip(2) {
+            assert_eq!(seen, &(1..=12).collect::<Vec<u64>>());
+        }
+        assert!(drain(leaver_rx).is_empty(), "nothing after the unsubscribe");
+        assert_eq!(slow.close_code(), Some(protocol::CloseCode::SlowConsumer));
+    }
+}

@@ -26,6 +26,7 @@ async fn health_readiness_and_metrics() {
         "ws_protocol_errors_total{code=\"bad_request\"}",
         "ws_outbound_queue_messages",
         "ws_publish_to_enqueue_seconds_bucket",
+        "ws_http_publish_duration_seconds_bucket",
     ] {
         assert!(text.contains(name), "/metrics lacks {name}:\n{text}");
     }

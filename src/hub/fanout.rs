@@ -1,0 +1,169 @@
+//! A channel's subscribers and the fan-out rounds that deliver its messages to them.
+//!
+//! A publish does not enqueue to every subscriber itself: under the channel's state lock it
+//! takes the next offset, appends to history and to the channel's `outbox`, and returns. A
+//! *round* then takes everything in the outbox, in order, and enqueues it to every
+//! subscriber: inline on the publisher's thread for a small channel, in a task on the
+//! sessions' runtime for a large one, so that a publisher (an HTTP request, a client's
+//! session) is answered in microseconds however many subscribers the channel has, and never
+//! waits behind their writes.
+//!
+//! At most one round runs per channel (`Channel::round_scheduled`), and a round holds the
+//! subscriber lock from taking the outbox until its last enqueue, so frames reach every
+//! subscriber in offset order and a subscribe or unsubscribe falls between two rounds.
+//! Whatever is published while a round runs waits in the outbox for the next one, which
+//! delivers all of it at once: under load, a connection receives several frames per round
+//! and the write lane writes them with one `writev`; at low rates a round holds one frame and
+//! runs at once, so no timer is ever added to latency.
+//!
+//! A new subscriber skips what the outbox holds up to its subscribe position (its reply and
+//! replay already cover it), by `Subscriber::skip`.
+
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicUsize, Ordering},
+};
+
+use indexmap::IndexMap;
+use tokio::{runtime::Handle, time::Instant};
+
+use super::{
+    ConnId, Frame, Outbound,
+    channel::Channel,
+    flush::{FLUSH_INLINE, flush_all},
+    lock,
+};
+use crate::{protocol::Offset, telemetry};
+
+/// Rounds one call runs before handing the channel to a task on the sessions' runtime, so
+/// that a publisher's thread is not kept by a channel others keep publishing to.
+const MAX_INLINE_ROUNDS: usize = 4;
+
+/// A channel as its shard's map holds it. Lock order: the shard's map, then `subscribers`,
+/// then `state`.
+#[derive(Debug)]
+pub(super) struct Slot {
+    pub(super) state: Mutex<Channel>,
+    pub(super) subscribers: Mutex<IndexMap<ConnId, Subscriber>>,
+    /// The shard's subscription count, which rounds decrement for subscribers they drop.
+    pub(super) shard_subscriptions: Arc<AtomicUsize>,
+}
+
+/// One subscriber of a channel.
+#[derive(Debug)]
+pub(super) struct Subscriber {
+    pub(super) outbound: Arc<Outbound>,
+    /// Messages of this epoch up to this sequence number reached the subscriber another way
+    /// (its subscribe's reply position, its replay, a read from the bus): rounds skip them.
+    pub(super) skip: Offset,
+}
+
+/// A message waiting in a channel's outbox for the next round.
+#[derive(Debug)]
+pub(super) struct Queued {
+    pub(super) offset: Offset,
+    pub(super) frame: Frame,
+    /// When it was accepted, for `ws_publish_to_enqueue_seconds`.
+    pub(super) accepted: Instant,
+}
+
+impl Slot {
+    pub(super) fn new(channel: Channel, shard_subscriptions: Arc<AtomicUsize>) -> Self {
+        Self {
+            state: Mutex::new(channel),
+            subscribers: Mutex::new(IndexMap::new()),
+            shard_subscriptions,
+        }
+    }
+}
+
+/// Delivers what `slot`'s outbox holds, after a publish that set `round_scheduled`: inline
+/// when the channel is small (or there is no runtime to hand it to), else in a task on
+/// `workers`.
+pub(super) fn start_round(slot: &Arc<Slot>, subscribers: usize, workers: Option<&Handle>) {
+    match workers {
+        Some(workers) if subscribers > FLUSH_INLINE => spawn_rounds(Arc::clone(slot), workers),
+        _ => run_rounds(slot, workers, true),
+    }
+}
+
+fn spawn_rounds(slot: Arc<Slot>, workers: &Handle) {
+    let handle = workers.clone();
+    // Not through the app's task tracker: a round never awaits and ends once the outbox is
+    // empty; one dropped at shutdown loses frames only for connections that are closing.
+    workers.spawn(async move { run_rounds(&slot, Some(&handle), false) });
+}
+
+/// Runs rounds until the outbox is empty (then clears `round_scheduled`), or, `inline`, for
+/// [`MAX_INLINE_ROUNDS`] before handing the rest to a task.
+fn run_rounds(slot: &Arc<Slot>, workers: Option<&Handle>, inline: bool) {
+    let mut dropped = 0;
+    for round in 0.. {
+        let mut subscribers = lock(&slot.subscribers);
+        let frames = {
+            let mut state = lock(&slot.state);
+            state.subscribed -= dropped;
+            if state.outbox.is_empty() {
+                state.round_scheduled = false;
+                return;
+            }
+            if inline
+                && round == MAX_INLINE_ROUNDS
+                && let Some(workers) = workers
+            {
+                drop((state, subscribers));
+                return spawn_rounds(Arc::clone(slot), workers);
+            }
+            std::mem::take(&mut state.outbox)
+        };
+        let mut to_flush = Vec::new();
+        let before = subscribers.len();
+        let delivered = deliver(&mut subscribers, &frames, &mut to_flush);
+        dropped = before - subscribers.len();
+        drop(subscribers);
+        if dropped > 0 {
+            slot.shard_subscriptions
+                .fetch_sub(dropped, Ordering::Relaxed);
+        }
+        flush_all(to_flush, workers);
+        let metrics = telemetry::metrics();
+        metrics.messages_delivered.increment(delivered as u64);
+        for queued in &frames {
+            metrics
+                .publish_to_enqueue
+                .record(queued.accepted.elapsed().as_secs_f64());
+        }
+    }
+}
+
+/// Enqueues `frames` (in offset order) to every subscriber that has not seen them, one
+/// subscriber at a time (its queue and lane stay in cache for all of them); drops the
+/// subscribers that overflowed or are closing. Adds to `to_flush` the connections whose lane
+/// this claimed. Returns how many frames were enqueued.
+fn deliver(
+    subscribers: &mut IndexMap<ConnId, Subscriber>,
+    frames: &[Queued],
+    to_flush: &mut Vec<Arc<Outbound>>,
+) -> usize {
+    let mut delivered = 0;
+    subscribers.retain(|_, subscriber| {
+        for queued in frames {
+            if queued.offset.epoch == subscriber.skip.epoch
+                && queued.offset.seq <= subscriber.skip.seq
+            {
+                continue;
+            }
+            match subscriber.outbound.enqueue(&queued.frame) {
+                Ok(claimed) => {
+                    delivered += 1;
+                    if claimed {
+                        to_flush.push(Arc::clone(&subscriber.outbound));
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+        true
+    });
+    delivered
+}
