@@ -1,55 +1,137 @@
-//! The baseline: a minimal WebSocket broadcaster. It upgrades connections, and every text
-//! frame any client sends is framed once and written to every connected socket with one
-//! non-blocking write each. Nothing else: no channels, no queues, no JSON. It is the ceiling
-//! for fan-out on a given machine; Switchboard's figures are reported as a ratio of it.
+//! The baseline: a minimal WebSocket broadcaster, the ceiling Switchboard's fan-out figures
+//! are reported against. It upgrades connections; every text frame a client sends, and the
+//! body of every `POST` to its HTTP listener, is framed once and queued (one shared `Bytes`)
+//! to every connected socket. Nothing else: no channels, no JSON, no history, no auth.
 //!
-//! Frames that arrive together (all that one read drains from the publisher's socket) go
-//! out together, framed back to back in one buffer and one write per socket. Without that,
-//! a baseline that wrote each message separately fell behind Switchboard's batching writer
-//! at 60 messages a second to 5,000 sockets and stopped being a ceiling.
+//! It is built the way a fan-out server that wants the machine's ceiling would be: each
+//! socket has a bounded queue and one writer task that takes everything queued in one
+//! `writev`, so writes batch as soon as a socket has more than one frame waiting; a publish
+//! (WebSocket or HTTP) is done once its frame is in every queue, and an HTTP publish is
+//! answered then, never after the writes. A socket whose queue overflows
+//! ([`QUEUE_LIMIT`] frames) is dropped, as a slow consumer.
+//!
+//! Frames a publisher's one read brings are queued together (one pass over the sockets).
 
 use std::{
+    collections::VecDeque,
+    io::IoSlice,
     net::SocketAddr,
     sync::{Arc, Mutex},
 };
 
+use bytes::Bytes;
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream, tcp::OwnedWriteHalf},
+    sync::Notify,
 };
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
+/// Frames one socket may have waiting before it is dropped as a slow consumer (Switchboard's
+/// default `limits.outbound_queue_messages`).
+const QUEUE_LIMIT: usize = 1024;
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct BaselineArgs {
-    /// Address to listen on.
+    /// Address to listen on for WebSockets.
     #[arg(long, default_value = "127.0.0.1:8090")]
     listen: SocketAddr,
-    /// Print, for every broadcast, how long its write pass over all sockets took: with the
-    /// clients on other cores, the floor for one broadcast's completion on this machine.
+    /// Address to listen on for HTTP publishes: every `POST` body is broadcast as one frame
+    /// and answered `200 {}` once queued (keep-alive HTTP/1.1, as `fanout --publish-via http`
+    /// sends).
+    #[arg(long, default_value = "127.0.0.1:8091")]
+    control: SocketAddr,
+    /// Print, for every broadcast, how long queueing it to every socket took (wall and CPU).
     #[arg(long)]
     log_passes: bool,
 }
 
 type Sockets = Arc<Mutex<Vec<Arc<Socket>>>>;
 
-/// One subscriber socket: writes go straight to the kernel; only when its buffer is full do
-/// bytes wait in `backlog`, in order, for one flushing task.
+/// One subscriber socket's queue; its writer task owns the socket's write half.
 struct Socket {
-    write: OwnedWriteHalf,
-    backlog: Mutex<Vec<u8>>,
+    queue: Mutex<Queue>,
+    ready: Notify,
+}
+
+#[derive(Default)]
+struct Queue {
+    frames: VecDeque<Bytes>,
+    /// The socket broke or overflowed: its writer stops, publishers skip it.
+    closed: bool,
 }
 
 pub async fn run(args: BaselineArgs) -> anyhow::Result<()> {
     let listener = TcpListener::bind(args.listen).await?;
-    eprintln!("baseline broadcaster on ws://{}/ws", listener.local_addr()?);
+    let control = TcpListener::bind(args.control).await?;
+    eprintln!(
+        "baseline broadcaster on ws://{}/ws, HTTP publishes on http://{}",
+        listener.local_addr()?,
+        control.local_addr()?
+    );
     let sockets: Sockets = Arc::default();
+    let log_passes = args.log_passes;
+    tokio::spawn({
+        let sockets = Arc::clone(&sockets);
+        async move {
+            while let Ok((stream, _)) = control.accept().await {
+                let sockets = Arc::clone(&sockets);
+                tokio::spawn(async move {
+                    let _ = serve_http(stream, sockets, log_passes).await;
+                });
+            }
+        }
+    });
     loop {
         let (stream, _) = listener.accept().await?;
         let sockets = Arc::clone(&sockets);
-        let log_passes = args.log_passes;
         tokio::spawn(async move {
             let _ = serve(stream, sockets, log_passes).await;
         });
+    }
+}
+
+/// Keep-alive HTTP/1.1: each request's body is broadcast, then `200 {}` is sent.
+async fn serve_http(
+    mut stream: TcpStream,
+    sockets: Sockets,
+    log_passes: bool,
+) -> anyhow::Result<()> {
+    stream.set_nodelay(true)?;
+    let mut pending: Vec<u8> = Vec::with_capacity(4096);
+    let mut buffer = [0_u8; 8192];
+    loop {
+        // One request: the head, then content-length bytes of body.
+        let (head_len, body_len) = loop {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut request = httparse::Request::new(&mut headers);
+            if let httparse::Status::Complete(head_len) = request.parse(&pending)? {
+                let body_len = request
+                    .headers
+                    .iter()
+                    .find(|header| header.name.eq_ignore_ascii_case("content-length"))
+                    .and_then(|header| std::str::from_utf8(header.value).ok()?.parse().ok())
+                    .unwrap_or(0_usize);
+                break (head_len, body_len);
+            }
+            let n = stream.read(&mut buffer).await?;
+            anyhow::ensure!(n > 0 && pending.len() < 1 << 20, "closed or oversized");
+            pending.extend_from_slice(&buffer[..n]);
+        };
+        while pending.len() < head_len + body_len {
+            let n = stream.read(&mut buffer).await?;
+            anyhow::ensure!(n > 0, "closed mid-body");
+            pending.extend_from_slice(&buffer[..n]);
+        }
+        let mut frame = Vec::with_capacity(body_len + 10);
+        frame_into(&mut frame, &pending[head_len..head_len + body_len]);
+        pending.drain(..head_len + body_len);
+        broadcast(&sockets, Bytes::from(frame), log_passes);
+        stream
+            .write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}",
+            )
+            .await?;
     }
 }
 
@@ -78,18 +160,18 @@ async fn serve(mut stream: TcpStream, sockets: Sockets, log_passes: bool) -> any
     );
     stream.write_all(response.as_bytes()).await?;
     let (mut read, write) = stream.into_split();
-    let write = Arc::new(Socket {
-        write,
-        backlog: Mutex::new(Vec::new()),
+    let socket = Arc::new(Socket {
+        queue: Mutex::default(),
+        ready: Notify::new(),
     });
     sockets
         .lock()
         .expect("no panics while held")
-        .push(Arc::clone(&write));
+        .push(Arc::clone(&socket));
+    tokio::spawn(write_loop(Arc::clone(&socket), write));
 
     // Read client frames (masked); broadcast every text frame's payload.
     let mut pending: Vec<u8> = Vec::new();
-    let mut batch: Vec<u8> = Vec::new();
     loop {
         let n = read.read(&mut buffer).await?;
         if n == 0 {
@@ -105,6 +187,7 @@ async fn serve(mut stream: TcpStream, sockets: Sockets, log_passes: bool) -> any
             }
         }
         let mut closed = false;
+        let mut batch: Vec<u8> = Vec::new();
         while let Some((opcode, payload, used)) = parse_client_frame(&pending) {
             pending.drain(..used);
             match opcode {
@@ -114,27 +197,94 @@ async fn serve(mut stream: TcpStream, sockets: Sockets, log_passes: bool) -> any
             }
         }
         if !batch.is_empty() {
-            let started = (tokio::time::Instant::now(), thread_cpu_ns());
-            let n_sockets = broadcast(&sockets, &batch);
-            if log_passes {
-                let wall_ms = started.0.elapsed().as_secs_f64() * 1e3;
-                let cpu_ms = thread_cpu_ns().saturating_sub(started.1) as f64 / 1e6;
-                eprintln!(
-                    "write pass: {n_sockets} sockets, {} bytes each, {wall_ms:.1} ms, \
-                     {cpu_ms:.1} ms on CPU ({:.2} us per socket)",
-                    batch.len(),
-                    cpu_ms * 1e3 / n_sockets.max(1) as f64,
-                );
-            }
-            batch.clear();
+            broadcast(&sockets, Bytes::from(batch), log_passes);
         }
         if closed {
             break;
         }
     }
+    socket.queue.lock().expect("no panics while held").closed = true;
+    socket.ready.notify_one();
     let mut all = sockets.lock().expect("no panics while held");
-    all.retain(|socket| !Arc::ptr_eq(socket, &write));
+    all.retain(|other| !Arc::ptr_eq(other, &socket));
     Ok(())
+}
+
+/// The socket's one writer: waits for frames, takes all that are queued, writes them with
+/// `writev` (as many calls as the socket needs), and again.
+async fn write_loop(socket: Arc<Socket>, mut write: OwnedWriteHalf) {
+    let mut frames: Vec<Bytes> = Vec::new();
+    loop {
+        {
+            let mut queue = socket.queue.lock().expect("no panics while held");
+            if queue.closed {
+                return;
+            }
+            frames.extend(queue.frames.drain(..));
+        }
+        if frames.is_empty() {
+            socket.ready.notified().await;
+            continue;
+        }
+        let mut first = 0;
+        let mut offset = 0;
+        while first < frames.len() {
+            let slices: Vec<IoSlice<'_>> = std::iter::once(IoSlice::new(&frames[first][offset..]))
+                .chain(frames[first + 1..].iter().take(63).map(|f| IoSlice::new(f)))
+                .collect();
+            let Ok(mut written) = write.write_vectored(&slices).await else {
+                socket.queue.lock().expect("no panics while held").closed = true;
+                return;
+            };
+            // Advance past what was written.
+            while written > 0 {
+                let left = frames[first].len() - offset;
+                if written >= left {
+                    written -= left;
+                    first += 1;
+                    offset = 0;
+                } else {
+                    offset += written;
+                    written = 0;
+                }
+            }
+        }
+        frames.clear();
+    }
+}
+
+/// Queues `frame` to every socket (a shared `Bytes`, one reference each).
+fn broadcast(sockets: &Sockets, frame: Bytes, log_passes: bool) {
+    let started = (tokio::time::Instant::now(), thread_cpu_ns());
+    let sockets = sockets.lock().expect("no panics while held");
+    for socket in sockets.iter() {
+        let mut queue = socket.queue.lock().expect("no panics while held");
+        if queue.closed {
+            continue;
+        }
+        if queue.frames.len() >= QUEUE_LIMIT {
+            queue.closed = true;
+            queue.frames = VecDeque::new();
+            drop(queue);
+            socket.ready.notify_one();
+            continue;
+        }
+        let was_empty = queue.frames.is_empty();
+        queue.frames.push_back(frame.clone());
+        drop(queue);
+        if was_empty {
+            socket.ready.notify_one();
+        }
+    }
+    if log_passes {
+        let wall_ms = started.0.elapsed().as_secs_f64() * 1e3;
+        let cpu_ms = thread_cpu_ns().saturating_sub(started.1) as f64 / 1e6;
+        eprintln!(
+            "queue pass: {} sockets, {} bytes, {wall_ms:.2} ms, {cpu_ms:.2} ms on CPU",
+            sockets.len(),
+            frame.len(),
+        );
+    }
 }
 
 /// CPU time this thread has used, in nanoseconds (the scheduler's own account, kernel time
@@ -161,54 +311,6 @@ fn frame_into(frame: &mut Vec<u8>, payload: &[u8]) {
         }
     }
     frame.extend_from_slice(payload);
-}
-
-/// Writes the framed bytes to every socket; how many sockets there were.
-fn broadcast(sockets: &Sockets, frame: &[u8]) -> usize {
-    let targets = sockets.lock().expect("no panics while held").clone();
-    let n_sockets = targets.len();
-    for socket in targets {
-        let mut backlog = socket.backlog.lock().expect("no panics while held");
-        if !backlog.is_empty() {
-            // Bytes already wait: keep the order.
-            backlog.extend_from_slice(frame);
-            continue;
-        }
-        let written = match socket.write.try_write(frame) {
-            Ok(n) => n,
-            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => 0,
-            Err(_) => continue,
-        };
-        if written < frame.len() {
-            backlog.extend_from_slice(&frame[written..]);
-            let socket = Arc::clone(&socket);
-            tokio::spawn(async move { flush(&socket).await });
-        }
-    }
-    n_sockets
-}
-
-/// Writes a socket's backlog until it is empty.
-async fn flush(socket: &Socket) {
-    loop {
-        if socket.write.writable().await.is_err() {
-            return;
-        }
-        let mut backlog = socket.backlog.lock().expect("no panics while held");
-        match socket.write.try_write(&backlog) {
-            Ok(n) => {
-                backlog.drain(..n);
-                if backlog.is_empty() {
-                    return;
-                }
-            }
-            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(_) => {
-                backlog.clear();
-                return;
-            }
-        }
-    }
 }
 
 /// Parses one masked client frame: (opcode, unmasked payload, bytes used).

@@ -36,6 +36,18 @@ pub struct FanoutArgs {
     /// Publish through this server instead of `--server` (e.g. another cluster node).
     #[arg(long)]
     publish_on: Option<SocketAddr>,
+    /// How messages are published: `ws` (a client's `publish` frames over one WebSocket) or
+    /// `http` (`POST /v1/publish` to `--control`, as backends do; against `--baseline`, a
+    /// `POST` whose body it broadcasts).
+    #[arg(long, value_enum, default_value_t = PublishVia::Ws)]
+    publish_via: PublishVia,
+    /// The control listener for `--publish-via http`.
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    control: SocketAddr,
+    /// With `--publish-via http`: publishers, each with one keep-alive connection sending its
+    /// next request when the previous one is answered; they share the `--rate`.
+    #[arg(long, default_value_t = 1)]
+    publishers: usize,
     /// Seconds of publishing.
     #[arg(long, default_value_t = 10)]
     pub duration: u64,
@@ -89,6 +101,49 @@ pub struct FanoutArgs {
     /// Messages the parent may publish, to size the completion table (set by the parent).
     #[arg(long, hide = true, default_value_t = 0)]
     pub completion_slots: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PublishVia {
+    Ws,
+    Http,
+}
+
+/// One message for an HTTP publisher: its number and channel.
+type Ticket = (u64, String);
+
+/// An HTTP publisher's task: its request latencies.
+type PublisherTask = tokio::task::JoinHandle<anyhow::Result<Histogram<u64>>>;
+
+/// `--publish-via http`: `publishers` tasks take tickets and POST them, each waiting for its
+/// answer; returns the sender of tickets and the tasks (each yields its request latencies).
+fn http_publishers(args: &FanoutArgs) -> (flume::Sender<Ticket>, Vec<PublisherTask>) {
+    let (tx, rx) = flume::bounded::<Ticket>(args.publishers.max(1));
+    let pad = "x".repeat(args.payload.saturating_sub(40));
+    let tasks = (0..args.publishers.max(1))
+        .map(|_| {
+            let (rx, pad, control) = (rx.clone(), pad.clone(), args.control);
+            tokio::spawn(async move {
+                let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+                let mut connection = crate::http_publish::Connection::open(control).await?;
+                let head = format!(
+                    "POST /v1/publish HTTP/1.1\r\nhost: {control}\r\ncontent-type: application/json\r\n"
+                );
+                while let Ok((n, channel)) = rx.recv_async().await {
+                    let body = format!(
+                        r#"{{"channel":"{channel}","data":{{"ts":{},"n":{n},"pad":"{pad}"}}}}"#,
+                        now_ns()
+                    );
+                    let sent = tokio::time::Instant::now();
+                    let status = connection.post(&head, &body).await?;
+                    anyhow::ensure!(status == 200, "publish answered {status}");
+                    let _ = latency.record(u64::try_from(sent.elapsed().as_micros())?.max(1));
+                }
+                Ok(latency)
+            })
+        })
+        .collect();
+    (tx, tasks)
 }
 
 /// The channel of subscriber (or message) `index`.
@@ -323,6 +378,7 @@ async fn run_scenario(args: FanoutArgs, scenario: &'static str) -> anyhow::Resul
             tokio::time::timeout(Duration::from_secs(3), stream.next()).await
         {}
     });
+    let mut http = (args.publish_via == PublishVia::Http).then(|| http_publishers(&args));
     let pad = "x".repeat(args.payload.saturating_sub(40));
     let interval = Duration::from_nanos(1_000_000_000 / args.rate.max(1));
     let mut ticker = tokio::time::interval(interval);
@@ -343,12 +399,20 @@ async fn run_scenario(args: FanoutArgs, scenario: &'static str) -> anyhow::Resul
             usize::try_from(published).unwrap_or(0) % args.channels.max(1)
         };
         published_per_channel[target] += 1;
-        let frame = format!(
-            r#"{{"type":"publish","id":{published},"channel":"{}","data":{{"ts":{},"n":{published},"pad":"{pad}"}}}}"#,
-            channel_name(&args, target),
-            now_ns()
-        );
-        sink.send(Message::Text(frame.into())).await?;
+        if let Some((tickets, _)) = &http {
+            // Waits while every publisher is busy: the rate falls behind, and catches up in a
+            // burst once one is free.
+            tickets
+                .send_async((published, channel_name(&args, target)))
+                .await?;
+        } else {
+            let frame = format!(
+                r#"{{"type":"publish","id":{published},"channel":"{}","data":{{"ts":{},"n":{published},"pad":"{pad}"}}}}"#,
+                channel_name(&args, target),
+                now_ns()
+            );
+            sink.send(Message::Text(frame.into())).await?;
+        }
         published += 1;
         if args.report_every > 0 && last_sample.elapsed() >= Duration::from_secs(args.report_every)
         {
@@ -376,6 +440,13 @@ async fn run_scenario(args: FanoutArgs, scenario: &'static str) -> anyhow::Resul
                 started.elapsed().as_secs_f64(),
                 delivered.load(Ordering::Relaxed)
             );
+        }
+    }
+    let mut request_latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    if let Some((tickets, tasks)) = http.take() {
+        drop(tickets);
+        for task in tasks {
+            request_latency.add(task.await??)?;
         }
     }
     let publish_secs = started.elapsed().as_secs_f64();
@@ -465,6 +536,13 @@ async fn run_scenario(args: FanoutArgs, scenario: &'static str) -> anyhow::Resul
             "max": completed.max(),
         },
         "latency_us": crate::latency_json(&histogram),
+        "publish_via": match args.publish_via {
+            PublishVia::Ws => "ws",
+            PublishVia::Http => "http",
+        },
+        "publishers": args.publishers,
+        "publish_rate_achieved": (published as f64 / publish_secs).round(),
+        "request_latency_us": (!request_latency.is_empty()).then(|| crate::latency_json(&request_latency)),
         "drift": drift(&intervals),
         "intervals": intervals,
         "workers": args.workers,

@@ -50,13 +50,24 @@ pub struct HttpPublishArgs {
 }
 
 /// One keep-alive HTTP/1.1 connection that POSTs JSON and reads whole answers.
-struct Connection {
+pub struct Connection {
     stream: TcpStream,
     buf: Vec<u8>,
 }
 
 impl Connection {
-    async fn post(&mut self, head: &str, body: &str) -> anyhow::Result<u16> {
+    pub async fn open(addr: SocketAddr) -> anyhow::Result<Self> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(Self {
+            stream,
+            buf: Vec::new(),
+        })
+    }
+
+    /// Sends `head` (request line and headers, without content-length) with `body`; the
+    /// answer's status.
+    pub async fn post(&mut self, head: &str, body: &str) -> anyhow::Result<u16> {
         let request = format!("{head}content-length: {}\r\n\r\n{body}", body.len());
         self.stream.write_all(request.as_bytes()).await?;
         self.buf.clear();
@@ -142,11 +153,7 @@ async fn publish_loop(
     requests: usize,
     batch: usize,
 ) -> anyhow::Result<(Histogram<u64>, u64)> {
-    let mut connection = Connection {
-        stream: TcpStream::connect(args.control).await?,
-        buf: Vec::new(),
-    };
-    connection.stream.set_nodelay(true)?;
+    let mut connection = Connection::open(args.control).await?;
     let auth = args
         .api_key
         .as_ref()
