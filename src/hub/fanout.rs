@@ -30,7 +30,7 @@ use tokio::{runtime::Handle, time::Instant};
 use super::{
     ConnId, Frame, Outbound,
     channel::Channel,
-    flush::{FLUSH_INLINE, flush_all},
+    flush::{FLUSH_CHUNK, FLUSH_INLINE, flush_all},
     lock,
 };
 use crate::{protocol::Offset, telemetry};
@@ -118,7 +118,7 @@ fn run_rounds(slot: &Arc<Slot>, workers: Option<&Handle>, inline: bool) {
         };
         let mut to_flush = Vec::new();
         let before = subscribers.len();
-        let delivered = deliver(&mut subscribers, &frames, &mut to_flush);
+        let delivered = deliver(&mut subscribers, &frames, &mut to_flush, workers);
         dropped = before - subscribers.len();
         drop(subscribers);
         if dropped > 0 {
@@ -139,11 +139,14 @@ fn run_rounds(slot: &Arc<Slot>, workers: Option<&Handle>, inline: bool) {
 /// Enqueues `frames` (in offset order) to every subscriber that has not seen them, one
 /// subscriber at a time (its queue and lane stay in cache for all of them); drops the
 /// subscribers that overflowed or are closing. Adds to `to_flush` the connections whose lane
-/// this claimed. Returns how many frames were enqueued.
+/// this claimed; with `workers`, every [`FLUSH_CHUNK`] claimed go to a flush task at once,
+/// so other workers write while this one enqueues to the rest. Returns how many frames were
+/// enqueued.
 fn deliver(
     subscribers: &mut IndexMap<ConnId, Subscriber>,
     frames: &[Queued],
     to_flush: &mut Vec<Arc<Outbound>>,
+    workers: Option<&Handle>,
 ) -> usize {
     let mut delivered = 0;
     subscribers.retain(|_, subscriber| {
@@ -158,6 +161,9 @@ fn deliver(
                     delivered += 1;
                     if claimed {
                         to_flush.push(Arc::clone(&subscriber.outbound));
+                        if to_flush.len() == FLUSH_CHUNK && workers.is_some() {
+                            flush_all(std::mem::take(to_flush), workers);
+                        }
                     }
                 }
                 Err(_) => return false,

@@ -15,7 +15,7 @@ use super::Outbound;
 
 /// Connections one flushing task writes to at most: a large fan-out is split into tasks of
 /// this many, which the runtime's workers share.
-const FLUSH_CHUNK: usize = 256;
+pub(super) const FLUSH_CHUNK: usize = 256;
 
 thread_local! {
     /// Connections claimed by fan-outs inside a [`FlushAfterPoll`] poll on this thread.
