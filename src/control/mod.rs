@@ -52,7 +52,7 @@ const STOP_GRACE: Duration = Duration::from_secs(1);
 
 /// Serves the control API on a thread and runtime of its own until `stop` is cancelled; the
 /// returned future resolves once that thread has finished (in-flight requests get
-/// [`STOP_GRACE`]).
+/// `STOP_GRACE`).
 ///
 /// Why a thread of its own: a publish is answered once its frame is queued to every
 /// subscriber, and the sessions' runtime then writes it out. On that runtime the next request
