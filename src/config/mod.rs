@@ -173,6 +173,9 @@ pub struct ServerConfig {
     pub node_id: String,
     /// Number of hub shards, a power of two. Default 0: the smallest power of two >= 4 x cores.
     pub shards: usize,
+    /// Worker threads of the runtime that runs sessions and fan-out rounds (the control API
+    /// has a thread of its own beside them). Default 0: one per CPU core. At most 1024.
+    pub worker_threads: usize,
     /// Origins (`scheme://host[:port]`, `*.` for subdomains, or `*` for all) whose pages may
     /// open a WebSocket; a browser upgrade from another origin gets HTTP 403. Default empty:
     /// only upgrades without an `Origin` or whose `Origin` is the requested host.
@@ -450,6 +453,7 @@ impl Default for ServerConfig {
             ws_path: "/ws".to_owned(),
             node_id: String::new(),
             shards: 0,
+            worker_threads: 0,
             allowed_origins: Vec::new(),
             tls: TlsConfig::default(),
         }
@@ -650,6 +654,12 @@ impl Config {
             return Err(invalid(
                 "server.shards",
                 "must be 0 (auto) or a power of two up to 65536",
+            ));
+        }
+        if self.server.worker_threads > 1024 {
+            return Err(invalid(
+                "server.worker_threads",
+                "must be 0 (one per core) or at most 1024",
             ));
         }
         if self.server.node_id.is_empty() {

@@ -33,6 +33,7 @@ fn wrong_types_name_the_key() {
 fn out_of_range_values_name_the_key() {
     for (text, key) in [
         ("[server]\nshards = 3\n", "server.shards"),
+        ("[server]\nworker_threads = 1025\n", "server.worker_threads"),
         ("[server]\nws_path = \"ws\"\n", "server.ws_path"),
         (
             "[session]\nheartbeat = \"30s\"\nidle_timeout = \"10s\"\n",

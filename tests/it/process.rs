@@ -76,6 +76,50 @@ async fn sigterm_closes_clients_with_1001_and_exits_zero() {
     assert!(tokio_tungstenite::connect_async(&url).await.is_err());
 }
 
+/// The names of a process's threads, from /proc.
+fn thread_names(pid: u32) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_owned())
+        .collect()
+}
+
+/// `server.worker_threads` sizes the sessions' runtime; the control API has its own thread
+/// beside it, and a publish to a channel bigger than an inline round still arrives.
+#[tokio::test]
+async fn worker_threads_size_the_runtime_and_the_control_api_has_its_own_thread() {
+    let node = BinaryNode::start(&[], &[("SWITCHBOARD_SERVER__WORKER_THREADS", "1")]).await;
+    let names = thread_names(node.pid());
+    let workers = names
+        .iter()
+        .filter(|name| *name == "tokio-rt-worker")
+        .count();
+    assert_eq!(workers, 1, "{names:?}");
+    assert!(
+        names.iter().any(|name| name == "switchboard-con"),
+        "{names:?}"
+    );
+    // 80 subscribers: the round runs as a task on the one worker.
+    let mut clients = Vec::new();
+    for _ in 0..80 {
+        let mut client = TestClient::connect(&node.ws_url()).await;
+        client.subscribe("wide").await;
+        clients.push(client);
+    }
+    let status = reqwest::Client::new()
+        .post(format!("http://{}/v1/publish", node.control_addr))
+        .json(&serde_json::json!({"channel": "wide", "data": 1}))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+    for client in &mut clients {
+        assert_eq!(client.recv().await["data"], 1);
+    }
+}
+
 /// A node process of a cluster, killed on drop.
 struct NodeProcess {
     node: BinaryNode,
