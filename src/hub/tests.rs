@@ -19,10 +19,31 @@ fn hub_with(history_size: usize, queue_messages: usize) -> HubHandle {
 }
 
 /// A connection without a socket, and its queue as a session would read it.
-fn registered(hub: &Hub) -> (Arc<Outbound>, flume::Receiver<Outgoing>) {
+fn registered(hub: &Hub) -> (Arc<Outbound>, Reader) {
     let outbound = hub.register(None);
-    let rx = outbound.receiver();
+    let rx = Reader(Arc::clone(&outbound));
     (outbound, rx)
+}
+
+/// Reads a connection's queue as its session would.
+struct Reader(Arc<Outbound>);
+
+impl Reader {
+    fn try_recv(&self) -> Result<Outgoing, &'static str> {
+        self.0.take().ok_or("empty")
+    }
+
+    fn try_iter(&self) -> impl Iterator<Item = Outgoing> + '_ {
+        std::iter::from_fn(|| self.0.take())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.queued_messages() == 0
+    }
+
+    fn len(&self) -> usize {
+        self.0.queued_messages()
+    }
 }
 
 fn name(text: &str) -> ChannelName {
@@ -36,7 +57,7 @@ fn reply(outcome: &Subscribed) -> Frame {
     ))
 }
 
-fn drain(rx: &flume::Receiver<Outgoing>) -> Vec<String> {
+fn drain(rx: &Reader) -> Vec<String> {
     rx.try_iter()
         .map(|item| text(item).json().to_owned())
         .collect()
@@ -351,7 +372,7 @@ fn joined_at(
     hub: &Hub,
     channel: &ChannelName,
     seq: u64,
-) -> (Arc<Outbound>, flume::Receiver<Outgoing>) {
+) -> (Arc<Outbound>, Reader) {
     let (conn, rx) = registered(hub);
     let view = RemoteView {
         epoch: EPOCH,
@@ -562,7 +583,7 @@ async fn keepalive_pings_quiet_connections_and_closes_silent_ones() {
     let idle = Duration::from_secs(60);
     let (quiet, quiet_rx) = registered(&hub);
     let (chatty, chatty_rx) = registered(&hub);
-    let pings = |rx: &flume::Receiver<Outgoing>| {
+    let pings = |rx: &Reader| {
         rx.try_iter()
             .filter(|item| matches!(item, Outgoing::Ping))
             .count()
