@@ -453,7 +453,9 @@ async fn run<S>(
     let mut reader = reader::Reader::new(Arc::clone(&ctx), Arc::clone(&outbound));
     // A token in the upgrade is checked before the welcome, which then names the user.
     let refused = match (token, &ctx.auth) {
-        (Some(token), Some(auth)) => match auth.authenticate(&token).await {
+        // Boxed: needed once (it may wait for a JWKS fetch), so its state does not size the
+        // task for the connection's life.
+        (Some(token), Some(auth)) => match Box::pin(auth.authenticate(&token)).await {
             Ok(identity) => {
                 reader.authenticated(identity);
                 None

@@ -541,6 +541,11 @@ impl Reader {
             // Recorded even on failure: the hub may hold the subscription, and the session's
             // cleanup must find it.
             Ok(_) | Err(SubscribeError::SlowConsumer | SubscribeError::Closing) => {
+                if self.subscriptions.is_empty() {
+                    // Most connections follow one channel: room for one, not the four
+                    // a first push reserves (48 bytes per connection).
+                    self.subscriptions.reserve_exact(1);
+                }
                 self.subscriptions.push(hub.intern(&channel));
             }
             Err(SubscribeError::NeedRemote) => {
