@@ -82,7 +82,7 @@ fn hub_fanout(c: &mut Criterion) {
                 let mut total = Duration::ZERO;
                 for _ in 0..iterations {
                     let started = Instant::now();
-                    black_box(hub.publish(&channel, &data));
+                    black_box(hub.publish(&channel, &data).unwrap());
                     total += started.elapsed();
                     drain();
                 }

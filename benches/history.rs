@@ -37,7 +37,7 @@ fn lookup(c: &mut Criterion) {
         let data = format!("\"{}\"", "x".repeat(200));
         let mut offsets: Vec<Offset> = Vec::new();
         for _ in 0..size {
-            offsets.push(hub.publish(&channel, &data));
+            offsets.push(hub.publish(&channel, &data).unwrap());
         }
         // Resume from three quarters of the way back: the common "a few missed" case.
         let since = offsets[size / 4];

@@ -43,6 +43,7 @@ pub const QUEUE_BYTES: &str = "ws_outbound_queue_bytes";
 pub const SESSION_BUFFER_BYTES: &str = "ws_session_buffer_bytes";
 pub const PUBLISH_TO_ENQUEUE: &str = "ws_publish_to_enqueue_seconds";
 pub const HTTP_PUBLISH_DURATION: &str = "ws_http_publish_duration_seconds";
+pub const PUBLISHES_REFUSED: &str = "ws_publishes_refused_total";
 pub const HISTORY_BYTES: &str = "ws_history_bytes";
 pub const HISTORY_MESSAGES: &str = "ws_history_messages";
 pub const RESUMES: &str = "ws_resumes_total";
@@ -78,6 +79,8 @@ pub struct Metrics {
     pub publish_to_enqueue: Histogram,
     /// `POST /v1/publish`, from its head being read to its answer.
     pub http_publish_duration: Histogram,
+    /// Publishes refused because the channel's outbox was full.
+    pub publishes_refused_fanout_behind: Counter,
     pub resumes_recovered: Counter,
     pub resumes_not_recovered: Counter,
     pub bus_gaps: Counter,
@@ -94,6 +97,7 @@ impl Metrics {
             slow_consumer_closes: metrics::counter!(SLOW_CONSUMER_CLOSES),
             publish_to_enqueue: metrics::histogram!(PUBLISH_TO_ENQUEUE),
             http_publish_duration: metrics::histogram!(HTTP_PUBLISH_DURATION),
+            publishes_refused_fanout_behind: metrics::counter!(PUBLISHES_REFUSED, "reason" => "fanout_behind"),
             resumes_recovered: metrics::counter!(RESUMES, "recovered" => "true"),
             resumes_not_recovered: metrics::counter!(RESUMES, "recovered" => "false"),
             bus_gaps: metrics::counter!(BUS_GAPS),
@@ -315,6 +319,11 @@ fn describe() {
         PUBLISH_TO_ENQUEUE,
         Unit::Seconds,
         "Time from accepting a publish to the last subscriber enqueue (by a fan-out round)"
+    );
+    describe_counter!(
+        PUBLISHES_REFUSED,
+        "Publishes refused before being ordered, by reason (fanout_behind: the channel's \
+         outbox held a whole subscriber queue)"
     );
     describe_histogram!(
         HTTP_PUBLISH_DURATION,

@@ -118,8 +118,11 @@ impl Bus for LocalBus {
         channel: &'a ChannelName,
         data: &'a str,
     ) -> BusFuture<'a, Result<Offset, BusError>> {
-        let offset = self.hub.publish(channel, data);
-        Box::pin(std::future::ready(Ok(offset)))
+        let published = self
+            .hub
+            .publish(channel, data)
+            .map_err(|_| BusError::Unavailable("the channel's fan-out is behind; retry later"));
+        Box::pin(std::future::ready(published))
     }
 
     fn read_channel<'a>(

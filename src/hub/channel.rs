@@ -84,6 +84,8 @@ pub(super) struct Channel {
     pub(super) subscribed: usize,
     /// Messages ordered here and not yet taken by a fan-out round (see `fanout`).
     pub(super) outbox: Vec<Queued>,
+    /// The frames' bytes in `outbox`.
+    pub(super) outbox_bytes: usize,
     /// A round is running or about to: a publish only adds to the outbox.
     pub(super) round_scheduled: bool,
     /// Set when the channel was dropped from its shard; holders of a stale `Arc` must look it
@@ -115,6 +117,7 @@ impl Channel {
             history: VecDeque::new(),
             subscribed: 0,
             outbox: Vec::new(),
+            outbox_bytes: 0,
             round_scheduled: false,
             removed: false,
             synced,

@@ -114,6 +114,7 @@ fn run_rounds(slot: &Arc<Slot>, workers: Option<&Handle>, inline: bool) {
                 drop((state, subscribers));
                 return spawn_rounds(Arc::clone(slot), workers);
             }
+            state.outbox_bytes = 0;
             std::mem::take(&mut state.outbox)
         };
         let mut to_flush = Vec::new();

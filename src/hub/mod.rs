@@ -205,6 +205,11 @@ pub struct RemoteView {
     pub complete: bool,
 }
 
+/// A publish refused because the channel's fan-out is a whole queue behind its publishers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the channel's fan-out is behind its publishers; retry later")]
+pub struct FanoutBehind;
+
 /// Why a subscribe failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SubscribeError {
@@ -499,28 +504,46 @@ impl Hub {
     /// history and in the channel's outbox, and starts a fan-out round unless one is running
     /// (see `fanout`). Returns once the message is ordered; never waits on a subscriber, and
     /// for a large channel not on the fan-out either.
-    pub fn publish(&self, channel: &ChannelName, data: &str) -> Offset {
+    ///
+    /// # Errors
+    /// [`FanoutBehind`] when the channel's outbox already holds what one subscriber's queue
+    /// may (`limits.outbound_queue_messages` or `_bytes`): the rounds cannot keep up with
+    /// its publishers, and one more message would overflow every subscriber. Nothing was
+    /// published.
+    pub fn publish(&self, channel: &ChannelName, data: &str) -> Result<Offset, FanoutBehind> {
         let mut round = None;
-        let (offset, idle) = self.with_channel(channel, |state| {
-            let offset = state.next_offset();
-            let text = protocol::encode_message(channel, offset, data);
-            let data_start = u32::try_from(text.len() - data.len() - 1)
-                .expect("payload size is bounded by config far below 4 GiB");
-            let frame = Frame::from(text);
-            let now = Instant::now();
-            round = self.enqueue_round(state, offset, &frame, now);
-            state.remember(
-                Entry {
-                    seq: offset.seq,
-                    published_at: now,
-                    frame,
-                    data_start,
-                },
-                &self.history,
-                now,
-            );
-            (offset, state.is_idle())
-        });
+        let (offset, idle) = self
+            .with_channel(channel, |state| {
+                if state.subscribed > 0
+                    && (state.outbox.len() >= self.settings.queue_messages
+                        || state.outbox_bytes + data.len() > self.settings.queue_bytes)
+                {
+                    return Err(FanoutBehind);
+                }
+                let offset = state.next_offset();
+                let text = protocol::encode_message(channel, offset, data);
+                let data_start = u32::try_from(text.len() - data.len() - 1)
+                    .expect("payload size is bounded by config far below 4 GiB");
+                let frame = Frame::from(text);
+                let now = Instant::now();
+                round = self.enqueue_round(state, offset, &frame, now);
+                state.remember(
+                    Entry {
+                        seq: offset.seq,
+                        published_at: now,
+                        frame,
+                        data_start,
+                    },
+                    &self.history,
+                    now,
+                );
+                Ok((offset, state.is_idle()))
+            })
+            .inspect_err(|_| {
+                telemetry::metrics()
+                    .publishes_refused_fanout_behind
+                    .increment(1)
+            })?;
         if idle {
             // Nobody listens and history is off: nothing to keep.
             self.drop_if_idle(channel);
@@ -529,7 +552,7 @@ impl Hub {
             self.start_round(channel, subscribers);
         }
         telemetry::metrics().messages_published.increment(1);
-        offset
+        Ok(offset)
     }
 
     /// Puts a message ordered at `offset` in the channel's outbox. `Some(subscribers)` when
@@ -545,6 +568,7 @@ impl Hub {
             // A later subscriber skips everything up to its subscribe position anyway.
             return None;
         }
+        state.outbox_bytes += frame.len();
         state.outbox.push(Queued {
             offset,
             frame: frame.clone(),

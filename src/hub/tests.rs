@@ -36,14 +36,6 @@ impl Reader {
     fn try_iter(&self) -> impl Iterator<Item = Outgoing> + '_ {
         std::iter::from_fn(|| self.0.take())
     }
-
-    fn is_empty(&self) -> bool {
-        self.0.queued_messages() == 0
-    }
-
-    fn len(&self) -> usize {
-        self.0.queued_messages()
-    }
 }
 
 fn name(text: &str) -> ChannelName {
@@ -95,7 +87,7 @@ fn publish_reaches_every_subscriber_with_one_shared_frame() {
     hub.subscribe(&b, &news, None, None, reply).unwrap();
     drain(&a_rx);
     drain(&b_rx);
-    let offset = hub.publish(&news, r#"{"n":1}"#);
+    let offset = hub.publish(&news, r#"{"n":1}"#).unwrap();
     assert_eq!(offset.seq, 1);
     let frame_a = text(a_rx.try_recv().unwrap());
     let frame_b = text(b_rx.try_recv().unwrap());
@@ -108,16 +100,16 @@ fn publish_reaches_every_subscriber_with_one_shared_frame() {
 fn since_replays_exactly_the_missed_messages_then_goes_live() {
     let hub = hub_with(10, 64);
     let news = name("news");
-    let first = hub.publish(&news, "1");
-    hub.publish(&news, "2");
-    hub.publish(&news, "3");
+    let first = hub.publish(&news, "1").unwrap();
+    hub.publish(&news, "2").unwrap();
+    hub.publish(&news, "3").unwrap();
     let (conn, rx) = registered(&hub);
     let outcome = hub
         .subscribe(&conn, &news, Some(first), None, reply)
         .unwrap();
     assert_eq!(outcome.recovered, Some(true));
     assert_eq!(outcome.replayed, 2);
-    hub.publish(&news, "4");
+    hub.publish(&news, "4").unwrap();
     let frames = drain(&rx);
     assert!(frames[0].starts_with("subscribed"), "{frames:?}");
     assert_eq!(seqs(&frames), vec![2, 3, 4]);
@@ -127,7 +119,7 @@ fn since_replays_exactly_the_missed_messages_then_goes_live() {
 fn since_at_the_current_offset_is_recovered_with_nothing_to_replay() {
     let hub = hub_with(10, 64);
     let news = name("news");
-    let last = hub.publish(&news, "1");
+    let last = hub.publish(&news, "1").unwrap();
     let (conn, _rx) = registered(&hub);
     let outcome = hub
         .subscribe(&conn, &news, Some(last), None, reply)
@@ -139,9 +131,9 @@ fn since_at_the_current_offset_is_recovered_with_nothing_to_replay() {
 fn trimmed_foreign_or_future_offsets_are_not_recovered() {
     let hub = hub_with(3, 64);
     let news = name("news");
-    let first = hub.publish(&news, "1");
+    let first = hub.publish(&news, "1").unwrap();
     for n in 2..=5 {
-        hub.publish(&news, &n.to_string());
+        hub.publish(&news, &n.to_string()).unwrap();
     }
     let (conn, rx) = registered(&hub);
     let trimmed = hub
@@ -180,7 +172,7 @@ fn a_full_queue_closes_only_that_subscriber() {
     hub.subscribe(&slow, &news, None, None, reply).unwrap();
     hub.subscribe(&fast, &news, None, None, reply).unwrap();
     for n in 0..40 {
-        hub.publish(&news, &n.to_string());
+        hub.publish(&news, &n.to_string()).unwrap();
         drain(&fast_rx);
     }
     assert_eq!(slow.close_code(), Some(protocol::CloseCode::SlowConsumer));
@@ -209,7 +201,7 @@ fn the_byte_limit_also_closes_a_slow_consumer() {
     hub.subscribe(&conn, &news, None, None, reply).unwrap();
     let payload = format!("\"{}\"", "x".repeat(300));
     for _ in 0..4 {
-        hub.publish(&news, &payload);
+        hub.publish(&news, &payload).unwrap();
     }
     assert_eq!(conn.close_code(), Some(protocol::CloseCode::SlowConsumer));
 }
@@ -218,12 +210,12 @@ fn the_byte_limit_also_closes_a_slow_consumer() {
 async fn sweep_drops_idle_channels_and_a_new_instance_gets_a_new_epoch() {
     let hub = hub_with(10, 64);
     let news = name("news");
-    let old = hub.publish(&news, "1");
+    let old = hub.publish(&news, "1").unwrap();
     assert_eq!(hub.sweep(), 0, "history keeps the channel");
     tokio::time::advance(Duration::from_secs(3600)).await;
     assert_eq!(hub.sweep(), 1, "expired history frees it");
     assert_eq!(hub.snapshot().history_bytes, 0);
-    let new = hub.publish(&news, "2");
+    let new = hub.publish(&news, "2").unwrap();
     assert_ne!(old.epoch, new.epoch);
     assert_eq!(new.seq, 1);
 }
@@ -248,21 +240,21 @@ fn sweep_keeps_channels_with_subscribers() {
 fn channels_are_charged_what_they_hold_and_freed_when_empty() {
     let hub = hub_with(10, 64);
     let payload = "\"hello\"";
-    hub.publish(&name("a"), payload);
+    hub.publish(&name("a"), payload).unwrap();
     let one = hub.snapshot().history_bytes;
     assert!(
         one > channel::CHANNEL_OVERHEAD + 60,
         "a channel with one message is charged {one} bytes"
     );
     // A second channel costs the same again; a second message in the first costs less.
-    hub.publish(&name("b"), payload);
+    hub.publish(&name("b"), payload).unwrap();
     assert_eq!(hub.snapshot().history_bytes, 2 * one);
-    hub.publish(&name("a"), payload);
+    hub.publish(&name("a"), payload).unwrap();
     let three = hub.snapshot().history_bytes;
     assert!(three < 3 * one && three > 2 * one, "{three} vs {one}");
     // History off: a publish to a channel nobody follows keeps nothing.
     let no_history = hub_with(0, 64);
-    no_history.publish(&name("x"), payload);
+    no_history.publish(&name("x"), payload).unwrap();
     assert_eq!(no_history.snapshot().channels, 0);
     assert_eq!(no_history.snapshot().history_bytes, 0);
     // Unsubscribing the last subscriber of a channel without history drops it at once.
@@ -283,7 +275,8 @@ fn history_is_bounded_by_the_node_wide_budget() {
     });
     let payload = format!("\"{}\"", "y".repeat(500));
     for n in 0..20 {
-        hub.publish(&name(&format!("c{}", n % 3)), &payload);
+        hub.publish(&name(&format!("c{}", n % 3)), &payload)
+            .unwrap();
     }
     let snapshot = hub.snapshot();
     assert!(snapshot.history_bytes <= 4000, "{snapshot:?}");
@@ -295,7 +288,7 @@ fn history_reads_return_the_newest_or_those_after_since() {
     let hub = hub_with(10, 64);
     let news = name("news");
     let offsets: Vec<_> = (1..=5)
-        .map(|n| hub.publish(&news, &n.to_string()))
+        .map(|n| hub.publish(&news, &n.to_string()).unwrap())
         .collect();
     let newest = hub.history(&news, None, 2);
     let data: Vec<_> = newest
@@ -340,7 +333,7 @@ fn concurrent_publishers_keep_per_channel_order_for_every_subscriber() {
             let news = &news;
             scope.spawn(move || {
                 for n in 0..200 {
-                    hub.publish(news, &format!("[{publisher},{n}]"));
+                    hub.publish(news, &format!("[{publisher},{n}]")).unwrap();
                 }
             });
         }
@@ -368,11 +361,7 @@ fn remote_hub() -> HubHandle {
 const EPOCH: u64 = 0xabc;
 
 /// Registers a connection that subscribed without `since` through a bus read at `seq`.
-fn joined_at(
-    hub: &Hub,
-    channel: &ChannelName,
-    seq: u64,
-) -> (Arc<Outbound>, Reader) {
+fn joined_at(hub: &Hub, channel: &ChannelName, seq: u64) -> (Arc<Outbound>, Reader) {
     let (conn, rx) = registered(hub);
     let view = RemoteView {
         epoch: EPOCH,
@@ -766,7 +755,7 @@ mod lane {
     fn a_publisher_writes_to_an_idle_connection_itself() {
         let (hub, socket, conn, news) = subscribed(FlakySocket::new(8));
         for n in 0..3 {
-            hub.publish(&news, &format!("{n}"));
+            hub.publish(&news, &format!("{n}")).unwrap();
         }
         let frames = socket.frames();
         assert_eq!(frames.len(), 4, "the reply and three messages: {frames:?}");
@@ -780,10 +769,10 @@ mod lane {
         let (hub, socket, conn, news) = subscribed(FlakySocket::new(0));
         let (waker, woken) = counting_waker();
         conn.register_session(&Context::from_waker(&waker));
-        hub.publish(&news, "1");
+        hub.publish(&news, "1").unwrap();
         assert!(conn.session_writes(), "the socket took at most part of it");
         assert_eq!(woken.load(Ordering::SeqCst), 1);
-        hub.publish(&news, "2");
+        hub.publish(&news, "2").unwrap();
         assert_eq!(
             woken.load(Ordering::SeqCst),
             1,
@@ -864,8 +853,8 @@ mod lane {
     fn publishes_within_one_poll_reach_a_connection_in_one_write() {
         let (hub, socket, conn, news) = subscribed(FlakySocket::new(8));
         let publisher = FlushAfterPoll::new(std::future::poll_fn(|_| {
-            hub.publish(&news, "1");
-            hub.publish(&news, "2");
+            hub.publish(&news, "1").unwrap();
+            hub.publish(&news, "2").unwrap();
             assert_eq!(
                 conn.queued_messages(),
                 2,
@@ -1044,7 +1033,7 @@ mod rounds {
             let (hub, news) = (Arc::clone(&hub), news.clone());
             move || {
                 for n in 1..=MESSAGES {
-                    assert_eq!(hub.publish(&news, &n.to_string()).seq, n);
+                    assert_eq!(hub.publish(&news, &n.to_string()).unwrap().seq, n);
                     if n % 10 == 0 {
                         // Let joins interleave with rounds in flight.
                         std::thread::sleep(Duration::from_micros(100));
@@ -1091,6 +1080,50 @@ mod rounds {
         assert!(joins > 10, "joins raced the publisher ({joins})");
     }
 
+    /// A channel whose rounds cannot run refuses publishes once its outbox holds a whole
+    /// subscriber queue (nothing ordered, no offset taken), other channels go on, and once
+    /// the round ran the channel takes publishes again, every one delivered once, in order.
+    #[test]
+    fn a_full_outbox_refuses_publishes_until_its_round_ran() {
+        // A runtime nobody drives: spawned rounds wait until the test runs it.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let hub = runtime.block_on(async { hub_with(0, 8) });
+        let (hot, other) = (name("hot"), name("other"));
+        let readers: Vec<_> = (0..STABLE)
+            .map(|_| {
+                let (conn, rx) = registered(&hub);
+                hub.subscribe(&conn, &hot, None, None, reply).unwrap();
+                rx.try_recv().unwrap();
+                (conn, rx)
+            })
+            .collect();
+        let (bystander, bystander_rx) = registered(&hub);
+        hub.subscribe(&bystander, &other, None, None, reply)
+            .unwrap();
+        bystander_rx.try_recv().unwrap();
+        for n in 1..=8 {
+            assert_eq!(hub.publish(&hot, &n.to_string()).unwrap().seq, n);
+        }
+        assert_eq!(hub.publish(&hot, "9"), Err(FanoutBehind));
+        assert_eq!(hub.history(&hot, None, 0).offset.seq, 8, "no offset taken");
+        // Another channel (inline round) is not held up.
+        hub.publish(&other, "1").unwrap();
+        assert_eq!(seqs(&drain(&bystander_rx)), vec![1]);
+
+        runtime.block_on(tokio::task::yield_now());
+        for (_, rx) in &readers {
+            assert_eq!(seqs(&drain(rx)), (1..=8).collect::<Vec<u64>>());
+        }
+        assert_eq!(hub.publish(&hot, "9").unwrap().seq, 9);
+        runtime.block_on(tokio::task::yield_now());
+        for (conn, rx) in &readers {
+            assert_eq!(seqs(&drain(rx)), vec![9]);
+            assert!(!conn.is_closing());
+        }
+    }
+
     /// A subscriber that unsubscribed gets nothing published afterwards, and one whose queue
     /// overflowed is dropped by the round, the others unaffected.
     #[test]
@@ -1113,7 +1146,7 @@ mod rounds {
         hub.unsubscribe(leaver.conn_id(), &news);
         let (slow, _) = &subscribers[1];
         for n in 1..=6 {
-            hub.publish(&news, &n.to_string());
+            hub.publish(&news, &n.to_string()).unwrap();
         }
         // Readers keep up; the slow one never reads and its queue holds 8.
         let mut got = vec![Vec::new(); STABLE];
@@ -1127,7 +1160,7 @@ mod rounds {
             std::thread::sleep(Duration::from_millis(10));
         }
         for n in 7..=12 {
-            hub.publish(&news, &n.to_string());
+            hub.publish(&news, &n.to_string()).unwrap();
         }
         for round in 0.. {
             for (i, (_, rx)) in subscribers.iter().enumerate().skip(2) {
