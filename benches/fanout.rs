@@ -73,7 +73,7 @@ fn hub_fanout(c: &mut Criterion) {
                 while let Some(item) = outbound.take() {
                     black_box(item.into_wire());
                 }
-                assert!(outbound.release_session());
+                assert!(outbound.session_lane().release());
             }
         };
         drain();

@@ -30,7 +30,7 @@ use tokio::{runtime::Handle, time::Instant};
 use super::{
     ConnId, Frame, Outbound,
     channel::Channel,
-    flush::{FLUSH_CHUNK, FLUSH_INLINE, flush_all},
+    lane::{FLUSH_CHUNK, FLUSH_INLINE, flush_all},
     lock,
 };
 use crate::{protocol::Offset, telemetry};

@@ -20,9 +20,8 @@
 mod admission;
 mod channel;
 mod fanout;
-mod flush;
 mod frame;
-mod outbound;
+mod lane;
 
 use std::{
     collections::hash_map::{DefaultHasher, HashMap},
@@ -41,13 +40,15 @@ use smallvec::SmallVec;
 use tokio::time::Instant;
 
 pub use self::admission::{PendingSlot, PendingUpgrades};
-use self::flush::flush_all;
-pub use self::outbound::{ConnId, EnqueueError, Keepalive, Outbound, Outgoing, Wire};
+pub use self::frame::Frame;
+use self::lane::flush_all;
+pub use self::lane::{
+    ConnId, EnqueueError, FlushAfterPoll, Keepalive, Outbound, Outgoing, SessionLane, Wire,
+};
 use self::{
     channel::{Channel, Entry, HistoryPolicy},
     fanout::{Queued, Slot, Subscriber, start_round},
 };
-pub use self::{flush::FlushAfterPoll, frame::Frame};
 use crate::{
     protocol::{self, ChannelName, Offset},
     telemetry,

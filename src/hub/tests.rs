@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use super::*;
 
-fn hub_with(history_size: usize, queue_messages: usize) -> HubHandle {
+pub(super) fn hub_with(history_size: usize, queue_messages: usize) -> HubHandle {
     Hub::new(HubSettings {
         shards: 4,
         max_connections: 10,
@@ -19,50 +19,50 @@ fn hub_with(history_size: usize, queue_messages: usize) -> HubHandle {
 }
 
 /// A connection without a socket, and its queue as a session would read it.
-fn registered(hub: &Hub) -> (Arc<Outbound>, Reader) {
+pub(super) fn registered(hub: &Hub) -> (Arc<Outbound>, Reader) {
     let outbound = hub.register(None);
     let rx = Reader(Arc::clone(&outbound));
     (outbound, rx)
 }
 
 /// Reads a connection's queue as its session would.
-struct Reader(Arc<Outbound>);
+pub(super) struct Reader(Arc<Outbound>);
 
 impl Reader {
-    fn try_recv(&self) -> Result<Outgoing, &'static str> {
+    pub(super) fn try_recv(&self) -> Result<Outgoing, &'static str> {
         self.0.take().ok_or("empty")
     }
 
-    fn try_iter(&self) -> impl Iterator<Item = Outgoing> + '_ {
+    pub(super) fn try_iter(&self) -> impl Iterator<Item = Outgoing> + '_ {
         std::iter::from_fn(|| self.0.take())
     }
 }
 
-fn name(text: &str) -> ChannelName {
+pub(super) fn name(text: &str) -> ChannelName {
     ChannelName::parse(text, 64).unwrap()
 }
 
-fn reply(outcome: &Subscribed) -> Frame {
+pub(super) fn reply(outcome: &Subscribed) -> Frame {
     Frame::from(format!(
         "subscribed {} {:?}",
         outcome.offset, outcome.recovered
     ))
 }
 
-fn drain(rx: &Reader) -> Vec<String> {
+pub(super) fn drain(rx: &Reader) -> Vec<String> {
     rx.try_iter()
         .map(|item| text(item).json().to_owned())
         .collect()
 }
 
-fn text(item: Outgoing) -> Frame {
+pub(super) fn text(item: Outgoing) -> Frame {
     match item {
         Outgoing::Text(frame) => frame,
         Outgoing::Ping => panic!("expected a text frame, got a ping"),
     }
 }
 
-fn seqs(frames: &[String]) -> Vec<u64> {
+pub(super) fn seqs(frames: &[String]) -> Vec<u64> {
     frames
         .iter()
         .filter_map(|frame| serde_json::from_str::<serde_json::Value>(frame).ok())
@@ -600,400 +600,6 @@ async fn keepalive_pings_quiet_connections_and_closes_silent_ones() {
         Some(crate::protocol::CloseCode::IdleTimeout)
     );
     assert!(!chatty.is_closing(), "heard from 37 s ago");
-}
-
-/// The write lane: publishers write to the socket themselves, the session takes over when
-/// the socket is full, and nothing is lost, repeated, reordered or interleaved.
-mod lane {
-    use std::{
-        io::{self, IoSlice},
-        sync::{
-            Mutex,
-            atomic::{AtomicBool, AtomicU64},
-        },
-        task::{Context, Waker},
-        thread,
-    };
-
-    use super::*;
-
-    /// A socket that takes all, part or none of each write, by a seeded generator, and fails
-    /// the test if two writers ever overlap.
-    #[derive(Debug)]
-    struct FlakySocket {
-        received: Mutex<Vec<u8>>,
-        writing: AtomicBool,
-        seed: AtomicU64,
-        /// `try_write_vectored` calls.
-        writes: AtomicUsize,
-        /// Out of 8 writes, how many are taken whole (the rest: part, or nothing).
-        whole_in_8: u64,
-    }
-
-    impl FlakySocket {
-        fn new(whole_in_8: u64) -> Arc<Self> {
-            Arc::new(Self {
-                received: Mutex::new(Vec::new()),
-                writing: AtomicBool::new(false),
-                seed: AtomicU64::new(0x9e37_79b9_7f4a_7c15),
-                writes: AtomicUsize::new(0),
-                whole_in_8,
-            })
-        }
-
-        fn next(&self) -> u64 {
-            // xorshift: a reproducible mix of outcomes across threads.
-            let mut x = self.seed.load(Ordering::Relaxed);
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            self.seed.store(x, Ordering::Relaxed);
-            x
-        }
-
-        /// What a session writes once it holds the lane: blocking, so all of it.
-        fn write_all(&self, bytes: &[u8]) {
-            assert!(
-                !self.writing.swap(true, Ordering::SeqCst),
-                "two writers at once"
-            );
-            self.received.lock().unwrap().extend_from_slice(bytes);
-            self.writing.store(false, Ordering::SeqCst);
-        }
-
-        /// The text frames received, in order.
-        fn frames(&self) -> Vec<String> {
-            let received = self.received.lock().unwrap();
-            let mut frames = Vec::new();
-            let mut at = 0;
-            while at < received.len() {
-                assert_eq!(received[at], 0x81, "a text frame starts at byte {at}");
-                let len = usize::from(received[at + 1]);
-                frames.push(String::from_utf8(received[at + 2..at + 2 + len].to_vec()).unwrap());
-                at += 2 + len;
-            }
-            frames
-        }
-    }
-
-    impl Wire for FlakySocket {
-        fn try_write_vectored(&self, buffers: &[IoSlice<'_>]) -> io::Result<usize> {
-            assert!(
-                !self.writing.swap(true, Ordering::SeqCst),
-                "two writers at once"
-            );
-            self.writes.fetch_add(1, Ordering::SeqCst);
-            let total: usize = buffers.iter().map(|buffer| buffer.len()).sum();
-            let roll = self.next();
-            let take = if roll % 8 < self.whole_in_8 {
-                total
-            } else {
-                usize::try_from(roll >> 8).unwrap() % total
-            };
-            let mut received = self.received.lock().unwrap();
-            let mut left = take;
-            for buffer in buffers {
-                let n = left.min(buffer.len());
-                received.extend_from_slice(&buffer[..n]);
-                left -= n;
-            }
-            drop(received);
-            self.writing.store(false, Ordering::SeqCst);
-            if take == 0 {
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
-            Ok(take)
-        }
-    }
-
-    fn hub() -> HubHandle {
-        Hub::new(HubSettings {
-            shards: 4,
-            max_connections: 10,
-            max_pending_upgrades: 1024,
-            max_pending_upgrades_per_ip: 1024,
-            max_subscriptions_per_connection: 8,
-            queue_messages: 1 << 16,
-            queue_bytes: 1 << 24,
-            history_size: 0,
-            history_ttl: Duration::from_secs(60),
-            history_max_bytes: 0,
-            remote: false,
-        })
-    }
-
-    /// The session's part, as `session::writer` plays it: while it holds the lane, write what
-    /// a flusher left, then the queue, then give the lane back.
-    fn play_session(outbound: &Outbound, socket: &FlakySocket) {
-        while outbound.session_writes() {
-            for rest in outbound.take_handoff() {
-                socket.write_all(&rest);
-            }
-            outbound.take_while(|bytes| {
-                socket.write_all(&bytes);
-                true
-            });
-            if outbound.release_session() {
-                break;
-            }
-        }
-    }
-
-    /// A connection on `socket`, subscribed to "news", its `subscribed` reply written.
-    fn subscribed(
-        socket: Arc<FlakySocket>,
-    ) -> (HubHandle, Arc<FlakySocket>, Arc<Outbound>, ChannelName) {
-        let hub = hub();
-        let conn = hub.register(Some(Arc::clone(&socket) as Arc<dyn Wire>));
-        let news = name("news");
-        hub.subscribe(&conn, &news, None, None, reply).unwrap();
-        play_session(&conn, &socket);
-        (hub, socket, conn, news)
-    }
-
-    #[test]
-    fn a_publisher_writes_to_an_idle_connection_itself() {
-        let (hub, socket, conn, news) = subscribed(FlakySocket::new(8));
-        for n in 0..3 {
-            hub.publish(&news, &format!("{n}")).unwrap();
-        }
-        let frames = socket.frames();
-        assert_eq!(frames.len(), 4, "the reply and three messages: {frames:?}");
-        assert_eq!(seqs(&frames[1..]), [1, 2, 3]);
-        assert_eq!(conn.queued_messages(), 0);
-        assert!(!conn.session_writes(), "the session was not needed");
-    }
-
-    #[test]
-    fn a_full_socket_hands_the_rest_to_the_session_and_wakes_it() {
-        let (hub, socket, conn, news) = subscribed(FlakySocket::new(0));
-        let (waker, woken) = counting_waker();
-        conn.register_session(&Context::from_waker(&waker));
-        hub.publish(&news, "1").unwrap();
-        assert!(conn.session_writes(), "the socket took at most part of it");
-        assert_eq!(woken.load(Ordering::SeqCst), 1);
-        hub.publish(&news, "2").unwrap();
-        assert_eq!(
-            woken.load(Ordering::SeqCst),
-            1,
-            "the session already has it"
-        );
-        play_session(&conn, &socket);
-        let frames = socket.frames();
-        assert_eq!(seqs(&frames[1..]), [1, 2]);
-    }
-
-    #[test]
-    fn the_session_waits_for_a_flusher_before_writing_its_own_frames() {
-        let hub = hub();
-        let socket = FlakySocket::new(8);
-        let conn = hub.register(Some(Arc::clone(&socket) as Arc<dyn Wire>));
-        let (waker, woken) = counting_waker();
-        let cx = Context::from_waker(&waker);
-        assert!(
-            conn.enqueue(&Frame::text("{}")).unwrap(),
-            "an idle lane is claimed"
-        );
-        assert!(conn.poll_claim_for_session(&cx).is_pending());
-        conn.flush();
-        assert_eq!(woken.load(Ordering::SeqCst), 1, "the flusher handed over");
-        assert!(conn.session_writes());
-        assert!(conn.poll_claim_for_session(&cx).is_ready());
-        assert!(conn.release_session());
-        assert_eq!(socket.frames(), ["{}"]);
-    }
-
-    /// A socket that takes everything; during its first write, another frame is enqueued
-    /// (as a publisher on another thread would, finding the lane taken).
-    #[derive(Debug, Default)]
-    struct RacingSocket {
-        conn: std::sync::OnceLock<std::sync::Weak<Outbound>>,
-        writes: AtomicUsize,
-        received: Mutex<Vec<u8>>,
-    }
-
-    impl Wire for RacingSocket {
-        fn try_write_vectored(&self, buffers: &[IoSlice<'_>]) -> io::Result<usize> {
-            if self.writes.fetch_add(1, Ordering::SeqCst) == 0 {
-                let conn = self.conn.get().unwrap().upgrade().unwrap();
-                assert!(
-                    !conn.enqueue(&Frame::text("late")).unwrap(),
-                    "the lane is taken"
-                );
-            }
-            let mut received = self.received.lock().unwrap();
-            for buffer in buffers {
-                received.extend_from_slice(buffer);
-            }
-            Ok(buffers.iter().map(|buffer| buffer.len()).sum())
-        }
-    }
-
-    #[test]
-    fn a_frame_enqueued_while_the_flusher_writes_is_flushed_too() {
-        let hub = hub();
-        let socket = Arc::new(RacingSocket::default());
-        let conn = hub.register(Some(Arc::clone(&socket) as Arc<dyn Wire>));
-        socket.conn.set(Arc::downgrade(&conn)).unwrap();
-        assert!(conn.enqueue(&Frame::text("first")).unwrap());
-        conn.flush();
-        assert_eq!(socket.writes.load(Ordering::SeqCst), 2);
-        assert_eq!(
-            conn.queued_messages(),
-            0,
-            "the late frame was left in the queue"
-        );
-        assert_eq!(
-            &socket.received.lock().unwrap()[..],
-            b"\x81\x05first\x81\x04late"
-        );
-    }
-
-    #[test]
-    fn publishes_within_one_poll_reach_a_connection_in_one_write() {
-        let (hub, socket, conn, news) = subscribed(FlakySocket::new(8));
-        let publisher = FlushAfterPoll::new(std::future::poll_fn(|_| {
-            hub.publish(&news, "1").unwrap();
-            hub.publish(&news, "2").unwrap();
-            assert_eq!(
-                conn.queued_messages(),
-                2,
-                "nothing is written during the poll"
-            );
-            std::task::Poll::Ready(())
-        }));
-        futures_util::FutureExt::now_or_never(publisher).unwrap();
-        assert_eq!(conn.queued_messages(), 0);
-        assert_eq!(
-            socket.writes.load(Ordering::SeqCst),
-            1,
-            "both frames in one writev"
-        );
-        assert_eq!(seqs(&socket.frames()[1..]), [1, 2]);
-    }
-
-    /// 150 frames queued behind a claimed lane, then flushed into `socket`.
-    fn deep_queue(socket: &Arc<FlakySocket>) -> Arc<Outbound> {
-        let conn = hub().register(Some(Arc::clone(socket) as Arc<dyn Wire>));
-        for n in 0..150 {
-            let claimed = conn.enqueue(&Frame::text(&n.to_string())).unwrap();
-            assert_eq!(claimed, n == 0, "only the first enqueue claims the lane");
-        }
-        conn.flush();
-        conn
-    }
-
-    #[test]
-    fn a_deep_queue_is_written_in_batches_and_leaves_nothing_counted() {
-        let socket = FlakySocket::new(8);
-        let conn = deep_queue(&socket);
-        assert_eq!(
-            socket.writes.load(Ordering::SeqCst),
-            3,
-            "64 + 64 + 22 frames"
-        );
-        let expected: Vec<String> = (0..150).map(|n| n.to_string()).collect();
-        assert_eq!(socket.frames(), expected);
-        assert_eq!((conn.queued_messages(), conn.queued_bytes()), (0, 0));
-        assert!(!conn.session_writes());
-    }
-
-    #[test]
-    fn a_deep_queue_on_a_full_socket_goes_to_the_session_whole_and_in_order() {
-        let socket = FlakySocket::new(0);
-        let conn = deep_queue(&socket);
-        assert_eq!(socket.writes.load(Ordering::SeqCst), 1);
-        assert!(conn.session_writes(), "the socket took at most part of it");
-        assert_eq!(
-            (conn.queued_messages(), conn.queued_bytes()),
-            (0, 0),
-            "what the flusher took is the session's hand-off, not queued"
-        );
-        play_session(&conn, &socket);
-        let expected: Vec<String> = (0..150).map(|n| n.to_string()).collect();
-        assert_eq!(socket.frames(), expected);
-    }
-
-    /// Publishers on several threads, a socket that often takes part or nothing, and a
-    /// session taking over: every frame arrives once, each publisher's in order, never
-    /// interleaved, and none is left in the queue when the publishers stop. Many short
-    /// rounds, because a frame is most easily stranded at the end of a burst.
-    #[test]
-    fn concurrent_publishers_and_a_flaky_socket_lose_and_reorder_nothing() {
-        const THREADS: usize = 3;
-        const ROUNDS: usize = 1_000;
-        const PER_ROUND: usize = 4;
-        let hub = hub();
-        let socket = FlakySocket::new(5);
-        let conn = hub.register(Some(Arc::clone(&socket) as Arc<dyn Wire>));
-        for round in 0..ROUNDS {
-            let barrier = std::sync::Barrier::new(THREADS);
-            let stop = AtomicBool::new(false);
-            thread::scope(|scope| {
-                let publishers: Vec<_> = (0..THREADS)
-                    .map(|thread| {
-                        let (conn, barrier) = (&conn, &barrier);
-                        scope.spawn(move || {
-                            barrier.wait();
-                            for n in 0..PER_ROUND {
-                                let n = round * PER_ROUND + n;
-                                if conn
-                                    .enqueue(&Frame::text(&format!("{thread}:{n}")))
-                                    .unwrap()
-                                {
-                                    conn.flush();
-                                }
-                            }
-                        })
-                    })
-                    .collect();
-                scope.spawn(|| {
-                    while !stop.load(Ordering::SeqCst) {
-                        play_session(&conn, &socket);
-                        thread::yield_now();
-                    }
-                });
-                let results: Vec<_> = publishers.into_iter().map(|p| p.join()).collect();
-                stop.store(true, Ordering::SeqCst);
-                for result in results {
-                    result.unwrap();
-                }
-            });
-            // Only a lane handed to the session may hold frames now; an idle lane with frames
-            // queued means nobody will ever write them.
-            play_session(&conn, &socket);
-            assert_eq!(
-                conn.queued_messages(),
-                0,
-                "a frame stranded in round {round}"
-            );
-            assert!(!conn.session_writes());
-        }
-        let frames = socket.frames();
-        assert_eq!(frames.len(), THREADS * ROUNDS * PER_ROUND);
-        let mut next = [0_usize; THREADS];
-        for frame in frames {
-            let (thread, n) = frame.split_once(':').unwrap();
-            let thread: usize = thread.parse().unwrap();
-            assert_eq!(
-                n.parse::<usize>().unwrap(),
-                next[thread],
-                "publisher {thread}"
-            );
-            next[thread] += 1;
-        }
-    }
-
-    fn counting_waker() -> (Waker, Arc<AtomicUsize>) {
-        struct Count(Arc<AtomicUsize>);
-        impl std::task::Wake for Count {
-            fn wake(self: Arc<Self>) {
-                self.0.fetch_add(1, Ordering::SeqCst);
-            }
-        }
-        let count = Arc::new(AtomicUsize::new(0));
-        (Waker::from(Arc::new(Count(Arc::clone(&count)))), count)
-    }
 }
 
 /// Fan-out rounds (`fanout`): a large channel's deliveries run in tasks on the workers, after

@@ -4,7 +4,7 @@
 //! delivery copies nothing in user space. The session's own frames (pongs, the close frame)
 //! are small buffers of their own.
 //!
-//! The session writes only while it holds its connection's lane (see `hub::outbound`), and
+//! The session writes only while it holds its connection's lane (see `hub::lane`), and
 //! takes from its queue only while the unwritten bytes here are under the high-water mark,
 //! so a client that does not read fills its outbound queue (and is closed as a slow
 //! consumer) instead of this buffer.
@@ -101,7 +101,7 @@ impl<S: AsyncWrite + Unpin> Coalesce<S> {
             return Poll::Ready(Ok(()));
         }
         if let Some(lane) = &self.lane {
-            ready!(lane.poll_claim_for_session(cx));
+            ready!(lane.session_lane().poll_claim(cx));
         }
         while !self.pending.is_empty() {
             let mut slices = [IoSlice::new(&[]); MAX_SLICES];

@@ -61,7 +61,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     // Registered before the checks, so a close or a hand-over between the two wakes us.
-    outbound.register_session(cx);
+    outbound.session_lane().register(cx);
     if outbound.is_closing() {
         return Poll::Ready(Event::Closed);
     }
@@ -243,7 +243,7 @@ impl Reader {
     /// One task per connection: it waits on the close signal, the write side (when it holds
     /// the lane) and the next inbound frame in one hand-written poll, so an idle connection
     /// costs one task's state, not two. Deliveries to a reading client do not wake it at
-    /// all: publishers write them (see `hub::outbound`).
+    /// all: publishers write them (see `hub::lane`).
     pub(super) async fn run<S>(&mut self, socket: &mut Socket<S>) -> End
     where
         S: AsyncRead + AsyncWrite + Unpin,

@@ -34,12 +34,12 @@ pub(super) fn poll_write<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    if socket.owes_pong() && !outbound.session_writes() {
+    if socket.owes_pong() && !outbound.session_lane().writes() {
         // Pending while a flusher writes; it hands the lane over when done and wakes us.
-        ready!(outbound.poll_claim_for_session(cx));
+        ready!(outbound.session_lane().poll_claim(cx));
     }
-    while outbound.session_writes() {
-        for rest in outbound.take_handoff() {
+    while outbound.session_lane().writes() {
+        for rest in outbound.session_lane().take_handoff() {
             socket.stream.push(rest);
         }
         if socket.stream.has_room() {
@@ -47,7 +47,7 @@ where
                 socket.stream.push(pong);
             }
             let stream = &mut socket.stream;
-            outbound.take_while(|bytes| {
+            outbound.session_lane().take_while(|bytes| {
                 stream.push(bytes);
                 stream.has_room()
             });
@@ -55,7 +55,10 @@ where
         if let Err(err) = ready!(socket.stream.poll_write_out(cx)) {
             return Poll::Ready(err);
         }
-        if outbound.queued_messages() == 0 && !socket.owes_pong() && outbound.release_session() {
+        if outbound.queued_messages() == 0
+            && !socket.owes_pong()
+            && outbound.session_lane().release()
+        {
             break;
         }
     }
@@ -77,14 +80,14 @@ pub(super) async fn write_final<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    poll_fn(|cx| outbound.poll_claim_for_session(cx)).await;
-    for rest in outbound.take_handoff() {
+    poll_fn(|cx| outbound.session_lane().poll_claim(cx)).await;
+    for rest in outbound.session_lane().take_handoff() {
         socket.stream.push(rest);
     }
     if flush_queue {
         loop {
             let stream = &mut socket.stream;
-            outbound.take_while(|bytes| {
+            outbound.session_lane().take_while(|bytes| {
                 stream.push(bytes);
                 stream.has_room()
             });

@@ -1,42 +1,19 @@
-//! One connection's outbound side as the hub sees it: a bounded queue, who may write it to
-//! the socket (the lane), and a close signal.
-//!
-//! # The write lane
-//!
-//! Whoever enqueues into an idle connection writes the queue out itself, without waking the
-//! connection's task: a publisher (after releasing the channel lock) or the keepalive sweep
-//! calls [`Outbound::flush`], which hands everything queued to the socket in one non-blocking
-//! vectored write (one per 64 frames) through the connection's [`Wire`]. Only when the
-//! socket is full (or the connection has no `Wire`, or is closing) is the session task woken
-//! to take over and wait for room. So a delivery to a reading client costs a queue push and
-//! a share of one `writev`, not a task wakeup and poll.
-//!
-//! `lane` says who may write, so that bytes never interleave and frames leave in queue order:
-//! - `IDLE`: nobody; the queue is empty or about to be flushed by whoever claims the lane.
-//! - `FLUSHING`: one flusher (any thread) is writing; later enqueuers leave it to it.
-//! - `SESSION`: the session task writes (socket full, its own frames, closing); it releases
-//!   the lane once everything is written. `WANT` on top of `FLUSHING` asks the flusher to
-//!   hand over when done, for the session's own frames (pongs, the close frame).
-//!
-//! Both releases re-check the queue after a `SeqCst` fence, and both claims come after a
-//! push, so an enqueue racing a release is always flushed by one side or the other.
+//! One connection's outbound side as the hub sees it: a bounded queue, the write lane's
+//! state (see the module doc of `lane`), and a close signal.
 
 use std::{
     collections::VecDeque,
     io::{self, IoSlice},
-    iter,
     sync::{
         Arc, Mutex, PoisonError,
         atomic::{self, AtomicU8, AtomicU16, AtomicU64, AtomicUsize, Ordering},
     },
-    task::{Context, Poll},
 };
 
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
-use smallvec::SmallVec;
 
-use super::Frame;
+use super::{super::Frame, SessionLane};
 use crate::{protocol::CloseCode, telemetry};
 
 /// A connection's socket as a flusher writes it: non-blocking, from any thread, through a
@@ -50,17 +27,17 @@ pub trait Wire: Send + Sync + std::fmt::Debug {
 }
 
 /// Lane states (see the module doc).
-const IDLE: u8 = 0;
-const FLUSHING: u8 = 1;
-const SESSION: u8 = 2;
+pub(super) const IDLE: u8 = 0;
+pub(super) const FLUSHING: u8 = 1;
+pub(super) const SESSION: u8 = 2;
 /// Set on `FLUSHING` by a session waiting to write its own frames.
-const WANT: u8 = 4;
+pub(super) const WANT: u8 = 4;
 
 /// Buffers one flush hands to one `writev` at most.
-const MAX_SLICES: usize = 64;
+pub(super) const MAX_SLICES: usize = 64;
 /// Times one flush takes the queue before leaving the rest to the session task, so a
 /// connection whose queue keeps refilling does not hold a publisher's thread.
-const MAX_FLUSH_ROUNDS: usize = 4;
+pub(super) const MAX_FLUSH_ROUNDS: usize = 4;
 
 /// An unmasked WebSocket ping with no payload (RFC 6455 section 5.5.2).
 const PING_FRAME: &[u8] = &[0x89, 0x00];
@@ -94,12 +71,6 @@ impl Outgoing {
     }
 }
 
-/// What one flush took off the queue.
-enum Taken {
-    One(Outgoing),
-    All(VecDeque<Outgoing>),
-}
-
 /// What [`Outbound::keepalive`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Keepalive {
@@ -120,41 +91,41 @@ pub enum Keepalive {
 /// Shared (`Arc`) between the hub's subscriber lists, the connection registry and the session.
 #[derive(Debug)]
 pub struct Outbound {
-    conn_id: ConnId,
+    pub(super) conn_id: ConnId,
     /// Frames in order, at most `max_messages`. A plain locked deque rather than a channel:
     /// nobody waits on it (the lane and `session` do the waking), and inline it saves the
     /// channel's own allocation on every connection (a flume channel cost 2.23 KiB per idle
     /// connection against this one's figure in docs/performance.md).
-    queue: Mutex<VecDeque<Outgoing>>,
-    max_messages: usize,
+    pub(super) queue: Mutex<VecDeque<Outgoing>>,
+    pub(super) max_messages: usize,
     /// Who may write to the socket (see the module doc).
-    lane: AtomicU8,
+    pub(super) lane: AtomicU8,
     /// The socket, for flushers; `None` leaves every write to the session task.
-    wire: Option<Arc<dyn Wire>>,
+    pub(super) wire: Option<Arc<dyn Wire>>,
     /// What a flusher took off the queue but the socket did not take (the first buffer may
     /// be the unwritten end of a frame): the session writes it before anything else. Empty
     /// (no allocation) unless a socket filled up mid-flush.
-    handoff: Mutex<Vec<Bytes>>,
+    pub(super) handoff: Mutex<Vec<Bytes>>,
     /// Bytes enqueued and not yet taken by the session's write side.
-    queued_bytes: AtomicUsize,
+    pub(super) queued_bytes: AtomicUsize,
     /// Bytes the session holds for this connection outside the queue (read buffer, a message
     /// being assembled, bytes taken off the queue and not yet written), as it last reported.
-    session_bytes: AtomicUsize,
-    max_bytes: usize,
+    pub(super) session_bytes: AtomicUsize,
+    pub(super) max_bytes: usize,
     /// `CloseCode::index()` of the first close requested, or `OPEN`.
-    close_code: AtomicU16,
+    pub(super) close_code: AtomicU16,
     /// The session task, woken when a close is requested or the lane is handed to it.
     /// Inline rather than a cancellation token: one allocation less per connection.
-    session: AtomicWaker,
+    pub(super) session: AtomicWaker,
     /// When the client was last heard from, in hub clock milliseconds.
-    last_seen_ms: AtomicU64,
+    pub(super) last_seen_ms: AtomicU64,
     /// When the keepalive sweep last enqueued a ping, in hub clock milliseconds.
-    last_ping_ms: AtomicU64,
+    pub(super) last_ping_ms: AtomicU64,
     /// When the connection must be closed unless the session moves it (token expiry, or the
     /// time to authenticate), in hub clock milliseconds; 0: never.
-    deadline_ms: AtomicU64,
+    pub(super) deadline_ms: AtomicU64,
     /// `CloseCode::index()` to close with at the deadline.
-    deadline_code: AtomicU16,
+    pub(super) deadline_code: AtomicU16,
 }
 
 /// Why a frame was not enqueued.
@@ -167,7 +138,13 @@ pub enum EnqueueError {
 }
 
 impl Outbound {
-    pub(super) fn new(
+    /// The session task's side of the lane.
+    #[must_use]
+    pub fn session_lane(&self) -> SessionLane<'_> {
+        SessionLane(self)
+    }
+
+    pub(in crate::hub) fn new(
         conn_id: ConnId,
         wire: Option<Arc<dyn Wire>>,
         max_messages: usize,
@@ -225,7 +202,7 @@ impl Outbound {
 
     /// Moves the lane from `IDLE` to `to`; whether this call did. Called after a push: the
     /// fence pairs with the one in the releases (see the module doc).
-    fn claim(&self, to: u8) -> bool {
+    pub(super) fn claim(&self, to: u8) -> bool {
         atomic::fence(Ordering::SeqCst);
         self.lane.load(Ordering::SeqCst) == IDLE
             && self
@@ -264,11 +241,11 @@ impl Outbound {
         true
     }
 
-    fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Outgoing>> {
+    pub(super) fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Outgoing>> {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn queue_is_empty(&self) -> bool {
+    pub(super) fn queue_is_empty(&self) -> bool {
         self.queue().is_empty()
     }
 
@@ -324,233 +301,17 @@ impl Outbound {
         Some(item)
     }
 
-    /// For the session holding the lane: moves queued frames to `push` until it returns
-    /// `false` (no more room) or the queue is empty. A queue this call found empty after
-    /// taking frames gives its buffer up too (with whatever was enqueued meanwhile), so a
-    /// backlog's capacity is not kept for the connection's life. (A backlog is taken in
-    /// several calls, as room allows, and the last may take a single frame; the session's
-    /// own replies pay one small allocation each for that.)
-    pub fn take_while(&self, mut push: impl FnMut(Bytes) -> bool) {
-        let mut n_taken = 0;
-        loop {
-            let next = {
-                let mut queue = self.queue();
-                let next = queue.pop_front();
-                if next.is_none() && n_taken > 0 {
-                    *queue = VecDeque::new();
-                }
-                next
-            };
-            let Some(item) = next else {
-                return;
-            };
-            self.taken(&item);
-            n_taken += 1;
-            if !push(item.into_wire()) {
-                return;
-            }
-        }
-    }
-
     /// Accounts for `item` leaving the queue.
-    fn taken(&self, item: &Outgoing) {
+    pub(super) fn taken(&self, item: &Outgoing) {
         if let Outgoing::Text(frame) = item {
             self.queued_bytes.fetch_sub(frame.len(), Ordering::Relaxed);
         }
     }
 
-    /// Writes the queue to the socket; call it after [`Outbound::enqueue`] or
-    /// [`Keepalive::Pinged`] said so, and from no other place. Never waits: what the socket
-    /// does not take now, and everything once the connection is closing, is handed to the
-    /// session task, which waits for room.
-    pub fn flush(&self) {
-        debug_assert_eq!(self.lane.load(Ordering::Relaxed) & !WANT, FLUSHING);
-        let Some(wire) = &self.wire else {
-            return self.hand_over();
-        };
-        for _ in 0..MAX_FLUSH_ROUNDS {
-            if self.is_closing() {
-                break;
-            }
-            let taken = {
-                let mut queue = self.queue();
-                match queue.len() {
-                    0 => None,
-                    // One frame: the queue keeps its buffer for the next.
-                    1 => queue.pop_front().map(Taken::One),
-                    // More: the whole queue, buffer and all, so a queue that was deep keeps
-                    // no capacity once it drains.
-                    _ => Some(Taken::All(std::mem::take(&mut *queue))),
-                }
-            };
-            let complete = match taken {
-                None => true,
-                Some(Taken::One(only)) => self.write_all(wire.as_ref(), &mut iter::once(only)),
-                Some(Taken::All(all)) => self.write_all(wire.as_ref(), &mut all.into_iter()),
-            };
-            if !complete {
-                return self.hand_over();
-            }
-            if self.release_flusher() {
-                return;
-            }
-        }
-        self.hand_over();
-    }
-
-    /// Writes `queued` (just taken off the queue) with one non-blocking `writev` per
-    /// [`MAX_SLICES`] frames; whether the socket took all of it. What it did not take is
-    /// kept for the session.
-    fn write_all(&self, wire: &dyn Wire, queued: &mut impl Iterator<Item = Outgoing>) -> bool {
-        loop {
-            // On the stack, and only as many as there are: most flushes write one frame.
-            let mut batch = SmallVec::<[Bytes; MAX_SLICES]>::new();
-            let mut text_bytes = 0;
-            for item in queued.by_ref().take(MAX_SLICES) {
-                if let Outgoing::Text(frame) = &item {
-                    text_bytes += frame.len();
-                }
-                batch.push(item.into_wire());
-            }
-            if batch.is_empty() {
-                return true;
-            }
-            self.queued_bytes.fetch_sub(text_bytes, Ordering::Relaxed);
-            let Some(written) = self.write(wire, &batch) else {
-                return false;
-            };
-            if written < batch.iter().map(Bytes::len).sum() {
-                self.keep_unwritten(&batch, written, queued);
-                return false;
-            }
-        }
-    }
-
-    /// One non-blocking `writev` of `buffers`: the bytes the socket took, or `None` when the
-    /// connection broke (it is then aborted).
-    fn write(&self, wire: &dyn Wire, buffers: &[Bytes]) -> Option<usize> {
-        let result = if let [only] = buffers {
-            wire.try_write_vectored(&[IoSlice::new(only)])
-        } else {
-            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
-            for (slice, buffer) in slices.iter_mut().zip(buffers) {
-                *slice = IoSlice::new(buffer);
-            }
-            wire.try_write_vectored(&slices[..buffers.len()])
-        };
-        match result {
-            Ok(written) => {
-                telemetry::metrics().bytes_sent.increment(written as u64);
-                Some(written)
-            }
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => Some(0),
-            Err(err) => {
-                tracing::debug!(conn_id = self.conn_id, error = %err, "Write failed");
-                self.abort();
-                None
-            }
-        }
-    }
-
-    /// A flusher found the queue empty: gives the lane up (or to a session that asked for
-    /// it). `false` when the queue filled meanwhile and the flusher must go on.
-    fn release_flusher(&self) -> bool {
-        if self
-            .lane
-            .compare_exchange(FLUSHING, IDLE, Ordering::SeqCst, Ordering::SeqCst)
-            .is_err()
-        {
-            // The session asked for the lane.
-            self.hand_over();
-            return true;
-        }
-        atomic::fence(Ordering::SeqCst);
-        self.queue_is_empty() || !self.claim(FLUSHING)
-    }
-
-    /// Keeps what `written` bytes into `buffers` left unwritten, and the rest of what was
-    /// taken off the queue, for the session.
-    fn keep_unwritten(
-        &self,
-        buffers: &[Bytes],
-        mut written: usize,
-        rest: &mut impl Iterator<Item = Outgoing>,
-    ) {
-        let mut handoff = self.handoff.lock().unwrap_or_else(PoisonError::into_inner);
-        for buffer in buffers {
-            if written >= buffer.len() {
-                written -= buffer.len();
-                continue;
-            }
-            handoff.push(buffer.slice(written..));
-            written = 0;
-        }
-        for item in rest {
-            self.taken(&item);
-            handoff.push(item.into_wire());
-        }
-    }
-
     /// Gives the lane to the session task and wakes it.
-    fn hand_over(&self) {
+    pub(super) fn hand_over(&self) {
         self.lane.store(SESSION, Ordering::SeqCst);
         self.session.wake();
-    }
-
-    /// For the session task: registers it to be woken by a close request or a hand-over.
-    /// Call it at the start of every poll, before looking at the state it reports.
-    pub fn register_session(&self, cx: &Context<'_>) {
-        self.session.register(cx.waker());
-    }
-
-    /// For the session task: whether it holds the lane and must write the queue.
-    #[must_use]
-    pub fn session_writes(&self) -> bool {
-        self.lane.load(Ordering::SeqCst) == SESSION
-    }
-
-    /// For the session task, before it writes frames of its own (pongs, the close frame):
-    /// ready once it holds the lane. Pending while a flusher writes; the flusher hands over
-    /// when done and wakes `cx`.
-    pub fn poll_claim_for_session(&self, cx: &Context<'_>) -> Poll<()> {
-        loop {
-            match self.lane.load(Ordering::SeqCst) {
-                SESSION => return Poll::Ready(()),
-                IDLE => {
-                    if self.claim(SESSION) {
-                        return Poll::Ready(());
-                    }
-                }
-                state => {
-                    self.session.register(cx.waker());
-                    if self
-                        .lane
-                        .compare_exchange(
-                            state,
-                            FLUSHING | WANT,
-                            Ordering::SeqCst,
-                            Ordering::SeqCst,
-                        )
-                        .is_ok()
-                    {
-                        return Poll::Pending;
-                    }
-                }
-            }
-        }
-    }
-
-    /// For the session task holding the lane: what a flusher left unwritten, to write first.
-    pub fn take_handoff(&self) -> Vec<Bytes> {
-        std::mem::take(&mut *self.handoff.lock().unwrap_or_else(PoisonError::into_inner))
-    }
-
-    /// For the session task holding the lane, once it wrote everything: gives the lane up.
-    /// `false` when the queue filled meanwhile and the session keeps the lane to write it.
-    pub fn release_session(&self) -> bool {
-        self.lane.store(IDLE, Ordering::SeqCst);
-        atomic::fence(Ordering::SeqCst);
-        self.queue_is_empty() || !self.claim(SESSION)
     }
 
     /// Asks the session to close with `code`. The first request wins; returns whether this one
