@@ -1,7 +1,11 @@
 //! The baseline: a minimal WebSocket broadcaster, the ceiling Switchboard's fan-out figures
 //! are reported against. It upgrades connections; every text frame a client sends, and the
 //! body of every `POST` to its HTTP listener, is framed once and queued (one shared `Bytes`)
-//! to every connected socket. Nothing else: no channels, no JSON, no history, no auth.
+//! to the sockets of its channel. Channels are the least that makes the comparison fair: a
+//! client frame containing `"type":"subscribe"` files its socket under the frame's
+//! `"channel":"NAME"` (found by substring, no JSON parsing, no reply); a publish goes to the
+//! sockets filed under its `"channel"` plus every socket that never subscribed. Nothing
+//! else: no JSON, no offsets, no history, no auth.
 //!
 //! It is built the way a fan-out server that wants the machine's ceiling would be: each
 //! socket has a bounded queue and one writer task that takes everything queued in one
@@ -46,7 +50,24 @@ pub struct BaselineArgs {
     log_passes: bool,
 }
 
-type Sockets = Arc<Mutex<Vec<Arc<Socket>>>>;
+type Sockets = Arc<Mutex<Registry>>;
+
+/// Sockets by channel; `""` holds those that never subscribed (they get every publish).
+#[derive(Default)]
+struct Registry {
+    channels: std::collections::HashMap<String, Vec<Arc<Socket>>>,
+}
+
+/// What marks a client frame as a subscribe.
+const SUBSCRIBE: &[u8] = b"\"type\":\"subscribe\"";
+
+/// The text of `"channel":"..."` in `payload`, found without parsing.
+fn channel_of(payload: &[u8]) -> Option<&str> {
+    const KEY: &[u8] = b"\"channel\":\"";
+    let start = payload.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let len = payload[start..].iter().position(|&b| b == b'"')?;
+    std::str::from_utf8(&payload[start..start + len]).ok()
+}
 
 /// One subscriber socket's queue; its writer task owns the socket's write half.
 struct Socket {
@@ -125,8 +146,9 @@ async fn serve_http(
         }
         let mut frame = Vec::with_capacity(body_len + 10);
         frame_into(&mut frame, &pending[head_len..head_len + body_len]);
+        let channel = channel_of(&pending[head_len..head_len + body_len]).map(str::to_owned);
         pending.drain(..head_len + body_len);
-        broadcast(&sockets, Bytes::from(frame), log_passes);
+        broadcast(&sockets, channel.as_deref(), Bytes::from(frame), log_passes);
         stream
             .write_all(
                 b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}",
@@ -164,9 +186,13 @@ async fn serve(mut stream: TcpStream, sockets: Sockets, log_passes: bool) -> any
         queue: Mutex::default(),
         ready: Notify::new(),
     });
+    let mut filed_under = String::new();
     sockets
         .lock()
         .expect("no panics while held")
+        .channels
+        .entry(String::new())
+        .or_default()
         .push(Arc::clone(&socket));
     tokio::spawn(write_loop(Arc::clone(&socket), write));
 
@@ -187,17 +213,45 @@ async fn serve(mut stream: TcpStream, sockets: Sockets, log_passes: bool) -> any
             }
         }
         let mut closed = false;
+        // Consecutive publishes to one channel go out as one batch.
         let mut batch: Vec<u8> = Vec::new();
+        let mut batch_channel: Option<String> = None;
         while let Some((opcode, payload, used)) = parse_client_frame(&pending) {
             pending.drain(..used);
             match opcode {
-                0x1 => frame_into(&mut batch, &payload),
+                0x1 if payload.windows(SUBSCRIBE.len()).any(|w| w == SUBSCRIBE) => {
+                    let channel = channel_of(&payload).unwrap_or_default().to_owned();
+                    let mut registry = sockets.lock().expect("no panics while held");
+                    if let Some(list) = registry.channels.get_mut(&filed_under) {
+                        list.retain(|other| !Arc::ptr_eq(other, &socket));
+                    }
+                    registry
+                        .channels
+                        .entry(channel.clone())
+                        .or_default()
+                        .push(Arc::clone(&socket));
+                    filed_under = channel;
+                }
+                0x1 => {
+                    let channel = channel_of(&payload).map(str::to_owned);
+                    if channel != batch_channel && !batch.is_empty() {
+                        let frames = Bytes::from(std::mem::take(&mut batch));
+                        broadcast(&sockets, batch_channel.as_deref(), frames, log_passes);
+                    }
+                    batch_channel = channel;
+                    frame_into(&mut batch, &payload);
+                }
                 0x8 => closed = true,
                 _ => {}
             }
         }
         if !batch.is_empty() {
-            broadcast(&sockets, Bytes::from(batch), log_passes);
+            broadcast(
+                &sockets,
+                batch_channel.as_deref(),
+                Bytes::from(batch),
+                log_passes,
+            );
         }
         if closed {
             break;
@@ -205,8 +259,10 @@ async fn serve(mut stream: TcpStream, sockets: Sockets, log_passes: bool) -> any
     }
     socket.queue.lock().expect("no panics while held").closed = true;
     socket.ready.notify_one();
-    let mut all = sockets.lock().expect("no panics while held");
-    all.retain(|other| !Arc::ptr_eq(other, &socket));
+    let mut registry = sockets.lock().expect("no panics while held");
+    if let Some(list) = registry.channels.get_mut(&filed_under) {
+        list.retain(|other| !Arc::ptr_eq(other, &socket));
+    }
     Ok(())
 }
 
@@ -253,11 +309,19 @@ async fn write_loop(socket: Arc<Socket>, mut write: OwnedWriteHalf) {
     }
 }
 
-/// Queues `frame` to every socket (a shared `Bytes`, one reference each).
-fn broadcast(sockets: &Sockets, frame: Bytes, log_passes: bool) {
+/// Queues `frame` (a shared `Bytes`, one reference each) to the sockets filed under
+/// `channel` and to those that never subscribed.
+fn broadcast(sockets: &Sockets, channel: Option<&str>, frame: Bytes, log_passes: bool) {
     let started = (tokio::time::Instant::now(), thread_cpu_ns());
-    let sockets = sockets.lock().expect("no panics while held");
-    for socket in sockets.iter() {
+    let registry = sockets.lock().expect("no panics while held");
+    let subscribed = channel
+        .filter(|channel| !channel.is_empty())
+        .and_then(|channel| registry.channels.get(channel));
+    let everyone = registry.channels.get("");
+    let targets = subscribed.into_iter().chain(everyone).flatten();
+    let mut n_sockets = 0;
+    for socket in targets {
+        n_sockets += 1;
         let mut queue = socket.queue.lock().expect("no panics while held");
         if queue.closed {
             continue;
@@ -280,8 +344,7 @@ fn broadcast(sockets: &Sockets, frame: Bytes, log_passes: bool) {
         let wall_ms = started.0.elapsed().as_secs_f64() * 1e3;
         let cpu_ms = thread_cpu_ns().saturating_sub(started.1) as f64 / 1e6;
         eprintln!(
-            "queue pass: {} sockets, {} bytes, {wall_ms:.2} ms, {cpu_ms:.2} ms on CPU",
-            sockets.len(),
+            "queue pass: {n_sockets} sockets, {} bytes, {wall_ms:.2} ms, {cpu_ms:.2} ms on CPU",
             frame.len(),
         );
     }

@@ -70,7 +70,8 @@ pub struct FanoutArgs {
     /// explicitly bound sockets cannot share ephemeral ports across processes).
     #[arg(long, default_value_t = 1)]
     pub source_first: u8,
-    /// The target is the baseline broadcaster: send no subscribe, wait for no replies.
+    /// The target is the baseline broadcaster: wait for no welcome or replies, and subscribe
+    /// (unanswered) only with `--channels` above 1.
     #[arg(long)]
     pub baseline: bool,
     /// Publish each message to a random channel instead of round robin (with `--channels`).
@@ -286,14 +287,17 @@ async fn run_scenario(args: FanoutArgs, scenario: &'static str) -> anyhow::Resul
         let index = args.subscriber_offset + local;
         let server = args.server[index % args.server.len()];
         let mut ws = connect(&args, server, index).await?;
+        let subscribe = format!(
+            r#"{{"type":"subscribe","id":1,"channel":"{}"}}"#,
+            channel_name(&args, index)
+        );
         if !args.baseline {
             ws.next().await; // welcome
-            let subscribe = format!(
-                r#"{{"type":"subscribe","id":1,"channel":"{}"}}"#,
-                channel_name(&args, index)
-            );
             ws.send(Message::Text(subscribe.into())).await?;
             ws.next().await; // subscribed
+        } else if args.channels > 1 {
+            // The baseline answers nothing; it files the socket under the channel.
+            ws.send(Message::Text(subscribe.into())).await?;
         }
         // From here on the subscriber reads raw frames: see `lean`.
         let MaybeTlsStream::Plain(mut stream) = ws.into_inner() else {
