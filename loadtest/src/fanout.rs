@@ -110,11 +110,12 @@ pub enum PublishVia {
     Http,
 }
 
-/// One message for an HTTP publisher: its number and channel.
-type Ticket = (u64, String);
+/// One message for an HTTP publisher: its number, channel index and channel.
+type Ticket = (u64, usize, String);
 
-/// An HTTP publisher's task: its request latencies.
-type PublisherTask = tokio::task::JoinHandle<anyhow::Result<Histogram<u64>>>;
+/// An HTTP publisher's task: its request latencies, and the channel indexes of the
+/// publishes the server refused with 503 (back-pressure; nothing was published).
+type PublisherTask = tokio::task::JoinHandle<anyhow::Result<(Histogram<u64>, Vec<usize>)>>;
 
 /// `--publish-via http`: `publishers` tasks take tickets and POST them, each waiting for its
 /// answer; returns the sender of tickets and the tasks (each yields its request latencies).
@@ -130,17 +131,22 @@ fn http_publishers(args: &FanoutArgs) -> (flume::Sender<Ticket>, Vec<PublisherTa
                 let head = format!(
                     "POST /v1/publish HTTP/1.1\r\nhost: {control}\r\ncontent-type: application/json\r\n"
                 );
-                while let Ok((n, channel)) = rx.recv_async().await {
+                let mut refused = Vec::new();
+                while let Ok((n, target, channel)) = rx.recv_async().await {
                     let body = format!(
                         r#"{{"channel":"{channel}","data":{{"ts":{},"n":{n},"pad":"{pad}"}}}}"#,
                         now_ns()
                     );
                     let sent = tokio::time::Instant::now();
                     let status = connection.post(&head, &body).await?;
-                    anyhow::ensure!(status == 200, "publish answered {status}");
                     let _ = latency.record(u64::try_from(sent.elapsed().as_micros())?.max(1));
+                    match status {
+                        200 => {}
+                        503 => refused.push(target),
+                        _ => anyhow::bail!("publish answered {status}"),
+                    }
                 }
-                Ok(latency)
+                Ok((latency, refused))
             })
         })
         .collect();
@@ -407,7 +413,7 @@ async fn run_scenario(args: FanoutArgs, scenario: &'static str) -> anyhow::Resul
             // Waits while every publisher is busy: the rate falls behind, and catches up in a
             // burst once one is free.
             tickets
-                .send_async((published, channel_name(&args, target)))
+                .send_async((published, target, channel_name(&args, target)))
                 .await?;
         } else {
             let frame = format!(
@@ -447,10 +453,17 @@ async fn run_scenario(args: FanoutArgs, scenario: &'static str) -> anyhow::Resul
         }
     }
     let mut request_latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut refused = 0_u64;
     if let Some((tickets, tasks)) = http.take() {
         drop(tickets);
         for task in tasks {
-            request_latency.add(task.await??)?;
+            let (latency, refused_targets) = task.await??;
+            request_latency.add(latency)?;
+            for target in refused_targets {
+                published_per_channel[target] -= 1;
+                published -= 1;
+                refused += 1;
+            }
         }
     }
     let publish_secs = started.elapsed().as_secs_f64();
@@ -546,6 +559,7 @@ async fn run_scenario(args: FanoutArgs, scenario: &'static str) -> anyhow::Resul
         },
         "publishers": args.publishers,
         "publish_rate_achieved": (published as f64 / publish_secs).round(),
+        "publishes_refused": refused,
         "request_latency_us": (!request_latency.is_empty()).then(|| crate::latency_json(&request_latency)),
         "drift": drift(&intervals),
         "intervals": intervals,
