@@ -452,8 +452,12 @@ impl Hub {
         )
     }
 
-    /// Runs `f` on the channel's state, creating the channel when absent.
-    fn with_channel<R>(&self, name: &ChannelName, f: impl FnOnce(&mut Channel) -> R) -> R {
+    /// Runs `f` on the channel's slot and its locked state, creating the channel when absent.
+    fn with_channel<R>(
+        &self,
+        name: &ChannelName,
+        f: impl FnOnce(&Arc<Slot>, &mut Channel) -> R,
+    ) -> R {
         let mut f = Some(f);
         loop {
             let slot = self.slot(name);
@@ -463,7 +467,7 @@ impl Hub {
                 continue;
             }
             let f = f.take().expect("the loop returns right after the one call");
-            return f(&mut channel);
+            return f(&slot, &mut channel);
         }
     }
 
@@ -514,7 +518,7 @@ impl Hub {
     pub fn publish(&self, channel: &ChannelName, data: &str) -> Result<Offset, FanoutBehind> {
         let mut round = None;
         let (offset, idle) = self
-            .with_channel(channel, |state| {
+            .with_channel(channel, |slot, state| {
                 if state.subscribed > 0
                     && (state.outbox.len() >= self.settings.queue_messages
                         || state.outbox_bytes + data.len() > self.settings.queue_bytes)
@@ -527,7 +531,9 @@ impl Hub {
                     .expect("payload size is bounded by config far below 4 GiB");
                 let frame = Frame::from(text);
                 let now = Instant::now();
-                round = self.enqueue_round(state, offset, &frame, now);
+                round = self
+                    .enqueue_round(state, offset, &frame, now)
+                    .map(|subscribers| (Arc::clone(slot), subscribers));
                 state.remember(
                     Entry {
                         seq: offset.seq,
@@ -549,8 +555,8 @@ impl Hub {
             // Nobody listens and history is off: nothing to keep.
             self.drop_if_idle(channel);
         }
-        if let Some(subscribers) = round {
-            self.start_round(channel, subscribers);
+        if let Some((slot, subscribers)) = round {
+            start_round(&slot, subscribers, self.workers.as_ref());
         }
         telemetry::metrics().messages_published.increment(1);
         Ok(offset)
@@ -580,14 +586,6 @@ impl Hub {
         }
         state.round_scheduled = true;
         Some(state.subscribed)
-    }
-
-    /// Starts the round a publish or delivery scheduled on `channel`.
-    fn start_round(&self, channel: &ChannelName, subscribers: usize) {
-        let slot = read(&self.shard(channel).channels).get(channel).cloned();
-        if let Some(slot) = slot {
-            start_round(&slot, subscribers, self.workers.as_ref());
-        }
     }
 
     /// Subscribes a connection. The `subscribed` reply (built by `reply` from the outcome),
@@ -948,7 +946,7 @@ impl Hub {
         };
         // Reading history of an unknown channel creates it, so the reply carries the epoch a
         // later publish will use and clients can start from it.
-        self.with_channel(channel, read_history)
+        self.with_channel(channel, |_, state| read_history(state))
     }
 
     /// Drops expired history and channels with neither subscribers nor history.
