@@ -2,8 +2,8 @@ use std::time::Duration;
 
 use super::*;
 
-pub(super) fn hub_with(history_size: usize, queue_messages: usize) -> HubHandle {
-    Hub::new(HubSettings {
+pub(super) fn settings(history_size: usize, queue_messages: usize) -> HubSettings {
+    HubSettings {
         shards: 4,
         max_connections: 10,
         max_pending_upgrades: 1024,
@@ -15,7 +15,11 @@ pub(super) fn hub_with(history_size: usize, queue_messages: usize) -> HubHandle 
         history_ttl: Duration::from_secs(60),
         history_max_bytes: 1 << 20,
         remote: false,
-    })
+    }
+}
+
+pub(super) fn hub_with(history_size: usize, queue_messages: usize) -> HubHandle {
+    Hub::new(settings(history_size, queue_messages))
 }
 
 /// A connection without a socket, and its queue as a session would read it.
@@ -615,26 +619,50 @@ mod rounds {
     const STABLE: usize = 100;
     const MESSAGES: u64 = 3000;
 
+    /// A runtime with two workers, which the hub built inside it takes for its rounds.
+    fn two_workers() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap()
+    }
+
+    /// [`STABLE`] connections subscribed to `channel`, their replies read.
+    fn subscribed(hub: &Hub, channel: &ChannelName) -> Vec<(Arc<Outbound>, Reader)> {
+        (0..STABLE)
+            .map(|_| {
+                let (conn, rx) = registered(hub);
+                hub.subscribe(&conn, channel, None, None, reply).unwrap();
+                rx.try_recv().unwrap();
+                (conn, rx)
+            })
+            .collect()
+    }
+
+    /// Reads `readers` into `got` until each holds `n` seqs (or 5 s passed: the caller's
+    /// assertion then says what is missing).
+    fn read_until(readers: &[(Arc<Outbound>, Reader)], got: &mut [Vec<u64>], n: usize) {
+        for _ in 0..500 {
+            for ((_, rx), seen) in readers.iter().zip(got.iter_mut()) {
+                seen.extend(seqs(&drain(rx)));
+            }
+            if got.iter().all(|seen| seen.len() >= n) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Publishes on one thread while another keeps joining with `since` (reply, replay, live)
     /// and leaving: every stable subscriber gets 1..=MESSAGES once, in order, and every
     /// joiner a gapless run after its `since`, without duplicates, until it leaves.
     #[test]
     fn rounds_keep_order_and_joins_see_no_gap_or_duplicate() {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .build()
-            .unwrap();
+        let runtime = two_workers();
         let hub = runtime.block_on(async { hub_with(MESSAGES as usize, 2 * MESSAGES as usize) });
         assert!(hub.workers.is_some(), "the hub took the runtime's handle");
         let news = name("news");
-        let stable: Vec<_> = (0..STABLE)
-            .map(|_| {
-                let (conn, rx) = registered(&hub);
-                hub.subscribe(&conn, &news, None, None, reply).unwrap();
-                rx.try_recv().unwrap();
-                (conn, rx)
-            })
-            .collect();
+        let stable = subscribed(&hub, &news);
         let publisher = std::thread::spawn({
             let (hub, news) = (Arc::clone(&hub), news.clone());
             move || {
@@ -667,21 +695,10 @@ mod rounds {
             joins += 1;
         }
         publisher.join().unwrap();
-        for (conn, rx) in &stable {
-            let mut seen = Vec::new();
-            for _ in 0..500 {
-                seen.extend(seqs(&drain(rx)));
-                if seen.len() as u64 >= MESSAGES {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            assert_eq!(
-                seen,
-                (1..=MESSAGES).collect::<Vec<_>>(),
-                "conn {}",
-                conn.conn_id()
-            );
+        let mut got = vec![Vec::new(); stable.len()];
+        read_until(&stable, &mut got, MESSAGES as usize);
+        for seen in &got {
+            assert_eq!(seen, &(1..=MESSAGES).collect::<Vec<_>>());
         }
         assert!(joins > 10, "joins raced the publisher ({joins})");
     }
@@ -697,14 +714,7 @@ mod rounds {
             .unwrap();
         let hub = runtime.block_on(async { hub_with(0, 8) });
         let (hot, other) = (name("hot"), name("other"));
-        let readers: Vec<_> = (0..STABLE)
-            .map(|_| {
-                let (conn, rx) = registered(&hub);
-                hub.subscribe(&conn, &hot, None, None, reply).unwrap();
-                rx.try_recv().unwrap();
-                (conn, rx)
-            })
-            .collect();
+        let readers = subscribed(&hub, &hot);
         let (bystander, bystander_rx) = registered(&hub);
         hub.subscribe(&bystander, &other, None, None, reply)
             .unwrap();
@@ -734,20 +744,10 @@ mod rounds {
     /// overflowed is dropped by the round, the others unaffected.
     #[test]
     fn a_round_drops_slow_consumers_and_nothing_follows_an_unsubscribe() {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .build()
-            .unwrap();
+        let runtime = two_workers();
         let hub = runtime.block_on(async { hub_with(0, 8) });
         let news = name("news");
-        let subscribers: Vec<_> = (0..STABLE)
-            .map(|_| {
-                let (conn, rx) = registered(&hub);
-                hub.subscribe(&conn, &news, None, None, reply).unwrap();
-                rx.try_recv().unwrap();
-                (conn, rx)
-            })
-            .collect();
+        let subscribers = subscribed(&hub, &news);
         let (leaver, leaver_rx) = &subscribers[0];
         hub.unsubscribe(leaver.conn_id(), &news);
         let (slow, _) = &subscribers[1];
@@ -755,29 +755,14 @@ mod rounds {
             hub.publish(&news, &n.to_string()).unwrap();
         }
         // Readers keep up; the slow one never reads and its queue holds 8.
-        let mut got = vec![Vec::new(); STABLE];
-        for round in 0.. {
-            for (i, (_, rx)) in subscribers.iter().enumerate().skip(2) {
-                got[i].extend(seqs(&drain(rx)));
-            }
-            if got.iter().skip(2).all(|seen| seen.len() == 6) || round == 500 {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let readers = &subscribers[2..];
+        let mut got = vec![Vec::new(); readers.len()];
+        read_until(readers, &mut got, 6);
         for n in 7..=12 {
             hub.publish(&news, &n.to_string()).unwrap();
         }
-        for round in 0.. {
-            for (i, (_, rx)) in subscribers.iter().enumerate().skip(2) {
-                got[i].extend(seqs(&drain(rx)));
-            }
-            if got.iter().skip(2).all(|seen| seen.len() == 12) || round == 500 {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        for seen in got.iter().skip(2) {
+        read_until(readers, &mut got, 12);
+        for seen in &got {
             assert_eq!(seen, &(1..=12).collect::<Vec<u64>>());
         }
         assert!(drain(leaver_rx).is_empty(), "nothing after the unsubscribe");

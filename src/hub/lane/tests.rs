@@ -104,19 +104,12 @@ impl Wire for FlakySocket {
     }
 }
 
+/// Queues deep enough that no race test closes a slow consumer.
 fn hub() -> HubHandle {
     Hub::new(HubSettings {
-        shards: 4,
-        max_connections: 10,
-        max_pending_upgrades: 1024,
-        max_pending_upgrades_per_ip: 1024,
-        max_subscriptions_per_connection: 8,
-        queue_messages: 1 << 16,
         queue_bytes: 1 << 24,
-        history_size: 0,
-        history_ttl: Duration::from_secs(60),
         history_max_bytes: 0,
-        remote: false,
+        ..settings(0, 1 << 16)
     })
 }
 
