@@ -226,6 +226,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         control_ctx,
         background_stop.clone(),
     )
+    .await
     .context("starting the control API's thread")?;
     background.spawn(control_done);
     let (heartbeat, idle_timeout) = (config.session.heartbeat, config.session.idle_timeout);

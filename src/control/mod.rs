@@ -68,14 +68,17 @@ const STOP_GRACE: Duration = Duration::from_secs(1);
 /// load.
 ///
 /// # Errors
-/// When the listener cannot be moved or the thread not started.
-pub fn serve_on_own_thread(
+/// When the runtime cannot be built, the listener not moved to it, or the thread not started.
+pub async fn serve_on_own_thread(
     listener: TcpListener,
     tls: Option<Arc<crate::tls::Tls>>,
     ctx: Arc<ControlContext>,
     stop: CancellationToken,
 ) -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
     let listener = listener.into_std()?;
+    // The thread reports whether its runtime and listener came up, so that a failure fails
+    // the start; then `done` closes when it ends.
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel::<std::io::Result<()>>();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     std::thread::Builder::new()
         .name("switchboard-control".into())
@@ -86,7 +89,7 @@ pub fn serve_on_own_thread(
             {
                 Ok(runtime) => runtime,
                 Err(err) => {
-                    tracing::error!(error = %err, "Cannot start the control API's runtime");
+                    let _ = started_tx.send(Err(err));
                     return;
                 }
             };
@@ -94,16 +97,20 @@ pub fn serve_on_own_thread(
                 let listener = match TcpListener::from_std(listener) {
                     Ok(listener) => listener,
                     Err(err) => {
-                        tracing::error!(error = %err, "Cannot listen for the control API");
+                        let _ = started_tx.send(Err(err));
                         return;
                     }
                 };
+                let _ = started_tx.send(Ok(()));
                 let connections = crate::shutdown::Shutdown::new();
                 serve(listener, tls, ctx, stop, connections.clone()).await;
                 let _ = tokio::time::timeout(STOP_GRACE, connections.wait()).await;
             });
             drop(done_tx);
         })?;
+    started_rx
+        .await
+        .map_err(|_| std::io::Error::other("the control API's thread ended while starting"))??;
     Ok(async move {
         let _ = done_rx.await;
     })
