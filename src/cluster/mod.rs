@@ -14,7 +14,7 @@ pub use self::redis::{NodeInfo, RedisBus, RedisSettings};
 use std::{future::Future, pin::Pin};
 
 use crate::{
-    hub::{History, HubHandle, RemoteView},
+    hub::{History, HubHandle, RemoteView, WriteBatch},
     protocol::{ChannelName, Offset},
 };
 
@@ -33,7 +33,11 @@ pub enum BusError {
 /// Orders and distributes published messages.
 pub trait Bus: Send + Sync + std::fmt::Debug + 'static {
     /// Publishes `data` (valid JSON) to `channel` and resolves to its offset once the message
-    /// is durable in the bus's sense (for the local bus: enqueued to every local subscriber).
+    /// is durable in the bus's sense (for the local bus: ordered in the hub). Connections a
+    /// local fan-out claimed are left in `writes` (see [`Hub::publish_batched`]): the caller
+    /// writes them when it is done publishing.
+    ///
+    /// [`Hub::publish_batched`]: crate::hub::Hub::publish_batched
     ///
     /// # Errors
     /// [`BusError::Unavailable`] when nothing was published.
@@ -44,6 +48,7 @@ pub trait Bus: Send + Sync + std::fmt::Debug + 'static {
         &'a self,
         channel: &'a ChannelName,
         data: &'a str,
+        writes: &'a mut WriteBatch,
     ) -> BusFuture<'a, Result<Offset, BusError>>;
 
     /// Reads a channel's position and the messages after `since` (at most `limit`) from the
@@ -117,10 +122,11 @@ impl Bus for LocalBus {
         &'a self,
         channel: &'a ChannelName,
         data: &'a str,
+        writes: &'a mut WriteBatch,
     ) -> BusFuture<'a, Result<Offset, BusError>> {
         let published = self
             .hub
-            .publish(channel, data)
+            .publish_batched(channel, data, writes)
             .map_err(|_| BusError::Unavailable("the channel's fan-out is behind; retry later"));
         Box::pin(std::future::ready(published))
     }

@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Bus, BusError, BusFuture};
 use crate::{
     config::RedisTarget,
-    hub::{FlushAfterPoll, History, HistoryData, HubHandle, RemoteView},
+    hub::{History, HistoryData, HubHandle, RemoteView, WriteBatch},
     protocol::{ChannelName, CloseCode, Offset},
     shutdown::Shutdown,
     telemetry,
@@ -658,6 +658,9 @@ impl Bus for RedisBus {
         &'a self,
         channel: &'a ChannelName,
         data: &'a str,
+        // Nothing to write here: this node's subscribers get the message from its partition
+        // reader, in bus order.
+        _writes: &'a mut WriteBatch,
     ) -> BusFuture<'a, Result<Offset, BusError>> {
         Box::pin(async move {
             let offset = self.inner.publish(channel, data).await?;
@@ -892,22 +895,11 @@ async fn keep_connected(inner: Arc<Inner>, stop: CancellationToken) {
     }
 }
 
-/// A partition's reader task. Inside `FlushAfterPoll`: the deliveries of every entry one
-/// poll hands to the hub (a whole `XREAD` batch) are written together, one `writev` per
-/// connection however many of them it gets.
-fn reader(
-    inner: &Arc<Inner>,
-    partition: u32,
-    stop: &CancellationToken,
-) -> FlushAfterPoll<impl Future<Output = ()> + use<>> {
-    FlushAfterPoll::new(read_partition(Arc::clone(inner), partition, stop.clone()))
-}
-
 /// Starts one reader per partition and restarts any that is stuck while Redis answers.
 async fn watch_readers(inner: Arc<Inner>, tasks: Shutdown, stop: CancellationToken) {
     let partitions = inner.settings.partitions;
     let mut readers: Vec<_> = (0..partitions)
-        .map(|partition| tasks.spawn(reader(&inner, partition, &stop)))
+        .map(|partition| tasks.spawn(read_partition(Arc::clone(&inner), partition, stop.clone())))
         .collect();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -936,7 +928,11 @@ async fn watch_readers(inner: Arc<Inner>, tasks: Shutdown, stop: CancellationTok
             metrics::counter!(telemetry::BUS_READER_RESTARTS).increment(1);
             readers[partition].abort();
             let partition_u32 = u32::try_from(partition).expect("partitions fit in u32");
-            readers[partition] = tasks.spawn(reader(&inner, partition_u32, &stop));
+            readers[partition] = tasks.spawn(read_partition(
+                Arc::clone(&inner),
+                partition_u32,
+                stop.clone(),
+            ));
         }
         record_partition_lag(&inner).await;
     }
@@ -1110,6 +1106,9 @@ fn deliver_batch(inner: &Inner, value: Value) -> Option<String> {
     let mut last_id = None;
     let now_ms = unix_ms();
     let mut n_entries = 0_u32;
+    // Written when the reply is handed over: a connection that several of its entries
+    // reach gets one `writev`.
+    let mut writes = inner.hub.write_batch();
     for stream in streams {
         let Value::Array(mut key_and_entries) = stream else {
             continue;
@@ -1141,7 +1140,11 @@ fn deliver_batch(inner: &Inner, value: Value) -> Option<String> {
                     epoch: message.epoch,
                     seq: message.seq,
                 };
-                if inner.hub.deliver(&message.channel, offset, &message.data) > 0 {
+                if inner
+                    .hub
+                    .deliver_batched(&message.channel, offset, &message.data, &mut writes)
+                    > 0
+                {
                     #[allow(clippy::cast_precision_loss, reason = "a lag in ms")]
                     let lag = now_ms.saturating_sub(message.time_ms) as f64 / 1000.0;
                     metrics::histogram!(telemetry::BUS_LAG).record(lag);

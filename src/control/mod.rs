@@ -19,12 +19,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use self::auth::ApiKeys;
-use crate::{
-    cluster::Bus,
-    hub::{FlushAfterPoll, HubHandle},
-    shutdown::Readiness,
-    throttle::KeyedLimiter,
-};
+use crate::{cluster::Bus, hub::HubHandle, shutdown::Readiness, throttle::KeyedLimiter};
 
 /// How long a client may take to send request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -147,7 +142,7 @@ async fn serve(
         let acceptor = tls.as_ref().map(|tls| tls.acceptor());
         spawn.spawn(async move {
             let Some(acceptor) = acceptor else {
-                return FlushAfterPoll::new(serve_connection(stream, peer, ctx, stop)).await;
+                return serve_connection(stream, peer, ctx, stop).await;
             };
             // The handshake shares the header timeout: a client that opens a connection and
             // sends nothing holds it no longer than one that stalls its headers.
@@ -156,9 +151,7 @@ async fn serve(
                 handshake = tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)) => handshake,
             };
             match handshake {
-                Ok(Ok(stream)) => {
-                    FlushAfterPoll::new(serve_connection(stream, peer, ctx, stop)).await;
-                }
+                Ok(Ok(stream)) => serve_connection(stream, peer, ctx, stop).await,
                 Ok(Err(err)) => tracing::debug!(%peer, error = %err, "Control TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "Control TLS handshake timed out"),
             }
@@ -166,9 +159,8 @@ async fn serve(
     }
 }
 
-/// Serves HTTP/1.1 on one accepted (and, with TLS, handshaken) connection. Run inside
-/// `FlushAfterPoll` by `serve`: the writes of a small channel's fan-out (a round run inline)
-/// happen once the poll that answered the request ends, after the answer was written, so a
+/// Serves HTTP/1.1 on one accepted (and, with TLS, handshaken) connection. The publishing
+/// routes write a small channel's deliveries after their answer (`routes::publishing`), so a
 /// publisher does not wait for its subscribers' send calls.
 async fn serve_connection<IO>(
     io: IO,

@@ -10,6 +10,7 @@ use serde_json::value::RawValue;
 use super::{Body, ControlContext, is_loopback, response};
 use crate::{
     cluster::BusError,
+    hub::WriteBatch,
     protocol::{ChannelName, CloseCode, ErrorCode, Offset},
     telemetry::{self, RateScope},
 };
@@ -196,10 +197,22 @@ async fn route_v1(
     ctx: &ControlContext,
 ) -> (&'static str, Handled) {
     match path {
-        "/v1/publish" if method == Method::POST => ("publish", publish(request, ctx).await),
-        "/v1/batch" if method == Method::POST => ("batch", batch(request, caller, ctx).await),
+        "/v1/publish" if method == Method::POST => (
+            "publish",
+            publishing(ctx, async |writes| publish(request, ctx, writes).await).await,
+        ),
+        "/v1/batch" if method == Method::POST => (
+            "batch",
+            publishing(ctx, async |writes| {
+                batch(request, caller, ctx, writes).await
+            })
+            .await,
+        ),
         "/v1/batch" => ("batch", method_not_allowed("POST")),
-        "/v1/broadcast" if method == Method::POST => ("broadcast", broadcast(request, ctx).await),
+        "/v1/broadcast" if method == Method::POST => (
+            "broadcast",
+            publishing(ctx, async |writes| broadcast(request, ctx, writes).await).await,
+        ),
         "/v1/disconnect" if method == Method::POST => {
             ("disconnect", disconnect(request, ctx).await)
         }
@@ -485,17 +498,38 @@ struct PublishRequest {
     data: Box<RawValue>,
 }
 
-async fn publish(request: Request<Incoming>, ctx: &ControlContext) -> Handled {
+/// Runs a route that publishes with one [`WriteBatch`] for all it publishes, written after
+/// the answer: the answer leaves first, then a small channel's deliveries (a large channel's
+/// are written by its round's task anyway).
+async fn publishing(
+    ctx: &ControlContext,
+    route: impl AsyncFnOnce(&mut WriteBatch) -> Handled,
+) -> Handled {
+    let mut writes = ctx.hub.write_batch();
+    let handled = route(&mut writes).await;
+    writes.flush_later();
+    handled
+}
+
+async fn publish(
+    request: Request<Incoming>,
+    ctx: &ControlContext,
+    writes: &mut WriteBatch,
+) -> Handled {
     let body: PublishRequest = json_body(request, ctx).await?;
-    let offset = publish_one(&body, ctx).await?;
+    let offset = publish_one(&body, ctx, writes).await?;
     Ok(response(200, JSON, format!(r#"{{"offset":"{offset}"}}"#)))
 }
 
 /// Checks one publish and hands it to the bus: its offset.
-async fn publish_one(body: &PublishRequest, ctx: &ControlContext) -> Result<Offset, ApiError> {
+async fn publish_one(
+    body: &PublishRequest,
+    ctx: &ControlContext,
+    writes: &mut WriteBatch,
+) -> Result<Offset, ApiError> {
     let channel = channel_name(&body.channel, ctx)?;
     check_payload(&body.data, ctx)?;
-    Ok(ctx.bus.publish(&channel, body.data.get()).await?)
+    Ok(ctx.bus.publish(&channel, body.data.get(), writes).await?)
 }
 
 #[derive(Deserialize)]
@@ -505,9 +539,13 @@ struct BroadcastRequest {
     data: Box<RawValue>,
 }
 
-async fn broadcast(request: Request<Incoming>, ctx: &ControlContext) -> Handled {
+async fn broadcast(
+    request: Request<Incoming>,
+    ctx: &ControlContext,
+    writes: &mut WriteBatch,
+) -> Handled {
     let body: BroadcastRequest = json_body(request, ctx).await?;
-    match broadcast_one(&body, ctx).await {
+    match broadcast_one(&body, ctx, writes).await {
         Ok(offsets) => Ok(response(
             200,
             JSON,
@@ -533,6 +571,7 @@ type Offsets = BTreeMap<String, String>;
 async fn broadcast_one(
     body: &BroadcastRequest,
     ctx: &ControlContext,
+    writes: &mut WriteBatch,
 ) -> Result<Offsets, (ApiError, Offsets)> {
     if body.channels.is_empty() || body.channels.len() > MAX_BROADCAST_CHANNELS {
         let message = format!("`channels` must list 1 to {MAX_BROADCAST_CHANNELS} channels");
@@ -553,7 +592,7 @@ async fn broadcast_one(
         if offsets.contains_key(channel.as_str()) {
             continue;
         }
-        match ctx.bus.publish(channel, body.data.get()).await {
+        match ctx.bus.publish(channel, body.data.get(), writes).await {
             Ok(offset) => {
                 offsets.insert(channel.as_str().to_owned(), offset.to_string());
             }
@@ -580,7 +619,12 @@ struct BatchRequest {
 /// `POST /v1/batch`: publishes and broadcasts in the order given, one reply each, in order.
 /// A command that fails gets an error reply and the others still run; the envelope itself
 /// must be well formed (else 400/422 and nothing runs).
-async fn batch(request: Request<Incoming>, caller: &Caller, ctx: &ControlContext) -> Handled {
+async fn batch(
+    request: Request<Incoming>,
+    caller: &Caller,
+    ctx: &ControlContext,
+    writes: &mut WriteBatch,
+) -> Handled {
     let body: BatchRequest = json_body(request, ctx).await?;
     let n = body.commands.len();
     if n == 0 || n > MAX_BATCH_COMMANDS {
@@ -614,11 +658,12 @@ async fn batch(request: Request<Incoming>, caller: &Caller, ctx: &ControlContext
     let mut replies = Vec::with_capacity(n);
     for command in &body.commands {
         replies.push(match command {
-            BatchCommand::Publish(publish) => match publish_one(publish, ctx).await {
+            BatchCommand::Publish(publish) => match publish_one(publish, ctx, writes).await {
                 Ok(offset) => serde_json::json!({ "offset": offset.to_string() }),
                 Err(err) => error(err),
             },
-            BatchCommand::Broadcast(broadcast) => match broadcast_one(broadcast, ctx).await {
+            BatchCommand::Broadcast(broadcast) => match broadcast_one(broadcast, ctx, writes).await
+            {
                 Ok(offsets) => serde_json::json!({ "offsets": offsets }),
                 Err((err, offsets)) => {
                     let mut reply = error(err);

@@ -30,7 +30,7 @@ use tokio::{runtime::Handle, time::Instant};
 use super::{
     ConnId, Frame, Outbound,
     channel::Channel,
-    lane::{FLUSH_CHUNK, FLUSH_INLINE, flush_all},
+    lane::{FLUSH_INLINE, WriteBatch},
     lock,
 };
 use crate::{protocol::Offset, telemetry};
@@ -78,12 +78,18 @@ impl Slot {
 }
 
 /// Delivers what `slot`'s outbox holds, after a publish that set `round_scheduled`: inline
-/// when the channel is small (or there is no runtime to hand it to), else in a task on
-/// `workers`.
-pub(super) fn start_round(slot: &Arc<Slot>, subscribers: usize, workers: Option<&Handle>) {
+/// when the channel is small (or there is no runtime to hand it to), leaving the connections
+/// it claimed in `writes` for the publisher to write; else in a task on `workers`, which
+/// writes them itself.
+pub(super) fn start_round(
+    slot: &Arc<Slot>,
+    subscribers: usize,
+    workers: Option<&Handle>,
+    writes: &mut WriteBatch,
+) {
     match workers {
         Some(workers) if subscribers > FLUSH_INLINE => spawn_rounds(Arc::clone(slot), workers),
-        _ => run_rounds(slot, workers, true),
+        _ => run_rounds(slot, workers, Some(writes)),
     }
 }
 
@@ -91,12 +97,14 @@ fn spawn_rounds(slot: Arc<Slot>, workers: &Handle) {
     let handle = workers.clone();
     // Not through the app's task tracker: a round never awaits and ends once the outbox is
     // empty; one dropped at shutdown loses frames only for connections that are closing.
-    workers.spawn(async move { run_rounds(&slot, Some(&handle), false) });
+    workers.spawn(async move { run_rounds(&slot, Some(&handle), None) });
 }
 
-/// Runs rounds until the outbox is empty (then clears `round_scheduled`), or, `inline`, for
-/// [`MAX_INLINE_ROUNDS`] before handing the rest to a task.
-fn run_rounds(slot: &Arc<Slot>, workers: Option<&Handle>, inline: bool) {
+/// Runs rounds until the outbox is empty (then clears `round_scheduled`), or, inline (into
+/// the publisher's `writes`), for [`MAX_INLINE_ROUNDS`] before handing the rest to a task.
+/// A task's rounds write what each of them claimed before the next.
+fn run_rounds(slot: &Arc<Slot>, workers: Option<&Handle>, mut inline: Option<&mut WriteBatch>) {
+    let mut own = WriteBatch::new(workers.cloned());
     let mut dropped = 0;
     for round in 0.. {
         let mut subscribers = lock(&slot.subscribers);
@@ -107,7 +115,7 @@ fn run_rounds(slot: &Arc<Slot>, workers: Option<&Handle>, inline: bool) {
                 state.round_scheduled = false;
                 return;
             }
-            if inline
+            if inline.is_some()
                 && round == MAX_INLINE_ROUNDS
                 && let Some(workers) = workers
             {
@@ -117,16 +125,19 @@ fn run_rounds(slot: &Arc<Slot>, workers: Option<&Handle>, inline: bool) {
             state.outbox_bytes = 0;
             std::mem::take(&mut state.outbox)
         };
-        let mut to_flush = Vec::new();
+        let writes = match inline.as_deref_mut() {
+            Some(writes) => writes,
+            None => &mut own,
+        };
         let before = subscribers.len();
-        let delivered = deliver(&mut subscribers, &frames, &mut to_flush, workers);
+        let delivered = deliver(&mut subscribers, &frames, writes);
         dropped = before - subscribers.len();
         drop(subscribers);
         if dropped > 0 {
             slot.shard_subscriptions
                 .fetch_sub(dropped, Ordering::Relaxed);
         }
-        flush_all(to_flush, workers);
+        own.flush();
         let metrics = telemetry::metrics();
         metrics.messages_delivered.increment(delivered as u64);
         for queued in &frames {
@@ -139,15 +150,14 @@ fn run_rounds(slot: &Arc<Slot>, workers: Option<&Handle>, inline: bool) {
 
 /// Enqueues `frames` (in offset order) to every subscriber that has not seen them, one
 /// subscriber at a time (its queue and lane stay in cache for all of them); drops the
-/// subscribers that overflowed or are closing. Adds to `to_flush` the connections whose lane
-/// this claimed; with `workers`, every [`FLUSH_CHUNK`] claimed go to a flush task at once,
-/// so other workers write while this one enqueues to the rest. Returns how many frames were
-/// enqueued.
+/// subscribers that overflowed or are closing. Adds to `writes` the connections whose lane
+/// this claimed (with a runtime, every `lane::FLUSH_CHUNK` of them go to a flush task at once,
+/// so other workers write while this one enqueues to the rest). Returns how many frames
+/// were enqueued.
 fn deliver(
     subscribers: &mut IndexMap<ConnId, Subscriber>,
     frames: &[Queued],
-    to_flush: &mut Vec<Arc<Outbound>>,
-    workers: Option<&Handle>,
+    writes: &mut WriteBatch,
 ) -> usize {
     let mut delivered = 0;
     subscribers.retain(|_, subscriber| {
@@ -161,10 +171,7 @@ fn deliver(
                 Ok(claimed) => {
                     delivered += 1;
                     if claimed {
-                        to_flush.push(Arc::clone(&subscriber.outbound));
-                        if to_flush.len() == FLUSH_CHUNK && workers.is_some() {
-                            flush_all(std::mem::take(to_flush), workers);
-                        }
+                        writes.push(Arc::clone(&subscriber.outbound));
                     }
                 }
                 Err(_) => return false,

@@ -43,7 +43,7 @@ pub use self::admission::{PendingSlot, PendingUpgrades};
 pub use self::frame::Frame;
 use self::lane::flush_all;
 pub use self::lane::{
-    ConnId, EnqueueError, FlushAfterPoll, Keepalive, Outbound, Outgoing, SessionLane, Wire,
+    ConnId, EnqueueError, Keepalive, Outbound, Outgoing, SessionLane, Wire, WriteBatch,
 };
 use self::{
     channel::{Channel, Entry, HistoryPolicy},
@@ -505,17 +505,38 @@ impl Hub {
         Some(f(&mut channel))
     }
 
+    /// A batch for [`Hub::publish_batched`] and [`Hub::deliver_batched`].
+    #[must_use]
+    pub fn write_batch(&self) -> WriteBatch {
+        WriteBatch::new(self.workers.clone())
+    }
+
+    /// [`Hub::publish_batched`], written at once.
+    ///
+    /// # Errors
+    /// As [`Hub::publish_batched`].
+    pub fn publish(&self, channel: &ChannelName, data: &str) -> Result<Offset, FanoutBehind> {
+        self.publish_batched(channel, data, &mut self.write_batch())
+    }
+
     /// Publishes `data` (valid JSON) to `channel`: assigns the next offset, remembers it in
     /// history and in the channel's outbox, and starts a fan-out round unless one is running
     /// (see `fanout`). Returns once the message is ordered; never waits on a subscriber, and
-    /// for a large channel not on the fan-out either.
+    /// for a large channel not on the fan-out either. A small channel's round runs here and
+    /// leaves the connections it claimed in `writes`, for the caller to write when it is
+    /// done publishing.
     ///
     /// # Errors
     /// [`FanoutBehind`] when the channel's outbox already holds what one subscriber's queue
     /// may (`limits.outbound_queue_messages` or `_bytes`): the rounds cannot keep up with
     /// its publishers, and one more message would overflow every subscriber. Nothing was
     /// published.
-    pub fn publish(&self, channel: &ChannelName, data: &str) -> Result<Offset, FanoutBehind> {
+    pub fn publish_batched(
+        &self,
+        channel: &ChannelName,
+        data: &str,
+        writes: &mut WriteBatch,
+    ) -> Result<Offset, FanoutBehind> {
         let mut round = None;
         let (offset, idle) = self
             .with_channel(channel, |slot, state| {
@@ -556,7 +577,7 @@ impl Hub {
             self.drop_if_idle(channel);
         }
         if let Some((slot, subscribers)) = round {
-            start_round(&slot, subscribers, self.workers.as_ref());
+            start_round(&slot, subscribers, self.workers.as_ref(), writes);
         }
         telemetry::metrics().messages_published.increment(1);
         Ok(offset)
@@ -785,14 +806,27 @@ impl Hub {
         }
     }
 
+    /// [`Hub::deliver_batched`], written at once.
+    pub fn deliver(&self, channel: &str, offset: Offset, data: &str) -> usize {
+        self.deliver_batched(channel, offset, data, &mut self.write_batch())
+    }
+
     /// Delivers a message ordered by a remote bus: fans it out to local subscribers in offset
     /// order, once. Channels without local interest are skipped (each node follows every
     /// partition and filters here). Duplicates (re-reads after a reconnect) are dropped.
-    /// Returns how many subscribers it goes to (a fan-out round delivers it; see `fanout`).
+    /// Returns how many subscribers it goes to (a fan-out round delivers it; see `fanout`;
+    /// a small channel's claimed connections are left in `writes`, as by
+    /// [`Hub::publish_batched`]).
     ///
     /// `channel` is the name as read from the bus: looked up without allocating, since most
     /// entries a node reads are for channels it has no subscribers for.
-    pub fn deliver(&self, channel: &str, offset: Offset, data: &str) -> usize {
+    pub fn deliver_batched(
+        &self,
+        channel: &str,
+        offset: Offset,
+        data: &str,
+        writes: &mut WriteBatch,
+    ) -> usize {
         let shard = self.shard(channel);
         let Some((channel, slot)) = read(&shard.channels)
             .get_key_value(channel)
@@ -811,7 +845,7 @@ impl Hub {
             (state.subscribed, round)
         };
         if let Some(subscribers) = round {
-            start_round(&slot, subscribers, self.workers.as_ref());
+            start_round(&slot, subscribers, self.workers.as_ref(), writes);
         }
         subscribers
     }

@@ -38,7 +38,7 @@ use tokio::{
 use crate::{
     auth::{Authenticator, Namespaces},
     cluster::Bus,
-    hub::{FlushAfterPoll, Frame, HubHandle, Outbound, Wire},
+    hub::{Frame, HubHandle, Outbound, Wire},
     protocol::{self, CloseCode, ws},
     telemetry::{self, RateScope},
     throttle::{KeyedLimiter, Quota},
@@ -196,14 +196,7 @@ pub fn serve_tcp(
     let (peer, throttled) = accepted(&stream, &ctx);
     let stream = SharedTcp::new(stream);
     let wire = stream.wire();
-    FlushAfterPoll::new(serve_upgrade(
-        stream,
-        ctx,
-        peer,
-        throttled,
-        Some(wire),
-        None,
-    ))
+    serve_upgrade(stream, ctx, peer, throttled, Some(wire), None)
 }
 
 /// Prepares an accepted socket: small frames leave at once (batching happens in the write
@@ -229,7 +222,7 @@ pub fn serve_tls(
     ctx: Arc<SessionContext>,
 ) -> impl Future<Output = ()> + Send + 'static {
     let (peer, throttled) = accepted(&stream, &ctx);
-    FlushAfterPoll::new(async move {
+    async move {
         // Before the TLS handshake nothing can be answered: over a cap, just close.
         let Ok(slot) = ctx.hub.pending_upgrades().try_acquire(peer) else {
             telemetry::connection_rejected("max_pending_upgrades");
@@ -264,7 +257,7 @@ pub fn serve_tls(
             Some(slot),
         ))
         .await;
-    })
+    }
 }
 
 /// Serves one connection over any byte stream (TCP, TLS, or a test pipe). Publishers cannot
@@ -273,7 +266,7 @@ pub fn serve<S>(stream: S, ctx: Arc<SessionContext>) -> impl Future<Output = ()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    FlushAfterPoll::new(serve_upgrade(stream, ctx, None, false, None, None))
+    serve_upgrade(stream, ctx, None, false, None, None)
 }
 
 /// Releases the admission slot when the session ends, however it ends.

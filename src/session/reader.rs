@@ -584,7 +584,10 @@ impl Reader {
         if data.len() > self.ctx.settings.max_publish_payload_bytes {
             return self.error(id, ErrorCode::LimitExceeded, "`data` is too large");
         }
-        match self.ctx.bus.publish(&channel, data).await {
+        // Written when this publish is handled (the batch is dropped): a large channel's
+        // round writes in its own task anyway, and a client's publishes are one per frame.
+        let mut writes = self.ctx.hub.write_batch();
+        match self.ctx.bus.publish(&channel, data, &mut writes).await {
             Ok(offset) => self.send(protocol::encode_published(id, &channel, offset)),
             Err(err) => self.error(id, ErrorCode::Unavailable, &err.to_string()),
         }

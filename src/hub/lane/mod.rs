@@ -4,8 +4,9 @@
 //! - `outbound`: the connection's handle ([`Outbound`]): its bounded queue, the lane's
 //!   state, the close signal, keepalive.
 //! - `publisher`: the publishers' side: [`Outbound::enqueue`] claims an idle lane and the
-//!   claimer flushes ([`Outbound::flush`], or [`flush_all`] for what a fan-out claimed),
-//!   [`FlushAfterPoll`] for a client's publishes within one poll.
+//!   claimer flushes ([`Outbound::flush`], or [`flush_all`] for what a fan-out claimed);
+//!   a [`WriteBatch`] collects what one caller's publishes claimed, written together when
+//!   the caller is done (after a control request's answer, after a bus read's entries).
 //! - `session`: the session task's side ([`SessionLane`]): taking over when the socket is
 //!   full, writing its own frames, giving the lane back.
 //!
@@ -34,9 +35,9 @@ mod session;
 mod tests;
 
 use self::outbound::{FLUSHING, IDLE, MAX_FLUSH_ROUNDS, MAX_SLICES, SESSION, WANT};
-pub(super) use self::publisher::{FLUSH_CHUNK, FLUSH_INLINE, flush_all};
+pub(super) use self::publisher::{FLUSH_INLINE, flush_all};
 pub use self::{
     outbound::{ConnId, EnqueueError, Keepalive, Outbound, Outgoing, Wire},
-    publisher::FlushAfterPoll,
+    publisher::WriteBatch,
     session::SessionLane,
 };

@@ -1,14 +1,9 @@
 //! The publishers' side of the write lane (see the module doc of `lane`): writing a claimed
 //! connection's queue to its socket ([`Outbound::flush`]), and flushing what fan-outs
 //! claimed: small lists on the publisher's thread, large ones in tasks every worker runs, and
-//! a client's publishes within one poll of its session together ([`FlushAfterPoll`]).
+//! what one caller published together ([`WriteBatch`]).
 
-use std::{
-    cell::RefCell,
-    pin::Pin,
-    sync::Arc,
-    task::{Context, Poll},
-};
+use std::sync::Arc;
 
 use std::{
     io::{self, IoSlice},
@@ -168,12 +163,7 @@ impl Outbound {
 
 /// Connections one flushing task writes to at most: a large fan-out is split into tasks of
 /// this many, which the runtime's workers share.
-pub(in crate::hub) const FLUSH_CHUNK: usize = 256;
-
-thread_local! {
-    /// Connections claimed by fan-outs inside a [`FlushAfterPoll`] poll on this thread.
-    static DEFERRED: RefCell<Option<Vec<Arc<Outbound>>>> = const { RefCell::new(None) };
-}
+const FLUSH_CHUNK: usize = 256;
 
 /// Claimed connections up to this many are flushed on the publisher's own thread: spawning
 /// a task, and waking an idle worker to steal it, cost more than these writes would move.
@@ -184,23 +174,9 @@ pub(in crate::hub) const FLUSH_INLINE: usize = 64;
 /// Flushes connections whose lane a fan-out claimed: up to [`FLUSH_INLINE`] on this thread,
 /// more in tasks of at most [`FLUSH_CHUNK`] connections on `workers` (the runtime the
 /// sessions run on), so that every core writes and the publisher is held neither for a large
-/// fan-out's syscalls nor behind them. Inside a [`FlushAfterPoll`], only collects them for
-/// the end of the poll. Without `workers` (a hub built outside a runtime), everything is
-/// written on this thread.
+/// fan-out's syscalls nor behind them. Without `workers` (a hub built outside a runtime),
+/// everything is written on this thread.
 pub(in crate::hub) fn flush_all(mut to_flush: Vec<Arc<Outbound>>, workers: Option<&Handle>) {
-    if to_flush.is_empty() {
-        return;
-    }
-    let deferred = DEFERRED.with_borrow_mut(|deferred| match deferred {
-        Some(deferred) => {
-            deferred.append(&mut to_flush);
-            true
-        }
-        None => false,
-    });
-    if deferred {
-        return;
-    }
     let runtime = match workers {
         Some(runtime) if to_flush.len() > FLUSH_INLINE => runtime,
         _ => {
@@ -222,56 +198,71 @@ pub(in crate::hub) fn flush_all(mut to_flush: Vec<Arc<Outbound>>, workers: Optio
     }
 }
 
-pin_project_lite::pin_project! {
-    /// Runs a future (a publishing client's session) so that the fan-outs of every message
-    /// it publishes within one poll are flushed together when the poll ends: a connection
-    /// that several of them reach gets one `writev` of all its frames instead of one each,
-    /// as the baseline broadcaster writes what one read of the publisher brought. The lane
-    /// already lists each connection once however many messages it was claimed for.
-    pub struct FlushAfterPoll<F> {
-        #[pin]
-        inner: F,
-    }
+/// The connections a publisher's fan-outs claimed (see `Hub::publish_batched`), written
+/// when the publisher says so: a caller that publishes several messages (a batch request, a
+/// `XREAD` reply from the bus) gives them one batch, and a connection that several of them
+/// reach gets one `writev` of all its frames instead of one each. The lane lists each
+/// connection once however many messages it was claimed for.
+///
+/// Dropping the batch writes what it holds, so a caller that returns early (or panics)
+/// cannot leave claimed connections unwritten.
+#[derive(Debug)]
+pub struct WriteBatch {
+    claimed: Vec<Arc<Outbound>>,
+    /// The runtime the sessions run on, which large batches are spread over.
+    workers: Option<Handle>,
 }
 
-impl<F> FlushAfterPoll<F> {
-    pub fn new(inner: F) -> Self {
-        Self { inner }
-    }
-}
-
-impl<F: Future> Future for FlushAfterPoll<F> {
-    type Output = F::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let _scope = DeferScope::enter();
-        self.project().inner.poll(cx)
-    }
-}
-
-/// Collects fan-outs' claims on this thread until dropped, then flushes them; on drop, so a
-/// panicking poll cannot leave claimed connections unflushed.
-struct DeferScope {
-    /// The enclosing scope's list (nested scopes flush their own claims).
-    outer: Option<Vec<Arc<Outbound>>>,
-}
-
-impl DeferScope {
-    fn enter() -> Self {
+impl WriteBatch {
+    pub(in crate::hub) fn new(workers: Option<Handle>) -> Self {
         Self {
-            outer: DEFERRED.with_borrow_mut(|deferred| deferred.replace(Vec::new())),
+            claimed: Vec::new(),
+            workers,
+        }
+    }
+
+    /// Adds a connection whose lane was claimed. With a runtime to spread over, every
+    /// [`FLUSH_CHUNK`] go to a flush task at once, so other workers write while a large
+    /// fan-out enqueues to the rest.
+    pub(in crate::hub) fn push(&mut self, outbound: Arc<Outbound>) {
+        self.claimed.push(outbound);
+        if self.claimed.len() == FLUSH_CHUNK && self.workers.is_some() {
+            self.flush();
+        }
+    }
+
+    /// Whether nothing waits to be written.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.claimed.is_empty()
+    }
+
+    /// Writes what the batch holds now (see [`flush_all`]).
+    pub fn flush(&mut self) {
+        if !self.claimed.is_empty() {
+            flush_all(std::mem::take(&mut self.claimed), self.workers.as_ref());
+        }
+    }
+
+    /// Writes what the batch holds from a new task on the current runtime, so after the
+    /// caller's current poll: a control connection on its own single-threaded runtime
+    /// writes its answer first, then the deliveries of a small channel. Outside a runtime,
+    /// writes at once.
+    pub fn flush_later(mut self) {
+        if self.claimed.is_empty() {
+            return;
+        }
+        match Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move { drop(self) });
+            }
+            Err(_) => self.flush(),
         }
     }
 }
 
-impl Drop for DeferScope {
+impl Drop for WriteBatch {
     fn drop(&mut self) {
-        let claimed =
-            DEFERRED.with_borrow_mut(|deferred| std::mem::replace(deferred, self.outer.take()));
-        // Scopes are entered by tasks on the sessions' runtime: its workers flush.
-        flush_all(
-            claimed.unwrap_or_default(),
-            Handle::try_current().ok().as_ref(),
-        );
+        self.flush();
     }
 }

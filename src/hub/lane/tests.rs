@@ -244,26 +244,41 @@ fn a_frame_enqueued_while_the_flusher_writes_is_flushed_too() {
 }
 
 #[test]
-fn publishes_within_one_poll_reach_a_connection_in_one_write() {
+fn publishes_in_one_batch_reach_a_connection_in_one_write() {
     let (hub, socket, conn, news) = subscribed(FlakySocket::new(8));
-    let publisher = FlushAfterPoll::new(std::future::poll_fn(|_| {
-        hub.publish(&news, "1").unwrap();
-        hub.publish(&news, "2").unwrap();
-        assert_eq!(
-            conn.queued_messages(),
-            2,
-            "nothing is written during the poll"
-        );
-        std::task::Poll::Ready(())
-    }));
-    futures_util::FutureExt::now_or_never(publisher).unwrap();
-    assert_eq!(conn.queued_messages(), 0);
+    let mut writes = hub.write_batch();
+    hub.publish_batched(&news, "1", &mut writes).unwrap();
+    hub.publish_batched(&news, "2", &mut writes).unwrap();
+    assert_eq!(
+        conn.queued_messages(),
+        2,
+        "nothing is written before the batch is flushed"
+    );
+    drop(writes);
+    assert_eq!(conn.queued_messages(), 0, "dropping the batch writes it");
     assert_eq!(
         socket.writes.load(Ordering::SeqCst),
         1,
         "both frames in one writev"
     );
     assert_eq!(seqs(&socket.frames()[1..]), [1, 2]);
+}
+
+#[test]
+fn a_batch_flushed_later_is_written_after_the_current_poll() {
+    let (hub, socket, conn, news) = subscribed(FlakySocket::new(8));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut writes = hub.write_batch();
+        hub.publish_batched(&news, "1", &mut writes).unwrap();
+        writes.flush_later();
+        assert_eq!(conn.queued_messages(), 1, "not written within this poll");
+        tokio::task::yield_now().await;
+        assert_eq!(conn.queued_messages(), 0, "written once this task yielded");
+    });
+    assert_eq!(seqs(&socket.frames()[1..]), [1]);
 }
 
 /// 150 frames queued behind a claimed lane, then flushed into `socket`.
