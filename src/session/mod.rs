@@ -430,76 +430,86 @@ struct Upgraded {
 }
 
 /// Runs an upgraded connection until it ends.
-async fn run<S>(
+///
+/// A plain function returning an `async move` block, not an `async fn`: an `async fn` keeps
+/// its arguments in the state as well as the locals they are moved into (the socket alone
+/// is 144 bytes), for the connection's whole life.
+fn run<S>(
     mut socket: Socket<S>,
     ctx: Arc<SessionContext>,
     wire: Option<Arc<dyn Wire>>,
-    _admission: Option<Admission>,
+    admission: Option<Admission>,
     token: Option<String>,
-) where
+) -> impl Future<Output = ()> + Send
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let outbound = ctx.hub.register(wire);
-    socket.stream.share_with(Arc::clone(&outbound));
-    let conn_id = outbound.conn_id();
-    telemetry::metrics().connections_accepted.increment(1);
-    let mut reader = reader::Reader::new(Arc::clone(&ctx), Arc::clone(&outbound));
-    // A token in the upgrade is checked before the welcome, which then names the user.
-    let refused = match (token, &ctx.auth) {
-        // Boxed: needed once (it may wait for a JWKS fetch), so its state does not size the
-        // task for the connection's life.
-        (Some(token), Some(auth)) => match Box::pin(auth.authenticate(&token)).await {
-            Ok(identity) => {
-                reader.authenticated(identity);
-                None
-            }
-            Err(err) => Some(err),
-        },
-        // Without keys, tokens are not checked (and give nobody any right).
-        _ => None,
-    };
-    let heartbeat_ms = u64::try_from(ctx.settings.heartbeat.as_millis()).unwrap_or(u64::MAX);
-    let welcome = protocol::encode_welcome(conn_id, &ctx.node_id, heartbeat_ms, reader.user());
-    // A fresh queue always has room for the welcome.
-    let _ = outbound.try_enqueue(&Frame::from(welcome));
-    if let Some(err) = refused {
-        reader.unauthorized(None, err);
-    } else if reader.user().is_none() && ctx.settings.auth_required {
-        outbound.set_deadline(
-            ctx.hub.clock_ms() + duration_ms(ctx.settings.auth_timeout),
-            CloseCode::Unauthorized,
-        );
-    }
+    async move {
+        let _admission = admission;
+        let outbound = ctx.hub.register(wire);
+        socket.stream.share_with(Arc::clone(&outbound));
+        let conn_id = outbound.conn_id();
+        telemetry::metrics().connections_accepted.increment(1);
+        let mut reader = reader::Reader::new(Arc::clone(&ctx), Arc::clone(&outbound));
+        // A token in the upgrade is checked before the welcome, which then names the user.
+        let refused = match (token, &ctx.auth) {
+            // Boxed: needed once (it may wait for a JWKS fetch), so its state does not size the
+            // task for the connection's life.
+            (Some(token), Some(auth)) => match Box::pin(auth.authenticate(&token)).await {
+                Ok(identity) => {
+                    reader.authenticated(identity);
+                    None
+                }
+                Err(err) => Some(err),
+            },
+            // Without keys, tokens are not checked (and give nobody any right).
+            _ => None,
+        };
+        let heartbeat_ms = u64::try_from(ctx.settings.heartbeat.as_millis()).unwrap_or(u64::MAX);
+        let welcome = protocol::encode_welcome(conn_id, &ctx.node_id, heartbeat_ms, reader.user());
+        // A fresh queue always has room for the welcome.
+        let _ = outbound.try_enqueue(&Frame::from(welcome));
+        if let Some(err) = refused {
+            reader.unauthorized(None, err);
+        } else if reader.user().is_none() && ctx.settings.auth_required {
+            outbound.set_deadline(
+                ctx.hub.clock_ms() + duration_ms(ctx.settings.auth_timeout),
+                CloseCode::Unauthorized,
+            );
+        }
 
-    let end = reader.run(&mut socket).await;
-    match end.close_code() {
-        Some(code) => {
-            outbound.close(code);
+        let end = reader.run(&mut socket).await;
+        match end.close_code() {
+            Some(code) => {
+                outbound.close(code);
+            }
+            None => outbound.abort(),
         }
-        None => outbound.abort(),
-    }
-    // The first close requested wins: a slow-consumer close, say, before the session saw
-    // the client's frame that broke a limit.
-    let final_end = match outbound.close_code() {
-        Some(code) if !matches!(end, End::ClientClosed(_)) && Some(code) != end.close_code() => {
-            End::Requested(code)
+        // The first close requested wins: a slow-consumer close, say, before the session saw
+        // the client's frame that broke a limit.
+        let final_end = match outbound.close_code() {
+            Some(code)
+                if !matches!(end, End::ClientClosed(_)) && Some(code) != end.close_code() =>
+            {
+                End::Requested(code)
+            }
+            _ => end,
+        };
+        // Boxed: needed once, so its timers do not size the task for the connection's life.
+        Box::pin(finish_close(
+            &mut socket,
+            &outbound,
+            final_end,
+            &ctx.settings,
+        ))
+        .await;
+        ctx.hub.deregister(conn_id, reader.subscriptions());
+        if let Some(user) = reader.user() {
+            ctx.hub.remove_user(user, conn_id);
         }
-        _ => end,
-    };
-    // Boxed: needed once, so its timers do not size the task for the connection's life.
-    Box::pin(finish_close(
-        &mut socket,
-        &outbound,
-        final_end,
-        &ctx.settings,
-    ))
-    .await;
-    ctx.hub.deregister(conn_id, reader.subscriptions());
-    if let Some(user) = reader.user() {
-        ctx.hub.remove_user(user, conn_id);
+        telemetry::connection_closed(final_end.label());
+        tracing::debug!(conn_id, end = final_end.label(), "Session ended");
     }
-    telemetry::connection_closed(final_end.label());
-    tracing::debug!(conn_id, end = final_end.label(), "Session ended");
 }
 
 fn duration_ms(duration: Duration) -> u64 {
@@ -686,7 +696,7 @@ mod tests {
         let run_size = std::mem::size_of_val(&run(socket(), Arc::clone(&ctx), None, None, None));
         let sizes = [
             ("serve", std::mem::size_of_val(&serve), 150),
-            ("run", run_size, 900),
+            ("run", run_size, 740),
             ("reader", std::mem::size_of_val(&read), 340),
         ];
         fn size_of_output<A, B, C, D, E, F, Fut>(_: fn(A, B, C, D, E, F) -> Fut) -> usize {
