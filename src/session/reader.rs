@@ -25,7 +25,10 @@ use super::{End, SessionContext, socket::Socket, writer};
 use crate::{
     auth::{self, Action, AuthError, Identity},
     hub::{Frame, Outbound, SubscribeError, Subscribed},
-    protocol::{self, ChannelName, ClientFrame, CloseCode, ErrorCode, Offset, ws::Inbound},
+    protocol::{
+        self, ChannelName, ClientFrame, CloseCode, ErrorCode, Offset,
+        ws::{Inbound, Utf8Bytes},
+    },
     telemetry::{self, RateScope},
     throttle::{Quota, TokenBucket},
 };
@@ -73,6 +76,17 @@ where
         return Poll::Ready(Event::WriteFailed(err));
     }
     then.map(Event::Ready)
+}
+
+/// What the session does after one step of its poll ([`Reader::on_event`]).
+enum Step {
+    /// Read the next frame.
+    Next,
+    /// Read nothing for this long (over the client's budget); writes go on.
+    Pause(Duration),
+    /// Handle this text frame.
+    Handle(Utf8Bytes),
+    End(End),
 }
 
 /// Which of a client's budgets a frame is charged to.
@@ -266,91 +280,107 @@ impl Reader {
                 })
             })
             .await;
-            let frame = match event {
+            // Decided without awaiting, so that neither the event nor the frame is kept in
+            // the task's state while a text frame is handled.
+            let pause = match self.on_event(event, socket, &mut fragment_deadline) {
+                Step::Next => continue,
+                Step::End(end) => return end,
+                Step::Pause(wait) => wait,
+                Step::Handle(text) => {
+                    // Boxed, the text moved in: an idle connection's state does not carry
+                    // room for a handler's.
+                    match Box::pin(self.handle_beside_writes(socket, text)).await {
+                        Some(end) => return end,
+                        None => continue,
+                    }
+                }
+            };
+            // Reading nothing until a token is free bounds what a flood costs the node, and
+            // TCP pushes back on the client meanwhile. Writes go on.
+            let mut sleep = Box::pin(tokio::time::sleep(pause));
+            let step =
+                poll_fn(|cx| poll_session(cx, socket, &outbound, |cx, _| sleep.as_mut().poll(cx)))
+                    .await;
+            match step {
                 Event::Closed => return self.closed_end(),
                 Event::WriteFailed(err) => return self.write_failed(&err),
-                Event::Ready(Err(end)) => return end,
-                Event::Ready(Ok(frame)) => frame,
-            };
-            if !socket.in_message() {
-                fragment_deadline = None;
-            } else if fragment_deadline.is_none() {
-                fragment_deadline = Some(Box::pin(tokio::time::sleep(
-                    self.ctx.settings.fragment_timeout,
-                )));
+                Event::Ready(()) => {}
             }
-            let pause = match frame {
-                Inbound::Text(text) => {
-                    self.outbound.seen(self.ctx.hub.clock_ms());
-                    let text = text.as_str();
-                    match self.charge(Budget::Frames) {
-                        Ok(None) => {
-                            if let Some(end) = self.handle_beside_writes(socket, text).await {
-                                return end;
-                            }
-                            None
-                        }
-                        Ok(Some(wait)) => {
-                            self.refuse(text, wait);
-                            Some(wait)
-                        }
-                        Err(end) => return end,
+        }
+    }
+
+    /// What to do after one step of the session's poll: go on reading, pause reading
+    /// (over the client's budget), end, or handle a text frame.
+    fn on_event<S>(
+        &mut self,
+        event: Event<Result<Inbound, End>>,
+        socket: &mut Socket<S>,
+        fragment_deadline: &mut Option<Pin<Box<tokio::time::Sleep>>>,
+    ) -> Step {
+        let frame = match event {
+            Event::Closed => return Step::End(self.closed_end()),
+            Event::WriteFailed(err) => return Step::End(self.write_failed(&err)),
+            Event::Ready(Err(end)) => return Step::End(end),
+            Event::Ready(Ok(frame)) => frame,
+        };
+        if !socket.in_message() {
+            *fragment_deadline = None;
+        } else if fragment_deadline.is_none() {
+            *fragment_deadline = Some(Box::pin(tokio::time::sleep(
+                self.ctx.settings.fragment_timeout,
+            )));
+        }
+        let charged = match frame {
+            Inbound::Text(text) => {
+                self.outbound.seen(self.ctx.hub.clock_ms());
+                return match self.charge(Budget::Frames) {
+                    Ok(None) => Step::Handle(text),
+                    Ok(Some(wait)) => {
+                        self.refuse(text.as_str(), wait);
+                        Step::Pause(wait)
                     }
-                }
-                Inbound::Binary(_) => return End::BinaryFrame,
-                Inbound::Close(code) => return End::ClientClosed(code),
-                Inbound::Fragment => match self.charge(Budget::Frames) {
-                    Ok(wait) => wait,
-                    Err(end) => return end,
-                },
-                Inbound::Ping(payload) => match self.charge(Budget::Control) {
-                    Ok(None) => {
-                        socket.owe_pong(&payload);
-                        None
-                    }
-                    // Unanswered: a pong is owed only for pings within budget.
-                    Ok(Some(wait)) => Some(wait),
-                    Err(end) => return end,
-                },
-                Inbound::Pong => {
-                    self.outbound.seen(self.ctx.hub.clock_ms());
-                    match self.charge(Budget::Control) {
-                        Ok(wait) => wait,
-                        Err(end) => return end,
-                    }
-                }
-            };
-            if let Some(wait) = pause {
-                // Reading nothing until a token is free bounds what a flood costs the node,
-                // and TCP pushes back on the client meanwhile. Writes go on.
-                let mut sleep = Box::pin(tokio::time::sleep(wait));
-                let step = poll_fn(|cx| {
-                    poll_session(cx, socket, &outbound, |cx, _| sleep.as_mut().poll(cx))
-                })
-                .await;
-                match step {
-                    Event::Closed => return self.closed_end(),
-                    Event::WriteFailed(err) => return self.write_failed(&err),
-                    Event::Ready(()) => {}
-                }
+                    Err(end) => Step::End(end),
+                };
             }
+            Inbound::Binary(_) => return Step::End(End::BinaryFrame),
+            Inbound::Close(code) => return Step::End(End::ClientClosed(code)),
+            Inbound::Fragment => self.charge(Budget::Frames),
+            Inbound::Ping(payload) => {
+                let charged = self.charge(Budget::Control);
+                // Unanswered over budget: a pong is owed only for pings within budget.
+                if matches!(charged, Ok(None)) {
+                    socket.owe_pong(&payload);
+                }
+                charged
+            }
+            Inbound::Pong => {
+                self.outbound.seen(self.ctx.hub.clock_ms());
+                self.charge(Budget::Control)
+            }
+        };
+        match charged {
+            Ok(None) => Step::Next,
+            Ok(Some(wait)) => Step::Pause(wait),
+            Err(end) => Step::End(end),
         }
     }
 
     /// Handles one text frame while the write side goes on (a publish may wait for Redis);
     /// `Some` when the session must end meanwhile.
-    async fn handle_beside_writes<S>(&mut self, socket: &mut Socket<S>, text: &str) -> Option<End>
+    async fn handle_beside_writes<S>(
+        &mut self,
+        socket: &mut Socket<S>,
+        text: Utf8Bytes,
+    ) -> Option<End>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let outbound = Arc::clone(&self.outbound);
-        // Boxed: its state (a bus round trip in flight) is only needed while it runs, not
-        // kept in every idle connection's task.
-        let mut handling = Box::pin(self.handle_text(text));
-        let step =
+        let step = {
+            let mut handling = std::pin::pin!(self.handle_text(text.as_str()));
             poll_fn(|cx| poll_session(cx, socket, &outbound, |cx, _| handling.as_mut().poll(cx)))
-                .await;
-        drop(handling);
+                .await
+        };
         match step {
             Event::Closed => Some(self.closed_end()),
             Event::WriteFailed(err) => Some(self.write_failed(&err)),
