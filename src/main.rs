@@ -118,6 +118,12 @@ fn serve(args: &ServeArgs) -> ExitCode {
         eprintln!("switchboard: {err:#}");
         return ExitCode::FAILURE;
     }
+    for var in &config.ignored_env {
+        tracing::debug!(
+            var,
+            "Environment variable ignored: not SWITCHBOARD_<SECTION>__<KEY> (e.g. a Kubernetes service link)"
+        );
+    }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if config.server.worker_threads > 0 {
         builder.worker_threads(config.server.worker_threads);

@@ -51,6 +51,12 @@ pub struct Config {
     /// and read history, and no client publish (backends publish through the control API).
     #[serde(default = "default_namespaces")]
     pub namespaces: Vec<NamespaceConfig>,
+    /// `SWITCHBOARD_*` variables that are not in the `SWITCHBOARD_<SECTION>__<KEY>` form
+    /// (Kubernetes injects `<SERVICE>_SERVICE_HOST` and the like for every Service, and a
+    /// Service named `switchboard-ws` gives `SWITCHBOARD_WS_SERVICE_HOST`): ignored, and
+    /// logged at debug level once logging is set up.
+    #[serde(skip)]
+    pub ignored_env: Vec<String>,
 }
 
 /// Who may do something with a channel.
@@ -419,6 +425,7 @@ impl Default for Config {
             cluster: ClusterConfig::default(),
             auth: AuthConfig::default(),
             namespaces: default_namespaces(),
+            ignored_env: Vec::new(),
         }
     }
 }
@@ -582,8 +589,10 @@ impl Config {
             }
             None => toml::Table::new(),
         };
-        apply_env(&mut table, env)?;
-        Self::from_table(table)?.validate()
+        let ignored_env = apply_env(&mut table, env)?;
+        let mut config = Self::from_table(table)?.validate()?;
+        config.ignored_env = ignored_env;
+        Ok(config)
     }
 
     fn from_table(table: toml::Table) -> Result<Self, ConfigError> {
@@ -1029,14 +1038,24 @@ fn default_shards() -> usize {
 /// `SWITCHBOARD_LIMITS__MAX_CONNECTIONS=5000` sets `limits.max_connections`. The value is read as
 /// a TOML value when it parses as one (numbers, booleans, arrays) and as a string otherwise.
 /// Unknown keys are refused later by `deny_unknown_fields`, naming the key.
+///
+/// Variables without `__` after the prefix are not meant for us (Kubernetes' service links,
+/// `SWITCHBOARD_WS_SERVICE_HOST`, never contain `__`: service and port names cannot hold
+/// `_`): they are returned, to be logged, and otherwise ignored. One with `__` that is not
+/// exactly `<SECTION>__<KEY>` is a mistake and refused.
 fn apply_env(
     table: &mut toml::Table,
     env: impl IntoIterator<Item = (String, String)>,
-) -> Result<(), ConfigError> {
+) -> Result<Vec<String>, ConfigError> {
+    let mut ignored = Vec::new();
     for (var, raw) in env {
         let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
             continue;
         };
+        if !rest.contains("__") {
+            ignored.push(var);
+            continue;
+        }
         let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
         if path.len() != 2 || path.iter().any(String::is_empty) {
             return Err(ConfigError::Env {
@@ -1057,7 +1076,7 @@ fn apply_env(
         };
         section.insert(path[1].clone(), value);
     }
-    Ok(())
+    Ok(ignored)
 }
 
 fn parse_env_value(raw: &str) -> toml::Value {

@@ -113,9 +113,43 @@ fn unknown_environment_keys_are_refused() {
     let env = [("SWITCHBOARD_LIMITS__NOPE".to_owned(), "1".to_owned())];
     let err = Config::load(None, env).unwrap_err();
     assert!(err.to_string().contains("limits.nope"), "{err}");
-    let env = [("SWITCHBOARD_LISTEN".to_owned(), "x".to_owned())];
+    let env = [("SWITCHBOARD_SERVER__TLS__CERT".to_owned(), "x".to_owned())];
     let err = Config::load(None, env).unwrap_err();
-    assert!(err.to_string().contains("SWITCHBOARD_LISTEN"), "{err}");
+    assert!(
+        err.to_string().contains("SWITCHBOARD_SERVER__TLS__CERT"),
+        "{err}"
+    );
+    let env = [("SWITCHBOARD___LISTEN".to_owned(), "x".to_owned())];
+    assert!(Config::load(None, env).is_err());
+}
+
+/// What Kubernetes injects for Services named `switchboard-ws` and `switchboard-control`
+/// (service links): none is in the `<SECTION>__<KEY>` form, so none is ours.
+#[test]
+fn variables_kubernetes_injects_for_services_are_ignored() {
+    let env: Vec<(String, String)> = [
+        ("SWITCHBOARD_WS_SERVICE_HOST", "10.96.0.12"),
+        ("SWITCHBOARD_WS_SERVICE_PORT", "8080"),
+        ("SWITCHBOARD_WS_SERVICE_PORT_WS", "8080"),
+        ("SWITCHBOARD_WS_PORT", "tcp://10.96.0.12:8080"),
+        ("SWITCHBOARD_WS_PORT_8080_TCP", "tcp://10.96.0.12:8080"),
+        ("SWITCHBOARD_WS_PORT_8080_TCP_PROTO", "tcp"),
+        ("SWITCHBOARD_WS_PORT_8080_TCP_PORT", "8080"),
+        ("SWITCHBOARD_WS_PORT_8080_TCP_ADDR", "10.96.0.12"),
+        ("SWITCHBOARD_CONTROL_SERVICE_HOST", "10.96.0.13"),
+        ("SWITCHBOARD_LIMITS__MAX_CONNECTIONS", "5000"),
+    ]
+    .into_iter()
+    .map(|(var, value)| (var.to_owned(), value.to_owned()))
+    .collect();
+    let config = Config::load(None, env).unwrap();
+    assert_eq!(config.limits.max_connections, 5000);
+    assert_eq!(config.ignored_env.len(), 9);
+    assert!(
+        config
+            .ignored_env
+            .contains(&"SWITCHBOARD_WS_PORT_8080_TCP".to_owned())
+    );
 }
 
 #[test]

@@ -48,6 +48,41 @@ fn bad_config_refuses_to_start_naming_the_key() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// Kubernetes injects `<SERVICE>_SERVICE_HOST`, `<SERVICE>_PORT_<N>_TCP` ... for every
+/// Service in the namespace; with Services named `switchboard-ws` and `switchboard-control`
+/// they start with `SWITCHBOARD_`. The binary must start with them (it ignores variables not
+/// in the `SWITCHBOARD_<SECTION>__<KEY>` form) and still apply its own.
+#[tokio::test]
+async fn starts_with_the_variables_kubernetes_injects_for_its_services() {
+    let node = BinaryNode::start(
+        &[],
+        &[
+            ("SWITCHBOARD_WS_SERVICE_HOST", "10.96.0.12"),
+            ("SWITCHBOARD_WS_SERVICE_PORT", "8080"),
+            ("SWITCHBOARD_WS_SERVICE_PORT_WS", "8080"),
+            ("SWITCHBOARD_WS_PORT", "tcp://10.96.0.12:8080"),
+            ("SWITCHBOARD_WS_PORT_8080_TCP", "tcp://10.96.0.12:8080"),
+            ("SWITCHBOARD_WS_PORT_8080_TCP_PROTO", "tcp"),
+            ("SWITCHBOARD_WS_PORT_8080_TCP_PORT", "8080"),
+            ("SWITCHBOARD_WS_PORT_8080_TCP_ADDR", "10.96.0.12"),
+            ("SWITCHBOARD_CONTROL_SERVICE_HOST", "10.96.0.13"),
+            ("SWITCHBOARD_CONTROL_PORT_9090_TCP", "tcp://10.96.0.13:9090"),
+            ("SWITCHBOARD_LIMITS__MAX_CONNECTIONS", "1"),
+        ],
+    )
+    .await;
+    let mut client = TestClient::connect(&node.ws_url()).await;
+    client.subscribe("news").await;
+    // Its own variable applied: the node holds one connection at most.
+    let (response, _) = tokio_tungstenite::connect_async(node.ws_url())
+        .await
+        .map_or_else(|err| (Some(err.to_string()), ()), |_| (None, ()));
+    assert!(
+        response.as_deref().is_some_and(|err| err.contains("503")),
+        "a second connection is refused: {response:?}"
+    );
+}
+
 #[tokio::test]
 async fn sigterm_closes_clients_with_1001_and_exits_zero() {
     let mut node = BinaryNode::start(&[], &[]).await;
