@@ -11,6 +11,7 @@ use crate::{
     cluster::{Bus, LocalBus, NodeInfo, RedisBus, RedisSettings},
     config::Config,
     control::{self, ApiKeys, ControlContext},
+    drain::{DrainRequest, DrainSettings, Drainer, Origin},
     hub::{Hub, HubHandle, HubSettings},
     protocol::CloseCode,
     session::{self, SessionContext, SessionSettings},
@@ -32,6 +33,8 @@ pub struct Running {
     hub: HubHandle,
     readiness: Readiness,
     grace: Duration,
+    /// Starts and reports drains (SIGTERM, `/v1/drain`).
+    drainer: Drainer,
     /// Cancelled to stop accepting WebSocket connections.
     accept_stop: CancellationToken,
     /// Cancelled to stop the control API and the periodic tasks, after the sessions are gone.
@@ -186,7 +189,20 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         control: crate::tls::Tls::from_config("control.tls", &config.control.tls)
             .context("loading control.tls (certificate and key)")?,
     };
+    let drainer = Drainer::new(
+        Arc::clone(&hub),
+        readiness.clone(),
+        DrainSettings {
+            delay: config.shutdown.drain_delay,
+            window: config.shutdown.drain_window,
+            deadline: (!config.shutdown.drain_deadline.is_zero())
+                .then_some(config.shutdown.drain_deadline),
+            grace: config.shutdown.grace,
+        },
+        background.clone(),
+    );
     let control_ctx = Arc::new(ControlContext {
+        drain: drainer.clone(),
         certificates: certificates.clone(),
         hub: Arc::clone(&hub),
         bus: Arc::clone(&bus),
@@ -286,6 +302,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         hub,
         readiness,
         grace: config.shutdown.grace,
+        drainer,
         accept_stop,
         background_stop,
         sessions,
@@ -294,25 +311,54 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     })
 }
 
-/// Runs the node until `signal` resolves, then drains it.
+/// Runs the node until a drain is done, then stops it. `signal` (SIGTERM or SIGINT) starts
+/// a drain; a second SIGTERM or SIGINT stops at once; `POST /v1/drain` starts one too.
 ///
 /// # Errors
 /// When the node cannot start.
 pub async fn run(config: Config, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal as unix_signal};
     let running = start(config).await?;
-    let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .context("listening for SIGHUP")?;
+    let mut hangups = unix_signal(SignalKind::hangup()).context("listening for SIGHUP")?;
     tokio::pin!(signal);
+    let drainer = running.drainer.clone();
+    let finished = drainer.finished();
+    tokio::pin!(finished);
+    let mut again: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)> = None;
     loop {
         tokio::select! {
-            () = &mut signal => break,
+            () = &mut signal, if again.is_none() => {
+                if let Err(err) = drainer.start(Origin::Signal, DrainRequest::default()) {
+                    tracing::error!(error = %err, "Cannot drain; stopping at once");
+                    break;
+                }
+                // Listened for only now: until the first signal, the default action of a
+                // second one would be the process's end, not a drain's.
+                again = Some((
+                    unix_signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+                    unix_signal(SignalKind::interrupt()).context("listening for SIGINT")?,
+                ));
+            }
+            () = &mut finished => break,
+            () = async {
+                match again.as_mut() {
+                    Some((terminate, interrupt)) => tokio::select! {
+                        _ = terminate.recv() => {}
+                        _ = interrupt.recv() => {}
+                    },
+                    None => std::future::pending().await,
+                }
+            } => {
+                tracing::warn!("Second signal during the drain: stopping at once");
+                break;
+            }
             _ = hangups.recv() => {
                 tracing::info!("SIGHUP received: reloading the TLS certificates");
                 running.reload_tls();
             }
         }
     }
-    running.drain().await;
+    running.stop().await;
     Ok(())
 }
 
@@ -343,16 +389,22 @@ impl Running {
         self.certificates.reload().is_ok()
     }
 
-    /// Shuts the node down: unready, stop accepting, close every session with 1001, wait for
-    /// them up to the grace period, then stop the control API.
-    ///
-    /// This is the one shutdown path (signals and tests use it); a paced drain that spreads
-    /// the closes over time plugs in at the `disconnect_all` step.
-    pub async fn drain(self) {
-        let _draining = self.readiness.hold("draining");
+    /// The node's drains (what `/v1/drain` drives).
+    #[must_use]
+    pub fn drainer(&self) -> &Drainer {
+        &self.drainer
+    }
+
+    /// Stops the node: unready, stop accepting, close every session still open with 1001
+    /// (none after a drain that finished), wait for them up to the grace period, then stop
+    /// the control API and the periodic tasks.
+    pub async fn stop(self) {
+        let _draining = self.readiness.hold("stopping");
         self.accept_stop.cancel();
         let n_sessions = self.hub.disconnect_all(CloseCode::GoingAway);
-        tracing::info!(n_sessions, "Draining: closing sessions with 1001");
+        if n_sessions > 0 {
+            tracing::info!(n_sessions, "Stopping: closing the sessions left with 1001");
+        }
         if tokio::time::timeout(self.grace, self.sessions.wait())
             .await
             .is_err()

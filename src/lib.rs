@@ -8,6 +8,7 @@ pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod control;
+pub mod drain;
 pub mod hub;
 pub mod protocol;
 pub mod session;

@@ -43,6 +43,8 @@ pub struct ControlContext {
     /// `/v1` requests per API key (`control.requests_per_second_per_key`), if limited. The
     /// key is the index of the matched API key; loopback callers without keys share one.
     pub key_limiter: Option<KeyedLimiter<usize>>,
+    /// `POST`, `GET` and `DELETE /v1/drain`.
+    pub drain: crate::drain::Drainer,
 }
 
 pub(crate) type Body = Full<Bytes>;

@@ -221,6 +221,12 @@ async fn route_v1(
             ("stats", stats(&query, ctx).await)
         }
         "/v1/nodes" if method == Method::GET => ("nodes", nodes(ctx).await),
+        "/v1/drain" if method == Method::POST => ("drain", start_drain(request, ctx).await),
+        "/v1/drain" if method == Method::GET => {
+            ("drain", Ok(drain_status(200, &ctx.drain.status())))
+        }
+        "/v1/drain" if method == Method::DELETE => ("drain", cancel_drain(ctx)),
+        "/v1/drain" => ("drain", method_not_allowed("GET, POST, DELETE")),
         "/v1/reload-tls" if method == Method::POST => ("reload_tls", reload_tls(ctx)),
         "/v1/reload-tls" => ("reload_tls", method_not_allowed("POST")),
         "/v1/nodes" => ("nodes", method_not_allowed("GET")),
@@ -735,6 +741,66 @@ async fn disconnect(request: Request<Incoming>, ctx: &ControlContext) -> Handled
 }
 
 /// Reloads every listener's certificate and key, as SIGHUP does.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DrainBody {
+    /// Over how long to close the connections; `shutdown.drain_window` when absent.
+    #[serde(default)]
+    window_ms: Option<u64>,
+    /// When to exit with connections left, from now; `shutdown.drain_deadline` when absent.
+    #[serde(default)]
+    deadline_ms: Option<u64>,
+}
+
+fn drain_status(status: u16, drain: &crate::drain::DrainStatus) -> Response<Body> {
+    let body = serde_json::to_string(drain).unwrap_or_else(|_| "{}".to_owned());
+    response(status, JSON, body)
+}
+
+fn drain_error(err: &crate::drain::DrainError) -> ApiError {
+    use crate::drain::DrainError;
+    let status = match err {
+        DrainError::Invalid(_) => 422,
+        DrainError::NotDraining => 404,
+        DrainError::AlreadyDraining | DrainError::StartedBySignal => 409,
+    };
+    let code = match err {
+        DrainError::NotDraining => ErrorCode::NotFound,
+        _ => ErrorCode::BadRequest,
+    };
+    ApiError::new(status, code, err.to_string())
+}
+
+/// `POST /v1/drain`: starts draining this node (see `drain`); the body is optional.
+async fn start_drain(request: Request<Incoming>, ctx: &ControlContext) -> Handled {
+    let has_body = request.headers().contains_key(header::CONTENT_TYPE)
+        || request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|length| length.as_bytes() != b"0");
+    let body: DrainBody = if has_body {
+        json_body(request, ctx).await?
+    } else {
+        DrainBody::default()
+    };
+    let request = crate::drain::DrainRequest {
+        window: body.window_ms.map(Duration::from_millis),
+        deadline: body.deadline_ms.map(Duration::from_millis),
+    };
+    match ctx.drain.start(crate::drain::Origin::Api, request) {
+        Ok(status) => Ok(drain_status(202, &status)),
+        Err(err) => Err(drain_error(&err)),
+    }
+}
+
+/// `DELETE /v1/drain`: cancels a drain started through the API.
+fn cancel_drain(ctx: &ControlContext) -> Handled {
+    match ctx.drain.cancel() {
+        Ok(status) => Ok(drain_status(200, &status)),
+        Err(err) => Err(drain_error(&err)),
+    }
+}
+
 fn reload_tls(ctx: &ControlContext) -> Handled {
     if ctx.certificates.is_empty() {
         return Err(ApiError::new(

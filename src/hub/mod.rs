@@ -90,6 +90,8 @@ pub struct Hub {
     pending: Arc<PendingUpgrades>,
     /// The process is above `limits.memory_pressure_bytes`: new upgrades are refused.
     memory_pressure: AtomicBool,
+    /// The node is draining (past `shutdown.drain_delay`): new upgrades are refused.
+    draining: AtomicBool,
     settings: HubSettings,
     history: HistoryPolicy,
     started: Instant,
@@ -251,6 +253,7 @@ impl Hub {
             next_conn_id: AtomicU64::new(1),
             admitted: AtomicUsize::new(0),
             memory_pressure: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             pending: PendingUpgrades::new(
                 settings.max_pending_upgrades,
                 settings.max_pending_upgrades_per_ip,
@@ -303,6 +306,26 @@ impl Hub {
     /// Set by the node's memory watch.
     pub fn set_memory_pressure(&self, pressure: bool) {
         self.memory_pressure.store(pressure, Ordering::Relaxed);
+    }
+
+    /// Whether a drain refuses new upgrades (see `drain`).
+    #[must_use]
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Set by a drain when it starts closing connections, cleared when it is cancelled.
+    pub fn set_draining(&self, draining: bool) {
+        self.draining.store(draining, Ordering::Relaxed);
+    }
+
+    /// Every open connection, for a drain to close them one by one.
+    #[must_use]
+    pub fn connections_snapshot(&self) -> Vec<Arc<Outbound>> {
+        self.conns
+            .iter()
+            .map(|entry| Arc::clone(entry.value()))
+            .collect()
     }
 
     /// Registers a connection and returns its outbound handle. With a `wire`, publishers

@@ -17,6 +17,9 @@ pub enum CloseCode {
     MessageTooBig,
     /// 1011: an internal error ended the session.
     InternalError,
+    /// 1012: the node is draining (restart, upgrade, scale-down); the client was sent a
+    /// `reconnect` frame first. Reconnect (the load balancer picks another node) and resume.
+    ServiceRestart,
     /// 4000: the connection was closed through the control API (`POST /v1/disconnect`).
     Disconnected,
     /// 4001: the outbound queue overflowed (count or bytes): the client reads too slowly.
@@ -52,6 +55,7 @@ impl CloseCode {
             CloseCode::TokenExpired => 4004,
             CloseCode::MessageTooBig => 1009,
             CloseCode::InternalError => 1011,
+            CloseCode::ServiceRestart => 1012,
             CloseCode::Disconnected => 4000,
             CloseCode::SlowConsumer => 4001,
             CloseCode::IdleTimeout => 4002,
@@ -73,6 +77,7 @@ impl CloseCode {
             CloseCode::TokenExpired => "token expired",
             CloseCode::MessageTooBig => "message too big",
             CloseCode::InternalError => "internal error",
+            CloseCode::ServiceRestart => "service restart: reconnect",
             CloseCode::Disconnected => "disconnected by server",
             CloseCode::SlowConsumer => "slow consumer",
             CloseCode::IdleTimeout => "idle timeout",
@@ -94,6 +99,7 @@ impl CloseCode {
             CloseCode::TokenExpired => "token_expired",
             CloseCode::MessageTooBig => "message_too_big",
             CloseCode::InternalError => "internal_error",
+            CloseCode::ServiceRestart => "service_restart",
             CloseCode::Disconnected => "disconnected",
             CloseCode::SlowConsumer => "slow_consumer",
             CloseCode::IdleTimeout => "idle_timeout",
@@ -115,6 +121,7 @@ impl CloseCode {
             1008 => CloseCode::PolicyViolation,
             1009 => CloseCode::MessageTooBig,
             1011 => CloseCode::InternalError,
+            1012 => CloseCode::ServiceRestart,
             4000 => CloseCode::Disconnected,
             4001 => CloseCode::SlowConsumer,
             4002 => CloseCode::IdleTimeout,

@@ -20,6 +20,18 @@ fn push_id(out: &mut String, id: Option<u64>) {
     }
 }
 
+/// `{"type":"reconnect","reason":..,"after_ms":..}`: the server is about to close the
+/// connection (1012) and asks the client to reconnect, after waiting `after_ms` (to another
+/// node, through the load balancer), resuming its channels from the last offsets it saw.
+#[must_use]
+pub fn encode_reconnect(reason: &str, after_ms: u64) -> String {
+    let mut out = String::with_capacity(64);
+    out.push_str("{\"type\":\"reconnect\",\"reason\":");
+    push_json_string(&mut out, reason);
+    let _ = write!(out, ",\"after_ms\":{after_ms}}}");
+    out
+}
+
 /// `{"type":"welcome","conn_id":..,"node":..,"heartbeat_ms":..,"protocol":1}`
 #[must_use]
 pub fn encode_welcome(conn_id: u64, node: &str, heartbeat_ms: u64, user: Option<&str>) -> String {

@@ -358,6 +358,8 @@ where
     } else if throttled {
         telemetry::rate_limited(RateScope::Ip);
         Some(upgrade::IP_RATE_LIMITED)
+    } else if ctx.hub.is_draining() {
+        Some(upgrade::DRAINING)
     } else if is_echo {
         None
     } else if ctx.hub.under_memory_pressure() {

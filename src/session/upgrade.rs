@@ -61,6 +61,12 @@ pub(super) const ORIGIN_NOT_ALLOWED: Refusal = Refusal::new(
     "origin_not_allowed",
     "this page's origin may not open a WebSocket here (server.allowed_origins)",
 );
+pub(super) const DRAINING: Refusal = Refusal::new(
+    503,
+    "draining",
+    "this node is draining; connect to another node",
+)
+.retry_after(1);
 pub(super) const MAX_CONNECTIONS: Refusal =
     Refusal::new(503, "max_connections", "connection limit reached").retry_after(5);
 

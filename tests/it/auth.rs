@@ -78,7 +78,7 @@ async fn a_token_in_the_url_the_header_or_the_auth_frame_names_the_user() {
         (Some("authenticated"), Some(1), Some("alice"))
     );
     assert!(server.metric("ws_auth_total{result=\"ok\"}").await >= 3.0);
-    server.drain().await;
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -118,7 +118,7 @@ async fn an_invalid_token_gets_unauthorized_then_4003() {
             >= 1.0
     );
     assert!(server.metric("ws_auth_total{result=\"expired\"}").await >= 1.0);
-    server.drain().await;
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -153,7 +153,7 @@ async fn required_auth_refuses_other_frames_and_silence() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     good.send(json!({"type": "ping", "id": 9})).await;
     assert_eq!(good.recv_type("pong").await["id"], 9);
-    server.drain().await;
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -188,7 +188,7 @@ async fn an_expired_token_closes_with_4004_unless_refreshed() {
         .await;
     assert_eq!(refreshed.recv().await["code"], "unauthorized");
     assert_eq!(refreshed.close_code().await, 4003);
-    server.drain().await;
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -227,7 +227,7 @@ async fn public_key_algorithms_and_the_url_switch() {
         .await
         .unwrap();
     assert_eq!(client.recv().await["user"], "frank");
-    server.drain().await;
+    server.stop().await;
 }
 
 fn token_with(sub: &str, channels: &[&str], publish: &[&str]) -> String {
@@ -346,7 +346,7 @@ async fn namespaces_decide_who_may_subscribe_publish_and_resume() {
             .await
             >= 1.0
     );
-    server.drain().await;
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -359,7 +359,7 @@ async fn the_default_namespace_lets_anyone_follow_and_only_backends_publish() {
     assert_eq!(outcome(&mut client, publish).await, "forbidden");
     server.publish("news", json!("from a backend")).await;
     assert_eq!(client.recv_type("message").await["data"], "from a backend");
-    server.drain().await;
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -398,7 +398,7 @@ async fn disconnect_by_user_closes_every_connection_of_that_user() {
         .await;
     assert_eq!(status, 200);
     assert_eq!(third.close_code().await, 4321);
-    server.drain().await;
+    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -431,6 +431,6 @@ async fn disconnect_by_user_reaches_every_node_of_a_cluster() {
     );
     bystander.send(json!({"type": "ping", "id": 2})).await;
     assert_eq!(bystander.recv_type("pong").await["id"], 2);
-    a.drain().await;
-    b.drain().await;
+    a.stop().await;
+    b.stop().await;
 }

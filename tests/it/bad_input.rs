@@ -80,7 +80,7 @@ async fn malformed_frames_get_bad_request_and_keep_the_connection() {
             .await
             >= 8.0
     );
-    server.drain().await;
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -96,7 +96,7 @@ async fn binary_frames_close_with_1003() {
         .unwrap();
     assert_eq!(client.close_code().await, 1003);
     bystander_still_served(&server, &mut bystander).await;
-    server.drain().await;
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -121,7 +121,7 @@ async fn oversize_messages_close_with_1009() {
             .await
             >= 1.0
     );
-    server.drain().await;
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -134,7 +134,7 @@ async fn invalid_utf8_closes_with_1007() {
     client.ws.send(Message::Frame(frame)).await.unwrap();
     assert_eq!(client.close_code().await, 1007);
     bystander_still_served(&server, &mut bystander).await;
-    server.drain().await;
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -154,7 +154,7 @@ async fn a_dropped_connection_is_cleaned_up_and_harms_nobody() {
     // Counted as a lost transport, not as a protocol error.
     assert!(server.metric(lost).await > lost_before);
     bystander_still_served(&server, &mut bystander).await;
-    server.drain().await;
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -179,7 +179,7 @@ async fn a_silent_client_is_closed_with_4002() {
         assert_eq!(lively.recv().await["type"], "pong");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    server.drain().await;
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -215,7 +215,7 @@ async fn a_quiet_client_is_pinged_and_its_pongs_keep_it_open() {
     );
     client.send(json!({"type":"ping"})).await;
     assert_eq!(client.recv().await["type"], "pong");
-    server.drain().await;
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -227,5 +227,5 @@ async fn wrong_path_and_plain_http_are_refused() {
     assert!(err.to_string().contains("404"), "{err}");
     // The listener keeps serving.
     server.client().await;
-    server.drain().await;
+    server.stop().await;
 }

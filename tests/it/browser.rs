@@ -62,7 +62,7 @@ async fn chromium_pages_from_other_origins_cannot_open_a_websocket() {
     );
     // The metrics recorder is the test process's: other tests may count refusals too.
     assert!(server.metric(rejected).await >= rejected_before + 1.0);
-    server.drain().await;
+    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,5 +89,5 @@ async fn chromium_speaks_wss_to_the_servers_own_tls_stream() {
         1006,
         "{seen}"
     );
-    server.drain().await;
+    server.stop().await;
 }

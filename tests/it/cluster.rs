@@ -26,7 +26,7 @@ async fn nodes(redis: &RedisServer, n: usize) -> Vec<TestServer> {
 
 async fn drain_all(nodes: Vec<TestServer>) {
     for node in nodes {
-        node.drain().await;
+        node.stop().await;
     }
 }
 
@@ -163,8 +163,8 @@ async fn resume_past_trimmed_history_is_not_recovered() {
     assert_eq!(seq(&reply["offset"]), 10);
     let live = a.publish("short", json!("live")).await;
     assert_eq!(client.recv_type("message").await["offset"], live.as_str());
-    a.drain().await;
-    b.drain().await;
+    a.stop().await;
+    b.stop().await;
 }
 
 /// Publishes steadily on one node for the length of a fault and records what was
@@ -270,8 +270,8 @@ async fn outage_case(fault: impl AsyncFnOnce(&mut RedisServer)) {
         "acked {} refused {refused} slowest {slowest:?}",
         acked.len()
     );
-    a.drain().await;
-    b.drain().await;
+    a.stop().await;
+    b.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -353,7 +353,7 @@ async fn a_session_closed_during_a_resume_read_leaves_no_pin() {
     }
     assert_eq!(reply["recovered"], true, "{reply}");
     assert_eq!(again.recv_type("message").await["data"], 2);
-    node.drain().await;
+    node.stop().await;
 }
 
 /// A subscribe to a name nobody publishes on must not leave Redis state for a day: what the
@@ -380,7 +380,7 @@ async fn subscribing_to_an_unused_channel_leaves_short_lived_state() {
         ttl(&redis) > 23 * 3600 * 1000,
         "a publish keeps it for a day"
     );
-    node.drain().await;
+    node.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -422,7 +422,7 @@ async fn publishes_during_an_outage_get_503_and_readiness_reports_it() {
         "publishing recovers"
     );
     assert!(node.metric("ws_redis_errors_total{op=\"publish\"}").await >= 1.0);
-    node.drain().await;
+    node.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -464,8 +464,8 @@ async fn redis_restarted_empty_never_replays_wrong_data() {
         let reply = client.subscribe_since("amnesia", &last).await;
         assert_eq!(reply["recovered"], false, "{reply}");
     }
-    a.drain().await;
-    b.drain().await;
+    a.stop().await;
+    b.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -485,7 +485,7 @@ async fn nodes_register_and_leave_the_registry() {
         a.get_json("/v1/stats?scope=cluster").await.1["connections"] == 1,
         "cluster stats count b's connection"
     );
-    b.drain().await;
+    b.stop().await;
     crate::assert_eventually!(
         a.get_json("/v1/nodes").await.1["nodes"]
             .as_array()
@@ -493,7 +493,7 @@ async fn nodes_register_and_leave_the_registry() {
             == Some(1),
         "a drained node leaves the registry"
     );
-    a.drain().await;
+    a.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -528,8 +528,8 @@ async fn a_wedged_bus_reader_fails_readiness_then_heals_without_loss() {
     );
     let (acked, _, _) = publisher.finish().await;
     expect_all_acknowledged(&mut client, &acked).await;
-    publisher_node.drain().await;
-    wedged_node.drain().await;
+    publisher_node.stop().await;
+    wedged_node.stop().await;
 }
 
 /// `rediss://` to a `redis-server` serving TLS with a private CA (`cluster.redis_ca_file`):
@@ -574,8 +574,8 @@ async fn nodes_cluster_over_rediss_with_a_private_ca() {
         .post("/v1/publish", json!({"channel": "secure", "data": 3}))
         .await;
     assert_eq!(status, 503);
-    untrusting.drain().await;
-    a.drain().await;
-    b.drain().await;
+    untrusting.stop().await;
+    a.stop().await;
+    b.stop().await;
     std::fs::remove_file(ca_file).unwrap();
 }

@@ -30,7 +30,7 @@ async fn health_readiness_and_metrics() {
     ] {
         assert!(text.contains(name), "/metrics lacks {name}:\n{text}");
     }
-    server.drain().await;
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -54,7 +54,7 @@ async fn stats_count_connections_subscriptions_and_shards() {
         .map(|s| s["subscriptions"].as_u64().unwrap())
         .sum();
     assert_eq!(summed, 3);
-    server.drain().await;
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -76,7 +76,7 @@ async fn disconnect_closes_the_named_connection_with_4000() {
         (status, body["error"]["code"].as_str()),
         (404, Some("not_found"))
     );
-    server.drain().await;
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -164,7 +164,7 @@ async fn bad_requests_get_the_right_status() {
         (code, body["error"]["code"].as_str()),
         (422, Some("bad_request"))
     );
-    server.drain().await;
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -209,7 +209,7 @@ async fn api_keys_are_required_when_configured() {
     assert_eq!(response.status().as_u16(), 401);
     // Health endpoints stay open for load balancers.
     assert_eq!(server.get("/healthz").await.0, 200);
-    server.drain().await;
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -244,21 +244,21 @@ async fn head_is_get_without_a_body() {
         .unwrap();
     assert_eq!(response.status().as_u16(), 405);
     assert_eq!(response.headers()["allow"], "GET, HEAD");
-    server.drain().await;
+    server.stop().await;
 }
 
 #[tokio::test]
-async fn readiness_turns_false_while_draining() {
+async fn readiness_turns_false_while_stopping() {
     let server = TestServer::start().await;
     let control = server.control_url("/readyz");
     let http = server.http.clone();
     // This client does not read during the drain, so its session lingers (bounded by the
     // grace period) and the control API stays up long enough to be asked.
     let mut client = server.client().await;
-    let drain = tokio::spawn(server.drain());
+    let drain = tokio::spawn(server.stop());
     crate::assert_eventually!(
         http.get(&control).send().await.unwrap().status().as_u16() == 503,
-        "readiness fails once the drain starts"
+        "readiness fails once the stop starts"
     );
     let body: serde_json::Value = http
         .get(&control)
@@ -268,7 +268,7 @@ async fn readiness_turns_false_while_draining() {
         .json()
         .await
         .unwrap();
-    assert_eq!(body, json!({"ready": false, "reasons": ["draining"]}));
+    assert_eq!(body, json!({"ready": false, "reasons": ["stopping"]}));
     assert_eq!(client.close_code().await, 1001);
     drain.await.unwrap();
 }
@@ -346,7 +346,7 @@ async fn a_batch_runs_its_commands_in_order_with_a_reply_each() {
     assert_eq!(next["data"], "marker");
     let (status, _) = server.get("/v1/batch").await;
     assert_eq!(status, 405);
-    server.drain().await;
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -376,5 +376,5 @@ async fn a_batch_counts_each_command_against_the_key_rate() {
     let refused = batch(3).await.unwrap();
     assert_eq!(refused.status(), 429);
     assert!(refused.headers().contains_key("retry-after"));
-    server.drain().await;
+    server.stop().await;
 }

@@ -207,10 +207,19 @@ impl TestServer {
             .reload_tls()
     }
 
-    /// Shuts the server down the way SIGTERM does.
-    pub async fn drain(mut self) {
+    /// The server's drains, as `/v1/drain` and SIGTERM drive them.
+    pub fn drainer(&self) -> switchboard::drain::Drainer {
+        self.running
+            .as_ref()
+            .expect("server is running")
+            .drainer()
+            .clone()
+    }
+
+    /// Stops the server: what a finished drain, or a second SIGTERM, leads to.
+    pub async fn stop(mut self) {
         if let Some(running) = self.running.take() {
-            running.drain().await;
+            running.stop().await;
         }
     }
 }

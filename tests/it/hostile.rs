@@ -188,7 +188,7 @@ async fn a_ping_flood_is_refused_then_closed_with_1008() {
             >= 1.0,
         "the flooder is closed once over budget for throttled_close_after"
     );
-    server.drain().await;
+    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -220,7 +220,7 @@ async fn empty_continuation_frames_are_charged_and_a_flood_is_closed() {
             .await
             >= 1.0
     );
-    server.drain().await;
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -244,7 +244,7 @@ async fn a_message_in_too_many_fragments_is_closed_with_1008() {
             .await
             >= 1.0
     );
-    server.drain().await;
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -275,7 +275,7 @@ async fn an_unfinished_fragmented_message_times_out_though_pings_keep_coming() {
             .await
             >= 1.0
     );
-    server.drain().await;
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -305,7 +305,7 @@ async fn pings_from_a_client_that_never_answers_do_not_keep_it_open() {
     })
     .await;
     assert_eq!(code, Some(4002));
-    server.drain().await;
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -351,7 +351,7 @@ async fn silent_sockets_take_no_connection_slot_and_are_capped_per_address() {
         server.hub().connections() == 0 && server.metric("ws_pending_upgrades").await == 0.0,
         "every slot is released"
     );
-    server.drain().await;
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -398,7 +398,7 @@ async fn malformed_upgrades_get_the_http_status_that_says_why() {
             .await
             >= 1.0
     );
-    server.drain().await;
+    server.stop().await;
 }
 
 /// Cross-site WebSocket hijacking: a page from another site gets 403; pages from the host
@@ -431,7 +431,7 @@ async fn upgrades_from_other_origins_are_refused() {
             .await
             >= 2.0
     );
-    server.drain().await;
+    server.stop().await;
 
     let server = TestServer::builder()
         .configure(|c| c.server.allowed_origins = vec!["https://*.example.com".to_owned()])
@@ -449,7 +449,7 @@ async fn upgrades_from_other_origins_are_refused() {
             "{origin}"
         );
     }
-    server.drain().await;
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -479,7 +479,7 @@ async fn invalid_client_close_codes_are_protocol_errors() {
             .await
             >= 4.0
     );
-    server.drain().await;
+    server.stop().await;
 }
 
 /// 300 control API requests whose bodies trickle in a byte at a time: each gets 408 at
@@ -544,7 +544,7 @@ async fn trickled_request_bodies_get_408_and_are_closed() {
             .await
             >= 300.0
     );
-    server.drain().await;
+    server.stop().await;
 }
 
 /// Above `limits.memory_pressure_bytes` new upgrades get 503 with Retry-After and `/readyz`
@@ -596,7 +596,7 @@ async fn memory_pressure_refuses_new_upgrades_and_keeps_existing_ones() {
             >= 1.0
     );
     assert_eq!(server.get("/readyz").await.0, 200);
-    server.drain().await;
+    server.stop().await;
 }
 
 /// A 60 KiB message needs a 60 KiB read buffer while it is read; none is kept after it
@@ -621,7 +621,7 @@ async fn a_large_message_leaves_no_read_buffer_behind() {
         );
     })
     .await;
-    server.drain().await;
+    server.stop().await;
 }
 
 /// Channels made by a client's publishes are charged their own cost against the history
@@ -658,7 +658,7 @@ async fn channels_are_charged_what_they_cost_and_freed_when_empty() {
         );
     })
     .await;
-    server.drain().await;
+    server.stop().await;
 }
 
 /// The resident memory of process `pid`, in KiB.

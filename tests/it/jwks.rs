@@ -221,7 +221,7 @@ async fn jwks_keys_verify_tokens_rotate_in_on_demand_and_survive_a_failed_fetch(
         Ok("dan".to_owned()),
         "the keys from before the failure still verify"
     );
-    server.drain().await;
+    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -255,5 +255,5 @@ async fn jwks_is_refreshed_periodically_and_gates_readiness_until_loaded() {
         outcome(&server, &e2).await == Ok("erin".to_owned()),
         "the periodic refresh brings the new key"
     );
-    server.drain().await;
+    server.stop().await;
 }

@@ -33,7 +33,7 @@ async fn subscriptions_per_connection_are_limited() {
         client.recv().await["message"],
         "already subscribed to this channel"
     );
-    server.drain().await;
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -50,7 +50,7 @@ async fn channel_names_are_limited_in_length() {
     let reply = client.recv().await;
     assert_eq!(reply["code"], "bad_request");
     assert_eq!(reply["message"], "channel name is longer than 8 bytes");
-    server.drain().await;
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -75,7 +75,7 @@ async fn publish_payloads_are_limited() {
         (status, body["error"]["code"].as_str()),
         (413, Some("limit_exceeded"))
     );
-    server.drain().await;
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -92,7 +92,7 @@ async fn client_publishing_can_be_switched_off() {
     assert_eq!(reply["code"], "forbidden");
     // The control API still publishes.
     server.publish("c", json!(1)).await;
-    server.drain().await;
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -119,5 +119,5 @@ async fn connections_beyond_the_limit_get_503() {
     drop(held.pop());
     crate::assert_eventually!(server.hub().connections() == 2, "slot freed");
     let _again = TestClient::connect(&server.ws_url()).await;
-    server.drain().await;
+    server.stop().await;
 }

@@ -37,5 +37,5 @@ async fn mass_disconnect_does_not_stall_accepting() {
     crate::assert_eventually!(server.hub().connections() == 1, "cleanup finished");
     let (_, stats) = server.get_json("/v1/stats").await;
     assert_eq!(stats["subscriptions"], 1, "{stats}");
-    server.drain().await;
+    server.stop().await;
 }

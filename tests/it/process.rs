@@ -83,32 +83,78 @@ async fn starts_with_the_variables_kubernetes_injects_for_its_services() {
     );
 }
 
+fn kill(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// SIGTERM drains: unready at once, clients closed with a `reconnect` frame and 1012 spread
+/// over the window, then exit 0.
 #[tokio::test]
-async fn sigterm_closes_clients_with_1001_and_exits_zero() {
-    let mut node = BinaryNode::start(&[], &[]).await;
+async fn sigterm_drains_clients_with_1012_over_the_window_and_exits_zero() {
+    let mut node = BinaryNode::start(
+        &[],
+        &[
+            ("SWITCHBOARD_SHUTDOWN__DRAIN_DELAY", "200ms"),
+            ("SWITCHBOARD_SHUTDOWN__DRAIN_WINDOW", "1s"),
+        ],
+    )
+    .await;
     let url = node.ws_url();
     let mut clients = Vec::new();
-    for _ in 0..5 {
+    for _ in 0..8 {
         let mut client = TestClient::connect(&url).await;
         client.subscribe("news").await;
         clients.push(client);
     }
-    let pid = node.pid();
-    let status = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let started = tokio::time::Instant::now();
+    kill(node.pid(), "-TERM");
+    let readyz = format!("http://{}/readyz", node.control_addr);
+    crate::assert_eventually!(
+        reqwest::get(&readyz).await.unwrap().status() == 503,
+        "unready at once"
+    );
+    let mut closes = Vec::new();
     for client in &mut clients {
-        assert_eq!(client.close_code().await, 1001);
+        assert_eq!(client.recv_type("reconnect").await["reason"], "draining");
+        assert_eq!(client.close_code().await, 1012);
+        closes.push(started.elapsed());
     }
+    closes.sort();
+    assert!(
+        closes[closes.len() - 1] - closes[0] >= Duration::from_millis(300),
+        "closes are paced: {closes:?}"
+    );
     let exit = tokio::time::timeout(Duration::from_secs(5), node.child.wait())
         .await
-        .expect("exits within 5 s")
+        .expect("exits once every client is closed")
         .unwrap();
     assert_eq!(exit.code(), Some(0));
-    // And it no longer accepts.
     assert!(tokio_tungstenite::connect_async(&url).await.is_err());
+}
+
+/// A second SIGTERM during a drain stops at once: the clients left get 1001.
+#[tokio::test]
+async fn a_second_sigterm_stops_at_once() {
+    let mut node = BinaryNode::start(&[], &[("SWITCHBOARD_SHUTDOWN__DRAIN_DELAY", "30s")]).await;
+    let mut client = TestClient::connect(&node.ws_url()).await;
+    client.subscribe("news").await;
+    kill(node.pid(), "-TERM");
+    let readyz = format!("http://{}/readyz", node.control_addr);
+    crate::assert_eventually!(
+        reqwest::get(&readyz).await.unwrap().status() == 503,
+        "unready at once"
+    );
+    kill(node.pid(), "-TERM");
+    assert_eq!(client.close_code().await, 1001);
+    let exit = tokio::time::timeout(Duration::from_secs(5), node.child.wait())
+        .await
+        .expect("exits at once")
+        .unwrap();
+    assert_eq!(exit.code(), Some(0));
 }
 
 /// The names of a process's threads, from /proc.

@@ -15,7 +15,7 @@ async fn welcome_announces_connection_node_and_protocol() {
             .starts_with("node-")
     );
     assert_eq!(client.welcome["heartbeat_ms"], 25_000);
-    server.drain().await;
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -61,7 +61,7 @@ async fn subscribe_publish_unsubscribe() {
         json!({"type":"pong","id":4}),
         "no message after unsubscribe"
     );
-    server.drain().await;
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -83,7 +83,7 @@ async fn broadcast_reaches_every_named_channel() {
     assert_eq!(got_a["offset"], body["offsets"]["alpha"]);
     assert_eq!(got_b["offset"], body["offsets"]["beta"]);
     assert_eq!(got_b["data"], json!({"x":1}));
-    server.drain().await;
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -135,7 +135,7 @@ async fn per_channel_order_holds_under_concurrent_publishers() {
             }
         }
     }
-    server.drain().await;
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -158,7 +158,7 @@ async fn a_client_close_is_answered_with_a_close_frame() {
             .await
             >= 1.0
     );
-    server.drain().await;
+    server.stop().await;
 }
 
 /// Every length form of the frame header (7-bit, 16-bit, 64-bit) reaches a real client
@@ -184,5 +184,5 @@ async fn messages_of_every_size_arrive_intact_and_in_order() {
         let message = client.recv().await;
         assert_eq!(message["data"].as_str().map(str::len), Some(size));
     }
-    server.drain().await;
+    server.stop().await;
 }

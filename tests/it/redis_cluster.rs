@@ -63,8 +63,8 @@ async fn redis_cluster_carries_order_resume_and_registry() {
             == Some(2),
         "both nodes registered"
     );
-    a.drain().await;
-    b.drain().await;
+    a.stop().await;
+    b.stop().await;
 }
 
 /// Two nodes, a subscriber on one, a steady publisher on the other, and `fault` applied to
@@ -87,8 +87,8 @@ async fn fault_case(fault: impl AsyncFnOnce(&RedisCluster)) -> usize {
         "slowest answer {slowest:?}"
     );
     crate::cluster::expect_all_acknowledged(&mut on_b, &acked).await;
-    a.drain().await;
-    b.drain().await;
+    a.stop().await;
+    b.stop().await;
     refused
 }
 
@@ -159,7 +159,7 @@ async fn redis_cluster_over_tls_carries_messages_between_nodes() {
         *expected += 1;
     }
     assert!(next.values().all(|n| *n == 4));
-    a.drain().await;
-    b.drain().await;
+    a.stop().await;
+    b.stop().await;
     std::fs::remove_file(ca_file).unwrap();
 }

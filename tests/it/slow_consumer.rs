@@ -73,7 +73,7 @@ async fn slow_consumer_is_disconnected_while_others_keep_full_rate() {
         elapsed < Duration::from_secs(20),
         "fan-out took {elapsed:?}"
     );
-    server.drain().await;
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -107,5 +107,5 @@ async fn a_slow_consumer_does_not_block_the_publisher() {
         "all stalled subscribers were closed"
     );
     drop(stalled);
-    server.drain().await;
+    server.stop().await;
 }

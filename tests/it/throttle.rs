@@ -73,7 +73,7 @@ async fn a_flooding_client_is_refused_and_slowed_without_harming_others() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     flooder.send(json!({"type":"ping","id":99})).await;
     assert_eq!(flooder.recv().await["id"], 99);
-    server.drain().await;
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -92,7 +92,7 @@ async fn bad_json_counts_against_the_limit_too() {
     assert_eq!(client.recv().await["code"], "bad_request");
     assert_eq!(client.recv().await["code"], "bad_request");
     assert_eq!(client.recv().await["code"], "rate_limited");
-    server.drain().await;
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -121,7 +121,7 @@ async fn connects_per_address_are_limited_with_429() {
     first.subscribe("news").await;
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     TestClient::connect(&server.ws_url()).await;
-    server.drain().await;
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -153,5 +153,5 @@ async fn api_keys_are_limited_each_on_its_own() {
     assert_eq!(status(quiet).await.status(), 200);
     assert_eq!(server.get("/healthz").await.0, 200);
     assert!(server.metric(key_limited).await > before);
-    server.drain().await;
+    server.stop().await;
 }

@@ -178,7 +178,7 @@ async fn wss_serves_sessions_and_a_reload_changes_the_certificate_without_droppi
     server.publish("news", json!(2)).await;
     assert_eq!(before.recv_type("message").await["data"], 2);
     assert_eq!(after.recv_type("message").await["data"], Value::from(2));
-    server.drain().await;
+    server.stop().await;
 }
 
 /// Runs `curl` against the control API with `ca` as its only trust anchor; returns its exit
@@ -248,7 +248,7 @@ async fn the_control_api_serves_https_and_reloads_both_certificates() {
         .unwrap();
     assert!(output.status.success(), "{output:?}");
     assert_eq!(subscriber.recv_type("message").await["data"], 2);
-    server.drain().await;
+    server.stop().await;
 }
 
 /// The TLS stream is the server's own (rustls's unbuffered API, see `src/tls/stream.rs`):
@@ -350,7 +350,7 @@ async fn wss_carries_large_messages_bursts_tls12_and_key_updates() {
     for client in [&mut tls13, &mut tls12] {
         assert_eq!(client.recv_type("message").await["data"], "still here");
     }
-    server.drain().await;
+    server.stop().await;
 }
 
 /// A `wss://` client that stops reading fills its socket, then the server's one write's
@@ -398,7 +398,7 @@ async fn a_wss_client_that_stops_reading_is_a_slow_consumer_and_nobody_else_noti
         "the stalled wss client is closed as a slow consumer"
     );
     drop(stalled);
-    server.drain().await;
+    server.stop().await;
 }
 
 /// A client socket that sends at most `step` bytes per write (with Nagle off, mostly one
@@ -512,7 +512,7 @@ async fn tls_records_arriving_in_small_pieces_are_reassembled() {
             }
         }
     }
-    server.drain().await;
+    server.stop().await;
 }
 
 /// A forged record after the handshake is refused with a TLS alert that says why (not a
@@ -546,5 +546,5 @@ async fn a_forged_record_gets_an_alert_and_only_its_connection_ends() {
     );
     server.publish("calm", json!("still here")).await;
     assert_eq!(bystander.recv_type("message").await["data"], "still here");
-    server.drain().await;
+    server.stop().await;
 }
