@@ -8,6 +8,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    accept::AcceptFailures,
     cluster::{Bus, LocalBus, NodeInfo, RedisBus, RedisSettings},
     config::Config,
     control::{self, ApiKeys, ControlContext},
@@ -53,6 +54,7 @@ pub struct Running {
 /// When a listener cannot be bound.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let metrics_handle = telemetry::install_recorder();
+    raise_file_limit(config.limits.max_connections);
     let readiness = Readiness::new();
     let starting = readiness.hold("starting");
     let node_id: Arc<str> = Arc::from(config.server.node_id.as_str());
@@ -233,6 +235,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         ws_listener,
         session_ctx,
         certificates.server.clone(),
+        readiness.clone(),
         accept_stop.clone(),
         sessions.clone(),
     ));
@@ -425,13 +428,16 @@ async fn accept_loop(
     listener: TcpListener,
     ctx: Arc<session::SessionContext>,
     tls: Option<Arc<crate::tls::Tls>>,
+    readiness: Readiness,
     stop: CancellationToken,
     sessions: Shutdown,
 ) {
+    let mut failing = AcceptFailures::new("ws", Some(readiness));
     loop {
         let accepted = tokio::select! {
             biased;
             () = stop.cancelled() => break,
+            () = failing.recovered() => continue,
             accepted = listener.accept() => accepted,
         };
         match accepted {
@@ -446,11 +452,56 @@ async fn accept_loop(
                 }
             },
             Err(err) => {
-                // EMFILE and friends: back off so the loop does not spin while full.
-                tracing::warn!(error = %err, "WebSocket accept failed");
+                if failing.failed(&err) {
+                    refuse_one(&listener, &mut failing);
+                }
+                // Back off so the loop does not spin while the process is out of something.
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+    }
+}
+
+/// Out of descriptors: accepts one waiting connection on the reserve descriptor, answers it
+/// 503 and closes it, so that the client does not wait in the backlog.
+fn refuse_one(listener: &TcpListener, failing: &mut AcceptFailures) {
+    failing.release_reserve();
+    let accepted = futures_util::FutureExt::now_or_never(listener.accept());
+    if let Some(Ok((stream, _))) = accepted {
+        let body = "the server is out of file descriptors; try another node or later\n";
+        let response = format!(
+            "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nContent-Type: \
+             text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = stream.try_write(response.as_bytes());
+        telemetry::connection_rejected("out_of_files");
+    }
+    failing.restore_reserve();
+}
+
+/// Raises the soft limit on open files to the hard limit (what `ulimit -n` allows without
+/// privileges), and warns when it is still below what `limits.max_connections` needs.
+fn raise_file_limit(max_connections: usize) {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => {
+            // Listeners, Redis, the control API's connections, logs: a margin of 1,024.
+            let needed = u64::try_from(max_connections)
+                .unwrap_or(u64::MAX)
+                .saturating_add(1024);
+            if limit < needed {
+                tracing::warn!(
+                    open_files_limit = limit,
+                    max_connections,
+                    "The open-file limit is below limits.max_connections + 1024: connections \
+                     beyond it will be refused (raise LimitNOFILE / ulimit -n, see \
+                     docs/operations.md)"
+                );
+            } else {
+                tracing::debug!(open_files_limit = limit, "Open-file limit");
+            }
+        }
+        Err(err) => tracing::warn!(error = %err, "Cannot read or raise the open-file limit"),
     }
 }
 
@@ -516,7 +567,7 @@ async fn watch_memory(
             }
         }
         hub.set_memory_pressure(pressure);
-        telemetry::memory_watched(resident, pressure);
+        telemetry::memory_watched(pressure);
     }
 }
 

@@ -3,6 +3,7 @@
 //! See `ARCHITECTURE.md` for the bird's eye view. The binary (`src/main.rs`) only parses the
 //! command line, loads the configuration, starts telemetry and calls [`app::run`].
 
+pub mod accept;
 pub mod app;
 pub mod auth;
 pub mod cluster;

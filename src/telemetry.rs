@@ -20,7 +20,11 @@ use crate::{
 pub const CONNECTIONS: &str = "ws_connections";
 pub const PENDING_UPGRADES: &str = "ws_pending_upgrades";
 pub const MEMORY_PRESSURE: &str = "ws_memory_pressure";
-pub const RESIDENT_MEMORY: &str = "process_resident_memory_bytes";
+/// Gauge, 1, labelled with the version: which build each node runs.
+pub const BUILD_INFO: &str = "switchboard_build_info";
+/// Counter of failed accepts, by `listener` (`ws`, `control`) and `error` (`emfile`,
+/// `enfile`, `enobufs`, `enomem`, `other`).
+pub const ACCEPT_ERRORS: &str = "ws_accept_errors_total";
 pub const CONNECTIONS_ACCEPTED: &str = "ws_connections_accepted_total";
 pub const CONNECTIONS_REJECTED: &str = "ws_connections_rejected_total";
 pub const CONNECTIONS_CLOSED: &str = "ws_connections_closed_total";
@@ -135,6 +139,7 @@ pub fn install_recorder() -> PrometheusHandle {
             // handle then renders nothing, which is the embedder's choice.
             let _ = metrics::set_global_recorder(recorder);
             describe();
+            metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
             handle
         })
         .clone()
@@ -153,14 +158,32 @@ pub fn connection_closed(end: &'static str) {
     metrics::counter!(CONNECTIONS_CLOSED, "end" => end).increment(1);
 }
 
-/// Records the memory watch's reading: resident bytes, and whether upgrades are refused.
-#[allow(
-    clippy::cast_precision_loss,
-    reason = "gauges are f64; memory sizes stay far below 2^52"
-)]
-pub fn memory_watched(resident_bytes: u64, pressure: bool) {
-    metrics::gauge!(RESIDENT_MEMORY).set(resident_bytes as f64);
+/// Records the memory watch's verdict: whether upgrades are refused. (The resident memory
+/// itself is `process_resident_memory_bytes`, with the other process metrics.)
+pub fn memory_watched(pressure: bool) {
     metrics::gauge!(MEMORY_PRESSURE).set(if pressure { 1.0 } else { 0.0 });
+}
+
+static PROCESS: OnceLock<metrics_process::Collector> = OnceLock::new();
+
+/// Reads the process metrics (`process_open_fds`, `process_max_fds`,
+/// `process_resident_memory_bytes`, `process_cpu_seconds_total`,
+/// `process_start_time_seconds`, `process_threads`, ...) from `/proc`, for a scrape.
+/// Counting open descriptors lists `/proc/self/fd`: about 0.1 s of CPU at a million
+/// connections, once per scrape.
+pub fn collect_process() {
+    PROCESS
+        .get_or_init(|| {
+            let collector = metrics_process::Collector::default();
+            collector.describe();
+            collector
+        })
+        .collect();
+}
+
+/// Counts a failed accept.
+pub fn accept_failed(listener: &'static str, error: &'static str) {
+    metrics::counter!(ACCEPT_ERRORS, "listener" => listener, "error" => error).increment(1);
 }
 
 /// Counts a token checked: `ok`, or why it was refused.
@@ -256,9 +279,12 @@ fn describe() {
         "1 while resident memory is above limits.memory_pressure_bytes and new upgrades are refused"
     );
     describe_gauge!(
-        RESIDENT_MEMORY,
-        Unit::Bytes,
-        "Resident memory of the process, as the memory-pressure watch read it"
+        BUILD_INFO,
+        "1, labelled with the version of the build this node runs"
+    );
+    describe_counter!(
+        ACCEPT_ERRORS,
+        "Failed accepts, by listener (ws, control) and error (emfile: out of file descriptors)"
     );
     describe_gauge!(
         PENDING_UPGRADES,

@@ -125,7 +125,9 @@ async fn serve(
     stop: CancellationToken,
     spawn: crate::shutdown::Shutdown,
 ) {
+    let mut failing = crate::accept::AcceptFailures::new("control", None);
     loop {
+        failing.restore_reserve();
         let accepted = tokio::select! {
             () = stop.cancelled() => break,
             accepted = listener.accept() => accepted,
@@ -133,10 +135,20 @@ async fn serve(
         let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(err) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(error = %err, "Control accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
+                // Out of file descriptors: serve one waiting request (a health check, most
+                // likely) on the reserve descriptor, so that the node can still say it is
+                // unready; otherwise back off instead of spinning.
+                let accepted = if failing.failed(&err) {
+                    failing.release_reserve();
+                    futures_util::FutureExt::now_or_never(listener.accept()).and_then(Result::ok)
+                } else {
+                    None
+                };
+                let Some(accepted) = accepted else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                accepted
             }
         };
         let ctx = Arc::clone(&ctx);

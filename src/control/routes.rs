@@ -360,6 +360,7 @@ async fn nodes(ctx: &ControlContext) -> Handled {
 
 fn metrics(ctx: &ControlContext) -> Response<Body> {
     telemetry::record_snapshot(&ctx.hub.snapshot());
+    telemetry::collect_process();
     response(200, "text/plain; version=0.0.4", ctx.metrics.render())
 }
 

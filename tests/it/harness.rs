@@ -367,16 +367,47 @@ impl BinaryNode {
     /// Starts `switchboard` with `args` after its listen flags and with `env`, at log level
     /// warn, and waits until its control API answers `/readyz` with 200.
     pub async fn start(args: &[&str], env: &[(&str, &str)]) -> BinaryNode {
+        Self::start_with(None, args, env).await
+    }
+
+    /// As [`BinaryNode::start`], under `prlimit --nofile=N:N` (soft and hard limit on open
+    /// files), with its log (stdout) kept for [`BinaryNode::log`].
+    pub async fn start_with_file_limit(
+        files: u64,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> BinaryNode {
+        Self::start_with(Some(files), args, env).await
+    }
+
+    async fn start_with(files: Option<u64>, args: &[&str], env: &[(&str, &str)]) -> BinaryNode {
         let ws_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let control_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        let binary = env!("CARGO_BIN_EXE_switchboard");
+        let mut command = match files {
+            None => tokio::process::Command::new(binary),
+            Some(files) => {
+                let mut command = tokio::process::Command::new("prlimit");
+                command
+                    .arg(format!("--nofile={files}:{files}"))
+                    .arg("--")
+                    .arg(binary);
+                command
+            }
+        };
+        let logs = if files.is_some() {
+            std::process::Stdio::piped()
+        } else {
+            std::process::Stdio::null()
+        };
+        let child = command
             .args(["--listen", &ws_addr.to_string()])
             .args(["--control", &control_addr.to_string()])
             .args(["--log-level", "warn"])
             .args(args)
             .envs(env.iter().copied())
             .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .stdout(std::process::Stdio::null())
+            .stdout(logs)
             .kill_on_drop(true)
             .spawn()
             .expect("the binary starts");
@@ -403,6 +434,14 @@ impl BinaryNode {
 
     pub fn pid(&self) -> u32 {
         self.child.id().expect("the node is running")
+    }
+
+    /// Stops the node (SIGKILL) and returns its log (only when started with
+    /// [`BinaryNode::start_with_file_limit`]).
+    pub async fn log(mut self) -> String {
+        let _ = self.child.start_kill();
+        let output = self.child.wait_with_output().await.unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
     }
 }
 

@@ -157,6 +157,100 @@ async fn a_second_sigterm_stops_at_once() {
     assert_eq!(exit.code(), Some(0));
 }
 
+/// Out of file descriptors: a warning at start, new connections answered 503 instead of
+/// left waiting, `/readyz` unready and the failures counted while it lasts, a bystander
+/// untouched, and ready again once descriptors are free.
+#[tokio::test]
+async fn out_of_file_descriptors_is_visible_and_answered() {
+    let node = BinaryNode::start_with_file_limit(64, &[], &[]).await;
+    let url = node.ws_url();
+    let control = format!("http://{}", node.control_addr);
+    let mut bystander = TestClient::connect(&url).await;
+    bystander.subscribe("news").await;
+    // A scrape before: reading /proc needs descriptors too, so while none is free the
+    // process metrics keep their last values.
+    reqwest::get(format!("{control}/metrics")).await.unwrap();
+    let mut held = Vec::new();
+    let mut refused = None;
+    for _ in 0..80 {
+        match tokio::time::timeout(
+            Duration::from_secs(3),
+            tokio_tungstenite::connect_async(&url),
+        )
+        .await
+        {
+            Ok(Ok((ws, _))) => held.push(ws),
+            Ok(Err(tokio_tungstenite::tungstenite::Error::Http(response))) => {
+                refused = Some(response.status().as_u16());
+                break;
+            }
+            Ok(Err(err)) => panic!("a refused connection gets an HTTP answer: {err}"),
+            Err(_) => panic!("a connection beyond the file limit hangs"),
+        }
+    }
+    assert_eq!(refused, Some(503), "held {} connections", held.len());
+    let body = reqwest::get(format!("{control}/readyz"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(body.contains("accept failing"), "{body}");
+    let metrics = reqwest::get(format!("{control}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("ws_accept_errors_total{listener=\"ws\",error=\"emfile\"}"),
+        "counted"
+    );
+    assert!(metrics.contains("process_max_fds 64"), "process metrics");
+    assert!(
+        metrics.contains("switchboard_build_info{version="),
+        "build info"
+    );
+    // The bystander still gets its messages.
+    let published = reqwest::Client::new()
+        .post(format!("{control}/v1/publish"))
+        .json(&serde_json::json!({"channel": "news", "data": 7}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(published.status(), 200);
+    assert_eq!(bystander.recv().await["data"], 7);
+    // Descriptors freed: ready again within about a second.
+    drop(held);
+    crate::assert_eventually!(
+        reqwest::get(format!("{control}/readyz"))
+            .await
+            .unwrap()
+            .status()
+            == 200,
+        "ready again once accepts succeed"
+    );
+    TestClient::connect(&url).await.subscribe("news").await;
+    // Counting open descriptors needs one (to list /proc/self/fd): read now.
+    let metrics = reqwest::get(format!("{control}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("process_open_fds "), "process metrics");
+    let log = node.log().await;
+    assert!(
+        log.contains("open-file limit is below limits.max_connections"),
+        "warned at start: {log}"
+    );
+    let accept_warnings = log.matches("Accept failed").count();
+    assert!(
+        (1..=8).contains(&accept_warnings),
+        "logged at most once a second, not every retry: {accept_warnings}"
+    );
+}
+
 /// The names of a process's threads, from /proc.
 fn thread_names(pid: u32) -> Vec<String> {
     std::fs::read_dir(format!("/proc/{pid}/task"))
