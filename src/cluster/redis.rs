@@ -228,6 +228,13 @@ impl Connector {
 #[derive(Debug, Default)]
 struct Health {
     redis_up: AtomicBool,
+    /// Milliseconds since `started` when the current outage began (Redis was up before),
+    /// and when Redis last came back: readers get `READER_STALL` from then before they count
+    /// as stalled, so that a Redis restart does not fail every node's readiness at once.
+    down_since_ms: AtomicU64,
+    up_since_ms: AtomicU64,
+    /// Whether "cannot reach Redis" was logged before the first connection.
+    first_failure_logged: AtomicBool,
     /// Whether the command link ever connected; the node is not ready before.
     ever_connected: AtomicBool,
     last_error: Mutex<String>,
@@ -245,6 +252,44 @@ struct Health {
 }
 
 impl Health {
+    /// Redis answered (a new connection): logs the end of an outage, with its duration.
+    fn came_up(&self, now_ms: u64) {
+        self.up_since_ms.store(now_ms, Ordering::Release);
+        let was_up = self.redis_up.swap(true, Ordering::AcqRel);
+        let first = !self.ever_connected.swap(true, Ordering::AcqRel);
+        if first {
+            tracing::info!("Connected to Redis");
+        } else if !was_up {
+            let outage_ms = now_ms.saturating_sub(self.down_since_ms.load(Ordering::Acquire));
+            tracing::warn!(outage_ms, "Redis reachable again; outage over");
+        }
+    }
+
+    /// Redis is unreachable: logs once when an outage begins (and once before the first
+    /// connection), not for every failed command or reconnect attempt.
+    fn went_down(&self, now_ms: u64) {
+        if self.redis_up.swap(false, Ordering::AcqRel) {
+            self.down_since_ms.store(now_ms, Ordering::Release);
+            let last = self.last_error();
+            tracing::warn!(
+                error = %last,
+                "Redis unreachable: outage began (publishes get 503 until it is back)"
+            );
+        } else if !self.ever_connected.load(Ordering::Acquire)
+            && !self.first_failure_logged.swap(true, Ordering::AcqRel)
+        {
+            let last = self.last_error();
+            tracing::warn!(error = %last, "Cannot reach Redis yet; retrying");
+        }
+    }
+
+    fn last_error(&self) -> String {
+        self.last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     fn error(&self, op: &'static str, err: &dyn std::fmt::Display) {
         metrics::counter!(telemetry::REDIS_ERRORS, "op" => op).increment(1);
         *self
@@ -385,7 +430,7 @@ impl Inner {
             || err.is_timeout()
             || err.is_unrecoverable_error();
         if broken && self.conn.swap(None).is_some() {
-            self.health.redis_up.store(false, Ordering::Release);
+            self.health.went_down(since_start_ms(self));
             self.reconnect.notify_one();
         }
         if err.is_timeout() {
@@ -769,12 +814,7 @@ impl Bus for RedisBus {
         if health.redis_up.load(Ordering::Acquire) {
             return Vec::new();
         }
-        let last = health
-            .last_error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        vec![format!("redis unreachable ({last})")]
+        vec![format!("redis unreachable ({})", health.last_error())]
     }
 
     fn kind(&self) -> &'static str {
@@ -825,12 +865,14 @@ fn since_start_ms(inner: &Inner) -> u64 {
 fn stalled_readers(inner: &Inner) -> Vec<usize> {
     let now = since_start_ms(inner);
     let stall = u64::try_from(READER_STALL.as_millis()).unwrap_or(u64::MAX);
+    // Readers failed during an outage; they get a stall period from Redis's return.
+    let up_since = inner.health.up_since_ms.load(Ordering::Acquire);
     inner
         .health
         .reader_ok_ms
         .iter()
         .enumerate()
-        .filter(|(_, ok)| now.saturating_sub(ok.load(Ordering::Relaxed)) > stall)
+        .filter(|(_, ok)| now.saturating_sub(ok.load(Ordering::Relaxed).max(up_since)) > stall)
         .map(|(partition, _)| partition)
         .collect()
 }
@@ -848,10 +890,8 @@ async fn keep_connected(inner: Arc<Inner>, stop: CancellationToken) {
                 Ok(mut conn) => match redis::cmd("PING").query_async::<String>(&mut conn).await {
                     Ok(_) => {
                         inner.conn.store(Some(Arc::new(conn)));
-                        inner.health.redis_up.store(true, Ordering::Release);
-                        inner.health.ever_connected.store(true, Ordering::Release);
+                        inner.health.came_up(since_start_ms(&inner));
                         metrics::counter!(telemetry::REDIS_RECONNECTS).increment(1);
-                        tracing::info!("Connected to Redis");
                         backoff = Duration::from_millis(50);
                         continue;
                     }
@@ -859,7 +899,7 @@ async fn keep_connected(inner: Arc<Inner>, stop: CancellationToken) {
                 },
                 Err(err) => inner.health.error("connect", &err),
             }
-            inner.health.redis_up.store(false, Ordering::Release);
+            inner.health.went_down(since_start_ms(&inner));
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(backoff) => {}

@@ -12,7 +12,7 @@ use std::{
 use serde_json::{Value, json};
 
 use crate::{
-    harness::{TestClient, TestServer, seq},
+    harness::{BinaryNode, TestClient, TestServer, seq},
     redis_server::RedisServer,
 };
 
@@ -578,4 +578,47 @@ async fn nodes_cluster_over_rediss_with_a_private_ca() {
     a.stop().await;
     b.stop().await;
     std::fs::remove_file(ca_file).unwrap();
+}
+
+/// A Redis restart: the node logs the outage once when it begins and once when it ends,
+/// with its duration, and its readiness does not fail when Redis comes back (every node's
+/// readers failed during the outage; they get a stall period from Redis's return instead
+/// of all reporting "stalled" at the same moment).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_is_logged_once_each_way_and_keeps_the_node_ready() {
+    let mut redis = RedisServer::start(true);
+    let url = redis.url();
+    let node = BinaryNode::start_logged(&["--redis", &url], &[]).await;
+    let readyz = format!("http://{}/readyz", node.control_addr);
+    let http = reqwest::Client::new();
+    let published = http
+        .post(format!("http://{}/v1/publish", node.control_addr))
+        .json(&json!({"channel": "news", "data": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(published.status(), 200);
+    redis.stop();
+    // Longer than the readers' stall period (5 s).
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    redis.start_again(true);
+    // From Redis's return until well past the readers' stall period, every probe says ready.
+    let mut unready = Vec::new();
+    for _ in 0..80 {
+        let response = http.get(&readyz).send().await.unwrap();
+        if response.status() != 200 {
+            unready.push(response.text().await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        unready.is_empty(),
+        "{} probes unready after Redis came back, first: {:?}",
+        unready.len(),
+        unready.first()
+    );
+    let log = node.log().await;
+    assert_eq!(log.matches("outage began").count(), 1, "{log}");
+    assert_eq!(log.matches("outage over").count(), 1, "{log}");
+    assert!(log.contains("outage_ms="), "the duration is logged: {log}");
 }

@@ -367,7 +367,12 @@ impl BinaryNode {
     /// Starts `switchboard` with `args` after its listen flags and with `env`, at log level
     /// warn, and waits until its control API answers `/readyz` with 200.
     pub async fn start(args: &[&str], env: &[(&str, &str)]) -> BinaryNode {
-        Self::start_with(None, args, env).await
+        Self::start_with(None, false, args, env).await
+    }
+
+    /// As [`BinaryNode::start`], with its log (stdout) kept for [`BinaryNode::log`].
+    pub async fn start_logged(args: &[&str], env: &[(&str, &str)]) -> BinaryNode {
+        Self::start_with(None, true, args, env).await
     }
 
     /// As [`BinaryNode::start`], under `prlimit --nofile=N:N` (soft and hard limit on open
@@ -377,10 +382,15 @@ impl BinaryNode {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> BinaryNode {
-        Self::start_with(Some(files), args, env).await
+        Self::start_with(Some(files), true, args, env).await
     }
 
-    async fn start_with(files: Option<u64>, args: &[&str], env: &[(&str, &str)]) -> BinaryNode {
+    async fn start_with(
+        files: Option<u64>,
+        keep_log: bool,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> BinaryNode {
         let ws_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let control_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let binary = env!("CARGO_BIN_EXE_switchboard");
@@ -395,7 +405,7 @@ impl BinaryNode {
                 command
             }
         };
-        let logs = if files.is_some() {
+        let logs = if keep_log {
             std::process::Stdio::piped()
         } else {
             std::process::Stdio::null()
@@ -437,7 +447,7 @@ impl BinaryNode {
     }
 
     /// Stops the node (SIGKILL) and returns its log (only when started with
-    /// [`BinaryNode::start_with_file_limit`]).
+    /// [`BinaryNode::start_logged`] or [`BinaryNode::start_with_file_limit`]).
     pub async fn log(mut self) -> String {
         let _ = self.child.start_kill();
         let output = self.child.wait_with_output().await.unwrap();
