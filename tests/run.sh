@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 # What the tests need beyond Rust, as "command:debian-package" and "command:pypi-package".
 # Tests fail (never skip) when one is missing, so install it here first.
 APT_NEEDS=(curl:curl redis-server:redis-server redis-cli:redis-tools python3:python3 pip3:python3-pip
-  chromium:chromium node:nodejs npm:npm)
+  chromium:chromium node:nodejs npm:npm haproxy:haproxy)
 PIP_NEEDS=(kosoku:kosoku)
 
 sudo=""

@@ -367,12 +367,23 @@ impl BinaryNode {
     /// Starts `switchboard` with `args` after its listen flags and with `env`, at log level
     /// warn, and waits until its control API answers `/readyz` with 200.
     pub async fn start(args: &[&str], env: &[(&str, &str)]) -> BinaryNode {
-        Self::start_with(None, false, args, env).await
+        Self::start_with(None, false, None, args, env).await
+    }
+
+    /// As [`BinaryNode::start`], on these addresses (a node restarted where a load
+    /// balancer expects it).
+    pub async fn start_at(
+        ws_addr: SocketAddr,
+        control_addr: SocketAddr,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> BinaryNode {
+        Self::start_with(None, false, Some((ws_addr, control_addr)), args, env).await
     }
 
     /// As [`BinaryNode::start`], with its log (stdout) kept for [`BinaryNode::log`].
     pub async fn start_logged(args: &[&str], env: &[(&str, &str)]) -> BinaryNode {
-        Self::start_with(None, true, args, env).await
+        Self::start_with(None, true, None, args, env).await
     }
 
     /// As [`BinaryNode::start`], under `prlimit --nofile=N:N` (soft and hard limit on open
@@ -382,17 +393,22 @@ impl BinaryNode {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> BinaryNode {
-        Self::start_with(Some(files), true, args, env).await
+        Self::start_with(Some(files), true, None, args, env).await
     }
 
     async fn start_with(
         files: Option<u64>,
         keep_log: bool,
+        addrs: Option<(SocketAddr, SocketAddr)>,
         args: &[&str],
         env: &[(&str, &str)],
     ) -> BinaryNode {
-        let ws_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let control_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let (ws_addr, control_addr) = addrs.unwrap_or_else(|| {
+            (
+                format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+                format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+            )
+        });
         let binary = env!("CARGO_BIN_EXE_switchboard");
         let mut command = match files {
             None => tokio::process::Command::new(binary),

@@ -23,6 +23,7 @@ mod pubsub;
 mod redis_cluster;
 mod redis_server;
 mod resume;
+mod rolling_restart;
 mod slow_consumer;
 mod throttle;
 mod tls;
