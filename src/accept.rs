@@ -40,6 +40,9 @@ pub struct AcceptFailures {
 impl AcceptFailures {
     #[must_use]
     pub fn new(listener: &'static str, readiness: Option<Readiness>) -> Self {
+        // At zero from the start, so that dashboards and alerts see the series before the
+        // first failure.
+        telemetry::accept_failures_registered(listener);
         Self {
             listener,
             readiness,

@@ -55,6 +55,13 @@ pub struct Running {
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let metrics_handle = telemetry::install_recorder();
     raise_file_limit(config.limits.max_connections);
+    #[allow(
+        clippy::cast_precision_loss,
+        reason = "a gauge; connection limits are far below 2^52"
+    )]
+    metrics::gauge!(telemetry::CONNECTIONS_MAX).set(config.limits.max_connections as f64);
+    // 0 until the memory watch (when on) says otherwise, so that the series exists.
+    telemetry::memory_watched(false);
     let readiness = Readiness::new();
     let starting = readiness.hold("starting");
     let node_id: Arc<str> = Arc::from(config.server.node_id.as_str());

