@@ -35,6 +35,12 @@ if ((${#missing[@]})); then
     python3 -m pip install --quiet --break-system-packages "${missing[@]}"
 fi
 
+# The JavaScript client is written in TypeScript: its compiler comes from npm.
+if [ ! -d clients/js/node_modules/typescript ]; then
+  echo "tests/run.sh: installing the JavaScript client's build tools with npm (clients/js)" >&2
+  (cd clients/js && npm ci --no-audit --no-fund --silent)
+fi
+
 # The browser tests drive Debian's Chromium with playwright-core (never a downloaded browser).
 if [ ! -d tests/browser/node_modules/playwright-core ]; then
   echo "tests/run.sh: installing playwright-core with npm (tests/browser)" >&2

@@ -16,6 +16,7 @@ mod drain;
 mod fault_proxy;
 mod harness;
 mod hostile;
+mod js_client;
 mod jwks;
 mod limits;
 mod mass_disconnect;

@@ -1,0 +1,188 @@
+// The client against real server processes (node --experimental-websocket --test).
+
+import assert from "node:assert/strict";
+import { after, test } from "node:test";
+
+import { Switchboard, SwitchboardError, isAfter } from "../dist/index.js";
+import { eventually, hs256, HS256_SECRET, sleep, startNode, startRedis } from "./harness.mjs";
+
+const clients = [];
+function client(url, options = {}) {
+  const sb = new Switchboard(url, { minReconnectDelay: 50, maxReconnectDelay: 500, serverCloseDelay: 200, ...options });
+  clients.push(sb);
+  return sb;
+}
+after(() => {
+  for (const sb of clients) sb.close();
+});
+
+test("offsets compare within an epoch; another epoch always comes after", () => {
+  assert.equal(isAfter("ab-5", "ab-4"), true);
+  assert.equal(isAfter("ab-4", "ab-4"), false);
+  assert.equal(isAfter("ab-3", "ab-4"), false);
+  assert.equal(isAfter("cd-1", "ab-9"), true);
+  assert.equal(isAfter("ab-1", undefined), true);
+});
+
+test("subscribes, receives in order, publishes with an offset, and reports errors", async () => {
+  const node = await startNode();
+  const sb = client(node.url);
+  const received = [];
+  const events = [];
+  sb.on("connected", (detail) => events.push(["connected", detail]));
+  sb.subscribe("news", { onMessage: (data) => received.push(data) });
+  await eventually(() => sb.state === "connected", "connected");
+  await sleep(50);
+  for (let n = 1; n <= 5; n++) await node.publish("news", { n });
+  await eventually(() => received.length === 5, "five messages");
+  assert.deepEqual(received.map((data) => data.n), [1, 2, 3, 4, 5]);
+  const offset = await sb.publish("news", { n: 6 });
+  assert.match(offset, /^[0-9a-f]+-6$/);
+  await eventually(() => received.length === 6, "its own message too");
+  // A bad channel name is refused and the subscription dropped, the connection kept.
+  const errors = [];
+  sb.subscribe("bad name!", { onError: (error) => errors.push(error) });
+  await eventually(() => errors.length === 1, "subscribe error");
+  assert.equal(errors[0].code, "bad_request");
+  await assert.rejects(sb.publish("bad name!", 1), (error) => error instanceof SwitchboardError && error.code === "bad_request");
+  assert.ok((await sb.ping()) >= 0);
+  assert.equal(events.length, 1);
+  assert.equal(typeof events[0][1].connId, "number");
+  await node.kill();
+});
+
+test("a drain and a restart of its node: resumes with since, no gap, no duplicate", async () => {
+  const redis = await startRedis();
+  const env = { SWITCHBOARD_SHUTDOWN__DRAIN_DELAY: "0s", SWITCHBOARD_SHUTDOWN__DRAIN_WINDOW: "200ms" };
+  const config = `[cluster]\nredis = "${redis.url}"\npartitions = 4\n`;
+  const a = await startNode({ config, env });
+  const b = await startNode({ config, env });
+  const sb = client(a.url);
+  const received = [];
+  const recovered = [];
+  const nodes = [];
+  sb.on("connected", (detail) => nodes.push(detail.node));
+  sb.subscribe("ticker", { onMessage: (data) => received.push(data), onRecovered: (ok) => recovered.push(ok) });
+  await eventually(() => sb.state === "connected", "connected");
+  await sleep(100);
+  // Published through node b throughout, while node a drains, exits and comes back.
+  let publishing = true;
+  const published = [];
+  const publisher = (async () => {
+    for (let n = 0; publishing; n++) {
+      await b.publish("ticker", n);
+      published.push(n);
+      await sleep(10);
+    }
+  })();
+  await sleep(200);
+  const drain = await a.post("/v1/drain");
+  assert.equal(drain.status, 202);
+  assert.equal(await a.exited, 0, "the drained node exits 0");
+  const restarted = await startNode({ config, env, ports: { ws: a.ws, control: a.control } });
+  await eventually(() => nodes.length === 2, "reconnected to the restarted node", 15_000);
+  await sleep(300);
+  publishing = false;
+  await publisher;
+  await eventually(() => received.length >= published.length, "caught up", 10_000);
+  assert.deepEqual(received, published, "every message once, in order");
+  assert.deepEqual(recovered, [true]);
+  await restarted.kill();
+  await b.kill();
+  redis.kill();
+});
+
+test("when history cannot cover the gap, onRecovered(false) says so", async () => {
+  const node = await startNode({ config: "[history]\nsize = 2\n" });
+  // A WebSocket that cannot reach the server while `gate.open` is false.
+  const gate = { open: true };
+  class GatedWebSocket extends WebSocket {
+    constructor(url) {
+      super(gate.open ? url : "ws://127.0.0.1:1/ws");
+    }
+  }
+  const sb = client(node.url, { WebSocket: GatedWebSocket });
+  const received = [];
+  const recovered = [];
+  sb.subscribe("room", { onMessage: (data) => received.push(data), onRecovered: (ok) => recovered.push(ok) });
+  await eventually(() => sb.state === "connected", "connected");
+  await sleep(50);
+  await node.publish("room", 1);
+  await eventually(() => received.length === 1, "first message");
+  gate.open = false;
+  const { status } = await node.post("/v1/disconnect", { conn_id: sb.connId });
+  assert.equal(status, 200);
+  await eventually(() => sb.state === "reconnecting", "reconnecting");
+  for (let n = 2; n <= 10; n++) await node.publish("room", n);
+  gate.open = true;
+  await eventually(() => recovered.length === 1, "resubscribed", 10_000);
+  assert.deepEqual(recovered, [false], "eight messages fell out of a two-message history");
+  await node.publish("room", 11);
+  await eventually(() => received.at(-1) === 11, "live again");
+  assert.deepEqual(received, [1, 11], "nothing replayed twice or out of order");
+  await node.kill();
+});
+
+const authConfig = `
+[[auth.keys]]
+algorithm = "HS256"
+secret = "${HS256_SECRET}"
+`;
+
+test("a refused token (4003) ends the client: no reconnect", async () => {
+  const node = await startNode({ config: authConfig });
+  const sb = client(node.url, { token: "not-a-jwt" });
+  const errors = [];
+  const closed = [];
+  let connects = 0;
+  sb.on("connecting", () => connects++);
+  sb.on("error", (error) => errors.push(error));
+  sb.on("closed", (detail) => closed.push(detail));
+  sb.connect();
+  await eventually(() => closed.length === 1, "closed");
+  assert.equal(closed[0].code, 4003);
+  assert.equal(sb.state, "closed");
+  await sleep(500);
+  assert.equal(connects, 1, "no reconnect after 4003");
+  assert.ok(errors.some((error) => error.code === "unauthorized"), JSON.stringify(errors));
+  await node.kill();
+});
+
+test("tokens come from getToken and are refreshed before they expire", async () => {
+  const node = await startNode({ config: authConfig });
+  let issued = 0;
+  const getToken = async () => {
+    issued++;
+    return hs256({ sub: "ada", exp: Math.floor(Date.now() / 1000) + 32 });
+  };
+  // Refresh 31 s before exp: about a second after each token is issued.
+  const sb = client(node.url, { getToken, refreshBefore: 31_000 });
+  const received = [];
+  sb.subscribe("news", { onMessage: (data) => received.push(data) });
+  await eventually(() => sb.state === "connected", "connected");
+  assert.equal(sb.user, "ada");
+  await eventually(() => issued >= 3, "refreshed twice", 10_000);
+  assert.equal(sb.state, "connected", "the same connection throughout");
+  await node.publish("news", "still here");
+  await eventually(() => received.length === 1, "delivered after the refreshes");
+  await node.kill();
+});
+
+test("a silent connection is detected and replaced", async () => {
+  const node = await startNode({ env: { SWITCHBOARD_SESSION__HEARTBEAT: "1s", SWITCHBOARD_SESSION__IDLE_TIMEOUT: "30s" } });
+  const sb = client(node.url, { pongTimeout: 500 });
+  const received = [];
+  const disconnects = [];
+  sb.on("disconnected", (detail) => disconnects.push(detail));
+  sb.subscribe("news", { onMessage: (data) => received.push(data) });
+  await eventually(() => sb.state === "connected", "connected");
+  // The server stops answering (SIGSTOP): no message, no pong.
+  node.child.kill("SIGSTOP");
+  await eventually(() => disconnects.length === 1, "declared dead", 10_000);
+  assert.equal(disconnects[0].code, 4900);
+  node.child.kill("SIGCONT");
+  await eventually(() => sb.state === "connected", "connected again", 15_000);
+  await node.publish("news", 1);
+  await eventually(() => received.length === 1, "delivered");
+  await node.kill();
+});
