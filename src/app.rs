@@ -26,7 +26,7 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// How often the Prometheus recorder folds histogram samples.
 const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
-/// A started server. Drop it only after [`Running::drain`]: dropping it leaves tasks running.
+/// A started server. Drop it only after [`Running::stop`]: dropping it leaves tasks running.
 #[derive(Debug)]
 pub struct Running {
     ws_addr: SocketAddr,
@@ -171,6 +171,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             read_buffer_bytes: config.session.read_buffer_bytes,
             history_size: config.history.size,
             echo_path: config.session.echo_path.clone(),
+            demo: config.demo.enabled,
             client_quota: Quota::new(
                 config.limits.client_messages_per_second,
                 config.limits.client_message_burst,
@@ -277,6 +278,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             }
         }
     }));
+    if config.demo.enabled {
+        tracing::info!("Demo on: /demo on the WebSocket listener, a ticker on demo:ticker");
+        background.spawn(crate::demo::ticker(
+            Arc::clone(&bus),
+            Arc::clone(&hub),
+            Arc::clone(&node_id),
+            background_stop.clone(),
+        ));
+    }
     if let Some(threshold) = memory_threshold(config.limits.memory_pressure_bytes) {
         tracing::info!(threshold_bytes = threshold, "Memory pressure admission on");
         background.spawn(watch_memory(

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod control;
+pub mod demo;
 pub mod drain;
 pub mod hub;
 pub mod protocol;

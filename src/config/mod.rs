@@ -45,6 +45,7 @@ pub struct Config {
     pub history: HistoryConfig,
     pub shutdown: ShutdownConfig,
     pub cluster: ClusterConfig,
+    pub demo: DemoConfig,
     pub auth: AuthConfig,
     /// Channel permissions; the first entry whose pattern matches a channel governs it, and a
     /// channel no entry matches is refused. Default: one `*` entry letting anyone subscribe
@@ -423,6 +424,7 @@ impl Default for Config {
             history: HistoryConfig::default(),
             shutdown: ShutdownConfig::default(),
             cluster: ClusterConfig::default(),
+            demo: DemoConfig::default(),
             auth: AuthConfig::default(),
             namespaces: default_namespaces(),
             ignored_env: Vec::new(),
@@ -442,6 +444,17 @@ impl Default for ClusterConfig {
             outage_fails_readiness: false,
         }
     }
+}
+
+/// The live demo page (`src/demo`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DemoConfig {
+    /// Serve the demo page at `/demo` on the WebSocket listener and publish a ticker to
+    /// `demo:ticker` every second. Its chat publishes to `demo:chat` from the page, which
+    /// needs a `[[namespaces]]` entry letting anonymous clients publish there
+    /// (`config/demo.toml` has one). Default false.
+    pub enabled: bool,
 }
 
 /// Process shutdown.

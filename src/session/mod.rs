@@ -72,6 +72,8 @@ pub struct SessionSettings {
     pub history_size: usize,
     /// Path of the conformance echo endpoint; empty when off.
     pub echo_path: String,
+    /// Serve the demo's page (`demo.enabled`; see `demo`).
+    pub demo: bool,
     /// Frames (messages and fragments) per second and burst per client; `None` when unlimited.
     pub client_quota: Option<Quota>,
     /// Control frames (pings, pongs) per second and burst per client; `None` when unlimited.
@@ -332,7 +334,12 @@ where
     };
     let read = tokio::time::timeout(
         settings.handshake_timeout,
-        upgrade::read_request(stream, settings.max_upgrade_request_bytes, paths),
+        upgrade::read_request(
+            stream,
+            settings.max_upgrade_request_bytes,
+            paths,
+            settings.demo,
+        ),
     );
     let (request, leftover) = match read.await {
         Ok(Ok(read)) => read,
@@ -583,7 +590,8 @@ pub fn fuzz_read_path(input: &[u8], chunk: usize) -> usize {
     };
     let run = async {
         let mut client = Trickle { data: input, chunk };
-        let Ok((_, leftover)) = upgrade::read_request(&mut client, 4096, &["/ws"]).await else {
+        let Ok((_, leftover)) = upgrade::read_request(&mut client, 4096, &["/ws"], false).await
+        else {
             return 0;
         };
         let mut socket = Socket::new(Coalesce::new(client), leftover, 256);
@@ -668,6 +676,7 @@ mod tests {
                 read_buffer_bytes: 1024,
                 history_size: 10,
                 echo_path: String::new(),
+                demo: false,
                 client_quota: Quota::new(100, 100),
                 control_quota: Quota::new(10, 10),
                 throttled_close_after: Duration::from_secs(1),

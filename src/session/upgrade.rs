@@ -21,6 +21,7 @@ pub(super) struct Refusal {
     pub reason: &'static str,
     pub message: &'static str,
     pub retry_after: Option<u64>,
+    pub content_type: &'static str,
 }
 
 impl Refusal {
@@ -30,6 +31,18 @@ impl Refusal {
             reason,
             message,
             retry_after: None,
+            content_type: "text/plain; charset=utf-8",
+        }
+    }
+
+    /// Not a refusal: one of the demo's static files (`demo.enabled`), answered with 200.
+    const fn page(page: &crate::demo::Page) -> Self {
+        Self {
+            status: 200,
+            reason: "demo_page",
+            message: page.body,
+            retry_after: None,
+            content_type: page.content_type,
         }
     }
 
@@ -96,6 +109,7 @@ pub(super) async fn read_request<S>(
     stream: &mut S,
     max_bytes: usize,
     paths: &[&str],
+    demo: bool,
 ) -> Result<(Request, BytesMut), Option<Refusal>>
 where
     S: AsyncRead + Unpin,
@@ -119,6 +133,9 @@ where
         let mut parsed = httparse::Request::new(&mut headers);
         match parsed.parse(&buf) {
             Ok(httparse::Status::Complete(head_len)) => {
+                if demo && let Some(page) = demo_page(&parsed) {
+                    return Err(Some(Refusal::page(page)));
+                }
                 let request = check(&parsed, paths)?;
                 let _ = buf.split_to(head_len);
                 return Ok((request, buf));
@@ -158,6 +175,16 @@ fn header<'a>(request: &'a httparse::Request<'_, '_>, name: &str) -> Option<&'a 
         .iter()
         .find(|header| header.name.eq_ignore_ascii_case(name))
         .map(|header| header.value)
+}
+
+/// The demo's file a plain `GET` asks for, if any.
+fn demo_page(request: &httparse::Request<'_, '_>) -> Option<&'static crate::demo::Page> {
+    if request.method != Some("GET") {
+        return None;
+    }
+    let target = request.path.unwrap_or("/");
+    let path = target.split_once('?').map_or(target, |(path, _)| path);
+    crate::demo::page(path)
 }
 
 fn check(request: &httparse::Request<'_, '_>, paths: &[&str]) -> Result<Request, Refusal> {
@@ -254,8 +281,11 @@ pub(super) async fn accept<S: AsyncWrite + Unpin>(
 
 /// Answers with `refusal`, counts it, and closes the connection.
 pub(super) async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, refusal: Refusal) {
-    crate::telemetry::connection_rejected(refusal.reason);
+    if refusal.status != 200 {
+        crate::telemetry::connection_rejected(refusal.reason);
+    }
     let status_text = match refusal.status {
+        200 => "OK",
         400 => "Bad Request",
         403 => "Forbidden",
         404 => "Not Found",
@@ -267,6 +297,11 @@ pub(super) async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, refusal: Refus
     };
     let mut extra = String::new();
     match refusal.status {
+        200 => extra.push_str(
+            "Cache-Control: no-cache\r\nX-Content-Type-Options: nosniff\r\n\
+             Content-Security-Policy: default-src 'self'; connect-src 'self' ws: wss:; \
+             style-src 'self' 'unsafe-inline'\r\n",
+        ),
         405 => extra.push_str("Allow: GET\r\n"),
         426 => extra.push_str("Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"),
         _ => {}
@@ -275,9 +310,10 @@ pub(super) async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, refusal: Refus
         extra.push_str(&format!("Retry-After: {seconds}\r\n"));
     }
     let response = format!(
-        "HTTP/1.1 {} {status_text}\r\nContent-Type: text/plain; charset=utf-8\r\n\
+        "HTTP/1.1 {} {status_text}\r\nContent-Type: {}\r\n\
          Content-Length: {}\r\nConnection: close\r\n{extra}\r\n{}\n",
         refusal.status,
+        refusal.content_type,
         refusal.message.len() + 1,
         refusal.message
     );
@@ -290,7 +326,23 @@ mod tests {
     use super::*;
 
     async fn parse(head: &str) -> Result<(Request, BytesMut), Option<Refusal>> {
-        read_request(&mut head.as_bytes(), 8192, &["/ws", "/echo"]).await
+        read_request(&mut head.as_bytes(), 8192, &["/ws", "/echo"], false).await
+    }
+
+    #[tokio::test]
+    async fn the_demo_is_served_only_when_enabled() {
+        let head = "GET /demo HTTP/1.1\r\nHost: a\r\n\r\n";
+        let off = read_request(&mut head.as_bytes(), 8192, &["/ws"], false).await;
+        assert_eq!(off.unwrap_err().unwrap().status, 404);
+        let on = read_request(&mut head.as_bytes(), 8192, &["/ws"], true).await;
+        let page = on.unwrap_err().unwrap();
+        assert_eq!(
+            (page.status, page.content_type),
+            (200, "text/html; charset=utf-8")
+        );
+        let post = "POST /demo HTTP/1.1\r\nHost: a\r\n\r\n";
+        let refused = read_request(&mut post.as_bytes(), 8192, &["/ws"], true).await;
+        assert_eq!(refused.unwrap_err().unwrap().status, 404);
     }
 
     const GOOD: &str = "GET /ws?x=1 HTTP/1.1\r\nHost: a\r\nUpgrade: WebSocket\r\n\

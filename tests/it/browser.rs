@@ -91,3 +91,47 @@ async fn chromium_speaks_wss_to_the_servers_own_tls_stream() {
     );
     server.stop().await;
 }
+
+/// The demo page (`demo.enabled`) in headless Chromium through `tests/browser/demo.mjs`:
+/// two nodes of this build and `redis-server`; the page gets the ticker and the chat,
+/// survives a drain and a restart of its node, and shows each channel's offsets once and
+/// in order, resumed without a gap.
+#[test]
+fn the_demo_page_survives_a_drain_and_restart_without_gap_or_duplicate() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser");
+    assert!(
+        std::path::Path::new("/usr/bin/chromium").exists()
+            && std::path::Path::new(dir)
+                .join("node_modules/playwright-core")
+                .exists(),
+        "Chromium and playwright-core are needed: `apt-get install chromium nodejs npm` and \
+         `npm ci` in tests/browser (tests/run.sh does both when missing)"
+    );
+    let output = Command::new("node")
+        .current_dir(dir)
+        .arg("demo.mjs")
+        .env("SWITCHBOARD_BIN", env!("CARGO_BIN_EXE_switchboard"))
+        .output()
+        .expect("node runs (apt-get install nodejs)");
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "demo.mjs failed: {report}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_str(report.trim()).expect("demo.mjs prints JSON");
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["channels"]["demo:ticker"]["consecutive"], true);
+    assert!(
+        report["channels"]["demo:ticker"]["messages"]
+            .as_u64()
+            .unwrap()
+            >= 6
+    );
+    assert!(
+        report["channels"]["demo:chat"]["messages"]
+            .as_u64()
+            .unwrap()
+            >= 4
+    );
+}

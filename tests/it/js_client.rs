@@ -24,6 +24,18 @@ fn the_javascript_client_passes_its_tests_against_the_real_server() {
         String::from_utf8_lossy(&build.stdout),
         String::from_utf8_lossy(&build.stderr)
     );
+    // The demo serves the client from the binary (src/demo/switchboard.js): it must be
+    // this build's output.
+    let built = std::fs::read_to_string(format!("{dir}/dist/index.js")).unwrap();
+    let served = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/src/demo/switchboard.js"
+    ))
+    .unwrap();
+    assert!(
+        built == served,
+        "src/demo/switchboard.js is stale: copy clients/js/dist/index.js there after `npm run build`"
+    );
     let tests = Command::new("npm")
         .current_dir(dir)
         .args(["test", "--silent"])

@@ -237,7 +237,8 @@ impl WriteBatch {
         self.claimed.is_empty()
     }
 
-    /// Writes what the batch holds now (see [`flush_all`]).
+    /// Writes what the batch holds now: a few connections on this thread, more in tasks
+    /// on the sessions' runtime.
     pub fn flush(&mut self) {
         if !self.claimed.is_empty() {
             flush_all(std::mem::take(&mut self.claimed), self.workers.as_ref());

@@ -1,0 +1,452 @@
+// Switchboard client: one WebSocket per client, every subscribed channel resumed from its
+// last offset after any reconnect, so that the application sees each message once and in
+// order, or is told (onRecovered(false)) that it must reload its state.
+//
+// The wire protocol is docs/protocol.md in the server's repository.
+/** Close codes after which reconnecting cannot help (docs/protocol.md "Close codes"). */
+const TERMINAL_CODES = new Set([4003]);
+/** The token expired: reconnect with a fresh one. */
+const TOKEN_EXPIRED = 4004;
+/** Close code this client uses for a connection it gave up on (no traffic). */
+const DEAD_CONNECTION = 4900;
+/** Offsets are `<epoch hex>-<seq>`. */
+function parseOffset(offset) {
+    const dash = offset.lastIndexOf("-");
+    if (dash <= 0)
+        return undefined;
+    const seq = Number(offset.slice(dash + 1));
+    return Number.isSafeInteger(seq) ? { epoch: offset.slice(0, dash), seq } : undefined;
+}
+/** Whether `offset` comes after `last` in the same epoch; true for another epoch. */
+export function isAfter(offset, last) {
+    if (last === undefined)
+        return true;
+    const a = parseOffset(offset);
+    const b = parseOffset(last);
+    if (!a || !b || a.epoch !== b.epoch)
+        return true;
+    return a.seq > b.seq;
+}
+class Sub {
+    constructor(channel, handlers, client) {
+        this.channel = channel;
+        this.handlers = handlers;
+        this.client = client;
+        /** Sent and not yet answered, or answered on the current connection. */
+        this.active = false;
+    }
+    unsubscribe() {
+        this.client.unsubscribe(this);
+    }
+}
+/** An error reply, or a request that could not complete. */
+export class SwitchboardError extends Error {
+    constructor(code, message) {
+        super(message);
+        this.code = code;
+        this.name = "SwitchboardError";
+    }
+}
+export class Switchboard {
+    constructor(url, options = {}) {
+        this.url = url;
+        this.options = options;
+        this.stateValue = "disconnected";
+        this.subs = new Map();
+        this.pending = new Map();
+        this.listeners = new Map();
+        this.nextId = 1;
+        this.attempt = 0;
+        this.lastHeard = 0;
+        this.heartbeatMs = 25000;
+        const WS = options.WebSocket ?? globalThis.WebSocket;
+        if (!WS)
+            throw new Error("no WebSocket: pass options.WebSocket (Node < 22: --experimental-websocket or the ws package)");
+        this.WS = WS;
+        this.token = options.token;
+        this.opts = {
+            minReconnectDelay: options.minReconnectDelay ?? 500,
+            maxReconnectDelay: options.maxReconnectDelay ?? 20000,
+            serverCloseDelay: options.serverCloseDelay ?? 5000,
+            requestTimeout: options.requestTimeout ?? 10000,
+            connectTimeout: options.connectTimeout ?? 10000,
+            refreshBefore: options.refreshBefore ?? 30000,
+            pongTimeout: options.pongTimeout ?? 10000,
+        };
+    }
+    get state() {
+        return this.stateValue;
+    }
+    on(event, listener) {
+        let set = this.listeners.get(event);
+        if (!set)
+            this.listeners.set(event, (set = new Set()));
+        set.add(listener);
+        return () => set.delete(listener);
+    }
+    /** Opens the connection (subscribing works before too: it takes effect once connected). */
+    connect() {
+        if (this.stateValue === "connecting" || this.stateValue === "connected")
+            return;
+        this.open();
+    }
+    /** Closes for good: no reconnect; pending requests fail. */
+    close() {
+        this.setState("closed");
+        this.clearTimers();
+        const ws = this.ws;
+        this.ws = undefined;
+        ws?.close(1000, "client closed");
+        this.failPending("closed", "the client was closed");
+    }
+    subscribe(channel, handlers = {}) {
+        if (this.subs.has(channel))
+            throw new Error(`already subscribed to ${channel}`);
+        const sub = new Sub(channel, handlers, this);
+        this.subs.set(channel, sub);
+        if (this.stateValue === "connected")
+            this.sendSubscribe(sub);
+        else if (this.stateValue === "disconnected")
+            this.connect();
+        return sub;
+    }
+    /** @internal */
+    unsubscribe(sub) {
+        if (this.subs.get(sub.channel) !== sub)
+            return;
+        this.subs.delete(sub.channel);
+        if (this.stateValue === "connected" && sub.active) {
+            this.request({ type: "unsubscribe", channel: sub.channel }).catch(() => { });
+        }
+    }
+    /** Publishes `data` to `channel`; resolves to its offset once the server ordered it. */
+    async publish(channel, data) {
+        await this.whenConnected();
+        const reply = await this.request({ type: "publish", channel, data });
+        return reply.offset;
+    }
+    /** An application-level round trip, in ms. */
+    async ping() {
+        await this.whenConnected();
+        const start = Date.now();
+        await this.request({ type: "ping" });
+        return Date.now() - start;
+    }
+    // --- connection ---
+    open() {
+        this.clearTimers();
+        this.setState(this.attempt === 0 && this.stateValue !== "reconnecting" ? "connecting" : "reconnecting");
+        this.emit("connecting", { attempt: this.attempt });
+        const start = async () => {
+            if (this.options.getToken) {
+                try {
+                    this.token = await this.options.getToken();
+                }
+                catch (error) {
+                    this.emit("error", { code: "token", message: String(error) });
+                    return this.scheduleReconnect(undefined);
+                }
+            }
+            if (this.stateValue === "closed")
+                return;
+            let ws;
+            try {
+                ws = new this.WS(this.url);
+            }
+            catch (error) {
+                this.emit("error", { code: "connect", message: String(error) });
+                return this.scheduleReconnect(undefined);
+            }
+            this.ws = ws;
+            this.advisedDelay = undefined;
+            ws.onmessage = (event) => {
+                if (this.ws === ws)
+                    this.onFrame(String(event.data));
+            };
+            ws.onclose = (event) => {
+                if (this.ws === ws)
+                    this.onClose(event.code, event.reason, event.wasClean ?? true);
+            };
+            // A connection that fails before it opens may fire only `error` (Node 20's WebSocket
+            // does for a refused connection), and one may hang: both count as a closed attempt.
+            const failed = (reason) => {
+                if (this.ws !== ws)
+                    return;
+                // Detached first: closing a connecting socket may fire `error` again, at once.
+                ws.onmessage = ws.onclose = ws.onerror = null;
+                try {
+                    ws.close();
+                }
+                catch {
+                    // Closing a socket that never opened may throw; it is dropped either way.
+                }
+                this.onClose(1006, reason, false);
+            };
+            ws.onerror = () => {
+                // After the open, a close event follows an error.
+                if (ws.readyState !== 1)
+                    failed("connection failed");
+            };
+            this.connectTimer = setTimeout(() => failed("connect timeout"), this.opts.connectTimeout);
+        };
+        void start();
+    }
+    onFrame(text) {
+        this.lastHeard = Date.now();
+        let frame;
+        try {
+            frame = JSON.parse(text);
+        }
+        catch {
+            return;
+        }
+        switch (frame.type) {
+            case "welcome":
+                if (this.connectTimer)
+                    clearTimeout(this.connectTimer);
+                this.node = frame.node;
+                this.connId = frame.conn_id;
+                this.user = frame.user;
+                this.heartbeatMs = frame.heartbeat_ms ?? this.heartbeatMs;
+                this.startHeartbeat();
+                if (this.token !== undefined && frame.user === undefined) {
+                    this.request({ type: "auth", token: this.token })
+                        .then((reply) => this.onAuthenticated(reply))
+                        .catch((error) => this.emit("error", error));
+                }
+                else {
+                    this.onReady();
+                }
+                return;
+            case "message":
+                return this.onMessage(frame);
+            case "reconnect":
+                // The node is draining: it closes us next (1012); come back after `after_ms`.
+                this.advisedDelay = Math.max(0, Number(frame.after_ms) || 0);
+                return;
+            case "error":
+                if (frame.id !== undefined && this.pending.has(frame.id)) {
+                    return this.settle(frame.id, undefined, new SwitchboardError(frame.code, frame.message));
+                }
+                this.emit("error", { code: frame.code, message: frame.message });
+                return;
+            default:
+                if (frame.id !== undefined)
+                    this.settle(frame.id, frame, undefined);
+        }
+    }
+    onAuthenticated(reply) {
+        this.user = reply.user;
+        this.scheduleRefresh(reply.exp);
+        this.onReady();
+    }
+    /** Connected and (when a token is used) authenticated: resubscribe everything. */
+    onReady() {
+        this.attempt = 0;
+        this.setState("connected");
+        this.emit("connected", { node: this.node, connId: this.connId, user: this.user });
+        for (const sub of this.subs.values())
+            this.sendSubscribe(sub);
+    }
+    sendSubscribe(sub) {
+        sub.active = true;
+        const resume = sub.offset;
+        const frame = { type: "subscribe", channel: sub.channel };
+        if (resume !== undefined)
+            frame.since = resume;
+        this.request(frame).then((reply) => {
+            if (this.subs.get(sub.channel) !== sub)
+                return;
+            if (resume === undefined) {
+                sub.offset ?? (sub.offset = reply.offset);
+            }
+            else {
+                const recovered = reply.recovered === true;
+                // Not recovered: what was missed is gone; follow from the new position.
+                if (!recovered)
+                    sub.offset = reply.offset;
+                sub.handlers.onRecovered?.(recovered);
+            }
+        }, (error) => {
+            if (error.code === "disconnected" || error.code === "timeout")
+                return; // retried on reconnect
+            if (error.code === "unavailable") {
+                // Clustered and Redis unreachable: try again shortly.
+                setTimeout(() => {
+                    if (this.subs.get(sub.channel) === sub && this.stateValue === "connected")
+                        this.sendSubscribe(sub);
+                }, this.backoff());
+                return;
+            }
+            this.subs.delete(sub.channel);
+            sub.handlers.onError?.({ code: error.code, message: error.message });
+        });
+    }
+    onMessage(frame) {
+        const sub = this.subs.get(frame.channel);
+        if (!sub)
+            return;
+        // A replay can overlap what arrived live before a reconnect: each offset once.
+        if (!isAfter(frame.offset, sub.offset))
+            return;
+        sub.offset = frame.offset;
+        sub.handlers.onMessage?.(frame.data, { channel: frame.channel, offset: frame.offset, data: frame.data });
+    }
+    onClose(code, reason, wasClean) {
+        this.ws = undefined;
+        this.clearTimers();
+        for (const sub of this.subs.values())
+            sub.active = false;
+        this.failPending("disconnected", `connection closed (${code})`);
+        if (this.stateValue === "closed")
+            return;
+        this.emit("disconnected", { code, reason });
+        if (TERMINAL_CODES.has(code)) {
+            this.setState("closed");
+            this.emit("closed", { code, reason });
+            this.emit("error", { code: "unauthorized", message: reason || "the server refused this client's token" });
+            return;
+        }
+        if (code === TOKEN_EXPIRED && !this.options.getToken) {
+            this.setState("closed");
+            this.emit("closed", { code, reason });
+            this.emit("error", { code: "token_expired", message: "the token expired and there is no getToken" });
+            return;
+        }
+        // A close the server started cleanly (a drain, a restart): its advice, or a random
+        // 0-5 s before the first try, so that a node's clients do not all come back at once.
+        const serverClosed = wasClean && code !== 1006 && code !== DEAD_CONNECTION;
+        let delay = this.advisedDelay;
+        if (delay === undefined && serverClosed && this.attempt === 0) {
+            delay = Math.random() * this.opts.serverCloseDelay;
+        }
+        this.scheduleReconnect(delay);
+    }
+    scheduleReconnect(delay) {
+        if (this.stateValue === "closed")
+            return;
+        const wait = delay ?? this.backoff();
+        this.attempt += 1;
+        this.setState("reconnecting");
+        this.emit("reconnecting", { attempt: this.attempt, delay: wait });
+        this.reconnectTimer = setTimeout(() => this.open(), wait);
+    }
+    /** Full jitter: random between 0 and min(max, min * 2^attempt). */
+    backoff() {
+        const cap = Math.min(this.opts.maxReconnectDelay, this.opts.minReconnectDelay * 2 ** Math.min(this.attempt, 16));
+        return Math.random() * cap;
+    }
+    startHeartbeat() {
+        if (this.heartbeatTimer)
+            clearInterval(this.heartbeatTimer);
+        this.lastHeard = Date.now();
+        // The server pings with WebSocket pings, which browsers do not show to scripts: after a
+        // heartbeat of silence, ask with an application ping; no answer in time means dead.
+        const every = Math.max(1000, Math.min(this.heartbeatMs, 30000) / 2);
+        this.heartbeatTimer = setInterval(() => {
+            const silent = Date.now() - this.lastHeard;
+            if (silent > this.heartbeatMs + this.opts.pongTimeout) {
+                const ws = this.ws;
+                this.ws = undefined;
+                try {
+                    ws?.close(DEAD_CONNECTION, "no traffic");
+                }
+                catch {
+                    // ignore
+                }
+                this.onClose(DEAD_CONNECTION, "no traffic", false);
+            }
+            else if (silent > this.heartbeatMs && this.stateValue === "connected") {
+                this.request({ type: "ping" }).catch(() => { });
+            }
+        }, every);
+    }
+    scheduleRefresh(exp) {
+        if (this.refreshTimer)
+            clearTimeout(this.refreshTimer);
+        if (!exp || !this.options.getToken)
+            return;
+        const wait = Math.max(0, exp * 1000 - Date.now() - this.opts.refreshBefore);
+        this.refreshTimer = setTimeout(async () => {
+            try {
+                this.token = await this.options.getToken();
+                const reply = await this.request({ type: "refresh", token: this.token });
+                this.scheduleRefresh(reply.exp);
+            }
+            catch (error) {
+                this.emit("error", { code: "refresh", message: String(error) });
+            }
+        }, wait);
+    }
+    // --- requests ---
+    request(frame) {
+        const ws = this.ws;
+        if (!ws || ws.readyState !== 1) {
+            return Promise.reject(new SwitchboardError("disconnected", "not connected"));
+        }
+        const id = this.nextId++;
+        return new Promise((resolve, reject) => {
+            const timer = setTimeout(() => this.settle(id, undefined, new SwitchboardError("timeout", `no reply to ${frame.type}`)), this.opts.requestTimeout);
+            this.pending.set(id, { resolve, reject, timer });
+            ws.send(JSON.stringify({ ...frame, id }));
+        });
+    }
+    settle(id, reply, error) {
+        const pending = this.pending.get(id);
+        if (!pending)
+            return;
+        this.pending.delete(id);
+        clearTimeout(pending.timer);
+        if (error)
+            pending.reject(error);
+        else
+            pending.resolve(reply);
+    }
+    failPending(code, message) {
+        for (const [id] of this.pending)
+            this.settle(id, undefined, new SwitchboardError(code, message));
+    }
+    whenConnected() {
+        if (this.stateValue === "connected")
+            return Promise.resolve();
+        if (this.stateValue === "closed")
+            return Promise.reject(new SwitchboardError("closed", "the client is closed"));
+        if (this.stateValue === "disconnected")
+            this.connect();
+        return new Promise((resolve, reject) => {
+            const timer = setTimeout(() => {
+                off();
+                reject(new SwitchboardError("timeout", "not connected in time"));
+            }, this.opts.requestTimeout);
+            const off = this.on("connected", () => {
+                clearTimeout(timer);
+                off();
+                resolve();
+            });
+        });
+    }
+    clearTimers() {
+        if (this.reconnectTimer)
+            clearTimeout(this.reconnectTimer);
+        if (this.connectTimer)
+            clearTimeout(this.connectTimer);
+        if (this.refreshTimer)
+            clearTimeout(this.refreshTimer);
+        if (this.heartbeatTimer)
+            clearInterval(this.heartbeatTimer);
+        this.reconnectTimer = this.connectTimer = this.refreshTimer = this.heartbeatTimer = undefined;
+    }
+    setState(state) {
+        this.stateValue = state;
+    }
+    emit(event, detail) {
+        for (const listener of this.listeners.get(event) ?? []) {
+            try {
+                listener(detail);
+            }
+            catch {
+                // A listener's error must not break the client.
+            }
+        }
+    }
+}
