@@ -172,6 +172,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             history_size: config.history.size,
             echo_path: config.session.echo_path.clone(),
             demo: config.demo.enabled,
+            history_reply_bytes: (config.limits.outbound_queue_bytes / 4).min(256 << 10),
             client_quota: Quota::new(
                 config.limits.client_messages_per_second,
                 config.limits.client_message_burst,

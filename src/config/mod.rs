@@ -85,7 +85,7 @@ pub struct NamespaceConfig {
     pub pattern: String,
     pub subscribe: Rule,
     pub publish: Rule,
-    /// Replaying history: a subscribe with `since`.
+    /// Reading history: a subscribe with `since`, or a `history` frame.
     pub history: Rule,
 }
 

@@ -125,6 +125,27 @@ export class Switchboard {
         const reply = await this.request({ type: "publish", channel, data });
         return reply.offset;
     }
+    /**
+     * Messages kept in the channel's history: the newest `limit` (default 50, at most 100), or
+     * those after `since`. `truncated`: the reply's size bound left some out (the oldest
+     * without `since`, the newest with it: call again with the last offset to page on).
+     * Needs the channel's namespace to allow history.
+     */
+    async history(channel, opts = {}) {
+        await this.whenConnected();
+        const frame = { type: "history", channel };
+        if (opts.since !== undefined)
+            frame.since = opts.since;
+        if (opts.limit !== undefined)
+            frame.limit = opts.limit;
+        const reply = await this.request(frame);
+        return {
+            offset: reply.offset,
+            ...(reply.recovered === undefined ? {} : { recovered: reply.recovered }),
+            messages: reply.messages.map((message) => ({ channel, offset: message.offset, data: message.data })),
+            truncated: reply.truncated === true,
+        };
+    }
     /** An application-level round trip, in ms. */
     async ping() {
         await this.whenConnected();

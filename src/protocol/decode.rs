@@ -27,6 +27,14 @@ pub enum ClientFrame<'a> {
     },
     /// `{"type":"ping","id":4}`
     Ping { id: Option<u64> },
+    /// `{"type":"history","id":7,"channel":"news","since":"<offset>","limit":50}`: `since`
+    /// and `limit` optional.
+    History {
+        id: Option<u64>,
+        channel: Cow<'a, str>,
+        since: Option<Cow<'a, str>>,
+        limit: Option<u64>,
+    },
     /// `{"type":"auth","id":5,"token":"<JWT>"}`: authenticates a connection that brought no
     /// token in its upgrade.
     Auth {
@@ -50,6 +58,7 @@ impl ClientFrame<'_> {
             | ClientFrame::Unsubscribe { id, .. }
             | ClientFrame::Publish { id, .. }
             | ClientFrame::Ping { id }
+            | ClientFrame::History { id, .. }
             | ClientFrame::Auth { id, .. }
             | ClientFrame::Refresh { id, .. } => *id,
         }
@@ -82,6 +91,8 @@ struct RawFrame<'a> {
     data: Option<&'a RawValue>,
     #[serde(borrow, default)]
     token: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    limit: Option<&'a RawValue>,
 }
 
 /// Decodes one text frame.
@@ -122,17 +133,35 @@ pub fn decode_client_frame(text: &str) -> Result<ClientFrame<'_>, DecodeError> {
         let value = raw.channel.ok_or(fail("missing field `channel`"))?;
         string(value).ok_or(fail("`channel` must be a string"))
     };
+    let since = || -> Result<Option<Cow<'_, str>>, DecodeError> {
+        match raw.since {
+            None => Ok(None),
+            Some(value) if value.get() == "null" => Ok(None),
+            Some(value) => Ok(Some(string(value).ok_or(fail("`since` must be a string"))?)),
+        }
+    };
     match &*kind {
-        "subscribe" => {
-            let since = match raw.since {
+        "subscribe" => Ok(ClientFrame::Subscribe {
+            id,
+            channel: channel()?,
+            since: since()?,
+        }),
+        "history" => {
+            let limit = match raw.limit {
                 None => None,
                 Some(value) if value.get() == "null" => None,
-                Some(value) => Some(string(value).ok_or(fail("`since` must be a string"))?),
+                Some(value) => Some(
+                    value
+                        .get()
+                        .parse::<u64>()
+                        .map_err(|_| fail("`limit` must be a positive integer"))?,
+                ),
             };
-            Ok(ClientFrame::Subscribe {
+            Ok(ClientFrame::History {
                 id,
                 channel: channel()?,
-                since,
+                since: since()?,
+                limit,
             })
         }
         "unsubscribe" => Ok(ClientFrame::Unsubscribe {

@@ -108,6 +108,37 @@ pub fn encode_published(id: Option<u64>, channel: &ChannelName, offset: Offset) 
     out
 }
 
+/// `{"type":"history","id":7,"channel":"news","offset":"..","recovered":true,
+/// "messages":[{"offset":"..","data":..}],"truncated":false}`: `recovered` only for a read
+/// with `since`; `messages` oldest first, each `data` as published.
+#[must_use]
+pub fn encode_history(
+    id: Option<u64>,
+    channel: &ChannelName,
+    position: Offset,
+    recovered: Option<bool>,
+    messages: &[(Offset, &str)],
+    truncated: bool,
+) -> String {
+    let size: usize = messages.iter().map(|(_, data)| data.len() + 48).sum();
+    let mut out = String::with_capacity(128 + channel.as_str().len() + size);
+    out.push_str("{\"type\":\"history\"");
+    push_id(&mut out, id);
+    let _ = write!(out, ",\"channel\":\"{channel}\",\"offset\":\"{position}\"");
+    if let Some(recovered) = recovered {
+        let _ = write!(out, ",\"recovered\":{recovered}");
+    }
+    out.push_str(",\"messages\":[");
+    for (index, (offset, data)) in messages.iter().enumerate() {
+        if index > 0 {
+            out.push(',');
+        }
+        let _ = write!(out, "{{\"offset\":\"{offset}\",\"data\":{data}}}");
+    }
+    let _ = write!(out, "],\"truncated\":{truncated}}}");
+    out
+}
+
 /// `{"type":"pong","id":4}`
 #[must_use]
 pub fn encode_pong(id: Option<u64>) -> String {

@@ -74,6 +74,10 @@ pub struct SessionSettings {
     pub echo_path: String,
     /// Serve the demo's page (`demo.enabled`; see `demo`).
     pub demo: bool,
+    /// Bytes of messages one `history` reply may carry: a quarter of a connection's
+    /// outbound queue (`limits.outbound_queue_bytes`), at most 256 KiB, so that a reply
+    /// never makes its reader a slow consumer.
+    pub history_reply_bytes: usize,
     /// Frames (messages and fragments) per second and burst per client; `None` when unlimited.
     pub client_quota: Option<Quota>,
     /// Control frames (pings, pongs) per second and burst per client; `None` when unlimited.
@@ -677,6 +681,7 @@ mod tests {
                 history_size: 10,
                 echo_path: String::new(),
                 demo: false,
+                history_reply_bytes: 64 << 10,
                 client_quota: Quota::new(100, 100),
                 control_quota: Quota::new(10, 10),
                 throttled_close_after: Duration::from_secs(1),

@@ -89,6 +89,10 @@ enum Step {
     End(End),
 }
 
+/// Messages a `history` frame returns without `limit`, and at most.
+const DEFAULT_HISTORY_LIMIT: u64 = 50;
+const MAX_HISTORY_LIMIT: u64 = 100;
+
 /// Which of a client's budgets a frame is charged to.
 #[derive(Debug, Clone, Copy)]
 enum Budget {
@@ -491,6 +495,12 @@ impl Reader {
         match frame {
             Err(err) => self.error(err.id, ErrorCode::BadRequest, err.message),
             Ok(ClientFrame::Ping { id }) => self.send(protocol::encode_pong(id)),
+            Ok(ClientFrame::History {
+                id,
+                channel,
+                since,
+                limit,
+            }) => self.history(id, &channel, since.as_deref(), limit).await,
             Ok(ClientFrame::Subscribe { id, channel, since }) => {
                 self.subscribe(id, &channel, since.as_deref()).await;
             }
@@ -511,6 +521,74 @@ impl Reader {
                 None
             }
         }
+    }
+
+    /// `{"type":"history"}`: the newest `limit` messages, or those after `since`, within
+    /// `settings.history_reply_bytes` (`truncated` says when some were left out: with
+    /// `since` the newest, else the oldest, so that paging on with the last offset works).
+    async fn history(
+        &mut self,
+        id: Option<u64>,
+        name: &str,
+        since: Option<&str>,
+        limit: Option<u64>,
+    ) {
+        let Some(channel) = self.channel(id, name) else {
+            return;
+        };
+        let since = match since.map(str::parse::<Offset>).transpose() {
+            Ok(since) => since,
+            Err(err) => return self.error(id, ErrorCode::BadRequest, &err.to_string()),
+        };
+        let limit = match limit {
+            None => DEFAULT_HISTORY_LIMIT,
+            Some(limit @ 1..=MAX_HISTORY_LIMIT) => limit,
+            Some(_) => {
+                return self.error(
+                    id,
+                    ErrorCode::BadRequest,
+                    "`limit` must be an integer from 1 to 100",
+                );
+            }
+        };
+        if !self.permitted(id, &channel, Action::History) {
+            return;
+        }
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        let history = match self.ctx.bus.history(&channel, since, limit).await {
+            Ok(history) => history,
+            Err(err) => return self.error(id, ErrorCode::Unavailable, &err.to_string()),
+        };
+        let budget = self.ctx.settings.history_reply_bytes;
+        let mut messages: Vec<(Offset, &str)> = Vec::with_capacity(history.messages.len());
+        let mut used = 0;
+        let mut truncated = false;
+        // With `since`: the oldest first (page on from the last one); else the newest.
+        let ordered: Box<dyn Iterator<Item = _>> = if since.is_some() {
+            Box::new(history.messages.iter())
+        } else {
+            Box::new(history.messages.iter().rev())
+        };
+        for (offset, data) in ordered {
+            let size = data.as_str().len() + 48;
+            if used + size > budget && !messages.is_empty() {
+                truncated = true;
+                break;
+            }
+            used += size;
+            messages.push((*offset, data.as_str()));
+        }
+        if since.is_none() {
+            messages.reverse();
+        }
+        self.send(protocol::encode_history(
+            id,
+            &channel,
+            history.offset,
+            history.recovered,
+            &messages,
+            truncated,
+        ));
     }
 
     async fn subscribe(&mut self, id: Option<u64>, name: &str, since: Option<&str>) {

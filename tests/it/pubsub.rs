@@ -186,3 +186,100 @@ async fn messages_of_every_size_arrive_intact_and_in_order() {
     }
     server.stop().await;
 }
+
+/// `{"type":"history"}`: the newest messages, or those after `since`, within a byte budget
+/// (`truncated`), refused where the namespace does not allow history.
+#[tokio::test]
+async fn clients_read_history_over_the_websocket() {
+    let server = TestServer::builder()
+        .configure(|config| {
+            // A quarter of 64 KiB: 16 KiB of messages per reply.
+            config.limits.outbound_queue_bytes = 64 << 10;
+            config.namespaces.insert(
+                0,
+                switchboard::config::NamespaceConfig {
+                    pattern: "secret:*".to_owned(),
+                    subscribe: switchboard::config::Rule::Anonymous,
+                    publish: switchboard::config::Rule::None,
+                    history: switchboard::config::Rule::None,
+                },
+            );
+        })
+        .start()
+        .await;
+    let mut offsets = Vec::new();
+    for n in 1..=5 {
+        offsets.push(server.publish("news", json!(n)).await);
+    }
+    let mut client = server.client().await;
+    client
+        .send(json!({"type": "history", "id": 1, "channel": "news", "limit": 3}))
+        .await;
+    let reply = client.recv().await;
+    assert_eq!(reply["type"], "history", "{reply}");
+    assert_eq!(reply["id"], 1);
+    assert_eq!(reply["offset"], offsets[4].as_str());
+    assert_eq!(reply["truncated"], false);
+    let data: Vec<i64> = reply["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|message| message["data"].as_i64().unwrap())
+        .collect();
+    assert_eq!(data, [3, 4, 5], "the newest three, oldest first");
+
+    client
+        .send(json!({"type": "history", "id": 2, "channel": "news", "since": offsets[0]}))
+        .await;
+    let reply = client.recv().await;
+    assert_eq!(reply["recovered"], true);
+    assert_eq!(reply["messages"].as_array().unwrap().len(), 4);
+    assert_eq!(reply["messages"][0]["offset"], offsets[1].as_str());
+
+    // 8 KiB payloads: two fit in 16 KiB with their envelopes, so one reply holds two and
+    // says it was truncated; paging on with its last offset gets the rest.
+    let big = "x".repeat(7 << 10);
+    let first = server.publish("big", json!(big)).await;
+    for _ in 0..4 {
+        server.publish("big", json!(big)).await;
+    }
+    client
+        .send(json!({"type": "history", "id": 3, "channel": "big", "since": first}))
+        .await;
+    let reply = client.recv().await;
+    assert_eq!(reply["truncated"], true, "{}", reply["truncated"]);
+    assert_eq!(reply["messages"].as_array().unwrap().len(), 2);
+
+    for (frame, code) in [
+        (
+            json!({"type": "history", "id": 4, "channel": "secret:x"}),
+            "forbidden",
+        ),
+        (
+            json!({"type": "history", "id": 5, "channel": "news", "limit": 0}),
+            "bad_request",
+        ),
+        (
+            json!({"type": "history", "id": 6, "channel": "news", "limit": 101}),
+            "bad_request",
+        ),
+        (
+            json!({"type": "history", "id": 7, "channel": "news", "limit": "x"}),
+            "bad_request",
+        ),
+        (
+            json!({"type": "history", "id": 8, "channel": "news", "since": "nope"}),
+            "bad_request",
+        ),
+    ] {
+        client.send(frame.clone()).await;
+        let reply = client.recv().await;
+        assert_eq!(reply["type"], "error", "{frame}: {reply}");
+        assert_eq!(reply["code"], code, "{frame}: {reply}");
+    }
+    // The connection is still fine.
+    client.subscribe("news").await;
+    server.publish("news", json!(6)).await;
+    assert_eq!(client.recv().await["data"], 6);
+    server.stop().await;
+}

@@ -225,6 +225,29 @@ export class Switchboard {
     return reply.offset;
   }
 
+  /**
+   * Messages kept in the channel's history: the newest `limit` (default 50, at most 100), or
+   * those after `since`. `truncated`: the reply's size bound left some out (the oldest
+   * without `since`, the newest with it: call again with the last offset to page on).
+   * Needs the channel's namespace to allow history.
+   */
+  async history<T = unknown>(
+    channel: string,
+    opts: { since?: string; limit?: number } = {},
+  ): Promise<{ offset: string; recovered?: boolean; messages: Message<T>[]; truncated: boolean }> {
+    await this.whenConnected();
+    const frame: Record<string, unknown> = { type: "history", channel };
+    if (opts.since !== undefined) frame.since = opts.since;
+    if (opts.limit !== undefined) frame.limit = opts.limit;
+    const reply = await this.request(frame);
+    return {
+      offset: reply.offset,
+      ...(reply.recovered === undefined ? {} : { recovered: reply.recovered }),
+      messages: reply.messages.map((message: any) => ({ channel, offset: message.offset, data: message.data })),
+      truncated: reply.truncated === true,
+    };
+  }
+
   /** An application-level round trip, in ms. */
   async ping(): Promise<number> {
     await this.whenConnected();

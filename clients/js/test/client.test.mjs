@@ -46,6 +46,12 @@ test("subscribes, receives in order, publishes with an offset, and reports error
   assert.equal(errors[0].code, "bad_request");
   await assert.rejects(sb.publish("bad name!", 1), (error) => error instanceof SwitchboardError && error.code === "bad_request");
   assert.ok((await sb.ping()) >= 0);
+  const newest = await sb.history("news", { limit: 2 });
+  assert.deepEqual(newest.messages.map((message) => message.data.n), [5, 6]);
+  assert.equal(newest.truncated, false);
+  const after = await sb.history("news", { since: newest.messages[0].offset });
+  assert.deepEqual(after.messages.map((message) => message.data.n), [6]);
+  assert.equal(after.recovered, true);
   assert.equal(events.length, 1);
   assert.equal(typeof events[0][1].connId, "number");
   await node.kill();
