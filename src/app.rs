@@ -60,8 +60,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         reason = "a gauge; connection limits are far below 2^52"
     )]
     metrics::gauge!(telemetry::CONNECTIONS_MAX).set(config.limits.max_connections as f64);
-    // 0 until the memory watch (when on) says otherwise, so that the series exists.
-    telemetry::memory_watched(false);
+    // Registered (0 until the memory watch, when on, says otherwise) so that the series
+    // exists; not set, since servers in one process (tests) share the recorder.
+    metrics::gauge!(telemetry::MEMORY_PRESSURE).increment(0.0);
     let readiness = Readiness::new();
     let starting = readiness.hold("starting");
     let node_id: Arc<str> = Arc::from(config.server.node_id.as_str());

@@ -179,8 +179,10 @@ impl Drainer {
         settings: DrainSettings,
         tasks: Shutdown,
     ) -> Self {
-        metrics::gauge!(DRAIN_STATE).set(0.0);
-        metrics::gauge!(DRAIN_CONNECTIONS_LEFT).set(0.0);
+        // Registered (at 0) without overwriting: several servers in one process (tests)
+        // share the recorder.
+        metrics::gauge!(DRAIN_STATE).increment(0.0);
+        metrics::gauge!(DRAIN_CONNECTIONS_LEFT).increment(0.0);
         Self {
             inner: Arc::new(Inner {
                 hub,

@@ -36,9 +36,10 @@ fn the_javascript_client_passes_its_tests_against_the_real_server() {
         built == served,
         "src/demo/switchboard.js is stale: copy clients/js/dist/index.js there after `npm run build`"
     );
-    let tests = Command::new("npm")
+    // Bounded: a hung test must fail the suite, not stall it.
+    let tests = Command::new("timeout")
         .current_dir(dir)
-        .args(["test", "--silent"])
+        .args(["--kill-after=10", "300", "npm", "test", "--silent"])
         .env("SWITCHBOARD_BIN", env!("CARGO_BIN_EXE_switchboard"))
         .output()
         .expect("npm runs");

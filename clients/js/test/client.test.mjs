@@ -176,7 +176,9 @@ test("tokens come from getToken and are refreshed before they expire", async () 
 
 test("a silent connection is detected and replaced", async () => {
   const node = await startNode({ env: { SWITCHBOARD_SESSION__HEARTBEAT: "1s", SWITCHBOARD_SESSION__IDLE_TIMEOUT: "30s" } });
-  const sb = client(node.url, { pongTimeout: 500 });
+  // Declared dead after a heartbeat (1 s) and this much more of silence; generous enough
+  // for a loaded machine, where a live server's pong can take hundreds of ms.
+  const sb = client(node.url, { pongTimeout: 2000 });
   const received = [];
   const disconnects = [];
   sb.on("disconnected", (detail) => disconnects.push(detail));
@@ -184,7 +186,7 @@ test("a silent connection is detected and replaced", async () => {
   await eventually(() => sb.state === "connected", "connected");
   // The server stops answering (SIGSTOP): no message, no pong.
   node.child.kill("SIGSTOP");
-  await eventually(() => disconnects.length === 1, "declared dead", 10_000);
+  await eventually(() => disconnects.length === 1, "declared dead", 15_000);
   assert.equal(disconnects[0].code, 4900);
   node.child.kill("SIGCONT");
   await eventually(() => sb.state === "connected", "connected again", 15_000);

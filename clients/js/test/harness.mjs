@@ -12,9 +12,19 @@ const BIN = process.env.SWITCHBOARD_BIN;
 if (!BIN) throw new Error("SWITCHBOARD_BIN must name the switchboard binary (tests/it/js_client.rs sets it)");
 
 const children = new Set();
-process.on("exit", () => {
-  for (const child of children) child.kill("SIGKILL");
-});
+function killAll() {
+  for (const child of children) {
+    child.kill("SIGCONT");
+    child.kill("SIGKILL");
+  }
+}
+process.on("exit", killAll);
+for (const signal of ["SIGINT", "SIGTERM"]) {
+  process.on(signal, () => {
+    killAll();
+    process.exit(1);
+  });
+}
 
 export function freePort() {
   return new Promise((resolve, reject) => {
@@ -67,9 +77,12 @@ export async function startNode({ config = "", env = {}, ports } = {}) {
   const child = spawn(
     BIN,
     ["--config", path, "--listen", `127.0.0.1:${ws}`, "--control", `127.0.0.1:${control}`, "--log-level", "warn"],
-    { env: { ...process.env, ...env }, stdio: ["ignore", "ignore", "inherit"] },
+    // No pipe to this process: a node left running must not hold the test runner's output.
+    { env: { ...process.env, ...env }, stdio: "ignore" },
   );
   children.add(child);
+  // Nor keep this process alive: it kills every child when it exits.
+  child.unref();
   const exited = new Promise((resolve) => child.once("exit", (code) => resolve(code)));
   exited.then(() => children.delete(child));
   const node = {
@@ -118,6 +131,7 @@ export async function startRedis() {
     stdio: "ignore",
   });
   children.add(child);
+  child.unref();
   child.once("error", (error) => {
     throw new Error(`redis-server is needed (apt-get install redis-server; tests/run.sh does): ${error}`);
   });
