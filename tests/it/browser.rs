@@ -116,7 +116,8 @@ fn the_demo_page_survives_a_drain_and_restart_without_gap_or_duplicate() {
     let report = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
-        "demo.mjs failed: {report}\n{}",
+        "demo.mjs failed ({}): {report}\n{}",
+        output.status,
         String::from_utf8_lossy(&output.stderr)
     );
     let report: Value = serde_json::from_str(report.trim()).expect("demo.mjs prints JSON");

@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { after, test } from "node:test";
 
 import { Switchboard, SwitchboardError, isAfter } from "../dist/index.js";
-import { eventually, hs256, HS256_SECRET, sleep, startNode, startRedis } from "./harness.mjs";
+import { eventually, hs256, HS256_SECRET, killAll, sleep, startNode, startRedis } from "./harness.mjs";
 
 const clients = [];
 function client(url, options = {}) {
@@ -12,8 +12,10 @@ function client(url, options = {}) {
   clients.push(sb);
   return sb;
 }
+// Also after a failed test, so that no server outlives the file and keeps it running.
 after(() => {
   for (const sb of clients) sb.close();
+  killAll();
 });
 
 test("offsets compare within an epoch; another epoch always comes after", () => {

@@ -12,7 +12,8 @@ const BIN = process.env.SWITCHBOARD_BIN;
 if (!BIN) throw new Error("SWITCHBOARD_BIN must name the switchboard binary (tests/it/js_client.rs sets it)");
 
 const children = new Set();
-function killAll() {
+/** Kills every process started here (also at exit); for a test file's `after` hook. */
+export function killAll() {
   for (const child of children) {
     child.kill("SIGCONT");
     child.kill("SIGKILL");
@@ -81,8 +82,6 @@ export async function startNode({ config = "", env = {}, ports } = {}) {
     { env: { ...process.env, ...env }, stdio: "ignore" },
   );
   children.add(child);
-  // Nor keep this process alive: it kills every child when it exits.
-  child.unref();
   const exited = new Promise((resolve) => child.once("exit", (code) => resolve(code)));
   exited.then(() => children.delete(child));
   const node = {
@@ -131,7 +130,6 @@ export async function startRedis() {
     stdio: "ignore",
   });
   children.add(child);
-  child.unref();
   child.once("error", (error) => {
     throw new Error(`redis-server is needed (apt-get install redis-server; tests/run.sh does): ${error}`);
   });
