@@ -135,10 +135,10 @@ pub(super) async fn handle(
 /// with request bytes still unread makes the kernel reset it, and a client still sending
 /// would then see the reset instead of the answer; larger bodies are not worth the bandwidth
 /// and get the answer at once.
-const DRAIN_FACTOR: usize = 4;
+const DISCARD_FACTOR: usize = 4;
 
 /// Reads and drops `body` (at most `length` bytes, within `timeout`).
-async fn drain(mut body: Incoming, length: usize, timeout: Duration) {
+async fn discard_body(mut body: Incoming, length: usize, timeout: Duration) {
     let _ = tokio::time::timeout(timeout, async {
         let mut seen = 0;
         while let Some(Ok(frame)) = body.frame().await {
@@ -439,8 +439,8 @@ async fn json_body<T: for<'de> Deserialize<'de>>(
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<usize>().ok());
     if let Some(length) = declared.filter(|length| *length > ctx.max_body_bytes) {
-        if length <= ctx.max_body_bytes.saturating_mul(DRAIN_FACTOR) {
-            drain(request.into_body(), length, ctx.body_timeout).await;
+        if length <= ctx.max_body_bytes.saturating_mul(DISCARD_FACTOR) {
+            discard_body(request.into_body(), length, ctx.body_timeout).await;
         }
         return Err(too_large());
     }

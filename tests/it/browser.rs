@@ -10,9 +10,8 @@ use serde_json::Value;
 
 use crate::harness::{TestServer, free_port};
 
-/// Runs `tests/browser/origin.mjs`: pages on each of `ports` open `ws_url`; returns what
-/// each origin saw.
-fn chromium_pages(ws_url: &str, ports: &[u16]) -> Value {
+/// `tests/browser`, after checking that Chromium and playwright-core are there.
+fn browser_dir() -> &'static str {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser");
     assert!(
         std::path::Path::new("/usr/bin/chromium").exists()
@@ -22,6 +21,13 @@ fn chromium_pages(ws_url: &str, ports: &[u16]) -> Value {
         "Chromium and playwright-core are needed: `apt-get install chromium nodejs npm` and \
          `npm ci` in tests/browser (tests/run.sh does both when missing)"
     );
+    dir
+}
+
+/// Runs `tests/browser/origin.mjs`: pages on each of `ports` open `ws_url`; returns what
+/// each origin saw.
+fn chromium_pages(ws_url: &str, ports: &[u16]) -> Value {
+    let dir = browser_dir();
     let ports: Vec<String> = ports.iter().map(ToString::to_string).collect();
     let output = Command::new("node")
         .current_dir(dir)
@@ -98,15 +104,7 @@ async fn chromium_speaks_wss_to_the_servers_own_tls_stream() {
 /// in order, resumed without a gap.
 #[test]
 fn the_demo_page_survives_a_drain_and_restart_without_gap_or_duplicate() {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser");
-    assert!(
-        std::path::Path::new("/usr/bin/chromium").exists()
-            && std::path::Path::new(dir)
-                .join("node_modules/playwright-core")
-                .exists(),
-        "Chromium and playwright-core are needed: `apt-get install chromium nodejs npm` and \
-         `npm ci` in tests/browser (tests/run.sh does both when missing)"
-    );
+    let dir = browser_dir();
     let output = Command::new("node")
         .current_dir(dir)
         .arg("demo.mjs")

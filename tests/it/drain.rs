@@ -22,6 +22,18 @@ async fn server(delay: Duration, window: Duration) -> TestServer {
         .await
 }
 
+/// `DELETE /v1/drain`: status and JSON body.
+async fn cancel(server: &TestServer) -> (u16, Value) {
+    let response = server
+        .http
+        .delete(server.control_url("/v1/drain"))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
 /// Reads until the close: every `message` frame's data, the `reconnect` frame, the close.
 async fn read_to_close(client: &mut TestClient) -> (Vec<u64>, Option<Value>, Closed, Instant) {
     let mut data = Vec::new();
@@ -102,8 +114,11 @@ async fn a_drain_is_announced_then_closes_clients_paced_with_reconnect_and_1012(
         .into_iter()
         .map(|mut client| tokio::spawn(async move { read_to_close(&mut client).await }))
         .collect();
-    tokio::time::sleep(Duration::from_millis(400)).await;
     // Past the delay: upgrades refused with 503 and Retry-After.
+    crate::assert_eventually!(
+        server.get_json("/v1/drain").await.1["state"] == "closing",
+        "the drain passes its delay"
+    );
     let refused = tokio_tungstenite::connect_async(server.ws_url()).await;
     match refused {
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
@@ -175,14 +190,8 @@ async fn a_drain_started_through_the_api_can_be_cancelled() {
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["deadline_ms"], 120_000);
     assert_eq!(server.get("/readyz").await.0, 503);
-    let response = server
-        .http
-        .delete(server.control_url("/v1/drain"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 200);
-    let body: Value = response.json().await.unwrap();
+    let (status, body) = cancel(&server).await;
+    assert_eq!(status, 200, "{body}");
     assert_eq!(body["state"], "serving");
     assert_eq!(server.get("/readyz").await.0, 200);
     // Serving as before: new clients, and the bystander still receives.
@@ -191,13 +200,7 @@ async fn a_drain_started_through_the_api_can_be_cancelled() {
     server.publish("news", json!(1)).await;
     assert_eq!(bystander.recv().await["data"], 1);
     assert_eq!(newcomer.recv().await["data"], 1);
-    let response = server
-        .http
-        .delete(server.control_url("/v1/drain"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 404, "nothing to cancel");
+    assert_eq!(cancel(&server).await.0, 404, "nothing to cancel");
     server.stop().await;
 }
 

@@ -242,19 +242,9 @@ async fn out_of_file_descriptors_is_visible_and_answered() {
         }
     }
     assert_eq!(refused, Some(503), "held {} connections", held.len());
-    let body = reqwest::get(format!("{control}/readyz"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let body = get_text(&format!("{control}/readyz")).await;
     assert!(body.contains("accept failing"), "{body}");
-    let metrics = reqwest::get(format!("{control}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&format!("{control}/metrics")).await;
     assert!(
         metrics.contains("ws_accept_errors_total{listener=\"ws\",error=\"emfile\"}"),
         "counted"
@@ -285,12 +275,7 @@ async fn out_of_file_descriptors_is_visible_and_answered() {
     );
     TestClient::connect(&url).await.subscribe("news").await;
     // Counting open descriptors needs one (to list /proc/self/fd): read now.
-    let metrics = reqwest::get(format!("{control}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&format!("{control}/metrics")).await;
     assert!(metrics.contains("process_open_fds "), "process metrics");
     let log = node.log().await;
     assert!(
@@ -302,6 +287,11 @@ async fn out_of_file_descriptors_is_visible_and_answered() {
         (1..=8).contains(&accept_warnings),
         "logged at most once a second, not every retry: {accept_warnings}"
     );
+}
+
+/// The body of a GET.
+async fn get_text(url: &str) -> String {
+    reqwest::get(url).await.unwrap().text().await.unwrap()
 }
 
 /// The names of a process's threads, from /proc.
