@@ -283,8 +283,9 @@ impl Drainer {
                 Some(run) => run.cancel.cancel(),
             }
             *current = None;
+            // Under the lock: see `under_lock`.
+            self.inner.hub.set_draining(false);
         }
-        self.inner.hub.set_draining(false);
         metrics::gauge!(DRAIN_STATE).set(0.0);
         metrics::gauge!(DRAIN_CONNECTIONS_LEFT).set(0.0);
         tracing::info!("Drain cancelled: serving again");
@@ -346,7 +347,11 @@ async fn drive(
     let deadline_at = started + deadline;
     let phases = async {
         tokio::time::sleep(delay).await;
-        inner.hub.set_draining(true);
+        // Under the lock `Drainer::cancel` takes, so that a cancel cannot come between the
+        // check and the flag and leave upgrades refused on a serving node.
+        if !under_lock(&inner, &cancel, || inner.hub.set_draining(true)) {
+            return std::future::pending().await;
+        }
         progress.phase.store(2, Ordering::Relaxed);
         metrics::gauge!(DRAIN_STATE).set(2.0);
         close_paced(&inner.hub, &progress, window).await;
@@ -365,7 +370,12 @@ async fn drive(
             );
         }
     }
-    progress.phase.store(3, Ordering::Relaxed);
+    // A cancel that came after the phases ended but before this point wins: no exit.
+    if !under_lock(&inner, &cancel, || {
+        progress.phase.store(3, Ordering::Relaxed)
+    }) {
+        return;
+    }
     metrics::gauge!(DRAIN_STATE).set(3.0);
     metrics::gauge!(DRAIN_CONNECTIONS_LEFT).set(0.0);
     tracing::info!(
@@ -374,6 +384,17 @@ async fn drive(
         "Drain done"
     );
     inner.done.send_replace(true);
+}
+
+/// Runs `step` unless the drain was cancelled, holding the lock `Drainer::cancel` holds
+/// while it cancels; returns whether it ran.
+fn under_lock(inner: &Inner, cancel: &CancellationToken, step: impl FnOnce()) -> bool {
+    let _current = lock(&inner.current);
+    if cancel.is_cancelled() {
+        return false;
+    }
+    step();
+    true
 }
 
 /// Closes the connections open now, in a random order, the k-th of n at
