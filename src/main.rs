@@ -110,6 +110,10 @@ fn load(args: &ServeArgs) -> Result<Config, String> {
 /// (one already runs), 1 otherwise; the answer's body goes to stdout.
 fn local_request(args: &ServeArgs, method: &str, path: &str) -> ExitCode {
     use std::io::{Read as _, Write as _};
+    if !path.starts_with('/') || path.len() > 1024 || path.bytes().any(|b| !b.is_ascii_graphic()) {
+        eprintln!("switchboard: the path must start with / and hold no spaces or control bytes");
+        return ExitCode::from(EXIT_BAD_CONFIG);
+    }
     let config = match load(args) {
         Ok(config) => config,
         Err(err) => {

@@ -24,7 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::{End, SessionContext, socket::Socket, writer};
 use crate::{
     auth::{self, Action, AuthError, Identity},
-    hub::{Frame, Outbound, SubscribeError, Subscribed},
+    hub::{Frame, HistoryData, Outbound, SubscribeError, Subscribed},
     protocol::{
         self, ChannelName, ClientFrame, CloseCode, ErrorCode, Offset,
         ws::{Inbound, Utf8Bytes},
@@ -87,6 +87,25 @@ enum Step {
     /// Handle this text frame.
     Handle(Utf8Bytes),
     End(End),
+}
+
+/// The messages of `ordered` that fit in `budget` bytes (at least one), and whether some
+/// were left out.
+fn within<'a>(
+    ordered: impl Iterator<Item = &'a (Offset, HistoryData)>,
+    budget: usize,
+) -> (Vec<(Offset, &'a str)>, bool) {
+    let mut messages = Vec::new();
+    let mut used = 0;
+    for (offset, data) in ordered {
+        let size = data.as_str().len() + 48;
+        if used + size > budget && !messages.is_empty() {
+            return (messages, true);
+        }
+        used += size;
+        messages.push((*offset, data.as_str()));
+    }
+    (messages, false)
 }
 
 /// Messages a `history` frame returns without `limit`, and at most.
@@ -560,27 +579,14 @@ impl Reader {
             Err(err) => return self.error(id, ErrorCode::Unavailable, &err.to_string()),
         };
         let budget = self.ctx.settings.history_reply_bytes;
-        let mut messages: Vec<(Offset, &str)> = Vec::with_capacity(history.messages.len());
-        let mut used = 0;
-        let mut truncated = false;
-        // With `since`: the oldest first (page on from the last one); else the newest.
-        let ordered: Box<dyn Iterator<Item = _>> = if since.is_some() {
-            Box::new(history.messages.iter())
+        // With `since`: the oldest that fit (page on from the last one); else the newest.
+        let (messages, truncated) = if since.is_some() {
+            within(history.messages.iter(), budget)
         } else {
-            Box::new(history.messages.iter().rev())
+            let (mut newest, truncated) = within(history.messages.iter().rev(), budget);
+            newest.reverse();
+            (newest, truncated)
         };
-        for (offset, data) in ordered {
-            let size = data.as_str().len() + 48;
-            if used + size > budget && !messages.is_empty() {
-                truncated = true;
-                break;
-            }
-            used += size;
-            messages.push((*offset, data.as_str()));
-        }
-        if since.is_none() {
-            messages.reverse();
-        }
         self.send(protocol::encode_history(
             id,
             &channel,

@@ -180,6 +180,13 @@ async fn probe_and_drain_subcommands_reach_the_local_node() {
         .await
         .unwrap();
     assert!(again.status.success(), "{again:?}");
+    // A path that would break the request line is refused before anything is sent.
+    let injected = tokio::process::Command::new(BIN)
+        .args(["--control", &control, "probe", "/readyz HTTP/1.1\r\nX: y"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(injected.status.code(), Some(64), "{injected:?}");
     // Nobody listening: a clear failure.
     let nobody = tokio::process::Command::new(BIN)
         .args(["--control", "127.0.0.1:1", "probe"])

@@ -211,6 +211,8 @@ async fn clients_read_history_over_the_websocket() {
     for n in 1..=5 {
         offsets.push(server.publish("news", json!(n)).await);
     }
+    let mut bystander = server.client().await;
+    bystander.subscribe("news").await;
     let mut client = server.client().await;
     client
         .send(json!({"type": "history", "id": 1, "channel": "news", "limit": 3}))
@@ -277,9 +279,10 @@ async fn clients_read_history_over_the_websocket() {
         assert_eq!(reply["type"], "error", "{frame}: {reply}");
         assert_eq!(reply["code"], code, "{frame}: {reply}");
     }
-    // The connection is still fine.
+    // The connection is still fine, and the bystander got every message meanwhile.
     client.subscribe("news").await;
     server.publish("news", json!(6)).await;
     assert_eq!(client.recv().await["data"], 6);
+    assert_eq!(bystander.recv().await["data"], 6);
     server.stop().await;
 }
