@@ -89,7 +89,7 @@ pub(super) fn start_round(
 ) {
     match workers {
         Some(workers) if subscribers > FLUSH_INLINE => spawn_rounds(Arc::clone(slot), workers),
-        _ => run_rounds(slot, workers, Some(writes)),
+        _ => run_rounds(slot, workers, writes, true),
     }
 }
 
@@ -97,14 +97,17 @@ fn spawn_rounds(slot: Arc<Slot>, workers: &Handle) {
     let handle = workers.clone();
     // Not through the app's task tracker: a round never awaits and ends once the outbox is
     // empty; one dropped at shutdown loses frames only for connections that are closing.
-    workers.spawn(async move { run_rounds(&slot, Some(&handle), None) });
+    workers.spawn(async move {
+        let mut writes = WriteBatch::new(Some(handle.clone()));
+        run_rounds(&slot, Some(&handle), &mut writes, false);
+    });
 }
 
-/// Runs rounds until the outbox is empty (then clears `round_scheduled`), or, inline (into
-/// the publisher's `writes`), for [`MAX_INLINE_ROUNDS`] before handing the rest to a task.
-/// A task's rounds write what each of them claimed before the next.
-fn run_rounds(slot: &Arc<Slot>, workers: Option<&Handle>, mut inline: Option<&mut WriteBatch>) {
-    let mut own = WriteBatch::new(workers.cloned());
+/// Runs rounds until the outbox is empty (then clears `round_scheduled`), or, `inline`
+/// (into the publisher's `writes`, written when the publisher is done), for
+/// [`MAX_INLINE_ROUNDS`] before handing the rest to a task. A task's rounds write what
+/// each of them claimed before the next.
+fn run_rounds(slot: &Arc<Slot>, workers: Option<&Handle>, writes: &mut WriteBatch, inline: bool) {
     let mut dropped = 0;
     for round in 0.. {
         let mut subscribers = lock(&slot.subscribers);
@@ -115,7 +118,7 @@ fn run_rounds(slot: &Arc<Slot>, workers: Option<&Handle>, mut inline: Option<&mu
                 state.round_scheduled = false;
                 return;
             }
-            if inline.is_some()
+            if inline
                 && round == MAX_INLINE_ROUNDS
                 && let Some(workers) = workers
             {
@@ -125,10 +128,6 @@ fn run_rounds(slot: &Arc<Slot>, workers: Option<&Handle>, mut inline: Option<&mu
             state.outbox_bytes = 0;
             std::mem::take(&mut state.outbox)
         };
-        let writes = match inline.as_deref_mut() {
-            Some(writes) => writes,
-            None => &mut own,
-        };
         let before = subscribers.len();
         let delivered = deliver(&mut subscribers, &frames, writes);
         dropped = before - subscribers.len();
@@ -137,7 +136,9 @@ fn run_rounds(slot: &Arc<Slot>, workers: Option<&Handle>, mut inline: Option<&mu
             slot.shard_subscriptions
                 .fetch_sub(dropped, Ordering::Relaxed);
         }
-        own.flush();
+        if !inline {
+            writes.flush();
+        }
         let metrics = telemetry::metrics();
         metrics.messages_delivered.increment(delivered as u64);
         for queued in &frames {
