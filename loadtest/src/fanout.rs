@@ -194,7 +194,8 @@ async fn connect(args: &FanoutArgs, server: SocketAddr, index: usize) -> anyhow:
 /// slower than it was. `memmem` finders and searching `"n":` only after `"ts":` cost the same
 /// for any envelope.
 fn stamp(payload: &[u8]) -> Option<(u64, Option<u64>)> {
-    static TS: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(b"\"ts\":"));
+    static TS: LazyLock<memmem::Finder<'static>> =
+        LazyLock::new(|| memmem::Finder::new(b"\"ts\":"));
     static N: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(b"\"n\":"));
     let after_ts = TS.find(payload)? + TS.needle().len();
     let (ts, used) = digits(&payload[after_ts..])?;
@@ -635,7 +636,10 @@ mod tests {
         let baseline = br#"{"channel":"c","data":{"ts":1764633600123456789,"n":42,"pad":"x"}}"#;
         let switchboard = br#"{"type":"message","channel":"c","offset":"7-42","data":{"ts":1764633600123456789,"n":42,"pad":"\"n\":9"}}"#;
         assert_eq!(stamp(baseline), Some((1_764_633_600_123_456_789, Some(42))));
-        assert_eq!(stamp(switchboard), Some((1_764_633_600_123_456_789, Some(42))));
+        assert_eq!(
+            stamp(switchboard),
+            Some((1_764_633_600_123_456_789, Some(42)))
+        );
         // No sequence number (the latency scenario's payload), none at all, an overflow.
         assert_eq!(stamp(br#"{"data":{"ts":5}}"#), Some((5, None)));
         assert_eq!(stamp(br#"{"type":"welcome"}"#), None);
