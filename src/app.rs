@@ -14,6 +14,7 @@ use crate::{
     control::{self, ApiKeys, ControlContext},
     drain::{DrainRequest, DrainSettings, Drainer, Origin},
     hub::{Hub, HubHandle, HubSettings},
+    presence::Presence,
     protocol::CloseCode,
     session::{self, SessionContext, SessionSettings},
     shutdown::{Latch, Readiness, Shutdown},
@@ -151,6 +152,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             background_stop.clone(),
         ));
     }
+    let presence = Presence::start(
+        &node_id,
+        config.presence.coalesce,
+        config.presence.max_listed,
+        Arc::clone(&bus),
+        &background,
+    );
     let session_ctx = Arc::new(SessionContext {
         hub: Arc::clone(&hub),
         bus: Arc::clone(&bus),
@@ -189,6 +197,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             namespaces: crate::auth::Namespaces::new(&config.namespaces),
         },
         auth: authenticator.clone(),
+        presence: Arc::clone(&presence),
         connect_limiter: Quota::new(
             config.limits.connects_per_ip_per_second,
             config.limits.connect_burst_per_ip,
@@ -215,6 +224,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     );
     let control_ctx = Arc::new(ControlContext {
         drain: drainer.clone(),
+        presence: Arc::clone(&presence),
         certificates: certificates.clone(),
         hub: Arc::clone(&hub),
         bus: Arc::clone(&bus),

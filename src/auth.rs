@@ -48,6 +48,9 @@ pub struct Identity {
     pub publish: Vec<String>,
     /// `info`: JSON about the user, for presence and the control API.
     pub info: Option<Box<RawValue>>,
+    /// `subs`: channels the server subscribes the connection to on its own, once the token
+    /// is accepted (each still checked against its namespace).
+    pub subs: Vec<String>,
 }
 
 /// Why a token was refused. The connection gets `unauthorized` and close 4003.
@@ -138,6 +141,8 @@ struct Claims {
     publish: Vec<String>,
     #[serde(default)]
     info: Option<Box<RawValue>>,
+    #[serde(default)]
+    subs: Vec<String>,
 }
 
 /// The algorithm named in configuration, as `jsonwebtoken` spells it.
@@ -292,6 +297,7 @@ impl Authenticator {
                         channels: claims.channels,
                         publish: claims.publish,
                         info: claims.info,
+                        subs: claims.subs,
                     });
                 }
                 Err(err) => {

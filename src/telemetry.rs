@@ -43,6 +43,8 @@ pub const AUTH: &str = "ws_auth_total";
 /// `kid` within `auth.jwks_min_interval` of the last fetch).
 pub const JWKS_REFRESHES: &str = "ws_jwks_refresh_total";
 pub const FORBIDDEN: &str = "ws_forbidden_total";
+pub const PRESENCE_EVENTS: &str = "ws_presence_events_total";
+pub const PRESENCE_EVENTS_DROPPED: &str = "ws_presence_events_dropped_total";
 pub const QUEUE_MESSAGES: &str = "ws_outbound_queue_messages";
 pub const QUEUE_MAX_MESSAGES: &str = "ws_outbound_queue_max_messages";
 pub const QUEUE_BYTES: &str = "ws_outbound_queue_bytes";
@@ -208,6 +210,16 @@ pub fn forbidden(action: &'static str) {
     metrics::counter!(FORBIDDEN, "action" => action).increment(1);
 }
 
+/// Counts a `join` or `leave` frame sent through the bus (one per coalesced frame).
+pub fn presence_event_sent() {
+    metrics::counter!(PRESENCE_EVENTS).increment(1);
+}
+
+/// Counts a `join` or `leave` frame not sent: `queue_full` or `bus`.
+pub fn presence_event_dropped(reason: &'static str) {
+    metrics::counter!(PRESENCE_EVENTS_DROPPED, "reason" => reason).increment(1);
+}
+
 /// Counts a refused upgrade by reason.
 pub fn connection_rejected(reason: &'static str) {
     metrics::counter!(CONNECTIONS_REJECTED, "reason" => reason).increment(1);
@@ -309,7 +321,15 @@ fn describe() {
     describe_counter!(CONNECTIONS_CLOSED, "Sessions ended, by close code");
     describe_counter!(
         FORBIDDEN,
-        "Client requests the namespaces refused, by action (subscribe, history, publish)"
+        "Client requests the namespaces refused, by action (subscribe, history, publish, presence)"
+    );
+    describe_counter!(
+        PRESENCE_EVENTS,
+        "Join/leave frames sent through the bus (a coalesced frame counts once)"
+    );
+    describe_counter!(
+        PRESENCE_EVENTS_DROPPED,
+        "Join/leave frames not sent, by reason: queue_full (65,536 waiting) or bus (unavailable)"
     );
     describe_counter!(
         AUTH,

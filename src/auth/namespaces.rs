@@ -19,6 +19,8 @@ pub enum Action {
     Publish,
     /// Replay history: a subscribe with `since`.
     History,
+    /// Read a channel's members: `presence`, `presence_stats`.
+    Presence,
 }
 
 impl Action {
@@ -29,6 +31,7 @@ impl Action {
             Action::Subscribe => "subscribe",
             Action::Publish => "publish",
             Action::History => "history",
+            Action::Presence => "presence",
         }
     }
 }
@@ -100,6 +103,17 @@ struct Namespace {
     subscribe: Rule,
     publish: Rule,
     history: Rule,
+    presence: Rule,
+    join_leave: bool,
+}
+
+/// What a channel's namespace asks of its subscribers' membership.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Membership {
+    /// Members are listed (`presence`); false when only `join_leave` asked for tracking.
+    pub listed: bool,
+    /// Subscribers get `join` and `leave` frames.
+    pub join_leave: bool,
 }
 
 /// The configured namespaces, in order.
@@ -118,6 +132,8 @@ impl Namespaces {
                     subscribe: namespace.subscribe,
                     publish: namespace.publish,
                     history: namespace.history,
+                    presence: namespace.presence,
+                    join_leave: namespace.join_leave,
                 })
                 .collect(),
         )
@@ -137,6 +153,7 @@ impl Namespaces {
             Action::Subscribe => namespace.subscribe,
             Action::Publish => namespace.publish,
             Action::History => namespace.history,
+            Action::Presence => namespace.presence,
         };
         match rule {
             Rule::Anonymous => true,
@@ -148,11 +165,28 @@ impl Namespaces {
             Rule::Claim => identity.is_some_and(|identity| {
                 let patterns = match action {
                     Action::Publish => &identity.publish,
-                    Action::Subscribe | Action::History => &identity.channels,
+                    Action::Subscribe | Action::History | Action::Presence => &identity.channels,
                 };
                 claimed(patterns, channel)
             }),
         }
+    }
+}
+
+impl Namespaces {
+    /// Whether `channel`'s subscribers are tracked as members, and how: `None` when its
+    /// namespace has neither `presence` nor `join_leave` (or no namespace matches).
+    #[must_use]
+    pub fn membership(&self, channel: &str) -> Option<Membership> {
+        let namespace = self
+            .0
+            .iter()
+            .find(|namespace| namespace.pattern.matches(channel).is_some())?;
+        let listed = namespace.presence != Rule::None;
+        (listed || namespace.join_leave).then_some(Membership {
+            listed,
+            join_leave: namespace.join_leave,
+        })
     }
 }
 
@@ -168,6 +202,8 @@ mod tests {
             subscribe,
             publish,
             history,
+            presence: Rule::None,
+            join_leave: false,
         }
     }
 
@@ -178,6 +214,7 @@ mod tests {
             channels: channels.iter().map(|c| (*c).to_owned()).collect(),
             publish: publish.iter().map(|c| (*c).to_owned()).collect(),
             info: None,
+            subs: Vec::new(),
         }
     }
 
@@ -228,6 +265,36 @@ mod tests {
         // `user:{sub}:*` comes first, so a user named "alice:drafts" does not own it.
         let colon = user("alice:drafts", &[], &[]);
         assert!(!chat.allows("user:alice:drafts", Action::Subscribe, Some(&colon)));
+    }
+
+    #[test]
+    fn presence_and_join_leave_make_members() {
+        let mut rooms = namespace("room:*", Rule::Claim, Rule::Claim, Rule::Claim);
+        rooms.presence = Rule::Claim;
+        rooms.join_leave = true;
+        let mut feed = namespace("feed:*", Rule::Anonymous, Rule::None, Rule::None);
+        feed.join_leave = true;
+        let namespaces = Namespaces::new(&[
+            rooms,
+            feed,
+            namespace("*", Rule::Anonymous, Rule::None, Rule::None),
+        ]);
+        let alice = user("alice", &["room:7"], &[]);
+        assert!(namespaces.allows("room:7", Action::Presence, Some(&alice)));
+        assert!(!namespaces.allows("room:8", Action::Presence, Some(&alice)));
+        assert!(!namespaces.allows("room:7", Action::Presence, None));
+        assert!(!namespaces.allows("feed:1", Action::Presence, None));
+        let both = Membership {
+            listed: true,
+            join_leave: true,
+        };
+        assert_eq!(namespaces.membership("room:7"), Some(both));
+        let events_only = Membership {
+            listed: false,
+            join_leave: true,
+        };
+        assert_eq!(namespaces.membership("feed:1"), Some(events_only));
+        assert_eq!(namespaces.membership("other"), None);
     }
 
     #[test]

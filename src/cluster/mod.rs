@@ -14,7 +14,7 @@ pub use self::redis::{NodeInfo, RedisBus, RedisSettings};
 use std::{future::Future, pin::Pin};
 
 use crate::{
-    hub::{History, HubHandle, RemoteView, WriteBatch},
+    hub::{History, HubHandle, RemoteView, SessionCommand, WriteBatch},
     protocol::{ChannelName, Offset},
 };
 
@@ -73,6 +73,32 @@ pub trait Bus: Send + Sync + std::fmt::Debug + 'static {
         since: Option<Offset>,
         limit: usize,
     ) -> BusFuture<'a, Result<History, BusError>>;
+
+    /// Sends an event frame (`join`, `leave`) to the channel's subscribers on every node, in
+    /// the channel's order (see [`Hub::announce`]).
+    ///
+    /// [`Hub::announce`]: crate::hub::Hub::announce
+    ///
+    /// # Errors
+    /// [`BusError::Unavailable`] when the other nodes cannot be told.
+    fn announce<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        text: String,
+    ) -> BusFuture<'a, Result<(), BusError>>;
+
+    /// Subscribes (or unsubscribes) every connection of `user` on every node to `channel`:
+    /// this node's at once (how many is the answer), the others' as they read the request
+    /// from the bus.
+    ///
+    /// # Errors
+    /// [`BusError::Unavailable`] when the other nodes cannot be told (this node's connections
+    /// are told anyway).
+    fn command_user<'a>(
+        &'a self,
+        user: &'a str,
+        command: SessionCommand,
+    ) -> BusFuture<'a, Result<usize, BusError>>;
 
     /// Closes every connection of `user` with 4000 on every node: this node's at once (how
     /// many is the answer), the others' as they read the request from the bus.
@@ -152,6 +178,25 @@ impl Bus for LocalBus {
         Box::pin(std::future::ready(Ok(self
             .hub
             .history(channel, since, limit))))
+    }
+
+    fn announce<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        text: String,
+    ) -> BusFuture<'a, Result<(), BusError>> {
+        self.hub
+            .announce(channel.as_str(), text, &mut self.hub.write_batch());
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn command_user<'a>(
+        &'a self,
+        user: &'a str,
+        command: SessionCommand,
+    ) -> BusFuture<'a, Result<usize, BusError>> {
+        let told = self.hub.command_user(user, &command);
+        Box::pin(std::future::ready(Ok(told)))
     }
 
     fn disconnect_user<'a>(

@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Bus, BusError, BusFuture};
 use crate::{
     config::RedisTarget,
-    hub::{History, HistoryData, HubHandle, RemoteView, WriteBatch},
+    hub::{History, HistoryData, HubHandle, RemoteView, SessionCommand, WriteBatch},
     protocol::{ChannelName, CloseCode, Offset},
     shutdown::Shutdown,
     telemetry,
@@ -690,7 +690,94 @@ impl RedisBus {
     }
 }
 
+impl RedisBus {
+    /// Appends an event frame to the channel's partition stream, where every node (this one
+    /// too) reads it in order with the channel's messages and hands it to `Hub::announce`.
+    async fn append_event(&self, channel: &ChannelName, text: String) -> Result<(), BusError> {
+        let inner = &self.inner;
+        let mut conn = inner.conn()?;
+        let (_, _, bus) = self.inner.channel_keys(channel);
+        let mut command = redis::cmd("XADD");
+        command
+            .arg(bus)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(inner.settings.bus_maxlen)
+            .arg("*")
+            .arg("k")
+            .arg("event")
+            .arg("c")
+            .arg(channel.as_str())
+            .arg("d")
+            .arg(text);
+        tokio::time::timeout(
+            inner.settings.publish_timeout,
+            command.query_async::<Value>(&mut conn),
+        )
+        .await
+        .map_err(|_| BusError::Unavailable("redis timed out"))?
+        .map_err(|err| inner.failed("announce", &err))?;
+        Ok(())
+    }
+}
+
+impl RedisBus {
+    /// Tells `user`'s connections here, and appends the command to partition 0's bus
+    /// stream, which every node reads (this one skips its own by `n`).
+    async fn command_user_everywhere(
+        &self,
+        user: &str,
+        command: SessionCommand,
+    ) -> Result<usize, BusError> {
+        let inner = &self.inner;
+        let told = inner.hub.command_user(user, &command);
+        let (kind, channel) = match &command {
+            SessionCommand::Subscribe(channel) => ("subscribe", channel),
+            SessionCommand::Unsubscribe(channel) => ("unsubscribe", channel),
+        };
+        let mut conn = inner.conn()?;
+        let mut xadd = redis::cmd("XADD");
+        xadd.arg(bus_key(0))
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(inner.settings.bus_maxlen)
+            .arg("*")
+            .arg("k")
+            .arg(kind)
+            .arg("u")
+            .arg(user)
+            .arg("c")
+            .arg(channel.as_str())
+            .arg("n")
+            .arg(&*inner.settings.node_id);
+        tokio::time::timeout(
+            inner.settings.publish_timeout,
+            xadd.query_async::<Value>(&mut conn),
+        )
+        .await
+        .map_err(|_| BusError::Unavailable("redis timed out"))?
+        .map_err(|err| inner.failed(kind, &err))?;
+        Ok(told)
+    }
+}
+
 impl Bus for RedisBus {
+    fn command_user<'a>(
+        &'a self,
+        user: &'a str,
+        command: SessionCommand,
+    ) -> BusFuture<'a, Result<usize, BusError>> {
+        Box::pin(self.command_user_everywhere(user, command))
+    }
+
+    fn announce<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        text: String,
+    ) -> BusFuture<'a, Result<(), BusError>> {
+        Box::pin(self.append_event(channel, text))
+    }
+
     fn disconnect_user<'a>(
         &'a self,
         user: &'a str,
@@ -1165,7 +1252,13 @@ fn deliver_batch(inner: &Inner, value: Value) -> Option<String> {
                 continue;
             };
             n_entries += 1;
-            if let Some(request) = disconnect_request(&fields, &inner.settings.node_id) {
+            if let Some((channel, text)) = event_entry(&fields) {
+                inner.hub.announce(&channel, text, &mut writes);
+            } else if let Some(request) = command_entry(&fields, &inner.settings.node_id) {
+                if let Some((user, command)) = request {
+                    inner.hub.command_user(&user, &command);
+                }
+            } else if let Some(request) = disconnect_request(&fields, &inner.settings.node_id) {
                 if let Some((user, code)) = request {
                     let closed = inner.hub.disconnect_user(&user, code);
                     tracing::info!(
@@ -1197,6 +1290,60 @@ fn deliver_batch(inner: &Inner, value: Value) -> Option<String> {
     }
     metrics::histogram!(telemetry::BUS_READ_BATCH).record(f64::from(n_entries));
     last_id
+}
+
+/// `Some((channel, frame))` for an `event` entry (`join`, `leave`).
+fn event_entry(fields: &Value) -> Option<(String, String)> {
+    let Value::Array(fields) = fields else {
+        return None;
+    };
+    let (mut kind, mut channel, mut text) = (None, None, None);
+    for pair in fields.chunks(2) {
+        let value = pair.get(1)?;
+        match as_string(&pair[0])?.as_str() {
+            "k" => kind = as_string(value),
+            "c" => channel = as_string(value),
+            "d" => text = as_string(value),
+            _ => {}
+        }
+    }
+    (kind.as_deref() == Some("event")).then_some((channel?, text?))
+}
+
+/// `Some` for a `subscribe` or `unsubscribe` request entry: its user and command, or
+/// `None` when this node wrote it (and already acted on it) or its channel is not valid.
+fn command_entry(fields: &Value, node_id: &str) -> Option<Option<(String, SessionCommand)>> {
+    let Value::Array(fields) = fields else {
+        return None;
+    };
+    let (mut kind, mut user, mut node, mut channel) = (None, None, None, None);
+    for pair in fields.chunks(2) {
+        let value = pair.get(1)?;
+        match as_string(&pair[0])?.as_str() {
+            "k" => kind = as_string(value),
+            "u" => user = as_string(value),
+            "n" => node = as_string(value),
+            "c" => channel = as_string(value),
+            _ => {}
+        }
+    }
+    let subscribe = match kind.as_deref() {
+        Some("subscribe") => true,
+        Some("unsubscribe") => false,
+        _ => return None,
+    };
+    Some((|| {
+        if node.as_deref() == Some(node_id) {
+            return None;
+        }
+        let channel = ChannelName::parse(&channel?, usize::MAX).ok()?;
+        let command = if subscribe {
+            SessionCommand::Subscribe(channel)
+        } else {
+            SessionCommand::Unsubscribe(channel)
+        };
+        Some((user?, command))
+    })())
 }
 
 /// `Some` for a `disconnect` request entry: its user, or `None` when this node wrote it (and

@@ -46,6 +46,7 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     pub cluster: ClusterConfig,
     pub demo: DemoConfig,
+    pub presence: PresenceConfig,
     pub auth: AuthConfig,
     /// Channel permissions; the first entry whose pattern matches a channel governs it, and a
     /// channel no entry matches is refused. Default: one `*` entry letting anyone subscribe
@@ -87,6 +88,19 @@ pub struct NamespaceConfig {
     pub publish: Rule,
     /// Reading history: a subscribe with `since`, or a `history` frame.
     pub history: Rule,
+    /// Reading who is subscribed: the `presence` and `presence_stats` frames. Subscribers of
+    /// a namespace with `presence` other than `none`, or with `join_leave`, are tracked as
+    /// members (connection, user, the token's `info`). Default `none`: not tracked.
+    #[serde(default = "no_one")]
+    pub presence: Rule,
+    /// Send subscribers `join` and `leave` frames as members come and go (coalesced during a
+    /// burst, see `[presence]`). Default false.
+    #[serde(default)]
+    pub join_leave: bool,
+}
+
+const fn no_one() -> Rule {
+    Rule::None
 }
 
 fn default_namespaces() -> Vec<NamespaceConfig> {
@@ -95,6 +109,8 @@ fn default_namespaces() -> Vec<NamespaceConfig> {
         subscribe: Rule::Anonymous,
         publish: Rule::None,
         history: Rule::Anonymous,
+        presence: Rule::None,
+        join_leave: false,
     }]
 }
 
@@ -425,6 +441,7 @@ impl Default for Config {
             shutdown: ShutdownConfig::default(),
             cluster: ClusterConfig::default(),
             demo: DemoConfig::default(),
+            presence: PresenceConfig::default(),
             auth: AuthConfig::default(),
             namespaces: default_namespaces(),
             ignored_env: Vec::new(),
@@ -455,6 +472,60 @@ pub struct DemoConfig {
     /// needs a `[[namespaces]]` entry letting anonymous clients publish there
     /// (`config/demo.toml` has one). Default false.
     pub enabled: bool,
+}
+
+/// Presence and join/leave events (namespaces opt in with `presence` and `join_leave`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PresenceConfig {
+    /// Join/leave events of one channel closer together than this are sent as one `join`
+    /// and one `leave` frame listing every member that came or went, at the end of the
+    /// interval: a mass reconnect of N members then costs each subscriber a few frames,
+    /// not N. The first event after a quiet interval goes out at once. 0 sends every event
+    /// on its own. Default 200ms; at most 10s.
+    #[serde(with = "humantime_serde")]
+    pub coalesce: Duration,
+    /// With `cluster.redis`: how long a node's members stay in Redis without being
+    /// refreshed (a node refreshes its entries every third of this). A node that dies
+    /// leaves its members listed for at most this long, less when the node registry sees
+    /// it gone. Default 30s; 3s to 1h.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    /// Members one `presence` frame's reply lists at most (the reply says `truncated`
+    /// beyond it; the control API pages through all). Default 1000; 1 to 100000.
+    pub max_listed: usize,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        Self {
+            coalesce: Duration::from_millis(200),
+            ttl: Duration::from_secs(30),
+            max_listed: 1000,
+        }
+    }
+}
+
+impl PresenceConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, message: &str| ConfigError::Invalid {
+            key,
+            message: message.to_owned(),
+        };
+        if self.coalesce > Duration::from_secs(10) {
+            return Err(invalid("presence.coalesce", "must be at most 10s"));
+        }
+        if self.ttl < Duration::from_secs(3) || self.ttl > Duration::from_secs(3600) {
+            return Err(invalid("presence.ttl", "must be between 3s and 1h"));
+        }
+        if !(1..=100_000).contains(&self.max_listed) {
+            return Err(invalid(
+                "presence.max_listed",
+                "must be between 1 and 100000",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Process shutdown.
@@ -915,6 +986,7 @@ impl Config {
             ));
         }
         self.auth.validate()?;
+        self.presence.validate()?;
         for (index, namespace) in self.namespaces.iter().enumerate() {
             if let Err(message) = check_namespace(namespace) {
                 return Err(invalid("namespaces", format!("[{index}]: {message}")));

@@ -45,6 +45,8 @@ pub struct ControlContext {
     pub key_limiter: Option<KeyedLimiter<usize>>,
     /// `POST`, `GET` and `DELETE /v1/drain`.
     pub drain: crate::drain::Drainer,
+    /// `GET /v1/channels/{channel}/presence` and `/presence-stats`.
+    pub presence: Arc<crate::presence::Presence>,
 }
 
 pub(crate) type Body = Full<Bytes>;

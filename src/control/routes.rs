@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 use super::{Body, ControlContext, is_loopback, response};
 use crate::{
     cluster::BusError,
-    hub::WriteBatch,
+    hub::{SessionCommand, WriteBatch},
     protocol::{ChannelName, CloseCode, ErrorCode, Offset},
     telemetry::{self, RateScope},
 };
@@ -234,12 +234,30 @@ async fn route_v1(
         "/v1/broadcast" => ("broadcast", method_not_allowed("POST")),
         "/v1/disconnect" => ("disconnect", method_not_allowed("POST")),
         "/v1/stats" => ("stats", method_not_allowed("GET")),
-        _ => match history_channel(path) {
-            Some(raw) if method == Method::GET => {
+        "/v1/channels" if method == Method::GET => {
+            let query = request.uri().query().unwrap_or("").to_owned();
+            ("channels", channels(&query, ctx))
+        }
+        "/v1/channels" => ("channels", method_not_allowed("GET")),
+        "/v1/subscribe" if method == Method::POST => {
+            ("subscribe", server_subscribe(request, ctx, true).await)
+        }
+        "/v1/subscribe" => ("subscribe", method_not_allowed("POST")),
+        "/v1/unsubscribe" if method == Method::POST => {
+            ("unsubscribe", server_subscribe(request, ctx, false).await)
+        }
+        "/v1/unsubscribe" => ("unsubscribe", method_not_allowed("POST")),
+        _ => match channel_route(path) {
+            Some((raw, route)) if method == Method::GET => {
                 let query = request.uri().query().unwrap_or("").to_owned();
-                ("history", history(&raw, &query, ctx).await)
+                let handled = match route {
+                    "history" => history(&raw, &query, ctx).await,
+                    "presence" => presence(&raw, &query, ctx),
+                    _ => presence_stats(&raw, &query, ctx),
+                };
+                (route_label(route), handled)
             }
-            Some(_) => ("history", method_not_allowed("GET")),
+            Some((_, route)) => (route_label(route), method_not_allowed("GET")),
             None => (
                 "unknown",
                 Err(ApiError::new(404, ErrorCode::NotFound, "no such route")),
@@ -700,6 +718,43 @@ struct DisconnectRequest {
     code: Option<u16>,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubscribeRequest {
+    user: String,
+    channel: String,
+}
+
+/// `POST /v1/subscribe` (`subscribe`) and `POST /v1/unsubscribe`: every connection of
+/// `user` on every node; answers how many were told on this node.
+async fn server_subscribe(
+    request: Request<Incoming>,
+    ctx: &ControlContext,
+    subscribe: bool,
+) -> Handled {
+    let body: SubscribeRequest = json_body(request, ctx).await?;
+    if body.user.is_empty() {
+        return Err(ApiError::new(
+            422,
+            ErrorCode::BadRequest,
+            "`user` must not be empty",
+        ));
+    }
+    let channel = channel_name(&body.channel, ctx)?;
+    let command = if subscribe {
+        SessionCommand::Subscribe(channel)
+    } else {
+        SessionCommand::Unsubscribe(channel)
+    };
+    let told = ctx.bus.command_user(&body.user, command).await?;
+    let body = serde_json::json!({
+        "user": body.user,
+        "channel": body.channel,
+        "connections_here": told,
+    });
+    Ok(response(200, JSON, body.to_string()))
+}
+
 async fn disconnect(request: Request<Incoming>, ctx: &ControlContext) -> Handled {
     let body: DisconnectRequest = json_body(request, ctx).await?;
     let code = match body.code {
@@ -824,11 +879,139 @@ fn reload_tls(ctx: &ControlContext) -> Handled {
 }
 
 /// The percent-decoded `{channel}` of `/v1/channels/{channel}/history`.
-fn history_channel(path: &str) -> Option<String> {
-    let raw = path
-        .strip_prefix("/v1/channels/")?
-        .strip_suffix("/history")?;
-    percent_decode(raw)
+/// `/v1/channels/{channel}/{history|presence|presence-stats}`: the decoded channel and
+/// the route.
+fn channel_route(path: &str) -> Option<(String, &'static str)> {
+    let rest = path.strip_prefix("/v1/channels/")?;
+    let (raw, route) = ["history", "presence", "presence-stats"]
+        .into_iter()
+        .find_map(|route| Some((rest.strip_suffix(route)?.strip_suffix('/')?, route)))?;
+    Some((percent_decode(raw)?, route))
+}
+
+/// The metrics label of a channel route.
+fn route_label(route: &str) -> &'static str {
+    match route {
+        "history" => "history",
+        "presence" => "presence",
+        _ => "presence_stats",
+    }
+}
+
+/// A query's `key=value` pairs, decoded; `allowed` names the keys the route takes.
+fn query_pairs(query: &str, allowed: &[&str]) -> Result<Vec<(String, String)>, ApiError> {
+    let mut pairs = Vec::new();
+    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if !allowed.contains(&key) {
+            return Err(ApiError::new(
+                400,
+                ErrorCode::BadRequest,
+                format!("unknown query parameter `{key}`"),
+            ));
+        }
+        let value = percent_decode(value)
+            .ok_or_else(|| ApiError::new(400, ErrorCode::BadRequest, "bad percent-encoding"))?;
+        pairs.push((key.to_owned(), value));
+    }
+    Ok(pairs)
+}
+
+/// A `limit` parameter from 1 to `max`.
+fn parse_limit(value: &str, max: usize) -> Result<usize, ApiError> {
+    value
+        .parse::<usize>()
+        .ok()
+        .filter(|limit| (1..=max).contains(limit))
+        .ok_or_else(|| {
+            ApiError::new(
+                400,
+                ErrorCode::BadRequest,
+                format!("`limit` must be an integer from 1 to {max}"),
+            )
+        })
+}
+
+/// Members one presence page lists at most, and by default.
+const MAX_PRESENCE_PAGE: usize = 1000;
+const DEFAULT_PRESENCE_PAGE: usize = 100;
+
+/// `GET /v1/channels/{channel}/presence?cursor=&limit=`: this node's members of the
+/// channel, in connection order, a page at a time.
+fn presence(raw_channel: &str, query: &str, ctx: &ControlContext) -> Handled {
+    let channel = channel_name(raw_channel, ctx)?;
+    let mut cursor = None;
+    let mut limit = DEFAULT_PRESENCE_PAGE;
+    for (key, value) in query_pairs(query, &["cursor", "limit"])? {
+        match key.as_str() {
+            "cursor" if value.is_empty() => {}
+            "cursor" => {
+                cursor = Some(value.parse::<u64>().map_err(|_| {
+                    ApiError::new(
+                        400,
+                        ErrorCode::BadRequest,
+                        "`cursor` must be a `next_cursor`",
+                    )
+                })?);
+            }
+            _ => limit = parse_limit(&value, MAX_PRESENCE_PAGE)?,
+        }
+    }
+    let page = ctx.presence.page(&channel, cursor, limit);
+    let body = serde_json::json!({
+        "channel": channel.as_str(),
+        "node": &*ctx.node_id,
+        "members": page.members,
+        "next_cursor": page.next_cursor,
+    });
+    Ok(response(200, JSON, body.to_string()))
+}
+
+/// `GET /v1/channels/{channel}/presence-stats`: this node's member counts.
+fn presence_stats(raw_channel: &str, query: &str, ctx: &ControlContext) -> Handled {
+    let channel = channel_name(raw_channel, ctx)?;
+    query_pairs(query, &[])?;
+    let stats = ctx.presence.stats(&channel);
+    let body = serde_json::json!({
+        "channel": channel.as_str(),
+        "node": &*ctx.node_id,
+        "connections": stats.connections,
+        "users": stats.users,
+    });
+    Ok(response(200, JSON, body.to_string()))
+}
+
+/// Channels one `GET /v1/channels` page lists at most, and by default.
+const MAX_CHANNELS_PAGE: usize = 10_000;
+const DEFAULT_CHANNELS_PAGE: usize = 1000;
+
+/// `GET /v1/channels?prefix=&cursor=&limit=`: channels with subscribers on this node, in
+/// name order, with their subscriber counts.
+fn channels(query: &str, ctx: &ControlContext) -> Handled {
+    let (mut prefix, mut cursor, mut limit) = (String::new(), None, DEFAULT_CHANNELS_PAGE);
+    for (key, value) in query_pairs(query, &["prefix", "cursor", "limit"])? {
+        match key.as_str() {
+            "prefix" => prefix = value,
+            "cursor" => cursor = Some(value).filter(|value| !value.is_empty()),
+            _ => limit = parse_limit(&value, MAX_CHANNELS_PAGE)?,
+        }
+    }
+    let (found, more) = ctx.hub.channels(&prefix, cursor.as_deref(), limit);
+    let next_cursor = more
+        .then(|| found.last().map(|(name, _)| name.as_str().to_owned()))
+        .flatten();
+    let channels: Vec<_> = found
+        .iter()
+        .map(|(name, subscribers)| {
+            serde_json::json!({ "channel": name.as_str(), "subscribers": subscribers })
+        })
+        .collect();
+    let body = serde_json::json!({
+        "node": &*ctx.node_id,
+        "channels": channels,
+        "next_cursor": next_cursor,
+    });
+    Ok(response(200, JSON, body.to_string()))
 }
 
 async fn history(raw_channel: &str, query: &str, ctx: &ControlContext) -> Handled {

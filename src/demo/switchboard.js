@@ -146,6 +146,21 @@ export class Switchboard {
             truncated: reply.truncated === true,
         };
     }
+    /**
+     * The channel's members (needs the namespace's `presence` rule). `truncated`: the server
+     * listed at most `presence.max_listed`; the control API pages through all.
+     */
+    async presence(channel) {
+        await this.whenConnected();
+        const reply = await this.request({ type: "presence", channel });
+        return { members: reply.members, truncated: reply.truncated === true };
+    }
+    /** How many connections and distinct users the channel has (the `presence` rule). */
+    async presenceStats(channel) {
+        await this.whenConnected();
+        const reply = await this.request({ type: "presence_stats", channel });
+        return { connections: reply.connections, users: reply.users };
+    }
     /** An application-level round trip, in ms. */
     async ping() {
         await this.whenConnected();
@@ -241,6 +256,9 @@ export class Switchboard {
                 return;
             case "message":
                 return this.onMessage(frame);
+            case "join":
+            case "leave":
+                return this.onMembers(frame);
             case "reconnect":
                 // The node is draining: it closes us next (1012); come back after `after_ms`.
                 this.advisedDelay = Math.max(0, Number(frame.after_ms) || 0);
@@ -312,6 +330,19 @@ export class Switchboard {
             return;
         sub.offset = frame.offset;
         sub.handlers.onMessage?.(frame.data, { channel: frame.channel, offset: frame.offset, data: frame.data });
+    }
+    /** `join`/`leave`: one member's fields, or `members` when the server coalesced a burst. */
+    onMembers(frame) {
+        const sub = this.subs.get(frame.channel);
+        if (!sub)
+            return;
+        const handler = frame.type === "join" ? sub.handlers.onJoin : sub.handlers.onLeave;
+        if (!handler)
+            return;
+        const members = Array.isArray(frame.members) ? frame.members : [frame];
+        for (const { node, conn_id, user, info } of members) {
+            handler(info === undefined ? { node, conn_id, user } : { node, conn_id, user, info });
+        }
     }
     onClose(code, reason, wasClean) {
         this.ws = undefined;

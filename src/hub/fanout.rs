@@ -65,6 +65,9 @@ pub(super) struct Queued {
     pub(super) frame: Frame,
     /// When it was accepted, for `ws_publish_to_enqueue_seconds`.
     pub(super) accepted: Instant,
+    /// An event (`join`, `leave`) rather than a message: it has no offset of its own
+    /// (`offset` is the channel's position when it was queued), and no subscriber skips it.
+    pub(super) event: bool,
 }
 
 impl Slot {
@@ -141,7 +144,7 @@ fn run_rounds(slot: &Arc<Slot>, workers: Option<&Handle>, writes: &mut WriteBatc
         }
         let metrics = telemetry::metrics();
         metrics.messages_delivered.increment(delivered as u64);
-        for queued in &frames {
+        for queued in frames.iter().filter(|queued| !queued.event) {
             metrics
                 .publish_to_enqueue
                 .record(queued.accepted.elapsed().as_secs_f64());
@@ -163,7 +166,8 @@ fn deliver(
     let mut delivered = 0;
     subscribers.retain(|_, subscriber| {
         for queued in frames {
-            if queued.offset.epoch == subscriber.skip.epoch
+            if !queued.event
+                && queued.offset.epoch == subscriber.skip.epoch
                 && queued.offset.seq <= subscriber.skip.seq
             {
                 continue;

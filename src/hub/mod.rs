@@ -82,6 +82,8 @@ pub struct Hub {
     conns: DashMap<ConnId, Arc<Outbound>>,
     /// Authenticated connections by user, for disconnecting a user.
     users: DashMap<Arc<str>, SmallVec<[ConnId; 2]>>,
+    /// Commands for sessions (`command_user`), until each takes its own.
+    commands: DashMap<ConnId, Vec<SessionCommand>>,
     next_conn_id: AtomicU64,
     /// Connections admitted: counted when the upgrade is answered, before the session is
     /// registered, so the limit holds under a burst.
@@ -117,6 +119,17 @@ pub struct KeepaliveSweep {
     /// Closed at their deadline: token expired (4004), or no `auth` in time (4003).
     pub deadline_closed: usize,
 }
+
+/// What the control API asks a user's sessions to do (`POST /v1/subscribe`,
+/// `/v1/unsubscribe`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionCommand {
+    Subscribe(ChannelName),
+    Unsubscribe(ChannelName),
+}
+
+/// Commands one connection holds at most; more are dropped (its session is not taking them).
+const MAX_SESSION_COMMANDS: usize = 64;
 
 /// Per-shard figures for `/v1/stats`.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
@@ -250,6 +263,7 @@ impl Hub {
             shards,
             conns: DashMap::with_shard_amount(settings.shards.max(2)),
             users: DashMap::with_shard_amount(settings.shards.max(2)),
+            commands: DashMap::with_shard_amount(settings.shards.max(2)),
             next_conn_id: AtomicU64::new(1),
             admitted: AtomicUsize::new(0),
             memory_pressure: AtomicBool::new(false),
@@ -354,6 +368,7 @@ impl Hub {
             self.unsubscribe(conn_id, channel);
         }
         self.conns.remove(&conn_id);
+        self.commands.remove(&conn_id);
     }
 
     /// Records that connection `conn_id` is `user`'s (after its token was accepted).
@@ -382,6 +397,44 @@ impl Hub {
             .into_iter()
             .filter(|conn_id| self.disconnect(*conn_id, code))
             .count()
+    }
+
+    /// Hands `command` to every session of `user` on this node; how many.
+    pub fn command_user(&self, user: &str, command: &SessionCommand) -> usize {
+        let conns: SmallVec<[ConnId; 2]> = match self.users.get(user) {
+            Some(conns) => conns.clone(),
+            None => return 0,
+        };
+        let mut told = 0;
+        for conn_id in conns {
+            let Some(outbound) = self.conns.get(&conn_id).map(|entry| Arc::clone(&entry)) else {
+                continue;
+            };
+            {
+                let mut held = self.commands.entry(conn_id).or_default();
+                if held.len() >= MAX_SESSION_COMMANDS {
+                    continue;
+                }
+                held.push(command.clone());
+            }
+            if !self.conns.contains_key(&conn_id) {
+                // Deregistered meanwhile: nobody will take them.
+                self.commands.remove(&conn_id);
+                continue;
+            }
+            outbound.notify_commands();
+            told += 1;
+        }
+        told
+    }
+
+    /// The commands held for connection `conn_id`, in order.
+    #[must_use]
+    pub fn take_commands(&self, conn_id: ConnId) -> Vec<SessionCommand> {
+        self.commands
+            .remove(&conn_id)
+            .map(|(_, commands)| commands)
+            .unwrap_or_default()
     }
 
     /// Asks one connection to close. Returns `false` when no such connection exists.
@@ -624,6 +677,7 @@ impl Hub {
             offset,
             frame: frame.clone(),
             accepted,
+            event: false,
         });
         if state.round_scheduled {
             return None;
@@ -912,6 +966,38 @@ impl Hub {
         Some(round)
     }
 
+    /// Sends `text` (an event frame: `join`, `leave`) to the channel's subscribers on this
+    /// node, in the channel's order: after every message ordered before it, before every
+    /// message ordered after it. Not kept in history and given no offset. Returns how many
+    /// subscribers it goes to; 0 when the channel has none here.
+    pub fn announce(&self, channel: &str, text: String, writes: &mut WriteBatch) -> usize {
+        let shard = self.shard(channel);
+        let Some(slot) = read(&shard.channels).get(channel).map(Arc::clone) else {
+            return 0;
+        };
+        let (subscribers, round) = {
+            let mut state = lock(&slot.state);
+            if state.removed || state.subscribed == 0 {
+                return 0;
+            }
+            let frame = Frame::from(text);
+            state.outbox_bytes += frame.len();
+            let offset = state.offset();
+            state.outbox.push(Queued {
+                offset,
+                frame,
+                accepted: Instant::now(),
+                event: true,
+            });
+            let start = !std::mem::replace(&mut state.round_scheduled, true);
+            (state.subscribed, start)
+        };
+        if round {
+            start_round(&slot, subscribers, self.workers.as_ref(), writes);
+        }
+        subscribers
+    }
+
     /// The hub's own copy of a channel name when the channel exists: holding it instead of
     /// a freshly parsed name shares one allocation among every subscriber.
     #[must_use]
@@ -1041,6 +1127,36 @@ impl Hub {
             });
         }
         dropped
+    }
+
+    /// Channels with subscribers on this node whose name starts with `prefix`, after
+    /// `after` in name order, at most `limit`: `(name, subscribers)`, and whether more
+    /// follow. Sorts every matching name: an operator's query, not a hot path.
+    #[must_use]
+    pub fn channels(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> (Vec<(ChannelName, usize)>, bool) {
+        let mut found: Vec<(ChannelName, usize)> = Vec::new();
+        for shard in &*self.shards {
+            for (name, slot) in read(&shard.channels).iter() {
+                if !name.as_str().starts_with(prefix)
+                    || after.is_some_and(|after| name.as_str() <= after)
+                {
+                    continue;
+                }
+                let subscribed = lock(&slot.state).subscribed;
+                if subscribed > 0 {
+                    found.push((name.clone(), subscribed));
+                }
+            }
+        }
+        found.sort_unstable_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
+        let more = found.len() > limit;
+        found.truncate(limit);
+        (found, more)
     }
 
     /// Per-shard channel and subscription counts.

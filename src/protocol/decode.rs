@@ -35,6 +35,17 @@ pub enum ClientFrame<'a> {
         since: Option<Cow<'a, str>>,
         limit: Option<u64>,
     },
+    /// `{"type":"presence","id":8,"channel":"room:7"}`: the channel's members.
+    Presence {
+        id: Option<u64>,
+        channel: Cow<'a, str>,
+    },
+    /// `{"type":"presence_stats","id":9,"channel":"room:7"}`: how many connections and
+    /// distinct users the channel has.
+    PresenceStats {
+        id: Option<u64>,
+        channel: Cow<'a, str>,
+    },
     /// `{"type":"auth","id":5,"token":"<JWT>"}`: authenticates a connection that brought no
     /// token in its upgrade.
     Auth {
@@ -59,6 +70,8 @@ impl ClientFrame<'_> {
             | ClientFrame::Publish { id, .. }
             | ClientFrame::Ping { id }
             | ClientFrame::History { id, .. }
+            | ClientFrame::Presence { id, .. }
+            | ClientFrame::PresenceStats { id, .. }
             | ClientFrame::Auth { id, .. }
             | ClientFrame::Refresh { id, .. } => *id,
         }
@@ -174,6 +187,14 @@ pub fn decode_client_frame(text: &str) -> Result<ClientFrame<'_>, DecodeError> {
             data: raw.data.ok_or(fail("missing field `data`"))?,
         }),
         "ping" => Ok(ClientFrame::Ping { id }),
+        "presence" => Ok(ClientFrame::Presence {
+            id,
+            channel: channel()?,
+        }),
+        "presence_stats" => Ok(ClientFrame::PresenceStats {
+            id,
+            channel: channel()?,
+        }),
         "auth" | "refresh" => {
             let token = raw.token.ok_or(fail("missing field `token`"))?;
             let token = string(token).ok_or(fail("`token` must be a string"))?;

@@ -32,9 +32,17 @@ pub fn encode_reconnect(reason: &str, after_ms: u64) -> String {
     out
 }
 
-/// `{"type":"welcome","conn_id":..,"node":..,"heartbeat_ms":..,"protocol":1}`
+/// `{"type":"welcome","conn_id":..,"node":..,"heartbeat_ms":..,"protocol":1}`, with `user`
+/// for an authenticated connection and `subs` when its token's `subs` claim lists channels
+/// the server subscribes it to.
 #[must_use]
-pub fn encode_welcome(conn_id: u64, node: &str, heartbeat_ms: u64, user: Option<&str>) -> String {
+pub fn encode_welcome(
+    conn_id: u64,
+    node: &str,
+    heartbeat_ms: u64,
+    user: Option<&str>,
+    subs: &[String],
+) -> String {
     let mut out = String::with_capacity(96);
     let _ = write!(
         out,
@@ -48,6 +56,16 @@ pub fn encode_welcome(conn_id: u64, node: &str, heartbeat_ms: u64, user: Option<
     if let Some(user) = user {
         out.push_str(",\"user\":");
         push_json_string(&mut out, user);
+    }
+    if !subs.is_empty() {
+        out.push_str(",\"subs\":[");
+        for (index, channel) in subs.iter().enumerate() {
+            if index > 0 {
+                out.push(',');
+            }
+            push_json_string(&mut out, channel);
+        }
+        out.push(']');
     }
     out.push('}');
     out

@@ -90,7 +90,14 @@ fn encoded_frames_are_valid_json() {
     let channel = ChannelName::parse("news", 16).unwrap();
     let offset = Offset { epoch: 1, seq: 2 };
     for text in [
-        encode_welcome(1, "node \"a\"", 25_000, None),
+        encode_welcome(1, "node \"a\"", 25_000, None, &[]),
+        encode_welcome(
+            1,
+            "n",
+            25_000,
+            Some("u\"1"),
+            &["user:u\"1".to_owned(), "a".to_owned()],
+        ),
         encode_subscribed(Some(1), &channel, offset, Some(true)),
         encode_subscribed(None, &channel, offset, None),
         encode_unsubscribed(Some(2), &channel),

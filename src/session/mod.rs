@@ -39,6 +39,7 @@ use crate::{
     auth::{Authenticator, Namespaces},
     cluster::Bus,
     hub::{Frame, HubHandle, Outbound, Wire},
+    presence::Presence,
     protocol::{self, CloseCode, ws},
     telemetry::{self, RateScope},
     throttle::{KeyedLimiter, Quota},
@@ -115,6 +116,8 @@ pub struct SessionContext {
     pub connect_limiter: Option<KeyedLimiter<IpAddr>>,
     /// Token verification; `None` when `[auth]` has no keys.
     pub auth: Option<Arc<Authenticator>>,
+    /// Members of channels whose namespace tracks them, and their join/leave events.
+    pub presence: Arc<Presence>,
 }
 
 /// Every way a session ends.
@@ -483,7 +486,13 @@ where
             _ => None,
         };
         let heartbeat_ms = u64::try_from(ctx.settings.heartbeat.as_millis()).unwrap_or(u64::MAX);
-        let welcome = protocol::encode_welcome(conn_id, &ctx.node_id, heartbeat_ms, reader.user());
+        let welcome = protocol::encode_welcome(
+            conn_id,
+            &ctx.node_id,
+            heartbeat_ms,
+            reader.user(),
+            reader.server_subs(),
+        );
         // A fresh queue always has room for the welcome.
         let _ = outbound.try_enqueue(&Frame::from(welcome));
         if let Some(err) = refused {
@@ -494,6 +503,8 @@ where
                 CloseCode::Unauthorized,
             );
         }
+        // Boxed: needed once, so its state does not size the task for the connection's life.
+        Box::pin(reader.subscribe_server_side()).await;
 
         let end = reader.run(&mut socket).await;
         match end.close_code() {
@@ -520,6 +531,7 @@ where
             &ctx.settings,
         ))
         .await;
+        reader.leave_all();
         ctx.hub.deregister(conn_id, reader.subscriptions());
         if let Some(user) = reader.user() {
             ctx.hub.remove_user(user, conn_id);
@@ -692,6 +704,13 @@ mod tests {
             },
             connect_limiter: None,
             auth: None,
+            presence: crate::presence::Presence::start(
+                "n",
+                Duration::ZERO,
+                10,
+                Arc::new(LocalBus::new(Arc::clone(&hub))),
+                &crate::shutdown::Shutdown::new(),
+            ),
         });
         // The accept loop spawns `serve_tcp`: that future is the session task's state.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

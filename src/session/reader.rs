@@ -24,7 +24,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::{End, SessionContext, socket::Socket, writer};
 use crate::{
     auth::{self, Action, AuthError, Identity},
-    hub::{Frame, HistoryData, Outbound, SubscribeError, Subscribed},
+    hub::{Frame, HistoryData, Outbound, SessionCommand, SubscribeError, Subscribed},
+    presence::{self, Member},
     protocol::{
         self, ChannelName, ClientFrame, CloseCode, ErrorCode, Offset,
         ws::{Inbound, Utf8Bytes},
@@ -42,6 +43,8 @@ enum Event<T> {
     Closed,
     /// Writing to the socket failed.
     WriteFailed(std::io::Error),
+    /// The hub holds commands for the session (`Hub::command_user`).
+    Commands,
     /// What the session was waiting for besides: the next inbound frame, or the end of a
     /// request's handling.
     Ready(T),
@@ -58,6 +61,7 @@ fn poll_session<S, T>(
     cx: &mut Context<'_>,
     socket: &mut Socket<S>,
     outbound: &Outbound,
+    commands: bool,
     then: impl FnOnce(&mut Context<'_>, &mut Socket<S>) -> Poll<T>,
 ) -> Poll<Event<T>>
 where
@@ -67,6 +71,9 @@ where
     outbound.session_lane().register(cx);
     if outbound.is_closing() {
         return Poll::Ready(Event::Closed);
+    }
+    if commands && outbound.take_commands_flag() {
+        return Poll::Ready(Event::Commands);
     }
     let then = then(cx, socket);
     let wrote = writer::poll_write(cx, socket, outbound);
@@ -82,6 +89,8 @@ where
 enum Step {
     /// Read the next frame.
     Next,
+    /// Carry out what the hub holds for the session.
+    Commands,
     /// Read nothing for this long (over the client's budget); writes go on.
     Pause(Duration),
     /// Handle this text frame.
@@ -205,6 +214,7 @@ impl Reader {
                 Action::Subscribe => "not allowed to subscribe to this channel",
                 Action::Publish => "not allowed to publish to this channel",
                 Action::History => "not allowed to read this channel's history (`since`)",
+                Action::Presence => "not allowed to read this channel's presence",
             };
             self.error(id, ErrorCode::Forbidden, message);
         }
@@ -237,6 +247,7 @@ impl Reader {
                 );
                 self.authenticated(identity);
                 self.send(reply);
+                self.subscribe_server_side().await;
             }
             Err(err) => self.unauthorized(id, err),
         }
@@ -275,6 +286,85 @@ impl Reader {
         &self.subscriptions
     }
 
+    /// The channels the token's `subs` claim asks the server to subscribe to.
+    pub(super) fn server_subs(&self) -> &[String] {
+        self.identity
+            .as_deref()
+            .map_or(&[], |identity| identity.subs.as_slice())
+    }
+
+    /// Subscribes to the token's `subs` channels, each as if the client had asked (its
+    /// namespace, the subscription limit): a `subscribed` frame (no `id`) or an `error` each.
+    pub(super) async fn subscribe_server_side(&mut self) {
+        let subs = self.server_subs().to_vec();
+        for channel in subs {
+            self.subscribe(None, &channel, None).await;
+        }
+    }
+
+    /// This connection as a member of a channel.
+    fn member(&self) -> Member {
+        Member {
+            node: Arc::clone(self.ctx.presence.node()),
+            conn_id: self.outbound.conn_id(),
+            user: self
+                .identity
+                .as_deref()
+                .map_or_else(|| Arc::from(""), |identity| Arc::clone(&identity.user)),
+            info: self
+                .identity
+                .as_deref()
+                .and_then(|identity| identity.info.clone()),
+        }
+    }
+
+    /// The session ended: it leaves every channel where it was a member.
+    pub(super) fn leave_all(&self) {
+        for channel in &self.subscriptions {
+            self.left(channel);
+        }
+    }
+
+    fn left(&self, channel: &ChannelName) {
+        if let Some(membership) = self.ctx.settings.namespaces.membership(channel.as_str()) {
+            self.ctx
+                .presence
+                .left(channel, self.outbound.conn_id(), membership.join_leave);
+        }
+    }
+
+    /// `{"type":"presence"}`: the channel's members, as many as fit in one reply.
+    fn presence(&self, id: Option<u64>, name: &str) {
+        let Some(channel) = self.channel(id, name) else {
+            return;
+        };
+        if !self.permitted(id, &channel, Action::Presence) {
+            return;
+        }
+        let presence = &self.ctx.presence;
+        let mut limit = presence.max_listed();
+        loop {
+            let page = presence.page(&channel, None, limit);
+            let reply = presence::encode_presence(id, &channel, &page);
+            if reply.len() <= self.ctx.settings.history_reply_bytes || limit == 1 {
+                return self.send(reply);
+            }
+            limit /= 2;
+        }
+    }
+
+    /// `{"type":"presence_stats"}`: how many connections and users the channel has.
+    fn presence_stats(&self, id: Option<u64>, name: &str) {
+        let Some(channel) = self.channel(id, name) else {
+            return;
+        };
+        if !self.permitted(id, &channel, Action::Presence) {
+            return;
+        }
+        let stats = self.ctx.presence.stats(&channel);
+        self.send(presence::encode_presence_stats(id, &channel, stats));
+    }
+
     /// Reads, and writes what the queue holds, until the session must end; says why.
     ///
     /// One task per connection: it waits on the close signal, the write side (when it holds
@@ -293,7 +383,7 @@ impl Reader {
         // ones (4002) from the last time `seen` recorded.
         loop {
             let event = poll_fn(|cx| {
-                poll_session(cx, socket, &outbound, |cx, socket| {
+                poll_session(cx, socket, &outbound, true, |cx, socket| {
                     if let Some(deadline) = fragment_deadline.as_mut()
                         && deadline.as_mut().poll(cx).is_ready()
                     {
@@ -308,6 +398,10 @@ impl Reader {
             let pause = match self.on_event(event, socket, &mut fragment_deadline) {
                 Step::Next => continue,
                 Step::End(end) => return end,
+                Step::Commands => match Box::pin(self.commands_beside_writes(socket)).await {
+                    Some(end) => return end,
+                    None => continue,
+                },
                 Step::Pause(wait) => wait,
                 Step::Handle(text) => {
                     // Boxed, the text moved in: an idle connection's state does not carry
@@ -320,14 +414,18 @@ impl Reader {
             };
             // Reading nothing until a token is free bounds what a flood costs the node, and
             // TCP pushes back on the client meanwhile. Writes go on.
+            // Commands wait for the end of the pause (it is short).
             let mut sleep = Box::pin(tokio::time::sleep(pause));
-            let step =
-                poll_fn(|cx| poll_session(cx, socket, &outbound, |cx, _| sleep.as_mut().poll(cx)))
-                    .await;
+            let step = poll_fn(|cx| {
+                poll_session(cx, socket, &outbound, false, |cx, _| {
+                    sleep.as_mut().poll(cx)
+                })
+            })
+            .await;
             match step {
                 Event::Closed => return self.closed_end(),
                 Event::WriteFailed(err) => return self.write_failed(&err),
-                Event::Ready(()) => {}
+                Event::Commands | Event::Ready(()) => {}
             }
         }
     }
@@ -341,6 +439,7 @@ impl Reader {
         fragment_deadline: &mut Option<Pin<Box<tokio::time::Sleep>>>,
     ) -> Step {
         let frame = match event {
+            Event::Commands => return Step::Commands,
             Event::Closed => return Step::End(self.closed_end()),
             Event::WriteFailed(err) => return Step::End(self.write_failed(&err)),
             Event::Ready(Err(end)) => return Step::End(end),
@@ -401,13 +500,60 @@ impl Reader {
         let outbound = Arc::clone(&self.outbound);
         let step = {
             let mut handling = std::pin::pin!(self.handle_text(text.as_str()));
-            poll_fn(|cx| poll_session(cx, socket, &outbound, |cx, _| handling.as_mut().poll(cx)))
-                .await
+            poll_fn(|cx| {
+                poll_session(cx, socket, &outbound, false, |cx, _| {
+                    handling.as_mut().poll(cx)
+                })
+            })
+            .await
         };
+        self.handled(step)
+    }
+
+    /// Carries out the commands the hub holds for the session (`POST /v1/subscribe`,
+    /// `/v1/unsubscribe`) while the write side goes on; `Some` when the session must end
+    /// meanwhile.
+    async fn commands_beside_writes<S>(&mut self, socket: &mut Socket<S>) -> Option<End>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let outbound = Arc::clone(&self.outbound);
+        let commands = self.ctx.hub.take_commands(outbound.conn_id());
+        let step = {
+            let mut handling = std::pin::pin!(self.run_commands(commands));
+            poll_fn(|cx| {
+                poll_session(cx, socket, &outbound, false, |cx, _| {
+                    handling.as_mut().poll(cx)
+                })
+            })
+            .await
+        };
+        self.handled(step)
+    }
+
+    async fn run_commands(&mut self, commands: Vec<SessionCommand>) {
+        for command in commands {
+            match command {
+                SessionCommand::Subscribe(channel) => {
+                    if !self.subscriptions.contains(&channel) {
+                        self.subscribe_checked(None, channel, None, false).await;
+                    }
+                }
+                SessionCommand::Unsubscribe(channel) => {
+                    if self.subscriptions.contains(&channel) {
+                        self.unsubscribe(None, channel.as_str());
+                    }
+                }
+            }
+        }
+    }
+
+    /// What a step of handling beside writes means for the session.
+    fn handled(&self, step: Event<()>) -> Option<End> {
         match step {
             Event::Closed => Some(self.closed_end()),
             Event::WriteFailed(err) => Some(self.write_failed(&err)),
-            Event::Ready(()) => None,
+            Event::Commands | Event::Ready(()) => None,
         }
     }
 
@@ -527,6 +673,8 @@ impl Reader {
             Ok(ClientFrame::Publish { id, channel, data }) => {
                 self.publish(id, &channel, data.get()).await;
             }
+            Ok(ClientFrame::Presence { id, channel }) => self.presence(id, &channel),
+            Ok(ClientFrame::PresenceStats { id, channel }) => self.presence_stats(id, &channel),
             Ok(ClientFrame::Auth { id, token }) => self.authenticate(id, &token).await,
             Ok(ClientFrame::Refresh { id, token }) => self.refresh(id, &token).await,
         }
@@ -605,8 +753,21 @@ impl Reader {
             Ok(since) => since,
             Err(err) => return self.error(id, ErrorCode::BadRequest, &err.to_string()),
         };
-        if !self.permitted(id, &channel, Action::Subscribe)
-            || (since.is_some() && !self.permitted(id, &channel, Action::History))
+        self.subscribe_checked(id, channel, since, true).await;
+    }
+
+    /// Subscribes to a parsed channel; `by_client`: the namespaces decide (a backend's
+    /// `POST /v1/subscribe` needs no client permission).
+    async fn subscribe_checked(
+        &mut self,
+        id: Option<u64>,
+        channel: ChannelName,
+        since: Option<Offset>,
+        by_client: bool,
+    ) {
+        if by_client
+            && (!self.permitted(id, &channel, Action::Subscribe)
+                || (since.is_some() && !self.permitted(id, &channel, Action::History)))
         {
             return;
         }
@@ -661,6 +822,12 @@ impl Reader {
                     self.subscriptions.reserve_exact(1);
                 }
                 self.subscriptions.push(hub.intern(&channel));
+                if let Some(membership) = self.ctx.settings.namespaces.membership(channel.as_str())
+                {
+                    self.ctx
+                        .presence
+                        .joined(&channel, self.member(), membership.join_leave);
+                }
             }
             Err(SubscribeError::NeedRemote) => {
                 // A subscribe given a remote view never asks for another.
@@ -678,6 +845,7 @@ impl Reader {
         };
         self.subscriptions.swap_remove(position);
         self.ctx.hub.unsubscribe(self.outbound.conn_id(), &channel);
+        self.left(&channel);
         self.send(protocol::encode_unsubscribed(id, &channel));
     }
 

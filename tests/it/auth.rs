@@ -245,6 +245,8 @@ fn namespace(pattern: &str, subscribe: Rule, publish: Rule, history: Rule) -> Na
         subscribe,
         publish,
         history,
+        presence: Rule::None,
+        join_leave: false,
     }
 }
 

@@ -122,6 +122,8 @@ impl TestServer {
             subscribe: switchboard::config::Rule::Anonymous,
             publish: switchboard::config::Rule::Anonymous,
             history: switchboard::config::Rule::Anonymous,
+            presence: switchboard::config::Rule::None,
+            join_leave: false,
         }];
         TestServerBuilder {
             config,

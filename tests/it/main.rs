@@ -20,6 +20,7 @@ mod js_client;
 mod jwks;
 mod limits;
 mod mass_disconnect;
+mod presence;
 mod process;
 mod pubsub;
 mod redis_cluster;

@@ -202,6 +202,8 @@ async fn clients_read_history_over_the_websocket() {
                     subscribe: switchboard::config::Rule::Anonymous,
                     publish: switchboard::config::Rule::None,
                     history: switchboard::config::Rule::None,
+                    presence: switchboard::config::Rule::None,
+                    join_leave: false,
                 },
             );
         })

@@ -54,9 +54,23 @@ export interface Message<T = unknown> {
   data: T;
 }
 
+/** A subscriber of a channel whose namespace tracks members (docs/protocol.md "Presence"). */
+export interface Member {
+  node: string;
+  conn_id: number;
+  /** The token's `sub`; `""` for an anonymous connection. */
+  user: string;
+  /** The token's `info` claim, when it had one. */
+  info?: unknown;
+}
+
 export interface SubscriptionHandlers<T = unknown> {
   /** Each message of the channel, once, in order. */
   onMessage?: (data: T, message: Message<T>) => void;
+  /** A member joined (namespaces with `join_leave`); once per member, also from a coalesced frame. */
+  onJoin?: (member: Member) => void;
+  /** A member left (namespaces with `join_leave`). */
+  onLeave?: (member: Member) => void;
   /**
    * After a resume: `true` when nothing was missed; `false` when the server could not
    * replay what was missed (history too short, or the channel restarted): reload state.
@@ -248,6 +262,23 @@ export class Switchboard {
     };
   }
 
+  /**
+   * The channel's members (needs the namespace's `presence` rule). `truncated`: the server
+   * listed at most `presence.max_listed`; the control API pages through all.
+   */
+  async presence(channel: string): Promise<{ members: Member[]; truncated: boolean }> {
+    await this.whenConnected();
+    const reply = await this.request({ type: "presence", channel });
+    return { members: reply.members, truncated: reply.truncated === true };
+  }
+
+  /** How many connections and distinct users the channel has (the `presence` rule). */
+  async presenceStats(channel: string): Promise<{ connections: number; users: number }> {
+    await this.whenConnected();
+    const reply = await this.request({ type: "presence_stats", channel });
+    return { connections: reply.connections, users: reply.users };
+  }
+
   /** An application-level round trip, in ms. */
   async ping(): Promise<number> {
     await this.whenConnected();
@@ -335,6 +366,9 @@ export class Switchboard {
         return;
       case "message":
         return this.onMessage(frame);
+      case "join":
+      case "leave":
+        return this.onMembers(frame);
       case "reconnect":
         // The node is draining: it closes us next (1012); come back after `after_ms`.
         this.advisedDelay = Math.max(0, Number(frame.after_ms) || 0);
@@ -403,6 +437,18 @@ export class Switchboard {
     if (!isAfter(frame.offset, sub.offset)) return;
     sub.offset = frame.offset;
     sub.handlers.onMessage?.(frame.data, { channel: frame.channel, offset: frame.offset, data: frame.data });
+  }
+
+  /** `join`/`leave`: one member's fields, or `members` when the server coalesced a burst. */
+  private onMembers(frame: any): void {
+    const sub = this.subs.get(frame.channel);
+    if (!sub) return;
+    const handler = frame.type === "join" ? sub.handlers.onJoin : sub.handlers.onLeave;
+    if (!handler) return;
+    const members: any[] = Array.isArray(frame.members) ? frame.members : [frame];
+    for (const { node, conn_id, user, info } of members) {
+      handler(info === undefined ? { node, conn_id, user } : { node, conn_id, user, info });
+    }
   }
 
   private onClose(code: number, reason: string, wasClean: boolean): void {

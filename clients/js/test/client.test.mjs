@@ -196,3 +196,55 @@ test("a silent connection is detected and replaced", async () => {
   await eventually(() => received.length === 1, "delivered");
   await node.kill();
 });
+
+test("presence lists the room's members; onJoin and onLeave follow them, also coalesced", async () => {
+  const node = await startNode({
+    namespaces: `
+[[namespaces]]
+pattern = "room:*"
+subscribe = "anonymous"
+publish = "none"
+history = "none"
+presence = "authenticated"
+join_leave = true
+`,
+    config: `
+[presence]
+coalesce = "300ms"
+[[auth.keys]]
+algorithm = "HS256"
+secret = "${HS256_SECRET}"
+`,
+  });
+  const token = (sub) => hs256({ sub, exp: Math.floor(Date.now() / 1000) + 600, info: { name: sub.toUpperCase() } });
+  const ada = client(node.url, { token: token("ada") });
+  const joined = [];
+  const left = [];
+  ada.subscribe("room:1", {
+    onJoin: (member) => joined.push(member.user),
+    onLeave: (member) => left.push(member.user),
+  });
+  await eventually(() => joined.includes("ada"), "ada's own join");
+  await sleep(400);
+  const bob = client(node.url, { token: token("bob") });
+  bob.subscribe("room:1");
+  await eventually(() => joined.includes("bob"), "bob's join");
+  const { members, truncated } = await ada.presence("room:1");
+  assert.equal(truncated, false);
+  assert.deepEqual(members.map((member) => member.user).sort(), ["ada", "bob"]);
+  assert.deepEqual(members.find((member) => member.user === "bob").info, { name: "BOB" });
+  assert.deepEqual(await ada.presenceStats("room:1"), { connections: 2, users: 2 });
+
+  // A burst: five members within one interval reach ada as one coalesced frame, which the
+  // client hands over member by member.
+  await sleep(400);
+  const burst = [1, 2, 3, 4, 5].map((n) => client(node.url, { token: token(`u${n}`) }));
+  for (const sb of burst) sb.subscribe("room:1");
+  await eventually(() => joined.length === 7, "seven joins");
+  bob.close();
+  await eventually(() => left.includes("bob"), "bob's leave");
+
+  // Without a token, presence is refused.
+  const anonymous = client(node.url);
+  await assert.rejects(anonymous.presence("room:1"), (error) => error instanceof SwitchboardError && error.code === "forbidden");
+});

@@ -68,13 +68,16 @@ export function hs256(claims) {
   return `${body}.${signature}`;
 }
 
-/** A switchboard node. `config`: extra TOML; `env`: extra variables. */
-export async function startNode({ config = "", env = {}, ports } = {}) {
+/**
+ * A switchboard node. `config`: extra TOML; `env`: extra variables; `namespaces`: TOML
+ * `[[namespaces]]` tried before the open `*` one.
+ */
+export async function startNode({ config = "", env = {}, ports, namespaces = "" } = {}) {
   const ws = ports?.ws ?? (await freePort());
   const control = ports?.control ?? (await freePort());
   const dir = mkdtempSync(join(tmpdir(), "sb-js-"));
   const path = join(dir, "switchboard.toml");
-  writeFileSync(path, BASE_CONFIG + config);
+  writeFileSync(path, namespaces + BASE_CONFIG + config);
   const child = spawn(
     BIN,
     ["--config", path, "--listen", `127.0.0.1:${ws}`, "--control", `127.0.0.1:${control}`, "--log-level", "warn"],

@@ -6,7 +6,7 @@ use std::{
     io::{self, IoSlice},
     sync::{
         Arc, Mutex, PoisonError,
-        atomic::{self, AtomicU8, AtomicU16, AtomicU64, AtomicUsize, Ordering},
+        atomic::{self, AtomicBool, AtomicU8, AtomicU16, AtomicU64, AtomicUsize, Ordering},
     },
 };
 
@@ -126,6 +126,8 @@ pub struct Outbound {
     pub(super) deadline_ms: AtomicU64,
     /// `CloseCode::index()` to close with at the deadline.
     pub(super) deadline_code: AtomicU16,
+    /// The hub holds commands for the session (`Hub::command_user`).
+    pub(super) commands: AtomicBool,
 }
 
 /// Why a frame was not enqueued.
@@ -167,6 +169,7 @@ impl Outbound {
             last_ping_ms: AtomicU64::new(now_ms),
             deadline_ms: AtomicU64::new(0),
             deadline_code: AtomicU16::new(CloseCode::TokenExpired.code()),
+            commands: AtomicBool::new(false),
         })
     }
 
@@ -323,6 +326,19 @@ impl Outbound {
             .is_ok();
         self.session.wake();
         won
+    }
+
+    /// Tells the session that the hub holds commands for it, and wakes it.
+    pub(in crate::hub) fn notify_commands(&self) {
+        self.commands.store(true, Ordering::Release);
+        self.session.wake();
+    }
+
+    /// Whether the hub held commands for the session since the last call (then the session
+    /// takes them with `Hub::take_commands`).
+    #[must_use]
+    pub fn take_commands_flag(&self) -> bool {
+        self.commands.load(Ordering::Acquire) && self.commands.swap(false, Ordering::AcqRel)
     }
 
     /// Marks the connection closing without a close frame (the transport failed).

@@ -1,0 +1,407 @@
+//! Who is subscribed to a channel (presence), and `join`/`leave` events as that changes.
+//!
+//! A channel's namespace opts in (`presence`, `join_leave`; see `auth::namespaces`). Its
+//! subscribers are then *members*: a connection (`node`, `conn_id`), the token's user (empty
+//! for an anonymous connection) and the token's `info`. [`Presence`] keeps this node's
+//! members per channel, answers `presence` / `presence_stats` (client frames and the
+//! control API) from them, and sends `join` / `leave` frames through the bus, so they reach
+//! every node's subscribers in the channel's order.
+//!
+//! Events are coalesced per channel (`presence.coalesce`): the first event after a quiet
+//! interval leaves at once, as one frame about one member; the events that follow within
+//! the interval wait for its end and leave as one `join` and one `leave` frame listing
+//! every member that came or went (a member that came and went within it is in neither).
+//! A mass reconnect of N members of a room then costs each subscriber a few frames per
+//! interval, where one frame per event would cost N each: N² deliveries in all.
+
+use std::{
+    collections::{BTreeMap, HashMap, hash_map::Entry},
+    ops::Bound,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+use dashmap::DashMap;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use tokio::time::Instant;
+
+use crate::{cluster::Bus, hub::ConnId, protocol::ChannelName, shutdown::Shutdown, telemetry};
+
+/// Events waiting to be sent, at most; past it an event is dropped and counted (the bus is
+/// far behind, or something floods subscribes).
+const MAX_QUEUED_EVENTS: usize = 65_536;
+
+/// One subscriber of a channel whose namespace tracks members.
+#[derive(Debug, Clone, Serialize)]
+pub struct Member {
+    pub node: Arc<str>,
+    pub conn_id: ConnId,
+    /// The token's `sub`; empty for an anonymous connection.
+    pub user: Arc<str>,
+    /// The token's `info` claim, as sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub info: Option<Box<RawValue>>,
+}
+
+/// A channel's members on this node.
+#[derive(Debug, Default)]
+struct Members {
+    /// By connection, in connection order (pages of the control API follow it).
+    conns: BTreeMap<ConnId, Arc<Member>>,
+    /// Connections per user, for `presence_stats` without listing.
+    users: HashMap<Arc<str>, u32>,
+}
+
+/// A channel's member counts.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct Stats {
+    pub connections: usize,
+    /// Distinct users; anonymous connections count as one user ("").
+    pub users: usize,
+}
+
+/// One page of a channel's members.
+#[derive(Debug, Clone, Serialize)]
+pub struct Page {
+    pub members: Vec<Arc<Member>>,
+    /// Where the next page starts (`cursor`), when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<ConnId>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    Join,
+    Leave,
+}
+
+/// A channel's coalescing state.
+#[derive(Debug)]
+struct Pending {
+    /// When the channel's last event frame was sent.
+    last_sent: Instant,
+    /// A flush is scheduled for the end of the current interval.
+    scheduled: bool,
+    /// Net changes since the last flush, in the order they first happened.
+    changes: Vec<(Change, Arc<Member>)>,
+}
+
+/// Presence on this node: members by channel, and the event coalescer.
+#[derive(Debug)]
+pub struct Presence {
+    node: Arc<str>,
+    members: DashMap<ChannelName, Members>,
+    coalesce: Duration,
+    pending: Mutex<HashMap<ChannelName, Pending>>,
+    /// Event frames to send through the bus, in order, by one task.
+    events: tokio::sync::mpsc::Sender<(ChannelName, String)>,
+    max_listed: usize,
+}
+
+impl Presence {
+    /// Starts the task that sends event frames through `bus`, in `tasks`.
+    #[must_use]
+    pub fn start(
+        node: &str,
+        coalesce: Duration,
+        max_listed: usize,
+        bus: Arc<dyn Bus>,
+        tasks: &Shutdown,
+    ) -> Arc<Self> {
+        let (events, mut queued) =
+            tokio::sync::mpsc::channel::<(ChannelName, String)>(MAX_QUEUED_EVENTS);
+        tasks.spawn(async move {
+            // One at a time, so a channel's events reach the bus in the order they were made.
+            while let Some((channel, text)) = queued.recv().await {
+                if let Err(err) = bus.announce(&channel, text).await {
+                    telemetry::presence_event_dropped("bus");
+                    tracing::debug!(%channel, error = %err, "Join/leave event not sent");
+                }
+            }
+        });
+        Arc::new(Self {
+            node: Arc::from(node),
+            members: DashMap::new(),
+            coalesce,
+            pending: Mutex::new(HashMap::new()),
+            events,
+            max_listed,
+        })
+    }
+
+    /// This node's id, as members carry it.
+    #[must_use]
+    pub fn node(&self) -> &Arc<str> {
+        &self.node
+    }
+
+    /// Members one `presence` frame lists at most.
+    #[must_use]
+    pub fn max_listed(&self) -> usize {
+        self.max_listed
+    }
+
+    /// Records a subscriber as a member of `channel`; with `join_leave`, the channel's
+    /// subscribers hear of it.
+    pub fn joined(self: &Arc<Self>, channel: &ChannelName, member: Member, join_leave: bool) {
+        let member = Arc::new(member);
+        {
+            let mut members = self.members.entry(channel.clone()).or_default();
+            if members
+                .conns
+                .insert(member.conn_id, Arc::clone(&member))
+                .is_some()
+            {
+                return;
+            }
+            *members.users.entry(Arc::clone(&member.user)).or_default() += 1;
+        }
+        if join_leave {
+            self.event(channel, Change::Join, member);
+        }
+    }
+
+    /// Forgets connection `conn_id` as a member of `channel` (an unsubscribe, or the session
+    /// ended); with `join_leave`, the channel's subscribers hear of it.
+    pub fn left(self: &Arc<Self>, channel: &ChannelName, conn_id: ConnId, join_leave: bool) {
+        let Some(member) = self.remove(channel, conn_id) else {
+            return;
+        };
+        if join_leave {
+            self.event(channel, Change::Leave, member);
+        }
+    }
+
+    fn remove(&self, channel: &ChannelName, conn_id: ConnId) -> Option<Arc<Member>> {
+        let mut members = self.members.get_mut(channel)?;
+        let member = members.conns.remove(&conn_id)?;
+        if let Entry::Occupied(mut count) = members.users.entry(Arc::clone(&member.user)) {
+            *count.get_mut() -= 1;
+            if *count.get() == 0 {
+                count.remove();
+            }
+        }
+        let empty = members.conns.is_empty();
+        drop(members);
+        if empty {
+            self.members
+                .remove_if(channel, |_, members| members.conns.is_empty());
+        }
+        Some(member)
+    }
+
+    /// Up to `limit` of the channel's members on this node, from connection `after` on.
+    #[must_use]
+    pub fn page(&self, channel: &ChannelName, after: Option<ConnId>, limit: usize) -> Page {
+        let Some(members) = self.members.get(channel) else {
+            return Page {
+                members: Vec::new(),
+                next_cursor: None,
+            };
+        };
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut listed: Vec<Arc<Member>> = members
+            .conns
+            .range((start, Bound::Unbounded))
+            .take(limit + 1)
+            .map(|(_, member)| Arc::clone(member))
+            .collect();
+        let next_cursor = (listed.len() > limit).then(|| {
+            listed.truncate(limit);
+            listed.last().map_or(0, |member| member.conn_id)
+        });
+        Page {
+            members: listed,
+            next_cursor,
+        }
+    }
+
+    /// The channel's member counts on this node, from counters.
+    #[must_use]
+    pub fn stats(&self, channel: &ChannelName) -> Stats {
+        self.members
+            .get(channel)
+            .map(|members| Stats {
+                connections: members.conns.len(),
+                users: members.users.len(),
+            })
+            .unwrap_or_default()
+    }
+
+    /// Sends an event now when the channel was quiet for an interval, else adds it to what
+    /// the end of the interval sends.
+    fn event(self: &Arc<Self>, channel: &ChannelName, change: Change, member: Arc<Member>) {
+        let now = Instant::now();
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        let state = pending.entry(channel.clone()).or_insert_with(|| Pending {
+            last_sent: now.checked_sub(self.coalesce).unwrap_or(now),
+            scheduled: false,
+            changes: Vec::new(),
+        });
+        if !state.scheduled && now.duration_since(state.last_sent) >= self.coalesce {
+            state.last_sent = now;
+            drop(pending);
+            return self.send(channel, encode_one(change, channel, &member));
+        }
+        // A member that came and goes (or went and comes back) within the interval: the
+        // two cancel out.
+        let opposite = state.changes.iter().position(|(pending, other)| {
+            *pending != change && other.conn_id == member.conn_id && other.node == member.node
+        });
+        match opposite {
+            Some(index) => {
+                state.changes.remove(index);
+            }
+            None => state.changes.push((change, member)),
+        }
+        if state.scheduled {
+            return;
+        }
+        state.scheduled = true;
+        let at = state.last_sent + self.coalesce;
+        drop(pending);
+        let presence = Arc::clone(self);
+        let channel = channel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(at).await;
+            presence.flush(&channel);
+        });
+    }
+
+    /// The end of a channel's interval: one `join` frame and one `leave` frame for what
+    /// changed, in the order the first of each happened.
+    fn flush(&self, channel: &ChannelName) {
+        let changes = {
+            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            let Some(state) = pending.get_mut(channel) else {
+                return;
+            };
+            state.scheduled = false;
+            state.last_sent = Instant::now();
+            let changes = std::mem::take(&mut state.changes);
+            if changes.is_empty() {
+                // Quiet for a whole interval: nothing to keep.
+                pending.remove(channel);
+            }
+            changes
+        };
+        // Whichever way the channel moved first goes first.
+        let joins_first = changes
+            .first()
+            .is_none_or(|(change, _)| *change == Change::Join);
+        let (joins, leaves): (Vec<_>, Vec<_>) = changes
+            .into_iter()
+            .partition(|(change, _)| *change == Change::Join);
+        let mut frames = [(Change::Join, joins), (Change::Leave, leaves)];
+        if !joins_first {
+            frames.reverse();
+        }
+        for (change, list) in frames.into_iter().filter(|(_, list)| !list.is_empty()) {
+            let members: Vec<&Member> = list.iter().map(|(_, member)| &**member).collect();
+            let text = if let [only] = members.as_slice() {
+                encode_one(change, channel, only)
+            } else {
+                encode_many(change, channel, &members)
+            };
+            self.send(channel, text);
+        }
+    }
+
+    fn send(&self, channel: &ChannelName, text: String) {
+        telemetry::presence_event_sent();
+        if self.events.try_send((channel.clone(), text)).is_err() {
+            telemetry::presence_event_dropped("queue_full");
+        }
+    }
+}
+
+fn kind(change: Change) -> &'static str {
+    match change {
+        Change::Join => "join",
+        Change::Leave => "leave",
+    }
+}
+
+/// `{"type":"join","channel":..,"node":..,"conn_id":..,"user":..,"info":..}`
+fn encode_one(change: Change, channel: &ChannelName, member: &Member) -> String {
+    #[derive(Serialize)]
+    struct One<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        channel: &'a str,
+        #[serde(flatten)]
+        member: &'a Member,
+    }
+    serde_json::to_string(&One {
+        kind: kind(change),
+        channel: channel.as_str(),
+        member,
+    })
+    .unwrap_or_default()
+}
+
+/// `{"type":"join","channel":..,"members":[{"node":..,"conn_id":..,"user":..,"info":..},..]}`
+fn encode_many(change: Change, channel: &ChannelName, members: &[&Member]) -> String {
+    #[derive(Serialize)]
+    struct Many<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        channel: &'a str,
+        members: &'a [&'a Member],
+    }
+    serde_json::to_string(&Many {
+        kind: kind(change),
+        channel: channel.as_str(),
+        members,
+    })
+    .unwrap_or_default()
+}
+
+/// `{"type":"presence","id":..,"channel":..,"members":[..],"truncated":false}`
+#[must_use]
+pub fn encode_presence(id: Option<u64>, channel: &ChannelName, page: &Page) -> String {
+    #[derive(Serialize)]
+    struct Reply<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        channel: &'a str,
+        members: &'a [Arc<Member>],
+        truncated: bool,
+    }
+    serde_json::to_string(&Reply {
+        kind: "presence",
+        id,
+        channel: channel.as_str(),
+        members: &page.members,
+        truncated: page.next_cursor.is_some(),
+    })
+    .unwrap_or_default()
+}
+
+/// `{"type":"presence_stats","id":..,"channel":..,"connections":N,"users":M}`
+#[must_use]
+pub fn encode_presence_stats(id: Option<u64>, channel: &ChannelName, stats: Stats) -> String {
+    #[derive(Serialize)]
+    struct Reply<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        channel: &'a str,
+        #[serde(flatten)]
+        stats: Stats,
+    }
+    serde_json::to_string(&Reply {
+        kind: "presence_stats",
+        id,
+        channel: channel.as_str(),
+        stats,
+    })
+    .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests;

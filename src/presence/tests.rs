@@ -1,0 +1,193 @@
+use std::time::Duration;
+
+use super::*;
+use crate::{
+    cluster::LocalBus,
+    hub::{Frame, Hub, HubHandle, HubSettings, Outbound, Outgoing},
+};
+
+fn hub() -> HubHandle {
+    Hub::new(HubSettings {
+        shards: 2,
+        max_connections: 100,
+        max_pending_upgrades: 16,
+        max_pending_upgrades_per_ip: 16,
+        max_subscriptions_per_connection: 8,
+        queue_messages: 1024,
+        queue_bytes: 1 << 20,
+        history_size: 16,
+        history_ttl: Duration::from_secs(60),
+        history_max_bytes: 1 << 20,
+        remote: false,
+    })
+}
+
+fn name(text: &str) -> ChannelName {
+    ChannelName::parse(text, 64).unwrap()
+}
+
+fn member(conn_id: ConnId, user: &str) -> Member {
+    Member {
+        node: Arc::from("n1"),
+        conn_id,
+        user: Arc::from(user),
+        info: Some(RawValue::from_string(format!("{{\"name\":\"{user}\"}}")).unwrap()),
+    }
+}
+
+/// A subscriber of `channel` without a socket; its frames are read off its queue.
+fn subscriber(hub: &HubHandle, channel: &ChannelName) -> Arc<Outbound> {
+    let outbound = hub.register(None);
+    hub.subscribe(&outbound, channel, None, None, |_| {
+        Frame::from("subscribed".to_owned())
+    })
+    .unwrap();
+    assert!(matches!(outbound.take(), Some(Outgoing::Text(_))));
+    outbound
+}
+
+fn frames(outbound: &Outbound) -> Vec<serde_json::Value> {
+    std::iter::from_fn(|| outbound.take())
+        .map(|item| match item {
+            Outgoing::Text(frame) => serde_json::from_str(frame.json()).unwrap(),
+            Outgoing::Ping => panic!("a ping"),
+        })
+        .collect()
+}
+
+fn presence(hub: &HubHandle, coalesce: Duration) -> Arc<Presence> {
+    let bus: Arc<dyn Bus> = Arc::new(LocalBus::new(Arc::clone(hub)));
+    Presence::start("n1", coalesce, 100, bus, &Shutdown::new())
+}
+
+/// Lets the event task hand what was queued to the hub.
+async fn settle() {
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn members_are_listed_in_pages_and_counted_per_user() {
+    let hub = hub();
+    let presence = presence(&hub, Duration::ZERO);
+    let room = name("room:1");
+    for (conn_id, user) in [(3, "alice"), (1, "bob"), (2, "alice"), (4, "")] {
+        presence.joined(&room, member(conn_id, user), false);
+    }
+    // The same connection twice counts once.
+    presence.joined(&room, member(3, "alice"), false);
+    assert_eq!(
+        presence.stats(&room),
+        Stats {
+            connections: 4,
+            users: 3
+        }
+    );
+    let first = presence.page(&room, None, 3);
+    let ids: Vec<_> = first.members.iter().map(|m| m.conn_id).collect();
+    assert_eq!((ids, first.next_cursor), (vec![1, 2, 3], Some(3)));
+    let rest = presence.page(&room, first.next_cursor, 3);
+    assert_eq!(rest.members.len(), 1);
+    assert_eq!(rest.next_cursor, None);
+    presence.left(&room, 2, false);
+    presence.left(&room, 2, false);
+    assert_eq!(
+        presence.stats(&room),
+        Stats {
+            connections: 3,
+            users: 3
+        }
+    );
+    for conn_id in [1, 3, 4] {
+        presence.left(&room, conn_id, false);
+    }
+    assert_eq!(presence.stats(&room), Stats::default());
+    assert!(presence.members.is_empty(), "an empty channel is forgotten");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_quiet_channel_hears_of_a_join_at_once_and_a_burst_in_one_frame_each_way() {
+    let hub = hub();
+    let presence = presence(&hub, Duration::from_millis(200));
+    let room = name("room:1");
+    let listener = subscriber(&hub, &room);
+
+    presence.joined(&room, member(10, "alice"), true);
+    settle().await;
+    let got = frames(&listener);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["type"], "join");
+    assert_eq!(got[0]["user"], "alice");
+    assert_eq!(got[0]["conn_id"], 10);
+    assert_eq!(got[0]["node"], "n1");
+    assert_eq!(got[0]["info"]["name"], "alice");
+
+    // A burst within the interval: nothing until its end, then one frame each way.
+    for conn_id in 11..=60 {
+        presence.joined(&room, member(conn_id, &format!("u{conn_id}")), true);
+    }
+    for conn_id in 11..=20 {
+        presence.left(&room, conn_id, true);
+    }
+    presence.left(&room, 10, true);
+    settle().await;
+    assert!(frames(&listener).is_empty(), "held until the interval ends");
+    tokio::time::sleep(Duration::from_millis(201)).await;
+    settle().await;
+    let got = frames(&listener);
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[0]["type"], "join");
+    let joined: Vec<u64> = got[0]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["conn_id"].as_u64().unwrap())
+        .collect();
+    // 11..=20 came and went within the interval: in neither frame.
+    assert_eq!(joined, (21..=60).collect::<Vec<_>>());
+    assert_eq!(got[1]["type"], "leave");
+    assert_eq!(got[1]["user"], "alice", "one member: the single shape");
+    assert_eq!(presence.stats(&room).connections, 40);
+
+    // Quiet for an interval again: the next event leaves at once.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    settle().await;
+    assert!(frames(&listener).is_empty());
+    presence.left(&room, 21, true);
+    settle().await;
+    let got = frames(&listener);
+    assert_eq!(
+        (got.len(), &got[0]["type"]),
+        (1, &serde_json::json!("leave"))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn events_keep_their_place_among_messages() {
+    let hub = hub();
+    let presence = presence(&hub, Duration::ZERO);
+    let room = name("room:1");
+    let listener = subscriber(&hub, &room);
+    hub.publish(&room, "1").unwrap();
+    presence.joined(&room, member(5, "bob"), true);
+    settle().await;
+    hub.publish(&room, "2").unwrap();
+    let kinds: Vec<String> = frames(&listener)
+        .iter()
+        .map(|frame| frame["type"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(kinds, ["message", "join", "message"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_join_leave_nobody_hears() {
+    let hub = hub();
+    let presence = presence(&hub, Duration::ZERO);
+    let room = name("room:1");
+    let listener = subscriber(&hub, &room);
+    presence.joined(&room, member(5, "bob"), false);
+    presence.left(&room, 5, false);
+    settle().await;
+    assert!(frames(&listener).is_empty());
+}

@@ -1,0 +1,427 @@
+//! Presence, join/leave and server-side subscriptions over real sockets (one node, and two
+//! nodes through a real `redis-server`).
+
+use std::time::Duration;
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use switchboard::{
+    auth::unix_now as now,
+    config::{AuthKeyConfig, Config, NamespaceConfig, Rule},
+};
+
+use crate::{
+    harness::{TestClient, TestServer, TestServerBuilder},
+    redis_server::RedisServer,
+};
+
+const SECRET: &str = "a-presence-test-secret-of-32-bytes!";
+
+fn token(sub: &str, claims: Value) -> String {
+    let mut body = json!({"sub": sub, "exp": now() + 600});
+    if let (Some(body), Some(extra)) = (body.as_object_mut(), claims.as_object()) {
+        body.extend(extra.clone());
+    }
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &body,
+        &EncodingKey::from_secret(SECRET.as_bytes()).unwrap(),
+    )
+    .unwrap()
+}
+
+/// Rooms by claim with presence and join/leave; personal channels by owner; everything
+/// else open, without presence.
+fn chat(config: &mut Config) {
+    config.auth.keys = vec![AuthKeyConfig {
+        algorithm: "HS256".to_owned(),
+        secret: SECRET.to_owned(),
+        ..AuthKeyConfig::default()
+    }];
+    config.presence.coalesce = Duration::from_millis(300);
+    let namespace = |pattern: &str, subscribe, presence, join_leave| NamespaceConfig {
+        pattern: pattern.to_owned(),
+        subscribe,
+        publish: Rule::None,
+        history: Rule::None,
+        presence,
+        join_leave,
+    };
+    config.namespaces = vec![
+        namespace("room:*", Rule::Claim, Rule::Claim, true),
+        namespace("user:{sub}:*", Rule::Owner, Rule::None, false),
+        namespace("user:{sub}", Rule::Owner, Rule::None, false),
+        namespace("*", Rule::Anonymous, Rule::None, false),
+    ];
+}
+
+fn builder() -> TestServerBuilder {
+    TestServer::builder().configure(chat)
+}
+
+async fn member(server: &TestServer, user: &str, info: &str) -> TestClient {
+    let token = token(
+        user,
+        json!({"channels": ["room:*"], "info": {"name": info}}),
+    );
+    TestClient::connect(&format!("{}?token={token}", server.ws_url())).await
+}
+
+/// The answer to a request by its id: skips join/leave frames and messages.
+async fn answer(client: &mut TestClient, request: Value) -> Value {
+    let id = request["id"].clone();
+    client.send(request).await;
+    loop {
+        let frame = client.recv().await;
+        if frame["id"] == id {
+            return frame;
+        }
+    }
+}
+
+fn users(members: &Value) -> Vec<String> {
+    let mut users: Vec<String> = members
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|member| member["user"].as_str().unwrap().to_owned())
+        .collect();
+    users.sort();
+    users
+}
+
+#[tokio::test]
+async fn members_are_listed_and_counted_to_whom_the_namespace_allows() {
+    let server = builder().start().await;
+    let mut alice = member(&server, "alice", "Ada").await;
+    let mut bob_phone = member(&server, "bob", "Bob").await;
+    let mut bob_laptop = member(&server, "bob", "Bob").await;
+    for client in [&mut alice, &mut bob_phone, &mut bob_laptop] {
+        client.subscribe("room:1").await;
+    }
+    let reply = answer(
+        &mut alice,
+        json!({"type": "presence", "id": 8, "channel": "room:1"}),
+    )
+    .await;
+    assert_eq!(reply["type"], "presence", "{reply}");
+    assert_eq!(reply["truncated"], false);
+    assert_eq!(users(&reply["members"]), ["alice", "bob", "bob"]);
+    let ada = reply["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|member| member["user"] == "alice")
+        .unwrap();
+    assert_eq!(ada["info"]["name"], "Ada");
+    assert_eq!(ada["conn_id"], alice.conn_id());
+    assert_eq!(ada["node"], alice.welcome["node"]);
+    let stats = answer(
+        &mut bob_phone,
+        json!({"type": "presence_stats", "id": 9, "channel": "room:1"}),
+    )
+    .await;
+    assert_eq!(
+        (stats["connections"].as_u64(), stats["users"].as_u64()),
+        (Some(3), Some(2))
+    );
+
+    // Refused: no token, a room not claimed, a namespace without presence.
+    let mut anonymous = server.client().await;
+    let refused = answer(
+        &mut anonymous,
+        json!({"type": "presence", "id": 1, "channel": "room:1"}),
+    )
+    .await;
+    assert_eq!(refused["code"], "forbidden", "{refused}");
+    let carol = token("carol", json!({"channels": ["room:2"]}));
+    let mut carol = TestClient::connect(&format!("{}?token={carol}", server.ws_url())).await;
+    let refused = answer(
+        &mut carol,
+        json!({"type": "presence_stats", "id": 2, "channel": "room:1"}),
+    )
+    .await;
+    assert_eq!(refused["code"], "forbidden", "{refused}");
+    let refused = answer(
+        &mut alice,
+        json!({"type": "presence", "id": 3, "channel": "lobby"}),
+    )
+    .await;
+    assert_eq!(refused["code"], "forbidden", "{refused}");
+    assert!(
+        server
+            .metric("ws_forbidden_total{action=\"presence\"}")
+            .await
+            >= 3.0
+    );
+
+    // The control API: pages, counts, and the channel list.
+    let (status, page) = server
+        .get_json("/v1/channels/room%3A1/presence?limit=2")
+        .await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["members"].as_array().unwrap().len(), 2);
+    let cursor = page["next_cursor"].as_u64().expect("a next page");
+    let (_, rest) = server
+        .get_json(&format!(
+            "/v1/channels/room:1/presence?cursor={cursor}&limit=2"
+        ))
+        .await;
+    assert_eq!(rest["members"].as_array().unwrap().len(), 1);
+    assert!(rest["next_cursor"].is_null());
+    let (_, stats) = server.get_json("/v1/channels/room:1/presence-stats").await;
+    assert_eq!(
+        (stats["connections"].as_u64(), stats["users"].as_u64()),
+        (Some(3), Some(2))
+    );
+    let (status, bad) = server
+        .get_json("/v1/channels/room:1/presence?limit=0")
+        .await;
+    assert_eq!(
+        (status, bad["error"]["code"].as_str()),
+        (400, Some("bad_request"))
+    );
+    anonymous.subscribe("lobby").await;
+    let (_, list) = server.get_json("/v1/channels?prefix=room%3A").await;
+    assert_eq!(
+        list["channels"],
+        json!([{"channel": "room:1", "subscribers": 3}])
+    );
+    let (_, all) = server.get_json("/v1/channels?limit=1").await;
+    assert_eq!(
+        all["channels"],
+        json!([{"channel": "lobby", "subscribers": 1}])
+    );
+    assert_eq!(all["next_cursor"], "lobby");
+
+    // Leaving: an unsubscribe and a closed connection.
+    answer(
+        &mut bob_phone,
+        json!({"type": "unsubscribe", "id": 4, "channel": "room:1"}),
+    )
+    .await;
+    drop(bob_laptop);
+    crate::assert_eventually!(
+        server
+            .get_json("/v1/channels/room:1/presence-stats")
+            .await
+            .1["connections"]
+            == 1,
+        "members gone"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn join_and_leave_keep_their_place_among_messages() {
+    let server = builder().start().await;
+    let mut alice = member(&server, "alice", "Ada").await;
+    alice.subscribe("room:1").await;
+    // Alice's own join (the room was quiet).
+    let own = alice.recv().await;
+    assert_eq!(
+        (own["type"].as_str(), own["user"].as_str()),
+        (Some("join"), Some("alice"))
+    );
+    // Each event a coalescing interval (300 ms) after the last, so each leaves at once,
+    // between the messages published before and after it.
+    let quiet = || tokio::time::sleep(Duration::from_millis(400));
+    quiet().await;
+    server.publish("room:1", json!({"n": 1})).await;
+    let mut bob = member(&server, "bob", "Bob").await;
+    bob.subscribe("room:1").await;
+    server.publish("room:1", json!({"n": 2})).await;
+    quiet().await;
+    drop(bob);
+    quiet().await;
+    server.publish("room:1", json!({"n": 3})).await;
+    let mut seen = Vec::new();
+    while seen.len() < 5 {
+        let frame = alice.recv().await;
+        seen.push(match frame["type"].as_str().unwrap() {
+            "message" => format!("m{}", frame["data"]["n"]),
+            "join" | "leave" => format!(
+                "{} {}",
+                frame["type"].as_str().unwrap(),
+                frame["user"]
+                    .as_str()
+                    .or(frame["members"][0]["user"].as_str())
+                    .unwrap()
+            ),
+            other => panic!("unexpected {other}: {frame}"),
+        });
+    }
+    assert_eq!(seen, ["m1", "join bob", "m2", "leave bob", "m3"]);
+    server.stop().await;
+}
+
+/// A burst of joins (a mass reconnect) reaches a subscriber in a few frames, not one per
+/// member, and a bystander on another channel keeps its full message rate meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_joins_and_leaves_is_coalesced() {
+    const MEMBERS: usize = 60;
+    let server = builder().start().await;
+    let mut observer = member(&server, "observer", "O").await;
+    observer.subscribe("room:big").await;
+    assert_eq!(observer.recv().await["type"], "join");
+    let mut bystander = server.client().await;
+    bystander.subscribe("news").await;
+
+    let mut members = Vec::new();
+    for index in 0..MEMBERS {
+        let mut client = member(&server, &format!("u{index}"), "x").await;
+        client.subscribe("room:big").await;
+        members.push(client);
+        server.publish("news", json!({"n": index})).await;
+    }
+    // Past the interval the joins were coalesced in (leaving within it would cancel them).
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    drop(members);
+    for index in MEMBERS..MEMBERS + 10 {
+        server.publish("news", json!({"n": index})).await;
+    }
+    crate::assert_eventually!(
+        server
+            .get_json("/v1/channels/room:big/presence-stats")
+            .await
+            .1["connections"]
+            == 1,
+        "the members left"
+    );
+    // Past the last interval, everything was sent: count what the observer got.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (mut frames, mut joined, mut left) = (0, 0, 0);
+    while let Ok(frame) = tokio::time::timeout(Duration::from_millis(300), observer.recv()).await {
+        let count = frame["members"].as_array().map_or(1, Vec::len);
+        match frame["type"].as_str().unwrap() {
+            "join" => joined += count,
+            "leave" => left += count,
+            other => panic!("unexpected {other}"),
+        }
+        frames += 1;
+    }
+    assert_eq!((joined, left), (MEMBERS, MEMBERS));
+    assert!(
+        frames <= 12,
+        "{frames} frames for {MEMBERS} joins and leaves"
+    );
+    for expected in 0..MEMBERS + 10 {
+        let message = bystander.recv_type("message").await;
+        assert_eq!(message["data"]["n"], expected);
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_tokens_subs_claim_subscribes_the_connection_itself() {
+    let server = builder().start().await;
+    let claims = json!({"subs": ["user:alice", "user:alice:inbox", "user:bob", "news"]});
+    let token = token("alice", claims);
+    let mut alice = TestClient::connect(&format!("{}?token={token}", server.ws_url())).await;
+    assert_eq!(
+        alice.welcome["subs"],
+        json!(["user:alice", "user:alice:inbox", "user:bob", "news"])
+    );
+    let mut outcomes = Vec::new();
+    for _ in 0..4 {
+        let frame = alice.recv().await;
+        assert!(frame.get("id").is_none(), "{frame}");
+        outcomes.push(match frame["type"].as_str().unwrap() {
+            "subscribed" => frame["channel"].as_str().unwrap().to_owned(),
+            _ => format!("{} {}", frame["type"], frame["code"]),
+        });
+    }
+    // Bob's personal channel is not Alice's to read.
+    assert_eq!(
+        outcomes,
+        [
+            "user:alice",
+            "user:alice:inbox",
+            "\"error\" \"forbidden\"",
+            "news"
+        ]
+    );
+    server
+        .publish("user:alice", json!({"hello": "alice"}))
+        .await;
+    assert_eq!(alice.recv_type("message").await["data"]["hello"], "alice");
+
+    // The same claim through the `auth` frame: after `authenticated`.
+    let mut later = server.client().await;
+    later
+        .send(json!({"type": "auth", "id": 1, "token": token}))
+        .await;
+    assert_eq!(later.recv().await["type"], "authenticated");
+    assert_eq!(later.recv().await["channel"], "user:alice");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_api_subscribes_every_device_of_a_user_on_every_node() {
+    let redis = RedisServer::start(false);
+    let a = builder().redis(&redis.url()).start().await;
+    let b = builder().redis(&redis.url()).start().await;
+    let alice_token = token("alice", json!({}));
+    let mut phone = TestClient::connect(&format!("{}?token={alice_token}", a.ws_url())).await;
+    let mut laptop = TestClient::connect(&format!("{}?token={alice_token}", b.ws_url())).await;
+    let mut bob = member(&b, "bob", "Bob").await;
+
+    let (status, reply) = a
+        .post(
+            "/v1/subscribe",
+            json!({"user": "alice", "channel": "user:alice:inbox"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["connections_here"], 1);
+    for device in [&mut phone, &mut laptop] {
+        let subscribed = device.recv_type("subscribed").await;
+        assert_eq!(subscribed["channel"], "user:alice:inbox");
+    }
+    a.publish("user:alice:inbox", json!({"text": "hi"})).await;
+    for device in [&mut phone, &mut laptop] {
+        assert_eq!(device.recv_type("message").await["data"]["text"], "hi");
+    }
+    // Join/leave across nodes: bob's join on b reaches alice's phone on a.
+    a.post(
+        "/v1/subscribe",
+        json!({"user": "alice", "channel": "room:9"}),
+    )
+    .await;
+    phone.recv_type("subscribed").await;
+    bob.subscribe("room:9").await;
+    // Alice's own join first, then bob's (in one frame or two).
+    loop {
+        let join = phone.recv_type("join").await;
+        let joined = join["user"]
+            .as_str()
+            .map_or_else(|| users(&join["members"]), |user| vec![user.to_owned()]);
+        if joined.contains(&"bob".to_owned()) {
+            break;
+        }
+    }
+
+    let (status, _) = b
+        .post(
+            "/v1/unsubscribe",
+            json!({"user": "alice", "channel": "user:alice:inbox"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    for device in [&mut phone, &mut laptop] {
+        assert_eq!(
+            device.recv_type("unsubscribed").await["channel"],
+            "user:alice:inbox"
+        );
+    }
+    let (status, bad) = a
+        .post("/v1/subscribe", json!({"user": "alice", "channel": ""}))
+        .await;
+    assert_eq!(
+        (status, bad["error"]["code"].as_str()),
+        (422, Some("bad_request")),
+        "{bad}"
+    );
+    a.stop().await;
+    b.stop().await;
+}
