@@ -70,6 +70,18 @@ pub(super) struct Queued {
     pub(super) event: bool,
 }
 
+impl Queued {
+    /// A published message, sharing `frame`.
+    pub(super) fn message(offset: Offset, frame: &Frame, accepted: Instant) -> Self {
+        Self {
+            offset,
+            frame: frame.clone(),
+            accepted,
+            event: false,
+        }
+    }
+}
+
 impl Slot {
     pub(super) fn new(channel: Channel, shard_subscriptions: Arc<AtomicUsize>) -> Self {
         Self {

@@ -628,8 +628,7 @@ impl Hub {
                     .expect("payload size is bounded by config far below 4 GiB");
                 let frame = Frame::from(text);
                 let now = Instant::now();
-                round = self
-                    .enqueue_round(state, offset, &frame, now)
+                round = Self::enqueue_round(state, Queued::message(offset, &frame, now))
                     .map(|subscribers| (Arc::clone(slot), subscribers));
                 state.remember(
                     Entry {
@@ -659,26 +658,15 @@ impl Hub {
         Ok(offset)
     }
 
-    /// Puts a message ordered at `offset` in the channel's outbox. `Some(subscribers)` when
-    /// the caller must start a round (once it let go of the channel's lock).
-    fn enqueue_round(
-        &self,
-        state: &mut Channel,
-        offset: Offset,
-        frame: &Frame,
-        accepted: Instant,
-    ) -> Option<usize> {
+    /// Puts a message (or an event) in the channel's outbox. `Some(subscribers)` when the
+    /// caller must start a round (once it let go of the channel's lock).
+    fn enqueue_round(state: &mut Channel, queued: Queued) -> Option<usize> {
         if state.subscribed == 0 {
             // A later subscriber skips everything up to its subscribe position anyway.
             return None;
         }
-        state.outbox_bytes += frame.len();
-        state.outbox.push(Queued {
-            offset,
-            frame: frame.clone(),
-            accepted,
-            event: false,
-        });
+        state.outbox_bytes += queued.frame.len();
+        state.outbox.push(queued);
         if state.round_scheduled {
             return None;
         }
@@ -954,7 +942,7 @@ impl Hub {
             .expect("payload size is bounded far below 4 GiB");
         let frame = Frame::from(text);
         let now = Instant::now();
-        let round = self.enqueue_round(state, offset, &frame, now);
+        let round = Self::enqueue_round(state, Queued::message(offset, &frame, now));
         let entry = Entry {
             seq: offset.seq,
             published_at: now,
@@ -977,22 +965,18 @@ impl Hub {
         };
         let (subscribers, round) = {
             let mut state = lock(&slot.state);
-            if state.removed || state.subscribed == 0 {
+            if state.removed {
                 return 0;
             }
-            let frame = Frame::from(text);
-            state.outbox_bytes += frame.len();
-            let offset = state.offset();
-            state.outbox.push(Queued {
-                offset,
-                frame,
+            let event = Queued {
+                offset: state.offset(),
+                frame: Frame::from(text),
                 accepted: Instant::now(),
                 event: true,
-            });
-            let start = !std::mem::replace(&mut state.round_scheduled, true);
-            (state.subscribed, start)
+            };
+            (state.subscribed, Self::enqueue_round(&mut state, event))
         };
-        if round {
+        if let Some(subscribers) = round {
             start_round(&slot, subscribers, self.workers.as_ref(), writes);
         }
         subscribers
