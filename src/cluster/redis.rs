@@ -653,111 +653,88 @@ impl ChannelRead {
 }
 
 impl RedisBus {
-    /// Closes `user`'s connections here, and appends a request to partition 0's bus stream,
-    /// which every node reads (entries with `k` = `disconnect` carry no message; this node
-    /// skips its own by `n`).
+    /// Appends a request entry (`fields`, name-value pairs) to a bus stream: partition 0's
+    /// for requests about users (every node follows it), the channel's partition's for a
+    /// channel's events (so they keep its order). `op` names it in errors.
+    async fn append(
+        &self,
+        stream: String,
+        fields: &[(&str, &str)],
+        op: &'static str,
+    ) -> Result<(), BusError> {
+        let inner = &self.inner;
+        let mut conn = inner.conn()?;
+        let mut command = redis::cmd("XADD");
+        command
+            .arg(stream)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(inner.settings.bus_maxlen)
+            .arg("*");
+        for (name, value) in fields {
+            command.arg(*name).arg(*value);
+        }
+        tokio::time::timeout(
+            inner.settings.publish_timeout,
+            command.query_async::<Value>(&mut conn),
+        )
+        .await
+        .map_err(|_| BusError::Unavailable("redis timed out"))?
+        .map_err(|err| inner.failed(op, &err))?;
+        Ok(())
+    }
+
+    /// Closes `user`'s connections here, and asks every other node to (entries with `k` =
+    /// `disconnect` carry no message; this node skips its own by `n`).
     async fn disconnect_user_everywhere(
         &self,
         user: &str,
         code: CloseCode,
     ) -> Result<usize, BusError> {
-        let inner = &self.inner;
-        let closed = inner.hub.disconnect_user(user, code);
-        let mut conn = inner.conn()?;
-        let mut command = redis::cmd("XADD");
-        command
-            .arg(bus_key(0))
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(inner.settings.bus_maxlen)
-            .arg("*")
-            .arg("k")
-            .arg("disconnect")
-            .arg("u")
-            .arg(user)
-            .arg("n")
-            .arg(&*inner.settings.node_id)
-            .arg("x")
-            .arg(code.code());
-        tokio::time::timeout(
-            inner.settings.publish_timeout,
-            command.query_async::<Value>(&mut conn),
-        )
-        .await
-        .map_err(|_| BusError::Unavailable("redis timed out"))?
-        .map_err(|err| inner.failed("disconnect", &err))?;
+        let closed = self.inner.hub.disconnect_user(user, code);
+        let code = code.code().to_string();
+        let fields = [
+            ("k", "disconnect"),
+            ("u", user),
+            ("n", &*self.inner.settings.node_id),
+            ("x", code.as_str()),
+        ];
+        self.append(bus_key(0), &fields, "disconnect").await?;
         Ok(closed)
     }
-}
 
-impl RedisBus {
-    /// Appends an event frame to the channel's partition stream, where every node (this one
-    /// too) reads it in order with the channel's messages and hands it to `Hub::announce`.
-    async fn append_event(&self, channel: &ChannelName, text: String) -> Result<(), BusError> {
-        let inner = &self.inner;
-        let mut conn = inner.conn()?;
-        let (_, _, bus) = self.inner.channel_keys(channel);
-        let mut command = redis::cmd("XADD");
-        command
-            .arg(bus)
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(inner.settings.bus_maxlen)
-            .arg("*")
-            .arg("k")
-            .arg("event")
-            .arg("c")
-            .arg(channel.as_str())
-            .arg("d")
-            .arg(text);
-        tokio::time::timeout(
-            inner.settings.publish_timeout,
-            command.query_async::<Value>(&mut conn),
-        )
-        .await
-        .map_err(|_| BusError::Unavailable("redis timed out"))?
-        .map_err(|err| inner.failed("announce", &err))?;
-        Ok(())
-    }
-}
-
-impl RedisBus {
-    /// Tells `user`'s connections here, and appends the command to partition 0's bus
-    /// stream, which every node reads (this one skips its own by `n`).
+    /// Tells `user`'s connections here, and every other node (this one skips its own by
+    /// `n`).
     async fn command_user_everywhere(
         &self,
         user: &str,
         command: SessionCommand,
     ) -> Result<usize, BusError> {
-        let inner = &self.inner;
-        let told = inner.hub.command_user(user, &command);
+        let told = self.inner.hub.command_user(user, &command);
         let (kind, channel) = match &command {
             SessionCommand::Subscribe(channel) => ("subscribe", channel),
             SessionCommand::Unsubscribe(channel) => ("unsubscribe", channel),
         };
-        let mut conn = inner.conn()?;
-        let mut xadd = redis::cmd("XADD");
-        xadd.arg(bus_key(0))
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(inner.settings.bus_maxlen)
-            .arg("*")
-            .arg("k")
-            .arg(kind)
-            .arg("u")
-            .arg(user)
-            .arg("c")
-            .arg(channel.as_str())
-            .arg("n")
-            .arg(&*inner.settings.node_id);
-        tokio::time::timeout(
-            inner.settings.publish_timeout,
-            xadd.query_async::<Value>(&mut conn),
-        )
-        .await
-        .map_err(|_| BusError::Unavailable("redis timed out"))?
-        .map_err(|err| inner.failed(kind, &err))?;
+        let fields = [
+            ("k", kind),
+            ("u", user),
+            ("c", channel.as_str()),
+            ("n", &*self.inner.settings.node_id),
+        ];
+        self.append(bus_key(0), &fields, kind).await?;
         Ok(told)
+    }
+
+    /// Appends an event frame to the channel's partition stream, where every node (this one
+    /// too) reads it in order with the channel's messages and hands it to `Hub::announce`.
+    async fn append_event(&self, channel: &ChannelName, text: String) -> Result<(), BusError> {
+        let (_, _, stream) = self.inner.channel_keys(channel);
+        let fields = [
+            ("k", "event"),
+            ("c", channel.as_str()),
+            ("d", text.as_str()),
+        ];
+        self.append(stream, &fields, "announce").await
     }
 }
 
@@ -1252,21 +1229,24 @@ fn deliver_batch(inner: &Inner, value: Value) -> Option<String> {
                 continue;
             };
             n_entries += 1;
-            if let Some((channel, text)) = event_entry(&fields) {
-                inner.hub.announce(&channel, text, &mut writes);
-            } else if let Some(request) = command_entry(&fields, &inner.settings.node_id) {
-                if let Some((user, command)) = request {
-                    inner.hub.command_user(&user, &command);
-                }
-            } else if let Some(request) = disconnect_request(&fields, &inner.settings.node_id) {
-                if let Some((user, code)) = request {
-                    let closed = inner.hub.disconnect_user(&user, code);
-                    tracing::info!(
-                        %user,
-                        closed,
-                        code = code.code(),
-                        "Disconnect of a user requested through the bus"
-                    );
+            if let Some(request) = Request::parse(&fields, &inner.settings.node_id) {
+                match request {
+                    Request::Event { channel, text } => {
+                        inner.hub.announce(&channel, text, &mut writes);
+                    }
+                    Request::Command { user, command } => {
+                        inner.hub.command_user(&user, &command);
+                    }
+                    Request::Disconnect { user, code } => {
+                        let closed = inner.hub.disconnect_user(&user, code);
+                        tracing::info!(
+                            %user,
+                            closed,
+                            code = code.code(),
+                            "Disconnect of a user requested through the bus"
+                        );
+                    }
+                    Request::Own => {}
                 }
             } else if let Some(message) = BusEntry::parse(&fields) {
                 let offset = Offset {
@@ -1292,85 +1272,71 @@ fn deliver_batch(inner: &Inner, value: Value) -> Option<String> {
     last_id
 }
 
-/// `Some((channel, frame))` for an `event` entry (`join`, `leave`).
-fn event_entry(fields: &Value) -> Option<(String, String)> {
-    let Value::Array(fields) = fields else {
-        return None;
-    };
-    let (mut kind, mut channel, mut text) = (None, None, None);
-    for pair in fields.chunks(2) {
-        let value = pair.get(1)?;
-        match as_string(&pair[0])?.as_str() {
-            "k" => kind = as_string(value),
-            "c" => channel = as_string(value),
-            "d" => text = as_string(value),
-            _ => {}
-        }
-    }
-    (kind.as_deref() == Some("event")).then_some((channel?, text?))
+/// What a bus entry with a `k` field asks every node to do (entries without one are
+/// messages, [`BusEntry`]).
+enum Request {
+    /// A channel's `join`/`leave` frame (`k=event`, `c`, `d`), for `Hub::announce`.
+    Event { channel: String, text: String },
+    /// `k=disconnect`, `u`, `x`: close a user's connections.
+    Disconnect { user: String, code: CloseCode },
+    /// `k=subscribe|unsubscribe`, `u`, `c`: for a user's sessions.
+    Command {
+        user: String,
+        command: SessionCommand,
+    },
+    /// A request about users this node wrote: it acted on it already.
+    Own,
 }
 
-/// `Some` for a `subscribe` or `unsubscribe` request entry: its user and command, or
-/// `None` when this node wrote it (and already acted on it) or its channel is not valid.
-fn command_entry(fields: &Value, node_id: &str) -> Option<Option<(String, SessionCommand)>> {
-    let Value::Array(fields) = fields else {
-        return None;
-    };
-    let (mut kind, mut user, mut node, mut channel) = (None, None, None, None);
-    for pair in fields.chunks(2) {
-        let value = pair.get(1)?;
-        match as_string(&pair[0])?.as_str() {
-            "k" => kind = as_string(value),
-            "u" => user = as_string(value),
-            "n" => node = as_string(value),
-            "c" => channel = as_string(value),
-            _ => {}
-        }
-    }
-    let subscribe = match kind.as_deref() {
-        Some("subscribe") => true,
-        Some("unsubscribe") => false,
-        _ => return None,
-    };
-    Some((|| {
-        if node.as_deref() == Some(node_id) {
+impl Request {
+    /// `None` for an entry without `k` (a message), or one that does not parse (the caller
+    /// then reports it as malformed).
+    fn parse(fields: &Value, node_id: &str) -> Option<Self> {
+        let Value::Array(fields) = fields else {
             return None;
-        }
-        let channel = ChannelName::parse(&channel?, usize::MAX).ok()?;
-        let command = if subscribe {
-            SessionCommand::Subscribe(channel)
-        } else {
-            SessionCommand::Unsubscribe(channel)
         };
-        Some((user?, command))
-    })())
-}
-
-/// `Some` for a `disconnect` request entry: its user, or `None` when this node wrote it (and
-/// already acted on it).
-fn disconnect_request(fields: &Value, node_id: &str) -> Option<Option<(String, CloseCode)>> {
-    let Value::Array(fields) = fields else {
-        return None;
-    };
-    let (mut kind, mut user, mut node, mut code) = (None, None, None, None);
-    for pair in fields.chunks(2) {
-        let value = pair.get(1)?;
-        match as_string(&pair[0])?.as_str() {
-            "k" => kind = as_string(value),
-            "u" => user = as_string(value),
-            "n" => node = as_string(value),
-            "x" => {
-                code = as_u64(value)
-                    .and_then(|code| u16::try_from(code).ok())
-                    .and_then(CloseCode::from_code);
+        let (mut kind, mut user, mut node, mut channel, mut text, mut code) =
+            (None, None, None, None, None, None);
+        for pair in fields.chunks(2) {
+            let value = pair.get(1)?;
+            match as_string(&pair[0])?.as_str() {
+                "k" => kind = as_string(value),
+                "u" => user = as_string(value),
+                "n" => node = as_string(value),
+                "c" => channel = as_string(value),
+                "d" => text = as_string(value),
+                "x" => code = as_u64(value),
+                _ => {}
             }
-            _ => {}
+        }
+        let kind = kind?;
+        if node.as_deref() == Some(node_id) && kind != "event" {
+            return Some(Self::Own);
+        }
+        match kind.as_str() {
+            "event" => channel
+                .zip(text)
+                .map(|(channel, text)| Self::Event { channel, text }),
+            "disconnect" => user.map(|user| Self::Disconnect {
+                user,
+                code: code
+                    .and_then(|code| u16::try_from(code).ok())
+                    .and_then(CloseCode::from_code)
+                    .unwrap_or(CloseCode::Disconnected),
+            }),
+            "subscribe" | "unsubscribe" => user
+                .zip(channel.and_then(|channel| ChannelName::parse(&channel, usize::MAX).ok()))
+                .map(|(user, channel)| Self::Command {
+                    user,
+                    command: if kind == "subscribe" {
+                        SessionCommand::Subscribe(channel)
+                    } else {
+                        SessionCommand::Unsubscribe(channel)
+                    },
+                }),
+            _ => None,
         }
     }
-    (kind.as_deref() == Some("disconnect")).then(|| {
-        user.filter(|_| node.as_deref() != Some(node_id))
-            .map(|user| (user, code.unwrap_or(CloseCode::Disconnected)))
-    })
 }
 
 struct BusEntry {
