@@ -1018,37 +1018,15 @@ async fn history(raw_channel: &str, query: &str, ctx: &ControlContext) -> Handle
     let channel = channel_name(raw_channel, ctx)?;
     let mut since = None;
     let mut limit = 100;
-    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let value = percent_decode(value)
-            .ok_or_else(|| ApiError::new(400, ErrorCode::BadRequest, "bad percent-encoding"))?;
-        match key {
-            "since" if !value.is_empty() => {
+    for (key, value) in query_pairs(query, &["since", "limit"])? {
+        match key.as_str() {
+            "since" if value.is_empty() => {}
+            "since" => {
                 since = Some(value.parse::<Offset>().map_err(|err| {
                     ApiError::new(400, ErrorCode::BadRequest, format!("`since`: {err}"))
                 })?);
             }
-            "since" => {}
-            "limit" => {
-                limit = value
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|limit| (1..=MAX_HISTORY_LIMIT).contains(limit))
-                    .ok_or_else(|| {
-                        ApiError::new(
-                            400,
-                            ErrorCode::BadRequest,
-                            format!("`limit` must be an integer from 1 to {MAX_HISTORY_LIMIT}"),
-                        )
-                    })?;
-            }
-            _ => {
-                return Err(ApiError::new(
-                    400,
-                    ErrorCode::BadRequest,
-                    format!("unknown query parameter `{key}`"),
-                ));
-            }
+            _ => limit = parse_limit(&value, MAX_HISTORY_LIMIT)?,
         }
     }
     let history = ctx.bus.history(&channel, since, limit).await?;
