@@ -17,7 +17,7 @@
 use std::{
     collections::{BTreeMap, HashMap, hash_map::Entry},
     ops::Bound,
-    sync::{Arc, Mutex, PoisonError},
+    sync::Arc,
     time::Duration,
 };
 
@@ -83,8 +83,12 @@ struct Pending {
     last_sent: Instant,
     /// A flush is scheduled for the end of the current interval.
     scheduled: bool,
-    /// Net changes since the last flush, in the order they first happened.
-    changes: Vec<(Change, Arc<Member>)>,
+    /// Net changes since the last flush, by connection (events are about this node's own
+    /// members), each with its place in the order they happened: a mass reconnect puts
+    /// thousands here, so cancelling a pair must not search the list.
+    changes: HashMap<ConnId, (u64, Change, Arc<Member>)>,
+    /// Changes seen this interval, for their order.
+    seen: u64,
 }
 
 /// Presence on this node: members by channel, and the event coalescer.
@@ -93,7 +97,7 @@ pub struct Presence {
     node: Arc<str>,
     members: DashMap<ChannelName, Members>,
     coalesce: Duration,
-    pending: Mutex<HashMap<ChannelName, Pending>>,
+    pending: DashMap<ChannelName, Pending>,
     /// Event frames to send through the bus, in order, by one task.
     events: tokio::sync::mpsc::Sender<(ChannelName, String)>,
     max_listed: usize,
@@ -124,7 +128,7 @@ impl Presence {
             node: Arc::from(node),
             members: DashMap::new(),
             coalesce,
-            pending: Mutex::new(HashMap::new()),
+            pending: DashMap::new(),
             events,
             max_listed,
         })
@@ -233,34 +237,39 @@ impl Presence {
     /// the end of the interval sends.
     fn event(self: &Arc<Self>, channel: &ChannelName, change: Change, member: Arc<Member>) {
         let now = Instant::now();
-        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-        let state = pending.entry(channel.clone()).or_insert_with(|| Pending {
-            last_sent: now.checked_sub(self.coalesce).unwrap_or(now),
-            scheduled: false,
-            changes: Vec::new(),
-        });
+        let mut state = self
+            .pending
+            .entry(channel.clone())
+            .or_insert_with(|| Pending {
+                last_sent: now.checked_sub(self.coalesce).unwrap_or(now),
+                scheduled: false,
+                changes: HashMap::new(),
+                seen: 0,
+            });
         if !state.scheduled && now.duration_since(state.last_sent) >= self.coalesce {
             state.last_sent = now;
-            drop(pending);
+            drop(state);
             return self.send(channel, encode_one(change, channel, &member));
         }
         // A member that came and goes (or went and comes back) within the interval: the
         // two cancel out.
-        let opposite = state.changes.iter().position(|(pending, other)| {
-            *pending != change && other.conn_id == member.conn_id && other.node == member.node
-        });
-        match opposite {
-            Some(index) => {
-                state.changes.remove(index);
+        let Pending { changes, seen, .. } = &mut *state;
+        match changes.entry(member.conn_id) {
+            Entry::Occupied(pending) if pending.get().1 != change => {
+                pending.remove();
             }
-            None => state.changes.push((change, member)),
+            Entry::Occupied(_) => {}
+            Entry::Vacant(vacant) => {
+                vacant.insert((*seen, change, member));
+                *seen += 1;
+            }
         }
         if state.scheduled {
             return;
         }
         state.scheduled = true;
         let at = state.last_sent + self.coalesce;
-        drop(pending);
+        drop(state);
         let presence = Arc::clone(self);
         let channel = channel.clone();
         tokio::spawn(async move {
@@ -270,35 +279,36 @@ impl Presence {
     }
 
     /// The end of a channel's interval: one `join` frame and one `leave` frame for what
-    /// changed, in the order the first of each happened.
+    /// changed, each in the order it happened, whichever way the channel moved first going
+    /// first.
     fn flush(&self, channel: &ChannelName) {
-        let changes = {
-            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-            let Some(state) = pending.get_mut(channel) else {
+        let mut changes: Vec<(u64, Change, Arc<Member>)> = {
+            let Some(mut state) = self.pending.get_mut(channel) else {
                 return;
             };
             state.scheduled = false;
             state.last_sent = Instant::now();
-            let changes = std::mem::take(&mut state.changes);
-            if changes.is_empty() {
-                // Quiet for a whole interval: nothing to keep.
-                pending.remove(channel);
-            }
-            changes
+            state.seen = 0;
+            std::mem::take(&mut state.changes).into_values().collect()
         };
-        // Whichever way the channel moved first goes first.
-        let joins_first = changes
-            .first()
-            .is_none_or(|(change, _)| *change == Change::Join);
-        let (joins, leaves): (Vec<_>, Vec<_>) = changes
-            .into_iter()
-            .partition(|(change, _)| *change == Change::Join);
-        let mut frames = [(Change::Join, joins), (Change::Leave, leaves)];
-        if !joins_first {
-            frames.reverse();
+        if changes.is_empty() {
+            // Quiet for a whole interval: nothing to keep.
+            self.pending.remove_if(channel, |_, state| {
+                !state.scheduled && state.changes.is_empty()
+            });
+            return;
         }
-        for (change, list) in frames.into_iter().filter(|(_, list)| !list.is_empty()) {
-            let members: Vec<&Member> = list.iter().map(|(_, member)| &**member).collect();
+        changes.sort_unstable_by_key(|(order, _, _)| *order);
+        let first = changes[0].1;
+        let (mut same, other): (Vec<_>, Vec<_>) = changes
+            .into_iter()
+            .partition(|(_, change, _)| *change == first);
+        let mut frames = vec![(first, std::mem::take(&mut same))];
+        if let Some((_, change, _)) = other.first() {
+            frames.push((*change, other));
+        }
+        for (change, list) in frames {
+            let members: Vec<&Member> = list.iter().map(|(_, _, member)| &**member).collect();
             let text = if let [only] = members.as_slice() {
                 encode_one(change, channel, only)
             } else {
