@@ -485,12 +485,6 @@ pub struct PresenceConfig {
     /// on its own. Default 200ms; at most 10s.
     #[serde(with = "humantime_serde")]
     pub coalesce: Duration,
-    /// With `cluster.redis`: how long a node's members stay in Redis without being
-    /// refreshed (a node refreshes its entries every third of this). A node that dies
-    /// leaves its members listed for at most this long, less when the node registry sees
-    /// it gone. Default 30s; 3s to 1h.
-    #[serde(with = "humantime_serde")]
-    pub ttl: Duration,
     /// Members one `presence` frame's reply lists at most (the reply says `truncated`
     /// beyond it; the control API pages through all). Default 1000; 1 to 100000.
     pub max_listed: usize,
@@ -500,7 +494,6 @@ impl Default for PresenceConfig {
     fn default() -> Self {
         Self {
             coalesce: Duration::from_millis(200),
-            ttl: Duration::from_secs(30),
             max_listed: 1000,
         }
     }
@@ -514,9 +507,6 @@ impl PresenceConfig {
         };
         if self.coalesce > Duration::from_secs(10) {
             return Err(invalid("presence.coalesce", "must be at most 10s"));
-        }
-        if self.ttl < Duration::from_secs(3) || self.ttl > Duration::from_secs(3600) {
-            return Err(invalid("presence.ttl", "must be between 3s and 1h"));
         }
         if !(1..=100_000).contains(&self.max_listed) {
             return Err(invalid(

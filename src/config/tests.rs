@@ -33,6 +33,9 @@ fn wrong_types_name_the_key() {
 fn out_of_range_values_name_the_key() {
     for (text, key) in [
         ("[server]\nshards = 3\n", "server.shards"),
+        ("[presence]\ncoalesce = \"11s\"\n", "presence.coalesce"),
+        ("[presence]\nmax_listed = 0\n", "presence.max_listed"),
+        ("[presence]\nmax_listed = 100001\n", "presence.max_listed"),
         ("[server]\nworker_threads = 1025\n", "server.worker_threads"),
         ("[server]\nws_path = \"ws\"\n", "server.ws_path"),
         (
