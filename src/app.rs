@@ -9,12 +9,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     accept::AcceptFailures,
-    cluster::{Bus, LocalBus, NodeInfo, RedisBus, RedisSettings},
+    cluster::{Bus, LocalBus, NodeInfo, PresenceStore, RedisBus, RedisSettings},
     config::Config,
     control::{self, ApiKeys, ControlContext},
     drain::{DrainRequest, DrainSettings, Drainer, Origin},
     hub::{Hub, HubHandle, HubSettings},
-    presence::Presence,
+    presence::{Presence, PresenceSettings},
     protocol::CloseCode,
     session::{self, SessionContext, SessionSettings},
     shutdown::{Latch, Readiness, Shutdown},
@@ -97,43 +97,44 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     // Every TLS client and server here (wss://, HTTPS, rediss://) uses ring; a crate that
     // asks rustls for the process default must get the same. Fails only if already set.
     let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
-    let bus: Arc<dyn Bus> = if config.cluster.redis.is_set() {
-        let ca_pem = match config.cluster.redis_ca_file.as_str() {
-            "" => None,
-            path => Some(
-                std::fs::read(path)
-                    .with_context(|| format!("reading cluster.redis_ca_file {path}"))?,
-            ),
-        };
-        let settings = RedisSettings {
-            target: config.cluster.redis.clone(),
-            ca_pem,
-            partitions: config.cluster.partitions,
-            publish_timeout: config.cluster.publish_timeout,
-            bus_maxlen: config.cluster.bus_maxlen,
-            channel_state_ttl: config.cluster.channel_state_ttl,
-            history_size: config.history.size,
-            history_ttl: config.history.ttl,
-            outage_fails_readiness: config.cluster.outage_fails_readiness,
-            node_id: Arc::clone(&node_id),
-        };
-        let node = NodeInfo {
-            ws_addr,
-            control_addr,
-        };
-        Arc::new(
-            RedisBus::start(
+    let (bus, presence_store): (Arc<dyn Bus>, Option<Arc<dyn PresenceStore>>) =
+        if config.cluster.redis.is_set() {
+            let ca_pem = match config.cluster.redis_ca_file.as_str() {
+                "" => None,
+                path => Some(
+                    std::fs::read(path)
+                        .with_context(|| format!("reading cluster.redis_ca_file {path}"))?,
+                ),
+            };
+            let settings = RedisSettings {
+                target: config.cluster.redis.clone(),
+                ca_pem,
+                partitions: config.cluster.partitions,
+                publish_timeout: config.cluster.publish_timeout,
+                bus_maxlen: config.cluster.bus_maxlen,
+                channel_state_ttl: config.cluster.channel_state_ttl,
+                history_size: config.history.size,
+                history_ttl: config.history.ttl,
+                outage_fails_readiness: config.cluster.outage_fails_readiness,
+                node_id: Arc::clone(&node_id),
+            };
+            let node = NodeInfo {
+                ws_addr,
+                control_addr,
+            };
+            let bus = RedisBus::start(
                 settings,
                 Arc::clone(&hub),
                 node,
                 &background,
                 &background_stop,
             )
-            .context("starting the Redis bus")?,
-        )
-    } else {
-        Arc::new(LocalBus::new(Arc::clone(&hub)))
-    };
+            .context("starting the Redis bus")?;
+            let store = Arc::new(bus.presence(config.presence.ttl));
+            (Arc::new(bus), Some(store))
+        } else {
+            (Arc::new(LocalBus::new(Arc::clone(&hub))), None)
+        };
 
     let authenticator = crate::auth::Authenticator::from_config(&config.auth)
         .context("loading the [auth] keys")?
@@ -153,11 +154,17 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         ));
     }
     let presence = Presence::start(
-        &node_id,
-        config.presence.coalesce,
-        config.presence.max_listed,
+        PresenceSettings {
+            node: Arc::clone(&node_id),
+            coalesce: config.presence.coalesce,
+            max_listed: config.presence.max_listed,
+            ttl: config.presence.ttl,
+            namespaces: crate::auth::Namespaces::new(&config.namespaces),
+        },
         Arc::clone(&bus),
+        presence_store,
         &background,
+        &background_stop,
     );
     let session_ctx = Arc::new(SessionContext {
         hub: Arc::clone(&hub),

@@ -13,6 +13,12 @@
 //! every member that came or went (a member that came and went within it is in neither).
 //! A mass reconnect of N members of a room then costs each subscriber a few frames per
 //! interval, where one frame per event would cost N each: N² deliveries in all.
+//!
+//! In a cluster a [`PresenceStore`] (Redis) holds every node's members: this node writes
+//! its changes there in batches (every `SYNC_EVERY`), refreshes them once per third of
+//! `presence.ttl`, and answers `presence` / `presence_stats` from it. A node that stops
+//! refreshing (it died) loses its members after the TTL, or as soon as another node sees
+//! it leave the registry; the node that removes them sends their `leave` events.
 
 use std::{
     collections::{BTreeMap, HashMap, hash_map::Entry},
@@ -22,25 +28,40 @@ use std::{
 };
 
 use dashmap::DashMap;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
-use crate::{cluster::Bus, hub::ConnId, protocol::ChannelName, shutdown::Shutdown, telemetry};
+use crate::{
+    auth::Namespaces,
+    cluster::{
+        Bus, BusError, PresenceStore, PresenceWrite, WriteOutcome, member_id, parse_member_id,
+    },
+    hub::ConnId,
+    protocol::ChannelName,
+    shutdown::Shutdown,
+    telemetry,
+};
 
 /// Events waiting to be sent, at most; past it an event is dropped and counted (the bus is
 /// far behind, or something floods subscribes).
 const MAX_QUEUED_EVENTS: usize = 65_536;
+/// How often changes go to the store: a join is listed on every node this much later at
+/// most (plus a Redis round trip), and a mass reconnect is a few writes per channel.
+const SYNC_EVERY: Duration = Duration::from_millis(50);
+/// After a write failed (the store is unreachable), the next waits this long.
+const SYNC_RETRY: Duration = Duration::from_secs(1);
 
 /// One subscriber of a channel whose namespace tracks members.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Member {
     pub node: Arc<str>,
     pub conn_id: ConnId,
     /// The token's `sub`; empty for an anonymous connection.
     pub user: Arc<str>,
     /// The token's `info` claim, as sent.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub info: Option<Box<RawValue>>,
 }
 
@@ -51,6 +72,22 @@ struct Members {
     conns: BTreeMap<ConnId, Arc<Member>>,
     /// Connections per user, for `presence_stats` without listing.
     users: HashMap<Arc<str>, u32>,
+    /// With a store: changes it has not been sent, by connection (joined, or left).
+    unsynced: HashMap<ConnId, (Change, Arc<Member>)>,
+    /// With a store: write this node's members in full next time (a write failed, or the
+    /// store lost them).
+    full: bool,
+    /// With a store: it holds this node's members of the channel.
+    stored: bool,
+    /// With a store: the channel waits in the queue of channels to write.
+    queued: bool,
+}
+
+impl Members {
+    /// Nothing here, and nothing the store must still be told.
+    fn forgotten(&self) -> bool {
+        self.conns.is_empty() && !self.queued && !self.stored
+    }
 }
 
 /// A channel's member counts.
@@ -67,7 +104,16 @@ pub struct Page {
     pub members: Vec<Arc<Member>>,
     /// Where the next page starts (`cursor`), when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub next_cursor: Option<ConnId>,
+    pub next_cursor: Option<String>,
+}
+
+/// Why members could not be listed or counted.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PresenceError {
+    #[error("`cursor` is not a `next_cursor`")]
+    BadCursor,
+    #[error(transparent)]
+    Unavailable(#[from] BusError),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +121,9 @@ enum Change {
     Join,
     Leave,
 }
+
+/// A member on any node: its node and connection.
+type MemberKey = (Arc<str>, ConnId);
 
 /// A channel's coalescing state.
 #[derive(Debug)]
@@ -86,7 +135,7 @@ struct Pending {
     /// Net changes since the last flush, by connection (events are about this node's own
     /// members), each with its place in the order they happened: a mass reconnect puts
     /// thousands here, so cancelling a pair must not search the list.
-    changes: HashMap<ConnId, (u64, Change, Arc<Member>)>,
+    changes: HashMap<MemberKey, (u64, Change, Arc<Member>)>,
     /// Changes seen this interval, for their order.
     seen: u64,
 }
@@ -101,17 +150,35 @@ pub struct Presence {
     /// Event frames to send through the bus, in order, by one task.
     events: tokio::sync::mpsc::Sender<(ChannelName, String)>,
     max_listed: usize,
+    /// Every node's members, in a cluster.
+    store: Option<Arc<dyn PresenceStore>>,
+    /// Channels with changes for the store, to the task that writes them.
+    unsynced: tokio::sync::mpsc::UnboundedSender<ChannelName>,
+    /// Whose members' departures (found in the store) are announced.
+    namespaces: Namespaces,
+}
+
+/// What [`Presence::start`] needs.
+#[derive(Debug)]
+pub struct PresenceSettings {
+    pub node: Arc<str>,
+    pub coalesce: Duration,
+    pub max_listed: usize,
+    /// Members' lifetime in the store after their node's last refresh.
+    pub ttl: Duration,
+    pub namespaces: Namespaces,
 }
 
 impl Presence {
-    /// Starts the task that sends event frames through `bus`, in `tasks`.
+    /// Starts the task that sends event frames through `bus`, and with a `store` the one
+    /// that keeps this node's members there, in `tasks` until `stop`.
     #[must_use]
     pub fn start(
-        node: &str,
-        coalesce: Duration,
-        max_listed: usize,
+        settings: PresenceSettings,
         bus: Arc<dyn Bus>,
+        store: Option<Arc<dyn PresenceStore>>,
         tasks: &Shutdown,
+        stop: &CancellationToken,
     ) -> Arc<Self> {
         let (events, mut queued) =
             tokio::sync::mpsc::channel::<(ChannelName, String)>(MAX_QUEUED_EVENTS);
@@ -124,14 +191,27 @@ impl Presence {
                 }
             }
         });
-        Arc::new(Self {
-            node: Arc::from(node),
+        let (unsynced, to_sync) = tokio::sync::mpsc::unbounded_channel();
+        let presence = Arc::new(Self {
+            node: settings.node,
             members: DashMap::new(),
-            coalesce,
+            coalesce: settings.coalesce,
             pending: DashMap::new(),
             events,
-            max_listed,
-        })
+            max_listed: settings.max_listed,
+            store,
+            unsynced,
+            namespaces: settings.namespaces,
+        });
+        if let Some(store) = presence.store.clone() {
+            tasks.spawn(Arc::clone(&presence).keep_stored(
+                store,
+                to_sync,
+                settings.ttl / 3,
+                stop.clone(),
+            ));
+        }
+        presence
     }
 
     /// This node's id, as members carry it.
@@ -160,6 +240,7 @@ impl Presence {
                 return;
             }
             *members.users.entry(Arc::clone(&member.user)).or_default() += 1;
+            self.unsynced(channel, &mut members, Change::Join, &member);
         }
         if join_leave {
             self.event(channel, Change::Join, member);
@@ -186,18 +267,82 @@ impl Presence {
                 count.remove();
             }
         }
-        let empty = members.conns.is_empty();
+        self.unsynced(channel, &mut members, Change::Leave, &member);
+        let forgotten = members.forgotten();
         drop(members);
-        if empty {
+        if forgotten {
             self.members
-                .remove_if(channel, |_, members| members.conns.is_empty());
+                .remove_if(channel, |_, members| members.forgotten());
         }
         Some(member)
     }
 
+    /// With a store: the next write puts this node's members of the channel in full.
+    fn rewrite(&self, channel: &ChannelName, members: &mut Members) {
+        members.full = true;
+        members.stored = false;
+        members.unsynced.clear();
+        if !members.queued {
+            members.queued = true;
+            let _ = self.unsynced.send(channel.clone());
+        }
+    }
+
+    /// With a store: notes a change for the next write, and queues the channel for it.
+    fn unsynced(
+        &self,
+        channel: &ChannelName,
+        members: &mut Members,
+        change: Change,
+        member: &Arc<Member>,
+    ) {
+        if self.store.is_none() {
+            return;
+        }
+        members
+            .unsynced
+            .insert(member.conn_id, (change, Arc::clone(member)));
+        if !members.queued {
+            members.queued = true;
+            let _ = self.unsynced.send(channel.clone());
+        }
+    }
+
+    /// Up to `limit` of the channel's members after `cursor` (a `next_cursor`): on every
+    /// node with a store, else on this one.
+    ///
+    /// # Errors
+    /// A `cursor` that is not a `next_cursor`; the store cannot be read.
+    pub async fn page(
+        &self,
+        channel: &ChannelName,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Page, PresenceError> {
+        let after = match cursor {
+            None => None,
+            Some(cursor) => Some(parse_member_id(cursor).ok_or(PresenceError::BadCursor)?),
+        };
+        let Some(store) = &self.store else {
+            // One node: its own members, and a cursor names one of them.
+            let after = after.map(|(_, conn_id)| conn_id);
+            return Ok(self.local_page(channel, after, limit));
+        };
+        let page = store.page(channel, cursor, limit).await?;
+        Ok(Page {
+            members: page
+                .members
+                .iter()
+                .filter_map(|json| serde_json::from_str(json).ok())
+                .map(Arc::new)
+                .collect(),
+            next_cursor: page.next_cursor,
+        })
+    }
+
     /// Up to `limit` of the channel's members on this node, from connection `after` on.
     #[must_use]
-    pub fn page(&self, channel: &ChannelName, after: Option<ConnId>, limit: usize) -> Page {
+    pub fn local_page(&self, channel: &ChannelName, after: Option<ConnId>, limit: usize) -> Page {
         let Some(members) = self.members.get(channel) else {
             return Page {
                 members: Vec::new(),
@@ -213,7 +358,10 @@ impl Presence {
             .collect();
         let next_cursor = (listed.len() > limit).then(|| {
             listed.truncate(limit);
-            listed.last().map_or(0, |member| member.conn_id)
+            listed
+                .last()
+                .map(|member| member_id(&member.node, member.conn_id))
+                .unwrap_or_default()
         });
         Page {
             members: listed,
@@ -221,9 +369,22 @@ impl Presence {
         }
     }
 
-    /// The channel's member counts on this node, from counters.
+    /// The channel's member counts, from counters: on every node with a store, else on
+    /// this one.
+    ///
+    /// # Errors
+    /// The store cannot be read.
+    pub async fn stats(&self, channel: &ChannelName) -> Result<Stats, PresenceError> {
+        let Some(store) = &self.store else {
+            return Ok(self.local_stats(channel));
+        };
+        let (connections, users) = store.stats(channel).await?;
+        Ok(Stats { connections, users })
+    }
+
+    /// The channel's member counts on this node.
     #[must_use]
-    pub fn stats(&self, channel: &ChannelName) -> Stats {
+    pub fn local_stats(&self, channel: &ChannelName) -> Stats {
         self.members
             .get(channel)
             .map(|members| Stats {
@@ -254,7 +415,7 @@ impl Presence {
         // A member that came and goes (or went and comes back) within the interval: the
         // two cancel out.
         let Pending { changes, seen, .. } = &mut *state;
-        match changes.entry(member.conn_id) {
+        match changes.entry((Arc::clone(&member.node), member.conn_id)) {
             Entry::Occupied(pending) if pending.get().1 != change => {
                 pending.remove();
             }
@@ -315,6 +476,157 @@ impl Presence {
                 encode_many(change, channel, &members)
             };
             self.send(channel, text);
+        }
+    }
+
+    /// With a store: writes the queued channels' changes every `SYNC_EVERY`, refreshes
+    /// every channel with members every `refresh`, and announces members the store found
+    /// departed. Until `stop`, then writes what the closed sessions left.
+    async fn keep_stored(
+        self: Arc<Self>,
+        store: Arc<dyn PresenceStore>,
+        mut queue: tokio::sync::mpsc::UnboundedReceiver<ChannelName>,
+        refresh: Duration,
+        stop: CancellationToken,
+    ) {
+        let mut last_refresh = Instant::now();
+        let mut pause = SYNC_EVERY;
+        loop {
+            let stopping = tokio::select! {
+                () = stop.cancelled() => true,
+                () = tokio::time::sleep(pause) => false,
+            };
+            let mut channels = Vec::new();
+            while let Ok(channel) = queue.try_recv() {
+                channels.push(channel);
+            }
+            let mut index = Vec::new();
+            let refreshing = last_refresh.elapsed() >= refresh && !stopping;
+            if refreshing {
+                last_refresh = Instant::now();
+                for entry in &self.members {
+                    if !entry.queued && entry.stored {
+                        channels.push(entry.key().clone());
+                    }
+                    if !entry.conns.is_empty() {
+                        index.push(entry.key().clone());
+                    }
+                }
+            }
+            let failed = self.write_store(&*store, channels).await;
+            if refreshing {
+                store.index(index, true).await;
+            }
+            if stopping {
+                break;
+            }
+            pause = if failed { SYNC_RETRY } else { SYNC_EVERY };
+            for departed in store.departed().await {
+                self.departed(&departed.channel, &departed.members);
+            }
+        }
+    }
+
+    /// Writes `channels`' changes (a channel without any, its refresh); says whether a write
+    /// failed (those channels are queued again, to be written in full).
+    async fn write_store(&self, store: &dyn PresenceStore, channels: Vec<ChannelName>) -> bool {
+        let mut writes = Vec::with_capacity(channels.len());
+        let mut listed_after = Vec::with_capacity(channels.len());
+        for channel in channels {
+            let Some(mut members) = self.members.get_mut(&channel) else {
+                continue;
+            };
+            members.queued = false;
+            let changes = std::mem::take(&mut members.unsynced);
+            let json = |member: &Member| serde_json::to_string(member).unwrap_or_default();
+            let mut write = PresenceWrite {
+                channel: channel.clone(),
+                full: members.full,
+                expect: members.stored,
+                joins: Vec::new(),
+                leaves: Vec::new(),
+            };
+            if write.full {
+                write.joins = members
+                    .conns
+                    .values()
+                    .map(|member| (member.conn_id, Arc::clone(&member.user), json(member)))
+                    .collect();
+            } else {
+                for (change, member) in changes.into_values() {
+                    match change {
+                        Change::Join => write.joins.push((
+                            member.conn_id,
+                            Arc::clone(&member.user),
+                            json(&member),
+                        )),
+                        Change::Leave => write
+                            .leaves
+                            .push((member.conn_id, Arc::clone(&member.user))),
+                    }
+                }
+            }
+            listed_after.push(!members.conns.is_empty());
+            writes.push(write);
+        }
+        if writes.is_empty() {
+            return false;
+        }
+        let channels: Vec<ChannelName> = writes.iter().map(|write| write.channel.clone()).collect();
+        let outcomes = store.write(writes).await;
+        let mut failed = false;
+        let mut indexed = Vec::new();
+        for ((channel, listed), outcome) in channels.into_iter().zip(listed_after).zip(outcomes) {
+            let Some(mut members) = self.members.get_mut(&channel) else {
+                continue;
+            };
+            if outcome == WriteOutcome::Done {
+                members.full = false;
+                if listed && !members.stored {
+                    indexed.push(channel.clone());
+                }
+                members.stored = listed;
+            } else {
+                let unreachable = outcome == WriteOutcome::Failed;
+                failed |= unreachable;
+                telemetry::presence_rewrite(if unreachable { "unreachable" } else { "lost" });
+                self.rewrite(&channel, &mut members);
+            }
+            let forgotten = members.forgotten();
+            drop(members);
+            if forgotten {
+                self.members
+                    .remove_if(&channel, |_, members| members.forgotten());
+            }
+        }
+        if !indexed.is_empty() {
+            store.index(indexed, false).await;
+        }
+        failed
+    }
+
+    /// Members of another node the store found departed (their node died): `leave` events
+    /// where the namespace has them. This node's own members are alive whatever the store
+    /// thought (a late refresh): the next write puts them back.
+    fn departed(self: &Arc<Self>, channel: &ChannelName, members: &[String]) {
+        let join_leave = self
+            .namespaces
+            .membership(channel.as_str())
+            .is_some_and(|membership| membership.join_leave);
+        for json in members {
+            let Ok(member) = serde_json::from_str::<Member>(json) else {
+                continue;
+            };
+            if member.node == self.node {
+                if let Some(mut members) = self.members.get_mut(channel) {
+                    telemetry::presence_rewrite("lost");
+                    self.rewrite(channel, &mut members);
+                }
+                continue;
+            }
+            if join_leave {
+                self.event(channel, Change::Leave, Arc::new(member));
+            }
         }
     }
 

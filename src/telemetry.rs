@@ -45,6 +45,8 @@ pub const JWKS_REFRESHES: &str = "ws_jwks_refresh_total";
 pub const FORBIDDEN: &str = "ws_forbidden_total";
 pub const PRESENCE_EVENTS: &str = "ws_presence_events_total";
 pub const PRESENCE_EVENTS_DROPPED: &str = "ws_presence_events_dropped_total";
+/// Presence writes to Redis that must be redone in full, by reason.
+pub const PRESENCE_REWRITES: &str = "ws_presence_rewrites_total";
 pub const QUEUE_MESSAGES: &str = "ws_outbound_queue_messages";
 pub const QUEUE_MAX_MESSAGES: &str = "ws_outbound_queue_max_messages";
 pub const QUEUE_BYTES: &str = "ws_outbound_queue_bytes";
@@ -220,6 +222,12 @@ pub fn presence_event_dropped(reason: &'static str) {
     metrics::counter!(PRESENCE_EVENTS_DROPPED, "reason" => reason).increment(1);
 }
 
+/// Counts a channel's presence write redone in full: `unreachable` (Redis did not answer)
+/// or `lost` (Redis no longer held this node's members: expired, or Redis restarted).
+pub fn presence_rewrite(reason: &'static str) {
+    metrics::counter!(PRESENCE_REWRITES, "reason" => reason).increment(1);
+}
+
 /// Counts a refused upgrade by reason.
 pub fn connection_rejected(reason: &'static str) {
     metrics::counter!(CONNECTIONS_REJECTED, "reason" => reason).increment(1);
@@ -330,6 +338,10 @@ fn describe() {
     describe_counter!(
         PRESENCE_EVENTS_DROPPED,
         "Join/leave frames not sent, by reason: queue_full (65,536 waiting) or bus (unavailable)"
+    );
+    describe_counter!(
+        PRESENCE_REWRITES,
+        "Channels whose presence is written to Redis again in full, by reason: unreachable or lost"
     );
     describe_counter!(
         AUTH,

@@ -9,12 +9,12 @@
 
 mod redis;
 
-pub use self::redis::{NodeInfo, RedisBus, RedisSettings};
+pub use self::redis::{NodeInfo, RedisBus, RedisPresence, RedisSettings};
 
 use std::{future::Future, pin::Pin};
 
 use crate::{
-    hub::{History, HubHandle, RemoteView, SessionCommand, WriteBatch},
+    hub::{ConnId, History, HubHandle, RemoteView, SessionCommand, WriteBatch},
     protocol::{ChannelName, Offset},
 };
 
@@ -214,5 +214,159 @@ impl Bus for LocalBus {
 
     fn kind(&self) -> &'static str {
         "local"
+    }
+}
+
+/// A member's id in a [`PresenceStore`], and the `next_cursor` of the page it ends:
+/// `<node> <conn_id>`, the connection zero-padded to 20 digits, so that ids sort by node,
+/// then connection (node ids are `A-Z a-z 0-9 - _ .`, all after the space).
+#[must_use]
+pub fn member_id(node: &str, conn_id: ConnId) -> String {
+    use std::fmt::Write as _;
+    let mut id = String::with_capacity(node.len() + 21);
+    let _ = write!(id, "{node} {conn_id:020}");
+    id
+}
+
+/// The node and connection of a [`member_id`]; `None` when `id` is not one.
+#[must_use]
+pub fn parse_member_id(id: &str) -> Option<(&str, ConnId)> {
+    let (node, conn) = id.split_once(' ')?;
+    let node_ok = (1..=64).contains(&node.len())
+        && node
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    let conn_ok = conn.len() == 20 && conn.bytes().all(|b| b.is_ascii_digit());
+    (node_ok && conn_ok).then_some((node, conn.parse().ok()?))
+}
+
+/// One channel's presence changes from this node, for a [`PresenceStore`].
+#[derive(Debug, Clone)]
+pub struct PresenceWrite {
+    pub channel: ChannelName,
+    /// Replace this node's members of the channel with `joins` (after a failed write, or
+    /// when the store lost them).
+    pub full: bool,
+    /// The store should hold this node's members of the channel: if it does not, it lost
+    /// them (expired, Redis restarted), and the answer is [`WriteOutcome::Lost`].
+    pub expect: bool,
+    /// Members that joined: connection, user, the member as JSON.
+    pub joins: Vec<(ConnId, std::sync::Arc<str>, String)>,
+    /// Members that left: connection, user.
+    pub leaves: Vec<(ConnId, std::sync::Arc<str>)>,
+}
+
+/// What became of a [`PresenceWrite`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    Done,
+    /// The store did not hold what `expect` said it should: write the channel in full.
+    Lost,
+    /// Not written (the store is unreachable): write the channel in full later.
+    Failed,
+}
+
+/// One page of a channel's members from a [`PresenceStore`].
+#[derive(Debug, Clone, Default)]
+pub struct StoredPage {
+    /// Each member as the JSON its node wrote.
+    pub members: Vec<String>,
+    pub next_cursor: Option<String>,
+}
+
+/// Members whose node stopped refreshing them (it died), removed by this node's query.
+#[derive(Debug, Clone)]
+pub struct Departed {
+    pub channel: ChannelName,
+    /// Each member as the JSON its node wrote.
+    pub members: Vec<String>,
+}
+
+/// Cluster-wide presence: every node's members of a channel, kept where every node reads
+/// them. Each node writes its own members in batches and refreshes them; a node that stops
+/// refreshing loses them after the store's TTL, or sooner when the node registry sees it
+/// gone. The embedded default has none: a single node answers from its own members.
+pub trait PresenceStore: Send + Sync + std::fmt::Debug + 'static {
+    /// Writes this node's changes (a write with no changes refreshes the channel's
+    /// members); one outcome per write, in order.
+    fn write(&self, writes: Vec<PresenceWrite>) -> BusFuture<'_, Vec<WriteOutcome>>;
+
+    /// Up to `limit` members of `channel` on every node, after `cursor` (a `next_cursor`).
+    ///
+    /// # Errors
+    /// [`BusError::Unavailable`] when the store cannot be read.
+    fn page<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        cursor: Option<&'a str>,
+        limit: usize,
+    ) -> BusFuture<'a, Result<StoredPage, BusError>>;
+
+    /// The channel's connections and distinct users on every node, from counters.
+    ///
+    /// # Errors
+    /// [`BusError::Unavailable`] when the store cannot be read.
+    fn stats<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+    ) -> BusFuture<'a, Result<(usize, usize), BusError>>;
+
+    /// Records the channels this node has members in, so that the node that sees it gone
+    /// from the registry can remove them at once.
+    fn index(&self, channels: Vec<ChannelName>, replace: bool) -> BusFuture<'_, ()>;
+
+    /// Members of departed nodes removed since the last call (by this node's queries, or
+    /// because the registry saw their node gone), for `leave` events.
+    fn departed(&self) -> BusFuture<'_, Vec<Departed>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn member_ids_sort_by_node_then_connection() {
+        let mut ids = vec![
+            member_id("n-2", 1),
+            member_id("n", 10),
+            member_id("n", 9),
+            member_id("n.1", 0),
+        ];
+        ids.sort();
+        assert_eq!(
+            ids,
+            [
+                "n 00000000000000000009",
+                "n 00000000000000000010",
+                "n-2 00000000000000000001",
+                "n.1 00000000000000000000",
+            ]
+        );
+        // The Redis store reads a node's members as the range `[n ` .. `(n!`.
+        let of_n: Vec<_> = ids
+            .iter()
+            .filter(|id| id.as_str() >= "n " && id.as_str() < "n!")
+            .collect();
+        assert_eq!(of_n.len(), 2);
+    }
+
+    #[test]
+    fn member_ids_parse_back_and_nothing_else_does() {
+        assert_eq!(
+            parse_member_id(&member_id("node-1", 42)),
+            Some(("node-1", 42))
+        );
+        for bad in [
+            "",
+            "42",
+            "node 42",
+            " 00000000000000000042",
+            "no\u{1}de 00000000000000000042",
+            "node 0000000000000000004x",
+            "node 99999999999999999999",
+        ] {
+            assert_eq!(parse_member_id(bad), None, "{bad:?}");
+        }
+        assert_eq!(parse_member_id(&member_id(&"n".repeat(65), 1)), None);
     }
 }

@@ -488,6 +488,12 @@ pub struct PresenceConfig {
     /// Members one `presence` frame's reply lists at most (the reply says `truncated`
     /// beyond it; the control API pages through all). Default 1000; 1 to 100000.
     pub max_listed: usize,
+    /// With Redis: how long a node's members stay listed after its last refresh (it
+    /// refreshes every third of this). A node that dies without deregistering disappears
+    /// from presence after this at most, sooner when the node registry sees it gone (about
+    /// 10s). Default 30s; 3s to 1h.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
 }
 
 impl Default for PresenceConfig {
@@ -495,6 +501,7 @@ impl Default for PresenceConfig {
         Self {
             coalesce: Duration::from_millis(200),
             max_listed: 1000,
+            ttl: Duration::from_secs(30),
         }
     }
 }
@@ -507,6 +514,9 @@ impl PresenceConfig {
         };
         if self.coalesce > Duration::from_secs(10) {
             return Err(invalid("presence.coalesce", "must be at most 10s"));
+        }
+        if !(Duration::from_secs(3)..=Duration::from_secs(3600)).contains(&self.ttl) {
+            return Err(invalid("presence.ttl", "must be between 3s and 1h"));
         }
         if !(1..=100_000).contains(&self.max_listed) {
             return Err(invalid(

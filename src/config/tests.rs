@@ -35,6 +35,8 @@ fn out_of_range_values_name_the_key() {
         ("[server]\nshards = 3\n", "server.shards"),
         ("[presence]\ncoalesce = \"11s\"\n", "presence.coalesce"),
         ("[presence]\nmax_listed = 0\n", "presence.max_listed"),
+        ("[presence]\nttl = \"2s\"\n", "presence.ttl"),
+        ("[presence]\nttl = \"2h\"\n", "presence.ttl"),
         ("[presence]\nmax_listed = 100001\n", "presence.max_listed"),
         ("[server]\nworker_threads = 1025\n", "server.worker_threads"),
         ("[server]\nws_path = \"ws\"\n", "server.ws_path"),

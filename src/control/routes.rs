@@ -11,6 +11,7 @@ use super::{Body, ControlContext, is_loopback, response};
 use crate::{
     cluster::BusError,
     hub::{SessionCommand, WriteBatch},
+    presence::PresenceError,
     protocol::{ChannelName, CloseCode, ErrorCode, Offset},
     telemetry::{self, RateScope},
 };
@@ -105,6 +106,15 @@ impl From<BusError> for ApiError {
     fn from(err: BusError) -> Self {
         match err {
             BusError::Unavailable(_) => ApiError::new(503, ErrorCode::Unavailable, err.to_string()),
+        }
+    }
+}
+
+impl From<PresenceError> for ApiError {
+    fn from(err: PresenceError) -> Self {
+        match err {
+            PresenceError::BadCursor => ApiError::new(400, ErrorCode::BadRequest, err.to_string()),
+            PresenceError::Unavailable(err) => err.into(),
         }
     }
 }
@@ -252,8 +262,8 @@ async fn route_v1(
                 let query = request.uri().query().unwrap_or("").to_owned();
                 let handled = match route {
                     "history" => history(&raw, &query, ctx).await,
-                    "presence" => presence(&raw, &query, ctx),
-                    _ => presence_stats(&raw, &query, ctx),
+                    "presence" => presence(&raw, &query, ctx).await,
+                    _ => presence_stats(&raw, &query, ctx).await,
                 };
                 (route_label(route), handled)
             }
@@ -936,28 +946,23 @@ fn parse_limit(value: &str, max: usize) -> Result<usize, ApiError> {
 const MAX_PRESENCE_PAGE: usize = 1000;
 const DEFAULT_PRESENCE_PAGE: usize = 100;
 
-/// `GET /v1/channels/{channel}/presence?cursor=&limit=`: this node's members of the
-/// channel, in connection order, a page at a time.
-fn presence(raw_channel: &str, query: &str, ctx: &ControlContext) -> Handled {
+/// `GET /v1/channels/{channel}/presence?cursor=&limit=`: the channel's members (on every
+/// node in a cluster), by node and connection, a page at a time.
+async fn presence(raw_channel: &str, query: &str, ctx: &ControlContext) -> Handled {
     let channel = channel_name(raw_channel, ctx)?;
     let mut cursor = None;
     let mut limit = DEFAULT_PRESENCE_PAGE;
     for (key, value) in query_pairs(query, &["cursor", "limit"])? {
         match key.as_str() {
             "cursor" if value.is_empty() => {}
-            "cursor" => {
-                cursor = Some(value.parse::<u64>().map_err(|_| {
-                    ApiError::new(
-                        400,
-                        ErrorCode::BadRequest,
-                        "`cursor` must be a `next_cursor`",
-                    )
-                })?);
-            }
+            "cursor" => cursor = Some(value),
             _ => limit = parse_limit(&value, MAX_PRESENCE_PAGE)?,
         }
     }
-    let page = ctx.presence.page(&channel, cursor, limit);
+    let page = ctx
+        .presence
+        .page(&channel, cursor.as_deref(), limit)
+        .await?;
     let body = serde_json::json!({
         "channel": channel.as_str(),
         "node": &*ctx.node_id,
@@ -967,11 +972,12 @@ fn presence(raw_channel: &str, query: &str, ctx: &ControlContext) -> Handled {
     Ok(response(200, JSON, body.to_string()))
 }
 
-/// `GET /v1/channels/{channel}/presence-stats`: this node's member counts.
-fn presence_stats(raw_channel: &str, query: &str, ctx: &ControlContext) -> Handled {
+/// `GET /v1/channels/{channel}/presence-stats`: the channel's member counts (on every node
+/// in a cluster), from counters.
+async fn presence_stats(raw_channel: &str, query: &str, ctx: &ControlContext) -> Handled {
     let channel = channel_name(raw_channel, ctx)?;
     query_pairs(query, &[])?;
-    let stats = ctx.presence.stats(&channel);
+    let stats = ctx.presence.stats(&channel).await?;
     let body = serde_json::json!({
         "channel": channel.as_str(),
         "node": &*ctx.node_id,

@@ -57,7 +57,19 @@ fn frames(outbound: &Outbound) -> Vec<serde_json::Value> {
 
 fn presence(hub: &HubHandle, coalesce: Duration) -> Arc<Presence> {
     let bus: Arc<dyn Bus> = Arc::new(LocalBus::new(Arc::clone(hub)));
-    Presence::start("n1", coalesce, 100, bus, &Shutdown::new())
+    Presence::start(
+        PresenceSettings {
+            node: Arc::from("n1"),
+            coalesce,
+            max_listed: 100,
+            ttl: Duration::from_secs(30),
+            namespaces: crate::auth::Namespaces::default(),
+        },
+        bus,
+        None,
+        &Shutdown::new(),
+        &CancellationToken::new(),
+    )
 }
 
 /// Lets the event task hand what was queued to the hub.
@@ -78,22 +90,26 @@ async fn members_are_listed_in_pages_and_counted_per_user() {
     // The same connection twice counts once.
     presence.joined(&room, member(3, "alice"), false);
     assert_eq!(
-        presence.stats(&room),
+        presence.stats(&room).await.unwrap(),
         Stats {
             connections: 4,
             users: 3
         }
     );
-    let first = presence.page(&room, None, 3);
+    let first = presence.page(&room, None, 3).await.unwrap();
     let ids: Vec<_> = first.members.iter().map(|m| m.conn_id).collect();
-    assert_eq!((ids, first.next_cursor), (vec![1, 2, 3], Some(3)));
-    let rest = presence.page(&room, first.next_cursor, 3);
+    let cursor = member_id("n1", 3);
+    assert_eq!(
+        (ids, first.next_cursor.as_deref()),
+        (vec![1, 2, 3], Some(&*cursor))
+    );
+    let rest = presence.page(&room, Some(&cursor), 3).await.unwrap();
     assert_eq!(rest.members.len(), 1);
     assert_eq!(rest.next_cursor, None);
     presence.left(&room, 2, false);
     presence.left(&room, 2, false);
     assert_eq!(
-        presence.stats(&room),
+        presence.stats(&room).await.unwrap(),
         Stats {
             connections: 3,
             users: 3
@@ -102,7 +118,7 @@ async fn members_are_listed_in_pages_and_counted_per_user() {
     for conn_id in [1, 3, 4] {
         presence.left(&room, conn_id, false);
     }
-    assert_eq!(presence.stats(&room), Stats::default());
+    assert_eq!(presence.stats(&room).await.unwrap(), Stats::default());
     assert!(presence.members.is_empty(), "an empty channel is forgotten");
 }
 
@@ -148,7 +164,7 @@ async fn a_quiet_channel_hears_of_a_join_at_once_and_a_burst_in_one_frame_each_w
     assert_eq!(joined, (21..=60).collect::<Vec<_>>());
     assert_eq!(got[1]["type"], "leave");
     assert_eq!(got[1]["user"], "alice", "one member: the single shape");
-    assert_eq!(presence.stats(&room).connections, 40);
+    assert_eq!(presence.local_stats(&room).connections, 40);
 
     // Quiet for an interval again: the next event leaves at once.
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -705,11 +705,17 @@ mod tests {
             connect_limiter: None,
             auth: None,
             presence: crate::presence::Presence::start(
-                "n",
-                Duration::ZERO,
-                10,
+                crate::presence::PresenceSettings {
+                    node: Arc::from("n"),
+                    coalesce: Duration::ZERO,
+                    max_listed: 10,
+                    ttl: Duration::from_secs(30),
+                    namespaces: Namespaces::default(),
+                },
                 Arc::new(LocalBus::new(Arc::clone(&hub))),
+                None,
                 &crate::shutdown::Shutdown::new(),
+                &tokio_util::sync::CancellationToken::new(),
             ),
         });
         // The accept loop spawns `serve_tcp`: that future is the session task's state.

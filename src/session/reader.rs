@@ -334,7 +334,7 @@ impl Reader {
     }
 
     /// `{"type":"presence"}`: the channel's members, as many as fit in one reply.
-    fn presence(&self, id: Option<u64>, name: &str) {
+    async fn presence(&self, id: Option<u64>, name: &str) {
         let Some(channel) = self.channel(id, name) else {
             return;
         };
@@ -344,7 +344,10 @@ impl Reader {
         let presence = &self.ctx.presence;
         let mut limit = presence.max_listed();
         loop {
-            let page = presence.page(&channel, None, limit);
+            let page = match presence.page(&channel, None, limit).await {
+                Ok(page) => page,
+                Err(err) => return self.error(id, ErrorCode::Unavailable, &err.to_string()),
+            };
             let reply = presence::encode_presence(id, &channel, &page);
             if reply.len() <= self.ctx.settings.history_reply_bytes || limit == 1 {
                 return self.send(reply);
@@ -354,15 +357,17 @@ impl Reader {
     }
 
     /// `{"type":"presence_stats"}`: how many connections and users the channel has.
-    fn presence_stats(&self, id: Option<u64>, name: &str) {
+    async fn presence_stats(&self, id: Option<u64>, name: &str) {
         let Some(channel) = self.channel(id, name) else {
             return;
         };
         if !self.permitted(id, &channel, Action::Presence) {
             return;
         }
-        let stats = self.ctx.presence.stats(&channel);
-        self.send(presence::encode_presence_stats(id, &channel, stats));
+        match self.ctx.presence.stats(&channel).await {
+            Ok(stats) => self.send(presence::encode_presence_stats(id, &channel, stats)),
+            Err(err) => self.error(id, ErrorCode::Unavailable, &err.to_string()),
+        }
     }
 
     /// Reads, and writes what the queue holds, until the session must end; says why.
@@ -673,8 +678,10 @@ impl Reader {
             Ok(ClientFrame::Publish { id, channel, data }) => {
                 self.publish(id, &channel, data.get()).await;
             }
-            Ok(ClientFrame::Presence { id, channel }) => self.presence(id, &channel),
-            Ok(ClientFrame::PresenceStats { id, channel }) => self.presence_stats(id, &channel),
+            Ok(ClientFrame::Presence { id, channel }) => self.presence(id, &channel).await,
+            Ok(ClientFrame::PresenceStats { id, channel }) => {
+                self.presence_stats(id, &channel).await;
+            }
             Ok(ClientFrame::Auth { id, token }) => self.authenticate(id, &token).await,
             Ok(ClientFrame::Refresh { id, token }) => self.refresh(id, &token).await,
         }

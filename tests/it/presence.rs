@@ -161,10 +161,11 @@ async fn members_are_listed_and_counted_to_whom_the_namespace_allows() {
         .await;
     assert_eq!(status, 200, "{page}");
     assert_eq!(page["members"].as_array().unwrap().len(), 2);
-    let cursor = page["next_cursor"].as_u64().expect("a next page");
+    let cursor = page["next_cursor"].as_str().expect("a next page");
     let (_, rest) = server
         .get_json(&format!(
-            "/v1/channels/room:1/presence?cursor={cursor}&limit=2"
+            "/v1/channels/room:1/presence?cursor={}&limit=2",
+            cursor.replace(' ', "%20")
         ))
         .await;
     assert_eq!(rest["members"].as_array().unwrap().len(), 1);
@@ -418,4 +419,102 @@ async fn the_control_api_subscribes_every_device_of_a_user_on_every_node() {
     );
     a.stop().await;
     b.stop().await;
+}
+
+/// The channel's counts as node `server` answers them (`presence_stats` of the API).
+async fn stats(server: &TestServer, channel: &str) -> (u64, u64) {
+    let (status, stats) = server
+        .get_json(&format!("/v1/channels/{channel}/presence-stats"))
+        .await;
+    assert_eq!(status, 200, "{stats}");
+    (
+        stats["connections"].as_u64().unwrap(),
+        stats["users"].as_u64().unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_are_listed_and_counted_across_three_nodes() {
+    let redis = RedisServer::start(false);
+    let a = builder().redis(&redis.url()).start().await;
+    let b = builder().redis(&redis.url()).start().await;
+    let c = builder().redis(&redis.url()).start().await;
+    let mut alice = member(&a, "alice", "Ada").await;
+    let mut bob_phone = member(&b, "bob", "Bob").await;
+    let mut bob_laptop = member(&c, "bob", "Bob").await;
+    let mut carol = member(&c, "carol", "Carol").await;
+    for client in [&mut alice, &mut bob_phone, &mut bob_laptop, &mut carol] {
+        client.subscribe("room:1").await;
+    }
+    // Every node answers for all three, from counters: bob on two nodes is one user.
+    for node in [&a, &b, &c] {
+        crate::assert_eventually!(
+            stats(node, "room:1").await == (4, 3),
+            "every node counts 4 connections of 3 users"
+        );
+    }
+    let reply = answer(
+        &mut alice,
+        json!({"type": "presence", "id": 1, "channel": "room:1"}),
+    )
+    .await;
+    assert_eq!(users(&reply["members"]), ["alice", "bob", "bob", "carol"]);
+    let mut nodes: Vec<&str> = reply["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|member| member["node"].as_str().unwrap())
+        .collect();
+    nodes.sort_unstable();
+    nodes.dedup();
+    assert_eq!(nodes.len(), 3, "{reply}");
+    let carols = reply["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|member| member["user"] == "carol")
+        .cloned()
+        .unwrap();
+    assert_eq!(carols["info"], json!({"name": "Carol"}));
+    assert_eq!(carols["conn_id"], carol.conn_id());
+
+    // The API pages through every node's members, one at a time.
+    let mut listed = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let (status, page) = b
+            .get_json(&format!(
+                "/v1/channels/room:1/presence?limit=1&cursor={}",
+                cursor.replace(' ', "%20")
+            ))
+            .await;
+        assert_eq!(status, 200, "{page}");
+        listed.extend(users(&page["members"]));
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = next.to_owned(),
+            None => break,
+        }
+        assert!(listed.len() <= 4, "the pages end");
+    }
+    listed.sort();
+    assert_eq!(listed, ["alice", "bob", "bob", "carol"]);
+    let (status, bad) = a.get_json("/v1/channels/room:1/presence?cursor=nope").await;
+    assert_eq!(
+        (status, bad["error"]["code"].as_str()),
+        (400, Some("bad_request"))
+    );
+
+    // Bob's laptop goes: still one bob; then his phone unsubscribes: no bob.
+    drop(bob_laptop);
+    crate::assert_eventually!(
+        stats(&a, "room:1").await == (3, 3),
+        "bob's laptop is gone, bob is not"
+    );
+    bob_phone
+        .send(json!({"type": "unsubscribe", "id": 5, "channel": "room:1"}))
+        .await;
+    crate::assert_eventually!(stats(&c, "room:1").await == (2, 2), "bob is gone");
+    a.stop().await;
+    b.stop().await;
+    c.stop().await;
 }

@@ -16,6 +16,10 @@
 //! (never `$` after a reconnect) and hands entries to [`Hub::deliver`], which keeps those with
 //! local interest and drops duplicates.
 
+mod presence;
+
+pub use self::presence::RedisPresence;
+
 use std::{
     sync::{
         Arc, Mutex, PoisonError,
@@ -311,6 +315,9 @@ struct Inner {
     health: Health,
     started: Instant,
     in_flight: AtomicUsize,
+    /// Nodes this node saw leave the registry without deregistering (their heartbeat
+    /// expired), whose presence it removes.
+    departed_nodes: Mutex<Vec<String>>,
 }
 
 /// The Redis Streams bus. Cheap to clone.
@@ -366,6 +373,7 @@ impl RedisBus {
             },
             started: Instant::now(),
             in_flight: AtomicUsize::new(0),
+            departed_nodes: Mutex::new(Vec::new()),
             settings,
             hub,
         });
@@ -377,6 +385,13 @@ impl RedisBus {
         ));
         tasks.spawn(heartbeat(Arc::clone(&inner), node, stop.clone()));
         Ok(Self { inner })
+    }
+
+    /// Cluster-wide presence in the same Redis, members kept for `ttl` past their node's
+    /// last refresh.
+    #[must_use]
+    pub fn presence(&self, ttl: Duration) -> RedisPresence {
+        RedisPresence::new(Arc::clone(&self.inner), ttl)
     }
 
     /// Live nodes from the registry, as JSON objects.
@@ -1374,6 +1389,33 @@ impl BusEntry {
     }
 }
 
+/// Takes nodes whose registry entry expired (they died without deregistering) out of the
+/// registry; the one node whose `ZREM` removes a node's entry also removes its presence.
+async fn remove_expired(inner: &Inner, conn: &mut RedisConn, expired: Vec<String>) {
+    for node in expired {
+        match redis::cmd("ZREM")
+            .arg(REGISTRY_SET)
+            .arg(&node)
+            .query_async::<u64>(conn)
+            .await
+        {
+            Ok(1) => {
+                tracing::warn!(%node, "A node left the registry without deregistering");
+                inner
+                    .departed_nodes
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(node);
+            }
+            Ok(_) => {}
+            Err(err) => {
+                inner.failed("heartbeat", &err);
+                return;
+            }
+        }
+    }
+}
+
 /// Registers this node in Redis every `NODE_HEARTBEAT`, with a TTL.
 async fn heartbeat(inner: Arc<Inner>, node: NodeInfo, stop: CancellationToken) {
     let started_unix_ms = unix_ms();
@@ -1413,13 +1455,15 @@ async fn heartbeat(inner: Arc<Inner>, node: NodeInfo, stop: CancellationToken) {
             .arg(now + ttl_ms)
             .arg(id)
             .ignore()
-            .cmd("ZREMRANGEBYSCORE")
+            .cmd("ZRANGEBYSCORE")
             .arg(REGISTRY_SET)
             .arg("-inf")
-            .arg(now)
-            .ignore();
-        match pipe.query_async::<()>(&mut conn).await {
-            Ok(()) => registered = true,
+            .arg(format!("({now}"));
+        match pipe.query_async::<(Vec<String>,)>(&mut conn).await {
+            Ok((expired,)) => {
+                registered = true;
+                remove_expired(&inner, &mut conn, expired).await;
+            }
             Err(err) => {
                 inner.failed("heartbeat", &err);
             }

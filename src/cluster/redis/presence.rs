@@ -1,0 +1,491 @@
+//! Cluster-wide presence in Redis ([`PresenceStore`]).
+//!
+//! Keys of a channel (`P` its partition, so that in Redis Cluster they share a slot with the
+//! channel's streams and one script can hold them all):
+//! - `sb:{sb:P}:pm:<channel>`: sorted set of members, all score 0, each `<node> <conn_id>`
+//!   with the connection id zero-padded to 20 digits: by node, then connection, so a
+//!   node's members are one lexicographic range and pages follow `ZRANGEBYLEX`.
+//! - `sb:{sb:P}:pd:<channel>`: hash, the same member -> the member as JSON.
+//! - `sb:{sb:P}:pu:<channel>`: hash, user -> connections on every node (`HLEN` is the
+//!   distinct users, `ZCARD` of `pm` the connections: `presence_stats` never lists).
+//! - `sb:{sb:P}:pn:<channel>`: hash, node -> the Redis time (ms) its members expire at.
+//!
+//! A node writes its changes per channel in one script call per batch, and refreshes every
+//! channel it has members in once per `presence.ttl / 3` (one call per channel, not per
+//! connection). Every script first removes the members of nodes whose time has passed
+//! (a node that died), all four keys together, so the counters never disagree with the
+//! list; every write moves the keys' own expiry to the TTL, so a channel whose every node
+//! died leaves nothing behind. `sb:{sb:nodes}:presence:<node>` lists the channels a node
+//! has members in: the node that sees another leave the registry without saying goodbye
+//! (its heartbeat expired) removes its members from each at once.
+
+use std::{
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+use futures_util::future::join_all;
+use redis::{Script, Value};
+
+use super::{Inner, RedisConn, as_string, as_u64};
+use crate::{
+    cluster::{
+        BusError, BusFuture, Departed, PresenceStore, PresenceWrite, StoredPage, WriteOutcome,
+        member_id,
+    },
+    protocol::ChannelName,
+};
+
+/// Changes one script call carries at most: a room of 19,000 written in full is 19 calls,
+/// each holding Redis for a few milliseconds, not one call holding it for 50.
+const CHANGES_PER_CALL: usize = 1000;
+/// Script calls in flight at once (pipelined on the one connection).
+const CALLS_IN_FLIGHT: usize = 64;
+/// Channels per `SADD` of the index.
+const INDEX_CHUNK: usize = 1000;
+
+/// Shared by every script: Redis time, and removing a node's members (all four keys).
+const COMMON_LUA: &str = r"
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function forget(id, user)
+  if redis.call('HINCRBY', KEYS[3], user, -1) <= 0 then redis.call('HDEL', KEYS[3], user) end
+  redis.call('HDEL', KEYS[2], id)
+end
+local function drop(node, departed)
+  local ids = redis.call('ZRANGEBYLEX', KEYS[1], '[' .. node .. ' ', '(' .. node .. '!')
+  for _, id in ipairs(ids) do
+    local json = redis.call('HGET', KEYS[2], id)
+    local user = ''
+    if json then
+      local ok, member = pcall(cjson.decode, json)
+      if ok and type(member) == 'table' and type(member.user) == 'string' then
+        user = member.user
+      end
+      if departed then table.insert(departed, json) end
+    end
+    forget(id, user)
+    redis.call('ZREM', KEYS[1], id)
+  end
+  redis.call('HDEL', KEYS[4], node)
+end
+local function prune(now, forced, departed)
+  if forced then drop(forced, departed) end
+  local nodes = redis.call('HGETALL', KEYS[4])
+  for i = 1, #nodes, 2 do
+    if tonumber(nodes[i + 1]) < now and nodes[i] ~= ARGV[1] then drop(nodes[i], departed) end
+  end
+end
+local function expire(ttl)
+  for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ttl) end
+end
+";
+
+/// ARGV: node, ttl ms, expect (0/1), full (0/1), joins J, then J x (id, user, json), then
+/// (id, user) per leave. Returns `{lost, departed}`.
+const WRITE_LUA: &str = r"
+local node = ARGV[1]
+local ttl = tonumber(ARGV[2])
+local now = now_ms()
+local departed = {}
+prune(now, nil, departed)
+local known = redis.call('HEXISTS', KEYS[4], node) == 1
+if ARGV[4] == '1' then
+  drop(node, nil)
+elseif ARGV[3] == '1' and not known then
+  return {1, departed}
+end
+local joins = tonumber(ARGV[5])
+local i = 6
+for _ = 1, joins do
+  if redis.call('ZADD', KEYS[1], 'NX', 0, ARGV[i]) == 1 then
+    redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 2])
+    redis.call('HINCRBY', KEYS[3], ARGV[i + 1], 1)
+  end
+  i = i + 3
+end
+while i < #ARGV do
+  if redis.call('ZREM', KEYS[1], ARGV[i]) == 1 then forget(ARGV[i], ARGV[i + 1]) end
+  i = i + 2
+end
+if #redis.call('ZRANGEBYLEX', KEYS[1], '[' .. node .. ' ', '(' .. node .. '!', 'LIMIT', 0, 1) > 0 then
+  redis.call('HSET', KEYS[4], node, now + ttl)
+  expire(ttl)
+else
+  redis.call('HDEL', KEYS[4], node)
+end
+return {0, departed}
+";
+
+/// ARGV: node (kept), cursor ('' from the start), count. Returns `{departed, ids, jsons}`.
+const PAGE_LUA: &str = r"
+local departed = {}
+prune(now_ms(), nil, departed)
+local from = '-'
+if ARGV[2] ~= '' then from = '(' .. ARGV[2] end
+local ids = redis.call('ZRANGEBYLEX', KEYS[1], from, '+', 'LIMIT', 0, tonumber(ARGV[3]))
+local jsons = {}
+if #ids > 0 then jsons = redis.call('HMGET', KEYS[2], unpack(ids)) end
+return {departed, ids, jsons}
+";
+
+/// ARGV: node (kept). Returns `{departed, connections, users}`.
+const STATS_LUA: &str = r"
+local departed = {}
+prune(now_ms(), nil, departed)
+return {departed, redis.call('ZCARD', KEYS[1]), redis.call('HLEN', KEYS[3])}
+";
+
+/// ARGV: node (kept), the node gone. Returns the departed members.
+const FORGET_LUA: &str = r"
+local departed = {}
+prune(now_ms(), ARGV[2], departed)
+return departed
+";
+
+/// Presence in Redis, sharing the bus's connection. Cheap to clone.
+#[derive(Clone)]
+pub struct RedisPresence {
+    inner: Arc<Inner>,
+    scripts: Arc<Scripts>,
+    ttl: Duration,
+}
+
+struct Scripts {
+    write: Script,
+    page: Script,
+    stats: Script,
+    forget: Script,
+    /// Members removed by this node's scripts, not yet handed out.
+    departed: Mutex<Vec<Departed>>,
+}
+
+impl std::fmt::Debug for RedisPresence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisPresence")
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+fn strings(value: &Value) -> Vec<String> {
+    match value {
+        Value::Array(items) => items.iter().filter_map(as_string).collect(),
+        _ => Vec::new(),
+    }
+}
+
+impl RedisPresence {
+    pub(super) fn new(inner: Arc<Inner>, ttl: Duration) -> Self {
+        let script = |body: &str| Script::new(&format!("{COMMON_LUA}{body}"));
+        Self {
+            inner,
+            scripts: Arc::new(Scripts {
+                write: script(WRITE_LUA),
+                page: script(PAGE_LUA),
+                stats: script(STATS_LUA),
+                forget: script(FORGET_LUA),
+                departed: Mutex::new(Vec::new()),
+            }),
+            ttl,
+        }
+    }
+
+    fn keys(&self, channel: &ChannelName) -> [String; 4] {
+        let partition = self.inner.partition(channel);
+        ["pm", "pd", "pu", "pn"].map(|kind| format!("sb:{{sb:{partition}}}:{kind}:{channel}"))
+    }
+
+    fn index_key(&self, node: &str) -> String {
+        format!("sb:{{sb:nodes}}:presence:{node}")
+    }
+
+    fn ttl_ms(&self) -> u64 {
+        u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn node(&self) -> &str {
+        &self.inner.settings.node_id
+    }
+
+    fn keep_departed(&self, channel: &ChannelName, value: &Value) {
+        let members = strings(value);
+        if !members.is_empty() {
+            self.scripts
+                .departed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(Departed {
+                    channel: channel.clone(),
+                    members,
+                });
+        }
+    }
+
+    /// One script call: part of a write (`first` carries `full`, `expect`).
+    async fn write_part(
+        &self,
+        channel: &ChannelName,
+        flags: (bool, bool),
+        joins: &[(u64, Arc<str>, String)],
+        leaves: &[(u64, Arc<str>)],
+    ) -> WriteOutcome {
+        let Ok(mut conn) = self.inner.conn() else {
+            return WriteOutcome::Failed;
+        };
+        let (full, expect) = flags;
+        let node = self.node();
+        let mut invocation = self.scripts.write.prepare_invoke();
+        for key in self.keys(channel) {
+            invocation.key(key);
+        }
+        invocation
+            .arg(node)
+            .arg(self.ttl_ms())
+            .arg(u8::from(expect))
+            .arg(u8::from(full))
+            .arg(joins.len());
+        for (conn_id, user, json) in joins {
+            invocation
+                .arg(member_id(node, *conn_id))
+                .arg(&**user)
+                .arg(json);
+        }
+        for (conn_id, user) in leaves {
+            invocation.arg(member_id(node, *conn_id)).arg(&**user);
+        }
+        match invocation.invoke_async::<Value>(&mut conn).await {
+            Ok(Value::Array(reply)) if reply.len() == 2 => {
+                self.keep_departed(channel, &reply[1]);
+                if as_u64(&reply[0]) == Some(1) {
+                    WriteOutcome::Lost
+                } else {
+                    WriteOutcome::Done
+                }
+            }
+            Ok(_) => WriteOutcome::Failed,
+            Err(err) => {
+                self.inner.failed("presence", &err);
+                WriteOutcome::Failed
+            }
+        }
+    }
+
+    /// A write, in calls of at most `CHANGES_PER_CALL` changes: the first replaces (when
+    /// `full`), the rest add.
+    async fn write_one(&self, write: PresenceWrite) -> WriteOutcome {
+        let joins = write.joins.chunks(CHANGES_PER_CALL);
+        let leaves = write.leaves.chunks(CHANGES_PER_CALL);
+        let calls = joins.len().max(leaves.len()).max(1);
+        let mut joins = joins.fuse();
+        let mut leaves = leaves.fuse();
+        for call in 0..calls {
+            let flags = if call == 0 {
+                (write.full, write.expect)
+            } else {
+                (false, true)
+            };
+            let outcome = self
+                .write_part(
+                    &write.channel,
+                    flags,
+                    joins.next().unwrap_or_default(),
+                    leaves.next().unwrap_or_default(),
+                )
+                .await;
+            if outcome != WriteOutcome::Done {
+                return outcome;
+            }
+        }
+        WriteOutcome::Done
+    }
+
+    async fn forget_in(&self, mut conn: RedisConn, channel: ChannelName, node: &str) {
+        let mut invocation = self.scripts.forget.prepare_invoke();
+        for key in self.keys(&channel) {
+            invocation.key(key);
+        }
+        invocation.arg(self.node()).arg(node);
+        match invocation.invoke_async::<Value>(&mut conn).await {
+            Ok(departed) => self.keep_departed(&channel, &departed),
+            Err(err) => {
+                self.inner.failed("presence", &err);
+            }
+        }
+    }
+
+    /// Removes the members of `node` (gone from the registry) from every channel its index
+    /// lists; their `leave` events come from [`PresenceStore::departed`].
+    pub(super) async fn forget_node(&self, node: &str) {
+        let Ok(mut conn) = self.inner.conn() else {
+            return;
+        };
+        let index = self.index_key(node);
+        let channels: Vec<String> = match redis::cmd("SMEMBERS")
+            .arg(&index)
+            .query_async(&mut conn)
+            .await
+        {
+            Ok(channels) => channels,
+            Err(err) => {
+                self.inner.failed("presence", &err);
+                return;
+            }
+        };
+        for chunk in channels.chunks(CALLS_IN_FLIGHT) {
+            let mut calls = Vec::with_capacity(chunk.len());
+            for name in chunk {
+                if let Ok(channel) = ChannelName::parse(name, usize::MAX) {
+                    calls.push(self.forget_in(conn.clone(), channel, node));
+                }
+            }
+            join_all(calls).await;
+        }
+        let _ = redis::cmd("DEL")
+            .arg(&index)
+            .query_async::<()>(&mut conn)
+            .await;
+        tracing::info!(
+            node,
+            channels = channels.len(),
+            "Removed a departed node's presence"
+        );
+    }
+}
+
+impl PresenceStore for RedisPresence {
+    fn write(&self, writes: Vec<PresenceWrite>) -> BusFuture<'_, Vec<WriteOutcome>> {
+        Box::pin(async move {
+            let mut outcomes = Vec::with_capacity(writes.len());
+            let mut writes = writes.into_iter().peekable();
+            while writes.peek().is_some() {
+                let mut calls = Vec::with_capacity(CALLS_IN_FLIGHT);
+                for write in writes.by_ref().take(CALLS_IN_FLIGHT) {
+                    calls.push(self.write_one(write));
+                }
+                outcomes.extend(join_all(calls).await);
+            }
+            outcomes
+        })
+    }
+
+    fn page<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        cursor: Option<&'a str>,
+        limit: usize,
+    ) -> BusFuture<'a, Result<StoredPage, BusError>> {
+        Box::pin(async move {
+            let cursor = cursor.unwrap_or_default();
+            let mut conn = self.inner.conn()?;
+            let mut invocation = self.scripts.page.prepare_invoke();
+            for key in self.keys(channel) {
+                invocation.key(key);
+            }
+            invocation.arg(self.node()).arg(cursor).arg(limit + 1);
+            let reply: Value = invocation
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|err| self.inner.failed("presence", &err))?;
+            let Value::Array(reply) = reply else {
+                return Err(BusError::Unavailable("redis answered presence oddly"));
+            };
+            let [departed, ids, jsons] = reply.as_slice() else {
+                return Err(BusError::Unavailable("redis answered presence oddly"));
+            };
+            self.keep_departed(channel, departed);
+            let jsons = match jsons {
+                Value::Array(items) => items.iter().map(as_string).collect(),
+                _ => Vec::new(),
+            };
+            let mut listed: Vec<(String, Option<String>)> = strings(ids)
+                .into_iter()
+                .zip(jsons.into_iter().chain(std::iter::repeat(None)))
+                .collect();
+            let next_cursor = (listed.len() > limit).then(|| {
+                listed.truncate(limit);
+                listed.last().map(|(id, _)| id.clone()).unwrap_or_default()
+            });
+            let members = listed.into_iter().filter_map(|(_, json)| json).collect();
+            Ok(StoredPage {
+                members,
+                next_cursor,
+            })
+        })
+    }
+
+    fn stats<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+    ) -> BusFuture<'a, Result<(usize, usize), BusError>> {
+        Box::pin(async move {
+            let mut conn = self.inner.conn()?;
+            let mut invocation = self.scripts.stats.prepare_invoke();
+            for key in self.keys(channel) {
+                invocation.key(key);
+            }
+            invocation.arg(self.node());
+            let reply: Value = invocation
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|err| self.inner.failed("presence", &err))?;
+            let Value::Array(reply) = reply else {
+                return Err(BusError::Unavailable("redis answered presence oddly"));
+            };
+            let [departed, connections, users] = reply.as_slice() else {
+                return Err(BusError::Unavailable("redis answered presence oddly"));
+            };
+            self.keep_departed(channel, departed);
+            let count = |value| as_u64(value).and_then(|n| usize::try_from(n).ok());
+            Ok((count(connections).unwrap_or(0), count(users).unwrap_or(0)))
+        })
+    }
+
+    fn index(&self, channels: Vec<ChannelName>, replace: bool) -> BusFuture<'_, ()> {
+        Box::pin(async move {
+            let Ok(mut conn) = self.inner.conn() else {
+                return;
+            };
+            let key = self.index_key(self.node());
+            let mut pipe = redis::pipe();
+            if replace {
+                pipe.cmd("DEL").arg(&key).ignore();
+            }
+            for chunk in channels.chunks(INDEX_CHUNK) {
+                pipe.cmd("SADD").arg(&key);
+                for channel in chunk {
+                    pipe.arg(channel.as_str());
+                }
+                pipe.ignore();
+            }
+            pipe.cmd("PEXPIRE").arg(&key).arg(self.ttl_ms()).ignore();
+            if let Err(err) = pipe.query_async::<()>(&mut conn).await {
+                self.inner.failed("presence", &err);
+            }
+        })
+    }
+
+    fn departed(&self) -> BusFuture<'_, Vec<Departed>> {
+        Box::pin(async move {
+            let gone = std::mem::take(
+                &mut *self
+                    .inner
+                    .departed_nodes
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner),
+            );
+            for node in gone {
+                self.forget_node(&node).await;
+            }
+            std::mem::take(
+                &mut *self
+                    .scripts
+                    .departed
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner),
+            )
+        })
+    }
+}
