@@ -291,8 +291,13 @@ impl TestClient {
 
     /// The next text frame as JSON; panics on timeout, close or anything else.
     pub async fn recv(&mut self) -> Value {
+        self.recv_within(RECV_TIMEOUT).await
+    }
+
+    /// As [`TestClient::recv`], waiting up to `patience`.
+    pub async fn recv_within(&mut self, patience: Duration) -> Value {
         loop {
-            let next = tokio::time::timeout(RECV_TIMEOUT, self.ws.next())
+            let next = tokio::time::timeout(patience, self.ws.next())
                 .await
                 .expect("a frame arrives in time");
             match next {

@@ -11,7 +11,7 @@ use switchboard::{
 };
 
 use crate::{
-    harness::{TestClient, TestServer, TestServerBuilder},
+    harness::{BinaryNode, TestClient, TestServer, TestServerBuilder},
     redis_server::RedisServer,
 };
 
@@ -517,4 +517,117 @@ async fn members_are_listed_and_counted_across_three_nodes() {
     a.stop().await;
     b.stop().await;
     c.stop().await;
+}
+
+/// The real binary in the cluster with [`chat`]'s namespaces and `presence.ttl`, from a
+/// config file; killed with SIGKILL when dropped.
+async fn binary_member_node(redis: &RedisServer, ttl: Duration) -> BinaryNode {
+    let mut config = Config::default();
+    chat(&mut config);
+    config.presence.ttl = ttl;
+    let path = std::env::temp_dir().join(format!(
+        "sb-presence-{}-{}.toml",
+        std::process::id(),
+        redis.port
+    ));
+    std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
+    let node = BinaryNode::start(
+        &["--config", path.to_str().unwrap(), "--redis", &redis.url()],
+        &[],
+    )
+    .await;
+    let _ = std::fs::remove_file(&path);
+    node
+}
+
+/// Kills `node` (SIGKILL: no goodbye to the registry, no leaves), with two members of
+/// `room:1` on it, while `observer` on the surviving node `server` watches; returns how
+/// long until the survivor no longer counts them and the observer heard both leave.
+async fn kill_and_time_departure(
+    server: &TestServer,
+    observer: &mut TestClient,
+    mut node: BinaryNode,
+) -> Duration {
+    // A node that ran a while: in the registry (its first heartbeat follows readiness).
+    crate::assert_eventually!(
+        server.get_json("/v1/nodes").await.1["nodes"]
+            .as_array()
+            .is_some_and(|nodes| nodes.len() == 2),
+        "the node joins the registry"
+    );
+    let url = format!("ws://{}/ws", node.ws_addr);
+    let mut dan = member_at(&url, "dan").await;
+    let mut erin = member_at(&url, "erin").await;
+    dan.subscribe("room:1").await;
+    erin.subscribe("room:1").await;
+    crate::assert_eventually!(
+        stats(server, "room:1").await == (3, 3),
+        "the survivor lists the killed node's members"
+    );
+    let mut heard = Vec::new();
+    while heard.len() < 2 {
+        let join = observer.recv_type("join").await;
+        heard.extend(member_users(&join));
+    }
+    node.child.start_kill().unwrap();
+    node.child.wait().await.unwrap();
+    let killed = tokio::time::Instant::now();
+    let mut left = Vec::new();
+    while left.len() < 2 {
+        let frame = observer.recv_within(Duration::from_secs(30)).await;
+        if frame["type"] == "leave" {
+            left.extend(member_users(&frame));
+        }
+    }
+    left.sort();
+    assert_eq!(left, ["dan", "erin"]);
+    let (connections, users) = stats(server, "room:1").await;
+    assert_eq!((connections, users), (1, 1), "only the observer is left");
+    killed.elapsed()
+}
+
+async fn member_at(url: &str, user: &str) -> TestClient {
+    let token = token(user, json!({"channels": ["room:*"]}));
+    TestClient::connect(&format!("{url}?token={token}")).await
+}
+
+/// The users a `join` or `leave` frame names (one, or a coalesced list).
+fn member_users(frame: &Value) -> Vec<String> {
+    frame["user"]
+        .as_str()
+        .map_or_else(|| users(&frame["members"]), |user| vec![user.to_owned()])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nodes_members_leave_within_the_presence_ttl() {
+    let redis = RedisServer::start(false);
+    let server = builder()
+        .redis(&redis.url())
+        .configure(|config| config.presence.ttl = Duration::from_secs(3))
+        .start()
+        .await;
+    let mut observer = member(&server, "olga", "Olga").await;
+    observer.subscribe("room:1").await;
+    let node = binary_member_node(&redis, Duration::from_secs(3)).await;
+    let took = kill_and_time_departure(&server, &mut observer, node).await;
+    // The TTL, plus the survivor's next query or refresh (a third of it) and a margin.
+    assert!(took < Duration::from_secs(6), "{took:?}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_removes_a_killed_nodes_members_before_the_ttl() {
+    let redis = RedisServer::start(false);
+    let server = builder()
+        .redis(&redis.url())
+        .configure(|config| config.presence.ttl = Duration::from_secs(60))
+        .start()
+        .await;
+    let mut observer = member(&server, "olga", "Olga").await;
+    observer.subscribe("room:1").await;
+    let node = binary_member_node(&redis, Duration::from_secs(60)).await;
+    let took = kill_and_time_departure(&server, &mut observer, node).await;
+    // The registry's entry lives 10 s, the survivors' heartbeat runs every 2 s.
+    assert!(took < Duration::from_secs(15), "{took:?}");
+    server.stop().await;
 }
