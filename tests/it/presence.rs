@@ -12,7 +12,7 @@ use switchboard::{
 
 use crate::{
     harness::{BinaryNode, TestClient, TestServer, TestServerBuilder},
-    redis_server::RedisServer,
+    redis_server::{RedisCluster, RedisServer},
 };
 
 const SECRET: &str = "a-presence-test-secret-of-32-bytes!";
@@ -630,4 +630,120 @@ async fn the_registry_removes_a_killed_nodes_members_before_the_ttl() {
     // The registry's entry lives 10 s, the survivors' heartbeat runs every 2 s.
     assert!(took < Duration::from_secs(15), "{took:?}");
     server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_moves_a_room_to_another_node_in_a_few_coalesced_frames() {
+    const MEMBERS: usize = 40;
+    let redis = RedisServer::start(false);
+    let a = builder().redis(&redis.url()).start().await;
+    let b = builder()
+        .redis(&redis.url())
+        .configure(|config| {
+            config.shutdown.drain_delay = Duration::ZERO;
+            config.shutdown.drain_window = Duration::from_secs(1);
+        })
+        .start()
+        .await;
+    let mut observer = member(&a, "olga", "Olga").await;
+    observer.subscribe("room:1").await;
+    let mut members = Vec::new();
+    for index in 0..MEMBERS {
+        let mut client = member_at(&b.ws_url(), &format!("user-{index}")).await;
+        client.subscribe("room:1").await;
+        members.push(client);
+    }
+    crate::assert_eventually!(
+        stats(&a, "room:1").await == (MEMBERS as u64 + 1, MEMBERS as u64 + 1),
+        "every member is listed"
+    );
+    let mut joined = 0;
+    while joined < MEMBERS {
+        joined += member_users(&observer.recv_type("join").await).len();
+    }
+
+    // Each member, told to go, comes back on `a` as a client does.
+    let (status, _) = b.post("/v1/drain", json!({})).await;
+    assert_eq!(status, 202);
+    let a_url = a.ws_url();
+    let movers: Vec<_> = members
+        .into_iter()
+        .enumerate()
+        .map(|(index, mut client)| {
+            let url = a_url.clone();
+            tokio::spawn(async move {
+                client.recv_type("reconnect").await;
+                let _ = client.closed().await;
+                let mut back = member_at(&url, &format!("user-{index}")).await;
+                back.subscribe("room:1").await;
+                back
+            })
+        })
+        .collect();
+    let (mut frames, mut left, mut came_back) = (0, 0, 0);
+    while left < MEMBERS || came_back < MEMBERS {
+        let frame = observer.recv().await;
+        let kind = frame["type"].as_str().unwrap_or_default();
+        let counted = member_users(&frame).len();
+        match kind {
+            "leave" => left += counted,
+            "join" => came_back += counted,
+            _ => continue,
+        }
+        frames += 1;
+    }
+    let mut back = Vec::new();
+    for mover in movers {
+        back.push(mover.await.unwrap());
+    }
+    assert_eq!((left, came_back), (MEMBERS, MEMBERS));
+    // 80 events over a 1 s window, coalesced per 300 ms on each node: a few frames each way.
+    assert!(frames <= 20, "{frames} frames for {} events", 2 * MEMBERS);
+    crate::assert_eventually!(
+        stats(&a, "room:1").await == (MEMBERS as u64 + 1, MEMBERS as u64 + 1),
+        "the room is whole again, on a"
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_works_on_redis_cluster_with_keys_in_the_channels_slot() {
+    let cluster = RedisCluster::start();
+    let node = || {
+        builder().configure(|config| {
+            config.cluster.redis = switchboard::config::RedisTarget::ClusterSeeds(cluster.seeds());
+            config.cluster.partitions = 6;
+        })
+    };
+    let a = node().start().await;
+    let b = node().start().await;
+    // Rooms over every partition, so every master holds some presence.
+    let rooms: Vec<String> = (0..12).map(|index| format!("room:{index}")).collect();
+    let mut ann = member(&a, "ann", "Ann").await;
+    let mut ben = member(&b, "ben", "Ben").await;
+    for (index, room) in rooms.iter().enumerate() {
+        for client in [&mut ann, &mut ben] {
+            let request = json!({"type": "subscribe", "id": 100 + index, "channel": room});
+            assert_eq!(answer(client, request).await["type"], "subscribed");
+        }
+    }
+    for room in &rooms {
+        crate::assert_eventually!(
+            stats(&a, room).await == (2, 2),
+            "{room} counts both nodes' members"
+        );
+        let reply = answer(
+            &mut ben,
+            json!({"type": "presence", "id": 7, "channel": room}),
+        )
+        .await;
+        assert_eq!(users(&reply["members"]), ["ann", "ben"], "{reply}");
+    }
+    drop(ann);
+    for room in &rooms {
+        crate::assert_eventually!(stats(&b, room).await == (1, 1), "ann left {room}");
+    }
+    a.stop().await;
+    b.stop().await;
 }
