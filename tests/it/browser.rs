@@ -134,3 +134,27 @@ fn the_demo_page_survives_a_drain_and_restart_without_gap_or_duplicate() {
             >= 4
     );
 }
+
+/// Two Chromium tabs in one room through the JS client, on two nodes and `redis-server`
+/// (`tests/browser/presence.mjs`): each lists the other, and the first sees the second
+/// come (`onJoin`) and go (`onLeave`) when its tab closes.
+#[test]
+fn two_chromium_tabs_see_each_other_come_and_go() {
+    let dir = browser_dir();
+    let output = Command::new("node")
+        .current_dir(dir)
+        .arg("presence.mjs")
+        .env("SWITCHBOARD_BIN", env!("CARGO_BIN_EXE_switchboard"))
+        .output()
+        .expect("node runs (apt-get install nodejs)");
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "presence.mjs failed ({}): {report}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_str(report.trim()).expect("presence.mjs prints JSON");
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["listed"], 2, "{report}");
+}
