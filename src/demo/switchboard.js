@@ -53,6 +53,8 @@ export class Switchboard {
         this.options = options;
         this.stateValue = "disconnected";
         this.subs = new Map();
+        /** Channels the server subscribed this connection to (token `subs`, `POST /v1/subscribe`), with the last offset delivered. */
+        this.serverSubs = new Map();
         this.pending = new Map();
         this.listeners = new Map();
         this.nextId = 1;
@@ -256,6 +258,12 @@ export class Switchboard {
                 return;
             case "message":
                 return this.onMessage(frame);
+            case "subscribed":
+            case "unsubscribed":
+                // Without an id: the server subscribed (or unsubscribed) this connection itself.
+                if (frame.id === undefined)
+                    return this.onServerSubscription(frame);
+                return this.settle(frame.id, frame, undefined);
             case "join":
             case "leave":
                 return this.onMembers(frame);
@@ -321,10 +329,31 @@ export class Switchboard {
             sub.handlers.onError?.({ code: error.code, message: error.message });
         });
     }
+    onServerSubscription(frame) {
+        if (this.subs.has(frame.channel))
+            return; // the application's own subscription
+        if (frame.type === "subscribed") {
+            this.serverSubs.set(frame.channel, frame.offset);
+            this.emit("subscribed", { channel: frame.channel, offset: frame.offset });
+        }
+        else {
+            this.serverSubs.delete(frame.channel);
+            this.emit("unsubscribed", { channel: frame.channel });
+        }
+    }
     onMessage(frame) {
         const sub = this.subs.get(frame.channel);
-        if (!sub)
+        if (!sub) {
+            // A server-side subscription's message: each offset once, to `on("message")`.
+            if (!this.serverSubs.has(frame.channel))
+                return;
+            const last = this.serverSubs.get(frame.channel);
+            if (last !== undefined && !isAfter(frame.offset, last))
+                return;
+            this.serverSubs.set(frame.channel, frame.offset);
+            this.emit("message", { channel: frame.channel, offset: frame.offset, data: frame.data });
             return;
+        }
         // A replay can overlap what arrived live before a reconnect: each offset once.
         if (!isAfter(frame.offset, sub.offset))
             return;
@@ -349,6 +378,8 @@ export class Switchboard {
         this.clearTimers();
         for (const sub of this.subs.values())
             sub.active = false;
+        // The server makes its own subscriptions again on the next connection.
+        this.serverSubs.clear();
         this.failPending("disconnected", `connection closed (${code})`);
         if (this.stateValue === "closed")
             return;

@@ -87,7 +87,16 @@ export interface Subscription {
   unsubscribe(): void;
 }
 
-type EventName = "connecting" | "connected" | "disconnected" | "reconnecting" | "error" | "closed";
+type EventName =
+  | "connecting"
+  | "connected"
+  | "disconnected"
+  | "reconnecting"
+  | "error"
+  | "closed"
+  | "subscribed"
+  | "unsubscribed"
+  | "message";
 type Listener = (detail: any) => void;
 
 /** Close codes after which reconnecting cannot help (docs/protocol.md "Close codes"). */
@@ -148,6 +157,8 @@ export class Switchboard {
   private ws: WebSocketLike | undefined;
   private stateValue: State = "disconnected";
   private readonly subs = new Map<string, Sub>();
+  /** Channels the server subscribed this connection to (token `subs`, `POST /v1/subscribe`), with the last offset delivered. */
+  private readonly serverSubs = new Map<string, string | undefined>();
   private readonly pending = new Map<number, Pending>();
   private readonly listeners = new Map<EventName, Set<Listener>>();
   private nextId = 1;
@@ -366,6 +377,11 @@ export class Switchboard {
         return;
       case "message":
         return this.onMessage(frame);
+      case "subscribed":
+      case "unsubscribed":
+        // Without an id: the server subscribed (or unsubscribed) this connection itself.
+        if (frame.id === undefined) return this.onServerSubscription(frame);
+        return this.settle(frame.id, frame, undefined);
       case "join":
       case "leave":
         return this.onMembers(frame);
@@ -430,9 +446,28 @@ export class Switchboard {
     );
   }
 
+  private onServerSubscription(frame: any): void {
+    if (this.subs.has(frame.channel)) return; // the application's own subscription
+    if (frame.type === "subscribed") {
+      this.serverSubs.set(frame.channel, frame.offset);
+      this.emit("subscribed", { channel: frame.channel, offset: frame.offset });
+    } else {
+      this.serverSubs.delete(frame.channel);
+      this.emit("unsubscribed", { channel: frame.channel });
+    }
+  }
+
   private onMessage(frame: any): void {
     const sub = this.subs.get(frame.channel);
-    if (!sub) return;
+    if (!sub) {
+      // A server-side subscription's message: each offset once, to `on("message")`.
+      if (!this.serverSubs.has(frame.channel)) return;
+      const last = this.serverSubs.get(frame.channel);
+      if (last !== undefined && !isAfter(frame.offset, last)) return;
+      this.serverSubs.set(frame.channel, frame.offset);
+      this.emit("message", { channel: frame.channel, offset: frame.offset, data: frame.data });
+      return;
+    }
     // A replay can overlap what arrived live before a reconnect: each offset once.
     if (!isAfter(frame.offset, sub.offset)) return;
     sub.offset = frame.offset;
@@ -455,6 +490,8 @@ export class Switchboard {
     this.ws = undefined;
     this.clearTimers();
     for (const sub of this.subs.values()) sub.active = false;
+    // The server makes its own subscriptions again on the next connection.
+    this.serverSubs.clear();
     this.failPending("disconnected", `connection closed (${code})`);
     if (this.stateValue === "closed") return;
     this.emit("disconnected", { code, reason });

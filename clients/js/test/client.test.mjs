@@ -248,3 +248,48 @@ secret = "${HS256_SECRET}"
   const anonymous = client(node.url);
   await assert.rejects(anonymous.presence("room:1"), (error) => error instanceof SwitchboardError && error.code === "forbidden");
 });
+
+test("server-side subscriptions: the token's subs claim and POST /v1/subscribe reach on(\"message\")", async () => {
+  const node = await startNode({
+    namespaces: `
+[[namespaces]]
+pattern = "user:{sub}"
+subscribe = "owner"
+publish = "none"
+history = "none"
+`,
+    config: `
+[[auth.keys]]
+algorithm = "HS256"
+secret = "${HS256_SECRET}"
+`,
+  });
+  const token = hs256({ sub: "ada", exp: Math.floor(Date.now() / 1000) + 600, subs: ["user:ada"] });
+  const sb = client(node.url, { token });
+  const subscribed = [];
+  const unsubscribed = [];
+  const messages = [];
+  sb.on("subscribed", ({ channel }) => subscribed.push(channel));
+  sb.on("unsubscribed", ({ channel }) => unsubscribed.push(channel));
+  sb.on("message", ({ channel, data }) => messages.push([channel, data.n]));
+  sb.connect();
+  await eventually(() => subscribed.includes("user:ada"), "the claim's subscription");
+  await node.publish("user:ada", { n: 1 });
+  await eventually(() => messages.length === 1, "the personal channel's message");
+  const response = await fetch(`${node.controlUrl}/v1/subscribe`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ user: "ada", channel: "news" }),
+  });
+  assert.equal(response.status, 200);
+  await eventually(() => subscribed.includes("news"), "the API's subscription");
+  await node.publish("news", { n: 2 });
+  await eventually(() => messages.length === 2, "the news");
+  assert.deepEqual(messages, [["user:ada", 1], ["news", 2]]);
+  await fetch(`${node.controlUrl}/v1/unsubscribe`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ user: "ada", channel: "news" }),
+  });
+  await eventually(() => unsubscribed.includes("news"), "the API's unsubscribe");
+});
