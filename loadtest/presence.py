@@ -296,7 +296,7 @@ def reconnects():
                "bytes_sent": int(node.metric("ws_bytes_sent_total") - before[2]),
                "server_cpu_s": round(node.cpu() - before[1], 2),
                "seconds_until_quiet": round(time.time() - begun - 2, 1),  # less the quiet second
-               "closed_4001": int(node.metric('ws_connections_closed_total{code="4001"')),
+               "slow_consumer_closes": int(node.metric("ws_slow_consumer_closes_total")),
                "presence_frames_sent": int(node.metric("ws_presence_events_total"))}
         print("reconnect", json.dumps(row), flush=True)
         rows.append(row)

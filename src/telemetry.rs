@@ -45,6 +45,8 @@ pub const JWKS_REFRESHES: &str = "ws_jwks_refresh_total";
 pub const FORBIDDEN: &str = "ws_forbidden_total";
 pub const PRESENCE_EVENTS: &str = "ws_presence_events_total";
 pub const PRESENCE_EVENTS_DROPPED: &str = "ws_presence_events_dropped_total";
+/// Server-side subscribe/unsubscribe commands dropped: the connection held 64 already.
+pub const SESSION_COMMANDS_DROPPED: &str = "ws_session_commands_dropped_total";
 /// Presence writes to Redis that must be redone in full, by reason.
 pub const PRESENCE_REWRITES: &str = "ws_presence_rewrites_total";
 pub const QUEUE_MESSAGES: &str = "ws_outbound_queue_messages";
@@ -228,6 +230,12 @@ pub fn presence_rewrite(reason: &'static str) {
     metrics::counter!(PRESENCE_REWRITES, "reason" => reason).increment(1);
 }
 
+/// Counts a server-side subscribe or unsubscribe dropped because its connection already
+/// held `MAX_SESSION_COMMANDS` its session had not taken.
+pub fn session_command_dropped() {
+    metrics::counter!(SESSION_COMMANDS_DROPPED).increment(1);
+}
+
 /// Counts a refused upgrade by reason.
 pub fn connection_rejected(reason: &'static str) {
     metrics::counter!(CONNECTIONS_REJECTED, "reason" => reason).increment(1);
@@ -338,6 +346,10 @@ fn describe() {
     describe_counter!(
         PRESENCE_EVENTS_DROPPED,
         "Join/leave frames not sent, by reason: queue_full (65,536 waiting) or bus (unavailable)"
+    );
+    describe_counter!(
+        SESSION_COMMANDS_DROPPED,
+        "Server-side subscribe/unsubscribe commands dropped: the connection held 64 not yet taken"
     );
     describe_counter!(
         PRESENCE_REWRITES,

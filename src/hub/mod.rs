@@ -413,6 +413,7 @@ impl Hub {
             {
                 let mut held = self.commands.entry(conn_id).or_default();
                 if held.len() >= MAX_SESSION_COMMANDS {
+                    telemetry::session_command_dropped();
                     continue;
                 }
                 held.push(command.clone());
