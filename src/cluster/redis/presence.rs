@@ -25,9 +25,9 @@ use std::{
 };
 
 use futures_util::future::join_all;
-use redis::{Script, Value};
+use redis::{Script, ScriptInvocation, Value};
 
-use super::{Inner, RedisConn, as_string, as_u64};
+use super::{Inner, as_string, as_u64};
 use crate::{
     cluster::{
         BusError, BusFuture, Departed, PresenceStore, PresenceWrite, StoredPage, WriteOutcome,
@@ -84,7 +84,7 @@ end
 ";
 
 /// ARGV: node, ttl ms, expect (0/1), full (0/1), joins J, then J x (id, user, json), then
-/// (id, user) per leave. Returns `{lost, departed}`.
+/// (id, user) per leave. Returns `{departed, lost}`.
 const WRITE_LUA: &str = r"
 local node = ARGV[1]
 local ttl = tonumber(ARGV[2])
@@ -95,7 +95,7 @@ local known = redis.call('HEXISTS', KEYS[4], node) == 1
 if ARGV[4] == '1' then
   drop(node, nil)
 elseif ARGV[3] == '1' and not known then
-  return {1, departed}
+  return {departed, 1}
 end
 local joins = tonumber(ARGV[5])
 local i = 6
@@ -116,7 +116,7 @@ if #redis.call('ZRANGEBYLEX', KEYS[1], '[' .. node .. ' ', '(' .. node .. '!', '
 else
   redis.call('HDEL', KEYS[4], node)
 end
-return {0, departed}
+return {departed, 0}
 ";
 
 /// ARGV: node (kept), cursor ('' from the start), count. Returns `{departed, ids, jsons}`.
@@ -138,11 +138,11 @@ prune(now_ms(), nil, departed)
 return {departed, redis.call('ZCARD', KEYS[1]), redis.call('HLEN', KEYS[3])}
 ";
 
-/// ARGV: node (kept), the node gone. Returns the departed members.
+/// ARGV: node (kept), the node gone. Returns `{departed}`.
 const FORGET_LUA: &str = r"
 local departed = {}
 prune(now_ms(), ARGV[2], departed)
-return departed
+return {departed}
 ";
 
 /// Presence in Redis, sharing the bus's connection. Cheap to clone.
@@ -224,7 +224,35 @@ impl RedisPresence {
         }
     }
 
-    /// One script call: part of a write (`first` carries `full`, `expect`).
+    /// Runs `script` on `channel`'s four keys, with this node's id as `ARGV[1]` and then
+    /// what `args` adds; its reply, an array whose first item is the departed members.
+    async fn call(
+        &self,
+        script: &Script,
+        channel: &ChannelName,
+        args: impl FnOnce(&mut ScriptInvocation<'_>),
+    ) -> Result<Vec<Value>, BusError> {
+        let mut conn = self.inner.conn()?;
+        let mut invocation = script.prepare_invoke();
+        for key in self.keys(channel) {
+            invocation.key(key);
+        }
+        invocation.arg(self.node());
+        args(&mut invocation);
+        let reply = invocation
+            .invoke_async::<Value>(&mut conn)
+            .await
+            .map_err(|err| self.inner.failed("presence", &err))?;
+        match reply {
+            Value::Array(reply) if !reply.is_empty() => {
+                self.keep_departed(channel, &reply[0]);
+                Ok(reply)
+            }
+            _ => Err(BusError::Unavailable("redis answered presence oddly")),
+        }
+    }
+
+    /// One script call: part of a write (the first carries `full` and `expect`).
     async fn write_part(
         &self,
         channel: &ChannelName,
@@ -232,44 +260,30 @@ impl RedisPresence {
         joins: &[(u64, Arc<str>, String)],
         leaves: &[(u64, Arc<str>)],
     ) -> WriteOutcome {
-        let Ok(mut conn) = self.inner.conn() else {
-            return WriteOutcome::Failed;
-        };
         let (full, expect) = flags;
         let node = self.node();
-        let mut invocation = self.scripts.write.prepare_invoke();
-        for key in self.keys(channel) {
-            invocation.key(key);
-        }
-        invocation
-            .arg(node)
-            .arg(self.ttl_ms())
-            .arg(u8::from(expect))
-            .arg(u8::from(full))
-            .arg(joins.len());
-        for (conn_id, user, json) in joins {
-            invocation
-                .arg(member_id(node, *conn_id))
-                .arg(&**user)
-                .arg(json);
-        }
-        for (conn_id, user) in leaves {
-            invocation.arg(member_id(node, *conn_id)).arg(&**user);
-        }
-        match invocation.invoke_async::<Value>(&mut conn).await {
-            Ok(Value::Array(reply)) if reply.len() == 2 => {
-                self.keep_departed(channel, &reply[1]);
-                if as_u64(&reply[0]) == Some(1) {
-                    WriteOutcome::Lost
-                } else {
-                    WriteOutcome::Done
+        let reply = self
+            .call(&self.scripts.write, channel, |invocation| {
+                invocation
+                    .arg(self.ttl_ms())
+                    .arg(u8::from(expect))
+                    .arg(u8::from(full))
+                    .arg(joins.len());
+                for (conn_id, user, json) in joins {
+                    invocation
+                        .arg(member_id(node, *conn_id))
+                        .arg(&**user)
+                        .arg(json);
                 }
-            }
-            Ok(_) => WriteOutcome::Failed,
-            Err(err) => {
-                self.inner.failed("presence", &err);
-                WriteOutcome::Failed
-            }
+                for (conn_id, user) in leaves {
+                    invocation.arg(member_id(node, *conn_id)).arg(&**user);
+                }
+            })
+            .await;
+        match reply.as_deref() {
+            Ok([_, lost]) if as_u64(lost) == Some(1) => WriteOutcome::Lost,
+            Ok([_, _]) => WriteOutcome::Done,
+            _ => WriteOutcome::Failed,
         }
     }
 
@@ -302,20 +316,6 @@ impl RedisPresence {
         WriteOutcome::Done
     }
 
-    async fn forget_in(&self, mut conn: RedisConn, channel: ChannelName, node: &str) {
-        let mut invocation = self.scripts.forget.prepare_invoke();
-        for key in self.keys(&channel) {
-            invocation.key(key);
-        }
-        invocation.arg(self.node()).arg(node);
-        match invocation.invoke_async::<Value>(&mut conn).await {
-            Ok(departed) => self.keep_departed(&channel, &departed),
-            Err(err) => {
-                self.inner.failed("presence", &err);
-            }
-        }
-    }
-
     /// Removes the members of `node` (gone from the registry) from every channel its index
     /// lists; their `leave` events come from [`PresenceStore::departed`].
     pub(super) async fn forget_node(&self, node: &str) {
@@ -338,7 +338,14 @@ impl RedisPresence {
             let mut calls = Vec::with_capacity(chunk.len());
             for name in chunk {
                 if let Ok(channel) = ChannelName::parse(name, usize::MAX) {
-                    calls.push(self.forget_in(conn.clone(), channel, node));
+                    calls.push(async move {
+                        // Failures are recorded; the TTL removes what is left.
+                        let _ = self
+                            .call(&self.scripts.forget, &channel, |invocation| {
+                                invocation.arg(node);
+                            })
+                            .await;
+                    });
                 }
             }
             join_all(calls).await;
@@ -379,23 +386,14 @@ impl PresenceStore for RedisPresence {
     ) -> BusFuture<'a, Result<StoredPage, BusError>> {
         Box::pin(async move {
             let cursor = cursor.unwrap_or_default();
-            let mut conn = self.inner.conn()?;
-            let mut invocation = self.scripts.page.prepare_invoke();
-            for key in self.keys(channel) {
-                invocation.key(key);
-            }
-            invocation.arg(self.node()).arg(cursor).arg(limit + 1);
-            let reply: Value = invocation
-                .invoke_async(&mut conn)
-                .await
-                .map_err(|err| self.inner.failed("presence", &err))?;
-            let Value::Array(reply) = reply else {
+            let reply = self
+                .call(&self.scripts.page, channel, |invocation| {
+                    invocation.arg(cursor).arg(limit + 1);
+                })
+                .await?;
+            let [_, ids, jsons] = reply.as_slice() else {
                 return Err(BusError::Unavailable("redis answered presence oddly"));
             };
-            let [departed, ids, jsons] = reply.as_slice() else {
-                return Err(BusError::Unavailable("redis answered presence oddly"));
-            };
-            self.keep_departed(channel, departed);
             let jsons = match jsons {
                 Value::Array(items) => items.iter().map(as_string).collect(),
                 _ => Vec::new(),
@@ -421,23 +419,10 @@ impl PresenceStore for RedisPresence {
         channel: &'a ChannelName,
     ) -> BusFuture<'a, Result<(usize, usize), BusError>> {
         Box::pin(async move {
-            let mut conn = self.inner.conn()?;
-            let mut invocation = self.scripts.stats.prepare_invoke();
-            for key in self.keys(channel) {
-                invocation.key(key);
-            }
-            invocation.arg(self.node());
-            let reply: Value = invocation
-                .invoke_async(&mut conn)
-                .await
-                .map_err(|err| self.inner.failed("presence", &err))?;
-            let Value::Array(reply) = reply else {
+            let reply = self.call(&self.scripts.stats, channel, |_| {}).await?;
+            let [_, connections, users] = reply.as_slice() else {
                 return Err(BusError::Unavailable("redis answered presence oddly"));
             };
-            let [departed, connections, users] = reply.as_slice() else {
-                return Err(BusError::Unavailable("redis answered presence oddly"));
-            };
-            self.keep_departed(channel, departed);
             let count = |value| as_u64(value).and_then(|n| usize::try_from(n).ok());
             Ok((count(connections).unwrap_or(0), count(users).unwrap_or(0)))
         })
