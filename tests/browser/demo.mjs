@@ -6,7 +6,7 @@
 //
 // SWITCHBOARD_BIN names the binary (tests/it/browser.rs sets it).
 
-import { chromium } from "playwright-core";
+import { launch } from "./chromium.mjs";
 
 import { eventually, sleep, startNode, startRedis } from "../../clients/js/test/harness.mjs";
 
@@ -32,19 +32,7 @@ const env = { SWITCHBOARD_SHUTDOWN__DRAIN_DELAY: "0s", SWITCHBOARD_SHUTDOWN__DRA
 const a = await startNode({ config, env });
 const b = await startNode({ config, env });
 
-const browser = await chromium.launch({
-  executablePath: "/usr/bin/chromium",
-  args: [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-  ],
-});
+const browser = await launch();
 const report = { ok: false };
 let restarted;
 try {

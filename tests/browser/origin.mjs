@@ -11,6 +11,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
+import { ARGS, EXECUTABLE } from './chromium.mjs';
 
 const [wsUrl, ports] = process.argv.slice(2);
 if (!wsUrl || !ports) {
@@ -34,19 +35,11 @@ const servers = await Promise.all(
 
 const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'sb-chromium-'));
 const browser = await chromium.launchPersistentContext(userDataDir, {
-  executablePath: '/usr/bin/chromium',
+  executablePath: EXECUTABLE,
   headless: true,
   // wss:// tests use a certificate made by the test, which Chromium cannot know.
   ignoreHTTPSErrors: true,
-  args: [
-    '--no-sandbox',
-    '--disable-gpu',
-    '--disable-quic',
-    '--no-first-run',
-    '--disable-background-networking',
-    '--disable-component-update',
-    '--disable-sync',
-  ],
+  args: ARGS,
 });
 
 const results = {};

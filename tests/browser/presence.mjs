@@ -6,7 +6,7 @@
 //
 // SWITCHBOARD_BIN names the binary (tests/it/browser.rs sets it).
 
-import { chromium } from "playwright-core";
+import { launch } from "./chromium.mjs";
 
 import { eventually, startNode, startRedis } from "../../clients/js/test/harness.mjs";
 
@@ -35,19 +35,7 @@ partitions = 4
 const a = await startNode({ config, namespaces });
 const b = await startNode({ config, namespaces });
 
-const browser = await chromium.launch({
-  executablePath: "/usr/bin/chromium",
-  args: [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-  ],
-});
+const browser = await launch();
 const report = { ok: false };
 try {
   const context = await browser.newContext();

@@ -98,27 +98,32 @@ async fn chromium_speaks_wss_to_the_servers_own_tls_stream() {
     server.stop().await;
 }
 
-/// The demo page (`demo.enabled`) in headless Chromium through `tests/browser/demo.mjs`:
-/// two nodes of this build and `redis-server`; the page gets the ticker and the chat,
-/// survives a drain and a restart of its node, and shows each channel's offsets once and
-/// in order, resumed without a gap.
-#[test]
-fn the_demo_page_survives_a_drain_and_restart_without_gap_or_duplicate() {
-    let dir = browser_dir();
+/// Runs `tests/browser/<script>`, which starts nodes of this build itself
+/// (`SWITCHBOARD_BIN`); its JSON report, after checking it exited 0.
+fn run_with_binary(script: &str) -> Value {
     let output = Command::new("node")
-        .current_dir(dir)
-        .arg("demo.mjs")
+        .current_dir(browser_dir())
+        .arg(script)
         .env("SWITCHBOARD_BIN", env!("CARGO_BIN_EXE_switchboard"))
         .output()
         .expect("node runs (apt-get install nodejs)");
     let report = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
-        "demo.mjs failed ({}): {report}\n{}",
+        "{script} failed ({}): {report}\n{}",
         output.status,
         String::from_utf8_lossy(&output.stderr)
     );
-    let report: Value = serde_json::from_str(report.trim()).expect("demo.mjs prints JSON");
+    serde_json::from_str(report.trim()).expect("the script prints JSON")
+}
+
+/// The demo page (`demo.enabled`) in headless Chromium through `tests/browser/demo.mjs`:
+/// two nodes of this build and `redis-server`; the page gets the ticker and the chat,
+/// survives a drain and a restart of its node, and shows each channel's offsets once and
+/// in order, resumed without a gap.
+#[test]
+fn the_demo_page_survives_a_drain_and_restart_without_gap_or_duplicate() {
+    let report = run_with_binary("demo.mjs");
     assert_eq!(report["ok"], true, "{report}");
     assert_eq!(report["channels"]["demo:ticker"]["consecutive"], true);
     assert!(
@@ -140,21 +145,7 @@ fn the_demo_page_survives_a_drain_and_restart_without_gap_or_duplicate() {
 /// come (`onJoin`) and go (`onLeave`) when its tab closes.
 #[test]
 fn two_chromium_tabs_see_each_other_come_and_go() {
-    let dir = browser_dir();
-    let output = Command::new("node")
-        .current_dir(dir)
-        .arg("presence.mjs")
-        .env("SWITCHBOARD_BIN", env!("CARGO_BIN_EXE_switchboard"))
-        .output()
-        .expect("node runs (apt-get install nodejs)");
-    let report = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "presence.mjs failed ({}): {report}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: Value = serde_json::from_str(report.trim()).expect("presence.mjs prints JSON");
+    let report = run_with_binary("presence.mjs");
     assert_eq!(report["ok"], true, "{report}");
     assert_eq!(report["listed"], 2, "{report}");
 }
