@@ -606,8 +606,9 @@ impl Presence {
     }
 
     /// Members of another node the store found departed (their node died): `leave` events
-    /// where the namespace has them. This node's own members are alive whatever the store
-    /// thought (a late refresh): the next write puts them back.
+    /// where the namespace has them. The scripts never remove the calling node's own
+    /// members, so this node's can come back here only when another process runs with the
+    /// same node id: they are alive, and the next write puts them back.
     fn departed(self: &Arc<Self>, channel: &ChannelName, members: &[String]) {
         let join_leave = self
             .namespaces
