@@ -41,7 +41,7 @@ pub struct Running {
     accept_stop: CancellationToken,
     /// Cancelled to stop the control API and the periodic tasks, after the sessions are gone.
     background_stop: CancellationToken,
-    /// Accept loop and sessions (readers and writers).
+    /// The accept loop and every session task.
     sessions: Shutdown,
     /// The listeners' TLS, when on (reloaded by [`Running::reload_tls`]).
     certificates: crate::tls::Certificates,
@@ -624,7 +624,6 @@ fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(WS_BACKLOG)
 }
 
-/// Calls `tick` every `period` until `stop` is cancelled.
 /// How often the keepalive sweep runs: a fifth of the heartbeat, between 10 ms and 1 s. Pings
 /// and idle closes happen up to one tick late; a pass costs a few atomic loads per connection
 /// (about 10 ms for a million).
@@ -662,6 +661,7 @@ async fn keep_jwks(
     }
 }
 
+/// Calls `tick` every `period` until `stop` is cancelled.
 async fn every(period: Duration, stop: CancellationToken, mut tick: impl FnMut() + Send) {
     let mut interval = tokio::time::interval(period);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -3,7 +3,7 @@
 /// Why the server closed a connection. `docs/protocol.md` lists the same table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CloseCode {
-    /// 1000: the client closed, or `POST /v1/disconnect` was called without a reason.
+    /// 1000: the client closed (the server answers with the same code).
     Normal,
     /// 1001: the server is shutting down or draining; reconnect (to another node).
     GoingAway,

@@ -81,7 +81,11 @@ impl fmt::Debug for ChannelName {
 
 /// A position in a channel: the epoch of the channel's history and a sequence number.
 ///
-/// On the wire it is the opaque string `"<epoch as 16 hex digits>-<seq>"`:
+/// Sequence numbers start at 1 for the first message of an epoch; `seq` 0 is the position
+/// before any message. A channel's epoch changes whenever its history is lost (node
+/// restart, channel state dropped after its history expired), so an offset from another
+/// epoch is known to be stale. On the wire it is the opaque string
+/// `"<epoch as 16 hex digits>-<seq>"`:
 ///
 /// ```
 /// use switchboard::protocol::Offset;
@@ -91,10 +95,6 @@ impl fmt::Debug for ChannelName {
 /// assert_eq!(offset.to_string(), "00000000deadbeef-42");
 /// assert!("42".parse::<Offset>().is_err());
 /// ```
-/// Sequence numbers
-/// start at 1 for the first message of an epoch; `seq` 0 is the position before any message.
-/// A channel's epoch changes whenever its history is lost (node restart, channel state
-/// dropped after its history expired), so an offset from another epoch is known to be stale.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Offset {
     pub epoch: u64,
