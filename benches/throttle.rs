@@ -45,7 +45,6 @@ impl NaiveLimiter {
     fn try_acquire(&self, key: u64, now: Nanos) -> bool {
         let mut buckets = self.buckets.lock().unwrap();
         let (tokens, last) = buckets.entry(key).or_insert((self.burst, now));
-        #[allow(clippy::cast_precision_loss, reason = "a bench baseline")]
         let refill = (now - *last) as f64 * self.per_ns;
         *tokens = (*tokens + refill).min(self.burst);
         *last = now;

@@ -56,10 +56,6 @@ pub struct Running {
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let metrics_handle = telemetry::install_recorder();
     raise_file_limit(config.limits.max_connections);
-    #[allow(
-        clippy::cast_precision_loss,
-        reason = "a gauge; connection limits are far below 2^52"
-    )]
     metrics::gauge!(telemetry::CONNECTIONS_MAX).set(config.limits.max_connections as f64);
     // Registered (0 until the memory watch, when on, says otherwise) so that the series
     // exists; not set, since servers in one process (tests) share the recorder.

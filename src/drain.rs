@@ -410,9 +410,7 @@ async fn close_paced(hub: &HubHandle, progress: &Progress, window: Duration) {
     // Seeded from the thread's generator: that one cannot be held across an await.
     let mut rng = StdRng::from_rng(&mut rand::rng());
     conns.shuffle(&mut rng);
-    #[allow(clippy::cast_precision_loss, reason = "a schedule in seconds")]
     let slot = window.as_secs_f64() / n as f64;
-    #[allow(clippy::cast_precision_loss, reason = "a schedule in seconds")]
     let due: Vec<Duration> = (0..n)
         .map(|k| Duration::from_secs_f64((k as f64 + rng.random::<f64>()) * slot))
         .collect();
@@ -436,7 +434,6 @@ async fn close_paced(hub: &HubHandle, progress: &Progress, window: Duration) {
             progress.closed.fetch_add(1, Ordering::Relaxed);
             next += 1;
         }
-        #[allow(clippy::cast_precision_loss, reason = "a gauge")]
         left.set((n - next) as f64);
         if next < n {
             tokio::time::sleep(TICK.max(due[next].saturating_sub(start.elapsed()))).await;

@@ -286,10 +286,6 @@ pub struct Snapshot {
 }
 
 /// Sets the scrape-time gauges.
-#[allow(
-    clippy::cast_precision_loss,
-    reason = "gauges are f64; counts stay far below 2^52"
-)]
 pub fn record_snapshot(snapshot: &Snapshot) {
     let set = |name: &'static str, value: usize| {
         let gauge: Gauge = metrics::gauge!(name);

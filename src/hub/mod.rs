@@ -503,10 +503,6 @@ impl Hub {
         let mut hasher = DefaultHasher::new();
         name.hash(&mut hasher);
         // Truncating the hash is fine: only its low bits pick the shard.
-        #[allow(
-            clippy::cast_possible_truncation,
-            reason = "only the low bits are used"
-        )]
         let index = (hasher.finish() as usize) & (self.shards.len() - 1);
         &self.shards[index]
     }

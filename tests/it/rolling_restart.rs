@@ -333,9 +333,7 @@ async fn a_rolling_restart_through_haproxy_loses_nothing_and_paces_reconnects() 
         let peak = per_second.values().copied().max().unwrap_or(0);
         // Evenly paced: on_node / window per second; a second can hold one slot more at
         // each end and the after_ms jitter, so allow twice that plus two.
-        #[allow(clippy::cast_precision_loss, reason = "small counts")]
         let implied = *on_node as f64 / DRAIN_WINDOW.as_secs_f64();
-        #[allow(clippy::cast_precision_loss, reason = "small counts")]
         let bound = (2.0 * implied + 2.0).ceil() as u64;
         report.push(format!(
             "node{}: {on_node} connections, drained and exited in {:.1} s, peak {peak} reconnects/s (window implies {implied:.1}/s, bound {bound})",

@@ -495,7 +495,6 @@ impl Inner {
         let mut conn = self.conn()?;
         let (meta, hist, bus) = self.channel_keys(channel);
         let depth = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-        #[allow(clippy::cast_precision_loss, reason = "a histogram of small counts")]
         metrics::histogram!(telemetry::REDIS_PIPELINE_DEPTH).record(depth as f64);
         let mut invocation = self.publish_script.key(&meta);
         invocation
@@ -1089,7 +1088,6 @@ async fn record_partition_lag(inner: &Inner) {
             })
             .unwrap_or(0);
         let position = position.load(Ordering::Relaxed);
-        #[allow(clippy::cast_precision_loss, reason = "a lag in ms, far below 2^52")]
         let lag = newest_ms.saturating_sub(position) as f64 / 1000.0;
         metrics::gauge!(telemetry::BUS_PARTITION_AGE, "partition" => partition.to_string())
             .set(lag);
@@ -1273,7 +1271,6 @@ fn deliver_batch(inner: &Inner, value: Value) -> Option<String> {
                     .deliver_batched(&message.channel, offset, &message.data, &mut writes)
                     > 0
                 {
-                    #[allow(clippy::cast_precision_loss, reason = "a lag in ms")]
                     let lag = now_ms.saturating_sub(message.time_ms) as f64 / 1000.0;
                     metrics::histogram!(telemetry::BUS_LAG).record(lag);
                 }
