@@ -129,7 +129,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             let store = Arc::new(bus.presence(config.presence.ttl));
             (Arc::new(bus), Some(store))
         } else {
-            (Arc::new(LocalBus::new(Arc::clone(&hub))), None)
+            (
+                Arc::new(LocalBus::new(Arc::clone(&hub), Arc::clone(&node_id))),
+                None,
+            )
         };
 
     let authenticator = crate::auth::Authenticator::from_config(&config.auth)

@@ -11,7 +11,7 @@ mod redis;
 
 pub use self::redis::{NodeInfo, RedisBus, RedisPresence, RedisSettings};
 
-use std::{future::Future, pin::Pin};
+use std::{future::Future, pin::Pin, sync::Arc};
 
 use crate::{
     hub::{ConnId, History, HubHandle, RemoteView, SessionCommand, WriteBatch},
@@ -21,13 +21,30 @@ use crate::{
 /// A boxed future, as returned by [`Bus`] methods.
 pub type BusFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// Why a publish was not accepted.
-#[derive(Debug, Clone, thiserror::Error)]
+/// Why the bus did not do what was asked. Every variant means the same to a caller:
+/// nothing was published (or read), retry later, or answer `unavailable` / HTTP 503; they
+/// differ in what a log or a retry should know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BusError {
-    /// The bus cannot accept messages now (e.g. its backend is unreachable). Nothing was
-    /// published: retry later, or answer `unavailable` / HTTP 503.
+    /// The channel's fan-out is behind its publishers: its outbox already holds a subscriber
+    /// queue's worth (`limits.outbound_queue_messages` / `_bytes`).
+    #[error("message bus unavailable: the channel's fan-out is behind; retry later")]
+    Behind,
+    /// No connection to the backend now (down, or being reconnected).
+    #[error("message bus unavailable: redis is unreachable")]
+    Unreachable,
+    /// The backend did not answer within its timeout.
+    #[error("message bus unavailable: redis timed out")]
+    TimedOut,
+    /// The backend failed the command (an error reply, or the connection broke under it).
+    #[error("message bus unavailable: redis failed")]
+    Failed,
+    /// The backend answered something its script never returns; says what.
     #[error("message bus unavailable: {0}")]
-    Unavailable(&'static str),
+    BadReply(&'static str),
+    /// Asked of a bus that cannot answer it (the local bus has no remote view).
+    #[error("message bus unavailable: {0}")]
+    Unsupported(&'static str),
 }
 
 /// Orders and distributes published messages.
@@ -40,7 +57,7 @@ pub trait Bus: Send + Sync + std::fmt::Debug + 'static {
     /// [`Hub::publish_batched`]: crate::hub::Hub::publish_batched
     ///
     /// # Errors
-    /// [`BusError::Unavailable`] when nothing was published.
+    /// A [`BusError`] when nothing was published.
     ///
     /// # Cancel safety
     /// Dropping the future may or may not have published the message.
@@ -55,7 +72,7 @@ pub trait Bus: Send + Sync + std::fmt::Debug + 'static {
     /// bus, for a subscribe the hub cannot answer alone.
     ///
     /// # Errors
-    /// [`BusError::Unavailable`] when the bus cannot be read.
+    /// A [`BusError`] when the bus cannot be read.
     fn read_channel<'a>(
         &'a self,
         channel: &'a ChannelName,
@@ -66,7 +83,7 @@ pub trait Bus: Send + Sync + std::fmt::Debug + 'static {
     /// The history API: the newest `limit` messages, or those after `since`.
     ///
     /// # Errors
-    /// [`BusError::Unavailable`] when the bus cannot be read.
+    /// A [`BusError`] when the bus cannot be read.
     fn history<'a>(
         &'a self,
         channel: &'a ChannelName,
@@ -80,7 +97,7 @@ pub trait Bus: Send + Sync + std::fmt::Debug + 'static {
     /// [`Hub::announce`]: crate::hub::Hub::announce
     ///
     /// # Errors
-    /// [`BusError::Unavailable`] when the other nodes cannot be told.
+    /// A [`BusError`] when the other nodes cannot be told.
     fn announce<'a>(
         &'a self,
         channel: &'a ChannelName,
@@ -92,7 +109,7 @@ pub trait Bus: Send + Sync + std::fmt::Debug + 'static {
     /// from the bus.
     ///
     /// # Errors
-    /// [`BusError::Unavailable`] when the other nodes cannot be told (this node's connections
+    /// A [`BusError`] when the other nodes cannot be told (this node's connections
     /// are told anyway).
     fn command_user<'a>(
         &'a self,
@@ -104,7 +121,7 @@ pub trait Bus: Send + Sync + std::fmt::Debug + 'static {
     /// many is the answer), the others' as they read the request from the bus.
     ///
     /// # Errors
-    /// [`BusError::Unavailable`] when the other nodes cannot be told (this node's connections
+    /// A [`BusError`] when the other nodes cannot be told (this node's connections
     /// are closed anyway).
     fn disconnect_user<'a>(
         &'a self,
@@ -121,10 +138,13 @@ pub trait Bus: Send + Sync + std::fmt::Debug + 'static {
         Vec::new()
     }
 
-    /// The Redis bus, for cluster-wide queries (`/v1/nodes`).
-    fn as_redis(&self) -> Option<&RedisBus> {
-        None
-    }
+    /// The nodes serving now, as `/v1/nodes` and `/v1/stats?scope=cluster` list them (JSON
+    /// objects with at least `node` and `connections`): the cluster's registry, or this
+    /// node alone.
+    ///
+    /// # Errors
+    /// A [`BusError`] when the registry cannot be read.
+    fn nodes(&self) -> BusFuture<'_, Result<Vec<serde_json::Value>, BusError>>;
 
     /// A short name for logs and `/v1/stats`: `local` or `redis`.
     fn kind(&self) -> &'static str;
@@ -134,12 +154,14 @@ pub trait Bus: Send + Sync + std::fmt::Debug + 'static {
 #[derive(Debug, Clone)]
 pub struct LocalBus {
     hub: HubHandle,
+    /// This node's id, for [`Bus::nodes`].
+    node_id: Arc<str>,
 }
 
 impl LocalBus {
     #[must_use]
-    pub fn new(hub: HubHandle) -> Self {
-        Self { hub }
+    pub fn new(hub: HubHandle, node_id: Arc<str>) -> Self {
+        Self { hub, node_id }
     }
 }
 
@@ -153,7 +175,7 @@ impl Bus for LocalBus {
         let published = self
             .hub
             .publish_batched(channel, data, writes)
-            .map_err(|_| BusError::Unavailable("the channel's fan-out is behind; retry later"));
+            .map_err(|_| BusError::Behind);
         Box::pin(std::future::ready(published))
     }
 
@@ -164,7 +186,7 @@ impl Bus for LocalBus {
         _limit: usize,
     ) -> BusFuture<'a, Result<RemoteView, BusError>> {
         // The hub orders local messages itself and never asks for a remote view.
-        Box::pin(std::future::ready(Err(BusError::Unavailable(
+        Box::pin(std::future::ready(Err(BusError::Unsupported(
             "the local bus has no remote view",
         ))))
     }
@@ -210,6 +232,14 @@ impl Bus for LocalBus {
 
     fn unready_reasons(&self) -> Vec<String> {
         Vec::new()
+    }
+
+    fn nodes(&self) -> BusFuture<'_, Result<Vec<serde_json::Value>, BusError>> {
+        let this = serde_json::json!({
+            "node": &*self.node_id,
+            "connections": self.hub.connections(),
+        });
+        Box::pin(std::future::ready(Ok(vec![this])))
     }
 
     fn kind(&self) -> &'static str {
@@ -294,7 +324,7 @@ pub trait PresenceStore: Send + Sync + std::fmt::Debug + 'static {
     /// Up to `limit` members of `channel` on every node, after `cursor` (a `next_cursor`).
     ///
     /// # Errors
-    /// [`BusError::Unavailable`] when the store cannot be read.
+    /// A [`BusError`] when the store cannot be read.
     fn page<'a>(
         &'a self,
         channel: &'a ChannelName,
@@ -305,7 +335,7 @@ pub trait PresenceStore: Send + Sync + std::fmt::Debug + 'static {
     /// The channel's connections and distinct users on every node, from counters.
     ///
     /// # Errors
-    /// [`BusError::Unavailable`] when the store cannot be read.
+    /// A [`BusError`] when the store cannot be read.
     fn stats<'a>(
         &'a self,
         channel: &'a ChannelName,

@@ -104,9 +104,8 @@ impl ApiError {
 
 impl From<BusError> for ApiError {
     fn from(err: BusError) -> Self {
-        match err {
-            BusError::Unavailable(_) => ApiError::new(503, ErrorCode::Unavailable, err.to_string()),
-        }
+        // Whatever went wrong, nothing was done and a retry may succeed.
+        ApiError::new(503, ErrorCode::Unavailable, err.to_string())
     }
 }
 
@@ -366,19 +365,8 @@ fn readyz(ctx: &ControlContext) -> Response<Body> {
     response(status, JSON, body.to_string())
 }
 
-/// This node as `/v1/nodes` lists it when there is no cluster registry.
-fn this_node(ctx: &ControlContext) -> serde_json::Value {
-    serde_json::json!({
-        "node": &*ctx.node_id,
-        "connections": ctx.hub.connections(),
-    })
-}
-
 async fn nodes(ctx: &ControlContext) -> Handled {
-    let nodes = match ctx.bus.as_redis() {
-        Some(redis) => redis.nodes().await?,
-        None => vec![this_node(ctx)],
-    };
+    let nodes = ctx.bus.nodes().await?;
     Ok(response(
         200,
         JSON,
@@ -396,10 +384,7 @@ async fn stats(query: &str, ctx: &ControlContext) -> Handled {
     match query {
         "" | "scope=node" => Ok(node_stats(ctx)),
         "scope=cluster" => {
-            let nodes = match ctx.bus.as_redis() {
-                Some(redis) => redis.nodes().await?,
-                None => vec![this_node(ctx)],
-            };
+            let nodes = ctx.bus.nodes().await?;
             let connections: u64 = nodes
                 .iter()
                 .filter_map(|node| node["connections"].as_u64())

@@ -56,7 +56,7 @@ fn frames(outbound: &Outbound) -> Vec<serde_json::Value> {
 }
 
 fn presence(hub: &HubHandle, coalesce: Duration) -> Arc<Presence> {
-    let bus: Arc<dyn Bus> = Arc::new(LocalBus::new(Arc::clone(hub)));
+    let bus: Arc<dyn Bus> = Arc::new(LocalBus::new(Arc::clone(hub), Arc::from("n1")));
     Presence::start(
         PresenceSettings {
             node: Arc::from("n1"),

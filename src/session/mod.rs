@@ -672,7 +672,7 @@ mod tests {
             remote: false,
         });
         let ctx = Arc::new(SessionContext {
-            bus: Arc::new(LocalBus::new(Arc::clone(&hub))),
+            bus: Arc::new(LocalBus::new(Arc::clone(&hub), Arc::from("n"))),
             hub: Arc::clone(&hub),
             node_id: Arc::from("n"),
             settings: SessionSettings {
@@ -712,7 +712,7 @@ mod tests {
                     ttl: Duration::from_secs(30),
                     namespaces: Namespaces::default(),
                 },
-                Arc::new(LocalBus::new(Arc::clone(&hub))),
+                Arc::new(LocalBus::new(Arc::clone(&hub), Arc::from("n"))),
                 None,
                 &crate::shutdown::Shutdown::new(),
                 &tokio_util::sync::CancellationToken::new(),

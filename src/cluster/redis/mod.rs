@@ -395,10 +395,7 @@ impl RedisBus {
     }
 
     /// Live nodes from the registry, as JSON objects.
-    ///
-    /// # Errors
-    /// When Redis cannot be read.
-    pub async fn nodes(&self) -> Result<Vec<serde_json::Value>, BusError> {
+    async fn registered_nodes(&self) -> Result<Vec<serde_json::Value>, BusError> {
         let mut conn = self.inner.conn()?;
         let now = unix_ms();
         let ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
@@ -432,7 +429,7 @@ impl Inner {
     fn conn(&self) -> Result<RedisConn, BusError> {
         match self.conn.load_full() {
             Some(conn) => Ok((*conn).clone()),
-            None => Err(BusError::Unavailable("redis is unreachable")),
+            None => Err(BusError::Unreachable),
         }
     }
 
@@ -449,9 +446,9 @@ impl Inner {
             self.reconnect.notify_one();
         }
         if err.is_timeout() {
-            BusError::Unavailable("redis timed out")
+            BusError::TimedOut
         } else {
-            BusError::Unavailable("redis failed")
+            BusError::Failed
         }
     }
 
@@ -515,7 +512,7 @@ impl Inner {
         match result {
             Ok(Ok((epoch, seq))) => Ok(Offset {
                 epoch: parse_epoch(&epoch)
-                    .ok_or(BusError::Unavailable("redis returned a bad epoch"))?,
+                    .ok_or(BusError::BadReply("redis returned a bad epoch"))?,
                 seq,
             }),
             Ok(Err(err)) => Err(self.failed("publish", &err)),
@@ -539,7 +536,7 @@ impl Inner {
         limit: usize,
     ) -> Result<ChannelRead, BusError> {
         match self.read_once(channel, since, limit).await {
-            Err(BusError::Unavailable("redis failed")) => {
+            Err(BusError::Failed) => {
                 let deadline = Instant::now() + self.settings.publish_timeout;
                 while self.conn.load().is_none() && Instant::now() < deadline {
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -571,10 +568,10 @@ impl Inner {
             invocation.invoke_async::<Value>(&mut conn),
         )
         .await
-        .map_err(|_| BusError::Unavailable("redis timed out"))?
+        .map_err(|_| BusError::TimedOut)?
         .map_err(|err| self.failed("read", &err))?;
         let mut read =
-            ChannelRead::parse(value).ok_or(BusError::Unavailable("redis returned a bad reply"))?;
+            ChannelRead::parse(value).ok_or(BusError::BadReply("redis returned a bad reply"))?;
         let ttl_ms = u64::try_from(self.settings.history_ttl.as_millis()).unwrap_or(u64::MAX);
         let oldest_ms = read.now_ms.saturating_sub(ttl_ms);
         read.entries.retain(|entry| entry.time_ms >= oldest_ms);
@@ -693,7 +690,7 @@ impl RedisBus {
             command.query_async::<Value>(&mut conn),
         )
         .await
-        .map_err(|_| BusError::Unavailable("redis timed out"))?
+        .map_err(|_| BusError::TimedOut)?
         .map_err(|err| inner.failed(op, &err))?;
         Ok(())
     }
@@ -899,8 +896,8 @@ impl Bus for RedisBus {
         "redis"
     }
 
-    fn as_redis(&self) -> Option<&RedisBus> {
-        Some(self)
+    fn nodes(&self) -> BusFuture<'_, Result<Vec<serde_json::Value>, BusError>> {
+        Box::pin(self.registered_nodes())
     }
 }
 

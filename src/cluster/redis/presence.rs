@@ -248,7 +248,7 @@ impl RedisPresence {
                 self.keep_departed(channel, &reply[0]);
                 Ok(reply)
             }
-            _ => Err(BusError::Unavailable("redis answered presence oddly")),
+            _ => Err(BusError::BadReply("redis answered presence oddly")),
         }
     }
 
@@ -392,7 +392,7 @@ impl PresenceStore for RedisPresence {
                 })
                 .await?;
             let [_, ids, jsons] = reply.as_slice() else {
-                return Err(BusError::Unavailable("redis answered presence oddly"));
+                return Err(BusError::BadReply("redis answered presence oddly"));
             };
             let jsons = match jsons {
                 Value::Array(items) => items.iter().map(as_string).collect(),
@@ -421,7 +421,7 @@ impl PresenceStore for RedisPresence {
         Box::pin(async move {
             let reply = self.call(&self.scripts.stats, channel, |_| {}).await?;
             let [_, connections, users] = reply.as_slice() else {
-                return Err(BusError::Unavailable("redis answered presence oddly"));
+                return Err(BusError::BadReply("redis answered presence oddly"));
             };
             let count = |value| as_u64(value).and_then(|n| usize::try_from(n).ok());
             Ok((count(connections).unwrap_or(0), count(users).unwrap_or(0)))
