@@ -27,7 +27,10 @@ use std::{
 use futures_util::future::join_all;
 use redis::{Script, ScriptInvocation, Value};
 
-use super::{Inner, as_string, as_u64};
+use super::{
+    Inner,
+    scripts::{as_string, as_u64},
+};
 use crate::{
     cluster::{
         BusError, BusFuture, Departed, PresenceStore, PresenceWrite, StoredPage, WriteOutcome,

@@ -1,0 +1,404 @@
+//! Following the partition streams: one reader per partition with its own connection,
+//! going on from the last entry it saw and handing entries to the hub; the watchdog that
+//! restarts a reader stuck while Redis answers; the partitions' lag gauge.
+
+use std::{
+    sync::{Arc, PoisonError, atomic::Ordering},
+    time::Duration,
+};
+
+use redis::{RedisResult, Value};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    Inner, bus_key,
+    health::stalled_readers,
+    scripts::{as_string, as_u64, parse_epoch},
+    since_start_ms, unix_ms,
+};
+use crate::{
+    hub::SessionCommand,
+    protocol::{ChannelName, CloseCode, Offset},
+    shutdown::Shutdown,
+    telemetry,
+};
+
+/// How long one `XREAD` blocks before returning empty.
+const BLOCK: Duration = Duration::from_millis(1000);
+/// Entries one `XREAD` returns at most.
+const READ_COUNT: usize = 512;
+/// A reader whose last completed read is older than this, while Redis answers, is stuck.
+pub(super) const READER_STALL: Duration = Duration::from_secs(5);
+
+/// Starts one reader per partition and restarts any that is stuck while Redis answers.
+pub(super) async fn watch_readers(inner: Arc<Inner>, tasks: Shutdown, stop: CancellationToken) {
+    let partitions = inner.settings.partitions;
+    let mut readers: Vec<_> = (0..partitions)
+        .map(|partition| tasks.spawn(read_partition(Arc::clone(&inner), partition, stop.clone())))
+        .collect();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if !inner.health.redis_up.load(Ordering::Acquire) {
+            continue;
+        }
+        let now = since_start_ms(&inner);
+        let grace = u64::try_from(READER_STALL.as_millis()).unwrap_or(u64::MAX);
+        for partition in stalled_readers(&inner) {
+            // Readiness stays failed until the reader completes a read again; restarts are
+            // spaced by the stall period so a reader that cannot get through is not
+            // restarted every second.
+            let restarted = &inner.health.reader_restarted_ms[partition];
+            if now.saturating_sub(restarted.load(Ordering::Relaxed)) < grace {
+                continue;
+            }
+            restarted.store(now, Ordering::Relaxed);
+            tracing::warn!(
+                partition,
+                "Bus reader stalled while Redis answers; restarting it"
+            );
+            metrics::counter!(telemetry::BUS_READER_RESTARTS).increment(1);
+            readers[partition].abort();
+            let partition_u32 = u32::try_from(partition).expect("partitions fit in u32");
+            readers[partition] = tasks.spawn(read_partition(
+                Arc::clone(&inner),
+                partition_u32,
+                stop.clone(),
+            ));
+        }
+        record_partition_lag(&inner).await;
+    }
+}
+
+/// Sets each partition's lag gauge: how far (by entry time, which Redis assigns, so no clock
+/// skew enters) the entry this node has read trails the newest entry of the stream.
+async fn record_partition_lag(inner: &Inner) {
+    let Ok(mut conn) = inner.conn() else { return };
+    for (partition, position) in inner.health.reader_position_ms.iter().enumerate() {
+        let key = bus_key(u32::try_from(partition).unwrap_or(u32::MAX));
+        let newest = tokio::time::timeout(
+            inner.settings.publish_timeout,
+            redis::cmd("XREVRANGE")
+                .arg(&key)
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1)
+                .query_async::<Value>(&mut conn),
+        )
+        .await;
+        let Ok(Ok(Value::Array(entries))) = newest else {
+            return;
+        };
+        let newest_ms = entries
+            .first()
+            .and_then(|entry| match entry {
+                Value::Array(pair) => pair.first().and_then(as_string),
+                _ => None,
+            })
+            .and_then(|id| {
+                id.split_once('-')
+                    .and_then(|(ms, _)| ms.parse::<u64>().ok())
+            })
+            .unwrap_or(0);
+        let position = position.load(Ordering::Relaxed);
+        let lag = newest_ms.saturating_sub(position) as f64 / 1000.0;
+        metrics::gauge!(telemetry::BUS_PARTITION_AGE, "partition" => partition.to_string())
+            .set(lag);
+    }
+}
+
+/// Follows one partition stream from the last entry seen, across reconnects.
+async fn read_partition(inner: Arc<Inner>, partition: u32, stop: CancellationToken) {
+    let key = bus_key(partition);
+    let index = partition as usize;
+    let saved_cursor = &inner.health.reader_cursor[index];
+    let mut last_id: Option<String> = saved_cursor
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    let mut backoff = Duration::from_millis(50);
+    let read_timeout = BLOCK + inner.settings.publish_timeout + Duration::from_secs(1);
+    loop {
+        if stop.is_cancelled() {
+            return;
+        }
+        // A dedicated connection: a blocking XREAD would stall a shared one.
+        let connected = tokio::select! {
+            () = stop.cancelled() => return,
+            connected = inner.connector.connect(read_timeout) => connected,
+        };
+        let mut conn = match connected {
+            Ok(conn) => conn,
+            Err(err) => {
+                inner.health.error("read_connect", &err);
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        if last_id.is_none() {
+            // First start: begin after the newest entry. Later reconnects go on from the last
+            // entry seen, so nothing published during an outage is skipped.
+            let newest: RedisResult<Value> = redis::cmd("XREVRANGE")
+                .arg(&key)
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1)
+                .query_async(&mut conn)
+                .await;
+            match newest {
+                Ok(Value::Array(entries)) => {
+                    last_id = Some(
+                        entries
+                            .first()
+                            .and_then(|entry| match entry {
+                                Value::Array(pair) => pair.first().and_then(as_string),
+                                _ => None,
+                            })
+                            .unwrap_or_else(|| "0-0".to_owned()),
+                    );
+                }
+                Ok(_) => last_id = Some("0-0".to_owned()),
+                Err(err) => {
+                    inner.health.error("read", &err);
+                    continue;
+                }
+            }
+        }
+        backoff = Duration::from_millis(50);
+        saved_cursor
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone_from(&last_id);
+        inner.health.reader_started[index].store(true, Ordering::Release);
+        if let Some(ms) = last_id
+            .as_deref()
+            .and_then(|id| id.split_once('-'))
+            .and_then(|(ms, _)| ms.parse().ok())
+        {
+            inner.health.reader_position_ms[index].fetch_max(ms, Ordering::Relaxed);
+        }
+        loop {
+            let cursor = last_id.clone().unwrap_or_else(|| "0-0".to_owned());
+            let mut xread = redis::cmd("XREAD");
+            xread
+                .arg("COUNT")
+                .arg(READ_COUNT)
+                .arg("BLOCK")
+                .arg(u64::try_from(BLOCK.as_millis()).unwrap_or(1000))
+                .arg("STREAMS")
+                .arg(&key)
+                .arg(&cursor);
+            let read = tokio::select! {
+                () = stop.cancelled() => return,
+                read = tokio::time::timeout(read_timeout, xread.query_async::<Value>(&mut conn)) => read,
+            };
+            let value = match read {
+                Ok(Ok(value)) => value,
+                Ok(Err(err)) => {
+                    inner.health.error("read", &err);
+                    break;
+                }
+                Err(_) => {
+                    inner.health.error("read", &"XREAD timed out");
+                    break;
+                }
+            };
+            inner.health.reader_ok_ms[index].store(since_start_ms(&inner), Ordering::Relaxed);
+            if let Some(new_last) = deliver_batch(&inner, value) {
+                if let Some(ms) = new_last.split_once('-').and_then(|(ms, _)| ms.parse().ok()) {
+                    inner.health.reader_position_ms[index].store(ms, Ordering::Relaxed);
+                }
+                // A short critical section, never across an await.
+                *saved_cursor.lock().unwrap_or_else(PoisonError::into_inner) =
+                    Some(new_last.clone());
+                last_id = Some(new_last);
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Hands one `XREAD` reply to the hub. Returns the last entry id, if any.
+fn deliver_batch(inner: &Inner, value: Value) -> Option<String> {
+    // Reply shape: [[key, [[id, [field, value, ...]], ...]]], or nil on timeout.
+    let Value::Array(streams) = value else {
+        return None;
+    };
+    let mut last_id = None;
+    let now_ms = unix_ms();
+    let mut n_entries = 0_u32;
+    // Written when the reply is handed over: a connection that several of its entries
+    // reach gets one `writev`.
+    let mut writes = inner.hub.write_batch();
+    for stream in streams {
+        let Value::Array(mut key_and_entries) = stream else {
+            continue;
+        };
+        let Some(Value::Array(entries)) = key_and_entries.pop() else {
+            continue;
+        };
+        for entry in entries {
+            let Value::Array(mut pair) = entry else {
+                continue;
+            };
+            let Some(fields) = pair.pop() else { continue };
+            let Some(id) = pair.pop().as_ref().and_then(as_string) else {
+                continue;
+            };
+            n_entries += 1;
+            if let Some(request) = Request::parse(&fields, &inner.settings.node_id) {
+                match request {
+                    Request::Event { channel, text } => {
+                        inner.hub.announce(&channel, text, &mut writes);
+                    }
+                    Request::Command { user, command } => {
+                        inner.hub.command_user(&user, &command);
+                    }
+                    Request::Disconnect { user, code } => {
+                        let closed = inner.hub.disconnect_user(&user, code);
+                        tracing::info!(
+                            %user,
+                            closed,
+                            code = code.code(),
+                            "Disconnect of a user requested through the bus"
+                        );
+                    }
+                    Request::Own => {}
+                }
+            } else if let Some(message) = BusEntry::parse(&fields) {
+                let offset = Offset {
+                    epoch: message.epoch,
+                    seq: message.seq,
+                };
+                if inner
+                    .hub
+                    .deliver_batched(&message.channel, offset, &message.data, &mut writes)
+                    > 0
+                {
+                    let lag = now_ms.saturating_sub(message.time_ms) as f64 / 1000.0;
+                    metrics::histogram!(telemetry::BUS_LAG).record(lag);
+                }
+            } else {
+                tracing::warn!(%id, "Malformed bus entry skipped");
+            }
+            last_id = Some(id);
+        }
+    }
+    metrics::histogram!(telemetry::BUS_READ_BATCH).record(f64::from(n_entries));
+    last_id
+}
+
+/// What a bus entry with a `k` field asks every node to do (entries without one are
+/// messages, [`BusEntry`]).
+enum Request {
+    /// A channel's `join`/`leave` frame (`k=event`, `c`, `d`), for `Hub::announce`.
+    Event { channel: String, text: String },
+    /// `k=disconnect`, `u`, `x`: close a user's connections.
+    Disconnect { user: String, code: CloseCode },
+    /// `k=subscribe|unsubscribe`, `u`, `c`: for a user's sessions.
+    Command {
+        user: String,
+        command: SessionCommand,
+    },
+    /// A request about users this node wrote: it acted on it already.
+    Own,
+}
+
+impl Request {
+    /// `None` for an entry without `k` (a message), or one that does not parse (the caller
+    /// then reports it as malformed).
+    fn parse(fields: &Value, node_id: &str) -> Option<Self> {
+        let Value::Array(fields) = fields else {
+            return None;
+        };
+        let (mut kind, mut user, mut node, mut channel, mut text, mut code) =
+            (None, None, None, None, None, None);
+        for pair in fields.chunks(2) {
+            let value = pair.get(1)?;
+            match as_string(&pair[0])?.as_str() {
+                "k" => kind = as_string(value),
+                "u" => user = as_string(value),
+                "n" => node = as_string(value),
+                "c" => channel = as_string(value),
+                "d" => text = as_string(value),
+                "x" => code = as_u64(value),
+                _ => {}
+            }
+        }
+        let kind = kind?;
+        if node.as_deref() == Some(node_id) && kind != "event" {
+            return Some(Self::Own);
+        }
+        match kind.as_str() {
+            "event" => channel
+                .zip(text)
+                .map(|(channel, text)| Self::Event { channel, text }),
+            "disconnect" => user.map(|user| Self::Disconnect {
+                user,
+                code: code
+                    .and_then(|code| u16::try_from(code).ok())
+                    .and_then(CloseCode::from_code)
+                    .unwrap_or(CloseCode::Disconnected),
+            }),
+            "subscribe" | "unsubscribe" => user
+                .zip(channel.and_then(|channel| ChannelName::parse(&channel, usize::MAX).ok()))
+                .map(|(user, channel)| Self::Command {
+                    user,
+                    command: if kind == "subscribe" {
+                        SessionCommand::Subscribe(channel)
+                    } else {
+                        SessionCommand::Unsubscribe(channel)
+                    },
+                }),
+            _ => None,
+        }
+    }
+}
+
+struct BusEntry {
+    channel: String,
+    epoch: u64,
+    seq: u64,
+    data: String,
+    time_ms: u64,
+}
+
+impl BusEntry {
+    fn parse(fields: &Value) -> Option<Self> {
+        let Value::Array(fields) = fields else {
+            return None;
+        };
+        let (mut channel, mut epoch, mut seq, mut data, mut time_ms) = (None, None, None, None, 0);
+        for pair in fields.chunks(2) {
+            let value = pair.get(1)?;
+            match as_string(&pair[0])?.as_str() {
+                "c" => channel = as_string(value),
+                "e" => epoch = as_string(value).as_deref().and_then(parse_epoch),
+                "s" => seq = as_u64(value),
+                "d" => data = as_string(value),
+                "t" => time_ms = as_u64(value).unwrap_or(0),
+                _ => {}
+            }
+        }
+        Some(Self {
+            channel: channel?,
+            epoch: epoch?,
+            seq: seq?,
+            data: data?,
+            time_ms,
+        })
+    }
+}

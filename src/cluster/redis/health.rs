@@ -1,0 +1,140 @@
+//! Health of the link to Redis and of each partition reader: outages logged once, stalled
+//! readers found, and what `/readyz` reports.
+
+use std::sync::{
+    Mutex, PoisonError,
+    atomic::{AtomicBool, AtomicU64, Ordering},
+};
+
+use super::{Inner, follow::READER_STALL, since_start_ms};
+use crate::telemetry;
+
+/// Health of the link to Redis and of each partition reader, for readiness and metrics.
+#[derive(Debug, Default)]
+pub(super) struct Health {
+    pub(super) redis_up: AtomicBool,
+    /// Milliseconds since `started` when the current outage began (Redis was up before),
+    /// and when Redis last came back: readers get `READER_STALL` from then before they count
+    /// as stalled, so that a Redis restart does not fail every node's readiness at once.
+    pub(super) down_since_ms: AtomicU64,
+    pub(super) up_since_ms: AtomicU64,
+    /// Whether "cannot reach Redis" was logged before the first connection.
+    pub(super) first_failure_logged: AtomicBool,
+    /// Whether the command link ever connected; the node is not ready before.
+    pub(super) ever_connected: AtomicBool,
+    pub(super) last_error: Mutex<String>,
+    /// Milliseconds since `started` of each reader's last completed read.
+    pub(super) reader_ok_ms: Vec<AtomicU64>,
+    /// Entry id (ms part) each reader has reached, for the lag gauge.
+    pub(super) reader_position_ms: Vec<AtomicU64>,
+    /// Whether each reader has found its starting point; the node is not ready before.
+    pub(super) reader_started: Vec<AtomicBool>,
+    /// Milliseconds since `started` of the watchdog's last restart of each reader.
+    pub(super) reader_restarted_ms: Vec<AtomicU64>,
+    /// The last entry id each partition's reader processed. Kept outside the reader task so
+    /// that a reader restarted by the watchdog goes on from there instead of skipping ahead.
+    pub(super) reader_cursor: Vec<Mutex<Option<String>>>,
+}
+
+impl Health {
+    /// Redis answered (a new connection): logs the end of an outage, with its duration.
+    pub(super) fn came_up(&self, now_ms: u64) {
+        self.up_since_ms.store(now_ms, Ordering::Release);
+        let was_up = self.redis_up.swap(true, Ordering::AcqRel);
+        let first = !self.ever_connected.swap(true, Ordering::AcqRel);
+        if first {
+            tracing::info!("Connected to Redis");
+        } else if !was_up {
+            let outage_ms = now_ms.saturating_sub(self.down_since_ms.load(Ordering::Acquire));
+            tracing::warn!(outage_ms, "Redis reachable again; outage over");
+        }
+    }
+
+    /// Redis is unreachable: logs once when an outage begins (and once before the first
+    /// connection), not for every failed command or reconnect attempt.
+    pub(super) fn went_down(&self, now_ms: u64) {
+        if self.redis_up.swap(false, Ordering::AcqRel) {
+            self.down_since_ms.store(now_ms, Ordering::Release);
+            let last = self.last_error();
+            tracing::warn!(
+                error = %last,
+                "Redis unreachable: outage began (publishes get 503 until it is back)"
+            );
+        } else if !self.ever_connected.load(Ordering::Acquire)
+            && !self.first_failure_logged.swap(true, Ordering::AcqRel)
+        {
+            let last = self.last_error();
+            tracing::warn!(error = %last, "Cannot reach Redis yet; retrying");
+        }
+    }
+
+    pub(super) fn last_error(&self) -> String {
+        self.last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub(super) fn error(&self, op: &'static str, err: &dyn std::fmt::Display) {
+        metrics::counter!(telemetry::REDIS_ERRORS, "op" => op).increment(1);
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = format!("{op}: {err}");
+    }
+}
+
+pub(super) fn stalled_readers(inner: &Inner) -> Vec<usize> {
+    let now = since_start_ms(inner);
+    let stall = u64::try_from(READER_STALL.as_millis()).unwrap_or(u64::MAX);
+    // Readers failed during an outage; they get a stall period from Redis's return.
+    let up_since = inner.health.up_since_ms.load(Ordering::Acquire);
+    inner
+        .health
+        .reader_ok_ms
+        .iter()
+        .enumerate()
+        .filter(|(_, ok)| now.saturating_sub(ok.load(Ordering::Relaxed).max(up_since)) > stall)
+        .map(|(partition, _)| partition)
+        .collect()
+}
+
+impl Inner {
+    /// Reasons this node is unfit to serve (see `Bus::unready_reasons`).
+    pub(super) fn unready_reasons(&self) -> Vec<String> {
+        let health = &self.health;
+        let mut reasons = Vec::new();
+        // A node that has not yet found its place in every partition cannot deliver what is
+        // published elsewhere: never ready before that, outage or not.
+        let starting = health
+            .reader_started
+            .iter()
+            .filter(|started| !started.load(Ordering::Acquire))
+            .count();
+        if starting > 0 {
+            reasons.push(format!("{starting} bus partition readers starting"));
+        }
+        if !health.ever_connected.load(Ordering::Acquire) {
+            reasons.push("connecting to redis".to_owned());
+        }
+        let redis_up = health.redis_up.load(Ordering::Acquire);
+        if !redis_up && self.settings.outage_fails_readiness {
+            reasons.push("redis unreachable".to_owned());
+        }
+        if redis_up {
+            for partition in stalled_readers(self) {
+                reasons.push(format!("bus reader for partition {partition} is stalled"));
+            }
+        }
+        reasons
+    }
+
+    /// An outage of Redis itself, which does not fail readiness (see `Bus::details`).
+    pub(super) fn details(&self) -> Vec<String> {
+        let health = &self.health;
+        if health.redis_up.load(Ordering::Acquire) {
+            return Vec::new();
+        }
+        vec![format!("redis unreachable ({})", health.last_error())]
+    }
+}
