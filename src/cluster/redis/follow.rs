@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     Inner, bus_key,
+    connection::RedisConn,
     health::stalled_readers,
     scripts::{as_string, as_u64, parse_epoch},
     since_start_ms, unix_ms,
@@ -99,10 +100,7 @@ async fn record_partition_lag(inner: &Inner) {
                 Value::Array(pair) => pair.first().and_then(as_string),
                 _ => None,
             })
-            .and_then(|id| {
-                id.split_once('-')
-                    .and_then(|(ms, _)| ms.parse::<u64>().ok())
-            })
+            .and_then(|id| id_ms(&id))
             .unwrap_or(0);
         let position = position.load(Ordering::Relaxed);
         let lag = newest_ms.saturating_sub(position) as f64 / 1000.0;
@@ -111,7 +109,9 @@ async fn record_partition_lag(inner: &Inner) {
     }
 }
 
-/// Follows one partition stream from the last entry seen, across reconnects.
+/// Follows one partition stream from the last entry seen, across reconnects: a dedicated
+/// connection (a blocking `XREAD` would stall a shared one), the starting point found once,
+/// then [`follow`] until the connection fails, with backoff between attempts.
 async fn read_partition(inner: Arc<Inner>, partition: u32, stop: CancellationToken) {
     let key = bus_key(partition);
     let index = partition as usize;
@@ -126,7 +126,6 @@ async fn read_partition(inner: Arc<Inner>, partition: u32, stop: CancellationTok
         if stop.is_cancelled() {
             return;
         }
-        // A dedicated connection: a blocking XREAD would stall a shared one.
         let connected = tokio::select! {
             () = stop.cancelled() => return,
             connected = inner.connector.connect(read_timeout) => connected,
@@ -143,85 +142,39 @@ async fn read_partition(inner: Arc<Inner>, partition: u32, stop: CancellationTok
                 continue;
             }
         };
-        if last_id.is_none() {
-            // First start: begin after the newest entry. Later reconnects go on from the last
-            // entry seen, so nothing published during an outage is skipped.
-            let newest: RedisResult<Value> = redis::cmd("XREVRANGE")
-                .arg(&key)
-                .arg("+")
-                .arg("-")
-                .arg("COUNT")
-                .arg(1)
-                .query_async(&mut conn)
-                .await;
-            match newest {
-                Ok(Value::Array(entries)) => {
-                    last_id = Some(
-                        entries
-                            .first()
-                            .and_then(|entry| match entry {
-                                Value::Array(pair) => pair.first().and_then(as_string),
-                                _ => None,
-                            })
-                            .unwrap_or_else(|| "0-0".to_owned()),
-                    );
-                }
-                Ok(_) => last_id = Some("0-0".to_owned()),
+        let start = match last_id.take() {
+            Some(id) => id,
+            None => match find_start(&mut conn, &key).await {
+                Ok(id) => id,
                 Err(err) => {
                     inner.health.error("read", &err);
                     continue;
                 }
-            }
-        }
+            },
+        };
         backoff = Duration::from_millis(50);
         saved_cursor
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone_from(&last_id);
+            .replace(start.clone());
         inner.health.reader_started[index].store(true, Ordering::Release);
-        if let Some(ms) = last_id
-            .as_deref()
-            .and_then(|id| id.split_once('-'))
-            .and_then(|(ms, _)| ms.parse().ok())
-        {
+        if let Some(ms) = id_ms(&start) {
             inner.health.reader_position_ms[index].fetch_max(ms, Ordering::Relaxed);
         }
-        loop {
-            let cursor = last_id.clone().unwrap_or_else(|| "0-0".to_owned());
-            let mut xread = redis::cmd("XREAD");
-            xread
-                .arg("COUNT")
-                .arg(READ_COUNT)
-                .arg("BLOCK")
-                .arg(u64::try_from(BLOCK.as_millis()).unwrap_or(1000))
-                .arg("STREAMS")
-                .arg(&key)
-                .arg(&cursor);
-            let read = tokio::select! {
-                () = stop.cancelled() => return,
-                read = tokio::time::timeout(read_timeout, xread.query_async::<Value>(&mut conn)) => read,
-            };
-            let value = match read {
-                Ok(Ok(value)) => value,
-                Ok(Err(err)) => {
-                    inner.health.error("read", &err);
-                    break;
-                }
-                Err(_) => {
-                    inner.health.error("read", &"XREAD timed out");
-                    break;
-                }
-            };
-            inner.health.reader_ok_ms[index].store(since_start_ms(&inner), Ordering::Relaxed);
-            if let Some(new_last) = deliver_batch(&inner, value) {
-                if let Some(ms) = new_last.split_once('-').and_then(|(ms, _)| ms.parse().ok()) {
-                    inner.health.reader_position_ms[index].store(ms, Ordering::Relaxed);
-                }
-                // A short critical section, never across an await.
-                *saved_cursor.lock().unwrap_or_else(PoisonError::into_inner) =
-                    Some(new_last.clone());
-                last_id = Some(new_last);
-            }
+        let mut cursor = start;
+        let followed = follow(
+            &inner,
+            &mut conn,
+            &key,
+            index,
+            &mut cursor,
+            read_timeout,
+            &stop,
+        )
+        .await;
+        last_id = Some(cursor);
+        if followed == Followed::Stopped {
+            return;
         }
         tokio::select! {
             () = stop.cancelled() => return,
@@ -229,6 +182,93 @@ async fn read_partition(inner: Arc<Inner>, partition: u32, stop: CancellationTok
         }
         backoff = (backoff * 2).min(Duration::from_secs(2));
     }
+}
+
+/// Where a reader starts the first time: after the newest entry of the stream (what came
+/// before was for the nodes that were there), or at its beginning when it is empty. Later
+/// reconnects go on from the last entry seen, so nothing published during an outage is
+/// skipped.
+async fn find_start(conn: &mut RedisConn, key: &str) -> RedisResult<String> {
+    let newest: Value = redis::cmd("XREVRANGE")
+        .arg(key)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(conn)
+        .await?;
+    let id = match newest {
+        Value::Array(entries) => entries.first().and_then(|entry| match entry {
+            Value::Array(pair) => pair.first().and_then(as_string),
+            _ => None,
+        }),
+        _ => None,
+    };
+    Ok(id.unwrap_or_else(|| "0-0".to_owned()))
+}
+
+/// How [`follow`] ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Followed {
+    /// The node is stopping.
+    Stopped,
+    /// The connection failed or timed out: reconnect.
+    Broken,
+}
+
+/// Reads the stream after `cursor` with blocking `XREAD`s and hands each reply to the hub,
+/// moving `cursor` (and the reader's saved cursor and position) past what it delivered.
+async fn follow(
+    inner: &Inner,
+    conn: &mut RedisConn,
+    key: &str,
+    index: usize,
+    cursor: &mut String,
+    read_timeout: Duration,
+    stop: &CancellationToken,
+) -> Followed {
+    loop {
+        let mut xread = redis::cmd("XREAD");
+        xread
+            .arg("COUNT")
+            .arg(READ_COUNT)
+            .arg("BLOCK")
+            .arg(u64::try_from(BLOCK.as_millis()).unwrap_or(1000))
+            .arg("STREAMS")
+            .arg(key)
+            .arg(&*cursor);
+        let read = tokio::select! {
+            () = stop.cancelled() => return Followed::Stopped,
+            read = tokio::time::timeout(read_timeout, xread.query_async::<Value>(conn)) => read,
+        };
+        let value = match read {
+            Ok(Ok(value)) => value,
+            Ok(Err(err)) => {
+                inner.health.error("read", &err);
+                return Followed::Broken;
+            }
+            Err(_) => {
+                inner.health.error("read", &"XREAD timed out");
+                return Followed::Broken;
+            }
+        };
+        inner.health.reader_ok_ms[index].store(since_start_ms(inner), Ordering::Relaxed);
+        if let Some(new_last) = deliver_batch(inner, value) {
+            if let Some(ms) = id_ms(&new_last) {
+                inner.health.reader_position_ms[index].store(ms, Ordering::Relaxed);
+            }
+            // A short critical section, never across an await.
+            *inner.health.reader_cursor[index]
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(new_last.clone());
+            *cursor = new_last;
+        }
+    }
+}
+
+/// The milliseconds part of a stream entry id (`<ms>-<n>`).
+fn id_ms(id: &str) -> Option<u64> {
+    id.split_once('-').and_then(|(ms, _)| ms.parse().ok())
 }
 
 /// Hands one `XREAD` reply to the hub. Returns the last entry id, if any.
