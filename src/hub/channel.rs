@@ -248,15 +248,12 @@ impl Channel {
         &self,
         since: Offset,
     ) -> Option<std::collections::vec_deque::Iter<'_, Entry>> {
-        if since.epoch != self.epoch || since.seq > self.seq {
+        let first_kept = self.history.front().map(|entry| entry.seq);
+        if !since.recoverable_from(self.offset(), first_kept) {
             return None;
         }
         // Entries hold consecutive seqs ending at self.seq.
-        let first_kept = self.history.front().map_or(self.seq + 1, |entry| entry.seq);
-        if since.seq + 1 < first_kept {
-            return None;
-        }
-        let skip = usize::try_from(since.seq + 1 - first_kept).ok()?;
+        let skip = usize::try_from(since.seq + 1 - first_kept.unwrap_or(self.seq + 1)).ok()?;
         Some(self.history.range(skip..))
     }
 

@@ -101,6 +101,19 @@ pub struct Offset {
     pub seq: u64,
 }
 
+impl Offset {
+    /// Whether every message after `self` can still be given, from a channel now at
+    /// `position` whose oldest message held has the seq `first_held` (`None`: none held):
+    /// `self` is of `position`'s epoch, not ahead of it, and no message between them is
+    /// gone. The one rule of every resume and history read ("recovered").
+    #[must_use]
+    pub fn recoverable_from(self, position: Offset, first_held: Option<u64>) -> bool {
+        self.epoch == position.epoch
+            && self.seq <= position.seq
+            && (self.seq == position.seq || first_held.is_some_and(|first| first <= self.seq + 1))
+    }
+}
+
 /// Why an offset string was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("offset must look like \"<16 hex digits>-<decimal>\", as the server sent it")]

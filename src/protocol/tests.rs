@@ -165,3 +165,20 @@ proptest! {
         prop_assert_eq!(value["data"].clone(), serde_json::to_value(&data).unwrap());
     }
 }
+
+#[test]
+fn a_resume_is_recoverable_only_with_every_message_after_it() {
+    let at = |epoch, seq| Offset { epoch, seq };
+    let position = at(7, 10);
+    // Nothing missing: at the position, or the oldest held is the next one or older.
+    assert!(at(7, 10).recoverable_from(position, None));
+    assert!(at(7, 10).recoverable_from(position, Some(3)));
+    assert!(at(7, 4).recoverable_from(position, Some(5)));
+    assert!(at(7, 4).recoverable_from(position, Some(1)));
+    assert!(at(7, 0).recoverable_from(position, Some(1)));
+    // Something gone: trimmed, nothing held, another epoch, or ahead of the channel.
+    assert!(!at(7, 4).recoverable_from(position, Some(6)));
+    assert!(!at(7, 4).recoverable_from(position, None));
+    assert!(!at(8, 10).recoverable_from(position, Some(1)));
+    assert!(!at(7, 11).recoverable_from(position, Some(1)));
+}

@@ -344,14 +344,8 @@ impl Bus for RedisBus {
                 seq: read.seq,
             };
             // Like a resume: the messages returned must start right after `since`.
-            let recovered = since.map(|since| {
-                since.epoch == read.epoch
-                    && (since.seq == read.seq
-                        || read
-                            .entries
-                            .first()
-                            .is_some_and(|first| first.seq == since.seq + 1))
-            });
+            let first = read.entries.first().map(|entry| entry.seq);
+            let recovered = since.map(|since| since.recoverable_from(offset, first));
             let messages = if recovered == Some(false) {
                 Vec::new()
             } else {

@@ -234,18 +234,18 @@ impl ChannelRead {
         })
     }
 
-    /// Whether the entries hold every message after `since` up to `self.seq`.
+    /// Whether the entries hold every message after `since` up to `self.seq`: the resume is
+    /// recoverable, and the read was not cut short by its limit or the history's TTL.
     pub(super) fn covers(&self, since: Offset) -> bool {
-        if since.epoch != self.epoch || since.seq > self.seq {
-            return false;
-        }
-        let needed = self.seq - since.seq;
-        let contiguous = self
-            .entries
-            .iter()
-            .zip(since.seq + 1..)
-            .all(|(entry, expected)| entry.seq == expected);
-        contiguous && self.entries.len() as u64 == needed
+        let position = Offset {
+            epoch: self.epoch,
+            seq: self.seq,
+        };
+        let first = self.entries.first().map(|entry| entry.seq);
+        // The entries are distinct seqs from `since.seq + 1` on (the read's start), so as
+        // many as are missing means every one.
+        let all_read = self.entries.len() as u64 == self.seq.saturating_sub(since.seq);
+        since.recoverable_from(position, first) && all_read
     }
 }
 
