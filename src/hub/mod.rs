@@ -620,23 +620,9 @@ impl Hub {
                     return Err(FanoutBehind);
                 }
                 let offset = state.next_offset();
-                let text = protocol::encode_message(channel, offset, data);
-                let data_start = u32::try_from(text.len() - data.len() - 1)
-                    .expect("payload size is bounded by config far below 4 GiB");
-                let frame = Frame::from(text);
-                let now = Instant::now();
-                round = Self::enqueue_round(state, Queued::message(offset, &frame, now))
+                round = self
+                    .append(state, channel, offset, data)
                     .map(|subscribers| (Arc::clone(slot), subscribers));
-                state.remember(
-                    Entry {
-                        seq: offset.seq,
-                        published_at: now,
-                        frame,
-                        data_start,
-                    },
-                    &self.history,
-                    now,
-                );
                 Ok((offset, state.is_idle()))
             })
             .inspect_err(|_| {
@@ -934,9 +920,23 @@ impl Hub {
             tracing::warn!(%channel, from = state.seq, to = offset.seq, "Gap in the bus");
         }
         state.seq = offset.seq;
+        Some(self.append(state, channel, offset, data))
+    }
+
+    /// Appends the message at `offset` (ordered under the channel's state lock, which the
+    /// caller holds): frames it once, puts it in the outbox, in history, and in what pinned
+    /// subscribes keep. `Some(subscribers)` when the caller must start a round (see
+    /// [`Hub::enqueue_round`]).
+    fn append(
+        &self,
+        state: &mut Channel,
+        channel: &ChannelName,
+        offset: Offset,
+        data: &str,
+    ) -> Option<usize> {
         let text = protocol::encode_message(channel, offset, data);
         let data_start = u32::try_from(text.len() - data.len() - 1)
-            .expect("payload size is bounded far below 4 GiB");
+            .expect("payload size is bounded by config far below 4 GiB");
         let frame = Frame::from(text);
         let now = Instant::now();
         let round = Self::enqueue_round(state, Queued::message(offset, &frame, now));
@@ -946,9 +946,10 @@ impl Hub {
             frame,
             data_start,
         };
+        // Only a remote bus's deliveries meet pinned subscribes; a no-op otherwise.
         state.remember_pending(&entry);
         state.remember(entry, &self.history, now);
-        Some(round)
+        round
     }
 
     /// Sends `text` (an event frame: `join`, `leave`) to the channel's subscribers on this
