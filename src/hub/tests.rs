@@ -1,6 +1,7 @@
 use std::time::Duration;
 
 use super::*;
+use crate::protocol::{self, Offset};
 
 pub(super) fn settings(history_size: usize, queue_messages: usize) -> HubSettings {
     HubSettings {

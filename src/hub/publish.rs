@@ -1,0 +1,231 @@
+//! Publishing: a message ordered here ([`Hub::publish`]) or by a remote bus
+//! ([`Hub::deliver`]) is appended once (framed, in the outbox, in history) under the
+//! channel's state lock; a fan-out round then delivers the outbox (see `fanout`). Events
+//! (`join`, `leave`) take the same outbox without an offset.
+
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use super::{
+    Frame, Hub, WriteBatch,
+    channel::{Channel, Entry},
+    fanout::{Queued, start_round},
+    lock, read,
+};
+use crate::{
+    protocol::{self, ChannelName, Offset},
+    telemetry,
+};
+
+/// A publish refused because the channel's fan-out is a whole queue behind its publishers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the channel's fan-out is behind its publishers; retry later")]
+pub struct FanoutBehind;
+
+impl Hub {
+    /// A batch for [`Hub::publish_batched`] and [`Hub::deliver_batched`].
+    #[must_use]
+    pub fn write_batch(&self) -> WriteBatch {
+        WriteBatch::new(self.workers.clone())
+    }
+
+    /// [`Hub::publish_batched`], written at once.
+    ///
+    /// # Errors
+    /// As [`Hub::publish_batched`].
+    pub fn publish(&self, channel: &ChannelName, data: &str) -> Result<Offset, FanoutBehind> {
+        self.publish_batched(channel, data, &mut self.write_batch())
+    }
+
+    /// Publishes `data` (valid JSON) to `channel`: assigns the next offset, remembers it in
+    /// history and in the channel's outbox, and starts a fan-out round unless one is running
+    /// (see `fanout`). Returns once the message is ordered; never waits on a subscriber, and
+    /// for a large channel not on the fan-out either. A small channel's round runs here and
+    /// leaves the connections it claimed in `writes`, for the caller to write when it is
+    /// done publishing.
+    ///
+    /// # Errors
+    /// [`FanoutBehind`] when the channel's outbox already holds what one subscriber's queue
+    /// may (`limits.outbound_queue_messages` or `_bytes`): the rounds cannot keep up with
+    /// its publishers, and one more message would overflow every subscriber. Nothing was
+    /// published.
+    pub fn publish_batched(
+        &self,
+        channel: &ChannelName,
+        data: &str,
+        writes: &mut WriteBatch,
+    ) -> Result<Offset, FanoutBehind> {
+        let mut round = None;
+        let (offset, idle) = self
+            .with_channel(channel, |slot, state| {
+                if state.subscribed > 0
+                    && (state.outbox.len() >= self.settings.queue_messages
+                        || state.outbox_bytes + data.len() > self.settings.queue_bytes)
+                {
+                    return Err(FanoutBehind);
+                }
+                let offset = state.next_offset();
+                round = self
+                    .append(state, channel, offset, data)
+                    .map(|subscribers| (Arc::clone(slot), subscribers));
+                Ok((offset, state.is_idle()))
+            })
+            .inspect_err(|_| {
+                telemetry::metrics()
+                    .publishes_refused_fanout_behind
+                    .increment(1)
+            })?;
+        if idle {
+            // Nobody listens and history is off: nothing to keep.
+            self.drop_if_idle(channel);
+        }
+        if let Some((slot, subscribers)) = round {
+            start_round(&slot, subscribers, self.workers.as_ref(), writes);
+        }
+        telemetry::metrics().messages_published.increment(1);
+        Ok(offset)
+    }
+
+    /// Puts a message (or an event) in the channel's outbox. `Some(subscribers)` when the
+    /// caller must start a round (once it let go of the channel's lock).
+    pub(super) fn enqueue_round(state: &mut Channel, queued: Queued) -> Option<usize> {
+        if state.subscribed == 0 {
+            // A later subscriber skips everything up to its subscribe position anyway.
+            return None;
+        }
+        state.outbox_bytes += queued.frame.len();
+        state.outbox.push(queued);
+        if state.round_scheduled {
+            return None;
+        }
+        state.round_scheduled = true;
+        Some(state.subscribed)
+    }
+
+    /// [`Hub::deliver_batched`], written at once.
+    pub fn deliver(&self, channel: &str, offset: Offset, data: &str) -> usize {
+        self.deliver_batched(channel, offset, data, &mut self.write_batch())
+    }
+
+    /// Delivers a message ordered by a remote bus: fans it out to local subscribers in offset
+    /// order, once. Channels without local interest are skipped (each node follows every
+    /// partition and filters here). Duplicates (re-reads after a reconnect) are dropped.
+    /// Returns how many subscribers it goes to (a fan-out round delivers it; see `fanout`;
+    /// a small channel's claimed connections are left in `writes`, as by
+    /// [`Hub::publish_batched`]).
+    ///
+    /// `channel` is the name as read from the bus: looked up without allocating, since most
+    /// entries a node reads are for channels it has no subscribers for.
+    pub fn deliver_batched(
+        &self,
+        channel: &str,
+        offset: Offset,
+        data: &str,
+        writes: &mut WriteBatch,
+    ) -> usize {
+        let shard = self.shard(channel);
+        let Some((channel, slot)) = read(&shard.channels)
+            .get_key_value(channel)
+            .map(|(name, slot)| (name.clone(), Arc::clone(slot)))
+        else {
+            return 0;
+        };
+        let (subscribers, round) = {
+            let mut state = lock(&slot.state);
+            if state.removed {
+                return 0;
+            }
+            let Some(round) = self.deliver_locked(&mut state, &channel, offset, data) else {
+                return 0;
+            };
+            (state.subscribed, round)
+        };
+        if let Some(subscribers) = round {
+            start_round(&slot, subscribers, self.workers.as_ref(), writes);
+        }
+        subscribers
+    }
+
+    /// Orders a delivery under the channel's lock: `None` for a duplicate, else whether the
+    /// caller must start a round (see [`Hub::enqueue_round`]).
+    pub(super) fn deliver_locked(
+        &self,
+        state: &mut Channel,
+        channel: &ChannelName,
+        offset: Offset,
+        data: &str,
+    ) -> Option<Option<usize>> {
+        if !state.synced {
+            state.epoch = offset.epoch;
+            state.synced = true;
+        } else if state.epoch != offset.epoch {
+            tracing::warn!(%channel, "Channel epoch changed on the bus; history restarts");
+            self.forget_epoch(state, offset.epoch);
+        } else if offset.seq <= state.seq {
+            return None;
+        } else if offset.seq > state.seq + 1 && state.seq > 0 {
+            telemetry::metrics().bus_gaps.increment(1);
+            tracing::warn!(%channel, from = state.seq, to = offset.seq, "Gap in the bus");
+        }
+        state.seq = offset.seq;
+        Some(self.append(state, channel, offset, data))
+    }
+
+    /// Appends the message at `offset` (ordered under the channel's state lock, which the
+    /// caller holds): frames it once, puts it in the outbox, in history, and in what pinned
+    /// subscribes keep. `Some(subscribers)` when the caller must start a round (see
+    /// [`Hub::enqueue_round`]).
+    pub(super) fn append(
+        &self,
+        state: &mut Channel,
+        channel: &ChannelName,
+        offset: Offset,
+        data: &str,
+    ) -> Option<usize> {
+        let text = protocol::encode_message(channel, offset, data);
+        let data_start = u32::try_from(text.len() - data.len() - 1)
+            .expect("payload size is bounded by config far below 4 GiB");
+        let frame = Frame::from(text);
+        let now = Instant::now();
+        let round = Self::enqueue_round(state, Queued::message(offset, &frame, now));
+        let entry = Entry {
+            seq: offset.seq,
+            published_at: now,
+            frame,
+            data_start,
+        };
+        // Only a remote bus's deliveries meet pinned subscribes; a no-op otherwise.
+        state.remember_pending(&entry);
+        state.remember(entry, &self.history, now);
+        round
+    }
+
+    /// Sends `text` (an event frame: `join`, `leave`) to the channel's subscribers on this
+    /// node, in the channel's order: after every message ordered before it, before every
+    /// message ordered after it. Not kept in history and given no offset. Returns how many
+    /// subscribers it goes to; 0 when the channel has none here.
+    pub fn announce(&self, channel: &str, text: String, writes: &mut WriteBatch) -> usize {
+        let shard = self.shard(channel);
+        let Some(slot) = read(&shard.channels).get(channel).map(Arc::clone) else {
+            return 0;
+        };
+        let (subscribers, round) = {
+            let mut state = lock(&slot.state);
+            if state.removed {
+                return 0;
+            }
+            let event = Queued {
+                offset: state.offset(),
+                frame: Frame::from(text),
+                accepted: Instant::now(),
+                event: true,
+            };
+            (state.subscribed, Self::enqueue_round(&mut state, event))
+        };
+        if let Some(subscribers) = round {
+            start_round(&slot, subscribers, self.workers.as_ref(), writes);
+        }
+        subscribers
+    }
+}

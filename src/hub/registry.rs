@@ -1,0 +1,238 @@
+//! The connection registry: admission (upgraded connections counted against
+//! `limits.max_connections`, memory pressure, draining), connections by id and by user,
+//! commands for a user's sessions, disconnects, and the keepalive pass.
+
+use std::{
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use smallvec::SmallVec;
+
+use super::{ConnId, Hub, Keepalive, Outbound, PendingUpgrades, Wire, flush_all};
+use crate::{
+    protocol::{self, ChannelName},
+    telemetry,
+};
+
+/// What one [`Hub::keepalive`] pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeepaliveSweep {
+    pub pinged: usize,
+    pub idle_closed: usize,
+    /// Closed at their deadline: token expired (4004), or no `auth` in time (4003).
+    pub deadline_closed: usize,
+}
+
+/// What the control API asks a user's sessions to do (`POST /v1/subscribe`,
+/// `/v1/unsubscribe`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionCommand {
+    Subscribe(ChannelName),
+    Unsubscribe(ChannelName),
+}
+
+/// Commands one connection holds at most; more are dropped (its session is not taking them).
+const MAX_SESSION_COMMANDS: usize = 64;
+
+impl Hub {
+    /// Reserves room for one more connection; `false` when the node is full.
+    /// Pair every `true` with [`Hub::release_admission`].
+    pub fn try_admit(&self) -> bool {
+        self.admitted
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.settings.max_connections).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    pub fn release_admission(&self) {
+        self.admitted.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Connections accepted and not yet upgraded.
+    #[must_use]
+    pub fn pending_upgrades(&self) -> &Arc<PendingUpgrades> {
+        &self.pending
+    }
+
+    /// Whether the process is above its memory threshold, so that new upgrades are refused
+    /// (existing connections go on).
+    #[must_use]
+    pub fn under_memory_pressure(&self) -> bool {
+        self.memory_pressure.load(Ordering::Relaxed)
+    }
+
+    /// Set by the node's memory watch.
+    pub fn set_memory_pressure(&self, pressure: bool) {
+        self.memory_pressure.store(pressure, Ordering::Relaxed);
+    }
+
+    /// Whether a drain refuses new upgrades (see `drain`).
+    #[must_use]
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Set by a drain when it starts closing connections, cleared when it is cancelled.
+    pub fn set_draining(&self, draining: bool) {
+        self.draining.store(draining, Ordering::Relaxed);
+    }
+
+    /// Every open connection, for a drain to close them one by one.
+    #[must_use]
+    pub fn connections_snapshot(&self) -> Vec<Arc<Outbound>> {
+        self.conns
+            .iter()
+            .map(|entry| Arc::clone(entry.value()))
+            .collect()
+    }
+
+    /// Registers a connection and returns its outbound handle. With a `wire`, publishers
+    /// write to the socket themselves while it has room; without one, the session task
+    /// writes everything.
+    pub fn register(&self, wire: Option<Arc<dyn Wire>>) -> Arc<Outbound> {
+        let conn_id = self.next_conn_id.fetch_add(1, Ordering::Relaxed);
+        let outbound = Outbound::new(
+            conn_id,
+            wire,
+            self.settings.queue_messages,
+            self.settings.queue_bytes,
+            self.clock_ms(),
+        );
+        self.conns.insert(conn_id, Arc::clone(&outbound));
+        outbound
+    }
+
+    /// Removes a connection and its subscriptions. O(number of its subscriptions).
+    pub fn deregister<'a>(
+        &self,
+        conn_id: ConnId,
+        channels: impl IntoIterator<Item = &'a ChannelName>,
+    ) {
+        for channel in channels {
+            self.unsubscribe(conn_id, channel);
+        }
+        self.conns.remove(&conn_id);
+        self.commands.remove(&conn_id);
+    }
+
+    /// Records that connection `conn_id` is `user`'s (after its token was accepted).
+    pub fn add_user(&self, user: &Arc<str>, conn_id: ConnId) {
+        self.users
+            .entry(Arc::clone(user))
+            .or_default()
+            .push(conn_id);
+    }
+
+    /// Forgets `conn_id` as `user`'s (the session ended).
+    pub fn remove_user(&self, user: &str, conn_id: ConnId) {
+        self.users.remove_if_mut(user, |_, conns| {
+            conns.retain(|conn| *conn != conn_id);
+            conns.is_empty()
+        });
+    }
+
+    /// Asks every connection of `user` on this node to close with `code`; how many.
+    pub fn disconnect_user(&self, user: &str, code: protocol::CloseCode) -> usize {
+        let conns: SmallVec<[ConnId; 2]> = match self.users.get(user) {
+            Some(conns) => conns.clone(),
+            None => return 0,
+        };
+        conns
+            .into_iter()
+            .filter(|conn_id| self.disconnect(*conn_id, code))
+            .count()
+    }
+
+    /// Hands `command` to every session of `user` on this node; how many.
+    pub fn command_user(&self, user: &str, command: &SessionCommand) -> usize {
+        let conns: SmallVec<[ConnId; 2]> = match self.users.get(user) {
+            Some(conns) => conns.clone(),
+            None => return 0,
+        };
+        let mut told = 0;
+        for conn_id in conns {
+            let Some(outbound) = self.conns.get(&conn_id).map(|entry| Arc::clone(&entry)) else {
+                continue;
+            };
+            {
+                let mut held = self.commands.entry(conn_id).or_default();
+                if held.len() >= MAX_SESSION_COMMANDS {
+                    telemetry::session_command_dropped();
+                    continue;
+                }
+                held.push(command.clone());
+            }
+            if !self.conns.contains_key(&conn_id) {
+                // Deregistered meanwhile: nobody will take them.
+                self.commands.remove(&conn_id);
+                continue;
+            }
+            outbound.notify_commands();
+            told += 1;
+        }
+        told
+    }
+
+    /// The commands held for connection `conn_id`, in order.
+    #[must_use]
+    pub fn take_commands(&self, conn_id: ConnId) -> Vec<SessionCommand> {
+        self.commands
+            .remove(&conn_id)
+            .map(|(_, commands)| commands)
+            .unwrap_or_default()
+    }
+
+    /// Asks one connection to close. Returns `false` when no such connection exists.
+    pub fn disconnect(&self, conn_id: ConnId, code: protocol::CloseCode) -> bool {
+        match self.conns.get(&conn_id) {
+            Some(outbound) => {
+                outbound.close(code);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// One keepalive pass over every connection (see [`Outbound::keepalive`]). One periodic
+    /// task does this for the whole node instead of two timers in every connection: a timer
+    /// costs each connection memory and each inbound frame a reset.
+    pub fn keepalive(&self, heartbeat: Duration, idle_timeout: Duration) -> KeepaliveSweep {
+        let now_ms = self.clock_ms();
+        let heartbeat_ms = u64::try_from(heartbeat.as_millis()).unwrap_or(u64::MAX);
+        let idle_ms = u64::try_from(idle_timeout.as_millis()).unwrap_or(u64::MAX);
+        let mut sweep = KeepaliveSweep::default();
+        let mut to_flush = Vec::new();
+        for entry in &self.conns {
+            match entry.value().keepalive(now_ms, heartbeat_ms, idle_ms) {
+                Keepalive::Alive => {}
+                Keepalive::Pinged { flush } => {
+                    sweep.pinged += 1;
+                    if flush {
+                        to_flush.push(Arc::clone(entry.value()));
+                    }
+                }
+                Keepalive::IdleClosed => sweep.idle_closed += 1,
+                Keepalive::DeadlineClosed => sweep.deadline_closed += 1,
+            }
+        }
+        flush_all(to_flush, self.workers.as_ref());
+        sweep
+    }
+
+    /// Asks every connection to close with `code` (shutdown).
+    pub fn disconnect_all(&self, code: protocol::CloseCode) -> usize {
+        let mut n = 0;
+        for entry in &self.conns {
+            entry.value().close(code);
+            n += 1;
+        }
+        n
+    }
+
+    #[must_use]
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+}

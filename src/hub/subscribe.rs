@@ -1,0 +1,420 @@
+//! Subscribing: the reply, the replay from history (or from a remote bus's view merged with
+//! what arrived meanwhile, under a pin) and then live messages, with no gap and no
+//! duplicate; unsubscribing; history reads.
+
+use std::sync::{Arc, atomic::Ordering};
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+use super::{
+    ConnId, EnqueueError, Frame, Hub, HubHandle, Outbound,
+    channel::{Channel, Entry},
+    fanout::Subscriber,
+    lock, read, write,
+};
+use crate::{
+    protocol::{self, ChannelName, Offset},
+    telemetry,
+};
+
+/// What a subscribe did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subscribed {
+    /// The channel's position when the subscription took effect.
+    pub offset: Offset,
+    /// With `since`: whether every message after it was replayed.
+    pub recovered: Option<bool>,
+    /// Messages replayed from history.
+    pub replayed: usize,
+}
+
+/// A channel pinned by a subscribe waiting for the bus; see [`Hub::adopt_pin`].
+#[derive(Debug)]
+#[must_use = "dropping the guard gives the pin back at once"]
+pub struct ChannelPin {
+    hub: HubHandle,
+    channel: ChannelName,
+    held: bool,
+}
+
+impl ChannelPin {
+    /// The subscribe given the bus's view gave the pin back itself (it always does).
+    pub fn consumed(mut self) {
+        self.held = false;
+    }
+}
+
+impl Drop for ChannelPin {
+    fn drop(&mut self) {
+        if self.held {
+            self.hub.unpin(&self.channel);
+        }
+    }
+}
+
+/// A history read.
+#[derive(Debug, Clone)]
+pub struct History {
+    /// The channel's current position.
+    pub offset: Offset,
+    /// With `since`: whether the messages returned start right after it.
+    pub recovered: Option<bool>,
+    /// `(offset, data)` pairs, oldest first.
+    pub messages: Vec<(Offset, HistoryData)>,
+}
+
+/// A message's `data` as stored in history: a slice of the shared frame, no copy.
+#[derive(Debug, Clone)]
+pub struct HistoryData(Bytes);
+
+impl HistoryData {
+    /// Wraps `data` read from elsewhere (e.g. Redis).
+    #[must_use]
+    pub fn from_data(data: String) -> Self {
+        Self(Bytes::from(data))
+    }
+
+    fn from_entry(entry: &Entry) -> Self {
+        let json = entry.frame.json_bytes();
+        // `data` runs from `data_start` to the frame's closing brace.
+        Self(json.slice(entry.data_start as usize..json.len() - 1))
+    }
+
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("cut at JSON token boundaries of a str")
+    }
+}
+
+/// A channel's position and recent messages as read from a remote bus, for a subscribe to
+/// merge with what this node delivered meanwhile.
+#[derive(Debug, Clone)]
+pub struct RemoteView {
+    pub epoch: u64,
+    /// The last sequence number the bus had assigned when read.
+    pub seq: u64,
+    /// `(seq, data)` after the subscribe's `since`, oldest first.
+    pub entries: Vec<(u64, String)>,
+    /// Whether `entries` hold every message after `since` up to `seq` (none trimmed,
+    /// expired or from another epoch).
+    pub complete: bool,
+}
+
+/// Why a subscribe failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SubscribeError {
+    /// The connection's queue overflowed during the replay; it is closing as a slow consumer.
+    #[error("outbound queue overflowed")]
+    SlowConsumer,
+    /// The connection is closing.
+    #[error("connection is closing")]
+    Closing,
+    /// The hub cannot answer alone: read the channel from the bus ([`RemoteView`]) and call
+    /// `subscribe` again with it. The channel is pinned until then: hold the pin with
+    /// [`Hub::adopt_pin`] meanwhile.
+    #[error("the channel must be read from the bus first")]
+    NeedRemote,
+}
+
+impl From<EnqueueError> for SubscribeError {
+    fn from(err: EnqueueError) -> Self {
+        match err {
+            EnqueueError::SlowConsumer => SubscribeError::SlowConsumer,
+            EnqueueError::Closing => SubscribeError::Closing,
+        }
+    }
+}
+
+impl Hub {
+    /// Subscribes a connection. The `subscribed` reply (built by `reply` from the outcome),
+    /// any replayed history and then live messages reach the queue in that order, with no gap
+    /// and no duplicate, however many publishers are busy.
+    ///
+    /// With a remote bus the hub may not know the channel's position, or may not hold the
+    /// messages after `since`: it then answers [`SubscribeError::NeedRemote`], and the caller
+    /// reads a [`RemoteView`] from the bus and calls again with it. Deliveries that arrive
+    /// meanwhile are kept (the channel is pinned) and merged, so the seam has no gap either.
+    ///
+    /// # Errors
+    /// [`SubscribeError`] when the connection could not take the reply or the replay, or the
+    /// bus must be read first.
+    pub fn subscribe(
+        &self,
+        outbound: &Arc<Outbound>,
+        channel: &ChannelName,
+        since: Option<Offset>,
+        view: Option<&RemoteView>,
+        reply: impl Fn(&Subscribed) -> Frame,
+    ) -> Result<Subscribed, SubscribeError> {
+        let shard = self.shard(channel);
+        let outcome = self.with_subscribers(channel, |subscribers, state| {
+            state.expire(&self.history, Instant::now());
+            let (outcome, skip_until) = match view {
+                None => {
+                    let local = since.map(|since| state.entries_after(since).is_some());
+                    if self.settings.remote && (!state.synced || local == Some(false)) {
+                        state.pins += 1;
+                        return Err(SubscribeError::NeedRemote);
+                    }
+                    (self.replay_local(outbound, state, since, &reply)?, 0)
+                }
+                Some(view) => {
+                    let merged = self.replay_merged(outbound, channel, state, since, view, &reply);
+                    state.unpin();
+                    merged?
+                }
+            };
+            // What the outbox holds up to the position the reply gave is covered by the reply
+            // and the replay; rounds skip it for this subscriber.
+            let skip = Offset {
+                epoch: state.epoch,
+                seq: skip_until.max(outcome.offset.seq),
+            };
+            let subscriber = Subscriber {
+                outbound: Arc::clone(outbound),
+                skip,
+            };
+            if subscribers.insert(outbound.conn_id(), subscriber).is_none() {
+                state.subscribed += 1;
+                shard.subscriptions.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok::<_, SubscribeError>(outcome)
+        })?;
+        let metrics = telemetry::metrics();
+        match outcome.recovered {
+            Some(true) => metrics.resumes_recovered.increment(1),
+            Some(false) => metrics.resumes_not_recovered.increment(1),
+            None => {}
+        }
+        Ok(outcome)
+    }
+
+    /// Enqueues the reply and the replay from this node's own history.
+    pub(super) fn replay_local(
+        &self,
+        outbound: &Outbound,
+        state: &Channel,
+        since: Option<Offset>,
+        reply: &impl Fn(&Subscribed) -> Frame,
+    ) -> Result<Subscribed, SubscribeError> {
+        let replay = since.map(|since| state.entries_after(since));
+        let mut outcome = Subscribed {
+            offset: state.offset(),
+            recovered: replay.as_ref().map(Option::is_some),
+            replayed: 0,
+        };
+        if let Some(Some(entries)) = replay {
+            outcome.replayed = entries.len();
+            outbound.try_enqueue(&reply(&outcome))?;
+            for entry in entries {
+                outbound.try_enqueue(&entry.frame)?;
+            }
+        } else {
+            outbound.try_enqueue(&reply(&outcome))?;
+        }
+        Ok(outcome)
+    }
+
+    /// Enqueues the reply and the replay from a bus read plus the deliveries that arrived
+    /// while it was read. Returns the outcome and the subscriber's `skip_until`.
+    pub(super) fn replay_merged(
+        &self,
+        outbound: &Outbound,
+        channel: &ChannelName,
+        state: &mut Channel,
+        since: Option<Offset>,
+        view: &RemoteView,
+        reply: &impl Fn(&Subscribed) -> Frame,
+    ) -> Result<(Subscribed, u64), SubscribeError> {
+        let mut consistent = !state.pending_lost;
+        if !state.synced {
+            // Nothing delivered here yet: start from the bus's position.
+            state.epoch = view.epoch;
+            state.seq = view.seq;
+            state.synced = true;
+        } else if state.epoch != view.epoch {
+            if state.pending.is_empty() {
+                // The bus lost the channel's state (Redis restarted empty): follow the new
+                // epoch from its start for the subscribers already here.
+                self.forget_epoch(state, view.epoch);
+            } else {
+                // The epoch changed between the read and now: nothing can be proven.
+                consistent = false;
+            }
+        }
+        let same_epoch = consistent && state.epoch == view.epoch;
+        let position = if same_epoch {
+            state.seq.max(view.seq)
+        } else {
+            state.seq
+        };
+        let recovered = since.map(|since| same_epoch && view.complete && since.epoch == view.epoch);
+        let mut outcome = Subscribed {
+            offset: Offset {
+                epoch: state.epoch,
+                seq: position,
+            },
+            recovered,
+            replayed: 0,
+        };
+        if recovered != Some(true) {
+            outbound.try_enqueue(&reply(&outcome))?;
+            // Live messages only; those the bus had already assigned are skipped.
+            let skip_until = if same_epoch { view.seq } else { 0 };
+            return Ok((outcome, skip_until));
+        }
+        let since_seq = since.map_or(0, |since| since.seq);
+        let from_bus: Vec<Frame> = view
+            .entries
+            .iter()
+            .filter(|(seq, _)| *seq > since_seq && *seq <= view.seq)
+            .map(|(seq, data)| {
+                let offset = Offset {
+                    epoch: view.epoch,
+                    seq: *seq,
+                };
+                Frame::from(protocol::encode_message(channel, offset, data))
+            })
+            .collect();
+        let from_pending: Vec<Frame> = state
+            .pending
+            .iter()
+            .filter(|entry| entry.seq > view.seq)
+            .map(|entry| entry.frame.clone())
+            .collect();
+        outcome.replayed = from_bus.len() + from_pending.len();
+        outbound.try_enqueue(&reply(&outcome))?;
+        for frame in from_bus.iter().chain(&from_pending) {
+            outbound.try_enqueue(frame)?;
+        }
+        Ok((outcome, view.seq))
+    }
+
+    /// Switches a channel to a new epoch: its history and skip marks belong to the old one.
+    pub(super) fn forget_epoch(&self, state: &mut Channel, epoch: u64) {
+        state.forget_all(&self.history);
+        state.epoch = epoch;
+        state.seq = 0;
+        // Subscribers' skips name the old epoch, so they no longer apply.
+    }
+
+    /// Gives up a pin taken by a subscribe that answered [`SubscribeError::NeedRemote`] and
+    /// could not read the bus. Prefer [`Hub::adopt_pin`], which cannot forget it.
+    pub fn unpin(&self, channel: &ChannelName) {
+        let idle = self.with_existing_channel(channel, |state| {
+            state.unpin();
+            state.is_idle()
+        });
+        if idle == Some(true) {
+            self.drop_if_idle(channel);
+        }
+    }
+
+    /// Takes ownership of the pin a subscribe took when it answered
+    /// [`SubscribeError::NeedRemote`]: the pin is given back when the guard is dropped,
+    /// however the caller's read of the bus ends (an error, or its future dropped mid-read
+    /// because the session closed), unless [`ChannelPin::consumed`] says the subscribe with
+    /// the bus's view gave it back.
+    pub fn adopt_pin(self: &Arc<Self>, channel: &ChannelName) -> ChannelPin {
+        ChannelPin {
+            hub: Arc::clone(self),
+            channel: channel.clone(),
+            held: true,
+        }
+    }
+
+    /// The hub's own copy of a channel name when the channel exists: holding it instead of
+    /// a freshly parsed name shares one allocation among every subscriber.
+    #[must_use]
+    pub fn intern(&self, channel: &ChannelName) -> ChannelName {
+        read(&self.shard(channel).channels)
+            .get_key_value(channel)
+            .map_or_else(|| channel.clone(), |(name, _)| name.clone())
+    }
+
+    /// Removes one subscription; `false` when it did not exist.
+    pub fn unsubscribe(&self, conn_id: ConnId, channel: &ChannelName) -> bool {
+        let shard = self.shard(channel);
+        let Some(slot) = read(&shard.channels).get(channel).cloned() else {
+            return false;
+        };
+        let (removed, idle) = {
+            let mut subscribers = lock(&slot.subscribers);
+            let mut state = lock(&slot.state);
+            let removed = !state.removed && subscribers.swap_remove(&conn_id).is_some();
+            if removed {
+                state.subscribed -= 1;
+            }
+            (removed, state.is_idle())
+        };
+        if removed {
+            shard.subscriptions.fetch_sub(1, Ordering::Relaxed);
+        }
+        if idle {
+            self.drop_if_idle(channel);
+        }
+        removed
+    }
+
+    /// Drops a channel that holds nothing (no subscribers, no history, no pins) at once
+    /// rather than at the next sweep: a client cycling through channel names leaves nothing.
+    /// Takes the shard lock, then the channel's (the lock order), and checks again under both.
+    pub(super) fn drop_if_idle(&self, name: &ChannelName) {
+        let shard = self.shard(name);
+        let mut channels = write(&shard.channels);
+        let Some(slot) = channels.get(name) else {
+            return;
+        };
+        let mut channel = lock(&slot.state);
+        if !channel.is_idle() {
+            return;
+        }
+        channel.forget_all(&self.history);
+        channel.removed = true;
+        drop(channel);
+        channels.remove(name);
+    }
+
+    /// Reads history after `since` (or the newest messages), at most `limit`, oldest first.
+    #[must_use]
+    pub fn history(&self, channel: &ChannelName, since: Option<Offset>, limit: usize) -> History {
+        let read_history = |state: &mut Channel| {
+            state.expire(&self.history, Instant::now());
+            let to_pair = |entry: &Entry| {
+                (
+                    Offset {
+                        epoch: state.epoch,
+                        seq: entry.seq,
+                    },
+                    HistoryData::from_entry(entry),
+                )
+            };
+            match since {
+                Some(since) => match state.entries_after(since) {
+                    Some(entries) => History {
+                        offset: state.offset(),
+                        recovered: Some(true),
+                        messages: entries.take(limit).map(to_pair).collect(),
+                    },
+                    None => History {
+                        offset: state.offset(),
+                        recovered: Some(false),
+                        messages: Vec::new(),
+                    },
+                },
+                None => {
+                    let skip = state.history.len().saturating_sub(limit);
+                    History {
+                        offset: state.offset(),
+                        recovered: None,
+                        messages: state.history.range(skip..).map(to_pair).collect(),
+                    }
+                }
+            }
+        };
+        // Reading history of an unknown channel creates it, so the reply carries the epoch a
+        // later publish will use and clients can start from it.
+        self.with_channel(channel, |_, state| read_history(state))
+    }
+}
