@@ -45,7 +45,6 @@ fn hub_fanout(c: &mut Criterion) {
             max_connections: n,
             max_pending_upgrades: 1024,
             max_pending_upgrades_per_ip: 1024,
-            max_subscriptions_per_connection: 1,
             queue_messages: 64,
             queue_bytes: 1 << 20,
             history_size: 0,

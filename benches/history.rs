@@ -25,7 +25,6 @@ fn lookup(c: &mut Criterion) {
             max_connections: 1,
             max_pending_upgrades: 1024,
             max_pending_upgrades_per_ip: 1024,
-            max_subscriptions_per_connection: 1,
             queue_messages: size + 16,
             queue_bytes: 1 << 30,
             history_size: size,

@@ -69,7 +69,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         max_connections: config.limits.max_connections,
         max_pending_upgrades: config.limits.max_pending_upgrades,
         max_pending_upgrades_per_ip: config.limits.max_pending_upgrades_per_ip,
-        max_subscriptions_per_connection: config.limits.max_subscriptions_per_connection,
         queue_messages: config.limits.outbound_queue_messages,
         queue_bytes: config.limits.outbound_queue_bytes,
         history_size: config.history.size,

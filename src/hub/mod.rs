@@ -71,7 +71,6 @@ pub struct HubSettings {
     /// Connections not yet upgraded, on the node and per address.
     pub max_pending_upgrades: usize,
     pub max_pending_upgrades_per_ip: usize,
-    pub max_subscriptions_per_connection: usize,
     pub queue_messages: usize,
     pub queue_bytes: usize,
     pub history_size: usize,

@@ -9,7 +9,6 @@ pub(super) fn settings(history_size: usize, queue_messages: usize) -> HubSetting
         max_connections: 10,
         max_pending_upgrades: 1024,
         max_pending_upgrades_per_ip: 1024,
-        max_subscriptions_per_connection: 8,
         queue_messages,
         queue_bytes: 1 << 20,
         history_size,

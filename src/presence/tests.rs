@@ -12,7 +12,6 @@ fn hub() -> HubHandle {
         max_connections: 100,
         max_pending_upgrades: 16,
         max_pending_upgrades_per_ip: 16,
-        max_subscriptions_per_connection: 8,
         queue_messages: 1024,
         queue_bytes: 1 << 20,
         history_size: 16,

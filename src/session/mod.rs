@@ -663,7 +663,6 @@ mod tests {
             max_connections: 10,
             max_pending_upgrades: 1024,
             max_pending_upgrades_per_ip: 1024,
-            max_subscriptions_per_connection: 10,
             queue_messages: 64,
             queue_bytes: 1 << 20,
             history_size: 10,
