@@ -56,10 +56,7 @@ pub struct Running {
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let metrics_handle = telemetry::install_recorder();
     raise_file_limit(config.limits.max_connections);
-    metrics::gauge!(telemetry::CONNECTIONS_MAX).set(config.limits.max_connections as f64);
-    // Registered (0 until the memory watch, when on, says otherwise) so that the series
-    // exists; not set, since servers in one process (tests) share the recorder.
-    metrics::gauge!(telemetry::MEMORY_PRESSURE).increment(0.0);
+    telemetry::node_started(config.limits.max_connections);
     let readiness = Readiness::new();
     let starting = readiness.hold("starting");
     let node_id: Arc<str> = Arc::from(config.server.node_id.as_str());

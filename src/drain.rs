@@ -34,14 +34,8 @@ use crate::{
     hub::{Frame, HubHandle},
     protocol::{self, CloseCode},
     shutdown::{Latch, Readiness, Shutdown},
+    telemetry,
 };
-
-/// Gauge: 0 serving, 1 announcing, 2 closing, 3 closed (waiting to exit).
-pub const DRAIN_STATE: &str = "ws_drain_state";
-/// Gauge: connections left to close in the current drain.
-pub const DRAIN_CONNECTIONS_LEFT: &str = "ws_drain_connections_left";
-/// Counter: connections closed by drains (its rate is the closes per second).
-pub const DRAIN_CLOSES: &str = "ws_drain_closes_total";
 
 /// How often the closing phase wakes to close the connections whose time came.
 const TICK: Duration = Duration::from_millis(10);
@@ -179,10 +173,7 @@ impl Drainer {
         settings: DrainSettings,
         tasks: Shutdown,
     ) -> Self {
-        // Registered (at 0) without overwriting: several servers in one process (tests)
-        // share the recorder.
-        metrics::gauge!(DRAIN_STATE).increment(0.0);
-        metrics::gauge!(DRAIN_CONNECTIONS_LEFT).increment(0.0);
+        telemetry::drain_registered();
         Self {
             inner: Arc::new(Inner {
                 hub,
@@ -261,7 +252,7 @@ impl Drainer {
                 cancel,
             ));
         }
-        metrics::gauge!(DRAIN_STATE).set(1.0);
+        telemetry::drain_state(1);
         Ok(self.status())
     }
 
@@ -286,8 +277,8 @@ impl Drainer {
             // Under the lock: see `under_lock`.
             self.inner.hub.set_draining(false);
         }
-        metrics::gauge!(DRAIN_STATE).set(0.0);
-        metrics::gauge!(DRAIN_CONNECTIONS_LEFT).set(0.0);
+        telemetry::drain_state(0);
+        telemetry::drain_connections_left(0);
         tracing::info!("Drain cancelled: serving again");
         Ok(self.status())
     }
@@ -353,7 +344,7 @@ async fn drive(
             return std::future::pending().await;
         }
         progress.phase.store(2, Ordering::Relaxed);
-        metrics::gauge!(DRAIN_STATE).set(2.0);
+        telemetry::drain_state(2);
         close_paced(&inner.hub, &progress, window).await;
         // Closed sessions finish their close handshakes; wait for them to go.
         while inner.hub.connections() > 0 {
@@ -376,8 +367,8 @@ async fn drive(
     }) {
         return;
     }
-    metrics::gauge!(DRAIN_STATE).set(3.0);
-    metrics::gauge!(DRAIN_CONNECTIONS_LEFT).set(0.0);
+    telemetry::drain_state(3);
+    telemetry::drain_connections_left(0);
     tracing::info!(
         closed = progress.closed.load(Ordering::Relaxed),
         elapsed_ms = ms(started.elapsed()),
@@ -415,8 +406,6 @@ async fn close_paced(hub: &HubHandle, progress: &Progress, window: Duration) {
         .map(|k| Duration::from_secs_f64((k as f64 + rng.random::<f64>()) * slot))
         .collect();
     let start = Instant::now();
-    let closes = metrics::counter!(DRAIN_CLOSES);
-    let left = metrics::gauge!(DRAIN_CONNECTIONS_LEFT);
     let mut next = 0;
     while next < n {
         let elapsed = start.elapsed();
@@ -429,12 +418,12 @@ async fn close_paced(hub: &HubHandle, progress: &Progress, window: Duration) {
                 // changes nothing.
                 let _ = outbound.try_enqueue(&Frame::from(frame));
                 outbound.close(CloseCode::ServiceRestart);
-                closes.increment(1);
+                telemetry::drain_closed();
             }
             progress.closed.fetch_add(1, Ordering::Relaxed);
             next += 1;
         }
-        left.set((n - next) as f64);
+        telemetry::drain_connections_left(n - next);
         if next < n {
             tokio::time::sleep(TICK.max(due[next].saturating_sub(start.elapsed()))).await;
         }

@@ -197,7 +197,10 @@ fn serve(args: &ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
-    if let Err(err) = telemetry::init_tracing(&config.log) {
+    if let Err(err) = telemetry::init_tracing(
+        &config.log.level,
+        config.log.format == switchboard::config::LogFormat::Json,
+    ) {
         eprintln!("switchboard: {err:#}");
         return ExitCode::FAILURE;
     }

@@ -12,10 +12,7 @@ use metrics::{
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::{
-    config::{LogConfig, LogFormat},
-    protocol::ErrorCode,
-};
+use crate::protocol::ErrorCode;
 
 pub const CONNECTIONS: &str = "ws_connections";
 /// Gauge: `limits.max_connections`, for alerts on `ws_connections / ws_connections_max`.
@@ -68,6 +65,12 @@ pub const BUS_READER_RESTARTS: &str = "ws_bus_reader_restarts_total";
 pub const REDIS_ERRORS: &str = "ws_redis_errors_total";
 pub const REDIS_RECONNECTS: &str = "ws_redis_connects_total";
 pub const REDIS_PIPELINE_DEPTH: &str = "ws_redis_pipeline_depth";
+/// Gauge: 0 serving, 1 announcing, 2 closing, 3 closed (waiting to exit).
+pub const DRAIN_STATE: &str = "ws_drain_state";
+/// Gauge: connections left to close in the current drain.
+pub const DRAIN_CONNECTIONS_LEFT: &str = "ws_drain_connections_left";
+/// Counter: connections closed by drains (its rate is the closes per second).
+pub const DRAIN_CLOSES: &str = "ws_drain_closes_total";
 
 /// Upper bounds of the publish-to-enqueue histogram, in seconds (1 µs to 1 s).
 const LATENCY_BUCKETS: &[f64] = &[
@@ -170,6 +173,71 @@ pub fn connection_closed(end: &'static str) {
 /// itself is `process_resident_memory_bytes`, with the other process metrics.)
 pub fn memory_watched(pressure: bool) {
     metrics::gauge!(MEMORY_PRESSURE).set(if pressure { 1.0 } else { 0.0 });
+}
+
+/// Sets `ws_connections_max` and registers `ws_memory_pressure` at 0 (registered, not set:
+/// servers in one process, as in tests, share the recorder).
+pub fn node_started(max_connections: usize) {
+    metrics::gauge!(CONNECTIONS_MAX).set(max_connections as f64);
+    metrics::gauge!(MEMORY_PRESSURE).increment(0.0);
+}
+
+/// Registers the drain gauges at 0 without overwriting them (servers in one process share
+/// the recorder).
+pub fn drain_registered() {
+    metrics::gauge!(DRAIN_STATE).increment(0.0);
+    metrics::gauge!(DRAIN_CONNECTIONS_LEFT).increment(0.0);
+}
+
+/// Sets `ws_drain_state`: 0 serving, 1 announcing, 2 closing, 3 closed.
+pub fn drain_state(phase: u8) {
+    metrics::gauge!(DRAIN_STATE).set(f64::from(phase));
+}
+
+/// Sets `ws_drain_connections_left`.
+pub fn drain_connections_left(left: usize) {
+    metrics::gauge!(DRAIN_CONNECTIONS_LEFT).set(left as f64);
+}
+
+/// Counts a connection a drain closed.
+pub fn drain_closed() {
+    metrics::counter!(DRAIN_CLOSES).increment(1);
+}
+
+/// Counts a failed Redis command or connection attempt, by what it was for.
+pub fn redis_error(op: &'static str) {
+    metrics::counter!(REDIS_ERRORS, "op" => op).increment(1);
+}
+
+/// Counts a (re)connection to Redis.
+pub fn redis_connected() {
+    metrics::counter!(REDIS_RECONNECTS).increment(1);
+}
+
+/// Records how many publishes were in flight on the shared Redis connection when one was
+/// sent.
+pub fn redis_pipeline_depth(depth: usize) {
+    metrics::histogram!(REDIS_PIPELINE_DEPTH).record(depth as f64);
+}
+
+/// Counts a partition reader the watchdog restarted.
+pub fn bus_reader_restarted() {
+    metrics::counter!(BUS_READER_RESTARTS).increment(1);
+}
+
+/// Sets how far (seconds, by entry time) a partition's reader trails its stream.
+pub fn bus_partition_age(partition: usize, seconds: f64) {
+    metrics::gauge!(BUS_PARTITION_AGE, "partition" => partition.to_string()).set(seconds);
+}
+
+/// Records the time from a bus entry's append to its delivery here.
+pub fn bus_lag(seconds: f64) {
+    metrics::histogram!(BUS_LAG).record(seconds);
+}
+
+/// Records how many entries one `XREAD` returned.
+pub fn bus_read_batch(entries: u32) {
+    metrics::histogram!(BUS_READ_BATCH).record(f64::from(entries));
 }
 
 static PROCESS: OnceLock<metrics_process::Collector> = OnceLock::new();
@@ -447,18 +515,21 @@ fn describe() {
     );
 }
 
-/// Starts the global tracing subscriber. Call once, from `main`.
+/// Starts the global tracing subscriber: `filter` is a `tracing` filter (`info`,
+/// `switchboard=debug,info`), `json` one JSON object per line instead of text. Call once,
+/// from `main`.
 ///
 /// # Errors
-/// When `config.level` is not a valid filter, or a subscriber is already set.
-pub fn init_tracing(config: &LogConfig) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.level)?;
+/// When `filter` is not a valid filter, or a subscriber is already set.
+pub fn init_tracing(filter: &str, json: bool) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
-    let result = match config.format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    let result = if json {
+        builder.json().flatten_event(true).try_init()
+    } else {
+        builder.try_init()
     };
     result.map_err(|err| anyhow::anyhow!("installing tracing subscriber: {err}"))
 }

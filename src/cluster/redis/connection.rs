@@ -172,7 +172,7 @@ pub(super) async fn keep_connected(inner: Arc<Inner>, stop: CancellationToken) {
                     Ok(_) => {
                         inner.conn.store(Some(Arc::new(conn)));
                         inner.health.came_up(since_start_ms(&inner));
-                        metrics::counter!(telemetry::REDIS_RECONNECTS).increment(1);
+                        telemetry::redis_connected();
                         backoff = Duration::from_millis(50);
                         continue;
                     }

@@ -61,7 +61,7 @@ pub(super) async fn watch_readers(inner: Arc<Inner>, tasks: Shutdown, stop: Canc
                 partition,
                 "Bus reader stalled while Redis answers; restarting it"
             );
-            metrics::counter!(telemetry::BUS_READER_RESTARTS).increment(1);
+            telemetry::bus_reader_restarted();
             readers[partition].abort();
             let partition_u32 = u32::try_from(partition).expect("partitions fit in u32");
             readers[partition] = tasks.spawn(read_partition(
@@ -104,8 +104,7 @@ async fn record_partition_lag(inner: &Inner) {
             .unwrap_or(0);
         let position = position.load(Ordering::Relaxed);
         let lag = newest_ms.saturating_sub(position) as f64 / 1000.0;
-        metrics::gauge!(telemetry::BUS_PARTITION_AGE, "partition" => partition.to_string())
-            .set(lag);
+        telemetry::bus_partition_age(partition, lag);
     }
 }
 
@@ -329,7 +328,7 @@ fn deliver_batch(inner: &Inner, value: Value) -> Option<String> {
                     > 0
                 {
                     let lag = now_ms.saturating_sub(message.time_ms) as f64 / 1000.0;
-                    metrics::histogram!(telemetry::BUS_LAG).record(lag);
+                    telemetry::bus_lag(lag);
                 }
             } else {
                 tracing::warn!(%id, "Malformed bus entry skipped");
@@ -337,7 +336,7 @@ fn deliver_batch(inner: &Inner, value: Value) -> Option<String> {
             last_id = Some(id);
         }
     }
-    metrics::histogram!(telemetry::BUS_READ_BATCH).record(f64::from(n_entries));
+    telemetry::bus_read_batch(n_entries);
     last_id
 }
 

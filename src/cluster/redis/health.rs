@@ -76,7 +76,7 @@ impl Health {
     }
 
     pub(super) fn error(&self, op: &'static str, err: &dyn std::fmt::Display) {
-        metrics::counter!(telemetry::REDIS_ERRORS, "op" => op).increment(1);
+        telemetry::redis_error(op);
         *self
             .last_error
             .lock()

@@ -78,7 +78,7 @@ impl Inner {
         let mut conn = self.conn()?;
         let (meta, hist, bus) = self.channel_keys(channel);
         let depth = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
-        metrics::histogram!(telemetry::REDIS_PIPELINE_DEPTH).record(depth as f64);
+        telemetry::redis_pipeline_depth(depth);
         let mut invocation = self.publish_script.key(&meta);
         invocation
             .key(&hist)
