@@ -39,8 +39,7 @@ use crate::{
 
 /// How often the closing phase wakes to close the connections whose time came.
 const TICK: Duration = Duration::from_millis(10);
-/// The longest drain window or deadline accepted (config or API).
-pub const MAX_DRAIN: Duration = Duration::from_secs(3600);
+pub use crate::config::MAX_DRAIN;
 /// Upper bound of the `after_ms` hint in the reconnect frame: a client waits a random time
 /// below it before reconnecting, spreading reconnects further than the pacing alone.
 const MAX_RECONNECT_AFTER_MS: u64 = 1000;

@@ -508,10 +508,6 @@ impl Default for PresenceConfig {
 
 impl PresenceConfig {
     fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key: &'static str, message: &str| ConfigError::Invalid {
-            key,
-            message: message.to_owned(),
-        };
         if self.coalesce > Duration::from_secs(10) {
             return Err(invalid("presence.coalesce", "must be at most 10s"));
         }
@@ -715,276 +711,15 @@ impl Config {
     /// # Errors
     /// [`ConfigError::Invalid`] naming the first key found at fault.
     pub fn validate(mut self) -> Result<Self, ConfigError> {
-        fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
-            ConfigError::Invalid {
-                key,
-                message: message.into(),
-            }
-        }
-        if !self.server.ws_path.starts_with('/') {
-            return Err(invalid("server.ws_path", "must start with '/'"));
-        }
-        if !self.session.echo_path.is_empty()
-            && (!self.session.echo_path.starts_with('/')
-                || self.session.echo_path == self.server.ws_path)
-        {
-            return Err(invalid(
-                "session.echo_path",
-                "must be empty, or start with '/' and differ from server.ws_path",
-            ));
-        }
-        if let Some(bad) = self
-            .server
-            .allowed_origins
-            .iter()
-            .find(|origin| !is_origin_pattern(origin))
-        {
-            return Err(invalid(
-                "server.allowed_origins",
-                format!(
-                    "'{bad}' is not an origin: use scheme://host[:port], scheme://*.domain or *"
-                ),
-            ));
-        }
-        for (name, tls) in [
-            ("server.tls", &self.server.tls),
-            ("control.tls", &self.control.tls),
-        ] {
-            if tls.is_set() && (tls.cert_file.is_empty() || tls.key_file.is_empty()) {
-                return Err(invalid(
-                    name,
-                    "needs both cert_file and key_file (or neither, for no TLS)",
-                ));
-            }
-        }
-        if self.server.shards == 0 {
-            self.server.shards = default_shards();
-        } else if !self.server.shards.is_power_of_two() || self.server.shards > 65_536 {
-            return Err(invalid(
-                "server.shards",
-                "must be 0 (auto) or a power of two up to 65536",
-            ));
-        }
-        if self.server.worker_threads > 1024 {
-            return Err(invalid(
-                "server.worker_threads",
-                "must be 0 (one per core) or at most 1024",
-            ));
-        }
-        if self.server.node_id.is_empty() {
-            self.server.node_id = format!("node-{:08x}", rand::random::<u32>());
-        } else if self.server.node_id.len() > 64
-            || !self
-                .server
-                .node_id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        {
-            return Err(invalid(
-                "server.node_id",
-                "must be 1-64 characters of A-Z a-z 0-9 - _ .",
-            ));
-        }
-        if self.control.api_keys.iter().any(|key| key.len() < 16) {
-            return Err(invalid(
-                "control.api_keys",
-                "every key must be at least 16 characters",
-            ));
-        }
-        if self.control.max_body_bytes < 1024 {
-            return Err(invalid("control.max_body_bytes", "must be at least 1024"));
-        }
-        if self.control.body_timeout.is_zero() {
-            return Err(invalid("control.body_timeout", "must be greater than 0"));
-        }
-        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
-            return Err(invalid(
-                "log.level",
-                format!("'{}' is not a valid level or filter", self.log.level),
-            ));
-        }
-        let limits = &self.limits;
-        if limits.max_connections == 0 {
-            return Err(invalid("limits.max_connections", "must be at least 1"));
-        }
-        for (key, burst) in [
-            ("limits.client_message_burst", limits.client_message_burst),
-            ("limits.connect_burst_per_ip", limits.connect_burst_per_ip),
-            (
-                "limits.client_control_frame_burst",
-                limits.client_control_frame_burst,
-            ),
-            (
-                "limits.max_fragments_per_message",
-                limits.max_fragments_per_message,
-            ),
-            (
-                "control.request_burst_per_key",
-                self.control.request_burst_per_key,
-            ),
-        ] {
-            if burst == 0 {
-                return Err(invalid(key, "must be at least 1"));
-            }
-        }
-        for (key, value) in [
-            ("limits.throttled_close_after", limits.throttled_close_after),
-            ("limits.fragment_timeout", limits.fragment_timeout),
-        ] {
-            if value.is_zero() {
-                return Err(invalid(key, "must be greater than 0"));
-            }
-        }
-        if limits.max_pending_upgrades == 0 || limits.max_pending_upgrades_per_ip == 0 {
-            return Err(invalid(
-                "limits.max_pending_upgrades",
-                "must be at least 1, as must limits.max_pending_upgrades_per_ip",
-            ));
-        }
-        if !(1024..=1024 * 1024).contains(&limits.max_upgrade_request_bytes) {
-            return Err(invalid(
-                "limits.max_upgrade_request_bytes",
-                "must be between 1024 and 1048576",
-            ));
-        }
-        if limits.max_subscriptions_per_connection == 0 {
-            return Err(invalid(
-                "limits.max_subscriptions_per_connection",
-                "must be at least 1",
-            ));
-        }
-        if !(1..=1024).contains(&limits.max_channel_name_bytes) {
-            return Err(invalid(
-                "limits.max_channel_name_bytes",
-                "must be between 1 and 1024",
-            ));
-        }
-        if limits.max_inbound_message_bytes < 256 {
-            return Err(invalid(
-                "limits.max_inbound_message_bytes",
-                "must be at least 256",
-            ));
-        }
-        if limits.max_publish_payload_bytes == 0
-            || limits.max_publish_payload_bytes > limits.outbound_queue_bytes
-        {
-            return Err(invalid(
-                "limits.max_publish_payload_bytes",
-                "must be at least 1 and at most limits.outbound_queue_bytes",
-            ));
-        }
-        if limits.outbound_queue_messages < 16 {
-            return Err(invalid(
-                "limits.outbound_queue_messages",
-                "must be at least 16",
-            ));
-        }
-        if self.history.size >= limits.outbound_queue_messages {
-            // A `since` replay enqueues up to history.size messages at once; a queue that
-            // cannot hold them would close every resuming client as a slow consumer.
-            return Err(invalid(
-                "history.size",
-                "must be smaller than limits.outbound_queue_messages",
-            ));
-        }
-        if self.session.heartbeat.is_zero() {
-            return Err(invalid("session.heartbeat", "must be greater than 0"));
-        }
-        if self.session.idle_timeout <= self.session.heartbeat {
-            return Err(invalid(
-                "session.idle_timeout",
-                "must be longer than session.heartbeat",
-            ));
-        }
-        if self.session.handshake_timeout.is_zero() {
-            return Err(invalid(
-                "session.handshake_timeout",
-                "must be greater than 0",
-            ));
-        }
-        if !(256..=1024 * 1024).contains(&self.session.read_buffer_bytes) {
-            return Err(invalid(
-                "session.read_buffer_bytes",
-                "must be between 256 and 1048576",
-            ));
-        }
-        if self.history.size > 0 && self.history.ttl.is_zero() {
-            return Err(invalid("history.ttl", "must be greater than 0"));
-        }
-        if !self.cluster.redis.is_set() {
-            // `redis = ""` and `redis = []` mean off, like leaving the key out.
-            self.cluster.redis = RedisTarget::None;
-        }
-        let urls: &[String] = match &self.cluster.redis {
-            RedisTarget::None => &[],
-            RedisTarget::Url(url) => std::slice::from_ref(url),
-            RedisTarget::ClusterSeeds(seeds) => seeds,
-        };
-        if urls
-            .iter()
-            .any(|url| !url.starts_with("redis://") && !url.starts_with("rediss://"))
-        {
-            return Err(invalid(
-                "cluster.redis",
-                "must be a redis:// or rediss:// URL, or a list of them",
-            ));
-        }
-        let tls = urls
-            .iter()
-            .filter(|url| url.starts_with("rediss://"))
-            .count();
-        if tls != 0 && tls != urls.len() {
-            return Err(invalid(
-                "cluster.redis",
-                "mixes redis:// and rediss:// seeds: use one scheme for all",
-            ));
-        }
-        if !self.cluster.redis_ca_file.is_empty() && tls == 0 {
-            return Err(invalid(
-                "cluster.redis_ca_file",
-                "is set but cluster.redis is not a rediss:// URL: TLS to Redis needs rediss://",
-            ));
-        }
-        if !(1..=1024).contains(&self.cluster.partitions) {
-            return Err(invalid("cluster.partitions", "must be between 1 and 1024"));
-        }
-        if self.cluster.publish_timeout.is_zero() {
-            return Err(invalid("cluster.publish_timeout", "must be greater than 0"));
-        }
-        if self.cluster.bus_maxlen < 1000 {
-            return Err(invalid("cluster.bus_maxlen", "must be at least 1000"));
-        }
-        if self.cluster.channel_state_ttl < self.history.ttl {
-            return Err(invalid(
-                "cluster.channel_state_ttl",
-                "must be at least history.ttl",
-            ));
-        }
-        if self.shutdown.grace.is_zero() {
-            return Err(invalid("shutdown.grace", "must be greater than 0"));
-        }
-        let max = crate::drain::MAX_DRAIN;
-        for (key, value) in [
-            ("shutdown.drain_delay", self.shutdown.drain_delay),
-            ("shutdown.drain_window", self.shutdown.drain_window),
-        ] {
-            if value > max {
-                return Err(invalid(key, format!("at most {} s", max.as_secs())));
-            }
-        }
-        let shortest = self.shutdown.drain_delay + self.shutdown.drain_window;
-        if !self.shutdown.drain_deadline.is_zero()
-            && (self.shutdown.drain_deadline < shortest || self.shutdown.drain_deadline > 2 * max)
-        {
-            return Err(invalid(
-                "shutdown.drain_deadline",
-                format!(
-                    "0, or from drain_delay + drain_window ({} ms) to {} s",
-                    shortest.as_millis(),
-                    2 * max.as_secs()
-                ),
-            ));
-        }
+        self.server.validate()?;
+        self.session.validate(&self.server)?;
+        self.server.tls.validate("server.tls")?;
+        self.control.validate()?;
+        self.log.validate()?;
+        self.limits.validate()?;
+        self.history.validate(&self.limits)?;
+        self.cluster.validate(&self.history)?;
+        self.shutdown.validate()?;
         self.auth.validate()?;
         self.presence.validate()?;
         for (index, namespace) in self.namespaces.iter().enumerate() {
@@ -1021,6 +756,334 @@ impl Config {
     }
 }
 
+/// The longest drain window or delay accepted, in the config or from the API (a drain
+/// deadline may be twice it).
+pub const MAX_DRAIN: Duration = Duration::from_secs(3600);
+
+/// What a config key's value is refused for.
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+impl ServerConfig {
+    /// Checks the `[server]` keys (its `tls` apart); fills `shards` and `node_id` when 0 or
+    /// empty.
+    fn validate(&mut self) -> Result<(), ConfigError> {
+        if !self.ws_path.starts_with('/') {
+            return Err(invalid("server.ws_path", "must start with '/'"));
+        }
+        if let Some(bad) = self
+            .allowed_origins
+            .iter()
+            .find(|origin| !is_origin_pattern(origin))
+        {
+            return Err(invalid(
+                "server.allowed_origins",
+                format!(
+                    "'{bad}' is not an origin: use scheme://host[:port], scheme://*.domain or *"
+                ),
+            ));
+        }
+        if self.shards == 0 {
+            self.shards = default_shards();
+        } else if !self.shards.is_power_of_two() || self.shards > 65_536 {
+            return Err(invalid(
+                "server.shards",
+                "must be 0 (auto) or a power of two up to 65536",
+            ));
+        }
+        if self.worker_threads > 1024 {
+            return Err(invalid(
+                "server.worker_threads",
+                "must be 0 (one per core) or at most 1024",
+            ));
+        }
+        if self.node_id.is_empty() {
+            self.node_id = format!("node-{:08x}", rand::random::<u32>());
+        } else if self.node_id.len() > 64
+            || !self
+                .node_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(invalid(
+                "server.node_id",
+                "must be 1-64 characters of A-Z a-z 0-9 - _ .",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl TlsConfig {
+    /// Checks a `tls` table; `key` names it in the error.
+    fn validate(&self, key: &'static str) -> Result<(), ConfigError> {
+        if self.is_set() && (self.cert_file.is_empty() || self.key_file.is_empty()) {
+            return Err(invalid(
+                key,
+                "needs both cert_file and key_file (or neither, for no TLS)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl ControlConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.tls.validate("control.tls")?;
+        if self.api_keys.iter().any(|key| key.len() < 16) {
+            return Err(invalid(
+                "control.api_keys",
+                "every key must be at least 16 characters",
+            ));
+        }
+        if self.max_body_bytes < 1024 {
+            return Err(invalid("control.max_body_bytes", "must be at least 1024"));
+        }
+        if self.body_timeout.is_zero() {
+            return Err(invalid("control.body_timeout", "must be greater than 0"));
+        }
+        if self.request_burst_per_key == 0 {
+            return Err(invalid(
+                "control.request_burst_per_key",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl LogConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if tracing_subscriber::EnvFilter::try_new(&self.level).is_err() {
+            return Err(invalid(
+                "log.level",
+                format!("'{}' is not a valid level or filter", self.level),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl LimitsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_connections == 0 {
+            return Err(invalid("limits.max_connections", "must be at least 1"));
+        }
+        for (key, burst) in [
+            ("limits.client_message_burst", self.client_message_burst),
+            ("limits.connect_burst_per_ip", self.connect_burst_per_ip),
+            (
+                "limits.client_control_frame_burst",
+                self.client_control_frame_burst,
+            ),
+            (
+                "limits.max_fragments_per_message",
+                self.max_fragments_per_message,
+            ),
+        ] {
+            if burst == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        for (key, value) in [
+            ("limits.throttled_close_after", self.throttled_close_after),
+            ("limits.fragment_timeout", self.fragment_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        if self.max_pending_upgrades == 0 || self.max_pending_upgrades_per_ip == 0 {
+            return Err(invalid(
+                "limits.max_pending_upgrades",
+                "must be at least 1, as must self.max_pending_upgrades_per_ip",
+            ));
+        }
+        if !(1024..=1024 * 1024).contains(&self.max_upgrade_request_bytes) {
+            return Err(invalid(
+                "limits.max_upgrade_request_bytes",
+                "must be between 1024 and 1048576",
+            ));
+        }
+        if self.max_subscriptions_per_connection == 0 {
+            return Err(invalid(
+                "limits.max_subscriptions_per_connection",
+                "must be at least 1",
+            ));
+        }
+        if !(1..=1024).contains(&self.max_channel_name_bytes) {
+            return Err(invalid(
+                "limits.max_channel_name_bytes",
+                "must be between 1 and 1024",
+            ));
+        }
+        if self.max_inbound_message_bytes < 256 {
+            return Err(invalid(
+                "limits.max_inbound_message_bytes",
+                "must be at least 256",
+            ));
+        }
+        if self.max_publish_payload_bytes == 0
+            || self.max_publish_payload_bytes > self.outbound_queue_bytes
+        {
+            return Err(invalid(
+                "limits.max_publish_payload_bytes",
+                "must be at least 1 and at most self.outbound_queue_bytes",
+            ));
+        }
+        if self.outbound_queue_messages < 16 {
+            return Err(invalid(
+                "limits.outbound_queue_messages",
+                "must be at least 16",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl SessionConfig {
+    fn validate(&self, server: &ServerConfig) -> Result<(), ConfigError> {
+        if !self.echo_path.is_empty()
+            && (!self.echo_path.starts_with('/') || self.echo_path == server.ws_path)
+        {
+            return Err(invalid(
+                "session.echo_path",
+                "must be empty, or start with '/' and differ from server.ws_path",
+            ));
+        }
+        if self.heartbeat.is_zero() {
+            return Err(invalid("session.heartbeat", "must be greater than 0"));
+        }
+        if self.idle_timeout <= self.heartbeat {
+            return Err(invalid(
+                "session.idle_timeout",
+                "must be longer than session.heartbeat",
+            ));
+        }
+        if self.handshake_timeout.is_zero() {
+            return Err(invalid(
+                "session.handshake_timeout",
+                "must be greater than 0",
+            ));
+        }
+        if !(256..=1024 * 1024).contains(&self.read_buffer_bytes) {
+            return Err(invalid(
+                "session.read_buffer_bytes",
+                "must be between 256 and 1048576",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl HistoryConfig {
+    fn validate(&self, limits: &LimitsConfig) -> Result<(), ConfigError> {
+        if self.size >= limits.outbound_queue_messages {
+            // A `since` replay enqueues up to history.size messages at once; a queue that
+            // cannot hold them would close every resuming client as a slow consumer.
+            return Err(invalid(
+                "history.size",
+                "must be smaller than limits.outbound_queue_messages",
+            ));
+        }
+        if self.size > 0 && self.ttl.is_zero() {
+            return Err(invalid("history.ttl", "must be greater than 0"));
+        }
+        Ok(())
+    }
+}
+
+impl ClusterConfig {
+    /// Checks `[cluster]`; an empty `redis` (`""`, `[]`) becomes off.
+    fn validate(&mut self, history: &HistoryConfig) -> Result<(), ConfigError> {
+        if !self.redis.is_set() {
+            // `redis = ""` and `redis = []` mean off, like leaving the key out.
+            self.redis = RedisTarget::None;
+        }
+        let urls: &[String] = match &self.redis {
+            RedisTarget::None => &[],
+            RedisTarget::Url(url) => std::slice::from_ref(url),
+            RedisTarget::ClusterSeeds(seeds) => seeds,
+        };
+        if urls
+            .iter()
+            .any(|url| !url.starts_with("redis://") && !url.starts_with("rediss://"))
+        {
+            return Err(invalid(
+                "cluster.redis",
+                "must be a redis:// or rediss:// URL, or a list of them",
+            ));
+        }
+        let tls = urls
+            .iter()
+            .filter(|url| url.starts_with("rediss://"))
+            .count();
+        if tls != 0 && tls != urls.len() {
+            return Err(invalid(
+                "cluster.redis",
+                "mixes redis:// and rediss:// seeds: use one scheme for all",
+            ));
+        }
+        if !self.redis_ca_file.is_empty() && tls == 0 {
+            return Err(invalid(
+                "cluster.redis_ca_file",
+                "is set but cluster.redis is not a rediss:// URL: TLS to Redis needs rediss://",
+            ));
+        }
+        if !(1..=1024).contains(&self.partitions) {
+            return Err(invalid("cluster.partitions", "must be between 1 and 1024"));
+        }
+        if self.publish_timeout.is_zero() {
+            return Err(invalid("cluster.publish_timeout", "must be greater than 0"));
+        }
+        if self.bus_maxlen < 1000 {
+            return Err(invalid("cluster.bus_maxlen", "must be at least 1000"));
+        }
+        if self.channel_state_ttl < history.ttl {
+            return Err(invalid(
+                "cluster.channel_state_ttl",
+                "must be at least history.ttl",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl ShutdownConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.grace.is_zero() {
+            return Err(invalid("shutdown.grace", "must be greater than 0"));
+        }
+        let max = MAX_DRAIN;
+        for (key, value) in [
+            ("shutdown.drain_delay", self.drain_delay),
+            ("shutdown.drain_window", self.drain_window),
+        ] {
+            if value > max {
+                return Err(invalid(key, format!("at most {} s", max.as_secs())));
+            }
+        }
+        let shortest = self.drain_delay + self.drain_window;
+        if !self.drain_deadline.is_zero()
+            && (self.drain_deadline < shortest || self.drain_deadline > 2 * max)
+        {
+            return Err(invalid(
+                "shutdown.drain_deadline",
+                format!(
+                    "0, or from drain_delay + drain_window ({} ms) to {} s",
+                    shortest.as_millis(),
+                    2 * max.as_secs()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// `scheme://user:password@host...` with the password replaced by `<redacted>`.
 fn redact_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
@@ -1038,7 +1101,6 @@ fn redact_password(url: &str) -> String {
 
 impl AuthConfig {
     fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key: &'static str, message: String| ConfigError::Invalid { key, message };
         if self.required && self.keys.is_empty() && self.jwks_url.is_empty() {
             return Err(invalid(
                 "auth.required",
