@@ -11,7 +11,7 @@ use crate::{
     accept::AcceptFailures,
     cluster::{Bus, LocalBus, NodeInfo, PresenceStore, RedisBus, RedisSettings},
     config::Config,
-    control::{self, ApiKeys, ControlContext},
+    control::{self, ControlContext, ControlSettings},
     drain::{DrainRequest, DrainSettings, Drainer, Origin},
     hub::{Hub, HubHandle, HubSettings},
     presence::{Presence, PresenceSettings},
@@ -49,10 +49,11 @@ pub struct Running {
     background: Shutdown,
 }
 
-/// Builds the node from `config`, binds both listeners and starts serving.
+/// Builds the node from `config`, binds both listeners and starts serving. Each subsystem
+/// takes its settings from its own config sections (`*Settings::from_config`).
 ///
 /// # Errors
-/// When a listener cannot be bound.
+/// When a listener cannot be bound, or a file the config names cannot be read.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
     let metrics_handle = telemetry::install_recorder();
     raise_file_limit(config.limits.max_connections);
@@ -60,26 +61,17 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let readiness = Readiness::new();
     let starting = readiness.hold("starting");
     let node_id: Arc<str> = Arc::from(config.server.node_id.as_str());
+    let hub = Hub::new(HubSettings::from_config(&config));
 
-    let hub = Hub::new(HubSettings {
-        shards: config.server.shards,
-        max_connections: config.limits.max_connections,
-        max_pending_upgrades: config.limits.max_pending_upgrades,
-        max_pending_upgrades_per_ip: config.limits.max_pending_upgrades_per_ip,
-        queue_messages: config.limits.outbound_queue_messages,
-        queue_bytes: config.limits.outbound_queue_bytes,
-        history_size: config.history.size,
-        history_ttl: config.history.ttl,
-        history_max_bytes: config.history.max_memory_bytes,
-        remote: config.cluster.redis.is_set(),
-    });
     let ws_listener = bind_listener(config.server.listen)
         .with_context(|| format!("binding the WebSocket listener on {}", config.server.listen))?;
     let control_listener = TcpListener::bind(config.control.listen)
         .await
         .with_context(|| format!("binding the control listener on {}", config.control.listen))?;
-    let ws_addr = ws_listener.local_addr()?;
-    let control_addr = control_listener.local_addr()?;
+    let node = NodeInfo {
+        ws_addr: ws_listener.local_addr()?,
+        control_addr: control_listener.local_addr()?,
+    };
 
     let sessions = Shutdown::new();
     let background = Shutdown::new();
@@ -89,116 +81,41 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     // Every TLS client and server here (wss://, HTTPS, rediss://) uses ring; a crate that
     // asks rustls for the process default must get the same. Fails only if already set.
     let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
-    let (bus, presence_store): (Arc<dyn Bus>, Option<Arc<dyn PresenceStore>>) =
-        if config.cluster.redis.is_set() {
-            let ca_pem = match config.cluster.redis_ca_file.as_str() {
-                "" => None,
-                path => Some(
-                    std::fs::read(path)
-                        .with_context(|| format!("reading cluster.redis_ca_file {path}"))?,
-                ),
-            };
-            let settings = RedisSettings {
-                target: config.cluster.redis.clone(),
-                ca_pem,
-                partitions: config.cluster.partitions,
-                publish_timeout: config.cluster.publish_timeout,
-                bus_maxlen: config.cluster.bus_maxlen,
-                channel_state_ttl: config.cluster.channel_state_ttl,
-                history_size: config.history.size,
-                history_ttl: config.history.ttl,
-                outage_fails_readiness: config.cluster.outage_fails_readiness,
-                node_id: Arc::clone(&node_id),
-            };
-            let node = NodeInfo {
-                ws_addr,
-                control_addr,
-            };
-            let bus = RedisBus::start(
-                settings,
-                Arc::clone(&hub),
-                node,
-                &background,
-                &background_stop,
-            )
-            .context("starting the Redis bus")?;
-            let store = Arc::new(bus.presence(config.presence.ttl));
-            (Arc::new(bus), Some(store))
-        } else {
-            (
-                Arc::new(LocalBus::new(Arc::clone(&hub), Arc::clone(&node_id))),
-                None,
-            )
-        };
-
-    let authenticator = crate::auth::Authenticator::from_config(&config.auth)
-        .context("loading the [auth] keys")?
-        .map(Arc::new);
-    if let Some(jwks) = authenticator.as_ref().and_then(|auth| auth.jwks()) {
-        background.spawn(keep_jwks(
-            Arc::clone(jwks),
-            config.auth.jwks_refresh,
-            config.auth.jwks_min_interval,
-            // With no key of its own, the node cannot verify any token before the first fetch.
-            config
-                .auth
-                .keys
-                .is_empty()
-                .then(|| readiness.hold("jwks not loaded")),
-            background_stop.clone(),
-        ));
-    }
+    let certificates = crate::tls::Certificates {
+        server: crate::tls::Tls::from_config("server.tls", &config.server.tls)
+            .context("loading server.tls (certificate and key)")?,
+        control: crate::tls::Tls::from_config("control.tls", &config.control.tls)
+            .context("loading control.tls (certificate and key)")?,
+    };
+    let (bus, presence_store) = start_bus(
+        &config,
+        &hub,
+        &node_id,
+        node.clone(),
+        &background,
+        &background_stop,
+    )?;
+    let auth = start_auth(&config, &readiness, &background, &background_stop)?;
     let presence = Presence::start(
-        PresenceSettings {
-            node: Arc::clone(&node_id),
-            coalesce: config.presence.coalesce,
-            max_listed: config.presence.max_listed,
-            ttl: config.presence.ttl,
-            namespaces: crate::auth::Namespaces::new(&config.namespaces),
-        },
+        PresenceSettings::from_config(&config, Arc::clone(&node_id)),
         Arc::clone(&bus),
         presence_store,
         &background,
         &background_stop,
     );
+    let drainer = Drainer::new(
+        Arc::clone(&hub),
+        readiness.clone(),
+        DrainSettings::from_config(&config.shutdown),
+        background.clone(),
+    );
+
     let session_ctx = Arc::new(SessionContext {
         hub: Arc::clone(&hub),
         bus: Arc::clone(&bus),
         node_id: Arc::clone(&node_id),
-        settings: SessionSettings {
-            ws_path: config.server.ws_path.clone(),
-            origins: session::Origins::new(&config.server.allowed_origins),
-            heartbeat: config.session.heartbeat,
-            idle_timeout: config.session.idle_timeout,
-            handshake_timeout: config.session.handshake_timeout,
-            client_publish: config.session.client_publish,
-            max_channel_name_bytes: config.limits.max_channel_name_bytes,
-            max_publish_payload_bytes: config.limits.max_publish_payload_bytes,
-            max_subscriptions: config.limits.max_subscriptions_per_connection,
-            max_inbound_message_bytes: config.limits.max_inbound_message_bytes,
-            max_fragments: config.limits.max_fragments_per_message,
-            fragment_timeout: config.limits.fragment_timeout,
-            max_upgrade_request_bytes: config.limits.max_upgrade_request_bytes,
-            read_buffer_bytes: config.session.read_buffer_bytes,
-            history_size: config.history.size,
-            echo_path: config.session.echo_path.clone(),
-            demo: config.demo.enabled,
-            history_reply_bytes: (config.limits.outbound_queue_bytes / 4).min(256 << 10),
-            client_quota: Quota::new(
-                config.limits.client_messages_per_second,
-                config.limits.client_message_burst,
-            ),
-            control_quota: Quota::new(
-                config.limits.client_control_frames_per_second,
-                config.limits.client_control_frame_burst,
-            ),
-            throttled_close_after: config.limits.throttled_close_after,
-            auth_required: config.auth.required,
-            token_query: config.auth.token_query,
-            auth_timeout: config.auth.timeout,
-            namespaces: crate::auth::Namespaces::new(&config.namespaces),
-        },
-        auth: authenticator.clone(),
+        settings: SessionSettings::from_config(&config),
+        auth,
         presence: Arc::clone(&presence),
         connect_limiter: Quota::new(
             config.limits.connects_per_ip_per_second,
@@ -206,92 +123,31 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         )
         .map(KeyedLimiter::new),
     });
-    let certificates = crate::tls::Certificates {
-        server: crate::tls::Tls::from_config("server.tls", &config.server.tls)
-            .context("loading server.tls (certificate and key)")?,
-        control: crate::tls::Tls::from_config("control.tls", &config.control.tls)
-            .context("loading control.tls (certificate and key)")?,
-    };
-    let drainer = Drainer::new(
-        Arc::clone(&hub),
-        readiness.clone(),
-        DrainSettings {
-            delay: config.shutdown.drain_delay,
-            window: config.shutdown.drain_window,
-            deadline: (!config.shutdown.drain_deadline.is_zero())
-                .then_some(config.shutdown.drain_deadline),
-            grace: config.shutdown.grace,
-        },
-        background.clone(),
-    );
-    let control_ctx = Arc::new(ControlContext {
-        drain: drainer.clone(),
-        presence: Arc::clone(&presence),
-        certificates: certificates.clone(),
-        hub: Arc::clone(&hub),
-        bus: Arc::clone(&bus),
-        readiness: readiness.clone(),
-        node_id: Arc::clone(&node_id),
-        api_keys: ApiKeys::new(&config.control.api_keys),
-        metrics: metrics_handle.clone(),
-        max_body_bytes: config.control.max_body_bytes,
-        body_timeout: config.control.body_timeout,
-        max_channel_name_bytes: config.limits.max_channel_name_bytes,
-        max_publish_payload_bytes: config.limits.max_publish_payload_bytes,
-        key_limiter: Quota::new(
-            config.control.requests_per_second_per_key,
-            config.control.request_burst_per_key,
-        )
-        .map(KeyedLimiter::new),
-    });
-
     if session_ctx.settings.origins.allows_any() {
         tracing::warn!(
             "server.allowed_origins contains \"*\": any web page may open WebSockets here \
              with its visitors' credentials"
         );
     }
-    let bus_kind = bus.kind();
-    let (limited_sessions, limited_control) = (Arc::clone(&session_ctx), Arc::clone(&control_ctx));
-    sessions.spawn(accept_loop(
-        ws_listener,
-        session_ctx,
-        certificates.server.clone(),
-        readiness.clone(),
-        accept_stop.clone(),
-        sessions.clone(),
-    ));
-    let control_done = control::serve_on_own_thread(
-        control_listener,
-        certificates.control.clone(),
-        control_ctx,
-        background_stop.clone(),
-    )
-    .await
-    .context("starting the control API's thread")?;
-    background.spawn(control_done);
-    let (heartbeat, idle_timeout) = (config.session.heartbeat, config.session.idle_timeout);
-    background.spawn(every(keepalive_tick(heartbeat), background_stop.clone(), {
-        let hub = Arc::clone(&hub);
-        move || {
-            hub.keepalive(heartbeat, idle_timeout);
-        }
-    }));
-    background.spawn(every(SWEEP_INTERVAL, background_stop.clone(), {
-        let hub = Arc::clone(&hub);
-        move || {
-            hub.sweep();
-            // Full buckets behave like absent ones; forgetting them bounds the maps by the
-            // keys active within the last burst's refill time.
-            let now = hub.clock_ns();
-            if let Some(limiter) = &limited_sessions.connect_limiter {
-                limiter.forget_full(now);
-            }
-            if let Some(limiter) = &limited_control.key_limiter {
-                limiter.forget_full(now);
-            }
-        }
-    }));
+    let control_ctx = Arc::new(ControlContext {
+        drain: drainer.clone(),
+        presence,
+        certificates: certificates.clone(),
+        hub: Arc::clone(&hub),
+        bus: Arc::clone(&bus),
+        readiness: readiness.clone(),
+        node_id: Arc::clone(&node_id),
+        metrics: metrics_handle.clone(),
+        settings: ControlSettings::from_config(&config),
+    });
+
+    spawn_periodic(
+        &config,
+        &hub,
+        (&session_ctx, &control_ctx),
+        &background,
+        &background_stop,
+    );
     if config.demo.enabled {
         tracing::info!("Demo on: /demo on the WebSocket listener, a ticker on demo:ticker");
         background.spawn(crate::demo::ticker(
@@ -310,29 +166,39 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             background_stop.clone(),
         ));
     }
-    background.spawn(every(
-        METRICS_UPKEEP_INTERVAL,
-        background_stop.clone(),
-        move || {
-            metrics_handle.run_upkeep();
-        },
+    sessions.spawn(accept_loop(
+        ws_listener,
+        session_ctx,
+        certificates.server.clone(),
+        readiness.clone(),
+        accept_stop.clone(),
+        sessions.clone(),
     ));
+    let control_done = control::serve_on_own_thread(
+        control_listener,
+        certificates.control.clone(),
+        control_ctx,
+        background_stop.clone(),
+    )
+    .await
+    .context("starting the control API's thread")?;
+    background.spawn(control_done);
 
     tracing::info!(
-        %ws_addr,
+        ws_addr = %node.ws_addr,
         ws_path = %config.server.ws_path,
-        %control_addr,
+        control_addr = %node.control_addr,
         node = %node_id,
         shards = config.server.shards,
-        bus = bus_kind,
+        bus = bus.kind(),
         tls = certificates.server.is_some(),
         control_tls = certificates.control.is_some(),
         "Switchboard listening"
     );
     drop::<Latch>(starting);
     Ok(Running {
-        ws_addr,
-        control_addr,
+        ws_addr: node.ws_addr,
+        control_addr: node.control_addr,
         hub,
         readiness,
         grace: config.shutdown.grace,
@@ -343,6 +209,97 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         background,
         certificates,
     })
+}
+
+/// The bus, and where presence is kept across nodes (`None` on a single node).
+type BusAndStore = (Arc<dyn Bus>, Option<Arc<dyn PresenceStore>>);
+
+/// The bus `[cluster]` asks for: Redis Streams (and presence in the same Redis) when
+/// `cluster.redis` is set, else the in-process bus.
+fn start_bus(
+    config: &Config,
+    hub: &HubHandle,
+    node_id: &Arc<str>,
+    node: NodeInfo,
+    tasks: &Shutdown,
+    stop: &CancellationToken,
+) -> anyhow::Result<BusAndStore> {
+    if !config.cluster.redis.is_set() {
+        return Ok((
+            Arc::new(LocalBus::new(Arc::clone(hub), Arc::clone(node_id))),
+            None,
+        ));
+    }
+    let settings = RedisSettings::from_config(config, Arc::clone(node_id))?;
+    let bus = RedisBus::start(settings, Arc::clone(hub), node, tasks, stop)
+        .context("starting the Redis bus")?;
+    let store = Arc::new(bus.presence(config.presence.ttl));
+    Ok((Arc::new(bus), Some(store)))
+}
+
+/// The token verifier `[auth]` describes, if it has keys; with a JWKS URL, the task that
+/// keeps its keys (holding readiness until the first fetch when it is the only source).
+fn start_auth(
+    config: &Config,
+    readiness: &Readiness,
+    tasks: &Shutdown,
+    stop: &CancellationToken,
+) -> anyhow::Result<Option<Arc<crate::auth::Authenticator>>> {
+    let authenticator = crate::auth::Authenticator::from_config(&config.auth)
+        .context("loading the [auth] keys")?
+        .map(Arc::new);
+    if let Some(jwks) = authenticator.as_ref().and_then(|auth| auth.jwks()) {
+        tasks.spawn(keep_jwks(
+            Arc::clone(jwks),
+            config.auth.jwks_refresh,
+            config.auth.jwks_min_interval,
+            // With no key of its own, the node cannot verify any token before the first fetch.
+            config
+                .auth
+                .keys
+                .is_empty()
+                .then(|| readiness.hold("jwks not loaded")),
+            stop.clone(),
+        ));
+    }
+    Ok(authenticator)
+}
+
+/// The periodic tasks: keepalive pings and idle closes, the sweep of expired history, idle
+/// channels and full rate-limit buckets, and the metrics recorder's upkeep.
+fn spawn_periodic(
+    config: &Config,
+    hub: &HubHandle,
+    (sessions, control): (&Arc<SessionContext>, &Arc<ControlContext>),
+    tasks: &Shutdown,
+    stop: &CancellationToken,
+) {
+    let (heartbeat, idle_timeout) = (config.session.heartbeat, config.session.idle_timeout);
+    tasks.spawn(every(keepalive_tick(heartbeat), stop.clone(), {
+        let hub = Arc::clone(hub);
+        move || {
+            hub.keepalive(heartbeat, idle_timeout);
+        }
+    }));
+    tasks.spawn(every(SWEEP_INTERVAL, stop.clone(), {
+        let (hub, sessions, control) = (Arc::clone(hub), Arc::clone(sessions), Arc::clone(control));
+        move || {
+            hub.sweep();
+            // Full buckets behave like absent ones; forgetting them bounds the maps by the
+            // keys active within the last burst's refill time.
+            let now = hub.clock_ns();
+            if let Some(limiter) = &sessions.connect_limiter {
+                limiter.forget_full(now);
+            }
+            if let Some(limiter) = &control.settings.key_limiter {
+                limiter.forget_full(now);
+            }
+        }
+    }));
+    let metrics = control.metrics.clone();
+    tasks.spawn(every(METRICS_UPKEEP_INTERVAL, stop.clone(), move || {
+        metrics.run_upkeep();
+    }));
 }
 
 /// Runs the node until a drain is done, then stops it. `signal` (SIGTERM or SIGINT) starts

@@ -54,6 +54,19 @@ pub struct DrainSettings {
     pub grace: Duration,
 }
 
+impl DrainSettings {
+    /// From `[shutdown]`.
+    #[must_use]
+    pub fn from_config(shutdown: &crate::config::ShutdownConfig) -> Self {
+        Self {
+            delay: shutdown.drain_delay,
+            window: shutdown.drain_window,
+            deadline: (!shutdown.drain_deadline.is_zero()).then_some(shutdown.drain_deadline),
+            grace: shutdown.grace,
+        }
+    }
+}
+
 /// Who started a drain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {

@@ -169,6 +169,20 @@ pub struct PresenceSettings {
     pub namespaces: Namespaces,
 }
 
+impl PresenceSettings {
+    /// From `[presence]` and `[[namespaces]]`; `node` is this node's id.
+    #[must_use]
+    pub fn from_config(config: &crate::config::Config, node: Arc<str>) -> Self {
+        Self {
+            node,
+            coalesce: config.presence.coalesce,
+            max_listed: config.presence.max_listed,
+            ttl: config.presence.ttl,
+            namespaces: Namespaces::new(&config.namespaces),
+        }
+    }
+}
+
 impl Presence {
     /// Starts the task that sends event frames through `bus`, and with a `store` the one
     /// that keeps this node's members there, in `tasks` until `stop`.

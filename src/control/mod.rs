@@ -19,7 +19,12 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use self::auth::ApiKeys;
-use crate::{cluster::Bus, hub::HubHandle, shutdown::Readiness, throttle::KeyedLimiter};
+use crate::{
+    cluster::Bus,
+    hub::HubHandle,
+    shutdown::Readiness,
+    throttle::{KeyedLimiter, Quota},
+};
 
 /// How long a client may take to send request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -33,8 +38,18 @@ pub struct ControlContext {
     pub bus: Arc<dyn Bus>,
     pub readiness: Readiness,
     pub node_id: Arc<str>,
-    pub api_keys: ApiKeys,
     pub metrics: PrometheusHandle,
+    pub settings: ControlSettings,
+    /// `POST`, `GET` and `DELETE /v1/drain`.
+    pub drain: crate::drain::Drainer,
+    /// `GET /v1/channels/{channel}/presence` and `/presence-stats`.
+    pub presence: Arc<crate::presence::Presence>,
+}
+
+/// The control API's own settings: `[control]`, and the `[limits]` a publish is held to.
+#[derive(Debug)]
+pub struct ControlSettings {
+    pub api_keys: ApiKeys,
     pub max_body_bytes: usize,
     /// Time a request body may take to arrive (`control.body_timeout`).
     pub body_timeout: Duration,
@@ -43,10 +58,26 @@ pub struct ControlContext {
     /// `/v1` requests per API key (`control.requests_per_second_per_key`), if limited. The
     /// key is the index of the matched API key; loopback callers without keys share one.
     pub key_limiter: Option<KeyedLimiter<usize>>,
-    /// `POST`, `GET` and `DELETE /v1/drain`.
-    pub drain: crate::drain::Drainer,
-    /// `GET /v1/channels/{channel}/presence` and `/presence-stats`.
-    pub presence: Arc<crate::presence::Presence>,
+}
+
+impl ControlSettings {
+    /// From `[control]` and `[limits]`.
+    #[must_use]
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        let control = &config.control;
+        Self {
+            api_keys: ApiKeys::new(&control.api_keys),
+            max_body_bytes: control.max_body_bytes,
+            body_timeout: control.body_timeout,
+            max_channel_name_bytes: config.limits.max_channel_name_bytes,
+            max_publish_payload_bytes: config.limits.max_publish_payload_bytes,
+            key_limiter: Quota::new(
+                control.requests_per_second_per_key,
+                control.request_burst_per_key,
+            )
+            .map(KeyedLimiter::new),
+        }
+    }
 }
 
 pub(crate) type Body = Full<Bytes>;

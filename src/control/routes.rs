@@ -183,7 +183,7 @@ async fn route(
                 Ok(caller) => caller,
                 Err(err) => return ("v1", Err(err)),
             };
-            if let Some(limiter) = &ctx.key_limiter
+            if let Some(limiter) = &ctx.settings.key_limiter
                 && let Err(rejected) = limiter.try_acquire(&caller, ctx.hub.clock_ns(), 1)
             {
                 telemetry::rate_limited(RateScope::ApiKey);
@@ -304,7 +304,7 @@ fn authorize(
     peer: SocketAddr,
     ctx: &ControlContext,
 ) -> Result<Caller, ApiError> {
-    if ctx.api_keys.is_empty() {
+    if ctx.settings.api_keys.is_empty() {
         if is_loopback(peer) {
             return Ok(LOOPBACK_CALLER);
         }
@@ -319,7 +319,7 @@ fn authorize(
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(bearer_token);
-    match presented.map(|key| ctx.api_keys.position(key.trim().as_bytes())) {
+    match presented.map(|key| ctx.settings.api_keys.position(key.trim().as_bytes())) {
         Some(Some(caller)) => Ok(caller),
         Some(None) => Err(ApiError::new(
             401,
@@ -443,7 +443,10 @@ async fn json_body<T: for<'de> Deserialize<'de>>(
         ApiError::new(
             413,
             ErrorCode::LimitExceeded,
-            format!("request body is larger than {} bytes", ctx.max_body_bytes),
+            format!(
+                "request body is larger than {} bytes",
+                ctx.settings.max_body_bytes
+            ),
         )
     };
     let declared = request
@@ -451,15 +454,15 @@ async fn json_body<T: for<'de> Deserialize<'de>>(
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<usize>().ok());
-    if let Some(length) = declared.filter(|length| *length > ctx.max_body_bytes) {
-        if length <= ctx.max_body_bytes.saturating_mul(DISCARD_FACTOR) {
-            discard_body(request.into_body(), length, ctx.body_timeout).await;
+    if let Some(length) = declared.filter(|length| *length > ctx.settings.max_body_bytes) {
+        if length <= ctx.settings.max_body_bytes.saturating_mul(DISCARD_FACTOR) {
+            discard_body(request.into_body(), length, ctx.settings.body_timeout).await;
         }
         return Err(too_large());
     }
-    let read = Limited::new(request.into_body(), ctx.max_body_bytes).collect();
-    let Ok(body) = tokio::time::timeout(ctx.body_timeout, read).await else {
-        return Err(ApiError::body_timeout(ctx.body_timeout));
+    let read = Limited::new(request.into_body(), ctx.settings.max_body_bytes).collect();
+    let Ok(body) = tokio::time::timeout(ctx.settings.body_timeout, read).await else {
+        return Err(ApiError::body_timeout(ctx.settings.body_timeout));
     };
     let body = body
         .map_err(|err| {
@@ -488,7 +491,7 @@ async fn json_body<T: for<'de> Deserialize<'de>>(
 }
 
 fn channel_name(name: &str, ctx: &ControlContext) -> Result<ChannelName, ApiError> {
-    ChannelName::parse(name, ctx.max_channel_name_bytes).map_err(|err| {
+    ChannelName::parse(name, ctx.settings.max_channel_name_bytes).map_err(|err| {
         ApiError::new(
             422,
             ErrorCode::BadRequest,
@@ -498,13 +501,13 @@ fn channel_name(name: &str, ctx: &ControlContext) -> Result<ChannelName, ApiErro
 }
 
 fn check_payload(data: &RawValue, ctx: &ControlContext) -> Result<(), ApiError> {
-    if data.get().len() > ctx.max_publish_payload_bytes {
+    if data.get().len() > ctx.settings.max_publish_payload_bytes {
         return Err(ApiError::new(
             413,
             ErrorCode::LimitExceeded,
             format!(
                 "`data` is larger than {} bytes",
-                ctx.max_publish_payload_bytes
+                ctx.settings.max_publish_payload_bytes
             ),
         ));
     }
@@ -655,7 +658,7 @@ async fn batch(
         ));
     }
     // The request itself took one token of the key's rate; each further command takes one.
-    if let Some(limiter) = &ctx.key_limiter {
+    if let Some(limiter) = &ctx.settings.key_limiter {
         let extra = u32::try_from(n - 1).unwrap_or(u32::MAX);
         if extra >= limiter.quota().burst() {
             return Err(ApiError::new(

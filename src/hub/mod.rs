@@ -81,6 +81,25 @@ pub struct HubSettings {
     pub remote: bool,
 }
 
+impl HubSettings {
+    /// From `[server]`, `[limits]`, `[history]` and whether `[cluster]` names a Redis.
+    #[must_use]
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        Self {
+            shards: config.server.shards,
+            max_connections: config.limits.max_connections,
+            max_pending_upgrades: config.limits.max_pending_upgrades,
+            max_pending_upgrades_per_ip: config.limits.max_pending_upgrades_per_ip,
+            queue_messages: config.limits.outbound_queue_messages,
+            queue_bytes: config.limits.outbound_queue_bytes,
+            history_size: config.history.size,
+            history_ttl: config.history.ttl,
+            history_max_bytes: config.history.max_memory_bytes,
+            remote: config.cluster.redis.is_set(),
+        }
+    }
+}
+
 /// A cheap, clonable handle on the hub.
 pub type HubHandle = Arc<Hub>;
 

@@ -96,6 +96,46 @@ pub struct SessionSettings {
 }
 
 impl SessionSettings {
+    /// From `[server]`, `[session]`, `[limits]`, `[history]`, `[auth]`, `[demo]` and
+    /// `[[namespaces]]`.
+    #[must_use]
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        let (server, session, limits) = (&config.server, &config.session, &config.limits);
+        Self {
+            ws_path: server.ws_path.clone(),
+            origins: Origins::new(&server.allowed_origins),
+            heartbeat: session.heartbeat,
+            idle_timeout: session.idle_timeout,
+            handshake_timeout: session.handshake_timeout,
+            client_publish: session.client_publish,
+            max_channel_name_bytes: limits.max_channel_name_bytes,
+            max_publish_payload_bytes: limits.max_publish_payload_bytes,
+            max_subscriptions: limits.max_subscriptions_per_connection,
+            max_inbound_message_bytes: limits.max_inbound_message_bytes,
+            max_fragments: limits.max_fragments_per_message,
+            fragment_timeout: limits.fragment_timeout,
+            max_upgrade_request_bytes: limits.max_upgrade_request_bytes,
+            read_buffer_bytes: session.read_buffer_bytes,
+            history_size: config.history.size,
+            echo_path: session.echo_path.clone(),
+            demo: config.demo.enabled,
+            history_reply_bytes: (limits.outbound_queue_bytes / 4).min(256 << 10),
+            client_quota: Quota::new(
+                limits.client_messages_per_second,
+                limits.client_message_burst,
+            ),
+            control_quota: Quota::new(
+                limits.client_control_frames_per_second,
+                limits.client_control_frame_burst,
+            ),
+            throttled_close_after: limits.throttled_close_after,
+            auth_required: config.auth.required,
+            token_query: config.auth.token_query,
+            auth_timeout: config.auth.timeout,
+            namespaces: Namespaces::new(&config.namespaces),
+        }
+    }
+
     /// What the frame decoder accepts on a session.
     fn limits(&self) -> ws::Limits {
         ws::Limits {

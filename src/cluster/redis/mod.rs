@@ -77,6 +77,37 @@ pub struct RedisSettings {
     pub node_id: Arc<str>,
 }
 
+impl RedisSettings {
+    /// From `[cluster]` and `[history]` (reads `cluster.redis_ca_file`); `node_id` is this
+    /// node's id.
+    ///
+    /// # Errors
+    /// When the CA file cannot be read.
+    pub fn from_config(config: &crate::config::Config, node_id: Arc<str>) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let cluster = &config.cluster;
+        let ca_pem = match cluster.redis_ca_file.as_str() {
+            "" => None,
+            path => Some(
+                std::fs::read(path)
+                    .with_context(|| format!("reading cluster.redis_ca_file {path}"))?,
+            ),
+        };
+        Ok(Self {
+            target: cluster.redis.clone(),
+            ca_pem,
+            partitions: cluster.partitions,
+            publish_timeout: cluster.publish_timeout,
+            bus_maxlen: cluster.bus_maxlen,
+            channel_state_ttl: cluster.channel_state_ttl,
+            history_size: config.history.size,
+            history_ttl: config.history.ttl,
+            outage_fails_readiness: cluster.outage_fails_readiness,
+            node_id,
+        })
+    }
+}
+
 struct Inner {
     settings: RedisSettings,
     hub: HubHandle,
