@@ -19,7 +19,7 @@
 mod coalesce;
 mod echo;
 mod origin;
-mod reader;
+mod run_loop;
 mod shared_tcp;
 mod socket;
 mod upgrade;
@@ -510,14 +510,14 @@ where
         socket.stream.share_with(Arc::clone(&outbound));
         let conn_id = outbound.conn_id();
         telemetry::metrics().connections_accepted.increment(1);
-        let mut reader = reader::Reader::new(Arc::clone(&ctx), Arc::clone(&outbound));
+        let mut session = run_loop::Session::new(Arc::clone(&ctx), Arc::clone(&outbound));
         // A token in the upgrade is checked before the welcome, which then names the user.
         let refused = match (token, &ctx.auth) {
             // Boxed: needed once (it may wait for a JWKS fetch), so its state does not size the
             // task for the connection's life.
             (Some(token), Some(auth)) => match Box::pin(auth.authenticate(&token)).await {
                 Ok(identity) => {
-                    reader.authenticated(identity);
+                    session.authenticated(identity);
                     None
                 }
                 Err(err) => Some(err),
@@ -530,23 +530,23 @@ where
             conn_id,
             &ctx.node_id,
             heartbeat_ms,
-            reader.user(),
-            reader.server_subs(),
+            session.user(),
+            session.server_subs(),
         );
         // A fresh queue always has room for the welcome.
         let _ = outbound.try_enqueue(&Frame::from(welcome));
         if let Some(err) = refused {
-            reader.unauthorized(None, err);
-        } else if reader.user().is_none() && ctx.settings.auth_required {
+            session.unauthorized(None, err);
+        } else if session.user().is_none() && ctx.settings.auth_required {
             outbound.set_deadline(
                 ctx.hub.clock_ms() + duration_ms(ctx.settings.auth_timeout),
                 CloseCode::Unauthorized,
             );
         }
         // Boxed: needed once, so its state does not size the task for the connection's life.
-        Box::pin(reader.subscribe_server_side()).await;
+        Box::pin(session.subscribe_server_side()).await;
 
-        let end = reader.run(&mut socket).await;
+        let end = session.run(&mut socket).await;
         match end.close_code() {
             Some(code) => {
                 outbound.close(code);
@@ -571,9 +571,9 @@ where
             &ctx.settings,
         ))
         .await;
-        reader.leave_all();
-        ctx.hub.deregister(conn_id, reader.subscriptions());
-        if let Some(user) = reader.user() {
+        session.leave_all();
+        ctx.hub.deregister(conn_id, session.subscriptions());
+        if let Some(user) = session.user() {
             ctx.hub.remove_user(user, conn_id);
         }
         telemetry::connection_closed(final_end.label());
@@ -773,15 +773,15 @@ mod tests {
         };
         let mut read_socket = socket();
         let outbound = hub.register(None);
-        let mut reader = reader::Reader::new(Arc::clone(&ctx), outbound);
-        let read = reader.run(&mut read_socket);
+        let mut session = run_loop::Session::new(Arc::clone(&ctx), outbound);
+        let read = session.run(&mut read_socket);
         // Each connection holds these task states for its whole life; a regression here
         // multiplies by a million sockets. Bounds leave about 25% headroom.
         let run_size = std::mem::size_of_val(&run(socket(), Arc::clone(&ctx), None, None, None));
         let sizes = [
             ("serve", std::mem::size_of_val(&serve), 150),
             ("run", run_size, 550),
-            ("reader", std::mem::size_of_val(&read), 150),
+            ("session loop", std::mem::size_of_val(&read), 150),
         ];
         fn size_of_output<A, B, C, D, E, F, Fut>(_: fn(A, B, C, D, E, F) -> Fut) -> usize {
             std::mem::size_of::<Fut>()

@@ -1,6 +1,6 @@
-//! The session loop and its read side: waits on the close signal, the write side and the next
-//! inbound frame in one poll, charges every frame to the client's budget, decodes client
-//! frames and acts on them.
+//! The session loop ([`Session::run`], the connection's one task after the upgrade): waits on
+//! the close signal, the write side and the next inbound frame in one poll, charges every
+//! frame to the client's budget, decodes client frames and acts on them.
 //!
 //! Every frame counts: complete messages and fragments against the client's frame budget
 //! (`limits.client_messages_per_second`), pings and pongs against its control budget
@@ -85,7 +85,7 @@ where
     then.map(Event::Ready)
 }
 
-/// What the session does after one step of its poll ([`Reader::on_event`]).
+/// What the session does after one step of its poll ([`Session::on_event`]).
 enum Step {
     /// Read the next frame.
     Next,
@@ -130,7 +130,7 @@ enum Budget {
     Control,
 }
 
-pub(super) struct Reader {
+pub(super) struct Session {
     ctx: Arc<SessionContext>,
     outbound: Arc<Outbound>,
     /// Channels this connection follows. A `Vec`: it is short, and it costs no allocation
@@ -149,7 +149,7 @@ pub(super) struct Reader {
     identity: Option<Box<Identity>>,
 }
 
-impl Reader {
+impl Session {
     pub(super) fn new(ctx: Arc<SessionContext>, outbound: Arc<Outbound>) -> Self {
         Self {
             ctx,
