@@ -17,7 +17,7 @@ use crate::{
     presence::{Presence, PresenceSettings},
     protocol::CloseCode,
     session::{self, SessionContext, SessionSettings},
-    shutdown::{Latch, Readiness, Shutdown},
+    shutdown::{Latch, Readiness, TaskGroup},
     telemetry,
     throttle::{KeyedLimiter, Quota},
 };
@@ -42,11 +42,11 @@ pub struct Running {
     /// Cancelled to stop the control API and the periodic tasks, after the sessions are gone.
     background_stop: CancellationToken,
     /// The accept loop and every session task.
-    sessions: Shutdown,
+    sessions: TaskGroup,
     /// The listeners' TLS, when on (reloaded by [`Running::reload_tls`]).
     certificates: crate::tls::Certificates,
     /// Control API and periodic tasks.
-    background: Shutdown,
+    background: TaskGroup,
 }
 
 /// Builds the node from `config`, binds both listeners and starts serving. Each subsystem
@@ -73,8 +73,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         control_addr: control_listener.local_addr()?,
     };
 
-    let sessions = Shutdown::new();
-    let background = Shutdown::new();
+    let sessions = TaskGroup::new();
+    let background = TaskGroup::new();
     let accept_stop = CancellationToken::new();
     let background_stop = CancellationToken::new();
 
@@ -221,7 +221,7 @@ fn start_bus(
     hub: &HubHandle,
     node_id: &Arc<str>,
     node: NodeInfo,
-    tasks: &Shutdown,
+    tasks: &TaskGroup,
     stop: &CancellationToken,
 ) -> anyhow::Result<BusAndStore> {
     if !config.cluster.redis.is_set() {
@@ -242,7 +242,7 @@ fn start_bus(
 fn start_auth(
     config: &Config,
     readiness: &Readiness,
-    tasks: &Shutdown,
+    tasks: &TaskGroup,
     stop: &CancellationToken,
 ) -> anyhow::Result<Option<Arc<crate::auth::Authenticator>>> {
     let authenticator = crate::auth::Authenticator::from_config(&config.auth)
@@ -271,7 +271,7 @@ fn spawn_periodic(
     config: &Config,
     hub: &HubHandle,
     (sessions, control): (&Arc<SessionContext>, &Arc<ControlContext>),
-    tasks: &Shutdown,
+    tasks: &TaskGroup,
     stop: &CancellationToken,
 ) {
     let (heartbeat, idle_timeout) = (config.session.heartbeat, config.session.idle_timeout);
@@ -418,7 +418,7 @@ async fn accept_loop(
     tls: Option<Arc<crate::tls::Tls>>,
     readiness: Readiness,
     stop: CancellationToken,
-    sessions: Shutdown,
+    sessions: TaskGroup,
 ) {
     let mut failing = AcceptFailures::new("ws", Some(readiness));
     loop {

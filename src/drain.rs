@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     hub::{Frame, HubHandle},
     protocol::{self, CloseCode},
-    shutdown::{Latch, Readiness, Shutdown},
+    shutdown::{Latch, Readiness, TaskGroup},
     telemetry,
 };
 
@@ -107,7 +107,7 @@ struct Inner {
     hub: HubHandle,
     readiness: Readiness,
     settings: DrainSettings,
-    tasks: Shutdown,
+    tasks: TaskGroup,
     current: Mutex<Option<Run>>,
     /// Set once a drain has closed every connection or reached its deadline.
     done: watch::Sender<bool>,
@@ -183,7 +183,7 @@ impl Drainer {
         hub: HubHandle,
         readiness: Readiness,
         settings: DrainSettings,
-        tasks: Shutdown,
+        tasks: TaskGroup,
     ) -> Self {
         telemetry::drain_registered();
         Self {

@@ -40,7 +40,7 @@ use crate::{
     },
     hub::ConnId,
     protocol::ChannelName,
-    shutdown::Shutdown,
+    shutdown::TaskGroup,
     telemetry,
 };
 
@@ -191,7 +191,7 @@ impl Presence {
         settings: PresenceSettings,
         bus: Arc<dyn Bus>,
         store: Option<Arc<dyn PresenceStore>>,
-        tasks: &Shutdown,
+        tasks: &TaskGroup,
         stop: &CancellationToken,
     ) -> Arc<Self> {
         let (events, mut queued) =

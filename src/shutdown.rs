@@ -1,6 +1,6 @@
 //! Process lifetime: task trackers and the readiness latch.
 //!
-//! Every task is spawned through a [`Shutdown`] so that shutdown can wait for all of them;
+//! Every task is spawned through a [`TaskGroup`] so that shutdown can wait for all of them;
 //! what tells a group of tasks to stop is a cancellation token that `app` owns per group.
 //! Readiness is a set of reasons to be unready, each held by a [`Latch`]; dropping the latch
 //! removes its reason, so a reason cannot outlive the code that holds it. Depends on nothing
@@ -17,11 +17,11 @@ use tokio_util::task::TaskTracker;
 
 /// Tracks a group of tasks so that shutdown can wait for them. Cheap to clone.
 #[derive(Debug, Clone, Default)]
-pub struct Shutdown {
+pub struct TaskGroup {
     tracker: TaskTracker,
 }
 
-impl Shutdown {
+impl TaskGroup {
     #[must_use]
     pub fn new() -> Self {
         Self::default()

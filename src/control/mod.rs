@@ -132,7 +132,7 @@ pub async fn serve_on_own_thread(
                     }
                 };
                 let _ = started_tx.send(Ok(()));
-                let connections = crate::shutdown::Shutdown::new();
+                let connections = crate::shutdown::TaskGroup::new();
                 serve(listener, tls, ctx, stop, connections.clone()).await;
                 let _ = tokio::time::timeout(STOP_GRACE, connections.wait()).await;
             });
@@ -156,7 +156,7 @@ async fn serve(
     tls: Option<Arc<crate::tls::Tls>>,
     ctx: Arc<ControlContext>,
     stop: CancellationToken,
-    spawn: crate::shutdown::Shutdown,
+    spawn: crate::shutdown::TaskGroup,
 ) {
     let mut failing = crate::accept::AcceptFailures::new("control", None);
     loop {

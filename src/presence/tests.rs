@@ -66,7 +66,7 @@ fn presence(hub: &HubHandle, coalesce: Duration) -> Arc<Presence> {
         },
         bus,
         None,
-        &Shutdown::new(),
+        &TaskGroup::new(),
         &CancellationToken::new(),
     )
 }

@@ -753,7 +753,7 @@ mod tests {
                 },
                 Arc::new(LocalBus::new(Arc::clone(&hub), Arc::from("n"))),
                 None,
-                &crate::shutdown::Shutdown::new(),
+                &crate::shutdown::TaskGroup::new(),
                 &tokio_util::sync::CancellationToken::new(),
             ),
         });

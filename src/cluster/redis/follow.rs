@@ -20,7 +20,7 @@ use super::{
 use crate::{
     hub::SessionCommand,
     protocol::{ChannelName, CloseCode, Offset},
-    shutdown::Shutdown,
+    shutdown::TaskGroup,
     telemetry,
 };
 
@@ -32,7 +32,7 @@ const READ_COUNT: usize = 512;
 pub(super) const READER_STALL: Duration = Duration::from_secs(5);
 
 /// Starts one reader per partition and restarts any that is stuck while Redis answers.
-pub(super) async fn watch_readers(inner: Arc<Inner>, tasks: Shutdown, stop: CancellationToken) {
+pub(super) async fn watch_readers(inner: Arc<Inner>, tasks: TaskGroup, stop: CancellationToken) {
     let partitions = inner.settings.partitions;
     let mut readers: Vec<_> = (0..partitions)
         .map(|partition| tasks.spawn(read_partition(Arc::clone(&inner), partition, stop.clone())))

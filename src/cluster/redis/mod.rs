@@ -56,7 +56,7 @@ use crate::{
     config::RedisTarget,
     hub::{History, HistoryData, HubHandle, RemoteView, SessionCommand, WriteBatch},
     protocol::{ChannelName, CloseCode, Offset},
-    shutdown::Shutdown,
+    shutdown::TaskGroup,
     telemetry,
 };
 
@@ -150,7 +150,7 @@ impl RedisBus {
         settings: RedisSettings,
         hub: HubHandle,
         node: NodeInfo,
-        tasks: &Shutdown,
+        tasks: &TaskGroup,
         stop: &CancellationToken,
     ) -> Result<Self, redis::RedisError> {
         let connector = Connector::new(&settings.target, settings.ca_pem.as_ref())?;
