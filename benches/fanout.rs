@@ -22,7 +22,7 @@ use std::{
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use switchboard::{
-    hub::{Frame, Hub, HubSettings, Subscribed},
+    hub::{FramedText, Hub, HubSettings, Subscribed},
     protocol::ChannelName,
 };
 
@@ -61,7 +61,7 @@ fn hub_fanout(c: &mut Criterion) {
             .map(|_| {
                 let outbound = hub.register(None);
                 hub.subscribe(&outbound, &channel, None, None, |_: &Subscribed| {
-                    Frame::text("{}")
+                    FramedText::text("{}")
                 })
                 .unwrap();
                 outbound

@@ -31,7 +31,7 @@ use tokio::{sync::watch, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    hub::{Frame, HubHandle},
+    hub::{FramedText, HubHandle},
     protocol::{self, CloseCode},
     shutdown::{Latch, Readiness, TaskGroup},
     telemetry,
@@ -428,7 +428,7 @@ async fn close_paced(hub: &HubHandle, progress: &Progress, window: Duration) {
                 let frame = protocol::encode_reconnect("draining", after_ms);
                 // A full queue is closed as a slow consumer anyway; the close below then
                 // changes nothing.
-                let _ = outbound.try_enqueue(&Frame::from(frame));
+                let _ = outbound.try_enqueue(&FramedText::from(frame));
                 outbound.close(CloseCode::ServiceRestart);
                 telemetry::drain_closed();
             }

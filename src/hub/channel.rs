@@ -19,7 +19,7 @@ use std::{
 use tokio::time::Instant;
 
 use super::{
-    Frame,
+    FramedText,
     fanout::{Queued, Slot},
 };
 use crate::protocol::Offset;
@@ -49,7 +49,7 @@ pub(super) struct Entry {
     pub(super) seq: u64,
     pub(super) published_at: Instant,
     /// The whole `message` frame, shared with the subscribers' queues.
-    pub(super) frame: Frame,
+    pub(super) frame: FramedText,
     /// Where `data` starts inside `frame` (it runs to the frame's closing brace).
     pub(super) data_start: u32,
 }

@@ -28,7 +28,7 @@ use indexmap::IndexMap;
 use tokio::{runtime::Handle, time::Instant};
 
 use super::{
-    ConnId, Frame, Outbound,
+    ConnId, FramedText, Outbound,
     channel::Channel,
     lane::{FLUSH_INLINE, WriteBatch},
     lock,
@@ -62,7 +62,7 @@ pub(super) struct Subscriber {
 #[derive(Debug)]
 pub(super) struct Queued {
     pub(super) offset: Offset,
-    pub(super) frame: Frame,
+    pub(super) frame: FramedText,
     /// When it was accepted, for `ws_publish_to_enqueue_seconds`.
     pub(super) accepted: Instant,
     /// An event (`join`, `leave`) rather than a message: it has no offset of its own
@@ -72,7 +72,7 @@ pub(super) struct Queued {
 
 impl Queued {
     /// A published message, sharing `frame`.
-    pub(super) fn message(offset: Offset, frame: &Frame, accepted: Instant) -> Self {
+    pub(super) fn message(offset: Offset, frame: &FramedText, accepted: Instant) -> Self {
         Self {
             offset,
             frame: frame.clone(),

@@ -25,7 +25,7 @@
 mod admission;
 mod channel;
 mod fanout;
-mod frame;
+mod framed;
 mod lane;
 mod publish;
 mod registry;
@@ -47,7 +47,7 @@ use smallvec::SmallVec;
 use tokio::time::Instant;
 
 pub use self::admission::{PendingSlot, PendingUpgrades};
-pub use self::frame::Frame;
+pub use self::framed::FramedText;
 use self::lane::flush_all;
 pub use self::lane::{
     ConnId, EnqueueError, Keepalive, Outbound, Outgoing, SessionLane, Wire, WriteBatch,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use super::{
-    Frame, Hub, WriteBatch,
+    FramedText, Hub, WriteBatch,
     channel::{Channel, Entry},
     fanout::{Queued, start_round},
     lock, read,
@@ -186,7 +186,7 @@ impl Hub {
         let text = protocol::encode_message(channel, offset, data);
         let data_start = u32::try_from(text.len() - data.len() - 1)
             .expect("payload size is bounded by config far below 4 GiB");
-        let frame = Frame::from(text);
+        let frame = FramedText::from(text);
         let now = Instant::now();
         let round = Self::enqueue_round(state, Queued::message(offset, &frame, now));
         let entry = Entry {
@@ -217,7 +217,7 @@ impl Hub {
             }
             let event = Queued {
                 offset: state.offset(),
-                frame: Frame::from(text),
+                frame: FramedText::from(text),
                 accepted: Instant::now(),
                 event: true,
             };

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::{
-    ConnId, EnqueueError, Frame, Hub, HubHandle, Outbound,
+    ConnId, EnqueueError, FramedText, Hub, HubHandle, Outbound,
     channel::{Channel, Entry},
     fanout::Subscriber,
     lock, read, write,
@@ -145,7 +145,7 @@ impl Hub {
         channel: &ChannelName,
         since: Option<Offset>,
         view: Option<&RemoteView>,
-        reply: impl Fn(&Subscribed) -> Frame,
+        reply: impl Fn(&Subscribed) -> FramedText,
     ) -> Result<Subscribed, SubscribeError> {
         let shard = self.shard(channel);
         let outcome = self.with_subscribers(channel, |subscribers, state| {
@@ -196,7 +196,7 @@ impl Hub {
         outbound: &Outbound,
         state: &Channel,
         since: Option<Offset>,
-        reply: &impl Fn(&Subscribed) -> Frame,
+        reply: &impl Fn(&Subscribed) -> FramedText,
     ) -> Result<Subscribed, SubscribeError> {
         let replay = since.map(|since| state.entries_after(since));
         let mut outcome = Subscribed {
@@ -225,7 +225,7 @@ impl Hub {
         state: &mut Channel,
         since: Option<Offset>,
         view: &RemoteView,
-        reply: &impl Fn(&Subscribed) -> Frame,
+        reply: &impl Fn(&Subscribed) -> FramedText,
     ) -> Result<(Subscribed, u64), SubscribeError> {
         let mut consistent = !state.pending_lost;
         if !state.synced {
@@ -265,7 +265,7 @@ impl Hub {
             return Ok((outcome, skip_until));
         }
         let since_seq = since.map_or(0, |since| since.seq);
-        let from_bus: Vec<Frame> = view
+        let from_bus: Vec<FramedText> = view
             .entries
             .iter()
             .filter(|(seq, _)| *seq > since_seq && *seq <= view.seq)
@@ -274,10 +274,10 @@ impl Hub {
                     epoch: view.epoch,
                     seq: *seq,
                 };
-                Frame::from(protocol::encode_message(channel, offset, data))
+                FramedText::from(protocol::encode_message(channel, offset, data))
             })
             .collect();
-        let from_pending: Vec<Frame> = state
+        let from_pending: Vec<FramedText> = state
             .pending
             .iter()
             .filter(|entry| entry.seq > view.seq)

@@ -46,8 +46,8 @@ pub(super) fn name(text: &str) -> ChannelName {
     ChannelName::parse(text, 64).unwrap()
 }
 
-pub(super) fn reply(outcome: &Subscribed) -> Frame {
-    Frame::from(format!(
+pub(super) fn reply(outcome: &Subscribed) -> FramedText {
+    FramedText::from(format!(
         "subscribed {} {:?}",
         outcome.offset, outcome.recovered
     ))
@@ -59,7 +59,7 @@ pub(super) fn drain(rx: &Reader) -> Vec<String> {
         .collect()
 }
 
-pub(super) fn text(item: Outgoing) -> Frame {
+pub(super) fn text(item: Outgoing) -> FramedText {
     match item {
         Outgoing::Text(frame) => frame,
         Outgoing::Ping => panic!("expected a text frame, got a ping"),

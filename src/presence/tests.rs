@@ -3,7 +3,7 @@ use std::time::Duration;
 use super::*;
 use crate::{
     cluster::LocalBus,
-    hub::{Frame, Hub, HubHandle, HubSettings, Outbound, Outgoing},
+    hub::{FramedText, Hub, HubHandle, HubSettings, Outbound, Outgoing},
 };
 
 fn hub() -> HubHandle {
@@ -38,7 +38,7 @@ fn member(conn_id: ConnId, user: &str) -> Member {
 fn subscriber(hub: &HubHandle, channel: &ChannelName) -> Arc<Outbound> {
     let outbound = hub.register(None);
     hub.subscribe(&outbound, channel, None, None, |_| {
-        Frame::from("subscribed".to_owned())
+        FramedText::from("subscribed".to_owned())
     })
     .unwrap();
     assert!(matches!(outbound.take(), Some(Outgoing::Text(_))));

@@ -38,7 +38,7 @@ use tokio::{
 use crate::{
     auth::{Authenticator, Namespaces},
     cluster::Bus,
-    hub::{Frame, HubHandle, Outbound, Wire},
+    hub::{FramedText, HubHandle, Outbound, Wire},
     presence::Presence,
     protocol::{self, CloseCode, ws},
     telemetry::{self, RateScope},
@@ -534,7 +534,7 @@ where
             session.server_subs(),
         );
         // A fresh queue always has room for the welcome.
-        let _ = outbound.try_enqueue(&Frame::from(welcome));
+        let _ = outbound.try_enqueue(&FramedText::from(welcome));
         if let Some(err) = refused {
             session.unauthorized(None, err);
         } else if session.user().is_none() && ctx.settings.auth_required {

@@ -24,7 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::{End, SessionContext, socket::Socket, writer};
 use crate::{
     auth::{self, Action, AuthError, Identity},
-    hub::{Frame, HistoryData, Outbound, SessionCommand, SubscribeError, Subscribed},
+    hub::{FramedText, HistoryData, Outbound, SessionCommand, SubscribeError, Subscribed},
     presence::{self, Member},
     protocol::{
         self, ChannelName, ClientFrame, CloseCode, ErrorCode, Offset,
@@ -793,7 +793,7 @@ impl Session {
             );
         }
         let reply = |outcome: &Subscribed| {
-            Frame::from(protocol::encode_subscribed(
+            FramedText::from(protocol::encode_subscribed(
                 id,
                 &channel,
                 outcome.offset,
@@ -889,6 +889,6 @@ impl Session {
 
     fn send(&self, text: String) {
         // A full queue closes the connection as a slow consumer; nothing else to do here.
-        let _ = self.outbound.try_enqueue(&Frame::from(text));
+        let _ = self.outbound.try_enqueue(&FramedText::from(text));
     }
 }

@@ -13,7 +13,7 @@ use std::{
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 
-use super::{super::Frame, SessionLane};
+use super::{super::FramedText, SessionLane};
 use crate::{protocol::CloseCode, telemetry};
 
 /// A connection's socket as a flusher writes it: non-blocking, from any thread, through a
@@ -54,7 +54,7 @@ pub type ConnId = u64;
 #[derive(Debug, Clone)]
 pub enum Outgoing {
     /// A text frame, shared by every subscriber it goes to.
-    Text(Frame),
+    Text(FramedText),
     /// A WebSocket ping from the keepalive sweep.
     Ping,
 }
@@ -184,7 +184,7 @@ impl Outbound {
     ///
     /// # Errors
     /// [`EnqueueError`] when the frame was not enqueued.
-    pub fn try_enqueue(&self, frame: &Frame) -> Result<(), EnqueueError> {
+    pub fn try_enqueue(&self, frame: &FramedText) -> Result<(), EnqueueError> {
         self.push(frame)?;
         self.claim(SESSION);
         Ok(())
@@ -198,7 +198,7 @@ impl Outbound {
     /// # Errors
     /// [`EnqueueError`] when the frame was not enqueued.
     #[must_use = "a claimed lane must be flushed"]
-    pub fn enqueue(&self, frame: &Frame) -> Result<bool, EnqueueError> {
+    pub fn enqueue(&self, frame: &FramedText) -> Result<bool, EnqueueError> {
         self.push(frame)?;
         Ok(self.claim(FLUSHING))
     }
@@ -214,7 +214,7 @@ impl Outbound {
                 .is_ok()
     }
 
-    fn push(&self, frame: &Frame) -> Result<(), EnqueueError> {
+    fn push(&self, frame: &FramedText) -> Result<(), EnqueueError> {
         if self.is_closing() {
             return Err(EnqueueError::Closing);
         }

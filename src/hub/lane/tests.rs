@@ -185,7 +185,7 @@ fn the_session_waits_for_a_flusher_before_writing_its_own_frames() {
     let (waker, woken) = counting_waker();
     let cx = Context::from_waker(&waker);
     assert!(
-        conn.enqueue(&Frame::text("{}")).unwrap(),
+        conn.enqueue(&FramedText::text("{}")).unwrap(),
         "an idle lane is claimed"
     );
     assert!(conn.session_lane().poll_claim(&cx).is_pending());
@@ -211,7 +211,7 @@ impl Wire for RacingSocket {
         if self.writes.fetch_add(1, Ordering::SeqCst) == 0 {
             let conn = self.conn.get().unwrap().upgrade().unwrap();
             assert!(
-                !conn.enqueue(&Frame::text("late")).unwrap(),
+                !conn.enqueue(&FramedText::text("late")).unwrap(),
                 "the lane is taken"
             );
         }
@@ -229,7 +229,7 @@ fn a_frame_enqueued_while_the_flusher_writes_is_flushed_too() {
     let socket = Arc::new(RacingSocket::default());
     let conn = hub.register(Some(Arc::clone(&socket) as Arc<dyn Wire>));
     socket.conn.set(Arc::downgrade(&conn)).unwrap();
-    assert!(conn.enqueue(&Frame::text("first")).unwrap());
+    assert!(conn.enqueue(&FramedText::text("first")).unwrap());
     conn.flush();
     assert_eq!(socket.writes.load(Ordering::SeqCst), 2);
     assert_eq!(
@@ -285,7 +285,7 @@ fn a_batch_flushed_later_is_written_after_the_current_poll() {
 fn deep_queue(socket: &Arc<FlakySocket>) -> Arc<Outbound> {
     let conn = hub().register(Some(Arc::clone(socket) as Arc<dyn Wire>));
     for n in 0..150 {
-        let claimed = conn.enqueue(&Frame::text(&n.to_string())).unwrap();
+        let claimed = conn.enqueue(&FramedText::text(&n.to_string())).unwrap();
         assert_eq!(claimed, n == 0, "only the first enqueue claims the lane");
     }
     conn.flush();
@@ -350,7 +350,7 @@ fn concurrent_publishers_and_a_flaky_socket_lose_and_reorder_nothing() {
                         for n in 0..PER_ROUND {
                             let n = round * PER_ROUND + n;
                             if conn
-                                .enqueue(&Frame::text(&format!("{thread}:{n}")))
+                                .enqueue(&FramedText::text(&format!("{thread}:{n}")))
                                 .unwrap()
                             {
                                 conn.flush();

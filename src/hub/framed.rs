@@ -6,13 +6,13 @@ use bytes::{BufMut as _, Bytes, BytesMut};
 /// Built once per message; every subscriber's queue, history and finally every socket's
 /// `writev` take the same allocation, so a delivery copies nothing.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Frame {
+pub struct FramedText {
     wire: Bytes,
     /// Length of the WebSocket header in front of the JSON (2, 4 or 10 bytes).
     header: u8,
 }
 
-impl Frame {
+impl FramedText {
     /// Frames `json` as one unfragmented, unmasked text frame (RFC 6455 section 5.2: a server
     /// never masks).
     #[must_use]
@@ -77,19 +77,19 @@ impl Frame {
     #[must_use]
     pub fn json(&self) -> &str {
         std::str::from_utf8(&self.wire[usize::from(self.header)..])
-            .expect("a Frame is built from a &str")
+            .expect("a FramedText is built from a &str")
     }
 }
 
-impl From<String> for Frame {
+impl From<String> for FramedText {
     fn from(json: String) -> Self {
         Self::text(&json)
     }
 }
 
-impl std::fmt::Debug for Frame {
+impl std::fmt::Debug for FramedText {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("Frame").field(&self.json()).finish()
+        f.debug_tuple("FramedText").field(&self.json()).finish()
     }
 }
 
@@ -104,7 +104,7 @@ mod tests {
     fn headers_parse_as_text_frames_of_the_right_length() {
         for len in [0, 1, 125, 126, 300, 0xffff, 0x1_0000] {
             let json = "x".repeat(len);
-            let frame = Frame::text(&json);
+            let frame = FramedText::text(&json);
             let mut cursor = std::io::Cursor::new(frame.wire().as_ref());
             let (header, payload_len) = FrameHeader::parse(&mut cursor).unwrap().unwrap();
             assert!(header.is_final);
