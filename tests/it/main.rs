@@ -7,6 +7,7 @@
 
 mod auth;
 mod bad_input;
+mod boundaries;
 mod browser;
 mod cluster;
 mod conformance;
