@@ -1,5 +1,6 @@
 use futures_util::SinkExt as _;
 use serde_json::json;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_tungstenite::tungstenite::{
     Message,
     protocol::frame::{
@@ -225,6 +226,23 @@ async fn wrong_path_and_plain_http_are_refused() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("404"), "{err}");
+    // A plain HTTP request (no upgrade) to the WebSocket path: 426 saying what to send.
+    let mut socket = tokio::net::TcpStream::connect(server.ws_addr)
+        .await
+        .unwrap();
+    socket
+        .write_all(b"GET /ws HTTP/1.1\r\nHost: localhost\r\nAccept: text/html\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    socket.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 426 Upgrade Required\r\n"),
+        "{answer}"
+    );
+    assert!(answer.contains("Upgrade: websocket\r\n"), "{answer}");
+    assert!(answer.contains("only speaks WebSocket"), "{answer}");
     // The listener keeps serving.
     server.client().await;
     server.stop().await;
