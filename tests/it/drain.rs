@@ -9,7 +9,7 @@ use futures_util::StreamExt as _;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::harness::{Closed, TestClient, TestServer};
+use crate::harness::{Closed, TestClient, TestServer, patience};
 
 /// A server whose drains announce for `delay` and close over `window` by default.
 async fn server(delay: Duration, window: Duration) -> TestServer {
@@ -39,7 +39,7 @@ async fn read_to_close(client: &mut TestClient) -> (Vec<u64>, Option<Value>, Clo
     let mut data = Vec::new();
     let mut reconnect = None;
     loop {
-        let next = tokio::time::timeout(Duration::from_secs(10), client.ws.next())
+        let next = tokio::time::timeout(patience(Duration::from_secs(10)), client.ws.next())
             .await
             .expect("the drain closes the connection in time");
         let closed = match next {
@@ -160,9 +160,12 @@ async fn a_drain_is_announced_then_closes_clients_paced_with_reconnect_and_1012(
         last - first >= Duration::from_millis(700),
         "closes are spread over the window, not at once: {close_times:?}"
     );
-    tokio::time::timeout(Duration::from_secs(5), server.drainer().finished())
-        .await
-        .expect("the drain finishes once every connection is closed");
+    tokio::time::timeout(
+        patience(Duration::from_secs(5)),
+        server.drainer().finished(),
+    )
+    .await
+    .expect("the drain finishes once every connection is closed");
     let (_, status) = server.get_json("/v1/drain").await;
     assert_eq!(status["state"], "closed", "{status}");
     assert_eq!(status["closed"], 13);

@@ -1,7 +1,15 @@
 //! Test harness: an in-process server on free loopback ports, a thin WebSocket client, an HTTP
 //! helper for the control API, and `assert_eventually!`.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    collections::BTreeSet,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{Value, json};
@@ -12,14 +20,39 @@ use tokio_tungstenite::{
     tungstenite::{Message, protocol::CloseFrame},
 };
 
-/// How long a test waits for one expected frame before failing.
-pub const RECV_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a test waits for one expected frame before failing (times [`patience`]).
+const RECV_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Polls a condition until it holds or 10 s pass.
+/// `usual` stretched by `SWITCHBOARD_TEST_PATIENCE` (a factor of at least 1, default 1; say
+/// 3 on a slow or loaded machine): how long a test waits for something, or allows something
+/// to take, that takes at most `usual` here. Every wait and every upper bound on elapsed
+/// time in these tests goes through it.
+pub fn patience(usual: Duration) -> Duration {
+    static FACTOR: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    let factor = *FACTOR.get_or_init(|| match std::env::var("SWITCHBOARD_TEST_PATIENCE") {
+        Err(_) => 1.0,
+        Ok(text) => text
+            .parse::<f64>()
+            .ok()
+            .filter(|factor| factor.is_finite() && *factor >= 1.0)
+            .unwrap_or_else(|| {
+                panic!("SWITCHBOARD_TEST_PATIENCE must be a number of at least 1, not {text:?}")
+            }),
+    });
+    usual.mul_f64(factor)
+}
+
+/// How long a test waits for one expected frame.
+pub fn recv_timeout() -> Duration {
+    patience(RECV_TIMEOUT)
+}
+
+/// Polls a condition until it holds or 10 s (times [`patience`]) pass.
 #[macro_export]
 macro_rules! assert_eventually {
     ($cond:expr, $($msg:tt)+) => {{
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        let deadline = tokio::time::Instant::now()
+            + $crate::harness::patience(std::time::Duration::from_secs(10));
         loop {
             if $cond {
                 break;
@@ -291,7 +324,7 @@ impl TestClient {
 
     /// The next text frame as JSON; panics on timeout, close or anything else.
     pub async fn recv(&mut self) -> Value {
-        self.recv_within(RECV_TIMEOUT).await
+        self.recv_within(recv_timeout()).await
     }
 
     /// As [`TestClient::recv`], waiting up to `patience`.
@@ -339,7 +372,7 @@ impl TestClient {
     /// Reads until the connection ends; returns the close code seen.
     pub async fn closed(&mut self) -> Closed {
         loop {
-            let next = tokio::time::timeout(RECV_TIMEOUT, self.ws.next())
+            let next = tokio::time::timeout(recv_timeout(), self.ws.next())
                 .await
                 .expect("the connection ends in time");
             match next {
@@ -491,4 +524,79 @@ pub fn free_port() -> u16 {
 pub fn seq(offset: &Value) -> u64 {
     let text = offset.as_str().expect("offset is a string");
     text.rsplit_once('-').unwrap().1.parse().unwrap()
+}
+
+/// Publishes steadily on one node for the length of a fault and records what was
+/// acknowledged and how long each answer took.
+pub struct SteadyPublisher {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<(Vec<String>, usize, Duration)>,
+}
+
+impl SteadyPublisher {
+    pub fn start(node: &TestServer, channel: &'static str) -> SteadyPublisher {
+        let url = node.control_url("/v1/publish");
+        let http = node.http.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let task = tokio::spawn(async move {
+            let (mut acked, mut refused, mut slowest) = (Vec::new(), 0, Duration::ZERO);
+            let mut n = 0;
+            while !flag.load(Ordering::Relaxed) && n < 2_000 {
+                let started = tokio::time::Instant::now();
+                let response = http
+                    .post(&url)
+                    .json(&json!({"channel": channel, "data": n}))
+                    .send()
+                    .await
+                    .unwrap();
+                slowest = slowest.max(started.elapsed());
+                match response.status().as_u16() {
+                    200 => {
+                        let body: Value = response.json().await.unwrap();
+                        acked.push(body["offset"].as_str().unwrap().to_owned());
+                    }
+                    503 => refused += 1,
+                    other => panic!("unexpected status {other}"),
+                }
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (acked, refused, slowest)
+        });
+        SteadyPublisher { stop, task }
+    }
+
+    pub async fn finish(self) -> (Vec<String>, usize, Duration) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap()
+    }
+}
+
+/// Receives until every acknowledged offset has arrived; checks order and uniqueness.
+pub async fn expect_all_acknowledged(client: &mut TestClient, acked: &[String]) {
+    let wanted: BTreeSet<&str> = acked.iter().map(String::as_str).collect();
+    let mut seen = BTreeSet::new();
+    let mut last_seq = 0;
+    let mut last_epoch = String::new();
+    let deadline = tokio::time::Instant::now() + patience(Duration::from_secs(30));
+    while !wanted.iter().all(|offset| seen.contains(*offset)) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "acknowledged messages missing"
+        );
+        let message = client.recv_type("message").await;
+        let offset = message["offset"].as_str().unwrap().to_owned();
+        let (epoch, _) = offset.split_once('-').unwrap();
+        if epoch == last_epoch {
+            assert_eq!(
+                seq(&message["offset"]),
+                last_seq + 1,
+                "gap or duplicate at {offset}"
+            );
+        }
+        last_epoch = epoch.to_owned();
+        last_seq = seq(&message["offset"]);
+        assert!(seen.insert(offset), "duplicate delivery");
+    }
 }

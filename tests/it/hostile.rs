@@ -12,7 +12,7 @@ use tokio::{
     time::Instant,
 };
 
-use crate::harness::{BinaryNode, TestServer};
+use crate::harness::{BinaryNode, TestServer, patience};
 
 /// Messages the bystander's publisher sends, one every `BYSTANDER_PERIOD`.
 const BYSTANDER_MESSAGES: u64 = 150;
@@ -47,11 +47,11 @@ pub(crate) async fn with_bystander<F: Future>(server: &TestServer, attack: F) ->
     let (output, (publishing, last_published), received) = tokio::join!(attack, publish, receive);
     let expected = BYSTANDER_PERIOD * u32::try_from(BYSTANDER_MESSAGES).unwrap();
     assert!(
-        publishing < expected + Duration::from_millis(1500),
+        publishing < expected + patience(Duration::from_millis(1500)),
         "the publisher was slowed: {publishing:?} for {expected:?} of messages"
     );
     assert!(
-        received.saturating_duration_since(last_published) < Duration::from_secs(1),
+        received.saturating_duration_since(last_published) < patience(Duration::from_secs(1)),
         "the bystander fell behind by {:?}",
         received.saturating_duration_since(last_published)
     );
@@ -84,7 +84,7 @@ async fn http(stream: &mut TcpStream, request: &str) -> (u16, String) {
     let mut head = Vec::new();
     let mut byte = [0_u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
-        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte))
+        let read = tokio::time::timeout(patience(Duration::from_secs(5)), stream.read(&mut byte))
             .await
             .expect("a response in time")
             .unwrap();
@@ -268,7 +268,10 @@ async fn an_unfinished_fragmented_message_times_out_though_pings_keep_coming() {
     })
     .await;
     assert_eq!(code, Some(1008));
-    assert!(elapsed < Duration::from_secs(3), "closed after {elapsed:?}");
+    assert!(
+        elapsed < patience(Duration::from_secs(3)),
+        "closed after {elapsed:?}"
+    );
     assert!(
         server
             .metric("ws_connections_closed_total{end=\"fragment_timeout\"}")
@@ -298,7 +301,7 @@ async fn pings_from_a_client_that_never_answers_do_not_keep_it_open() {
                 tokio::time::sleep(Duration::from_millis(150)).await;
             }
         };
-        tokio::time::timeout(Duration::from_secs(2), pinger)
+        tokio::time::timeout(patience(Duration::from_secs(2)), pinger)
             .await
             .ok();
         close_code(&mut attacker).await
@@ -520,7 +523,7 @@ async fn trickled_request_bodies_get_408_and_are_closed() {
                         }
                     }
                 };
-                tokio::time::timeout(Duration::from_secs(5), reading)
+                tokio::time::timeout(patience(Duration::from_secs(5)), reading)
                     .await
                     .expect("the connection is closed, not held");
                 trickle.abort();
@@ -534,7 +537,7 @@ async fn trickled_request_bodies_get_408_and_are_closed() {
         statuses
     })
     .await;
-    assert!(started.elapsed() < Duration::from_secs(6));
+    assert!(started.elapsed() < patience(Duration::from_secs(6)));
     for response in &statuses {
         assert!(response.starts_with("HTTP/1.1 408"), "{response}");
     }

@@ -11,7 +11,7 @@ use switchboard::{
 };
 
 use crate::{
-    harness::{BinaryNode, TestClient, TestServer, TestServerBuilder},
+    harness::{BinaryNode, TestClient, TestServer, TestServerBuilder, patience},
     redis_server::{RedisCluster, RedisServer},
 };
 
@@ -574,7 +574,9 @@ async fn kill_and_time_departure(
     let killed = tokio::time::Instant::now();
     let mut left = Vec::new();
     while left.len() < 2 {
-        let frame = observer.recv_within(Duration::from_secs(30)).await;
+        let frame = observer
+            .recv_within(patience(Duration::from_secs(30)))
+            .await;
         if frame["type"] == "leave" {
             left.extend(member_users(&frame));
         }
@@ -611,7 +613,7 @@ async fn a_killed_nodes_members_leave_within_the_presence_ttl() {
     let node = binary_member_node(&redis, Duration::from_secs(3)).await;
     let took = kill_and_time_departure(&server, &mut observer, node).await;
     // The TTL, plus the survivor's next query or refresh (a third of it) and a margin.
-    assert!(took < Duration::from_secs(6), "{took:?}");
+    assert!(took < patience(Duration::from_secs(6)), "{took:?}");
     server.stop().await;
 }
 
@@ -628,7 +630,7 @@ async fn the_registry_removes_a_killed_nodes_members_before_the_ttl() {
     let node = binary_member_node(&redis, Duration::from_secs(60)).await;
     let took = kill_and_time_departure(&server, &mut observer, node).await;
     // The registry's entry lives 10 s, the survivors' heartbeat runs every 2 s.
-    assert!(took < Duration::from_secs(15), "{took:?}");
+    assert!(took < patience(Duration::from_secs(15)), "{took:?}");
     server.stop().await;
 }
 

@@ -2,7 +2,7 @@
 
 use std::{process::Command, time::Duration};
 
-use crate::harness::{BinaryNode, TestClient};
+use crate::harness::{BinaryNode, TestClient, patience};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
 
@@ -137,7 +137,7 @@ async fn sigterm_drains_clients_with_1012_over_the_window_and_exits_zero() {
         closes[closes.len() - 1] - closes[0] >= Duration::from_millis(300),
         "closes are paced: {closes:?}"
     );
-    let exit = tokio::time::timeout(Duration::from_secs(5), node.child.wait())
+    let exit = tokio::time::timeout(patience(Duration::from_secs(5)), node.child.wait())
         .await
         .expect("exits once every client is closed")
         .unwrap();
@@ -210,7 +210,7 @@ async fn a_second_sigterm_stops_at_once() {
     );
     kill(node.pid(), "-TERM");
     assert_eq!(client.close_code().await, 1001);
-    let exit = tokio::time::timeout(Duration::from_secs(5), node.child.wait())
+    let exit = tokio::time::timeout(patience(Duration::from_secs(5)), node.child.wait())
         .await
         .expect("exits at once")
         .unwrap();

@@ -76,7 +76,7 @@ async fn fault_case(fault: impl AsyncFnOnce(&RedisCluster)) -> usize {
     let b = node(&cluster).await;
     let mut on_b = b.client().await;
     on_b.subscribe("steady").await;
-    let publisher = crate::cluster::SteadyPublisher::start(&a, "steady");
+    let publisher = crate::harness::SteadyPublisher::start(&a, "steady");
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     fault(&cluster).await;
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
@@ -86,7 +86,7 @@ async fn fault_case(fault: impl AsyncFnOnce(&RedisCluster)) -> usize {
         slowest < std::time::Duration::from_secs(3),
         "slowest answer {slowest:?}"
     );
-    crate::cluster::expect_all_acknowledged(&mut on_b, &acked).await;
+    crate::harness::expect_all_acknowledged(&mut on_b, &acked).await;
     a.stop().await;
     b.stop().await;
     refused

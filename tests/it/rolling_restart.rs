@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::{
-    harness::{BinaryNode, free_port},
+    harness::{BinaryNode, free_port, patience},
     redis_server::RedisServer,
 };
 
@@ -279,10 +279,11 @@ async fn a_rolling_restart_through_haproxy_loses_nothing_and_paces_reconnects() 
             .status()
             .unwrap();
         assert!(status.success());
-        let exit = tokio::time::timeout(Duration::from_secs(20), nodes[index].child.wait())
-            .await
-            .expect("the node exits once drained")
-            .unwrap();
+        let exit =
+            tokio::time::timeout(patience(Duration::from_secs(20)), nodes[index].child.wait())
+                .await
+                .expect("the node exits once drained")
+                .unwrap();
         assert_eq!(exit.code(), Some(0));
         let drained_in = started.elapsed();
         nodes[index] = BinaryNode::start_at(ws, control, &["--redis", &redis_url], &env).await;

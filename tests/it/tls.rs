@@ -13,7 +13,7 @@ use tokio_rustls::{
 };
 use tokio_tungstenite::{WebSocketStream, tungstenite::Message};
 
-use crate::harness::{RECV_TIMEOUT, TestServer};
+use crate::harness::{TestServer, recv_timeout};
 
 /// A `wss://` client: the welcome it got, and its stream.
 struct WssClient {
@@ -24,7 +24,7 @@ struct WssClient {
 impl WssClient {
     async fn recv(&mut self) -> Value {
         loop {
-            let next = tokio::time::timeout(RECV_TIMEOUT, self.ws.next())
+            let next = tokio::time::timeout(recv_timeout(), self.ws.next())
                 .await
                 .expect("a frame in time");
             if let Some(Ok(Message::Text(text))) = next {
@@ -337,7 +337,7 @@ async fn wss_carries_large_messages_bursts_tls12_and_key_updates() {
         .unwrap();
     let mut answer = Vec::new();
     let _ = tokio::time::timeout(
-        RECV_TIMEOUT,
+        recv_timeout(),
         tokio::io::AsyncReadExt::read_to_end(&mut garbage, &mut answer),
     )
     .await
@@ -449,7 +449,7 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     loop {
-        match tokio::time::timeout(RECV_TIMEOUT, ws.next())
+        match tokio::time::timeout(recv_timeout(), ws.next())
             .await
             .expect("a frame in time")
         {
@@ -536,7 +536,7 @@ async fn a_forged_record_gets_an_alert_and_only_its_connection_ends() {
     tokio::io::AsyncWriteExt::write_all(forger.ws.get_mut().get_mut().0, &record)
         .await
         .unwrap();
-    let ended = tokio::time::timeout(RECV_TIMEOUT, forger.ws.next())
+    let ended = tokio::time::timeout(recv_timeout(), forger.ws.next())
         .await
         .expect("the server answers the forged record");
     let reason = format!("{ended:?}");
