@@ -14,7 +14,7 @@ pub use self::redis::{NodeInfo, RedisBus, RedisPresence, RedisSettings};
 use std::{future::Future, pin::Pin, sync::Arc};
 
 use crate::{
-    hub::{ConnId, History, HubHandle, RemoteView, SessionCommand, WriteBatch},
+    hub::{ConnId, HistoryPage, HubHandle, RemoteView, SessionCommand, WriteBatch},
     protocol::{ChannelName, Offset},
 };
 
@@ -89,7 +89,7 @@ pub trait Bus: Send + Sync + std::fmt::Debug + 'static {
         channel: &'a ChannelName,
         since: Option<Offset>,
         limit: usize,
-    ) -> BusFuture<'a, Result<History, BusError>>;
+    ) -> BusFuture<'a, Result<HistoryPage, BusError>>;
 
     /// Sends an event frame (`join`, `leave`) to the channel's subscribers on every node, in
     /// the channel's order (see [`Hub::announce`]).
@@ -196,7 +196,7 @@ impl Bus for LocalBus {
         channel: &'a ChannelName,
         since: Option<Offset>,
         limit: usize,
-    ) -> BusFuture<'a, Result<History, BusError>> {
+    ) -> BusFuture<'a, Result<HistoryPage, BusError>> {
         Box::pin(std::future::ready(Ok(self
             .hub
             .history(channel, since, limit))))

@@ -60,9 +60,10 @@ impl Entry {
     }
 }
 
-/// History settings and the node-wide byte budget they share.
+/// How much history channels keep (`history.size`, `ttl`, `max_memory_bytes`) and what the
+/// node holds now against the byte budget they share.
 #[derive(Debug)]
-pub(super) struct HistoryPolicy {
+pub(super) struct Retention {
     pub(super) size: usize,
     pub(super) ttl: Duration,
     pub(super) max_bytes: usize,
@@ -132,7 +133,7 @@ impl Channel {
     /// Brings the channel's own charge against the history budget in line with what it holds
     /// now: nothing without history (the ring is then freed too), else the channel, its name
     /// and its ring's capacity.
-    fn settle(&mut self, policy: &HistoryPolicy) {
+    fn settle(&mut self, policy: &Retention) {
         let cost = if self.history.is_empty() {
             if self.history.capacity() > 0 {
                 self.history = VecDeque::new();
@@ -191,7 +192,7 @@ impl Channel {
     }
 
     /// Appends to history and trims it by count, age and the node-wide byte budget.
-    pub(super) fn remember(&mut self, entry: Entry, policy: &HistoryPolicy, now: Instant) {
+    pub(super) fn remember(&mut self, entry: Entry, policy: &Retention, now: Instant) {
         if policy.size == 0 {
             return;
         }
@@ -213,7 +214,7 @@ impl Channel {
     }
 
     /// Drops entries older than the ttl.
-    pub(super) fn expire(&mut self, policy: &HistoryPolicy, now: Instant) {
+    pub(super) fn expire(&mut self, policy: &Retention, now: Instant) {
         while self
             .history
             .front()
@@ -223,7 +224,7 @@ impl Channel {
         }
     }
 
-    fn forget_oldest(&mut self, policy: &HistoryPolicy) {
+    fn forget_oldest(&mut self, policy: &Retention) {
         if let Some(entry) = self.history.pop_front() {
             policy.used_bytes.fetch_sub(entry.cost(), Ordering::Relaxed);
             policy.used_messages.fetch_sub(1, Ordering::Relaxed);
@@ -234,7 +235,7 @@ impl Channel {
     }
 
     /// Gives back the budget of the whole history when the channel is dropped.
-    pub(super) fn forget_all(&mut self, policy: &HistoryPolicy) {
+    pub(super) fn forget_all(&mut self, policy: &Retention) {
         while !self.history.is_empty() {
             self.forget_oldest(policy);
         }

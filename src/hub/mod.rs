@@ -55,10 +55,10 @@ pub use self::lane::{
 pub use self::publish::FanoutBehind;
 pub use self::registry::{KeepaliveSweep, SessionCommand};
 pub use self::subscribe::{
-    ChannelPin, History, HistoryData, RemoteView, SubscribeError, Subscribed,
+    ChannelPin, HistoryData, HistoryPage, RemoteView, SubscribeError, Subscribed,
 };
 use self::{
-    channel::{Channel, HistoryPolicy},
+    channel::{Channel, Retention},
     fanout::{Slot, Subscriber},
 };
 use crate::{protocol::ChannelName, telemetry};
@@ -122,7 +122,7 @@ pub struct Hub {
     /// The node is draining (past `shutdown.drain_delay`): new upgrades are refused.
     draining: AtomicBool,
     settings: HubSettings,
-    history: HistoryPolicy,
+    retention: Retention,
     started: Instant,
     /// The runtime sessions run on, captured when the hub is built: large fan-outs are
     /// written by its workers, whichever thread published (the control API has its own).
@@ -166,7 +166,7 @@ impl Hub {
                 settings.max_pending_upgrades,
                 settings.max_pending_upgrades_per_ip,
             ),
-            history: HistoryPolicy {
+            retention: Retention {
                 size: settings.history_size,
                 ttl: settings.history_ttl,
                 max_bytes: settings.history_max_bytes,
@@ -287,7 +287,7 @@ impl Hub {
             let mut idle = Vec::new();
             for slot in slots {
                 let mut channel = lock(&slot.state);
-                channel.expire(&self.history, now);
+                channel.expire(&self.retention, now);
                 if channel.is_idle() {
                     idle.push(Arc::clone(&slot));
                 }
@@ -302,7 +302,7 @@ impl Hub {
                 }
                 let mut channel = lock(&slot.state);
                 if channel.is_idle() {
-                    channel.forget_all(&self.history);
+                    channel.forget_all(&self.retention);
                     channel.removed = true;
                     dropped += 1;
                     false
@@ -362,8 +362,8 @@ impl Hub {
         let mut snapshot = telemetry::Snapshot {
             connections: self.conns.len(),
             pending_upgrades: self.pending.count(),
-            history_bytes: self.history.used_bytes.load(Ordering::Relaxed),
-            history_messages: self.history.used_messages.load(Ordering::Relaxed),
+            history_bytes: self.retention.used_bytes.load(Ordering::Relaxed),
+            history_messages: self.retention.used_messages.load(Ordering::Relaxed),
             ..telemetry::Snapshot::default()
         };
         for stats in self.shard_stats() {

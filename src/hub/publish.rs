@@ -197,7 +197,7 @@ impl Hub {
         };
         // Only a remote bus's deliveries meet pinned subscribes; a no-op otherwise.
         state.remember_pending(&entry);
-        state.remember(entry, &self.history, now);
+        state.remember(entry, &self.retention, now);
         round
     }
 

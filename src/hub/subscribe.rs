@@ -53,9 +53,10 @@ impl Drop for ChannelPin {
     }
 }
 
-/// A history read.
+/// A history read (`history` frame, `GET /v1/history`): the channel's position and a page of
+/// the messages it keeps.
 #[derive(Debug, Clone)]
-pub struct History {
+pub struct HistoryPage {
     /// The channel's current position.
     pub offset: Offset,
     /// With `since`: whether the messages returned start right after it.
@@ -149,7 +150,7 @@ impl Hub {
     ) -> Result<Subscribed, SubscribeError> {
         let shard = self.shard(channel);
         let outcome = self.with_subscribers(channel, |subscribers, state| {
-            state.expire(&self.history, Instant::now());
+            state.expire(&self.retention, Instant::now());
             let (outcome, skip_until) = match view {
                 None => {
                     let local = since.map(|since| state.entries_after(since).is_some());
@@ -293,7 +294,7 @@ impl Hub {
 
     /// Switches a channel to a new epoch: its history and skip marks belong to the old one.
     pub(super) fn forget_epoch(&self, state: &mut Channel, epoch: u64) {
-        state.forget_all(&self.history);
+        state.forget_all(&self.retention);
         state.epoch = epoch;
         state.seq = 0;
         // Subscribers' skips name the old epoch, so they no longer apply.
@@ -370,7 +371,7 @@ impl Hub {
         if !channel.is_idle() {
             return;
         }
-        channel.forget_all(&self.history);
+        channel.forget_all(&self.retention);
         channel.removed = true;
         drop(channel);
         channels.remove(name);
@@ -378,9 +379,14 @@ impl Hub {
 
     /// Reads history after `since` (or the newest messages), at most `limit`, oldest first.
     #[must_use]
-    pub fn history(&self, channel: &ChannelName, since: Option<Offset>, limit: usize) -> History {
+    pub fn history(
+        &self,
+        channel: &ChannelName,
+        since: Option<Offset>,
+        limit: usize,
+    ) -> HistoryPage {
         let read_history = |state: &mut Channel| {
-            state.expire(&self.history, Instant::now());
+            state.expire(&self.retention, Instant::now());
             let to_pair = |entry: &Entry| {
                 (
                     Offset {
@@ -392,12 +398,12 @@ impl Hub {
             };
             match since {
                 Some(since) => match state.entries_after(since) {
-                    Some(entries) => History {
+                    Some(entries) => HistoryPage {
                         offset: state.offset(),
                         recovered: Some(true),
                         messages: entries.take(limit).map(to_pair).collect(),
                     },
-                    None => History {
+                    None => HistoryPage {
                         offset: state.offset(),
                         recovered: Some(false),
                         messages: Vec::new(),
@@ -405,7 +411,7 @@ impl Hub {
                 },
                 None => {
                     let skip = state.history.len().saturating_sub(limit);
-                    History {
+                    HistoryPage {
                         offset: state.offset(),
                         recovered: None,
                         messages: state.history.range(skip..).map(to_pair).collect(),

@@ -54,7 +54,7 @@ use self::{
 use super::{Bus, BusError, BusFuture};
 use crate::{
     config::RedisTarget,
-    hub::{History, HistoryData, HubHandle, RemoteView, SessionCommand, WriteBatch},
+    hub::{HistoryData, HistoryPage, HubHandle, RemoteView, SessionCommand, WriteBatch},
     protocol::{ChannelName, CloseCode, Offset},
     shutdown::TaskGroup,
     telemetry,
@@ -367,7 +367,7 @@ impl Bus for RedisBus {
         channel: &'a ChannelName,
         since: Option<Offset>,
         limit: usize,
-    ) -> BusFuture<'a, Result<History, BusError>> {
+    ) -> BusFuture<'a, Result<HistoryPage, BusError>> {
         Box::pin(async move {
             let read = self.inner.read(channel, since, limit).await?;
             let offset = Offset {
@@ -393,7 +393,7 @@ impl Bus for RedisBus {
                     })
                     .collect()
             };
-            Ok(History {
+            Ok(HistoryPage {
                 offset,
                 recovered,
                 messages,
