@@ -109,3 +109,102 @@ async fn a_slow_consumer_does_not_block_the_publisher() {
     drop(stalled);
     server.stop().await;
 }
+
+/// A backend publishing a whole queue ahead of a big channel's fan-out gets 503
+/// `unavailable` from `POST /v1/publish` before its message is ordered (the outbox holds at
+/// most `limits.outbound_queue_messages`): every accepted message reaches every subscriber
+/// in order, nothing refused is delivered, and publishing works again once the rounds have
+/// caught up.
+#[tokio::test] // One thread: the sessions' runtime, which runs this test and the rounds.
+async fn an_http_publisher_a_queue_ahead_of_the_fanout_gets_503() {
+    const LIMIT: u64 = 16;
+    let server = TestServer::builder()
+        .configure(|c| {
+            c.limits.outbound_queue_messages = 16;
+            c.history.size = 8;
+        })
+        .start()
+        .await;
+    // More than 64 subscribers: the channel's rounds run as tasks on the sessions' runtime.
+    let mut subscribers = Vec::new();
+    for _ in 0..70 {
+        let mut client = server.client().await;
+        client.subscribe("big").await;
+        subscribers.push(client);
+    }
+    let mut bystander = server.client().await;
+    bystander.subscribe("small").await;
+    // Publishing with blocking I/O from this thread keeps the runtime from running the
+    // round meanwhile, so the outbox fills as behind a fan-out that cannot keep up.
+    let answers = publish_blocking(server.control_addr, "big", 24);
+    for (n, (status, body)) in answers.iter().enumerate() {
+        if (n as u64) < LIMIT {
+            assert_eq!(*status, 200, "publish {n}: {body}");
+        } else {
+            assert_eq!(*status, 503, "publish {n}: {body}");
+            assert!(body.contains(r#""code":"unavailable""#), "{body}");
+            assert!(body.contains("fan-out is behind"), "{body}");
+        }
+    }
+    for subscriber in &mut subscribers {
+        for n in 0..LIMIT {
+            assert_eq!(subscriber.recv_type("message").await["data"], n);
+        }
+    }
+    let (status, body) = server
+        .post("/v1/publish", json!({"channel": "big", "data": "again"}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    for subscriber in &mut subscribers {
+        assert_eq!(subscriber.recv_type("message").await["data"], "again");
+    }
+    server.publish("small", json!("bystander")).await;
+    assert_eq!(bystander.recv_type("message").await["data"], "bystander");
+    assert!(
+        server
+            .metric(r#"ws_publishes_refused_total{reason="fanout_behind"}"#)
+            .await
+            >= 8.0
+    );
+    server.stop().await;
+}
+
+/// `n` publishes to `channel` over one keep-alive connection with blocking I/O: (status,
+/// body) of each.
+fn publish_blocking(control: std::net::SocketAddr, channel: &str, n: u64) -> Vec<(u16, String)> {
+    use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(control).unwrap();
+    stream
+        .set_read_timeout(Some(patience(Duration::from_secs(5))))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    (0..n)
+        .map(|n| {
+            let body = format!(r#"{{"channel":"{channel}","data":{n}}}"#);
+            write!(
+                stream,
+                "POST /v1/publish HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+                 Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .unwrap();
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            let status = line.split(' ').nth(1).unwrap().parse().unwrap();
+            let mut length = 0;
+            loop {
+                line.clear();
+                reader.read_line(&mut line).unwrap();
+                if line == "\r\n" {
+                    break;
+                }
+                if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = value.trim().parse().unwrap();
+                }
+            }
+            let mut answer = vec![0; length];
+            reader.read_exact(&mut answer).unwrap();
+            (status, String::from_utf8(answer).unwrap())
+        })
+        .collect()
+}
