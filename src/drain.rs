@@ -31,6 +31,7 @@ use tokio::{sync::watch, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    config::MAX_DRAIN,
     hub::{FramedText, HubHandle},
     protocol::{self, CloseCode},
     shutdown::{Latch, Readiness, TaskGroup},
@@ -39,7 +40,6 @@ use crate::{
 
 /// How often the closing phase wakes to close the connections whose time came.
 const TICK: Duration = Duration::from_millis(10);
-pub use crate::config::MAX_DRAIN;
 /// Upper bound of the `after_ms` hint in the reconnect frame: a client waits a random time
 /// below it before reconnecting, spreading reconnects further than the pacing alone.
 const MAX_RECONNECT_AFTER_MS: u64 = 1000;
