@@ -3,8 +3,9 @@
 //! A publish does not enqueue to every subscriber itself: under the channel's state lock it
 //! takes the next offset, appends to history and to the channel's `outbox`, and returns. A
 //! *round* then takes everything in the outbox, in order, and enqueues it to every
-//! subscriber: inline on the publisher's thread for a small channel, in a task on the
-//! sessions' runtime for a large one, so that a publisher (an HTTP request, a client's
+//! subscriber: inline on the publisher's thread for a small channel, on the sessions'
+//! runtime for a large one (as urgent work of `lane::workers`, ahead of the writes queued
+//! there), so that a publisher (an HTTP request, a client's
 //! session) is answered in microseconds however many subscribers the channel has, and never
 //! waits behind their writes.
 //!
@@ -14,30 +15,30 @@
 //! Whatever is published while a round runs waits in the outbox for the next one, which
 //! delivers all of it at once: under load, a connection receives several frames per round
 //! and the write lane writes them with one `writev`; at low rates a round holds one frame and
-//! runs at once, so no timer is ever added to latency. A task runs one round per turn and
-//! yields between rounds, so that the writes its round handed to flush tasks go out before
-//! the next round queues more behind them.
+//! runs at once, so no timer is ever added to latency. On the workers a channel runs one
+//! round per job and queues itself again while its outbox is not empty, so its rounds
+//! alternate with the writes they queued.
 //!
 //! A new subscriber skips what the outbox holds up to its subscribe position (its reply and
 //! replay already cover it), by `Subscriber::skip`.
 
 use std::sync::{
-    Arc, Mutex,
-    atomic::{AtomicUsize, Ordering},
+    Arc, Mutex, TryLockError,
+    atomic::{AtomicBool, AtomicUsize, Ordering},
 };
 
 use indexmap::IndexMap;
-use tokio::{runtime::Handle, time::Instant};
+use tokio::time::Instant;
 
 use super::{
     ConnId, FramedText, Outbound,
     channel::Channel,
-    lane::{FLUSH_INLINE, WriteBatch},
+    lane::{FLUSH_INLINE, Urgent, Workers, WriteBatch},
     lock,
 };
 use crate::{protocol::Offset, telemetry};
 
-/// Rounds one call runs before handing the channel to a task on the sessions' runtime, so
+/// Rounds one call runs before handing the channel to the sessions' runtime, so
 /// that a publisher's thread is not kept by a channel others keep publishing to.
 const MAX_INLINE_ROUNDS: usize = 4;
 
@@ -49,6 +50,8 @@ pub(super) struct Slot {
     pub(super) subscribers: Mutex<IndexMap<ConnId, Subscriber>>,
     /// The shard's subscription count, which rounds decrement for subscribers they drop.
     pub(super) shard_subscriptions: Arc<AtomicUsize>,
+    /// The channel's next round is in the workers' urgent queue (see [`hand_to_workers`]).
+    urgent: AtomicBool,
 }
 
 /// One subscriber of a channel.
@@ -90,119 +93,162 @@ impl Slot {
             state: Mutex::new(channel),
             subscribers: Mutex::new(IndexMap::new()),
             shard_subscriptions,
+            urgent: AtomicBool::new(false),
         }
     }
 }
 
 /// Delivers what `slot`'s outbox holds, after a publish that set `round_scheduled`: inline
 /// when the channel is small (or there is no runtime to hand it to), leaving the connections
-/// it claimed in `writes` for the publisher to write; else in a task on `workers`, which
-/// writes them itself.
+/// it claimed in `writes` for the publisher to write; else on the workers, which write them
+/// themselves.
 pub(super) fn start_round(
     slot: &Arc<Slot>,
     subscribers: usize,
-    workers: Option<&Handle>,
+    workers: Option<&Workers>,
     writes: &mut WriteBatch,
 ) {
     match workers {
-        Some(workers) if subscribers > FLUSH_INLINE => spawn_rounds(Arc::clone(slot), workers),
-        _ => {
-            run_rounds(slot, workers, writes, true);
+        Some(workers) if subscribers > FLUSH_INLINE => hand_to_workers(slot, workers),
+        _ => run_inline(slot, workers, writes),
+    }
+}
+
+/// Gives a channel's rounds to the workers: its next round is queued as urgent work, ahead
+/// of every write queued on them (see `lane::workers`), and queues itself again while
+/// publishers keep adding to the outbox.
+fn hand_to_workers(slot: &Arc<Slot>, workers: &Workers) {
+    slot.queue_urgent(workers);
+}
+
+impl Slot {
+    /// Queues the channel's next round as urgent work, unless it is queued already.
+    fn queue_urgent(self: &Arc<Self>, workers: &Workers) {
+        if !self.urgent.swap(true, Ordering::AcqRel) {
+            workers.push_urgent(Arc::clone(self) as Arc<dyn Urgent>);
         }
     }
 }
 
-fn spawn_rounds(slot: Arc<Slot>, workers: &Handle) {
-    let handle = workers.clone();
-    // Not through the app's task tracker: a round never awaits and the task ends once the
-    // outbox is empty; one dropped at shutdown loses frames only for connections that are
-    // closing.
-    workers.spawn(async move {
-        let mut writes = WriteBatch::new(Some(handle.clone()));
-        // One round per turn of the task. A round spawns flush tasks onto this worker's own
-        // queue as it goes; running the next round at once kept them there (or for the
-        // other worker to steal) behind a worker busy enqueueing, and connections waited
-        // for their writes. Yielding lets this worker write them first: 10,000 subscribers,
-        // eight publishers at 125/s, p99 323-382 -> 204-228 ms, CPU per delivery 0.85 ->
-        // 0.76 us (docs/performance.md).
-        while run_rounds(&slot, Some(&handle), &mut writes, false) == Outbox::NotEmpty {
-            tokio::task::yield_now().await;
+impl Urgent for Slot {
+    /// One round, written before it returns; the channel goes back in the queue while its
+    /// outbox is not empty (published meanwhile, or another thread was running a round).
+    fn run(self: Arc<Self>, workers: &Workers) {
+        self.urgent.store(false, Ordering::Release);
+        let mut writes = WriteBatch::new(Some(workers.clone()));
+        if round_on_worker(&self, &mut writes) != Outbox::Done {
+            self.queue_urgent(workers);
         }
-    });
+    }
 }
 
-/// What a call of [`run_rounds`] left in the outbox.
+/// What a round on a worker left in the outbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outbox {
-    /// Empty (`round_scheduled` cleared), or handed to a task.
+    /// Empty: `round_scheduled` is cleared.
     Done,
-    /// A task's round is done and more was published meanwhile: the caller runs the next
-    /// round after letting other tasks run (`round_scheduled` stays set).
+    /// More was published during the round (`round_scheduled` stays set).
     NotEmpty,
+    /// Another thread is running a round of the channel (inline, on a publisher's thread).
+    Busy,
 }
 
-/// Runs rounds: `inline` (into the publisher's `writes`, written when the publisher is
-/// done) until the outbox is empty or for [`MAX_INLINE_ROUNDS`], then hands the rest to a
-/// task; in a task, one round, written before it returns.
-fn run_rounds(
-    slot: &Arc<Slot>,
-    workers: Option<&Handle>,
-    writes: &mut WriteBatch,
-    inline: bool,
-) -> Outbox {
-    let mut dropped = 0;
-    let mut round = 0;
+/// Rounds on the publisher's thread, into its `writes`: until the outbox is empty, or for
+/// [`MAX_INLINE_ROUNDS`], after which the workers take the rest.
+fn run_inline(slot: &Arc<Slot>, workers: Option<&Workers>, writes: &mut WriteBatch) {
+    let mut rounds = 0;
     loop {
         let mut subscribers = lock(&slot.subscribers);
-        let frames = {
+        let Some(frames) = take_outbox(slot) else {
+            return;
+        };
+        deliver_round(slot, &mut subscribers, &frames, writes);
+        drop(subscribers);
+        rounds += 1;
+        if rounds == MAX_INLINE_ROUNDS
+            && let Some(workers) = workers
+        {
             let mut state = lock(&slot.state);
-            state.subscribed -= dropped;
             if state.outbox.is_empty() {
                 state.round_scheduled = false;
-                return Outbox::Done;
+            } else {
+                drop(state);
+                hand_to_workers(slot, workers);
             }
-            if !inline && round == 1 {
-                return Outbox::NotEmpty;
-            }
-            if inline
-                && round == MAX_INLINE_ROUNDS
-                && let Some(workers) = workers
-            {
-                drop((state, subscribers));
-                spawn_rounds(Arc::clone(slot), workers);
-                return Outbox::Done;
-            }
-            state.outbox_bytes = 0;
-            std::mem::take(&mut state.outbox)
-        };
-        let before = subscribers.len();
-        let delivered = deliver(&mut subscribers, &frames, writes);
-        dropped = before - subscribers.len();
-        drop(subscribers);
-        if dropped > 0 {
-            slot.shard_subscriptions
-                .fetch_sub(dropped, Ordering::Relaxed);
+            return;
         }
-        if !inline {
-            writes.flush();
+    }
+}
+
+/// One round on a worker, written before it returns; says what is left.
+fn round_on_worker(slot: &Slot, writes: &mut WriteBatch) -> Outbox {
+    let mut subscribers = match slot.subscribers.try_lock() {
+        Ok(subscribers) => subscribers,
+        Err(TryLockError::WouldBlock) => return Outbox::Busy,
+        Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+    };
+    let Some(frames) = take_outbox(slot) else {
+        return Outbox::Done;
+    };
+    deliver_round(slot, &mut subscribers, &frames, writes);
+    let left = {
+        let mut state = lock(&slot.state);
+        if state.outbox.is_empty() {
+            state.round_scheduled = false;
+            Outbox::Done
+        } else {
+            Outbox::NotEmpty
         }
-        let metrics = telemetry::metrics();
-        metrics.messages_delivered.increment(delivered as u64);
-        for queued in frames.iter().filter(|queued| !queued.event) {
-            metrics
-                .publish_to_enqueue
-                .record(queued.accepted.elapsed().as_secs_f64());
-        }
-        round += 1;
+    };
+    drop(subscribers);
+    writes.flush();
+    left
+}
+
+/// Takes the outbox for a round (the caller holds the subscriber lock); `None`, and the
+/// round no longer scheduled, when it is empty.
+fn take_outbox(slot: &Slot) -> Option<Vec<Queued>> {
+    let mut state = lock(&slot.state);
+    if state.outbox.is_empty() {
+        state.round_scheduled = false;
+        return None;
+    }
+    state.outbox_bytes = 0;
+    Some(std::mem::take(&mut state.outbox))
+}
+
+/// Enqueues `frames` to every subscriber (see [`deliver`]) and accounts for it: subscribers
+/// dropped (under the state lock, after the subscriber lock the caller holds), deliveries,
+/// and each message's time from publish to its last enqueue.
+fn deliver_round(
+    slot: &Slot,
+    subscribers: &mut IndexMap<ConnId, Subscriber>,
+    frames: &[Queued],
+    writes: &mut WriteBatch,
+) {
+    let before = subscribers.len();
+    let delivered = deliver(subscribers, frames, writes);
+    let dropped = before - subscribers.len();
+    if dropped > 0 {
+        lock(&slot.state).subscribed -= dropped;
+        slot.shard_subscriptions
+            .fetch_sub(dropped, Ordering::Relaxed);
+    }
+    let metrics = telemetry::metrics();
+    metrics.messages_delivered.increment(delivered as u64);
+    for queued in frames.iter().filter(|queued| !queued.event) {
+        metrics
+            .publish_to_enqueue
+            .record(queued.accepted.elapsed().as_secs_f64());
     }
 }
 
 /// Enqueues `frames` (in offset order) to every subscriber that has not seen them, one
 /// subscriber at a time (its queue and lane stay in cache for all of them); drops the
 /// subscribers that overflowed or are closing. Adds to `writes` the connections whose lane
-/// this claimed (with a runtime, every `lane::FLUSH_CHUNK` of them go to a flush task at once,
-/// so other workers write while this one enqueues to the rest). Returns how many frames
-/// were enqueued.
+/// this claimed (with a runtime, every `lane::FLUSH_CHUNK` of them go to the workers' queue
+/// at once, so other workers write while this one enqueues to the rest). Returns how many
+/// frames were enqueued.
 fn deliver(
     subscribers: &mut IndexMap<ConnId, Subscriber>,
     frames: &[Queued],

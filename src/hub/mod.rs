@@ -48,10 +48,10 @@ use tokio::time::Instant;
 
 pub use self::admission::{PendingSlot, PendingUpgrades};
 pub use self::framed::FramedText;
-use self::lane::flush_all;
 pub use self::lane::{
     ConnId, EnqueueError, Keepalive, Outbound, Outgoing, SessionLane, Wire, WriteBatch,
 };
+use self::lane::{Workers, flush_all};
 pub use self::publish::FanoutBehind;
 pub use self::registry::{KeepaliveSweep, SessionCommand};
 pub use self::subscribe::{
@@ -126,7 +126,7 @@ pub struct Hub {
     started: Instant,
     /// The runtime sessions run on, captured when the hub is built: large fan-outs are
     /// written by its workers, whichever thread published (the control API has its own).
-    workers: Option<tokio::runtime::Handle>,
+    workers: Option<Workers>,
 }
 
 /// One slice of the channel space.
@@ -175,7 +175,7 @@ impl Hub {
             },
             settings,
             started: Instant::now(),
-            workers: tokio::runtime::Handle::try_current().ok(),
+            workers: Workers::current(),
         })
     }
 

@@ -9,6 +9,9 @@
 //!   the caller is done (after a control request's answer, after a bus read's entries).
 //! - `session`: the session task's side ([`SessionLane`]): taking over when the socket is
 //!   full, writing its own frames, giving the lane back.
+//! - `workers`: the sessions' runtime as the fan-out uses it ([`Workers`]): one queue of
+//!   jobs (chunks of claimed connections to flush, large channels' rounds ahead of them)
+//!   that a drainer task per worker thread runs in order.
 //!
 //! Whoever enqueues into an idle connection writes the queue out itself, without waking the
 //! connection's task: a publisher (after releasing the channel lock) or the keepalive sweep
@@ -33,9 +36,10 @@ mod publisher;
 mod session;
 #[cfg(test)]
 mod tests;
+mod workers;
 
 use self::outbound::{FLUSHING, IDLE, MAX_FLUSH_ROUNDS, MAX_SLICES, SESSION, WANT};
-pub(super) use self::publisher::{FLUSH_INLINE, flush_all};
+pub(super) use self::workers::{FLUSH_INLINE, Urgent, Workers, flush_all};
 pub use self::{
     outbound::{ConnId, EnqueueError, Keepalive, Outbound, Outgoing, Wire},
     publisher::WriteBatch,

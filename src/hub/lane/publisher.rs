@@ -1,11 +1,12 @@
 //! The publishers' side of the write lane (see the module doc of `lane`): writing a claimed
-//! connection's queue to its socket ([`Outbound::flush`]), and flushing what fan-outs
-//! claimed: small lists on the publisher's thread, large ones in tasks every worker runs, and
-//! what one caller published together ([`WriteBatch`]).
+//! connection's queue to its socket ([`Outbound::flush`]), and what one caller published
+//! together ([`WriteBatch`]: small lists written on the caller's thread, large ones by the
+//! workers, see `workers`).
 
 use std::sync::Arc;
 
 use std::{
+    collections::VecDeque,
     io::{self, IoSlice},
     iter,
     sync::{
@@ -18,13 +19,16 @@ use bytes::Bytes;
 use smallvec::SmallVec;
 use tokio::runtime::Handle;
 
-use super::{FLUSHING, IDLE, MAX_FLUSH_ROUNDS, MAX_SLICES, Outbound, Outgoing, WANT, Wire};
+use super::{
+    FLUSHING, IDLE, MAX_FLUSH_ROUNDS, MAX_SLICES, Outbound, Outgoing, WANT, Wire,
+    workers::{FLUSH_CHUNK, Workers, flush_all},
+};
 use crate::telemetry;
 
 /// What one flush took off the queue.
 enum Taken {
     One(Outgoing),
-    All(std::collections::VecDeque<Outgoing>),
+    All(VecDeque<Outgoing>),
 }
 
 impl Outbound {
@@ -161,43 +165,6 @@ impl Outbound {
     }
 }
 
-/// Connections one flushing task writes to at most: a large fan-out is split into tasks of
-/// this many, which the runtime's workers share.
-const FLUSH_CHUNK: usize = 256;
-
-/// Claimed connections up to this many are flushed on the publisher's own thread: spawning
-/// a task, and waking an idle worker to steal it, cost more than these writes would move.
-/// (Spawning every flush cut a 1,000-channel run, 20,000 publishes/s to 5 subscribers each,
-/// from 100,000 to 64,000-86,000 deliveries/s, with the workers ping-ponging on wakeups.)
-pub(in crate::hub) const FLUSH_INLINE: usize = 64;
-
-/// Flushes connections whose lane a fan-out claimed: up to [`FLUSH_INLINE`] on this thread,
-/// more in tasks of at most [`FLUSH_CHUNK`] connections on `workers` (the runtime the
-/// sessions run on), so that every core writes and the publisher is held neither for a large
-/// fan-out's syscalls nor behind them. Without `workers` (a hub built outside a runtime),
-/// everything is written on this thread.
-pub(in crate::hub) fn flush_all(mut to_flush: Vec<Arc<Outbound>>, workers: Option<&Handle>) {
-    let runtime = match workers {
-        Some(runtime) if to_flush.len() > FLUSH_INLINE => runtime,
-        _ => {
-            for outbound in &to_flush {
-                outbound.flush();
-            }
-            return;
-        }
-    };
-    while !to_flush.is_empty() {
-        let chunk = to_flush.split_off(to_flush.len().saturating_sub(FLUSH_CHUNK));
-        // Not through the app's task tracker: these tasks never await, finish in one poll,
-        // and a shutdown loses nothing by dropping one (its connections are closing).
-        runtime.spawn(async move {
-            for outbound in &chunk {
-                outbound.flush();
-            }
-        });
-    }
-}
-
 /// The connections a publisher's fan-outs claimed (see `Hub::publish_batched`), written
 /// when the publisher says so: a caller that publishes several messages (a batch request, a
 /// `XREAD` reply from the bus) gives them one batch, and a connection that several of them
@@ -210,11 +177,11 @@ pub(in crate::hub) fn flush_all(mut to_flush: Vec<Arc<Outbound>>, workers: Optio
 pub struct WriteBatch {
     claimed: Vec<Arc<Outbound>>,
     /// The runtime the sessions run on, which large batches are spread over.
-    workers: Option<Handle>,
+    workers: Option<Workers>,
 }
 
 impl WriteBatch {
-    pub(in crate::hub) fn new(workers: Option<Handle>) -> Self {
+    pub(in crate::hub) fn new(workers: Option<Workers>) -> Self {
         Self {
             claimed: Vec::new(),
             workers,
@@ -222,7 +189,7 @@ impl WriteBatch {
     }
 
     /// Adds a connection whose lane was claimed. With a runtime to spread over, every
-    /// [`FLUSH_CHUNK`] go to a flush task at once, so other workers write while a large
+    /// [`FLUSH_CHUNK`] go to the workers' queue at once, so other workers write while a large
     /// fan-out enqueues to the rest.
     pub(in crate::hub) fn push(&mut self, outbound: Arc<Outbound>) {
         self.claimed.push(outbound);

@@ -406,3 +406,145 @@ fn counting_waker() -> (Waker, Arc<AtomicUsize>) {
     let count = Arc::new(AtomicUsize::new(0));
     (Waker::from(Arc::new(Count(Arc::clone(&count)))), count)
 }
+
+/// The workers' queue (`workers`): what a drainer runs, in which order.
+mod workers {
+    use std::{sync::mpsc, time::Duration};
+
+    use super::{
+        super::{
+            Urgent, Workers,
+            workers::{FLUSH_CHUNK, WRITES_BEFORE_URGENT},
+        },
+        *,
+    };
+
+    /// A socket that takes every write and logs its connection's number.
+    #[derive(Debug)]
+    struct LoggingSocket {
+        conn: usize,
+        log: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl Wire for LoggingSocket {
+        fn try_write_vectored(&self, buffers: &[IoSlice<'_>]) -> io::Result<usize> {
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("write {}", self.conn));
+            Ok(buffers.iter().map(|buffer| buffer.len()).sum())
+        }
+    }
+
+    /// Urgent work that logs its name.
+    #[derive(Debug)]
+    struct LoggingWork {
+        name: &'static str,
+        log: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl Urgent for LoggingWork {
+        fn run(self: Arc<Self>, _: &Workers) {
+            self.log.lock().unwrap().push(self.name.to_owned());
+        }
+    }
+
+    /// A runtime of one worker, its `Workers`, and a way to hold that worker busy.
+    fn one_worker() -> (tokio::runtime::Runtime, Workers) {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap();
+        let workers = {
+            let _inside = runtime.enter();
+            Workers::current().expect("inside a runtime")
+        };
+        (runtime, workers)
+    }
+
+    /// Blocks the runtime's only worker until the returned sender is dropped.
+    fn hold(runtime: &tokio::runtime::Runtime) -> mpsc::Sender<()> {
+        let (release, released) = mpsc::channel::<()>();
+        let (held, is_held) = mpsc::channel();
+        runtime.spawn(async move {
+            held.send(()).unwrap();
+            let _ = released.recv();
+        });
+        is_held.recv().unwrap();
+        release
+    }
+
+    /// `n` connections logging into `log`, each with a frame queued and its lane claimed.
+    fn claimed(n: usize, log: &Arc<Mutex<Vec<String>>>) -> Vec<Arc<Outbound>> {
+        let hub = hub();
+        (0..n)
+            .map(|conn| {
+                let socket = LoggingSocket {
+                    conn,
+                    log: Arc::clone(log),
+                };
+                let outbound = hub.register(Some(Arc::new(socket) as Arc<dyn Wire>));
+                assert!(outbound.enqueue(&FramedText::text("1")).unwrap());
+                outbound
+            })
+            .collect()
+    }
+
+    /// The log once it holds `entries` (or after 30 s), polled from the test's own thread.
+    #[expect(
+        clippy::disallowed_methods,
+        reason = "the test's own thread sleeps, beside the runtime, never on its worker"
+    )]
+    fn wait_for(log: &Mutex<Vec<String>>, entries: usize) -> Vec<String> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let log = log.lock().unwrap().clone();
+            if log.len() >= entries || std::time::Instant::now() > deadline {
+                return log;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn writes_run_in_the_order_queued_and_urgent_work_after_a_few_of_them() {
+        let (runtime, workers) = one_worker();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let connections = 6 * FLUSH_CHUNK;
+        let release = hold(&runtime);
+        flush_all(claimed(connections, &log), Some(&workers));
+        workers.push_urgent(Arc::new(LoggingWork {
+            name: "round",
+            log: Arc::clone(&log),
+        }));
+        drop(release);
+        let log = wait_for(&log, connections + 1);
+        assert_eq!(log.len(), connections + 1, "every job ran: {log:?}");
+        let round = log.iter().position(|entry| entry == "round").unwrap();
+        assert_eq!(
+            round,
+            WRITES_BEFORE_URGENT * FLUSH_CHUNK,
+            "the round waits for {WRITES_BEFORE_URGENT} write jobs, no more"
+        );
+        let written: Vec<usize> = log
+            .iter()
+            .filter_map(|entry| entry.strip_prefix("write ")?.parse().ok())
+            .collect();
+        assert_eq!(
+            written,
+            (0..connections).collect::<Vec<_>>(),
+            "every connection once, in the order queued"
+        );
+    }
+
+    #[test]
+    fn urgent_work_with_no_write_waiting_runs_at_once() {
+        let (_runtime, workers) = one_worker();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        workers.push_urgent(Arc::new(LoggingWork {
+            name: "round",
+            log: Arc::clone(&log),
+        }));
+        assert_eq!(wait_for(&log, 1), ["round"]);
+    }
+}
