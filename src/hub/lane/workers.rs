@@ -9,12 +9,13 @@
 //! no write waits, else after a few write jobs (see [`WRITES_BEFORE_URGENT`]).
 //!
 //! Why not one tokio task per chunk, as before: under load the workers' queues held a whole
-//! pass of writes, so a round spawned behind them started 50-100 ms after its publish; and
-//! tokio runs the task spawned last first (its LIFO slot), so the last chunk of every round
-//! jumped the queue: with 10,000 subscribers the last few hundred were written four times
-//! as often as the rest, whose frames waited up to 700 ms. Here a round waits for a few
-//! jobs at most, and every connection's writes wait their turn in one FIFO (measured: each
-//! of the 10,000 connections written 62-69 times in 10 s, against 49-759 before).
+//! pass of writes, so a round task queued behind them enqueued its messages 50-100 ms after
+//! their publish; and running rounds from the flush tasks instead showed the other flaw:
+//! tokio runs the task spawned last first (its LIFO slot), so with a round every few
+//! milliseconds the last chunk of every round jumped the queue, and of 10,000 subscribers the
+//! last 500 were written 122-759 times in 10 s, the first 8,000 49-80 times. Here a round
+//! waits for a few jobs at most, and every connection's writes wait their turn in one FIFO
+//! (each of the 10,000 written 62-69 times in the same 10 s).
 //!
 //! The queue is shared by the workers and touched once per chunk (256 connections) or
 //! round, never per delivery.
