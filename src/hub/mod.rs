@@ -3,8 +3,10 @@
 //! Channels are spread over a power-of-two number of [`Shard`]s by a hash of their name; each
 //! shard maps names to channels under a `RwLock` held only to look a channel up, add or drop
 //! it. A channel's ordered state (offset, history, outbox) and its subscribers sit behind its
-//! own two mutexes, so publishers to different channels never contend, and no lock is
-//! global. Connections live in a `DashMap` (itself sharded) keyed by [`ConnId`].
+//! own two mutexes, so publishers to different channels never contend on a channel; the one
+//! lock they share is the workers' job queue (`lane::workers`), taken once per round of a
+//! large channel or per 256 connections to write, never per delivery. Connections live in a
+//! `DashMap` (itself sharded) keyed by [`ConnId`].
 //!
 //! Invariants:
 //! - Publishing orders a message into the channel's outbox; fan-out rounds (`fanout`)
