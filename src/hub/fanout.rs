@@ -50,7 +50,7 @@ pub(super) struct Slot {
     pub(super) subscribers: Mutex<IndexMap<ConnId, Subscriber>>,
     /// The shard's subscription count, which rounds decrement for subscribers they drop.
     pub(super) shard_subscriptions: Arc<AtomicUsize>,
-    /// The channel's next round is in the workers' urgent queue (see [`hand_to_workers`]).
+    /// The channel's next round is in the workers' urgent queue (see `Slot::queue_urgent`).
     urgent: AtomicBool,
 }
 
@@ -109,20 +109,15 @@ pub(super) fn start_round(
     writes: &mut WriteBatch,
 ) {
     match workers {
-        Some(workers) if subscribers > FLUSH_INLINE => hand_to_workers(slot, workers),
+        Some(workers) if subscribers > FLUSH_INLINE => slot.queue_urgent(workers),
         _ => run_inline(slot, workers, writes),
     }
 }
 
-/// Gives a channel's rounds to the workers: its next round is queued as urgent work, ahead
-/// of every write queued on them (see `lane::workers`), and queues itself again while
-/// publishers keep adding to the outbox.
-fn hand_to_workers(slot: &Arc<Slot>, workers: &Workers) {
-    slot.queue_urgent(workers);
-}
-
 impl Slot {
-    /// Queues the channel's next round as urgent work, unless it is queued already.
+    /// Gives the channel's next round to the workers, as urgent work ahead of the writes
+    /// queued on them (see `lane::workers`), unless it is queued already. The round queues
+    /// the channel again while publishers keep adding to the outbox.
     fn queue_urgent(self: &Arc<Self>, workers: &Workers) {
         if !self.urgent.swap(true, Ordering::AcqRel) {
             workers.push_urgent(Arc::clone(self) as Arc<dyn Urgent>);
@@ -149,7 +144,8 @@ enum Outbox {
     Done,
     /// More was published during the round (`round_scheduled` stays set).
     NotEmpty,
-    /// Another thread is running a round of the channel (inline, on a publisher's thread).
+    /// Another thread holds the channel's subscribers (a round inline on a publisher's
+    /// thread, a subscribe, an unsubscribe); the round is tried again.
     Busy,
 }
 
@@ -173,7 +169,7 @@ fn run_inline(slot: &Arc<Slot>, workers: Option<&Workers>, writes: &mut WriteBat
                 state.round_scheduled = false;
             } else {
                 drop(state);
-                hand_to_workers(slot, workers);
+                slot.queue_urgent(workers);
             }
             return;
         }
