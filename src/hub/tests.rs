@@ -606,8 +606,8 @@ async fn keepalive_pings_quiet_connections_and_closes_silent_ones() {
     assert!(!chatty.is_closing(), "heard from 37 s ago");
 }
 
-/// Fan-out rounds (`fanout`): a large channel's deliveries run in tasks on the workers, after
-/// the publish returned.
+/// Fan-out rounds (`fanout`): a large channel's deliveries run on the workers (their job
+/// queue, `lane::workers`), after the publish returned.
 #[allow(
     clippy::disallowed_methods,
     reason = "the test's own threads sleep, beside the runtime, never on its workers"

@@ -120,12 +120,13 @@ async fn an_http_publisher_a_queue_ahead_of_the_fanout_gets_503() {
     const LIMIT: u64 = 16;
     let server = TestServer::builder()
         .configure(|c| {
-            c.limits.outbound_queue_messages = 16;
+            c.limits.outbound_queue_messages = LIMIT as usize;
             c.history.size = 8;
         })
         .start()
         .await;
-    // More than 64 subscribers: the channel's rounds run as tasks on the sessions' runtime.
+    // More than 64 subscribers: the channel's rounds run on the sessions' runtime (the
+    // workers' job queue), not on the publisher's thread.
     let mut subscribers = Vec::new();
     for _ in 0..70 {
         let mut client = server.client().await;
