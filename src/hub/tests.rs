@@ -663,13 +663,24 @@ mod rounds {
         assert!(hub.workers.is_some(), "the hub took the runtime's handle");
         let news = name("news");
         let stable = subscribed(&hub, &news);
+        // Joins done so far: the publisher waits for one per hundred messages, so joins
+        // interleave with rounds however the two threads are scheduled (a loaded machine
+        // once let the publisher finish after 10 joins).
+        let joined = Arc::new(AtomicUsize::new(0));
         let publisher = std::thread::spawn({
-            let (hub, news) = (Arc::clone(&hub), news.clone());
+            let (hub, news, joined) = (Arc::clone(&hub), news.clone(), Arc::clone(&joined));
             move || {
                 for n in 1..=MESSAGES {
                     assert_eq!(hub.publish(&news, &n.to_string()).unwrap().seq, n);
                     if n % 10 == 0 {
                         // Let joins interleave with rounds in flight.
+                        std::thread::sleep(Duration::from_micros(100));
+                    }
+                    let wanted = usize::try_from(n / 100).unwrap();
+                    for _ in 0..50_000 {
+                        if joined.load(Ordering::SeqCst) >= wanted {
+                            break;
+                        }
                         std::thread::sleep(Duration::from_micros(100));
                     }
                 }
@@ -693,6 +704,7 @@ mod rounds {
             let expected: Vec<u64> = (since.seq + 1..since.seq + 1 + seen.len() as u64).collect();
             assert_eq!(seen, expected, "joiner {joins} from {since}");
             joins += 1;
+            joined.store(joins as usize, Ordering::SeqCst);
         }
         publisher.join().unwrap();
         let mut got = vec![Vec::new(); stable.len()];
@@ -700,7 +712,10 @@ mod rounds {
         for seen in &got {
             assert_eq!(seen, &(1..=MESSAGES).collect::<Vec<_>>());
         }
-        assert!(joins > 10, "joins raced the publisher ({joins})");
+        assert!(
+            joins >= MESSAGES / 100,
+            "joins raced the publisher ({joins})"
+        );
     }
 
     /// A channel whose rounds cannot run refuses publishes once its outbox holds a whole
