@@ -3,7 +3,8 @@
 //!
 //! Everything a client can make the server hold here is bounded: the read buffer by the
 //! largest frame the decoder lets through (its limits are checked on the header, before the
-//! payload is read), the message being assembled by `limits.max_inbound_message_bytes`, and
+//! payload is read) and by what the client really sent (it grows as bytes arrive, at most
+//! doubling, never on the length a header declares), the message being assembled by `limits.max_inbound_message_bytes`, and
 //! pongs by one: only the newest ping is answered when several arrive before the pong could
 //! be written (RFC 6455 section 5.5.3 allows it), so a client that pings without reading
 //! costs 127 bytes, not a growing buffer. The read buffer is freed whenever it is empty and
@@ -99,9 +100,11 @@ impl<S: AsyncRead + Unpin> Socket<S> {
                     return Poll::Ready(Ok(frame));
                 }
                 Ok(Decoded::Incomplete(needed)) => {
-                    // The decoder checked the frame's size against the limits: reserving
-                    // what it still needs is bounded by them.
-                    self.read_buf.reserve(needed.max(self.read_chunk));
+                    // Grown as bytes arrive, never on a declared length: a header that
+                    // announces 64 KiB and sends nothing more costs a chunk, not 64 KiB.
+                    // Doubling (at most) what has arrived keeps a large frame's reads few.
+                    self.read_buf
+                        .reserve(needed.min(self.read_buf.len()).max(self.read_chunk));
                     let read = ready!(tokio_util::io::poll_read_buf(
                         Pin::new(&mut self.stream),
                         cx,
@@ -202,6 +205,39 @@ mod tests {
         client.write_all(&masked_text(b"next")[5..]).await.unwrap();
         let frame = poll_fn(|cx| socket.poll_frame(cx, &limits)).await.unwrap();
         assert_eq!(frame, Inbound::Text("next".into()));
+    }
+
+    /// A header that declares 65,530 bytes and sends none of them reserves nothing for
+    /// them: the buffer grows with what arrives (it reserved the whole frame on the header,
+    /// 64 KiB per connection for 14 bytes sent).
+    #[tokio::test]
+    async fn a_declared_length_reserves_nothing_until_bytes_arrive() {
+        let (near, mut far) = tokio::io::duplex(256 * 1024);
+        let mut socket = Socket::new(Coalesce::new(near), BytesMut::new(), 256);
+        let limits = Limits {
+            max_message_bytes: 64 * 1024,
+            max_fragments: 4,
+        };
+        let wire = masked_text(&[b'x'; 65_530]);
+        far.write_all(&wire[..14]).await.unwrap();
+        let pending = poll_fn(|cx| Poll::Ready(socket.poll_frame(cx, &limits).is_pending())).await;
+        assert!(pending, "only a header has arrived");
+        assert!(
+            socket.read_buf.capacity() <= 1024,
+            "{} bytes reserved for a 14-byte header",
+            socket.read_buf.capacity()
+        );
+        far.write_all(&wire[14..30_014]).await.unwrap();
+        let pending = poll_fn(|cx| Poll::Ready(socket.poll_frame(cx, &limits).is_pending())).await;
+        assert!(pending, "half of the payload has arrived");
+        assert!(
+            socket.read_buf.capacity() <= 4 * 30_014,
+            "{} bytes reserved for 30,014 received",
+            socket.read_buf.capacity()
+        );
+        far.write_all(&wire[30_014..]).await.unwrap();
+        let frame = poll_fn(|cx| socket.poll_frame(cx, &limits)).await.unwrap();
+        assert!(matches!(frame, Inbound::Text(text) if text.len() == 65_530));
     }
 
     #[tokio::test]
