@@ -14,6 +14,7 @@ use crate::{
     control::{self, ControlContext, ControlSettings},
     drain::{DrainRequest, DrainSettings, Drainer, Origin},
     hub::{Hub, HubHandle, HubSettings},
+    memory,
     presence::{Presence, PresenceSettings},
     protocol::CloseCode,
     session::{self, SessionContext, SessionSettings},
@@ -508,16 +509,10 @@ fn memory_threshold(configured: u64) -> Option<u64> {
     Some(limit / 10 * 9)
 }
 
-/// The process's resident memory, from `/proc/self/statm` (Linux); `None` elsewhere.
-fn resident_bytes() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    // 4 KiB pages: Linux on x86-64 and most arm64 kernels.
-    Some(pages * 4096)
-}
-
 /// Refuses new upgrades while resident memory is at or above `threshold`, and accepts again
-/// below 95% of it, so that the node does not flap at the edge. Holds a readiness latch and
+/// below 95% of it, so that the node does not flap at the edge. Memory the allocator keeps
+/// after frees is given back before it counts (`memory::give_back`), so pressure ends when
+/// the spike that caused it ends. Holds a readiness latch and
 /// sets `ws_memory_pressure` meanwhile.
 async fn watch_memory(
     hub: HubHandle,
@@ -533,14 +528,30 @@ async fn watch_memory(
             () = stop.cancelled() => break,
             _ = interval.tick() => {}
         }
-        let Some(resident) = resident_bytes() else {
+        let Some(mut resident) = memory::resident_bytes() else {
             continue;
         };
-        let pressure = if latch.is_some() {
-            resident >= threshold / 100 * 95
+        let limit = if latch.is_some() {
+            threshold / 100 * 95
         } else {
-            resident >= threshold
+            threshold
         };
+        if resident >= limit {
+            // Resident memory includes what the allocator keeps after frees: counted as
+            // pressure, a spike that ended would refuse upgrades for the process's life.
+            let started = std::time::Instant::now();
+            let returned = memory::give_back();
+            let before = resident;
+            resident = memory::resident_bytes().unwrap_or(resident);
+            tracing::debug!(
+                before_bytes = before,
+                after_bytes = resident,
+                returned,
+                took_ms = started.elapsed().as_millis(),
+                "Gave freed memory back to the system"
+            );
+        }
+        let pressure = resident >= limit;
         if pressure != latch.is_some() {
             if pressure {
                 tracing::warn!(

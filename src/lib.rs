@@ -12,6 +12,7 @@ pub mod control;
 pub mod demo;
 pub mod drain;
 pub mod hub;
+pub mod memory;
 pub mod presence;
 pub mod protocol;
 pub mod session;
