@@ -91,7 +91,7 @@ async fn an_invalid_token_gets_unauthorized_then_4003() {
     )
     .unwrap();
     // Bad tokens are client input: a subscriber on another connection keeps its full rate.
-    crate::hostile::with_bystander(&server, async {
+    crate::raw::with_bystander(&server, async {
         let mut client = TestClient::connect(&format!("{}?token={forged}", server.ws_url())).await;
         assert!(client.welcome.get("user").is_none());
         let error = client.recv().await;

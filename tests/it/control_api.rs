@@ -322,7 +322,7 @@ async fn a_batch_runs_its_commands_in_order_with_a_reply_each() {
 
     // The envelope: nothing runs when it is wrong, and a subscriber elsewhere keeps its
     // full rate meanwhile.
-    crate::hostile::with_bystander(&server, async {
+    crate::raw::with_bystander(&server, async {
         for bad in [
             json!({"commands": []}),
             json!({"commands": [{"subscribe": {"channel": "orders"}}]}),

@@ -3,7 +3,7 @@
 //! bystander subscriber on another connection that must keep receiving every message in
 //! order at the publisher's full rate, and the metric that counts the case.
 
-use std::{future::Future, net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use serde_json::json;
 use tokio::{
@@ -12,138 +12,10 @@ use tokio::{
     time::Instant,
 };
 
-use crate::harness::{BinaryNode, TestServer, patience};
-
-/// Messages the bystander's publisher sends, one every `BYSTANDER_PERIOD`.
-const BYSTANDER_MESSAGES: u64 = 150;
-const BYSTANDER_PERIOD: Duration = Duration::from_millis(10);
-
-/// Runs `attack` while a publisher sends `BYSTANDER_MESSAGES` over HTTP to a subscriber on
-/// another connection, and checks the subscriber got every one, in order, no later than
-/// 1 s after the last was published, and that the publisher kept its rate (1.5 s of slack
-/// over 1.5 s of messages: the test binary runs many tests at once on two cores).
-pub(crate) async fn with_bystander<F: Future>(server: &TestServer, attack: F) -> F::Output {
-    let mut bystander = server.client().await;
-    bystander.subscribe("bystander").await;
-    let publish = async {
-        let started = Instant::now();
-        let mut interval = tokio::time::interval(BYSTANDER_PERIOD);
-        for n in 0..BYSTANDER_MESSAGES {
-            interval.tick().await;
-            server.publish("bystander", json!(n)).await;
-        }
-        (started.elapsed(), Instant::now())
-    };
-    let receive = async {
-        for n in 0..BYSTANDER_MESSAGES {
-            let message = bystander.recv_type("message").await;
-            assert_eq!(
-                message["data"], n,
-                "the bystander's messages arrive in order"
-            );
-        }
-        Instant::now()
-    };
-    let (output, (publishing, last_published), received) = tokio::join!(attack, publish, receive);
-    let expected = BYSTANDER_PERIOD * u32::try_from(BYSTANDER_MESSAGES).unwrap();
-    assert!(
-        publishing < expected + patience(Duration::from_millis(1500)),
-        "the publisher was slowed: {publishing:?} for {expected:?} of messages"
-    );
-    assert!(
-        received.saturating_duration_since(last_published) < patience(Duration::from_secs(1)),
-        "the bystander fell behind by {:?}",
-        received.saturating_duration_since(last_published)
-    );
-    output
-}
-
-/// A client frame, masked.
-fn frame(first: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [0x37, 0xfa, 0x21, 0x3d];
-    let mut wire = vec![first];
-    match payload.len() {
-        len @ 0..=125 => wire.push(0x80 | u8::try_from(len).unwrap()),
-        len => {
-            wire.push(0x80 | 126);
-            wire.extend_from_slice(&u16::try_from(len).unwrap().to_be_bytes());
-        }
-    }
-    wire.extend_from_slice(&mask);
-    wire.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
-    wire
-}
-
-const UPGRADE: &str = "GET /ws HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\n\
-    Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
-    Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
-
-/// Sends `request` and reads the response head: status and head text.
-async fn http(stream: &mut TcpStream, request: &str) -> (u16, String) {
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0_u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        let read = tokio::time::timeout(patience(Duration::from_secs(5)), stream.read(&mut byte))
-            .await
-            .expect("a response in time")
-            .unwrap();
-        if read == 0 {
-            break;
-        }
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8(head).unwrap();
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|status| status.parse().ok())
-        .unwrap_or(0);
-    (status, head)
-}
-
-/// A raw client past the upgrade.
-async fn upgraded(addr: SocketAddr) -> TcpStream {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let (status, head) = http(&mut stream, UPGRADE).await;
-    assert_eq!(status, 101, "{head}");
-    stream
-}
-
-/// Reads server frames until a close frame; its code, or `None` when the stream ends first.
-async fn close_code(stream: &mut TcpStream) -> Option<u16> {
-    let mut buf = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        // Server frames are unmasked; parse as many as are buffered.
-        while buf.len() >= 2 {
-            let (header, len) = match buf[1] & 0x7f {
-                126 if buf.len() >= 4 => (4, usize::from(u16::from_be_bytes([buf[2], buf[3]]))),
-                127 if buf.len() >= 10 => (
-                    10,
-                    usize::try_from(u64::from_be_bytes(buf[2..10].try_into().unwrap())).unwrap(),
-                ),
-                126 | 127 => break,
-                len => (2, usize::from(len)),
-            };
-            if buf.len() < header + len {
-                break;
-            }
-            if buf[0] & 0x0f == 0x8 {
-                return (len >= 2).then(|| u16::from_be_bytes([buf[header], buf[header + 1]]));
-            }
-            buf.drain(..header + len);
-        }
-        let mut chunk = [0_u8; 4096];
-        let read = tokio::time::timeout_at(deadline, stream.read(&mut chunk))
-            .await
-            .expect("the server closes in time");
-        match read {
-            Ok(0) | Err(_) => return None,
-            Ok(read) => buf.extend_from_slice(&chunk[..read]),
-        }
-    }
-}
+use crate::{
+    harness::{BinaryNode, TestServer, patience},
+    raw::{UPGRADE, close_code, frame, http, rss_kib, upgraded, with_bystander},
+};
 
 /// Writes `frame` over and over for `duration` (or until the server stops reading for that
 /// long or closes); how many were written whole.
@@ -662,16 +534,6 @@ async fn channels_are_charged_what_they_cost_and_freed_when_empty() {
     })
     .await;
     server.stop().await;
-}
-
-/// The resident memory of process `pid`, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
 }
 
 /// The worst case for pongs: no control budget at all, and a client that pings as fast as it

@@ -24,6 +24,7 @@ mod mass_disconnect;
 mod presence;
 mod process;
 mod pubsub;
+mod raw;
 mod redis_cluster;
 mod redis_server;
 mod resume;
