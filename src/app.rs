@@ -539,7 +539,7 @@ async fn watch_memory(
         if resident >= limit {
             // Resident memory includes what the allocator keeps after frees: counted as
             // pressure, a spike that ended would refuse upgrades for the process's life.
-            let started = std::time::Instant::now();
+            let started = tokio::time::Instant::now();
             let returned = memory::give_back();
             let before = resident;
             resident = memory::resident_bytes().unwrap_or(resident);
