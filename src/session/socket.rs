@@ -85,6 +85,24 @@ impl<S> Socket<S> {
     }
 }
 
+/// Makes room to read into `buf` when the frame being read needs `needed` more bytes: as
+/// bytes arrive, never on a declared length (a header that announces 64 KiB and sends
+/// nothing more costs a chunk, not 64 KiB). The room at most doubles what has arrived, so a
+/// large frame takes few reads, and never exceeds the frame (plus a chunk): allocated
+/// exactly, since `BytesMut::reserve` rounds up to twice the capacity, and the last bytes
+/// of a 64 KiB frame would make a 128 KiB buffer.
+fn grow(buf: &mut BytesMut, needed: usize, chunk: usize) {
+    let room = needed.min(buf.len()).max(chunk);
+    let spare = buf.capacity() - buf.len();
+    // Room for the rest of the frame, or for this step of growth: read into it.
+    if spare > 0 && spare >= room.min(needed) {
+        return;
+    }
+    let mut grown = BytesMut::with_capacity(buf.len() + room);
+    grown.extend_from_slice(buf);
+    *buf = grown;
+}
+
 impl<S: AsyncRead + Unpin> Socket<S> {
     /// The next frame from the client. `Err` ends the session: a frame that breaks the
     /// protocol or a limit (with its close code), or the end of the stream.
@@ -100,11 +118,7 @@ impl<S: AsyncRead + Unpin> Socket<S> {
                     return Poll::Ready(Ok(frame));
                 }
                 Ok(Decoded::Incomplete(needed)) => {
-                    // Grown as bytes arrive, never on a declared length: a header that
-                    // announces 64 KiB and sends nothing more costs a chunk, not 64 KiB.
-                    // Doubling (at most) what has arrived keeps a large frame's reads few.
-                    self.read_buf
-                        .reserve(needed.min(self.read_buf.len()).max(self.read_chunk));
+                    grow(&mut self.read_buf, needed, self.read_chunk);
                     let read = ready!(tokio_util::io::poll_read_buf(
                         Pin::new(&mut self.stream),
                         cx,
@@ -231,11 +245,20 @@ mod tests {
         let pending = poll_fn(|cx| Poll::Ready(socket.poll_frame(cx, &limits).is_pending())).await;
         assert!(pending, "half of the payload has arrived");
         assert!(
-            socket.read_buf.capacity() <= 4 * 30_014,
+            socket.read_buf.capacity() <= 2 * 30_014 + 256,
             "{} bytes reserved for 30,014 received",
             socket.read_buf.capacity()
         );
-        far.write_all(&wire[30_014..]).await.unwrap();
+        far.write_all(&wire[30_014..65_000]).await.unwrap();
+        let pending = poll_fn(|cx| Poll::Ready(socket.poll_frame(cx, &limits).is_pending())).await;
+        assert!(pending, "most of the payload has arrived");
+        assert!(
+            socket.read_buf.capacity() <= wire.len() + 256,
+            "{} bytes reserved for a {}-byte frame",
+            socket.read_buf.capacity(),
+            wire.len()
+        );
+        far.write_all(&wire[65_000..]).await.unwrap();
         let frame = poll_fn(|cx| socket.poll_frame(cx, &limits)).await.unwrap();
         assert!(matches!(frame, Inbound::Text(text) if text.len() == 65_530));
     }

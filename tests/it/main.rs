@@ -20,6 +20,7 @@ mod hostile;
 mod js_client;
 mod jwks;
 mod limits;
+mod lockout;
 mod mass_disconnect;
 mod presence;
 mod process;
