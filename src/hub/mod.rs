@@ -48,7 +48,7 @@ use indexmap::IndexMap;
 use smallvec::SmallVec;
 use tokio::time::Instant;
 
-pub use self::admission::{PendingSlot, PendingUpgrades};
+pub use self::admission::{PendingSlot, PendingUpgrades, source_of};
 pub use self::framed::FramedText;
 pub use self::lane::{
     ConnId, EnqueueError, Keepalive, Outbound, Outgoing, SessionLane, Wire, WriteBatch,
