@@ -317,9 +317,14 @@ pub struct LimitsConfig {
     /// Connections accepted but not yet upgraded, on the whole node; more are answered 503 at
     /// once. They do not count against `max_connections`. Default 10,000.
     pub max_pending_upgrades: usize,
-    /// Connections not yet upgraded from one IP address; more are answered 503. Default 1,024
-    /// (a load balancer's address carries many clients' upgrades at once).
+    /// Connections not yet upgraded from one source (an IPv4 address, or an IPv6 prefix of
+    /// `ipv6_source_prefix` bits); more are answered 503. Default 1,024 (a load balancer's
+    /// address carries many clients' upgrades at once).
     pub max_pending_upgrades_per_ip: usize,
+    /// Bits of an IPv6 address that name its source for the per-address limits
+    /// (`max_pending_upgrades_per_ip`, `connects_per_ip_per_second`): one host is usually
+    /// given a whole /64. Default 64; 32 to 128 (128: every address on its own).
+    pub ipv6_source_prefix: u8,
     /// Largest upgrade request head (request line and headers), in bytes; larger gets 431.
     /// Default 16 KiB.
     pub max_upgrade_request_bytes: usize,
@@ -344,6 +349,10 @@ pub struct SessionConfig {
     /// Time allowed for the WebSocket handshake after TCP accept. Default 10s.
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
+    /// Time from TCP accept to the first byte of the upgrade request (or TLS handshake);
+    /// a socket silent for longer is closed. Default 3s; at most `handshake_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub first_byte_timeout: Duration,
     /// Whether clients may publish over the WebSocket. Default true.
     pub client_publish: bool,
     /// Path of an echo endpoint for WebSocket conformance testing (Autobahn), served by the
@@ -604,6 +613,7 @@ impl Default for LimitsConfig {
             fragment_timeout: Duration::from_secs(10),
             max_pending_upgrades: 10_000,
             max_pending_upgrades_per_ip: 1024,
+            ipv6_source_prefix: 64,
             max_upgrade_request_bytes: 16 * 1024,
             memory_pressure_bytes: 0,
         }
@@ -616,6 +626,7 @@ impl Default for SessionConfig {
             heartbeat: Duration::from_secs(25),
             idle_timeout: Duration::from_secs(60),
             handshake_timeout: Duration::from_secs(10),
+            first_byte_timeout: Duration::from_secs(3),
             client_publish: true,
             echo_path: String::new(),
             read_buffer_bytes: 256,
@@ -897,10 +908,19 @@ impl LimitsConfig {
                 return Err(invalid(key, "must be greater than 0"));
             }
         }
-        if self.max_pending_upgrades == 0 || self.max_pending_upgrades_per_ip == 0 {
+        if self.max_pending_upgrades == 0 {
+            return Err(invalid("limits.max_pending_upgrades", "must be at least 1"));
+        }
+        if self.max_pending_upgrades_per_ip == 0 {
             return Err(invalid(
-                "limits.max_pending_upgrades",
-                "must be at least 1, as must self.max_pending_upgrades_per_ip",
+                "limits.max_pending_upgrades_per_ip",
+                "must be at least 1",
+            ));
+        }
+        if !(32..=128).contains(&self.ipv6_source_prefix) {
+            return Err(invalid(
+                "limits.ipv6_source_prefix",
+                "must be between 32 and 128",
             ));
         }
         if !(1024..=1024 * 1024).contains(&self.max_upgrade_request_bytes) {
@@ -968,6 +988,12 @@ impl SessionConfig {
             return Err(invalid(
                 "session.handshake_timeout",
                 "must be greater than 0",
+            ));
+        }
+        if self.first_byte_timeout.is_zero() || self.first_byte_timeout > self.handshake_timeout {
+            return Err(invalid(
+                "session.first_byte_timeout",
+                "must be greater than 0 and at most session.handshake_timeout",
             ));
         }
         if !(256..=1024 * 1024).contains(&self.read_buffer_bytes) {

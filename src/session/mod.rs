@@ -26,7 +26,12 @@ mod upgrade;
 mod writer;
 
 pub use self::origin::Origins;
-use self::{coalesce::Coalesce, shared_tcp::SharedTcp, socket::Socket, upgrade::Refusal};
+use self::{
+    coalesce::Coalesce,
+    shared_tcp::SharedTcp,
+    socket::Socket,
+    upgrade::{NotRead, Refusal},
+};
 
 use std::{net::IpAddr, sync::Arc, time::Duration};
 
@@ -57,6 +62,12 @@ pub struct SessionSettings {
     pub heartbeat: Duration,
     pub idle_timeout: Duration,
     pub handshake_timeout: Duration,
+    /// Time from accept to the first byte of the request or TLS handshake
+    /// (`session.first_byte_timeout`).
+    pub first_byte_timeout: Duration,
+    /// Bits of an IPv6 address that name its source for the per-address caps and rate
+    /// (`limits.ipv6_source_prefix`).
+    pub ipv6_source_prefix: u8,
     pub client_publish: bool,
     pub max_channel_name_bytes: usize,
     pub max_publish_payload_bytes: usize,
@@ -107,6 +118,8 @@ impl SessionSettings {
             heartbeat: session.heartbeat,
             idle_timeout: session.idle_timeout,
             handshake_timeout: session.handshake_timeout,
+            first_byte_timeout: session.first_byte_timeout,
+            ipv6_source_prefix: limits.ipv6_source_prefix,
             client_publish: session.client_publish,
             max_channel_name_bytes: limits.max_channel_name_bytes,
             max_publish_payload_bytes: limits.max_publish_payload_bytes,
@@ -249,16 +262,22 @@ pub fn serve_tcp(
 }
 
 /// Prepares an accepted socket: small frames leave at once (batching happens in the write
-/// side); returns the peer's address and whether it connects faster than
+/// side); returns the peer's source (its address, or its IPv6 prefix: see
+/// `hub::source_of`) and whether that source connects faster than
 /// `limits.connects_per_ip_per_second` allows.
 fn accepted(stream: &TcpStream, ctx: &SessionContext) -> (Option<IpAddr>, bool) {
     let _ = stream.set_nodelay(true);
-    let peer = stream.peer_addr().ok().map(|peer| peer.ip());
-    let throttled = match (&ctx.connect_limiter, peer) {
-        (Some(limiter), Some(ip)) => limiter.try_acquire(&ip, ctx.hub.clock_ns(), 1).is_err(),
+    let source = stream
+        .peer_addr()
+        .ok()
+        .map(|peer| crate::hub::source_of(peer.ip(), ctx.settings.ipv6_source_prefix));
+    let throttled = match (&ctx.connect_limiter, source) {
+        (Some(limiter), Some(source)) => {
+            limiter.try_acquire(&source, ctx.hub.clock_ns(), 1).is_err()
+        }
         _ => false,
     };
-    (peer, throttled)
+    (source, throttled)
 }
 
 /// Serves one accepted TCP connection over TLS: the TLS handshake (within
@@ -273,24 +292,41 @@ pub fn serve_tls(
     let (peer, throttled) = accepted(&stream, &ctx);
     async move {
         // Before the TLS handshake nothing can be answered: over a cap, just close.
-        let Ok(slot) = ctx.hub.pending_upgrades().try_acquire(peer) else {
-            telemetry::connection_rejected("max_pending_upgrades");
-            return;
-        };
-        // Boxed: the handshake's state would otherwise size this task for the connection's
-        // life.
-        let accepted = Box::pin(tokio::time::timeout(
-            ctx.settings.handshake_timeout,
-            crate::tls::ServerTls::accept(stream, config),
-        ));
-        let stream = match accepted.await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(_)) => {
-                telemetry::connection_rejected("tls_handshake");
+        let slot = match ctx.hub.pending_upgrades().try_acquire(peer) {
+            Ok(slot) => slot,
+            Err(reason) => {
+                telemetry::connection_rejected(reason);
                 return;
             }
-            Err(_) => {
-                telemetry::connection_rejected("handshake_timeout");
+        };
+        let settings = &ctx.settings;
+        // Boxed: the handshake's state would otherwise size this task for the connection's
+        // life.
+        let handshake = Box::pin(async {
+            let first_byte = tokio::time::timeout(settings.first_byte_timeout, stream.readable());
+            if first_byte.await.is_err() {
+                return Err("first_byte_timeout");
+            }
+            match tokio::time::timeout(
+                settings.handshake_timeout,
+                crate::tls::ServerTls::accept(stream, config),
+            )
+            .await
+            {
+                Ok(Ok(stream)) => Ok(stream),
+                Ok(Err(_)) => Err("tls_handshake"),
+                Err(_) => Err("handshake_timeout"),
+            }
+        });
+        let handshake = tokio::select! {
+            // The node needs the slot for a newcomer (`hub::PendingUpgrades`).
+            () = slot.evicted() => Err("pending_evicted"),
+            handshake = handshake => handshake,
+        };
+        let stream = match handshake {
+            Ok(stream) => stream,
+            Err(reason) => {
+                telemetry::connection_rejected(reason);
                 return;
             }
         };
@@ -366,7 +402,7 @@ where
 {
     let settings = &ctx.settings;
     // Taken here unless the caller took it before a TLS handshake.
-    let _pending = match pending.map_or_else(|| ctx.hub.pending_upgrades().try_acquire(peer), Ok) {
+    let pending = match pending.map_or_else(|| ctx.hub.pending_upgrades().try_acquire(peer), Ok) {
         Ok(slot) => slot,
         Err(reason) => {
             upgrade::refuse(stream, Refusal::pending(reason)).await;
@@ -384,18 +420,31 @@ where
         upgrade::read_request(
             stream,
             settings.max_upgrade_request_bytes,
+            Some(settings.first_byte_timeout),
             paths,
             settings.demo,
         ),
     );
-    let (request, leftover) = match read.await {
+    let read = tokio::select! {
+        // The node needs the slot for a newcomer (`hub::PendingUpgrades`).
+        () = pending.evicted() => {
+            telemetry::connection_rejected("pending_evicted");
+            return None;
+        }
+        read = read => read,
+    };
+    let (request, leftover) = match read {
         Ok(Ok(read)) => read,
-        Ok(Err(Some(refusal))) => {
+        Ok(Err(NotRead::Refuse(refusal))) => {
             upgrade::refuse(stream, refusal).await;
             return None;
         }
-        Ok(Err(None)) => {
+        Ok(Err(NotRead::Ended)) => {
             telemetry::connection_rejected("handshake");
+            return None;
+        }
+        Ok(Err(NotRead::Silent)) => {
+            telemetry::connection_rejected("first_byte_timeout");
             return None;
         }
         Err(_) => {
@@ -646,7 +695,8 @@ pub fn fuzz_read_path(input: &[u8], chunk: usize) -> usize {
     };
     let run = async {
         let mut client = Trickle { data: input, chunk };
-        let Ok((_, leftover)) = upgrade::read_request(&mut client, 4096, &["/ws"], false).await
+        let Ok((_, leftover)) =
+            upgrade::read_request(&mut client, 4096, None, &["/ws"], false).await
         else {
             return 0;
         };
@@ -720,6 +770,8 @@ mod tests {
                 heartbeat: Duration::from_secs(1),
                 idle_timeout: Duration::from_secs(2),
                 handshake_timeout: Duration::from_secs(1),
+                first_byte_timeout: Duration::from_secs(1),
+                ipv6_source_prefix: 64,
                 client_publish: true,
                 max_channel_name_bytes: 64,
                 max_publish_payload_bytes: 1024,
