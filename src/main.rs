@@ -204,6 +204,7 @@ fn serve(args: &ServeArgs) -> ExitCode {
         eprintln!("switchboard: {err:#}");
         return ExitCode::FAILURE;
     }
+    telemetry::install_panic_hook();
     for var in &config.ignored_env {
         tracing::debug!(
             var,

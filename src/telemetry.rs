@@ -27,6 +27,8 @@ pub const ACCEPT_ERRORS: &str = "ws_accept_errors_total";
 pub const CONNECTIONS_ACCEPTED: &str = "ws_connections_accepted_total";
 pub const CONNECTIONS_REJECTED: &str = "ws_connections_rejected_total";
 pub const CONNECTIONS_CLOSED: &str = "ws_connections_closed_total";
+/// Counter of panics anywhere in the process (a bug: each is logged with where it happened).
+pub const PANICS: &str = "ws_panics_total";
 pub const SUBSCRIPTIONS: &str = "ws_subscriptions";
 pub const CHANNELS: &str = "ws_channels";
 pub const MESSAGES_PUBLISHED: &str = "ws_messages_published_total";
@@ -180,6 +182,8 @@ pub fn memory_watched(pressure: bool) {
 pub fn node_started(max_connections: usize) {
     metrics::gauge!(CONNECTIONS_MAX).set(max_connections as f64);
     metrics::gauge!(MEMORY_PRESSURE).increment(0.0);
+    // Exported from the start, so that an alert on it sees a series before the first panic.
+    metrics::counter!(PANICS).increment(0);
 }
 
 /// Registers the drain gauges at 0 without overwriting them (servers in one process share
@@ -304,6 +308,31 @@ pub fn session_command_dropped() {
     metrics::counter!(SESSION_COMMANDS_DROPPED).increment(1);
 }
 
+/// Logs every panic (where, and its message) as an error event and counts it in
+/// `ws_panics_total`, then lets the previous hook run (tokio ends the panicked task; a
+/// session's guard takes its connection out of the hub).
+pub fn install_panic_hook() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        metrics::counter!(PANICS).increment(1);
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| info.payload().downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(not a string)");
+        let location = info
+            .location()
+            .map(|location| format!("{}:{}", location.file(), location.line()));
+        tracing::error!(
+            location = location.as_deref().unwrap_or("unknown"),
+            message,
+            "Panic"
+        );
+        previous(info);
+    }));
+}
+
 /// Counts a refused upgrade by reason.
 pub fn connection_rejected(reason: &'static str) {
     metrics::counter!(CONNECTIONS_REJECTED, "reason" => reason).increment(1);
@@ -399,6 +428,10 @@ fn describe() {
         "Connections refused before or during the upgrade, by reason"
     );
     describe_counter!(CONNECTIONS_CLOSED, "Sessions ended, by close code");
+    describe_counter!(
+        PANICS,
+        "Panics (bugs): a session's task that panicked is cleaned up and closed"
+    );
     describe_counter!(
         FORBIDDEN,
         "Client requests the namespaces refused, by action (subscribe, history, publish, presence)"

@@ -559,7 +559,11 @@ where
         socket.stream.share_with(Arc::clone(&outbound));
         let conn_id = outbound.conn_id();
         telemetry::metrics().connections_accepted.increment(1);
-        let mut session = run_loop::Session::new(Arc::clone(&ctx), Arc::clone(&outbound));
+        let mut session = Registered {
+            session: run_loop::Session::new(Arc::clone(&ctx), Arc::clone(&outbound)),
+            outbound: Arc::clone(&outbound),
+        };
+        let session = &mut session.session;
         // A token in the upgrade is checked before the welcome, which then names the user.
         let refused = match (token, &ctx.auth) {
             // Boxed: needed once (it may wait for a JWKS fetch), so its state does not size the
@@ -620,13 +624,36 @@ where
             &ctx.settings,
         ))
         .await;
-        session.leave_all();
-        ctx.hub.deregister(conn_id, session.subscriptions());
-        if let Some(user) = session.user() {
-            ctx.hub.remove_user(user, conn_id);
-        }
+        // The connection leaves the hub when `Registered` is dropped, here or in a panic.
         telemetry::connection_closed(final_end.label());
         tracing::debug!(conn_id, end = final_end.label(), "Session ended");
+    }
+}
+
+/// A registered session: takes the connection out of the hub (its channels, its user, its
+/// presence) when dropped, however the session ends. A panic in a handler unwinds through
+/// here too (tokio drops a panicked task's future), so it cannot leave a connection in
+/// `hub.conns` for every later drain to wait for.
+struct Registered {
+    session: run_loop::Session,
+    outbound: Arc<Outbound>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The session never closed: its socket goes with the task, and flushers must
+            // stop writing to it.
+            self.outbound.abort();
+            telemetry::connection_closed("panic");
+        }
+        let conn_id = self.outbound.conn_id();
+        let hub = &self.session.context().hub;
+        self.session.leave_all();
+        hub.deregister(conn_id, self.session.subscriptions());
+        if let Some(user) = self.session.user() {
+            hub.remove_user(user, conn_id);
+        }
     }
 }
 

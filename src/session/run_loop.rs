@@ -163,6 +163,10 @@ impl Session {
         }
     }
 
+    pub(super) fn context(&self) -> &SessionContext {
+        &self.ctx
+    }
+
     /// The authenticated user, if any.
     pub(super) fn user(&self) -> Option<&str> {
         self.identity.as_deref().map(|identity| &*identity.user)

@@ -1,28 +1,14 @@
 use super::*;
 
-#[test]
-fn the_fuzzed_read_path_reads_a_whole_session() {
-    let mut input = b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\
-        Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
-        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-        .to_vec();
-    // RFC 6455 5.7: "Hello", masked, then a ping.
-    input.extend_from_slice(&[
-        0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58, 0x89, 0x80, 0, 0, 0, 0,
-    ]);
-    for chunk in [1, 3, 7, 4096] {
-        assert_eq!(fuzz_read_path(&input, chunk), 2, "chunk {chunk}");
-    }
-    assert_eq!(fuzz_read_path(b"garbage", 1), 0);
-}
+use crate::{
+    cluster::{BusError, BusFuture, LocalBus},
+    config::{NamespaceConfig, Rule},
+    hub::{HistoryPage, Hub, HubSettings, RemoteView, SessionCommand, WriteBatch},
+    protocol::{ChannelName, Offset},
+};
 
-#[tokio::test]
-async fn session_task_states_stay_small() {
-    use crate::{
-        cluster::LocalBus,
-        hub::{Hub, HubSettings},
-    };
-    let hub = Hub::new(HubSettings {
+fn test_hub() -> HubHandle {
+    Hub::new(HubSettings {
         shards: 2,
         max_connections: 10,
         max_pending_upgrades: 1024,
@@ -33,10 +19,25 @@ async fn session_task_states_stay_small() {
         history_ttl: Duration::from_secs(60),
         history_max_bytes: 1 << 20,
         remote: false,
-    });
-    let ctx = Arc::new(SessionContext {
-        bus: Arc::new(LocalBus::new(Arc::clone(&hub), Arc::from("n"))),
-        hub: Arc::clone(&hub),
+    })
+}
+
+fn anyone() -> Namespaces {
+    Namespaces::new(&[NamespaceConfig {
+        pattern: "*".to_owned(),
+        subscribe: Rule::Anonymous,
+        publish: Rule::Anonymous,
+        history: Rule::Anonymous,
+        presence: Rule::None,
+        join_leave: false,
+    }])
+}
+
+/// A session context on `hub`, through `bus`, where anyone may subscribe and publish.
+fn test_context(hub: &HubHandle, bus: Arc<dyn Bus>) -> Arc<SessionContext> {
+    Arc::new(SessionContext {
+        bus,
+        hub: Arc::clone(hub),
         node_id: Arc::from("n"),
         settings: SessionSettings {
             ws_path: "/ws".into(),
@@ -65,7 +66,7 @@ async fn session_task_states_stay_small() {
             auth_required: false,
             token_query: true,
             auth_timeout: Duration::from_secs(1),
-            namespaces: Namespaces::default(),
+            namespaces: anyone(),
         },
         connect_limiter: None,
         auth: None,
@@ -77,12 +78,37 @@ async fn session_task_states_stay_small() {
                 ttl: Duration::from_secs(30),
                 namespaces: Namespaces::default(),
             },
-            Arc::new(LocalBus::new(Arc::clone(&hub), Arc::from("n"))),
+            Arc::new(LocalBus::new(Arc::clone(hub), Arc::from("n"))),
             None,
             &crate::shutdown::TaskGroup::new(),
             &tokio_util::sync::CancellationToken::new(),
         ),
-    });
+    })
+}
+
+#[test]
+fn the_fuzzed_read_path_reads_a_whole_session() {
+    let mut input = b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\
+        Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        .to_vec();
+    // RFC 6455 5.7: "Hello", masked, then a ping.
+    input.extend_from_slice(&[
+        0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58, 0x89, 0x80, 0, 0, 0, 0,
+    ]);
+    for chunk in [1, 3, 7, 4096] {
+        assert_eq!(fuzz_read_path(&input, chunk), 2, "chunk {chunk}");
+    }
+    assert_eq!(fuzz_read_path(b"garbage", 1), 0);
+}
+
+#[tokio::test]
+async fn session_task_states_stay_small() {
+    let hub = test_hub();
+    let ctx = test_context(
+        &hub,
+        Arc::new(LocalBus::new(Arc::clone(&hub), Arc::from("n"))),
+    );
     // The accept loop spawns `serve_tcp`: that future is the session task's state.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
@@ -156,5 +182,135 @@ fn every_end_but_transport_loss_sends_a_close_code() {
     assert_eq!(
         &End::ClientClosed(None).close_frame().unwrap()[..],
         &[0x88, 0]
+    );
+}
+
+/// The embedded bus, except that a publish to `boom` panics: a bug in a handler.
+#[derive(Debug)]
+struct PanickingBus(LocalBus);
+
+impl Bus for PanickingBus {
+    fn publish<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        data: &'a str,
+        writes: &'a mut WriteBatch,
+    ) -> BusFuture<'a, Result<Offset, BusError>> {
+        assert!(channel.as_str() != "boom", "a bug in a handler");
+        self.0.publish(channel, data, writes)
+    }
+    fn read_channel<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        since: Option<Offset>,
+        limit: usize,
+    ) -> BusFuture<'a, Result<RemoteView, BusError>> {
+        self.0.read_channel(channel, since, limit)
+    }
+    fn history<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        since: Option<Offset>,
+        limit: usize,
+    ) -> BusFuture<'a, Result<HistoryPage, BusError>> {
+        self.0.history(channel, since, limit)
+    }
+    fn announce<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        text: String,
+    ) -> BusFuture<'a, Result<(), BusError>> {
+        self.0.announce(channel, text)
+    }
+    fn command_user<'a>(
+        &'a self,
+        user: &'a str,
+        command: SessionCommand,
+    ) -> BusFuture<'a, Result<usize, BusError>> {
+        self.0.command_user(user, command)
+    }
+    fn disconnect_user<'a>(
+        &'a self,
+        user: &'a str,
+        code: CloseCode,
+    ) -> BusFuture<'a, Result<usize, BusError>> {
+        self.0.disconnect_user(user, code)
+    }
+    fn unready_reasons(&self) -> Vec<String> {
+        self.0.unready_reasons()
+    }
+    fn nodes(&self) -> BusFuture<'_, Result<Vec<serde_json::Value>, BusError>> {
+        self.0.nodes()
+    }
+    fn kind(&self) -> &'static str {
+        "panicking"
+    }
+}
+
+/// A panic in a handler ends the session's task; the connection still leaves the hub and
+/// its channels (it stayed in `hub.conns`, and every later drain waited for it), and a
+/// bystander on the same channel keeps getting its messages.
+#[tokio::test]
+async fn a_panicking_handler_leaves_nothing_in_the_hub() {
+    let hub = test_hub();
+    let bus = PanickingBus(LocalBus::new(Arc::clone(&hub), Arc::from("n")));
+    let ctx = test_context(&hub, Arc::new(bus));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/ws", listener.local_addr().unwrap());
+    let server_ctx = Arc::clone(&ctx);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            tokio::spawn(serve_tcp(tcp, Arc::clone(&server_ctx)));
+        }
+    });
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+    let (mut doomed, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    let (mut bystander, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    for client in [&mut doomed, &mut bystander] {
+        let subscribe = r#"{"type":"subscribe","id":1,"channel":"room"}"#;
+        client.send(Message::text(subscribe)).await.unwrap();
+    }
+    let subscribed = |hub: &HubHandle| hub.connections() == 2;
+    for _ in 0..200 {
+        if subscribed(&hub) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(subscribed(&hub));
+    let boom = r#"{"type":"publish","id":2,"channel":"boom","data":1}"#;
+    doomed.send(Message::text(boom)).await.unwrap();
+    // The task's end closes the socket (the hub held it open, through its `Wire`).
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(_)) = doomed.next().await {}
+    });
+    assert!(
+        closed.await.is_ok(),
+        "the panicked session's socket was closed"
+    );
+    for _ in 0..200 {
+        if hub.connections() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(hub.connections(), 1, "the panicked session left the hub");
+    let mut writes = hub.write_batch();
+    let room = ChannelName::parse("room", 64).unwrap();
+    ctx.bus.publish(&room, "7", &mut writes).await.unwrap();
+    drop(writes);
+    loop {
+        let frame = bystander.next().await.unwrap().unwrap();
+        if frame.to_text().unwrap().contains(r#""type":"message""#) {
+            assert!(frame.to_text().unwrap().contains(r#""data":7"#));
+            break;
+        }
+    }
+    assert_eq!(
+        hub.channels("room", None, 10).0,
+        vec![(room, 1)],
+        "only the bystander is subscribed"
     );
 }
