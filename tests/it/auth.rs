@@ -351,6 +351,56 @@ async fn namespaces_decide_who_may_subscribe_publish_and_resume() {
     server.stop().await;
 }
 
+/// `{sub}` is the token's whole `sub`: a user whose `sub` holds a colon owns its inbox with
+/// the documented order (`user:{sub}:*` first), and nobody else's channel falls through to
+/// the catch-all after them.
+#[tokio::test]
+async fn a_sub_with_a_colon_owns_its_inbox() {
+    let server = server(|config| {
+        config.namespaces = vec![
+            namespace("user:{sub}:*", Rule::Owner, Rule::Owner, Rule::Owner),
+            namespace("user:{sub}", Rule::Owner, Rule::None, Rule::Owner),
+            namespace("*", Rule::Anonymous, Rule::Anonymous, Rule::Anonymous),
+        ];
+    })
+    .await;
+    let connect = |sub: &str| {
+        let url = format!("{}?token={}", server.ws_url(), token_with(sub, &[], &[]));
+        async move { TestClient::connect(&url).await }
+    };
+    let mut colon = connect("a:b").await;
+    let mut other = connect("c").await;
+    let mut anonymous = server.client().await;
+    let sub = |id: u64, channel: &str| json!({"type": "subscribe", "id": id, "channel": channel});
+    let publish = |id: u64, channel: &str| json!({"type": "publish", "id": id, "channel": channel, "data": id});
+
+    assert_eq!(outcome(&mut colon, sub(1, "user:a:b")).await, "subscribed");
+    // The inbox's own rules: only backends write to it.
+    assert_eq!(
+        outcome(&mut colon, publish(2, "user:a:b")).await,
+        "forbidden"
+    );
+    assert_eq!(
+        outcome(&mut colon, sub(3, "user:a:b:drafts")).await,
+        "subscribed"
+    );
+    assert_eq!(outcome(&mut colon, sub(4, "user:a")).await, "forbidden");
+    // Someone else's inbox stays refused, although `*` would let anyone in.
+    assert_eq!(outcome(&mut other, sub(5, "user:a:b")).await, "forbidden");
+    assert_eq!(
+        outcome(&mut anonymous, sub(6, "user:a:b")).await,
+        "forbidden"
+    );
+    assert_eq!(outcome(&mut anonymous, sub(7, "news")).await, "subscribed");
+    server.publish("user:a:b", json!("for a:b")).await;
+    let message = colon.recv_type("message").await;
+    assert_eq!(
+        (message["channel"].as_str(), message["data"].as_str()),
+        (Some("user:a:b"), Some("for a:b"))
+    );
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn the_default_namespace_lets_anyone_follow_and_only_backends_publish() {
     let server = server(|config| config.namespaces = Config::default().namespaces).await;
