@@ -135,7 +135,8 @@ fn encoded_frames_are_valid_json() {
         ),
         encode_subscribed(Some(1), &channel, offset, Some(true)),
         encode_subscribed(None, &channel, offset, None),
-        encode_unsubscribed(Some(2), &channel),
+        encode_unsubscribed(Some(2), &channel, None),
+        encode_unsubscribed(None, &channel, Some(UnsubscribeReason::Forbidden)),
         encode_published(Some(3), &channel, offset),
         encode_pong(None),
         encode_error(Some(5), ErrorCode::BadRequest, "quote \" and \n newline"),
@@ -144,6 +145,10 @@ fn encoded_frames_are_valid_json() {
         let value: serde_json::Value = serde_json::from_str(&text).expect(&text);
         assert!(value["type"].is_string(), "{text}");
     }
+    assert_eq!(
+        encode_unsubscribed(None, &channel, Some(UnsubscribeReason::Forbidden)),
+        r#"{"type":"unsubscribed","channel":"news","reason":"forbidden"}"#
+    );
     let message: serde_json::Value =
         serde_json::from_str(&encode_message(&channel, offset, "[1]")).unwrap();
     assert_eq!(message["offset"], "0000000000000001-2");
