@@ -272,6 +272,26 @@ impl Presence {
         }
     }
 
+    /// A member's token was refreshed: its entry takes `member`'s `info` (same connection,
+    /// same user). No `join` or `leave`: the member stayed. With a store, this node's members
+    /// of the channel are written in full next time, since a write adds only members the
+    /// store does not hold yet; that happens only when the `info` changed.
+    pub fn refreshed(&self, channel: &ChannelName, member: Member) {
+        let Some(mut members) = self.members.get_mut(channel) else {
+            return;
+        };
+        let Some(held) = members.conns.get_mut(&member.conn_id) else {
+            return;
+        };
+        if held.info.as_deref().map(RawValue::get) == member.info.as_deref().map(RawValue::get) {
+            return;
+        }
+        *held = Arc::new(member);
+        if self.store.is_some() {
+            self.rewrite(channel, &mut members);
+        }
+    }
+
     fn remove(&self, channel: &ChannelName, conn_id: ConnId) -> Option<Arc<Member>> {
         let mut members = self.members.get_mut(channel)?;
         let member = members.conns.remove(&conn_id)?;

@@ -3,10 +3,17 @@
 //!
 //! Patterns: `*` (every channel), a prefix ending in `*` (`room:*`), an exact name, or a
 //! name with `{sub}` standing for the token's user (`user:{sub}`, `user:{sub}:*`). A rule is
-//! one of `anonymous` (anyone), `authenticated` (any valid token), `owner` (the `{sub}` part of
-//! the channel is the token's user), `claim` (the token's `channels`, or `publish` for
-//! publishing, has a pattern matching the channel) or `none`. A channel no pattern matches is
-//! refused. Checking allocates nothing: it compares slices of the channel's name.
+//! one of `anonymous` (anyone), `authenticated` (any valid token), `owner` (the channel is the
+//! pattern with the token's whole `sub` in place of `{sub}`), `claim` (the token's
+//! `channels`, or `publish` for publishing, has a pattern matching the channel) or `none`. A
+//! channel no pattern matches is refused. Checking allocates nothing: it compares slices of
+//! the channel's name.
+//!
+//! An owner pattern governs every channel of its shape, whoever's it is, so that another
+//! user's channel never falls through to a wider pattern listed later; but a channel that is
+//! someone else's under one owner pattern and the caller's own under a later one (user `a:b`
+//! and `user:a:b` with `user:{sub}:*` before `user:{sub}`) is the caller's
+//! (`Namespaces::governing`).
 
 use crate::config::{NamespaceConfig, Rule};
 
@@ -65,25 +72,53 @@ impl Pattern {
         }
     }
 
-    /// Whether `channel` matches; for an owner pattern, also the user part.
-    fn matches<'c>(&self, channel: &'c str) -> Option<Option<&'c str>> {
+    /// Whether `channel` has this pattern's shape: for an owner pattern, with some non-empty
+    /// user in place of `{sub}`. Who asks does not matter.
+    fn fits(&self, channel: &str) -> bool {
         match self {
-            Pattern::All => Some(None),
-            Pattern::Prefix(prefix) => channel.starts_with(prefix.as_str()).then_some(None),
-            Pattern::Exact(name) => (channel == name).then_some(None),
+            Pattern::All => true,
+            Pattern::Prefix(prefix) => channel.starts_with(prefix.as_str()),
+            Pattern::Exact(name) => channel == name,
             Pattern::Owner { before, after } => {
-                let rest = channel.strip_prefix(before.as_str())?;
-                let user = match after.strip_suffix('*') {
-                    Some(after_prefix) if !after_prefix.is_empty() => {
-                        rest.split_once(after_prefix).map(|(user, _)| user)?
-                    }
-                    // `{sub}*`: the user runs to the end.
-                    Some(_) => rest,
-                    None => rest.strip_suffix(after.as_str())?,
+                let Some(rest) = channel.strip_prefix(before.as_str()) else {
+                    return false;
                 };
-                (!user.is_empty()).then_some(Some(user))
+                match after.strip_suffix('*') {
+                    // `{sub}*`: the user runs to the end.
+                    Some("") => !rest.is_empty(),
+                    // The user is not empty: the part after it starts past the first char.
+                    Some(after_prefix) => rest
+                        .char_indices()
+                        .skip(1)
+                        .any(|(at, _)| rest[at..].starts_with(after_prefix)),
+                    None => rest.len() > after.len() && rest.ends_with(after.as_str()),
+                }
             }
         }
+    }
+
+    /// Whether `channel` is `user`'s under this owner pattern: `before`, the whole `user`,
+    /// then `after` (or what `after` starts with, when it ends in `*`). The user is compared
+    /// whole, never cut out of the channel's name, so that a `sub` holding the character
+    /// after `{sub}` (`a:b` in `user:{sub}:*`) is still found. False for other patterns and
+    /// an empty user.
+    fn owned_by(&self, channel: &str, user: &str) -> bool {
+        let Pattern::Owner { before, after } = self else {
+            return false;
+        };
+        let Some(rest) = channel
+            .strip_prefix(before.as_str())
+            .and_then(|rest| rest.strip_prefix(user))
+        else {
+            return false;
+        };
+        !user.is_empty()
+            && match after.strip_suffix('*') {
+                // `{sub}*` is `{sub}`: a prefix would give `alice` the channels of `alice2`.
+                Some("") => rest.is_empty(),
+                Some(after_prefix) => rest.starts_with(after_prefix),
+                None => rest == after,
+            }
     }
 }
 
@@ -139,14 +174,44 @@ impl Namespaces {
         )
     }
 
+    /// The namespace governing `channel` for `identity`, and whether the channel is the
+    /// identity's own under it (for `owner` rules).
+    ///
+    /// The first namespace that matches governs, an owner pattern matching the channels it
+    /// gives the identity's `sub` and, so that another user's channel never falls through
+    /// to a wider pattern after it, every channel of its shape. The one exception: a channel
+    /// that is another user's under an owner pattern goes to a later owner pattern under
+    /// which it is the identity's own, if one comes before any other match. So user `a:b`
+    /// owns its inbox `user:a:b` through `user:{sub}`, although `user:{sub}:*` comes first
+    /// and makes it user `a`'s.
+    fn governing(&self, channel: &str, identity: Option<&Identity>) -> Option<(&Namespace, bool)> {
+        let user = identity.map(|identity| &*identity.user);
+        // The first owner pattern under which the channel is someone else's.
+        let mut others: Option<&Namespace> = None;
+        for namespace in &self.0 {
+            let pattern = &namespace.pattern;
+            if user.is_some_and(|user| pattern.owned_by(channel, user)) {
+                return Some((namespace, true));
+            }
+            if !pattern.fits(channel) {
+                continue;
+            }
+            match pattern {
+                Pattern::Owner { .. } => {
+                    others.get_or_insert(namespace);
+                }
+                Pattern::All | Pattern::Prefix(_) | Pattern::Exact(_) => {
+                    return Some((others.unwrap_or(namespace), false));
+                }
+            }
+        }
+        others.map(|namespace| (namespace, false))
+    }
+
     /// Whether `identity` (or an anonymous client) may do `action` on `channel`.
     #[must_use]
     pub fn allows(&self, channel: &str, action: Action, identity: Option<&Identity>) -> bool {
-        let Some((namespace, owner)) = self
-            .0
-            .iter()
-            .find_map(|namespace| Some((namespace, namespace.pattern.matches(channel)?)))
-        else {
+        let Some((namespace, owned)) = self.governing(channel, identity) else {
             return false;
         };
         let rule = match action {
@@ -159,9 +224,7 @@ impl Namespaces {
             Rule::Anonymous => true,
             Rule::None => false,
             Rule::Authenticated => identity.is_some(),
-            Rule::Owner => identity
-                .zip(owner)
-                .is_some_and(|(identity, owner)| *identity.user == *owner),
+            Rule::Owner => owned,
             Rule::Claim => identity.is_some_and(|identity| {
                 let patterns = match action {
                     Action::Publish => &identity.publish,
@@ -178,10 +241,12 @@ impl Namespaces {
     /// namespace has neither `presence` nor `join_leave` (or no namespace matches).
     #[must_use]
     pub fn membership(&self, channel: &str) -> Option<Membership> {
+        // Per channel, not per connection (all its members share it): the first namespace
+        // of the channel's shape, whoever's channel it is.
         let namespace = self
             .0
             .iter()
-            .find(|namespace| namespace.pattern.matches(channel).is_some())?;
+            .find(|namespace| namespace.pattern.fits(channel))?;
         let listed = namespace.presence != Rule::None;
         (listed || namespace.join_leave).then_some(Membership {
             listed,
@@ -228,8 +293,8 @@ mod tests {
                 Rule::Anonymous,
             ),
             namespace("room:*", Rule::Claim, Rule::Claim, Rule::Claim),
-            // The longer pattern first: `user:{sub}` would take `user:alice:drafts` with the
-            // user "alice:drafts".
+            // The order docs/security.md gives; with whole-sub matching either order gives
+            // each user the same channels.
             namespace("user:{sub}:*", Rule::Owner, Rule::Owner, Rule::Owner),
             namespace("user:{sub}", Rule::Owner, Rule::None, Rule::Owner),
         ])
@@ -262,9 +327,68 @@ mod tests {
         assert!(!chat.allows("user:alice", Action::Subscribe, None));
         assert!(chat.allows("user:alice:drafts", Action::Publish, Some(&alice)));
         assert!(!chat.allows("user:bob:drafts", Action::Subscribe, Some(&alice)));
-        // `user:{sub}:*` comes first, so a user named "alice:drafts" does not own it.
-        let colon = user("alice:drafts", &[], &[]);
-        assert!(!chat.allows("user:alice:drafts", Action::Subscribe, Some(&colon)));
+    }
+
+    #[test]
+    fn owner_patterns_match_the_whole_sub() {
+        let chat = chat();
+        // A sub with a colon owns its inbox, although `user:{sub}:*` (listed first) has the
+        // channel's shape: under it `user:a:b` would be user "a"'s.
+        let colon = user("a:b", &[], &[]);
+        assert!(chat.allows("user:a:b", Action::Subscribe, Some(&colon)));
+        assert!(chat.allows("user:a:b", Action::History, Some(&colon)));
+        // The inbox's rules govern it (`publish = none`), not those of `user:{sub}:*`...
+        assert!(!chat.allows("user:a:b", Action::Publish, Some(&colon)));
+        // ...which govern the channels under it.
+        assert!(chat.allows("user:a:b:drafts", Action::Publish, Some(&colon)));
+        // Neither a part of the sub nor a longer one owns anything through `user:{sub}`.
+        assert!(!chat.allows("user:a", Action::Subscribe, Some(&colon)));
+        assert!(!chat.allows(
+            "user:a:b:c",
+            Action::Subscribe,
+            Some(&user("a:b:c:d", &[], &[]))
+        ));
+        assert!(!chat.allows(
+            "user:alice",
+            Action::Subscribe,
+            Some(&user("ali", &[], &[]))
+        ));
+        // Through `user:{sub}:*`, "alice:drafts" is not the user of `user:alice:drafts`
+        // (that is "alice", who may publish there); through `user:{sub}` it is, so it owns
+        // the channel as its inbox, under the inbox's rules: a sub holding the character
+        // that follows `{sub}` in a pattern shares channels (docs/security.md).
+        let drafts = user("alice:drafts", &[], &[]);
+        assert!(chat.allows("user:alice:drafts", Action::Subscribe, Some(&drafts)));
+        assert!(!chat.allows("user:alice:drafts", Action::Publish, Some(&drafts)));
+        let alice = user("alice", &[], &[]);
+        assert!(chat.allows("user:alice:drafts", Action::Publish, Some(&alice)));
+        // An empty sub owns nothing.
+        assert!(!chat.allows("user:", Action::Subscribe, Some(&user("", &[], &[]))));
+    }
+
+    #[test]
+    fn another_users_channel_never_falls_through_to_a_later_namespace() {
+        let namespaces = Namespaces::new(&[
+            namespace("user:{sub}:*", Rule::Owner, Rule::Owner, Rule::Owner),
+            namespace("user:{sub}", Rule::Owner, Rule::None, Rule::Owner),
+            namespace("*", Rule::Anonymous, Rule::Anonymous, Rule::Anonymous),
+        ]);
+        let bob = user("bob", &[], &[]);
+        for channel in ["user:alice", "user:alice:drafts", "user:a:b"] {
+            assert!(
+                !namespaces.allows(channel, Action::Subscribe, Some(&bob)),
+                "{channel}"
+            );
+            assert!(
+                !namespaces.allows(channel, Action::Publish, None),
+                "{channel}"
+            );
+        }
+        // Not of any `{sub}` shape: the catch-all.
+        assert!(namespaces.allows("user:", Action::Subscribe, None));
+        assert!(namespaces.allows("news", Action::Publish, Some(&bob)));
+        // Membership does not depend on who asks: the first entry of the channel's shape.
+        assert_eq!(namespaces.membership("user:a:b"), None);
     }
 
     #[test]

@@ -69,7 +69,8 @@ pub enum Rule {
     Anonymous,
     /// Any connection with a valid token.
     Authenticated,
-    /// The connection whose token's `sub` is the `{sub}` part of the channel.
+    /// The connection whose token's whole `sub`, in place of the pattern's `{sub}`, gives
+    /// the channel.
     Owner,
     /// A connection whose token's `channels` (`publish` for publishing) has a matching pattern.
     Claim,

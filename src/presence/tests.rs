@@ -206,3 +206,28 @@ async fn without_join_leave_nobody_hears() {
     settle().await;
     assert!(frames(&listener).is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_refreshed_member_is_listed_with_its_new_info_and_nobody_hears() {
+    let hub = hub();
+    let presence = presence(&hub, Duration::ZERO);
+    let room = name("room:1");
+    let listener = subscriber(&hub, &room);
+    presence.joined(&room, member(5, "bob"), true);
+    settle().await;
+    assert_eq!(frames(&listener).len(), 1, "the join");
+    let mut renamed = member(5, "bob");
+    renamed.info = Some(RawValue::from_string(r#"{"name":"Robert"}"#.to_owned()).unwrap());
+    presence.refreshed(&room, renamed);
+    // Not a member there: nothing to update, nothing added.
+    presence.refreshed(&name("room:2"), member(5, "bob"));
+    settle().await;
+    assert!(frames(&listener).is_empty(), "no join or leave");
+    let page = presence.local_page(&room, None, 10);
+    assert_eq!(page.members.len(), 1);
+    assert_eq!(
+        page.members[0].info.as_deref().map(RawValue::get),
+        Some(r#"{"name":"Robert"}"#)
+    );
+    assert_eq!(presence.local_stats(&name("room:2")).connections, 0);
+}

@@ -89,23 +89,33 @@ pub struct DecodeError {
 
 /// Every field any frame type may carry, kept raw so that each can be checked on its own and
 /// the `id` survives errors in the other fields. Unknown fields are ignored for forward
-/// compatibility.
+/// compatibility. `None` is an absent field; a field given as `null` is `Some("null")`, so
+/// that `"data": null` publishes null and each field decides what its null means.
 #[derive(Deserialize)]
 struct RawFrame<'a> {
-    #[serde(rename = "type", borrow, default)]
+    #[serde(rename = "type", borrow, default, deserialize_with = "present")]
     kind: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     channel: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     since: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     data: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     token: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     limit: Option<&'a RawValue>,
+}
+
+/// A field that is there, whatever its value: serde's own `Option` reads `null` as `None`,
+/// which made `"data": null` a missing field.
+fn present<'de, D>(deserializer: D) -> Result<Option<&'de RawValue>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    <&'de RawValue>::deserialize(deserializer).map(Some)
 }
 
 /// Decodes one text frame.

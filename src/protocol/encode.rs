@@ -6,7 +6,7 @@
 
 use std::fmt::Write as _;
 
-use super::{ChannelName, ErrorCode, Offset, PROTOCOL_VERSION};
+use super::{ChannelName, ErrorCode, Offset, PROTOCOL_VERSION, UnsubscribeReason};
 
 fn push_json_string(out: &mut String, text: &str) {
     // Writing a &str into a String cannot fail.
@@ -106,13 +106,22 @@ pub fn encode_subscribed(
     out
 }
 
-/// `{"type":"unsubscribed","id":2,"channel":"news"}`
+/// `{"type":"unsubscribed","id":2,"channel":"news"}`, with `"reason":".."` when the server
+/// unsubscribed the connection on its own.
 #[must_use]
-pub fn encode_unsubscribed(id: Option<u64>, channel: &ChannelName) -> String {
-    let mut out = String::with_capacity(64 + channel.as_str().len());
+pub fn encode_unsubscribed(
+    id: Option<u64>,
+    channel: &ChannelName,
+    reason: Option<UnsubscribeReason>,
+) -> String {
+    let mut out = String::with_capacity(80 + channel.as_str().len());
     out.push_str("{\"type\":\"unsubscribed\"");
     push_id(&mut out, id);
-    let _ = write!(out, ",\"channel\":\"{channel}\"}}");
+    let _ = write!(out, ",\"channel\":\"{channel}\"");
+    if let Some(reason) = reason {
+        let _ = write!(out, ",\"reason\":\"{}\"", reason.as_str());
+    }
+    out.push('}');
     out
 }
 

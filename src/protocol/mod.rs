@@ -80,5 +80,24 @@ impl ErrorCode {
     }
 }
 
+/// Why the server unsubscribed a connection on its own: the `reason` of an `unsubscribed`
+/// frame without `id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnsubscribeReason {
+    /// A `refresh` brought a token whose rights no longer include the channel (its
+    /// namespace refuses the subscription now); subscribe again with a token that grants it.
+    Forbidden,
+}
+
+impl UnsubscribeReason {
+    /// The reason as it appears on the wire.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            UnsubscribeReason::Forbidden => "forbidden",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -68,6 +68,41 @@ fn bad_frames_get_precise_errors_and_keep_the_id() {
 }
 
 #[test]
+fn a_null_field_is_present_and_null() {
+    // `data` is any JSON value, null included: a publish of null publishes null.
+    match decode_client_frame(r#"{"type":"publish","id":1,"channel":"c","data":null}"#) {
+        Ok(ClientFrame::Publish { id, data, .. }) => {
+            assert_eq!((id, data.get()), (Some(1), "null"));
+        }
+        other => panic!("{other:?}"),
+    }
+    // The optional fields read null as absent.
+    assert!(matches!(
+        decode_client_frame(r#"{"type":"ping","id":null}"#),
+        Ok(ClientFrame::Ping { id: None })
+    ));
+    assert!(matches!(
+        decode_client_frame(r#"{"type":"history","id":2,"channel":"c","since":null,"limit":null}"#),
+        Ok(ClientFrame::History {
+            id: Some(2),
+            since: None,
+            limit: None,
+            ..
+        })
+    ));
+    // A required string given as null is mistyped, not missing.
+    let err = decode_err(r#"{"type":"subscribe","id":3,"channel":null}"#);
+    assert_eq!(
+        (err.id, err.message),
+        (Some(3), "`channel` must be a string")
+    );
+    let err = decode_err(r#"{"type":null,"id":4}"#);
+    assert_eq!((err.id, err.message), (Some(4), "`type` must be a string"));
+    let err = decode_err(r#"{"type":"auth","id":5,"token":null}"#);
+    assert_eq!((err.id, err.message), (Some(5), "`token` must be a string"));
+}
+
+#[test]
 fn channel_names_follow_the_grammar() {
     assert!(ChannelName::parse("chat:room-1/user@x.y=z_2", 128).is_ok());
     assert_eq!(ChannelName::parse("", 128), Err(ChannelNameError::Empty));
@@ -100,7 +135,8 @@ fn encoded_frames_are_valid_json() {
         ),
         encode_subscribed(Some(1), &channel, offset, Some(true)),
         encode_subscribed(None, &channel, offset, None),
-        encode_unsubscribed(Some(2), &channel),
+        encode_unsubscribed(Some(2), &channel, None),
+        encode_unsubscribed(None, &channel, Some(UnsubscribeReason::Forbidden)),
         encode_published(Some(3), &channel, offset),
         encode_pong(None),
         encode_error(Some(5), ErrorCode::BadRequest, "quote \" and \n newline"),
@@ -109,6 +145,10 @@ fn encoded_frames_are_valid_json() {
         let value: serde_json::Value = serde_json::from_str(&text).expect(&text);
         assert!(value["type"].is_string(), "{text}");
     }
+    assert_eq!(
+        encode_unsubscribed(None, &channel, Some(UnsubscribeReason::Forbidden)),
+        r#"{"type":"unsubscribed","channel":"news","reason":"forbidden"}"#
+    );
     let message: serde_json::Value =
         serde_json::from_str(&encode_message(&channel, offset, "[1]")).unwrap();
     assert_eq!(message["offset"], "0000000000000001-2");

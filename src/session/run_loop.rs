@@ -27,7 +27,7 @@ use crate::{
     hub::{FramedText, HistoryData, Outbound, SessionCommand, SubscribeError, Subscribed},
     presence::{self, Member},
     protocol::{
-        self, ChannelName, ClientFrame, CloseCode, ErrorCode, Offset,
+        self, ChannelName, ClientFrame, CloseCode, ErrorCode, Offset, UnsubscribeReason,
         ws::{Inbound, Utf8Bytes},
     },
     telemetry::{self, RateScope},
@@ -146,7 +146,16 @@ pub(super) struct Session {
     last_refused_ms: u64,
     /// Who the connection is, once a token was accepted. Boxed: most of it is needed only
     /// for permission checks, and an anonymous connection pays 8 bytes.
-    identity: Option<Box<Identity>>,
+    account: Option<Box<Account>>,
+}
+
+/// An authenticated connection's token, and the subscriptions no token granted.
+struct Account {
+    identity: Identity,
+    /// Channels a backend subscribed the connection to (`POST /v1/subscribe`, which only
+    /// reaches authenticated connections): granted without the namespaces, so a `refresh`
+    /// does not take them back.
+    by_backend: Vec<ChannelName>,
 }
 
 impl Session {
@@ -159,7 +168,7 @@ impl Session {
             control: TokenBucket::new(),
             throttled_since_ms: 0,
             last_refused_ms: 0,
-            identity: None,
+            account: None,
         }
     }
 
@@ -167,9 +176,14 @@ impl Session {
         &self.ctx
     }
 
+    /// Who the connection is, once a token was accepted.
+    fn identity(&self) -> Option<&Identity> {
+        self.account.as_deref().map(|account| &account.identity)
+    }
+
     /// The authenticated user, if any.
     pub(super) fn user(&self) -> Option<&str> {
-        self.identity.as_deref().map(|identity| &*identity.user)
+        self.identity().map(|identity| &*identity.user)
     }
 
     /// Takes `identity` as the connection's, and closes it with 4004 when its token expires
@@ -189,12 +203,19 @@ impl Session {
             .saturating_add(u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX))
             .max(1);
         self.outbound.set_deadline(at_ms, CloseCode::TokenExpired);
-        if self.identity.is_none() {
-            self.ctx
-                .hub
-                .add_user(&identity.user, self.outbound.conn_id());
+        match &mut self.account {
+            // A refresh: the same user.
+            Some(account) => account.identity = identity,
+            None => {
+                self.ctx
+                    .hub
+                    .add_user(&identity.user, self.outbound.conn_id());
+                self.account = Some(Box::new(Account {
+                    identity,
+                    by_backend: Vec::new(),
+                }));
+            }
         }
-        self.identity = Some(Box::new(identity));
     }
 
     /// Refuses a token: `error` `unauthorized`, then close 4003 (after what is queued).
@@ -211,7 +232,7 @@ impl Session {
             self.ctx
                 .settings
                 .namespaces
-                .allows(channel.as_str(), action, self.identity.as_deref());
+                .allows(channel.as_str(), action, self.identity());
         if !allowed {
             telemetry::forbidden(action.label());
             let message = match action {
@@ -234,7 +255,7 @@ impl Session {
                 "authentication is not configured on this server",
             );
         };
-        if self.identity.is_some() {
+        if self.account.is_some() {
             return self.error(
                 id,
                 ErrorCode::BadRequest,
@@ -257,9 +278,10 @@ impl Session {
         }
     }
 
-    /// `{"type":"refresh"}`: a fresh token for the same user moves the expiry.
+    /// `{"type":"refresh"}`: a fresh token for the same user moves the expiry, and its rights
+    /// replace the old token's (`recheck`).
     async fn refresh(&mut self, id: Option<u64>, token: &str) {
-        let (Some(verifier), true) = (self.ctx.auth.clone(), self.identity.is_some()) else {
+        let (Some(verifier), true) = (self.ctx.auth.clone(), self.account.is_some()) else {
             return self.error(
                 id,
                 ErrorCode::BadRequest,
@@ -272,6 +294,7 @@ impl Session {
                     protocol::encode_authenticated("refreshed", id, &identity.user, identity.exp);
                 self.authenticated(identity);
                 self.send(reply);
+                self.recheck();
             }
             Ok(_) => {
                 telemetry::auth("other_user");
@@ -292,8 +315,7 @@ impl Session {
 
     /// The channels the token's `subs` claim asks the server to subscribe to.
     pub(super) fn server_subs(&self) -> &[String] {
-        self.identity
-            .as_deref()
+        self.identity()
             .map_or(&[], |identity| identity.subs.as_slice())
     }
 
@@ -306,19 +328,57 @@ impl Session {
         }
     }
 
+    /// After a refresh: the new token's rights replace the old one's. Each subscription the
+    /// namespaces no longer allow (a backend's excepted) ends as an unsubscribe does, with an
+    /// `unsubscribed` frame without `id` giving the reason; where the connection stays a
+    /// member, presence takes the new token's `info`.
+    fn recheck(&mut self) {
+        let namespaces = &self.ctx.settings.namespaces;
+        let identity = self.identity();
+        let by_backend = self
+            .account
+            .as_deref()
+            .map_or(&[][..], |account| account.by_backend.as_slice());
+        let revoked: Vec<ChannelName> = self
+            .subscriptions
+            .iter()
+            .filter(|channel| {
+                !by_backend.contains(channel)
+                    && !namespaces.allows(channel.as_str(), Action::Subscribe, identity)
+            })
+            .cloned()
+            .collect();
+        for channel in &revoked {
+            telemetry::forbidden(Action::Subscribe.label());
+            self.drop_subscription(channel);
+            self.send(protocol::encode_unsubscribed(
+                None,
+                channel,
+                Some(UnsubscribeReason::Forbidden),
+            ));
+        }
+        for channel in &self.subscriptions {
+            if self
+                .ctx
+                .settings
+                .namespaces
+                .membership(channel.as_str())
+                .is_some()
+            {
+                self.ctx.presence.refreshed(channel, self.member());
+            }
+        }
+    }
+
     /// This connection as a member of a channel.
     fn member(&self) -> Member {
         Member {
             node: Arc::clone(self.ctx.presence.node()),
             conn_id: self.outbound.conn_id(),
             user: self
-                .identity
-                .as_deref()
+                .identity()
                 .map_or_else(|| Arc::from(""), |identity| Arc::clone(&identity.user)),
-            info: self
-                .identity
-                .as_deref()
-                .and_then(|identity| identity.info.clone()),
+            info: self.identity().and_then(|identity| identity.info.clone()),
         }
     }
 
@@ -545,7 +605,17 @@ impl Session {
             match command {
                 SessionCommand::Subscribe(channel) => {
                     if !self.subscriptions.contains(&channel) {
-                        self.subscribe_checked(None, channel, None, false).await;
+                        self.subscribe_checked(None, channel.clone(), None, false)
+                            .await;
+                    }
+                    // Also when the client had subscribed itself: the backend wants the
+                    // connection there whatever its token says.
+                    if let (true, Some(account)) = (
+                        self.subscriptions.contains(&channel),
+                        self.account.as_deref_mut(),
+                    ) && !account.by_backend.contains(&channel)
+                    {
+                        account.by_backend.push(channel);
                     }
                 }
                 SessionCommand::Unsubscribe(channel) => {
@@ -649,7 +719,7 @@ impl Session {
     async fn handle_text(&mut self, text: &str) {
         let frame = protocol::decode_client_frame(text);
         if self.ctx.settings.auth_required
-            && self.identity.is_none()
+            && self.account.is_none()
             && !matches!(frame, Ok(ClientFrame::Auth { .. }))
         {
             // `auth.required`: nothing but `auth` before a token was accepted.
@@ -851,13 +921,25 @@ impl Session {
         let Some(channel) = self.channel(id, name) else {
             return;
         };
-        let Some(position) = self.subscriptions.iter().position(|c| *c == channel) else {
+        if !self.drop_subscription(&channel) {
             return self.error(id, ErrorCode::NotFound, "not subscribed to this channel");
+        }
+        self.send(protocol::encode_unsubscribed(id, &channel, None));
+    }
+
+    /// Ends a subscription (hub, presence, what a backend granted); false when there was
+    /// none. No frame of the channel is enqueued after it returns.
+    fn drop_subscription(&mut self, channel: &ChannelName) -> bool {
+        let Some(position) = self.subscriptions.iter().position(|c| c == channel) else {
+            return false;
         };
         self.subscriptions.swap_remove(position);
-        self.ctx.hub.unsubscribe(self.outbound.conn_id(), &channel);
-        self.left(&channel);
-        self.send(protocol::encode_unsubscribed(id, &channel));
+        if let Some(account) = self.account.as_deref_mut() {
+            account.by_backend.retain(|granted| granted != channel);
+        }
+        self.ctx.hub.unsubscribe(self.outbound.conn_id(), channel);
+        self.left(channel);
+        true
     }
 
     async fn publish(&mut self, id: Option<u64>, name: &str, data: &str) {

@@ -191,6 +191,100 @@ async fn an_expired_token_closes_with_4004_unless_refreshed() {
     server.stop().await;
 }
 
+fn hs256_claims(claims: &Value) -> String {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()).unwrap(),
+    )
+    .unwrap()
+}
+
+/// A refresh re-checks the connection's subscriptions against the new token: a channel its
+/// claims no longer grant is unsubscribed (`unsubscribed` with a reason) and its messages
+/// stop, the others keep flowing with the new `info` in presence, and what a backend
+/// subscribed the connection to stays. Another connection keeps its full message rate.
+#[tokio::test]
+async fn a_refresh_drops_the_channels_the_new_token_no_longer_grants() {
+    let server = server(|config| {
+        let mut rooms = namespace("room:*", Rule::Claim, Rule::Claim, Rule::Claim);
+        rooms.presence = Rule::Claim;
+        config.namespaces = vec![
+            rooms,
+            namespace("*", Rule::Anonymous, Rule::None, Rule::Anonymous),
+        ];
+    })
+    .await;
+    let token = |channels: &[&str], name: &str| {
+        hs256_claims(&json!({
+            "sub": "alice", "exp": now() + 600, "channels": channels, "info": {"name": name}
+        }))
+    };
+    let mut alice = TestClient::connect(&format!(
+        "{}?token={}",
+        server.ws_url(),
+        token(&["room:7", "room:8"], "Ada")
+    ))
+    .await;
+    let bob_token =
+        hs256_claims(&json!({"sub": "bob", "exp": now() + 600, "channels": ["room:7"]}));
+    let mut bob = TestClient::connect(&format!("{}?token={bob_token}", server.ws_url())).await;
+    alice.subscribe("room:7").await;
+    alice.subscribe("room:8").await;
+    // A backend's subscription needs no claim, and a refresh does not take it back.
+    let (status, body) = server
+        .post(
+            "/v1/subscribe",
+            json!({"user": "alice", "channel": "room:9"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(alice.recv_type("subscribed").await["channel"], "room:9");
+
+    crate::hostile::with_bystander(&server, async {
+        let refresh = json!({"type": "refresh", "id": 6, "token": token(&["room:8"], "Grace")});
+        assert_eq!(outcome(&mut alice, refresh).await, "refreshed");
+        assert_eq!(
+            alice.recv().await,
+            json!({"type": "unsubscribed", "channel": "room:7", "reason": "forbidden"})
+        );
+        // room:7's messages stop; room:8's and room:9's go on.
+        for channel in ["room:7", "room:8", "room:9"] {
+            server.publish(channel, json!(channel)).await;
+        }
+        alice.send(json!({"type": "ping", "id": 7})).await;
+        let mut received = Vec::new();
+        loop {
+            let frame = alice.recv().await;
+            match frame["type"].as_str() {
+                Some("pong") => break,
+                Some("message") => received.push(frame["channel"].as_str().unwrap().to_owned()),
+                _ => panic!("unexpected {frame}"),
+            }
+        }
+        received.sort();
+        assert_eq!(received, ["room:8", "room:9"]);
+        // Presence: gone from room:7, with the new token's `info` in room:8.
+        let ask =
+            |id: u64, channel: &str| json!({"type": "presence", "id": id, "channel": channel});
+        bob.send(ask(1, "room:7")).await;
+        let reply = bob.recv_type("presence").await;
+        assert_eq!(reply["members"], json!([]), "{reply}");
+        alice.send(ask(2, "room:8")).await;
+        let reply = alice.recv_type("presence").await;
+        assert_eq!(
+            reply["members"][0]["info"],
+            json!({"name": "Grace"}),
+            "{reply}"
+        );
+        // As before, the history of a channel no longer granted is refused.
+        let history = json!({"type": "history", "id": 3, "channel": "room:7"});
+        assert_eq!(outcome(&mut alice, history).await, "forbidden");
+    })
+    .await;
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn public_key_algorithms_and_the_url_switch() {
     let server = TestServer::builder()
@@ -347,6 +441,56 @@ async fn namespaces_decide_who_may_subscribe_publish_and_resume() {
             .metric("ws_forbidden_total{action=\"history\"}")
             .await
             >= 1.0
+    );
+    server.stop().await;
+}
+
+/// `{sub}` is the token's whole `sub`: a user whose `sub` holds a colon owns its inbox with
+/// the documented order (`user:{sub}:*` first), and nobody else's channel falls through to
+/// the catch-all after them.
+#[tokio::test]
+async fn a_sub_with_a_colon_owns_its_inbox() {
+    let server = server(|config| {
+        config.namespaces = vec![
+            namespace("user:{sub}:*", Rule::Owner, Rule::Owner, Rule::Owner),
+            namespace("user:{sub}", Rule::Owner, Rule::None, Rule::Owner),
+            namespace("*", Rule::Anonymous, Rule::Anonymous, Rule::Anonymous),
+        ];
+    })
+    .await;
+    let connect = |sub: &str| {
+        let url = format!("{}?token={}", server.ws_url(), token_with(sub, &[], &[]));
+        async move { TestClient::connect(&url).await }
+    };
+    let mut colon = connect("a:b").await;
+    let mut other = connect("c").await;
+    let mut anonymous = server.client().await;
+    let sub = |id: u64, channel: &str| json!({"type": "subscribe", "id": id, "channel": channel});
+    let publish = |id: u64, channel: &str| json!({"type": "publish", "id": id, "channel": channel, "data": id});
+
+    assert_eq!(outcome(&mut colon, sub(1, "user:a:b")).await, "subscribed");
+    // The inbox's own rules: only backends write to it.
+    assert_eq!(
+        outcome(&mut colon, publish(2, "user:a:b")).await,
+        "forbidden"
+    );
+    assert_eq!(
+        outcome(&mut colon, sub(3, "user:a:b:drafts")).await,
+        "subscribed"
+    );
+    assert_eq!(outcome(&mut colon, sub(4, "user:a")).await, "forbidden");
+    // Someone else's inbox stays refused, although `*` would let anyone in.
+    assert_eq!(outcome(&mut other, sub(5, "user:a:b")).await, "forbidden");
+    assert_eq!(
+        outcome(&mut anonymous, sub(6, "user:a:b")).await,
+        "forbidden"
+    );
+    assert_eq!(outcome(&mut anonymous, sub(7, "news")).await, "subscribed");
+    server.publish("user:a:b", json!("for a:b")).await;
+    let message = colon.recv_type("message").await;
+    assert_eq!(
+        (message["channel"].as_str(), message["data"].as_str()),
+        (Some("user:a:b"), Some("for a:b"))
     );
     server.stop().await;
 }

@@ -65,6 +65,22 @@ async fn subscribe_publish_unsubscribe() {
 }
 
 #[tokio::test]
+async fn a_client_publishes_null_as_null() {
+    let server = TestServer::start().await;
+    let mut alice = server.client().await;
+    let mut bob = server.client().await;
+    alice.subscribe("news").await;
+    bob.send(json!({"type":"publish","id":1,"channel":"news","data":null}))
+        .await;
+    let published = bob.recv().await;
+    assert_eq!(published["type"], "published", "{published}");
+    let message = alice.recv().await;
+    assert_eq!(message["type"], "message");
+    assert_eq!(message.get("data"), Some(&json!(null)), "{message}");
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn broadcast_reaches_every_named_channel() {
     let server = TestServer::start().await;
     let mut a = server.client().await;
