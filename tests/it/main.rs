@@ -10,6 +10,7 @@ mod bad_input;
 mod boundaries;
 mod browser;
 mod cluster;
+mod cluster_state;
 mod conformance;
 mod control_api;
 mod deploy;
