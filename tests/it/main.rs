@@ -23,6 +23,7 @@ mod jwks;
 mod limits;
 mod mass_disconnect;
 mod presence;
+mod presence_store;
 mod process;
 mod pubsub;
 mod redis_cluster;
