@@ -160,7 +160,11 @@ impl Hub {
             state.epoch = offset.epoch;
             state.synced = true;
         } else if state.epoch != offset.epoch {
-            tracing::warn!(%channel, "Channel epoch changed on the bus; history restarts");
+            // At seq 0 there is nothing to forget: the epoch was the bus's answer for a
+            // channel without state, and this is its first message.
+            if state.seq > 0 {
+                tracing::warn!(%channel, "Channel epoch changed on the bus; history restarts");
+            }
             self.forget_epoch(state, offset.epoch);
         } else if offset.seq <= state.seq {
             return None;

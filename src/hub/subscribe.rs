@@ -97,9 +97,13 @@ pub struct RemoteView {
     pub seq: u64,
     /// `(seq, data)` after the subscribe's `since`, oldest first.
     pub entries: Vec<(u64, String)>,
-    /// Whether `entries` hold every message after `since` up to `seq` (none trimmed,
-    /// expired or from another epoch).
+    /// Whether `since` is an offset of `epoch` (as the bus reckons it) and `entries` hold
+    /// every message after it up to `seq` (none trimmed, expired or from another epoch).
     pub complete: bool,
+    /// The bus holds no state for the channel (it never had a message, or its state is
+    /// gone): `epoch` names no instance, `seq` is 0, and a first message delivered meanwhile
+    /// belongs to an instance created after the read.
+    pub absent: bool,
 }
 
 /// Why a subscribe failed.
@@ -228,6 +232,25 @@ impl Hub {
         view: &RemoteView,
         reply: &impl Fn(&Subscribed) -> FramedText,
     ) -> Result<(Subscribed, u64), SubscribeError> {
+        let adopted;
+        let view = if view.absent
+            && state.synced
+            && state.epoch != view.epoch
+            && state.pending.first().is_some_and(|entry| entry.seq == 1)
+        {
+            // The bus had no state when read and the channel's first messages arrived since
+            // the pin (all kept in `pending`): the read stands for the start of their epoch.
+            adopted = RemoteView {
+                epoch: state.epoch,
+                seq: 0,
+                entries: Vec::new(),
+                complete: view.complete,
+                absent: false,
+            };
+            &adopted
+        } else {
+            view
+        };
         let mut consistent = !state.pending_lost;
         if !state.synced {
             // Nothing delivered here yet: start from the bus's position.
@@ -250,7 +273,9 @@ impl Hub {
         } else {
             state.seq
         };
-        let recovered = since.map(|since| same_epoch && view.complete && since.epoch == view.epoch);
+        // `complete` says `since` is of the view's epoch: the bus may take an offset given
+        // for a channel without state as the start of the channel's first epoch.
+        let recovered = since.map(|_| same_epoch && view.complete);
         let mut outcome = Subscribed {
             offset: Offset {
                 epoch: state.epoch,

@@ -372,6 +372,7 @@ fn joined_at(hub: &Hub, channel: &ChannelName, seq: u64) -> (Arc<Outbound>, Read
         seq,
         entries: Vec::new(),
         complete: true,
+        absent: false,
     };
     assert_eq!(
         hub.subscribe(&conn, channel, None, None, reply),
@@ -406,6 +407,7 @@ fn deliveries_skip_channels_without_local_interest_and_duplicates() {
         seq: 1,
         entries: Vec::new(),
         complete: true,
+        absent: false,
     };
     hub.subscribe(&conn, &news, None, Some(&view), reply)
         .unwrap();
@@ -443,6 +445,7 @@ fn remote_resume_merges_the_bus_read_with_deliveries_made_meanwhile() {
         seq: 8,
         entries: vec![(6, "6".into()), (7, "7".into()), (8, "8".into())],
         complete: true,
+        absent: false,
     };
     let outcome = hub
         .subscribe(&conn, &news, Some(at(5)), Some(&view), reply)
@@ -476,6 +479,7 @@ fn a_bus_read_ahead_of_local_delivery_is_not_delivered_twice() {
             (5, "5".into()),
         ],
         complete: true,
+        absent: false,
     };
     hub.subscribe(&conn, &news, Some(at(1)), Some(&view), reply)
         .unwrap();
@@ -499,12 +503,49 @@ fn an_incomplete_bus_read_is_not_recovered() {
         seq: 50,
         entries: Vec::new(),
         complete: false,
+        absent: false,
     };
     let outcome = hub
         .subscribe(&conn, &news, Some(at(1)), Some(&view), reply)
         .unwrap();
     assert_eq!(outcome.recovered, Some(false));
     assert_eq!(drain(&rx).len(), 1, "only the reply");
+}
+
+/// A subscribe given the bus's answer for a channel without state (an absent epoch), while
+/// the channel's first messages arrived: they belong to the epoch created after the read, and
+/// a resume from the absent epoch gets every one of them.
+#[test]
+fn a_read_of_an_absent_channel_merges_its_first_messages() {
+    let hub = remote_hub();
+    let news = name("news");
+    let absent_epoch = 1_700_000_000_000;
+    let (conn, rx) = registered(&hub);
+    let since = Offset {
+        epoch: absent_epoch,
+        seq: 0,
+    };
+    assert_eq!(
+        hub.subscribe(&conn, &news, Some(since), None, reply),
+        Err(SubscribeError::NeedRemote)
+    );
+    // The first publish creates the channel after the read and reaches this node meanwhile.
+    hub.deliver(news.as_str(), at(1), "1");
+    hub.deliver(news.as_str(), at(2), "2");
+    let view = RemoteView {
+        epoch: absent_epoch,
+        seq: 0,
+        entries: Vec::new(),
+        complete: true,
+        absent: true,
+    };
+    let outcome = hub
+        .subscribe(&conn, &news, Some(since), Some(&view), reply)
+        .unwrap();
+    assert_eq!(outcome.recovered, Some(true));
+    assert_eq!(outcome.offset, at(2));
+    hub.deliver(news.as_str(), at(3), "3");
+    assert_eq!(seqs(&drain(&rx)), vec![1, 2, 3]);
 }
 
 #[test]

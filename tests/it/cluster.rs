@@ -276,33 +276,6 @@ async fn a_session_closed_during_a_resume_read_leaves_no_pin() {
     node.stop().await;
 }
 
-/// A subscribe to a name nobody publishes on must not leave Redis state for a day: what the
-/// read creates lives as long as history would; the first publish extends it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn subscribing_to_an_unused_channel_leaves_short_lived_state() {
-    let redis = RedisServer::start(false);
-    let node = TestServer::builder().redis(&redis.url()).start().await;
-    let mut client = node.client().await;
-    client.subscribe("nobody-publishes-here").await;
-    let key = redis
-        .cli(&["--scan", "--pattern", "*:meta:nobody-publishes-here"])
-        .unwrap();
-    assert!(!key.is_empty(), "the read created the channel's state");
-    let ttl = |redis: &RedisServer| -> i64 { redis.cli(&["PTTL", &key]).unwrap().parse().unwrap() };
-    let history_ttl_ms = 300_000;
-    assert!(
-        (1..=history_ttl_ms).contains(&ttl(&redis)),
-        "state of a channel without messages lives {} ms",
-        ttl(&redis)
-    );
-    node.publish("nobody-publishes-here", json!(1)).await;
-    assert!(
-        ttl(&redis) > 23 * 3600 * 1000,
-        "a publish keeps it for a day"
-    );
-    node.stop().await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishes_during_an_outage_get_503_and_readiness_reports_it() {
     let redis = RedisServer::start(false);

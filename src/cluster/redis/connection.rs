@@ -170,6 +170,8 @@ pub(super) async fn keep_connected(inner: Arc<Inner>, stop: CancellationToken) {
             match connected {
                 Ok(mut conn) => match redis::cmd("PING").query_async::<String>(&mut conn).await {
                     Ok(_) => {
+                        // Before any read can be answered on this connection.
+                        record_born(&inner, &mut conn).await;
                         inner.conn.store(Some(Arc::new(conn)));
                         inner.health.came_up(since_start_ms(&inner));
                         telemetry::redis_connected();
@@ -212,6 +214,25 @@ pub(super) async fn keep_connected(inner: Arc<Inner>, stop: CancellationToken) {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Sets every partition's `born` key that is missing (a new or emptied Redis), so that the
+/// absent epochs this node's reads answer can be proven continuous later. A failure only makes
+/// such resumes answer `recovered:false`.
+async fn record_born(inner: &Inner, conn: &mut RedisConn) {
+    for partition in 0..inner.settings.partitions {
+        let invocation = inner.born_script.key(super::born_key(partition));
+        let result = tokio::time::timeout(
+            inner.settings.publish_timeout,
+            invocation.invoke_async::<i64>(conn),
+        )
+        .await;
+        match result {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => inner.health.error("born", &err),
+            Err(_elapsed) => return,
         }
     }
 }

@@ -7,10 +7,16 @@
 //! - `sb:{sb:P}:meta:<channel>`: hash with the channel's epoch `e` and last seq `s`.
 //! - `sb:{sb:P}:hist:<channel>`: the channel's history stream, entry id `<seq>-0`, fields `d`
 //!   and `t`, capped at `history.size`.
+//! - `sb:{sb:P}:born`: the Redis time (ms) the partition's keys began, set once per Redis
+//!   life by the first node to connect (or publish).
 //!
 //! One Lua script per publish bumps the seq, appends to history and to the bus: the live bus
 //! and the resume log cannot disagree. A channel whose meta hash is gone (Redis restarted
 //! empty, or the state expired) gets a new random epoch, so stale offsets are recognised.
+//! Only a publish creates a channel's keys: a read of a channel without state writes nothing
+//! and answers an *absent epoch* (the Redis time of the read) with seq 0, which a later
+//! resume takes for the start of the channel's first instance while `born` and
+//! `channel_state_ttl` prove no other instance came and went meanwhile.
 //!
 //! Every node follows every partition with blocking `XREAD`s from the last entry id it saw
 //! (never `$` after a reconnect) and hands entries to [`Hub::deliver`], which keeps those with
@@ -49,7 +55,7 @@ use self::{
     follow::watch_readers,
     health::Health,
     registry::heartbeat,
-    scripts::{PUBLISH_LUA, READ_LUA},
+    scripts::{BORN_LUA, PUBLISH_LUA, READ_LUA},
 };
 use super::{Bus, BusError, BusFuture};
 use crate::{
@@ -117,6 +123,7 @@ struct Inner {
     reconnect: tokio::sync::Notify,
     publish_script: Script,
     read_script: Script,
+    born_script: Script,
     health: Health,
     started: Instant,
     in_flight: AtomicUsize,
@@ -161,6 +168,7 @@ impl RedisBus {
             reconnect: tokio::sync::Notify::new(),
             publish_script: Script::new(PUBLISH_LUA),
             read_script: Script::new(READ_LUA),
+            born_script: Script::new(BORN_LUA),
             health: Health {
                 reader_ok_ms: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
                 reader_position_ms: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
@@ -211,6 +219,11 @@ impl Inner {
             format!("sb:{{sb:{partition}}}:hist:{channel}"),
             bus_key(partition),
         )
+    }
+
+    /// The `born` key of the channel's partition.
+    fn born_key(&self, channel: &ChannelName) -> String {
+        born_key(self.partition(channel))
     }
 }
 
@@ -348,11 +361,11 @@ impl Bus for RedisBus {
     ) -> BusFuture<'a, Result<RemoteView, BusError>> {
         Box::pin(async move {
             let read = self.inner.read(channel, since, limit).await?;
-            let complete = since.is_some_and(|since| read.covers(since));
             Ok(RemoteView {
                 epoch: read.epoch,
                 seq: read.seq,
-                complete,
+                absent: read.absent,
+                complete: read.covers(),
                 entries: read
                     .entries
                     .into_iter()
@@ -376,7 +389,9 @@ impl Bus for RedisBus {
             };
             // Like a resume: the messages returned must start right after `since`.
             let first = read.entries.first().map(|entry| entry.seq);
-            let recovered = since.map(|since| since.recoverable_from(offset, first));
+            let recovered = read
+                .since
+                .map(|since| since.recoverable_from(offset, first));
             let messages = if recovered == Some(false) {
                 Vec::new()
             } else {
@@ -420,6 +435,10 @@ impl Bus for RedisBus {
 
 fn bus_key(partition: u32) -> String {
     format!("sb:{{sb:{partition}}}:bus")
+}
+
+fn born_key(partition: u32) -> String {
+    format!("sb:{{sb:{partition}}}:born")
 }
 
 fn unix_ms() -> u64 {

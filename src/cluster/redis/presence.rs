@@ -123,6 +123,9 @@ return {departed, 0}
 ";
 
 /// ARGV: node (kept), cursor ('' from the start), count. Returns `{departed, ids, jsons}`.
+///
+/// The members' JSON is read `HMGET` by `HMGET` of at most 1,000 ids: `unpack` puts every id
+/// on Lua's C stack, which holds about 8,000, and `presence.max_listed` allows 100,000.
 const PAGE_LUA: &str = r"
 local departed = {}
 prune(now_ms(), nil, departed)
@@ -130,7 +133,10 @@ local from = '-'
 if ARGV[2] ~= '' then from = '(' .. ARGV[2] end
 local ids = redis.call('ZRANGEBYLEX', KEYS[1], from, '+', 'LIMIT', 0, tonumber(ARGV[3]))
 local jsons = {}
-if #ids > 0 then jsons = redis.call('HMGET', KEYS[2], unpack(ids)) end
+for first = 1, #ids, 1000 do
+  local part = redis.call('HMGET', KEYS[2], unpack(ids, first, math.min(first + 999, #ids)))
+  for i = 1, #part do jsons[#jsons + 1] = part[i] end
+end
 return {departed, ids, jsons}
 ";
 

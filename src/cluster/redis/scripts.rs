@@ -14,15 +14,16 @@ use crate::{
 };
 
 pub(super) const PUBLISH_LUA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local e = redis.call('HGET', KEYS[1], 'e')
 if not e then
   e = ARGV[2]
   redis.call('DEL', KEYS[2])
   redis.call('HSET', KEYS[1], 'e', e, 's', 0)
+  redis.call('SET', KEYS[4], now, 'NX')
 end
 local s = redis.call('HINCRBY', KEYS[1], 's', 1)
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if tonumber(ARGV[3]) > 0 then
   redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], string.format('%d-0', s), 'd', ARGV[1], 't', now)
   redis.call('PEXPIRE', KEYS[2], ARGV[4])
@@ -32,42 +33,50 @@ redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'c', ARGV[6], 'e', e, '
 return {e, s}
 ";
 
+/// Reads a channel and writes nothing: a channel without a meta hash answers an empty epoch
+/// and seq 0, whoever asks and however often (see [`ChannelRead::since_as_read`]).
 pub(super) const READ_LUA: &str = r"
 local e = redis.call('HGET', KEYS[1], 'e')
-if not e then
-  e = ARGV[1]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'e', e, 's', 0)
-  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+local s = 0
+local entries = {}
+if e then
+  s = redis.call('HGET', KEYS[1], 's')
+  if ARGV[1] == '' then
+    entries = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[2])
+  else
+    entries = redis.call('XRANGE', KEYS[2], ARGV[1], '+', 'COUNT', ARGV[2])
+  end
+else
+  e = ''
 end
-local s = redis.call('HGET', KEYS[1], 's')
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local entries
-if ARGV[2] == '' then
-  entries = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[3])
-else
-  entries = redis.call('XRANGE', KEYS[2], ARGV[2], '+', 'COUNT', ARGV[3])
-end
-return {e, s, now, entries}
+return {e, s, now, entries, redis.call('GET', KEYS[3]) or ''}
 ";
+
+/// Records when the partition's keys began (`sb:{sb:P}:born`, Redis time in ms), unless
+/// they already have: run by every node when it connects, and by the publish that creates
+/// a channel, so that the key exists before any read a node answers.
+pub(super) const BORN_LUA: &str = r"
+local t = redis.call('TIME')
+redis.call('SET', KEYS[1], tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), 'NX')
+return 1
+";
+
+/// Epochs below this are not drawn at random: such an epoch is the Redis time (ms) at which
+/// a read found the channel without state (the *absent epoch* a subscriber of a channel that
+/// never had a message is given). Random epochs are drawn at or above it.
+pub(super) const ABSENT_EPOCH_LIMIT: u64 = 1 << 48;
+
+/// A random epoch for a channel a publish creates, never one that could be taken for an
+/// absent epoch.
+fn random_epoch() -> u64 {
+    rand::random::<u64>() | (1 << 63)
+}
 
 impl Inner {
     fn state_ttl_ms(&self) -> u64 {
         u64::try_from(self.settings.channel_state_ttl.as_millis()).unwrap_or(u64::MAX)
-    }
-
-    /// Lifetime of the state a read creates for a channel that never had a message: as long
-    /// as history would keep one (at least a second, at most `channel_state_ttl`), so that
-    /// subscribes to names nobody publishes on leave nothing behind for a day. The first
-    /// publish extends it to `channel_state_ttl`.
-    fn fresh_state_ttl_ms(&self) -> u64 {
-        let ttl = self
-            .settings
-            .history_ttl
-            .max(Duration::from_secs(1))
-            .min(self.settings.channel_state_ttl);
-        u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)
     }
 
     pub(super) async fn publish(
@@ -83,8 +92,9 @@ impl Inner {
         invocation
             .key(&hist)
             .key(&bus)
+            .key(self.born_key(channel))
             .arg(data)
-            .arg(format!("{:016x}", rand::random::<u64>()))
+            .arg(format!("{:016x}", random_epoch()))
             .arg(self.settings.history_size)
             .arg(self.state_ttl_ms())
             .arg(self.settings.bus_maxlen)
@@ -113,7 +123,8 @@ impl Inner {
     }
 
     /// Runs the read script: the channel's epoch and seq, Redis time, and history entries
-    /// after `since` (or the newest `limit`). A read is safe to repeat, so one that finds
+    /// after `since` (or the newest `limit`). Writes nothing, so a read of a channel that
+    /// never had a message costs Redis no memory. A read is safe to repeat, so one that finds
     /// the connection broken waits briefly for the keeper's new one and tries once more.
     pub(super) async fn read(
         &self,
@@ -145,10 +156,9 @@ impl Inner {
         let mut invocation = self.read_script.key(&meta);
         invocation
             .key(&hist)
-            .arg(format!("{:016x}", rand::random::<u64>()))
+            .key(self.born_key(channel))
             .arg(start)
-            .arg(limit.max(1))
-            .arg(self.fresh_state_ttl_ms());
+            .arg(limit.max(1));
         let value = tokio::time::timeout(
             self.settings.publish_timeout,
             invocation.invoke_async::<Value>(&mut conn),
@@ -156,8 +166,8 @@ impl Inner {
         .await
         .map_err(|_| BusError::TimedOut)?
         .map_err(|err| self.failed("read", &err))?;
-        let mut read =
-            ChannelRead::parse(value).ok_or(BusError::BadReply("redis returned a bad reply"))?;
+        let mut read = ChannelRead::parse(value, since, self.state_ttl_ms())
+            .ok_or(BusError::BadReply("redis returned a bad reply"))?;
         let ttl_ms = u64::try_from(self.settings.history_ttl.as_millis()).unwrap_or(u64::MAX);
         let oldest_ms = read.now_ms.saturating_sub(ttl_ms);
         read.entries.retain(|entry| entry.time_ms >= oldest_ms);
@@ -171,10 +181,17 @@ impl Inner {
 /// One channel read from Redis.
 #[derive(Debug)]
 pub(super) struct ChannelRead {
+    /// The channel's epoch; for a channel without state (`absent`), an absent epoch.
     pub(super) epoch: u64,
+    /// Redis held no state for the channel: it never had a message, or its state expired or
+    /// was lost. `seq` is then 0 and there are no entries.
+    pub(super) absent: bool,
     pub(super) seq: u64,
     pub(super) now_ms: u64,
     pub(super) entries: Vec<ReadEntry>,
+    /// The read's `since` as an offset of this read's epoch where it stands for one (see
+    /// [`ChannelRead::since_as_read`]).
+    pub(super) since: Option<Offset>,
 }
 
 #[derive(Debug)]
@@ -185,17 +202,23 @@ pub(super) struct ReadEntry {
 }
 
 impl ChannelRead {
-    pub(super) fn parse(value: Value) -> Option<Self> {
+    /// Parses the read script's reply to a read after `since`; `state_ttl_ms` is
+    /// `cluster.channel_state_ttl`.
+    pub(super) fn parse(value: Value, since: Option<Offset>, state_ttl_ms: u64) -> Option<Self> {
         let Value::Array(mut parts) = value else {
             return None;
         };
-        if parts.len() != 4 {
+        if parts.len() != 5 {
             return None;
         }
+        let born_ms = as_u64(&parts.pop()?);
         let entries = parts.pop()?;
         let now_ms = as_u64(&parts.pop()?)?;
         let seq = as_u64(&parts.pop()?)?;
-        let epoch = parse_epoch(&as_string(&parts.pop()?)?)?;
+        let epoch = match as_string(&parts.pop()?)?.as_str() {
+            "" => None,
+            text => Some(parse_epoch(text)?),
+        };
         let Value::Array(entries) = entries else {
             return None;
         };
@@ -226,17 +249,34 @@ impl ChannelRead {
                 })
             })
             .collect::<Option<Vec<_>>>()?;
+        let absent_since =
+            since.filter(|since| continuous_since(*since, born_ms, now_ms, state_ttl_ms));
+        let (epoch, absent) = match epoch {
+            Some(epoch) => (epoch, false),
+            // Asked again from an absent epoch that still holds: the same answer, so the
+            // resume is recovered; else the time of this read.
+            None => (absent_since.map_or(now_ms, |since| since.epoch), true),
+        };
+        let since = since.map(|since| match absent_since {
+            Some(_) => Offset { epoch, seq: 0 },
+            None => since,
+        });
         Some(Self {
             epoch,
+            absent,
             seq,
             now_ms,
             entries,
+            since,
         })
     }
 
     /// Whether the entries hold every message after `since` up to `self.seq`: the resume is
     /// recoverable, and the read was not cut short by its limit or the history's TTL.
-    pub(super) fn covers(&self, since: Offset) -> bool {
+    pub(super) fn covers(&self) -> bool {
+        let Some(since) = self.since else {
+            return false;
+        };
         let position = Offset {
             epoch: self.epoch,
             seq: self.seq,
@@ -247,6 +287,21 @@ impl ChannelRead {
         let all_read = self.entries.len() as u64 == self.seq.saturating_sub(since.seq);
         since.recoverable_from(position, first) && all_read
     }
+}
+
+/// Whether `since` is an absent epoch (the Redis time `t` at which a read found the channel
+/// without state, seq 0) that stands for the start of whatever instance the channel has now:
+/// no other instance can have come and gone since `t`. That holds when the partition's keys
+/// began before `t` (`born_ms`: Redis was not restarted empty or flushed since), and when less
+/// than `cluster.channel_state_ttl` has passed (an instance lives at least that long after its
+/// first publish), so an instance read now was created after `t` and is the first since.
+fn continuous_since(since: Offset, born_ms: Option<u64>, now_ms: u64, state_ttl_ms: u64) -> bool {
+    let t = since.epoch;
+    since.seq == 0
+        && t < ABSENT_EPOCH_LIMIT
+        && born_ms.is_some_and(|born| born <= t)
+        && t <= now_ms
+        && now_ms - t < state_ttl_ms
 }
 
 pub(super) fn parse_epoch(text: &str) -> Option<u64> {
@@ -266,5 +321,52 @@ pub(super) fn as_u64(value: &Value) -> Option<u64> {
     match value {
         Value::Int(n) => u64::try_from(*n).ok(),
         other => as_string(other)?.parse().ok(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY_MS: u64 = 24 * 3600 * 1000;
+    const T: u64 = 1_700_000_000_000;
+
+    fn absent(epoch: u64) -> Offset {
+        Offset { epoch, seq: 0 }
+    }
+
+    #[test]
+    fn an_absent_epoch_stands_for_the_first_instance_only_while_provably_continuous() {
+        // Redis kept the partition's keys since before the read, and a day has not passed.
+        assert!(continuous_since(absent(T), Some(T - 5), T + 60_000, DAY_MS));
+        // Redis lost its data after the read (the partition's keys began later).
+        assert!(!continuous_since(
+            absent(T),
+            Some(T + 1),
+            T + 60_000,
+            DAY_MS
+        ));
+        assert!(!continuous_since(absent(T), None, T + 60_000, DAY_MS));
+        // An instance created after the read could have expired since.
+        assert!(!continuous_since(
+            absent(T),
+            Some(T - 5),
+            T + DAY_MS,
+            DAY_MS
+        ));
+        // From Redis's future, past a message, or a random epoch: not an absent epoch.
+        assert!(!continuous_since(absent(T + 1), Some(T - 5), T, DAY_MS));
+        assert!(!continuous_since(
+            Offset { epoch: T, seq: 1 },
+            Some(T - 5),
+            T + 1,
+            DAY_MS
+        ));
+        assert!(!continuous_since(
+            absent(random_epoch()),
+            Some(0),
+            u64::MAX,
+            u64::MAX
+        ));
     }
 }
