@@ -241,7 +241,7 @@ async fn a_refresh_drops_the_channels_the_new_token_no_longer_grants() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(alice.recv_type("subscribed").await["channel"], "room:9");
 
-    crate::hostile::with_bystander(&server, async {
+    crate::raw::with_bystander(&server, async {
         let refresh = json!({"type": "refresh", "id": 6, "token": token(&["room:8"], "Grace")});
         assert_eq!(outcome(&mut alice, refresh).await, "refreshed");
         assert_eq!(
