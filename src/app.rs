@@ -149,6 +149,13 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         &background,
         &background_stop,
     );
+    if config.server.allowed_origins.is_empty() && !config.server.listen.ip().is_loopback() {
+        tracing::warn!(
+            listen = %config.server.listen,
+            "server.allowed_origins is empty: browsers may connect only from pages served by \
+             localhost or an IP address. List your web app's origins"
+        );
+    }
     if config.demo.enabled {
         tracing::info!("Demo on: /demo on the WebSocket listener, a ticker on demo:ticker");
         background.spawn(crate::demo::ticker(

@@ -4,8 +4,13 @@
 //!
 //! `server.allowed_origins` lists origins (`https://app.example.com`), with `*.` wildcards
 //! for subdomains (`https://*.example.com`), or `*` for all. With the list empty, only
-//! upgrades without an `Origin` (non-browser clients) or whose `Origin` names the host the
-//! request was sent to are allowed.
+//! upgrades without an `Origin` (non-browser clients), or from a page served by the host the
+//! request was sent to when that host is `localhost` or an IP address, are allowed: a name
+//! could be an attacker's, pointed at this server after the page loaded (DNS rebinding), and
+//! then the page's origin and the `Host` both name it.
+//!
+//! An `Origin` is parsed strictly, as browsers send it (RFC 6454: `scheme://host[:port]`,
+//! nothing after): anything else (`https://evil.com#.example.com`) matches no entry.
 
 /// The allowed origins, lowercased.
 #[derive(Debug, Clone, Default)]
@@ -52,27 +57,80 @@ impl Origins {
         if self.any {
             return true;
         }
-        let Ok(origin) = std::str::from_utf8(origin) else {
+        let Some(origin) = parse_origin(origin) else {
             return false;
         };
-        let origin = origin.trim().to_ascii_lowercase();
         if self.exact.contains(&origin) {
             return true;
         }
+        let authority = origin
+            .split_once("://")
+            .map_or("", |(_, authority)| authority);
         if self.subdomains.iter().any(|(scheme, suffix)| {
-            origin
-                .strip_prefix(scheme.as_str())
-                .is_some_and(|host| host.len() > suffix.len() && host.ends_with(suffix.as_str()))
+            origin.starts_with(scheme.as_str())
+                && authority.len() > suffix.len()
+                && authority.ends_with(suffix.as_str())
         }) {
             return true;
         }
-        // The page is served by this very host (same origin).
+        // The page is served by this very host (same origin), when no name is involved.
         self.exact.is_empty()
             && self.subdomains.is_empty()
-            && origin
-                .split_once("://")
-                .is_some_and(|(_, origin_host)| origin_host.as_bytes().eq_ignore_ascii_case(host))
+            && authority.as_bytes().eq_ignore_ascii_case(host.trim_ascii())
+            && is_local_or_literal(authority)
     }
+}
+
+/// An `Origin` header's value as browsers send it, lowercased: `scheme "://" host [":" port]`,
+/// the host a name of letters, digits, `-` and `.`, or an IP address (IPv6 in brackets).
+/// `None` for anything else (`null`, a path, a fragment, user info, spaces).
+fn parse_origin(value: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(value).ok()?.to_ascii_lowercase();
+    let (scheme, authority) = text.split_once("://")?;
+    let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_lowercase())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c));
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(bracketed) => {
+            let (v6, rest) = bracketed.split_once(']')?;
+            v6.parse::<std::net::Ipv6Addr>().ok()?;
+            (authority.get(..v6.len() + 2)?, rest.strip_prefix(':'))
+        }
+        None => match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
+    };
+    let host_ok = host.starts_with('[')
+        || (!host.is_empty()
+            && host
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.'));
+    let port_ok = port.is_none_or(|port| {
+        !port.is_empty() && port.len() <= 5 && port.chars().all(|c| c.is_ascii_digit())
+    });
+    let rest_ok = match authority.strip_prefix('[') {
+        Some(_) => authority.find(']').is_some_and(|end| {
+            let after = &authority[end + 1..];
+            after.is_empty() || after.starts_with(':')
+        }),
+        None => true,
+    };
+    (scheme_ok && host_ok && port_ok && rest_ok).then_some(text)
+}
+
+/// Whether `authority` (`host[:port]`) names this machine or an address, not a DNS name.
+fn is_local_or_literal(authority: &str) -> bool {
+    let host = match authority.strip_prefix('[') {
+        Some(bracketed) => return bracketed.split_once(']').is_some(),
+        None => authority
+            .split_once(':')
+            .map_or(authority, |(host, _)| host),
+    };
+    host == "localhost"
+        || host.ends_with(".localhost")
+        || host.parse::<std::net::Ipv4Addr>().is_ok()
 }
 
 #[cfg(test)]
@@ -87,8 +145,13 @@ mod tests {
     fn without_a_list_only_the_same_host_or_no_origin_is_allowed() {
         let none = origins(&[]);
         assert!(none.allows(None, b"chat.example.com"));
-        assert!(none.allows(Some(b"https://chat.example.com"), b"chat.example.com"));
         assert!(none.allows(Some(b"http://localhost:8080"), b"LOCALHOST:8080"));
+        assert!(none.allows(Some(b"http://127.0.0.1:8080"), b"127.0.0.1:8080"));
+        assert!(none.allows(Some(b"http://[::1]:8080"), b"[::1]:8080"));
+        // A name may be an attacker's, rebound to this server (DNS rebinding): the page's
+        // origin and the Host then agree. Such deployments must list their origins.
+        assert!(!none.allows(Some(b"http://evil.com"), b"evil.com"));
+        assert!(!none.allows(Some(b"https://chat.example.com"), b"chat.example.com"));
         assert!(!none.allows(Some(b"https://evil.example"), b"chat.example.com"));
         assert!(!none.allows(Some(b"null"), b"chat.example.com"));
         assert!(!none.allows(Some(b"http://localhost:8081"), b"localhost:8080"));
@@ -104,6 +167,27 @@ mod tests {
         assert!(!listed.allows(Some(b"http://a.example.org"), b"ws.example.com"));
         assert!(!listed.allows(Some(b"https://evilexample.org"), b"ws.example.com"));
         assert!(!listed.allows(Some(b"https://app.example.com.evil"), b"ws.example.com"));
+        // Origins no browser sends match nothing.
+        for bogus in [
+            &b"https://evil.com#.example.org"[..],
+            b"https://evil.com/.example.org",
+            b"https://evil.com?.example.org",
+            b"https://user@a.example.org",
+            b"https://a.example.org:99999",
+            b"https://a.example.org:",
+            b"https://a.example.org ",
+            b"https://app.example.com/",
+            b"null",
+            b"https://",
+            b"\xff://a.example.org",
+        ] {
+            assert!(
+                !listed.allows(Some(bogus), b"ws.example.com"),
+                "{}",
+                String::from_utf8_lossy(bogus)
+            );
+        }
+        assert!(!listed.allows(Some(b"https://a.example.org:8443"), b"ws.example.com"));
         // With a list, the same-host rule no longer applies: the list is the whole policy.
         assert!(!listed.allows(Some(b"https://ws.example.com"), b"ws.example.com"));
         assert!(listed.allows(None, b"ws.example.com"));

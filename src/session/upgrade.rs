@@ -224,6 +224,14 @@ fn has_token(request: &httparse::Request<'_, '_>, name: &str, token: &str) -> bo
         .any(|value| value.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
+fn count(request: &httparse::Request<'_, '_>, name: &str) -> usize {
+    request
+        .headers
+        .iter()
+        .filter(|header| header.name.eq_ignore_ascii_case(name))
+        .count()
+}
+
 fn header<'a>(request: &'a httparse::Request<'_, '_>, name: &str) -> Option<&'a [u8]> {
     request
         .headers
@@ -265,6 +273,15 @@ fn check(request: &httparse::Request<'_, '_>, paths: &[&str]) -> Result<Request,
     let Some(host) = header(request, "host") else {
         return Err(Refusal::new(400, "bad_request", "missing Host header"));
     };
+    // Two answers to "which site?" (RFC 9110 section 7.2; RFC 6454 section 7.3): a
+    // check of one could be passed while something downstream reads the other.
+    if count(request, "host") > 1 || count(request, "origin") > 1 {
+        return Err(Refusal::new(
+            400,
+            "bad_request",
+            "more than one Host or Origin header",
+        ));
+    }
     if !has_token(request, "upgrade", "websocket") || !has_token(request, "connection", "upgrade") {
         return Err(Refusal::new(
             426,
@@ -444,6 +461,14 @@ mod tests {
                 400,
             ),
             (GOOD.replace("dGhlIHNhbXBsZSBub25jZQ==", "short"), 400),
+            (GOOD.replace("Host: a\r\n", "Host: a\r\nHost: b\r\n"), 400),
+            (
+                GOOD.replace(
+                    "Host: a\r\n",
+                    "Host: a\r\nOrigin: http://a\r\norigin: https://evil.example\r\n",
+                ),
+                400,
+            ),
             ("GET /ws HTTP/1.1\r\nHost: a\r\n\r\n".to_owned(), 426),
             ("\u{1}\u{2} garbage\r\n\r\n".to_owned(), 400),
         ];

@@ -277,7 +277,9 @@ async fn malformed_upgrades_get_the_http_status_that_says_why() {
 }
 
 /// Cross-site WebSocket hijacking: a page from another site gets 403; pages from the host
-/// itself, clients without an `Origin` and listed origins get in.
+/// itself (when it is localhost or an address: a name could be rebound, DNS rebinding),
+/// clients without an `Origin` and listed origins get in; origins no browser sends and a
+/// second `Origin` header are refused.
 #[tokio::test]
 async fn upgrades_from_other_origins_are_refused() {
     let with_origin = |origin: &str| {
@@ -286,12 +288,26 @@ async fn upgrades_from_other_origins_are_refused() {
             &format!("Host: test\r\nOrigin: {origin}\r\n"),
         )
     };
+    let same_host = |host: &str| {
+        UPGRADE.replace(
+            "Host: test\r\n",
+            &format!("Host: {host}\r\nOrigin: http://{host}\r\n"),
+        )
+    };
     let server = TestServer::start().await;
     with_bystander(&server, async {
         for (request, status) in [
             (with_origin("https://evil.example"), 403),
             (with_origin("null"), 403),
-            (with_origin("http://test"), 101),
+            // DNS rebinding: evil.com pointed at this server after its page loaded.
+            (same_host("evil.com"), 403),
+            (same_host("test"), 403),
+            (same_host("localhost:8080"), 101),
+            (same_host("127.0.0.1:8080"), 101),
+            (
+                with_origin("http://localhost:8080\r\nOrigin: https://evil.example"),
+                400,
+            ),
             (UPGRADE.to_owned(), 101),
         ] {
             let mut stream = TcpStream::connect(server.ws_addr).await.unwrap();
@@ -316,6 +332,8 @@ async fn upgrades_from_other_origins_are_refused() {
         ("https://chat.example.com", 101),
         ("https://example.com", 403),
         ("http://test", 403),
+        ("https://evil.com#.example.com", 403),
+        ("https://evil.com/.example.com", 403),
     ] {
         let mut stream = TcpStream::connect(server.ws_addr).await.unwrap();
         assert_eq!(
