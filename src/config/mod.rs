@@ -230,10 +230,16 @@ impl TlsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ControlConfig {
-    /// Address of the control listener. Default `0.0.0.0:9090`.
+    /// Address of the control listener. Default `127.0.0.1:9090`: on any other address it
+    /// needs `api_keys` (or `allow_no_api_keys`).
     pub listen: SocketAddr,
     /// Accepted API keys for `/v1/*`. Default empty: only loopback clients may call `/v1/*`.
     pub api_keys: Vec<String>,
+    /// Start with a control listener that is not on loopback and no `api_keys`. `/v1/*` then
+    /// answers every loopback caller without a key, which is unsafe wherever something on
+    /// the host forwards others' requests from loopback (a sidecar proxy, an SSH tunnel).
+    /// Default false: such a configuration refuses to start.
+    pub allow_no_api_keys: bool,
     /// Largest request body accepted, in bytes. Default 1 MiB.
     pub max_body_bytes: usize,
     /// Time a request body may take to arrive once the headers are in; a slower one gets 408
@@ -573,8 +579,9 @@ impl Default for ServerConfig {
 impl Default for ControlConfig {
     fn default() -> Self {
         Self {
-            listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
+            listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             api_keys: Vec::new(),
+            allow_no_api_keys: false,
             max_body_bytes: 1024 * 1024,
             body_timeout: Duration::from_secs(10),
             requests_per_second_per_key: 0,
@@ -850,6 +857,17 @@ impl ControlConfig {
             return Err(invalid(
                 "control.api_keys",
                 "every key must be at least 16 characters",
+            ));
+        }
+        if self.api_keys.is_empty() && !self.listen.ip().is_loopback() && !self.allow_no_api_keys {
+            return Err(invalid(
+                "control.api_keys",
+                format!(
+                    "must not be empty when control.listen ({}) is not a loopback address: \
+                     callers could publish, disconnect and drain without a key (set api_keys, \
+                     listen on 127.0.0.1, or set control.allow_no_api_keys = true)",
+                    self.listen
+                ),
             ));
         }
         if self.max_body_bytes < 1024 {

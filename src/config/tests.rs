@@ -74,6 +74,23 @@ fn out_of_range_values_name_the_key() {
             "[server]\nallowed_origins = [\"https://a.com/path\"]\n",
             "server.allowed_origins",
         ),
+        ("[control]\nlisten = \"0.0.0.0:9090\"\n", "control.api_keys"),
+        (
+            "[session]\nfirst_byte_timeout = \"11s\"\n",
+            "session.first_byte_timeout",
+        ),
+        (
+            "[session]\nfirst_byte_timeout = \"0s\"\n",
+            "session.first_byte_timeout",
+        ),
+        (
+            "[limits]\nipv6_source_prefix = 16\n",
+            "limits.ipv6_source_prefix",
+        ),
+        (
+            "[limits]\nmax_pending_upgrades_per_ip = 0\n",
+            "limits.max_pending_upgrades_per_ip",
+        ),
     ] {
         let err = Config::from_toml_str(text).unwrap_err();
         assert!(err.to_string().starts_with(key), "{text}: {err}");
@@ -219,4 +236,15 @@ secret = "a-secret-of-at-least-thirty-two-bytes"
         shown.contains("rediss://default:<redacted>@redis.internal:6380/0"),
         "{shown}"
     );
+}
+
+/// A control listener off loopback needs API keys, or an explicit opt-out.
+#[test]
+fn a_public_control_listener_needs_keys_or_an_opt_out() {
+    let keyed = "[control]\nlisten = \"0.0.0.0:9090\"\napi_keys = [\"sixteen-chars-key\"]\n";
+    assert!(Config::from_toml_str(keyed).is_ok());
+    let opted = "[control]\nlisten = \"0.0.0.0:9090\"\nallow_no_api_keys = true\n";
+    assert!(Config::from_toml_str(opted).is_ok());
+    let loopback = "[control]\nlisten = \"[::1]:9090\"\n";
+    assert!(Config::from_toml_str(loopback).is_ok());
 }

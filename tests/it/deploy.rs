@@ -71,13 +71,28 @@ fn the_configmaps_configuration_passes_check_config() {
     assert!(toml.contains("[limits]"), "{toml}");
     let path = std::env::temp_dir().join(format!("sb-configmap-{}.toml", std::process::id()));
     std::fs::write(&path, toml).unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .arg("check-config")
-        .arg(&path)
-        .output()
-        .unwrap();
+    // The Deployment gives the API key from its Secret; without one, a control listener on
+    // 0.0.0.0 refuses to start.
+    let check = |env: &[(&str, &str)]| {
+        Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .arg("check-config")
+            .arg(&path)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap()
+    };
+    let with_key = check(&[(
+        "SWITCHBOARD_CONTROL__API_KEYS",
+        r#"["a-key-of-at-least-16-chars"]"#,
+    )]);
+    let without_key = check(&[]);
     std::fs::remove_file(&path).unwrap();
-    assert!(output.status.success(), "{output:?}");
+    assert!(with_key.status.success(), "{with_key:?}");
+    assert_eq!(without_key.status.code(), Some(64), "{without_key:?}");
+    assert!(
+        String::from_utf8_lossy(&without_key.stderr).contains("control.api_keys"),
+        "{without_key:?}"
+    );
 }
 
 #[test]
