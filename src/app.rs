@@ -293,6 +293,10 @@ fn spawn_periodic(
         let (hub, sessions, control) = (Arc::clone(hub), Arc::clone(sessions), Arc::clone(control));
         move || {
             hub.sweep();
+            // What /metrics reports of every connection (queues, buffers, descriptors),
+            // gathered here so that a scrape's cost does not grow with the connections.
+            hub.sample_queues();
+            telemetry::collect_process();
             // Full buckets behave like absent ones; forgetting them bounds the maps by the
             // keys active within the last burst's refill time.
             let now = hub.clock_ns();

@@ -121,6 +121,8 @@ pub struct Hub {
     pending: Arc<PendingUpgrades>,
     /// The process is above `limits.memory_pressure_bytes`: new upgrades are refused.
     memory_pressure: AtomicBool,
+    /// The connections' queues and buffers, summed by the last [`Hub::sample_queues`].
+    queues: QueueTotals,
     /// The node is draining (past `shutdown.drain_delay`): new upgrades are refused.
     draining: AtomicBool,
     settings: HubSettings,
@@ -163,6 +165,7 @@ impl Hub {
             next_conn_id: AtomicU64::new(1),
             admitted: AtomicUsize::new(0),
             memory_pressure: AtomicBool::new(false),
+            queues: QueueTotals::default(),
             draining: AtomicBool::new(false),
             pending: PendingUpgrades::new(
                 settings.max_pending_upgrades,
@@ -372,20 +375,50 @@ impl Hub {
             snapshot.channels += stats.channels;
             snapshot.subscriptions += stats.subscriptions;
         }
+        let sampled = |total: &AtomicUsize| total.load(Ordering::Relaxed);
+        snapshot.queue_messages = sampled(&self.queues.messages);
+        snapshot.queue_max_messages = sampled(&self.queues.max_messages);
+        snapshot.queue_bytes = sampled(&self.queues.bytes);
+        snapshot.session_buffer_bytes = sampled(&self.queues.session_bytes);
+        snapshot
+    }
+
+    /// Sums every connection's queue and buffers for [`Hub::snapshot`]: a pass over the
+    /// connections, run by a periodic task so that a scrape of `/metrics` costs the same
+    /// whatever the number of connections (it made the pass itself, on the control API's
+    /// thread, ahead of probes and publishes).
+    pub fn sample_queues(&self) {
+        let (mut messages, mut max_messages, mut bytes, mut session_bytes) = (0, 0, 0, 0);
         for entry in &self.conns {
             let queued = entry.value().queued_messages();
-            snapshot.queue_messages += queued;
-            snapshot.queue_max_messages = snapshot.queue_max_messages.max(queued);
-            snapshot.queue_bytes += entry.value().queued_bytes();
-            snapshot.session_buffer_bytes += entry.value().session_bytes();
+            messages += queued;
+            max_messages = max_messages.max(queued);
+            bytes += entry.value().queued_bytes();
+            session_bytes += entry.value().session_bytes();
         }
-        snapshot
+        self.queues.messages.store(messages, Ordering::Relaxed);
+        self.queues
+            .max_messages
+            .store(max_messages, Ordering::Relaxed);
+        self.queues.bytes.store(bytes, Ordering::Relaxed);
+        self.queues
+            .session_bytes
+            .store(session_bytes, Ordering::Relaxed);
     }
 
     #[must_use]
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
     }
+}
+
+/// What [`Hub::sample_queues`] found.
+#[derive(Debug, Default)]
+struct QueueTotals {
+    messages: AtomicUsize,
+    max_messages: AtomicUsize,
+    bytes: AtomicUsize,
+    session_bytes: AtomicUsize,
 }
 
 // The hub's locks guard plain data whose invariants hold between statements, so a panic in
