@@ -75,7 +75,8 @@ pub enum AuthError {
     /// `nbf` is ahead (beyond the leeway).
     #[error("the token is not valid yet")]
     NotYetValid,
-    /// `iss` or `aud` is not the configured one, or `sub`/`exp` is missing.
+    /// `iss` or `aud` is not the configured one, `sub`/`exp` is missing, `sub` is empty or
+    /// `exp` is past the year 9999.
     #[error("the token's claims are not accepted here")]
     Claims,
 }
@@ -291,6 +292,11 @@ impl Authenticator {
             match jsonwebtoken::decode::<Claims>(token, &key.decoding, &self.validation(key)) {
                 Ok(data) => {
                     let claims = data.claims;
+                    // A user nobody can be, or an expiry past any real clock: a token
+                    // minted by mistake, or made to overflow the expiry's arithmetic.
+                    if claims.sub.is_empty() || claims.exp > MAX_EXP {
+                        return Err(AuthError::Claims);
+                    }
                     return Ok(Identity {
                         user: Arc::from(claims.sub),
                         exp: claims.exp,
@@ -338,6 +344,9 @@ impl Authenticator {
         validation
     }
 }
+
+/// The latest `exp` accepted: 9999-12-31T23:59:59Z, in Unix seconds.
+const MAX_EXP: u64 = 253_402_300_799;
 
 /// Now, in Unix seconds: the clock `exp` and `nbf` are read against.
 #[must_use]

@@ -192,6 +192,23 @@ fn time_claims_are_checked_with_the_leeway() {
     assert!(auth.verify(&token(json!({"sub": "1"}))).is_err());
 }
 
+/// A well-signed token for nobody, or one that never expires (an `exp` made to overflow the
+/// expiry's arithmetic), is refused as `claims`.
+#[test]
+fn an_empty_sub_and_an_endless_exp_are_refused() {
+    let auth = authenticator(vec![hmac_key("", "HS256", SECRET)]);
+    let key = EncodingKey::from_secret(SECRET.as_bytes()).unwrap();
+    let token = |claims: serde_json::Value| sign(Algorithm::HS256, None, &key, &claims);
+    for refused in [
+        claims("", now() + 60),
+        claims("1", u64::MAX),
+        claims("1", 253_402_300_800),
+    ] {
+        assert_eq!(auth.verify(&token(refused)).unwrap_err(), AuthError::Claims);
+    }
+    assert!(auth.verify(&token(claims("1", 253_402_300_799))).is_ok());
+}
+
 #[test]
 fn issuer_and_audience_are_checked_when_configured() {
     let config = AuthConfig {

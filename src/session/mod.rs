@@ -592,7 +592,9 @@ where
             session.unauthorized(None, err);
         } else if session.user().is_none() && ctx.settings.auth_required {
             outbound.set_deadline(
-                ctx.hub.clock_ms() + duration_ms(ctx.settings.auth_timeout),
+                ctx.hub
+                    .clock_ms()
+                    .saturating_add(duration_ms(ctx.settings.auth_timeout)),
                 CloseCode::Unauthorized,
             );
         }

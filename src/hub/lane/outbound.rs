@@ -122,13 +122,16 @@ pub struct Outbound {
     /// When the keepalive sweep last enqueued a ping, in hub clock milliseconds.
     pub(super) last_ping_ms: AtomicU64,
     /// When the connection must be closed unless the session moves it (token expiry, or the
-    /// time to authenticate), in hub clock milliseconds; 0: never.
-    pub(super) deadline_ms: AtomicU64,
-    /// `CloseCode::index()` to close with at the deadline.
-    pub(super) deadline_code: AtomicU16,
+    /// time to authenticate) and with which code: the hub clock milliseconds in the low 48
+    /// bits (0: never), the close code above them. One word, so that a reader never pairs
+    /// one deadline's time with another's code.
+    pub(super) deadline: AtomicU64,
     /// The hub holds commands for the session (`Hub::command_user`).
     pub(super) commands: AtomicBool,
 }
+
+/// The time bits of `Outbound::deadline`.
+const DEADLINE_MS: u64 = (1 << 48) - 1;
 
 /// Why a frame was not enqueued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,8 +170,7 @@ impl Outbound {
             session: AtomicWaker::new(),
             last_seen_ms: AtomicU64::new(now_ms),
             last_ping_ms: AtomicU64::new(now_ms),
-            deadline_ms: AtomicU64::new(0),
-            deadline_code: AtomicU16::new(CloseCode::TokenExpired.code()),
+            deadline: AtomicU64::new(0),
             commands: AtomicBool::new(false),
         })
     }
@@ -264,11 +266,11 @@ impl Outbound {
         if self.is_closing() {
             return Keepalive::Alive;
         }
-        let deadline = self.deadline_ms.load(Ordering::Relaxed);
-        if deadline != 0 && now_ms >= deadline {
-            let code = CloseCode::from_code(self.deadline_code.load(Ordering::Relaxed))
-                .unwrap_or(CloseCode::TokenExpired);
-            self.close(code);
+        let deadline = self.deadline.load(Ordering::Relaxed);
+        let deadline_ms = deadline & DEADLINE_MS;
+        if deadline_ms != 0 && now_ms >= deadline_ms {
+            let code = u16::try_from(deadline >> 48).unwrap_or(0);
+            self.close(CloseCode::from_code(code).unwrap_or(CloseCode::TokenExpired));
             return Keepalive::DeadlineClosed;
         }
         let last_seen = self.last_seen_ms.load(Ordering::Relaxed);
@@ -374,9 +376,10 @@ impl Outbound {
 
     /// Closes the connection with `code` at `at_ms` on the hub clock (checked by the keepalive
     /// sweep, so up to one of its ticks late), unless set again; `at_ms` 0 clears it.
+    /// Times past the hub clock's 48 bits (8,900 years) are kept at its end.
     pub fn set_deadline(&self, at_ms: u64, code: CloseCode) {
-        self.deadline_code.store(code.code(), Ordering::Relaxed);
-        self.deadline_ms.store(at_ms, Ordering::Relaxed);
+        let word = (u64::from(code.code()) << 48) | at_ms.min(DEADLINE_MS);
+        self.deadline.store(word, Ordering::Relaxed);
     }
 
     /// For the session: how many bytes it holds for this connection outside the queue.
