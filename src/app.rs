@@ -111,8 +111,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         background.clone(),
     );
 
+    let channel_budget = Quota::new(
+        config.limits.channel_publish_bytes_per_second,
+        config.limits.channel_publish_byte_burst,
+    )
+    .map(|quota| Arc::new(KeyedLimiter::new(quota)));
     let session_ctx = Arc::new(SessionContext {
         hub: Arc::clone(&hub),
+        channel_budget: channel_budget.clone(),
         bus: Arc::clone(&bus),
         node_id: Arc::clone(&node_id),
         settings: SessionSettings::from_config(&config),
@@ -131,6 +137,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         );
     }
     let control_ctx = Arc::new(ControlContext {
+        channel_budget,
         drain: drainer.clone(),
         presence,
         certificates: certificates.clone(),
@@ -304,6 +311,9 @@ fn spawn_periodic(
                 limiter.forget_full(now);
             }
             if let Some(limiter) = &control.settings.key_limiter {
+                limiter.forget_full(now);
+            }
+            if let Some(limiter) = &sessions.channel_budget {
                 limiter.forget_full(now);
             }
         }

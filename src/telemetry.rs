@@ -349,6 +349,10 @@ pub enum RateScope {
     Ip,
     /// An API key called `/v1` faster than `control.requests_per_second_per_key`.
     ApiKey,
+    /// A client published more bytes than `limits.client_publish_bytes_per_second`.
+    ClientPublishBytes,
+    /// A channel was sent more bytes than `limits.channel_publish_bytes_per_second`.
+    ChannelPublishBytes,
 }
 
 /// Counts a request refused by a token bucket.
@@ -358,6 +362,8 @@ pub fn rate_limited(scope: RateScope) {
         RateScope::ClientControl => "client_control",
         RateScope::Ip => "ip",
         RateScope::ApiKey => "api_key",
+        RateScope::ClientPublishBytes => "client_publish_bytes",
+        RateScope::ChannelPublishBytes => "channel_publish_bytes",
     };
     metrics::counter!(RATE_LIMITED, "scope" => scope).increment(1);
 }

@@ -311,6 +311,21 @@ pub struct LimitsConfig {
     pub client_control_frames_per_second: u32,
     /// Control frames a client may send at once above that rate. Default 20.
     pub client_control_frame_burst: u32,
+    /// Bytes of `data` per second one client may publish; over it the publish is refused
+    /// with `rate_limited` (its subscribers never see it). Default 64 KiB; 0: off. With the
+    /// frame budget alone, one client publishing 32 KB messages made a node write 890 MB in
+    /// 7 s to 300 subscribers and close them all as slow consumers.
+    pub client_publish_bytes_per_second: u32,
+    /// Bytes a client may publish at once above that rate. Default 256 KiB; at least
+    /// `max_publish_payload_bytes`.
+    pub client_publish_byte_burst: u32,
+    /// Bytes of `data` per second published to one channel through this node, by clients
+    /// and the control API together; over it the publish is refused (`rate_limited`, HTTP
+    /// 429). Default 4 MiB; 0: off.
+    pub channel_publish_bytes_per_second: u32,
+    /// Bytes one channel may take at once above that rate. Default 16 MiB; at least
+    /// `max_publish_payload_bytes`.
+    pub channel_publish_byte_burst: u32,
     /// A client whose frames are still refused by one of its budgets this long after the
     /// first refusal (refusals less than a second apart) is closed with 1008. Default 10s.
     #[serde(with = "humantime_serde")]
@@ -616,6 +631,10 @@ impl Default for LimitsConfig {
             connect_burst_per_ip: 100,
             client_control_frames_per_second: 10,
             client_control_frame_burst: 20,
+            client_publish_bytes_per_second: 64 * 1024,
+            client_publish_byte_burst: 256 * 1024,
+            channel_publish_bytes_per_second: 4 * 1024 * 1024,
+            channel_publish_byte_burst: 16 * 1024 * 1024,
             throttled_close_after: Duration::from_secs(10),
             max_fragments_per_message: 64,
             fragment_timeout: Duration::from_secs(10),
@@ -917,6 +936,24 @@ impl LimitsConfig {
         ] {
             if burst == 0 {
                 return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        for (key, burst) in [
+            (
+                "limits.client_publish_byte_burst",
+                self.client_publish_byte_burst,
+            ),
+            (
+                "limits.channel_publish_byte_burst",
+                self.channel_publish_byte_burst,
+            ),
+        ] {
+            if (burst as usize) < self.max_publish_payload_bytes {
+                return Err(invalid(
+                    key,
+                    "must be at least limits.max_publish_payload_bytes (a burst smaller \
+                     than one message would refuse it for ever)",
+                ));
             }
         }
         for (key, value) in [

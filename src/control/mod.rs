@@ -36,6 +36,9 @@ pub struct ControlContext {
     pub certificates: crate::tls::Certificates,
     pub hub: HubHandle,
     pub bus: Arc<dyn Bus>,
+    /// Bytes published per channel (`limits.channel_publish_bytes_per_second`), if limited;
+    /// shared with the sessions.
+    pub channel_budget: Option<Arc<KeyedLimiter<crate::protocol::ChannelName>>>,
     pub readiness: Readiness,
     pub node_id: Arc<str>,
     pub metrics: PrometheusHandle,

@@ -554,7 +554,33 @@ async fn publish_one(
 ) -> Result<Offset, ApiError> {
     let channel = channel_name(&body.channel, ctx)?;
     check_payload(&body.data, ctx)?;
+    charge_channel(&channel, body.data.get().len(), ctx)?;
     Ok(ctx.bus.publish(&channel, body.data.get(), writes).await?)
+}
+
+/// Takes `bytes` from the channel's publish budget (`limits.channel_publish_bytes_per_second`,
+/// shared with the sessions): 429 with `Retry-After` when it refuses.
+fn charge_channel(
+    channel: &ChannelName,
+    bytes: usize,
+    ctx: &ControlContext,
+) -> Result<(), ApiError> {
+    let Some(budget) = &ctx.channel_budget else {
+        return Ok(());
+    };
+    let bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
+    let Err(rejected) = budget.try_acquire(channel, ctx.hub.clock_ns(), bytes) else {
+        return Ok(());
+    };
+    telemetry::rate_limited(RateScope::ChannelPublishBytes);
+    let mut err = ApiError::rate_limited(rejected.retry_after);
+    err.message = format!(
+        "channel {channel} is over {} bytes/s (limits.channel_publish_bytes_per_second); \
+         retry after {} ms",
+        budget.quota().per_second(),
+        rejected.retry_after.as_millis().max(1)
+    );
+    Err(err)
 }
 
 #[derive(Deserialize)]
@@ -617,6 +643,8 @@ async fn broadcast_one(
         if offsets.contains_key(channel.as_str()) {
             continue;
         }
+        charge_channel(channel, body.data.get().len(), ctx)
+            .map_err(|err| (err, offsets.clone()))?;
         match ctx.bus.publish(channel, body.data.get(), writes).await {
             Ok(offset) => {
                 offsets.insert(channel.as_str().to_owned(), offset.to_string());

@@ -94,6 +94,8 @@ pub struct SessionSettings {
     pub client_quota: Option<Quota>,
     /// Control frames (pings, pongs) per second and burst per client; `None` when unlimited.
     pub control_quota: Option<Quota>,
+    /// Bytes of `data` a client may publish per second, and at once; `None` when unlimited.
+    pub publish_byte_quota: Option<Quota>,
     /// How long a client may stay over its budget before it is closed with 1008.
     pub throttled_close_after: Duration,
     /// Refuse connections that do not authenticate (`auth.required`).
@@ -141,6 +143,10 @@ impl SessionSettings {
                 limits.client_control_frames_per_second,
                 limits.client_control_frame_burst,
             ),
+            publish_byte_quota: Quota::new(
+                limits.client_publish_bytes_per_second,
+                limits.client_publish_byte_burst,
+            ),
             throttled_close_after: limits.throttled_close_after,
             auth_required: config.auth.required,
             token_query: config.auth.token_query,
@@ -167,6 +173,9 @@ pub struct SessionContext {
     pub settings: SessionSettings,
     /// New connections per IP address (`limits.connects_per_ip_per_second`), if limited.
     pub connect_limiter: Option<KeyedLimiter<IpAddr>>,
+    /// Bytes published per channel (`limits.channel_publish_bytes_per_second`), if limited;
+    /// shared with the control API.
+    pub channel_budget: Option<Arc<KeyedLimiter<protocol::ChannelName>>>,
     /// Token verification; `None` when `[auth]` has no keys.
     pub auth: Option<Arc<Authenticator>>,
     /// Members of channels whose namespace tracks them, and their join/leave events.

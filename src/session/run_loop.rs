@@ -140,6 +140,8 @@ pub(super) struct Session {
     throttle: TokenBucket,
     /// The client's control-frame budget under `settings.control_quota`.
     control: TokenBucket,
+    /// The client's publish budget in bytes under `settings.publish_byte_quota`.
+    publish_bytes: TokenBucket,
     /// When the client's current stretch over budget began (hub clock ms), 0 when it is
     /// within budget; and when it was last refused.
     throttled_since_ms: u64,
@@ -166,6 +168,7 @@ impl Session {
             subscriptions: Vec::new(),
             throttle: TokenBucket::new(),
             control: TokenBucket::new(),
+            publish_bytes: TokenBucket::new(),
             throttled_since_ms: 0,
             last_refused_ms: 0,
             account: None,
@@ -959,6 +962,9 @@ impl Session {
         if data.len() > self.ctx.settings.max_publish_payload_bytes {
             return self.error(id, ErrorCode::LimitExceeded, "`data` is too large");
         }
+        if let Some(refused) = self.charge_publish(&channel, data.len()) {
+            return self.error(id, ErrorCode::RateLimited, &refused);
+        }
         // Written when this publish is handled (the batch is dropped): a large channel's
         // round writes in its own task anyway, and a client's publishes are one per frame.
         let mut writes = self.ctx.hub.write_batch();
@@ -966,6 +972,36 @@ impl Session {
             Ok(offset) => self.send(protocol::encode_published(id, &channel, offset)),
             Err(err) => self.error(id, ErrorCode::Unavailable, &err.to_string()),
         }
+    }
+
+    /// Takes `bytes` from the client's publish budget, then from the channel's: `Some`
+    /// message for the client when one of them refuses (nothing is published then).
+    fn charge_publish(&self, channel: &ChannelName, bytes: usize) -> Option<String> {
+        let now = self.ctx.hub.clock_ns();
+        let bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
+        if let Some(quota) = &self.ctx.settings.publish_byte_quota
+            && let Err(rejected) = self.publish_bytes.try_acquire(quota, now, bytes)
+        {
+            telemetry::rate_limited(RateScope::ClientPublishBytes);
+            return Some(format!(
+                "publishing over {} bytes/s (limits.client_publish_bytes_per_second); \
+                 retry after {} ms",
+                quota.per_second(),
+                rejected.retry_after.as_millis().max(1)
+            ));
+        }
+        if let Some(budget) = &self.ctx.channel_budget
+            && let Err(rejected) = budget.try_acquire(channel, now, bytes)
+        {
+            telemetry::rate_limited(RateScope::ChannelPublishBytes);
+            return Some(format!(
+                "channel over {} bytes/s (limits.channel_publish_bytes_per_second); \
+                 retry after {} ms",
+                budget.quota().per_second(),
+                rejected.retry_after.as_millis().max(1)
+            ));
+        }
+        None
     }
 
     fn error(&self, id: Option<u64>, code: ErrorCode, message: &str) {

@@ -62,6 +62,7 @@ fn test_context(hub: &HubHandle, bus: Arc<dyn Bus>) -> Arc<SessionContext> {
             history_reply_bytes: 64 << 10,
             client_quota: Quota::new(100, 100),
             control_quota: Quota::new(10, 10),
+            publish_byte_quota: None,
             throttled_close_after: Duration::from_secs(1),
             auth_required: false,
             token_query: true,
@@ -69,6 +70,7 @@ fn test_context(hub: &HubHandle, bus: Arc<dyn Bus>) -> Arc<SessionContext> {
             namespaces: anyone(),
         },
         connect_limiter: None,
+        channel_budget: None,
         auth: None,
         presence: crate::presence::Presence::start(
             crate::presence::PresenceSettings {

@@ -5,6 +5,7 @@
     reason = "a panic is how a test or its harness reports failure"
 )]
 
+mod amplification;
 mod auth;
 mod bad_input;
 mod boundaries;
