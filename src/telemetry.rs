@@ -27,6 +27,8 @@ pub const ACCEPT_ERRORS: &str = "ws_accept_errors_total";
 pub const CONNECTIONS_ACCEPTED: &str = "ws_connections_accepted_total";
 pub const CONNECTIONS_REJECTED: &str = "ws_connections_rejected_total";
 pub const CONNECTIONS_CLOSED: &str = "ws_connections_closed_total";
+/// Counter of pages of resume replays sent ahead of their subscribe.
+pub const REPLAY_PAGES: &str = "ws_replay_pages_total";
 /// Counter of panics anywhere in the process (a bug: each is logged with where it happened).
 pub const PANICS: &str = "ws_panics_total";
 pub const SUBSCRIPTIONS: &str = "ws_subscriptions";
@@ -100,6 +102,8 @@ pub struct Metrics {
     pub publishes_refused_fanout_behind: Counter,
     pub resumes_recovered: Counter,
     pub resumes_not_recovered: Counter,
+    /// Pages of a resume's replay sent ahead of its subscribe (too large for one reply).
+    pub replay_pages: Counter,
     pub bus_gaps: Counter,
     protocol_errors: [Counter; ErrorCode::ALL.len()],
 }
@@ -117,6 +121,7 @@ impl Metrics {
             publishes_refused_fanout_behind: metrics::counter!(PUBLISHES_REFUSED, "reason" => "fanout_behind"),
             resumes_recovered: metrics::counter!(RESUMES, "recovered" => "true"),
             resumes_not_recovered: metrics::counter!(RESUMES, "recovered" => "false"),
+            replay_pages: metrics::counter!(REPLAY_PAGES),
             bus_gaps: metrics::counter!(BUS_GAPS),
             protocol_errors: ErrorCode::ALL
                 .map(|code| metrics::counter!(PROTOCOL_ERRORS, "code" => code.as_str())),
@@ -434,6 +439,10 @@ fn describe() {
         "Connections refused before or during the upgrade, by reason"
     );
     describe_counter!(CONNECTIONS_CLOSED, "Sessions ended, by close code");
+    describe_counter!(
+        REPLAY_PAGES,
+        "Pages of resume replays sent ahead of their subscribe, each read before the next"
+    );
     describe_counter!(
         PANICS,
         "Panics (bugs): a session's task that panicked is cleaned up and closed"

@@ -402,6 +402,19 @@ impl Hub {
         channels.remove(name);
     }
 
+    /// [`Hub::history`] after `since` for a channel this node holds and knows the position
+    /// of; `None` otherwise (nothing is created: the caller asks the bus).
+    #[must_use]
+    pub fn held_history(
+        &self,
+        channel: &ChannelName,
+        since: Offset,
+        limit: usize,
+    ) -> Option<HistoryPage> {
+        let synced = self.with_existing_channel(channel, |state| state.synced)?;
+        synced.then(|| self.history(channel, Some(since), limit))
+    }
+
     /// Reads history after `since` (or the newest messages), at most `limit`, oldest first.
     #[must_use]
     pub fn history(

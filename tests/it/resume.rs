@@ -141,3 +141,54 @@ async fn history_api_returns_messages_after_since() {
     let (status, body) = server.get_json("/v1/channels/user%2F42/history").await;
     assert_eq!((status, body["channel"].as_str()), (200, Some("user/42")));
 }
+
+/// A resume that needs more than a subscriber's queue: 40 messages of 30 KB (1.2 MB, the
+/// queue holds 1 MiB). Every such resume ended in `recovered:true`, 34 messages and 4001,
+/// however fast the client read; now the replay goes ahead in pages the client reads one
+/// after another, and it gets all 40 in order, then live messages, on a single node and in
+/// a cluster, while a bystander keeps its full rate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_larger_than_the_queue_is_replayed_in_pages() {
+    let redis = crate::redis_server::RedisServer::start(false);
+    for server in [
+        TestServer::start().await,
+        TestServer::builder().redis(&redis.url()).start().await,
+    ] {
+        // History keeps the channel (and its epoch) from here on.
+        let since = server.publish("big", json!("before")).await;
+        let padding = "p".repeat(30_000);
+        let mut offsets = Vec::new();
+        for n in 0..40 {
+            offsets.push(server.publish("big", json!({"n": n, "p": padding})).await);
+        }
+        crate::raw::with_bystander(&server, async {
+            let mut client = server.client().await;
+            client
+                .send(json!({"type": "subscribe", "id": 1, "channel": "big", "since": since}))
+                .await;
+            // The first pages come ahead of the reply, the rest after it.
+            let mut got = Vec::new();
+            let reply = loop {
+                let frame = client.recv().await;
+                match frame["type"].as_str() {
+                    Some("message") => got.push(frame["offset"].as_str().unwrap().to_owned()),
+                    Some("subscribed") => break frame,
+                    _ => panic!("unexpected {frame}"),
+                }
+            };
+            assert_eq!(reply["recovered"], true, "{reply}");
+            assert!(!got.is_empty(), "pages went ahead");
+            while got.len() < 40 {
+                let message = client.recv_type("message").await;
+                got.push(message["offset"].as_str().unwrap().to_owned());
+            }
+            assert_eq!(got, offsets, "every message, in order, once");
+            let live = server.publish("big", json!("live")).await;
+            assert_eq!(client.recv_type("message").await["offset"], live);
+        })
+        .await;
+        assert!(server.metric("ws_replay_pages_total").await >= 3.0);
+        assert_eq!(server.metric("ws_slow_consumer_closes_total").await, 0.0);
+        server.stop().await;
+    }
+}
