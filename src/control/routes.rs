@@ -183,7 +183,10 @@ async fn route(
                 Ok(caller) => caller,
                 Err(err) => return ("v1", Err(err)),
             };
-            if let Some(limiter) = &ctx.settings.key_limiter
+            // A path that is no route gets its 404 without costing the key a token.
+            let routed = V1_PATHS.contains(&path) || channel_route(path).is_some();
+            if routed
+                && let Some(limiter) = &ctx.settings.key_limiter
                 && let Err(rejected) = limiter.try_acquire(&caller, ctx.hub.clock_ns(), 1)
             {
                 telemetry::rate_limited(RateScope::ApiKey);
@@ -197,6 +200,22 @@ async fn route(
         ),
     }
 }
+
+/// The fixed `/v1` paths `route_v1` serves (channel routes are `channel_route`'s): a path
+/// added there goes here too, or its requests are not charged to the key's rate.
+const V1_PATHS: [&str; 11] = [
+    "/v1/publish",
+    "/v1/batch",
+    "/v1/broadcast",
+    "/v1/disconnect",
+    "/v1/stats",
+    "/v1/nodes",
+    "/v1/drain",
+    "/v1/reload-tls",
+    "/v1/channels",
+    "/v1/subscribe",
+    "/v1/unsubscribe",
+];
 
 async fn route_v1(
     request: Request<Incoming>,

@@ -137,6 +137,14 @@ async fn api_keys_are_limited_each_on_its_own() {
         .await;
     let key_limited = r#"ws_rate_limited_total{scope="api_key"}"#;
     let before = server.metric(key_limited).await;
+    // Routes that do not exist cost no token: a 404 is all they get.
+    for _ in 0..5 {
+        let missing = server
+            .http
+            .get(server.control_url("/v1/nope"))
+            .bearer_auth(busy);
+        assert_eq!(missing.send().await.unwrap().status(), 404);
+    }
     let url = server.control_url("/v1/stats");
     let status = |key: &'static str| {
         let request = server.http.get(&url).bearer_auth(key);
