@@ -185,6 +185,8 @@ async fn messages_of_every_size_arrive_intact_and_in_order() {
         .configure(|c| {
             c.limits.max_publish_payload_bytes = 300_000;
             c.limits.max_inbound_message_bytes = 400_000;
+            // A burst holds at least one message of the largest size.
+            c.limits.client_publish_byte_burst = 300_000;
         })
         .start()
         .await;
