@@ -11,7 +11,8 @@ use crate::{
     redis_server::RedisServer,
 };
 
-async fn nodes(redis: &RedisServer, n: usize) -> Vec<TestServer> {
+/// `n` nodes clustered through `redis`.
+pub(crate) async fn nodes(redis: &RedisServer, n: usize) -> Vec<TestServer> {
     let mut nodes = Vec::new();
     for _ in 0..n {
         nodes.push(TestServer::builder().redis(&redis.url()).start().await);
@@ -26,7 +27,11 @@ async fn drain_all(nodes: Vec<TestServer>) {
 }
 
 /// Reads `count` messages and checks offsets run on from `first` without gap or duplicate.
-async fn expect_contiguous(client: &mut TestClient, first: u64, count: u64) -> Vec<Value> {
+pub(crate) async fn expect_contiguous(
+    client: &mut TestClient,
+    first: u64,
+    count: u64,
+) -> Vec<Value> {
     let mut messages = Vec::new();
     for expected in first..first + count {
         let message = client.recv_type("message").await;

@@ -1,20 +1,13 @@
 //! What a cluster keeps in Redis per channel: only a publish creates a channel's state, and
 //! the offset a reader of a channel without state is given still resumes on any node.
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::{
+    cluster::{expect_contiguous, nodes},
     harness::{SteadyPublisher, TestClient, TestServer, expect_all_acknowledged, seq},
     redis_server::RedisServer,
 };
-
-async fn nodes(redis: &RedisServer, n: usize) -> Vec<TestServer> {
-    let mut nodes = Vec::new();
-    for _ in 0..n {
-        nodes.push(TestServer::builder().redis(&redis.url()).start().await);
-    }
-    nodes
-}
 
 fn dbsize(redis: &RedisServer) -> u64 {
     redis.cli(&["DBSIZE"]).unwrap().parse().unwrap()
@@ -25,21 +18,6 @@ async fn unsubscribe(client: &mut TestClient, channel: &str) {
         .send(json!({"type": "unsubscribe", "id": 2, "channel": channel}))
         .await;
     assert_eq!(client.recv_type("unsubscribed").await["channel"], channel);
-}
-
-/// Reads `count` messages and checks their offsets run on from `first`.
-async fn expect_contiguous(client: &mut TestClient, first: u64, count: u64) -> Vec<Value> {
-    let mut messages = Vec::new();
-    for expected in first..first + count {
-        let message = client.recv_type("message").await;
-        assert_eq!(
-            seq(&message["offset"]),
-            expected,
-            "gap, duplicate or reorder"
-        );
-        messages.push(message);
-    }
-    messages
 }
 
 /// Anonymous clients cycling through names nobody publishes on (`subscribe`, `history`,
