@@ -32,7 +32,10 @@ RUN groupadd --system --gid 10001 switchboard \
 COPY --from=build /src/target/release/switchboard /usr/local/bin/switchboard
 COPY config/switchboard.toml /etc/switchboard/switchboard.toml
 USER 10001:10001
-# 8080: WebSocket clients. 9090: control API, health and metrics (keep it internal).
+# 8080: WebSocket clients. 9090: control API, health and metrics (keep it internal). The
+# shipped config serves it on the container's loopback only; to reach it from outside, set
+# SWITCHBOARD_CONTROL__LISTEN=0.0.0.0:9090 and SWITCHBOARD_CONTROL__API_KEYS='["<key>"]'
+# (without keys such a listener refuses to start; docs/security.md).
 EXPOSE 8080 9090
 # `switchboard probe` asks the local control API for /readyz (the image has no HTTP client).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
