@@ -1,5 +1,7 @@
 # Build: docker build -t switchboard:0.1.0 .
-# Run:   docker run --rm -p 8080:8080 -p 9090:9090 --ulimit nofile=1048576:1048576 switchboard:0.1.0
+# Run:   docker run --rm -p 8080:8080 -p 9090:9090 --ulimit nofile=1048576:1048576 \
+#          -e SWITCHBOARD_CONTROL__LISTEN=0.0.0.0:9090 -e SWITCHBOARD_CONTROL__API_KEYS='["<key>"]' \
+#          switchboard:0.1.0
 # Linted in the test suite with hadolint.
 
 # --- build ---
