@@ -111,14 +111,18 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         background.clone(),
     );
 
-    let channel_budget = Quota::new(
-        config.limits.channel_publish_bytes_per_second,
-        config.limits.channel_publish_byte_burst,
-    )
-    .map(|quota| Arc::new(KeyedLimiter::new(quota)));
+    // One budget per channel for clients and another for the control API, so that clients
+    // using up a channel's cannot make a backend's publishes to it fail.
+    let channel_budget = || {
+        Quota::new(
+            config.limits.channel_publish_bytes_per_second,
+            config.limits.channel_publish_byte_burst,
+        )
+        .map(|quota| Arc::new(KeyedLimiter::new(quota)))
+    };
     let session_ctx = Arc::new(SessionContext {
         hub: Arc::clone(&hub),
-        channel_budget: channel_budget.clone(),
+        channel_budget: channel_budget(),
         bus: Arc::clone(&bus),
         node_id: Arc::clone(&node_id),
         settings: SessionSettings::from_config(&config),
@@ -137,7 +141,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         );
     }
     let control_ctx = Arc::new(ControlContext {
-        channel_budget,
+        channel_budget: channel_budget(),
         drain: drainer.clone(),
         presence,
         certificates: certificates.clone(),
@@ -313,7 +317,10 @@ fn spawn_periodic(
             if let Some(limiter) = &control.settings.key_limiter {
                 limiter.forget_full(now);
             }
-            if let Some(limiter) = &sessions.channel_budget {
+            for limiter in [&sessions.channel_budget, &control.channel_budget]
+                .into_iter()
+                .flatten()
+            {
                 limiter.forget_full(now);
             }
         }

@@ -319,9 +319,10 @@ pub struct LimitsConfig {
     /// Bytes a client may publish at once above that rate. Default 256 KiB; at least
     /// `max_publish_payload_bytes`.
     pub client_publish_byte_burst: u32,
-    /// Bytes of `data` per second published to one channel through this node, by clients
-    /// and the control API together; over it the publish is refused (`rate_limited`, HTTP
-    /// 429). Default 4 MiB; 0: off.
+    /// Bytes of `data` per second published to one channel through this node: once for all
+    /// its clients together, and once for the control API (so clients cannot use up a
+    /// backend's); over it the publish is refused (`rate_limited`, HTTP 429). Default 4 MiB;
+    /// 0: off.
     pub channel_publish_bytes_per_second: u32,
     /// Bytes one channel may take at once above that rate. Default 16 MiB; at least
     /// `max_publish_payload_bytes`.

@@ -36,8 +36,8 @@ pub struct ControlContext {
     pub certificates: crate::tls::Certificates,
     pub hub: HubHandle,
     pub bus: Arc<dyn Bus>,
-    /// Bytes published per channel (`limits.channel_publish_bytes_per_second`), if limited;
-    /// shared with the sessions.
+    /// Bytes the control API publishes per channel (`limits.channel_publish_bytes_per_second`),
+    /// if limited; clients' publishes have a budget of their own, so they cannot use up this.
     pub channel_budget: Option<Arc<KeyedLimiter<crate::protocol::ChannelName>>>,
     pub readiness: Readiness,
     pub node_id: Arc<str>,

@@ -577,8 +577,9 @@ async fn publish_one(
     Ok(ctx.bus.publish(&channel, body.data.get(), writes).await?)
 }
 
-/// Takes `bytes` from the channel's publish budget (`limits.channel_publish_bytes_per_second`,
-/// shared with the sessions): 429 with `Retry-After` when it refuses.
+/// Takes `bytes` from the channel's publish budget for the control API
+/// (`limits.channel_publish_bytes_per_second`; clients have their own): 429 with
+/// `Retry-After` when it refuses.
 fn charge_channel(
     channel: &ChannelName,
     bytes: usize,

@@ -173,8 +173,8 @@ pub struct SessionContext {
     pub settings: SessionSettings,
     /// New connections per IP address (`limits.connects_per_ip_per_second`), if limited.
     pub connect_limiter: Option<KeyedLimiter<IpAddr>>,
-    /// Bytes published per channel (`limits.channel_publish_bytes_per_second`), if limited;
-    /// shared with the control API.
+    /// Bytes clients publish per channel (`limits.channel_publish_bytes_per_second`), if
+    /// limited; the control API's publishes have a budget of their own.
     pub channel_budget: Option<Arc<KeyedLimiter<protocol::ChannelName>>>,
     /// Token verification; `None` when `[auth]` has no keys.
     pub auth: Option<Arc<Authenticator>>,
