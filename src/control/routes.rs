@@ -264,7 +264,7 @@ async fn route_v1(
         "/v1/stats" => ("stats", method_not_allowed("GET")),
         "/v1/channels" if method == Method::GET => {
             let query = request.uri().query().unwrap_or("").to_owned();
-            ("channels", channels(&query, ctx))
+            ("channels", channels(&query, ctx).await)
         }
         "/v1/channels" => ("channels", method_not_allowed("GET")),
         "/v1/subscribe" if method == Method::POST => {
@@ -1031,7 +1031,12 @@ const DEFAULT_CHANNELS_PAGE: usize = 1000;
 
 /// `GET /v1/channels?prefix=&cursor=&limit=`: channels with subscribers on this node, in
 /// name order, with their subscriber counts.
-fn channels(query: &str, ctx: &ControlContext) -> Handled {
+/// One `/v1/channels` listing at a time: each walks and sorts every channel.
+static LISTING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
+/// `GET /v1/channels`. The walk over every channel runs on a blocking thread, one listing at
+/// a time, so that probes and publishes on the control API's one thread never wait behind it.
+async fn channels(query: &str, ctx: &ControlContext) -> Handled {
     let (mut prefix, mut cursor, mut limit) = (String::new(), None, DEFAULT_CHANNELS_PAGE);
     for (key, value) in query_pairs(query, &["prefix", "cursor", "limit"])? {
         match key.as_str() {
@@ -1040,7 +1045,15 @@ fn channels(query: &str, ctx: &ControlContext) -> Handled {
             _ => limit = parse_limit(&value, MAX_CHANNELS_PAGE)?,
         }
     }
-    let (found, more) = ctx.hub.channels(&prefix, cursor.as_deref(), limit);
+    let _listing = LISTING
+        .acquire()
+        .await
+        .map_err(|_| ApiError::new(503, ErrorCode::Unavailable, "shutting down"))?;
+    let hub = std::sync::Arc::clone(&ctx.hub);
+    let (found, more) =
+        tokio::task::spawn_blocking(move || hub.channels(&prefix, cursor.as_deref(), limit))
+            .await
+            .map_err(|_| ApiError::new(500, ErrorCode::Internal, "the listing failed"))?;
     let next_cursor = more
         .then(|| found.last().map(|(name, _)| name.as_str().to_owned()))
         .flatten();
