@@ -411,17 +411,24 @@ impl Session {
             return;
         }
         let presence = &self.ctx.presence;
-        let mut limit = presence.max_listed();
+        let mut page = match presence.page(&channel, None, presence.max_listed()).await {
+            Ok(page) => page,
+            Err(err) => return self.error(id, ErrorCode::Unavailable, &err.to_string()),
+        };
+        // Cut to the reply's budget here, from the one read: reading again with a halved
+        // limit read a large room from Redis several times per request.
+        let budget = self.ctx.settings.history_reply_bytes;
         loop {
-            let page = match presence.page(&channel, None, limit).await {
-                Ok(page) => page,
-                Err(err) => return self.error(id, ErrorCode::Unavailable, &err.to_string()),
-            };
             let reply = presence::encode_presence(id, &channel, &page);
-            if reply.len() <= self.ctx.settings.history_reply_bytes || limit == 1 {
+            let members = page.members.len();
+            if reply.len() <= budget || members <= 1 {
                 return self.send(reply);
             }
-            limit /= 2;
+            // In proportion to the overshoot, and at least one fewer.
+            let keep = (members * budget / reply.len()).min(members - 1);
+            page.members.truncate(keep.max(1));
+            // Marks the reply `truncated`; the WebSocket reply carries no cursor.
+            page.next_cursor.get_or_insert_with(String::new);
         }
     }
 

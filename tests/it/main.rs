@@ -25,6 +25,7 @@ mod limits;
 mod lockout;
 mod mass_disconnect;
 mod presence;
+mod presence_reply;
 mod presence_store;
 mod process;
 mod pubsub;

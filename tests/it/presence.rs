@@ -55,11 +55,11 @@ fn chat(config: &mut Config) {
     ];
 }
 
-fn builder() -> TestServerBuilder {
+pub(crate) fn builder() -> TestServerBuilder {
     TestServer::builder().configure(chat)
 }
 
-async fn member(server: &TestServer, user: &str, info: &str) -> TestClient {
+pub(crate) async fn member(server: &TestServer, user: &str, info: &str) -> TestClient {
     let token = token(
         user,
         json!({"channels": ["room:*"], "info": {"name": info}}),
@@ -68,7 +68,7 @@ async fn member(server: &TestServer, user: &str, info: &str) -> TestClient {
 }
 
 /// The answer to a request by its id: skips join/leave frames and messages.
-async fn answer(client: &mut TestClient, request: Value) -> Value {
+pub(crate) async fn answer(client: &mut TestClient, request: Value) -> Value {
     let id = request["id"].clone();
     client.send(request).await;
     loop {
