@@ -34,7 +34,10 @@ async fn a_large_room_is_cut_to_the_reply_budget() {
         "{} bytes",
         reply.to_string().len()
     );
-    eprintln!("{listed} of 300 members in {} bytes", reply.to_string().len());
+    eprintln!(
+        "{listed} of 300 members in {} bytes",
+        reply.to_string().len()
+    );
     assert!(
         listed >= 150,
         "the reply is filled, not halved away: {listed} listed"
