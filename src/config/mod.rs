@@ -286,7 +286,9 @@ pub struct LimitsConfig {
     pub max_channel_name_bytes: usize,
     /// Largest inbound WebSocket message, in bytes; larger ones close with 1009. Default 64 KiB.
     pub max_inbound_message_bytes: usize,
-    /// Largest `data` of one publish, in bytes of JSON. Default 32 KiB.
+    /// Largest `data` of one publish, in bytes of JSON. Default 32 KiB; at most a quarter of
+    /// `outbound_queue_bytes` (replays and history replies go a quarter of the queue at a
+    /// time, at least one message each).
     pub max_publish_payload_bytes: usize,
     /// Outbound queue capacity per connection, in messages. Default 1024.
     pub outbound_queue_messages: usize,
@@ -1004,12 +1006,15 @@ impl LimitsConfig {
                 "must be at least 256",
             ));
         }
+        // A replay or a history reply is sent a quarter of the queue at a time, and a page
+        // holds at least one message: a message must fit that quarter, or a page on top of
+        // what is left in the queue could overflow it (4001 for a client that reads).
         if self.max_publish_payload_bytes == 0
-            || self.max_publish_payload_bytes > self.outbound_queue_bytes
+            || self.max_publish_payload_bytes > self.outbound_queue_bytes / 4
         {
             return Err(invalid(
                 "limits.max_publish_payload_bytes",
-                "must be at least 1 and at most self.outbound_queue_bytes",
+                "must be at least 1 and at most a quarter of limits.outbound_queue_bytes",
             ));
         }
         if self.outbound_queue_messages < 16 {

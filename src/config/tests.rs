@@ -88,6 +88,14 @@ fn out_of_range_values_name_the_key() {
             "limits.ipv6_source_prefix",
         ),
         (
+            "[limits]\nmax_publish_payload_bytes = 300000\nclient_publish_byte_burst = 400000\n",
+            "limits.max_publish_payload_bytes",
+        ),
+        (
+            "[limits]\nmax_publish_payload_bytes = 300000\n",
+            "limits.client_publish_byte_burst",
+        ),
+        (
             "[limits]\nmax_pending_upgrades_per_ip = 0\n",
             "limits.max_pending_upgrades_per_ip",
         ),

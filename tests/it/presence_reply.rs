@@ -13,7 +13,10 @@ use crate::presence::{answer, builder, member};
 async fn a_large_room_is_cut_to_the_reply_budget() {
     let server = builder()
         // A quarter of 64 KiB: 16 KiB per reply.
-        .configure(|c| c.limits.outbound_queue_bytes = 64 << 10)
+        .configure(|c| {
+            c.limits.outbound_queue_bytes = 64 << 10;
+            c.limits.max_publish_payload_bytes = 16 << 10;
+        })
         .start()
         .await;
     let mut members = Vec::new();

@@ -185,8 +185,9 @@ async fn messages_of_every_size_arrive_intact_and_in_order() {
         .configure(|c| {
             c.limits.max_publish_payload_bytes = 300_000;
             c.limits.max_inbound_message_bytes = 400_000;
-            // A burst holds at least one message of the largest size.
+            // A burst holds at least one message of the largest size, and a queue four.
             c.limits.client_publish_byte_burst = 300_000;
+            c.limits.outbound_queue_bytes = 1_200_000;
         })
         .start()
         .await;
@@ -213,6 +214,7 @@ async fn clients_read_history_over_the_websocket() {
         .configure(|config| {
             // A quarter of 64 KiB: 16 KiB of messages per reply.
             config.limits.outbound_queue_bytes = 64 << 10;
+            config.limits.max_publish_payload_bytes = 16 << 10;
             config.namespaces.insert(
                 0,
                 switchboard::config::NamespaceConfig {
