@@ -129,7 +129,17 @@ pub(super) async fn handle(
     let started = tokio::time::Instant::now();
     let path = request.uri().path().to_owned();
     let (route, result) = route(request, &path, peer, ctx).await;
-    let response = result.unwrap_or_else(ApiError::into_response);
+    let mut response = result.unwrap_or_else(ApiError::into_response);
+    if ctx.hub.is_draining() {
+        // The node exits once drained, closing idle keep-alive connections: a request sent
+        // on one as it closes is neither answered nor known to be refused. Answered with
+        // `Connection: close`, every caller's next request opens a connection, which the
+        // node either serves or refuses outright.
+        response.headers_mut().insert(
+            hyper::header::CONNECTION,
+            hyper::header::HeaderValue::from_static("close"),
+        );
+    }
     if path == "/v1/publish" {
         telemetry::metrics()
             .http_publish_duration
