@@ -402,17 +402,50 @@ impl Hub {
         channels.remove(name);
     }
 
-    /// [`Hub::history`] after `since` for a channel this node holds and knows the position
-    /// of; `None` otherwise (nothing is created: the caller asks the bus).
+    /// The first page of a resume from `since` too large to replay at once: the oldest
+    /// messages after it whose frames fit `budget` bytes (at least one), as the frames history
+    /// holds (shared, not encoded again), with their offsets. `None` when there is nothing to
+    /// page: the channel is not held here with a known position (the bus is asked instead),
+    /// `since` is not recoverable (the subscribe says so), or the rest fits `budget`.
     #[must_use]
-    pub fn held_history(
+    pub fn replay_page(
         &self,
         channel: &ChannelName,
         since: Offset,
-        limit: usize,
-    ) -> Option<HistoryPage> {
-        let synced = self.with_existing_channel(channel, |state| state.synced)?;
-        synced.then(|| self.history(channel, Some(since), limit))
+        budget: usize,
+    ) -> Option<Vec<(Offset, FramedText)>> {
+        self.with_existing_channel(channel, |state| {
+            if !state.synced {
+                return None;
+            }
+            state.expire(&self.retention, Instant::now());
+            let entries = state.entries_after(since)?;
+            if entries
+                .clone()
+                .map(|entry| entry.frame.len())
+                .sum::<usize>()
+                <= budget
+            {
+                return None;
+            }
+            let mut used = 0;
+            let page = entries
+                .take_while(|entry| {
+                    let first = used == 0;
+                    used += entry.frame.len();
+                    first || used <= budget
+                })
+                .map(|entry| {
+                    let offset = Offset {
+                        epoch: state.epoch,
+                        seq: entry.seq,
+                    };
+                    (offset, entry.frame.clone())
+                })
+                .collect();
+            Some(page)
+        })
+        .flatten()
     }
 
     /// Reads history after `since` (or the newest messages), at most `limit`, oldest first.

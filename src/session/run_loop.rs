@@ -21,12 +21,12 @@ use std::{
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
+mod replay;
+
 use super::{End, SessionContext, socket::Socket, writer};
 use crate::{
     auth::{self, Action, AuthError, Identity},
-    hub::{
-        FramedText, HistoryData, Outbound, RemoteView, SessionCommand, SubscribeError, Subscribed,
-    },
+    hub::{FramedText, HistoryData, Outbound, SessionCommand, SubscribeError, Subscribed},
     presence::{self, Member},
     protocol::{
         self, ChannelName, ClientFrame, CloseCode, ErrorCode, Offset, UnsubscribeReason,
@@ -103,20 +103,35 @@ enum Step {
 /// The messages of `ordered` that fit in `budget` bytes (at least one), and whether some
 /// were left out.
 fn within<'a>(
-    ordered: impl Iterator<Item = &'a (Offset, HistoryData)>,
+    ordered: impl Iterator<Item = &'a (Offset, HistoryData)> + Clone,
     budget: usize,
 ) -> (Vec<(Offset, &'a str)>, bool) {
-    let mut messages = Vec::new();
-    let mut used = 0;
-    for (offset, data) in ordered {
-        let size = data.as_str().len() + 48;
-        if used + size > budget && !messages.is_empty() {
-            return (messages, true);
+    let sizes = ordered.clone().map(|(_, data)| message_size(data.as_str()));
+    let (n, more) = fitting(sizes, budget);
+    let messages = ordered
+        .take(n)
+        .map(|(offset, data)| (*offset, data.as_str()))
+        .collect();
+    (messages, more)
+}
+
+/// Bytes a message with this `data` takes in a reply, about: the data and the envelope.
+fn message_size(data: &str) -> usize {
+    data.len() + 48
+}
+
+/// How many of the items, of these `sizes` in order, fit in `budget` bytes (at least one),
+/// and whether some were left out.
+fn fitting(sizes: impl Iterator<Item = usize>, budget: usize) -> (usize, bool) {
+    let (mut used, mut n) = (0, 0);
+    for size in sizes {
+        if n > 0 && used + size > budget {
+            return (n, true);
         }
         used += size;
-        messages.push((*offset, data.as_str()));
+        n += 1;
     }
-    (messages, false)
+    (n, false)
 }
 
 /// Messages a `history` frame returns without `limit`, and at most.
@@ -947,119 +962,6 @@ impl Session {
                 self.error(id, ErrorCode::Internal, "subscribe could not be merged");
             }
         }
-    }
-
-    /// Before a resume from `since`: while the messages after it would not fit
-    /// `history_reply_bytes` (a quarter of the queue, at most 256 KiB), sends the oldest
-    /// that do as `message` frames and waits for the client to read them; returns where the
-    /// subscribe's own replay starts. A replay larger than the queue overflowed it, so every
-    /// such resume ended in 4001, however fast the client read. `None` when the connection
-    /// is closing (or its client stopped reading: closed as a slow consumer).
-    async fn replay_ahead(&self, channel: &ChannelName, mut since: Offset) -> Option<Offset> {
-        let budget = self.ctx.settings.history_reply_bytes;
-        let limit = self.ctx.settings.history_size;
-        loop {
-            // What this node holds: a channel it does not hold (or whose position only the
-            // bus knows) is paged from the bus's read instead (`page_view`). Gaps are the
-            // subscribe's to report.
-            let Some(page) = self.ctx.hub.held_history(channel, since, limit) else {
-                return Some(since);
-            };
-            if page.recovered != Some(true) {
-                return Some(since);
-            }
-            let (messages, more) = within(page.messages.iter(), budget);
-            if !more {
-                return Some(since);
-            }
-            for (offset, data) in &messages {
-                let frame = protocol::encode_message(channel, *offset, data);
-                if self.outbound.try_enqueue(&FramedText::from(frame)).is_err() {
-                    return None;
-                }
-                since = *offset;
-            }
-            telemetry::metrics().replay_pages.increment(1);
-            if !self.drained_to(budget).await {
-                return None;
-            }
-        }
-    }
-
-    /// [`Session::replay_ahead`] for a resume the bus answered: while `view`'s messages after
-    /// `since` would not fit `history_reply_bytes`, sends the oldest that do and waits for
-    /// the client to read them, taking them out of `view`; returns where the subscribe's
-    /// replay starts. `None` when the connection is closing.
-    async fn page_view(
-        &self,
-        channel: &ChannelName,
-        mut since: Offset,
-        view: &mut RemoteView,
-    ) -> Option<Offset> {
-        if !view.complete || view.absent {
-            return Some(since);
-        }
-        let budget = self.ctx.settings.history_reply_bytes;
-        let size = |data: &String| data.len() + 48;
-        while view
-            .entries
-            .iter()
-            .map(|(_, data)| size(data))
-            .sum::<usize>()
-            > budget
-        {
-            let (mut used, mut n) = (0, 0);
-            for (_, data) in &view.entries {
-                if n > 0 && used + size(data) > budget {
-                    break;
-                }
-                used += size(data);
-                n += 1;
-            }
-            for (seq, data) in view.entries.drain(..n) {
-                let offset = Offset {
-                    epoch: view.epoch,
-                    seq,
-                };
-                let frame = protocol::encode_message(channel, offset, &data);
-                if self.outbound.try_enqueue(&FramedText::from(frame)).is_err() {
-                    return None;
-                }
-                since = offset;
-            }
-            telemetry::metrics().replay_pages.increment(1);
-            if !self.drained_to(budget).await {
-                return None;
-            }
-        }
-        Some(since)
-    }
-
-    /// Waits until at most `bytes` wait in the queue; false when the connection closes
-    /// first, or the client reads nothing for `session.idle_timeout` (then closed as a slow
-    /// consumer).
-    async fn drained_to(&self, bytes: usize) -> bool {
-        const POLL: Duration = Duration::from_millis(5);
-        let mut waited = Duration::ZERO;
-        let mut last = self.outbound.queued_bytes();
-        while last > bytes {
-            if self.outbound.is_closing() {
-                return false;
-            }
-            tokio::time::sleep(POLL).await;
-            let now = self.outbound.queued_bytes();
-            waited = if now < last {
-                Duration::ZERO
-            } else {
-                waited + POLL
-            };
-            if waited >= self.ctx.settings.idle_timeout {
-                self.outbound.close(CloseCode::SlowConsumer);
-                return false;
-            }
-            last = now;
-        }
-        !self.outbound.is_closing()
     }
 
     fn unsubscribe(&mut self, id: Option<u64>, name: &str) {
