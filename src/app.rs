@@ -549,6 +549,8 @@ async fn watch_memory(
     stop: CancellationToken,
 ) {
     let mut latch: Option<Latch> = None;
+    // When the last trim ran, and how long it took.
+    let mut last_trim = None;
     let mut interval = tokio::time::interval(MEMORY_WATCH_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -564,11 +566,17 @@ async fn watch_memory(
         } else {
             threshold
         };
-        if resident >= limit {
-            // Resident memory includes what the allocator keeps after frees: counted as
-            // pressure, a spike that ended would refuse upgrades for the process's life.
+        // Resident memory includes what the allocator keeps after frees: counted as
+        // pressure, a spike that ended would refuse upgrades for the process's life. A trim
+        // walks the heap under the allocator's locks, so while pressure lasts it runs at
+        // most 1% of the time (each tick on a small heap, every 10 s if one takes 100 ms).
+        let trim_due = last_trim.is_none_or(|(at, took): (tokio::time::Instant, Duration)| {
+            at.elapsed() >= took * 100
+        });
+        if resident >= limit && trim_due {
             let started = tokio::time::Instant::now();
             let returned = memory::give_back();
+            last_trim = Some((started, started.elapsed()));
             let before = resident;
             resident = memory::resident_bytes().unwrap_or(resident);
             tracing::debug!(
