@@ -570,9 +570,8 @@ async fn watch_memory(
         // pressure, a spike that ended would refuse upgrades for the process's life. A trim
         // walks the heap under the allocator's locks, so while pressure lasts it runs at
         // most 1% of the time (each tick on a small heap, every 10 s if one takes 100 ms).
-        let trim_due = last_trim.is_none_or(|(at, took): (tokio::time::Instant, Duration)| {
-            at.elapsed() >= took * 100
-        });
+        let trim_due = last_trim
+            .is_none_or(|(at, took): (tokio::time::Instant, Duration)| at.elapsed() >= took * 100);
         if resident >= limit && trim_due {
             let started = tokio::time::Instant::now();
             let returned = memory::give_back();

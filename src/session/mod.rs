@@ -568,11 +568,11 @@ where
         socket.stream.share_with(Arc::clone(&outbound));
         let conn_id = outbound.conn_id();
         telemetry::metrics().connections_accepted.increment(1);
-        let mut session = Registered {
-            session: run_loop::Session::new(Arc::clone(&ctx), Arc::clone(&outbound)),
-            outbound: Arc::clone(&outbound),
-        };
-        let session = &mut session.session;
+        let mut session = Registered(run_loop::Session::new(
+            Arc::clone(&ctx),
+            Arc::clone(&outbound),
+        ));
+        let session = &mut session.0;
         // A token in the upgrade is checked before the welcome, which then names the user.
         let refused = match (token, &ctx.auth) {
             // Boxed: needed once (it may wait for a JWKS fetch), so its state does not size the
@@ -645,24 +645,23 @@ where
 /// presence) when dropped, however the session ends. A panic in a handler unwinds through
 /// here too (tokio drops a panicked task's future), so it cannot leave a connection in
 /// `hub.conns` for every later drain to wait for.
-struct Registered {
-    session: run_loop::Session,
-    outbound: Arc<Outbound>,
-}
+struct Registered(run_loop::Session);
 
 impl Drop for Registered {
     fn drop(&mut self) {
+        let session = &self.0;
+        let outbound = session.outbound();
         if std::thread::panicking() {
             // The session never closed: its socket goes with the task, and flushers must
             // stop writing to it.
-            self.outbound.abort();
+            outbound.abort();
             telemetry::connection_closed("panic");
         }
-        let conn_id = self.outbound.conn_id();
-        let hub = &self.session.context().hub;
-        self.session.leave_all();
-        hub.deregister(conn_id, self.session.subscriptions());
-        if let Some(user) = self.session.user() {
+        let conn_id = outbound.conn_id();
+        let hub = &session.context().hub;
+        session.leave_all();
+        hub.deregister(conn_id, session.subscriptions());
+        if let Some(user) = session.user() {
             hub.remove_user(user, conn_id);
         }
     }

@@ -196,6 +196,10 @@ impl Session {
         &self.ctx
     }
 
+    pub(super) fn outbound(&self) -> &Outbound {
+        &self.outbound
+    }
+
     /// Who the connection is, once a token was accepted.
     fn identity(&self) -> Option<&Identity> {
         self.account.as_deref().map(|account| &account.identity)
