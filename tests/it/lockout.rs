@@ -71,6 +71,12 @@ async fn a_memory_spike_that_ends_ends_the_refusal() {
             stream.write_all(&header_declaring(65_530)).await.unwrap();
             attackers.push(stream);
         }
+        // Every attacker is a session (the bystander too), and has had time to be read: its
+        // 14 bytes arrived with the upgrade's answer long since.
+        crate::assert_eventually!(
+            metric(&http, &node, "ws_connections").await >= (ATTACKERS + 1) as f64,
+            "the attackers' sessions run"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
         let headers_only = rss_kib(pid);
         eprintln!(
