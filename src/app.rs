@@ -302,12 +302,27 @@ fn spawn_periodic(
     }));
     tasks.spawn(every(SWEEP_INTERVAL, stop.clone(), {
         let (hub, sessions, control) = (Arc::clone(hub), Arc::clone(sessions), Arc::clone(control));
+        let sampling = Arc::new(std::sync::atomic::AtomicBool::new(false));
         move || {
             hub.sweep();
             // What /metrics reports of every connection (queues, buffers, descriptors),
-            // gathered here so that a scrape's cost does not grow with the connections.
-            hub.sample_queues();
-            telemetry::collect_process();
+            // gathered here so that a scrape's cost does not grow with the connections: a
+            // pass over every connection and every descriptor, so on a thread of its own (not
+            // a sessions' worker, and not named like one), one at a time.
+            if !sampling.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                let (hub, flag) = (Arc::clone(&hub), Arc::clone(&sampling));
+                let spawned = std::thread::Builder::new()
+                    .name("switchboard-sample".to_owned())
+                    .spawn(move || {
+                        hub.sample_queues();
+                        telemetry::collect_process();
+                        flag.store(false, std::sync::atomic::Ordering::Release);
+                    });
+                if let Err(err) = spawned {
+                    sampling.store(false, std::sync::atomic::Ordering::Release);
+                    tracing::warn!(error = %err, "Could not start the metrics sampling thread");
+                }
+            }
             // Full buckets behave like absent ones; forgetting them bounds the maps by the
             // keys active within the last burst's refill time.
             let now = hub.clock_ns();
