@@ -149,6 +149,21 @@ pub struct ShardStats {
     pub subscriptions: usize,
 }
 
+/// This process's first connection id. A node restarted under the same node id must not
+/// reuse its predecessor's ids: presence tells members apart by node and connection, and the
+/// predecessor's may still be listed (and their `leave` still to come) when the new process
+/// takes its first connections. The start time in ms (modulo 2^30, 12.4 days) times 2^22: a
+/// predecessor would have had to open 4 million connections per millisecond it ran to reach
+/// this process's first id. Ids stay below 2^52 plus the connections opened, so JavaScript
+/// clients hold them exactly.
+fn first_conn_id() -> u64 {
+    let unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis());
+    let start = u64::try_from(unix_ms % (1 << 30)).expect("below 2^30");
+    (start << 22) + 1
+}
+
 impl Hub {
     #[must_use]
     pub fn new(settings: HubSettings) -> HubHandle {
@@ -162,7 +177,7 @@ impl Hub {
             conns: DashMap::with_shard_amount(settings.shards.max(2)),
             users: DashMap::with_shard_amount(settings.shards.max(2)),
             commands: DashMap::with_shard_amount(settings.shards.max(2)),
-            next_conn_id: AtomicU64::new(1),
+            next_conn_id: AtomicU64::new(first_conn_id()),
             admitted: AtomicUsize::new(0),
             memory_pressure: AtomicBool::new(false),
             queues: QueueTotals::default(),
