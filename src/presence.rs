@@ -36,7 +36,8 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     auth::Namespaces,
     cluster::{
-        Bus, BusError, PresenceStore, PresenceWrite, WriteOutcome, member_id, parse_member_id,
+        Bus, BusError, Departure, PresenceStore, PresenceWrite, WriteOutcome, member_id,
+        parse_member_id,
     },
     hub::ConnId,
     protocol::ChannelName,
@@ -81,6 +82,10 @@ struct Members {
     stored: bool,
     /// With a store: the channel waits in the queue of channels to write.
     queued: bool,
+    /// With a store and `join_leave`: events about this node's members that wait for the
+    /// write carrying their change, so that whoever receives a `join` finds the member
+    /// listed (and a `leave`, not).
+    announce: Vec<(Change, Arc<Member>)>,
 }
 
 impl Members {
@@ -255,6 +260,10 @@ impl Presence {
             }
             *members.users.entry(Arc::clone(&member.user)).or_default() += 1;
             self.unsynced(channel, &mut members, Change::Join, &member);
+            if join_leave && self.store.is_some() {
+                members.announce.push((Change::Join, member));
+                return;
+            }
         }
         if join_leave {
             self.event(channel, Change::Join, member);
@@ -264,10 +273,10 @@ impl Presence {
     /// Forgets connection `conn_id` as a member of `channel` (an unsubscribe, or the session
     /// ended); with `join_leave`, the channel's subscribers hear of it.
     pub fn left(self: &Arc<Self>, channel: &ChannelName, conn_id: ConnId, join_leave: bool) {
-        let Some(member) = self.remove(channel, conn_id) else {
+        let Some(member) = self.remove(channel, conn_id, join_leave) else {
             return;
         };
-        if join_leave {
+        if join_leave && self.store.is_none() {
             self.event(channel, Change::Leave, member);
         }
     }
@@ -292,7 +301,13 @@ impl Presence {
         }
     }
 
-    fn remove(&self, channel: &ChannelName, conn_id: ConnId) -> Option<Arc<Member>> {
+    /// Forgets a member here; with a store and `announce`, its `leave` waits for the write.
+    fn remove(
+        &self,
+        channel: &ChannelName,
+        conn_id: ConnId,
+        announce: bool,
+    ) -> Option<Arc<Member>> {
         let mut members = self.members.get_mut(channel)?;
         let member = members.conns.remove(&conn_id)?;
         if let Entry::Occupied(mut count) = members.users.entry(Arc::clone(&member.user)) {
@@ -302,6 +317,9 @@ impl Presence {
             }
         }
         self.unsynced(channel, &mut members, Change::Leave, &member);
+        if announce && self.store.is_some() {
+            members.announce.push((Change::Leave, Arc::clone(&member)));
+        }
         let forgotten = members.forgotten();
         drop(members);
         if forgotten {
@@ -363,15 +381,56 @@ impl Presence {
             return Ok(self.local_page(channel, after, limit));
         };
         let page = store.page(channel, cursor, limit).await?;
-        Ok(Page {
-            members: page
-                .members
-                .iter()
-                .filter_map(|json| serde_json::from_str(json).ok())
-                .map(Arc::new)
-                .collect(),
-            next_cursor: page.next_cursor,
-        })
+        Ok(self.merge_own(channel, after, limit, page))
+    }
+
+    /// A page of the store with this node's members in it replaced by those it holds: the
+    /// store lags them by a write (a connection lists itself once `subscribed` was sent).
+    /// Ids sort by node, then connection; the store's page covers ids up to its cursor.
+    fn merge_own(
+        &self,
+        channel: &ChannelName,
+        after: Option<(&str, ConnId)>,
+        limit: usize,
+        page: crate::cluster::StoredPage,
+    ) -> Page {
+        let key = |member: &Member| (Arc::clone(&member.node), member.conn_id);
+        let upto = page
+            .next_cursor
+            .as_deref()
+            .and_then(parse_member_id)
+            .map(|(node, conn_id)| (Arc::<str>::from(node), conn_id));
+        let after = after.map(|(node, conn_id)| (Arc::<str>::from(node), conn_id));
+        let mut listed: Vec<Arc<Member>> = page
+            .members
+            .iter()
+            .filter_map(|json| serde_json::from_str::<Member>(json).ok())
+            .filter(|member| member.node != self.node)
+            .map(Arc::new)
+            .collect();
+        if let Some(members) = self.members.get(channel) {
+            listed.extend(
+                members
+                    .conns
+                    .values()
+                    .filter(|member| after.as_ref().is_none_or(|after| key(member) > *after))
+                    .filter(|member| upto.as_ref().is_none_or(|upto| key(member) <= *upto))
+                    .cloned(),
+            );
+        }
+        listed.sort_unstable_by_key(|member| key(member));
+        let next_cursor = if listed.len() > limit {
+            listed.truncate(limit);
+            listed
+                .last()
+                .map(|member| member_id(&member.node, member.conn_id))
+        } else {
+            page.next_cursor
+        };
+        Page {
+            members: listed,
+            next_cursor,
+        }
     }
 
     /// Up to `limit` of the channel's members on this node, from connection `after` on.
@@ -412,8 +471,16 @@ impl Presence {
         let Some(store) = &self.store else {
             return Ok(self.local_stats(channel));
         };
-        let (connections, users) = store.stats(channel).await?;
-        Ok(Stats { connections, users })
+        let stored = store.stats(channel).await?;
+        // This node's connections as it holds them, not as the store has them yet.
+        // Distinct users cannot be merged exactly without listing: the store's count, at
+        // least this node's own, at most the connections.
+        let own = self.local_stats(channel);
+        let connections = stored.connections - stored.own.min(stored.connections) + own.connections;
+        Ok(Stats {
+            connections,
+            users: stored.users.max(own.users).min(connections),
+        })
     }
 
     /// The channel's member counts on this node.
@@ -524,6 +591,7 @@ impl Presence {
         stop: CancellationToken,
     ) {
         let mut last_refresh = Instant::now();
+        let mut disturbances = store.disturbances();
         let mut pause = SYNC_EVERY;
         loop {
             let stopping = tokio::select! {
@@ -535,7 +603,13 @@ impl Presence {
                 channels.push(channel);
             }
             let mut index = Vec::new();
-            let refreshing = last_refresh.elapsed() >= refresh && !stopping;
+            // After a disturbance of the link, at once: the store may have judged this node
+            // departed meanwhile, and the sooner its members are back the better.
+            let disturbed = store.disturbances() != disturbances;
+            let refreshing = (last_refresh.elapsed() >= refresh || disturbed) && !stopping;
+            if disturbed {
+                disturbances = store.disturbances();
+            }
             if refreshing {
                 last_refresh = Instant::now();
                 for entry in &self.members {
@@ -563,15 +637,21 @@ impl Presence {
 
     /// Writes `channels`' changes (a channel without any, its refresh); says whether a write
     /// failed (those channels are queued again, to be written in full).
-    async fn write_store(&self, store: &dyn PresenceStore, channels: Vec<ChannelName>) -> bool {
+    async fn write_store(
+        self: &Arc<Self>,
+        store: &dyn PresenceStore,
+        channels: Vec<ChannelName>,
+    ) -> bool {
         let mut writes = Vec::with_capacity(channels.len());
         let mut listed_after = Vec::with_capacity(channels.len());
+        let mut announced = Vec::with_capacity(channels.len());
         for channel in channels {
             let Some(mut members) = self.members.get_mut(&channel) else {
                 continue;
             };
             members.queued = false;
             let changes = std::mem::take(&mut members.unsynced);
+            announced.push(std::mem::take(&mut members.announce));
             let json = |member: &Member| serde_json::to_string(member).unwrap_or_default();
             let mut write = PresenceWrite {
                 channel: channel.clone(),
@@ -610,24 +690,47 @@ impl Presence {
         let outcomes = store.write(writes).await;
         let mut failed = false;
         let mut indexed = Vec::new();
-        for ((channel, listed), outcome) in channels.into_iter().zip(listed_after).zip(outcomes) {
+        let written = channels.into_iter().zip(listed_after).zip(announced);
+        for (((channel, listed), mut announce), outcome) in written.zip(outcomes) {
             let Some(mut members) = self.members.get_mut(&channel) else {
                 continue;
             };
-            if outcome == WriteOutcome::Done {
-                members.full = false;
-                if listed && !members.stored {
-                    indexed.push(channel.clone());
+            match outcome {
+                WriteOutcome::Done | WriteOutcome::Rejoined => {
+                    members.full = false;
+                    if listed && !members.stored {
+                        indexed.push(channel.clone());
+                    }
+                    members.stored = listed;
+                    if outcome == WriteOutcome::Rejoined {
+                        // Another node removed them (this node was paused or cut off) and
+                        // sent their `leave`: they are back, so say so.
+                        telemetry::presence_rewrite("rejoined");
+                        if self.join_leave(&channel) {
+                            announce.extend(
+                                members
+                                    .conns
+                                    .values()
+                                    .map(|member| (Change::Join, Arc::clone(member))),
+                            );
+                        }
+                    }
                 }
-                members.stored = listed;
-            } else {
-                let unreachable = outcome == WriteOutcome::Failed;
-                failed |= unreachable;
-                telemetry::presence_rewrite(if unreachable { "unreachable" } else { "lost" });
-                self.rewrite(&channel, &mut members);
+                WriteOutcome::Lost | WriteOutcome::Failed => {
+                    let unreachable = outcome == WriteOutcome::Failed;
+                    failed |= unreachable;
+                    telemetry::presence_rewrite(if unreachable { "unreachable" } else { "lost" });
+                    self.rewrite(&channel, &mut members);
+                    // Their events go out after the write that succeeds, before later ones.
+                    announce.append(&mut members.announce);
+                    members.announce = std::mem::take(&mut announce);
+                }
             }
             let forgotten = members.forgotten();
             drop(members);
+            for (change, member) in announce {
+                self.event(&channel, change, member);
+            }
             if forgotten {
                 self.members
                     .remove_if(&channel, |_, members| members.forgotten());
@@ -639,20 +742,30 @@ impl Presence {
         failed
     }
 
-    /// Members of another node the store found departed (their node died): `leave` events
-    /// where the namespace has them. The scripts never remove the calling node's own
-    /// members, so this node's can come back here only when another process runs with the
-    /// same node id: they are alive, and the next write puts them back.
-    fn departed(self: &Arc<Self>, channel: &ChannelName, members: &[String]) {
-        let join_leave = self
-            .namespaces
+    /// Whether the channel's namespace sends `join` and `leave`.
+    fn join_leave(&self, channel: &ChannelName) -> bool {
+        self.namespaces
             .membership(channel.as_str())
-            .is_some_and(|membership| membership.join_leave);
-        for json in members {
+            .is_some_and(|membership| membership.join_leave)
+    }
+
+    /// Members the store removed (their node died, or this node id's process restarted and
+    /// they are the old process's ghosts): `leave` events where the namespace has them.
+    fn departed(self: &Arc<Self>, channel: &ChannelName, members: &[(Departure, String)]) {
+        let join_leave = self.join_leave(channel);
+        for (reason, json) in members {
+            telemetry::presence_departed(reason.as_str(), 1);
             let Ok(member) = serde_json::from_str::<Member>(json) else {
                 continue;
             };
-            if member.node == self.node {
+            let live = member.node == self.node
+                && self
+                    .members
+                    .get(channel)
+                    .is_some_and(|members| members.conns.contains_key(&member.conn_id));
+            if live {
+                // Not a ghost after all (connection ids do not repeat across restarts, so
+                // only another process running under this id gets here): put it back.
                 if let Some(mut members) = self.members.get_mut(channel) {
                     telemetry::presence_rewrite("lost");
                     self.rewrite(channel, &mut members);

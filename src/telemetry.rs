@@ -50,6 +50,7 @@ pub const PRESENCE_EVENTS_DROPPED: &str = "ws_presence_events_dropped_total";
 pub const SESSION_COMMANDS_DROPPED: &str = "ws_session_commands_dropped_total";
 /// Presence writes to Redis that must be redone in full, by reason.
 pub const PRESENCE_REWRITES: &str = "ws_presence_rewrites_total";
+pub const PRESENCE_DEPARTED: &str = "ws_presence_departed_total";
 pub const QUEUE_MESSAGES: &str = "ws_outbound_queue_messages";
 pub const QUEUE_MAX_MESSAGES: &str = "ws_outbound_queue_max_messages";
 pub const QUEUE_BYTES: &str = "ws_outbound_queue_bytes";
@@ -307,6 +308,13 @@ pub fn presence_rewrite(reason: &'static str) {
     metrics::counter!(PRESENCE_REWRITES, "reason" => reason).increment(1);
 }
 
+/// Counts members another node's presence removed from Redis, by reason: `expired` (their
+/// node stopped refreshing them), `node_gone` (their node left the registry unannounced),
+/// `restarted` (ghosts of a process that ran under this node id before).
+pub fn presence_departed(reason: &'static str, n: u64) {
+    metrics::counter!(PRESENCE_DEPARTED, "reason" => reason).increment(n);
+}
+
 /// Counts a server-side subscribe or unsubscribe dropped because its connection already
 /// held `MAX_SESSION_COMMANDS` its session had not taken.
 pub fn session_command_dropped() {
@@ -466,6 +474,10 @@ fn describe() {
     describe_counter!(
         PRESENCE_REWRITES,
         "Channels whose presence is written to Redis again in full, by reason: unreachable or lost"
+    );
+    describe_counter!(
+        PRESENCE_DEPARTED,
+        "Members removed from cluster presence by a node other than theirs, by reason: expired, node_gone or restarted"
     );
     describe_counter!(
         AUTH,

@@ -290,7 +290,12 @@ pub struct PresenceWrite {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteOutcome {
     Done,
-    /// The store did not hold what `expect` said it should: write the channel in full.
+    /// Written in full over the mark another node left when it removed this node's members
+    /// for not refreshing them (the node was paused, or cut off from the store): their
+    /// `leave` was sent, so they need a `join` again.
+    Rejoined,
+    /// The store did not hold what `expect` said it should (it lost them, or another node
+    /// removed them): nothing written; write the channel in full.
     Lost,
     /// Not written (the store is unreachable): write the channel in full later.
     Failed,
@@ -304,12 +309,45 @@ pub struct StoredPage {
     pub next_cursor: Option<String>,
 }
 
-/// Members whose node stopped refreshing them (it died), removed by this node's query.
+/// A channel's connections and distinct users in a [`PresenceStore`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoredStats {
+    pub connections: usize,
+    pub users: usize,
+    /// Of `connections`, this node's (which it knows better itself).
+    pub own: usize,
+}
+
+/// Why a member was removed from a [`PresenceStore`] by someone other than its node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Departure {
+    /// Its node stopped refreshing it for the TTL.
+    Expired,
+    /// Its node left the node registry without deregistering.
+    NodeGone,
+    /// Its node's process restarted under the same node id: a ghost of the old process.
+    Restarted,
+}
+
+impl Departure {
+    /// The metric label.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Expired => "expired",
+            Self::NodeGone => "node_gone",
+            Self::Restarted => "restarted",
+        }
+    }
+}
+
+/// Members removed from the store by this node's scripts (their node died, or restarted),
+/// for `leave` events.
 #[derive(Debug, Clone)]
 pub struct Departed {
     pub channel: ChannelName,
-    /// Each member as the JSON its node wrote.
-    pub members: Vec<String>,
+    /// Why, and each member as the JSON its node wrote.
+    pub members: Vec<(Departure, String)>,
 }
 
 /// Cluster-wide presence: every node's members of a channel, kept where every node reads
@@ -339,7 +377,7 @@ pub trait PresenceStore: Send + Sync + std::fmt::Debug + 'static {
     fn stats<'a>(
         &'a self,
         channel: &'a ChannelName,
-    ) -> BusFuture<'a, Result<(usize, usize), BusError>>;
+    ) -> BusFuture<'a, Result<StoredStats, BusError>>;
 
     /// Records the channels this node has members in, so that the node that sees it gone
     /// from the registry can remove them at once.
@@ -348,6 +386,11 @@ pub trait PresenceStore: Send + Sync + std::fmt::Debug + 'static {
     /// Members of departed nodes removed since the last call (by this node's queries, or
     /// because the registry saw their node gone), for `leave` events.
     fn departed(&self) -> BusFuture<'_, Vec<Departed>>;
+
+    /// A number that changes whenever the link to the store was disturbed (an outage, a
+    /// stall): every channel is then refreshed at once, since the store may have judged this
+    /// node departed meanwhile.
+    fn disturbances(&self) -> u64;
 }
 
 #[cfg(test)]

@@ -343,6 +343,20 @@ impl TestClient {
         }
     }
 
+    /// The next text frame as JSON, or `None` when none comes within `patience`; panics on
+    /// close or anything else.
+    pub async fn try_recv_within(&mut self, patience: Duration) -> Option<Value> {
+        loop {
+            match tokio::time::timeout(patience, self.ws.next()).await.ok()? {
+                Some(Ok(Message::Text(text))) => {
+                    return Some(serde_json::from_str(&text).expect("server frames are JSON"));
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
     /// Receives until a frame of `kind` arrives; returns it.
     pub async fn recv_type(&mut self, kind: &str) -> Value {
         loop {

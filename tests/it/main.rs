@@ -27,6 +27,7 @@ mod mass_disconnect;
 mod presence;
 mod presence_reply;
 mod presence_store;
+mod presence_truth;
 mod process;
 mod pubsub;
 mod raw;

@@ -17,7 +17,7 @@ use crate::{
 
 const SECRET: &str = "a-presence-test-secret-of-32-bytes!";
 
-fn token(sub: &str, claims: Value) -> String {
+pub(crate) fn token(sub: &str, claims: Value) -> String {
     let mut body = json!({"sub": sub, "exp": now() + 600});
     if let (Some(body), Some(extra)) = (body.as_object_mut(), claims.as_object()) {
         body.extend(extra.clone());
@@ -32,7 +32,7 @@ fn token(sub: &str, claims: Value) -> String {
 
 /// Rooms by claim with presence and join/leave; personal channels by owner; everything
 /// else open, without presence.
-fn chat(config: &mut Config) {
+pub(crate) fn chat(config: &mut Config) {
     config.auth.keys = vec![AuthKeyConfig {
         algorithm: "HS256".to_owned(),
         secret: SECRET.to_owned(),
@@ -588,7 +588,7 @@ async fn kill_and_time_departure(
     killed.elapsed()
 }
 
-async fn member_at(url: &str, user: &str) -> TestClient {
+pub(crate) async fn member_at(url: &str, user: &str) -> TestClient {
     let token = token(user, json!({"channels": ["room:*"]}));
     TestClient::connect(&format!("{url}?token={token}")).await
 }

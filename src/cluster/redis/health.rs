@@ -31,14 +31,39 @@ pub(super) struct Health {
     pub(super) reader_started: Vec<AtomicBool>,
     /// Milliseconds since `started` of the watchdog's last restart of each reader.
     pub(super) reader_restarted_ms: Vec<AtomicU64>,
+    /// Milliseconds since `started` of the last disturbance of the link (Redis went down or
+    /// came back, a heartbeat stalled), and how many there were. Judging other nodes
+    /// departed waits for a steady link (see [`Health::steady_for_ms`]).
+    pub(super) disturbed_ms: AtomicU64,
+    pub(super) disturbances: AtomicU64,
     /// The last entry id each partition's reader processed. Kept outside the reader task so
     /// that a reader restarted by the watchdog goes on from there instead of skipping ahead.
     pub(super) reader_cursor: Vec<Mutex<Option<String>>>,
 }
 
 impl Health {
+    /// Notes a disturbance of the link now.
+    pub(super) fn disturbed(&self, now_ms: u64) {
+        self.disturbed_ms.store(now_ms, Ordering::Release);
+        self.disturbances.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// How long the link has been steady: since the last disturbance, or since start. A node
+    /// judges another departed only on a link steady for at least the other's lifetime (its
+    /// TTL): a clock that stood still for everyone (a Redis stall, this node's own outage)
+    /// must not count as silence.
+    pub(super) fn steady_for_ms(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_sub(self.disturbed_ms.load(Ordering::Acquire))
+    }
+
+    /// How many disturbances there were (see [`Health::disturbed`]).
+    pub(super) fn disturbances(&self) -> u64 {
+        self.disturbances.load(Ordering::Acquire)
+    }
+
     /// Redis answered (a new connection): logs the end of an outage, with its duration.
     pub(super) fn came_up(&self, now_ms: u64) {
+        self.disturbed(now_ms);
         self.up_since_ms.store(now_ms, Ordering::Release);
         let was_up = self.redis_up.swap(true, Ordering::AcqRel);
         let first = !self.ever_connected.swap(true, Ordering::AcqRel);
@@ -53,6 +78,7 @@ impl Health {
     /// Redis is unreachable: logs once when an outage begins (and once before the first
     /// connection), not for every failed command or reconnect attempt.
     pub(super) fn went_down(&self, now_ms: u64) {
+        self.disturbed(now_ms);
         if self.redis_up.swap(false, Ordering::AcqRel) {
             self.down_since_ms.store(now_ms, Ordering::Release);
             let last = self.last_error();

@@ -130,6 +130,9 @@ struct Inner {
     /// Nodes this node saw leave the registry without deregistering (their heartbeat
     /// expired), whose presence it removes.
     departed_nodes: Mutex<Vec<String>>,
+    /// This process's id among the processes that ran under this node id (random, hex): what
+    /// an earlier process left in Redis (presence, the registry entry) is told apart by it.
+    incarnation: Arc<str>,
 }
 
 /// The Redis Streams bus. Cheap to clone.
@@ -180,6 +183,7 @@ impl RedisBus {
             started: Instant::now(),
             in_flight: AtomicUsize::new(0),
             departed_nodes: Mutex::new(Vec::new()),
+            incarnation: format!("{:016x}", rand::random::<u64>()).into(),
             settings,
             hub,
         });

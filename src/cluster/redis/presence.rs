@@ -20,7 +20,10 @@
 //! (its heartbeat expired) removes its members from each at once.
 
 use std::{
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -30,11 +33,12 @@ use redis::{Script, ScriptInvocation, Value};
 use super::{
     Inner,
     scripts::{as_string, as_u64},
+    since_start_ms,
 };
 use crate::{
     cluster::{
-        BusError, BusFuture, Departed, PresenceStore, PresenceWrite, StoredPage, WriteOutcome,
-        member_id,
+        BusError, BusFuture, Departed, Departure, PresenceStore, PresenceWrite, StoredPage,
+        StoredStats, WriteOutcome, member_id,
     },
     protocol::ChannelName,
 };
@@ -47,17 +51,35 @@ const CALLS_IN_FLIGHT: usize = 64;
 /// Channels per `SADD` of the index.
 const INDEX_CHUNK: usize = 1000;
 
-/// Shared by every script: Redis time, and removing a node's members (all four keys).
+/// Shared by every script: Redis time, reading a node's entry in `pn`, and removing a
+/// node's members (all four keys). Every script's `ARGV` starts with this node's id, its
+/// incarnation, whether it may judge other nodes departed (`1`/`0`), and the TTL in ms.
+///
+/// A node's entry in `pn` is `<expiry ms> <incarnation>`, or `<until ms> <incarnation> gone`
+/// once another node removed its members for not refreshing them (a tombstone, kept two
+/// TTLs, so that the node, if it was only paused, learns that its members' `leave` was sent
+/// and sends `join` when it writes them back). Every script removes, before anything else:
+/// - this node id's members written by another incarnation (the process restarted under the
+///   same id: they are ghosts), reason `r`;
+/// - when it may judge, the members of other nodes whose expiry passed, reason `e`, leaving
+///   a tombstone; a node that is forced out (gone from the registry) is reason `g`.
+///
+/// Removed members come back as `<reason><member JSON>` for `leave` events.
 const COMMON_LUA: &str = r"
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+local function entry(value)
+  local expiry, incarnation, gone = string.match(value, '^(%d+) ?(%S*) ?(%a*)$')
+  if not expiry then return 0, '', false end
+  return tonumber(expiry), incarnation, gone == 'gone'
+end
 local function forget(id, user)
   if redis.call('HINCRBY', KEYS[3], user, -1) <= 0 then redis.call('HDEL', KEYS[3], user) end
   redis.call('HDEL', KEYS[2], id)
 end
-local function drop(node, departed)
+local function drop(node, departed, why)
   local ids = redis.call('ZRANGEBYLEX', KEYS[1], '[' .. node .. ' ', '(' .. node .. '!')
   for _, id in ipairs(ids) do
     local json = redis.call('HGET', KEYS[2], id)
@@ -67,41 +89,77 @@ local function drop(node, departed)
       if ok and type(member) == 'table' and type(member.user) == 'string' then
         user = member.user
       end
-      if departed then table.insert(departed, json) end
+      if departed then table.insert(departed, why .. json) end
     end
     forget(id, user)
     redis.call('ZREM', KEYS[1], id)
   end
   redis.call('HDEL', KEYS[4], node)
 end
+local function bury(node, incarnation, now)
+  local keep = 2 * tonumber(ARGV[4])
+  redis.call('HSET', KEYS[4], node, string.format('%d %s gone', now + keep, incarnation))
+  if redis.call('PTTL', KEYS[4]) < keep then redis.call('PEXPIRE', KEYS[4], keep) end
+end
 local function prune(now, forced, departed)
-  if forced then drop(forced, departed) end
+  if forced then
+    local value = redis.call('HGET', KEYS[4], forced)
+    if value then
+      local _, incarnation, gone = entry(value)
+      if not gone then
+        drop(forced, departed, 'g')
+        bury(forced, incarnation, now)
+      end
+    end
+  end
   local nodes = redis.call('HGETALL', KEYS[4])
   for i = 1, #nodes, 2 do
-    if tonumber(nodes[i + 1]) < now and nodes[i] ~= ARGV[1] then drop(nodes[i], departed) end
+    local node = nodes[i]
+    local expiry, incarnation, gone = entry(nodes[i + 1])
+    if gone then
+      if expiry < now then redis.call('HDEL', KEYS[4], node) end
+    elseif node == ARGV[1] then
+      if incarnation ~= ARGV[2] then drop(node, departed, 'r') end
+    elseif ARGV[3] == '1' and expiry < now then
+      drop(node, departed, 'e')
+      bury(node, incarnation, now)
+    end
   end
 end
 local function expire(ttl)
-  for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ttl) end
+  for i = 1, 4 do
+    if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
+  end
 end
 ";
 
-/// ARGV: node, ttl ms, expect (0/1), full (0/1), joins J, then J x (id, user, json), then
-/// (id, user) per leave. Returns `{departed, lost}`.
+/// ARGV (after the common four): expect (0/1), full (0/1), joins J, then J x (id, user,
+/// json), then (id, user) per leave. Returns `{departed, outcome}`: 0 done; 1 not done,
+/// because this node's members were not there although `expect` said so (Redis lost them,
+/// or another node removed them): write in full; 2 done in full over a tombstone: another
+/// node removed this node's members and sent their `leave`, so they need a `join` again.
 const WRITE_LUA: &str = r"
 local node = ARGV[1]
-local ttl = tonumber(ARGV[2])
+local ttl = tonumber(ARGV[4])
 local now = now_ms()
 local departed = {}
 prune(now, nil, departed)
-local known = redis.call('HEXISTS', KEYS[4], node) == 1
-if ARGV[4] == '1' then
-  drop(node, nil)
-elseif ARGV[3] == '1' and not known then
+local known, buried = false, false
+local value = redis.call('HGET', KEYS[4], node)
+if value then
+  local _, incarnation, gone = entry(value)
+  buried = gone
+  known = not gone and incarnation == ARGV[2]
+end
+local outcome = 0
+if ARGV[6] == '1' then
+  drop(node, nil, '')
+  if buried then outcome = 2 end
+elseif ARGV[5] == '1' and not known then
   return {departed, 1}
 end
-local joins = tonumber(ARGV[5])
-local i = 6
+local joins = tonumber(ARGV[7])
+local i = 8
 for _ = 1, joins do
   if redis.call('ZADD', KEYS[1], 'NX', 0, ARGV[i]) == 1 then
     redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 2])
@@ -114,15 +172,16 @@ while i < #ARGV do
   i = i + 2
 end
 if #redis.call('ZRANGEBYLEX', KEYS[1], '[' .. node .. ' ', '(' .. node .. '!', 'LIMIT', 0, 1) > 0 then
-  redis.call('HSET', KEYS[4], node, now + ttl)
+  redis.call('HSET', KEYS[4], node, string.format('%d %s', now + ttl, ARGV[2]))
   expire(ttl)
 else
   redis.call('HDEL', KEYS[4], node)
 end
-return {departed, 0}
+return {departed, outcome}
 ";
 
-/// ARGV: node (kept), cursor ('' from the start), count. Returns `{departed, ids, jsons}`.
+/// ARGV (after the common four): cursor ('' from the start), count. Returns
+/// `{departed, ids, jsons}`.
 ///
 /// The members' JSON is read `HMGET` by `HMGET` of at most 1,000 ids: `unpack` puts every id
 /// on Lua's C stack, which holds about 8,000, and `presence.max_listed` allows 100,000.
@@ -130,8 +189,8 @@ const PAGE_LUA: &str = r"
 local departed = {}
 prune(now_ms(), nil, departed)
 local from = '-'
-if ARGV[2] ~= '' then from = '(' .. ARGV[2] end
-local ids = redis.call('ZRANGEBYLEX', KEYS[1], from, '+', 'LIMIT', 0, tonumber(ARGV[3]))
+if ARGV[5] ~= '' then from = '(' .. ARGV[5] end
+local ids = redis.call('ZRANGEBYLEX', KEYS[1], from, '+', 'LIMIT', 0, tonumber(ARGV[6]))
 local jsons = {}
 for first = 1, #ids, 1000 do
   local part = redis.call('HMGET', KEYS[2], unpack(ids, first, math.min(first + 999, #ids)))
@@ -140,17 +199,21 @@ end
 return {departed, ids, jsons}
 ";
 
-/// ARGV: node (kept). Returns `{departed, connections, users}`.
+/// Returns `{departed, connections, users, own}`: `own` is this node's connections in the
+/// store, which the caller replaces with what it holds itself.
 const STATS_LUA: &str = r"
 local departed = {}
 prune(now_ms(), nil, departed)
-return {departed, redis.call('ZCARD', KEYS[1]), redis.call('HLEN', KEYS[3])}
+local own = redis.call('ZLEXCOUNT', KEYS[1], '[' .. ARGV[1] .. ' ', '(' .. ARGV[1] .. '!')
+return {departed, redis.call('ZCARD', KEYS[1]), redis.call('HLEN', KEYS[3]), own}
 ";
 
-/// ARGV: node (kept), the node gone. Returns `{departed}`.
+/// ARGV (after the common four): the node gone, or '' to only prune. Returns `{departed}`.
 const FORGET_LUA: &str = r"
 local departed = {}
-prune(now_ms(), ARGV[2], departed)
+local forced = nil
+if ARGV[5] ~= '' then forced = ARGV[5] end
+prune(now_ms(), forced, departed)
 return {departed}
 ";
 
@@ -169,6 +232,9 @@ struct Scripts {
     forget: Script,
     /// Members removed by this node's scripts, not yet handed out.
     departed: Mutex<Vec<Departed>>,
+    /// Whether the channels a previous incarnation of this node id listed in its index were
+    /// swept of its ghosts (see [`RedisPresence::sweep`]).
+    swept: AtomicBool,
 }
 
 impl std::fmt::Debug for RedisPresence {
@@ -197,6 +263,7 @@ impl RedisPresence {
                 stats: script(STATS_LUA),
                 forget: script(FORGET_LUA),
                 departed: Mutex::new(Vec::new()),
+                swept: AtomicBool::new(false),
             }),
             ttl,
         }
@@ -219,8 +286,27 @@ impl RedisPresence {
         &self.inner.settings.node_id
     }
 
+    /// Whether this node may remove other nodes' members whose expiry passed: only once its
+    /// own link to Redis has been steady (no outage, no stalled heartbeat) for a whole TTL.
+    /// After a stall every node's refresh is late at once; the nodes that lived through it
+    /// refresh within a third of the TTL, and nobody judges them meanwhile.
+    fn may_judge(&self) -> bool {
+        self.inner.health.steady_for_ms(since_start_ms(&self.inner)) >= self.ttl_ms()
+    }
+
     fn keep_departed(&self, channel: &ChannelName, value: &Value) {
-        let members = strings(value);
+        let members: Vec<(Departure, String)> = strings(value)
+            .into_iter()
+            .filter_map(|text| {
+                let reason = match text.as_bytes().first()? {
+                    b'e' => Departure::Expired,
+                    b'g' => Departure::NodeGone,
+                    b'r' => Departure::Restarted,
+                    _ => return None,
+                };
+                Some((reason, text[1..].to_owned()))
+            })
+            .collect();
         if !members.is_empty() {
             self.scripts
                 .departed
@@ -233,8 +319,9 @@ impl RedisPresence {
         }
     }
 
-    /// Runs `script` on `channel`'s four keys, with this node's id as `ARGV[1]` and then
-    /// what `args` adds; its reply, an array whose first item is the departed members.
+    /// Runs `script` on `channel`'s four keys, with this node's id, incarnation, whether it
+    /// may judge and the TTL as `ARGV[1..=4]` and then what `args` adds; its reply, an array
+    /// whose first item is the departed members.
     async fn call(
         &self,
         script: &Script,
@@ -246,7 +333,11 @@ impl RedisPresence {
         for key in self.keys(channel) {
             invocation.key(key);
         }
-        invocation.arg(self.node());
+        invocation
+            .arg(self.node())
+            .arg(&*self.inner.incarnation)
+            .arg(u8::from(self.may_judge()))
+            .arg(self.ttl_ms());
         args(&mut invocation);
         let reply = invocation
             .invoke_async::<Value>(&mut conn)
@@ -274,7 +365,6 @@ impl RedisPresence {
         let reply = self
             .call(&self.scripts.write, channel, |invocation| {
                 invocation
-                    .arg(self.ttl_ms())
                     .arg(u8::from(expect))
                     .arg(u8::from(full))
                     .arg(joins.len());
@@ -290,8 +380,12 @@ impl RedisPresence {
             })
             .await;
         match reply.as_deref() {
-            Ok([_, lost]) if as_u64(lost) == Some(1) => WriteOutcome::Lost,
-            Ok([_, _]) => WriteOutcome::Done,
+            Ok([_, outcome]) => match as_u64(outcome) {
+                Some(0) => WriteOutcome::Done,
+                Some(1) => WriteOutcome::Lost,
+                Some(2) => WriteOutcome::Rejoined,
+                _ => WriteOutcome::Failed,
+            },
             _ => WriteOutcome::Failed,
         }
     }
@@ -304,6 +398,7 @@ impl RedisPresence {
         let calls = joins.len().max(leaves.len()).max(1);
         let mut joins = joins.fuse();
         let mut leaves = leaves.fuse();
+        let mut done = WriteOutcome::Done;
         for call in 0..calls {
             let flags = if call == 0 {
                 (write.full, write.expect)
@@ -318,29 +413,60 @@ impl RedisPresence {
                     leaves.next().unwrap_or_default(),
                 )
                 .await;
-            if outcome != WriteOutcome::Done {
-                return outcome;
+            match outcome {
+                WriteOutcome::Done => {}
+                WriteOutcome::Rejoined => done = WriteOutcome::Rejoined,
+                WriteOutcome::Lost | WriteOutcome::Failed => return outcome,
             }
         }
-        WriteOutcome::Done
+        done
     }
 
     /// Removes the members of `node` (gone from the registry) from every channel its index
     /// lists; their `leave` events come from [`PresenceStore::departed`].
     pub(super) async fn forget_node(&self, node: &str) {
-        let Ok(mut conn) = self.inner.conn() else {
+        let Some(channels) = self.sweep_index(node, node).await else {
             return;
         };
-        let index = self.index_key(node);
+        if let Ok(mut conn) = self.inner.conn() {
+            let _ = redis::cmd("DEL")
+                .arg(self.index_key(node))
+                .query_async::<()>(&mut conn)
+                .await;
+        }
+        tracing::info!(node, channels, "Removed a departed node's presence");
+    }
+
+    /// Once after start: removes the ghosts a previous process under this node id left (it
+    /// was killed and this one started before its members expired) from every channel that
+    /// process listed in the index, with their `leave` events. A channel missing from the
+    /// index loses them at its first script call from this node (every script removes this
+    /// id's members of another incarnation), or at their expiry.
+    async fn sweep(&self) {
+        if self.scripts.swept.load(Ordering::Acquire) {
+            return;
+        }
+        let node = self.node().to_owned();
+        if let Some(channels) = self.sweep_index(&node, "").await {
+            self.scripts.swept.store(true, Ordering::Release);
+            tracing::debug!(channels, "Swept the previous incarnation's presence");
+        }
+    }
+
+    /// Runs the forget script (removing `forced`, if not empty, besides what every script
+    /// prunes) on every channel `index_node`'s index lists. How many channels, or `None` when
+    /// the index could not be read.
+    async fn sweep_index(&self, index_node: &str, forced: &str) -> Option<usize> {
+        let mut conn = self.inner.conn().ok()?;
         let channels: Vec<String> = match redis::cmd("SMEMBERS")
-            .arg(&index)
+            .arg(self.index_key(index_node))
             .query_async(&mut conn)
             .await
         {
             Ok(channels) => channels,
             Err(err) => {
                 self.inner.failed("presence", &err);
-                return;
+                return None;
             }
         };
         for chunk in channels.chunks(CALLS_IN_FLIGHT) {
@@ -351,7 +477,7 @@ impl RedisPresence {
                         // Failures are recorded; the TTL removes what is left.
                         let _ = self
                             .call(&self.scripts.forget, &channel, |invocation| {
-                                invocation.arg(node);
+                                invocation.arg(forced);
                             })
                             .await;
                     });
@@ -359,15 +485,7 @@ impl RedisPresence {
             }
             join_all(calls).await;
         }
-        let _ = redis::cmd("DEL")
-            .arg(&index)
-            .query_async::<()>(&mut conn)
-            .await;
-        tracing::info!(
-            node,
-            channels = channels.len(),
-            "Removed a departed node's presence"
-        );
+        Some(channels.len())
     }
 }
 
@@ -426,14 +544,22 @@ impl PresenceStore for RedisPresence {
     fn stats<'a>(
         &'a self,
         channel: &'a ChannelName,
-    ) -> BusFuture<'a, Result<(usize, usize), BusError>> {
+    ) -> BusFuture<'a, Result<StoredStats, BusError>> {
         Box::pin(async move {
             let reply = self.call(&self.scripts.stats, channel, |_| {}).await?;
-            let [_, connections, users] = reply.as_slice() else {
+            let [_, connections, users, own] = reply.as_slice() else {
                 return Err(BusError::BadReply("redis answered presence oddly"));
             };
-            let count = |value| as_u64(value).and_then(|n| usize::try_from(n).ok());
-            Ok((count(connections).unwrap_or(0), count(users).unwrap_or(0)))
+            let count = |value| {
+                as_u64(value)
+                    .and_then(|n| usize::try_from(n).ok())
+                    .unwrap_or(0)
+            };
+            Ok(StoredStats {
+                connections: count(connections),
+                users: count(users),
+                own: count(own),
+            })
         })
     }
 
@@ -444,7 +570,9 @@ impl PresenceStore for RedisPresence {
             };
             let key = self.index_key(self.node());
             let mut pipe = redis::pipe();
-            if replace {
+            // Replacing waits for the sweep: until then the index also names the channels
+            // where a previous incarnation may have left ghosts.
+            if replace && self.scripts.swept.load(Ordering::Acquire) {
                 pipe.cmd("DEL").arg(&key).ignore();
             }
             for chunk in channels.chunks(INDEX_CHUNK) {
@@ -461,6 +589,10 @@ impl PresenceStore for RedisPresence {
         })
     }
 
+    fn disturbances(&self) -> u64 {
+        self.inner.health.disturbances()
+    }
+
     fn departed(&self) -> BusFuture<'_, Vec<Departed>> {
         Box::pin(async move {
             let gone = std::mem::take(
@@ -470,6 +602,7 @@ impl PresenceStore for RedisPresence {
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner),
             );
+            self.sweep().await;
             for node in gone {
                 self.forget_node(&node).await;
             }

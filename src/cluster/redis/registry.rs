@@ -9,7 +9,9 @@ use std::{
 
 use tokio_util::sync::CancellationToken;
 
-use super::{Inner, RedisBus, connection::RedisConn, unix_ms};
+use redis::Script;
+
+use super::{Inner, RedisBus, connection::RedisConn, since_start_ms, unix_ms};
 use crate::cluster::BusError;
 
 /// Registry heartbeat period and entry lifetime.
@@ -25,16 +27,33 @@ pub struct NodeInfo {
     pub control_addr: std::net::SocketAddr,
 }
 
+/// The heartbeat, in Redis time (nodes' clocks may disagree): renews this node's entry,
+/// answers the entry it replaced (to find another process running under the same node id)
+/// and the nodes whose entry expired. KEYS: the live set, this node's entry. ARGV: node,
+/// entry JSON, TTL ms.
+const HEARTBEAT_LUA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local before = redis.call('GET', KEYS[2])
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
+return {before or '', redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now)}
+";
+
+/// Live nodes, in Redis time. KEYS: the live set.
+const LIVE_LUA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
+";
+
 impl RedisBus {
     /// Live nodes from the registry, as JSON objects.
     pub(super) async fn registered_nodes(&self) -> Result<Vec<serde_json::Value>, BusError> {
         let mut conn = self.inner.conn()?;
-        let now = unix_ms();
-        let ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
-            .arg(REGISTRY_SET)
-            .arg(now)
-            .arg("+inf")
-            .query_async(&mut conn)
+        let ids: Vec<String> = Script::new(LIVE_LUA)
+            .key(REGISTRY_SET)
+            .invoke_async(&mut conn)
             .await
             .map_err(|err| self.inner.failed("nodes", &err))?;
         if ids.is_empty() {
@@ -55,6 +74,12 @@ impl RedisBus {
             .filter_map(|text| serde_json::from_str(&text).ok())
             .collect())
     }
+}
+
+/// The `incarnation` of a registry entry (JSON), if it has one.
+fn incarnation_of(entry: &str) -> Option<String> {
+    let entry: serde_json::Value = serde_json::from_str(entry).ok()?;
+    Some(entry.get("incarnation")?.as_str()?.to_owned())
 }
 
 /// Takes nodes whose registry entry expired (they died without deregistering) out of the
@@ -84,15 +109,23 @@ async fn remove_expired(inner: &Inner, conn: &mut RedisConn, expired: Vec<String
     }
 }
 
-/// Registers this node in Redis every `NODE_HEARTBEAT`, with a TTL.
+/// Registers this node in Redis every `NODE_HEARTBEAT`, with a TTL. A heartbeat that
+/// completes late (Redis or this process stalled) counts as a disturbance of the link, and
+/// nodes whose entry expired are judged departed only on a link steady for `NODE_TTL`: after
+/// a stall every node's entry is late at once, and each renews it within a heartbeat.
 pub(super) async fn heartbeat(inner: Arc<Inner>, node: NodeInfo, stop: CancellationToken) {
     let started_unix_ms = unix_ms();
     let ttl_ms = u64::try_from(NODE_TTL.as_millis()).unwrap_or(10_000);
-    let mut registered = false;
+    let late = u64::try_from((NODE_HEARTBEAT * 2).as_millis()).unwrap_or(u64::MAX);
+    let script = Script::new(HEARTBEAT_LUA);
+    let id = &*inner.settings.node_id;
+    let entry_key = format!("{REGISTRY_PREFIX}{id}");
+    let mut last_beat_ms: Option<u64> = None;
+    let mut duplicate_logged = false;
     loop {
         // Until the first registration succeeds, retry soon: a new node should be listed as
         // soon as Redis can be reached.
-        let pause = if registered {
+        let pause = if last_beat_ms.is_some() {
             NODE_HEARTBEAT
         } else {
             Duration::from_millis(100)
@@ -102,35 +135,49 @@ pub(super) async fn heartbeat(inner: Arc<Inner>, node: NodeInfo, stop: Cancellat
             () = tokio::time::sleep(pause) => {}
         }
         let Ok(mut conn) = inner.conn() else { continue };
-        let id = &*inner.settings.node_id;
         let info = serde_json::json!({
             "node": id,
+            "incarnation": &*inner.incarnation,
             "ws_addr": node.ws_addr.to_string(),
             "control_addr": node.control_addr.to_string(),
             "connections": inner.hub.connections(),
             "started_unix_ms": started_unix_ms,
         });
-        let now = unix_ms();
-        let mut pipe = redis::pipe();
-        pipe.cmd("SET")
-            .arg(format!("{REGISTRY_PREFIX}{id}"))
-            .arg(info.to_string())
-            .arg("PX")
-            .arg(ttl_ms)
-            .ignore()
-            .cmd("ZADD")
-            .arg(REGISTRY_SET)
-            .arg(now + ttl_ms)
+        let reply = script
+            .key(REGISTRY_SET)
+            .key(&entry_key)
             .arg(id)
-            .ignore()
-            .cmd("ZRANGEBYSCORE")
-            .arg(REGISTRY_SET)
-            .arg("-inf")
-            .arg(format!("({now}"));
-        match pipe.query_async::<(Vec<String>,)>(&mut conn).await {
-            Ok((expired,)) => {
-                registered = true;
-                remove_expired(&inner, &mut conn, expired).await;
+            .arg(info.to_string())
+            .arg(ttl_ms)
+            .invoke_async::<(String, Vec<String>)>(&mut conn)
+            .await;
+        let now = since_start_ms(&inner);
+        match reply {
+            Ok((before, expired)) => {
+                if last_beat_ms.is_some_and(|last| now.saturating_sub(last) > late) {
+                    tracing::warn!(
+                        gap_ms = now - last_beat_ms.unwrap_or(now),
+                        "Registry heartbeat was late (Redis or this process stalled)"
+                    );
+                    inner.health.disturbed(now);
+                }
+                let registered = last_beat_ms.is_some();
+                last_beat_ms = Some(now);
+                let other = incarnation_of(&before).filter(|other| **other != *inner.incarnation);
+                if let (true, Some(other)) = (registered, other) {
+                    if !duplicate_logged {
+                        duplicate_logged = true;
+                        tracing::error!(
+                            node = id,
+                            other,
+                            "Another process runs under this node id: give each node its own \
+                             (presence and the registry are wrong while both run)"
+                        );
+                    }
+                }
+                if inner.health.steady_for_ms(now) >= ttl_ms {
+                    remove_expired(&inner, &mut conn, expired).await;
+                }
             }
             Err(err) => {
                 inner.failed("heartbeat", &err);
