@@ -63,6 +63,7 @@ pub const HISTORY_MESSAGES: &str = "ws_history_messages";
 pub const RESUMES: &str = "ws_resumes_total";
 pub const HTTP_REQUESTS: &str = "ws_http_requests_total";
 pub const BUS_GAPS: &str = "ws_bus_gaps_total";
+pub const EPOCH_RESETS: &str = "ws_epoch_resets_total";
 pub const BUS_LAG: &str = "ws_bus_lag_seconds";
 pub const BUS_READ_BATCH: &str = "ws_bus_read_batch_entries";
 pub const BUS_PARTITION_AGE: &str = "ws_bus_partition_lag_seconds";
@@ -106,6 +107,8 @@ pub struct Metrics {
     /// Pages of a resume's replay sent ahead of its subscribe (too large for one reply).
     pub replay_pages: Counter,
     pub bus_gaps: Counter,
+    /// Channels whose subscribers here were sent a `reset` (their epoch was lost).
+    pub epoch_resets: Counter,
     protocol_errors: [Counter; ErrorCode::ALL.len()],
 }
 
@@ -124,6 +127,7 @@ impl Metrics {
             resumes_not_recovered: metrics::counter!(RESUMES, "recovered" => "false"),
             replay_pages: metrics::counter!(REPLAY_PAGES),
             bus_gaps: metrics::counter!(BUS_GAPS),
+            epoch_resets: metrics::counter!(EPOCH_RESETS),
             protocol_errors: ErrorCode::ALL
                 .map(|code| metrics::counter!(PROTOCOL_ERRORS, "code" => code.as_str())),
         }
@@ -572,6 +576,10 @@ fn describe() {
     describe_counter!(
         BUS_GAPS,
         "Bus deliveries that skipped sequence numbers (messages lost on the bus)"
+    );
+    describe_counter!(
+        EPOCH_RESETS,
+        "Channels whose subscribers were sent a reset frame: the bus lost the epoch they followed"
     );
 }
 

@@ -258,6 +258,8 @@ export class Switchboard {
                 return;
             case "message":
                 return this.onMessage(frame);
+            case "reset":
+                return this.onReset(frame);
             case "subscribed":
             case "unsubscribed":
                 // Without an id: the server subscribed (or unsubscribed) this connection itself.
@@ -359,6 +361,20 @@ export class Switchboard {
             return;
         sub.offset = frame.offset;
         sub.handlers.onMessage?.(frame.data, { channel: frame.channel, offset: frame.offset, data: frame.data });
+    }
+    /**
+     * The server lost the channel's history (Redis restarted empty): the channel goes on in a
+     * new epoch from `offset`, and what was missed cannot be replayed. Told as a failed resume.
+     */
+    onReset(frame) {
+        const sub = this.subs.get(frame.channel);
+        if (!sub) {
+            if (this.serverSubs.has(frame.channel))
+                this.serverSubs.set(frame.channel, frame.offset);
+            return;
+        }
+        sub.offset = frame.offset;
+        sub.handlers.onRecovered?.(false);
     }
     /** `join`/`leave`: one member's fields, or `members` when the server coalesced a burst. */
     onMembers(frame) {

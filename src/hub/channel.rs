@@ -101,6 +101,10 @@ pub(super) struct Channel {
     pub(super) pending: Vec<Entry>,
     /// `pending` overflowed `MAX_PENDING`: pinned subscribes cannot prove continuity.
     pub(super) pending_lost: bool,
+    /// The channel moved to a new epoch after subscribers here had followed the old one:
+    /// they are sent a `reset` before the new epoch's first message (see
+    /// [`Hub::deliver_locked`](super::Hub)).
+    pub(super) reset_owed: bool,
     /// Length of the channel's name, for what it costs.
     name_len: u32,
     /// Bytes this channel (not its entries) counts against the node's history budget now:
@@ -123,6 +127,7 @@ impl Channel {
             removed: false,
             synced,
             pins: 0,
+            reset_owed: false,
             pending: Vec::new(),
             pending_lost: false,
             name_len: u32::try_from(name_len).unwrap_or(u32::MAX),

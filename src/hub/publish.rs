@@ -173,7 +173,29 @@ impl Hub {
             tracing::warn!(%channel, from = state.seq, to = offset.seq, "Gap in the bus");
         }
         state.seq = offset.seq;
-        Some(self.append(state, channel, offset, data))
+        let reset = if std::mem::take(&mut state.reset_owed) {
+            // Subscribers here followed an epoch that is gone (Redis lost the channel's
+            // state): what they missed cannot be known, and their offsets name nothing. Tell
+            // them before the new epoch's first message, at the position just before it.
+            let position = Offset {
+                epoch: offset.epoch,
+                seq: offset.seq - 1,
+            };
+            telemetry::metrics().epoch_resets.increment(1);
+            Self::enqueue_round(
+                state,
+                Queued {
+                    offset: position,
+                    frame: FramedText::from(protocol::encode_reset(channel, position)),
+                    accepted: Instant::now(),
+                    event: true,
+                },
+            )
+        } else {
+            None
+        };
+        let round = self.append(state, channel, offset, data);
+        Some(reset.or(round))
     }
 
     /// Appends the message at `offset` (ordered under the channel's state lock, which the

@@ -319,6 +319,7 @@ impl Hub {
 
     /// Switches a channel to a new epoch: its history and skip marks belong to the old one.
     pub(super) fn forget_epoch(&self, state: &mut Channel, epoch: u64) {
+        state.reset_owed |= state.seq > 0;
         state.forget_all(&self.retention);
         state.epoch = epoch;
         state.seq = 0;

@@ -548,19 +548,46 @@ fn a_read_of_an_absent_channel_merges_its_first_messages() {
     assert_eq!(seqs(&drain(&rx)), vec![1, 2, 3]);
 }
 
+/// Redis lost the channel's state: its next message comes in a new epoch. The subscriber,
+/// which followed the old one, is told with a `reset` at the position before it, once.
 #[test]
-fn a_new_epoch_on_the_bus_restarts_the_channel() {
+fn a_new_epoch_on_the_bus_restarts_the_channel_and_resets_its_subscribers() {
     let hub = remote_hub();
     let news = name("news");
-    let (_conn, _rx) = joined_at(&hub, &news, 40);
+    let (_conn, rx) = joined_at(&hub, &news, 40);
+    hub.deliver(news.as_str(), at(41), "41");
+    let fresh = |seq| Offset {
+        epoch: EPOCH + 1,
+        seq,
+    };
+    assert_eq!(hub.deliver(news.as_str(), fresh(1), "1"), 1);
+    assert_eq!(hub.deliver(news.as_str(), fresh(2), "2"), 1);
+    let history = hub.history(&news, None, 10);
+    assert_eq!(history.offset, fresh(2));
+    assert_eq!(history.messages.len(), 2);
+    let frames = drain(&rx);
+    let reset = format!(
+        r#"{{"type":"reset","channel":"news","offset":"{}"}}"#,
+        fresh(0)
+    );
+    assert_eq!(frames.len(), 4, "{frames:?}");
+    assert_eq!(frames[1], reset, "before the new epoch's first message");
+    assert_eq!(seqs(&frames), vec![41, 0, 1, 2]);
+}
+
+/// A channel nobody here had heard a message of needs no reset: the first message's epoch
+/// is simply the channel's.
+#[test]
+fn a_first_message_in_another_epoch_than_the_subscribe_read_sends_no_reset() {
+    let hub = remote_hub();
+    let news = name("news");
+    let (_conn, rx) = joined_at(&hub, &news, 0);
     let fresh = Offset {
         epoch: EPOCH + 1,
         seq: 1,
     };
-    assert_eq!(hub.deliver(news.as_str(), fresh, "1"), 1);
-    let history = hub.history(&news, None, 10);
-    assert_eq!(history.offset, fresh);
-    assert_eq!(history.messages.len(), 1);
+    hub.deliver(news.as_str(), fresh, "1");
+    assert_eq!(seqs(&drain(&rx)), vec![1]);
 }
 
 #[test]

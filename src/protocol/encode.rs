@@ -201,3 +201,12 @@ pub fn encode_message(channel: &ChannelName, offset: Offset, data: &str) -> Stri
     out.push('}');
     out
 }
+
+/// `{"type":"reset","channel":..,"offset":..}`: the channel's history restarted in a new
+/// epoch (the bus lost its state); `offset` is the position just before the next message.
+/// What the subscriber missed cannot be known: it is told, as a resume answers
+/// `recovered: false`.
+#[must_use]
+pub fn encode_reset(channel: &ChannelName, offset: Offset) -> String {
+    format!("{{\"type\":\"reset\",\"channel\":\"{channel}\",\"offset\":\"{offset}\"}}")
+}

@@ -74,6 +74,8 @@ export interface SubscriptionHandlers<T = unknown> {
   /**
    * After a resume: `true` when nothing was missed; `false` when the server could not
    * replay what was missed (history too short, or the channel restarted): reload state.
+   * Also `false`, without a reconnect, when the server lost the channel's history while
+   * subscribed (a `reset` frame: Redis restarted empty).
    */
   onRecovered?: (recovered: boolean) => void;
   /** The server refused the subscription (e.g. `forbidden`); it is dropped. */
@@ -377,6 +379,8 @@ export class Switchboard {
         return;
       case "message":
         return this.onMessage(frame);
+      case "reset":
+        return this.onReset(frame);
       case "subscribed":
       case "unsubscribed":
         // Without an id: the server subscribed (or unsubscribed) this connection itself.
@@ -472,6 +476,20 @@ export class Switchboard {
     if (!isAfter(frame.offset, sub.offset)) return;
     sub.offset = frame.offset;
     sub.handlers.onMessage?.(frame.data, { channel: frame.channel, offset: frame.offset, data: frame.data });
+  }
+
+  /**
+   * The server lost the channel's history (Redis restarted empty): the channel goes on in a
+   * new epoch from `offset`, and what was missed cannot be replayed. Told as a failed resume.
+   */
+  private onReset(frame: any): void {
+    const sub = this.subs.get(frame.channel);
+    if (!sub) {
+      if (this.serverSubs.has(frame.channel)) this.serverSubs.set(frame.channel, frame.offset);
+      return;
+    }
+    sub.offset = frame.offset;
+    sub.handlers.onRecovered?.(false);
   }
 
   /** `join`/`leave`: one member's fields, or `members` when the server coalesced a burst. */
