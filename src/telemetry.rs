@@ -19,6 +19,11 @@ pub const CONNECTIONS: &str = "ws_connections";
 pub const CONNECTIONS_MAX: &str = "ws_connections_max";
 pub const PENDING_UPGRADES: &str = "ws_pending_upgrades";
 pub const MEMORY_PRESSURE: &str = "ws_memory_pressure";
+/// Gauge: the memory the pressure watch compares, labelled with its `source`: `cgroup_v2`
+/// or `cgroup_v1` (the cgroup's working set, where it has a limit) or `process` (resident).
+pub const MEMORY_USED: &str = "ws_memory_used_bytes";
+/// Gauge: the memory-pressure threshold in force, 0 when admission is off.
+pub const MEMORY_THRESHOLD: &str = "ws_memory_threshold_bytes";
 /// Gauge, 1, labelled with the version: which build each node runs.
 pub const BUILD_INFO: &str = "switchboard_build_info";
 /// Counter of failed accepts, by `listener` (`ws`, `control`) and `error` (`emfile`,
@@ -176,10 +181,19 @@ pub fn connection_closed(end: &'static str) {
     metrics::counter!(CONNECTIONS_CLOSED, "end" => end).increment(1);
 }
 
-/// Records the memory watch's verdict: whether upgrades are refused. (The resident memory
-/// itself is `process_resident_memory_bytes`, with the other process metrics.)
+/// Records the memory watch's verdict: whether upgrades are refused.
 pub fn memory_watched(pressure: bool) {
     metrics::gauge!(MEMORY_PRESSURE).set(if pressure { 1.0 } else { 0.0 });
+}
+
+/// Sets `ws_memory_used_bytes`: what the memory watch compares, and where it came from.
+pub fn memory_used(source: &'static str, bytes: u64) {
+    metrics::gauge!(MEMORY_USED, "source" => source).set(bytes as f64);
+}
+
+/// Sets `ws_memory_threshold_bytes` (0: admission off).
+pub fn memory_threshold(bytes: u64) {
+    metrics::gauge!(MEMORY_THRESHOLD).set(bytes as f64);
 }
 
 /// Sets `ws_connections_max` and registers `ws_memory_pressure` at 0 (registered, not set:
@@ -419,7 +433,19 @@ fn describe() {
     );
     describe_gauge!(
         MEMORY_PRESSURE,
-        "1 while resident memory is above limits.memory_pressure_bytes and new upgrades are refused"
+        "1 while ws_memory_used_bytes is above limits.memory_pressure_bytes and new upgrades \
+         are refused"
+    );
+    describe_gauge!(
+        MEMORY_USED,
+        Unit::Bytes,
+        "Memory the pressure watch compares, by source: cgroup_v2/cgroup_v1 (the cgroup's \
+         usage less inactive file pages, where it has a limit) or process (resident set)"
+    );
+    describe_gauge!(
+        MEMORY_THRESHOLD,
+        Unit::Bytes,
+        "limits.memory_pressure_bytes in force (90% of the cgroup limit when 0), 0 when off"
     );
     describe_gauge!(
         BUILD_INFO,
