@@ -55,6 +55,8 @@ pub const PRESENCE_EVENTS_DROPPED: &str = "ws_presence_events_dropped_total";
 pub const SESSION_COMMANDS_DROPPED: &str = "ws_session_commands_dropped_total";
 /// Presence writes to Redis that must be redone in full, by reason.
 pub const PRESENCE_REWRITES: &str = "ws_presence_rewrites_total";
+/// Presence members this node removed from Redis by judging their node gone, by reason.
+pub const PRESENCE_DEPARTED: &str = "ws_presence_departed_total";
 pub const QUEUE_MESSAGES: &str = "ws_outbound_queue_messages";
 pub const QUEUE_MAX_MESSAGES: &str = "ws_outbound_queue_max_messages";
 pub const QUEUE_BYTES: &str = "ws_outbound_queue_bytes";
@@ -72,6 +74,9 @@ pub const BUS_READ_BATCH: &str = "ws_bus_read_batch_entries";
 pub const BUS_PARTITION_AGE: &str = "ws_bus_partition_lag_seconds";
 pub const BUS_READER_RESTARTS: &str = "ws_bus_reader_restarts_total";
 pub const REDIS_ERRORS: &str = "ws_redis_errors_total";
+/// Gauge, clustered only: 1 while the command link to Redis is connected, 0 from start until
+/// it connects and while an outage lasts.
+pub const REDIS_UP: &str = "ws_redis_up";
 pub const REDIS_RECONNECTS: &str = "ws_redis_connects_total";
 pub const REDIS_PIPELINE_DEPTH: &str = "ws_redis_pipeline_depth";
 /// Gauge: 0 serving, 1 announcing, 2 closing, 3 closed (waiting to exit).
@@ -196,13 +201,109 @@ pub fn memory_threshold(bytes: u64) {
     metrics::gauge!(MEMORY_THRESHOLD).set(bytes as f64);
 }
 
-/// Sets `ws_connections_max` and registers `ws_memory_pressure` at 0 (registered, not set:
-/// servers in one process, as in tests, share the recorder).
+/// Label values of counters exported at 0 from the start (see [`node_started`]).
+const RATE_SCOPES: [RateScope; 6] = [
+    RateScope::Client,
+    RateScope::ClientControl,
+    RateScope::Ip,
+    RateScope::ApiKey,
+    RateScope::ClientPublishBytes,
+    RateScope::ChannelPublishBytes,
+];
+const PRESENCE_REWRITE_REASONS: [&str; 2] = ["unreachable", "lost"];
+/// `expired`: its node's presence heartbeat lapsed; `node_gone`: the node registry judged
+/// the node dead; `restarted`: the node came back as a new incarnation.
+pub const PRESENCE_DEPARTED_REASONS: [&str; 3] = ["expired", "node_gone", "restarted"];
+const PRESENCE_DROP_REASONS: [&str; 2] = ["queue_full", "bus"];
+/// Session ends and upgrade refusals that mark an incident (a storm of slow consumers, a
+/// drain, lost networks; overload); the other labels appear at their first event.
+const CLOSE_ENDS: [&str; 5] = [
+    "slow_consumer",
+    "service_restart",
+    "transport_lost",
+    "idle_timeout",
+    "panic",
+];
+const REJECT_REASONS: [&str; 5] = [
+    "max_connections",
+    "memory_pressure",
+    "draining",
+    "ip_rate_limited",
+    "out_of_files",
+];
+/// What failed Redis commands are counted as (`ws_redis_errors_total{op}`). An op missing
+/// here is still counted; its series starts at its first failure.
+const REDIS_OPS: [&str; 13] = [
+    "connect",
+    "born",
+    "ping",
+    "publish",
+    "read",
+    "read_connect",
+    "heartbeat",
+    "nodes",
+    "presence",
+    "announce",
+    "disconnect",
+    "subscribe",
+    "unsubscribe",
+];
+
+/// Sets `ws_connections_max`, and exports the gauges and counters that alerts and the
+/// dashboard use at 0, with each of their bounded labels, so that `rate()` and `increase()`
+/// see the first event: a counter whose series appears with the burst that created it shows
+/// no increase. Registered, not set: servers in one process, as in tests, share the recorder.
 pub fn node_started(max_connections: usize) {
     metrics::gauge!(CONNECTIONS_MAX).set(max_connections as f64);
     metrics::gauge!(MEMORY_PRESSURE).increment(0.0);
-    // Exported from the start, so that an alert on it sees a series before the first panic.
+    let _ = metrics();
     metrics::counter!(PANICS).increment(0);
+    for scope in RATE_SCOPES {
+        metrics::counter!(RATE_LIMITED, "scope" => scope.label()).increment(0);
+    }
+    metrics::counter!(PRESENCE_EVENTS).increment(0);
+    for reason in PRESENCE_REWRITE_REASONS {
+        metrics::counter!(PRESENCE_REWRITES, "reason" => reason).increment(0);
+    }
+    for reason in PRESENCE_DEPARTED_REASONS {
+        metrics::counter!(PRESENCE_DEPARTED, "reason" => reason).increment(0);
+    }
+    for reason in PRESENCE_DROP_REASONS {
+        metrics::counter!(PRESENCE_EVENTS_DROPPED, "reason" => reason).increment(0);
+    }
+    for end in CLOSE_ENDS {
+        metrics::counter!(CONNECTIONS_CLOSED, "end" => end).increment(0);
+    }
+    for reason in REJECT_REASONS {
+        metrics::counter!(CONNECTIONS_REJECTED, "reason" => reason).increment(0);
+    }
+    metrics::counter!(DRAIN_CLOSES).increment(0);
+}
+
+/// Exports a control API route's `status` answers at 0 (see [`node_started`]).
+pub fn http_requests_registered(route: &'static str, status: u16) {
+    metrics::counter!(HTTP_REQUESTS, "route" => route, "status" => status.to_string()).increment(0);
+}
+
+/// Exports the clustered metrics at 0: `ws_redis_up` (0 until the first connection), the
+/// Redis error counters by op, reconnects and the bus's gaps and reader restarts.
+pub fn redis_registered() {
+    metrics::gauge!(REDIS_UP).increment(0.0);
+    for op in REDIS_OPS {
+        metrics::counter!(REDIS_ERRORS, "op" => op).increment(0);
+    }
+    metrics::counter!(REDIS_RECONNECTS).increment(0);
+    metrics::counter!(BUS_READER_RESTARTS).increment(0);
+}
+
+/// Sets `ws_redis_up`: whether the command link to Redis is connected.
+pub fn redis_up(up: bool) {
+    metrics::gauge!(REDIS_UP).set(if up { 1.0 } else { 0.0 });
+}
+
+/// Counts `n` presence members removed from Redis because their node was judged gone.
+pub fn presence_departed(reason: &'static str, n: u64) {
+    metrics::counter!(PRESENCE_DEPARTED, "reason" => reason).increment(n);
 }
 
 /// Registers the drain gauges at 0 without overwriting them (servers in one process share
@@ -374,17 +475,22 @@ pub enum RateScope {
     ChannelPublishBytes,
 }
 
+impl RateScope {
+    const fn label(self) -> &'static str {
+        match self {
+            RateScope::Client => "client",
+            RateScope::ClientControl => "client_control",
+            RateScope::Ip => "ip",
+            RateScope::ApiKey => "api_key",
+            RateScope::ClientPublishBytes => "client_publish_bytes",
+            RateScope::ChannelPublishBytes => "channel_publish_bytes",
+        }
+    }
+}
+
 /// Counts a request refused by a token bucket.
 pub fn rate_limited(scope: RateScope) {
-    let scope = match scope {
-        RateScope::Client => "client",
-        RateScope::ClientControl => "client_control",
-        RateScope::Ip => "ip",
-        RateScope::ApiKey => "api_key",
-        RateScope::ClientPublishBytes => "client_publish_bytes",
-        RateScope::ChannelPublishBytes => "channel_publish_bytes",
-    };
-    metrics::counter!(RATE_LIMITED, "scope" => scope).increment(1);
+    metrics::counter!(RATE_LIMITED, "scope" => scope.label()).increment(1);
 }
 
 /// Counts a control API request by route and status class.
@@ -494,6 +600,11 @@ fn describe() {
         "Channels whose presence is written to Redis again in full, by reason: unreachable or lost"
     );
     describe_counter!(
+        PRESENCE_DEPARTED,
+        "Presence members this node removed from Redis because their node was judged gone, by \
+         reason: expired (presence heartbeat lapsed), node_gone (registry), restarted"
+    );
+    describe_counter!(
         AUTH,
         "Tokens checked (upgrade, auth and refresh frames), by result: ok or why refused"
     );
@@ -575,6 +686,11 @@ fn describe() {
         "Partition readers restarted because they stalled while Redis answered"
     );
     describe_counter!(REDIS_ERRORS, "Failed Redis commands, by operation");
+    describe_gauge!(
+        REDIS_UP,
+        "1 while this node's command link to Redis is connected; 0 before the first \
+         connection and during an outage"
+    );
     describe_counter!(
         REDIS_RECONNECTS,
         "Connections to Redis (re)established by the command link"
