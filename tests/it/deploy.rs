@@ -169,6 +169,40 @@ fn metric_names(text: &str) -> BTreeSet<String> {
     names
 }
 
+/// Every metric an alert rule uses has a dashboard panel whose expression names it, so that
+/// whoever is paged can see what fired (Prometheus's own `up` included).
+#[test]
+fn every_metric_the_alerts_use_has_a_panel() {
+    let alerts = std::fs::read_to_string(format!("{ROOT}/deploy/prometheus/alerts.yml")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{ROOT}/deploy/grafana/switchboard.json")).unwrap(),
+    )
+    .unwrap();
+    let mut used = metric_names(&alerts);
+    if alerts.contains("up{") {
+        used.insert("up".to_owned());
+    }
+    assert!(used.len() >= 15, "{used:?}");
+    // The identifiers in the panels' expressions.
+    let in_panels: BTreeSet<&str> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|panel| panel["targets"].as_array().unwrap())
+        .filter_map(|target| target["expr"].as_str())
+        .flat_map(|expr| expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')))
+        .collect();
+    let missing: Vec<&String> = used
+        .iter()
+        .filter(|name| !in_panels.contains(name.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "used by deploy/prometheus/alerts.yml but in no panel of deploy/grafana/switchboard.json: \
+         {missing:?}"
+    );
+}
+
 /// Every metric the alert rules and the dashboard name exists on a real node's `/metrics`
 /// (clustered, after traffic), so that neither can go stale when a metric is renamed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
