@@ -176,8 +176,19 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             background_stop.clone(),
         ));
     }
-    if let Some(threshold) = memory_threshold(config.limits.memory_pressure_bytes) {
-        tracing::info!(threshold_bytes = threshold, "Memory pressure admission on");
+    let meter = memory::meter();
+    let threshold = memory_threshold(config.limits.memory_pressure_bytes, meter);
+    // Which memory the watch compares (and `ws_memory_used_bytes` reports): an operator
+    // sizing the threshold needs to know whether socket buffers and page cache count.
+    tracing::info!(
+        source = meter.source.label(),
+        cgroup = ?meter.source,
+        cgroup_limit_bytes = meter.limit,
+        threshold_bytes = threshold,
+        "Memory measured for memory-pressure admission"
+    );
+    telemetry::memory_threshold(threshold.unwrap_or(0));
+    if let Some(threshold) = threshold {
         background.spawn(watch_memory(
             Arc::clone(&hub),
             readiness.clone(),
@@ -316,6 +327,10 @@ fn spawn_periodic(
                     .spawn(move || {
                         hub.sample_queues();
                         telemetry::collect_process();
+                        let meter = memory::meter();
+                        if let Some(used) = meter.used() {
+                            telemetry::memory_used(meter.source.label(), used);
+                        }
                         flag.store(false, std::sync::atomic::Ordering::Release);
                     });
                 if let Err(err) = spawned {
@@ -537,26 +552,24 @@ fn raise_file_limit(max_connections: usize) {
     }
 }
 
-/// How often the process's resident memory is read for memory-pressure admission.
+/// How often the memory is read for memory-pressure admission.
 const MEMORY_WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
-/// The memory-pressure threshold: the configured one, or 90% of the cgroup's memory limit
-/// when configured 0; `None` when off.
-fn memory_threshold(configured: u64) -> Option<u64> {
+/// The memory-pressure threshold: the configured one, or 90% of the memory limit of the
+/// cgroup the meter found when configured 0; `None` when off.
+fn memory_threshold(configured: u64, meter: &memory::Meter) -> Option<u64> {
     if configured > 0 {
         return Some(configured);
     }
-    let limit = std::fs::read_to_string("/sys/fs/cgroup/memory.max").ok()?;
-    // "max" when the cgroup has no limit.
-    let limit: u64 = limit.trim().parse().ok()?;
-    Some(limit / 10 * 9)
+    Some(meter.limit? / 10 * 9)
 }
 
-/// Refuses new upgrades while resident memory is at or above `threshold`, and accepts again
-/// below 95% of it, so that the node does not flap at the edge. Memory the allocator keeps
-/// after frees is given back before it counts (`memory::give_back`), so pressure ends when
-/// the spike that caused it ends. Holds a readiness latch and
-/// sets `ws_memory_pressure` meanwhile.
+/// Refuses new upgrades while the memory in use (`memory::meter`: the cgroup's working set
+/// where it has a limit, else the resident set) is at or above `threshold`, and accepts
+/// again below 95% of it, so that the node does not flap at the edge. Memory the allocator
+/// keeps after frees is given back before it counts (`memory::give_back`), so pressure ends
+/// when the spike that caused it ends. Holds a readiness latch and sets
+/// `ws_memory_pressure` meanwhile, and `ws_memory_used_bytes` every tick.
 async fn watch_memory(
     hub: HubHandle,
     readiness: Readiness,
@@ -573,7 +586,8 @@ async fn watch_memory(
             () = stop.cancelled() => break,
             _ = interval.tick() => {}
         }
-        let Some(mut resident) = memory::resident_bytes() else {
+        let meter = memory::meter();
+        let Some(mut used) = meter.used() else {
             continue;
         };
         let limit = if latch.is_some() {
@@ -581,42 +595,43 @@ async fn watch_memory(
         } else {
             threshold
         };
-        // Resident memory includes what the allocator keeps after frees: counted as
+        // Memory in use includes what the allocator keeps after frees: counted as
         // pressure, a spike that ended would refuse upgrades for the process's life. A trim
         // walks the heap under the allocator's locks, so while pressure lasts it runs at
         // most 1% of the time (each tick on a small heap, every 10 s if one takes 100 ms).
         let trim_due = last_trim
             .is_none_or(|(at, took): (tokio::time::Instant, Duration)| at.elapsed() >= took * 100);
-        if resident >= limit && trim_due {
+        if used >= limit && trim_due {
             let started = tokio::time::Instant::now();
             let returned = memory::give_back();
             last_trim = Some((started, started.elapsed()));
-            let before = resident;
-            resident = memory::resident_bytes().unwrap_or(resident);
+            let before = used;
+            used = meter.used().unwrap_or(used);
             tracing::debug!(
                 before_bytes = before,
-                after_bytes = resident,
+                after_bytes = used,
                 returned,
                 took_ms = started.elapsed().as_millis(),
                 "Gave freed memory back to the system"
             );
         }
-        let pressure = resident >= limit;
+        let pressure = used >= limit;
         if pressure != latch.is_some() {
             if pressure {
                 tracing::warn!(
-                    resident_bytes = resident,
+                    used_bytes = used,
                     threshold_bytes = threshold,
                     "Memory pressure: refusing new connections"
                 );
                 latch = Some(readiness.hold("memory_pressure"));
             } else {
-                tracing::info!(resident_bytes = resident, "Memory pressure over");
+                tracing::info!(used_bytes = used, "Memory pressure over");
                 latch = None;
             }
         }
         hub.set_memory_pressure(pressure);
         telemetry::memory_watched(pressure);
+        telemetry::memory_used(meter.source.label(), used);
     }
 }
 

@@ -19,6 +19,11 @@ pub const CONNECTIONS: &str = "ws_connections";
 pub const CONNECTIONS_MAX: &str = "ws_connections_max";
 pub const PENDING_UPGRADES: &str = "ws_pending_upgrades";
 pub const MEMORY_PRESSURE: &str = "ws_memory_pressure";
+/// Gauge: the memory the pressure watch compares, labelled with its `source`: `cgroup_v2`
+/// or `cgroup_v1` (the cgroup's working set, where it has a limit) or `process` (resident).
+pub const MEMORY_USED: &str = "ws_memory_used_bytes";
+/// Gauge: the memory-pressure threshold in force, 0 when admission is off.
+pub const MEMORY_THRESHOLD: &str = "ws_memory_threshold_bytes";
 /// Gauge, 1, labelled with the version: which build each node runs.
 pub const BUILD_INFO: &str = "switchboard_build_info";
 /// Counter of failed accepts, by `listener` (`ws`, `control`) and `error` (`emfile`,
@@ -50,6 +55,7 @@ pub const PRESENCE_EVENTS_DROPPED: &str = "ws_presence_events_dropped_total";
 pub const SESSION_COMMANDS_DROPPED: &str = "ws_session_commands_dropped_total";
 /// Presence writes to Redis that must be redone in full, by reason.
 pub const PRESENCE_REWRITES: &str = "ws_presence_rewrites_total";
+/// Presence members this node removed from Redis by judging their node gone, by reason.
 pub const PRESENCE_DEPARTED: &str = "ws_presence_departed_total";
 pub const QUEUE_MESSAGES: &str = "ws_outbound_queue_messages";
 pub const QUEUE_MAX_MESSAGES: &str = "ws_outbound_queue_max_messages";
@@ -69,6 +75,9 @@ pub const BUS_READ_BATCH: &str = "ws_bus_read_batch_entries";
 pub const BUS_PARTITION_AGE: &str = "ws_bus_partition_lag_seconds";
 pub const BUS_READER_RESTARTS: &str = "ws_bus_reader_restarts_total";
 pub const REDIS_ERRORS: &str = "ws_redis_errors_total";
+/// Gauge, clustered only: 1 while the command link to Redis is connected, 0 from start until
+/// it connects and while an outage lasts.
+pub const REDIS_UP: &str = "ws_redis_up";
 pub const REDIS_RECONNECTS: &str = "ws_redis_connects_total";
 pub const REDIS_PIPELINE_DEPTH: &str = "ws_redis_pipeline_depth";
 /// Gauge: 0 serving, 1 announcing, 2 closing, 3 closed (waiting to exit).
@@ -181,19 +190,126 @@ pub fn connection_closed(end: &'static str) {
     metrics::counter!(CONNECTIONS_CLOSED, "end" => end).increment(1);
 }
 
-/// Records the memory watch's verdict: whether upgrades are refused. (The resident memory
-/// itself is `process_resident_memory_bytes`, with the other process metrics.)
+/// Records the memory watch's verdict: whether upgrades are refused.
 pub fn memory_watched(pressure: bool) {
     metrics::gauge!(MEMORY_PRESSURE).set(if pressure { 1.0 } else { 0.0 });
 }
 
-/// Sets `ws_connections_max` and registers `ws_memory_pressure` at 0 (registered, not set:
-/// servers in one process, as in tests, share the recorder).
+/// Sets `ws_memory_used_bytes`: what the memory watch compares, and where it came from.
+pub fn memory_used(source: &'static str, bytes: u64) {
+    metrics::gauge!(MEMORY_USED, "source" => source).set(bytes as f64);
+}
+
+/// Sets `ws_memory_threshold_bytes` (0: admission off).
+pub fn memory_threshold(bytes: u64) {
+    metrics::gauge!(MEMORY_THRESHOLD).set(bytes as f64);
+}
+
+/// Label values of counters exported at 0 from the start (see [`node_started`]).
+const RATE_SCOPES: [RateScope; 6] = [
+    RateScope::Client,
+    RateScope::ClientControl,
+    RateScope::Ip,
+    RateScope::ApiKey,
+    RateScope::ClientPublishBytes,
+    RateScope::ChannelPublishBytes,
+];
+const PRESENCE_REWRITE_REASONS: [&str; 3] = ["unreachable", "lost", "rejoined"];
+/// `expired`: its node's presence heartbeat lapsed; `node_gone`: the node registry judged
+/// the node dead; `restarted`: the node came back as a new incarnation.
+pub const PRESENCE_DEPARTED_REASONS: [&str; 3] = ["expired", "node_gone", "restarted"];
+const PRESENCE_DROP_REASONS: [&str; 2] = ["queue_full", "bus"];
+/// Session ends and upgrade refusals that mark an incident (a storm of slow consumers, a
+/// drain, lost networks; overload); the other labels appear at their first event.
+const CLOSE_ENDS: [&str; 5] = [
+    "slow_consumer",
+    "service_restart",
+    "transport_lost",
+    "idle_timeout",
+    "panic",
+];
+const REJECT_REASONS: [&str; 5] = [
+    "max_connections",
+    "memory_pressure",
+    "draining",
+    "ip_rate_limited",
+    "out_of_files",
+];
+/// What failed Redis commands are counted as (`ws_redis_errors_total{op}`). An op missing
+/// here is still counted; its series starts at its first failure.
+const REDIS_OPS: [&str; 13] = [
+    "connect",
+    "born",
+    "ping",
+    "publish",
+    "read",
+    "read_connect",
+    "heartbeat",
+    "nodes",
+    "presence",
+    "announce",
+    "disconnect",
+    "subscribe",
+    "unsubscribe",
+];
+
+/// Sets `ws_connections_max`, and exports the gauges and counters that alerts and the
+/// dashboard use at 0, with each of their bounded labels, so that `rate()` and `increase()`
+/// see the first event: a counter whose series appears with the burst that created it shows
+/// no increase. Registered, not set: servers in one process, as in tests, share the recorder.
 pub fn node_started(max_connections: usize) {
     metrics::gauge!(CONNECTIONS_MAX).set(max_connections as f64);
     metrics::gauge!(MEMORY_PRESSURE).increment(0.0);
-    // Exported from the start, so that an alert on it sees a series before the first panic.
+    let _ = metrics();
     metrics::counter!(PANICS).increment(0);
+    for scope in RATE_SCOPES {
+        metrics::counter!(RATE_LIMITED, "scope" => scope.label()).increment(0);
+    }
+    metrics::counter!(PRESENCE_EVENTS).increment(0);
+    for reason in PRESENCE_REWRITE_REASONS {
+        metrics::counter!(PRESENCE_REWRITES, "reason" => reason).increment(0);
+    }
+    for reason in PRESENCE_DEPARTED_REASONS {
+        metrics::counter!(PRESENCE_DEPARTED, "reason" => reason).increment(0);
+    }
+    for reason in PRESENCE_DROP_REASONS {
+        metrics::counter!(PRESENCE_EVENTS_DROPPED, "reason" => reason).increment(0);
+    }
+    for end in CLOSE_ENDS {
+        metrics::counter!(CONNECTIONS_CLOSED, "end" => end).increment(0);
+    }
+    for reason in REJECT_REASONS {
+        metrics::counter!(CONNECTIONS_REJECTED, "reason" => reason).increment(0);
+    }
+    metrics::counter!(DRAIN_CLOSES).increment(0);
+}
+
+/// Exports a control API route's `status` answers at 0 (see [`node_started`]).
+pub fn http_requests_registered(route: &'static str, status: u16) {
+    metrics::counter!(HTTP_REQUESTS, "route" => route, "status" => status.to_string()).increment(0);
+}
+
+/// Exports the clustered metrics at 0: `ws_redis_up` (0 until the first connection), the
+/// Redis error counters by op, reconnects and the bus's gaps and reader restarts.
+pub fn redis_registered() {
+    metrics::gauge!(REDIS_UP).increment(0.0);
+    for op in REDIS_OPS {
+        metrics::counter!(REDIS_ERRORS, "op" => op).increment(0);
+    }
+    metrics::counter!(REDIS_RECONNECTS).increment(0);
+    metrics::counter!(BUS_READER_RESTARTS).increment(0);
+}
+
+/// Sets `ws_redis_up`: whether the command link to Redis is connected.
+pub fn redis_up(up: bool) {
+    metrics::gauge!(REDIS_UP).set(if up { 1.0 } else { 0.0 });
+}
+
+/// Counts `n` members this node removed from cluster presence for another node, by reason:
+/// `expired` (their node stopped refreshing them), `node_gone` (their node left the registry
+/// unannounced), `restarted` (ghosts of a process that ran under this node id before).
+pub fn presence_departed(reason: &'static str, n: u64) {
+    metrics::counter!(PRESENCE_DEPARTED, "reason" => reason).increment(n);
 }
 
 /// Registers the drain gauges at 0 without overwriting them (servers in one process share
@@ -306,17 +422,11 @@ pub fn presence_event_dropped(reason: &'static str) {
     metrics::counter!(PRESENCE_EVENTS_DROPPED, "reason" => reason).increment(1);
 }
 
-/// Counts a channel's presence write redone in full: `unreachable` (Redis did not answer)
-/// or `lost` (Redis no longer held this node's members: expired, or Redis restarted).
+/// Counts a channel's presence write redone in full: `unreachable` (Redis did not answer),
+/// `lost` (Redis no longer held this node's members: removed, or Redis restarted), or
+/// `rejoined` (the full write put back members another node had removed, with their `join`).
 pub fn presence_rewrite(reason: &'static str) {
     metrics::counter!(PRESENCE_REWRITES, "reason" => reason).increment(1);
-}
-
-/// Counts members another node's presence removed from Redis, by reason: `expired` (their
-/// node stopped refreshing them), `node_gone` (their node left the registry unannounced),
-/// `restarted` (ghosts of a process that ran under this node id before).
-pub fn presence_departed(reason: &'static str, n: u64) {
-    metrics::counter!(PRESENCE_DEPARTED, "reason" => reason).increment(n);
 }
 
 /// Counts a server-side subscribe or unsubscribe dropped because its connection already
@@ -372,17 +482,22 @@ pub enum RateScope {
     ChannelPublishBytes,
 }
 
+impl RateScope {
+    const fn label(self) -> &'static str {
+        match self {
+            RateScope::Client => "client",
+            RateScope::ClientControl => "client_control",
+            RateScope::Ip => "ip",
+            RateScope::ApiKey => "api_key",
+            RateScope::ClientPublishBytes => "client_publish_bytes",
+            RateScope::ChannelPublishBytes => "channel_publish_bytes",
+        }
+    }
+}
+
 /// Counts a request refused by a token bucket.
 pub fn rate_limited(scope: RateScope) {
-    let scope = match scope {
-        RateScope::Client => "client",
-        RateScope::ClientControl => "client_control",
-        RateScope::Ip => "ip",
-        RateScope::ApiKey => "api_key",
-        RateScope::ClientPublishBytes => "client_publish_bytes",
-        RateScope::ChannelPublishBytes => "channel_publish_bytes",
-    };
-    metrics::counter!(RATE_LIMITED, "scope" => scope).increment(1);
+    metrics::counter!(RATE_LIMITED, "scope" => scope.label()).increment(1);
 }
 
 /// Counts a control API request by route and status class.
@@ -431,7 +546,19 @@ fn describe() {
     );
     describe_gauge!(
         MEMORY_PRESSURE,
-        "1 while resident memory is above limits.memory_pressure_bytes and new upgrades are refused"
+        "1 while ws_memory_used_bytes is above limits.memory_pressure_bytes and new upgrades \
+         are refused"
+    );
+    describe_gauge!(
+        MEMORY_USED,
+        Unit::Bytes,
+        "Memory the pressure watch compares, by source: cgroup_v2/cgroup_v1 (the cgroup's \
+         usage less inactive file pages, where it has a limit) or process (resident set)"
+    );
+    describe_gauge!(
+        MEMORY_THRESHOLD,
+        Unit::Bytes,
+        "limits.memory_pressure_bytes in force (90% of the cgroup limit when 0), 0 when off"
     );
     describe_gauge!(
         BUILD_INFO,
@@ -477,11 +604,12 @@ fn describe() {
     );
     describe_counter!(
         PRESENCE_REWRITES,
-        "Channels whose presence is written to Redis again in full, by reason: unreachable or lost"
+        "Channels whose presence is written to Redis again in full, by reason: unreachable, lost, or rejoined (written back after another node removed them)"
     );
     describe_counter!(
         PRESENCE_DEPARTED,
-        "Members removed from cluster presence by a node other than theirs, by reason: expired, node_gone or restarted"
+        "Presence members this node removed from Redis because their node was judged gone, by \
+         reason: expired (presence heartbeat lapsed), node_gone (registry), restarted"
     );
     describe_counter!(
         AUTH,
@@ -565,6 +693,11 @@ fn describe() {
         "Partition readers restarted because they stalled while Redis answered"
     );
     describe_counter!(REDIS_ERRORS, "Failed Redis commands, by operation");
+    describe_gauge!(
+        REDIS_UP,
+        "1 while this node's command link to Redis is connected; 0 before the first \
+         connection and during an outage"
+    );
     describe_counter!(
         REDIS_RECONNECTS,
         "Connections to Redis (re)established by the command link"

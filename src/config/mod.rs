@@ -353,10 +353,12 @@ pub struct LimitsConfig {
     /// Largest upgrade request head (request line and headers), in bytes; larger gets 431.
     /// Default 16 KiB.
     pub max_upgrade_request_bytes: usize,
-    /// Resident memory of the process above which new upgrades get 503 (with `Retry-After`)
-    /// and `/readyz` reports `memory_pressure`, while existing connections go on; below 95%
-    /// of it the node accepts again. Default 0: 90% of the container's memory limit (cgroup
-    /// v2 `memory.max`) when there is one, else off.
+    /// Memory in use above which new upgrades get 503 (with `Retry-After`) and `/readyz`
+    /// reports `memory_pressure`, while existing connections go on; below 95% of it the node
+    /// accepts again. The memory measured is the working set of the nearest cgroup with a
+    /// memory limit (usage less inactive file pages: socket buffers and page cache count,
+    /// as they do toward the limit), else the process's resident set; `ws_memory_used_bytes`
+    /// shows it. Default 0: 90% of that cgroup's limit when there is one, else off.
     pub memory_pressure_bytes: u64,
 }
 

@@ -23,6 +23,7 @@ use crate::{
     cluster::Bus,
     hub::HubHandle,
     shutdown::Readiness,
+    telemetry,
     throttle::{KeyedLimiter, Quota},
 };
 
@@ -108,6 +109,11 @@ pub async fn serve_on_own_thread(
     ctx: Arc<ControlContext>,
     stop: CancellationToken,
 ) -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
+    // The 503s of the publishing routes are what an outage of the bus shows publishers;
+    // exported at 0 so that an alert sees the first burst of them.
+    for route in routes::PUBLISHING_ROUTES {
+        telemetry::http_requests_registered(route, 503);
+    }
     let listener = listener.into_std()?;
     // The thread reports whether its runtime and listener came up, so that a failure fails
     // the start; then `done` closes when it ends.

@@ -552,6 +552,10 @@ struct PublishRequest {
     data: Box<RawValue>,
 }
 
+/// The routes that publish (through [`publishing`]): their answer is 503 while the bus is
+/// unavailable.
+pub(super) const PUBLISHING_ROUTES: [&str; 3] = ["publish", "batch", "broadcast"];
+
 /// Runs a route that publishes with one [`WriteBatch`] for all it publishes, written after
 /// the answer: the answer leaves first, then a small channel's deliveries (a large channel's
 /// are written by its round's task anyway).

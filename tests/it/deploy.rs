@@ -3,11 +3,17 @@
 //! hadolint, the alert rules with promtool, and every metric the alerts and the dashboard
 //! name against a real node's `/metrics`.
 
-use std::{collections::BTreeSet, process::Command};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    process::Command,
+};
 
 use serde_json::json;
 
-use crate::{harness::TestServer, redis_server::RedisServer};
+use crate::{
+    harness::{BinaryNode, TestServer, free_port},
+    redis_server::RedisServer,
+};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -163,6 +169,40 @@ fn metric_names(text: &str) -> BTreeSet<String> {
     names
 }
 
+/// Every metric an alert rule uses has a dashboard panel whose expression names it, so that
+/// whoever is paged can see what fired (Prometheus's own `up` included).
+#[test]
+fn every_metric_the_alerts_use_has_a_panel() {
+    let alerts = std::fs::read_to_string(format!("{ROOT}/deploy/prometheus/alerts.yml")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{ROOT}/deploy/grafana/switchboard.json")).unwrap(),
+    )
+    .unwrap();
+    let mut used = metric_names(&alerts);
+    if alerts.contains("up{") {
+        used.insert("up".to_owned());
+    }
+    assert!(used.len() >= 15, "{used:?}");
+    // The identifiers in the panels' expressions.
+    let in_panels: BTreeSet<&str> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|panel| panel["targets"].as_array().unwrap())
+        .filter_map(|target| target["expr"].as_str())
+        .flat_map(|expr| expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')))
+        .collect();
+    let missing: Vec<&String> = used
+        .iter()
+        .filter(|name| !in_panels.contains(name.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "used by deploy/prometheus/alerts.yml but in no panel of deploy/grafana/switchboard.json: \
+         {missing:?}"
+    );
+}
+
 /// Every metric the alert rules and the dashboard name exists on a real node's `/metrics`
 /// (clustered, after traffic), so that neither can go stale when a metric is renamed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -227,4 +267,185 @@ async fn every_metric_the_alerts_and_the_dashboard_name_exists() {
          /metrics: {missing:?}"
     );
     server.stop().await;
+}
+
+/// One sample of a Prometheus text exposition: name, labels, value.
+type Sample = (String, BTreeMap<String, String>, f64);
+
+/// The samples of an exposition (label values without escapes, as ours are).
+fn samples(text: &str) -> Vec<Sample> {
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .map(|line| {
+            let (series, value) = line.rsplit_once(' ').expect("a sample has a value");
+            let (name, labels) = match series.split_once('{') {
+                Some((name, labels)) => (name, labels.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let labels = labels
+                .split(',')
+                .filter(|pair| !pair.is_empty())
+                .map(|pair| {
+                    let (key, value) = pair.split_once('=').expect("label=value");
+                    (key.to_owned(), value.trim_matches('"').to_owned())
+                })
+                .collect();
+            (name.to_owned(), labels, value.parse().expect("a number"))
+        })
+        .collect()
+}
+
+/// The value of the sample `name{labels}` (labels in any order), if exported.
+fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let wanted: BTreeMap<String, String> = labels
+        .iter()
+        .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+        .collect();
+    samples
+        .iter()
+        .find(|(found, found_labels, _)| found == name && *found_labels == wanted)
+        .map(|(_, _, value)| *value)
+}
+
+async fn scrape(control_addr: std::net::SocketAddr) -> Option<Vec<Sample>> {
+    let response = reqwest::get(format!("http://{control_addr}/metrics"))
+        .await
+        .ok()?;
+    Some(samples(&response.text().await.ok()?))
+}
+
+/// A fresh node (its own process: the test binary's recorder is shared by every test in it)
+/// exports every counter the alerts and the dashboard use before the first event, at 0 and
+/// with the label values the alerts select, so that `increase()` counts a first burst
+/// whole: a series that appears with the burst that created it shows no increase.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_node_exports_the_alerts_counters_at_zero() {
+    let alerts = std::fs::read_to_string(format!("{ROOT}/deploy/prometheus/alerts.yml")).unwrap();
+    let dashboard =
+        std::fs::read_to_string(format!("{ROOT}/deploy/grafana/switchboard.json")).unwrap();
+    let redis = RedisServer::start(false);
+    let node = BinaryNode::start(&["--redis", &redis.url()], &[]).await;
+    let exported = scrape(node.control_addr).await.expect("/metrics answers");
+
+    let mut counters = metric_names(&alerts);
+    counters.extend(metric_names(&dashboard));
+    counters.retain(|name| name.ends_with("_total") && name.starts_with("ws_"));
+    assert!(counters.len() >= 10, "{counters:?}");
+    // Counted before the scrape: the harness's /readyz probes and the first connection.
+    let moved = ["ws_http_requests_total", "ws_redis_connects_total"];
+    for name in &counters {
+        let series: Vec<&Sample> = exported
+            .iter()
+            .filter(|(found, ..)| found == name)
+            .collect();
+        assert!(!series.is_empty(), "a fresh node does not export {name}");
+        if !moved.contains(&name.as_str()) {
+            for (_, labels, value) in series {
+                assert_eq!(*value, 0.0, "{name}{labels:?} on a fresh node");
+            }
+        }
+    }
+    // The label values the alerts select.
+    let zero = [
+        (
+            "ws_http_requests_total",
+            vec![("route", "publish"), ("status", "503")],
+        ),
+        (
+            "ws_http_requests_total",
+            vec![("route", "batch"), ("status", "503")],
+        ),
+        ("ws_presence_rewrites_total", vec![("reason", "lost")]),
+        (
+            "ws_presence_rewrites_total",
+            vec![("reason", "unreachable")],
+        ),
+        ("ws_presence_departed_total", vec![("reason", "expired")]),
+        ("ws_presence_departed_total", vec![("reason", "node_gone")]),
+        ("ws_presence_departed_total", vec![("reason", "restarted")]),
+        ("ws_redis_errors_total", vec![("op", "publish")]),
+        ("ws_redis_errors_total", vec![("op", "ping")]),
+        ("ws_slow_consumer_closes_total", vec![]),
+        (
+            "ws_connections_closed_total",
+            vec![("end", "slow_consumer")],
+        ),
+        ("ws_rate_limited_total", vec![("scope", "client")]),
+        ("ws_bus_gaps_total", vec![]),
+        ("ws_panics_total", vec![]),
+    ];
+    for (name, labels) in zero {
+        assert_eq!(
+            value(&exported, name, &labels),
+            Some(0.0),
+            "{name}{labels:?} on a fresh node"
+        );
+    }
+    assert_eq!(value(&exported, "ws_redis_up", &[]), Some(1.0));
+    assert_eq!(value(&exported, "ws_memory_pressure", &[]), Some(0.0));
+    // What the memory watch compares, and from where (no cgroup limit on a test machine is
+    // `process`; a limited container's is `cgroup_v2` or `cgroup_v1`).
+    crate::assert_eventually!(
+        scrape(node.control_addr)
+            .await
+            .unwrap_or_default()
+            .iter()
+            .any(|(name, labels, value)| name == "ws_memory_used_bytes"
+                && labels.contains_key("source")
+                && *value > 1e6),
+        "ws_memory_used_bytes{{source}} is sampled"
+    );
+}
+
+/// The number `name{labels}` has on the node's /metrics; `None` while it does not answer
+/// or does not export it.
+async fn sample(
+    control_addr: std::net::SocketAddr,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Option<f64> {
+    value(&scrape(control_addr).await?, name, labels)
+}
+
+/// `ws_redis_up` is 0 from start until the node reaches Redis, 1 while it does, 0 within
+/// seconds of an outage beginning and 1 again when it ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_up_follows_reachability() {
+    let mut redis = RedisServer::start(false);
+    redis.stop();
+    // Not ready while Redis is down, so started here rather than by `BinaryNode`, which
+    // waits for /readyz.
+    let control_addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let _node = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--control", &control_addr.to_string()])
+        .args(["--log-level", "error", "--redis", &redis.url()])
+        .current_dir(ROOT)
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the binary starts");
+    crate::assert_eventually!(
+        sample(control_addr, "ws_redis_errors_total", &[("op", "connect")])
+            .await
+            .is_some_and(|errors| errors > 0.0),
+        "the node tries Redis and fails"
+    );
+    assert_eq!(sample(control_addr, "ws_redis_up", &[]).await, Some(0.0));
+
+    redis.start_again(false);
+    crate::assert_eventually!(
+        sample(control_addr, "ws_redis_up", &[]).await == Some(1.0),
+        "ws_redis_up is 1 once the node connects"
+    );
+    redis.stop();
+    crate::assert_eventually!(
+        sample(control_addr, "ws_redis_up", &[]).await == Some(0.0),
+        "ws_redis_up is 0 once the outage is noticed"
+    );
+    redis.start_again(false);
+    crate::assert_eventually!(
+        sample(control_addr, "ws_redis_up", &[]).await == Some(1.0),
+        "ws_redis_up is 1 when Redis is back"
+    );
 }

@@ -1,5 +1,5 @@
-//! Health of the link to Redis and of each partition reader: outages logged once, stalled
-//! readers found, and what `/readyz` reports.
+//! Health of the link to Redis and of each partition reader: outages logged once and shown
+//! in `ws_redis_up`, stalled readers found, and what `/readyz` reports.
 
 use std::sync::{
     Mutex, PoisonError,
@@ -64,6 +64,7 @@ impl Health {
     /// Redis answered (a new connection): logs the end of an outage, with its duration.
     pub(super) fn came_up(&self, now_ms: u64) {
         self.disturbed(now_ms);
+        telemetry::redis_up(true);
         self.up_since_ms.store(now_ms, Ordering::Release);
         let was_up = self.redis_up.swap(true, Ordering::AcqRel);
         let first = !self.ever_connected.swap(true, Ordering::AcqRel);
@@ -79,6 +80,7 @@ impl Health {
     /// connection), not for every failed command or reconnect attempt.
     pub(super) fn went_down(&self, now_ms: u64) {
         self.disturbed(now_ms);
+        telemetry::redis_up(false);
         if self.redis_up.swap(false, Ordering::AcqRel) {
             self.down_since_ms.store(now_ms, Ordering::Release);
             let last = self.last_error();

@@ -164,6 +164,7 @@ impl RedisBus {
         stop: &CancellationToken,
     ) -> Result<Self, redis::RedisError> {
         let connector = Connector::new(&settings.target, settings.ca_pem.as_ref())?;
+        telemetry::redis_registered();
         let partitions = settings.partitions as usize;
         let inner = Arc::new(Inner {
             connector,
