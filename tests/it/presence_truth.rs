@@ -12,6 +12,7 @@ use switchboard::config::Config;
 use tokio::time::Instant;
 
 use crate::{
+    fault_proxy::FaultProxy,
     harness::{BinaryNode, TestClient, patience},
     presence::{chat, member_at},
     redis_server::RedisServer,
@@ -151,20 +152,31 @@ async fn node(
     ttl: Duration,
     addrs: Option<(SocketAddr, SocketAddr)>,
 ) -> BinaryNode {
+    node_via(&redis.url(), redis.port, node_id, ttl, addrs).await
+}
+
+/// As [`node`], with Redis at `url` (e.g. a proxy in front of it).
+async fn node_via(
+    url: &str,
+    port: u16,
+    node_id: &str,
+    ttl: Duration,
+    addrs: Option<(SocketAddr, SocketAddr)>,
+) -> BinaryNode {
     let mut config = Config::default();
     chat(&mut config);
     config.presence.ttl = ttl;
     let path = std::env::temp_dir().join(format!(
         "sb-truth-{}-{}-{node_id}.toml",
         std::process::id(),
-        redis.port
+        port
     ));
     std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
     let args = [
         "--config",
         path.to_str().unwrap(),
         "--redis",
-        &redis.url(),
+        url,
         "--node-id",
         node_id,
     ];
@@ -247,6 +259,37 @@ async fn a_redis_pause_sends_no_false_leave() {
     tokio::time::sleep(Duration::from_secs(12)).await;
     redis.resume();
     // Past the presence TTL and the registry's after Redis is back: any judgment is made.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    settle(&mut [&mut on_a, &mut on_b], 8, Duration::from_secs(20)).await;
+    assert_eq!(
+        (on_a.leaves - leaves_a, on_b.leaves - leaves_b),
+        (0, 0),
+        "nobody left"
+    );
+}
+
+/// Every node cut off from Redis for 12 s (a partition: what was in flight is lost, so no
+/// heartbeat sent before the cut lands after it): every entry is overdue when the links come
+/// back, and whichever node reconnects first must not take the others' silence for a
+/// departure, since its own link was down as long. Nodes judge only on a link steady for the
+/// whole TTL; before, the first heartbeat back removed the other node's members.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_from_redis_sends_no_false_leave() {
+    let redis = RedisServer::start(false);
+    let proxy = FaultProxy::start(redis.port).await;
+    let ttl = Duration::from_secs(6);
+    let a = node_via(&proxy.url(), proxy.port, "a", ttl, None).await;
+    let b = node_via(&proxy.url(), proxy.port, "b", ttl, None).await;
+    let mut on_a = Watcher::start(&a.ws_url(), "watcher-a").await;
+    let _members_a = members(&a, "a", 3).await;
+    let mut on_b = Watcher::start(&b.ws_url(), "watcher-b").await;
+    let _members_b = members(&b, "b", 3).await;
+    settle(&mut [&mut on_a, &mut on_b], 8, Duration::from_secs(10)).await;
+    let (leaves_a, leaves_b) = (on_a.leaves, on_b.leaves);
+
+    proxy.cut(true);
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    proxy.cut(false);
     tokio::time::sleep(Duration::from_secs(12)).await;
     settle(&mut [&mut on_a, &mut on_b], 8, Duration::from_secs(20)).await;
     assert_eq!(
