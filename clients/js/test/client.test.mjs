@@ -131,6 +131,41 @@ test("when history cannot cover the gap, onRecovered(false) says so", async () =
   await node.kill();
 });
 
+test("Redis restarted empty while subscribed: a reset, onRecovered(false), then the new epoch", async () => {
+  const redis = await startRedis();
+  const config = `[cluster]\nredis = "${redis.url}"\npartitions = 4\n`;
+  const node = await startNode({ config });
+  const sb = client(node.url);
+  const received = [];
+  const recovered = [];
+  const sub = sb.subscribe("ticker", { onMessage: (data) => received.push(data), onRecovered: (ok) => recovered.push(ok) });
+  await eventually(() => sb.state === "connected", "connected");
+  await sleep(100);
+  for (let n = 1; n <= 3; n++) await node.publish("ticker", n);
+  await eventually(() => received.length === 3, "the first epoch");
+  const before = sub.offset;
+  await redis.kill();
+  await startRedis({ port: redis.port });
+  // The node answers 503 until it has reconnected.
+  let after;
+  await eventually(async () => {
+    try {
+      after = await node.publish("ticker", 4);
+      return true;
+    } catch {
+      return false;
+    }
+  }, "publishing again", 15_000);
+  await eventually(() => received.length === 4, "the new epoch's first message");
+  assert.deepEqual(recovered, [false], "told without a reconnect");
+  assert.equal(sb.state, "connected");
+  assert.notEqual(after.split("-")[0], before.split("-")[0], "a new epoch");
+  assert.equal(sub.offset, after, "following the new epoch");
+  assert.deepEqual(received, [1, 2, 3, 4]);
+  await node.kill();
+  await redis.kill();
+});
+
 const authConfig = `
 [[auth.keys]]
 algorithm = "HS256"

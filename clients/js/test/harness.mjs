@@ -126,9 +126,9 @@ export async function startNode({ config = "", env = {}, ports, namespaces = "" 
   return node;
 }
 
-/** A redis-server without persistence. */
-export async function startRedis() {
-  const port = await freePort();
+/** A redis-server without persistence, on `port` (a restart where nodes expect it) or a free one. */
+export async function startRedis({ port: wanted } = {}) {
+  const port = wanted ?? (await freePort());
   const child = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], {
     stdio: "ignore",
   });
@@ -152,5 +152,13 @@ export async function startRedis() {
       }),
     "redis-server up",
   );
-  return { url: `redis://127.0.0.1:${port}`, kill: () => child.kill("SIGKILL") };
+  const exited = new Promise((resolve) => child.once("exit", resolve));
+  return {
+    port,
+    url: `redis://127.0.0.1:${port}`,
+    kill() {
+      child.kill("SIGKILL");
+      return exited;
+    },
+  };
 }
