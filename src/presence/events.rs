@@ -1,0 +1,114 @@
+//! The coalescer: `join` and `leave` frames of a channel closer together than
+//! `presence.coalesce` leave as one frame each at the end of the interval.
+
+use std::{
+    collections::{HashMap, hash_map::Entry},
+    sync::Arc,
+};
+
+use tokio::time::Instant;
+
+use super::{
+    Change, Member, Pending, Presence,
+    encode::{encode_many, encode_one},
+};
+use crate::{protocol::ChannelName, telemetry};
+
+impl Presence {
+    /// Sends an event now when the channel was quiet for an interval, else adds it to what
+    /// the end of the interval sends.
+    pub(super) fn event(
+        self: &Arc<Self>,
+        channel: &ChannelName,
+        change: Change,
+        member: Arc<Member>,
+    ) {
+        let now = Instant::now();
+        let mut state = self
+            .pending
+            .entry(channel.clone())
+            .or_insert_with(|| Pending {
+                last_sent: now.checked_sub(self.coalesce).unwrap_or(now),
+                scheduled: false,
+                changes: HashMap::new(),
+                seen: 0,
+            });
+        if !state.scheduled && now.duration_since(state.last_sent) >= self.coalesce {
+            state.last_sent = now;
+            drop(state);
+            return self.send(channel, encode_one(change, channel, &member));
+        }
+        // A member that came and goes (or went and comes back) within the interval: the
+        // two cancel out.
+        let Pending { changes, seen, .. } = &mut *state;
+        match changes.entry((Arc::clone(&member.node), member.conn_id)) {
+            Entry::Occupied(pending) if pending.get().1 != change => {
+                pending.remove();
+            }
+            Entry::Occupied(_) => {}
+            Entry::Vacant(vacant) => {
+                vacant.insert((*seen, change, member));
+                *seen += 1;
+            }
+        }
+        if state.scheduled {
+            return;
+        }
+        state.scheduled = true;
+        let at = state.last_sent + self.coalesce;
+        drop(state);
+        let presence = Arc::clone(self);
+        let channel = channel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(at).await;
+            presence.flush(&channel);
+        });
+    }
+
+    /// The end of a channel's interval: one `join` frame and one `leave` frame for what
+    /// changed, each in the order it happened, whichever way the channel moved first going
+    /// first.
+    fn flush(&self, channel: &ChannelName) {
+        let mut changes: Vec<(u64, Change, Arc<Member>)> = {
+            let Some(mut state) = self.pending.get_mut(channel) else {
+                return;
+            };
+            state.scheduled = false;
+            state.last_sent = Instant::now();
+            state.seen = 0;
+            std::mem::take(&mut state.changes).into_values().collect()
+        };
+        if changes.is_empty() {
+            // Quiet for a whole interval: nothing to keep.
+            self.pending.remove_if(channel, |_, state| {
+                !state.scheduled && state.changes.is_empty()
+            });
+            return;
+        }
+        changes.sort_unstable_by_key(|(order, _, _)| *order);
+        let first = changes[0].1;
+        let (mut same, other): (Vec<_>, Vec<_>) = changes
+            .into_iter()
+            .partition(|(_, change, _)| *change == first);
+        let mut frames = vec![(first, std::mem::take(&mut same))];
+        if let Some((_, change, _)) = other.first() {
+            frames.push((*change, other));
+        }
+        for (change, list) in frames {
+            let members: Vec<&Member> = list.iter().map(|(_, _, member)| &**member).collect();
+            let text = if let [only] = members.as_slice() {
+                encode_one(change, channel, only)
+            } else {
+                encode_many(change, channel, &members)
+            };
+            self.send(channel, text);
+        }
+    }
+
+    pub(super) fn send(&self, channel: &ChannelName, text: String) {
+        telemetry::presence_event_sent();
+        if self.events.try_send((channel.clone(), text)).is_err() {
+            telemetry::presence_event_dropped("queue_full");
+        }
+    }
+}

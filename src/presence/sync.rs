@@ -1,0 +1,219 @@
+//! Keeping this node's members in the cluster's [`PresenceStore`]: batched writes, the
+//! periodic refresh, the events that wait for the write carrying their change, and the
+//! `leave` of members the store found departed.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{Change, Member, Presence, SYNC_EVERY, SYNC_RETRY};
+use crate::{
+    cluster::{Departure, PresenceStore, PresenceWrite, WriteOutcome},
+    protocol::ChannelName,
+    telemetry,
+};
+
+impl Presence {
+    /// With a store: writes the queued channels' changes every `SYNC_EVERY`, refreshes
+    /// every channel with members every `refresh`, and announces members the store found
+    /// departed. Until `stop`, then writes what the closed sessions left.
+    pub(super) async fn keep_stored(
+        self: Arc<Self>,
+        store: Arc<dyn PresenceStore>,
+        mut queue: tokio::sync::mpsc::UnboundedReceiver<ChannelName>,
+        refresh: Duration,
+        stop: CancellationToken,
+    ) {
+        let mut last_refresh = Instant::now();
+        let mut disturbances = store.disturbances();
+        let mut pause = SYNC_EVERY;
+        loop {
+            let stopping = tokio::select! {
+                () = stop.cancelled() => true,
+                () = tokio::time::sleep(pause) => false,
+            };
+            let mut channels = Vec::new();
+            while let Ok(channel) = queue.try_recv() {
+                channels.push(channel);
+            }
+            let mut index = Vec::new();
+            // After a disturbance of the link, at once: the store may have judged this node
+            // departed meanwhile, and the sooner its members are back the better.
+            let disturbed = store.disturbances() != disturbances;
+            let refreshing = (last_refresh.elapsed() >= refresh || disturbed) && !stopping;
+            if disturbed {
+                disturbances = store.disturbances();
+            }
+            if refreshing {
+                last_refresh = Instant::now();
+                for entry in &self.members {
+                    if !entry.queued && entry.stored {
+                        channels.push(entry.key().clone());
+                    }
+                    if !entry.conns.is_empty() {
+                        index.push(entry.key().clone());
+                    }
+                }
+            }
+            let failed = self.write_store(&*store, channels).await;
+            if refreshing {
+                store.index(index, true).await;
+            }
+            if stopping {
+                break;
+            }
+            pause = if failed { SYNC_RETRY } else { SYNC_EVERY };
+            for departed in store.departed().await {
+                self.departed(&departed.channel, &departed.members);
+            }
+        }
+    }
+
+    /// Writes `channels`' changes (a channel without any, its refresh); says whether a write
+    /// failed (those channels are queued again, to be written in full).
+    async fn write_store(
+        self: &Arc<Self>,
+        store: &dyn PresenceStore,
+        channels: Vec<ChannelName>,
+    ) -> bool {
+        let mut writes = Vec::with_capacity(channels.len());
+        let mut listed_after = Vec::with_capacity(channels.len());
+        let mut announced = Vec::with_capacity(channels.len());
+        for channel in channels {
+            let Some(mut members) = self.members.get_mut(&channel) else {
+                continue;
+            };
+            members.queued = false;
+            let changes = std::mem::take(&mut members.unsynced);
+            announced.push(std::mem::take(&mut members.announce));
+            let json = |member: &Member| serde_json::to_string(member).unwrap_or_default();
+            let mut write = PresenceWrite {
+                channel: channel.clone(),
+                full: members.full,
+                expect: members.stored,
+                joins: Vec::new(),
+                leaves: Vec::new(),
+            };
+            if write.full {
+                write.joins = members
+                    .conns
+                    .values()
+                    .map(|member| (member.conn_id, Arc::clone(&member.user), json(member)))
+                    .collect();
+            } else {
+                for (change, member) in changes.into_values() {
+                    match change {
+                        Change::Join => write.joins.push((
+                            member.conn_id,
+                            Arc::clone(&member.user),
+                            json(&member),
+                        )),
+                        Change::Leave => write
+                            .leaves
+                            .push((member.conn_id, Arc::clone(&member.user))),
+                    }
+                }
+            }
+            listed_after.push(!members.conns.is_empty());
+            writes.push(write);
+        }
+        if writes.is_empty() {
+            return false;
+        }
+        let channels: Vec<ChannelName> = writes.iter().map(|write| write.channel.clone()).collect();
+        let outcomes = store.write(writes).await;
+        let mut failed = false;
+        let mut indexed = Vec::new();
+        let written = channels.into_iter().zip(listed_after).zip(announced);
+        for (((channel, listed), mut announce), outcome) in written.zip(outcomes) {
+            let Some(mut members) = self.members.get_mut(&channel) else {
+                // Every member left meanwhile and nothing else is owed: their events still go.
+                for (change, member) in announce {
+                    self.event(&channel, change, member);
+                }
+                continue;
+            };
+            match outcome {
+                WriteOutcome::Done | WriteOutcome::Rejoined => {
+                    members.full = false;
+                    if listed && !members.stored {
+                        indexed.push(channel.clone());
+                    }
+                    members.stored = listed;
+                    if outcome == WriteOutcome::Rejoined {
+                        // Another node removed them (this node was paused or cut off) and
+                        // sent their `leave`: they are back, so say so.
+                        telemetry::presence_rewrite("rejoined");
+                        if self.join_leave(&channel) {
+                            announce.extend(
+                                members
+                                    .conns
+                                    .values()
+                                    .map(|member| (Change::Join, Arc::clone(member))),
+                            );
+                        }
+                    }
+                }
+                WriteOutcome::Lost | WriteOutcome::Failed => {
+                    let unreachable = outcome == WriteOutcome::Failed;
+                    failed |= unreachable;
+                    telemetry::presence_rewrite(if unreachable { "unreachable" } else { "lost" });
+                    self.rewrite(&channel, &mut members);
+                    // Their events go out after the write that succeeds, before later ones.
+                    announce.append(&mut members.announce);
+                    members.announce = std::mem::take(&mut announce);
+                }
+            }
+            let forgotten = members.forgotten();
+            drop(members);
+            for (change, member) in announce {
+                self.event(&channel, change, member);
+            }
+            if forgotten {
+                self.members
+                    .remove_if(&channel, |_, members| members.forgotten());
+            }
+        }
+        if !indexed.is_empty() {
+            store.index(indexed, false).await;
+        }
+        failed
+    }
+
+    /// Whether the channel's namespace sends `join` and `leave`.
+    fn join_leave(&self, channel: &ChannelName) -> bool {
+        self.namespaces
+            .membership(channel.as_str())
+            .is_some_and(|membership| membership.join_leave)
+    }
+
+    /// Members the store removed (their node died, or this node id's process restarted and
+    /// they are the old process's ghosts): `leave` events where the namespace has them.
+    fn departed(self: &Arc<Self>, channel: &ChannelName, members: &[(Departure, String)]) {
+        let join_leave = self.join_leave(channel);
+        for (reason, json) in members {
+            telemetry::presence_departed(reason.as_str(), 1);
+            let Ok(member) = serde_json::from_str::<Member>(json) else {
+                continue;
+            };
+            let live = member.node == self.node
+                && self
+                    .members
+                    .get(channel)
+                    .is_some_and(|members| members.conns.contains_key(&member.conn_id));
+            if live {
+                // Not a ghost after all (connection ids do not repeat across restarts, so
+                // only another process running under this id gets here): put it back.
+                if let Some(mut members) = self.members.get_mut(channel) {
+                    telemetry::presence_rewrite("lost");
+                    self.rewrite(channel, &mut members);
+                }
+                continue;
+            }
+            if join_leave {
+                self.event(channel, Change::Leave, Arc::new(member));
+            }
+        }
+    }
+}
