@@ -397,7 +397,8 @@ pub struct SessionConfig {
 pub struct HistoryConfig {
     /// Messages kept per channel. 0 turns history off. Default 100.
     pub size: usize,
-    /// How long a message stays in history. Default 5m.
+    /// How long a message stays in history; with Redis, also how long a channel's history
+    /// stream outlives its last publish. Default 5m.
     #[serde(with = "humantime_serde")]
     pub ttl: Duration,
     /// Bytes of history kept by the whole node; past it, publishes trim their channel's oldest
@@ -424,8 +425,11 @@ pub struct ClusterConfig {
     pub publish_timeout: std::time::Duration,
     /// Entries kept per bus partition stream (approximate trimming). Default 100000.
     pub bus_maxlen: u64,
-    /// How long a channel's epoch and sequence live in Redis after its last publish.
-    /// Default 24h.
+    /// How long a channel's epoch and sequence (its `meta` hash, about 100 bytes plus the
+    /// name) live in Redis after its last publish; its history goes after `history.ttl`.
+    /// A resume at a channel's head is `recovered` for this long, and so is one from the
+    /// offset a reader of a channel without state was given. Default 24h; at least
+    /// `history.ttl`.
     #[serde(with = "humantime_serde")]
     pub channel_state_ttl: std::time::Duration,
     /// Whether an outage of Redis itself (shared by every node) fails `/readyz`. Default

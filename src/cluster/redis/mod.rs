@@ -4,9 +4,11 @@
 //! every key of a partition in one Redis Cluster slot):
 //! - `sb:{sb:P}:bus`: the partition stream every node reads. Entry fields: `c` channel,
 //!   `e` epoch, `s` seq, `d` data, `t` Redis time in ms.
-//! - `sb:{sb:P}:meta:<channel>`: hash with the channel's epoch `e` and last seq `s`.
+//! - `sb:{sb:P}:meta:<channel>`: hash with the channel's epoch `e` and last seq `s`; expires
+//!   `cluster.channel_state_ttl` after the last publish.
 //! - `sb:{sb:P}:hist:<channel>`: the channel's history stream, entry id `<seq>-0`, fields `d`
-//!   and `t`, capped at `history.size`.
+//!   and `t`, capped at `history.size`; each publish drops its entries older than
+//!   `history.ttl`, and it expires `history.ttl` after the last publish.
 //! - `sb:{sb:P}:born`: the Redis time (ms) the partition's keys began, set once per Redis
 //!   life by the first node to connect (or publish).
 //!
