@@ -1,6 +1,6 @@
 //! How long what a cluster writes stays in Redis: a channel's history goes `history.ttl` after
-//! its last publish and holds nothing older than that, and its meta hash stays for resumes at
-//! its head.
+//! its last publish and holds nothing older than that, its meta hash stays for resumes at its
+//! head, and the bus partition streams are trimmed by age as well as by length.
 
 use std::time::Duration;
 
@@ -26,6 +26,10 @@ fn partition(channel: &str) -> u32 {
 
 fn key(channel: &str, kind: &str) -> String {
     format!("sb:{{sb:{}}}:{kind}:{channel}", partition(channel))
+}
+
+fn bus(partition: u32) -> String {
+    format!("sb:{{sb:{partition}}}:bus")
 }
 
 fn number(redis: &RedisServer, args: &[&str]) -> i64 {
@@ -153,5 +157,63 @@ async fn a_busy_history_stream_keeps_nothing_older_than_history_ttl() {
         newest - oldest
     );
     assert!(kept < published);
+    node.stop().await;
+}
+
+/// Bus partition streams lose entries older than `cluster.bus_max_age` whenever they are
+/// appended to, by a publish or by a request to every node, however far below
+/// `cluster.bus_maxlen` they are; partitions nobody appends to are left as they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bus_streams_are_trimmed_by_age() {
+    const OLD_ENTRIES: i64 = 300;
+    let redis = RedisServer::start(false);
+    // Entries from twice the default bus_max_age (10 m) ago, written before any node reads
+    // the streams (a reader's first start begins after the newest entry).
+    let redis_now_ms = {
+        let time = redis.cli(&["TIME"]).unwrap();
+        let seconds: i64 = time.lines().next().unwrap().parse().unwrap();
+        seconds * 1000
+    };
+    let old_ms = (redis_now_ms - 20 * 60 * 1000).to_string();
+    let seed = "for i = 1, tonumber(ARGV[2]) do \
+                redis.call('XADD', KEYS[1], ARGV[1] .. '-' .. i, 'c', 'old', 'd', '0') end";
+    for partition in 0..PARTITIONS {
+        redis
+            .cli(&[
+                "EVAL",
+                seed,
+                "1",
+                &bus(partition),
+                &old_ms,
+                &OLD_ENTRIES.to_string(),
+            ])
+            .unwrap();
+    }
+    let node = TestServer::builder().redis(&redis.url()).start().await;
+    // A channel outside partition 0, which the request below appends to.
+    let channel = (0..)
+        .map(|n| format!("aging-{n}"))
+        .find(|name| partition(name) != 0)
+        .unwrap();
+    node.publish(&channel, json!("new")).await;
+    let (status, body) = node.post("/v1/disconnect", json!({"user": "nobody"})).await;
+    assert_eq!(status, 200, "{body}");
+
+    let appended = [partition(&channel), 0];
+    for partition in 0..PARTITIONS {
+        let len = number(&redis, &["XLEN", &bus(partition)]);
+        if appended.contains(&partition) {
+            // Approximate trimming drops whole stream nodes (100 entries by default) that
+            // hold nothing newer than the bound.
+            assert!(
+                len <= 101,
+                "partition {partition}: {len} entries kept, {OLD_ENTRIES} of them older \
+                 than cluster.bus_max_age"
+            );
+            assert!(len >= 1, "partition {partition}: the new entry is gone");
+        } else {
+            assert_eq!(len, OLD_ENTRIES, "partition {partition} was trimmed");
+        }
+    }
     node.stop().await;
 }

@@ -14,9 +14,9 @@ use crate::{
 };
 
 /// The publish: creates the channel's epoch if it has none, bumps its seq, appends to its
-/// history and to the partition's bus, and trims them. `KEYS`: meta hash, history stream, bus
+/// history and to the partition's bus, and trims both. `KEYS`: meta hash, history stream, bus
 /// stream, `born`. `ARGV`: data, a fresh epoch, `history.size`, `channel_state_ttl` (ms),
-/// `bus_maxlen`, channel, `history.ttl` (ms).
+/// `bus_maxlen`, channel, `history.ttl` (ms), `bus_max_age` (ms).
 ///
 /// The history stream expires `history.ttl` after the last publish, and each publish drops
 /// its entries older than that. Their ids are seqs, not times, so `MINID` is given the id of
@@ -67,7 +67,18 @@ if tonumber(ARGV[3]) > 0 then
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'c', ARGV[6], 'e', e, 's', s, 'd', ARGV[1], 't', now)
+redis.call('XTRIM', KEYS[3], 'MINID', '~', string.format('%d', now - tonumber(ARGV[8])))
 return {e, s}
+";
+
+/// Appends a request or event entry to a bus stream (`KEYS[1]`) and trims it like a publish
+/// does. `ARGV`: `bus_maxlen`, `bus_max_age` (ms), then the entry's field-value pairs.
+pub(super) const APPEND_LUA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 3))
+redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%d', now - tonumber(ARGV[2])))
+return 1
 ";
 
 /// Reads a channel and writes nothing: a channel without a meta hash answers an empty epoch
@@ -120,6 +131,10 @@ impl Inner {
         millis(self.settings.history_ttl)
     }
 
+    pub(super) fn bus_max_age_ms(&self) -> u64 {
+        millis(self.settings.bus_max_age)
+    }
+
     pub(super) async fn publish(
         &self,
         channel: &ChannelName,
@@ -140,7 +155,8 @@ impl Inner {
             .arg(self.state_ttl_ms())
             .arg(self.settings.bus_maxlen)
             .arg(channel.as_str())
-            .arg(self.history_ttl_ms());
+            .arg(self.history_ttl_ms())
+            .arg(self.bus_max_age_ms());
         let result = tokio::time::timeout(
             self.settings.publish_timeout,
             invocation.invoke_async::<(String, u64)>(&mut conn),
