@@ -399,7 +399,8 @@ pub struct SessionConfig {
 pub struct HistoryConfig {
     /// Messages kept per channel. 0 turns history off. Default 100.
     pub size: usize,
-    /// How long a message stays in history. Default 5m.
+    /// How long a message stays in history; with Redis, also how long a channel's history
+    /// stream outlives its last publish. Default 5m.
     #[serde(with = "humantime_serde")]
     pub ttl: Duration,
     /// Bytes of history kept by the whole node; past it, publishes trim their channel's oldest
@@ -426,14 +427,30 @@ pub struct ClusterConfig {
     pub publish_timeout: std::time::Duration,
     /// Entries kept per bus partition stream (approximate trimming). Default 100000.
     pub bus_maxlen: u64,
-    /// How long a channel's epoch and sequence live in Redis after its last publish.
-    /// Default 24h.
+    /// Age past which bus partition entries are trimmed (approximately, whole stream nodes
+    /// at a time), whatever `bus_maxlen` allows: a quiet partition does not keep 100,000
+    /// entries for days. A node whose reader falls further behind than this loses those
+    /// messages and reports it (`ws_bus_gaps_total`), as with `bus_maxlen`. Default 10m; at
+    /// least 1m (far above a reader's stall and restart windows, 5 s each). Raise it where
+    /// a node may lose Redis for longer while the others go on publishing.
+    #[serde(with = "humantime_serde")]
+    pub bus_max_age: std::time::Duration,
+    /// How long a channel's epoch and sequence (its `meta` hash, about 100 bytes plus the
+    /// name) live in Redis after its last publish; its history goes after `history.ttl`.
+    /// A resume at a channel's head is `recovered` for this long, and so is one from the
+    /// offset a reader of a channel without state was given. Default 24h; at least
+    /// `history.ttl`.
     #[serde(with = "humantime_serde")]
     pub channel_state_ttl: std::time::Duration,
     /// Whether an outage of Redis itself (shared by every node) fails `/readyz`. Default
     /// false, so a shared outage does not empty the whole pool; it is reported either way.
     pub outage_fails_readiness: bool,
 }
+
+/// The shortest `cluster.bus_max_age`: well above what a bus reader may trail by without
+/// being restarted (stalled after 5 s, restarted at most every 5 s, reconnecting with at most
+/// 2 s of backoff), so that trimming by age never outruns a working node.
+const MIN_BUS_MAX_AGE: Duration = Duration::from_secs(60);
 
 /// Where Redis is: nothing, one server, or Redis Cluster seeds.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -493,6 +510,7 @@ impl Default for ClusterConfig {
             partitions: 16,
             publish_timeout: Duration::from_secs(2),
             bus_maxlen: 100_000,
+            bus_max_age: Duration::from_secs(600),
             channel_state_ttl: Duration::from_secs(24 * 3600),
             outage_fails_readiness: false,
         }
@@ -1132,6 +1150,9 @@ impl ClusterConfig {
         }
         if self.bus_maxlen < 1000 {
             return Err(invalid("cluster.bus_maxlen", "must be at least 1000"));
+        }
+        if self.bus_max_age < MIN_BUS_MAX_AGE {
+            return Err(invalid("cluster.bus_max_age", "must be at least 1m"));
         }
         if self.channel_state_ttl < history.ttl {
             return Err(invalid(

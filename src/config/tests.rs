@@ -57,6 +57,7 @@ fn out_of_range_values_name_the_key() {
             "cluster.redis_ca_file",
         ),
         ("[cluster]\nredis = \"http://a:6379\"\n", "cluster.redis"),
+        ("[cluster]\nbus_max_age = \"59s\"\n", "cluster.bus_max_age"),
         (
             "[limits]\nfragment_timeout = \"0s\"\n",
             "limits.fragment_timeout",

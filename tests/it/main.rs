@@ -32,6 +32,7 @@ mod process;
 mod pubsub;
 mod raw;
 mod redis_cluster;
+mod redis_retention;
 mod redis_server;
 mod resume;
 mod rolling_restart;

@@ -3,10 +3,14 @@
 //! Keys (`P` is a channel's partition, `hash(channel) % partitions`; the `{sb:P}` hash tag puts
 //! every key of a partition in one Redis Cluster slot):
 //! - `sb:{sb:P}:bus`: the partition stream every node reads. Entry fields: `c` channel,
-//!   `e` epoch, `s` seq, `d` data, `t` Redis time in ms.
-//! - `sb:{sb:P}:meta:<channel>`: hash with the channel's epoch `e` and last seq `s`.
+//!   `e` epoch, `s` seq, `d` data, `t` Redis time in ms. Every append trims it to about
+//!   `cluster.bus_maxlen` entries and drops whole stream nodes older than
+//!   `cluster.bus_max_age`.
+//! - `sb:{sb:P}:meta:<channel>`: hash with the channel's epoch `e` and last seq `s`; expires
+//!   `cluster.channel_state_ttl` after the last publish.
 //! - `sb:{sb:P}:hist:<channel>`: the channel's history stream, entry id `<seq>-0`, fields `d`
-//!   and `t`, capped at `history.size`.
+//!   and `t`, capped at `history.size`; each publish drops its entries older than
+//!   `history.ttl`, and it expires `history.ttl` after the last publish.
 //! - `sb:{sb:P}:born`: the Redis time (ms) the partition's keys began, set once per Redis
 //!   life by the first node to connect (or publish).
 //!
@@ -55,7 +59,7 @@ use self::{
     follow::watch_readers,
     health::Health,
     registry::heartbeat,
-    scripts::{BORN_LUA, PUBLISH_LUA, READ_LUA},
+    scripts::{APPEND_LUA, BORN_LUA, PUBLISH_LUA, READ_LUA},
 };
 use super::{Bus, BusError, BusFuture};
 use crate::{
@@ -76,6 +80,7 @@ pub struct RedisSettings {
     pub partitions: u32,
     pub publish_timeout: Duration,
     pub bus_maxlen: u64,
+    pub bus_max_age: Duration,
     pub channel_state_ttl: Duration,
     pub history_size: usize,
     pub history_ttl: Duration,
@@ -105,6 +110,7 @@ impl RedisSettings {
             partitions: cluster.partitions,
             publish_timeout: cluster.publish_timeout,
             bus_maxlen: cluster.bus_maxlen,
+            bus_max_age: cluster.bus_max_age,
             channel_state_ttl: cluster.channel_state_ttl,
             history_size: config.history.size,
             history_ttl: config.history.ttl,
@@ -122,6 +128,7 @@ struct Inner {
     conn: ArcSwapOption<RedisConn>,
     reconnect: tokio::sync::Notify,
     publish_script: Script,
+    append_script: Script,
     read_script: Script,
     born_script: Script,
     health: Health,
@@ -171,6 +178,7 @@ impl RedisBus {
             conn: ArcSwapOption::empty(),
             reconnect: tokio::sync::Notify::new(),
             publish_script: Script::new(PUBLISH_LUA),
+            append_script: Script::new(APPEND_LUA),
             read_script: Script::new(READ_LUA),
             born_script: Script::new(BORN_LUA),
             health: Health {
@@ -244,19 +252,16 @@ impl RedisBus {
     ) -> Result<(), BusError> {
         let inner = &self.inner;
         let mut conn = inner.conn()?;
-        let mut command = redis::cmd("XADD");
-        command
-            .arg(stream)
-            .arg("MAXLEN")
-            .arg("~")
+        let mut invocation = inner.append_script.key(stream);
+        invocation
             .arg(inner.settings.bus_maxlen)
-            .arg("*");
+            .arg(inner.bus_max_age_ms());
         for (name, value) in fields {
-            command.arg(*name).arg(*value);
+            invocation.arg(*name).arg(*value);
         }
         tokio::time::timeout(
             inner.settings.publish_timeout,
-            command.query_async::<Value>(&mut conn),
+            invocation.invoke_async::<Value>(&mut conn),
         )
         .await
         .map_err(|_| BusError::TimedOut)?

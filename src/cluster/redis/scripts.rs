@@ -13,7 +13,43 @@ use crate::{
     telemetry,
 };
 
+/// The publish: creates the channel's epoch if it has none, bumps its seq, appends to its
+/// history and to the partition's bus, and trims both. `KEYS`: meta hash, history stream, bus
+/// stream, `born`. `ARGV`: data, a fresh epoch, `history.size`, `channel_state_ttl` (ms),
+/// `bus_maxlen`, channel, `history.ttl` (ms), `bus_max_age` (ms).
+///
+/// The history stream expires `history.ttl` after the last publish, and each publish drops
+/// its entries older than that. Their ids are seqs, not times, so `MINID` is given the id of
+/// the oldest entry young enough, found by its `t` from the oldest on in doubling batches:
+/// one `XRANGE COUNT 1` when nothing is due, and each entry read about twice before it goes.
+/// The entry just added is young enough, so the search ends. The meta hash lives
+/// `channel_state_ttl`: it is what says no message came after a resume's offset and no
+/// other epoch came and went (see [`continuous_since`]).
 pub(super) const PUBLISH_LUA: &str = r"
+local function trim_older(key, oldest_ms)
+  local start = '-'
+  local count = 1
+  while true do
+    local entries = redis.call('XRANGE', key, start, '+', 'COUNT', count)
+    for i, entry in ipairs(entries) do
+      local fields = entry[2]
+      local t = 0
+      for f = 1, #fields - 1, 2 do
+        if fields[f] == 't' then t = tonumber(fields[f + 1]) end
+      end
+      if t >= oldest_ms then
+        if start ~= '-' or i > 1 then
+          redis.call('XTRIM', key, 'MINID', entry[1])
+        end
+        return
+      end
+    end
+    if #entries < count then return end
+    start = '(' .. entries[#entries][1]
+    count = count * 2
+  end
+end
+
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local e = redis.call('HGET', KEYS[1], 'e')
@@ -26,11 +62,23 @@ end
 local s = redis.call('HINCRBY', KEYS[1], 's', 1)
 if tonumber(ARGV[3]) > 0 then
   redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], string.format('%d-0', s), 'd', ARGV[1], 't', now)
-  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+  trim_older(KEYS[2], now - tonumber(ARGV[7]))
+  redis.call('PEXPIRE', KEYS[2], ARGV[7])
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'c', ARGV[6], 'e', e, 's', s, 'd', ARGV[1], 't', now)
+redis.call('XTRIM', KEYS[3], 'MINID', '~', string.format('%d', now - tonumber(ARGV[8])))
 return {e, s}
+";
+
+/// Appends a request or event entry to a bus stream (`KEYS[1]`) and trims it like a publish
+/// does. `ARGV`: `bus_maxlen`, `bus_max_age` (ms), then the entry's field-value pairs.
+pub(super) const APPEND_LUA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 3))
+redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%d', now - tonumber(ARGV[2])))
+return 1
 ";
 
 /// Reads a channel and writes nothing: a channel without a meta hash answers an empty epoch
@@ -76,7 +124,15 @@ fn random_epoch() -> u64 {
 
 impl Inner {
     fn state_ttl_ms(&self) -> u64 {
-        u64::try_from(self.settings.channel_state_ttl.as_millis()).unwrap_or(u64::MAX)
+        millis(self.settings.channel_state_ttl)
+    }
+
+    fn history_ttl_ms(&self) -> u64 {
+        millis(self.settings.history_ttl)
+    }
+
+    pub(super) fn bus_max_age_ms(&self) -> u64 {
+        millis(self.settings.bus_max_age)
     }
 
     pub(super) async fn publish(
@@ -98,7 +154,9 @@ impl Inner {
             .arg(self.settings.history_size)
             .arg(self.state_ttl_ms())
             .arg(self.settings.bus_maxlen)
-            .arg(channel.as_str());
+            .arg(channel.as_str())
+            .arg(self.history_ttl_ms())
+            .arg(self.bus_max_age_ms());
         let result = tokio::time::timeout(
             self.settings.publish_timeout,
             invocation.invoke_async::<(String, u64)>(&mut conn),
@@ -168,8 +226,8 @@ impl Inner {
         .map_err(|err| self.failed("read", &err))?;
         let mut read = ChannelRead::parse(value, since, self.state_ttl_ms())
             .ok_or(BusError::BadReply("redis returned a bad reply"))?;
-        let ttl_ms = u64::try_from(self.settings.history_ttl.as_millis()).unwrap_or(u64::MAX);
-        let oldest_ms = read.now_ms.saturating_sub(ttl_ms);
+        // The stream is trimmed by age only when published to: drop what aged out since.
+        let oldest_ms = read.now_ms.saturating_sub(self.history_ttl_ms());
         read.entries.retain(|entry| entry.time_ms >= oldest_ms);
         if since.is_none() {
             read.entries.reverse();
@@ -302,6 +360,10 @@ fn continuous_since(since: Offset, born_ms: Option<u64>, now_ms: u64, state_ttl_
         && born_ms.is_some_and(|born| born <= t)
         && t <= now_ms
         && now_ms - t < state_ttl_ms
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 pub(super) fn parse_epoch(text: &str) -> Option<u64> {
