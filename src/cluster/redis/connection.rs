@@ -170,6 +170,7 @@ pub(super) async fn keep_connected(inner: Arc<Inner>, stop: CancellationToken) {
             match connected {
                 Ok(mut conn) => match redis::cmd("PING").query_async::<String>(&mut conn).await {
                     Ok(_) => {
+                        check_version(&inner, &mut conn).await;
                         // Before any read can be answered on this connection.
                         record_born(&inner, &mut conn).await;
                         inner.conn.store(Some(Arc::new(conn)));
@@ -218,6 +219,54 @@ pub(super) async fn keep_connected(inner: Arc<Inner>, stop: CancellationToken) {
     }
 }
 
+/// The oldest Redis the scripts run on: `XTRIM MINID` and exclusive stream ranges came in 6.2.
+const MIN_REDIS: (u32, u32) = (6, 2);
+
+/// Checks the server's version: an older Redis fails every publish, so the node says why
+/// (an error in the log, a readiness reason) instead of only counting script errors.
+async fn check_version(inner: &Inner, conn: &mut RedisConn) {
+    let info = tokio::time::timeout(
+        inner.settings.publish_timeout,
+        redis::cmd("INFO").arg("server").query_async::<String>(conn),
+    )
+    .await;
+    let Ok(Ok(info)) = info else { return };
+    let Some(version) = redis_version(&info) else {
+        return;
+    };
+    let old = (version.0, version.1) < MIN_REDIS;
+    let mut held = inner
+        .health
+        .too_old
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if old {
+        let text = format!("{}.{}.{}", version.0, version.1, version.2);
+        if held.as_deref() != Some(text.as_str()) {
+            tracing::error!(
+                version = %text,
+                "Redis is older than 6.2: publishing fails until it is upgraded"
+            );
+        }
+        *held = Some(text);
+    } else {
+        *held = None;
+    }
+}
+
+/// `redis_version:7.0.15` in an `INFO server` answer.
+fn redis_version(info: &str) -> Option<(u32, u32, u32)> {
+    let line = info
+        .lines()
+        .find_map(|line| line.strip_prefix("redis_version:"))?;
+    let mut parts = line.trim().split('.').map(|part| part.parse::<u32>().ok());
+    Some((
+        parts.next()??,
+        parts.next()??,
+        parts.next().flatten().unwrap_or(0),
+    ))
+}
+
 /// Sets every partition's `born` key that is missing (a new or emptied Redis), so that the
 /// absent epochs this node's reads answer can be proven continuous later. A failure only makes
 /// such resumes answer `recovered:false`.
@@ -234,5 +283,19 @@ async fn record_born(inner: &Inner, conn: &mut RedisConn) {
             Ok(Err(err)) => inner.health.error("born", &err),
             Err(_elapsed) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_redis_version_is_read_from_info_server() {
+        let info = "# Server\r\nredis_version:7.0.15\r\nredis_git_sha1:00000000\r\n";
+        assert_eq!(super::redis_version(info), Some((7, 0, 15)));
+        assert_eq!(
+            super::redis_version("redis_version:6.0\r\n"),
+            Some((6, 0, 0))
+        );
+        assert_eq!(super::redis_version("nothing"), None);
     }
 }

@@ -36,6 +36,8 @@ pub(super) struct Health {
     /// departed waits for a steady link (see [`Health::steady_for_ms`]).
     pub(super) disturbed_ms: AtomicU64,
     pub(super) disturbances: AtomicU64,
+    /// The Redis version, when it is too old for the scripts (see `connection::check_version`).
+    pub(super) too_old: Mutex<Option<String>>,
     /// The last entry id each partition's reader processed. Kept outside the reader task so
     /// that a reader restarted by the watchdog goes on from there instead of skipping ahead.
     pub(super) reader_cursor: Vec<Mutex<Option<String>>>,
@@ -148,6 +150,13 @@ impl Inner {
         let redis_up = health.redis_up.load(Ordering::Acquire);
         if !redis_up && self.settings.outage_fails_readiness {
             reasons.push("redis unreachable".to_owned());
+        }
+        if let Some(version) = &*health
+            .too_old
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+        {
+            reasons.push(format!("redis {version} is older than 6.2"));
         }
         if redis_up {
             for partition in stalled_readers(self) {
