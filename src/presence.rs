@@ -394,13 +394,7 @@ impl Presence {
         limit: usize,
         page: crate::cluster::StoredPage,
     ) -> Page {
-        let key = |member: &Member| (Arc::clone(&member.node), member.conn_id);
-        let upto = page
-            .next_cursor
-            .as_deref()
-            .and_then(parse_member_id)
-            .map(|(node, conn_id)| (Arc::<str>::from(node), conn_id));
-        let after = after.map(|(node, conn_id)| (Arc::<str>::from(node), conn_id));
+        let upto = page.next_cursor.as_deref().and_then(parse_member_id);
         let mut listed: Vec<Arc<Member>> = page
             .members
             .iter()
@@ -408,17 +402,32 @@ impl Presence {
             .filter(|member| member.node != self.node)
             .map(Arc::new)
             .collect();
-        if let Some(members) = self.members.get(channel) {
-            listed.extend(
-                members
-                    .conns
-                    .values()
-                    .filter(|member| after.as_ref().is_none_or(|after| key(member) > *after))
-                    .filter(|member| upto.as_ref().is_none_or(|upto| key(member) <= *upto))
-                    .cloned(),
-            );
+        // This node's members are one range of ids: those after `after` and up to the
+        // store page's end, read from the connection map without walking the room.
+        let own = &*self.node;
+        let from = match after {
+            Some((node, conn_id)) if node == own => Some(Bound::Excluded(conn_id)),
+            Some((node, _)) if node > own => None,
+            _ => Some(Bound::Unbounded),
+        };
+        let to = match upto {
+            Some((node, conn_id)) if node == own => Some(Bound::Included(conn_id)),
+            Some((node, _)) if node < own => None,
+            _ => Some(Bound::Unbounded),
+        };
+        if let (Some(from), Some(to), Some(members)) = (from, to, self.members.get(channel)) {
+            let empty = matches!((from, to), (Bound::Excluded(a), Bound::Included(b)) if a >= b);
+            if !empty {
+                listed.extend(
+                    members
+                        .conns
+                        .range((from, to))
+                        .take(limit + 1)
+                        .map(|(_, m)| Arc::clone(m)),
+                );
+            }
         }
-        listed.sort_unstable_by_key(|member| key(member));
+        listed.sort_unstable_by(|a, b| (&*a.node, a.conn_id).cmp(&(&*b.node, b.conn_id)));
         let next_cursor = if listed.len() > limit {
             listed.truncate(limit);
             listed

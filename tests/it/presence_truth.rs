@@ -393,3 +393,53 @@ async fn presence_lists_a_member_by_the_time_its_join_arrives() {
     all.push(&mut watcher);
     settle(&mut all, expected, Duration::from_secs(10)).await;
 }
+
+/// Pages of the control API list every member exactly once from any node, though each node
+/// puts its own members into the store's pages as it holds them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_list_every_member_once_from_any_node() {
+    let redis = RedisServer::start(false);
+    let a = crate::presence::builder().redis(&redis.url()).start().await;
+    let b = crate::presence::builder().redis(&redis.url()).start().await;
+    let (mut clients, mut held) = (Vec::new(), Vec::new());
+    for (node, count) in [(&a, 7), (&b, 5)] {
+        for n in 0..count {
+            let mut client = member_at(&node.ws_url(), &format!("user-{n}")).await;
+            client.subscribe(ROOM).await;
+            clients.push((
+                client.welcome["node"].as_str().unwrap().to_owned(),
+                client.conn_id(),
+            ));
+            held.push(client);
+        }
+    }
+    let mut expected: Vec<Key> = clients;
+    expected.sort();
+    for node in [&a, &b] {
+        // Written to the store by now (the merge would hide a lag on the asking node only).
+        let mut listed: Vec<Key> = Vec::new();
+        crate::assert_eventually!(
+            {
+                listed.clear();
+                let mut cursor = String::new();
+                loop {
+                    let (status, page) = node
+                        .get_json(&format!(
+                            "/v1/channels/{ROOM}/presence?limit=3&cursor={}",
+                            cursor.replace(' ', "%20")
+                        ))
+                        .await;
+                    assert_eq!(status, 200, "{page}");
+                    listed.extend(page["members"].as_array().unwrap().iter().map(key));
+                    assert!(listed.len() <= 24, "the pages end");
+                    match page["next_cursor"].as_str() {
+                        Some(next) => cursor = next.to_owned(),
+                        None => break,
+                    }
+                }
+                listed == expected
+            },
+            "pages from a node list every member once, in order: {listed:?}"
+        );
+    }
+}
