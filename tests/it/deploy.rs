@@ -123,7 +123,11 @@ fn the_alert_rules_pass_promtool() {
     // Series a real Prometheus recorded in a 30 s Redis outage (loadtest/fault-series.py).
     run(
         "promtool",
-        &["test", "rules", "deploy/prometheus/alerts_recorded_test.yml"],
+        &[
+            "test",
+            "rules",
+            "deploy/prometheus/alerts_recorded_test.yml",
+        ],
         "apt-get install prometheus",
     );
 }
