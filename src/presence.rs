@@ -85,7 +85,49 @@ struct Members {
     /// With a store and `join_leave`: events about this node's members that wait for the
     /// write carrying their change, so that whoever receives a `join` finds the member
     /// listed (and a `leave`, not).
-    announce: Vec<(Change, Arc<Member>)>,
+    announce: Owed,
+}
+
+/// Events about this node's members that wait for a write: the net change per connection,
+/// in the order they happened. A member that came and went before anyone was told is in
+/// neither list, so a connection churning through a Redis outage holds one entry at most,
+/// not one per event.
+#[derive(Debug, Default)]
+struct Owed {
+    changes: HashMap<ConnId, (u64, Change, Arc<Member>)>,
+    next: u64,
+}
+
+impl Owed {
+    fn push(&mut self, change: Change, member: Arc<Member>) {
+        match self.changes.entry(member.conn_id) {
+            Entry::Occupied(held) if held.get().1 != change => {
+                held.remove();
+            }
+            Entry::Occupied(_) => {}
+            Entry::Vacant(vacant) => {
+                vacant.insert((self.next, change, member));
+                self.next += 1;
+            }
+        }
+    }
+
+    /// Puts back `earlier` (taken for a write that failed) before what came since.
+    fn put_back(&mut self, earlier: Owed) {
+        let later = std::mem::replace(self, earlier);
+        for (change, member) in later.into_ordered() {
+            self.push(change, member);
+        }
+    }
+
+    fn into_ordered(self) -> Vec<(Change, Arc<Member>)> {
+        let mut changes: Vec<_> = self.changes.into_values().collect();
+        changes.sort_unstable_by_key(|(order, _, _)| *order);
+        changes
+            .into_iter()
+            .map(|(_, change, member)| (change, member))
+            .collect()
+    }
 }
 
 impl Members {
@@ -261,7 +303,7 @@ impl Presence {
             *members.users.entry(Arc::clone(&member.user)).or_default() += 1;
             self.unsynced(channel, &mut members, Change::Join, &member);
             if join_leave && self.store.is_some() {
-                members.announce.push((Change::Join, member));
+                members.announce.push(Change::Join, member);
                 return;
             }
         }
@@ -318,7 +360,7 @@ impl Presence {
         }
         self.unsynced(channel, &mut members, Change::Leave, &member);
         if announce && self.store.is_some() {
-            members.announce.push((Change::Leave, Arc::clone(&member)));
+            members.announce.push(Change::Leave, Arc::clone(&member));
         }
         let forgotten = members.forgotten();
         drop(members);

@@ -126,14 +126,15 @@ impl Presence {
         let mut failed = false;
         let mut indexed = Vec::new();
         let written = channels.into_iter().zip(listed_after).zip(announced);
-        for (((channel, listed), mut announce), outcome) in written.zip(outcomes) {
+        for (((channel, listed), owed), outcome) in written.zip(outcomes) {
             let Some(mut members) = self.members.get_mut(&channel) else {
                 // Every member left meanwhile and nothing else is owed: their events still go.
-                for (change, member) in announce {
+                for (change, member) in owed.into_ordered() {
                     self.event(&channel, change, member);
                 }
                 continue;
             };
+            let mut announce = Vec::new();
             match outcome {
                 WriteOutcome::Done | WriteOutcome::Rejoined => {
                     members.full = false;
@@ -141,6 +142,7 @@ impl Presence {
                         indexed.push(channel.clone());
                     }
                     members.stored = listed;
+                    announce = owed.into_ordered();
                     if outcome == WriteOutcome::Rejoined {
                         // Another node removed them (this node was paused or cut off) and
                         // sent their `leave`: they are back, so say so.
@@ -161,8 +163,7 @@ impl Presence {
                     telemetry::presence_rewrite(if unreachable { "unreachable" } else { "lost" });
                     self.rewrite(&channel, &mut members);
                     // Their events go out after the write that succeeds, before later ones.
-                    announce.append(&mut members.announce);
-                    members.announce = std::mem::take(&mut announce);
+                    members.announce.put_back(owed);
                 }
             }
             let forgotten = members.forgotten();

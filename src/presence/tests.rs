@@ -231,3 +231,35 @@ async fn a_refreshed_member_is_listed_with_its_new_info_and_nobody_hears() {
     );
     assert_eq!(presence.local_stats(&name("room:2")).connections, 0);
 }
+
+/// Events owed to a write keep one net change per connection, in order: a connection that
+/// came and went before anyone was told costs nothing, however often it churned (a Redis
+/// outage holds them all), and a failed write's events go back before the later ones.
+#[test]
+fn owed_events_keep_one_net_change_per_connection_in_order() {
+    let conns = |owed: Owed| -> Vec<(Change, ConnId)> {
+        owed.into_ordered()
+            .into_iter()
+            .map(|(change, member)| (change, member.conn_id))
+            .collect()
+    };
+    let mut owed = Owed::default();
+    owed.push(Change::Join, Arc::new(member(1, "ada")));
+    for _ in 0..1000 {
+        owed.push(Change::Join, Arc::new(member(2, "bob")));
+        owed.push(Change::Leave, Arc::new(member(2, "bob")));
+    }
+    owed.push(Change::Leave, Arc::new(member(3, "cy")));
+    assert_eq!(owed.changes.len(), 2);
+    assert_eq!(conns(owed), [(Change::Join, 1), (Change::Leave, 3)]);
+
+    // Taken for a write that failed: put back before what came meanwhile.
+    let mut earlier = Owed::default();
+    earlier.push(Change::Join, Arc::new(member(4, "dee")));
+    earlier.push(Change::Join, Arc::new(member(5, "eve")));
+    let mut current = Owed::default();
+    current.push(Change::Join, Arc::new(member(6, "fay")));
+    current.push(Change::Leave, Arc::new(member(4, "dee")));
+    current.put_back(earlier);
+    assert_eq!(conns(current), [(Change::Join, 5), (Change::Join, 6)]);
+}
