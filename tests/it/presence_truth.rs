@@ -443,3 +443,100 @@ async fn pages_list_every_member_once_from_any_node() {
         );
     }
 }
+
+/// The presence scripts of the release before incarnations (dc78205), as a node of that
+/// release runs them beside new ones during a rolling upgrade: its prune reads every value
+/// of `pn` as an expiry, and must neither fail nor remove a live node's members.
+const PREVIOUS_RELEASE_STATS_LUA: &str = r"
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function forget(id, user)
+  if redis.call('HINCRBY', KEYS[3], user, -1) <= 0 then redis.call('HDEL', KEYS[3], user) end
+  redis.call('HDEL', KEYS[2], id)
+end
+local function drop(node, departed)
+  local ids = redis.call('ZRANGEBYLEX', KEYS[1], '[' .. node .. ' ', '(' .. node .. '!')
+  for _, id in ipairs(ids) do
+    local json = redis.call('HGET', KEYS[2], id)
+    local user = ''
+    if json then
+      local ok, member = pcall(cjson.decode, json)
+      if ok and type(member) == 'table' and type(member.user) == 'string' then
+        user = member.user
+      end
+      if departed then table.insert(departed, json) end
+    end
+    forget(id, user)
+    redis.call('ZREM', KEYS[1], id)
+  end
+  redis.call('HDEL', KEYS[4], node)
+end
+local function prune(now, forced, departed)
+  if forced then drop(forced, departed) end
+  local nodes = redis.call('HGETALL', KEYS[4])
+  for i = 1, #nodes, 2 do
+    if tonumber(nodes[i + 1]) < now and nodes[i] ~= ARGV[1] then drop(nodes[i], departed) end
+  end
+end
+local departed = {}
+prune(now_ms(), nil, departed)
+return {#departed, redis.call('ZCARD', KEYS[1]), redis.call('HLEN', KEYS[3])}
+";
+
+/// A rolling upgrade runs both releases on one Redis: the previous release's scripts read
+/// what this one writes (every `pn` value a number), and this one lists what a node of the
+/// previous release wrote (a bare expiry, no incarnation).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_keys_stay_readable_across_a_rolling_upgrade() {
+    let redis = RedisServer::start(false);
+    let node = crate::presence::builder().redis(&redis.url()).start().await;
+    let mut watcher = Watcher::start(&node.ws_url(), "ada").await;
+    let mut bob = member_at(&node.ws_url(), "bob").await;
+    bob.subscribe(ROOM).await;
+    settle(&mut [&mut watcher], 2, Duration::from_secs(10)).await;
+    let pn = redis
+        .cli(&["--scan", "--pattern", "sb:*:pn:room:1"])
+        .unwrap();
+    assert!(pn.starts_with("sb:"), "{pn:?}");
+    let key = |kind: &str| pn.replace(":pn:", &format!(":{kind}:"));
+    let fields = redis.cli(&["HGETALL", &pn]).unwrap();
+    assert!(fields.lines().any(|line| line.starts_with('!')), "{fields}");
+
+    // A node of the previous release, counting: no error, nobody removed.
+    let (pm, pd, pu) = (key("pm"), key("pd"), key("pu"));
+    let previous = redis
+        .cli(&[
+            "EVAL",
+            PREVIOUS_RELEASE_STATS_LUA,
+            "4",
+            &pm,
+            &pd,
+            &pu,
+            &pn,
+            "old-node",
+        ])
+        .unwrap();
+    assert_eq!(
+        previous.lines().collect::<Vec<_>>(),
+        ["0", "2", "2"],
+        "the previous release's prune ran, removed nobody and counted both"
+    );
+
+    // A member a node of the previous release wrote: listed, and counted.
+    let expiry = (switchboard::auth::unix_now() + 60) * 1000;
+    let id = "old-node 00000000000000000007";
+    let json = r#"{"node":"old-node","conn_id":7,"user":"cy"}"#;
+    for command in [
+        vec!["ZADD", &pm, "0", id],
+        vec!["HSET", &pd, id, json],
+        vec!["HINCRBY", &pu, "cy", "1"],
+        vec!["HSET", &pn, "old-node", &expiry.to_string()],
+    ] {
+        redis.cli(&command).unwrap();
+    }
+    let listed = watcher.listed().await;
+    assert!(listed.contains(&("old-node".to_owned(), 7)), "{listed:?}");
+    assert_eq!(listed.len(), 3);
+}

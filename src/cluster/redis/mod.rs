@@ -137,8 +137,9 @@ struct Inner {
     /// Nodes this node saw leave the registry without deregistering (their heartbeat
     /// expired), whose presence it removes.
     departed_nodes: Mutex<Vec<String>>,
-    /// This process's id among the processes that ran under this node id (random, hex): what
-    /// an earlier process left in Redis (presence, the registry entry) is told apart by it.
+    /// This process's id among the processes that ran under this node id (a random number in
+    /// 2^47..2^48): what an earlier process left in Redis (presence, the registry entry) is
+    /// told apart by it.
     incarnation: Arc<str>,
 }
 
@@ -192,7 +193,10 @@ impl RedisBus {
             started: Instant::now(),
             in_flight: AtomicUsize::new(0),
             departed_nodes: Mutex::new(Vec::new()),
-            incarnation: format!("{:016x}", rand::random::<u64>()).into(),
+            // A number above 2^47: see the `pn` hash in `presence`.
+            incarnation: ((rand::random::<u64>() >> 17) | (1 << 47))
+                .to_string()
+                .into(),
             settings,
             hub,
         });

@@ -8,7 +8,9 @@
 //! - `sb:{sb:P}:pd:<channel>`: hash, the same member -> the member as JSON.
 //! - `sb:{sb:P}:pu:<channel>`: hash, user -> connections on every node (`HLEN` is the
 //!   distinct users, `ZCARD` of `pm` the connections: `presence_stats` never lists).
-//! - `sb:{sb:P}:pn:<channel>`: hash, node -> the Redis time (ms) its members expire at.
+//! - `sb:{sb:P}:pn:<channel>`: hash, node -> the Redis time (ms) its members expire at;
+//!   `!<node>` -> the incarnation that wrote them; `~<node>` -> until when another node's
+//!   removal of them is remembered (see [`COMMON_LUA`]).
 //!
 //! A node writes its changes per channel in one script call per batch, and refreshes every
 //! channel it has members in once per `presence.ttl / 3` (one call per channel, not per
@@ -51,15 +53,22 @@ const CALLS_IN_FLIGHT: usize = 64;
 /// Channels per `SADD` of the index.
 const INDEX_CHUNK: usize = 1000;
 
-/// Shared by every script: Redis time, reading a node's entry in `pn`, and removing a
-/// node's members (all four keys). Every script's `ARGV` starts with this node's id, its
-/// incarnation, whether it may judge other nodes departed (`1`/`0`), and the TTL in ms.
+/// Shared by every script: Redis time, and removing a node's members (all four keys). Every
+/// script's `ARGV` starts with this node's id, its incarnation, whether it may judge other
+/// nodes departed (`1`/`0`), and the TTL in ms.
 ///
-/// A node's entry in `pn` is `<expiry ms> <incarnation>`, or `<until ms> <incarnation> gone`
-/// once another node removed its members for not refreshing them (a tombstone, kept two
-/// TTLs, so that the node, if it was only paused, learns that its members' `leave` was sent
-/// and sends `join` when it writes them back). Every script removes, before anything else:
-/// - this node id's members written by another incarnation (the process restarted under the
+/// A channel's `pn` hash holds, per node, `<node>` -> the Redis time (ms) its members expire
+/// at; beside it `!<node>` -> the incarnation that wrote them, and for a while after another
+/// node removed a node's members for not refreshing them, `~<node>` -> until when (ms) that
+/// is remembered (two TTLs), so that the node, if it was only paused, learns that their
+/// `leave` was sent and sends `join` when it writes them back. Every value is a number and
+/// node ids never start with `!` or `~`, so the scripts of releases before incarnations
+/// (which take every field for a node and its value for an expiry) keep working beside
+/// these during a rolling upgrade: an incarnation is above 2^47 (a time they never reach)
+/// and a tombstone's time is when they drop it.
+///
+/// Every script removes, before anything else:
+/// - this node id's members that another incarnation wrote (the process restarted under the
 ///   same id: they are ghosts), reason `r`;
 /// - when it may judge, the members of other nodes whose expiry passed, reason `e`, leaving
 ///   a tombstone; a node that is forced out (gone from the registry) is reason `g`.
@@ -69,11 +78,6 @@ const COMMON_LUA: &str = r"
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-local function entry(value)
-  local expiry, incarnation, gone = string.match(value, '^(%d+) ?(%S*) ?(%a*)$')
-  if not expiry then return 0, '', false end
-  return tonumber(expiry), incarnation, gone == 'gone'
 end
 local function forget(id, user)
   if redis.call('HINCRBY', KEYS[3], user, -1) <= 0 then redis.call('HDEL', KEYS[3], user) end
@@ -94,35 +98,32 @@ local function drop(node, departed, why)
     forget(id, user)
     redis.call('ZREM', KEYS[1], id)
   end
-  redis.call('HDEL', KEYS[4], node)
+  redis.call('HDEL', KEYS[4], node, '!' .. node)
 end
-local function bury(node, incarnation, now)
+local function bury(node, now)
   local keep = 2 * tonumber(ARGV[4])
-  redis.call('HSET', KEYS[4], node, string.format('%d %s gone', now + keep, incarnation))
+  redis.call('HSET', KEYS[4], '~' .. node, string.format('%d', now + keep))
   if redis.call('PTTL', KEYS[4]) < keep then redis.call('PEXPIRE', KEYS[4], keep) end
 end
 local function prune(now, forced, departed)
-  if forced then
-    local value = redis.call('HGET', KEYS[4], forced)
-    if value then
-      local _, incarnation, gone = entry(value)
-      if not gone then
-        drop(forced, departed, 'g')
-        bury(forced, incarnation, now)
-      end
-    end
+  if forced and redis.call('HEXISTS', KEYS[4], forced) == 1 then
+    drop(forced, departed, 'g')
+    bury(forced, now)
   end
-  local nodes = redis.call('HGETALL', KEYS[4])
-  for i = 1, #nodes, 2 do
-    local node = nodes[i]
-    local expiry, incarnation, gone = entry(nodes[i + 1])
-    if gone then
-      if expiry < now then redis.call('HDEL', KEYS[4], node) end
-    elseif node == ARGV[1] then
-      if incarnation ~= ARGV[2] then drop(node, departed, 'r') end
-    elseif ARGV[3] == '1' and expiry < now then
-      drop(node, departed, 'e')
-      bury(node, incarnation, now)
+  local fields = redis.call('HGETALL', KEYS[4])
+  local held = {}
+  for i = 1, #fields, 2 do held[fields[i]] = fields[i + 1] end
+  for field, value in pairs(held) do
+    local mark = string.sub(field, 1, 1)
+    if mark == '~' then
+      if (tonumber(value) or 0) < now then redis.call('HDEL', KEYS[4], field) end
+    elseif mark == '!' then
+      if not held[string.sub(field, 2)] then redis.call('HDEL', KEYS[4], field) end
+    elseif field == ARGV[1] then
+      if held['!' .. field] ~= ARGV[2] then drop(field, departed, 'r') end
+    elseif ARGV[3] == '1' and (tonumber(value) or 0) < now then
+      drop(field, departed, 'e')
+      bury(field, now)
     end
   end
 end
@@ -144,13 +145,9 @@ local ttl = tonumber(ARGV[4])
 local now = now_ms()
 local departed = {}
 prune(now, nil, departed)
-local known, buried = false, false
-local value = redis.call('HGET', KEYS[4], node)
-if value then
-  local _, incarnation, gone = entry(value)
-  buried = gone
-  known = not gone and incarnation == ARGV[2]
-end
+local buried = redis.call('HEXISTS', KEYS[4], '~' .. node) == 1
+local known = redis.call('HEXISTS', KEYS[4], node) == 1
+  and redis.call('HGET', KEYS[4], '!' .. node) == ARGV[2]
 local outcome = 0
 if ARGV[6] == '1' then
   drop(node, nil, '')
@@ -172,10 +169,11 @@ while i < #ARGV do
   i = i + 2
 end
 if #redis.call('ZRANGEBYLEX', KEYS[1], '[' .. node .. ' ', '(' .. node .. '!', 'LIMIT', 0, 1) > 0 then
-  redis.call('HSET', KEYS[4], node, string.format('%d %s', now + ttl, ARGV[2]))
+  redis.call('HSET', KEYS[4], node, string.format('%d', now + ttl), '!' .. node, ARGV[2])
+  redis.call('HDEL', KEYS[4], '~' .. node)
   expire(ttl)
 else
-  redis.call('HDEL', KEYS[4], node)
+  redis.call('HDEL', KEYS[4], node, '!' .. node)
 end
 return {departed, outcome}
 ";
