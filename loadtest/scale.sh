@@ -40,7 +40,7 @@ hold=$((SUBS / 500 + MESSAGES + 30))
 sub_pids=()
 for n in $(seq 1 "$NODES"); do
   "$BIN/switchboard-loadtest" fanout --server "127.0.0.1:$((18100 + n))" --subscribers "$SUBS" \
-    --rate 0 --duration "$hold" --channel scale --source-addrs 1 --source-first $((10 + n)) \
+    --rate 0 --duration "$hold" --channel scale --source-addrs 2 --source-first $((10 + 2 * n)) \
     --json "$out/subs-$n.json" >/dev/null 2>"$out/subs-$n.err" &
   sub_pids+=($!)
   pids+=($!)

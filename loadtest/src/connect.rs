@@ -7,14 +7,14 @@
 
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{Ipv4Addr, SocketAddr},
     sync::Arc,
     time::Duration,
 };
 
 use futures_util::{SinkExt as _, StreamExt as _};
 use hdrhistogram::Histogram;
-use tokio::{net::TcpSocket, sync::Semaphore};
+use tokio::sync::Semaphore;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite::Message};
 
 use crate::proc_stat;
@@ -69,6 +69,10 @@ pub struct ConnectArgs {
     /// The `kid` to put in the tokens' header.
     #[arg(long)]
     pub token_kid: Option<String>,
+    /// Reserve each socket's source port at `bind()` (a search of the port range per socket),
+    /// as before `IP_BIND_ADDRESS_NO_PORT`: only to measure what that search costs.
+    #[arg(long)]
+    pub reserve_port_at_bind: bool,
     /// Channels the connections subscribe to, round robin: `room-0` .. `room-(N-1)`.
     #[arg(long, default_value_t = 100)]
     pub channels: usize,
@@ -141,9 +145,13 @@ async fn open(
     channel: &str,
     token: Option<&str>,
     tls: Option<&tokio_rustls::TlsConnector>,
+    reserve_port: bool,
 ) -> anyhow::Result<Ws> {
-    let socket = TcpSocket::new_v4()?;
-    socket.bind(SocketAddr::new(IpAddr::V4(source), 0))?;
+    let socket = if reserve_port {
+        crate::source::bound_reserving_port(source)?
+    } else {
+        crate::source::bound(source)?
+    };
     let stream = socket.connect(server).await?;
     let (scheme, stream) = match tls {
         Some(tls) => {
@@ -174,6 +182,8 @@ struct Ramp {
     latency: Histogram<u64>,
     errors: BTreeMap<String, u64>,
     secs: f64,
+    /// Connections completed in each second of the ramp.
+    per_second: Vec<u64>,
 }
 
 /// Opens `args.connections` at `args.rate` with at most `args.concurrency` in flight.
@@ -184,6 +194,11 @@ async fn ramp(args: &ConnectArgs) -> anyhow::Result<Ramp> {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let tokens: Arc<[String]> = tokens(args)?.into();
     let tls = tls_connector(args)?;
+    crate::source::warn_if_crowded(
+        args.connections,
+        args.server.len(),
+        usize::from(args.source_addrs),
+    );
     let started = tokio::time::Instant::now();
     let mut attempts = Vec::with_capacity(args.connections);
     for index in 0..args.connections {
@@ -199,13 +214,14 @@ async fn ramp(args: &ConnectArgs) -> anyhow::Result<Ramp> {
         let tokens = Arc::clone(&tokens);
         let tls = tls.clone();
         let channels = args.channels.max(1);
+        let reserve_port = args.reserve_port_at_bind;
         attempts.push(tokio::spawn(async move {
             let begun = tokio::time::Instant::now();
             let token = (!tokens.is_empty()).then(|| tokens[index % tokens.len()].as_str());
             let channel = format!("room-{}", index % channels);
-            let result = open(server, source, &channel, token, tls.as_ref()).await;
+            let result = open(server, source, &channel, token, tls.as_ref(), reserve_port).await;
             drop(permit);
-            result.map(|ws| (ws, begun.elapsed()))
+            result.map(|ws| (ws, begun.elapsed(), started.elapsed()))
         }));
         if index % 5_000 == 4_999 {
             eprintln!("connecting: {} attempted", index + 1);
@@ -214,9 +230,15 @@ async fn ramp(args: &ConnectArgs) -> anyhow::Result<Ramp> {
     let mut held = Vec::with_capacity(args.connections);
     let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let mut errors = BTreeMap::new();
+    let mut per_second: Vec<u64> = Vec::new();
     for attempt in attempts {
         match attempt.await? {
-            Ok((ws, elapsed)) => {
+            Ok((ws, elapsed, at)) => {
+                let second = usize::try_from(at.as_secs()).unwrap_or(usize::MAX);
+                if per_second.len() <= second {
+                    per_second.resize(second + 1, 0);
+                }
+                per_second[second] += 1;
                 let _ = latency.record(
                     u64::try_from(elapsed.as_micros())
                         .unwrap_or(u64::MAX)
@@ -235,6 +257,7 @@ async fn ramp(args: &ConnectArgs) -> anyhow::Result<Ramp> {
         latency,
         errors,
         secs: started.elapsed().as_secs_f64(),
+        per_second,
     })
 }
 
@@ -246,7 +269,14 @@ async fn drop_all_and_reconnect(held: Vec<Ws>, server: SocketAddr) -> anyhow::Re
     for _ in 0..100 {
         let attempt = tokio::time::timeout(
             Duration::from_secs(5),
-            open(server, Ipv4Addr::new(127, 0, 0, 1), "after", None, None),
+            open(
+                server,
+                Ipv4Addr::new(127, 0, 0, 1),
+                "after",
+                None,
+                None,
+                false,
+            ),
         );
         if let Ok(Ok(_ws)) = attempt.await {
             return Ok(dropped.elapsed().as_secs_f64() * 1000.0);
@@ -296,6 +326,8 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<()> {
         "handshake_latency_us": handshake_json(&ramp.latency),
         "server_rss_kib_per_connection": per_connection_kib(rss_before, rss_after, opened),
         "new_connection_after_mass_disconnect_ms": after_disconnect,
+        "reserve_port_at_bind": args.reserve_port_at_bind,
+        "connects_each_second": ramp.per_second,
     });
     crate::report(&results, args.json.as_deref())
 }

@@ -4,7 +4,7 @@
 //! and RSS. Runs against Switchboard or, with `--baseline`, the baseline broadcaster.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{Ipv4Addr, SocketAddr},
     sync::{
         Arc, LazyLock, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -16,7 +16,6 @@ use anyhow::Context as _;
 use futures_util::{SinkExt as _, StreamExt as _};
 use hdrhistogram::Histogram;
 use memchr::memmem;
-use tokio::net::TcpSocket;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite::Message};
 
 use crate::{lean, now_ns, proc_stat};
@@ -175,8 +174,7 @@ async fn connect(args: &FanoutArgs, server: SocketAddr, index: usize) -> anyhow:
         0,
         args.source_first + (index % usize::from(args.source_addrs.max(1))) as u8,
     );
-    let socket = TcpSocket::new_v4()?;
-    socket.bind(SocketAddr::new(IpAddr::V4(source), 0))?;
+    let socket = crate::source::bound(source)?;
     let stream = socket.connect(server).await?;
     stream.set_nodelay(true)?;
     let url = format!("ws://{server}/ws");
@@ -309,6 +307,11 @@ async fn run_scenario(args: FanoutArgs, scenario: &'static str) -> anyhow::Resul
     } else {
         args.subscribers
     };
+    crate::source::warn_if_crowded(
+        local_subscribers,
+        args.server.len(),
+        usize::from(args.source_addrs),
+    );
     let mut subscribers = Vec::with_capacity(local_subscribers);
     for local in 0..local_subscribers {
         let index = args.subscriber_offset + local;

@@ -14,6 +14,7 @@ mod fanout;
 mod http_publish;
 mod lean;
 mod proc_stat;
+mod source;
 mod workers;
 
 use std::{
