@@ -179,7 +179,7 @@ impl Hub {
             // them before the new epoch's first message, at the position just before it.
             let position = Offset {
                 epoch: offset.epoch,
-                seq: offset.seq - 1,
+                seq: offset.seq.saturating_sub(1),
             };
             telemetry::metrics().epoch_resets.increment(1);
             Self::enqueue_round(
