@@ -86,6 +86,14 @@ struct Members {
     /// write carrying their change, so that whoever receives a `join` finds the member
     /// listed (and a `leave`, not).
     announce: Owed,
+    /// With a store: counts [`Presence::rewrite`]s, so that a write that was in flight
+    /// while one happened does not mark the channel written in full.
+    generation: u64,
+    /// With a store: another node may have removed this node's members and sent their
+    /// `leave` without this node seeing the tombstone that says so (its link was down for
+    /// longer than the TTL, or a full write failed after finding it): the next full write
+    /// that succeeds sends their `join`. A duplicate `join` is harmless, a missing one is not.
+    rejoin_owed: bool,
 }
 
 /// Events about this node's members that wait for a write: the net change per connection,
@@ -203,6 +211,10 @@ pub struct Presence {
     unsynced: tokio::sync::mpsc::UnboundedSender<ChannelName>,
     /// Whose members' departures (found in the store) are announced.
     namespaces: Namespaces,
+    /// Members' lifetime in the store after this node's last refresh.
+    ttl: Duration,
+    /// With a store: when it last answered a write of this node's (for `rejoin_owed`).
+    last_answer: std::sync::Mutex<Instant>,
 }
 
 /// What [`Presence::start`] needs.
@@ -263,6 +275,8 @@ impl Presence {
             store,
             unsynced,
             namespaces: settings.namespaces,
+            ttl: settings.ttl,
+            last_answer: std::sync::Mutex::new(Instant::now()),
         });
         if let Some(store) = presence.store.clone() {
             tasks.spawn(Arc::clone(&presence).keep_stored(
@@ -373,6 +387,7 @@ impl Presence {
 
     /// With a store: the next write puts this node's members of the channel in full.
     fn rewrite(&self, channel: &ChannelName, members: &mut Members) {
+        members.generation += 1;
         members.full = true;
         members.stored = false;
         members.unsynced.clear();

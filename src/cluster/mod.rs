@@ -297,6 +297,9 @@ pub enum WriteOutcome {
     /// The store did not hold what `expect` said it should (it lost them, or another node
     /// removed them): nothing written; write the channel in full.
     Lost,
+    /// A write in several calls whose first found the mark [`WriteOutcome::Rejoined`]
+    /// names and a later one failed: write the channel in full later, and send the `join`.
+    PartlyRejoined,
     /// Not written (the store is unreachable): write the channel in full later.
     Failed,
 }

@@ -80,6 +80,7 @@ impl Presence {
         let mut writes = Vec::with_capacity(channels.len());
         let mut listed_after = Vec::with_capacity(channels.len());
         let mut announced = Vec::with_capacity(channels.len());
+        let mut taken = Vec::with_capacity(channels.len());
         for channel in channels {
             let Some(mut members) = self.members.get_mut(&channel) else {
                 continue;
@@ -116,6 +117,7 @@ impl Presence {
                 }
             }
             listed_after.push(!members.conns.is_empty());
+            taken.push((members.generation, write.full, write.expect));
             writes.push(write);
         }
         if writes.is_empty() {
@@ -123,10 +125,32 @@ impl Presence {
         }
         let channels: Vec<ChannelName> = writes.iter().map(|write| write.channel.clone()).collect();
         let outcomes = store.write(writes).await;
+        // This node's link was down longer than the TTL: others may have removed its
+        // members and the tombstone saying so expired, so every channel owes a `join`.
+        let long_outage = {
+            let mut last_answer = self
+                .last_answer
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let answered = outcomes
+                .iter()
+                .any(|outcome| *outcome != WriteOutcome::Failed);
+            let long = answered && last_answer.elapsed() > self.ttl;
+            if answered {
+                *last_answer = Instant::now();
+            }
+            long
+        };
         let mut failed = false;
         let mut indexed = Vec::new();
-        let written = channels.into_iter().zip(listed_after).zip(announced);
-        for (((channel, listed), owed), outcome) in written.zip(outcomes) {
+        let written = channels
+            .into_iter()
+            .zip(listed_after)
+            .zip(announced)
+            .zip(taken);
+        for ((((channel, listed), owed), (generation, full, expect)), outcome) in
+            written.zip(outcomes)
+        {
             let Some(mut members) = self.members.get_mut(&channel) else {
                 // Every member left meanwhile and nothing else is owed: their events still go.
                 for (change, member) in owed.into_ordered() {
@@ -135,15 +159,24 @@ impl Presence {
                 continue;
             };
             let mut announce = Vec::new();
+            members.rejoin_owed |= long_outage && expect;
             match outcome {
                 WriteOutcome::Done | WriteOutcome::Rejoined => {
-                    members.full = false;
-                    if listed && !members.stored {
-                        indexed.push(channel.clone());
+                    if members.generation == generation {
+                        // No rewrite meanwhile (it would have cleared changes this write
+                        // did not carry, and must run in full).
+                        members.full = false;
+                        if listed && !members.stored {
+                            indexed.push(channel.clone());
+                        }
+                        members.stored = listed;
                     }
-                    members.stored = listed;
                     announce = owed.into_ordered();
-                    if outcome == WriteOutcome::Rejoined {
+                    let rejoin = outcome == WriteOutcome::Rejoined || (full && members.rejoin_owed);
+                    if full || !expect {
+                        members.rejoin_owed = false;
+                    }
+                    if rejoin {
                         // Another node removed them (this node was paused or cut off) and
                         // sent their `leave`: they are back, so say so.
                         telemetry::presence_rewrite("rejoined");
@@ -157,8 +190,11 @@ impl Presence {
                         }
                     }
                 }
-                WriteOutcome::Lost | WriteOutcome::Failed => {
-                    let unreachable = outcome == WriteOutcome::Failed;
+                WriteOutcome::Lost | WriteOutcome::Failed | WriteOutcome::PartlyRejoined => {
+                    // A part of a full write found the tombstone and a later part failed:
+                    // the tombstone is gone, the `join` still owed.
+                    members.rejoin_owed |= outcome == WriteOutcome::PartlyRejoined;
+                    let unreachable = outcome != WriteOutcome::Lost;
                     failed |= unreachable;
                     telemetry::presence_rewrite(if unreachable { "unreachable" } else { "lost" });
                     self.rewrite(&channel, &mut members);

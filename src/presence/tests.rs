@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::{
-    cluster::LocalBus,
+    cluster::{LocalBus, PresenceWrite, WriteOutcome},
     hub::{FramedText, Hub, HubHandle, HubSettings, Outbound, Outgoing},
 };
 
@@ -262,4 +262,110 @@ fn owed_events_keep_one_net_change_per_connection_in_order() {
     current.push(Change::Leave, Arc::new(member(4, "dee")));
     current.put_back(earlier);
     assert_eq!(conns(current), [(Change::Join, 5), (Change::Join, 6)]);
+}
+
+/// A store whose writes wait until the test lets them through, and which records them.
+#[derive(Debug)]
+struct GatedStore {
+    gate: tokio::sync::Semaphore,
+    writes: std::sync::Mutex<Vec<PresenceWrite>>,
+}
+
+impl PresenceStore for GatedStore {
+    fn write(
+        &self,
+        writes: Vec<PresenceWrite>,
+    ) -> crate::cluster::BusFuture<'_, Vec<WriteOutcome>> {
+        Box::pin(async move {
+            self.gate
+                .acquire()
+                .await
+                .expect("the gate stays open")
+                .forget();
+            let outcomes = vec![WriteOutcome::Done; writes.len()];
+            self.writes.lock().unwrap().extend(writes);
+            outcomes
+        })
+    }
+
+    fn page<'a>(
+        &'a self,
+        _channel: &'a ChannelName,
+        _cursor: Option<&'a str>,
+        _limit: usize,
+    ) -> crate::cluster::BusFuture<'a, Result<crate::cluster::StoredPage, BusError>> {
+        Box::pin(async { Ok(crate::cluster::StoredPage::default()) })
+    }
+
+    fn stats<'a>(
+        &'a self,
+        _channel: &'a ChannelName,
+    ) -> crate::cluster::BusFuture<'a, Result<crate::cluster::StoredStats, BusError>> {
+        Box::pin(async { Ok(crate::cluster::StoredStats::default()) })
+    }
+
+    fn index(
+        &self,
+        _channels: Vec<ChannelName>,
+        _replace: bool,
+    ) -> crate::cluster::BusFuture<'_, ()> {
+        Box::pin(async {})
+    }
+
+    fn departed(&self) -> crate::cluster::BusFuture<'_, Vec<crate::cluster::Departed>> {
+        Box::pin(async { Vec::new() })
+    }
+
+    fn disturbances(&self) -> u64 {
+        0
+    }
+}
+
+/// A token refresh that changes a member's `info` while a write is in flight asks for the
+/// channel in full; the write's success must not cancel that (it used to: the member that
+/// left meanwhile stayed in the store for good, and the new `info` never reached it).
+#[tokio::test]
+async fn a_rewrite_asked_for_during_a_write_is_written_in_full() {
+    let hub = hub();
+    let bus: Arc<dyn Bus> = Arc::new(LocalBus::new(hub, Arc::from("n1")));
+    let store = Arc::new(GatedStore {
+        gate: tokio::sync::Semaphore::new(0),
+        writes: std::sync::Mutex::default(),
+    });
+    let presence = Presence::start(
+        PresenceSettings {
+            node: Arc::from("n1"),
+            coalesce: Duration::ZERO,
+            max_listed: 100,
+            ttl: Duration::from_secs(30),
+            namespaces: crate::auth::Namespaces::default(),
+        },
+        bus,
+        Some(Arc::clone(&store) as Arc<dyn PresenceStore>),
+        &TaskGroup::new(),
+        &CancellationToken::new(),
+    );
+    let room = name("room");
+    presence.joined(&room, member(1, "ada"), false);
+    presence.joined(&room, member(2, "bob"), false);
+    // The first write (both joins) is taken and waits at the gate.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(store.writes.lock().unwrap().is_empty());
+    presence.left(&room, 2, false);
+    let mut renamed = member(1, "ada");
+    renamed.info = Some(RawValue::from_string(r#"{"name":"Ada L."}"#.to_owned()).unwrap());
+    presence.refreshed(&room, renamed);
+    store.gate.add_permits(10);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let writes = store.writes.lock().unwrap();
+    assert_eq!(writes.len(), 2, "{writes:?}");
+    let second = &writes[1];
+    assert!(second.full, "the rewrite runs in full: {second:?}");
+    let listed: Vec<u64> = second
+        .joins
+        .iter()
+        .map(|(conn_id, _, _)| *conn_id)
+        .collect();
+    assert_eq!(listed, [1], "bob left, ada stays");
+    assert!(second.joins[0].2.contains("Ada L."), "{second:?}");
 }

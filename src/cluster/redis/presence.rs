@@ -414,7 +414,12 @@ impl RedisPresence {
             match outcome {
                 WriteOutcome::Done => {}
                 WriteOutcome::Rejoined => done = WriteOutcome::Rejoined,
-                WriteOutcome::Lost | WriteOutcome::Failed => return outcome,
+                WriteOutcome::Failed if done == WriteOutcome::Rejoined => {
+                    return WriteOutcome::PartlyRejoined;
+                }
+                WriteOutcome::Lost | WriteOutcome::Failed | WriteOutcome::PartlyRejoined => {
+                    return outcome;
+                }
             }
         }
         done
