@@ -36,6 +36,10 @@ pub(super) struct Health {
     /// departed waits for a steady link (see [`Health::steady_for_ms`]).
     pub(super) disturbed_ms: AtomicU64,
     pub(super) disturbances: AtomicU64,
+    /// Redis's time (ms) as the last heartbeat read it, and when: an estimate of Redis's
+    /// clock, which bounds how long a judgement sent now stays valid (see
+    /// [`Health::judge_until`]).
+    pub(super) redis_clock: Mutex<Option<(u64, tokio::time::Instant)>>,
     /// The Redis version, when it is too old for the scripts (see `connection::check_version`).
     pub(super) too_old: Mutex<Option<String>>,
     /// The last entry id each partition's reader processed. Kept outside the reader task so
@@ -56,6 +60,34 @@ impl Health {
     /// must not count as silence.
     pub(super) fn steady_for_ms(&self, now_ms: u64) -> u64 {
         now_ms.saturating_sub(self.disturbed_ms.load(Ordering::Acquire))
+    }
+
+    /// Notes Redis's time (ms), read now.
+    pub(super) fn redis_time(&self, redis_now_ms: u64) {
+        *self
+            .redis_clock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) =
+            Some((redis_now_ms, tokio::time::Instant::now()));
+    }
+
+    /// The Redis time (ms) until which a script sent now may judge other nodes departed, or
+    /// 0 when it may not: the link must have been steady for `steady_ms`, and the judgement
+    /// holds only until a second past Redis's estimated time now. A script that waited in a
+    /// frozen Redis (a stall, a slow command) runs after that and judges nobody: the others'
+    /// refreshes were stuck behind the same stall.
+    pub(super) fn judge_until(&self, now_ms: u64, steady_ms: u64) -> u64 {
+        if self.steady_for_ms(now_ms) < steady_ms {
+            return 0;
+        }
+        let clock = *self
+            .redis_clock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        clock.map_or(0, |(redis_ms, read_at)| {
+            let since = u64::try_from(read_at.elapsed().as_millis()).unwrap_or(u64::MAX);
+            redis_ms.saturating_add(since).saturating_add(1000)
+        })
     }
 
     /// How many disturbances there were (see [`Health::disturbed`]).

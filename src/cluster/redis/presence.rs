@@ -54,8 +54,8 @@ const CALLS_IN_FLIGHT: usize = 64;
 const INDEX_CHUNK: usize = 1000;
 
 /// Shared by every script: Redis time, and removing a node's members (all four keys). Every
-/// script's `ARGV` starts with this node's id, its incarnation, whether it may judge other
-/// nodes departed (`1`/`0`), and the TTL in ms.
+/// script's `ARGV` starts with this node's id, its incarnation, the Redis time (ms) until
+/// which it may judge other nodes departed (0: it may not), and the TTL in ms.
 ///
 /// A channel's `pn` hash holds, per node, `<node>` -> the Redis time (ms) its members expire
 /// at; beside it `!<node>` -> the incarnation that wrote them, and for a while after another
@@ -121,7 +121,7 @@ local function prune(now, forced, departed)
       if not held[string.sub(field, 2)] then redis.call('HDEL', KEYS[4], field) end
     elseif field == ARGV[1] then
       if held['!' .. field] ~= ARGV[2] then drop(field, departed, 'r') end
-    elseif ARGV[3] == '1' and (tonumber(value) or 0) < now then
+    elseif (tonumber(ARGV[3]) or 0) >= now and (tonumber(value) or 0) < now then
       drop(field, departed, 'e')
       bury(field, now)
     end
@@ -284,12 +284,15 @@ impl RedisPresence {
         &self.inner.settings.node_id
     }
 
-    /// Whether this node may remove other nodes' members whose expiry passed: only once its
-    /// own link to Redis has been steady (no outage, no stalled heartbeat) for a whole TTL.
-    /// After a stall every node's refresh is late at once; the nodes that lived through it
-    /// refresh within a third of the TTL, and nobody judges them meanwhile.
-    fn may_judge(&self) -> bool {
-        self.inner.health.steady_for_ms(since_start_ms(&self.inner)) >= self.ttl_ms()
+    /// Until when (Redis time, ms; 0: not at all) a script sent now may remove other
+    /// nodes' members whose expiry passed: only once this node's own link to Redis has been
+    /// steady for a whole TTL, and only for about a second. After a stall every node's
+    /// refresh is late at once; the nodes that lived through it refresh within a third of
+    /// the TTL, and nobody judges them meanwhile, not even a script that waited in the stall.
+    fn judge_until(&self) -> u64 {
+        self.inner
+            .health
+            .judge_until(since_start_ms(&self.inner), self.ttl_ms())
     }
 
     fn keep_departed(&self, channel: &ChannelName, value: &Value) {
@@ -334,7 +337,7 @@ impl RedisPresence {
         invocation
             .arg(self.node())
             .arg(&*self.inner.incarnation)
-            .arg(u8::from(self.may_judge()))
+            .arg(self.judge_until())
             .arg(self.ttl_ms());
         args(&mut invocation);
         let reply = invocation

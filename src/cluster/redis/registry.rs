@@ -28,8 +28,8 @@ pub struct NodeInfo {
 }
 
 /// The heartbeat, in Redis time (nodes' clocks may disagree): renews this node's entry,
-/// answers the entry it replaced (to find another process running under the same node id)
-/// and the nodes whose entry expired. KEYS: the live set, this node's entry. ARGV: node,
+/// answers the entry it replaced (to find another process running under the same node id),
+/// the nodes whose entry expired, and Redis's time (ms). KEYS: the live set, this node's entry. ARGV: node,
 /// entry JSON, TTL ms.
 const HEARTBEAT_LUA: &str = r"
 local t = redis.call('TIME')
@@ -37,7 +37,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local before = redis.call('GET', KEYS[2])
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
-return {before or '', redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now)}
+return {before or '', redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now), now}
 ";
 
 /// Live nodes, in Redis time. KEYS: the live set.
@@ -149,11 +149,12 @@ pub(super) async fn heartbeat(inner: Arc<Inner>, node: NodeInfo, stop: Cancellat
             .arg(id)
             .arg(info.to_string())
             .arg(ttl_ms)
-            .invoke_async::<(String, Vec<String>)>(&mut conn)
+            .invoke_async::<(String, Vec<String>, u64)>(&mut conn)
             .await;
         let now = since_start_ms(&inner);
         match reply {
-            Ok((before, expired)) => {
+            Ok((before, expired, redis_now)) => {
+                inner.health.redis_time(redis_now);
                 if last_beat_ms.is_some_and(|last| now.saturating_sub(last) > late) {
                     tracing::warn!(
                         gap_ms = now - last_beat_ms.unwrap_or(now),
