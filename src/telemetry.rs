@@ -74,6 +74,8 @@ pub const BUS_LAG: &str = "ws_bus_lag_seconds";
 pub const BUS_READ_BATCH: &str = "ws_bus_read_batch_entries";
 pub const BUS_PARTITION_AGE: &str = "ws_bus_partition_lag_seconds";
 pub const BUS_READER_RESTARTS: &str = "ws_bus_reader_restarts_total";
+pub const BUS_INTEREST_LOST: &str = "ws_bus_interest_lost_total";
+pub const BUS_REPLAYED: &str = "ws_bus_replayed_entries_total";
 pub const REDIS_ERRORS: &str = "ws_redis_errors_total";
 /// Gauge, clustered only: 1 while the command link to Redis is connected, 0 from start until
 /// it connects and while an outage lasts.
@@ -298,6 +300,8 @@ pub fn redis_registered() {
     }
     metrics::counter!(REDIS_RECONNECTS).increment(0);
     metrics::counter!(BUS_READER_RESTARTS).increment(0);
+    metrics::counter!(BUS_INTEREST_LOST).increment(0);
+    metrics::counter!(BUS_REPLAYED).increment(0);
 }
 
 /// Sets `ws_redis_up`: whether the command link to Redis is connected.
@@ -366,6 +370,13 @@ pub fn bus_lag(seconds: f64) {
 }
 
 /// Records how many entries one `XREAD` returned.
+/// Channels whose interest (the routing of their messages to this node's inbox) a renewal
+/// found missing in Redis, and the bus entries then read again from the log.
+pub fn bus_interest_lost(channels: u64, replayed: u64) {
+    metrics::counter!(BUS_INTEREST_LOST).increment(channels);
+    metrics::counter!(BUS_REPLAYED).increment(replayed);
+}
+
 pub fn bus_read_batch(entries: u32) {
     metrics::histogram!(BUS_READ_BATCH).record(f64::from(entries));
 }
@@ -691,6 +702,15 @@ fn describe() {
     describe_counter!(
         BUS_READER_RESTARTS,
         "Partition readers restarted because they stalled while Redis answered"
+    );
+    describe_counter!(
+        BUS_INTEREST_LOST,
+        "Channels whose routing to this node's inbox was found missing in Redis (expired \
+         while the node stalled, or lost with Redis) and written again"
+    );
+    describe_counter!(
+        BUS_REPLAYED,
+        "Bus entries read again from a partition's log after interest was found missing"
     );
     describe_counter!(REDIS_ERRORS, "Failed Redis commands, by operation");
     describe_gauge!(

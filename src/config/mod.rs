@@ -445,6 +445,28 @@ pub struct ClusterConfig {
     /// Whether an outage of Redis itself (shared by every node) fails `/readyz`. Default
     /// false, so a shared outage does not empty the whole pool; it is reported either way.
     pub outage_fails_readiness: bool,
+    /// How messages reach the nodes: `inbox` (the default), a publish appends each message
+    /// to the inboxes of the nodes that follow its channel and a node reads only its own;
+    /// `log`, every node reads every partition's log (the releases before inboxes: a
+    /// rolling upgrade from one runs `log` until every node is upgraded).
+    pub bus_routing: BusRouting,
+    /// How long a node's interest in a channel (what routes the channel's messages to its
+    /// inbox) lasts in Redis without being renewed; nodes renew theirs every third of it. A
+    /// node that died without stopping costs publishes to its channels one more append each
+    /// for at most this long. Default 10m; at least 30s.
+    #[serde(with = "humantime_serde")]
+    pub interest_ttl: std::time::Duration,
+}
+
+/// How a cluster's messages reach the nodes (`cluster.bus_routing`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BusRouting {
+    /// Each node reads its own inboxes, which hold the messages of channels it follows.
+    #[default]
+    Inbox,
+    /// Each node reads every partition's log and drops what it does not follow.
+    Log,
 }
 
 /// The shortest `cluster.bus_max_age`: well above what a bus reader may trail by without
@@ -513,6 +535,8 @@ impl Default for ClusterConfig {
             bus_max_age: Duration::from_secs(600),
             channel_state_ttl: Duration::from_secs(24 * 3600),
             outage_fails_readiness: false,
+            bus_routing: BusRouting::Inbox,
+            interest_ttl: Duration::from_secs(600),
         }
     }
 }
@@ -1153,6 +1177,9 @@ impl ClusterConfig {
         }
         if self.bus_max_age < MIN_BUS_MAX_AGE {
             return Err(invalid("cluster.bus_max_age", "must be at least 1m"));
+        }
+        if self.interest_ttl < Duration::from_secs(30) {
+            return Err(invalid("cluster.interest_ttl", "must be at least 30s"));
         }
         if self.channel_state_ttl < history.ttl {
             return Err(invalid(

@@ -59,6 +59,14 @@ fn out_of_range_values_name_the_key() {
         ("[cluster]\nredis = \"http://a:6379\"\n", "cluster.redis"),
         ("[cluster]\nbus_max_age = \"59s\"\n", "cluster.bus_max_age"),
         (
+            "[cluster]\ninterest_ttl = \"29s\"\n",
+            "cluster.interest_ttl",
+        ),
+        (
+            "[cluster]\nbus_routing = \"fanout\"\n",
+            "cluster.bus_routing",
+        ),
+        (
             "[limits]\nfragment_timeout = \"0s\"\n",
             "limits.fragment_timeout",
         ),

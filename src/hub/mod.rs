@@ -334,6 +334,13 @@ impl Hub {
         dropped
     }
 
+    /// Whether this node holds the channel (subscribed, pinned by a subscribe, or keeping
+    /// history): whether a remote bus must go on delivering it here.
+    #[must_use]
+    pub fn holds(&self, name: &str) -> bool {
+        read(&self.shard(name).channels).contains_key(name)
+    }
+
     /// Channels with subscribers on this node whose name starts with `prefix`, after
     /// `after` in name order, at most `limit`: `(name, subscribers)`, and whether more
     /// follow. Sorts every matching name: an operator's query, not a hot path.

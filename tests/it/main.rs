@@ -10,6 +10,7 @@ mod auth;
 mod bad_input;
 mod boundaries;
 mod browser;
+mod bus_routing;
 mod cluster;
 mod cluster_state;
 mod conformance;

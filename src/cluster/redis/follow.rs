@@ -1,8 +1,10 @@
-//! Following the partition streams: one reader per partition with its own connection,
-//! going on from the last entry it saw and handing entries to the hub; the watchdog that
+//! Following the bus: one reader per partition with its own connection, going on from the
+//! last entry it saw and handing entries to the hub; with inbox routing, the renewal of this
+//! node's interest and the read of the log for what an inbox missed; the watchdog that
 //! restarts a reader stuck while Redis answers; the partitions' lag gauge.
 
 use std::{
+    collections::HashSet,
     sync::{Arc, PoisonError, atomic::Ordering},
     time::Duration,
 };
@@ -11,14 +13,15 @@ use redis::{RedisResult, Value};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Inner, bus_key,
+    Inner, USERS_INTEREST, bus_key,
     connection::RedisConn,
     health::stalled_readers,
+    interest_key,
     scripts::{as_string, as_u64, parse_epoch},
     since_start_ms, unix_ms,
 };
 use crate::{
-    hub::SessionCommand,
+    hub::{SessionCommand, WriteBatch},
     protocol::{ChannelName, CloseCode, Offset},
     shutdown::TaskGroup,
     telemetry,
@@ -26,8 +29,12 @@ use crate::{
 
 /// How long one `XREAD` blocks before returning empty.
 const BLOCK: Duration = Duration::from_millis(1000);
-/// Entries one `XREAD` returns at most.
+/// Entries one `XREAD` (or a log read after lost interest) returns at most.
 const READ_COUNT: usize = 512;
+/// Channels one interest renewal script writes at most.
+const RENEW_CHUNK: usize = 500;
+/// How often a reader removes this node's interest in channels the hub no longer holds.
+const FORGET_EVERY: Duration = Duration::from_secs(2);
 /// A reader whose last completed read is older than this, while Redis answers, is stuck.
 pub(super) const READER_STALL: Duration = Duration::from_secs(5);
 
@@ -79,7 +86,7 @@ pub(super) async fn watch_readers(inner: Arc<Inner>, tasks: TaskGroup, stop: Can
 async fn record_partition_lag(inner: &Inner) {
     let Ok(mut conn) = inner.conn() else { return };
     for (partition, position) in inner.health.reader_position_ms.iter().enumerate() {
-        let key = bus_key(u32::try_from(partition).unwrap_or(u32::MAX));
+        let key = inner.reader_key(u32::try_from(partition).unwrap_or(u32::MAX));
         let newest = tokio::time::timeout(
             inner.settings.publish_timeout,
             redis::cmd("XREVRANGE")
@@ -112,7 +119,7 @@ async fn record_partition_lag(inner: &Inner) {
 /// connection (a blocking `XREAD` would stall a shared one), the starting point found once,
 /// then [`follow`] until the connection fails, with backoff between attempts.
 async fn read_partition(inner: Arc<Inner>, partition: u32, stop: CancellationToken) {
-    let key = bus_key(partition);
+    let key = inner.reader_key(partition);
     let index = partition as usize;
     let saved_cursor = &inner.health.reader_cursor[index];
     let mut last_id: Option<String> = saved_cursor
@@ -141,9 +148,11 @@ async fn read_partition(inner: Arc<Inner>, partition: u32, stop: CancellationTok
                 continue;
             }
         };
+        let first = last_id.is_none();
         let start = match last_id.take() {
             Some(id) => id,
-            None => match find_start(&mut conn, &key).await {
+            // Inbox ids are log ids: an inbox is read from where the log stands.
+            None => match find_start(&mut conn, &bus_key(partition)).await {
                 Ok(id) => id,
                 Err(err) => {
                     inner.health.error("read", &err);
@@ -151,6 +160,19 @@ async fn read_partition(inner: Arc<Inner>, partition: u32, stop: CancellationTok
                 }
             },
         };
+        let mut cursor = start;
+        if inner.reads_inbox() {
+            // Redis may have lost this node's interest (restarted empty) or it may have
+            // expired (the node stalled): renewed before reading, and what the inbox missed
+            // meanwhile read from the log.
+            if let Err(err) = renew_interest(&inner, &mut conn, partition, &mut cursor, first).await
+            {
+                inner.health.error("read", &err);
+                last_id = Some(cursor);
+                continue;
+            }
+        }
+        let start = cursor;
         backoff = Duration::from_millis(50);
         saved_cursor
             .lock()
@@ -165,7 +187,7 @@ async fn read_partition(inner: Arc<Inner>, partition: u32, stop: CancellationTok
             &inner,
             &mut conn,
             &key,
-            index,
+            partition,
             &mut cursor,
             read_timeout,
             &stop,
@@ -216,18 +238,59 @@ enum Followed {
 }
 
 /// Reads the stream after `cursor` with blocking `XREAD`s and hands each reply to the hub,
-/// moving `cursor` (and the reader's saved cursor and position) past what it delivered.
+/// moving `cursor` (and the reader's saved cursor and position) past what it delivered. An
+/// inbox is trimmed up to what was delivered (in the same round trip as the next read) and
+/// this node's interest renewed every third of `cluster.interest_ttl`, and at once after a
+/// disturbance (the node or Redis stalled).
 async fn follow(
     inner: &Inner,
     conn: &mut RedisConn,
     key: &str,
-    index: usize,
+    partition: u32,
     cursor: &mut String,
     read_timeout: Duration,
     stop: &CancellationToken,
 ) -> Followed {
+    let index = partition as usize;
+    let renew_every = inner.settings.interest_ttl / 3;
+    let mut renew_at = tokio::time::Instant::now() + renew_every;
+    let mut disturbances = inner.health.disturbances();
+    let mut forget_at = tokio::time::Instant::now() + FORGET_EVERY;
+    let mut trimmed = cursor.clone();
     loop {
-        let mut xread = redis::cmd("XREAD");
+        if inner.reads_inbox() {
+            let now = tokio::time::Instant::now();
+            let seen = inner.health.disturbances();
+            let renewed = if seen != disturbances || now >= renew_at {
+                disturbances = seen;
+                renew_at = now + renew_every;
+                Some(renew_interest(inner, conn, partition, cursor, false).await)
+            } else if now >= forget_at {
+                forget_at = now + FORGET_EVERY;
+                Some(forget_interest(inner, conn, partition, cursor).await)
+            } else {
+                None
+            };
+            if let Some(renewed) = renewed {
+                if let Err(err) = renewed {
+                    inner.health.error("read", &err);
+                    return Followed::Broken;
+                }
+                save_cursor(inner, index, cursor);
+            }
+        }
+        let mut pipe = redis::pipe();
+        if inner.reads_inbox() && *cursor != trimmed {
+            // What was delivered is not needed again: a lost inbox is made good from the log.
+            pipe.cmd("XTRIM")
+                .arg(key)
+                .arg("MINID")
+                .arg("~")
+                .arg(&*cursor)
+                .ignore();
+            trimmed.clone_from(cursor);
+        }
+        let xread = pipe.cmd("XREAD");
         xread
             .arg("COUNT")
             .arg(READ_COUNT)
@@ -238,10 +301,10 @@ async fn follow(
             .arg(&*cursor);
         let read = tokio::select! {
             () = stop.cancelled() => return Followed::Stopped,
-            read = tokio::time::timeout(read_timeout, xread.query_async::<Value>(conn)) => read,
+            read = tokio::time::timeout(read_timeout, pipe.query_async::<(Value,)>(conn)) => read,
         };
         let value = match read {
-            Ok(Ok(value)) => value,
+            Ok(Ok((value,))) => value,
             Ok(Err(err)) => {
                 inner.health.error("read", &err);
                 return Followed::Broken;
@@ -253,16 +316,207 @@ async fn follow(
         };
         inner.health.reader_ok_ms[index].store(since_start_ms(inner), Ordering::Relaxed);
         if let Some(new_last) = deliver_batch(inner, value) {
-            if let Some(ms) = id_ms(&new_last) {
-                inner.health.reader_position_ms[index].store(ms, Ordering::Relaxed);
-            }
-            // A short critical section, never across an await.
-            *inner.health.reader_cursor[index]
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = Some(new_last.clone());
             *cursor = new_last;
+            save_cursor(inner, index, cursor);
         }
     }
+}
+
+/// Records where a reader stands: its saved cursor (a restarted reader goes on from it) and
+/// its position by entry time (the lag gauge).
+fn save_cursor(inner: &Inner, index: usize, cursor: &str) {
+    if let Some(ms) = id_ms(cursor) {
+        inner.health.reader_position_ms[index].store(ms, Ordering::Relaxed);
+    }
+    // A short critical section, never across an await.
+    *inner.health.reader_cursor[index]
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = Some(cursor.to_owned());
+}
+
+/// Writes this node's interest in every channel of `partition` it holds (and, on partition
+/// 0, in requests about users) for another `cluster.interest_ttl`. When Redis had lost some
+/// of it, the inbox missed those channels' entries since; they are all in the partition's
+/// log, which is read from `cursor` up to where it stood when the interest was back (every
+/// later entry reaches the inbox), handed to the hub (which drops what it has), and
+/// `cursor` moved there. `first`: this process's first renewal, whose "missing" interest is
+/// only new.
+async fn renew_interest(
+    inner: &Inner,
+    conn: &mut RedisConn,
+    partition: u32,
+    cursor: &mut String,
+    first: bool,
+) -> RedisResult<()> {
+    let mut names: Vec<String> = interest_of(inner, partition)
+        .iter()
+        .map(|channel| channel.as_str().to_owned())
+        .collect();
+    if partition == 0 {
+        names.push(USERS_INTEREST.to_owned());
+    }
+    renew(inner, conn, partition, &names, cursor, first).await
+}
+
+/// This node's interest in a partition's channels, locked (never across an await).
+fn interest_of(inner: &Inner, partition: u32) -> std::sync::MutexGuard<'_, HashSet<ChannelName>> {
+    inner.interest[partition as usize]
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Removes this node's interest in the channels of `partition` the hub no longer holds, so
+/// that their messages stop reaching it (and a client cycling through channel names leaves
+/// nothing in Redis). A subscribe may take such a channel again meanwhile, its read writing
+/// the interest just before this removes it: the channels the hub holds again afterwards
+/// are renewed, and what they missed read from the log, like lost interest.
+async fn forget_interest(
+    inner: &Inner,
+    conn: &mut RedisConn,
+    partition: u32,
+    cursor: &mut String,
+) -> RedisResult<()> {
+    let gone: Vec<ChannelName> = {
+        let mut interest = interest_of(inner, partition);
+        let gone: Vec<ChannelName> = interest
+            .iter()
+            .filter(|channel| !inner.hub.holds(channel.as_str()))
+            .cloned()
+            .collect();
+        for channel in &gone {
+            interest.remove(channel);
+        }
+        gone
+    };
+    for chunk in gone.chunks(RENEW_CHUNK) {
+        let mut invocation = inner.forget_script.prepare_invoke();
+        for channel in chunk {
+            invocation.key(interest_key(partition, channel.as_str()));
+        }
+        invocation.arg(inner.inbox_name());
+        tokio::time::timeout(
+            inner.settings.publish_timeout,
+            invocation.invoke_async::<()>(conn),
+        )
+        .await
+        .map_err(|_| timed_out("forgetting interest timed out"))??;
+    }
+    let back: Vec<String> = {
+        let mut interest = interest_of(inner, partition);
+        gone.into_iter()
+            .filter(|channel| inner.hub.holds(channel.as_str()))
+            .map(|channel| {
+                let name = channel.as_str().to_owned();
+                interest.insert(channel);
+                name
+            })
+            .collect()
+    };
+    if back.is_empty() {
+        return Ok(());
+    }
+    renew(inner, conn, partition, &back, cursor, false).await
+}
+
+/// Writes this node's interest in `names` (channels of `partition`, or the users' requests)
+/// and reads from the log what the inbox missed where some was missing: see
+/// [`renew_interest`].
+async fn renew(
+    inner: &Inner,
+    conn: &mut RedisConn,
+    partition: u32,
+    names: &[String],
+    cursor: &mut String,
+    first: bool,
+) -> RedisResult<()> {
+    let log = bus_key(partition);
+    let mut missing = 0_u64;
+    let mut newest = String::from("0-0");
+    for chunk in names.chunks(RENEW_CHUNK) {
+        let mut invocation = inner.interest_script.key(&log);
+        for name in chunk {
+            invocation.key(interest_key(partition, name));
+        }
+        invocation
+            .arg(inner.inbox_name())
+            .arg(inner.interest_ttl_ms());
+        let (lost, last): (u64, String) = tokio::time::timeout(
+            inner.settings.publish_timeout,
+            invocation.invoke_async(conn),
+        )
+        .await
+        .map_err(|_| timed_out("interest renewal timed out"))??;
+        missing += lost;
+        newest = last;
+    }
+    if missing == 0 {
+        return Ok(());
+    }
+    let replayed = read_log(inner, conn, &log, cursor, &newest).await?;
+    if !first {
+        tracing::warn!(
+            partition,
+            channels = missing,
+            replayed,
+            "This node's interest in channels was missing in Redis (lost or expired); \
+             renewed, and what the inbox missed read from the log"
+        );
+        telemetry::bus_interest_lost(missing, replayed);
+    }
+    Ok(())
+}
+
+/// Hands the log's entries after `cursor` up to `until` to the hub, and moves `cursor` to
+/// `until`. Returns how many entries it read.
+async fn read_log(
+    inner: &Inner,
+    conn: &mut RedisConn,
+    log: &str,
+    cursor: &mut String,
+    until: &str,
+) -> RedisResult<u64> {
+    let mut read = 0_u64;
+    loop {
+        let entries: Value = tokio::time::timeout(
+            inner.settings.publish_timeout,
+            redis::cmd("XRANGE")
+                .arg(log)
+                .arg(format!("({cursor}"))
+                .arg(until)
+                .arg("COUNT")
+                .arg(READ_COUNT)
+                .query_async(conn),
+        )
+        .await
+        .map_err(|_| timed_out("reading the log timed out"))??;
+        let Value::Array(entries) = entries else {
+            break;
+        };
+        let count = entries.len();
+        read += count as u64;
+        let mut writes = inner.hub.write_batch();
+        let mut n_entries = 0;
+        if let Some(last) = deliver_entries(inner, entries, &mut writes, &mut n_entries) {
+            *cursor = last;
+        }
+        if count < READ_COUNT {
+            break;
+        }
+    }
+    if id_parts(until) > id_parts(cursor) {
+        until.clone_into(cursor);
+    }
+    Ok(read)
+}
+
+fn timed_out(what: &'static str) -> redis::RedisError {
+    redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, what))
+}
+
+/// A stream entry id's two parts, to compare ids.
+fn id_parts(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
 }
 
 /// The milliseconds part of a stream entry id (`<ms>-<n>`).
@@ -277,7 +531,6 @@ fn deliver_batch(inner: &Inner, value: Value) -> Option<String> {
         return None;
     };
     let mut last_id = None;
-    let now_ms = unix_ms();
     let mut n_entries = 0_u32;
     // Written when the reply is handed over: a connection that several of its entries
     // reach gets one `writev`.
@@ -289,54 +542,68 @@ fn deliver_batch(inner: &Inner, value: Value) -> Option<String> {
         let Some(Value::Array(entries)) = key_and_entries.pop() else {
             continue;
         };
-        for entry in entries {
-            let Value::Array(mut pair) = entry else {
-                continue;
-            };
-            let Some(fields) = pair.pop() else { continue };
-            let Some(id) = pair.pop().as_ref().and_then(as_string) else {
-                continue;
-            };
-            n_entries += 1;
-            if let Some(request) = Request::parse(&fields, &inner.settings.node_id) {
-                match request {
-                    Request::Event { channel, text } => {
-                        inner.hub.announce(&channel, text, &mut writes);
-                    }
-                    Request::Command { user, command } => {
-                        inner.hub.command_user(&user, &command);
-                    }
-                    Request::Disconnect { user, code } => {
-                        let closed = inner.hub.disconnect_user(&user, code);
-                        tracing::info!(
-                            %user,
-                            closed,
-                            code = code.code(),
-                            "Disconnect of a user requested through the bus"
-                        );
-                    }
-                    Request::Own => {}
-                }
-            } else if let Some(message) = BusEntry::parse(&fields) {
-                let offset = Offset {
-                    epoch: message.epoch,
-                    seq: message.seq,
-                };
-                if inner
-                    .hub
-                    .deliver_batched(&message.channel, offset, &message.data, &mut writes)
-                    > 0
-                {
-                    let lag = now_ms.saturating_sub(message.time_ms) as f64 / 1000.0;
-                    telemetry::bus_lag(lag);
-                }
-            } else {
-                tracing::warn!(%id, "Malformed bus entry skipped");
-            }
-            last_id = Some(id);
-        }
+        last_id = deliver_entries(inner, entries, &mut writes, &mut n_entries).or(last_id);
     }
     telemetry::bus_read_batch(n_entries);
+    last_id
+}
+
+/// Hands stream entries (`[id, [field, value, ...]]` each) to the hub, in order. Returns the
+/// last entry id, if any; counts the entries in `n_entries`.
+fn deliver_entries(
+    inner: &Inner,
+    entries: Vec<Value>,
+    writes: &mut WriteBatch,
+    n_entries: &mut u32,
+) -> Option<String> {
+    let mut last_id = None;
+    let now_ms = unix_ms();
+    for entry in entries {
+        let Value::Array(mut pair) = entry else {
+            continue;
+        };
+        let Some(fields) = pair.pop() else { continue };
+        let Some(id) = pair.pop().as_ref().and_then(as_string) else {
+            continue;
+        };
+        *n_entries += 1;
+        if let Some(request) = Request::parse(&fields, &inner.settings.node_id) {
+            match request {
+                Request::Event { channel, text } => {
+                    inner.hub.announce(&channel, text, writes);
+                }
+                Request::Command { user, command } => {
+                    inner.hub.command_user(&user, &command);
+                }
+                Request::Disconnect { user, code } => {
+                    let closed = inner.hub.disconnect_user(&user, code);
+                    tracing::info!(
+                        %user,
+                        closed,
+                        code = code.code(),
+                        "Disconnect of a user requested through the bus"
+                    );
+                }
+                Request::Own => {}
+            }
+        } else if let Some(message) = BusEntry::parse(&fields) {
+            let offset = Offset {
+                epoch: message.epoch,
+                seq: message.seq,
+            };
+            if inner
+                .hub
+                .deliver_batched(&message.channel, offset, &message.data, writes)
+                > 0
+            {
+                let lag = now_ms.saturating_sub(message.time_ms) as f64 / 1000.0;
+                telemetry::bus_lag(lag);
+            }
+        } else {
+            tracing::warn!(%id, "Malformed bus entry skipped");
+        }
+        last_id = Some(id);
+    }
     last_id
 }
 

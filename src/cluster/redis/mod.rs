@@ -42,6 +42,7 @@ mod scripts;
 pub use self::{presence::RedisPresence, registry::NodeInfo};
 
 use std::{
+    collections::HashSet,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, AtomicUsize},
@@ -59,11 +60,11 @@ use self::{
     follow::watch_readers,
     health::Health,
     registry::heartbeat,
-    scripts::{APPEND_LUA, BORN_LUA, PUBLISH_LUA, READ_LUA},
+    scripts::{APPEND_LUA, BORN_LUA, FORGET_LUA, INTEREST_LUA, PUBLISH_LUA, READ_LUA, ROUTE_LUA},
 };
 use super::{Bus, BusError, BusFuture};
 use crate::{
-    config::RedisTarget,
+    config::{BusRouting, RedisTarget},
     hub::{HistoryData, HistoryPage, HubHandle, RemoteView, SessionCommand, WriteBatch},
     protocol::{ChannelName, CloseCode, Offset},
     shutdown::TaskGroup,
@@ -85,6 +86,8 @@ pub struct RedisSettings {
     pub history_size: usize,
     pub history_ttl: Duration,
     pub outage_fails_readiness: bool,
+    pub routing: BusRouting,
+    pub interest_ttl: Duration,
     pub node_id: Arc<str>,
 }
 
@@ -115,6 +118,8 @@ impl RedisSettings {
             history_size: config.history.size,
             history_ttl: config.history.ttl,
             outage_fails_readiness: cluster.outage_fails_readiness,
+            routing: cluster.bus_routing,
+            interest_ttl: cluster.interest_ttl,
             node_id,
         })
     }
@@ -129,6 +134,8 @@ struct Inner {
     reconnect: tokio::sync::Notify,
     publish_script: Script,
     append_script: Script,
+    interest_script: Script,
+    forget_script: Script,
     read_script: Script,
     born_script: Script,
     health: Health,
@@ -137,6 +144,10 @@ struct Inner {
     /// Nodes this node saw leave the registry without deregistering (their heartbeat
     /// expired), whose presence it removes.
     departed_nodes: Mutex<Vec<String>>,
+    /// Per partition, the channels this node has written its interest in (before the
+    /// subscribe's read that writes it): what its renewals keep alive, and what the readers
+    /// remove from Redis once the hub no longer holds the channel.
+    interest: Vec<Mutex<HashSet<ChannelName>>>,
     /// This process's id among the processes that ran under this node id (a random number in
     /// 2^47..2^48): what an earlier process left in Redis (presence, the registry entry) is
     /// told apart by it.
@@ -178,8 +189,10 @@ impl RedisBus {
             connector,
             conn: ArcSwapOption::empty(),
             reconnect: tokio::sync::Notify::new(),
-            publish_script: Script::new(PUBLISH_LUA),
-            append_script: Script::new(APPEND_LUA),
+            publish_script: Script::new(&format!("{ROUTE_LUA}{PUBLISH_LUA}")),
+            append_script: Script::new(&format!("{ROUTE_LUA}{APPEND_LUA}")),
+            interest_script: Script::new(INTEREST_LUA),
+            forget_script: Script::new(FORGET_LUA),
             read_script: Script::new(READ_LUA),
             born_script: Script::new(BORN_LUA),
             health: Health {
@@ -193,6 +206,9 @@ impl RedisBus {
             started: Instant::now(),
             in_flight: AtomicUsize::new(0),
             departed_nodes: Mutex::new(Vec::new()),
+            interest: (0..partitions)
+                .map(|_| Mutex::new(HashSet::new()))
+                .collect(),
             // A number above 2^47: see the `pn` hash in `presence`.
             incarnation: ((rand::random::<u64>() >> 17) | (1 << 47))
                 .to_string()
@@ -242,6 +258,32 @@ impl Inner {
     fn born_key(&self, channel: &ChannelName) -> String {
         born_key(self.partition(channel))
     }
+
+    /// Whether this node reads its inboxes (`cluster.bus_routing = "inbox"`) rather than the
+    /// partitions' logs.
+    fn reads_inbox(&self) -> bool {
+        self.settings.routing == BusRouting::Inbox
+    }
+
+    /// This process's name in interest hashes, and its inboxes' name after the partition's
+    /// inbox prefix: `<node>:<incarnation>`, so that a process restarted under the same id
+    /// starts from empty inboxes and its predecessor's interest simply expires.
+    fn inbox_name(&self) -> String {
+        format!("{}:{}", self.settings.node_id, self.incarnation)
+    }
+
+    /// The stream a partition reader follows: this process's inbox, or the partition's log.
+    fn reader_key(&self, partition: u32) -> String {
+        if self.reads_inbox() {
+            format!("{}{}", inbox_prefix(partition), self.inbox_name())
+        } else {
+            bus_key(partition)
+        }
+    }
+
+    fn interest_ttl_ms(&self) -> u64 {
+        u64::try_from(self.settings.interest_ttl.as_millis()).unwrap_or(u64::MAX)
+    }
 }
 
 impl RedisBus {
@@ -250,16 +292,20 @@ impl RedisBus {
     /// channel's events (so they keep its order). `op` names it in errors.
     async fn append(
         &self,
-        stream: String,
+        partition: u32,
+        interest: &str,
         fields: &[(&str, &str)],
         op: &'static str,
     ) -> Result<(), BusError> {
         let inner = &self.inner;
         let mut conn = inner.conn()?;
-        let mut invocation = inner.append_script.key(stream);
+        let mut invocation = inner.append_script.key(bus_key(partition));
         invocation
+            .key(interest_key(partition, interest))
             .arg(inner.settings.bus_maxlen)
-            .arg(inner.bus_max_age_ms());
+            .arg(inner.bus_max_age_ms())
+            .arg(inbox_prefix(partition))
+            .arg(inner.interest_ttl_ms());
         for (name, value) in fields {
             invocation.arg(*name).arg(*value);
         }
@@ -288,7 +334,8 @@ impl RedisBus {
             ("n", &*self.inner.settings.node_id),
             ("x", code.as_str()),
         ];
-        self.append(bus_key(0), &fields, "disconnect").await?;
+        self.append(0, USERS_INTEREST, &fields, "disconnect")
+            .await?;
         Ok(closed)
     }
 
@@ -310,20 +357,21 @@ impl RedisBus {
             ("c", channel.as_str()),
             ("n", &*self.inner.settings.node_id),
         ];
-        self.append(bus_key(0), &fields, kind).await?;
+        self.append(0, USERS_INTEREST, &fields, kind).await?;
         Ok(told)
     }
 
     /// Appends an event frame to the channel's partition stream, where every node (this one
     /// too) reads it in order with the channel's messages and hands it to `Hub::announce`.
     async fn append_event(&self, channel: &ChannelName, text: String) -> Result<(), BusError> {
-        let (_, _, stream) = self.inner.channel_keys(channel);
         let fields = [
             ("k", "event"),
             ("c", channel.as_str()),
             ("d", text.as_str()),
         ];
-        self.append(stream, &fields, "announce").await
+        let partition = self.inner.partition(channel);
+        self.append(partition, channel.as_str(), &fields, "announce")
+            .await
     }
 }
 
@@ -374,7 +422,8 @@ impl Bus for RedisBus {
         limit: usize,
     ) -> BusFuture<'a, Result<RemoteView, BusError>> {
         Box::pin(async move {
-            let read = self.inner.read(channel, since, limit).await?;
+            // A subscribe's read: from it on, the channel's messages reach this node.
+            let read = self.inner.read(channel, since, limit, true).await?;
             Ok(RemoteView {
                 epoch: read.epoch,
                 seq: read.seq,
@@ -396,7 +445,7 @@ impl Bus for RedisBus {
         limit: usize,
     ) -> BusFuture<'a, Result<HistoryPage, BusError>> {
         Box::pin(async move {
-            let read = self.inner.read(channel, since, limit).await?;
+            let read = self.inner.read(channel, since, limit, false).await?;
             let offset = Offset {
                 epoch: read.epoch,
                 seq: read.seq,
@@ -450,6 +499,22 @@ impl Bus for RedisBus {
 fn bus_key(partition: u32) -> String {
     format!("sb:{{sb:{partition}}}:bus")
 }
+
+/// The prefix of a partition's inboxes: `<prefix><node>:<incarnation>` is one process's.
+fn inbox_prefix(partition: u32) -> String {
+    format!("sb:{{sb:{partition}}}:in:")
+}
+
+/// A channel's interest hash: which processes' inboxes its messages are appended to (field
+/// `<node>:<incarnation>`, value: until when, in Redis ms).
+fn interest_key(partition: u32, channel: &str) -> String {
+    format!("sb:{{sb:{partition}}}:int:{channel}")
+}
+
+/// The interest hash every node reading its inbox joins for requests about users (`!` is
+/// outside the channel-name alphabet, so no channel shares it). Partition 0's, where those
+/// requests are appended.
+const USERS_INTEREST: &str = "!users";
 
 fn born_key(partition: u32) -> String {
     format!("sb:{{sb:{partition}}}:born")

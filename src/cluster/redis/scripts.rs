@@ -6,17 +6,41 @@ use std::{sync::atomic::Ordering, time::Duration};
 use redis::Value;
 use tokio::time::Instant;
 
-use super::Inner;
+use super::{Inner, inbox_prefix, interest_key};
 use crate::{
     cluster::BusError,
     protocol::{ChannelName, Offset},
     telemetry,
 };
 
+/// Appends an entry to the inbox of every node whose interest in the channel has not
+/// expired (and forgets the expired ones), under the log entry's id, so that an inbox is the
+/// log filtered: its ids are log positions, in the log's order. `interest`: the channel's
+/// interest hash (field: the inbox's name after `prefix`, value: expiry in Redis ms); `ttl`:
+/// an inbox unread for this long (its node is gone) expires. An inbox whose newest id is
+/// not below `id` (only if someone wrote to it by hand) is skipped rather than failing the
+/// publish, which the log already holds. Prepended to the scripts that call `route`.
+pub(super) const ROUTE_LUA: &str = r"
+local function route(interest, prefix, id, maxlen, ttl, now, ...)
+  local nodes = redis.call('HGETALL', interest)
+  for i = 1, #nodes, 2 do
+    if tonumber(nodes[i + 1]) > now then
+      local inbox = prefix .. nodes[i]
+      redis.pcall('XADD', inbox, 'MAXLEN', '~', maxlen, id, ...)
+      redis.call('PEXPIRE', inbox, ttl)
+    else
+      redis.call('HDEL', interest, nodes[i])
+    end
+  end
+end
+";
+
 /// The publish: creates the channel's epoch if it has none, bumps its seq, appends to its
-/// history and to the partition's bus, and trims both. `KEYS`: meta hash, history stream, bus
-/// stream, `born`. `ARGV`: data, a fresh epoch, `history.size`, `channel_state_ttl` (ms),
-/// `bus_maxlen`, channel, `history.ttl` (ms), `bus_max_age` (ms).
+/// history, to the partition's bus (the log) and to the inboxes of the nodes that follow the
+/// channel (see [`ROUTE_LUA`]), and trims them. `KEYS`: meta hash, history stream, bus
+/// stream, `born`, interest hash. `ARGV`: data, a fresh epoch, `history.size`,
+/// `channel_state_ttl` (ms), `bus_maxlen`, channel, `history.ttl` (ms), `bus_max_age` (ms),
+/// the inbox prefix, `interest_ttl` (ms).
 ///
 /// The history stream expires `history.ttl` after the last publish, and each publish drops
 /// its entries older than that. Their ids are seqs, not times, so `MINID` is given the id of
@@ -66,24 +90,66 @@ if tonumber(ARGV[3]) > 0 then
   redis.call('PEXPIRE', KEYS[2], ARGV[7])
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'c', ARGV[6], 'e', e, 's', s, 'd', ARGV[1], 't', now)
+local id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'c', ARGV[6], 'e', e, 's', s, 'd', ARGV[1], 't', now)
 redis.call('XTRIM', KEYS[3], 'MINID', '~', string.format('%d', now - tonumber(ARGV[8])))
+route(KEYS[5], ARGV[9], id, ARGV[5], ARGV[10], now, 'c', ARGV[6], 'e', e, 's', s, 'd', ARGV[1], 't', now)
 return {e, s}
 ";
 
-/// Appends a request or event entry to a bus stream (`KEYS[1]`) and trims it like a publish
-/// does. `ARGV`: `bus_maxlen`, `bus_max_age` (ms), then the entry's field-value pairs.
+/// Appends a request or event entry to a bus stream (`KEYS[1]`) and to the inboxes of the
+/// nodes interested (`KEYS[2]`: the channel's interest hash, or the one every node joins
+/// for requests about users), and trims it like a publish does. `ARGV`: `bus_maxlen`,
+/// `bus_max_age` (ms), the inbox prefix, `interest_ttl` (ms), then the entry's field-value
+/// pairs.
 pub(super) const APPEND_LUA: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 3))
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 5))
 redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%d', now - tonumber(ARGV[2])))
+route(KEYS[2], ARGV[3], id, ARGV[1], ARGV[4], now, unpack(ARGV, 5))
 return 1
 ";
 
-/// Reads a channel and writes nothing: a channel without a meta hash answers an empty epoch
-/// and seq 0, whoever asks and however often (see [`ChannelRead::since_as_read`]).
+/// Renews this node's interest in channels of one partition and tells what was missing:
+/// `KEYS`: the partition's bus stream, then the channels' interest hashes. `ARGV`: this
+/// node's field (its inbox's name), `interest_ttl` (ms). Answers how many of the channels
+/// had no interest of this node (expired, or Redis lost it), and the newest entry id of the
+/// bus at that moment: every entry after it reaches the inbox, so entries up to it that the
+/// node missed are read from the bus (see `follow`).
+pub(super) const INTEREST_LUA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local until_ms = now + tonumber(ARGV[2])
+local missing = 0
+for i = 2, #KEYS do
+  missing = missing + redis.call('HSET', KEYS[i], ARGV[1], until_ms)
+end
+local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+local last = '0-0'
+if newest[1] then last = newest[1][1] end
+return {missing, last}
+";
+
+/// Removes this node's interest (`ARGV[1]`, its field) from the interest hashes in `KEYS`:
+/// channels it no longer holds.
+pub(super) const FORGET_LUA: &str = r"
+for i = 1, #KEYS do
+  redis.call('HDEL', KEYS[i], ARGV[1])
+end
+return 1
+";
+
+/// Reads a channel: a channel without a meta hash answers an empty epoch and seq 0,
+/// whoever asks and however often (see [`ChannelRead::since_as_read`]), and writes nothing
+/// about it. A subscribe's read (`KEYS[4]`, the channel's interest hash, given) also
+/// registers this node's interest (`ARGV[3]`, its field; `ARGV[4]`, `interest_ttl` ms) in
+/// the same step: what the read does not hold reaches the node's inbox.
 pub(super) const READ_LUA: &str = r"
+if KEYS[4] then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('HSET', KEYS[4], ARGV[3], now + tonumber(ARGV[4]))
+end
 local e = redis.call('HGET', KEYS[1], 'e')
 local s = 0
 local entries = {}
@@ -142,6 +208,7 @@ impl Inner {
     ) -> Result<Offset, BusError> {
         let mut conn = self.conn()?;
         let (meta, hist, bus) = self.channel_keys(channel);
+        let partition = self.partition(channel);
         let depth = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
         telemetry::redis_pipeline_depth(depth);
         let mut invocation = self.publish_script.key(&meta);
@@ -149,6 +216,7 @@ impl Inner {
             .key(&hist)
             .key(&bus)
             .key(self.born_key(channel))
+            .key(interest_key(partition, channel.as_str()))
             .arg(data)
             .arg(format!("{:016x}", random_epoch()))
             .arg(self.settings.history_size)
@@ -156,7 +224,9 @@ impl Inner {
             .arg(self.settings.bus_maxlen)
             .arg(channel.as_str())
             .arg(self.history_ttl_ms())
-            .arg(self.bus_max_age_ms());
+            .arg(self.bus_max_age_ms())
+            .arg(inbox_prefix(partition))
+            .arg(self.interest_ttl_ms());
         let result = tokio::time::timeout(
             self.settings.publish_timeout,
             invocation.invoke_async::<(String, u64)>(&mut conn),
@@ -181,22 +251,26 @@ impl Inner {
     }
 
     /// Runs the read script: the channel's epoch and seq, Redis time, and history entries
-    /// after `since` (or the newest `limit`). Writes nothing, so a read of a channel that
-    /// never had a message costs Redis no memory. A read is safe to repeat, so one that finds
-    /// the connection broken waits briefly for the keeper's new one and tries once more.
+    /// after `since` (or the newest `limit`). Writes nothing about the channel, so a read of
+    /// a channel that never had a message costs Redis no memory; a subscribe's read
+    /// (`subscribing`) registers this node's interest in it when it reads its inbox. A read
+    /// is safe to repeat, so one that finds the connection broken waits briefly for the
+    /// keeper's new one and tries once more.
     pub(super) async fn read(
         &self,
         channel: &ChannelName,
         since: Option<Offset>,
         limit: usize,
+        subscribing: bool,
     ) -> Result<ChannelRead, BusError> {
-        match self.read_once(channel, since, limit).await {
+        let subscribing = subscribing && self.reads_inbox();
+        match self.read_once(channel, since, limit, subscribing).await {
             Err(BusError::Failed) => {
                 let deadline = Instant::now() + self.settings.publish_timeout;
                 while self.conn.load().is_none() && Instant::now() < deadline {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                self.read_once(channel, since, limit).await
+                self.read_once(channel, since, limit, subscribing).await
             }
             other => other,
         }
@@ -207,6 +281,7 @@ impl Inner {
         channel: &ChannelName,
         since: Option<Offset>,
         limit: usize,
+        subscribing: bool,
     ) -> Result<ChannelRead, BusError> {
         let mut conn = self.conn()?;
         let (meta, hist, _) = self.channel_keys(channel);
@@ -217,6 +292,17 @@ impl Inner {
             .key(self.born_key(channel))
             .arg(start)
             .arg(limit.max(1));
+        if subscribing {
+            let partition = self.partition(channel) as usize;
+            self.interest[partition]
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(channel.clone());
+            invocation
+                .key(interest_key(self.partition(channel), channel.as_str()))
+                .arg(self.inbox_name())
+                .arg(self.interest_ttl_ms());
+        }
         let value = tokio::time::timeout(
             self.settings.publish_timeout,
             invocation.invoke_async::<Value>(&mut conn),
