@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# What one message costs Redis and the nodes when nobody subscribes to it, by node count:
-# every node follows every bus partition (docs/cluster.md, "Trade-offs"), so each idle node
-# reads, parses and drops every message. Issue 27 asks whether that grows with the nodes.
+# What one message costs Redis and the nodes when nobody subscribes to it, by node count.
+# With ROUTING=log every node follows every partition's log, so each idle node reads, parses
+# and drops every message; with ROUTING=inbox (the default, cluster.bus_routing) a message
+# goes only to the inboxes of nodes that follow its channel (docs/cluster.md, "Following
+# the bus"). Issue 27 asks that Redis's work per message not grow with the idle nodes.
 #
-#   loadtest/bus-cost.sh [NODES=2] [PUBLISHES=100000]
+#   [ROUTING=inbox|log] loadtest/bus-cost.sh [NODES=2] [PUBLISHES=100000]
 #
 # One redis-server, NODES release nodes (16 partitions), then `switchboard-loadtest
 # http-publish` sends PUBLISHES messages of 256 bytes in `POST /v1/batch` requests of 100 to
@@ -14,6 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 NODES=${1:-2}
 PUBLISHES=${2:-100000}
+ROUTING=${ROUTING:-inbox}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/switchboard-target}"
 cargo build --release --quiet -p switchboard -p switchboard-loadtest
 BIN="$CARGO_TARGET_DIR/release"
@@ -36,6 +39,7 @@ sleep 0.5
 node_pids=()
 for n in $(seq 1 "$NODES"); do
   SWITCHBOARD_SHUTDOWN__DRAIN_DELAY=0s SWITCHBOARD_SHUTDOWN__DRAIN_WINDOW=1s \
+    SWITCHBOARD_CLUSTER__BUS_ROUTING="$ROUTING" \
     "$BIN/switchboard" --listen "127.0.0.1:$((18200 + n))" --control "127.0.0.1:$((19200 + n))" \
     --redis "redis://127.0.0.1:$redis_port" --node-id "node-$n" --log-level warn \
     >"$out/node-$n.log" 2>&1 &
@@ -70,13 +74,14 @@ redis_cpu1=$(cpu "$redis_pid"); first_cpu1=$(cpu "${node_pids[0]}"); others1=$(o
 out1=$(redis_out)
 ended=$(date +%s.%N)
 
-python3 - "$NODES" "$PUBLISHES" "$out/publish.json" <<PY
+python3 - "$NODES" "$PUBLISHES" "$out/publish.json" "$ROUTING" <<PY
 import json, sys
-nodes, publishes = int(sys.argv[1]), int(sys.argv[2])
+nodes, publishes, routing = int(sys.argv[1]), int(sys.argv[2]), sys.argv[4]
 publish = json.load(open(sys.argv[3]))
 us = lambda seconds: round(seconds * 1e6 / publishes, 1)
 others = $others1 - $others0
 print(json.dumps({
+    "routing": routing,
     "nodes": nodes,
     "publishes": publishes,
     "publishes_per_second": publish.get("publishes_per_second"),
