@@ -13,28 +13,35 @@
 //!   `history.ttl`, and it expires `history.ttl` after the last publish.
 //! - `sb:{sb:P}:born`: the Redis time (ms) the partition's keys began, set once per Redis
 //!   life by the first node to connect (or publish).
+//! - `sb:{sb:P}:int:<channel>`: hash of the node processes following the channel (field
+//!   `<node>:<incarnation>`, value: Redis ms it expires at); `int:!users` is every node's.
+//! - `sb:{sb:P}:in:<node>:<incarnation>`: a process's inbox, the partition's entries for the
+//!   channels it follows, under the log's entry ids.
 //!
-//! One Lua script per publish bumps the seq, appends to history and to the bus: the live bus
-//! and the resume log cannot disagree. A channel whose meta hash is gone (Redis restarted
+//! One Lua script per publish bumps the seq, appends to history, to the bus and to the
+//! interested nodes' inboxes: the live bus and the resume log cannot disagree. A channel whose meta hash is gone (Redis restarted
 //! empty, or the state expired) gets a new random epoch, so stale offsets are recognised.
 //! Only a publish creates a channel's keys: a read of a channel without state writes nothing
 //! and answers an *absent epoch* (the Redis time of the read) with seq 0, which a later
 //! resume takes for the start of the channel's first instance while `born` and
 //! `channel_state_ttl` prove no other instance came and went meanwhile.
 //!
-//! Every node follows every partition with blocking `XREAD`s from the last entry id it saw
-//! (never `$` after a reconnect) and hands entries to [`Hub::deliver`], which keeps those with
-//! local interest and drops duplicates.
+//! Every node follows each partition (its own inbox, or with `bus_routing = "log"` the log)
+//! with blocking `XREAD`s from the last entry id it saw (never `$` after a reconnect) and
+//! hands entries to [`Hub::deliver`], which keeps those with local interest and drops
+//! duplicates.
 //!
 //! Files: `connection` (opening connections, the shared command connection and reopening
 //! it), `scripts` (the publish and read scripts and the parsing of their replies), `follow`
-//! (the partition readers and their watchdog), `registry` (the node registry and its
-//! heartbeat), `health` (outages, stalled readers, readiness), `presence` (members per
-//! channel).
+//! (the partition readers and their watchdog), `interest` (what routes channels to this
+//! node's inboxes: renewal, removal, repair from the log), `registry` (the node registry
+//! and its heartbeat), `health` (outages, stalled readers, readiness), `presence` (members
+//! per channel).
 
 mod connection;
 mod follow;
 mod health;
+mod interest;
 mod presence;
 mod registry;
 mod scripts;
