@@ -91,8 +91,10 @@ struct Summary {
     resets: u64,
     gave_up: u64,
     missing_generators: usize,
-    /// Redis commands per second with every socket held and nothing published.
-    redis_calls_per_second_at_rest: Option<f64>,
+    /// With every socket held and nothing published: Redis's script calls per second and
+    /// its CPU (cores).
+    redis_scripts_per_second_at_rest: Option<f64>,
+    redis_cpu_at_rest: Option<f64>,
 }
 
 pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
@@ -291,7 +293,12 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
         .and_then(|at| samples.iter().rev().find(|sample| sample.unix <= at))
         .map(|sample| sample.node_rss_kib.iter().sum::<u64>());
 
-    let redis_at_rest = redis_at_rest(&args.dir, event_t("rest_start"), event_t("rest_end"));
+    let redis_at_rest = redis_at_rest(
+        &args.dir,
+        &samples,
+        event_t("rest_start"),
+        event_t("rest_end"),
+    );
     let lost = room.lost() + global.lost();
     let duplicated = room.duplicates + global.duplicates;
     let summary = Summary {
@@ -324,7 +331,10 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
         resets: room.resets + global.resets,
         gave_up: gens.iter().map(|result| result.gave_up).sum(),
         missing_generators: missing,
-        redis_calls_per_second_at_rest: redis_at_rest.as_ref().map(|rest| rest.calls_per_second),
+        redis_scripts_per_second_at_rest: redis_at_rest
+            .as_ref()
+            .map(|rest| rest.scripts_per_second),
+        redis_cpu_at_rest: redis_at_rest.as_ref().map(|rest| rest.cpu_cores),
     };
 
     let seconds: Vec<serde_json::Value> = (0..span)
@@ -442,9 +452,14 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Redis's commands per second and CPU (µs per second) by command while every socket was held
-/// and nothing was published, from the two `INFO commandstats` the script saved.
-fn redis_at_rest(dir: &std::path::Path, from: Option<f64>, to: Option<f64>) -> Option<RedisAtRest> {
+/// What Redis did while every socket was held and nothing was published: its CPU from the
+/// sampler, and its commands from the two `INFO commandstats` the script saved.
+fn redis_at_rest(
+    dir: &std::path::Path,
+    samples: &[Sample],
+    from: Option<f64>,
+    to: Option<f64>,
+) -> Option<RedisAtRest> {
     let (Some(from), Some(to)) = (from, to) else {
         return None;
     };
@@ -453,22 +468,33 @@ fn redis_at_rest(dir: &std::path::Path, from: Option<f64>, to: Option<f64>) -> O
     let (start, end) = (read("redis-rest-start.txt"), read("redis-rest-end.txt"));
     let seconds = (to - from).max(0.1);
     let mut calls = BTreeMap::new();
-    let mut cpu_us = BTreeMap::new();
-    for (command, (calls_end, usec_end)) in &end {
+    let (mut scripts, mut script_usec) = (0, 0);
+    for (command, &(calls_end, usec_end)) in &end {
         let (calls_start, usec_start) = start.get(command).copied().unwrap_or((0, 0));
-        let per_second =
-            |end: u64, start: u64| round(end.saturating_sub(start) as f64 / seconds, 0);
-        if calls_end > &calls_start {
-            calls.insert(command.clone(), per_second(*calls_end, calls_start));
-            cpu_us.insert(command.clone(), per_second(*usec_end, usec_start));
+        let count = calls_end.saturating_sub(calls_start);
+        if count > 0 {
+            calls.insert(command.clone(), round(count as f64 / seconds, 0));
+        }
+        if matches!(
+            command.as_str(),
+            "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "fcall"
+        ) {
+            scripts += count;
+            script_usec += usec_end.saturating_sub(usec_start);
         }
     }
+    let window: Vec<&Sample> = samples
+        .iter()
+        .filter(|sample| sample.unix > from && sample.unix <= to)
+        .collect();
+    let cpu =
+        window.iter().map(|sample| sample.redis_cpu).sum::<f64>() / window.len().max(1) as f64;
     Some(RedisAtRest {
         seconds: round(seconds, 1),
-        calls_per_second: calls.values().sum(),
-        cpu_us_per_second: cpu_us.values().sum(),
-        by_command_calls_per_second: calls,
-        by_command_cpu_us_per_second: cpu_us,
+        cpu_cores: round(cpu, 3),
+        scripts_per_second: round(scripts as f64 / seconds, 0),
+        script_us_each: (scripts > 0).then(|| round(script_usec as f64 / scripts as f64, 1)),
+        calls_per_second: calls,
     })
 }
 
@@ -476,11 +502,14 @@ fn redis_at_rest(dir: &std::path::Path, from: Option<f64>, to: Option<f64>) -> O
 #[derive(Debug, Clone, Serialize)]
 struct RedisAtRest {
     seconds: f64,
-    calls_per_second: f64,
-    /// Redis's own time in those commands (`INFO commandstats` usec), per second.
-    cpu_us_per_second: f64,
-    by_command_calls_per_second: BTreeMap<String, f64>,
-    by_command_cpu_us_per_second: BTreeMap<String, f64>,
+    /// Redis's CPU (cores busy, from /proc) over the window.
+    cpu_cores: f64,
+    /// Script calls (presence refreshes, registry heartbeats) per second.
+    scripts_per_second: f64,
+    /// Redis's time per script call, the commands it ran included.
+    script_us_each: Option<f64>,
+    /// Calls per second by command; commands a script ran count here too.
+    calls_per_second: BTreeMap<String, f64>,
 }
 
 /// `cmdstat_evalsha:calls=12,usec=340,...` lines: command -> (calls, usec).
