@@ -300,9 +300,9 @@ for ((i = 0; i < DRAINS; i++)); do
 done
 event redis_stop
 if [ "$REDIS_STOP" = term ]; then
-  kill -TERM "${running[redis]}"
+  kill -TERM "${running[redis]}" || true
 else
-  kill -KILL "${running[redis]}"
+  kill -KILL "${running[redis]}" || true
 fi
 wait_exit redis 60 || true
 [ "$REDIS_STOP" != empty ] || rm -rf "$out/redis"
@@ -318,7 +318,7 @@ wait_exit publisher 30 || true
 touch "$out/finish"
 for ((k = 0; k < NODES; k++)); do wait_exit "gen-$k" 120 || true; done
 event done
-kill -TERM "${running[sampler]}"
+kill -TERM "${running[sampler]}" || true
 wait_exit sampler 10 || true
 
 echo "million.sh: full results in $JSON" >&2
