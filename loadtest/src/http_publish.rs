@@ -65,9 +65,24 @@ impl Connection {
         })
     }
 
+    /// Whether the server has closed this idle connection (its end arrived, or bytes nobody
+    /// asked for).
+    pub async fn closed_by_peer(&mut self) -> bool {
+        let mut byte = [0_u8; 1];
+        // Polled once: a live idle connection has nothing to read.
+        tokio::time::timeout(Duration::ZERO, self.stream.read(&mut byte))
+            .await
+            .is_ok()
+    }
+
     /// Sends `head` (request line and headers, without content-length) with `body`; the
     /// answer's status.
     pub async fn post(&mut self, head: &str, body: &str) -> anyhow::Result<u16> {
+        Ok(self.request(head, body).await?.status)
+    }
+
+    /// Sends `head` with `body` and reads the whole answer.
+    pub async fn request(&mut self, head: &str, body: &str) -> anyhow::Result<Answer> {
         let request = format!("{head}content-length: {}\r\n\r\n{body}", body.len());
         self.stream.write_all(request.as_bytes()).await?;
         self.buf.clear();
@@ -81,13 +96,20 @@ impl Connection {
             let mut headers = [httparse::EMPTY_HEADER; 32];
             let mut response = httparse::Response::new(&mut headers);
             if let httparse::Status::Complete(head_len) = response.parse(&self.buf)? {
-                let length = response
-                    .headers
-                    .iter()
-                    .find(|header| header.name.eq_ignore_ascii_case("content-length"))
-                    .and_then(|header| std::str::from_utf8(header.value).ok())
+                let header = |name: &str| {
+                    response
+                        .headers
+                        .iter()
+                        .find(|header| header.name.eq_ignore_ascii_case(name))
+                        .and_then(|header| std::str::from_utf8(header.value).ok())
+                };
+                let length = header("content-length")
                     .and_then(|value| value.parse::<usize>().ok())
                     .context("a content-length")?;
+                // A draining node answers `Connection: close`: the next request needs a new
+                // connection.
+                let close =
+                    header("connection").is_some_and(|value| value.eq_ignore_ascii_case("close"));
                 let status = response.code.context("a status")?;
                 while self.buf.len() < head_len + length {
                     let read = self.stream.read(&mut chunk).await?;
@@ -96,10 +118,22 @@ impl Connection {
                     }
                     self.buf.extend_from_slice(&chunk[..read]);
                 }
-                return Ok(status);
+                return Ok(Answer {
+                    status,
+                    body: self.buf[head_len..head_len + length].to_vec(),
+                    close,
+                });
             }
         }
     }
+}
+
+/// An HTTP answer.
+pub struct Answer {
+    pub status: u16,
+    pub body: Vec<u8>,
+    /// The server asked to close the connection after it.
+    pub close: bool,
 }
 
 pub async fn run(args: HttpPublishArgs) -> anyhow::Result<()> {

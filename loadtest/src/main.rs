@@ -6,13 +6,15 @@
 //! `channels` (many channels, random publishes), `soak` (steady fan-out for minutes, drift),
 //! `connect` (connection rate, memory per connection, mass disconnect), `idle` (hold
 //! connections, watch memory), `spike` (bursts of connects and mass disconnects), and
-//! `baseline`, the minimal broadcaster that is the ceiling for fan-out figures.
+//! `baseline`, the minimal broadcaster that is the ceiling for fan-out figures; `million`,
+//! the processes of `loadtest/million.sh` (issue 27's million-socket run).
 
 mod baseline;
 mod connect;
 mod fanout;
 mod http_publish;
 mod lean;
+mod million;
 mod proc_stat;
 mod source;
 mod workers;
@@ -59,6 +61,8 @@ enum Scenario {
     HttpPublish(http_publish::HttpPublishArgs),
     /// Run the baseline broadcaster (a server, not a load).
     Baseline(baseline::BaselineArgs),
+    /// The parts of `loadtest/million.sh`: generators, publishers, sampler, report.
+    Million(million::MillionArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -169,9 +173,19 @@ pub(crate) fn now_ns() -> u64 {
         })
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     match Cli::parse().scenario {
+        // One thread per process: see `million::main`.
+        Scenario::Million(args) => million::main(args),
+        scenario => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+            .block_on(run(scenario)),
+    }
+}
+
+async fn run(scenario: Scenario) -> anyhow::Result<()> {
+    match scenario {
         Scenario::Cluster(args) => cluster(args).await,
         Scenario::Fanout(args) => fanout::run(args).await,
         Scenario::Channels(args) => fanout::channels(args).await,
@@ -181,6 +195,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Idle(args) => connect::idle(args).await,
         Scenario::Spike(args) => connect::spike(args).await,
         Scenario::Baseline(args) => baseline::run(args).await,
+        Scenario::Million(_) => unreachable!("main runs it on a runtime of its own"),
     }
 }
 
