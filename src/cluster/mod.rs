@@ -390,10 +390,12 @@ pub trait PresenceStore: Send + Sync + std::fmt::Debug + 'static {
     /// because the registry saw their node gone), for `leave` events.
     fn departed(&self) -> BusFuture<'_, Vec<Departed>>;
 
-    /// A number that changes whenever the link to the store was disturbed (an outage, a
-    /// stall): every channel is then refreshed at once, since the store may have judged this
-    /// node departed meanwhile.
-    fn disturbances(&self) -> u64;
+    /// A number that changes whenever this node's members in the store may have been lost
+    /// (the store lost its data, or judged this node departed): every channel is then
+    /// written again at once. An outage or a stall alone does not change it: the members
+    /// were kept, and refreshing every channel of every node at once is what would turn an
+    /// overloaded store into an unavailable one.
+    fn state_losses(&self) -> u64;
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ impl Presence {
         stop: CancellationToken,
     ) {
         let mut last_refresh = Instant::now();
-        let mut disturbances = store.disturbances();
+        let mut losses = store.state_losses();
         let mut pause = SYNC_EVERY;
         loop {
             let stopping = tokio::select! {
@@ -38,12 +38,12 @@ impl Presence {
                 channels.push(channel);
             }
             let mut index = Vec::new();
-            // After a disturbance of the link, at once: the store may have judged this node
-            // departed meanwhile, and the sooner its members are back the better.
-            let disturbed = store.disturbances() != disturbances;
-            let refreshing = (last_refresh.elapsed() >= refresh || disturbed) && !stopping;
-            if disturbed {
-                disturbances = store.disturbances();
+            // After the store may have lost this node's members (it lost its data, or judged
+            // the node departed), at once: the sooner they are back the better.
+            let lost = store.state_losses() != losses;
+            let refreshing = (last_refresh.elapsed() >= refresh || lost) && !stopping;
+            if lost {
+                losses = store.state_losses();
             }
             if refreshing {
                 last_refresh = Instant::now();

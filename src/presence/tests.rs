@@ -316,7 +316,7 @@ impl PresenceStore for GatedStore {
         Box::pin(async { Vec::new() })
     }
 
-    fn disturbances(&self) -> u64 {
+    fn state_losses(&self) -> u64 {
         0
     }
 }

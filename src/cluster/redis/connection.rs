@@ -271,18 +271,33 @@ fn redis_version(info: &str) -> Option<(u32, u32, u32)> {
 /// absent epochs this node's reads answer can be proven continuous later. A failure only makes
 /// such resumes answer `recovered:false`.
 async fn record_born(inner: &Inner, conn: &mut RedisConn) {
+    let mut born = Vec::with_capacity(inner.settings.partitions as usize);
     for partition in 0..inner.settings.partitions {
         let invocation = inner.born_script.key(super::born_key(partition));
         let result = tokio::time::timeout(
             inner.settings.publish_timeout,
-            invocation.invoke_async::<i64>(conn),
+            invocation.invoke_async::<String>(conn),
         )
         .await;
         match result {
-            Ok(Ok(_)) => {}
-            Ok(Err(err)) => inner.health.error("born", &err),
+            Ok(Ok(value)) => born.push(value),
+            Ok(Err(err)) => {
+                inner.health.error("born", &err);
+                return;
+            }
             Err(_elapsed) => return,
         }
+    }
+    let mut seen = inner
+        .health
+        .born_seen
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let lost = !seen.is_empty() && *seen != born;
+    *seen = born;
+    drop(seen);
+    if lost {
+        inner.health.state_lost("Redis lost its data");
     }
 }
 

@@ -235,8 +235,9 @@ enum Followed {
 /// Reads the stream after `cursor` with blocking `XREAD`s and hands each reply to the hub,
 /// moving `cursor` (and the reader's saved cursor and position) past what it delivered. An
 /// inbox is trimmed up to what was delivered (in the same round trip as the next read) and
-/// this node's interest renewed every third of `cluster.interest_ttl`, and at once after a
-/// disturbance (the node or Redis stalled).
+/// this node's interest renewed every third of `cluster.interest_ttl`, and at once when it
+/// may have been lost (Redis lost its data, or the node stalled long enough to be judged
+/// gone).
 async fn follow(
     inner: &Inner,
     conn: &mut RedisConn,
@@ -249,15 +250,15 @@ async fn follow(
     let index = partition as usize;
     let renew_every = inner.settings.interest_ttl / 3;
     let mut renew_at = tokio::time::Instant::now() + renew_every;
-    let mut disturbances = inner.health.disturbances();
+    let mut losses = inner.health.state_losses();
     let mut forget_at = tokio::time::Instant::now() + FORGET_EVERY;
     let mut trimmed = cursor.clone();
     loop {
         if inner.reads_inbox() {
             let now = tokio::time::Instant::now();
-            let seen = inner.health.disturbances();
-            let renewed = if seen != disturbances || now >= renew_at {
-                disturbances = seen;
+            let seen = inner.health.state_losses();
+            let renewed = if seen != losses || now >= renew_at {
+                losses = seen;
                 renew_at = now + renew_every;
                 Some(renew_interest(inner, conn, partition, cursor, false).await)
             } else if now >= forget_at {

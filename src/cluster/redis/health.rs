@@ -32,10 +32,19 @@ pub(super) struct Health {
     /// Milliseconds since `started` of the watchdog's last restart of each reader.
     pub(super) reader_restarted_ms: Vec<AtomicU64>,
     /// Milliseconds since `started` of the last disturbance of the link (Redis went down or
-    /// came back, a heartbeat stalled), and how many there were. Judging other nodes
+    /// came back, a heartbeat stalled). Judging other nodes
     /// departed waits for a steady link (see [`Health::steady_for_ms`]).
     pub(super) disturbed_ms: AtomicU64,
-    pub(super) disturbances: AtomicU64,
+    /// How many times what this node keeps in Redis may have been lost: Redis lost its data
+    /// (a partition's `born` changed between connections), or the registry judged this node
+    /// gone and others removed its members. Each one rewrites this node's presence and
+    /// interest at once; a mere outage or stall does not (Redis kept them, and nobody judged
+    /// this node while its entries were valid), so an overloaded Redis is not sent every
+    /// channel again by every node that saw a command time out.
+    pub(super) state_losses: AtomicU64,
+    /// Each partition's `born` as this node last read it: a different value on a later
+    /// connection means Redis lost its data meanwhile.
+    pub(super) born_seen: Mutex<Vec<String>>,
     /// Redis's time (ms) as the last heartbeat read it, and when: an estimate of Redis's
     /// clock, which bounds how long a judgement sent now stays valid (see
     /// [`Health::judge_until`]).
@@ -51,7 +60,6 @@ impl Health {
     /// Notes a disturbance of the link now.
     pub(super) fn disturbed(&self, now_ms: u64) {
         self.disturbed_ms.store(now_ms, Ordering::Release);
-        self.disturbances.fetch_add(1, Ordering::AcqRel);
     }
 
     /// How long the link has been steady: since the last disturbance, or since start. A node
@@ -90,9 +98,19 @@ impl Health {
         })
     }
 
-    /// How many disturbances there were (see [`Health::disturbed`]).
-    pub(super) fn disturbances(&self) -> u64 {
-        self.disturbances.load(Ordering::Acquire)
+    /// Notes that what this node keeps in Redis may have been lost (see
+    /// [`Health::state_losses`](Health)).
+    pub(super) fn state_lost(&self, why: &'static str) {
+        tracing::warn!(
+            why,
+            "This node's presence and interest in Redis may be lost; writing them again"
+        );
+        self.state_losses.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// How many times this node's state in Redis may have been lost.
+    pub(super) fn state_losses(&self) -> u64 {
+        self.state_losses.load(Ordering::Acquire)
     }
 
     /// Redis answered (a new connection): logs the end of an outage, with its duration.

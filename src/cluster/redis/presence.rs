@@ -434,8 +434,8 @@ impl PresenceStore for RedisPresence {
         })
     }
 
-    fn disturbances(&self) -> u64 {
-        self.inner.health.disturbances()
+    fn state_losses(&self) -> u64 {
+        self.inner.health.state_losses()
     }
 
     fn departed(&self) -> BusFuture<'_, Vec<Departed>> {

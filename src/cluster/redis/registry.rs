@@ -164,6 +164,13 @@ pub(super) async fn heartbeat(inner: Arc<Inner>, node: NodeInfo, stop: Cancellat
                 }
                 let registered = last_beat_ms.is_some();
                 last_beat_ms = Some(now);
+                if registered && before.is_empty() {
+                    // Another node saw this one's entry expire and removed it, with its
+                    // members: they were sent `leave`.
+                    inner
+                        .health
+                        .state_lost("the registry judged this node gone");
+                }
                 let other = incarnation_of(&before).filter(|other| **other != *inner.incarnation);
                 if let (true, Some(other)) = (registered, other) {
                     if !duplicate_logged {

@@ -169,12 +169,13 @@ return {e, s, now, entries, redis.call('GET', KEYS[3]) or ''}
 ";
 
 /// Records when the partition's keys began (`sb:{sb:P}:born`, Redis time in ms), unless
-/// they already have: run by every node when it connects, and by the publish that creates
-/// a channel, so that the key exists before any read a node answers.
+/// they already have, and answers it: run by every node when it connects (a new value means
+/// Redis lost its data since the last connection), and inline by the publish that creates a
+/// channel, so that the key exists before any read a node answers.
 pub(super) const BORN_LUA: &str = r"
 local t = redis.call('TIME')
 redis.call('SET', KEYS[1], tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), 'NX')
-return 1
+return redis.call('GET', KEYS[1])
 ";
 
 /// Epochs below this are not drawn at random: such an epoch is the Redis time (ms) at which
