@@ -27,7 +27,7 @@
 #                                                   nothing was lost or duplicated
 #
 # NODES is the number of nodes that holds the sockets while one of them drains: at most
-# 19,500 sockets per node (loadtest/million.toml; one process may open 20,000 files here).
+# 17,500 sockets per node (loadtest/million.toml; one process may open 20,000 files here).
 # The run directory (logs, every process's results) is printed at the start and kept.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -69,8 +69,8 @@ esac
 ((SOCKETS >= 20)) || { echo "million.sh: --sockets must be at least 20 (two rooms)" >&2; exit 64; }
 
 # Sizes and times that follow from the number of sockets.
-PER_NODE=19500
-NODES=$(((SOCKETS + 18999) / 19000))
+PER_NODE=17500
+NODES=$(((SOCKETS + 16999) / 17000))
 ((NODES >= (SOCKETS + PER_NODE - 1) / PER_NODE + 1)) || NODES=$(((SOCKETS + PER_NODE - 1) / PER_NODE + 1))
 ((NODES <= 120)) || { echo "million.sh: $NODES nodes need more source addresses than 127.0.0.10-254" >&2; exit 64; }
 ROOMS=$((SOCKETS / 10))
