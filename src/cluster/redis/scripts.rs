@@ -293,24 +293,30 @@ impl Inner {
             .key(self.born_key(channel))
             .arg(start)
             .arg(limit.max(1));
+        let partition = self.partition(channel);
         if subscribing {
-            let partition = self.partition(channel) as usize;
-            self.interest[partition]
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(channel.clone());
             invocation
-                .key(interest_key(self.partition(channel), channel.as_str()))
+                .key(interest_key(partition, channel.as_str()))
                 .arg(self.inbox_name())
                 .arg(self.interest_ttl_ms());
         }
-        let value = tokio::time::timeout(
+        let answer = tokio::time::timeout(
             self.settings.publish_timeout,
             invocation.invoke_async::<Value>(&mut conn),
         )
-        .await
-        .map_err(|_| BusError::TimedOut)?
-        .map_err(|err| self.failed("read", &err))?;
+        .await;
+        if subscribing {
+            // Once the script ran (or may have, on an error): a renewal that ran meanwhile
+            // would otherwise count the interest it had not written yet as lost. The hub
+            // holds the channel (the subscribe's pin) from before the script to after this.
+            self.interest[partition as usize]
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(channel.clone());
+        }
+        let value = answer
+            .map_err(|_| BusError::TimedOut)?
+            .map_err(|err| self.failed("read", &err))?;
         let mut read = ChannelRead::parse(value, since, self.state_ttl_ms())
             .ok_or(BusError::BadReply("redis returned a bad reply"))?;
         // The stream is trimmed by age only when published to: drop what aged out since.
