@@ -44,11 +44,16 @@ impl Default for FrameReader {
     }
 }
 
-/// One complete frame at the start of a buffer: opcode, where the payload starts, its length.
+/// The header of the frame at the start of a buffer, once it has arrived: opcode, where the
+/// payload starts, its length (the payload may not have arrived yet).
 fn parse(buf: &[u8]) -> Option<(u8, usize, usize)> {
+    header(buf).map(|(first, header, len)| (first & 0x0f, header, len))
+}
+
+/// As [`parse`], with the whole first byte (FIN, RSV and opcode).
+pub(crate) fn header(buf: &[u8]) -> Option<(u8, usize, usize)> {
     let (&first, rest) = buf.split_first()?;
     let (&second, _) = rest.split_first()?;
-    let opcode = first & 0x0f;
     let masked = second & 0x80 != 0;
     let (len, mut header) = match second & 0x7f {
         126 => (
@@ -64,7 +69,7 @@ fn parse(buf: &[u8]) -> Option<(u8, usize, usize)> {
     if masked {
         header += 4;
     }
-    Some((opcode, header, len))
+    Some((first, header, len))
 }
 
 impl FrameReader {

@@ -75,22 +75,7 @@ pub enum Event<'a> {
 /// One complete frame at the start of `buf`: FIN and opcode, where the payload starts, its
 /// length; `None` while it has not fully arrived.
 fn frame(buf: &[u8]) -> Option<(u8, usize, usize)> {
-    let (&first, rest) = buf.split_first()?;
-    let &second = rest.first()?;
-    let (len, mut header) = match second & 0x7f {
-        126 => (
-            usize::from(u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?)),
-            4,
-        ),
-        127 => (
-            usize::try_from(u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?)).ok()?,
-            10,
-        ),
-        short => (usize::from(short), 2),
-    };
-    if second & 0x80 != 0 {
-        header += 4;
-    }
+    let (first, header, len) = crate::lean::header(buf)?;
     (buf.len() >= header + len).then_some((first, header, len))
 }
 
