@@ -252,18 +252,17 @@ impl Inner {
         hash % self.settings.partitions
     }
 
-    fn channel_keys(&self, channel: &ChannelName) -> (String, String, String) {
+    /// The keys a publish or a read of `channel` touches, its partition hashed once.
+    fn channel_keys(&self, channel: &ChannelName) -> ChannelKeys {
         let partition = self.partition(channel);
-        (
-            format!("sb:{{sb:{partition}}}:meta:{channel}"),
-            format!("sb:{{sb:{partition}}}:hist:{channel}"),
-            bus_key(partition),
-        )
-    }
-
-    /// The `born` key of the channel's partition.
-    fn born_key(&self, channel: &ChannelName) -> String {
-        born_key(self.partition(channel))
+        ChannelKeys {
+            partition,
+            meta: format!("sb:{{sb:{partition}}}:meta:{channel}"),
+            hist: format!("sb:{{sb:{partition}}}:hist:{channel}"),
+            bus: bus_key(partition),
+            born: born_key(partition),
+            interest: interest_key(partition, channel.as_str()),
+        }
     }
 
     /// Whether this node reads its inboxes (`cluster.bus_routing = "inbox"`) rather than the
@@ -505,6 +504,16 @@ impl Bus for RedisBus {
 
 fn bus_key(partition: u32) -> String {
     format!("sb:{{sb:{partition}}}:bus")
+}
+
+/// The keys of one channel, all in its partition's slot (see [`Inner::channel_keys`]).
+struct ChannelKeys {
+    partition: u32,
+    meta: String,
+    hist: String,
+    bus: String,
+    born: String,
+    interest: String,
 }
 
 /// The prefix of a partition's inboxes: `<prefix><node>:<incarnation>` is one process's.

@@ -6,7 +6,7 @@ use std::{sync::atomic::Ordering, time::Duration};
 use redis::Value;
 use tokio::time::Instant;
 
-use super::{Inner, inbox_prefix, interest_key};
+use super::{Inner, inbox_prefix};
 use crate::{
     cluster::BusError,
     protocol::{ChannelName, Offset},
@@ -208,16 +208,15 @@ impl Inner {
         data: &str,
     ) -> Result<Offset, BusError> {
         let mut conn = self.conn()?;
-        let (meta, hist, bus) = self.channel_keys(channel);
-        let partition = self.partition(channel);
+        let keys = self.channel_keys(channel);
         let depth = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
         telemetry::redis_pipeline_depth(depth);
-        let mut invocation = self.publish_script.key(&meta);
+        let mut invocation = self.publish_script.key(&keys.meta);
         invocation
-            .key(&hist)
-            .key(&bus)
-            .key(self.born_key(channel))
-            .key(interest_key(partition, channel.as_str()))
+            .key(&keys.hist)
+            .key(&keys.bus)
+            .key(&keys.born)
+            .key(&keys.interest)
             .arg(data)
             .arg(format!("{:016x}", random_epoch()))
             .arg(self.settings.history_size)
@@ -226,7 +225,7 @@ impl Inner {
             .arg(channel.as_str())
             .arg(self.history_ttl_ms())
             .arg(self.bus_max_age_ms())
-            .arg(inbox_prefix(partition))
+            .arg(inbox_prefix(keys.partition))
             .arg(self.interest_ttl_ms());
         let result = tokio::time::timeout(
             self.settings.publish_timeout,
@@ -285,18 +284,17 @@ impl Inner {
         subscribing: bool,
     ) -> Result<ChannelRead, BusError> {
         let mut conn = self.conn()?;
-        let (meta, hist, _) = self.channel_keys(channel);
+        let keys = self.channel_keys(channel);
         let start = since.map_or(String::new(), |since| format!("{}-0", since.seq + 1));
-        let mut invocation = self.read_script.key(&meta);
+        let mut invocation = self.read_script.key(&keys.meta);
         invocation
-            .key(&hist)
-            .key(self.born_key(channel))
+            .key(&keys.hist)
+            .key(&keys.born)
             .arg(start)
             .arg(limit.max(1));
-        let partition = self.partition(channel);
         if subscribing {
             invocation
-                .key(interest_key(partition, channel.as_str()))
+                .key(&keys.interest)
                 .arg(self.inbox_name())
                 .arg(self.interest_ttl_ms());
         }
@@ -309,7 +307,7 @@ impl Inner {
             // Once the script ran (or may have, on an error): a renewal that ran meanwhile
             // would otherwise count the interest it had not written yet as lost. The hub
             // holds the channel (the subscribe's pin) from before the script to after this.
-            self.interest[partition as usize]
+            self.interest[keys.partition as usize]
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .insert(channel.clone());
