@@ -453,7 +453,7 @@ pub struct ClusterConfig {
     /// How long a node's interest in a channel (what routes the channel's messages to its
     /// inbox) lasts in Redis without being renewed; nodes renew theirs every third of it. A
     /// node that died without stopping costs publishes to its channels one more append each
-    /// for at most this long. Default 10m; at least 30s.
+    /// for at most this long. Default 10m; 30s to 24h.
     #[serde(with = "humantime_serde")]
     pub interest_ttl: std::time::Duration,
 }
@@ -1178,8 +1178,12 @@ impl ClusterConfig {
         if self.bus_max_age < MIN_BUS_MAX_AGE {
             return Err(invalid("cluster.bus_max_age", "must be at least 1m"));
         }
-        if self.interest_ttl < Duration::from_secs(30) {
-            return Err(invalid("cluster.interest_ttl", "must be at least 30s"));
+        if !(Duration::from_secs(30)..=Duration::from_secs(24 * 3600)).contains(&self.interest_ttl)
+        {
+            return Err(invalid(
+                "cluster.interest_ttl",
+                "must be between 30s and 24h",
+            ));
         }
         if self.channel_state_ttl < history.ttl {
             return Err(invalid(

@@ -63,6 +63,10 @@ fn out_of_range_values_name_the_key() {
             "cluster.interest_ttl",
         ),
         (
+            "[cluster]\ninterest_ttl = \"25h\"\n",
+            "cluster.interest_ttl",
+        ),
+        (
             "[cluster]\nbus_routing = \"fanout\"\n",
             "cluster.bus_routing",
         ),
