@@ -11,6 +11,7 @@ mod bad_input;
 mod boundaries;
 mod browser;
 mod bus_routing;
+mod busy_node;
 mod cluster;
 mod cluster_state;
 mod conformance;

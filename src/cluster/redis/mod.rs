@@ -66,7 +66,7 @@ use self::{
     connection::{Connector, RedisConn, keep_connected},
     follow::watch_readers,
     health::Health,
-    registry::heartbeat,
+    registry::start_heartbeat,
     scripts::{APPEND_LUA, BORN_LUA, FORGET_LUA, INTEREST_LUA, PUBLISH_LUA, READ_LUA, ROUTE_LUA},
 };
 use super::{Bus, BusError, BusFuture};
@@ -229,7 +229,7 @@ impl RedisBus {
             tasks.clone(),
             stop.clone(),
         ));
-        tasks.spawn(heartbeat(Arc::clone(&inner), node, stop.clone()));
+        start_heartbeat(Arc::clone(&inner), node, tasks, stop);
         Ok(Self { inner })
     }
 

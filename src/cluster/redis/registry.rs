@@ -102,18 +102,74 @@ async fn remove_expired(inner: &Inner, conn: &mut RedisConn, expired: Vec<String
             }
             Ok(_) => {}
             Err(err) => {
-                inner.failed("heartbeat", &err);
+                inner.health.error("heartbeat", &err);
                 return;
             }
         }
     }
 }
 
+/// Starts the registry heartbeat ([`heartbeat`]) on a thread and a Redis connection of its
+/// own, so that it says whether this process is alive, not how busy it is: on the shared
+/// runtime a heartbeat waits behind every ready task, and on the shared connection behind
+/// every command queued before it (a presence rewrite is thousands of scripts), and a node
+/// that was only slow for `NODE_TTL` was judged gone, its members sent `leave`, then
+/// `join` when it caught up (53 nodes on two cores did that to 29 of them). The thread
+/// stops with `stop`, or when the task group drops its waiting task (the runtime ends).
+pub(super) fn start_heartbeat(
+    inner: Arc<Inner>,
+    node: NodeInfo,
+    tasks: &crate::shutdown::TaskGroup,
+    stop: &CancellationToken,
+) {
+    let beat_stop = stop.child_token();
+    let ends_with_task = beat_stop.clone().drop_guard();
+    let (done, finished) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("sb-heartbeat".to_owned())
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime.block_on(heartbeat(inner, node, beat_stop)),
+                Err(err) => tracing::error!(error = %err, "Cannot start the heartbeat thread"),
+            }
+            let _ = done.send(());
+        });
+    if let Err(err) = thread {
+        tracing::error!(error = %err, "Cannot start the heartbeat thread");
+        return;
+    }
+    tasks.spawn(async move {
+        let _ends_with_task = ends_with_task;
+        let _ = finished.await;
+    });
+}
+
+/// The heartbeat's own connection: opened when missing, dropped after a failure.
+async fn heartbeat_conn<'a>(
+    inner: &Inner,
+    conn: &'a mut Option<RedisConn>,
+) -> Option<&'a mut RedisConn> {
+    if conn.is_none() {
+        match inner
+            .connector
+            .connect(inner.settings.publish_timeout)
+            .await
+        {
+            Ok(opened) => *conn = Some(opened),
+            Err(err) => inner.health.error("heartbeat", &err),
+        }
+    }
+    conn.as_mut()
+}
+
 /// Registers this node in Redis every `NODE_HEARTBEAT`, with a TTL. A heartbeat that
 /// completes late (Redis or this process stalled) counts as a disturbance of the link, and
 /// nodes whose entry expired are judged departed only on a link steady for `NODE_TTL`: after
 /// a stall every node's entry is late at once, and each renews it within a heartbeat.
-pub(super) async fn heartbeat(inner: Arc<Inner>, node: NodeInfo, stop: CancellationToken) {
+async fn heartbeat(inner: Arc<Inner>, node: NodeInfo, stop: CancellationToken) {
     let started_unix_ms = unix_ms();
     let ttl_ms = u64::try_from(NODE_TTL.as_millis()).unwrap_or(10_000);
     let late = u64::try_from((NODE_HEARTBEAT * 2).as_millis()).unwrap_or(u64::MAX);
@@ -122,6 +178,7 @@ pub(super) async fn heartbeat(inner: Arc<Inner>, node: NodeInfo, stop: Cancellat
     let entry_key = format!("{REGISTRY_PREFIX}{id}");
     let mut last_beat_ms: Option<u64> = None;
     let mut duplicate_logged = false;
+    let mut own_conn: Option<RedisConn> = None;
     loop {
         // Until the first registration succeeds, retry soon: a new node should be listed as
         // soon as Redis can be reached.
@@ -134,7 +191,9 @@ pub(super) async fn heartbeat(inner: Arc<Inner>, node: NodeInfo, stop: Cancellat
             () = stop.cancelled() => break,
             () = tokio::time::sleep(pause) => {}
         }
-        let Ok(mut conn) = inner.conn() else { continue };
+        let Some(conn) = heartbeat_conn(&inner, &mut own_conn).await else {
+            continue;
+        };
         let info = serde_json::json!({
             "node": id,
             "incarnation": &*inner.incarnation,
@@ -149,7 +208,7 @@ pub(super) async fn heartbeat(inner: Arc<Inner>, node: NodeInfo, stop: Cancellat
             .arg(id)
             .arg(info.to_string())
             .arg(ttl_ms)
-            .invoke_async::<(String, Vec<String>, u64)>(&mut conn)
+            .invoke_async::<(String, Vec<String>, u64)>(conn)
             .await;
         let now = since_start_ms(&inner);
         match reply {
@@ -184,23 +243,24 @@ pub(super) async fn heartbeat(inner: Arc<Inner>, node: NodeInfo, stop: Cancellat
                     }
                 }
                 if inner.health.steady_for_ms(now) >= ttl_ms {
-                    remove_expired(&inner, &mut conn, expired).await;
+                    remove_expired(&inner, conn, expired).await;
                 }
             }
             Err(err) => {
-                inner.failed("heartbeat", &err);
+                // The shared connection's keeper judges outages; this one is just reopened.
+                inner.health.error("heartbeat", &err);
+                own_conn = None;
             }
         }
     }
     // Leave the registry at once on shutdown rather than after the TTL.
-    if let Ok(mut conn) = inner.conn() {
+    if let Some(conn) = heartbeat_conn(&inner, &mut own_conn).await {
         let id = &*inner.settings.node_id;
         let mut pipe = redis::pipe();
         pipe.cmd("DEL")
             .arg(format!("{REGISTRY_PREFIX}{id}"))
             .ignore();
         pipe.cmd("ZREM").arg(REGISTRY_SET).arg(id).ignore();
-        let _ =
-            tokio::time::timeout(Duration::from_secs(1), pipe.query_async::<()>(&mut conn)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), pipe.query_async::<()>(conn)).await;
     }
 }
