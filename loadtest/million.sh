@@ -153,6 +153,26 @@ write_pids() {
 event() {
   printf '{"t":%s,"event":"%s"%s}\n' "$(date +%s.%N)" "$1" "${2:+,\"node\":$2}" >>"$out/events.jsonl"
 }
+# What node K has refused or closed before an upgrade was answered, by reason
+# (ws_connections_rejected_total), as one line of RUN_DIR/rejected.jsonl. Each node process
+# is scraped once, at the end of its life (before its drain, or at the end of the run), so
+# the report's sum counts every process once.
+scrape_rejected() {
+  curl -sf -m 5 "127.0.0.1:${ctl_port[$1]}/metrics" 2>/dev/null |
+    awk -v node="$1" -v when="$2" '
+      /^ws_connections_rejected_total\{/ {
+        match($0, /reason="[^"]*"/)
+        reason = substr($0, RSTART + 8, RLENGTH - 9)
+        n[reason] += $NF
+      }
+      END {
+        line = sprintf("{\"node\":%d,\"when\":\"%s\",\"reasons\":{", node, when)
+        sep = ""
+        for (r in n) { line = line sprintf("%s\"%s\":%d", sep, r, n[r]); sep = "," }
+        print line "}}"
+      }' >>"$out/rejected.jsonl" || true
+}
+
 # Loopback ports below the ephemeral range (32768-60999), so that no client socket of the
 # run holds one when a node restarts on it: sets PORT.
 handed_out=" "
@@ -288,6 +308,7 @@ sleep "$STEADY"
 event steady_end
 for ((i = 0; i < DRAINS; i++)); do
   k=$((i % NODES))
+  scrape_rejected "$k" drain
   event drain_start "$k"
   curl -sf -o /dev/null -XPOST -H 'content-type: application/json' \
     -d "{\"window_ms\":$DRAIN_WINDOW_MS}" "127.0.0.1:${ctl_port[k]}/v1/drain" ||
@@ -320,6 +341,7 @@ wait_exit publisher 30 || true
 # the last acknowledged offsets and write their results.
 touch "$out/finish"
 for ((k = 0; k < NODES; k++)); do wait_exit "gen-$k" 120 || true; done
+for ((k = 0; k < NODES; k++)); do scrape_rejected "$k" end; done
 event done
 kill -TERM "${running[sampler]}" || true
 wait_exit sampler 10 || true

@@ -48,6 +48,12 @@ struct Params {
     kernel: String,
 }
 
+/// One line of `rejected.jsonl`: a node's `ws_connections_rejected_total` by reason.
+#[derive(Debug, serde::Deserialize)]
+struct Rejected {
+    reasons: BTreeMap<String, u64>,
+}
+
 /// One line of `events.jsonl`, written by the script.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Event {
@@ -145,6 +151,15 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
             for (key, count) in from {
                 *into.entry(key.clone()).or_default() += count;
             }
+        }
+    }
+
+    // What the nodes refused or closed before answering an upgrade, by reason: each node
+    // process scraped once, at the end of its life (million.sh, `rejected.jsonl`).
+    let mut node_rejected: BTreeMap<String, u64> = BTreeMap::new();
+    for scrape in read_lines::<Rejected>(&args.dir.join("rejected.jsonl")) {
+        for (reason, count) in scrape.reasons {
+            *node_rejected.entry(reason).or_default() += count;
         }
     }
 
@@ -362,6 +377,7 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
             "refused_upgrades": refused,
             "connect_errors": connect_errors,
             "subscribe_errors": subscribe_errors,
+            "node_rejected_upgrades": node_rejected,
             "reconnect_frames": gens.iter().map(|result| result.reconnect_frames).sum::<u64>(),
             "joins": gens.iter().map(|result| result.joins).sum::<u64>(),
             "leaves": gens.iter().map(|result| result.leaves).sum::<u64>(),
