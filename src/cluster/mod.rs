@@ -238,6 +238,7 @@ impl Bus for LocalBus {
         let this = serde_json::json!({
             "node": &*self.node_id,
             "connections": self.hub.connections(),
+            "draining": self.hub.is_draining(),
         });
         Box::pin(std::future::ready(Ok(vec![this])))
     }

@@ -127,6 +127,8 @@ async fn a_drain_is_announced_then_closes_clients_paced_with_reconnect_and_1012(
         }
         other => panic!("an upgrade during the drain is refused: {other:?}"),
     }
+    let (_, nodes) = server.get_json("/v1/nodes").await;
+    assert_eq!(nodes["nodes"][0]["draining"], true, "{nodes}");
     let (_, status) = server.get_json("/v1/drain").await;
     assert_eq!(status["state"], "closing", "{status}");
     assert_eq!(status["connections_at_start"], 13);

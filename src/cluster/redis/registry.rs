@@ -200,6 +200,8 @@ async fn heartbeat(inner: Arc<Inner>, node: NodeInfo, stop: CancellationToken) {
             "ws_addr": node.ws_addr.to_string(),
             "control_addr": node.control_addr.to_string(),
             "connections": inner.hub.connections(),
+            // Refusing upgrades: what a balancer reading `/v1/nodes` should skip.
+            "draining": inner.hub.is_draining(),
             "started_unix_ms": started_unix_ms,
         });
         let reply = script
