@@ -266,9 +266,13 @@ sleep 1.5
 
 # 1. The ramp: every generator connects its share to its node, each from two source
 # addresses of its own (127.0.0.10 up; at most ~12,000 sockets per source and server).
+# Generators are scheduled before the nodes (nice -5): each stands in for 19,000 devices
+# with CPUs of their own, and a generator starved of CPU between a connect and its upgrade
+# request would look to the node like silent clients (closed after first_byte_timeout).
 event ramp_start
 for ((k = 0; k < NODES; k++)); do
-  start "gen-$k" "$LT" million generator --dir "$out" --index "$k" --nodes "$ws_list" \
+  start "gen-$k" nice -n -5 "$LT" million generator --dir "$out" --index "$k" --nodes "$ws_list" \
+    --controls "$ctl_list" \
     --sockets "$SOCKETS" --connect-rate $(((CONNECT_RATE + NODES - 1) / NODES)) \
     --source-first $((10 + 2 * k)) --source-addrs 2 --max-seconds "$MAX_SECONDS" \
     >"$out/gen-$k.log" 2>&1

@@ -6,7 +6,8 @@
 //! checks every `message`, `reset` and resume reply against the last offset it holds
 //! (`track`). On any close (a drain's 1012 after `reconnect`, or anything else) it waits the
 //! `after_ms` it was given, connects to another node (its first node if it is elsewhere,
-//! else a random one; a refused upgrade tries another) and resubscribes with `since`.
+//! else the least loaded other, as a least-connections balancer would; a refused upgrade
+//! tries again) and resubscribes with `since`.
 //!
 //! Everything runs on one thread: the sockets share one read buffer, and their state is in
 //! `RefCell`s borrowed between awaits only. Files: this one (the ramp and each socket's
@@ -43,6 +44,11 @@ pub struct GenArgs {
     /// Every node's WebSocket address, in node order (the path is /ws).
     #[arg(long, value_delimiter = ',')]
     nodes: Vec<SocketAddr>,
+    /// Control API addresses to read `/v1/nodes` from (each node's connections, from the
+    /// registry), one after another every second: where a socket goes after a close. Without
+    /// them, a random node.
+    #[arg(long, value_delimiter = ',')]
+    controls: Vec<SocketAddr>,
     /// Sockets of the whole run.
     #[arg(long)]
     sockets: usize,
@@ -50,7 +56,12 @@ pub struct GenArgs {
     /// none made up when late).
     #[arg(long, default_value_t = 100)]
     connect_rate: u64,
-    /// Sockets of the ramp connecting at once at most.
+    /// Sockets upgrading at once at most: in the ramp from connect to subscribed, in a
+    /// reconnect from connect to the upgrade's answer. A drain hands one generator a node's
+    /// sockets at once, and connects opened faster than this process can write their upgrade
+    /// requests would look like silent clients to the nodes (closed after
+    /// `session.first_byte_timeout`). A million devices each write theirs at once; one
+    /// process standing in for 19,000 of them queues instead.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
     /// First source address 127.0.0.K.
@@ -76,6 +87,10 @@ pub struct GenArgs {
 
 /// Failures in a row after which a socket stops trying.
 const MAX_FAILURES: u32 = 100;
+/// The longest wait between tries after failures (full jitter below it, as the JS client).
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// The longest wait a server's `reconnect.after_ms` is followed for.
+const MAX_ADVISED: Duration = Duration::from_secs(60);
 
 mod session;
 mod stats;
@@ -96,6 +111,12 @@ struct Shared {
     stats: RefCell<Stats>,
     stopping: Cell<bool>,
     rng: Cell<u64>,
+    /// Sockets between connect and subscribed (`GenArgs::concurrency`).
+    upgrading: Arc<Semaphore>,
+    /// Per node (in `GenArgs::nodes` order), its connections as `/v1/nodes` last said, plus
+    /// the sockets this process sent it since; `u64::MAX` when not listed, draining, or
+    /// it refused an upgrade since.
+    loads: RefCell<Vec<u64>>,
 }
 
 impl Shared {
@@ -110,7 +131,10 @@ impl Shared {
     }
 
     /// Where a socket goes after leaving `current`: its first node when it is elsewhere
-    /// (a drain's clients go home once their node is back), else a random other one.
+    /// (a drain's clients go home once their node is back), else the least loaded other
+    /// node, as a least-connections balancer would send it (ties broken at random). The
+    /// loads are a second or two old: each socket sent adds one at once, so this process
+    /// does not pile its sockets on one node meanwhile; with no loads, a random node.
     fn next_node(&self, current: usize, home: usize, failures: u32) -> usize {
         let nodes = self.args.nodes.len();
         if nodes == 1 {
@@ -119,8 +143,15 @@ impl Shared {
         if failures == 0 && home != current {
             return home;
         }
-        let pick = self.below(nodes - 1);
-        if pick >= current { pick + 1 } else { pick }
+        let start = self.below(nodes);
+        let mut loads = self.loads.borrow_mut();
+        let pick = (0..nodes)
+            .map(|step| (start + step) % nodes)
+            .filter(|&node| node != current)
+            .min_by_key(|&node| loads[node])
+            .unwrap_or(current);
+        loads[pick] = loads[pick].saturating_add(1);
+        pick
     }
 }
 
@@ -160,6 +191,8 @@ pub async fn run(args: GenArgs) -> anyhow::Result<()> {
         }),
         stopping: Cell::new(false),
         rng: Cell::new(now_ns() | 1),
+        upgrading: Arc::new(Semaphore::new(args.concurrency.max(1))),
+        loads: RefCell::new(vec![0; args.nodes.len()]),
         args,
     });
     let started = Instant::now();
@@ -170,6 +203,9 @@ pub async fn run(args: GenArgs) -> anyhow::Result<()> {
         count,
     ));
     tokio::task::spawn_local(ramp(Rc::clone(&shared), count));
+    if !shared.args.controls.is_empty() {
+        tokio::task::spawn_local(read_loads(Rc::clone(&shared)));
+    }
 
     // The end: the script's `finish`, or the time limit.
     let deadline = started + Duration::from_secs(shared.args.max_seconds);
@@ -205,20 +241,61 @@ fn unix_now() -> f64 {
 
 /// Opens the sockets at the connect rate, at most `concurrency` upgrading at once.
 async fn ramp(shared: Rc<Shared>, count: usize) {
-    let semaphore = Arc::new(Semaphore::new(shared.args.concurrency.max(1)));
     let mut ticker = tokio::time::interval(Duration::from_nanos(
         1_000_000_000 / shared.args.connect_rate.max(1),
     ));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     for local in 0..count {
         ticker.tick().await;
-        let Ok(permit) = Arc::clone(&semaphore).acquire_owned().await else {
+        let Ok(permit) = Arc::clone(&shared.upgrading).acquire_owned().await else {
             return;
         };
         if shared.stopping.get() {
             return;
         }
         tokio::task::spawn_local(socket(Rc::clone(&shared), local, permit));
+    }
+}
+
+/// Every second, each node's connections from `/v1/nodes` (the controls in turn).
+async fn read_loads(shared: Rc<Shared>) {
+    #[derive(serde::Deserialize)]
+    struct Nodes {
+        nodes: Vec<Listed>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Listed {
+        ws_addr: SocketAddr,
+        connections: u64,
+        #[serde(default)]
+        draining: bool,
+    }
+    let controls = &shared.args.controls;
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    for turn in 0.. {
+        ticker.tick().await;
+        let control = controls[turn % controls.len()];
+        let answer = tokio::time::timeout(Duration::from_secs(2), async {
+            let mut connection = crate::http_publish::Connection::open(control).await?;
+            let head = format!("GET /v1/nodes HTTP/1.1\r\nhost: {control}\r\n");
+            connection.request(&head, "").await
+        })
+        .await;
+        let Ok(Ok(answer)) = answer else { continue };
+        let Ok(listed) = serde_json::from_slice::<Nodes>(&answer.body) else {
+            continue;
+        };
+        let mut loads = shared.loads.borrow_mut();
+        loads.fill(u64::MAX);
+        for node in listed.nodes {
+            if let Some(index) = shared.args.nodes.iter().position(|at| *at == node.ws_addr) {
+                loads[index] = if node.draining {
+                    u64::MAX
+                } else {
+                    node.connections
+                };
+            }
+        }
     }
 }
 
@@ -274,6 +351,12 @@ async fn socket(shared: Rc<Shared>, local: usize, permit: tokio::sync::OwnedSema
     let mut failures = 0_u32;
     let mut ever_subscribed = false;
     loop {
+        if permit.is_none() {
+            let Ok(taken) = Arc::clone(&shared.upgrading).acquire_owned().await else {
+                return;
+            };
+            permit = Some(taken);
+        }
         let mut session = Session {
             first: !ever_subscribed,
             ..Session::default()
@@ -286,6 +369,12 @@ async fn socket(shared: Rc<Shared>, local: usize, permit: tokio::sync::OwnedSema
                 Ok(Err(err)) => End::Failed(error_kind(&err)),
                 Ok(Ok((_, Upgrade::Refused(status)))) => End::Refused(status),
                 Ok(Ok((stream, Upgrade::Open(left)))) => {
+                    // A resume holds its place among the upgrading until its upgrade is
+                    // answered (a node's clients come back together after a drain); the
+                    // ramp's sockets until they are subscribed (the ramp's pace).
+                    if ever_subscribed {
+                        drop(permit.take());
+                    }
                     run_session(
                         &shared,
                         local,
@@ -308,7 +397,10 @@ async fn socket(shared: Rc<Shared>, local: usize, permit: tokio::sync::OwnedSema
             match &end {
                 End::Closed(code) => Stats::count(&mut stats.ends, format!("closed_{code}")),
                 End::Eof => Stats::count(&mut stats.ends, "eof".to_owned()),
-                End::Refused(status) => Stats::count(&mut stats.refused, status.to_string()),
+                End::Refused(status) => {
+                    Stats::count(&mut stats.refused, status.to_string());
+                    shared.loads.borrow_mut()[node] = u64::MAX;
+                }
                 End::Failed(kind) => Stats::count(&mut stats.connect_errors, kind.clone()),
             }
         }
@@ -326,11 +418,13 @@ async fn socket(shared: Rc<Shared>, local: usize, permit: tokio::sync::OwnedSema
             }
         }
         let pause = match (&end, session.after_ms) {
-            (End::Closed(_), Some(after_ms)) => Duration::from_millis(after_ms.min(5_000)),
+            (End::Closed(_), Some(after_ms)) => Duration::from_millis(after_ms).min(MAX_ADVISED),
             _ if failures == 0 => Duration::from_millis(50 + shared.below(200) as u64),
-            _ => Duration::from_millis(
-                (100 * u64::from(failures)).min(2_000) + shared.below(200) as u64,
-            ),
+            // Full jitter: a node's refused sockets do not all come back together.
+            _ => {
+                let cap = Duration::from_millis(100 << failures.min(5)).min(MAX_BACKOFF);
+                Duration::from_millis(shared.below(cap.as_millis() as usize + 1) as u64)
+            }
         };
         tokio::time::sleep(pause).await;
         node = shared.next_node(node, home, failures);
