@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::{
-    harness::{TestClient, TestServer, patience},
+    harness::{TestClient, patience},
     presence::{builder, member_at},
     redis_server::RedisServer,
 };
