@@ -16,7 +16,7 @@
 //!
 //! In a cluster a [`PresenceStore`] (Redis) holds every node's members: this node writes
 //! its changes there in batches (every `SYNC_EVERY`), refreshes them once per third of
-//! `presence.ttl`, and answers `presence` / `presence_stats` from it. A node that stops
+//! `presence.ttl` (a slice of the channels at a time, evenly over that period), and answers `presence` / `presence_stats` from it. A node that stops
 //! refreshing (it died) loses its members after the TTL, or as soon as another node sees
 //! it leave the registry; the node that removes them sends their `leave` events.
 //!

@@ -14,10 +14,36 @@ use crate::{
     telemetry,
 };
 
+/// The refresh period is cut into this many slices at most, one every second at least: a
+/// node refreshes a slice of its channels at a time, not all of them at once.
+const MAX_REFRESH_SLICES: u32 = 64;
+
+/// How many slices a refresh period of `refresh` is cut into: one a second at least, so
+/// that picking a slice (a pass over the channels) stays cheap at a million channels.
+fn refresh_slices(refresh: Duration) -> u32 {
+    u32::try_from(refresh.as_secs())
+        .unwrap_or(u32::MAX)
+        .clamp(1, MAX_REFRESH_SLICES)
+}
+
+/// The slice of `slices` that `channel` is refreshed in (FNV-1a of its name).
+fn refresh_slice(channel: &ChannelName, slices: u32) -> u32 {
+    let hash = channel
+        .as_str()
+        .bytes()
+        .fold(0x811c_9dc5_u32, |hash, byte| {
+            (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
+        });
+    hash % slices.max(1)
+}
+
 impl Presence {
     /// With a store: writes the queued channels' changes every `SYNC_EVERY`, refreshes
-    /// every channel with members every `refresh`, and announces members the store found
-    /// departed. Until `stop`, then writes what the closed sessions left.
+    /// every channel with members every `refresh` (a slice of them at a time, evenly over
+    /// the period: all at once, every node's refresh is a burst that holds Redis for
+    /// seconds at a few hundred thousand channels and delays every other command), and
+    /// announces members the store found departed. Until `stop`, then writes what the
+    /// closed sessions left.
     pub(super) async fn keep_stored(
         self: Arc<Self>,
         store: Arc<dyn PresenceStore>,
@@ -25,7 +51,10 @@ impl Presence {
         refresh: Duration,
         stop: CancellationToken,
     ) {
-        let mut last_refresh = Instant::now();
+        let slices = refresh_slices(refresh);
+        let slice_every = refresh / slices;
+        let mut slice = 0;
+        let mut next_slice = Instant::now() + slice_every;
         let mut losses = store.state_losses();
         let mut pause = SYNC_EVERY;
         loop {
@@ -37,27 +66,46 @@ impl Presence {
             while let Ok(channel) = queue.try_recv() {
                 channels.push(channel);
             }
-            let mut index = Vec::new();
             // After the store may have lost this node's members (it lost its data, or judged
-            // the node departed), at once: the sooner they are back the better.
+            // the node departed), every channel at once: the sooner they are back the better.
             let lost = store.state_losses() != losses;
-            let refreshing = (last_refresh.elapsed() >= refresh || lost) && !stopping;
             if lost {
                 losses = store.state_losses();
             }
-            if refreshing {
-                last_refresh = Instant::now();
+            let due = Instant::now() >= next_slice;
+            // Which channels to refresh: every one, one slice, or none. The index of this
+            // node's channels is replaced with each whole pass (slice 0 starts one).
+            let refreshing = match (stopping, lost, due) {
+                (true, _, _) | (false, false, false) => None,
+                (false, true, _) => Some(None),
+                (false, false, true) => Some(Some(slice)),
+            };
+            let mut index = Vec::new();
+            if let Some(only) = refreshing {
+                if only.is_some() {
+                    // Late by more than a slice (a stall): no catching up in a burst.
+                    let now = Instant::now();
+                    next_slice = if now > next_slice + slice_every {
+                        now + slice_every
+                    } else {
+                        next_slice + slice_every
+                    };
+                    slice = (slice + 1) % slices;
+                }
                 for entry in &self.members {
-                    if !entry.queued && entry.stored {
+                    let in_slice =
+                        only.is_none_or(|only| refresh_slice(entry.key(), slices) == only);
+                    if in_slice && !entry.queued && entry.stored {
                         channels.push(entry.key().clone());
                     }
-                    if !entry.conns.is_empty() {
+                    if only.is_none_or(|only| only == 0) && !entry.conns.is_empty() {
                         index.push(entry.key().clone());
                     }
                 }
             }
+            let replace_index = refreshing.is_some_and(|only| only.is_none_or(|only| only == 0));
             let failed = self.write_store(&*store, channels).await;
-            if refreshing {
+            if replace_index {
                 store.index(index, true).await;
             }
             if stopping {

@@ -27,6 +27,7 @@ mod limits;
 mod lockout;
 mod mass_disconnect;
 mod presence;
+mod presence_cost;
 mod presence_reply;
 mod presence_store;
 mod presence_truth;
