@@ -300,7 +300,27 @@ async fn read_loads(shared: Rc<Shared>) {
 }
 
 /// Writes the status file every second (and closes the per-second counters).
+///
+/// The file is written by a thread of its own: with 59 generators renaming their status
+/// files in one directory every second on a starved machine, `open` and `rename` waited
+/// seconds on the directory's lock (half the generators in D state at 480,000 sockets), and
+/// on this thread every socket of the generator would wait with them. A status the writer
+/// has not taken yet is replaced by the next.
 async fn report_status(shared: Rc<Shared>, path: PathBuf, count: usize) {
+    let (to_writer, statuses) = std::sync::mpsc::sync_channel::<Status>(1);
+    let spawned = std::thread::Builder::new()
+        .name("status-writer".to_owned())
+        .spawn(move || {
+            for status in statuses {
+                if let Err(err) = super::write_json(&path, &status) {
+                    eprintln!("writing the status: {err:#}");
+                }
+            }
+        });
+    if let Err(err) = spawned {
+        eprintln!("starting the status writer: {err}");
+        return;
+    }
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     loop {
         ticker.tick().await;
@@ -323,9 +343,8 @@ async fn report_status(shared: Rc<Shared>, path: PathBuf, count: usize) {
                 global_min_seq,
             }
         };
-        if let Err(err) = super::write_json(&path, &status) {
-            eprintln!("writing the status: {err:#}");
-        }
+        // Full: the writer is still busy with the last one; this one is dropped.
+        let _ = to_writer.try_send(status);
     }
 }
 
