@@ -8,7 +8,12 @@
     scale-rooms.png      room-traffic latency (p50, p99) and acknowledged rate, with the
                          drains and the Redis restart marked
 
-    python3 loadtest/million-plot.py RESULTS.json OUTDIR     (OUTDIR: docs/ for the real run)
+    python3 loadtest/million-plot.py RESULTS.json OUTDIR [PREFIX]
+        (OUTDIR: docs/ for the real run; PREFIX instead of "scale" in the names)
+
+A run that stopped before a step (a ramp that never completed, results made with
+`switchboard-loadtest million report` after the generators were told to finish) gets the
+plots of the steps it reached.
 
 Needs matplotlib.
 """
@@ -56,6 +61,8 @@ def mark_faults(axis, results, label=True):
 def ramp(results, target):
     seconds = results["seconds"]
     start, done = event_time(results, "ramp_start"), event_time(results, "ramp_done")
+    if done is None:
+        done = seconds[-1]["t"] if seconds else start
     shown = [s for s in seconds if start - 2 <= s["t"] <= done + 3]
     fig, axis = plt.subplots(figsize=(9, 4.2))
     axis.plot([s["t"] - start for s in shown], [s["subscribed"] for s in shown], "-",
@@ -72,7 +79,11 @@ def ramp(results, target):
     more = rate.get_legend_handles_labels()
     axis.legend(lines[0] + more[0], lines[1] + more[1], loc="lower right")
     summary = results["summary"]
-    axis.set_title(title(results, "Ramp") + f"\n{summary['ramp_seconds']} s, target "
+    if summary["ramp_seconds"] is None:
+        how = f"not completed: {summary['connected']:,} subscribed at most"
+    else:
+        how = f"{summary['ramp_seconds']} s"
+    axis.set_title(title(results, "Ramp") + f"\n{how}, target "
                    f"{results['params']['connect_rate']:,}/s")
     fig.tight_layout()
     fig.savefig(target, dpi=110)
@@ -167,13 +178,19 @@ def rooms(results, target):
 
 
 def main():
-    if len(sys.argv) != 3:
+    if len(sys.argv) not in (3, 4):
         sys.exit(__doc__)
     results = json.load(open(sys.argv[1]))
     out = sys.argv[2]
+    prefix = sys.argv[3] if len(sys.argv) == 4 else "scale"
     os.makedirs(out, exist_ok=True)
-    for name, draw in (("ramp", ramp), ("memory", memory), ("broadcast", broadcast), ("rooms", rooms)):
-        target = os.path.join(out, f"scale-{name}.png")
+    plots = (("ramp", ramp, "ramp_start"), ("memory", memory, "ramp_start"),
+             ("broadcast", broadcast, "broadcasts_start"), ("rooms", rooms, "rooms_start"))
+    for name, draw, step in plots:
+        if event_time(results, step) is None:
+            print(f"{name}: the run did not reach it", file=sys.stderr)
+            continue
+        target = os.path.join(out, f"{prefix}-{name}.png")
         draw(results, target)
         print(target)
 
