@@ -57,6 +57,15 @@ async fn count_events(watcher: &mut TestClient, quiet: Duration) -> (usize, usiz
     (joins, leaves)
 }
 
+/// Blocks the runtime worker it runs on for `stall`.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "blocking the node's runtime worker is the fault under test"
+)]
+pub(crate) fn block_worker(stall: Duration) {
+    std::thread::sleep(stall);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_runtime_is_not_taken_for_a_departed_node() {
     let redis = RedisServer::start(false);
@@ -90,7 +99,7 @@ async fn a_stalled_runtime_is_not_taken_for_a_departed_node() {
 
     // b's only worker blocked: its tasks, timers and sockets wait; the process lives.
     let stall = Duration::from_secs(13);
-    runtime.spawn(async move { std::thread::sleep(stall) });
+    runtime.spawn(async move { block_worker(stall) });
     tokio::time::sleep(stall).await;
     // Past the stall, the time a's heartbeat needs to judge (2 s) and b's catching up.
     let (joins, leaves) = count_events(&mut watcher, Duration::from_secs(6)).await;
