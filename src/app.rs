@@ -196,6 +196,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             background_stop.clone(),
         ));
     }
+    background.spawn(crate::overload::watch_lag(
+        Arc::clone(&hub),
+        readiness.clone(),
+        (!config.limits.max_event_loop_lag.is_zero()).then_some(config.limits.max_event_loop_lag),
+        background_stop.clone(),
+    ));
     sessions.spawn(accept_loop(
         ws_listener,
         session_ctx,

@@ -13,6 +13,7 @@ pub mod demo;
 pub mod drain;
 pub mod hub;
 pub mod memory;
+pub mod overload;
 pub mod presence;
 pub mod protocol;
 pub mod session;

@@ -22,6 +22,11 @@ pub const MEMORY_PRESSURE: &str = "ws_memory_pressure";
 /// Gauge: the memory the pressure watch compares, labelled with its `source`: `cgroup_v2`
 /// or `cgroup_v1` (the cgroup's working set, where it has a limit) or `process` (resident).
 pub const MEMORY_USED: &str = "ws_memory_used_bytes";
+/// Gauge: how late the sessions' event loop ran a 100 ms timer, the most over the last
+/// second (`overload`).
+pub const EVENT_LOOP_LAG: &str = "ws_event_loop_lag_seconds";
+/// Gauge: 1 while the lag is past `limits.max_event_loop_lag` and upgrades are refused.
+pub const OVERLOADED: &str = "ws_overloaded";
 /// Gauge: the memory-pressure threshold in force, 0 when admission is off.
 pub const MEMORY_THRESHOLD: &str = "ws_memory_threshold_bytes";
 /// Gauge, 1, labelled with the version: which build each node runs.
@@ -197,6 +202,16 @@ pub fn memory_watched(pressure: bool) {
     metrics::gauge!(MEMORY_PRESSURE).set(if pressure { 1.0 } else { 0.0 });
 }
 
+/// Sets `ws_event_loop_lag_seconds`.
+pub fn event_loop_lag(lag: std::time::Duration) {
+    metrics::gauge!(EVENT_LOOP_LAG).set(lag.as_secs_f64());
+}
+
+/// Records the lag watch's verdict: whether upgrades are refused.
+pub fn overloaded(overloaded: bool) {
+    metrics::gauge!(OVERLOADED).set(if overloaded { 1.0 } else { 0.0 });
+}
+
 /// Sets `ws_memory_used_bytes`: what the memory watch compares, and where it came from.
 pub fn memory_used(source: &'static str, bytes: u64) {
     metrics::gauge!(MEMORY_USED, "source" => source).set(bytes as f64);
@@ -230,9 +245,10 @@ const CLOSE_ENDS: [&str; 5] = [
     "idle_timeout",
     "panic",
 ];
-const REJECT_REASONS: [&str; 5] = [
+const REJECT_REASONS: [&str; 6] = [
     "max_connections",
     "memory_pressure",
+    "overloaded",
     "draining",
     "ip_rate_limited",
     "out_of_files",
@@ -262,6 +278,8 @@ const REDIS_OPS: [&str; 13] = [
 pub fn node_started(max_connections: usize) {
     metrics::gauge!(CONNECTIONS_MAX).set(max_connections as f64);
     metrics::gauge!(MEMORY_PRESSURE).increment(0.0);
+    metrics::gauge!(OVERLOADED).increment(0.0);
+    metrics::gauge!(EVENT_LOOP_LAG).increment(0.0);
     let _ = metrics();
     metrics::counter!(PANICS).increment(0);
     for scope in RATE_SCOPES {
@@ -559,6 +577,16 @@ fn describe() {
         MEMORY_PRESSURE,
         "1 while ws_memory_used_bytes is above limits.memory_pressure_bytes and new upgrades \
          are refused"
+    );
+    describe_gauge!(
+        EVENT_LOOP_LAG,
+        Unit::Seconds,
+        "How late the sessions' event loop ran a 100 ms timer, the most over the last second"
+    );
+    describe_gauge!(
+        OVERLOADED,
+        "1 while ws_event_loop_lag_seconds is above limits.max_event_loop_lag and new \
+         upgrades are refused"
     );
     describe_gauge!(
         MEMORY_USED,

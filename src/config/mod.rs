@@ -360,6 +360,14 @@ pub struct LimitsConfig {
     /// as they do toward the limit), else the process's resident set; `ws_memory_used_bytes`
     /// shows it. Default 0: 90% of that cgroup's limit when there is one, else off.
     pub memory_pressure_bytes: u64,
+    /// How late the node's event loop may run its tasks (`ws_event_loop_lag_seconds`: the
+    /// largest lateness of a 100 ms timer over each second) before new upgrades get 503
+    /// `overloaded` (with `Retry-After`) and `/readyz` reports `overloaded`, while existing
+    /// connections go on; below half of it the node accepts again. A node that far behind
+    /// cannot serve newcomers: accepted, they time out and retry. Default 0s: off. 50ms to
+    /// 60s otherwise.
+    #[serde(with = "humantime_serde")]
+    pub max_event_loop_lag: Duration,
 }
 
 /// Per-connection behaviour.
@@ -690,6 +698,7 @@ impl Default for LimitsConfig {
             ipv6_source_prefix: 64,
             max_upgrade_request_bytes: 16 * 1024,
             memory_pressure_bytes: 0,
+            max_event_loop_lag: Duration::ZERO,
         }
     }
 }
@@ -1013,6 +1022,15 @@ impl LimitsConfig {
         }
         if self.max_pending_upgrades == 0 {
             return Err(invalid("limits.max_pending_upgrades", "must be at least 1"));
+        }
+        if !self.max_event_loop_lag.is_zero()
+            && !(Duration::from_millis(50)..=Duration::from_secs(60))
+                .contains(&self.max_event_loop_lag)
+        {
+            return Err(invalid(
+                "limits.max_event_loop_lag",
+                "must be 0s (off) or between 50ms and 60s",
+            ));
         }
         if self.max_pending_upgrades_per_ip == 0 {
             return Err(invalid(

@@ -112,6 +112,14 @@ fn out_of_range_values_name_the_key() {
             "[limits]\nmax_pending_upgrades_per_ip = 0\n",
             "limits.max_pending_upgrades_per_ip",
         ),
+        (
+            "[limits]\nmax_event_loop_lag = \"10ms\"\n",
+            "limits.max_event_loop_lag",
+        ),
+        (
+            "[limits]\nmax_event_loop_lag = \"61s\"\n",
+            "limits.max_event_loop_lag",
+        ),
     ] {
         let err = Config::from_toml_str(text).unwrap_err();
         assert!(err.to_string().starts_with(key), "{text}: {err}");

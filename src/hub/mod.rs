@@ -121,6 +121,8 @@ pub struct Hub {
     pending: Arc<PendingUpgrades>,
     /// The process is above `limits.memory_pressure_bytes`: new upgrades are refused.
     memory_pressure: AtomicBool,
+    /// The event loop lags past `limits.max_event_loop_lag`: new upgrades are refused.
+    overloaded: AtomicBool,
     /// The connections' queues and buffers, summed by the last [`Hub::sample_queues`].
     queues: QueueTotals,
     /// The node is draining (past `shutdown.drain_delay`): new upgrades are refused.
@@ -180,6 +182,7 @@ impl Hub {
             next_conn_id: AtomicU64::new(first_conn_id()),
             admitted: AtomicUsize::new(0),
             memory_pressure: AtomicBool::new(false),
+            overloaded: AtomicBool::new(false),
             queues: QueueTotals::default(),
             draining: AtomicBool::new(false),
             pending: PendingUpgrades::new(

@@ -68,6 +68,18 @@ impl Hub {
         self.memory_pressure.store(pressure, Ordering::Relaxed);
     }
 
+    /// Whether the event loop lags past `limits.max_event_loop_lag`, so that new upgrades
+    /// are refused (existing connections go on).
+    #[must_use]
+    pub fn is_overloaded(&self) -> bool {
+        self.overloaded.load(Ordering::Relaxed)
+    }
+
+    /// Set by the node's lag watch (`overload`).
+    pub fn set_overloaded(&self, overloaded: bool) {
+        self.overloaded.store(overloaded, Ordering::Relaxed);
+    }
+
     /// Whether a drain refuses new upgrades (see `drain`).
     #[must_use]
     pub fn is_draining(&self) -> bool {

@@ -476,6 +476,8 @@ where
         None
     } else if ctx.hub.under_memory_pressure() {
         Some(upgrade::MEMORY_PRESSURE)
+    } else if ctx.hub.is_overloaded() {
+        Some(upgrade::OVERLOADED)
     } else if !ctx.hub.try_admit() {
         Some(upgrade::MAX_CONNECTIONS)
     } else {

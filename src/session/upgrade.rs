@@ -69,6 +69,12 @@ pub(super) const MEMORY_PRESSURE: Refusal = Refusal::new(
     "the server is low on memory; try another node or later",
 )
 .retry_after(10);
+pub(super) const OVERLOADED: Refusal = Refusal::new(
+    503,
+    "overloaded",
+    "the server is behind on its work; try another node or later",
+)
+.retry_after(2);
 pub(super) const ORIGIN_NOT_ALLOWED: Refusal = Refusal::new(
     403,
     "origin_not_allowed",

@@ -26,6 +26,7 @@ mod jwks;
 mod limits;
 mod lockout;
 mod mass_disconnect;
+mod overload;
 mod presence;
 mod presence_cost;
 mod presence_reply;

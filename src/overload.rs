@@ -1,0 +1,81 @@
+//! Admission by the event loop's lag: a node whose runtime runs its tasks late (starved of
+//! CPU, or more work queued than it can do) refuses new upgrades until it catches up, so
+//! that it serves the connections it has instead of accepting ones it cannot serve.
+//!
+//! Accepted anyway, such upgrades are what turns an overload into a collapse: the node's
+//! Redis replies time out on its own late clock (a false outage), subscribes are refused
+//! `unavailable`, clients retry, and the retries become most of the work (issue 27's
+//! million run on two cores, at 742,749 sockets). Refused with 503 and `Retry-After`,
+//! clients go to another node, or wait.
+//!
+//! The lag is how late a task that sleeps `TICK` wakes, the largest over each `WINDOW`:
+//! `ws_event_loop_lag_seconds`. Above `limits.max_event_loop_lag` new upgrades get 503
+//! `overloaded` and `/readyz` reports `overloaded`, while existing connections go on; below
+//! half of it the node accepts again.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    hub::HubHandle,
+    shutdown::{Latch, Readiness},
+    telemetry,
+};
+
+/// How often the watch wakes: its lateness is the lag.
+const TICK: Duration = Duration::from_millis(100);
+/// The lag reported and judged is the largest lateness over this window.
+const WINDOW: Duration = Duration::from_secs(1);
+
+/// Measures the lag of the runtime it runs on (the sessions' one) every `WINDOW` and, with a
+/// `threshold`, refuses upgrades while the lag is above it (until it is back under half of
+/// it), holding a readiness latch meanwhile.
+pub async fn watch_lag(
+    hub: HubHandle,
+    readiness: Readiness,
+    threshold: Option<Duration>,
+    stop: CancellationToken,
+) {
+    let mut latch: Option<Latch> = None;
+    let mut window_started = Instant::now();
+    let mut worst = Duration::ZERO;
+    loop {
+        let asked = Instant::now();
+        tokio::select! {
+            () = stop.cancelled() => break,
+            () = tokio::time::sleep(TICK) => {}
+        }
+        worst = worst.max(asked.elapsed().saturating_sub(TICK));
+        if window_started.elapsed() < WINDOW {
+            continue;
+        }
+        let lag = std::mem::take(&mut worst);
+        window_started = Instant::now();
+        telemetry::event_loop_lag(lag);
+        let Some(threshold) = threshold else {
+            continue;
+        };
+        let over = if latch.is_some() {
+            lag > threshold / 2
+        } else {
+            lag > threshold
+        };
+        if over != latch.is_some() {
+            if over {
+                tracing::warn!(
+                    lag_ms = lag.as_millis(),
+                    threshold_ms = threshold.as_millis(),
+                    "Event loop lagging: refusing new connections"
+                );
+                latch = Some(readiness.hold("overloaded"));
+            } else {
+                tracing::info!(lag_ms = lag.as_millis(), "Event loop caught up");
+                latch = None;
+            }
+        }
+        hub.set_overloaded(over);
+        telemetry::overloaded(over);
+    }
+}
