@@ -26,15 +26,32 @@ fn refresh_slices(refresh: Duration) -> u32 {
         .clamp(1, MAX_REFRESH_SLICES)
 }
 
-/// The slice of `slices` that `channel` is refreshed in (FNV-1a of its name).
-fn refresh_slice(channel: &ChannelName, slices: u32) -> u32 {
-    let hash = channel
-        .as_str()
-        .bytes()
-        .fold(0x811c_9dc5_u32, |hash, byte| {
-            (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
-        });
-    hash % slices.max(1)
+/// What one turn of the store loop refreshes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refresh {
+    Nothing,
+    /// Every channel (the store may have lost this node's members).
+    All,
+    /// The channels whose name hashes to this slice (of `slices`).
+    Slice {
+        slice: u32,
+        slices: u32,
+    },
+}
+
+impl Refresh {
+    fn includes(self, channel: &ChannelName) -> bool {
+        match self {
+            Self::Nothing => false,
+            Self::All => true,
+            Self::Slice { slice, slices } => channel.stable_hash() % slices == slice,
+        }
+    }
+
+    /// Whether this turn replaces the index of the node's channels: once per whole pass.
+    fn replaces_index(self) -> bool {
+        matches!(self, Self::All | Self::Slice { slice: 0, .. })
+    }
 }
 
 impl Presence {
@@ -72,40 +89,37 @@ impl Presence {
             if lost {
                 losses = store.state_losses();
             }
-            let due = Instant::now() >= next_slice;
-            // Which channels to refresh: every one, one slice, or none. The index of this
-            // node's channels is replaced with each whole pass (slice 0 starts one).
-            let refreshing = match (stopping, lost, due) {
-                (true, _, _) | (false, false, false) => None,
-                (false, true, _) => Some(None),
-                (false, false, true) => Some(Some(slice)),
+            let now = Instant::now();
+            let turn = if stopping {
+                Refresh::Nothing
+            } else if lost {
+                Refresh::All
+            } else if now >= next_slice {
+                // Late by more than a slice (a stall): no catching up in a burst.
+                next_slice = if now > next_slice + slice_every {
+                    now + slice_every
+                } else {
+                    next_slice + slice_every
+                };
+                let due = Refresh::Slice { slice, slices };
+                slice = (slice + 1) % slices;
+                due
+            } else {
+                Refresh::Nothing
             };
             let mut index = Vec::new();
-            if let Some(only) = refreshing {
-                if only.is_some() {
-                    // Late by more than a slice (a stall): no catching up in a burst.
-                    let now = Instant::now();
-                    next_slice = if now > next_slice + slice_every {
-                        now + slice_every
-                    } else {
-                        next_slice + slice_every
-                    };
-                    slice = (slice + 1) % slices;
-                }
+            if turn != Refresh::Nothing {
                 for entry in &self.members {
-                    let in_slice =
-                        only.is_none_or(|only| refresh_slice(entry.key(), slices) == only);
-                    if in_slice && !entry.queued && entry.stored {
+                    if turn.includes(entry.key()) && !entry.queued && entry.stored {
                         channels.push(entry.key().clone());
                     }
-                    if only.is_none_or(|only| only == 0) && !entry.conns.is_empty() {
+                    if turn.replaces_index() && !entry.conns.is_empty() {
                         index.push(entry.key().clone());
                     }
                 }
             }
-            let replace_index = refreshing.is_some_and(|only| only.is_none_or(|only| only == 0));
             let failed = self.write_store(&*store, channels).await;
-            if replace_index {
+            if turn.replaces_index() {
                 store.index(index, true).await;
             }
             if stopping {

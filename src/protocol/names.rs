@@ -53,6 +53,21 @@ impl ChannelName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// FNV-1a of the name: the same on every node and in every release, unlike std's
+    /// hasher (a channel's bus partition, its presence refresh slice). Nodes of two
+    /// releases share a cluster, so it must never change:
+    ///
+    /// ```
+    /// # use switchboard::protocol::ChannelName;
+    /// assert_eq!(ChannelName::parse("news", 128).unwrap().stable_hash(), 1_271_381_062);
+    /// ```
+    #[must_use]
+    pub fn stable_hash(&self) -> u32 {
+        self.0.bytes().fold(0x811c_9dc5_u32, |hash, byte| {
+            (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
+        })
+    }
 }
 
 const fn is_channel_byte(byte: u8) -> bool {

@@ -243,13 +243,7 @@ impl RedisBus {
 
 impl Inner {
     fn partition(&self, channel: &ChannelName) -> u32 {
-        // FNV-1a: stable across nodes and releases, unlike std's hasher.
-        let mut hash: u32 = 0x811c_9dc5;
-        for byte in channel.as_str().bytes() {
-            hash ^= u32::from(byte);
-            hash = hash.wrapping_mul(0x0100_0193);
-        }
-        hash % self.settings.partitions
+        channel.stable_hash() % self.settings.partitions
     }
 
     /// The keys a publish or a read of `channel` touches, its partition hashed once.
