@@ -28,6 +28,8 @@ use crate::{
 const TICK: Duration = Duration::from_millis(100);
 /// The lag reported and judged is the largest lateness over this window.
 const WINDOW: Duration = Duration::from_secs(1);
+/// At most one warning per this long: a node at the edge starts lagging every few seconds.
+const WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// Measures the lag of the runtime it runs on (the sessions' one) every `WINDOW` and, with a
 /// `threshold`, refuses upgrades while the lag is above it (until it is back under half of
@@ -39,6 +41,7 @@ pub async fn watch_lag(
     stop: CancellationToken,
 ) {
     let mut latch: Option<Latch> = None;
+    let mut warned: Option<Instant> = None;
     let mut window_started = Instant::now();
     let mut worst = Duration::ZERO;
     loop {
@@ -64,14 +67,18 @@ pub async fn watch_lag(
         };
         if over != latch.is_some() {
             if over {
-                tracing::warn!(
-                    lag_ms = lag.as_millis(),
-                    threshold_ms = threshold.as_millis(),
-                    "Event loop lagging: refusing new connections"
-                );
+                if warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
+                    warned = Some(Instant::now());
+                    tracing::warn!(
+                        lag_ms = lag.as_millis(),
+                        threshold_ms = threshold.as_millis(),
+                        "Event loop lagging: refusing new connections (ws_overloaded says \
+                         when; logged once a minute at most)"
+                    );
+                }
                 latch = Some(readiness.hold("overloaded"));
             } else {
-                tracing::info!(lag_ms = lag.as_millis(), "Event loop caught up");
+                tracing::debug!(lag_ms = lag.as_millis(), "Event loop caught up");
                 latch = None;
             }
         }
