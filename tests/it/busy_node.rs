@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::{
-    harness::{TestClient, patience},
+    harness::{TestClient, TestServer, TestServerBuilder, patience},
     presence::{builder, member_at},
     redis_server::RedisServer,
 };
@@ -66,31 +66,58 @@ pub(crate) fn block_worker(stall: Duration) {
     std::thread::sleep(stall);
 }
 
+/// A node in this process on a runtime of its own with one worker, which the test can
+/// block (`runtime.spawn(async { block_worker(..) })`): nothing of the node's runtime runs
+/// meanwhile, as when a node is starved of CPU, while its process lives. The control API
+/// and the registry heartbeat have threads of their own and go on.
+pub(crate) struct StallableNode {
+    pub(crate) runtime: std::sync::Arc<tokio::runtime::Runtime>,
+    pub(crate) server: TestServer,
+}
+
+impl StallableNode {
+    pub(crate) async fn start(builder: TestServerBuilder) -> StallableNode {
+        let runtime = std::sync::Arc::new(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap(),
+        );
+        let server = {
+            let runtime = std::sync::Arc::clone(&runtime);
+            tokio::task::spawn_blocking(move || runtime.block_on(builder.start()))
+                .await
+                .unwrap()
+        };
+        StallableNode { runtime, server }
+    }
+
+    /// Stops the node on its runtime, then the runtime (off the test's runtime).
+    pub(crate) async fn stop(self) {
+        let StallableNode { runtime, server } = self;
+        tokio::task::spawn_blocking(move || {
+            runtime.block_on(server.stop());
+            drop(runtime);
+        })
+        .await
+        .unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_runtime_is_not_taken_for_a_departed_node() {
     let redis = RedisServer::start(false);
     let url = redis.url();
     let a = config(&url, "a").start().await;
 
-    // Node b on a runtime the test can stall, built and later stopped on its own thread.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let runtime = std::sync::Arc::new(runtime);
-    let b = {
-        let (runtime, url) = (std::sync::Arc::clone(&runtime), url.clone());
-        tokio::task::spawn_blocking(move || runtime.block_on(config(&url, "b").start()))
-            .await
-            .unwrap()
-    };
-
+    // Node b on a runtime the test can stall.
+    let b = StallableNode::start(config(&url, "b")).await;
     let mut watcher = member_at(&a.ws_url(), "watcher").await;
     watcher.subscribe(ROOM).await;
     let mut members = Vec::new();
     for n in 0..3 {
-        let mut member = member_at(&b.ws_url(), &format!("b-{n}")).await;
+        let mut member = member_at(&b.server.ws_url(), &format!("b-{n}")).await;
         member.subscribe(ROOM).await;
         members.push(member);
     }
@@ -99,7 +126,7 @@ async fn a_stalled_runtime_is_not_taken_for_a_departed_node() {
 
     // b's only worker blocked: its tasks, timers and sockets wait; the process lives.
     let stall = Duration::from_secs(13);
-    runtime.spawn(async move { block_worker(stall) });
+    b.runtime.spawn(async move { block_worker(stall) });
     tokio::time::sleep(stall).await;
     // Past the stall, the time a's heartbeat needs to judge (2 s) and b's catching up.
     let (joins, leaves) = count_events(&mut watcher, Duration::from_secs(6)).await;
@@ -116,10 +143,5 @@ async fn a_stalled_runtime_is_not_taken_for_a_departed_node() {
     );
 
     drop(members);
-    tokio::task::spawn_blocking(move || {
-        runtime.block_on(b.stop());
-        drop(runtime);
-    })
-    .await
-    .unwrap();
+    b.stop().await;
 }

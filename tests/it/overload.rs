@@ -4,11 +4,14 @@
 //! on a runtime of its own with one worker, which a task keeps busy in 400 ms stretches (a
 //! node starved of CPU, or handed more work than it can do).
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use serde_json::json;
 
-use crate::harness::{TestClient, TestServer};
+use crate::{
+    busy_node::{StallableNode, block_worker},
+    harness::{TestClient, TestServer},
+};
 
 /// Upgrades to `server`: `Ok` when accepted, else the refusal's status, `Retry-After` and
 /// body.
@@ -32,39 +35,23 @@ async fn upgrade(server: &TestServer) -> Result<(), (u16, String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lagging_node_refuses_upgrades_and_serves_its_connections() {
-    let runtime = Arc::new(
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap(),
-    );
-    let server = {
-        let runtime = Arc::clone(&runtime);
-        tokio::task::spawn_blocking(move || {
-            runtime.block_on(
-                TestServer::builder()
-                    .configure(|config| {
-                        config.limits.max_event_loop_lag = Duration::from_millis(200);
-                    })
-                    .start(),
-            )
-        })
-        .await
-        .unwrap()
-    };
+    let node = StallableNode::start(TestServer::builder().configure(|config| {
+        config.limits.max_event_loop_lag = Duration::from_millis(200);
+    }))
+    .await;
+    let server = &node.server;
     let mut bystander = server.client().await;
     bystander.subscribe("news").await;
     assert_eq!(
-        upgrade(&server).await,
+        upgrade(server).await,
         Ok(()),
         "accepted while the node keeps up"
     );
 
     // The node's only worker busy 400 ms at a time for about 6 s.
-    let busy = runtime.spawn(async {
+    let busy = node.runtime.spawn(async {
         for _ in 0..15 {
-            crate::busy_node::block_worker(Duration::from_millis(400));
+            block_worker(Duration::from_millis(400));
             tokio::task::yield_now().await;
         }
     });
@@ -72,7 +59,7 @@ async fn a_lagging_node_refuses_upgrades_and_serves_its_connections() {
         server.get("/readyz").await.1.contains("overloaded"),
         "the lagging node reports overloaded"
     );
-    let refused = upgrade(&server).await;
+    let refused = upgrade(server).await;
     let Err((status, retry_after, body)) = refused else {
         panic!("an upgrade to the lagging node was accepted");
     };
@@ -92,7 +79,7 @@ async fn a_lagging_node_refuses_upgrades_and_serves_its_connections() {
 
     busy.await.unwrap();
     crate::assert_eventually!(
-        upgrade(&server).await.is_ok(),
+        upgrade(server).await.is_ok(),
         "accepted again once the node caught up"
     );
     assert_eq!(server.get("/readyz").await.0, 200);
@@ -100,10 +87,5 @@ async fn a_lagging_node_refuses_upgrades_and_serves_its_connections() {
     after.subscribe("news").await;
 
     drop((bystander, after));
-    tokio::task::spawn_blocking(move || {
-        runtime.block_on(server.stop());
-        drop(runtime);
-    })
-    .await
-    .unwrap();
+    node.stop().await;
 }
