@@ -2,16 +2,19 @@
 //! CPU, or more work queued than it can do) refuses new upgrades until it catches up, so
 //! that it serves the connections it has instead of accepting ones it cannot serve.
 //!
-//! Accepted anyway, such upgrades are what turns an overload into a collapse: the node's
-//! Redis replies time out on its own late clock (a false outage), subscribes are refused
-//! `unavailable`, clients retry, and the retries become most of the work (issue 27's
-//! million run on two cores, at 742,749 sockets). Refused with 503 and `Retry-After`,
-//! clients go to another node, or wait.
+//! Accepted anyway, such upgrades are what turns an overload into a collapse: clients that
+//! cannot be served retry, and the retries become most of the work (issue 27's million run
+//! on two cores, at 742,749 sockets). Refused with 503 and `Retry-After`, clients go to
+//! another node, or wait.
 //!
 //! The lag is how late a task that sleeps `TICK` wakes, the largest over each `WINDOW`:
 //! `ws_event_loop_lag_seconds`. Above `limits.max_event_loop_lag` new upgrades get 503
 //! `overloaded` and `/readyz` reports `overloaded`, while existing connections go on; below
 //! half of it the node accepts again.
+//!
+//! The same watch keeps the node's [`LagClock`](crate::hub::LagClock), the lateness summed
+//! since start: Redis commands read it, so that a reply the late event loop had not read
+//! yet is waited for instead of being taken for a Redis outage.
 
 use std::time::Duration;
 
@@ -44,13 +47,19 @@ pub async fn watch_lag(
     let mut warned: Option<Instant> = None;
     let mut window_started = Instant::now();
     let mut worst = Duration::ZERO;
+    let clock = hub.lag_clock();
+    let mut asked = Instant::now();
+    clock.ticked(Duration::ZERO, asked + TICK);
     loop {
-        let asked = Instant::now();
         tokio::select! {
             () = stop.cancelled() => break,
             () = tokio::time::sleep(TICK) => {}
         }
-        worst = worst.max(asked.elapsed().saturating_sub(TICK));
+        let woke = Instant::now();
+        let late = woke.saturating_duration_since(asked).saturating_sub(TICK);
+        clock.ticked(late, woke + TICK);
+        asked = woke;
+        worst = worst.max(late);
         if window_started.elapsed() < WINDOW {
             continue;
         }

@@ -86,6 +86,9 @@ pub const REDIS_ERRORS: &str = "ws_redis_errors_total";
 /// it connects and while an outage lasts.
 pub const REDIS_UP: &str = "ws_redis_up";
 pub const REDIS_RECONNECTS: &str = "ws_redis_connects_total";
+/// Counter: Redis commands waited for past `cluster.publish_timeout` because this node's
+/// event loop ran late meanwhile (their replies may have been unread, not missing).
+pub const REDIS_LATE_WAITS: &str = "ws_redis_late_waits_total";
 pub const REDIS_PIPELINE_DEPTH: &str = "ws_redis_pipeline_depth";
 /// Gauge: 0 serving, 1 announcing, 2 closing, 3 closed (waiting to exit).
 pub const DRAIN_STATE: &str = "ws_drain_state";
@@ -317,6 +320,7 @@ pub fn redis_registered() {
         metrics::counter!(REDIS_ERRORS, "op" => op).increment(0);
     }
     metrics::counter!(REDIS_RECONNECTS).increment(0);
+    metrics::counter!(REDIS_LATE_WAITS).increment(0);
     metrics::counter!(BUS_READER_RESTARTS).increment(0);
     metrics::counter!(BUS_INTEREST_LOST).increment(0);
     metrics::counter!(BUS_REPLAYED).increment(0);
@@ -364,6 +368,11 @@ pub fn redis_error(op: &'static str) {
 /// Counts a (re)connection to Redis.
 pub fn redis_connected() {
     metrics::counter!(REDIS_RECONNECTS).increment(1);
+}
+
+/// Counts a Redis command waited for longer because the event loop ran late.
+pub fn redis_wait_extended() {
+    metrics::counter!(REDIS_LATE_WAITS).increment(1);
 }
 
 /// Records how many publishes were in flight on the shared Redis connection when one was
@@ -749,6 +758,11 @@ fn describe() {
     describe_counter!(
         REDIS_RECONNECTS,
         "Connections to Redis (re)established by the command link"
+    );
+    describe_counter!(
+        REDIS_LATE_WAITS,
+        "Redis commands waited for past cluster.publish_timeout because this node's event \
+         loop ran late meanwhile (up to 4 times it): the node's lag, not Redis's"
     );
     describe_histogram!(
         REDIS_PIPELINE_DEPTH,

@@ -22,12 +22,14 @@
 //! Files: `registry` (connections, users, admission, keepalive), `publish` (ordering a
 //! message or a delivery, one append, events), `subscribe` (subscribe and replay, pins,
 //! unsubscribe, history reads), `channel` (a channel's ordered state and history),
-//! `fanout` (rounds), `lane` (the write lane), `admission` (upgrades in progress), `frame`.
+//! `fanout` (rounds), `lane` (the write lane), `admission` (upgrades in progress), `frame`,
+//! `lag` (how late the event loop ran).
 
 mod admission;
 mod channel;
 mod fanout;
 mod framed;
+mod lag;
 mod lane;
 mod publish;
 mod registry;
@@ -50,6 +52,7 @@ use tokio::time::Instant;
 
 pub use self::admission::{PendingSlot, PendingUpgrades, source_of};
 pub use self::framed::FramedText;
+pub use self::lag::LagClock;
 pub use self::lane::{
     ConnId, EnqueueError, Keepalive, Outbound, Outgoing, SessionLane, Wire, WriteBatch,
 };
@@ -123,6 +126,8 @@ pub struct Hub {
     memory_pressure: AtomicBool,
     /// The event loop lags past `limits.max_event_loop_lag`: new upgrades are refused.
     overloaded: AtomicBool,
+    /// How late the event loop ran, summed (kept by `overload::watch_lag`).
+    lag_clock: Arc<LagClock>,
     /// The connections' queues and buffers, summed by the last [`Hub::sample_queues`].
     queues: QueueTotals,
     /// The node is draining (past `shutdown.drain_delay`): new upgrades are refused.
@@ -183,6 +188,7 @@ impl Hub {
             admitted: AtomicUsize::new(0),
             memory_pressure: AtomicBool::new(false),
             overloaded: AtomicBool::new(false),
+            lag_clock: Arc::default(),
             queues: QueueTotals::default(),
             draining: AtomicBool::new(false),
             pending: PendingUpgrades::new(

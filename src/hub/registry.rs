@@ -80,6 +80,12 @@ impl Hub {
         self.overloaded.store(overloaded, Ordering::Relaxed);
     }
 
+    /// How late the node's event loop ran, summed: see [`LagClock`](super::LagClock).
+    #[must_use]
+    pub fn lag_clock(&self) -> &Arc<super::LagClock> {
+        &self.lag_clock
+    }
+
     /// Whether a drain refuses new upgrades (see `drain`).
     #[must_use]
     pub fn is_draining(&self) -> bool {

@@ -9,24 +9,102 @@ use redis::{
     cluster::ClusterClient,
     cluster_async::ClusterConnection,
 };
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{Inner, since_start_ms};
-use crate::{cluster::BusError, config::RedisTarget, telemetry};
+use crate::{cluster::BusError, config::RedisTarget, hub::LagClock, telemetry};
 
-/// A connection to one Redis or to a Redis Cluster.
+/// A connection to one Redis or to a Redis Cluster, whose commands wait for their replies
+/// as its [`Patience`] says.
 #[derive(Clone)]
-pub(super) enum RedisConn {
+pub(super) struct RedisConn {
+    link: Link,
+    patience: Patience,
+}
+
+#[derive(Clone)]
+enum Link {
     Single(MultiplexedConnection),
     Cluster(ClusterConnection),
 }
 
+/// How many times its limit a command may wait in all, when the node's event loop ran late
+/// meanwhile.
+const LATE_ALLOWANCE: u32 = 4;
+
+/// How long a command waits for its reply: `limit` of the node's on-time running. The time
+/// the node's event loop ran late meanwhile ([`LagClock`]) is added, up to `LATE_ALLOWANCE`
+/// times `limit` in all: a node starved of CPU (issue 27's million run on two cores) runs
+/// the task that reads Redis's replies seconds late, and its commands timed out with their
+/// replies unread in the socket, each one taken for a Redis outage (the link dropped,
+/// subscribes refused `unavailable`, clients retrying). A reply late on an on-time node is
+/// still a timeout after `limit`.
+#[derive(Clone)]
+pub(super) struct Patience {
+    limit: Duration,
+    /// The event loop's clock; `None` for a connection used from a runtime of its own (the
+    /// registry heartbeat's thread), which that clock does not measure.
+    clock: Option<Arc<LagClock>>,
+}
+
+impl Patience {
+    pub(super) fn new(limit: Duration, clock: Option<Arc<LagClock>>) -> Self {
+        Self { limit, clock }
+    }
+
+    /// The longest any reply is waited for: the driver's own response timeout, a backstop
+    /// behind [`Patience::wait`].
+    fn backstop(&self) -> Duration {
+        if self.clock.is_some() {
+            self.limit * LATE_ALLOWANCE + Duration::from_secs(1)
+        } else {
+            self.limit + Duration::from_secs(1)
+        }
+    }
+
+    /// Waits for `reply` up to `limit` plus the event loop's lateness meanwhile (see
+    /// [`Patience`]); a timeout is an I/O `TimedOut` error, as the driver's own.
+    async fn wait<T>(&self, reply: RedisFuture<'_, T>) -> RedisResult<T> {
+        let started = Instant::now();
+        let late_before = self.clock.as_ref().map(|clock| clock.late());
+        let cap = started + self.limit * LATE_ALLOWANCE;
+        let mut deadline = started + self.limit;
+        let mut reply = reply;
+        let mut extended = false;
+        loop {
+            if let Ok(result) = tokio::time::timeout_at(deadline, &mut reply).await {
+                return result;
+            }
+            let (Some(clock), Some(before)) = (&self.clock, late_before) else {
+                break;
+            };
+            let late = clock.late().saturating_sub(before);
+            let later = (started + self.limit + late).min(cap);
+            if later <= deadline {
+                break;
+            }
+            if !extended {
+                extended = true;
+                telemetry::redis_wait_extended();
+            }
+            deadline = later;
+        }
+        Err(redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "Redis did not answer in time",
+        )))
+    }
+}
+
 impl ConnectionLike for RedisConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            RedisConn::Single(conn) => conn.req_packed_command(cmd),
-            RedisConn::Cluster(conn) => conn.req_packed_command(cmd),
-        }
+        let Self { link, patience } = self;
+        let reply = match link {
+            Link::Single(conn) => conn.req_packed_command(cmd),
+            Link::Cluster(conn) => conn.req_packed_command(cmd),
+        };
+        Box::pin(patience.wait(reply))
     }
 
     fn req_packed_commands<'a>(
@@ -35,16 +113,18 @@ impl ConnectionLike for RedisConn {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            RedisConn::Single(conn) => conn.req_packed_commands(cmd, offset, count),
-            RedisConn::Cluster(conn) => conn.req_packed_commands(cmd, offset, count),
-        }
+        let Self { link, patience } = self;
+        let replies = match link {
+            Link::Single(conn) => conn.req_packed_commands(cmd, offset, count),
+            Link::Cluster(conn) => conn.req_packed_commands(cmd, offset, count),
+        };
+        Box::pin(patience.wait(replies))
     }
 
     fn get_db(&self) -> i64 {
-        match self {
-            RedisConn::Single(conn) => conn.get_db(),
-            RedisConn::Cluster(conn) => conn.get_db(),
+        match &self.link {
+            Link::Single(conn) => conn.get_db(),
+            Link::Cluster(conn) => conn.get_db(),
         }
     }
 }
@@ -95,24 +175,27 @@ impl Connector {
         }
     }
 
-    pub(super) async fn connect(&self, response_timeout: Duration) -> RedisResult<RedisConn> {
-        match self {
+    /// Opens a connection whose commands wait for replies as `patience` says.
+    pub(super) async fn connect(&self, patience: Patience) -> RedisResult<RedisConn> {
+        let backstop = patience.backstop();
+        let link = match self {
             Connector::Single(client) => {
                 let config = AsyncConnectionConfig::new()
                     .set_connection_timeout(Some(Duration::from_secs(1)))
-                    .set_response_timeout(Some(response_timeout));
-                Ok(RedisConn::Single(
+                    .set_response_timeout(Some(backstop));
+                Link::Single(
                     client
                         .get_multiplexed_async_connection_with_config(&config)
                         .await?,
-                ))
+                )
             }
-            Connector::Cluster { .. } => Ok(RedisConn::Cluster(
-                self.cluster_client(response_timeout)?
+            Connector::Cluster { .. } => Link::Cluster(
+                self.cluster_client(backstop)?
                     .get_async_connection()
                     .await?,
-            )),
-        }
+            ),
+        };
+        Ok(RedisConn { link, patience })
     }
 
     pub(super) fn cluster_client(&self, response_timeout: Duration) -> RedisResult<ClusterClient> {
@@ -131,6 +214,12 @@ impl Connector {
 }
 
 impl Inner {
+    /// Patience for a connection used from the node's runtime: `limit`, plus the event
+    /// loop's lateness.
+    pub(super) fn patience(&self, limit: Duration) -> Patience {
+        Patience::new(limit, Some(Arc::clone(self.hub.lag_clock())))
+    }
+
     pub(super) fn conn(&self) -> Result<RedisConn, BusError> {
         match self.conn.load_full() {
             Some(conn) => Ok((*conn).clone()),
@@ -165,7 +254,7 @@ pub(super) async fn keep_connected(inner: Arc<Inner>, stop: CancellationToken) {
         if inner.conn.load().is_none() {
             let connected = tokio::select! {
                 () = stop.cancelled() => return,
-                connected = inner.connector.connect(inner.settings.publish_timeout) => connected,
+                connected = inner.connector.connect(inner.patience(inner.settings.publish_timeout)) => connected,
             };
             match connected {
                 Ok(mut conn) => match redis::cmd("PING").query_async::<String>(&mut conn).await {
@@ -196,23 +285,10 @@ pub(super) async fn keep_connected(inner: Arc<Inner>, stop: CancellationToken) {
             () = stop.cancelled() => return,
             () = inner.reconnect.notified() => {}
             () = tokio::time::sleep(Duration::from_secs(1)) => {
-                if let Ok(mut conn) = inner.conn() {
-                    let ping = tokio::time::timeout(
-                        inner.settings.publish_timeout,
-                        redis::cmd("PING").query_async::<String>(&mut conn),
-                    )
-                    .await;
-                    match ping {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(err)) => { inner.failed("ping", &err); }
-                        Err(_) => {
-                            let err = redis::RedisError::from(std::io::Error::new(
-                                std::io::ErrorKind::TimedOut,
-                                "ping timed out",
-                            ));
-                            inner.failed("ping", &err);
-                        }
-                    }
+                if let Ok(mut conn) = inner.conn()
+                    && let Err(err) = redis::cmd("PING").query_async::<String>(&mut conn).await
+                {
+                    inner.failed("ping", &err);
                 }
             }
         }
@@ -225,12 +301,11 @@ const MIN_REDIS: (u32, u32) = (6, 2);
 /// Checks the server's version: an older Redis fails every publish, so the node says why
 /// (an error in the log, a readiness reason) instead of only counting script errors.
 async fn check_version(inner: &Inner, conn: &mut RedisConn) {
-    let info = tokio::time::timeout(
-        inner.settings.publish_timeout,
-        redis::cmd("INFO").arg("server").query_async::<String>(conn),
-    )
-    .await;
-    let Ok(Ok(info)) = info else { return };
+    let info = redis::cmd("INFO")
+        .arg("server")
+        .query_async::<String>(conn)
+        .await;
+    let Ok(info) = info else { return };
     let Some(version) = redis_version(&info) else {
         return;
     };
@@ -274,18 +349,12 @@ async fn record_born(inner: &Inner, conn: &mut RedisConn) {
     let mut born = Vec::with_capacity(inner.settings.partitions as usize);
     for partition in 0..inner.settings.partitions {
         let invocation = inner.born_script.key(super::born_key(partition));
-        let result = tokio::time::timeout(
-            inner.settings.publish_timeout,
-            invocation.invoke_async::<String>(conn),
-        )
-        .await;
-        match result {
-            Ok(Ok(value)) => born.push(value),
-            Ok(Err(err)) => {
+        match invocation.invoke_async::<String>(conn).await {
+            Ok(value) => born.push(value),
+            Err(err) => {
                 inner.health.error("born", &err);
                 return;
             }
-            Err(_elapsed) => return,
         }
     }
     let mut seen = inner

@@ -82,18 +82,15 @@ async fn record_partition_lag(inner: &Inner) {
     let Ok(mut conn) = inner.conn() else { return };
     for (partition, position) in inner.health.reader_position_ms.iter().enumerate() {
         let key = inner.reader_key(u32::try_from(partition).unwrap_or(u32::MAX));
-        let newest = tokio::time::timeout(
-            inner.settings.publish_timeout,
-            redis::cmd("XREVRANGE")
-                .arg(&key)
-                .arg("+")
-                .arg("-")
-                .arg("COUNT")
-                .arg(1)
-                .query_async::<Value>(&mut conn),
-        )
-        .await;
-        let Ok(Ok(Value::Array(entries))) = newest else {
+        let newest = redis::cmd("XREVRANGE")
+            .arg(&key)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async::<Value>(&mut conn)
+            .await;
+        let Ok(Value::Array(entries)) = newest else {
             return;
         };
         let newest_ms = entries
@@ -129,7 +126,7 @@ async fn read_partition(inner: Arc<Inner>, partition: u32, stop: CancellationTok
         }
         let connected = tokio::select! {
             () = stop.cancelled() => return,
-            connected = inner.connector.connect(read_timeout) => connected,
+            connected = inner.connector.connect(inner.patience(read_timeout)) => connected,
         };
         let mut conn = match connected {
             Ok(conn) => conn,
@@ -178,16 +175,7 @@ async fn read_partition(inner: Arc<Inner>, partition: u32, stop: CancellationTok
             inner.health.reader_position_ms[index].fetch_max(ms, Ordering::Relaxed);
         }
         let mut cursor = start;
-        let followed = follow(
-            &inner,
-            &mut conn,
-            &key,
-            partition,
-            &mut cursor,
-            read_timeout,
-            &stop,
-        )
-        .await;
+        let followed = follow(&inner, &mut conn, &key, partition, &mut cursor, &stop).await;
         last_id = Some(cursor);
         if followed == Followed::Stopped {
             return;
@@ -244,7 +232,6 @@ async fn follow(
     key: &str,
     partition: u32,
     cursor: &mut String,
-    read_timeout: Duration,
     stop: &CancellationToken,
 ) -> Followed {
     let index = partition as usize;
@@ -297,16 +284,12 @@ async fn follow(
             .arg(&*cursor);
         let read = tokio::select! {
             () = stop.cancelled() => return Followed::Stopped,
-            read = tokio::time::timeout(read_timeout, pipe.query_async::<(Value,)>(conn)) => read,
+            read = pipe.query_async::<(Value,)>(conn) => read,
         };
         let value = match read {
-            Ok(Ok((value,))) => value,
-            Ok(Err(err)) => {
+            Ok((value,)) => value,
+            Err(err) => {
                 inner.health.error("read", &err);
-                return Followed::Broken;
-            }
-            Err(_) => {
-                inner.health.error("read", &"XREAD timed out");
                 return Followed::Broken;
             }
         };

@@ -79,12 +79,7 @@ pub(super) async fn forget_interest(
             invocation.key(interest_key(partition, channel.as_str()));
         }
         invocation.arg(inner.inbox_name());
-        tokio::time::timeout(
-            inner.settings.publish_timeout,
-            invocation.invoke_async::<()>(conn),
-        )
-        .await
-        .map_err(|_| timed_out("forgetting interest timed out"))??;
+        invocation.invoke_async::<()>(conn).await?;
     }
     let back: Vec<String> = {
         let mut interest = interest_of(inner, partition);
@@ -125,12 +120,7 @@ async fn renew(
         invocation
             .arg(inner.inbox_name())
             .arg(inner.interest_ttl_ms());
-        let (lost, last): (u64, String) = tokio::time::timeout(
-            inner.settings.publish_timeout,
-            invocation.invoke_async(conn),
-        )
-        .await
-        .map_err(|_| timed_out("interest renewal timed out"))??;
+        let (lost, last): (u64, String) = invocation.invoke_async(conn).await?;
         missing += lost;
         newest = last;
     }
@@ -162,18 +152,14 @@ async fn read_log(
 ) -> RedisResult<u64> {
     let mut read = 0_u64;
     loop {
-        let entries: Value = tokio::time::timeout(
-            inner.settings.publish_timeout,
-            redis::cmd("XRANGE")
-                .arg(log)
-                .arg(format!("({cursor}"))
-                .arg(until)
-                .arg("COUNT")
-                .arg(READ_COUNT)
-                .query_async(conn),
-        )
-        .await
-        .map_err(|_| timed_out("reading the log timed out"))??;
+        let entries: Value = redis::cmd("XRANGE")
+            .arg(log)
+            .arg(format!("({cursor}"))
+            .arg(until)
+            .arg("COUNT")
+            .arg(READ_COUNT)
+            .query_async(conn)
+            .await?;
         let Value::Array(entries) = entries else {
             break;
         };
@@ -192,10 +178,6 @@ async fn read_log(
         until.clone_into(cursor);
     }
     Ok(read)
-}
-
-fn timed_out(what: &'static str) -> redis::RedisError {
-    redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, what))
 }
 
 /// A stream entry id's two parts, to compare ids.

@@ -309,13 +309,10 @@ impl RedisBus {
         for (name, value) in fields {
             invocation.arg(*name).arg(*value);
         }
-        tokio::time::timeout(
-            inner.settings.publish_timeout,
-            invocation.invoke_async::<Value>(&mut conn),
-        )
-        .await
-        .map_err(|_| BusError::TimedOut)?
-        .map_err(|err| inner.failed(op, &err))?;
+        invocation
+            .invoke_async::<Value>(&mut conn)
+            .await
+            .map_err(|err| inner.failed(op, &err))?;
         Ok(())
     }
 

@@ -11,7 +11,11 @@ use tokio_util::sync::CancellationToken;
 
 use redis::Script;
 
-use super::{Inner, RedisBus, connection::RedisConn, since_start_ms, unix_ms};
+use super::{
+    Inner, RedisBus,
+    connection::{Patience, RedisConn},
+    since_start_ms, unix_ms,
+};
 use crate::cluster::BusError;
 
 /// Registry heartbeat period and entry lifetime.
@@ -155,7 +159,7 @@ async fn heartbeat_conn<'a>(
     if conn.is_none() {
         match inner
             .connector
-            .connect(inner.settings.publish_timeout)
+            .connect(Patience::new(inner.settings.publish_timeout, None))
             .await
         {
             Ok(opened) => *conn = Some(opened),

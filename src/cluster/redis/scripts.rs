@@ -227,26 +227,15 @@ impl Inner {
             .arg(self.bus_max_age_ms())
             .arg(inbox_prefix(keys.partition))
             .arg(self.interest_ttl_ms());
-        let result = tokio::time::timeout(
-            self.settings.publish_timeout,
-            invocation.invoke_async::<(String, u64)>(&mut conn),
-        )
-        .await;
+        let result = invocation.invoke_async::<(String, u64)>(&mut conn).await;
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
         match result {
-            Ok(Ok((epoch, seq))) => Ok(Offset {
+            Ok((epoch, seq)) => Ok(Offset {
                 epoch: parse_epoch(&epoch)
                     .ok_or(BusError::BadReply("redis returned a bad epoch"))?,
                 seq,
             }),
-            Ok(Err(err)) => Err(self.failed("publish", &err)),
-            Err(_elapsed) => {
-                let err = redis::RedisError::from(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "publish timed out",
-                ));
-                Err(self.failed("publish", &err))
-            }
+            Err(err) => Err(self.failed("publish", &err)),
         }
     }
 
@@ -298,11 +287,7 @@ impl Inner {
                 .arg(self.inbox_name())
                 .arg(self.interest_ttl_ms());
         }
-        let answer = tokio::time::timeout(
-            self.settings.publish_timeout,
-            invocation.invoke_async::<Value>(&mut conn),
-        )
-        .await;
+        let answer = invocation.invoke_async::<Value>(&mut conn).await;
         if subscribing {
             // Once the script ran (or may have, on an error): a renewal that ran meanwhile
             // would otherwise count the interest it had not written yet as lost. The hub
@@ -312,9 +297,7 @@ impl Inner {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .insert(channel.clone());
         }
-        let value = answer
-            .map_err(|_| BusError::TimedOut)?
-            .map_err(|err| self.failed("read", &err))?;
+        let value = answer.map_err(|err| self.failed("read", &err))?;
         let mut read = ChannelRead::parse(value, since, self.state_ttl_ms())
             .ok_or(BusError::BadReply("redis returned a bad reply"))?;
         // The stream is trimmed by age only when published to: drop what aged out since.
