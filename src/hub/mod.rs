@@ -128,6 +128,9 @@ pub struct Hub {
     overloaded: AtomicBool,
     /// How late the event loop ran, summed (kept by `overload::watch_lag`).
     lag_clock: Arc<LagClock>,
+    /// Channels dropped since start: whoever mirrors the channels held elsewhere (the Redis
+    /// bus's interest) looks for the dropped ones only when this moved.
+    channels_dropped: AtomicU64,
     /// The connections' queues and buffers, summed by the last [`Hub::sample_queues`].
     queues: QueueTotals,
     /// The node is draining (past `shutdown.drain_delay`): new upgrades are refused.
@@ -189,6 +192,7 @@ impl Hub {
             memory_pressure: AtomicBool::new(false),
             overloaded: AtomicBool::new(false),
             lag_clock: Arc::default(),
+            channels_dropped: AtomicU64::new(0),
             queues: QueueTotals::default(),
             draining: AtomicBool::new(false),
             pending: PendingUpgrades::new(
@@ -340,7 +344,16 @@ impl Hub {
                 }
             });
         }
+        self.channels_dropped
+            .fetch_add(dropped as u64, Ordering::AcqRel);
         dropped
+    }
+
+    /// How many channels this node has dropped since it started: a channel [`Hub::holds`]
+    /// said it held may be gone only if this moved since.
+    #[must_use]
+    pub fn channels_dropped(&self) -> u64 {
+        self.channels_dropped.load(Ordering::Acquire)
     }
 
     /// Whether this node holds the channel (subscribed, pinned by a subscribe, or keeping

@@ -401,6 +401,7 @@ impl Hub {
         channel.removed = true;
         drop(channel);
         channels.remove(name);
+        self.channels_dropped.fetch_add(1, Ordering::AcqRel);
     }
 
     /// The first page of a resume from `since` too large to replay at once: the oldest

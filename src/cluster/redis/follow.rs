@@ -239,6 +239,9 @@ async fn follow(
     let mut renew_at = tokio::time::Instant::now() + renew_every;
     let mut losses = inner.health.state_losses();
     let mut forget_at = tokio::time::Instant::now() + FORGET_EVERY;
+    // The hub's dropped-channel count at the last look for interest to remove: at rest
+    // (nothing dropped) there is nothing to look for, and no pass over every channel.
+    let mut looked_at_drops: Option<u64> = None;
     let mut trimmed = cursor.clone();
     loop {
         if inner.reads_inbox() {
@@ -250,7 +253,14 @@ async fn follow(
                 Some(renew_interest(inner, conn, partition, cursor, false).await)
             } else if now >= forget_at {
                 forget_at = now + FORGET_EVERY;
-                Some(forget_interest(inner, conn, partition, cursor).await)
+                // Read before the pass: a channel dropped during it moves the count again.
+                let drops = inner.hub.channels_dropped();
+                if looked_at_drops == Some(drops) {
+                    None
+                } else {
+                    looked_at_drops = Some(drops);
+                    Some(forget_interest(inner, conn, partition, cursor).await)
+                }
             } else {
                 None
             };

@@ -16,7 +16,8 @@ use crate::{protocol::ChannelName, telemetry};
 
 /// Channels one interest renewal script writes at most.
 const RENEW_CHUNK: usize = 500;
-/// How often a reader removes this node's interest in channels the hub no longer holds.
+/// How often a reader removes this node's interest in channels the hub no longer holds (when
+/// the hub dropped any since it last looked).
 pub(super) const FORGET_EVERY: Duration = Duration::from_secs(2);
 
 /// Writes this node's interest in every channel of `partition` it holds (and, on partition
