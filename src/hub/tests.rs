@@ -219,7 +219,11 @@ async fn sweep_drops_idle_channels_and_a_new_instance_gets_a_new_epoch() {
     tokio::time::advance(Duration::from_secs(3600)).await;
     assert_eq!(hub.channels_dropped(), 0);
     assert_eq!(hub.sweep(), 1, "expired history frees it");
-    assert_eq!(hub.channels_dropped(), 1, "what the bus's interest looks for");
+    assert_eq!(
+        hub.channels_dropped(),
+        1,
+        "what the bus's interest looks for"
+    );
     assert_eq!(hub.snapshot().history_bytes, 0);
     let new = hub.publish(&news, "2").unwrap();
     assert_ne!(old.epoch, new.epoch);
@@ -235,7 +239,11 @@ fn sweep_keeps_channels_with_subscribers() {
     assert_eq!(hub.sweep(), 0);
     assert_eq!(hub.channels_dropped(), 0, "nothing dropped yet");
     hub.deregister(conn.conn_id(), [&news]);
-    assert_eq!(hub.channels_dropped(), 1, "the last subscriber's leaving drops it");
+    assert_eq!(
+        hub.channels_dropped(),
+        1,
+        "the last subscriber's leaving drops it"
+    );
     assert_eq!(hub.connections(), 0);
     assert_eq!(
         hub.snapshot().channels,
