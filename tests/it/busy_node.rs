@@ -162,19 +162,20 @@ fn redis_clients(redis: &RedisServer) -> Vec<u64> {
 }
 
 /// A node whose event loop runs late does not take the replies it has not read yet for a
-/// Redis outage. The node's only worker is blocked 800 ms at a time, past its 300 ms
-/// `cluster.publish_timeout`, while a backend publishes through its control API (a thread of
-/// its own, on time): Redis answers each publish at once, but the task that reads the
-/// replies waits for the worker. Before, the publish timed out, was answered 503, and the
-/// node dropped its link to Redis as if Redis were gone (issue 27's million run: 1,140 such
-/// "outages", none of them Redis's, and 542,194 subscribes refused `unavailable`). Now the
-/// wait is extended by the event loop's lateness: every publish is acknowledged, the link
-/// stays, nothing is lost.
+/// Redis outage, nor its late readers for stuck ones. The node's only worker is blocked 6 s
+/// at a time, past its 2 s `cluster.publish_timeout` and the readers' 5 s stall limit, while
+/// a backend publishes through its control API (a thread of its own, on time): Redis
+/// answers each publish at once, but the task that reads the replies waits for the worker.
+/// Before, the publish timed out, was answered 503, the node dropped its link to Redis as if
+/// Redis were gone, and the watchdog restarted every reader (issue 27's million run: 1,140
+/// such "outages", none of them Redis's, and 542,194 subscribes refused `unavailable`). Now
+/// waits and silences are measured in the event loop's on-time running: every publish is
+/// acknowledged, no connection to Redis is replaced, nothing is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_event_loop_is_not_taken_for_a_redis_outage() {
     let redis = RedisServer::start(false);
     let node = StallableNode::start(builder().redis(&redis.url()).configure(|config| {
-        config.cluster.publish_timeout = Duration::from_millis(300);
+        config.cluster.publish_timeout = Duration::from_secs(2);
         config.cluster.partitions = 4;
     }))
     .await;
@@ -190,11 +191,11 @@ async fn a_late_event_loop_is_not_taken_for_a_redis_outage() {
     let links = redis_clients(&redis);
 
     let publisher = SteadyPublisher::start(&node.server, "feed");
-    // Within four times the timeout (the most a wait is extended), six times over.
+    // Within four times the timeout (the most a wait is extended), twice.
     let stalls = node.runtime.spawn(async {
-        for _ in 0..6 {
-            block_worker(Duration::from_millis(800));
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        for _ in 0..2 {
+            block_worker(Duration::from_secs(6));
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     });
     stalls.await.unwrap();
@@ -207,7 +208,7 @@ async fn a_late_event_loop_is_not_taken_for_a_redis_outage() {
     assert_eq!(
         redis_clients(&redis),
         links,
-        "the node kept its links to Redis"
+        "the node kept its links to Redis: no reconnect, no reader restarted"
     );
     expect_all_acknowledged(&mut subscriber, &acked).await;
     assert!(

@@ -16,6 +16,7 @@ use super::{
     connection::RedisConn,
     health::stalled_readers,
     interest::{FORGET_EVERY, forget_interest, renew_interest},
+    on_time_ms,
     scripts::{as_string, as_u64, parse_epoch},
     since_start_ms, unix_ms,
 };
@@ -303,7 +304,7 @@ async fn follow(
                 return Followed::Broken;
             }
         };
-        inner.health.reader_ok_ms[index].store(since_start_ms(inner), Ordering::Relaxed);
+        inner.health.reader_ok_ms[index].store(on_time_ms(inner), Ordering::Relaxed);
         if let Some(new_last) = deliver_batch(inner, value) {
             *cursor = new_last;
             save_cursor(inner, index, cursor);

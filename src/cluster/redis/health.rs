@@ -6,7 +6,7 @@ use std::sync::{
     atomic::{AtomicBool, AtomicU64, Ordering},
 };
 
-use super::{Inner, follow::READER_STALL, since_start_ms};
+use super::{Inner, follow::READER_STALL, on_time_ms, since_start_ms};
 use crate::telemetry;
 
 /// Health of the link to Redis and of each partition reader, for readiness and metrics.
@@ -23,7 +23,8 @@ pub(super) struct Health {
     /// Whether the command link ever connected; the node is not ready before.
     pub(super) ever_connected: AtomicBool,
     pub(super) last_error: Mutex<String>,
-    /// Milliseconds since `started` of each reader's last completed read.
+    /// Each reader's last completed read, in on-time milliseconds since `started` (see
+    /// `on_time_ms`).
     pub(super) reader_ok_ms: Vec<AtomicU64>,
     /// Entry id (ms part) each reader has reached, for the lag gauge.
     pub(super) reader_position_ms: Vec<AtomicU64>,
@@ -164,17 +165,23 @@ impl Health {
     }
 }
 
+/// Readers that have not completed a read for `READER_STALL` of the event loop's on-time
+/// running ([`on_time_ms`]: a reader waiting for a late event loop is late, not stuck), nor
+/// since Redis came back (readers failed during an outage; they get a stall period from
+/// Redis's return).
 pub(super) fn stalled_readers(inner: &Inner) -> Vec<usize> {
-    let now = since_start_ms(inner);
+    let (now, on_time) = (since_start_ms(inner), on_time_ms(inner));
     let stall = u64::try_from(READER_STALL.as_millis()).unwrap_or(u64::MAX);
-    // Readers failed during an outage; they get a stall period from Redis's return.
     let up_since = inner.health.up_since_ms.load(Ordering::Acquire);
+    if now.saturating_sub(up_since) <= stall {
+        return Vec::new();
+    }
     inner
         .health
         .reader_ok_ms
         .iter()
         .enumerate()
-        .filter(|(_, ok)| now.saturating_sub(ok.load(Ordering::Relaxed).max(up_since)) > stall)
+        .filter(|(_, ok)| on_time.saturating_sub(ok.load(Ordering::Relaxed)) > stall)
         .map(|(partition, _)| partition)
         .collect()
 }

@@ -538,3 +538,12 @@ fn unix_ms() -> u64 {
 fn since_start_ms(inner: &Inner) -> u64 {
     u64::try_from(inner.started.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
+
+/// Milliseconds since `started` that the node's event loop ran on time (the time it ran late
+/// left out, see [`LagClock`](crate::hub::LagClock)): what the silence of this node's own
+/// tasks is measured in, so that a node starved of CPU does not take its late tasks for
+/// stuck ones.
+fn on_time_ms(inner: &Inner) -> u64 {
+    let late = u64::try_from(inner.hub.lag_clock().late().as_millis()).unwrap_or(u64::MAX);
+    since_start_ms(inner).saturating_sub(late)
+}
