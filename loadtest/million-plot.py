@@ -112,6 +112,9 @@ def memory(results, target):
                          ("redis_cpu", "Redis"), ("publisher_cpu", "room publisher")):
         cpu.plot(times, [s[series] for s in samples], label=name, linewidth=0.9)
     cpu.set_ylabel("cores busy")
+    # The machine cannot be busier than its cores: a sample above that is the sampler's (a
+    # process replaced between two reads), not work done.
+    cpu.set_ylim(0, results["params"]["cpus"] * 1.05)
     cpu.set_xlabel("seconds since the run began")
     for axis in (used, nodes, cpu):
         mark_faults(axis, results, label=axis is cpu)
