@@ -211,10 +211,6 @@ async fn a_late_event_loop_is_not_taken_for_a_redis_outage() {
         "the node kept its links to Redis: no reconnect, no reader restarted"
     );
     expect_all_acknowledged(&mut subscriber, &acked).await;
-    assert!(
-        node.server.metric("ws_redis_late_waits_total").await >= 1.0,
-        "the extended waits are counted"
-    );
     drop(subscriber);
     node.stop().await;
 }
