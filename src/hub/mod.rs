@@ -111,7 +111,7 @@ pub type HubHandle = Arc<Hub>;
 #[derive(Debug)]
 pub struct Hub {
     shards: Box<[Shard]>,
-    conns: DashMap<ConnId, Arc<Outbound>>,
+    conns: DashMap<ConnId, Registered>,
     /// Authenticated connections by user, for disconnecting a user.
     users: DashMap<Arc<str>, SmallVec<[ConnId; 2]>>,
     /// Commands for sessions (`command_user`), until each takes its own.
@@ -141,6 +141,15 @@ pub struct Hub {
     /// The runtime sessions run on, captured when the hub is built: large fan-outs are
     /// written by its workers, whichever thread published (the control API has its own).
     workers: Option<Workers>,
+}
+
+/// A connection in the registry, and when the keepalive sweep next has anything to check
+/// on it (hub clock ms; 0: at its next tick), kept beside it in the map so that the sweep
+/// passes over quiet connections without touching them.
+#[derive(Debug)]
+struct Registered {
+    outbound: Arc<Outbound>,
+    check_at_ms: AtomicU64,
 }
 
 /// One slice of the channel space.
@@ -434,11 +443,12 @@ impl Hub {
     pub fn sample_queues(&self) {
         let (mut messages, mut max_messages, mut bytes, mut session_bytes) = (0, 0, 0, 0);
         for entry in &self.conns {
-            let queued = entry.value().queued_messages();
+            let outbound = &entry.value().outbound;
+            let queued = outbound.queued_messages();
             messages += queued;
             max_messages = max_messages.max(queued);
-            bytes += entry.value().queued_bytes();
-            session_bytes += entry.value().session_bytes();
+            bytes += outbound.queued_bytes();
+            session_bytes += outbound.session_bytes();
         }
         self.queues.messages.store(messages, Ordering::Relaxed);
         self.queues

@@ -3,13 +3,16 @@
 //! commands for a user's sessions, disconnects, and the keepalive pass.
 
 use std::{
-    sync::{Arc, atomic::Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
 use smallvec::SmallVec;
 
-use super::{ConnId, Hub, Keepalive, Outbound, PendingUpgrades, Wire, flush_all};
+use super::{ConnId, Hub, Keepalive, Outbound, PendingUpgrades, Registered, Wire, flush_all};
 use crate::{
     protocol::{self, ChannelName},
     telemetry,
@@ -102,7 +105,7 @@ impl Hub {
     pub fn connections_snapshot(&self) -> Vec<Arc<Outbound>> {
         self.conns
             .iter()
-            .map(|entry| Arc::clone(entry.value()))
+            .map(|entry| Arc::clone(&entry.value().outbound))
             .collect()
     }
 
@@ -118,8 +121,24 @@ impl Hub {
             self.settings.queue_bytes,
             self.clock_ms(),
         );
-        self.conns.insert(conn_id, Arc::clone(&outbound));
+        self.conns.insert(
+            conn_id,
+            Registered {
+                outbound: Arc::clone(&outbound),
+                check_at_ms: AtomicU64::new(0),
+            },
+        );
         outbound
+    }
+
+    /// Closes connection `outbound` with `code` at `at_ms` on the hub clock (see
+    /// [`Outbound::set_deadline`]), and has the keepalive sweep look at it on its next tick
+    /// (the deadline may come before what the sweep last noted).
+    pub fn set_deadline(&self, outbound: &Outbound, at_ms: u64, code: protocol::CloseCode) {
+        outbound.set_deadline(at_ms, code);
+        if let Some(entry) = self.conns.get(&outbound.conn_id()) {
+            entry.check_at_ms.store(0, Ordering::Relaxed);
+        }
     }
 
     /// Removes a connection and its subscriptions. O(number of its subscriptions).
@@ -171,7 +190,11 @@ impl Hub {
         };
         let mut told = 0;
         for conn_id in conns {
-            let Some(outbound) = self.conns.get(&conn_id).map(|entry| Arc::clone(&entry)) else {
+            let Some(outbound) = self
+                .conns
+                .get(&conn_id)
+                .map(|entry| Arc::clone(&entry.outbound))
+            else {
                 continue;
             };
             {
@@ -205,8 +228,8 @@ impl Hub {
     /// Asks one connection to close. Returns `false` when no such connection exists.
     pub fn disconnect(&self, conn_id: ConnId, code: protocol::CloseCode) -> bool {
         match self.conns.get(&conn_id) {
-            Some(outbound) => {
-                outbound.close(code);
+            Some(entry) => {
+                entry.outbound.close(code);
                 true
             }
             None => false,
@@ -223,17 +246,28 @@ impl Hub {
         let mut sweep = KeepaliveSweep::default();
         let mut to_flush = Vec::new();
         for entry in &self.conns {
-            match entry.value().keepalive(now_ms, heartbeat_ms, idle_ms) {
+            let registered = entry.value();
+            // Read from the map's own memory: the connection itself (a cache miss each, at a
+            // million of them every tick) is touched only when something may be due.
+            if now_ms < registered.check_at_ms.load(Ordering::Relaxed) {
+                continue;
+            }
+            let outbound = &registered.outbound;
+            match outbound.keepalive(now_ms, heartbeat_ms, idle_ms) {
                 Keepalive::Alive => {}
                 Keepalive::Pinged { flush } => {
                     sweep.pinged += 1;
                     if flush {
-                        to_flush.push(Arc::clone(entry.value()));
+                        to_flush.push(Arc::clone(outbound));
                     }
                 }
                 Keepalive::IdleClosed => sweep.idle_closed += 1,
                 Keepalive::DeadlineClosed => sweep.deadline_closed += 1,
             }
+            registered.check_at_ms.store(
+                outbound.next_keepalive_ms(now_ms, heartbeat_ms, idle_ms),
+                Ordering::Relaxed,
+            );
         }
         flush_all(to_flush, self.workers.as_ref());
         sweep
@@ -243,7 +277,7 @@ impl Hub {
     pub fn disconnect_all(&self, code: protocol::CloseCode) -> usize {
         let mut n = 0;
         for entry in &self.conns {
-            entry.value().close(code);
+            entry.value().outbound.close(code);
             n += 1;
         }
         n

@@ -686,6 +686,34 @@ async fn keepalive_pings_quiet_connections_and_closes_silent_ones() {
     assert!(!chatty.is_closing(), "heard from 37 s ago");
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_deadline_set_after_a_sweep_still_closes_on_time() {
+    let hub = hub_with(10, 64);
+    let heartbeat = Duration::from_secs(25);
+    let idle = Duration::from_secs(60);
+    let (conn, _rx) = registered(&hub);
+    // The sweep notes that nothing is due on this connection before its heartbeat...
+    assert_eq!(hub.keepalive(heartbeat, idle), KeepaliveSweep::default());
+    // ...then its session sets a deadline 3 s away (no auth in time, a token's expiry).
+    hub.set_deadline(
+        &conn,
+        hub.clock_ms() + 3_000,
+        crate::protocol::CloseCode::Unauthorized,
+    );
+    tokio::time::advance(Duration::from_secs(2)).await;
+    assert_eq!(hub.keepalive(heartbeat, idle).deadline_closed, 0);
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_eq!(
+        hub.keepalive(heartbeat, idle).deadline_closed,
+        1,
+        "closed at its deadline, not at the heartbeat the sweep had noted"
+    );
+    assert_eq!(
+        conn.close_code(),
+        Some(crate::protocol::CloseCode::Unauthorized)
+    );
+}
+
 /// Fan-out rounds (`fanout`): a large channel's deliveries run on the workers (their job
 /// queue, `lane::workers`), after the publish returned.
 #[allow(

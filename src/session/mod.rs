@@ -602,7 +602,8 @@ where
         if let Some(err) = refused {
             session.unauthorized(None, err);
         } else if session.user().is_none() && ctx.settings.auth_required {
-            outbound.set_deadline(
+            ctx.hub.set_deadline(
+                &outbound,
                 ctx.hub
                     .clock_ms()
                     .saturating_add(duration_ms(ctx.settings.auth_timeout)),

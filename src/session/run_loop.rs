@@ -226,7 +226,9 @@ impl Session {
             .clock_ms()
             .saturating_add(u64::try_from(remaining.as_millis()).unwrap_or(u64::MAX))
             .max(1);
-        self.outbound.set_deadline(at_ms, CloseCode::TokenExpired);
+        self.ctx
+            .hub
+            .set_deadline(&self.outbound, at_ms, CloseCode::TokenExpired);
         match &mut self.account {
             // A refresh: the same user.
             Some(account) => account.identity = identity,

@@ -289,6 +289,28 @@ impl Outbound {
         Keepalive::Pinged { flush }
     }
 
+    /// When a keepalive check after one at `now_ms` may next find something to do: a ping,
+    /// an idle close or the deadline, whichever comes first. Earlier is never wrong (the
+    /// check finds nothing); a client heard from meanwhile only moves them later, and a new
+    /// deadline is noted by the hub (`Hub::set_deadline`).
+    #[must_use]
+    pub fn next_keepalive_ms(&self, now_ms: u64, heartbeat_ms: u64, idle_ms: u64) -> u64 {
+        if self.is_closing() {
+            return now_ms.saturating_add(heartbeat_ms);
+        }
+        let last_seen = self.last_seen_ms.load(Ordering::Relaxed);
+        let last_ping = self.last_ping_ms.load(Ordering::Relaxed);
+        let ping = last_seen.max(last_ping).saturating_add(heartbeat_ms);
+        let idle = last_seen.saturating_add(idle_ms);
+        let deadline = self.deadline.load(Ordering::Relaxed) & DEADLINE_MS;
+        let next = ping.min(idle);
+        if deadline == 0 {
+            next
+        } else {
+            next.min(deadline)
+        }
+    }
+
     fn close_slow_consumer(&self) {
         if self.close(CloseCode::SlowConsumer) {
             telemetry::metrics().slow_consumer_closes.increment(1);
@@ -376,8 +398,9 @@ impl Outbound {
 
     /// Closes the connection with `code` at `at_ms` on the hub clock (checked by the keepalive
     /// sweep, so up to one of its ticks late), unless set again; `at_ms` 0 clears it.
-    /// Times past the hub clock's 48 bits (8,900 years) are kept at its end.
-    pub fn set_deadline(&self, at_ms: u64, code: CloseCode) {
+    /// Times past the hub clock's 48 bits (8,900 years) are kept at its end. Through
+    /// `Hub::set_deadline`, which tells the sweep.
+    pub(in crate::hub) fn set_deadline(&self, at_ms: u64, code: CloseCode) {
         let word = (u64::from(code.code()) << 48) | at_ms.min(DEADLINE_MS);
         self.deadline.store(word, Ordering::Relaxed);
     }
