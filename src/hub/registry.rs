@@ -131,9 +131,10 @@ impl Hub {
         outbound
     }
 
-    /// Closes connection `outbound` with `code` at `at_ms` on the hub clock (see
-    /// [`Outbound::set_deadline`]), and has the keepalive sweep look at it on its next tick
-    /// (the deadline may come before what the sweep last noted).
+    /// Closes connection `outbound` with `code` at `at_ms` on the hub clock (checked by the
+    /// keepalive sweep, so up to one of its ticks late), unless set again; `at_ms` 0 clears
+    /// it. Has the sweep look at the connection on its next tick: the deadline may come
+    /// before what the sweep last noted.
     pub fn set_deadline(&self, outbound: &Outbound, at_ms: u64, code: protocol::CloseCode) {
         outbound.set_deadline(at_ms, code);
         if let Some(entry) = self.conns.get(&outbound.conn_id()) {

@@ -81,8 +81,9 @@ pub enum Keepalive {
     Pinged { flush: bool },
     /// The client was silent for the idle timeout; the connection is closing with 4002.
     IdleClosed,
-    /// The connection's deadline passed (see [`Outbound::set_deadline`]); it is closing with
-    /// the code set with it.
+    /// The connection's deadline passed (see
+    /// [`Hub::set_deadline`](crate::hub::Hub::set_deadline)); it is closing with the code set
+    /// with it.
     DeadlineClosed,
 }
 
