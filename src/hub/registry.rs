@@ -138,7 +138,7 @@ impl Hub {
     pub fn set_deadline(&self, outbound: &Outbound, at_ms: u64, code: protocol::CloseCode) {
         outbound.set_deadline(at_ms, code);
         if let Some(entry) = self.conns.get(&outbound.conn_id()) {
-            entry.check_at_ms.store(0, Ordering::Relaxed);
+            entry.check_at_ms.store(0, Ordering::SeqCst);
         }
     }
 
@@ -250,7 +250,7 @@ impl Hub {
             let registered = entry.value();
             // Read from the map's own memory: the connection itself (a cache miss each, at a
             // million of them every tick) is touched only when something may be due.
-            if now_ms < registered.check_at_ms.load(Ordering::Relaxed) {
+            if now_ms < registered.check_at_ms.load(Ordering::SeqCst) {
                 continue;
             }
             let outbound = &registered.outbound;
@@ -267,8 +267,15 @@ impl Hub {
             }
             registered.check_at_ms.store(
                 outbound.next_keepalive_ms(now_ms, heartbeat_ms, idle_ms),
-                Ordering::Relaxed,
+                Ordering::SeqCst,
             );
+            // The deadline read after the store: one a session sets meanwhile is either seen
+            // here or followed by its own reset of the check (`Hub::set_deadline`), never lost
+            // under the store above.
+            let deadline = outbound.deadline_ms();
+            if deadline != 0 {
+                registered.check_at_ms.fetch_min(deadline, Ordering::SeqCst);
+            }
         }
         flush_all(to_flush, self.workers.as_ref());
         sweep

@@ -290,10 +290,9 @@ impl Outbound {
         Keepalive::Pinged { flush }
     }
 
-    /// When a keepalive check after one at `now_ms` may next find something to do: a ping,
-    /// an idle close or the deadline, whichever comes first. Earlier is never wrong (the
-    /// check finds nothing); a client heard from meanwhile only moves them later, and a new
-    /// deadline is noted by the hub (`Hub::set_deadline`).
+    /// When a keepalive check after one at `now_ms` may next find a ping or an idle close to
+    /// do (the deadline is the hub's to add, see `Hub::keepalive`). Earlier is never wrong
+    /// (the check finds nothing); a client heard from meanwhile only moves them later.
     #[must_use]
     pub fn next_keepalive_ms(&self, now_ms: u64, heartbeat_ms: u64, idle_ms: u64) -> u64 {
         if self.is_closing() {
@@ -302,14 +301,13 @@ impl Outbound {
         let last_seen = self.last_seen_ms.load(Ordering::Relaxed);
         let last_ping = self.last_ping_ms.load(Ordering::Relaxed);
         let ping = last_seen.max(last_ping).saturating_add(heartbeat_ms);
-        let idle = last_seen.saturating_add(idle_ms);
-        let deadline = self.deadline.load(Ordering::Relaxed) & DEADLINE_MS;
-        let next = ping.min(idle);
-        if deadline == 0 {
-            next
-        } else {
-            next.min(deadline)
-        }
+        ping.min(last_seen.saturating_add(idle_ms))
+    }
+
+    /// The deadline's time on the hub clock, 0 when none is set.
+    #[must_use]
+    pub fn deadline_ms(&self) -> u64 {
+        self.deadline.load(Ordering::SeqCst) & DEADLINE_MS
     }
 
     fn close_slow_consumer(&self) {
@@ -403,7 +401,7 @@ impl Outbound {
     /// `Hub::set_deadline`, which tells the sweep.
     pub(in crate::hub) fn set_deadline(&self, at_ms: u64, code: CloseCode) {
         let word = (u64::from(code.code()) << 48) | at_ms.min(DEADLINE_MS);
-        self.deadline.store(word, Ordering::Relaxed);
+        self.deadline.store(word, Ordering::SeqCst);
     }
 
     /// For the session: how many bytes it holds for this connection outside the queue.
