@@ -51,6 +51,7 @@ fn hub_fanout(c: &mut Criterion) {
             history_ttl: Duration::from_secs(60),
             history_max_bytes: 0,
             remote: false,
+            streams: switchboard::config::StreamsConfig::default(),
         });
         let channel = ChannelName::parse("bench", 64).unwrap();
         // Connections without a socket: a publish claims each idle lane and "flushes" it,

@@ -31,6 +31,7 @@ fn lookup(c: &mut Criterion) {
             history_ttl: Duration::from_secs(3600),
             history_max_bytes: 1 << 30,
             remote: false,
+            streams: switchboard::config::StreamsConfig::default(),
         });
         let channel = ChannelName::parse("bench", 64).unwrap();
         let data = format!("\"{}\"", "x".repeat(200));

@@ -54,6 +54,9 @@ pub const AUTH: &str = "ws_auth_total";
 /// `kid` within `auth.jwks_min_interval` of the last fetch).
 pub const JWKS_REFRESHES: &str = "ws_jwks_refresh_total";
 pub const FORBIDDEN: &str = "ws_forbidden_total";
+pub const STREAM_OPERATIONS: &str = "ws_stream_operations_total";
+pub const PUBLISHES_DEDUPLICATED: &str = "ws_publishes_deduplicated_total";
+pub const STREAM_OPERATIONS_REFUSED: &str = "ws_stream_operations_refused_total";
 pub const PRESENCE_EVENTS: &str = "ws_presence_events_total";
 pub const PRESENCE_EVENTS_DROPPED: &str = "ws_presence_events_dropped_total";
 /// Server-side subscribe/unsubscribe commands dropped: the connection held 64 already.
@@ -121,6 +124,8 @@ pub struct Metrics {
     pub http_publish_duration: Histogram,
     /// Publishes refused because the channel's outbox was full.
     pub publishes_refused_fanout_behind: Counter,
+    /// Publishes whose `message_id` the channel already had (nothing published).
+    pub publishes_deduplicated: Counter,
     pub resumes_recovered: Counter,
     pub resumes_not_recovered: Counter,
     /// Pages of a resume's replay sent ahead of its subscribe (too large for one reply).
@@ -142,6 +147,7 @@ impl Metrics {
             publish_to_enqueue: metrics::histogram!(PUBLISH_TO_ENQUEUE),
             http_publish_duration: metrics::histogram!(HTTP_PUBLISH_DURATION),
             publishes_refused_fanout_behind: metrics::counter!(PUBLISHES_REFUSED, "reason" => "fanout_behind"),
+            publishes_deduplicated: metrics::counter!(PUBLISHES_DEDUPLICATED),
             resumes_recovered: metrics::counter!(RESUMES, "recovered" => "true"),
             resumes_not_recovered: metrics::counter!(RESUMES, "recovered" => "false"),
             replay_pages: metrics::counter!(REPLAY_PAGES),
@@ -450,6 +456,17 @@ pub fn forbidden(action: &'static str) {
     metrics::counter!(FORBIDDEN, "action" => action).increment(1);
 }
 
+/// Counts an operation on a message with an id (`publish`, `append`, `finish`, `update`,
+/// `delete`, `abandon`).
+pub fn stream_op(op: &'static str) {
+    metrics::counter!(STREAM_OPERATIONS, "op" => op).increment(1);
+}
+
+/// Counts an operation on a message refused, by error code.
+pub fn stream_op_refused(code: crate::protocol::ErrorCode) {
+    metrics::counter!(STREAM_OPERATIONS_REFUSED, "code" => code.as_str()).increment(1);
+}
+
 /// Counts a `join` or `leave` frame sent through the bus (one per coalesced frame).
 pub fn presence_event_sent() {
     metrics::counter!(PRESENCE_EVENTS).increment(1);
@@ -633,6 +650,18 @@ fn describe() {
     describe_counter!(
         PANICS,
         "Panics (bugs): a session's task that panicked is cleaned up and closed"
+    );
+    describe_counter!(
+        STREAM_OPERATIONS,
+        "Operations on messages with ids, by op (publish, append, finish, update, delete, abandon)"
+    );
+    describe_counter!(
+        PUBLISHES_DEDUPLICATED,
+        "Publishes whose message_id the channel already had: answered the first offset, nothing published"
+    );
+    describe_counter!(
+        STREAM_OPERATIONS_REFUSED,
+        "Operations on messages refused, by error code (not_found, conflict, forbidden, limit_exceeded, ...)"
     );
     describe_counter!(
         FORBIDDEN,

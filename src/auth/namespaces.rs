@@ -15,7 +15,7 @@
 //! and `user:a:b` with `user:{sub}:*` before `user:{sub}`) is the caller's
 //! (`Namespaces::governing`).
 
-use crate::config::{NamespaceConfig, Rule};
+use crate::config::{EditRule, NamespaceConfig, Rule};
 
 use super::Identity;
 
@@ -140,6 +140,7 @@ struct Namespace {
     history: Rule,
     presence: Rule,
     join_leave: bool,
+    edit: EditRule,
 }
 
 /// What a channel's namespace asks of its subscribers' membership.
@@ -169,6 +170,7 @@ impl Namespaces {
                     history: namespace.history,
                     presence: namespace.presence,
                     join_leave: namespace.join_leave,
+                    edit: namespace.edit,
                 })
                 .collect(),
         )
@@ -237,6 +239,14 @@ impl Namespaces {
 }
 
 impl Namespaces {
+    /// Which messages of `channel` `identity` (or an anonymous client) may change, where
+    /// its namespace lets it publish: the namespace's `edit` (`none` with no namespace).
+    #[must_use]
+    pub fn edit_rule(&self, channel: &str, identity: Option<&Identity>) -> EditRule {
+        self.governing(channel, identity)
+            .map_or(EditRule::None, |(namespace, _)| namespace.edit)
+    }
+
     /// Whether `channel`'s subscribers are tracked as members, and how: `None` when its
     /// namespace has neither `presence` nor `join_leave` (or no namespace matches).
     #[must_use]
@@ -269,6 +279,7 @@ mod tests {
             history,
             presence: Rule::None,
             join_leave: false,
+            edit: crate::config::EditRule::Own,
         }
     }
 

@@ -14,8 +14,11 @@ pub use self::redis::{NodeInfo, RedisBus, RedisPresence, RedisSettings};
 use std::{future::Future, pin::Pin, sync::Arc};
 
 use crate::{
-    hub::{ConnId, HistoryPage, HubHandle, RemoteView, SessionCommand, WriteBatch},
-    protocol::{ChannelName, Offset},
+    hub::{
+        Applied, ConnId, Editor, HistoryPage, HubHandle, Op, OpError, RemoteView, SessionCommand,
+        WriteBatch,
+    },
+    protocol::{ChannelName, ErrorCode, Offset},
 };
 
 /// A boxed future, as returned by [`Bus`] methods.
@@ -47,6 +50,37 @@ pub enum BusError {
     Unsupported(&'static str),
 }
 
+/// Why an operation on a message ([`Bus::apply`]) did not happen. Nothing was changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    /// The bus could not take it: retry later.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    /// The operation was refused: see the [`OpError`].
+    #[error(transparent)]
+    Refused(#[from] OpError),
+}
+
+impl ApplyError {
+    /// The error code clients and the HTTP API see.
+    #[must_use]
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ApplyError::Bus(_) => ErrorCode::Unavailable,
+            ApplyError::Refused(err) => err.code(),
+        }
+    }
+
+    /// The HTTP status of the control API's answer.
+    #[must_use]
+    pub fn status(&self) -> u16 {
+        match self {
+            ApplyError::Bus(_) => 503,
+            ApplyError::Refused(err) => err.status(),
+        }
+    }
+}
+
 /// Orders and distributes published messages.
 pub trait Bus: Send + Sync + std::fmt::Debug + 'static {
     /// Publishes `data` (valid JSON) to `channel` and resolves to its offset once the message
@@ -67,6 +101,23 @@ pub trait Bus: Send + Sync + std::fmt::Debug + 'static {
         data: &'a str,
         writes: &'a mut WriteBatch,
     ) -> BusFuture<'a, Result<Offset, BusError>>;
+
+    /// Applies an operation on a message (a publish with an id or a stream, an append, a
+    /// finish, an edit, a delete; see `docs/streams.md`) and resolves to its offset, as
+    /// [`Bus::publish`] does for a plain publish (which it also takes).
+    ///
+    /// # Errors
+    /// An [`ApplyError`] when nothing was done.
+    ///
+    /// # Cancel safety
+    /// Dropping the future may or may not have applied the operation.
+    fn apply<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        op: Op<'a>,
+        editor: &'a Editor,
+        writes: &'a mut WriteBatch,
+    ) -> BusFuture<'a, Result<Applied, ApplyError>>;
 
     /// Reads a channel's position and the messages after `since` (at most `limit`) from the
     /// bus, for a subscribe the hub cannot answer alone.
@@ -177,6 +228,20 @@ impl Bus for LocalBus {
             .publish_batched(channel, data, writes)
             .map_err(|_| BusError::Behind);
         Box::pin(std::future::ready(published))
+    }
+
+    fn apply<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        op: Op<'a>,
+        editor: &'a Editor,
+        writes: &'a mut WriteBatch,
+    ) -> BusFuture<'a, Result<Applied, ApplyError>> {
+        let applied = self
+            .hub
+            .apply(channel, &op, editor, writes)
+            .map_err(ApplyError::Refused);
+        Box::pin(std::future::ready(applied))
     }
 
     fn read_channel<'a>(

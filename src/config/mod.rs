@@ -10,6 +10,10 @@ use std::{net::SocketAddr, path::Path, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
+mod streams;
+
+pub use self::streams::StreamsConfig;
+
 /// Prefix of the environment variables that override file settings.
 pub const ENV_PREFIX: &str = "SWITCHBOARD_";
 
@@ -43,6 +47,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub session: SessionConfig,
     pub history: HistoryConfig,
+    pub streams: StreamsConfig,
     pub shutdown: ShutdownConfig,
     pub cluster: ClusterConfig,
     pub demo: DemoConfig,
@@ -98,6 +103,24 @@ pub struct NamespaceConfig {
     /// burst, see `[presence]`). Default false.
     #[serde(default)]
     pub join_leave: bool,
+    /// Which messages a client may change (`append`, `finish`, `update`, `delete`) where
+    /// `publish` lets it: `own` (those its user created; an anonymous client, those its
+    /// connection created), `any`, or `none`. Backends may change any. Default `own`.
+    #[serde(default)]
+    pub edit: EditRule,
+}
+
+/// Which messages a client may change: a namespace's `edit`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EditRule {
+    /// Those it created (its user's; an anonymous connection's own).
+    #[default]
+    Own,
+    /// Any message of the channel.
+    Any,
+    /// None.
+    None,
 }
 
 const fn no_one() -> Rule {
@@ -112,6 +135,7 @@ fn default_namespaces() -> Vec<NamespaceConfig> {
         history: Rule::Anonymous,
         presence: Rule::None,
         join_leave: false,
+        edit: EditRule::Own,
     }]
 }
 
@@ -521,6 +545,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             session: SessionConfig::default(),
             history: HistoryConfig::default(),
+            streams: StreamsConfig::default(),
             shutdown: ShutdownConfig::default(),
             cluster: ClusterConfig::default(),
             demo: DemoConfig::default(),
@@ -812,6 +837,7 @@ impl Config {
         self.log.validate()?;
         self.limits.validate()?;
         self.history.validate(&self.limits)?;
+        self.streams.validate(&self.limits)?;
         self.cluster.validate(&self.history)?;
         self.shutdown.validate()?;
         self.auth.validate()?;

@@ -7,6 +7,7 @@
 
 mod auth;
 mod routes;
+mod streams;
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -59,6 +60,9 @@ pub struct ControlSettings {
     pub body_timeout: Duration,
     pub max_channel_name_bytes: usize,
     pub max_publish_payload_bytes: usize,
+    /// A streaming ingest that receives nothing for this long abandons its stream
+    /// (`streams.idle_timeout`).
+    pub stream_idle_timeout: Duration,
     /// `/v1` requests per API key (`control.requests_per_second_per_key`), if limited. The
     /// key is the index of the matched API key; loopback callers without keys share one.
     pub key_limiter: Option<KeyedLimiter<usize>>,
@@ -75,6 +79,7 @@ impl ControlSettings {
             body_timeout: control.body_timeout,
             max_channel_name_bytes: config.limits.max_channel_name_bytes,
             max_publish_payload_bytes: config.limits.max_publish_payload_bytes,
+            stream_idle_timeout: config.streams.idle_timeout,
             key_limiter: Quota::new(
                 control.requests_per_second_per_key,
                 control.request_burst_per_key,

@@ -7,16 +7,16 @@ use hyper::{Method, Request, Response, body::Incoming, header};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{Body, ControlContext, is_loopback, response};
+use super::{Body, ControlContext, is_loopback, response, streams};
 use crate::{
     cluster::BusError,
-    hub::{SessionCommand, WriteBatch},
+    hub::{Applied, Editor, Op, SessionCommand, WriteBatch},
     presence::PresenceError,
     protocol::{ChannelName, CloseCode, ErrorCode, Offset},
     telemetry::{self, RateScope},
 };
 
-const JSON: &str = "application/json";
+pub(super) const JSON: &str = "application/json";
 /// Channels one broadcast may name.
 const MAX_BROADCAST_CHANNELS: usize = 1000;
 /// Commands one `POST /v1/batch` may hold.
@@ -26,7 +26,7 @@ const MAX_HISTORY_LIMIT: usize = 1000;
 
 /// An HTTP error: status, code and message, rendered as `{"error":{..}}`.
 #[derive(Debug)]
-struct ApiError {
+pub(super) struct ApiError {
     status: u16,
     code: ErrorCode,
     message: String,
@@ -37,7 +37,7 @@ struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: u16, code: ErrorCode, message: impl Into<String>) -> Self {
+    pub(super) fn new(status: u16, code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -45,6 +45,11 @@ impl ApiError {
             retry_after_secs: None,
             close: false,
         }
+    }
+
+    /// The `Retry-After` of a 429, in seconds.
+    pub(super) fn retry_after_secs(&self) -> Option<u64> {
+        self.retry_after_secs
     }
 
     fn rate_limited(retry_after: Duration) -> Self {
@@ -118,7 +123,7 @@ impl From<PresenceError> for ApiError {
     }
 }
 
-type Handled = Result<Response<Body>, ApiError>;
+pub(super) type Handled = Result<Response<Body>, ApiError>;
 
 /// Routes one request. Never fails: every error becomes a JSON error response.
 pub(super) async fn handle(
@@ -213,8 +218,13 @@ async fn route(
 
 /// The fixed `/v1` paths `route_v1` serves (channel routes are `channel_route`'s): a path
 /// added there goes here too, or its requests are not charged to the key's rate.
-const V1_PATHS: [&str; 11] = [
+const V1_PATHS: [&str; 16] = [
     "/v1/publish",
+    "/v1/append",
+    "/v1/finish",
+    "/v1/update",
+    "/v1/delete",
+    "/v1/streams",
     "/v1/batch",
     "/v1/broadcast",
     "/v1/disconnect",
@@ -247,6 +257,26 @@ async fn route_v1(
             .await,
         ),
         "/v1/batch" => ("batch", method_not_allowed("POST")),
+        "/v1/append" | "/v1/finish" | "/v1/update" | "/v1/delete" => {
+            let route = match path {
+                "/v1/append" => "append",
+                "/v1/finish" => "finish",
+                "/v1/update" => "update",
+                _ => "delete",
+            };
+            if method != Method::POST {
+                return (route, method_not_allowed("POST"));
+            }
+            (
+                route,
+                publishing(ctx, async |writes| {
+                    change(request, ctx, writes, route).await
+                })
+                .await,
+            )
+        }
+        "/v1/streams" if method == Method::POST => ("streams", streams::ingest(request, ctx).await),
+        "/v1/streams" => ("streams", method_not_allowed("POST")),
         "/v1/broadcast" if method == Method::POST => (
             "broadcast",
             publishing(ctx, async |writes| broadcast(request, ctx, writes).await).await,
@@ -453,7 +483,7 @@ fn node_stats(ctx: &ControlContext) -> Response<Body> {
 }
 
 /// Reads a JSON body: checks the content type and the size limit, then parses it.
-async fn json_body<T: for<'de> Deserialize<'de>>(
+pub(super) async fn json_body<T: for<'de> Deserialize<'de>>(
     request: Request<Incoming>,
     ctx: &ControlContext,
 ) -> Result<T, ApiError> {
@@ -521,7 +551,7 @@ async fn json_body<T: for<'de> Deserialize<'de>>(
     })
 }
 
-fn channel_name(name: &str, ctx: &ControlContext) -> Result<ChannelName, ApiError> {
+pub(super) fn channel_name(name: &str, ctx: &ControlContext) -> Result<ChannelName, ApiError> {
     ChannelName::parse(name, ctx.settings.max_channel_name_bytes).map_err(|err| {
         ApiError::new(
             422,
@@ -531,7 +561,7 @@ fn channel_name(name: &str, ctx: &ControlContext) -> Result<ChannelName, ApiErro
     })
 }
 
-fn check_payload(data: &RawValue, ctx: &ControlContext) -> Result<(), ApiError> {
+pub(super) fn check_payload(data: &RawValue, ctx: &ControlContext) -> Result<(), ApiError> {
     if data.get().len() > ctx.settings.max_publish_payload_bytes {
         return Err(ApiError::new(
             413,
@@ -550,11 +580,26 @@ fn check_payload(data: &RawValue, ctx: &ControlContext) -> Result<(), ApiError> 
 struct PublishRequest {
     channel: String,
     data: Box<RawValue>,
+    /// Deduplicates the publish, and names the message for later changes.
+    #[serde(default)]
+    message_id: Option<String>,
+    /// Opens a stream (needs `message_id`).
+    #[serde(default)]
+    stream: bool,
 }
 
 /// The routes that publish (through [`publishing`]): their answer is 503 while the bus is
 /// unavailable.
-pub(super) const PUBLISHING_ROUTES: [&str; 3] = ["publish", "batch", "broadcast"];
+pub(super) const PUBLISHING_ROUTES: [&str; 8] = [
+    "publish",
+    "batch",
+    "broadcast",
+    "append",
+    "finish",
+    "update",
+    "delete",
+    "streams",
+];
 
 /// Runs a route that publishes with one [`WriteBatch`] for all it publishes, written after
 /// the answer: the answer leaves first, then a small channel's deliveries (a large channel's
@@ -575,8 +620,8 @@ async fn publish(
     writes: &mut WriteBatch,
 ) -> Handled {
     let body: PublishRequest = json_body(request, ctx).await?;
-    let offset = publish_one(&body, ctx, writes).await?;
-    Ok(response(200, JSON, format!(r#"{{"offset":"{offset}"}}"#)))
+    let applied = publish_one(&body, ctx, writes).await?;
+    Ok(streams::answer(applied))
 }
 
 /// Checks one publish and hands it to the bus: its offset.
@@ -584,17 +629,34 @@ async fn publish_one(
     body: &PublishRequest,
     ctx: &ControlContext,
     writes: &mut WriteBatch,
-) -> Result<Offset, ApiError> {
+) -> Result<Applied, ApiError> {
     let channel = channel_name(&body.channel, ctx)?;
     check_payload(&body.data, ctx)?;
+    if let Some(id) = &body.message_id {
+        streams::message_id(id)?;
+    } else if body.stream {
+        return Err(ApiError::new(
+            422,
+            ErrorCode::BadRequest,
+            "a stream needs a `message_id`",
+        ));
+    }
     charge_channel(&channel, body.data.get().len(), ctx)?;
-    Ok(ctx.bus.publish(&channel, body.data.get(), writes).await?)
+    let op = Op::Publish {
+        data: body.data.get(),
+        message_id: body.message_id.as_deref(),
+        stream: body.stream,
+    };
+    Ok(ctx
+        .bus
+        .apply(&channel, op, &Editor::Backend, writes)
+        .await?)
 }
 
 /// Takes `bytes` from the channel's publish budget for the control API
 /// (`limits.channel_publish_bytes_per_second`; clients have their own): 429 with
 /// `Retry-After` when it refuses.
-fn charge_channel(
+pub(super) fn charge_channel(
     channel: &ChannelName,
     bytes: usize,
     ctx: &ControlContext,
@@ -689,12 +751,17 @@ async fn broadcast_one(
     Ok(offsets)
 }
 
-/// One command of `POST /v1/batch`: `{"publish": {..}}` or `{"broadcast": {..}}`.
+/// One command of `POST /v1/batch`: `{"publish": {..}}`, `{"broadcast": {..}}`, or a change
+/// to a message (`append`, `finish`, `update`, `delete`).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "lowercase")]
 enum BatchCommand {
     Publish(PublishRequest),
     Broadcast(BroadcastRequest),
+    Append(streams::AppendRequest),
+    Finish(streams::FinishRequest),
+    Update(streams::UpdateRequest),
+    Delete(streams::DeleteRequest),
 }
 
 #[derive(Deserialize)]
@@ -743,21 +810,34 @@ async fn batch(
     }
     let error = |err: ApiError| serde_json::json!({ "error": { "code": err.code.as_str(), "message": err.message } });
     let mut replies = Vec::with_capacity(n);
-    for command in &body.commands {
+    for command in body.commands {
         replies.push(match command {
-            BatchCommand::Publish(publish) => match publish_one(publish, ctx, writes).await {
-                Ok(offset) => serde_json::json!({ "offset": offset.to_string() }),
+            BatchCommand::Publish(publish) => match publish_one(&publish, ctx, writes).await {
+                Ok(applied) => streams::applied_json(applied),
                 Err(err) => error(err),
             },
-            BatchCommand::Broadcast(broadcast) => match broadcast_one(broadcast, ctx, writes).await
-            {
-                Ok(offsets) => serde_json::json!({ "offsets": offsets }),
-                Err((err, offsets)) => {
-                    let mut reply = error(err);
-                    reply["offsets"] = serde_json::json!(offsets);
-                    reply
+            BatchCommand::Append(body) => {
+                change_reply(streams::Change::Append(body), ctx, writes).await
+            }
+            BatchCommand::Finish(body) => {
+                change_reply(streams::Change::Finish(body), ctx, writes).await
+            }
+            BatchCommand::Update(body) => {
+                change_reply(streams::Change::Update(body), ctx, writes).await
+            }
+            BatchCommand::Delete(body) => {
+                change_reply(streams::Change::Delete(body), ctx, writes).await
+            }
+            BatchCommand::Broadcast(broadcast) => {
+                match broadcast_one(&broadcast, ctx, writes).await {
+                    Ok(offsets) => serde_json::json!({ "offsets": offsets }),
+                    Err((err, offsets)) => {
+                        let mut reply = error(err);
+                        reply["offsets"] = serde_json::json!(offsets);
+                        reply
+                    }
                 }
-            },
+            }
         });
     }
     Ok(response(
@@ -765,6 +845,37 @@ async fn batch(
         JSON,
         serde_json::json!({ "replies": replies }).to_string(),
     ))
+}
+
+/// A batch's reply to a change: `{"offset"}` or `{"error"}`.
+async fn change_reply(
+    change: streams::Change,
+    ctx: &ControlContext,
+    writes: &mut WriteBatch,
+) -> serde_json::Value {
+    match streams::change_one(&change, ctx, writes).await {
+        Ok(applied) => streams::applied_json(applied),
+        Err(err) => {
+            serde_json::json!({ "error": { "code": err.code.as_str(), "message": err.message } })
+        }
+    }
+}
+
+/// `POST /v1/append`, `/v1/finish`, `/v1/update`, `/v1/delete`: one change to a message.
+async fn change(
+    request: Request<Incoming>,
+    ctx: &ControlContext,
+    writes: &mut WriteBatch,
+    route: &'static str,
+) -> Handled {
+    let change = match route {
+        "append" => streams::Change::Append(json_body(request, ctx).await?),
+        "finish" => streams::Change::Finish(json_body(request, ctx).await?),
+        "update" => streams::Change::Update(json_body(request, ctx).await?),
+        _ => streams::Change::Delete(json_body(request, ctx).await?),
+    };
+    let applied = streams::change_one(&change, ctx, writes).await?;
+    Ok(streams::answer(applied))
 }
 
 #[derive(Deserialize)]
@@ -961,7 +1072,10 @@ fn route_label(route: &str) -> &'static str {
 }
 
 /// A query's `key=value` pairs, decoded; `allowed` names the keys the route takes.
-fn query_pairs(query: &str, allowed: &[&str]) -> Result<Vec<(String, String)>, ApiError> {
+pub(super) fn query_pairs(
+    query: &str,
+    allowed: &[&str],
+) -> Result<Vec<(String, String)>, ApiError> {
     let mut pairs = Vec::new();
     for pair in query.split('&').filter(|pair| !pair.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -1115,7 +1229,7 @@ async fn history(raw_channel: &str, query: &str, ctx: &ControlContext) -> Handle
         if index > 0 {
             body.push(',');
         }
-        let _ = write!(body, r#"{{"offset":"{offset}","data":{}}}"#, data.as_str());
+        data.write_entry(&mut body, *offset);
     }
     body.push_str("]}");
     Ok(response(200, JSON, body))

@@ -8,7 +8,7 @@
 //! position rounds respect, with no gap and no duplicate.
 
 use std::{
-    collections::VecDeque,
+    collections::{HashMap, VecDeque},
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -21,8 +21,9 @@ use tokio::time::Instant;
 use super::{
     FramedText,
     fanout::{Queued, Slot},
+    stream::Message,
 };
-use crate::protocol::Offset;
+use crate::protocol::{ChannelName, Offset};
 
 /// What the allocator adds to each allocation (glibc: a 16-byte header and rounding).
 const MALLOC_OVERHEAD: usize = 16;
@@ -47,18 +48,49 @@ pub(super) const CHANNEL_OVERHEAD: usize = std::mem::size_of::<Slot>()
 #[derive(Debug, Clone)]
 pub(super) struct Entry {
     pub(super) seq: u64,
+    /// The seq of the message's last operation (an append, an edit): `seq` for a message
+    /// that never changed. Resume replays the entries whose `last` is after its `since`.
+    pub(super) last: u64,
+    /// When it was published, or last changed: what `history.ttl` counts from.
     pub(super) published_at: Instant,
-    /// The whole `message` frame, shared with the subscribers' queues.
+    /// The whole `message` frame as published, shared with the subscribers' queues.
     pub(super) frame: FramedText,
     /// Where `data` starts inside `frame` (it runs to the frame's closing brace).
     pub(super) data_start: u32,
+    /// A message published with a `message_id`: its id, owner and current state.
+    pub(super) message: Option<Box<Message>>,
 }
 
 impl Entry {
-    fn cost(&self) -> usize {
-        self.frame.len() + ENTRY_OVERHEAD
+    pub(super) fn cost(&self) -> usize {
+        self.frame.len() + ENTRY_OVERHEAD + self.message.as_ref().map_or(0, |m| m.cost())
+    }
+
+    /// The frame that brings a client up to this message as it stands: the frame it was
+    /// published as, or once it changed, its state frame (see [`Channel::prepare_states`]).
+    pub(super) fn replay_frame(&self) -> &FramedText {
+        match &self.message {
+            Some(message) if self.last != self.seq => message
+                .state_frame
+                .as_ref()
+                .expect("prepare_states built the state frame of every changed entry it replays"),
+            _ => &self.frame,
+        }
     }
 }
+
+/// A `message_id` the channel knows: its message's seq, and when it was published (for
+/// `streams.dedupe_window`).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct KnownId {
+    pub(super) seq: u64,
+    pub(super) at: Instant,
+}
+
+/// What an id kept for deduplication costs against the history budget beyond its text:
+/// the map's key and value and the allocator's share.
+pub(super) const ID_OVERHEAD: usize =
+    std::mem::size_of::<(Box<str>, KnownId)>() * 8 / 7 + 1 + MALLOC_OVERHEAD;
 
 /// How much history channels keep (`history.size`, `ttl`, `max_memory_bytes`) and what the
 /// node holds now against the byte budget they share.
@@ -69,6 +101,8 @@ pub(super) struct Retention {
     pub(super) max_bytes: usize,
     pub(super) used_bytes: AtomicUsize,
     pub(super) used_messages: AtomicUsize,
+    /// How long a `message_id` is remembered after its publish (`streams.dedupe_window`).
+    pub(super) dedupe_window: Duration,
 }
 
 /// Deliveries kept while a subscribe waits for a read from the bus, at most.
@@ -105,6 +139,16 @@ pub(super) struct Channel {
     /// they are sent a `reset` before the new epoch's first message (see
     /// [`Hub::deliver_locked`](super::Hub)).
     pub(super) reset_owed: bool,
+    /// The greatest `last` of the entries history no longer holds: a resume from before it
+    /// cannot be answered (0 while nothing was dropped). Without history, the channel's seq.
+    pub(super) floor: u64,
+    /// The `message_id`s the channel knows (see `stream`).
+    pub(super) ids: HashMap<Box<str>, KnownId>,
+    /// Entries whose message is an open stream.
+    pub(super) open: usize,
+    /// Entries that changed since their publish (`last != seq`): while there are none, a
+    /// resume replays a plain range of history.
+    pub(super) changed: usize,
     /// Length of the channel's name, for what it costs.
     name_len: u32,
     /// Bytes this channel (not its entries) counts against the node's history budget now:
@@ -130,6 +174,10 @@ impl Channel {
             reset_owed: false,
             pending: Vec::new(),
             pending_lost: false,
+            floor: 0,
+            ids: HashMap::new(),
+            open: 0,
+            changed: 0,
             name_len: u32::try_from(name_len).unwrap_or(u32::MAX),
             charged: 0,
         }
@@ -199,6 +247,7 @@ impl Channel {
     /// Appends to history and trims it by count, age and the node-wide byte budget.
     pub(super) fn remember(&mut self, entry: Entry, policy: &Retention, now: Instant) {
         if policy.size == 0 {
+            self.floor = self.seq;
             return;
         }
         policy.used_bytes.fetch_add(entry.cost(), Ordering::Relaxed);
@@ -209,8 +258,12 @@ impl Channel {
             self.forget_oldest(policy);
         }
         self.expire(policy, now);
-        // Over the node-wide budget, the publishing channel gives up its oldest entries. Older
-        // channels' entries go by age, so no channel starves for longer than one `ttl`.
+        self.trim_to_budget(policy);
+    }
+
+    /// Over the node-wide budget, the channel that grew gives up its oldest entries. Older
+    /// channels' entries go by age, so no channel starves for longer than one `ttl`.
+    pub(super) fn trim_to_budget(&mut self, policy: &Retention) {
         while policy.used_bytes.load(Ordering::Relaxed) > policy.max_bytes
             && !self.history.is_empty()
         {
@@ -229,41 +282,128 @@ impl Channel {
         }
     }
 
+    /// Forgets the ids whose message left history and whose `streams.dedupe_window` is over.
+    pub(super) fn forget_ids(&mut self, policy: &Retention, now: Instant) {
+        if self.ids.is_empty() {
+            return;
+        }
+        let first_held = self.history.front().map_or(u64::MAX, |entry| entry.seq);
+        let mut freed = 0;
+        self.ids.retain(|id, known| {
+            let keep =
+                known.seq >= first_held || now.duration_since(known.at) < policy.dedupe_window;
+            if !keep {
+                freed += id.len() + ID_OVERHEAD;
+            }
+            keep
+        });
+        policy.used_bytes.fetch_sub(freed, Ordering::Relaxed);
+        if self.ids.capacity() > 2 * self.ids.len() + 16 {
+            self.ids.shrink_to_fit();
+        }
+    }
+
     fn forget_oldest(&mut self, policy: &Retention) {
         if let Some(entry) = self.history.pop_front() {
             policy.used_bytes.fetch_sub(entry.cost(), Ordering::Relaxed);
             policy.used_messages.fetch_sub(1, Ordering::Relaxed);
+            self.floor = self.floor.max(entry.last);
+            self.changed -= usize::from(entry.last != entry.seq);
+            if entry
+                .message
+                .as_ref()
+                .is_some_and(|message| message.is_open())
+            {
+                self.open -= 1;
+            }
             if self.history.is_empty() {
                 self.settle(policy);
             }
         }
     }
 
-    /// Gives back the budget of the whole history when the channel is dropped.
+    /// Gives back the budget of the whole history and of the ids kept, when the channel is
+    /// dropped or its epoch changes.
     pub(super) fn forget_all(&mut self, policy: &Retention) {
         while !self.history.is_empty() {
             self.forget_oldest(policy);
         }
+        let ids: usize = self.ids.keys().map(|id| id.len() + ID_OVERHEAD).sum();
+        policy.used_bytes.fetch_sub(ids, Ordering::Relaxed);
+        self.ids = HashMap::new();
     }
 
-    /// The entries after `since`, if history still holds every one of them.
-    ///
-    /// `None` means the gap cannot be filled: another epoch, an offset ahead of the channel, or
-    /// entries already trimmed.
-    pub(super) fn entries_after(
-        &self,
-        since: Offset,
-    ) -> Option<std::collections::vec_deque::Iter<'_, Entry>> {
-        let first_kept = self.history.front().map(|entry| entry.seq);
-        if !since.recoverable_from(self.offset(), first_kept) {
+    /// Whether history still reflects every operation after `since`: `since` is of this
+    /// epoch, not ahead of the channel, and no entry changed after it was dropped.
+    pub(super) fn recoverable(&self, since: Offset) -> bool {
+        since.epoch == self.epoch && since.seq <= self.seq && since.seq >= self.floor
+    }
+
+    /// The entries that changed after `since` (published, appended to, edited), in the order
+    /// of their last operation, if history still holds every one of them. `None` means the
+    /// gap cannot be filled: another epoch, an offset ahead of the channel, or entries
+    /// already dropped. Changed entries give their state frame: call
+    /// [`Channel::prepare_states`] first.
+    pub(super) fn changes_after(&self, since: Offset) -> Option<Vec<&Entry>> {
+        if !self.recoverable(since) {
             return None;
         }
-        // Entries hold consecutive seqs ending at self.seq.
-        let skip = usize::try_from(since.seq + 1 - first_kept.unwrap_or(self.seq + 1)).ok()?;
-        Some(self.history.range(skip..))
+        // Entries are in seq order: those published after `since` follow this point.
+        let first_new = self.history.partition_point(|entry| entry.seq <= since.seq);
+        let mut entries: Vec<&Entry> = Vec::with_capacity(self.history.len() - first_new);
+        if self.changed > 0 {
+            entries.extend(
+                self.history
+                    .range(..first_new)
+                    .filter(|entry| entry.last > since.seq),
+            );
+        }
+        entries.extend(self.history.range(first_new..));
+        if self.changed > 0 {
+            entries.sort_unstable_by_key(|entry| entry.last);
+        }
+        Some(entries)
+    }
+
+    /// Builds the state frame of every changed entry whose last operation is after
+    /// `since_seq` and has none yet, for [`Entry::replay_frame`].
+    pub(super) fn prepare_states(
+        &mut self,
+        channel: &ChannelName,
+        since_seq: u64,
+        policy: &Retention,
+    ) {
+        if self.changed == 0 {
+            return;
+        }
+        let epoch = self.epoch;
+        let mut added = 0;
+        for entry in &mut self.history {
+            if entry.last > since_seq && entry.last != entry.seq {
+                let (seq, last) = (entry.seq, entry.last);
+                if let Some(message) = entry.message.as_deref_mut() {
+                    added += message.build_state_frame(
+                        channel,
+                        epoch,
+                        seq,
+                        last,
+                        &entry.frame,
+                        entry.data_start,
+                    );
+                }
+            }
+        }
+        policy.used_bytes.fetch_add(added, Ordering::Relaxed);
+    }
+
+    /// The index in history of the message with this id, if history holds it.
+    pub(super) fn find(&self, message_id: &str) -> Option<usize> {
+        let known = self.ids.get(message_id)?;
+        let index = self.history.partition_point(|entry| entry.seq < known.seq);
+        (self.history.get(index)?.seq == known.seq).then_some(index)
     }
 
     pub(super) fn is_idle(&self) -> bool {
-        self.subscribed == 0 && self.history.is_empty() && self.pins == 0
+        self.subscribed == 0 && self.history.is_empty() && self.pins == 0 && self.ids.is_empty()
     }
 }

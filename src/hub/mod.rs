@@ -33,6 +33,7 @@ mod lag;
 mod lane;
 mod publish;
 mod registry;
+mod stream;
 mod subscribe;
 
 use std::{
@@ -59,6 +60,7 @@ pub use self::lane::{
 use self::lane::{Workers, flush_all};
 pub use self::publish::FanoutBehind;
 pub use self::registry::{KeepaliveSweep, SessionCommand};
+pub use self::stream::{Applied, Editor, Op, OpError, Owner};
 pub use self::subscribe::{
     ChannelPin, HistoryData, HistoryPage, RemoteView, SubscribeError, Subscribed,
 };
@@ -84,6 +86,8 @@ pub struct HubSettings {
     /// Messages are ordered by a remote bus (Redis) and arrive through [`Hub::deliver`];
     /// false when the hub orders them itself ([`Hub::publish`]).
     pub remote: bool,
+    /// `[streams]`.
+    pub streams: crate::config::StreamsConfig,
 }
 
 impl HubSettings {
@@ -101,6 +105,7 @@ impl HubSettings {
             history_ttl: config.history.ttl,
             history_max_bytes: config.history.max_memory_bytes,
             remote: config.cluster.redis.is_set(),
+            streams: config.streams.clone(),
         }
     }
 }
@@ -214,6 +219,7 @@ impl Hub {
                 max_bytes: settings.history_max_bytes,
                 used_bytes: AtomicUsize::new(0),
                 used_messages: AtomicUsize::new(0),
+                dedupe_window: settings.streams.dedupe_window,
             },
             settings,
             started: Instant::now(),
@@ -319,10 +325,12 @@ impl Hub {
         Some(f(&mut channel))
     }
 
-    /// Drops expired history and channels with neither subscribers nor history.
+    /// Abandons idle streams, drops expired history and ids, and channels with neither
+    /// subscribers nor history.
     /// Returns how many channels were dropped. Runs from a periodic task.
     pub fn sweep(&self) -> usize {
         let now = Instant::now();
+        self.abandon_idle(now);
         let mut dropped = 0;
         for shard in &self.shards {
             let slots: Vec<_> = read(&shard.channels).values().cloned().collect();
@@ -330,6 +338,7 @@ impl Hub {
             for slot in slots {
                 let mut channel = lock(&slot.state);
                 channel.expire(&self.retention, now);
+                channel.forget_ids(&self.retention, now);
                 if channel.is_idle() {
                     idle.push(Arc::clone(&slot));
                 }

@@ -172,6 +172,11 @@ impl Hub {
             telemetry::metrics().bus_gaps.increment(1);
             tracing::warn!(%channel, from = state.seq, to = offset.seq, "Gap in the bus");
         }
+        if offset.seq > state.seq + 1 {
+            // What came before this delivery is not held here (a channel this node starts
+            // following, another epoch, a gap in the bus): no resume from before it.
+            state.floor = state.floor.max(offset.seq - 1);
+        }
         state.seq = offset.seq;
         let reset = if std::mem::take(&mut state.reset_owed) {
             // Subscribers here followed an epoch that is gone (Redis lost the channel's
@@ -217,9 +222,11 @@ impl Hub {
         let round = Self::enqueue_round(state, Queued::message(offset, &frame, now));
         let entry = Entry {
             seq: offset.seq,
+            last: offset.seq,
             published_at: now,
             frame,
             data_start,
+            message: None,
         };
         // Only a remote bus's deliveries meet pinned subscribes; a no-op otherwise.
         state.remember_pending(&entry);

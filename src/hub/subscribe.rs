@@ -14,7 +14,7 @@ use super::{
     lock, read, write,
 };
 use crate::{
-    protocol::{self, ChannelName, Offset},
+    protocol::{self, ChannelName, MessageState, MessageStatus, Offset},
     telemetry,
 };
 
@@ -65,26 +65,99 @@ pub struct HistoryPage {
     pub messages: Vec<(Offset, HistoryData)>,
 }
 
-/// A message's `data` as stored in history: a slice of the shared frame, no copy.
+/// A message as history holds it: its `data`, a slice of the shared frame (no copy), and
+/// for a message with an id, its state (copied: it changes).
 #[derive(Debug, Clone)]
-pub struct HistoryData(Bytes);
+pub struct HistoryData {
+    data: Bytes,
+    message: Option<Box<StoredMessage>>,
+}
+
+/// A message with an id as a history read found it.
+#[derive(Debug, Clone)]
+struct StoredMessage {
+    created: Offset,
+    last: Offset,
+    message_id: Box<str>,
+    status: MessageStatus,
+    data: Option<Box<str>>,
+    text: Option<String>,
+}
 
 impl HistoryData {
     /// Wraps `data` read from elsewhere (e.g. Redis).
     #[must_use]
     pub fn from_data(data: String) -> Self {
-        Self(Bytes::from(data))
+        Self {
+            data: Bytes::from(data),
+            message: None,
+        }
     }
 
-    fn from_entry(entry: &Entry) -> Self {
+    fn from_entry(entry: &Entry, state: &Channel) -> Self {
         let json = entry.frame.json_bytes();
         // `data` runs from `data_start` to the frame's closing brace.
-        Self(json.slice(entry.data_start as usize..json.len() - 1))
+        let data = json.slice(entry.data_start as usize..json.len() - 1);
+        let message = state.message_state(entry).map(|message| {
+            Box::new(StoredMessage {
+                created: message.created,
+                last: message.last,
+                message_id: message.message_id.into(),
+                status: message.status,
+                data: message.data.map(Into::into),
+                text: message.text.map(str::to_owned),
+            })
+        });
+        Self { data, message }
     }
 
+    /// `data` as published.
     #[must_use]
     pub fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.0).expect("cut at JSON token boundaries of a str")
+        std::str::from_utf8(&self.data).expect("cut at JSON token boundaries of a str")
+    }
+
+    /// The offset of the message's last operation (an append, an edit), when it changed
+    /// since its publish.
+    #[must_use]
+    pub fn updated(&self) -> Option<Offset> {
+        self.message
+            .as_ref()
+            .filter(|message| message.last != message.created)
+            .map(|message| message.last)
+    }
+
+    /// Bytes its entry takes in a history answer, about.
+    #[must_use]
+    pub fn size(&self) -> usize {
+        let state = self.message.as_ref().map_or(self.data.len(), |message| {
+            message
+                .data
+                .as_ref()
+                .map_or(self.data.len(), |data| data.len())
+                + message.text.as_ref().map_or(0, String::len)
+                + message.message_id.len()
+                + 64
+        });
+        state + 48
+    }
+
+    /// Writes its entry of a history answer (`{"offset":..,"data":..}`, with the message's
+    /// id, status, text and `updated` when it has an id).
+    pub fn write_entry(&self, out: &mut String, offset: Offset) {
+        let state = self.message.as_ref().map(|message| MessageState {
+            created: message.created,
+            last: message.last,
+            message_id: &message.message_id,
+            status: message.status,
+            data: match &message.data {
+                Some(data) => Some(data),
+                None if message.status == MessageStatus::Deleted => None,
+                None => Some(self.as_str()),
+            },
+            text: message.text.as_deref(),
+        });
+        protocol::push_history_entry(out, offset, self.as_str(), state.as_ref());
     }
 }
 
@@ -157,12 +230,15 @@ impl Hub {
             state.expire(&self.retention, Instant::now());
             let (outcome, skip_until) = match view {
                 None => {
-                    let local = since.map(|since| state.entries_after(since).is_some());
+                    let local = since.map(|since| state.recoverable(since));
                     if self.settings.remote && (!state.synced || local == Some(false)) {
                         state.pins += 1;
                         return Err(SubscribeError::NeedRemote);
                     }
-                    (self.replay_local(outbound, state, since, &reply)?, 0)
+                    (
+                        self.replay_local(outbound, channel, state, since, &reply)?,
+                        0,
+                    )
                 }
                 Some(view) => {
                     let merged = self.replay_merged(outbound, channel, state, since, view, &reply);
@@ -195,28 +271,48 @@ impl Hub {
         Ok(outcome)
     }
 
-    /// Enqueues the reply and the replay from this node's own history.
+    /// Enqueues the reply and the replay from this node's own history: with `since`, the
+    /// messages changed after it; without, the state of each open stream, so that the
+    /// appends that follow apply to its whole text.
     pub(super) fn replay_local(
         &self,
         outbound: &Outbound,
-        state: &Channel,
+        channel: &ChannelName,
+        state: &mut Channel,
         since: Option<Offset>,
         reply: &impl Fn(&Subscribed) -> FramedText,
     ) -> Result<Subscribed, SubscribeError> {
-        let replay = since.map(|since| state.entries_after(since));
+        if let Some(since) = since
+            && state.recoverable(since)
+        {
+            state.prepare_states(channel, since.seq, &self.retention);
+        } else if since.is_none() && state.open > 0 {
+            state.prepare_states(channel, 0, &self.retention);
+        }
+        let replay = since.map(|since| state.changes_after(since));
         let mut outcome = Subscribed {
             offset: state.offset(),
             recovered: replay.as_ref().map(Option::is_some),
             replayed: 0,
         };
-        if let Some(Some(entries)) = replay {
+        if let Some(Some(entries)) = &replay {
             outcome.replayed = entries.len();
-            outbound.try_enqueue(&reply(&outcome))?;
+        }
+        outbound.try_enqueue(&reply(&outcome))?;
+        if let Some(Some(entries)) = replay {
             for entry in entries {
-                outbound.try_enqueue(&entry.frame)?;
+                outbound.try_enqueue(entry.replay_frame())?;
             }
-        } else {
-            outbound.try_enqueue(&reply(&outcome))?;
+        } else if since.is_none() && state.open > 0 {
+            for entry in &state.history {
+                if entry
+                    .message
+                    .as_ref()
+                    .is_some_and(|message| message.is_open())
+                {
+                    outbound.try_enqueue(entry.replay_frame())?;
+                }
+            }
         }
         Ok(outcome)
     }
@@ -256,6 +352,7 @@ impl Hub {
             // Nothing delivered here yet: start from the bus's position.
             state.epoch = view.epoch;
             state.seq = view.seq;
+            state.floor = view.seq;
             state.synced = true;
         } else if state.epoch != view.epoch {
             if state.pending.is_empty() {
@@ -323,6 +420,7 @@ impl Hub {
         state.forget_all(&self.retention);
         state.epoch = epoch;
         state.seq = 0;
+        state.floor = 0;
         // Subscribers' skips name the old epoch, so they no longer apply.
     }
 
@@ -421,10 +519,13 @@ impl Hub {
                 return None;
             }
             state.expire(&self.retention, Instant::now());
-            let entries = state.entries_after(since)?;
+            if state.recoverable(since) {
+                state.prepare_states(channel, since.seq, &self.retention);
+            }
+            let entries = state.changes_after(since)?;
             if entries
-                .clone()
-                .map(|entry| entry.frame.len())
+                .iter()
+                .map(|entry| entry.replay_frame().len())
                 .sum::<usize>()
                 <= budget
             {
@@ -432,17 +533,18 @@ impl Hub {
             }
             let mut used = 0;
             let page = entries
+                .into_iter()
                 .take_while(|entry| {
                     let first = used == 0;
-                    used += entry.frame.len();
+                    used += entry.replay_frame().len();
                     first || used <= budget
                 })
                 .map(|entry| {
                     let offset = Offset {
                         epoch: state.epoch,
-                        seq: entry.seq,
+                        seq: entry.last,
                     };
-                    (offset, entry.frame.clone())
+                    (offset, entry.replay_frame().clone())
                 })
                 .collect();
             Some(page)
@@ -466,15 +568,15 @@ impl Hub {
                         epoch: state.epoch,
                         seq: entry.seq,
                     },
-                    HistoryData::from_entry(entry),
+                    HistoryData::from_entry(entry, state),
                 )
             };
             match since {
-                Some(since) => match state.entries_after(since) {
+                Some(since) => match state.changes_after(since) {
                     Some(entries) => HistoryPage {
                         offset: state.offset(),
                         recovered: Some(true),
-                        messages: entries.take(limit).map(to_pair).collect(),
+                        messages: entries.into_iter().take(limit).map(to_pair).collect(),
                     },
                     None => HistoryPage {
                         offset: state.offset(),

@@ -15,6 +15,7 @@ pub(super) fn settings(history_size: usize, queue_messages: usize) -> HubSetting
         history_ttl: Duration::from_secs(60),
         history_max_bytes: 1 << 20,
         remote: false,
+        streams: crate::config::StreamsConfig::default(),
     }
 }
 
@@ -370,6 +371,7 @@ fn concurrent_publishers_keep_per_channel_order_for_every_subscriber() {
 fn remote_hub() -> HubHandle {
     Hub::new(HubSettings {
         remote: true,
+        streams: crate::config::StreamsConfig::default(),
         ..hub_with(10, 64).settings().clone()
     })
 }

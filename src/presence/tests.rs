@@ -18,6 +18,7 @@ fn hub() -> HubHandle {
         history_ttl: Duration::from_secs(60),
         history_max_bytes: 1 << 20,
         remote: false,
+        streams: crate::config::StreamsConfig::default(),
     })
 }
 

@@ -19,11 +19,43 @@ pub enum ClientFrame<'a> {
         id: Option<u64>,
         channel: Cow<'a, str>,
     },
-    /// `{"type":"publish","id":3,"channel":"chat","data":<any JSON>}`
+    /// `{"type":"publish","id":3,"channel":"chat","data":<any JSON>}`, with an optional
+    /// `message_id` and `"stream":true` (opens a stream; see `docs/streams.md`).
     Publish {
         id: Option<u64>,
         channel: Cow<'a, str>,
         data: &'a RawValue,
+        message_id: Option<Cow<'a, str>>,
+        stream: bool,
+    },
+    /// `{"type":"append","channel","message_id","text"}`: text at the end of an open stream.
+    Append {
+        id: Option<u64>,
+        channel: Cow<'a, str>,
+        message_id: Cow<'a, str>,
+        text: Cow<'a, str>,
+    },
+    /// `{"type":"finish","channel","message_id","data"?}`: closes a stream.
+    Finish {
+        id: Option<u64>,
+        channel: Cow<'a, str>,
+        message_id: Cow<'a, str>,
+        data: Option<&'a RawValue>,
+    },
+    /// `{"type":"update","channel","message_id","data"?,"text"?}`: an edit (at least one of
+    /// the two).
+    Update {
+        id: Option<u64>,
+        channel: Cow<'a, str>,
+        message_id: Cow<'a, str>,
+        data: Option<&'a RawValue>,
+        text: Option<Cow<'a, str>>,
+    },
+    /// `{"type":"delete","channel","message_id"}`: makes the message a tombstone.
+    Delete {
+        id: Option<u64>,
+        channel: Cow<'a, str>,
+        message_id: Cow<'a, str>,
     },
     /// `{"type":"ping","id":4}`
     Ping { id: Option<u64> },
@@ -68,6 +100,10 @@ impl ClientFrame<'_> {
             ClientFrame::Subscribe { id, .. }
             | ClientFrame::Unsubscribe { id, .. }
             | ClientFrame::Publish { id, .. }
+            | ClientFrame::Append { id, .. }
+            | ClientFrame::Finish { id, .. }
+            | ClientFrame::Update { id, .. }
+            | ClientFrame::Delete { id, .. }
             | ClientFrame::Ping { id }
             | ClientFrame::History { id, .. }
             | ClientFrame::Presence { id, .. }
@@ -107,6 +143,12 @@ struct RawFrame<'a> {
     token: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     limit: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    message_id: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    stream: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    text: Option<&'a RawValue>,
 }
 
 /// A field that is there, whatever its value: serde's own `Option` reads `null` as `None`,
@@ -163,6 +205,11 @@ pub fn decode_client_frame(text: &str) -> Result<ClientFrame<'_>, DecodeError> {
             Some(value) => Ok(Some(string(value).ok_or(fail("`since` must be a string"))?)),
         }
     };
+    let message_id = || -> Result<Cow<'_, str>, DecodeError> {
+        optional_string(raw.message_id)
+            .map_err(|()| fail("`message_id` must be a string"))?
+            .ok_or(fail("missing field `message_id`"))
+    };
     match &*kind {
         "subscribe" => Ok(ClientFrame::Subscribe {
             id,
@@ -195,6 +242,45 @@ pub fn decode_client_frame(text: &str) -> Result<ClientFrame<'_>, DecodeError> {
             id,
             channel: channel()?,
             data: raw.data.ok_or(fail("missing field `data`"))?,
+            message_id: optional_string(raw.message_id)
+                .map_err(|()| fail("`message_id` must be a string"))?,
+            stream: match raw.stream.map(RawValue::get) {
+                None | Some("null" | "false") => false,
+                Some("true") => true,
+                Some(_) => return Err(fail("`stream` must be true or false")),
+            },
+        }),
+        "append" => Ok(ClientFrame::Append {
+            id,
+            channel: channel()?,
+            message_id: message_id()?,
+            text: optional_string(raw.text)
+                .map_err(|()| fail("`text` must be a string"))?
+                .ok_or(fail("missing field `text`"))?,
+        }),
+        "finish" => Ok(ClientFrame::Finish {
+            id,
+            channel: channel()?,
+            message_id: message_id()?,
+            data: raw.data,
+        }),
+        "update" => {
+            let text = optional_string(raw.text).map_err(|()| fail("`text` must be a string"))?;
+            if raw.data.is_none() && text.is_none() {
+                return Err(fail("`update` needs `data`, `text` or both"));
+            }
+            Ok(ClientFrame::Update {
+                id,
+                channel: channel()?,
+                message_id: message_id()?,
+                data: raw.data,
+                text,
+            })
+        }
+        "delete" => Ok(ClientFrame::Delete {
+            id,
+            channel: channel()?,
+            message_id: message_id()?,
         }),
         "ping" => Ok(ClientFrame::Ping { id }),
         "presence" => Ok(ClientFrame::Presence {
@@ -215,6 +301,15 @@ pub fn decode_client_frame(text: &str) -> Result<ClientFrame<'_>, DecodeError> {
             })
         }
         _ => Err(fail("unknown frame type")),
+    }
+}
+
+/// A field that must be a string when present and not `null`.
+fn optional_string(value: Option<&RawValue>) -> Result<Option<Cow<'_, str>>, ()> {
+    match value {
+        None => Ok(None),
+        Some(value) if value.get() == "null" => Ok(None),
+        Some(value) => string(value).map(Some).ok_or(()),
     }
 }
 

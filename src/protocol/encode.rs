@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 
 use super::{ChannelName, ErrorCode, Offset, PROTOCOL_VERSION, UnsubscribeReason};
 
-fn push_json_string(out: &mut String, text: &str) {
+pub(super) fn push_json_string(out: &mut String, text: &str) {
     // Writing a &str into a String cannot fail.
     let escaped = serde_json::to_string(text).unwrap_or_else(|_| "\"\"".to_owned());
     out.push_str(&escaped);
@@ -137,17 +137,18 @@ pub fn encode_published(id: Option<u64>, channel: &ChannelName, offset: Offset) 
 
 /// `{"type":"history","id":7,"channel":"news","offset":"..","recovered":true,
 /// "messages":[{"offset":"..","data":..}],"truncated":false}`: `recovered` only for a read
-/// with `since`; `messages` oldest first, each `data` as published.
+/// with `since`; `write_messages` writes the entries, comma-separated (see
+/// [`push_history_entry`](super::push_history_entry)); `size` is about their length.
 #[must_use]
 pub fn encode_history(
     id: Option<u64>,
     channel: &ChannelName,
     position: Offset,
     recovered: Option<bool>,
-    messages: &[(Offset, &str)],
+    size: usize,
+    write_messages: impl FnOnce(&mut String),
     truncated: bool,
 ) -> String {
-    let size: usize = messages.iter().map(|(_, data)| data.len() + 48).sum();
     let mut out = String::with_capacity(128 + channel.as_str().len() + size);
     out.push_str("{\"type\":\"history\"");
     push_id(&mut out, id);
@@ -156,12 +157,7 @@ pub fn encode_history(
         let _ = write!(out, ",\"recovered\":{recovered}");
     }
     out.push_str(",\"messages\":[");
-    for (index, (offset, data)) in messages.iter().enumerate() {
-        if index > 0 {
-            out.push(',');
-        }
-        let _ = write!(out, "{{\"offset\":\"{offset}\",\"data\":{data}}}");
-    }
+    write_messages(&mut out);
     let _ = write!(out, "],\"truncated\":{truncated}}}");
     out
 }

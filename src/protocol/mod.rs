@@ -11,6 +11,7 @@ mod close;
 mod decode;
 mod encode;
 mod names;
+mod streams;
 pub mod ws;
 
 pub use close::CloseCode;
@@ -21,6 +22,12 @@ pub use encode::{
     encode_welcome,
 };
 pub use names::{ChannelName, ChannelNameError, Offset, OffsetParseError};
+pub use streams::{
+    AbandonReason, MAX_MESSAGE_ID_BYTES, MessageIdError, MessageState, MessageStatus,
+    check_message_id, encode_abandon, encode_append, encode_delete, encode_finish,
+    encode_message_with_id, encode_published_duplicate, encode_state, encode_update,
+    push_history_entry,
+};
 
 /// Protocol version announced in `welcome`.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -44,11 +51,14 @@ pub enum ErrorCode {
     Unavailable,
     /// A bug or an unexpected failure on the server.
     Internal,
+    /// The target is not in a state that allows the request (appending to a stream that is
+    /// no longer open); do not retry as is.
+    Conflict,
 }
 
 impl ErrorCode {
     /// Every code, in the order used for metric labels.
-    pub const ALL: [ErrorCode; 8] = [
+    pub const ALL: [ErrorCode; 9] = [
         ErrorCode::BadRequest,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
@@ -57,6 +67,7 @@ impl ErrorCode {
         ErrorCode::LimitExceeded,
         ErrorCode::Unavailable,
         ErrorCode::Internal,
+        ErrorCode::Conflict,
     ];
 
     /// The code as it appears on the wire.
@@ -71,6 +82,7 @@ impl ErrorCode {
             ErrorCode::LimitExceeded => "limit_exceeded",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
+            ErrorCode::Conflict => "conflict",
         }
     }
 

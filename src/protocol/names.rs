@@ -70,7 +70,7 @@ impl ChannelName {
     }
 }
 
-const fn is_channel_byte(byte: u8) -> bool {
+pub(super) const fn is_channel_byte(byte: u8) -> bool {
     byte.is_ascii_alphanumeric() || matches!(byte, b'_' | b'-' | b'.' | b':' | b'@' | b'/' | b'=')
 }
 

@@ -21,6 +21,7 @@ use std::{
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
+mod messages;
 mod replay;
 
 use super::{End, SessionContext, socket::Socket, writer};
@@ -105,19 +106,10 @@ enum Step {
 fn within<'a>(
     ordered: impl Iterator<Item = &'a (Offset, HistoryData)> + Clone,
     budget: usize,
-) -> (Vec<(Offset, &'a str)>, bool) {
-    let sizes = ordered.clone().map(|(_, data)| message_size(data.as_str()));
+) -> (Vec<&'a (Offset, HistoryData)>, bool) {
+    let sizes = ordered.clone().map(|(_, data)| data.size());
     let (n, more) = fitting(sizes, budget);
-    let messages = ordered
-        .take(n)
-        .map(|(offset, data)| (*offset, data.as_str()))
-        .collect();
-    (messages, more)
-}
-
-/// Bytes a message with this `data` takes in a reply, about: the data and the envelope.
-fn message_size(data: &str) -> usize {
-    data.len() + 48
+    (ordered.take(n).collect(), more)
 }
 
 /// How many of the items, of these `sizes` in order, fit in `budget` bytes (at least one),
@@ -201,7 +193,7 @@ impl Session {
     }
 
     /// Who the connection is, once a token was accepted.
-    fn identity(&self) -> Option<&Identity> {
+    pub(super) fn identity(&self) -> Option<&Identity> {
         self.account.as_deref().map(|account| &account.identity)
     }
 
@@ -253,7 +245,7 @@ impl Session {
 
     /// Whether the namespaces let this connection do `action` on `channel`; answers
     /// `forbidden` when not.
-    fn permitted(&self, id: Option<u64>, channel: &ChannelName, action: Action) -> bool {
+    pub(super) fn permitted(&self, id: Option<u64>, channel: &ChannelName, action: Action) -> bool {
         let allowed =
             self.ctx
                 .settings
@@ -782,8 +774,14 @@ impl Session {
                 self.subscribe(id, &channel, since.as_deref()).await;
             }
             Ok(ClientFrame::Unsubscribe { id, channel }) => self.unsubscribe(id, &channel),
-            Ok(ClientFrame::Publish { id, channel, data }) => {
-                self.publish(id, &channel, data.get()).await;
+            Ok(
+                frame @ (ClientFrame::Publish { .. }
+                | ClientFrame::Append { .. }
+                | ClientFrame::Finish { .. }
+                | ClientFrame::Update { .. }
+                | ClientFrame::Delete { .. }),
+            ) => {
+                self.publishing_frame(&frame).await;
             }
             Ok(ClientFrame::Presence { id, channel }) => self.presence(id, &channel).await,
             Ok(ClientFrame::PresenceStats { id, channel }) => {
@@ -794,7 +792,7 @@ impl Session {
         }
     }
 
-    fn channel(&self, id: Option<u64>, name: &str) -> Option<ChannelName> {
+    pub(super) fn channel(&self, id: Option<u64>, name: &str) -> Option<ChannelName> {
         match ChannelName::parse(name, self.ctx.settings.max_channel_name_bytes) {
             Ok(channel) => Some(channel),
             Err(err) => {
@@ -849,12 +847,21 @@ impl Session {
             newest.reverse();
             (newest, truncated)
         };
+        let size = messages.iter().map(|(_, data)| data.size()).sum();
         self.send(protocol::encode_history(
             id,
             &channel,
             history.offset,
             history.recovered,
-            &messages,
+            size,
+            |out| {
+                for (index, (offset, data)) in messages.iter().enumerate() {
+                    if index > 0 {
+                        out.push(',');
+                    }
+                    data.write_entry(out, *offset);
+                }
+            },
             truncated,
         ));
     }
@@ -995,38 +1002,9 @@ impl Session {
         true
     }
 
-    async fn publish(&mut self, id: Option<u64>, name: &str, data: &str) {
-        if !self.ctx.settings.client_publish {
-            return self.error(
-                id,
-                ErrorCode::Forbidden,
-                "publishing from clients is disabled on this server",
-            );
-        }
-        let Some(channel) = self.channel(id, name) else {
-            return;
-        };
-        if !self.permitted(id, &channel, Action::Publish) {
-            return;
-        }
-        if data.len() > self.ctx.settings.max_publish_payload_bytes {
-            return self.error(id, ErrorCode::LimitExceeded, "`data` is too large");
-        }
-        if let Some(refused) = self.charge_publish(&channel, data.len()) {
-            return self.error(id, ErrorCode::RateLimited, &refused);
-        }
-        // Written when this publish is handled (the batch is dropped): a large channel's
-        // round writes in its own task anyway, and a client's publishes are one per frame.
-        let mut writes = self.ctx.hub.write_batch();
-        match self.ctx.bus.publish(&channel, data, &mut writes).await {
-            Ok(offset) => self.send(protocol::encode_published(id, &channel, offset)),
-            Err(err) => self.error(id, ErrorCode::Unavailable, &err.to_string()),
-        }
-    }
-
     /// Takes `bytes` from the client's publish budget, then from the channel's: `Some`
     /// message for the client when one of them refuses (nothing is published then).
-    fn charge_publish(&self, channel: &ChannelName, bytes: usize) -> Option<String> {
+    pub(super) fn charge_publish(&self, channel: &ChannelName, bytes: usize) -> Option<String> {
         let now = self.ctx.hub.clock_ns();
         let bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
         if let Some(quota) = &self.ctx.settings.publish_byte_quota
@@ -1054,12 +1032,12 @@ impl Session {
         None
     }
 
-    fn error(&self, id: Option<u64>, code: ErrorCode, message: &str) {
+    pub(super) fn error(&self, id: Option<u64>, code: ErrorCode, message: &str) {
         telemetry::metrics().protocol_error(code);
         self.send(protocol::encode_error(id, code, message));
     }
 
-    fn send(&self, text: String) {
+    pub(super) fn send(&self, text: String) {
         // A full queue closes the connection as a slow consumer; nothing else to do here.
         let _ = self.outbound.try_enqueue(&FramedText::from(text));
     }

@@ -1,9 +1,11 @@
 use super::*;
 
 use crate::{
-    cluster::{BusError, BusFuture, LocalBus},
+    cluster::{ApplyError, BusError, BusFuture, LocalBus},
     config::{NamespaceConfig, Rule},
-    hub::{HistoryPage, Hub, HubSettings, RemoteView, SessionCommand, WriteBatch},
+    hub::{
+        Applied, Editor, HistoryPage, Hub, HubSettings, Op, RemoteView, SessionCommand, WriteBatch,
+    },
     protocol::{ChannelName, Offset},
 };
 
@@ -19,6 +21,7 @@ fn test_hub() -> HubHandle {
         history_ttl: Duration::from_secs(60),
         history_max_bytes: 1 << 20,
         remote: false,
+        streams: crate::config::StreamsConfig::default(),
     })
 }
 
@@ -30,6 +33,7 @@ fn anyone() -> Namespaces {
         history: Rule::Anonymous,
         presence: Rule::None,
         join_leave: false,
+        edit: crate::config::EditRule::Own,
     }])
 }
 
@@ -200,6 +204,16 @@ impl Bus for PanickingBus {
     ) -> BusFuture<'a, Result<Offset, BusError>> {
         assert!(channel.as_str() != "boom", "a bug in a handler");
         self.0.publish(channel, data, writes)
+    }
+    fn apply<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        op: Op<'a>,
+        editor: &'a Editor,
+        writes: &'a mut WriteBatch,
+    ) -> BusFuture<'a, Result<Applied, ApplyError>> {
+        assert!(channel.as_str() != "boom", "a bug in a handler");
+        self.0.apply(channel, op, editor, writes)
     }
     fn read_channel<'a>(
         &'a self,

@@ -341,6 +341,7 @@ fn namespace(pattern: &str, subscribe: Rule, publish: Rule, history: Rule) -> Na
         history,
         presence: Rule::None,
         join_leave: false,
+        edit: switchboard::config::EditRule::Own,
     }
 }
 

@@ -157,6 +157,7 @@ impl TestServer {
             history: switchboard::config::Rule::Anonymous,
             presence: switchboard::config::Rule::None,
             join_leave: false,
+            edit: switchboard::config::EditRule::Own,
         }];
         TestServerBuilder {
             config,

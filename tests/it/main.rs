@@ -41,5 +41,6 @@ mod redis_server;
 mod resume;
 mod rolling_restart;
 mod slow_consumer;
+mod streams;
 mod throttle;
 mod tls;

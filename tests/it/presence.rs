@@ -46,6 +46,7 @@ pub(crate) fn chat(config: &mut Config) {
         history: Rule::None,
         presence,
         join_leave,
+        edit: switchboard::config::EditRule::Own,
     };
     config.namespaces = vec![
         namespace("room:*", Rule::Claim, Rule::Claim, true),

@@ -27,6 +27,7 @@ fn rooms_with_presence(config: &mut Config) {
         history: Rule::None,
         presence: Rule::Anonymous,
         join_leave: false,
+        edit: switchboard::config::EditRule::Own,
     }];
 }
 

@@ -69,10 +69,13 @@ use self::{
     registry::start_heartbeat,
     scripts::{APPEND_LUA, BORN_LUA, FORGET_LUA, INTEREST_LUA, PUBLISH_LUA, READ_LUA, ROUTE_LUA},
 };
-use super::{Bus, BusError, BusFuture};
+use super::{ApplyError, Bus, BusError, BusFuture};
 use crate::{
     config::{BusRouting, RedisTarget},
-    hub::{HistoryData, HistoryPage, HubHandle, RemoteView, SessionCommand, WriteBatch},
+    hub::{
+        Applied, Editor, HistoryData, HistoryPage, HubHandle, Op, OpError, RemoteView,
+        SessionCommand, WriteBatch,
+    },
     protocol::{ChannelName, CloseCode, Offset},
     shutdown::TaskGroup,
     telemetry,
@@ -409,6 +412,33 @@ impl Bus for RedisBus {
             let offset = self.inner.publish(channel, data).await?;
             telemetry::metrics().messages_published.increment(1);
             Ok(offset)
+        })
+    }
+
+    fn apply<'a>(
+        &'a self,
+        channel: &'a ChannelName,
+        op: Op<'a>,
+        _editor: &'a Editor,
+        _writes: &'a mut WriteBatch,
+    ) -> BusFuture<'a, Result<Applied, ApplyError>> {
+        Box::pin(async move {
+            // Ids and streams need their state in Redis (docs/streams.md, "Cluster"): until
+            // then only a plain publish goes through.
+            let Op::Publish {
+                data,
+                message_id: None,
+                stream: false,
+            } = op
+            else {
+                return Err(ApplyError::Refused(OpError::Clustered));
+            };
+            let offset = self.inner.publish(channel, data).await?;
+            telemetry::metrics().messages_published.increment(1);
+            Ok(Applied {
+                offset,
+                duplicate: false,
+            })
         })
     }
 

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use super::{Session, fitting, message_size};
+use super::{Session, fitting};
 use crate::{
     hub::{FramedText, RemoteView},
     protocol::{self, ChannelName, CloseCode, Offset},
@@ -53,7 +53,7 @@ impl Session {
         let budget = self.ctx.settings.history_reply_bytes;
         let mut since = since;
         loop {
-            let sizes = view.entries.iter().map(|(_, data)| message_size(data));
+            let sizes = view.entries.iter().map(|(_, data)| data.len() + 48);
             let (n, more) = fitting(sizes, budget);
             if !more {
                 return Some(since);

@@ -1,0 +1,435 @@
+//! Message streams (docs/streams.md): ids and deduplication, appends, finishes, edits and
+//! deletes, and what resume, late joiners and history make of them, over real sockets.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+use crate::harness::{TestClient, TestServer, seq};
+
+/// A client's view of a channel's messages with ids, built from the frames it receives the
+/// way a client is told to (docs/protocol.md): what every test compares.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Model {
+    /// By message id: status, text (streams), data.
+    pub messages: BTreeMap<String, (String, Option<String>, Value)>,
+    /// The offset of the last frame seen.
+    pub position: Option<String>,
+}
+
+impl Model {
+    /// Applies one frame of the channel.
+    pub fn apply(&mut self, frame: &Value) {
+        let kind = frame["type"].as_str().unwrap_or("");
+        if !matches!(
+            kind,
+            "message" | "append" | "finish" | "update" | "delete" | "abandon"
+        ) {
+            return;
+        }
+        self.position = frame["offset"].as_str().map(str::to_owned);
+        let Some(id) = frame["message_id"].as_str() else {
+            return;
+        };
+        let id = id.to_owned();
+        match kind {
+            "message" => {
+                let status = match (frame.get("status"), frame.get("stream")) {
+                    (Some(status), _) => status.as_str().unwrap().to_owned(),
+                    (None, Some(stream)) => stream.as_str().unwrap().to_owned(),
+                    (None, None) => "finished".to_owned(),
+                };
+                let text = match frame.get("text") {
+                    Some(text) => Some(text.as_str().unwrap().to_owned()),
+                    None if status == "open" => Some(String::new()),
+                    None => None,
+                };
+                let data = frame.get("data").cloned().unwrap_or(Value::Null);
+                self.messages.insert(id, (status, text, data));
+            }
+            "append" => {
+                let message = self
+                    .messages
+                    .get_mut(&id)
+                    .expect("append to a known message");
+                message
+                    .1
+                    .get_or_insert_default()
+                    .push_str(frame["text"].as_str().unwrap());
+            }
+            "finish" => {
+                let message = self
+                    .messages
+                    .get_mut(&id)
+                    .expect("finish of a known message");
+                message.0 = "finished".to_owned();
+                if let Some(data) = frame.get("data") {
+                    message.2 = data.clone();
+                }
+            }
+            "update" => {
+                let message = self
+                    .messages
+                    .get_mut(&id)
+                    .expect("update of a known message");
+                if let Some(data) = frame.get("data") {
+                    message.2 = data.clone();
+                }
+                if let Some(text) = frame.get("text") {
+                    message.1 = Some(text.as_str().unwrap().to_owned());
+                }
+            }
+            "delete" => {
+                self.messages
+                    .insert(id, ("deleted".to_owned(), None, Value::Null));
+            }
+            _ => {
+                if let Some(message) = self.messages.get_mut(&id) {
+                    message.0 = "abandoned".to_owned();
+                }
+            }
+        }
+    }
+
+    /// The model without its position, for comparing contents.
+    pub fn contents(&self) -> &BTreeMap<String, (String, Option<String>, Value)> {
+        &self.messages
+    }
+}
+
+/// Reads a subscriber's frames up to the answer to a ping sent now: everything enqueued
+/// before it (a replay, live frames).
+pub async fn frames_until_pong(client: &mut TestClient) -> Vec<Value> {
+    client.send(json!({"type":"ping","id":99})).await;
+    let mut frames = Vec::new();
+    loop {
+        let frame = client.recv().await;
+        if frame["type"] == "pong" && frame["id"] == 99 {
+            return frames;
+        }
+        frames.push(frame);
+    }
+}
+
+pub async fn post_ok(server: &TestServer, path: &str, body: Value) -> Value {
+    let (status, answer) = server.post(path, body.clone()).await;
+    assert_eq!(status, 200, "{path} {body}: {answer}");
+    answer
+}
+
+/// A backend's script: two streams (one edited after it finished, one abandoned by a
+/// delete), plain messages and a message with an id between them. Returns nothing; the
+/// watcher sees it.
+async fn script(server: &TestServer, channel: &str) {
+    let publish = |id: &str, stream: bool, data: Value| json!({"channel": channel, "message_id": id, "stream": stream, "data": data});
+    post_ok(
+        server,
+        "/v1/publish",
+        publish("r1", true, json!({"role":"assistant"})),
+    )
+    .await;
+    for n in 0..40 {
+        let text = format!("tok{n} ");
+        post_ok(
+            server,
+            "/v1/append",
+            json!({"channel": channel, "message_id":"r1","text": text}),
+        )
+        .await;
+        if n == 10 {
+            server.publish(channel, json!({"plain": n})).await;
+            post_ok(
+                server,
+                "/v1/publish",
+                publish("r2", true, json!({"role":"tool"})),
+            )
+            .await;
+        }
+        if n > 10 && n % 3 == 0 {
+            post_ok(
+                server,
+                "/v1/append",
+                json!({"channel": channel, "message_id":"r2","text": "é✓"}),
+            )
+            .await;
+        }
+        if n == 20 {
+            post_ok(
+                server,
+                "/v1/publish",
+                publish("u1", false, json!({"text":"hi"})),
+            )
+            .await;
+        }
+    }
+    post_ok(
+        server,
+        "/v1/finish",
+        json!({"channel": channel, "message_id":"r1","data":{"role":"assistant","done":true}}),
+    )
+    .await;
+    post_ok(
+        server,
+        "/v1/update",
+        json!({"channel": channel, "message_id":"u1","data":{"text":"hi (edited)"}}),
+    )
+    .await;
+    post_ok(
+        server,
+        "/v1/append",
+        json!({"channel": channel, "message_id":"r2","text":" last"}),
+    )
+    .await;
+    post_ok(
+        server,
+        "/v1/update",
+        json!({"channel": channel, "message_id":"r1","text":"rewritten"}),
+    )
+    .await;
+    post_ok(
+        server,
+        "/v1/delete",
+        json!({"channel": channel, "message_id":"r2"}),
+    )
+    .await;
+}
+
+/// Every offset a resume may start from inside the streams: the client that resumes from
+/// it, starting from what an uninterrupted subscriber had there, ends with exactly what that
+/// subscriber ends with: no duplicate, no gap, each changed message once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_from_any_offset_inside_a_stream_ends_with_the_exact_text() {
+    let server = TestServer::builder()
+        .configure(|c| c.streams.coalesce = std::time::Duration::ZERO)
+        .start()
+        .await;
+    let mut watcher = server.client().await;
+    let start = watcher.subscribe("chat:r").await["offset"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    script(&server, "chat:r").await;
+    let frames = frames_until_pong(&mut watcher).await;
+    // The model as it stood after each frame, by the frame's offset.
+    let mut model = Model::default();
+    let mut states = vec![(start.clone(), model.clone())];
+    for frame in &frames {
+        model.apply(frame);
+        states.push((frame["offset"].as_str().unwrap().to_owned(), model.clone()));
+    }
+    assert_eq!(
+        model.messages["r1"],
+        (
+            "finished".into(),
+            Some("rewritten".into()),
+            json!({"role":"assistant","done":true})
+        )
+    );
+    assert_eq!(model.messages["r2"].0, "deleted");
+    assert_eq!(model.messages["u1"].2, json!({"text":"hi (edited)"}));
+    let mut resumer = server.client().await;
+    for (since, before) in &states {
+        let reply = resumer.subscribe_since("chat:r", since).await;
+        assert_eq!(reply["recovered"], true, "from {since}: {reply}");
+        let mut resumed = before.clone();
+        let replay = frames_until_pong(&mut resumer).await;
+        let mut ids = std::collections::HashSet::new();
+        for frame in &replay {
+            assert!(
+                ids.insert(frame["message_id"].to_string()),
+                "from {since}: one frame per message: {replay:?}"
+            );
+            resumed.apply(frame);
+        }
+        assert_eq!(resumed.contents(), model.contents(), "from {since}");
+        assert_eq!(
+            replay.last().map(|frame| frame["offset"].clone()),
+            (seq(&json!(since)) < seq(&json!(model.position.clone().unwrap())))
+                .then(|| json!(model.position.clone().unwrap())),
+            "the last frame brings the resumer to the channel's position"
+        );
+        resumer
+            .send(json!({"type":"unsubscribe","id":2,"channel":"chat:r"}))
+            .await;
+        assert_eq!(resumer.recv().await["type"], "unsubscribed");
+    }
+    server.stop().await;
+}
+
+/// A second tab opened mid-reply: `subscribe` without `since` gets the open stream whole
+/// (its text so far, `stream: open`) right after `subscribed`, and the appends that follow
+/// apply to it; history answers one entry per message, not one per append.
+#[tokio::test]
+async fn a_late_joiner_gets_the_open_stream_whole_and_history_one_entry_per_message() {
+    let server = TestServer::start().await;
+    post_ok(
+        &server,
+        "/v1/publish",
+        json!({"channel":"chat:l","message_id":"a1","stream":true,"data":{"model":"m"}}),
+    )
+    .await;
+    for n in 0..500 {
+        post_ok(
+            &server,
+            "/v1/append",
+            json!({"channel":"chat:l","message_id":"a1","text": format!("{n},")}),
+        )
+        .await;
+    }
+    let expected: String = (0..500).map(|n| format!("{n},")).collect();
+    let mut late = server.client().await;
+    late.subscribe("chat:l").await;
+    let whole = late.recv().await;
+    assert_eq!(whole["type"], "message", "{whole}");
+    assert_eq!(whole["message_id"], "a1");
+    assert_eq!(whole["stream"], "open");
+    assert_eq!(whole["status"], "open");
+    assert_eq!(whole["text"], expected);
+    assert_eq!(whole["data"], json!({"model":"m"}));
+    post_ok(
+        &server,
+        "/v1/append",
+        json!({"channel":"chat:l","message_id":"a1","text":"more"}),
+    )
+    .await;
+    let append = late.recv().await;
+    assert_eq!(append["type"], "append");
+    assert_eq!(append["text"], "more");
+
+    // History: one entry, with the whole text; appends do not count against history.size.
+    let (status, history) = server.get_json("/v1/channels/chat:l/history").await;
+    assert_eq!(status, 200);
+    let messages = history["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 1, "{history}");
+    assert_eq!(messages[0]["status"], "open");
+    assert_eq!(messages[0]["text"], format!("{expected}more"));
+    assert_eq!(messages[0]["updated"], history["offset"]);
+    // The same over the WebSocket.
+    late.send(json!({"type":"history","id":5,"channel":"chat:l"}))
+        .await;
+    let frame = late.recv_type("history").await;
+    assert_eq!(frame["messages"], history["messages"]);
+    server.stop().await;
+}
+
+/// A backend retrying a publish (a timeout, a crash between the send and the answer) with
+/// its `message_id` gets the first offset back and publishes nothing, over HTTP, in a batch
+/// and from a client.
+#[tokio::test]
+async fn a_retried_publish_answers_the_first_offset_and_publishes_nothing() {
+    let server = TestServer::start().await;
+    let mut watcher = server.client().await;
+    watcher.subscribe("inbox:7").await;
+    let body = json!({"channel":"inbox:7","message_id":"m-1","data":{"n":1}});
+    let first = post_ok(&server, "/v1/publish", body.clone()).await;
+    assert!(first.get("duplicate").is_none());
+    let again = post_ok(&server, "/v1/publish", body.clone()).await;
+    assert_eq!(again, json!({"offset": first["offset"], "duplicate": true}));
+    let (_, batch) = server
+        .post("/v1/batch", json!({"commands":[{"publish": body}, {"publish": {"channel":"inbox:7","message_id":"m-2","data":2}}]}))
+        .await;
+    assert_eq!(
+        batch["replies"][0],
+        json!({"offset": first["offset"], "duplicate": true})
+    );
+    let mut client = server.client().await;
+    client
+        .send(
+            json!({"type":"publish","id":4,"channel":"inbox:7","message_id":"m-1","data":{"n":1}}),
+        )
+        .await;
+    let published = client.recv().await;
+    assert_eq!(published["duplicate"], true, "{published}");
+    assert_eq!(published["offset"], first["offset"]);
+    let frames = frames_until_pong(&mut watcher).await;
+    let ids: Vec<_> = frames
+        .iter()
+        .map(|frame| frame["message_id"].clone())
+        .collect();
+    assert_eq!(ids, [json!("m-1"), json!("m-2")], "{frames:?}");
+    assert_eq!(server.metric("ws_publishes_deduplicated_total").await, 3.0);
+    server.stop().await;
+}
+
+/// Edits and deletes take offsets in the channel's order; a delete leaves a tombstone in
+/// history that keeps its offset; what is not open refuses appends with `conflict`, an
+/// unknown id answers `not_found`, and a second delete answers the first's offset.
+#[tokio::test]
+async fn edits_and_deletes_are_ordered_and_leave_a_tombstone() {
+    let server = TestServer::start().await;
+    let mut watcher = server.client().await;
+    watcher.subscribe("room:e").await;
+    let created = post_ok(
+        &server,
+        "/v1/publish",
+        json!({"channel":"room:e","message_id":"x","data":{"v":1}}),
+    )
+    .await;
+    let edited = post_ok(
+        &server,
+        "/v1/update",
+        json!({"channel":"room:e","message_id":"x","data":{"v":2}}),
+    )
+    .await;
+    let plain = server.publish("room:e", json!("between")).await;
+    let deleted = post_ok(
+        &server,
+        "/v1/delete",
+        json!({"channel":"room:e","message_id":"x"}),
+    )
+    .await;
+    assert!(seq(&created["offset"]) < seq(&edited["offset"]));
+    assert!(seq(&json!(plain)) < seq(&deleted["offset"]));
+    let again = post_ok(
+        &server,
+        "/v1/delete",
+        json!({"channel":"room:e","message_id":"x"}),
+    )
+    .await;
+    assert_eq!(
+        again,
+        json!({"offset": deleted["offset"], "duplicate": true})
+    );
+    let kinds: Vec<_> = frames_until_pong(&mut watcher)
+        .await
+        .iter()
+        .map(|frame| (frame["type"].clone(), frame["offset"].clone()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (json!("message"), created["offset"].clone()),
+            (json!("update"), edited["offset"].clone()),
+            (json!("message"), json!(plain)),
+            (json!("delete"), deleted["offset"].clone()),
+        ]
+    );
+    let (status, refused) = server
+        .post(
+            "/v1/update",
+            json!({"channel":"room:e","message_id":"x","data":3}),
+        )
+        .await;
+    assert_eq!(
+        (status, refused["error"]["code"].clone()),
+        (409, json!("conflict")),
+        "{refused}"
+    );
+    let (status, refused) = server
+        .post(
+            "/v1/append",
+            json!({"channel":"room:e","message_id":"nope","text":"t"}),
+        )
+        .await;
+    assert_eq!(
+        (status, refused["error"]["code"].clone()),
+        (404, json!("not_found"))
+    );
+    let (_, history) = server.get_json("/v1/channels/room:e/history").await;
+    assert_eq!(
+        history["messages"][0],
+        json!({"offset": created["offset"], "message_id":"x", "status":"deleted", "updated": deleted["offset"]})
+    );
+    assert_eq!(history["messages"][1]["data"], "between");
+    server.stop().await;
+}
