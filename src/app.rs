@@ -301,8 +301,9 @@ fn start_auth(
     Ok(authenticator)
 }
 
-/// The periodic tasks: keepalive pings and idle closes, the sweep of expired history, idle
-/// channels and full rate-limit buckets, and the metrics recorder's upkeep.
+/// The periodic tasks: keepalive pings and idle closes, held appends of message streams, the
+/// sweep of idle streams, expired history, idle channels and full rate-limit buckets, and
+/// the metrics recorder's upkeep.
 fn spawn_periodic(
     config: &Config,
     hub: &HubHandle,
@@ -317,6 +318,8 @@ fn spawn_periodic(
             hub.keepalive(heartbeat, idle_timeout);
         }
     }));
+    // Held appends of message streams, sent as their coalescing interval ends.
+    tasks.spawn(Arc::clone(hub).run_coalescer(stop.clone()));
     tasks.spawn(every(SWEEP_INTERVAL, stop.clone(), {
         let (hub, sessions, control) = (Arc::clone(hub), Arc::clone(sessions), Arc::clone(control));
         let sampling = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use super::{
     FramedText,
     fanout::{Queued, Slot},
-    stream::Message,
+    stream::{Coalescing, Message},
 };
 use crate::protocol::{ChannelName, Offset};
 
@@ -149,6 +149,8 @@ pub(super) struct Channel {
     /// Entries that changed since their publish (`last != seq`): while there are none, a
     /// resume replays a plain range of history.
     pub(super) changed: usize,
+    /// Appends held to go out as one frame (`streams.coalesce`); allocated on the first.
+    pub(super) coalescing: Option<Box<Coalescing>>,
     /// Length of the channel's name, for what it costs.
     name_len: u32,
     /// Bytes this channel (not its entries) counts against the node's history budget now:
@@ -178,6 +180,7 @@ impl Channel {
             ids: HashMap::new(),
             open: 0,
             changed: 0,
+            coalescing: None,
             name_len: u32::try_from(name_len).unwrap_or(u32::MAX),
             charged: 0,
         }

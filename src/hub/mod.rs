@@ -143,6 +143,8 @@ pub struct Hub {
     settings: HubSettings,
     retention: Retention,
     started: Instant,
+    /// Channels whose held appends fall due (`streams.coalesce`).
+    coalescer: stream::Coalescer,
     /// The runtime sessions run on, captured when the hub is built: large fan-outs are
     /// written by its workers, whichever thread published (the control API has its own).
     workers: Option<Workers>,
@@ -223,6 +225,7 @@ impl Hub {
             },
             settings,
             started: Instant::now(),
+            coalescer: stream::Coalescer::default(),
             workers: Workers::current(),
         })
     }

@@ -214,12 +214,17 @@ impl Hub {
         offset: Offset,
         data: &str,
     ) -> Option<usize> {
+        // Appends held for coalescing go first: frames leave in offset order.
+        let flushed = Self::flush_held(state, channel);
         let text = protocol::encode_message(channel, offset, data);
         let data_start = u32::try_from(text.len() - data.len() - 1)
             .expect("payload size is bounded by config far below 4 GiB");
         let frame = FramedText::from(text);
         let now = Instant::now();
-        let round = Self::enqueue_round(state, Queued::message(offset, &frame, now));
+        let round = flushed.or(Self::enqueue_round(
+            state,
+            Queued::message(offset, &frame, now),
+        ));
         let entry = Entry {
             seq: offset.seq,
             last: offset.seq,
@@ -240,7 +245,10 @@ impl Hub {
     /// subscribers it goes to; 0 when the channel has none here.
     pub fn announce(&self, channel: &str, text: String, writes: &mut WriteBatch) -> usize {
         let shard = self.shard(channel);
-        let Some(slot) = read(&shard.channels).get(channel).map(Arc::clone) else {
+        let Some((channel_name, slot)) = read(&shard.channels)
+            .get_key_value(channel)
+            .map(|(name, slot)| (name.clone(), Arc::clone(slot)))
+        else {
             return 0;
         };
         let (subscribers, round) = {
@@ -248,13 +256,15 @@ impl Hub {
             if state.removed {
                 return 0;
             }
+            let flushed = Self::flush_held(&mut state, &channel_name);
             let event = Queued {
                 offset: state.offset(),
                 frame: FramedText::from(text),
                 accepted: Instant::now(),
                 event: true,
             };
-            (state.subscribed, Self::enqueue_round(&mut state, event))
+            let round = Self::enqueue_round(&mut state, event);
+            (state.subscribed, flushed.or(round))
         };
         if let Some(subscribers) = round {
             start_round(&slot, subscribers, self.workers.as_ref(), writes);

@@ -228,6 +228,7 @@ impl Hub {
         let shard = self.shard(channel);
         let outcome = self.with_subscribers(channel, |subscribers, state| {
             state.expire(&self.retention, Instant::now());
+            Self::seal_held(state);
             let (outcome, skip_until) = match view {
                 None => {
                     let local = since.map(|since| state.recoverable(since));

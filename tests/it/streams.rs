@@ -1,7 +1,7 @@
 //! Message streams (docs/streams.md): ids and deduplication, appends, finishes, edits and
 //! deletes, and what resume, late joiners and history make of them, over real sockets.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
 use serde_json::{Value, json};
 
@@ -199,8 +199,19 @@ async fn script(server: &TestServer, channel: &str) {
 /// subscriber ends with: no duplicate, no gap, each changed message once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resume_from_any_offset_inside_a_stream_ends_with_the_exact_text() {
+    resume_is_exact(Duration::ZERO).await;
+}
+
+/// The same with appends coalesced (the default): the uninterrupted subscriber gets fewer,
+/// merged frames, and a resume from any offset it saw is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_is_exact_with_appends_coalesced() {
+    resume_is_exact(Duration::from_millis(40)).await;
+}
+
+async fn resume_is_exact(coalesce: Duration) {
     let server = TestServer::builder()
-        .configure(|c| c.streams.coalesce = std::time::Duration::ZERO)
+        .configure(|c| c.streams.coalesce = coalesce)
         .start()
         .await;
     let mut watcher = server.client().await;
@@ -431,5 +442,89 @@ async fn edits_and_deletes_are_ordered_and_leave_a_tombstone() {
         json!({"offset": created["offset"], "message_id":"x", "status":"deleted", "updated": deleted["offset"]})
     );
     assert_eq!(history["messages"][1]["data"], "between");
+    server.stop().await;
+}
+
+/// A reply at about 200 tokens/s reaches a viewer in at most one `append` frame per
+/// `streams.coalesce` (here 200 ms, so that "at once" and "held" are far apart on a busy
+/// machine) plus the first, with the text exact; the first append after a quiet interval
+/// goes out at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_close_together_reach_viewers_as_one_frame_per_interval() {
+    const INTERVAL_MS: u64 = 200;
+    let server = TestServer::builder()
+        .configure(|c| c.streams.coalesce = Duration::from_millis(INTERVAL_MS))
+        .start()
+        .await;
+    let mut viewer = server.client().await;
+    viewer.subscribe("chat:c").await;
+    post_ok(
+        &server,
+        "/v1/publish",
+        json!({"channel":"chat:c","message_id":"a","stream":true,"data":null}),
+    )
+    .await;
+    let started = tokio::time::Instant::now();
+    let mut expected = String::new();
+    for n in 0..200 {
+        let token = format!("t{n} ");
+        expected.push_str(&token);
+        post_ok(
+            &server,
+            "/v1/append",
+            json!({"channel":"chat:c","message_id":"a","text": token}),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let elapsed = started.elapsed();
+    // Let the last interval end, then close the stream.
+    tokio::time::sleep(Duration::from_millis(2 * INTERVAL_MS)).await;
+    post_ok(
+        &server,
+        "/v1/finish",
+        json!({"channel":"chat:c","message_id":"a"}),
+    )
+    .await;
+    let mut model = Model::default();
+    let mut appends = 0;
+    loop {
+        let frame = viewer.recv().await;
+        model.apply(&frame);
+        if frame["type"] == "append" {
+            appends += 1;
+        }
+        if frame["type"] == "finish" {
+            break;
+        }
+    }
+    assert_eq!(model.messages["a"].1.as_deref(), Some(expected.as_str()));
+    let most = u32::try_from(elapsed.as_millis() / u128::from(INTERVAL_MS)).unwrap() + 3;
+    assert!(
+        (2..=most).contains(&appends),
+        "{appends} append frames for 200 appends over {elapsed:?} (at most {most})"
+    );
+    // After a quiet interval the next append goes out at once, alone.
+    tokio::time::sleep(Duration::from_millis(2 * INTERVAL_MS)).await;
+    post_ok(
+        &server,
+        "/v1/publish",
+        json!({"channel":"chat:c","message_id":"b","stream":true,"data":null}),
+    )
+    .await;
+    viewer.recv_type("message").await;
+    post_ok(
+        &server,
+        "/v1/append",
+        json!({"channel":"chat:c","message_id":"b","text":"now"}),
+    )
+    .await;
+    let append = viewer
+        .recv_within(Duration::from_millis(INTERVAL_MS / 2))
+        .await;
+    assert_eq!(
+        (append["type"].clone(), append["text"].clone()),
+        (json!("append"), json!("now"))
+    );
     server.stop().await;
 }

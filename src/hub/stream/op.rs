@@ -1,0 +1,187 @@
+//! The operations on messages with ids, who asks for them, and what they answer.
+
+use std::sync::Arc;
+
+use super::message::Message;
+use crate::{
+    config::EditRule,
+    hub::ConnId,
+    protocol::{AbandonReason, ErrorCode, MessageStatus, Offset},
+};
+
+/// Who created a message, for the namespaces' `edit = "own"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    /// A backend, through the control API.
+    Backend,
+    /// An authenticated client's user (any of its connections).
+    User(Arc<str>),
+    /// An anonymous client's connection.
+    Conn(ConnId),
+}
+
+/// Who asks for an operation: a backend may change any message; a client what its
+/// namespace's `edit` rule lets it.
+#[derive(Debug, Clone)]
+pub enum Editor {
+    Backend,
+    Client { owner: Owner, rule: EditRule },
+}
+
+impl Editor {
+    pub(super) fn owner(&self) -> Owner {
+        match self {
+            Editor::Backend => Owner::Backend,
+            Editor::Client { owner, .. } => owner.clone(),
+        }
+    }
+
+    pub(super) fn may_change(&self, message: &Message) -> Result<(), OpError> {
+        match self {
+            Editor::Backend => Ok(()),
+            Editor::Client { rule, owner } => match rule {
+                EditRule::Any => Ok(()),
+                EditRule::None => Err(OpError::EditingOff),
+                EditRule::Own if *owner == message.owner => Ok(()),
+                EditRule::Own => Err(OpError::NotYours),
+            },
+        }
+    }
+}
+
+/// One operation on a channel (see `docs/streams.md`). Payloads are valid JSON (`data`) and
+/// text, checked for size by the caller; ids are checked with
+/// [`protocol::check_message_id`].
+#[derive(Debug, Clone, Copy)]
+pub enum Op<'a> {
+    /// A message: with a `message_id` deduplicated, and with `stream` an open stream whose
+    /// `data` is its metadata.
+    Publish {
+        data: &'a str,
+        message_id: Option<&'a str>,
+        stream: bool,
+    },
+    Append {
+        message_id: &'a str,
+        text: &'a str,
+    },
+    Finish {
+        message_id: &'a str,
+        data: Option<&'a str>,
+    },
+    Update {
+        message_id: &'a str,
+        data: Option<&'a str>,
+        text: Option<&'a str>,
+    },
+    Delete {
+        message_id: &'a str,
+    },
+    Abandon {
+        message_id: &'a str,
+        reason: AbandonReason,
+    },
+}
+
+impl Op<'_> {
+    /// Bytes it brings, for the fan-out's back-pressure.
+    pub(super) fn size(&self) -> usize {
+        match *self {
+            Op::Publish { data, .. } => data.len(),
+            Op::Append { text, .. } => text.len(),
+            Op::Finish { data, .. } => data.map_or(0, str::len),
+            Op::Update { data, text, .. } => data.map_or(0, str::len) + text.map_or(0, str::len),
+            Op::Delete { .. } | Op::Abandon { .. } => 0,
+        }
+    }
+
+    /// The operation's name, for metric labels.
+    #[must_use]
+    pub fn label(&self) -> &'static str {
+        match self {
+            Op::Publish { .. } => "publish",
+            Op::Append { .. } => "append",
+            Op::Finish { .. } => "finish",
+            Op::Update { .. } => "update",
+            Op::Delete { .. } => "delete",
+            Op::Abandon { .. } => "abandon",
+        }
+    }
+}
+
+/// What an operation did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// Its offset; for a duplicate, the first one's.
+    pub offset: Offset,
+    /// A publish whose `message_id` the channel knew (or a delete of a deleted message):
+    /// nothing was done.
+    pub duplicate: bool,
+}
+
+/// Why an operation was refused. Nothing was changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum OpError {
+    /// The channel's fan-out is a whole queue behind its publishers: retry later.
+    #[error("the channel's fan-out is behind its publishers; retry later")]
+    Behind,
+    /// No message with this id in the channel's history: it never was, or it left history.
+    #[error("no message with this message_id in the channel's history")]
+    NotFound,
+    /// The message is not open (finished, abandoned or deleted): appends and finishes are
+    /// refused; an update of a deleted message too.
+    #[error("the message is {}, not open", .0.as_str())]
+    NotOpen(MessageStatus),
+    /// Text for a message published whole: only streams have text.
+    #[error("the message is not a stream: it has no text")]
+    NotStream,
+    /// The text would be longer than `streams.max_text_bytes`.
+    #[error("the message's text would exceed streams.max_text_bytes ({0} bytes)")]
+    TextTooLarge(usize),
+    /// The channel holds `streams.max_open_per_channel` open streams: finish one first.
+    #[error("the channel already has streams.max_open_per_channel ({0}) open streams")]
+    TooManyOpen(usize),
+    /// `edit = "own"` and the message is someone else's.
+    #[error("the message was created by someone else (the namespace's edit rule is `own`)")]
+    NotYours,
+    /// `edit = "none"` in the channel's namespace.
+    #[error("changing messages is off in this channel's namespace (edit = \"none\")")]
+    EditingOff,
+    /// `history.size` is 0: a message with an id lives in history.
+    #[error("message ids and streams need history (history.size > 0)")]
+    NoHistory,
+    /// The clustered bus does not carry them yet.
+    #[error("message ids and streams are not supported with cluster.redis in this release")]
+    Clustered,
+}
+
+impl OpError {
+    /// The error code clients and the HTTP API see.
+    #[must_use]
+    pub fn code(self) -> ErrorCode {
+        match self {
+            OpError::Behind => ErrorCode::Unavailable,
+            OpError::NotFound => ErrorCode::NotFound,
+            OpError::NotOpen(_) => ErrorCode::Conflict,
+            OpError::NotStream | OpError::NoHistory | OpError::Clustered => ErrorCode::BadRequest,
+            OpError::TextTooLarge(_) | OpError::TooManyOpen(_) => ErrorCode::LimitExceeded,
+            OpError::NotYours | OpError::EditingOff => ErrorCode::Forbidden,
+        }
+    }
+
+    /// The HTTP status of the control API's answer.
+    #[must_use]
+    pub fn status(self) -> u16 {
+        match self {
+            OpError::Behind => 503,
+            OpError::NotFound => 404,
+            OpError::NotOpen(_) => 409,
+            OpError::NotStream
+            | OpError::NoHistory
+            | OpError::Clustered
+            | OpError::TooManyOpen(_) => 422,
+            OpError::TextTooLarge(_) => 413,
+            OpError::NotYours | OpError::EditingOff => 403,
+        }
+    }
+}

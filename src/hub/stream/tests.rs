@@ -1,0 +1,189 @@
+use serde_json::Value;
+
+use crate::{
+    hub::{
+        Editor, FramedText, Hub, HubSettings, Op, Subscribed,
+        tests::{drain, name, registered, settings},
+    },
+    protocol::Offset,
+};
+
+fn streaming_hub(coalesce_ms: u64) -> std::sync::Arc<Hub> {
+    let mut settings: HubSettings = settings(100, 1024);
+    settings.streams.coalesce = std::time::Duration::from_millis(coalesce_ms);
+    Hub::new(settings)
+}
+
+fn reply(outcome: &Subscribed) -> FramedText {
+    FramedText::from(format!(
+        "{{\"type\":\"subscribed\",\"offset\":\"{}\"}}",
+        outcome.offset
+    ))
+}
+
+fn apply(hub: &Hub, channel: &str, op: Op<'_>) -> Offset {
+    hub.apply(
+        &name(channel),
+        &op,
+        &Editor::Backend,
+        &mut hub.write_batch(),
+    )
+    .expect("applied")
+    .offset
+}
+
+/// The text a subscriber rebuilds from its frames.
+fn text_of(frames: &[String]) -> String {
+    let mut text = String::new();
+    for frame in frames {
+        let frame: Value = serde_json::from_str(frame).unwrap();
+        match frame["type"].as_str().unwrap() {
+            "message" => text = frame["text"].as_str().unwrap_or("").to_owned(),
+            "append" => text.push_str(frame["text"].as_str().unwrap()),
+            _ => {}
+        }
+    }
+    text
+}
+
+/// A subscribe that comes while appends are held takes the text so far in its state
+/// frame and skips the held frame; an append after it starts a frame of its own, so the
+/// new subscriber never gets text twice (merged into the held frame it would have).
+#[test]
+fn a_subscribe_during_a_hold_never_gets_text_twice() {
+    let hub = streaming_hub(10_000);
+    let chat = name("chat");
+    let (early, early_rx) = registered(&hub);
+    hub.subscribe(&early, &chat, None, None, reply).unwrap();
+    apply(
+        &hub,
+        "chat",
+        Op::Publish {
+            data: "{}",
+            message_id: Some("m"),
+            stream: true,
+        },
+    );
+    apply(
+        &hub,
+        "chat",
+        Op::Append {
+            message_id: "m",
+            text: "a",
+        },
+    );
+    // Within the interval: held.
+    apply(
+        &hub,
+        "chat",
+        Op::Append {
+            message_id: "m",
+            text: "b",
+        },
+    );
+    let (late, late_rx) = registered(&hub);
+    hub.subscribe(&late, &chat, None, None, reply).unwrap();
+    apply(
+        &hub,
+        "chat",
+        Op::Append {
+            message_id: "m",
+            text: "c",
+        },
+    );
+    // A finish sends what is held first.
+    apply(
+        &hub,
+        "chat",
+        Op::Finish {
+            message_id: "m",
+            data: None,
+        },
+    );
+    let early_frames = drain(&early_rx);
+    let late_frames = drain(&late_rx);
+    assert_eq!(text_of(&early_frames), "abc", "{early_frames:?}");
+    assert_eq!(text_of(&late_frames), "abc", "{late_frames:?}");
+    // The early subscriber got the two held appends as two frames (the subscribe sealed
+    // the first), the finish last.
+    let kinds: Vec<String> = early_frames
+        .iter()
+        .map(|frame| {
+            serde_json::from_str::<Value>(frame).unwrap()["type"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "subscribed",
+            "message",
+            "append",
+            "append",
+            "append",
+            "finish"
+        ]
+    );
+}
+
+/// Held appends go out before a plain publish to the channel: offsets stay in order.
+#[test]
+fn a_plain_publish_sends_held_appends_first() {
+    let hub = streaming_hub(10_000);
+    let chat = name("chat");
+    let (conn, rx) = registered(&hub);
+    hub.subscribe(&conn, &chat, None, None, reply).unwrap();
+    apply(
+        &hub,
+        "chat",
+        Op::Publish {
+            data: "{}",
+            message_id: Some("m"),
+            stream: true,
+        },
+    );
+    apply(
+        &hub,
+        "chat",
+        Op::Append {
+            message_id: "m",
+            text: "a",
+        },
+    );
+    apply(
+        &hub,
+        "chat",
+        Op::Append {
+            message_id: "m",
+            text: "b",
+        },
+    );
+    apply(
+        &hub,
+        "chat",
+        Op::Append {
+            message_id: "m",
+            text: "c",
+        },
+    );
+    hub.publish(&chat, "1").unwrap();
+    let frames: Vec<Value> = drain(&rx)
+        .iter()
+        .map(|frame| serde_json::from_str(frame).unwrap())
+        .collect();
+    let offsets: Vec<u64> = frames[1..]
+        .iter()
+        .map(|frame| {
+            frame["offset"]
+                .as_str()
+                .unwrap()
+                .parse::<Offset>()
+                .unwrap()
+                .seq
+        })
+        .collect();
+    assert_eq!(offsets, [1, 2, 4, 5], "{frames:?}");
+    assert_eq!(frames[3]["text"], "bc", "merged");
+}
