@@ -41,6 +41,7 @@ mod redis_server;
 mod resume;
 mod rolling_restart;
 mod slow_consumer;
+mod stream_ingest;
 mod streams;
 mod throttle;
 mod tls;
