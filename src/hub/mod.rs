@@ -23,7 +23,8 @@
 //! message or a delivery, one append, events), `subscribe` (subscribe and replay, pins,
 //! unsubscribe, history reads), `channel` (a channel's ordered state and history),
 //! `fanout` (rounds), `lane` (the write lane), `admission` (upgrades in progress), `frame`,
-//! `lag` (how late the event loop ran).
+//! `lag` (how late the event loop ran), `stream` (messages with ids: appends, edits,
+//! deletes, coalescing).
 
 mod admission;
 mod channel;
