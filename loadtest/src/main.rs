@@ -17,6 +17,7 @@ mod lean;
 mod million;
 mod proc_stat;
 mod source;
+mod streams;
 mod workers;
 
 use std::{
@@ -63,6 +64,11 @@ enum Scenario {
     Baseline(baseline::BaselineArgs),
     /// The parts of `loadtest/million.sh`: generators, publishers, sampler, report.
     Million(million::MillionArgs),
+    /// Assistant replies as message streams (streaming ingest) or as plain publishes per
+    /// token: appends/s, CPU per append, token-to-viewer latency, frames per viewer.
+    Streams(streams::StreamsArgs),
+    /// One long reply resumed from its start and its middle: bytes and time.
+    StreamsResume(streams::ResumeArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -192,6 +198,8 @@ async fn run(scenario: Scenario) -> anyhow::Result<()> {
         Scenario::Soak(args) => fanout::soak(args).await,
         Scenario::Connect(args) => connect::run(args).await,
         Scenario::HttpPublish(args) => http_publish::run(args).await,
+        Scenario::Streams(args) => streams::run(args).await,
+        Scenario::StreamsResume(args) => streams::resume(args).await,
         Scenario::Idle(args) => connect::idle(args).await,
         Scenario::Spike(args) => connect::spike(args).await,
         Scenario::Baseline(args) => baseline::run(args).await,

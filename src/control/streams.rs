@@ -194,13 +194,14 @@ struct OpenStream<'a> {
 
 impl OpenStream<'_> {
     async fn apply(&self, op: Op<'_>) -> Result<Applied, ApiError> {
+        // No answer waits on this write (the ingest answers at its end): written at once
+        // when the batch is dropped, not from a task of its own.
         let mut writes = self.ctx.hub.write_batch();
         let applied = self
             .ctx
             .bus
             .apply(&self.channel, op, &Editor::Backend, &mut writes)
             .await?;
-        writes.flush_later();
         Ok(applied)
     }
 

@@ -264,9 +264,14 @@ impl Channel {
         self.trim_to_budget(policy);
     }
 
-    /// Over the node-wide budget, the channel that grew gives up its oldest entries. Older
-    /// channels' entries go by age, so no channel starves for longer than one `ttl`.
+    /// Over the node-wide budget, the channel that grew gives up first the ids it keeps
+    /// only for deduplication (their messages left history), then its oldest entries. Older
+    /// channels' entries go by age, so no channel starves for longer than one `ttl`; and
+    /// publishing with fresh ids cannot grow a node past its budget.
     pub(super) fn trim_to_budget(&mut self, policy: &Retention) {
+        if policy.used_bytes.load(Ordering::Relaxed) > policy.max_bytes && !self.ids.is_empty() {
+            self.forget_ids_outside_history(policy);
+        }
         while policy.used_bytes.load(Ordering::Relaxed) > policy.max_bytes
             && !self.history.is_empty()
         {
@@ -287,18 +292,30 @@ impl Channel {
 
     /// Forgets the ids whose message left history and whose `streams.dedupe_window` is over.
     pub(super) fn forget_ids(&mut self, policy: &Retention, now: Instant) {
+        self.retain_ids(policy, |known, first_held| {
+            known.seq >= first_held || now.duration_since(known.at) < policy.dedupe_window
+        });
+    }
+
+    /// Forgets every id whose message left history, within its dedupe window or not: the
+    /// node is over its history budget.
+    fn forget_ids_outside_history(&mut self, policy: &Retention) {
+        self.retain_ids(policy, |known, first_held| known.seq >= first_held);
+    }
+
+    /// Keeps the ids `keep` says to (given the seq of the oldest entry history holds).
+    fn retain_ids(&mut self, policy: &Retention, keep: impl Fn(&KnownId, u64) -> bool) {
         if self.ids.is_empty() {
             return;
         }
         let first_held = self.history.front().map_or(u64::MAX, |entry| entry.seq);
         let mut freed = 0;
         self.ids.retain(|id, known| {
-            let keep =
-                known.seq >= first_held || now.duration_since(known.at) < policy.dedupe_window;
-            if !keep {
+            let kept = keep(known, first_held);
+            if !kept {
                 freed += id.len() + ID_OVERHEAD;
             }
-            keep
+            kept
         });
         policy.used_bytes.fetch_sub(freed, Ordering::Relaxed);
         if self.ids.capacity() > 2 * self.ids.len() + 16 {

@@ -187,3 +187,49 @@ fn a_plain_publish_sends_held_appends_first() {
     assert_eq!(offsets, [1, 2, 4, 5], "{frames:?}");
     assert_eq!(frames[3]["text"], "bc", "merged");
 }
+
+/// A publisher cycling through fresh ids (a hostile client, a buggy backend) cannot grow
+/// the node past `history.max_memory_bytes`: over it, its channel gives up the ids kept only
+/// for deduplication, then its oldest entries; another channel's history stays.
+#[test]
+fn fresh_ids_cannot_grow_the_node_past_its_history_budget() {
+    use std::sync::atomic::Ordering;
+    let mut settings: HubSettings = settings(10, 1024);
+    settings.history_max_bytes = 64 << 10;
+    let hub = Hub::new(settings);
+    hub.publish(&name("bystander"), "\"kept\"").unwrap();
+    for n in 0..20_000 {
+        let id = format!("{n:0>100}");
+        apply(
+            &hub,
+            "flood",
+            Op::Publish {
+                data: "1",
+                message_id: Some(&id),
+                stream: false,
+            },
+        );
+        let used = hub.retention.used_bytes.load(Ordering::Relaxed);
+        assert!(
+            used <= (64 << 10) + 4096,
+            "{used} bytes after {n} publishes"
+        );
+    }
+    let kept = hub.history(&name("bystander"), None, 10);
+    assert_eq!(kept.messages.len(), 1, "another channel's history stays");
+    // The flood's own last messages are in history, and their ids still deduplicate.
+    let last = format!("{:0>100}", 19_999);
+    let again = hub
+        .apply(
+            &name("flood"),
+            &Op::Publish {
+                data: "1",
+                message_id: Some(&last),
+                stream: false,
+            },
+            &Editor::Backend,
+            &mut hub.write_batch(),
+        )
+        .unwrap();
+    assert!(again.duplicate);
+}
