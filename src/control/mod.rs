@@ -63,6 +63,8 @@ pub struct ControlSettings {
     /// A streaming ingest that receives nothing for this long abandons its stream
     /// (`streams.idle_timeout`).
     pub stream_idle_timeout: Duration,
+    /// Bytes of text one message may hold (`streams.max_text_bytes`): bounds an ingest.
+    pub max_text_bytes: usize,
     /// `/v1` requests per API key (`control.requests_per_second_per_key`), if limited. The
     /// key is the index of the matched API key; loopback callers without keys share one.
     pub key_limiter: Option<KeyedLimiter<usize>>,
@@ -80,6 +82,7 @@ impl ControlSettings {
             max_channel_name_bytes: config.limits.max_channel_name_bytes,
             max_publish_payload_bytes: config.limits.max_publish_payload_bytes,
             stream_idle_timeout: config.streams.idle_timeout,
+            max_text_bytes: config.streams.max_text_bytes,
             key_limiter: Quota::new(
                 control.requests_per_second_per_key,
                 control.request_burst_per_key,

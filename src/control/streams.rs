@@ -164,6 +164,14 @@ fn max_line_bytes(ctx: &ControlContext) -> usize {
     ctx.settings.max_publish_payload_bytes + 64
 }
 
+/// A whole ingest body longer than this is refused: room for the longest text a message
+/// may hold, each character escaped (`\uXXXX`, 6 bytes) in lines of their own, plus the
+/// data lines. Blank lines add nothing to the text, so without it a body of them could
+/// keep a request open forever.
+fn max_body_bytes(ctx: &ControlContext) -> usize {
+    ctx.settings.max_text_bytes * 8 + 4 * ctx.settings.max_publish_payload_bytes + 65_536
+}
+
 /// What the ingest's body is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum IngestFormat {
@@ -333,7 +341,7 @@ pub(super) async fn ingest(request: Request<Incoming>, ctx: &ControlContext) -> 
     };
     let idle = ctx.settings.stream_idle_timeout;
     let mut body = request.into_body();
-    let mut reader = Reader::new(format, max_line_bytes(ctx));
+    let mut reader = Reader::new(format, max_line_bytes(ctx), max_body_bytes(ctx));
     // NDJSON: the first line may be the metadata; read it before opening.
     let mut first: Option<Piece> = None;
     if format == IngestFormat::Lines && header_data.is_none() {
@@ -431,15 +439,20 @@ enum Piece {
 struct Reader {
     format: IngestFormat,
     max_line: usize,
+    /// Bytes the body may bring in all, and what it brought so far.
+    max_body: usize,
+    read: usize,
     buffer: BytesMut,
     ended: bool,
 }
 
 impl Reader {
-    fn new(format: IngestFormat, max_line: usize) -> Self {
+    fn new(format: IngestFormat, max_line: usize, max_body: usize) -> Self {
         Self {
             format,
             max_line,
+            max_body,
+            read: 0,
             buffer: BytesMut::new(),
             ended: false,
         }
@@ -484,6 +497,18 @@ impl Reader {
                 Ok(Some(Ok(frame))) => frame,
             };
             if let Ok(data) = frame.into_data() {
+                self.read += data.len();
+                if self.read > self.max_body {
+                    return Err(ApiError::new(
+                        413,
+                        ErrorCode::LimitExceeded,
+                        format!(
+                            "the body is longer than {} bytes (8 times streams.max_text_bytes \
+                             and more); the stream is abandoned",
+                            self.max_body
+                        ),
+                    ));
+                }
                 self.buffer.extend_from_slice(&data);
             }
         }

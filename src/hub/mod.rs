@@ -334,15 +334,20 @@ impl Hub {
     /// Returns how many channels were dropped. Runs from a periodic task.
     pub fn sweep(&self) -> usize {
         let now = Instant::now();
-        self.abandon_idle(now);
         let mut dropped = 0;
+        // Open streams that got nothing for `streams.idle_timeout`, abandoned after the pass.
+        let mut stale = Vec::new();
         for shard in &self.shards {
-            let slots: Vec<_> = read(&shard.channels).values().cloned().collect();
+            let slots: Vec<_> = read(&shard.channels)
+                .iter()
+                .map(|(name, slot)| (name.clone(), Arc::clone(slot)))
+                .collect();
             let mut idle = Vec::new();
-            for slot in slots {
+            for (name, slot) in slots {
                 let mut channel = lock(&slot.state);
                 channel.expire(&self.retention, now);
                 channel.forget_ids(&self.retention, now);
+                self.find_idle_streams(&name, &channel, now, &mut stale);
                 if channel.is_idle() {
                     idle.push(Arc::clone(&slot));
                 }
@@ -368,6 +373,7 @@ impl Hub {
         }
         self.channels_dropped
             .fetch_add(dropped as u64, Ordering::AcqRel);
+        self.abandon_idle(&stale);
         dropped
     }
 

@@ -35,10 +35,15 @@ impl Chunked {
     }
 
     async fn send(&mut self, bytes: &[u8]) {
+        assert!(self.try_send(bytes).await, "the server took the chunk");
+    }
+
+    /// Sends a chunk; false when the server closed the connection (it answered already).
+    async fn try_send(&mut self, bytes: &[u8]) -> bool {
         let mut chunk = format!("{:x}\r\n", bytes.len()).into_bytes();
         chunk.extend_from_slice(bytes);
         chunk.extend_from_slice(b"\r\n");
-        self.0.write_all(&chunk).await.unwrap();
+        self.0.write_all(&chunk).await.is_ok()
     }
 
     /// Ends the body; the answer's status and JSON.
@@ -316,9 +321,37 @@ async fn the_bounds_refuse_cleanly_and_a_bystander_keeps_its_rate() {
     )
     .await;
     post_ok(&server, "/v1/publish", open("s3")).await;
+    // An ingest of blank lines adds no text, but its body is bounded all the same: 8 times
+    // max_text_bytes, 4 payloads and 64 KiB (204,608 bytes here).
+    post_ok(
+        &server,
+        "/v1/finish",
+        json!({"channel":"chat:b","message_id":"s3"}),
+    )
+    .await;
+    let mut blank = Chunked::open(
+        &server,
+        "channel=chat:b&message_id=blank",
+        &[("Switchboard-Data", "{}")],
+    )
+    .await;
+    let lines = vec![b'\n'; 16 << 10];
+    for _ in 0..16 {
+        if !blank.try_send(&lines).await {
+            break;
+        }
+    }
+    let (status, answer) = blank.answer().await;
+    assert_eq!(
+        (status, answer["error"]["code"].clone()),
+        (413, json!("limit_exceeded")),
+        "{answer}"
+    );
     let (_, history) = server.get_json("/v1/channels/chat:b/history").await;
     assert_eq!(history["messages"][0]["text"], big, "nothing half-applied");
     assert_eq!(history["messages"][1]["text"], "");
+    assert_eq!(history["messages"][3]["message_id"], "blank", "{history}");
+    assert_eq!(history["messages"][3]["status"], "abandoned", "{history}");
     let (acked, refused, slowest) = steady.finish().await;
     assert_eq!(refused, 0);
     assert!(

@@ -79,7 +79,9 @@ impl Hub {
                     .publishes_refused_fanout_behind
                     .increment(1);
             }
-            telemetry::stream_op_refused(err.code());
+            if *err != OpError::NotIdle {
+                telemetry::stream_op_refused(err.code());
+            }
         })?;
         if let Some((slot, subscribers)) = round {
             start_round(&slot, subscribers, self.workers.as_ref(), writes);
@@ -207,6 +209,12 @@ impl Hub {
             Op::Finish { .. } | Op::Abandon { .. } if status != MessageStatus::Open => {
                 return Err(OpError::NotOpen(status));
             }
+            Op::Abandon {
+                reason: AbandonReason::Idle,
+                ..
+            } if now.duration_since(entry.published_at) < limits.idle_timeout => {
+                return Err(OpError::NotIdle);
+            }
             Op::Update { text, .. } => {
                 if status == MessageStatus::Deleted {
                     return Err(OpError::NotOpen(status));
@@ -320,49 +328,40 @@ impl Hub {
         })
     }
 
-    /// Abandons the open streams that got no operation for `streams.idle_timeout`; run by
-    /// the sweep. Returns how many.
-    pub(super) fn abandon_idle(&self, now: Instant) -> usize {
-        if self.settings.remote {
-            return 0;
+    /// Adds the open streams of `channel` that got no operation for
+    /// `streams.idle_timeout` to `stale`; the sweep calls it under the channel's lock.
+    pub(super) fn find_idle_streams(
+        &self,
+        name: &ChannelName,
+        state: &Channel,
+        now: Instant,
+        stale: &mut Vec<(ChannelName, Box<str>)>,
+    ) {
+        if state.open == 0 || self.settings.remote {
+            return;
         }
         let idle = self.settings.streams.idle_timeout;
-        let mut stale: Vec<(ChannelName, Box<str>)> = Vec::new();
-        for shard in &self.shards {
-            let slots: Vec<_> = super::read(&shard.channels)
-                .iter()
-                .map(|(name, slot)| (name.clone(), Arc::clone(slot)))
-                .collect();
-            for (name, slot) in slots {
-                let state = super::lock(&slot.state);
-                if state.open == 0 {
-                    continue;
-                }
-                for entry in &state.history {
-                    if let Some(message) = &entry.message
-                        && message.is_open()
-                        && now.duration_since(entry.published_at) >= idle
-                    {
-                        stale.push((name.clone(), message.id.clone()));
-                    }
-                }
+        for entry in &state.history {
+            if let Some(message) = &entry.message
+                && message.is_open()
+                && now.duration_since(entry.published_at) >= idle
+            {
+                stale.push((name.clone(), message.id.clone()));
             }
         }
+    }
+
+    /// Abandons the streams the sweep found idle, unless one got an operation since
+    /// (checked again under the channel's lock).
+    pub(super) fn abandon_idle(&self, stale: &[(ChannelName, Box<str>)]) {
         let mut writes = self.write_batch();
-        let mut abandoned = 0;
-        for (channel, message_id) in &stale {
+        for (channel, message_id) in stale {
             let op = Op::Abandon {
                 message_id,
                 reason: AbandonReason::Idle,
             };
-            if self
-                .apply(channel, &op, &Editor::Backend, &mut writes)
-                .is_ok()
-            {
-                abandoned += 1;
-            }
+            let _ = self.apply(channel, &op, &Editor::Backend, &mut writes);
         }
-        abandoned
     }
 }
 

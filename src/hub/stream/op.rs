@@ -150,6 +150,10 @@ pub enum OpError {
     /// `history.size` is 0: a message with an id lives in history.
     #[error("message ids and streams need history (history.size > 0)")]
     NoHistory,
+    /// An abandon for idleness found the stream active again (an append came after the
+    /// sweep saw it idle): nothing done. The server's own; never answered to a client.
+    #[error("the stream is no longer idle")]
+    NotIdle,
     /// The clustered bus does not carry them yet.
     #[error("message ids and streams are not supported with cluster.redis in this release")]
     Clustered,
@@ -162,7 +166,7 @@ impl OpError {
         match self {
             OpError::Behind => ErrorCode::Unavailable,
             OpError::NotFound => ErrorCode::NotFound,
-            OpError::NotOpen(_) => ErrorCode::Conflict,
+            OpError::NotOpen(_) | OpError::NotIdle => ErrorCode::Conflict,
             OpError::NotStream | OpError::NoHistory | OpError::Clustered => ErrorCode::BadRequest,
             OpError::TextTooLarge(_) | OpError::TooManyOpen(_) => ErrorCode::LimitExceeded,
             OpError::NotYours | OpError::EditingOff => ErrorCode::Forbidden,
@@ -175,7 +179,7 @@ impl OpError {
         match self {
             OpError::Behind => 503,
             OpError::NotFound => 404,
-            OpError::NotOpen(_) => 409,
+            OpError::NotOpen(_) | OpError::NotIdle => 409,
             OpError::NotStream
             | OpError::NoHistory
             | OpError::Clustered
