@@ -24,9 +24,13 @@ pub struct StreamsConfig {
     /// Default 40ms.
     #[serde(with = "humantime_serde")]
     pub coalesce: Duration,
-    /// Bytes of text one message may hold. Default 256 KiB.
+    /// Bytes of text one message may hold. 0 (the default): 256 KiB, or less when that and
+    /// a payload would not fit `limits.outbound_queue_bytes` (a resume sends a message
+    /// whole, in one frame).
     pub max_text_bytes: usize,
-    /// Open streams one channel may hold at once. Default 64.
+    /// Open streams one channel may hold at once. A subscribe gets them all whole at once,
+    /// so with the text they may hold they must fit a subscriber's queue. 0 (the default):
+    /// as many as fit `limits.outbound_queue_bytes`, from 1 to 64 (3 with the defaults).
     pub max_open_per_channel: usize,
 }
 
@@ -36,39 +40,58 @@ impl Default for StreamsConfig {
             dedupe_window: Duration::from_secs(600),
             idle_timeout: Duration::from_secs(60),
             coalesce: Duration::from_millis(40),
-            max_text_bytes: 256 * 1024,
-            max_open_per_channel: 64,
+            max_text_bytes: 0,
+            max_open_per_channel: 0,
         }
     }
 }
 
+/// `max_text_bytes` when derived, at most.
+const DEFAULT_MAX_TEXT_BYTES: usize = 256 * 1024;
+/// `max_open_per_channel` when derived, at most.
+const DEFAULT_MAX_OPEN: usize = 64;
+/// What a state frame adds to a message's text and data, at most (its envelope, escaping
+/// aside).
+const ENVELOPE: usize = 1024;
+
 impl StreamsConfig {
-    pub(super) fn validate(&self, limits: &LimitsConfig) -> Result<(), ConfigError> {
+    /// Checks the keys and fills the derived ones (those left at 0).
+    pub(super) fn validate(&mut self, limits: &LimitsConfig) -> Result<(), ConfigError> {
         if self.idle_timeout < Duration::from_secs(1) {
             return Err(invalid("streams.idle_timeout", "must be at least 1s"));
         }
         if self.coalesce > Duration::from_secs(1) {
             return Err(invalid("streams.coalesce", "must be at most 1s"));
         }
-        if self.max_text_bytes == 0 || self.max_text_bytes > 64 * 1024 * 1024 {
+        let queue = limits.outbound_queue_bytes;
+        let payload = limits.max_publish_payload_bytes;
+        if self.max_text_bytes == 0 {
+            self.max_text_bytes = DEFAULT_MAX_TEXT_BYTES
+                .min(queue.saturating_sub(payload + ENVELOPE))
+                .max(1);
+        } else if self.max_text_bytes > 64 * 1024 * 1024 {
             return Err(invalid(
                 "streams.max_text_bytes",
-                "must be between 1 and 67108864",
+                "must be at most 67108864",
             ));
-        }
-        // A message's state frame carries its whole text: it must fit a subscriber's queue.
-        if self.max_text_bytes + limits.max_publish_payload_bytes + 1024
-            > limits.outbound_queue_bytes
-        {
+        } else if self.max_text_bytes + payload + ENVELOPE > queue {
+            // A message's state frame carries its whole text: it must fit a queue.
             return Err(invalid(
                 "streams.max_text_bytes",
-                "plus limits.max_publish_payload_bytes must fit limits.outbound_queue_bytes",
+                "plus limits.max_publish_payload_bytes and 1 KiB must fit \
+                 limits.outbound_queue_bytes",
             ));
         }
+        let whole = self.max_text_bytes + payload + ENVELOPE;
         if self.max_open_per_channel == 0 {
+            self.max_open_per_channel = (queue / whole).clamp(1, DEFAULT_MAX_OPEN);
+        } else if self.max_open_per_channel.saturating_mul(whole) > queue {
+            // A subscribe gets every open stream whole at once: all of them must fit, or a
+            // channel's publisher could have every new subscriber closed as a slow consumer.
             return Err(invalid(
                 "streams.max_open_per_channel",
-                "must be at least 1",
+                "times (streams.max_text_bytes + limits.max_publish_payload_bytes + 1 KiB) \
+                 must fit limits.outbound_queue_bytes",
             ));
         }
         Ok(())

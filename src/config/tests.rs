@@ -277,3 +277,36 @@ fn a_public_control_listener_needs_keys_or_an_opt_out() {
     let loopback = "[control]\nlisten = \"[::1]:9090\"\n";
     assert!(Config::from_toml_str(loopback).is_ok());
 }
+
+/// `[streams]`' bounds left at 0 are derived from the queue they must fit; values given
+/// that would not fit are refused naming the key, so a config that never mentions streams
+/// keeps starting whatever its limits.
+#[test]
+fn stream_bounds_are_derived_from_the_queue_or_refused_when_they_do_not_fit() {
+    let config = Config::default().validate().unwrap();
+    assert_eq!(config.streams.max_text_bytes, 256 * 1024);
+    assert_eq!(config.streams.max_open_per_channel, 3);
+    let small = Config::from_toml_str(
+        "[limits]\noutbound_queue_bytes = 65536\nmax_publish_payload_bytes = 16384\n",
+    )
+    .unwrap();
+    assert_eq!(small.streams.max_text_bytes, 65536 - 16384 - 1024);
+    assert_eq!(small.streams.max_open_per_channel, 1);
+    let roomy = Config::from_toml_str("[limits]\noutbound_queue_bytes = 67108864\n").unwrap();
+    assert_eq!(roomy.streams.max_open_per_channel, 64);
+    for (text, key) in [
+        (
+            "[streams]\nmax_text_bytes = 1048576\n",
+            "streams.max_text_bytes",
+        ),
+        (
+            "[streams]\nmax_open_per_channel = 4\n",
+            "streams.max_open_per_channel",
+        ),
+        ("[streams]\nidle_timeout = \"0s\"\n", "streams.idle_timeout"),
+        ("[streams]\ncoalesce = \"2s\"\n", "streams.coalesce"),
+    ] {
+        let err = Config::from_toml_str(text).unwrap_err().to_string();
+        assert!(err.contains(key), "{text}: {err}");
+    }
+}

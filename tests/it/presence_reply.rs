@@ -16,7 +16,6 @@ async fn a_large_room_is_cut_to_the_reply_budget() {
         .configure(|c| {
             c.limits.outbound_queue_bytes = 64 << 10;
             c.limits.max_publish_payload_bytes = 16 << 10;
-            c.streams.max_text_bytes = 32 << 10;
         })
         .start()
         .await;

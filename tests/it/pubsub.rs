@@ -215,7 +215,6 @@ async fn clients_read_history_over_the_websocket() {
             // A quarter of 64 KiB: 16 KiB of messages per reply.
             config.limits.outbound_queue_bytes = 64 << 10;
             config.limits.max_publish_payload_bytes = 16 << 10;
-            config.streams.max_text_bytes = 32 << 10;
             config.namespaces.insert(
                 0,
                 switchboard::config::NamespaceConfig {

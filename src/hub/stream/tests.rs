@@ -8,8 +8,16 @@ use crate::{
     protocol::Offset,
 };
 
-fn streaming_hub(coalesce_ms: u64) -> std::sync::Arc<Hub> {
+/// Settings with `[streams]` as validation fills them for the default limits.
+fn stream_settings() -> HubSettings {
     let mut settings: HubSettings = settings(100, 1024);
+    settings.streams.max_text_bytes = 256 * 1024;
+    settings.streams.max_open_per_channel = 3;
+    settings
+}
+
+fn streaming_hub(coalesce_ms: u64) -> std::sync::Arc<Hub> {
+    let mut settings = stream_settings();
     settings.streams.coalesce = std::time::Duration::from_millis(coalesce_ms);
     Hub::new(settings)
 }
@@ -194,7 +202,8 @@ fn a_plain_publish_sends_held_appends_first() {
 #[test]
 fn fresh_ids_cannot_grow_the_node_past_its_history_budget() {
     use std::sync::atomic::Ordering;
-    let mut settings: HubSettings = settings(10, 1024);
+    let mut settings = stream_settings();
+    settings.history_size = 10;
     settings.history_max_bytes = 64 << 10;
     let hub = Hub::new(settings);
     hub.publish(&name("bystander"), "\"kept\"").unwrap();
