@@ -67,12 +67,19 @@ impl Hub {
             return Err(OpError::NoHistory);
         }
         let mut round = None;
+        let mut idle = false;
         let applied = self.with_channel(channel, |slot, state| {
             let mut subscribers = None;
-            let applied = self.apply_locked(state, channel, op, editor, &mut subscribers)?;
+            let applied = self.apply_locked(state, channel, op, editor, &mut subscribers);
             round = subscribers.map(|subscribers| (Arc::clone(slot), subscribers));
-            Ok::<_, OpError>(applied)
+            idle = state.is_idle();
+            applied
         });
+        if idle {
+            // A refused change to a channel nobody holds (a client naming random
+            // channels) leaves nothing behind.
+            self.drop_if_idle(channel);
+        }
         let applied = applied.inspect_err(|err| {
             if *err == OpError::Behind {
                 telemetry::metrics()

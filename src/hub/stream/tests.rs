@@ -242,3 +242,25 @@ fn fresh_ids_cannot_grow_the_node_past_its_history_budget() {
         .unwrap();
     assert!(again.duplicate);
 }
+
+/// A change naming a channel nobody holds is refused and leaves no channel behind (a
+/// client cycling through channel names costs nothing until the sweep).
+#[test]
+fn a_refused_change_leaves_no_channel_behind() {
+    let hub = streaming_hub(0);
+    for n in 0..100 {
+        let op = Op::Append {
+            message_id: "m",
+            text: "t",
+        };
+        let refused = hub.apply(
+            &name(&format!("nobody:{n}")),
+            &op,
+            &Editor::Backend,
+            &mut hub.write_batch(),
+        );
+        assert_eq!(refused, Err(crate::hub::OpError::NotFound));
+    }
+    let channels: usize = hub.shard_stats().iter().map(|shard| shard.channels).sum();
+    assert_eq!(channels, 0);
+}
