@@ -168,8 +168,17 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         );
     }
     if config.demo.enabled {
-        tracing::info!("Demo on: /demo on the WebSocket listener, a ticker on demo:ticker");
+        tracing::info!(
+            "Demo on: /demo on the WebSocket listener, a ticker on demo:ticker, replies \
+             streamed to demo:assistant"
+        );
         background.spawn(crate::demo::ticker(
+            Arc::clone(&bus),
+            Arc::clone(&hub),
+            Arc::clone(&node_id),
+            background_stop.clone(),
+        ));
+        background.spawn(crate::demo::assistant(
             Arc::clone(&bus),
             Arc::clone(&hub),
             Arc::clone(&node_id),

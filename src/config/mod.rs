@@ -578,8 +578,10 @@ impl Default for ClusterConfig {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DemoConfig {
-    /// Serve the demo page at `/demo` on the WebSocket listener and publish a ticker to
-    /// `demo:ticker` every second. Its chat publishes to `demo:chat` from the page, which
+    /// Serve the demo page at `/demo` on the WebSocket listener, publish a ticker to
+    /// `demo:ticker` every second and stream a scripted assistant reply to `demo:assistant`
+    /// every 15 s (not with `cluster.redis`, which does not carry message streams yet). Its
+    /// chat publishes to `demo:chat` from the page, which
     /// needs a `[[namespaces]]` entry letting anonymous clients publish there
     /// (`config/demo.toml` has one). Default false.
     pub enabled: bool,

@@ -1,16 +1,21 @@
 //! The live demo (`demo.enabled`, off by default): a page on the WebSocket listener at
-//! `/demo` with a ticker this node publishes to `demo:ticker` every second and a chat on
-//! `demo:chat`, both through the JavaScript client (`clients/js`), showing the connection's
-//! state, each channel's offset and whether a resume recovered everything.
+//! `/demo` with a ticker this node publishes to `demo:ticker` every second, a chat on
+//! `demo:chat` and an assistant pane whose replies this node streams to `demo:assistant`
+//! (`assistant`), all through the JavaScript client (`clients/js`), showing the
+//! connection's state, each channel's offset and whether a resume recovered everything.
 //!
 //! `switchboard.js` is `clients/js`'s build output, kept here so that the binary builds
 //! without Node; `tests/it/js_client.rs` fails when it differs from a fresh build.
+
+mod assistant;
 
 use std::{sync::Arc, time::Duration};
 
 use tokio_util::sync::CancellationToken;
 
 use crate::{cluster::Bus, hub::HubHandle, protocol::ChannelName};
+
+pub use self::assistant::assistant;
 
 /// A static file of the demo.
 #[derive(Debug)]

@@ -1,6 +1,8 @@
 // Switchboard client: one WebSocket per client, every subscribed channel resumed from its
 // last offset after any reconnect, so that the application sees each message once and in
-// order, or is told (onRecovered(false)) that it must reload its state.
+// order, or is told (onRecovered(false)) that it must reload its state. Messages with a
+// message_id (streams that grow by appends, edits, deletes) live in their subscription and
+// change in place; a resume's state frames replace them whole (docs/streams.md).
 //
 // The wire protocol is docs/protocol.md in the server's repository.
 /** Close codes after which reconnecting cannot help (docs/protocol.md "Close codes"). */
@@ -16,6 +18,26 @@ function parseOffset(offset) {
         return undefined;
     const seq = Number(offset.slice(dash + 1));
     return Number.isSafeInteger(seq) ? { epoch: offset.slice(0, dash), seq } : undefined;
+}
+/** A `StreamMessage`'s fields from a `message` frame: as published, or a state frame. */
+function messageFields(frame) {
+    if (typeof frame.status === "string") {
+        return {
+            offset: frame.offset,
+            created: frame.created ?? frame.offset,
+            status: frame.status,
+            text: typeof frame.text === "string" ? frame.text : undefined,
+            data: frame.data,
+        };
+    }
+    const stream = frame.stream === "open";
+    return {
+        offset: frame.offset,
+        created: frame.offset,
+        status: stream ? "open" : "finished",
+        text: stream ? "" : undefined,
+        data: frame.data,
+    };
 }
 /** Whether `offset` comes after `last` in the same epoch; true for another epoch. */
 export function isAfter(offset, last) {
@@ -34,6 +56,7 @@ class Sub {
         this.client = client;
         /** Sent and not yet answered, or answered on the current connection. */
         this.active = false;
+        this.messages = new Map();
     }
     unsubscribe() {
         this.client.unsubscribe(this);
@@ -121,10 +144,51 @@ export class Switchboard {
             this.request({ type: "unsubscribe", channel: sub.channel }).catch(() => { });
         }
     }
-    /** Publishes `data` to `channel`; resolves to its offset once the server ordered it. */
-    async publish(channel, data) {
+    /**
+     * Publishes `data` to `channel`; resolves to its offset once the server ordered it. With
+     * `messageId` the message has an id (and a publish the channel already knows resolves to
+     * the first one's offset: retrying is safe); with `stream` too, it opens a stream whose
+     * text grows by `append` and `data` is its metadata (`null` when not given).
+     */
+    async publish(channel, data, options = {}) {
+        const frame = { type: "publish", channel, data };
+        if (options.messageId !== undefined)
+            frame.message_id = options.messageId;
+        if (options.stream) {
+            frame.stream = true;
+            if (data === undefined)
+                frame.data = null;
+        }
+        return this.operate(frame);
+    }
+    /** Adds `text` at the end of an open stream; resolves to the append's offset. Not idempotent: see the README. */
+    append(channel, messageId, text) {
+        return this.operate({ type: "append", channel, message_id: messageId, text });
+    }
+    /** Finishes an open stream (`data`, when given, replaces its metadata); resolves to the finish's offset. */
+    finish(channel, messageId, data) {
+        const frame = { type: "finish", channel, message_id: messageId };
+        if (data !== undefined)
+            frame.data = data;
+        return this.operate(frame);
+    }
+    /** Replaces a message's `data` and/or (streams) its `text`; resolves to the edit's offset. */
+    update(channel, messageId, change) {
+        const frame = { type: "update", channel, message_id: messageId };
+        if (change.data !== undefined)
+            frame.data = change.data;
+        if (change.text !== undefined)
+            frame.text = change.text;
+        return this.operate(frame);
+    }
+    /** Turns a message into a tombstone; resolves to the delete's offset (the first one's, for a deleted message). */
+    delete(channel, messageId) {
+        return this.operate({ type: "delete", channel, message_id: messageId });
+    }
+    /** Sends a frame that publishes or changes a message, once connected: the `published` reply's offset. */
+    async operate(frame) {
         await this.whenConnected();
-        const reply = await this.request({ type: "publish", channel, data });
+        const reply = await this.request(frame);
         return reply.offset;
     }
     /**
@@ -144,7 +208,18 @@ export class Switchboard {
         return {
             offset: reply.offset,
             ...(reply.recovered === undefined ? {} : { recovered: reply.recovered }),
-            messages: reply.messages.map((message) => ({ channel, offset: message.offset, data: message.data })),
+            messages: reply.messages.map((entry) => {
+                const message = { channel, offset: entry.offset, data: entry.data };
+                if (entry.message_id !== undefined) {
+                    message.id = entry.message_id;
+                    message.status = entry.status;
+                    if (entry.text !== undefined)
+                        message.text = entry.text;
+                    if (entry.updated !== undefined)
+                        message.updated = entry.updated;
+                }
+                return message;
+            }),
             truncated: reply.truncated === true,
         };
     }
@@ -258,6 +333,12 @@ export class Switchboard {
                 return;
             case "message":
                 return this.onMessage(frame);
+            case "append":
+            case "finish":
+            case "update":
+            case "delete":
+            case "abandon":
+                return this.onChange(frame);
             case "reset":
                 return this.onReset(frame);
             case "subscribed":
@@ -303,7 +384,10 @@ export class Switchboard {
         const frame = { type: "subscribe", channel: sub.channel };
         if (resume !== undefined)
             frame.since = resume;
-        this.request(frame).then((reply) => {
+        // The reply is applied as it arrives: the frames right behind it (a replay, the open
+        // streams' state) must find the subscription's position set, also where a WebSocket
+        // hands several frames over in one task.
+        const onReply = (reply) => {
             if (this.subs.get(sub.channel) !== sub)
                 return;
             if (resume === undefined) {
@@ -316,7 +400,8 @@ export class Switchboard {
                     sub.offset = reply.offset;
                 sub.handlers.onRecovered?.(recovered);
             }
-        }, (error) => {
+        };
+        this.request(frame, onReply).then(() => { }, (error) => {
             if (error.code === "disconnected" || error.code === "timeout")
                 return; // retried on reconnect
             if (error.code === "unavailable") {
@@ -356,11 +441,104 @@ export class Switchboard {
             this.emit("message", { channel: frame.channel, offset: frame.offset, data: frame.data });
             return;
         }
+        if (typeof frame.message_id === "string")
+            return this.onMessageWithId(sub, frame);
         // A replay can overlap what arrived live before a reconnect: each offset once.
         if (!isAfter(frame.offset, sub.offset))
             return;
         sub.offset = frame.offset;
         sub.handlers.onMessage?.(frame.data, { channel: frame.channel, offset: frame.offset, data: frame.data });
+    }
+    /**
+     * A `message` frame with a `message_id`: the message as published, or (with `created` and
+     * `status`) a state frame, the message whole as it stands. A message the subscription does
+     * not hold is added, whatever its offset: after a subscribe without `since`, the open
+     * streams' frames come from before the subscription's position. One it holds is replaced
+     * by a state frame newer than what it holds.
+     */
+    onMessageWithId(sub, frame) {
+        const state = typeof frame.status === "string";
+        const held = sub.messages.get(frame.message_id);
+        if (isAfter(frame.offset, sub.offset))
+            sub.offset = frame.offset;
+        if (held) {
+            if (!state || !isAfter(frame.offset, held.offset))
+                return;
+            const previous = {
+                offset: held.offset,
+                created: held.created,
+                status: held.status,
+                text: held.text,
+                data: held.data,
+            };
+            Object.assign(held, messageFields(frame));
+            sub.handlers.onUpdate?.(held, { type: "state", offset: frame.offset, previous });
+            return;
+        }
+        const message = { id: frame.message_id, channel: frame.channel, ...messageFields(frame) };
+        sub.messages.set(message.id, message);
+        this.forgetOld(sub);
+        // Handlers run after the change is applied whole: one that throws leaves no half state.
+        sub.handlers.onMessage?.(message.data, message);
+    }
+    /** `append`, `finish`, `update`, `delete`, `abandon`: applied in place to the message held. */
+    onChange(frame) {
+        const sub = this.subs.get(frame.channel);
+        if (!sub)
+            return;
+        if (!isAfter(frame.offset, sub.offset))
+            return;
+        sub.offset = frame.offset;
+        const message = sub.messages.get(frame.message_id);
+        // A message published before this subscription's first position (or forgotten): the
+        // subscription never held it, so there is nothing to change.
+        if (!message || !isAfter(frame.offset, message.offset))
+            return;
+        message.offset = frame.offset;
+        let change;
+        switch (frame.type) {
+            case "append":
+                message.text = (message.text ?? "") + frame.text;
+                change = { type: "append", offset: frame.offset, text: frame.text };
+                break;
+            case "finish":
+                message.status = "finished";
+                change = { type: "finish", offset: frame.offset };
+                if ("data" in frame)
+                    message.data = change.data = frame.data;
+                break;
+            case "update":
+                change = { type: "update", offset: frame.offset };
+                if ("data" in frame)
+                    message.data = change.data = frame.data;
+                if (typeof frame.text === "string")
+                    message.text = change.text = frame.text;
+                break;
+            case "delete":
+                message.status = "deleted";
+                message.data = message.text = undefined;
+                change = { type: "delete", offset: frame.offset };
+                break;
+            default:
+                message.status = "abandoned";
+                change = { type: "abandon", offset: frame.offset, reason: String(frame.reason) };
+        }
+        sub.handlers.onUpdate?.(message, change);
+    }
+    /** Keeps `sub.messages` within `maxMessages`: the oldest messages that are not open go first. */
+    forgetOld(sub) {
+        const max = sub.handlers.maxMessages ?? 1000;
+        let excess = sub.messages.size - max;
+        if (excess <= 0)
+            return;
+        for (const [id, message] of sub.messages) {
+            if (excess <= 0)
+                break;
+            if (message.status === "open")
+                continue;
+            sub.messages.delete(id);
+            excess -= 1;
+        }
     }
     /**
      * The server lost the channel's history (Redis restarted empty): the channel goes on in a
@@ -478,7 +656,7 @@ export class Switchboard {
         }, wait);
     }
     // --- requests ---
-    request(frame) {
+    request(frame, onReply) {
         const ws = this.ws;
         if (!ws || ws.readyState !== 1) {
             return Promise.reject(new SwitchboardError("disconnected", "not connected"));
@@ -486,7 +664,7 @@ export class Switchboard {
         const id = this.nextId++;
         return new Promise((resolve, reject) => {
             const timer = setTimeout(() => this.settle(id, undefined, new SwitchboardError("timeout", `no reply to ${frame.type}`)), this.opts.requestTimeout);
-            this.pending.set(id, { resolve, reject, timer });
+            this.pending.set(id, { onReply, resolve, reject, timer });
             ws.send(JSON.stringify({ ...frame, id }));
         });
     }
@@ -497,9 +675,14 @@ export class Switchboard {
         this.pending.delete(id);
         clearTimeout(pending.timer);
         if (error)
-            pending.reject(error);
-        else
-            pending.resolve(reply);
+            return pending.reject(error);
+        try {
+            pending.onReply?.(reply);
+        }
+        catch (handlerError) {
+            this.emit("error", { code: "handler", message: String(handlerError) });
+        }
+        pending.resolve(reply);
     }
     failPending(code, message) {
         for (const [id] of this.pending)

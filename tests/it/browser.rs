@@ -2,7 +2,9 @@
 //! `tests/browser/origin.mjs`) against the server: a page from an allowed origin gets its
 //! `welcome`; a page from any other origin is refused at the upgrade (HTTP 403, which a page
 //! sees as close 1006) and counted. The same over `wss://`, through the server's own TLS
-//! stream.
+//! stream. Then the demo page (its ticker and chat through a drain and a restart, its
+//! assistant's streamed reply through a reload) and two tabs' presence, through the
+//! JavaScript client.
 
 use std::process::Command;
 
@@ -148,4 +150,20 @@ fn two_chromium_tabs_see_each_other_come_and_go() {
     let report = run_with_binary("presence.mjs");
     assert_eq!(report["ok"], true, "{report}");
     assert_eq!(report["listed"], 2, "{report}");
+}
+
+/// The demo's assistant pane in headless Chromium (`tests/browser/assistant.mjs`): one node
+/// of this build streams a reply to `demo:assistant`; mid-reply the page is reloaded, a
+/// second tab opens and the server drops the first tab's connection (a resume). Once the
+/// reply finished, both tabs show exactly the text the server's history holds.
+#[test]
+fn the_demo_assistant_reply_is_whole_and_exact_after_a_reload_mid_reply() {
+    let report = run_with_binary("assistant.mjs");
+    assert_eq!(report["ok"], true, "{report}");
+    let server_length = &report["server"]["length"];
+    for tab in ["reloaded", "second"] {
+        assert_eq!(report["pages"][tab]["exact"], true, "{report}");
+        assert_eq!(&report["pages"][tab]["length"], server_length, "{report}");
+    }
+    assert_eq!(report["recovered"], serde_json::json!([true]), "{report}");
 }

@@ -1,6 +1,8 @@
 // Switchboard client: one WebSocket per client, every subscribed channel resumed from its
 // last offset after any reconnect, so that the application sees each message once and in
-// order, or is told (onRecovered(false)) that it must reload its state.
+// order, or is told (onRecovered(false)) that it must reload its state. Messages with a
+// message_id (streams that grow by appends, edits, deletes) live in their subscription and
+// change in place; a resume's state frames replace them whole (docs/streams.md).
 //
 // The wire protocol is docs/protocol.md in the server's repository.
 
@@ -41,6 +43,13 @@ export interface Options {
   pongTimeout?: number;
 }
 
+export interface PublishOptions {
+  /** The message's id (1-128 characters of `A-Z a-z 0-9 _ - . : @ / =`), unique in its channel. */
+  messageId?: string;
+  /** Open a stream (needs `messageId`): its text grows by `append` until `finish`. */
+  stream?: boolean;
+}
+
 export type State = "disconnected" | "connecting" | "connected" | "reconnecting" | "closed";
 
 export interface ServerError {
@@ -52,7 +61,67 @@ export interface Message<T = unknown> {
   channel: string;
   offset: string;
   data: T;
+  /** The message's `message_id`, when it was published with one. */
+  id?: string;
+  /** Messages with an id (see `StreamMessage`): its own offset, when `offset` is a later operation's. */
+  created?: string;
+  /** Messages with an id: where it stands. */
+  status?: MessageStatus;
+  /** A stream's text (messages with an id published with `stream`). */
+  text?: string;
+  /** History entries: the offset of the message's last operation, when it changed since its publish. */
+  updated?: string;
 }
+
+/** Where a message with an id stands (docs/streams.md). */
+export type MessageStatus = "open" | "finished" | "abandoned" | "deleted";
+
+/**
+ * A message published with a `message_id`, as a subscription holds it (`sub.messages`): one
+ * object per id, changed in place by every operation on it (appends, finish, update,
+ * delete, abandon) and by the state frames a resume replays.
+ */
+export interface StreamMessage<T = unknown> {
+  /** Its `message_id`. */
+  readonly id: string;
+  readonly channel: string;
+  /** The offset of the last operation applied to it (its publish, an append, an edit...). */
+  readonly offset: string;
+  /** Its own offset: where its publish stands in the channel. */
+  readonly created: string;
+  readonly status: MessageStatus;
+  /** A stream's text so far; `undefined` for a message published whole, and once deleted. */
+  readonly text: string | undefined;
+  /** Its data (a stream's metadata); `undefined` once deleted. */
+  readonly data: T | undefined;
+}
+
+/** What a message held as it was before a state frame replaced it. */
+export interface MessageSnapshot<T = unknown> {
+  offset: string;
+  created: string;
+  status: MessageStatus;
+  text: string | undefined;
+  data: T | undefined;
+}
+
+/** What changed in a `StreamMessage`, as `onUpdate` tells it. */
+export type MessageChange<T = unknown> =
+  /** `text` was added at the end of the stream's text. */
+  | { type: "append"; offset: string; text: string }
+  /** The stream is finished; `data`, when given (`"data" in change`), replaced its data. */
+  | { type: "finish"; offset: string; data?: T }
+  /** An edit: what it gives replaced the message's `data` and/or `text`. */
+  | { type: "update"; offset: string; data?: T; text?: string }
+  /** The message is a tombstone now: no `data`, no `text`. */
+  | { type: "delete"; offset: string }
+  /** The server closed the stream unfinished (`idle`, `ingest`); its text so far stays. */
+  | { type: "abandon"; offset: string; reason: string }
+  /**
+   * A state frame (a resume's replay) replaced the message whole: `previous` is what the
+   * subscription held before. Render the message again from its fields.
+   */
+  | { type: "state"; offset: string; previous: MessageSnapshot<T> };
 
 /** A subscriber of a channel whose namespace tracks members (docs/protocol.md "Presence"). */
 export interface Member {
@@ -65,8 +134,22 @@ export interface Member {
 }
 
 export interface SubscriptionHandlers<T = unknown> {
-  /** Each message of the channel, once, in order. */
+  /**
+   * Each message of the channel, once, in order. A message with a `message_id` comes once,
+   * when the subscription first holds it: `message` is then its `StreamMessage`, the object
+   * later changes update in place (and `onUpdate` reports).
+   */
   onMessage?: (data: T, message: Message<T>) => void;
+  /**
+   * A message the subscription holds (`sub.messages`) changed; `message` is already updated,
+   * `change` says what changed.
+   */
+  onUpdate?: (message: StreamMessage<T>, change: MessageChange<T>) => void;
+  /**
+   * How many messages with an id `sub.messages` keeps (default 1000): past it, the oldest
+   * that are not open are forgotten (later changes to a forgotten message are not reported).
+   */
+  maxMessages?: number;
   /** A member joined (namespaces with `join_leave`); once per member, also from a coalesced frame. */
   onJoin?: (member: Member) => void;
   /** A member left (namespaces with `join_leave`). */
@@ -82,10 +165,12 @@ export interface SubscriptionHandlers<T = unknown> {
   onError?: (error: ServerError) => void;
 }
 
-export interface Subscription {
+export interface Subscription<T = unknown> {
   readonly channel: string;
-  /** The offset of the last message delivered (or the position at subscribe). */
+  /** The offset of the last frame applied (or the position at subscribe): where a resume starts. */
   readonly offset: string | undefined;
+  /** The messages with a `message_id` this subscription holds, by id, in the order they came. */
+  readonly messages: ReadonlyMap<string, StreamMessage<T>>;
   unsubscribe(): void;
 }
 
@@ -115,6 +200,27 @@ function parseOffset(offset: string): { epoch: string; seq: number } | undefined
   return Number.isSafeInteger(seq) ? { epoch: offset.slice(0, dash), seq } : undefined;
 }
 
+/** A `StreamMessage`'s fields from a `message` frame: as published, or a state frame. */
+function messageFields(frame: any): Omit<Mutable<StreamMessage>, "id" | "channel"> {
+  if (typeof frame.status === "string") {
+    return {
+      offset: frame.offset,
+      created: frame.created ?? frame.offset,
+      status: frame.status,
+      text: typeof frame.text === "string" ? frame.text : undefined,
+      data: frame.data,
+    };
+  }
+  const stream = frame.stream === "open";
+  return {
+    offset: frame.offset,
+    created: frame.offset,
+    status: stream ? "open" : "finished",
+    text: stream ? "" : undefined,
+    data: frame.data,
+  };
+}
+
 /** Whether `offset` comes after `last` in the same epoch; true for another epoch. */
 export function isAfter(offset: string, last: string | undefined): boolean {
   if (last === undefined) return true;
@@ -124,10 +230,14 @@ export function isAfter(offset: string, last: string | undefined): boolean {
   return a.seq > b.seq;
 }
 
+/** The fields of a `StreamMessage` as this client writes them. */
+type Mutable<T> = { -readonly [K in keyof T]: T[K] };
+
 class Sub implements Subscription {
   offset: string | undefined;
   /** Sent and not yet answered, or answered on the current connection. */
   active = false;
+  readonly messages = new Map<string, Mutable<StreamMessage<any>>>();
   constructor(
     readonly channel: string,
     readonly handlers: SubscriptionHandlers<any>,
@@ -139,6 +249,8 @@ class Sub implements Subscription {
 }
 
 interface Pending {
+  /** Called with the reply as it arrives, before any later frame is handled. */
+  onReply: ((reply: any) => void) | undefined;
   resolve: (value: any) => void;
   reject: (error: Error) => void;
   timer: ReturnType<typeof setTimeout>;
@@ -227,7 +339,7 @@ export class Switchboard {
     this.failPending("closed", "the client was closed");
   }
 
-  subscribe<T = unknown>(channel: string, handlers: SubscriptionHandlers<T> = {}): Subscription {
+  subscribe<T = unknown>(channel: string, handlers: SubscriptionHandlers<T> = {}): Subscription<T> {
     if (this.subs.has(channel)) throw new Error(`already subscribed to ${channel}`);
     const sub = new Sub(channel, handlers, this);
     this.subs.set(channel, sub);
@@ -245,10 +357,51 @@ export class Switchboard {
     }
   }
 
-  /** Publishes `data` to `channel`; resolves to its offset once the server ordered it. */
-  async publish(channel: string, data: unknown): Promise<string> {
+  /**
+   * Publishes `data` to `channel`; resolves to its offset once the server ordered it. With
+   * `messageId` the message has an id (and a publish the channel already knows resolves to
+   * the first one's offset: retrying is safe); with `stream` too, it opens a stream whose
+   * text grows by `append` and `data` is its metadata (`null` when not given).
+   */
+  async publish(channel: string, data: unknown, options: PublishOptions = {}): Promise<string> {
+    const frame: Record<string, unknown> = { type: "publish", channel, data };
+    if (options.messageId !== undefined) frame.message_id = options.messageId;
+    if (options.stream) {
+      frame.stream = true;
+      if (data === undefined) frame.data = null;
+    }
+    return this.operate(frame);
+  }
+
+  /** Adds `text` at the end of an open stream; resolves to the append's offset. Not idempotent: see the README. */
+  append(channel: string, messageId: string, text: string): Promise<string> {
+    return this.operate({ type: "append", channel, message_id: messageId, text });
+  }
+
+  /** Finishes an open stream (`data`, when given, replaces its metadata); resolves to the finish's offset. */
+  finish(channel: string, messageId: string, data?: unknown): Promise<string> {
+    const frame: Record<string, unknown> = { type: "finish", channel, message_id: messageId };
+    if (data !== undefined) frame.data = data;
+    return this.operate(frame);
+  }
+
+  /** Replaces a message's `data` and/or (streams) its `text`; resolves to the edit's offset. */
+  update(channel: string, messageId: string, change: { data?: unknown; text?: string }): Promise<string> {
+    const frame: Record<string, unknown> = { type: "update", channel, message_id: messageId };
+    if (change.data !== undefined) frame.data = change.data;
+    if (change.text !== undefined) frame.text = change.text;
+    return this.operate(frame);
+  }
+
+  /** Turns a message into a tombstone; resolves to the delete's offset (the first one's, for a deleted message). */
+  delete(channel: string, messageId: string): Promise<string> {
+    return this.operate({ type: "delete", channel, message_id: messageId });
+  }
+
+  /** Sends a frame that publishes or changes a message, once connected: the `published` reply's offset. */
+  private async operate(frame: Record<string, unknown>): Promise<string> {
     await this.whenConnected();
-    const reply = await this.request({ type: "publish", channel, data });
+    const reply = await this.request(frame);
     return reply.offset;
   }
 
@@ -270,7 +423,16 @@ export class Switchboard {
     return {
       offset: reply.offset,
       ...(reply.recovered === undefined ? {} : { recovered: reply.recovered }),
-      messages: reply.messages.map((message: any) => ({ channel, offset: message.offset, data: message.data })),
+      messages: reply.messages.map((entry: any) => {
+        const message: Message<T> = { channel, offset: entry.offset, data: entry.data };
+        if (entry.message_id !== undefined) {
+          message.id = entry.message_id;
+          message.status = entry.status;
+          if (entry.text !== undefined) message.text = entry.text;
+          if (entry.updated !== undefined) message.updated = entry.updated;
+        }
+        return message;
+      }),
       truncated: reply.truncated === true,
     };
   }
@@ -379,6 +541,12 @@ export class Switchboard {
         return;
       case "message":
         return this.onMessage(frame);
+      case "append":
+      case "finish":
+      case "update":
+      case "delete":
+      case "abandon":
+        return this.onChange(frame);
       case "reset":
         return this.onReset(frame);
       case "subscribed":
@@ -423,18 +591,22 @@ export class Switchboard {
     const resume = sub.offset;
     const frame: any = { type: "subscribe", channel: sub.channel };
     if (resume !== undefined) frame.since = resume;
-    this.request(frame).then(
-      (reply) => {
-        if (this.subs.get(sub.channel) !== sub) return;
-        if (resume === undefined) {
-          sub.offset ??= reply.offset;
-        } else {
-          const recovered = reply.recovered === true;
-          // Not recovered: what was missed is gone; follow from the new position.
-          if (!recovered) sub.offset = reply.offset;
-          sub.handlers.onRecovered?.(recovered);
-        }
-      },
+    // The reply is applied as it arrives: the frames right behind it (a replay, the open
+    // streams' state) must find the subscription's position set, also where a WebSocket
+    // hands several frames over in one task.
+    const onReply = (reply: any) => {
+      if (this.subs.get(sub.channel) !== sub) return;
+      if (resume === undefined) {
+        sub.offset ??= reply.offset;
+      } else {
+        const recovered = reply.recovered === true;
+        // Not recovered: what was missed is gone; follow from the new position.
+        if (!recovered) sub.offset = reply.offset;
+        sub.handlers.onRecovered?.(recovered);
+      }
+    };
+    this.request(frame, onReply).then(
+      () => {},
       (error: SwitchboardError) => {
         if (error.code === "disconnected" || error.code === "timeout") return; // retried on reconnect
         if (error.code === "unavailable") {
@@ -472,10 +644,94 @@ export class Switchboard {
       this.emit("message", { channel: frame.channel, offset: frame.offset, data: frame.data });
       return;
     }
+    if (typeof frame.message_id === "string") return this.onMessageWithId(sub, frame);
     // A replay can overlap what arrived live before a reconnect: each offset once.
     if (!isAfter(frame.offset, sub.offset)) return;
     sub.offset = frame.offset;
     sub.handlers.onMessage?.(frame.data, { channel: frame.channel, offset: frame.offset, data: frame.data });
+  }
+
+  /**
+   * A `message` frame with a `message_id`: the message as published, or (with `created` and
+   * `status`) a state frame, the message whole as it stands. A message the subscription does
+   * not hold is added, whatever its offset: after a subscribe without `since`, the open
+   * streams' frames come from before the subscription's position. One it holds is replaced
+   * by a state frame newer than what it holds.
+   */
+  private onMessageWithId(sub: Sub, frame: any): void {
+    const state = typeof frame.status === "string";
+    const held = sub.messages.get(frame.message_id);
+    if (isAfter(frame.offset, sub.offset)) sub.offset = frame.offset;
+    if (held) {
+      if (!state || !isAfter(frame.offset, held.offset)) return;
+      const previous: MessageSnapshot = {
+        offset: held.offset,
+        created: held.created,
+        status: held.status,
+        text: held.text,
+        data: held.data,
+      };
+      Object.assign(held, messageFields(frame));
+      sub.handlers.onUpdate?.(held, { type: "state", offset: frame.offset, previous });
+      return;
+    }
+    const message: Mutable<StreamMessage> = { id: frame.message_id, channel: frame.channel, ...messageFields(frame) };
+    sub.messages.set(message.id, message);
+    this.forgetOld(sub);
+    // Handlers run after the change is applied whole: one that throws leaves no half state.
+    sub.handlers.onMessage?.(message.data, message as Message);
+  }
+
+  /** `append`, `finish`, `update`, `delete`, `abandon`: applied in place to the message held. */
+  private onChange(frame: any): void {
+    const sub = this.subs.get(frame.channel);
+    if (!sub) return;
+    if (!isAfter(frame.offset, sub.offset)) return;
+    sub.offset = frame.offset;
+    const message = sub.messages.get(frame.message_id);
+    // A message published before this subscription's first position (or forgotten): the
+    // subscription never held it, so there is nothing to change.
+    if (!message || !isAfter(frame.offset, message.offset)) return;
+    message.offset = frame.offset;
+    let change: MessageChange;
+    switch (frame.type) {
+      case "append":
+        message.text = (message.text ?? "") + frame.text;
+        change = { type: "append", offset: frame.offset, text: frame.text };
+        break;
+      case "finish":
+        message.status = "finished";
+        change = { type: "finish", offset: frame.offset };
+        if ("data" in frame) message.data = change.data = frame.data;
+        break;
+      case "update":
+        change = { type: "update", offset: frame.offset };
+        if ("data" in frame) message.data = change.data = frame.data;
+        if (typeof frame.text === "string") message.text = change.text = frame.text;
+        break;
+      case "delete":
+        message.status = "deleted";
+        message.data = message.text = undefined;
+        change = { type: "delete", offset: frame.offset };
+        break;
+      default:
+        message.status = "abandoned";
+        change = { type: "abandon", offset: frame.offset, reason: String(frame.reason) };
+    }
+    sub.handlers.onUpdate?.(message, change);
+  }
+
+  /** Keeps `sub.messages` within `maxMessages`: the oldest messages that are not open go first. */
+  private forgetOld(sub: Sub): void {
+    const max = sub.handlers.maxMessages ?? 1000;
+    let excess = sub.messages.size - max;
+    if (excess <= 0) return;
+    for (const [id, message] of sub.messages) {
+      if (excess <= 0) break;
+      if (message.status === "open") continue;
+      sub.messages.delete(id);
+      excess -= 1;
+    }
   }
 
   /**
@@ -590,7 +846,7 @@ export class Switchboard {
 
   // --- requests ---
 
-  private request(frame: Record<string, unknown>): Promise<any> {
+  private request(frame: Record<string, unknown>, onReply?: (reply: any) => void): Promise<any> {
     const ws = this.ws;
     if (!ws || ws.readyState !== 1) {
       return Promise.reject(new SwitchboardError("disconnected", "not connected"));
@@ -601,7 +857,7 @@ export class Switchboard {
         () => this.settle(id, undefined, new SwitchboardError("timeout", `no reply to ${frame.type}`)),
         this.opts.requestTimeout,
       );
-      this.pending.set(id, { resolve, reject, timer });
+      this.pending.set(id, { onReply, resolve, reject, timer });
       ws.send(JSON.stringify({ ...frame, id }));
     });
   }
@@ -611,8 +867,13 @@ export class Switchboard {
     if (!pending) return;
     this.pending.delete(id);
     clearTimeout(pending.timer);
-    if (error) pending.reject(error);
-    else pending.resolve(reply);
+    if (error) return pending.reject(error);
+    try {
+      pending.onReply?.(reply);
+    } catch (handlerError) {
+      this.emit("error", { code: "handler", message: String(handlerError) });
+    }
+    pending.resolve(reply);
   }
 
   private failPending(code: string, message: string): void {
