@@ -386,11 +386,13 @@ impl Channel {
     }
 
     /// Builds the state frame of every changed entry whose last operation is after
-    /// `since_seq` and has none yet, for [`Entry::replay_frame`].
+    /// `since_seq` (only the open streams' with `only_open`) and has none yet, for
+    /// [`Entry::replay_frame`].
     pub(super) fn prepare_states(
         &mut self,
         channel: &ChannelName,
         since_seq: u64,
+        only_open: bool,
         policy: &Retention,
     ) {
         if self.changed == 0 {
@@ -401,7 +403,9 @@ impl Channel {
         for entry in &mut self.history {
             if entry.last > since_seq && entry.last != entry.seq {
                 let (seq, last) = (entry.seq, entry.last);
-                if let Some(message) = entry.message.as_deref_mut() {
+                if let Some(message) = entry.message.as_deref_mut()
+                    && (!only_open || message.is_open())
+                {
                     added += message.build_state_frame(
                         channel,
                         epoch,

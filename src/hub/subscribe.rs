@@ -283,36 +283,41 @@ impl Hub {
         since: Option<Offset>,
         reply: &impl Fn(&Subscribed) -> FramedText,
     ) -> Result<Subscribed, SubscribeError> {
-        if let Some(since) = since
-            && state.recoverable(since)
-        {
-            state.prepare_states(channel, since.seq, &self.retention);
-        } else if since.is_none() && state.open > 0 {
-            state.prepare_states(channel, 0, &self.retention);
+        let recovered = since.map(|since| state.recoverable(since));
+        match since {
+            Some(since) if state.recoverable(since) => {
+                state.prepare_states(channel, since.seq, false, &self.retention);
+            }
+            // Without `since`, or from a position history no longer covers: live from now,
+            // and every open stream whole, so that the appends that follow apply to its
+            // text (the client's copy of it may be stale or missing).
+            _ if state.open > 0 => state.prepare_states(channel, 0, true, &self.retention),
+            _ => {}
         }
-        let replay = since.map(|since| state.changes_after(since));
+        let replay = match since {
+            Some(since) if recovered == Some(true) => state.changes_after(since),
+            _ => None,
+        };
         let mut outcome = Subscribed {
             offset: state.offset(),
-            recovered: replay.as_ref().map(Option::is_some),
-            replayed: 0,
+            recovered,
+            replayed: replay.as_ref().map_or(0, Vec::len),
         };
-        if let Some(Some(entries)) = &replay {
-            outcome.replayed = entries.len();
-        }
         outbound.try_enqueue(&reply(&outcome))?;
-        if let Some(Some(entries)) = replay {
+        if let Some(entries) = replay {
             for entry in entries {
                 outbound.try_enqueue(entry.replay_frame())?;
             }
-        } else if since.is_none() && state.open > 0 {
-            for entry in &state.history {
-                if entry
+        } else if state.open > 0 {
+            let open = state.history.iter().filter(|entry| {
+                entry
                     .message
                     .as_ref()
                     .is_some_and(|message| message.is_open())
-                {
-                    outbound.try_enqueue(entry.replay_frame())?;
-                }
+            });
+            for entry in open {
+                outbound.try_enqueue(entry.replay_frame())?;
+                outcome.replayed += 1;
             }
         }
         Ok(outcome)
@@ -521,7 +526,7 @@ impl Hub {
             }
             state.expire(&self.retention, Instant::now());
             if state.recoverable(since) {
-                state.prepare_states(channel, since.seq, &self.retention);
+                state.prepare_states(channel, since.seq, false, &self.retention);
             }
             let entries = state.changes_after(since)?;
             if entries

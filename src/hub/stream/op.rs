@@ -51,7 +51,7 @@ impl Editor {
 
 /// One operation on a channel (see `docs/streams.md`). Payloads are valid JSON (`data`) and
 /// text, checked for size by the caller; ids are checked with
-/// [`protocol::check_message_id`].
+/// [`crate::protocol::check_message_id`].
 #[derive(Debug, Clone, Copy)]
 pub enum Op<'a> {
     /// A message: with a `message_id` deduplicated, and with `stream` an open stream whose
