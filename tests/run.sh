@@ -19,6 +19,9 @@ missing=()
 for need in "${APT_NEEDS[@]}"; do
   command -v "${need%%:*}" >/dev/null 2>&1 || missing+=("${need#*:}")
 done
+# The Python client's tests run in a venv; Debian's python3 has the venv module but not
+# ensurepip, without which `python3 -m venv` fails: that comes with python3-venv.
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 if ((${#missing[@]})); then
   echo "tests/run.sh: installing ${missing[*]} with apt-get" >&2
   $sudo apt-get update -qq
@@ -39,6 +42,20 @@ fi
 if [ ! -d clients/js/node_modules/typescript ]; then
   echo "tests/run.sh: installing the JavaScript client's build tools with npm (clients/js)" >&2
   (cd clients/js && npm ci --no-audit --no-fund --silent)
+fi
+
+# The Python client's tests (tests/it/python_client.rs) run in a venv of their own: the
+# package installed from this checkout (editable) with its test extra, pytest and websockets,
+# from PyPI. Installed again when its pyproject.toml changed, or the venv served another
+# checkout (the stamp holds both).
+export SWITCHBOARD_VENV="${SWITCHBOARD_VENV:-$HOME/.cache/switchboard-venv}"
+venv_stamp="$SWITCHBOARD_VENV/.switchboard-client-stamp"
+venv_want="$(pwd)/clients/python $(sha256sum clients/python/pyproject.toml | cut -d' ' -f1)"
+if [ ! -x "$SWITCHBOARD_VENV/bin/python" ] || [ "$(cat "$venv_stamp" 2>/dev/null)" != "$venv_want" ]; then
+  echo "tests/run.sh: installing the Python client's test tools with pip ($SWITCHBOARD_VENV)" >&2
+  python3 -m venv "$SWITCHBOARD_VENV"
+  "$SWITCHBOARD_VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e 'clients/python[test]'
+  echo "$venv_want" >"$venv_stamp"
 fi
 
 # The browser tests drive Debian's Chromium with playwright-core (never a downloaded browser).

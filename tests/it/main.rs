@@ -34,6 +34,7 @@ mod presence_store;
 mod presence_truth;
 mod process;
 mod pubsub;
+mod python_client;
 mod raw;
 mod redis_cluster;
 mod redis_retention;

@@ -1,0 +1,58 @@
+"""Async Python client for Switchboard's control API (``docs/http-api.md``): publish,
+batch, broadcast, history, presence, disconnect, message streams, and assistant replies
+relayed token by token in one streaming-ingest request (:meth:`Switchboard.stream`)."""
+
+from ._client import BatchReply, Switchboard
+from ._errors import (
+    BadRequestError,
+    ConflictError,
+    ForbiddenError,
+    InternalError,
+    LimitExceededError,
+    NotFoundError,
+    RateLimitedError,
+    SwitchboardError,
+    TransportError,
+    UnauthorizedError,
+    UnavailableError,
+)
+from ._stream import ReplyStream
+from ._types import (
+    UNSET,
+    Broadcasted,
+    Disconnected,
+    History,
+    HistoryMessage,
+    Member,
+    PresencePage,
+    PresenceStats,
+    Published,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "UNSET",
+    "BadRequestError",
+    "BatchReply",
+    "Broadcasted",
+    "ConflictError",
+    "Disconnected",
+    "ForbiddenError",
+    "History",
+    "HistoryMessage",
+    "InternalError",
+    "LimitExceededError",
+    "Member",
+    "NotFoundError",
+    "PresencePage",
+    "PresenceStats",
+    "Published",
+    "RateLimitedError",
+    "ReplyStream",
+    "Switchboard",
+    "SwitchboardError",
+    "TransportError",
+    "UnauthorizedError",
+    "UnavailableError",
+]
