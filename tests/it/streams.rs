@@ -529,3 +529,75 @@ async fn appends_close_together_reach_viewers_as_one_frame_per_interval() {
     );
     server.stop().await;
 }
+
+/// A resume from before what history holds is `recovered:false`, and still brings the
+/// channel's open streams whole: a client's stale copy of a stream is replaced, so the
+/// appends that follow apply to the right text.
+#[tokio::test]
+async fn a_resume_that_cannot_be_recovered_still_brings_the_open_streams_whole() {
+    let server = TestServer::builder()
+        .configure(|c| c.history.size = 3)
+        .start()
+        .await;
+    let mut client = server.client().await;
+    client.subscribe("chat:u").await;
+    post_ok(
+        &server,
+        "/v1/publish",
+        json!({"channel":"chat:u","message_id":"m1","data":1}),
+    )
+    .await;
+    server.publish("chat:u", json!("plain")).await;
+    post_ok(
+        &server,
+        "/v1/publish",
+        json!({"channel":"chat:u","message_id":"s","stream":true,"data":null}),
+    )
+    .await;
+    post_ok(
+        &server,
+        "/v1/append",
+        json!({"channel":"chat:u","message_id":"s","text":"A"}),
+    )
+    .await;
+    let mut model = Model::default();
+    for frame in frames_until_pong(&mut client).await {
+        model.apply(&frame);
+    }
+    let position = model.position.clone().unwrap();
+    drop(client);
+    // Away: the stream grows, m1 is edited and then leaves history (size 3), with its
+    // edit: what the client missed is no longer all there.
+    post_ok(
+        &server,
+        "/v1/append",
+        json!({"channel":"chat:u","message_id":"s","text":"B"}),
+    )
+    .await;
+    post_ok(
+        &server,
+        "/v1/update",
+        json!({"channel":"chat:u","message_id":"m1","data":2}),
+    )
+    .await;
+    server.publish("chat:u", json!("plain 2")).await;
+    server.publish("chat:u", json!("plain 3")).await;
+    let mut back = server.client().await;
+    let reply = back.subscribe_since("chat:u", &position).await;
+    assert_eq!(reply["recovered"], false, "{reply}");
+    post_ok(
+        &server,
+        "/v1/append",
+        json!({"channel":"chat:u","message_id":"s","text":"C"}),
+    )
+    .await;
+    loop {
+        let frame = back.recv().await;
+        model.apply(&frame);
+        if frame["type"] == "append" {
+            break;
+        }
+    }
+    assert_eq!(model.messages["s"].1.as_deref(), Some("ABC"));
+    server.stop().await;
+}
