@@ -233,6 +233,24 @@ async fn publish_tokens(args: &StreamsArgs, channel: &str) -> anyhow::Result<()>
     Ok(())
 }
 
+/// What a viewer reads of a frame.
+#[derive(serde::Deserialize)]
+struct ViewedFrame<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    #[serde(default)]
+    text: Option<&'a str>,
+    #[serde(default, borrow)]
+    data: Option<PlainToken<'a>>,
+}
+
+/// A plain message's `data`: `{"t":"<token>"}`.
+#[derive(serde::Deserialize)]
+struct PlainToken<'a> {
+    #[serde(default)]
+    t: Option<&'a str>,
+}
+
 /// A viewer: subscribes, then reads its reply's frames until the whole reply arrived.
 async fn view(
     url: &str,
@@ -274,10 +292,12 @@ async fn view(
             continue;
         };
         let now = crate::now_ns();
-        let value: serde_json::Value = serde_json::from_str(&text)?;
-        let carried = match (mode, value["type"].as_str()) {
-            (Mode::Stream, Some("append")) => value["text"].as_str().unwrap_or(""),
-            (Mode::Plain, Some("message")) => value["data"]["t"].as_str().unwrap_or(""),
+        // Borrowed, typed: the viewers share the machine with the server, so they parse
+        // no more than they need.
+        let frame: ViewedFrame<'_> = serde_json::from_str(&text)?;
+        let carried = match (mode, frame.kind) {
+            (Mode::Stream, "append") => frame.text.unwrap_or(""),
+            (Mode::Plain, "message") => frame.data.and_then(|data| data.t).unwrap_or(""),
             _ => continue,
         };
         seen.frames += 1;
