@@ -173,22 +173,9 @@ scrape_rejected() {
       }' >>"$out/rejected.jsonl" || true
 }
 
-# Loopback ports below the ephemeral range (32768-60999), so that no client socket of the
-# run holds one when a node restarts on it: sets PORT.
-handed_out=" "
-free_port() {
-  local _
-  for _ in $(seq 1 1000); do
-    PORT=$((20000 + RANDOM % 12000))
-    [[ $handed_out == *" $PORT "* ]] && continue
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
-      handed_out+="$PORT "
-      return 0
-    fi
-  done
-  echo "million.sh: no free port" >&2
-  return 1
-}
+# free_port: a loopback port for a node (sets PORT).
+# shellcheck source=loadtest/lib.sh
+source "$(dirname "$0")/lib.sh"
 
 free_port
 redis_port=$PORT

@@ -46,21 +46,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Loopback ports below the ephemeral range, not in use: sets PORT.
-handed_out=" "
-free_port() {
-  local _
-  for _ in $(seq 1 1000); do
-    PORT=$((20000 + RANDOM % 12000))
-    [[ $handed_out == *" $PORT "* ]] && continue
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
-      handed_out+="$PORT "
-      return 0
-    fi
-  done
-  echo "rest.sh: no free port" >&2
-  return 1
-}
+# free_port: a loopback port for a node (sets PORT).
+# shellcheck source=loadtest/lib.sh
+source "$(dirname "$0")/lib.sh"
 
 free_port
 redis_port=$PORT
