@@ -175,7 +175,7 @@ scrape_rejected() {
 
 # free_port: a loopback port for a node (sets PORT).
 # shellcheck source=loadtest/lib.sh
-source "$(dirname "$0")/lib.sh"
+source loadtest/lib.sh
 
 free_port
 redis_port=$PORT

@@ -48,7 +48,7 @@ trap cleanup EXIT
 
 # free_port: a loopback port for a node (sets PORT).
 # shellcheck source=loadtest/lib.sh
-source "$(dirname "$0")/lib.sh"
+source loadtest/lib.sh
 
 free_port
 redis_port=$PORT
