@@ -214,12 +214,26 @@ impl Hub {
         offset: Offset,
         data: &str,
     ) -> Option<usize> {
+        let json = protocol::encode_message(channel, offset, data);
+        self.append_message(state, channel, offset, json, data.len(), None)
+    }
+
+    /// [`Hub::append`] of a `message` frame already encoded (`json`, whose `data` is its
+    /// last `data_len` bytes before the closing brace), with its state when it has an id.
+    pub(super) fn append_message(
+        &self,
+        state: &mut Channel,
+        channel: &ChannelName,
+        offset: Offset,
+        json: String,
+        data_len: usize,
+        message: Option<Box<super::stream::Message>>,
+    ) -> Option<usize> {
         // Appends held for coalescing go first: frames leave in offset order.
         let flushed = Self::flush_held(state, channel);
-        let text = protocol::encode_message(channel, offset, data);
-        let data_start = u32::try_from(text.len() - data.len() - 1)
+        let data_start = u32::try_from(json.len() - data_len - 1)
             .expect("payload size is bounded by config far below 4 GiB");
-        let frame = FramedText::from(text);
+        let frame = FramedText::from(json);
         let now = Instant::now();
         let round = flushed.or(Self::enqueue_round(
             state,
@@ -231,7 +245,7 @@ impl Hub {
             published_at: now,
             frame,
             data_start,
-            message: None,
+            message,
         };
         // Only a remote bus's deliveries meet pinned subscribes; a no-op otherwise.
         state.remember_pending(&entry);

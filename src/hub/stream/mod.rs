@@ -141,34 +141,21 @@ impl Hub {
                 return Err(OpError::Behind);
             }
             let offset = state.next_offset();
-            let text = protocol::encode_message_with_id(channel, offset, message_id, stream, data);
-            let data_start = u32::try_from(text.len() - data.len() - 1)
-                .expect("payload size is bounded by config far below 4 GiB");
-            let frame = FramedText::from(text);
-            let flushed = Self::flush_held(state, channel);
-            *round = flushed.or(Self::enqueue_round(
-                state,
-                Queued::message(offset, &frame, now),
-            ));
-            let entry = Entry {
-                seq: offset.seq,
-                last: offset.seq,
-                published_at: now,
-                frame,
-                data_start,
-                message: Some(Box::new(Message {
-                    id: message_id.into(),
-                    owner: editor.owner(),
-                    status: if stream {
-                        MessageStatus::Open
-                    } else {
-                        MessageStatus::Finished
-                    },
-                    data: None,
-                    text: stream.then(String::new),
-                    state_frame: None,
-                })),
-            };
+            let json = protocol::encode_message_with_id(channel, offset, message_id, stream, data);
+            let message = Box::new(Message {
+                id: message_id.into(),
+                owner: editor.owner(),
+                status: if stream {
+                    MessageStatus::Open
+                } else {
+                    MessageStatus::Finished
+                },
+                data: None,
+                text: stream.then(String::new),
+                state_frame: None,
+            });
+            state.open += usize::from(stream);
+            *round = self.append_message(state, channel, offset, json, data.len(), Some(message));
             let known = KnownId {
                 seq: offset.seq,
                 at: now,
@@ -178,8 +165,6 @@ impl Hub {
                     .used_bytes
                     .fetch_add(message_id.len() + ID_OVERHEAD, Ordering::Relaxed);
             }
-            state.open += usize::from(stream);
-            state.remember(entry, &self.retention, now);
             return Ok(Applied {
                 offset,
                 duplicate: false,
