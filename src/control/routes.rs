@@ -47,6 +47,11 @@ impl ApiError {
         }
     }
 
+    /// The HTTP status it answers with.
+    pub(super) fn status(&self) -> u16 {
+        self.status
+    }
+
     /// The `Retry-After` of a 429, in seconds.
     pub(super) fn retry_after_secs(&self) -> Option<u64> {
         self.retry_after_secs

@@ -279,7 +279,41 @@ impl Drop for OpenStream<'_> {
 /// and answers `{"offset","message_id","appends"}`. A body that breaks off, stalls past
 /// `streams.idle_timeout` or breaks a limit abandons it.
 pub(super) async fn ingest(request: Request<Incoming>, ctx: &ControlContext) -> Handled {
-    let query = request.uri().query().unwrap_or("").to_owned();
+    let (head, mut body) = request.into_parts();
+    let handled = ingest_body(&head, &mut body, ctx).await;
+    if let Err(err) = &handled
+        && !matches!(err.status(), 408 | 413)
+    {
+        // Refused while the backend may still be sending its reply (a used id, a bad line):
+        // read what it sends a little longer, so that it gets the answer, not a reset.
+        drain(&mut body, DRAIN_BYTES, DRAIN_TIME).await;
+    }
+    handled
+}
+
+/// What is read of a refused ingest's body before answering, at most.
+const DRAIN_BYTES: usize = 1 << 20;
+const DRAIN_TIME: Duration = Duration::from_secs(2);
+
+async fn drain(body: &mut Incoming, bytes: usize, time: Duration) {
+    let _ = tokio::time::timeout(time, async {
+        let mut seen = 0;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, Bytes::len);
+            if seen >= bytes {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+async fn ingest_body(
+    head: &hyper::http::request::Parts,
+    body: &mut Incoming,
+    ctx: &ControlContext,
+) -> Handled {
+    let query = head.uri.query().unwrap_or("").to_owned();
     let mut channel = None;
     let mut id = None;
     for (key, value) in query_pairs(&query, &["channel", "message_id"])? {
@@ -297,8 +331,8 @@ pub(super) async fn ingest(request: Request<Incoming>, ctx: &ControlContext) -> 
     };
     let channel = channel_name(&channel, ctx)?;
     message_id(&id)?;
-    let media_type = request
-        .headers()
+    let media_type = head
+        .headers
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.split(';').next())
@@ -318,7 +352,7 @@ pub(super) async fn ingest(request: Request<Incoming>, ctx: &ControlContext) -> 
             ));
         }
     };
-    let header_data = match request.headers().get("switchboard-data") {
+    let header_data = match head.headers.get("switchboard-data") {
         None => None,
         Some(value) => {
             let text = value.to_str().map_err(|_| {
@@ -340,12 +374,11 @@ pub(super) async fn ingest(request: Request<Incoming>, ctx: &ControlContext) -> 
         }
     };
     let idle = ctx.settings.stream_idle_timeout;
-    let mut body = request.into_body();
     let mut reader = Reader::new(format, max_line_bytes(ctx), max_body_bytes(ctx));
     // NDJSON: the first line may be the metadata; read it before opening.
     let mut first: Option<Piece> = None;
     if format == IngestFormat::Lines && header_data.is_none() {
-        first = reader.next(&mut body, idle).await?;
+        first = reader.next(body, idle).await?;
     }
     let mut metadata = header_data;
     if let Some(Piece::Line(line)) = &first
@@ -396,7 +429,7 @@ pub(super) async fn ingest(request: Request<Incoming>, ctx: &ControlContext) -> 
     loop {
         let piece = match first.take() {
             Some(piece) => Some(piece),
-            None => reader.next(&mut body, idle).await?,
+            None => reader.next(body, idle).await?,
         };
         match piece {
             None => break,

@@ -189,6 +189,19 @@ async fn streams_that_break_off_stall_or_are_forgotten_are_abandoned() {
         "{refused}"
     );
 
+    // A backend that goes on sending after the refusal still reads it (not a reset).
+    let mut again = Chunked::open(&server, "channel=chat:a&message_id=broken", &[]).await;
+    let line = format!("{}\n", json!({"text": "x".repeat(30_000)}));
+    let mut sent = true;
+    for _ in 0..16 {
+        sent &= again.try_send(line.as_bytes()).await;
+    }
+    assert!(
+        sent,
+        "the refused ingest's body is read (up to 1 MiB), not reset"
+    );
+    let (status, answer) = again.finish().await;
+    assert_eq!(status, 409, "{answer}");
     let mut stalled = Chunked::open(&server, "channel=chat:a&message_id=stalled", &[]).await;
     stalled.send(b"{\"text\":\"thinking\"}\n").await;
     let (status, answer) = stalled.answer().await;
