@@ -47,17 +47,23 @@ def main() -> None:
     ax.set_title("Latency (coalescing 40 ms included)")
     ax.legend(fontsize=7)
 
-    # One reply to 10,000 viewers at 50 tokens/s.
+    # One reply at 50 tokens/s to 2,000 and to 10,000 viewers: server CPU per token and
+    # viewer, frames per viewer.
     ax = axes[1][0]
-    keys = [("frames_per_viewer_per_second", "frames per viewer\nper second"),
-            ("server_cores_busy", "server cores busy\n(x 10)")]
-    values_s = [runs["viewers-stream"][keys[0][0]], runs["viewers-stream"][keys[1][0]] * 10]
-    values_p = [runs["viewers-plain"][keys[0][0]], runs["viewers-plain"][keys[1][0]] * 10]
-    x = range(len(keys))
-    ax.bar([i - 0.2 for i in x], values_s, 0.4, label="streaming (coalesced)", color=colors["stream"])
-    ax.bar([i + 0.2 for i in x], values_p, 0.4, label="plain", color=colors["plain"])
-    ax.set_xticks(list(x), [label for _, label in keys])
-    ax.set_title("One reply, 10,000 viewers, 50 tokens/s")
+    groups = [("viewers2k", "2,000 viewers"), ("viewers", "10,000 viewers")]
+    x = range(len(groups))
+    per = lambda run, viewers: run["server_cpu_us_per_append"] / viewers  # noqa: E731
+    stream = [per(runs[f"{key}-stream"], 2000 if key == "viewers2k" else 10000) for key, _ in groups]
+    plain = [per(runs[f"{key}-plain"], 2000 if key == "viewers2k" else 10000) for key, _ in groups]
+    bars = ax.bar([i - 0.2 for i in x], stream, 0.4, label="streaming (coalesced)", color=colors["stream"])
+    ax.bar([i + 0.2 for i in x], plain, 0.4, label="plain", color=colors["plain"])
+    for bar, (key, _) in zip(bars, groups):
+        frames = runs[f"{key}-stream"]["frames_per_viewer_per_second"]
+        ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), f"{frames:.0f} fr/s",
+                ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(list(x), [label for _, label in groups])
+    ax.set_ylabel("server CPU µs per token and viewer")
+    ax.set_title("One reply, 50 tokens/s (10,000: machine saturated)")
     ax.legend(fontsize=8)
 
     # Resume of a 20,000-append reply.

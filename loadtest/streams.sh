@@ -4,7 +4,8 @@
 #   1. R replies (default 1,000), each to its own channel with 2 viewers, 30 tokens/s: as
 #      streaming ingest (one chunked request per reply) and as one POST /v1/publish per token;
 #      and the ingest at 300 and 600 replies, where the machine is not yet saturated;
-#   2. one reply at 50 tokens/s to 10,000 viewers: streaming (coalesced) and plain;
+#   2. one reply at 50 tokens/s to 10,000 viewers (and to 2,000, where the machine is not
+#      saturated): streaming (coalesced) and plain;
 #   3. a 20,000-append reply resumed from its start and its middle.
 # Writes DIR/streams.json and draws DIR/streams.png (loadtest/streams-plot.py, with the
 # Python in $PYTHON, default python3, which needs matplotlib).
@@ -69,6 +70,9 @@ done
 for mode in stream plain; do
   run "viewers-$mode" streams --mode "$mode" --replies 1 --viewers 10000 --rate 50 --tokens 500 \
     --spread-ms 0
+  # The same reply to 2,000 viewers, where the two cores are not saturated.
+  run "viewers2k-$mode" streams --mode "$mode" --replies 1 --viewers 2000 --rate 50 --tokens 500 \
+    --spread-ms 0
 done
 run resume streams-resume --appends 20000 --append-bytes 5
 
@@ -76,7 +80,7 @@ python3 - "$work" "$out/streams.json" <<'PY'
 import json, platform, sys, time
 work, target = sys.argv[1], sys.argv[2]
 names = ["replies-stream", "replies-plain", "replies-stream-300", "replies-stream-600",
-         "viewers-stream", "viewers-plain", "resume"]
+         "viewers-stream", "viewers-plain", "viewers2k-stream", "viewers2k-plain", "resume"]
 result = {name: json.load(open(f"{work}/{name}.json")) for name in names}
 result["machine"] = {
     "cores": __import__("os").cpu_count(),
