@@ -601,3 +601,50 @@ async fn a_resume_that_cannot_be_recovered_still_brings_the_open_streams_whole()
     assert_eq!(model.messages["s"].1.as_deref(), Some("ABC"));
     server.stop().await;
 }
+
+/// A clustered node refuses message ids and stream operations, saying so (their state is not
+/// in Redis yet: docs/streams.md, "Cluster"), over HTTP and from clients; plain publishes go
+/// on as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clustered_node_refuses_streams_clearly_and_publishes_as_before() {
+    let redis = crate::redis_server::RedisServer::start(false);
+    let server = TestServer::builder().redis(&redis.url()).start().await;
+    let mut client = server.client().await;
+    client.subscribe("chat:k").await;
+    let (status, refused) = server
+        .post(
+            "/v1/publish",
+            json!({"channel":"chat:k","message_id":"m","data":1}),
+        )
+        .await;
+    assert_eq!(
+        (status, refused["error"]["code"].clone()),
+        (422, json!("bad_request"))
+    );
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cluster.redis"),
+        "{refused}"
+    );
+    let (status, _) = server
+        .post(
+            "/v1/append",
+            json!({"channel":"chat:k","message_id":"m","text":"t"}),
+        )
+        .await;
+    assert_eq!(status, 422);
+    client
+        .send(json!({"type":"publish","id":2,"channel":"chat:k","message_id":"m","stream":true,"data":null}))
+        .await;
+    let error = client.recv().await;
+    assert_eq!(
+        (error["type"].clone(), error["code"].clone()),
+        (json!("error"), json!("bad_request"))
+    );
+    let offset = server.publish("chat:k", json!("plain")).await;
+    let message = client.recv_type("message").await;
+    assert_eq!(message["offset"], offset.as_str());
+    server.stop().await;
+}
