@@ -7,7 +7,7 @@ use hyper::{Method, Request, Response, body::Incoming, header};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{Body, ControlContext, is_loopback, response, streams};
+use super::{Body, ControlContext, ingest, is_loopback, response, streams};
 use crate::{
     cluster::BusError,
     hub::{Applied, Editor, Op, SessionCommand, WriteBatch},
@@ -280,7 +280,7 @@ async fn route_v1(
                 .await,
             )
         }
-        "/v1/streams" if method == Method::POST => ("streams", streams::ingest(request, ctx).await),
+        "/v1/streams" if method == Method::POST => ("streams", ingest::ingest(request, ctx).await),
         "/v1/streams" => ("streams", method_not_allowed("POST")),
         "/v1/broadcast" if method == Method::POST => (
             "broadcast",

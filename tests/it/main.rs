@@ -43,6 +43,7 @@ mod resume;
 mod rolling_restart;
 mod slow_consumer;
 mod stream_ingest;
+mod stream_model;
 mod streams;
 mod throttle;
 mod tls;

@@ -11,7 +11,7 @@ use tokio::{
 
 use crate::{
     harness::{SteadyPublisher, TestServer, expect_all_acknowledged, patience},
-    streams::{Model, post_ok},
+    stream_model::{Model, post_ok},
 };
 
 /// A chunked request to the control API, sent a piece at a time, as a backend relaying an
