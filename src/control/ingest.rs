@@ -145,28 +145,29 @@ pub(super) async fn ingest(request: Request<Incoming>, ctx: &ControlContext) -> 
     if let Err(err) = &handled
         && !matches!(err.status(), 408 | 413)
     {
-        // Refused while the backend may still be sending its reply (a used id, a bad line):
-        // read what it sends a little longer, so that it gets the answer, not a reset.
-        drain(&mut body, DRAIN_BYTES, DRAIN_TIME).await;
+        // Refused while the backend goes on sending its reply (a used id, a bad line): most
+        // HTTP clients read the answer only once their body is sent, so read the rest (as
+        // bounded as an ingest's) rather than close on them, which they would see as a
+        // reset instead of the answer.
+        drain(
+            &mut body,
+            max_body_bytes(ctx),
+            ctx.settings.stream_idle_timeout,
+        )
+        .await;
     }
     handled
 }
 
-/// What is read of a refused ingest's body before answering, at most.
-const DRAIN_BYTES: usize = 1 << 20;
-const DRAIN_TIME: Duration = Duration::from_secs(2);
-
-async fn drain(body: &mut Incoming, bytes: usize, time: Duration) {
-    let _ = tokio::time::timeout(time, async {
-        let mut seen = 0;
-        while let Some(Ok(frame)) = body.frame().await {
-            seen += frame.data_ref().map_or(0, Bytes::len);
-            if seen >= bytes {
-                break;
-            }
+/// Reads and drops `body` until it ends, `bytes` came, or nothing came for `idle`.
+async fn drain(body: &mut Incoming, bytes: usize, idle: Duration) {
+    let mut seen = 0;
+    while seen < bytes {
+        match tokio::time::timeout(idle, body.frame()).await {
+            Ok(Some(Ok(frame))) => seen += frame.data_ref().map_or(0, Bytes::len),
+            _ => return,
         }
-    })
-    .await;
+    }
 }
 
 async fn ingest_body(

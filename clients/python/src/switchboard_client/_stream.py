@@ -66,10 +66,10 @@ class ReplyStream:
       re-raised.
     - An error answer to the request (``ConflictError`` for a ``message_id`` the channel
       already has, ``LimitExceededError`` past ``streams.max_text_bytes``, ...) abandons it
-      too; it is raised by the next ``append`` or on leaving the block. (The node closes the
-      connection after such an answer; a write meeting the closed connection loses the
-      answer, and the reply goes on as in a recovery, below, which meets a limit again but
-      takes a used ``message_id`` over: pass only ids the channel never had.)
+      too; it is raised by the next ``append`` or on leaving the block. (The node reads the
+      rest of a refused body, within an ingest's bounds, so the answer arrives once the
+      body is sent; past those bounds the connection is cut and the reply goes on as in a
+      recovery, below.)
     - **Recovery.** If the request fails before its body started (the node could not be
       reached), it is made again, up to ``retries`` times. If its connection breaks mid-reply
       (``s.recovered`` becomes true), the reply goes on through separate calls under the
