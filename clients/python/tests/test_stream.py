@@ -149,6 +149,24 @@ async def test_a_message_id_the_channel_has_is_a_conflict(node: Node, channel: s
         assert message.data == "taken"
 
 
+async def test_a_conflict_found_while_the_reply_streams_is_raised_and_takes_nothing_over(
+    node: Node, channel: str
+):
+    # The node refuses the id at once; the reply goes on streaming for a while (httpx reads
+    # the answer only once the body is sent): the answer must still arrive, and the other
+    # message stay as it was.
+    async with Switchboard(node.control_url) as sb:
+        await sb.publish(channel, "taken", message_id="reply-2")
+        with pytest.raises(ConflictError):
+            async with sb.stream(channel, message_id="reply-2") as reply:
+                for token in TOKENS:
+                    await reply.append(token)
+                    await asyncio.sleep(0.05)  # 2.7 s in all
+        assert not reply.recovered
+        [message] = (await sb.history(channel)).messages
+        assert (message.data, message.text, message.status) == ("taken", None, "finished")
+
+
 async def recover(
     node: Node, channel: str, transport: BreakIngest
 ) -> tuple[ReplyStream, list[dict[str, Any]], str | None]:
