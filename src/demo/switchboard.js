@@ -2,7 +2,9 @@
 // last offset after any reconnect, so that the application sees each message once and in
 // order, or is told (onRecovered(false)) that it must reload its state. Messages with a
 // message_id (streams that grow by appends, edits, deletes) live in their subscription and
-// change in place; a resume's state frames replace them whole (docs/streams.md).
+// change in place; a resume's state frames replace them whole (docs/streams.md). Channels
+// the server subscribed the client to (token `subs`, `POST /v1/subscribe`) hold them the
+// same way and tell through `on("message")` and `on("update")`.
 //
 // The wire protocol is docs/protocol.md in the server's repository.
 /** Close codes after which reconnecting cannot help (docs/protocol.md "Close codes"). */
@@ -62,6 +64,20 @@ class Sub {
         this.client.unsubscribe(this);
     }
 }
+/**
+ * A channel the server subscribed this connection to (token `subs`, `POST /v1/subscribe`):
+ * its handlers emit `message` and `update`. Kept across reconnects (inactive until the server
+ * subscribes again), so the objects in `messages` stay the application's.
+ */
+class ServerSub {
+    constructor(channel, handlers) {
+        this.channel = channel;
+        this.handlers = handlers;
+        /** Subscribed on the current connection. */
+        this.active = true;
+        this.messages = new Map();
+    }
+}
 /** An error reply, or a request that could not complete. */
 export class SwitchboardError extends Error {
     constructor(code, message) {
@@ -76,7 +92,7 @@ export class Switchboard {
         this.options = options;
         this.stateValue = "disconnected";
         this.subs = new Map();
-        /** Channels the server subscribed this connection to (token `subs`, `POST /v1/subscribe`), with the last offset delivered. */
+        /** Channels the server subscribed this client to (token `subs`, `POST /v1/subscribe`). */
         this.serverSubs = new Map();
         this.pending = new Map();
         this.listeners = new Map();
@@ -97,6 +113,7 @@ export class Switchboard {
             connectTimeout: options.connectTimeout ?? 10000,
             refreshBefore: options.refreshBefore ?? 30000,
             pongTimeout: options.pongTimeout ?? 10000,
+            maxServerMessages: options.maxServerMessages ?? 1000,
         };
     }
     get state() {
@@ -134,6 +151,16 @@ export class Switchboard {
         else if (this.stateValue === "disconnected")
             this.connect();
         return sub;
+    }
+    /**
+     * The messages with a `message_id` held for a channel the server subscribed this client to
+     * (token `subs`, a backend's `POST /v1/subscribe`), by id, in the order they came; changed
+     * in place as `sub.messages` is (`on("update")` tells). `undefined` for a channel the server
+     * did not subscribe this client to, or unsubscribed it from. Kept across reconnects: the
+     * server's subscription on the next connection replaces its open streams whole.
+     */
+    serverMessages(channel) {
+        return this.serverSubs.get(channel)?.messages;
     }
     /** @internal */
     unsubscribe(sub) {
@@ -420,7 +447,15 @@ export class Switchboard {
         if (this.subs.has(frame.channel))
             return; // the application's own subscription
         if (frame.type === "subscribed") {
-            this.serverSubs.set(frame.channel, frame.offset);
+            // A subscription without `since`: from the current position, the channel's open
+            // streams whole right behind it (state frames replacing what an earlier connection held).
+            let serverSub = this.serverSubs.get(frame.channel);
+            if (!serverSub) {
+                serverSub = new ServerSub(frame.channel, this.serverHandlers(frame.channel));
+                this.serverSubs.set(frame.channel, serverSub);
+            }
+            serverSub.active = true;
+            serverSub.offset = frame.offset;
             this.emit("subscribed", { channel: frame.channel, offset: frame.offset });
         }
         else {
@@ -428,26 +463,38 @@ export class Switchboard {
             this.emit("unsubscribed", { channel: frame.channel });
         }
     }
+    /** A server-side subscription's handlers: its messages and changes become events. */
+    serverHandlers(channel) {
+        return {
+            maxMessages: this.opts.maxServerMessages,
+            onMessage: (data, message) => {
+                const detail = { channel, offset: message.offset, data, message };
+                if (message.id !== undefined)
+                    detail.id = message.id;
+                this.emit("message", detail);
+            },
+            onUpdate: (message, change) => this.emit("update", { channel, message, change }),
+        };
+    }
+    /** What follows `channel` on this connection: the application's subscription, or the server's. */
+    feed(channel) {
+        const sub = this.subs.get(channel);
+        if (sub)
+            return sub;
+        const serverSub = this.serverSubs.get(channel);
+        return serverSub?.active ? serverSub : undefined;
+    }
     onMessage(frame) {
-        const sub = this.subs.get(frame.channel);
-        if (!sub) {
-            // A server-side subscription's message: each offset once, to `on("message")`.
-            if (!this.serverSubs.has(frame.channel))
-                return;
-            const last = this.serverSubs.get(frame.channel);
-            if (last !== undefined && !isAfter(frame.offset, last))
-                return;
-            this.serverSubs.set(frame.channel, frame.offset);
-            this.emit("message", { channel: frame.channel, offset: frame.offset, data: frame.data });
+        const feed = this.feed(frame.channel);
+        if (!feed)
             return;
-        }
         if (typeof frame.message_id === "string")
-            return this.onMessageWithId(sub, frame);
+            return this.onMessageWithId(feed, frame);
         // A replay can overlap what arrived live before a reconnect: each offset once.
-        if (!isAfter(frame.offset, sub.offset))
+        if (!isAfter(frame.offset, feed.offset))
             return;
-        sub.offset = frame.offset;
-        sub.handlers.onMessage?.(frame.data, { channel: frame.channel, offset: frame.offset, data: frame.data });
+        feed.offset = frame.offset;
+        feed.handlers.onMessage?.(frame.data, { channel: frame.channel, offset: frame.offset, data: frame.data });
     }
     /**
      * A `message` frame with a `message_id`: the message as published, or (with `created` and
@@ -483,7 +530,7 @@ export class Switchboard {
     }
     /** `append`, `finish`, `update`, `delete`, `abandon`: applied in place to the message held. */
     onChange(frame) {
-        const sub = this.subs.get(frame.channel);
+        const sub = this.feed(frame.channel);
         if (!sub)
             return;
         if (!isAfter(frame.offset, sub.offset))
@@ -547,8 +594,9 @@ export class Switchboard {
     onReset(frame) {
         const sub = this.subs.get(frame.channel);
         if (!sub) {
-            if (this.serverSubs.has(frame.channel))
-                this.serverSubs.set(frame.channel, frame.offset);
+            const serverSub = this.serverSubs.get(frame.channel);
+            if (serverSub?.active)
+                serverSub.offset = frame.offset;
             return;
         }
         sub.offset = frame.offset;
@@ -572,8 +620,10 @@ export class Switchboard {
         this.clearTimers();
         for (const sub of this.subs.values())
             sub.active = false;
-        // The server makes its own subscriptions again on the next connection.
-        this.serverSubs.clear();
+        // The server makes the token's `subs` again on the next connection; until then (and for
+        // good where it does not), what they hold stays readable, unchanged.
+        for (const serverSub of this.serverSubs.values())
+            serverSub.active = false;
         this.failPending("disconnected", `connection closed (${code})`);
         if (this.stateValue === "closed")
             return;

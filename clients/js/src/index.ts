@@ -2,7 +2,9 @@
 // last offset after any reconnect, so that the application sees each message once and in
 // order, or is told (onRecovered(false)) that it must reload its state. Messages with a
 // message_id (streams that grow by appends, edits, deletes) live in their subscription and
-// change in place; a resume's state frames replace them whole (docs/streams.md).
+// change in place; a resume's state frames replace them whole (docs/streams.md). Channels
+// the server subscribed the client to (token `subs`, `POST /v1/subscribe`) hold them the
+// same way and tell through `on("message")` and `on("update")`.
 //
 // The wire protocol is docs/protocol.md in the server's repository.
 
@@ -41,6 +43,11 @@ export interface Options {
   refreshBefore?: number;
   /** A connection silent this long past one heartbeat (after an application ping) is dead, ms. */
   pongTimeout?: number;
+  /**
+   * How many messages with an id each server-side subscription keeps (`sb.serverMessages`,
+   * default 1000): past it, the oldest that are not open are forgotten, as `maxMessages`.
+   */
+  maxServerMessages?: number;
 }
 
 export interface PublishOptions {
@@ -183,7 +190,8 @@ type EventName =
   | "closed"
   | "subscribed"
   | "unsubscribed"
-  | "message";
+  | "message"
+  | "update";
 type Listener = (detail: any) => void;
 
 /** Close codes after which reconnecting cannot help (docs/protocol.md "Close codes"). */
@@ -233,7 +241,19 @@ export function isAfter(offset: string, last: string | undefined): boolean {
 /** The fields of a `StreamMessage` as this client writes them. */
 type Mutable<T> = { -readonly [K in keyof T]: T[K] };
 
-class Sub implements Subscription {
+/**
+ * What follows one channel's frames: an application's subscription (`Sub`) or one the server
+ * made (`ServerSub`). Both keep the messages with an id and apply every operation to them.
+ */
+interface Feed {
+  readonly channel: string;
+  /** The offset of the last frame applied (or the position at subscribe). */
+  offset: string | undefined;
+  readonly messages: Map<string, Mutable<StreamMessage<any>>>;
+  readonly handlers: SubscriptionHandlers<any>;
+}
+
+class Sub implements Subscription, Feed {
   offset: string | undefined;
   /** Sent and not yet answered, or answered on the current connection. */
   active = false;
@@ -246,6 +266,22 @@ class Sub implements Subscription {
   unsubscribe(): void {
     this.client.unsubscribe(this);
   }
+}
+
+/**
+ * A channel the server subscribed this connection to (token `subs`, `POST /v1/subscribe`):
+ * its handlers emit `message` and `update`. Kept across reconnects (inactive until the server
+ * subscribes again), so the objects in `messages` stay the application's.
+ */
+class ServerSub implements Feed {
+  offset: string | undefined;
+  /** Subscribed on the current connection. */
+  active = true;
+  readonly messages = new Map<string, Mutable<StreamMessage<any>>>();
+  constructor(
+    readonly channel: string,
+    readonly handlers: SubscriptionHandlers<any>,
+  ) {}
 }
 
 interface Pending {
@@ -271,8 +307,8 @@ export class Switchboard {
   private ws: WebSocketLike | undefined;
   private stateValue: State = "disconnected";
   private readonly subs = new Map<string, Sub>();
-  /** Channels the server subscribed this connection to (token `subs`, `POST /v1/subscribe`), with the last offset delivered. */
-  private readonly serverSubs = new Map<string, string | undefined>();
+  /** Channels the server subscribed this client to (token `subs`, `POST /v1/subscribe`). */
+  private readonly serverSubs = new Map<string, ServerSub>();
   private readonly pending = new Map<number, Pending>();
   private readonly listeners = new Map<EventName, Set<Listener>>();
   private nextId = 1;
@@ -309,6 +345,7 @@ export class Switchboard {
       connectTimeout: options.connectTimeout ?? 10_000,
       refreshBefore: options.refreshBefore ?? 30_000,
       pongTimeout: options.pongTimeout ?? 10_000,
+      maxServerMessages: options.maxServerMessages ?? 1000,
     };
   }
 
@@ -346,6 +383,17 @@ export class Switchboard {
     if (this.stateValue === "connected") this.sendSubscribe(sub);
     else if (this.stateValue === "disconnected") this.connect();
     return sub;
+  }
+
+  /**
+   * The messages with a `message_id` held for a channel the server subscribed this client to
+   * (token `subs`, a backend's `POST /v1/subscribe`), by id, in the order they came; changed
+   * in place as `sub.messages` is (`on("update")` tells). `undefined` for a channel the server
+   * did not subscribe this client to, or unsubscribed it from. Kept across reconnects: the
+   * server's subscription on the next connection replaces its open streams whole.
+   */
+  serverMessages<T = unknown>(channel: string): ReadonlyMap<string, StreamMessage<T>> | undefined {
+    return this.serverSubs.get(channel)?.messages;
   }
 
   /** @internal */
@@ -625,7 +673,15 @@ export class Switchboard {
   private onServerSubscription(frame: any): void {
     if (this.subs.has(frame.channel)) return; // the application's own subscription
     if (frame.type === "subscribed") {
-      this.serverSubs.set(frame.channel, frame.offset);
+      // A subscription without `since`: from the current position, the channel's open
+      // streams whole right behind it (state frames replacing what an earlier connection held).
+      let serverSub = this.serverSubs.get(frame.channel);
+      if (!serverSub) {
+        serverSub = new ServerSub(frame.channel, this.serverHandlers(frame.channel));
+        this.serverSubs.set(frame.channel, serverSub);
+      }
+      serverSub.active = true;
+      serverSub.offset = frame.offset;
       this.emit("subscribed", { channel: frame.channel, offset: frame.offset });
     } else {
       this.serverSubs.delete(frame.channel);
@@ -633,22 +689,35 @@ export class Switchboard {
     }
   }
 
+  /** A server-side subscription's handlers: its messages and changes become events. */
+  private serverHandlers(channel: string): SubscriptionHandlers<any> {
+    return {
+      maxMessages: this.opts.maxServerMessages,
+      onMessage: (data, message) => {
+        const detail: Record<string, unknown> = { channel, offset: message.offset, data, message };
+        if (message.id !== undefined) detail.id = message.id;
+        this.emit("message", detail);
+      },
+      onUpdate: (message, change) => this.emit("update", { channel, message, change }),
+    };
+  }
+
+  /** What follows `channel` on this connection: the application's subscription, or the server's. */
+  private feed(channel: string): Feed | undefined {
+    const sub = this.subs.get(channel);
+    if (sub) return sub;
+    const serverSub = this.serverSubs.get(channel);
+    return serverSub?.active ? serverSub : undefined;
+  }
+
   private onMessage(frame: any): void {
-    const sub = this.subs.get(frame.channel);
-    if (!sub) {
-      // A server-side subscription's message: each offset once, to `on("message")`.
-      if (!this.serverSubs.has(frame.channel)) return;
-      const last = this.serverSubs.get(frame.channel);
-      if (last !== undefined && !isAfter(frame.offset, last)) return;
-      this.serverSubs.set(frame.channel, frame.offset);
-      this.emit("message", { channel: frame.channel, offset: frame.offset, data: frame.data });
-      return;
-    }
-    if (typeof frame.message_id === "string") return this.onMessageWithId(sub, frame);
+    const feed = this.feed(frame.channel);
+    if (!feed) return;
+    if (typeof frame.message_id === "string") return this.onMessageWithId(feed, frame);
     // A replay can overlap what arrived live before a reconnect: each offset once.
-    if (!isAfter(frame.offset, sub.offset)) return;
-    sub.offset = frame.offset;
-    sub.handlers.onMessage?.(frame.data, { channel: frame.channel, offset: frame.offset, data: frame.data });
+    if (!isAfter(frame.offset, feed.offset)) return;
+    feed.offset = frame.offset;
+    feed.handlers.onMessage?.(frame.data, { channel: frame.channel, offset: frame.offset, data: frame.data });
   }
 
   /**
@@ -658,7 +727,7 @@ export class Switchboard {
    * streams' frames come from before the subscription's position. One it holds is replaced
    * by a state frame newer than what it holds.
    */
-  private onMessageWithId(sub: Sub, frame: any): void {
+  private onMessageWithId(sub: Feed, frame: any): void {
     const state = typeof frame.status === "string";
     const held = sub.messages.get(frame.message_id);
     if (isAfter(frame.offset, sub.offset)) sub.offset = frame.offset;
@@ -684,7 +753,7 @@ export class Switchboard {
 
   /** `append`, `finish`, `update`, `delete`, `abandon`: applied in place to the message held. */
   private onChange(frame: any): void {
-    const sub = this.subs.get(frame.channel);
+    const sub = this.feed(frame.channel);
     if (!sub) return;
     if (!isAfter(frame.offset, sub.offset)) return;
     sub.offset = frame.offset;
@@ -722,7 +791,7 @@ export class Switchboard {
   }
 
   /** Keeps `sub.messages` within `maxMessages`: the oldest messages that are not open go first. */
-  private forgetOld(sub: Sub): void {
+  private forgetOld(sub: Feed): void {
     const max = sub.handlers.maxMessages ?? 1000;
     let excess = sub.messages.size - max;
     if (excess <= 0) return;
@@ -741,7 +810,8 @@ export class Switchboard {
   private onReset(frame: any): void {
     const sub = this.subs.get(frame.channel);
     if (!sub) {
-      if (this.serverSubs.has(frame.channel)) this.serverSubs.set(frame.channel, frame.offset);
+      const serverSub = this.serverSubs.get(frame.channel);
+      if (serverSub?.active) serverSub.offset = frame.offset;
       return;
     }
     sub.offset = frame.offset;
@@ -764,8 +834,9 @@ export class Switchboard {
     this.ws = undefined;
     this.clearTimers();
     for (const sub of this.subs.values()) sub.active = false;
-    // The server makes its own subscriptions again on the next connection.
-    this.serverSubs.clear();
+    // The server makes the token's `subs` again on the next connection; until then (and for
+    // good where it does not), what they hold stays readable, unchanged.
+    for (const serverSub of this.serverSubs.values()) serverSub.active = false;
     this.failPending("disconnected", `connection closed (${code})`);
     if (this.stateValue === "closed") return;
     this.emit("disconnected", { code, reason });

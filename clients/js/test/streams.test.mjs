@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { after, test } from "node:test";
 
 import { Switchboard, SwitchboardError } from "../dist/index.js";
-import { eventually, killAll, sleep, startNode } from "./harness.mjs";
+import { HS256_SECRET, eventually, hs256, killAll, sleep, startNode } from "./harness.mjs";
 
 const clients = [];
 function client(url, options = {}) {
@@ -284,5 +284,203 @@ test("an idle stream is abandoned; maxMessages bounds what a subscription keeps"
   for (let n = 1; n <= 4; n++) await backend(node, "/v1/publish", { channel: "chat:5", message_id: `m-${n}`, data: n });
   await eventually(() => sub.messages.has("m-4"), "the last message");
   assert.deepEqual([...sub.messages.keys()], ["open-1", "m-3", "m-4"], "the oldest messages that are not open went first");
+  await node.kill();
+});
+
+/** A node where `user:{sub}` is each user's own inbox, the way the server-side subscriptions' tests use it. */
+function inboxNode(extra = "") {
+  return startNode({
+    namespaces: `
+[[namespaces]]
+pattern = "user:{sub}"
+subscribe = "owner"
+publish = "none"
+history = "none"
+`,
+    config: `
+[[auth.keys]]
+algorithm = "HS256"
+secret = "${HS256_SECRET}"
+${extra}`,
+  });
+}
+
+/** Records a client's server-side subscriptions' events. */
+function record(sb) {
+  const seen = { subscribed: [], messages: [], updates: [] };
+  sb.on("subscribed", ({ channel }) => seen.subscribed.push(channel));
+  sb.on("message", (detail) => seen.messages.push(detail));
+  sb.on("update", (detail) => seen.updates.push(detail));
+  return seen;
+}
+
+/** A server-side subscription's view of a message equals the server's history. */
+async function assertServerSubSameAsServer(node, sb, channel, id) {
+  const server = await serverMessage(node, channel, id);
+  const held = sb.serverMessages(channel)?.get(id);
+  assert.ok(server, `the server has ${id}`);
+  assert.ok(held, `the server-side subscription holds ${id}`);
+  assert.equal(held.status, server.status, `${id}: status`);
+  assert.equal(held.text, server.text, `${id}: text`);
+  assert.deepEqual(held.data, server.data, `${id}: data`);
+  assert.equal(held.created, server.offset, `${id}: created`);
+  assert.equal(held.offset, server.updated ?? server.offset, `${id}: offset of the last operation`);
+}
+
+test("a backend's POST /v1/subscribe: a stream grows through on(\"update\"), held in sb.serverMessages", async () => {
+  const node = await inboxNode();
+  const sb = client(node.url, { token: hs256({ sub: "ada", exp: Math.floor(Date.now() / 1000) + 600 }) });
+  const seen = record(sb);
+  await new Promise((resolve) => {
+    const off = sb.on("connected", () => resolve(off()));
+    sb.connect();
+  });
+  // Open before the subscription: it comes whole, right after `subscribed`.
+  await backend(node, "/v1/publish", { channel: "user:ada", message_id: "early", stream: true, data: { role: "assistant" } });
+  await backend(node, "/v1/append", { channel: "user:ada", message_id: "early", text: "already " });
+  assert.equal(sb.serverMessages("user:ada"), undefined, "not subscribed yet");
+  const { status, body } = await node.post("/v1/subscribe", { user: "ada", channel: "user:ada" });
+  assert.equal(status, 200, JSON.stringify(body));
+  await eventually(() => sb.serverMessages("user:ada")?.has("early"), "the open stream whole");
+  assert.deepEqual(seen.subscribed, ["user:ada"]);
+  assert.equal(sb.serverMessages("user:ada").get("early").text, "already ");
+
+  await backend(node, "/v1/publish", { channel: "user:ada", message_id: "reply-1", stream: true, data: { role: "assistant" } });
+  await eventually(() => sb.serverMessages("user:ada").has("reply-1"), "the new stream");
+  const message = sb.serverMessages("user:ada").get("reply-1");
+  const words = "An assistant reply streaming into every device of its user".split(/(?= )/);
+  for (const [i, word] of words.entries()) {
+    await backend(node, "/v1/append", { channel: "user:ada", message_id: "reply-1", text: word });
+    if (i % 3 === 0) await sleep(60);
+  }
+  const text = words.join("");
+  await eventually(() => message.text === text, "every append applied");
+  const finished = await backend(node, "/v1/finish", { channel: "user:ada", message_id: "reply-1", data: { role: "assistant", done: true } });
+  await eventually(() => message.status === "finished", "finished");
+  assert.equal(message.offset, finished);
+  assert.deepEqual(message.data, { role: "assistant", done: true });
+
+  // `message` once per message, with the live object; the old fields as before.
+  assert.deepEqual(
+    seen.messages.map(({ channel, id, data }) => ({ channel, id, data })),
+    [
+      { channel: "user:ada", id: "early", data: { role: "assistant" } },
+      { channel: "user:ada", id: "reply-1", data: { role: "assistant" } },
+    ],
+    "data: as the message came (the object has changed since)",
+  );
+  assert.equal(seen.messages[1].message, message, "the object that grew");
+  assert.equal(seen.messages[1].offset, seen.messages[1].message.created, "offset: where it was when it came (its publish)");
+  const updates = seen.updates.filter((update) => update.message.id === "reply-1");
+  assert.ok(updates.every((update) => update.channel === "user:ada" && update.message === message));
+  const appends = updates.filter(({ change }) => change.type === "append");
+  assert.equal(appends.map(({ change }) => change.text).join(""), text, "the appends' deltas add up to the text");
+  assert.ok(appends.length >= 2 && appends.length <= words.length, `${appends.length} append frames`);
+  assert.deepEqual(updates.at(-1).change, { type: "finish", offset: finished, data: { role: "assistant", done: true } });
+  await assertServerSubSameAsServer(node, sb, "user:ada", "reply-1");
+
+  // Edits, deletes, the early stream's end; plain messages still reach on("message") as before.
+  const edited = await backend(node, "/v1/update", { channel: "user:ada", message_id: "reply-1", text: "Edited." });
+  await backend(node, "/v1/append", { channel: "user:ada", message_id: "early", text: "done" });
+  await backend(node, "/v1/finish", { channel: "user:ada", message_id: "early" });
+  const deleted = await backend(node, "/v1/delete", { channel: "user:ada", message_id: "early" });
+  await node.publish("user:ada", { plain: 1 });
+  await eventually(() => seen.messages.length === 3, "the plain message");
+  assert.equal(message.text, "Edited.");
+  assert.deepEqual(
+    seen.updates.slice(-4).map(({ message, change }) => [message.id, change.type, change.offset]),
+    [
+      ["reply-1", "update", edited],
+      ["early", "append", seen.updates.at(-3).change.offset],
+      ["early", "finish", seen.updates.at(-2).change.offset],
+      ["early", "delete", deleted],
+    ],
+  );
+  const plain = seen.messages[2];
+  assert.deepEqual([plain.channel, plain.data, plain.id], ["user:ada", { plain: 1 }, undefined]);
+  assert.match(plain.offset, /^[0-9a-f]+-\d+$/);
+  for (const id of ["reply-1", "early"]) await assertServerSubSameAsServer(node, sb, "user:ada", id);
+  assert.deepEqual([...sb.serverMessages("user:ada").keys()], ["early", "reply-1"]);
+
+  await node.post("/v1/unsubscribe", { user: "ada", channel: "user:ada" });
+  await eventually(() => sb.serverMessages("user:ada") === undefined, "dropped with the unsubscribe");
+  await node.kill();
+});
+
+test("server-side subscriptions across a reconnect mid-stream: the open stream is replaced whole and keeps growing", async () => {
+  const node = await inboxNode();
+  const gate = { open: true };
+  const sockets = [];
+  class TestWebSocket extends WebSocket {
+    constructor(url) {
+      super(gate.open ? url : "ws://127.0.0.1:1/ws");
+      sockets.push(this);
+    }
+  }
+  // `user:ada` from the token's subs claim (made again on every connection), `inbox:ada`
+  // from a backend's POST /v1/subscribe (this connection only: the backend makes it again).
+  const token = hs256({ sub: "ada", exp: Math.floor(Date.now() / 1000) + 600, subs: ["user:ada"] });
+  const sb = client(node.url, { token, WebSocket: TestWebSocket });
+  const seen = record(sb);
+  sb.connect();
+  await eventually(() => seen.subscribed.includes("user:ada"), "the claim's subscription");
+  assert.equal((await node.post("/v1/subscribe", { user: "ada", channel: "inbox:ada" })).status, 200);
+  await eventually(() => seen.subscribed.includes("inbox:ada"), "the backend's subscription");
+
+  const texts = { "user:ada": "", "inbox:ada": "" };
+  const append = async (channel, piece) => {
+    await backend(node, "/v1/append", { channel, message_id: "reply-1", text: piece });
+    texts[channel] += piece;
+  };
+  for (const channel of Object.keys(texts)) {
+    await backend(node, "/v1/publish", { channel, message_id: "reply-1", stream: true, data: { role: "assistant" } });
+    await backend(node, "/v1/publish", { channel, message_id: "ends-away", stream: true, data: {} });
+    for (let n = 0; n < 8; n++) await append(channel, `tok${n} `);
+  }
+  await eventually(
+    () => Object.entries(texts).every(([channel, text]) => sb.serverMessages(channel)?.get("reply-1")?.text === text),
+    "the first tokens",
+  );
+  const held = sb.serverMessages("user:ada").get("reply-1");
+  const heldBefore = held.text;
+
+  gate.open = false;
+  sockets.at(-1).close();
+  await eventually(() => sb.state === "reconnecting", "reconnecting");
+  for (let n = 8; n < 20; n++) for (const channel of Object.keys(texts)) await append(channel, `tok${n} `);
+  await backend(node, "/v1/finish", { channel: "user:ada", message_id: "ends-away" });
+  const updatesBefore = seen.updates.length;
+  gate.open = true;
+  await eventually(() => seen.subscribed.filter((channel) => channel === "user:ada").length === 2, "subscribed again", 10_000);
+  await eventually(() => held.text === texts["user:ada"], "the open stream replaced whole");
+  const state = seen.updates.slice(updatesBefore).find(({ change }) => change.type === "state");
+  assert.equal(state.channel, "user:ada");
+  assert.equal(state.message, held, "replaced in place: the same object");
+  assert.equal(state.change.previous.text, heldBefore, "what was held before");
+  assert.equal(sb.serverMessages("user:ada").get("reply-1"), held);
+
+  // The backend's subscription was this connection's: until the backend makes it again,
+  // what it held stays as it was. Then its open stream comes whole too.
+  assert.equal(sb.serverMessages("inbox:ada").get("reply-1").text, Array.from({ length: 8 }, (_, n) => `tok${n} `).join(""));
+  assert.equal((await node.post("/v1/subscribe", { user: "ada", channel: "inbox:ada" })).status, 200);
+  await eventually(() => sb.serverMessages("inbox:ada").get("reply-1").text === texts["inbox:ada"], "the backend's channel whole again");
+
+  // And both keep growing live, to the end: the server's text exactly.
+  for (let n = 20; n < 30; n++) for (const channel of Object.keys(texts)) await append(channel, `tok${n} `);
+  for (const channel of Object.keys(texts)) {
+    await backend(node, "/v1/finish", { channel, message_id: "reply-1" });
+    await eventually(() => sb.serverMessages(channel).get("reply-1").status === "finished", `${channel} finished`);
+    assert.equal(sb.serverMessages(channel).get("reply-1").text, texts[channel]);
+    await assertServerSubSameAsServer(node, sb, channel, "reply-1");
+  }
+  assert.deepEqual(
+    seen.messages.filter(({ id }) => id === "reply-1").map(({ channel }) => channel),
+    ["user:ada", "inbox:ada"],
+    "on(\"message\") once per message, also across the reconnect",
+  );
+  // A stream that ended while the client was away is not open, so a new subscription does
+  // not send it: what was held stays (server-side subscriptions do not resume).
+  assert.equal(sb.serverMessages("user:ada").get("ends-away").status, "open");
+  assert.equal((await serverMessage(node, "user:ada", "ends-away")).status, "finished");
   await node.kill();
 });
