@@ -101,6 +101,11 @@ impl Workers {
         self.push(|jobs| jobs.urgent.push_back(work));
     }
 
+    /// Whether write jobs wait in the queue: the fan-out is behind its sockets.
+    pub(in crate::hub) fn writes_pending(&self) -> bool {
+        !self.jobs().writes.is_empty()
+    }
+
     /// Queues `connections` (claimed lanes) to be flushed, in chunks of [`FLUSH_CHUNK`].
     fn push_writes(&self, mut connections: Vec<Arc<Outbound>>) {
         self.push(|jobs| {

@@ -15,10 +15,14 @@ use crate::{
         FramedText, Hub,
         channel::Channel,
         fanout::{Queued, start_round},
+        lane::Workers,
         lock,
     },
     protocol::{self, ChannelName, Offset},
 };
+
+/// Held appends wait for a fan-out behind its sockets at most this many intervals.
+const MAX_STRETCH: u32 = 4;
 
 /// One `append` frame being held.
 #[derive(Debug)]
@@ -177,6 +181,24 @@ impl Hub {
         let round = {
             let mut state = lock(&slot.state);
             if state.removed {
+                return;
+            }
+            let interval = self.settings.streams.coalesce;
+            let waited = state
+                .coalescing
+                .as_ref()
+                .and_then(|coalescing| coalescing.last_sent)
+                .map_or(Duration::MAX, |sent| sent.elapsed());
+            if waited < interval * MAX_STRETCH
+                && self.workers.as_ref().is_some_and(Workers::writes_pending)
+            {
+                // The fan-out is behind its sockets (write jobs wait): another frame now
+                // would be one more write per subscriber. Held a little longer, the appends
+                // go out as one frame when the writes caught up, as plain messages batch
+                // in rounds under load.
+                drop(state);
+                lock(&self.coalescer.due).push((Instant::now() + interval / 2, channel.clone()));
+                self.coalescer.wake.notify_one();
                 return;
             }
             if let Some(coalescing) = state.coalescing.as_mut() {
