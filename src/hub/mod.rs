@@ -22,7 +22,7 @@
 //! Files: `registry` (connections, users, admission, keepalive), `publish` (ordering a
 //! message or a delivery, one append, events), `subscribe` (subscribe and replay, pins,
 //! unsubscribe, history reads), `channel` (a channel's ordered state and history),
-//! `fanout` (rounds), `lane` (the write lane), `admission` (upgrades in progress), `frame`,
+//! `history` (history reads), `fanout` (rounds), `lane` (the write lane), `admission` (upgrades in progress), `frame`,
 //! `lag` (how late the event loop ran), `stream` (messages with ids: appends, edits,
 //! deletes, coalescing).
 
@@ -30,6 +30,7 @@ mod admission;
 mod channel;
 mod fanout;
 mod framed;
+mod history;
 mod lag;
 mod lane;
 mod publish;
@@ -54,6 +55,7 @@ use tokio::time::Instant;
 
 pub use self::admission::{PendingSlot, PendingUpgrades, source_of};
 pub use self::framed::FramedText;
+pub use self::history::{HistoryData, HistoryPage};
 pub use self::lag::LagClock;
 pub use self::lane::{
     ConnId, EnqueueError, Keepalive, Outbound, Outgoing, SessionLane, Wire, WriteBatch,
@@ -62,9 +64,7 @@ use self::lane::{Workers, flush_all};
 pub use self::publish::FanoutBehind;
 pub use self::registry::{KeepaliveSweep, SessionCommand};
 pub use self::stream::{Applied, Editor, Op, OpError, Owner};
-pub use self::subscribe::{
-    ChannelPin, HistoryData, HistoryPage, RemoteView, SubscribeError, Subscribed,
-};
+pub use self::subscribe::{ChannelPin, RemoteView, SubscribeError, Subscribed};
 use self::{
     channel::{Channel, Retention},
     fanout::{Slot, Subscriber},
