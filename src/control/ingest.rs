@@ -2,7 +2,7 @@
 //! reply as it is generated (NDJSON lines or raw text), appended to one message stream and
 //! finished at the end of the body (see `docs/streams.md`, `docs/http-api.md`).
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt as _;
@@ -16,7 +16,7 @@ use super::{
     streams::message_id,
 };
 use crate::{
-    hub::{Applied, Editor, Op},
+    hub::{Applied, Editor, Op, OpError},
     protocol::{AbandonReason, ChannelName, ErrorCode},
 };
 
@@ -118,18 +118,35 @@ impl Drop for OpenStream<'_> {
         if self.done {
             return;
         }
-        // The hub applies it at once where it orders messages itself; a clustered bus
-        // needs an await a drop cannot make, and its node's sweep abandons the stream.
+        // The hub applies it at once where it orders messages itself. On a clustered node
+        // Redis does, which takes an await a drop cannot make: a task of its own (should
+        // it fail too, every node's sweep abandons the stream once idle).
         let op = Op::Abandon {
             message_id: &self.message_id,
             reason: AbandonReason::Ingest,
         };
-        let _ = self.ctx.hub.apply(
+        let local = self.ctx.hub.apply(
             &self.channel,
             &op,
             &Editor::Backend,
             &mut self.ctx.hub.write_batch(),
         );
+        if local == Err(OpError::Clustered) {
+            let bus = Arc::clone(&self.ctx.bus);
+            let hub = self.ctx.hub.clone();
+            let channel = self.channel.clone();
+            let message_id = std::mem::take(&mut self.message_id);
+            tokio::spawn(async move {
+                let op = Op::Abandon {
+                    message_id: &message_id,
+                    reason: AbandonReason::Ingest,
+                };
+                let mut writes = hub.write_batch();
+                if let Err(err) = bus.apply(&channel, op, &Editor::Backend, &mut writes).await {
+                    tracing::debug!(%err, %channel, "Abandoning a broken-off ingest failed");
+                }
+            });
+        }
     }
 }
 

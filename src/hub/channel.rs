@@ -132,9 +132,13 @@ pub(super) struct Channel {
     /// Subscribes that are reading from the bus and will merge `pending` when they return.
     pub(super) pins: usize,
     /// Deliveries since the first pin, for pinned subscribes to merge with what they read.
-    pub(super) pending: Vec<Entry>,
+    /// `(seq, frame)` of each message or operation delivered meanwhile.
+    pub(super) pending: Vec<(u64, FramedText)>,
     /// `pending` overflowed `MAX_PENDING`: pinned subscribes cannot prove continuity.
     pub(super) pending_lost: bool,
+    /// A remote bus delivered operations on messages this node does not hold: a subscribe
+    /// without `since` asks the bus for the open streams.
+    pub(super) unheld: bool,
     /// The channel moved to a new epoch after subscribers here had followed the old one:
     /// they are sent a `reset` before the new epoch's first message (see
     /// [`Hub::deliver_locked`](super::Hub)).
@@ -176,6 +180,7 @@ impl Channel {
             reset_owed: false,
             pending: Vec::new(),
             pending_lost: false,
+            unheld: false,
             floor: 0,
             ids: HashMap::new(),
             open: 0,
@@ -226,7 +231,7 @@ impl Channel {
     }
 
     /// Keeps a delivery for pinned subscribes.
-    pub(super) fn remember_pending(&mut self, entry: &Entry) {
+    pub(super) fn remember_pending(&mut self, seq: u64, frame: &FramedText) {
         if self.pins == 0 {
             return;
         }
@@ -234,7 +239,7 @@ impl Channel {
             self.pending.clear();
             self.pending_lost = true;
         } else {
-            self.pending.push(entry.clone());
+            self.pending.push((seq, frame.clone()));
         }
     }
 
@@ -351,6 +356,7 @@ impl Channel {
         let ids: usize = self.ids.keys().map(|id| id.len() + ID_OVERHEAD).sum();
         policy.used_bytes.fetch_sub(ids, Ordering::Relaxed);
         self.ids = HashMap::new();
+        self.unheld = false;
     }
 
     /// Whether history still reflects every operation after `since`: `since` is of this

@@ -51,6 +51,24 @@ impl HistoryData {
         }
     }
 
+    /// A message with an id read from elsewhere: `published`, its `data` as published,
+    /// and its state now.
+    #[must_use]
+    pub fn from_state(published: String, state: &MessageState<'_>) -> Self {
+        let replaced = state.data.filter(|data| *data != published);
+        Self {
+            message: Some(Box::new(StoredMessage {
+                created: state.created,
+                last: state.last,
+                message_id: state.message_id.into(),
+                status: state.status,
+                data: replaced.map(Into::into),
+                text: state.text.map(str::to_owned),
+            })),
+            data: Bytes::from(published),
+        }
+    }
+
     fn from_entry(entry: &Entry, state: &Channel) -> Self {
         let json = entry.frame.json_bytes();
         // `data` runs from `data_start` to the frame's closing brace.

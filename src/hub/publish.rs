@@ -156,6 +156,20 @@ impl Hub {
         offset: Offset,
         data: &str,
     ) -> Option<Option<usize>> {
+        let reset = self.order_remote(state, channel, offset)?;
+        let round = self.append(state, channel, offset, data);
+        Some(reset.or(round))
+    }
+
+    /// Moves the channel to a delivery's `offset` under its lock: `None` for a duplicate
+    /// (nothing to do), else whether the caller must start a round for the `reset` frame
+    /// that goes first when the bus lost the channel's state.
+    pub(super) fn order_remote(
+        &self,
+        state: &mut Channel,
+        channel: &ChannelName,
+        offset: Offset,
+    ) -> Option<Option<usize>> {
         if !state.synced {
             state.epoch = offset.epoch;
             state.synced = true;
@@ -178,29 +192,26 @@ impl Hub {
             state.floor = state.floor.max(offset.seq - 1);
         }
         state.seq = offset.seq;
-        let reset = if std::mem::take(&mut state.reset_owed) {
-            // Subscribers here followed an epoch that is gone (Redis lost the channel's
-            // state): what they missed cannot be known, and their offsets name nothing. Tell
-            // them before the new epoch's first message, at the position just before it.
-            let position = Offset {
-                epoch: offset.epoch,
-                seq: offset.seq.saturating_sub(1),
-            };
-            telemetry::metrics().epoch_resets.increment(1);
-            Self::enqueue_round(
-                state,
-                Queued {
-                    offset: position,
-                    frame: FramedText::from(protocol::encode_reset(channel, position)),
-                    accepted: Instant::now(),
-                    event: true,
-                },
-            )
-        } else {
-            None
+        if !std::mem::take(&mut state.reset_owed) {
+            return Some(None);
+        }
+        // Subscribers here followed an epoch that is gone (Redis lost the channel's state):
+        // what they missed cannot be known, and their offsets name nothing. Tell them before
+        // the new epoch's first message, at the position just before it.
+        let position = Offset {
+            epoch: offset.epoch,
+            seq: offset.seq.saturating_sub(1),
         };
-        let round = self.append(state, channel, offset, data);
-        Some(reset.or(round))
+        telemetry::metrics().epoch_resets.increment(1);
+        Some(Self::enqueue_round(
+            state,
+            Queued {
+                offset: position,
+                frame: FramedText::from(protocol::encode_reset(channel, position)),
+                accepted: Instant::now(),
+                event: true,
+            },
+        ))
     }
 
     /// Appends the message at `offset` (ordered under the channel's state lock, which the
@@ -248,7 +259,7 @@ impl Hub {
             message,
         };
         // Only a remote bus's deliveries meet pinned subscribes; a no-op otherwise.
-        state.remember_pending(&entry);
+        state.remember_pending(entry.seq, &entry.frame);
         state.remember(entry, &self.retention, now);
         round
     }

@@ -11,7 +11,7 @@ use super::{
     fanout::Subscriber, lock, read, write,
 };
 use crate::{
-    protocol::{self, ChannelName, Offset},
+    protocol::{ChannelName, Offset},
     telemetry,
 };
 
@@ -57,8 +57,14 @@ pub struct RemoteView {
     pub epoch: u64,
     /// The last sequence number the bus had assigned when read.
     pub seq: u64,
-    /// `(seq, data)` after the subscribe's `since`, oldest first.
+    /// What a resume from the subscribe's `since` replays: `(last, frame)`, each message
+    /// published after it or changed after it once, as it stands (a `message` frame, or a
+    /// message with an id that changed since its publish as its state frame), in the order
+    /// of its last operation.
     pub entries: Vec<(u64, String)>,
+    /// Without `since`: the open streams as they stand, `(last, frame)`, for a subscribe
+    /// to send whole so that the appends that follow apply.
+    pub open: Vec<(u64, String)>,
     /// Whether `since` is an offset of `epoch` (as the bus reckons it) and `entries` hold
     /// every message after it up to `seq` (none trimmed, expired or from another epoch).
     pub complete: bool,
@@ -121,7 +127,8 @@ impl Hub {
             let (outcome, skip_until) = match view {
                 None => {
                     let local = since.map(|since| state.recoverable(since));
-                    if self.settings.remote && (!state.synced || local == Some(false)) {
+                    let unheld = state.unheld && since.is_none();
+                    if self.settings.remote && (!state.synced || local == Some(false) || unheld) {
                         state.pins += 1;
                         return Err(SubscribeError::NeedRemote);
                     }
@@ -131,7 +138,7 @@ impl Hub {
                     )
                 }
                 Some(view) => {
-                    let merged = self.replay_merged(outbound, channel, state, since, view, &reply);
+                    let merged = self.replay_merged(outbound, state, since, view, &reply);
                     state.unpin();
                     merged?
                 }
@@ -217,7 +224,6 @@ impl Hub {
     pub(super) fn replay_merged(
         &self,
         outbound: &Outbound,
-        channel: &ChannelName,
         state: &mut Channel,
         since: Option<Offset>,
         view: &RemoteView,
@@ -227,7 +233,7 @@ impl Hub {
         let view = if view.absent
             && state.synced
             && state.epoch != view.epoch
-            && state.pending.first().is_some_and(|entry| entry.seq == 1)
+            && state.pending.first().is_some_and(|(seq, _)| *seq == 1)
         {
             // The bus had no state when read and the channel's first messages arrived since
             // the pin (all kept in `pending`): the read stands for the start of their epoch.
@@ -235,6 +241,7 @@ impl Hub {
                 epoch: state.epoch,
                 seq: 0,
                 entries: Vec::new(),
+                open: Vec::new(),
                 complete: view.complete,
                 absent: false,
             };
@@ -276,30 +283,27 @@ impl Hub {
             recovered,
             replayed: 0,
         };
-        if recovered != Some(true) {
+        let open = same_epoch && !view.open.is_empty() && recovered != Some(true);
+        if recovered != Some(true) && !open {
             outbound.try_enqueue(&reply(&outcome))?;
             // Live messages only; those the bus had already assigned are skipped.
             let skip_until = if same_epoch { view.seq } else { 0 };
             return Ok((outcome, skip_until));
         }
-        let since_seq = since.map_or(0, |since| since.seq);
-        let from_bus: Vec<FramedText> = view
-            .entries
+        // A resume: what changed after `since`. Else (no `since`, or one the bus could not
+        // recover) the open streams whole, so that the appends that follow apply; then
+        // what arrived since the read.
+        let since_seq = since.filter(|_| !open).map_or(0, |since| since.seq);
+        let from_bus: Vec<FramedText> = if open { &view.open } else { &view.entries }
             .iter()
-            .filter(|(seq, _)| *seq > since_seq && *seq <= view.seq)
-            .map(|(seq, data)| {
-                let offset = Offset {
-                    epoch: view.epoch,
-                    seq: *seq,
-                };
-                FramedText::from(protocol::encode_message(channel, offset, data))
-            })
+            .filter(|(last, _)| *last > since_seq && *last <= view.seq)
+            .map(|(_, frame)| FramedText::from(frame.clone()))
             .collect();
         let from_pending: Vec<FramedText> = state
             .pending
             .iter()
-            .filter(|entry| entry.seq > view.seq)
-            .map(|entry| entry.frame.clone())
+            .filter(|(seq, _)| *seq > view.seq)
+            .map(|(_, frame)| frame.clone())
             .collect();
         outcome.replayed = from_bus.len() + from_pending.len();
         outbound.try_enqueue(&reply(&outcome))?;

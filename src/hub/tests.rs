@@ -387,6 +387,7 @@ fn joined_at(hub: &Hub, channel: &ChannelName, seq: u64) -> (Arc<Outbound>, Read
         entries: Vec::new(),
         complete: true,
         absent: false,
+        open: Vec::new(),
     };
     assert_eq!(
         hub.subscribe(&conn, channel, None, None, reply),
@@ -400,6 +401,14 @@ fn joined_at(hub: &Hub, channel: &ChannelName, seq: u64) -> (Arc<Outbound>, Read
 
 fn at(seq: u64) -> Offset {
     Offset { epoch: EPOCH, seq }
+}
+
+/// A message as a bus read gives it: `(seq, frame)`.
+fn bus_entry(channel: &ChannelName, seq: u64) -> (u64, String) {
+    (
+        seq,
+        crate::protocol::encode_message(channel, at(seq), &seq.to_string()),
+    )
 }
 
 #[test]
@@ -422,6 +431,7 @@ fn deliveries_skip_channels_without_local_interest_and_duplicates() {
         entries: Vec::new(),
         complete: true,
         absent: false,
+        open: Vec::new(),
     };
     hub.subscribe(&conn, &news, None, Some(&view), reply)
         .unwrap();
@@ -457,9 +467,14 @@ fn remote_resume_merges_the_bus_read_with_deliveries_made_meanwhile() {
     let view = RemoteView {
         epoch: EPOCH,
         seq: 8,
-        entries: vec![(6, "6".into()), (7, "7".into()), (8, "8".into())],
+        entries: vec![
+            bus_entry(&news, 6),
+            bus_entry(&news, 7),
+            bus_entry(&news, 8),
+        ],
         complete: true,
         absent: false,
+        open: Vec::new(),
     };
     let outcome = hub
         .subscribe(&conn, &news, Some(at(5)), Some(&view), reply)
@@ -487,13 +502,14 @@ fn a_bus_read_ahead_of_local_delivery_is_not_delivered_twice() {
         epoch: EPOCH,
         seq: 5,
         entries: vec![
-            (2, "2".into()),
-            (3, "3".into()),
-            (4, "4".into()),
-            (5, "5".into()),
+            bus_entry(&news, 2),
+            bus_entry(&news, 3),
+            bus_entry(&news, 4),
+            bus_entry(&news, 5),
         ],
         complete: true,
         absent: false,
+        open: Vec::new(),
     };
     hub.subscribe(&conn, &news, Some(at(1)), Some(&view), reply)
         .unwrap();
@@ -518,6 +534,7 @@ fn an_incomplete_bus_read_is_not_recovered() {
         entries: Vec::new(),
         complete: false,
         absent: false,
+        open: Vec::new(),
     };
     let outcome = hub
         .subscribe(&conn, &news, Some(at(1)), Some(&view), reply)
@@ -552,6 +569,7 @@ fn a_read_of_an_absent_channel_merges_its_first_messages() {
         entries: Vec::new(),
         complete: true,
         absent: true,
+        open: Vec::new(),
     };
     let outcome = hub
         .subscribe(&conn, &news, Some(since), Some(&view), reply)

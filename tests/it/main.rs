@@ -45,5 +45,6 @@ mod slow_consumer;
 mod stream_ingest;
 mod stream_model;
 mod streams;
+mod streams_cluster;
 mod throttle;
 mod tls;

@@ -16,10 +16,14 @@ use crate::{
 
 /// A chunked request to the control API, sent a piece at a time, as a backend relaying an
 /// LLM sends it.
-struct Chunked(TcpStream);
+pub(crate) struct Chunked(TcpStream);
 
 impl Chunked {
-    async fn open(server: &TestServer, query: &str, headers: &[(&str, &str)]) -> Chunked {
+    pub(crate) async fn open(
+        server: &TestServer,
+        query: &str,
+        headers: &[(&str, &str)],
+    ) -> Chunked {
         let url = server.control_url("/");
         let addr = url.trim_start_matches("http://").trim_end_matches('/');
         let mut stream = TcpStream::connect(addr).await.unwrap();
@@ -34,7 +38,7 @@ impl Chunked {
         Chunked(stream)
     }
 
-    async fn send(&mut self, bytes: &[u8]) {
+    pub(crate) async fn send(&mut self, bytes: &[u8]) {
         assert!(self.try_send(bytes).await, "the server took the chunk");
     }
 

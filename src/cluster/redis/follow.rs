@@ -21,8 +21,8 @@ use super::{
     since_start_ms, unix_ms,
 };
 use crate::{
-    hub::{SessionCommand, WriteBatch},
-    protocol::{ChannelName, CloseCode, Offset},
+    hub::{Op, SessionCommand, WriteBatch},
+    protocol::{AbandonReason, ChannelName, CloseCode, Offset},
     shutdown::TaskGroup,
     telemetry,
 };
@@ -391,6 +391,23 @@ pub(super) fn deliver_entries(
                 }
                 Request::Own => {}
             }
+        } else if let Some(entry) = OpEntry::parse(&fields) {
+            if let Some(op) = entry.op() {
+                let offset = Offset {
+                    epoch: entry.epoch,
+                    seq: entry.seq,
+                };
+                if inner
+                    .hub
+                    .deliver_op_batched(&entry.channel, offset, &op, writes)
+                    > 0
+                {
+                    let lag = now_ms.saturating_sub(entry.time_ms) as f64 / 1000.0;
+                    telemetry::bus_lag(lag);
+                }
+            } else {
+                tracing::warn!(%id, "Malformed operation entry skipped");
+            }
         } else if let Some(message) = BusEntry::parse(&fields) {
             let offset = Offset {
                 epoch: message.epoch,
@@ -510,6 +527,103 @@ impl BusEntry {
             seq: seq?,
             data: data?,
             time_ms,
+        })
+    }
+}
+
+/// An operation on a message with an id (an entry with an `o` field, written by the
+/// operation script): `c e s t` as a message's, `o` the operation (`p a f u x b`), `m` the
+/// id, `d` data, `x` text, `k` `1` for a stream, `r` an abandon's reason.
+struct OpEntry {
+    channel: String,
+    epoch: u64,
+    seq: u64,
+    time_ms: u64,
+    kind: String,
+    id: String,
+    data: Option<String>,
+    text: Option<String>,
+    stream: bool,
+    reason: Option<String>,
+}
+
+impl OpEntry {
+    /// `None` for an entry without `o`, or one without the fields every entry has.
+    fn parse(fields: &Value) -> Option<Self> {
+        let Value::Array(fields) = fields else {
+            return None;
+        };
+        let mut entry = Self {
+            channel: String::new(),
+            epoch: 0,
+            seq: 0,
+            time_ms: 0,
+            kind: String::new(),
+            id: String::new(),
+            data: None,
+            text: None,
+            stream: false,
+            reason: None,
+        };
+        let (mut channel, mut epoch, mut seq, mut kind) = (None, None, None, None);
+        for pair in fields.chunks(2) {
+            let value = pair.get(1)?;
+            match as_string(&pair[0])?.as_str() {
+                "c" => channel = as_string(value),
+                "e" => epoch = as_string(value).as_deref().and_then(parse_epoch),
+                "s" => seq = as_u64(value),
+                "t" => entry.time_ms = as_u64(value).unwrap_or(0),
+                "o" => kind = as_string(value),
+                "m" => entry.id = as_string(value)?,
+                "d" => entry.data = as_string(value),
+                "x" => entry.text = as_string(value),
+                "k" => entry.stream = as_string(value).as_deref() == Some("1"),
+                "r" => entry.reason = as_string(value),
+                _ => {}
+            }
+        }
+        entry.kind = kind?;
+        entry.channel = channel?;
+        entry.epoch = epoch?;
+        entry.seq = seq?;
+        Some(entry)
+    }
+
+    /// The operation it carries; `None` when malformed.
+    fn op(&self) -> Option<Op<'_>> {
+        let message_id = self.id.as_str();
+        if message_id.is_empty() {
+            return None;
+        }
+        Some(match self.kind.as_str() {
+            "p" => Op::Publish {
+                data: self.data.as_deref()?,
+                message_id: Some(message_id),
+                stream: self.stream,
+            },
+            "a" => Op::Append {
+                message_id,
+                text: self.text.as_deref()?,
+            },
+            "f" => Op::Finish {
+                message_id,
+                data: self.data.as_deref(),
+            },
+            "u" => Op::Update {
+                message_id,
+                data: self.data.as_deref(),
+                text: self.text.as_deref(),
+            },
+            "x" => Op::Delete { message_id },
+            "b" => Op::Abandon {
+                message_id,
+                reason: match self.reason.as_deref()? {
+                    "idle" => AbandonReason::Idle,
+                    "ingest" => AbandonReason::Ingest,
+                    _ => return None,
+                },
+            },
+            _ => return None,
         })
     }
 }

@@ -45,6 +45,8 @@ mod interest;
 mod presence;
 mod registry;
 mod scripts;
+mod streams;
+mod streams_lua;
 
 pub use self::{presence::RedisPresence, registry::NodeInfo};
 
@@ -68,14 +70,12 @@ use self::{
     health::Health,
     registry::start_heartbeat,
     scripts::{APPEND_LUA, BORN_LUA, FORGET_LUA, INTEREST_LUA, PUBLISH_LUA, READ_LUA, ROUTE_LUA},
+    streams_lua::{HISTORY_LUA, OP_LUA},
 };
 use super::{ApplyError, Bus, BusError, BusFuture};
 use crate::{
     config::{BusRouting, RedisTarget},
-    hub::{
-        Applied, Editor, HistoryData, HistoryPage, HubHandle, Op, OpError, RemoteView,
-        SessionCommand, WriteBatch,
-    },
+    hub::{Applied, Editor, HistoryPage, HubHandle, Op, RemoteView, SessionCommand, WriteBatch},
     protocol::{ChannelName, CloseCode, Offset},
     shutdown::TaskGroup,
     telemetry,
@@ -99,6 +99,8 @@ pub struct RedisSettings {
     pub routing: BusRouting,
     pub interest_ttl: Duration,
     pub node_id: Arc<str>,
+    /// `[streams]`: the bounds the operation script checks.
+    pub streams: crate::config::StreamsConfig,
 }
 
 impl RedisSettings {
@@ -131,6 +133,7 @@ impl RedisSettings {
             routing: cluster.bus_routing,
             interest_ttl: cluster.interest_ttl,
             node_id,
+            streams: config.streams.clone(),
         })
     }
 }
@@ -143,6 +146,7 @@ struct Inner {
     conn: ArcSwapOption<RedisConn>,
     reconnect: tokio::sync::Notify,
     publish_script: Script,
+    op_script: Script,
     append_script: Script,
     interest_script: Script,
     forget_script: Script,
@@ -199,11 +203,12 @@ impl RedisBus {
             connector,
             conn: ArcSwapOption::empty(),
             reconnect: tokio::sync::Notify::new(),
-            publish_script: Script::new(&format!("{ROUTE_LUA}{PUBLISH_LUA}")),
+            publish_script: Script::new(&format!("{ROUTE_LUA}{HISTORY_LUA}{PUBLISH_LUA}")),
+            op_script: Script::new(&format!("{ROUTE_LUA}{HISTORY_LUA}{OP_LUA}")),
             append_script: Script::new(&format!("{ROUTE_LUA}{APPEND_LUA}")),
             interest_script: Script::new(INTEREST_LUA),
             forget_script: Script::new(FORGET_LUA),
-            read_script: Script::new(READ_LUA),
+            read_script: Script::new(&format!("{HISTORY_LUA}{READ_LUA}")),
             born_script: Script::new(BORN_LUA),
             health: Health {
                 reader_ok_ms: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
@@ -233,6 +238,10 @@ impl RedisBus {
             stop.clone(),
         ));
         start_heartbeat(Arc::clone(&inner), node, tasks, stop);
+        tasks.spawn(streams::sweep_idle_streams(
+            Arc::clone(&inner),
+            stop.clone(),
+        ));
         Ok(Self { inner })
     }
 
@@ -259,6 +268,13 @@ impl Inner {
             bus: bus_key(partition),
             born: born_key(partition),
             interest: interest_key(partition, channel.as_str()),
+            ids: format!("sb:{{sb:{partition}}}:ids:{channel}"),
+            idt: format!("sb:{{sb:{partition}}}:idt:{channel}"),
+            chg: format!("sb:{{sb:{partition}}}:chg:{channel}"),
+            opn: format!("sb:{{sb:{partition}}}:opn:{channel}"),
+            open: open_key(partition),
+            message_prefix: format!("sb:{{sb:{partition}}}:m:{channel} "),
+            text_prefix: format!("sb:{{sb:{partition}}}:x:{channel} "),
         }
     }
 
@@ -419,26 +435,26 @@ impl Bus for RedisBus {
         &'a self,
         channel: &'a ChannelName,
         op: Op<'a>,
-        _editor: &'a Editor,
+        editor: &'a Editor,
         _writes: &'a mut WriteBatch,
     ) -> BusFuture<'a, Result<Applied, ApplyError>> {
         Box::pin(async move {
-            // Ids and streams need their state in Redis (docs/streams.md, "Cluster"): until
-            // then only a plain publish goes through.
-            let Op::Publish {
+            if let Op::Publish {
                 data,
                 message_id: None,
                 stream: false,
             } = op
-            else {
-                return Err(ApplyError::Refused(OpError::Clustered));
-            };
-            let offset = self.inner.publish(channel, data).await?;
-            telemetry::metrics().messages_published.increment(1);
-            Ok(Applied {
-                offset,
-                duplicate: false,
-            })
+            {
+                let offset = self.inner.publish(channel, data).await?;
+                telemetry::metrics().messages_published.increment(1);
+                return Ok(Applied {
+                    offset,
+                    duplicate: false,
+                });
+            }
+            // Checked and applied by the operation script; this node's subscribers get it
+            // from its partition reader, in bus order, like a publish.
+            self.inner.apply_op(channel, &op, editor).await
         })
     }
 
@@ -456,11 +472,12 @@ impl Bus for RedisBus {
                 seq: read.seq,
                 absent: read.absent,
                 complete: read.covers(),
-                entries: read
-                    .entries
-                    .into_iter()
-                    .map(|entry| (entry.seq, entry.data))
-                    .collect(),
+                entries: read.frames(channel, read.since),
+                open: if since.is_none() {
+                    read.open_frames(channel)
+                } else {
+                    Vec::new()
+                },
             })
         })
     }
@@ -477,26 +494,11 @@ impl Bus for RedisBus {
                 epoch: read.epoch,
                 seq: read.seq,
             };
-            // Like a resume: the messages returned must start right after `since`.
-            let first = read.entries.first().map(|entry| entry.seq);
-            let recovered = read
-                .since
-                .map(|since| since.recoverable_from(offset, first));
+            let recovered = read.since.map(|since| read.recoverable_page(since));
             let messages = if recovered == Some(false) {
                 Vec::new()
             } else {
-                read.entries
-                    .into_iter()
-                    .map(|entry| {
-                        (
-                            Offset {
-                                epoch: read.epoch,
-                                seq: entry.seq,
-                            },
-                            HistoryData::from_data(entry.data),
-                        )
-                    })
-                    .collect()
+                read.history_items(read.since)
             };
             Ok(HistoryPage {
                 offset,
@@ -535,6 +537,21 @@ struct ChannelKeys {
     bus: String,
     born: String,
     interest: String,
+    ids: String,
+    idt: String,
+    chg: String,
+    opn: String,
+    /// The partition's open streams, for the sweep that abandons idle ones.
+    open: String,
+    /// `...:m:<channel> `: a message's state is this, its epoch, a space and its seq.
+    message_prefix: String,
+    /// `...:x:<channel> `: a stream's text, likewise.
+    text_prefix: String,
+}
+
+/// A partition's open streams (`<channel> <message_id>` by when last touched, ms).
+fn open_key(partition: u32) -> String {
+    format!("sb:{{sb:{partition}}}:open")
 }
 
 /// The prefix of a partition's inboxes: `<prefix><node>:<incarnation>` is one process's.

@@ -6,7 +6,7 @@ use std::{sync::atomic::Ordering, time::Duration};
 use redis::Value;
 use tokio::time::Instant;
 
-use super::{Inner, inbox_prefix};
+use super::{Inner, inbox_prefix, streams::StoredState};
 use crate::{
     cluster::BusError,
     protocol::{ChannelName, Offset},
@@ -38,55 +38,33 @@ end
 /// The publish: creates the channel's epoch if it has none, bumps its seq, appends to its
 /// history, to the partition's bus (the log) and to the inboxes of the nodes that follow the
 /// channel (see [`ROUTE_LUA`]), and trims them. `KEYS`: meta hash, history stream, bus
-/// stream, `born`, interest hash. `ARGV`: data, a fresh epoch, `history.size`,
-/// `channel_state_ttl` (ms), `bus_maxlen`, channel, `history.ttl` (ms), `bus_max_age` (ms),
-/// the inbox prefix, `interest_ttl` (ms).
+/// stream, `born`, interest hash, then the keys of messages with ids (`ids`, `idt`, `chg`,
+/// `opn`, the partition's open set: see `streams_lua`). `ARGV`: data, a fresh epoch,
+/// `history.size`, `channel_state_ttl` (ms), `bus_maxlen`, channel, `history.ttl` (ms),
+/// `bus_max_age` (ms), the inbox prefix, `interest_ttl` (ms), the message and text key
+/// prefixes, `dedupe_window` (ms).
 ///
-/// The history stream expires `history.ttl` after the last publish, and each publish drops
-/// its entries older than that. Their ids are seqs, not times, so `MINID` is given the id of
-/// the oldest entry young enough, found by its `t` from the oldest on in doubling batches:
-/// one `XRANGE COUNT 1` when nothing is due, and each entry read about twice before it goes.
-/// The entry just added is young enough, so the search ends. The meta hash lives
-/// `channel_state_ttl`: it is what says no message came after a resume's offset and no
-/// other epoch came and went (see [`continuous_since`]).
+/// History is trimmed by `trim_history` (`streams_lua::HISTORY_LUA`): to `history.size`
+/// entries, and of those untouched for `history.ttl`, each dropped entry raising the meta
+/// hash's floor `f`; the stream expires `history.ttl` after the last publish. The meta hash
+/// lives `channel_state_ttl`: it is what says no message came after a resume's offset and
+/// no other epoch came and went (see [`continuous_since`]).
 pub(super) const PUBLISH_LUA: &str = r"
-local function trim_older(key, oldest_ms)
-  local start = '-'
-  local count = 1
-  while true do
-    local entries = redis.call('XRANGE', key, start, '+', 'COUNT', count)
-    for i, entry in ipairs(entries) do
-      local fields = entry[2]
-      local t = 0
-      for f = 1, #fields - 1, 2 do
-        if fields[f] == 't' then t = tonumber(fields[f + 1]) end
-      end
-      if t >= oldest_ms then
-        if start ~= '-' or i > 1 then
-          redis.call('XTRIM', key, 'MINID', entry[1])
-        end
-        return
-      end
-    end
-    if #entries < count then return end
-    start = '(' .. entries[#entries][1]
-    count = count * 2
-  end
-end
-
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms()
 local e = redis.call('HGET', KEYS[1], 'e')
 if not e then
   e = ARGV[2]
-  redis.call('DEL', KEYS[2])
+  redis.call('DEL', KEYS[2], KEYS[6], KEYS[7], KEYS[8], KEYS[9])
   redis.call('HSET', KEYS[1], 'e', e, 's', 0)
   redis.call('SET', KEYS[4], now, 'NX')
 end
 local s = redis.call('HINCRBY', KEYS[1], 's', 1)
 if tonumber(ARGV[3]) > 0 then
-  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], string.format('%d-0', s), 'd', ARGV[1], 't', now)
-  trim_older(KEYS[2], now - tonumber(ARGV[7]))
+  local ch = {meta = KEYS[1], hist = KEYS[2], ids = KEYS[6], idt = KEYS[7], chg = KEYS[8],
+    opn = KEYS[9], open = KEYS[10], mp = ARGV[11] .. e .. ' ', xp = ARGV[12] .. e .. ' ',
+    name = ARGV[6], window = tonumber(ARGV[13])}
+  redis.call('XADD', KEYS[2], string.format('%d-0', s), 'd', ARGV[1], 't', now)
+  trim_history(ch, tonumber(ARGV[3]), now - tonumber(ARGV[7]), now)
   redis.call('PEXPIRE', KEYS[2], ARGV[7])
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
@@ -141,31 +119,77 @@ return 1
 
 /// Reads a channel: a channel without a meta hash answers an empty epoch and seq 0,
 /// whoever asks and however often (see [`ChannelRead::since_as_read`]), and writes nothing
-/// about it. A subscribe's read (`KEYS[4]`, the channel's interest hash, given) also
-/// registers this node's interest (`ARGV[3]`, its field; `ARGV[4]`, `interest_ttl` ms) in
-/// the same step: what the read does not hold reaches the node's inbox.
+/// about it. `KEYS`: meta hash, history stream, `born`, `chg`, `opn`, and for a subscribe's
+/// read the channel's interest hash, whose read also registers this node's interest
+/// (`ARGV[5]`, its field; `ARGV[6]`, `interest_ttl` ms) in the same step: what the read does
+/// not hold reaches the node's inbox. `ARGV[1]`: the first entry id to read (`` for the
+/// newest), `ARGV[2]`: how many at most (one more is read to tell a cut-short read),
+/// `ARGV[3]`/`ARGV[4]`: the message and text key prefixes (see `streams_lua`).
+///
+/// Answers the epoch, the seq, Redis time, the entries, `born`, the floor `f`, whether the
+/// history stream exists, and the states of messages with ids: of those among the entries,
+/// of those published up to `since` and changed after it, or without `since` of the open
+/// streams, each `{seq, id, status, stream, data replaced, last, touched, text, data
+/// published}`; and how many states named by `chg` or `opn` were gone.
 pub(super) const READ_LUA: &str = r"
-if KEYS[4] then
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  redis.call('HSET', KEYS[4], ARGV[3], now + tonumber(ARGV[4]))
+if KEYS[6] then
+  redis.call('HSET', KEYS[6], ARGV[5], now_ms() + tonumber(ARGV[6]))
 end
 local e = redis.call('HGET', KEYS[1], 'e')
-local s = 0
-local entries = {}
+local s, f, exists = 0, 0, 0
+local entries, states, lost = {}, {}, 0
 if e then
   s = redis.call('HGET', KEYS[1], 's')
+  f = redis.call('HGET', KEYS[1], 'f') or 0
+  exists = redis.call('EXISTS', KEYS[2])
+  local limit = tonumber(ARGV[2]) + 1
   if ARGV[1] == '' then
-    entries = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[2])
+    entries = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', limit)
   else
-    entries = redis.call('XRANGE', KEYS[2], ARGV[1], '+', 'COUNT', ARGV[2])
+    entries = redis.call('XRANGE', KEYS[2], ARGV[1], '+', 'COUNT', limit)
+  end
+  local seen = {}
+  local function add_state(seq, published)
+    if seen[seq] then return true end
+    seen[seq] = true
+    local kv = redis.call('HGETALL', ARGV[3] .. e .. ' ' .. seq)
+    if #kv == 0 then return false end
+    local m = {}
+    for i = 1, #kv - 1, 2 do m[kv[i]] = kv[i + 1] end
+    local text = false
+    if m['k'] == '1' and m['st'] ~= 'deleted' then
+      text = redis.call('GET', ARGV[4] .. e .. ' ' .. seq) or ''
+    end
+    if not published then
+      local got = redis.call('XRANGE', KEYS[2], seq .. '-0', seq .. '-0')[1]
+      if not got then return false end
+      published = entry_fields(got)['d']
+    end
+    table.insert(states, {seq, m['i'], m['st'], m['k'] or '', m['d'] or false, m['l'] or false,
+      m['t'], text, published or ''})
+    return true
+  end
+  for _, entry in ipairs(entries) do
+    local fields = entry_fields(entry)
+    if fields['m'] then add_state(entry_seq(entry), fields['d']) end
+  end
+  local others
+  if ARGV[1] == '' then
+    others = redis.call('ZRANGE', KEYS[5], 0, -1)
+  else
+    local since = entry_seq({ARGV[1]}) - 1
+    others = {}
+    for _, seq in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], '(' .. since, '+inf')) do
+      if tonumber(seq) <= since then table.insert(others, seq) end
+    end
+  end
+  for _, seq in ipairs(others) do
+    if not add_state(tonumber(seq), nil) then lost = lost + 1 end
   end
 else
   e = ''
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-return {e, s, now, entries, redis.call('GET', KEYS[3]) or ''}
+return {e, s, now_ms(), entries, redis.call('GET', KEYS[3]) or '', f, exists, states, lost}
 ";
 
 /// Records when the partition's keys began (`sb:{sb:P}:born`, Redis time in ms), unless
@@ -185,16 +209,16 @@ pub(super) const ABSENT_EPOCH_LIMIT: u64 = 1 << 48;
 
 /// A random epoch for a channel a publish creates, never one that could be taken for an
 /// absent epoch.
-fn random_epoch() -> u64 {
+pub(super) fn random_epoch() -> u64 {
     rand::random::<u64>() | (1 << 63)
 }
 
 impl Inner {
-    fn state_ttl_ms(&self) -> u64 {
+    pub(super) fn state_ttl_ms(&self) -> u64 {
         millis(self.settings.channel_state_ttl)
     }
 
-    fn history_ttl_ms(&self) -> u64 {
+    pub(super) fn history_ttl_ms(&self) -> u64 {
         millis(self.settings.history_ttl)
     }
 
@@ -217,6 +241,11 @@ impl Inner {
             .key(&keys.bus)
             .key(&keys.born)
             .key(&keys.interest)
+            .key(&keys.ids)
+            .key(&keys.idt)
+            .key(&keys.chg)
+            .key(&keys.opn)
+            .key(&keys.open)
             .arg(data)
             .arg(format!("{:016x}", random_epoch()))
             .arg(self.settings.history_size)
@@ -226,7 +255,10 @@ impl Inner {
             .arg(self.history_ttl_ms())
             .arg(self.bus_max_age_ms())
             .arg(inbox_prefix(keys.partition))
-            .arg(self.interest_ttl_ms());
+            .arg(self.interest_ttl_ms())
+            .arg(&keys.message_prefix)
+            .arg(&keys.text_prefix)
+            .arg(millis(self.settings.streams.dedupe_window));
         let result = invocation.invoke_async::<(String, u64)>(&mut conn).await;
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
         match result {
@@ -279,8 +311,12 @@ impl Inner {
         invocation
             .key(&keys.hist)
             .key(&keys.born)
+            .key(&keys.chg)
+            .key(&keys.opn)
             .arg(start)
-            .arg(limit.max(1));
+            .arg(limit.max(1))
+            .arg(&keys.message_prefix)
+            .arg(&keys.text_prefix);
         if subscribing {
             invocation
                 .key(&keys.interest)
@@ -300,9 +336,23 @@ impl Inner {
         let value = answer.map_err(|err| self.failed("read", &err))?;
         let mut read = ChannelRead::parse(value, since, self.state_ttl_ms())
             .ok_or(BusError::BadReply("redis returned a bad reply"))?;
+        if read.entries.len() > limit.max(1) {
+            read.cut_at = read.entries.pop().map(|entry| entry.seq);
+            read.entries.truncate(limit.max(1));
+            read.truncated = true;
+        }
         // The stream is trimmed by age only when published to: drop what aged out since.
         let oldest_ms = read.now_ms.saturating_sub(self.history_ttl_ms());
-        read.entries.retain(|entry| entry.time_ms >= oldest_ms);
+        let states = &read.states;
+        let touched = |entry: &ReadEntry| {
+            states
+                .iter()
+                .find(|state| entry.with_id && state.seq == entry.seq)
+                .map_or(entry.time_ms, |state| state.touched_ms)
+        };
+        let before = read.entries.len();
+        read.entries.retain(|entry| touched(entry) >= oldest_ms);
+        read.aged_out = read.entries.len() < before;
         if since.is_none() {
             read.entries.reverse();
         }
@@ -324,6 +374,20 @@ pub(super) struct ChannelRead {
     /// The read's `since` as an offset of this read's epoch where it stands for one (see
     /// [`ChannelRead::since_as_read`]).
     pub(super) since: Option<Offset>,
+    /// The greatest seq whose change history no longer holds (the meta hash's `f`).
+    pub(super) floor: u64,
+    /// The history stream exists (it expires `history.ttl` after the last publish).
+    pub(super) history_exists: bool,
+    /// More entries than asked for followed: `entries` are the first ones only.
+    pub(super) truncated: bool,
+    /// Then the first entry left out (in the read's direction).
+    pub(super) cut_at: Option<u64>,
+    /// Entries after `since` had aged past `history.ttl` and were left out.
+    pub(super) aged_out: bool,
+    /// The states of messages with ids the read found (see [`READ_LUA`]).
+    pub(super) states: Vec<StoredState>,
+    /// States `chg` or `opn` named that were gone (expired with history).
+    pub(super) lost: u64,
 }
 
 #[derive(Debug)]
@@ -331,6 +395,9 @@ pub(super) struct ReadEntry {
     pub(super) seq: u64,
     pub(super) time_ms: u64,
     pub(super) data: String,
+    /// The entry is a message with an id: its state is among the read's `states` (unless
+    /// it was gone).
+    pub(super) with_id: bool,
 }
 
 impl ChannelRead {
@@ -340,9 +407,19 @@ impl ChannelRead {
         let Value::Array(mut parts) = value else {
             return None;
         };
-        if parts.len() != 5 {
+        if parts.len() != 9 {
             return None;
         }
+        let lost = as_u64(&parts.pop()?)?;
+        let Value::Array(states) = parts.pop()? else {
+            return None;
+        };
+        let states = states
+            .into_iter()
+            .map(StoredState::parse)
+            .collect::<Option<Vec<_>>>()?;
+        let history_exists = as_u64(&parts.pop()?)? == 1;
+        let floor = as_u64(&parts.pop()?)?;
         let born_ms = as_u64(&parts.pop()?);
         let entries = parts.pop()?;
         let now_ms = as_u64(&parts.pop()?)?;
@@ -365,11 +442,13 @@ impl ChannelRead {
                 let seq = id.split_once('-')?.0.parse().ok()?;
                 let mut data = None;
                 let mut time_ms = 0;
+                let mut with_id = false;
                 if let Value::Array(fields) = fields {
                     for pair in fields.chunks(2) {
                         match (as_string(&pair[0]).as_deref(), pair.get(1)) {
                             (Some("d"), Some(value)) => data = as_string(value),
                             (Some("t"), Some(value)) => time_ms = as_u64(value).unwrap_or(0),
+                            (Some("m"), Some(_)) => with_id = true,
                             _ => {}
                         }
                     }
@@ -378,6 +457,7 @@ impl ChannelRead {
                     seq,
                     time_ms,
                     data: data?,
+                    with_id,
                 })
             })
             .collect::<Option<Vec<_>>>()?;
@@ -400,6 +480,13 @@ impl ChannelRead {
             now_ms,
             entries,
             since,
+            floor,
+            history_exists,
+            truncated: false,
+            cut_at: None,
+            aged_out: false,
+            states,
+            lost,
         })
     }
 
@@ -409,15 +496,18 @@ impl ChannelRead {
         let Some(since) = self.since else {
             return false;
         };
-        let position = Offset {
-            epoch: self.epoch,
-            seq: self.seq,
-        };
-        let first = self.entries.first().map(|entry| entry.seq);
-        // The entries are distinct seqs from `since.seq + 1` on (the read's start), so as
-        // many as are missing means every one.
-        let all_read = self.entries.len() as u64 == self.seq.saturating_sub(since.seq);
-        since.recoverable_from(position, first) && all_read
+        if since.epoch != self.epoch || since.seq > self.seq {
+            return false;
+        }
+        // Every message published after `since` and every change after it is held unless
+        // history dropped something changed after `since` (the floor), the stream expired,
+        // or the read left entries out.
+        since.seq == self.seq
+            || (since.seq >= self.floor
+                && self.history_exists
+                && !self.truncated
+                && !self.aged_out
+                && self.lost == 0)
     }
 }
 
@@ -436,7 +526,7 @@ fn continuous_since(since: Offset, born_ms: Option<u64>, now_ms: u64, state_ttl_
         && now_ms - t < state_ttl_ms
 }
 
-fn millis(duration: Duration) -> u64 {
+pub(super) fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 

@@ -7,12 +7,14 @@
 //! after its `since` (see [`Channel::changes_after`]); an entry that changed since its
 //! publish is replayed as its state frame, built once and kept until it changes again.
 
+mod check;
 mod coalesce;
 mod message;
 mod op;
+mod remote;
 
-use self::coalesce::Appended;
 pub use self::op::{Applied, Editor, Op, OpError, Owner};
+use self::{coalesce::Appended, remote::op_frame};
 pub(super) use self::{
     coalesce::{Coalescer, Coalescing},
     message::Message,
@@ -70,7 +72,7 @@ impl Hub {
         let mut idle = false;
         let applied = self.with_channel(channel, |slot, state| {
             let mut subscribers = None;
-            let applied = self.apply_locked(state, channel, op, editor, &mut subscribers);
+            let applied = self.apply_locked(state, channel, op, editor, None, &mut subscribers);
             round = subscribers.map(|subscribers| (Arc::clone(slot), subscribers));
             idle = state.is_idle();
             applied
@@ -100,12 +102,16 @@ impl Hub {
     }
 
     /// [`Hub::apply`] under the channel's state lock: checks, then changes and enqueues.
-    fn apply_locked(
+    /// `ordered`: the operation was checked and ordered by a remote bus at this offset
+    /// (the channel's seq already stands there): applied without checks; see
+    /// [`Hub::deliver_op_batched`].
+    pub(super) fn apply_locked(
         &self,
         state: &mut Channel,
         channel: &ChannelName,
         op: &Op<'_>,
         editor: &Editor,
+        ordered: Option<Offset>,
         round: &mut Option<usize>,
     ) -> Result<Applied, OpError> {
         let now = Instant::now();
@@ -121,7 +127,7 @@ impl Hub {
             stream,
         } = *op
         {
-            if let Some(known) = state.ids.get(message_id) {
+            if let Some(known) = state.ids.get(message_id).filter(|_| ordered.is_none()) {
                 let held = state.find(message_id).is_some();
                 if held || now.duration_since(known.at) < self.retention.dedupe_window {
                     telemetry::metrics().publishes_deduplicated.increment(1);
@@ -134,13 +140,15 @@ impl Hub {
                     });
                 }
             }
-            if stream && state.open >= limits.max_open_per_channel {
-                return Err(OpError::TooManyOpen(limits.max_open_per_channel));
+            if ordered.is_none() {
+                if stream && state.open >= limits.max_open_per_channel {
+                    return Err(OpError::TooManyOpen(limits.max_open_per_channel));
+                }
+                if behind(state) {
+                    return Err(OpError::Behind);
+                }
             }
-            if behind(state) {
-                return Err(OpError::Behind);
-            }
-            let offset = state.next_offset();
+            let offset = ordered.unwrap_or_else(|| state.next_offset());
             let json = protocol::encode_message_with_id(channel, offset, message_id, stream, data);
             let message = Box::new(Message {
                 id: message_id.into(),
@@ -178,61 +186,33 @@ impl Hub {
             | Op::Delete { message_id }
             | Op::Abandon { message_id, .. } => message_id,
         };
-        let index = state.find(message_id).ok_or(OpError::NotFound)?;
-        let entry = &state.history[index];
-        let message = entry
-            .message
-            .as_deref()
-            .expect("ids name entries with a message");
-        editor.may_change(message)?;
-        // Check everything before changing anything.
-        let status = message.status;
-        let text_len = message.text.as_ref().map(String::len);
-        match *op {
-            Op::Append { text, .. } => {
-                if status != MessageStatus::Open {
-                    return Err(OpError::NotOpen(status));
-                }
-                let len = text_len.ok_or(OpError::NotStream)?;
-                if len + text.len() > limits.max_text_bytes {
-                    return Err(OpError::TextTooLarge(limits.max_text_bytes));
-                }
-            }
-            Op::Finish { .. } | Op::Abandon { .. } if status != MessageStatus::Open => {
-                return Err(OpError::NotOpen(status));
-            }
-            Op::Abandon {
-                reason: AbandonReason::Idle,
-                ..
-            } if now.duration_since(entry.published_at) < limits.idle_timeout => {
-                return Err(OpError::NotIdle);
-            }
-            Op::Update { text, .. } => {
-                if status == MessageStatus::Deleted {
-                    return Err(OpError::NotOpen(status));
-                }
-                if let Some(text) = text {
-                    text_len.ok_or(OpError::NotStream)?;
-                    if text.len() > limits.max_text_bytes {
-                        return Err(OpError::TextTooLarge(limits.max_text_bytes));
-                    }
-                }
-            }
-            Op::Delete { .. } if status == MessageStatus::Deleted => {
+        let index = match (state.find(message_id), ordered) {
+            (Some(index), _) => index,
+            (None, Some(offset)) => {
+                *round = Self::apply_unheld(state, channel, op, offset, now);
                 return Ok(Applied {
-                    offset: Offset {
-                        epoch: state.epoch,
-                        seq: entry.last,
-                    },
-                    duplicate: true,
+                    offset,
+                    duplicate: false,
                 });
             }
-            _ => {}
+            (None, None) => return Err(OpError::NotFound),
+        };
+        if let Some(offset) = ordered {
+            // What a pinned subscribe merges: the operation's own frame.
+            if state.pins > 0 {
+                let frame = FramedText::from(op_frame(channel, offset, op));
+                state.remember_pending(offset.seq, &frame);
+            }
+        } else {
+            self.check(state, index, op, editor, now)?;
+            if let Some(duplicate) = Self::deleted_already(state, index, op) {
+                return Ok(duplicate);
+            }
+            if behind(state) {
+                return Err(OpError::Behind);
+            }
         }
-        if behind(state) {
-            return Err(OpError::Behind);
-        }
-        let offset = state.next_offset();
+        let offset = ordered.unwrap_or_else(|| state.next_offset());
         let before = state.history[index].cost();
         let entry = &mut state.history[index];
         let message = entry

@@ -154,8 +154,9 @@ pub enum OpError {
     /// sweep saw it idle): nothing done. The server's own; never answered to a client.
     #[error("the stream is no longer idle")]
     NotIdle,
-    /// The clustered bus does not carry them yet.
-    #[error("message ids and streams are not supported with cluster.redis in this release")]
+    /// Asked of the hub of a clustered node, where Redis orders and checks operations
+    /// (`Bus::apply`): the server's own; never answered to a client.
+    #[error("on a clustered node, operations go through the bus")]
     Clustered,
 }
 

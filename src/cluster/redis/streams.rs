@@ -1,0 +1,486 @@
+//! Messages with ids on the Redis bus (see `docs/streams.md`, "Cluster"): running the
+//! operation script, what a read of their states answers, and the sweep that abandons
+//! idle streams whichever node they were opened on.
+
+use std::{sync::atomic::Ordering, time::Duration};
+
+use redis::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    Inner, inbox_prefix, open_key,
+    scripts::{ChannelRead, as_string, as_u64, millis, parse_epoch},
+};
+use crate::{
+    cluster::{ApplyError, BusError},
+    config::EditRule,
+    hub::{Applied, Editor, HistoryData, Op, OpError, Owner},
+    protocol::{self, AbandonReason, ChannelName, MessageState, MessageStatus, Offset},
+    telemetry,
+};
+
+/// A message with an id as a read found it in Redis.
+#[derive(Debug, Clone)]
+pub(super) struct StoredState {
+    pub(super) seq: u64,
+    pub(super) id: String,
+    pub(super) status: MessageStatus,
+    pub(super) stream: bool,
+    /// `data` since a finish or an update replaced it.
+    pub(super) replaced: Option<String>,
+    /// The seq of its last operation, once it changed.
+    pub(super) last: Option<u64>,
+    pub(super) touched_ms: u64,
+    pub(super) text: Option<String>,
+    /// `data` as published.
+    pub(super) published: String,
+}
+
+impl StoredState {
+    /// One `{seq, id, status, stream, replaced, last, touched, text, published}` of the
+    /// read script's reply.
+    pub(super) fn parse(value: Value) -> Option<Self> {
+        let Value::Array(parts) = value else {
+            return None;
+        };
+        let [
+            seq,
+            id,
+            status,
+            stream,
+            replaced,
+            last,
+            touched,
+            text,
+            published,
+        ] = <[Value; 9]>::try_from(parts).ok()?;
+        let optional = |value: &Value| match value {
+            Value::Nil => Some(None),
+            other => as_string(other).map(Some),
+        };
+        Some(Self {
+            seq: as_u64(&seq)?,
+            id: as_string(&id)?,
+            status: parse_status(&as_string(&status)?)?,
+            stream: as_string(&stream)? == "1",
+            replaced: optional(&replaced)?,
+            last: optional(&last)?.and_then(|last| last.parse().ok()),
+            touched_ms: as_u64(&touched)?,
+            text: optional(&text)?,
+            published: as_string(&published)?,
+        })
+    }
+
+    /// The seq of its last operation.
+    pub(super) fn last(&self) -> u64 {
+        self.last.unwrap_or(self.seq)
+    }
+
+    fn data(&self) -> Option<&str> {
+        match (&self.replaced, self.status) {
+            (_, MessageStatus::Deleted) => None,
+            (Some(data), _) => Some(data),
+            (None, _) => Some(&self.published),
+        }
+    }
+
+    fn state(&self, epoch: u64) -> MessageState<'_> {
+        MessageState {
+            created: Offset {
+                epoch,
+                seq: self.seq,
+            },
+            last: Offset {
+                epoch,
+                seq: self.last(),
+            },
+            message_id: &self.id,
+            status: self.status,
+            data: self.data(),
+            text: self.text.as_deref(),
+        }
+    }
+
+    /// The frame that brings a client up to it: as published until it changed, then its
+    /// state frame (what a node's own history replays).
+    pub(super) fn frame(&self, channel: &ChannelName, epoch: u64) -> String {
+        if self.last() == self.seq {
+            let offset = Offset {
+                epoch,
+                seq: self.seq,
+            };
+            protocol::encode_message_with_id(
+                channel,
+                offset,
+                &self.id,
+                self.stream,
+                &self.published,
+            )
+        } else {
+            protocol::encode_state(channel, &self.state(epoch))
+        }
+    }
+
+    /// Its entry of a history answer.
+    pub(super) fn history_data(&self, epoch: u64) -> HistoryData {
+        HistoryData::from_state(self.published.clone(), &self.state(epoch))
+    }
+}
+
+fn parse_status(text: &str) -> Option<MessageStatus> {
+    Some(match text {
+        "open" => MessageStatus::Open,
+        "finished" => MessageStatus::Finished,
+        "abandoned" => MessageStatus::Abandoned,
+        "deleted" => MessageStatus::Deleted,
+        _ => return None,
+    })
+}
+
+/// What a read holds after its `since`, in the order of each message's last operation:
+/// `(last, created, what)`.
+pub(super) enum Item<'a> {
+    Plain(&'a str),
+    WithId(&'a StoredState),
+}
+
+impl ChannelRead {
+    /// The messages published after `since` (the entries, a message with an id as it
+    /// stands) and, with `since`, those published before it and changed after, ordered by
+    /// their last operation: what a resume replays.
+    pub(super) fn items(&self, since: Option<Offset>) -> Vec<(u64, u64, Item<'_>)> {
+        let state = |seq: u64| self.states.iter().find(|state| state.seq == seq);
+        let mut items: Vec<(u64, u64, Item<'_>)> = self
+            .entries
+            .iter()
+            .filter_map(|entry| {
+                if entry.with_id {
+                    // A state gone meanwhile (expired with history) is counted as lost.
+                    state(entry.seq).map(|state| (state.last(), entry.seq, Item::WithId(state)))
+                } else {
+                    Some((entry.seq, entry.seq, Item::Plain(&entry.data)))
+                }
+            })
+            .collect();
+        if let Some(since) = since {
+            items.extend(
+                self.states
+                    .iter()
+                    .filter(|state| state.seq <= since.seq && state.last() > since.seq)
+                    .map(|state| (state.last(), state.seq, Item::WithId(state))),
+            );
+            items.sort_unstable_by_key(|(last, ..)| *last);
+        }
+        items
+    }
+
+    /// The frames of `items`, for a replay: `(last, frame)`.
+    pub(super) fn frames(
+        &self,
+        channel: &ChannelName,
+        since: Option<Offset>,
+    ) -> Vec<(u64, String)> {
+        self.items(since)
+            .into_iter()
+            .map(|(last, seq, item)| {
+                let frame = match item {
+                    Item::Plain(data) => protocol::encode_message(
+                        channel,
+                        Offset {
+                            epoch: self.epoch,
+                            seq,
+                        },
+                        data,
+                    ),
+                    Item::WithId(state) => state.frame(channel, self.epoch),
+                };
+                (last, frame)
+            })
+            .collect()
+    }
+
+    /// Whether a history page after `since` starts right after it: nothing in between is
+    /// gone (the page may be cut short: see [`ChannelRead::history_items`]).
+    pub(super) fn recoverable_page(&self, since: Offset) -> bool {
+        since.epoch == self.epoch
+            && since.seq <= self.seq
+            && (since.seq == self.seq
+                || (since.seq >= self.floor
+                    && self.history_exists
+                    && !self.aged_out
+                    && self.lost == 0))
+    }
+
+    /// A history page: the messages after `since` in the order of their last operation, or
+    /// without `since` the newest ones. A page cut short by its limit ends before the first
+    /// message left out could come (its last operation is at or after its seq), so that the
+    /// next page, from the page's last offset, misses nothing.
+    pub(super) fn history_items(&self, since: Option<Offset>) -> Vec<(Offset, HistoryData)> {
+        let cut = since.and(self.cut_at).unwrap_or(u64::MAX);
+        self.items(since)
+            .into_iter()
+            .filter(|(last, ..)| *last < cut)
+            .map(|(_, seq, item)| {
+                let offset = Offset {
+                    epoch: self.epoch,
+                    seq,
+                };
+                let data = match item {
+                    Item::Plain(data) => HistoryData::from_data(data.to_owned()),
+                    Item::WithId(state) => state.history_data(self.epoch),
+                };
+                (offset, data)
+            })
+            .collect()
+    }
+
+    /// The open streams' frames (a read without `since`), for a subscribe that must send
+    /// them whole.
+    pub(super) fn open_frames(&self, channel: &ChannelName) -> Vec<(u64, String)> {
+        let mut open: Vec<&StoredState> = self
+            .states
+            .iter()
+            .filter(|state| state.status == MessageStatus::Open)
+            .collect();
+        open.sort_unstable_by_key(|state| state.seq);
+        open.into_iter()
+            .map(|state| (state.last(), state.frame(channel, self.epoch)))
+            .collect()
+    }
+}
+
+/// How an operation is passed to the script: its letter and arguments.
+struct OpArgs<'a> {
+    kind: &'static str,
+    id: &'a str,
+    data: Option<&'a str>,
+    text: Option<&'a str>,
+    stream: bool,
+    reason: &'static str,
+}
+
+impl<'a> OpArgs<'a> {
+    fn new(op: &Op<'a>) -> Self {
+        let mut args = Self {
+            kind: "p",
+            id: "",
+            data: None,
+            text: None,
+            stream: false,
+            reason: "",
+        };
+        match *op {
+            Op::Publish {
+                data,
+                message_id,
+                stream,
+            } => {
+                args.id = message_id.unwrap_or_default();
+                args.data = Some(data);
+                args.stream = stream;
+            }
+            Op::Append { message_id, text } => {
+                (args.kind, args.id, args.text) = ("a", message_id, Some(text));
+            }
+            Op::Finish { message_id, data } => {
+                (args.kind, args.id, args.data) = ("f", message_id, data)
+            }
+            Op::Update {
+                message_id,
+                data,
+                text,
+            } => (args.kind, args.id, args.data, args.text) = ("u", message_id, data, text),
+            Op::Delete { message_id } => (args.kind, args.id) = ("x", message_id),
+            Op::Abandon { message_id, reason } => {
+                (args.kind, args.id, args.reason) = ("b", message_id, reason.as_str());
+            }
+        }
+        args
+    }
+}
+
+/// An owner as the script compares them: `` for a backend, `u:<user>`, or `c:<node>:<conn>`
+/// (a connection id is only unique on its node).
+fn owner_key(owner: &Owner, node: &str) -> String {
+    match owner {
+        Owner::Backend => String::new(),
+        Owner::User(user) => format!("u:{user}"),
+        Owner::Conn(conn) => format!("c:{node}:{conn}"),
+    }
+}
+
+fn refusal(code: &str, detail: &str) -> Option<OpError> {
+    let number = || detail.parse().unwrap_or(0);
+    Some(match code {
+        "not_found" => OpError::NotFound,
+        "not_open" => OpError::NotOpen(parse_status(detail)?),
+        "not_stream" => OpError::NotStream,
+        "text_too_large" => OpError::TextTooLarge(number()),
+        "too_many_open" => OpError::TooManyOpen(number()),
+        "not_yours" => OpError::NotYours,
+        "editing_off" => OpError::EditingOff,
+        "not_idle" => OpError::NotIdle,
+        _ => return None,
+    })
+}
+
+impl Inner {
+    /// Runs the operation script for `op` (a publish with an id or a stream, or a change).
+    pub(super) async fn apply_op(
+        &self,
+        channel: &ChannelName,
+        op: &Op<'_>,
+        editor: &Editor,
+    ) -> Result<Applied, ApplyError> {
+        if self.settings.history_size == 0 {
+            return Err(OpError::NoHistory.into());
+        }
+        let args = OpArgs::new(op);
+        let (owner, rule) = match editor {
+            Editor::Backend => (Owner::Backend, "any"),
+            Editor::Client { owner, rule } => (
+                owner.clone(),
+                match rule {
+                    EditRule::Own => "own",
+                    EditRule::Any => "any",
+                    EditRule::None => "none",
+                },
+            ),
+        };
+        let streams = &self.settings.streams;
+        let mut conn = self.conn()?;
+        let keys = self.channel_keys(channel);
+        let flag = |given: bool| if given { "1" } else { "0" };
+        let depth = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        telemetry::redis_pipeline_depth(depth);
+        let mut invocation = self.op_script.key(&keys.meta);
+        invocation
+            .key(&keys.hist)
+            .key(&keys.bus)
+            .key(&keys.born)
+            .key(&keys.interest)
+            .key(&keys.ids)
+            .key(&keys.idt)
+            .key(&keys.chg)
+            .key(&keys.opn)
+            .key(&keys.open)
+            .arg(args.kind)
+            .arg(args.id)
+            .arg(args.data.unwrap_or_default())
+            .arg(flag(args.data.is_some()))
+            .arg(args.text.unwrap_or_default())
+            .arg(flag(args.text.is_some()))
+            .arg(flag(args.stream))
+            .arg(owner_key(&owner, &self.settings.node_id))
+            .arg(rule)
+            .arg(args.reason)
+            .arg(format!("{:016x}", super::scripts::random_epoch()))
+            .arg(self.settings.history_size)
+            .arg(self.state_ttl_ms())
+            .arg(self.settings.bus_maxlen)
+            .arg(channel.as_str())
+            .arg(self.history_ttl_ms())
+            .arg(self.bus_max_age_ms())
+            .arg(inbox_prefix(keys.partition))
+            .arg(self.interest_ttl_ms())
+            .arg(&keys.message_prefix)
+            .arg(&keys.text_prefix)
+            .arg(streams.max_text_bytes)
+            .arg(streams.max_open_per_channel)
+            .arg(millis(streams.idle_timeout))
+            .arg(millis(streams.dedupe_window));
+        let result = invocation.invoke_async::<Vec<String>>(&mut conn).await;
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let reply = result.map_err(|err| self.failed("apply", &err))?;
+        let bad = || BusError::BadReply("redis returned a bad operation reply");
+        match reply.as_slice() {
+            [sign, epoch, seq] if sign == "+" || sign == "=" => {
+                let offset = Offset {
+                    epoch: parse_epoch(epoch).ok_or_else(bad)?,
+                    seq: seq.parse().map_err(|_| bad())?,
+                };
+                let duplicate = sign == "=";
+                if duplicate {
+                    if matches!(op, Op::Publish { .. }) {
+                        telemetry::metrics().publishes_deduplicated.increment(1);
+                    }
+                } else {
+                    telemetry::stream_op(op.label());
+                    if matches!(op, Op::Publish { .. }) {
+                        telemetry::metrics().messages_published.increment(1);
+                    }
+                }
+                Ok(Applied { offset, duplicate })
+            }
+            [sign, code, detail] if sign == "!" => {
+                let err = refusal(code, detail).ok_or_else(bad)?;
+                if err != OpError::NotIdle {
+                    telemetry::stream_op_refused(err.code());
+                }
+                Err(err.into())
+            }
+            _ => Err(bad().into()),
+        }
+    }
+
+    /// Abandons, through the operation script, the open streams of every partition that got
+    /// nothing for `streams.idle_timeout` (the script checks again): those opened on any
+    /// node, also one that died mid-stream. Every node runs it; the script lets one win.
+    async fn abandon_idle(&self) -> Result<(), BusError> {
+        const BATCH: usize = 64;
+        let idle_ms = millis(self.settings.streams.idle_timeout);
+        for partition in 0..self.settings.partitions {
+            let mut conn = self.conn()?;
+            let now_ms = u64::try_from(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_millis(),
+            )
+            .unwrap_or(u64::MAX);
+            let due: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+                .arg(open_key(partition))
+                .arg("-inf")
+                .arg(now_ms.saturating_sub(idle_ms))
+                .arg("LIMIT")
+                .arg(0)
+                .arg(BATCH)
+                .query_async(&mut conn)
+                .await
+                .map_err(|err| self.failed("abandon", &err))?;
+            for member in due {
+                let Some((channel, id)) = member.split_once(' ') else {
+                    continue;
+                };
+                let Ok(channel) = ChannelName::parse(channel, usize::MAX) else {
+                    continue;
+                };
+                let op = Op::Abandon {
+                    message_id: id,
+                    reason: AbandonReason::Idle,
+                };
+                match self.apply_op(&channel, &op, &Editor::Backend).await {
+                    Ok(_) | Err(ApplyError::Refused(_)) => {}
+                    Err(ApplyError::Bus(err)) => return Err(err),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Every node's sweep of idle streams: every quarter of `streams.idle_timeout` (at least
+/// every second, at most every 15 s), until `stop`.
+pub(super) async fn sweep_idle_streams(inner: std::sync::Arc<Inner>, stop: CancellationToken) {
+    let every = (inner.settings.streams.idle_timeout / 4)
+        .clamp(Duration::from_secs(1), Duration::from_secs(15));
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        if let Err(err) = inner.abandon_idle().await {
+            tracing::debug!(%err, "Sweep of idle streams failed; next round retries");
+        }
+    }
+}

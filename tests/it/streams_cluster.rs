@@ -1,0 +1,284 @@
+//! Message streams across a cluster (docs/streams.md, "Cluster"): the operations go through
+//! Redis, whose state answers resume, late joiners and history on every node, and a stream
+//! whose node dies is abandoned by another.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::{
+    cluster::nodes,
+    harness::{BinaryNode, TestClient, TestServer, patience, seq},
+    redis_server::RedisServer,
+    stream_ingest::Chunked,
+    stream_model::{Model, frames_until_pong, post_ok},
+    streams::script,
+};
+
+/// Reads frames until the one at `offset`.
+async fn frames_until(client: &mut TestClient, offset: &str) -> Vec<Value> {
+    let mut frames = Vec::new();
+    loop {
+        let frame = client.recv().await;
+        let done = frame["offset"] == offset;
+        frames.push(frame);
+        if done {
+            return frames;
+        }
+    }
+}
+
+/// The backend's script runs through node A while a watcher follows on node B; then a
+/// client resumes from every offset the watcher saw, on B (which followed the channel) and
+/// on C (which never held it, so Redis answers): each ends with exactly the watcher's
+/// messages, each changed message replayed once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_from_any_offset_is_exact_on_every_node_of_a_cluster() {
+    let redis = RedisServer::start(false);
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        // Appends not coalesced: the watcher sees every offset, each one to resume from.
+        let node = TestServer::builder()
+            .redis(&redis.url())
+            .configure(|c| c.streams.coalesce = Duration::ZERO)
+            .start()
+            .await;
+        nodes.push(node);
+    }
+    let mut watcher = nodes[1].client().await;
+    let start = watcher.subscribe("chat:c").await["offset"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let last = script(&nodes[0], "chat:c").await;
+    let frames = frames_until(&mut watcher, &last).await;
+    let mut model = Model::default();
+    let mut states = vec![(start, model.clone())];
+    for frame in &frames {
+        model.apply(frame);
+        states.push((frame["offset"].as_str().unwrap().to_owned(), model.clone()));
+    }
+    assert_eq!(
+        model.messages["r1"],
+        (
+            "finished".into(),
+            Some("rewritten".into()),
+            json!({"role":"assistant","done":true})
+        )
+    );
+    assert_eq!(model.messages["r2"].0, "deleted");
+    assert!(states.len() >= 60, "{} offsets", states.len());
+    for node in &nodes[1..] {
+        let mut resumer = node.client().await;
+        for (since, before) in &states {
+            let reply = resumer.subscribe_since("chat:c", since).await;
+            assert_eq!(reply["recovered"], true, "from {since}: {reply}");
+            let mut resumed = before.clone();
+            let replay = frames_until_pong(&mut resumer).await;
+            let mut ids = std::collections::HashSet::new();
+            for frame in &replay {
+                assert!(
+                    ids.insert(frame["message_id"].to_string()),
+                    "from {since}: one frame per message: {replay:?}"
+                );
+                resumed.apply(frame);
+            }
+            assert_eq!(resumed.contents(), model.contents(), "from {since}");
+            resumer
+                .send(json!({"type":"unsubscribe","id":2,"channel":"chat:c"}))
+                .await;
+            assert_eq!(resumer.recv().await["type"], "unsubscribed");
+        }
+    }
+    // History on a node that holds nothing: one entry per message, as it stands.
+    let (status, history) = nodes[2].get_json("/v1/channels/chat:c/history").await;
+    assert_eq!(status, 200, "{history}");
+    let entries = history["messages"].as_array().unwrap();
+    let r1 = entries
+        .iter()
+        .find(|entry| entry["message_id"] == "r1")
+        .expect("r1 in history");
+    assert_eq!(r1["text"], "rewritten");
+    assert_eq!(r1["status"], "finished");
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
+/// A second tab opened mid-reply on another node gets the open stream whole from Redis,
+/// and the appends that follow apply to it; a retried publish on any node is answered
+/// with the first offset, and the `edit` rule holds across nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_joiner_on_another_node_gets_the_open_stream_whole() {
+    let redis = RedisServer::start(false);
+    let nodes = nodes(&redis, 2).await;
+    let open = json!({"channel":"chat:j","message_id":"a1","stream":true,"data":{"model":"m"}});
+    let first = post_ok(&nodes[0], "/v1/publish", open.clone()).await;
+    let again = post_ok(&nodes[1], "/v1/publish", open).await;
+    assert_eq!(again["offset"], first["offset"]);
+    assert_eq!(again["duplicate"], true, "{again}");
+    for n in 0..300 {
+        post_ok(
+            &nodes[0],
+            "/v1/append",
+            json!({"channel":"chat:j","message_id":"a1","text": format!("{n},")}),
+        )
+        .await;
+    }
+    let expected: String = (0..300).map(|n| format!("{n},")).collect();
+    let mut late = nodes[1].client().await;
+    late.subscribe("chat:j").await;
+    let whole = late.recv().await;
+    assert_eq!(
+        (whole["type"].clone(), whole["status"].clone()),
+        (json!("message"), json!("open")),
+        "{whole}"
+    );
+    assert_eq!(whole["text"], expected);
+    assert_eq!(whole["data"], json!({"model":"m"}));
+    let append = post_ok(
+        &nodes[0],
+        "/v1/append",
+        json!({"channel":"chat:j","message_id":"a1","text":"more"}),
+    )
+    .await;
+    let frame = late.recv_type("append").await;
+    assert_eq!(frame["text"], "more");
+    assert_eq!(frame["offset"], append["offset"]);
+    // A second tab on the node that holds the channel now: whole as well.
+    let mut second = nodes[1].client().await;
+    second.subscribe("chat:j").await;
+    let whole = second.recv().await;
+    assert_eq!(whole["text"], format!("{expected}more"), "{whole}");
+    // Refused by Redis's state, on the other node: the text bound, and a finished stream.
+    let finish = post_ok(
+        &nodes[1],
+        "/v1/finish",
+        json!({"channel":"chat:j","message_id":"a1"}),
+    )
+    .await;
+    assert_eq!(seq(&finish["offset"]), seq(&append["offset"]) + 1);
+    let (status, refused) = nodes[0]
+        .post(
+            "/v1/append",
+            json!({"channel":"chat:j","message_id":"a1","text":"late"}),
+        )
+        .await;
+    assert_eq!(
+        (status, refused["error"]["code"].clone()),
+        (409, json!("conflict"))
+    );
+    let (status, _) = nodes[0]
+        .post(
+            "/v1/append",
+            json!({"channel":"chat:j","message_id":"nope","text":"x"}),
+        )
+        .await;
+    assert_eq!(status, 404);
+    assert_eq!(late.recv_type("finish").await["offset"], finish["offset"]);
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
+/// The node a stream is written through is killed (-9) mid-stream: every acknowledged
+/// append stays readable on the other node, and that node's sweep abandons the stream once
+/// it is idle for `streams.idle_timeout`; its subscribers get the `abandon` frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_node_is_killed_is_abandoned_by_another_and_loses_nothing() {
+    let redis = RedisServer::start(false);
+    let url = redis.url();
+    let env = [
+        ("SWITCHBOARD_CLUSTER__REDIS", url.as_str()),
+        ("SWITCHBOARD_STREAMS__IDLE_TIMEOUT", "2s"),
+        // As the test servers' (see `TestServerBuilder::redis`).
+        ("SWITCHBOARD_CLUSTER__PARTITIONS", "4"),
+    ];
+    let doomed = BinaryNode::start(&[], &env).await;
+    let survivor = TestServer::builder()
+        .redis(&url)
+        .configure(|c| c.streams.idle_timeout = Duration::from_secs(2))
+        .start()
+        .await;
+    let mut viewer = survivor.client().await;
+    viewer.subscribe("chat:k").await;
+    let http = reqwest::Client::new();
+    let post = |path: &str, body: Value| {
+        let url = format!("http://{}{path}", doomed.control_addr);
+        let request = http.post(url).json(&body).send();
+        async move {
+            let response = request.await.expect("the doomed node answers");
+            assert_eq!(response.status(), 200);
+            response.json::<Value>().await.unwrap()
+        }
+    };
+    post(
+        "/v1/publish",
+        json!({"channel":"chat:k","message_id":"s","stream":true,"data":null}),
+    )
+    .await;
+    let mut text = String::new();
+    let mut last = Value::Null;
+    for n in 0..50 {
+        let token = format!("t{n} ");
+        text.push_str(&token);
+        last = post(
+            "/v1/append",
+            json!({"channel":"chat:k","message_id":"s","text": token}),
+        )
+        .await["offset"]
+            .clone();
+    }
+    // SIGKILL: no drain, no goodbye.
+    let _ = doomed.log().await;
+    let mut model = Model::default();
+    loop {
+        let frame = viewer.recv_within(patience(Duration::from_secs(10))).await;
+        model.apply(&frame);
+        if frame["type"] == "abandon" {
+            assert_eq!(frame["reason"], "idle");
+            assert_eq!(seq(&frame["offset"]), seq(&last) + 1);
+            break;
+        }
+    }
+    assert_eq!(model.messages["s"].0, "abandoned");
+    assert_eq!(model.messages["s"].1.as_deref(), Some(text.as_str()));
+    let (_, history) = survivor.get_json("/v1/channels/chat:k/history").await;
+    let entry = &history["messages"][0];
+    assert_eq!(
+        (entry["status"].clone(), entry["text"].clone()),
+        (json!("abandoned"), json!(text)),
+        "{history}"
+    );
+    survivor.stop().await;
+}
+
+/// A streaming ingest into node A breaks off: the stream is abandoned (`reason: ingest`)
+/// through Redis at once, not after `streams.idle_timeout`, and a viewer on node B sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_off_ingest_on_one_node_is_abandoned_for_every_node() {
+    let redis = RedisServer::start(false);
+    let nodes = nodes(&redis, 2).await;
+    let mut viewer = nodes[1].client().await;
+    viewer.subscribe("chat:i").await;
+    let mut ingest = Chunked::open(&nodes[0], "channel=chat:i&message_id=cut", &[]).await;
+    ingest.send(b"{\"text\":\"half a rep\"}\n").await;
+    assert_eq!(viewer.recv_type("append").await["text"], "half a rep");
+    drop(ingest);
+    let abandon = viewer.recv_type("abandon").await;
+    assert_eq!(
+        (abandon["message_id"].clone(), abandon["reason"].clone()),
+        (json!("cut"), json!("ingest"))
+    );
+    // The backend retries the reply whole with `update`, as docs/streams.md says.
+    post_ok(
+        &nodes[0],
+        "/v1/update",
+        json!({"channel":"chat:i","message_id":"cut","text":"a whole reply"}),
+    )
+    .await;
+    assert_eq!(viewer.recv_type("update").await["text"], "a whole reply");
+    for node in nodes {
+        node.stop().await;
+    }
+}
