@@ -93,7 +93,7 @@ class Switchboard:
         self._headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
         self._owns_client = client is None
         self._client = client if client is not None else httpx.AsyncClient(timeout=self._timeout)
-        # Cleared when the node refuses message ids (clustered, or history.size = 0): then
+        # Cleared when the node refuses message ids (history.size = 0): then
         # publishes go without a generated id, and are not repeated after an ambiguous error.
         self._generate_ids = retries > 0
 
@@ -146,7 +146,7 @@ class Switchboard:
         except BadRequestError:
             if not generated or stream:
                 raise
-            # A node that refuses ids (clustered, or without history) refuses every publish
+            # A node that refuses ids (one without history) refuses every publish
             # with one: publish without, and add none from now on. A 422 for any other
             # reason comes again here and is raised.
             del body["message_id"]
