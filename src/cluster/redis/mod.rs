@@ -6,8 +6,8 @@
 //!   `e` epoch, `s` seq, `d` data, `t` Redis time in ms. Every append trims it to about
 //!   `cluster.bus_maxlen` entries and drops whole stream nodes older than
 //!   `cluster.bus_max_age`.
-//! - `sb:{sb:P}:meta:<channel>`: hash with the channel's epoch `e` and last seq `s`; expires
-//!   `cluster.channel_state_ttl` after the last publish.
+//! - `sb:{sb:P}:meta:<channel>`: hash with the channel's epoch `e`, last seq `s` and floor
+//!   `f`; expires `cluster.channel_state_ttl` after the last publish.
 //! - `sb:{sb:P}:hist:<channel>`: the channel's history stream, entry id `<seq>-0`, fields `d`
 //!   and `t`, capped at `history.size`; each publish drops its entries older than
 //!   `history.ttl`, and it expires `history.ttl` after the last publish.
@@ -32,13 +32,16 @@
 //! duplicates.
 //!
 //! Files: `connection` (opening connections, the shared command connection and reopening
-//! it), `scripts` (the publish and read scripts and the parsing of their replies), `follow`
-//! (the partition readers and their watchdog), `interest` (what routes channels to this
-//! node's inboxes: renewal, removal, repair from the log), `registry` (the node registry
-//! and its heartbeat), `health` (outages, stalled readers, readiness), `presence` (members
-//! per channel).
+//! it), `scripts` (the publish and read scripts and the parsing of their replies),
+//! `streams_lua` and `streams` (messages with ids: the operation script, the history trim
+//! both scripts share, reading states, the sweep of idle streams), `follow` (the partition
+//! readers and their watchdog), `entries` (the bus entries as read), `interest` (what routes
+//! channels to this node's inboxes: renewal, removal, repair from the log), `registry` (the
+//! node registry and its heartbeat), `health` (outages, stalled readers, readiness),
+//! `presence` (members per channel).
 
 mod connection;
+mod entries;
 mod follow;
 mod health;
 mod interest;
