@@ -282,3 +282,81 @@ async fn a_broken_off_ingest_on_one_node_is_abandoned_for_every_node() {
         node.stop().await;
     }
 }
+
+/// History trimmed in Redis (`history.size = 3`) raises the floor past what it drops: a
+/// resume from before a change to a dropped message is not recovered, one from after it
+/// is; a channel of plain messages only keeps its cheaper trim with the same answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_trimmed_in_redis_answers_resumes_honestly() {
+    let redis = RedisServer::start(false);
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        let node = TestServer::builder()
+            .redis(&redis.url())
+            .configure(|c| c.history.size = 3)
+            .start()
+            .await;
+        nodes.push(node);
+    }
+    let first = post_ok(
+        &nodes[0],
+        "/v1/publish",
+        json!({"channel":"chat:t","message_id":"m1","data":1}),
+    )
+    .await["offset"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let epoch = first.split('-').next().unwrap().to_owned();
+    let at = |seq: u64| format!("{epoch}-{seq}");
+    nodes[0].publish("chat:t", json!("p2")).await;
+    nodes[0].publish("chat:t", json!("p3")).await;
+    post_ok(
+        &nodes[0],
+        "/v1/update",
+        json!({"channel":"chat:t","message_id":"m1","data":"edited"}),
+    )
+    .await;
+    // Drops m1 (published at 1, last changed at 4): the floor is 4.
+    nodes[0].publish("chat:t", json!("p5")).await;
+    let mut resumer = nodes[1].client().await;
+    for (since, recovered, replayed) in [(3, false, vec![]), (4, true, vec![5]), (5, true, vec![])]
+    {
+        let reply = resumer.subscribe_since("chat:t", &at(since)).await;
+        assert_eq!(reply["recovered"], recovered, "from {since}: {reply}");
+        let frames = frames_until_pong(&mut resumer).await;
+        let seqs: Vec<u64> = frames.iter().map(|frame| seq(&frame["offset"])).collect();
+        assert_eq!(seqs, replayed, "from {since}");
+        resumer
+            .send(json!({"type":"unsubscribe","id":2,"channel":"chat:t"}))
+            .await;
+        assert_eq!(resumer.recv().await["type"], "unsubscribed");
+    }
+    // Plain messages only: 1..5 published, 3..5 kept.
+    for n in 1..=5 {
+        nodes[0].publish("chat:p", json!(n)).await;
+    }
+    let epoch = nodes[0].get_json("/v1/channels/chat:p/history").await.1["offset"]
+        .as_str()
+        .unwrap()
+        .split('-')
+        .next()
+        .unwrap()
+        .to_owned();
+    for (since, recovered, replayed) in [(1, false, vec![]), (2, true, vec![3, 4, 5])] {
+        let reply = resumer
+            .subscribe_since("chat:p", &format!("{epoch}-{since}"))
+            .await;
+        assert_eq!(reply["recovered"], recovered, "from {since}: {reply}");
+        let frames = frames_until_pong(&mut resumer).await;
+        let seqs: Vec<u64> = frames.iter().map(|frame| seq(&frame["offset"])).collect();
+        assert_eq!(seqs, replayed, "from {since}");
+        resumer
+            .send(json!({"type":"unsubscribe","id":2,"channel":"chat:p"}))
+            .await;
+        assert_eq!(resumer.recv().await["type"], "unsubscribed");
+    }
+    for node in nodes {
+        node.stop().await;
+    }
+}

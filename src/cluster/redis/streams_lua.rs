@@ -15,9 +15,10 @@
 //!   partition's open streams (`<channel> <message_id>`), by `t`, which every node's sweep
 //!   reads to abandon those idle past `streams.idle_timeout`.
 //! - The meta hash's `f`, the floor: the greatest seq whose change history no longer holds
-//!   (a dropped message's last operation). A resume from below it is not recoverable.
+//!   (a dropped message's last operation). A resume from below it is not recoverable. `i`:
+//!   the channel has had messages with ids, so `trim_history` trims it (see `PUBLISH_LUA`).
 
-/// Shared by the publish and operation scripts: `now_ms`, and `trim_history`, which drops
+/// Shared by the publish, operation and read scripts: `now_ms`, and `trim_history`, which drops
 /// history entries beyond `history.size` (oldest first) and older than `history.ttl`,
 /// raising the floor past each and dropping a dropped message's state.
 pub(super) const HISTORY_LUA: &str = r"
@@ -154,6 +155,8 @@ if kind == 'p' then
   redis.call('XADD', ch.hist, string.format('%d-0', s), unpack(entry))
   redis.call('HSET', key, 'i', id, 'o', ARGV[8], 'st', status, 'k', stream and '1' or '', 't', now)
   redis.call('HSET', ch.ids, id, s)
+  -- From now on the channel's history is trimmed by trim_history.
+  redis.call('HSET', KEYS[1], 'i', 1)
   redis.call('ZADD', ch.idt, now, id)
   -- Ids past the window whose messages history no longer holds are forgotten.
   for _, old in ipairs(redis.call('ZRANGEBYSCORE', ch.idt, '-inf', now - ch.window, 'LIMIT', 0, 4)) do
