@@ -469,6 +469,9 @@ impl Bus for RedisBus {
     ) -> BusFuture<'a, Result<RemoteView, BusError>> {
         Box::pin(async move {
             // A subscribe's read: from it on, the channel's messages reach this node.
+            // Without `since` nothing is replayed but the open streams, which the read
+            // gives whatever its limit: no entries (and their texts) to read.
+            let limit = if since.is_some() { limit } else { 1 };
             let read = self.inner.read(channel, since, limit, true).await?;
             Ok(RemoteView {
                 epoch: read.epoch,

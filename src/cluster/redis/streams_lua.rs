@@ -188,8 +188,13 @@ else
       return {'!', 'text_too_large', ARGV[22]}
     end
   elseif kind == 'f' or kind == 'b' then
-    if status ~= 'open' then return {'!', 'not_open', status} end
+    if status ~= 'open' then
+      if kind == 'b' then redis.call('ZREM', ch.open, ch.name .. ' ' .. id) end
+      return {'!', 'not_open', status}
+    end
     if kind == 'b' and ARGV[10] == 'idle' and now - tonumber(m['t']) < tonumber(ARGV[24]) then
+      -- Touched since the sweep read it: due again when idle from its last touch.
+      redis.call('ZADD', ch.open, m['t'], ch.name .. ' ' .. id)
       return {'!', 'not_idle', ''}
     end
   elseif kind == 'u' then
