@@ -8,7 +8,9 @@ use serde_json::{Value, json};
 
 use crate::{
     cluster::nodes,
-    harness::{BinaryNode, TestClient, TestServer, patience, seq},
+    harness::{
+        BinaryNode, SteadyPublisher, TestClient, TestServer, expect_all_acknowledged, patience, seq,
+    },
     redis_server::RedisServer,
     stream_ingest::Chunked,
     stream_model::{Model, frames_until_pong, post_ok},
@@ -356,6 +358,83 @@ async fn history_trimmed_in_redis_answers_resumes_honestly() {
             .await;
         assert_eq!(resumer.recv().await["type"], "unsubscribed");
     }
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
+/// The bounds, checked by Redis, refuse cleanly from any node while a bystander on another
+/// channel keeps its full rate; under the `edit` rule `own` a connection on another node is
+/// another owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounds_and_the_edit_rule_hold_across_nodes_with_a_bystander_at_full_rate() {
+    use switchboard::config::{EditRule, NamespaceConfig, Rule};
+    let redis = RedisServer::start(false);
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        let node = TestServer::builder()
+            .redis(&redis.url())
+            .configure(|c| {
+                c.streams.max_text_bytes = 1000;
+                c.streams.max_open_per_channel = 2;
+                let namespace = |pattern: &str| NamespaceConfig {
+                    pattern: pattern.to_owned(),
+                    subscribe: Rule::Anonymous,
+                    publish: Rule::Anonymous,
+                    history: Rule::Anonymous,
+                    presence: Rule::None,
+                    join_leave: false,
+                    edit: EditRule::Own,
+                };
+                c.namespaces = vec![namespace("own:*"), namespace("*")];
+            })
+            .start()
+            .await;
+        nodes.push(node);
+    }
+    let mut bystander = nodes[1].client().await;
+    bystander.subscribe("news").await;
+    let steady = SteadyPublisher::start(&nodes[0], "news");
+    let open = |id: &str| json!({"channel":"chat:b","message_id": id,"stream":true,"data":null});
+    post_ok(&nodes[0], "/v1/publish", open("s1")).await;
+    post_ok(&nodes[1], "/v1/publish", open("s2")).await;
+    let (status, refused) = nodes[1].post("/v1/publish", open("s3")).await;
+    assert_eq!(
+        (status, refused["error"]["code"].clone()),
+        (422, json!("limit_exceeded")),
+        "{refused}"
+    );
+    let big = "x".repeat(600);
+    let append = json!({"channel":"chat:b","message_id":"s1","text": big});
+    post_ok(&nodes[0], "/v1/append", append.clone()).await;
+    for n in 0..50 {
+        let (status, refused) = nodes[n % 2].post("/v1/append", append.clone()).await;
+        assert_eq!(
+            (status, refused["error"]["code"].clone()),
+            (413, json!("limit_exceeded"))
+        );
+    }
+    let (_, history) = nodes[1].get_json("/v1/channels/chat:b/history").await;
+    assert_eq!(history["messages"][0]["text"], big, "nothing half-applied");
+    let mut alice = nodes[0].client().await;
+    let mut bob = nodes[1].client().await;
+    alice
+        .send(json!({"type":"publish","id":1,"channel":"own:1","message_id":"m","stream":true,"data":{}}))
+        .await;
+    assert_eq!(alice.recv_type("published").await["id"], 1);
+    let append = json!({"type":"append","id":2,"channel":"own:1","message_id":"m","text":"t"});
+    bob.send(append.clone()).await;
+    let reply = bob.recv().await;
+    assert_eq!(reply["code"], "forbidden", "{reply}");
+    alice.send(append).await;
+    assert_eq!(alice.recv_type("published").await["id"], 2);
+    let (acked, refused, slowest) = steady.finish().await;
+    assert_eq!(refused, 0);
+    assert!(
+        slowest < patience(Duration::from_millis(500)),
+        "{slowest:?}"
+    );
+    expect_all_acknowledged(&mut bystander, &acked).await;
     for node in nodes {
         node.stop().await;
     }

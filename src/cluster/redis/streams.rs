@@ -484,3 +484,37 @@ pub(super) async fn sweep_idle_streams(inner: std::sync::Arc<Inner>, stop: Cance
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owners_of_different_nodes_differ_even_with_equal_connection_ids() {
+        let conn = Owner::Conn(7);
+        assert_ne!(owner_key(&conn, "a"), owner_key(&conn, "b"));
+        assert_eq!(owner_key(&Owner::Backend, "a"), "");
+        assert_eq!(owner_key(&Owner::User("alice".into()), "a"), "u:alice");
+    }
+
+    #[test]
+    fn every_refusal_the_script_answers_is_known() {
+        for (code, detail) in [
+            ("not_found", ""),
+            ("not_open", "finished"),
+            ("not_stream", ""),
+            ("text_too_large", "1000"),
+            ("too_many_open", "3"),
+            ("not_yours", ""),
+            ("editing_off", ""),
+            ("not_idle", ""),
+        ] {
+            assert!(refusal(code, detail).is_some(), "{code}");
+        }
+        assert_eq!(
+            refusal("text_too_large", "1000"),
+            Some(OpError::TextTooLarge(1000))
+        );
+        assert_eq!(refusal("nonsense", ""), None);
+    }
+}
