@@ -10,12 +10,22 @@
 # Writes DIR/streams.json and draws DIR/streams.png (loadtest/streams-plot.py, with the
 # Python in $PYTHON, default python3, which needs matplotlib).
 #
-#   loadtest/streams.sh [DIR]      # default docs/
+#   loadtest/streams.sh [DIR]            # default docs/
+#   loadtest/streams.sh --redis [DIR]    # the node clustered through a local redis-server
+#
+# With --redis every scenario's node is clustered through one redis-server (flushed between
+# scenarios), the replies run at 300 and the viewers at 2,000 (Redis shares the two cores),
+# and each scenario's JSON gains Redis's CPU seconds; writes DIR/streams-redis.json, no plot.
 #
 # Bounded: every scenario stops by itself (each reply lasts 10 s); every process it starts
 # is stopped by PID when it ends.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+redis=0
+if [ "${1:-}" = --redis ]; then
+  redis=1
+  shift
+fi
 out="${1:-docs}"
 mkdir -p "$out"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/switchboard-target}"
@@ -33,6 +43,27 @@ trap cleanup EXIT
 # shellcheck source=loadtest/lib.sh
 source loadtest/lib.sh
 
+cluster=()
+if ((redis)); then
+  free_port
+  redis_port=$PORT
+  redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
+    >"$work/redis.log" 2>&1 &
+  redis_pid=$!
+  disown "$redis_pid" # killed by PID at the end, without the shell reporting it
+  pids+=("$redis_pid")
+  for _ in $(seq 1 50); do
+    redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  cluster=("SWITCHBOARD_CLUSTER__REDIS=redis://127.0.0.1:$redis_port")
+fi
+
+# Redis's CPU time so far, in seconds (utime + stime from /proc).
+redis_cpu() {
+  awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$redis_pid/stat"
+}
+
 # One fresh node per scenario, so that none inherits another's channels or history.
 run() {
   local name="$1"
@@ -41,8 +72,13 @@ run() {
   local ws=$PORT
   free_port
   local control=$PORT
-  SWITCHBOARD_SERVER__LISTEN="127.0.0.1:$ws" SWITCHBOARD_CONTROL__LISTEN="127.0.0.1:$control" \
-    "$bin/switchboard" >"$work/$name.log" 2>&1 &
+  local redis_before=0
+  if ((redis)); then
+    redis-cli -p "$redis_port" flushall >/dev/null
+    redis_before=$(redis_cpu)
+  fi
+  env "${cluster[@]}" SWITCHBOARD_SERVER__LISTEN="127.0.0.1:$ws" \
+    SWITCHBOARD_CONTROL__LISTEN="127.0.0.1:$control" "$bin/switchboard" >"$work/$name.log" 2>&1 &
   local pid=$!
   pids+=("$pid")
   for _ in $(seq 1 100); do
@@ -58,8 +94,39 @@ run() {
   }
   kill -KILL "$pid"
   wait "$pid" 2>/dev/null || true
+  if ((redis)); then
+    echo "$redis_before $(redis_cpu)" >"$work/$name.redis"
+  fi
   echo "streams.sh: $name done" >&2
 }
+
+if ((redis)); then
+  for mode in stream plain; do
+    run "replies-$mode" streams --mode "$mode" --replies 300 --viewers 2 --rate 30 --tokens 300
+    run "viewers2k-$mode" streams --mode "$mode" --replies 1 --viewers 2000 --rate 50 \
+      --tokens 500 --spread-ms 0
+  done
+  run resume streams-resume --appends 20000 --append-bytes 5
+  python3 - "$work" "$out/streams-redis.json" <<'PY'
+import json, os, platform, sys, time
+work, target = sys.argv[1], sys.argv[2]
+names = ["replies-stream", "replies-plain", "viewers2k-stream", "viewers2k-plain", "resume"]
+result = {}
+for name in names:
+    result[name] = json.load(open(f"{work}/{name}.json"))
+    before, after = map(float, open(f"{work}/{name}.redis").read().split())
+    result[name]["redis_cpu_seconds"] = round(after - before, 2)
+result["machine"] = {
+    "cores": os.cpu_count(),
+    "kernel": platform.release(),
+    "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    "command": "loadtest/streams.sh --redis",
+}
+json.dump(result, open(target, "w"), indent=1, sort_keys=True)
+PY
+  echo "streams.sh: wrote $out/streams-redis.json" >&2
+  exit 0
+fi
 
 for mode in stream plain; do
   run "replies-$mode" streams --mode "$mode" --replies 1000 --viewers 2 --rate 30 --tokens 300

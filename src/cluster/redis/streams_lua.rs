@@ -241,13 +241,19 @@ else
     redis.call('ZREM', ch.open, ch.name .. ' ' .. id)
   end
 end
-for _, k in ipairs({key, ch.xp .. (kind == 'p' and s or seq), KEYS[2]}) do
-  redis.call('PEXPIRE', k, history_ttl)
+redis.call('PEXPIRE', key, history_ttl)
+redis.call('PEXPIRE', KEYS[2], history_ttl)
+-- A stream's text exists from its first append on.
+if kind ~= 'p' then redis.call('PEXPIRE', ch.xp .. seq, history_ttl) end
+-- The channel's own keys live channel_state_ttl (a day by default): an append renews them
+-- only once half of it is gone, saving five writes (each replicated) per token.
+if kind ~= 'a' or redis.call('PTTL', KEYS[1]) < tonumber(ARGV[13]) / 2 then
+  for _, k in ipairs({KEYS[1], KEYS[6], KEYS[7], KEYS[8], KEYS[9]}) do
+    redis.call('PEXPIRE', k, ARGV[13])
+  end
 end
-for _, k in ipairs({KEYS[1], KEYS[6], KEYS[7], KEYS[8], KEYS[9]}) do
-  redis.call('PEXPIRE', k, ARGV[13])
-end
-trim_history(ch, tonumber(ARGV[12]), now - history_ttl, now)
+-- Only a publish adds an entry; what ages meanwhile the next publish drops (reads skip it).
+if kind == 'p' then trim_history(ch, tonumber(ARGV[12]), now - history_ttl, now) end
 local head = {'c', ARGV[15], 'e', e, 's', s, 't', now}
 for _, v in ipairs(fields) do table.insert(head, v) end
 local bus_id = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[14], '*', unpack(head))
