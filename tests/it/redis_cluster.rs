@@ -230,9 +230,7 @@ async fn redis_cluster_carries_message_streams() {
             (json!("r"), json!(expected)),
             "{channel}: the changed message whole, once ({tail} after the offset)"
         );
-        let (_, history) = a
-            .get_json(&format!("/v1/channels/{channel}/history"))
-            .await;
+        let (_, history) = a.get_json(&format!("/v1/channels/{channel}/history")).await;
         assert_eq!(history["messages"].as_array().unwrap().len(), 1);
         assert_eq!(history["messages"][0]["text"], expected);
     }

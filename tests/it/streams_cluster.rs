@@ -439,3 +439,69 @@ async fn bounds_and_the_edit_rule_hold_across_nodes_with_a_bystander_at_full_rat
         node.stop().await;
     }
 }
+
+/// Redis paused mid-stream: an append answers 503 (and may still run when Redis wakes), once
+/// it is back the stream goes on, and an update sets the text the backend meant. Redis restarted empty: the state is gone,
+/// an append answers 404; the backend opens the reply again under the same id and sets
+/// its whole text, and the viewer, told by `reset` that its offsets name nothing, ends with
+/// the whole text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_survives_a_redis_pause_and_recovers_from_a_redis_restart() {
+    let mut redis = RedisServer::start(false);
+    let nodes = nodes(&redis, 2).await;
+    let mut viewer = nodes[1].client().await;
+    viewer.subscribe("chat:f").await;
+    let open = json!({"channel":"chat:f","message_id":"r","stream":true,"data":null});
+    post_ok(&nodes[0], "/v1/publish", open.clone()).await;
+    let append = |text: &str| json!({"channel":"chat:f","message_id":"r","text": text});
+    let mut acked = String::new();
+    for token in ["a", "b"] {
+        post_ok(&nodes[0], "/v1/append", append(token)).await;
+        acked.push_str(token);
+    }
+    redis.pause();
+    let (status, _) = nodes[0].post("/v1/append", append("?")).await;
+    assert_eq!(status, 503, "Redis does not answer");
+    redis.resume();
+    crate::assert_eventually!(
+        nodes[0].post("/v1/append", append("c")).await.0 == 200,
+        "appends go on once Redis is back"
+    );
+    acked.push('c');
+    // The append that timed out may have run once Redis woke (docs/streams.md): the
+    // backend sets the text it meant, and every view agrees.
+    post_ok(
+        &nodes[0],
+        "/v1/update",
+        json!({"channel":"chat:f","message_id":"r","text": acked}),
+    )
+    .await;
+    let mut model = Model::default();
+    while model.messages.get("r").and_then(|m| m.1.clone()) != Some(acked.clone()) {
+        model.apply(&viewer.recv().await);
+    }
+    let (_, history) = nodes[1].get_json("/v1/channels/chat:f/history").await;
+    assert_eq!(history["messages"][0]["text"], acked);
+    redis.stop();
+    redis.start_again(false);
+    crate::assert_eventually!(
+        nodes[0].post("/v1/append", append("d")).await.0 == 404,
+        "Redis lost the stream: not found"
+    );
+    post_ok(&nodes[0], "/v1/publish", open).await;
+    post_ok(
+        &nodes[0],
+        "/v1/update",
+        json!({"channel":"chat:f","message_id":"r","text":"abcd"}),
+    )
+    .await;
+    let reset = viewer.recv_type("reset").await;
+    assert_eq!(reset["channel"], "chat:f");
+    let mut model = Model::default();
+    while model.messages.get("r").and_then(|m| m.1.clone()).as_deref() != Some("abcd") {
+        model.apply(&viewer.recv().await);
+    }
+    for node in nodes {
+        node.stop().await;
+    }
+}
