@@ -112,8 +112,9 @@ impl Streaming<'_> {
         let started = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |elapsed| elapsed.as_millis());
-        // Fresh per reply, also across restarts of the node.
-        let message_id = format!("reply-{started}-{n}");
+        // Fresh per reply, also across restarts of the node and beside the other nodes'
+        // assistants of a cluster, which stream to the same channel.
+        let message_id = format!("reply-{node}-{started}-{n}");
         let metadata = |tokens: Option<usize>| {
             let mut data = serde_json::json!({
                 "role": "assistant",
