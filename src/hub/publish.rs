@@ -124,6 +124,22 @@ impl Hub {
         data: &str,
         writes: &mut WriteBatch,
     ) -> usize {
+        self.deliver_with(channel, writes, |hub, state, channel| {
+            hub.deliver_locked(state, channel, offset, data)
+        })
+    }
+
+    /// Runs `deliver` under the lock of `channel` if this node holds it (else 0: most of
+    /// what a node reads is for channels it has no subscribers for, looked up without
+    /// allocating), and starts the round it asks for. `deliver` answers `None` when it
+    /// delivered nothing, else whether a round must start. Returns how many subscribers it
+    /// goes to.
+    pub(super) fn deliver_with(
+        &self,
+        channel: &str,
+        writes: &mut WriteBatch,
+        deliver: impl FnOnce(&Self, &mut Channel, &ChannelName) -> Option<Option<usize>>,
+    ) -> usize {
         let shard = self.shard(channel);
         let Some((channel, slot)) = read(&shard.channels)
             .get_key_value(channel)
@@ -136,7 +152,7 @@ impl Hub {
             if state.removed {
                 return 0;
             }
-            let Some(round) = self.deliver_locked(&mut state, &channel, offset, data) else {
+            let Some(round) = deliver(self, &mut state, &channel) else {
                 return 0;
             };
             (state.subscribed, round)
@@ -269,31 +285,15 @@ impl Hub {
     /// message ordered after it. Not kept in history and given no offset. Returns how many
     /// subscribers it goes to; 0 when the channel has none here.
     pub fn announce(&self, channel: &str, text: String, writes: &mut WriteBatch) -> usize {
-        let shard = self.shard(channel);
-        let Some((channel_name, slot)) = read(&shard.channels)
-            .get_key_value(channel)
-            .map(|(name, slot)| (name.clone(), Arc::clone(slot)))
-        else {
-            return 0;
-        };
-        let (subscribers, round) = {
-            let mut state = lock(&slot.state);
-            if state.removed {
-                return 0;
-            }
-            let flushed = Self::flush_held(&mut state, &channel_name);
+        self.deliver_with(channel, writes, |_, state, channel| {
+            let flushed = Self::flush_held(state, channel);
             let event = Queued {
                 offset: state.offset(),
                 frame: FramedText::from(text),
                 accepted: Instant::now(),
                 event: true,
             };
-            let round = Self::enqueue_round(&mut state, event);
-            (state.subscribed, flushed.or(round))
-        };
-        if let Some(subscribers) = round {
-            start_round(&slot, subscribers, self.workers.as_ref(), writes);
-        }
-        subscribers
+            Some(flushed.or(Self::enqueue_round(state, event)))
+        })
     }
 }

@@ -1,18 +1,11 @@
 //! Operations a remote bus ordered (and checked): applied here to what this node holds,
 //! and fanned out to its subscribers in the channel's order.
 
-use std::sync::Arc;
-
 use tokio::time::Instant;
 
 use super::{Editor, Op};
 use crate::{
-    hub::{
-        FramedText, Hub, WriteBatch,
-        channel::Channel,
-        fanout::{Queued, start_round},
-        lock, read,
-    },
+    hub::{FramedText, Hub, WriteBatch, channel::Channel, fanout::Queued},
     protocol::{self, ChannelName, Offset},
 };
 
@@ -28,37 +21,20 @@ impl Hub {
         op: &Op<'_>,
         writes: &mut WriteBatch,
     ) -> usize {
-        let shard = self.shard(channel);
-        let Some((channel, slot)) = read(&shard.channels)
-            .get_key_value(channel)
-            .map(|(name, slot)| (name.clone(), Arc::clone(slot)))
-        else {
-            return 0;
-        };
-        let (subscribers, round) = {
-            let mut state = lock(&slot.state);
-            if state.removed {
-                return 0;
-            }
-            let Some(reset) = self.order_remote(&mut state, &channel, offset) else {
-                return 0;
-            };
+        self.deliver_with(channel, writes, |hub, state, channel| {
+            let reset = hub.order_remote(state, channel, offset)?;
             let mut round = None;
             // Checked by the bus: applying cannot be refused.
-            let _ = self.apply_locked(
-                &mut state,
-                &channel,
+            let _ = hub.apply_locked(
+                state,
+                channel,
                 op,
                 &Editor::Backend,
                 Some(offset),
                 &mut round,
             );
-            (state.subscribed, reset.or(round))
-        };
-        if let Some(subscribers) = round {
-            start_round(&slot, subscribers, self.workers.as_ref(), writes);
-        }
-        subscribers
+            Some(reset.or(round))
+        })
     }
 
     /// An operation on a message this node does not hold (published before it followed
