@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use crate::harness::{TestClient, TestServer};
+use crate::harness::{TestClient, TestServer, seq};
 
 /// A client's view of a channel's messages with ids, built from the frames it receives the
 /// way a client is told to (docs/protocol.md): what every test compares.
@@ -115,4 +115,40 @@ pub async fn post_ok(server: &TestServer, path: &str, body: Value) -> Value {
     let (status, answer) = server.post(path, body.clone()).await;
     assert_eq!(status, 200, "{path} {body}: {answer}");
     answer
+}
+
+/// Resumes `channel` on `resumer` from each `(offset, model as it stood there)` of `states`
+/// and checks the replay brings that model to `end`: recovered, one frame per message,
+/// exactly `end`'s messages. Unsubscribes after each.
+pub async fn check_resumes(
+    resumer: &mut TestClient,
+    channel: &str,
+    states: &[(String, Model)],
+    end: &Model,
+) {
+    for (since, before) in states {
+        let reply = resumer.subscribe_since(channel, since).await;
+        assert_eq!(reply["recovered"], true, "from {since}: {reply}");
+        let mut resumed = before.clone();
+        let replay = frames_until_pong(resumer).await;
+        let mut ids = std::collections::HashSet::new();
+        for frame in &replay {
+            assert!(
+                ids.insert(frame["message_id"].to_string()),
+                "from {since}: one frame per message: {replay:?}"
+            );
+            resumed.apply(frame);
+        }
+        assert_eq!(resumed.contents(), end.contents(), "from {since}");
+        assert_eq!(
+            replay.last().map(|frame| frame["offset"].clone()),
+            (seq(&json!(since)) < seq(&json!(end.position.clone().unwrap())))
+                .then(|| json!(end.position.clone().unwrap())),
+            "the last frame brings the resumer to the channel's position"
+        );
+        resumer
+            .send(json!({"type":"unsubscribe","id":2,"channel": channel}))
+            .await;
+        assert_eq!(resumer.recv().await["type"], "unsubscribed");
+    }
 }

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use crate::{
     harness::{TestServer, seq},
-    stream_model::{Model, frames_until_pong, post_ok},
+    stream_model::{Model, check_resumes, frames_until_pong, post_ok},
 };
 
 /// A backend's script: two streams (one edited after it finished, one abandoned by a
@@ -135,31 +135,7 @@ async fn resume_is_exact(coalesce: Duration) {
     assert_eq!(model.messages["r2"].0, "deleted");
     assert_eq!(model.messages["u1"].2, json!({"text":"hi (edited)"}));
     let mut resumer = server.client().await;
-    for (since, before) in &states {
-        let reply = resumer.subscribe_since("chat:r", since).await;
-        assert_eq!(reply["recovered"], true, "from {since}: {reply}");
-        let mut resumed = before.clone();
-        let replay = frames_until_pong(&mut resumer).await;
-        let mut ids = std::collections::HashSet::new();
-        for frame in &replay {
-            assert!(
-                ids.insert(frame["message_id"].to_string()),
-                "from {since}: one frame per message: {replay:?}"
-            );
-            resumed.apply(frame);
-        }
-        assert_eq!(resumed.contents(), model.contents(), "from {since}");
-        assert_eq!(
-            replay.last().map(|frame| frame["offset"].clone()),
-            (seq(&json!(since)) < seq(&json!(model.position.clone().unwrap())))
-                .then(|| json!(model.position.clone().unwrap())),
-            "the last frame brings the resumer to the channel's position"
-        );
-        resumer
-            .send(json!({"type":"unsubscribe","id":2,"channel":"chat:r"}))
-            .await;
-        assert_eq!(resumer.recv().await["type"], "unsubscribed");
-    }
+    check_resumes(&mut resumer, "chat:r", &states, &model).await;
     server.stop().await;
 }
 

@@ -13,7 +13,7 @@ use crate::{
     },
     redis_server::RedisServer,
     stream_ingest::Chunked,
-    stream_model::{Model, frames_until_pong, post_ok},
+    stream_model::{Model, check_resumes, frames_until_pong, post_ok},
     streams::script,
 };
 
@@ -72,25 +72,7 @@ async fn a_resume_from_any_offset_is_exact_on_every_node_of_a_cluster() {
     assert!(states.len() >= 60, "{} offsets", states.len());
     for node in &nodes[1..] {
         let mut resumer = node.client().await;
-        for (since, before) in &states {
-            let reply = resumer.subscribe_since("chat:c", since).await;
-            assert_eq!(reply["recovered"], true, "from {since}: {reply}");
-            let mut resumed = before.clone();
-            let replay = frames_until_pong(&mut resumer).await;
-            let mut ids = std::collections::HashSet::new();
-            for frame in &replay {
-                assert!(
-                    ids.insert(frame["message_id"].to_string()),
-                    "from {since}: one frame per message: {replay:?}"
-                );
-                resumed.apply(frame);
-            }
-            assert_eq!(resumed.contents(), model.contents(), "from {since}");
-            resumer
-                .send(json!({"type":"unsubscribe","id":2,"channel":"chat:c"}))
-                .await;
-            assert_eq!(resumer.recv().await["type"], "unsubscribed");
-        }
+        check_resumes(&mut resumer, "chat:c", &states, &model).await;
     }
     // History on a node that holds nothing: one entry per message, as it stands.
     let (status, history) = nodes[2].get_json("/v1/channels/chat:c/history").await;
