@@ -89,6 +89,79 @@ async fn a_resume_from_any_offset_is_exact_on_every_node_of_a_cluster() {
     }
 }
 
+/// One long reply (400 appends, and an edit of an earlier message halfway) through node
+/// A: a client resumes from 100 offsets drawn at random inside it, on node B (which followed
+/// the channel) and on node C (which never held it); the rebuilt text equals the watcher's
+/// every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_from_100_random_offsets_inside_a_long_stream_is_exact_on_both_nodes() {
+    use rand::{Rng as _, SeedableRng as _};
+    let redis = RedisServer::start(false);
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        let node = TestServer::builder()
+            .redis(&redis.url())
+            .configure(|c| c.streams.coalesce = Duration::ZERO)
+            .start()
+            .await;
+        nodes.push(node);
+    }
+    let mut watcher = nodes[1].client().await;
+    watcher.subscribe("chat:long").await;
+    post_ok(
+        &nodes[0],
+        "/v1/publish",
+        json!({"channel":"chat:long","message_id":"q","data":{"text":"question"}}),
+    )
+    .await;
+    post_ok(
+        &nodes[0],
+        "/v1/publish",
+        json!({"channel":"chat:long","message_id":"a","stream":true,"data":{"role":"assistant"}}),
+    )
+    .await;
+    let mut last = String::new();
+    for n in 0..400 {
+        if n == 200 {
+            post_ok(
+                &nodes[0],
+                "/v1/update",
+                json!({"channel":"chat:long","message_id":"q","data":{"text":"question (edited)"}}),
+            )
+            .await;
+        }
+        last = post_ok(
+            &nodes[0],
+            "/v1/append",
+            json!({"channel":"chat:long","message_id":"a","text": format!("t{n} ")}),
+        )
+        .await["offset"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    }
+    let frames = frames_until(&mut watcher, &last).await;
+    let mut model = Model::default();
+    let mut states = Vec::new();
+    for frame in &frames {
+        model.apply(frame);
+        states.push((frame["offset"].as_str().unwrap().to_owned(), model.clone()));
+    }
+    let expected: String = (0..400).map(|n| format!("t{n} ")).collect();
+    assert_eq!(model.messages["a"].1.as_deref(), Some(expected.as_str()));
+    let mut rng = rand::rngs::StdRng::seed_from_u64(28);
+    let picked: Vec<(String, Model)> = (0..100)
+        .map(|_| states[rng.random_range(0..states.len())].clone())
+        .collect();
+    for node in &nodes[1..] {
+        let mut resumer = node.client().await;
+        check_resumes(&mut resumer, "chat:long", &picked, &model).await;
+    }
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
 /// A second tab opened mid-reply on another node gets the open stream whole from Redis,
 /// and the appends that follow apply to it; a retried publish on any node is answered
 /// with the first offset, and the `edit` rule holds across nodes.
