@@ -32,7 +32,7 @@ pub mod jwks;
 pub mod namespaces;
 pub use self::{
     jwks::Jwks,
-    namespaces::{Action, Namespaces},
+    namespaces::{Action, Decision, Namespaces},
 };
 
 /// An authenticated connection's identity, from its token's claims.
@@ -346,7 +346,7 @@ impl Authenticator {
 }
 
 /// The latest `exp` accepted: 9999-12-31T23:59:59Z, in Unix seconds.
-const MAX_EXP: u64 = 253_402_300_799;
+pub const MAX_EXP: u64 = 253_402_300_799;
 
 /// Now, in Unix seconds: the clock `exp` and `nbf` are read against.
 #[must_use]

@@ -11,6 +11,7 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod drain;
+pub mod hooks;
 pub mod hub;
 pub mod memory;
 pub mod overload;

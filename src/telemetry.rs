@@ -14,6 +14,9 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::protocol::ErrorCode;
 
+mod hooks;
+pub use self::hooks::*;
+
 pub const CONNECTIONS: &str = "ws_connections";
 /// Gauge: `limits.max_connections`, for alerts on `ws_connections / ws_connections_max`.
 pub const CONNECTIONS_MAX: &str = "ws_connections_max";
@@ -176,6 +179,9 @@ pub fn install_recorder() -> PrometheusHandle {
             let mut builder = PrometheusBuilder::new()
                 .set_buckets(LATENCY_BUCKETS)
                 .expect("LATENCY_BUCKETS is a non-empty constant");
+            builder = builder
+                .set_buckets_for_metric(Matcher::Full(HOOK_DURATION.to_owned()), HOOK_BUCKETS)
+                .expect("HOOK_BUCKETS is a non-empty constant");
             for name in [REDIS_PIPELINE_DEPTH, BUS_READ_BATCH] {
                 builder = builder
                     .set_buckets_for_metric(Matcher::Full(name.to_owned()), COUNT_BUCKETS)
@@ -594,6 +600,7 @@ pub fn record_snapshot(snapshot: &Snapshot) {
 }
 
 fn describe() {
+    hooks::describe();
     describe_gauge!(CONNECTIONS, "Open WebSocket connections");
     describe_gauge!(
         CONNECTIONS_MAX,

@@ -210,11 +210,19 @@ impl Namespaces {
         others.map(|namespace| (namespace, false))
     }
 
-    /// Whether `identity` (or an anonymous client) may do `action` on `channel`.
+    /// Whether `identity` (or an anonymous client) may do `action` on `channel`; a `hook`
+    /// rule is not an allowance here (see [`Namespaces::decide`]).
     #[must_use]
     pub fn allows(&self, channel: &str, action: Action, identity: Option<&Identity>) -> bool {
+        self.decide(channel, action, identity) == Decision::Allow
+    }
+
+    /// What the namespaces say about `identity` (or an anonymous client) doing `action` on
+    /// `channel`: allowed, refused, or for the backend to decide (a `hook` rule).
+    #[must_use]
+    pub fn decide(&self, channel: &str, action: Action, identity: Option<&Identity>) -> Decision {
         let Some((namespace, owned)) = self.governing(channel, identity) else {
-            return false;
+            return Decision::Deny;
         };
         let rule = match action {
             Action::Subscribe => namespace.subscribe,
@@ -222,7 +230,8 @@ impl Namespaces {
             Action::History => namespace.history,
             Action::Presence => namespace.presence,
         };
-        match rule {
+        let allowed = match rule {
+            Rule::Hook => return Decision::Hook,
             Rule::Anonymous => true,
             Rule::None => false,
             Rule::Authenticated => identity.is_some(),
@@ -234,8 +243,22 @@ impl Namespaces {
                 };
                 claimed(patterns, channel)
             }),
+        };
+        if allowed {
+            Decision::Allow
+        } else {
+            Decision::Deny
         }
     }
+}
+
+/// What a namespace rule says about one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Allow,
+    Deny,
+    /// The rule is `hook`: the backend decides.
+    Hook,
 }
 
 impl Namespaces {

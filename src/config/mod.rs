@@ -10,8 +10,10 @@ use std::{net::SocketAddr, path::Path, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
+mod hooks;
 mod streams;
 
+pub use self::hooks::{ConnectMode, HooksConfig};
 pub use self::streams::StreamsConfig;
 
 /// Prefix of the environment variables that override file settings.
@@ -53,6 +55,8 @@ pub struct Config {
     pub demo: DemoConfig,
     pub presence: PresenceConfig,
     pub auth: AuthConfig,
+    /// The application backend asked at connect, subscribe, publish and for `rpc`.
+    pub hooks: HooksConfig,
     /// Channel permissions; the first entry whose pattern matches a channel governs it, and a
     /// channel no entry matches is refused. Default: one `*` entry letting anyone subscribe
     /// and read history, and no client publish (backends publish through the control API).
@@ -81,6 +85,9 @@ pub enum Rule {
     Claim,
     /// Nobody (backends still can, through the control API).
     None,
+    /// The application backend decides, per request (`hooks.subscribe_url` for subscribe,
+    /// history and presence, `hooks.publish_url` for publish; see `docs/backend.md`).
+    Hook,
 }
 
 /// One `[[namespaces]]` entry.
@@ -551,6 +558,7 @@ impl Default for Config {
             demo: DemoConfig::default(),
             presence: PresenceConfig::default(),
             auth: AuthConfig::default(),
+            hooks: HooksConfig::default(),
             namespaces: default_namespaces(),
             ignored_env: Vec::new(),
         }
@@ -844,8 +852,9 @@ impl Config {
         self.shutdown.validate()?;
         self.auth.validate()?;
         self.presence.validate()?;
+        self.hooks.validate()?;
         for (index, namespace) in self.namespaces.iter().enumerate() {
-            if let Err(message) = check_namespace(namespace) {
+            if let Err(message) = check_namespace(namespace, &self.hooks) {
                 return Err(invalid("namespaces", format!("[{index}]: {message}")));
             }
         }
@@ -873,6 +882,12 @@ impl Config {
             if !key.secret.is_empty() {
                 key.secret = "<redacted>".to_owned();
             }
+        }
+        if !shown.hooks.secret.is_empty() {
+            shown.hooks.secret = "<redacted>".to_owned();
+        }
+        for value in shown.hooks.headers.values_mut() {
+            *value = "<redacted>".to_owned();
         }
         toml::to_string_pretty(&shown).unwrap_or_else(|err| format!("# cannot render: {err}\n"))
     }
@@ -1357,7 +1372,7 @@ impl AuthConfig {
 
 /// A namespace's pattern: `*`, or a name with at most one `{sub}` and a `*` only at the end;
 /// `owner` rules need `{sub}`.
-fn check_namespace(namespace: &NamespaceConfig) -> Result<(), String> {
+fn check_namespace(namespace: &NamespaceConfig, hooks: &HooksConfig) -> Result<(), String> {
     let pattern = namespace.pattern.as_str();
     if pattern.is_empty() {
         return Err("pattern is empty".to_owned());
@@ -1375,6 +1390,19 @@ fn check_namespace(namespace: &NamespaceConfig) -> Result<(), String> {
     if owner_rule && !pattern.contains("{sub}") {
         return Err(format!(
             "pattern '{pattern}' has no {{sub}}, so `owner` can never match"
+        ));
+    }
+    let asks_subscribe_hook =
+        [namespace.subscribe, namespace.history, namespace.presence].contains(&Rule::Hook);
+    if asks_subscribe_hook && hooks.subscribe_url.is_empty() {
+        return Err(format!(
+            "pattern '{pattern}': a `hook` rule for subscribe, history or presence needs \
+             hooks.subscribe_url"
+        ));
+    }
+    if namespace.publish == Rule::Hook && hooks.publish_url.is_empty() {
+        return Err(format!(
+            "pattern '{pattern}': `publish = \"hook\"` needs hooks.publish_url"
         ));
     }
     Ok(())

@@ -1,0 +1,210 @@
+//! The connect hook's request and answer: who a connection is, decided by the backend from
+//! what the upgrade request brought (cookies, headers, query, a token), with the meaning of
+//! a JWT's claims; and the cache of allowing answers (`hooks.connect_cache`).
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use dashmap::DashMap;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use sha2::{Digest as _, Sha256};
+
+use crate::auth::{self, Identity};
+
+/// What the connect hook is sent.
+#[derive(Debug, Serialize)]
+pub struct ConnectRequest<'a> {
+    pub conn_id: u64,
+    pub node: &'a str,
+    /// The client's address as this node sees it (a proxy's, behind one: forward
+    /// `X-Forwarded-For`).
+    pub remote_addr: Option<String>,
+    /// The upgrade request's headers listed in `hooks.forward_headers` (names as listed).
+    pub headers: &'a [(String, String)],
+    /// The upgrade request's query parameters (decoded).
+    pub query: &'a [(String, String)],
+    /// The token the upgrade brought (`Authorization: Bearer` or `?token=`), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<&'a str>,
+}
+
+/// A connect (or refresh) hook's `result`: the claims of a JWT, with `expires_in` for `exp`.
+#[derive(Debug, Deserialize)]
+struct ConnectResult {
+    /// Empty or missing: the connection stays anonymous.
+    #[serde(default)]
+    user: String,
+    #[serde(default)]
+    info: Option<Box<RawValue>>,
+    #[serde(default)]
+    subs: Vec<String>,
+    /// Seconds the identity holds; then the refresh hook is asked. Missing: for the
+    /// connection's life.
+    #[serde(default)]
+    expires_in: Option<u64>,
+    #[serde(default)]
+    channels: Vec<String>,
+    #[serde(default)]
+    publish: Vec<String>,
+}
+
+/// The longest `expires_in` taken: 10 years.
+const MAX_EXPIRES_IN: u64 = 10 * 365 * 24 * 3600;
+
+/// The identity a connect or refresh hook's result gives: `None` for an anonymous
+/// connection (no `user`). An identity without `expires_in` never expires
+/// ([`auth::MAX_EXP`]).
+///
+/// # Errors
+/// The result is not an object of the documented fields.
+pub fn identity(result: &RawValue) -> Result<Option<Identity>, serde_json::Error> {
+    let result: ConnectResult = serde_json::from_str(result.get())?;
+    if result.user.is_empty() {
+        return Ok(None);
+    }
+    let exp = match result.expires_in {
+        Some(seconds) => auth::unix_now().saturating_add(seconds.clamp(1, MAX_EXPIRES_IN)),
+        None => auth::MAX_EXP,
+    };
+    Ok(Some(Identity {
+        user: Arc::from(result.user),
+        exp,
+        channels: result.channels,
+        publish: result.publish,
+        info: result.info,
+        subs: result.subs,
+    }))
+}
+
+/// Allowing answers of the connect hook, per `(forwarded headers, query, token)`, for
+/// `hooks.connect_cache`: a reconnect storm of the same sessions asks the backend once
+/// each. At most `entries`; when full, expired entries are dropped, and while it is still
+/// full nothing more is kept (every entry leaves when it expires, so a flood of distinct
+/// cookies costs caching for one interval, never a connection).
+#[derive(Debug)]
+pub struct Cache {
+    ttl: Duration,
+    max: usize,
+    held: AtomicUsize,
+    entries: DashMap<[u8; 32], (tokio::time::Instant, Box<RawValue>)>,
+}
+
+impl Cache {
+    #[must_use]
+    pub fn new(ttl: Duration, max: usize) -> Self {
+        Self {
+            ttl,
+            max,
+            held: AtomicUsize::new(0),
+            entries: DashMap::new(),
+        }
+    }
+
+    /// The key of a connect request: what the backend decides from, the connection's own
+    /// id and address apart.
+    #[must_use]
+    pub fn key(request: &ConnectRequest<'_>) -> [u8; 32] {
+        let mut hash = Sha256::new();
+        for (name, value) in request.headers.iter().chain(request.query) {
+            for part in [name.as_bytes(), value.as_bytes()] {
+                hash.update(part.len().to_le_bytes());
+                hash.update(part);
+            }
+            hash.update(b"\n");
+        }
+        if let Some(token) = request.token {
+            hash.update(b"token");
+            hash.update(token.as_bytes());
+        }
+        hash.finalize().into()
+    }
+
+    /// The answer kept for `key`, while it is fresh.
+    #[must_use]
+    pub fn get(&self, key: &[u8; 32]) -> Option<Box<RawValue>> {
+        let entry = self.entries.get(key)?;
+        (entry.0.elapsed() < self.ttl).then(|| entry.1.clone())
+    }
+
+    /// Keeps `result` for `key`.
+    pub fn put(&self, key: [u8; 32], result: Box<RawValue>) {
+        if self.held.load(Ordering::Acquire) >= self.max {
+            self.entries.retain(|_, (at, _)| at.elapsed() < self.ttl);
+            self.held.store(self.entries.len(), Ordering::Release);
+            if self.entries.len() >= self.max {
+                return;
+            }
+        }
+        if self
+            .entries
+            .insert(key, (tokio::time::Instant::now(), result))
+            .is_none()
+        {
+            self.held.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(text: &str) -> Box<RawValue> {
+        RawValue::from_string(text.to_owned()).unwrap()
+    }
+
+    #[test]
+    fn a_result_has_the_meaning_of_a_tokens_claims() {
+        let identity = identity(&raw(
+            r#"{"user":"42","info":{"name":"Ada"},"subs":["user:42"],"channels":["room:1"],
+                "publish":["room:*"],"expires_in":60}"#,
+        ))
+        .unwrap()
+        .unwrap();
+        assert_eq!(&*identity.user, "42");
+        assert_eq!(identity.info.unwrap().get(), r#"{"name":"Ada"}"#);
+        assert_eq!(identity.subs, ["user:42"]);
+        assert_eq!(identity.channels, ["room:1"]);
+        assert_eq!(identity.publish, ["room:*"]);
+        assert!((59..=61).contains(&auth::seconds_until(identity.exp)));
+        let forever = super::identity(&raw(r#"{"user":"7"}"#)).unwrap().unwrap();
+        assert_eq!(forever.exp, auth::MAX_EXP);
+        assert!(super::identity(&raw("{}")).unwrap().is_none(), "anonymous");
+        assert!(super::identity(&raw(r#"{"user":42}"#)).is_err());
+        assert!(super::identity(&raw(r#"{"subs":"x"}"#)).is_err());
+    }
+
+    #[test]
+    fn the_cache_is_bounded_and_keyed_by_what_the_backend_sees() {
+        let cookie = |value: &str| vec![("Cookie".to_owned(), value.to_owned())];
+        let request = |headers: &'static [(String, String)]| ConnectRequest {
+            conn_id: 1,
+            node: "n",
+            remote_addr: None,
+            headers,
+            query: &[],
+            token: None,
+        };
+        let a: &'static [(String, String)] = Box::leak(cookie("s=a").into_boxed_slice());
+        let b: &'static [(String, String)] = Box::leak(cookie("s=b").into_boxed_slice());
+        let c: &'static [(String, String)] = Box::leak(cookie("s=c").into_boxed_slice());
+        let (ka, kb, kc) = (
+            Cache::key(&request(a)),
+            Cache::key(&request(b)),
+            Cache::key(&request(c)),
+        );
+        assert_ne!(ka, kb);
+        let cache = Cache::new(Duration::from_secs(60), 2);
+        cache.put(ka, raw(r#"{"user":"a"}"#));
+        cache.put(kb, raw(r#"{"user":"b"}"#));
+        cache.put(kc, raw(r#"{"user":"c"}"#));
+        assert_eq!(cache.get(&ka).unwrap().get(), r#"{"user":"a"}"#);
+        assert!(cache.get(&kc).is_none(), "full: not kept");
+    }
+}
