@@ -283,34 +283,59 @@ impl Hub {
             recovered,
             replayed: 0,
         };
-        let open = same_epoch && !view.open.is_empty() && recovered != Some(true);
-        if recovered != Some(true) && !open {
+        if recovered == Some(true) {
+            // A resume: what changed after `since`, then what arrived since the read.
+            let since_seq = since.map_or(0, |since| since.seq);
+            let frames = Self::merged_frames(&view.entries, since_seq, view.seq, state);
+            outcome.replayed = frames.len();
             outbound.try_enqueue(&reply(&outcome))?;
-            // Live messages only; those the bus had already assigned are skipped.
-            let skip_until = if same_epoch { view.seq } else { 0 };
-            return Ok((outcome, skip_until));
+            for frame in &frames {
+                outbound.try_enqueue(frame)?;
+            }
+            return Ok((outcome, view.seq));
         }
-        // A resume: what changed after `since`. Else (no `since`, or one the bus could not
-        // recover) the open streams whole, so that the appends that follow apply; then
-        // what arrived since the read.
-        let since_seq = since.filter(|_| !open).map_or(0, |since| since.seq);
-        let from_bus: Vec<FramedText> = if open { &view.open } else { &view.entries }
-            .iter()
-            .filter(|(last, _)| *last > since_seq && *last <= view.seq)
-            .map(|(_, frame)| FramedText::from(frame.clone()))
-            .collect();
-        let from_pending: Vec<FramedText> = state
-            .pending
-            .iter()
-            .filter(|(seq, _)| *seq > view.seq)
-            .map(|(_, frame)| frame.clone())
-            .collect();
-        outcome.replayed = from_bus.len() + from_pending.len();
+        if !same_epoch {
+            // Live messages only.
+            outbound.try_enqueue(&reply(&outcome))?;
+            return Ok((outcome, 0));
+        }
+        // Without `since`, or from one the bus could not recover: from the read's position,
+        // the open streams whole as they stood then (so that the appends that follow apply
+        // to their text), then whatever arrived since the read, each after the reply's
+        // offset, so a client applies every change. The outbox up to the channel's position
+        // is covered by these.
+        // Whether open streams this node does not hold exist: later subscribes read them.
+        state.unheld = !view.open.is_empty();
+        outcome.offset.seq = view.seq;
+        let frames = Self::merged_frames(&view.open, 0, view.seq, state);
+        outcome.replayed = frames.len();
         outbound.try_enqueue(&reply(&outcome))?;
-        for frame in from_bus.iter().chain(&from_pending) {
+        for frame in &frames {
             outbound.try_enqueue(frame)?;
         }
-        Ok((outcome, view.seq))
+        Ok((outcome, position))
+    }
+
+    /// The frames of `from_bus` whose last change is in `(since_seq, upto]`, then the
+    /// deliveries kept since the read (after `upto`), in order.
+    fn merged_frames(
+        from_bus: &[(u64, String)],
+        since_seq: u64,
+        upto: u64,
+        state: &Channel,
+    ) -> Vec<FramedText> {
+        from_bus
+            .iter()
+            .filter(|(last, _)| *last > since_seq && *last <= upto)
+            .map(|(_, frame)| FramedText::from(frame.clone()))
+            .chain(
+                state
+                    .pending
+                    .iter()
+                    .filter(|(seq, _)| *seq > upto)
+                    .map(|(_, frame)| frame.clone()),
+            )
+            .collect()
     }
 
     /// Switches a channel to a new epoch: its history and skip marks belong to the old one.

@@ -238,6 +238,201 @@ async fn a_late_joiner_on_another_node_gets_the_open_stream_whole() {
     }
 }
 
+/// A client's view of one channel from its `subscribed` reply on, as a client keeps it:
+/// a change (`append`, `finish`, ...) at or before its position is one a client drops, so
+/// the server must never send one; a message frame before it may come (an open stream's
+/// state).
+struct Tab {
+    client: TestClient,
+    position: u64,
+    model: Model,
+}
+
+impl Tab {
+    async fn open(node: &TestServer, channel: &str) -> Self {
+        let mut client = node.client().await;
+        let reply = client.subscribe(channel).await;
+        Self {
+            client,
+            position: seq(&reply["offset"]),
+            model: Model::default(),
+        }
+    }
+
+    /// Applies frames until the one of type `until`.
+    async fn follow_until(&mut self, until: &str) {
+        loop {
+            let frame = self.client.recv().await;
+            let kind = frame["type"].as_str().unwrap_or("").to_owned();
+            if kind != "message" && frame.get("offset").is_some() {
+                assert!(
+                    seq(&frame["offset"]) > self.position,
+                    "a change at or before the position {} a client drops: {frame}",
+                    self.position
+                );
+            }
+            if frame.get("offset").is_some() {
+                self.position = self.position.max(seq(&frame["offset"]));
+            }
+            self.model.apply(&frame);
+            if kind == until {
+                return;
+            }
+        }
+    }
+}
+
+/// Tabs opened one after another on node B while a reply streams through node A, the
+/// stream older than B's interest in the channel (so each tab's subscribe reads Redis while
+/// appends keep arriving): every tab gets the stream whole and ends with the exact text,
+/// and never gets a change it would drop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tabs_opened_mid_reply_on_a_following_node_end_with_the_exact_text() {
+    let redis = RedisServer::start(false);
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        let node = TestServer::builder()
+            .redis(&redis.url())
+            .configure(|c| c.streams.coalesce = Duration::ZERO)
+            .start()
+            .await;
+        nodes.push(node);
+    }
+    let channel = "chat:tabs";
+    post_ok(
+        &nodes[0],
+        "/v1/publish",
+        json!({"channel": channel,"message_id":"r","stream":true,"data":{}}),
+    )
+    .await;
+    post_ok(
+        &nodes[0],
+        "/v1/append",
+        json!({"channel": channel,"message_id":"r","text":"start "}),
+    )
+    .await;
+    let writer = {
+        let url = nodes[0].control_url("/v1/append");
+        let finish = nodes[0].control_url("/v1/finish");
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            for n in 0..400 {
+                let body = json!({"channel":"chat:tabs","message_id":"r","text": format!("{n} ")});
+                let answer = http.post(&url).json(&body).send().await.unwrap();
+                assert_eq!(answer.status(), 200);
+            }
+            let body = json!({"channel":"chat:tabs","message_id":"r"});
+            let answer = http.post(&finish).json(&body).send().await.unwrap();
+            assert_eq!(answer.status(), 200);
+        })
+    };
+    let mut tabs = Vec::new();
+    for _ in 0..12 {
+        tabs.push(Tab::open(&nodes[1], channel).await);
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    writer.await.unwrap();
+    let expected: String = std::iter::once("start ".to_owned())
+        .chain((0..400).map(|n| format!("{n} ")))
+        .collect();
+    for (index, tab) in tabs.iter_mut().enumerate() {
+        tab.follow_until("finish").await;
+        let (status, text, _) = &tab.model.messages["r"];
+        assert_eq!(status, "finished", "tab {index}");
+        assert_eq!(text.as_deref(), Some(expected.as_str()), "tab {index}");
+    }
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
+/// A resume node B cannot recover (an offset of another epoch) goes on from now with the
+/// open stream whole, as on one node; and history pages through messages changed out of
+/// order (two streams finished after a later plain message) without an empty page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unrecoverable_resume_gets_open_streams_whole_and_history_pages_never_stall() {
+    let redis = RedisServer::start(false);
+    let nodes = nodes(&redis, 2).await;
+    let publish = |body: Value| post_ok(&nodes[0], "/v1/publish", body);
+    let first = publish(json!({"channel":"chat:u","data":"p"})).await;
+    publish(json!({"channel":"chat:u","message_id":"a","stream":true,"data":{}})).await;
+    publish(json!({"channel":"chat:u","message_id":"b","stream":true,"data":{}})).await;
+    post_ok(
+        &nodes[0],
+        "/v1/append",
+        json!({"channel":"chat:u","message_id":"a","text":"aa"}),
+    )
+    .await;
+    publish(json!({"channel":"chat:u","data":"c"})).await;
+    let mut resumer = nodes[1].client().await;
+    let reply = resumer
+        .subscribe_since("chat:u", "00000000000000ab-3")
+        .await;
+    assert_eq!(reply["recovered"], false, "{reply}");
+    let mut model = Model::default();
+    model.apply(&resumer.recv().await);
+    model.apply(&resumer.recv().await);
+    assert_eq!(
+        model
+            .contents()
+            .iter()
+            .map(|(id, (status, text, _))| (id.as_str(), status.as_str(), text.as_deref()))
+            .collect::<Vec<_>>(),
+        [("a", "open", Some("aa")), ("b", "open", Some(""))],
+    );
+    let append = post_ok(
+        &nodes[0],
+        "/v1/append",
+        json!({"channel":"chat:u","message_id":"a","text":"!"}),
+    )
+    .await;
+    let frame = resumer.recv_type("append").await;
+    assert_eq!(frame["offset"], append["offset"]);
+    assert!(seq(&frame["offset"]) > seq(&reply["offset"]));
+    for id in ["a", "b"] {
+        post_ok(
+            &nodes[0],
+            "/v1/finish",
+            json!({"channel":"chat:u","message_id":id}),
+        )
+        .await;
+    }
+    // Pages of 2 after the first message: the plain `c` comes first (changed first), then
+    // `a` and `b`, each once, and no page is empty before the end.
+    let mut since = first["offset"].as_str().unwrap().to_owned();
+    let mut seen = Vec::new();
+    for _ in 0..10 {
+        let (status, page) = nodes[1]
+            .get_json(&format!(
+                "/v1/channels/chat:u/history?since={since}&limit=2"
+            ))
+            .await;
+        assert_eq!(status, 200, "{page}");
+        assert_eq!(page["recovered"], true, "{page}");
+        let messages = page["messages"].as_array().unwrap().clone();
+        if messages.is_empty() {
+            break;
+        }
+        for message in &messages {
+            seen.push(message["message_id"].as_str().map_or_else(
+                || message["data"].as_str().unwrap().to_owned(),
+                str::to_owned,
+            ));
+        }
+        let last = messages.last().unwrap();
+        since = last
+            .get("updated")
+            .unwrap_or(&last["offset"])
+            .as_str()
+            .unwrap()
+            .to_owned();
+    }
+    assert_eq!(seen, ["c", "a", "b"]);
+    for node in nodes {
+        node.stop().await;
+    }
+}
+
 /// The node a stream is written through is killed (-9) mid-stream: every acknowledged
 /// append stays readable on the other node, and that node's sweep abandons the stream once
 /// it is idle for `streams.idle_timeout`; its subscribers get the `abandon` frame.

@@ -472,7 +472,21 @@ impl Bus for RedisBus {
             // Without `since` nothing is replayed but the open streams, which the read
             // gives whatever its limit: no entries (and their texts) to read.
             let limit = if since.is_some() { limit } else { 1 };
-            let read = self.inner.read(channel, since, limit, true).await?;
+            let mut read = self.inner.read(channel, since, limit, true).await?;
+            if since.is_some() && !read.covers() {
+                // A resume the history cannot recover goes on from now, with the open
+                // streams whole: read as without `since`, for their states and a position
+                // they are consistent with.
+                read = self.inner.read(channel, None, 1, false).await?;
+                return Ok(RemoteView {
+                    epoch: read.epoch,
+                    seq: read.seq,
+                    absent: read.absent,
+                    complete: false,
+                    entries: Vec::new(),
+                    open: read.open_frames(channel),
+                });
+            }
             Ok(RemoteView {
                 epoch: read.epoch,
                 seq: read.seq,
@@ -495,17 +509,35 @@ impl Bus for RedisBus {
         limit: usize,
     ) -> BusFuture<'a, Result<HistoryPage, BusError>> {
         Box::pin(async move {
-            let read = self.inner.read(channel, since, limit, false).await?;
+            // A page after `since` ends before the first message it left out could come;
+            // when every message read was changed after that one, the page would be empty
+            // and a pager stuck: read more (16 times, then all of the history) and keep the
+            // first `limit` of the page.
+            const ALL: usize = 1 << 20;
+            let mut read_limit = limit;
+            let (read, mut messages) = loop {
+                let read = self.inner.read(channel, since, read_limit, false).await?;
+                let recovered = read.since.map(|since| read.recoverable_page(since));
+                let messages = if recovered == Some(false) {
+                    Vec::new()
+                } else {
+                    read.history_items(read.since)
+                };
+                if !messages.is_empty() || !read.truncated || read_limit >= ALL {
+                    break (read, messages);
+                }
+                read_limit = if read_limit == limit {
+                    limit.saturating_mul(16).min(ALL)
+                } else {
+                    ALL
+                };
+            };
+            messages.truncate(limit.max(1));
             let offset = Offset {
                 epoch: read.epoch,
                 seq: read.seq,
             };
             let recovered = read.since.map(|since| read.recoverable_page(since));
-            let messages = if recovered == Some(false) {
-                Vec::new()
-            } else {
-                read.history_items(read.since)
-            };
             Ok(HistoryPage {
                 offset,
                 recovered,
