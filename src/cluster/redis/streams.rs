@@ -427,42 +427,57 @@ impl Inner {
     /// nothing for `streams.idle_timeout` (the script checks again): those opened on any
     /// node, also one that died mid-stream. Every node runs it; the script lets one win.
     async fn abandon_idle(&self) -> Result<(), BusError> {
+        let mut failed = None;
+        for partition in 0..self.settings.partitions {
+            // One partition's failure (its master down) does not starve the others.
+            if let Err(err) = self.abandon_idle_in(partition).await {
+                failed = Some(err);
+            }
+        }
+        failed.map_or(Ok(()), Err)
+    }
+
+    async fn abandon_idle_in(&self, partition: u32) -> Result<(), BusError> {
         const BATCH: usize = 64;
         let idle_ms = millis(self.settings.streams.idle_timeout);
-        for partition in 0..self.settings.partitions {
-            let mut conn = self.conn()?;
-            let now_ms = u64::try_from(
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_millis(),
-            )
-            .unwrap_or(u64::MAX);
-            let due: Vec<String> = redis::cmd("ZRANGEBYSCORE")
-                .arg(open_key(partition))
-                .arg("-inf")
-                .arg(now_ms.saturating_sub(idle_ms))
-                .arg("LIMIT")
-                .arg(0)
-                .arg(BATCH)
-                .query_async(&mut conn)
-                .await
-                .map_err(|err| self.failed("abandon", &err))?;
-            for member in due {
-                let Some((channel, id)) = member.split_once(' ') else {
-                    continue;
-                };
-                let Ok(channel) = ChannelName::parse(channel, usize::MAX) else {
-                    continue;
-                };
-                let op = Op::Abandon {
-                    message_id: id,
-                    reason: AbandonReason::Idle,
-                };
-                match self.apply_op(&channel, &op, &Editor::Backend).await {
-                    Ok(_) | Err(ApplyError::Refused(_)) => {}
-                    Err(ApplyError::Bus(err)) => return Err(err),
-                }
+        let mut conn = self.conn()?;
+        let now_ms = u64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis(),
+        )
+        .unwrap_or(u64::MAX);
+        let due: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(open_key(partition))
+            .arg("-inf")
+            .arg(now_ms.saturating_sub(idle_ms))
+            .arg("LIMIT")
+            .arg(0)
+            .arg(BATCH)
+            .query_async(&mut conn)
+            .await
+            .map_err(|err| self.failed("abandon", &err))?;
+        for member in due {
+            let parsed = member.split_once(' ').and_then(|(channel, id)| {
+                Some((ChannelName::parse(channel, usize::MAX).ok()?, id))
+            });
+            let Some((channel, id)) = parsed else {
+                // Not one this server writes: dropped, so it cannot hold the batch's place.
+                let _: Result<i64, _> = redis::cmd("ZREM")
+                    .arg(open_key(partition))
+                    .arg(&member)
+                    .query_async(&mut conn)
+                    .await;
+                continue;
+            };
+            let op = Op::Abandon {
+                message_id: id,
+                reason: AbandonReason::Idle,
+            };
+            match self.apply_op(&channel, &op, &Editor::Backend).await {
+                Ok(_) | Err(ApplyError::Refused(_)) => {}
+                Err(ApplyError::Bus(err)) => return Err(err),
             }
         }
         Ok(())

@@ -110,7 +110,11 @@ local now = now_ms()
 local kind, id = ARGV[1], ARGV[2]
 local e = redis.call('HGET', KEYS[1], 'e')
 if not e then
-  if kind ~= 'p' then return {'!', 'not_found', ''} end
+  if kind ~= 'p' then
+    -- An abandon of a stream whose channel state is gone: no longer open anywhere.
+    if kind == 'b' then redis.call('ZREM', KEYS[10], ARGV[15] .. ' ' .. id) end
+    return {'!', 'not_found', ''}
+  end
   e = ARGV[11]
   redis.call('DEL', KEYS[2], KEYS[6], KEYS[7], KEYS[8], KEYS[9])
   redis.call('HSET', KEYS[1], 'e', e, 's', 0)
