@@ -448,6 +448,11 @@ async fn clients_change_only_what_the_edit_rule_lets_them() {
         code(&ask(&mut alice, publish).await).as_deref(),
         Some("forbidden")
     );
+    // A stream needs an id, from a client as from a backend; the connection goes on.
+    let nameless = json!({"type":"publish","id":5,"channel":"any:1","stream":true,"data":{}});
+    let reply = ask(&mut alice, nameless).await;
+    assert_eq!(code(&reply).as_deref(), Some("bad_request"), "{reply}");
+    assert_eq!(reply["message"], "a stream needs a `message_id`");
     // Backends may change any message.
     post_ok(
         &server,

@@ -107,6 +107,14 @@ impl Session {
         if let Some(Err(err)) = message_id.map(protocol::check_message_id) {
             return self.error(id, ErrorCode::BadRequest, &err.to_string());
         }
+        if let Op::Publish {
+            message_id: None,
+            stream: true,
+            ..
+        } = op
+        {
+            return self.error(id, ErrorCode::BadRequest, "a stream needs a `message_id`");
+        }
         let max = self.ctx.settings.max_publish_payload_bytes;
         if data.is_some_and(|data| data.len() > max) {
             return self.error(id, ErrorCode::LimitExceeded, "`data` is too large");
