@@ -128,6 +128,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         settings: SessionSettings::from_config(&config),
         auth,
         presence: Arc::clone(&presence),
+        hooks: crate::hooks::Hooks::new(&config.hooks, Arc::clone(&node_id)),
         connect_limiter: Quota::new(
             config.limits.connects_per_ip_per_second,
             config.limits.connect_burst_per_ip,

@@ -25,13 +25,23 @@ pub struct ConnectRequest<'a> {
     /// The client's address as this node sees it (a proxy's, behind one: forward
     /// `X-Forwarded-For`).
     pub remote_addr: Option<String>,
-    /// The upgrade request's headers listed in `hooks.forward_headers` (names as listed).
+    /// The upgrade request's headers listed in `hooks.forward_headers` (names as listed),
+    /// as a JSON object.
+    #[serde(serialize_with = "as_object")]
     pub headers: &'a [(String, String)],
-    /// The upgrade request's query parameters (decoded).
+    /// The upgrade request's query parameters (decoded), as a JSON object.
+    #[serde(serialize_with = "as_object")]
     pub query: &'a [(String, String)],
     /// The token the upgrade brought (`Authorization: Bearer` or `?token=`), if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<&'a str>,
+}
+
+fn as_object<S: serde::Serializer>(
+    pairs: &&[(String, String)],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_map(pairs.iter().map(|(name, value)| (name, value)))
 }
 
 /// A connect (or refresh) hook's `result`: the claims of a JWT, with `expires_in` for `exp`.
@@ -57,16 +67,22 @@ struct ConnectResult {
 /// The longest `expires_in` taken: 10 years.
 const MAX_EXPIRES_IN: u64 = 10 * 365 * 24 * 3600;
 
-/// The identity a connect or refresh hook's result gives: `None` for an anonymous
-/// connection (no `user`). An identity without `expires_in` never expires
-/// ([`auth::MAX_EXP`]).
+/// The identity a connect or refresh hook's result gives: a result without `user` is
+/// `default_user`'s (a refresh: the connection's user), or anonymous (`None`). An identity
+/// without `expires_in` never expires ([`auth::MAX_EXP`]).
 ///
 /// # Errors
 /// The result is not an object of the documented fields.
-pub fn identity(result: &RawValue) -> Result<Option<Identity>, serde_json::Error> {
-    let result: ConnectResult = serde_json::from_str(result.get())?;
+pub fn identity(
+    result: &RawValue,
+    default_user: Option<&str>,
+) -> Result<Option<Identity>, serde_json::Error> {
+    let mut result: ConnectResult = serde_json::from_str(result.get())?;
     if result.user.is_empty() {
-        return Ok(None);
+        match default_user {
+            Some(user) => user.clone_into(&mut result.user),
+            None => return Ok(None),
+        }
     }
     let exp = match result.expires_in {
         Some(seconds) => auth::unix_now().saturating_add(seconds.clamp(1, MAX_EXPIRES_IN)),
@@ -161,10 +177,13 @@ mod tests {
 
     #[test]
     fn a_result_has_the_meaning_of_a_tokens_claims() {
-        let identity = identity(&raw(
-            r#"{"user":"42","info":{"name":"Ada"},"subs":["user:42"],"channels":["room:1"],
+        let identity = identity(
+            &raw(
+                r#"{"user":"42","info":{"name":"Ada"},"subs":["user:42"],"channels":["room:1"],
                 "publish":["room:*"],"expires_in":60}"#,
-        ))
+            ),
+            None,
+        )
         .unwrap()
         .unwrap();
         assert_eq!(&*identity.user, "42");
@@ -173,11 +192,22 @@ mod tests {
         assert_eq!(identity.channels, ["room:1"]);
         assert_eq!(identity.publish, ["room:*"]);
         assert!((59..=61).contains(&auth::seconds_until(identity.exp)));
-        let forever = super::identity(&raw(r#"{"user":"7"}"#)).unwrap().unwrap();
+        let forever = super::identity(&raw(r#"{"user":"7"}"#), None)
+            .unwrap()
+            .unwrap();
         assert_eq!(forever.exp, auth::MAX_EXP);
-        assert!(super::identity(&raw("{}")).unwrap().is_none(), "anonymous");
-        assert!(super::identity(&raw(r#"{"user":42}"#)).is_err());
-        assert!(super::identity(&raw(r#"{"subs":"x"}"#)).is_err());
+        assert!(
+            super::identity(&raw("{}"), None).unwrap().is_none(),
+            "anonymous"
+        );
+        let renewed = super::identity(&raw(r#"{"expires_in":5}"#), Some("7"));
+        assert_eq!(
+            &*renewed.unwrap().unwrap().user,
+            "7",
+            "a refresh keeps the user"
+        );
+        assert!(super::identity(&raw(r#"{"user":42}"#), None).is_err());
+        assert!(super::identity(&raw(r#"{"subs":"x"}"#), None).is_err());
     }
 
     #[test]

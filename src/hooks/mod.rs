@@ -147,6 +147,24 @@ pub struct Hooks {
     node: Arc<str>,
     config: HooksConfig,
     connect_cache: Option<connect::Cache>,
+    /// `rpc` requests in flight, per connection that has some.
+    rpcs: Arc<dashmap::DashMap<u64, usize>>,
+}
+
+/// One `rpc` request's place in its connection's count; given back when dropped.
+#[derive(Debug)]
+pub struct RpcSlot {
+    rpcs: Arc<dashmap::DashMap<u64, usize>>,
+    conn_id: u64,
+}
+
+impl Drop for RpcSlot {
+    fn drop(&mut self) {
+        self.rpcs.remove_if_mut(&self.conn_id, |_, count| {
+            *count -= 1;
+            *count == 0
+        });
+    }
 }
 
 impl Hooks {
@@ -201,7 +219,23 @@ impl Hooks {
             connect_cache: (!config.connect_cache.is_zero())
                 .then(|| connect::Cache::new(config.connect_cache, config.connect_cache_entries)),
             config: config.clone(),
+            rpcs: Arc::default(),
         }))
+    }
+
+    /// A place for one more `rpc` of connection `conn_id`; `None` when it has
+    /// `hooks.max_rpc_in_flight_per_connection` in flight.
+    #[must_use]
+    pub fn rpc_slot(&self, conn_id: u64) -> Option<RpcSlot> {
+        let mut count = self.rpcs.entry(conn_id).or_insert(0);
+        if *count >= self.config.max_rpc_in_flight_per_connection {
+            return None;
+        }
+        *count += 1;
+        Some(RpcSlot {
+            rpcs: Arc::clone(&self.rpcs),
+            conn_id,
+        })
     }
 
     /// Whether `hook` has a URL.

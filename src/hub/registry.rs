@@ -33,6 +33,8 @@ pub struct KeepaliveSweep {
 pub enum SessionCommand {
     Subscribe(ChannelName),
     Unsubscribe(ChannelName),
+    /// The identity the connect hook gave is about to expire: ask the refresh hook.
+    RefreshIdentity,
 }
 
 /// Commands one connection holds at most; more are dropped (its session is not taking them).
@@ -189,32 +191,37 @@ impl Hub {
             Some(conns) => conns.clone(),
             None => return 0,
         };
-        let mut told = 0;
-        for conn_id in conns {
-            let Some(outbound) = self
-                .conns
-                .get(&conn_id)
-                .map(|entry| Arc::clone(&entry.outbound))
-            else {
-                continue;
-            };
-            {
-                let mut held = self.commands.entry(conn_id).or_default();
-                if held.len() >= MAX_SESSION_COMMANDS {
-                    telemetry::session_command_dropped();
-                    continue;
-                }
-                held.push(command.clone());
+        conns
+            .into_iter()
+            .filter(|&conn_id| self.command_conn(conn_id, command.clone()))
+            .count()
+    }
+
+    /// Hands `command` to connection `conn_id`'s session; `false` when it is gone or holds
+    /// [`MAX_SESSION_COMMANDS`] already.
+    pub fn command_conn(&self, conn_id: ConnId, command: SessionCommand) -> bool {
+        let Some(outbound) = self
+            .conns
+            .get(&conn_id)
+            .map(|entry| Arc::clone(&entry.outbound))
+        else {
+            return false;
+        };
+        {
+            let mut held = self.commands.entry(conn_id).or_default();
+            if held.len() >= MAX_SESSION_COMMANDS {
+                telemetry::session_command_dropped();
+                return false;
             }
-            if !self.conns.contains_key(&conn_id) {
-                // Deregistered meanwhile: nobody will take them.
-                self.commands.remove(&conn_id);
-                continue;
-            }
-            outbound.notify_commands();
-            told += 1;
+            held.push(command);
         }
-        told
+        if !self.conns.contains_key(&conn_id) {
+            // Deregistered meanwhile: nobody will take them.
+            self.commands.remove(&conn_id);
+            return false;
+        }
+        outbound.notify_commands();
+        true
     }
 
     /// The commands held for connection `conn_id`, in order.

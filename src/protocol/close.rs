@@ -20,6 +20,10 @@ pub enum CloseCode {
     /// 1012: the node is draining (restart, upgrade, scale-down); the client was sent a
     /// `reconnect` frame first. Reconnect (the load balancer picks another node) and resume.
     ServiceRestart,
+    /// 1013: the application backend is busy or failing (its connect hook could not be
+    /// asked or did not answer); the client was sent a `reconnect` frame first. Reconnect
+    /// after the advised delay.
+    TryAgainLater,
     /// 4000: the connection was closed through the control API (`POST /v1/disconnect`).
     Disconnected,
     /// 4001: the outbound queue overflowed (count or bytes): the client reads too slowly.
@@ -56,6 +60,7 @@ impl CloseCode {
             CloseCode::MessageTooBig => 1009,
             CloseCode::InternalError => 1011,
             CloseCode::ServiceRestart => 1012,
+            CloseCode::TryAgainLater => 1013,
             CloseCode::Disconnected => 4000,
             CloseCode::SlowConsumer => 4001,
             CloseCode::IdleTimeout => 4002,
@@ -78,6 +83,7 @@ impl CloseCode {
             CloseCode::MessageTooBig => "message too big",
             CloseCode::InternalError => "internal error",
             CloseCode::ServiceRestart => "service restart: reconnect",
+            CloseCode::TryAgainLater => "try again later",
             CloseCode::Disconnected => "disconnected by server",
             CloseCode::SlowConsumer => "slow consumer",
             CloseCode::IdleTimeout => "idle timeout",
@@ -100,6 +106,7 @@ impl CloseCode {
             CloseCode::MessageTooBig => "message_too_big",
             CloseCode::InternalError => "internal_error",
             CloseCode::ServiceRestart => "service_restart",
+            CloseCode::TryAgainLater => "try_again_later",
             CloseCode::Disconnected => "disconnected",
             CloseCode::SlowConsumer => "slow_consumer",
             CloseCode::IdleTimeout => "idle_timeout",
@@ -122,6 +129,7 @@ impl CloseCode {
             1009 => CloseCode::MessageTooBig,
             1011 => CloseCode::InternalError,
             1012 => CloseCode::ServiceRestart,
+            1013 => CloseCode::TryAgainLater,
             4000 => CloseCode::Disconnected,
             4001 => CloseCode::SlowConsumer,
             4002 => CloseCode::IdleTimeout,

@@ -57,6 +57,13 @@ pub enum ClientFrame<'a> {
         channel: Cow<'a, str>,
         message_id: Cow<'a, str>,
     },
+    /// `{"type":"rpc","id":5,"method":"getProfile","data":<any JSON>}`: a request the
+    /// application backend answers (`hooks.rpc_url`); `data` optional (null).
+    Rpc {
+        id: Option<u64>,
+        method: Cow<'a, str>,
+        data: Option<&'a RawValue>,
+    },
     /// `{"type":"ping","id":4}`
     Ping { id: Option<u64> },
     /// `{"type":"history","id":7,"channel":"news","since":"<offset>","limit":50}`: `since`
@@ -109,7 +116,8 @@ impl ClientFrame<'_> {
             | ClientFrame::Presence { id, .. }
             | ClientFrame::PresenceStats { id, .. }
             | ClientFrame::Auth { id, .. }
-            | ClientFrame::Refresh { id, .. } => *id,
+            | ClientFrame::Refresh { id, .. }
+            | ClientFrame::Rpc { id, .. } => *id,
         }
     }
 }
@@ -149,6 +157,8 @@ struct RawFrame<'a> {
     stream: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     text: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    method: Option<&'a RawValue>,
 }
 
 /// A field that is there, whatever its value: serde's own `Option` reads `null` as `None`,
@@ -283,6 +293,19 @@ pub fn decode_client_frame(text: &str) -> Result<ClientFrame<'_>, DecodeError> {
             message_id: message_id()?,
         }),
         "ping" => Ok(ClientFrame::Ping { id }),
+        "rpc" => {
+            let method = optional_string(raw.method)
+                .map_err(|()| fail("`method` must be a string"))?
+                .ok_or(fail("missing field `method`"))?;
+            if method.is_empty() || method.len() > MAX_METHOD_BYTES {
+                return Err(fail("`method` must have 1 to 128 bytes"));
+            }
+            Ok(ClientFrame::Rpc {
+                id,
+                method,
+                data: raw.data,
+            })
+        }
         "presence" => Ok(ClientFrame::Presence {
             id,
             channel: channel()?,
@@ -303,6 +326,9 @@ pub fn decode_client_frame(text: &str) -> Result<ClientFrame<'_>, DecodeError> {
         _ => Err(fail("unknown frame type")),
     }
 }
+
+/// The bytes an `rpc` frame's `method` may have.
+pub const MAX_METHOD_BYTES: usize = 128;
 
 /// A field that must be a string when present and not `null`.
 fn optional_string(value: Option<&RawValue>) -> Result<Option<Cow<'_, str>>, ()> {

@@ -172,6 +172,19 @@ pub fn encode_pong(id: Option<u64>) -> String {
     out
 }
 
+/// `{"type":"rpc_result","id":..,"data":..}`: the application backend's answer to an `rpc`
+/// (`data` is raw JSON).
+#[must_use]
+pub fn encode_rpc_result(id: Option<u64>, data: &str) -> String {
+    let mut out = String::with_capacity(48 + data.len());
+    out.push_str("{\"type\":\"rpc_result\"");
+    push_id(&mut out, id);
+    out.push_str(",\"data\":");
+    out.push_str(data);
+    out.push('}');
+    out
+}
+
 /// `{"type":"error","id":5,"code":"bad_request","message":".."}`
 #[must_use]
 pub fn encode_error(id: Option<u64>, code: ErrorCode, message: &str) -> String {

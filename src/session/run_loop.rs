@@ -21,12 +21,13 @@ use std::{
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
+mod hooked;
 mod messages;
 mod replay;
 
 use super::{End, SessionContext, socket::Socket, writer};
 use crate::{
-    auth::{self, Action, AuthError, Identity},
+    auth::{self, Action, AuthError, Decision, Identity},
     hub::{FramedText, HistoryData, Outbound, SessionCommand, SubscribeError, Subscribed},
     presence::{self, Member},
     protocol::{
@@ -243,27 +244,6 @@ impl Session {
         self.outbound.close(CloseCode::Unauthorized);
     }
 
-    /// Whether the namespaces let this connection do `action` on `channel`; answers
-    /// `forbidden` when not.
-    pub(super) fn permitted(&self, id: Option<u64>, channel: &ChannelName, action: Action) -> bool {
-        let allowed =
-            self.ctx
-                .settings
-                .namespaces
-                .allows(channel.as_str(), action, self.identity());
-        if !allowed {
-            telemetry::forbidden(action.label());
-            let message = match action {
-                Action::Subscribe => "not allowed to subscribe to this channel",
-                Action::Publish => "not allowed to publish to this channel",
-                Action::History => "not allowed to read this channel's history (`since`)",
-                Action::Presence => "not allowed to read this channel's presence",
-            };
-            self.error(id, ErrorCode::Forbidden, message);
-        }
-        allowed
-    }
-
     /// `{"type":"auth"}`: authenticates a connection whose upgrade brought no token.
     async fn authenticate(&mut self, id: Option<u64>, token: &str) {
         let Some(verifier) = self.ctx.auth.clone() else {
@@ -361,8 +341,10 @@ impl Session {
             .subscriptions
             .iter()
             .filter(|channel| {
+                // A `hook` rule's subscriptions stay: the backend allowed them.
                 !by_backend.contains(channel)
-                    && !namespaces.allows(channel.as_str(), Action::Subscribe, identity)
+                    && namespaces.decide(channel.as_str(), Action::Subscribe, identity)
+                        == Decision::Deny
             })
             .cloned()
             .collect();
@@ -420,7 +402,7 @@ impl Session {
         let Some(channel) = self.channel(id, name) else {
             return;
         };
-        if !self.permitted(id, &channel, Action::Presence) {
+        if !self.permitted(id, &channel, Action::Presence).await {
             return;
         }
         let presence = &self.ctx.presence;
@@ -450,7 +432,7 @@ impl Session {
         let Some(channel) = self.channel(id, name) else {
             return;
         };
-        if !self.permitted(id, &channel, Action::Presence) {
+        if !self.permitted(id, &channel, Action::Presence).await {
             return;
         }
         match self.ctx.presence.stats(&channel).await {
@@ -648,6 +630,7 @@ impl Session {
                         self.unsubscribe(None, channel.as_str());
                     }
                 }
+                SessionCommand::RefreshIdentity => self.refresh_by_hook().await,
             }
         }
     }
@@ -789,6 +772,7 @@ impl Session {
             }
             Ok(ClientFrame::Auth { id, token }) => self.authenticate(id, &token).await,
             Ok(ClientFrame::Refresh { id, token }) => self.refresh(id, &token).await,
+            Ok(ClientFrame::Rpc { id, method, data }) => self.rpc(id, &method, data),
         }
     }
 
@@ -830,7 +814,7 @@ impl Session {
                 );
             }
         };
-        if !self.permitted(id, &channel, Action::History) {
+        if !self.permitted(id, &channel, Action::History).await {
             return;
         }
         let limit = usize::try_from(limit).unwrap_or(usize::MAX);
@@ -887,8 +871,8 @@ impl Session {
         by_client: bool,
     ) {
         if by_client
-            && (!self.permitted(id, &channel, Action::Subscribe)
-                || (since.is_some() && !self.permitted(id, &channel, Action::History)))
+            && (!self.permitted(id, &channel, Action::Subscribe).await
+                || (since.is_some() && !self.permitted(id, &channel, Action::History).await))
         {
             return;
         }

@@ -76,6 +76,7 @@ fn test_context(hub: &HubHandle, bus: Arc<dyn Bus>) -> Arc<SessionContext> {
         connect_limiter: None,
         channel_budget: None,
         auth: None,
+        hooks: None,
         presence: crate::presence::Presence::start(
             crate::presence::PresenceSettings {
                 node: Arc::from("n"),

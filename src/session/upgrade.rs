@@ -104,6 +104,8 @@ pub(super) struct Request {
     pub bearer_token: Option<String>,
     /// A token from the `token` query parameter.
     pub query_token: Option<String>,
+    /// The request's head as read, for what the connect hook is sent ([`hook_inputs`]).
+    pub head: bytes::Bytes,
 }
 
 /// Why no upgrade request was read.
@@ -179,8 +181,8 @@ where
                 if demo && let Some(page) = demo_page(&parsed) {
                     return Err(NotRead::Refuse(Refusal::page(page)));
                 }
-                let request = check(&parsed, paths).map_err(NotRead::Refuse)?;
-                let _ = buf.split_to(head_len);
+                let mut request = check(&parsed, paths).map_err(NotRead::Refuse)?;
+                request.head = buf.split_to(head_len).freeze();
                 return Ok((request, buf));
             }
             // A blank line httparse does not take as the end (inside a header): read on.
@@ -332,7 +334,56 @@ fn check(request: &httparse::Request<'_, '_>, paths: &[&str]) -> Result<Request,
                     .find_map(|pair| pair.strip_prefix("token="))
             })
             .map(str::to_owned),
+        head: bytes::Bytes::new(),
     })
+}
+
+/// Headers of an upgrade request passed to the connect hook: those named in `forward`
+/// (case-insensitive; several of one name joined with `, `, cookies with `; `, values not
+/// UTF-8 read lossily),
+/// as named there.
+pub(super) type Forwarded = Vec<(String, String)>;
+
+/// The query parameters a connect hook may read, at most.
+const MAX_QUERY_PARAMS: usize = 64;
+
+/// What the connect hook is sent of an upgrade request (`head`, as [`read_request`] kept
+/// it): the headers named in `forward` and the decoded query parameters (at most 64).
+pub(super) fn hook_inputs(head: &[u8], forward: &[String]) -> (Forwarded, Forwarded) {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    if !matches!(parsed.parse(head), Ok(httparse::Status::Complete(_))) {
+        return (Vec::new(), Vec::new());
+    }
+    let mut forwarded = Vec::new();
+    for name in forward {
+        let values: Vec<std::borrow::Cow<'_, str>> = parsed
+            .headers
+            .iter()
+            .filter(|header| header.name.eq_ignore_ascii_case(name))
+            .map(|header| String::from_utf8_lossy(header.value))
+            .collect();
+        if !values.is_empty() {
+            // Cookies are joined as one `Cookie` header holds them (RFC 6265 section 5.4).
+            let separator = if name.eq_ignore_ascii_case("cookie") {
+                "; "
+            } else {
+                ", "
+            };
+            forwarded.push((name.clone(), values.join(separator)));
+        }
+    }
+    let query = parsed
+        .path
+        .and_then(|target| target.split_once('?'))
+        .map(|(_, query)| {
+            form_urlencoded::parse(query.as_bytes())
+                .take(MAX_QUERY_PARAMS)
+                .map(|(name, value)| (name.into_owned(), value.into_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
+    (forwarded, query)
 }
 
 /// A key is 16 bytes in base64: 22 characters of the alphabet and `==` (section 4.1).

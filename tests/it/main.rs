@@ -7,6 +7,7 @@
 
 mod amplification;
 mod auth;
+mod backend;
 mod bad_input;
 mod boundaries;
 mod browser;
@@ -20,6 +21,7 @@ mod deploy;
 mod drain;
 mod fault_proxy;
 mod harness;
+mod hooks;
 mod hostile;
 mod js_client;
 mod jwks;

@@ -369,6 +369,8 @@ impl RedisBus {
         let (kind, channel) = match &command {
             SessionCommand::Subscribe(channel) => ("subscribe", channel),
             SessionCommand::Unsubscribe(channel) => ("unsubscribe", channel),
+            // A connection's own, never sent to other nodes.
+            SessionCommand::RefreshIdentity => return Ok(told),
         };
         let fields = [
             ("k", kind),

@@ -4,7 +4,6 @@
 
 use super::Session;
 use crate::{
-    auth::Action,
     config::EditRule,
     hub::{Applied, Editor, Op, Owner},
     protocol::{self, ClientFrame, ErrorCode},
@@ -86,9 +85,37 @@ impl Session {
         let Some(channel) = self.channel(id, name) else {
             return;
         };
-        if !self.permitted(id, &channel, Action::Publish) {
+        // A `hook` publish rule may put the backend's `data` in place of the client's.
+        let Some(replaced) = self.permitted_op(id, &channel, &op).await else {
             return;
-        }
+        };
+        let op = match (op, replaced.as_deref()) {
+            (
+                Op::Publish {
+                    message_id, stream, ..
+                },
+                Some(data),
+            ) => Op::Publish {
+                data: data.get(),
+                message_id,
+                stream,
+            },
+            (Op::Finish { message_id, .. }, Some(data)) => Op::Finish {
+                message_id,
+                data: Some(data.get()),
+            },
+            (
+                Op::Update {
+                    message_id, text, ..
+                },
+                Some(data),
+            ) => Op::Update {
+                message_id,
+                data: Some(data.get()),
+                text,
+            },
+            (op, _) => op,
+        };
         let (message_id, data, text) = match op {
             Op::Publish {
                 data, message_id, ..

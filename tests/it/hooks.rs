@@ -1,0 +1,477 @@
+//! The application backend's hooks (docs/backend.md) against a real HTTP backend
+//! (`backend.rs`): cookie sessions at connect, the `hook` namespace rules, enrichment by the
+//! publish hook, `rpc`, refresh, and a backend that is slow, down, failing or hostile.
+
+use std::time::Duration;
+
+use hmac::{Hmac, KeyInit as _, Mac as _};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use switchboard::{
+    auth::unix_now as now,
+    config::{AuthKeyConfig, Config, EditRule, NamespaceConfig, Rule},
+};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+
+use crate::{
+    backend::{Backend, Reply},
+    harness::{Closed, SteadyPublisher, TestClient, TestServer, expect_all_acknowledged},
+};
+
+const SECRET: &str = "hook-signing-secret";
+const JWT_SECRET: &str = "jwt-secret-for-the-bystander-0123";
+
+/// The platform's answers: the cookie `session=<user>` names a user (`nobody` is refused),
+/// members of `room:1` only, publishes stamped with their author, and `echo` rpcs.
+fn platform(path: &str, body: &Value) -> Reply {
+    match path {
+        "/connect" => {
+            let cookie = body["headers"]["Cookie"].as_str().unwrap_or("");
+            let user = cookie
+                .split("; ")
+                .find_map(|pair| pair.strip_prefix("session="))
+                .unwrap_or("");
+            match user {
+                "" => Reply::Json(json!({"error":{"message":"log in first"}})),
+                "banned" => Reply::Json(json!({"disconnect":{"code":4100,"reason":"banned"}})),
+                user => Reply::Json(json!({"result":{
+                    "user": user,
+                    "info": {"name": user.to_uppercase()},
+                    "subs": [format!("user:{user}")],
+                    "expires_in": body["query"]["ttl"].as_str().and_then(|ttl| ttl.parse::<u64>().ok()),
+                }})),
+            }
+        }
+        "/subscribe" => {
+            if body["channel"] == "room:1" {
+                Reply::Json(json!({"result":{}}))
+            } else {
+                Reply::Json(json!({"error":{"message":"not a member of this room"}}))
+            }
+        }
+        "/publish" => {
+            if body["data"]["text"] == "spam" {
+                return Reply::Json(json!({"error":{"message":"moderated"}}));
+            }
+            Reply::Json(json!({"result":{"data":{
+                "text": body["data"]["text"],
+                "by": body["user"],
+            }}}))
+        }
+        "/rpc" => {
+            Reply::Json(json!({"result":{"data":{"method": body["method"], "echo": body["data"]}}}))
+        }
+        "/refresh" => Reply::Json(json!({"result":{"expires_in": 2}})),
+        _ => Reply::Status(404),
+    }
+}
+
+fn hooked(config: &mut Config, backend: &Backend) {
+    config.hooks.connect_url = backend.url("/connect");
+    config.hooks.refresh_url = backend.url("/refresh");
+    config.hooks.subscribe_url = backend.url("/subscribe");
+    config.hooks.publish_url = backend.url("/publish");
+    config.hooks.rpc_url = backend.url("/rpc");
+    config.hooks.secret = SECRET.to_owned();
+    config.hooks.forward_headers = vec!["Cookie".to_owned(), "User-Agent".to_owned()];
+    config
+        .hooks
+        .headers
+        .insert("Authorization".to_owned(), "Bearer backend-key".to_owned());
+    config.auth.keys = vec![AuthKeyConfig {
+        algorithm: "HS256".to_owned(),
+        secret: JWT_SECRET.to_owned(),
+        ..AuthKeyConfig::default()
+    }];
+    let namespace = |pattern: &str, rule| NamespaceConfig {
+        pattern: pattern.to_owned(),
+        subscribe: rule,
+        publish: rule,
+        history: rule,
+        presence: Rule::None,
+        join_leave: false,
+        edit: EditRule::Own,
+    };
+    config.namespaces = vec![
+        namespace("room:*", Rule::Hook),
+        NamespaceConfig {
+            publish: Rule::None,
+            ..namespace("user:{sub}", Rule::Owner)
+        },
+        NamespaceConfig {
+            publish: Rule::None,
+            ..namespace("*", Rule::Anonymous)
+        },
+    ];
+}
+
+async fn connect(server: &TestServer, query: &str, cookie: Option<&str>) -> TestClient {
+    let mut request = format!("{}{query}", server.ws_url())
+        .into_client_request()
+        .unwrap();
+    if let Some(cookie) = cookie {
+        request
+            .headers_mut()
+            .insert("cookie", cookie.parse().unwrap());
+    }
+    request
+        .headers_mut()
+        .insert("user-agent", "hook-test/1".parse().unwrap());
+    let (ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let mut client = TestClient {
+        ws,
+        welcome: Value::Null,
+    };
+    client.welcome = client.recv().await;
+    assert_eq!(client.welcome["type"], "welcome", "{}", client.welcome);
+    client
+}
+
+fn verify(seen: &crate::backend::Seen) {
+    let header = seen.headers["switchboard-signature"].to_str().unwrap();
+    let (t, v1) = header
+        .strip_prefix("t=")
+        .and_then(|rest| rest.split_once(",v1="))
+        .expect("t=..,v1=..");
+    assert!(now().abs_diff(t.parse().unwrap()) < 60, "a fresh timestamp");
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(format!("{t}.").as_bytes());
+    mac.update(&seen.raw);
+    let expected: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    assert_eq!(v1, expected, "the signature verifies");
+}
+
+/// A browser's cookie session: the connect hook names the user from the forwarded cookie
+/// (signed request, static headers, the query, the address), the `subs` it returns are
+/// subscribed, the `hook` rule asks per room, the publish hook stamps the author on what
+/// subscribers get, `rpc` is answered, and refusals carry the backend's message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cookie_session_is_decided_and_served_by_the_backend() {
+    let backend = Backend::start(platform).await;
+    let server = TestServer::builder()
+        .configure(|config| hooked(config, &backend))
+        .start()
+        .await;
+    let mut alice = connect(&server, "?room=1", Some("theme=dark; session=alice")).await;
+    assert_eq!(alice.welcome["user"], "alice", "{}", alice.welcome);
+    let subscribed = alice.recv().await;
+    assert_eq!(
+        (subscribed["type"].as_str(), subscribed["channel"].as_str()),
+        (Some("subscribed"), Some("user:alice"))
+    );
+    let asked = &backend.seen("/connect")[0];
+    verify(asked);
+    assert_eq!(asked.headers["authorization"], "Bearer backend-key");
+    assert_eq!(asked.body["headers"]["Cookie"], "theme=dark; session=alice");
+    assert_eq!(asked.body["headers"]["User-Agent"], "hook-test/1");
+    assert_eq!(asked.body["query"]["room"], "1");
+    assert_eq!(asked.body["remote_addr"], "127.0.0.1");
+    assert_eq!(asked.body["conn_id"], alice.conn_id());
+    assert!(asked.body.get("token").is_none());
+
+    // The room rule asks the backend.
+    alice.subscribe("room:1").await;
+    alice
+        .send(json!({"type":"subscribe","id":2,"channel":"room:2"}))
+        .await;
+    let refused = alice.recv().await;
+    assert_eq!(
+        (refused["code"].as_str(), refused["message"].as_str()),
+        (Some("forbidden"), Some("not a member of this room")),
+        "{refused}"
+    );
+    let asked = backend.seen("/subscribe");
+    assert_eq!(asked[0].body["user"], "alice");
+    assert_eq!(asked[0].body["action"], "subscribe");
+
+    // Enriched by the publish hook: what subscribers get is the backend's data.
+    let mut bob = connect(&server, "", Some("session=bob")).await;
+    bob.recv_type("subscribed").await;
+    bob.subscribe("room:1").await;
+    alice
+        .send(
+            json!({"type":"publish","id":3,"channel":"room:1","data":{"text":"hi","by":"forged"}}),
+        )
+        .await;
+    assert_eq!(alice.recv_type("published").await["id"], 3);
+    let message = bob.recv_type("message").await;
+    assert_eq!(message["data"], json!({"text":"hi","by":"alice"}));
+    alice
+        .send(json!({"type":"publish","id":4,"channel":"room:1","data":{"text":"spam"}}))
+        .await;
+    let moderated = alice.recv_type("error").await;
+    assert_eq!(moderated["message"], "moderated");
+    assert!(
+        bob.try_recv_within(Duration::from_millis(300))
+            .await
+            .is_none()
+    );
+
+    // rpc over the socket the client holds.
+    alice
+        .send(json!({"type":"rpc","id":5,"method":"profile","data":{"x":1}}))
+        .await;
+    let answer = alice.recv_type("rpc_result").await;
+    assert_eq!(answer["id"], 5);
+    assert_eq!(answer["data"], json!({"method":"profile","echo":{"x":1}}));
+    for seen in backend.seen("/rpc").iter().chain(&backend.seen("/publish")) {
+        verify(seen);
+    }
+
+    // No cookie: refused with the backend's message, 4003; a banned user: its code.
+    let mut stranger = connect(&server, "", None).await;
+    let error = stranger.recv().await;
+    assert_eq!(
+        (error["code"].as_str(), error["message"].as_str()),
+        (Some("unauthorized"), Some("log in first"))
+    );
+    assert_eq!(stranger.close_code().await, 4003);
+    let mut banned = connect(&server, "", Some("session=banned")).await;
+    assert_eq!(banned.recv().await["message"], "banned");
+    assert_eq!(banned.close_code().await, 4100);
+    server.stop().await;
+}
+
+/// An identity with `expires_in` is renewed by the refresh hook before it expires (the
+/// client gets `refreshed`); when the backend refuses, the connection closes with 4004.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_refresh_hook_renews_an_identity_or_ends_it_with_4004() {
+    let backend = Backend::start(platform).await;
+    let server = TestServer::builder()
+        .configure(|config| hooked(config, &backend))
+        .start()
+        .await;
+    let mut alice = connect(&server, "?ttl=2", Some("session=alice")).await;
+    let refreshed = alice.recv_type("refreshed").await;
+    assert_eq!(refreshed["user"], "alice");
+    assert!(refreshed["exp"].as_u64().unwrap() > now());
+    assert_eq!(backend.seen("/refresh")[0].body["user"], "alice");
+    // Renewed again, then refused.
+    alice.recv_type("refreshed").await;
+    backend.answer(|path, body| match path {
+        "/refresh" => Reply::Json(json!({"error":{"message":"session revoked"}})),
+        _ => platform(path, body),
+    });
+    assert_eq!(alice.recv_type("error").await["message"], "session revoked");
+    assert_eq!(alice.close_code().await, 4004);
+    server.stop().await;
+}
+
+/// A backend that is slow (past `hooks.timeout`), down, answers 500, garbage or a huge
+/// body: the client is told to come back later (a `reconnect` frame, close 1013), nothing
+/// hangs, and a bystander with a JWT (no hook asked) keeps every message at its rate; after
+/// consecutive failures the breaker answers at once without asking, and a probe closes it
+/// once the backend is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_backend_gets_clients_told_to_retry_and_spares_everyone_else() {
+    let backend = Backend::start(platform).await;
+    let server = TestServer::builder()
+        .configure(|config| {
+            hooked(config, &backend);
+            config.hooks.timeout = Duration::from_millis(300);
+            config.hooks.breaker_failures = 4;
+            config.hooks.breaker_cooldown = Duration::from_millis(1500);
+            config.hooks.max_response_bytes = 4096;
+        })
+        .start()
+        .await;
+    let token = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &json!({"sub":"bystander","exp": now() + 600}),
+        &EncodingKey::from_secret(JWT_SECRET.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    let mut bystander = connect(&server, &format!("?token={token}"), None).await;
+    assert_eq!(bystander.welcome["user"], "bystander");
+    bystander.subscribe("news").await;
+    let publisher = SteadyPublisher::start(&server, "news");
+    fn fault(name: &str) -> Reply {
+        match name {
+            "slow" => Reply::Slow(Duration::from_secs(5), json!({"result":{"user":"x"}})),
+            "500" => Reply::Status(500),
+            "garbage" => Reply::Raw(b"<html>oops".to_vec()),
+            _ => Reply::Raw(vec![b' '; 1 << 20]),
+        }
+    }
+    for name in ["slow", "500", "garbage", "huge"] {
+        backend.answer(move |_, _| fault(name));
+        let started = tokio::time::Instant::now();
+        let mut client = connect(&server, "", Some("session=carol")).await;
+        let advice = client.recv().await;
+        assert_eq!(advice["type"], "reconnect", "{name}: {advice}");
+        let after = advice["after_ms"].as_u64().unwrap();
+        assert!((1000..5000).contains(&after), "{name}: {advice}");
+        assert_eq!(client.recv().await["code"], "unavailable", "{name}");
+        assert_eq!(client.close_code().await, 1013, "{name}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{name}: nothing hangs"
+        );
+    }
+    // Four failures in a row: the breaker is open, clients are answered without a request.
+    let asked = backend.seen("/connect").len();
+    let mut client = connect(&server, "", Some("session=carol")).await;
+    client.recv_type("reconnect").await;
+    assert!(
+        client.recv().await["message"]
+            .as_str()
+            .unwrap()
+            .contains("failing"),
+    );
+    assert_eq!(
+        backend.seen("/connect").len(),
+        asked,
+        "not asked while open"
+    );
+    assert_eq!(
+        server
+            .metric("ws_hook_breaker_open{hook=\"connect\"}")
+            .await,
+        1.0
+    );
+    // The backend is back: after the cooldown one probe closes the breaker.
+    backend.answer(platform);
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let carol = connect(&server, "", Some("session=carol")).await;
+    assert_eq!(carol.welcome["user"], "carol");
+    assert_eq!(
+        server
+            .metric("ws_hook_breaker_open{hook=\"connect\"}")
+            .await,
+        0.0
+    );
+    assert!(
+        server
+            .metric("ws_hook_requests_total{hook=\"connect\",outcome=\"timeout\"}")
+            .await
+            >= 1.0
+    );
+    assert!(
+        server
+            .metric("ws_hook_requests_total{hook=\"connect\",outcome=\"error\"}")
+            .await
+            >= 3.0
+    );
+    assert!(
+        server
+            .metric("ws_hook_requests_total{hook=\"connect\",outcome=\"busy\"}")
+            .await
+            >= 1.0
+    );
+
+    // Down: connection refused.
+    drop(backend);
+    let mut client = connect(&server, "", Some("session=dave")).await;
+    client.recv_type("reconnect").await;
+    assert_eq!(client.close_code().await, 1013);
+
+    let (acked, refused, _) = publisher.finish().await;
+    assert_eq!(refused, 0);
+    expect_all_acknowledged(&mut bystander, &acked).await;
+    server.stop().await;
+}
+
+/// A reconnect storm against a connect hook answering in 20 ms: the backend never has more
+/// than `hooks.max_in_flight` requests at once, every client within the queue bound is
+/// connected, and those beyond it are told at once to come back later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_storm_is_a_bounded_queue_not_a_request_storm() {
+    let backend = Backend::start(|path, body| match path {
+        "/connect" => Reply::Slow(
+            Duration::from_millis(20),
+            json!({"result":{"user": body["query"]["n"]}}),
+        ),
+        _ => platform(path, body),
+    })
+    .await;
+    let server = TestServer::builder()
+        .configure(|config| {
+            hooked(config, &backend);
+            config.hooks.max_in_flight = 8;
+            config.hooks.max_queued = 400;
+        })
+        .start()
+        .await;
+    let started = tokio::time::Instant::now();
+    let clients: Vec<_> = (0..400)
+        .map(|n| {
+            let url = format!("{}?n={n}", server.ws_url());
+            tokio::spawn(async move {
+                let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+                let mut client = TestClient {
+                    ws,
+                    welcome: Value::Null,
+                };
+                client.welcome = client.recv().await;
+                client
+            })
+        })
+        .collect();
+    let mut users = Vec::new();
+    for client in clients {
+        let client = client.await.unwrap();
+        users.push(client.welcome["user"].as_str().unwrap().to_owned());
+    }
+    let took = started.elapsed();
+    assert_eq!(users.len(), 400, "every client connected");
+    assert!(
+        backend.most_at_once() <= 8,
+        "{} at once",
+        backend.most_at_once()
+    );
+    // 400 requests of 20 ms, 8 at a time: 1 s, and some room for a busy machine.
+    assert!(took < Duration::from_secs(6), "{took:?}");
+    assert_eq!(backend.in_flight(), 0);
+
+    // A queue bound of 10: a burst beyond it is told at once, the rest connect.
+    drop(users);
+    server.stop().await;
+    let server = TestServer::builder()
+        .configure(|config| {
+            hooked(config, &backend);
+            config.hooks.max_in_flight = 2;
+            config.hooks.max_queued = 10;
+        })
+        .start()
+        .await;
+    let clients: Vec<_> = (0..60)
+        .map(|n| {
+            let url = format!("{}?n={n}", server.ws_url());
+            tokio::spawn(async move {
+                let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+                let mut client = TestClient {
+                    ws,
+                    welcome: Value::Null,
+                };
+                client.welcome = client.recv().await;
+                if client.welcome["user"].is_string() {
+                    return true;
+                }
+                assert_eq!(client.recv().await["type"], "reconnect");
+                client.recv().await;
+                assert_eq!(
+                    client.closed().await,
+                    Closed::Code(1013, "try again later".into())
+                );
+                false
+            })
+        })
+        .collect();
+    let mut connected = 0;
+    for client in clients {
+        connected += usize::from(client.await.unwrap());
+    }
+    assert!((12..60).contains(&connected), "{connected} connected");
+    assert!(
+        server
+            .metric("ws_hook_requests_total{hook=\"connect\",outcome=\"busy\"}")
+            .await
+            >= 1.0
+    );
+    server.stop().await;
+}
