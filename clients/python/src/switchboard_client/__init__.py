@@ -1,6 +1,7 @@
 """Async Python client for Switchboard's control API (``docs/http-api.md``): publish,
 batch, broadcast, history, presence, disconnect, message streams, and assistant replies
-relayed token by token in one streaming-ingest request (:meth:`Switchboard.stream`)."""
+relayed token by token in one streaming-ingest request (:meth:`Switchboard.stream`); and
+:func:`verify_signature` for the hook requests and webhooks a node sends."""
 
 from ._client import BatchReply, Switchboard
 from ._errors import (
@@ -16,6 +17,7 @@ from ._errors import (
     UnauthorizedError,
     UnavailableError,
 )
+from ._signature import verify_signature
 from ._stream import ReplyStream
 from ._types import (
     UNSET,
@@ -55,4 +57,5 @@ __all__ = [
     "TransportError",
     "UnauthorizedError",
     "UnavailableError",
+    "verify_signature",
 ]
