@@ -475,3 +475,67 @@ async fn a_reconnect_storm_is_a_bounded_queue_not_a_request_storm() {
     );
     server.stop().await;
 }
+
+/// A real browser logs in with an HttpOnly session cookie (its script cannot read it) and
+/// opens a WebSocket with no token: the connect hook names the user from the cookie, the
+/// room hook lets it in, and its publish reaches it enriched; logged out, the next
+/// connection is refused with the backend's message and 4003.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_logs_in_with_a_session_cookie_and_no_token() {
+    let backend = Backend::start(platform).await;
+    let page_port = crate::harness::free_port();
+    let server = TestServer::builder()
+        .configure(|config| {
+            hooked(config, &backend);
+            config.server.allowed_origins = vec![format!("http://127.0.0.1:{page_port}")];
+        })
+        .start()
+        .await;
+    let ws_url = server.ws_url();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("node")
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser"))
+            .arg("cookie.mjs")
+            .arg(ws_url)
+            .arg(page_port.to_string())
+            .arg("grace")
+            .output()
+            .expect("node runs (tests/run.sh installs nodejs and playwright-core)")
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "cookie.mjs failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&output.stdout).expect("cookie.mjs prints JSON");
+    assert_eq!(seen["readable"], "", "an HttpOnly cookie: {seen}");
+    let frames = seen["loggedIn"]["frames"].as_array().unwrap();
+    assert_eq!(seen["loggedIn"]["outcome"], "done", "{seen}");
+    assert_eq!(frames[0]["user"], "grace", "{seen}");
+    let message = frames
+        .iter()
+        .find(|frame| frame["type"] == "message")
+        .unwrap();
+    assert_eq!(
+        message["data"],
+        json!({"text":"hi from chromium","by":"grace"})
+    );
+    let asked = &backend.seen("/connect")[0];
+    assert_eq!(asked.body["headers"]["Cookie"], "session=grace");
+    assert!(
+        asked.body["headers"]["User-Agent"]
+            .as_str()
+            .unwrap()
+            .contains("Chrome")
+    );
+    let out = &seen["loggedOut"];
+    assert_eq!(
+        (out["outcome"].as_str(), out["code"].as_u64()),
+        (Some("closed"), Some(4003)),
+        "{seen}"
+    );
+    assert_eq!(out["frames"][1]["message"], "log in first", "{seen}");
+    server.stop().await;
+}

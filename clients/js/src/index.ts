@@ -421,6 +421,20 @@ export class Switchboard {
     return this.operate(frame);
   }
 
+  /**
+   * Asks the application backend (`hooks.rpc_url`, docs/backend.md) over this connection:
+   * resolves to the `data` of its answer; rejects with a `SwitchboardError` whose code is
+   * `forbidden` (the backend refused, with its message), `unavailable` (busy, failing, too
+   * slow), `limit_exceeded` (too many in flight), `not_found` (no rpc hook) or `disconnected`.
+   * Not retried: the backend may have acted on it.
+   */
+  async rpc<T = unknown>(method: string, data?: unknown): Promise<T> {
+    const frame: Record<string, unknown> = { type: "rpc", method };
+    if (data !== undefined) frame.data = data;
+    const reply = await this.request(frame);
+    return reply.data as T;
+  }
+
   /** Adds `text` at the end of an open stream; resolves to the append's offset. Not idempotent: see the README. */
   append(channel: string, messageId: string, text: string): Promise<string> {
     return this.operate({ type: "append", channel, message_id: messageId, text });

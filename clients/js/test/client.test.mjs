@@ -328,3 +328,49 @@ secret = "${HS256_SECRET}"
   });
   await eventually(() => unsubscribed.includes("news"), "the API's unsubscribe");
 });
+
+test("rpc is answered by the backend; a failing connect hook sends the client back later, and it comes back", async () => {
+  const http = await import("node:http");
+  let connectWorks = false;
+  const backend = http.createServer(async (request, response) => {
+    let body = "";
+    for await (const chunk of request) body += chunk;
+    const hook = JSON.parse(body);
+    let answer;
+    if (request.url === "/connect") {
+      if (!connectWorks) {
+        response.writeHead(500).end();
+        return;
+      }
+      answer = { result: { user: "ada" } };
+    } else if (hook.method === "refuse") {
+      answer = { error: { message: "not today" } };
+    } else {
+      answer = { result: { data: { method: hook.method, echo: hook.data, user: hook.user } } };
+    }
+    response.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify(answer));
+  });
+  await new Promise((resolve) => backend.listen(0, "127.0.0.1", resolve));
+  const port = backend.address().port;
+  try {
+    const node = await startNode({
+      config: `
+[hooks]
+connect_url = "http://127.0.0.1:${port}/connect"
+rpc_url = "http://127.0.0.1:${port}/rpc"
+`,
+    });
+    const sb = client(node.url);
+    const closes = [];
+    sb.on("disconnected", ({ code }) => closes.push(code));
+    sb.connect();
+    // The connect hook fails: close 1013 after a reconnect frame advising 1-5 s.
+    await eventually(() => closes.includes(1013), "closed with 1013");
+    connectWorks = true;
+    await eventually(() => sb.state === "connected" && sb.user === "ada", "connected once the backend is back", 8000);
+    assert.deepEqual(await sb.rpc("profile", { x: 1 }), { method: "profile", echo: { x: 1 }, user: "ada" });
+    await assert.rejects(sb.rpc("refuse"), (err) => err instanceof SwitchboardError && err.code === "forbidden" && err.message === "not today");
+  } finally {
+    backend.close();
+  }
+});
