@@ -129,6 +129,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         auth,
         presence: Arc::clone(&presence),
         hooks: crate::hooks::Hooks::new(&config.hooks, Arc::clone(&node_id)),
+        webhooks: crate::webhooks::Webhooks::start(
+            &config.webhooks,
+            Arc::clone(&node_id),
+            &background_stop,
+        ),
         connect_limiter: Quota::new(
             config.limits.connects_per_ip_per_second,
             config.limits.connect_burst_per_ip,

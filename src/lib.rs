@@ -22,3 +22,4 @@ pub mod shutdown;
 pub mod telemetry;
 pub mod throttle;
 pub mod tls;
+pub mod webhooks;

@@ -303,8 +303,14 @@ impl Presence {
 
     /// Records a subscriber as a member of `channel`; with `join_leave`, the channel's
     /// subscribers hear of it.
-    pub fn joined(self: &Arc<Self>, channel: &ChannelName, member: Member, join_leave: bool) {
+    pub fn joined(
+        self: &Arc<Self>,
+        channel: &ChannelName,
+        member: Member,
+        join_leave: bool,
+    ) -> bool {
         let member = Arc::new(member);
+        let first;
         {
             let mut members = self.members.entry(channel.clone()).or_default();
             if members
@@ -312,29 +318,38 @@ impl Presence {
                 .insert(member.conn_id, Arc::clone(&member))
                 .is_some()
             {
-                return;
+                return false;
             }
-            *members.users.entry(Arc::clone(&member.user)).or_default() += 1;
+            let count = members.users.entry(Arc::clone(&member.user)).or_default();
+            *count += 1;
+            first = *count == 1;
             self.unsynced(channel, &mut members, Change::Join, &member);
             if join_leave && self.store.is_some() {
                 members.announce.push(Change::Join, member);
-                return;
+                return first;
             }
         }
         if join_leave {
             self.event(channel, Change::Join, member);
         }
+        first
     }
 
     /// Forgets connection `conn_id` as a member of `channel` (an unsubscribe, or the session
-    /// ended); with `join_leave`, the channel's subscribers hear of it.
-    pub fn left(self: &Arc<Self>, channel: &ChannelName, conn_id: ConnId, join_leave: bool) {
-        let Some(member) = self.remove(channel, conn_id, join_leave) else {
-            return;
-        };
+    /// ended); with `join_leave`, the channel's subscribers hear of it. Returns the member's
+    /// user when this was its last connection in the channel on this node.
+    pub fn left(
+        self: &Arc<Self>,
+        channel: &ChannelName,
+        conn_id: ConnId,
+        join_leave: bool,
+    ) -> Option<Arc<str>> {
+        let (member, last) = self.remove(channel, conn_id, join_leave)?;
+        let user = last.then(|| Arc::clone(&member.user));
         if join_leave && self.store.is_none() {
             self.event(channel, Change::Leave, member);
         }
+        user
     }
 
     /// A member's token was refreshed: its entry takes `member`'s `info` (same connection,
@@ -363,13 +378,15 @@ impl Presence {
         channel: &ChannelName,
         conn_id: ConnId,
         announce: bool,
-    ) -> Option<Arc<Member>> {
+    ) -> Option<(Arc<Member>, bool)> {
         let mut members = self.members.get_mut(channel)?;
         let member = members.conns.remove(&conn_id)?;
+        let mut last = false;
         if let Entry::Occupied(mut count) = members.users.entry(Arc::clone(&member.user)) {
             *count.get_mut() -= 1;
             if *count.get() == 0 {
                 count.remove();
+                last = true;
             }
         }
         self.unsynced(channel, &mut members, Change::Leave, &member);
@@ -382,7 +399,7 @@ impl Presence {
             self.members
                 .remove_if(channel, |_, members| members.forgotten());
         }
-        Some(member)
+        Some((member, last))
     }
 
     /// With a store: the next write puts this node's members of the channel in full.

@@ -15,7 +15,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use crate::protocol::ErrorCode;
 
 mod hooks;
-pub use self::hooks::*;
+mod webhooks;
+pub use self::{hooks::*, webhooks::*};
 
 pub const CONNECTIONS: &str = "ws_connections";
 /// Gauge: `limits.max_connections`, for alerts on `ws_connections / ws_connections_max`.
@@ -601,6 +602,7 @@ pub fn record_snapshot(snapshot: &Snapshot) {
 
 fn describe() {
     hooks::describe();
+    webhooks::describe();
     describe_gauge!(CONNECTIONS, "Open WebSocket connections");
     describe_gauge!(
         CONNECTIONS_MAX,

@@ -12,9 +12,11 @@ use serde::{Deserialize, Serialize};
 
 mod hooks;
 mod streams;
+mod webhooks;
 
 pub use self::hooks::{ConnectMode, HooksConfig};
 pub use self::streams::StreamsConfig;
+pub use self::webhooks::{WebhookConfig, WebhookEvent};
 
 /// Prefix of the environment variables that override file settings.
 pub const ENV_PREFIX: &str = "SWITCHBOARD_";
@@ -57,6 +59,9 @@ pub struct Config {
     pub auth: AuthConfig,
     /// The application backend asked at connect, subscribe, publish and for `rpc`.
     pub hooks: HooksConfig,
+    /// Events POSTed to the application in signed batches (`[[webhooks]]`). Default none.
+    #[serde(default)]
+    pub webhooks: Vec<WebhookConfig>,
     /// Channel permissions; the first entry whose pattern matches a channel governs it, and a
     /// channel no entry matches is refused. Default: one `*` entry letting anyone subscribe
     /// and read history, and no client publish (backends publish through the control API).
@@ -559,6 +564,7 @@ impl Default for Config {
             presence: PresenceConfig::default(),
             auth: AuthConfig::default(),
             hooks: HooksConfig::default(),
+            webhooks: Vec::new(),
             namespaces: default_namespaces(),
             ignored_env: Vec::new(),
         }
@@ -853,6 +859,9 @@ impl Config {
         self.auth.validate()?;
         self.presence.validate()?;
         self.hooks.validate()?;
+        for webhook in &self.webhooks {
+            webhook.validate()?;
+        }
         for (index, namespace) in self.namespaces.iter().enumerate() {
             if let Err(message) = check_namespace(namespace, &self.hooks) {
                 return Err(invalid("namespaces", format!("[{index}]: {message}")));
@@ -881,6 +890,11 @@ impl Config {
         for key in &mut shown.auth.keys {
             if !key.secret.is_empty() {
                 key.secret = "<redacted>".to_owned();
+            }
+        }
+        for webhook in &mut shown.webhooks {
+            if !webhook.secret.is_empty() {
+                webhook.secret = "<redacted>".to_owned();
             }
         }
         if !shown.hooks.secret.is_empty() {

@@ -144,17 +144,21 @@ impl Hub {
         }
     }
 
-    /// Removes a connection and its subscriptions. O(number of its subscriptions).
+    /// Removes a connection and its subscriptions. O(number of its subscriptions). Returns
+    /// the channels it was the last subscriber of on this node.
     pub fn deregister<'a>(
         &self,
         conn_id: ConnId,
         channels: impl IntoIterator<Item = &'a ChannelName>,
-    ) {
-        for channel in channels {
-            self.unsubscribe(conn_id, channel);
-        }
+    ) -> Vec<ChannelName> {
+        let vacated = channels
+            .into_iter()
+            .filter(|channel| self.leave(conn_id, channel) == Some(true))
+            .cloned()
+            .collect();
         self.conns.remove(&conn_id);
         self.commands.remove(&conn_id);
+        vacated
     }
 
     /// Records that connection `conn_id` is `user`'s (after its token was accepted).

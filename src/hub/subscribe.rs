@@ -24,6 +24,8 @@ pub struct Subscribed {
     pub recovered: Option<bool>,
     /// Messages replayed from history.
     pub replayed: usize,
+    /// The connection is the channel's first subscriber on this node (it was vacant here).
+    pub first: bool,
 }
 
 /// A channel pinned by a subscribe waiting for the bus; see [`Hub::adopt_pin`].
@@ -153,7 +155,9 @@ impl Hub {
                 outbound: Arc::clone(outbound),
                 skip,
             };
+            let mut outcome = outcome;
             if subscribers.insert(outbound.conn_id(), subscriber).is_none() {
+                outcome.first = state.subscribed == 0;
                 state.subscribed += 1;
                 shard.subscriptions.fetch_add(1, Ordering::Relaxed);
             }
@@ -198,6 +202,7 @@ impl Hub {
             offset: state.offset(),
             recovered,
             replayed: replay.as_ref().map_or(0, Vec::len),
+            first: false,
         };
         outbound.try_enqueue(&reply(&outcome))?;
         if let Some(entries) = replay {
@@ -282,6 +287,7 @@ impl Hub {
             },
             recovered,
             replayed: 0,
+            first: false,
         };
         if recovered == Some(true) {
             // A resume: what changed after `since`, then what arrived since the read.
@@ -384,18 +390,23 @@ impl Hub {
 
     /// Removes one subscription; `false` when it did not exist.
     pub fn unsubscribe(&self, conn_id: ConnId, channel: &ChannelName) -> bool {
+        self.leave(conn_id, channel).is_some()
+    }
+
+    /// [`Hub::unsubscribe`], saying whether the connection was subscribed (`Some`) and then
+    /// whether it was the channel's last subscriber on this node (`Some(true)`: vacant here
+    /// now).
+    pub fn leave(&self, conn_id: ConnId, channel: &ChannelName) -> Option<bool> {
         let shard = self.shard(channel);
-        let Some(slot) = read(&shard.channels).get(channel).cloned() else {
-            return false;
-        };
-        let (removed, idle) = {
+        let slot = read(&shard.channels).get(channel).cloned()?;
+        let (removed, last, idle) = {
             let mut subscribers = lock(&slot.subscribers);
             let mut state = lock(&slot.state);
             let removed = !state.removed && subscribers.swap_remove(&conn_id).is_some();
             if removed {
                 state.subscribed -= 1;
             }
-            (removed, state.is_idle())
+            (removed, state.subscribed == 0, state.is_idle())
         };
         if removed {
             shard.subscriptions.fetch_sub(1, Ordering::Relaxed);
@@ -403,7 +414,7 @@ impl Hub {
         if idle {
             self.drop_if_idle(channel);
         }
-        removed
+        removed.then_some(last)
     }
 
     /// Drops a channel that holds nothing (no subscribers, no history, no pins) at once

@@ -183,6 +183,8 @@ pub struct SessionContext {
     pub presence: Arc<Presence>,
     /// The application backend's hooks (`[hooks]`), when any is configured.
     pub hooks: Option<Arc<crate::hooks::Hooks>>,
+    /// The application's webhooks (`[[webhooks]]`), when any is configured.
+    pub webhooks: Option<Arc<crate::webhooks::Webhooks>>,
 }
 
 /// Every way a session ends.
@@ -645,6 +647,7 @@ where
         .await;
         // The connection leaves the hub when `Registered` is dropped, here or in a panic.
         telemetry::connection_closed(final_end.label());
+        session.closed_event(final_end.close_code().map(CloseCode::code));
         tracing::debug!(conn_id, end = final_end.label(), "Session ended");
     }
 }
@@ -773,7 +776,8 @@ impl Drop for Registered {
         let conn_id = outbound.conn_id();
         let hub = &session.context().hub;
         session.leave_all();
-        hub.deregister(conn_id, session.subscriptions());
+        let vacated = hub.deregister(conn_id, session.subscriptions());
+        session.vacated(&vacated);
         if let Some(user) = session.user() {
             hub.remove_user(user, conn_id);
         }

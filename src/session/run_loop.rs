@@ -21,6 +21,7 @@ use std::{
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
+mod events;
 mod hooked;
 mod messages;
 mod replay;
@@ -28,6 +29,7 @@ mod replay;
 use super::{End, SessionContext, socket::Socket, writer};
 use crate::{
     auth::{self, Action, AuthError, Decision, Identity},
+    config::WebhookEvent,
     hub::{FramedText, HistoryData, Outbound, SessionCommand, SubscribeError, Subscribed},
     presence::{self, Member},
     protocol::{
@@ -390,10 +392,13 @@ impl Session {
     }
 
     fn left(&self, channel: &ChannelName) {
-        if let Some(membership) = self.ctx.settings.namespaces.membership(channel.as_str()) {
-            self.ctx
-                .presence
-                .left(channel, self.outbound.conn_id(), membership.join_leave);
+        if let Some(membership) = self.ctx.settings.namespaces.membership(channel.as_str())
+            && let Some(user) =
+                self.ctx
+                    .presence
+                    .left(channel, self.outbound.conn_id(), membership.join_leave)
+        {
+            self.member_event(WebhookEvent::MemberRemoved, channel, user);
         }
     }
 
@@ -941,6 +946,9 @@ impl Session {
             // Recorded even on failure: the hub may hold the subscription, and the session's
             // cleanup must find it.
             Ok(_) | Err(SubscribeError::SlowConsumer | SubscribeError::Closing) => {
+                if matches!(&result, Ok(outcome) if outcome.first) {
+                    self.channel_event(WebhookEvent::ChannelOccupied, &channel);
+                }
                 if self.subscriptions.is_empty() {
                     // Most connections follow one channel: room for one, not the four
                     // a first push reserves (48 bytes per connection).
@@ -949,9 +957,15 @@ impl Session {
                 self.subscriptions.push(hub.intern(&channel));
                 if let Some(membership) = self.ctx.settings.namespaces.membership(channel.as_str())
                 {
-                    self.ctx
+                    let member = self.member();
+                    let user = Arc::clone(&member.user);
+                    if self
+                        .ctx
                         .presence
-                        .joined(&channel, self.member(), membership.join_leave);
+                        .joined(&channel, member, membership.join_leave)
+                    {
+                        self.member_event(WebhookEvent::MemberAdded, &channel, user);
+                    }
                 }
             }
             Err(SubscribeError::NeedRemote) => {
@@ -981,7 +995,9 @@ impl Session {
         if let Some(account) = self.account.as_deref_mut() {
             account.by_backend.retain(|granted| granted != channel);
         }
-        self.ctx.hub.unsubscribe(self.outbound.conn_id(), channel);
+        if self.ctx.hub.leave(self.outbound.conn_id(), channel) == Some(true) {
+            self.channel_event(WebhookEvent::ChannelVacated, channel);
+        }
         self.left(channel);
         true
     }

@@ -77,6 +77,7 @@ fn test_context(hub: &HubHandle, bus: Arc<dyn Bus>) -> Arc<SessionContext> {
         channel_budget: None,
         auth: None,
         hooks: None,
+        webhooks: None,
         presence: crate::presence::Presence::start(
             crate::presence::PresenceSettings {
                 node: Arc::from("n"),

@@ -54,7 +54,16 @@ pub struct Backend {
 impl Backend {
     /// Starts answering every request with `answer(path, body)`.
     pub async fn start(answer: impl Fn(&str, &Value) -> Reply + Send + Sync + 'static) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(0, answer).await
+    }
+
+    /// As [`Backend::start`], on `port` (0: a free one): a backend that comes back where it
+    /// was.
+    pub async fn start_on(
+        port: u16,
+        answer: impl Fn(&str, &Value) -> Reply + Send + Sync + 'static,
+    ) -> Self {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let answer: Arc<Mutex<Answer>> = Arc::new(Mutex::new(Box::new(answer)));

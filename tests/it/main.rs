@@ -50,3 +50,4 @@ mod streams;
 mod streams_cluster;
 mod throttle;
 mod tls;
+mod webhooks;

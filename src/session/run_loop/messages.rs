@@ -174,7 +174,12 @@ impl Session {
             Ok(Applied {
                 offset,
                 duplicate: false,
-            }) => self.send(protocol::encode_published(id, &channel, offset)),
+            }) => {
+                self.send(protocol::encode_published(id, &channel, offset));
+                if let Op::Publish { data, .. } = op {
+                    self.published_event(&channel, offset, data);
+                }
+            }
             Ok(Applied {
                 offset,
                 duplicate: true,
