@@ -69,6 +69,11 @@ pub struct ConnectArgs {
     /// The `kid` to put in the tokens' header.
     #[arg(long)]
     pub token_kid: Option<String>,
+    /// No token: the node's connect hook names each connection's user from `?user=N` in the
+    /// upgrade (N = i mod 100; `hook-backend` answers so), and a `welcome` without a user
+    /// counts as an error.
+    #[arg(long, conflicts_with = "token_alg")]
+    pub hook_user: bool,
     /// Reserve each socket's source port at `bind()` (a search of the port range per socket),
     /// as before `IP_BIND_ADDRESS_NO_PORT`: only to measure what that search costs.
     #[arg(long)]
@@ -144,6 +149,7 @@ async fn open(
     source: Ipv4Addr,
     channel: &str,
     token: Option<&str>,
+    hook_user: Option<usize>,
     tls: Option<&tokio_rustls::TlsConnector>,
     reserve_port: bool,
 ) -> anyhow::Result<Ws> {
@@ -161,14 +167,16 @@ async fn open(
         }
         None => ("ws", MaybeTlsStream::Plain(stream)),
     };
-    let url = match token {
-        Some(token) => format!("{scheme}://{server}/ws?token={token}"),
-        None => format!("{scheme}://{server}/ws"),
+    let url = match (token, hook_user) {
+        (Some(token), _) => format!("{scheme}://{server}/ws?token={token}"),
+        (None, Some(user)) => format!("{scheme}://{server}/ws?user={user}"),
+        (None, None) => format!("{scheme}://{server}/ws"),
     };
+    let named = token.is_some() || hook_user.is_some();
     let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await?;
     match ws.next().await {
         Some(Ok(Message::Text(text)))
-            if text.contains("\"welcome\"") && (token.is_none() || text.contains("\"user\"")) => {}
+            if text.contains("\"welcome\"") && (!named || text.contains("\"user\"")) => {}
         other => anyhow::bail!("expected welcome (with a user if a token was sent), got {other:?}"),
     }
     let subscribe = format!(r#"{{"type":"subscribe","id":1,"channel":"{channel}"}}"#);
@@ -215,11 +223,21 @@ async fn ramp(args: &ConnectArgs) -> anyhow::Result<Ramp> {
         let tls = tls.clone();
         let channels = args.channels.max(1);
         let reserve_port = args.reserve_port_at_bind;
+        let hook_user = args.hook_user.then_some(index % 100);
         attempts.push(tokio::spawn(async move {
             let begun = tokio::time::Instant::now();
             let token = (!tokens.is_empty()).then(|| tokens[index % tokens.len()].as_str());
             let channel = format!("room-{}", index % channels);
-            let result = open(server, source, &channel, token, tls.as_ref(), reserve_port).await;
+            let result = open(
+                server,
+                source,
+                &channel,
+                token,
+                hook_user,
+                tls.as_ref(),
+                reserve_port,
+            )
+            .await;
             drop(permit);
             result.map(|ws| (ws, begun.elapsed(), started.elapsed()))
         }));
@@ -275,6 +293,7 @@ async fn drop_all_and_reconnect(held: Vec<Ws>, server: SocketAddr) -> anyhow::Re
                 "after",
                 None,
                 None,
+                None,
                 false,
             ),
         );
@@ -317,6 +336,7 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<()> {
     let results = serde_json::json!({
         "scenario": "connect",
         "token_alg": args.token_alg,
+        "hook_user": args.hook_user,
         "tls": args.tls_ca.is_some(),
         "target_rate": args.rate,
         "connections": args.connections,

@@ -12,6 +12,7 @@
 mod baseline;
 mod connect;
 mod fanout;
+mod hook_backend;
 mod http_publish;
 mod lean;
 mod million;
@@ -69,6 +70,9 @@ enum Scenario {
     Streams(streams::StreamsArgs),
     /// One long reply resumed from its start and its middle: bytes and time.
     StreamsResume(streams::ResumeArgs),
+    /// The application backend of `loadtest/hooks.sh` (a server, not a load): answers
+    /// every hook at once or after a delay, counts requests and the most in flight.
+    HookBackend(hook_backend::HookBackendArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -197,6 +201,7 @@ async fn run(scenario: Scenario) -> anyhow::Result<()> {
         Scenario::Channels(args) => fanout::channels(args).await,
         Scenario::Soak(args) => fanout::soak(args).await,
         Scenario::Connect(args) => connect::run(args).await,
+        Scenario::HookBackend(args) => hook_backend::run(args).await,
         Scenario::HttpPublish(args) => http_publish::run(args).await,
         Scenario::Streams(args) => streams::run(args).await,
         Scenario::StreamsResume(args) => streams::resume(args).await,
