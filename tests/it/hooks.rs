@@ -539,3 +539,57 @@ async fn chromium_logs_in_with_a_session_cookie_and_no_token() {
     assert_eq!(out["frames"][1]["message"], "log in first", "{seen}");
     server.stop().await;
 }
+
+/// A client cannot hold more than `hooks.max_rpc_in_flight_per_connection` rpcs in flight:
+/// the next is refused at once (`limit_exceeded`) while the session reads on (a ping is
+/// answered meanwhile), and the slots come back once the answers have come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpcs_in_flight_are_capped_per_connection_and_the_session_reads_on() {
+    let backend = Backend::start(|path, body| match path {
+        "/rpc" => Reply::Slow(
+            Duration::from_millis(800),
+            json!({"result":{"data": body["data"]}}),
+        ),
+        _ => platform(path, body),
+    })
+    .await;
+    let server = TestServer::builder()
+        .configure(|config| {
+            hooked(config, &backend);
+            config.hooks.max_rpc_in_flight_per_connection = 2;
+        })
+        .start()
+        .await;
+    let mut alice = connect(&server, "", Some("session=alice")).await;
+    alice.recv_type("subscribed").await;
+    for n in 1..=3 {
+        alice
+            .send(json!({"type":"rpc","id":n,"method":"slow","data":n}))
+            .await;
+    }
+    let refused = alice.recv().await;
+    assert_eq!(
+        (refused["id"].as_u64(), refused["code"].as_str()),
+        (Some(3), Some("limit_exceeded")),
+        "{refused}"
+    );
+    alice.send(json!({"type":"ping","id":9})).await;
+    assert_eq!(alice.recv().await["type"], "pong", "the session reads on");
+    let mut answered: Vec<u64> = Vec::new();
+    for _ in 0..2 {
+        let answer = alice.recv_type("rpc_result").await;
+        answered.push(answer["id"].as_u64().unwrap());
+        assert_eq!(answer["data"], answer["id"]);
+    }
+    answered.sort_unstable();
+    assert_eq!(answered, [1, 2]);
+    alice
+        .send(json!({"type":"rpc","id":4,"method":"slow","data":4}))
+        .await;
+    assert_eq!(
+        alice.recv_type("rpc_result").await["id"],
+        4,
+        "the slots came back"
+    );
+    server.stop().await;
+}
