@@ -132,6 +132,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         webhooks: crate::webhooks::Webhooks::start(
             &config.webhooks,
             Arc::clone(&node_id),
+            &background,
             &background_stop,
         ),
         connect_limiter: Quota::new(

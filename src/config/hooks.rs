@@ -62,8 +62,9 @@ pub struct HooksConfig {
     pub max_response_bytes: usize,
     /// Speak HTTP/2 without TLS (h2c, prior knowledge) instead of HTTP/1.1. Default false.
     pub http2: bool,
-    /// Consecutive failures (transport, timeout, 5xx, an unreadable answer) of one hook that
-    /// open its circuit breaker: requests then fail at once until a probe succeeds.
+    /// Consecutive failures (transport, timeout, 5xx, an answer too large or not one of the
+    /// three shapes) of one hook that open its circuit breaker: requests then fail at once
+    /// until a probe succeeds. A 4xx fails its request only.
     /// Default 5; 0 turns the breaker off.
     pub breaker_failures: u32,
     /// How long an open breaker waits before it lets one probe through. Default 5s.

@@ -127,7 +127,12 @@ impl Cache {
     #[must_use]
     pub fn key(request: &ConnectRequest<'_>) -> [u8; 32] {
         let mut hash = Sha256::new();
-        for (name, value) in request.headers.iter().chain(request.query) {
+        // Each pair tagged with where it came from: a header and a query parameter of one
+        // name and value are different requests.
+        let tagged = (request.headers.iter().map(|pair| (b'h', pair)))
+            .chain(request.query.iter().map(|pair| (b'q', pair)));
+        for (from, (name, value)) in tagged {
+            hash.update([from]);
             for part in [name.as_bytes(), value.as_bytes()] {
                 hash.update(part.len().to_le_bytes());
                 hash.update(part);
@@ -230,6 +235,16 @@ mod tests {
             Cache::key(&request(c)),
         );
         assert_ne!(ka, kb);
+        let as_query = ConnectRequest {
+            headers: &[],
+            query: a,
+            ..request(&[])
+        };
+        assert_ne!(
+            Cache::key(&as_query),
+            ka,
+            "a header is not a query parameter"
+        );
         let cache = Cache::new(Duration::from_secs(60), 2);
         cache.put(ka, raw(r#"{"user":"a"}"#));
         cache.put(kb, raw(r#"{"user":"b"}"#));

@@ -315,15 +315,17 @@ impl Hooks {
             Ok(permit) => permit,
             Err(busy) => return Err((Failure::Busy(busy), None)),
         };
-        telemetry::hook_in_flight(1.0);
+        let in_flight = InFlight::enter();
         let sent = tokio::time::Instant::now();
         let answer = tokio::time::timeout(self.timeout, self.send(url, body)).await;
         let seconds = sent.elapsed().as_secs_f64();
-        telemetry::hook_in_flight(-1.0);
+        drop(in_flight);
         drop(permit);
         let answer = answer.unwrap_or(Err(Failure::Timeout));
         match &answer {
-            Ok(_) => {
+            // The backend is up and answered: a 4xx is about the request (a client's input
+            // it does not take), which must not open the breaker for everyone.
+            Ok(_) | Err(Failure::Status(400..=499)) => {
                 let was_open = breaker.is_open();
                 breaker.succeeded();
                 if was_open {
@@ -377,6 +379,23 @@ impl Hooks {
             })?
             .to_bytes();
         parse_answer(&body).ok_or(Failure::BadAnswer)
+    }
+}
+
+/// Counts a request in `ws_hook_in_flight` while it lives: also when its caller is dropped
+/// mid-request (a client that went away).
+struct InFlight;
+
+impl InFlight {
+    fn enter() -> Self {
+        telemetry::hook_in_flight(1.0);
+        Self
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        telemetry::hook_in_flight(-1.0);
     }
 }
 

@@ -139,6 +139,11 @@ pub(super) struct Channel {
     /// A remote bus delivered operations on messages this node does not hold: a subscribe
     /// without `since` asks the bus for the open streams.
     pub(super) unheld: bool,
+    /// The channel has had a subscriber here since the last time one saw it vacant
+    /// ([`Hub::leave`](crate::hub::Hub::leave)): set by the subscribe that found it vacant,
+    /// cleared by the leave that finds no subscriber (also when a fan-out dropped the last
+    /// one first), so occupied and vacated alternate. The channel is not dropped while set.
+    pub(super) occupied: bool,
     /// The channel moved to a new epoch after subscribers here had followed the old one:
     /// they are sent a `reset` before the new epoch's first message (see
     /// [`Hub::deliver_locked`](super::Hub)).
@@ -181,6 +186,7 @@ impl Channel {
             pending: Vec::new(),
             pending_lost: false,
             unheld: false,
+            occupied: false,
             floor: 0,
             ids: HashMap::new(),
             open: 0,
@@ -434,6 +440,10 @@ impl Channel {
     }
 
     pub(super) fn is_idle(&self) -> bool {
-        self.subscribed == 0 && self.history.is_empty() && self.pins == 0 && self.ids.is_empty()
+        self.subscribed == 0
+            && self.history.is_empty()
+            && self.pins == 0
+            && self.ids.is_empty()
+            && !self.occupied
     }
 }

@@ -64,7 +64,7 @@ use self::lane::{Workers, flush_all};
 pub use self::publish::FanoutBehind;
 pub use self::registry::{KeepaliveSweep, SessionCommand};
 pub use self::stream::{Applied, Editor, Op, OpError, Owner};
-pub use self::subscribe::{ChannelPin, RemoteView, SubscribeError, Subscribed};
+pub use self::subscribe::{ChannelPin, Left, RemoteView, SubscribeError, Subscribed};
 use self::{
     channel::{Channel, Retention},
     fanout::{Slot, Subscriber},

@@ -153,7 +153,7 @@ impl Hub {
     ) -> Vec<ChannelName> {
         let vacated = channels
             .into_iter()
-            .filter(|channel| self.leave(conn_id, channel) == Some(true))
+            .filter(|channel| self.leave(conn_id, channel).vacated)
             .cloned()
             .collect();
         self.conns.remove(&conn_id);

@@ -24,8 +24,17 @@ pub struct Subscribed {
     pub recovered: Option<bool>,
     /// Messages replayed from history.
     pub replayed: usize,
-    /// The connection is the channel's first subscriber on this node (it was vacant here).
+    /// The channel was vacant on this node: this subscriber occupies it.
     pub first: bool,
+}
+
+/// What [`Hub::leave`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Left {
+    /// The connection was subscribed.
+    pub removed: bool,
+    /// The channel is vacant on this node now (reported once per occupancy).
+    pub vacated: bool,
 }
 
 /// A channel pinned by a subscribe waiting for the bus; see [`Hub::adopt_pin`].
@@ -157,7 +166,8 @@ impl Hub {
             };
             let mut outcome = outcome;
             if subscribers.insert(outbound.conn_id(), subscriber).is_none() {
-                outcome.first = state.subscribed == 0;
+                outcome.first = !state.occupied;
+                state.occupied = true;
                 state.subscribed += 1;
                 shard.subscriptions.fetch_add(1, Ordering::Relaxed);
             }
@@ -390,31 +400,38 @@ impl Hub {
 
     /// Removes one subscription; `false` when it did not exist.
     pub fn unsubscribe(&self, conn_id: ConnId, channel: &ChannelName) -> bool {
-        self.leave(conn_id, channel).is_some()
+        self.leave(conn_id, channel).removed
     }
 
-    /// [`Hub::unsubscribe`], saying whether the connection was subscribed (`Some`) and then
-    /// whether it was the channel's last subscriber on this node (`Some(true)`: vacant here
-    /// now).
-    pub fn leave(&self, conn_id: ConnId, channel: &ChannelName) -> Option<bool> {
+    /// [`Hub::unsubscribe`], saying whether the connection was subscribed and whether the
+    /// channel is vacant on this node now. Vacant is reported once per occupancy: also when
+    /// a fan-out had dropped the connection (a slow consumer) before it left, and then to
+    /// the first leave that finds no subscriber.
+    pub fn leave(&self, conn_id: ConnId, channel: &ChannelName) -> Left {
         let shard = self.shard(channel);
-        let slot = read(&shard.channels).get(channel).cloned()?;
-        let (removed, last, idle) = {
+        let Some(slot) = read(&shard.channels).get(channel).cloned() else {
+            return Left::default();
+        };
+        let (left, idle) = {
             let mut subscribers = lock(&slot.subscribers);
             let mut state = lock(&slot.state);
             let removed = !state.removed && subscribers.swap_remove(&conn_id).is_some();
             if removed {
                 state.subscribed -= 1;
             }
-            (removed, state.subscribed == 0, state.is_idle())
+            let vacated = state.subscribed == 0 && state.occupied;
+            if vacated {
+                state.occupied = false;
+            }
+            (Left { removed, vacated }, state.is_idle())
         };
-        if removed {
+        if left.removed {
             shard.subscriptions.fetch_sub(1, Ordering::Relaxed);
         }
         if idle {
             self.drop_if_idle(channel);
         }
-        removed.then_some(last)
+        left
     }
 
     /// Drops a channel that holds nothing (no subscribers, no history, no pins) at once

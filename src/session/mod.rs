@@ -647,7 +647,6 @@ where
         .await;
         // The connection leaves the hub when `Registered` is dropped, here or in a panic.
         telemetry::connection_closed(final_end.label());
-        session.closed_event(final_end.close_code().map(CloseCode::code));
         tracing::debug!(conn_id, end = final_end.label(), "Session ended");
     }
 }
@@ -736,7 +735,7 @@ async fn identify(
             hooked::Connected::Allowed(identity) => {
                 if let Some(identity) = identity {
                     session.authenticated(identity);
-                    session.schedule_refresh(Duration::ZERO);
+                    session.schedule_refresh(false);
                 }
                 None
             }
@@ -778,6 +777,9 @@ impl Drop for Registered {
         session.leave_all();
         let vacated = hub.deregister(conn_id, session.subscriptions());
         session.vacated(&vacated);
+        // After what it left, also after a panic; with the close code requested (none
+        // when the transport was lost or the session panicked).
+        session.closed_event(outbound.close_code().map(CloseCode::code));
         if let Some(user) = session.user() {
             hub.remove_user(user, conn_id);
         }

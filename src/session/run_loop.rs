@@ -995,7 +995,7 @@ impl Session {
         if let Some(account) = self.account.as_deref_mut() {
             account.by_backend.retain(|granted| granted != channel);
         }
-        if self.ctx.hub.leave(self.outbound.conn_id(), channel) == Some(true) {
+        if self.ctx.hub.leave(self.outbound.conn_id(), channel).vacated {
             self.channel_event(WebhookEvent::ChannelVacated, channel);
         }
         self.left(channel);

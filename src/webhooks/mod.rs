@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     config::{WebhookConfig, WebhookEvent},
     hooks::sign,
+    shutdown::TaskGroup,
     telemetry,
 };
 
@@ -117,11 +118,13 @@ impl std::fmt::Debug for Webhooks {
 }
 
 impl Webhooks {
-    /// Starts a task per webhook, stopping at `stop`; `None` when there are none.
+    /// Starts a task per webhook in `tasks`, stopping at `stop` (after a last try at what is
+    /// queued); `None` when there are none.
     #[must_use]
     pub fn start(
         configs: &[WebhookConfig],
         node: Arc<str>,
+        tasks: &TaskGroup,
         stop: &CancellationToken,
     ) -> Option<Arc<Self>> {
         if configs.is_empty() {
@@ -137,7 +140,7 @@ impl Webhooks {
             .enumerate()
             .map(|(index, config)| {
                 let (queue, events) = flume::bounded(config.max_queued);
-                tokio::spawn(deliver(
+                tasks.spawn(deliver(
                     index,
                     config.clone(),
                     client.clone(),
@@ -237,7 +240,7 @@ async fn deliver(
     loop {
         // The first event of a batch, then others for up to `batch_interval`.
         let first = tokio::select! {
-            () = stop.cancelled() => return,
+            () = stop.cancelled() => return last_try(index, &client, &url, &config, batch, &events).await,
             first = events.recv_async() => match first {
                 Ok(first) => first,
                 Err(_) => return,
@@ -247,7 +250,7 @@ async fn deliver(
         let until = tokio::time::Instant::now() + config.batch_interval;
         while batch.len() < config.batch_max {
             let next = tokio::select! {
-                () = stop.cancelled() => return,
+                () = stop.cancelled() => return last_try(index, &client, &url, &config, batch, &events).await,
                 () = tokio::time::sleep_until(until) => break,
                 next = events.recv_async() => next,
             };
@@ -284,12 +287,55 @@ async fn deliver(
                 }
             }
             tokio::select! {
-                () = stop.cancelled() => return,
+                () = stop.cancelled() => return last_try(index, &client, &url, &config, batch, &events).await,
                 () = tokio::time::sleep(backoff) => {}
             }
             backoff = (backoff * 2).min(config.max_backoff);
         }
         batch.clear();
+    }
+}
+
+/// How long the last try at shutdown may take in all: the node waits about a second for
+/// its background tasks.
+const LAST_TRY: Duration = Duration::from_millis(800);
+
+/// At shutdown: what is batched and queued is sent once more, in batches, within
+/// [`LAST_TRY`]; what the endpoint does not take then is lost (and counted as dropped).
+async fn last_try(
+    index: usize,
+    client: &Client<HttpConnector, Full<Bytes>>,
+    url: &Uri,
+    config: &WebhookConfig,
+    mut batch: Vec<Arc<Event>>,
+    events: &flume::Receiver<Arc<Event>>,
+) {
+    batch.extend(events.drain());
+    let deadline = tokio::time::Instant::now() + LAST_TRY.min(config.timeout);
+    let mut left = batch.len();
+    for chunk in batch.chunks(config.batch_max) {
+        let Ok(body) = serde_json::to_vec(&Batch { events: chunk }) else {
+            continue;
+        };
+        let sent = tokio::time::timeout_at(
+            deadline,
+            post(client, url, &config.secret, Bytes::from(body)),
+        )
+        .await;
+        if !matches!(sent, Ok(Ok(()))) {
+            break;
+        }
+        left -= chunk.len();
+    }
+    if left > 0 {
+        for _ in 0..left {
+            telemetry::webhook_dropped(index);
+        }
+        tracing::warn!(
+            url = %config.url,
+            events = left,
+            "Webhook events not delivered before shutdown"
+        );
     }
 }
 

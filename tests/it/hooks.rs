@@ -154,7 +154,10 @@ fn verify(seen: &crate::backend::Seen) {
 async fn a_cookie_session_is_decided_and_served_by_the_backend() {
     let backend = Backend::start(platform).await;
     let server = TestServer::builder()
-        .configure(|config| hooked(config, &backend))
+        .configure(|config| {
+            hooked(config, &backend);
+            config.limits.max_publish_payload_bytes = 1024;
+        })
         .start()
         .await;
     let mut alice = connect(&server, "?room=1", Some("theme=dark; session=alice")).await;
@@ -211,6 +214,15 @@ async fn a_cookie_session_is_decided_and_served_by_the_backend() {
             .await
             .is_none()
     );
+
+    // What the node refuses itself never reaches the backend: a publish too large.
+    let asked = backend.seen("/publish").len();
+    let large = "x".repeat(2048);
+    alice
+        .send(json!({"type":"publish","id":6,"channel":"room:1","data":{"text": large}}))
+        .await;
+    assert_eq!(alice.recv_type("error").await["code"], "limit_exceeded");
+    assert_eq!(backend.seen("/publish").len(), asked, "not asked");
 
     // rpc over the socket the client holds.
     alice
@@ -298,6 +310,20 @@ async fn a_failing_backend_gets_clients_told_to_retry_and_spares_everyone_else()
             _ => Reply::Raw(vec![b' '; 1 << 20]),
         }
     }
+    // A 4xx is about the request, not the backend: its client is answered `unavailable`,
+    // but six in a row leave the breaker closed.
+    backend.answer(|_, _| Reply::Status(400));
+    for _ in 0..6 {
+        let mut client = connect(&server, "", Some("session=carol")).await;
+        client.recv_type("reconnect").await;
+        assert_eq!(client.close_code().await, 1013);
+    }
+    assert_eq!(
+        server
+            .metric("ws_hook_breaker_open{hook=\"connect\"}")
+            .await,
+        0.0
+    );
     for name in ["slow", "500", "garbage", "huge"] {
         backend.answer(move |_, _| fault(name));
         let started = tokio::time::Instant::now();

@@ -243,3 +243,64 @@ async fn a_receiver_down_for_10_s_gets_every_event_afterwards() {
     );
     server.stop().await;
 }
+
+/// The only subscriber of a channel stops reading and is dropped by the fan-out as a slow
+/// consumer (4001) before its session leaves: the channel is still reported vacated, once,
+/// and a newcomer occupies it again, so occupied and vacated alternate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_dropped_by_the_fan_out_still_vacates_its_channel() {
+    let backend = Backend::start(receiver).await;
+    let server = TestServer::builder()
+        .configure(|config| {
+            webhooked(
+                config,
+                backend.url("/events"),
+                vec![WebhookEvent::ChannelOccupied, WebhookEvent::ChannelVacated],
+            );
+            config.limits.outbound_queue_messages = 64;
+            config.history.size = 10;
+            config.limits.outbound_queue_bytes = 256 * 1024;
+        })
+        .start()
+        .await;
+    let mut slow =
+        crate::harness::TestClient::connect_with_small_buffer(server.ws_addr, "/ws").await;
+    slow.subscribe("firehose").await;
+    let channel = switchboard::protocol::ChannelName::parse("firehose", 64).unwrap();
+    let payload = "x".repeat(4096);
+    for n in 0..2_000 {
+        if server
+            .hub()
+            .publish(&channel, &json!({"n": n, "pad": payload}).to_string())
+            .is_err()
+        {
+            break;
+        }
+        if n % 100 == 99 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    assert_eq!(slow.close_code().await, 4001);
+    drop(slow);
+    let kinds = || {
+        events(&backend.seen("/events"))
+            .iter()
+            .map(|event| event["type"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eventually!(kinds().len() == 2, "occupied, then vacated: {:?}", kinds());
+    let mut newcomer = server.client().await;
+    newcomer.subscribe("firehose").await;
+    drop(newcomer);
+    assert_eventually!(kinds().len() == 4, "four events: {:?}", kinds());
+    assert_eq!(
+        kinds(),
+        [
+            "channel_occupied",
+            "channel_vacated",
+            "channel_occupied",
+            "channel_vacated"
+        ]
+    );
+    server.stop().await;
+}

@@ -74,6 +74,8 @@ struct DataResult {
 /// is asked again when it could not answer.
 const REFRESH_AHEAD: Duration = Duration::from_secs(10);
 const REFRESH_RETRY: Duration = Duration::from_secs(1);
+/// A refresh timer's longest sleep before it checks its connection is still there.
+const REFRESH_STEP: Duration = Duration::from_secs(30);
 
 /// Sends `text` to a connection from outside its session (an rpc's task): enqueued, and
 /// written at once when the lane was free (as a publisher writes). A full queue closes the
@@ -138,28 +140,34 @@ impl Session {
         self.error(id, ErrorCode::Forbidden, message);
     }
 
-    /// Whether this connection may carry out `op` on `channel`: `None` when refused
-    /// (answered); else the `data` the backend put in place of the client's, if it did (a
-    /// `hook` publish rule).
-    pub(super) async fn permitted_op(
+    /// What the namespaces say about this connection publishing to (or changing a message
+    /// of) `channel`: `None` when refused (answered `forbidden`).
+    pub(super) fn publish_decision(
         &self,
         id: Option<u64>,
         channel: &ChannelName,
-        op: &Op<'_>,
-    ) -> Option<Option<Box<RawValue>>> {
+    ) -> Option<Decision> {
         let decision =
             self.ctx
                 .settings
                 .namespaces
                 .decide(channel.as_str(), Action::Publish, self.identity());
-        match decision {
-            Decision::Allow => return Some(None),
-            Decision::Deny => {
-                self.forbidden(id, Action::Publish);
-                return None;
-            }
-            Decision::Hook => {}
+        if decision == Decision::Deny {
+            self.forbidden(id, Action::Publish);
+            return None;
         }
+        Some(decision)
+    }
+
+    /// Asks the publish hook about `op` on `channel` (a `hook` publish rule): `None` when
+    /// refused (answered); else the `data` the backend put in place of the client's, if it
+    /// did.
+    pub(super) async fn ask_publish_hook(
+        &self,
+        id: Option<u64>,
+        channel: &ChannelName,
+        op: &Op<'_>,
+    ) -> Option<Option<Box<RawValue>>> {
         let (kind, message_id, data, text) = match *op {
             Op::Publish {
                 data, message_id, ..
@@ -175,10 +183,13 @@ impl Session {
                 ("delete", Some(message_id), None, None)
             }
         };
-        // Raw JSON the decoder checked.
+        // Raw JSON the decoder checked; refused rather than published unasked if not.
         let data = match data.map(serde_json::from_str::<&RawValue>) {
             Some(Ok(data)) => Some(data),
-            Some(Err(_)) => return Some(None),
+            Some(Err(_)) => {
+                self.error(id, ErrorCode::BadRequest, "`data` is not valid JSON");
+                return None;
+            }
             None => None,
         };
         let request = PublishRequest {
@@ -309,10 +320,13 @@ impl Session {
     }
 
     /// After an identity from the connect hook with an expiry: asks the refresh hook
-    /// [`REFRESH_AHEAD`] before it (or halfway, for a short one); without a refresh hook the
-    /// connection closes with 4004 at the expiry (`Session::authenticated`'s deadline) and
-    /// the client reconnects, asking the connect hook again.
-    pub(in crate::session) fn schedule_refresh(&self, after: Duration) {
+    /// [`REFRESH_AHEAD`] before it (or halfway, for a short one), or after [`REFRESH_RETRY`]
+    /// when the hook could not answer (`retry`); without a refresh hook the connection
+    /// closes with 4004 at the expiry (`Session::authenticated`'s deadline) and the client
+    /// reconnects, asking the connect hook again. The timer is a task that wakes at least
+    /// every [`REFRESH_STEP`] and ends once the connection has: an identity may hold for a
+    /// day, its connection much less.
+    pub(in crate::session) fn schedule_refresh(&self, retry: bool) {
         if !self.hooks().is_some_and(|hooks| hooks.has(Hook::Refresh)) {
             return;
         }
@@ -323,11 +337,29 @@ impl Session {
             return;
         };
         let left = Duration::from_secs(auth::seconds_until(identity.exp));
-        let wait = after.max(left.saturating_sub(REFRESH_AHEAD.min(left / 2)));
+        let wait = if retry {
+            REFRESH_RETRY
+        } else {
+            left.saturating_sub(REFRESH_AHEAD.min(left / 2))
+        };
         let hub = self.ctx.hub.clone();
         let conn_id = self.outbound.conn_id();
+        let outbound = Arc::downgrade(&self.outbound);
         tokio::spawn(async move {
-            tokio::time::sleep(wait).await;
+            let until = tokio::time::Instant::now() + wait;
+            loop {
+                let now = tokio::time::Instant::now();
+                if now >= until {
+                    break;
+                }
+                tokio::time::sleep((until - now).min(REFRESH_STEP)).await;
+                if outbound
+                    .upgrade()
+                    .is_none_or(|outbound| outbound.is_closing())
+                {
+                    return;
+                }
+            }
             hub.command_conn(conn_id, SessionCommand::RefreshIdentity);
         });
     }
@@ -361,7 +393,7 @@ impl Session {
                         exp,
                     ));
                     self.recheck();
-                    self.schedule_refresh(Duration::ZERO);
+                    self.schedule_refresh(false);
                 }
                 Ok(_) => {
                     telemetry::auth("other_user");
@@ -372,7 +404,7 @@ impl Session {
                     );
                     self.outbound.close(CloseCode::Unauthorized);
                 }
-                Err(_) => self.schedule_refresh(REFRESH_RETRY),
+                Err(_) => self.schedule_refresh(true),
             },
             Ok(Answer::Refused(message)) => {
                 telemetry::auth("refresh_refused");
@@ -380,7 +412,7 @@ impl Session {
                 self.outbound.close(CloseCode::TokenExpired);
             }
             Ok(Answer::Disconnect { code, reason }) => self.disconnect_by_hook(code, &reason),
-            Err(_) => self.schedule_refresh(REFRESH_RETRY),
+            Err(_) => self.schedule_refresh(true),
         }
     }
 }

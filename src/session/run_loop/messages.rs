@@ -4,6 +4,7 @@
 
 use super::Session;
 use crate::{
+    auth::Decision,
     config::EditRule,
     hub::{Applied, Editor, Op, Owner},
     protocol::{self, ClientFrame, ErrorCode},
@@ -85,36 +86,8 @@ impl Session {
         let Some(channel) = self.channel(id, name) else {
             return;
         };
-        // A `hook` publish rule may put the backend's `data` in place of the client's.
-        let Some(replaced) = self.permitted_op(id, &channel, &op).await else {
+        let Some(decision) = self.publish_decision(id, &channel) else {
             return;
-        };
-        let op = match (op, replaced.as_deref()) {
-            (
-                Op::Publish {
-                    message_id, stream, ..
-                },
-                Some(data),
-            ) => Op::Publish {
-                data: data.get(),
-                message_id,
-                stream,
-            },
-            (Op::Finish { message_id, .. }, Some(data)) => Op::Finish {
-                message_id,
-                data: Some(data.get()),
-            },
-            (
-                Op::Update {
-                    message_id, text, ..
-                },
-                Some(data),
-            ) => Op::Update {
-                message_id,
-                data: Some(data.get()),
-                text,
-            },
-            (op, _) => op,
         };
         let (message_id, data, text) = match op {
             Op::Publish {
@@ -153,6 +126,42 @@ impl Session {
         if let Some(refused) = self.charge_publish(&channel, bytes) {
             return self.error(id, ErrorCode::RateLimited, &refused);
         }
+        // A `hook` rule asks the backend last, about an operation this node would carry
+        // out: it may put its own `data` in place of the client's.
+        let replaced = match decision {
+            Decision::Hook => match self.ask_publish_hook(id, &channel, &op).await {
+                Some(replaced) => replaced,
+                None => return,
+            },
+            Decision::Allow | Decision::Deny => None,
+        };
+        let op = match (op, replaced.as_deref()) {
+            (
+                Op::Publish {
+                    message_id, stream, ..
+                },
+                Some(data),
+            ) => Op::Publish {
+                data: data.get(),
+                message_id,
+                stream,
+            },
+            (Op::Finish { message_id, .. }, Some(data)) => Op::Finish {
+                message_id,
+                data: Some(data.get()),
+            },
+            (
+                Op::Update {
+                    message_id, text, ..
+                },
+                Some(data),
+            ) => Op::Update {
+                message_id,
+                data: Some(data.get()),
+                text,
+            },
+            (op, _) => op,
+        };
         // A publish records the connection's user (or the connection) as the owner; a
         // change is checked against it under the namespace's `edit` rule.
         let rule = match op {
