@@ -202,7 +202,7 @@ impl Hub {
     }
 
     /// Hands `command` to connection `conn_id`'s session; `false` when it is gone or holds
-    /// [`MAX_SESSION_COMMANDS`] already.
+    /// `MAX_SESSION_COMMANDS` (64) already.
     pub fn command_conn(&self, conn_id: ConnId, command: SessionCommand) -> bool {
         let Some(outbound) = self
             .conns

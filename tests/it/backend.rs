@@ -170,3 +170,26 @@ fn ok(body: Vec<u8>) -> Response<Full<Bytes>> {
         .body(Full::new(Bytes::from(body)))
         .unwrap()
 }
+
+/// Checks `seen`'s `Switchboard-Signature` against its raw body with `secret`, as a
+/// receiver must (`t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">`, a fresh `t`).
+pub fn assert_signed(seen: &Seen, secret: &str) {
+    use hmac::{Hmac, KeyInit as _, Mac as _};
+    let header = seen.headers["switchboard-signature"].to_str().unwrap();
+    let (t, v1) = header
+        .strip_prefix("t=")
+        .and_then(|rest| rest.split_once(",v1="))
+        .expect("t=..,v1=..");
+    let now = switchboard::auth::unix_now();
+    assert!(now.abs_diff(t.parse().unwrap()) < 60, "a fresh timestamp");
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{t}.").as_bytes());
+    mac.update(&seen.raw);
+    let expected: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    assert_eq!(v1, expected, "the signature verifies");
+}

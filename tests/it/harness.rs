@@ -278,7 +278,15 @@ pub enum Closed {
 
 impl TestClient {
     pub async fn connect(url: &str) -> TestClient {
-        let (ws, _) = tokio_tungstenite::connect_async(url)
+        Self::connect_request(url).await
+    }
+
+    /// Connects with a request of its own (headers: cookies, a user agent) and reads the
+    /// `welcome`.
+    pub async fn connect_request(
+        request: impl tokio_tungstenite::tungstenite::client::IntoClientRequest + Unpin,
+    ) -> TestClient {
+        let (ws, _) = tokio_tungstenite::connect_async(request)
             .await
             .expect("connects");
         Self::after_handshake(ws).await

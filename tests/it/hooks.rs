@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use hmac::{Hmac, KeyInit as _, Mac as _};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use switchboard::{
@@ -14,7 +13,7 @@ use switchboard::{
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
 use crate::{
-    backend::{Backend, Reply},
+    backend::{Backend, Reply, assert_signed},
     harness::{Closed, SteadyPublisher, TestClient, TestServer, expect_all_acknowledged},
 };
 
@@ -117,33 +116,11 @@ async fn connect(server: &TestServer, query: &str, cookie: Option<&str>) -> Test
     request
         .headers_mut()
         .insert("user-agent", "hook-test/1".parse().unwrap());
-    let (ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
-    let mut client = TestClient {
-        ws,
-        welcome: Value::Null,
-    };
-    client.welcome = client.recv().await;
-    assert_eq!(client.welcome["type"], "welcome", "{}", client.welcome);
-    client
+    TestClient::connect_request(request).await
 }
 
 fn verify(seen: &crate::backend::Seen) {
-    let header = seen.headers["switchboard-signature"].to_str().unwrap();
-    let (t, v1) = header
-        .strip_prefix("t=")
-        .and_then(|rest| rest.split_once(",v1="))
-        .expect("t=..,v1=..");
-    assert!(now().abs_diff(t.parse().unwrap()) < 60, "a fresh timestamp");
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-    mac.update(format!("{t}.").as_bytes());
-    mac.update(&seen.raw);
-    let expected: String = mac
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect();
-    assert_eq!(v1, expected, "the signature verifies");
+    assert_signed(seen, SECRET);
 }
 
 /// A browser's cookie session: the connect hook names the user from the forwarded cookie
@@ -427,15 +404,7 @@ async fn a_reconnect_storm_is_a_bounded_queue_not_a_request_storm() {
     let clients: Vec<_> = (0..400)
         .map(|n| {
             let url = format!("{}?n={n}", server.ws_url());
-            tokio::spawn(async move {
-                let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-                let mut client = TestClient {
-                    ws,
-                    welcome: Value::Null,
-                };
-                client.welcome = client.recv().await;
-                client
-            })
+            tokio::spawn(async move { TestClient::connect_request(url).await })
         })
         .collect();
     let mut users = Vec::new();
@@ -469,12 +438,7 @@ async fn a_reconnect_storm_is_a_bounded_queue_not_a_request_storm() {
         .map(|n| {
             let url = format!("{}?n={n}", server.ws_url());
             tokio::spawn(async move {
-                let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-                let mut client = TestClient {
-                    ws,
-                    welcome: Value::Null,
-                };
-                client.welcome = client.recv().await;
+                let mut client = TestClient::connect_request(url).await;
                 if client.welcome["user"].is_string() {
                     return true;
                 }

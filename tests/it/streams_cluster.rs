@@ -17,6 +17,21 @@ use crate::{
     streams::script,
 };
 
+/// `n` nodes of a cluster on `redis` whose appends are not coalesced: a subscriber sees
+/// every offset, each one to resume from.
+async fn uncoalesced_nodes(redis: &RedisServer, n: usize) -> Vec<TestServer> {
+    let mut nodes = Vec::new();
+    for _ in 0..n {
+        let node = TestServer::builder()
+            .redis(&redis.url())
+            .configure(|c| c.streams.coalesce = Duration::ZERO)
+            .start()
+            .await;
+        nodes.push(node);
+    }
+    nodes
+}
+
 /// Reads frames until the one at `offset`.
 async fn frames_until(client: &mut TestClient, offset: &str) -> Vec<Value> {
     let mut frames = Vec::new();
@@ -37,16 +52,8 @@ async fn frames_until(client: &mut TestClient, offset: &str) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resume_from_any_offset_is_exact_on_every_node_of_a_cluster() {
     let redis = RedisServer::start(false);
-    let mut nodes = Vec::new();
-    for _ in 0..3 {
-        // Appends not coalesced: the watcher sees every offset, each one to resume from.
-        let node = TestServer::builder()
-            .redis(&redis.url())
-            .configure(|c| c.streams.coalesce = Duration::ZERO)
-            .start()
-            .await;
-        nodes.push(node);
-    }
+    // Appends not coalesced: the watcher sees every offset, each one to resume from.
+    let nodes = uncoalesced_nodes(&redis, 3).await;
     let mut watcher = nodes[1].client().await;
     let start = watcher.subscribe("chat:c").await["offset"]
         .as_str()
@@ -97,15 +104,7 @@ async fn a_resume_from_any_offset_is_exact_on_every_node_of_a_cluster() {
 async fn a_resume_from_100_random_offsets_inside_a_long_stream_is_exact_on_both_nodes() {
     use rand::{Rng as _, SeedableRng as _};
     let redis = RedisServer::start(false);
-    let mut nodes = Vec::new();
-    for _ in 0..3 {
-        let node = TestServer::builder()
-            .redis(&redis.url())
-            .configure(|c| c.streams.coalesce = Duration::ZERO)
-            .start()
-            .await;
-        nodes.push(node);
-    }
+    let nodes = uncoalesced_nodes(&redis, 3).await;
     let mut watcher = nodes[1].client().await;
     watcher.subscribe("chat:long").await;
     post_ok(
@@ -289,15 +288,7 @@ impl Tab {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tabs_opened_mid_reply_on_a_following_node_end_with_the_exact_text() {
     let redis = RedisServer::start(false);
-    let mut nodes = Vec::new();
-    for _ in 0..2 {
-        let node = TestServer::builder()
-            .redis(&redis.url())
-            .configure(|c| c.streams.coalesce = Duration::ZERO)
-            .start()
-            .await;
-        nodes.push(node);
-    }
+    let nodes = uncoalesced_nodes(&redis, 2).await;
     let channel = "chat:tabs";
     post_ok(
         &nodes[0],

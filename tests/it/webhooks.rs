@@ -4,13 +4,12 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use hmac::{Hmac, KeyInit as _, Mac as _};
 use serde_json::{Value, json};
 use switchboard::config::{Config, EditRule, NamespaceConfig, Rule, WebhookConfig, WebhookEvent};
 
 use crate::{
     assert_eventually,
-    backend::{Backend, Reply, Seen},
+    backend::{Backend, Reply, Seen, assert_signed},
     harness::TestServer,
     redis_server::RedisServer,
 };
@@ -45,21 +44,7 @@ fn webhooked(config: &mut Config, url: String, events: Vec<WebhookEvent>) {
 fn events(seen: &[Seen]) -> Vec<Value> {
     let mut all = Vec::new();
     for batch in seen {
-        let header = batch.headers["switchboard-signature"].to_str().unwrap();
-        let (t, v1) = header
-            .strip_prefix("t=")
-            .and_then(|rest| rest.split_once(",v1="))
-            .unwrap();
-        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-        mac.update(format!("{t}.").as_bytes());
-        mac.update(&batch.raw);
-        let expected: String = mac
-            .finalize()
-            .into_bytes()
-            .iter()
-            .map(|byte| format!("{byte:02x}"))
-            .collect();
-        assert_eq!(v1, expected, "a batch's signature verifies");
+        assert_signed(batch, SECRET);
         all.extend(batch.body["events"].as_array().unwrap().iter().cloned());
     }
     all
