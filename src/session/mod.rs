@@ -23,6 +23,7 @@ mod origin;
 mod run_loop;
 mod shared_tcp;
 mod socket;
+mod start;
 mod upgrade;
 mod writer;
 
@@ -42,11 +43,11 @@ use tokio::{
 };
 
 use crate::{
-    auth::{AuthError, Authenticator, Namespaces},
+    auth::{Authenticator, Namespaces},
     cluster::Bus,
-    hub::{FramedText, HubHandle, Outbound, Wire},
+    hub::{HubHandle, Outbound, Wire},
     presence::Presence,
-    protocol::{self, CloseCode, ErrorCode, ws},
+    protocol::{self, CloseCode, ws},
     telemetry::{self, RateScope},
     throttle::{KeyedLimiter, Quota},
 };
@@ -561,8 +562,8 @@ where
     if is_echo {
         Box::pin(echo::run(socket, ctx.settings.idle_timeout))
     } else {
-        let start =
-            (token.is_some() || connect.is_some()).then(|| Box::new(Start { token, connect }));
+        let start = (token.is_some() || connect.is_some())
+            .then(|| Box::new(start::Start { token, connect }));
         Box::pin(run(socket, ctx, wire, admission, start))
     }
 }
@@ -574,14 +575,6 @@ struct Upgraded {
     leftover: bytes::BytesMut,
     token: Option<String>,
     /// What the connect hook is sent, when it is asked about this connection.
-    connect: Option<Box<hooked::ConnectInputs>>,
-}
-
-/// Who a connection says it is, as the upgrade brought it: a token, and what the connect
-/// hook is sent when it is asked. Boxed, and only when there is either: the session's
-/// task keeps a pointer for its whole life, not the token.
-struct Start {
-    token: Option<String>,
     connect: Option<Box<hooked::ConnectInputs>>,
 }
 
@@ -599,7 +592,7 @@ fn run<S>(
     ctx: Arc<SessionContext>,
     wire: Option<Arc<dyn Wire>>,
     admission: Option<Admission>,
-    start: Option<Box<Start>>,
+    start: Option<Box<start::Start>>,
 ) -> impl Future<Output = ()> + Send
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -616,7 +609,7 @@ where
         ));
         let session = &mut session.0;
         // Boxed: needed once, so its state does not size the task for the connection's life.
-        Box::pin(greet(session, &ctx, &outbound, start)).await;
+        Box::pin(start::greet(session, &ctx, &outbound, start)).await;
         // Boxed: needed once, so its state does not size the task for the connection's life.
         Box::pin(session.subscribe_server_side()).await;
 
@@ -648,111 +641,6 @@ where
         // The connection leaves the hub when `Registered` is dropped, here or in a panic.
         telemetry::connection_closed(final_end.label());
         tracing::debug!(conn_id, end = final_end.label(), "Session ended");
-    }
-}
-
-/// Why a connection is refused at its start, told after the welcome.
-enum Refused {
-    /// Its token (4003).
-    Token(AuthError),
-    /// The connect hook's answer or failure.
-    Hook(hooked::Connected),
-}
-
-impl Refused {
-    fn tell(self, session: &run_loop::Session, outbound: &Outbound) {
-        match self {
-            Refused::Token(err) => session.unauthorized(None, err),
-            Refused::Hook(hooked::Connected::Refused(message)) => {
-                telemetry::auth("hook_refused");
-                session.error(None, ErrorCode::Unauthorized, &message);
-                outbound.close(CloseCode::Unauthorized);
-            }
-            Refused::Hook(hooked::Connected::Disconnect { code, reason }) => {
-                telemetry::auth("hook_disconnect");
-                session.disconnect_by_hook(code, &reason);
-            }
-            Refused::Hook(hooked::Connected::Unavailable(failure)) => {
-                telemetry::auth("hook_unavailable");
-                // Spread over 1-5 s, so that a storm's clients do not all come back at once.
-                let after_ms = rand::random_range(1000..5000);
-                let _ = outbound.try_enqueue(&FramedText::from(protocol::encode_reconnect(
-                    "backend_unavailable",
-                    after_ms,
-                )));
-                session.error(None, ErrorCode::Unavailable, &failure.message());
-                outbound.close(CloseCode::TryAgainLater);
-            }
-            Refused::Hook(hooked::Connected::Allowed(_)) => {}
-        }
-    }
-}
-
-/// The connection's start: who it is ([`identify`]), the welcome, and the refusal when it
-/// is refused or, with `auth.required` and nobody identified, the deadline for `auth`.
-async fn greet(
-    session: &mut run_loop::Session,
-    ctx: &SessionContext,
-    outbound: &Outbound,
-    start: Option<Box<Start>>,
-) {
-    let conn_id = outbound.conn_id();
-    let refused = identify(session, ctx, conn_id, start).await;
-    let heartbeat_ms = u64::try_from(ctx.settings.heartbeat.as_millis()).unwrap_or(u64::MAX);
-    let welcome = protocol::encode_welcome(
-        conn_id,
-        &ctx.node_id,
-        heartbeat_ms,
-        session.user(),
-        session.server_subs(),
-    );
-    // A fresh queue always has room for the welcome.
-    let _ = outbound.try_enqueue(&FramedText::from(welcome));
-    if let Some(refused) = refused {
-        refused.tell(session, outbound);
-    } else if session.user().is_none() && ctx.settings.auth_required {
-        ctx.hub.set_deadline(
-            outbound,
-            ctx.hub
-                .clock_ms()
-                .saturating_add(duration_ms(ctx.settings.auth_timeout)),
-            CloseCode::Unauthorized,
-        );
-    }
-}
-
-/// Who the connection is: the connect hook's answer when it is asked, else its token's
-/// identity (or nobody). `Some` when the connection must be refused.
-async fn identify(
-    session: &mut run_loop::Session,
-    ctx: &SessionContext,
-    conn_id: u64,
-    start: Option<Box<Start>>,
-) -> Option<Refused> {
-    let Start { token, connect } = *start?;
-    if let (Some(inputs), Some(hooks)) = (connect, &ctx.hooks) {
-        return match hooked::connect(hooks, conn_id, &inputs, token.as_deref()).await {
-            hooked::Connected::Allowed(identity) => {
-                if let Some(identity) = identity {
-                    session.authenticated(identity);
-                    session.schedule_refresh(false);
-                }
-                None
-            }
-            refused => Some(Refused::Hook(refused)),
-        };
-    }
-    match (token, &ctx.auth) {
-        // It may wait for a JWKS fetch.
-        (Some(token), Some(auth)) => match auth.authenticate(&token).await {
-            Ok(identity) => {
-                session.authenticated(identity);
-                None
-            }
-            Err(err) => Some(Refused::Token(err)),
-        },
-        // Without keys, tokens are not checked (and give nobody any right).
-        _ => None,
     }
 }
 
