@@ -13,8 +13,12 @@ use std::{
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
-use hyper::{Request, Response, server::conn::http1, service::service_fn};
-use hyper_util::rt::TokioIo;
+use hyper::{
+    Request, Response,
+    server::conn::{http1, http2},
+    service::service_fn,
+};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
 use tokio::net::TcpListener;
 
@@ -61,6 +65,19 @@ impl Backend {
     /// was.
     pub async fn start_on(
         port: u16,
+        answer: impl Fn(&str, &Value) -> Reply + Send + Sync + 'static,
+    ) -> Self {
+        Self::serve(port, false, answer).await
+    }
+
+    /// As [`Backend::start`], speaking HTTP/2 without TLS (h2c, prior knowledge) only.
+    pub async fn start_h2c(answer: impl Fn(&str, &Value) -> Reply + Send + Sync + 'static) -> Self {
+        Self::serve(0, true, answer).await
+    }
+
+    async fn serve(
+        port: u16,
+        h2c: bool,
         answer: impl Fn(&str, &Value) -> Reply + Send + Sync + 'static,
     ) -> Self {
         let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
@@ -111,9 +128,15 @@ impl Backend {
                             Ok::<_, Infallible>(response)
                         }
                     });
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    if h2c {
+                        let _ = http2::Builder::new(TokioExecutor::new())
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    } else {
+                        let _ = http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    }
                 });
             }
         });

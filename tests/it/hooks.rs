@@ -583,3 +583,27 @@ async fn rpcs_in_flight_are_capped_per_connection_and_the_session_reads_on() {
     );
     server.stop().await;
 }
+
+/// `hooks.http2`: the hooks speak HTTP/2 without TLS (h2c) to a backend that speaks only
+/// that, many requests over one connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooks_speak_h2c_to_a_backend_that_speaks_only_that() {
+    let backend = Backend::start_h2c(platform).await;
+    let server = TestServer::builder()
+        .configure(|config| {
+            hooked(config, &backend);
+            config.hooks.http2 = true;
+        })
+        .start()
+        .await;
+    for user in ["ada", "grace", "alan"] {
+        let client = connect(&server, "", Some(&format!("session={user}"))).await;
+        assert_eq!(client.welcome["user"], user, "{}", client.welcome);
+    }
+    let asked = backend.seen("/connect");
+    assert_eq!(asked.len(), 3);
+    for seen in &asked {
+        verify(seen);
+    }
+    server.stop().await;
+}
