@@ -7,7 +7,10 @@
 #   2. a reconnect storm: 20,000 clients on two nodes (10,000 each: one process may open
 #      only 20,000 files here) all at once, against connect hooks answering in 20 ms, with
 #      hooks.max_in_flight 256: how long until all are connected, how many were refused, and
-#      the most requests each backend had in flight.
+#      the most requests each backend had in flight;
+#   3. the publish hook's cost: a client publishing 2,000 messages/s to 100 subscribers over
+#      its WebSocket, with `publish = "anonymous"` and with `publish = "hook"` (a backend
+#      answering at once): server CPU per message, delivery latency.
 # Writes DIR/hooks.json (default docs/). Bounded: every process stops by itself or is
 # killed by PID at the end.
 #
@@ -34,12 +37,12 @@ source loadtest/lib.sh
 # CPU seconds (user + system) of a process so far.
 cpu() { awk -v tck="$(getconf CLK_TCK)" '{ printf "%.3f", ($14 + $15) / tck }' "/proc/$1/stat"; }
 
-# Starts a node with loadtest/switchboard-auth.toml and the environment given; sets NODE_PID
-# and NODE_PORT.
+# Starts a node with $CONFIG (default loadtest/switchboard-auth.toml) and the environment
+# given; sets NODE_PID and NODE_PORT.
 node() {
   free_port; local ws=$PORT
   free_port; local control=$PORT
-  env "$@" "$bin/switchboard" --config loadtest/switchboard-auth.toml \
+  env "$@" "$bin/switchboard" --config "${CONFIG:-loadtest/switchboard-auth.toml}" \
     --listen "127.0.0.1:$ws" --control "127.0.0.1:$control" --log-level warn \
     >"$work/node-$ws.log" 2>&1 &
   NODE_PID=$!
@@ -108,6 +111,23 @@ wait "$load_a" "$load_b"
 # The backends print their counts when their time is up.
 wait "$backend_a" "$backend_b" 2>/dev/null || true
 
+# 3. The publish hook's cost per message.
+publish_run() {
+  local name=$1
+  shift
+  node "$@"
+  "$bin/switchboard-loadtest" fanout --server "127.0.0.1:$NODE_PORT" --subscribers 100 \
+    --rate 2000 --duration 10 --server-pid "$NODE_PID" --json "$work/$name.json" >/dev/null
+  kill -KILL "$NODE_PID"
+}
+echo "== publish: 2000 messages/s from one client to 100 subscribers, no hook" >&2
+CONFIG=loadtest/switchboard.toml publish_run publish-plain
+echo "== publish: the same through a publish hook answering at once" >&2
+backend 0 40
+CONFIG=loadtest/switchboard-publish-hook.toml publish_run publish-hook \
+  "SWITCHBOARD_HOOKS__PUBLISH_URL=http://127.0.0.1:$BACKEND_PORT/publish"
+kill -KILL "$BACKEND_PID"
+
 python3 - "$work" "$out/hooks.json" "$jwt_cpu" "$hook_cpu" "$connects" <<'PY'
 import json, sys, datetime, pathlib, os
 work, target, jwt_cpu, hook_cpu, connects = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
@@ -118,6 +138,8 @@ result = {
     "machine": f"{os.cpu_count()} cores",
     "jwt": {**load("jwt.json"), "node_cpu_us_per_connect": round(jwt_cpu / connects * 1e6, 1)},
     "hook": {**load("hook.json"), "node_cpu_us_per_connect": round(hook_cpu / connects * 1e6, 1)},
+    "publish_plain": load("publish-plain.json"),
+    "publish_hook": load("publish-hook.json"),
     "storm": {
         "nodes": [load("storm-a.json"), load("storm-b.json")],
         "backends": [json.loads(path.read_text()) for path in backends],
