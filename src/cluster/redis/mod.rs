@@ -45,7 +45,9 @@ mod entries;
 mod follow;
 mod health;
 mod interest;
+mod keys;
 mod presence;
+mod read;
 mod registry;
 mod scripts;
 mod streams;
@@ -71,6 +73,7 @@ use self::{
     connection::{Connector, RedisConn, keep_connected},
     follow::watch_readers,
     health::Health,
+    keys::{ChannelKeys, USERS_INTEREST, born_key, bus_key, inbox_prefix, interest_key, open_key},
     registry::start_heartbeat,
     scripts::{APPEND_LUA, BORN_LUA, FORGET_LUA, INTEREST_LUA, PUBLISH_LUA, READ_LUA, ROUTE_LUA},
     streams_lua::{HISTORY_LUA, OP_LUA},
@@ -263,22 +266,7 @@ impl Inner {
 
     /// The keys a publish or a read of `channel` touches, its partition hashed once.
     fn channel_keys(&self, channel: &ChannelName) -> ChannelKeys {
-        let partition = self.partition(channel);
-        ChannelKeys {
-            partition,
-            meta: format!("sb:{{sb:{partition}}}:meta:{channel}"),
-            hist: format!("sb:{{sb:{partition}}}:hist:{channel}"),
-            bus: bus_key(partition),
-            born: born_key(partition),
-            interest: interest_key(partition, channel.as_str()),
-            ids: format!("sb:{{sb:{partition}}}:ids:{channel}"),
-            idt: format!("sb:{{sb:{partition}}}:idt:{channel}"),
-            chg: format!("sb:{{sb:{partition}}}:chg:{channel}"),
-            opn: format!("sb:{{sb:{partition}}}:opn:{channel}"),
-            open: open_key(partition),
-            message_prefix: format!("sb:{{sb:{partition}}}:m:{channel} "),
-            text_prefix: format!("sb:{{sb:{partition}}}:x:{channel} "),
-        }
+        ChannelKeys::new(self.partition(channel), channel)
     }
 
     /// Whether this node reads its inboxes (`cluster.bus_routing = "inbox"`) rather than the
@@ -563,55 +551,6 @@ impl Bus for RedisBus {
     fn nodes(&self) -> BusFuture<'_, Result<Vec<serde_json::Value>, BusError>> {
         Box::pin(self.registered_nodes())
     }
-}
-
-fn bus_key(partition: u32) -> String {
-    format!("sb:{{sb:{partition}}}:bus")
-}
-
-/// The keys of one channel, all in its partition's slot (see [`Inner::channel_keys`]).
-struct ChannelKeys {
-    partition: u32,
-    meta: String,
-    hist: String,
-    bus: String,
-    born: String,
-    interest: String,
-    ids: String,
-    idt: String,
-    chg: String,
-    opn: String,
-    /// The partition's open streams, for the sweep that abandons idle ones.
-    open: String,
-    /// `...:m:<channel> `: a message's state is this, its epoch, a space and its seq.
-    message_prefix: String,
-    /// `...:x:<channel> `: a stream's text, likewise.
-    text_prefix: String,
-}
-
-/// A partition's open streams (`<channel> <message_id>` by when last touched, ms).
-fn open_key(partition: u32) -> String {
-    format!("sb:{{sb:{partition}}}:open")
-}
-
-/// The prefix of a partition's inboxes: `<prefix><node>:<incarnation>` is one process's.
-fn inbox_prefix(partition: u32) -> String {
-    format!("sb:{{sb:{partition}}}:in:")
-}
-
-/// A channel's interest hash: which processes' inboxes its messages are appended to (field
-/// `<node>:<incarnation>`, value: until when, in Redis ms).
-fn interest_key(partition: u32, channel: &str) -> String {
-    format!("sb:{{sb:{partition}}}:int:{channel}")
-}
-
-/// The interest hash every node reading its inbox joins for requests about users (`!` is
-/// outside the channel-name alphabet, so no channel shares it). Partition 0's, where those
-/// requests are appended.
-const USERS_INTEREST: &str = "!users";
-
-fn born_key(partition: u32) -> String {
-    format!("sb:{{sb:{partition}}}:born")
 }
 
 fn unix_ms() -> u64 {

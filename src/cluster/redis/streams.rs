@@ -9,7 +9,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     Inner, inbox_prefix, open_key,
-    scripts::{ChannelRead, as_string, as_u64, millis, parse_epoch},
+    read::ChannelRead,
+    scripts::{as_string, as_u64, millis, parse_epoch},
 };
 use crate::{
     cluster::{ApplyError, BusError},
@@ -353,17 +354,8 @@ impl Inner {
         let flag = |given: bool| if given { "1" } else { "0" };
         let depth = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
         telemetry::redis_pipeline_depth(depth);
-        let mut invocation = self.op_script.key(&keys.meta);
+        let mut invocation = keys.writing(&self.op_script);
         invocation
-            .key(&keys.hist)
-            .key(&keys.bus)
-            .key(&keys.born)
-            .key(&keys.interest)
-            .key(&keys.ids)
-            .key(&keys.idt)
-            .key(&keys.chg)
-            .key(&keys.opn)
-            .key(&keys.open)
             .arg(args.kind)
             .arg(args.id)
             .arg(args.data.unwrap_or_default())
