@@ -5,7 +5,7 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -109,6 +109,13 @@ pub struct Cache {
     max: usize,
     held: AtomicUsize,
     entries: DashMap<[u8; 32], (tokio::time::Instant, Box<RawValue>)>,
+    started: tokio::time::Instant,
+    /// When a full cache may next drop its expired entries (ms since `started`).
+    next_sweep_ms: AtomicU64,
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl Cache {
@@ -119,6 +126,8 @@ impl Cache {
             max,
             held: AtomicUsize::new(0),
             entries: DashMap::new(),
+            started: tokio::time::Instant::now(),
+            next_sweep_ms: AtomicU64::new(0),
         }
     }
 
@@ -153,9 +162,26 @@ impl Cache {
         (entry.0.elapsed() < self.ttl).then(|| entry.1.clone())
     }
 
-    /// Keeps `result` for `key`.
+    /// Keeps `result` for `key`. When full, expired entries are dropped, at most once per
+    /// quarter of the TTL: a flood of distinct sessions costs one scan per interval, not
+    /// one per connect.
     pub fn put(&self, key: [u8; 32], result: Box<RawValue>) {
         if self.held.load(Ordering::Acquire) >= self.max {
+            let now_ms = millis(self.started.elapsed());
+            let due = self.next_sweep_ms.load(Ordering::Acquire);
+            if now_ms < due
+                || self
+                    .next_sweep_ms
+                    .compare_exchange(
+                        due,
+                        now_ms + millis(self.ttl / 4),
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    )
+                    .is_err()
+            {
+                return;
+            }
             self.entries.retain(|_, (at, _)| at.elapsed() < self.ttl);
             self.held.store(self.entries.len(), Ordering::Release);
             if self.entries.len() >= self.max {

@@ -11,9 +11,18 @@ use super::Session;
 use crate::{config::WebhookEvent, protocol::ChannelName, protocol::Offset, webhooks::About};
 
 impl Session {
+    /// The webhooks, when one of them takes `event`: nothing is built for an event nobody
+    /// takes.
+    fn webhooks_for(&self, event: WebhookEvent) -> Option<&crate::webhooks::Webhooks> {
+        self.ctx
+            .webhooks
+            .as_deref()
+            .filter(|webhooks| webhooks.wants(event))
+    }
+
     /// `channel_occupied` or `channel_vacated`.
     pub(super) fn channel_event(&self, event: WebhookEvent, channel: &ChannelName) {
-        if let Some(webhooks) = &self.ctx.webhooks {
+        if let Some(webhooks) = self.webhooks_for(event) {
             webhooks.emit(
                 event,
                 About {
@@ -26,7 +35,7 @@ impl Session {
 
     /// `member_added` or `member_removed`.
     pub(super) fn member_event(&self, event: WebhookEvent, channel: &ChannelName, user: Arc<str>) {
-        if let Some(webhooks) = &self.ctx.webhooks {
+        if let Some(webhooks) = self.webhooks_for(event) {
             webhooks.emit(
                 event,
                 About {
@@ -41,12 +50,7 @@ impl Session {
 
     /// `client_publish`: what the client published (its data after a publish hook).
     pub(super) fn published_event(&self, channel: &ChannelName, offset: Offset, data: &str) {
-        let Some(webhooks) = self
-            .ctx
-            .webhooks
-            .as_ref()
-            .filter(|webhooks| webhooks.wants(WebhookEvent::ClientPublish))
-        else {
+        let Some(webhooks) = self.webhooks_for(WebhookEvent::ClientPublish) else {
             return;
         };
         webhooks.emit(
@@ -74,7 +78,7 @@ impl Session {
 
     /// `connection_closed`, with the close code sent (none when the peer vanished).
     pub(in crate::session) fn closed_event(&self, code: Option<u16>) {
-        if let Some(webhooks) = &self.ctx.webhooks {
+        if let Some(webhooks) = self.webhooks_for(WebhookEvent::ConnectionClosed) {
             webhooks.emit(
                 WebhookEvent::ConnectionClosed,
                 About {
