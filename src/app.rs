@@ -9,13 +9,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     accept::AcceptFailures,
-    cluster::{Bus, LocalBus, NodeInfo, PresenceStore, RedisBus, RedisSettings},
+    cluster::{Bus, LocalBus, NodeInfo, OccupancyStore, PresenceStore, RedisBus, RedisSettings},
     config::Config,
     control::{self, ControlContext, ControlSettings},
     drain::{DrainRequest, DrainSettings, Drainer, Origin},
     hub::{Hub, HubHandle, HubSettings},
     memory,
-    presence::{Presence, PresenceSettings},
+    occupancy::{Occupancy, OccupancyWatch},
+    presence::{MemberWatch, Presence, PresenceSettings},
     protocol::CloseCode,
     session::{self, SessionContext, SessionSettings},
     shutdown::{Latch, Readiness, TaskGroup},
@@ -48,6 +49,10 @@ pub struct Running {
     certificates: crate::tls::Certificates,
     /// Control API and periodic tasks.
     background: TaskGroup,
+    /// The webhooks' senders, stopped after `background` so that they take the events the
+    /// last writes of presence and occupancy make.
+    outbox: TaskGroup,
+    outbox_stop: CancellationToken,
 }
 
 /// Builds the node from `config`, binds both listeners and starts serving. Each subsystem
@@ -88,7 +93,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         control: crate::tls::Tls::from_config("control.tls", &config.control.tls)
             .context("loading control.tls (certificate and key)")?,
     };
-    let (bus, presence_store) = start_bus(
+    let (bus, stores) = start_bus(
         &config,
         &hub,
         &node_id,
@@ -97,13 +102,38 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         &background_stop,
     )?;
     let auth = start_auth(&config, &readiness, &background, &background_stop)?;
+    let outbox = TaskGroup::new();
+    let outbox_stop = CancellationToken::new();
+    let webhooks = crate::webhooks::Webhooks::start(
+        &config.webhooks,
+        Arc::clone(&node_id),
+        &outbox,
+        &outbox_stop,
+    );
+    let mut presence_settings = PresenceSettings::from_config(&config, Arc::clone(&node_id));
+    presence_settings.watch = webhooks
+        .as_ref()
+        .and_then(|webhooks| webhooks.member_events())
+        .map(|tell| MemberWatch(Arc::new(tell)));
     let presence = Presence::start(
-        PresenceSettings::from_config(&config, Arc::clone(&node_id)),
+        presence_settings,
         Arc::clone(&bus),
-        presence_store,
+        stores.presence,
         &background,
         &background_stop,
     );
+    let occupancy = webhooks
+        .as_ref()
+        .and_then(|webhooks| webhooks.occupancy_events())
+        .map(|tell| {
+            Occupancy::start(
+                Arc::clone(&hub),
+                stores.occupancy,
+                OccupancyWatch(Arc::new(tell)),
+                &background,
+                &background_stop,
+            )
+        });
     let drainer = Drainer::new(
         Arc::clone(&hub),
         readiness.clone(),
@@ -129,12 +159,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         auth,
         presence: Arc::clone(&presence),
         hooks: crate::hooks::Hooks::new(&config.hooks, Arc::clone(&node_id)),
-        webhooks: crate::webhooks::Webhooks::start(
-            &config.webhooks,
-            Arc::clone(&node_id),
-            &background,
-            &background_stop,
-        ),
+        webhooks,
+        occupancy,
         connect_limiter: Quota::new(
             config.limits.connects_per_ip_per_second,
             config.limits.connect_burst_per_ip,
@@ -260,14 +286,23 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         sessions,
         background,
         certificates,
+        outbox,
+        outbox_stop,
     })
 }
 
-/// The bus, and where presence is kept across nodes (`None` on a single node).
-type BusAndStore = (Arc<dyn Bus>, Option<Arc<dyn PresenceStore>>);
+/// Where presence and occupancy are kept across nodes (`None` on a single node).
+#[derive(Default)]
+struct Stores {
+    presence: Option<Arc<dyn PresenceStore>>,
+    occupancy: Option<Arc<dyn OccupancyStore>>,
+}
 
-/// The bus `[cluster]` asks for: Redis Streams (and presence in the same Redis) when
-/// `cluster.redis` is set, else the in-process bus.
+/// The bus, and the stores.
+type BusAndStore = (Arc<dyn Bus>, Stores);
+
+/// The bus `[cluster]` asks for: Redis Streams (and presence and occupancy in the same
+/// Redis) when `cluster.redis` is set, else the in-process bus.
 fn start_bus(
     config: &Config,
     hub: &HubHandle,
@@ -279,14 +314,17 @@ fn start_bus(
     if !config.cluster.redis.is_set() {
         return Ok((
             Arc::new(LocalBus::new(Arc::clone(hub), Arc::clone(node_id))),
-            None,
+            Stores::default(),
         ));
     }
     let settings = RedisSettings::from_config(config, Arc::clone(node_id))?;
     let bus = RedisBus::start(settings, Arc::clone(hub), node, tasks, stop)
         .context("starting the Redis bus")?;
-    let store = Arc::new(bus.presence(config.presence.ttl));
-    Ok((Arc::new(bus), Some(store)))
+    let stores = Stores {
+        presence: Some(Arc::new(bus.presence(config.presence.ttl))),
+        occupancy: Some(Arc::new(bus.occupancy())),
+    };
+    Ok((Arc::new(bus), stores))
 }
 
 /// The token verifier `[auth]` describes, if it has keys; with a JWKS URL, the task that
@@ -491,7 +529,10 @@ impl Running {
             );
         }
         self.background_stop.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.background.wait()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.background.wait()).await;
+        // Each webhook tries once more with what is queued, within its timeout.
+        self.outbox_stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.outbox.wait()).await;
         tracing::info!("Switchboard stopped");
     }
 }

@@ -14,6 +14,7 @@ pub mod drain;
 pub mod hooks;
 pub mod hub;
 pub mod memory;
+pub mod occupancy;
 pub mod overload;
 pub mod presence;
 pub mod protocol;

@@ -215,6 +215,24 @@ pub struct Presence {
     ttl: Duration,
     /// With a store: when it last answered a write of this node's (for `rejoin_owed`).
     last_answer: std::sync::Mutex<Instant>,
+    /// Told when a user is added to or removed from a channel across the cluster.
+    watch: Option<MemberWatch>,
+}
+
+/// What [`Presence`] tells when a user's first connection in a channel joins (`true`) or
+/// its last leaves (`false`), on every node together: once per change for the whole
+/// cluster (with a store, by the node whose write made it), for `member_added` and
+/// `member_removed` webhooks.
+#[derive(Clone)]
+pub struct MemberWatch(pub Arc<TellMember>);
+
+/// Channel, user, and whether the user was added (else removed).
+pub type TellMember = dyn Fn(&ChannelName, &str, bool) + Send + Sync;
+
+impl std::fmt::Debug for MemberWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MemberWatch")
+    }
 }
 
 /// What [`Presence::start`] needs.
@@ -226,6 +244,8 @@ pub struct PresenceSettings {
     /// Members' lifetime in the store after their node's last refresh.
     pub ttl: Duration,
     pub namespaces: Namespaces,
+    /// Told of users added to and removed from channels (webhooks), if anyone listens.
+    pub watch: Option<MemberWatch>,
 }
 
 impl PresenceSettings {
@@ -238,6 +258,7 @@ impl PresenceSettings {
             max_listed: config.presence.max_listed,
             ttl: config.presence.ttl,
             namespaces: Namespaces::new(&config.namespaces),
+            watch: None,
         }
     }
 }
@@ -277,6 +298,7 @@ impl Presence {
             namespaces: settings.namespaces,
             ttl: settings.ttl,
             last_answer: std::sync::Mutex::new(Instant::now()),
+            watch: settings.watch,
         });
         if let Some(store) = presence.store.clone() {
             tasks.spawn(Arc::clone(&presence).keep_stored(
@@ -303,12 +325,7 @@ impl Presence {
 
     /// Records a subscriber as a member of `channel`; with `join_leave`, the channel's
     /// subscribers hear of it.
-    pub fn joined(
-        self: &Arc<Self>,
-        channel: &ChannelName,
-        member: Member,
-        join_leave: bool,
-    ) -> bool {
+    pub fn joined(self: &Arc<Self>, channel: &ChannelName, member: Member, join_leave: bool) {
         let member = Arc::new(member);
         let first;
         {
@@ -318,7 +335,7 @@ impl Presence {
                 .insert(member.conn_id, Arc::clone(&member))
                 .is_some()
             {
-                return false;
+                return;
             }
             let count = members.users.entry(Arc::clone(&member.user)).or_default();
             *count += 1;
@@ -326,30 +343,38 @@ impl Presence {
             self.unsynced(channel, &mut members, Change::Join, &member);
             if join_leave && self.store.is_some() {
                 members.announce.push(Change::Join, member);
-                return first;
+                return;
             }
+        }
+        if first && self.store.is_none() {
+            self.tell(channel, &member.user, true);
         }
         if join_leave {
             self.event(channel, Change::Join, member);
         }
-        first
     }
 
     /// Forgets connection `conn_id` as a member of `channel` (an unsubscribe, or the session
-    /// ended); with `join_leave`, the channel's subscribers hear of it. Returns the member's
-    /// user when this was its last connection in the channel on this node.
-    pub fn left(
-        self: &Arc<Self>,
-        channel: &ChannelName,
-        conn_id: ConnId,
-        join_leave: bool,
-    ) -> Option<Arc<str>> {
-        let (member, last) = self.remove(channel, conn_id, join_leave)?;
-        let user = last.then(|| Arc::clone(&member.user));
-        if join_leave && self.store.is_none() {
-            self.event(channel, Change::Leave, member);
+    /// ended); with `join_leave`, the channel's subscribers hear of it.
+    pub fn left(self: &Arc<Self>, channel: &ChannelName, conn_id: ConnId, join_leave: bool) {
+        let Some((member, last)) = self.remove(channel, conn_id, join_leave) else {
+            return;
+        };
+        if self.store.is_none() {
+            if last {
+                self.tell(channel, &member.user, false);
+            }
+            if join_leave {
+                self.event(channel, Change::Leave, member);
+            }
         }
-        user
+    }
+
+    /// Tells the watch, if any, that `user` was added to `channel` (or removed).
+    fn tell(&self, channel: &ChannelName, user: &str, added: bool) {
+        if let Some(MemberWatch(watch)) = &self.watch {
+            watch(channel, user, added);
+        }
     }
 
     /// A member's token was refreshed: its entry takes `member`'s `info` (same connection,

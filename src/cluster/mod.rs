@@ -7,9 +7,13 @@
 //! and feeds entries read back from Redis to the hub. Sessions and the control API hold an
 //! `Arc<dyn Bus>` and never know which one runs. Depends on `hub` only through its handle.
 
+mod occupancy;
 mod redis;
 
-pub use self::redis::{NodeInfo, RedisBus, RedisPresence, RedisSettings};
+pub use self::{
+    occupancy::{OccupancyChange, OccupancyStore},
+    redis::{NodeInfo, RedisBus, RedisOccupancy, RedisPresence, RedisSettings},
+};
 
 use std::{future::Future, pin::Pin, sync::Arc};
 
@@ -419,6 +423,16 @@ pub struct Departed {
     pub members: Vec<(Departure, String)>,
 }
 
+/// A user whose connections in a channel, on every node together, went from none to some
+/// (`added`) or from some to none: found by the one script call that made the change, so
+/// each is reported by one node only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Crossing {
+    pub channel: ChannelName,
+    pub user: String,
+    pub added: bool,
+}
+
 /// Cluster-wide presence: every node's members of a channel, kept where every node reads
 /// them. Each node writes its own members in batches and refreshes them; a node that stops
 /// refreshing loses them after the store's TTL, or sooner when the node registry sees it
@@ -455,6 +469,10 @@ pub trait PresenceStore: Send + Sync + std::fmt::Debug + 'static {
     /// Members of departed nodes removed since the last call (by this node's queries, or
     /// because the registry saw their node gone), for `leave` events.
     fn departed(&self) -> BusFuture<'_, Vec<Departed>>;
+
+    /// The users this node's calls found added to or removed from a channel across the
+    /// cluster since the last call, in the order found (`member_added`, `member_removed`).
+    fn crossings(&self) -> Vec<Crossing>;
 
     /// A number that changes whenever this node's members in the store may have been lost
     /// (the store lost its data, or judged this node departed): every channel is then

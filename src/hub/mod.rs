@@ -391,6 +391,15 @@ impl Hub {
         read(&self.shard(name).channels).contains_key(name)
     }
 
+    /// Whether the channel is occupied here: it has had a subscriber since a leave last
+    /// found it vacant (see [`Subscribed::first`] and [`Left::vacated`]).
+    #[must_use]
+    pub fn occupied(&self, name: &str) -> bool {
+        read(&self.shard(name).channels)
+            .get(name)
+            .is_some_and(|slot| lock(&slot.state).occupied)
+    }
+
     /// Channels with subscribers on this node whose name starts with `prefix`, after
     /// `after` in name order, at most `limit`: `(name, subscribers)`, and whether more
     /// follow. Sorts every matching name: an operator's query, not a hot path.

@@ -122,13 +122,18 @@ impl Presence {
             if turn.replaces_index() {
                 store.index(index, true).await;
             }
+            if !stopping {
+                for departed in store.departed().await {
+                    self.departed(&departed.channel, &departed.members);
+                }
+            }
+            for crossing in store.crossings() {
+                self.tell(&crossing.channel, &crossing.user, crossing.added);
+            }
             if stopping {
                 break;
             }
             pause = if failed { SYNC_RETRY } else { SYNC_EVERY };
-            for departed in store.departed().await {
-                self.departed(&departed.channel, &departed.members);
-            }
         }
     }
 

@@ -64,6 +64,7 @@ fn presence(hub: &HubHandle, coalesce: Duration) -> Arc<Presence> {
             max_listed: 100,
             ttl: Duration::from_secs(30),
             namespaces: crate::auth::Namespaces::default(),
+            watch: None,
         },
         bus,
         None,
@@ -320,6 +321,10 @@ impl PresenceStore for GatedStore {
     fn state_losses(&self) -> u64 {
         0
     }
+
+    fn crossings(&self) -> Vec<crate::cluster::Crossing> {
+        Vec::new()
+    }
 }
 
 /// A token refresh that changes a member's `info` while a write is in flight asks for the
@@ -340,6 +345,7 @@ async fn a_rewrite_asked_for_during_a_write_is_written_in_full() {
             max_listed: 100,
             ttl: Duration::from_secs(30),
             namespaces: crate::auth::Namespaces::default(),
+            watch: None,
         },
         bus,
         Some(Arc::clone(&store) as Arc<dyn PresenceStore>),

@@ -186,6 +186,8 @@ pub struct SessionContext {
     pub hooks: Option<Arc<crate::hooks::Hooks>>,
     /// The application's webhooks (`[[webhooks]]`), when any is configured.
     pub webhooks: Option<Arc<crate::webhooks::Webhooks>>,
+    /// Channels occupied and vacated for the whole cluster, when a webhook takes them.
+    pub occupancy: Option<Arc<crate::occupancy::Occupancy>>,
 }
 
 /// Every way a session ends.

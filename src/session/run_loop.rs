@@ -29,7 +29,6 @@ mod replay;
 use super::{End, SessionContext, socket::Socket, writer};
 use crate::{
     auth::{self, Action, AuthError, Decision, Identity},
-    config::WebhookEvent,
     hub::{FramedText, HistoryData, Outbound, SessionCommand, SubscribeError, Subscribed},
     presence::{self, Member},
     protocol::{
@@ -392,13 +391,10 @@ impl Session {
     }
 
     fn left(&self, channel: &ChannelName) {
-        if let Some(membership) = self.ctx.settings.namespaces.membership(channel.as_str())
-            && let Some(user) =
-                self.ctx
-                    .presence
-                    .left(channel, self.outbound.conn_id(), membership.join_leave)
-        {
-            self.member_event(WebhookEvent::MemberRemoved, channel, user);
+        if let Some(membership) = self.ctx.settings.namespaces.membership(channel.as_str()) {
+            self.ctx
+                .presence
+                .left(channel, self.outbound.conn_id(), membership.join_leave);
         }
     }
 
@@ -947,7 +943,7 @@ impl Session {
             // cleanup must find it.
             Ok(_) | Err(SubscribeError::SlowConsumer | SubscribeError::Closing) => {
                 if matches!(&result, Ok(outcome) if outcome.first) {
-                    self.channel_event(WebhookEvent::ChannelOccupied, &channel);
+                    self.occupancy_changed(&channel);
                 }
                 if self.subscriptions.is_empty() {
                     // Most connections follow one channel: room for one, not the four
@@ -957,15 +953,9 @@ impl Session {
                 self.subscriptions.push(hub.intern(&channel));
                 if let Some(membership) = self.ctx.settings.namespaces.membership(channel.as_str())
                 {
-                    let member = self.member();
-                    let user = Arc::clone(&member.user);
-                    if self
-                        .ctx
+                    self.ctx
                         .presence
-                        .joined(&channel, member, membership.join_leave)
-                    {
-                        self.member_event(WebhookEvent::MemberAdded, &channel, user);
-                    }
+                        .joined(&channel, self.member(), membership.join_leave);
                 }
             }
             Err(SubscribeError::NeedRemote) => {
@@ -996,7 +986,7 @@ impl Session {
             account.by_backend.retain(|granted| granted != channel);
         }
         if self.ctx.hub.leave(self.outbound.conn_id(), channel).vacated {
-            self.channel_event(WebhookEvent::ChannelVacated, channel);
+            self.occupancy_changed(channel);
         }
         self.left(channel);
         true

@@ -78,6 +78,7 @@ fn test_context(hub: &HubHandle, bus: Arc<dyn Bus>) -> Arc<SessionContext> {
         auth: None,
         hooks: None,
         webhooks: None,
+        occupancy: None,
         presence: crate::presence::Presence::start(
             crate::presence::PresenceSettings {
                 node: Arc::from("n"),
@@ -85,6 +86,7 @@ fn test_context(hub: &HubHandle, bus: Arc<dyn Bus>) -> Arc<SessionContext> {
                 max_listed: 10,
                 ttl: Duration::from_secs(30),
                 namespaces: Namespaces::default(),
+                watch: None,
             },
             Arc::new(LocalBus::new(Arc::clone(hub), Arc::from("n"))),
             None,

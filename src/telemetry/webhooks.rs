@@ -1,5 +1,6 @@
 //! The metrics of webhooks (`webhooks`): events delivered, dropped and queued, and failed
-//! tries, by webhook (its index in `[[webhooks]]`).
+//! tries, by webhook (its index in `[[webhooks]]`); channels occupied and vacated for the
+//! whole cluster (`occupancy`), and its writes to Redis that failed.
 
 use metrics::{describe_counter, describe_gauge};
 
@@ -11,6 +12,21 @@ pub const WEBHOOK_EVENTS_DROPPED: &str = "ws_webhook_events_dropped_total";
 pub const WEBHOOK_FAILURES: &str = "ws_webhook_failures_total";
 /// Gauge: events waiting in the webhook's queue, by `webhook`.
 pub const WEBHOOK_QUEUED: &str = "ws_webhook_queued";
+
+/// Counter: channels this node found occupied or vacated for the whole cluster, by
+/// `change` (`occupied`, `vacated`).
+pub const CHANNEL_OCCUPANCY: &str = "ws_channel_occupancy_changes_total";
+/// Counter: occupancy writes to Redis that failed and were sent again.
+pub const OCCUPANCY_WRITE_FAILURES: &str = "ws_occupancy_write_failures_total";
+
+pub fn channel_occupancy(occupied: bool) {
+    let change = if occupied { "occupied" } else { "vacated" };
+    metrics::counter!(CHANNEL_OCCUPANCY, "change" => change).increment(1);
+}
+
+pub fn occupancy_write_failed() {
+    metrics::counter!(OCCUPANCY_WRITE_FAILURES).increment(1);
+}
 
 fn webhook_label(index: usize) -> String {
     index.to_string()
@@ -46,6 +62,14 @@ pub(super) fn describe() {
     describe_counter!(
         WEBHOOK_FAILURES,
         "Webhook POSTs that failed and are tried again"
+    );
+    describe_counter!(
+        CHANNEL_OCCUPANCY,
+        "Channels this node found occupied or vacated for the whole cluster, by change"
+    );
+    describe_counter!(
+        OCCUPANCY_WRITE_FAILURES,
+        "Occupancy writes to Redis that failed and were sent again"
     );
     describe_gauge!(
         WEBHOOK_QUEUED,

@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     config::{WebhookConfig, WebhookEvent},
     hooks::sign,
+    protocol::ChannelName,
     shutdown::TaskGroup,
     telemetry,
 };
@@ -168,6 +169,61 @@ impl Webhooks {
         self.sinks
             .iter()
             .any(|sink| sink.config.events.contains(&event))
+    }
+
+    /// What tells `member_added` and `member_removed` (channel, user, whether added) to the
+    /// webhooks that take them; `None` when none does.
+    #[must_use]
+    pub fn member_events(
+        self: &Arc<Self>,
+    ) -> Option<impl Fn(&ChannelName, &str, bool) + Send + Sync + 'static> {
+        let webhooks = Arc::clone(self);
+        let wanted = |event| webhooks.wants(event);
+        if !wanted(WebhookEvent::MemberAdded) && !wanted(WebhookEvent::MemberRemoved) {
+            return None;
+        }
+        Some(move |channel: &ChannelName, user: &str, added: bool| {
+            let event = if added {
+                WebhookEvent::MemberAdded
+            } else {
+                WebhookEvent::MemberRemoved
+            };
+            webhooks.emit(
+                event,
+                About {
+                    channel: Some(channel.as_str().to_owned()),
+                    user: Some(Arc::from(user)),
+                    ..About::default()
+                },
+            );
+        })
+    }
+
+    /// What tells `channel_occupied` and `channel_vacated` (channel, whether occupied) to
+    /// the webhooks that take them; `None` when none does.
+    #[must_use]
+    pub fn occupancy_events(
+        self: &Arc<Self>,
+    ) -> Option<impl Fn(&ChannelName, bool) + Send + Sync + 'static> {
+        let webhooks = Arc::clone(self);
+        let wanted = |event| webhooks.wants(event);
+        if !wanted(WebhookEvent::ChannelOccupied) && !wanted(WebhookEvent::ChannelVacated) {
+            return None;
+        }
+        Some(move |channel: &ChannelName, occupied: bool| {
+            let event = if occupied {
+                WebhookEvent::ChannelOccupied
+            } else {
+                WebhookEvent::ChannelVacated
+            };
+            webhooks.emit(
+                event,
+                About {
+                    channel: Some(channel.as_str().to_owned()),
+                    ..About::default()
+                },
+            );
+        })
     }
 
     /// Queues `event` for every webhook that takes it (and its channel); never waits.

@@ -51,3 +51,4 @@ mod streams_cluster;
 mod throttle;
 mod tls;
 mod webhooks;
+mod webhooks_cluster;

@@ -14,9 +14,9 @@ use crate::{
     redis_server::RedisServer,
 };
 
-const SECRET: &str = "webhook-secret";
+pub(crate) const SECRET: &str = "webhook-secret";
 
-fn receiver(_: &str, _: &Value) -> Reply {
+pub(crate) fn receiver(_: &str, _: &Value) -> Reply {
     Reply::Json(json!({}))
 }
 
@@ -41,7 +41,7 @@ fn webhooked(config: &mut Config, url: String, events: Vec<WebhookEvent>) {
 }
 
 /// Every event the receiver got, in order, each batch's signature checked.
-fn events(seen: &[Seen]) -> Vec<Value> {
+pub(crate) fn events(seen: &[Seen]) -> Vec<Value> {
     let mut all = Vec::new();
     for batch in seen {
         assert_signed(batch, SECRET);
@@ -72,6 +72,14 @@ async fn a_sessions_life_reaches_the_webhook_in_signed_batches() {
     let mut second = server.client().await;
     first.subscribe("room:1").await;
     second.subscribe("room:1").await;
+    // Occupancy changes gather for a moment (a channel left and joined again within it was
+    // never vacant): the room is told occupied before anyone publishes.
+    assert_eventually!(
+        events(&backend.seen("/events"))
+            .iter()
+            .any(|event| event["type"] == "channel_occupied"),
+        "room occupied"
+    );
     first
         .send(json!({"type":"publish","id":2,"channel":"room:1","data":{"text":"hi"}}))
         .await;
@@ -276,6 +284,7 @@ async fn a_slow_consumer_dropped_by_the_fan_out_still_vacates_its_channel() {
     assert_eventually!(kinds().len() == 2, "occupied, then vacated: {:?}", kinds());
     let mut newcomer = server.client().await;
     newcomer.subscribe("firehose").await;
+    assert_eventually!(kinds().len() == 3, "occupied again: {:?}", kinds());
     drop(newcomer);
     assert_eventually!(kinds().len() == 4, "four events: {:?}", kinds());
     assert_eq!(

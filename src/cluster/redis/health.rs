@@ -71,6 +71,14 @@ impl Health {
         now_ms.saturating_sub(self.disturbed_ms.load(Ordering::Acquire))
     }
 
+    /// Whether this node's registry entry was written (a heartbeat answered).
+    pub(super) fn registered(&self) -> bool {
+        self.redis_clock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+    }
+
     /// Notes Redis's time (ms), read now.
     pub(super) fn redis_time(&self, redis_now_ms: u64) {
         *self

@@ -46,6 +46,7 @@ mod follow;
 mod health;
 mod interest;
 mod keys;
+mod occupancy;
 mod presence;
 mod read;
 mod registry;
@@ -53,7 +54,7 @@ mod scripts;
 mod streams;
 mod streams_lua;
 
-pub use self::{presence::RedisPresence, registry::NodeInfo};
+pub use self::{occupancy::RedisOccupancy, presence::RedisPresence, registry::NodeInfo};
 
 use std::{
     collections::HashSet,
@@ -164,6 +165,8 @@ struct Inner {
     /// Nodes this node saw leave the registry without deregistering (their heartbeat
     /// expired), whose presence it removes.
     departed_nodes: Mutex<Vec<String>>,
+    /// The same nodes, for the occupancy that removes their channels' fields.
+    departed_occupants: Mutex<Vec<String>>,
     /// Per partition, the channels this node has written its interest in (before the
     /// subscribe's read that writes it): what its renewals keep alive, and what the readers
     /// remove from Redis once the hub no longer holds the channel.
@@ -227,6 +230,7 @@ impl RedisBus {
             started: Instant::now(),
             in_flight: AtomicUsize::new(0),
             departed_nodes: Mutex::new(Vec::new()),
+            departed_occupants: Mutex::new(Vec::new()),
             interest: (0..partitions)
                 .map(|_| Mutex::new(HashSet::new()))
                 .collect(),
@@ -256,6 +260,12 @@ impl RedisBus {
     #[must_use]
     pub fn presence(&self, ttl: Duration) -> RedisPresence {
         RedisPresence::new(Arc::clone(&self.inner), ttl)
+    }
+
+    /// Which nodes hold subscribers of each channel, in the same Redis.
+    #[must_use]
+    pub fn occupancy(&self) -> RedisOccupancy {
+        RedisOccupancy::new(Arc::clone(&self.inner))
     }
 }
 

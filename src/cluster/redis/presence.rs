@@ -11,6 +11,9 @@
 //! - `sb:{sb:P}:pn:<channel>`: hash, node -> the Redis time (ms) its members expire at;
 //!   `!<node>` -> the incarnation that wrote them; `~<node>` -> until when another node's
 //!   removal of them is remembered (see [`lua::COMMON_LUA`]).
+//! - `sb:{sb:P}:pc:<channel>`: hash, node -> the users its last write found added or
+//!   removed across the cluster, kept so that a write whose answer was lost is told
+//!   anyway (see [`lua::WRITE_LUA`]).
 //!
 //! A node writes its changes per channel in one script call per batch, and refreshes every
 //! channel it has members in once per `presence.ttl / 3` (one call per channel, not per
@@ -22,9 +25,10 @@
 //! (its heartbeat expired) removes its members from each at once.
 
 use std::{
+    collections::HashMap,
     sync::{
         Arc, Mutex, PoisonError,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::Duration,
 };
@@ -40,8 +44,8 @@ use super::{
 };
 use crate::{
     cluster::{
-        BusError, BusFuture, Departed, Departure, PresenceStore, PresenceWrite, StoredPage,
-        StoredStats, WriteOutcome, member_id,
+        BusError, BusFuture, Crossing, Departed, Departure, PresenceStore, PresenceWrite,
+        StoredPage, StoredStats, WriteOutcome, member_id,
     },
     protocol::ChannelName,
 };
@@ -69,6 +73,13 @@ struct Scripts {
     forget: Script,
     /// Members removed by this node's scripts, not yet handed out.
     departed: Mutex<Vec<Departed>>,
+    /// Users this node's scripts found added or removed across the cluster, likewise.
+    crossings: Mutex<Vec<Crossing>>,
+    /// Numbers this node's write calls: a channel's calls whose answer was lost (a timeout,
+    /// a dropped link) are named by the first of them until one is answered, so that the
+    /// next call answers their crossings again (see `lua::WRITE_LUA`).
+    calls: AtomicU64,
+    unanswered: Mutex<HashMap<ChannelName, u64>>,
     /// Whether the channels a previous incarnation of this node id listed in its index were
     /// swept of its ghosts (see [`RedisPresence::sweep`]).
     swept: AtomicBool,
@@ -100,15 +111,18 @@ impl RedisPresence {
                 stats: script(STATS_LUA),
                 forget: script(FORGET_LUA),
                 departed: Mutex::new(Vec::new()),
+                crossings: Mutex::new(Vec::new()),
+                calls: AtomicU64::new(0),
+                unanswered: Mutex::new(HashMap::new()),
                 swept: AtomicBool::new(false),
             }),
             ttl,
         }
     }
 
-    fn keys(&self, channel: &ChannelName) -> [String; 4] {
+    fn keys(&self, channel: &ChannelName) -> [String; 5] {
         let partition = self.inner.partition(channel);
-        ["pm", "pd", "pu", "pn"].map(|kind| format!("sb:{{sb:{partition}}}:{kind}:{channel}"))
+        ["pm", "pd", "pu", "pn", "pc"].map(|kind| format!("sb:{{sb:{partition}}}:{kind}:{channel}"))
     }
 
     fn index_key(&self, node: &str) -> String {
@@ -159,9 +173,34 @@ impl RedisPresence {
         }
     }
 
-    /// Runs `script` on `channel`'s four keys, with this node's id, incarnation, whether it
+    fn keep_crossings(&self, channel: &ChannelName, value: &Value) {
+        let found = strings(value);
+        if found.is_empty() {
+            return;
+        }
+        let mut crossings = self
+            .scripts
+            .crossings
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for text in found {
+            let added = match text.as_bytes().first() {
+                Some(b'+') => true,
+                Some(b'-') => false,
+                _ => continue,
+            };
+            crossings.push(Crossing {
+                channel: channel.clone(),
+                user: text[1..].to_owned(),
+                added,
+            });
+        }
+    }
+
+    /// Runs `script` on `channel`'s five keys, with this node's id, incarnation, whether it
     /// may judge and the TTL as `ARGV[1..=4]` and then what `args` adds; its reply, an array
-    /// whose first item is the departed members.
+    /// whose first item is the departed members and second the users' crossings (both kept
+    /// for their callers).
     async fn call(
         &self,
         script: &Script,
@@ -184,8 +223,9 @@ impl RedisPresence {
             .await
             .map_err(|err| self.inner.failed("presence", &err))?;
         match reply {
-            Value::Array(reply) if !reply.is_empty() => {
+            Value::Array(reply) if reply.len() >= 2 => {
                 self.keep_departed(channel, &reply[0]);
+                self.keep_crossings(channel, &reply[1]);
                 Ok(reply)
             }
             _ => Err(BusError::BadReply("redis answered presence oddly")),
@@ -202,6 +242,15 @@ impl RedisPresence {
     ) -> WriteOutcome {
         let (full, expect) = flags;
         let node = self.node();
+        let call = self.scripts.calls.fetch_add(1, Ordering::Relaxed) + 1;
+        let lost_since = self
+            .scripts
+            .unanswered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(channel)
+            .copied()
+            .unwrap_or(0);
         let reply = self
             .call(&self.scripts.write, channel, |invocation| {
                 invocation
@@ -217,10 +266,23 @@ impl RedisPresence {
                 for (conn_id, user) in leaves {
                     invocation.arg(member_id(node, *conn_id)).arg(&**user);
                 }
+                invocation.arg(call).arg(lost_since);
             })
             .await;
+        {
+            let mut unanswered = self
+                .scripts
+                .unanswered
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if reply.is_ok() {
+                unanswered.remove(channel);
+            } else {
+                unanswered.entry(channel.clone()).or_insert(call);
+            }
+        }
         match reply.as_deref() {
-            Ok([_, outcome]) => match as_u64(outcome) {
+            Ok([_, _, outcome]) => match as_u64(outcome) {
                 Some(0) => WriteOutcome::Done,
                 Some(1) => WriteOutcome::Lost,
                 Some(2) => WriteOutcome::Rejoined,
@@ -363,7 +425,7 @@ impl PresenceStore for RedisPresence {
                     invocation.arg(cursor).arg(limit + 1);
                 })
                 .await?;
-            let [_, ids, jsons] = reply.as_slice() else {
+            let [_, _, ids, jsons] = reply.as_slice() else {
                 return Err(BusError::BadReply("redis answered presence oddly"));
             };
             let jsons = match jsons {
@@ -392,7 +454,7 @@ impl PresenceStore for RedisPresence {
     ) -> BusFuture<'a, Result<StoredStats, BusError>> {
         Box::pin(async move {
             let reply = self.call(&self.scripts.stats, channel, |_| {}).await?;
-            let [_, connections, users, own] = reply.as_slice() else {
+            let [_, _, connections, users, own] = reply.as_slice() else {
                 return Err(BusError::BadReply("redis answered presence oddly"));
             };
             let count = |value| {
@@ -436,6 +498,16 @@ impl PresenceStore for RedisPresence {
 
     fn state_losses(&self) -> u64 {
         self.inner.health.state_losses()
+    }
+
+    fn crossings(&self) -> Vec<Crossing> {
+        std::mem::take(
+            &mut *self
+                .scripts
+                .crossings
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
     }
 
     fn departed(&self) -> BusFuture<'_, Vec<Departed>> {

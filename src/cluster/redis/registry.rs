@@ -80,6 +80,22 @@ impl RedisBus {
     }
 }
 
+impl Inner {
+    /// The incarnation `node` is registered under now, if it is registered.
+    pub(super) async fn registered_incarnation(
+        &self,
+        node: &str,
+    ) -> Result<Option<String>, BusError> {
+        let mut conn = self.conn()?;
+        let entry: Option<String> = redis::cmd("GET")
+            .arg(format!("{REGISTRY_PREFIX}{node}"))
+            .query_async(&mut conn)
+            .await
+            .map_err(|err| self.failed("nodes", &err))?;
+        Ok(entry.as_deref().and_then(incarnation_of))
+    }
+}
+
 /// The `incarnation` of a registry entry (JSON), if it has one.
 fn incarnation_of(entry: &str) -> Option<String> {
     let entry: serde_json::Value = serde_json::from_str(entry).ok()?;
@@ -100,6 +116,11 @@ async fn remove_expired(inner: &Inner, conn: &mut RedisConn, expired: Vec<String
                 tracing::warn!(%node, "A node left the registry without deregistering");
                 inner
                     .departed_nodes
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(node.clone());
+                inner
+                    .departed_occupants
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .push(node);

@@ -1,7 +1,7 @@
 //! What a session tells the application's webhooks (`[[webhooks]]`, docs/backend.md):
-//! channels occupied and vacated, members added and removed, and client publishes. On this
-//! node: a channel is occupied when it gets its first subscriber here, a member added when
-//! its user's first connection here joins.
+//! client publishes and closed connections; and what it tells `occupancy` (channels
+//! occupied and vacated here), which finds whether that changed for the whole cluster.
+//! Members added and removed come from `presence`, which knows the same for users.
 
 use std::sync::Arc;
 
@@ -20,31 +20,10 @@ impl Session {
             .filter(|webhooks| webhooks.wants(event))
     }
 
-    /// `channel_occupied` or `channel_vacated`.
-    pub(super) fn channel_event(&self, event: WebhookEvent, channel: &ChannelName) {
-        if let Some(webhooks) = self.webhooks_for(event) {
-            webhooks.emit(
-                event,
-                About {
-                    channel: Some(channel.as_str().to_owned()),
-                    ..About::default()
-                },
-            );
-        }
-    }
-
-    /// `member_added` or `member_removed`.
-    pub(super) fn member_event(&self, event: WebhookEvent, channel: &ChannelName, user: Arc<str>) {
-        if let Some(webhooks) = self.webhooks_for(event) {
-            webhooks.emit(
-                event,
-                About {
-                    channel: Some(channel.as_str().to_owned()),
-                    user: Some(user),
-                    conn_id: Some(self.outbound.conn_id()),
-                    ..About::default()
-                },
-            );
+    /// The hub said `channel` became occupied or vacated here.
+    pub(super) fn occupancy_changed(&self, channel: &ChannelName) {
+        if let Some(occupancy) = &self.ctx.occupancy {
+            occupancy.changed(channel);
         }
     }
 
@@ -68,11 +47,10 @@ impl Session {
 }
 
 impl Session {
-    /// `channel_vacated` for each of `channels` (the session ended, and it was their last
-    /// subscriber here).
+    /// `channels` were vacated here (the session ended, and it was their last subscriber).
     pub(in crate::session) fn vacated(&self, channels: &[ChannelName]) {
         for channel in channels {
-            self.channel_event(WebhookEvent::ChannelVacated, channel);
+            self.occupancy_changed(channel);
         }
     }
 
