@@ -85,7 +85,7 @@ struct Members {
     /// With a store and `join_leave`: events about this node's members that wait for the
     /// write carrying their change, so that whoever receives a `join` finds the member
     /// listed (and a `leave`, not).
-    announce: Owed,
+    announce: sync::Owed,
     /// With a store: counts [`Presence::rewrite`]s, so that a write that was in flight
     /// while one happened does not mark the channel written in full.
     generation: u64,
@@ -94,48 +94,6 @@ struct Members {
     /// longer than the TTL, or a full write failed after finding it): the next full write
     /// that succeeds sends their `join`. A duplicate `join` is harmless, a missing one is not.
     rejoin_owed: bool,
-}
-
-/// Events about this node's members that wait for a write: the net change per connection,
-/// in the order they happened. A member that came and went before anyone was told is in
-/// neither list, so a connection churning through a Redis outage holds one entry at most,
-/// not one per event.
-#[derive(Debug, Default)]
-struct Owed {
-    changes: HashMap<ConnId, (u64, Change, Arc<Member>)>,
-    next: u64,
-}
-
-impl Owed {
-    fn push(&mut self, change: Change, member: Arc<Member>) {
-        match self.changes.entry(member.conn_id) {
-            Entry::Occupied(held) if held.get().1 != change => {
-                held.remove();
-            }
-            Entry::Occupied(_) => {}
-            Entry::Vacant(vacant) => {
-                vacant.insert((self.next, change, member));
-                self.next += 1;
-            }
-        }
-    }
-
-    /// Puts back `earlier` (taken for a write that failed) before what came since.
-    fn put_back(&mut self, earlier: Owed) {
-        let later = std::mem::replace(self, earlier);
-        for (change, member) in later.into_ordered() {
-            self.push(change, member);
-        }
-    }
-
-    fn into_ordered(self) -> Vec<(Change, Arc<Member>)> {
-        let mut changes: Vec<_> = self.changes.into_values().collect();
-        changes.sort_unstable_by_key(|(order, _, _)| *order);
-        changes
-            .into_iter()
-            .map(|(_, change, member)| (change, member))
-            .collect()
-    }
 }
 
 impl Members {

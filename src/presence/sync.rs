@@ -2,7 +2,11 @@
 //! periodic refresh, the events that wait for the write carrying their change, and the
 //! `leave` of members the store found departed.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, hash_map::Entry},
+    sync::Arc,
+    time::Duration,
+};
 
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -10,9 +14,52 @@ use tokio_util::sync::CancellationToken;
 use super::{Change, Member, Presence, SYNC_EVERY, SYNC_RETRY};
 use crate::{
     cluster::{Departure, PresenceStore, PresenceWrite, WriteOutcome},
+    hub::ConnId,
     protocol::ChannelName,
     telemetry,
 };
+
+/// Events about this node's members that wait for a write: the net change per connection,
+/// in the order they happened. A member that came and went before anyone was told is in
+/// neither list, so a connection churning through a Redis outage holds one entry at most,
+/// not one per event.
+#[derive(Debug, Default)]
+pub(super) struct Owed {
+    pub(super) changes: HashMap<ConnId, (u64, Change, Arc<Member>)>,
+    next: u64,
+}
+
+impl Owed {
+    pub(super) fn push(&mut self, change: Change, member: Arc<Member>) {
+        match self.changes.entry(member.conn_id) {
+            Entry::Occupied(held) if held.get().1 != change => {
+                held.remove();
+            }
+            Entry::Occupied(_) => {}
+            Entry::Vacant(vacant) => {
+                vacant.insert((self.next, change, member));
+                self.next += 1;
+            }
+        }
+    }
+
+    /// Puts back `earlier` (taken for a write that failed) before what came since.
+    pub(super) fn put_back(&mut self, earlier: Owed) {
+        let later = std::mem::replace(self, earlier);
+        for (change, member) in later.into_ordered() {
+            self.push(change, member);
+        }
+    }
+
+    pub(super) fn into_ordered(self) -> Vec<(Change, Arc<Member>)> {
+        let mut changes: Vec<_> = self.changes.into_values().collect();
+        changes.sort_unstable_by_key(|(order, _, _)| *order);
+        changes
+            .into_iter()
+            .map(|(_, change, member)| (change, member))
+            .collect()
+    }
+}
 
 /// The refresh period is cut into this many slices at most, one every second at least: a
 /// node refreshes a slice of its channels at a time, not all of them at once.

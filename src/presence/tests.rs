@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use super::*;
+use super::{sync::Owed, *};
 use crate::{
     cluster::{LocalBus, PresenceWrite, WriteOutcome},
     hub::{FramedText, Hub, HubHandle, HubSettings, Outbound, Outgoing},
