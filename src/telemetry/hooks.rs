@@ -5,7 +5,7 @@ use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 
 /// Counter: hook requests, by `hook` (connect, refresh, subscribe, publish, rpc) and
 /// `outcome` (allowed, refused, disconnect, error: the backend failed, timeout, busy: not
-/// sent, queue or breaker).
+/// sent, queue or breaker; cached: a connect answered from `hooks.connect_cache`, not sent).
 pub const HOOK_REQUESTS: &str = "ws_hook_requests_total";
 /// Histogram: time from sending a hook request to having its answer, by `hook`.
 pub const HOOK_DURATION: &str = "ws_hook_duration_seconds";
@@ -49,7 +49,7 @@ pub(super) fn describe() {
     describe_counter!(
         HOOK_REQUESTS,
         "Hook requests to the application backend, by hook and outcome (allowed, refused, \
-         disconnect, error, timeout, busy)"
+         disconnect, error, timeout, busy, cached)"
     );
     describe_histogram!(
         HOOK_DURATION,

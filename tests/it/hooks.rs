@@ -466,6 +466,70 @@ async fn a_reconnect_storm_is_a_bounded_queue_not_a_request_storm() {
     server.stop().await;
 }
 
+/// `hooks.connect_cache`: a reconnect storm of the same 100 sessions asks the backend
+/// once per session, and each gets its own identity back from the cache; a refusal is not
+/// cached (a user who logs in after being refused is let in at once), nor is anything for a
+/// session the backend has not seen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_the_same_sessions_is_answered_from_the_connect_cache() {
+    let backend = Backend::start(platform).await;
+    let server = TestServer::builder()
+        .configure(|config| {
+            hooked(config, &backend);
+            config.hooks.connect_cache = Duration::from_secs(30);
+        })
+        .start()
+        .await;
+    let storm = |server_url: String| async move {
+        let clients: Vec<_> = (0..100)
+            .map(|n| {
+                let url = server_url.clone();
+                tokio::spawn(async move {
+                    let mut request = url.into_client_request().unwrap();
+                    request
+                        .headers_mut()
+                        .insert("cookie", format!("session=u{n}").parse().unwrap());
+                    let client = TestClient::connect_request(request).await;
+                    (n, client.welcome["user"].as_str().unwrap().to_owned())
+                })
+            })
+            .collect();
+        for client in clients {
+            let (n, user) = client.await.unwrap();
+            assert_eq!(user, format!("u{n}"), "each session its own identity");
+        }
+    };
+    storm(server.ws_url()).await;
+    assert_eq!(backend.seen("/connect").len(), 100);
+    storm(server.ws_url()).await;
+    assert_eq!(
+        backend.seen("/connect").len(),
+        100,
+        "the second storm was answered from the cache"
+    );
+    assert!(
+        server
+            .metric("ws_hook_requests_total{hook=\"connect\",outcome=\"cached\"}")
+            .await
+            >= 100.0
+    );
+
+    // Refused, then logged in: asked each time.
+    for cookie in [None, Some("session=late")] {
+        drop(connect(&server, "", cookie).await);
+    }
+    assert_eq!(backend.seen("/connect").len(), 102);
+    let mut late = connect(&server, "", Some("session=late")).await;
+    assert_eq!(late.welcome["user"], "late");
+    late.send(json!({"type":"ping"})).await;
+    assert_eq!(
+        backend.seen("/connect").len(),
+        102,
+        "cached after the allow"
+    );
+    server.stop().await;
+}
+
 /// A real browser logs in with an HttpOnly session cookie (its script cannot read it) and
 /// opens a WebSocket with no token: the connect hook names the user from the cookie, the
 /// room hook lets it in, and its publish reaches it enriched; logged out, the next
