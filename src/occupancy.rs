@@ -15,7 +15,10 @@
 
 use std::{
     collections::HashSet,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -23,7 +26,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    cluster::{OccupancyChange, OccupancyStore},
+    cluster::{OccupancyChange, OccupancyFlip, OccupancyStore},
     hub::HubHandle,
     protocol::ChannelName,
     shutdown::TaskGroup,
@@ -44,8 +47,10 @@ const STOP_PATIENCE: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub struct OccupancyWatch(pub Arc<TellOccupancy>);
 
-/// Channel, and whether it became occupied (else vacated).
-pub type TellOccupancy = dyn Fn(&ChannelName, bool) + Send + Sync;
+/// Channel, whether it became occupied (else vacated), and the change's sequence number:
+/// it only grows per channel, so that a receiver can order changes told by different nodes
+/// (on one node: Unix time in µs, or one more than the last).
+pub type TellOccupancy = dyn Fn(&ChannelName, bool, u64) + Send + Sync;
 
 impl std::fmt::Debug for OccupancyWatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -60,6 +65,8 @@ pub struct Occupancy {
     /// Channels whose occupancy changed here since the task last looked.
     marked: Mutex<HashSet<ChannelName>>,
     wake: Notify,
+    /// On one node: the last sequence number told.
+    last_seq: AtomicU64,
 }
 
 impl std::fmt::Debug for Occupancy {
@@ -85,6 +92,7 @@ impl Occupancy {
             watch,
             marked: Mutex::new(HashSet::new()),
             wake: Notify::new(),
+            last_seq: AtomicU64::new(0),
         });
         tasks.spawn(Arc::clone(&occupancy).keep(store, stop.clone()));
         occupancy
@@ -103,9 +111,31 @@ impl Occupancy {
         }
     }
 
-    fn tell(&self, channel: &ChannelName, occupied: bool) {
-        telemetry::channel_occupancy(occupied);
-        (self.watch.0)(channel, occupied);
+    fn tell(&self, channel: &ChannelName, told: OccupancyFlip) {
+        telemetry::channel_occupancy(told.occupied);
+        (self.watch.0)(channel, told.occupied, told.seq);
+    }
+
+    /// On one node: the next sequence number (see [`TellOccupancy`]).
+    fn local_seq(&self) -> u64 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| {
+                u64::try_from(since.as_micros()).unwrap_or(u64::MAX)
+            });
+        let mut last = self.last_seq.load(Ordering::Relaxed);
+        loop {
+            let next = now.max(last + 1);
+            match self.last_seq.compare_exchange_weak(
+                last,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return next,
+                Err(seen) => last = seen,
+            }
+        }
     }
 
     /// The marked channels whose state in the hub differs from `written`.
@@ -142,7 +172,14 @@ impl Occupancy {
             let Some(store) = store.as_deref() else {
                 for change in self.changes(&written) {
                     record(&mut written, &change);
-                    self.tell(&change.channel, change.occupied);
+                    let seq = self.local_seq();
+                    self.tell(
+                        &change.channel,
+                        OccupancyFlip {
+                            occupied: change.occupied,
+                            seq,
+                        },
+                    );
                 }
                 if stopping {
                     return;
@@ -155,8 +192,8 @@ impl Occupancy {
                 }
                 continue;
             }
-            for channel in store.departed().await {
-                self.tell(&channel, false);
+            for (channel, told) in store.departed().await {
+                self.tell(&channel, told);
             }
             let mut changes = self.changes(&written);
             if losses != Some(store.state_losses()) {
@@ -181,8 +218,8 @@ impl Occupancy {
                     Some(answers) => {
                         for (change, answer) in changes.iter().zip(answers) {
                             record(&mut written, change);
-                            if let Some(occupied) = answer {
-                                self.tell(&change.channel, occupied);
+                            if let Some(told) = answer {
+                                self.tell(&change.channel, told);
                             }
                         }
                     }
@@ -209,7 +246,7 @@ impl Occupancy {
         batch: u64,
         changes: &[OccupancyChange],
         stop: &CancellationToken,
-    ) -> Option<Vec<Option<bool>>> {
+    ) -> Option<Vec<Option<OccupancyFlip>>> {
         let mut wait = RETRY_FIRST;
         let mut give_up: Option<tokio::time::Instant> = None;
         loop {

@@ -303,9 +303,10 @@ impl Presence {
                 members.announce.push(Change::Join, member);
                 return;
             }
-        }
-        if first && self.store.is_none() {
-            self.tell(channel, &member.user, true);
+            if first && self.store.is_none() {
+                // Under the channel's lock, as in `remove`.
+                self.tell(channel, &member.user, true);
+            }
         }
         if join_leave {
             self.event(channel, Change::Join, member);
@@ -315,16 +316,11 @@ impl Presence {
     /// Forgets connection `conn_id` as a member of `channel` (an unsubscribe, or the session
     /// ended); with `join_leave`, the channel's subscribers hear of it.
     pub fn left(self: &Arc<Self>, channel: &ChannelName, conn_id: ConnId, join_leave: bool) {
-        let Some((member, last)) = self.remove(channel, conn_id, join_leave) else {
+        let Some((member, _)) = self.remove(channel, conn_id, join_leave) else {
             return;
         };
-        if self.store.is_none() {
-            if last {
-                self.tell(channel, &member.user, false);
-            }
-            if join_leave {
-                self.event(channel, Change::Leave, member);
-            }
+        if join_leave && self.store.is_none() {
+            self.event(channel, Change::Leave, member);
         }
     }
 
@@ -375,6 +371,11 @@ impl Presence {
         self.unsynced(channel, &mut members, Change::Leave, &member);
         if announce && self.store.is_some() {
             members.announce.push(Change::Leave, Arc::clone(&member));
+        }
+        if last && self.store.is_none() {
+            // Under the channel's lock, so that a user's removed and added (two sessions on
+            // two threads) are told in the order they happened.
+            self.tell(channel, &member.user, false);
         }
         let forgotten = members.forgotten();
         drop(members);

@@ -11,7 +11,7 @@ mod occupancy;
 mod redis;
 
 pub use self::{
-    occupancy::{OccupancyChange, OccupancyStore},
+    occupancy::{OccupancyChange, OccupancyFlip, OccupancyStore},
     redis::{NodeInfo, RedisBus, RedisOccupancy, RedisPresence, RedisSettings},
 };
 

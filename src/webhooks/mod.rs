@@ -64,6 +64,10 @@ pub struct Event {
     /// `connection_closed`: the close code.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub code: Option<u16>,
+    /// `channel_occupied`, `channel_vacated`: the change's place among the channel's
+    /// changes, on every node (it only grows; order by it, not by `time`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
 }
 
 /// What an event is about, before it gets its id and time.
@@ -75,6 +79,8 @@ pub struct About {
     pub data: Option<Box<RawValue>>,
     pub offset: Option<String>,
     pub code: Option<u16>,
+    /// Occupancy changes: their order among the channel's (see `occupancy`).
+    pub seq: Option<u64>,
 }
 
 const fn label(event: WebhookEvent) -> &'static str {
@@ -204,13 +210,13 @@ impl Webhooks {
     #[must_use]
     pub fn occupancy_events(
         self: &Arc<Self>,
-    ) -> Option<impl Fn(&ChannelName, bool) + Send + Sync + 'static> {
+    ) -> Option<impl Fn(&ChannelName, bool, u64) + Send + Sync + 'static> {
         let webhooks = Arc::clone(self);
         let wanted = |event| webhooks.wants(event);
         if !wanted(WebhookEvent::ChannelOccupied) && !wanted(WebhookEvent::ChannelVacated) {
             return None;
         }
-        Some(move |channel: &ChannelName, occupied: bool| {
+        Some(move |channel: &ChannelName, occupied: bool, seq: u64| {
             let event = if occupied {
                 WebhookEvent::ChannelOccupied
             } else {
@@ -220,6 +226,7 @@ impl Webhooks {
                 event,
                 About {
                     channel: Some(channel.as_str().to_owned()),
+                    seq: Some(seq),
                     ..About::default()
                 },
             );
@@ -272,6 +279,7 @@ impl Webhooks {
             data: about.data.clone(),
             offset: about.offset.clone(),
             code: about.code,
+            seq: about.seq,
         }
     }
 }

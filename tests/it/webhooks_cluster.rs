@@ -139,6 +139,31 @@ async fn a_room_on_three_nodes_is_occupied_and_vacated_once_and_each_user_added_
     tokio::time::sleep(Duration::from_secs(1)).await;
     let total: usize = tally(&backend).values().sum();
     assert_eq!(total, 3 * (2 + 2 * users.len()), "{:#?}", tally(&backend));
+    // Told by whichever nodes made them, they alternate in the order of their `seq`.
+    let mut changes: Vec<(u64, String)> = events(&backend.seen("/events"))
+        .into_iter()
+        .filter(|event| event["channel"] == "room:1" && event["seq"].is_u64())
+        .map(|event| {
+            (
+                event["seq"].as_u64().unwrap(),
+                event["type"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    changes.sort();
+    changes.dedup();
+    let kinds: Vec<&str> = changes.iter().map(|(_, kind)| kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "channel_occupied",
+            "channel_vacated",
+            "channel_occupied",
+            "channel_vacated",
+            "channel_occupied",
+            "channel_vacated"
+        ]
+    );
 
     // A node stopped (as after a drain) with the only subscriber of a room: its last
     // writes and its webhooks' last try tell the room vacated and the user removed.

@@ -165,8 +165,6 @@ struct Inner {
     /// Nodes this node saw leave the registry without deregistering (their heartbeat
     /// expired), whose presence it removes.
     departed_nodes: Mutex<Vec<String>>,
-    /// The same nodes, for the occupancy that removes their channels' fields.
-    departed_occupants: Mutex<Vec<String>>,
     /// Per partition, the channels this node has written its interest in (before the
     /// subscribe's read that writes it): what its renewals keep alive, and what the readers
     /// remove from Redis once the hub no longer holds the channel.
@@ -230,7 +228,6 @@ impl RedisBus {
             started: Instant::now(),
             in_flight: AtomicUsize::new(0),
             departed_nodes: Mutex::new(Vec::new()),
-            departed_occupants: Mutex::new(Vec::new()),
             interest: (0..partitions)
                 .map(|_| Mutex::new(HashSet::new()))
                 .collect(),

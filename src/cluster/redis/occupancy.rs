@@ -1,105 +1,176 @@
-//! Which nodes hold subscribers of a channel, in Redis ([`RedisOccupancy`]), so that a
+//! Which processes hold subscribers of a channel, in Redis ([`RedisOccupancy`]), so that a
 //! channel is occupied and vacated once for the whole cluster (`channel_occupied`,
 //! `channel_vacated`; docs/backend.md).
 //!
 //! Keys:
 //! - `sb:{sb:P}:oc:<channel>` (`P` its partition): hash, `<node>` -> the incarnation (the
-//!   process) that holds subscribers there; beside it `@<node>` -> that node's last change,
-//!   `<incarnation>:<batch>:<result>`, so that a batch sent again after its answer was lost
-//!   (a timeout, a dropped link) is answered as the first time, not taken for a no-op. A
-//!   hash left with no node expires after [`MEMO_TTL_MS`].
-//! - `sb:{sb:nodes}:oc:<node>`: the incarnations of `<node>` that have written fields, and
-//!   `sb:{sb:nodes}:oc:<node>:<incarnation>`: the channels one of them holds. The node that
-//!   sees another leave the registry without deregistering, and a process that starts under
-//!   a node id an earlier process used, removes the fields of every incarnation of that
-//!   node that is not the one registered now (a dead process's), from the channels its
-//!   index lists; a channel left with no node is vacated, answered to that one caller.
+//!   process) that holds subscribers there; `#` -> the sequence number of the channel's last
+//!   change (Redis time in µs, or one more than the last: it only grows, also after the
+//!   hash expired); `@<node>` -> that node's last write, `<incarnation>:<batch>:<result>:<ms>`,
+//!   so that a batch sent again after its answer was lost (a timeout, a dropped link) is
+//!   answered as the first time, and one that runs late, after a later batch, does nothing.
+//!   A record older than [`MEMO_TTL_MS`] is dropped by the next script that reads the hash;
+//!   a hash left with no node expires after that long.
+//! - `sb:{sb:P}:ocx:<node>:<incarnation>`: the channels of partition `P` one process holds,
+//!   kept by the same scripts that write the hashes (same slot).
+//! - `sb:{sb:nodes}:oc`: the node ids that wrote; `sb:{sb:nodes}:oc:<node>`: their
+//!   incarnations.
+//!
+//! Every few seconds a node compares the processes that wrote with the registry: the fields
+//! of one that is no longer registered (killed, or stopped before its last writes were
+//! taken), or that is an earlier process under this node's own id, are removed from every
+//! channel its indexes list, and a channel left with no node is vacated, answered to the
+//! one caller whose script removed the last field (its record answers a retry the same).
+//! Another node is judged only on a link steady for the registry's TTL, as the registry
+//! does: after a Redis stall every entry is late at once.
 //!
 //! A change is written only by the script that makes it, one call at a time, so each
-//! channel's occupied/vacated alternate and each is answered to exactly one caller.
+//! channel's occupied/vacated alternate and each is answered to exactly one caller, with
+//! the sequence number that orders it among the channel's changes on every node.
 
 use std::{
-    collections::BTreeMap,
-    sync::{Arc, Mutex, PoisonError},
+    collections::{BTreeMap, HashMap},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
 };
 
 use redis::{Script, Value};
+use tokio::time::Instant;
 
 use super::{Inner, scripts::as_string};
 use crate::{
-    cluster::{BusError, BusFuture, OccupancyChange, OccupancyStore},
+    cluster::{BusError, BusFuture, OccupancyChange, OccupancyFlip, OccupancyStore},
     protocol::ChannelName,
 };
 
-/// How long a hash with no node keeps the nodes' last changes (for batches sent again).
-const MEMO_TTL_MS: u64 = 600_000;
-/// Channels per script call, and per `SADD`/`SREM` of an index.
+/// How long a node's record of its last write is kept (a batch sent again comes within
+/// seconds), and a hash with no node.
+const MEMO_TTL_MS: u64 = 60_000;
+/// Channels per script call, and per `SSCAN` of an index.
 const CHUNK: usize = 500;
+/// How often the processes that wrote are compared with the registry.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
-/// KEYS: channel hashes. ARGV: node, incarnation, batch, then `+` or `-` per key. Returns per
-/// key `o` (the channel became occupied), `v` (vacated) or ``.
-const APPLY_LUA: &str = r"
-local node, inc = ARGV[1], ARGV[2]
-local memo_field = '@' .. node
-local tag = inc .. ':' .. ARGV[3] .. ':'
-local function nodes(key)
+/// Shared by both scripts: Redis time, the channel's node count (dropping other nodes'
+/// stale records on the way), and the next sequence number.
+const COMMON_LUA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function nodes(key, keep, memo_ttl)
+  local all = redis.call('HGETALL', key)
   local n = 0
-  for _, field in ipairs(redis.call('HKEYS', key)) do
-    if string.sub(field, 1, 1) ~= '@' then n = n + 1 end
+  for i = 1, #all, 2 do
+    local field, value = all[i], all[i + 1]
+    local mark = string.sub(field, 1, 1)
+    if mark == '@' then
+      local at = tonumber(string.match(value, ':(%d+)$')) or 0
+      if field ~= keep and at + memo_ttl < now then redis.call('HDEL', key, field) end
+    elseif mark ~= '#' then
+      n = n + 1
+    end
   end
   return n
 end
+local function next_seq(key)
+  local seq = math.max(now * 1000, (tonumber(redis.call('HGET', key, '#')) or 0) + 1)
+  local text = string.format('%d', seq)
+  redis.call('HSET', key, '#', text)
+  return text
+end
+";
+
+/// KEYS: this process's index of the partition, then channel hashes. ARGV: node,
+/// incarnation, batch, memo TTL, then per hash `+` or `-` and the channel's name. Returns per
+/// hash `o<seq>` (the channel became occupied), `v<seq>` (vacated) or ``.
+const APPLY_LUA: &str = r"
+local node, inc, batch = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local memo_ttl = tonumber(ARGV[4])
+local memo_field = '@' .. node
 local out = {}
-for i, key in ipairs(KEYS) do
-  local memo = redis.call('HGET', key, memo_field)
-  if memo and string.sub(memo, 1, #tag) == tag then
-    out[i] = string.sub(memo, #tag + 1)
+for i = 2, #KEYS do
+  local key = KEYS[i]
+  local op, channel = ARGV[2 * i + 1], ARGV[2 * i + 2]
+  local m_inc, m_batch, m_result = string.match(redis.call('HGET', key, memo_field) or '',
+    '^(%d+):(%d+):(%w*):')
+  if m_inc == inc and tonumber(m_batch) == batch then
+    out[i - 1] = m_result
+  elseif m_inc == inc and tonumber(m_batch) > batch then
+    out[i - 1] = ''
   else
-    local before = nodes(key)
-    if ARGV[3 + i] == '+' then
+    local before = nodes(key, memo_field, memo_ttl)
+    local had = redis.call('HEXISTS', key, node) == 1
+    local after = before
+    if op == '+' then
       redis.call('HSET', key, node, inc)
+      redis.call('SADD', KEYS[1], channel)
+      if not had then after = before + 1 end
     else
       redis.call('HDEL', key, node)
+      redis.call('SREM', KEYS[1], channel)
+      if had then after = before - 1 end
     end
-    local after = nodes(key)
     local result = ''
     if before == 0 and after > 0 then
-      result = 'o'
+      result = 'o' .. next_seq(key)
     elseif before > 0 and after == 0 then
-      result = 'v'
+      result = 'v' .. next_seq(key)
     end
-    redis.call('HSET', key, memo_field, tag .. result)
+    redis.call('HSET', key, memo_field, inc .. ':' .. ARGV[3] .. ':' .. result .. ':' .. now)
     if after == 0 then
-      redis.call('PEXPIRE', key, ARGV[#ARGV])
+      redis.call('PEXPIRE', key, memo_ttl)
     else
       redis.call('PERSIST', key)
     end
-    out[i] = result
+    out[i - 1] = result
   end
 end
 return out
 ";
 
-/// KEYS: channel hashes. ARGV: node, the dead incarnation, memo TTL. Removes the node's
-/// field where that incarnation wrote it. Returns per key `v` (the channel was vacated) or
-/// ``.
+/// KEYS: the dead process's index of the partition, then channel hashes. ARGV: its node, its
+/// incarnation, the caller's node and incarnation, memo TTL, then each hash's channel name.
+/// Removes the node's field where that incarnation wrote it, leaving in its record who did
+/// and what came of it, so that the caller's retry after a lost answer is answered the
+/// same. Returns per hash `v<seq>` (the channel was vacated) or ``.
 const FORGET_LUA: &str = r"
+local dead, dead_inc = ARGV[1], ARGV[2]
+local memo_ttl = tonumber(ARGV[5])
+local record = '@' .. dead
+local tag = 'f' .. dead_inc .. '/' .. ARGV[3] .. '/' .. ARGV[4] .. ':'
 local out = {}
-for i, key in ipairs(KEYS) do
-  out[i] = ''
-  if redis.call('HGET', key, ARGV[1]) == ARGV[2] then
-    redis.call('HDEL', key, ARGV[1], '@' .. ARGV[1])
-    local left = 0
-    for _, field in ipairs(redis.call('HKEYS', key)) do
-      if string.sub(field, 1, 1) ~= '@' then left = left + 1 end
+for i = 2, #KEYS do
+  local key = KEYS[i]
+  local held = redis.call('HGET', key, record) or ''
+  if string.sub(held, 1, #tag) == tag then
+    out[i - 1] = string.match(string.sub(held, #tag + 1), '^(%w*):') or ''
+  elseif redis.call('HGET', key, dead) == dead_inc then
+    local before = nodes(key, record, memo_ttl)
+    redis.call('HDEL', key, dead)
+    local result = ''
+    if before == 1 then
+      result = 'v' .. next_seq(key)
+      redis.call('PEXPIRE', key, memo_ttl)
     end
-    if left == 0 then
-      out[i] = 'v'
-      redis.call('PEXPIRE', key, ARGV[3])
-    end
+    redis.call('HSET', key, record, tag .. result .. ':' .. now)
+    out[i - 1] = result
+  else
+    out[i - 1] = ''
   end
+  redis.call('SREM', KEYS[1], ARGV[4 + i])
 end
 return out
+";
+
+/// KEYS: the node ids that wrote, one node's incarnations. ARGV: the node, an incarnation
+/// all of whose indexes were swept. Forgets the incarnation, and the node once it has none
+/// (atomically: a process that starts meanwhile adds its incarnation before its node id).
+const RETIRE_LUA: &str = r"
+redis.call('SREM', KEYS[2], ARGV[2])
+if redis.call('SCARD', KEYS[2]) == 0 then redis.call('SREM', KEYS[1], ARGV[1]) end
+return 1
 ";
 
 /// Occupancy in Redis, sharing the bus's connection. Cheap to clone.
@@ -112,8 +183,11 @@ pub struct RedisOccupancy {
 struct Scripts {
     apply: Script,
     forget: Script,
-    /// Whether the incarnations of this node id before this process were forgotten.
-    swept: Mutex<bool>,
+    retire: Script,
+    /// Whether this process is listed among the writers (`sb:{sb:nodes}:oc`).
+    listed: AtomicBool,
+    /// When the writers were last compared with the registry.
+    swept_at: Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for RedisOccupancy {
@@ -121,6 +195,8 @@ impl std::fmt::Debug for RedisOccupancy {
         f.debug_struct("RedisOccupancy").finish_non_exhaustive()
     }
 }
+
+const WRITERS_KEY: &str = "sb:{sb:nodes}:oc";
 
 fn hash_key(partition: u32, channel: &str) -> String {
     format!("sb:{{sb:{partition}}}:oc:{channel}")
@@ -130,34 +206,53 @@ fn incarnations_key(node: &str) -> String {
     format!("sb:{{sb:nodes}}:oc:{node}")
 }
 
-fn index_key(node: &str, incarnation: &str) -> String {
-    format!("sb:{{sb:nodes}}:oc:{node}:{incarnation}")
+fn index_key(partition: u32, node: &str, incarnation: &str) -> String {
+    format!("sb:{{sb:{partition}}}:ocx:{node}:{incarnation}")
 }
 
-fn results(value: &Value) -> Vec<String> {
-    match value {
-        Value::Array(items) => items
-            .iter()
-            .map(|item| as_string(item).unwrap_or_default())
-            .collect(),
-        _ => Vec::new(),
-    }
+/// A script's answer per hash: `o<seq>`, `v<seq>` or nothing.
+fn answers(value: &Value) -> Vec<Option<OccupancyFlip>> {
+    let Value::Array(items) = value else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .map(|item| {
+            let text = as_string(item)?;
+            let occupied = match text.as_bytes().first()? {
+                b'o' => true,
+                b'v' => false,
+                _ => return None,
+            };
+            Some(OccupancyFlip {
+                occupied,
+                seq: text[1..].parse().ok()?,
+            })
+        })
+        .collect()
 }
 
 impl RedisOccupancy {
     pub(super) fn new(inner: Arc<Inner>) -> Self {
+        let script = |body: &str| Script::new(&format!("{COMMON_LUA}{body}"));
         Self {
             inner,
             scripts: Arc::new(Scripts {
-                apply: Script::new(APPLY_LUA),
-                forget: Script::new(FORGET_LUA),
-                swept: Mutex::new(false),
+                apply: script(APPLY_LUA),
+                forget: script(FORGET_LUA),
+                retire: Script::new(RETIRE_LUA),
+                listed: AtomicBool::new(false),
+                swept_at: Mutex::new(None),
             }),
         }
     }
 
     fn node(&self) -> &str {
         &self.inner.settings.node_id
+    }
+
+    fn fail(&self, err: &redis::RedisError) -> BusError {
+        self.inner.failed("occupancy", err)
     }
 
     /// `items` grouped by their channel's partition (one script call holds one slot's keys),
@@ -177,118 +272,149 @@ impl RedisOccupancy {
         groups
     }
 
-    /// Adds `channels` to this process's index (and the process to the node's), before the
-    /// fields they name are written.
-    async fn index(&self, channels: &[&ChannelName]) -> Result<(), BusError> {
+    /// Lists this process among the writers, once, before its first write: its incarnation
+    /// first, then its node id (see `RETIRE_LUA`).
+    async fn list(&self) -> Result<(), BusError> {
+        if self.scripts.listed.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let mut conn = self.inner.conn()?;
-        let incarnation = &*self.inner.incarnation;
         let mut pipe = redis::pipe();
         pipe.cmd("SADD")
             .arg(incarnations_key(self.node()))
-            .arg(incarnation)
+            .arg(&*self.inner.incarnation)
             .ignore();
-        for chunk in channels.chunks(CHUNK) {
-            pipe.cmd("SADD").arg(index_key(self.node(), incarnation));
-            for channel in chunk {
-                pipe.arg(channel.as_str());
-            }
-            pipe.ignore();
-        }
+        pipe.cmd("SADD").arg(WRITERS_KEY).arg(self.node()).ignore();
         pipe.query_async::<()>(&mut conn)
             .await
-            .map_err(|err| self.inner.failed("occupancy", &err))
+            .map_err(|err| self.fail(&err))?;
+        self.scripts.listed.store(true, Ordering::Release);
+        Ok(())
     }
 
-    /// Takes `channels` out of this process's index, once their fields are gone. A failure
-    /// leaves names that a later forget skips.
-    async fn unindex(&self, channels: &[&ChannelName]) {
-        let Ok(mut conn) = self.inner.conn() else {
-            return;
-        };
-        let key = index_key(self.node(), &self.inner.incarnation);
-        let mut pipe = redis::pipe();
-        for chunk in channels.chunks(CHUNK) {
-            pipe.cmd("SREM").arg(&key);
-            for channel in chunk {
-                pipe.arg(channel.as_str());
-            }
-            pipe.ignore();
-        }
-        if let Err(err) = pipe.query_async::<()>(&mut conn).await {
-            self.inner.failed("occupancy", &err);
-        }
-    }
-
-    /// Removes the fields of every incarnation of `node` but the one registered now (or,
-    /// for this node, this process) from the channels their indexes list, adding the
-    /// channels vacated to `vacated`; `Err` when Redis failed on the way (try again later:
-    /// what was done is not done twice).
-    async fn forget_node(
+    /// Removes process `(node, incarnation)`'s fields from every channel its indexes list,
+    /// adding the channels vacated to `vacated`, then forgets the process. `Err` when Redis
+    /// failed on the way: the next sweep goes on (what was done is answered the same).
+    async fn forget(
         &self,
         node: &str,
-        vacated: &mut Vec<ChannelName>,
+        incarnation: &str,
+        vacated: &mut Vec<(ChannelName, OccupancyFlip)>,
     ) -> Result<(), BusError> {
         let mut conn = self.inner.conn()?;
-        let fail = |err: redis::RedisError| self.inner.failed("occupancy", &err);
-        let incarnations: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(incarnations_key(node))
-            .query_async(&mut conn)
-            .await
-            .map_err(fail)?;
-        // Read after the incarnations: a process registers before it indexes anything, so
-        // one listed above is registered by now if it lives.
-        let live = if node == self.node() {
-            Some(self.inner.incarnation.to_string())
-        } else {
-            self.inner.registered_incarnation(node).await?
-        };
-        for incarnation in incarnations {
-            if live.as_deref() == Some(incarnation.as_str()) {
-                continue;
+        let mut channels = 0;
+        for partition in 0..self.inner.settings.partitions {
+            let index = index_key(partition, node, incarnation);
+            let mut names: Vec<String> = Vec::new();
+            let mut cursor = 0_u64;
+            loop {
+                let (next, found): (u64, Vec<String>) = redis::cmd("SSCAN")
+                    .arg(&index)
+                    .arg(cursor)
+                    .arg("COUNT")
+                    .arg(CHUNK)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|err| self.fail(&err))?;
+                names.extend(found);
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
             }
-            let index = index_key(node, &incarnation);
-            let names: Vec<String> = redis::cmd("SMEMBERS")
-                .arg(&index)
-                .query_async(&mut conn)
-                .await
-                .map_err(fail)?;
-            let channels: Vec<ChannelName> = names
-                .iter()
-                .filter_map(|name| ChannelName::parse(name, usize::MAX).ok())
-                .collect();
-            for (_, group) in self.by_partition(&channels, |channel| channel) {
-                for chunk in group.chunks(CHUNK) {
-                    let mut invocation = self.scripts.forget.prepare_invoke();
-                    for (_, channel) in chunk {
-                        invocation.key(hash_key(self.inner.partition(channel), channel.as_str()));
-                    }
-                    invocation.arg(node).arg(&incarnation).arg(MEMO_TTL_MS);
-                    let reply = invocation
-                        .invoke_async::<Value>(&mut conn)
-                        .await
-                        .map_err(fail)?;
-                    for ((_, channel), result) in chunk.iter().zip(results(&reply)) {
-                        if result == "v" {
-                            vacated.push((*channel).clone());
-                        }
+            names.sort_unstable();
+            names.dedup();
+            channels += names.len();
+            for chunk in names.chunks(CHUNK) {
+                let mut invocation = self.scripts.forget.prepare_invoke();
+                invocation.key(&index);
+                for name in chunk {
+                    invocation.key(hash_key(partition, name));
+                }
+                invocation
+                    .arg(node)
+                    .arg(incarnation)
+                    .arg(self.node())
+                    .arg(&*self.inner.incarnation)
+                    .arg(MEMO_TTL_MS);
+                for name in chunk {
+                    invocation.arg(name);
+                }
+                let reply = invocation
+                    .invoke_async::<Value>(&mut conn)
+                    .await
+                    .map_err(|err| self.fail(&err))?;
+                for (name, answer) in chunk.iter().zip(answers(&reply)) {
+                    if let (Some(answer), Ok(channel)) =
+                        (answer, ChannelName::parse(name, usize::MAX))
+                    {
+                        vacated.push((channel, answer));
                     }
                 }
             }
-            let mut pipe = redis::pipe();
-            pipe.cmd("DEL").arg(&index).ignore();
-            pipe.cmd("SREM")
-                .arg(incarnations_key(node))
-                .arg(&incarnation)
-                .ignore();
-            pipe.query_async::<()>(&mut conn).await.map_err(fail)?;
-            tracing::info!(
-                node,
-                incarnation,
-                channels = channels.len(),
-                "Removed a departed process's occupancy"
-            );
         }
+        self.scripts
+            .retire
+            .key(WRITERS_KEY)
+            .key(incarnations_key(node))
+            .arg(node)
+            .arg(incarnation)
+            .invoke_async::<()>(&mut conn)
+            .await
+            .map_err(|err| self.fail(&err))?;
+        tracing::info!(
+            node,
+            incarnation,
+            channels,
+            "Removed a departed process's channel occupancy"
+        );
         Ok(())
+    }
+
+    /// The processes that wrote and are not registered now (this node id's earlier ones
+    /// always; others only when this node may judge).
+    async fn departed_processes(&self) -> Result<Vec<(String, String)>, BusError> {
+        let mut conn = self.inner.conn()?;
+        let writers: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(WRITERS_KEY)
+            .query_async(&mut conn)
+            .await
+            .map_err(|err| self.fail(&err))?;
+        let judging = self.inner.may_judge_nodes();
+        let writers: Vec<String> = writers
+            .into_iter()
+            .filter(|node| judging || node == self.node())
+            .collect();
+        if writers.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for node in &writers {
+            pipe.cmd("SMEMBERS").arg(incarnations_key(node));
+        }
+        let incarnations: Vec<Vec<String>> = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(|err| self.fail(&err))?;
+        // Read after the incarnations: a process registers before it is listed, so one
+        // listed above is registered by now if it lives.
+        let mut live: HashMap<String, String> = if judging {
+            self.inner.registered_incarnations().await?
+        } else {
+            HashMap::new()
+        };
+        live.insert(self.node().to_owned(), self.inner.incarnation.to_string());
+        Ok(writers
+            .into_iter()
+            .zip(incarnations)
+            .flat_map(|(node, incarnations)| {
+                let registered = live.get(&node).cloned();
+                incarnations
+                    .into_iter()
+                    .filter(move |incarnation| registered.as_ref() != Some(incarnation))
+                    .map(move |incarnation| (node.clone(), incarnation))
+            })
+            .collect())
     }
 }
 
@@ -297,94 +423,65 @@ impl OccupancyStore for RedisOccupancy {
         &'a self,
         batch: u64,
         changes: &'a [OccupancyChange],
-    ) -> BusFuture<'a, Result<Vec<Option<bool>>, BusError>> {
+    ) -> BusFuture<'a, Result<Vec<Option<OccupancyFlip>>, BusError>> {
         Box::pin(async move {
-            let occupying: Vec<&ChannelName> = changes
-                .iter()
-                .filter(|change| change.occupied)
-                .map(|change| &change.channel)
-                .collect();
-            if !occupying.is_empty() {
-                self.index(&occupying).await?;
-            }
+            self.list().await?;
             let mut conn = self.inner.conn()?;
-            let mut answers = vec![None; changes.len()];
-            for (_, group) in self.by_partition(changes, |change| &change.channel) {
+            let mut told = vec![None; changes.len()];
+            for (partition, group) in self.by_partition(changes, |change| &change.channel) {
+                let index = index_key(partition, self.node(), &self.inner.incarnation);
                 for chunk in group.chunks(CHUNK) {
                     let mut invocation = self.scripts.apply.prepare_invoke();
+                    invocation.key(&index);
                     for (_, change) in chunk {
-                        invocation.key(hash_key(
-                            self.inner.partition(&change.channel),
-                            change.channel.as_str(),
-                        ));
+                        invocation.key(hash_key(partition, change.channel.as_str()));
                     }
                     invocation
                         .arg(self.node())
                         .arg(&*self.inner.incarnation)
-                        .arg(batch);
+                        .arg(batch)
+                        .arg(MEMO_TTL_MS);
                     for (_, change) in chunk {
-                        invocation.arg(if change.occupied { "+" } else { "-" });
+                        invocation
+                            .arg(if change.occupied { "+" } else { "-" })
+                            .arg(change.channel.as_str());
                     }
-                    invocation.arg(MEMO_TTL_MS);
                     let reply = invocation
                         .invoke_async::<Value>(&mut conn)
                         .await
-                        .map_err(|err| self.inner.failed("occupancy", &err))?;
-                    for ((index, _), result) in chunk.iter().zip(results(&reply)) {
-                        answers[*index] = match result.as_str() {
-                            "o" => Some(true),
-                            "v" => Some(false),
-                            _ => None,
-                        };
+                        .map_err(|err| self.fail(&err))?;
+                    for ((index, _), answer) in chunk.iter().zip(answers(&reply)) {
+                        told[*index] = answer;
                     }
                 }
             }
-            let leaving: Vec<&ChannelName> = changes
-                .iter()
-                .filter(|change| !change.occupied)
-                .map(|change| &change.channel)
-                .collect();
-            if !leaving.is_empty() {
-                self.unindex(&leaving).await;
-            }
-            Ok(answers)
+            Ok(told)
         })
     }
 
-    fn departed(&self) -> BusFuture<'_, Vec<ChannelName>> {
+    fn departed(&self) -> BusFuture<'_, Vec<(ChannelName, OccupancyFlip)>> {
         Box::pin(async move {
-            let mut vacated = Vec::new();
-            let mut swept = *self
-                .scripts
-                .swept
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if !swept {
-                swept = self
-                    .forget_node(&self.inner.settings.node_id, &mut vacated)
-                    .await
-                    .is_ok();
-                *self
+            {
+                let mut swept_at = self
                     .scripts
-                    .swept
+                    .swept_at
                     .lock()
-                    .unwrap_or_else(PoisonError::into_inner) = swept;
+                    .unwrap_or_else(PoisonError::into_inner);
+                if swept_at.is_some_and(|at| at.elapsed() < SWEEP_EVERY) {
+                    return Vec::new();
+                }
+                *swept_at = Some(Instant::now());
             }
-            let gone = std::mem::take(
-                &mut *self
-                    .inner
-                    .departed_occupants
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner),
-            );
-            for (at, node) in gone.iter().enumerate() {
-                if self.forget_node(node, &mut vacated).await.is_err() {
-                    // Put back what is left, to try again.
-                    self.inner
-                        .departed_occupants
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .extend(gone[at..].iter().cloned());
+            let mut vacated = Vec::new();
+            let Ok(departed) = self.departed_processes().await else {
+                return vacated;
+            };
+            for (node, incarnation) in departed {
+                if self
+                    .forget(&node, &incarnation, &mut vacated)
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }

@@ -54,12 +54,44 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
 impl RedisBus {
     /// Live nodes from the registry, as JSON objects.
     pub(super) async fn registered_nodes(&self) -> Result<Vec<serde_json::Value>, BusError> {
-        let mut conn = self.inner.conn()?;
+        self.inner.registered_nodes().await
+    }
+}
+
+impl Inner {
+    /// Whether this node may take another's missing registry entry for its death: only on
+    /// a link steady for the entries' lifetime (after a stall every entry is late at once,
+    /// and each is renewed within a heartbeat).
+    pub(super) fn may_judge_nodes(&self) -> bool {
+        let ttl_ms = u64::try_from(NODE_TTL.as_millis()).unwrap_or(10_000);
+        self.health.registered() && self.health.steady_for_ms(since_start_ms(self)) >= ttl_ms
+    }
+
+    /// The incarnation each registered node runs under now.
+    pub(super) async fn registered_incarnations(
+        &self,
+    ) -> Result<std::collections::HashMap<String, String>, BusError> {
+        Ok(self
+            .registered_nodes()
+            .await?
+            .into_iter()
+            .filter_map(|entry| {
+                Some((
+                    entry.get("node")?.as_str()?.to_owned(),
+                    entry.get("incarnation")?.as_str()?.to_owned(),
+                ))
+            })
+            .collect())
+    }
+
+    /// Live nodes from the registry, as JSON objects.
+    pub(super) async fn registered_nodes(&self) -> Result<Vec<serde_json::Value>, BusError> {
+        let mut conn = self.conn()?;
         let ids: Vec<String> = Script::new(LIVE_LUA)
             .key(REGISTRY_SET)
             .invoke_async(&mut conn)
             .await
-            .map_err(|err| self.inner.failed("nodes", &err))?;
+            .map_err(|err| self.failed("nodes", &err))?;
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -71,28 +103,12 @@ impl RedisBus {
             .arg(&keys)
             .query_async(&mut conn)
             .await
-            .map_err(|err| self.inner.failed("nodes", &err))?;
+            .map_err(|err| self.failed("nodes", &err))?;
         Ok(values
             .into_iter()
             .flatten()
             .filter_map(|text| serde_json::from_str(&text).ok())
             .collect())
-    }
-}
-
-impl Inner {
-    /// The incarnation `node` is registered under now, if it is registered.
-    pub(super) async fn registered_incarnation(
-        &self,
-        node: &str,
-    ) -> Result<Option<String>, BusError> {
-        let mut conn = self.conn()?;
-        let entry: Option<String> = redis::cmd("GET")
-            .arg(format!("{REGISTRY_PREFIX}{node}"))
-            .query_async(&mut conn)
-            .await
-            .map_err(|err| self.failed("nodes", &err))?;
-        Ok(entry.as_deref().and_then(incarnation_of))
     }
 }
 
@@ -116,11 +132,6 @@ async fn remove_expired(inner: &Inner, conn: &mut RedisConn, expired: Vec<String
                 tracing::warn!(%node, "A node left the registry without deregistering");
                 inner
                     .departed_nodes
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push(node.clone());
-                inner
-                    .departed_occupants
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .push(node);
