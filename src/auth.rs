@@ -22,15 +22,17 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::config::AuthConfig;
 
+mod error;
 pub mod jwks;
 pub mod namespaces;
 pub use self::{
+    error::{AuthError, ClaimsError},
     jwks::Jwks,
     namespaces::{Action, Decision, Namespaces},
 };
@@ -51,50 +53,6 @@ pub struct Identity {
     /// `subs`: channels the server subscribes the connection to on its own, once the token
     /// is accepted (each still checked against its namespace).
     pub subs: Vec<String>,
-}
-
-/// Why a token was refused. The connection gets `unauthorized` and close 4003.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum AuthError {
-    /// Not a JWT, or its header or claims could not be read: fix the token issuer.
-    #[error("the token is malformed")]
-    Malformed,
-    /// The header names a `kid` no configured key has: a key was retired, or the token is
-    /// forged.
-    #[error("no key has the token's kid")]
-    UnknownKey,
-    /// No key of the header's algorithm (or `alg: none`): forged, or a key is missing.
-    #[error("no key for the token's algorithm")]
-    WrongAlgorithm,
-    /// The signature does not verify with any candidate key.
-    #[error("the token's signature is invalid")]
-    BadSignature,
-    /// `exp` is past (beyond the leeway): get a fresh token.
-    #[error("the token has expired")]
-    Expired,
-    /// `nbf` is ahead (beyond the leeway).
-    #[error("the token is not valid yet")]
-    NotYetValid,
-    /// `iss` or `aud` is not the configured one, `sub`/`exp` is missing, `sub` is empty or
-    /// `exp` is past the year 9999.
-    #[error("the token's claims are not accepted here")]
-    Claims,
-}
-
-impl AuthError {
-    /// A bounded label for metrics.
-    #[must_use]
-    pub const fn label(self) -> &'static str {
-        match self {
-            AuthError::Malformed => "malformed",
-            AuthError::UnknownKey => "unknown_kid",
-            AuthError::WrongAlgorithm => "wrong_algorithm",
-            AuthError::BadSignature => "bad_signature",
-            AuthError::Expired => "expired",
-            AuthError::NotYetValid => "not_yet_valid",
-            AuthError::Claims => "claims",
-        }
-    }
 }
 
 /// Why the `[auth]` configuration cannot be used.
@@ -294,8 +252,11 @@ impl Authenticator {
                     let claims = data.claims;
                     // A user nobody can be, or an expiry past any real clock: a token
                     // minted by mistake, or made to overflow the expiry's arithmetic.
-                    if claims.sub.is_empty() || claims.exp > MAX_EXP {
-                        return Err(AuthError::Claims);
+                    if claims.sub.is_empty() {
+                        return Err(AuthError::Claims(ClaimsError::EmptySubject));
+                    }
+                    if claims.exp > MAX_EXP {
+                        return Err(AuthError::Claims(ClaimsError::EndlessExpiry));
                     }
                     return Ok(Identity {
                         user: Arc::from(claims.sub),
@@ -307,16 +268,7 @@ impl Authenticator {
                     });
                 }
                 Err(err) => {
-                    error = match err.kind() {
-                        ErrorKind::InvalidSignature => AuthError::BadSignature,
-                        ErrorKind::ExpiredSignature => AuthError::Expired,
-                        ErrorKind::ImmatureSignature => AuthError::NotYetValid,
-                        ErrorKind::InvalidIssuer
-                        | ErrorKind::InvalidAudience
-                        | ErrorKind::MissingRequiredClaim(_)
-                        | ErrorKind::InvalidSubject => AuthError::Claims,
-                        _ => AuthError::Malformed,
-                    };
+                    error = AuthError::from_claims(err.kind(), token);
                     // A bad signature may verify with another key of the same algorithm;
                     // anything else is the token's own fault.
                     if error != AuthError::BadSignature {

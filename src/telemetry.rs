@@ -15,8 +15,9 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use crate::protocol::ErrorCode;
 
 mod hooks;
+mod refusals;
 mod webhooks;
-pub use self::{hooks::*, webhooks::*};
+pub use self::{hooks::*, refusals::*, webhooks::*};
 
 pub const CONNECTIONS: &str = "ws_connections";
 /// Gauge: `limits.max_connections`, for alerts on `ws_connections / ws_connections_max`.

@@ -177,19 +177,42 @@ fn time_claims_are_checked_with_the_leeway() {
     let auth = authenticator(vec![hmac_key("", "HS256", SECRET)]);
     let key = EncodingKey::from_secret(SECRET.as_bytes()).unwrap();
     let token = |claims: serde_json::Value| sign(Algorithm::HS256, None, &key, &claims);
+    let expired = auth.verify(&token(claims("1", now() - 60))).unwrap_err();
     assert_eq!(
-        auth.verify(&token(claims("1", now() - 60))).unwrap_err(),
-        AuthError::Expired
+        expired,
+        AuthError::Expired {
+            exp: Some(now() - 60)
+        }
+    );
+    assert!(expired.is_expired());
+    let message = expired.to_string();
+    assert!(
+        message.contains("expired") && message.contains("60 s ago"),
+        "{message}"
     );
     // Within the 5 s leeway.
     assert!(auth.verify(&token(claims("1", now() - 2))).is_ok());
-    let not_yet = json!({"sub": "1", "exp": now() + 600, "nbf": now() + 60});
-    assert_eq!(
-        auth.verify(&token(not_yet)).unwrap_err(),
-        AuthError::NotYetValid
+    let nbf = now() + 60;
+    let not_yet = json!({"sub": "1", "exp": now() + 600, "nbf": nbf});
+    let refused = auth.verify(&token(not_yet)).unwrap_err();
+    assert_eq!(refused, AuthError::NotYetValid { nbf: Some(nbf) });
+    assert!(!refused.is_expired());
+    assert!(
+        refused.to_string().contains(&format!("nbf {nbf}")),
+        "{refused}"
     );
-    assert!(auth.verify(&token(json!({"exp": now() + 60}))).is_err());
-    assert!(auth.verify(&token(json!({"sub": "1"}))).is_err());
+    assert_eq!(
+        auth.verify(&token(json!({"exp": now() + 60}))).unwrap_err(),
+        AuthError::Claims(ClaimsError::Missing("sub"))
+    );
+    let no_exp = auth.verify(&token(json!({"sub": "1"}))).unwrap_err();
+    assert_eq!(no_exp, AuthError::Claims(ClaimsError::Missing("exp")));
+    assert!(
+        no_exp
+            .to_string()
+            .starts_with("the token has no `exp` claim"),
+        "{no_exp}"
+    );
 }
 
 /// A well-signed token for nobody, or one that never expires (an `exp` made to overflow the
@@ -199,12 +222,15 @@ fn an_empty_sub_and_an_endless_exp_are_refused() {
     let auth = authenticator(vec![hmac_key("", "HS256", SECRET)]);
     let key = EncodingKey::from_secret(SECRET.as_bytes()).unwrap();
     let token = |claims: serde_json::Value| sign(Algorithm::HS256, None, &key, &claims);
-    for refused in [
-        claims("", now() + 60),
-        claims("1", u64::MAX),
-        claims("1", 253_402_300_800),
-    ] {
-        assert_eq!(auth.verify(&token(refused)).unwrap_err(), AuthError::Claims);
+    assert_eq!(
+        auth.verify(&token(claims("", now() + 60))).unwrap_err(),
+        AuthError::Claims(ClaimsError::EmptySubject)
+    );
+    for refused in [claims("1", u64::MAX), claims("1", 253_402_300_800)] {
+        assert_eq!(
+            auth.verify(&token(refused)).unwrap_err(),
+            AuthError::Claims(ClaimsError::EndlessExpiry)
+        );
     }
     assert!(auth.verify(&token(claims("1", 253_402_300_799))).is_ok());
 }
@@ -231,16 +257,29 @@ fn issuer_and_audience_are_checked_when_configured() {
         auth.verify(&token("https://id.example.com", "switchboard"))
             .is_ok()
     );
+    let issuer = auth
+        .verify(&token("https://evil", "switchboard"))
+        .unwrap_err();
     assert_eq!(
-        auth.verify(&token("https://evil", "switchboard"))
-            .unwrap_err(),
-        AuthError::Claims
+        issuer,
+        AuthError::Claims(ClaimsError::Issuer(Some("https://evil".to_owned())))
     );
     assert_eq!(
-        auth.verify(&token("https://id.example.com", "other"))
-            .unwrap_err(),
-        AuthError::Claims
+        issuer.to_string(),
+        "issuer `https://evil` is not accepted here (auth.issuer)"
     );
+    let audience = auth
+        .verify(&token("https://id.example.com", "other"))
+        .unwrap_err();
+    assert_eq!(
+        audience.to_string(),
+        "audience `other` is not accepted here (auth.audience)"
+    );
+    // What a message quotes of a token is bounded.
+    let long = auth
+        .verify(&token("https://id.example.com", &"a".repeat(10_000)))
+        .unwrap_err();
+    assert!(long.to_string().len() < 200, "{long}");
 }
 
 /// The public JWK of a key in `tests/keys`, with `alg` as given (or left out).

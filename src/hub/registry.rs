@@ -274,7 +274,19 @@ impl Hub {
                     }
                 }
                 Keepalive::IdleClosed => sweep.idle_closed += 1,
-                Keepalive::DeadlineClosed => sweep.deadline_closed += 1,
+                Keepalive::DeadlineClosed(code) => {
+                    sweep.deadline_closed += 1;
+                    if code == protocol::CloseCode::Unauthorized
+                        && let Some(suppressed) =
+                            telemetry::refusal_loggable(telemetry::Refused::AuthTimeout)
+                    {
+                        tracing::info!(
+                            conn_id = outbound.conn_id(),
+                            suppressed,
+                            "Closed with 4003: no `auth` within auth.timeout (auth.required)"
+                        );
+                    }
+                }
             }
             registered.check_at_ms.store(
                 outbound.next_keepalive_ms(now_ms, heartbeat_ms, idle_ms),

@@ -54,11 +54,14 @@ pub enum ErrorCode {
     /// The target is not in a state that allows the request (appending to a stream that is
     /// no longer open); do not retry as is.
     Conflict,
+    /// The token has expired: get a fresh one (the connection is closed with 4004, which
+    /// clients answer by reconnecting with a new token). Not the user's fault.
+    TokenExpired,
 }
 
 impl ErrorCode {
     /// Every code, in the order used for metric labels.
-    pub const ALL: [ErrorCode; 9] = [
+    pub const ALL: [ErrorCode; 10] = [
         ErrorCode::BadRequest,
         ErrorCode::Unauthorized,
         ErrorCode::Forbidden,
@@ -68,6 +71,7 @@ impl ErrorCode {
         ErrorCode::Unavailable,
         ErrorCode::Internal,
         ErrorCode::Conflict,
+        ErrorCode::TokenExpired,
     ];
 
     /// The code as it appears on the wire.
@@ -83,6 +87,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
             ErrorCode::Conflict => "conflict",
+            ErrorCode::TokenExpired => "token_expired",
         }
     }
 

@@ -474,6 +474,14 @@ where
         .origins
         .allows(request.origin.as_deref(), &request.host)
     {
+        if let Some(suppressed) = telemetry::refusal_loggable(telemetry::Refused::Origin) {
+            tracing::info!(
+                origin = %String::from_utf8_lossy(request.origin.as_deref().unwrap_or_default()),
+                host = %String::from_utf8_lossy(&request.host),
+                suppressed,
+                "Upgrade refused with 403: this Origin is not in server.allowed_origins"
+            );
+        }
         Some(upgrade::ORIGIN_NOT_ALLOWED)
     } else if throttled {
         telemetry::rate_limited(RateScope::Ip);

@@ -238,11 +238,25 @@ impl Session {
         }
     }
 
-    /// Refuses a token: `error` `unauthorized`, then close 4003 (after what is queued).
+    /// Refuses a token: `error` `unauthorized` saying why, then close 4003 (after what is
+    /// queued); or `token_expired` and 4004 when it expired (a fresh token fixes that:
+    /// clients get one and reconnect on their own). Logged at info, rate-limited, without the token.
     pub(super) fn unauthorized(&self, id: Option<u64>, err: AuthError) {
         telemetry::auth(err.label());
-        self.error(id, ErrorCode::Unauthorized, &err.to_string());
-        self.outbound.close(CloseCode::Unauthorized);
+        let conn_id = self.outbound.conn_id();
+        match telemetry::refusal_loggable(telemetry::Refused::Token) {
+            Some(suppressed) => {
+                tracing::info!(conn_id, reason = %err, suppressed, "Token refused");
+            }
+            None => tracing::debug!(conn_id, reason = %err, "Token refused"),
+        }
+        if err.is_expired() {
+            self.error(id, ErrorCode::TokenExpired, &err.to_string());
+            self.outbound.close(CloseCode::TokenExpired);
+        } else {
+            self.error(id, ErrorCode::Unauthorized, &err.to_string());
+            self.outbound.close(CloseCode::Unauthorized);
+        }
     }
 
     /// `{"type":"auth"}`: authenticates a connection whose upgrade brought no token.

@@ -489,10 +489,13 @@ impl BinaryNode {
         } else {
             std::process::Stdio::null()
         };
-        let child = command
+        command
             .args(["--listen", &ws_addr.to_string()])
-            .args(["--control", &control_addr.to_string()])
-            .args(["--log-level", "warn"])
+            .args(["--control", &control_addr.to_string()]);
+        if !args.contains(&"--log-level") {
+            command.args(["--log-level", "warn"]);
+        }
+        let child = command
             .args(args)
             .envs(env.iter().copied())
             .current_dir(env!("CARGO_MANIFEST_DIR"))

@@ -191,6 +191,28 @@ test("a refused token (4003) ends the client: no reconnect", async () => {
   await node.kill();
 });
 
+test("a token that expired while the page slept (4004 at connect) is replaced by getToken", async () => {
+  const node = await startNode({ config: authConfig });
+  // The app's token cache hands out what it held before the laptop slept: expired.
+  let issued = 0;
+  const getToken = async () => {
+    issued++;
+    const exp = Math.floor(Date.now() / 1000) + (issued === 1 ? -120 : 600);
+    return hs256({ sub: "ada", exp });
+  };
+  const sb = client(node.url, { getToken });
+  const disconnects = [];
+  const errors = [];
+  sb.on("disconnected", (detail) => disconnects.push(detail));
+  sb.on("error", (error) => errors.push(error));
+  sb.subscribe("news", {});
+  await eventually(() => sb.state === "connected" && sb.user === "ada", "connected with a fresh token");
+  assert.equal(disconnects[0].code, 4004, JSON.stringify(disconnects));
+  assert.equal(issued, 2);
+  assert.ok(!errors.some((error) => error.code === "unauthorized"), JSON.stringify(errors));
+  await node.kill();
+});
+
 test("tokens come from getToken and are refreshed before they expire", async () => {
   const node = await startNode({ config: authConfig });
   let issued = 0;

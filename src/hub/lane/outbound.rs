@@ -84,7 +84,7 @@ pub enum Keepalive {
     /// The connection's deadline passed (see
     /// [`Hub::set_deadline`](crate::hub::Hub::set_deadline)); it is closing with the code set
     /// with it.
-    DeadlineClosed,
+    DeadlineClosed(CloseCode),
 }
 
 /// The hub's handle on one connection: where to enqueue frames, and how to ask it to close.
@@ -271,8 +271,9 @@ impl Outbound {
         let deadline_ms = deadline & DEADLINE_MS;
         if deadline_ms != 0 && now_ms >= deadline_ms {
             let code = u16::try_from(deadline >> 48).unwrap_or(0);
-            self.close(CloseCode::from_code(code).unwrap_or(CloseCode::TokenExpired));
-            return Keepalive::DeadlineClosed;
+            let code = CloseCode::from_code(code).unwrap_or(CloseCode::TokenExpired);
+            self.close(code);
+            return Keepalive::DeadlineClosed(code);
         }
         let last_seen = self.last_seen_ms.load(Ordering::Relaxed);
         if now_ms.saturating_sub(last_seen) >= idle_ms {

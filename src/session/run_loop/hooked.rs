@@ -131,6 +131,15 @@ impl Session {
     /// Refuses `action` with `forbidden`.
     pub(super) fn forbidden(&self, id: Option<u64>, action: Action) {
         telemetry::forbidden(action.label());
+        if let Some(suppressed) = telemetry::refusal_loggable(telemetry::Refused::Forbidden) {
+            tracing::info!(
+                conn_id = self.outbound.conn_id(),
+                user = self.user().unwrap_or(""),
+                action = action.label(),
+                suppressed,
+                "Forbidden by the namespaces ([[namespaces]])"
+            );
+        }
         let message = match action {
             Action::Subscribe => "not allowed to subscribe to this channel",
             Action::Publish => "not allowed to publish to this channel",
