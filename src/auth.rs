@@ -30,6 +30,7 @@ use crate::config::AuthConfig;
 
 mod error;
 pub mod jwks;
+pub mod mint;
 pub mod namespaces;
 pub use self::{
     error::{AuthError, ClaimsError},

@@ -44,6 +44,36 @@ enum Command {
     /// Start draining the local node (`POST /v1/drain` on its control API, with the first
     /// of `control.api_keys`): exit 0 when a drain runs. For a Kubernetes preStop hook.
     Drain,
+    /// Print a token signed with the configuration's HMAC key (`[[auth.keys]]`: HS256,
+    /// HS384 or HS512), with `iss`/`aud` when `[auth]` sets them: for development and
+    /// tests. Refuses public-key configurations (their tokens are signed by the private
+    /// key).
+    Token(TokenArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct TokenArgs {
+    /// The user (`sub`).
+    #[arg(long)]
+    sub: String,
+    /// How long the token is valid, e.g. `1h`, `30m`, `7d`.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    ttl: std::time::Duration,
+    /// Channel patterns the token may subscribe to (`channels` claim), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    channels: Vec<String>,
+    /// Channel patterns it may publish to (`publish` claim), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    publish: Vec<String>,
+    /// Channels the server subscribes the connection to (`subs` claim), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    subs: Vec<String>,
+    /// The `info` claim, as JSON (e.g. '{"name":"Ada"}').
+    #[arg(long)]
+    info: Option<String>,
+    /// Sign with the key of this `kid` (default: the first HMAC key).
+    #[arg(long)]
+    kid: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -74,6 +104,7 @@ fn main() -> ExitCode {
         Some(Command::CheckConfig { file }) => check_config(&file),
         Some(Command::Probe { path }) => local_request(&cli.serve, "GET", &path),
         Some(Command::Drain) => local_request(&cli.serve, "POST", "/v1/drain"),
+        Some(Command::Token(args)) => token(&cli.serve, &args),
         Some(Command::Serve(args)) => serve(&args),
         None => serve(&cli.serve),
     }
@@ -172,6 +203,42 @@ fn local_request(args: &ServeArgs, method: &str, path: &str) -> ExitCode {
     } else {
         eprintln!("switchboard: {method} http://{addr}{path}: status {status}");
         ExitCode::FAILURE
+    }
+}
+
+fn token(serve: &ServeArgs, args: &TokenArgs) -> ExitCode {
+    let config = match load(serve) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("switchboard: invalid configuration: {err}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    let info = match args.info.as_deref().map(serde_json::from_str).transpose() {
+        Ok(info) => info,
+        Err(err) => {
+            eprintln!("switchboard: --info is not JSON: {err}");
+            return ExitCode::from(EXIT_BAD_CONFIG);
+        }
+    };
+    let request = switchboard::auth::mint::TokenRequest {
+        sub: args.sub.clone(),
+        ttl: args.ttl,
+        channels: args.channels.clone(),
+        publish: args.publish.clone(),
+        subs: args.subs.clone(),
+        info,
+        kid: args.kid.clone(),
+    };
+    match switchboard::auth::mint::mint(&config.auth, &request) {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("switchboard: {err}");
+            ExitCode::from(EXIT_BAD_CONFIG)
+        }
     }
 }
 

@@ -691,3 +691,54 @@ history = "none"
     );
     assert!(log.contains("https://evil.example"), "{log}");
 }
+
+/// `switchboard token` signs with the configuration's HMAC key: the token it prints gets a
+/// connection in as its user, with its channels; a configuration with only public keys is
+/// refused with exit 64 and a reason.
+#[tokio::test]
+async fn the_token_command_mints_what_the_server_accepts() {
+    let config = std::env::temp_dir().join(format!("sb-token-{}.toml", std::process::id()));
+    std::fs::write(
+        &config,
+        format!("[auth]\nissuer = \"https://id.example.com\"\n[[auth.keys]]\nalgorithm = \"HS256\"\nsecret = \"{SECRET}\"\n"),
+    )
+    .unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args([
+            "token",
+            "--sub",
+            "42",
+            "--ttl",
+            "10m",
+            "--channels",
+            "room:*",
+        ])
+        .args([
+            "--info",
+            r#"{"name":"Ada"}"#,
+            "--config",
+            config.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let token = String::from_utf8(output.stdout).unwrap().trim().to_owned();
+    let server = server(|config| config.auth.issuer = "https://id.example.com".to_owned()).await;
+    let client = TestClient::connect(&format!("{}?token={token}", server.ws_url())).await;
+    assert_eq!(client.welcome["user"], "42");
+
+    std::fs::write(
+        &config,
+        "[[auth.keys]]\nalgorithm = \"RS256\"\npublic_key_file = \"tests/fixtures/none.pem\"\n",
+    )
+    .unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["token", "--sub", "42", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&config);
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no HMAC key"), "{stderr}");
+    server.stop().await;
+}

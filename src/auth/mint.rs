@@ -1,0 +1,203 @@
+//! `switchboard token`: tokens signed with the configured HMAC key, for development and
+//! tests (as `centrifugo gentoken`). Production tokens come from the application's own
+//! issuer; this only signs with a key the server already holds, and refuses the public
+//! keys it could not sign with.
+
+use std::time::Duration;
+
+use jsonwebtoken::{EncodingKey, Header};
+use serde_json::{Map, Value, json};
+
+use super::{MAX_EXP, parse_algorithm, unix_now};
+use crate::config::AuthConfig;
+
+/// What `switchboard token` puts in a token.
+#[derive(Debug, Clone, Default)]
+pub struct TokenRequest {
+    /// `sub`.
+    pub sub: String,
+    /// From now to `exp`.
+    pub ttl: Duration,
+    /// `channels` (subscribe patterns).
+    pub channels: Vec<String>,
+    /// `publish` patterns.
+    pub publish: Vec<String>,
+    /// `subs`: channels the server subscribes the connection to.
+    pub subs: Vec<String>,
+    /// `info`, as JSON.
+    pub info: Option<Value>,
+    /// Sign with the key of this `kid` (default: the first HMAC key).
+    pub kid: Option<String>,
+}
+
+/// Why no token was made.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MintError {
+    #[error("`sub` must not be empty")]
+    EmptySubject,
+    #[error("the TTL must be between 1 s and the year 9999")]
+    BadTtl,
+    #[error(
+        "auth.keys has no HMAC key (HS256, HS384, HS512) to sign with{0}: tokens for public \
+         keys are signed by their private key, which the server never holds"
+    )]
+    NoHmacKey(String),
+    #[error("signing failed: {0}")]
+    Signing(String),
+}
+
+/// A token for `request`, signed with the configured HMAC key (the one of `request.kid`,
+/// or the first), with `iss` and `aud` when `[auth]` sets them.
+///
+/// # Errors
+/// [`MintError`] when the request or the configuration cannot make one.
+pub fn mint(auth: &AuthConfig, request: &TokenRequest) -> Result<String, MintError> {
+    if request.sub.is_empty() {
+        return Err(MintError::EmptySubject);
+    }
+    let exp = unix_now().saturating_add(request.ttl.as_secs());
+    if request.ttl.as_secs() == 0 || exp > MAX_EXP {
+        return Err(MintError::BadTtl);
+    }
+    let key = auth
+        .keys
+        .iter()
+        .filter(|key| key.algorithm.starts_with("HS") && !key.secret.is_empty())
+        .find(|key| request.kid.as_deref().is_none_or(|kid| key.kid == kid))
+        .ok_or_else(|| {
+            MintError::NoHmacKey(
+                request
+                    .kid
+                    .as_deref()
+                    .map(|kid| format!(" with kid `{kid}`"))
+                    .unwrap_or_default(),
+            )
+        })?;
+    let algorithm = parse_algorithm(&key.algorithm)
+        .ok_or_else(|| MintError::Signing(format!("unknown algorithm {}", key.algorithm)))?;
+    let mut header = Header::new(algorithm);
+    if !key.kid.is_empty() {
+        header.kid = Some(key.kid.clone());
+    }
+    let mut claims = Map::new();
+    claims.insert("sub".to_owned(), json!(request.sub));
+    claims.insert("exp".to_owned(), json!(exp));
+    claims.insert("iat".to_owned(), json!(unix_now()));
+    for (name, values) in [
+        ("channels", &request.channels),
+        ("publish", &request.publish),
+        ("subs", &request.subs),
+    ] {
+        if !values.is_empty() {
+            claims.insert(name.to_owned(), json!(values));
+        }
+    }
+    if let Some(info) = &request.info {
+        claims.insert("info".to_owned(), info.clone());
+    }
+    if !auth.issuer.is_empty() {
+        claims.insert("iss".to_owned(), json!(auth.issuer));
+    }
+    if !auth.audience.is_empty() {
+        claims.insert("aud".to_owned(), json!(auth.audience));
+    }
+    let encoding = EncodingKey::from_secret(key.secret.as_bytes())
+        .map_err(|err| MintError::Signing(err.to_string()))?;
+    jsonwebtoken::encode(&header, &Value::Object(claims), &encoding)
+        .map_err(|err| MintError::Signing(err.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{auth::Authenticator, config::AuthKeyConfig};
+
+    fn config(keys: Vec<AuthKeyConfig>) -> AuthConfig {
+        AuthConfig {
+            keys,
+            issuer: "https://id.example.com".to_owned(),
+            audience: "switchboard".to_owned(),
+            ..AuthConfig::default()
+        }
+    }
+
+    fn hmac(kid: &str, secret: &str) -> AuthKeyConfig {
+        AuthKeyConfig {
+            kid: kid.to_owned(),
+            algorithm: "HS256".to_owned(),
+            secret: secret.to_owned(),
+            ..AuthKeyConfig::default()
+        }
+    }
+
+    #[test]
+    fn a_minted_token_is_accepted_by_the_same_configuration() {
+        let auth = config(vec![
+            hmac("old", "the-old-secret-of-at-least-32-bytes!"),
+            hmac("new", "the-new-secret-of-at-least-32-bytes!"),
+        ]);
+        let request = TokenRequest {
+            sub: "42".to_owned(),
+            ttl: Duration::from_secs(3600),
+            channels: vec!["room:*".to_owned()],
+            info: Some(json!({"name": "Ada"})),
+            kid: Some("new".to_owned()),
+            ..TokenRequest::default()
+        };
+        let token = mint(&auth, &request).unwrap();
+        let identity = Authenticator::from_config(&auth)
+            .unwrap()
+            .unwrap()
+            .verify(&token)
+            .unwrap();
+        assert_eq!(&*identity.user, "42");
+        assert_eq!(identity.channels, ["room:*"]);
+        assert!(identity.exp >= unix_now() + 3590);
+        assert_eq!(identity.info.unwrap().get(), r#"{"name":"Ada"}"#);
+        assert_eq!(
+            jsonwebtoken::decode_header(&token).unwrap().kid.as_deref(),
+            Some("new")
+        );
+    }
+
+    #[test]
+    fn public_keys_an_empty_sub_and_odd_ttls_are_refused() {
+        let public = config(vec![AuthKeyConfig {
+            algorithm: "RS256".to_owned(),
+            public_key_file: "key.pem".to_owned(),
+            ..AuthKeyConfig::default()
+        }]);
+        let request = TokenRequest {
+            sub: "42".to_owned(),
+            ttl: Duration::from_secs(60),
+            ..TokenRequest::default()
+        };
+        assert!(matches!(
+            mint(&public, &request),
+            Err(MintError::NoHmacKey(_))
+        ));
+        let auth = config(vec![hmac("", "a-secret-of-at-least-32-bytes-long!!")]);
+        let unknown = TokenRequest {
+            kid: Some("nope".to_owned()),
+            ..request.clone()
+        };
+        assert!(
+            mint(&auth, &unknown)
+                .unwrap_err()
+                .to_string()
+                .contains("kid `nope`")
+        );
+        let nobody = TokenRequest {
+            sub: String::new(),
+            ..request.clone()
+        };
+        assert_eq!(mint(&auth, &nobody), Err(MintError::EmptySubject));
+        for ttl in [Duration::ZERO, Duration::from_secs(u64::MAX / 2)] {
+            let odd = TokenRequest {
+                ttl,
+                ..request.clone()
+            };
+            assert_eq!(mint(&auth, &odd), Err(MintError::BadTtl));
+        }
+    }
+}
