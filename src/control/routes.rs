@@ -6,6 +6,7 @@ use http_body_util::{BodyExt as _, Limited};
 use hyper::{Method, Request, Response, body::Incoming, header};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use tracing::Instrument as _;
 
 use super::{Body, ControlContext, ingest, is_loopback, response, streams};
 use crate::{
@@ -138,8 +139,24 @@ pub(super) async fn handle(
 ) -> Response<Body> {
     let started = tokio::time::Instant::now();
     let path = request.uri().path().to_owned();
-    let (route, result) = route(request, &path, peer, ctx).await;
+    let request_id = request_id(&request);
+    // Every log line about this request carries its id, as its answer does.
+    let span = tracing::info_span!("request", request_id = %request_id, method = %request.method(), path = %path);
+    let (route, result) = route(request, &path, peer, ctx)
+        .instrument(span.clone())
+        .await;
     let mut response = result.unwrap_or_else(ApiError::into_response);
+    span.in_scope(|| {
+        tracing::debug!(
+            route,
+            status = response.status().as_u16(),
+            micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            "Control request answered"
+        );
+    });
+    if let Ok(value) = hyper::header::HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
     if ctx.hub.is_draining() {
         // The node exits once drained, closing idle keep-alive connections: a request sent
         // on one as it closes is neither answered nor known to be refused. Answered with
@@ -157,6 +174,30 @@ pub(super) async fn handle(
     }
     telemetry::http_request(route, response.status().as_u16());
     response
+}
+
+/// The header that names a request, in both directions.
+const REQUEST_ID: &str = "x-request-id";
+
+/// The request's id: the caller's `X-Request-Id` when it is one (1-128 bytes of letters,
+/// digits and `-_.:/+=`, as load balancers and tracing systems make them), else a new random
+/// one. A caller's id that is none of those is replaced, not echoed (header injection, log
+/// forging).
+fn request_id(request: &Request<Incoming>) -> String {
+    request
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|value| value.to_str().ok())
+        .filter(|id| {
+            (1..=128).contains(&id.len())
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=".contains(&b))
+        })
+        .map_or_else(
+            || format!("{:016x}", rand::random::<u64>()),
+            ToOwned::to_owned,
+        )
 }
 
 /// A body declared larger than `control.max_body_bytes`, up to this many times that, is read
@@ -498,11 +539,15 @@ pub(super) async fn json_body<T: for<'de> Deserialize<'de>>(
         .and_then(|value| value.to_str().ok())
         .unwrap_or("");
     let media_type = content_type.split(';').next().unwrap_or("").trim();
-    if !media_type.eq_ignore_ascii_case(JSON) {
+    // What `curl -d` and `requests.post(data=...)` send with a JSON string: taken when the
+    // body is JSON. Any other declared type is a mistake worth saying.
+    let undeclared = media_type.is_empty()
+        || media_type.eq_ignore_ascii_case("application/x-www-form-urlencoded");
+    if !media_type.eq_ignore_ascii_case(JSON) && !undeclared {
         return Err(ApiError::new(
             415,
             ErrorCode::BadRequest,
-            "Content-Type must be application/json",
+            format!("Content-Type must be application/json (got {media_type:.64})"),
         ));
     }
     let too_large = || {
@@ -546,6 +591,15 @@ pub(super) async fn json_body<T: for<'de> Deserialize<'de>>(
     serde_json::from_slice(&body).map_err(|err| {
         if err.is_data() {
             ApiError::new(422, ErrorCode::BadRequest, err.to_string())
+        } else if undeclared {
+            ApiError::new(
+                400,
+                ErrorCode::BadRequest,
+                format!(
+                    "body is not valid JSON: {err} (send JSON with Content-Type: \
+                     application/json; a form-encoded body is not taken)"
+                ),
+            )
         } else {
             ApiError::new(
                 400,

@@ -378,3 +378,125 @@ async fn a_batch_counts_each_command_against_the_key_rate() {
     assert!(refused.headers().contains_key("retry-after"));
     server.stop().await;
 }
+
+/// What `curl -d '{...}'` and `requests.post(url, data=json.dumps(...))` send: JSON declared
+/// as a form, or not declared at all. Taken when it parses as JSON; a real form body gets a
+/// 400 that says what to send; other declared types stay 415.
+#[tokio::test]
+async fn a_json_body_without_its_content_type_is_taken() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    client.subscribe("lenient").await;
+    let url = server.control_url("/v1/publish");
+    let body = r#"{"channel":"lenient","data":1}"#;
+    let form = server
+        .http
+        .post(&url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form.status(), 200);
+    let bare = server.http.post(&url).body(body).send().await.unwrap();
+    assert_eq!(bare.status(), 200);
+    assert_eq!(client.recv().await["data"], 1);
+    assert_eq!(client.recv().await["data"], 1);
+    let real_form = server
+        .http
+        .post(&url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("channel=lenient&data=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(real_form.status(), 400);
+    let message = real_form.json::<serde_json::Value>().await.unwrap()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        message.contains("Content-Type: application/json"),
+        "{message}"
+    );
+    let xml = server
+        .http
+        .post(&url)
+        .header("content-type", "application/xml")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(xml.status(), 415);
+    server.stop().await;
+}
+
+/// Every control API answer carries `X-Request-Id`: the caller's when it sent a usable one,
+/// else a new one; a header that could forge a log line or another header is replaced.
+#[tokio::test]
+async fn every_answer_carries_a_request_id() {
+    let server = TestServer::start().await;
+    let id = |response: &reqwest::Response| {
+        response
+            .headers()
+            .get("x-request-id")
+            .map(|value| value.to_str().unwrap().to_owned())
+    };
+    let given = server
+        .http
+        .get(server.control_url("/v1/stats"))
+        .header("x-request-id", "lb-7f3a:42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(id(&given).as_deref(), Some("lb-7f3a:42"));
+    let mut made = Vec::new();
+    for path in ["/healthz", "/v1/no-such-route", "/v1/stats"] {
+        let response = server
+            .http
+            .get(server.control_url(path))
+            .send()
+            .await
+            .unwrap();
+        made.push(id(&response).expect("an id on every answer"));
+    }
+    made.sort();
+    made.dedup();
+    assert_eq!(made.len(), 3, "each request its own id");
+    let forged = server
+        .http
+        .get(server.control_url("/v1/stats"))
+        .header("x-request-id", "a b\" level=error")
+        .send()
+        .await
+        .unwrap();
+    let replaced = id(&forged).unwrap();
+    assert_eq!(replaced.len(), 16, "{replaced}");
+    server.stop().await;
+}
+
+/// The log lines about a control request carry its id, so that a backend's `X-Request-Id`
+/// finds them.
+#[tokio::test]
+async fn the_log_lines_of_a_request_carry_its_id() {
+    let node = crate::harness::BinaryNode::start_logged(
+        &["--log-level", "warn,switchboard::control=debug"],
+        &[],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let answer = http
+        .post(format!("http://{}/v1/publish", node.control_addr))
+        .header("x-request-id", "backend-req-8812")
+        .json(&json!({"channel":"logged","data":1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let log = node.log().await;
+    let line = log
+        .lines()
+        .find(|line| line.contains("Control request answered") && line.contains("/v1/publish"))
+        .unwrap_or_else(|| panic!("no request line: {log}"));
+    assert!(line.contains("backend-req-8812"), "{line}");
+}
