@@ -55,6 +55,24 @@ pub struct Running {
     outbox_stop: CancellationToken,
 }
 
+/// Reads and parses every file the configuration names, as starting would: the listeners'
+/// certificates and keys, the auth public keys, the Redis CA. `check-config` runs it, and
+/// `serve` before anything starts, so that a bad file is a configuration error (exit 64).
+///
+/// # Errors
+/// The first file that cannot be read or parsed, naming its key.
+pub fn preflight(config: &Config) -> anyhow::Result<()> {
+    crate::tls::Tls::from_config("server.tls", &config.server.tls)
+        .context("server.tls (certificate and key)")?;
+    crate::tls::Tls::from_config("control.tls", &config.control.tls)
+        .context("control.tls (certificate and key)")?;
+    crate::auth::Authenticator::from_config(&config.auth).context("[auth] keys")?;
+    if config.cluster.redis.is_set() {
+        RedisSettings::from_config(config, Arc::from(config.server.node_id.as_str()))?;
+    }
+    Ok(())
+}
+
 /// Builds the node from `config`, binds both listeners and starts serving. Each subsystem
 /// takes its settings from its own config sections (`*Settings::from_config`).
 ///
@@ -514,6 +532,7 @@ impl Running {
     pub async fn stop(self) {
         let _draining = self.readiness.hold("stopping");
         self.accept_stop.cancel();
+        self.drainer.abandon();
         let n_sessions = self.hub.disconnect_all(CloseCode::GoingAway);
         if n_sessions > 0 {
             tracing::info!(n_sessions, "Stopping: closing the sessions left with 1001");

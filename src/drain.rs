@@ -259,6 +259,7 @@ impl Drainer {
             );
             self.inner.tasks.spawn(drive(
                 Arc::clone(&self.inner),
+                origin,
                 progress,
                 (settings.delay, window, deadline),
                 cancel,
@@ -293,6 +294,14 @@ impl Drainer {
         telemetry::drain_connections_left(0);
         tracing::info!("Drain cancelled: serving again");
         Ok(self.status())
+    }
+
+    /// The node is stopping: the drain's task, if one runs, ends now (a second signal, or
+    /// the end of the process), so that stopping does not wait for its phases.
+    pub fn abandon(&self) {
+        if let Some(run) = lock(&self.inner.current).as_ref() {
+            run.cancel.cancel();
+        }
     }
 
     /// Where the node stands.
@@ -342,12 +351,22 @@ impl Drainer {
 /// Runs one drain's phases; stops early when `cancel` fires.
 async fn drive(
     inner: Arc<Inner>,
+    origin: Origin,
     progress: Arc<Progress>,
     (delay, window, deadline): (Duration, Duration, Duration),
     cancel: CancellationToken,
 ) {
     let started = Instant::now();
     let deadline_at = started + deadline;
+    // The delay gives load balancers time to see the node unready before its upgrades are
+    // refused; a node told by a signal that has no connection has nobody to hand over (a
+    // developer's Ctrl-C): it goes at once. A drain asked through the API (an orchestrator
+    // that then waits for it) keeps its delay.
+    let delay = if origin == Origin::Signal && inner.hub.connections() == 0 {
+        Duration::ZERO
+    } else {
+        delay
+    };
     let phases = async {
         tokio::time::sleep(delay).await;
         // Under the lock `Drainer::cancel` takes, so that a cancel cannot come between the

@@ -245,6 +245,10 @@ fn token(serve: &ServeArgs, args: &TokenArgs) -> ExitCode {
 fn check_config(file: &std::path::Path) -> ExitCode {
     match Config::load(Some(file), std::env::vars()) {
         Ok(config) => {
+            if let Err(err) = app::preflight(&config) {
+                eprintln!("switchboard: invalid configuration: {err:#}");
+                return ExitCode::from(EXIT_BAD_CONFIG);
+            }
             println!("# {}: valid; effective configuration:", file.display());
             print!("{}", config.to_toml());
             ExitCode::SUCCESS
@@ -264,6 +268,10 @@ fn serve(args: &ServeArgs) -> ExitCode {
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
+    if let Err(err) = app::preflight(&config) {
+        eprintln!("switchboard: invalid configuration: {err:#}");
+        return ExitCode::from(EXIT_BAD_CONFIG);
+    }
     if let Err(err) = telemetry::init_tracing(
         &config.log.level,
         config.log.format == switchboard::config::LogFormat::Json,

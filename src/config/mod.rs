@@ -10,7 +10,9 @@ use std::{net::SocketAddr, path::Path, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
+mod env;
 mod hooks;
+mod namespaces;
 mod streams;
 mod webhooks;
 
@@ -820,9 +822,11 @@ impl Config {
             }
             None => toml::Table::new(),
         };
-        let ignored_env = apply_env(&mut table, env)?;
-        let mut config = Self::from_table(table)?.validate()?;
-        config.ignored_env = ignored_env;
+        let applied = env::apply(&mut table, env)?;
+        let mut config = Self::from_table(table)
+            .map_err(|err| applied.name_variable(err))?
+            .validate()?;
+        config.ignored_env = applied.ignored;
         Ok(config)
     }
 
@@ -863,9 +867,12 @@ impl Config {
             webhook.validate()?;
         }
         for (index, namespace) in self.namespaces.iter().enumerate() {
-            if let Err(message) = check_namespace(namespace, &self.hooks) {
+            if let Err(message) = namespaces::check(namespace, &self.hooks) {
                 return Err(invalid("namespaces", format!("[{index}]: {message}")));
             }
+        }
+        if let Some(message) = namespaces::shadowed(&self.namespaces) {
+            return Err(invalid("namespaces", message));
         }
         Ok(self)
     }
@@ -1384,44 +1391,6 @@ impl AuthConfig {
     }
 }
 
-/// A namespace's pattern: `*`, or a name with at most one `{sub}` and a `*` only at the end;
-/// `owner` rules need `{sub}`.
-fn check_namespace(namespace: &NamespaceConfig, hooks: &HooksConfig) -> Result<(), String> {
-    let pattern = namespace.pattern.as_str();
-    if pattern.is_empty() {
-        return Err("pattern is empty".to_owned());
-    }
-    if pattern.matches("{sub}").count() > 1 {
-        return Err(format!("pattern '{pattern}' has more than one {{sub}}"));
-    }
-    if pattern.trim_end_matches('*').contains('*') {
-        return Err(format!(
-            "pattern '{pattern}': `*` may only end a pattern (or be all of it)"
-        ));
-    }
-    let owner_rule =
-        [namespace.subscribe, namespace.publish, namespace.history].contains(&Rule::Owner);
-    if owner_rule && !pattern.contains("{sub}") {
-        return Err(format!(
-            "pattern '{pattern}' has no {{sub}}, so `owner` can never match"
-        ));
-    }
-    let asks_subscribe_hook =
-        [namespace.subscribe, namespace.history, namespace.presence].contains(&Rule::Hook);
-    if asks_subscribe_hook && hooks.subscribe_url.is_empty() {
-        return Err(format!(
-            "pattern '{pattern}': a `hook` rule for subscribe, history or presence needs \
-             hooks.subscribe_url"
-        ));
-    }
-    if namespace.publish == Rule::Hook && hooks.publish_url.is_empty() {
-        return Err(format!(
-            "pattern '{pattern}': `publish = \"hook\"` needs hooks.publish_url"
-        ));
-    }
-    Ok(())
-}
-
 /// `*`, or `scheme://host[:port]` with an optional `*.` before the host and no path.
 fn is_origin_pattern(pattern: &str) -> bool {
     if pattern == "*" {
@@ -1445,63 +1414,6 @@ fn is_origin_pattern(pattern: &str) -> bool {
 fn default_shards() -> usize {
     let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     (cores * 4).next_power_of_two()
-}
-
-/// Overlays `SWITCHBOARD_SECTION__KEY=value` variables onto `table`.
-///
-/// The part after the prefix is lowercased and split on `__` into a key path, so
-/// `SWITCHBOARD_LIMITS__MAX_CONNECTIONS=5000` sets `limits.max_connections`. The value is read as
-/// a TOML value when it parses as one (numbers, booleans, arrays) and as a string otherwise.
-/// Unknown keys are refused later by `deny_unknown_fields`, naming the key.
-///
-/// Variables without `__` after the prefix are not meant for us (Kubernetes' service links,
-/// `SWITCHBOARD_WS_SERVICE_HOST`, never contain `__`: service and port names cannot hold
-/// `_`): they are returned, to be logged, and otherwise ignored. One with `__` that is not
-/// exactly `<SECTION>__<KEY>` is a mistake and refused.
-fn apply_env(
-    table: &mut toml::Table,
-    env: impl IntoIterator<Item = (String, String)>,
-) -> Result<Vec<String>, ConfigError> {
-    let mut ignored = Vec::new();
-    for (var, raw) in env {
-        let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
-            continue;
-        };
-        if !rest.contains("__") {
-            ignored.push(var);
-            continue;
-        }
-        let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
-        if path.len() != 2 || path.iter().any(String::is_empty) {
-            return Err(ConfigError::Env {
-                var,
-                message: "expected SWITCHBOARD_<SECTION>__<KEY>, e.g. SWITCHBOARD_SERVER__LISTEN"
-                    .to_owned(),
-            });
-        }
-        let value = parse_env_value(&raw);
-        let section = table
-            .entry(path[0].clone())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        let Some(section) = section.as_table_mut() else {
-            return Err(ConfigError::Env {
-                var,
-                message: format!("`{}` is not a section", path[0]),
-            });
-        };
-        section.insert(path[1].clone(), value);
-    }
-    Ok(ignored)
-}
-
-fn parse_env_value(raw: &str) -> toml::Value {
-    let document = format!("v = {raw}");
-    match document.parse::<toml::Table>() {
-        Ok(mut parsed) => parsed
-            .remove("v")
-            .unwrap_or_else(|| toml::Value::String(raw.to_owned())),
-        Err(_) => toml::Value::String(raw.to_owned()),
-    }
 }
 
 #[cfg(test)]

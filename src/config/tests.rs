@@ -167,11 +167,70 @@ fn unknown_environment_keys_are_refused() {
     let env = [("SWITCHBOARD_SERVER__TLS__CERT".to_owned(), "x".to_owned())];
     let err = Config::load(None, env).unwrap_err();
     assert!(
-        err.to_string().contains("SWITCHBOARD_SERVER__TLS__CERT"),
+        err.to_string().contains("SWITCHBOARD_SERVER__TLS__CERT")
+            && err.to_string().contains("server.tls.cert"),
         "{err}"
     );
     let env = [("SWITCHBOARD___LISTEN".to_owned(), "x".to_owned())];
     assert!(Config::load(None, env).is_err());
+}
+
+/// The overlay reaches every key the file can: nested sections, string keys given digits,
+/// the top-level arrays of tables; a bad value names its variable.
+#[test]
+fn environment_reaches_nested_keys_strings_and_arrays_of_tables() {
+    let vars = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(var, value)| ((*var).to_owned(), (*value).to_owned()))
+            .collect()
+    };
+    let config = Config::load(
+        None,
+        vars(&[
+            ("SWITCHBOARD_SERVER__NODE_ID", "12345"),
+            ("SWITCHBOARD_AUTH__AUDIENCE", "2024"),
+            (
+                "SWITCHBOARD_AUTH__KEYS",
+                r#"[{algorithm = "HS256", secret = "a-secret-of-at-least-32-bytes-long!!"}]"#,
+            ),
+            (
+                "SWITCHBOARD_NAMESPACES",
+                r#"[{pattern = "room:*", subscribe = "authenticated", publish = "none", history = "none"}, {pattern = "*", subscribe = "anonymous", publish = "none", history = "none"}]"#,
+            ),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(config.server.node_id, "12345");
+    assert_eq!(config.auth.audience, "2024");
+    assert_eq!(config.auth.keys.len(), 1);
+    assert_eq!(config.namespaces.len(), 2);
+    assert_eq!(config.namespaces[0].pattern, "room:*");
+
+    // Deeper than a section: the key is set (and the TLS files it names are checked later,
+    // when the node starts or `check-config` reads them).
+    let mut table = toml::Table::new();
+    env::apply(
+        &mut table,
+        vars(&[("SWITCHBOARD_SERVER__TLS__CERT_FILE", "/etc/tls/cert.pem")]),
+    )
+    .unwrap();
+    assert_eq!(
+        table["server"]["tls"]["cert_file"].as_str(),
+        Some("/etc/tls/cert.pem")
+    );
+
+    let err = Config::load(
+        None,
+        vars(&[("SWITCHBOARD_LIMITS__MAX_CONNECTIONS", "many")]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("SWITCHBOARD_LIMITS__MAX_CONNECTIONS")
+            && err.contains("limits.max_connections"),
+        "{err}"
+    );
 }
 
 /// What Kubernetes injects for Services named `switchboard-ws` and `switchboard-control`

@@ -48,6 +48,70 @@ fn bad_config_refuses_to_start_naming_the_key() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// Mistakes that would start a node that is not what its operator meant are refused with
+/// exit 64 by `check-config` and `serve` alike, naming what to fix: a namespace an earlier
+/// one makes unreachable (a `*` catch-all moved above specific rules), `presence = "owner"`
+/// on a pattern without `{sub}`, a certificate or key file that is missing or not PEM, a
+/// Redis CA file with no certificate.
+#[test]
+fn configurations_that_would_not_do_what_they_say_are_refused() {
+    let dir = std::env::temp_dir().join(format!("sb-refused-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let garbage = dir.join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate\n").unwrap();
+    let namespace = |pattern: &str, presence: &str| {
+        format!(
+            "[[namespaces]]\npattern = \"{pattern}\"\nsubscribe = \"anonymous\"\npublish = \"none\"\n\
+             history = \"none\"\npresence = \"{presence}\"\n"
+        )
+    };
+    let cases = [
+        (
+            format!("{}{}", namespace("*", "none"), namespace("room:*", "none")),
+            "[1] pattern 'room:*' is never used: [0] pattern '*' comes first",
+        ),
+        (
+            namespace("room:*", "owner"),
+            "pattern 'room:*' has no {sub}, so `owner` can never match",
+        ),
+        (
+            "[server.tls]\ncert_file = \"/nonexistent/cert.pem\"\nkey_file = \"/nonexistent/key.pem\"\n"
+                .to_owned(),
+            "server.tls",
+        ),
+        (
+            format!(
+                "[control.tls]\ncert_file = \"{0}\"\nkey_file = \"{0}\"\n",
+                garbage.display()
+            ),
+            "control.tls",
+        ),
+        (
+            format!(
+                "[cluster]\nredis = \"rediss://127.0.0.1:1\"\nredis_ca_file = \"{}\"\n",
+                garbage.display()
+            ),
+            "holds no PEM certificate",
+        ),
+    ];
+    for (index, (toml, expected)) in cases.iter().enumerate() {
+        let path = dir.join(format!("case-{index}.toml"));
+        std::fs::write(&path, toml).unwrap();
+        for args in [vec!["check-config"], vec!["serve", "--config"]] {
+            let output = Command::new(BIN)
+                .args(&args)
+                .arg(&path)
+                .args(["--listen", "127.0.0.1:0", "--control", "127.0.0.1:0"])
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(output.status.code(), Some(64), "{args:?} {toml}: {stderr}");
+            assert!(stderr.contains(expected), "{args:?} {toml}: {stderr}");
+        }
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 /// Kubernetes injects `<SERVICE>_SERVICE_HOST`, `<SERVICE>_PORT_<N>_TCP` ... for every
 /// Service in the namespace; with Services named `switchboard-ws` and `switchboard-control`
 /// they start with `SWITCHBOARD_`. The binary must start with them (it ignores variables not

@@ -121,10 +121,15 @@ impl RedisSettings {
         let cluster = &config.cluster;
         let ca_pem = match cluster.redis_ca_file.as_str() {
             "" => None,
-            path => Some(
-                std::fs::read(path)
-                    .with_context(|| format!("reading cluster.redis_ca_file {path}"))?,
-            ),
+            path => {
+                use rustls_pki_types::{CertificateDer, pem::PemObject as _};
+                let pem = std::fs::read(path)
+                    .with_context(|| format!("reading cluster.redis_ca_file {path}"))?;
+                if !CertificateDer::pem_slice_iter(&pem).any(|cert| cert.is_ok()) {
+                    anyhow::bail!("cluster.redis_ca_file {path} holds no PEM certificate");
+                }
+                Some(pem)
+            }
         };
         Ok(Self {
             target: cluster.redis.clone(),

@@ -1,0 +1,154 @@
+//! `[[namespaces]]` checks: each pattern's grammar and the rules it can hold, and the order
+//! of the entries (the first matching entry governs a channel, so an entry an earlier one
+//! covers entirely is never used: the natural mistake is a `*` catch-all above specific
+//! rules).
+
+use super::{HooksConfig, NamespaceConfig, Rule};
+
+/// A namespace's pattern: `*`, or a name with at most one `{sub}` and a `*` only at the end;
+/// `owner` rules need `{sub}`.
+pub(super) fn check(namespace: &NamespaceConfig, hooks: &HooksConfig) -> Result<(), String> {
+    let pattern = namespace.pattern.as_str();
+    if pattern.is_empty() {
+        return Err("pattern is empty".to_owned());
+    }
+    if pattern.matches("{sub}").count() > 1 {
+        return Err(format!("pattern '{pattern}' has more than one {{sub}}"));
+    }
+    if pattern.trim_end_matches('*').contains('*') {
+        return Err(format!(
+            "pattern '{pattern}': `*` may only end a pattern (or be all of it)"
+        ));
+    }
+    let owner_rule = [
+        namespace.subscribe,
+        namespace.publish,
+        namespace.history,
+        namespace.presence,
+    ]
+    .contains(&Rule::Owner);
+    if owner_rule && !pattern.contains("{sub}") {
+        return Err(format!(
+            "pattern '{pattern}' has no {{sub}}, so `owner` can never match"
+        ));
+    }
+    let asks_subscribe_hook =
+        [namespace.subscribe, namespace.history, namespace.presence].contains(&Rule::Hook);
+    if asks_subscribe_hook && hooks.subscribe_url.is_empty() {
+        return Err(format!(
+            "pattern '{pattern}': a `hook` rule for subscribe, history or presence needs \
+             hooks.subscribe_url"
+        ));
+    }
+    if namespace.publish == Rule::Hook && hooks.publish_url.is_empty() {
+        return Err(format!(
+            "pattern '{pattern}': `publish = \"hook\"` needs hooks.publish_url"
+        ));
+    }
+    Ok(())
+}
+
+/// What a pattern matches, for the order check.
+enum Shape<'a> {
+    All,
+    Prefix(&'a str),
+    Exact(&'a str),
+    /// Any pattern with `{sub}`: the part before it, and the whole pattern.
+    Owner(&'a str, &'a str),
+}
+
+fn shape(pattern: &str) -> Shape<'_> {
+    if pattern == "*" {
+        return Shape::All;
+    }
+    if let Some((before, _)) = pattern.split_once("{sub}") {
+        return Shape::Owner(before, pattern);
+    }
+    match pattern.strip_suffix('*') {
+        Some(prefix) => Shape::Prefix(prefix),
+        None => Shape::Exact(pattern),
+    }
+}
+
+/// Whether every channel `later` matches is matched by `earlier`.
+fn covers(earlier: &Shape<'_>, later: &Shape<'_>) -> bool {
+    match (earlier, later) {
+        (Shape::All, _) => true,
+        (Shape::Prefix(prefix), Shape::Prefix(name) | Shape::Exact(name))
+        | (Shape::Prefix(prefix), Shape::Owner(name, _)) => name.starts_with(prefix),
+        (Shape::Exact(a), Shape::Exact(b)) | (Shape::Owner(_, a), Shape::Owner(_, b)) => a == b,
+        _ => false,
+    }
+}
+
+/// The first entry an earlier one makes unreachable, as a message that says how to fix it.
+pub(super) fn shadowed(namespaces: &[NamespaceConfig]) -> Option<String> {
+    for (later, entry) in namespaces.iter().enumerate() {
+        let later_shape = shape(&entry.pattern);
+        for (earlier, before) in namespaces[..later].iter().enumerate() {
+            if covers(&shape(&before.pattern), &later_shape) {
+                return Some(format!(
+                    "[{later}] pattern '{}' is never used: [{earlier}] pattern '{}' comes first \
+                     and matches every channel it would (the first matching entry governs); \
+                     move the more specific entry above",
+                    entry.pattern, before.pattern
+                ));
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(patterns: &[&str]) -> Vec<NamespaceConfig> {
+        patterns
+            .iter()
+            .map(|pattern| NamespaceConfig {
+                pattern: (*pattern).to_owned(),
+                subscribe: Rule::Anonymous,
+                publish: Rule::None,
+                history: Rule::None,
+                presence: Rule::None,
+                join_leave: false,
+                edit: super::super::EditRule::Own,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_entry_an_earlier_one_covers_is_refused() {
+        for (patterns, unreachable) in [
+            (&["*", "room:*"][..], Some("[1] pattern 'room:*'")),
+            (
+                &["room:*", "room:vip:*"][..],
+                Some("[1] pattern 'room:vip:*'"),
+            ),
+            (&["room:*", "room:7"][..], Some("[1] pattern 'room:7'")),
+            (
+                &["user:*", "user:{sub}"][..],
+                Some("[1] pattern 'user:{sub}'"),
+            ),
+            (&["news", "news"][..], Some("[1] pattern 'news'")),
+            (&["user:{sub}", "user:{sub}"][..], Some("[1]")),
+            (&["room:vip:*", "room:*", "*"][..], None),
+            (&["user:{sub}", "user:*", "*"][..], None),
+            (&["room:7", "room:*"][..], None),
+            (&["user:{sub}:*", "user:{sub}"][..], None),
+            (&["user:1*", "user:{sub}"][..], None),
+        ] {
+            let found = shadowed(&entries(patterns));
+            match unreachable {
+                Some(start) => assert!(
+                    found
+                        .as_deref()
+                        .is_some_and(|message| message.starts_with(start)),
+                    "{patterns:?}: {found:?}"
+                ),
+                None => assert_eq!(found, None, "{patterns:?}"),
+            }
+        }
+    }
+}
