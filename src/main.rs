@@ -33,9 +33,9 @@ enum Command {
         /// The TOML file to check.
         file: PathBuf,
     },
-    /// Ask the local node's control API (`control.listen`, on loopback, plain HTTP) for
-    /// `path`: exit 0 on 200, 1 otherwise. For container health checks, where the image
-    /// has no HTTP client.
+    /// Ask the local node's control API (`control.listen`'s address, loopback when it is
+    /// 0.0.0.0; HTTPS trusting `control.tls.cert_file` when TLS is on) for `path`: exit 0 on
+    /// 200, 1 otherwise. For container health checks, where the image has no HTTP client.
     Probe {
         /// The path to GET.
         #[arg(default_value = "/readyz")]
@@ -136,11 +136,10 @@ fn load(args: &ServeArgs) -> Result<Config, String> {
     config.validate().map_err(|err| err.to_string())
 }
 
-/// One request to the local node's control API over plain HTTP/1.1 (the port from the
-/// configuration, the address loopback): exit 0 on a 2xx answer, or on 409 for a drain
-/// (one already runs), 1 otherwise; the answer's body goes to stdout.
+/// One request to the local node's control API (`control::local`: the address of
+/// `control.listen`, HTTPS with `[control.tls]`): exit 0 on a 2xx answer, or on 409 for a
+/// drain (one already runs), 1 otherwise; the answer's body goes to stdout.
 fn local_request(args: &ServeArgs, method: &str, path: &str) -> ExitCode {
-    use std::io::{Read as _, Write as _};
     if !path.starts_with('/') || path.len() > 1024 || path.bytes().any(|b| !b.is_ascii_graphic()) {
         eprintln!("switchboard: the path must start with / and hold no spaces or control bytes");
         return ExitCode::from(EXIT_BAD_CONFIG);
@@ -152,56 +151,21 @@ fn local_request(args: &ServeArgs, method: &str, path: &str) -> ExitCode {
             return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
-    if !config.control.tls.cert_file.is_empty() {
-        eprintln!("switchboard: control.tls is on; this command speaks plain HTTP only");
-        return ExitCode::FAILURE;
-    }
-    let port = config.control.listen.port();
-    let addr = if config.control.listen.is_ipv6() {
-        SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port))
-    } else {
-        SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port))
-    };
-    let timeout = std::time::Duration::from_secs(3);
-    let answer = (|| -> std::io::Result<String> {
-        let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
-        stream.set_read_timeout(Some(timeout))?;
-        stream.set_write_timeout(Some(timeout))?;
-        let auth = config
-            .control
-            .api_keys
-            .first()
-            .map(|key| format!("Authorization: Bearer {key}\r\n"))
-            .unwrap_or_default();
-        write!(
-            stream,
-            "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Length: 0\r\n\
-             Connection: close\r\n\r\n"
-        )?;
-        let mut answer = String::new();
-        stream.take(64 * 1024).read_to_string(&mut answer)?;
-        Ok(answer)
-    })();
-    let answer = match answer {
+    let answer = match switchboard::control::local::request(&config, method, path) {
         Ok(answer) => answer,
         Err(err) => {
-            eprintln!("switchboard: {method} http://{addr}{path}: {err}");
+            eprintln!("switchboard: {err}");
             return ExitCode::FAILURE;
         }
     };
-    let status: u16 = answer
-        .split_ascii_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    if let Some((_, body)) = answer.split_once("\r\n\r\n") {
-        println!("{}", body.trim_end());
+    if !answer.body.is_empty() {
+        println!("{}", answer.body);
     }
-    let ok = (200..300).contains(&status) || (method == "POST" && status == 409);
+    let ok = (200..300).contains(&answer.status) || (method == "POST" && answer.status == 409);
     if ok {
         ExitCode::SUCCESS
     } else {
-        eprintln!("switchboard: {method} http://{addr}{path}: status {status}");
+        eprintln!("switchboard: {method} {path}: status {}", answer.status);
         ExitCode::FAILURE
     }
 }

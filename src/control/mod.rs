@@ -7,6 +7,7 @@
 
 mod auth;
 mod ingest;
+pub mod local;
 mod routes;
 mod streams;
 
