@@ -612,8 +612,13 @@ fn refuse_one(listener: &TcpListener, failing: &mut AcceptFailures) {
     failing.restore_reserve();
 }
 
+/// An open-file limit that holds this many descriptors serves thousands of connections: below
+/// `limits.max_connections` it is said at info, not warned about.
+const ROOMY_FILE_LIMIT: u64 = 16_384;
+
 /// Raises the soft limit on open files to the hard limit (what `ulimit -n` allows without
-/// privileges), and warns when it is still below what `limits.max_connections` needs.
+/// privileges), and warns when it is still below what `limits.max_connections` needs and
+/// small (under `ROOMY_FILE_LIMIT`).
 fn raise_file_limit(max_connections: usize) {
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => {
@@ -621,13 +626,24 @@ fn raise_file_limit(max_connections: usize) {
             let needed = u64::try_from(max_connections)
                 .unwrap_or(u64::MAX)
                 .saturating_add(1024);
-            if limit < needed {
+            if limit < needed && limit < ROOMY_FILE_LIMIT {
                 tracing::warn!(
                     open_files_limit = limit,
                     max_connections,
                     "The open-file limit is below limits.max_connections + 1024: connections \
                      beyond it will be refused (raise LimitNOFILE / ulimit -n, see \
                      docs/operations.md)"
+                );
+            } else if limit < needed {
+                // Room for thousands of connections (a developer's machine, a small node):
+                // said, not warned about, as the first run of the shipped configuration
+                // (limits.max_connections = 1,000,000) would otherwise greet everyone.
+                tracing::info!(
+                    open_files_limit = limit,
+                    max_connections,
+                    "Connections are capped by the open-file limit, below \
+                     limits.max_connections + 1024 (raise LimitNOFILE / ulimit -n for more, \
+                     see docs/operations.md)"
                 );
             } else {
                 tracing::debug!(open_files_limit = limit, "Open-file limit");

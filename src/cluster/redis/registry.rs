@@ -269,16 +269,16 @@ async fn heartbeat(inner: Arc<Inner>, node: NodeInfo, stop: CancellationToken) {
                         .state_lost("the registry judged this node gone");
                 }
                 let other = incarnation_of(&before).filter(|other| **other != *inner.incarnation);
-                if let (true, Some(other)) = (registered, other) {
-                    if !duplicate_logged {
-                        duplicate_logged = true;
-                        tracing::error!(
-                            node = id,
-                            other,
-                            "Another process runs under this node id: give each node its own \
-                             (presence and the registry are wrong while both run)"
-                        );
-                    }
+                if let (true, Some(other)) = (registered, other)
+                    && !duplicate_logged
+                {
+                    duplicate_logged = true;
+                    tracing::error!(
+                        node = id,
+                        other,
+                        "Another process runs under this node id: give each node its own \
+                         (presence and the registry are wrong while both run)"
+                    );
                 }
                 if inner.health.steady_for_ms(now) >= ttl_ms {
                     remove_expired(&inner, conn, expired).await;
