@@ -32,6 +32,10 @@ FROM debian:bookworm-slim
 RUN groupadd --system --gid 10001 switchboard \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin switchboard
 COPY --from=build /src/target/release/switchboard /usr/local/bin/switchboard
+# The system's CA bundle, which debian:bookworm-slim lacks: a JWKS fetch (auth.jwks_url)
+# and rediss:// without cluster.redis_ca_file trust the system store only. Taken from the
+# build stage (Debian's ca-certificates), so no apt in the runtime image.
+COPY --from=build /etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 COPY config/switchboard.toml /etc/switchboard/switchboard.toml
 USER 10001:10001
 # 8080: WebSocket clients. 9090: control API, health and metrics (keep it internal). The

