@@ -500,3 +500,57 @@ async fn the_log_lines_of_a_request_carry_its_id() {
         .unwrap_or_else(|| panic!("no request line: {log}"));
     assert!(line.contains("backend-req-8812"), "{line}");
 }
+
+/// The metrics reference (docs/http-api.md, `GET /metrics`) lists every metric the code
+/// names and every metric a live node exports.
+#[tokio::test]
+async fn the_metrics_reference_lists_every_metric() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let docs = std::fs::read_to_string(format!("{root}/docs/http-api.md")).unwrap();
+    let reference = docs
+        .split("### `GET /metrics`")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .unwrap()
+        .to_owned();
+    let listed = |name: &str| {
+        reference.contains(&format!("`{name}`")) || reference.contains(&format!("`{name}{{"))
+    };
+    let mut sources = vec![format!("{root}/src/telemetry.rs")];
+    for entry in std::fs::read_dir(format!("{root}/src/telemetry")).unwrap() {
+        sources.push(entry.unwrap().path().display().to_string());
+    }
+    let mut missing = Vec::new();
+    for source in sources {
+        let text = std::fs::read_to_string(&source).unwrap();
+        for piece in text.split('"').skip(1).step_by(2) {
+            if piece.starts_with("ws_")
+                && piece
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                && !listed(piece)
+            {
+                missing.push(format!("{piece} (named in {source})"));
+            }
+        }
+    }
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    client.subscribe("m").await;
+    server.publish("m", json!(1)).await;
+    client.recv().await;
+    let (_, text) = server.get("/metrics").await;
+    for line in text.lines().filter(|line| line.starts_with("# TYPE ")) {
+        let name = line.split_whitespace().nth(2).unwrap();
+        if !listed(name) {
+            missing.push(format!("{name} (exported)"));
+        }
+    }
+    missing.sort();
+    missing.dedup();
+    assert!(
+        missing.is_empty(),
+        "not in docs/http-api.md's metrics reference: {missing:#?}"
+    );
+    server.stop().await;
+}

@@ -173,8 +173,11 @@ fn every_alert_has_a_runbook_entry() {
             "docs/operations.md has no runbook entry `### {name}`"
         );
         assert!(
-            alerts.contains(&format!("docs/operations.md#{}", name.to_lowercase())),
-            "{name}'s runbook annotation links its entry"
+            alerts.contains(&format!(
+                "runbook_url: \"docs/operations.md#{}\"",
+                name.to_lowercase()
+            )),
+            "{name}'s runbook_url annotation links its entry"
         );
     }
 }
@@ -484,4 +487,56 @@ async fn redis_up_follows_reachability() {
         sample(control_addr, "ws_redis_up", &[]).await == Some(1.0),
         "ws_redis_up is 1 when Redis is back"
     );
+}
+
+/// The dashboard picks the job and the instances to show (`$job`, `$instance`), and every
+/// query keeps to them: a Prometheus that scrapes several Switchboard deployments (staging
+/// and production) does not add them up.
+#[test]
+fn the_dashboard_selects_by_job_and_instance() {
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{ROOT}/deploy/grafana/switchboard.json")).unwrap(),
+    )
+    .unwrap();
+    let variables: Vec<&str> = dashboard["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|variable| variable["name"].as_str())
+        .collect();
+    for name in ["datasource", "job", "instance"] {
+        assert!(variables.contains(&name), "{variables:?}");
+    }
+    fn exprs(value: &serde_json::Value, found: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, value) in map {
+                    match (key.as_str(), value.as_str()) {
+                        ("expr", Some(expr)) => found.push(expr.to_owned()),
+                        _ => exprs(value, found),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|item| exprs(item, found)),
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    exprs(&dashboard, &mut found);
+    let exprs = found;
+    assert!(exprs.len() >= 20, "{}", exprs.len());
+    for expr in &exprs {
+        let metrics = metric_names(expr);
+        assert!(
+            !metrics.is_empty() || expr.contains(r#"{job=~"$job",instance=~"$instance"}"#),
+            "{expr}"
+        );
+        for metric in metrics {
+            let at = expr.find(metric.as_str()).unwrap() + metric.len();
+            assert!(
+                expr[at..].starts_with(r#"{job=~"$job",instance=~"$instance""#),
+                "{metric} in {expr} is not selected by $job and $instance"
+            );
+        }
+    }
 }
