@@ -31,9 +31,9 @@ def port_of(listen):
 
 default = tomllib.loads((ROOT / "config" / "switchboard.toml").read_text())
 docs = {}
-for path in K8S.glob("*.yaml"):
+for path in [*K8S.glob("*.yaml"), *K8S.glob("components/*/*.yaml")]:
     for doc in yaml.safe_load_all(path.read_text()):
-        if doc and doc["kind"] != "Kustomization":
+        if doc and doc["kind"] not in ("Kustomization", "Component"):
             docs[(doc["kind"], doc["metadata"]["name"])] = doc
 
 configmap = docs[("ConfigMap", "switchboard")]

@@ -1385,6 +1385,15 @@ impl AuthConfig {
                 ));
             }
             let hmac = key.algorithm.starts_with("HS");
+            if hmac && is_placeholder(&key.secret) {
+                return Err(invalid(
+                    "auth.keys",
+                    format!(
+                        "[{index}]: the secret is a placeholder from an example: generate one \
+                         (e.g. `openssl rand -base64 48`) and put it in your secret store"
+                    ),
+                ));
+            }
             if hmac && (key.secret.len() < 32 || !key.public_key_file.is_empty()) {
                 return Err(invalid(
                     "auth.keys",

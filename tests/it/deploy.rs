@@ -38,8 +38,13 @@ fn run(program: &str, args: &[&str], install: &str) -> String {
 
 #[test]
 fn kubernetes_manifests_are_valid_and_match_the_default_config() {
-    let manifests: Vec<String> = std::fs::read_dir(format!("{ROOT}/deploy/kubernetes"))
-        .unwrap()
+    let mut dirs = vec![format!("{ROOT}/deploy/kubernetes")];
+    for component in std::fs::read_dir(format!("{ROOT}/deploy/kubernetes/components")).unwrap() {
+        dirs.push(component.unwrap().path().display().to_string());
+    }
+    let manifests: Vec<String> = dirs
+        .iter()
+        .flat_map(|dir| std::fs::read_dir(dir).unwrap())
         .map(|entry| entry.unwrap().path())
         .filter(|path| {
             path.extension().is_some_and(|ext| ext == "yaml")
@@ -47,6 +52,19 @@ fn kubernetes_manifests_are_valid_and_match_the_default_config() {
         })
         .map(|path| path.display().to_string())
         .collect();
+    // The base applies without the Prometheus Operator: its CRDs are in a component.
+    let base =
+        std::fs::read_to_string(format!("{ROOT}/deploy/kubernetes/kustomization.yaml")).unwrap();
+    assert!(!base.contains("\n  - servicemonitor.yaml"), "{base}");
+    for manifest in &manifests {
+        let text = std::fs::read_to_string(manifest).unwrap();
+        if text.contains("kind: ServiceMonitor") {
+            assert!(
+                manifest.contains("/components/"),
+                "{manifest} is in the base"
+            );
+        }
+    }
     assert!(manifests.len() >= 6, "{manifests:?}");
     let mut args = vec!["--strict", "--quiet"];
     args.extend(manifests.iter().map(String::as_str));
@@ -87,11 +105,15 @@ fn the_configmaps_configuration_passes_check_config() {
             .output()
             .unwrap()
     };
-    let with_key = check(&[(
-        "SWITCHBOARD_CONTROL__API_KEYS",
-        r#"["a-key-of-at-least-16-chars"]"#,
-    )]);
-    let without_key = check(&[]);
+    let auth_keys = r#"[{algorithm = "HS256", secret = "a-real-secret-of-at-least-32-bytes!!"}]"#;
+    let with_key = check(&[
+        (
+            "SWITCHBOARD_CONTROL__API_KEYS",
+            r#"["a-key-of-at-least-16-chars"]"#,
+        ),
+        ("SWITCHBOARD_AUTH__KEYS", auth_keys),
+    ]);
+    let without_key = check(&[("SWITCHBOARD_AUTH__KEYS", auth_keys)]);
     // The Secret's shipped value is a placeholder: a deployment that forgot to replace it is
     // refused rather than accepting a key anyone can read in the repository.
     let secret = std::fs::read_to_string(format!("{ROOT}/deploy/kubernetes/secret.yaml")).unwrap();
@@ -101,7 +123,32 @@ fn the_configmaps_configuration_passes_check_config() {
         .unwrap()
         .trim_matches('\'')
         .to_owned();
-    let placeholder = check(&[("SWITCHBOARD_CONTROL__API_KEYS", shipped.as_str())]);
+    let placeholder = check(&[
+        ("SWITCHBOARD_CONTROL__API_KEYS", shipped.as_str()),
+        ("SWITCHBOARD_AUTH__KEYS", auth_keys),
+    ]);
+    let shipped_auth = secret
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("auth-keys: "))
+        .unwrap()
+        .trim_matches('\'')
+        .to_owned();
+    let placeholder_auth = check(&[
+        (
+            "SWITCHBOARD_CONTROL__API_KEYS",
+            r#"["a-key-of-at-least-16-chars"]"#,
+        ),
+        ("SWITCHBOARD_AUTH__KEYS", shipped_auth.as_str()),
+    ]);
+    assert_eq!(
+        placeholder_auth.status.code(),
+        Some(64),
+        "{placeholder_auth:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&placeholder_auth.stderr).contains("placeholder"),
+        "{placeholder_auth:?}"
+    );
     std::fs::remove_file(&path).unwrap();
     assert_eq!(placeholder.status.code(), Some(64), "{placeholder:?}");
     assert!(
