@@ -7,6 +7,18 @@
 // same way and tell through `on("message")` and `on("update")`.
 //
 // The wire protocol is docs/protocol.md in the server's repository.
+/** The browser's lifecycle, where there is one. */
+function browserLifecycle() {
+    const g = globalThis;
+    if (typeof g.addEventListener !== "function" || typeof g.document === "undefined")
+        return null;
+    return {
+        addEventListener: (type, listener) => (type === "visibilitychange" ? g.document : g).addEventListener(type, listener),
+        removeEventListener: (type, listener) => (type === "visibilitychange" ? g.document : g).removeEventListener(type, listener),
+        isOnline: () => g.navigator?.onLine !== false,
+        isVisible: () => g.document.visibilityState !== "hidden",
+    };
+}
 /** Close codes after which reconnecting cannot help (docs/protocol.md "Close codes"). */
 const TERMINAL_CODES = new Set([4003]);
 /** The token expired: reconnect with a fresh one. */
@@ -98,8 +110,18 @@ export class Switchboard {
         this.listeners = new Map();
         this.nextId = 1;
         this.attempt = 0;
+        /** Between a closed attempt and the next (on a timer, or offline until `online`). */
+        this.waiting = false;
         this.lastHeard = 0;
         this.heartbeatMs = 25000;
+        this.onLifecycle = {
+            online: () => this.wake(Math.random() * 1000),
+            offline: () => { },
+            visibilitychange: () => {
+                if (this.lifecycle?.isVisible())
+                    this.wake(0);
+            },
+        };
         const WS = options.WebSocket ?? globalThis.WebSocket;
         if (!WS)
             throw new Error("no WebSocket: pass options.WebSocket (Node < 22: --experimental-websocket or the ws package)");
@@ -115,6 +137,28 @@ export class Switchboard {
             pongTimeout: options.pongTimeout ?? 10000,
             maxServerMessages: options.maxServerMessages ?? 1000,
         };
+        this.lifecycle = options.lifecycle === undefined ? browserLifecycle() : options.lifecycle;
+        for (const [type, listener] of Object.entries(this.onLifecycle)) {
+            this.lifecycle?.addEventListener(type, listener);
+        }
+    }
+    /**
+     * Reconnects at once if the client is waiting to retry (the page came back, the network
+     * returned, a React Native app became active). Does nothing while connected or closed.
+     */
+    reconnectNow() {
+        this.wake(0);
+    }
+    /** Ends a retry's wait after `delay` ms, with the backoff started over. */
+    wake(delay) {
+        if (!this.waiting || this.stateValue !== "reconnecting")
+            return;
+        if (this.lifecycle && !this.lifecycle.isOnline())
+            return;
+        if (this.reconnectTimer)
+            clearTimeout(this.reconnectTimer);
+        this.attempt = 0;
+        this.reconnectTimer = setTimeout(() => this.open(), delay);
     }
     get state() {
         return this.stateValue;
@@ -136,6 +180,9 @@ export class Switchboard {
     close() {
         this.setState("closed");
         this.clearTimers();
+        for (const [type, listener] of Object.entries(this.onLifecycle)) {
+            this.lifecycle?.removeEventListener(type, listener);
+        }
         const ws = this.ws;
         this.ws = undefined;
         ws?.close(1000, "client closed");
@@ -288,6 +335,7 @@ export class Switchboard {
     }
     // --- connection ---
     open() {
+        this.waiting = false;
         this.clearTimers();
         this.setState(this.attempt === 0 && this.stateValue !== "reconnecting" ? "connecting" : "reconnecting");
         this.emit("connecting", { attempt: this.attempt });
@@ -670,6 +718,10 @@ export class Switchboard {
         this.attempt += 1;
         this.setState("reconnecting");
         this.emit("reconnecting", { attempt: this.attempt, delay: wait });
+        this.waiting = true;
+        // Offline, a try would only fail: the `online` event starts the next one.
+        if (this.lifecycle && !this.lifecycle.isOnline())
+            return;
         this.reconnectTimer = setTimeout(() => this.open(), wait);
     }
     /** Full jitter: random between 0 and min(max, min * 2^attempt). */

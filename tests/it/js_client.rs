@@ -51,3 +51,42 @@ fn the_javascript_client_passes_its_tests_against_the_real_server() {
     assert!(tests.status.success(), "clients/js tests failed:\n{report}");
     assert!(report.contains("# fail 0"), "{report}");
 }
+
+/// `npm pack` makes a package a team can install from the tarball (or the repository
+/// path): the built module, its types, the README and the manifest, nothing else.
+#[test]
+fn the_javascript_client_packs_into_an_installable_tarball() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/js");
+    let pack = Command::new("npm")
+        .current_dir(dir)
+        .args(["pack", "--dry-run", "--json", "--silent"])
+        .output()
+        .expect("npm runs (apt-get install npm)");
+    assert!(
+        pack.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pack.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&pack.stdout).unwrap();
+    let mut files: Vec<&str> = report[0]["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|file| file["path"].as_str().unwrap())
+        .collect();
+    files.sort_unstable();
+    for needed in [
+        "README.md",
+        "dist/index.d.ts",
+        "dist/index.js",
+        "package.json",
+    ] {
+        assert!(files.contains(&needed), "{files:?}");
+    }
+    assert!(
+        files
+            .iter()
+            .all(|file| file.starts_with("dist/") || !file.contains('/')),
+        "only the build output and the top-level files: {files:?}"
+    );
+}

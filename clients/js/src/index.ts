@@ -48,6 +48,37 @@ export interface Options {
    * default 1000): past it, the oldest that are not open are forgotten, as `maxMessages`.
    */
   maxServerMessages?: number;
+  /**
+   * Where the page's life is told: `online`/`offline` and `visibilitychange` events, and
+   * whether the device is online and the page visible. Defaults to the browser's
+   * (`window`, `navigator.onLine`, `document.visibilityState`); absent in Node. React Native
+   * has no such events: call `reconnectNow()` from an `AppState` listener instead.
+   */
+  lifecycle?: Lifecycle | null;
+}
+
+/** The page's life, as a browser tells it (see `Options.lifecycle`). */
+export interface Lifecycle {
+  addEventListener(type: "online" | "offline" | "visibilitychange", listener: () => void): void;
+  removeEventListener(type: "online" | "offline" | "visibilitychange", listener: () => void): void;
+  /** False while the device has no network: retries wait for `online`. */
+  isOnline(): boolean;
+  /** Whether the page is shown. */
+  isVisible(): boolean;
+}
+
+/** The browser's lifecycle, where there is one. */
+function browserLifecycle(): Lifecycle | null {
+  const g = globalThis as any;
+  if (typeof g.addEventListener !== "function" || typeof g.document === "undefined") return null;
+  return {
+    addEventListener: (type, listener) =>
+      (type === "visibilitychange" ? g.document : g).addEventListener(type, listener),
+    removeEventListener: (type, listener) =>
+      (type === "visibilitychange" ? g.document : g).removeEventListener(type, listener),
+    isOnline: () => g.navigator?.onLine !== false,
+    isVisible: () => g.document.visibilityState !== "hidden",
+  };
 }
 
 export interface PublishOptions {
@@ -314,6 +345,8 @@ export class Switchboard {
   private nextId = 1;
   private attempt = 0;
   private reconnectTimer: ReturnType<typeof setTimeout> | undefined;
+  /** Between a closed attempt and the next (on a timer, or offline until `online`). */
+  private waiting = false;
   private connectTimer: ReturnType<typeof setTimeout> | undefined;
   private refreshTimer: ReturnType<typeof setTimeout> | undefined;
   private heartbeatTimer: ReturnType<typeof setInterval> | undefined;
@@ -322,7 +355,15 @@ export class Switchboard {
   /** The server's advice from a `reconnect` frame, for the next close. */
   private advisedDelay: number | undefined;
   private token: string | undefined;
-  private readonly opts: Required<Omit<Options, "token" | "getToken" | "WebSocket">>;
+  private readonly opts: Required<Omit<Options, "token" | "getToken" | "WebSocket" | "lifecycle">>;
+  private readonly lifecycle: Lifecycle | null;
+  private readonly onLifecycle = {
+    online: () => this.wake(Math.random() * 1000),
+    offline: () => {},
+    visibilitychange: () => {
+      if (this.lifecycle?.isVisible()) this.wake(0);
+    },
+  };
   private readonly WS: WebSocketConstructor;
   /** The node and connection id from the last `welcome`. */
   node: string | undefined;
@@ -347,6 +388,27 @@ export class Switchboard {
       pongTimeout: options.pongTimeout ?? 10_000,
       maxServerMessages: options.maxServerMessages ?? 1000,
     };
+    this.lifecycle = options.lifecycle === undefined ? browserLifecycle() : options.lifecycle;
+    for (const [type, listener] of Object.entries(this.onLifecycle)) {
+      this.lifecycle?.addEventListener(type as keyof typeof this.onLifecycle, listener);
+    }
+  }
+
+  /**
+   * Reconnects at once if the client is waiting to retry (the page came back, the network
+   * returned, a React Native app became active). Does nothing while connected or closed.
+   */
+  reconnectNow(): void {
+    this.wake(0);
+  }
+
+  /** Ends a retry's wait after `delay` ms, with the backoff started over. */
+  private wake(delay: number): void {
+    if (!this.waiting || this.stateValue !== "reconnecting") return;
+    if (this.lifecycle && !this.lifecycle.isOnline()) return;
+    if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
+    this.attempt = 0;
+    this.reconnectTimer = setTimeout(() => this.open(), delay);
   }
 
   get state(): State {
@@ -370,6 +432,9 @@ export class Switchboard {
   close(): void {
     this.setState("closed");
     this.clearTimers();
+    for (const [type, listener] of Object.entries(this.onLifecycle)) {
+      this.lifecycle?.removeEventListener(type as keyof typeof this.onLifecycle, listener);
+    }
     const ws = this.ws;
     this.ws = undefined;
     ws?.close(1000, "client closed");
@@ -527,6 +592,7 @@ export class Switchboard {
   // --- connection ---
 
   private open(): void {
+    this.waiting = false;
     this.clearTimers();
     this.setState(this.attempt === 0 && this.stateValue !== "reconnecting" ? "connecting" : "reconnecting");
     this.emit("connecting", { attempt: this.attempt });
@@ -882,6 +948,9 @@ export class Switchboard {
     this.attempt += 1;
     this.setState("reconnecting");
     this.emit("reconnecting", { attempt: this.attempt, delay: wait });
+    this.waiting = true;
+    // Offline, a try would only fail: the `online` event starts the next one.
+    if (this.lifecycle && !this.lifecycle.isOnline()) return;
     this.reconnectTimer = setTimeout(() => this.open(), wait);
   }
 

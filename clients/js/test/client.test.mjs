@@ -233,6 +233,56 @@ test("tokens come from getToken and are refreshed before they expire", async () 
   await node.kill();
 });
 
+test("the page coming back or the network returning reconnects at once; offline, no retries", async () => {
+  let node = await startNode();
+  const target = new EventTarget();
+  let online = true;
+  let visible = true;
+  const lifecycle = {
+    addEventListener: (type, listener) => target.addEventListener(type, listener),
+    removeEventListener: (type, listener) => target.removeEventListener(type, listener),
+    isOnline: () => online,
+    isVisible: () => visible,
+  };
+  // Retries a minute apart: only the page's life can bring the client back within seconds.
+  const slow = { minReconnectDelay: 60_000, maxReconnectDelay: 60_000, serverCloseDelay: 60_000 };
+  const sb = client(node.url, { lifecycle, ...slow });
+  let connects = 0;
+  sb.on("connecting", () => connects++);
+  sb.subscribe("news", {});
+  await eventually(() => sb.state === "connected", "connected");
+  const ports = { ws: node.ws, control: node.control };
+
+  // The node goes away while the page is hidden; it comes back, the page is shown again.
+  visible = false;
+  target.dispatchEvent(new Event("visibilitychange"));
+  await node.kill();
+  await eventually(() => sb.state === "reconnecting", "waiting to retry");
+  node = await startNode({ ports });
+  target.dispatchEvent(new Event("visibilitychange"));
+  await sleep(500);
+  assert.equal(sb.state, "reconnecting", "hidden: no hurry");
+  visible = true;
+  target.dispatchEvent(new Event("visibilitychange"));
+  await eventually(() => sb.state === "connected", "connected when shown", 5_000);
+
+  // Offline: no retry at all; back online: one at once (within a second's jitter).
+  online = false;
+  target.dispatchEvent(new Event("offline"));
+  await node.kill();
+  await eventually(() => sb.state === "reconnecting", "waiting to retry");
+  const before = connects;
+  node = await startNode({ ports });
+  sb.reconnectNow();
+  await sleep(1500);
+  assert.equal(connects, before, "no attempt while offline");
+  online = true;
+  target.dispatchEvent(new Event("online"));
+  await eventually(() => sb.state === "connected", "connected when back online", 5_000);
+  sb.close();
+  await node.kill();
+});
+
 test("a silent connection is detected and replaced", async () => {
   const node = await startNode({ env: { SWITCHBOARD_SESSION__HEARTBEAT: "1s", SWITCHBOARD_SESSION__IDLE_TIMEOUT: "30s" } });
   // Declared dead after a heartbeat (1 s) and this much more of silence; generous enough
