@@ -60,6 +60,22 @@ fn count(backend: &Backend, key: &str) -> usize {
     tally(backend).get(key).copied().unwrap_or(0)
 }
 
+/// `count` in-process nodes of the cluster at `redis`, telling `backend` (see [`configure`]).
+async fn in_process(redis: &RedisServer, backend: &Backend, count: usize) -> Vec<TestServer> {
+    let mut nodes = Vec::new();
+    for _ in 0..count {
+        let url = backend.url("/events");
+        nodes.push(
+            TestServer::builder()
+                .redis(&redis.url())
+                .configure(move |config| configure(config, url))
+                .start()
+                .await,
+        );
+    }
+    nodes
+}
+
 /// Waits up to `limit` (stretched on a slow machine) until every `(key, count)` of `want`
 /// holds; panics with the tally otherwise.
 async fn expect(backend: &Backend, want: &[(&str, usize)], limit: Duration) -> Duration {
@@ -87,17 +103,7 @@ async fn expect(backend: &Backend, want: &[(&str, usize)], limit: Duration) -> D
 async fn a_room_on_three_nodes_is_occupied_and_vacated_once_and_each_user_added_once() {
     let redis = RedisServer::start(false);
     let backend = Backend::start(receiver).await;
-    let mut nodes = Vec::new();
-    for _ in 0..3 {
-        let url = backend.url("/events");
-        nodes.push(
-            TestServer::builder()
-                .redis(&redis.url())
-                .configure(move |config| configure(config, url))
-                .start()
-                .await,
-        );
-    }
+    let mut nodes = in_process(&redis, &backend, 3).await;
     let users: Vec<String> = (0..6).map(|n| format!("u{n}")).collect();
     for round in 1..=3 {
         let mut joining = Vec::new();
@@ -339,17 +345,7 @@ async fn a_killed_or_restarted_node_has_its_rooms_vacated_and_users_removed_once
 async fn a_redis_pause_delays_the_vacancy_and_tells_it_once() {
     let redis = RedisServer::start(false);
     let backend = Backend::start(receiver).await;
-    let mut nodes = Vec::new();
-    for _ in 0..2 {
-        let url = backend.url("/events");
-        nodes.push(
-            TestServer::builder()
-                .redis(&redis.url())
-                .configure(move |config| configure(config, url))
-                .start()
-                .await,
-        );
-    }
+    let nodes = in_process(&redis, &backend, 2).await;
     let mut clients = Vec::new();
     for (index, node) in nodes.iter().enumerate() {
         let mut client = member_at(&node.ws_url(), &format!("p{index}")).await;
