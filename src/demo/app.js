@@ -38,36 +38,123 @@ function show(state) {
   $("state").className = `state ${state}`;
 }
 
-function follow(channel, id, render) {
+const epochOf = (offset) => offset?.slice(0, offset.lastIndexOf("-"));
+const seqOf = (offset) => Number(offset.slice(offset.lastIndexOf("-") + 1));
+
+/** One message as a list item, its offset beside it (shown with "show offsets"). */
+function item(text, offset) {
+  const li = document.createElement("li");
+  li.textContent = text;
+  const tag = document.createElement("span");
+  tag.className = "offset";
+  tag.textContent = offset;
+  li.append(tag);
+  return li;
+}
+
+/**
+ * Follows `channel` into the list `id`, newest first. With `history`, the last messages
+ * sent before the page opened are shown under the live ones (once each: a message both
+ * in the history page and live is shown once).
+ */
+function follow(channel, id, render, { history = 0, handlers = {} } = {}) {
   const seen = (demo.channels[channel] = { offsets: [], recovered: [] });
-  sb.subscribe(channel, {
+  const shown = new Set();
+  const sub = sb.subscribe(channel, {
+    ...handlers,
     onMessage(data, message) {
+      if (shown.has(message.offset)) return;
+      shown.add(message.offset);
       seen.offsets.push(message.offset);
       $(`${id}-offset`).textContent = message.offset;
-      const li = document.createElement("li");
-      li.textContent = render(data);
-      const offset = document.createElement("span");
-      offset.className = "offset";
-      offset.textContent = message.offset;
-      li.append(offset);
-      $(id).prepend(li);
+      $(id).prepend(item(render(data), message.offset));
       while ($(id).children.length > 50) $(id).lastChild.remove();
     },
     onRecovered(recovered) {
       seen.recovered.push(recovered);
+      const last = seen.offsets[seen.offsets.length - 1];
+      // A new epoch: the server (or Redis) restarted without the channel's history.
+      const restarted = !recovered && last && epochOf(sub.offset) !== epochOf(last);
       $(`${id}-recovered`).textContent = recovered
         ? "resumed without a gap"
-        : "history too short: missed messages are gone";
-      log(`${channel}: ${recovered ? "recovered" : "not recovered"}`);
+        : restarted
+          ? "the server restarted without its history: messages sent meanwhile are gone"
+          : "missed more than the history holds: some messages are gone";
+      log(`${channel}: ${recovered ? "recovered" : restarted ? "new epoch" : "not recovered"}`);
     },
     onError({ code, message }) {
       log(`${channel}: ${code} ${message}`);
     },
   });
+  if (history > 0) {
+    sb.history(channel, { limit: history })
+      .then(({ messages }) => {
+        const first = seen.offsets[0];
+        const older = messages.filter(
+          (message) =>
+            !shown.has(message.offset) &&
+            (first === undefined ||
+              (epochOf(message.offset) === epochOf(first) && seqOf(message.offset) < seqOf(first))),
+        );
+        // Under the live ones, newest first: the oldest at the bottom.
+        for (const message of [...older].reverse()) {
+          shown.add(message.offset);
+          $(id).append(item(render(message.data), message.offset));
+        }
+        seen.offsets.unshift(...older.map((message) => message.offset));
+        seen.history = older.length;
+      })
+      .catch((error) => log(`${channel} history: ${error.code ?? ""} ${error.message}`));
+  }
+  return sub;
 }
 
+// Who is in the chat: the connections on every node (anonymous: each is a guest), kept
+// by the `join`/`leave` frames and read whole after each connect.
+const members = (demo.members = new Map());
+function renderMembers() {
+  const list = $("members");
+  list.replaceChildren(
+    ...[...members.values()].map((member) => {
+      const li = document.createElement("li");
+      li.textContent = `${member.user || "guest"} ${String(member.conn_id).slice(-4)} on ${member.node}${
+        member.conn_id === demo.connId ? " (you)" : ""
+      }`;
+      return li;
+    }),
+  );
+  $("member-count").textContent = members.size;
+}
+async function readMembers() {
+  try {
+    const { members: listed } = await sb.presence("demo:chat");
+    members.clear();
+    for (const member of listed) members.set(member.conn_id, member);
+    renderMembers();
+  } catch (error) {
+    log(`demo:chat presence: ${error.code ?? ""} ${error.message}`);
+  }
+}
+sb.on("connected", () => setTimeout(readMembers, 300));
+
 follow("demo:ticker", "ticker", (data) => `tick ${data.n} from ${data.node}`);
-follow("demo:chat", "chat", (data) => `${data.name}: ${data.text}`);
+follow("demo:chat", "chat", (data) => `${data.name}: ${data.text}`, {
+  history: 20,
+  handlers: {
+    onJoin(member) {
+      members.set(member.conn_id, member);
+      renderMembers();
+    },
+    onLeave(member) {
+      members.delete(member.conn_id);
+      renderMembers();
+    },
+  },
+});
+
+$("offsets").addEventListener("change", (event) => {
+  document.body.classList.toggle("offsets", event.target.checked);
+});
 
 // The assistant: each reply is one message with an id, kept by the subscription
 // (`sub.messages`) and changed in place; the page renders it whenever it changes. A page
@@ -75,7 +162,6 @@ follow("demo:chat", "chat", (data) => `${data.name}: ${data.text}`);
 const SHOWN_REPLIES = 5;
 const assistant = (demo.assistant = { recovered: [] });
 
-const seqOf = (offset) => Number(offset.slice(offset.lastIndexOf("-") + 1));
 
 function renderReply(message) {
   const list = $("assistant");

@@ -28,6 +28,8 @@ pattern = "demo:*"
 subscribe = "anonymous"
 publish = "anonymous"
 history = "anonymous"
+presence = "anonymous"
+join_leave = true
 `;
 const env = { SWITCHBOARD_SHUTDOWN__DRAIN_DELAY: "0s", SWITCHBOARD_SHUTDOWN__DRAIN_WINDOW: "300ms" };
 const a = await startNode({ config, env, namespaces });
@@ -67,7 +69,31 @@ try {
   await eventually(async () => (await count("demo:ticker")) >= ticksBefore + 3, "ticks after the restart");
   await b.publish("demo:chat", { name: "backend", text: "after the restart" });
   await eventually(async () => (await count("demo:chat")) >= 4, "chat after the restart");
+
+  // A second tab, on node B: it shows the chat's last messages from history under the live
+  // ones, offsets out of sight; each tab lists the other among who is here.
+  const second = await browser.newPage({ viewport: { width: 1100, height: 720 } });
+  second.on("pageerror", (error) => pageErrors.push(String(error)));
+  await second.goto(`http://127.0.0.1:${b.ws}/demo`);
+  const demo2 = () => second.evaluate(() => window.demo);
+  await eventually(
+    async () => ((await demo2()).channels["demo:chat"]?.history ?? 0) >= 4,
+    "the second tab shows the chat's last messages",
+  );
+  const membersOf = (tab) => tab.evaluate(() => window.demo.members.size);
+  await eventually(async () => (await membersOf(page)) === 2, "the first tab lists the second");
+  await eventually(async () => (await membersOf(second)) === 2, "the second tab lists both");
+  report.offsetsShown = await second.evaluate(
+    () => getComputedStyle(document.querySelector("#chat li .offset")).display,
+  );
+  const secondChat = (await demo2()).channels["demo:chat"];
+  report.secondTab = { history: secondChat.history, messages: secondChat.offsets.length };
+  const seqs = secondChat.offsets.map((offset) => Number(offset.slice(offset.lastIndexOf("-") + 1)));
+  report.secondTab.consecutive = seqs.every((seq, i) => i === 0 || seq === seqs[i - 1] + 1);
+  await page.bringToFront();
   if (screenshot) await page.screenshot({ path: screenshot });
+  await second.close();
+  await eventually(async () => (await membersOf(page)) === 1, "the closed tab leaves the list");
 
   const state = await demo();
   report.reconnects = state.reconnects;
@@ -87,6 +113,7 @@ try {
     report.channels[channel] = { messages: seen.offsets.length, consecutive, recovered: seen.recovered };
     ok &&= consecutive && recovered;
   }
+  ok &&= report.offsetsShown === "none" && report.secondTab.consecutive;
   report.ok = ok;
 } catch (error) {
   report.error = String(error);
