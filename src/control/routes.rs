@@ -141,7 +141,9 @@ pub(super) async fn handle(
     let path = request.uri().path().to_owned();
     let request_id = request_id(&request);
     // Every log line about this request carries its id, as its answer does.
-    let span = tracing::info_span!("request", request_id = %request_id, method = %request.method(), path = %path);
+    // One field: the span is made for every request, and at the default level (info) each
+    // field is formatted when it is; method and path are in the debug line below.
+    let span = tracing::info_span!("request", request_id = request_id.as_str());
     let (route, result) = route(request, &path, peer, ctx)
         .instrument(span.clone())
         .await;
@@ -149,6 +151,7 @@ pub(super) async fn handle(
     span.in_scope(|| {
         tracing::debug!(
             route,
+            path,
             status = response.status().as_u16(),
             micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
             "Control request answered"
