@@ -7,6 +7,7 @@
 
 mod amplification;
 mod auth;
+mod auth_tooling;
 mod backend;
 mod bad_input;
 mod boundaries;

@@ -489,3 +489,85 @@ async fn clients_of_a_killed_node_resume_on_another_without_loss() {
         "every acknowledged message once, in order, across the move"
     );
 }
+
+/// `switchboard probe` and `switchboard drain` (the image's HEALTHCHECK, the Kubernetes
+/// preStop hook) in the production layout: the control API on a private address (here
+/// 127.0.0.2, not the loopback 127.0.0.1 they used to assume) with `[control.tls]`. They
+/// read the address from `control.listen` and speak HTTPS trusting exactly the configured
+/// certificate: a node presenting another certificate is refused.
+#[tokio::test]
+async fn probe_and_drain_reach_a_private_https_control_api() {
+    let dir = crate::tls::CertDir::new("sb-probe-tls");
+    dir.certificate();
+    let port = crate::harness::free_port();
+    let config = dir.path("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[control]\nlisten = \"127.0.0.2:{port}\"\napi_keys = [\"probe-key-0123456789\"]\n\
+             [control.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            dir.path("cert.pem"),
+            dir.path("key.pem")
+        ),
+    )
+    .unwrap();
+    let bin = env!("CARGO_BIN_EXE_switchboard");
+    let mut node = tokio::process::Command::new(bin)
+        .args([
+            "--config",
+            &config,
+            "--listen",
+            "127.0.0.1:0",
+            "--log-level",
+            "warn",
+        ])
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let run = |command: &'static str, config: String| async move {
+        tokio::process::Command::new(bin)
+            .args([command, "--config", &config])
+            .output()
+            .await
+            .unwrap()
+    };
+    crate::assert_eventually!(
+        run("probe", config.clone()).await.status.success(),
+        "probe answers over HTTPS on 127.0.0.2"
+    );
+    let ready = run("probe", config.clone()).await;
+    assert!(
+        String::from_utf8_lossy(&ready.stdout).contains("\"ready\":true"),
+        "{ready:?}"
+    );
+
+    // Another certificate in the probe's configuration: the node's is not trusted.
+    let other = crate::tls::CertDir::new("sb-probe-tls-other");
+    other.certificate();
+    let wrong = other.path("node.toml");
+    std::fs::write(
+        &wrong,
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace(&dir.path("cert.pem"), &other.path("cert.pem"))
+            .replace(&dir.path("key.pem"), &other.path("key.pem")),
+    )
+    .unwrap();
+    let refused = run("probe", wrong).await;
+    assert!(!refused.status.success(), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("certificate"),
+        "{refused:?}"
+    );
+
+    let drained = run("drain", config.clone()).await;
+    assert!(drained.status.success(), "{drained:?}");
+    let exit = tokio::time::timeout(
+        crate::harness::patience(std::time::Duration::from_secs(10)),
+        node.wait(),
+    )
+    .await
+    .expect("the drained node exits")
+    .unwrap();
+    assert_eq!(exit.code(), Some(0));
+}
