@@ -337,7 +337,9 @@ pub fn parse_member_id(id: &str) -> Option<(&str, ConnId)> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
     let conn_ok = conn.len() == 20 && conn.bytes().all(|b| b.is_ascii_digit());
-    (node_ok && conn_ok).then_some((node, conn.parse().ok()?))
+    // Past u64::MAX (20 digits can be): after every connection of the node.
+    let conn_id = conn.parse::<u128>().ok()?.min(u128::from(u64::MAX));
+    (node_ok && conn_ok).then_some((node, u64::try_from(conn_id).ok()?))
 }
 
 /// One channel's presence changes from this node, for a [`PresenceStore`].
@@ -525,10 +527,15 @@ mod tests {
             " 00000000000000000042",
             "no\u{1}de 00000000000000000042",
             "node 0000000000000000004x",
-            "node 99999999999999999999",
+            "node 000000000000000000042",
         ] {
             assert_eq!(parse_member_id(bad), None, "{bad:?}");
         }
+        // Past the last connection id: a cursor after every connection of the node.
+        assert_eq!(
+            parse_member_id("node 99999999999999999999"),
+            Some(("node", u64::MAX))
+        );
         assert_eq!(parse_member_id(&member_id(&"n".repeat(65), 1)), None);
     }
 }

@@ -46,9 +46,9 @@ enum IngestFormat {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct IngestLine {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::fields::present")]
     text: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "super::fields::json_value")]
     data: Option<Box<RawValue>>,
 }
 

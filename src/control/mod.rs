@@ -6,8 +6,10 @@
 //! `docs/http-api.md` documents each route; keep the two in step. Must not depend on `session`.
 
 mod auth;
+mod fields;
 mod ingest;
 pub mod local;
+mod openapi;
 mod routes;
 mod streams;
 

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tracing::Instrument as _;
 
-use super::{Body, ControlContext, ingest, is_loopback, response, streams};
+use super::{Body, ControlContext, fields, ingest, is_loopback, response, streams};
 use crate::{
     cluster::BusError,
     hub::{Applied, Editor, Op, SessionCommand, WriteBatch},
@@ -224,6 +224,80 @@ async fn discard_body(mut body: Incoming, length: usize, timeout: Duration) {
     .await;
 }
 
+/// One route of the control API: its path (`{channel}` stands for a percent-encoded channel
+/// name), its metrics label, the methods it takes (a GET route takes HEAD too) and whether it
+/// needs the API key. `docs/openapi.json` documents exactly these (a unit test compares them).
+pub(super) struct RouteSpec {
+    pub(super) path: &'static str,
+    pub(super) label: &'static str,
+    pub(super) methods: &'static str,
+    pub(super) keyed: bool,
+}
+
+const fn spec(path: &'static str, label: &'static str, methods: &'static str) -> RouteSpec {
+    RouteSpec {
+        path,
+        label,
+        methods,
+        keyed: true,
+    }
+}
+
+const fn open(path: &'static str, label: &'static str) -> RouteSpec {
+    RouteSpec {
+        path,
+        label,
+        methods: "GET",
+        keyed: false,
+    }
+}
+
+/// Every route the control API serves.
+pub(super) const ROUTES: [RouteSpec; 23] = [
+    open("/healthz", "healthz"),
+    open("/readyz", "readyz"),
+    open("/metrics", "metrics"),
+    open("/v1/openapi.json", "openapi"),
+    spec("/v1/publish", "publish", "POST"),
+    spec("/v1/broadcast", "broadcast", "POST"),
+    spec("/v1/batch", "batch", "POST"),
+    spec("/v1/append", "append", "POST"),
+    spec("/v1/finish", "finish", "POST"),
+    spec("/v1/update", "update", "POST"),
+    spec("/v1/delete", "delete", "POST"),
+    spec("/v1/streams", "streams", "POST"),
+    spec("/v1/channels/{channel}/history", "history", "GET"),
+    spec("/v1/channels/{channel}/presence", "presence", "GET"),
+    spec(
+        "/v1/channels/{channel}/presence-stats",
+        "presence_stats",
+        "GET",
+    ),
+    spec("/v1/channels", "channels", "GET"),
+    spec("/v1/subscribe", "subscribe", "POST"),
+    spec("/v1/unsubscribe", "unsubscribe", "POST"),
+    spec("/v1/stats", "stats", "GET"),
+    spec("/v1/nodes", "nodes", "GET"),
+    spec("/v1/disconnect", "disconnect", "POST"),
+    spec("/v1/drain", "drain", "GET, POST, DELETE"),
+    spec("/v1/reload-tls", "reload_tls", "POST"),
+];
+
+/// The route `path` names, with the channel of a channel route (still percent-encoded).
+fn find_route(path: &str) -> Option<(&'static RouteSpec, Option<&str>)> {
+    if let Some(found) = ROUTES.iter().find(|route| route.path == path) {
+        return Some((found, None));
+    }
+    let rest = path.strip_prefix("/v1/channels/")?;
+    ROUTES.iter().find_map(|route| {
+        let suffix = route.path.strip_prefix("/v1/channels/{channel}")?;
+        let raw = rest
+            .strip_suffix(suffix.strip_prefix('/')?)?
+            .strip_suffix('/')?;
+        Some((route, Some(raw)))
+    })
+}
+
 async fn route(
     request: Request<Incoming>,
     path: &str,
@@ -235,155 +309,119 @@ async fn route(
         &Method::HEAD => Method::GET,
         method => method.clone(),
     };
-    match path {
-        "/healthz" if method == Method::GET => ("healthz", Ok(healthz())),
-        "/readyz" if method == Method::GET => ("readyz", Ok(readyz(ctx))),
-        "/metrics" if method == Method::GET => ("metrics", Ok(metrics(ctx))),
-        "/healthz" => ("healthz", method_not_allowed("GET")),
-        "/readyz" => ("readyz", method_not_allowed("GET")),
-        "/metrics" => ("metrics", method_not_allowed("GET")),
-        _ if path.starts_with("/v1/") => {
-            let caller = match authorize(&request, peer, ctx) {
-                Ok(caller) => caller,
-                Err(err) => return ("v1", Err(err)),
-            };
-            // A path that is no route gets its 404 without costing the key a token.
-            let routed = V1_PATHS.contains(&path) || channel_route(path).is_some();
-            if routed
-                && let Some(limiter) = &ctx.settings.key_limiter
-                && let Err(rejected) = limiter.try_acquire(&caller, ctx.hub.clock_ns(), 1)
-            {
-                telemetry::rate_limited(RateScope::ApiKey);
-                return ("v1", Err(ApiError::rate_limited(rejected.retry_after)));
-            }
-            route_v1(request, path, &method, &caller, ctx).await
+    let found = find_route(path);
+    let keyed = found.is_none_or(|(route, _)| route.keyed);
+    if keyed && path.starts_with("/v1/") {
+        // Unknown `/v1` paths too: who holds no key learns nothing of the routes.
+        let caller = match authorize(&request, peer, ctx) {
+            Ok(caller) => caller,
+            Err(err) => return ("v1", Err(err)),
+        };
+        // A path that is no route gets its 404 without costing the key a token.
+        if found.is_some()
+            && let Some(limiter) = &ctx.settings.key_limiter
+            && let Err(rejected) = limiter.try_acquire(&caller, ctx.hub.clock_ns(), 1)
+        {
+            telemetry::rate_limited(RateScope::ApiKey);
+            return ("v1", Err(ApiError::rate_limited(rejected.retry_after)));
         }
-        _ => (
-            "unknown",
-            Err(ApiError::new(404, ErrorCode::NotFound, "no such route")),
-        ),
+        let Some((route, channel)) = found else {
+            return ("unknown", Err(no_such_route()));
+        };
+        if !route.methods.split(", ").any(|allowed| allowed == method) {
+            return (route.label, method_not_allowed(route.methods));
+        }
+        let handled = match channel {
+            Some(raw) => channel_request(route.label, raw, &request, ctx).await,
+            None => route_v1(request, route.label, &method, &caller, ctx).await,
+        };
+        return (route.label, handled);
     }
+    let Some((route, _)) = found else {
+        return ("unknown", Err(no_such_route()));
+    };
+    if method != Method::GET {
+        return (route.label, method_not_allowed(route.methods));
+    }
+    let handled = match route.label {
+        "healthz" => healthz(),
+        "readyz" => readyz(ctx),
+        "metrics" => metrics(ctx),
+        _ => super::openapi::document(),
+    };
+    (route.label, Ok(handled))
 }
 
-/// The fixed `/v1` paths `route_v1` serves (channel routes are `channel_route`'s): a path
-/// added there goes here too, or its requests are not charged to the key's rate.
-const V1_PATHS: [&str; 16] = [
-    "/v1/publish",
-    "/v1/append",
-    "/v1/finish",
-    "/v1/update",
-    "/v1/delete",
-    "/v1/streams",
-    "/v1/batch",
-    "/v1/broadcast",
-    "/v1/disconnect",
-    "/v1/stats",
-    "/v1/nodes",
-    "/v1/drain",
-    "/v1/reload-tls",
-    "/v1/channels",
-    "/v1/subscribe",
-    "/v1/unsubscribe",
-];
+fn no_such_route() -> ApiError {
+    ApiError::new(404, ErrorCode::NotFound, "no such route")
+}
 
+/// Runs a `/v1` route other than the channel routes (`label`, with a method it takes).
 async fn route_v1(
     request: Request<Incoming>,
-    path: &str,
+    label: &'static str,
     method: &Method,
     caller: &Caller,
     ctx: &ControlContext,
-) -> (&'static str, Handled) {
-    match path {
-        "/v1/publish" if method == Method::POST => (
-            "publish",
-            publishing(ctx, async |writes| publish(request, ctx, writes).await).await,
-        ),
-        "/v1/batch" if method == Method::POST => (
-            "batch",
+) -> Handled {
+    let query = request.uri().query().unwrap_or("").to_owned();
+    match label {
+        "publish" => publishing(ctx, async |writes| publish(request, ctx, writes).await).await,
+        "batch" => {
             publishing(ctx, async |writes| {
                 batch(request, caller, ctx, writes).await
             })
-            .await,
-        ),
-        "/v1/batch" => ("batch", method_not_allowed("POST")),
-        "/v1/append" | "/v1/finish" | "/v1/update" | "/v1/delete" => {
-            let route = match path {
-                "/v1/append" => "append",
-                "/v1/finish" => "finish",
-                "/v1/update" => "update",
-                _ => "delete",
-            };
-            if method != Method::POST {
-                return (route, method_not_allowed("POST"));
-            }
-            (
-                route,
-                publishing(ctx, async |writes| {
-                    change(request, ctx, writes, route).await
-                })
-                .await,
-            )
+            .await
         }
-        "/v1/streams" if method == Method::POST => ("streams", ingest::ingest(request, ctx).await),
-        "/v1/streams" => ("streams", method_not_allowed("POST")),
-        "/v1/broadcast" if method == Method::POST => (
-            "broadcast",
-            publishing(ctx, async |writes| broadcast(request, ctx, writes).await).await,
-        ),
-        "/v1/disconnect" if method == Method::POST => {
-            ("disconnect", disconnect(request, ctx).await)
+        "append" | "finish" | "update" | "delete" => {
+            publishing(ctx, async |writes| {
+                change(request, ctx, writes, label).await
+            })
+            .await
         }
-        "/v1/stats" if method == Method::GET => {
-            let query = request.uri().query().unwrap_or("").to_owned();
-            ("stats", stats(&query, ctx).await)
-        }
-        "/v1/nodes" if method == Method::GET => ("nodes", nodes(ctx).await),
-        "/v1/drain" if method == Method::POST => ("drain", start_drain(request, ctx).await),
-        "/v1/drain" if method == Method::GET => {
-            ("drain", Ok(drain_status(200, &ctx.drain.status())))
-        }
-        "/v1/drain" if method == Method::DELETE => ("drain", cancel_drain(ctx)),
-        "/v1/drain" => ("drain", method_not_allowed("GET, POST, DELETE")),
-        "/v1/reload-tls" if method == Method::POST => ("reload_tls", reload_tls(ctx)),
-        "/v1/reload-tls" => ("reload_tls", method_not_allowed("POST")),
-        "/v1/nodes" => ("nodes", method_not_allowed("GET")),
-        "/v1/publish" => ("publish", method_not_allowed("POST")),
-        "/v1/broadcast" => ("broadcast", method_not_allowed("POST")),
-        "/v1/disconnect" => ("disconnect", method_not_allowed("POST")),
-        "/v1/stats" => ("stats", method_not_allowed("GET")),
-        "/v1/channels" if method == Method::GET => {
-            let query = request.uri().query().unwrap_or("").to_owned();
-            ("channels", channels(&query, ctx).await)
-        }
-        "/v1/channels" => ("channels", method_not_allowed("GET")),
-        "/v1/subscribe" if method == Method::POST => {
-            ("subscribe", server_subscribe(request, ctx, true).await)
-        }
-        "/v1/subscribe" => ("subscribe", method_not_allowed("POST")),
-        "/v1/unsubscribe" if method == Method::POST => {
-            ("unsubscribe", server_subscribe(request, ctx, false).await)
-        }
-        "/v1/unsubscribe" => ("unsubscribe", method_not_allowed("POST")),
-        _ => match channel_route(path) {
-            Some((raw, route)) if method == Method::GET => {
-                let query = request.uri().query().unwrap_or("").to_owned();
-                let handled = match route {
-                    "history" => history(&raw, &query, ctx).await,
-                    "presence" => presence(&raw, &query, ctx).await,
-                    _ => presence_stats(&raw, &query, ctx).await,
-                };
-                (route_label(route), handled)
-            }
-            Some((_, route)) => (route_label(route), method_not_allowed("GET")),
-            None => (
-                "unknown",
-                Err(ApiError::new(404, ErrorCode::NotFound, "no such route")),
-            ),
-        },
+        "streams" => ingest::ingest(request, ctx).await,
+        "broadcast" => publishing(ctx, async |writes| broadcast(request, ctx, writes).await).await,
+        "disconnect" => disconnect(request, ctx).await,
+        "stats" => stats(&query, ctx).await,
+        "nodes" => nodes(ctx).await,
+        "drain" if method == Method::POST => start_drain(request, ctx).await,
+        "drain" if method == Method::DELETE => cancel_drain(ctx),
+        "drain" => Ok(drain_status(200, &ctx.drain.status())),
+        "reload_tls" => reload_tls(ctx),
+        "channels" => channels(&query, ctx).await,
+        "subscribe" => server_subscribe(request, ctx, true).await,
+        "unsubscribe" => server_subscribe(request, ctx, false).await,
+        _ => Err(no_such_route()),
     }
 }
 
-/// 405 with the `Allow` header naming the method the route takes (GET routes take HEAD too).
+/// Runs a channel route (`label`) for the percent-encoded channel `raw`.
+async fn channel_request(
+    label: &'static str,
+    raw: &str,
+    request: &Request<Incoming>,
+    ctx: &ControlContext,
+) -> Handled {
+    // In a path `+` is itself, not a space (that is a form's rule), and a `%` that starts
+    // no escape stays as it is, for the channel grammar to refuse.
+    let channel = percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| {
+            ApiError::new(
+                400,
+                ErrorCode::BadRequest,
+                "the channel in the path is not percent-encoded UTF-8",
+            )
+        })?;
+    let query = request.uri().query().unwrap_or("");
+    match label {
+        "history" => history(&channel, query, ctx).await,
+        "presence" => presence(&channel, query, ctx).await,
+        _ => presence_stats(&channel, query, ctx).await,
+    }
+}
+
+/// 405 with the `Allow` header naming the methods the route takes (GET routes take HEAD too).
 fn method_not_allowed(allowed: &'static str) -> Handled {
     let mut response = ApiError::new(
         405,
@@ -491,28 +529,35 @@ fn metrics(ctx: &ControlContext) -> Response<Body> {
 }
 
 async fn stats(query: &str, ctx: &ControlContext) -> Handled {
-    match query {
-        "" | "scope=node" => Ok(node_stats(ctx)),
-        "scope=cluster" => {
-            let nodes = ctx.bus.nodes().await?;
-            let connections: u64 = nodes
-                .iter()
-                .filter_map(|node| node["connections"].as_u64())
-                .sum();
-            let body = serde_json::json!({
-                "scope": "cluster",
-                "nodes": nodes.len(),
-                "connections": connections,
-                "per_node": nodes,
-            });
-            Ok(response(200, JSON, body.to_string()))
-        }
-        _ => Err(ApiError::new(
-            400,
-            ErrorCode::BadRequest,
-            "`scope` must be node or cluster",
-        )),
+    let mut cluster = false;
+    for (_, scope) in query_pairs(query, &["scope"])? {
+        cluster = match scope.as_str() {
+            "node" => false,
+            "cluster" => true,
+            _ => {
+                return Err(ApiError::new(
+                    400,
+                    ErrorCode::BadRequest,
+                    "`scope` must be node or cluster",
+                ));
+            }
+        };
     }
+    if !cluster {
+        return Ok(node_stats(ctx));
+    }
+    let nodes = ctx.bus.nodes().await?;
+    let connections: u64 = nodes
+        .iter()
+        .filter_map(|node| node["connections"].as_u64())
+        .sum();
+    let body = serde_json::json!({
+        "scope": "cluster",
+        "nodes": nodes.len(),
+        "connections": connections,
+        "per_node": nodes,
+    });
+    Ok(response(200, JSON, body.to_string()))
 }
 
 fn node_stats(ctx: &ControlContext) -> Response<Body> {
@@ -643,7 +688,7 @@ struct PublishRequest {
     channel: String,
     data: Box<RawValue>,
     /// Deduplicates the publish, and names the message for later changes.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "fields::present")]
     message_id: Option<String>,
     /// Opens a stream (needs `message_id`).
     #[serde(default)]
@@ -943,13 +988,13 @@ async fn change(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DisconnectRequest {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "fields::whole_number")]
     conn_id: Option<u64>,
     /// Every connection of this user, on every node.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "fields::present")]
     user: Option<String>,
     /// The close code sent to the client: 1000, 1001 or 3000-4999; 4000 when absent.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "fields::whole_number")]
     code: Option<u16>,
 }
 
@@ -1007,6 +1052,13 @@ async fn disconnect(request: Request<Incoming>, ctx: &ControlContext) -> Handled
     };
     let conn_id = match (body.conn_id, body.user) {
         (Some(conn_id), None) => conn_id,
+        (None, Some(user)) if user.is_empty() => {
+            return Err(ApiError::new(
+                422,
+                ErrorCode::BadRequest,
+                "`user` must not be empty",
+            ));
+        }
         (None, Some(user)) => {
             let closed = ctx.bus.disconnect_user(&user, code).await?;
             let body = serde_json::json!({ "user": user, "disconnected_here": closed });
@@ -1031,15 +1083,15 @@ async fn disconnect(request: Request<Incoming>, ctx: &ControlContext) -> Handled
     }
 }
 
-/// Reloads every listener's certificate and key, as SIGHUP does.
+/// The optional body of `POST /v1/drain`.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct DrainBody {
     /// Over how long to close the connections; `shutdown.drain_window` when absent.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "fields::whole_number")]
     window_ms: Option<u64>,
     /// When to exit with connections left, from now; `shutdown.drain_deadline` when absent.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "fields::whole_number")]
     deadline_ms: Option<u64>,
 }
 
@@ -1056,8 +1108,9 @@ fn drain_error(err: &crate::drain::DrainError) -> ApiError {
         DrainError::AlreadyDraining | DrainError::StartedBySignal => 409,
     };
     let code = match err {
+        DrainError::Invalid(_) => ErrorCode::BadRequest,
         DrainError::NotDraining => ErrorCode::NotFound,
-        _ => ErrorCode::BadRequest,
+        DrainError::AlreadyDraining | DrainError::StartedBySignal => ErrorCode::Conflict,
     };
     ApiError::new(status, code, err.to_string())
 }
@@ -1113,46 +1166,24 @@ fn reload_tls(ctx: &ControlContext) -> Handled {
     }
 }
 
-/// The percent-decoded `{channel}` of `/v1/channels/{channel}/history`.
-/// `/v1/channels/{channel}/{history|presence|presence-stats}`: the decoded channel and
-/// the route.
-fn channel_route(path: &str) -> Option<(String, &'static str)> {
-    let rest = path.strip_prefix("/v1/channels/")?;
-    let (raw, route) = ["history", "presence", "presence-stats"]
-        .into_iter()
-        .find_map(|route| Some((rest.strip_suffix(route)?.strip_suffix('/')?, route)))?;
-    Some((percent_decode(raw)?, route))
-}
-
-/// The metrics label of a channel route.
-fn route_label(route: &str) -> &'static str {
-    match route {
-        "history" => "history",
-        "presence" => "presence",
-        _ => "presence_stats",
-    }
-}
-
 /// A query's `key=value` pairs, decoded; `allowed` names the keys the route takes.
 pub(super) fn query_pairs(
     query: &str,
     allowed: &[&str],
 ) -> Result<Vec<(String, String)>, ApiError> {
-    let mut pairs = Vec::new();
-    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if !allowed.contains(&key) {
-            return Err(ApiError::new(
-                400,
-                ErrorCode::BadRequest,
-                format!("unknown query parameter `{key}`"),
-            ));
-        }
-        let value = percent_decode(value)
-            .ok_or_else(|| ApiError::new(400, ErrorCode::BadRequest, "bad percent-encoding"))?;
-        pairs.push((key.to_owned(), value));
-    }
-    Ok(pairs)
+    form_urlencoded::parse(query.as_bytes())
+        .map(|(key, value)| {
+            if allowed.contains(&key.as_ref()) {
+                Ok((key.into_owned(), value.into_owned()))
+            } else {
+                Err(ApiError::new(
+                    400,
+                    ErrorCode::BadRequest,
+                    format!("unknown query parameter `{key:.64}`"),
+                ))
+            }
+        })
+        .collect()
 }
 
 /// A `limit` parameter from 1 to `max`.
@@ -1295,29 +1326,4 @@ async fn history(raw_channel: &str, query: &str, ctx: &ControlContext) -> Handle
     }
     body.push_str("]}");
     Ok(response(200, JSON, body))
-}
-
-fn percent_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut index = 0;
-    while index < bytes.len() {
-        match bytes[index] {
-            b'%' => {
-                let hex = bytes.get(index + 1..index + 3)?;
-                let hex = std::str::from_utf8(hex).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                index += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                index += 1;
-            }
-            byte => {
-                out.push(byte);
-                index += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
 }

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::{
-    Body, ControlContext, response,
+    Body, ControlContext, fields, response,
     routes::{ApiError, JSON, channel_name, charge_channel, check_payload},
 };
 use crate::{
@@ -29,7 +29,7 @@ pub(super) struct AppendRequest {
 pub(super) struct FinishRequest {
     channel: String,
     message_id: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "fields::json_value")]
     data: Option<Box<RawValue>>,
 }
 
@@ -38,9 +38,9 @@ pub(super) struct FinishRequest {
 pub(super) struct UpdateRequest {
     channel: String,
     message_id: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "fields::json_value")]
     data: Option<Box<RawValue>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "fields::present")]
     text: Option<String>,
 }
 

@@ -145,10 +145,13 @@ impl FromStr for Offset {
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let (epoch, seq) = text.split_once('-').ok_or(OffsetParseError)?;
-        if epoch.len() != 16 || seq.is_empty() || seq.len() > 20 {
+        // 19 digits: every one is a u64 (sequences never come near), and `from_str_radix`
+        // would take a sign.
+        if epoch.len() != 16 || seq.is_empty() || seq.len() > 19 {
             return Err(OffsetParseError);
         }
-        if !seq.bytes().all(|b| b.is_ascii_digit()) {
+        if !epoch.bytes().all(|b| b.is_ascii_hexdigit()) || !seq.bytes().all(|b| b.is_ascii_digit())
+        {
             return Err(OffsetParseError);
         }
         Ok(Offset {

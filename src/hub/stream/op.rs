@@ -167,8 +167,8 @@ impl OpError {
         match self {
             OpError::Behind => ErrorCode::Unavailable,
             OpError::NotFound => ErrorCode::NotFound,
-            OpError::NotOpen(_) | OpError::NotIdle => ErrorCode::Conflict,
-            OpError::NotStream | OpError::NoHistory | OpError::Clustered => ErrorCode::BadRequest,
+            OpError::NotOpen(_) | OpError::NotIdle | OpError::NotStream => ErrorCode::Conflict,
+            OpError::NoHistory | OpError::Clustered => ErrorCode::BadRequest,
             OpError::TextTooLarge(_) | OpError::TooManyOpen(_) => ErrorCode::LimitExceeded,
             OpError::NotYours | OpError::EditingOff => ErrorCode::Forbidden,
         }
@@ -180,11 +180,8 @@ impl OpError {
         match self {
             OpError::Behind => 503,
             OpError::NotFound => 404,
-            OpError::NotOpen(_) | OpError::NotIdle => 409,
-            OpError::NotStream
-            | OpError::NoHistory
-            | OpError::Clustered
-            | OpError::TooManyOpen(_) => 422,
+            OpError::NotOpen(_) | OpError::NotIdle | OpError::NotStream => 409,
+            OpError::NoHistory | OpError::Clustered | OpError::TooManyOpen(_) => 422,
             OpError::TextTooLarge(_) => 413,
             OpError::NotYours | OpError::EditingOff => 403,
         }
