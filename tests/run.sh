@@ -44,17 +44,19 @@ if [ ! -d clients/js/node_modules/typescript ]; then
   (cd clients/js && npm ci --no-audit --no-fund --silent)
 fi
 
-# The Python client's tests (tests/it/python_client.rs) run in a venv of their own: the
-# package installed from this checkout (editable) with its test extra, pytest and websockets,
-# from PyPI. Installed again when its pyproject.toml changed, or the venv served another
-# checkout (the stamp holds both).
+# The Python tests run in a venv of their own, from PyPI: the Python client's
+# (tests/it/python_client.rs: the package from this checkout, editable, with its test extra,
+# pytest and websockets) and the control API's contract test (tests/it/openapi.rs:
+# schemathesis, tests/openapi/requirements.txt). Installed again when either list changed,
+# or the venv served another checkout (the stamp holds both).
 export SWITCHBOARD_VENV="${SWITCHBOARD_VENV:-$HOME/.cache/switchboard-venv}"
 venv_stamp="$SWITCHBOARD_VENV/.switchboard-client-stamp"
-venv_want="$(pwd)/clients/python $(sha256sum clients/python/pyproject.toml | cut -d' ' -f1)"
+venv_want="$(pwd)/clients/python $(cat clients/python/pyproject.toml tests/openapi/requirements.txt | sha256sum | cut -d' ' -f1)"
 if [ ! -x "$SWITCHBOARD_VENV/bin/python" ] || [ "$(cat "$venv_stamp" 2>/dev/null)" != "$venv_want" ]; then
-  echo "tests/run.sh: installing the Python client's test tools with pip ($SWITCHBOARD_VENV)" >&2
+  echo "tests/run.sh: installing the Python test tools with pip ($SWITCHBOARD_VENV)" >&2
   python3 -m venv "$SWITCHBOARD_VENV"
-  "$SWITCHBOARD_VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e 'clients/python[test]'
+  "$SWITCHBOARD_VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+    -e 'clients/python[test]' -r tests/openapi/requirements.txt
   echo "$venv_want" >"$venv_stamp"
 fi
 

@@ -29,6 +29,7 @@ mod jwks;
 mod limits;
 mod lockout;
 mod mass_disconnect;
+mod openapi;
 mod overload;
 mod presence;
 mod presence_cost;
