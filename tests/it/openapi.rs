@@ -5,7 +5,8 @@
 //! Then every status the document gives an operation must have been answered: by the fuzzer,
 //! or by the probes here for what it cannot cause (a stalled or oversized body, a key's rate
 //! limit, Redis gone, a drain started by a signal). Which routes exist is held to the router
-//! by `control::openapi`'s unit tests.
+//! by `control::openapi`'s unit tests; openapi-spec-validator holds the document to the
+//! OpenAPI 3.1 specification.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -283,13 +284,13 @@ impl Seen {
     }
 }
 
-/// The venv `tests/run.sh` makes, with schemathesis in it.
-fn schemathesis() -> PathBuf {
+/// A command of the venv `tests/run.sh` makes (schemathesis, openapi-spec-validator).
+fn venv_tool(name: &str) -> PathBuf {
     let venv = std::env::var_os("SWITCHBOARD_VENV").map_or_else(
         || PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/switchboard-venv"),
         PathBuf::from,
     );
-    let binary = venv.join("bin/schemathesis");
+    let binary = venv.join("bin").join(name);
     assert!(
         binary.exists(),
         "{} not found: run tests/run.sh, which installs tests/openapi/requirements.txt in \
@@ -330,7 +331,7 @@ async fn fuzz(operations: &BTreeMap<String, Operation>, seen: &mut Seen) {
     let seed = std::env::var("SWITCHBOARD_OPENAPI_SEED").unwrap_or_else(|_| SEED.to_owned());
     let run = Command::new("timeout")
         .args(["--kill-after=10", "600"])
-        .arg(schemathesis())
+        .arg(venv_tool("schemathesis"))
         .arg("--config-file")
         .arg(checkout.join("tests/openapi/schemathesis.toml"))
         .arg("--no-color")
@@ -596,6 +597,21 @@ async fn probe_signal_drain(operations: &BTreeMap<String, Operation>, seen: &mut
         );
     }
     server.stop().await;
+}
+
+#[test]
+fn the_document_is_valid_openapi_3_1() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/openapi.json");
+    let check = Command::new(venv_tool("openapi-spec-validator"))
+        .arg(&path)
+        .output()
+        .expect("openapi-spec-validator runs");
+    assert!(
+        check.status.success(),
+        "docs/openapi.json breaks the OpenAPI 3.1 specification:\n{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
