@@ -272,7 +272,7 @@ const REJECT_REASONS: [&str; 6] = [
 ];
 /// What failed Redis commands are counted as (`ws_redis_errors_total{op}`). An op missing
 /// here is still counted; its series starts at its first failure.
-const REDIS_OPS: [&str; 13] = [
+const REDIS_OPS: [&str; 14] = [
     "connect",
     "born",
     "ping",
@@ -286,6 +286,7 @@ const REDIS_OPS: [&str; 13] = [
     "disconnect",
     "subscribe",
     "unsubscribe",
+    "block",
 ];
 
 /// Sets `ws_connections_max`, and exports the gauges and counters that alerts and the

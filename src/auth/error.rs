@@ -26,6 +26,9 @@ pub enum AuthError {
     NotYetValid { nbf: Option<u64> },
     /// A claim is missing or not accepted here.
     Claims(ClaimsError),
+    /// The user is blocked (`POST /v1/block`) until `until` (Unix seconds; `None`: until
+    /// the block is lifted): an operator's decision, not the token's fault.
+    Blocked { until: Option<u64> },
 }
 
 /// Which claim a token was refused for.
@@ -59,6 +62,7 @@ impl AuthError {
             AuthError::Expired { .. } => "expired",
             AuthError::NotYetValid { .. } => "not_yet_valid",
             AuthError::Claims(_) => "claims",
+            AuthError::Blocked { .. } => "blocked",
         }
     }
 
@@ -172,6 +176,12 @@ impl fmt::Display for AuthError {
             ),
             AuthError::NotYetValid { nbf: None } => f.write_str("the token is not valid yet"),
             AuthError::Claims(claims) => claims.fmt(f),
+            AuthError::Blocked { until: Some(until) } => write!(
+                f,
+                "the user is blocked until {until} (Unix seconds), {} s from now",
+                until.saturating_sub(unix_now())
+            ),
+            AuthError::Blocked { until: None } => f.write_str("the user is blocked"),
         }
     }
 }

@@ -184,6 +184,25 @@ pub trait Bus: Send + Sync + std::fmt::Debug + 'static {
         code: crate::protocol::CloseCode,
     ) -> BusFuture<'a, Result<usize, BusError>>;
 
+    /// Blocks `user` on every node until `until` (Unix seconds; `None`: until lifted): this
+    /// node's list at once and its connections of the user closed with 4003 (how many is
+    /// the answer), the other nodes' through the bus. Check it with
+    /// [`crate::blocks::Blocklist::check`] first.
+    ///
+    /// # Errors
+    /// A [`BusError`] when the cluster's list cannot be written: nothing was done.
+    fn block<'a>(
+        &'a self,
+        user: &'a str,
+        until: Option<u64>,
+    ) -> BusFuture<'a, Result<usize, BusError>>;
+
+    /// Lifts `user`'s block on every node: whether there was one.
+    ///
+    /// # Errors
+    /// A [`BusError`] when the cluster's list cannot be written: nothing was done.
+    fn unblock<'a>(&'a self, user: &'a str) -> BusFuture<'a, Result<bool, BusError>>;
+
     /// Reasons the bus is unfit to serve, for `/readyz`; empty when healthy.
     fn unready_reasons(&self) -> Vec<String>;
 
@@ -297,6 +316,22 @@ impl Bus for LocalBus {
     ) -> BusFuture<'a, Result<usize, BusError>> {
         let closed = self.hub.disconnect_user(user, code);
         Box::pin(std::future::ready(Ok(closed)))
+    }
+
+    fn block<'a>(
+        &'a self,
+        user: &'a str,
+        until: Option<u64>,
+    ) -> BusFuture<'a, Result<usize, BusError>> {
+        self.hub.blocks().block(user, until);
+        let closed = self
+            .hub
+            .disconnect_user(user, crate::protocol::CloseCode::Unauthorized);
+        Box::pin(std::future::ready(Ok(closed)))
+    }
+
+    fn unblock<'a>(&'a self, user: &'a str) -> BusFuture<'a, Result<bool, BusError>> {
+        Box::pin(std::future::ready(Ok(self.hub.blocks().unblock(user))))
     }
 
     fn unready_reasons(&self) -> Vec<String> {

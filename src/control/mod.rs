@@ -6,6 +6,7 @@
 //! `docs/http-api.md` documents each route; keep the two in step. Must not depend on `session`.
 
 mod auth;
+mod blocks;
 mod fields;
 mod ingest;
 pub mod local;

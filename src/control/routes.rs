@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tracing::Instrument as _;
 
-use super::{Body, ControlContext, fields, ingest, is_loopback, response, streams};
+use super::{Body, ControlContext, blocks, fields, ingest, is_loopback, response, streams};
 use crate::{
     cluster::BusError,
     hub::{Applied, Editor, Op, SessionCommand, WriteBatch},
@@ -253,7 +253,7 @@ const fn open(path: &'static str, label: &'static str) -> RouteSpec {
 }
 
 /// Every route the control API serves.
-pub(super) const ROUTES: [RouteSpec; 23] = [
+pub(super) const ROUTES: [RouteSpec; 25] = [
     open("/healthz", "healthz"),
     open("/readyz", "readyz"),
     open("/metrics", "metrics"),
@@ -281,6 +281,8 @@ pub(super) const ROUTES: [RouteSpec; 23] = [
     spec("/v1/disconnect", "disconnect", "POST"),
     spec("/v1/drain", "drain", "GET, POST, DELETE"),
     spec("/v1/reload-tls", "reload_tls", "POST"),
+    spec("/v1/block", "block", "POST, DELETE"),
+    spec("/v1/blocks", "blocks", "GET"),
 ];
 
 /// The route `path` names, with the channel of a channel route (still percent-encoded).
@@ -388,6 +390,9 @@ async fn route_v1(
         "drain" if method == Method::DELETE => cancel_drain(ctx),
         "drain" => Ok(drain_status(200, &ctx.drain.status())),
         "reload_tls" => reload_tls(ctx),
+        "block" if method == Method::POST => blocks::block(request, ctx).await,
+        "block" => blocks::unblock(request, ctx).await,
+        "blocks" => blocks::list(&query, ctx),
         "channels" => channels(&query, ctx).await,
         "subscribe" => server_subscribe(request, ctx, true).await,
         "unsubscribe" => server_subscribe(request, ctx, false).await,
@@ -1187,7 +1192,7 @@ pub(super) fn query_pairs(
 }
 
 /// A `limit` parameter from 1 to `max`.
-fn parse_limit(value: &str, max: usize) -> Result<usize, ApiError> {
+pub(super) fn parse_limit(value: &str, max: usize) -> Result<usize, ApiError> {
     value
         .parse::<usize>()
         .ok()

@@ -146,6 +146,8 @@ pub struct Hub {
     started: Instant,
     /// Channels whose held appends fall due (`streams.coalesce`).
     coalescer: stream::Coalescer,
+    /// Blocked users (`POST /v1/block`), checked when a connection authenticates.
+    blocks: crate::blocks::Blocklist,
     /// The runtime sessions run on, captured when the hub is built: large fan-outs are
     /// written by its workers, whichever thread published (the control API has its own).
     workers: Option<Workers>,
@@ -227,6 +229,7 @@ impl Hub {
             settings,
             started: Instant::now(),
             coalescer: stream::Coalescer::default(),
+            blocks: crate::blocks::Blocklist::default(),
             workers: Workers::current(),
         })
     }

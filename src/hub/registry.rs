@@ -91,6 +91,12 @@ impl Hub {
         &self.lag_clock
     }
 
+    /// The users blocked (`POST /v1/block`), on this node's copy of the list.
+    #[must_use]
+    pub fn blocks(&self) -> &crate::blocks::Blocklist {
+        &self.blocks
+    }
+
     /// Whether a drain refuses new upgrades (see `drain`).
     #[must_use]
     pub fn is_draining(&self) -> bool {

@@ -204,6 +204,19 @@ impl Session {
         self.identity().map(|identity| &*identity.user)
     }
 
+    /// Refuses an identity whose user is blocked (`POST /v1/block`).
+    pub(super) fn check_blocked(&self, identity: &Identity) -> Result<(), AuthError> {
+        match self
+            .ctx
+            .hub
+            .blocks()
+            .blocked(&identity.user, auth::unix_now())
+        {
+            Some(until) => Err(AuthError::Blocked { until }),
+            None => Ok(()),
+        }
+    }
+
     /// Takes `identity` as the connection's, and closes it with 4004 when its token expires
     /// (plus the leeway) unless a `refresh` comes first.
     pub(super) fn authenticated(&mut self, identity: Identity) {
@@ -275,7 +288,11 @@ impl Session {
                 "already authenticated; send `refresh` to replace the token",
             );
         }
-        match verifier.authenticate(token).await {
+        match verifier
+            .authenticate(token)
+            .await
+            .and_then(|identity| self.check_blocked(&identity).map(|()| identity))
+        {
             Ok(identity) => {
                 let reply = protocol::encode_authenticated(
                     "authenticated",
@@ -301,7 +318,11 @@ impl Session {
                 "not authenticated; send `auth` first",
             );
         };
-        match verifier.authenticate(token).await {
+        match verifier
+            .authenticate(token)
+            .await
+            .and_then(|identity| self.check_blocked(&identity).map(|()| identity))
+        {
             Ok(identity) if self.user() == Some(&*identity.user) => {
                 let reply =
                     protocol::encode_authenticated("refreshed", id, &identity.user, identity.exp);

@@ -106,6 +106,9 @@ async fn identify(
         return match hooked::connect(hooks, conn_id, &inputs, token.as_deref()).await {
             Connected::Allowed(identity) => {
                 if let Some(identity) = identity {
+                    if let Err(err) = session.check_blocked(&identity) {
+                        return Some(Refused::Token(err));
+                    }
                     session.authenticated(identity);
                     session.schedule_refresh(false);
                 }
@@ -116,7 +119,11 @@ async fn identify(
     }
     match (token, &ctx.auth) {
         // It may wait for a JWKS fetch.
-        (Some(token), Some(auth)) => match auth.authenticate(&token).await {
+        (Some(token), Some(auth)) => match auth
+            .authenticate(&token)
+            .await
+            .and_then(|identity| session.check_blocked(&identity).map(|()| identity))
+        {
             Ok(identity) => {
                 session.authenticated(identity);
                 None

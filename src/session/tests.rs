@@ -256,6 +256,16 @@ impl Bus for PanickingBus {
     ) -> BusFuture<'a, Result<usize, BusError>> {
         self.0.disconnect_user(user, code)
     }
+    fn block<'a>(
+        &'a self,
+        user: &'a str,
+        until: Option<u64>,
+    ) -> BusFuture<'a, Result<usize, BusError>> {
+        self.0.block(user, until)
+    }
+    fn unblock<'a>(&'a self, user: &'a str) -> BusFuture<'a, Result<bool, BusError>> {
+        self.0.unblock(user)
+    }
     fn unready_reasons(&self) -> Vec<String> {
         self.0.unready_reasons()
     }

@@ -202,6 +202,18 @@ impl TestServer {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    pub async fn delete(&self, path: &str, body: Value) -> (u16, Value) {
+        let response = self
+            .http
+            .delete(self.control_url(path))
+            .json(&body)
+            .send()
+            .await
+            .expect("control API answers");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
     pub async fn get(&self, path: &str) -> (u16, String) {
         let response = self
             .http

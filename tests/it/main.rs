@@ -10,6 +10,7 @@ mod auth;
 mod auth_tooling;
 mod backend;
 mod bad_input;
+mod blocks;
 mod boundaries;
 mod browser;
 mod bus_routing;

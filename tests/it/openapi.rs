@@ -158,6 +158,8 @@ fn valid_request(id: &str) -> (&'static str, Option<&'static str>, &'static str)
         "drainStatus" | "cancelDrain" => ("/v1/drain", None, JSON),
         "drain" => ("/v1/drain", Some(r#"{"window_ms":1000}"#), JSON),
         "reloadTls" => ("/v1/reload-tls", None, JSON),
+        "block" | "unblock" => ("/v1/block", Some(r#"{"user":"u-1"}"#), JSON),
+        "blocks" => ("/v1/blocks", None, JSON),
         other => panic!("no probe request for `{other}`: add one to valid_request"),
     }
 }
@@ -494,6 +496,10 @@ async fn probe_bodies_and_state(operations: &BTreeMap<String, Operation>, seen: 
     )
     .await;
     seen.record(operations, "disconnect", &answer);
+    // A block, lifted, then lifted again.
+    for id in ["block", "unblock", "unblock"] {
+        seen.record(operations, id, &send_valid(operations, control, id).await);
+    }
     // A drain through the API: started, refused a second time, cancelled, then gone.
     for id in ["cancelDrain", "drain", "drain", "cancelDrain"] {
         seen.record(operations, id, &send_valid(operations, control, id).await);

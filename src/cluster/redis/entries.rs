@@ -21,6 +21,10 @@ pub(super) enum Request {
         user: String,
         command: SessionCommand,
     },
+    /// `k=block`, `u`, `x` (Unix seconds, 0: until lifted): block a user.
+    Block { user: String, until: Option<u64> },
+    /// `k=unblock`, `u`: lift a user's block.
+    Unblock { user: String },
     /// A request about users this node wrote: it acted on it already.
     Own,
 }
@@ -61,6 +65,11 @@ impl Request {
                     .and_then(CloseCode::from_code)
                     .unwrap_or(CloseCode::Disconnected),
             }),
+            "block" => user.map(|user| Self::Block {
+                user,
+                until: code.filter(|until| *until > 0),
+            }),
+            "unblock" => user.map(|user| Self::Unblock { user }),
             "subscribe" | "unsubscribe" => user
                 .zip(channel.and_then(|channel| ChannelName::parse(&channel, usize::MAX).ok()))
                 .map(|(user, channel)| Self::Command {

@@ -21,7 +21,12 @@ use super::{
     scripts::as_string,
     since_start_ms, unix_ms,
 };
-use crate::{hub::WriteBatch, protocol::Offset, shutdown::TaskGroup, telemetry};
+use crate::{
+    hub::WriteBatch,
+    protocol::{CloseCode, Offset},
+    shutdown::TaskGroup,
+    telemetry,
+};
 
 /// How long one `XREAD` blocks before returning empty.
 const BLOCK: Duration = Duration::from_millis(1000);
@@ -384,6 +389,14 @@ pub(super) fn deliver_entries(
                         code = code.code(),
                         "Disconnect of a user requested through the bus"
                     );
+                }
+                Request::Block { user, until } => {
+                    inner.hub.blocks().block(&user, until);
+                    let closed = inner.hub.disconnect_user(&user, CloseCode::Unauthorized);
+                    tracing::info!(%user, ?until, closed, "User blocked through the bus");
+                }
+                Request::Unblock { user } => {
+                    inner.hub.blocks().unblock(&user);
                 }
                 Request::Own => {}
             }

@@ -40,6 +40,7 @@
 //! node registry and its heartbeat), `health` (outages, stalled readers, readiness),
 //! `presence` (members per channel).
 
+mod blocks;
 mod connection;
 mod entries;
 mod follow;
@@ -250,6 +251,7 @@ impl RedisBus {
             stop.clone(),
         ));
         start_heartbeat(Arc::clone(&inner), node, tasks, stop);
+        tasks.spawn(blocks::keep_blocks(Arc::clone(&inner), stop.clone()));
         tasks.spawn(streams::sweep_idle_streams(
             Arc::clone(&inner),
             stop.clone(),
@@ -411,6 +413,18 @@ impl Bus for RedisBus {
         text: String,
     ) -> BusFuture<'a, Result<(), BusError>> {
         Box::pin(self.append_event(channel, text))
+    }
+
+    fn block<'a>(
+        &'a self,
+        user: &'a str,
+        until: Option<u64>,
+    ) -> BusFuture<'a, Result<usize, BusError>> {
+        Box::pin(self.block_everywhere(user, until))
+    }
+
+    fn unblock<'a>(&'a self, user: &'a str) -> BusFuture<'a, Result<bool, BusError>> {
+        Box::pin(self.unblock_everywhere(user))
     }
 
     fn disconnect_user<'a>(

@@ -393,6 +393,9 @@ impl Session {
         match hooks.call(Hook::Refresh, body).await {
             Ok(Answer::Allowed(result)) => match connect::identity(&result, Some(&user)) {
                 Ok(Some(identity)) if identity.user == user => {
+                    if let Err(err) = self.check_blocked(&identity) {
+                        return self.unauthorized(None, err);
+                    }
                     let exp = identity.exp;
                     self.authenticated(identity);
                     self.send(protocol::encode_authenticated(

@@ -1,0 +1,228 @@
+//! Blocked users (`POST /v1/block`): their connections are closed with 4003 on every node,
+//! and their tokens (or the connect hook's word for them) are refused at connect, `auth` and
+//! `refresh` until the block ends (`until`, Unix seconds) or is lifted. Each node holds the
+//! whole list in memory, so a check costs a map lookup; clustered, the list lives in Redis
+//! and reaches every node through the bus at once and a reload every few seconds (see
+//! `cluster::redis::blocks`). Depends on nothing of the crate.
+
+use std::{sync::Arc, time::SystemTime};
+
+use dashmap::DashMap;
+use serde::Serialize;
+
+/// Users one list holds at most: a runaway script cannot grow a node without bound.
+pub const MAX_BLOCKS: usize = 1_000_000;
+
+/// The latest `until`: the last second of the year 9999, as for tokens' `exp`.
+pub const MAX_UNTIL: u64 = 253_402_300_799;
+
+/// Now, in Unix seconds: the clock `until` is read against (the one tokens' `exp` is).
+#[must_use]
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
+}
+
+/// One block, as `GET /v1/blocks` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Block {
+    pub user: String,
+    /// Unix seconds; `None`: until lifted.
+    pub until: Option<u64>,
+}
+
+/// The blocked users a node knows of.
+#[derive(Debug, Default)]
+pub struct Blocklist {
+    users: DashMap<Arc<str>, Option<u64>>,
+}
+
+/// Why a block was not taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BlockError {
+    #[error("`user` must not be empty")]
+    EmptyUser,
+    #[error("`until` ({0}) is not in the future")]
+    Past(u64),
+    #[error("`until` ({0}) is past the year 9999")]
+    TooFar(u64),
+    #[error("the block list holds {MAX_BLOCKS} users; lift some first")]
+    Full,
+}
+
+impl Blocklist {
+    /// Checks a block before anything is written.
+    ///
+    /// # Errors
+    /// Why the block cannot be taken.
+    pub fn check(&self, user: &str, until: Option<u64>, now: u64) -> Result<(), BlockError> {
+        if user.is_empty() {
+            return Err(BlockError::EmptyUser);
+        }
+        match until {
+            Some(until) if until <= now => return Err(BlockError::Past(until)),
+            Some(until) if until > MAX_UNTIL => return Err(BlockError::TooFar(until)),
+            _ => {}
+        }
+        if self.users.len() >= MAX_BLOCKS && !self.users.contains_key(user) {
+            return Err(BlockError::Full);
+        }
+        Ok(())
+    }
+
+    /// Blocks `user` until `until` (a later block replaces an earlier one).
+    pub fn block(&self, user: &str, until: Option<u64>) {
+        if self.users.len() < MAX_BLOCKS || self.users.contains_key(user) {
+            self.users.insert(Arc::from(user), until);
+        }
+    }
+
+    /// Lifts `user`'s block: whether there was one.
+    pub fn unblock(&self, user: &str) -> bool {
+        self.users.remove(user).is_some()
+    }
+
+    /// `Some(until)` while `user` is blocked at `now` (Unix seconds).
+    #[must_use]
+    pub fn blocked(&self, user: &str, now: u64) -> Option<Option<u64>> {
+        let until = *self.users.get(user)?;
+        until.is_none_or(|until| until > now).then_some(until)
+    }
+
+    /// The blocks in force at `now`, by user, after `cursor`, at most `limit`; and whether
+    /// more follow.
+    #[must_use]
+    pub fn list(&self, now: u64, cursor: Option<&str>, limit: usize) -> (Vec<Block>, bool) {
+        let mut blocks: Vec<Block> = self
+            .users
+            .iter()
+            .filter(|entry| entry.value().is_none_or(|until| until > now))
+            .filter(|entry| cursor.is_none_or(|cursor| &**entry.key() > cursor))
+            .map(|entry| Block {
+                user: entry.key().to_string(),
+                until: *entry.value(),
+            })
+            .collect();
+        blocks.sort_unstable_by(|a, b| a.user.cmp(&b.user));
+        let more = blocks.len() > limit;
+        blocks.truncate(limit);
+        (blocks, more)
+    }
+
+    /// Takes `blocks` as the whole list (a reload from the cluster's copy), dropping what
+    /// ended by `now`: the users it blocks that were not blocked here (whose connections
+    /// the caller closes: the bus entry that would have told this node was missed).
+    pub fn replace_all(&self, blocks: impl IntoIterator<Item = Block>, now: u64) -> Vec<Arc<str>> {
+        let fresh: std::collections::HashMap<Arc<str>, Option<u64>> = blocks
+            .into_iter()
+            .filter(|block| block.until.is_none_or(|until| until > now))
+            .take(MAX_BLOCKS)
+            .map(|block| (Arc::from(block.user), block.until))
+            .collect();
+        self.users.retain(|user, _| fresh.contains_key(user));
+        let mut added = Vec::new();
+        for (user, until) in fresh {
+            if self.users.insert(Arc::clone(&user), until).is_none() {
+                added.push(user);
+            }
+        }
+        added
+    }
+
+    /// Forgets blocks that ended by `now`.
+    pub fn prune(&self, now: u64) {
+        self.users
+            .retain(|_, until| until.is_none_or(|until| until > now));
+    }
+
+    /// Users blocked (ended blocks not yet pruned included).
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.users.len()
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Block, BlockError, Blocklist};
+
+    #[test]
+    fn a_block_holds_until_its_end_or_until_lifted() {
+        let list = Blocklist::default();
+        list.block("42", Some(100));
+        list.block("43", None);
+        assert_eq!(list.blocked("42", 99), Some(Some(100)));
+        assert_eq!(list.blocked("42", 100), None);
+        assert_eq!(list.blocked("43", u64::MAX), Some(None));
+        assert_eq!(list.blocked("44", 0), None);
+        assert!(list.unblock("43"));
+        assert!(!list.unblock("43"));
+        assert_eq!(list.blocked("43", 0), None);
+    }
+
+    #[test]
+    fn checks_refuse_empty_users_and_past_ends() {
+        let list = Blocklist::default();
+        assert_eq!(list.check("", None, 10), Err(BlockError::EmptyUser));
+        assert_eq!(list.check("a", Some(10), 10), Err(BlockError::Past(10)));
+        assert_eq!(list.check("a", Some(11), 10), Ok(()));
+        assert_eq!(list.check("a", None, 10), Ok(()));
+    }
+
+    #[test]
+    fn lists_page_by_user_and_leave_ended_blocks_out() {
+        let list = Blocklist::default();
+        for (user, until) in [
+            ("c", None),
+            ("a", Some(50)),
+            ("b", Some(5)),
+            ("d", Some(60)),
+        ] {
+            list.block(user, until);
+        }
+        let (page, more) = list.list(10, None, 2);
+        let users: Vec<_> = page.iter().map(|block| block.user.as_str()).collect();
+        assert_eq!((users, more), (vec!["a", "c"], true));
+        let (page, more) = list.list(10, Some("c"), 2);
+        assert_eq!(
+            (page, more),
+            (
+                vec![Block {
+                    user: "d".into(),
+                    until: Some(60)
+                }],
+                false
+            )
+        );
+    }
+
+    #[test]
+    fn a_reload_replaces_the_list_whole() {
+        let list = Blocklist::default();
+        list.block("gone", None);
+        list.block("kept", Some(100));
+        let added = list.replace_all(
+            [
+                Block {
+                    user: "kept".into(),
+                    until: Some(200),
+                },
+                Block {
+                    user: "ended".into(),
+                    until: Some(5),
+                },
+            ],
+            10,
+        );
+        assert!(added.is_empty(), "{added:?}");
+        assert_eq!(list.blocked("gone", 10), None);
+        assert_eq!(list.blocked("kept", 150), Some(Some(200)));
+        assert_eq!(list.len(), 1);
+    }
+}
