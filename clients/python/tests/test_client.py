@@ -5,6 +5,7 @@ errors each answer maps to."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import httpx
 import pytest
@@ -13,6 +14,7 @@ from harness import WAIT, Node, watch
 
 from switchboard_client import (
     BadRequestError,
+    Block,
     Broadcasted,
     ConflictError,
     LimitExceededError,
@@ -248,3 +250,18 @@ async def test_disconnect_closes_a_connection_with_the_code_given(node: Node, ch
         assert closed.disconnected_here == 1
         await asyncio.wait_for(watcher.closed.wait(), WAIT)
         assert watcher.close_code == 4321
+
+
+async def test_block_lists_and_lifts_a_user(node: Node):
+    async with Switchboard(node.control_url) as sb:
+        until = int(time.time()) + 600
+        blocked = await sb.block("py-blocked", until=until)
+        assert (blocked.user, blocked.until, blocked.disconnected_here) == ("py-blocked", until, 0)
+        page = await sb.blocks(limit=10)
+        assert Block(user="py-blocked", until=until) in page.blocks
+        await sb.unblock("py-blocked")
+        assert Block(user="py-blocked", until=until) not in (await sb.blocks()).blocks
+        with pytest.raises(NotFoundError):
+            await sb.unblock("py-blocked")
+        with pytest.raises(BadRequestError):
+            await sb.block("py-blocked", until=1)

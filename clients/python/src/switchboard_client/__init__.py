@@ -21,6 +21,9 @@ from ._signature import verify_signature
 from ._stream import ReplyStream
 from ._types import (
     UNSET,
+    Block,
+    Blocked,
+    BlocksPage,
     Broadcasted,
     Disconnected,
     History,
@@ -37,6 +40,9 @@ __all__ = [
     "UNSET",
     "BadRequestError",
     "BatchReply",
+    "Block",
+    "Blocked",
+    "BlocksPage",
     "Broadcasted",
     "ConflictError",
     "Disconnected",

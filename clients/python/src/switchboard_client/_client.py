@@ -38,6 +38,9 @@ from ._retry import MAX_RETRY_AFTER, backoff
 from ._stream import ReplyStream
 from ._types import (
     UNSET,
+    Block,
+    Blocked,
+    BlocksPage,
     Broadcasted,
     Disconnected,
     History,
@@ -330,6 +333,38 @@ class Switchboard:
         if user is not None:
             return Disconnected(disconnected_here=int(answer["disconnected_here"]), user=user)
         return Disconnected(disconnected_here=1 if answer.get("disconnected") else 0)
+
+    async def block(self, user: str, until: int | None = None) -> Blocked:
+        """Blocks ``user`` on every node until ``until`` (Unix seconds, in the future) or
+        until :meth:`unblock`: its connections close with 4003 and its tokens are refused.
+        Safe to repeat: a block replaces the user's earlier one."""
+        body: dict[str, Any] = {"user": user}
+        if until is not None:
+            body["until"] = until
+        answer = await self._call("POST", "/v1/block", body=body, repeatable=True)
+        return Blocked(
+            user=answer["user"],
+            until=answer["until"],
+            disconnected_here=int(answer["disconnected_here"]),
+        )
+
+    async def unblock(self, user: str) -> None:
+        """Lifts ``user``'s block on every node (:class:`NotFoundError` when there is none).
+        Not repeated after an answer was lost: a repeat would say there is none."""
+        await self._call("DELETE", "/v1/block", body={"user": user}, repeatable=False)
+
+    async def blocks(self, cursor: str | None = None, limit: int | None = None) -> BlocksPage:
+        """The blocks in force, by user, ``limit`` (1 to 10,000) at a time."""
+        params: dict[str, Any] = {}
+        if cursor is not None:
+            params["cursor"] = cursor
+        if limit is not None:
+            params["limit"] = limit
+        answer = await self._call("GET", "/v1/blocks", params=params, repeatable=True)
+        return BlocksPage(
+            blocks=[Block(user=b["user"], until=b["until"]) for b in answer["blocks"]],
+            next_cursor=answer["next_cursor"],
+        )
 
     # -- The request loop ------------------------------------------------------------------
 

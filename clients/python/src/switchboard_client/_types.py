@@ -106,6 +106,32 @@ class PresenceStats:
 
 
 @dataclass(frozen=True)
+class Block:
+    """A user blocked on every node until ``until`` (Unix seconds; ``None``: until lifted)."""
+
+    user: str
+    until: int | None = None
+
+
+@dataclass(frozen=True)
+class Blocked:
+    """A block taken: the user's connections this node closed (the other nodes close
+    theirs through the bus)."""
+
+    user: str
+    until: int | None
+    disconnected_here: int
+
+
+@dataclass(frozen=True)
+class BlocksPage:
+    """The blocks in force, by user; ``next_cursor`` fetches the next page."""
+
+    blocks: list[Block]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True)
 class Disconnected:
     """Connections a disconnect closed on the node that answered: 0 or 1 for a ``conn_id``,
     and for a ``user`` those on this node (the other nodes close theirs as they read the
