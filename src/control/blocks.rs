@@ -5,8 +5,11 @@ use hyper::{Request, body::Incoming};
 use serde::Deserialize;
 
 use super::{
-    ControlContext, fields, response,
-    routes::{ApiError, Handled, JSON, json_body, parse_limit, query_pairs},
+    ControlContext,
+    error::{ApiError, Handled},
+    fields,
+    request::{JSON, json_body, parse_limit, query_pairs},
+    response,
 };
 use crate::{
     blocks::{BlockError, unix_now},

@@ -11,8 +11,11 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::{
-    ControlContext, response,
-    routes::{ApiError, Handled, JSON, channel_name, charge_channel, check_payload, query_pairs},
+    ControlContext,
+    error::{ApiError, Handled},
+    publishing::charge_channel,
+    request::{JSON, channel_name, check_payload, query_pairs},
+    response,
     streams::message_id,
 };
 use crate::{

@@ -7,10 +7,15 @@
 
 mod auth;
 mod blocks;
+mod channels;
+mod error;
 mod fields;
 mod ingest;
 pub mod local;
+mod nodes;
 mod openapi;
+mod publishing;
+mod request;
 mod routes;
 mod streams;
 
@@ -124,7 +129,7 @@ pub async fn serve_on_own_thread(
 ) -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
     // The 503s of the publishing routes are what an outage of the bus shows publishers;
     // exported at 0 so that an alert sees the first burst of them.
-    for route in routes::PUBLISHING_ROUTES {
+    for route in publishing::PUBLISHING_ROUTES {
         telemetry::http_requests_registered(route, 503);
     }
     let listener = listener.into_std()?;
@@ -229,7 +234,7 @@ async fn serve(
 }
 
 /// Serves HTTP/1.1 on one accepted (and, with TLS, handshaken) connection. The publishing
-/// routes write a small channel's deliveries after their answer (`routes::publishing`), so a
+/// routes write a small channel's deliveries after their answer (`publishing::publishing`), so a
 /// publisher does not wait for its subscribers' send calls.
 async fn serve_connection<IO>(
     io: IO,

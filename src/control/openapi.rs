@@ -5,7 +5,7 @@
 
 use hyper::Response;
 
-use super::{Body, response, routes::JSON};
+use super::{Body, request::JSON, response};
 
 /// `docs/openapi.json`.
 const DOCUMENT: &str = include_str!("../../docs/openapi.json");

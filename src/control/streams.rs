@@ -1,5 +1,5 @@
 //! The routes that change messages (`POST /v1/append`, `/v1/finish`, `/v1/update`,
-//! `/v1/delete`; `message_id` and `stream` on publishes are `routes`'), see
+//! `/v1/delete`; `message_id` and `stream` on publishes are `publishing`'), see
 //! `docs/streams.md`. Streaming ingest is `ingest`'s.
 
 use hyper::Response;
@@ -7,8 +7,12 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::{
-    Body, ControlContext, fields, response,
-    routes::{ApiError, JSON, channel_name, charge_channel, check_payload},
+    Body, ControlContext,
+    error::ApiError,
+    fields,
+    publishing::charge_channel,
+    request::{JSON, channel_name, check_payload},
+    response,
 };
 use crate::{
     cluster::ApplyError,

@@ -1,0 +1,175 @@
+//! Reading requests: JSON bodies (content type, size, time), queries, channel names and
+//! payload sizes.
+
+use std::time::Duration;
+
+use http_body_util::{BodyExt as _, Limited};
+use hyper::{Request, body::Incoming, header};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::{ControlContext, error::ApiError};
+use crate::protocol::{ChannelName, ErrorCode};
+
+pub(super) const JSON: &str = "application/json";
+/// A body declared larger than `control.max_body_bytes`, up to this many times that, is read
+/// and dropped (within `control.body_timeout`) before the 413 is sent. Closing a connection
+/// with request bytes still unread makes the kernel reset it, and a client still sending
+/// would then see the reset instead of the answer; larger bodies are not worth the bandwidth
+/// and get the answer at once.
+pub(super) const DISCARD_FACTOR: usize = 4;
+
+/// Reads and drops `body` (at most `length` bytes, within `timeout`).
+pub(super) async fn discard_body(mut body: Incoming, length: usize, timeout: Duration) {
+    let _ = tokio::time::timeout(timeout, async {
+        let mut seen = 0;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, bytes::Bytes::len);
+            if seen >= length {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// Reads a JSON body: checks the content type and the size limit, then parses it.
+pub(super) async fn json_body<T: for<'de> Deserialize<'de>>(
+    request: Request<Incoming>,
+    ctx: &ControlContext,
+) -> Result<T, ApiError> {
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("");
+    let media_type = content_type.split(';').next().unwrap_or("").trim();
+    // What `curl -d` and `requests.post(data=...)` send with a JSON string: taken when the
+    // body is JSON. Any other declared type is a mistake worth saying.
+    let undeclared = media_type.is_empty()
+        || media_type.eq_ignore_ascii_case("application/x-www-form-urlencoded");
+    if !media_type.eq_ignore_ascii_case(JSON) && !undeclared {
+        return Err(ApiError::new(
+            415,
+            ErrorCode::BadRequest,
+            format!("Content-Type must be application/json (got {media_type:.64})"),
+        ));
+    }
+    let too_large = || {
+        ApiError::new(
+            413,
+            ErrorCode::LimitExceeded,
+            format!(
+                "request body is larger than {} bytes",
+                ctx.settings.max_body_bytes
+            ),
+        )
+    };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<usize>().ok());
+    if let Some(length) = declared.filter(|length| *length > ctx.settings.max_body_bytes) {
+        if length <= ctx.settings.max_body_bytes.saturating_mul(DISCARD_FACTOR) {
+            discard_body(request.into_body(), length, ctx.settings.body_timeout).await;
+        }
+        return Err(too_large());
+    }
+    let read = Limited::new(request.into_body(), ctx.settings.max_body_bytes).collect();
+    let Ok(body) = tokio::time::timeout(ctx.settings.body_timeout, read).await else {
+        return Err(ApiError::body_timeout(ctx.settings.body_timeout));
+    };
+    let body = body
+        .map_err(|err| {
+            if err.is::<http_body_util::LengthLimitError>() {
+                too_large()
+            } else {
+                ApiError::new(
+                    400,
+                    ErrorCode::BadRequest,
+                    "could not read the request body",
+                )
+            }
+        })?
+        .to_bytes();
+    serde_json::from_slice(&body).map_err(|err| {
+        if err.is_data() {
+            ApiError::new(422, ErrorCode::BadRequest, err.to_string())
+        } else if undeclared {
+            ApiError::new(
+                400,
+                ErrorCode::BadRequest,
+                format!(
+                    "body is not valid JSON: {err} (send JSON with Content-Type: \
+                     application/json; a form-encoded body is not taken)"
+                ),
+            )
+        } else {
+            ApiError::new(
+                400,
+                ErrorCode::BadRequest,
+                format!("body is not valid JSON: {err}"),
+            )
+        }
+    })
+}
+
+pub(super) fn channel_name(name: &str, ctx: &ControlContext) -> Result<ChannelName, ApiError> {
+    ChannelName::parse(name, ctx.settings.max_channel_name_bytes).map_err(|err| {
+        ApiError::new(
+            422,
+            ErrorCode::BadRequest,
+            format!("channel `{name}`: {err}"),
+        )
+    })
+}
+
+pub(super) fn check_payload(data: &RawValue, ctx: &ControlContext) -> Result<(), ApiError> {
+    if data.get().len() > ctx.settings.max_publish_payload_bytes {
+        return Err(ApiError::new(
+            413,
+            ErrorCode::LimitExceeded,
+            format!(
+                "`data` is larger than {} bytes",
+                ctx.settings.max_publish_payload_bytes
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A query's `key=value` pairs, decoded; `allowed` names the keys the route takes.
+pub(super) fn query_pairs(
+    query: &str,
+    allowed: &[&str],
+) -> Result<Vec<(String, String)>, ApiError> {
+    form_urlencoded::parse(query.as_bytes())
+        .map(|(key, value)| {
+            if allowed.contains(&key.as_ref()) {
+                Ok((key.into_owned(), value.into_owned()))
+            } else {
+                Err(ApiError::new(
+                    400,
+                    ErrorCode::BadRequest,
+                    format!("unknown query parameter `{key:.64}`"),
+                ))
+            }
+        })
+        .collect()
+}
+
+/// A `limit` parameter from 1 to `max`.
+pub(super) fn parse_limit(value: &str, max: usize) -> Result<usize, ApiError> {
+    value
+        .parse::<usize>()
+        .ok()
+        .filter(|limit| (1..=max).contains(limit))
+        .ok_or_else(|| {
+            ApiError::new(
+                400,
+                ErrorCode::BadRequest,
+                format!("`limit` must be an integer from 1 to {max}"),
+            )
+        })
+}
