@@ -1,9 +1,87 @@
 //! `[[namespaces]]` checks: each pattern's grammar and the rules it can hold, and the order
 //! of the entries (the first matching entry governs a channel, so an entry an earlier one
 //! covers entirely is never used: the natural mistake is a `*` catch-all above specific
-//! rules).
+//! rules). The `[[namespaces]]` schema and the shipped default are here too.
 
-use super::{HooksConfig, NamespaceConfig, Rule};
+use serde::{Deserialize, Serialize};
+
+use super::HooksConfig;
+
+/// Who may do something with a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Rule {
+    /// Anyone, with or without a token.
+    Anonymous,
+    /// Any connection with a valid token.
+    Authenticated,
+    /// The connection whose token's whole `sub`, in place of the pattern's `{sub}`, gives
+    /// the channel.
+    Owner,
+    /// A connection whose token's `channels` (`publish` for publishing) has a matching pattern.
+    Claim,
+    /// Nobody (backends still can, through the control API).
+    None,
+    /// The application backend decides, per request (`hooks.subscribe_url` for subscribe,
+    /// history and presence, `hooks.publish_url` for publish; see `docs/backend.md`).
+    Hook,
+}
+
+/// One `[[namespaces]]` entry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamespaceConfig {
+    /// `*`, a prefix ending in `*` (`room:*`), an exact name, or a name with `{sub}` for the
+    /// token's user (`user:{sub}`, `user:{sub}:*`).
+    pub pattern: String,
+    pub subscribe: Rule,
+    pub publish: Rule,
+    /// Reading history: a subscribe with `since`, or a `history` frame.
+    pub history: Rule,
+    /// Reading who is subscribed: the `presence` and `presence_stats` frames. Subscribers of
+    /// a namespace with `presence` other than `none`, or with `join_leave`, are tracked as
+    /// members (connection, user, the token's `info`). Default `none`: not tracked.
+    #[serde(default = "no_one")]
+    pub presence: Rule,
+    /// Send subscribers `join` and `leave` frames as members come and go (coalesced during a
+    /// burst, see `[presence]`). Default false.
+    #[serde(default)]
+    pub join_leave: bool,
+    /// Which messages a client may change (`append`, `finish`, `update`, `delete`) where
+    /// `publish` lets it: `own` (those its user created; an anonymous client, those its
+    /// connection created), `any`, or `none`. Backends may change any. Default `own`.
+    #[serde(default)]
+    pub edit: EditRule,
+}
+
+/// Which messages a client may change: a namespace's `edit`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EditRule {
+    /// Those it created (its user's; an anonymous connection's own).
+    #[default]
+    Own,
+    /// Any message of the channel.
+    Any,
+    /// None.
+    None,
+}
+
+pub(super) const fn no_one() -> Rule {
+    Rule::None
+}
+
+pub(super) fn default_namespaces() -> Vec<NamespaceConfig> {
+    vec![NamespaceConfig {
+        pattern: "*".to_owned(),
+        subscribe: Rule::Anonymous,
+        publish: Rule::None,
+        history: Rule::Anonymous,
+        presence: Rule::None,
+        join_leave: false,
+        edit: EditRule::Own,
+    }]
+}
 
 /// A namespace's pattern: `*`, or a name with at most one `{sub}` and a `*` only at the end;
 /// `owner` rules need `{sub}`.
