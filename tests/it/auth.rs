@@ -26,12 +26,21 @@ pub(crate) fn hs256(sub: &str, exp: u64) -> String {
     .unwrap()
 }
 
-fn with_hmac(config: &mut Config) {
+pub(crate) fn with_hmac(config: &mut Config) {
     config.auth.keys = vec![AuthKeyConfig {
         algorithm: "HS256".to_owned(),
         secret: SECRET.to_owned(),
         ..AuthKeyConfig::default()
     }];
+}
+
+/// A node clustered through `redis` that verifies tokens signed with [`SECRET`].
+pub(crate) async fn hmac_node(redis: &crate::redis_server::RedisServer) -> TestServer {
+    TestServer::builder()
+        .redis(&redis.url())
+        .configure(with_hmac)
+        .start()
+        .await
 }
 
 pub(crate) async fn server(change: impl FnOnce(&mut Config)) -> TestServer {
@@ -511,13 +520,7 @@ async fn disconnect_by_user_closes_every_connection_of_that_user() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disconnect_by_user_reaches_every_node_of_a_cluster() {
     let redis = crate::redis_server::RedisServer::start(false);
-    let node = || {
-        TestServer::builder()
-            .redis(&redis.url())
-            .configure(with_hmac)
-            .start()
-    };
-    let (a, b) = (node().await, node().await);
+    let (a, b) = (hmac_node(&redis).await, hmac_node(&redis).await);
     let token = hs256("carol", now() + 600);
     let mut on_a = TestClient::connect(&format!("{}?token={token}", a.ws_url())).await;
     let mut on_b = TestClient::connect(&format!("{}?token={token}", b.ws_url())).await;

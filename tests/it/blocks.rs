@@ -6,25 +6,14 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use switchboard::{
-    auth::unix_now as now,
-    config::{AuthKeyConfig, Config},
-};
+use switchboard::auth::unix_now as now;
 use tokio::time::Instant;
 
 use crate::{
-    auth::{SECRET, hs256},
+    auth::{hmac_node, hs256, with_hmac},
     harness::{Closed, TestClient, TestServer},
     redis_server::RedisServer,
 };
-
-fn with_hmac(config: &mut Config) {
-    config.auth.keys = vec![AuthKeyConfig {
-        algorithm: "HS256".to_owned(),
-        secret: SECRET.to_owned(),
-        ..AuthKeyConfig::default()
-    }];
-}
 
 async fn connect_as(server: &TestServer, user: &str) -> TestClient {
     let url = format!("{}?token={}", server.ws_url(), hs256(user, now() + 600));
@@ -152,13 +141,7 @@ async fn a_block_ends_at_its_until_and_bad_blocks_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_block_holds_on_every_node_and_on_a_node_that_starts_later() {
     let redis = RedisServer::start(false);
-    let node = || {
-        TestServer::builder()
-            .redis(&redis.url())
-            .configure(with_hmac)
-            .start()
-    };
-    let (a, b) = (node().await, node().await);
+    let (a, b) = (hmac_node(&redis).await, hmac_node(&redis).await);
     let mut on_a = connect_as(&a, "mallory").await;
     let mut on_b = connect_as(&b, "mallory").await;
     let mut bystander = connect_as(&b, "alice").await;
@@ -176,7 +159,7 @@ async fn a_block_holds_on_every_node_and_on_a_node_that_starts_later() {
     assert_eq!(bystander.recv_type("pong").await["id"], 1);
 
     // A node that was not there reads the list from Redis.
-    let c = node().await;
+    let c = hmac_node(&redis).await;
     crate::assert_eventually!(
         {
             let mut client = connect_as(&c, "mallory").await;

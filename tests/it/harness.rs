@@ -191,21 +191,18 @@ impl TestServer {
 
     /// POST JSON to the control API; returns status and JSON body.
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        let response = self
-            .http
-            .post(self.control_url(path))
-            .json(&body)
-            .send()
-            .await
-            .expect("control API answers");
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
+        self.send_json(reqwest::Method::POST, path, body).await
     }
 
+    /// DELETE with a JSON body; returns status and JSON body.
     pub async fn delete(&self, path: &str, body: Value) -> (u16, Value) {
+        self.send_json(reqwest::Method::DELETE, path, body).await
+    }
+
+    async fn send_json(&self, method: reqwest::Method, path: &str, body: Value) -> (u16, Value) {
         let response = self
             .http
-            .delete(self.control_url(path))
+            .request(method, self.control_url(path))
             .json(&body)
             .send()
             .await

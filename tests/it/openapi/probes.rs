@@ -145,14 +145,7 @@ pub(super) async fn send_valid(
     control: std::net::SocketAddr,
     id: &str,
 ) -> Answer {
-    let body = valid_request(id).1.unwrap_or("");
-    raw(
-        control,
-        &head(operations, id, body.len()),
-        body.as_bytes(),
-        false,
-    )
-    .await
+    send(operations, control, id, valid_request(id).1.unwrap_or("")).await
 }
 
 /// `id`'s request with this body, with the key.
