@@ -7,8 +7,16 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+mod listeners;
+mod memory_watch;
+mod periodic;
+
+use self::{
+    listeners::{accept_loop, bind_listener, raise_file_limit},
+    memory_watch::{memory_threshold, watch_memory},
+    periodic::{keep_jwks, spawn_periodic},
+};
 use crate::{
-    accept::AcceptFailures,
     cluster::{Bus, LocalBus, NodeInfo, OccupancyStore, PresenceStore, RedisBus, RedisSettings},
     config::Config,
     control::{self, ControlContext, ControlSettings},
@@ -18,7 +26,7 @@ use crate::{
     occupancy::{Occupancy, OccupancyWatch},
     presence::{MemberWatch, Presence, PresenceSettings},
     protocol::CloseCode,
-    session::{self, SessionContext, SessionSettings},
+    session::{SessionContext, SessionSettings},
     shutdown::{Latch, Readiness, TaskGroup},
     telemetry,
     throttle::{KeyedLimiter, Quota},
@@ -373,75 +381,6 @@ fn start_auth(
     Ok(authenticator)
 }
 
-/// The periodic tasks: keepalive pings and idle closes, held appends of message streams, the
-/// sweep of idle streams, expired history, idle channels and full rate-limit buckets, and
-/// the metrics recorder's upkeep.
-fn spawn_periodic(
-    config: &Config,
-    hub: &HubHandle,
-    (sessions, control): (&Arc<SessionContext>, &Arc<ControlContext>),
-    tasks: &TaskGroup,
-    stop: &CancellationToken,
-) {
-    let (heartbeat, idle_timeout) = (config.session.heartbeat, config.session.idle_timeout);
-    tasks.spawn(every(keepalive_tick(heartbeat), stop.clone(), {
-        let hub = Arc::clone(hub);
-        move || {
-            hub.keepalive(heartbeat, idle_timeout);
-        }
-    }));
-    // Held appends of message streams, sent as their coalescing interval ends.
-    tasks.spawn(Arc::clone(hub).run_coalescer(stop.clone()));
-    tasks.spawn(every(SWEEP_INTERVAL, stop.clone(), {
-        let (hub, sessions, control) = (Arc::clone(hub), Arc::clone(sessions), Arc::clone(control));
-        let sampling = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        move || {
-            hub.sweep();
-            // What /metrics reports of every connection (queues, buffers, descriptors),
-            // gathered here so that a scrape's cost does not grow with the connections: a
-            // pass over every connection and every descriptor, so on a thread of its own (not
-            // a sessions' worker, and not named like one), one at a time.
-            if !sampling.swap(true, std::sync::atomic::Ordering::AcqRel) {
-                let (hub, flag) = (Arc::clone(&hub), Arc::clone(&sampling));
-                let spawned = std::thread::Builder::new()
-                    .name("switchboard-sample".to_owned())
-                    .spawn(move || {
-                        hub.sample_queues();
-                        telemetry::collect_process();
-                        let meter = memory::meter();
-                        if let Some(used) = meter.used() {
-                            telemetry::memory_used(meter.source.label(), used);
-                        }
-                        flag.store(false, std::sync::atomic::Ordering::Release);
-                    });
-                if let Err(err) = spawned {
-                    sampling.store(false, std::sync::atomic::Ordering::Release);
-                    tracing::warn!(error = %err, "Could not start the metrics sampling thread");
-                }
-            }
-            // Full buckets behave like absent ones; forgetting them bounds the maps by the
-            // keys active within the last burst's refill time.
-            let now = hub.clock_ns();
-            if let Some(limiter) = &sessions.connect_limiter {
-                limiter.forget_full(now);
-            }
-            if let Some(limiter) = &control.settings.key_limiter {
-                limiter.forget_full(now);
-            }
-            for limiter in [&sessions.channel_budget, &control.channel_budget]
-                .into_iter()
-                .flatten()
-            {
-                limiter.forget_full(now);
-            }
-        }
-    }));
-    let metrics = control.metrics.clone();
-    tasks.spawn(every(METRICS_UPKEEP_INTERVAL, stop.clone(), move || {
-        metrics.run_upkeep();
-    }));
-}
-
 /// Runs the node until a drain is done, then stops it. `signal` (SIGTERM or SIGINT) starts
 /// a drain; a second SIGTERM or SIGINT stops at once; `POST /v1/drain` starts one too.
 ///
@@ -553,251 +492,5 @@ impl Running {
         self.outbox_stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(5), self.outbox.wait()).await;
         tracing::info!("Switchboard stopped");
-    }
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    ctx: Arc<session::SessionContext>,
-    tls: Option<Arc<crate::tls::Tls>>,
-    readiness: Readiness,
-    stop: CancellationToken,
-    sessions: TaskGroup,
-) {
-    let mut failing = AcceptFailures::new("ws", Some(readiness));
-    loop {
-        let accepted = tokio::select! {
-            biased;
-            () = stop.cancelled() => break,
-            () = failing.recovered() => continue,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            // The accept loop only spawns: the upgrade and all per-connection work (including
-            // cleanup after a disconnect) happen in the session's own task.
-            Ok((stream, _peer)) => match &tls {
-                Some(tls) => {
-                    sessions.spawn(session::serve_tls(stream, tls.config(), Arc::clone(&ctx)));
-                }
-                None => {
-                    sessions.spawn(session::serve_tcp(stream, Arc::clone(&ctx)));
-                }
-            },
-            Err(err) => {
-                if failing.failed(&err) {
-                    refuse_one(&listener, &mut failing);
-                }
-                // Back off so the loop does not spin while the process is out of something.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
-/// Out of descriptors: accepts one waiting connection on the reserve descriptor, answers it
-/// 503 and closes it, so that the client does not wait in the backlog.
-fn refuse_one(listener: &TcpListener, failing: &mut AcceptFailures) {
-    failing.release_reserve();
-    let accepted = futures_util::FutureExt::now_or_never(listener.accept());
-    if let Some(Ok((stream, _))) = accepted {
-        let body = "the server is out of file descriptors; try another node or later\n";
-        let response = format!(
-            "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\nContent-Type: \
-             text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        let _ = stream.try_write(response.as_bytes());
-        telemetry::connection_rejected("out_of_files");
-    }
-    failing.restore_reserve();
-}
-
-/// An open-file limit that holds this many descriptors serves thousands of connections: below
-/// `limits.max_connections` it is said at info, not warned about.
-const ROOMY_FILE_LIMIT: u64 = 16_384;
-
-/// Raises the soft limit on open files to the hard limit (what `ulimit -n` allows without
-/// privileges), and warns when it is still below what `limits.max_connections` needs and
-/// small (under `ROOMY_FILE_LIMIT`).
-fn raise_file_limit(max_connections: usize) {
-    match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(limit) => {
-            // Listeners, Redis, the control API's connections, logs: a margin of 1,024.
-            let needed = u64::try_from(max_connections)
-                .unwrap_or(u64::MAX)
-                .saturating_add(1024);
-            if limit < needed && limit < ROOMY_FILE_LIMIT {
-                tracing::warn!(
-                    open_files_limit = limit,
-                    max_connections,
-                    "The open-file limit is below limits.max_connections + 1024: connections \
-                     beyond it will be refused (raise LimitNOFILE / ulimit -n, see \
-                     docs/operations.md)"
-                );
-            } else if limit < needed {
-                // Room for thousands of connections (a developer's machine, a small node):
-                // said, not warned about, as the first run of the shipped configuration
-                // (limits.max_connections = 1,000,000) would otherwise greet everyone.
-                tracing::info!(
-                    open_files_limit = limit,
-                    max_connections,
-                    "Connections are capped by the open-file limit, below \
-                     limits.max_connections + 1024 (raise LimitNOFILE / ulimit -n for more, \
-                     see docs/operations.md)"
-                );
-            } else {
-                tracing::debug!(open_files_limit = limit, "Open-file limit");
-            }
-        }
-        Err(err) => tracing::warn!(error = %err, "Cannot read or raise the open-file limit"),
-    }
-}
-
-/// How often the memory is read for memory-pressure admission.
-const MEMORY_WATCH_INTERVAL: Duration = Duration::from_secs(1);
-
-/// The memory-pressure threshold: the configured one, or 90% of the memory limit of the
-/// cgroup the meter found when configured 0; `None` when off.
-fn memory_threshold(configured: u64, meter: &memory::Meter) -> Option<u64> {
-    if configured > 0 {
-        return Some(configured);
-    }
-    Some(meter.limit? / 10 * 9)
-}
-
-/// Refuses new upgrades while the memory in use (`memory::meter`: the cgroup's working set
-/// where it has a limit, else the resident set) is at or above `threshold`, and accepts
-/// again below 95% of it, so that the node does not flap at the edge. Memory the allocator
-/// keeps after frees is given back before it counts (`memory::give_back`), so pressure ends
-/// when the spike that caused it ends. Holds a readiness latch and sets
-/// `ws_memory_pressure` meanwhile, and `ws_memory_used_bytes` every tick.
-async fn watch_memory(
-    hub: HubHandle,
-    readiness: Readiness,
-    threshold: u64,
-    stop: CancellationToken,
-) {
-    let mut latch: Option<Latch> = None;
-    // When the last trim ran, and how long it took.
-    let mut last_trim = None;
-    let mut interval = tokio::time::interval(MEMORY_WATCH_INTERVAL);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => break,
-            _ = interval.tick() => {}
-        }
-        let meter = memory::meter();
-        let Some(mut used) = meter.used() else {
-            continue;
-        };
-        let limit = if latch.is_some() {
-            threshold / 100 * 95
-        } else {
-            threshold
-        };
-        // Memory in use includes what the allocator keeps after frees: counted as
-        // pressure, a spike that ended would refuse upgrades for the process's life. A trim
-        // walks the heap under the allocator's locks, so while pressure lasts it runs at
-        // most 1% of the time (each tick on a small heap, every 10 s if one takes 100 ms).
-        let trim_due = last_trim
-            .is_none_or(|(at, took): (tokio::time::Instant, Duration)| at.elapsed() >= took * 100);
-        if used >= limit && trim_due {
-            let started = tokio::time::Instant::now();
-            let returned = memory::give_back();
-            last_trim = Some((started, started.elapsed()));
-            let before = used;
-            used = meter.used().unwrap_or(used);
-            tracing::debug!(
-                before_bytes = before,
-                after_bytes = used,
-                returned,
-                took_ms = started.elapsed().as_millis(),
-                "Gave freed memory back to the system"
-            );
-        }
-        let pressure = used >= limit;
-        if pressure != latch.is_some() {
-            if pressure {
-                tracing::warn!(
-                    used_bytes = used,
-                    threshold_bytes = threshold,
-                    "Memory pressure: refusing new connections"
-                );
-                latch = Some(readiness.hold("memory_pressure"));
-            } else {
-                tracing::info!(used_bytes = used, "Memory pressure over");
-                latch = None;
-            }
-        }
-        hub.set_memory_pressure(pressure);
-        telemetry::memory_watched(pressure);
-        telemetry::memory_used(meter.source.label(), used);
-    }
-}
-
-/// Pending connections the kernel queues for the WebSocket listener (capped by
-/// `net.core.somaxconn`). tokio's default of 1024 overflows under connect bursts, and an
-/// overflow costs the client a 1 s SYN retransmit.
-const WS_BACKLOG: u32 = 8192;
-
-fn bind_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    // Restarting a node must not wait for the old sockets' TIME_WAIT.
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(WS_BACKLOG)
-}
-
-/// How often the keepalive sweep runs: a fifth of the heartbeat, between 10 ms and 1 s. Pings
-/// and idle closes happen up to one tick late; a pass costs a few atomic loads per connection
-/// (about 10 ms for a million).
-fn keepalive_tick(heartbeat: Duration) -> Duration {
-    (heartbeat / 5).clamp(Duration::from_millis(10), Duration::from_secs(1))
-}
-
-/// Fetches the JWKS at start and every `refresh`; while no key is held, retries every
-/// `retry` (or `refresh`, if shorter) and holds `unloaded` (a readiness latch) if given.
-async fn keep_jwks(
-    jwks: Arc<crate::auth::Jwks>,
-    refresh: Duration,
-    retry: Duration,
-    mut unloaded: Option<Latch>,
-    stop: CancellationToken,
-) {
-    loop {
-        let held = tokio::select! {
-            () = stop.cancelled() => return,
-            held = jwks.refresh() => held,
-        };
-        if held > 0 {
-            // Loaded: ready as far as tokens go.
-            drop(unloaded.take());
-        }
-        let wait = if held > 0 {
-            refresh
-        } else {
-            retry.min(refresh)
-        };
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(wait) => {}
-        }
-    }
-}
-
-/// Calls `tick` every `period` until `stop` is cancelled.
-async fn every(period: Duration, stop: CancellationToken, mut tick: impl FnMut() + Send) {
-    let mut interval = tokio::time::interval(period);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => break,
-            _ = interval.tick() => tick(),
-        }
     }
 }
