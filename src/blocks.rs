@@ -66,7 +66,12 @@ impl Blocklist {
             _ => {}
         }
         if self.users.len() >= MAX_BLOCKS && !self.users.contains_key(user) {
-            return Err(BlockError::Full);
+            // Ended blocks are forgotten by a cluster's reload; on one node they stay until
+            // here, so that a full list of blocks that have all ended does not refuse.
+            self.prune(now);
+            if self.users.len() >= MAX_BLOCKS {
+                return Err(BlockError::Full);
+            }
         }
         Ok(())
     }
@@ -94,19 +99,27 @@ impl Blocklist {
     /// more follow.
     #[must_use]
     pub fn list(&self, now: u64, cursor: Option<&str>, limit: usize) -> (Vec<Block>, bool) {
-        let mut blocks: Vec<Block> = self
+        let mut after: Vec<(Arc<str>, Option<u64>)> = self
             .users
             .iter()
             .filter(|entry| entry.value().is_none_or(|until| until > now))
             .filter(|entry| cursor.is_none_or(|cursor| &**entry.key() > cursor))
-            .map(|entry| Block {
-                user: entry.key().to_string(),
-                until: *entry.value(),
+            .map(|entry| (Arc::clone(entry.key()), *entry.value()))
+            .collect();
+        let more = after.len() > limit;
+        if more {
+            // The page's users, without sorting all the others: linear per page.
+            after.select_nth_unstable_by(limit, |a, b| a.0.cmp(&b.0));
+            after.truncate(limit);
+        }
+        after.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let blocks = after
+            .into_iter()
+            .map(|(user, until)| Block {
+                user: user.to_string(),
+                until,
             })
             .collect();
-        blocks.sort_unstable_by(|a, b| a.user.cmp(&b.user));
-        let more = blocks.len() > limit;
-        blocks.truncate(limit);
         (blocks, more)
     }
 
@@ -131,20 +144,9 @@ impl Blocklist {
     }
 
     /// Forgets blocks that ended by `now`.
-    pub fn prune(&self, now: u64) {
+    fn prune(&self, now: u64) {
         self.users
             .retain(|_, until| until.is_none_or(|until| until > now));
-    }
-
-    /// Users blocked (ended blocks not yet pruned included).
-    #[must_use]
-    pub fn len(&self) -> usize {
-        self.users.len()
-    }
-
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.users.is_empty()
     }
 }
 
@@ -173,6 +175,17 @@ mod tests {
         assert_eq!(list.check("a", Some(10), 10), Err(BlockError::Past(10)));
         assert_eq!(list.check("a", Some(11), 10), Ok(()));
         assert_eq!(list.check("a", None, 10), Ok(()));
+    }
+
+    #[test]
+    fn a_full_list_of_ended_blocks_takes_a_new_one() {
+        let list = Blocklist::default();
+        for index in 0..super::MAX_BLOCKS {
+            list.block(&index.to_string(), Some(5));
+        }
+        assert_eq!(list.check("late", None, 4), Err(BlockError::Full));
+        assert_eq!(list.check("late", None, 10), Ok(()));
+        assert_eq!(list.users.len(), 0);
     }
 
     #[test]
@@ -223,6 +236,6 @@ mod tests {
         assert!(added.is_empty(), "{added:?}");
         assert_eq!(list.blocked("gone", 10), None);
         assert_eq!(list.blocked("kept", 150), Some(Some(200)));
-        assert_eq!(list.len(), 1);
+        assert_eq!(list.users.len(), 1);
     }
 }
