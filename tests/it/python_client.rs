@@ -4,7 +4,7 @@
 use std::{path::PathBuf, process::Command};
 
 /// The venv `tests/run.sh` makes: `$SWITCHBOARD_VENV`, or `~/.cache/switchboard-venv`.
-fn venv() -> PathBuf {
+pub(crate) fn venv() -> PathBuf {
     match std::env::var_os("SWITCHBOARD_VENV") {
         Some(venv) => PathBuf::from(venv),
         None => PathBuf::from(std::env::var_os("HOME").expect("HOME is set"))

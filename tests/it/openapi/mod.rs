@@ -120,11 +120,7 @@ impl Seen {
 
 /// A command of the venv `tests/run.sh` makes (schemathesis, openapi-spec-validator).
 fn venv_tool(name: &str) -> PathBuf {
-    let venv = std::env::var_os("SWITCHBOARD_VENV").map_or_else(
-        || PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/switchboard-venv"),
-        PathBuf::from,
-    );
-    let binary = venv.join("bin").join(name);
+    let binary = crate::python_client::venv().join("bin").join(name);
     assert!(
         binary.exists(),
         "{} not found: run tests/run.sh, which installs tests/openapi/requirements.txt in \
