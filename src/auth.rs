@@ -54,6 +54,11 @@ pub struct Identity {
     /// `subs`: channels the server subscribes the connection to on its own, once the token
     /// is accepted (each still checked against its namespace).
     pub subs: Vec<String>,
+    /// `jti`: the token's identifier, by which it can be revoked (`POST /v1/revoke`).
+    pub jti: Option<Box<str>>,
+    /// `iat`: when the token was issued (Unix seconds), for revoking a user's older tokens;
+    /// a hook's identity is issued when the hook answers.
+    pub iat: Option<u64>,
 }
 
 /// Why the `[auth]` configuration cannot be used.
@@ -76,6 +81,8 @@ pub struct Authenticator {
     /// Keys from `auth.jwks_url`, tried after `keys`.
     jwks: Option<Arc<Jwks>>,
     leeway: Duration,
+    /// `auth.max_token_ttl`: tokens whose `exp` lies further ahead are refused.
+    max_ttl: Duration,
     issuer: Option<String>,
     audience: Option<String>,
 }
@@ -103,6 +110,11 @@ struct Claims {
     info: Option<Box<RawValue>>,
     #[serde(default)]
     subs: Vec<String>,
+    #[serde(default)]
+    jti: Option<String>,
+    /// A NumericDate may have a fraction (RFC 7519): taken, rounded down.
+    #[serde(default)]
+    iat: Option<f64>,
 }
 
 /// The algorithm named in configuration, as `jsonwebtoken` spells it.
@@ -180,6 +192,7 @@ impl Authenticator {
             keys,
             jwks,
             leeway: config.leeway,
+            max_ttl: config.max_token_ttl,
             issuer: (!config.issuer.is_empty()).then(|| config.issuer.clone()),
             audience: (!config.audience.is_empty()).then(|| config.audience.clone()),
         }))
@@ -259,6 +272,19 @@ impl Authenticator {
                     if claims.exp > MAX_EXP {
                         return Err(AuthError::Claims(ClaimsError::EndlessExpiry));
                     }
+                    if claims.exp > unix_now().saturating_add(self.max_ttl.as_secs()) {
+                        return Err(AuthError::Claims(ClaimsError::TooLong {
+                            exp: claims.exp,
+                            max_ttl: self.max_ttl.as_secs(),
+                        }));
+                    }
+                    if claims
+                        .jti
+                        .as_ref()
+                        .is_some_and(|jti| jti.len() > MAX_JTI_BYTES)
+                    {
+                        return Err(AuthError::Claims(ClaimsError::LongJti));
+                    }
                     return Ok(Identity {
                         user: Arc::from(claims.sub),
                         exp: claims.exp,
@@ -266,6 +292,10 @@ impl Authenticator {
                         publish: claims.publish,
                         info: claims.info,
                         subs: claims.subs,
+                        jti: claims.jti.map(String::into_boxed_str),
+                        // Saturating: a negative or huge `iat` reads as 0 or the largest.
+                        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                        iat: claims.iat.map(|iat| iat.floor() as u64),
                     });
                 }
                 Err(err) => {
@@ -297,6 +327,9 @@ impl Authenticator {
         validation
     }
 }
+
+/// The longest `jti` accepted (also the longest `POST /v1/revoke` takes).
+pub const MAX_JTI_BYTES: usize = 256;
 
 /// The latest `exp` accepted: 9999-12-31T23:59:59Z, in Unix seconds.
 pub const MAX_EXP: u64 = 253_402_300_799;

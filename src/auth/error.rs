@@ -29,6 +29,9 @@ pub enum AuthError {
     /// The user is blocked (`POST /v1/block`) until `until` (Unix seconds; `None`: until
     /// the block is lifted): an operator's decision, not the token's fault.
     Blocked { until: Option<u64> },
+    /// The token is revoked (`POST /v1/revoke`): by its `jti` (`issued_before: None`), or
+    /// as one of its user's tokens issued before `issued_before`.
+    Revoked { issued_before: Option<u64> },
 }
 
 /// Which claim a token was refused for.
@@ -45,6 +48,10 @@ pub enum ClaimsError {
     EmptySubject,
     /// `exp` is past the year 9999.
     EndlessExpiry,
+    /// `exp` is further ahead than `auth.max_token_ttl` (`max_ttl`, seconds) allows.
+    TooLong { exp: u64, max_ttl: u64 },
+    /// `jti` is longer than 256 bytes.
+    LongJti,
 }
 
 /// What a refused token's message may quote of its own claims, at most.
@@ -63,6 +70,7 @@ impl AuthError {
             AuthError::NotYetValid { .. } => "not_yet_valid",
             AuthError::Claims(_) => "claims",
             AuthError::Blocked { .. } => "blocked",
+            AuthError::Revoked { .. } => "revoked",
         }
     }
 
@@ -182,6 +190,15 @@ impl fmt::Display for AuthError {
                 until.saturating_sub(unix_now())
             ),
             AuthError::Blocked { until: None } => f.write_str("the user is blocked"),
+            AuthError::Revoked {
+                issued_before: None,
+            } => f.write_str("the token is revoked"),
+            AuthError::Revoked {
+                issued_before: Some(before),
+            } => write!(
+                f,
+                "the user's tokens issued before {before} (Unix seconds) are revoked: get a new one"
+            ),
         }
     }
 }
@@ -204,6 +221,12 @@ impl fmt::Display for ClaimsError {
             ClaimsError::Audience(None) => f.write_str("the token has no `aud` claim"),
             ClaimsError::EmptySubject => f.write_str("the token's `sub` is empty"),
             ClaimsError::EndlessExpiry => f.write_str("the token's `exp` is past the year 9999"),
+            ClaimsError::TooLong { exp, max_ttl } => write!(
+                f,
+                "the token's `exp` ({exp}) is more than {max_ttl} s ahead (auth.max_token_ttl): \
+                 issue shorter-lived tokens"
+            ),
+            ClaimsError::LongJti => f.write_str("the token's `jti` is longer than 256 bytes"),
         }
     }
 }

@@ -35,8 +35,8 @@ pub struct TokenRequest {
 pub enum MintError {
     #[error("`sub` must not be empty")]
     EmptySubject,
-    #[error("the TTL must be between 1 s and the year 9999")]
-    BadTtl,
+    #[error("the TTL must be between 1 s and auth.max_token_ttl ({0} s)")]
+    BadTtl(u64),
     #[error(
         "auth.keys has no HMAC key (HS256, HS384, HS512) to sign with{0}: tokens for public \
          keys are signed by their private key, which the server never holds"
@@ -56,8 +56,9 @@ pub fn mint(auth: &AuthConfig, request: &TokenRequest) -> Result<String, MintErr
         return Err(MintError::EmptySubject);
     }
     let exp = unix_now().saturating_add(request.ttl.as_secs());
-    if request.ttl.as_secs() == 0 || exp > MAX_EXP {
-        return Err(MintError::BadTtl);
+    let max_ttl = auth.max_token_ttl.as_secs();
+    if request.ttl.as_secs() == 0 || request.ttl.as_secs() > max_ttl || exp > MAX_EXP {
+        return Err(MintError::BadTtl(max_ttl));
     }
     let key = auth
         .keys
@@ -192,12 +193,17 @@ mod tests {
             ..request.clone()
         };
         assert_eq!(mint(&auth, &nobody), Err(MintError::EmptySubject));
-        for ttl in [Duration::ZERO, Duration::from_secs(u64::MAX / 2)] {
+        let max_ttl = auth.max_token_ttl;
+        for ttl in [
+            Duration::ZERO,
+            max_ttl + Duration::from_secs(1),
+            Duration::from_secs(u64::MAX / 2),
+        ] {
             let odd = TokenRequest {
                 ttl,
                 ..request.clone()
             };
-            assert_eq!(mint(&auth, &odd), Err(MintError::BadTtl));
+            assert_eq!(mint(&auth, &odd), Err(MintError::BadTtl(max_ttl.as_secs())));
         }
     }
 }

@@ -314,6 +314,8 @@ mod tests {
             publish: publish.iter().map(|c| (*c).to_owned()).collect(),
             info: None,
             subs: Vec::new(),
+            jti: None,
+            iat: None,
         }
     }
 

@@ -232,7 +232,48 @@ fn an_empty_sub_and_an_endless_exp_are_refused() {
             AuthError::Claims(ClaimsError::EndlessExpiry)
         );
     }
-    assert!(auth.verify(&token(claims("1", 253_402_300_799))).is_ok());
+    let week = 7 * 24 * 3600;
+    assert_eq!(
+        auth.verify(&token(claims("1", 253_402_300_799)))
+            .unwrap_err(),
+        AuthError::Claims(ClaimsError::TooLong {
+            exp: 253_402_300_799,
+            max_ttl: week
+        })
+    );
+}
+
+/// `auth.max_token_ttl` bounds how far ahead `exp` may be; `jti` and `iat` (a NumericDate
+/// with a fraction too) are kept for revocation, and a `jti` longer than 256 bytes refused.
+#[test]
+fn the_longest_life_is_bounded_and_jti_and_iat_are_kept() {
+    let auth = authenticator(vec![hmac_key("", "HS256", SECRET)]);
+    let key = EncodingKey::from_secret(SECRET.as_bytes()).unwrap();
+    let token = |claims: serde_json::Value| sign(Algorithm::HS256, None, &key, &claims);
+    let week = 7 * 24 * 3600;
+    assert!(auth.verify(&token(claims("1", now() + week - 5))).is_ok());
+    assert!(matches!(
+        auth.verify(&token(claims("1", now() + week + 60))),
+        Err(AuthError::Claims(ClaimsError::TooLong { .. }))
+    ));
+    let identity = auth
+        .verify(&token(
+            serde_json::json!({"sub": "1", "exp": now() + 60, "jti": "t-1", "iat": 1000.75}),
+        ))
+        .unwrap();
+    assert_eq!(
+        (identity.jti.as_deref(), identity.iat),
+        (Some("t-1"), Some(1000))
+    );
+    let bare = auth.verify(&token(claims("1", now() + 60))).unwrap();
+    assert_eq!((bare.jti, bare.iat), (None, None));
+    assert_eq!(
+        auth.verify(&token(
+            serde_json::json!({"sub": "1", "exp": now() + 60, "jti": "j".repeat(257)})
+        ))
+        .unwrap_err(),
+        AuthError::Claims(ClaimsError::LongJti)
+    );
 }
 
 #[test]

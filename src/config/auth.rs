@@ -17,6 +17,11 @@ pub struct AuthConfig {
     /// Clock skew allowed on `exp` and `nbf`. Default 5s.
     #[serde(with = "humantime_serde")]
     pub leeway: Duration,
+    /// The longest a token may live: one whose `exp` is further ahead is refused. Also how
+    /// long a revocation (`POST /v1/revoke`) holds when it names no `until`: by then every
+    /// token it can match has expired. Default 7d.
+    #[serde(with = "humantime_serde")]
+    pub max_token_ttl: Duration,
     /// Accept the token in the upgrade URL's `?token=` (browsers cannot set headers on a
     /// WebSocket; URLs end up in access logs). Default true.
     pub token_query: bool,
@@ -61,6 +66,7 @@ impl Default for AuthConfig {
         Self {
             required: false,
             leeway: Duration::from_secs(5),
+            max_token_ttl: Duration::from_secs(7 * 24 * 3600),
             token_query: true,
             timeout: Duration::from_secs(10),
             issuer: String::new(),
@@ -100,6 +106,14 @@ impl AuthConfig {
         }
         if self.timeout.is_zero() {
             return Err(invalid("auth.timeout", "must be greater than 0".to_owned()));
+        }
+        if self.max_token_ttl < Duration::from_secs(60)
+            || self.max_token_ttl > Duration::from_secs(366 * 24 * 3600)
+        {
+            return Err(invalid(
+                "auth.max_token_ttl",
+                "must be between 1m and 366d".to_owned(),
+            ));
         }
         for (index, key) in self.keys.iter().enumerate() {
             if !AUTH_ALGORITHMS.contains(&key.algorithm.as_str()) {

@@ -16,6 +16,7 @@ mod nodes;
 mod openapi;
 mod publishing;
 mod request;
+mod revoke;
 mod routes;
 mod streams;
 
@@ -78,6 +79,8 @@ pub struct ControlSettings {
     /// `/v1` requests per API key (`control.requests_per_second_per_key`), if limited. The
     /// key is the index of the matched API key; loopback callers without keys share one.
     pub key_limiter: Option<KeyedLimiter<usize>>,
+    /// `auth.max_token_ttl`: how long a revocation without `until` holds.
+    pub max_token_ttl: Duration,
 }
 
 impl ControlSettings {
@@ -98,6 +101,7 @@ impl ControlSettings {
                 control.request_burst_per_key,
             )
             .map(KeyedLimiter::new),
+            max_token_ttl: config.auth.max_token_ttl,
         }
     }
 }

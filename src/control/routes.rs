@@ -10,7 +10,7 @@ use super::{
     error::{ApiError, Handled},
     ingest, is_loopback, nodes, publishing,
     request::JSON,
-    response,
+    response, revoke,
 };
 use crate::{
     protocol::ErrorCode,
@@ -118,7 +118,7 @@ const fn open(path: &'static str, label: &'static str) -> RouteSpec {
 }
 
 /// Every route the control API serves.
-pub(super) const ROUTES: [RouteSpec; 25] = [
+pub(super) const ROUTES: [RouteSpec; 26] = [
     open("/healthz", "healthz"),
     open("/readyz", "readyz"),
     open("/metrics", "metrics"),
@@ -148,6 +148,7 @@ pub(super) const ROUTES: [RouteSpec; 25] = [
     spec("/v1/reload-tls", "reload_tls", "POST"),
     spec("/v1/block", "block", "POST, DELETE"),
     spec("/v1/blocks", "blocks", "GET"),
+    spec("/v1/revoke", "revoke", "POST"),
 ];
 
 /// The route `path` names, with the channel of a channel route (still percent-encoded).
@@ -268,6 +269,7 @@ async fn route_v1(
         "block" if method == Method::POST => blocks::block(request, ctx).await,
         "block" => blocks::unblock(request, ctx).await,
         "blocks" => blocks::list(&query, ctx),
+        "revoke" => revoke::revoke(request, ctx).await,
         "channels" => channels::channels(&query, ctx).await,
         "subscribe" => channels::server_subscribe(request, ctx, true).await,
         "unsubscribe" => channels::server_subscribe(request, ctx, false).await,

@@ -95,6 +95,9 @@ pub fn identity(
         publish: result.publish,
         info: result.info,
         subs: result.subs,
+        jti: None,
+        // Issued now: a revocation of the user's earlier tokens closes it, a later one not.
+        iat: Some(auth::unix_now()),
     }))
 }
 

@@ -120,6 +120,9 @@ pub struct Hub {
     conns: DashMap<ConnId, Registered>,
     /// Authenticated connections by user, for disconnecting a user.
     users: DashMap<Arc<str>, SmallVec<[ConnId; 2]>>,
+    /// Authenticated connections whose token has a `jti`, by its key in `revocations`, for
+    /// closing those holding a revoked token.
+    tokens: DashMap<u64, SmallVec<[ConnId; 1]>>,
     /// Commands for sessions (`command_user`), until each takes its own.
     commands: DashMap<ConnId, Vec<SessionCommand>>,
     next_conn_id: AtomicU64,
@@ -148,6 +151,8 @@ pub struct Hub {
     coalescer: stream::Coalescer,
     /// Blocked users (`POST /v1/block`), checked when a connection authenticates.
     blocks: crate::blocks::Blocklist,
+    /// Revoked tokens (`POST /v1/revoke`), checked likewise.
+    revocations: crate::revocations::Revocations,
     /// The runtime sessions run on, captured when the hub is built: large fan-outs are
     /// written by its workers, whichever thread published (the control API has its own).
     workers: Option<Workers>,
@@ -205,6 +210,7 @@ impl Hub {
             shards,
             conns: DashMap::with_shard_amount(settings.shards.max(2)),
             users: DashMap::with_shard_amount(settings.shards.max(2)),
+            tokens: DashMap::with_shard_amount(settings.shards.max(2)),
             commands: DashMap::with_shard_amount(settings.shards.max(2)),
             next_conn_id: AtomicU64::new(first_conn_id()),
             admitted: AtomicUsize::new(0),
@@ -230,6 +236,7 @@ impl Hub {
             started: Instant::now(),
             coalescer: stream::Coalescer::default(),
             blocks: crate::blocks::Blocklist::default(),
+            revocations: crate::revocations::Revocations::default(),
             workers: Workers::current(),
         })
     }

@@ -35,6 +35,8 @@ pub enum SessionCommand {
     Unsubscribe(ChannelName),
     /// The identity the connect hook gave is about to expire: ask the refresh hook.
     RefreshIdentity,
+    /// A token was revoked (`POST /v1/revoke`): close the connection if it holds it.
+    CheckRevoked,
 }
 
 /// Commands one connection holds at most; more are dropped (its session is not taking them).
@@ -95,6 +97,48 @@ impl Hub {
     #[must_use]
     pub fn blocks(&self) -> &crate::blocks::Blocklist {
         &self.blocks
+    }
+
+    /// The revoked tokens (`POST /v1/revoke`), on this node's copy of the list.
+    #[must_use]
+    pub fn revocations(&self) -> &crate::revocations::Revocations {
+        &self.revocations
+    }
+
+    /// Takes `revocation` into this node's list and has the connections that may hold a
+    /// token it matches check theirs (each closes with 4003 if so): how many were asked.
+    pub fn revoke(&self, revocation: &crate::revocations::Revocation) -> usize {
+        use crate::revocations::Revocation;
+        if !self.revocations.apply(revocation) {
+            return 0;
+        }
+        match revocation {
+            Revocation::User { user, .. } => self.command_user(user, &SessionCommand::CheckRevoked),
+            Revocation::Token { jti, .. } => {
+                let key = self.revocations.token_key(jti);
+                let conns: SmallVec<[ConnId; 1]> = match self.tokens.get(&key) {
+                    Some(conns) => conns.clone(),
+                    None => return 0,
+                };
+                conns
+                    .into_iter()
+                    .filter(|&conn_id| self.command_conn(conn_id, SessionCommand::CheckRevoked))
+                    .count()
+            }
+        }
+    }
+
+    /// Records that connection `conn_id` holds the token whose `jti` has `key`.
+    pub fn add_token(&self, key: u64, conn_id: ConnId) {
+        self.tokens.entry(key).or_default().push(conn_id);
+    }
+
+    /// Forgets that `conn_id` holds the token with `key` (refreshed, or the session ended).
+    pub fn remove_token(&self, key: u64, conn_id: ConnId) {
+        self.tokens.remove_if_mut(&key, |_, conns| {
+            conns.retain(|conn| *conn != conn_id);
+            conns.is_empty()
+        });
     }
 
     /// Whether a drain refuses new upgrades (see `drain`).

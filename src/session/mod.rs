@@ -678,8 +678,9 @@ impl Drop for Registered {
         // After what it left, also after a panic; with the close code requested (none
         // when the transport was lost or the session panicked).
         session.closed_event(outbound.close_code().map(CloseCode::code));
-        if let Some(user) = session.user() {
-            hub.remove_user(user, conn_id);
+        if let Some(identity) = session.identity() {
+            hub.remove_user(&identity.user, conn_id);
+            session.index_token(identity, false);
         }
     }
 }

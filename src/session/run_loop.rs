@@ -35,6 +35,7 @@ use crate::{
         self, ChannelName, ClientFrame, CloseCode, ErrorCode, Offset, UnsubscribeReason,
         ws::{Inbound, Utf8Bytes},
     },
+    revocations::Revoked,
     telemetry::{self, RateScope},
     throttle::{Quota, TokenBucket},
 };
@@ -204,16 +205,49 @@ impl Session {
         self.identity().map(|identity| &*identity.user)
     }
 
-    /// Refuses an identity whose user is blocked (`POST /v1/block`).
-    pub(super) fn check_blocked(&self, identity: &Identity) -> Result<(), AuthError> {
-        match self
-            .ctx
-            .hub
-            .blocks()
-            .blocked(&identity.user, auth::unix_now())
+    /// Refuses an identity whose user is blocked (`POST /v1/block`) or whose token is
+    /// revoked (`POST /v1/revoke`).
+    pub(super) fn check_allowed(&self, identity: &Identity) -> Result<(), AuthError> {
+        let (hub, now) = (&self.ctx.hub, auth::unix_now());
+        if let Some(until) = hub.blocks().blocked(&identity.user, now) {
+            return Err(AuthError::Blocked { until });
+        }
+        match hub
+            .revocations()
+            .revoked(&identity.user, identity.jti.as_deref(), identity.iat, now)
         {
-            Some(until) => Err(AuthError::Blocked { until }),
+            Some(revoked) => Err(AuthError::Revoked {
+                issued_before: match revoked {
+                    Revoked::Token => None,
+                    Revoked::IssuedBefore(before) => Some(before),
+                },
+            }),
             None => Ok(()),
+        }
+    }
+
+    /// [`SessionCommand::CheckRevoked`]: closes the connection with 4003 when its token was
+    /// revoked since it was taken.
+    fn check_revoked(&self) {
+        if let Some(identity) = self.identity()
+            && let Err(err) = self.check_allowed(identity)
+        {
+            self.unauthorized(None, err);
+        }
+    }
+
+    /// Indexes (or, `add: false`, unindexes) the connection under its token's `jti`, so
+    /// that a revocation finds it.
+    pub(super) fn index_token(&self, identity: &Identity, add: bool) {
+        let Some(jti) = identity.jti.as_deref() else {
+            return;
+        };
+        let hub = &self.ctx.hub;
+        let key = hub.revocations().token_key(jti);
+        if add {
+            hub.add_token(key, self.outbound.conn_id());
+        } else {
+            hub.remove_token(key, self.outbound.conn_id());
         }
     }
 
@@ -236,6 +270,11 @@ impl Session {
         self.ctx
             .hub
             .set_deadline(&self.outbound, at_ms, CloseCode::TokenExpired);
+        if let Some(old) = self.identity() {
+            // A refresh: the old token is no longer held.
+            self.index_token(old, false);
+        }
+        self.index_token(&identity, true);
         match &mut self.account {
             // A refresh: the same user.
             Some(account) => account.identity = identity,
@@ -291,7 +330,7 @@ impl Session {
         match verifier
             .authenticate(token)
             .await
-            .and_then(|identity| self.check_blocked(&identity).map(|()| identity))
+            .and_then(|identity| self.check_allowed(&identity).map(|()| identity))
         {
             Ok(identity) => {
                 let reply = protocol::encode_authenticated(
@@ -321,7 +360,7 @@ impl Session {
         match verifier
             .authenticate(token)
             .await
-            .and_then(|identity| self.check_blocked(&identity).map(|()| identity))
+            .and_then(|identity| self.check_allowed(&identity).map(|()| identity))
         {
             Ok(identity) if self.user() == Some(&*identity.user) => {
                 let reply =
@@ -667,6 +706,7 @@ impl Session {
                     }
                 }
                 SessionCommand::RefreshIdentity => self.refresh_by_hook().await,
+                SessionCommand::CheckRevoked => self.check_revoked(),
             }
         }
     }

@@ -106,7 +106,7 @@ async fn identify(
         return match hooked::connect(hooks, conn_id, &inputs, token.as_deref()).await {
             Connected::Allowed(identity) => {
                 if let Some(identity) = identity {
-                    if let Err(err) = session.check_blocked(&identity) {
+                    if let Err(err) = session.check_allowed(&identity) {
                         return Some(Refused::Token(err));
                     }
                     session.authenticated(identity);
@@ -122,7 +122,7 @@ async fn identify(
         (Some(token), Some(auth)) => match auth
             .authenticate(&token)
             .await
-            .and_then(|identity| session.check_blocked(&identity).map(|()| identity))
+            .and_then(|identity| session.check_allowed(&identity).map(|()| identity))
         {
             Ok(identity) => {
                 session.authenticated(identity);

@@ -266,6 +266,12 @@ impl Bus for PanickingBus {
     fn unblock<'a>(&'a self, user: &'a str) -> BusFuture<'a, Result<bool, BusError>> {
         self.0.unblock(user)
     }
+    fn revoke<'a>(
+        &'a self,
+        revocation: &'a crate::revocations::Revocation,
+    ) -> BusFuture<'a, Result<usize, crate::cluster::RevokeFailed>> {
+        self.0.revoke(revocation)
+    }
     fn unready_reasons(&self) -> Vec<String> {
         self.0.unready_reasons()
     }

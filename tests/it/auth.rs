@@ -160,7 +160,7 @@ async fn an_expired_token_closes_with_4004_unless_refreshed() {
     server.stop().await;
 }
 
-fn hs256_claims(claims: &Value) -> String {
+pub(crate) fn hs256_claims(claims: &Value) -> String {
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
         claims,

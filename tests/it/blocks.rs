@@ -21,7 +21,7 @@ async fn connect_as(server: &TestServer, user: &str) -> TestClient {
 }
 
 /// Waits for the close of a connection the test expects closed within a second.
-async fn closed_within_a_second(client: &mut TestClient) -> u16 {
+pub(crate) async fn closed_within_a_second(client: &mut TestClient) -> u16 {
     let started = Instant::now();
     let code = client.close_code().await;
     assert!(

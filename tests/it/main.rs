@@ -45,6 +45,7 @@ mod redis_cluster;
 mod redis_retention;
 mod redis_server;
 mod resume;
+mod revoke;
 mod rolling_restart;
 mod slow_consumer;
 mod stream_ingest;

@@ -51,6 +51,7 @@ mod occupancy;
 mod presence;
 mod read;
 mod registry;
+mod revocations;
 mod scripts;
 mod streams;
 mod streams_lua;
@@ -80,7 +81,8 @@ use self::{
     scripts::{APPEND_LUA, BORN_LUA, FORGET_LUA, INTEREST_LUA, PUBLISH_LUA, READ_LUA, ROUTE_LUA},
     streams_lua::{HISTORY_LUA, OP_LUA},
 };
-use super::{ApplyError, Bus, BusError, BusFuture};
+use super::{ApplyError, Bus, BusError, BusFuture, RevokeFailed};
+use crate::revocations::Revocation;
 use crate::{
     config::{BusRouting, RedisTarget},
     hub::{Applied, Editor, HistoryPage, HubHandle, Op, RemoteView, SessionCommand, WriteBatch},
@@ -165,6 +167,8 @@ struct Inner {
     forget_script: Script,
     read_script: Script,
     born_script: Script,
+    /// `revoke.lua`: takes a revocation into the cluster's list and logs it.
+    revoke_script: Script,
     health: Health,
     started: Instant,
     in_flight: AtomicUsize,
@@ -223,6 +227,7 @@ impl RedisBus {
             forget_script: Script::new(FORGET_LUA),
             read_script: Script::new(&format!("{HISTORY_LUA}{READ_LUA}")),
             born_script: Script::new(BORN_LUA),
+            revoke_script: Script::new(include_str!("revoke.lua")),
             health: Health {
                 reader_ok_ms: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
                 reader_position_ms: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
@@ -252,6 +257,10 @@ impl RedisBus {
         ));
         start_heartbeat(Arc::clone(&inner), node, tasks, stop);
         tasks.spawn(blocks::keep_blocks(Arc::clone(&inner), stop.clone()));
+        tasks.spawn(revocations::keep_revocations(
+            Arc::clone(&inner),
+            stop.clone(),
+        ));
         tasks.spawn(streams::sweep_idle_streams(
             Arc::clone(&inner),
             stop.clone(),
@@ -371,8 +380,8 @@ impl RedisBus {
         let (kind, channel) = match &command {
             SessionCommand::Subscribe(channel) => ("subscribe", channel),
             SessionCommand::Unsubscribe(channel) => ("unsubscribe", channel),
-            // A connection's own, never sent to other nodes.
-            SessionCommand::RefreshIdentity => return Ok(told),
+            // A connection's own, or sent by the revocation log: never through the bus.
+            SessionCommand::RefreshIdentity | SessionCommand::CheckRevoked => return Ok(told),
         };
         let fields = [
             ("k", kind),
@@ -425,6 +434,13 @@ impl Bus for RedisBus {
 
     fn unblock<'a>(&'a self, user: &'a str) -> BusFuture<'a, Result<bool, BusError>> {
         Box::pin(self.unblock_everywhere(user))
+    }
+
+    fn revoke<'a>(
+        &'a self,
+        revocation: &'a Revocation,
+    ) -> BusFuture<'a, Result<usize, RevokeFailed>> {
+        Box::pin(self.revoke_everywhere(revocation))
     }
 
     fn disconnect_user<'a>(

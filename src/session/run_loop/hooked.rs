@@ -393,7 +393,7 @@ impl Session {
         match hooks.call(Hook::Refresh, body).await {
             Ok(Answer::Allowed(result)) => match connect::identity(&result, Some(&user)) {
                 Ok(Some(identity)) if identity.user == user => {
-                    if let Err(err) = self.check_blocked(&identity) {
+                    if let Err(err) = self.check_allowed(&identity) {
                         return self.unauthorized(None, err);
                     }
                     let exp = identity.exp;

@@ -80,6 +80,7 @@ pub(super) fn valid_request(id: &str) -> (&'static str, Option<&'static str>, &'
         "reloadTls" => ("/v1/reload-tls", None, JSON),
         "block" | "unblock" => ("/v1/block", Some(r#"{"user":"u-1"}"#), JSON),
         "blocks" => ("/v1/blocks", None, JSON),
+        "revoke" => ("/v1/revoke", Some(r#"{"jti":"t-1"}"#), JSON),
         other => panic!("no probe request for `{other}`: add one to valid_request"),
     }
 }
