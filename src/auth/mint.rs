@@ -84,6 +84,11 @@ pub fn mint(auth: &AuthConfig, request: &TokenRequest) -> Result<String, MintErr
     claims.insert("sub".to_owned(), json!(request.sub));
     claims.insert("exp".to_owned(), json!(exp));
     claims.insert("iat".to_owned(), json!(unix_now()));
+    // So that the token can be revoked on its own (`POST /v1/revoke {"jti"}`).
+    claims.insert(
+        "jti".to_owned(),
+        json!(format!("{:032x}", rand::random::<u128>())),
+    );
     for (name, values) in [
         ("channels", &request.channels),
         ("publish", &request.publish),
@@ -154,6 +159,8 @@ mod tests {
         assert_eq!(&*identity.user, "42");
         assert_eq!(identity.channels, ["room:*"]);
         assert!(identity.exp >= unix_now() + 3590);
+        assert!(identity.iat.is_some());
+        assert_eq!(identity.jti.as_deref().map(str::len), Some(32));
         assert_eq!(identity.info.unwrap().get(), r#"{"name":"Ada"}"#);
         assert_eq!(
             jsonwebtoken::decode_header(&token).unwrap().kid.as_deref(),

@@ -265,3 +265,17 @@ async def test_block_lists_and_lifts_a_user(node: Node):
             await sb.unblock("py-blocked")
         with pytest.raises(BadRequestError):
             await sb.block("py-blocked", until=1)
+
+
+async def test_revoke_a_token_and_a_users_older_tokens(node: Node):
+    async with Switchboard(node.control_url) as sb:
+        now = int(time.time())
+        revoked = await sb.revoke(jti="py-jti", until=now + 600)
+        assert (revoked.jti, revoked.until, revoked.checked_here) == ("py-jti", now + 600, 0)
+        revoked = await sb.revoke(user="py-user", issued_before=now)
+        assert (revoked.user, revoked.issued_before) == ("py-user", now)
+        assert revoked.until >= now + 60
+        with pytest.raises(ValueError):
+            await sb.revoke()
+        with pytest.raises(BadRequestError):
+            await sb.revoke(jti="py-jti", until=1)

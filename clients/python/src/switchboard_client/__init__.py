@@ -32,6 +32,7 @@ from ._types import (
     PresencePage,
     PresenceStats,
     Published,
+    Revoked,
 )
 
 __version__ = "0.1.0"
@@ -58,6 +59,7 @@ __all__ = [
     "Published",
     "RateLimitedError",
     "ReplyStream",
+    "Revoked",
     "Switchboard",
     "SwitchboardError",
     "TransportError",

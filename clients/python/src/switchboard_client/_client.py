@@ -48,6 +48,7 @@ from ._types import (
     PresencePage,
     PresenceStats,
     Published,
+    Revoked,
     history_from_json,
     presence_from_json,
 )
@@ -364,6 +365,36 @@ class Switchboard:
         return BlocksPage(
             blocks=[Block(user=b["user"], until=b["until"]) for b in answer["blocks"]],
             next_cursor=answer["next_cursor"],
+        )
+
+    async def revoke(
+        self,
+        *,
+        jti: str | None = None,
+        user: str | None = None,
+        issued_before: int | None = None,
+        until: int | None = None,
+    ) -> Revoked:
+        """Revokes, on every node, the token whose ``jti`` claim is ``jti``, or ``user``'s
+        tokens issued (``iat``) before ``issued_before`` (Unix seconds; default: now, which is
+        "log out everywhere"), until ``until`` (default: as long as such a token can live,
+        ``auth.max_token_ttl``). Matching tokens are refused at connect, ``auth`` and
+        ``refresh``, and connections holding one close with 4003. Safe to repeat:
+        revocations only add or lengthen."""
+        if (jti is None) == (user is None):
+            raise ValueError("give either `jti` or `user`")
+        body: dict[str, Any] = {"jti": jti} if jti is not None else {"user": user}
+        if issued_before is not None:
+            body["issued_before"] = issued_before
+        if until is not None:
+            body["until"] = until
+        answer = await self._call("POST", "/v1/revoke", body=body, repeatable=True)
+        return Revoked(
+            until=int(answer["until"]),
+            checked_here=int(answer["checked_here"]),
+            jti=answer.get("jti"),
+            user=answer.get("user"),
+            issued_before=answer.get("issued_before"),
         )
 
     # -- The request loop ------------------------------------------------------------------

@@ -132,6 +132,20 @@ class BlocksPage:
 
 
 @dataclass(frozen=True)
+class Revoked:
+    """A revocation taken: a token by ``jti``, or ``user``'s tokens issued before
+    ``issued_before``, refused until ``until`` (Unix seconds); ``checked_here``: this node's
+    connections asked to check their token (those holding a revoked one close with 4003;
+    the other nodes' within a quarter of a second)."""
+
+    until: int
+    checked_here: int
+    jti: str | None = None
+    user: str | None = None
+    issued_before: int | None = None
+
+
+@dataclass(frozen=True)
 class Disconnected:
     """Connections a disconnect closed on the node that answered: 0 or 1 for a ``conn_id``,
     and for a ``user`` those on this node (the other nodes close theirs as they read the
