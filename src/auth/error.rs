@@ -32,6 +32,9 @@ pub enum AuthError {
     /// The token is revoked (`POST /v1/revoke`): by its `jti` (`issued_before: None`), or
     /// as one of its user's tokens issued before `issued_before`.
     Revoked { issued_before: Option<u64> },
+    /// The user holds `limits.max_connections_per_user` (`max`) connections already and the
+    /// newest is refused: close 4005, not 4003.
+    TooManyConnections { max: usize },
 }
 
 /// Which claim a token was refused for.
@@ -71,6 +74,7 @@ impl AuthError {
             AuthError::Claims(_) => "claims",
             AuthError::Blocked { .. } => "blocked",
             AuthError::Revoked { .. } => "revoked",
+            AuthError::TooManyConnections { .. } => "too_many_connections",
         }
     }
 
@@ -193,6 +197,10 @@ impl fmt::Display for AuthError {
             AuthError::Revoked {
                 issued_before: None,
             } => f.write_str("the token is revoked"),
+            AuthError::TooManyConnections { max } => write!(
+                f,
+                "the user holds {max} connections already (limits.max_connections_per_user)"
+            ),
             AuthError::Revoked {
                 issued_before: Some(before),
             } => write!(

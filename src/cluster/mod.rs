@@ -54,6 +54,13 @@ pub enum BusError {
     Unsupported(&'static str),
 }
 
+/// `limits.max_connections_per_user`, and which connection goes over it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserLimit {
+    pub max: usize,
+    pub refuse: crate::config::RefuseConnection,
+}
+
 /// Why a revocation ([`Bus::revoke`]) was not taken. Nothing was changed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RevokeFailed {
@@ -227,6 +234,24 @@ pub trait Bus: Send + Sync + std::fmt::Debug + 'static {
         revocation: &'a crate::revocations::Revocation,
     ) -> BusFuture<'a, Result<usize, RevokeFailed>>;
 
+    /// Counts connection `conn_id` (of this node) as `user`'s across the cluster, under
+    /// `limit`: `false` when it is refused ([`RefuseConnection::Newest`]); with
+    /// [`RefuseConnection::Oldest`] the user's oldest connections, wherever they are, are
+    /// closed with 4005 to make room. When the count cannot be kept (Redis unreachable) the
+    /// connection is taken: an outage must not lock users out.
+    ///
+    /// [`RefuseConnection::Newest`]: crate::config::RefuseConnection::Newest
+    /// [`RefuseConnection::Oldest`]: crate::config::RefuseConnection::Oldest
+    fn admit_user<'a>(
+        &'a self,
+        user: &'a Arc<str>,
+        conn_id: ConnId,
+        limit: UserLimit,
+    ) -> BusFuture<'a, bool>;
+
+    /// Connection `conn_id`, counted by [`Bus::admit_user`], closed.
+    fn user_left(&self, user: &str, conn_id: ConnId);
+
     /// Reasons the bus is unfit to serve, for `/readyz`; empty when healthy.
     fn unready_reasons(&self) -> Vec<String>;
 
@@ -364,6 +389,19 @@ impl Bus for LocalBus {
     ) -> BusFuture<'a, Result<usize, RevokeFailed>> {
         Box::pin(std::future::ready(Ok(self.hub.revoke(revocation))))
     }
+
+    fn admit_user<'a>(
+        &'a self,
+        user: &'a Arc<str>,
+        conn_id: ConnId,
+        limit: UserLimit,
+    ) -> BusFuture<'a, bool> {
+        let admitted = self.hub.admit_user(user, conn_id, limit.max, limit.refuse);
+        Box::pin(std::future::ready(admitted))
+    }
+
+    // This node's users index is the count; the session's end leaves it.
+    fn user_left(&self, _user: &str, _conn_id: ConnId) {}
 
     fn unready_reasons(&self) -> Vec<String> {
         Vec::new()

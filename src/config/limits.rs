@@ -6,12 +6,29 @@ use serde::{Deserialize, Serialize};
 
 use super::{ConfigError, invalid};
 
+/// Which connection a user over `limits.max_connections_per_user` loses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RefuseConnection {
+    /// The user's oldest connection closes; the new one is taken.
+    Oldest,
+    /// The new connection is refused.
+    Newest,
+}
+
 /// Per-node and per-connection limits.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// Connections this node accepts; further upgrades get HTTP 503. Default 1,000,000.
     pub max_connections: usize,
+    /// Connections one user (a token's `sub`, or the connect hook's user) may hold across
+    /// the cluster at once. Default 0: no limit.
+    pub max_connections_per_user: usize,
+    /// Which connection goes when a user is over `max_connections_per_user`: `"oldest"`
+    /// (the user's oldest connection is closed with 4005, the new one is taken: a new device
+    /// always gets in) or `"newest"` (the new one is refused with 4005). Default "oldest".
+    pub max_connections_per_user_refuse: RefuseConnection,
     /// Channels one connection may be subscribed to at once. Default 256.
     pub max_subscriptions_per_connection: usize,
     /// Longest channel name, in bytes. Default 128.
@@ -106,6 +123,8 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             max_connections: 1_000_000,
+            max_connections_per_user: 0,
+            max_connections_per_user_refuse: RefuseConnection::Oldest,
             max_subscriptions_per_connection: 256,
             max_channel_name_bytes: 128,
             max_inbound_message_bytes: 64 * 1024,

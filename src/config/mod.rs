@@ -31,7 +31,7 @@ pub use self::cluster::{BusRouting, ClusterConfig, RedisTarget};
 pub use self::control::ControlConfig;
 pub use self::history::HistoryConfig;
 pub use self::hooks::{ConnectMode, HooksConfig};
-pub use self::limits::LimitsConfig;
+pub use self::limits::{LimitsConfig, RefuseConnection};
 pub use self::log::{LogConfig, LogFormat};
 pub use self::namespaces::{EditRule, NamespaceConfig, Rule};
 pub use self::presence::PresenceConfig;

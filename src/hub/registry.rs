@@ -14,6 +14,7 @@ use smallvec::SmallVec;
 
 use super::{ConnId, Hub, Keepalive, Outbound, PendingUpgrades, Registered, Wire, flush_all};
 use crate::{
+    config::RefuseConnection,
     protocol::{self, ChannelName},
     telemetry,
 };
@@ -211,12 +212,46 @@ impl Hub {
         vacated
     }
 
-    /// Records that connection `conn_id` is `user`'s (after its token was accepted).
+    /// Records that connection `conn_id` is `user`'s (after its token was accepted); once.
     pub fn add_user(&self, user: &Arc<str>, conn_id: ConnId) {
-        self.users
-            .entry(Arc::clone(user))
-            .or_default()
-            .push(conn_id);
+        let mut conns = self.users.entry(Arc::clone(user)).or_default();
+        if !conns.contains(&conn_id) {
+            conns.push(conn_id);
+        }
+    }
+
+    /// Takes connection `conn_id` as `user`'s unless the user holds `max` connections on
+    /// this node already: then, with [`RefuseConnection::Oldest`], the user's oldest ones
+    /// are closed with 4005 to make room (`true`), with [`RefuseConnection::Newest`] the
+    /// new one is not taken (`false`). Counting and taking are one step, so a burst of
+    /// connects cannot all pass.
+    pub fn admit_user(
+        &self,
+        user: &Arc<str>,
+        conn_id: ConnId,
+        max: usize,
+        refuse: RefuseConnection,
+    ) -> bool {
+        let victims: SmallVec<[ConnId; 2]> = {
+            let mut conns = self.users.entry(Arc::clone(user)).or_default();
+            if conns.contains(&conn_id) {
+                return true;
+            }
+            let over = (conns.len() + 1).saturating_sub(max);
+            if over > 0 && refuse == RefuseConnection::Newest {
+                return false;
+            }
+            // Connection ids only grow: the smallest are the oldest.
+            conns.sort_unstable();
+            let over = over.min(conns.len());
+            let victims = conns.drain(..over).collect();
+            conns.push(conn_id);
+            victims
+        };
+        for victim in victims {
+            self.disconnect(victim, protocol::CloseCode::TooManyConnections);
+        }
+        true
     }
 
     /// Forgets `conn_id` as `user`'s (the session ended).

@@ -39,6 +39,10 @@ pub enum CloseCode {
     Unauthorized,
     /// 4004: the token expired and no `refresh` came in time. Reconnect with a fresh token.
     TokenExpired,
+    /// 4005: the user holds `limits.max_connections_per_user` connections across the
+    /// cluster: this one was refused, or it was the user's oldest and made room for a new
+    /// one. Terminal: reconnecting would take another of the user's connections' place.
+    TooManyConnections,
     /// A code an operator gave to `POST /v1/disconnect` (1000, 1001 or 3000-4999; see
     /// [`CloseCode::from_code`]), for codes the server does not define itself.
     Custom(u16),
@@ -57,6 +61,7 @@ impl CloseCode {
             CloseCode::PolicyViolation => 1008,
             CloseCode::Unauthorized => 4003,
             CloseCode::TokenExpired => 4004,
+            CloseCode::TooManyConnections => 4005,
             CloseCode::MessageTooBig => 1009,
             CloseCode::InternalError => 1011,
             CloseCode::ServiceRestart => 1012,
@@ -80,6 +85,7 @@ impl CloseCode {
             CloseCode::PolicyViolation => "policy violation",
             CloseCode::Unauthorized => "unauthorized",
             CloseCode::TokenExpired => "token expired",
+            CloseCode::TooManyConnections => "too many connections for this user",
             CloseCode::MessageTooBig => "message too big",
             CloseCode::InternalError => "internal error",
             CloseCode::ServiceRestart => "service restart: reconnect",
@@ -103,6 +109,7 @@ impl CloseCode {
             CloseCode::PolicyViolation => "policy_violation",
             CloseCode::Unauthorized => "unauthorized",
             CloseCode::TokenExpired => "token_expired",
+            CloseCode::TooManyConnections => "too_many_connections",
             CloseCode::MessageTooBig => "message_too_big",
             CloseCode::InternalError => "internal_error",
             CloseCode::ServiceRestart => "service_restart",
@@ -135,6 +142,7 @@ impl CloseCode {
             4002 => CloseCode::IdleTimeout,
             4003 => CloseCode::Unauthorized,
             4004 => CloseCode::TokenExpired,
+            4005 => CloseCode::TooManyConnections,
             3000..=4999 => CloseCode::Custom(code),
             _ => return None,
         })

@@ -108,6 +108,8 @@ pub struct SessionSettings {
     pub auth_timeout: Duration,
     /// Channel permissions (`[[namespaces]]`).
     pub namespaces: Namespaces,
+    /// `limits.max_connections_per_user`, when set.
+    pub user_limit: Option<crate::cluster::UserLimit>,
 }
 
 impl SessionSettings {
@@ -154,6 +156,12 @@ impl SessionSettings {
             token_query: config.auth.token_query,
             auth_timeout: config.auth.timeout,
             namespaces: Namespaces::new(&config.namespaces),
+            user_limit: (limits.max_connections_per_user > 0).then_some(
+                crate::cluster::UserLimit {
+                    max: limits.max_connections_per_user,
+                    refuse: limits.max_connections_per_user_refuse,
+                },
+            ),
         }
     }
 
@@ -681,6 +689,9 @@ impl Drop for Registered {
         if let Some(identity) = session.identity() {
             hub.remove_user(&identity.user, conn_id);
             session.index_token(identity, false);
+            if session.context().settings.user_limit.is_some() {
+                session.context().bus.user_left(&identity.user, conn_id);
+            }
         }
     }
 }

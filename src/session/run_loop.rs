@@ -226,6 +226,35 @@ impl Session {
         }
     }
 
+    /// Counts the connection as `identity`'s user's across the cluster
+    /// (`limits.max_connections_per_user`); a refresh is counted already.
+    pub(super) async fn admit_user(&self, identity: &Identity) -> Result<(), AuthError> {
+        let Some(limit) = self.ctx.settings.user_limit else {
+            return Ok(());
+        };
+        if self.account.is_some() {
+            return Ok(());
+        }
+        let conn_id = self.outbound.conn_id();
+        if self
+            .ctx
+            .bus
+            .admit_user(&identity.user, conn_id, limit)
+            .await
+        {
+            Ok(())
+        } else {
+            Err(AuthError::TooManyConnections { max: limit.max })
+        }
+    }
+
+    /// Checks `identity` ([`Session::check_allowed`]) and counts it against its user's
+    /// connections ([`Session::admit_user`]).
+    pub(super) async fn check_and_admit(&self, identity: &Identity) -> Result<(), AuthError> {
+        self.check_allowed(identity)?;
+        self.admit_user(identity).await
+    }
+
     /// [`SessionCommand::CheckRevoked`]: closes the connection with 4003 when its token was
     /// revoked since it was taken.
     fn check_revoked(&self) {
@@ -305,6 +334,9 @@ impl Session {
         if err.is_expired() {
             self.error(id, ErrorCode::TokenExpired, &err.to_string());
             self.outbound.close(CloseCode::TokenExpired);
+        } else if let AuthError::TooManyConnections { .. } = err {
+            self.error(id, ErrorCode::LimitExceeded, &err.to_string());
+            self.outbound.close(CloseCode::TooManyConnections);
         } else {
             self.error(id, ErrorCode::Unauthorized, &err.to_string());
             self.outbound.close(CloseCode::Unauthorized);
@@ -327,11 +359,11 @@ impl Session {
                 "already authenticated; send `refresh` to replace the token",
             );
         }
-        match verifier
-            .authenticate(token)
-            .await
-            .and_then(|identity| self.check_allowed(&identity).map(|()| identity))
-        {
+        let verified = match verifier.authenticate(token).await {
+            Ok(identity) => self.check_and_admit(&identity).await.map(|()| identity),
+            Err(err) => Err(err),
+        };
+        match verified {
             Ok(identity) => {
                 let reply = protocol::encode_authenticated(
                     "authenticated",

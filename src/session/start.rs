@@ -106,7 +106,7 @@ async fn identify(
         return match hooked::connect(hooks, conn_id, &inputs, token.as_deref()).await {
             Connected::Allowed(identity) => {
                 if let Some(identity) = identity {
-                    if let Err(err) = session.check_allowed(&identity) {
+                    if let Err(err) = session.check_and_admit(&identity).await {
                         return Some(Refused::Token(err));
                     }
                     session.authenticated(identity);
@@ -119,17 +119,19 @@ async fn identify(
     }
     match (token, &ctx.auth) {
         // It may wait for a JWKS fetch.
-        (Some(token), Some(auth)) => match auth
-            .authenticate(&token)
-            .await
-            .and_then(|identity| session.check_allowed(&identity).map(|()| identity))
-        {
-            Ok(identity) => {
-                session.authenticated(identity);
-                None
+        (Some(token), Some(auth)) => {
+            let verified = match auth.authenticate(&token).await {
+                Ok(identity) => session.check_and_admit(&identity).await.map(|()| identity),
+                Err(err) => Err(err),
+            };
+            match verified {
+                Ok(identity) => {
+                    session.authenticated(identity);
+                    None
+                }
+                Err(err) => Some(Refused::Token(err)),
             }
-            Err(err) => Some(Refused::Token(err)),
-        },
+        }
         // Without keys, tokens are not checked (and give nobody any right).
         _ => None,
     }

@@ -72,6 +72,7 @@ fn test_context(hub: &HubHandle, bus: Arc<dyn Bus>) -> Arc<SessionContext> {
             token_query: true,
             auth_timeout: Duration::from_secs(1),
             namespaces: anyone(),
+            user_limit: None,
         },
         connect_limiter: None,
         channel_budget: None,
@@ -271,6 +272,17 @@ impl Bus for PanickingBus {
         revocation: &'a crate::revocations::Revocation,
     ) -> BusFuture<'a, Result<usize, crate::cluster::RevokeFailed>> {
         self.0.revoke(revocation)
+    }
+    fn admit_user<'a>(
+        &'a self,
+        user: &'a Arc<str>,
+        conn_id: crate::hub::ConnId,
+        limit: crate::cluster::UserLimit,
+    ) -> BusFuture<'a, bool> {
+        self.0.admit_user(user, conn_id, limit)
+    }
+    fn user_left(&self, user: &str, conn_id: crate::hub::ConnId) {
+        self.0.user_left(user, conn_id);
     }
     fn unready_reasons(&self) -> Vec<String> {
         self.0.unready_reasons()

@@ -54,5 +54,6 @@ mod streams;
 mod streams_cluster;
 mod throttle;
 mod tls;
+mod user_limit;
 mod webhooks;
 mod webhooks_cluster;

@@ -226,7 +226,7 @@ type EventName =
 type Listener = (detail: any) => void;
 
 /** Close codes after which reconnecting cannot help (docs/protocol.md "Close codes"). */
-const TERMINAL_CODES = new Set([4003]);
+const TERMINAL_CODES = new Set([4003, 4005]);
 /** The token expired: reconnect with a fresh one. */
 const TOKEN_EXPIRED = 4004;
 /** Close code this client uses for a connection it gave up on (no traffic). */

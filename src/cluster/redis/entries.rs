@@ -25,6 +25,9 @@ pub(super) enum Request {
     Block { user: String, until: Option<u64> },
     /// `k=unblock`, `u`: lift a user's block.
     Unblock { user: String },
+    /// `k=kick`, `p` (`<node>:<incarnation>`), `c`: the process named closes that
+    /// connection with 4005 (its user is over `limits.max_connections_per_user`).
+    Kick { process: String, conn_id: u64 },
     /// A request about users this node wrote: it acted on it already.
     Own,
 }
@@ -38,6 +41,7 @@ impl Request {
         };
         let (mut kind, mut user, mut node, mut channel, mut text, mut code) =
             (None, None, None, None, None, None);
+        let mut process = None;
         for pair in fields.chunks(2) {
             let value = pair.get(1)?;
             match as_string(&pair[0])?.as_str() {
@@ -47,6 +51,7 @@ impl Request {
                 "c" => channel = as_string(value),
                 "d" => text = as_string(value),
                 "x" => code = as_u64(value),
+                "p" => process = as_string(value),
                 _ => {}
             }
         }
@@ -70,6 +75,9 @@ impl Request {
                 until: code.filter(|until| *until > 0),
             }),
             "unblock" => user.map(|user| Self::Unblock { user }),
+            "kick" => process
+                .zip(channel.and_then(|conn_id| conn_id.parse().ok()))
+                .map(|(process, conn_id)| Self::Kick { process, conn_id }),
             "subscribe" | "unsubscribe" => user
                 .zip(channel.and_then(|channel| ChannelName::parse(&channel, usize::MAX).ok()))
                 .map(|(user, channel)| Self::Command {

@@ -398,6 +398,11 @@ pub(super) fn deliver_entries(
                 Request::Unblock { user } => {
                     inner.hub.blocks().unblock(&user);
                 }
+                Request::Kick { process, conn_id } => {
+                    if process == inner.inbox_name() {
+                        inner.hub.disconnect(conn_id, CloseCode::TooManyConnections);
+                    }
+                }
                 Request::Own => {}
             }
         } else if let Some(entry) = OpEntry::parse(&fields) {

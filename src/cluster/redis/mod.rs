@@ -55,6 +55,7 @@ mod revocations;
 mod scripts;
 mod streams;
 mod streams_lua;
+mod user_conns;
 
 pub use self::{occupancy::RedisOccupancy, presence::RedisPresence, registry::NodeInfo};
 
@@ -81,11 +82,13 @@ use self::{
     scripts::{APPEND_LUA, BORN_LUA, FORGET_LUA, INTEREST_LUA, PUBLISH_LUA, READ_LUA, ROUTE_LUA},
     streams_lua::{HISTORY_LUA, OP_LUA},
 };
-use super::{ApplyError, Bus, BusError, BusFuture, RevokeFailed};
+use super::{ApplyError, Bus, BusError, BusFuture, RevokeFailed, UserLimit};
 use crate::revocations::Revocation;
 use crate::{
     config::{BusRouting, RedisTarget},
-    hub::{Applied, Editor, HistoryPage, HubHandle, Op, RemoteView, SessionCommand, WriteBatch},
+    hub::{
+        Applied, ConnId, Editor, HistoryPage, HubHandle, Op, RemoteView, SessionCommand, WriteBatch,
+    },
     protocol::{ChannelName, CloseCode, Offset},
     shutdown::TaskGroup,
     telemetry,
@@ -169,6 +172,12 @@ struct Inner {
     born_script: Script,
     /// `revoke.lua`: takes a revocation into the cluster's list and logs it.
     revoke_script: Script,
+    /// `user_conns.lua`: counts a connection as its user's (`limits.max_connections_per_user`).
+    user_conns_script: Script,
+    /// The processes the registry said were alive, for `user_conns_script`.
+    live_processes: Mutex<user_conns::LiveProcesses>,
+    /// Connections counted as their user's that closed, for `user_conns::forget_closed`.
+    closed_users: tokio::sync::mpsc::UnboundedSender<(Arc<str>, ConnId)>,
     health: Health,
     started: Instant,
     in_flight: AtomicUsize,
@@ -216,6 +225,7 @@ impl RedisBus {
         let connector = Connector::new(&settings.target, settings.ca_pem.as_ref())?;
         telemetry::redis_registered();
         let partitions = settings.partitions as usize;
+        let (closed_users, closed_users_rx) = tokio::sync::mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
             connector,
             conn: ArcSwapOption::empty(),
@@ -228,6 +238,9 @@ impl RedisBus {
             read_script: Script::new(&format!("{HISTORY_LUA}{READ_LUA}")),
             born_script: Script::new(BORN_LUA),
             revoke_script: Script::new(include_str!("revoke.lua")),
+            user_conns_script: Script::new(include_str!("user_conns.lua")),
+            live_processes: Mutex::default(),
+            closed_users,
             health: Health {
                 reader_ok_ms: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
                 reader_position_ms: (0..partitions).map(|_| AtomicU64::new(0)).collect(),
@@ -257,6 +270,11 @@ impl RedisBus {
         ));
         start_heartbeat(Arc::clone(&inner), node, tasks, stop);
         tasks.spawn(blocks::keep_blocks(Arc::clone(&inner), stop.clone()));
+        tasks.spawn(user_conns::forget_closed(
+            Arc::clone(&inner),
+            closed_users_rx,
+            stop.clone(),
+        ));
         tasks.spawn(revocations::keep_revocations(
             Arc::clone(&inner),
             stop.clone(),
@@ -576,6 +594,20 @@ impl Bus for RedisBus {
                 messages,
             })
         })
+    }
+
+    fn admit_user<'a>(
+        &'a self,
+        user: &'a Arc<str>,
+        conn_id: ConnId,
+        limit: UserLimit,
+    ) -> BusFuture<'a, bool> {
+        Box::pin(self.admit_user_everywhere(user, conn_id, limit))
+    }
+
+    fn user_left(&self, user: &str, conn_id: ConnId) {
+        // The receiver lives as long as the bus's tasks; after them nothing needs it.
+        let _ = self.inner.closed_users.send((Arc::from(user), conn_id));
     }
 
     fn unready_reasons(&self) -> Vec<String> {
