@@ -19,6 +19,7 @@ pub mod occupancy;
 pub mod overload;
 pub mod presence;
 pub mod protocol;
+pub mod rates;
 pub mod revocations;
 pub mod session;
 pub mod shutdown;

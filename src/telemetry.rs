@@ -91,6 +91,9 @@ pub const BUS_READER_RESTARTS: &str = "ws_bus_reader_restarts_total";
 pub const BUS_INTEREST_LOST: &str = "ws_bus_interest_lost_total";
 pub const BUS_REPLAYED: &str = "ws_bus_replayed_entries_total";
 pub const REDIS_ERRORS: &str = "ws_redis_errors_total";
+/// Counter, clustered only: leases asked of the cluster's publish rate budgets (one Redis
+/// call each), by whether any grant came.
+pub const RATE_LEASES: &str = "ws_rate_leases_total";
 /// Gauge, clustered only: 1 while the command link to Redis is connected, 0 from start until
 /// it connects and while an outage lasts.
 pub const REDIS_UP: &str = "ws_redis_up";
@@ -273,7 +276,7 @@ const REJECT_REASONS: [&str; 6] = [
 ];
 /// What failed Redis commands are counted as (`ws_redis_errors_total{op}`). An op missing
 /// here is still counted; its series starts at its first failure.
-const REDIS_OPS: [&str; 14] = [
+const REDIS_OPS: [&str; 17] = [
     "connect",
     "born",
     "ping",
@@ -288,6 +291,9 @@ const REDIS_OPS: [&str; 14] = [
     "subscribe",
     "unsubscribe",
     "block",
+    "revoke",
+    "user_conns",
+    "rate",
 ];
 
 /// Sets `ws_connections_max`, and exports the gauges and counters that alerts and the
@@ -379,6 +385,12 @@ pub fn drain_closed() {
 /// Counts a failed Redis command or connection attempt, by what it was for.
 pub fn redis_error(op: &'static str) {
     metrics::counter!(REDIS_ERRORS, "op" => op).increment(1);
+}
+
+/// Counts a lease asked of a cluster's publish rate budget (`crate::rates`).
+pub fn rate_lease(granted: bool) {
+    let result = if granted { "granted" } else { "refused" };
+    metrics::counter!(RATE_LEASES, "result" => result).increment(1);
 }
 
 /// Counts a (re)connection to Redis.
@@ -520,6 +532,12 @@ pub enum RateScope {
     ClientPublishBytes,
     /// A channel was sent more bytes than `limits.channel_publish_bytes_per_second`.
     ChannelPublishBytes,
+    /// A user published more often than `limits.publishes_per_minute_per_user`, summed over
+    /// its connections on every node.
+    UserPublishes,
+    /// An address's anonymous connections published more often than
+    /// `limits.publishes_per_minute_per_address`.
+    AddressPublishes,
 }
 
 impl RateScope {
@@ -531,6 +549,8 @@ impl RateScope {
             RateScope::ApiKey => "api_key",
             RateScope::ClientPublishBytes => "client_publish_bytes",
             RateScope::ChannelPublishBytes => "channel_publish_bytes",
+            RateScope::UserPublishes => "user_publishes",
+            RateScope::AddressPublishes => "address_publishes",
         }
     }
 }

@@ -187,6 +187,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         hooks: crate::hooks::Hooks::new(&config.hooks, Arc::clone(&node_id)),
         webhooks,
         occupancy,
+        publish_rates: crate::rates::PublishRates::new(
+            &config.limits,
+            config.cluster.redis.is_set().then(|| Arc::clone(&bus)),
+        )
+        .map(Arc::new),
         connect_limiter: Quota::new(
             config.limits.connects_per_ip_per_second,
             config.limits.connect_burst_per_ip,

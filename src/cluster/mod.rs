@@ -61,6 +61,15 @@ pub struct UserLimit {
     pub refuse: crate::config::RefuseConnection,
 }
 
+/// What a budget of the cluster's rate limits handed out ([`Bus::take_grants`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    /// Grants taken (0: none free).
+    pub granted: u32,
+    /// With none free, when one will be.
+    pub retry_after: std::time::Duration,
+}
+
 /// Why a revocation ([`Bus::revoke`]) was not taken. Nothing was changed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RevokeFailed {
@@ -252,6 +261,20 @@ pub trait Bus: Send + Sync + std::fmt::Debug + 'static {
     /// Connection `conn_id`, counted by [`Bus::admit_user`], closed.
     fn user_left(&self, user: &str, conn_id: ConnId);
 
+    /// Takes up to `wanted` grants from the cluster's budget `key` (one grant costs
+    /// `interval`, at most `burst` at once): see `crate::rates`.
+    ///
+    /// # Errors
+    /// A [`BusError`] when the budget cannot be asked; [`BusError::Unsupported`] on a bus
+    /// with no cluster (one node keeps its budgets itself).
+    fn take_grants<'a>(
+        &'a self,
+        key: &'a str,
+        wanted: u32,
+        interval: std::time::Duration,
+        burst: u32,
+    ) -> BusFuture<'a, Result<Grant, BusError>>;
+
     /// Reasons the bus is unfit to serve, for `/readyz`; empty when healthy.
     fn unready_reasons(&self) -> Vec<String>;
 
@@ -402,6 +425,18 @@ impl Bus for LocalBus {
 
     // This node's users index is the count; the session's end leaves it.
     fn user_left(&self, _user: &str, _conn_id: ConnId) {}
+
+    fn take_grants<'a>(
+        &'a self,
+        _key: &'a str,
+        _wanted: u32,
+        _interval: std::time::Duration,
+        _burst: u32,
+    ) -> BusFuture<'a, Result<Grant, BusError>> {
+        Box::pin(std::future::ready(Err(BusError::Unsupported(
+            "one node keeps its rate budgets itself",
+        ))))
+    }
 
     fn unready_reasons(&self) -> Vec<String> {
         Vec::new()

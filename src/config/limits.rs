@@ -70,6 +70,19 @@ pub struct LimitsConfig {
     /// Bytes a client may publish at once above that rate. Default 256 KiB; at least
     /// `max_publish_payload_bytes`.
     pub client_publish_byte_burst: u32,
+    /// Client publishes (and changes to messages) one user may make per minute, over all
+    /// its connections on every node: one budget in Redis when clustered. Over it the
+    /// publish is refused with `rate_limited` and `retry_after_ms`. Default 0: off.
+    pub publishes_per_minute_per_user: u32,
+    /// Publishes a user may make at once above that rate. Default 200.
+    pub publish_burst_per_user: u32,
+    /// Client publishes per minute of all anonymous connections from one address (an IPv4
+    /// address, or an IPv6 prefix of `ipv6_source_prefix` bits) together, across the
+    /// cluster. Default 0: off.
+    pub publishes_per_minute_per_address: u32,
+    /// Publishes an address's anonymous connections may make at once above that rate.
+    /// Default 200.
+    pub publish_burst_per_address: u32,
     /// Bytes of `data` per second published to one channel through this node: once for all
     /// its clients together, and once for the control API (so clients cannot use up a
     /// backend's); over it the publish is refused (`rate_limited`, HTTP 429). Default 4 MiB;
@@ -124,6 +137,10 @@ impl Default for LimitsConfig {
         Self {
             max_connections: 1_000_000,
             max_connections_per_user: 0,
+            publishes_per_minute_per_user: 0,
+            publish_burst_per_user: 200,
+            publishes_per_minute_per_address: 0,
+            publish_burst_per_address: 200,
             max_connections_per_user_refuse: RefuseConnection::Oldest,
             max_subscriptions_per_connection: 256,
             max_channel_name_bytes: 128,
@@ -169,6 +186,11 @@ impl LimitsConfig {
             (
                 "limits.max_fragments_per_message",
                 self.max_fragments_per_message,
+            ),
+            ("limits.publish_burst_per_user", self.publish_burst_per_user),
+            (
+                "limits.publish_burst_per_address",
+                self.publish_burst_per_address,
             ),
         ] {
             if burst == 0 {

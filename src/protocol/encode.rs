@@ -197,6 +197,16 @@ pub fn encode_error(id: Option<u64>, code: ErrorCode, message: &str) -> String {
     out
 }
 
+/// `{"type":"error","code":"rate_limited","message":..,"retry_after_ms":N}`: an `error` that
+/// says when the refused request would be taken.
+#[must_use]
+pub fn encode_rate_limited(id: Option<u64>, message: &str, retry_after_ms: u64) -> String {
+    let mut out = encode_error(id, ErrorCode::RateLimited, message);
+    out.pop();
+    let _ = write!(out, ",\"retry_after_ms\":{retry_after_ms}}}");
+    out
+}
+
 /// `{"type":"message","channel":"news","offset":"..","data":<JSON>}`: built once per published
 /// message and shared by every subscriber.
 #[must_use]

@@ -18,8 +18,8 @@ pub use close::CloseCode;
 pub use decode::{ClientFrame, DecodeError, decode_client_frame};
 pub use encode::{
     encode_authenticated, encode_error, encode_history, encode_message, encode_pong,
-    encode_published, encode_reconnect, encode_reset, encode_rpc_result, encode_subscribed,
-    encode_unsubscribed, encode_welcome,
+    encode_published, encode_rate_limited, encode_reconnect, encode_reset, encode_rpc_result,
+    encode_subscribed, encode_unsubscribed, encode_welcome,
 };
 pub use names::{ChannelName, ChannelNameError, Offset, OffsetParseError};
 pub use streams::{

@@ -194,6 +194,9 @@ pub struct SessionContext {
     pub hooks: Option<Arc<crate::hooks::Hooks>>,
     /// The application's webhooks (`[[webhooks]]`), when any is configured.
     pub webhooks: Option<Arc<crate::webhooks::Webhooks>>,
+    /// Client publishes per user and per address (`limits.publishes_per_minute_per_*`),
+    /// when either is set.
+    pub publish_rates: Option<Arc<crate::rates::PublishRates>>,
     /// Channels occupied and vacated for the whole cluster, when a webhook takes them.
     pub occupancy: Option<Arc<crate::occupancy::Occupancy>>,
 }
@@ -551,6 +554,7 @@ where
         leftover,
         token,
         connect,
+        source: peer,
     })
 }
 
@@ -571,7 +575,14 @@ where
         leftover,
         token,
         connect,
+        source,
     } = upgraded;
+    // Kept only where a limit per address needs it.
+    let source = source.filter(|_| {
+        ctx.publish_rates
+            .as_ref()
+            .is_some_and(|rates| rates.limits_addresses())
+    });
     let socket = Socket::new(
         Coalesce::new(stream),
         leftover,
@@ -580,8 +591,13 @@ where
     if is_echo {
         Box::pin(echo::run(socket, ctx.settings.idle_timeout))
     } else {
-        let start = (token.is_some() || connect.is_some())
-            .then(|| Box::new(start::Start { token, connect }));
+        let start = (token.is_some() || connect.is_some() || source.is_some()).then(|| {
+            Box::new(start::Start {
+                token,
+                connect,
+                source,
+            })
+        });
         Box::pin(run(socket, ctx, wire, admission, start))
     }
 }
@@ -594,6 +610,8 @@ struct Upgraded {
     token: Option<String>,
     /// What the connect hook is sent, when it is asked about this connection.
     connect: Option<Box<hooked::ConnectInputs>>,
+    /// The peer's source (address or IPv6 prefix), for `limits.publishes_per_minute_per_address`.
+    source: Option<IpAddr>,
 }
 
 /// Runs an upgraded connection until it ends.

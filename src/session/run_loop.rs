@@ -13,6 +13,7 @@
 
 use std::{
     future::poll_fn,
+    net::IpAddr,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
@@ -35,6 +36,7 @@ use crate::{
         self, ChannelName, ClientFrame, CloseCode, ErrorCode, Offset, UnsubscribeReason,
         ws::{Inbound, Utf8Bytes},
     },
+    rates::RateKey,
     revocations::Revoked,
     telemetry::{self, RateScope},
     throttle::{Quota, TokenBucket},
@@ -161,6 +163,9 @@ pub(super) struct Session {
     /// Who the connection is, once a token was accepted. Boxed: most of it is needed only
     /// for permission checks, and an anonymous connection pays 8 bytes.
     account: Option<Box<Account>>,
+    /// The peer's source, kept only where `limits.publishes_per_minute_per_address` needs
+    /// it: boxed, so that others pay 8 bytes.
+    source: Option<Box<IpAddr>>,
 }
 
 /// An authenticated connection's token, and the subscriptions no token granted.
@@ -184,7 +189,54 @@ impl Session {
             throttled_since_ms: 0,
             last_refused_ms: 0,
             account: None,
+            source: None,
         }
+    }
+
+    /// Keeps the peer's source for the publish limit per address.
+    pub(super) fn set_source(&mut self, source: Option<IpAddr>) {
+        self.source = source.map(Box::new);
+    }
+
+    /// Takes one publish from the user's budget (or, anonymous, the address's): `false`
+    /// (the client told `rate_limited`) when it has none left.
+    pub(super) async fn charge_publish_rate(&self, id: Option<u64>) -> bool {
+        let Some(rates) = &self.ctx.publish_rates else {
+            return true;
+        };
+        let key = match (self.identity(), &self.source) {
+            (Some(identity), _) => RateKey::User(Arc::clone(&identity.user)),
+            (None, Some(source)) => RateKey::Address(**source),
+            (None, None) => return true,
+        };
+        let Err(limited) = rates.take(&key).await else {
+            return true;
+        };
+        let (scope, key_name, whose) = if limited.user {
+            (
+                RateScope::UserPublishes,
+                "publishes_per_minute_per_user",
+                "this user",
+            )
+        } else {
+            (
+                RateScope::AddressPublishes,
+                "publishes_per_minute_per_address",
+                "anonymous connections from this address",
+            )
+        };
+        telemetry::rate_limited(scope);
+        let retry_after_ms = u64::try_from(limited.retry_after.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let message = format!(
+            "{whose} published over {} times a minute (limits.{key_name}); retry after \
+             {retry_after_ms} ms",
+            limited.per_minute
+        );
+        telemetry::metrics().protocol_error(ErrorCode::RateLimited);
+        self.send(protocol::encode_rate_limited(id, &message, retry_after_ms));
+        false
     }
 
     pub(super) fn context(&self) -> &SessionContext {
@@ -880,7 +932,12 @@ impl Session {
             }
             Ok(ClientFrame::Auth { id, token }) => self.authenticate(id, &token).await,
             Ok(ClientFrame::Refresh { id, token }) => self.refresh(id, &token).await,
-            Ok(ClientFrame::Rpc { id, method, data }) => self.rpc(id, &method, data),
+            Ok(ClientFrame::Rpc { id, method, data }) => {
+                // An rpc the server cannot serve costs nothing; one it can is a publish's worth.
+                if !self.serves_rpc() || self.charge_publish_rate(id).await {
+                    self.rpc(id, &method, data);
+                }
+            }
         }
     }
 

@@ -21,6 +21,8 @@ use crate::{
 pub(super) struct Start {
     pub token: Option<String>,
     pub connect: Option<Box<ConnectInputs>>,
+    /// The peer's source, where a publish limit per address needs it.
+    pub source: Option<std::net::IpAddr>,
 }
 
 /// Why a connection is refused at its start, told after the welcome.
@@ -101,7 +103,12 @@ async fn identify(
     conn_id: u64,
     start: Option<Box<Start>>,
 ) -> Option<Refused> {
-    let Start { token, connect } = *start?;
+    let Start {
+        token,
+        connect,
+        source,
+    } = *start?;
+    session.set_source(source);
     if let (Some(inputs), Some(hooks)) = (connect, &ctx.hooks) {
         return match hooked::connect(hooks, conn_id, &inputs, token.as_deref()).await {
             Connected::Allowed(identity) => {

@@ -79,6 +79,7 @@ fn test_context(hub: &HubHandle, bus: Arc<dyn Bus>) -> Arc<SessionContext> {
         auth: None,
         hooks: None,
         webhooks: None,
+        publish_rates: None,
         occupancy: None,
         presence: crate::presence::Presence::start(
             crate::presence::PresenceSettings {
@@ -283,6 +284,15 @@ impl Bus for PanickingBus {
     }
     fn user_left(&self, user: &str, conn_id: crate::hub::ConnId) {
         self.0.user_left(user, conn_id);
+    }
+    fn take_grants<'a>(
+        &'a self,
+        key: &'a str,
+        wanted: u32,
+        interval: std::time::Duration,
+        burst: u32,
+    ) -> BusFuture<'a, Result<crate::cluster::Grant, BusError>> {
+        self.0.take_grants(key, wanted, interval, burst)
     }
     fn unready_reasons(&self) -> Vec<String> {
         self.0.unready_reasons()

@@ -193,6 +193,10 @@ pub(super) fn describe() {
         "Bus entries read again from a partition's log after interest was found missing"
     );
     describe_counter!(REDIS_ERRORS, "Failed Redis commands, by operation");
+    describe_counter!(
+        RATE_LEASES,
+        "Leases asked of the cluster's publish rate budgets (a Redis call each), by result"
+    );
     describe_gauge!(
         REDIS_UP,
         "1 while this node's command link to Redis is connected; 0 before the first \

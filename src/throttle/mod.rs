@@ -52,6 +52,27 @@ impl Quota {
         })
     }
 
+    /// The quota for `per_minute` grants a minute and `burst` at once; `None` (no limit)
+    /// when either is 0. Its [`Quota::per_second`] is rounded up to at least 1.
+    #[must_use]
+    pub fn per_minute(per_minute: u32, burst: u32) -> Option<Self> {
+        let per_second = NonZeroU32::new(per_minute.div_ceil(60))?;
+        let burst = NonZeroU32::new(burst)?;
+        let interval_ns = 60_000_000_000_u64.div_ceil(u64::from(per_minute));
+        Some(Self {
+            per_second,
+            burst,
+            interval_ns,
+            capacity_ns: interval_ns.saturating_mul(u64::from(burst.get())),
+        })
+    }
+
+    /// The time one grant costs: the bucket refills one grant per interval.
+    #[must_use]
+    pub fn interval(&self) -> Duration {
+        Duration::from_nanos(self.interval_ns)
+    }
+
     /// Grants per second once the burst is used up.
     #[must_use]
     pub fn per_second(&self) -> u32 {

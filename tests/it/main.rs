@@ -38,6 +38,7 @@ mod presence_reply;
 mod presence_store;
 mod presence_truth;
 mod process;
+mod publish_rates;
 mod pubsub;
 mod python_client;
 mod raw;

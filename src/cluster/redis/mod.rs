@@ -174,6 +174,8 @@ struct Inner {
     revoke_script: Script,
     /// `user_conns.lua`: counts a connection as its user's (`limits.max_connections_per_user`).
     user_conns_script: Script,
+    /// `rate.lua`: hands out grants of a rate budget (`crate::rates`).
+    rate_script: Script,
     /// The processes the registry said were alive, for `user_conns_script`.
     live_processes: Mutex<user_conns::LiveProcesses>,
     /// Connections counted as their user's that closed, for `user_conns::forget_closed`.
@@ -239,6 +241,7 @@ impl RedisBus {
             born_script: Script::new(BORN_LUA),
             revoke_script: Script::new(include_str!("revoke.lua")),
             user_conns_script: Script::new(include_str!("user_conns.lua")),
+            rate_script: Script::new(include_str!("rate.lua")),
             live_processes: Mutex::default(),
             closed_users,
             health: Health {
@@ -603,6 +606,16 @@ impl Bus for RedisBus {
         limit: UserLimit,
     ) -> BusFuture<'a, bool> {
         Box::pin(self.admit_user_everywhere(user, conn_id, limit))
+    }
+
+    fn take_grants<'a>(
+        &'a self,
+        key: &'a str,
+        wanted: u32,
+        interval: std::time::Duration,
+        burst: u32,
+    ) -> BusFuture<'a, Result<super::Grant, BusError>> {
+        Box::pin(self.take_grants_from_redis(key, wanted, interval, burst))
     }
 
     fn user_left(&self, user: &str, conn_id: ConnId) {

@@ -1,4 +1,5 @@
-//! `limits.max_connections_per_user` across the cluster: each user's connections in a
+//! `limits.max_connections_per_user` across the cluster (and the rate budgets of
+//! `crate::rates`, kept in Redis beside it): each user's connections in a
 //! sorted set of its own, `sb:{uc:<user>}` (member `<node>:<incarnation>:<conn_id>`, score:
 //! when counted), changed by `user_conns.lua` at connect and by a batched `ZREM` at close.
 //! Over the limit, the script either refuses the new connection or removes the user's
@@ -98,6 +99,32 @@ impl RedisBus {
             return Ok(None);
         }
         Ok(Some(answer.iter().skip(2).filter_map(as_string).collect()))
+    }
+
+    /// Takes up to `wanted` grants of the budget `key` (`rate.lua`).
+    pub(super) async fn take_grants_from_redis(
+        &self,
+        key: &str,
+        wanted: u32,
+        interval: Duration,
+        burst: u32,
+    ) -> Result<crate::cluster::Grant, crate::cluster::BusError> {
+        let inner = &self.inner;
+        let mut conn = inner.conn()?;
+        let interval_us = u64::try_from(interval.as_micros()).unwrap_or(u64::MAX);
+        let (granted, retry_after_ms): (u32, u64) = inner
+            .rate_script
+            .key(format!("sb:{{rl:{key}}}"))
+            .arg(wanted)
+            .arg(interval_us)
+            .arg(burst)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|err| inner.failed("rate", &err))?;
+        Ok(crate::cluster::Grant {
+            granted,
+            retry_after: Duration::from_millis(retry_after_ms),
+        })
     }
 
     /// Closes the connection `member` names with 4005: here at once, elsewhere through the

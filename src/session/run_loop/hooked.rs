@@ -271,6 +271,11 @@ impl Session {
             .close(CloseCode::from_code(code).unwrap_or(CloseCode::Custom(code)));
     }
 
+    /// Whether `rpc` frames reach a backend here (`[hooks]` has an rpc hook).
+    pub(super) fn serves_rpc(&self) -> bool {
+        self.hooks().is_some_and(|hooks| hooks.has(Hook::Rpc))
+    }
+
     /// `{"type":"rpc"}`: asks the backend in a task of its own (the session reads on), at
     /// most `hooks.max_rpc_in_flight_per_connection` at once; the answer is an `rpc_result`
     /// with the request's `id`, or an `error`.

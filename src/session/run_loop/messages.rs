@@ -126,6 +126,9 @@ impl Session {
         if let Some(refused) = self.charge_publish(&channel, bytes) {
             return self.error(id, ErrorCode::RateLimited, &refused);
         }
+        if !self.charge_publish_rate(id).await {
+            return;
+        }
         // A `hook` rule asks the backend last, about an operation this node would carry
         // out: it may put its own `data` in place of the client's.
         let replaced = match decision {
