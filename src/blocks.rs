@@ -33,9 +33,17 @@ pub struct Block {
 }
 
 /// The blocked users a node knows of.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Blocklist {
     users: DashMap<Arc<str>, Option<u64>>,
+    /// Users held at most: [`MAX_BLOCKS`].
+    cap: usize,
+}
+
+impl Default for Blocklist {
+    fn default() -> Self {
+        Self::with_cap(MAX_BLOCKS)
+    }
 }
 
 /// Why a block was not taken.
@@ -52,6 +60,13 @@ pub enum BlockError {
 }
 
 impl Blocklist {
+    fn with_cap(cap: usize) -> Self {
+        Self {
+            users: DashMap::new(),
+            cap,
+        }
+    }
+
     /// Checks a block before anything is written.
     ///
     /// # Errors
@@ -65,11 +80,11 @@ impl Blocklist {
             Some(until) if until > MAX_UNTIL => return Err(BlockError::TooFar(until)),
             _ => {}
         }
-        if self.users.len() >= MAX_BLOCKS && !self.users.contains_key(user) {
+        if self.users.len() >= self.cap && !self.users.contains_key(user) {
             // Ended blocks are forgotten by a cluster's reload; on one node they stay until
             // here, so that a full list of blocks that have all ended does not refuse.
             self.prune(now);
-            if self.users.len() >= MAX_BLOCKS {
+            if self.users.len() >= self.cap {
                 return Err(BlockError::Full);
             }
         }
@@ -78,7 +93,7 @@ impl Blocklist {
 
     /// Blocks `user` until `until` (a later block replaces an earlier one).
     pub fn block(&self, user: &str, until: Option<u64>) {
-        if self.users.len() < MAX_BLOCKS || self.users.contains_key(user) {
+        if self.users.len() < self.cap || self.users.contains_key(user) {
             self.users.insert(Arc::from(user), until);
         }
     }
@@ -130,7 +145,7 @@ impl Blocklist {
         let fresh: std::collections::HashMap<Arc<str>, Option<u64>> = blocks
             .into_iter()
             .filter(|block| block.until.is_none_or(|until| until > now))
-            .take(MAX_BLOCKS)
+            .take(self.cap)
             .map(|block| (Arc::from(block.user), block.until))
             .collect();
         self.users.retain(|user, _| fresh.contains_key(user));
@@ -179,8 +194,10 @@ mod tests {
 
     #[test]
     fn a_full_list_of_ended_blocks_takes_a_new_one() {
-        let list = Blocklist::default();
-        for index in 0..super::MAX_BLOCKS {
+        // A small cap: a million entries here would move the process's resident memory
+        // under `memory::tests`, which measure it.
+        let list = Blocklist::with_cap(1000);
+        for index in 0..1000 {
             list.block(&index.to_string(), Some(5));
         }
         assert_eq!(list.check("late", None, 4), Err(BlockError::Full));
