@@ -15,7 +15,7 @@
 //! and `user:a:b` with `user:{sub}:*` before `user:{sub}`) is the caller's
 //! (`Namespaces::governing`).
 
-use crate::config::{EditRule, NamespaceConfig, Rule};
+use crate::config::{ChannelPattern, EditRule, NamespaceConfig, Rule};
 
 use super::Identity;
 
@@ -43,85 +43,6 @@ impl Action {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Pattern {
-    All,
-    Prefix(String),
-    Exact(String),
-    /// `before{sub}after`; `after` may end in `*` (then a prefix after the user).
-    Owner {
-        before: String,
-        after: String,
-    },
-}
-
-impl Pattern {
-    fn parse(text: &str) -> Self {
-        if text == "*" {
-            return Pattern::All;
-        }
-        if let Some((before, after)) = text.split_once("{sub}") {
-            return Pattern::Owner {
-                before: before.to_owned(),
-                after: after.to_owned(),
-            };
-        }
-        match text.strip_suffix('*') {
-            Some(prefix) => Pattern::Prefix(prefix.to_owned()),
-            None => Pattern::Exact(text.to_owned()),
-        }
-    }
-
-    /// Whether `channel` has this pattern's shape: for an owner pattern, with some non-empty
-    /// user in place of `{sub}`. Who asks does not matter.
-    fn fits(&self, channel: &str) -> bool {
-        match self {
-            Pattern::All => true,
-            Pattern::Prefix(prefix) => channel.starts_with(prefix.as_str()),
-            Pattern::Exact(name) => channel == name,
-            Pattern::Owner { before, after } => {
-                let Some(rest) = channel.strip_prefix(before.as_str()) else {
-                    return false;
-                };
-                match after.strip_suffix('*') {
-                    // `{sub}*`: the user runs to the end.
-                    Some("") => !rest.is_empty(),
-                    // The user is not empty: the part after it starts past the first char.
-                    Some(after_prefix) => rest
-                        .char_indices()
-                        .skip(1)
-                        .any(|(at, _)| rest[at..].starts_with(after_prefix)),
-                    None => rest.len() > after.len() && rest.ends_with(after.as_str()),
-                }
-            }
-        }
-    }
-
-    /// Whether `channel` is `user`'s under this owner pattern: `before`, the whole `user`,
-    /// then `after` (or what `after` starts with, when it ends in `*`). The user is compared
-    /// whole, never cut out of the channel's name, so that a `sub` holding the character
-    /// after `{sub}` (`a:b` in `user:{sub}:*`) is still found. False for other patterns and
-    /// an empty user.
-    fn owned_by(&self, channel: &str, user: &str) -> bool {
-        let Pattern::Owner { before, after } = self else {
-            return false;
-        };
-        let Some(rest) = channel
-            .strip_prefix(before.as_str())
-            .and_then(|rest| rest.strip_prefix(user))
-        else {
-            return false;
-        };
-        !user.is_empty()
-            && match after.strip_suffix('*') {
-                // `{sub}*` is `{sub}`: a prefix would give `alice` the channels of `alice2`.
-                Some("") => rest.is_empty(),
-                Some(after_prefix) => rest.starts_with(after_prefix),
-                None => rest == after,
-            }
-    }
-}
-
 /// Whether one of a token's claim patterns (`channels`, `publish`) matches `channel`.
 fn claimed(patterns: &[String], channel: &str) -> bool {
     patterns
@@ -134,7 +55,7 @@ fn claimed(patterns: &[String], channel: &str) -> bool {
 
 #[derive(Debug, Clone)]
 struct Namespace {
-    pattern: Pattern,
+    pattern: ChannelPattern,
     subscribe: Rule,
     publish: Rule,
     history: Rule,
@@ -164,7 +85,7 @@ impl Namespaces {
             config
                 .iter()
                 .map(|namespace| Namespace {
-                    pattern: Pattern::parse(&namespace.pattern),
+                    pattern: ChannelPattern::parse(&namespace.pattern),
                     subscribe: namespace.subscribe,
                     publish: namespace.publish,
                     history: namespace.history,
@@ -199,10 +120,10 @@ impl Namespaces {
                 continue;
             }
             match pattern {
-                Pattern::Owner { .. } => {
+                ChannelPattern::Owner { .. } => {
                     others.get_or_insert(namespace);
                 }
-                Pattern::All | Pattern::Prefix(_) | Pattern::Exact(_) => {
+                ChannelPattern::All | ChannelPattern::Prefix(_) | ChannelPattern::Exact(_) => {
                     return Some((others.unwrap_or(namespace), false));
                 }
             }

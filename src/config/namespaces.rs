@@ -27,6 +27,91 @@ pub enum Rule {
     Hook,
 }
 
+/// A `[[namespaces]]` entry's `pattern`, parsed: `*`, a prefix ending in `*`, an exact name,
+/// or a name with `{sub}` for the token's user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChannelPattern {
+    All,
+    Prefix(String),
+    Exact(String),
+    /// `before{sub}after`; `after` may end in `*` (then a prefix after the user).
+    Owner {
+        before: String,
+        after: String,
+    },
+}
+
+impl ChannelPattern {
+    /// The pattern `text` writes (see `pattern`).
+    #[must_use]
+    pub fn parse(text: &str) -> Self {
+        if text == "*" {
+            return ChannelPattern::All;
+        }
+        if let Some((before, after)) = text.split_once("{sub}") {
+            return ChannelPattern::Owner {
+                before: before.to_owned(),
+                after: after.to_owned(),
+            };
+        }
+        match text.strip_suffix('*') {
+            Some(prefix) => ChannelPattern::Prefix(prefix.to_owned()),
+            None => ChannelPattern::Exact(text.to_owned()),
+        }
+    }
+
+    /// Whether `channel` has this pattern's shape: for an owner pattern, with some non-empty
+    /// user in place of `{sub}`. Who asks does not matter.
+    #[must_use]
+    pub fn fits(&self, channel: &str) -> bool {
+        match self {
+            ChannelPattern::All => true,
+            ChannelPattern::Prefix(prefix) => channel.starts_with(prefix.as_str()),
+            ChannelPattern::Exact(name) => channel == name,
+            ChannelPattern::Owner { before, after } => {
+                let Some(rest) = channel.strip_prefix(before.as_str()) else {
+                    return false;
+                };
+                match after.strip_suffix('*') {
+                    // `{sub}*`: the user runs to the end.
+                    Some("") => !rest.is_empty(),
+                    // The user is not empty: the part after it starts past the first char.
+                    Some(after_prefix) => rest
+                        .char_indices()
+                        .skip(1)
+                        .any(|(at, _)| rest[at..].starts_with(after_prefix)),
+                    None => rest.len() > after.len() && rest.ends_with(after.as_str()),
+                }
+            }
+        }
+    }
+
+    /// Whether `channel` is `user`'s under this owner pattern: `before`, the whole `user`,
+    /// then `after` (or what `after` starts with, when it ends in `*`). The user is compared
+    /// whole, never cut out of the channel's name, so that a `sub` holding the character
+    /// after `{sub}` (`a:b` in `user:{sub}:*`) is still found. False for other patterns and
+    /// an empty user.
+    #[must_use]
+    pub fn owned_by(&self, channel: &str, user: &str) -> bool {
+        let ChannelPattern::Owner { before, after } = self else {
+            return false;
+        };
+        let Some(rest) = channel
+            .strip_prefix(before.as_str())
+            .and_then(|rest| rest.strip_prefix(user))
+        else {
+            return false;
+        };
+        !user.is_empty()
+            && match after.strip_suffix('*') {
+                // `{sub}*` is `{sub}`: a prefix would give `alice` the channels of `alice2`.
+                Some("") => rest.is_empty(),
+                Some(after_prefix) => rest.starts_with(after_prefix),
+                None => rest == after,
+            }
+    }
+}
+
 /// One `[[namespaces]]` entry.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
