@@ -224,6 +224,8 @@ mod tests {
             presence: Rule::None,
             join_leave: false,
             edit: crate::config::EditRule::Own,
+            history_size: None,
+            history_ttl: None,
         }
     }
 

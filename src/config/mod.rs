@@ -220,7 +220,8 @@ impl Config {
             webhook.validate()?;
         }
         for (index, namespace) in self.namespaces.iter().enumerate() {
-            if let Err(message) = namespaces::check(namespace, &self.hooks) {
+            let queue = self.limits.outbound_queue_messages;
+            if let Err(message) = namespaces::check(namespace, &self.hooks, queue) {
                 return Err(invalid("namespaces", format!("[{index}]: {message}")));
             }
         }

@@ -137,6 +137,18 @@ pub struct NamespaceConfig {
     /// connection created), `any`, or `none`. Backends may change any. Default `own`.
     #[serde(default)]
     pub edit: EditRule,
+    /// Messages each channel keeps for resume and `history`; absent: `history.size`. 0: no
+    /// history at all (ephemeral channels such as typing indicators: nothing is written to
+    /// Redis's history, a resume answers `recovered: false`, messages with ids are refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history_size: Option<usize>,
+    /// How long they are kept; absent: `history.ttl`.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub history_ttl: Option<std::time::Duration>,
 }
 
 /// Which messages a client may change: a namespace's `edit`.
@@ -165,12 +177,18 @@ pub(super) fn default_namespaces() -> Vec<NamespaceConfig> {
         presence: Rule::None,
         join_leave: false,
         edit: EditRule::Own,
+        history_size: None,
+        history_ttl: None,
     }]
 }
 
 /// A namespace's pattern: `*`, or a name with at most one `{sub}` and a `*` only at the end;
 /// `owner` rules need `{sub}`.
-pub(super) fn check(namespace: &NamespaceConfig, hooks: &HooksConfig) -> Result<(), String> {
+pub(super) fn check(
+    namespace: &NamespaceConfig,
+    hooks: &HooksConfig,
+    queue_messages: usize,
+) -> Result<(), String> {
     let pattern = namespace.pattern.as_str();
     if pattern.is_empty() {
         return Err("pattern is empty".to_owned());
@@ -206,6 +224,22 @@ pub(super) fn check(namespace: &NamespaceConfig, hooks: &HooksConfig) -> Result<
     if namespace.publish == Rule::Hook && hooks.publish_url.is_empty() {
         return Err(format!(
             "pattern '{pattern}': `publish = \"hook\"` needs hooks.publish_url"
+        ));
+    }
+    if namespace
+        .history_size
+        .is_some_and(|size| size >= queue_messages)
+    {
+        // As for history.size: a resume replays up to this many at once.
+        return Err(format!(
+            "pattern '{pattern}': history_size must be smaller than \
+             limits.outbound_queue_messages"
+        ));
+    }
+    if namespace.history_ttl.is_some_and(|ttl| ttl.is_zero()) {
+        return Err(format!(
+            "pattern '{pattern}': history_ttl must be greater than 0 (history_size = 0 keeps \
+             no history)"
         ));
     }
     Ok(())
@@ -277,6 +311,8 @@ mod tests {
                 presence: Rule::None,
                 join_leave: false,
                 edit: super::super::EditRule::Own,
+                history_size: None,
+                history_ttl: None,
             })
             .collect()
     }

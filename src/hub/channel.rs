@@ -23,7 +23,10 @@ use super::{
     fanout::{Queued, Slot},
     stream::{Coalescing, Message},
 };
-use crate::protocol::{ChannelName, Offset};
+use crate::{
+    config::ChannelPattern,
+    protocol::{ChannelName, Offset},
+};
 
 /// What the allocator adds to each allocation (glibc: a 16-byte header and rounding).
 const MALLOC_OVERHEAD: usize = 16;
@@ -96,13 +99,55 @@ pub(super) const ID_OVERHEAD: usize =
 /// node holds now against the byte budget they share.
 #[derive(Debug)]
 pub(super) struct Retention {
+    /// `history.size` and `history.ttl`: channels of no namespace that sets its own.
     pub(super) size: usize,
     pub(super) ttl: Duration,
+    /// Every `[[namespaces]]` entry in order with the history its channels keep, when any
+    /// entry sets its own (`history_size`, `history_ttl`); empty otherwise. A channel
+    /// notes which (see [`Channel::limit`]).
+    pub(super) namespaces: Vec<(ChannelPattern, HistoryLimit)>,
     pub(super) max_bytes: usize,
     pub(super) used_bytes: AtomicUsize,
     pub(super) used_messages: AtomicUsize,
     /// How long a `message_id` is remembered after its publish (`streams.dedupe_window`).
     pub(super) dedupe_window: Duration,
+}
+
+/// How much history one channel keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryLimit {
+    /// Messages; 0: none (an ephemeral channel).
+    pub size: usize,
+    pub ttl: Duration,
+}
+
+impl Retention {
+    /// The entry of [`Retention::namespaces`] that governs `channel`, plus one (0: the
+    /// defaults), as a channel keeps it.
+    pub(super) fn index_for(&self, channel: &str) -> u16 {
+        if self.namespaces.is_empty() {
+            return 0;
+        }
+        self.namespaces
+            .iter()
+            .position(|(pattern, _)| pattern.fits(channel))
+            .and_then(|index| u16::try_from(index + 1).ok())
+            .unwrap_or(0)
+    }
+
+    /// The history a channel with index `index` keeps.
+    pub(super) fn limit(&self, index: u16) -> HistoryLimit {
+        (index as usize)
+            .checked_sub(1)
+            .and_then(|index| self.namespaces.get(index))
+            .map_or(
+                HistoryLimit {
+                    size: self.size,
+                    ttl: self.ttl,
+                },
+                |(_, limit)| *limit,
+            )
+    }
 }
 
 /// Deliveries kept while a subscribe waits for a read from the bus, at most.
@@ -165,10 +210,12 @@ pub(super) struct Channel {
     /// Bytes this channel (not its entries) counts against the node's history budget now:
     /// 0 while it holds no history.
     charged: usize,
+    /// Which history it keeps: see [`Retention::index_for`].
+    pub(super) limit: u16,
 }
 
 impl Channel {
-    pub(super) fn new(synced: bool, name_len: usize) -> Self {
+    pub(super) fn new(synced: bool, name_len: usize, limit: u16) -> Self {
         Self {
             // A fresh random epoch per channel instance: offsets from an instance whose history
             // was lost can never be mistaken for offsets of this one.
@@ -194,6 +241,7 @@ impl Channel {
             coalescing: None,
             name_len: u32::try_from(name_len).unwrap_or(u32::MAX),
             charged: 0,
+            limit,
         }
     }
 
@@ -260,7 +308,8 @@ impl Channel {
 
     /// Appends to history and trims it by count, age and the node-wide byte budget.
     pub(super) fn remember(&mut self, entry: Entry, policy: &Retention, now: Instant) {
-        if policy.size == 0 {
+        let size = policy.limit(self.limit).size;
+        if size == 0 {
             self.floor = self.seq;
             return;
         }
@@ -268,7 +317,7 @@ impl Channel {
         policy.used_messages.fetch_add(1, Ordering::Relaxed);
         self.history.push_back(entry);
         self.settle(policy);
-        while self.history.len() > policy.size {
+        while self.history.len() > size {
             self.forget_oldest(policy);
         }
         self.expire(policy, now);
@@ -292,10 +341,11 @@ impl Channel {
 
     /// Drops entries older than the ttl.
     pub(super) fn expire(&mut self, policy: &Retention, now: Instant) {
+        let ttl = policy.limit(self.limit).ttl;
         while self
             .history
             .front()
-            .is_some_and(|entry| now.duration_since(entry.published_at) >= policy.ttl)
+            .is_some_and(|entry| now.duration_since(entry.published_at) >= ttl)
         {
             self.forget_oldest(policy);
         }

@@ -137,6 +137,13 @@ impl HistoryData {
 }
 
 impl Hub {
+    /// The history `channel` keeps: its namespace's `history_size` and `history_ttl`, or
+    /// `history.size` and `history.ttl`.
+    #[must_use]
+    pub fn history_limit(&self, channel: &str) -> super::HistoryLimit {
+        self.retention.limit(self.retention.index_for(channel))
+    }
+
     /// Reads history after `since` (or the newest messages), at most `limit`, oldest first.
     #[must_use]
     pub fn history(

@@ -54,6 +54,7 @@ use smallvec::SmallVec;
 use tokio::time::Instant;
 
 pub use self::admission::{PendingSlot, PendingUpgrades, source_of};
+pub use self::channel::HistoryLimit;
 pub use self::framed::FramedText;
 pub use self::history::{HistoryData, HistoryPage};
 pub use self::lag::LagClock;
@@ -69,7 +70,7 @@ use self::{
     channel::{Channel, Retention},
     fanout::{Slot, Subscriber},
 };
-use crate::{protocol::ChannelName, telemetry};
+use crate::{config::ChannelPattern, protocol::ChannelName, telemetry};
 
 /// Settings the hub needs, taken from the configuration.
 #[derive(Debug, Clone)]
@@ -84,6 +85,9 @@ pub struct HubSettings {
     pub history_size: usize,
     pub history_ttl: Duration,
     pub history_max_bytes: usize,
+    /// Every `[[namespaces]]` entry's pattern with the history its channels keep (its
+    /// `history_size` and `history_ttl`, else `history.*`), when any entry sets its own.
+    pub history_per_namespace: Vec<(String, HistoryLimit)>,
     /// Messages are ordered by a remote bus (Redis) and arrive through [`Hub::deliver`];
     /// false when the hub orders them itself ([`Hub::publish`]).
     pub remote: bool,
@@ -105,10 +109,32 @@ impl HubSettings {
             history_size: config.history.size,
             history_ttl: config.history.ttl,
             history_max_bytes: config.history.max_memory_bytes,
+            history_per_namespace: history_per_namespace(config),
             remote: config.cluster.redis.is_set(),
             streams: config.streams.clone(),
         }
     }
+}
+
+/// See [`HubSettings::history_per_namespace`].
+fn history_per_namespace(config: &crate::config::Config) -> Vec<(String, HistoryLimit)> {
+    let namespaces = &config.namespaces;
+    if namespaces
+        .iter()
+        .all(|namespace| namespace.history_size.is_none() && namespace.history_ttl.is_none())
+    {
+        return Vec::new();
+    }
+    namespaces
+        .iter()
+        .map(|namespace| {
+            let limit = HistoryLimit {
+                size: namespace.history_size.unwrap_or(config.history.size),
+                ttl: namespace.history_ttl.unwrap_or(config.history.ttl),
+            };
+            (namespace.pattern.clone(), limit)
+        })
+        .collect()
 }
 
 /// A cheap, clonable handle on the hub.
@@ -227,6 +253,11 @@ impl Hub {
             retention: Retention {
                 size: settings.history_size,
                 ttl: settings.history_ttl,
+                namespaces: settings
+                    .history_per_namespace
+                    .iter()
+                    .map(|(pattern, limit)| (ChannelPattern::parse(pattern), *limit))
+                    .collect(),
                 max_bytes: settings.history_max_bytes,
                 used_bytes: AtomicUsize::new(0),
                 used_messages: AtomicUsize::new(0),
@@ -279,7 +310,11 @@ impl Hub {
                 .entry(name.clone())
                 .or_insert_with(|| {
                     Arc::new(Slot::new(
-                        Channel::new(!self.settings.remote, name.as_str().len()),
+                        Channel::new(
+                            !self.settings.remote,
+                            name.as_str().len(),
+                            self.retention.index_for(name.as_str()),
+                        ),
                         Arc::clone(&shard.subscriptions),
                     ))
                 }),

@@ -14,6 +14,7 @@ pub(super) fn settings(history_size: usize, queue_messages: usize) -> HubSetting
         history_size,
         history_ttl: Duration::from_secs(60),
         history_max_bytes: 1 << 20,
+        history_per_namespace: Vec::new(),
         remote: false,
         streams: crate::config::StreamsConfig::default(),
     }
@@ -288,6 +289,7 @@ fn channels_are_charged_what_they_hold_and_freed_when_empty() {
 fn history_is_bounded_by_the_node_wide_budget() {
     let hub = Hub::new(HubSettings {
         history_max_bytes: 4000,
+        history_per_namespace: Vec::new(),
         ..hub_with(50, 64).settings().clone()
     });
     let payload = format!("\"{}\"", "y".repeat(500));

@@ -17,6 +17,7 @@ fn hub() -> HubHandle {
         history_size: 16,
         history_ttl: Duration::from_secs(60),
         history_max_bytes: 1 << 20,
+        history_per_namespace: Vec::new(),
         remote: false,
         streams: crate::config::StreamsConfig::default(),
     })

@@ -1080,7 +1080,7 @@ impl Session {
             // the read and this future is dropped; a leaked pin would keep the channel from
             // being swept and fail later resumes with `recovered:false`.
             let pin = hub.adopt_pin(&channel);
-            let limit = self.ctx.settings.history_size;
+            let limit = hub.history_limit(channel.as_str()).size;
             match self.ctx.bus.read_channel(&channel, since, limit).await {
                 Ok(mut view) => {
                     // Boxed: rare, as `replay_ahead`.

@@ -20,6 +20,7 @@ fn test_hub() -> HubHandle {
         history_size: 10,
         history_ttl: Duration::from_secs(60),
         history_max_bytes: 1 << 20,
+        history_per_namespace: Vec::new(),
         remote: false,
         streams: crate::config::StreamsConfig::default(),
     })
@@ -34,6 +35,8 @@ fn anyone() -> Namespaces {
         presence: Rule::None,
         join_leave: false,
         edit: crate::config::EditRule::Own,
+        history_size: None,
+        history_ttl: None,
     }])
 }
 

@@ -311,6 +311,8 @@ fn namespace(pattern: &str, subscribe: Rule, publish: Rule, history: Rule) -> Na
         presence: Rule::None,
         join_leave: false,
         edit: switchboard::config::EditRule::Own,
+        history_size: None,
+        history_ttl: None,
     }
 }
 

@@ -158,6 +158,8 @@ impl TestServer {
             presence: switchboard::config::Rule::None,
             join_leave: false,
             edit: switchboard::config::EditRule::Own,
+            history_size: None,
+            history_ttl: None,
         }];
         TestServerBuilder {
             config,

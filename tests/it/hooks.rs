@@ -90,6 +90,8 @@ fn hooked(config: &mut Config, backend: &Backend) {
         presence: Rule::None,
         join_leave: false,
         edit: EditRule::Own,
+        history_size: None,
+        history_ttl: None,
     };
     config.namespaces = vec![
         namespace("room:*", Rule::Hook),

@@ -30,6 +30,7 @@ mod jwks;
 mod limits;
 mod lockout;
 mod mass_disconnect;
+mod namespace_history;
 mod openapi;
 mod overload;
 mod presence;

@@ -47,6 +47,8 @@ pub(crate) fn chat(config: &mut Config) {
         presence,
         join_leave,
         edit: switchboard::config::EditRule::Own,
+        history_size: None,
+        history_ttl: None,
     };
     config.namespaces = vec![
         namespace("room:*", Rule::Claim, Rule::Claim, true),

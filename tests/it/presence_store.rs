@@ -28,6 +28,8 @@ fn rooms_with_presence(config: &mut Config) {
         presence: Rule::Anonymous,
         join_leave: false,
         edit: switchboard::config::EditRule::Own,
+        history_size: None,
+        history_ttl: None,
     }];
 }
 

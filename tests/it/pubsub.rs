@@ -225,6 +225,8 @@ async fn clients_read_history_over_the_websocket() {
                     presence: switchboard::config::Rule::None,
                     join_leave: false,
                     edit: switchboard::config::EditRule::Own,
+                    history_size: None,
+                    history_ttl: None,
                 },
             );
         })

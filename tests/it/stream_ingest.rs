@@ -401,6 +401,8 @@ async fn clients_change_only_what_the_edit_rule_lets_them() {
                 presence: Rule::None,
                 join_leave: false,
                 edit,
+                history_size: None,
+                history_ttl: None,
             };
             c.namespaces = vec![
                 namespace("own:*", Rule::Anonymous, EditRule::Own),

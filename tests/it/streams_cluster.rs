@@ -626,6 +626,8 @@ async fn bounds_and_the_edit_rule_hold_across_nodes_with_a_bystander_at_full_rat
                     presence: Rule::None,
                     join_leave: false,
                     edit: EditRule::Own,
+                    history_size: None,
+                    history_ttl: None,
                 };
                 c.namespaces = vec![namespace("own:*"), namespace("*")];
             })

@@ -37,6 +37,8 @@ fn webhooked(config: &mut Config, url: String, events: Vec<WebhookEvent>) {
         presence: Rule::Anonymous,
         join_leave: false,
         edit: EditRule::Own,
+        history_size: None,
+        history_ttl: None,
     }];
 }
 

@@ -261,8 +261,16 @@ impl Inner {
         millis(self.settings.channel_state_ttl)
     }
 
-    pub(super) fn history_ttl_ms(&self) -> u64 {
-        millis(self.settings.history_ttl)
+    /// How long `channel`'s history keeps a message (its namespace's `history_ttl`, or
+    /// `history.ttl`), in ms.
+    pub(super) fn history_ttl_ms(&self, channel: &ChannelName) -> u64 {
+        millis(self.hub.history_limit(channel.as_str()).ttl)
+    }
+
+    /// How many messages `channel`'s history keeps (its namespace's `history_size`, or
+    /// `history.size`).
+    pub(super) fn history_size(&self, channel: &ChannelName) -> usize {
+        self.hub.history_limit(channel.as_str()).size
     }
 
     pub(super) fn bus_max_age_ms(&self) -> u64 {
@@ -282,11 +290,11 @@ impl Inner {
         invocation
             .arg(data)
             .arg(format!("{:016x}", random_epoch()))
-            .arg(self.settings.history_size)
+            .arg(self.history_size(channel))
             .arg(self.state_ttl_ms())
             .arg(self.settings.bus_maxlen)
             .arg(channel.as_str())
-            .arg(self.history_ttl_ms())
+            .arg(self.history_ttl_ms(channel))
             .arg(self.bus_max_age_ms())
             .arg(inbox_prefix(keys.partition))
             .arg(self.interest_ttl_ms())
@@ -376,7 +384,7 @@ impl Inner {
             read.truncated = true;
         }
         // The stream is trimmed by age only when published to: drop what aged out since.
-        let oldest_ms = read.now_ms.saturating_sub(self.history_ttl_ms());
+        let oldest_ms = read.now_ms.saturating_sub(self.history_ttl_ms(channel));
         let states = &read.states;
         let touched = |entry: &ReadEntry| {
             states

@@ -333,7 +333,7 @@ impl Inner {
         op: &Op<'_>,
         editor: &Editor,
     ) -> Result<Applied, ApplyError> {
-        if self.settings.history_size == 0 {
+        if self.history_size(channel) == 0 {
             return Err(OpError::NoHistory.into());
         }
         let args = OpArgs::new(op);
@@ -367,11 +367,11 @@ impl Inner {
             .arg(rule)
             .arg(args.reason)
             .arg(format!("{:016x}", super::scripts::random_epoch()))
-            .arg(self.settings.history_size)
+            .arg(self.history_size(channel))
             .arg(self.state_ttl_ms())
             .arg(self.settings.bus_maxlen)
             .arg(channel.as_str())
-            .arg(self.history_ttl_ms())
+            .arg(self.history_ttl_ms(channel))
             .arg(self.bus_max_age_ms())
             .arg(inbox_prefix(keys.partition))
             .arg(self.interest_ttl_ms())

@@ -65,7 +65,7 @@ impl Hub {
         if self.settings.remote {
             return Err(OpError::Clustered);
         }
-        if self.retention.size == 0 {
+        if self.history_limit(channel.as_str()).size == 0 {
             return Err(OpError::NoHistory);
         }
         let mut round = None;
