@@ -455,6 +455,38 @@ impl BinaryNode {
         Self::start_with(None, false, Some((ws_addr, control_addr)), args, env).await
     }
 
+    /// A clustered node with `config` (written to a file of its own for the start), on the
+    /// Redis at `redis_url` under `node_id`, at `addrs` when given (a node restarted where
+    /// clients expect it), with `env`.
+    pub async fn start_configured(
+        config: &switchboard::config::Config,
+        redis_url: &str,
+        node_id: &str,
+        addrs: Option<(SocketAddr, SocketAddr)>,
+        env: &[(&str, &str)],
+    ) -> BinaryNode {
+        let path = std::env::temp_dir().join(format!(
+            "sb-node-{}-{}-{node_id}.toml",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::write(&path, toml::to_string(config).unwrap()).unwrap();
+        let args = [
+            "--config",
+            path.to_str().unwrap(),
+            "--redis",
+            redis_url,
+            "--node-id",
+            node_id,
+        ];
+        let node = match addrs {
+            None => Self::start(&args, env).await,
+            Some((ws, control)) => Self::start_at(ws, control, &args, env).await,
+        };
+        let _ = std::fs::remove_file(&path);
+        node
+    }
+
     /// As [`BinaryNode::start`], with its log (stdout) kept for [`BinaryNode::log`].
     pub async fn start_logged(args: &[&str], env: &[(&str, &str)]) -> BinaryNode {
         Self::start_with(None, true, None, args, env).await

@@ -152,13 +152,12 @@ pub(crate) async fn node(
     ttl: Duration,
     addrs: Option<(SocketAddr, SocketAddr)>,
 ) -> BinaryNode {
-    node_via(&redis.url(), redis.port, node_id, ttl, addrs).await
+    node_via(&redis.url(), node_id, ttl, addrs).await
 }
 
 /// As [`node`], with Redis at `url` (e.g. a proxy in front of it).
 async fn node_via(
     url: &str,
-    port: u16,
     node_id: &str,
     ttl: Duration,
     addrs: Option<(SocketAddr, SocketAddr)>,
@@ -166,27 +165,8 @@ async fn node_via(
     let mut config = Config::default();
     chat(&mut config);
     config.presence.ttl = ttl;
-    let path = std::env::temp_dir().join(format!(
-        "sb-truth-{}-{}-{node_id}.toml",
-        std::process::id(),
-        port
-    ));
-    std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
-    let args = [
-        "--config",
-        path.to_str().unwrap(),
-        "--redis",
-        url,
-        "--node-id",
-        node_id,
-    ];
     let env = [("SWITCHBOARD_CLUSTER__PARTITIONS", "4")];
-    let node = match addrs {
-        None => BinaryNode::start(&args, &env).await,
-        Some((ws, control)) => BinaryNode::start_at(ws, control, &args, &env).await,
-    };
-    let _ = std::fs::remove_file(&path);
-    node
+    BinaryNode::start_configured(&config, url, node_id, addrs, &env).await
 }
 
 /// `count` members of [`ROOM`] on `node`, users `<prefix>-<n>`.
@@ -245,7 +225,7 @@ async fn a_node_restarted_under_its_id_sends_leave_for_its_predecessors_members(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_pause_sends_no_false_leave() {
     let redis = RedisServer::start(false);
-    nobody_leaves_through(&redis.url(), redis.port, async {
+    nobody_leaves_through(&redis.url(), async {
         redis.pause();
         tokio::time::sleep(Duration::from_secs(12)).await;
         redis.resume();
@@ -253,13 +233,13 @@ async fn a_redis_pause_sends_no_false_leave() {
     .await;
 }
 
-/// Two nodes (Redis at `url`, `port` naming the run) with a watcher and three members each:
+/// Two nodes (Redis at `url`) with a watcher and three members each:
 /// once every view agrees, `fault`; then, past the presence TTL (6 s) and the registry's
 /// after it, when any judgment would have been made, nobody left and the views agree again.
-async fn nobody_leaves_through(url: &str, port: u16, fault: impl std::future::Future<Output = ()>) {
+async fn nobody_leaves_through(url: &str, fault: impl std::future::Future<Output = ()>) {
     let ttl = Duration::from_secs(6);
-    let a = node_via(url, port, "a", ttl, None).await;
-    let b = node_via(url, port, "b", ttl, None).await;
+    let a = node_via(url, "a", ttl, None).await;
+    let b = node_via(url, "b", ttl, None).await;
     let mut on_a = Watcher::start(&a.ws_url(), "watcher-a").await;
     let _members_a = members(&a, "a", 3).await;
     let mut on_b = Watcher::start(&b.ws_url(), "watcher-b").await;
@@ -281,7 +261,7 @@ async fn nobody_leaves_through(url: &str, port: u16, fault: impl std::future::Fu
 async fn a_partition_from_redis_sends_no_false_leave() {
     let redis = RedisServer::start(false);
     let proxy = FaultProxy::start(redis.port).await;
-    nobody_leaves_through(&proxy.url(), proxy.port, async {
+    nobody_leaves_through(&proxy.url(), async {
         proxy.cut(true);
         tokio::time::sleep(Duration::from_secs(12)).await;
         proxy.cut(false);
@@ -325,8 +305,8 @@ async fn a_paused_node_is_removed_and_comes_back_with_join() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restarted_empty_keeps_presence_true() {
     let mut redis = RedisServer::start(false);
-    let (url, port) = (redis.url(), redis.port);
-    nobody_leaves_through(&url, port, async {
+    let url = redis.url();
+    nobody_leaves_through(&url, async {
         redis.stop();
         tokio::time::sleep(Duration::from_secs(2)).await;
         redis.start_again(false);

@@ -160,27 +160,7 @@ async fn binary(
 ) -> BinaryNode {
     let mut config = Config::default();
     limited(1, RefuseConnection::Newest)(&mut config);
-    let path = std::env::temp_dir().join(format!(
-        "sb-user-limit-{}-{}-{node_id}.toml",
-        std::process::id(),
-        redis.port
-    ));
-    std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
-    let url = redis.url();
-    let args = [
-        "--config",
-        path.to_str().unwrap(),
-        "--redis",
-        &url,
-        "--node-id",
-        node_id,
-    ];
-    let node = match addrs {
-        None => BinaryNode::start(&args, &[]).await,
-        Some((ws, control)) => BinaryNode::start_at(ws, control, &args, &[]).await,
-    };
-    let _ = std::fs::remove_file(&path);
-    node
+    BinaryNode::start_configured(&config, &redis.url(), node_id, addrs, &[]).await
 }
 
 /// A node killed with SIGKILL holds a user's only allowed connection; started again under

@@ -213,26 +213,7 @@ async fn process(
 ) -> BinaryNode {
     let mut config = Config::default();
     configure(&mut config, url.to_owned());
-    let path = std::env::temp_dir().join(format!(
-        "sb-webhooks-{}-{}-{node_id}.toml",
-        std::process::id(),
-        redis.port
-    ));
-    std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
-    let args = [
-        "--config",
-        path.to_str().unwrap(),
-        "--redis",
-        &redis.url(),
-        "--node-id",
-        node_id,
-    ];
-    let node = match addrs {
-        None => BinaryNode::start(&args, &[]).await,
-        Some((ws, control)) => BinaryNode::start_at(ws, control, &args, &[]).await,
-    };
-    let _ = std::fs::remove_file(&path);
-    node
+    BinaryNode::start_configured(&config, &redis.url(), node_id, addrs, &[]).await
 }
 
 async fn subscribed(node: &BinaryNode, user: &str, room: &str) -> TestClient {
