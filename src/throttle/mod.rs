@@ -41,26 +41,29 @@ impl Quota {
     /// The quota for a configured rate and burst; `None` (no limit) when either is 0.
     #[must_use]
     pub fn new(per_second: u32, burst: u32) -> Option<Self> {
-        let per_second = NonZeroU32::new(per_second)?;
-        let burst = NonZeroU32::new(burst)?;
-        let interval_ns = 1_000_000_000_u64.div_ceil(u64::from(per_second.get()));
-        Some(Self {
-            per_second,
-            burst,
-            interval_ns,
-            capacity_ns: interval_ns.saturating_mul(u64::from(burst.get())),
-        })
+        Self::over(per_second, 1_000_000_000, burst)
     }
 
     /// The quota for `per_minute` grants a minute and `burst` at once; `None` (no limit)
     /// when either is 0. Its [`Quota::per_second`] is rounded up to at least 1.
     #[must_use]
     pub fn per_minute(per_minute: u32, burst: u32) -> Option<Self> {
-        let per_second = NonZeroU32::new(per_minute.div_ceil(60))?;
+        Self::over(per_minute, 60_000_000_000, burst)
+    }
+
+    /// `grants` per `period_ns`, `burst` at once; `None` when either is 0.
+    fn over(grants: u32, period_ns: u64, burst: u32) -> Option<Self> {
+        let grants = NonZeroU32::new(grants)?;
         let burst = NonZeroU32::new(burst)?;
-        let interval_ns = 60_000_000_000_u64.div_ceil(u64::from(per_minute));
+        let interval_ns = period_ns.div_ceil(u64::from(grants.get()));
+        let per_second = u32::try_from(
+            u64::from(grants.get())
+                .saturating_mul(1_000_000_000)
+                .div_ceil(period_ns),
+        )
+        .unwrap_or(u32::MAX);
         Some(Self {
-            per_second,
+            per_second: NonZeroU32::new(per_second)?,
             burst,
             interval_ns,
             capacity_ns: interval_ns.saturating_mul(u64::from(burst.get())),
