@@ -50,7 +50,7 @@ fn hub_fanout(c: &mut Criterion) {
             history_size: 0,
             history_ttl: Duration::from_secs(60),
             history_max_bytes: 0,
-            history_per_namespace: Vec::new(),
+            per_namespace: Vec::new(),
             remote: false,
             streams: switchboard::config::StreamsConfig::default(),
         });

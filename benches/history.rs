@@ -30,7 +30,7 @@ fn lookup(c: &mut Criterion) {
             history_size: size,
             history_ttl: Duration::from_secs(3600),
             history_max_bytes: 1 << 30,
-            history_per_namespace: Vec::new(),
+            per_namespace: Vec::new(),
             remote: false,
             streams: switchboard::config::StreamsConfig::default(),
         });

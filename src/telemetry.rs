@@ -94,6 +94,10 @@ pub const REDIS_ERRORS: &str = "ws_redis_errors_total";
 /// Counter, clustered only: leases asked of the cluster's publish rate budgets (one Redis
 /// call each), by whether any grant came.
 pub const RATE_LEASES: &str = "ws_rate_leases_total";
+/// Counters by namespace: what `slow_consumer = "drop_oldest"` and `"conflate"` did.
+pub const MESSAGES_CONFLATED: &str = "ws_messages_conflated_total";
+pub const SLOW_CONSUMER_GAPS: &str = "ws_slow_consumer_gaps_total";
+pub const SLOW_CONSUMER_CLOSED: &str = "ws_slow_consumer_policy_closes_total";
 /// Gauge, clustered only: 1 while the command link to Redis is connected, 0 from start until
 /// it connects and while an outage lasts.
 pub const REDIS_UP: &str = "ws_redis_up";
@@ -385,6 +389,26 @@ pub fn drain_closed() {
 /// Counts a failed Redis command or connection attempt, by what it was for.
 pub fn redis_error(op: &'static str) {
     metrics::counter!(REDIS_ERRORS, "op" => op).increment(1);
+}
+
+/// Counts messages a slow subscriber's queue dropped for newer ones under
+/// `slow_consumer = "conflate"`, by namespace (its pattern).
+pub fn messages_conflated(namespace: &str, count: u64) {
+    if count > 0 {
+        metrics::counter!(MESSAGES_CONFLATED, "namespace" => namespace.to_owned()).increment(count);
+    }
+}
+
+/// Counts a `gap` frame put in a slow subscriber's queue under `slow_consumer =
+/// "drop_oldest"`, by namespace.
+pub fn slow_consumer_gap(namespace: &str) {
+    metrics::counter!(SLOW_CONSUMER_GAPS, "namespace" => namespace.to_owned()).increment(1);
+}
+
+/// Counts a slow subscriber closed (4001) though its namespace drops or conflates: nothing
+/// more could be made room of.
+pub fn slow_consumer_closed(namespace: &str) {
+    metrics::counter!(SLOW_CONSUMER_CLOSED, "namespace" => namespace.to_owned()).increment(1);
 }
 
 /// Counts a lease asked of a cluster's publish rate budget (`crate::rates`).

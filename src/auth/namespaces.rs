@@ -226,6 +226,8 @@ mod tests {
             edit: crate::config::EditRule::Own,
             history_size: None,
             history_ttl: None,
+            slow_consumer: crate::config::SlowConsumer::Disconnect,
+            conflate_key: None,
         }
     }
 

@@ -33,7 +33,7 @@ pub use self::history::HistoryConfig;
 pub use self::hooks::{ConnectMode, HooksConfig};
 pub use self::limits::{LimitsConfig, RefuseConnection};
 pub use self::log::{LogConfig, LogFormat};
-pub use self::namespaces::{ChannelPattern, EditRule, NamespaceConfig, Rule};
+pub use self::namespaces::{ChannelPattern, EditRule, NamespaceConfig, Rule, SlowConsumer};
 pub use self::presence::PresenceConfig;
 pub use self::server::{ServerConfig, TlsConfig};
 pub use self::session::SessionConfig;

@@ -149,6 +149,35 @@ pub struct NamespaceConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub history_ttl: Option<std::time::Duration>,
+    /// What happens to a subscriber whose outbound queue is full when a message of this
+    /// namespace's channels does not fit: `disconnect` (4001, the default), `drop_oldest`
+    /// (its oldest queued messages of the namespace go, and a `gap` frame says which), or
+    /// `conflate` (it keeps the newest queued message per channel, or per `conflate_key`).
+    #[serde(default, skip_serializing_if = "SlowConsumer::is_default")]
+    pub slow_consumer: SlowConsumer,
+    /// With `conflate`: a top-level field of the messages' `data` whose value separates what
+    /// is conflated (one newest message per channel and value, e.g. a ticker's `symbol`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conflate_key: Option<String>,
+}
+
+/// A namespace's `slow_consumer`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SlowConsumer {
+    /// Close the connection with 4001.
+    #[default]
+    Disconnect,
+    /// Drop the connection's oldest queued messages of the namespace; send `gap` instead.
+    DropOldest,
+    /// Keep only the newest queued message per channel (and `conflate_key` value).
+    Conflate,
+}
+
+impl SlowConsumer {
+    fn is_default(&self) -> bool {
+        *self == Self::Disconnect
+    }
 }
 
 /// Which messages a client may change: a namespace's `edit`.
@@ -179,6 +208,8 @@ pub(super) fn default_namespaces() -> Vec<NamespaceConfig> {
         edit: EditRule::Own,
         history_size: None,
         history_ttl: None,
+        slow_consumer: SlowConsumer::Disconnect,
+        conflate_key: None,
     }]
 }
 
@@ -234,6 +265,11 @@ pub(super) fn check(
         return Err(format!(
             "pattern '{pattern}': history_size must be smaller than \
              limits.outbound_queue_messages"
+        ));
+    }
+    if namespace.conflate_key.is_some() && namespace.slow_consumer != SlowConsumer::Conflate {
+        return Err(format!(
+            "pattern '{pattern}': conflate_key goes with slow_consumer = \"conflate\""
         ));
     }
     if namespace.history_ttl.is_some_and(|ttl| ttl.is_zero()) {
@@ -313,6 +349,8 @@ mod tests {
                 edit: super::super::EditRule::Own,
                 history_size: None,
                 history_ttl: None,
+                slow_consumer: SlowConsumer::Disconnect,
+                conflate_key: None,
             })
             .collect()
     }

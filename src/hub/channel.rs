@@ -212,10 +212,17 @@ pub(super) struct Channel {
     charged: usize,
     /// Which history it keeps: see [`Retention::index_for`].
     pub(super) limit: u16,
+    /// Its namespace's `slow_consumer` policy, when that is not `disconnect`.
+    pub(super) delivery: Option<Arc<super::Delivery>>,
 }
 
 impl Channel {
-    pub(super) fn new(synced: bool, name_len: usize, limit: u16) -> Self {
+    pub(super) fn new(
+        synced: bool,
+        name_len: usize,
+        limit: u16,
+        delivery: Option<Arc<super::Delivery>>,
+    ) -> Self {
         Self {
             // A fresh random epoch per channel instance: offsets from an instance whose history
             // was lost can never be mistaken for offsets of this one.
@@ -242,6 +249,7 @@ impl Channel {
             name_len: u32::try_from(name_len).unwrap_or(u32::MAX),
             charged: 0,
             limit,
+            delivery,
         }
     }
 

@@ -31,7 +31,7 @@ use indexmap::IndexMap;
 use tokio::time::Instant;
 
 use super::{
-    ConnId, FramedText, Outbound,
+    ConnId, FramedText, Outbound, Tag,
     channel::Channel,
     lane::{FLUSH_INLINE, Urgent, Workers, WriteBatch},
     lock,
@@ -73,6 +73,8 @@ pub(super) struct Queued {
     /// An event (`join`, `leave`) rather than a message: it has no offset of its own
     /// (`offset` is the channel's position when it was queued), and no subscriber skips it.
     pub(super) event: bool,
+    /// Its place under the channel's `slow_consumer` policy, when that is not `disconnect`.
+    pub(super) tag: Option<Arc<Tag>>,
 }
 
 impl Queued {
@@ -83,6 +85,7 @@ impl Queued {
             frame: frame.clone(),
             accepted,
             event: false,
+            tag: None,
         }
     }
 }
@@ -259,7 +262,11 @@ fn deliver(
             {
                 continue;
             }
-            match subscriber.outbound.enqueue(&queued.frame) {
+            let enqueued = match &queued.tag {
+                Some(tag) => subscriber.outbound.enqueue_tagged(&queued.frame, tag),
+                None => subscriber.outbound.enqueue(&queued.frame),
+            };
+            match enqueued {
                 Ok(claimed) => {
                     delivered += 1;
                     if claimed {

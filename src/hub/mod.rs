@@ -59,7 +59,8 @@ pub use self::framed::FramedText;
 pub use self::history::{HistoryData, HistoryPage};
 pub use self::lag::LagClock;
 pub use self::lane::{
-    ConnId, EnqueueError, Keepalive, Outbound, Outgoing, SessionLane, Wire, WriteBatch,
+    ConnId, Delivery, EnqueueError, Gap, Keepalive, Outbound, Outgoing, SessionLane, Tag, Wire,
+    WriteBatch,
 };
 use self::lane::{Workers, flush_all};
 pub use self::publish::FanoutBehind;
@@ -85,9 +86,10 @@ pub struct HubSettings {
     pub history_size: usize,
     pub history_ttl: Duration,
     pub history_max_bytes: usize,
-    /// Every `[[namespaces]]` entry's pattern with the history its channels keep (its
-    /// `history_size` and `history_ttl`, else `history.*`), when any entry sets its own.
-    pub history_per_namespace: Vec<(String, HistoryLimit)>,
+    /// Every `[[namespaces]]` entry's pattern with what its channels keep and how their
+    /// slow subscribers are treated, when any entry sets its own history or delivery policy;
+    /// empty otherwise.
+    pub per_namespace: Vec<NamespaceRules>,
     /// Messages are ordered by a remote bus (Redis) and arrive through [`Hub::deliver`];
     /// false when the hub orders them itself ([`Hub::publish`]).
     pub remote: bool,
@@ -109,30 +111,42 @@ impl HubSettings {
             history_size: config.history.size,
             history_ttl: config.history.ttl,
             history_max_bytes: config.history.max_memory_bytes,
-            history_per_namespace: history_per_namespace(config),
+            per_namespace: per_namespace(config),
             remote: config.cluster.redis.is_set(),
             streams: config.streams.clone(),
         }
     }
 }
 
-/// See [`HubSettings::history_per_namespace`].
-fn history_per_namespace(config: &crate::config::Config) -> Vec<(String, HistoryLimit)> {
+/// One `[[namespaces]]` entry as the hub applies it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamespaceRules {
+    pub pattern: String,
+    pub history: HistoryLimit,
+    pub slow_consumer: crate::config::SlowConsumer,
+    pub conflate_key: Option<String>,
+}
+
+/// See [`HubSettings::per_namespace`].
+fn per_namespace(config: &crate::config::Config) -> Vec<NamespaceRules> {
     let namespaces = &config.namespaces;
-    if namespaces
-        .iter()
-        .all(|namespace| namespace.history_size.is_none() && namespace.history_ttl.is_none())
-    {
+    if namespaces.iter().all(|namespace| {
+        namespace.history_size.is_none()
+            && namespace.history_ttl.is_none()
+            && namespace.slow_consumer == crate::config::SlowConsumer::Disconnect
+    }) {
         return Vec::new();
     }
     namespaces
         .iter()
-        .map(|namespace| {
-            let limit = HistoryLimit {
+        .map(|namespace| NamespaceRules {
+            pattern: namespace.pattern.clone(),
+            history: HistoryLimit {
                 size: namespace.history_size.unwrap_or(config.history.size),
                 ttl: namespace.history_ttl.unwrap_or(config.history.ttl),
-            };
-            (namespace.pattern.clone(), limit)
+            },
+            slow_consumer: namespace.slow_consumer,
+            conflate_key: namespace.conflate_key.clone(),
         })
         .collect()
 }
@@ -254,9 +268,9 @@ impl Hub {
                 size: settings.history_size,
                 ttl: settings.history_ttl,
                 namespaces: settings
-                    .history_per_namespace
+                    .per_namespace
                     .iter()
-                    .map(|(pattern, limit)| (ChannelPattern::parse(pattern), *limit))
+                    .map(|rules| (ChannelPattern::parse(&rules.pattern), rules.history))
                     .collect(),
                 max_bytes: settings.history_max_bytes,
                 used_bytes: AtomicUsize::new(0),
@@ -299,6 +313,24 @@ impl Hub {
         &self.shards[index]
     }
 
+    /// The `slow_consumer` policy of a channel of namespace `index` (see
+    /// [`channel::Retention::index_for`]), when that is not `disconnect`.
+    fn delivery_for(&self, name: &ChannelName, index: u16) -> Option<Arc<Delivery>> {
+        let rules = self
+            .settings
+            .per_namespace
+            .get(usize::from(index).checked_sub(1)?)?;
+        (rules.slow_consumer != crate::config::SlowConsumer::Disconnect).then(|| {
+            Arc::new(Delivery {
+                channel: name.clone(),
+                group: index,
+                policy: rules.slow_consumer,
+                conflate_key: rules.conflate_key.as_deref().map(Box::from),
+                label: Arc::from(rules.pattern.as_str()),
+            })
+        })
+    }
+
     /// The channel's slot, created when absent.
     fn slot(&self, name: &ChannelName) -> Arc<Slot> {
         let shard = self.shard(name);
@@ -310,11 +342,15 @@ impl Hub {
                 .entry(name.clone())
                 .or_insert_with(|| {
                     Arc::new(Slot::new(
-                        Channel::new(
-                            !self.settings.remote,
-                            name.as_str().len(),
-                            self.retention.index_for(name.as_str()),
-                        ),
+                        {
+                            let index = self.retention.index_for(name.as_str());
+                            Channel::new(
+                                !self.settings.remote,
+                                name.as_str().len(),
+                                index,
+                                self.delivery_for(name, index),
+                            )
+                        },
                         Arc::clone(&shard.subscriptions),
                     ))
                 }),

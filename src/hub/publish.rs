@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use super::{
-    FramedText, Hub, WriteBatch,
+    FramedText, Hub, Tag, WriteBatch,
     channel::{Channel, Entry},
     fanout::{Queued, start_round},
     lock, read,
@@ -89,10 +89,19 @@ impl Hub {
 
     /// Puts a message (or an event) in the channel's outbox. `Some(subscribers)` when the
     /// caller must start a round (once it let go of the channel's lock).
-    pub(super) fn enqueue_round(state: &mut Channel, queued: Queued) -> Option<usize> {
+    pub(super) fn enqueue_round(state: &mut Channel, mut queued: Queued) -> Option<usize> {
         if state.subscribed == 0 {
             // A later subscriber skips everything up to its subscribe position anyway.
             return None;
+        }
+        if let (Some(delivery), None, false) = (&state.delivery, &queued.tag, queued.event) {
+            // A change to a message, or one with an id: dropped for a gap, never conflated.
+            queued.tag = Some(Arc::new(Tag {
+                delivery: Arc::clone(delivery),
+                offset: queued.offset,
+                conflatable: false,
+                key: None,
+            }));
         }
         state.outbox_bytes += queued.frame.len();
         state.outbox.push(queued);
@@ -226,6 +235,7 @@ impl Hub {
                 frame: FramedText::from(protocol::encode_reset(channel, position)),
                 accepted: Instant::now(),
                 event: true,
+                tag: None,
             },
         ))
     }
@@ -262,10 +272,21 @@ impl Hub {
             .expect("payload size is bounded by config far below 4 GiB");
         let frame = FramedText::from(json);
         let now = Instant::now();
-        let round = flushed.or(Self::enqueue_round(
-            state,
-            Queued::message(offset, &frame, now),
-        ));
+        let mut queued = Queued::message(offset, &frame, now);
+        if let (Some(delivery), None) = (&state.delivery, &message) {
+            // A plain message: conflated with the channel's (and key's) earlier ones.
+            let data = &frame.json()[data_start as usize..frame.json().len() - 1];
+            queued.tag = Some(Arc::new(Tag {
+                delivery: Arc::clone(delivery),
+                offset,
+                conflatable: true,
+                key: delivery
+                    .conflate_key
+                    .as_deref()
+                    .and_then(|key| conflate_value(data, key)),
+            }));
+        }
+        let round = flushed.or(Self::enqueue_round(state, queued));
         let entry = Entry {
             seq: offset.seq,
             last: offset.seq,
@@ -292,8 +313,17 @@ impl Hub {
                 frame: FramedText::from(text),
                 accepted: Instant::now(),
                 event: true,
+                tag: None,
             };
             Some(flushed.or(Self::enqueue_round(state, event)))
         })
     }
+}
+
+/// The top-level `key` of a message's `data` (an object), as its JSON text: what
+/// `conflate_key` separates conflated messages by.
+fn conflate_value(data: &str, key: &str) -> Option<Box<str>> {
+    let object: std::collections::HashMap<&str, &serde_json::value::RawValue> =
+        serde_json::from_str(data).ok()?;
+    object.get(key).map(|value| Box::from(value.get()))
 }

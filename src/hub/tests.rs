@@ -14,7 +14,7 @@ pub(super) fn settings(history_size: usize, queue_messages: usize) -> HubSetting
         history_size,
         history_ttl: Duration::from_secs(60),
         history_max_bytes: 1 << 20,
-        history_per_namespace: Vec::new(),
+        per_namespace: Vec::new(),
         remote: false,
         streams: crate::config::StreamsConfig::default(),
     }
@@ -62,10 +62,9 @@ pub(super) fn drain(rx: &Reader) -> Vec<String> {
 }
 
 pub(super) fn text(item: Outgoing) -> FramedText {
-    match item {
-        Outgoing::Text(frame) => frame,
-        Outgoing::Ping => panic!("expected a text frame, got a ping"),
-    }
+    item.text()
+        .cloned()
+        .expect("expected a text frame, got a ping")
 }
 
 pub(super) fn seqs(frames: &[String]) -> Vec<u64> {
@@ -289,7 +288,7 @@ fn channels_are_charged_what_they_hold_and_freed_when_empty() {
 fn history_is_bounded_by_the_node_wide_budget() {
     let hub = Hub::new(HubSettings {
         history_max_bytes: 4000,
-        history_per_namespace: Vec::new(),
+        per_namespace: Vec::new(),
         ..hub_with(50, 64).settings().clone()
     });
     let payload = format!("\"{}\"", "y".repeat(500));

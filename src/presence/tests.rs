@@ -17,7 +17,7 @@ fn hub() -> HubHandle {
         history_size: 16,
         history_ttl: Duration::from_secs(60),
         history_max_bytes: 1 << 20,
-        history_per_namespace: Vec::new(),
+        per_namespace: Vec::new(),
         remote: false,
         streams: crate::config::StreamsConfig::default(),
     })
@@ -49,10 +49,7 @@ fn subscriber(hub: &HubHandle, channel: &ChannelName) -> Arc<Outbound> {
 
 fn frames(outbound: &Outbound) -> Vec<serde_json::Value> {
     std::iter::from_fn(|| outbound.take())
-        .map(|item| match item {
-            Outgoing::Text(frame) => serde_json::from_str(frame.json()).unwrap(),
-            Outgoing::Ping => panic!("a ping"),
-        })
+        .map(|item| serde_json::from_str(item.text().expect("a ping").json()).unwrap())
         .collect()
 }
 

@@ -197,6 +197,17 @@ pub fn encode_error(id: Option<u64>, code: ErrorCode, message: &str) -> String {
     out
 }
 
+/// `{"type":"gap","channel":"prices","from":"..","to":".."}`: messages the connection's queue
+/// dropped under `slow_consumer = "drop_oldest"`, to be fetched with `history`.
+#[must_use]
+pub fn encode_gap(channel: &ChannelName, from: Offset, to: Offset) -> String {
+    let mut out = String::with_capacity(96 + channel.as_str().len());
+    out.push_str("{\"type\":\"gap\",\"channel\":");
+    push_json_string(&mut out, channel.as_str());
+    let _ = write!(out, ",\"from\":\"{from}\",\"to\":\"{to}\"}}");
+    out
+}
+
 /// `{"type":"error","code":"rate_limited","message":..,"retry_after_ms":N}`: an `error` that
 /// says when the refused request would be taken.
 #[must_use]

@@ -17,7 +17,7 @@ pub mod ws;
 pub use close::CloseCode;
 pub use decode::{ClientFrame, DecodeError, decode_client_frame};
 pub use encode::{
-    encode_authenticated, encode_error, encode_history, encode_message, encode_pong,
+    encode_authenticated, encode_error, encode_gap, encode_history, encode_message, encode_pong,
     encode_published, encode_rate_limited, encode_reconnect, encode_reset, encode_rpc_result,
     encode_subscribed, encode_unsubscribed, encode_welcome,
 };

@@ -20,7 +20,7 @@ fn test_hub() -> HubHandle {
         history_size: 10,
         history_ttl: Duration::from_secs(60),
         history_max_bytes: 1 << 20,
-        history_per_namespace: Vec::new(),
+        per_namespace: Vec::new(),
         remote: false,
         streams: crate::config::StreamsConfig::default(),
     })
@@ -37,6 +37,8 @@ fn anyone() -> Namespaces {
         edit: crate::config::EditRule::Own,
         history_size: None,
         history_ttl: None,
+        slow_consumer: crate::config::SlowConsumer::Disconnect,
+        conflate_key: None,
     }])
 }
 

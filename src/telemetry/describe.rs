@@ -194,6 +194,18 @@ pub(super) fn describe() {
     );
     describe_counter!(REDIS_ERRORS, "Failed Redis commands, by operation");
     describe_counter!(
+        MESSAGES_CONFLATED,
+        "Messages a slow subscriber's queue dropped for newer ones (slow_consumer = conflate), by namespace"
+    );
+    describe_counter!(
+        SLOW_CONSUMER_GAPS,
+        "Gap frames put in slow subscribers' queues (slow_consumer = drop_oldest), by namespace"
+    );
+    describe_counter!(
+        SLOW_CONSUMER_CLOSED,
+        "Slow subscribers closed with 4001 though their namespace drops or conflates, by namespace"
+    );
+    describe_counter!(
         RATE_LEASES,
         "Leases asked of the cluster's publish rate budgets (a Redis call each), by result"
     );

@@ -313,6 +313,8 @@ fn namespace(pattern: &str, subscribe: Rule, publish: Rule, history: Rule) -> Na
         edit: switchboard::config::EditRule::Own,
         history_size: None,
         history_ttl: None,
+        slow_consumer: switchboard::config::SlowConsumer::Disconnect,
+        conflate_key: None,
     }
 }
 

@@ -160,6 +160,8 @@ impl TestServer {
             edit: switchboard::config::EditRule::Own,
             history_size: None,
             history_ttl: None,
+            slow_consumer: switchboard::config::SlowConsumer::Disconnect,
+            conflate_key: None,
         }];
         TestServerBuilder {
             config,

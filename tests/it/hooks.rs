@@ -92,6 +92,8 @@ fn hooked(config: &mut Config, backend: &Backend) {
         edit: EditRule::Own,
         history_size: None,
         history_ttl: None,
+        slow_consumer: switchboard::config::SlowConsumer::Disconnect,
+        conflate_key: None,
     };
     config.namespaces = vec![
         namespace("room:*", Rule::Hook),

@@ -50,6 +50,7 @@ mod resume;
 mod revoke;
 mod rolling_restart;
 mod slow_consumer;
+mod slow_policy;
 mod stream_ingest;
 mod stream_model;
 mod streams;

@@ -25,6 +25,8 @@ fn namespaces(config: &mut Config) {
         edit: EditRule::Any,
         history_size: size,
         history_ttl: ttl,
+        slow_consumer: switchboard::config::SlowConsumer::Disconnect,
+        conflate_key: None,
     };
     config.history.size = 100;
     config.namespaces = vec![

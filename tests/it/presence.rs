@@ -49,6 +49,8 @@ pub(crate) fn chat(config: &mut Config) {
         edit: switchboard::config::EditRule::Own,
         history_size: None,
         history_ttl: None,
+        slow_consumer: switchboard::config::SlowConsumer::Disconnect,
+        conflate_key: None,
     };
     config.namespaces = vec![
         namespace("room:*", Rule::Claim, Rule::Claim, true),

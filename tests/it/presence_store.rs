@@ -30,6 +30,8 @@ fn rooms_with_presence(config: &mut Config) {
         edit: switchboard::config::EditRule::Own,
         history_size: None,
         history_ttl: None,
+        slow_consumer: switchboard::config::SlowConsumer::Disconnect,
+        conflate_key: None,
     }];
 }
 

@@ -227,6 +227,8 @@ async fn clients_read_history_over_the_websocket() {
                     edit: switchboard::config::EditRule::Own,
                     history_size: None,
                     history_ttl: None,
+                    slow_consumer: switchboard::config::SlowConsumer::Disconnect,
+                    conflate_key: None,
                 },
             );
         })

@@ -403,6 +403,8 @@ async fn clients_change_only_what_the_edit_rule_lets_them() {
                 edit,
                 history_size: None,
                 history_ttl: None,
+                slow_consumer: switchboard::config::SlowConsumer::Disconnect,
+                conflate_key: None,
             };
             c.namespaces = vec![
                 namespace("own:*", Rule::Anonymous, EditRule::Own),

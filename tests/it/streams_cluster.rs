@@ -628,6 +628,8 @@ async fn bounds_and_the_edit_rule_hold_across_nodes_with_a_bystander_at_full_rat
                     edit: EditRule::Own,
                     history_size: None,
                     history_ttl: None,
+                    slow_consumer: switchboard::config::SlowConsumer::Disconnect,
+                    conflate_key: None,
                 };
                 c.namespaces = vec![namespace("own:*"), namespace("*")];
             })

@@ -39,6 +39,8 @@ fn webhooked(config: &mut Config, url: String, events: Vec<WebhookEvent>) {
         edit: EditRule::Own,
         history_size: None,
         history_ttl: None,
+        slow_consumer: switchboard::config::SlowConsumer::Disconnect,
+        conflate_key: None,
     }];
 }
 

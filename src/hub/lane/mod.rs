@@ -32,6 +32,7 @@
 //! push, so an enqueue racing a release is always flushed by one side or the other.
 
 mod outbound;
+mod overflow;
 mod publisher;
 mod session;
 #[cfg(test)]
@@ -42,6 +43,7 @@ use self::outbound::{FLUSHING, IDLE, MAX_FLUSH_ROUNDS, MAX_SLICES, SESSION, WANT
 pub(super) use self::workers::{FLUSH_INLINE, Urgent, Workers, flush_all};
 pub use self::{
     outbound::{ConnId, EnqueueError, Keepalive, Outbound, Outgoing, Wire},
+    overflow::{Delivery, Gap, Tag},
     publisher::WriteBatch,
     session::SessionLane,
 };

@@ -13,7 +13,11 @@ use std::{
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 
-use super::{super::FramedText, SessionLane};
+use super::{
+    super::FramedText,
+    SessionLane,
+    overflow::{self, Gap, Tag},
+};
 use crate::{protocol::CloseCode, telemetry};
 
 /// A connection's socket as a flusher writes it: non-blocking, from any thread, through a
@@ -55,6 +59,11 @@ pub type ConnId = u64;
 pub enum Outgoing {
     /// A text frame, shared by every subscriber it goes to.
     Text(FramedText),
+    /// A message of a channel whose namespace drops or conflates for slow subscribers (see
+    /// `overflow`), with what that needs to know of it.
+    Tagged(FramedText, Arc<Tag>),
+    /// A `gap` frame put where `drop_oldest` dropped messages.
+    Gap(Box<Gap>),
     /// A WebSocket ping from the keepalive sweep.
     Ping,
 }
@@ -65,9 +74,26 @@ impl Outgoing {
     #[must_use]
     pub fn into_wire(self) -> Bytes {
         match self {
-            Self::Text(frame) => frame.into_wire(),
+            Self::Text(frame) | Self::Tagged(frame, _) => frame.into_wire(),
+            Self::Gap(gap) => gap.frame.into_wire(),
             Self::Ping => Bytes::from_static(PING_FRAME),
         }
+    }
+
+    /// The text frame, if it is one (a ping is not).
+    #[must_use]
+    pub fn text(&self) -> Option<&FramedText> {
+        match self {
+            Self::Text(frame) | Self::Tagged(frame, _) => Some(frame),
+            Self::Gap(gap) => Some(&gap.frame),
+            Self::Ping => None,
+        }
+    }
+
+    /// The bytes queues count for it (a ping: none).
+    #[must_use]
+    pub fn text_len(&self) -> usize {
+        self.text().map_or(0, FramedText::len)
     }
 }
 
@@ -206,6 +232,49 @@ impl Outbound {
         Ok(self.claim(FLUSHING))
     }
 
+    /// [`Outbound::enqueue`] of a message whose channel's namespace drops or conflates for
+    /// slow subscribers (`tag`): a full queue makes room under that policy (see
+    /// `overflow`) before it closes the connection as a slow consumer.
+    ///
+    /// # Errors
+    /// [`EnqueueError`] when the frame was not enqueued.
+    #[must_use = "a claimed lane must be flushed"]
+    pub fn enqueue_tagged(&self, frame: &FramedText, tag: &Arc<Tag>) -> Result<bool, EnqueueError> {
+        if self.is_closing() {
+            return Err(EnqueueError::Closing);
+        }
+        let len = frame.len();
+        {
+            let mut queue = self.queue();
+            let queued = self.queued_bytes.load(Ordering::Relaxed);
+            if queue.len() < self.max_messages && queued + len <= self.max_bytes {
+                self.queued_bytes.fetch_add(len, Ordering::Relaxed);
+                queue.push_back(Outgoing::Tagged(frame.clone(), Arc::clone(tag)));
+            } else {
+                let made = overflow::make_room(
+                    &mut queue,
+                    tag,
+                    len,
+                    queued,
+                    self.max_messages,
+                    self.max_bytes,
+                );
+                let Some(room) = made else {
+                    drop(queue);
+                    telemetry::slow_consumer_closed(&tag.delivery.label);
+                    self.close_slow_consumer();
+                    return Err(EnqueueError::SlowConsumer);
+                };
+                self.queued_bytes
+                    .fetch_add(room.added_bytes + len, Ordering::Relaxed);
+                self.queued_bytes
+                    .fetch_sub(room.removed_bytes, Ordering::Relaxed);
+                queue.push_back(Outgoing::Tagged(frame.clone(), Arc::clone(tag)));
+            }
+        }
+        Ok(self.claim(FLUSHING))
+    }
+
     /// Moves the lane from `IDLE` to `to`; whether this call did. Called after a push: the
     /// fence pairs with the one in the releases (see the module doc).
     pub(super) fn claim(&self, to: u8) -> bool {
@@ -330,9 +399,8 @@ impl Outbound {
 
     /// Accounts for `item` leaving the queue.
     pub(super) fn taken(&self, item: &Outgoing) {
-        if let Outgoing::Text(frame) = item {
-            self.queued_bytes.fetch_sub(frame.len(), Ordering::Relaxed);
-        }
+        self.queued_bytes
+            .fetch_sub(item.text_len(), Ordering::Relaxed);
     }
 
     /// Gives the lane to the session task and wakes it.

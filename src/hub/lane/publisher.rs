@@ -80,9 +80,7 @@ impl Outbound {
             let mut batch = SmallVec::<[Bytes; MAX_SLICES]>::new();
             let mut text_bytes = 0;
             for item in queued.by_ref().take(MAX_SLICES) {
-                if let Outgoing::Text(frame) = &item {
-                    text_bytes += frame.len();
-                }
+                text_bytes += item.text_len();
                 batch.push(item.into_wire());
             }
             if batch.is_empty() {

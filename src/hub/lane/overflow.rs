@@ -1,0 +1,277 @@
+//! A full outbound queue under a namespace's `slow_consumer` policy: `drop_oldest` drops the
+//! connection's oldest queued messages of the namespace and puts a `gap` frame (the first
+//! and last offsets dropped) where each channel's first dropped message was; `conflate`
+//! drops the queued messages the new one supersedes (same channel, and same `conflate_key`
+//! value), then, still full, the namespace's oldest. What cannot be made room for closes the
+//! connection with 4001, as under `disconnect`. All under the queue's lock, on the slow path
+//! only: a queue with room never comes here.
+
+use std::{collections::VecDeque, sync::Arc};
+
+use super::{super::FramedText, outbound::Outgoing};
+use crate::{
+    config::SlowConsumer,
+    protocol::{self, ChannelName, Offset},
+    telemetry,
+};
+
+/// A channel's delivery policy (its namespace's), shared by its messages' tags.
+#[derive(Debug)]
+pub struct Delivery {
+    pub channel: ChannelName,
+    /// The namespace (its index): what `drop_oldest` and `conflate` may drop from.
+    pub group: u16,
+    pub policy: SlowConsumer,
+    /// With `conflate`: the `data` field whose value separates what is conflated.
+    pub conflate_key: Option<Box<str>>,
+    /// The namespace's pattern, for metrics.
+    pub label: Arc<str>,
+}
+
+/// One queued message's place under its channel's policy.
+#[derive(Debug)]
+pub struct Tag {
+    pub delivery: Arc<Delivery>,
+    pub offset: Offset,
+    /// With `conflate`: whether it may be superseded (a plain message, not a change to a
+    /// message with an id), and the value of its `conflate_key`.
+    pub conflatable: bool,
+    pub key: Option<Box<str>>,
+}
+
+/// A `gap` frame in a queue: its channel and the seqs it covers, so that a later drop of
+/// the same channel extends it.
+#[derive(Debug, Clone)]
+pub struct Gap {
+    pub delivery: Arc<Delivery>,
+    pub epoch: u64,
+    pub from: u64,
+    pub to: u64,
+    pub frame: FramedText,
+}
+
+impl Gap {
+    fn new(delivery: Arc<Delivery>, epoch: u64, from: u64, to: u64) -> Self {
+        let frame = FramedText::from(protocol::encode_gap(
+            &delivery.channel,
+            Offset { epoch, seq: from },
+            Offset { epoch, seq: to },
+        ));
+        Self {
+            delivery,
+            epoch,
+            from,
+            to,
+            frame,
+        }
+    }
+}
+
+/// What making room did to a queue: bytes taken out and put in.
+#[derive(Debug, Default)]
+pub(super) struct Room {
+    pub(super) removed_bytes: usize,
+    pub(super) added_bytes: usize,
+}
+
+/// Makes room in `queue` for a frame of `need` bytes tagged `tag`, within `max_messages`
+/// and (counting `queued` bytes now) `max_bytes`; `None` when it cannot.
+pub(super) fn make_room(
+    queue: &mut VecDeque<Outgoing>,
+    tag: &Tag,
+    need: usize,
+    queued: usize,
+    max_messages: usize,
+    max_bytes: usize,
+) -> Option<Room> {
+    let mut room = Room::default();
+    let fits = |queue: &VecDeque<Outgoing>, room: &Room| {
+        queue.len() < max_messages
+            && (queued + room.added_bytes).saturating_sub(room.removed_bytes) + need <= max_bytes
+    };
+    let delivery = &tag.delivery;
+    if delivery.policy == SlowConsumer::Conflate && tag.conflatable {
+        // What the new message supersedes: the same channel's (and key's) plain messages.
+        let mut superseded = 0;
+        queue.retain(|item| {
+            let Outgoing::Tagged(frame, held) = item else {
+                return true;
+            };
+            let same = held.conflatable
+                && held.delivery.channel == delivery.channel
+                && held.key == tag.key;
+            if same {
+                room.removed_bytes += frame.len();
+                superseded += 1;
+            }
+            !same
+        });
+        telemetry::messages_conflated(&delivery.label, superseded);
+        if fits(queue, &room) {
+            return Some(room);
+        }
+    }
+    // The namespace's oldest, until the new one fits.
+    let mut index = 0;
+    let mut dropped = 0;
+    while !fits(queue, &room) && index < queue.len() {
+        let droppable = matches!(&queue[index], Outgoing::Tagged(_, held)
+            if held.delivery.group == delivery.group
+                && held.delivery.policy == delivery.policy
+                && (delivery.policy == SlowConsumer::DropOldest || held.conflatable));
+        if !droppable {
+            index += 1;
+            continue;
+        }
+        let Some(Outgoing::Tagged(frame, held)) = queue.remove(index) else {
+            unreachable!("matched a tagged item at this index");
+        };
+        room.removed_bytes += frame.len();
+        dropped += 1;
+        if delivery.policy == SlowConsumer::DropOldest {
+            index = note_gap(queue, index, &held, &mut room);
+        }
+    }
+    if delivery.policy == SlowConsumer::Conflate {
+        telemetry::messages_conflated(&delivery.label, dropped);
+    }
+    fits(queue, &room).then_some(room)
+}
+
+/// Records the dropped message `held` (which was at `index`) in a gap: the channel's gap
+/// just before it is extended, else a new one goes in its place. Returns the index to go
+/// on from.
+fn note_gap(queue: &mut VecDeque<Outgoing>, index: usize, held: &Tag, room: &mut Room) -> usize {
+    let seq = held.offset.seq;
+    // The channel's last gap before this point, if nothing of the channel lies between.
+    let previous = queue.iter().take(index).rposition(|item| match item {
+        Outgoing::Gap(gap) => gap.delivery.channel == held.delivery.channel,
+        Outgoing::Tagged(_, other) => other.delivery.channel == held.delivery.channel,
+        _ => false,
+    });
+    if let Some(at) = previous
+        && let Outgoing::Gap(gap) = &mut queue[at]
+        && gap.epoch == held.offset.epoch
+    {
+        let wider = Gap::new(Arc::clone(&gap.delivery), gap.epoch, gap.from, seq);
+        room.removed_bytes += gap.frame.len();
+        room.added_bytes += wider.frame.len();
+        **gap = wider;
+        return index;
+    }
+    let gap = Gap::new(Arc::clone(&held.delivery), held.offset.epoch, seq, seq);
+    room.added_bytes += gap.frame.len();
+    telemetry::slow_consumer_gap(&held.delivery.label);
+    queue.insert(index, Outgoing::Gap(Box::new(gap)));
+    index + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::VecDeque, sync::Arc};
+
+    use super::{Delivery, Tag, make_room};
+    use crate::{
+        config::SlowConsumer,
+        hub::{FramedText, Outgoing},
+        protocol::{ChannelName, Offset},
+    };
+
+    fn delivery(channel: &str, policy: SlowConsumer) -> Arc<Delivery> {
+        Arc::new(Delivery {
+            channel: ChannelName::parse(channel, 64).unwrap(),
+            group: 1,
+            policy,
+            conflate_key: None,
+            label: Arc::from("test:*"),
+        })
+    }
+
+    fn tag(delivery: &Arc<Delivery>, seq: u64, key: Option<&str>) -> Arc<Tag> {
+        Arc::new(Tag {
+            delivery: Arc::clone(delivery),
+            offset: Offset { epoch: 7, seq },
+            conflatable: true,
+            key: key.map(Box::from),
+        })
+    }
+
+    /// The queue as `kind:channel:first-last` (gaps) or `channel:seq` (messages).
+    fn shape(queue: &VecDeque<Outgoing>) -> Vec<String> {
+        queue
+            .iter()
+            .map(|item| match item {
+                Outgoing::Tagged(_, tag) => format!("{}:{}", tag.delivery.channel, tag.offset.seq),
+                Outgoing::Gap(gap) => {
+                    format!("gap:{}:{}-{}", gap.delivery.channel, gap.from, gap.to)
+                }
+                Outgoing::Text(frame) => frame.json().to_owned(),
+                Outgoing::Ping => "ping".to_owned(),
+            })
+            .collect()
+    }
+
+    fn queue_of(items: impl IntoIterator<Item = Arc<Tag>>) -> VecDeque<Outgoing> {
+        items
+            .into_iter()
+            .map(|tag| Outgoing::Tagged(FramedText::text("0123456789"), tag))
+            .collect()
+    }
+
+    #[test]
+    fn drop_oldest_drops_the_namespaces_oldest_and_merges_a_channels_gap() {
+        let a = delivery("a", SlowConsumer::DropOldest);
+        let b = delivery("b", SlowConsumer::DropOldest);
+        let mut queue = queue_of([tag(&a, 1, None), tag(&b, 1, None), tag(&a, 2, None)]);
+        queue.push_front(Outgoing::Text(FramedText::text("reply")));
+        // Room by count for one more: a gap takes the place of a:1, then of b:1, and a:2
+        // widens a's gap, which frees a place.
+        let room = make_room(&mut queue, &tag(&a, 3, None), 12, 100, 4, 1 << 20).unwrap();
+        assert_eq!(shape(&queue), ["reply", "gap:a:1-2", "gap:b:1-1"]);
+        // Three messages and the gap a:1-1 that a:1-2 replaced.
+        assert!(
+            room.removed_bytes > 3 * 12 && room.added_bytes > 0,
+            "{room:?}"
+        );
+        queue.push_back(Outgoing::Tagged(
+            FramedText::text("0123456789"),
+            tag(&a, 3, None),
+        ));
+        let again = make_room(&mut queue, &tag(&a, 4, None), 12, 100, 4, 1 << 20).unwrap();
+        assert_eq!(shape(&queue), ["reply", "gap:a:1-3", "gap:b:1-1"]);
+        assert!(again.added_bytes > 0);
+        let full = make_room(&mut queue, &tag(&a, 4, None), 12, 100, 3, 1 << 20);
+        assert!(full.is_none(), "gaps and untagged frames are never dropped");
+    }
+
+    #[test]
+    fn conflate_drops_what_the_new_message_supersedes_by_key() {
+        let ticker = delivery("t", SlowConsumer::Conflate);
+        let mut queue = queue_of([
+            tag(&ticker, 1, Some("\"A\"")),
+            tag(&ticker, 2, Some("\"B\"")),
+            tag(&ticker, 3, Some("\"A\"")),
+        ]);
+        make_room(
+            &mut queue,
+            &tag(&ticker, 4, Some("\"A\"")),
+            12,
+            100,
+            3,
+            1 << 20,
+        )
+        .unwrap();
+        assert_eq!(shape(&queue), ["t:2"]);
+        // A key with nothing queued: the namespace's oldest goes, no gap.
+        make_room(
+            &mut queue,
+            &tag(&ticker, 5, Some("\"C\"")),
+            12,
+            100,
+            1,
+            1 << 20,
+        )
+        .unwrap();
+        assert!(queue.is_empty());
+    }
+}

@@ -1,0 +1,175 @@
+//! `slow_consumer` per namespace over real sockets: a subscriber that stops reading (a 4 KiB
+//! receive buffer) on a `drop_oldest` channel is not closed, and what it missed is told by
+//! `gap` frames whose offsets, fetched with `history`, give exactly the missing messages;
+//! on a `conflate` channel it keeps the newest message per `conflate_key` value; a
+//! `disconnect` channel's slow subscriber is closed with 4001 as before. Publishers and a
+//! bystander keep their rate.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use serde_json::{Value, json};
+use switchboard::{
+    config::{Config, EditRule, NamespaceConfig, Rule, SlowConsumer},
+    protocol::ChannelName,
+};
+
+use crate::harness::{TestClient, TestServer, seq};
+
+/// Far more than the stalled client's socket buffers (the server's send buffer grows to
+/// megabytes) and its 64 KiB queue hold.
+const MESSAGES: u64 = 2_000;
+
+fn configure(config: &mut Config) {
+    let namespace = |pattern: &str, slow_consumer, conflate_key: Option<&str>| NamespaceConfig {
+        pattern: pattern.to_owned(),
+        subscribe: Rule::Anonymous,
+        publish: Rule::None,
+        history: Rule::Anonymous,
+        presence: Rule::None,
+        join_leave: false,
+        edit: EditRule::Any,
+        history_size: Some(200),
+        history_ttl: None,
+        slow_consumer,
+        conflate_key: conflate_key.map(str::to_owned),
+    };
+    config.limits.outbound_queue_messages = 256;
+    config.limits.outbound_queue_bytes = 64 * 1024;
+    config.limits.max_publish_payload_bytes = 8 * 1024;
+    config.history.size = 10;
+    config.namespaces = vec![
+        namespace("feed:*", SlowConsumer::DropOldest, None),
+        namespace("ticker:*", SlowConsumer::Conflate, Some("symbol")),
+        namespace("*", SlowConsumer::Disconnect, None),
+    ];
+}
+
+/// Publishes [`MESSAGES`] of 4 KiB to `channel` straight into the hub, `data` made by
+/// `make` from the message's number.
+async fn flood(server: &TestServer, channel: &str, make: impl Fn(u64) -> Value) {
+    let channel = ChannelName::parse(channel, 64).unwrap();
+    let pad = "x".repeat(4096);
+    for n in 1..=MESSAGES {
+        let mut data = make(n);
+        data["pad"] = pad.clone().into();
+        server
+            .hub()
+            .publish(&channel, &data.to_string())
+            .expect("a small channel's round runs inline");
+        if n % 5 == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+/// A subscriber of `channel` that reads nothing until told to.
+async fn stalled(server: &TestServer, channel: &str) -> TestClient {
+    let mut client = TestClient::connect_with_small_buffer(server.ws_addr, "/ws").await;
+    client.subscribe(channel).await;
+    client
+}
+
+#[tokio::test]
+async fn drop_oldest_sends_gaps_whose_history_is_exactly_what_was_missed() {
+    let server = TestServer::builder().configure(configure).start().await;
+    let mut slow = stalled(&server, "feed:news").await;
+    crate::raw::with_bystander(&server, flood(&server, "feed:news", |n| json!({"n": n}))).await;
+
+    // Now it reads: messages and gaps, in order, covering every offset once.
+    let mut covered = Vec::new();
+    let mut gaps = Vec::new();
+    while covered.last() != Some(&MESSAGES) {
+        let frame = tokio::time::timeout(Duration::from_secs(10), slow.recv())
+            .await
+            .expect("the stalled subscriber gets the rest once it reads");
+        match frame["type"].as_str() {
+            Some("message") => {
+                let n = seq(&frame["offset"]);
+                assert_eq!(frame["data"]["n"], n);
+                covered.push(n);
+            }
+            Some("gap") => {
+                let (from, to) = (seq(&frame["from"]), seq(&frame["to"]));
+                assert!(from <= to, "{frame}");
+                covered.extend(from..=to);
+                gaps.push(frame);
+            }
+            _ => panic!("unexpected {frame}"),
+        }
+    }
+    assert_eq!(covered, (1..=MESSAGES).collect::<Vec<_>>());
+    assert!(!gaps.is_empty(), "the queue never overflowed");
+    // Counted by namespace (only this test uses `feed:*`), and never closed.
+    let counted = r#"ws_slow_consumer_gaps_total{namespace="feed:*"}"#;
+    assert!(server.metric(counted).await >= 1.0);
+    let closed = r#"ws_slow_consumer_policy_closes_total{namespace="feed:*"}"#;
+    assert!(server.metric(closed).await < 1.0);
+
+    // What history still holds of each gap (its last 200 messages) is there, exactly.
+    let mut checked = 0;
+    for gap in &gaps {
+        let to = seq(&gap["to"]);
+        let from = seq(&gap["from"]).max(MESSAGES - 199);
+        if from > to {
+            continue;
+        }
+        let epoch = gap["from"].as_str().unwrap().split('-').next().unwrap();
+        let since = format!("{epoch}-{}", from - 1);
+        let (status, page) = server
+            .get_json(&format!(
+                "/v1/channels/feed:news/history?since={since}&limit={}",
+                to - from + 1
+            ))
+            .await;
+        assert_eq!(status, 200, "{page}");
+        let got: Vec<u64> = page["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|message| seq(&message["offset"]))
+            .collect();
+        assert_eq!(got, (from..=to).collect::<Vec<_>>(), "{gap}");
+        checked += 1;
+    }
+    assert!(checked > 0, "no gap within history: {gaps:?}");
+    slow.send(json!({"type": "ping", "id": 1})).await;
+    assert_eq!(slow.recv_type("pong").await["id"], 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn conflate_keeps_the_newest_message_per_key() {
+    let server = TestServer::builder().configure(configure).start().await;
+    let mut slow = stalled(&server, "ticker:prices").await;
+    let symbol = |n: u64| if n.is_multiple_of(2) { "AAA" } else { "BBB" };
+    crate::raw::with_bystander(
+        &server,
+        flood(
+            &server,
+            "ticker:prices",
+            |n| json!({"symbol": symbol(n), "n": n}),
+        ),
+    )
+    .await;
+
+    let mut last: BTreeMap<String, u64> = BTreeMap::new();
+    let mut received = 0;
+    while last.values().max() != Some(&MESSAGES) || last.len() < 2 {
+        let frame = tokio::time::timeout(Duration::from_secs(10), slow.recv())
+            .await
+            .expect("the stalled subscriber gets the newest once it reads");
+        assert_eq!(frame["type"], "message", "{frame}");
+        let n = seq(&frame["offset"]);
+        let symbol = frame["data"]["symbol"].as_str().unwrap().to_owned();
+        assert!(last.get(&symbol).is_none_or(|before| *before < n));
+        last.insert(symbol, n);
+        received += 1;
+    }
+    // The newest of each symbol arrived; older ones were skipped, not all sent.
+    assert_eq!(last["AAA"], MESSAGES);
+    assert_eq!(last["BBB"], MESSAGES - 1);
+    assert!(received < MESSAGES, "nothing was conflated ({received})");
+    let conflated = r#"ws_messages_conflated_total{namespace="ticker:*"}"#;
+    assert!(server.metric(conflated).await >= 1.0);
+    server.stop().await;
+}
