@@ -2,10 +2,18 @@
 //! its tests (Node's test runner) run against real server processes of this build: the
 //! `switchboard` binary and `redis-server`.
 
-use std::process::Command;
+use std::{
+    process::Command,
+    sync::{Mutex, PoisonError},
+};
+
+/// Held while a test builds `dist/` or runs what it built: `npm pack` builds it again
+/// (`prepack`), and Node loading `dist/index.js` while `tsc` rewrites it fails at random.
+static DIST: Mutex<()> = Mutex::new(());
 
 #[test]
 fn the_javascript_client_passes_its_tests_against_the_real_server() {
+    let _dist = DIST.lock().unwrap_or_else(PoisonError::into_inner);
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/js");
     assert!(
         std::path::Path::new(dir)
@@ -56,6 +64,7 @@ fn the_javascript_client_passes_its_tests_against_the_real_server() {
 /// path): the built module, its types, the README and the manifest, nothing else.
 #[test]
 fn the_javascript_client_packs_into_an_installable_tarball() {
+    let _dist = DIST.lock().unwrap_or_else(PoisonError::into_inner);
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/js");
     let pack = Command::new("npm")
         .current_dir(dir)

@@ -227,6 +227,8 @@ type Listener = (detail: any) => void;
 
 /** Close codes after which reconnecting cannot help (docs/protocol.md "Close codes"). */
 const TERMINAL_CODES = new Set([4003, 4005]);
+/** Frames of one channel, kept in order behind a `gap` being filled. */
+const CHANNEL_FRAMES = new Set(["message", "append", "finish", "update", "delete", "abandon", "reset", "gap"]);
 /** The token expired: reconnect with a fresh one. */
 const TOKEN_EXPIRED = 4004;
 /** Close code this client uses for a connection it gave up on (no traffic). */
@@ -341,6 +343,8 @@ export class Switchboard {
   /** Channels the server subscribed this client to (token `subs`, `POST /v1/subscribe`). */
   private readonly serverSubs = new Map<string, ServerSub>();
   private readonly pending = new Map<number, Pending>();
+  /** Channels whose `gap` is being fetched from history: their frames that came since, held. */
+  private readonly filling = new Map<string, any[]>();
   private readonly listeners = new Map<EventName, Set<Listener>>();
   private nextId = 1;
   private attempt = 0;
@@ -651,6 +655,16 @@ export class Switchboard {
     } catch {
       return;
     }
+    this.dispatch(frame);
+  }
+
+  private dispatch(frame: any): void {
+    // A channel whose gap is being filled takes its later frames after the gap's messages.
+    const held = typeof frame.channel === "string" ? this.filling.get(frame.channel) : undefined;
+    if (held && CHANNEL_FRAMES.has(frame.type)) {
+      held.push(frame);
+      return;
+    }
     switch (frame.type) {
       case "welcome":
         if (this.connectTimer) clearTimeout(this.connectTimer);
@@ -677,6 +691,8 @@ export class Switchboard {
         return this.onChange(frame);
       case "reset":
         return this.onReset(frame);
+      case "gap":
+        return this.onGap(frame);
       case "subscribed":
       case "unsubscribed":
         // Without an id: the server subscribed (or unsubscribed) this connection itself.
@@ -898,6 +914,52 @@ export class Switchboard {
     sub.handlers.onRecovered?.(false);
   }
 
+  /**
+   * The server dropped messages of a `drop_oldest` channel this client read too slowly to
+   * get (`from` to `to`): they are fetched from history and delivered in order, before the
+   * channel's frames that came after the gap. What history no longer holds is told as a
+   * failed resume (`onRecovered(false)`), the offset moving past the gap.
+   */
+  private onGap(frame: any): void {
+    const feed = this.feed(frame.channel);
+    const from = parseOffset(frame.from);
+    const to = parseOffset(frame.to);
+    if (!feed || !from || !to || from.epoch !== to.epoch) return;
+    const channel: string = frame.channel;
+    this.filling.set(channel, []);
+    const fill = async (): Promise<boolean> => {
+      let since = `${from.epoch}-${from.seq - 1}`;
+      for (;;) {
+        const left = to.seq - (parseOffset(since)?.seq ?? to.seq);
+        if (left <= 0) return true;
+        const page = await this.history(channel, { since, limit: Math.min(left, 100) });
+        const got = page.messages.filter((message) => !isAfter(message.offset, frame.to));
+        if (got.length === 0) return false;
+        for (const message of got) {
+          if (parseOffset(message.offset)?.seq !== (parseOffset(since)?.seq ?? 0) + 1) return false;
+          const replayed: any = { type: "message", channel, offset: message.offset, data: message.data };
+          if (message.id !== undefined) {
+            Object.assign(replayed, { message_id: message.id, status: message.status, created: message.offset });
+            if (message.text !== undefined) replayed.text = message.text;
+          }
+          this.onMessage(replayed);
+          since = message.offset;
+        }
+      }
+    };
+    fill()
+      .catch(() => false)
+      .then((complete) => {
+        if (!complete) {
+          if (isAfter(frame.to, feed.offset)) feed.offset = frame.to;
+          feed.handlers.onRecovered?.(false);
+        }
+        const later = this.filling.get(channel) ?? [];
+        this.filling.delete(channel);
+        for (const held of later) this.dispatch(held);
+      });
+  }
+
   /** `join`/`leave`: one member's fields, or `members` when the server coalesced a burst. */
   private onMembers(frame: any): void {
     const sub = this.subs.get(frame.channel);
@@ -912,6 +974,8 @@ export class Switchboard {
 
   private onClose(code: number, reason: string, wasClean: boolean): void {
     this.ws = undefined;
+    // A resume on the next connection covers what a gap being filled would have.
+    this.filling.clear();
     this.clearTimers();
     for (const sub of this.subs.values()) sub.active = false;
     // The server makes the token's `subs` again on the next connection; until then (and for
@@ -923,7 +987,11 @@ export class Switchboard {
     if (TERMINAL_CODES.has(code)) {
       this.setState("closed");
       this.emit("closed", { code, reason });
-      this.emit("error", { code: "unauthorized", message: reason || "the server refused this client's token" });
+      const error =
+        code === 4005
+          ? { code: "too_many_connections", message: reason || "the user holds too many connections" }
+          : { code: "unauthorized", message: reason || "the server refused this client's token" };
+      this.emit("error", error);
       return;
     }
     if (code === TOKEN_EXPIRED && !this.options.getToken) {

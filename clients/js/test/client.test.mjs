@@ -1,6 +1,7 @@
 // The client against real server processes (node --experimental-websocket --test).
 
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
 import { after, test } from "node:test";
 
 import { Switchboard, SwitchboardError, isAfter } from "../dist/index.js";
@@ -445,4 +446,49 @@ rpc_url = "http://127.0.0.1:${port}/rpc"
   } finally {
     backend.close();
   }
+});
+
+test("a gap under drop_oldest is filled from history by itself, in order, before what follows", async () => {
+  const node = await startNode({
+    namespaces: `[[namespaces]]
+pattern = "feed:*"
+subscribe = "anonymous"
+publish = "none"
+history = "anonymous"
+history_size = 300
+slow_consumer = "drop_oldest"
+`,
+    config: "[limits]\noutbound_queue_messages = 512\noutbound_queue_bytes = 262144\nmax_publish_payload_bytes = 65536\n",
+  });
+  const sb = client(node.url);
+  const received = [];
+  const recovered = [];
+  sb.subscribe("feed:news", { onMessage: (data) => received.push(data.n), onRecovered: (ok) => recovered.push(ok) });
+  await eventually(() => sb.state === "connected", "connected");
+  await sleep(100);
+  // 250 messages of 60 KB (15 MB, more than both ends' socket buffers hold) published by
+  // another process while this one's event loop reads nothing for 4 s.
+  const script = `
+    const pad = "x".repeat(60000);
+    (async () => {
+      for (let n = 1; n <= 250; n++) {
+        const response = await fetch("${node.controlUrl}/v1/publish", {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify({ channel: "feed:news", data: { n, pad } }),
+        });
+        if (response.status !== 200) process.exit(1);
+      }
+    })();`;
+  const publisher = spawn(process.execPath, ["-e", script], { stdio: "ignore" });
+  const published = new Promise((resolve) => publisher.once("exit", resolve));
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 4000);
+  assert.equal(await published, 0, "the publisher published every message");
+  await eventually(() => received.length >= 250, "every message, the gap's from history", 20_000);
+  assert.deepEqual(received, Array.from({ length: 250 }, (_, index) => index + 1));
+  assert.deepEqual(recovered, [], "nothing was lost");
+  const metrics = await (await fetch(`${node.controlUrl}/metrics`)).text();
+  assert.match(metrics, /ws_slow_consumer_gaps_total\{namespace="feed:\*"\} [1-9]/, "a gap was sent");
+  sb.close();
+  await node.kill();
 });
