@@ -228,6 +228,7 @@ mod tests {
             history_ttl: None,
             slow_consumer: crate::config::SlowConsumer::Disconnect,
             conflate_key: None,
+            queue_bytes: None,
         }
     }
 

@@ -220,8 +220,7 @@ impl Config {
             webhook.validate()?;
         }
         for (index, namespace) in self.namespaces.iter().enumerate() {
-            let queue = self.limits.outbound_queue_messages;
-            if let Err(message) = namespaces::check(namespace, &self.hooks, queue) {
+            if let Err(message) = namespaces::check(namespace, &self.hooks, &self.limits) {
                 return Err(invalid("namespaces", format!("[{index}]: {message}")));
             }
         }

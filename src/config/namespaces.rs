@@ -159,6 +159,12 @@ pub struct NamespaceConfig {
     /// is conflated (one newest message per channel and value, e.g. a ticker's `symbol`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conflate_key: Option<String>,
+    /// With `drop_oldest` or `conflate`: the bytes of a connection's outbound queue this
+    /// namespace's messages may hold at most, so that a noisy namespace cannot starve
+    /// another on the same connection: past it, the policy makes room among its own.
+    /// Absent: the whole queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_bytes: Option<usize>,
 }
 
 /// A namespace's `slow_consumer`.
@@ -210,6 +216,7 @@ pub(super) fn default_namespaces() -> Vec<NamespaceConfig> {
         history_ttl: None,
         slow_consumer: SlowConsumer::Disconnect,
         conflate_key: None,
+        queue_bytes: None,
     }]
 }
 
@@ -218,7 +225,7 @@ pub(super) fn default_namespaces() -> Vec<NamespaceConfig> {
 pub(super) fn check(
     namespace: &NamespaceConfig,
     hooks: &HooksConfig,
-    queue_messages: usize,
+    limits: &super::LimitsConfig,
 ) -> Result<(), String> {
     let pattern = namespace.pattern.as_str();
     if pattern.is_empty() {
@@ -259,12 +266,26 @@ pub(super) fn check(
     }
     if namespace
         .history_size
-        .is_some_and(|size| size >= queue_messages)
+        .is_some_and(|size| size >= limits.outbound_queue_messages)
     {
         // As for history.size: a resume replays up to this many at once.
         return Err(format!(
             "pattern '{pattern}': history_size must be smaller than \
              limits.outbound_queue_messages"
+        ));
+    }
+    if namespace.queue_bytes.is_some_and(|bytes| {
+        bytes < limits.max_publish_payload_bytes || bytes > limits.outbound_queue_bytes
+    }) {
+        return Err(format!(
+            "pattern '{pattern}': queue_bytes must be between limits.max_publish_payload_bytes \
+             and limits.outbound_queue_bytes"
+        ));
+    }
+    if namespace.queue_bytes.is_some() && namespace.slow_consumer == SlowConsumer::Disconnect {
+        return Err(format!(
+            "pattern '{pattern}': queue_bytes goes with slow_consumer = \"drop_oldest\" or \
+             \"conflate\" (a share that closes the connection when full would starve the others)"
         ));
     }
     if namespace.conflate_key.is_some() && namespace.slow_consumer != SlowConsumer::Conflate {
@@ -351,6 +372,7 @@ mod tests {
                 history_ttl: None,
                 slow_consumer: SlowConsumer::Disconnect,
                 conflate_key: None,
+                queue_bytes: None,
             })
             .collect()
     }

@@ -125,6 +125,7 @@ pub struct NamespaceRules {
     pub history: HistoryLimit,
     pub slow_consumer: crate::config::SlowConsumer,
     pub conflate_key: Option<String>,
+    pub queue_bytes: Option<usize>,
 }
 
 /// See [`HubSettings::per_namespace`].
@@ -147,6 +148,7 @@ fn per_namespace(config: &crate::config::Config) -> Vec<NamespaceRules> {
             },
             slow_consumer: namespace.slow_consumer,
             conflate_key: namespace.conflate_key.clone(),
+            queue_bytes: namespace.queue_bytes,
         })
         .collect()
 }
@@ -326,6 +328,7 @@ impl Hub {
                 group: index,
                 policy: rules.slow_consumer,
                 conflate_key: rules.conflate_key.as_deref().map(Box::from),
+                queue_bytes: rules.queue_bytes,
                 label: Arc::from(rules.pattern.as_str()),
             })
         })

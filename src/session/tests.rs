@@ -39,6 +39,7 @@ fn anyone() -> Namespaces {
         history_ttl: None,
         slow_consumer: crate::config::SlowConsumer::Disconnect,
         conflate_key: None,
+        queue_bytes: None,
     }])
 }
 

@@ -315,6 +315,7 @@ fn namespace(pattern: &str, subscribe: Rule, publish: Rule, history: Rule) -> Na
         history_ttl: None,
         slow_consumer: switchboard::config::SlowConsumer::Disconnect,
         conflate_key: None,
+        queue_bytes: None,
     }
 }
 

@@ -162,6 +162,7 @@ impl TestServer {
             history_ttl: None,
             slow_consumer: switchboard::config::SlowConsumer::Disconnect,
             conflate_key: None,
+            queue_bytes: None,
         }];
         TestServerBuilder {
             config,

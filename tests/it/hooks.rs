@@ -94,6 +94,7 @@ fn hooked(config: &mut Config, backend: &Backend) {
         history_ttl: None,
         slow_consumer: switchboard::config::SlowConsumer::Disconnect,
         conflate_key: None,
+        queue_bytes: None,
     };
     config.namespaces = vec![
         namespace("room:*", Rule::Hook),

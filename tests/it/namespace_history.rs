@@ -27,6 +27,7 @@ fn namespaces(config: &mut Config) {
         history_ttl: ttl,
         slow_consumer: switchboard::config::SlowConsumer::Disconnect,
         conflate_key: None,
+        queue_bytes: None,
     };
     config.history.size = 100;
     config.namespaces = vec![

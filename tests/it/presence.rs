@@ -51,6 +51,7 @@ pub(crate) fn chat(config: &mut Config) {
         history_ttl: None,
         slow_consumer: switchboard::config::SlowConsumer::Disconnect,
         conflate_key: None,
+        queue_bytes: None,
     };
     config.namespaces = vec![
         namespace("room:*", Rule::Claim, Rule::Claim, true),

@@ -32,6 +32,7 @@ fn rooms_with_presence(config: &mut Config) {
         history_ttl: None,
         slow_consumer: switchboard::config::SlowConsumer::Disconnect,
         conflate_key: None,
+        queue_bytes: None,
     }];
 }
 

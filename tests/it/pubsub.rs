@@ -229,6 +229,7 @@ async fn clients_read_history_over_the_websocket() {
                     history_ttl: None,
                     slow_consumer: switchboard::config::SlowConsumer::Disconnect,
                     conflate_key: None,
+                    queue_bytes: None,
                 },
             );
         })

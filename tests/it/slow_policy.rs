@@ -32,6 +32,7 @@ fn configure(config: &mut Config) {
         history_ttl: None,
         slow_consumer,
         conflate_key: conflate_key.map(str::to_owned),
+        queue_bytes: None,
     };
     config.limits.outbound_queue_messages = 256;
     config.limits.outbound_queue_bytes = 64 * 1024;
@@ -171,5 +172,55 @@ async fn conflate_keeps_the_newest_message_per_key() {
     assert!(received < MESSAGES, "nothing was conflated ({received})");
     let conflated = r#"ws_messages_conflated_total{namespace="ticker:*"}"#;
     assert!(server.metric(conflated).await >= 1.0);
+    server.stop().await;
+}
+
+/// A namespace's `queue_bytes`: a noisy `drop_oldest` feed may hold 16 KiB of a stalled
+/// connection's 64 KiB queue, so the quiet room beside it on the same connection, whose
+/// policy is `disconnect`, never finds the queue full: the connection is not closed and
+/// gets every room message.
+#[tokio::test]
+async fn a_noisy_namespace_keeps_to_its_share_of_the_queue() {
+    let server = TestServer::builder()
+        .configure(|config| {
+            configure(config);
+            config.namespaces[0].queue_bytes = Some(16 * 1024);
+        })
+        .start()
+        .await;
+    let mut slow = stalled(&server, "feed:noisy").await;
+    slow.subscribe("room:quiet").await;
+    let (feed, room) = (
+        ChannelName::parse("feed:noisy", 64).unwrap(),
+        ChannelName::parse("room:quiet", 64).unwrap(),
+    );
+    // 8,000 feed messages of 1 KiB (8 MB: more than the socket buffers hold), and every
+    // 400th a room message of 1.5 KiB: larger than the slack a full queue of feed messages
+    // leaves, and all 20 together well within what the share leaves the room (48 KiB).
+    let pad = "x".repeat(1024);
+    for n in 1..=8_000_u64 {
+        let data = json!({"n": n, "pad": pad}).to_string();
+        server.hub().publish(&feed, &data).unwrap();
+        if n % 400 == 0 {
+            let data = json!({"n": n / 400, "pad": "y".repeat(1536)});
+            server.hub().publish(&room, &data.to_string()).unwrap();
+        }
+        if n % 20 == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    let mut room_seen = Vec::new();
+    while room_seen.len() < 20 {
+        let frame = tokio::time::timeout(Duration::from_secs(10), slow.recv())
+            .await
+            .expect("the connection stays open and gets the room's messages");
+        if frame["channel"] == "room:quiet" {
+            assert_eq!(frame["type"], "message", "{frame}");
+            room_seen.push(frame["data"]["n"].as_u64().unwrap());
+        }
+    }
+    assert_eq!(room_seen, (1..=20).collect::<Vec<_>>());
+    let gaps = r#"ws_slow_consumer_gaps_total{namespace="feed:*"}"#;
+    assert!(server.metric(gaps).await >= 1.0);
     server.stop().await;
 }

@@ -405,6 +405,7 @@ async fn clients_change_only_what_the_edit_rule_lets_them() {
                 history_ttl: None,
                 slow_consumer: switchboard::config::SlowConsumer::Disconnect,
                 conflate_key: None,
+                queue_bytes: None,
             };
             c.namespaces = vec![
                 namespace("own:*", Rule::Anonymous, EditRule::Own),

@@ -630,6 +630,7 @@ async fn bounds_and_the_edit_rule_hold_across_nodes_with_a_bystander_at_full_rat
                     history_ttl: None,
                     slow_consumer: switchboard::config::SlowConsumer::Disconnect,
                     conflate_key: None,
+                    queue_bytes: None,
                 };
                 c.namespaces = vec![namespace("own:*"), namespace("*")];
             })

@@ -41,6 +41,7 @@ fn webhooked(config: &mut Config, url: String, events: Vec<WebhookEvent>) {
         history_ttl: None,
         slow_consumer: switchboard::config::SlowConsumer::Disconnect,
         conflate_key: None,
+        queue_bytes: None,
     }];
 }
 

@@ -247,7 +247,7 @@ impl Outbound {
         {
             let mut queue = self.queue();
             let queued = self.queued_bytes.load(Ordering::Relaxed);
-            if queue.len() < self.max_messages && queued + len <= self.max_bytes {
+            if overflow::fits_now(&queue, tag, len, queued, self.max_messages, self.max_bytes) {
                 self.queued_bytes.fetch_add(len, Ordering::Relaxed);
                 queue.push_back(Outgoing::Tagged(frame.clone(), Arc::clone(tag)));
             } else {

@@ -24,6 +24,8 @@ pub struct Delivery {
     pub policy: SlowConsumer,
     /// With `conflate`: the `data` field whose value separates what is conflated.
     pub conflate_key: Option<Box<str>>,
+    /// The bytes of a connection's queue the namespace's messages may hold at most.
+    pub queue_bytes: Option<usize>,
     /// The namespace's pattern, for metrics.
     pub label: Arc<str>,
 }
@@ -74,8 +76,39 @@ pub(super) struct Room {
     pub(super) added_bytes: usize,
 }
 
-/// Makes room in `queue` for a frame of `need` bytes tagged `tag`, within `max_messages`
-/// and (counting `queued` bytes now) `max_bytes`; `None` when it cannot.
+/// The bytes `queue` holds of namespace `group` (its messages and gaps).
+pub(super) fn group_bytes(queue: &VecDeque<Outgoing>, group: u16) -> usize {
+    queue
+        .iter()
+        .map(|item| match item {
+            Outgoing::Tagged(frame, tag) if tag.delivery.group == group => frame.len(),
+            Outgoing::Gap(gap) if gap.delivery.group == group => gap.frame.len(),
+            _ => 0,
+        })
+        .sum()
+}
+
+/// Whether a frame of `need` bytes tagged `tag` fits `queue` as it is: within
+/// `max_messages`, `max_bytes` (the queue holding `queued`), and the namespace's share.
+pub(super) fn fits_now(
+    queue: &VecDeque<Outgoing>,
+    tag: &Tag,
+    need: usize,
+    queued: usize,
+    max_messages: usize,
+    max_bytes: usize,
+) -> bool {
+    queue.len() < max_messages
+        && queued + need <= max_bytes
+        && tag.delivery.queue_bytes.is_none_or(|share| {
+            // The whole queue within the share: its part of it is too.
+            queued + need <= share || group_bytes(queue, tag.delivery.group) + need <= share
+        })
+}
+
+/// Makes room in `queue` for a frame of `need` bytes tagged `tag`, within `max_messages`,
+/// (counting `queued` bytes now) `max_bytes`, and the namespace's share of the queue;
+/// `None` when it cannot.
 pub(super) fn make_room(
     queue: &mut VecDeque<Outgoing>,
     tag: &Tag,
@@ -85,9 +118,16 @@ pub(super) fn make_room(
     max_bytes: usize,
 ) -> Option<Room> {
     let mut room = Room::default();
+    // What the namespace holds; everything make_room removes or adds is its own.
+    let group = tag
+        .delivery
+        .queue_bytes
+        .map(|share| (share, group_bytes(queue, tag.delivery.group)));
     let fits = |queue: &VecDeque<Outgoing>, room: &Room| {
+        let after = |held: usize| (held + room.added_bytes).saturating_sub(room.removed_bytes);
         queue.len() < max_messages
-            && (queued + room.added_bytes).saturating_sub(room.removed_bytes) + need <= max_bytes
+            && after(queued) + need <= max_bytes
+            && group.is_none_or(|(share, held)| after(held) + need <= share)
     };
     let delivery = &tag.delivery;
     if delivery.policy == SlowConsumer::Conflate && tag.conflatable {
@@ -183,6 +223,7 @@ mod tests {
             group: 1,
             policy,
             conflate_key: None,
+            queue_bytes: None,
             label: Arc::from("test:*"),
         })
     }
