@@ -224,3 +224,69 @@ async fn a_noisy_namespace_keeps_to_its_share_of_the_queue() {
     assert!(server.metric(gaps).await >= 1.0);
     server.stop().await;
 }
+
+/// `drop_oldest` on a cluster: messages published on node a reach a stalled subscriber on
+/// node b through Redis; b's queue drops for gaps, and what Redis's history still holds of
+/// each gap, read through b, is exactly the missing messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_drop_oldest_gaps_are_exact_too() {
+    let redis = crate::redis_server::RedisServer::start(false);
+    let node = || {
+        TestServer::builder()
+            .redis(&redis.url())
+            .configure(configure)
+            .start()
+    };
+    let (a, b) = (node().await, node().await);
+    let mut slow = stalled(&b, "feed:cluster").await;
+    let pad = "x".repeat(4096);
+    // In batches of 100 (400 KB, within the control API's body limit).
+    for first in (1..=MESSAGES).step_by(100) {
+        let commands: Vec<Value> = (first..first + 100)
+            .map(|n| json!({"publish": {"channel": "feed:cluster", "data": {"n": n, "pad": pad}}}))
+            .collect();
+        let (status, answer) = a.post("/v1/batch", json!({ "commands": commands })).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    let mut covered = Vec::new();
+    let mut gaps = Vec::new();
+    while covered.last() != Some(&MESSAGES) {
+        let frame = tokio::time::timeout(Duration::from_secs(20), slow.recv())
+            .await
+            .expect("the stalled subscriber gets the rest once it reads");
+        match frame["type"].as_str() {
+            Some("message") => covered.push(seq(&frame["offset"])),
+            Some("gap") => {
+                covered.extend(seq(&frame["from"])..=seq(&frame["to"]));
+                gaps.push(frame);
+            }
+            _ => panic!("unexpected {frame}"),
+        }
+    }
+    assert_eq!(covered, (1..=MESSAGES).collect::<Vec<_>>());
+    let last = gaps.last().expect("the queue overflowed");
+    let (from, to) = (seq(&last["from"]).max(MESSAGES - 199), seq(&last["to"]));
+    assert!(
+        from <= to,
+        "the last gap left history before it was read: {last}"
+    );
+    let epoch = last["from"].as_str().unwrap().split('-').next().unwrap();
+    let (status, page) = b
+        .get_json(&format!(
+            "/v1/channels/feed:cluster/history?since={epoch}-{}&limit={}",
+            from - 1,
+            to - from + 1
+        ))
+        .await;
+    assert_eq!(status, 200, "{page}");
+    let got: Vec<u64> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|message| seq(&message["offset"]))
+        .collect();
+    assert_eq!(got, (from..=to).collect::<Vec<_>>(), "{last}");
+    for server in [a, b] {
+        server.stop().await;
+    }
+}
