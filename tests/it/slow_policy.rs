@@ -63,6 +63,33 @@ async fn flood(server: &TestServer, channel: &str, make: impl Fn(u64) -> Value) 
     }
 }
 
+/// What `server`'s history holds of `gap` (its part within the channel's last 200
+/// messages): its first and last seq and the seqs history returns for them; `None` when
+/// none of the gap is still held.
+async fn held_of(server: &TestServer, gap: &Value) -> Option<(u64, u64, Vec<u64>)> {
+    let (from, to) = (seq(&gap["from"]).max(MESSAGES - 199), seq(&gap["to"]));
+    if from > to {
+        return None;
+    }
+    let epoch = gap["from"].as_str().unwrap().split('-').next().unwrap();
+    let channel = gap["channel"].as_str().unwrap();
+    let (status, page) = server
+        .get_json(&format!(
+            "/v1/channels/{channel}/history?since={epoch}-{}&limit={}",
+            from - 1,
+            to - from + 1
+        ))
+        .await;
+    assert_eq!(status, 200, "{page}");
+    let got = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|message| seq(&message["offset"]))
+        .collect();
+    Some((from, to, got))
+}
+
 /// A subscriber of `channel` that reads nothing until told to.
 async fn stalled(server: &TestServer, channel: &str) -> TestClient {
     let mut client = TestClient::connect_with_small_buffer(server.ws_addr, "/ws").await;
@@ -109,28 +136,10 @@ async fn drop_oldest_sends_gaps_whose_history_is_exactly_what_was_missed() {
     // What history still holds of each gap (its last 200 messages) is there, exactly.
     let mut checked = 0;
     for gap in &gaps {
-        let to = seq(&gap["to"]);
-        let from = seq(&gap["from"]).max(MESSAGES - 199);
-        if from > to {
-            continue;
+        if let Some((from, to, got)) = held_of(&server, gap).await {
+            assert_eq!(got, (from..=to).collect::<Vec<_>>(), "{gap}");
+            checked += 1;
         }
-        let epoch = gap["from"].as_str().unwrap().split('-').next().unwrap();
-        let since = format!("{epoch}-{}", from - 1);
-        let (status, page) = server
-            .get_json(&format!(
-                "/v1/channels/feed:news/history?since={since}&limit={}",
-                to - from + 1
-            ))
-            .await;
-        assert_eq!(status, 200, "{page}");
-        let got: Vec<u64> = page["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|message| seq(&message["offset"]))
-            .collect();
-        assert_eq!(got, (from..=to).collect::<Vec<_>>(), "{gap}");
-        checked += 1;
     }
     assert!(checked > 0, "no gap within history: {gaps:?}");
     slow.send(json!({"type": "ping", "id": 1})).await;
@@ -265,26 +274,9 @@ async fn on_a_cluster_drop_oldest_gaps_are_exact_too() {
     }
     assert_eq!(covered, (1..=MESSAGES).collect::<Vec<_>>());
     let last = gaps.last().expect("the queue overflowed");
-    let (from, to) = (seq(&last["from"]).max(MESSAGES - 199), seq(&last["to"]));
-    assert!(
-        from <= to,
-        "the last gap left history before it was read: {last}"
-    );
-    let epoch = last["from"].as_str().unwrap().split('-').next().unwrap();
-    let (status, page) = b
-        .get_json(&format!(
-            "/v1/channels/feed:cluster/history?since={epoch}-{}&limit={}",
-            from - 1,
-            to - from + 1
-        ))
-        .await;
-    assert_eq!(status, 200, "{page}");
-    let got: Vec<u64> = page["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|message| seq(&message["offset"]))
-        .collect();
+    let (from, to, got) = held_of(&b, last)
+        .await
+        .unwrap_or_else(|| panic!("the last gap left history before it was read: {last}"));
     assert_eq!(got, (from..=to).collect::<Vec<_>>(), "{last}");
     for server in [a, b] {
         server.stop().await;
