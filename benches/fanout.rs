@@ -53,6 +53,7 @@ fn hub_fanout(c: &mut Criterion) {
             per_namespace: Vec::new(),
             remote: false,
             streams: switchboard::config::StreamsConfig::default(),
+            compression: None,
         });
         let channel = ChannelName::parse("bench", 64).unwrap();
         // Connections without a socket: a publish claims each idle lane and "flushes" it,

@@ -33,6 +33,7 @@ fn lookup(c: &mut Criterion) {
             per_namespace: Vec::new(),
             remote: false,
             streams: switchboard::config::StreamsConfig::default(),
+            compression: None,
         });
         let channel = ChannelName::parse("bench", 64).unwrap();
         let data = format!("\"{}\"", "x".repeat(200));

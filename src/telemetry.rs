@@ -12,6 +12,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::protocol::ErrorCode;
 
+mod compression;
 mod describe;
 mod hooks;
 mod limits;
@@ -19,7 +20,7 @@ mod logging;
 mod refusals;
 mod webhooks;
 use self::describe::describe;
-pub use self::{hooks::*, limits::*, logging::*, refusals::*, webhooks::*};
+pub use self::{compression::*, hooks::*, limits::*, logging::*, refusals::*, webhooks::*};
 
 pub const CONNECTIONS: &str = "ws_connections";
 /// Gauge: `limits.max_connections`, for alerts on `ws_connections / ws_connections_max`.
@@ -264,8 +265,9 @@ pub const PRESENCE_DEPARTED_REASONS: [&str; 3] = ["expired", "node_gone", "resta
 const PRESENCE_DROP_REASONS: [&str; 2] = ["queue_full", "bus"];
 /// Session ends and upgrade refusals that mark an incident (a storm of slow consumers, a
 /// drain, lost networks; overload); the other labels appear at their first event.
-const CLOSE_ENDS: [&str; 5] = [
+const CLOSE_ENDS: [&str; 6] = [
     "slow_consumer",
+    "bad_deflate",
     "service_restart",
     "transport_lost",
     "idle_timeout",

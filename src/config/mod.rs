@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 mod auth;
 mod cluster;
+mod compression;
 mod control;
 mod env;
 mod history;
@@ -28,6 +29,7 @@ mod webhooks;
 
 pub use self::auth::{AuthConfig, AuthKeyConfig};
 pub use self::cluster::{BusRouting, ClusterConfig, RedisTarget};
+pub use self::compression::CompressionConfig;
 pub use self::control::ControlConfig;
 pub use self::history::HistoryConfig;
 pub use self::hooks::{ConnectMode, HooksConfig};
@@ -79,6 +81,8 @@ pub struct Config {
     pub cluster: ClusterConfig,
     pub demo: DemoConfig,
     pub presence: PresenceConfig,
+    /// permessage-deflate with clients.
+    pub compression: CompressionConfig,
     pub auth: AuthConfig,
     /// The application backend asked at connect, subscribe, publish and for `rpc`.
     pub hooks: HooksConfig,
@@ -112,6 +116,7 @@ impl Default for Config {
             cluster: ClusterConfig::default(),
             demo: DemoConfig::default(),
             presence: PresenceConfig::default(),
+            compression: CompressionConfig::default(),
             auth: AuthConfig::default(),
             hooks: HooksConfig::default(),
             webhooks: Vec::new(),
@@ -215,6 +220,7 @@ impl Config {
         self.shutdown.validate()?;
         self.auth.validate()?;
         self.presence.validate()?;
+        self.compression.validate()?;
         self.hooks.validate()?;
         for webhook in &self.webhooks {
             webhook.validate()?;

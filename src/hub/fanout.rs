@@ -28,6 +28,7 @@ use std::sync::{
 };
 
 use indexmap::IndexMap;
+use smallvec::SmallVec;
 use tokio::time::Instant;
 
 use super::{
@@ -35,6 +36,7 @@ use super::{
     channel::Channel,
     lane::{FLUSH_INLINE, Urgent, Workers, WriteBatch},
     lock,
+    settings::Compression,
 };
 use crate::{protocol::Offset, telemetry};
 
@@ -52,6 +54,9 @@ pub(super) struct Slot {
     pub(super) shard_subscriptions: Arc<AtomicUsize>,
     /// The channel's next round is in the workers' urgent queue (see `Slot::queue_urgent`).
     urgent: AtomicBool,
+    /// How rounds compress for subscribers that negotiated permessage-deflate (in the
+    /// padding after `urgent`: no cost per channel).
+    compression: Option<Compression>,
 }
 
 /// One subscriber of a channel.
@@ -91,12 +96,17 @@ impl Queued {
 }
 
 impl Slot {
-    pub(super) fn new(channel: Channel, shard_subscriptions: Arc<AtomicUsize>) -> Self {
+    pub(super) fn new(
+        channel: Channel,
+        shard_subscriptions: Arc<AtomicUsize>,
+        compression: Option<Compression>,
+    ) -> Self {
         Self {
             state: Mutex::new(channel),
             subscribers: Mutex::new(IndexMap::new()),
             shard_subscriptions,
             urgent: AtomicBool::new(false),
+            compression,
         }
     }
 }
@@ -226,7 +236,7 @@ fn deliver_round(
     writes: &mut WriteBatch,
 ) {
     let before = subscribers.len();
-    let delivered = deliver(subscribers, frames, writes);
+    let delivered = deliver(subscribers, frames, slot.compression, writes);
     let dropped = before - subscribers.len();
     if dropped > 0 {
         lock(&slot.state).subscribed -= dropped;
@@ -246,25 +256,38 @@ fn deliver_round(
 /// subscriber at a time (its queue and lane stay in cache for all of them); drops the
 /// subscribers that overflowed or are closing. Adds to `writes` the connections whose lane
 /// this claimed (with a runtime, every `lane::FLUSH_CHUNK` of them go to the workers' queue
-/// at once, so other workers write while this one enqueues to the rest). Returns how many
-/// frames were enqueued.
+/// at once, so other workers write while this one enqueues to the rest). A subscriber that
+/// negotiated permessage-deflate gets each frame of at least `compression.min_bytes`
+/// compressed, compressed once per round for all such subscribers of a window size
+/// ([`Deflated`]). Returns how many frames were enqueued.
 fn deliver(
     subscribers: &mut IndexMap<ConnId, Subscriber>,
     frames: &[Queued],
+    compression: Option<Compression>,
     writes: &mut WriteBatch,
 ) -> usize {
     let mut delivered = 0;
+    let mut deflated = Deflated::default();
     subscribers.retain(|_, subscriber| {
-        for queued in frames {
+        let deflate = compression.zip(subscriber.outbound.deflate());
+        for (index, queued) in frames.iter().enumerate() {
             if !queued.event
                 && queued.offset.epoch == subscriber.skip.epoch
                 && queued.offset.seq <= subscriber.skip.seq
             {
                 continue;
             }
+            let frame = match deflate {
+                Some((compression, deflate))
+                    if compression.applies_to(queued.frame.payload_len()) =>
+                {
+                    deflated.get(frames, index, deflate.compress_bits(), compression.level())
+                }
+                _ => &queued.frame,
+            };
             let enqueued = match &queued.tag {
-                Some(tag) => subscriber.outbound.enqueue_tagged(&queued.frame, tag),
-                None => subscriber.outbound.enqueue(&queued.frame),
+                Some(tag) => subscriber.outbound.enqueue_tagged(frame, tag),
+                None => subscriber.outbound.enqueue(frame),
             };
             match enqueued {
                 Ok(claimed) => {
@@ -279,4 +302,45 @@ fn deliver(
         true
     });
     delivered
+}
+
+/// A round's frames compressed, each at most once per window size, when the first
+/// subscriber that needs it asks (a round with no such subscriber allocates nothing).
+#[derive(Default)]
+struct Deflated {
+    /// By frame index, its compressed forms: one in the common case of a single window size.
+    frames: Vec<SmallVec<[Variant; 1]>>,
+}
+
+/// A frame compressed for one window size (bits): `None` when that did not make it smaller
+/// (the plain frame goes instead).
+type Variant = (u8, Option<FramedText>);
+
+impl Deflated {
+    /// Frame `index` of `frames` as it goes to a subscriber compressing with `window_bits`.
+    fn get<'a>(
+        &'a mut self,
+        frames: &'a [Queued],
+        index: usize,
+        window_bits: u8,
+        level: u32,
+    ) -> &'a FramedText {
+        if self.frames.is_empty() {
+            self.frames.resize_with(frames.len(), SmallVec::new);
+        }
+        let variants = &mut self.frames[index];
+        let at = match variants.iter().position(|(bits, _)| *bits == window_bits) {
+            Some(at) => at,
+            None => {
+                let compressed = frames[index].frame.deflated(window_bits, level);
+                telemetry::deflated(
+                    frames[index].frame.payload_len(),
+                    compressed.as_ref().map(FramedText::payload_len),
+                );
+                variants.push((window_bits, compressed));
+                variants.len() - 1
+            }
+        };
+        variants[at].1.as_ref().unwrap_or(&frames[index].frame)
+    }
 }

@@ -2,6 +2,8 @@
 
 use bytes::{BufMut as _, Bytes, BytesMut};
 
+use crate::protocol::deflate;
+
 /// One WebSocket text frame as it goes on the wire: header and JSON in one shared `Bytes`.
 /// Built once per message; every subscriber's queue, history and finally every socket's
 /// `writev` take the same allocation, so a delivery copies nothing.
@@ -10,6 +12,9 @@ pub struct FramedText {
     wire: Bytes,
     /// Length of the WebSocket header in front of the JSON (2, 4 or 10 bytes).
     header: u8,
+    /// The payload is the JSON compressed (permessage-deflate, RSV1 set): it goes only to
+    /// connections that negotiated it, and has no JSON to read.
+    deflated: bool,
 }
 
 impl FramedText {
@@ -41,7 +46,39 @@ impl FramedText {
         Self {
             wire: wire.freeze(),
             header,
+            deflated: false,
         }
+    }
+
+    /// This message compressed for connections that negotiated permessage-deflate with a
+    /// window of `window_bits`, at `level`; `None` when that would not make it smaller.
+    /// Each subscriber that negotiated the same window gets the same frame.
+    #[must_use]
+    pub fn deflated(&self, window_bits: u8, level: u32) -> Option<Self> {
+        debug_assert!(!self.deflated, "compressing a compressed frame");
+        let wire = deflate::compress_frame(0x81, self.json().as_bytes(), window_bits, level)?;
+        let header = match wire[1] {
+            126 => 4,
+            127 => 10,
+            _ => 2,
+        };
+        Some(Self {
+            wire,
+            header,
+            deflated: true,
+        })
+    }
+
+    /// Whether this is a compressed frame ([`FramedText::deflated`]).
+    #[must_use]
+    pub fn is_deflated(&self) -> bool {
+        self.deflated
+    }
+
+    /// Bytes of JSON (or of compressed JSON) after the header.
+    #[must_use]
+    pub fn payload_len(&self) -> usize {
+        self.wire.len() - usize::from(self.header)
     }
 
     /// The bytes to write: header and JSON.
@@ -67,15 +104,17 @@ impl FramedText {
         self.wire.is_empty()
     }
 
-    /// The JSON text as shared bytes (no copy).
+    /// The JSON text as shared bytes (no copy). Not of a deflated frame (it panics).
     #[must_use]
     pub fn json_bytes(&self) -> Bytes {
+        assert!(!self.deflated, "a deflated frame has no JSON to read");
         self.wire.slice(usize::from(self.header)..)
     }
 
-    /// The JSON text.
+    /// The JSON text. Not of a deflated frame (it panics): those only go to sockets.
     #[must_use]
     pub fn json(&self) -> &str {
+        assert!(!self.deflated, "a deflated frame has no JSON to read");
         std::str::from_utf8(&self.wire[usize::from(self.header)..])
             .expect("a FramedText is built from a &str")
     }
@@ -89,6 +128,12 @@ impl From<String> for FramedText {
 
 impl std::fmt::Debug for FramedText {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.deflated {
+            return f
+                .debug_tuple("FramedText")
+                .field(&format_args!("<{} bytes deflated>", self.payload_len()))
+                .finish();
+        }
         f.debug_tuple("FramedText").field(&self.json()).finish()
     }
 }

@@ -66,7 +66,7 @@ pub use self::lane::{
 use self::lane::{Workers, flush_all};
 pub use self::publish::FanoutBehind;
 pub use self::registry::{KeepaliveSweep, SessionCommand};
-pub use self::settings::{HubSettings, NamespaceRules};
+pub use self::settings::{Compression, HubSettings, NamespaceRules};
 pub use self::stream::{Applied, Editor, Op, OpError, Owner};
 pub use self::subscribe::{ChannelPin, Left, RemoteView, SubscribeError, Subscribed};
 use self::{
@@ -277,6 +277,7 @@ impl Hub {
                             )
                         },
                         Arc::clone(&shard.subscriptions),
+                        self.settings.compression,
                     ))
                 }),
         )

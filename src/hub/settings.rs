@@ -27,6 +27,45 @@ pub struct HubSettings {
     pub remote: bool,
     /// `[streams]`.
     pub streams: crate::config::StreamsConfig,
+    /// How fan-out rounds compress for connections that negotiated permessage-deflate;
+    /// `None` when `[compression]` is off.
+    pub compression: Option<Compression>,
+}
+
+/// `[compression]` as fan-out rounds apply it: 4 bytes, so that it sits in the padding of
+/// a channel's slot (`Option` of it included) and costs no memory per channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compression {
+    /// Frames with less JSON than this go out plain.
+    pub min_bytes: u16,
+    /// zlib level, 1-9.
+    pub level: std::num::NonZeroU8,
+}
+
+impl Compression {
+    /// From `[compression]`, when enabled (its validation bounds both values).
+    #[must_use]
+    pub fn from_config(config: &crate::config::CompressionConfig) -> Option<Self> {
+        config.enabled.then(|| Self {
+            min_bytes: u16::try_from(config.min_bytes).unwrap_or(u16::MAX),
+            level: u8::try_from(config.level)
+                .ok()
+                .and_then(std::num::NonZeroU8::new)
+                .unwrap_or(std::num::NonZeroU8::MIN),
+        })
+    }
+
+    /// The zlib level.
+    #[must_use]
+    pub fn level(self) -> u32 {
+        u32::from(self.level.get())
+    }
+
+    /// Whether a frame with `payload_len` bytes of JSON is compressed.
+    #[must_use]
+    pub fn applies_to(self, payload_len: usize) -> bool {
+        payload_len >= usize::from(self.min_bytes)
+    }
 }
 
 impl HubSettings {
@@ -46,6 +85,7 @@ impl HubSettings {
             per_namespace: per_namespace(config),
             remote: config.cluster.redis.is_set(),
             streams: config.streams.clone(),
+            compression: Compression::from_config(&config.compression),
         }
     }
 }

@@ -17,6 +17,7 @@ pub(super) fn settings(history_size: usize, queue_messages: usize) -> HubSetting
         per_namespace: Vec::new(),
         remote: false,
         streams: crate::config::StreamsConfig::default(),
+        compression: None,
     }
 }
 
@@ -373,6 +374,7 @@ fn remote_hub() -> HubHandle {
     Hub::new(HubSettings {
         remote: true,
         streams: crate::config::StreamsConfig::default(),
+        compression: None,
         ..hub_with(10, 64).settings().clone()
     })
 }

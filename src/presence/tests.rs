@@ -20,6 +20,7 @@ fn hub() -> HubHandle {
         per_namespace: Vec::new(),
         remote: false,
         streams: crate::config::StreamsConfig::default(),
+        compression: None,
     })
 }
 

@@ -9,6 +9,7 @@
 
 mod close;
 mod decode;
+pub mod deflate;
 mod encode;
 mod names;
 mod streams;

@@ -32,10 +32,29 @@ const OP_PONG: u8 = 0xA;
 /// What a decoder accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Largest message, in payload bytes summed over its fragments.
+    /// Largest message, in payload bytes summed over its fragments; for a compressed
+    /// message, what it inflates to (and, with a little slack, what it may take on the
+    /// wire).
     pub max_message_bytes: usize,
     /// Most frames one message may be split into.
     pub max_fragments: u32,
+    /// The connection negotiated permessage-deflate: a message whose first frame has RSV1
+    /// set is compressed (`super::deflate`). Otherwise RSV1 is a protocol error.
+    pub inflate: bool,
+}
+
+impl Limits {
+    /// The most payload bytes a message may take on the wire: a compressed one may be a
+    /// little larger than what it inflates to (stored blocks of incompressible data add 5
+    /// bytes per 64 KiB).
+    fn max_wire_bytes(&self, compressed: bool) -> usize {
+        if compressed {
+            self.max_message_bytes
+                .saturating_add(self.max_message_bytes / 1024 + 64)
+        } else {
+            self.max_message_bytes
+        }
+    }
 }
 
 /// One frame from the client, as the session sees it.
@@ -80,12 +99,17 @@ pub enum WsError {
     /// 1008: the message came in more than `Limits::max_fragments` frames.
     #[error("too many fragments")]
     TooManyFragments,
+    /// 1007: a compressed message is not a valid deflate stream.
+    #[error("invalid compressed data")]
+    BadDeflate,
 }
 
 /// A message being assembled from fragments.
 #[derive(Debug)]
 struct Partial {
     text: bool,
+    /// The message is compressed: its UTF-8 is checked once it is inflated.
+    compressed: bool,
     data: BytesMut,
     fragments: u32,
     /// Bytes of `data` already known to be valid UTF-8 (text only).
@@ -102,6 +126,8 @@ pub struct Decoder {
 /// A parsed frame header.
 struct Header {
     fin: bool,
+    /// RSV1: the first frame of a compressed message.
+    compressed: bool,
     opcode: u8,
     mask: [u8; 4],
     header_len: usize,
@@ -133,7 +159,7 @@ impl Decoder {
     /// # Errors
     /// [`WsError`] when the stream can no longer be valid; the connection must end.
     pub fn decode(&mut self, buf: &mut BytesMut, limits: &Limits) -> Result<Decoded, WsError> {
-        let header = match parse_header(buf)? {
+        let header = match parse_header(buf, limits.inflate)? {
             Ok(header) => header,
             Err(needed) => return Ok(Decoded::Incomplete(needed)),
         };
@@ -145,7 +171,7 @@ impl Decoder {
         let mut payload = buf.split_to(frame_len);
         payload.advance(header.header_len);
         unmask(&mut payload, header.mask);
-        self.frame(&header, payload).map(Decoded::Frame)
+        self.frame(&header, payload, limits).map(Decoded::Frame)
     }
 
     /// Checks a header against the protocol, the decoder's state and the limits, before its
@@ -153,6 +179,9 @@ impl Decoder {
     fn check(&self, header: &Header, limits: &Limits) -> Result<(), WsError> {
         match header.opcode {
             OP_CLOSE | OP_PING | OP_PONG => {
+                if header.compressed {
+                    return Err(WsError::Protocol("RSV1 set on a control frame"));
+                }
                 if !header.fin {
                     return Err(WsError::Protocol("fragmented control frame"));
                 }
@@ -164,7 +193,7 @@ impl Decoder {
                 if self.partial.is_some() {
                     return Err(WsError::Protocol("new message inside a fragmented one"));
                 }
-                if header.payload_len > limits.max_message_bytes {
+                if header.payload_len > limits.max_wire_bytes(header.compressed) {
                     return Err(WsError::TooBig);
                 }
             }
@@ -172,10 +201,14 @@ impl Decoder {
                 let Some(partial) = &self.partial else {
                     return Err(WsError::Protocol("continuation frame without a message"));
                 };
+                if header.compressed {
+                    return Err(WsError::Protocol("RSV1 set on a continuation frame"));
+                }
                 if partial.fragments >= limits.max_fragments {
                     return Err(WsError::TooManyFragments);
                 }
-                if partial.data.len().saturating_add(header.payload_len) > limits.max_message_bytes
+                if partial.data.len().saturating_add(header.payload_len)
+                    > limits.max_wire_bytes(partial.compressed)
                 {
                     return Err(WsError::TooBig);
                 }
@@ -186,7 +219,12 @@ impl Decoder {
     }
 
     /// Acts on a whole frame whose header passed [`Decoder::check`].
-    fn frame(&mut self, header: &Header, payload: BytesMut) -> Result<Inbound, WsError> {
+    fn frame(
+        &mut self,
+        header: &Header,
+        payload: BytesMut,
+        limits: &Limits,
+    ) -> Result<Inbound, WsError> {
         match header.opcode {
             OP_PING => Ok(Inbound::Ping(payload.freeze())),
             OP_PONG => Ok(Inbound::Pong),
@@ -194,10 +232,11 @@ impl Decoder {
             OP_TEXT | OP_BINARY => {
                 let text = header.opcode == OP_TEXT;
                 if header.fin {
-                    return complete(text, payload);
+                    return complete(text, header.compressed, payload, limits);
                 }
                 let mut partial = Box::new(Partial {
                     text,
+                    compressed: header.compressed,
                     data: payload,
                     fragments: 1,
                     valid_utf8: 0,
@@ -218,8 +257,13 @@ impl Decoder {
                     return Ok(Inbound::Fragment);
                 }
                 let partial = self.partial.take().expect("matched Some above");
-                let Partial { text, data, .. } = *partial;
-                complete(text, data)
+                let Partial {
+                    text,
+                    compressed,
+                    data,
+                    ..
+                } = *partial;
+                complete(text, compressed, data, limits)
             }
         }
     }
@@ -229,7 +273,7 @@ impl Partial {
     /// Checks the UTF-8 of what arrived since the last check; a code point split over
     /// fragments may stay incomplete until the last one.
     fn check_utf8(&mut self, last: bool) -> Result<(), WsError> {
-        if !self.text {
+        if !self.text || self.compressed {
             return Ok(());
         }
         match std::str::from_utf8(&self.data[self.valid_utf8..]) {
@@ -246,24 +290,40 @@ impl Partial {
     }
 }
 
-/// A whole message. Text is checked for UTF-8 here, once (a fragmented message was also
-/// checked fragment by fragment, to fail fast).
-fn complete(text: bool, payload: BytesMut) -> Result<Inbound, WsError> {
+/// A whole message, inflated when it is compressed (to at most `limits.max_message_bytes`).
+/// Text is checked for UTF-8 here, once (a fragmented plain message was also checked
+/// fragment by fragment, to fail fast).
+fn complete(
+    text: bool,
+    compressed: bool,
+    payload: BytesMut,
+    limits: &Limits,
+) -> Result<Inbound, WsError> {
+    let payload = if compressed {
+        super::deflate::inflate(&payload, limits.max_message_bytes).map_err(|err| match err {
+            super::deflate::InflateError::TooBig => WsError::TooBig,
+            super::deflate::InflateError::Invalid => WsError::BadDeflate,
+        })?
+    } else {
+        payload.freeze()
+    };
     if !text {
-        return Ok(Inbound::Binary(payload.freeze()));
+        return Ok(Inbound::Binary(payload));
     }
-    Utf8Bytes::try_from(payload.freeze())
+    Utf8Bytes::try_from(payload)
         .map(Inbound::Text)
         .map_err(|_| WsError::BadUtf8)
 }
 
 /// The header at the front of `buf`: `Ok(Err(needed))` when it is not complete.
-fn parse_header(buf: &[u8]) -> Result<Result<Header, usize>, WsError> {
+/// `inflate`: permessage-deflate was negotiated, so RSV1 may be set (where, `check` says).
+fn parse_header(buf: &[u8], inflate: bool) -> Result<Result<Header, usize>, WsError> {
     let [first, second, ..] = *buf else {
         return Ok(Err(2 - buf.len()));
     };
-    if first & 0x70 != 0 {
-        // No extension is negotiated, so every RSV bit must be 0.
+    let reserved = if inflate { 0x30 } else { 0x70 };
+    if first & reserved != 0 {
+        // No extension uses RSV2 and RSV3; RSV1 only permessage-deflate.
         return Err(WsError::Protocol("reserved bits set"));
     }
     if second & 0x80 == 0 {
@@ -296,6 +356,7 @@ fn parse_header(buf: &[u8]) -> Result<Result<Header, usize>, WsError> {
     mask.copy_from_slice(&buf[header_len - 4..header_len]);
     Ok(Ok(Header {
         fin: first & 0x80 != 0,
+        compressed: first & 0x40 != 0,
         opcode: first & 0x0f,
         mask,
         header_len,

@@ -86,6 +86,9 @@ pub struct SessionSettings {
     pub history_size: usize,
     /// Path of the conformance echo endpoint; empty when off.
     pub echo_path: String,
+    /// `[compression]`: accept permessage-deflate offers, and compress the echo endpoint's
+    /// replies of at least `min_bytes` at `level` (the hub compresses deliveries itself).
+    pub compression: Option<crate::hub::Compression>,
     /// Serve the demo's page (`demo.enabled`; see `demo`).
     pub demo: bool,
     /// Bytes of messages one `history` reply may carry: a quarter of a connection's
@@ -137,6 +140,7 @@ impl SessionSettings {
             read_buffer_bytes: session.read_buffer_bytes,
             history_size: config.history.size,
             echo_path: session.echo_path.clone(),
+            compression: crate::hub::Compression::from_config(&config.compression),
             demo: config.demo.enabled,
             history_reply_bytes: (limits.outbound_queue_bytes / 4).min(256 << 10),
             client_quota: Quota::new(
@@ -165,11 +169,13 @@ impl SessionSettings {
         }
     }
 
-    /// What the frame decoder accepts on a session.
-    fn limits(&self) -> ws::Limits {
+    /// What the frame decoder accepts on a session; `inflate` when it negotiated
+    /// permessage-deflate.
+    fn limits(&self, inflate: bool) -> ws::Limits {
         ws::Limits {
             max_message_bytes: self.max_inbound_message_bytes,
             max_fragments: self.max_fragments,
+            inflate,
         }
     }
 }
@@ -214,6 +220,8 @@ enum End {
     TooBig,
     /// A text frame was not UTF-8.
     BadUtf8,
+    /// A compressed message was not a valid deflate stream.
+    BadDeflate,
     /// The client broke RFC 6455.
     ProtocolViolation,
     /// A message came in more than `limits.max_fragments_per_message` frames.
@@ -234,7 +242,7 @@ impl End {
             End::Requested(code) => Some(code),
             End::BinaryFrame => Some(CloseCode::UnsupportedData),
             End::TooBig => Some(CloseCode::MessageTooBig),
-            End::BadUtf8 => Some(CloseCode::InvalidPayload),
+            End::BadUtf8 | End::BadDeflate => Some(CloseCode::InvalidPayload),
             End::ProtocolViolation => Some(CloseCode::ProtocolError),
             End::TooManyFragments | End::FragmentTimeout | End::Flooding => {
                 Some(CloseCode::PolicyViolation)
@@ -247,6 +255,7 @@ impl End {
     const fn label(self) -> &'static str {
         match self {
             End::TooManyFragments => "too_many_fragments",
+            End::BadDeflate => "bad_deflate",
             End::FragmentTimeout => "fragment_timeout",
             End::Flooding => "frame_flood",
             End::TransportLost => "transport_lost",
@@ -516,14 +525,16 @@ where
     }
     // Admitted above (`try_admit`), except on the echo endpoint.
     let admission = (!is_echo).then(|| Admission(Arc::clone(&ctx.hub)));
+    let deflate = request.deflate.filter(|_| settings.compression.is_some());
     let answered = tokio::time::timeout(
         settings.handshake_timeout,
-        upgrade::accept(stream, &request),
+        upgrade::accept(stream, &request, deflate),
     );
     if !matches!(answered.await, Ok(Ok(()))) {
         telemetry::connection_rejected("handshake");
         return None;
     }
+    telemetry::deflate_negotiated(deflate.is_some());
     let token = request
         .bearer_token
         .clone()
@@ -551,6 +562,7 @@ where
     Some(Upgraded {
         admission,
         is_echo,
+        deflate,
         leftover,
         token,
         connect,
@@ -572,6 +584,7 @@ where
     let Upgraded {
         admission,
         is_echo,
+        deflate,
         leftover,
         token,
         connect,
@@ -589,7 +602,8 @@ where
         ctx.settings.read_buffer_bytes,
     );
     if is_echo {
-        Box::pin(echo::run(socket, ctx.settings.idle_timeout))
+        let compression = ctx.settings.compression.zip(deflate);
+        Box::pin(echo::run(socket, ctx.settings.idle_timeout, compression))
     } else {
         let start = (token.is_some() || connect.is_some() || source.is_some()).then(|| {
             Box::new(start::Start {
@@ -598,7 +612,7 @@ where
                 source,
             })
         });
-        Box::pin(run(socket, ctx, wire, admission, start))
+        Box::pin(run(socket, ctx, wire, admission, start, deflate))
     }
 }
 
@@ -606,6 +620,8 @@ where
 struct Upgraded {
     admission: Option<Admission>,
     is_echo: bool,
+    /// permessage-deflate, when negotiated.
+    deflate: Option<crate::protocol::deflate::Deflate>,
     leftover: bytes::BytesMut,
     token: Option<String>,
     /// What the connect hook is sent, when it is asked about this connection.
@@ -629,6 +645,7 @@ fn run<S>(
     wire: Option<Arc<dyn Wire>>,
     admission: Option<Admission>,
     start: Option<Box<start::Start>>,
+    deflate: Option<crate::protocol::deflate::Deflate>,
 ) -> impl Future<Output = ()> + Send
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -636,6 +653,7 @@ where
     async move {
         let _admission = admission;
         let outbound = ctx.hub.register(wire);
+        outbound.negotiated(deflate);
         socket.stream.share_with(Arc::clone(&outbound));
         let conn_id = outbound.conn_id();
         telemetry::metrics().connections_accepted.increment(1);
@@ -740,8 +758,11 @@ async fn finish_close<S>(
         return;
     }
     if !matches!(end, End::ClientClosed(_)) {
-        let _ =
-            tokio::time::timeout(CLOSE_TIMEOUT, socket.await_close_reply(&settings.limits())).await;
+        let _ = tokio::time::timeout(
+            CLOSE_TIMEOUT,
+            socket.await_close_reply(&settings.limits(outbound.deflate().is_some())),
+        )
+        .await;
     }
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.flush_and_shutdown()).await;
 }
@@ -776,6 +797,8 @@ pub fn fuzz_read_path(input: &[u8], chunk: usize) -> usize {
     let limits = ws::Limits {
         max_message_bytes: 4096,
         max_fragments: 16,
+        // The fuzzer's RSV1 frames reach the inflater.
+        inflate: true,
     };
     let run = async {
         let mut client = Trickle { data: input, chunk };

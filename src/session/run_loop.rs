@@ -611,7 +611,7 @@ impl Session {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let outbound = Arc::clone(&self.outbound);
-        let limits = self.ctx.settings.limits();
+        let limits = self.ctx.settings.limits(outbound.deflate().is_some());
         // Armed only while a fragmented message is being assembled.
         let mut fragment_deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
         // No idle timer here: the hub's keepalive sweep pings quiet clients and closes silent

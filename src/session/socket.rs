@@ -161,6 +161,7 @@ impl From<WsError> for End {
             WsError::BadUtf8 => End::BadUtf8,
             WsError::TooBig => End::TooBig,
             WsError::TooManyFragments => End::TooManyFragments,
+            WsError::BadDeflate => End::BadDeflate,
         }
     }
 }
@@ -194,6 +195,7 @@ mod tests {
         let limits = Limits {
             max_message_bytes: 64 * 1024,
             max_fragments: 4,
+            inflate: false,
         };
         let large = vec![b'a'; 60 * 1024];
         client.write_all(&masked_text(&large)).await.unwrap();
@@ -231,6 +233,7 @@ mod tests {
         let limits = Limits {
             max_message_bytes: 64 * 1024,
             max_fragments: 4,
+            inflate: false,
         };
         let wire = masked_text(&[b'x'; 65_530]);
         far.write_all(&wire[..14]).await.unwrap();

@@ -23,6 +23,7 @@ fn test_hub() -> HubHandle {
         per_namespace: Vec::new(),
         remote: false,
         streams: crate::config::StreamsConfig::default(),
+        compression: None,
     })
 }
 
@@ -51,6 +52,7 @@ fn test_context(hub: &HubHandle, bus: Arc<dyn Bus>) -> Arc<SessionContext> {
         node_id: Arc::from("n"),
         settings: SessionSettings {
             ws_path: "/ws".into(),
+            compression: None,
             origins: Origins::default(),
             heartbeat: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(2),
@@ -147,7 +149,7 @@ async fn session_task_states_stay_small() {
     let read = session.run(&mut read_socket);
     // Each connection holds these task states for its whole life; a regression here
     // multiplies by a million sockets. Bounds leave about 25% headroom.
-    let run_size = std::mem::size_of_val(&run(socket(), Arc::clone(&ctx), None, None, None));
+    let run_size = std::mem::size_of_val(&run(socket(), Arc::clone(&ctx), None, None, None, None));
     let sizes = [
         ("serve", std::mem::size_of_val(&serve), 150),
         ("run", run_size, 550),

@@ -10,6 +10,8 @@
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
+use crate::protocol::deflate::{self, Deflate};
+
 /// Headers an upgrade request may carry, at most.
 const MAX_HEADERS: usize = 64;
 
@@ -106,6 +108,9 @@ pub(super) struct Request {
     pub query_token: Option<String>,
     /// The request's head as read, for what the connect hook is sent ([`hook_inputs`]).
     pub head: bytes::Bytes,
+    /// The client's first acceptable permessage-deflate offer (`Sec-WebSocket-Extensions`),
+    /// if any; taken only when `[compression]` is on.
+    pub deflate: Option<Deflate>,
 }
 
 /// Why no upgrade request was read.
@@ -335,6 +340,13 @@ fn check(request: &httparse::Request<'_, '_>, paths: &[&str]) -> Result<Request,
             })
             .map(str::to_owned),
         head: bytes::Bytes::new(),
+        deflate: deflate::negotiate(
+            request
+                .headers
+                .iter()
+                .filter(|header| header.name.eq_ignore_ascii_case("sec-websocket-extensions"))
+                .map(|header| header.value),
+        ),
     })
 }
 
@@ -395,14 +407,19 @@ fn is_valid_key(key: &[u8]) -> bool {
             .all(|&byte| byte.is_ascii_alphanumeric() || byte == b'+' || byte == b'/')
 }
 
-/// Answers the upgrade with 101.
+/// Answers the upgrade with 101, with permessage-deflate when `deflate` is what was
+/// negotiated.
 pub(super) async fn accept<S: AsyncWrite + Unpin>(
     stream: &mut S,
     request: &Request,
+    deflate: Option<Deflate>,
 ) -> std::io::Result<()> {
+    let extensions = deflate.map_or_else(String::new, |deflate| {
+        format!("Sec-WebSocket-Extensions: {}\r\n", deflate.response())
+    });
     let response = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Accept: {}\r\n\r\n",
+         Sec-WebSocket-Accept: {}\r\n{extensions}\r\n",
         request.accept
     );
     stream.write_all(response.as_bytes()).await

@@ -6,6 +6,7 @@ use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use super::*;
 
 pub(super) fn describe() {
+    compression::describe();
     hooks::describe();
     webhooks::describe();
     describe_gauge!(CONNECTIONS, "Open WebSocket connections");

@@ -17,6 +17,7 @@ mod bus_routing;
 mod busy_node;
 mod cluster;
 mod cluster_state;
+mod compression;
 mod conformance;
 mod control_api;
 mod deploy;

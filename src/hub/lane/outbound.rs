@@ -155,6 +155,9 @@ pub struct Outbound {
     pub(super) deadline: AtomicU64,
     /// The hub holds commands for the session (`Hub::command_user`).
     pub(super) commands: AtomicBool,
+    /// What the connection negotiated of permessage-deflate (`Deflate::to_byte`; 0: none).
+    /// Set by the session before it subscribes to anything.
+    deflate: AtomicU8,
 }
 
 /// The time bits of `Outbound::deadline`.
@@ -199,7 +202,23 @@ impl Outbound {
             last_ping_ms: AtomicU64::new(now_ms),
             deadline: AtomicU64::new(0),
             commands: AtomicBool::new(false),
+            deflate: AtomicU8::new(0),
         })
+    }
+
+    /// Records what the connection negotiated of permessage-deflate: fan-out rounds then
+    /// send it compressed frames. Called once, after the upgrade, before any subscribe.
+    pub fn negotiated(&self, deflate: Option<crate::protocol::deflate::Deflate>) {
+        self.deflate.store(
+            deflate.map_or(0, crate::protocol::deflate::Deflate::to_byte),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// What the connection negotiated of permessage-deflate, if anything.
+    #[must_use]
+    pub fn deflate(&self) -> Option<crate::protocol::deflate::Deflate> {
+        crate::protocol::deflate::Deflate::from_byte(self.deflate.load(Ordering::Relaxed))
     }
 
     #[must_use]

@@ -6,6 +6,7 @@ use super::*;
 const LIMITS: Limits = Limits {
     max_message_bytes: 1024,
     max_fragments: 4,
+    inflate: false,
 };
 
 /// A client frame: masked with `mask`, header byte `first` (FIN, RSV, opcode).
@@ -52,6 +53,7 @@ fn text_frames_of_every_length_form_decode() {
         let limits = Limits {
             max_message_bytes: 1 << 20,
             max_fragments: 4,
+            inflate: false,
         };
         let frames = decode_all(&text(payload.as_bytes()), &limits).unwrap();
         assert_eq!(frames, [Inbound::Text(Utf8Bytes::from(payload))]);
@@ -60,6 +62,7 @@ fn text_frames_of_every_length_form_decode() {
     let limits = Limits {
         max_message_bytes: 1 << 20,
         max_fragments: 4,
+        inflate: false,
     };
     assert_eq!(
         decode_all(&text(big.as_bytes()), &limits).unwrap(),
@@ -224,7 +227,7 @@ proptest! {
         payloads in proptest::collection::vec(proptest::collection::vec(0x20_u8..0x7f, 0..300), 1..6),
         cuts in proptest::collection::vec(1_usize..64, 1..40),
     ) {
-        let limits = Limits { max_message_bytes: 4096, max_fragments: 8 };
+        let limits = Limits { max_message_bytes: 4096, max_fragments: 8 , inflate: false};
         let mut wire = Vec::new();
         for (n, payload) in payloads.iter().enumerate() {
             let mask = [n as u8, 7, 11, 13];
