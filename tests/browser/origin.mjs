@@ -1,5 +1,6 @@
 // Opens a WebSocket (ws:// or wss://) from pages of several origins in real headless Chromium and prints, as
-// one JSON line, what each page saw: the server's first frame (`welcome`), or that the
+// one JSON line, what each page saw: the server's first frame (`welcome`), the extensions
+// the browser negotiated and the first message on `browser-deflate`, or that the
 // connection failed (a refused upgrade is an error plus close 1006 to a page).
 //
 //   node origin.mjs WS_URL PORT[,PORT..]
@@ -53,9 +54,19 @@ try {
         new Promise((resolve) => {
           const timer = setTimeout(() => resolve({ outcome: 'timeout' }), 10000);
           const ws = new WebSocket(url);
+          let welcome = null;
+          // The welcome, then the first message on `browser-deflate` (the test publishes
+          // 2 KiB there until the pages are done): compressed if the browser negotiated it.
           ws.onmessage = (event) => {
+            const frame = JSON.parse(event.data);
+            if (!welcome) {
+              welcome = frame;
+              ws.send(JSON.stringify({ type: 'subscribe', channel: 'browser-deflate', id: 1 }));
+              return;
+            }
+            if (frame.type !== 'message') return;
             clearTimeout(timer);
-            resolve({ outcome: 'message', data: JSON.parse(event.data) });
+            resolve({ outcome: 'message', data: welcome, extensions: ws.extensions, message: frame.data });
             ws.close();
           };
           ws.onclose = (event) => {

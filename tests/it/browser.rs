@@ -26,6 +26,41 @@ fn browser_dir() -> &'static str {
     dir
 }
 
+/// Runs `tests/browser/origin.mjs` while 2 KiB messages are published to `browser-deflate`
+/// on `server` every 100 ms: pages on each of `ports` open `ws_url` and wait for one; returns
+/// what each origin saw.
+async fn chromium_pages_publishing(server: &TestServer, ws_url: String, ports: Vec<u16>) -> Value {
+    let pages = tokio::task::spawn_blocking(move || chromium_pages(&ws_url, &ports));
+    tokio::pin!(pages);
+    let text: Vec<String> = (0..300)
+        .map(|i| format!("token {i} of the reply"))
+        .collect();
+    let data = serde_json::json!({ "text": text.join(" ") });
+    loop {
+        tokio::select! {
+            seen = &mut pages => return seen.unwrap(),
+            () = tokio::time::sleep(std::time::Duration::from_millis(100)) => {
+                server.publish("browser-deflate", data.clone()).await;
+            }
+        }
+    }
+}
+
+/// What a page saw of `browser-deflate`: permessage-deflate negotiated by Chromium, and the
+/// message whole.
+fn assert_deflate_message(page: &Value) {
+    let extensions = page["extensions"].as_str().unwrap_or_default();
+    assert!(
+        extensions.starts_with("permessage-deflate"),
+        "Chromium negotiated {extensions:?}"
+    );
+    let text = page["message"]["text"].as_str().unwrap_or_default();
+    assert!(
+        text.starts_with("token 0 of the reply") && text.ends_with("token 299 of the reply"),
+        "{page}"
+    );
+}
+
 /// Runs `tests/browser/origin.mjs`: pages on each of `ports` open `ws_url`; returns what
 /// each origin saw.
 fn chromium_pages(ws_url: &str, ports: &[u16]) -> Value {
@@ -57,11 +92,10 @@ async fn chromium_pages_from_other_origins_cannot_open_a_websocket() {
     let rejected = "ws_connections_rejected_total{reason=\"origin_not_allowed\"}";
     let rejected_before = server.metric(rejected).await;
     let ws_url = server.ws_url();
-    let seen = tokio::task::spawn_blocking(move || chromium_pages(&ws_url, &[allowed, other]))
-        .await
-        .unwrap();
+    let seen = chromium_pages_publishing(&server, ws_url, vec![allowed, other]).await;
     assert_eq!(seen[&allowed_origin]["outcome"], "message", "{seen}");
     assert_eq!(seen[&allowed_origin]["data"]["type"], "welcome", "{seen}");
+    assert_deflate_message(&seen[&allowed_origin]);
     let refused = &seen[&format!("http://127.0.0.1:{other}")];
     assert_eq!(
         (refused["outcome"].as_str(), refused["code"].as_u64()),
@@ -88,10 +122,9 @@ async fn chromium_speaks_wss_to_the_servers_own_tls_stream() {
         .start()
         .await;
     let ws_url = format!("wss://localhost:{}/ws", server.ws_addr.port());
-    let seen = tokio::task::spawn_blocking(move || chromium_pages(&ws_url, &[allowed, other]))
-        .await
-        .unwrap();
+    let seen = chromium_pages_publishing(&server, ws_url, vec![allowed, other]).await;
     assert_eq!(seen[&allowed_origin]["data"]["type"], "welcome", "{seen}");
+    assert_deflate_message(&seen[&allowed_origin]);
     assert_eq!(
         seen[&format!("http://127.0.0.1:{other}")]["code"],
         1006,
