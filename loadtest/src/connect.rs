@@ -15,7 +15,10 @@ use std::{
 use futures_util::{SinkExt as _, StreamExt as _};
 use hdrhistogram::Histogram;
 use tokio::sync::Semaphore;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite::Message};
+use tokio_tungstenite::{
+    MaybeTlsStream, WebSocketStream,
+    tungstenite::{Message, client::IntoClientRequest as _},
+};
 
 use crate::proc_stat;
 
@@ -78,6 +81,10 @@ pub struct ConnectArgs {
     /// as before `IP_BIND_ADDRESS_NO_PORT`: only to measure what that search costs.
     #[arg(long)]
     pub reserve_port_at_bind: bool,
+    /// Offer permessage-deflate, as browsers do (the run fails if the server does not
+    /// negotiate it): what an idle connection with compression costs.
+    #[arg(long)]
+    pub deflate: bool,
     /// Channels the connections subscribe to, round robin: `room-0` .. `room-(N-1)`.
     #[arg(long, default_value_t = 100)]
     pub channels: usize,
@@ -144,6 +151,15 @@ type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Connects, upgrades (with `?token=` when given), waits for `welcome` (which must name a
 /// user when a token was sent) and subscribes; returns the open socket.
+/// How a connection is opened beyond where it goes.
+#[derive(Debug, Clone, Copy, Default)]
+struct Dial {
+    /// `--reserve-port-at-bind`.
+    reserve_port: bool,
+    /// `--deflate`.
+    deflate: bool,
+}
+
 async fn open(
     server: SocketAddr,
     source: Ipv4Addr,
@@ -151,9 +167,9 @@ async fn open(
     token: Option<&str>,
     hook_user: Option<usize>,
     tls: Option<&tokio_rustls::TlsConnector>,
-    reserve_port: bool,
+    dial: Dial,
 ) -> anyhow::Result<Ws> {
-    let socket = if reserve_port {
+    let socket = if dial.reserve_port {
         crate::source::bound_reserving_port(source)?
     } else {
         crate::source::bound(source)?
@@ -173,7 +189,19 @@ async fn open(
         (None, None) => format!("{scheme}://{server}/ws"),
     };
     let named = token.is_some() || hook_user.is_some();
-    let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await?;
+    let mut request = url.into_client_request()?;
+    if dial.deflate {
+        request.headers_mut().insert(
+            "sec-websocket-extensions",
+            tokio_tungstenite::tungstenite::http::HeaderValue::from_static(
+                "permessage-deflate; client_max_window_bits",
+            ),
+        );
+    }
+    let (mut ws, response) = tokio_tungstenite::client_async(request, stream).await?;
+    if dial.deflate && !response.headers().contains_key("sec-websocket-extensions") {
+        anyhow::bail!("the server did not negotiate permessage-deflate");
+    }
     match ws.next().await {
         Some(Ok(Message::Text(text)))
             if text.contains("\"welcome\"") && (!named || text.contains("\"user\"")) => {}
@@ -222,7 +250,10 @@ async fn ramp(args: &ConnectArgs) -> anyhow::Result<Ramp> {
         let tokens = Arc::clone(&tokens);
         let tls = tls.clone();
         let channels = args.channels.max(1);
-        let reserve_port = args.reserve_port_at_bind;
+        let dial = Dial {
+            reserve_port: args.reserve_port_at_bind,
+            deflate: args.deflate,
+        };
         let hook_user = args.hook_user.then_some(index % 100);
         attempts.push(tokio::spawn(async move {
             let begun = tokio::time::Instant::now();
@@ -235,7 +266,7 @@ async fn ramp(args: &ConnectArgs) -> anyhow::Result<Ramp> {
                 token,
                 hook_user,
                 tls.as_ref(),
-                reserve_port,
+                dial,
             )
             .await;
             drop(permit);
@@ -294,7 +325,7 @@ async fn drop_all_and_reconnect(held: Vec<Ws>, server: SocketAddr) -> anyhow::Re
                 None,
                 None,
                 None,
-                false,
+                Dial::default(),
             ),
         );
         if let Ok(Ok(_ws)) = attempt.await {
@@ -347,6 +378,7 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<()> {
         "server_rss_kib_per_connection": per_connection_kib(rss_before, rss_after, opened),
         "new_connection_after_mass_disconnect_ms": after_disconnect,
         "reserve_port_at_bind": args.reserve_port_at_bind,
+        "deflate": args.deflate,
         "connects_each_second": ramp.per_second,
     });
     crate::report(&results, args.json.as_deref())

@@ -16,7 +16,10 @@ use anyhow::Context as _;
 use futures_util::{SinkExt as _, StreamExt as _};
 use hdrhistogram::Histogram;
 use memchr::memmem;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite::Message};
+use tokio_tungstenite::{
+    MaybeTlsStream, WebSocketStream,
+    tungstenite::{Message, client::IntoClientRequest as _},
+};
 
 use crate::{lean, now_ns, proc_stat};
 
@@ -54,6 +57,14 @@ pub struct FanoutArgs {
     /// Payload bytes.
     #[arg(long, default_value_t = 256)]
     pub payload: usize,
+    /// Pad payloads with English-like words instead of `x`s, so that they compress about as
+    /// chat text does (3-4 times with deflate) rather than a hundredfold.
+    #[arg(long)]
+    pub words: bool,
+    /// Subscribers offer permessage-deflate (as browsers do) and inflate what they get
+    /// compressed; the run fails if the server does not negotiate it.
+    #[arg(long)]
+    pub deflate: bool,
     /// Channel name.
     #[arg(long, default_value = "fanout")]
     pub channel: String,
@@ -121,7 +132,7 @@ type PublisherTask = tokio::task::JoinHandle<anyhow::Result<(Histogram<u64>, Vec
 /// answer; returns the sender of tickets and the tasks (each yields its request latencies).
 fn http_publishers(args: &FanoutArgs) -> (flume::Sender<Ticket>, Vec<PublisherTask>) {
     let (tx, rx) = flume::bounded::<Ticket>(args.publishers.max(1));
-    let pad = "x".repeat(args.payload.saturating_sub(40));
+    let pad = padding(args.payload.saturating_sub(40), args.words);
     let tasks = (0..args.publishers.max(1))
         .map(|_| {
             let (rx, pad, control) = (rx.clone(), pad.clone(), args.control);
@@ -177,9 +188,74 @@ async fn connect(args: &FanoutArgs, server: SocketAddr, index: usize) -> anyhow:
     let socket = crate::source::bound(source)?;
     let stream = socket.connect(server).await?;
     stream.set_nodelay(true)?;
-    let url = format!("ws://{server}/ws");
-    let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream)).await?;
+    let mut request = format!("ws://{server}/ws").into_client_request()?;
+    if args.deflate {
+        request.headers_mut().insert(
+            "sec-websocket-extensions",
+            tokio_tungstenite::tungstenite::http::HeaderValue::from_static(
+                "permessage-deflate; client_max_window_bits",
+            ),
+        );
+    }
+    let (ws, response) =
+        tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream)).await?;
+    if args.deflate && !response.headers().contains_key("sec-websocket-extensions") {
+        anyhow::bail!("the server did not negotiate permessage-deflate");
+    }
     Ok(ws)
+}
+
+/// Padding of `len` bytes: `x`s, or with `words` a pseudo-random run of common English words
+/// (the same for every message), which deflate compresses about as it does chat text.
+pub fn padding(len: usize, words: bool) -> String {
+    if !words {
+        return "x".repeat(len);
+    }
+    const WORDS: [&str; 32] = [
+        "the",
+        "assistant",
+        "reply",
+        "streams",
+        "token",
+        "to",
+        "every",
+        "device",
+        "of",
+        "a",
+        "user",
+        "in",
+        "room",
+        "message",
+        "order",
+        "resume",
+        "offset",
+        "channel",
+        "and",
+        "is",
+        "with",
+        "for",
+        "that",
+        "server",
+        "client",
+        "history",
+        "presence",
+        "publish",
+        "when",
+        "browser",
+        "mobile",
+        "network",
+    ];
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let mut pad = String::with_capacity(len + 16);
+    while pad.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        pad.push_str(WORDS[(state % 32) as usize]);
+        pad.push(' ');
+    }
+    pad.truncate(len);
+    pad
 }
 
 /// A publish's send time and sequence number (`"ts":` and the `"n":` after it), found
@@ -338,10 +414,15 @@ async fn run_scenario(args: FanoutArgs, scenario: &'static str) -> anyhow::Resul
         let delivered = Arc::clone(&delivered);
         let completion = Arc::clone(&completion);
         let mut done_rx = done_rx.clone();
+        let deflate = args.deflate;
         subscribers.push(tokio::spawn(async move {
             let histogram = &histograms[index % HISTOGRAM_SHARDS];
             let interval_histogram = &interval_histograms[index % HISTOGRAM_SHARDS];
-            let mut reader = lean::FrameReader::default();
+            let mut reader = if deflate {
+                lean::FrameReader::inflating()
+            } else {
+                lean::FrameReader::default()
+            };
             let mut on_text = |payload: &[u8]| {
                 let Some((sent, n)) = stamp(payload) else {
                     return;
@@ -413,7 +494,7 @@ async fn run_scenario(args: FanoutArgs, scenario: &'static str) -> anyhow::Resul
         {}
     });
     let mut http = (args.publish_via == PublishVia::Http).then(|| http_publishers(&args));
-    let pad = "x".repeat(args.payload.saturating_sub(40));
+    let pad = padding(args.payload.saturating_sub(40), args.words);
     let interval = Duration::from_nanos(1_000_000_000 / args.rate.max(1));
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -556,6 +637,8 @@ async fn run_scenario(args: FanoutArgs, scenario: &'static str) -> anyhow::Resul
         "channels": args.channels,
         "rate": args.rate,
         "payload": args.payload,
+        "words": args.words,
+        "deflate": args.deflate,
         "published": published,
         "expected": expected,
         "delivered": delivered,

@@ -176,6 +176,9 @@ pub async fn idle(args: &IdleArgs) -> anyhow::Result<()> {
         if let Some(ca) = &connect.tls_ca {
             worker_args.extend(["--tls-ca".to_owned(), ca.display().to_string()]);
         }
+        if connect.deflate {
+            worker_args.push("--deflate".to_owned());
+        }
         children.push(launch.spawn(index, &worker_args, false)?);
     }
     let opened = wait_ready(&mut children).await?;
@@ -280,6 +283,9 @@ pub async fn start_fanout(args: &crate::fanout::FanoutArgs) -> anyhow::Result<Fa
         .to_vec();
         if args.baseline {
             worker_args.push("--baseline".to_owned());
+        }
+        if args.deflate {
+            worker_args.push("--deflate".to_owned());
         }
         children.push(launch.spawn(index, &worker_args, true)?);
         offset += share;
