@@ -467,9 +467,11 @@ slow_consumer = "drop_oldest"
   await eventually(() => sb.state === "connected", "connected");
   await sleep(100);
   // 250 messages of 60 KB (15 MB, more than both ends' socket buffers hold) published by
-  // another process while this one's event loop reads nothing for 4 s.
+  // another process while this one's event loop reads nothing for 4 s. Random base64, not
+  // "x"s: Node's WebSocket negotiates permessage-deflate, which makes 60 KB of "x"s 100 bytes
+  // and the queue would never fill; base64 still takes about 45 KB compressed.
   const script = `
-    const pad = "x".repeat(60000);
+    const pad = require("node:crypto").randomBytes(45000).toString("base64");
     (async () => {
       for (let n = 1; n <= 250; n++) {
         const response = await fetch("${node.controlUrl}/v1/publish", {
