@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Fan-out against the baseline broadcaster, one row pair per (subscribers, rate): starts a
 # baseline and a Switchboard node for each pair, runs `fanout` against each for 10 s, prints
-# Markdown table rows (as in docs/performance.md) and stops what it started.
+# Markdown table rows (as in docs/performance-history.md, "Fan-out against the baseline broadcaster") and stops what it started.
 #
-#   loadtest/fanout-table.sh                     # the pairs of docs/performance.md
+#   loadtest/fanout-table.sh                     # that section's pairs
 #   loadtest/fanout-table.sh "5000 20" "10000 10"
 set -euo pipefail
 BIN=${BIN:-${CARGO_TARGET_DIR:-target}/release}
