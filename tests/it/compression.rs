@@ -355,3 +355,40 @@ async fn hostile_compressed_input_is_refused() {
             >= 1.0
     );
 }
+
+/// On a cluster: a message published on node a reaches node b through Redis and goes to b's
+/// deflate subscribers compressed (b compresses it once, as its own fan-out), and to its
+/// plain subscriber as it is; the resume from b's history after it is plain and whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_remote_messages_are_compressed_by_the_receiving_node() {
+    let redis = crate::redis_server::RedisServer::start(false);
+    let node = || TestServer::builder().redis(&redis.url()).start();
+    let (a, b) = (node().await, node().await);
+    let channel = "deflate-cluster";
+    let mut first = DeflateClient::connect(&b, Some(OFFER)).await;
+    let mut second = DeflateClient::connect(&b, Some(OFFER)).await;
+    let mut plain = DeflateClient::connect(&b, None).await;
+    for client in [&mut first, &mut second, &mut plain] {
+        client.subscribe(channel).await;
+    }
+    let data = chat_data(4096);
+    let offset = a.publish(channel, data.clone()).await;
+    let (one, json_one) = first.frame_of("message").await;
+    let (two, _) = second.frame_of("message").await;
+    let (three, json_three) = plain.frame_of("message").await;
+    assert!(one.compressed() && !three.compressed());
+    assert_eq!(one.payload, two.payload, "one compressed frame for both");
+    assert_eq!(json_one, json_three);
+    assert_eq!(json_one["data"], data);
+    assert_eq!(json_one["offset"], offset);
+
+    // A resume through b replays it from history: a reply to one connection, plain.
+    let mut resumed = DeflateClient::connect(&b, Some(OFFER)).await;
+    let since = format!("{}-0", offset.split('-').next().unwrap());
+    resumed
+        .send_json(&json!({"type": "subscribe", "channel": channel, "since": since, "id": 2}))
+        .await;
+    let (replayed, json) = resumed.frame_of("message").await;
+    assert!(!replayed.compressed());
+    assert_eq!(json["data"], data);
+}
