@@ -2,7 +2,7 @@
 
 use bytes::{BufMut as _, Bytes, BytesMut};
 
-use crate::protocol::deflate;
+use crate::protocol::{deflate, ws};
 
 /// One WebSocket text frame as it goes on the wire: header and JSON in one shared `Bytes`.
 /// Built once per message; every subscriber's queue, history and finally every socket's
@@ -26,22 +26,7 @@ impl FramedText {
         let mut wire = BytesMut::with_capacity(len + 10);
         // FIN and opcode 1 (text).
         wire.put_u8(0x81);
-        let header = match len {
-            0..=125 => {
-                wire.put_u8(u8::try_from(len).expect("matched 0..=125"));
-                2
-            }
-            126..=0xffff => {
-                wire.put_u8(126);
-                wire.put_u16(u16::try_from(len).expect("matched up to 0xffff"));
-                4
-            }
-            _ => {
-                wire.put_u8(127);
-                wire.put_u64(len as u64);
-                10
-            }
-        };
+        let header = ws::put_server_length(&mut wire, len);
         wire.put_slice(json.as_bytes());
         Self {
             wire: wire.freeze(),

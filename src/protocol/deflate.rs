@@ -194,7 +194,7 @@ pub fn compress_frame(
         }
         let mut frame = BytesMut::with_capacity(body.len() + 10);
         frame.put_u8(first_byte | RSV1);
-        put_length(&mut frame, body.len());
+        super::ws::put_server_length(&mut frame, body.len());
         frame.put_slice(body);
         Some(frame.freeze())
     })
@@ -219,21 +219,6 @@ fn deflate_into(compressor: &mut Compress, payload: &[u8], out: &mut Vec<u8>) ->
             return Some(());
         }
         out.reserve(out.capacity().max(64));
-    }
-}
-
-/// The payload length of a server frame (section 5.2: the shortest form).
-fn put_length(frame: &mut BytesMut, len: usize) {
-    match len {
-        0..=125 => frame.put_u8(u8::try_from(len).expect("matched 0..=125")),
-        126..=0xffff => {
-            frame.put_u8(126);
-            frame.put_u16(u16::try_from(len).expect("matched up to 0xffff"));
-        }
-        _ => {
-            frame.put_u8(127);
-            frame.put_u64(len as u64);
-        }
     }
 }
 

@@ -398,22 +398,34 @@ fn close_code(payload: &[u8]) -> Result<Option<u16>, WsError> {
     }
 }
 
+/// Writes the second byte and extended length of an unmasked server frame whose payload is
+/// `len` bytes, in the shortest form (section 5.2); returns the header's length with the
+/// first byte (2, 4 or 10).
+pub fn put_server_length(wire: &mut impl bytes::BufMut, len: usize) -> u8 {
+    match len {
+        0..=125 => {
+            wire.put_u8(u8::try_from(len).expect("matched 0..=125"));
+            2
+        }
+        126..=0xffff => {
+            wire.put_u8(126);
+            wire.put_u16(u16::try_from(len).expect("matched up to 0xffff"));
+            4
+        }
+        _ => {
+            wire.put_u8(127);
+            wire.put_u64(len as u64);
+            10
+        }
+    }
+}
+
 /// An unmasked server frame: FIN, `opcode` and `payload`.
 #[must_use]
 pub fn server_frame(opcode: u8, payload: &[u8]) -> Bytes {
     let mut wire = BytesMut::with_capacity(payload.len() + 10);
     wire.put_u8(0x80 | opcode);
-    match payload.len() {
-        len @ 0..=125 => wire.put_u8(u8::try_from(len).expect("matched 0..=125")),
-        len @ 126..=0xffff => {
-            wire.put_u8(126);
-            wire.put_u16(u16::try_from(len).expect("matched up to 0xffff"));
-        }
-        len => {
-            wire.put_u8(127);
-            wire.put_u64(len as u64);
-        }
-    }
+    put_server_length(&mut wire, payload.len());
     wire.put_slice(payload);
     wire.freeze()
 }

@@ -18,14 +18,21 @@ async fn autobahn_cases_1_to_7_and_9_pass_against_the_echo_endpoint() {
         kosoku_found,
         "`kosoku` is not installed: install it with `pip install kosoku` (tests/run.sh does)"
     );
-    let node = BinaryNode::start(&[], &[("SWITCHBOARD_SESSION__ECHO_PATH", "/echo")]).await;
-    let reports = std::env::temp_dir().join(format!("sb-autobahn-{}", std::process::id()));
     let mut kosoku = tokio::process::Command::new("kosoku");
-    kosoku.arg(format!("ws://{}/echo", node.ws_addr));
     for case in ["1.*", "2.*", "3.*", "4.*", "5.*", "6.*", "7.*", "9.*"] {
         kosoku.args(["-i", case]);
     }
+    let stdout = run_against_echo(kosoku, "sb-autobahn").await;
+    assert!(stdout.contains("cases passed"), "{stdout}");
+}
+
+/// Runs `kosoku` (with its cases chosen) against the echo endpoint of a fresh node, with
+/// reports in a temporary directory named from `reports`; its stdout, once it passed.
+async fn run_against_echo(mut kosoku: tokio::process::Command, reports: &str) -> String {
+    let node = BinaryNode::start(&[], &[("SWITCHBOARD_SESSION__ECHO_PATH", "/echo")]).await;
+    let reports = std::env::temp_dir().join(format!("{reports}-{}", std::process::id()));
     let output = kosoku
+        .arg(format!("ws://{}/echo", node.ws_addr))
         .args(["-p", "2", "-o"])
         .arg(&reports)
         .output()
@@ -33,13 +40,13 @@ async fn autobahn_cases_1_to_7_and_9_pass_against_the_echo_endpoint() {
         .unwrap();
     let _ = std::fs::remove_dir_all(&reports);
     drop(node);
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success(),
         "Autobahn cases failed:\n{stderr}\n{stdout}"
     );
-    assert!(stdout.contains("cases passed"), "{stdout}");
+    stdout
 }
 
 /// The compression cases (RFC 7692): 12.* sends five corpora (JSON, text, HTML, a bitmap,
@@ -65,16 +72,12 @@ async fn autobahn_compression_cases_12_and_13_pass_against_the_echo_endpoint() {
         kosoku_found,
         "`kosoku` is not importable by python3: install it with `pip install kosoku` (tests/run.sh does)"
     );
-    let node = BinaryNode::start(&[], &[("SWITCHBOARD_SESSION__ECHO_PATH", "/echo")]).await;
-    let reports = std::env::temp_dir().join(format!("sb-autobahn-deflate-{}", std::process::id()));
     let runner = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/conformance/autobahn_deflate.py"
     );
     let mut kosoku = tokio::process::Command::new("python3");
-    kosoku
-        .arg(runner)
-        .arg(format!("ws://{}/echo", node.ws_addr));
+    kosoku.arg(runner);
     let full = std::env::var_os("SWITCHBOARD_AUTOBAHN_FULL").is_some();
     // Subcases 9, 10 and 14-18 send 64 and 128 KiB messages.
     let subcases: Vec<u32> = if full {
@@ -91,20 +94,7 @@ async fn autobahn_compression_cases_12_and_13_pass_against_the_echo_endpoint() {
             }
         }
     }
-    let output = kosoku
-        .args(["-p", "2", "-o"])
-        .arg(&reports)
-        .output()
-        .await
-        .unwrap();
-    let _ = std::fs::remove_dir_all(&reports);
-    drop(node);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "Autobahn compression cases failed:\n{stderr}\n{stdout}"
-    );
+    let stdout = run_against_echo(kosoku, "sb-autobahn-deflate").await;
     let expected = if full {
         "216 cases passed"
     } else {
