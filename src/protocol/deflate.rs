@@ -6,8 +6,9 @@
 //! no window carried from one message to the next. That is what lets a channel's message be
 //! compressed **once** and the same frame go to every subscriber that negotiated the same
 //! window (the fan-out frames once and shares the `Bytes`), and it keeps an idle connection
-//! with compression as small as one without: no per-connection deflate or inflate state (a
-//! context with takeover holds a 32 KiB window and about 10 KiB of tables per direction).
+//! with compression as small as one without: no per-connection deflate or inflate state
+//! (with takeover, a compressor holds its window and hash tables, about 256 KiB at zlib's
+//! defaults, and an inflater its 32 KiB window).
 //! The compressors and the inflater are per thread, reset before each message.
 //!
 //! Inflating is bounded: a message never grows past the session's
@@ -37,7 +38,13 @@ const MAX_WINDOW_BITS: u8 = 15;
 pub struct Deflate {
     /// The `server_max_window_bits` the client asked for (8-15; 15 when it asked none).
     window_bits: u8,
+    /// The client asked for a `server_max_window_bits`: the answer must name it to accept
+    /// the offer (section 7.1.2.1), even when it is 15.
+    window_asked: bool,
 }
+
+/// [`Deflate::to_byte`]'s flag for `window_asked`, above the window bits.
+const WINDOW_ASKED: u8 = 0x80;
 
 impl Deflate {
     /// The window bits the server compresses with: 9-15, one compressed frame per value.
@@ -49,15 +56,19 @@ impl Deflate {
     /// One byte for the connection's state (0 is "not negotiated").
     #[must_use]
     pub fn to_byte(self) -> u8 {
-        self.window_bits
+        self.window_bits | if self.window_asked { WINDOW_ASKED } else { 0 }
     }
 
     /// The negotiation [`Deflate::to_byte`] stored; `None` for 0 (or anything out of range).
     #[must_use]
     pub fn from_byte(byte: u8) -> Option<Self> {
+        let window_bits = byte & !WINDOW_ASKED;
         (MIN_WINDOW_BITS..=MAX_WINDOW_BITS)
-            .contains(&byte)
-            .then_some(Self { window_bits: byte })
+            .contains(&window_bits)
+            .then_some(Self {
+                window_bits,
+                window_asked: byte & WINDOW_ASKED != 0,
+            })
     }
 
     /// The `Sec-WebSocket-Extensions` value of the 101 response.
@@ -66,7 +77,7 @@ impl Deflate {
         let mut answer = String::from(
             "permessage-deflate; server_no_context_takeover; client_no_context_takeover",
         );
-        if self.window_bits < MAX_WINDOW_BITS {
+        if self.window_asked {
             answer.push_str("; server_max_window_bits=");
             answer.push_str(&self.window_bits.to_string());
         }
@@ -98,6 +109,7 @@ fn accept_offer(offer: &str) -> Option<Deflate> {
     }
     let mut seen = [false; 4];
     let mut window_bits = MAX_WINDOW_BITS;
+    let mut window_asked = false;
     for param in parts {
         let (name, value) = match param.split_once('=') {
             Some((name, value)) => (name.trim(), Some(unquote(value.trim())?)),
@@ -111,6 +123,7 @@ fn accept_offer(offer: &str) -> Option<Deflate> {
             "client_no_context_takeover" => 1,
             "server_max_window_bits" => {
                 window_bits = window_bits_value(value?)?;
+                window_asked = true;
                 2
             }
             "client_max_window_bits" => {
@@ -125,7 +138,10 @@ fn accept_offer(offer: &str) -> Option<Deflate> {
             return None;
         }
     }
-    Some(Deflate { window_bits })
+    Some(Deflate {
+        window_bits,
+        window_asked,
+    })
 }
 
 /// A parameter's value without the quotes a quoted-string may wrap it in (section 7.1:
@@ -147,6 +163,9 @@ fn window_bits_value(value: &str) -> Option<u8> {
         .ok()
         .filter(|bits| (MIN_WINDOW_BITS..=MAX_WINDOW_BITS).contains(bits))
 }
+
+/// The most a thread's compression buffer keeps between messages.
+const MAX_KEPT_SCRATCH: usize = 256 * 1024;
 
 thread_local! {
     /// One raw-deflate compressor per window size (9-15) and level, made when first used.
@@ -188,15 +207,21 @@ pub fn compress_frame(
             compressor.reset();
             deflate_into(compressor, payload, out)
         })?;
-        let body = out.strip_suffix(&TRAILER)?;
-        if body.len() + 2 >= payload.len() {
-            return None;
+        let frame = out
+            .strip_suffix(&TRAILER)
+            .filter(|body| body.len() + 2 < payload.len())
+            .map(|body| {
+                let mut frame = BytesMut::with_capacity(body.len() + 10);
+                frame.put_u8(first_byte | RSV1);
+                super::ws::put_server_length(&mut frame, body.len());
+                frame.put_slice(body);
+                frame.freeze()
+            });
+        // A large message (the echo endpoint takes 32 MiB) leaves no large buffer behind.
+        if out.capacity() > MAX_KEPT_SCRATCH {
+            *out = Vec::new();
         }
-        let mut frame = BytesMut::with_capacity(body.len() + 10);
-        frame.put_u8(first_byte | RSV1);
-        super::ws::put_server_length(&mut frame, body.len());
-        frame.put_slice(body);
-        Some(frame.freeze())
+        frame
     })
 }
 

@@ -9,8 +9,10 @@ pub const DEFLATE_NEGOTIATED: &str = "ws_deflate_negotiated_total";
 /// Counter: messages the fan-out compressed, by `result` (`compressed`, or `not_smaller`:
 /// sent plain because deflate did not make them smaller).
 pub const DEFLATE_MESSAGES: &str = "ws_deflate_messages_total";
-/// Counter: JSON bytes the fan-out compressed (`stage="in"`) and the compressed payload bytes
-/// they became (`stage="out"`): their ratio is what compression saves per delivery.
+/// Counter: JSON bytes the fan-out compressed (`stage="in"`) and the bytes deflate
+/// subscribers were sent of them (`stage="out"`: the compressed payload, or the JSON of a
+/// message sent plain because compressing did not make it smaller): their ratio is what
+/// compression saves per delivery.
 pub const DEFLATE_BYTES: &str = "ws_deflate_bytes_total";
 
 /// Counts an upgrade's answer: with or without permessage-deflate.

@@ -392,3 +392,68 @@ async fn on_a_cluster_remote_messages_are_compressed_by_the_receiving_node() {
     assert!(!replayed.compressed());
     assert_eq!(json["data"], data);
 }
+
+/// Python's `websockets`, a client that checks the answer strictly (RFC 7692 section 7.1),
+/// with each offer it can make: its default, a server window of 15 and of 10 (accepted only
+/// by naming it in the answer), and no context takeover asked of the server; each gets a
+/// 4 KiB message compressed and whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_websockets_negotiates_each_offer() {
+    let server = TestServer::start().await;
+    let python = crate::python_client::venv().join("bin/python");
+    assert!(
+        python.exists(),
+        "the venv is missing ({} not found): run tests/run.sh, which makes it",
+        python.display()
+    );
+    let script = r#"
+import asyncio, json, sys, urllib.request
+from websockets.asyncio.client import connect
+from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
+
+url, control = sys.argv[1], sys.argv[2]
+offers = {
+    "default": None,
+    "server_window_15": ClientPerMessageDeflateFactory(server_max_window_bits=15),
+    "server_window_10": ClientPerMessageDeflateFactory(server_max_window_bits=10),
+    "server_no_context_takeover": ClientPerMessageDeflateFactory(server_no_context_takeover=True),
+}
+
+async def one(name, factory):
+    kwargs = {} if factory is None else {"extensions": [factory], "compression": None}
+    async with connect(url, **kwargs) as ws:
+        assert ws.protocol.extensions, name
+        await ws.recv()
+        channel = "py-" + name
+        await ws.send(json.dumps({"type": "subscribe", "channel": channel, "id": 1}))
+        await ws.recv()
+        text = " ".join(f"token {i}" for i in range(500))
+        body = json.dumps({"channel": channel, "data": {"text": text}}).encode()
+        urllib.request.urlopen(urllib.request.Request(control + "/v1/publish", data=body, headers={"content-type": "application/json"}))
+        message = json.loads(await ws.recv())
+        assert message["data"]["text"] == text, name
+        print(name, "ok")
+
+async def main():
+    for name, factory in offers.items():
+        await one(name, factory)
+
+asyncio.run(main())
+"#;
+    let output = tokio::process::Command::new(python)
+        .args(["-c", script, &server.ws_url(), &server.control_url("")])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        stdout.lines().filter(|line| line.ends_with(" ok")).count(),
+        4,
+        "{stdout}"
+    );
+}

@@ -41,6 +41,17 @@ fn a_server_window_is_kept_and_answered() {
     );
     assert_eq!(Deflate::from_byte(small.to_byte()), Some(small));
     assert_eq!(Deflate::from_byte(0), None);
+    // Asked for 15: accepted by naming it (section 7.1.2.1), as websockets' client requires.
+    let fifteen = offer("permessage-deflate; server_max_window_bits=15").unwrap();
+    assert_eq!(fifteen.compress_bits(), 15);
+    assert!(fifteen.response().ends_with("; server_max_window_bits=15"));
+    assert_eq!(Deflate::from_byte(fifteen.to_byte()), Some(fifteen));
+    assert!(
+        !offer("permessage-deflate")
+            .unwrap()
+            .response()
+            .contains("window_bits")
+    );
 }
 
 /// Section 7.1: an offer with an unknown parameter, a parameter twice or a value out of
