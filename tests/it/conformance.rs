@@ -8,14 +8,8 @@ use crate::harness::BinaryNode;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn autobahn_cases_1_to_7_and_9_pass_against_the_echo_endpoint() {
-    let kosoku_found = Command::new("kosoku")
-        .arg("--help")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success());
     assert!(
-        kosoku_found,
+        runs("kosoku", &["--help"]),
         "`kosoku` is not installed: install it with `pip install kosoku` (tests/run.sh does)"
     );
     let mut kosoku = tokio::process::Command::new("kosoku");
@@ -24,6 +18,16 @@ async fn autobahn_cases_1_to_7_and_9_pass_against_the_echo_endpoint() {
     }
     let stdout = run_against_echo(kosoku, "sb-autobahn").await;
     assert!(stdout.contains("cases passed"), "{stdout}");
+}
+
+/// Whether `program` with `args` runs and succeeds (quietly).
+fn runs(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
 }
 
 /// Runs `kosoku` (with its cases chosen) against the echo endpoint of a fresh node, with
@@ -62,14 +66,8 @@ async fn run_against_echo(mut kosoku: tokio::process::Command, reports: &str) ->
 /// changes nothing else (its doc says why).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn autobahn_compression_cases_12_and_13_pass_against_the_echo_endpoint() {
-    let kosoku_found = Command::new("python3")
-        .args(["-c", "import kosoku"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success());
     assert!(
-        kosoku_found,
+        runs("python3", &["-c", "import kosoku"]),
         "`kosoku` is not importable by python3: install it with `pip install kosoku` (tests/run.sh does)"
     );
     let runner = concat!(
