@@ -45,6 +45,12 @@ fn out_of_range_values_name_the_key() {
             "session.idle_timeout",
         ),
         ("[history]\nsize = 5000\n", "history.size"),
+        ("[compression]\nlevel = 0\n", "compression.level"),
+        ("[compression]\nlevel = 10\n", "compression.level"),
+        (
+            "[compression]\nmin_bytes = 65536\n",
+            "compression.min_bytes",
+        ),
         ("[control]\napi_keys = [\"short\"]\n", "control.api_keys"),
         ("[log]\nlevel = \"loud[\"\n", "log.level"),
         ("[limits]\nmax_connections = 0\n", "limits.max_connections"),
