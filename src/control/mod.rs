@@ -181,7 +181,8 @@ pub async fn serve_on_own_thread(
 /// cancelled.
 ///
 /// # Cancel safety
-/// Meant to run as its own task; in-flight requests finish gracefully after `stop`.
+/// Meant to run as its own task; after `stop`, the connections already made are served for
+/// a moment before they close (`serve_connection`), and the listener closes last.
 async fn serve(
     listener: TcpListener,
     tls: Option<Arc<crate::tls::Tls>>,
@@ -190,6 +191,9 @@ async fn serve(
     spawn: crate::shutdown::TaskGroup,
 ) {
     let mut failing = crate::accept::AcceptFailures::new("control", None);
+    let connection = |stream, peer| {
+        spawn_connection(&spawn, stream, peer, tls.as_ref(), &ctx, &stop);
+    };
     loop {
         failing.restore_reserve();
         let accepted = tokio::select! {
@@ -215,31 +219,65 @@ async fn serve(
                 accepted
             }
         };
-        let ctx = Arc::clone(&ctx);
-        let stop = stop.clone();
-        let acceptor = tls.as_ref().map(|tls| tls.acceptor());
-        spawn.spawn(async move {
-            let Some(acceptor) = acceptor else {
-                return serve_connection(stream, peer, ctx, stop).await;
-            };
-            // The handshake shares the header timeout: a client that opens a connection and
-            // sends nothing holds it no longer than one that stalls its headers.
-            let handshake = tokio::select! {
-                () = stop.cancelled() => return,
-                handshake = tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)) => handshake,
-            };
-            match handshake {
-                Ok(Ok(stream)) => serve_connection(stream, peer, ctx, stop).await,
-                Ok(Err(err)) => tracing::debug!(%peer, error = %err, "Control TLS handshake failed"),
-                Err(_) => tracing::debug!(%peer, "Control TLS handshake timed out"),
-            }
-        });
+        connection(stream, peer);
+    }
+    // Connections the kernel has completed but nobody accepted yet would be reset when the
+    // listener closes, with their callers' requests sent and unanswered: they are accepted
+    // and served first. Asked of the socket itself, not of the runtime, which may not have
+    // seen their readiness yet; a caller connecting after the last `accept` is refused.
+    let Ok(listener) = listener.into_std() else {
+        return;
+    };
+    while let Ok((stream, peer)) = listener.accept() {
+        let stream = stream
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpStream::from_std(stream));
+        if let Ok(stream) = stream {
+            connection(stream, peer);
+        }
     }
 }
+
+/// Serves one accepted connection on a task of `spawn`, after the TLS handshake when `tls`
+/// is given.
+fn spawn_connection(
+    spawn: &crate::shutdown::TaskGroup,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    tls: Option<&Arc<crate::tls::Tls>>,
+    ctx: &Arc<ControlContext>,
+    stop: &CancellationToken,
+) {
+    let ctx = Arc::clone(ctx);
+    let stop = stop.clone();
+    let acceptor = tls.map(|tls| tls.acceptor());
+    spawn.spawn(async move {
+        let Some(acceptor) = acceptor else {
+            return serve_connection(stream, peer, ctx, stop).await;
+        };
+        // The handshake shares the header timeout: a client that opens a connection and
+        // sends nothing holds it no longer than one that stalls its headers. A stop does
+        // not cut it: the client may have its request ready behind it (the control thread
+        // gives its connections `STOP_GRACE` in all).
+        match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => serve_connection(stream, peer, ctx, stop).await,
+            Ok(Err(err)) => tracing::debug!(%peer, error = %err, "Control TLS handshake failed"),
+            Err(_) => tracing::debug!(%peer, "Control TLS handshake timed out"),
+        }
+    });
+}
+
+/// How long a connection is still read after the control API is stopped, before it closes
+/// once idle: a caller's request already on its way is answered (`Connection: close`) rather
+/// than cut off with the connection.
+const STOP_LINGER: Duration = Duration::from_millis(250);
 
 /// Serves HTTP/1.1 on one accepted (and, with TLS, handshaken) connection. The publishing
 /// routes write a small channel's deliveries after their answer (`publishing::publishing`), so a
 /// publisher does not wait for its subscribers' send calls.
+///
+/// Once `stop` is cancelled every answer carries `Connection: close`, the connection is
+/// served for `STOP_LINGER`, then closed as soon as no request is in flight.
 async fn serve_connection<IO>(
     io: IO,
     peer: SocketAddr,
@@ -248,25 +286,41 @@ async fn serve_connection<IO>(
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let stopped = stop.clone();
     let service = service_fn(move |request: Request<Incoming>| {
         let ctx = Arc::clone(&ctx);
-        async move { Ok::<_, Infallible>(routes::handle(request, peer, &ctx).await) }
+        let stopped = stopped.clone();
+        async move {
+            let mut response = routes::handle(request, peer, &ctx).await;
+            if stopped.is_cancelled() {
+                response.headers_mut().insert(
+                    hyper::header::CONNECTION,
+                    hyper::header::HeaderValue::from_static("close"),
+                );
+            }
+            Ok::<_, Infallible>(response)
+        }
     });
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
-    tokio::select! {
-        result = connection.as_mut() => {
-            if let Err(err) = result {
-                tracing::debug!(%peer, error = %err, "Control connection failed");
-            }
-        }
+    let ended = tokio::select! {
+        result = connection.as_mut() => Some(result),
         () = stop.cancelled() => {
-            connection.as_mut().graceful_shutdown();
-            let _ = connection.await;
+            tokio::time::timeout(STOP_LINGER, connection.as_mut()).await.ok()
         }
+    };
+    let result = match ended {
+        Some(result) => result,
+        None => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(err) = result {
+        tracing::debug!(%peer, error = %err, "Control connection failed");
     }
 }
 

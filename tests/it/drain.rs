@@ -234,3 +234,97 @@ async fn bad_drain_requests_are_refused_and_change_nothing() {
     assert_eq!(response.status().as_u16(), 405);
     server.stop().await;
 }
+
+/// What became of one publish sent to a node while it drains and exits.
+#[derive(Debug, Default)]
+struct Outcomes {
+    /// 200, or 503: the node said whether it published.
+    answered: u64,
+    /// The connection was refused: nothing was sent.
+    refused: u64,
+    /// Sent, and the connection ended without an answer: the publisher cannot know.
+    unknown: Vec<String>,
+}
+
+/// Publishers on new and on kept-alive connections, sending as fast as the node answers while
+/// it drains and exits: every publish is answered or its connection refused, none is closed
+/// without an answer (a publisher would not know whether to retry it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_drains_and_exits_answers_or_refuses_every_control_request() {
+    let mut node = crate::harness::BinaryNode::start(
+        &[],
+        &[
+            ("SWITCHBOARD_SHUTDOWN__DRAIN_DELAY", "300ms"),
+            ("SWITCHBOARD_SHUTDOWN__DRAIN_WINDOW", "100ms"),
+        ],
+    )
+    .await;
+    let url = format!("http://{}/v1/publish", node.control_addr);
+    let running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let publishers: Vec<_> = (0..8)
+        .map(|publisher| {
+            let url = url.clone();
+            let running = std::sync::Arc::clone(&running);
+            tokio::spawn(async move {
+                let mut http = reqwest::Client::builder().timeout(Duration::from_secs(5));
+                if publisher % 2 == 0 {
+                    http = http.pool_max_idle_per_host(0);
+                }
+                let http = http.build().unwrap();
+                let mut outcomes = Outcomes::default();
+                while running.load(std::sync::atomic::Ordering::Relaxed) {
+                    let sent = http
+                        .post(&url)
+                        .json(&json!({"channel": "news", "data": publisher}))
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(response) => {
+                            let status = response.status().as_u16();
+                            assert!(status == 200 || status == 503, "answered {status}");
+                            outcomes.answered += 1;
+                        }
+                        Err(err) if err.is_connect() => {
+                            outcomes.refused += 1;
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                        Err(err) => outcomes.unknown.push(format!("{err:?}")),
+                    }
+                }
+                outcomes
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let status = reqwest::Client::new()
+        .post(format!("http://{}/v1/drain", node.control_addr))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 202);
+    let exit = tokio::time::timeout(patience(Duration::from_secs(10)), node.child.wait())
+        .await
+        .expect("exits once drained")
+        .unwrap();
+    assert_eq!(exit.code(), Some(0));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    running.store(false, std::sync::atomic::Ordering::Relaxed);
+    let mut total = Outcomes::default();
+    for publisher in publishers {
+        let outcomes = publisher.await.unwrap();
+        total.answered += outcomes.answered;
+        total.refused += outcomes.refused;
+        total.unknown.extend(outcomes.unknown);
+    }
+    assert!(total.answered > 100, "{total:?}");
+    assert!(total.refused > 0, "{total:?}");
+    assert!(
+        total.unknown.is_empty(),
+        "{} publishes closed without an answer ({} answered, {} refused): {:?}",
+        total.unknown.len(),
+        total.answered,
+        total.refused,
+        &total.unknown[..total.unknown.len().min(3)]
+    );
+}
