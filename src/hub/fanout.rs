@@ -27,16 +27,16 @@ use std::sync::{
     atomic::{AtomicBool, AtomicUsize, Ordering},
 };
 
-use indexmap::IndexMap;
 use smallvec::SmallVec;
 use tokio::time::Instant;
 
 use super::{
-    ConnId, FramedText, Outbound, Tag,
+    FramedText, Outbound, Tag,
     channel::Channel,
     lane::{FLUSH_INLINE, Urgent, Workers, WriteBatch},
     lock,
     settings::Compression,
+    subscribers::Subscribers,
 };
 use crate::{protocol::Offset, telemetry};
 
@@ -49,7 +49,7 @@ const MAX_INLINE_ROUNDS: usize = 4;
 #[derive(Debug)]
 pub(super) struct Slot {
     pub(super) state: Mutex<Channel>,
-    pub(super) subscribers: Mutex<IndexMap<ConnId, Subscriber>>,
+    pub(super) subscribers: Mutex<Subscribers>,
     /// The shard's subscription count, which rounds decrement for subscribers they drop.
     pub(super) shard_subscriptions: Arc<AtomicUsize>,
     /// The channel's next round is in the workers' urgent queue (see `Slot::queue_urgent`).
@@ -103,7 +103,7 @@ impl Slot {
     ) -> Self {
         Self {
             state: Mutex::new(channel),
-            subscribers: Mutex::new(IndexMap::new()),
+            subscribers: Mutex::new(Subscribers::default()),
             shard_subscriptions,
             urgent: AtomicBool::new(false),
             compression,
@@ -231,7 +231,7 @@ fn take_outbox(slot: &Slot) -> Option<Vec<Queued>> {
 /// and each message's time from publish to its last enqueue.
 fn deliver_round(
     slot: &Slot,
-    subscribers: &mut IndexMap<ConnId, Subscriber>,
+    subscribers: &mut Subscribers,
     frames: &[Queued],
     writes: &mut WriteBatch,
 ) {
@@ -261,14 +261,14 @@ fn deliver_round(
 /// compressed, compressed once per round for all such subscribers of a window size
 /// ([`Deflated`]). Returns how many frames were enqueued.
 fn deliver(
-    subscribers: &mut IndexMap<ConnId, Subscriber>,
+    subscribers: &mut Subscribers,
     frames: &[Queued],
     compression: Option<Compression>,
     writes: &mut WriteBatch,
 ) -> usize {
     let mut delivered = 0;
     let mut deflated = Deflated::default();
-    subscribers.retain(|_, subscriber| {
+    subscribers.retain(|subscriber| {
         let deflate = compression.zip(subscriber.outbound.deflate());
         for (index, queued) in frames.iter().enumerate() {
             if !queued.event

@@ -38,6 +38,7 @@ mod registry;
 mod settings;
 mod stream;
 mod subscribe;
+mod subscribers;
 
 use std::{
     collections::hash_map::{DefaultHasher, HashMap},
@@ -50,7 +51,6 @@ use std::{
 };
 
 use dashmap::DashMap;
-use indexmap::IndexMap;
 use smallvec::SmallVec;
 use tokio::time::Instant;
 
@@ -71,7 +71,7 @@ pub use self::stream::{Applied, Editor, Op, OpError, Owner};
 pub use self::subscribe::{ChannelPin, Left, RemoteView, SubscribeError, Subscribed};
 use self::{
     channel::{Channel, Retention},
-    fanout::{Slot, Subscriber},
+    fanout::Slot,
 };
 use crate::{config::ChannelPattern, protocol::ChannelName, telemetry};
 
@@ -307,7 +307,7 @@ impl Hub {
     fn with_subscribers<R>(
         &self,
         name: &ChannelName,
-        f: impl FnOnce(&mut IndexMap<ConnId, Subscriber>, &mut Channel) -> R,
+        f: impl FnOnce(&mut subscribers::Subscribers, &mut Channel) -> R,
     ) -> R {
         let mut f = Some(f);
         loop {

@@ -415,7 +415,7 @@ impl Hub {
         let (left, idle) = {
             let mut subscribers = lock(&slot.subscribers);
             let mut state = lock(&slot.state);
-            let removed = !state.removed && subscribers.swap_remove(&conn_id).is_some();
+            let removed = !state.removed && subscribers.swap_remove(conn_id).is_some();
             if removed {
                 state.subscribed -= 1;
             }

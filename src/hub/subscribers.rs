@@ -1,0 +1,191 @@
+//! A channel's subscribers on this node, sized for the common case of a channel with one.
+//!
+//! Most channels of a chat platform are a person's own (an inbox, a reply stream) with one or
+//! two subscribers; a few are rooms or broadcasts with thousands. A general map costs a
+//! channel with one subscriber about 270 bytes (`IndexMap`: 72 inline, a hash table and an
+//! entry vector on the heap); here the first subscriber is held inline (no allocation), more
+//! go to a vector, and only past [`INDEXED_FROM`] does a hash index from connection to
+//! position make inserts and removals constant-time. Fan-out rounds walk the vector.
+
+use std::collections::HashMap;
+
+use smallvec::SmallVec;
+
+use super::{ConnId, fanout::Subscriber};
+
+/// Subscribers at which lookups go through the index instead of a scan of the vector; the
+/// index is dropped again below half of it, so a channel at the edge does not rebuild it on
+/// every change.
+const INDEXED_FROM: usize = 32;
+
+/// The subscribers, in no particular order (a removal moves the last one into its place).
+#[derive(Debug, Default)]
+pub(super) struct Subscribers {
+    list: SmallVec<[(ConnId, Subscriber); 1]>,
+    /// Each subscriber's position in `list`, while there are at least [`INDEXED_FROM`].
+    #[allow(
+        clippy::box_collection,
+        reason = "8 bytes per channel instead of a map's 48: nearly every channel has none"
+    )]
+    index: Option<Box<HashMap<ConnId, u32>>>,
+}
+
+impl Subscribers {
+    pub(super) fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    /// Adds `subscriber` as `conn_id`, or replaces the one it had: returns that one.
+    pub(super) fn insert(&mut self, conn_id: ConnId, subscriber: Subscriber) -> Option<Subscriber> {
+        if let Some(at) = self.position(conn_id) {
+            return Some(std::mem::replace(&mut self.list[at].1, subscriber));
+        }
+        self.list.push((conn_id, subscriber));
+        match &mut self.index {
+            Some(index) => {
+                index.insert(conn_id, position(self.list.len() - 1));
+            }
+            None if self.list.len() >= INDEXED_FROM => self.build_index(),
+            None => {}
+        }
+        None
+    }
+
+    /// Removes `conn_id`'s subscriber, moving the last one into its place.
+    pub(super) fn swap_remove(&mut self, conn_id: ConnId) -> Option<Subscriber> {
+        let at = self.position(conn_id)?;
+        let (_, removed) = self.list.swap_remove(at);
+        if let Some(index) = &mut self.index {
+            index.remove(&conn_id);
+            if let Some((moved, _)) = self.list.get(at) {
+                index.insert(*moved, position(at));
+            }
+        }
+        self.shrink();
+        Some(removed)
+    }
+
+    /// Keeps the subscribers for which `keep` returns true, visiting each once.
+    pub(super) fn retain(&mut self, mut keep: impl FnMut(&mut Subscriber) -> bool) {
+        let before = self.list.len();
+        self.list.retain(|(_, subscriber)| keep(subscriber));
+        if self.list.len() != before {
+            if self.index.is_some() {
+                self.build_index();
+            }
+            self.shrink();
+        }
+    }
+
+    /// Where `conn_id` is in `list`.
+    fn position(&self, conn_id: ConnId) -> Option<usize> {
+        match &self.index {
+            Some(index) => index.get(&conn_id).map(|&at| at as usize),
+            None => self.list.iter().position(|(id, _)| *id == conn_id),
+        }
+    }
+
+    /// Indexes every subscriber.
+    fn build_index(&mut self) {
+        let index = self.index.get_or_insert_with(Box::default);
+        index.clear();
+        index.extend(
+            self.list
+                .iter()
+                .enumerate()
+                .map(|(at, (conn_id, _))| (*conn_id, position(at))),
+        );
+    }
+
+    /// After removals: drops the index below half of [`INDEXED_FROM`], and gives back the
+    /// vector's memory once it is three quarters empty (a room that emptied does not keep
+    /// its crowd's allocation; with one subscriber left, it moves back inline).
+    fn shrink(&mut self) {
+        let len = self.list.len();
+        if self.index.is_some() && len < INDEXED_FROM / 2 {
+            self.index = None;
+        }
+        if self.list.spilled() && (len <= 1 || len <= self.list.capacity() / 4) {
+            self.list.shrink_to_fit();
+            if let Some(index) = &mut self.index {
+                index.shrink_to_fit();
+            }
+        }
+    }
+}
+
+/// A position in the list as the index keeps it: a channel cannot have 2^32 subscribers
+/// on one node (each is a connection).
+fn position(at: usize) -> u32 {
+    u32::try_from(at).expect("fewer than 2^32 subscribers on a node")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Offset;
+
+    fn subscriber(conn_id: ConnId) -> Subscriber {
+        Subscriber {
+            outbound: super::super::Outbound::new(conn_id, None, 16, 1 << 16, 0),
+            skip: Offset { epoch: 0, seq: 0 },
+        }
+    }
+
+    /// The ids in the list, sorted, after checking the index against the list.
+    fn ids(subscribers: &Subscribers) -> Vec<ConnId> {
+        if let Some(index) = &subscribers.index {
+            assert_eq!(index.len(), subscribers.list.len());
+            for (at, (conn_id, _)) in subscribers.list.iter().enumerate() {
+                assert_eq!(index[conn_id] as usize, at);
+            }
+        }
+        let mut ids: Vec<_> = subscribers.list.iter().map(|(id, _)| *id).collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    #[test]
+    fn one_subscriber_allocates_nothing_and_a_crowd_is_indexed_then_given_back() {
+        let mut subscribers = Subscribers::default();
+        assert!(subscribers.insert(7, subscriber(7)).is_none());
+        assert!(!subscribers.list.spilled(), "one subscriber is held inline");
+        assert!(
+            subscribers.insert(7, subscriber(7)).is_some(),
+            "replaced, not added"
+        );
+        assert_eq!(subscribers.len(), 1);
+
+        for conn_id in 0..1000 {
+            if conn_id != 7 {
+                assert!(subscribers.insert(conn_id, subscriber(conn_id)).is_none());
+            }
+        }
+        assert!(subscribers.index.is_some());
+        assert_eq!(ids(&subscribers), (0..1000).collect::<Vec<_>>());
+
+        // Removals in an order unlike insertion keep the index true.
+        for conn_id in (0..1000).rev().step_by(2) {
+            assert!(subscribers.swap_remove(conn_id).is_some());
+            assert!(subscribers.swap_remove(conn_id).is_none());
+        }
+        assert_eq!(ids(&subscribers), (0..1000).step_by(2).collect::<Vec<_>>());
+
+        subscribers.retain(|subscriber| subscriber.outbound.conn_id() % 4 == 0);
+        assert_eq!(ids(&subscribers), (0..1000).step_by(4).collect::<Vec<_>>());
+        assert!(
+            subscribers.list.capacity() < 1000,
+            "the crowd's memory is given back"
+        );
+
+        subscribers.retain(|subscriber| subscriber.outbound.conn_id() < 8);
+        assert_eq!(ids(&subscribers), vec![0, 4]);
+        assert!(subscribers.index.is_none(), "a small channel scans");
+        assert!(subscribers.swap_remove(4).is_some());
+        assert!(
+            !subscribers.list.spilled(),
+            "one subscriber is held inline again"
+        );
+        assert_eq!(ids(&subscribers), vec![0]);
+    }
+}
