@@ -90,6 +90,55 @@ pub(super) struct KnownId {
     pub(super) at: Instant,
 }
 
+/// The `message_id`s a channel knows, allocated on the first: most channels never see one,
+/// and an empty map would cost each of them 48 bytes.
+#[derive(Debug, Default)]
+#[allow(
+    clippy::box_collection,
+    reason = "8 bytes per channel instead of a map's 48: most channels have none"
+)]
+pub(super) struct KnownIds(Option<Box<HashMap<Box<str>, KnownId>>>);
+
+impl KnownIds {
+    pub(super) fn is_empty(&self) -> bool {
+        self.0.as_ref().is_none_or(|ids| ids.is_empty())
+    }
+
+    pub(super) fn get(&self, message_id: &str) -> Option<&KnownId> {
+        self.0.as_ref()?.get(message_id)
+    }
+
+    /// Adds or updates `message_id`: whether it is new.
+    pub(super) fn insert(&mut self, message_id: Box<str>, known: KnownId) -> bool {
+        self.0
+            .get_or_insert_default()
+            .insert(message_id, known)
+            .is_none()
+    }
+
+    /// Keeps the ids `keep` says to: the bytes of those dropped (text and `ID_OVERHEAD`).
+    /// Frees the map once empty, and shrinks it once mostly empty.
+    fn retain(&mut self, mut keep: impl FnMut(&KnownId) -> bool) -> usize {
+        let Some(ids) = self.0.as_mut() else {
+            return 0;
+        };
+        let mut freed = 0;
+        ids.retain(|id, known| {
+            let kept = keep(known);
+            if !kept {
+                freed += id.len() + ID_OVERHEAD;
+            }
+            kept
+        });
+        if ids.is_empty() {
+            self.0 = None;
+        } else if ids.capacity() > 2 * ids.len() + 16 {
+            ids.shrink_to_fit();
+        }
+        freed
+    }
+}
+
 /// What an id kept for deduplication costs against the history budget beyond its text:
 /// the map's key and value and the allocator's share.
 pub(super) const ID_OVERHEAD: usize =
@@ -175,7 +224,7 @@ pub(super) struct Channel {
     /// itself; with a remote bus, true once a delivery or a bus read set them.
     pub(super) synced: bool,
     /// Subscribes that are reading from the bus and will merge `pending` when they return.
-    pub(super) pins: usize,
+    pub(super) pins: u32,
     /// Deliveries since the first pin, for pinned subscribes to merge with what they read.
     /// `(seq, frame)` of each message or operation delivered meanwhile.
     pub(super) pending: Vec<(u64, FramedText)>,
@@ -197,12 +246,12 @@ pub(super) struct Channel {
     /// cannot be answered (0 while nothing was dropped). Without history, the channel's seq.
     pub(super) floor: u64,
     /// The `message_id`s the channel knows (see `stream`).
-    pub(super) ids: HashMap<Box<str>, KnownId>,
+    pub(super) ids: KnownIds,
     /// Entries whose message is an open stream.
-    pub(super) open: usize,
+    pub(super) open: u32,
     /// Entries that changed since their publish (`last != seq`): while there are none, a
     /// resume replays a plain range of history.
-    pub(super) changed: usize,
+    pub(super) changed: u32,
     /// Appends held to go out as one frame (`streams.coalesce`); allocated on the first.
     pub(super) coalescing: Option<Box<Coalescing>>,
     /// Length of the channel's name, for what it costs.
@@ -242,7 +291,7 @@ impl Channel {
             unheld: false,
             occupied: false,
             floor: 0,
-            ids: HashMap::new(),
+            ids: KnownIds::default(),
             open: 0,
             changed: 0,
             coalescing: None,
@@ -374,22 +423,9 @@ impl Channel {
 
     /// Keeps the ids `keep` says to (given the seq of the oldest entry history holds).
     fn retain_ids(&mut self, policy: &Retention, keep: impl Fn(&KnownId, u64) -> bool) {
-        if self.ids.is_empty() {
-            return;
-        }
         let first_held = self.history.front().map_or(u64::MAX, |entry| entry.seq);
-        let mut freed = 0;
-        self.ids.retain(|id, known| {
-            let kept = keep(known, first_held);
-            if !kept {
-                freed += id.len() + ID_OVERHEAD;
-            }
-            kept
-        });
+        let freed = self.ids.retain(|known| keep(known, first_held));
         policy.used_bytes.fetch_sub(freed, Ordering::Relaxed);
-        if self.ids.capacity() > 2 * self.ids.len() + 16 {
-            self.ids.shrink_to_fit();
-        }
     }
 
     fn forget_oldest(&mut self, policy: &Retention) {
@@ -397,7 +433,7 @@ impl Channel {
             policy.used_bytes.fetch_sub(entry.cost(), Ordering::Relaxed);
             policy.used_messages.fetch_sub(1, Ordering::Relaxed);
             self.floor = self.floor.max(entry.last);
-            self.changed -= usize::from(entry.last != entry.seq);
+            self.changed -= u32::from(entry.last != entry.seq);
             if entry
                 .message
                 .as_ref()
@@ -417,9 +453,8 @@ impl Channel {
         while !self.history.is_empty() {
             self.forget_oldest(policy);
         }
-        let ids: usize = self.ids.keys().map(|id| id.len() + ID_OVERHEAD).sum();
-        policy.used_bytes.fetch_sub(ids, Ordering::Relaxed);
-        self.ids = HashMap::new();
+        let freed = self.ids.retain(|_| false);
+        policy.used_bytes.fetch_sub(freed, Ordering::Relaxed);
         self.unheld = false;
     }
 

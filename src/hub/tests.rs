@@ -915,3 +915,15 @@ mod rounds {
         assert_eq!(slow.close_code(), Some(protocol::CloseCode::SlowConsumer));
     }
 }
+
+/// What every channel costs before its name and its subscribers' entries: a larger `Slot`
+/// (the state behind its locks) is a cost per channel on a node of a million (see
+/// `docs/performance.md`, memory per idle connection). Grow it knowingly.
+#[test]
+fn a_channel_slot_stays_small() {
+    assert!(
+        std::mem::size_of::<super::fanout::Slot>() <= 272,
+        "Slot is {} bytes",
+        std::mem::size_of::<super::fanout::Slot>()
+    );
+}

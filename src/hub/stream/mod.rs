@@ -141,7 +141,7 @@ impl Hub {
                 }
             }
             if ordered.is_none() {
-                if stream && state.open >= limits.max_open_per_channel {
+                if stream && state.open as usize >= limits.max_open_per_channel {
                     return Err(OpError::TooManyOpen(limits.max_open_per_channel));
                 }
                 if behind(state) {
@@ -162,13 +162,13 @@ impl Hub {
                 text: stream.then(String::new),
                 state_frame: None,
             });
-            state.open += usize::from(stream);
+            state.open += u32::from(stream);
             *round = self.append_message(state, channel, offset, json, data.len(), Some(message));
             let known = KnownId {
                 seq: offset.seq,
                 at: now,
             };
-            if state.ids.insert(message_id.into(), known).is_none() {
+            if state.ids.insert(message_id.into(), known) {
                 self.retention
                     .used_bytes
                     .fetch_add(message_id.len() + ID_OVERHEAD, Ordering::Relaxed);
@@ -260,8 +260,8 @@ impl Hub {
         entry.last = offset.seq;
         entry.published_at = now;
         let after = entry.cost();
-        state.changed += usize::from(first_change);
-        state.open -= usize::from(closed);
+        state.changed += u32::from(first_change);
+        state.open -= u32::from(closed);
         if after >= before {
             self.retention
                 .used_bytes
