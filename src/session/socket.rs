@@ -8,7 +8,9 @@
 //! pongs by one: only the newest ping is answered when several arrive before the pong could
 //! be written (RFC 6455 section 5.5.3 allows it), so a client that pings without reading
 //! costs 127 bytes, not a growing buffer. The read buffer is freed whenever it is empty and
-//! shrunk back after a large message, so a connection keeps nothing of one large message.
+//! shrunk back after a large message, so a connection keeps nothing of one large message;
+//! an idle connection waits for its next bytes with no buffer at all (the first read goes
+//! to the stack).
 
 use std::{
     pin::Pin,
@@ -16,13 +18,17 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::{End, coalesce::Coalesce};
 use crate::protocol::ws::{self, Decoded, Decoder, Inbound, Limits, WsError};
 
 /// Frames read past a close frame while waiting for the client's close reply, at most.
 const MAX_CLOSE_DRAIN_FRAMES: usize = 32;
+
+/// Bytes an idle connection's first read takes onto the stack, at most (when
+/// `session.read_buffer_bytes` is larger; the rest follows into the heap buffer).
+const STACK_READ: usize = 4096;
 
 #[derive(Debug)]
 pub(super) struct Socket<S> {
@@ -41,7 +47,12 @@ impl<S> Socket<S> {
     pub(super) fn new(stream: Coalesce<S>, leftover: BytesMut, read_chunk: usize) -> Self {
         Self {
             stream,
-            read_buf: leftover,
+            // An empty leftover may still hold the upgrade's buffer.
+            read_buf: if leftover.is_empty() {
+                BytesMut::new()
+            } else {
+                leftover
+            },
             decoder: Decoder::new(),
             owed_pong: None,
             read_chunk,
@@ -117,6 +128,9 @@ impl<S: AsyncRead + Unpin> Socket<S> {
                     self.tidy();
                     return Poll::Ready(Ok(frame));
                 }
+                Ok(Decoded::Incomplete(_)) if self.read_buf.is_empty() => {
+                    ready!(self.poll_first_read(cx))?;
+                }
                 Ok(Decoded::Incomplete(needed)) => {
                     grow(&mut self.read_buf, needed, self.read_chunk);
                     let read = ready!(tokio_util::io::poll_read_buf(
@@ -131,6 +145,23 @@ impl<S: AsyncRead + Unpin> Socket<S> {
                 }
                 Err(err) => return Poll::Ready(Err(End::from(err))),
             }
+        }
+    }
+
+    /// Between frames, with nothing buffered: waits for the client's next bytes without
+    /// holding a read buffer (an idle connection would keep a chunk for nothing), reading
+    /// up to a chunk onto the stack and moving it into a buffer allocated once they arrive.
+    fn poll_first_read(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), End>> {
+        let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); STACK_READ];
+        let mut first = ReadBuf::uninit(&mut stack[..self.read_chunk.min(STACK_READ)]);
+        match ready!(Pin::new(&mut self.stream).poll_read(cx, &mut first)) {
+            Ok(()) if !first.filled().is_empty() => {
+                let mut buf = BytesMut::with_capacity(self.read_chunk.max(first.filled().len()));
+                buf.extend_from_slice(first.filled());
+                self.read_buf = buf;
+                Poll::Ready(Ok(()))
+            }
+            Ok(()) | Err(_) => Poll::Ready(Err(End::TransportLost)),
         }
     }
 
@@ -221,6 +252,56 @@ mod tests {
         client.write_all(&masked_text(b"next")[5..]).await.unwrap();
         let frame = poll_fn(|cx| socket.poll_frame(cx, &limits)).await.unwrap();
         assert_eq!(frame, Inbound::Text("next".into()));
+    }
+
+    /// An idle connection, before its first frame and between frames, waits with no read
+    /// buffer; frames that arrive whole, in pieces or several at once are read as before.
+    #[tokio::test]
+    async fn an_idle_connection_holds_no_read_buffer() {
+        let (near, mut far) = tokio::io::duplex(64 * 1024);
+        let mut socket = Socket::new(Coalesce::new(near), BytesMut::with_capacity(1024), 256);
+        let limits = Limits {
+            max_message_bytes: 64 * 1024,
+            max_fragments: 4,
+            inflate: false,
+        };
+        let idle = |socket: &mut Socket<_>| {
+            let pending = socket
+                .poll_frame(&mut Context::from_waker(std::task::Waker::noop()), &limits)
+                .is_pending();
+            assert!(pending);
+            assert_eq!(socket.read_buf.capacity(), 0, "an idle connection holds no buffer");
+        };
+        idle(&mut socket);
+
+        far.write_all(&masked_text(b"one")).await.unwrap();
+        let frame = poll_fn(|cx| socket.poll_frame(cx, &limits)).await.unwrap();
+        assert_eq!(frame, Inbound::Text("one".into()));
+        idle(&mut socket);
+
+        // A frame in two pieces: the first piece is kept in a buffer until the rest comes.
+        let two = masked_text(&[b'2'; 600]);
+        far.write_all(&two[..100]).await.unwrap();
+        let pending = poll_fn(|cx| Poll::Ready(socket.poll_frame(cx, &limits).is_pending())).await;
+        assert!(pending);
+        assert_eq!(socket.read_buf.len(), 100);
+        far.write_all(&two[100..]).await.unwrap();
+        let frame = poll_fn(|cx| socket.poll_frame(cx, &limits)).await.unwrap();
+        assert!(matches!(frame, Inbound::Text(text) if text.len() == 600));
+
+        // Two frames in one write, the first larger than the stack read.
+        let mut both = masked_text(&[b'3'; 5000]);
+        both.extend_from_slice(&masked_text(b"four"));
+        far.write_all(&both).await.unwrap();
+        let frame = poll_fn(|cx| socket.poll_frame(cx, &limits)).await.unwrap();
+        assert!(matches!(frame, Inbound::Text(text) if text.len() == 5000));
+        let frame = poll_fn(|cx| socket.poll_frame(cx, &limits)).await.unwrap();
+        assert_eq!(frame, Inbound::Text("four".into()));
+        idle(&mut socket);
+
+        drop(far);
+        let end = poll_fn(|cx| socket.poll_frame(cx, &limits)).await;
+        assert!(matches!(end, Err(End::TransportLost)));
     }
 
     /// A header that declares 65,530 bytes and sends none of them reserves nothing for
