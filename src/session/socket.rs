@@ -270,7 +270,11 @@ mod tests {
                 .poll_frame(&mut Context::from_waker(std::task::Waker::noop()), &limits)
                 .is_pending();
             assert!(pending);
-            assert_eq!(socket.read_buf.capacity(), 0, "an idle connection holds no buffer");
+            assert_eq!(
+                socket.read_buf.capacity(),
+                0,
+                "an idle connection holds no buffer"
+            );
         };
         idle(&mut socket);
 
