@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use super::{Session, fitting};
+use super::{Session, channels::fitting};
 use crate::{
     hub::{FramedText, RemoteView},
     protocol::{self, ChannelName, CloseCode, Offset},
