@@ -1,12 +1,14 @@
 use super::*;
 
 use crate::{
+    auth::Namespaces,
     cluster::{ApplyError, BusError, BusFuture, LocalBus},
     config::{NamespaceConfig, Rule},
     hub::{
         Applied, Editor, HistoryPage, Hub, HubSettings, Op, RemoteView, SessionCommand, WriteBatch,
     },
     protocol::{ChannelName, Offset},
+    throttle::Quota,
 };
 
 fn test_hub() -> HubHandle {
