@@ -163,7 +163,7 @@ async fn session_task_states_stay_small() {
     // The TLS path boxes its stream (a rustls connection is 1.2 KB) so that each future
     // holding it keeps a pointer; inline, the upgrade's future alone was 2.5 KB.
     type Tls = crate::tls::ServerTls;
-    let tls_upgrade = size_of_output(serve_upgrade::<Box<Tls>>);
+    let tls_upgrade = size_of_output(accept::serve_upgrade::<Box<Tls>>);
     assert!(
         tls_upgrade <= 160,
         "the TLS upgrade future grew to {tls_upgrade} bytes"
