@@ -41,6 +41,7 @@
 //! `presence` (members per channel).
 
 mod blocks;
+mod clock;
 mod connection;
 mod entries;
 mod follow;
@@ -53,11 +54,14 @@ mod read;
 mod registry;
 mod revocations;
 mod scripts;
+mod settings;
 mod streams;
 mod streams_lua;
 mod user_conns;
 
-pub use self::{occupancy::RedisOccupancy, presence::RedisPresence, registry::NodeInfo};
+pub use self::{
+    occupancy::RedisOccupancy, presence::RedisPresence, registry::NodeInfo, settings::RedisSettings,
+};
 
 use std::{
     collections::HashSet,
@@ -74,6 +78,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use self::{
+    clock::{on_time_ms, since_start_ms, unix_ms},
     connection::{Connector, RedisConn, keep_connected},
     follow::watch_readers,
     health::Health,
@@ -85,7 +90,7 @@ use self::{
 use super::{ApplyError, Bus, BusError, BusFuture, RevokeFailed, UserLimit};
 use crate::revocations::Revocation;
 use crate::{
-    config::{BusRouting, RedisTarget},
+    config::BusRouting,
     hub::{
         Applied, ConnId, Editor, HistoryPage, HubHandle, Op, RemoteView, SessionCommand, WriteBatch,
     },
@@ -93,64 +98,6 @@ use crate::{
     shutdown::TaskGroup,
     telemetry,
 };
-
-/// Settings of the Redis bus.
-#[derive(Debug, Clone)]
-pub struct RedisSettings {
-    pub target: RedisTarget,
-    /// PEM of the CA that signed Redis's certificate (`cluster.redis_ca_file`), for
-    /// `rediss://`; `None` trusts the system's roots.
-    pub ca_pem: Option<Vec<u8>>,
-    pub partitions: u32,
-    pub publish_timeout: Duration,
-    pub bus_maxlen: u64,
-    pub bus_max_age: Duration,
-    pub channel_state_ttl: Duration,
-    pub outage_fails_readiness: bool,
-    pub routing: BusRouting,
-    pub interest_ttl: Duration,
-    pub node_id: Arc<str>,
-    /// `[streams]`: the bounds the operation script checks.
-    pub streams: crate::config::StreamsConfig,
-}
-
-impl RedisSettings {
-    /// From `[cluster]` and `[history]` (reads `cluster.redis_ca_file`); `node_id` is this
-    /// node's id.
-    ///
-    /// # Errors
-    /// When the CA file cannot be read.
-    pub fn from_config(config: &crate::config::Config, node_id: Arc<str>) -> anyhow::Result<Self> {
-        use anyhow::Context as _;
-        let cluster = &config.cluster;
-        let ca_pem = match cluster.redis_ca_file.as_str() {
-            "" => None,
-            path => {
-                use rustls_pki_types::{CertificateDer, pem::PemObject as _};
-                let pem = std::fs::read(path)
-                    .with_context(|| format!("reading cluster.redis_ca_file {path}"))?;
-                if !CertificateDer::pem_slice_iter(&pem).any(|cert| cert.is_ok()) {
-                    anyhow::bail!("cluster.redis_ca_file {path} holds no PEM certificate");
-                }
-                Some(pem)
-            }
-        };
-        Ok(Self {
-            target: cluster.redis.clone(),
-            ca_pem,
-            partitions: cluster.partitions,
-            publish_timeout: cluster.publish_timeout,
-            bus_maxlen: cluster.bus_maxlen,
-            bus_max_age: cluster.bus_max_age,
-            channel_state_ttl: cluster.channel_state_ttl,
-            outage_fails_readiness: cluster.outage_fails_readiness,
-            routing: cluster.bus_routing,
-            interest_ttl: cluster.interest_ttl,
-            node_id,
-            streams: config.streams.clone(),
-        })
-    }
-}
 
 struct Inner {
     settings: RedisSettings,
@@ -634,25 +581,4 @@ impl Bus for RedisBus {
     fn nodes(&self) -> BusFuture<'_, Result<Vec<serde_json::Value>, BusError>> {
         Box::pin(self.registered_nodes())
     }
-}
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| {
-            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
-        })
-}
-
-fn since_start_ms(inner: &Inner) -> u64 {
-    u64::try_from(inner.started.elapsed().as_millis()).unwrap_or(u64::MAX)
-}
-
-/// Milliseconds since `started` that the node's event loop ran on time (the time it ran late
-/// left out, see [`LagClock`](crate::hub::LagClock)): what the silence of this node's own
-/// tasks is measured in, so that a node starved of CPU does not take its late tasks for
-/// stuck ones.
-fn on_time_ms(inner: &Inner) -> u64 {
-    let late = u64::try_from(inner.hub.lag_clock().late().as_millis()).unwrap_or(u64::MAX);
-    since_start_ms(inner).saturating_sub(late)
 }
