@@ -344,7 +344,7 @@ fn start_bus(
 ) -> anyhow::Result<BusAndStore> {
     if !config.cluster.redis.is_set() {
         return Ok((
-            Arc::new(LocalBus::new(Arc::clone(hub), Arc::clone(node_id))),
+            Arc::new(LocalBus::new(Arc::clone(hub), Arc::clone(node_id), node)),
             Stores::default(),
         ));
     }

@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use super::{ApplyError, Bus, BusError, BusFuture, Grant, RevokeFailed, UserLimit};
+use super::{
+    ApplyError, Bus, BusError, BusFuture, Grant, NodeEntry, NodeInfo, RevokeFailed, UserLimit,
+};
 use crate::{
     hub::{
         Applied, ConnId, Editor, HistoryPage, HubHandle, Op, RemoteView, SessionCommand, WriteBatch,
@@ -15,14 +17,26 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct LocalBus {
     hub: HubHandle,
-    /// This node's id, for [`Bus::nodes`].
+    /// This node's id, addresses and start, for [`Bus::nodes`].
     node_id: Arc<str>,
+    node: NodeInfo,
+    started_unix_ms: u64,
 }
 
 impl LocalBus {
     #[must_use]
-    pub fn new(hub: HubHandle, node_id: Arc<str>) -> Self {
-        Self { hub, node_id }
+    pub fn new(hub: HubHandle, node_id: Arc<str>, node: NodeInfo) -> Self {
+        let started_unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| {
+                u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+            });
+        Self {
+            hub,
+            node_id,
+            node,
+            started_unix_ms,
+        }
     }
 }
 
@@ -157,12 +171,14 @@ impl Bus for LocalBus {
         Vec::new()
     }
 
-    fn nodes(&self) -> BusFuture<'_, Result<Vec<serde_json::Value>, BusError>> {
-        let this = serde_json::json!({
-            "node": &*self.node_id,
-            "connections": self.hub.connections(),
-            "draining": self.hub.is_draining(),
-        });
+    fn nodes(&self) -> BusFuture<'_, Result<Vec<NodeEntry>, BusError>> {
+        let this = NodeEntry::of(
+            &self.node_id,
+            "",
+            &self.node,
+            &self.hub,
+            self.started_unix_ms,
+        );
         Box::pin(std::future::ready(Ok(vec![this])))
     }
 

@@ -8,13 +8,15 @@
 //! `Arc<dyn Bus>` and never know which one runs. Depends on `hub` only through its handle.
 
 mod local;
+mod nodes;
 mod occupancy;
 mod redis;
 
 pub use self::{
     local::LocalBus,
+    nodes::{NodeEntry, NodeInfo},
     occupancy::{OccupancyChange, OccupancyFlip, OccupancyStore},
-    redis::{NodeInfo, RedisBus, RedisOccupancy, RedisPresence, RedisSettings},
+    redis::{RedisBus, RedisOccupancy, RedisPresence, RedisSettings},
 };
 
 use std::{future::Future, pin::Pin, sync::Arc};
@@ -291,7 +293,7 @@ pub trait Bus: Send + Sync + std::fmt::Debug + 'static {
     ///
     /// # Errors
     /// A [`BusError`] when the registry cannot be read.
-    fn nodes(&self) -> BusFuture<'_, Result<Vec<serde_json::Value>, BusError>>;
+    fn nodes(&self) -> BusFuture<'_, Result<Vec<NodeEntry>, BusError>>;
 
     /// A short name for logs and `/v1/stats`: `local` or `redis`.
     fn kind(&self) -> &'static str;

@@ -42,10 +42,7 @@ pub(super) async fn stats(query: &str, ctx: &ControlContext) -> Handled {
         return Ok(node_stats(ctx));
     }
     let nodes = ctx.bus.nodes().await?;
-    let connections: u64 = nodes
-        .iter()
-        .filter_map(|node| node["connections"].as_u64())
-        .sum();
+    let connections: u64 = nodes.iter().map(|node| node.connections).sum();
     let body = serde_json::json!({
         "scope": "cluster",
         "nodes": nodes.len(),

@@ -55,7 +55,11 @@ fn frames(outbound: &Outbound) -> Vec<serde_json::Value> {
 }
 
 fn presence(hub: &HubHandle, coalesce: Duration) -> Arc<Presence> {
-    let bus: Arc<dyn Bus> = Arc::new(LocalBus::new(Arc::clone(hub), Arc::from("n1")));
+    let bus: Arc<dyn Bus> = Arc::new(LocalBus::new(
+        Arc::clone(hub),
+        Arc::from("n1"),
+        crate::cluster::NodeInfo::unbound(),
+    ));
     Presence::start(
         PresenceSettings {
             node: Arc::from("n1"),
@@ -332,7 +336,11 @@ impl PresenceStore for GatedStore {
 #[tokio::test]
 async fn a_rewrite_asked_for_during_a_write_is_written_in_full() {
     let hub = hub();
-    let bus: Arc<dyn Bus> = Arc::new(LocalBus::new(hub, Arc::from("n1")));
+    let bus: Arc<dyn Bus> = Arc::new(LocalBus::new(
+        hub,
+        Arc::from("n1"),
+        crate::cluster::NodeInfo::unbound(),
+    ));
     let store = Arc::new(GatedStore {
         gate: tokio::sync::Semaphore::new(0),
         writes: std::sync::Mutex::default(),

@@ -100,7 +100,11 @@ fn test_context(hub: &HubHandle, bus: Arc<dyn Bus>) -> Arc<SessionContext> {
                 namespaces: Namespaces::default(),
                 watch: None,
             },
-            Arc::new(LocalBus::new(Arc::clone(hub), Arc::from("n"))),
+            Arc::new(LocalBus::new(
+                Arc::clone(hub),
+                Arc::from("n"),
+                crate::cluster::NodeInfo::unbound(),
+            )),
             None,
             &crate::shutdown::TaskGroup::new(),
             &tokio_util::sync::CancellationToken::new(),
@@ -129,7 +133,11 @@ async fn session_task_states_stay_small() {
     let hub = test_hub();
     let ctx = test_context(
         &hub,
-        Arc::new(LocalBus::new(Arc::clone(&hub), Arc::from("n"))),
+        Arc::new(LocalBus::new(
+            Arc::clone(&hub),
+            Arc::from("n"),
+            crate::cluster::NodeInfo::unbound(),
+        )),
     );
     // The accept loop spawns `serve_tcp`: that future is the session task's state.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -307,7 +315,7 @@ impl Bus for PanickingBus {
     fn unready_reasons(&self) -> Vec<String> {
         self.0.unready_reasons()
     }
-    fn nodes(&self) -> BusFuture<'_, Result<Vec<serde_json::Value>, BusError>> {
+    fn nodes(&self) -> BusFuture<'_, Result<Vec<crate::cluster::NodeEntry>, BusError>> {
         self.0.nodes()
     }
     fn kind(&self) -> &'static str {
@@ -321,7 +329,11 @@ impl Bus for PanickingBus {
 #[tokio::test]
 async fn a_panicking_handler_leaves_nothing_in_the_hub() {
     let hub = test_hub();
-    let bus = PanickingBus(LocalBus::new(Arc::clone(&hub), Arc::from("n")));
+    let bus = PanickingBus(LocalBus::new(
+        Arc::clone(&hub),
+        Arc::from("n"),
+        crate::cluster::NodeInfo::unbound(),
+    ));
     let ctx = test_context(&hub, Arc::new(bus));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("ws://{}/ws", listener.local_addr().unwrap());

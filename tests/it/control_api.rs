@@ -554,3 +554,28 @@ async fn the_metrics_reference_lists_every_metric() {
     );
     server.stop().await;
 }
+
+/// A single node lists itself with the fields a cluster's registry has (but no
+/// incarnation): where it listens, its connections, whether it drains, when it started.
+#[tokio::test]
+async fn a_single_node_lists_itself_as_a_cluster_would() {
+    let server = TestServer::start().await;
+    let _client = crate::harness::TestClient::connect(&server.ws_url()).await;
+    let before_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let (status, body) = server.get_json("/v1/nodes").await;
+    assert_eq!(status, 200);
+    let nodes = body["nodes"].as_array().expect("a list of nodes");
+    assert_eq!(nodes.len(), 1, "{body}");
+    let node = &nodes[0];
+    assert_eq!(node["ws_addr"], server.ws_addr.to_string(), "{body}");
+    assert_eq!(node["control_addr"], server.control_addr.to_string(), "{body}");
+    assert_eq!(node["connections"], 1, "{body}");
+    assert_eq!(node["draining"], false, "{body}");
+    let started = node["started_unix_ms"].as_u64().expect("a start time");
+    assert!(started <= before_ms && before_ms - started < 60_000, "{body}");
+    assert!(node.get("incarnation").is_none(), "{body}");
+    assert!(node["node"].is_string(), "{body}");
+}

@@ -59,9 +59,7 @@ mod streams;
 mod streams_lua;
 mod user_conns;
 
-pub use self::{
-    occupancy::RedisOccupancy, presence::RedisPresence, registry::NodeInfo, settings::RedisSettings,
-};
+pub use self::{occupancy::RedisOccupancy, presence::RedisPresence, settings::RedisSettings};
 
 use std::{
     collections::HashSet,
@@ -87,7 +85,7 @@ use self::{
     scripts::{APPEND_LUA, BORN_LUA, FORGET_LUA, INTEREST_LUA, PUBLISH_LUA, READ_LUA, ROUTE_LUA},
     streams_lua::{HISTORY_LUA, OP_LUA},
 };
-use super::{ApplyError, Bus, BusError, BusFuture, RevokeFailed, UserLimit};
+use super::{ApplyError, Bus, BusError, BusFuture, NodeEntry, NodeInfo, RevokeFailed, UserLimit};
 use crate::revocations::Revocation;
 use crate::{
     config::BusRouting,
@@ -578,7 +576,7 @@ impl Bus for RedisBus {
         "redis"
     }
 
-    fn nodes(&self) -> BusFuture<'_, Result<Vec<serde_json::Value>, BusError>> {
+    fn nodes(&self) -> BusFuture<'_, Result<Vec<NodeEntry>, BusError>> {
         Box::pin(self.registered_nodes())
     }
 }

@@ -16,20 +16,13 @@ use super::{
     connection::{Patience, RedisConn},
     since_start_ms, unix_ms,
 };
-use crate::cluster::BusError;
+use crate::cluster::{BusError, NodeEntry, NodeInfo};
 
 /// Registry heartbeat period and entry lifetime.
 const NODE_HEARTBEAT: Duration = Duration::from_secs(2);
 const NODE_TTL: Duration = Duration::from_secs(10);
 const REGISTRY_SET: &str = "sb:{sb:nodes}:live";
 const REGISTRY_PREFIX: &str = "sb:{sb:nodes}:node:";
-
-/// What the node registry needs to say about this node.
-#[derive(Debug, Clone)]
-pub struct NodeInfo {
-    pub ws_addr: std::net::SocketAddr,
-    pub control_addr: std::net::SocketAddr,
-}
 
 /// The heartbeat, in Redis time (nodes' clocks may disagree): renews this node's entry,
 /// answers the entry it replaced (to find another process running under the same node id),
@@ -53,7 +46,7 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
 
 impl RedisBus {
     /// Live nodes from the registry, as JSON objects.
-    pub(super) async fn registered_nodes(&self) -> Result<Vec<serde_json::Value>, BusError> {
+    pub(super) async fn registered_nodes(&self) -> Result<Vec<NodeEntry>, BusError> {
         self.inner.registered_nodes().await
     }
 }
@@ -75,17 +68,13 @@ impl Inner {
             .registered_nodes()
             .await?
             .into_iter()
-            .filter_map(|entry| {
-                Some((
-                    entry.get("node")?.as_str()?.to_owned(),
-                    entry.get("incarnation")?.as_str()?.to_owned(),
-                ))
-            })
+            .map(|entry| (entry.node, entry.incarnation))
             .collect())
     }
 
-    /// Live nodes from the registry, as JSON objects.
-    pub(super) async fn registered_nodes(&self) -> Result<Vec<serde_json::Value>, BusError> {
+    /// Live nodes from the registry (an entry that does not read as a [`NodeEntry`] is left
+    /// out).
+    pub(super) async fn registered_nodes(&self) -> Result<Vec<NodeEntry>, BusError> {
         let mut conn = self.conn()?;
         let ids: Vec<String> = Script::new(LIVE_LUA)
             .key(REGISTRY_SET)
@@ -112,10 +101,9 @@ impl Inner {
     }
 }
 
-/// The `incarnation` of a registry entry (JSON), if it has one.
+/// The `incarnation` of a registry entry (JSON), if it reads as one.
 fn incarnation_of(entry: &str) -> Option<String> {
-    let entry: serde_json::Value = serde_json::from_str(entry).ok()?;
-    Some(entry.get("incarnation")?.as_str()?.to_owned())
+    Some(serde_json::from_str::<NodeEntry>(entry).ok()?.incarnation)
 }
 
 /// Takes nodes whose registry entry expired (they died without deregistering) out of the
@@ -230,21 +218,13 @@ async fn heartbeat(inner: Arc<Inner>, node: NodeInfo, stop: CancellationToken) {
         let Some(conn) = heartbeat_conn(&inner, &mut own_conn).await else {
             continue;
         };
-        let info = serde_json::json!({
-            "node": id,
-            "incarnation": &*inner.incarnation,
-            "ws_addr": node.ws_addr.to_string(),
-            "control_addr": node.control_addr.to_string(),
-            "connections": inner.hub.connections(),
-            // Refusing upgrades: what a balancer reading `/v1/nodes` should skip.
-            "draining": inner.hub.is_draining(),
-            "started_unix_ms": started_unix_ms,
-        });
+        let info = NodeEntry::of(id, &inner.incarnation, &node, &inner.hub, started_unix_ms);
+        let info = serde_json::to_string(&info).expect("a node entry serializes");
         let reply = script
             .key(REGISTRY_SET)
             .key(&entry_key)
             .arg(id)
-            .arg(info.to_string())
+            .arg(info)
             .arg(ttl_ms)
             .invoke_async::<(String, Vec<String>, u64)>(conn)
             .await;
