@@ -43,17 +43,12 @@ fn hub_fanout(c: &mut Criterion) {
         let hub = Hub::new(HubSettings {
             shards: 8,
             max_connections: n,
-            max_pending_upgrades: 1024,
-            max_pending_upgrades_per_ip: 1024,
             queue_messages: 64,
             queue_bytes: 1 << 20,
             history_size: 0,
             history_ttl: Duration::from_secs(60),
             history_max_bytes: 0,
-            per_namespace: Vec::new(),
-            remote: false,
-            streams: switchboard::config::StreamsConfig::default(),
-            compression: None,
+            ..HubSettings::default()
         });
         let channel = ChannelName::parse("bench", 64).unwrap();
         // Connections without a socket: a publish claims each idle lane and "flushes" it,

@@ -23,17 +23,12 @@ fn lookup(c: &mut Criterion) {
         let hub = Hub::new(HubSettings {
             shards: 4,
             max_connections: 1,
-            max_pending_upgrades: 1024,
-            max_pending_upgrades_per_ip: 1024,
             queue_messages: size + 16,
             queue_bytes: 1 << 30,
             history_size: size,
             history_ttl: Duration::from_secs(3600),
             history_max_bytes: 1 << 30,
-            per_namespace: Vec::new(),
-            remote: false,
-            streams: switchboard::config::StreamsConfig::default(),
-            compression: None,
+            ..HubSettings::default()
         });
         let channel = ChannelName::parse("bench", 64).unwrap();
         let data = format!("\"{}\"", "x".repeat(200));

@@ -68,6 +68,18 @@ impl Compression {
     }
 }
 
+impl Default for HubSettings {
+    /// The configuration's defaults, with 4 shards (the configured 0 is resolved from the
+    /// cores when the configuration is validated): what tests and benchmarks start from,
+    /// naming only what they change.
+    fn default() -> Self {
+        Self {
+            shards: 4,
+            ..Self::from_config(&crate::config::Config::default())
+        }
+    }
+}
+
 impl HubSettings {
     /// From `[server]`, `[limits]`, `[history]` and whether `[cluster]` names a Redis.
     #[must_use]

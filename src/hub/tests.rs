@@ -5,19 +5,14 @@ use crate::protocol::{self, Offset};
 
 pub(super) fn settings(history_size: usize, queue_messages: usize) -> HubSettings {
     HubSettings {
-        shards: 4,
         max_connections: 10,
-        max_pending_upgrades: 1024,
-        max_pending_upgrades_per_ip: 1024,
         queue_messages,
         queue_bytes: 1 << 20,
         history_size,
         history_ttl: Duration::from_secs(60),
         history_max_bytes: 1 << 20,
-        per_namespace: Vec::new(),
-        remote: false,
-        streams: crate::config::StreamsConfig::default(),
         compression: None,
+        ..HubSettings::default()
     }
 }
 

@@ -10,17 +10,12 @@ fn hub() -> HubHandle {
     Hub::new(HubSettings {
         shards: 2,
         max_connections: 100,
-        max_pending_upgrades: 16,
-        max_pending_upgrades_per_ip: 16,
         queue_messages: 1024,
         queue_bytes: 1 << 20,
         history_size: 16,
         history_ttl: Duration::from_secs(60),
         history_max_bytes: 1 << 20,
-        per_namespace: Vec::new(),
-        remote: false,
-        streams: crate::config::StreamsConfig::default(),
-        compression: None,
+        ..HubSettings::default()
     })
 }
 

@@ -15,17 +15,12 @@ fn test_hub() -> HubHandle {
     Hub::new(HubSettings {
         shards: 2,
         max_connections: 10,
-        max_pending_upgrades: 1024,
-        max_pending_upgrades_per_ip: 1024,
         queue_messages: 64,
         queue_bytes: 1 << 20,
         history_size: 10,
         history_ttl: Duration::from_secs(60),
         history_max_bytes: 1 << 20,
-        per_namespace: Vec::new(),
-        remote: false,
-        streams: crate::config::StreamsConfig::default(),
-        compression: None,
+        ..HubSettings::default()
     })
 }
 

@@ -571,11 +571,18 @@ async fn a_single_node_lists_itself_as_a_cluster_would() {
     assert_eq!(nodes.len(), 1, "{body}");
     let node = &nodes[0];
     assert_eq!(node["ws_addr"], server.ws_addr.to_string(), "{body}");
-    assert_eq!(node["control_addr"], server.control_addr.to_string(), "{body}");
+    assert_eq!(
+        node["control_addr"],
+        server.control_addr.to_string(),
+        "{body}"
+    );
     assert_eq!(node["connections"], 1, "{body}");
     assert_eq!(node["draining"], false, "{body}");
     let started = node["started_unix_ms"].as_u64().expect("a start time");
-    assert!(started <= before_ms && before_ms - started < 60_000, "{body}");
+    assert!(
+        started <= before_ms && before_ms - started < 60_000,
+        "{body}"
+    );
     assert!(node.get("incarnation").is_none(), "{body}");
     assert!(node["node"].is_string(), "{body}");
 }
