@@ -5,10 +5,10 @@ use hyper::{Request, body::Incoming};
 use serde::Deserialize;
 
 use super::{
-    ControlContext,
+    ControlContext, JSON,
     error::{ApiError, Handled},
     fields,
-    request::{JSON, json_body, parse_limit, query_pairs},
+    request::{json_body, parse_limit, query_pairs},
     response,
 };
 use crate::{

@@ -7,9 +7,9 @@ use hyper::{Request, body::Incoming};
 use serde::Deserialize;
 
 use super::{
-    ControlContext,
+    ControlContext, JSON,
     error::{ApiError, Handled},
-    request::{JSON, channel_name, json_body, parse_limit, query_pairs},
+    request::{channel_name, json_body, parse_limit, query_pairs},
     response,
 };
 use crate::{

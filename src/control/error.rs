@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use hyper::{Response, header};
 
-use super::{Body, request::JSON, response};
+use super::{Body, JSON, response};
 use crate::{cluster::BusError, presence::PresenceError, protocol::ErrorCode};
 
 /// An HTTP error: status, code and message, rendered as `{"error":{..}}`.

@@ -11,10 +11,10 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::{
-    ControlContext,
+    ControlContext, JSON,
     error::{ApiError, Handled},
     publishing::charge_channel,
-    request::{JSON, channel_name, check_payload, query_pairs},
+    request::{channel_name, check_payload, query_pairs},
     response,
     streams::message_id,
 };

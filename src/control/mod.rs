@@ -108,6 +108,9 @@ impl ControlSettings {
 
 pub(crate) type Body = Full<Bytes>;
 
+/// The content type of every JSON answer.
+pub(crate) const JSON: &str = "application/json";
+
 /// How long in-flight requests may take to finish once the control API is stopped.
 const STOP_GRACE: Duration = Duration::from_secs(1);
 

@@ -6,10 +6,10 @@ use hyper::{Request, Response, body::Incoming, header};
 use serde::Deserialize;
 
 use super::{
-    Body, ControlContext,
+    Body, ControlContext, JSON,
     error::{ApiError, Handled},
     fields,
-    request::{JSON, json_body, query_pairs},
+    request::{json_body, query_pairs},
     response,
 };
 use crate::protocol::{CloseCode, ErrorCode};

@@ -5,7 +5,7 @@
 
 use hyper::Response;
 
-use super::{Body, request::JSON, response};
+use super::{Body, JSON, response};
 
 /// `docs/openapi.json`.
 const DOCUMENT: &str = include_str!("../../docs/openapi.json");

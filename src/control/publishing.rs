@@ -9,10 +9,10 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::{
-    ControlContext,
+    ControlContext, JSON,
     error::{ApiError, Handled},
     fields,
-    request::{JSON, channel_name, check_payload, json_body},
+    request::{channel_name, check_payload, json_body},
     response,
     routes::Caller,
     streams,

@@ -8,10 +8,9 @@ use hyper::{Request, body::Incoming, header};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{ControlContext, error::ApiError};
+use super::{ControlContext, JSON, error::ApiError};
 use crate::protocol::{ChannelName, ErrorCode};
 
-pub(super) const JSON: &str = "application/json";
 /// A body declared larger than `control.max_body_bytes`, up to this many times that, is read
 /// and dropped (within `control.body_timeout`) before the 413 is sent. Closing a connection
 /// with request bytes still unread makes the kernel reset it, and a client still sending

@@ -6,11 +6,9 @@ use hyper::{Method, Request, Response, body::Incoming, header};
 use tracing::Instrument as _;
 
 use super::{
-    Body, ControlContext, blocks, channels,
+    Body, ControlContext, JSON, blocks, channels,
     error::{ApiError, Handled},
-    ingest, is_loopback, nodes, publishing,
-    request::JSON,
-    response, revoke,
+    ingest, is_loopback, nodes, publishing, response, revoke,
 };
 use crate::{
     protocol::ErrorCode,

@@ -7,11 +7,11 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::{
-    Body, ControlContext,
+    Body, ControlContext, JSON,
     error::ApiError,
     fields,
     publishing::charge_channel,
-    request::{JSON, channel_name, check_payload},
+    request::{channel_name, check_payload},
     response,
 };
 use crate::{
