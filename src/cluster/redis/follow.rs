@@ -15,7 +15,7 @@ use super::{
     Inner, bus_key,
     connection::RedisConn,
     entries::{BusEntry, OpEntry, Request},
-    health::stalled_readers,
+    health::{READER_STALL, stalled_readers},
     interest::{FORGET_EVERY, forget_interest, renew_interest},
     on_time_ms,
     scripts::as_string,
@@ -32,8 +32,6 @@ use crate::{
 const BLOCK: Duration = Duration::from_millis(1000);
 /// Entries one `XREAD` (or a log read after lost interest) returns at most.
 pub(super) const READ_COUNT: usize = 512;
-/// A reader whose last completed read is older than this, while Redis answers, is stuck.
-pub(super) const READER_STALL: Duration = Duration::from_secs(5);
 
 /// Starts one reader per partition and restarts any that is stuck while Redis answers.
 pub(super) async fn watch_readers(inner: Arc<Inner>, tasks: TaskGroup, stop: CancellationToken) {

@@ -1,13 +1,19 @@
 //! Health of the link to Redis and of each partition reader: outages logged once and shown
 //! in `ws_redis_up`, stalled readers found, and what `/readyz` reports.
 
-use std::sync::{
-    Mutex, PoisonError,
-    atomic::{AtomicBool, AtomicU64, Ordering},
+use std::{
+    sync::{
+        Mutex, PoisonError,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
 };
 
-use super::{Inner, follow::READER_STALL, on_time_ms, since_start_ms};
+use super::{Inner, on_time_ms, since_start_ms};
 use crate::telemetry;
+
+/// A reader whose last completed read is older than this, while Redis answers, is stuck.
+pub(super) const READER_STALL: Duration = Duration::from_secs(5);
 
 /// Health of the link to Redis and of each partition reader, for readiness and metrics.
 #[derive(Debug, Default)]
