@@ -19,8 +19,7 @@ use std::{
 use tokio::time::Instant;
 
 use super::{
-    FramedText,
-    fanout::{Queued, Slot},
+    FramedText, Tag,
     stream::{Coalescing, Message},
 };
 use crate::{
@@ -29,23 +28,39 @@ use crate::{
 };
 
 /// What the allocator adds to each allocation (glibc: a 16-byte header and rounding).
-const MALLOC_OVERHEAD: usize = 16;
+pub(super) const MALLOC_OVERHEAD: usize = 16;
 
 /// Bytes counted per history entry on top of its frame: the frame's buffer has room for the
 /// longest header (10 bytes) and is an allocation of its own. The `Entry` itself lives in the
 /// channel's ring and is counted with it.
 const ENTRY_OVERHEAD: usize = 10 + MALLOC_OVERHEAD;
 
-/// What a channel that holds history costs beyond its entries and its ring, counted against
-/// `history.max_memory_bytes` with them (its name's length comes on top):
-/// the channel's `Arc<Slot>` (two counts), its name's `Arc<str>` (two counts),
-/// its slot in the shard's map (key, value and a control byte, at the map's 7/8 load), and
-/// the allocator's share of those two allocations. `docs/security.md` has the measured total.
-pub(super) const CHANNEL_OVERHEAD: usize = std::mem::size_of::<Slot>()
-    + 16
-    + 16
-    + (std::mem::size_of::<(crate::protocol::ChannelName, Arc<Slot>)>() + 1) * 8 / 7
-    + 2 * MALLOC_OVERHEAD;
+/// A message waiting in a channel's outbox for the next round.
+#[derive(Debug)]
+pub(super) struct Queued {
+    pub(super) offset: Offset,
+    pub(super) frame: FramedText,
+    /// When it was accepted, for `ws_publish_to_enqueue_seconds`.
+    pub(super) accepted: Instant,
+    /// An event (`join`, `leave`) rather than a message: it has no offset of its own
+    /// (`offset` is the channel's position when it was queued), and no subscriber skips it.
+    pub(super) event: bool,
+    /// Its place under the channel's `slow_consumer` policy, when that is not `disconnect`.
+    pub(super) tag: Option<Arc<Tag>>,
+}
+
+impl Queued {
+    /// A published message, sharing `frame`.
+    pub(super) fn message(offset: Offset, frame: &FramedText, accepted: Instant) -> Self {
+        Self {
+            offset,
+            frame: frame.clone(),
+            accepted,
+            event: false,
+            tag: None,
+        }
+    }
+}
 
 /// A published message kept for resume.
 #[derive(Debug, Clone)]
@@ -160,6 +175,9 @@ pub(super) struct Retention {
     pub(super) used_messages: AtomicUsize,
     /// How long a `message_id` is remembered after its publish (`streams.dedupe_window`).
     pub(super) dedupe_window: Duration,
+    /// What a channel that holds history costs beyond its entries
+    /// ([`CHANNEL_OVERHEAD`](super::fanout::CHANNEL_OVERHEAD)).
+    pub(super) channel_overhead: usize,
 }
 
 /// How much history one channel keeps.
@@ -312,7 +330,7 @@ impl Channel {
             }
             0
         } else {
-            CHANNEL_OVERHEAD
+            policy.channel_overhead
                 + self.name_len as usize
                 + self.history.capacity() * std::mem::size_of::<Entry>()
                 + MALLOC_OVERHEAD

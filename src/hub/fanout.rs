@@ -28,17 +28,16 @@ use std::sync::{
 };
 
 use smallvec::SmallVec;
-use tokio::time::Instant;
 
 use super::{
-    FramedText, Outbound, Tag,
-    channel::Channel,
+    FramedText,
+    channel::{Channel, Queued},
     lane::{FLUSH_INLINE, Urgent, Workers, WriteBatch},
     lock,
     settings::Compression,
     subscribers::Subscribers,
 };
-use crate::{protocol::Offset, telemetry};
+use crate::telemetry;
 
 /// Rounds one call runs before handing the channel to the sessions' runtime, so
 /// that a publisher's thread is not kept by a channel others keep publishing to.
@@ -59,41 +58,16 @@ pub(super) struct Slot {
     compression: Option<Compression>,
 }
 
-/// One subscriber of a channel.
-#[derive(Debug)]
-pub(super) struct Subscriber {
-    pub(super) outbound: Arc<Outbound>,
-    /// Messages of this epoch up to this sequence number reached the subscriber another way
-    /// (its subscribe's reply position, its replay, a read from the bus): rounds skip them.
-    pub(super) skip: Offset,
-}
-
-/// A message waiting in a channel's outbox for the next round.
-#[derive(Debug)]
-pub(super) struct Queued {
-    pub(super) offset: Offset,
-    pub(super) frame: FramedText,
-    /// When it was accepted, for `ws_publish_to_enqueue_seconds`.
-    pub(super) accepted: Instant,
-    /// An event (`join`, `leave`) rather than a message: it has no offset of its own
-    /// (`offset` is the channel's position when it was queued), and no subscriber skips it.
-    pub(super) event: bool,
-    /// Its place under the channel's `slow_consumer` policy, when that is not `disconnect`.
-    pub(super) tag: Option<Arc<Tag>>,
-}
-
-impl Queued {
-    /// A published message, sharing `frame`.
-    pub(super) fn message(offset: Offset, frame: &FramedText, accepted: Instant) -> Self {
-        Self {
-            offset,
-            frame: frame.clone(),
-            accepted,
-            event: false,
-            tag: None,
-        }
-    }
-}
+/// What a channel that holds history costs beyond its entries and its ring, counted against
+/// `history.max_memory_bytes` with them (its name's length comes on top):
+/// the channel's `Arc<Slot>` (two counts), its name's `Arc<str>` (two counts),
+/// its slot in the shard's map (key, value and a control byte, at the map's 7/8 load), and
+/// the allocator's share of those two allocations. `docs/security.md` has the measured total.
+pub(super) const CHANNEL_OVERHEAD: usize = std::mem::size_of::<Slot>()
+    + 16
+    + 16
+    + (std::mem::size_of::<(crate::protocol::ChannelName, Arc<Slot>)>() + 1) * 8 / 7
+    + 2 * super::channel::MALLOC_OVERHEAD;
 
 impl Slot {
     pub(super) fn new(

@@ -200,6 +200,7 @@ impl Hub {
                 used_bytes: AtomicUsize::new(0),
                 used_messages: AtomicUsize::new(0),
                 dedupe_window: settings.streams.dedupe_window,
+                channel_overhead: fanout::CHANNEL_OVERHEAD,
             },
             settings,
             started: Instant::now(),

@@ -9,8 +9,9 @@ use tokio::time::Instant;
 
 use super::{
     FramedText, Hub, Tag, WriteBatch,
+    channel::Queued,
     channel::{Channel, Entry},
-    fanout::{Queued, start_round},
+    fanout::start_round,
     lock, read,
 };
 use crate::{

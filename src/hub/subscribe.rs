@@ -7,8 +7,8 @@ use std::sync::{Arc, atomic::Ordering};
 use tokio::time::Instant;
 
 use super::{
-    ConnId, EnqueueError, FramedText, Hub, HubHandle, Outbound, channel::Channel,
-    fanout::Subscriber, lock, read, write,
+    ConnId, EnqueueError, FramedText, Hub, HubHandle, Outbound, channel::Channel, lock, read,
+    subscribers::Subscriber, write,
 };
 use crate::{
     protocol::{ChannelName, Offset},

@@ -11,7 +11,19 @@ use std::collections::HashMap;
 
 use smallvec::SmallVec;
 
-use super::{ConnId, fanout::Subscriber};
+use std::sync::Arc;
+
+use super::{ConnId, Outbound};
+use crate::protocol::Offset;
+
+/// One subscriber of a channel.
+#[derive(Debug)]
+pub(super) struct Subscriber {
+    pub(super) outbound: Arc<Outbound>,
+    /// Messages of this epoch up to this sequence number reached the subscriber another way
+    /// (its subscribe's reply position, its replay, a read from the bus): rounds skip them.
+    pub(super) skip: Offset,
+}
 
 /// Subscribers at which lookups go through the index instead of a scan of the vector; the
 /// index is dropped again below half of it, so a channel at the edge does not rebuild it on
@@ -123,7 +135,6 @@ fn position(at: usize) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::Offset;
 
     fn subscriber(conn_id: ConnId) -> Subscriber {
         Subscriber {

@@ -256,7 +256,7 @@ fn channels_are_charged_what_they_hold_and_freed_when_empty() {
     hub.publish(&name("a"), payload).unwrap();
     let one = hub.snapshot().history_bytes;
     assert!(
-        one > channel::CHANNEL_OVERHEAD + 60,
+        one > fanout::CHANNEL_OVERHEAD + 60,
         "a channel with one message is charged {one} bytes"
     );
     // A second channel costs the same again; a second message in the first costs less.

@@ -12,10 +12,7 @@ use tokio::time::{Duration, Instant};
 
 use crate::{
     hub::{
-        FramedText, Hub,
-        channel::Channel,
-        fanout::{Queued, start_round},
-        lane::Workers,
+        FramedText, Hub, channel::Channel, channel::Queued, fanout::start_round, lane::Workers,
         lock,
     },
     protocol::{self, ChannelName, Offset},

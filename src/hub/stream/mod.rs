@@ -26,8 +26,9 @@ use tokio::time::Instant;
 
 use super::{
     FramedText, Hub, WriteBatch,
+    channel::Queued,
     channel::{Channel, Entry, ID_OVERHEAD, KnownId},
-    fanout::{Queued, start_round},
+    fanout::start_round,
 };
 use crate::{
     protocol::{self, AbandonReason, ChannelName, MessageState, MessageStatus, Offset},

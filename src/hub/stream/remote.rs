@@ -5,7 +5,10 @@ use tokio::time::Instant;
 
 use super::{Editor, Op};
 use crate::{
-    hub::{FramedText, Hub, WriteBatch, channel::Channel, fanout::Queued},
+    hub::{
+        FramedText, Hub, WriteBatch,
+        channel::{Channel, Queued},
+    },
     protocol::{self, ChannelName, Offset},
 };
 
