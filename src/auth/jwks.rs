@@ -42,12 +42,26 @@ const MAX_KEYS: usize = 64;
 pub enum JwksError {
     #[error("auth.jwks_url '{0}' is not an http:// or https:// URL with a host")]
     BadUrl(String),
-    #[error("fetching the JWKS failed: {0}")]
-    Fetch(String),
+    #[error("setting up TLS for the JWKS fetch failed: {0}")]
+    Tls(#[source] rustls::Error),
+    #[error("auth.jwks_url's host is not a name TLS can verify: {0}")]
+    ServerName(#[source] rustls::pki_types::InvalidDnsNameError),
+    #[error("connecting to the JWKS endpoint failed: {0}")]
+    Connect(#[source] std::io::Error),
+    #[error("the JWKS request failed: {0}")]
+    Http(#[source] hyper::Error),
+    #[error("the JWKS request could not be built: {0}")]
+    Request(#[source] hyper::http::Error),
+    #[error("the JWKS endpoint gave no complete answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the JWKS document is larger than {MAX_DOCUMENT_BYTES} bytes")]
+    TooLarge,
+    #[error("reading the JWKS document failed: {0}")]
+    Body(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("the JWKS endpoint answered HTTP {0}")]
     Status(u16),
     #[error("the JWKS document is not a JSON key set: {0}")]
-    Document(String),
+    Document(#[source] serde_json::Error),
     #[error("the JWKS document holds no usable signing key")]
     NoKeys,
 }
@@ -88,7 +102,7 @@ impl Jwks {
             rustls::crypto::ring::default_provider(),
         ))
         .with_safe_default_protocol_versions()
-        .map_err(|err| JwksError::Fetch(err.to_string()))?
+        .map_err(JwksError::Tls)?
         .with_root_certificates(roots)
         .with_no_client_auth();
         Ok(Self {
@@ -150,9 +164,7 @@ impl Jwks {
             .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
         let fetched = match tokio::time::timeout(FETCH_TIMEOUT, self.fetch()).await {
             Ok(fetched) => fetched,
-            Err(_) => Err(JwksError::Fetch(format!(
-                "no complete answer within {FETCH_TIMEOUT:?}"
-            ))),
+            Err(_) => Err(JwksError::Timeout(FETCH_TIMEOUT)),
         };
         match fetched.and_then(|body| parse_key_set(&body)) {
             Ok(keys) => {
@@ -172,13 +184,12 @@ impl Jwks {
     }
 
     async fn fetch(&self) -> Result<Bytes, JwksError> {
-        let fail = |err: &dyn std::fmt::Display| JwksError::Fetch(err.to_string());
         let host = self.url.host().unwrap_or_default();
         let https = self.url.scheme_str() == Some("https");
         let port = self.url.port_u16().unwrap_or(if https { 443 } else { 80 });
         let tcp = TcpStream::connect((host.trim_matches(['[', ']']), port))
             .await
-            .map_err(|err| fail(&err))?;
+            .map_err(JwksError::Connect)?;
         let request = Request::get(self.url.path_and_query().map_or("/", |path| path.as_str()))
             .header(
                 hyper::header::HOST,
@@ -187,16 +198,16 @@ impl Jwks {
             .header(hyper::header::ACCEPT, "application/json")
             .header(hyper::header::USER_AGENT, "switchboard")
             .body(Empty::<Bytes>::new())
-            .map_err(|err| fail(&err))?;
+            .map_err(JwksError::Request)?;
         if https {
             let name =
                 rustls::pki_types::ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
-                    .map_err(|err| fail(&err))?;
+                    .map_err(JwksError::ServerName)?;
             let tls = self
                 .tls
                 .connect(name, tcp)
                 .await
-                .map_err(|err| fail(&err))?;
+                .map_err(JwksError::Connect)?;
             send(tls, request).await
         } else {
             send(tcp, request).await
@@ -209,15 +220,14 @@ async fn send<IO>(io: IO, request: Request<Empty<Bytes>>) -> Result<Bytes, JwksE
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let fail = |err: &dyn std::fmt::Display| JwksError::Fetch(err.to_string());
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
-        .map_err(|err| fail(&err))?;
+        .map_err(JwksError::Http)?;
     let connection = tokio::spawn(connection);
     let response = sender
         .send_request(request)
         .await
-        .map_err(|err| fail(&err))?;
+        .map_err(JwksError::Http)?;
     let status = response.status().as_u16();
     if status != 200 {
         connection.abort();
@@ -226,7 +236,13 @@ where
     let body = Limited::new(response.into_body(), MAX_DOCUMENT_BYTES)
         .collect()
         .await
-        .map_err(|err| fail(&*err))?
+        .map_err(|err| {
+            if err.is::<http_body_util::LengthLimitError>() {
+                JwksError::TooLarge
+            } else {
+                JwksError::Body(err)
+            }
+        })?
         .to_bytes();
     connection.abort();
     Ok(body)
@@ -242,8 +258,7 @@ pub(super) fn parse_key_set(body: &[u8]) -> Result<Vec<Key>, JwksError> {
     struct Document {
         keys: Vec<serde_json::Value>,
     }
-    let document: Document =
-        serde_json::from_slice(body).map_err(|err| JwksError::Document(err.to_string()))?;
+    let document: Document = serde_json::from_slice(body).map_err(JwksError::Document)?;
     let keys: Vec<Key> = document
         .keys
         .into_iter()
