@@ -92,8 +92,18 @@ pub enum DrainError {
     NotDraining,
     #[error("a drain started by a signal cannot be cancelled")]
     StartedBySignal,
-    #[error("{0}")]
-    Invalid(String),
+    /// The window or the deadline asked for is longer than a drain may take.
+    #[error("window at most {max_window_s} s, deadline at most {max_deadline_s} s")]
+    TooLong {
+        max_window_s: u64,
+        max_deadline_s: u64,
+    },
+    /// The deadline asked for comes before the delay and the window are over.
+    #[error(
+        "the deadline ({deadline_ms} ms) must leave room for shutdown.drain_delay and the \
+         window ({needed_ms} ms)"
+    )]
+    DeadlineTooSoon { deadline_ms: u64, needed_ms: u64 },
 }
 
 /// Starts, reports and cancels drains. Cheap to clone.
@@ -202,8 +212,8 @@ impl Drainer {
     /// cancelled) rather than starting another.
     ///
     /// # Errors
-    /// [`DrainError::AlreadyDraining`] for a second API request, [`DrainError::Invalid`]
-    /// for a window or deadline out of range.
+    /// [`DrainError::AlreadyDraining`] for a second API request, [`DrainError::TooLong`]
+    /// or [`DrainError::DeadlineTooSoon`] for a window or deadline out of range.
     pub fn start(&self, origin: Origin, request: DrainRequest) -> Result<DrainStatus, DrainError> {
         let settings = self.inner.settings;
         let window = request.window.unwrap_or(settings.window);
@@ -212,19 +222,16 @@ impl Drainer {
             .or(settings.deadline)
             .unwrap_or(settings.delay + window + settings.grace);
         if window > MAX_DRAIN || deadline > MAX_DRAIN * 2 {
-            return Err(DrainError::Invalid(format!(
-                "window at most {} s, deadline at most {} s",
-                MAX_DRAIN.as_secs(),
-                2 * MAX_DRAIN.as_secs()
-            )));
+            return Err(DrainError::TooLong {
+                max_window_s: MAX_DRAIN.as_secs(),
+                max_deadline_s: 2 * MAX_DRAIN.as_secs(),
+            });
         }
         if deadline < settings.delay + window {
-            return Err(DrainError::Invalid(format!(
-                "the deadline ({} ms) must leave room for shutdown.drain_delay and the window \
-                 ({} ms)",
-                ms(deadline),
-                ms(settings.delay + window)
-            )));
+            return Err(DrainError::DeadlineTooSoon {
+                deadline_ms: ms(deadline),
+                needed_ms: ms(settings.delay + window),
+            });
         }
         {
             let mut current = lock(&self.inner.current);

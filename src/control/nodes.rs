@@ -149,12 +149,12 @@ pub(super) fn drain_status(status: u16, drain: &crate::drain::DrainStatus) -> Re
 pub(super) fn drain_error(err: &crate::drain::DrainError) -> ApiError {
     use crate::drain::DrainError;
     let status = match err {
-        DrainError::Invalid(_) => 422,
+        DrainError::TooLong { .. } | DrainError::DeadlineTooSoon { .. } => 422,
         DrainError::NotDraining => 404,
         DrainError::AlreadyDraining | DrainError::StartedBySignal => 409,
     };
     let code = match err {
-        DrainError::Invalid(_) => ErrorCode::BadRequest,
+        DrainError::TooLong { .. } | DrainError::DeadlineTooSoon { .. } => ErrorCode::BadRequest,
         DrainError::NotDraining => ErrorCode::NotFound,
         DrainError::AlreadyDraining | DrainError::StartedBySignal => ErrorCode::Conflict,
     };
