@@ -18,7 +18,7 @@ use crate::{cluster::Bus, hub::HubHandle, protocol::ChannelName};
 pub use self::assistant::assistant;
 
 /// A static file of the demo.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct Page {
     pub content_type: &'static str,
     pub body: &'static str,

@@ -217,6 +217,10 @@ where
             upgrade::refuse(stream, refusal).await;
             return None;
         }
+        Ok(Err(NotRead::Page(page))) => {
+            upgrade::serve_page(stream, page).await;
+            return None;
+        }
         Ok(Err(NotRead::Ended)) => {
             telemetry::connection_rejected("handshake");
             return None;

@@ -23,7 +23,6 @@ pub(super) struct Refusal {
     pub reason: &'static str,
     pub message: &'static str,
     pub retry_after: Option<u64>,
-    pub content_type: &'static str,
 }
 
 impl Refusal {
@@ -33,18 +32,6 @@ impl Refusal {
             reason,
             message,
             retry_after: None,
-            content_type: "text/plain; charset=utf-8",
-        }
-    }
-
-    /// Not a refusal: one of the demo's static files (`demo.enabled`), answered with 200.
-    const fn page(page: &crate::demo::Page) -> Self {
-        Self {
-            status: 200,
-            reason: "demo_page",
-            message: page.body,
-            retry_after: None,
-            content_type: page.content_type,
         }
     }
 
@@ -118,6 +105,8 @@ pub(super) struct Request {
 pub(super) enum NotRead {
     /// Answer with this.
     Refuse(Refusal),
+    /// Not an upgrade but one of the demo's static files (`demo.enabled`): answer with it.
+    Page(&'static crate::demo::Page),
     /// The stream ended or failed first.
     Ended,
     /// Nothing arrived within the first-byte deadline (`session.first_byte_timeout`).
@@ -184,7 +173,7 @@ where
         match parsed.parse(&buf) {
             Ok(httparse::Status::Complete(head_len)) => {
                 if demo && let Some(page) = demo_page(&parsed) {
-                    return Err(NotRead::Refuse(Refusal::page(page)));
+                    return Err(NotRead::Page(page));
                 }
                 let mut request = check(&parsed, paths).map_err(NotRead::Refuse)?;
                 request.head = buf.split_to(head_len).freeze();
@@ -431,11 +420,8 @@ const REFUSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Answers with `refusal`, counts it, and closes the connection, within [`REFUSE_TIMEOUT`]
 /// (the caller may hold a pending-upgrade slot meanwhile).
 pub(super) async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, refusal: Refusal) {
-    if refusal.status != 200 {
-        crate::telemetry::connection_rejected(refusal.reason);
-    }
+    crate::telemetry::connection_rejected(refusal.reason);
     let status_text = match refusal.status {
-        200 => "OK",
         400 => "Bad Request",
         403 => "Forbidden",
         404 => "Not Found",
@@ -447,11 +433,6 @@ pub(super) async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, refusal: Refus
     };
     let mut extra = String::new();
     match refusal.status {
-        200 => extra.push_str(
-            "Cache-Control: no-cache\r\nX-Content-Type-Options: nosniff\r\n\
-             Content-Security-Policy: default-src 'self'; connect-src 'self' ws: wss:; \
-             style-src 'self' 'unsafe-inline'\r\n",
-        ),
         405 => extra.push_str("Allow: GET\r\n"),
         426 => extra.push_str("Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"),
         _ => {}
@@ -459,13 +440,31 @@ pub(super) async fn refuse<S: AsyncWrite + Unpin>(stream: &mut S, refusal: Refus
     if let Some(seconds) = refusal.retry_after {
         extra.push_str(&format!("Retry-After: {seconds}\r\n"));
     }
+    let head = format!(
+        "{} {status_text}\r\nContent-Type: text/plain; charset=utf-8\r\n{extra}",
+        refusal.status
+    );
+    answer(stream, &head, refusal.message).await;
+}
+
+/// Answers with one of the demo's static files (`demo.enabled`) and closes.
+pub(super) async fn serve_page<S: AsyncWrite + Unpin>(stream: &mut S, page: &crate::demo::Page) {
+    let head = format!(
+        "200 OK\r\nContent-Type: {}\r\nCache-Control: no-cache\r\n\
+         X-Content-Type-Options: nosniff\r\nContent-Security-Policy: default-src 'self'; \
+         connect-src 'self' ws: wss:; style-src 'self' 'unsafe-inline'\r\n",
+        page.content_type
+    );
+    answer(stream, &head, page.body).await;
+}
+
+/// Writes `HTTP/1.1 ` + `head` (the status line's rest and the headers, each line ending in
+/// CRLF), the length, `Connection: close` and `body` with a newline, then closes; within
+/// `REFUSE_TIMEOUT`, so a client that does not read cannot hold the task.
+async fn answer<S: AsyncWrite + Unpin>(stream: &mut S, head: &str, body: &str) {
     let response = format!(
-        "HTTP/1.1 {} {status_text}\r\nContent-Type: {}\r\n\
-         Content-Length: {}\r\nConnection: close\r\n{extra}\r\n{}\n",
-        refusal.status,
-        refusal.content_type,
-        refusal.message.len() + 1,
-        refusal.message
+        "HTTP/1.1 {head}Content-Length: {}\r\nConnection: close\r\n\r\n{body}\n",
+        body.len() + 1
     );
     let answer = async {
         stream.write_all(response.as_bytes()).await?;
@@ -497,11 +496,10 @@ mod tests {
         let off = read_request(&mut head.as_bytes(), 8192, SECOND, &["/ws"], false).await;
         assert_eq!(refusal(off).status, 404);
         let on = read_request(&mut head.as_bytes(), 8192, SECOND, &["/ws"], true).await;
-        let page = refusal(on);
-        assert_eq!(
-            (page.status, page.content_type),
-            (200, "text/html; charset=utf-8")
-        );
+        match on {
+            Err(NotRead::Page(page)) => assert_eq!(page.content_type, "text/html; charset=utf-8"),
+            other => panic!("not the demo page: {other:?}"),
+        }
         let post = "POST /demo HTTP/1.1\r\nHost: a\r\n\r\n";
         let refused = read_request(&mut post.as_bytes(), 8192, SECOND, &["/ws"], true).await;
         assert_eq!(refusal(refused).status, 404);
