@@ -172,3 +172,36 @@ pub(super) fn parse_limit(value: &str, max: usize) -> Result<usize, ApiError> {
             )
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_pairs_are_decoded_as_a_form_and_unknown_keys_refused() {
+        let pairs = query_pairs("limit=5&since=e%3A7&q=a+b%20c", &["limit", "since", "q"]).unwrap();
+        let pairs: Vec<(&str, &str)> = pairs
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(pairs, [("limit", "5"), ("since", "e:7"), ("q", "a b c")]);
+        assert!(query_pairs("", &[]).unwrap().is_empty());
+        let err = query_pairs("limit=5&evil=1", &["limit"]).unwrap_err();
+        assert_eq!((err.status, err.code), (400, ErrorCode::BadRequest));
+        assert!(err.message.contains("`evil`"), "{}", err.message);
+        // A long unknown key is cut in the message, not echoed whole.
+        let long = format!("{}=1", "k".repeat(5000));
+        let err = query_pairs(&long, &["limit"]).unwrap_err();
+        assert!(err.message.len() < 200, "{} bytes", err.message.len());
+    }
+
+    #[test]
+    fn a_limit_is_a_whole_number_within_its_bounds() {
+        assert_eq!(parse_limit("1", 100).unwrap(), 1);
+        assert_eq!(parse_limit("100", 100).unwrap(), 100);
+        for bad in ["0", "101", "-1", "1.5", "", " 5", "99999999999999999999999"] {
+            let err = parse_limit(bad, 100).unwrap_err();
+            assert_eq!(err.status, 400, "{bad:?}");
+        }
+    }
+}

@@ -282,9 +282,20 @@ async fn channel_request(
     request: &Request<Incoming>,
     ctx: &ControlContext,
 ) -> Handled {
-    // In a path `+` is itself, not a space (that is a form's rule), and a `%` that starts
-    // no escape stays as it is, for the channel grammar to refuse.
-    let channel = percent_encoding::percent_decode_str(raw)
+    let channel = channel_in_path(raw)?;
+    let query = request.uri().query().unwrap_or("");
+    match label {
+        "history" => channels::history(&channel, query, ctx).await,
+        "presence" => channels::presence(&channel, query, ctx).await,
+        _ => channels::presence_stats(&channel, query, ctx).await,
+    }
+}
+
+/// The channel a path segment names, percent-decoded. In a path `+` is itself, not a space
+/// (that is a form's rule), and a `%` that starts no escape stays as it is, for the channel
+/// grammar to refuse.
+fn channel_in_path(raw: &str) -> Result<std::borrow::Cow<'_, str>, ApiError> {
+    percent_encoding::percent_decode_str(raw)
         .decode_utf8()
         .map_err(|_| {
             ApiError::new(
@@ -292,13 +303,7 @@ async fn channel_request(
                 ErrorCode::BadRequest,
                 "the channel in the path is not percent-encoded UTF-8",
             )
-        })?;
-    let query = request.uri().query().unwrap_or("");
-    match label {
-        "history" => channels::history(&channel, query, ctx).await,
-        "presence" => channels::presence(&channel, query, ctx).await,
-        _ => channels::presence_stats(&channel, query, ctx).await,
-    }
+        })
 }
 
 /// 405 with the `Allow` header naming the methods the route takes (GET routes take HEAD too).
@@ -364,7 +369,9 @@ fn authorize(
 /// case-insensitive (RFC 9110 11.1).
 fn bearer_token(value: &str) -> Option<&str> {
     let (scheme, token) = value.trim_start().split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then_some(token)
+    // One or more spaces between the scheme and the credentials (RFC 9110 11.4).
+    let token = token.trim_start_matches(' ');
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 fn healthz() -> Response<Body> {
@@ -397,4 +404,46 @@ fn readyz(ctx: &ControlContext) -> Response<Body> {
 fn metrics(ctx: &ControlContext) -> Response<Body> {
     telemetry::record_snapshot(&ctx.hub.snapshot());
     response(200, "text/plain; version=0.0.4", ctx.metrics.render())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bearer_token_is_read_whatever_the_scheme_case_and_spacing() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("BEARER abc"), Some("abc"));
+        assert_eq!(bearer_token("  Bearer   abc"), Some("abc"));
+        assert_eq!(bearer_token("Bearer"), None);
+        assert_eq!(bearer_token("Bearer "), None);
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearerabc"), None);
+        assert_eq!(bearer_token(""), None);
+    }
+
+    #[test]
+    fn a_channel_in_a_path_is_percent_decoded_as_a_path_not_a_form() {
+        assert_eq!(channel_in_path("chat%3Aroom-1").unwrap(), "chat:room-1");
+        assert_eq!(
+            channel_in_path("a+b").unwrap(),
+            "a+b",
+            "`+` is itself in a path"
+        );
+        assert_eq!(channel_in_path("a%2Fb").unwrap(), "a/b");
+        assert_eq!(
+            channel_in_path("50%").unwrap(),
+            "50%",
+            "left for the grammar to refuse"
+        );
+        assert_eq!(
+            channel_in_path("%+f").unwrap(),
+            "%+f",
+            "no escape, not a space"
+        );
+        assert_eq!(channel_in_path("caf%C3%A9").unwrap(), "café");
+        let err = channel_in_path("%FF%FE").unwrap_err();
+        assert_eq!((err.status, err.code), (400, ErrorCode::BadRequest));
+    }
 }
