@@ -46,6 +46,7 @@ mod python_client;
 mod raw;
 mod redis_cluster;
 mod redis_retention;
+mod redis_scripts;
 mod redis_server;
 mod resume;
 mod revoke;

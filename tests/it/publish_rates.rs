@@ -162,7 +162,7 @@ async fn a_user_on_two_nodes_has_one_budget_at_few_redis_calls() {
 /// free, and the key goes once the budget is full again.
 #[test]
 fn the_rate_script_hands_out_the_burst_then_the_rate() {
-    const SCRIPT: &str = include_str!("../../src/cluster/redis/rate.lua");
+    const SCRIPT: &str = include_str!("../../src/cluster/redis/lua/rate.lua");
     let redis = RedisServer::start(false);
     // One grant a minute (60,000,000 µs), a burst of 5.
     let take = |wanted: &str| {

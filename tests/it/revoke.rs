@@ -247,7 +247,7 @@ async fn a_revocation_holds_on_every_node_and_on_a_node_that_starts_later() {
 /// `issued_before`), and a full list refuses a new entry but still lengthens one it holds.
 #[test]
 fn the_revoke_script_merges_logs_prunes_and_caps() {
-    const SCRIPT: &str = include_str!("../../src/cluster/redis/revoke.lua");
+    const SCRIPT: &str = include_str!("../../src/cluster/redis/lua/revoke.lua");
     const KEYS: [&str; 5] = ["t", "u", "b", "log", "seq"];
     let redis = RedisServer::start(false);
     let eval = |kind: &str, id: &str, until: u64, before: u64, now: u64, cap: u64| {

@@ -192,7 +192,7 @@ async fn a_killed_nodes_connections_stop_counting_when_it_restarts_under_its_id(
 /// started since the caller read the registry) still counts.
 #[test]
 fn the_user_connections_script_makes_room_refuses_and_forgets_the_dead() {
-    const SCRIPT: &str = include_str!("../../src/cluster/redis/user_conns.lua");
+    const SCRIPT: &str = include_str!("../../src/cluster/redis/lua/user_conns.lua");
     let redis = RedisServer::start(false);
     let eval = |member: &str, max: &str, refuse: &str, live: &[&str]| {
         let mut args = vec![

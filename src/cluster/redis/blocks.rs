@@ -24,12 +24,7 @@ const BLOCKS_KEY: &str = "sb:{sb:nodes}:blocks";
 const RELOAD: Duration = Duration::from_secs(3);
 
 /// Removes a block that ended, unless it was replaced meanwhile (its value changed).
-const PRUNE_LUA: &str = r"
-if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
-  return redis.call('HDEL', KEYS[1], ARGV[1])
-end
-return 0
-";
+const PRUNE_LUA: &str = include_str!("lua/blocks_prune.lua");
 
 impl RedisBus {
     /// Writes the block, applies it here, and tells the other nodes.

@@ -180,9 +180,9 @@ impl RedisBus {
             forget_script: Script::new(FORGET_LUA),
             read_script: Script::new(&format!("{HISTORY_LUA}{READ_LUA}")),
             born_script: Script::new(BORN_LUA),
-            revoke_script: Script::new(include_str!("revoke.lua")),
-            user_conns_script: Script::new(include_str!("user_conns.lua")),
-            rate_script: Script::new(include_str!("rate.lua")),
+            revoke_script: Script::new(include_str!("lua/revoke.lua")),
+            user_conns_script: Script::new(include_str!("lua/user_conns.lua")),
+            rate_script: Script::new(include_str!("lua/rate.lua")),
             live_processes: Mutex::default(),
             closed_users,
             health: Health {

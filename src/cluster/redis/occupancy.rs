@@ -56,122 +56,24 @@ const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// Shared by both scripts: Redis time, the channel's node count (dropping other nodes'
 /// stale records on the way), and the next sequence number.
-const COMMON_LUA: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local function nodes(key, keep, memo_ttl)
-  local all = redis.call('HGETALL', key)
-  local n = 0
-  for i = 1, #all, 2 do
-    local field, value = all[i], all[i + 1]
-    local mark = string.sub(field, 1, 1)
-    if mark == '@' then
-      local at = tonumber(string.match(value, ':(%d+)$')) or 0
-      if field ~= keep and at + memo_ttl < now then redis.call('HDEL', key, field) end
-    elseif mark ~= '#' then
-      n = n + 1
-    end
-  end
-  return n
-end
-local function next_seq(key)
-  local seq = math.max(now * 1000, (tonumber(redis.call('HGET', key, '#')) or 0) + 1)
-  local text = string.format('%d', seq)
-  redis.call('HSET', key, '#', text)
-  return text
-end
-";
+const COMMON_LUA: &str = include_str!("lua/occupancy_common.lua");
 
 /// KEYS: this process's index of the partition, then channel hashes. ARGV: node,
 /// incarnation, batch, memo TTL, then per hash `+` or `-` and the channel's name. Returns per
 /// hash `o<seq>` (the channel became occupied), `v<seq>` (vacated) or ``.
-const APPLY_LUA: &str = r"
-local node, inc, batch = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local memo_ttl = tonumber(ARGV[4])
-local memo_field = '@' .. node
-local out = {}
-for i = 2, #KEYS do
-  local key = KEYS[i]
-  local op, channel = ARGV[2 * i + 1], ARGV[2 * i + 2]
-  local m_inc, m_batch, m_result = string.match(redis.call('HGET', key, memo_field) or '',
-    '^(%d+):(%d+):(%w*):')
-  if m_inc == inc and tonumber(m_batch) == batch then
-    out[i - 1] = m_result
-  elseif m_inc == inc and tonumber(m_batch) > batch then
-    out[i - 1] = ''
-  else
-    local before = nodes(key, memo_field, memo_ttl)
-    local had = redis.call('HEXISTS', key, node) == 1
-    local after = before
-    if op == '+' then
-      redis.call('HSET', key, node, inc)
-      redis.call('SADD', KEYS[1], channel)
-      if not had then after = before + 1 end
-    else
-      redis.call('HDEL', key, node)
-      redis.call('SREM', KEYS[1], channel)
-      if had then after = before - 1 end
-    end
-    local result = ''
-    if before == 0 and after > 0 then
-      result = 'o' .. next_seq(key)
-    elseif before > 0 and after == 0 then
-      result = 'v' .. next_seq(key)
-    end
-    redis.call('HSET', key, memo_field, inc .. ':' .. ARGV[3] .. ':' .. result .. ':' .. now)
-    if after == 0 then
-      redis.call('PEXPIRE', key, memo_ttl)
-    else
-      redis.call('PERSIST', key)
-    end
-    out[i - 1] = result
-  end
-end
-return out
-";
+const APPLY_LUA: &str = include_str!("lua/occupancy_apply.lua");
 
 /// KEYS: the dead process's index of the partition, then channel hashes. ARGV: its node, its
 /// incarnation, the caller's node and incarnation, memo TTL, then each hash's channel name.
 /// Removes the node's field where that incarnation wrote it, leaving in its record who did
 /// and what came of it, so that the caller's retry after a lost answer is answered the
 /// same. Returns per hash `v<seq>` (the channel was vacated) or ``.
-const FORGET_LUA: &str = r"
-local dead, dead_inc = ARGV[1], ARGV[2]
-local memo_ttl = tonumber(ARGV[5])
-local record = '@' .. dead
-local tag = 'f' .. dead_inc .. '/' .. ARGV[3] .. '/' .. ARGV[4] .. ':'
-local out = {}
-for i = 2, #KEYS do
-  local key = KEYS[i]
-  local held = redis.call('HGET', key, record) or ''
-  if string.sub(held, 1, #tag) == tag then
-    out[i - 1] = string.match(string.sub(held, #tag + 1), '^(%w*):') or ''
-  elseif redis.call('HGET', key, dead) == dead_inc then
-    local before = nodes(key, record, memo_ttl)
-    redis.call('HDEL', key, dead)
-    local result = ''
-    if before == 1 then
-      result = 'v' .. next_seq(key)
-      redis.call('PEXPIRE', key, memo_ttl)
-    end
-    redis.call('HSET', key, record, tag .. result .. ':' .. now)
-    out[i - 1] = result
-  else
-    out[i - 1] = ''
-  end
-  redis.call('SREM', KEYS[1], ARGV[4 + i])
-end
-return out
-";
+const FORGET_LUA: &str = include_str!("lua/occupancy_forget.lua");
 
 /// KEYS: the node ids that wrote, one node's incarnations. ARGV: the node, an incarnation
 /// all of whose indexes were swept. Forgets the incarnation, and the node once it has none
 /// (atomically: a process that starts meanwhile adds its incarnation before its node id).
-const RETIRE_LUA: &str = r"
-redis.call('SREM', KEYS[2], ARGV[2])
-if redis.call('SCARD', KEYS[2]) == 0 then redis.call('SREM', KEYS[1], ARGV[1]) end
-return 1
-";
+const RETIRE_LUA: &str = include_str!("lua/occupancy_retire.lua");
 
 /// Occupancy in Redis, sharing the bus's connection. Cheap to clone.
 #[derive(Clone)]

@@ -28,21 +28,10 @@ const REGISTRY_PREFIX: &str = "sb:{sb:nodes}:node:";
 /// answers the entry it replaced (to find another process running under the same node id),
 /// the nodes whose entry expired, and Redis's time (ms). KEYS: the live set, this node's entry. ARGV: node,
 /// entry JSON, TTL ms.
-const HEARTBEAT_LUA: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local before = redis.call('GET', KEYS[2])
-redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
-return {before or '', redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. now), now}
-";
+const HEARTBEAT_LUA: &str = include_str!("lua/registry_heartbeat.lua");
 
 /// Live nodes, in Redis time. KEYS: the live set.
-const LIVE_LUA: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
-";
+const LIVE_LUA: &str = include_str!("lua/registry_live.lua");
 
 impl RedisBus {
     /// Live nodes from the registry, as JSON objects.

@@ -45,12 +45,7 @@ const PAGE: usize = 1000;
 
 /// The change counter and the log's newest id, at once: where a node that reads the whole
 /// list starts following the log.
-const MARK_LUA: &str = r"
-local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-local id = '0-0'
-if last[1] then id = last[1][1] end
-return {redis.call('GET', KEYS[2]) or '0', id}
-";
+const MARK_LUA: &str = include_str!("lua/revocations_mark.lua");
 
 impl RedisBus {
     /// Writes the revocation and applies it here; the other nodes read it from the log.
