@@ -83,6 +83,15 @@ impl Slot {
             compression,
         }
     }
+
+    /// Gives the channel's next round to the workers, as urgent work ahead of the writes
+    /// queued on them (see `lane::workers`), unless it is queued already. The round queues
+    /// the channel again while publishers keep adding to the outbox.
+    fn queue_urgent(self: &Arc<Self>, workers: &Workers) {
+        if !self.urgent.swap(true, Ordering::AcqRel) {
+            workers.push_urgent(Arc::clone(self) as Arc<dyn Urgent>);
+        }
+    }
 }
 
 /// Delivers what `slot`'s outbox holds, after a publish that set `round_scheduled`: inline
@@ -98,17 +107,6 @@ pub(super) fn start_round(
     match workers {
         Some(workers) if subscribers > FLUSH_INLINE => slot.queue_urgent(workers),
         _ => run_inline(slot, workers, writes),
-    }
-}
-
-impl Slot {
-    /// Gives the channel's next round to the workers, as urgent work ahead of the writes
-    /// queued on them (see `lane::workers`), unless it is queued already. The round queues
-    /// the channel again while publishers keep adding to the outbox.
-    fn queue_urgent(self: &Arc<Self>, workers: &Workers) {
-        if !self.urgent.swap(true, Ordering::AcqRel) {
-            workers.push_urgent(Arc::clone(self) as Arc<dyn Urgent>);
-        }
     }
 }
 
