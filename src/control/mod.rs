@@ -228,10 +228,12 @@ async fn serve(
     // listener closes, with their callers' requests sent and unanswered: they are accepted
     // and served first. Asked of the socket itself, not of the runtime, which may not have
     // seen their readiness yet; a caller connecting after the last `accept` is refused.
+    // At most a listen backlog's worth: a caller connecting without pause cannot keep the
+    // listener open (this loop never yields, so nothing else runs while it accepts).
     let Ok(listener) = listener.into_std() else {
         return;
     };
-    while let Ok((stream, peer)) = listener.accept() {
+    for (stream, peer) in std::iter::from_fn(|| listener.accept().ok()).take(MAX_QUEUED_AT_STOP) {
         let stream = stream
             .set_nonblocking(true)
             .and_then(|()| tokio::net::TcpStream::from_std(stream));
@@ -269,6 +271,10 @@ fn spawn_connection(
         }
     });
 }
+
+/// Connections the control listener accepts from its queue once stopped, at most (the
+/// kernel's default listen backlog).
+const MAX_QUEUED_AT_STOP: usize = 4096;
 
 /// How long a connection is still read after the control API is stopped, before it closes
 /// once idle: a caller's request already on its way is answered (`Connection: close`) rather
