@@ -36,6 +36,9 @@ pub(super) struct Health {
     pub(super) reader_position_ms: Vec<AtomicU64>,
     /// Whether each reader has found its starting point; the node is not ready before.
     pub(super) reader_started: Vec<AtomicBool>,
+    /// Whether the cluster's revocation list was read whole once; the node is not ready
+    /// before (it would welcome a token the cluster revoked).
+    pub(super) revocations_loaded: AtomicBool,
     /// Milliseconds since `started` of the watchdog's last restart of each reader.
     pub(super) reader_restarted_ms: Vec<AtomicU64>,
     /// Milliseconds since `started` of the last disturbance of the link (Redis went down or
@@ -217,6 +220,9 @@ impl Inner {
         }
         if !health.ever_connected.load(Ordering::Acquire) {
             reasons.push("connecting to redis".to_owned());
+        }
+        if !health.revocations_loaded.load(Ordering::Acquire) {
+            reasons.push("revocation list loading".to_owned());
         }
         let redis_up = health.redis_up.load(Ordering::Acquire);
         if !redis_up && self.settings.outage_fails_readiness {

@@ -11,7 +11,10 @@
 //! `crate::revocations`), so reading one twice or out of order is harmless, and a Redis that
 //! restarted empty leaves every node its copy.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
 
 use redis::{Script, Value};
 use tokio_util::sync::CancellationToken;
@@ -102,6 +105,13 @@ pub(super) async fn keep_revocations(inner: Arc<Inner>, stop: CancellationToken)
         };
         let full_page = match read {
             Ok((at, full_page)) => {
+                if at.is_some() {
+                    // Read whole (or followed from a whole read): tokens it holds are refused.
+                    inner
+                        .health
+                        .revocations_loaded
+                        .store(true, Ordering::Release);
+                }
                 cursor = at;
                 full_page
             }
