@@ -50,7 +50,7 @@ def heap_kib():
 
 def queued_messages():
     metrics = urllib.request.urlopen(f"http://{args.control}/metrics").read().decode()
-    return re.search(r"^ws_outbound_queue_max_messages (\d+)", metrics, re.M).group(1)
+    return re.search(r"^switchboard_outbound_queue_max_messages (\d+)", metrics, re.M).group(1)
 
 
 def publish():

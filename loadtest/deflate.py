@@ -152,11 +152,11 @@ def fanout(deflate, source_first):
         sample = lambda name: sum(float(line.split()[-1]) for line in metrics.splitlines()
                                   if line.startswith(name))
         result = json.load(open(out))
-        delivered = sample("ws_messages_delivered_total")
+        delivered = sample("switchboard_messages_delivered_total")
         return {"deflate": deflate, "deliveries_per_second": result["deliveries_per_second"],
                 "cpu_us_per_delivery": round(result["server_cpu_us_per_delivery"], 3),
                 "loss": result["loss"], "p99_ms": round(result["latency_us"]["p99"] / 1000, 1),
-                "bytes_per_delivery": round(sample("ws_bytes_sent_total") / delivered, 1)}
+                "bytes_per_delivery": round(sample("switchboard_bytes_sent_total") / delivered, 1)}
     finally:
         stop(server)
         if os.path.exists(out):

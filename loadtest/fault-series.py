@@ -11,7 +11,7 @@ killed (SIGKILL) for 30 s, then started again empty on its port (every node's li
 down, publishes get 503), 45 s before and after.
 
 The series are then queried from Prometheus at the rules' 15 s step and written as
-promtool `input_series`: `ws_redis_up` (what the Redis alerts read) and the publish
+promtool `input_series`: `switchboard_redis_up` (what the Redis alerts read) and the publish
 answers by status. SwitchboardRedisDown (`for: 15s`) is expected on each node from the
 first evaluation where the recorded gauge was 0 at two evaluations in a row, and
 SwitchboardRedisDownEverywhere where that holds for both; quiet before and after. The
@@ -49,8 +49,8 @@ STARTED = []
 
 # What each recorded alert reads, and how its condition is judged on the step samples.
 SERIES = [
-    "ws_redis_up",
-    'ws_http_requests_total{route="publish"}',
+    "switchboard_redis_up",
+    'switchboard_http_requests_total{route="publish"}',
 ]
 
 
@@ -304,13 +304,13 @@ def main():
 
     at = lambda t: round((t - start_step) / STEP)  # noqa: E731
     tests = []
-    # RedisDown (for: 15s): fires where ws_redis_up was 0 at two evaluations in a row.
+    # RedisDown (for: 15s): fires where switchboard_redis_up was 0 at two evaluations in a row.
     redis_down = {}
     for node in ports:
-        up = values_of("ws_redis_up", node)
+        up = values_of("switchboard_redis_up", node)
         step = first_hold(up, lambda s: up[s] == "0") if up else None
         if step is None:
-            sys.exit(f"the 30 s Redis outage did not hold ws_redis_up at 0 for two steps on {node}: {up}")
+            sys.exit(f"the 30 s Redis outage did not hold switchboard_redis_up at 0 for two steps on {node}: {up}")
         redis_down[node] = step
     lines = [
         "# promtool test rules alerts_recorded_test.yml",
@@ -356,11 +356,11 @@ def main():
                 "switchboardredisdown",
             )
             for n, s in sorted(redis_down.items())
-            if s <= step and values_of("ws_redis_up", n)[step] == "0"
+            if s <= step and values_of("switchboard_redis_up", n)[step] == "0"
         ]
         expect("SwitchboardRedisDown", step, firing)
     both = max(redis_down.values())
-    if all(values_of("ws_redis_up", n)[both] == "0" and values_of("ws_redis_up", n)[both - 1] == "0" for n in ports):
+    if all(values_of("switchboard_redis_up", n)[both] == "0" and values_of("switchboard_redis_up", n)[both - 1] == "0" for n in ports):
         expect(
             "SwitchboardRedisDownEverywhere",
             both,

@@ -154,13 +154,13 @@ event() {
   printf '{"t":%s,"event":"%s"%s}\n' "$(date +%s.%N)" "$1" "${2:+,\"node\":$2}" >>"$out/events.jsonl"
 }
 # What node K has refused or closed before an upgrade was answered, by reason
-# (ws_connections_rejected_total), as one line of RUN_DIR/rejected.jsonl. Each node process
+# (switchboard_connections_rejected_total), as one line of RUN_DIR/rejected.jsonl. Each node process
 # is scraped once, at the end of its life (before its drain, or at the end of the run), so
 # the report's sum counts every process once.
 scrape_rejected() {
   curl -sf -m 5 "127.0.0.1:${ctl_port[$1]}/metrics" 2>/dev/null |
     awk -v node="$1" -v when="$2" '
-      /^ws_connections_rejected_total\{/ {
+      /^switchboard_connections_rejected_total\{/ {
         match($0, /reason="[^"]*"/)
         reason = substr($0, RSTART + 8, RLENGTH - 9)
         n[reason] += $NF

@@ -267,7 +267,7 @@ def quiet(node):
     last = [-1.0]
 
     def settled():
-        now = node.metric("ws_messages_delivered_total")
+        now = node.metric("switchboard_messages_delivered_total")
         still = now == last[0]
         last[0] = now
         time.sleep(1)
@@ -285,19 +285,19 @@ def reconnects():
         first = loadgen("idle", [node], members, 1, 5000, hold=120)
         wait_for(lambda: node.stats("room-0")["connections"] == members, 60, "members")
         quiet(node)
-        before = (node.metric("ws_messages_delivered_total"), node.cpu(), node.metric("ws_bytes_sent_total"))
+        before = (node.metric("switchboard_messages_delivered_total"), node.cpu(), node.metric("switchboard_bytes_sent_total"))
         begun = time.time()
         stop(first, signal.SIGKILL)
         second = loadgen("idle", [node], members, 1, 5000, hold=60)
         wait_for(lambda: node.stats("room-0")["connections"] == members, 60, "members back")
         quiet(node)
         row = {"members": members, "coalesce": coalesce,
-               "event_deliveries": int(node.metric("ws_messages_delivered_total") - before[0]),
-               "bytes_sent": int(node.metric("ws_bytes_sent_total") - before[2]),
+               "event_deliveries": int(node.metric("switchboard_messages_delivered_total") - before[0]),
+               "bytes_sent": int(node.metric("switchboard_bytes_sent_total") - before[2]),
                "server_cpu_s": round(node.cpu() - before[1], 2),
                "seconds_until_quiet": round(time.time() - begun - 2, 1),  # less the quiet second
-               "slow_consumer_closes": int(node.metric("ws_slow_consumer_closes_total")),
-               "presence_frames_sent": int(node.metric("ws_presence_events_total"))}
+               "slow_consumer_closes": int(node.metric("switchboard_slow_consumer_closes_total")),
+               "presence_frames_sent": int(node.metric("switchboard_presence_events_total"))}
         print("reconnect", json.dumps(row), flush=True)
         rows.append(row)
         stop(second, signal.SIGKILL)

@@ -26,7 +26,7 @@ sleep 0.5
 pids+=("$!")
 # Wait for the connections to be open.
 for _ in $(seq 1 120); do
-  open=$(curl -s 127.0.0.1:19090/metrics | awk '$1 == "ws_connections" { print $2 }')
+  open=$(curl -s 127.0.0.1:19090/metrics | awk '$1 == "switchboard_connections" { print $2 }')
   [ "${open:-0}" -ge "$CONNECTIONS" ] && break
   sleep 0.5
 done
@@ -58,10 +58,10 @@ PY
     scraper_pids+=("$!")
     pids+=("$!")
   done
-  before=$(curl -s 127.0.0.1:19090/metrics | awk '$1 ~ /^ws_http_requests_total/ && /route="metrics"/ { n += $2 } END { print n + 0 }')
+  before=$(curl -s 127.0.0.1:19090/metrics | awk '$1 ~ /^switchboard_http_requests_total/ && /route="metrics"/ { n += $2 } END { print n + 0 }')
   "$BIN/switchboard-loadtest" http-publish --control 127.0.0.1:19090 --publishes "$REQUESTS" \
     --payload 256 --json "$out/p.json" >/dev/null 2>&1
-  after=$(curl -s 127.0.0.1:19090/metrics | awk '$1 ~ /^ws_http_requests_total/ && /route="metrics"/ { n += $2 } END { print n + 0 }')
+  after=$(curl -s 127.0.0.1:19090/metrics | awk '$1 ~ /^switchboard_http_requests_total/ && /route="metrics"/ { n += $2 } END { print n + 0 }')
   for pid in "${scraper_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   python3 - "$out/p.json" "$CONNECTIONS" "$scrapers" "$((after - before - 1))" "$("$BIN/switchboard" --version)" <<'PY'
 import json, sys

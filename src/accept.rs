@@ -1,5 +1,5 @@
 //! What a listener's accept loop does when `accept` fails: count it
-//! (`ws_accept_errors_total{listener, error}`), log it at most once a second, hold the node
+//! (`switchboard_accept_errors_total{listener, error}`), log it at most once a second, hold the node
 //! unready while it lasts (the WebSocket listener), and keep one file descriptor in reserve
 //! for the moment the process runs out of them, so that a waiting client can still be
 //! answered instead of hanging in the backlog.

@@ -50,7 +50,7 @@ pub enum Source {
 }
 
 impl Source {
-    /// The `source` label of `ws_memory_used_bytes`.
+    /// The `source` label of `switchboard_memory_used_bytes`.
     #[must_use]
     pub const fn label(&self) -> &'static str {
         match self {

@@ -8,7 +8,7 @@
 //! another node, or wait.
 //!
 //! The lag is how late a task that sleeps `TICK` wakes, the largest over each `WINDOW`:
-//! `ws_event_loop_lag_seconds`. Above `limits.max_event_loop_lag` new upgrades get 503
+//! `switchboard_event_loop_lag_seconds`. Above `limits.max_event_loop_lag` new upgrades get 503
 //! `overloaded` and `/readyz` reports `overloaded`, while existing connections go on; below
 //! half of it the node accepts again.
 //!
@@ -81,7 +81,7 @@ pub async fn watch_lag(
                     tracing::warn!(
                         lag_ms = lag.as_millis(),
                         threshold_ms = threshold.as_millis(),
-                        "Event loop lagging: refusing new connections (ws_overloaded says \
+                        "Event loop lagging: refusing new connections (switchboard_overloaded says \
                          when; logged once a minute at most)"
                     );
                 }

@@ -22,98 +22,98 @@ mod webhooks;
 use self::describe::describe;
 pub use self::{compression::*, hooks::*, limits::*, logging::*, refusals::*, webhooks::*};
 
-pub const CONNECTIONS: &str = "ws_connections";
-/// Gauge: `limits.max_connections`, for alerts on `ws_connections / ws_connections_max`.
-pub const CONNECTIONS_MAX: &str = "ws_connections_max";
-pub const PENDING_UPGRADES: &str = "ws_pending_upgrades";
-pub const MEMORY_PRESSURE: &str = "ws_memory_pressure";
+pub const CONNECTIONS: &str = "switchboard_connections";
+/// Gauge: `limits.max_connections`, for alerts on `switchboard_connections / switchboard_connections_max`.
+pub const CONNECTIONS_MAX: &str = "switchboard_connections_max";
+pub const PENDING_UPGRADES: &str = "switchboard_pending_upgrades";
+pub const MEMORY_PRESSURE: &str = "switchboard_memory_pressure";
 /// Gauge: the memory the pressure watch compares, labelled with its `source`: `cgroup_v2`
 /// or `cgroup_v1` (the cgroup's working set, where it has a limit) or `process` (resident).
-pub const MEMORY_USED: &str = "ws_memory_used_bytes";
+pub const MEMORY_USED: &str = "switchboard_memory_used_bytes";
 /// Gauge: how late the sessions' event loop ran a 100 ms timer, the most over the last
 /// second (`overload`).
-pub const EVENT_LOOP_LAG: &str = "ws_event_loop_lag_seconds";
+pub const EVENT_LOOP_LAG: &str = "switchboard_event_loop_lag_seconds";
 /// Gauge: 1 while the lag is past `limits.max_event_loop_lag` and upgrades are refused.
-pub const OVERLOADED: &str = "ws_overloaded";
+pub const OVERLOADED: &str = "switchboard_overloaded";
 /// Gauge: the memory-pressure threshold in force, 0 when admission is off.
-pub const MEMORY_THRESHOLD: &str = "ws_memory_threshold_bytes";
+pub const MEMORY_THRESHOLD: &str = "switchboard_memory_threshold_bytes";
 /// Gauge, 1, labelled with the version: which build each node runs.
 pub const BUILD_INFO: &str = "switchboard_build_info";
 /// Counter of failed accepts, by `listener` (`ws`, `control`) and `error` (`emfile`,
 /// `enfile`, `enobufs`, `enomem`, `other`).
-pub const ACCEPT_ERRORS: &str = "ws_accept_errors_total";
-pub const CONNECTIONS_ACCEPTED: &str = "ws_connections_accepted_total";
-pub const CONNECTIONS_REJECTED: &str = "ws_connections_rejected_total";
-pub const CONNECTIONS_CLOSED: &str = "ws_connections_closed_total";
+pub const ACCEPT_ERRORS: &str = "switchboard_accept_errors_total";
+pub const CONNECTIONS_ACCEPTED: &str = "switchboard_connections_accepted_total";
+pub const CONNECTIONS_REJECTED: &str = "switchboard_connections_rejected_total";
+pub const CONNECTIONS_CLOSED: &str = "switchboard_connections_closed_total";
 /// Counter of pages of resume replays sent ahead of their subscribe.
-pub const REPLAY_PAGES: &str = "ws_replay_pages_total";
+pub const REPLAY_PAGES: &str = "switchboard_replay_pages_total";
 /// Counter of panics anywhere in the process (a bug: each is logged with where it happened).
-pub const PANICS: &str = "ws_panics_total";
-pub const SUBSCRIPTIONS: &str = "ws_subscriptions";
-pub const CHANNELS: &str = "ws_channels";
-pub const MESSAGES_PUBLISHED: &str = "ws_messages_published_total";
-pub const MESSAGES_DELIVERED: &str = "ws_messages_delivered_total";
-pub const BYTES_SENT: &str = "ws_bytes_sent_total";
-pub const SLOW_CONSUMER_CLOSES: &str = "ws_slow_consumer_closes_total";
-pub const PROTOCOL_ERRORS: &str = "ws_protocol_errors_total";
-pub const RATE_LIMITED: &str = "ws_rate_limited_total";
-pub const AUTH: &str = "ws_auth_total";
+pub const PANICS: &str = "switchboard_panics_total";
+pub const SUBSCRIPTIONS: &str = "switchboard_subscriptions";
+pub const CHANNELS: &str = "switchboard_channels";
+pub const MESSAGES_PUBLISHED: &str = "switchboard_messages_published_total";
+pub const MESSAGES_DELIVERED: &str = "switchboard_messages_delivered_total";
+pub const BYTES_SENT: &str = "switchboard_bytes_sent_total";
+pub const SLOW_CONSUMER_CLOSES: &str = "switchboard_slow_consumer_closes_total";
+pub const PROTOCOL_ERRORS: &str = "switchboard_protocol_errors_total";
+pub const RATE_LIMITED: &str = "switchboard_rate_limited_total";
+pub const AUTH: &str = "switchboard_auth_total";
 /// JWKS fetches by result: `ok`, `error` (the old keys stay), `rate_limited` (an unknown
 /// `kid` within `auth.jwks_min_interval` of the last fetch).
-pub const JWKS_REFRESHES: &str = "ws_jwks_refresh_total";
-pub const FORBIDDEN: &str = "ws_forbidden_total";
-pub const STREAM_OPERATIONS: &str = "ws_stream_operations_total";
-pub const PUBLISHES_DEDUPLICATED: &str = "ws_publishes_deduplicated_total";
-pub const STREAM_OPERATIONS_REFUSED: &str = "ws_stream_operations_refused_total";
-pub const PRESENCE_EVENTS: &str = "ws_presence_events_total";
-pub const PRESENCE_EVENTS_DROPPED: &str = "ws_presence_events_dropped_total";
+pub const JWKS_REFRESHES: &str = "switchboard_jwks_refresh_total";
+pub const FORBIDDEN: &str = "switchboard_forbidden_total";
+pub const STREAM_OPERATIONS: &str = "switchboard_stream_operations_total";
+pub const PUBLISHES_DEDUPLICATED: &str = "switchboard_publishes_deduplicated_total";
+pub const STREAM_OPERATIONS_REFUSED: &str = "switchboard_stream_operations_refused_total";
+pub const PRESENCE_EVENTS: &str = "switchboard_presence_events_total";
+pub const PRESENCE_EVENTS_DROPPED: &str = "switchboard_presence_events_dropped_total";
 /// Server-side subscribe/unsubscribe commands dropped: the connection held 64 already.
-pub const SESSION_COMMANDS_DROPPED: &str = "ws_session_commands_dropped_total";
+pub const SESSION_COMMANDS_DROPPED: &str = "switchboard_session_commands_dropped_total";
 /// Presence writes to Redis that must be redone in full, by reason.
-pub const PRESENCE_REWRITES: &str = "ws_presence_rewrites_total";
+pub const PRESENCE_REWRITES: &str = "switchboard_presence_rewrites_total";
 /// Presence members this node removed from Redis by judging their node gone, by reason.
-pub const PRESENCE_DEPARTED: &str = "ws_presence_departed_total";
-pub const QUEUE_MESSAGES: &str = "ws_outbound_queue_messages";
-pub const QUEUE_MAX_MESSAGES: &str = "ws_outbound_queue_max_messages";
-pub const QUEUE_BYTES: &str = "ws_outbound_queue_bytes";
-pub const SESSION_BUFFER_BYTES: &str = "ws_session_buffer_bytes";
-pub const PUBLISH_TO_ENQUEUE: &str = "ws_publish_to_enqueue_seconds";
-pub const HTTP_PUBLISH_DURATION: &str = "ws_http_publish_duration_seconds";
-pub const PUBLISHES_REFUSED: &str = "ws_publishes_refused_total";
-pub const HISTORY_BYTES: &str = "ws_history_bytes";
-pub const HISTORY_MESSAGES: &str = "ws_history_messages";
-pub const RESUMES: &str = "ws_resumes_total";
-pub const HTTP_REQUESTS: &str = "ws_http_requests_total";
-pub const BUS_GAPS: &str = "ws_bus_gaps_total";
-pub const EPOCH_RESETS: &str = "ws_epoch_resets_total";
-pub const BUS_LAG: &str = "ws_bus_lag_seconds";
-pub const BUS_READ_BATCH: &str = "ws_bus_read_batch_entries";
-pub const BUS_PARTITION_AGE: &str = "ws_bus_partition_lag_seconds";
-pub const BUS_READER_RESTARTS: &str = "ws_bus_reader_restarts_total";
-pub const BUS_INTEREST_LOST: &str = "ws_bus_interest_lost_total";
-pub const BUS_REPLAYED: &str = "ws_bus_replayed_entries_total";
-pub const REDIS_ERRORS: &str = "ws_redis_errors_total";
+pub const PRESENCE_DEPARTED: &str = "switchboard_presence_departed_total";
+pub const QUEUE_MESSAGES: &str = "switchboard_outbound_queue_messages";
+pub const QUEUE_MAX_MESSAGES: &str = "switchboard_outbound_queue_max_messages";
+pub const QUEUE_BYTES: &str = "switchboard_outbound_queue_bytes";
+pub const SESSION_BUFFER_BYTES: &str = "switchboard_session_buffer_bytes";
+pub const PUBLISH_TO_ENQUEUE: &str = "switchboard_publish_to_enqueue_seconds";
+pub const HTTP_PUBLISH_DURATION: &str = "switchboard_http_publish_duration_seconds";
+pub const PUBLISHES_REFUSED: &str = "switchboard_publishes_refused_total";
+pub const HISTORY_BYTES: &str = "switchboard_history_bytes";
+pub const HISTORY_MESSAGES: &str = "switchboard_history_messages";
+pub const RESUMES: &str = "switchboard_resumes_total";
+pub const HTTP_REQUESTS: &str = "switchboard_http_requests_total";
+pub const BUS_GAPS: &str = "switchboard_bus_gaps_total";
+pub const EPOCH_RESETS: &str = "switchboard_epoch_resets_total";
+pub const BUS_LAG: &str = "switchboard_bus_lag_seconds";
+pub const BUS_READ_BATCH: &str = "switchboard_bus_read_batch_entries";
+pub const BUS_PARTITION_LAG: &str = "switchboard_bus_partition_lag_seconds";
+pub const BUS_READER_RESTARTS: &str = "switchboard_bus_reader_restarts_total";
+pub const BUS_INTEREST_LOST: &str = "switchboard_bus_interest_lost_total";
+pub const BUS_REPLAYED: &str = "switchboard_bus_replayed_entries_total";
+pub const REDIS_ERRORS: &str = "switchboard_redis_errors_total";
 /// Counter, clustered only: leases asked of the cluster's publish rate budgets (one Redis
 /// call each), by whether any grant came.
-pub const RATE_LEASES: &str = "ws_rate_leases_total";
+pub const RATE_LEASES: &str = "switchboard_rate_leases_total";
 /// Counters by namespace: what `slow_consumer = "drop_oldest"` and `"conflate"` did.
-pub const MESSAGES_CONFLATED: &str = "ws_messages_conflated_total";
-pub const SLOW_CONSUMER_GAPS: &str = "ws_slow_consumer_gaps_total";
-pub const SLOW_CONSUMER_CLOSED: &str = "ws_slow_consumer_policy_closes_total";
+pub const MESSAGES_CONFLATED: &str = "switchboard_messages_conflated_total";
+pub const SLOW_CONSUMER_GAPS: &str = "switchboard_slow_consumer_gaps_total";
+pub const SLOW_CONSUMER_POLICY_CLOSES: &str = "switchboard_slow_consumer_policy_closes_total";
 /// Gauge, clustered only: 1 while the command link to Redis is connected, 0 from start until
 /// it connects and while an outage lasts.
-pub const REDIS_UP: &str = "ws_redis_up";
-pub const REDIS_RECONNECTS: &str = "ws_redis_connects_total";
+pub const REDIS_UP: &str = "switchboard_redis_up";
+pub const REDIS_CONNECTS: &str = "switchboard_redis_connects_total";
 /// Counter: Redis commands waited for past `cluster.publish_timeout` because this node's
 /// event loop ran late meanwhile (their replies may have been unread, not missing).
-pub const REDIS_LATE_WAITS: &str = "ws_redis_late_waits_total";
-pub const REDIS_PIPELINE_DEPTH: &str = "ws_redis_pipeline_depth";
+pub const REDIS_LATE_WAITS: &str = "switchboard_redis_late_waits_total";
+pub const REDIS_PIPELINE_DEPTH: &str = "switchboard_redis_pipeline_depth";
 /// Gauge: 0 serving, 1 announcing, 2 closing, 3 closed (waiting to exit).
-pub const DRAIN_STATE: &str = "ws_drain_state";
+pub const DRAIN_STATE: &str = "switchboard_drain_state";
 /// Gauge: connections left to close in the current drain.
-pub const DRAIN_CONNECTIONS_LEFT: &str = "ws_drain_connections_left";
+pub const DRAIN_CONNECTIONS_LEFT: &str = "switchboard_drain_connections_left";
 /// Counter: connections closed by drains (its rate is the closes per second).
-pub const DRAIN_CLOSES: &str = "ws_drain_closes_total";
+pub const DRAIN_CLOSES: &str = "switchboard_drain_closes_total";
 
 /// Upper bounds of the publish-to-enqueue histogram, in seconds (1 µs to 1 s).
 const LATENCY_BUCKETS: &[f64] = &[
@@ -229,7 +229,7 @@ pub fn memory_watched(pressure: bool) {
     metrics::gauge!(MEMORY_PRESSURE).set(if pressure { 1.0 } else { 0.0 });
 }
 
-/// Sets `ws_event_loop_lag_seconds`.
+/// Sets `switchboard_event_loop_lag_seconds`.
 pub fn event_loop_lag(lag: std::time::Duration) {
     metrics::gauge!(EVENT_LOOP_LAG).set(lag.as_secs_f64());
 }
@@ -239,12 +239,12 @@ pub fn overloaded(overloaded: bool) {
     metrics::gauge!(OVERLOADED).set(if overloaded { 1.0 } else { 0.0 });
 }
 
-/// Sets `ws_memory_used_bytes`: what the memory watch compares, and where it came from.
+/// Sets `switchboard_memory_used_bytes`: what the memory watch compares, and where it came from.
 pub fn memory_used(source: &'static str, bytes: u64) {
     metrics::gauge!(MEMORY_USED, "source" => source).set(bytes as f64);
 }
 
-/// Sets `ws_memory_threshold_bytes` (0: admission off).
+/// Sets `switchboard_memory_threshold_bytes` (0: admission off).
 pub fn memory_threshold(bytes: u64) {
     metrics::gauge!(MEMORY_THRESHOLD).set(bytes as f64);
 }
@@ -281,7 +281,7 @@ const REJECT_REASONS: [&str; 6] = [
     "ip_rate_limited",
     "out_of_files",
 ];
-/// What failed Redis commands are counted as (`ws_redis_errors_total{op}`). An op missing
+/// What failed Redis commands are counted as (`switchboard_redis_errors_total{op}`). An op missing
 /// here is still counted; its series starts at its first failure.
 const REDIS_OPS: [&str; 17] = [
     "connect",
@@ -303,7 +303,7 @@ const REDIS_OPS: [&str; 17] = [
     "rate",
 ];
 
-/// Sets `ws_connections_max`, and exports the gauges and counters that alerts and the
+/// Sets `switchboard_connections_max`, and exports the gauges and counters that alerts and the
 /// dashboard use at 0, with each of their bounded labels, so that `rate()` and `increase()`
 /// see the first event: a counter whose series appears with the burst that created it shows
 /// no increase. Registered, not set: servers in one process, as in tests, share the recorder.
@@ -341,21 +341,21 @@ pub fn http_requests_registered(route: &'static str, status: u16) {
     metrics::counter!(HTTP_REQUESTS, "route" => route, "status" => status.to_string()).increment(0);
 }
 
-/// Exports the clustered metrics at 0: `ws_redis_up` (0 until the first connection), the
+/// Exports the clustered metrics at 0: `switchboard_redis_up` (0 until the first connection), the
 /// Redis error counters by op, reconnects and the bus's gaps and reader restarts.
 pub fn redis_registered() {
     metrics::gauge!(REDIS_UP).increment(0.0);
     for op in REDIS_OPS {
         metrics::counter!(REDIS_ERRORS, "op" => op).increment(0);
     }
-    metrics::counter!(REDIS_RECONNECTS).increment(0);
+    metrics::counter!(REDIS_CONNECTS).increment(0);
     metrics::counter!(REDIS_LATE_WAITS).increment(0);
     metrics::counter!(BUS_READER_RESTARTS).increment(0);
     metrics::counter!(BUS_INTEREST_LOST).increment(0);
     metrics::counter!(BUS_REPLAYED).increment(0);
 }
 
-/// Sets `ws_redis_up`: whether the command link to Redis is connected.
+/// Sets `switchboard_redis_up`: whether the command link to Redis is connected.
 pub fn redis_up(up: bool) {
     metrics::gauge!(REDIS_UP).set(if up { 1.0 } else { 0.0 });
 }
@@ -374,12 +374,12 @@ pub fn drain_registered() {
     metrics::gauge!(DRAIN_CONNECTIONS_LEFT).increment(0.0);
 }
 
-/// Sets `ws_drain_state`: 0 serving, 1 announcing, 2 closing, 3 closed.
+/// Sets `switchboard_drain_state`: 0 serving, 1 announcing, 2 closing, 3 closed.
 pub fn drain_state(phase: u8) {
     metrics::gauge!(DRAIN_STATE).set(f64::from(phase));
 }
 
-/// Sets `ws_drain_connections_left`.
+/// Sets `switchboard_drain_connections_left`.
 pub fn drain_connections_left(left: usize) {
     metrics::gauge!(DRAIN_CONNECTIONS_LEFT).set(left as f64);
 }
@@ -396,7 +396,7 @@ pub fn redis_error(op: &'static str) {
 
 /// Counts a (re)connection to Redis.
 pub fn redis_connected() {
-    metrics::counter!(REDIS_RECONNECTS).increment(1);
+    metrics::counter!(REDIS_CONNECTS).increment(1);
 }
 
 /// Counts a Redis command waited for longer because the event loop ran late.
@@ -417,7 +417,7 @@ pub fn bus_reader_restarted() {
 
 /// Sets how far (seconds, by entry time) a partition's reader trails its stream.
 pub fn bus_partition_age(partition: usize, seconds: f64) {
-    metrics::gauge!(BUS_PARTITION_AGE, "partition" => partition.to_string()).set(seconds);
+    metrics::gauge!(BUS_PARTITION_LAG, "partition" => partition.to_string()).set(seconds);
 }
 
 /// Records the time from a bus entry's append to its delivery here.
@@ -454,7 +454,7 @@ pub fn collect_process() {
         .collect();
 }
 
-/// Registers `ws_accept_errors_total{listener, error="emfile"}` at zero.
+/// Registers `switchboard_accept_errors_total{listener, error="emfile"}` at zero.
 pub fn accept_failures_registered(listener: &'static str) {
     metrics::counter!(ACCEPT_ERRORS, "listener" => listener, "error" => "emfile").increment(0);
 }

@@ -29,7 +29,7 @@ pub(super) fn memory_threshold(configured: u64, meter: &memory::Meter) -> Option
 /// again below 95% of it, so that the node does not flap at the edge. Memory the allocator
 /// keeps after frees is given back before it counts (`memory::give_back`), so pressure ends
 /// when the spike that caused it ends. Holds a readiness latch and sets
-/// `ws_memory_pressure` meanwhile, and `ws_memory_used_bytes` every tick.
+/// `switchboard_memory_pressure` meanwhile, and `switchboard_memory_used_bytes` every tick.
 pub(super) async fn watch_memory(
     hub: HubHandle,
     readiness: Readiness,

@@ -251,7 +251,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     }
     let meter = memory::meter();
     let threshold = memory_threshold(config.limits.memory_pressure_bytes, meter);
-    // Which memory the watch compares (and `ws_memory_used_bytes` reports): an operator
+    // Which memory the watch compares (and `switchboard_memory_used_bytes` reports): an operator
     // sizing the threshold needs to know whether socket buffers and page cache count.
     tracing::info!(
         source = meter.source.label(),

@@ -28,7 +28,7 @@ pub struct ClusterConfig {
     /// Age past which bus partition entries are trimmed (approximately, whole stream nodes
     /// at a time), whatever `bus_maxlen` allows: a quiet partition does not keep 100,000
     /// entries for days. A node whose reader falls further behind than this loses those
-    /// messages and reports it (`ws_bus_gaps_total`), as with `bus_maxlen`. Default 10m; at
+    /// messages and reports it (`switchboard_bus_gaps_total`), as with `bus_maxlen`. Default 10m; at
     /// least 1m (far above a reader's stall and restart windows, 5 s each). Raise it where
     /// a node may lose Redis for longer while the others go on publishing.
     #[serde(with = "humantime_serde")]

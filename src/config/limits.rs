@@ -119,10 +119,10 @@ pub struct LimitsConfig {
     /// reports `memory_pressure`, while existing connections go on; below 95% of it the node
     /// accepts again. The memory measured is the working set of the nearest cgroup with a
     /// memory limit (usage less inactive file pages: socket buffers and page cache count,
-    /// as they do toward the limit), else the process's resident set; `ws_memory_used_bytes`
+    /// as they do toward the limit), else the process's resident set; `switchboard_memory_used_bytes`
     /// shows it. Default 0: 90% of that cgroup's limit when there is one, else off.
     pub memory_pressure_bytes: u64,
-    /// How late the node's event loop may run its tasks (`ws_event_loop_lag_seconds`: the
+    /// How late the node's event loop may run its tasks (`switchboard_event_loop_lag_seconds`: the
     /// largest lateness of a 100 ms timer over each second) before new upgrades get 503
     /// `overloaded` (with `Retry-After`) and `/readyz` reports `overloaded`, while existing
     /// connections go on; below half of it the node accepts again. A node that far behind

@@ -382,7 +382,7 @@ impl Hooks {
     }
 }
 
-/// Counts a request in `ws_hook_in_flight` while it lives: also when its caller is dropped
+/// Counts a request in `switchboard_hook_in_flight` while it lives: also when its caller is dropped
 /// mid-request (a client that went away).
 struct InFlight;
 

@@ -40,7 +40,7 @@ const ENTRY_OVERHEAD: usize = 10 + MALLOC_OVERHEAD;
 pub(super) struct Queued {
     pub(super) offset: Offset,
     pub(super) frame: FramedText,
-    /// When it was accepted, for `ws_publish_to_enqueue_seconds`.
+    /// When it was accepted, for `switchboard_publish_to_enqueue_seconds`.
     pub(super) accepted: Instant,
     /// An event (`join`, `leave`) rather than a message: it has no offset of its own
     /// (`offset` is the channel's position when it was queued), and no subscriber skips it.

@@ -83,7 +83,7 @@ where
     }
     let then = then(cx, socket);
     let wrote = writer::poll_write(cx, socket, outbound);
-    // A relaxed store per poll, so that `ws_session_buffer_bytes` counts what sessions hold.
+    // A relaxed store per poll, so that `switchboard_session_buffer_bytes` counts what sessions hold.
     outbound.report_session_bytes(socket.held_bytes());
     if let Poll::Ready(err) = wrote {
         return Poll::Ready(Event::WriteFailed(err));

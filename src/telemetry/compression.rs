@@ -5,15 +5,15 @@ use metrics::{Unit, describe_counter};
 
 /// Counter: upgrades answered, by `deflate` (`yes`: permessage-deflate negotiated, `no`:
 /// not offered, not acceptable, or `[compression]` off).
-pub const DEFLATE_NEGOTIATED: &str = "ws_deflate_negotiated_total";
+pub const DEFLATE_NEGOTIATED: &str = "switchboard_deflate_negotiated_total";
 /// Counter: messages the fan-out compressed, by `result` (`compressed`, or `not_smaller`:
 /// sent plain because deflate did not make them smaller).
-pub const DEFLATE_MESSAGES: &str = "ws_deflate_messages_total";
+pub const DEFLATE_MESSAGES: &str = "switchboard_deflate_messages_total";
 /// Counter: JSON bytes the fan-out compressed (`stage="in"`) and the bytes deflate
 /// subscribers were sent of them (`stage="out"`: the compressed payload, or the JSON of a
 /// message sent plain because compressing did not make it smaller): their ratio is what
 /// compression saves per delivery.
-pub const DEFLATE_BYTES: &str = "ws_deflate_bytes_total";
+pub const DEFLATE_BYTES: &str = "switchboard_deflate_bytes_total";
 
 /// Counts an upgrade's answer: with or without permessage-deflate.
 pub fn deflate_negotiated(negotiated: bool) {

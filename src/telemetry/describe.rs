@@ -16,7 +16,7 @@ pub(super) fn describe() {
     );
     describe_gauge!(
         MEMORY_PRESSURE,
-        "1 while ws_memory_used_bytes is above limits.memory_pressure_bytes and new upgrades \
+        "1 while switchboard_memory_used_bytes is above limits.memory_pressure_bytes and new upgrades \
          are refused"
     );
     describe_gauge!(
@@ -26,7 +26,7 @@ pub(super) fn describe() {
     );
     describe_gauge!(
         OVERLOADED,
-        "1 while ws_event_loop_lag_seconds is above limits.max_event_loop_lag and new \
+        "1 while switchboard_event_loop_lag_seconds is above limits.max_event_loop_lag and new \
          upgrades are refused"
     );
     describe_gauge!(
@@ -176,7 +176,7 @@ pub(super) fn describe() {
         "Entries returned by one XREAD of a bus partition"
     );
     describe_gauge!(
-        BUS_PARTITION_AGE,
+        BUS_PARTITION_LAG,
         Unit::Seconds,
         "How far each partition reader is behind the newest entry it has seen, by entry time"
     );
@@ -203,7 +203,7 @@ pub(super) fn describe() {
         "Gap frames put in slow subscribers' queues (slow_consumer = drop_oldest), by namespace"
     );
     describe_counter!(
-        SLOW_CONSUMER_CLOSED,
+        SLOW_CONSUMER_POLICY_CLOSES,
         "Slow subscribers closed with 4001 though their namespace drops or conflates, by namespace"
     );
     describe_counter!(
@@ -216,7 +216,7 @@ pub(super) fn describe() {
          connection and during an outage"
     );
     describe_counter!(
-        REDIS_RECONNECTS,
+        REDIS_CONNECTS,
         "Connections to Redis (re)established by the command link"
     );
     describe_counter!(

@@ -6,15 +6,15 @@ use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 /// Counter: hook requests, by `hook` (connect, refresh, subscribe, publish, rpc) and
 /// `outcome` (allowed, refused, disconnect, error: the backend failed, timeout, busy: not
 /// sent, queue or breaker; cached: a connect answered from `hooks.connect_cache`, not sent).
-pub const HOOK_REQUESTS: &str = "ws_hook_requests_total";
+pub const HOOK_REQUESTS: &str = "switchboard_hook_requests_total";
 /// Histogram: time from sending a hook request to having its answer, by `hook`.
-pub const HOOK_DURATION: &str = "ws_hook_duration_seconds";
+pub const HOOK_DURATION: &str = "switchboard_hook_duration_seconds";
 /// Gauge: hook requests in flight on this node.
-pub const HOOK_IN_FLIGHT: &str = "ws_hook_in_flight";
+pub const HOOK_IN_FLIGHT: &str = "switchboard_hook_in_flight";
 /// Gauge: hook requests waiting for a slot (`hooks.max_in_flight`).
-pub const HOOK_QUEUED: &str = "ws_hook_queued";
+pub const HOOK_QUEUED: &str = "switchboard_hook_queued";
 /// Gauge: 1 while a hook's circuit breaker is open, by `hook`.
-pub const HOOK_BREAKER_OPEN: &str = "ws_hook_breaker_open";
+pub const HOOK_BREAKER_OPEN: &str = "switchboard_hook_breaker_open";
 
 /// Upper bounds of the hook latency histogram, in seconds (1 ms to 10 s: a hook may take up
 /// to `hooks.timeout`, at most 60 s).

@@ -3,7 +3,7 @@
 //! under their namespace's `slow_consumer`.
 
 use super::{
-    MESSAGES_CONFLATED, RATE_LEASES, RATE_LIMITED, SLOW_CONSUMER_CLOSED, SLOW_CONSUMER_GAPS,
+    MESSAGES_CONFLATED, RATE_LEASES, RATE_LIMITED, SLOW_CONSUMER_GAPS, SLOW_CONSUMER_POLICY_CLOSES,
 };
 
 /// Where a token bucket refused something.
@@ -66,7 +66,8 @@ pub fn slow_consumer_gap(namespace: &str) {
 /// Counts a slow subscriber closed (4001) though its namespace drops or conflates: nothing
 /// more could be made room of.
 pub fn slow_consumer_closed(namespace: &str) {
-    metrics::counter!(SLOW_CONSUMER_CLOSED, "namespace" => namespace.to_owned()).increment(1);
+    metrics::counter!(SLOW_CONSUMER_POLICY_CLOSES, "namespace" => namespace.to_owned())
+        .increment(1);
 }
 
 /// Counts a lease asked of a cluster's publish rate budget (`crate::rates`).

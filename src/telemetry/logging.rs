@@ -4,7 +4,7 @@
 use super::PANICS;
 
 /// Logs every panic (where, and its message) as an error event and counts it in
-/// `ws_panics_total`, then lets the previous hook run (tokio ends the panicked task; a
+/// `switchboard_panics_total`, then lets the previous hook run (tokio ends the panicked task; a
 /// session's guard takes its connection out of the hub).
 pub fn install_panic_hook() {
     let previous = std::panic::take_hook();

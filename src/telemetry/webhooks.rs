@@ -5,19 +5,19 @@
 use metrics::{describe_counter, describe_gauge};
 
 /// Counter: events the endpoint took, by `webhook`.
-pub const WEBHOOK_EVENTS_DELIVERED: &str = "ws_webhook_events_delivered_total";
+pub const WEBHOOK_EVENTS_DELIVERED: &str = "switchboard_webhook_events_delivered_total";
 /// Counter: events dropped because the webhook's queue was full, by `webhook`.
-pub const WEBHOOK_EVENTS_DROPPED: &str = "ws_webhook_events_dropped_total";
+pub const WEBHOOK_EVENTS_DROPPED: &str = "switchboard_webhook_events_dropped_total";
 /// Counter: POSTs that failed and are tried again, by `webhook`.
-pub const WEBHOOK_FAILURES: &str = "ws_webhook_failures_total";
+pub const WEBHOOK_FAILURES: &str = "switchboard_webhook_failures_total";
 /// Gauge: events waiting in the webhook's queue, by `webhook`.
-pub const WEBHOOK_QUEUED: &str = "ws_webhook_queued";
+pub const WEBHOOK_QUEUED: &str = "switchboard_webhook_queued";
 
 /// Counter: channels this node found occupied or vacated for the whole cluster, by
 /// `change` (`occupied`, `vacated`).
-pub const CHANNEL_OCCUPANCY: &str = "ws_channel_occupancy_changes_total";
+pub const CHANNEL_OCCUPANCY: &str = "switchboard_channel_occupancy_changes_total";
 /// Counter: occupancy writes to Redis that failed and were sent again.
-pub const OCCUPANCY_WRITE_FAILURES: &str = "ws_occupancy_write_failures_total";
+pub const OCCUPANCY_WRITE_FAILURES: &str = "switchboard_occupancy_write_failures_total";
 
 pub fn channel_occupancy(occupied: bool) {
     let change = if occupied { "occupied" } else { "vacated" };

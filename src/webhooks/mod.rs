@@ -6,7 +6,7 @@
 //! `Switchboard-Signature`, and a batch that fails (transport, timeout, not 2xx) is tried
 //! again with a doubling wait (250 ms up to `max_backoff`) until it is taken: at-least-once,
 //! in order; receivers dedupe by `id`. While the endpoint fails, new events wait in the
-//! queue; beyond `max_queued` they are dropped, counted (`ws_webhook_events_dropped_total`)
+//! queue; beyond `max_queued` they are dropped, counted (`switchboard_webhook_events_dropped_total`)
 //! and logged. Nothing here ever waits on a session or a publisher: emitting is a
 //! `try_send`.
 

@@ -75,10 +75,15 @@ async fn a_fast_publisher_is_refused_before_its_subscribers_are_cut_off() {
             }
         }
     }
-    assert_eq!(server.metric("ws_slow_consumer_closes_total").await, 0.0);
+    assert_eq!(
+        server
+            .metric("switchboard_slow_consumer_closes_total")
+            .await,
+        0.0
+    );
     assert!(
         server
-            .metric("ws_rate_limited_total{scope=\"client_publish_bytes\"}")
+            .metric("switchboard_rate_limited_total{scope=\"client_publish_bytes\"}")
             .await
             >= 1.0
     );
@@ -140,7 +145,7 @@ async fn a_channel_over_its_byte_budget_refuses_publishes_but_not_the_others() {
     server.publish("other", data.clone()).await;
     assert!(
         server
-            .metric("ws_rate_limited_total{scope=\"channel_publish_bytes\"}")
+            .metric("switchboard_rate_limited_total{scope=\"channel_publish_bytes\"}")
             .await
             >= 3.0
     );

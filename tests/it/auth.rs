@@ -86,7 +86,7 @@ async fn a_token_in_the_url_the_header_or_the_auth_frame_names_the_user() {
         ),
         (Some("authenticated"), Some(1), Some("alice"))
     );
-    assert!(server.metric("ws_auth_total{result=\"ok\"}").await >= 3.0);
+    assert!(server.metric("switchboard_auth_total{result=\"ok\"}").await >= 3.0);
     server.stop().await;
 }
 
@@ -407,13 +407,13 @@ async fn namespaces_decide_who_may_subscribe_publish_and_resume() {
     assert_eq!(alice.recv_type("message").await["data"], "for alice");
     assert!(
         server
-            .metric("ws_forbidden_total{action=\"subscribe\"}")
+            .metric("switchboard_forbidden_total{action=\"subscribe\"}")
             .await
             >= 5.0
     );
     assert!(
         server
-            .metric("ws_forbidden_total{action=\"history\"}")
+            .metric("switchboard_forbidden_total{action=\"history\"}")
             .await
             >= 1.0
     );

@@ -76,11 +76,16 @@ async fn an_invalid_token_gets_unauthorized_then_4003() {
     .await;
     assert!(
         server
-            .metric("ws_auth_total{result=\"bad_signature\"}")
+            .metric("switchboard_auth_total{result=\"bad_signature\"}")
             .await
             >= 1.0
     );
-    assert!(server.metric("ws_auth_total{result=\"expired\"}").await >= 1.0);
+    assert!(
+        server
+            .metric("switchboard_auth_total{result=\"expired\"}")
+            .await
+            >= 1.0
+    );
     server.stop().await;
 }
 

@@ -77,7 +77,7 @@ async fn malformed_frames_get_bad_request_and_keep_the_connection() {
     bystander_still_served(&server, &mut bystander).await;
     assert!(
         server
-            .metric("ws_protocol_errors_total{code=\"bad_request\"}")
+            .metric("switchboard_protocol_errors_total{code=\"bad_request\"}")
             .await
             >= 8.0
     );
@@ -118,7 +118,7 @@ async fn oversize_messages_close_with_1009() {
     bystander_still_served(&server, &mut bystander).await;
     assert!(
         server
-            .metric("ws_connections_closed_total{end=\"message_too_big\"}")
+            .metric("switchboard_connections_closed_total{end=\"message_too_big\"}")
             .await
             >= 1.0
     );
@@ -145,7 +145,7 @@ async fn a_dropped_connection_is_cleaned_up_and_harms_nobody() {
     bystander.subscribe("bystander").await;
     let mut dropped = server.client().await;
     dropped.subscribe("bystander").await;
-    let lost = "ws_connections_closed_total{end=\"transport_lost\"}";
+    let lost = "switchboard_connections_closed_total{end=\"transport_lost\"}";
     let lost_before = server.metric(lost).await;
     drop(dropped);
     crate::assert_eventually!(

@@ -89,7 +89,7 @@ async fn chromium_pages_from_other_origins_cannot_open_a_websocket() {
         .configure(|config| config.server.allowed_origins = vec![allowed_origin.clone()])
         .start()
         .await;
-    let rejected = "ws_connections_rejected_total{reason=\"origin_not_allowed\"}";
+    let rejected = "switchboard_connections_rejected_total{reason=\"origin_not_allowed\"}";
     let rejected_before = server.metric(rejected).await;
     let ws_url = server.ws_url();
     let seen = chromium_pages_publishing(&server, ws_url, vec![allowed, other]).await;

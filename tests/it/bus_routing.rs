@@ -107,7 +107,9 @@ async fn lost_interest_is_written_again_and_nothing_is_missed() {
     let publishing = node(&redis, "lossy-pub", BusRouting::Inbox).await;
     let mut client = subscribed.client().await;
     client.subscribe("lossy").await;
-    let lost_before = subscribed.metric("ws_bus_interest_lost_total").await;
+    let lost_before = subscribed
+        .metric("switchboard_bus_interest_lost_total")
+        .await;
     let publisher = SteadyPublisher::start(&publishing, "lossy");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let hash = keys(&redis, "sb:*:int:lossy");
@@ -116,7 +118,11 @@ async fn lost_interest_is_written_again_and_nothing_is_missed() {
 
     // Renewals run every third of interest_ttl (30 s here).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(25);
-    while subscribed.metric("ws_bus_interest_lost_total").await <= lost_before {
+    while subscribed
+        .metric("switchboard_bus_interest_lost_total")
+        .await
+        <= lost_before
+    {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the node never noticed its interest was gone"
@@ -128,7 +134,12 @@ async fn lost_interest_is_written_again_and_nothing_is_missed() {
     assert_eq!(refused, 0);
     expect_all_acknowledged(&mut client, &acked).await;
     assert_eq!(interested(&redis, "lossy"), ["lossy-sub"]);
-    assert!(subscribed.metric("ws_bus_replayed_entries_total").await > 0.0);
+    assert!(
+        subscribed
+            .metric("switchboard_bus_replayed_entries_total")
+            .await
+            > 0.0
+    );
     eprintln!(
         "{} messages acknowledged across the loss of the routing, all delivered in order",
         acked.len()

@@ -319,7 +319,11 @@ async fn publishes_during_an_outage_get_503_and_readiness_reports_it() {
             == 200,
         "publishing recovers"
     );
-    assert!(node.metric("ws_redis_errors_total{op=\"publish\"}").await >= 1.0);
+    assert!(
+        node.metric("switchboard_redis_errors_total{op=\"publish\"}")
+            .await
+            >= 1.0
+    );
     node.stop().await;
 }
 

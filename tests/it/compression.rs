@@ -191,7 +191,7 @@ fn chat_data(len: usize) -> Value {
 
 /// Chromium's offer is accepted with both `no_context_takeover` parameters; a message of
 /// 2 KiB reaches two deflate subscribers as the same compressed frame (compressed once:
-/// `ws_deflate_messages_total` counts one), and a subscriber that offered nothing gets it
+/// `switchboard_deflate_messages_total` counts one), and a subscriber that offered nothing gets it
 /// plain; a message below `compression.min_bytes` goes plain to everyone.
 #[tokio::test]
 async fn a_message_is_compressed_once_for_every_subscriber_that_negotiated_it() {
@@ -211,7 +211,7 @@ async fn a_message_is_compressed_once_for_every_subscriber_that_negotiated_it() 
     }
 
     let compressed_before = server
-        .metric(r#"ws_deflate_messages_total{result="compressed"}"#)
+        .metric(r#"switchboard_deflate_messages_total{result="compressed"}"#)
         .await;
     let data = chat_data(2048);
     server.publish(channel, data.clone()).await;
@@ -236,7 +236,7 @@ async fn a_message_is_compressed_once_for_every_subscriber_that_negotiated_it() 
     // In-process servers share one metrics registry: other tests may compress meanwhile, so
     // this counts at least one, and the frames above show it was one for both.
     let compressed_after = server
-        .metric(r#"ws_deflate_messages_total{result="compressed"}"#)
+        .metric(r#"switchboard_deflate_messages_total{result="compressed"}"#)
         .await;
     assert!(compressed_after > compressed_before);
 
@@ -350,7 +350,7 @@ async fn hostile_compressed_input_is_refused() {
     .await;
     assert!(
         server
-            .metric(r#"ws_connections_closed_total{end="bad_deflate"}"#)
+            .metric(r#"switchboard_connections_closed_total{end="bad_deflate"}"#)
             .await
             >= 1.0
     );

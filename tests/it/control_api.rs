@@ -16,17 +16,17 @@ async fn health_readiness_and_metrics() {
     let (status, text) = server.get("/metrics").await;
     assert_eq!(status, 200);
     for name in [
-        "ws_connections ",
-        "ws_subscriptions ",
-        "ws_channels ",
-        "ws_messages_published_total",
-        "ws_messages_delivered_total",
-        "ws_bytes_sent_total",
-        "ws_slow_consumer_closes_total",
-        "ws_protocol_errors_total{code=\"bad_request\"}",
-        "ws_outbound_queue_messages",
-        "ws_publish_to_enqueue_seconds_bucket",
-        "ws_http_publish_duration_seconds_bucket",
+        "switchboard_connections ",
+        "switchboard_subscriptions ",
+        "switchboard_channels ",
+        "switchboard_messages_published_total",
+        "switchboard_messages_delivered_total",
+        "switchboard_bytes_sent_total",
+        "switchboard_slow_consumer_closes_total",
+        "switchboard_protocol_errors_total{code=\"bad_request\"}",
+        "switchboard_outbound_queue_messages",
+        "switchboard_publish_to_enqueue_seconds_bucket",
+        "switchboard_http_publish_duration_seconds_bucket",
     ] {
         assert!(text.contains(name), "/metrics lacks {name}:\n{text}");
     }
@@ -502,7 +502,8 @@ async fn the_log_lines_of_a_request_carry_its_id() {
 }
 
 /// The metrics reference (docs/http-api.md, `GET /metrics`) lists every metric the code
-/// names and every metric a live node exports.
+/// names and every metric a live node exports, and every exported name keeps Prometheus's
+/// naming rules.
 #[tokio::test]
 async fn the_metrics_reference_lists_every_metric() {
     let root = env!("CARGO_MANIFEST_DIR");
@@ -524,7 +525,7 @@ async fn the_metrics_reference_lists_every_metric() {
     for source in sources {
         let text = std::fs::read_to_string(&source).unwrap();
         for piece in text.split('"').skip(1).step_by(2) {
-            if piece.starts_with("ws_")
+            if piece.starts_with("switchboard_")
                 && piece
                     .bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
@@ -540,12 +541,28 @@ async fn the_metrics_reference_lists_every_metric() {
     server.publish("m", json!(1)).await;
     client.recv().await;
     let (_, text) = server.get("/metrics").await;
+    let mut misnamed = Vec::new();
     for line in text.lines().filter(|line| line.starts_with("# TYPE ")) {
-        let name = line.split_whitespace().nth(2).unwrap();
+        let mut words = line.split_whitespace().skip(2);
+        let (name, kind) = (words.next().unwrap(), words.next().unwrap());
         if !listed(name) {
             missing.push(format!("{name} (exported)"));
         }
+        // Prometheus's naming rules: one prefix of ours (or the standard `process_`), a
+        // counter ends in `_total` and nothing else does, no unit in a plural it lacks.
+        let ours = name.starts_with("switchboard_") || name.starts_with("process_");
+        let total_right = (kind == "counter") == name.ends_with("_total");
+        let units_right = !["_second", "_byte", "_ms", "_millis"]
+            .iter()
+            .any(|unit| name.ends_with(unit) || name.contains(&format!("{unit}_")));
+        if !(ours && total_right && units_right) {
+            misnamed.push(format!("{name} ({kind})"));
+        }
     }
+    assert!(
+        misnamed.is_empty(),
+        "against the naming rules: {misnamed:#?}"
+    );
     missing.sort();
     missing.dedup();
     assert!(

@@ -229,14 +229,14 @@ fn every_alert_has_a_runbook_entry() {
     }
 }
 
-/// The metric names an expression file mentions (ours: `ws_`, `process_`, `switchboard_`).
+/// The metric names an expression file mentions (ours: `process_`, `switchboard_`).
 fn metric_names(text: &str) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     let bytes = text.as_bytes();
     let mut start = 0;
     while start < text.len() {
         let rest = &text[start..];
-        let found = ["ws_", "process_", "switchboard_"]
+        let found = ["process_", "switchboard_"]
             .iter()
             .filter_map(|prefix| rest.find(prefix))
             .min();
@@ -324,7 +324,7 @@ async fn every_metric_the_alerts_and_the_dashboard_name_exists() {
     drop(subscriber);
     assert!(redis.kill_clients() > 0);
     crate::assert_eventually!(
-        server.metric("ws_redis_connects_total").await >= 2.0,
+        server.metric("switchboard_redis_connects_total").await >= 2.0,
         "the node reconnects to Redis"
     );
     // Partition lag is recorded by the bus watchdog's periodic pass.
@@ -333,7 +333,7 @@ async fn every_metric_the_alerts_and_the_dashboard_name_exists() {
             .get("/metrics")
             .await
             .1
-            .contains("ws_bus_partition_lag_seconds{"),
+            .contains("switchboard_bus_partition_lag_seconds{"),
         "the bus watchdog records partition lag"
     );
 
@@ -415,10 +415,13 @@ async fn a_fresh_node_exports_the_alerts_counters_at_zero() {
 
     let mut counters = metric_names(&alerts);
     counters.extend(metric_names(&dashboard));
-    counters.retain(|name| name.ends_with("_total") && name.starts_with("ws_"));
+    counters.retain(|name| name.ends_with("_total") && name.starts_with("switchboard_"));
     assert!(counters.len() >= 10, "{counters:?}");
     // Counted before the scrape: the harness's /readyz probes and the first connection.
-    let moved = ["ws_http_requests_total", "ws_redis_connects_total"];
+    let moved = [
+        "switchboard_http_requests_total",
+        "switchboard_redis_connects_total",
+    ];
     for name in &counters {
         let series: Vec<&Sample> = exported
             .iter()
@@ -434,31 +437,43 @@ async fn a_fresh_node_exports_the_alerts_counters_at_zero() {
     // The label values the alerts select.
     let zero = [
         (
-            "ws_http_requests_total",
+            "switchboard_http_requests_total",
             vec![("route", "publish"), ("status", "503")],
         ),
         (
-            "ws_http_requests_total",
+            "switchboard_http_requests_total",
             vec![("route", "batch"), ("status", "503")],
         ),
-        ("ws_presence_rewrites_total", vec![("reason", "lost")]),
         (
-            "ws_presence_rewrites_total",
+            "switchboard_presence_rewrites_total",
+            vec![("reason", "lost")],
+        ),
+        (
+            "switchboard_presence_rewrites_total",
             vec![("reason", "unreachable")],
         ),
-        ("ws_presence_departed_total", vec![("reason", "expired")]),
-        ("ws_presence_departed_total", vec![("reason", "node_gone")]),
-        ("ws_presence_departed_total", vec![("reason", "restarted")]),
-        ("ws_redis_errors_total", vec![("op", "publish")]),
-        ("ws_redis_errors_total", vec![("op", "ping")]),
-        ("ws_slow_consumer_closes_total", vec![]),
         (
-            "ws_connections_closed_total",
+            "switchboard_presence_departed_total",
+            vec![("reason", "expired")],
+        ),
+        (
+            "switchboard_presence_departed_total",
+            vec![("reason", "node_gone")],
+        ),
+        (
+            "switchboard_presence_departed_total",
+            vec![("reason", "restarted")],
+        ),
+        ("switchboard_redis_errors_total", vec![("op", "publish")]),
+        ("switchboard_redis_errors_total", vec![("op", "ping")]),
+        ("switchboard_slow_consumer_closes_total", vec![]),
+        (
+            "switchboard_connections_closed_total",
             vec![("end", "slow_consumer")],
         ),
-        ("ws_rate_limited_total", vec![("scope", "client")]),
-        ("ws_bus_gaps_total", vec![]),
-        ("ws_panics_total", vec![]),
+        ("switchboard_rate_limited_total", vec![("scope", "client")]),
+        ("switchboard_bus_gaps_total", vec![]),
+        ("switchboard_panics_total", vec![]),
     ];
     for (name, labels) in zero {
         assert_eq!(
@@ -467,8 +482,11 @@ async fn a_fresh_node_exports_the_alerts_counters_at_zero() {
             "{name}{labels:?} on a fresh node"
         );
     }
-    assert_eq!(value(&exported, "ws_redis_up", &[]), Some(1.0));
-    assert_eq!(value(&exported, "ws_memory_pressure", &[]), Some(0.0));
+    assert_eq!(value(&exported, "switchboard_redis_up", &[]), Some(1.0));
+    assert_eq!(
+        value(&exported, "switchboard_memory_pressure", &[]),
+        Some(0.0)
+    );
     // What the memory watch compares, and from where (no cgroup limit on a test machine is
     // `process`; a limited container's is `cgroup_v2` or `cgroup_v1`).
     crate::assert_eventually!(
@@ -476,10 +494,12 @@ async fn a_fresh_node_exports_the_alerts_counters_at_zero() {
             .await
             .unwrap_or_default()
             .iter()
-            .any(|(name, labels, value)| name == "ws_memory_used_bytes"
-                && labels.contains_key("source")
-                && *value > 1e6),
-        "ws_memory_used_bytes{{source}} is sampled"
+            .any(
+                |(name, labels, value)| name == "switchboard_memory_used_bytes"
+                    && labels.contains_key("source")
+                    && *value > 1e6
+            ),
+        "switchboard_memory_used_bytes{{source}} is sampled"
     );
 }
 
@@ -493,7 +513,7 @@ async fn sample(
     value(&scrape(control_addr).await?, name, labels)
 }
 
-/// `ws_redis_up` is 0 from start until the node reaches Redis, 1 while it does, 0 within
+/// `switchboard_redis_up` is 0 from start until the node reaches Redis, 1 while it does, 0 within
 /// seconds of an outage beginning and 1 again when it ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_up_follows_reachability() {
@@ -512,27 +532,34 @@ async fn redis_up_follows_reachability() {
         .spawn()
         .expect("the binary starts");
     crate::assert_eventually!(
-        sample(control_addr, "ws_redis_errors_total", &[("op", "connect")])
-            .await
-            .is_some_and(|errors| errors > 0.0),
+        sample(
+            control_addr,
+            "switchboard_redis_errors_total",
+            &[("op", "connect")]
+        )
+        .await
+        .is_some_and(|errors| errors > 0.0),
         "the node tries Redis and fails"
     );
-    assert_eq!(sample(control_addr, "ws_redis_up", &[]).await, Some(0.0));
+    assert_eq!(
+        sample(control_addr, "switchboard_redis_up", &[]).await,
+        Some(0.0)
+    );
 
     redis.start_again(false);
     crate::assert_eventually!(
-        sample(control_addr, "ws_redis_up", &[]).await == Some(1.0),
-        "ws_redis_up is 1 once the node connects"
+        sample(control_addr, "switchboard_redis_up", &[]).await == Some(1.0),
+        "switchboard_redis_up is 1 once the node connects"
     );
     redis.stop();
     crate::assert_eventually!(
-        sample(control_addr, "ws_redis_up", &[]).await == Some(0.0),
-        "ws_redis_up is 0 once the outage is noticed"
+        sample(control_addr, "switchboard_redis_up", &[]).await == Some(0.0),
+        "switchboard_redis_up is 0 once the outage is noticed"
     );
     redis.start_again(false);
     crate::assert_eventually!(
-        sample(control_addr, "ws_redis_up", &[]).await == Some(1.0),
-        "ws_redis_up is 1 when Redis is back"
+        sample(control_addr, "switchboard_redis_up", &[]).await == Some(1.0),
+        "switchboard_redis_up is 1 when Redis is back"
     );
 }
 

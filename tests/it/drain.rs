@@ -173,7 +173,7 @@ async fn a_drain_is_announced_then_closes_clients_paced_with_reconnect_and_1012(
     assert_eq!(status["closed"], 13);
     assert_eq!(
         server
-            .metric("ws_connections_closed_total{end=\"service_restart\"}")
+            .metric("switchboard_connections_closed_total{end=\"service_restart\"}")
             .await,
         13.0
     );

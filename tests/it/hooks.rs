@@ -302,7 +302,7 @@ async fn a_failing_backend_gets_clients_told_to_retry_and_spares_everyone_else()
     }
     assert_eq!(
         server
-            .metric("ws_hook_breaker_open{hook=\"connect\"}")
+            .metric("switchboard_hook_breaker_open{hook=\"connect\"}")
             .await,
         0.0
     );
@@ -338,7 +338,7 @@ async fn a_failing_backend_gets_clients_told_to_retry_and_spares_everyone_else()
     );
     assert_eq!(
         server
-            .metric("ws_hook_breaker_open{hook=\"connect\"}")
+            .metric("switchboard_hook_breaker_open{hook=\"connect\"}")
             .await,
         1.0
     );
@@ -349,25 +349,25 @@ async fn a_failing_backend_gets_clients_told_to_retry_and_spares_everyone_else()
     assert_eq!(carol.welcome["user"], "carol");
     assert_eq!(
         server
-            .metric("ws_hook_breaker_open{hook=\"connect\"}")
+            .metric("switchboard_hook_breaker_open{hook=\"connect\"}")
             .await,
         0.0
     );
     assert!(
         server
-            .metric("ws_hook_requests_total{hook=\"connect\",outcome=\"timeout\"}")
+            .metric("switchboard_hook_requests_total{hook=\"connect\",outcome=\"timeout\"}")
             .await
             >= 1.0
     );
     assert!(
         server
-            .metric("ws_hook_requests_total{hook=\"connect\",outcome=\"error\"}")
+            .metric("switchboard_hook_requests_total{hook=\"connect\",outcome=\"error\"}")
             .await
             >= 3.0
     );
     assert!(
         server
-            .metric("ws_hook_requests_total{hook=\"connect\",outcome=\"busy\"}")
+            .metric("switchboard_hook_requests_total{hook=\"connect\",outcome=\"busy\"}")
             .await
             >= 1.0
     );
@@ -464,7 +464,7 @@ async fn a_reconnect_storm_is_a_bounded_queue_not_a_request_storm() {
     assert!((12..60).contains(&connected), "{connected} connected");
     assert!(
         server
-            .metric("ws_hook_requests_total{hook=\"connect\",outcome=\"busy\"}")
+            .metric("switchboard_hook_requests_total{hook=\"connect\",outcome=\"busy\"}")
             .await
             >= 1.0
     );
@@ -514,7 +514,7 @@ async fn a_storm_of_the_same_sessions_is_answered_from_the_connect_cache() {
     );
     assert!(
         server
-            .metric("ws_hook_requests_total{hook=\"connect\",outcome=\"cached\"}")
+            .metric("switchboard_hook_requests_total{hook=\"connect\",outcome=\"cached\"}")
             .await
             >= 100.0
     );

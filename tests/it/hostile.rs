@@ -49,13 +49,13 @@ async fn a_ping_flood_is_refused_then_closed_with_1008() {
     assert!(sent > 0);
     assert!(
         server
-            .metric("ws_rate_limited_total{scope=\"client_control\"}")
+            .metric("switchboard_rate_limited_total{scope=\"client_control\"}")
             .await
             >= 1.0
     );
     crate::assert_eventually!(
         server
-            .metric("ws_connections_closed_total{end=\"frame_flood\"}")
+            .metric("switchboard_connections_closed_total{end=\"frame_flood\"}")
             .await
             >= 1.0,
         "the flooder is closed once over budget for throttled_close_after"
@@ -82,13 +82,13 @@ async fn empty_continuation_frames_are_charged_and_a_flood_is_closed() {
     assert_eq!(code, Some(1008));
     assert!(
         server
-            .metric("ws_rate_limited_total{scope=\"client\"}")
+            .metric("switchboard_rate_limited_total{scope=\"client\"}")
             .await
             >= 1.0
     );
     assert!(
         server
-            .metric("ws_connections_closed_total{end=\"frame_flood\"}")
+            .metric("switchboard_connections_closed_total{end=\"frame_flood\"}")
             .await
             >= 1.0
     );
@@ -112,7 +112,7 @@ async fn a_message_in_too_many_fragments_is_closed_with_1008() {
     assert_eq!(code, Some(1008));
     assert!(
         server
-            .metric("ws_connections_closed_total{end=\"too_many_fragments\"}")
+            .metric("switchboard_connections_closed_total{end=\"too_many_fragments\"}")
             .await
             >= 1.0
     );
@@ -146,7 +146,7 @@ async fn an_unfinished_fragmented_message_times_out_though_pings_keep_coming() {
     );
     assert!(
         server
-            .metric("ws_connections_closed_total{end=\"fragment_timeout\"}")
+            .metric("switchboard_connections_closed_total{end=\"fragment_timeout\"}")
             .await
             >= 1.0
     );
@@ -207,7 +207,7 @@ async fn silent_sockets_take_no_connection_slot_and_are_capped_per_address() {
         // The 20th silent socket of this address is allowed, the 21st is refused at once.
         silent.push(TcpStream::connect(server.ws_addr).await.unwrap());
         crate::assert_eventually!(
-            server.metric("ws_pending_upgrades").await >= 20.0,
+            server.metric("switchboard_pending_upgrades").await >= 20.0,
             "the server counts 20 pending upgrades"
         );
         let mut one_more = TcpStream::connect(server.ws_addr).await.unwrap();
@@ -218,12 +218,15 @@ async fn silent_sockets_take_no_connection_slot_and_are_capped_per_address() {
     .await;
     assert!(
         server
-            .metric("ws_connections_rejected_total{reason=\"max_pending_upgrades_per_ip\"}")
+            .metric(
+                "switchboard_connections_rejected_total{reason=\"max_pending_upgrades_per_ip\"}"
+            )
             .await
             >= 1.0
     );
     crate::assert_eventually!(
-        server.hub().connections() == 0 && server.metric("ws_pending_upgrades").await == 0.0,
+        server.hub().connections() == 0
+            && server.metric("switchboard_pending_upgrades").await == 0.0,
         "every slot is released"
     );
     server.stop().await;
@@ -269,7 +272,7 @@ async fn malformed_upgrades_get_the_http_status_that_says_why() {
     .await;
     assert!(
         server
-            .metric("ws_connections_rejected_total{reason=\"unsupported_version\"}")
+            .metric("switchboard_connections_rejected_total{reason=\"unsupported_version\"}")
             .await
             >= 1.0
     );
@@ -318,7 +321,7 @@ async fn upgrades_from_other_origins_are_refused() {
     .await;
     assert!(
         server
-            .metric("ws_connections_rejected_total{reason=\"origin_not_allowed\"}")
+            .metric("switchboard_connections_rejected_total{reason=\"origin_not_allowed\"}")
             .await
             >= 2.0
     );
@@ -368,7 +371,7 @@ async fn invalid_client_close_codes_are_protocol_errors() {
     .await;
     assert!(
         server
-            .metric("ws_connections_closed_total{end=\"protocol_error\"}")
+            .metric("switchboard_connections_closed_total{end=\"protocol_error\"}")
             .await
             >= 4.0
     );
@@ -433,7 +436,7 @@ async fn trickled_request_bodies_get_408_and_are_closed() {
     }
     assert!(
         server
-            .metric("ws_http_requests_total{route=\"publish\",status=\"408\"}")
+            .metric("switchboard_http_requests_total{route=\"publish\",status=\"408\"}")
             .await
             >= 300.0
     );
@@ -453,7 +456,7 @@ async fn memory_pressure_refuses_new_upgrades_and_keeps_existing_ones() {
     with_bystander(&server, async {
         let ballast = vec![1_u8; 768 * 1024 * 1024];
         crate::assert_eventually!(
-            server.metric("ws_memory_pressure").await == 1.0,
+            server.metric("switchboard_memory_pressure").await == 1.0,
             "the watch sees the pressure"
         );
         let (status, body) = server.get_json("/readyz").await;
@@ -476,7 +479,7 @@ async fn memory_pressure_refuses_new_upgrades_and_keeps_existing_ones() {
         );
         drop(ballast);
         crate::assert_eventually!(
-            server.metric("ws_memory_pressure").await == 0.0,
+            server.metric("switchboard_memory_pressure").await == 0.0,
             "the pressure ends with the ballast"
         );
         upgraded(server.ws_addr).await;
@@ -484,7 +487,7 @@ async fn memory_pressure_refuses_new_upgrades_and_keeps_existing_ones() {
     .await;
     assert!(
         server
-            .metric("ws_connections_rejected_total{reason=\"memory_pressure\"}")
+            .metric("switchboard_connections_rejected_total{reason=\"memory_pressure\"}")
             .await
             >= 1.0
     );
@@ -508,9 +511,9 @@ async fn a_large_message_leaves_no_read_buffer_behind() {
         }
         // Each of the 22 connections (and the bystander's) may hold a pending write at most.
         crate::assert_eventually!(
-            server.metric("ws_session_buffer_bytes").await < 22.0 * 1024.0,
+            server.metric("switchboard_session_buffer_bytes").await < 22.0 * 1024.0,
             "read buffers were given back: {} bytes held",
-            server.metric("ws_session_buffer_bytes").await
+            server.metric("switchboard_session_buffer_bytes").await
         );
     })
     .await;
@@ -524,28 +527,28 @@ async fn channels_are_charged_what_they_cost_and_freed_when_empty() {
     let server = TestServer::start().await;
     with_bystander(&server, async {
         let mut client = server.client().await;
-        let before = server.metric("ws_history_bytes").await;
+        let before = server.metric("switchboard_history_bytes").await;
         for n in 0..100 {
             client
                 .send(json!({"type":"publish","id":n,"channel":format!("made-{n}"),"data":1}))
                 .await;
             assert_eq!(client.recv_type("published").await["id"], n);
         }
-        let charged = (server.metric("ws_history_bytes").await - before) / 100.0;
+        let charged = (server.metric("switchboard_history_bytes").await - before) / 100.0;
         // Measured: 729 B of RSS per such channel (docs/security.md); 166 B were charged.
         assert!(
             charged > 500.0,
             "a one-message channel is charged {charged} B"
         );
-        let channels = server.metric("ws_channels").await;
+        let channels = server.metric("switchboard_channels").await;
         client.subscribe("passing-through").await;
-        assert_eq!(server.metric("ws_channels").await, channels + 1.0);
+        assert_eq!(server.metric("switchboard_channels").await, channels + 1.0);
         client
             .send(json!({"type":"unsubscribe","id":1,"channel":"passing-through"}))
             .await;
         client.recv_type("unsubscribed").await;
         assert_eq!(
-            server.metric("ws_channels").await,
+            server.metric("switchboard_channels").await,
             channels,
             "a channel without subscribers or history is freed at once"
         );

@@ -192,7 +192,7 @@ async fn jwks_keys_verify_tokens_rotate_in_on_demand_and_survive_a_failed_fetch(
     assert_eq!(jwks.requests(), before + 1, "rate-limited");
     assert!(
         server
-            .metric("ws_jwks_refresh_total{result=\"rate_limited\"}")
+            .metric("switchboard_jwks_refresh_total{result=\"rate_limited\"}")
             .await
             >= 4.0
     );
@@ -212,7 +212,7 @@ async fn jwks_keys_verify_tokens_rotate_in_on_demand_and_survive_a_failed_fetch(
     assert_eq!(jwks.requests(), before + 2);
     assert!(
         server
-            .metric("ws_jwks_refresh_total{result=\"error\"}")
+            .metric("switchboard_jwks_refresh_total{result=\"error\"}")
             .await
             >= 1.0
     );

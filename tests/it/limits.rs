@@ -111,7 +111,7 @@ async fn connections_beyond_the_limit_get_503() {
     assert!(err.to_string().contains("503"), "{err}");
     assert!(
         server
-            .metric("ws_connections_rejected_total{reason=\"max_connections\"}")
+            .metric("switchboard_connections_rejected_total{reason=\"max_connections\"}")
             .await
             >= 1.0
     );

@@ -74,7 +74,7 @@ async fn a_memory_spike_that_ends_ends_the_refusal() {
         // Every attacker is a session (the bystander too), and has had time to be read: its
         // 14 bytes arrived with the upgrade's answer long since.
         crate::assert_eventually!(
-            metric(&http, &node, "ws_connections").await >= (ATTACKERS + 1) as f64,
+            metric(&http, &node, "switchboard_connections").await >= (ATTACKERS + 1) as f64,
             "the attackers' sessions run"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -194,9 +194,9 @@ async fn silent_sockets_from_many_sources_do_not_lock_out_a_newcomer() {
         .collect();
     let statuses = with_bystander_at(node.target(&http), async {
         crate::assert_eventually!(
-            metric(&http, &node, "ws_pending_upgrades").await >= 1_990.0,
+            metric(&http, &node, "switchboard_pending_upgrades").await >= 1_990.0,
             "the silent sockets fill the node's cap ({} pending)",
-            metric(&http, &node, "ws_pending_upgrades").await
+            metric(&http, &node, "switchboard_pending_upgrades").await
         );
         let mut statuses = Vec::with_capacity(TRIES);
         for _ in 0..TRIES {
@@ -210,13 +210,13 @@ async fn silent_sockets_from_many_sources_do_not_lock_out_a_newcomer() {
     let evicted = metric(
         &http,
         &node,
-        "ws_connections_rejected_total{reason=\"pending_evicted\"}",
+        "switchboard_connections_rejected_total{reason=\"pending_evicted\"}",
     )
     .await;
     let silent = metric(
         &http,
         &node,
-        "ws_connections_rejected_total{reason=\"first_byte_timeout\"}",
+        "switchboard_connections_rejected_total{reason=\"first_byte_timeout\"}",
     )
     .await;
     eprintln!(

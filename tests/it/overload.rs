@@ -71,11 +71,11 @@ async fn a_lagging_node_refuses_upgrades_and_serves_its_connections() {
     assert_eq!(message["data"]["n"], 1);
     assert!(
         server
-            .metric("ws_connections_rejected_total{reason=\"overloaded\"}")
+            .metric("switchboard_connections_rejected_total{reason=\"overloaded\"}")
             .await
             >= 1.0
     );
-    assert!(server.metric("ws_event_loop_lag_seconds").await > 0.0);
+    assert!(server.metric("switchboard_event_loop_lag_seconds").await > 0.0);
 
     busy.await.unwrap();
     crate::assert_eventually!(

@@ -156,7 +156,7 @@ async fn members_are_listed_and_counted_to_whom_the_namespace_allows() {
     assert_eq!(refused["code"], "forbidden", "{refused}");
     assert!(
         server
-            .metric("ws_forbidden_total{action=\"presence\"}")
+            .metric("switchboard_forbidden_total{action=\"presence\"}")
             .await
             >= 3.0
     );

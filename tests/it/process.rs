@@ -317,7 +317,7 @@ async fn out_of_file_descriptors_is_visible_and_answered() {
     assert!(body.contains("accept failing"), "{body}");
     let metrics = get_text(&format!("{control}/metrics")).await;
     assert!(
-        metrics.contains("ws_accept_errors_total{listener=\"ws\",error=\"emfile\"}"),
+        metrics.contains("switchboard_accept_errors_total{listener=\"ws\",error=\"emfile\"}"),
         "counted"
     );
     assert!(metrics.contains("process_max_fds 64"), "process metrics");

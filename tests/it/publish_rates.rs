@@ -62,7 +62,7 @@ async fn a_users_connections_share_one_budget_and_others_go_on() {
         .configure(limited(60, 3))
         .start()
         .await;
-    let scope = r#"ws_rate_limited_total{scope="user_publishes"}"#;
+    let scope = r#"switchboard_rate_limited_total{scope="user_publishes"}"#;
     let before = server.metric(scope).await;
     crate::raw::with_bystander(&server, async {
         let mut phone = connect(&server, "ivy").await;
@@ -145,7 +145,7 @@ async fn a_user_on_two_nodes_has_one_budget_at_few_redis_calls() {
 
     // A busy user within its budget: leases, not one Redis call per publish.
     let busy = node(600_000, 200).await;
-    let leases = r#"ws_rate_leases_total{result="granted"}"#;
+    let leases = r#"switchboard_rate_leases_total{result="granted"}"#;
     let before = busy.metric(leases).await;
     let mut client = connect(&busy, "max").await;
     for id in 0..1000 {

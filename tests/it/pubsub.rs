@@ -170,7 +170,7 @@ async fn a_client_close_is_answered_with_a_close_frame() {
     crate::assert_eventually!(server.hub().connections() == 0, "session cleaned up");
     assert!(
         server
-            .metric("ws_connections_closed_total{end=\"normal\"}")
+            .metric("switchboard_connections_closed_total{end=\"normal\"}")
             .await
             >= 1.0
     );

@@ -96,7 +96,12 @@ async fn resume_from_another_epoch_says_not_recovered() {
     let mut client = server.client().await;
     let reply = client.subscribe_since("epochs", "00000000deadbeef-1").await;
     assert_eq!(reply["recovered"], false);
-    assert!(server.metric("ws_resumes_total{recovered=\"false\"}").await >= 1.0);
+    assert!(
+        server
+            .metric("switchboard_resumes_total{recovered=\"false\"}")
+            .await
+            >= 1.0
+    );
 }
 
 #[tokio::test]
@@ -187,8 +192,13 @@ async fn a_resume_larger_than_the_queue_is_replayed_in_pages() {
             assert_eq!(client.recv_type("message").await["offset"], live);
         })
         .await;
-        assert!(server.metric("ws_replay_pages_total").await >= 3.0);
-        assert_eq!(server.metric("ws_slow_consumer_closes_total").await, 0.0);
+        assert!(server.metric("switchboard_replay_pages_total").await >= 3.0);
+        assert_eq!(
+            server
+                .metric("switchboard_slow_consumer_closes_total")
+                .await,
+            0.0
+        );
         server.stop().await;
     }
 }

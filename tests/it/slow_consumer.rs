@@ -60,7 +60,12 @@ async fn slow_consumer_is_disconnected_while_others_keep_full_rate() {
             .unwrap();
     }
     let elapsed = started.elapsed();
-    assert!(server.metric("ws_slow_consumer_closes_total").await >= 1.0);
+    assert!(
+        server
+            .metric("switchboard_slow_consumer_closes_total")
+            .await
+            >= 1.0
+    );
     // Once it reads again, the slow client finds the 4001 close after its backlog.
     match slow.closed().await {
         Closed::Code(code, reason) => assert_eq!((code, reason.as_str()), (4001, "slow consumer")),
@@ -163,7 +168,7 @@ async fn an_http_publisher_a_queue_ahead_of_the_fanout_gets_503() {
     assert_eq!(bystander.recv_type("message").await["data"], "bystander");
     assert!(
         server
-            .metric(r#"ws_publishes_refused_total{reason="fanout_behind"}"#)
+            .metric(r#"switchboard_publishes_refused_total{reason="fanout_behind"}"#)
             .await
             >= 8.0
     );

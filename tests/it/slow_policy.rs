@@ -128,9 +128,9 @@ async fn drop_oldest_sends_gaps_whose_history_is_exactly_what_was_missed() {
     assert_eq!(covered, (1..=MESSAGES).collect::<Vec<_>>());
     assert!(!gaps.is_empty(), "the queue never overflowed");
     // Counted by namespace (only this test uses `feed:*`), and never closed.
-    let counted = r#"ws_slow_consumer_gaps_total{namespace="feed:*"}"#;
+    let counted = r#"switchboard_slow_consumer_gaps_total{namespace="feed:*"}"#;
     assert!(server.metric(counted).await >= 1.0);
-    let closed = r#"ws_slow_consumer_policy_closes_total{namespace="feed:*"}"#;
+    let closed = r#"switchboard_slow_consumer_policy_closes_total{namespace="feed:*"}"#;
     assert!(server.metric(closed).await < 1.0);
 
     // What history still holds of each gap (its last 200 messages) is there, exactly.
@@ -179,7 +179,7 @@ async fn conflate_keeps_the_newest_message_per_key() {
     assert_eq!(last["AAA"], MESSAGES);
     assert_eq!(last["BBB"], MESSAGES - 1);
     assert!(received < MESSAGES, "nothing was conflated ({received})");
-    let conflated = r#"ws_messages_conflated_total{namespace="ticker:*"}"#;
+    let conflated = r#"switchboard_messages_conflated_total{namespace="ticker:*"}"#;
     assert!(server.metric(conflated).await >= 1.0);
     server.stop().await;
 }
@@ -229,7 +229,7 @@ async fn a_noisy_namespace_keeps_to_its_share_of_the_queue() {
         }
     }
     assert_eq!(room_seen, (1..=20).collect::<Vec<_>>());
-    let gaps = r#"ws_slow_consumer_gaps_total{namespace="feed:*"}"#;
+    let gaps = r#"switchboard_slow_consumer_gaps_total{namespace="feed:*"}"#;
     assert!(server.metric(gaps).await >= 1.0);
     server.stop().await;
 }

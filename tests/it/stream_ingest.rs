@@ -378,7 +378,7 @@ async fn the_bounds_refuse_cleanly_and_a_bystander_keeps_its_rate() {
     expect_all_acknowledged(&mut bystander, &acked).await;
     assert!(
         server
-            .metric("ws_stream_operations_refused_total{code=\"limit_exceeded\"}")
+            .metric("switchboard_stream_operations_refused_total{code=\"limit_exceeded\"}")
             .await
             >= 101.0
     );
@@ -466,6 +466,11 @@ async fn clients_change_only_what_the_edit_rule_lets_them() {
     )
     .await;
     assert_eq!(code(&ask(&mut alice, delete).await), None);
-    assert!(server.metric("ws_forbidden_total{action=\"edit\"}").await >= 3.0);
+    assert!(
+        server
+            .metric("switchboard_forbidden_total{action=\"edit\"}")
+            .await
+            >= 3.0
+    );
     server.stop().await;
 }

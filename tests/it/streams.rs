@@ -231,7 +231,12 @@ async fn a_retried_publish_answers_the_first_offset_and_publishes_nothing() {
         .collect();
     assert_eq!(ids, [json!("m-1"), json!("m-2")], "{frames:?}");
     // The recorder is the process's: other tests' duplicates may count too.
-    assert!(server.metric("ws_publishes_deduplicated_total").await >= 3.0);
+    assert!(
+        server
+            .metric("switchboard_publishes_deduplicated_total")
+            .await
+            >= 3.0
+    );
     server.stop().await;
 }
 

@@ -15,7 +15,7 @@ async fn a_flooding_client_is_refused_and_slowed_without_harming_others() {
         })
         .start()
         .await;
-    let rate_limited = r#"ws_rate_limited_total{scope="client"}"#;
+    let rate_limited = r#"switchboard_rate_limited_total{scope="client"}"#;
     let before = server.metric(rate_limited).await;
     let mut bystander = server.client().await;
     bystander.subscribe("news").await;
@@ -104,7 +104,7 @@ async fn connects_per_address_are_limited_with_429() {
         })
         .start()
         .await;
-    let ip_limited = r#"ws_rate_limited_total{scope="ip"}"#;
+    let ip_limited = r#"switchboard_rate_limited_total{scope="ip"}"#;
     let before = server.metric(ip_limited).await;
     let mut clients = Vec::new();
     for _ in 0..3 {
@@ -135,7 +135,7 @@ async fn api_keys_are_limited_each_on_its_own() {
         })
         .start()
         .await;
-    let key_limited = r#"ws_rate_limited_total{scope="api_key"}"#;
+    let key_limited = r#"switchboard_rate_limited_total{scope="api_key"}"#;
     let before = server.metric(key_limited).await;
     // Routes that do not exist cost no token: a 404 is all they get.
     for _ in 0..5 {

@@ -329,7 +329,7 @@ async fn wss_carries_large_messages_bursts_tls12_and_key_updates() {
     }
 
     // Garbage instead of a ClientHello: refused, counted, and the subscribers never notice.
-    let refused = "ws_connections_rejected_total{reason=\"tls_handshake\"}";
+    let refused = "switchboard_connections_rejected_total{reason=\"tls_handshake\"}";
     let before = server.metric(refused).await;
     let mut garbage = TcpStream::connect(server.ws_addr).await.unwrap();
     tokio::io::AsyncWriteExt::write_all(&mut garbage, b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -377,7 +377,9 @@ async fn a_wss_client_that_stops_reading_is_a_slow_consumer_and_nobody_else_noti
             assert_eq!(reader.recv_type("message").await["data"]["n"], n);
         }
     });
-    let before = server.metric("ws_slow_consumer_closes_total").await;
+    let before = server
+        .metric("switchboard_slow_consumer_closes_total")
+        .await;
     let channel = switchboard::protocol::ChannelName::parse("firehose", 64).unwrap();
     let pad = "x".repeat(4096);
     for n in 0..MESSAGES {
@@ -394,7 +396,10 @@ async fn a_wss_client_that_stops_reading_is_a_slow_consumer_and_nobody_else_noti
         .expect("the reading subscriber gets every message promptly")
         .unwrap();
     crate::assert_eventually!(
-        server.metric("ws_slow_consumer_closes_total").await >= before + 1.0,
+        server
+            .metric("switchboard_slow_consumer_closes_total")
+            .await
+            >= before + 1.0,
         "the stalled wss client is closed as a slow consumer"
     );
     drop(stalled);

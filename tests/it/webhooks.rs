@@ -211,7 +211,7 @@ async fn a_receiver_down_for_10_s_gets_every_event_afterwards() {
     assert_eq!(offsets, published);
     assert!(
         nodes[0]
-            .metric("ws_webhook_failures_total{webhook=\"0\"}")
+            .metric("switchboard_webhook_failures_total{webhook=\"0\"}")
             .await
             >= 1.0
     );
@@ -234,7 +234,7 @@ async fn a_receiver_down_for_10_s_gets_every_event_afterwards() {
     }
     assert_eventually!(
         server
-            .metric("ws_webhook_events_dropped_total{webhook=\"0\"}")
+            .metric("switchboard_webhook_events_dropped_total{webhook=\"0\"}")
             .await
             >= 10.0,
         "events beyond the queue dropped"

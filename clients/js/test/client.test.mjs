@@ -490,7 +490,7 @@ slow_consumer = "drop_oldest"
   assert.deepEqual(received, Array.from({ length: 250 }, (_, index) => index + 1));
   assert.deepEqual(recovered, [], "nothing was lost");
   const metrics = await (await fetch(`${node.controlUrl}/metrics`)).text();
-  assert.match(metrics, /ws_slow_consumer_gaps_total\{namespace="feed:\*"\} [1-9]/, "a gap was sent");
+  assert.match(metrics, /switchboard_slow_consumer_gaps_total\{namespace="feed:\*"\} [1-9]/, "a gap was sent");
   sb.close();
   await node.kill();
 });

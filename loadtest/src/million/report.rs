@@ -48,7 +48,7 @@ struct Params {
     kernel: String,
 }
 
-/// One line of `rejected.jsonl`: a node's `ws_connections_rejected_total` by reason.
+/// One line of `rejected.jsonl`: a node's `switchboard_connections_rejected_total` by reason.
 #[derive(Debug, serde::Deserialize)]
 struct Rejected {
     reasons: BTreeMap<String, u64>,

@@ -77,7 +77,7 @@ impl RedisBus {
 }
 
 /// The list is written before the change is announced: an announcement that failed
-/// (counted in `ws_redis_errors_total{op="block"}`) reaches the other nodes at their next
+/// (counted in `switchboard_redis_errors_total{op="block"}`) reaches the other nodes at their next
 /// reload, so the request is answered as done.
 fn announce(announced: Result<(), BusError>) {
     if let Err(err) = announced {

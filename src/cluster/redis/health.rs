@@ -1,5 +1,5 @@
 //! Health of the link to Redis and of each partition reader: outages logged once and shown
-//! in `ws_redis_up`, stalled readers found, and what `/readyz` reports.
+//! in `switchboard_redis_up`, stalled readers found, and what `/readyz` reports.
 
 use std::{
     sync::{

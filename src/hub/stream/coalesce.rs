@@ -28,7 +28,7 @@ struct Held {
     text: String,
     /// The offset of the last append merged in.
     offset: Offset,
-    /// When the first one was accepted, for `ws_publish_to_enqueue_seconds`.
+    /// When the first one was accepted, for `switchboard_publish_to_enqueue_seconds`.
     accepted: Instant,
 }
 
