@@ -96,21 +96,13 @@ pub enum ApplyError {
 }
 
 impl ApplyError {
-    /// The error code clients and the HTTP API see.
+    /// The error code a client's `error` frame says (the control API's kind is
+    /// `control::error::Kind`, with the same code).
     #[must_use]
     pub fn code(&self) -> ErrorCode {
         match self {
             ApplyError::Bus(_) => ErrorCode::Unavailable,
             ApplyError::Refused(err) => err.code(),
-        }
-    }
-
-    /// The HTTP status of the control API's answer.
-    #[must_use]
-    pub fn status(&self) -> u16 {
-        match self {
-            ApplyError::Bus(_) => 503,
-            ApplyError::Refused(err) => err.status(),
         }
     }
 }

@@ -6,15 +6,12 @@ use serde::Deserialize;
 
 use super::{
     ControlContext, JSON,
-    error::{ApiError, Handled},
+    error::{ApiError, Handled, Kind},
     fields,
     request::{json_body, parse_limit, query_pairs},
     response,
 };
-use crate::{
-    blocks::{BlockError, unix_now},
-    protocol::ErrorCode,
-};
+use crate::blocks::{BlockError, unix_now};
 
 /// Blocks one `GET /v1/blocks` page lists at most, and by default.
 const MAX_PAGE: usize = 10_000;
@@ -43,11 +40,11 @@ pub(super) async fn block(request: Request<Incoming>, ctx: &ControlContext) -> H
         .blocks()
         .check(&body.user, body.until, unix_now())
         .map_err(|err| {
-            let code = match err {
-                BlockError::Full => ErrorCode::LimitExceeded,
-                _ => ErrorCode::BadRequest,
+            let kind = match err {
+                BlockError::Full => Kind::Full,
+                _ => Kind::Invalid,
             };
-            ApiError::new(422, code, err.to_string())
+            ApiError::new(kind, err.to_string())
         })?;
     let closed = ctx.bus.block(&body.user, body.until).await?;
     let answer = serde_json::json!({
@@ -62,16 +59,11 @@ pub(super) async fn block(request: Request<Incoming>, ctx: &ControlContext) -> H
 pub(super) async fn unblock(request: Request<Incoming>, ctx: &ControlContext) -> Handled {
     let body: UnblockRequest = json_body(request, ctx).await?;
     if body.user.is_empty() {
-        return Err(ApiError::new(
-            422,
-            ErrorCode::BadRequest,
-            "`user` must not be empty",
-        ));
+        return Err(ApiError::new(Kind::Invalid, "`user` must not be empty"));
     }
     if !ctx.bus.unblock(&body.user).await? {
         return Err(ApiError::new(
-            404,
-            ErrorCode::NotFound,
+            Kind::NotFound,
             format!("user `{:.64}` is not blocked", body.user),
         ));
     }

@@ -8,14 +8,11 @@ use serde::Deserialize;
 
 use super::{
     ControlContext, JSON,
-    error::{ApiError, Handled},
+    error::{ApiError, Handled, Kind},
     request::{channel_name, json_body, parse_limit, query_pairs},
     response,
 };
-use crate::{
-    hub::SessionCommand,
-    protocol::{ErrorCode, Offset},
-};
+use crate::{hub::SessionCommand, protocol::Offset};
 
 /// Messages one history read may return.
 pub(super) const MAX_HISTORY_LIMIT: usize = 1000;
@@ -36,11 +33,7 @@ pub(super) async fn server_subscribe(
 ) -> Handled {
     let body: SubscribeRequest = json_body(request, ctx).await?;
     if body.user.is_empty() {
-        return Err(ApiError::new(
-            422,
-            ErrorCode::BadRequest,
-            "`user` must not be empty",
-        ));
+        return Err(ApiError::new(Kind::Invalid, "`user` must not be empty"));
     }
     let channel = channel_name(&body.channel, ctx)?;
     let command = if subscribe {
@@ -129,12 +122,12 @@ pub(super) async fn channels(query: &str, ctx: &ControlContext) -> Handled {
     let _listing = LISTING
         .acquire()
         .await
-        .map_err(|_| ApiError::new(503, ErrorCode::Unavailable, "shutting down"))?;
+        .map_err(|_| ApiError::new(Kind::Unavailable, "shutting down"))?;
     let hub = std::sync::Arc::clone(&ctx.hub);
     let (found, more) =
         tokio::task::spawn_blocking(move || hub.channels(&prefix, cursor.as_deref(), limit))
             .await
-            .map_err(|_| ApiError::new(500, ErrorCode::Internal, "the listing failed"))?;
+            .map_err(|_| ApiError::new(Kind::Internal, "the listing failed"))?;
     let next_cursor = more
         .then(|| found.last().map(|(name, _)| name.as_str().to_owned()))
         .flatten();
@@ -160,9 +153,10 @@ pub(super) async fn history(raw_channel: &str, query: &str, ctx: &ControlContext
         match key.as_str() {
             "since" if value.is_empty() => {}
             "since" => {
-                since = Some(value.parse::<Offset>().map_err(|err| {
-                    ApiError::new(400, ErrorCode::BadRequest, format!("`since`: {err}"))
-                })?);
+                since =
+                    Some(value.parse::<Offset>().map_err(|err| {
+                        ApiError::new(Kind::BadRequest, format!("`since`: {err}"))
+                    })?);
             }
             _ => limit = parse_limit(&value, MAX_HISTORY_LIMIT)?,
         }

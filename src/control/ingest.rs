@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 
 use super::{
     ControlContext, JSON,
-    error::{ApiError, Handled},
+    error::{ApiError, Handled, Kind},
     publishing::charge_channel,
     request::{channel_name, check_payload, query_pairs},
     response,
@@ -20,7 +20,7 @@ use super::{
 };
 use crate::{
     hub::{Applied, Editor, Op, OpError},
-    protocol::{AbandonReason, ChannelName, ErrorCode},
+    protocol::{AbandonReason, ChannelName},
 };
 
 /// The ingest's own limits: a line (NDJSON) longer than this is refused.
@@ -163,7 +163,7 @@ pub(super) async fn ingest(request: Request<Incoming>, ctx: &ControlContext) -> 
     let (head, mut body) = request.into_parts();
     let handled = ingest_body(&head, &mut body, ctx).await;
     if let Err(err) = &handled
-        && !matches!(err.status(), 408 | 413)
+        && !matches!(err.kind(), Kind::Timeout | Kind::TooLarge)
     {
         // Refused while the backend goes on sending its reply (a used id, a bad line): most
         // HTTP clients read the answer only once their body is sent, so read the rest (as
@@ -206,8 +206,7 @@ async fn ingest_body(
     }
     let (Some(channel), Some(id)) = (channel, id) else {
         return Err(ApiError::new(
-            422,
-            ErrorCode::BadRequest,
+            Kind::Invalid,
             "the query must give `channel` and `message_id`",
         ));
     };
@@ -228,8 +227,7 @@ async fn ingest_body(
         }
         _ => {
             return Err(ApiError::new(
-                415,
-                ErrorCode::BadRequest,
+                Kind::UnsupportedMediaType,
                 "Content-Type must be application/x-ndjson (lines of {\"text\":..}) or text/plain",
             ));
         }
@@ -237,20 +235,11 @@ async fn ingest_body(
     let header_data = match head.headers.get("switchboard-data") {
         None => None,
         Some(value) => {
-            let text = value.to_str().map_err(|_| {
-                ApiError::new(
-                    422,
-                    ErrorCode::BadRequest,
-                    "Switchboard-Data must be JSON text",
-                )
-            })?;
-            let data = RawValue::from_string(text.to_owned()).map_err(|_| {
-                ApiError::new(
-                    422,
-                    ErrorCode::BadRequest,
-                    "Switchboard-Data must be valid JSON",
-                )
-            })?;
+            let text = value
+                .to_str()
+                .map_err(|_| ApiError::new(Kind::Invalid, "Switchboard-Data must be JSON text"))?;
+            let data = RawValue::from_string(text.to_owned())
+                .map_err(|_| ApiError::new(Kind::Invalid, "Switchboard-Data must be valid JSON"))?;
             check_payload(&data, ctx)?;
             Some(data)
         }
@@ -291,8 +280,7 @@ async fn ingest_body(
     writes.flush_later();
     if opened.duplicate {
         return Err(ApiError::new(
-            409,
-            ErrorCode::Conflict,
+            Kind::Conflict,
             format!(
                 "the channel already has a message with this message_id (offset {}); \
                  change it with /v1/update",
@@ -390,8 +378,7 @@ impl Reader {
             let frame = match tokio::time::timeout(idle, body.frame()).await {
                 Err(_) => {
                     return Err(ApiError::new(
-                        408,
-                        ErrorCode::BadRequest,
+                        Kind::Timeout,
                         format!(
                             "nothing arrived for {} ms (streams.idle_timeout); the stream is abandoned",
                             idle.as_millis()
@@ -404,8 +391,7 @@ impl Reader {
                 }
                 Ok(Some(Err(_))) => {
                     return Err(ApiError::new(
-                        400,
-                        ErrorCode::BadRequest,
+                        Kind::BadRequest,
                         "the request body broke off; the stream is abandoned",
                     ));
                 }
@@ -415,8 +401,7 @@ impl Reader {
                 self.read += data.len();
                 if self.read > self.max_body {
                     return Err(ApiError::new(
-                        413,
-                        ErrorCode::LimitExceeded,
+                        Kind::TooLarge,
                         format!(
                             "the body is longer than {} bytes (8 times streams.max_text_bytes \
                              and more); the stream is abandoned",
@@ -456,8 +441,7 @@ impl Reader {
                 }
                 let parsed: IngestLine = serde_json::from_slice(trimmed).map_err(|err| {
                     ApiError::new(
-                        422,
-                        ErrorCode::BadRequest,
+                        Kind::Invalid,
                         format!("a line must be {{\"text\":..}} or {{\"data\":..}}: {err}"),
                     )
                 })?;
@@ -471,11 +455,7 @@ impl Reader {
                     Ok(text) => text.len(),
                     Err(err) if err.error_len().is_none() && !self.ended => err.valid_up_to(),
                     Err(_) => {
-                        return Err(ApiError::new(
-                            422,
-                            ErrorCode::BadRequest,
-                            "the body is not UTF-8 text",
-                        ));
+                        return Err(ApiError::new(Kind::Invalid, "the body is not UTF-8 text"));
                     }
                 };
                 if valid == 0 {
@@ -491,8 +471,7 @@ impl Reader {
 
 fn line_too_long(max: usize) -> ApiError {
     ApiError::new(
-        413,
-        ErrorCode::LimitExceeded,
+        Kind::TooLarge,
         format!("a line is longer than {max} bytes (limits.max_publish_payload_bytes)"),
     )
 }

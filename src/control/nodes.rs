@@ -7,12 +7,12 @@ use serde::Deserialize;
 
 use super::{
     Body, ControlContext, JSON,
-    error::{ApiError, Handled},
+    error::{ApiError, Handled, Kind},
     fields,
     request::{json_body, query_pairs},
     response,
 };
-use crate::protocol::{CloseCode, ErrorCode};
+use crate::protocol::CloseCode;
 
 pub(super) async fn nodes(ctx: &ControlContext) -> Handled {
     let nodes = ctx.bus.nodes().await?;
@@ -31,8 +31,7 @@ pub(super) async fn stats(query: &str, ctx: &ControlContext) -> Handled {
             "cluster" => true,
             _ => {
                 return Err(ApiError::new(
-                    400,
-                    ErrorCode::BadRequest,
+                    Kind::BadRequest,
                     "`scope` must be node or cluster",
                 ));
             }
@@ -90,8 +89,7 @@ pub(super) async fn disconnect(request: Request<Incoming>, ctx: &ControlContext)
         }
         Some(code) => {
             return Err(ApiError::new(
-                422,
-                ErrorCode::BadRequest,
+                Kind::Invalid,
                 format!("`code` {code} is not one a server may send: use 1000, 1001 or 3000-4999"),
             ));
         }
@@ -99,11 +97,7 @@ pub(super) async fn disconnect(request: Request<Incoming>, ctx: &ControlContext)
     let conn_id = match (body.conn_id, body.user) {
         (Some(conn_id), None) => conn_id,
         (None, Some(user)) if user.is_empty() => {
-            return Err(ApiError::new(
-                422,
-                ErrorCode::BadRequest,
-                "`user` must not be empty",
-            ));
+            return Err(ApiError::new(Kind::Invalid, "`user` must not be empty"));
         }
         (None, Some(user)) => {
             let closed = ctx.bus.disconnect_user(&user, code).await?;
@@ -112,8 +106,7 @@ pub(super) async fn disconnect(request: Request<Incoming>, ctx: &ControlContext)
         }
         _ => {
             return Err(ApiError::new(
-                422,
-                ErrorCode::BadRequest,
+                Kind::Invalid,
                 "give exactly one of `conn_id` and `user`",
             ));
         }
@@ -122,8 +115,7 @@ pub(super) async fn disconnect(request: Request<Incoming>, ctx: &ControlContext)
         Ok(response(200, JSON, r#"{"disconnected":true}"#))
     } else {
         Err(ApiError::new(
-            404,
-            ErrorCode::NotFound,
+            Kind::NotFound,
             format!("no connection {conn_id} on this node"),
         ))
     }
@@ -148,17 +140,12 @@ pub(super) fn drain_status(status: u16, drain: &crate::drain::DrainStatus) -> Re
 
 pub(super) fn drain_error(err: &crate::drain::DrainError) -> ApiError {
     use crate::drain::DrainError;
-    let status = match err {
-        DrainError::TooLong { .. } | DrainError::DeadlineTooSoon { .. } => 422,
-        DrainError::NotDraining => 404,
-        DrainError::AlreadyDraining | DrainError::StartedBySignal => 409,
+    let kind = match err {
+        DrainError::TooLong { .. } | DrainError::DeadlineTooSoon { .. } => Kind::Invalid,
+        DrainError::NotDraining => Kind::NotFound,
+        DrainError::AlreadyDraining | DrainError::StartedBySignal => Kind::Conflict,
     };
-    let code = match err {
-        DrainError::TooLong { .. } | DrainError::DeadlineTooSoon { .. } => ErrorCode::BadRequest,
-        DrainError::NotDraining => ErrorCode::NotFound,
-        DrainError::AlreadyDraining | DrainError::StartedBySignal => ErrorCode::Conflict,
-    };
-    ApiError::new(status, code, err.to_string())
+    ApiError::new(kind, err.to_string())
 }
 
 /// `POST /v1/drain`: starts draining this node (see `drain`); the body is optional.
@@ -194,8 +181,7 @@ pub(super) fn cancel_drain(ctx: &ControlContext) -> Handled {
 pub(super) fn reload_tls(ctx: &ControlContext) -> Handled {
     if ctx.certificates.is_empty() {
         return Err(ApiError::new(
-            404,
-            ErrorCode::NotFound,
+            Kind::NotFound,
             "neither server.tls nor control.tls is configured",
         ));
     }
@@ -205,8 +191,7 @@ pub(super) fn reload_tls(ctx: &ControlContext) -> Handled {
             Ok(response(200, JSON, body.to_string()))
         }
         Err((section, err)) => Err(ApiError::new(
-            422,
-            ErrorCode::BadRequest,
+            Kind::Invalid,
             format!("{section}: {err}; the old certificate stays"),
         )),
     }

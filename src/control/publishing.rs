@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 
 use super::{
     ControlContext, JSON,
-    error::{ApiError, Handled},
+    error::{ApiError, Handled, Kind},
     fields,
     request::{channel_name, check_payload, json_body},
     response,
@@ -19,7 +19,7 @@ use super::{
 };
 use crate::{
     hub::{Applied, Editor, Op, WriteBatch},
-    protocol::{ChannelName, ErrorCode},
+    protocol::ChannelName,
     telemetry::{self, RateScope},
 };
 
@@ -88,8 +88,7 @@ pub(super) async fn publish_one(
         streams::message_id(id)?;
     } else if body.stream {
         return Err(ApiError::new(
-            422,
-            ErrorCode::BadRequest,
+            Kind::Invalid,
             "a stream needs a `message_id`",
         ));
     }
@@ -121,14 +120,14 @@ pub(super) fn charge_channel(
         return Ok(());
     };
     telemetry::rate_limited(RateScope::ChannelPublishBytes);
-    let mut err = ApiError::rate_limited(rejected.retry_after);
-    err.message = format!(
-        "channel {channel} is over {} bytes/s (limits.channel_publish_bytes_per_second); \
+    Err(
+        ApiError::rate_limited(rejected.retry_after).with_message(format!(
+            "channel {channel} is over {} bytes/s (limits.channel_publish_bytes_per_second); \
          retry after {} ms",
-        budget.quota().per_second(),
-        rejected.retry_after.as_millis().max(1)
-    );
-    Err(err)
+            budget.quota().per_second(),
+            rejected.retry_after.as_millis().max(1)
+        )),
+    )
 }
 
 #[derive(Deserialize)]
@@ -151,11 +150,9 @@ pub(super) async fn broadcast(
             serde_json::json!({ "offsets": offsets }).to_string(),
         )),
         // Say which channels did get the message, so the caller can retry the rest.
-        Err((err, offsets)) if err.status == 503 => {
-            let body = serde_json::json!({
-                "error": { "code": err.code.as_str(), "message": err.message },
-                "offsets": offsets,
-            });
+        Err((err, offsets)) if err.kind() == Kind::Unavailable => {
+            let mut body = err.reply();
+            body["offsets"] = serde_json::json!(offsets);
             Ok(response(503, JSON, body.to_string()))
         }
         Err((err, _)) => Err(err),
@@ -174,10 +171,7 @@ pub(super) async fn broadcast_one(
 ) -> Result<Offsets, (ApiError, Offsets)> {
     if body.channels.is_empty() || body.channels.len() > MAX_BROADCAST_CHANNELS {
         let message = format!("`channels` must list 1 to {MAX_BROADCAST_CHANNELS} channels");
-        return Err((
-            ApiError::new(422, ErrorCode::BadRequest, message),
-            Offsets::new(),
-        ));
+        return Err((ApiError::new(Kind::Invalid, message), Offsets::new()));
     }
     let channels = body
         .channels
@@ -235,8 +229,7 @@ pub(super) async fn batch(
     let n = body.commands.len();
     if n == 0 || n > MAX_BATCH_COMMANDS {
         return Err(ApiError::new(
-            422,
-            ErrorCode::BadRequest,
+            Kind::Invalid,
             format!("`commands` must list 1 to {MAX_BATCH_COMMANDS} commands"),
         ));
     }
@@ -245,8 +238,7 @@ pub(super) async fn batch(
         let extra = u32::try_from(n - 1).unwrap_or(u32::MAX);
         if extra >= limiter.quota().burst() {
             return Err(ApiError::new(
-                422,
-                ErrorCode::BadRequest,
+                Kind::Invalid,
                 format!(
                     "a batch may hold at most control.request_burst_per_key ({}) commands",
                     limiter.quota().burst()
@@ -260,7 +252,7 @@ pub(super) async fn batch(
             return Err(ApiError::rate_limited(rejected.retry_after));
         }
     }
-    let error = |err: ApiError| serde_json::json!({ "error": { "code": err.code.as_str(), "message": err.message } });
+    let error = |err: ApiError| err.reply();
     let mut replies = Vec::with_capacity(n);
     for command in body.commands {
         replies.push(match command {
@@ -307,9 +299,7 @@ pub(super) async fn change_reply(
 ) -> serde_json::Value {
     match streams::change_one(&change, ctx, writes).await {
         Ok(applied) => streams::applied_json(applied),
-        Err(err) => {
-            serde_json::json!({ "error": { "code": err.code.as_str(), "message": err.message } })
-        }
+        Err(err) => err.reply(),
     }
 }
 

@@ -8,8 +8,11 @@ use hyper::{Request, body::Incoming, header};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{ControlContext, JSON, error::ApiError};
-use crate::protocol::{ChannelName, ErrorCode};
+use super::{
+    ControlContext, JSON,
+    error::{ApiError, Kind},
+};
+use crate::protocol::ChannelName;
 
 /// A body declared larger than `control.max_body_bytes`, up to this many times that, is read
 /// and dropped (within `control.body_timeout`) before the 413 is sent. Closing a connection
@@ -49,15 +52,13 @@ pub(super) async fn json_body<T: for<'de> Deserialize<'de>>(
         || media_type.eq_ignore_ascii_case("application/x-www-form-urlencoded");
     if !media_type.eq_ignore_ascii_case(JSON) && !undeclared {
         return Err(ApiError::new(
-            415,
-            ErrorCode::BadRequest,
+            Kind::UnsupportedMediaType,
             format!("Content-Type must be application/json (got {media_type:.64})"),
         ));
     }
     let too_large = || {
         ApiError::new(
-            413,
-            ErrorCode::LimitExceeded,
+            Kind::TooLarge,
             format!(
                 "request body is larger than {} bytes",
                 ctx.settings.max_body_bytes
@@ -84,51 +85,36 @@ pub(super) async fn json_body<T: for<'de> Deserialize<'de>>(
             if err.is::<http_body_util::LengthLimitError>() {
                 too_large()
             } else {
-                ApiError::new(
-                    400,
-                    ErrorCode::BadRequest,
-                    "could not read the request body",
-                )
+                ApiError::new(Kind::BadRequest, "could not read the request body")
             }
         })?
         .to_bytes();
     serde_json::from_slice(&body).map_err(|err| {
         if err.is_data() {
-            ApiError::new(422, ErrorCode::BadRequest, err.to_string())
+            ApiError::new(Kind::Invalid, err.to_string())
         } else if undeclared {
             ApiError::new(
-                400,
-                ErrorCode::BadRequest,
+                Kind::BadRequest,
                 format!(
                     "body is not valid JSON: {err} (send JSON with Content-Type: \
                      application/json; a form-encoded body is not taken)"
                 ),
             )
         } else {
-            ApiError::new(
-                400,
-                ErrorCode::BadRequest,
-                format!("body is not valid JSON: {err}"),
-            )
+            ApiError::new(Kind::BadRequest, format!("body is not valid JSON: {err}"))
         }
     })
 }
 
 pub(super) fn channel_name(name: &str, ctx: &ControlContext) -> Result<ChannelName, ApiError> {
-    ChannelName::parse(name, ctx.settings.max_channel_name_bytes).map_err(|err| {
-        ApiError::new(
-            422,
-            ErrorCode::BadRequest,
-            format!("channel `{name}`: {err}"),
-        )
-    })
+    ChannelName::parse(name, ctx.settings.max_channel_name_bytes)
+        .map_err(|err| ApiError::new(Kind::Invalid, format!("channel `{name}`: {err}")))
 }
 
 pub(super) fn check_payload(data: &RawValue, ctx: &ControlContext) -> Result<(), ApiError> {
     if data.get().len() > ctx.settings.max_publish_payload_bytes {
         return Err(ApiError::new(
-            413,
-            ErrorCode::LimitExceeded,
+            Kind::TooLarge,
             format!(
                 "`data` is larger than {} bytes",
                 ctx.settings.max_publish_payload_bytes
@@ -149,8 +135,7 @@ pub(super) fn query_pairs(
                 Ok((key.into_owned(), value.into_owned()))
             } else {
                 Err(ApiError::new(
-                    400,
-                    ErrorCode::BadRequest,
+                    Kind::BadRequest,
                     format!("unknown query parameter `{key:.64}`"),
                 ))
             }
@@ -166,8 +151,7 @@ pub(super) fn parse_limit(value: &str, max: usize) -> Result<usize, ApiError> {
         .filter(|limit| (1..=max).contains(limit))
         .ok_or_else(|| {
             ApiError::new(
-                400,
-                ErrorCode::BadRequest,
+                Kind::BadRequest,
                 format!("`limit` must be an integer from 1 to {max}"),
             )
         })
@@ -187,12 +171,18 @@ mod tests {
         assert_eq!(pairs, [("limit", "5"), ("since", "e:7"), ("q", "a b c")]);
         assert!(query_pairs("", &[]).unwrap().is_empty());
         let err = query_pairs("limit=5&evil=1", &["limit"]).unwrap_err();
-        assert_eq!((err.status, err.code), (400, ErrorCode::BadRequest));
-        assert!(err.message.contains("`evil`"), "{}", err.message);
+        assert_eq!(err.kind(), Kind::BadRequest);
+        assert!(
+            err.reply()["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("`evil`"),
+            "{err:?}"
+        );
         // A long unknown key is cut in the message, not echoed whole.
         let long = format!("{}=1", "k".repeat(5000));
         let err = query_pairs(&long, &["limit"]).unwrap_err();
-        assert!(err.message.len() < 200, "{} bytes", err.message.len());
+        assert!(err.reply().to_string().len() < 250, "{err:?}");
     }
 
     #[test]
@@ -201,7 +191,7 @@ mod tests {
         assert_eq!(parse_limit("100", 100).unwrap(), 100);
         for bad in ["0", "101", "-1", "1.5", "", " 5", "99999999999999999999999"] {
             let err = parse_limit(bad, 100).unwrap_err();
-            assert_eq!(err.status, 400, "{bad:?}");
+            assert_eq!(err.kind(), Kind::BadRequest, "{bad:?}");
         }
     }
 }

@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use super::{
     ControlContext, JSON,
-    error::{ApiError, Handled},
+    error::{ApiError, Handled, Kind},
     fields,
     request::json_body,
     response,
@@ -15,7 +15,6 @@ use crate::{
     auth,
     blocks::unix_now,
     cluster::RevokeFailed,
-    protocol::ErrorCode,
     revocations::{self, Revocation, RevokeError},
 };
 
@@ -38,7 +37,7 @@ struct RevokeRequest {
 }
 
 fn invalid(message: impl Into<String>) -> ApiError {
-    ApiError::new(422, ErrorCode::BadRequest, message)
+    ApiError::new(Kind::Invalid, message)
 }
 
 /// The revocation a request asks for, its defaults filled in.
@@ -79,7 +78,7 @@ pub(super) async fn revoke(request: Request<Incoming>, ctx: &ControlContext) -> 
     let body: RevokeRequest = json_body(request, ctx).await?;
     let now = unix_now();
     let revocation = revocation(body, ctx, now)?;
-    let full = |err: RevokeError| ApiError::new(422, ErrorCode::LimitExceeded, err.to_string());
+    let full = |err: RevokeError| ApiError::new(Kind::Full, err.to_string());
     ctx.hub
         .revocations()
         .check(&revocation, now)

@@ -7,13 +7,10 @@ use tracing::Instrument as _;
 
 use super::{
     Body, ControlContext, JSON, blocks, channels,
-    error::{ApiError, Handled},
+    error::{ApiError, Handled, Kind},
     ingest, is_loopback, nodes, publishing, response, revoke,
 };
-use crate::{
-    protocol::ErrorCode,
-    telemetry::{self, RateScope},
-};
+use crate::telemetry::{self, RateScope};
 
 /// Routes one request. Never fails: every error becomes a JSON error response.
 pub(super) async fn handle(
@@ -195,7 +192,10 @@ async fn route(
             return ("unknown", Err(no_such_route()));
         };
         if !route.methods.split(", ").any(|allowed| allowed == method) {
-            return (route.label, method_not_allowed(route.methods));
+            return (
+                route.label,
+                Err(ApiError::method_not_allowed(route.methods)),
+            );
         }
         let handled = match channel {
             Some(raw) => channel_request(route.label, raw, &request, ctx).await,
@@ -207,7 +207,10 @@ async fn route(
         return ("unknown", Err(no_such_route()));
     };
     if method != Method::GET {
-        return (route.label, method_not_allowed(route.methods));
+        return (
+            route.label,
+            Err(ApiError::method_not_allowed(route.methods)),
+        );
     }
     let handled = match route.label {
         "healthz" => healthz(),
@@ -219,7 +222,7 @@ async fn route(
 }
 
 fn no_such_route() -> ApiError {
-    ApiError::new(404, ErrorCode::NotFound, "no such route")
+    ApiError::new(Kind::NotFound, "no such route")
 }
 
 /// Runs a `/v1` route other than the channel routes (`label`, with a method it takes).
@@ -299,30 +302,10 @@ fn channel_in_path(raw: &str) -> Result<std::borrow::Cow<'_, str>, ApiError> {
         .decode_utf8()
         .map_err(|_| {
             ApiError::new(
-                400,
-                ErrorCode::BadRequest,
+                Kind::BadRequest,
                 "the channel in the path is not percent-encoded UTF-8",
             )
         })
-}
-
-/// 405 with the `Allow` header naming the methods the route takes (GET routes take HEAD too).
-fn method_not_allowed(allowed: &'static str) -> Handled {
-    let mut response = ApiError::new(
-        405,
-        ErrorCode::BadRequest,
-        format!("method not allowed; use {allowed}"),
-    )
-    .into_response();
-    let allow = if allowed == "GET" {
-        "GET, HEAD"
-    } else {
-        allowed
-    };
-    response
-        .headers_mut()
-        .insert(header::ALLOW, header::HeaderValue::from_static(allow));
-    Ok(response)
 }
 
 /// Who is calling, as far as rate limits go: the index of the API key presented, or
@@ -340,8 +323,7 @@ fn authorize(
             return Ok(LOOPBACK_CALLER);
         }
         return Err(ApiError::new(
-            403,
-            ErrorCode::Forbidden,
+            Kind::Forbidden,
             "no API key is configured, so /v1 answers loopback clients only",
         ));
     }
@@ -352,14 +334,9 @@ fn authorize(
         .and_then(bearer_token);
     match presented.map(|key| ctx.settings.api_keys.position(key.trim().as_bytes())) {
         Some(Some(caller)) => Ok(caller),
-        Some(None) => Err(ApiError::new(
-            401,
-            ErrorCode::Unauthorized,
-            "invalid API key",
-        )),
+        Some(None) => Err(ApiError::new(Kind::Unauthorized, "invalid API key")),
         None => Err(ApiError::new(
-            401,
-            ErrorCode::Unauthorized,
+            Kind::Unauthorized,
             "missing `Authorization: Bearer <key>` header",
         )),
     }
@@ -444,6 +421,6 @@ mod tests {
         );
         assert_eq!(channel_in_path("caf%C3%A9").unwrap(), "café");
         let err = channel_in_path("%FF%FE").unwrap_err();
-        assert_eq!((err.status, err.code), (400, ErrorCode::BadRequest));
+        assert_eq!(err.kind(), Kind::BadRequest);
     }
 }

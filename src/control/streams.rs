@@ -8,7 +8,7 @@ use serde_json::value::RawValue;
 
 use super::{
     Body, ControlContext, JSON,
-    error::ApiError,
+    error::{ApiError, Kind},
     fields,
     publishing::charge_channel,
     request::{channel_name, check_payload},
@@ -17,7 +17,7 @@ use super::{
 use crate::{
     cluster::ApplyError,
     hub::{Applied, Editor, Op},
-    protocol::{self, ErrorCode},
+    protocol,
 };
 
 #[derive(Deserialize)]
@@ -65,14 +65,16 @@ pub(super) enum Change {
 
 impl From<ApplyError> for ApiError {
     fn from(err: ApplyError) -> Self {
-        ApiError::new(err.status(), err.code(), err.to_string())
+        match err {
+            ApplyError::Bus(err) => err.into(),
+            ApplyError::Refused(err) => err.into(),
+        }
     }
 }
 
 /// Checks a `message_id`: 422 when it breaks the grammar.
 pub(super) fn message_id(id: &str) -> Result<(), ApiError> {
-    protocol::check_message_id(id)
-        .map_err(|err| ApiError::new(422, ErrorCode::BadRequest, err.to_string()))
+    protocol::check_message_id(id).map_err(|err| ApiError::new(Kind::Invalid, err.to_string()))
 }
 
 /// `{"offset":..}`, with `"duplicate":true` when nothing was done (the id was known).
@@ -94,8 +96,7 @@ pub(super) async fn change_one(
         Change::Append(body) => {
             if body.text.len() > ctx.settings.max_publish_payload_bytes {
                 return Err(ApiError::new(
-                    413,
-                    ErrorCode::LimitExceeded,
+                    Kind::TooLarge,
                     format!(
                         "`text` is larger than {} bytes (limits.max_publish_payload_bytes)",
                         ctx.settings.max_publish_payload_bytes
@@ -121,8 +122,7 @@ pub(super) async fn change_one(
         Change::Update(body) => {
             if body.data.is_none() && body.text.is_none() {
                 return Err(ApiError::new(
-                    422,
-                    ErrorCode::BadRequest,
+                    Kind::Invalid,
                     "an update needs `data`, `text` or both",
                 ));
             }

@@ -151,7 +151,9 @@ async fn bad_requests_get_the_right_status() {
     assert_eq!(status(response), 413);
     let response = server.http.get(&url).send().await.unwrap();
     assert_eq!(response.headers()["allow"], "POST");
-    assert_eq!(status(response), 405);
+    assert_eq!(response.status(), 405);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "method_not_allowed", "{body}");
     let (code, body) = server.get_json("/v1/nothing").await;
     assert_eq!(
         (code, body["error"]["code"].as_str()),
@@ -428,6 +430,8 @@ async fn a_json_body_without_its_content_type_is_taken() {
         .await
         .unwrap();
     assert_eq!(xml.status(), 415);
+    let body: serde_json::Value = xml.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unsupported_media_type", "{body}");
     server.stop().await;
 }
 

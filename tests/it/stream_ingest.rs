@@ -210,6 +210,7 @@ async fn streams_that_break_off_stall_or_are_forgotten_are_abandoned() {
     stalled.send(b"{\"text\":\"thinking\"}\n").await;
     let (status, answer) = stalled.answer().await;
     assert_eq!(status, 408, "{answer}");
+    assert_eq!(answer["error"]["code"], "request_timeout", "{answer}");
     let abandon = viewer.recv_type("abandon").await;
     assert_eq!(abandon["message_id"], "stalled");
 

@@ -161,7 +161,8 @@ pub enum OpError {
 }
 
 impl OpError {
-    /// The error code clients and the HTTP API see.
+    /// The error code a client's `error` frame says (the control API answers with the
+    /// same code and the status `control::error` gives it).
     #[must_use]
     pub fn code(self) -> ErrorCode {
         match self {
@@ -171,19 +172,6 @@ impl OpError {
             OpError::NoHistory | OpError::Clustered => ErrorCode::BadRequest,
             OpError::TextTooLarge(_) | OpError::TooManyOpen(_) => ErrorCode::LimitExceeded,
             OpError::NotYours | OpError::EditingOff => ErrorCode::Forbidden,
-        }
-    }
-
-    /// The HTTP status of the control API's answer.
-    #[must_use]
-    pub fn status(self) -> u16 {
-        match self {
-            OpError::Behind => 503,
-            OpError::NotFound => 404,
-            OpError::NotOpen(_) | OpError::NotIdle | OpError::NotStream => 409,
-            OpError::NoHistory | OpError::Clustered | OpError::TooManyOpen(_) => 422,
-            OpError::TextTooLarge(_) => 413,
-            OpError::NotYours | OpError::EditingOff => 403,
         }
     }
 }

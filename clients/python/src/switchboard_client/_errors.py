@@ -39,7 +39,9 @@ class SwitchboardError(Exception):
 
 class BadRequestError(SwitchboardError):
     """The request was malformed: bad JSON, a bad channel name or ``message_id``, a missing
-    or unknown field (400, 405, 408, 415, 422). Fix the request; retrying it as is fails
+    or unknown field (400, 422), a wrong method (405, ``code`` ``"method_not_allowed"``), a
+    body that stopped arriving (408, ``"request_timeout"``), a ``Content-Type`` that is not
+    JSON (415, ``"unsupported_media_type"``). Fix the request; retrying it as is fails
     again."""
 
     code = "bad_request"
@@ -142,14 +144,23 @@ _BY_CODE: dict[str, type[SwitchboardError]] = {
         InternalError,
     )
 }
+# Codes only HTTP has: the same mistakes as a bad request, told apart by ``code``.
+_BY_CODE.update(
+    method_not_allowed=BadRequestError,
+    request_timeout=BadRequestError,
+    unsupported_media_type=BadRequestError,
+)
 
 _BY_STATUS: dict[int, type[SwitchboardError]] = {
     400: BadRequestError,
     401: UnauthorizedError,
     403: ForbiddenError,
     404: NotFoundError,
+    405: BadRequestError,
+    408: BadRequestError,
     409: ConflictError,
     413: LimitExceededError,
+    415: BadRequestError,
     422: BadRequestError,
     429: RateLimitedError,
     503: UnavailableError,
