@@ -111,7 +111,7 @@ async fn lost_interest_is_written_again_and_nothing_is_missed() {
         .metric("switchboard_bus_interest_lost_total")
         .await;
     let publisher = SteadyPublisher::start(&publishing, "lossy");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    publisher.wait_acked(10).await;
     let hash = keys(&redis, "sb:*:int:lossy");
     assert_eq!(hash.len(), 1, "{hash:?}");
     redis.cli(&["DEL", &hash[0]]).unwrap();

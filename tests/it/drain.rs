@@ -76,9 +76,11 @@ async fn a_drain_is_announced_then_closes_clients_paced_with_reconnect_and_1012(
     }
     // A publisher at a steady rate throughout: every client must get every message
     // published before its close, in order.
+    let published = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let publisher = {
         let http = server.http.clone();
         let url = server.control_url("/v1/publish");
+        let published = std::sync::Arc::clone(&published);
         tokio::spawn(async move {
             for n in 0..150_u64 {
                 let status = http
@@ -89,11 +91,16 @@ async fn a_drain_is_announced_then_closes_clients_paced_with_reconnect_and_1012(
                     .unwrap()
                     .status();
                 assert_eq!(status, 200);
+                published.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The drain starts with the publisher under way.
+    crate::assert_eventually!(
+        published.load(std::sync::atomic::Ordering::Relaxed) >= 5,
+        "the publisher publishes"
+    );
     let started = Instant::now();
     let (status, body) = server.post("/v1/drain", json!({})).await;
     assert_eq!(status, 202, "{body}");
@@ -261,10 +268,12 @@ async fn a_node_that_drains_and_exits_answers_or_refuses_every_control_request()
     .await;
     let url = format!("http://{}/v1/publish", node.control_addr);
     let running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let publishers: Vec<_> = (0..8)
         .map(|publisher| {
             let url = url.clone();
             let running = std::sync::Arc::clone(&running);
+            let answered = std::sync::Arc::clone(&answered);
             tokio::spawn(async move {
                 let mut http = reqwest::Client::builder().timeout(Duration::from_secs(5));
                 if publisher % 2 == 0 {
@@ -283,6 +292,7 @@ async fn a_node_that_drains_and_exits_answers_or_refuses_every_control_request()
                             let status = response.status().as_u16();
                             assert!(status == 200 || status == 503, "answered {status}");
                             outcomes.answered += 1;
+                            answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         }
                         Err(err) if err.is_connect() => {
                             outcomes.refused += 1;
@@ -295,7 +305,11 @@ async fn a_node_that_drains_and_exits_answers_or_refuses_every_control_request()
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The drain starts with every kind of publisher under way.
+    crate::assert_eventually!(
+        answered.load(std::sync::atomic::Ordering::Relaxed) >= 40,
+        "the publishers are answered"
+    );
     let status = reqwest::Client::new()
         .post(format!("http://{}/v1/drain", node.control_addr))
         .send()

@@ -602,6 +602,8 @@ pub fn seq(offset: &Value) -> u64 {
 /// acknowledged and how long each answer took.
 pub struct SteadyPublisher {
     stop: Arc<AtomicBool>,
+    /// Publishes acknowledged so far.
+    acked: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<(Vec<String>, usize, Duration)>,
 }
 
@@ -611,6 +613,8 @@ impl SteadyPublisher {
         let http = node.http.clone();
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
+        let acked_count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = Arc::clone(&acked_count);
         let task = tokio::spawn(async move {
             let (mut acked, mut refused, mut slowest) = (Vec::new(), 0, Duration::ZERO);
             let mut n = 0;
@@ -627,6 +631,7 @@ impl SteadyPublisher {
                     200 => {
                         let body: Value = response.json().await.unwrap();
                         acked.push(body["offset"].as_str().unwrap().to_owned());
+                        counter.fetch_add(1, Ordering::Relaxed);
                     }
                     503 => refused += 1,
                     other => panic!("unexpected status {other}"),
@@ -636,7 +641,22 @@ impl SteadyPublisher {
             }
             (acked, refused, slowest)
         });
-        SteadyPublisher { stop, task }
+        SteadyPublisher {
+            stop,
+            acked: acked_count,
+            task,
+        }
+    }
+
+    /// Waits until `more` publishes are acknowledged after this call: publishing goes on
+    /// (before a fault, or again after one).
+    pub async fn wait_acked(&self, more: usize) {
+        let target = self.acked.load(Ordering::Relaxed) + more;
+        crate::assert_eventually!(
+            self.acked.load(Ordering::Relaxed) >= target,
+            "{more} more publishes acknowledged ({} of {target})",
+            self.acked.load(Ordering::Relaxed)
+        );
     }
 
     pub async fn finish(self) -> (Vec<String>, usize, Duration) {

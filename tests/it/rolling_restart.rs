@@ -32,6 +32,8 @@ const PUBLISH_EVERY: Duration = Duration::from_millis(40);
 struct Haproxy {
     child: std::process::Child,
     addr: SocketAddr,
+    /// Its stats socket.
+    stats: std::path::PathBuf,
     _dir: tempdir::Dir,
 }
 
@@ -55,9 +57,16 @@ impl Haproxy {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut config = String::new();
         let mut servers_written = false;
+        let dir =
+            std::env::temp_dir().join(format!("sb-haproxy-{}-{}", std::process::id(), addr.port()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let stats = dir.join("stats.sock");
         for line in reference.lines() {
             let trimmed = line.trim_start();
-            if trimmed.starts_with("bind ") {
+            if trimmed == "global" {
+                // The test reads the servers' health from here (`Haproxy::wait_up`).
+                config.push_str(&format!("global\n    stats socket {}\n", stats.display()));
+            } else if trimmed.starts_with("bind ") {
                 config.push_str(&format!("    bind {addr}\n"));
             } else if trimmed.starts_with("server ") {
                 if !servers_written {
@@ -76,9 +85,6 @@ impl Haproxy {
             }
         }
         assert!(servers_written, "the reference config has server lines");
-        let dir =
-            std::env::temp_dir().join(format!("sb-haproxy-{}-{}", std::process::id(), addr.port()));
-        std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("haproxy.cfg");
         std::fs::write(&path, config).unwrap();
         // The reference's own maxconn (its default, with HAPROXY_MAXCONN unset): it must start
@@ -97,8 +103,38 @@ impl Haproxy {
         Haproxy {
             child,
             addr,
+            stats,
             _dir: tempdir::Dir(dir),
         }
+    }
+
+    /// The servers HAProxy's health checks mark `UP` now (its stats socket's `show stat`).
+    async fn servers_up(&self) -> usize {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let Ok(mut socket) = tokio::net::UnixStream::connect(&self.stats).await else {
+            return 0; // not listening yet
+        };
+        let mut csv = String::new();
+        if socket.write_all(b"show stat\n").await.is_err()
+            || socket.read_to_string(&mut csv).await.is_err()
+        {
+            return 0;
+        }
+        // # pxname,svname,...: the status is the 18th field.
+        csv.lines()
+            .map(|line| line.split(',').collect::<Vec<_>>())
+            .filter(|fields| fields.len() > 17 && fields[1].starts_with("node"))
+            .filter(|fields| fields[17] == "UP")
+            .count()
+    }
+
+    /// Waits until HAProxy has marked `up` servers up (after `rise` checks).
+    async fn wait_up(&self, up: usize) {
+        crate::assert_eventually!(
+            self.servers_up().await == up,
+            "HAProxy marks {up} servers up ({} now)",
+            self.servers_up().await
+        );
     }
 }
 
@@ -113,6 +149,8 @@ impl Drop for Haproxy {
 #[derive(Default)]
 struct Seen {
     data: Vec<u64>,
+    /// Whether its first subscribe was answered.
+    subscribed: bool,
     /// When it reconnected after a `reconnect` frame or a close.
     reconnects: Vec<Instant>,
 }
@@ -168,6 +206,7 @@ async fn client(url: String, seen: Arc<Mutex<Seen>>, stop: Arc<std::sync::atomic
                 }
                 Some("subscribed") if last_offset.is_none() => {
                     last_offset = frame["offset"].as_str().map(str::to_owned);
+                    seen.lock().unwrap().subscribed = true;
                 }
                 Some("subscribed") => {
                     assert_eq!(frame["recovered"], true, "resumed without a gap: {frame}");
@@ -206,7 +245,7 @@ async fn a_rolling_restart_through_haproxy_loses_nothing_and_paces_reconnects() 
     let haproxy = Haproxy::start(&addrs);
     let url = format!("ws://{}/ws", haproxy.addr);
     // HAProxy marks the nodes up after `rise` checks.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    haproxy.wait_up(addrs.len()).await;
 
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let seen: Vec<Arc<Mutex<Seen>>> = (0..CLIENTS).map(|_| Arc::default()).collect();
@@ -215,7 +254,10 @@ async fn a_rolling_restart_through_haproxy_loses_nothing_and_paces_reconnects() 
         .map(|seen| tokio::spawn(client(url.clone(), Arc::clone(seen), Arc::clone(&stop))))
         .collect();
     // Everyone subscribed before the first publish.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    crate::assert_eventually!(
+        seen.iter().all(|seen| seen.lock().unwrap().subscribed),
+        "every client subscribed through HAProxy"
+    );
 
     // The backend: publishes n = 0, 1, 2 ... to whichever node answers, a message every
     // PUBLISH_EVERY; a refused publish is retried on the next node with the same n.
@@ -260,7 +302,12 @@ async fn a_rolling_restart_through_haproxy_loses_nothing_and_paces_reconnects() 
             }
         })
     };
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Traffic flows to every client before the first drain.
+    crate::assert_eventually!(
+        seen.iter()
+            .all(|seen| !seen.lock().unwrap().data.is_empty()),
+        "every client receives the publisher's messages"
+    );
 
     // Drain and restart each node in turn.
     let mut drains = Vec::new();
@@ -289,7 +336,7 @@ async fn a_rolling_restart_through_haproxy_loses_nothing_and_paces_reconnects() 
         nodes[index] = BinaryNode::start_at(ws, control, &["--redis", &redis_url], &env).await;
         drains.push((index, on_node, started, drained_in));
         // HAProxy sees it up again after `rise` checks.
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        haproxy.wait_up(addrs.len()).await;
     }
     publishing.store(false, std::sync::atomic::Ordering::Relaxed);
     publisher.await.unwrap();
