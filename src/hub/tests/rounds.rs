@@ -47,8 +47,10 @@ fn read_until(readers: &[(Arc<Outbound>, Reader)], got: &mut [Vec<u64>], n: usiz
 }
 
 /// Publishes on one thread while another keeps joining with `since` (reply, replay, live)
-/// and leaving: every stable subscriber gets 1..=MESSAGES once, in order, and every
-/// joiner a gapless run after its `since`, without duplicates, until it leaves.
+/// and leaving, each joiner staying until at least one publish happened, on a runtime whose
+/// two workers run the rounds: every stable subscriber gets 1..=MESSAGES once, in order, and
+/// every joiner a gapless run after its `since`, without duplicates, until it leaves. Real
+/// threads, so the orders vary run to run; the test below goes through them one by one.
 #[test]
 fn rounds_keep_order_and_joins_see_no_gap_or_duplicate() {
     let runtime = two_workers();
@@ -60,21 +62,24 @@ fn rounds_keep_order_and_joins_see_no_gap_or_duplicate() {
     // interleave with rounds however the two threads are scheduled (a loaded machine
     // once let the publisher finish after 10 joins).
     let joined = Arc::new(AtomicUsize::new(0));
+    // Messages published so far: each joiner stays subscribed until one more is.
+    let published = Arc::new(AtomicUsize::new(0));
     let publisher = std::thread::spawn({
-        let (hub, news, joined) = (Arc::clone(&hub), news.clone(), Arc::clone(&joined));
+        let (hub, news, joined, published) = (
+            Arc::clone(&hub),
+            news.clone(),
+            Arc::clone(&joined),
+            Arc::clone(&published),
+        );
         move || {
             for n in 1..=MESSAGES {
                 assert_eq!(hub.publish(&news, &n.to_string()).unwrap().seq, n);
-                if n % 10 == 0 {
-                    // Let joins interleave with rounds in flight.
-                    std::thread::sleep(Duration::from_micros(100));
-                }
+                published.store(usize::try_from(n).unwrap(), Ordering::SeqCst);
                 let wanted = usize::try_from(n / 100).unwrap();
-                for _ in 0..50_000 {
-                    if joined.load(Ordering::SeqCst) >= wanted {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_micros(100));
+                let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                while joined.load(Ordering::SeqCst) < wanted && std::time::Instant::now() < deadline
+                {
+                    std::thread::yield_now();
                 }
             }
         }
@@ -89,7 +94,15 @@ fn rounds_keep_order_and_joins_see_no_gap_or_duplicate() {
         };
         hub.subscribe(&conn, &news, Some(since), None, reply)
             .unwrap();
-        std::thread::sleep(Duration::from_micros(300));
+        // Subscribed while at least one publish (and its round) happens.
+        let at_join = published.load(Ordering::SeqCst);
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        while published.load(Ordering::SeqCst) == at_join
+            && !publisher.is_finished()
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::yield_now();
+        }
         hub.unsubscribe(conn.conn_id(), &news);
         let frames = drain(&rx);
         assert!(frames[0].starts_with("subscribed"), "{frames:?}");
@@ -109,6 +122,102 @@ fn rounds_keep_order_and_joins_see_no_gap_or_duplicate() {
         joins >= MESSAGES / 100,
         "joins raced the publisher ({joins})"
     );
+}
+
+/// Every order of a join among rounds, one after another on a runtime the test drives: a
+/// joiner subscribes with `since` 0-5 behind the head while 0-3 rounds wait to run, 0-2 more
+/// are published after it joined, and it leaves before or after they run. Each joiner gets
+/// a gapless run after its `since` (all of it when it stayed), never a duplicate; the stable
+/// subscribers get everything once, in order. Deterministic: the interleavings the threaded
+/// test above finds by chance, here each one by construction.
+#[test]
+fn a_join_anywhere_among_waiting_rounds_sees_no_gap_or_duplicate() {
+    // A runtime that runs the hub's rounds only when the test drives it.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let hub = runtime.block_on(async { hub_with(64, 64) });
+    let news = name("news");
+    let stable = subscribed(&hub, &news);
+    let mut stable_got = vec![Vec::new(); stable.len()];
+    let mut published = 0_u64;
+    let mut publish = |count: u64| {
+        for _ in 0..count {
+            published += 1;
+            assert_eq!(
+                hub.publish(&news, &published.to_string()).unwrap().seq,
+                published
+            );
+        }
+        published
+    };
+    // Runs the waiting rounds: until every stable subscriber has all `upto`.
+    let run_rounds = |got: &mut Vec<Vec<u64>>, upto: u64| {
+        for _ in 0..1000 {
+            runtime.block_on(tokio::task::yield_now());
+            for ((_, rx), seen) in stable.iter().zip(got.iter_mut()) {
+                seen.extend(seqs(&drain(rx)));
+            }
+            if got
+                .iter()
+                .all(|seen| seen.last().copied().unwrap_or(0) >= upto)
+            {
+                return;
+            }
+        }
+        panic!("the rounds up to {upto} did not run");
+    };
+    publish(5);
+    run_rounds(&mut stable_got, 5);
+    let mut cases = 0;
+    for waiting in 0..=3 {
+        for back in 0..=5 {
+            for after in 0..=2 {
+                for leaves_first in [false, true] {
+                    let head = publish(waiting);
+                    // The rounds do wait: the stable subscribers have none of them yet.
+                    stable_got[0].extend(seqs(&drain(&stable[0].1)));
+                    assert_eq!(stable_got[0].last(), Some(&(head - waiting)));
+                    let (joiner, rx) = registered(&hub);
+                    let position = hub.history(&news, None, 0).offset;
+                    assert_eq!(position.seq, head);
+                    let since = Offset {
+                        epoch: position.epoch,
+                        seq: head - back,
+                    };
+                    hub.subscribe(&joiner, &news, Some(since), None, reply)
+                        .unwrap();
+                    let last = publish(after);
+                    if leaves_first {
+                        hub.unsubscribe(joiner.conn_id(), &news);
+                    }
+                    run_rounds(&mut stable_got, last);
+                    if !leaves_first {
+                        hub.unsubscribe(joiner.conn_id(), &news);
+                    }
+                    let frames = drain(&rx);
+                    let case = format!(
+                        "{waiting} waiting, since {back} back, {after} after, leaves first: {leaves_first}"
+                    );
+                    assert!(frames[0].starts_with("subscribed"), "{case}: {frames:?}");
+                    let seen = seqs(&frames[1..]);
+                    let gapless: Vec<u64> = (since.seq + 1..).take(seen.len()).collect();
+                    assert_eq!(seen, gapless, "{case}");
+                    let least = if leaves_first { head } else { last };
+                    assert!(
+                        since.seq + seen.len() as u64 >= least,
+                        "{case}: {seen:?} stops before {least}"
+                    );
+                    assert!(since.seq + seen.len() as u64 <= last, "{case}: {seen:?}");
+                    cases += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(cases, 4 * 6 * 3 * 2);
+    for seen in &stable_got {
+        assert_eq!(seen, &(1..=published).collect::<Vec<u64>>());
+    }
 }
 
 /// A channel whose rounds cannot run refuses publishes once its outbox holds a whole
