@@ -444,3 +444,6 @@ impl AsyncWrite for ServerTls {
         Pin::new(&mut this.io).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests;
