@@ -20,79 +20,8 @@ use tokio_tungstenite::{
     tungstenite::{Message, client::IntoClientRequest as _},
 };
 
+use crate::args::{ConnectArgs, IdleArgs};
 use crate::proc_stat;
-
-#[derive(Debug, Clone, clap::Args)]
-pub struct ConnectArgs {
-    /// Server addresses (host:port, comma separated; connection i goes to server i mod n);
-    /// the WebSocket path is /ws.
-    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:8080")]
-    pub server: Vec<SocketAddr>,
-    /// Connections to open.
-    #[arg(long, default_value_t = 10_000)]
-    pub connections: usize,
-    /// Target connections per second.
-    #[arg(long, default_value_t = 5_000)]
-    pub rate: u64,
-    /// Handshakes in flight at most.
-    #[arg(long, default_value_t = 256)]
-    pub concurrency: usize,
-    /// Spread connections over source addresses 127.0.0.K .. 127.0.0.(K+N-1).
-    #[arg(long, default_value_t = 1)]
-    pub source_addrs: u8,
-    /// First source address K: 127.0.0.K. Give each load-generator process its own range.
-    #[arg(long, default_value_t = 1)]
-    pub source_first: u8,
-    /// Afterwards drop every connection at once and time the next connection.
-    #[arg(long)]
-    pub then_disconnect: bool,
-    /// PIDs of the servers (comma separated), for their summed RSS from /proc.
-    #[arg(long, value_delimiter = ',')]
-    pub server_pid: Vec<u32>,
-    /// Spread the connections over this many worker processes (each with its own share of
-    /// `--connections`, `--rate` and `--concurrency`, and its own source addresses from
-    /// `--source-first + i * --source-addrs`): one process may open only 20,000 files here.
-    /// `idle` only.
-    #[arg(long, default_value_t = 1)]
-    pub workers: usize,
-    /// Run as one of the workers of a parent process (set by the parent).
-    #[arg(long, hide = true)]
-    pub worker: bool,
-    /// Also write the results as JSON here.
-    #[arg(long)]
-    pub json: Option<std::path::PathBuf>,
-    /// Send a JWT in each upgrade's `?token=`, signed with this algorithm (HS256, RS256,
-    /// ES256, EdDSA, ...). 100 different tokens (users) are signed before the ramp, so the
-    /// client's signing is not timed; the server verifies each connection's anyway.
-    #[arg(long, requires = "token_key")]
-    pub token_alg: Option<String>,
-    /// The HMAC secret (HS*) or the PEM private key file (others) to sign with.
-    #[arg(long)]
-    pub token_key: Option<String>,
-    /// The `kid` to put in the tokens' header.
-    #[arg(long)]
-    pub token_kid: Option<String>,
-    /// No token: the node's connect hook names each connection's user from `?user=N` in the
-    /// upgrade (N = i mod 100; `hook-backend` answers so), and a `welcome` without a user
-    /// counts as an error.
-    #[arg(long, conflicts_with = "token_alg")]
-    pub hook_user: bool,
-    /// Reserve each socket's source port at `bind()` (a search of the port range per socket),
-    /// as before `IP_BIND_ADDRESS_NO_PORT`: only to measure what that search costs.
-    #[arg(long)]
-    pub reserve_port_at_bind: bool,
-    /// Offer permessage-deflate, as browsers do (the run fails if the server does not
-    /// negotiate it): what an idle connection with compression costs.
-    #[arg(long)]
-    pub deflate: bool,
-    /// Channels the connections subscribe to, round robin: `room-0` .. `room-(N-1)`.
-    #[arg(long, default_value_t = 100)]
-    pub channels: usize,
-    /// Connect with `wss://` (TLS 1.3, rustls with ring, server name `localhost`), trusting
-    /// this PEM certificate (the server's self-signed one, or its CA).
-    #[arg(long)]
-    pub tls_ca: Option<std::path::PathBuf>,
-}
 
 /// The TLS client for `--tls-ca`, or `None` for plain `ws://`.
 fn tls_connector(args: &ConnectArgs) -> anyhow::Result<Option<tokio_rustls::TlsConnector>> {
@@ -382,18 +311,6 @@ pub async fn run(args: ConnectArgs) -> anyhow::Result<()> {
         "connects_each_second": ramp.per_second,
     });
     crate::report(&results, args.json.as_deref())
-}
-
-#[derive(Debug, Clone, clap::Args)]
-pub struct IdleArgs {
-    #[command(flatten)]
-    pub connect: ConnectArgs,
-    /// Seconds to hold the connections once open (they answer the server's pings).
-    #[arg(long, default_value_t = 60)]
-    pub hold: u64,
-    /// Seconds between progress samples (connections still open, server RSS).
-    #[arg(long, default_value_t = 10)]
-    pub report_every: u64,
 }
 
 /// Scenario `idle`: opens N subscribed connections, holds them for `--hold` seconds while

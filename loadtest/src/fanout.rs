@@ -4,7 +4,6 @@
 //! and RSS. Runs against Switchboard or, with `--baseline`, the baseline broadcaster.
 
 use std::{
-    net::SocketAddr,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -17,109 +16,12 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use hdrhistogram::Histogram;
 use tokio_tungstenite::{MaybeTlsStream, tungstenite::Message};
 
+use crate::args::{FanoutArgs, PublishVia};
 use crate::{lean, now_ns, proc_stat};
 
 mod subscriber;
 
 use subscriber::{connect, padding, stamp};
-
-#[derive(Debug, Clone, clap::Args)]
-pub struct FanoutArgs {
-    /// Server addresses (host:port, comma separated; subscriber i connects to server i mod n,
-    /// publishes go to the first); the WebSocket path is /ws.
-    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:8080")]
-    pub server: Vec<SocketAddr>,
-    /// Subscriber connections.
-    #[arg(long, default_value_t = 1000)]
-    pub subscribers: usize,
-    /// Publishes per second; 0 runs subscribers only (for multi-process runs where another
-    /// process publishes), holding them for `--duration`.
-    #[arg(long, default_value_t = 100)]
-    pub rate: u64,
-    /// Publish through this server instead of `--server` (e.g. another cluster node).
-    #[arg(long)]
-    publish_on: Option<SocketAddr>,
-    /// How messages are published: `ws` (a client's `publish` frames over one WebSocket) or
-    /// `http` (`POST /v1/publish` to `--control`, as backends do; against `--baseline`, a
-    /// `POST` whose body it broadcasts).
-    #[arg(long, value_enum, default_value_t = PublishVia::Ws)]
-    publish_via: PublishVia,
-    /// The control listener for `--publish-via http`.
-    #[arg(long, default_value = "127.0.0.1:9090")]
-    control: SocketAddr,
-    /// With `--publish-via http`: publishers, each with one keep-alive connection sending its
-    /// next request when the previous one is answered; they share the `--rate`.
-    #[arg(long, default_value_t = 1)]
-    publishers: usize,
-    /// Seconds of publishing.
-    #[arg(long, default_value_t = 10)]
-    pub duration: u64,
-    /// Payload bytes.
-    #[arg(long, default_value_t = 256)]
-    pub payload: usize,
-    /// Pad payloads with English-like words instead of `x`s, so that they compress about as
-    /// chat text does (3-4 times with deflate) rather than a hundredfold.
-    #[arg(long)]
-    pub words: bool,
-    /// Subscribers offer permessage-deflate (as browsers do) and inflate what they get
-    /// compressed; the run fails if the server does not negotiate it.
-    #[arg(long)]
-    pub deflate: bool,
-    /// Channel name.
-    #[arg(long, default_value = "fanout")]
-    pub channel: String,
-    /// Spread subscribers over this many channels (`<channel>-0` .. `<channel>-K-1`,
-    /// subscriber i on channel i mod K); publishes go round robin over them. With K > 1,
-    /// use K times the rate for the same deliveries per second as one channel.
-    #[arg(long, default_value_t = 1)]
-    pub channels: usize,
-    /// Spread subscribers over source addresses 127.0.0.1 .. 127.0.0.N (ephemeral ports
-    /// run out near 28,000 connections per source address).
-    #[arg(long, default_value_t = 1)]
-    pub source_addrs: u8,
-    /// First source address: 127.0.0.K (give each load-generator process its own, since
-    /// explicitly bound sockets cannot share ephemeral ports across processes).
-    #[arg(long, default_value_t = 1)]
-    pub source_first: u8,
-    /// The target is the baseline broadcaster: wait for no welcome or replies, and subscribe
-    /// (unanswered) only with `--channels` above 1.
-    #[arg(long)]
-    pub baseline: bool,
-    /// Publish each message to a random channel instead of round robin (with `--channels`).
-    #[arg(long)]
-    random: bool,
-    /// Every S seconds, record an interval sample (deliveries, p99 latency of the interval,
-    /// server RSS): for soak runs, to see drift over time. 0: off.
-    #[arg(long, default_value_t = 0)]
-    report_every: u64,
-    /// PID of the server, for CPU time and RSS from /proc.
-    #[arg(long)]
-    server_pid: Option<u32>,
-    /// Also write the results as JSON here.
-    #[arg(long)]
-    pub json: Option<std::path::PathBuf>,
-    /// Hold the subscribers in this many worker processes (copies of this binary, each with
-    /// its share and its own source addresses from `--source-first + i * --source-addrs`)
-    /// while this process publishes and merges their results: one process may open only
-    /// 20,000 files here.
-    #[arg(long, default_value_t = 1)]
-    pub workers: usize,
-    /// Run as a worker of a parent process (set by the parent).
-    #[arg(long, hide = true)]
-    pub worker: bool,
-    /// Index of this process's first subscriber among all workers' (set by the parent).
-    #[arg(long, hide = true, default_value_t = 0)]
-    pub subscriber_offset: usize,
-    /// Messages the parent may publish, to size the completion table (set by the parent).
-    #[arg(long, hide = true, default_value_t = 0)]
-    pub completion_slots: usize,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum PublishVia {
-    Ws,
-    Http,
-}
 
 /// One message for an HTTP publisher: its number, channel index and channel.
 type Ticket = (u64, usize, String);

@@ -9,6 +9,7 @@
 //! `baseline`, the minimal broadcaster that is the ceiling for fan-out figures; `million`,
 //! the processes of `loadtest/million.sh` (issue 27's million-socket run).
 
+mod args;
 mod baseline;
 mod connect;
 mod fanout;
@@ -47,15 +48,15 @@ enum Scenario {
     /// Publish on some nodes, receive on others: cross-node delivery and latency.
     Cluster(ClusterArgs),
     /// N subscribers on one channel, R publishes a second: deliveries/s, latency, CPU.
-    Fanout(fanout::FanoutArgs),
+    Fanout(args::FanoutArgs),
     /// Subscribers spread over many channels, publishes to random ones.
     Channels(fanout::ChannelsArgs),
     /// Steady fan-out for T minutes: memory and latency drift.
     Soak(fanout::SoakArgs),
     /// Open N connections at a target rate; optionally drop them all and time the next.
-    Connect(connect::ConnectArgs),
+    Connect(args::ConnectArgs),
     /// Hold N subscribed connections and watch the server's memory.
-    Idle(connect::IdleArgs),
+    Idle(args::IdleArgs),
     /// Bursts of connects, each followed by a mass disconnect.
     Spike(connect::SpikeArgs),
     /// Backends publishing over the control API (`/v1/publish`, or `/v1/batch` with

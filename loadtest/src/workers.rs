@@ -11,7 +11,10 @@ use tokio::{
     process::{Child, ChildStdout, Command},
 };
 
-use crate::{connect::IdleArgs, proc_stat};
+use crate::{
+    args::{FanoutArgs, IdleArgs},
+    proc_stat,
+};
 
 struct Worker {
     child: Child,
@@ -79,7 +82,7 @@ fn share(total: usize, workers: usize, index: usize) -> usize {
 }
 
 /// Worker `index`'s first source address: each worker gets its own range.
-fn source_first(first: u8, addrs: u8, index: usize) -> String {
+fn worker_source(first: u8, addrs: u8, index: usize) -> String {
     (usize::from(first) + index * usize::from(addrs.max(1))).to_string()
 }
 
@@ -153,7 +156,7 @@ pub async fn idle(args: &IdleArgs) -> anyhow::Result<()> {
             "--concurrency",
             &(connect.concurrency / workers).max(1).to_string(),
             "--source-first",
-            &source_first(connect.source_first, connect.source_addrs, index),
+            &worker_source(connect.source_first, connect.source_addrs, index),
             "--source-addrs",
             &connect.source_addrs.to_string(),
             "--hold",
@@ -247,7 +250,7 @@ pub struct FanoutMerged {
 
 /// Starts `args.workers` subscriber-only copies of this binary and waits until each has
 /// connected its share.
-pub async fn start_fanout(args: &crate::fanout::FanoutArgs) -> anyhow::Result<FanoutWorkers> {
+pub async fn start_fanout(args: &FanoutArgs) -> anyhow::Result<FanoutWorkers> {
     let workers = args.workers;
     let launch = Launch::new(workers, args.source_first, args.source_addrs, &args.server)?;
     let slots = (args.rate * args.duration * 2).max(4096).to_string();
@@ -275,7 +278,7 @@ pub async fn start_fanout(args: &crate::fanout::FanoutArgs) -> anyhow::Result<Fa
             "--payload",
             &args.payload.to_string(),
             "--source-first",
-            &source_first(args.source_first, args.source_addrs, index),
+            &worker_source(args.source_first, args.source_addrs, index),
             "--source-addrs",
             &args.source_addrs.to_string(),
         ]
