@@ -13,7 +13,7 @@ use serde_json::value::RawValue;
 use super::{
     ControlContext, JSON,
     error::{ApiError, Handled, Kind},
-    publishing::charge_channel,
+    request::charge_channel,
     request::{channel_name, check_payload, query_pairs},
     response,
     streams::message_id,

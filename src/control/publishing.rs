@@ -10,16 +10,14 @@ use serde_json::value::RawValue;
 
 use super::{
     ControlContext, JSON,
+    auth::Caller,
     error::{ApiError, Handled, Kind},
     fields,
-    request::{channel_name, check_payload, json_body},
-    response,
-    routes::Caller,
-    streams,
+    request::{channel_name, charge_channel, check_payload, json_body},
+    response, streams,
 };
 use crate::{
     hub::{Applied, Editor, Op, WriteBatch},
-    protocol::ChannelName,
     telemetry::{self, RateScope},
 };
 
@@ -102,32 +100,6 @@ pub(super) async fn publish_one(
         .bus
         .apply(&channel, op, &Editor::Backend, writes)
         .await?)
-}
-
-/// Takes `bytes` from the channel's publish budget for the control API
-/// (`limits.channel_publish_bytes_per_second`; clients have their own): 429 with
-/// `Retry-After` when it refuses.
-pub(super) fn charge_channel(
-    channel: &ChannelName,
-    bytes: usize,
-    ctx: &ControlContext,
-) -> Result<(), ApiError> {
-    let Some(budget) = &ctx.channel_budget else {
-        return Ok(());
-    };
-    let bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
-    let Err(rejected) = budget.try_acquire(channel, ctx.hub.clock_ns(), bytes) else {
-        return Ok(());
-    };
-    telemetry::rate_limited(RateScope::ChannelPublishBytes);
-    Err(
-        ApiError::rate_limited(rejected.retry_after).with_message(format!(
-            "channel {channel} is over {} bytes/s (limits.channel_publish_bytes_per_second); \
-         retry after {} ms",
-            budget.quota().per_second(),
-            rejected.retry_after.as_millis().max(1)
-        )),
-    )
 }
 
 #[derive(Deserialize)]

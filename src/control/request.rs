@@ -1,5 +1,5 @@
-//! Reading requests: JSON bodies (content type, size, time), queries, channel names and
-//! payload sizes.
+//! Reading requests: JSON bodies (content type, size, time), queries, channel names,
+//! payload sizes, and the channel publish budget a request's payload is charged to.
 
 use std::time::Duration;
 
@@ -13,6 +13,7 @@ use super::{
     error::{ApiError, Kind},
 };
 use crate::protocol::ChannelName;
+use crate::telemetry::{self, RateScope};
 
 /// A body declared larger than `control.max_body_bytes`, up to this many times that, is read
 /// and dropped (within `control.body_timeout`) before the 413 is sent. Closing a connection
@@ -155,6 +156,32 @@ pub(super) fn parse_limit(value: &str, max: usize) -> Result<usize, ApiError> {
                 format!("`limit` must be an integer from 1 to {max}"),
             )
         })
+}
+
+/// Takes `bytes` from the channel's publish budget for the control API
+/// (`limits.channel_publish_bytes_per_second`; clients have their own): 429 with
+/// `Retry-After` when it refuses.
+pub(super) fn charge_channel(
+    channel: &ChannelName,
+    bytes: usize,
+    ctx: &ControlContext,
+) -> Result<(), ApiError> {
+    let Some(budget) = &ctx.channel_budget else {
+        return Ok(());
+    };
+    let bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
+    let Err(rejected) = budget.try_acquire(channel, ctx.hub.clock_ns(), bytes) else {
+        return Ok(());
+    };
+    telemetry::rate_limited(RateScope::ChannelPublishBytes);
+    Err(
+        ApiError::rate_limited(rejected.retry_after).with_message(format!(
+            "channel {channel} is over {} bytes/s (limits.channel_publish_bytes_per_second); \
+         retry after {} ms",
+            budget.quota().per_second(),
+            rejected.retry_after.as_millis().max(1)
+        )),
+    )
 }
 
 #[cfg(test)]

@@ -1,14 +1,16 @@
-//! Routing: the route table, keys and rate limits, request ids, health and metrics.
+//! Routing: the route table, rate limits per key, request ids, health and metrics.
 
 use std::net::SocketAddr;
 
-use hyper::{Method, Request, Response, body::Incoming, header};
+use hyper::{Method, Request, Response, body::Incoming};
 use tracing::Instrument as _;
 
 use super::{
-    Body, ControlContext, JSON, blocks, channels,
+    Body, ControlContext, JSON,
+    auth::{Caller, authorize},
+    blocks, channels,
     error::{ApiError, Handled, Kind},
-    ingest, is_loopback, nodes, publishing, response, revoke,
+    ingest, nodes, publishing, response, revoke,
 };
 use crate::telemetry::{self, RateScope};
 
@@ -308,49 +310,6 @@ fn channel_in_path(raw: &str) -> Result<std::borrow::Cow<'_, str>, ApiError> {
         })
 }
 
-/// Who is calling, as far as rate limits go: the index of the API key presented, or
-/// `LOOPBACK_CALLER` when no keys are configured.
-pub(super) type Caller = usize;
-const LOOPBACK_CALLER: Caller = usize::MAX;
-
-fn authorize(
-    request: &Request<Incoming>,
-    peer: SocketAddr,
-    ctx: &ControlContext,
-) -> Result<Caller, ApiError> {
-    if ctx.settings.api_keys.is_empty() {
-        if is_loopback(peer) {
-            return Ok(LOOPBACK_CALLER);
-        }
-        return Err(ApiError::new(
-            Kind::Forbidden,
-            "no API key is configured, so /v1 answers loopback clients only",
-        ));
-    }
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(bearer_token);
-    match presented.map(|key| ctx.settings.api_keys.position(key.trim().as_bytes())) {
-        Some(Some(caller)) => Ok(caller),
-        Some(None) => Err(ApiError::new(Kind::Unauthorized, "invalid API key")),
-        None => Err(ApiError::new(
-            Kind::Unauthorized,
-            "missing `Authorization: Bearer <key>` header",
-        )),
-    }
-}
-
-/// The credentials of an `Authorization: Bearer <token>` header; the scheme is
-/// case-insensitive (RFC 9110 11.1).
-fn bearer_token(value: &str) -> Option<&str> {
-    let (scheme, token) = value.trim_start().split_once(' ')?;
-    // One or more spaces between the scheme and the credentials (RFC 9110 11.4).
-    let token = token.trim_start_matches(' ');
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
-}
-
 fn healthz() -> Response<Body> {
     response(200, JSON, r#"{"status":"ok"}"#)
 }
@@ -386,19 +345,6 @@ fn metrics(ctx: &ControlContext) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_bearer_token_is_read_whatever_the_scheme_case_and_spacing() {
-        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
-        assert_eq!(bearer_token("bearer abc"), Some("abc"));
-        assert_eq!(bearer_token("BEARER abc"), Some("abc"));
-        assert_eq!(bearer_token("  Bearer   abc"), Some("abc"));
-        assert_eq!(bearer_token("Bearer"), None);
-        assert_eq!(bearer_token("Bearer "), None);
-        assert_eq!(bearer_token("Basic abc"), None);
-        assert_eq!(bearer_token("Bearerabc"), None);
-        assert_eq!(bearer_token(""), None);
-    }
 
     #[test]
     fn a_channel_in_a_path_is_percent_decoded_as_a_path_not_a_form() {

@@ -10,7 +10,7 @@ use super::{
     Body, ControlContext, JSON,
     error::{ApiError, Kind},
     fields,
-    publishing::charge_channel,
+    request::charge_channel,
     request::{channel_name, check_payload},
     response,
 };
