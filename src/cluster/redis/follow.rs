@@ -1,5 +1,5 @@
 //! Following the bus: one reader per partition with its own connection, going on from the
-//! last entry it saw and handing entries to the hub; with inbox routing, the renewal of this
+//! last entry it saw and handing what it reads to `deliver`; with inbox routing, the renewal of this
 //! node's interest and the read of the log for what an inbox missed; the watchdog that
 //! restarts a reader stuck while Redis answers; the partitions' lag gauge.
 
@@ -14,24 +14,17 @@ use tokio_util::sync::CancellationToken;
 use super::{
     Inner, bus_key,
     connection::RedisConn,
-    entries::{BusEntry, OpEntry, Request},
+    deliver::{READ_COUNT, deliver_batch},
     health::{READER_STALL, stalled_readers},
     interest::{FORGET_EVERY, forget_interest, renew_interest},
     on_time_ms,
     scripts::as_string,
-    since_start_ms, unix_ms,
+    since_start_ms,
 };
-use crate::{
-    hub::WriteBatch,
-    protocol::{CloseCode, Offset},
-    shutdown::TaskGroup,
-    telemetry,
-};
+use crate::{shutdown::TaskGroup, telemetry};
 
 /// How long one `XREAD` blocks before returning empty.
 const BLOCK: Duration = Duration::from_millis(1000);
-/// Entries one `XREAD` (or a log read after lost interest) returns at most.
-pub(super) const READ_COUNT: usize = 512;
 
 /// Starts one reader per partition and restarts any that is stuck while Redis answers.
 pub(super) async fn watch_readers(inner: Arc<Inner>, tasks: TaskGroup, stop: CancellationToken) {
@@ -326,117 +319,4 @@ fn save_cursor(inner: &Inner, index: usize, cursor: &str) {
 /// The milliseconds part of a stream entry id (`<ms>-<n>`).
 fn id_ms(id: &str) -> Option<u64> {
     id.split_once('-').and_then(|(ms, _)| ms.parse().ok())
-}
-
-/// Hands one `XREAD` reply to the hub. Returns the last entry id, if any.
-fn deliver_batch(inner: &Inner, value: Value) -> Option<String> {
-    // Reply shape: [[key, [[id, [field, value, ...]], ...]]], or nil on timeout.
-    let Value::Array(streams) = value else {
-        return None;
-    };
-    let mut last_id = None;
-    let mut n_entries = 0_u32;
-    // Written when the reply is handed over: a connection that several of its entries
-    // reach gets one `writev`.
-    let mut writes = inner.hub.write_batch();
-    for stream in streams {
-        let Value::Array(mut key_and_entries) = stream else {
-            continue;
-        };
-        let Some(Value::Array(entries)) = key_and_entries.pop() else {
-            continue;
-        };
-        last_id = deliver_entries(inner, entries, &mut writes, &mut n_entries).or(last_id);
-    }
-    telemetry::bus_read_batch(n_entries);
-    last_id
-}
-
-/// Hands stream entries (`[id, [field, value, ...]]` each) to the hub, in order. Returns the
-/// last entry id, if any; counts the entries in `n_entries`.
-pub(super) fn deliver_entries(
-    inner: &Inner,
-    entries: Vec<Value>,
-    writes: &mut WriteBatch,
-    n_entries: &mut u32,
-) -> Option<String> {
-    let mut last_id = None;
-    let now_ms = unix_ms();
-    for entry in entries {
-        let Value::Array(mut pair) = entry else {
-            continue;
-        };
-        let Some(fields) = pair.pop() else { continue };
-        let Some(id) = pair.pop().as_ref().and_then(as_string) else {
-            continue;
-        };
-        *n_entries += 1;
-        if let Some(request) = Request::parse(&fields, &inner.settings.node_id) {
-            match request {
-                Request::Event { channel, text } => {
-                    inner.hub.announce(&channel, text, writes);
-                }
-                Request::Command { user, command } => {
-                    inner.hub.command_user(&user, &command);
-                }
-                Request::Disconnect { user, code } => {
-                    let closed = inner.hub.disconnect_user(&user, code);
-                    tracing::info!(
-                        %user,
-                        closed,
-                        code = code.code(),
-                        "Disconnect of a user requested through the bus"
-                    );
-                }
-                Request::Block { user, until } => {
-                    inner.hub.blocks().block(&user, until);
-                    let closed = inner.hub.disconnect_user(&user, CloseCode::Unauthorized);
-                    tracing::info!(%user, ?until, closed, "User blocked through the bus");
-                }
-                Request::Unblock { user } => {
-                    inner.hub.blocks().unblock(&user);
-                }
-                Request::Kick { process, conn_id } => {
-                    if process == inner.inbox_name() {
-                        inner.hub.disconnect(conn_id, CloseCode::TooManyConnections);
-                    }
-                }
-                Request::Own => {}
-            }
-        } else if let Some(entry) = OpEntry::parse(&fields) {
-            if let Some(op) = entry.op() {
-                let offset = Offset {
-                    epoch: entry.epoch,
-                    seq: entry.seq,
-                };
-                if inner
-                    .hub
-                    .deliver_op_batched(&entry.channel, offset, &op, writes)
-                    > 0
-                {
-                    let lag = now_ms.saturating_sub(entry.time_ms) as f64 / 1000.0;
-                    telemetry::bus_lag(lag);
-                }
-            } else {
-                tracing::warn!(%id, "Malformed operation entry skipped");
-            }
-        } else if let Some(message) = BusEntry::parse(&fields) {
-            let offset = Offset {
-                epoch: message.epoch,
-                seq: message.seq,
-            };
-            if inner
-                .hub
-                .deliver_batched(&message.channel, offset, &message.data, writes)
-                > 0
-            {
-                let lag = now_ms.saturating_sub(message.time_ms) as f64 / 1000.0;
-                telemetry::bus_lag(lag);
-            }
-        } else {
-            tracing::warn!(%id, "Malformed bus entry skipped");
-        }
-        last_id = Some(id);
-    }
-    last_id
 }

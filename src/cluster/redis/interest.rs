@@ -9,7 +9,7 @@ use redis::{RedisResult, Value};
 use super::{
     Inner, USERS_INTEREST, bus_key,
     connection::RedisConn,
-    follow::{READ_COUNT, deliver_entries},
+    deliver::{READ_COUNT, deliver_entries},
     interest_key,
 };
 use crate::{protocol::ChannelName, telemetry};

@@ -43,6 +43,7 @@
 mod blocks;
 mod clock;
 mod connection;
+mod deliver;
 mod entries;
 mod follow;
 mod health;
