@@ -10,7 +10,7 @@ use std::{sync::Arc, time::Duration};
 use redis::{Script, Value};
 use tokio_util::sync::CancellationToken;
 
-use super::{Inner, RedisBus, keys::USERS_INTEREST, scripts::as_string};
+use super::{Inner, RedisBus, keys::USERS_INTEREST, values::as_string};
 use crate::{
     blocks::{Block, unix_now},
     cluster::BusError,

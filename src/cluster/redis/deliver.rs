@@ -7,8 +7,8 @@ use redis::Value;
 use super::{
     Inner,
     entries::{BusEntry, OpEntry, Request},
-    scripts::as_string,
     unix_ms,
+    values::as_string,
 };
 use crate::{
     hub::WriteBatch,

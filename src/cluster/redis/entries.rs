@@ -3,7 +3,7 @@
 
 use redis::Value;
 
-use super::scripts::{as_string, as_u64, parse_epoch};
+use super::values::{as_string, as_u64, parse_epoch};
 use crate::{
     hub::{Op, SessionCommand},
     protocol::{AbandonReason, ChannelName, CloseCode},

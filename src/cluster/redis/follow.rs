@@ -17,9 +17,8 @@ use super::{
     deliver::{READ_COUNT, deliver_batch},
     health::{READER_STALL, stalled_readers},
     interest::{FORGET_EVERY, forget_interest, renew_interest},
-    on_time_ms,
-    scripts::as_string,
-    since_start_ms,
+    on_time_ms, since_start_ms,
+    values::as_string,
 };
 use crate::{shutdown::TaskGroup, telemetry};
 

@@ -56,9 +56,11 @@ mod registry;
 mod revocations;
 mod scripts;
 mod settings;
+mod stored;
 mod streams;
 mod streams_lua;
 mod user_conns;
+mod values;
 
 pub use self::{occupancy::RedisOccupancy, presence::RedisPresence, settings::RedisSettings};
 

@@ -40,7 +40,7 @@ use std::{
 use redis::{Script, Value};
 use tokio::time::Instant;
 
-use super::{Inner, scripts::as_string};
+use super::{Inner, values::as_string};
 use crate::{
     cluster::{BusError, BusFuture, OccupancyChange, OccupancyFlip, OccupancyStore},
     protocol::ChannelName,

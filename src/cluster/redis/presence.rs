@@ -38,9 +38,8 @@ use redis::{Script, ScriptInvocation, Value};
 
 use self::lua::{COMMON_LUA, FORGET_LUA, PAGE_LUA, STATS_LUA, WRITE_LUA};
 use super::{
-    Inner,
-    scripts::{as_string, as_u64},
-    since_start_ms,
+    Inner, since_start_ms,
+    values::{as_string, as_u64},
 };
 use crate::{
     cluster::{

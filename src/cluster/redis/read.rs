@@ -4,8 +4,8 @@
 use redis::Value;
 
 use super::{
-    scripts::{ABSENT_EPOCH_LIMIT, as_string, as_u64, parse_epoch},
-    streams::StoredState,
+    stored::StoredState,
+    values::{ABSENT_EPOCH_LIMIT, as_string, as_u64, parse_epoch},
 };
 use crate::protocol::Offset;
 
@@ -180,7 +180,7 @@ fn continuous_since(since: Offset, born_ms: Option<u64>, now_ms: u64, state_ttl_
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::redis::scripts::random_epoch;
+    use crate::cluster::redis::values::random_epoch;
 
     const DAY_MS: u64 = 24 * 3600 * 1000;
     const T: u64 = 1_700_000_000_000;

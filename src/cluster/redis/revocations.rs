@@ -19,7 +19,7 @@ use std::{
 use redis::{Script, Value};
 use tokio_util::sync::CancellationToken;
 
-use super::{Inner, RedisBus, scripts::as_u64};
+use super::{Inner, RedisBus, values::as_u64};
 use crate::{
     blocks::unix_now,
     cluster::{BusError, RevokeFailed},

@@ -1,5 +1,5 @@
-//! The Lua scripts a publish and a read run (one round trip each), and the parsing of what
-//! Redis answers.
+//! The Lua scripts a publish and a read run (one round trip each), and running them (what
+//! a read answers is parsed in `read`).
 
 use std::{sync::atomic::Ordering, time::Duration};
 
@@ -9,6 +9,7 @@ use tokio::time::Instant;
 use super::{
     Inner, inbox_prefix,
     read::{ChannelRead, ReadEntry},
+    values::{millis, parse_epoch, random_epoch},
 };
 use crate::{
     cluster::BusError,
@@ -86,17 +87,6 @@ pub(super) const READ_LUA: &str = include_str!("lua/bus_read.lua");
 /// Redis lost its data since the last connection), and inline by the publish that creates a
 /// channel, so that the key exists before any read a node answers.
 pub(super) const BORN_LUA: &str = include_str!("lua/bus_born.lua");
-
-/// Epochs below this are not drawn at random: such an epoch is the Redis time (ms) at which
-/// a read found the channel without state (the *absent epoch* a subscriber of a channel that
-/// never had a message is given). Random epochs are drawn at or above it.
-pub(super) const ABSENT_EPOCH_LIMIT: u64 = 1 << 48;
-
-/// A random epoch for a channel a publish creates, never one that could be taken for an
-/// absent epoch.
-pub(super) fn random_epoch() -> u64 {
-    rand::random::<u64>() | (1 << 63)
-}
 
 impl Inner {
     pub(super) fn state_ttl_ms(&self) -> u64 {
@@ -241,29 +231,5 @@ impl Inner {
             read.entries.reverse();
         }
         Ok(read)
-    }
-}
-
-pub(super) fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
-}
-
-pub(super) fn parse_epoch(text: &str) -> Option<u64> {
-    u64::from_str_radix(text, 16).ok()
-}
-
-pub(super) fn as_string(value: &Value) -> Option<String> {
-    match value {
-        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok(),
-        Value::SimpleString(text) => Some(text.clone()),
-        Value::Int(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
-pub(super) fn as_u64(value: &Value) -> Option<u64> {
-    match value {
-        Value::Int(n) => u64::try_from(*n).ok(),
-        other => as_string(other)?.parse().ok(),
     }
 }

@@ -1,142 +1,24 @@
 //! Messages with ids on the Redis bus (see `docs/streams.md`, "Cluster"): running the
-//! operation script, what a read of their states answers, and the sweep that abandons
-//! idle streams whichever node they were opened on.
+//! operation script, its answers, what a channel's read says of its open streams, and the
+//! sweep that abandons idle streams whichever node they were opened on.
 
 use std::{sync::atomic::Ordering, time::Duration};
 
-use redis::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::{
     Inner, inbox_prefix, open_key,
     read::ChannelRead,
-    scripts::{as_string, as_u64, millis, parse_epoch},
+    stored::{StoredState, parse_status},
+    values::{millis, parse_epoch},
 };
 use crate::{
     cluster::{ApplyError, BusError},
     config::EditRule,
     hub::{Applied, Editor, HistoryData, Op, OpError, Owner},
-    protocol::{self, AbandonReason, ChannelName, MessageState, MessageStatus, Offset},
+    protocol::{self, AbandonReason, ChannelName, MessageStatus, Offset},
     telemetry,
 };
-
-/// A message with an id as a read found it in Redis.
-#[derive(Debug, Clone)]
-pub(super) struct StoredState {
-    pub(super) seq: u64,
-    pub(super) id: String,
-    pub(super) status: MessageStatus,
-    pub(super) stream: bool,
-    /// `data` since a finish or an update replaced it.
-    pub(super) replaced: Option<String>,
-    /// The seq of its last operation, once it changed.
-    pub(super) last: Option<u64>,
-    pub(super) touched_ms: u64,
-    pub(super) text: Option<String>,
-    /// `data` as published.
-    pub(super) published: String,
-}
-
-impl StoredState {
-    /// One `{seq, id, status, stream, replaced, last, touched, text, published}` of the
-    /// read script's reply.
-    pub(super) fn parse(value: Value) -> Option<Self> {
-        let Value::Array(parts) = value else {
-            return None;
-        };
-        let [
-            seq,
-            id,
-            status,
-            stream,
-            replaced,
-            last,
-            touched,
-            text,
-            published,
-        ] = <[Value; 9]>::try_from(parts).ok()?;
-        let optional = |value: &Value| match value {
-            Value::Nil => Some(None),
-            other => as_string(other).map(Some),
-        };
-        Some(Self {
-            seq: as_u64(&seq)?,
-            id: as_string(&id)?,
-            status: parse_status(&as_string(&status)?)?,
-            stream: as_string(&stream)? == "1",
-            replaced: optional(&replaced)?,
-            last: optional(&last)?.and_then(|last| last.parse().ok()),
-            touched_ms: as_u64(&touched)?,
-            text: optional(&text)?,
-            published: as_string(&published)?,
-        })
-    }
-
-    /// The seq of its last operation.
-    pub(super) fn last(&self) -> u64 {
-        self.last.unwrap_or(self.seq)
-    }
-
-    fn data(&self) -> Option<&str> {
-        match (&self.replaced, self.status) {
-            (_, MessageStatus::Deleted) => None,
-            (Some(data), _) => Some(data),
-            (None, _) => Some(&self.published),
-        }
-    }
-
-    fn state(&self, epoch: u64) -> MessageState<'_> {
-        MessageState {
-            created: Offset {
-                epoch,
-                seq: self.seq,
-            },
-            last: Offset {
-                epoch,
-                seq: self.last(),
-            },
-            message_id: &self.id,
-            status: self.status,
-            data: self.data(),
-            text: self.text.as_deref(),
-        }
-    }
-
-    /// The frame that brings a client up to it: as published until it changed, then its
-    /// state frame (what a node's own history replays).
-    pub(super) fn frame(&self, channel: &ChannelName, epoch: u64) -> String {
-        if self.last() == self.seq {
-            let offset = Offset {
-                epoch,
-                seq: self.seq,
-            };
-            protocol::encode_message_with_id(
-                channel,
-                offset,
-                &self.id,
-                self.stream,
-                &self.published,
-            )
-        } else {
-            protocol::encode_state(channel, &self.state(epoch))
-        }
-    }
-
-    /// Its entry of a history answer.
-    pub(super) fn history_data(&self, epoch: u64) -> HistoryData {
-        HistoryData::from_state(self.published.clone(), &self.state(epoch))
-    }
-}
-
-fn parse_status(text: &str) -> Option<MessageStatus> {
-    Some(match text {
-        "open" => MessageStatus::Open,
-        "finished" => MessageStatus::Finished,
-        "abandoned" => MessageStatus::Abandoned,
-        "deleted" => MessageStatus::Deleted,
-        _ => return None,
-    })
-}
 
 /// What a read holds after its `since`, in the order of each message's last operation:
 /// `(last, created, what)`.
@@ -366,7 +248,7 @@ impl Inner {
             .arg(owner_key(&owner, &self.settings.node_id))
             .arg(rule)
             .arg(args.reason)
-            .arg(format!("{:016x}", super::scripts::random_epoch()))
+            .arg(format!("{:016x}", super::values::random_epoch()))
             .arg(self.history_size(channel))
             .arg(self.state_ttl_ms())
             .arg(self.settings.bus_maxlen)

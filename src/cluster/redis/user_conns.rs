@@ -19,7 +19,7 @@ use redis::Value;
 use tokio::{sync::mpsc, time::Instant};
 use tokio_util::sync::CancellationToken;
 
-use super::{Inner, RedisBus, keys::USERS_INTEREST, scripts::as_string};
+use super::{Inner, RedisBus, keys::USERS_INTEREST, values::as_string};
 use crate::{cluster::UserLimit, config::RefuseConnection, hub::ConnId, protocol::CloseCode};
 
 /// A member of a process not known to be alive, counted longer ago than this, is a dead
@@ -88,14 +88,14 @@ impl RedisBus {
                 RefuseConnection::Oldest => "oldest",
                 RefuseConnection::Newest => "newest",
             })
-            .arg(super::scripts::millis(STALE))
-            .arg(super::scripts::millis(KEY_TTL))
+            .arg(super::values::millis(STALE))
+            .arg(super::values::millis(KEY_TTL))
             .arg(&*live);
         let answer: Vec<Value> = invocation
             .invoke_async(&mut conn)
             .await
             .map_err(|err| inner.failed("user_conns", &err))?;
-        if answer.first().and_then(super::scripts::as_u64) != Some(1) {
+        if answer.first().and_then(super::values::as_u64) != Some(1) {
             return Ok(None);
         }
         Ok(Some(answer.iter().skip(2).filter_map(as_string).collect()))
