@@ -213,7 +213,7 @@ pub fn compress_frame(
             .map(|body| {
                 let mut frame = BytesMut::with_capacity(body.len() + 10);
                 frame.put_u8(first_byte | RSV1);
-                super::ws::put_server_length(&mut frame, body.len());
+                super::frames::put_server_length(&mut frame, body.len());
                 frame.put_slice(body);
                 frame.freeze()
             });

@@ -11,6 +11,7 @@ mod close;
 mod decode;
 pub mod deflate;
 mod encode;
+mod frames;
 mod names;
 mod streams;
 pub mod ws;

@@ -1,5 +1,6 @@
 //! WebSocket framing (RFC 6455 section 5) of what clients send, decoded from a byte buffer
-//! without IO, and the few frames the server builds itself (pong, close, echo replies).
+//! without IO. The few frames the server builds itself (pong, close, echo replies) are
+//! written by `super::frames`, re-exported here.
 //!
 //! The session reads the socket into a `BytesMut` and calls [`Decoder::decode`] until it
 //! says how many more bytes it needs. Every frame comes out as one [`Inbound`], control and
@@ -12,22 +13,17 @@
 //!
 //! Never panics on client input (fuzzed by `fuzz/fuzz_targets/ws_decoder.rs`).
 
-use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
+use bytes::{Buf as _, Bytes, BytesMut};
 /// Text known to be UTF-8, sharing the frame's buffer: checked once here, read as `&str`
 /// without checking again.
 pub use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// Longest frame header: 2 bytes, 8 of extended length, 4 of mask.
 pub const MAX_HEADER_BYTES: usize = 14;
-/// Largest payload of a control frame (section 5.5).
-pub const MAX_CONTROL_PAYLOAD: usize = 125;
-
-const OP_CONTINUATION: u8 = 0x0;
-const OP_TEXT: u8 = 0x1;
-const OP_BINARY: u8 = 0x2;
-const OP_CLOSE: u8 = 0x8;
-const OP_PING: u8 = 0x9;
-const OP_PONG: u8 = 0xA;
+pub use super::frames::{
+    MAX_CONTROL_PAYLOAD, close_frame, message_frame, pong_frame, put_server_length, server_frame,
+};
+use super::frames::{OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT};
 
 /// What a decoder accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -396,63 +392,6 @@ fn close_code(payload: &[u8]) -> Result<Option<u16>, WsError> {
             Ok(Some(code))
         }
     }
-}
-
-/// Writes the second byte and extended length of an unmasked server frame whose payload is
-/// `len` bytes, in the shortest form (section 5.2); returns the header's length with the
-/// first byte (2, 4 or 10).
-pub fn put_server_length(wire: &mut impl bytes::BufMut, len: usize) -> u8 {
-    match len {
-        0..=125 => {
-            wire.put_u8(u8::try_from(len).expect("matched 0..=125"));
-            2
-        }
-        126..=0xffff => {
-            wire.put_u8(126);
-            wire.put_u16(u16::try_from(len).expect("matched up to 0xffff"));
-            4
-        }
-        _ => {
-            wire.put_u8(127);
-            wire.put_u64(len as u64);
-            10
-        }
-    }
-}
-
-/// An unmasked server frame: FIN, `opcode` and `payload`.
-#[must_use]
-pub fn server_frame(opcode: u8, payload: &[u8]) -> Bytes {
-    let mut wire = BytesMut::with_capacity(payload.len() + 10);
-    wire.put_u8(0x80 | opcode);
-    put_server_length(&mut wire, payload.len());
-    wire.put_slice(payload);
-    wire.freeze()
-}
-
-/// The pong answering a ping with `payload`.
-#[must_use]
-pub fn pong_frame(payload: &[u8]) -> Bytes {
-    server_frame(OP_PONG, payload)
-}
-
-/// A close frame with `code` and `reason` (cut to the 123 bytes a close frame allows).
-#[must_use]
-pub fn close_frame(code: u16, reason: &str) -> Bytes {
-    let mut end = reason.len().min(MAX_CONTROL_PAYLOAD - 2);
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    let mut payload = Vec::with_capacity(2 + end);
-    payload.extend_from_slice(&code.to_be_bytes());
-    payload.extend_from_slice(&reason.as_bytes()[..end]);
-    server_frame(OP_CLOSE, &payload)
-}
-
-/// A whole text or binary message, as the echo endpoint sends it back.
-#[must_use]
-pub fn message_frame(text: bool, payload: &[u8]) -> Bytes {
-    server_frame(if text { OP_TEXT } else { OP_BINARY }, payload)
 }
 
 #[cfg(test)]

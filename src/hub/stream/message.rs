@@ -1,9 +1,22 @@
 //! A message with an id as history holds it: its state and its state frame.
 
+use std::sync::Arc;
+
 use crate::{
-    hub::{FramedText, stream::op::Owner},
+    hub::{ConnId, FramedText},
     protocol::{self, ChannelName, MessageState, MessageStatus, Offset},
 };
+
+/// Who created a message, for the namespaces' `edit = "own"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    /// A backend, through the control API.
+    Backend,
+    /// An authenticated client's user (any of its connections).
+    User(Arc<str>),
+    /// An anonymous client's connection.
+    Conn(ConnId),
+}
 
 /// A message published with an id, as it stands.
 #[derive(Debug, Clone)]

@@ -13,7 +13,8 @@ mod message;
 mod op;
 mod remote;
 
-pub use self::op::{Applied, Editor, Op, OpError, Owner};
+pub use self::message::Owner;
+pub use self::op::{Applied, Editor, Op, OpError};
 use self::{coalesce::Appended, remote::op_frame};
 pub(super) use self::{
     coalesce::{Coalescer, Coalescing},

@@ -1,24 +1,10 @@
 //! The operations on messages with ids, who asks for them, and what they answer.
 
-use std::sync::Arc;
-
-use super::message::Message;
+use super::message::{Message, Owner};
 use crate::{
     config::EditRule,
-    hub::ConnId,
     protocol::{AbandonReason, ErrorCode, MessageStatus, Offset},
 };
-
-/// Who created a message, for the namespaces' `edit = "own"`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Owner {
-    /// A backend, through the control API.
-    Backend,
-    /// An authenticated client's user (any of its connections).
-    User(Arc<str>),
-    /// An anonymous client's connection.
-    Conn(ConnId),
-}
 
 /// Who asks for an operation: a backend may change any message; a client what its
 /// namespace's `edit` rule lets it.
