@@ -9,6 +9,8 @@
 //!   the caller is done (after a control request's answer, after a bus read's entries).
 //! - `session`: the session task's side ([`SessionLane`]): taking over when the socket is
 //!   full, writing its own frames, giving the lane back.
+//! - `overflow`: what a queue holds ([`Outgoing`]) and what a full one does under its
+//!   namespace's `slow_consumer` policy.
 //! - `workers`: the sessions' runtime as the fan-out uses it ([`Workers`]): one queue of
 //!   jobs (chunks of claimed connections to flush, large channels' rounds ahead of them)
 //!   that a drainer task per worker thread runs in order.
@@ -42,8 +44,8 @@ mod workers;
 use self::outbound::{FLUSHING, IDLE, MAX_FLUSH_ROUNDS, MAX_SLICES, SESSION, WANT};
 pub(super) use self::workers::{FLUSH_INLINE, Urgent, Workers, flush_all};
 pub use self::{
-    outbound::{ConnId, EnqueueError, Keepalive, Outbound, Outgoing, Wire},
-    overflow::{Delivery, Gap, Tag},
+    outbound::{ConnId, EnqueueError, Keepalive, Outbound, Wire},
+    overflow::{Delivery, Gap, Outgoing, Tag},
     publisher::WriteBatch,
     session::SessionLane,
 };

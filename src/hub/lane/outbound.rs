@@ -16,7 +16,7 @@ use futures_util::task::AtomicWaker;
 use super::{
     super::FramedText,
     SessionLane,
-    overflow::{self, Gap, Tag},
+    overflow::{self, Outgoing, Tag},
 };
 use crate::{protocol::CloseCode, telemetry};
 
@@ -43,9 +43,6 @@ pub(super) const MAX_SLICES: usize = 64;
 /// connection whose queue keeps refilling does not hold a publisher's thread.
 pub(super) const MAX_FLUSH_ROUNDS: usize = 4;
 
-/// An unmasked WebSocket ping with no payload (RFC 6455 section 5.5.2).
-const PING_FRAME: &[u8] = &[0x89, 0x00];
-
 /// Marker stored in `close_code` while no close was requested (no valid wire code is 0).
 const OPEN: u16 = 0;
 /// Marker stored in `close_code` when the transport failed and no close frame can be sent.
@@ -53,49 +50,6 @@ const ABORTED: u16 = 1;
 
 /// Identifies a connection on this node; never reused within a process.
 pub type ConnId = u64;
-
-/// What a session's writer takes off its queue.
-#[derive(Debug, Clone)]
-pub enum Outgoing {
-    /// A text frame, shared by every subscriber it goes to.
-    Text(FramedText),
-    /// A message of a channel whose namespace drops or conflates for slow subscribers (see
-    /// `overflow`), with what that needs to know of it.
-    Tagged(FramedText, Arc<Tag>),
-    /// A `gap` frame put where `drop_oldest` dropped messages.
-    Gap(Box<Gap>),
-    /// A WebSocket ping from the keepalive sweep.
-    Ping,
-}
-
-impl Outgoing {
-    /// The bytes that go on the wire; taken, not cloned, so a delivery costs no extra
-    /// reference-count round trip.
-    #[must_use]
-    pub fn into_wire(self) -> Bytes {
-        match self {
-            Self::Text(frame) | Self::Tagged(frame, _) => frame.into_wire(),
-            Self::Gap(gap) => gap.frame.into_wire(),
-            Self::Ping => Bytes::from_static(PING_FRAME),
-        }
-    }
-
-    /// The text frame, if it is one (a ping is not).
-    #[must_use]
-    pub fn text(&self) -> Option<&FramedText> {
-        match self {
-            Self::Text(frame) | Self::Tagged(frame, _) => Some(frame),
-            Self::Gap(gap) => Some(&gap.frame),
-            Self::Ping => None,
-        }
-    }
-
-    /// The bytes queues count for it (a ping: none).
-    #[must_use]
-    pub fn text_len(&self) -> usize {
-        self.text().map_or(0, FramedText::len)
-    }
-}
 
 /// What [`Outbound::keepalive`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,19 +1,68 @@
-//! A full outbound queue under a namespace's `slow_consumer` policy: `drop_oldest` drops the
-//! connection's oldest queued messages of the namespace and puts a `gap` frame (the first
-//! and last offsets dropped) where each channel's first dropped message was; `conflate`
-//! drops the queued messages the new one supersedes (same channel, and same `conflate_key`
-//! value), then, still full, the namespace's oldest. What cannot be made room for closes the
-//! connection with 4001, as under `disconnect`. All under the queue's lock, on the slow path
-//! only: a queue with room never comes here.
+//! What an outbound queue holds ([`Outgoing`]: frames, tagged with their channel's policy
+//! when it has one, gaps, pings), and a full queue under a namespace's `slow_consumer`
+//! policy: `drop_oldest` drops the connection's oldest queued messages of the namespace and
+//! puts a `gap` frame (the first and last offsets dropped) where each channel's first
+//! dropped message was; `conflate` drops the queued messages the new one supersedes (same
+//! channel, and same `conflate_key` value), then, still full, the namespace's oldest. What
+//! cannot be made room for closes the connection with 4001, as under `disconnect`. All under
+//! the queue's lock, on the slow path only: a queue with room never comes here.
 
 use std::{collections::VecDeque, sync::Arc};
 
-use super::{super::FramedText, outbound::Outgoing};
+use bytes::Bytes;
+
+use super::super::FramedText;
 use crate::{
     config::SlowConsumer,
     protocol::{self, ChannelName, Offset},
     telemetry,
 };
+
+/// An unmasked WebSocket ping with no payload (RFC 6455 section 5.5.2).
+const PING_FRAME: &[u8] = &[0x89, 0x00];
+
+/// What a session's writer takes off its queue.
+#[derive(Debug, Clone)]
+pub enum Outgoing {
+    /// A text frame, shared by every subscriber it goes to.
+    Text(FramedText),
+    /// A message of a channel whose namespace drops or conflates for slow subscribers (see
+    /// `overflow`), with what that needs to know of it.
+    Tagged(FramedText, Arc<Tag>),
+    /// A `gap` frame put where `drop_oldest` dropped messages.
+    Gap(Box<Gap>),
+    /// A WebSocket ping from the keepalive sweep.
+    Ping,
+}
+
+impl Outgoing {
+    /// The bytes that go on the wire; taken, not cloned, so a delivery costs no extra
+    /// reference-count round trip.
+    #[must_use]
+    pub fn into_wire(self) -> Bytes {
+        match self {
+            Self::Text(frame) | Self::Tagged(frame, _) => frame.into_wire(),
+            Self::Gap(gap) => gap.frame.into_wire(),
+            Self::Ping => Bytes::from_static(PING_FRAME),
+        }
+    }
+
+    /// The text frame, if it is one (a ping is not).
+    #[must_use]
+    pub fn text(&self) -> Option<&FramedText> {
+        match self {
+            Self::Text(frame) | Self::Tagged(frame, _) => Some(frame),
+            Self::Gap(gap) => Some(&gap.frame),
+            Self::Ping => None,
+        }
+    }
+
+    /// The bytes queues count for it (a ping: none).
+    #[must_use]
+    pub fn text_len(&self) -> usize {
+        self.text().map_or(0, FramedText::len)
+    }
+}
 
 /// A channel's delivery policy (its namespace's), shared by its messages' tags.
 #[derive(Debug)]
