@@ -16,11 +16,7 @@
 //!
 //! Must not depend on anything internal but `config`.
 
-use std::{
-    fmt,
-    sync::Arc,
-    time::{Duration, SystemTime},
-};
+use std::{fmt, sync::Arc, time::Duration};
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
@@ -335,12 +331,7 @@ pub const MAX_JTI_BYTES: usize = 256;
 pub const MAX_EXP: u64 = 253_402_300_799;
 
 /// Now, in Unix seconds: the clock `exp` and `nbf` are read against.
-#[must_use]
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs())
-}
+pub use crate::clock::unix_now;
 
 /// Seconds from now until `exp` (Unix seconds), 0 when past.
 #[must_use]

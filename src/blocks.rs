@@ -5,7 +5,7 @@
 //! and reaches every node through the bus at once and a reload every few seconds (see
 //! `cluster::redis::blocks`). Depends on nothing of the crate.
 
-use std::{sync::Arc, time::SystemTime};
+use std::sync::Arc;
 
 use dashmap::DashMap;
 use serde::Serialize;
@@ -17,12 +17,7 @@ pub const MAX_BLOCKS: usize = 1_000_000;
 pub const MAX_UNTIL: u64 = 253_402_300_799;
 
 /// Now, in Unix seconds: the clock `until` is read against (the one tokens' `exp` is).
-#[must_use]
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs())
-}
+pub use crate::clock::unix_now;
 
 /// One block, as `GET /v1/blocks` lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

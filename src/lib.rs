@@ -7,6 +7,7 @@ pub mod accept;
 pub mod app;
 pub mod auth;
 pub mod blocks;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod control;

@@ -118,11 +118,7 @@ impl Occupancy {
 
     /// On one node: the next sequence number (see [`TellOccupancy`]).
     fn local_seq(&self) -> u64 {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |since| {
-                u64::try_from(since.as_micros()).unwrap_or(u64::MAX)
-            });
+        let now = crate::clock::unix_micros();
         let mut last = self.last_seq.load(Ordering::Relaxed);
         loop {
             let next = now.max(last + 1);

@@ -26,11 +26,7 @@ pub struct LocalBus {
 impl LocalBus {
     #[must_use]
     pub fn new(hub: HubHandle, node_id: Arc<str>, node: NodeInfo) -> Self {
-        let started_unix_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |elapsed| {
-                u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
-            });
+        let started_unix_ms = crate::clock::unix_ms();
         Self {
             hub,
             node_id,

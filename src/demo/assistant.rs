@@ -109,9 +109,7 @@ impl Streaming<'_> {
         node: &str,
         stop: &CancellationToken,
     ) -> Result<(), ApplyError> {
-        let started = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |elapsed| elapsed.as_millis());
+        let started = crate::clock::unix_ms();
         // Fresh per reply, also across restarts of the node and beside the other nodes'
         // assistants of a cluster, which stream to the same channel.
         let message_id = format!("reply-{node}-{started}-{n}");

@@ -58,9 +58,7 @@ pub async fn ticker(bus: Arc<dyn Bus>, hub: HubHandle, node: Arc<str>, stop: Can
             () = stop.cancelled() => return,
             _ = every.tick() => {}
         }
-        let time = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |elapsed| elapsed.as_millis());
+        let time = crate::clock::unix_ms();
         let node_json = serde_json::to_string(&*node).unwrap_or_else(|_| "\"?\"".to_owned());
         let data = format!(r#"{{"n":{n},"node":{node_json},"time":{time}}}"#);
         let mut writes = hub.write_batch();

@@ -155,10 +155,7 @@ pub struct ShardStats {
 /// this process's first id. Ids stay below 2^52 plus the connections opened, so JavaScript
 /// clients hold them exactly.
 fn first_conn_id() -> u64 {
-    let unix_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| since.as_millis());
-    let start = u64::try_from(unix_ms % (1 << 30)).expect("below 2^30");
+    let start = crate::clock::unix_ms() % (1 << 30);
     (start << 22) + 1
 }
 

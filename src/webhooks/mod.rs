@@ -265,13 +265,7 @@ impl Webhooks {
         Event {
             id: format!("{}-{:08x}-{seq}", self.node, self.nonce),
             kind: label(event),
-            time: u64::try_from(
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_millis(),
-            )
-            .unwrap_or(u64::MAX),
+            time: crate::clock::unix_ms(),
             node: Arc::clone(&self.node),
             channel: about.channel.clone(),
             user: about.user.clone(),
@@ -413,9 +407,7 @@ async fn post(
     if let Some(headers) = request.headers_mut() {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if !secret.is_empty() {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |since| since.as_secs());
+            let now = crate::clock::unix_now();
             let value = sign::signature(secret.as_bytes(), now, &body);
             if let Ok(value) = HeaderValue::from_str(&value) {
                 headers.insert(sign::HEADER, value);

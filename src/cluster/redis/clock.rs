@@ -4,13 +4,7 @@
 use super::Inner;
 
 /// Milliseconds since the Unix epoch.
-pub(super) fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| {
-            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
-        })
-}
+pub(super) use crate::clock::unix_ms;
 
 /// Milliseconds since the bus started.
 pub(super) fn since_start_ms(inner: &Inner) -> u64 {

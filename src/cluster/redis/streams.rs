@@ -7,7 +7,9 @@ use std::{sync::atomic::Ordering, time::Duration};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Inner, inbox_prefix, open_key,
+    Inner,
+    clock::unix_ms,
+    inbox_prefix, open_key,
     read::ChannelRead,
     stored::{StoredState, parse_status},
     values::{millis, parse_epoch},
@@ -315,13 +317,7 @@ impl Inner {
         const BATCH: usize = 64;
         let idle_ms = millis(self.settings.streams.idle_timeout);
         let mut conn = self.conn()?;
-        let now_ms = u64::try_from(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_millis(),
-        )
-        .unwrap_or(u64::MAX);
+        let now_ms = unix_ms();
         let due: Vec<String> = redis::cmd("ZRANGEBYSCORE")
             .arg(open_key(partition))
             .arg("-inf")
