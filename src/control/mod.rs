@@ -285,8 +285,9 @@ const STOP_LINGER: Duration = Duration::from_millis(250);
 /// routes write a small channel's deliveries after their answer (`publishing::publishing`), so a
 /// publisher does not wait for its subscribers' send calls.
 ///
-/// Once `stop` is cancelled every answer carries `Connection: close`, the connection is
-/// served for `STOP_LINGER`, then closed as soon as no request is in flight.
+/// While the node drains, and once `stop` is cancelled, every answer carries
+/// `Connection: close`; once stopped the connection is served for `STOP_LINGER`, then
+/// closed as soon as no request is in flight.
 async fn serve_connection<IO>(
     io: IO,
     peer: SocketAddr,
@@ -301,7 +302,12 @@ async fn serve_connection<IO>(
         let stopped = stopped.clone();
         async move {
             let mut response = routes::handle(request, peer, &ctx).await;
-            if stopped.is_cancelled() {
+            // A draining node exits once drained, closing idle keep-alive connections: a
+            // request sent on one as it closes is neither answered nor known to be refused.
+            // Answered with `Connection: close` from the drain's start (and once stopped),
+            // every caller's next request opens a connection, which the node either serves
+            // or refuses outright.
+            if stopped.is_cancelled() || ctx.hub.is_draining() {
                 response.headers_mut().insert(
                     hyper::header::CONNECTION,
                     hyper::header::HeaderValue::from_static("close"),

@@ -43,16 +43,6 @@ pub(super) async fn handle(
     if let Ok(value) = hyper::header::HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID, value);
     }
-    if ctx.hub.is_draining() {
-        // The node exits once drained, closing idle keep-alive connections: a request sent
-        // on one as it closes is neither answered nor known to be refused. Answered with
-        // `Connection: close`, every caller's next request opens a connection, which the
-        // node either serves or refuses outright.
-        response.headers_mut().insert(
-            hyper::header::CONNECTION,
-            hyper::header::HeaderValue::from_static("close"),
-        );
-    }
     if path == "/v1/publish" {
         telemetry::metrics()
             .http_publish_duration
