@@ -304,9 +304,9 @@ async fn serve_connection<IO>(
             let mut response = routes::handle(request, peer, &ctx).await;
             // A draining node exits once drained, closing idle keep-alive connections: a
             // request sent on one as it closes is neither answered nor known to be refused.
-            // Answered with `Connection: close` from the drain's start (and once stopped),
-            // every caller's next request opens a connection, which the node either serves
-            // or refuses outright.
+            // Answered with `Connection: close` once the drain closes connections (and once
+            // stopped), every caller's next request opens a connection, which the node either
+            // serves or refuses outright.
             if stopped.is_cancelled() || ctx.hub.is_draining() {
                 response.headers_mut().insert(
                     hyper::header::CONNECTION,

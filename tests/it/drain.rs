@@ -342,3 +342,49 @@ async fn a_node_that_drains_and_exits_answers_or_refuses_every_control_request()
         &total.unknown[..total.unknown.len().min(3)]
     );
 }
+
+/// Once a drain closes connections, every control API answer says `Connection: close`, so
+/// that no caller sends its next request on a kept-alive connection the exiting node may
+/// close under it; a cancelled drain keeps connections alive again.
+#[tokio::test]
+async fn a_draining_node_asks_every_caller_to_reconnect() {
+    let server = server(Duration::from_millis(100), Duration::from_secs(30)).await;
+    let _held = server.client().await;
+    let connection = |response: &reqwest::Response| {
+        response
+            .headers()
+            .get("connection")
+            .map(|value| value.to_str().unwrap().to_owned())
+    };
+    let before = server
+        .http
+        .get(server.control_url("/v1/stats"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(connection(&before), None);
+    let (status, _) = server.post("/v1/drain", json!({})).await;
+    assert_eq!(status, 202);
+    crate::assert_eventually!(
+        server.get_json("/v1/drain").await.1["state"] == "closing",
+        "the drain closes connections"
+    );
+    for path in ["/v1/stats", "/v1/drain", "/readyz"] {
+        let during = server
+            .http
+            .get(server.control_url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(connection(&during).as_deref(), Some("close"), "{path}");
+    }
+    assert_eq!(cancel(&server).await.0, 200);
+    let after = server
+        .http
+        .get(server.control_url("/v1/stats"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(connection(&after), None);
+    server.stop().await;
+}
