@@ -29,6 +29,14 @@ fn every_lua_script_of_the_redis_bus_compiles() {
     }
 }
 
+/// A plain connection to `redis` for `EVAL`s.
+fn connect(redis: &RedisServer) -> redis::Connection {
+    redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap()
+}
+
 /// The presence scripts through `EVAL` on a real redis-server, as `cluster::redis::presence`
 /// calls them: the five keys of a channel (members by id, their JSON, counts per user,
 /// node liveness, write memos) and ARGV node, incarnation, judge-until, ttl, then the
@@ -53,10 +61,7 @@ mod presence {
         fn new(redis: &RedisServer) -> Presence {
             let script = |body: &str| Script::new(&format!("{COMMON}{body}"));
             Presence {
-                conn: redis::Client::open(redis.url())
-                    .unwrap()
-                    .get_connection()
-                    .unwrap(),
+                conn: super::connect(redis),
                 write: script(include_str!(
                     "../../src/cluster/redis/lua/presence_write.lua"
                 )),
@@ -277,10 +282,7 @@ mod occupancy {
         fn new(redis: &RedisServer) -> Occupancy {
             let script = |body: &str| Script::new(&format!("{COMMON}{body}"));
             Occupancy {
-                conn: redis::Client::open(redis.url())
-                    .unwrap()
-                    .get_connection()
-                    .unwrap(),
+                conn: super::connect(redis),
                 apply: script(include_str!(
                     "../../src/cluster/redis/lua/occupancy_apply.lua"
                 )),
@@ -460,19 +462,12 @@ mod bus_read {
             .collect()
     }
 
-    fn connect(redis: &RedisServer) -> redis::Connection {
-        redis::Client::open(redis.url())
-            .unwrap()
-            .get_connection()
-            .unwrap()
-    }
-
     /// A channel that never was: no epoch, nothing read, no key written but this node's
     /// interest when it subscribes.
     #[test]
     fn a_channel_that_never_was_reads_empty_and_writes_only_interest() {
         let redis = RedisServer::start(false);
-        let mut conn = connect(&redis);
+        let mut conn = super::connect(&redis);
         let reply = read(&mut conn, "", 100, false);
         assert_eq!(text(&reply[0]), "");
         assert_eq!(text(&reply[1]), "0");
@@ -496,7 +491,7 @@ mod bus_read {
     #[test]
     fn the_largest_page_reads_one_more_and_the_floor_follows_the_trim() {
         let redis = RedisServer::start(false);
-        let mut conn = connect(&redis);
+        let mut conn = super::connect(&redis);
         let _: () = conn
             .hset_multiple("meta", &[("e", "00000000000000aa"), ("s", "3000")])
             .unwrap();
