@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use super::{
     FramedText, Tag,
-    stream::{Coalescing, Message},
+    stream::message::{Coalescing, Message},
 };
 use crate::{
     config::ChannelPattern,

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::time::{Duration, Instant};
 
+use super::message::Held;
 use crate::{
     hub::{
         FramedText, Hub, channel::Channel, channel::Queued, fanout::start_round, lane::Workers,
@@ -20,29 +21,6 @@ use crate::{
 
 /// Held appends wait for a fan-out behind its sockets at most this many intervals.
 const MAX_STRETCH: u32 = 4;
-
-/// One `append` frame being held.
-#[derive(Debug)]
-struct Held {
-    message_id: Box<str>,
-    text: String,
-    /// The offset of the last append merged in.
-    offset: Offset,
-    /// When the first one was accepted, for `switchboard_publish_to_enqueue_seconds`.
-    accepted: Instant,
-}
-
-/// A channel's coalescing state, allocated on its first append.
-#[derive(Debug, Default)]
-pub(in crate::hub) struct Coalescing {
-    held: Vec<Held>,
-    /// A subscribe came since the last hold: the next append starts a frame of its own.
-    sealed: bool,
-    /// When the channel last sent an append frame.
-    last_sent: Option<Instant>,
-    /// The channel waits in the coalescer's queue.
-    scheduled: bool,
-}
 
 /// The channels whose held appends are due, and the wake-up of the task that sends them
 /// ([`Hub::run_coalescer`]).

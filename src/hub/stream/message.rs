@@ -1,6 +1,9 @@
-//! A message with an id as history holds it: its state and its state frame.
+//! What a channel keeps of its messages with ids: a message as history holds it (its state
+//! and its state frame), and the appends its coalescing holds (`coalesce`).
 
 use std::sync::Arc;
+
+use tokio::time::Instant;
 
 use crate::{
     hub::{ConnId, FramedText},
@@ -109,4 +112,27 @@ impl Message {
         self.state_frame = Some(built);
         added
     }
+}
+
+/// One `append` frame being held.
+#[derive(Debug)]
+pub(super) struct Held {
+    pub(super) message_id: Box<str>,
+    pub(super) text: String,
+    /// The offset of the last append merged in.
+    pub(super) offset: Offset,
+    /// When the first one was accepted, for `switchboard_publish_to_enqueue_seconds`.
+    pub(super) accepted: Instant,
+}
+
+/// A channel's coalescing state, allocated on its first append.
+#[derive(Debug, Default)]
+pub(in crate::hub) struct Coalescing {
+    pub(super) held: Vec<Held>,
+    /// A subscribe came since the last hold: the next append starts a frame of its own.
+    pub(super) sealed: bool,
+    /// When the channel last sent an append frame.
+    pub(super) last_sent: Option<Instant>,
+    /// The channel waits in the coalescer's queue.
+    pub(super) scheduled: bool,
 }

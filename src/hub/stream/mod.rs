@@ -9,17 +9,14 @@
 
 mod check;
 mod coalesce;
-mod message;
+pub(super) mod message;
 mod op;
 mod remote;
 
 pub use self::message::Owner;
 pub use self::op::{Applied, Editor, Op, OpError};
 use self::{coalesce::Appended, remote::op_frame};
-pub(super) use self::{
-    coalesce::{Coalescer, Coalescing},
-    message::Message,
-};
+pub(super) use self::{coalesce::Coalescer, message::Message};
 
 use std::sync::{Arc, atomic::Ordering};
 
