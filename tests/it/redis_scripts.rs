@@ -538,3 +538,119 @@ mod bus_read {
         );
     }
 }
+
+/// The publish script (`bus_route.lua`, `streams_history.lua`, `bus_publish.lua`) through
+/// `EVAL`, as `cluster::redis::scripts` calls it: KEYS the channel's meta, history, the
+/// partition's bus (log), born, interest, and the five keys of messages with ids; ARGV the
+/// data, a random epoch, the history size, the state ttl, the bus's length, the channel, the
+/// history ttl, the bus's age, the inbox prefix, the interest ttl, the message and text
+/// prefixes, the dedupe window. The answer: the channel's epoch and the message's seq.
+mod bus_publish {
+    use redis::{Commands as _, Script};
+
+    use crate::redis_server::RedisServer;
+
+    const KEYS: [&str; 10] = [
+        "meta", "hist", "bus", "born", "interest", "ids", "idt", "chg", "opn", "open",
+    ];
+
+    fn publish(
+        conn: &mut redis::Connection,
+        data: &str,
+        epoch: &str,
+        history: usize,
+    ) -> (String, u64) {
+        let script = Script::new(&format!(
+            "{}{}{}",
+            include_str!("../../src/cluster/redis/lua/bus_route.lua"),
+            include_str!("../../src/cluster/redis/lua/streams_history.lua"),
+            include_str!("../../src/cluster/redis/lua/bus_publish.lua")
+        ));
+        let mut invocation = script.prepare_invoke();
+        for key in KEYS {
+            invocation.key(key);
+        }
+        invocation
+            .arg(data)
+            .arg(epoch)
+            .arg(history)
+            .arg(600_000)
+            .arg(10_000)
+            .arg("chat")
+            .arg(600_000)
+            .arg(600_000)
+            .arg("inbox:")
+            .arg(60_000)
+            .arg("m:")
+            .arg("x:")
+            .arg(60_000);
+        invocation.invoke(conn).unwrap()
+    }
+
+    /// The ids of a stream's entries, oldest first.
+    fn ids(conn: &mut redis::Connection, key: &str) -> Vec<String> {
+        let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg(key)
+            .arg("-")
+            .arg("+")
+            .query(conn)
+            .unwrap();
+        entries.into_iter().map(|(id, _)| id).collect()
+    }
+
+    /// A channel that never was gets the epoch the publish brings and seq 1, its born key,
+    /// one history entry and one log entry; later publishes keep that epoch whatever they
+    /// bring and number on; history keeps exactly its size, newest last.
+    #[test]
+    fn the_first_publish_founds_the_channel_and_history_keeps_its_size() {
+        let redis = RedisServer::start(false);
+        let mut conn = super::connect(&redis);
+        assert_eq!(
+            publish(&mut conn, "1", "00000000000000aa", 3),
+            ("00000000000000aa".into(), 1)
+        );
+        let born: bool = conn.exists("born").unwrap();
+        assert!(born, "the born key is written with the channel");
+        for n in 2..=5 {
+            let (epoch, seq) = publish(&mut conn, &n.to_string(), "00000000000000bb", 3);
+            assert_eq!((epoch.as_str(), seq), ("00000000000000aa", n));
+        }
+        assert_eq!(ids(&mut conn, "hist"), ["3-0", "4-0", "5-0"]);
+        assert_eq!(
+            ids(&mut conn, "bus").len(),
+            5,
+            "the log holds every message"
+        );
+        let ttl: i64 = conn.pttl("hist").unwrap();
+        assert!(ttl > 0, "history expires: {ttl}");
+    }
+
+    /// History size 0: no history key at all, the log and the numbering go on.
+    #[test]
+    fn without_history_only_the_log_is_written() {
+        let redis = RedisServer::start(false);
+        let mut conn = super::connect(&redis);
+        publish(&mut conn, "1", "00000000000000aa", 0);
+        assert_eq!(publish(&mut conn, "2", "00000000000000aa", 0).1, 2);
+        let hist: bool = conn.exists("hist").unwrap();
+        assert!(!hist);
+        assert_eq!(ids(&mut conn, "bus").len(), 2);
+    }
+
+    /// The entry goes to the inbox of every node whose interest has not expired, under the
+    /// log's id; an expired interest is forgotten and its inbox not written.
+    #[test]
+    fn a_publish_reaches_the_inboxes_of_live_interest_only() {
+        let redis = RedisServer::start(false);
+        let mut conn = super::connect(&redis);
+        let _: () = conn
+            .hset_multiple("interest", &[("node-a", u64::MAX / 2), ("node-b", 1)])
+            .unwrap();
+        publish(&mut conn, "1", "00000000000000aa", 3);
+        let log = ids(&mut conn, "bus");
+        assert_eq!(ids(&mut conn, "inbox:node-a"), log, "under the log's id");
+        let stale: bool = conn.exists("inbox:node-b").unwrap();
+        let kept: bool = conn.hexists("interest", "node-b").unwrap();
+        assert!(!stale && !kept, "expired interest forgotten, not routed");
+    }
+}
