@@ -413,3 +413,92 @@ fn long_pod_names_become_node_ids_and_placeholder_keys_are_refused() {
         assert!(err.to_string().contains("placeholder"), "{err}");
     }
 }
+
+/// The tokens of `text` that are numbers or durations (`1024`, `1,000`, `500ms`, `366d`),
+/// commas dropped, outside parentheses.
+fn numbers(text: &str) -> Vec<String> {
+    // What a message says in parentheses is derived from other keys, not a bound of its own.
+    let mut depth = 0_u32;
+    let outside: String = text
+        .chars()
+        .filter(|c| {
+            match c {
+                '(' => depth += 1,
+                ')' => depth = depth.saturating_sub(1),
+                _ => return depth == 0,
+            }
+            false
+        })
+        .collect();
+    outside
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == ',' || c == '.'))
+        .map(|word| word.trim_matches(|c| c == ',' || c == '.').replace(',', ""))
+        .filter(|word| word.starts_with(|c: char| c.is_ascii_digit()))
+        .collect()
+}
+
+/// Every bound the validation holds a key to is stated in the comment above the key in the
+/// shipped file: each key with a number or a duration is set to 0 and to a huge value, and
+/// the numbers of the error that names it must all be in its comment.
+#[test]
+fn the_shipped_file_states_every_bound_the_validation_holds() {
+    let text = include_str!("../../config/switchboard.toml");
+    let lines: Vec<&str> = text.lines().collect();
+    let (mut section, mut comment) = (String::new(), String::new());
+    let mut unstated = Vec::new();
+    for (index, line) in lines.iter().enumerate() {
+        let trimmed = line.trim();
+        if let Some(said) = trimmed.strip_prefix('#') {
+            comment.push_str(said);
+            comment.push(' ');
+            continue;
+        }
+        if trimmed.starts_with('[') {
+            section = trimmed.trim_matches(['[', ']']).to_owned();
+            comment.clear();
+            continue;
+        }
+        let Some((key, value)) = trimmed.split_once(" = ") else {
+            comment.clear();
+            continue;
+        };
+        let duration = value.starts_with("\"")
+            && value[1..].starts_with(|c: char| c.is_ascii_digit())
+            && value.trim_end_matches('"').ends_with(['s', 'm', 'h', 'd']);
+        let tries: &[&str] = if duration {
+            &["\"0s\"", "\"100000d\""]
+        } else if value.parse::<u64>().is_ok() {
+            &["0", "4000000000000"]
+        } else {
+            &[]
+        };
+        let stated = numbers(&comment);
+        for tried in tries {
+            let changed = format!("{key} = {tried}");
+            let mut edited = lines.clone();
+            edited[index] = &changed;
+            let Err(err) = Config::from_toml_str(&edited.join("\n")) else {
+                continue;
+            };
+            let message = err.to_string();
+            let name = format!("{section}.{key}");
+            let Some((_, said)) = message.split_once(&name) else {
+                continue; // a relation another key's check names
+            };
+            let tried = tried.trim_matches('"');
+            for bound in numbers(said) {
+                if bound != tried && !stated.contains(&bound) {
+                    unstated.push(format!("{name}: `{bound}` ({message})"));
+                }
+            }
+        }
+        comment.clear();
+    }
+    unstated.sort();
+    unstated.dedup();
+    assert!(
+        unstated.is_empty(),
+        "config/switchboard.toml does not state these bounds above their keys:\n{}",
+        unstated.join("\n")
+    );
+}

@@ -1,9 +1,9 @@
 //! The Lua scripts of the Redis bus (`src/cluster/redis/lua/*.lua`) in a real redis-server:
 //! every one compiles (a syntax error fails here, not on the first cluster that runs it),
-//! and the presence, occupancy and read scripts run through `EVAL` on their edge cases:
-//! empty keys, expired node entries, retries, the largest page. `revoke`, `user_limit`
-//! and `publish_rates` run theirs the same way; publishing and stream operations run under
-//! the cluster tests.
+//! and the publish, read, presence and occupancy scripts run through `EVAL` on their edge
+//! cases: empty keys, expired node entries, retries, the largest page. `revoke`,
+//! `user_limit` and `publish_rates` run theirs the same way; the operations on messages
+//! with ids (`streams_op.lua`) run under the cluster tests of streams.
 
 use crate::redis_server::RedisServer;
 
