@@ -21,7 +21,7 @@
 //! it leave the registry; the node that removes them sends their `leave` events.
 //!
 //! Files: `events` (the coalescer), `sync` (keeping this node's members in the store, and
-//! the events that wait for its writes), `encode` (the frames).
+//! the events that wait for its writes). The frames and `Member` are `protocol`'s.
 
 use std::{
     collections::{BTreeMap, HashMap, hash_map::Entry},
@@ -31,7 +31,7 @@ use std::{
 };
 
 use dashmap::DashMap;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -54,17 +54,8 @@ const SYNC_EVERY: Duration = Duration::from_millis(50);
 /// After a write failed (the store is unreachable), the next waits this long.
 const SYNC_RETRY: Duration = Duration::from_secs(1);
 
-/// One subscriber of a channel whose namespace tracks members.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Member {
-    pub node: Arc<str>,
-    pub conn_id: ConnId,
-    /// The token's `sub`; empty for an anonymous connection.
-    pub user: Arc<str>,
-    /// The token's `info` claim, as sent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub info: Option<Box<RawValue>>,
-}
+/// One subscriber of a channel whose namespace tracks members (defined with its frames).
+pub use crate::protocol::Member;
 
 /// A channel's members on this node.
 #[derive(Debug, Default)]
@@ -133,6 +124,16 @@ pub enum PresenceError {
 enum Change {
     Join,
     Leave,
+}
+
+impl Change {
+    /// Its frame's `type`.
+    fn kind(self) -> &'static str {
+        match self {
+            Change::Join => "join",
+            Change::Leave => "leave",
+        }
+    }
 }
 
 /// A member on any node: its node and connection.
@@ -563,11 +564,8 @@ impl Presence {
     }
 }
 
-mod encode;
 mod events;
 mod sync;
-
-pub use encode::{encode_presence, encode_presence_stats};
 
 #[cfg(test)]
 mod tests;

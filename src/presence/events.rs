@@ -8,11 +8,11 @@ use std::{
 
 use tokio::time::Instant;
 
-use super::{
-    Change, Member, Pending, Presence,
-    encode::{encode_many, encode_one},
+use super::{Change, Member, Pending, Presence};
+use crate::{
+    protocol::{ChannelName, encode_presence_change, encode_presence_changes},
+    telemetry,
 };
-use crate::{protocol::ChannelName, telemetry};
 
 impl Presence {
     /// Sends an event now when the channel was quiet for an interval, else adds it to what
@@ -36,7 +36,10 @@ impl Presence {
         if !state.scheduled && now.duration_since(state.last_sent) >= self.coalesce {
             state.last_sent = now;
             drop(state);
-            return self.send(channel, encode_one(change, channel, &member));
+            return self.send(
+                channel,
+                encode_presence_change(change.kind(), channel, &member),
+            );
         }
         // A member that came and goes (or went and comes back) within the interval: the
         // two cancel out.
@@ -97,9 +100,9 @@ impl Presence {
         for (change, list) in frames {
             let members: Vec<&Member> = list.iter().map(|(_, _, member)| &**member).collect();
             let text = if let [only] = members.as_slice() {
-                encode_one(change, channel, only)
+                encode_presence_change(change.kind(), channel, only)
             } else {
-                encode_many(change, channel, &members)
+                encode_presence_changes(change.kind(), channel, &members)
             };
             self.send(channel, text);
         }

@@ -13,6 +13,7 @@ pub mod deflate;
 mod encode;
 mod frames;
 mod names;
+mod presence;
 mod streams;
 pub mod ws;
 
@@ -24,6 +25,9 @@ pub use encode::{
     encode_subscribed, encode_unsubscribed, encode_welcome,
 };
 pub use names::{ChannelName, ChannelNameError, Offset, OffsetParseError};
+pub use presence::{
+    Member, encode_presence, encode_presence_change, encode_presence_changes, encode_presence_stats,
+};
 pub use streams::{
     AbandonReason, MAX_MESSAGE_ID_BYTES, MessageIdError, MessageState, MessageStatus,
     check_message_id, encode_abandon, encode_append, encode_delete, encode_finish,

@@ -8,7 +8,7 @@ use super::Session;
 use crate::{
     auth::Action,
     hub::{FramedText, HistoryData, SubscribeError, Subscribed},
-    presence::{self, Member},
+    presence::Member,
     protocol::{self, ChannelName, ErrorCode, Offset},
 };
 
@@ -105,7 +105,12 @@ impl Session {
         // limit read a large room from Redis several times per request.
         let budget = self.ctx.settings.history_reply_bytes;
         loop {
-            let reply = presence::encode_presence(id, &channel, &page);
+            let reply = crate::protocol::encode_presence(
+                id,
+                &channel,
+                &page.members,
+                page.next_cursor.is_some(),
+            );
             let members = page.members.len();
             if reply.len() <= budget || members <= 1 {
                 return self.send(reply);
@@ -127,7 +132,12 @@ impl Session {
             return;
         }
         match self.ctx.presence.stats(&channel).await {
-            Ok(stats) => self.send(presence::encode_presence_stats(id, &channel, stats)),
+            Ok(stats) => self.send(crate::protocol::encode_presence_stats(
+                id,
+                &channel,
+                stats.connections,
+                stats.users,
+            )),
             Err(err) => self.error(id, ErrorCode::Unavailable, &err.to_string()),
         }
     }

@@ -1,21 +1,34 @@
-//! The presence frames: `join`, `leave`, `presence` and `presence_stats`.
+//! The presence frames: `join` and `leave` (one member or several), and the answers to
+//! `presence` and `presence_stats`, with the member as they list it.
 
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
-use super::{Change, Member, Page, Stats};
-use crate::protocol::ChannelName;
+use super::ChannelName;
 
-fn kind(change: Change) -> &'static str {
-    match change {
-        Change::Join => "join",
-        Change::Leave => "leave",
-    }
+/// One subscriber of a channel whose namespace tracks members.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Member {
+    pub node: Arc<str>,
+    /// Its connection's id on its node (`hub::ConnId`).
+    pub conn_id: u64,
+    /// The token's `sub`; empty for an anonymous connection.
+    pub user: Arc<str>,
+    /// The token's `info` claim, as sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<Box<RawValue>>,
 }
 
-/// `{"type":"join","channel":..,"node":..,"conn_id":..,"user":..,"info":..}`
-pub(super) fn encode_one(change: Change, channel: &ChannelName, member: &Member) -> String {
+/// `{"type":"join","channel":..,"node":..,"conn_id":..,"user":..,"info":..}` (`kind` is
+/// `join` or `leave`).
+#[must_use]
+pub fn encode_presence_change(
+    kind: &'static str,
+    channel: &ChannelName,
+    member: &Member,
+) -> String {
     #[derive(Serialize)]
     struct One<'a> {
         #[serde(rename = "type")]
@@ -25,7 +38,7 @@ pub(super) fn encode_one(change: Change, channel: &ChannelName, member: &Member)
         member: &'a Member,
     }
     serde_json::to_string(&One {
-        kind: kind(change),
+        kind,
         channel: channel.as_str(),
         member,
     })
@@ -33,7 +46,12 @@ pub(super) fn encode_one(change: Change, channel: &ChannelName, member: &Member)
 }
 
 /// `{"type":"join","channel":..,"members":[{"node":..,"conn_id":..,"user":..,"info":..},..]}`
-pub(super) fn encode_many(change: Change, channel: &ChannelName, members: &[&Member]) -> String {
+#[must_use]
+pub fn encode_presence_changes(
+    kind: &'static str,
+    channel: &ChannelName,
+    members: &[&Member],
+) -> String {
     #[derive(Serialize)]
     struct Many<'a> {
         #[serde(rename = "type")]
@@ -42,7 +60,7 @@ pub(super) fn encode_many(change: Change, channel: &ChannelName, members: &[&Mem
         members: &'a [&'a Member],
     }
     serde_json::to_string(&Many {
-        kind: kind(change),
+        kind,
         channel: channel.as_str(),
         members,
     })
@@ -51,7 +69,12 @@ pub(super) fn encode_many(change: Change, channel: &ChannelName, members: &[&Mem
 
 /// `{"type":"presence","id":..,"channel":..,"members":[..],"truncated":false}`
 #[must_use]
-pub fn encode_presence(id: Option<u64>, channel: &ChannelName, page: &Page) -> String {
+pub fn encode_presence(
+    id: Option<u64>,
+    channel: &ChannelName,
+    members: &[Arc<Member>],
+    truncated: bool,
+) -> String {
     #[derive(Serialize)]
     struct Reply<'a> {
         #[serde(rename = "type")]
@@ -66,15 +89,20 @@ pub fn encode_presence(id: Option<u64>, channel: &ChannelName, page: &Page) -> S
         kind: "presence",
         id,
         channel: channel.as_str(),
-        members: &page.members,
-        truncated: page.next_cursor.is_some(),
+        members,
+        truncated,
     })
     .unwrap_or_default()
 }
 
 /// `{"type":"presence_stats","id":..,"channel":..,"connections":N,"users":M}`
 #[must_use]
-pub fn encode_presence_stats(id: Option<u64>, channel: &ChannelName, stats: Stats) -> String {
+pub fn encode_presence_stats(
+    id: Option<u64>,
+    channel: &ChannelName,
+    connections: usize,
+    users: usize,
+) -> String {
     #[derive(Serialize)]
     struct Reply<'a> {
         #[serde(rename = "type")]
@@ -82,14 +110,15 @@ pub fn encode_presence_stats(id: Option<u64>, channel: &ChannelName, stats: Stat
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
         channel: &'a str,
-        #[serde(flatten)]
-        stats: Stats,
+        connections: usize,
+        users: usize,
     }
     serde_json::to_string(&Reply {
         kind: "presence_stats",
         id,
         channel: channel.as_str(),
-        stats,
+        connections,
+        users,
     })
     .unwrap_or_default()
 }
