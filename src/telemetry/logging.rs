@@ -34,8 +34,9 @@ pub fn install_panic_hook() {
 ///
 /// # Errors
 /// When `filter` is not a valid filter, or a subscriber is already set.
-pub fn init_tracing(filter: &str, json: bool) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)?;
+pub fn init_tracing(filter: &str, json: bool) -> Result<(), TracingError> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .map_err(|err| TracingError::Filter(err.to_string()))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
@@ -44,5 +45,14 @@ pub fn init_tracing(filter: &str, json: bool) -> anyhow::Result<()> {
     } else {
         builder.try_init()
     };
-    result.map_err(|err| anyhow::anyhow!("installing tracing subscriber: {err}"))
+    result.map_err(|err| TracingError::Install(err.to_string()))
+}
+
+/// Why the tracing subscriber did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TracingError {
+    #[error("log.level is not a valid filter: {0}")]
+    Filter(String),
+    #[error("installing tracing subscriber: {0}")]
+    Install(String),
 }

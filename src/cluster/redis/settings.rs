@@ -31,17 +31,23 @@ impl RedisSettings {
     ///
     /// # Errors
     /// When the CA file cannot be read.
-    pub fn from_config(config: &crate::config::Config, node_id: Arc<str>) -> anyhow::Result<Self> {
-        use anyhow::Context as _;
+    pub fn from_config(
+        config: &crate::config::Config,
+        node_id: Arc<str>,
+    ) -> Result<Self, CaFileError> {
         let cluster = &config.cluster;
         let ca_pem = match cluster.redis_ca_file.as_str() {
             "" => None,
             path => {
                 use rustls_pki_types::{CertificateDer, pem::PemObject as _};
-                let pem = std::fs::read(path)
-                    .with_context(|| format!("reading cluster.redis_ca_file {path}"))?;
+                let pem = std::fs::read(path).map_err(|source| CaFileError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
                 if !CertificateDer::pem_slice_iter(&pem).any(|cert| cert.is_ok()) {
-                    anyhow::bail!("cluster.redis_ca_file {path} holds no PEM certificate");
+                    return Err(CaFileError::NoCertificate {
+                        path: path.to_owned(),
+                    });
                 }
                 Some(pem)
             }
@@ -61,4 +67,16 @@ impl RedisSettings {
             streams: config.streams.clone(),
         })
     }
+}
+
+/// Why `cluster.redis_ca_file` could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CaFileError {
+    #[error("reading cluster.redis_ca_file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cluster.redis_ca_file {path} holds no PEM certificate")]
+    NoCertificate { path: String },
 }
