@@ -156,6 +156,18 @@ fn a_publisher_writes_to_an_idle_connection_itself() {
 }
 
 #[test]
+fn a_connection_at_rest_keeps_a_queue_buffer_of_one_frame() {
+    let (hub, _socket, conn, news) = subscribed(FlakySocket::new(8));
+    hub.publish(&news, "1").unwrap();
+    // 48 bytes, not the 192 of VecDeque's least growth (four frames).
+    assert_eq!(conn.queue().capacity(), 1);
+    assert!(std::mem::size_of::<Outgoing>() <= 48);
+    // A backlog grows it as usual, and gives it up once written.
+    let deep = deep_queue(&FlakySocket::new(8));
+    assert_eq!(deep.queue().capacity(), 0);
+}
+
+#[test]
 fn a_full_socket_hands_the_rest_to_the_session_and_wakes_it() {
     let (hub, socket, conn, news) = subscribed(FlakySocket::new(0));
     let (waker, woken) = counting_waker();
