@@ -2,9 +2,11 @@
 //! `presence.coalesce` leave as one frame each at the end of the interval.
 
 use std::{
-    collections::{HashMap, hash_map::Entry},
+    collections::{HashMap, hash_map::Entry as MapEntry},
     sync::Arc,
 };
+
+use dashmap::mapref::entry::Entry;
 
 use tokio::time::Instant;
 
@@ -24,6 +26,13 @@ impl Presence {
         member: Arc<Member>,
     ) {
         let now = Instant::now();
+        if self.coalesce.is_zero() {
+            // Every event on its own: nothing to hold, nothing to remember.
+            return self.send(
+                channel,
+                encode_presence_change(change.kind(), channel, &member),
+            );
+        }
         let mut state = self
             .pending
             .entry(channel.clone())
@@ -34,8 +43,12 @@ impl Presence {
                 seen: 0,
             });
         if !state.scheduled && now.duration_since(state.last_sent) >= self.coalesce {
+            // The end of this interval sends what came meanwhile, or forgets the channel:
+            // a quiet channel holds no entry here.
             state.last_sent = now;
+            state.scheduled = true;
             drop(state);
+            self.flush_at(channel, now + self.coalesce);
             return self.send(
                 channel,
                 encode_presence_change(change.kind(), channel, &member),
@@ -45,11 +58,11 @@ impl Presence {
         // two cancel out.
         let Pending { changes, seen, .. } = &mut *state;
         match changes.entry((Arc::clone(&member.node), member.conn_id)) {
-            Entry::Occupied(pending) if pending.get().1 != change => {
+            MapEntry::Occupied(pending) if pending.get().1 != change => {
                 pending.remove();
             }
-            Entry::Occupied(_) => {}
-            Entry::Vacant(vacant) => {
+            MapEntry::Occupied(_) => {}
+            MapEntry::Vacant(vacant) => {
                 vacant.insert((*seen, change, member));
                 *seen += 1;
             }
@@ -60,6 +73,11 @@ impl Presence {
         state.scheduled = true;
         let at = state.last_sent + self.coalesce;
         drop(state);
+        self.flush_at(channel, at);
+    }
+
+    /// Flushes `channel` at `at`.
+    fn flush_at(self: &Arc<Self>, channel: &ChannelName, at: Instant) {
         let presence = Arc::clone(self);
         let channel = channel.clone();
         tokio::spawn(async move {
@@ -71,23 +89,25 @@ impl Presence {
     /// The end of a channel's interval: one `join` frame and one `leave` frame for what
     /// changed, each in the order it happened, whichever way the channel moved first going
     /// first.
-    fn flush(&self, channel: &ChannelName) {
+    /// A channel that sent something keeps its entry for one more interval, whose end
+    /// forgets it if nothing came.
+    fn flush(self: &Arc<Self>, channel: &ChannelName) {
+        let now = Instant::now();
         let mut changes: Vec<(u64, Change, Arc<Member>)> = {
-            let Some(mut state) = self.pending.get_mut(channel) else {
+            let Entry::Occupied(mut state) = self.pending.entry(channel.clone()) else {
                 return;
             };
-            state.scheduled = false;
-            state.last_sent = Instant::now();
+            if state.get().changes.is_empty() {
+                // Quiet for a whole interval: nothing to keep.
+                state.remove();
+                return;
+            }
+            let state = state.get_mut();
+            state.last_sent = now;
             state.seen = 0;
             std::mem::take(&mut state.changes).into_values().collect()
         };
-        if changes.is_empty() {
-            // Quiet for a whole interval: nothing to keep.
-            self.pending.remove_if(channel, |_, state| {
-                !state.scheduled && state.changes.is_empty()
-            });
-            return;
-        }
+        self.flush_at(channel, now + self.coalesce);
         changes.sort_unstable_by_key(|(order, _, _)| *order);
         let first = changes[0].1;
         let (mut same, other): (Vec<_>, Vec<_>) = changes

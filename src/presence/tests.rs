@@ -165,10 +165,12 @@ async fn a_quiet_channel_hears_of_a_join_at_once_and_a_burst_in_one_frame_each_w
     assert_eq!(got[1]["user"], "alice", "one member: the single shape");
     assert_eq!(presence.local_stats(&room).connections, 40);
 
-    // Quiet for an interval again: the next event leaves at once.
+    // Quiet for an interval again: the channel holds no coalescing state, and the next
+    // event leaves at once.
     tokio::time::sleep(Duration::from_millis(500)).await;
     settle().await;
     assert!(frames(&listener).is_empty());
+    assert!(presence.pending.is_empty(), "a quiet channel is forgotten");
     presence.left(&room, 21, true);
     settle().await;
     let got = frames(&listener);
@@ -176,6 +178,10 @@ async fn a_quiet_channel_hears_of_a_join_at_once_and_a_burst_in_one_frame_each_w
         (got.len(), &got[0]["type"]),
         (1, &serde_json::json!("leave"))
     );
+    // One event and a quiet interval: forgotten too.
+    tokio::time::sleep(Duration::from_millis(201)).await;
+    settle().await;
+    assert!(presence.pending.is_empty(), "a quiet channel is forgotten");
 }
 
 #[tokio::test(start_paused = true)]
