@@ -20,15 +20,10 @@
 //! refreshing (it died) loses its members after the TTL, or as soon as another node sees
 //! it leave the registry; the node that removes them sends their `leave` events.
 //!
-//! Files: `events` (the coalescer), `sync` (keeping this node's members in the store, and
+//! Files: `events` (the coalescer), `members` (a channel's members here), `sync` (keeping this node's members in the store, and
 //! the events that wait for its writes). The frames and `Member` are `protocol`'s.
 
-use std::{
-    collections::{BTreeMap, HashMap, hash_map::Entry},
-    ops::Bound,
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::HashMap, ops::Bound, sync::Arc, time::Duration};
 
 use dashmap::DashMap;
 use serde::Serialize;
@@ -44,6 +39,7 @@ use crate::{
     shutdown::TaskGroup,
     telemetry,
 };
+use members::Members;
 
 /// Events waiting to be sent, at most; past it an event is dropped and counted (the bus is
 /// far behind, or something floods subscribes).
@@ -56,43 +52,6 @@ const SYNC_RETRY: Duration = Duration::from_secs(1);
 
 /// One subscriber of a channel whose namespace tracks members (defined with its frames).
 pub use crate::protocol::Member;
-
-/// A channel's members on this node.
-#[derive(Debug, Default)]
-struct Members {
-    /// By connection, in connection order (pages of the control API follow it).
-    conns: BTreeMap<ConnId, Arc<Member>>,
-    /// Connections per user, for `presence_stats` without listing.
-    users: HashMap<Arc<str>, u32>,
-    /// With a store: changes it has not been sent, by connection (joined, or left).
-    unsynced: HashMap<ConnId, (Change, Arc<Member>)>,
-    /// With a store: write this node's members in full next time (a write failed, or the
-    /// store lost them).
-    full: bool,
-    /// With a store: it holds this node's members of the channel.
-    stored: bool,
-    /// With a store: the channel waits in the queue of channels to write.
-    queued: bool,
-    /// With a store and `join_leave`: events about this node's members that wait for the
-    /// write carrying their change, so that whoever receives a `join` finds the member
-    /// listed (and a `leave`, not).
-    announce: sync::Owed,
-    /// With a store: counts [`Presence::rewrite`]s, so that a write that was in flight
-    /// while one happened does not mark the channel written in full.
-    generation: u64,
-    /// With a store: another node may have removed this node's members and sent their
-    /// `leave` without this node seeing the tombstone that says so (its link was down for
-    /// longer than the TTL, or a full write failed after finding it): the next full write
-    /// that succeeds sends their `join`. A duplicate `join` is harmless, a missing one is not.
-    rejoin_owed: bool,
-}
-
-impl Members {
-    /// Nothing here, and nothing the store must still be told.
-    fn forgotten(&self) -> bool {
-        self.conns.is_empty() && !self.queued && !self.stored
-    }
-}
 
 /// A channel's member counts.
 #[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
@@ -286,22 +245,14 @@ impl Presence {
     /// subscribers hear of it.
     pub fn joined(self: &Arc<Self>, channel: &ChannelName, member: Member, join_leave: bool) {
         let member = Arc::new(member);
-        let first;
         {
             let mut members = self.members.entry(channel.clone()).or_default();
-            if members
-                .conns
-                .insert(member.conn_id, Arc::clone(&member))
-                .is_some()
-            {
+            let Some(first) = members.conns.insert(Arc::clone(&member)) else {
                 return;
-            }
-            let count = members.users.entry(Arc::clone(&member.user)).or_default();
-            *count += 1;
-            first = *count == 1;
+            };
             self.unsynced(channel, &mut members, Change::Join, &member);
             if join_leave && self.store.is_some() {
-                members.announce.push(Change::Join, member);
+                members.waiting().announce.push(Change::Join, member);
                 return;
             }
             if first && self.store.is_none() {
@@ -340,7 +291,7 @@ impl Presence {
         let Some(mut members) = self.members.get_mut(channel) else {
             return;
         };
-        let Some(held) = members.conns.get_mut(&member.conn_id) else {
+        let Some(held) = members.conns.get_mut(member.conn_id) else {
             return;
         };
         if held.info.as_deref().map(RawValue::get) == member.info.as_deref().map(RawValue::get) {
@@ -360,18 +311,13 @@ impl Presence {
         announce: bool,
     ) -> Option<(Arc<Member>, bool)> {
         let mut members = self.members.get_mut(channel)?;
-        let member = members.conns.remove(&conn_id)?;
-        let mut last = false;
-        if let Entry::Occupied(mut count) = members.users.entry(Arc::clone(&member.user)) {
-            *count.get_mut() -= 1;
-            if *count.get() == 0 {
-                count.remove();
-                last = true;
-            }
-        }
+        let (member, last) = members.conns.remove(conn_id)?;
         self.unsynced(channel, &mut members, Change::Leave, &member);
         if announce && self.store.is_some() {
-            members.announce.push(Change::Leave, Arc::clone(&member));
+            members
+                .waiting()
+                .announce
+                .push(Change::Leave, Arc::clone(&member));
         }
         if last && self.store.is_none() {
             // Under the channel's lock, so that a user's removed and added (two sessions on
@@ -392,7 +338,7 @@ impl Presence {
         members.generation += 1;
         members.full = true;
         members.stored = false;
-        members.unsynced.clear();
+        members.clear_unsynced();
         if !members.queued {
             members.queued = true;
             let _ = self.unsynced.send(channel.clone());
@@ -411,6 +357,7 @@ impl Presence {
             return;
         }
         members
+            .waiting()
             .unsynced
             .insert(member.conn_id, (change, Arc::clone(member)));
         if !members.queued {
@@ -477,13 +424,7 @@ impl Presence {
         if let (Some(from), Some(to), Some(members)) = (from, to, self.members.get(channel)) {
             let empty = matches!((from, to), (Bound::Excluded(a), Bound::Included(b)) if a >= b);
             if !empty {
-                listed.extend(
-                    members
-                        .conns
-                        .range((from, to))
-                        .take(limit + 1)
-                        .map(|(_, m)| Arc::clone(m)),
-                );
+                listed.extend(members.conns.range(from, to, limit + 1));
             }
         }
         listed.sort_unstable_by(|a, b| (&*a.node, a.conn_id).cmp(&(&*b.node, b.conn_id)));
@@ -511,12 +452,7 @@ impl Presence {
             };
         };
         let start = after.map_or(Bound::Unbounded, Bound::Excluded);
-        let mut listed: Vec<Arc<Member>> = members
-            .conns
-            .range((start, Bound::Unbounded))
-            .take(limit + 1)
-            .map(|(_, member)| Arc::clone(member))
-            .collect();
+        let mut listed = members.conns.range(start, Bound::Unbounded, limit + 1);
         let next_cursor = (listed.len() > limit).then(|| {
             listed.truncate(limit);
             listed
@@ -558,13 +494,14 @@ impl Presence {
             .get(channel)
             .map(|members| Stats {
                 connections: members.conns.len(),
-                users: members.users.len(),
+                users: members.conns.users(),
             })
             .unwrap_or_default()
     }
 }
 
 mod events;
+mod members;
 mod sync;
 
 #[cfg(test)]

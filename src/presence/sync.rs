@@ -30,6 +30,10 @@ pub(super) struct Owed {
 }
 
 impl Owed {
+    pub(super) fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+
     pub(super) fn push(&mut self, change: Change, member: Arc<Member>) {
         match self.changes.entry(member.conn_id) {
             Entry::Occupied(held) if held.get().1 != change => {
@@ -200,8 +204,9 @@ impl Presence {
                 continue;
             };
             members.queued = false;
-            let changes = std::mem::take(&mut members.unsynced);
-            announced.push(std::mem::take(&mut members.announce));
+            let waiting = members.take_waiting();
+            let changes = waiting.unsynced;
+            announced.push(waiting.announce);
             let json = |member: &Member| serde_json::to_string(member).unwrap_or_default();
             let mut write = PresenceWrite {
                 channel: channel.clone(),
@@ -213,7 +218,7 @@ impl Presence {
             if write.full {
                 write.joins = members
                     .conns
-                    .values()
+                    .iter()
                     .map(|member| (member.conn_id, Arc::clone(&member.user), json(member)))
                     .collect();
             } else {
@@ -298,7 +303,7 @@ impl Presence {
                             announce.extend(
                                 members
                                     .conns
-                                    .values()
+                                    .iter()
                                     .map(|member| (Change::Join, Arc::clone(member))),
                             );
                         }
@@ -313,7 +318,9 @@ impl Presence {
                     telemetry::presence_rewrite(if unreachable { "unreachable" } else { "lost" });
                     self.rewrite(&channel, &mut members);
                     // Their events go out after the write that succeeds, before later ones.
-                    members.announce.put_back(owed);
+                    if !owed.is_empty() {
+                        members.waiting().announce.put_back(owed);
+                    }
                 }
             }
             let forgotten = members.forgotten();
@@ -352,7 +359,7 @@ impl Presence {
                 && self
                     .members
                     .get(channel)
-                    .is_some_and(|members| members.conns.contains_key(&member.conn_id));
+                    .is_some_and(|members| members.conns.contains(member.conn_id));
             if live {
                 // Not a ghost after all (connection ids do not repeat across restarts, so
                 // only another process running under this id gets here): put it back.
