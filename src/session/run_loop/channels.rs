@@ -310,9 +310,13 @@ impl Session {
                 if matches!(&result, Ok(outcome) if outcome.first) {
                     self.occupancy_changed(&channel);
                 }
-                if self.subscriptions.is_empty() {
-                    // Most connections follow one channel: room for one, not the four
-                    // a first push reserves (48 bytes per connection).
+                if self.subscriptions.len() == self.subscriptions.capacity()
+                    && self.subscriptions.len() < 4
+                {
+                    // Most connections follow one or two channels (a room and a global
+                    // one): room for each as it comes up to four, not the four a first push
+                    // reserves (32-48 bytes per connection); a subscribe is rare enough to
+                    // pay its own growth.
                     self.subscriptions.reserve_exact(1);
                 }
                 self.subscriptions.push(hub.intern(&channel));
