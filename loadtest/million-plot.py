@@ -98,6 +98,9 @@ def memory(results, target):
     used.plot(times, [(before - s["mem_available_kib"]) / gib for s in samples],
               label="machine: MemAvailable before the run less now")
     used.plot(times, [sum(s["node_rss_kib"]) / gib for s in samples], label="nodes' RSS, summed")
+    if any(s.get("node_anon_kib") for s in samples):
+        used.plot(times, [sum(s.get("node_anon_kib") or []) / gib for s in samples],
+                  label="nodes' anonymous RSS (without the shared binary), summed")
     used.plot(times, [s["gens_rss_kib"] / gib for s in samples], label="load generators' RSS, summed")
     used.plot(times, [s["redis_rss_kib"] / gib for s in samples], label="Redis RSS")
     used.set_ylabel("GiB")

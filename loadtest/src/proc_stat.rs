@@ -12,10 +12,22 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
 
 /// Resident set size of `pid`, in KiB.
 pub fn rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
+/// The anonymous part of `pid`'s resident set (`RssAnon`), in KiB: what the process
+/// allocated, without the files it maps (its binary and libraries, which every process
+/// running the same binary shares: they are in memory once, yet in each one's RSS).
+pub fn anon_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "RssAnon:")
+}
+
+/// A `... kB` line of `/proc/PID/status`.
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))?
+        .find_map(|line| line.strip_prefix(field))?
         .split_whitespace()
         .next()?
         .parse()

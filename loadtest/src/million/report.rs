@@ -82,6 +82,9 @@ struct Summary {
     room_p99_ms_faults: f64,
     machine_kib_per_socket: Option<f64>,
     node_rss_kib_per_socket: Option<f64>,
+    /// The nodes' summed `RssAnon` per socket: their RSS without the mapped binary, which
+    /// the page cache holds once for every node and each node's RSS counts again.
+    node_anon_kib_per_socket: Option<f64>,
     nodes: usize,
     ramp_seconds: Option<f64>,
     connect_rate: Option<f64>,
@@ -303,10 +306,14 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
     };
     let lowest_available = samples.iter().map(|sample| sample.mem_available_kib).min();
     let node_rss_at_peak = at_peak.map(|sample| sample.node_rss_kib.iter().sum::<u64>());
+    let node_anon_at_peak = at_peak.map(|sample| sample.node_anon_kib.iter().sum::<u64>());
     // The nodes' RSS once started, before the first socket: what the sockets added.
     let node_rss_at_start = event_t("ramp_start")
         .and_then(|at| samples.iter().rev().find(|sample| sample.unix <= at))
         .map(|sample| sample.node_rss_kib.iter().sum::<u64>());
+    let node_anon_at_start = event_t("ramp_start")
+        .and_then(|at| samples.iter().rev().find(|sample| sample.unix <= at))
+        .map(|sample| sample.node_anon_kib.iter().sum::<u64>());
 
     let redis_at_rest = redis_at_rest(
         &args.dir,
@@ -328,6 +335,9 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
         room_p99_ms_faults: Percentiles::ms(&faults).p99,
         machine_kib_per_socket,
         node_rss_kib_per_socket: node_rss_at_peak.and_then(per_socket),
+        node_anon_kib_per_socket: node_anon_at_peak
+            .filter(|&kib| kib > 0)
+            .and_then(per_socket),
         nodes: params.nodes,
         ramp_seconds,
         connect_rate: ramp_seconds.map(|secs| round(params.sockets as f64 / secs.max(0.1), 0)),
@@ -419,6 +429,11 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
             },
             "node_rss_kib_at_peak": at_peak.map(|sample| sample.node_rss_kib.clone()),
             "node_rss_kib_before_ramp": node_rss_at_start,
+            "node_anon_kib_at_peak": at_peak.map(|sample| sample.node_anon_kib.clone()),
+            "node_anon_growth_kib_per_socket": match (node_anon_at_start, node_anon_at_peak) {
+                (Some(start), Some(peak)) if peak > 0 => per_socket(peak.saturating_sub(start)),
+                _ => None,
+            },
             "node_rss_growth_kib_per_socket": match (node_rss_at_start, node_rss_at_peak) {
                 (Some(start), Some(peak)) => per_socket(peak.saturating_sub(start)),
                 _ => None,
@@ -429,6 +444,7 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
                 "t": round(sample.unix - t0, 1),
                 "mem_available_kib": sample.mem_available_kib,
                 "node_rss_kib": sample.node_rss_kib,
+                "node_anon_kib": sample.node_anon_kib,
                 "redis_rss_kib": sample.redis_rss_kib,
                 "gens_rss_kib": sample.gens_rss_kib,
                 "nodes_cpu": round(sample.nodes_cpu, 2),

@@ -1,5 +1,5 @@
 //! `million sample`: every second, one line of `memory.jsonl`: the machine's `MemAvailable`,
-//! each node's RSS, and the CPU (cores busy over the last second) of the nodes, Redis and the
+//! each node's RSS and its anonymous part, and the CPU (cores busy over the last second) of the nodes, Redis and the
 //! generators. The processes are read from the `pids` file the script rewrites whenever one
 //! changes (a node restarted after its drain, Redis restarted): lines `node K PID`,
 //! `redis 0 PID`, `gen K PID`, `publisher 0 PID`.
@@ -28,6 +28,10 @@ pub struct Sample {
     pub mem_available_kib: u64,
     /// By node index; 0 while a node is down.
     pub node_rss_kib: Vec<u64>,
+    /// By node index, the anonymous part of its RSS (`RssAnon`): the node's own memory,
+    /// without the mapped binary every node shares.
+    #[serde(default)]
+    pub node_anon_kib: Vec<u64>,
     pub redis_rss_kib: u64,
     pub gens_rss_kib: u64,
     /// Cores busy over the last second.
@@ -98,6 +102,10 @@ pub async fn run(args: SampleArgs) -> anyhow::Result<()> {
                         sample.node_rss_kib.resize(index + 1, 0);
                     }
                     sample.node_rss_kib[index] = rss;
+                    if sample.node_anon_kib.len() <= index {
+                        sample.node_anon_kib.resize(index + 1, 0);
+                    }
+                    sample.node_anon_kib[index] = proc_stat::anon_kib(pid).unwrap_or(0);
                     sample.nodes_cpu += rate;
                 }
                 "redis" => {
