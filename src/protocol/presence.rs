@@ -21,6 +21,16 @@ pub struct Member {
     pub info: Option<Box<RawValue>>,
 }
 
+impl Member {
+    /// The `user` of anonymous members, one allocation shared by all of them (32 bytes a
+    /// member otherwise).
+    #[must_use]
+    pub fn anonymous_user() -> Arc<str> {
+        static ANONYMOUS: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+        Arc::clone(ANONYMOUS.get_or_init(|| Arc::from("")))
+    }
+}
+
 /// `{"type":"join","channel":..,"node":..,"conn_id":..,"user":..,"info":..}` (`kind` is
 /// `join` or `leave`).
 #[must_use]

@@ -68,7 +68,9 @@ impl Session {
             conn_id: self.outbound.conn_id(),
             user: self
                 .identity()
-                .map_or_else(|| Arc::from(""), |identity| Arc::clone(&identity.user)),
+                .map_or_else(Member::anonymous_user, |identity| {
+                    Arc::clone(&identity.user)
+                }),
             info: self.identity().and_then(|identity| identity.info.clone()),
         }
     }
