@@ -109,6 +109,8 @@ struct Shared {
     /// Per socket of this process: its room's and the global channel's position.
     positions: RefCell<Vec<[Position; 2]>>,
     stats: RefCell<Stats>,
+    /// The run is ending: no new sockets; those of the run keep coming back until the
+    /// results are written.
     stopping: Cell<bool>,
     rng: Cell<u64>,
     /// Sockets between connect and subscribed (`GenArgs::concurrency`).
@@ -423,9 +425,9 @@ async fn socket(shared: Rc<Shared>, local: usize, permit: tokio::sync::OwnedSema
                 End::Failed(kind) => Stats::count(&mut stats.connect_errors, kind.clone()),
             }
         }
-        if shared.stopping.get() {
-            return;
-        }
+        // A socket that ends while the run settles still comes back (its client would):
+        // the end of the run is no reason to leave a room, and a socket that had not
+        // resubscribed by then would be counted as missing the room's last messages.
         if was_subscribed {
             ever_subscribed = true;
             failures = 0;
