@@ -4,9 +4,15 @@
 # per node holding PER sockets, each in its room (presence, join/leave) and on the global
 # channel. Once every socket is subscribed and the ramp's own writes are done, the CPU time
 # of the nodes, the generators, Redis and the whole machine is read over REST seconds
-# (/proc). The last line of output is one JSON object. Bounded; stops what it started.
+# (/proc), and the nodes' memory once at rest. The last line of output is one JSON object.
+# Bounded; stops what it started.
 #
-#   loadtest/rest.sh [--nodes N] [--per-node S] [--rest SECONDS]
+#   loadtest/rest.sh [--nodes N] [--per-node S] [--rest SECONDS] [--heaptrack FILE]
+#
+# --heaptrack FILE: node 1 runs under heaptrack (writing FILE.zst) and is killed with
+# SIGKILL once the sockets are at rest, so that `heaptrack_print -f FILE.zst --print-leaks 1`
+# lists everything it held then, by where it was allocated (docs/scale.md, "Memory per
+# socket"); no CPU is measured in that mode.
 #
 # The nodes take their configuration from the environment too, e.g.
 # SWITCHBOARD_SESSION__HEARTBEAT=300s SWITCHBOARD_SESSION__IDLE_TIMEOUT=900s for no pings
@@ -17,17 +23,23 @@ cd "$(dirname "$0")/.."
 NODES=2
 PER=17000
 REST=50
+HEAP=""
 while (($#)); do
   case "$1" in
     --nodes) NODES=$2; shift 2 ;;
     --per-node) PER=$2; shift 2 ;;
     --rest) REST=$2; shift 2 ;;
+    --heaptrack) HEAP=$2; shift 2 ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "rest.sh: unknown argument $1 (see --help)" >&2; exit 64 ;;
   esac
 done
 ((PER <= 17500)) || { echo "rest.sh: at most 17,500 sockets a node (loadtest/million.toml)" >&2; exit 64; }
 SOCKETS=$((NODES * PER))
+if [ -n "$HEAP" ] && ! command -v heaptrack >/dev/null; then
+  echo "rest.sh: --heaptrack needs heaptrack (apt-get install heaptrack)" >&2
+  exit 69
+fi
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/switchboard-target}"
 cargo build --release --quiet -p switchboard -p switchboard-loadtest
@@ -68,7 +80,9 @@ for ((k = 0; k < NODES; k++)); do
   ws=$PORT
   free_port
   ctl=$PORT
-  "$BIN/switchboard" --config loadtest/million.toml --listen "127.0.0.1:$ws" \
+  wrap=()
+  if ((k == 0)) && [ -n "$HEAP" ]; then wrap=(heaptrack -o "$HEAP"); fi
+  "${wrap[@]}" "$BIN/switchboard" --config loadtest/million.toml --listen "127.0.0.1:$ws" \
     --control "127.0.0.1:$ctl" --redis "redis://127.0.0.1:$redis_port" \
     --node-id "node-$((k + 1))" --log-level warn >"$out/node-$k.log" 2>&1 &
   pids+=($!)
@@ -97,6 +111,27 @@ done
 # Past the ramp's presence writes and a whole heartbeat period (25 s by default).
 sleep 40
 
+# The nodes' memory at rest: RSS, and its anonymous part (without the binary they all map).
+status_kib() { awk -v f="$2:" '$1 == f {print $2}' "/proc/$1/status"; }
+node_rss=0 node_anon=0
+for pid in "${node_pids[@]}"; do
+  # Under heaptrack, node 1's process is the wrapper's child.
+  app=$(pgrep -P "$pid" -x switchboard || echo "$pid")
+  node_rss=$((node_rss + $(status_kib "$app" VmRSS)))
+  node_anon=$((node_anon + $(status_kib "$app" RssAnon)))
+done
+per_socket() { awk -v k="$1" -v n="$SOCKETS" 'BEGIN {printf "%.2f", k / n}'; }
+
+if [ -n "$HEAP" ]; then
+  app=$(pgrep -P "${node_pids[0]}" -x switchboard)
+  kill -KILL "$app"
+  # heaptrack writes the file once its process is gone.
+  wait "${node_pids[0]}" || true
+  printf '{"sockets":%d,"nodes":%d,"heaptrack":"%s.zst","commit":"%s","date":"%s"}\n' \
+    "$SOCKETS" "$NODES" "$HEAP" "$(git rev-parse --short HEAD)" "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+  exit 0
+fi
+
 # CPU time (utime + stime, clock ticks) of a process, and of the machine (all but idle).
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 machine() { awk '/^cpu / {print $2 + $3 + $4 + $6 + $7 + $8}' /proc/stat; }
@@ -119,6 +154,8 @@ printf '"cpu_seconds":{"nodes":%s,"generators":%s,"redis":%s,"machine":%s},' \
   "$(awk -v t=$((g1 - g0)) -v hz="$hz" 'BEGIN {print t / hz}')" \
   "$(awk -v t=$((r1 - r0)) -v hz="$hz" 'BEGIN {print t / hz}')" \
   "$(awk -v t=$((m1 - m0)) -v hz="$hz" 'BEGIN {print t / hz}')"
+printf '"node_rss_kib_per_socket":%s,"node_anon_kib_per_socket":%s,' \
+  "$(per_socket "$node_rss")" "$(per_socket "$node_anon")"
 printf '"cores_per_million_sockets":{"nodes":%s,"generators":%s,"redis":%s,"machine":%s}}\n' \
   "$(per_million $((n1 - n0)))" "$(per_million $((g1 - g0)))" "$(per_million $((r1 - r0)))" \
   "$(per_million $((m1 - m0)))"
