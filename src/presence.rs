@@ -20,8 +20,9 @@
 //! refreshing (it died) loses its members after the TTL, or as soon as another node sees
 //! it leave the registry; the node that removes them sends their `leave` events.
 //!
-//! Files: `events` (the coalescer), `members` (a channel's members here), `sync` (keeping this node's members in the store, and
-//! the events that wait for its writes). The frames and `Member` are `protocol`'s.
+//! Files: `events` (the coalescer), `members` (a channel's members here), `sync` (keeping
+//! this node's members in the store, and the events that wait for its writes). The frames
+//! and `Member` are `protocol`'s.
 
 use std::{collections::HashMap, ops::Bound, sync::Arc, time::Duration};
 
@@ -98,13 +99,10 @@ impl Change {
 /// A member on any node: its node and connection.
 type MemberKey = (Arc<str>, ConnId);
 
-/// A channel's coalescing state.
-#[derive(Debug)]
+/// A channel's coalescing state: there is one while an interval runs (its end is
+/// scheduled), and none while the channel is quiet.
+#[derive(Debug, Default)]
 struct Pending {
-    /// When the channel's last event frame was sent.
-    last_sent: Instant,
-    /// A flush is scheduled for the end of the current interval.
-    scheduled: bool,
     /// Net changes since the last flush, by connection (events are about this node's own
     /// members), each with its place in the order they happened: a mass reconnect puts
     /// thousands here, so cancelling a pair must not search the list.

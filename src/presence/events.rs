@@ -1,10 +1,7 @@
 //! The coalescer: `join` and `leave` frames of a channel closer together than
 //! `presence.coalesce` leave as one frame each at the end of the interval.
 
-use std::{
-    collections::{HashMap, hash_map::Entry as MapEntry},
-    sync::Arc,
-};
+use std::{collections::hash_map::Entry as MapEntry, sync::Arc};
 
 use dashmap::mapref::entry::Entry;
 
@@ -17,15 +14,14 @@ use crate::{
 };
 
 impl Presence {
-    /// Sends an event now when the channel was quiet for an interval, else adds it to what
-    /// the end of the interval sends.
+    /// Sends an event now when the channel was quiet, and starts an interval whose end
+    /// sends what came meanwhile; within an interval, adds it to what its end sends.
     pub(super) fn event(
         self: &Arc<Self>,
         channel: &ChannelName,
         change: Change,
         member: Arc<Member>,
     ) {
-        let now = Instant::now();
         if self.coalesce.is_zero() {
             // Every event on its own: nothing to hold, nothing to remember.
             return self.send(
@@ -33,30 +29,20 @@ impl Presence {
                 encode_presence_change(change.kind(), channel, &member),
             );
         }
-        let mut state = self
-            .pending
-            .entry(channel.clone())
-            .or_insert_with(|| Pending {
-                last_sent: now.checked_sub(self.coalesce).unwrap_or(now),
-                scheduled: false,
-                changes: HashMap::new(),
-                seen: 0,
-            });
-        if !state.scheduled && now.duration_since(state.last_sent) >= self.coalesce {
-            // The end of this interval sends what came meanwhile, or forgets the channel:
-            // a quiet channel holds no entry here.
-            state.last_sent = now;
-            state.scheduled = true;
-            drop(state);
-            self.flush_at(channel, now + self.coalesce);
-            return self.send(
-                channel,
-                encode_presence_change(change.kind(), channel, &member),
-            );
-        }
+        let mut state = match self.pending.entry(channel.clone()) {
+            Entry::Vacant(vacant) => {
+                drop(vacant.insert(Pending::default()));
+                self.flush_at(channel, Instant::now() + self.coalesce);
+                return self.send(
+                    channel,
+                    encode_presence_change(change.kind(), channel, &member),
+                );
+            }
+            Entry::Occupied(state) => state,
+        };
         // A member that came and goes (or went and comes back) within the interval: the
         // two cancel out.
-        let Pending { changes, seen, .. } = &mut *state;
+        let Pending { changes, seen } = state.get_mut();
         match changes.entry((Arc::clone(&member.node), member.conn_id)) {
             MapEntry::Occupied(pending) if pending.get().1 != change => {
                 pending.remove();
@@ -67,13 +53,6 @@ impl Presence {
                 *seen += 1;
             }
         }
-        if state.scheduled {
-            return;
-        }
-        state.scheduled = true;
-        let at = state.last_sent + self.coalesce;
-        drop(state);
-        self.flush_at(channel, at);
     }
 
     /// Flushes `channel` at `at`.
@@ -89,10 +68,9 @@ impl Presence {
     /// The end of a channel's interval: one `join` frame and one `leave` frame for what
     /// changed, each in the order it happened, whichever way the channel moved first going
     /// first.
-    /// A channel that sent something keeps its entry for one more interval, whose end
-    /// forgets it if nothing came.
+    /// A channel that sent something starts another interval, whose end forgets it if
+    /// nothing came.
     fn flush(self: &Arc<Self>, channel: &ChannelName) {
-        let now = Instant::now();
         let mut changes: Vec<(u64, Change, Arc<Member>)> = {
             let Entry::Occupied(mut state) = self.pending.entry(channel.clone()) else {
                 return;
@@ -103,11 +81,10 @@ impl Presence {
                 return;
             }
             let state = state.get_mut();
-            state.last_sent = now;
             state.seen = 0;
             std::mem::take(&mut state.changes).into_values().collect()
         };
-        self.flush_at(channel, now + self.coalesce);
+        self.flush_at(channel, Instant::now() + self.coalesce);
         changes.sort_unstable_by_key(|(order, _, _)| *order);
         let first = changes[0].1;
         let (mut same, other): (Vec<_>, Vec<_>) = changes
