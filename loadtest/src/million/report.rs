@@ -307,13 +307,11 @@ pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
     let lowest_available = samples.iter().map(|sample| sample.mem_available_kib).min();
     let node_rss_at_peak = at_peak.map(|sample| sample.node_rss_kib.iter().sum::<u64>());
     let node_anon_at_peak = at_peak.map(|sample| sample.node_anon_kib.iter().sum::<u64>());
-    // The nodes' RSS once started, before the first socket: what the sockets added.
-    let node_rss_at_start = event_t("ramp_start")
-        .and_then(|at| samples.iter().rev().find(|sample| sample.unix <= at))
-        .map(|sample| sample.node_rss_kib.iter().sum::<u64>());
-    let node_anon_at_start = event_t("ramp_start")
-        .and_then(|at| samples.iter().rev().find(|sample| sample.unix <= at))
-        .map(|sample| sample.node_anon_kib.iter().sum::<u64>());
+    // The nodes once started, before the first socket: what the sockets added.
+    let at_start =
+        event_t("ramp_start").and_then(|at| samples.iter().rev().find(|sample| sample.unix <= at));
+    let node_rss_at_start = at_start.map(|sample| sample.node_rss_kib.iter().sum::<u64>());
+    let node_anon_at_start = at_start.map(|sample| sample.node_anon_kib.iter().sum::<u64>());
 
     let redis_at_rest = redis_at_rest(
         &args.dir,

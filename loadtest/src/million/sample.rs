@@ -1,6 +1,6 @@
 //! `million sample`: every second, one line of `memory.jsonl`: the machine's `MemAvailable`,
-//! each node's RSS and its anonymous part, and the CPU (cores busy over the last second) of the nodes, Redis and the
-//! generators. The processes are read from the `pids` file the script rewrites whenever one
+//! each node's RSS and its anonymous part, and the CPU (cores busy over the last second) of
+//! the nodes, Redis and the generators. The processes are read from the `pids` file the script rewrites whenever one
 //! changes (a node restarted after its drain, Redis restarted): lines `node K PID`,
 //! `redis 0 PID`, `gen K PID`, `publisher 0 PID`.
 
